@@ -1,0 +1,104 @@
+//! Error codes returned in `x0` by every Rampart call.
+//!
+//! Codes are negative 64-bit integers. The first three are the SMCCC's own
+//! (`NOT_SUPPORTED`, `NOT_REQUIRED`, `INVALID_PARAMETER`); the rest are
+//! Rampart's and start at -16 so that they never collide with the SMCCC's
+//! reserved values. A successful call returns 0 (`SUCCESS`) in `x0`, with any
+//! results in `x1`..`x3`.
+
+/// `x0` value of a call that succeeded.
+pub const SUCCESS: i64 = 0;
+
+/// A failed call's reason, as returned in `x0`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(i64)]
+pub enum Error {
+    /// The function ID is unknown, or the call is not available to this
+    /// caller.
+    NotSupported = -1,
+    /// The call is not required on this platform (SMCCC).
+    NotRequired = -2,
+    /// An argument is malformed: unaligned, out of range, or a reserved bit
+    /// is set.
+    InvalidParameter = -3,
+    /// The caller does not own or may not touch the named resource.
+    Denied = -16,
+    /// The resource is in use and cannot change state now.
+    Busy = -17,
+    /// The hypervisor has no memory left for this request.
+    NoMemory = -18,
+    /// The address range is not (entirely) memory the call can act on.
+    Range = -19,
+}
+
+impl Error {
+    /// Every error, in code order; used by tests and documentation checks.
+    pub const ALL: [Error; 7] = [
+        Error::NotSupported,
+        Error::NotRequired,
+        Error::InvalidParameter,
+        Error::Denied,
+        Error::Busy,
+        Error::NoMemory,
+        Error::Range,
+    ];
+
+    /// The value returned in `x0`.
+    #[must_use]
+    pub const fn code(self) -> i64 {
+        self as i64
+    }
+
+    /// The stable upper-case name used in `docs/abi.md`.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Error::NotSupported => "NOT_SUPPORTED",
+            Error::NotRequired => "NOT_REQUIRED",
+            Error::InvalidParameter => "INVALID_PARAMETER",
+            Error::Denied => "DENIED",
+            Error::Busy => "BUSY",
+            Error::NoMemory => "NO_MEMORY",
+            Error::Range => "RANGE",
+        }
+    }
+}
+
+impl TryFrom<i64> for Error {
+    type Error = i64;
+
+    fn try_from(code: i64) -> Result<Self, i64> {
+        Error::ALL.into_iter().find(|e| e.code() == code).ok_or(code)
+    }
+}
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} ({})", self.name(), self.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_are_unique() {
+        for (i, e) in Error::ALL.iter().enumerate() {
+            assert_eq!(Error::try_from(e.code()), Ok(*e));
+            for other in &Error::ALL[i + 1..] {
+                assert_ne!(e.code(), other.code());
+                assert_ne!(e.name(), other.name());
+            }
+        }
+        assert_eq!(Error::try_from(0), Err(0));
+        assert_eq!(Error::try_from(-4), Err(-4));
+    }
+
+    #[test]
+    fn smccc_codes_match_the_specification() {
+        assert_eq!(Error::NotSupported.code(), crate::smccc::NOT_SUPPORTED);
+        assert_eq!(Error::NotRequired.code(), crate::smccc::NOT_REQUIRED);
+        assert_eq!(Error::InvalidParameter.code(), crate::smccc::INVALID_PARAMETER);
+    }
+}

@@ -1,0 +1,84 @@
+//! Host → hypervisor calls: `HVC #0` with an SMCCC fast-call ID in `w0`.
+//!
+//! Rampart's host calls sit in the vendor-specific hypervisor range
+//! (owning entity 6), function numbers 0x8000 and up, 64-bit convention:
+//! `0xC600_8000 + n`. The numbers below 0x8000 are left free for the
+//! KVM-compatible guest interface, whose IDs a later guest ABI reuses.
+//!
+//! Arguments are in `x1`..`x6`; the result is in `x0` (`SUCCESS` or a
+//! negative [`Error`](crate::Error) code) with values in `x1`..`x3`.
+
+use crate::smccc::{fast_call_id, owner};
+
+/// The major version of the host ABI. Bumped on incompatible change.
+pub const ABI_VERSION_MAJOR: u64 = 0;
+/// The minor version of the host ABI. Bumped when calls are added.
+pub const ABI_VERSION_MINOR: u64 = 1;
+
+/// First function number of Rampart's host calls.
+pub const HOST_FUNCTION_BASE: u16 = 0x8000;
+
+/// A host call, decoded from its function ID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum HostCall {
+    /// `RAMPART_HOST_VERSION`: no arguments. Returns `x0 = SUCCESS`,
+    /// `x1 = ABI major`, `x2 = ABI minor`.
+    Version = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE),
+    /// `RAMPART_HOST_FEATURES`: `x1` = a function ID. Returns `x0 = SUCCESS`
+    /// if the host may call it, `NOT_SUPPORTED` otherwise.
+    Features = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 1),
+}
+
+impl HostCall {
+    /// Every host call, in ID order.
+    pub const ALL: [HostCall; 2] = [HostCall::Version, HostCall::Features];
+
+    /// The function ID placed in `w0`.
+    #[must_use]
+    pub const fn id(self) -> u32 {
+        self as u32
+    }
+
+    /// The stable name used in `docs/abi.md`.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            HostCall::Version => "RAMPART_HOST_VERSION",
+            HostCall::Features => "RAMPART_HOST_FEATURES",
+        }
+    }
+}
+
+impl TryFrom<u32> for HostCall {
+    type Error = crate::Error;
+
+    fn try_from(id: u32) -> Result<Self, crate::Error> {
+        HostCall::ALL
+            .into_iter()
+            .find(|call| call.id() == id)
+            .ok_or(crate::Error::NotSupported)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_in_the_vendor_hypervisor_range() {
+        assert_eq!(HostCall::Version.id(), 0xC600_8000);
+        assert_eq!(HostCall::Features.id(), 0xC600_8001);
+        for call in HostCall::ALL {
+            assert_eq!(crate::smccc::owner_of(call.id()), owner::VENDOR_HYPERVISOR);
+            assert_eq!(HostCall::try_from(call.id()), Ok(call));
+        }
+    }
+
+    #[test]
+    fn unknown_ids_are_refused() {
+        for id in [0, 0xC600_0000, 0xC600_8002, 0x8600_8000, u32::MAX] {
+            assert_eq!(HostCall::try_from(id), Err(crate::Error::NotSupported));
+        }
+    }
+}
