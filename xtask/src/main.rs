@@ -1,1 +1,92 @@
-fn main() {}
+//! `cargo xtask`: Rampart's single entry point — build, run, test, bench.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod artifacts;
+mod bench;
+mod linux;
+mod prereq;
+mod qemu;
+mod suite;
+
+#[derive(Parser)]
+#[command(about = "Build, run, test and benchmark Rampart")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the hypervisor and the test host images into build/.
+    Build,
+    /// Boot Rampart under QEMU with a host and stream the console.
+    Run(RunArgs),
+    /// Run the whole test suite (what CI runs).
+    Test(suite::TestArgs),
+    /// Run a benchmark.
+    Bench(bench::BenchArgs),
+}
+
+/// Which host Rampart deprivileges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Host {
+    /// The bare-metal hostile test host (host/testhost).
+    Testhost,
+    /// Debian's stock arm64 kernel with a busybox initramfs.
+    Linux,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The host to run under Rampart.
+    #[arg(long, value_enum, default_value = "testhost")]
+    host: Host,
+    /// Number of CPUs.
+    #[arg(long, default_value_t = 2)]
+    smp: u32,
+    /// RAM size, as QEMU's -m takes it (512M, 2G...).
+    #[arg(long, default_value = "512M")]
+    mem: String,
+    /// CPU model (max, cortex-a72, cortex-a57...).
+    #[arg(long, default_value = "max")]
+    cpu: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Build => {
+            let hyp = artifacts::hypervisor()?;
+            let host = artifacts::testhost()?;
+            println!("{}\n{}", hyp.display(), host.display());
+            Ok(())
+        }
+        Cmd::Run(args) => run(&args),
+        Cmd::Test(args) => suite::run(&args),
+        Cmd::Bench(args) => bench::run(&args),
+    }
+}
+
+fn run(args: &RunArgs) -> Result<()> {
+    prereq::ensure(&[&prereq::QEMU])?;
+    let machine = match args.host {
+        Host::Testhost => suite::testhost_machine(args.smp, &args.mem, &args.cpu)?,
+        Host::Linux => suite::linux_machine(args.smp, &args.mem, &args.cpu, "")?,
+    };
+    eprintln!("xtask: {}", machine.command_line());
+    let run = machine.run(Duration::from_secs(args.timeout), None, true)?;
+    if run.timed_out {
+        bail!("QEMU did not finish within {} s", args.timeout);
+    }
+    match run.exit_code {
+        Some(0) => Ok(()),
+        code => bail!("QEMU exited with {code:?}: {}", run.stderr.trim()),
+    }
+}

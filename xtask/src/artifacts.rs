@@ -1,0 +1,77 @@
+//! Building the EL2 and EL1 images and turning them into flat binaries.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// The target the hypervisor is built for (no FP/SIMD use at EL2).
+pub const HYP_TARGET: &str = "aarch64-unknown-none-softfloat";
+/// The target bare-metal EL1 programs are built for.
+pub const EL1_TARGET: &str = "aarch64-unknown-none";
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// Output directory for images and downloaded artifacts.
+pub fn build_dir() -> PathBuf {
+    root().join("build")
+}
+
+/// Builds the hypervisor and returns its flat `Image`.
+pub fn hypervisor() -> Result<PathBuf> {
+    image("rampart-hyp", HYP_TARGET, "rampart.bin", &[])
+}
+
+/// Builds the bare-metal test host and returns its flat `Image`.
+pub fn testhost() -> Result<PathBuf> {
+    image("rampart-testhost", EL1_TARGET, "testhost.bin", &[])
+}
+
+/// Builds `package` for `target` in release mode and converts the ELF into a
+/// flat binary named `out` in the build directory.
+pub fn image(package: &str, target: &str, out: &str, env: &[(&str, &str)]) -> Result<PathBuf> {
+    let root = root();
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(&root)
+        .args(["build", "--release", "--package", package, "--target", target]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let status = cmd.status().with_context(|| format!("building {package}"))?;
+    if !status.success() {
+        bail!("building {package} for {target} failed");
+    }
+    let elf = root.join("target").join(target).join("release").join(package);
+    let dir = build_dir();
+    std::fs::create_dir_all(&dir)?;
+    let bin = dir.join(out);
+    let status = Command::new(objcopy()?)
+        .args(["-O", "binary"])
+        .arg(&elf)
+        .arg(&bin)
+        .status()
+        .context("running llvm-objcopy")?;
+    if !status.success() {
+        bail!("llvm-objcopy failed on {}", elf.display());
+    }
+    Ok(bin)
+}
+
+/// The path of `llvm-objcopy` from the `llvm-tools` rustup component.
+pub fn objcopy() -> Result<PathBuf> {
+    let out = Command::new("rustc").args(["--print", "sysroot"]).output()?;
+    let sysroot = PathBuf::from(String::from_utf8(out.stdout)?.trim());
+    let host = Command::new("rustc").args(["-vV"]).output()?;
+    let host = String::from_utf8(host.stdout)?
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+        .context("rustc -vV printed no host")?;
+    let tool = sysroot.join("lib/rustlib").join(host).join("bin/llvm-objcopy");
+    if !tool.exists() {
+        bail!("{} is missing: run `rustup component add llvm-tools`", tool.display());
+    }
+    Ok(tool)
+}

@@ -1,0 +1,232 @@
+//! `cargo xtask test`: the whole suite CI runs.
+//!
+//! 1. `cargo test` of the hardware-free crates (unit, property, model tests).
+//! 2. The hypervisor with the hostile bare-metal test host under QEMU, over a
+//!    purposeful matrix of CPU counts, memory sizes and CPU models.
+//! 3. Bad boot input: each must end in a clear message and a power-off.
+//! 4. Debian's stock kernel as the host.
+//!
+//! Every QEMU run has a timeout; a failure prints the console's tail.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::qemu::{HOST_LOAD_ADDRESS, Machine, Run};
+use crate::{artifacts, linux, prereq};
+
+/// Arguments of `cargo xtask test`.
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Skip `cargo test` of the hardware-free crates.
+    #[arg(long)]
+    pub no_unit: bool,
+    /// Skip the stock Linux host runs.
+    #[arg(long)]
+    pub no_linux: bool,
+    /// Run only QEMU cases whose name contains this text.
+    #[arg(long)]
+    pub only: Option<String>,
+}
+
+/// A QEMU machine that runs Rampart with the test host.
+pub fn testhost_machine(smp: u32, mem: &str, cpu: &str) -> Result<Machine> {
+    let hyp = artifacts::hypervisor()?;
+    let host = artifacts::testhost()?;
+    let mut m = Machine::new(hyp);
+    m.smp = smp;
+    m.mem = mem.into();
+    m.cpu = cpu.into();
+    m.loaders.push((host, HOST_LOAD_ADDRESS));
+    m.append = format!("rampart.host={HOST_LOAD_ADDRESS:#x}");
+    Ok(m)
+}
+
+/// A QEMU machine that runs Rampart with Debian's kernel as the host.
+/// `host_args` is appended to the host kernel's command line.
+pub fn linux_machine(smp: u32, mem: &str, cpu: &str, host_args: &str) -> Result<Machine> {
+    prereq::ensure(&[&prereq::CPIO])?;
+    let hyp = artifacts::hypervisor()?;
+    let host = linux::prepare()?;
+    let mut m = Machine::new(hyp);
+    m.smp = smp;
+    m.mem = mem.into();
+    m.cpu = cpu.into();
+    m.loaders.push((host.kernel, HOST_LOAD_ADDRESS));
+    m.initrd = Some(host.initramfs);
+    m.append = format!(
+        "rampart.host={HOST_LOAD_ADDRESS:#x} -- console=ttyAMA0 earlycon panic=-1 {host_args}"
+    );
+    Ok(m)
+}
+
+struct Outcome {
+    name: String,
+    result: Result<String>,
+    secs: f64,
+}
+
+/// Runs the suite.
+pub fn run(args: &TestArgs) -> Result<()> {
+    prereq::ensure(&[&prereq::QEMU, &prereq::DTC, &prereq::CPIO])?;
+    let start = Instant::now();
+    if !args.no_unit {
+        let status = Command::new(env!("CARGO"))
+            .current_dir(artifacts::root())
+            .args(["test", "--workspace", "--exclude", "rampart-hyp", "--exclude", "rampart-testhost"])
+            .status()
+            .context("running cargo test")?;
+        if !status.success() {
+            bail!("cargo test failed");
+        }
+    }
+
+    let mut outcomes = Vec::new();
+    let mut case = |name: String, f: &dyn Fn() -> Result<String>| {
+        if let Some(only) = &args.only
+            && !name.contains(only.as_str())
+        {
+            return;
+        }
+        let t = Instant::now();
+        eprintln!("test {name} ...");
+        let result = f();
+        let secs = t.elapsed().as_secs_f64();
+        match &result {
+            Ok(detail) => eprintln!("test {name} ... ok ({secs:.1}s) {detail}"),
+            Err(e) => eprintln!("test {name} ... FAILED ({secs:.1}s)\n{e:#}"),
+        }
+        outcomes.push(Outcome { name, result, secs });
+    };
+
+    // The test host: every CPU count with the default model and memory, then
+    // each other model and the large memory size once.
+    let matrix: &[(u32, &str, &str)] = &[
+        (1, "512M", "max"),
+        (2, "512M", "max"),
+        (4, "512M", "max"),
+        (2, "2G", "max"),
+        (2, "512M", "cortex-a57"),
+        (4, "2G", "cortex-a72"),
+    ];
+    for &(smp, mem, cpu) in matrix {
+        case(format!("testhost/smp{smp}/{mem}/{cpu}"), &|| testhost_case(smp, mem, cpu));
+    }
+
+    // Bad boot input ends in a message and a power-off, never a hang.
+    case("bad-boot/ram-too-small".into(), &|| {
+        bad_boot(1, "64M", "rampart: RAM too small")
+    });
+    case("bad-boot/too-many-cpus".into(), &|| bad_boot(9, "512M", "rampart: too many CPUs"));
+    case("bad-boot/no-host-image".into(), &|| {
+        let mut m = testhost_machine(1, "512M", "max")?;
+        m.append.clear();
+        expect_clean_refusal(&m, "rampart: no host image")
+    });
+
+    if !args.no_linux {
+        for smp in [1, 2, 4] {
+            case(format!("linux/smp{smp}"), &|| linux_case(smp));
+        }
+    }
+
+    let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.result.is_err()).collect();
+    eprintln!("\nsummary ({:.0}s):", start.elapsed().as_secs_f64());
+    for o in &outcomes {
+        let status = if o.result.is_ok() { "ok" } else { "FAILED" };
+        eprintln!("  {:<40} {status:>6} {:6.1}s", o.name, o.secs);
+    }
+    if !failed.is_empty() {
+        bail!("{} of {} QEMU cases failed", failed.len(), outcomes.len());
+    }
+    Ok(())
+}
+
+const TESTHOST_TIMEOUT: Duration = Duration::from_secs(120);
+const LINUX_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn testhost_case(smp: u32, mem: &str, cpu: &str) -> Result<String> {
+    let m = testhost_machine(smp, mem, cpu)?;
+    let run = m.run(TESTHOST_TIMEOUT, None, false)?;
+    check_testhost(&run, smp)
+}
+
+/// Checks a test-host run: the boot log, every check passed, clean power-off.
+fn check_testhost(run: &Run, smp: u32) -> Result<String> {
+    if run.timed_out {
+        bail!(run.failure("timed out"));
+    }
+    if !run.console.contains("rampart: entering host") {
+        bail!(run.failure("the hypervisor did not reach the host"));
+    }
+    let summary = run
+        .console
+        .lines()
+        .rev()
+        .find_map(parse_summary)
+        .ok_or_else(|| anyhow::anyhow!(run.failure("no `N passed, N failed` line")))?;
+    let failed: Vec<&str> = run.console.lines().filter(|l| l.starts_with("FAIL")).collect();
+    if summary.1 != 0 || !failed.is_empty() {
+        bail!(run.failure(&format!("{} checks failed:\n  {}", summary.1, failed.join("\n  "))));
+    }
+    if summary.0 == 0 {
+        bail!(run.failure("no checks ran"));
+    }
+    let cpus = format!("rampart: {smp} CPUs");
+    if !run.console.contains(&cpus) {
+        bail!(run.failure(&format!("boot log lacks `{cpus}`")));
+    }
+    if run.exit_code != Some(0) {
+        bail!(run.failure("QEMU did not power off cleanly"));
+    }
+    Ok(format!("{} checks passed", summary.0))
+}
+
+/// Parses `N passed, M failed`.
+fn parse_summary(line: &str) -> Option<(u32, u32)> {
+    let (passed, failed) = line.trim().split_once(" passed, ")?;
+    let failed = failed.strip_suffix(" failed")?;
+    Some((passed.trim().parse().ok()?, failed.trim().parse().ok()?))
+}
+
+fn bad_boot(smp: u32, mem: &str, expect: &str) -> Result<String> {
+    let m = testhost_machine(smp, mem, "max")?;
+    expect_clean_refusal(&m, expect)
+}
+
+/// The hypervisor must print `expect`, never enter the host, and power off.
+fn expect_clean_refusal(m: &Machine, expect: &str) -> Result<String> {
+    let run = m.run(Duration::from_secs(60), None, false)?;
+    if run.timed_out {
+        bail!(run.failure("hung instead of powering off"));
+    }
+    if !run.console.contains(expect) {
+        bail!(run.failure(&format!("expected `{expect}` on the console")));
+    }
+    if run.console.contains("rampart: entering host") {
+        bail!(run.failure("entered the host despite bad boot input"));
+    }
+    if run.exit_code != Some(0) {
+        bail!(run.failure("QEMU did not power off cleanly"));
+    }
+    Ok(String::new())
+}
+
+fn linux_case(smp: u32) -> Result<String> {
+    let _ = smp;
+    bail!("not yet")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_summary;
+
+    #[test]
+    fn parses_the_summary_line() {
+        assert_eq!(parse_summary("12 passed, 0 failed"), Some((12, 0)));
+        assert_eq!(parse_summary("  3 passed, 2 failed\r"), Some((3, 2)));
+        assert_eq!(parse_summary("passed, failed"), None);
+        assert_eq!(parse_summary("PASS psci"), None);
+    }
+}
