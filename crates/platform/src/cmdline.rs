@@ -1,0 +1,105 @@
+//! The boot command line: Rampart's own options and the host's remainder.
+//!
+//! See [`rampart_abi::boot`] for the format.
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use rampart_abi::boot::{HOST_IMAGE_KEY, OPTION_PREFIX};
+
+use crate::BootError;
+
+/// What Rampart takes from the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandLine {
+    /// Physical address of the host's `Image`.
+    pub host_image: u64,
+    /// What remains for the host's `bootargs`.
+    pub host_bootargs: String,
+}
+
+/// Splits `bootargs` into Rampart's options and the host's command line.
+///
+/// # Errors
+///
+/// [`BootError::NoHostImage`] when `rampart.host=` is absent, and
+/// [`BootError::BadCommandLine`] for an unknown `rampart.` option, a
+/// repeated one, or a value that is not a number.
+pub fn parse(bootargs: &str) -> Result<CommandLine, BootError> {
+    let mut host_image = None;
+    let mut host = Vec::new();
+    let mut separator_seen = false;
+    for word in bootargs.split_ascii_whitespace() {
+        if word == "--" && !separator_seen {
+            separator_seen = true;
+            continue;
+        }
+        let Some(option) = word.strip_prefix(OPTION_PREFIX) else {
+            host.push(word);
+            continue;
+        };
+        let (key, value) = option.split_once('=').unwrap_or((option, ""));
+        let full_key = &word[..OPTION_PREFIX.len() + key.len()];
+        if full_key == HOST_IMAGE_KEY {
+            if host_image.is_some() {
+                return Err(BootError::BadCommandLine(alloc::format!("{HOST_IMAGE_KEY} given twice")));
+            }
+            host_image = Some(parse_number(value).ok_or_else(|| {
+                BootError::BadCommandLine(alloc::format!(
+                    "{HOST_IMAGE_KEY}=`{value}` is not an address (use 0x... or decimal)"
+                ))
+            })?);
+        } else {
+            return Err(BootError::BadCommandLine(alloc::format!("unknown option `{word}`")));
+        }
+    }
+    Ok(CommandLine {
+        host_image: host_image.ok_or(BootError::NoHostImage)?,
+        host_bootargs: host.join(" ").to_string(),
+    })
+}
+
+/// Parses `0x`-prefixed hexadecimal or decimal.
+fn parse_number(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) if !hex.is_empty() => u64::from_str_radix(hex, 16).ok(),
+        Some(_) => None,
+        None => s.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn takes_rampart_options_and_passes_the_rest() {
+        let c = parse("rampart.host=0x42000000 -- console=ttyAMA0 earlycon -- init-arg").unwrap();
+        assert_eq!(c.host_image, 0x4200_0000);
+        assert_eq!(c.host_bootargs, "console=ttyAMA0 earlycon -- init-arg");
+        let c = parse("quiet rampart.host=1107296256").unwrap();
+        assert_eq!(c.host_image, 0x4200_0000);
+        assert_eq!(c.host_bootargs, "quiet");
+    }
+
+    #[test]
+    fn refuses_bad_input_with_a_reason() {
+        assert_eq!(parse(""), Err(BootError::NoHostImage));
+        assert_eq!(parse("console=ttyAMA0"), Err(BootError::NoHostImage));
+        for bad in [
+            "rampart.host=",
+            "rampart.host=0x",
+            "rampart.host=0xZZ",
+            "rampart.host",
+            "rampart.host=0x1 rampart.host=0x2",
+            "rampart.hots=0x1",
+            "rampart.=1",
+        ] {
+            assert!(
+                matches!(parse(bad), Err(BootError::BadCommandLine(_))),
+                "{bad} gave {:?}",
+                parse(bad)
+            );
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The device tree handed to the host: the boot tree, plus the carve-out as
+//! `no-map` reserved memory, with Rampart's options taken off the command
+//! line.
+
+use alloc::format;
+use alloc::string::ToString;
+use alloc::vec::Vec;
+
+use dtoolkit::{Node, Property};
+use dtoolkit::fdt::Fdt;
+use dtoolkit::model::{DeviceTree, DeviceTreeNode, DeviceTreeProperty};
+use rampart_abi::boot::{CARVEOUT_COMPATIBLE, CARVEOUT_NODE_NAME};
+
+use crate::{BootError, MemRange};
+
+fn err(e: impl core::fmt::Display) -> BootError {
+    BootError::HostDeviceTree(e.to_string())
+}
+
+/// Encodes `value` in `cells` 32-bit big-endian cells.
+fn cells(value: u64, cells: u32) -> Result<Vec<u32>, BootError> {
+    match cells {
+        1 => u32::try_from(value)
+            .map(|v| alloc::vec![v])
+            .map_err(|_| err(format!("{value:#x} does not fit in one cell"))),
+        2 => {
+            #[allow(clippy::cast_possible_truncation, reason = "splitting into 32-bit halves")]
+            let halves = alloc::vec![(value >> 32) as u32, value as u32];
+            Ok(halves)
+        }
+        n => Err(err(format!("/reserved-memory uses {n} cells; only 1 or 2 are supported"))),
+    }
+}
+
+fn read_cells(node: &DeviceTreeNode, name: &str) -> Result<u32, BootError> {
+    match node.property(name) {
+        None => Ok(2),
+        Some(p) => {
+            let v = p.value();
+            let bytes: [u8; 4] = v
+                .try_into()
+                .map_err(|_| err(format!("/reserved-memory `{name}` is {} bytes", v.len())))?;
+            Ok(u32::from_be_bytes(bytes))
+        }
+    }
+}
+
+/// Builds the host's device tree from the boot tree `blob`.
+///
+/// # Errors
+///
+/// [`BootError::HostDeviceTree`] if the boot tree's `/reserved-memory` uses
+/// cell sizes Rampart cannot write, or already has a node of Rampart's name.
+pub fn build(blob: &[u8], carveout: MemRange, host_bootargs: &str) -> Result<Vec<u8>, BootError> {
+    let fdt = Fdt::new(blob).map_err(|e| BootError::MalformedDeviceTree(e.to_string()))?;
+    let mut tree = DeviceTree::from_fdt(&fdt);
+
+    if tree.root.child("reserved-memory").is_none() {
+        let node = DeviceTreeNode::builder("reserved-memory")
+            .map_err(err)?
+            .property(DeviceTreeProperty::new("#address-cells", 2u32).map_err(err)?)
+            .property(DeviceTreeProperty::new("#size-cells", 2u32).map_err(err)?)
+            .property(DeviceTreeProperty::new("ranges", &[] as &[u8]).map_err(err)?)
+            .build();
+        tree.root.add_child(node);
+    }
+    let rmem = tree
+        .root
+        .child_mut("reserved-memory")
+        .ok_or_else(|| err("/reserved-memory vanished"))?;
+    let address_cells = read_cells(rmem, "#address-cells")?;
+    let size_cells = read_cells(rmem, "#size-cells")?;
+    let name = format!("{CARVEOUT_NODE_NAME}@{:x}", carveout.start());
+    if rmem.child(&name).is_some() {
+        return Err(err(format!("/reserved-memory/{name} already exists")));
+    }
+    let mut reg = cells(carveout.start(), address_cells)?;
+    reg.extend(cells(carveout.size(), size_cells)?);
+    let node = DeviceTreeNode::builder(name)
+        .map_err(err)?
+        .property(DeviceTreeProperty::new("compatible", CARVEOUT_COMPATIBLE).map_err(err)?)
+        .property(DeviceTreeProperty::new("reg", reg).map_err(err)?)
+        .property(DeviceTreeProperty::new("no-map", &[] as &[u8]).map_err(err)?)
+        .build();
+    rmem.add_child(node);
+
+    let chosen = match tree.root.child_mut("chosen") {
+        Some(c) => c,
+        None => tree.root.add_child_mut(DeviceTreeNode::new("chosen").map_err(err)?),
+    };
+    chosen.remove_property("bootargs");
+    if !host_bootargs.is_empty() {
+        chosen.add_property(DeviceTreeProperty::new("bootargs", host_bootargs).map_err(err)?);
+    }
+    Ok(tree.to_dtb())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dt;
+
+    const QEMU_VIRT: &[u8] = include_bytes!("../tests/fixtures/qemu-virt-2cpu.dtb");
+
+    #[test]
+    fn adds_the_carveout_and_rewrites_bootargs() {
+        let carveout = MemRange::new(0x4020_0000, 0x4120_0000).unwrap();
+        let out = build(QEMU_VIRT, carveout, "console=ttyAMA0").unwrap();
+        let info = dt::parse(&out).unwrap();
+        assert_eq!(info.reserved, alloc::vec![carveout]);
+        assert_eq!(info.bootargs, "console=ttyAMA0");
+        let fdt = Fdt::new(&out).unwrap();
+        let node = fdt.find_node("/reserved-memory/rampart-hypervisor@40200000").unwrap();
+        assert!(node.property("no-map").is_some());
+        let compat = node.property("compatible").unwrap();
+        assert_eq!(compat.value_as::<&str>().unwrap(), CARVEOUT_COMPATIBLE);
+        // The rest of the tree is unchanged.
+        let before = dt::parse(QEMU_VIRT).unwrap();
+        assert_eq!(info.memory, before.memory);
+        assert_eq!(info.cpus, before.cpus);
+        assert_eq!(info.devices, before.devices);
+    }
+
+    #[test]
+    fn empty_host_bootargs_remove_the_property() {
+        let carveout = MemRange::new(0x4020_0000, 0x4120_0000).unwrap();
+        let out = build(QEMU_VIRT, carveout, "").unwrap();
+        let fdt = Fdt::new(&out).unwrap();
+        assert!(fdt.find_node("/chosen").unwrap().property("bootargs").is_none());
+    }
+
+    #[test]
+    fn refuses_to_add_the_node_twice() {
+        let carveout = MemRange::new(0x4020_0000, 0x4120_0000).unwrap();
+        let once = build(QEMU_VIRT, carveout, "").unwrap();
+        assert!(matches!(build(&once, carveout, ""), Err(BootError::HostDeviceTree(_))));
+    }
+}
