@@ -1,15 +1,247 @@
 //! `cargo xtask bench`: benchmarks whose figures go to docs/perf.md.
+//!
+//! `boot`: wall time from QEMU's start to the Linux host's `/init` printing
+//! [`linux::INIT_MARKER`], for Debian's kernel under Rampart, at bare EL1
+//! (no hypervisor), and under Linux's own pKVM (`kvm-arm.mode=protected`).
+//! The modes run round-robin (A, B, C, A, B, C, ...) so that drift in the
+//! build machine's load spreads evenly over them.
+
+use std::fmt::Write as _;
+use std::time::Duration;
 
 use anyhow::{Result, bail};
+use clap::ValueEnum;
+
+use crate::qemu::Machine;
+use crate::{linux, prereq, suite};
 
 /// Arguments of `cargo xtask bench`.
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Which benchmark.
-    pub which: String,
+    #[arg(value_enum)]
+    pub which: Which,
+    /// Rounds; each round boots every mode once.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u32,
+    /// Number of CPUs.
+    #[arg(long, default_value_t = 2)]
+    pub smp: u32,
+    /// RAM size, as QEMU's -m takes it.
+    #[arg(long, default_value = "1G")]
+    pub mem: String,
+    /// Give up on one boot after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+}
+
+/// The benchmarks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Which {
+    /// Linux host boot time to /init: Rampart vs bare EL1 vs pKVM.
+    Boot,
 }
 
 /// Runs a benchmark.
 pub fn run(args: &BenchArgs) -> Result<()> {
-    bail!("unknown benchmark {}", args.which)
+    match args.which {
+        Which::Boot => boot(args),
+    }
+}
+
+/// What Linux prints once its own pKVM has deprivileged it.
+pub const PKVM_READY: &str = "Protected nVHE mode initialized successfully";
+
+/// The host kernel's command line in every mode (after Rampart's own part).
+const HOST_ARGS: &str = "console=ttyAMA0 earlycon panic=-1";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Rampart,
+    Bare,
+    Pkvm,
+}
+
+impl Mode {
+    const ALL: [Mode; 3] = [Mode::Rampart, Mode::Bare, Mode::Pkvm];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Rampart => "rampart",
+            Mode::Bare => "bare EL1",
+            Mode::Pkvm => "pKVM",
+        }
+    }
+
+    fn machine(self, args: &BenchArgs, host: &linux::LinuxHost) -> Result<Machine> {
+        if self == Mode::Rampart {
+            return suite::linux_machine(args.smp, &args.mem, "max", "");
+        }
+        let mut m = Machine::new(host.kernel.clone());
+        m.smp = args.smp;
+        m.mem = args.mem.clone();
+        m.cpu = "max".into();
+        m.initrd = Some(host.initramfs.clone());
+        match self {
+            Mode::Bare => {
+                m.virtualization = false;
+                m.append = HOST_ARGS.into();
+            }
+            _ => {
+                m.virtualization = true;
+                m.append = format!("{HOST_ARGS} kvm-arm.mode=protected");
+            }
+        }
+        Ok(m)
+    }
+}
+
+/// One mode's machine, samples and first failure.
+struct Series {
+    mode: Mode,
+    machine: Option<Machine>,
+    secs: Vec<f64>,
+    failure: Option<String>,
+}
+
+fn boot(args: &BenchArgs) -> Result<()> {
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    prereq::ensure(&[&prereq::QEMU])?;
+    let host = linux::prepare()?;
+    let timeout = Duration::from_secs(args.timeout);
+    println!(
+        "bench boot: {} {} (arm64 cloud), {} CPUs, {} RAM, {} rounds, time from QEMU start to `{}`",
+        host.package,
+        host.version,
+        args.smp,
+        args.mem,
+        args.rounds,
+        linux::INIT_MARKER
+    );
+
+    let mut series: Vec<Series> = Mode::ALL
+        .iter()
+        .map(|&mode| {
+            let (machine, failure) = match mode.machine(args, &host) {
+                Ok(m) => (Some(m), None),
+                Err(e) => (None, Some(format!("could not set up: {e:#}"))),
+            };
+            Series { mode, machine, secs: Vec::new(), failure }
+        })
+        .collect();
+    for s in &series {
+        match (&s.machine, &s.failure) {
+            (Some(m), _) => println!("  {:<9} {}", s.mode.name(), m.command_line()),
+            (None, Some(f)) => println!("  {:<9} FAILED {f}", s.mode.name()),
+            (None, None) => unreachable!(),
+        }
+    }
+
+    for round in 1..=args.rounds {
+        let mut line = format!("round {round}:");
+        for s in &mut series {
+            // A mode that failed once is not retried: a broken mode would
+            // otherwise cost a timeout every round.
+            if s.failure.is_some() {
+                let _ = write!(line, "  {} skipped", s.mode.name());
+                continue;
+            }
+            let machine = s.machine.as_ref().expect("set up");
+            match measure(s.mode, machine, timeout) {
+                Ok(t) => {
+                    let _ = write!(line, "  {} {t:.2}s", s.mode.name());
+                    s.secs.push(t);
+                }
+                Err(e) => {
+                    let _ = write!(line, "  {} FAILED", s.mode.name());
+                    s.failure = Some(e);
+                }
+            }
+        }
+        println!("{line}");
+    }
+
+    let bare = series
+        .iter()
+        .find(|s| s.mode == Mode::Bare && s.failure.is_none())
+        .map(|s| median(&s.secs));
+    println!("\n{:<9} {:>8} {:>8} {:>8} {:>8}", "mode", "median", "min", "max", "vs bare");
+    for s in &series {
+        if let Some(f) = &s.failure {
+            println!("{:<9} FAILED: {f}", s.mode.name());
+            continue;
+        }
+        let ratio = bare.map_or("-".to_string(), |b| format!("{:.3}", median(&s.secs) / b));
+        println!(
+            "{:<9} {:>7.2}s {:>7.2}s {:>7.2}s {:>8}",
+            s.mode.name(),
+            median(&s.secs),
+            min(&s.secs),
+            max(&s.secs),
+            ratio
+        );
+    }
+    if let (Some(b), Some(r)) = (bare, series.iter().find(|s| s.mode == Mode::Rampart && s.failure.is_none())) {
+        let overhead = (median(&r.secs) / b - 1.0) * 100.0;
+        let verdict = if overhead <= 5.0 { "meets" } else { "misses" };
+        println!("rampart overhead vs bare EL1: {overhead:+.1}% ({verdict} the 5% goal)");
+    }
+
+    let failed: Vec<&str> = series.iter().filter(|s| s.failure.is_some()).map(|s| s.mode.name()).collect();
+    if !failed.is_empty() {
+        bail!("bench boot: {} failed (see above)", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Boots once; the seconds from QEMU's start to the `/init` marker.
+fn measure(mode: Mode, machine: &Machine, timeout: Duration) -> std::result::Result<f64, String> {
+    let run = machine
+        .run(timeout, Some(linux::INIT_MARKER), false)
+        .map_err(|e| format!("could not run QEMU: {e:#}"))?;
+    let Some(at) = run.time_of(linux::INIT_MARKER) else {
+        let what = if run.timed_out {
+            format!("no `{}` within {}s", linux::INIT_MARKER, timeout.as_secs())
+        } else {
+            format!("QEMU ended before `{}`", linux::INIT_MARKER)
+        };
+        return Err(run.failure(&what));
+    };
+    if mode == Mode::Pkvm && !run.console.contains(PKVM_READY) {
+        return Err(run.failure(&format!("the kernel did not print `{PKVM_READY}`")));
+    }
+    Ok(at.as_secs_f64())
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn min(xs: &[f64]) -> f64 {
+    xs.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn max(xs: &[f64]) -> f64 {
+    xs.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[5.0]), 5.0);
+        assert!(median(&[]).is_nan());
+    }
 }
