@@ -42,7 +42,9 @@ pub fn parse(bootargs: &str) -> Result<CommandLine, BootError> {
         let full_key = &word[..OPTION_PREFIX.len() + key.len()];
         if full_key == HOST_IMAGE_KEY {
             if host_image.is_some() {
-                return Err(BootError::BadCommandLine(alloc::format!("{HOST_IMAGE_KEY} given twice")));
+                return Err(BootError::BadCommandLine(alloc::format!(
+                    "{HOST_IMAGE_KEY} given twice"
+                )));
             }
             host_image = Some(parse_number(value).ok_or_else(|| {
                 BootError::BadCommandLine(alloc::format!(
@@ -50,7 +52,9 @@ pub fn parse(bootargs: &str) -> Result<CommandLine, BootError> {
                 ))
             })?);
         } else {
-            return Err(BootError::BadCommandLine(alloc::format!("unknown option `{word}`")));
+            return Err(BootError::BadCommandLine(alloc::format!(
+                "unknown option `{word}`"
+            )));
         }
     }
     Ok(CommandLine {

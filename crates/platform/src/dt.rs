@@ -41,7 +41,11 @@ fn malformed(e: impl core::fmt::Display) -> BootError {
 }
 
 fn bad_property(node: &FdtNode<'_>, property: &'static str, reason: impl ToString) -> BootError {
-    BootError::BadProperty { node: node.name().to_string(), property, reason: reason.to_string() }
+    BootError::BadProperty {
+        node: node.name().to_string(),
+        property,
+        reason: reason.to_string(),
+    }
 }
 
 /// The `reg` entries of `node` as ranges.
@@ -54,7 +58,11 @@ fn regs(node: &FdtNode<'_>) -> Result<Vec<MemRange>, BootError> {
         let address: u64 = reg.address().map_err(|e| bad_property(node, "reg", e))?;
         let size: u64 = reg.size().map_err(|e| bad_property(node, "reg", e))?;
         let range = MemRange::from_base_size(address, size).ok_or_else(|| {
-            bad_property(node, "reg", format!("{address:#x} + {size:#x} wraps around"))
+            bad_property(
+                node,
+                "reg",
+                format!("{address:#x} + {size:#x} wraps around"),
+            )
         })?;
         out.push(range);
     }
@@ -68,19 +76,33 @@ fn is_enabled(node: &FdtNode<'_>) -> bool {
     }
 }
 
-fn string_property<'a>(node: &FdtNode<'a>, name: &'static str) -> Result<Option<&'a str>, BootError> {
+fn string_property<'a>(
+    node: &FdtNode<'a>,
+    name: &'static str,
+) -> Result<Option<&'a str>, BootError> {
     match node.property(name) {
         None => Ok(None),
-        Some(p) => p.value_as::<&str>().map(Some).map_err(|e| bad_property(node, name, e)),
+        Some(p) => p
+            .value_as::<&str>()
+            .map(Some)
+            .map_err(|e| bad_property(node, name, e)),
     }
 }
 
 fn u64_property(node: &FdtNode<'_>, name: &'static str) -> Result<Option<u64>, BootError> {
-    let Some(p) = node.property(name) else { return Ok(None) };
+    let Some(p) = node.property(name) else {
+        return Ok(None);
+    };
     match p.value().len() {
         4 => p.value_as::<u32>().map(|v| Some(u64::from(v))),
         8 => p.value_as::<u64>().map(Some),
-        n => return Err(bad_property(node, name, format!("is {n} bytes, want 4 or 8"))),
+        n => {
+            return Err(bad_property(
+                node,
+                name,
+                format!("is {n} bytes, want 4 or 8"),
+            ));
+        }
     }
     .map_err(|e| bad_property(node, name, e))
 }
@@ -158,25 +180,48 @@ pub fn parse(blob: &[u8]) -> Result<DeviceTreeInfo, BootError> {
         None => return Err(BootError::UnsupportedPsci("/psci has no `method`".into())),
     }
 
-    let cpus_node = fdt.find_node("/cpus").ok_or(BootError::MissingNode("/cpus"))?;
+    let cpus_node = fdt
+        .find_node("/cpus")
+        .ok_or(BootError::MissingNode("/cpus"))?;
     let mut cpus = Vec::new();
     for cpu in cpus_node.children() {
         if string_property(&cpu, "device_type")? != Some("cpu") || !is_enabled(&cpu) {
             continue;
         }
-        let reg = cpu.property("reg").ok_or_else(|| bad_property(&cpu, "reg", "is missing"))?;
+        let reg = cpu
+            .property("reg")
+            .ok_or_else(|| bad_property(&cpu, "reg", "is missing"))?;
         let mpidr = match reg.value().len() {
-            4 => u64::from(reg.value_as::<u32>().map_err(|e| bad_property(&cpu, "reg", e))?),
-            8 => reg.value_as::<u64>().map_err(|e| bad_property(&cpu, "reg", e))?,
-            n => return Err(bad_property(&cpu, "reg", format!("is {n} bytes, want 4 or 8"))),
+            4 => u64::from(
+                reg.value_as::<u32>()
+                    .map_err(|e| bad_property(&cpu, "reg", e))?,
+            ),
+            8 => reg
+                .value_as::<u64>()
+                .map_err(|e| bad_property(&cpu, "reg", e))?,
+            n => {
+                return Err(bad_property(
+                    &cpu,
+                    "reg",
+                    format!("is {n} bytes, want 4 or 8"),
+                ));
+            }
         };
         if let Some(method) = string_property(&cpu, "enable-method")?
             && method != "psci"
         {
-            return Err(bad_property(&cpu, "enable-method", format!("is `{method}`, want `psci`")));
+            return Err(bad_property(
+                &cpu,
+                "enable-method",
+                format!("is `{method}`, want `psci`"),
+            ));
         }
         if cpus.contains(&mpidr) {
-            return Err(bad_property(&cpu, "reg", format!("MPIDR {mpidr:#x} listed twice")));
+            return Err(bad_property(
+                &cpu,
+                "reg",
+                format!("MPIDR {mpidr:#x} listed twice"),
+            ));
         }
         cpus.push(mpidr);
     }
@@ -195,16 +240,29 @@ pub fn parse(blob: &[u8]) -> Result<DeviceTreeInfo, BootError> {
         let end = u64_property(&chosen, "linux,initrd-end")?;
         initrd = match (start, end) {
             (Some(s), Some(e)) => Some(MemRange::new(s, e).ok_or_else(|| {
-                bad_property(&chosen, "linux,initrd-end", format!("{e:#x} is before the start {s:#x}"))
+                bad_property(
+                    &chosen,
+                    "linux,initrd-end",
+                    format!("{e:#x} is before the start {s:#x}"),
+                )
             })?),
             (None, None) => None,
-            _ => return Err(bad_property(&chosen, "linux,initrd-start", "comes without its end")),
+            _ => {
+                return Err(bad_property(
+                    &chosen,
+                    "linux,initrd-start",
+                    "comes without its end",
+                ));
+            }
         };
         stdout_path = string_property(&chosen, "stdout-path")?
             .map(|p| p.split(':').next().unwrap_or(p).to_string());
     }
     let uart = match stdout_path.as_deref().map(|p| p.trim_start_matches('/')) {
-        Some(path) => uart_candidates.iter().find(|(n, _)| n == path).map(|(_, r)| *r),
+        Some(path) => uart_candidates
+            .iter()
+            .find(|(n, _)| n == path)
+            .map(|(_, r)| *r),
         None => None,
     }
     .or_else(|| uart_candidates.first().map(|(_, r)| *r));
@@ -213,7 +271,9 @@ pub fn parse(blob: &[u8]) -> Result<DeviceTreeInfo, BootError> {
     for entry in fdt.memory_reservations() {
         let (address, size) = (entry.address(), entry.size());
         reserved.push(MemRange::from_base_size(address, size).ok_or_else(|| {
-            malformed(format!("/memreserve/ {address:#x} + {size:#x} wraps around"))
+            malformed(format!(
+                "/memreserve/ {address:#x} + {size:#x} wraps around"
+            ))
         })?);
     }
     if let Some(rmem) = fdt.find_node("/reserved-memory") {
@@ -246,9 +306,12 @@ fn collect_devices(node: &FdtNode<'_>, out: &mut Vec<MemRange>) -> Result<(), Bo
     if string_property(node, "device_type")? == Some("pci") {
         if let Some(ranges) = node.ranges().map_err(|e| bad_property(node, "ranges", e))? {
             for window in ranges {
-                let parent: u64 =
-                    window.parent_bus_address().map_err(|e| bad_property(node, "ranges", e))?;
-                let len: u64 = window.length().map_err(|e| bad_property(node, "ranges", e))?;
+                let parent: u64 = window
+                    .parent_bus_address()
+                    .map_err(|e| bad_property(node, "ranges", e))?;
+                let len: u64 = window
+                    .length()
+                    .map_err(|e| bad_property(node, "ranges", e))?;
                 let r = MemRange::from_base_size(parent, len)
                     .ok_or_else(|| bad_property(node, "ranges", "a window wraps around"))?;
                 if let Some(aligned) = page_cover(r) {
@@ -260,7 +323,10 @@ fn collect_devices(node: &FdtNode<'_>, out: &mut Vec<MemRange>) -> Result<(), Bo
     }
     // Children share the parent's address space only through an empty
     // `ranges`; other translations are not followed.
-    if node.property("ranges").is_some_and(|p| p.value().is_empty()) {
+    if node
+        .property("ranges")
+        .is_some_and(|p| p.value().is_empty())
+    {
         for child in node.children() {
             if is_enabled(&child) {
                 collect_devices(&child, out)?;

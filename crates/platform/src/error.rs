@@ -77,7 +77,11 @@ impl fmt::Display for BootError {
             BootError::NoDeviceTree => write!(f, "no device tree: the loader passed x0 = 0"),
             BootError::MalformedDeviceTree(why) => write!(f, "malformed device tree: {why}"),
             BootError::MissingNode(node) => write!(f, "device tree has no {node} node"),
-            BootError::BadProperty { node, property, reason } => {
+            BootError::BadProperty {
+                node,
+                property,
+                reason,
+            } => {
                 write!(f, "device tree node {node}: property `{property}` {reason}")
             }
             BootError::NoMemory => write!(f, "device tree describes no RAM"),
@@ -92,7 +96,10 @@ impl fmt::Display for BootError {
                     f,
                     "RAM too small: the carve-out {carveout} does not fit in the RAM bank {ram}"
                 ),
-                None => write!(f, "RAM too small: no RAM bank holds the carve-out {carveout}"),
+                None => write!(
+                    f,
+                    "RAM too small: no RAM bank holds the carve-out {carveout}"
+                ),
             },
             BootError::NoHostImage => write!(
                 f,
@@ -102,7 +109,12 @@ impl fmt::Display for BootError {
             BootError::BadHostImage { address, reason } => {
                 write!(f, "bad host image at {address:#x}: {reason}")
             }
-            BootError::Overlap { what, range, with, other } => {
+            BootError::Overlap {
+                what,
+                range,
+                with,
+                other,
+            } => {
                 write!(f, "{what} {range} overlaps {with} {other}")
             }
             BootError::HostDeviceTree(why) => write!(f, "cannot write the host device tree: {why}"),

@@ -6,9 +6,9 @@ use alloc::format;
 use alloc::string::ToString;
 use alloc::vec::Vec;
 
-use dtoolkit::{Node, Property};
 use dtoolkit::fdt::Fdt;
 use dtoolkit::model::{DeviceTree, DeviceTreeNode, DeviceTreeProperty};
+use dtoolkit::{Node, Property};
 use rampart_abi::boot::{CARVEOUT_COMPATIBLE, CARVEOUT_NODE_NAME};
 
 use crate::{BootError, MemRange};
@@ -24,11 +24,16 @@ fn cells(value: u64, cells: u32) -> Result<Vec<u32>, BootError> {
             .map(|v| alloc::vec![v])
             .map_err(|_| err(format!("{value:#x} does not fit in one cell"))),
         2 => {
-            #[allow(clippy::cast_possible_truncation, reason = "splitting into 32-bit halves")]
+            #[allow(
+                clippy::cast_possible_truncation,
+                reason = "splitting into 32-bit halves"
+            )]
             let halves = alloc::vec![(value >> 32) as u32, value as u32];
             Ok(halves)
         }
-        n => Err(err(format!("/reserved-memory uses {n} cells; only 1 or 2 are supported"))),
+        n => Err(err(format!(
+            "/reserved-memory uses {n} cells; only 1 or 2 are supported"
+        ))),
     }
 }
 
@@ -86,7 +91,9 @@ pub fn build(blob: &[u8], carveout: MemRange, host_bootargs: &str) -> Result<Vec
 
     let chosen = match tree.root.child_mut("chosen") {
         Some(c) => c,
-        None => tree.root.add_child_mut(DeviceTreeNode::new("chosen").map_err(err)?),
+        None => tree
+            .root
+            .add_child_mut(DeviceTreeNode::new("chosen").map_err(err)?),
     };
     chosen.remove_property("bootargs");
     if !host_bootargs.is_empty() {
@@ -110,7 +117,9 @@ mod tests {
         assert_eq!(info.reserved, alloc::vec![carveout]);
         assert_eq!(info.bootargs, "console=ttyAMA0");
         let fdt = Fdt::new(&out).unwrap();
-        let node = fdt.find_node("/reserved-memory/rampart-hypervisor@40200000").unwrap();
+        let node = fdt
+            .find_node("/reserved-memory/rampart-hypervisor@40200000")
+            .unwrap();
         assert!(node.property("no-map").is_some());
         let compat = node.property("compatible").unwrap();
         assert_eq!(compat.value_as::<&str>().unwrap(), CARVEOUT_COMPATIBLE);
@@ -126,13 +135,21 @@ mod tests {
         let carveout = MemRange::new(0x4020_0000, 0x4120_0000).unwrap();
         let out = build(QEMU_VIRT, carveout, "").unwrap();
         let fdt = Fdt::new(&out).unwrap();
-        assert!(fdt.find_node("/chosen").unwrap().property("bootargs").is_none());
+        assert!(
+            fdt.find_node("/chosen")
+                .unwrap()
+                .property("bootargs")
+                .is_none()
+        );
     }
 
     #[test]
     fn refuses_to_add_the_node_twice() {
         let carveout = MemRange::new(0x4020_0000, 0x4120_0000).unwrap();
         let once = build(QEMU_VIRT, carveout, "").unwrap();
-        assert!(matches!(build(&once, carveout, ""), Err(BootError::HostDeviceTree(_))));
+        assert!(matches!(
+            build(&once, carveout, ""),
+            Err(BootError::HostDeviceTree(_))
+        ));
     }
 }

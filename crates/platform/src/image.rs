@@ -48,7 +48,10 @@ impl ImageHeader {
     pub fn parse(address: u64, bytes: &[u8]) -> Result<Self, BootError> {
         let bad = |reason: alloc::string::String| BootError::BadHostImage { address, reason };
         if bytes.len() < HEADER_SIZE {
-            return Err(bad(format!("only {} bytes, a header needs {HEADER_SIZE}", bytes.len())));
+            return Err(bad(format!(
+                "only {} bytes, a header needs {HEADER_SIZE}",
+                bytes.len()
+            )));
         }
         let magic = u32::from_le_bytes([bytes[0x38], bytes[0x39], bytes[0x3a], bytes[0x3b]]);
         if magic != MAGIC {
@@ -62,12 +65,19 @@ impl ImageHeader {
             flags: le64(bytes, 0x18),
         };
         if header.image_size == 0 {
-            return Err(bad("image_size is 0 (kernels before Linux 3.17 are not supported)".into()));
+            return Err(bad(
+                "image_size is 0 (kernels before Linux 3.17 are not supported)".into(),
+            ));
         }
         if header.flags & 1 != 0 {
-            return Err(bad("the image is big-endian; Rampart boots little-endian hosts".into()));
+            return Err(bad(
+                "the image is big-endian; Rampart boots little-endian hosts".into(),
+            ));
         }
-        if address.checked_sub(header.text_offset).is_none_or(|base| base % BLOCK_2M != 0) {
+        if address
+            .checked_sub(header.text_offset)
+            .is_none_or(|base| base % BLOCK_2M != 0)
+        {
             return Err(bad(format!(
                 "loaded at {address:#x}, but text_offset {:#x} needs a 2 MiB-aligned base",
                 header.text_offset
@@ -100,7 +110,10 @@ mod tests {
     fn accepts_a_linux_image() {
         let h = ImageHeader::parse(0x4200_0000, &header(0, 0x200_0000, 0xa)).unwrap();
         assert_eq!(h.image_size, 0x200_0000);
-        assert_eq!(h.footprint(0x4200_0000), MemRange::new(0x4200_0000, 0x4400_0000));
+        assert_eq!(
+            h.footprint(0x4200_0000),
+            MemRange::new(0x4200_0000, 0x4400_0000)
+        );
         ImageHeader::parse(0x4208_0000, &header(0x8_0000, 0x1000, 0)).unwrap();
     }
 

@@ -44,18 +44,34 @@ pub fn plan(
     device_tree: MemRange,
 ) -> Result<Layout, BootError> {
     if info.cpus.len() > max_cpus {
-        return Err(BootError::TooManyCpus { found: info.cpus.len(), max: max_cpus });
+        return Err(BootError::TooManyCpus {
+            found: info.cpus.len(),
+            max: max_cpus,
+        });
     }
-    if !info.memory.iter().any(|bank| bank.contains_range(&carveout)) {
-        let bank = info.memory.iter().find(|b| b.contains(carveout.start())).copied();
-        return Err(BootError::RamTooSmall { carveout, ram: bank });
+    if !info
+        .memory
+        .iter()
+        .any(|bank| bank.contains_range(&carveout))
+    {
+        let bank = info
+            .memory
+            .iter()
+            .find(|b| b.contains(carveout.start()))
+            .copied();
+        return Err(BootError::RamTooSmall {
+            carveout,
+            ram: bank,
+        });
     }
     let host_ram = range::subtract_all(&info.memory, &[carveout]);
 
-    let image = host_image.footprint(host_image_address).ok_or(BootError::BadHostImage {
-        address: host_image_address,
-        reason: alloc::format!("image_size {:#x} wraps around", host_image.image_size),
-    })?;
+    let image = host_image
+        .footprint(host_image_address)
+        .ok_or(BootError::BadHostImage {
+            address: host_image_address,
+            reason: alloc::format!("image_size {:#x} wraps around", host_image.image_size),
+        })?;
     if !host_ram.iter().any(|r| r.contains_range(&image)) {
         return Err(BootError::BadHostImage {
             address: host_image_address,
@@ -65,13 +81,23 @@ pub fn plan(
     if let Some(initrd) = info.initrd {
         for (what, other) in [("the carve-out", carveout), ("the host image", image)] {
             if initrd.overlaps(&other) {
-                return Err(BootError::Overlap { what: "initrd", range: initrd, with: what, other });
+                return Err(BootError::Overlap {
+                    what: "initrd",
+                    range: initrd,
+                    with: what,
+                    other,
+                });
             }
         }
     }
     for (what, other) in [("the carve-out", carveout), ("the host image", image)] {
         if device_tree.overlaps(&other) {
-            return Err(BootError::Overlap { what: "device tree", range: device_tree, with: what, other });
+            return Err(BootError::Overlap {
+                what: "device tree",
+                range: device_tree,
+                with: what,
+                other,
+            });
         }
     }
 
@@ -120,7 +146,11 @@ mod tests {
             memory: vec![mem],
             cpus: (0..cpus as u64).collect(),
             uart: Some(r(0x900_0000, 0x900_1000)),
-            devices: vec![r(0x800_0000, 0x801_0000), r(0x900_0000, 0x900_1000), r(0x80_0000_0000, 0x100_0000_0000)],
+            devices: vec![
+                r(0x800_0000, 0x801_0000),
+                r(0x900_0000, 0x900_1000),
+                r(0x80_0000_0000, 0x100_0000_0000),
+            ],
             bootargs: String::new(),
             initrd: Some(r(0x4800_0000, 0x4810_0000)),
             reserved: vec![],
@@ -132,7 +162,11 @@ mod tests {
         Some(r) => r,
         None => panic!(),
     };
-    const HEADER: ImageHeader = ImageHeader { text_offset: 0, image_size: 0x200_0000, flags: 0xa };
+    const HEADER: ImageHeader = ImageHeader {
+        text_offset: 0,
+        image_size: 0x200_0000,
+        flags: 0xa,
+    };
     const DT: MemRange = match MemRange::new(0x4820_0000, 0x4821_0000) {
         Some(r) => r,
         None => panic!(),
@@ -142,9 +176,15 @@ mod tests {
     fn carves_the_hypervisor_out_of_ram() {
         let i = info(r(0x4000_0000, 0x6000_0000), 4);
         let l = plan(&i, CARVEOUT, 8, 1 << 39, 0x4200_0000, &HEADER, DT).unwrap();
-        assert_eq!(l.host_ram, vec![r(0x4000_0000, 0x4020_0000), r(0x4120_0000, 0x6000_0000)]);
+        assert_eq!(
+            l.host_ram,
+            vec![r(0x4000_0000, 0x4020_0000), r(0x4120_0000, 0x6000_0000)]
+        );
         assert_eq!(l.host_devices.len(), 2);
-        assert_eq!(l.unmappable_devices, vec![r(0x80_0000_0000, 0x100_0000_0000)]);
+        assert_eq!(
+            l.unmappable_devices,
+            vec![r(0x80_0000_0000, 0x100_0000_0000)]
+        );
         assert_eq!(l.host_image, r(0x4200_0000, 0x4400_0000));
     }
 
@@ -173,8 +213,19 @@ mod tests {
         ));
         // Device tree inside the host image.
         assert!(matches!(
-            plan(&ok, CARVEOUT, 8, 1 << 39, 0x4200_0000, &HEADER, r(0x4300_0000, 0x4301_0000)),
-            Err(BootError::Overlap { what: "device tree", .. })
+            plan(
+                &ok,
+                CARVEOUT,
+                8,
+                1 << 39,
+                0x4200_0000,
+                &HEADER,
+                r(0x4300_0000, 0x4301_0000)
+            ),
+            Err(BootError::Overlap {
+                what: "device tree",
+                ..
+            })
         ));
         // Initrd inside the carve-out.
         let mut bad_initrd = ok.clone();

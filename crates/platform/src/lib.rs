@@ -22,8 +22,10 @@ pub mod dt;
 pub mod error;
 pub mod hostdt;
 pub mod image;
+pub mod inject;
 pub mod layout;
 pub mod range;
+pub mod smc;
 
 pub use error::BootError;
 pub use range::MemRange;

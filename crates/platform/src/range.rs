@@ -14,7 +14,11 @@ impl MemRange {
     /// The range `[start, end)`, or `None` if `end < start`.
     #[must_use]
     pub const fn new(start: u64, end: u64) -> Option<Self> {
-        if end < start { None } else { Some(MemRange { start, end }) }
+        if end < start {
+            None
+        } else {
+            Some(MemRange { start, end })
+        }
     }
 
     /// The range of `size` bytes from `start`, or `None` if it would wrap.
@@ -81,7 +85,11 @@ impl MemRange {
     pub fn shrink_to_alignment(&self, align: u64) -> Option<MemRange> {
         let start = align_up(self.start, align)?;
         let end = align_down(self.end, align);
-        if start < end { MemRange::new(start, end) } else { None }
+        if start < end {
+            MemRange::new(start, end)
+        } else {
+            None
+        }
     }
 
     /// This range with `hole` removed: zero, one or two pieces.
@@ -95,10 +103,16 @@ impl MemRange {
             return out;
         }
         if self.start < hole.start {
-            out.push(MemRange { start: self.start, end: hole.start });
+            out.push(MemRange {
+                start: self.start,
+                end: hole.start,
+            });
         }
         if hole.end < self.end {
-            out.push(MemRange { start: hole.end, end: self.end });
+            out.push(MemRange {
+                start: hole.end,
+                end: self.end,
+            });
         }
         out
     }
@@ -178,7 +192,10 @@ mod tests {
     fn construction_rejects_backwards_and_wrapping_ranges() {
         assert!(MemRange::new(10, 5).is_none());
         assert!(MemRange::from_base_size(u64::MAX, 2).is_none());
-        assert_eq!(MemRange::from_base_size(0x1000, 0x1000), Some(r(0x1000, 0x2000)));
+        assert_eq!(
+            MemRange::from_base_size(0x1000, 0x1000),
+            Some(r(0x1000, 0x2000))
+        );
     }
 
     #[test]
@@ -189,8 +206,14 @@ mod tests {
             ram.subtract(&r(0x4020_0000, 0x4120_0000)),
             vec![r(0x4000_0000, 0x4020_0000), r(0x4120_0000, 0x6000_0000)]
         );
-        assert_eq!(ram.subtract(&r(0x4000_0000, 0x4100_0000)), vec![r(0x4100_0000, 0x6000_0000)]);
-        assert_eq!(ram.subtract(&r(0x5000_0000, 0x7000_0000)), vec![r(0x4000_0000, 0x5000_0000)]);
+        assert_eq!(
+            ram.subtract(&r(0x4000_0000, 0x4100_0000)),
+            vec![r(0x4100_0000, 0x6000_0000)]
+        );
+        assert_eq!(
+            ram.subtract(&r(0x5000_0000, 0x7000_0000)),
+            vec![r(0x4000_0000, 0x5000_0000)]
+        );
         assert!(ram.subtract(&r(0, u64::MAX)).is_empty());
     }
 
@@ -206,7 +229,13 @@ mod tests {
 
     #[test]
     fn merge_joins_overlapping_and_touching_ranges() {
-        let out = merge(vec![r(0x3000, 0x4000), r(0, 0x1000), r(0x1000, 0x1800), r(0x3800, 0x3900), r(5, 5)]);
+        let out = merge(vec![
+            r(0x3000, 0x4000),
+            r(0, 0x1000),
+            r(0x1000, 0x1800),
+            r(0x3800, 0x3900),
+            r(5, 5),
+        ]);
         assert_eq!(out, vec![r(0, 0x1800), r(0x3000, 0x4000)]);
     }
 
@@ -216,7 +245,10 @@ mod tests {
         assert_eq!(align_up(0x1000, 0x1000), Some(0x1000));
         assert_eq!(align_up(u64::MAX, 0x1000), None);
         assert_eq!(align_down(0x1fff, 0x1000), 0x1000);
-        assert_eq!(r(0x1001, 0x3fff).shrink_to_alignment(0x1000), Some(r(0x2000, 0x3000)));
+        assert_eq!(
+            r(0x1001, 0x3fff).shrink_to_alignment(0x1000),
+            Some(r(0x2000, 0x3000))
+        );
         assert_eq!(r(0x1001, 0x1fff).shrink_to_alignment(0x1000), None);
         assert!(r(0x20_0000, 0x40_0000).is_aligned(BLOCK));
         assert!(!r(0x20_0000, 0x40_1000).is_aligned(BLOCK));

@@ -17,13 +17,13 @@ fn reads_qemu_virt() {
     assert_eq!(info.initrd, None);
     assert!(info.reserved.is_empty());
     for dev in [
-        r(0x900_0000, 0x900_1000),             // PL011
-        r(0x800_0000, 0x801_0000),             // GIC distributor
-        r(0x80a_0000, 0x900_0000),             // redistributors
-        r(0xa00_0000, 0xa00_1000),             // virtio-mmio (page-rounded)
-        r(0x40_1000_0000, 0x40_2000_0000),     // PCIe ECAM
-        r(0x1000_0000, 0x3eff_0000),           // PCIe 32-bit MMIO window
-        r(0x80_0000_0000, 0x100_0000_0000),    // PCIe 64-bit MMIO window
+        r(0x900_0000, 0x900_1000),          // PL011
+        r(0x800_0000, 0x801_0000),          // GIC distributor
+        r(0x80a_0000, 0x900_0000),          // redistributors
+        r(0xa00_0000, 0xa00_1000),          // virtio-mmio (page-rounded)
+        r(0x40_1000_0000, 0x40_2000_0000),  // PCIe ECAM
+        r(0x1000_0000, 0x3eff_0000),        // PCIe 32-bit MMIO window
+        r(0x80_0000_0000, 0x100_0000_0000), // PCIe 64-bit MMIO window
     ] {
         assert!(
             info.devices.iter().any(|d| d.contains_range(&dev)),
@@ -33,7 +33,10 @@ fn reads_qemu_virt() {
     }
     for dev in &info.devices {
         assert!(dev.is_aligned(crate::PAGE_SIZE), "{dev} not page aligned");
-        assert!(!info.memory.iter().any(|m| m.overlaps(dev)), "{dev} overlaps RAM");
+        assert!(
+            !info.memory.iter().any(|m| m.overlaps(dev)),
+            "{dev} overlaps RAM"
+        );
     }
 }
 
@@ -50,12 +53,24 @@ fn malformed_fixtures_give_their_own_errors() {
     let cases: [(&str, Check); 6] = [
         ("bad-no-memory", |e| *e == BootError::NoMemory),
         ("bad-no-psci", |e| *e == BootError::MissingNode("/psci")),
-        ("bad-psci-hvc", |e| matches!(e, BootError::UnsupportedPsci(m) if m.contains("hvc"))),
+        (
+            "bad-psci-hvc",
+            |e| matches!(e, BootError::UnsupportedPsci(m) if m.contains("hvc")),
+        ),
         ("bad-no-cpus", |e| *e == BootError::NoCpus),
-        ("bad-memory-reg", |e| matches!(e, BootError::BadProperty { property: "reg", .. })),
-        ("bad-duplicate-cpu", |e| {
-            matches!(e, BootError::BadProperty { reason, .. } if reason.contains("twice"))
+        ("bad-memory-reg", |e| {
+            matches!(
+                e,
+                BootError::BadProperty {
+                    property: "reg",
+                    ..
+                }
+            )
         }),
+        (
+            "bad-duplicate-cpu",
+            |e| matches!(e, BootError::BadProperty { reason, .. } if reason.contains("twice")),
+        ),
     ];
     for (name, check) in cases {
         let err = parse(&fixture(name)).expect_err(name);
@@ -69,11 +84,17 @@ fn malformed_fixtures_give_their_own_errors() {
 fn truncated_and_corrupt_blobs_are_refused() {
     for len in [0, 4, 40, QEMU_VIRT.len() / 2, QEMU_VIRT.len() - 1] {
         let err = parse(&QEMU_VIRT[..len]).expect_err("truncated");
-        assert!(matches!(err, BootError::MalformedDeviceTree(_)), "{len}: {err:?}");
+        assert!(
+            matches!(err, BootError::MalformedDeviceTree(_)),
+            "{len}: {err:?}"
+        );
     }
     let mut bad_magic = QEMU_VIRT.to_vec();
     bad_magic[0] ^= 0xff;
-    assert!(matches!(parse(&bad_magic), Err(BootError::MalformedDeviceTree(_))));
+    assert!(matches!(
+        parse(&bad_magic),
+        Err(BootError::MalformedDeviceTree(_))
+    ));
 }
 
 #[test]
