@@ -1,0 +1,41 @@
+//! The checks, in the order they run.
+//!
+//! To add a check: write a `fn(&Platform) -> Result<(), Msg>` in one of these
+//! modules (or a new one) and list it in [`CHECKS`] with a short, stable
+//! name. Use `note!` for details worth printing on success, `ensure!`/`fail!`
+//! for failures; say what was expected and what happened.
+
+mod boot;
+mod carveout;
+mod cpu;
+mod ram;
+mod smccc;
+
+use crate::msg::Msg;
+use crate::platform::Platform;
+
+/// One named check.
+pub struct Check {
+    /// Stable short name printed after `PASS`/`FAIL`.
+    pub name: &'static str,
+    /// Runs the check.
+    pub run: fn(&Platform) -> Result<(), Msg>,
+}
+
+/// Every check, in run order. The RAM test runs last: it is the slowest.
+pub const CHECKS: &[Check] = &[
+    Check { name: "boot-state", run: boot::boot_state },
+    Check { name: "psci-conduit", run: smccc::psci_conduit },
+    Check { name: "psci-version", run: smccc::psci_version },
+    Check { name: "hyp-version", run: smccc::hyp_version },
+    Check { name: "hyp-features", run: smccc::hyp_features },
+    Check { name: "hvc-unknown", run: smccc::hvc_unknown },
+    Check { name: "smc-unknown", run: smccc::smc_unknown },
+    Check { name: "cpu-on-all", run: cpu::cpu_on_all },
+    Check { name: "cpu-on-already-on", run: cpu::cpu_on_already_on },
+    Check { name: "cpu-on-bogus", run: cpu::cpu_on_bogus },
+    Check { name: "carveout-dt", run: carveout::carveout_dt },
+    Check { name: "carveout-read", run: carveout::carveout_read },
+    Check { name: "carveout-write", run: carveout::carveout_write },
+    Check { name: "ram-rw", run: ram::ram_rw },
+];
