@@ -1,4 +1,316 @@
+//! Rampart's EL2 hypervisor: the only trusted component.
+//!
+//! It takes EL2 on every CPU, keeps its own carve-out of RAM out of the
+//! host's reach with a stage-2 translation, and relays the host's PSCI calls
+//! so that every CPU passes through EL2 before it runs host code.
+//!
+//! Design principles:
+//! - Small and boring: decisions live in hardware-free crates
+//!   (`rampart-platform`, `rampart-abi`) tested on the build machine; this
+//!   crate reads registers, applies decisions and writes registers.
+//! - Input from the host is hostile: it is validated, answered with a
+//!   documented code, and never makes the hypervisor panic.
+//! - `unsafe` lives in `arch`, `mm` and `console` only.
+
 #![no_std]
 #![no_main]
+
+extern crate alloc;
+
+mod arch;
+mod config;
+mod console;
+mod cpu;
+mod exceptions;
+mod host;
+mod mm;
+
+use alloc::vec::Vec;
+use core::fmt;
+use core::sync::atomic::Ordering;
+
+use rampart_platform::smc::{Firmware, psci};
+use rampart_platform::{BootError, MemRange, PAGE_SIZE, cmdline, dt, hostdt, image, layout};
+use spin::Once;
+
+use crate::config::{CARVEOUT_SIZE, EARLY_UART, HEAP_SIZE, MAX_CPUS};
+use crate::cpu::{CPUS, El2Config, Features, Power};
+
+/// Rampart's version, printed at boot.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What every CPU needs after boot; written once by the boot CPU.
+pub struct Boot {
+    /// EL2 register values.
+    pub config: El2Config,
+    /// CPUs in the device tree.
+    pub cpu_count: usize,
+    /// RAM the host owns.
+    pub host_ram: Vec<MemRange>,
+}
+
+/// Boot-time facts, shared read-only by every CPU.
+pub static BOOT: Once<Boot> = Once::new();
+/// What firmware offers.
+pub static FIRMWARE: Once<Firmware> = Once::new();
+
+unsafe extern "C" {
+    static __image_start: u8;
+    static __text_end: u8;
+    static __rodata_end: u8;
+    static __stacks_start: u8;
+    static __image_end: u8;
+}
+
+fn symbol(s: *const u8) -> u64 {
+    s as u64
+}
+
+/// Why boot stopped.
+enum Fatal {
+    Boot(BootError),
+    Other(alloc::string::String),
+}
+
+impl From<BootError> for Fatal {
+    fn from(e: BootError) -> Self {
+        Fatal::Boot(e)
+    }
+}
+
+impl fmt::Display for Fatal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fatal::Boot(e) => write!(f, "{e}"),
+            Fatal::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// The boot CPU's first Rust code: `dtb` from x0, `el` the exception level
+/// it was entered at.
+pub extern "C" fn primary_main(dtb: u64, el: u64) -> ! {
+    // SAFETY: QEMU virt's PL011 is at EARLY_UART; the MMU is off, so the
+    // physical address is live; nothing else in Rampart uses it.
+    unsafe { console::init(EARLY_UART) };
+    println!("Rampart {VERSION} starting at EL{el}");
+    match boot(dtb, el) {
+        Ok((entry, dt)) => {
+            println!("entering host at {entry:#x} with its device tree at {dt:#x}");
+            arch::jump_to_host(entry, dt)
+        }
+        Err(e) => {
+            println!("{e}");
+            println!("cannot boot; powering off");
+            power_off()
+        }
+    }
+}
+
+fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
+    if el != 2 {
+        return Err(Fatal::Other(alloc::format!("entered at EL{el}; Rampart must be entered at EL2")));
+    }
+    let image_start = symbol(&raw const __image_start);
+    let image_end = symbol(&raw const __image_end);
+    let carveout = MemRange::from_base_size(image_start, CARVEOUT_SIZE).ok_or(BootError::NoMemory)?;
+    let heap = MemRange::from_base_size(image_end, HEAP_SIZE as u64).ok_or(BootError::NoMemory)?;
+    // SAFETY: the heap is the first part of the carve-out after the image;
+    // nothing else uses it. (Whether the carve-out is RAM at all is checked
+    // against the device tree below, before anything else is stored there.)
+    unsafe { mm::init_heap(heap) };
+
+    if dtb == 0 {
+        return Err(BootError::NoDeviceTree.into());
+    }
+    // SAFETY: the loader passed the device tree's address in x0 and the MMU
+    // is off, so physical memory is readable; the header is checked before
+    // its size is trusted, and nothing writes the blob while it is read.
+    let blob = unsafe { mm::device_tree_blob(dtb, 2 << 20) }
+        .map_err(|why| BootError::MalformedDeviceTree(alloc::format!("at {dtb:#x}: {why}")))?;
+    let info = dt::parse(blob)?;
+    if let Some(uart) = info.uart
+        && uart.start() != EARLY_UART
+    {
+        println!("console moves to the device tree's UART at {:#x}", uart.start());
+        // SAFETY: the DT names this PL011 as the console; MMU is off.
+        unsafe { console::init(uart.start()) };
+    }
+
+    let command = cmdline::parse(&info.bootargs)?;
+    let header_range = MemRange::from_base_size(command.host_image, image::HEADER_SIZE as u64);
+    if !header_range.is_some_and(|h| info.memory.iter().any(|m| m.contains_range(&h)) && !h.overlaps(&carveout)) {
+        return Err(BootError::BadHostImage {
+            address: command.host_image,
+            reason: "the address is not in RAM outside the carve-out".into(),
+        }
+        .into());
+    }
+    // SAFETY: the header lies in RAM (checked above) and the MMU is off.
+    let header_bytes: [u8; image::HEADER_SIZE] = unsafe { mm::read_phys(command.host_image) };
+    let header = image::ImageHeader::parse(command.host_image, &header_bytes)?;
+
+    let features = Features::probe();
+    let ipa_bits = features.pa_bits.min(48);
+    let blob_range = MemRange::from_base_size(dtb, blob.len() as u64).ok_or(BootError::NoDeviceTree)?;
+    let plan = layout::plan(&info, carveout, MAX_CPUS, 1 << ipa_bits, command.host_image, &header, blob_range)?;
+
+    // The host's device tree replaces the boot one, in host RAM.
+    let host_dt = hostdt::build(blob, carveout, &command.host_bootargs)?;
+    let host_dt_range = MemRange::from_base_size(dtb, host_dt.len() as u64).ok_or(BootError::NoDeviceTree)?;
+    if !plan.host_ram.iter().any(|r| r.contains_range(&host_dt_range)) {
+        return Err(BootError::Overlap {
+            what: "host device tree",
+            range: host_dt_range,
+            with: "the edge of host RAM",
+            other: carveout,
+        }
+        .into());
+    }
+    for (with, other) in [("the host image", Some(plan.host_image)), ("the initrd", info.initrd)] {
+        if let Some(other) = other
+            && other.overlaps(&host_dt_range)
+        {
+            return Err(BootError::Overlap { what: "host device tree", range: host_dt_range, with, other }.into());
+        }
+    }
+    // SAFETY: the range is host RAM holding only the boot device tree
+    // (checked above), which is not read again.
+    unsafe { mm::write_phys(dtb, &host_dt) };
+
+    let pool = MemRange::new(heap.end(), carveout.end()).ok_or(BootError::RamTooSmall { carveout, ram: None })?;
+    // SAFETY: the pool is the rest of the carve-out, after the heap.
+    unsafe { mm::init_pool(pool) };
+
+    let el2_root = build_el2_tables(carveout, info.uart.map_or(EARLY_UART, |u| u.start()))?;
+    let stage2_level = if ipa_bits > 39 { 0 } else { 1 };
+    let host_ram: Vec<MemRange> =
+        plan.host_ram.iter().filter_map(|r| r.shrink_to_alignment(PAGE_SIZE)).collect();
+    let stage2_root = build_host_stage2(stage2_level, &host_ram, &plan.host_devices)?;
+    let config = El2Config::new(features, el2_root, stage2_root, stage2_level, ipa_bits);
+
+    // CPU numbering: the boot CPU is 0, then the others in DT order.
+    let boot_mpidr = arch::mpidr_el1() & 0xff_00ff_ffff;
+    if !info.cpus.contains(&boot_mpidr) {
+        return Err(Fatal::Other(alloc::format!("the boot CPU (MPIDR {boot_mpidr:#x}) is not in /cpus")));
+    }
+    let order = core::iter::once(boot_mpidr).chain(info.cpus.iter().copied().filter(|&m| m != boot_mpidr));
+    for (index, mpidr) in order.enumerate() {
+        CPUS[index].mpidr.store(mpidr, Ordering::Relaxed);
+    }
+    CPUS[0].set_power(Power::On);
+
+    let firmware = probe_firmware();
+    FIRMWARE.call_once(|| firmware);
+
+    let ram_total = rampart_platform::range::total_size(&plan.ram);
+    let bp = layout::basis_points(carveout.size(), ram_total);
+    println!("{} CPUs, RAM {} MiB in {} bank(s)", info.cpus.len(), ram_total >> 20, plan.ram.len());
+    println!(
+        "carve-out {carveout}: {} MiB, {}.{:02}% of RAM (set at build time)",
+        carveout.size() >> 20,
+        bp / 100,
+        bp % 100
+    );
+    let (used, left) = mm::pool_usage();
+    println!(
+        "host stage 2: {} RAM and {} device ranges, {ipa_bits}-bit IPA; page tables use {used} pages, {left} left in the pool",
+        host_ram.len(),
+        plan.host_devices.len()
+    );
+    for dev in &plan.unmappable_devices {
+        println!("device range {dev} lies beyond the {ipa_bits}-bit IPA space; not mapped for the host");
+    }
+    println!("firmware: SMCCC 1.1 {}", if firmware.smccc_1_1 { "yes" } else { "no" });
+
+    BOOT.call_once(|| Boot { config, cpu_count: info.cpus.len(), host_ram });
+    let boot = BOOT.get().ok_or(BootError::NoMemory)?;
+    cpu::init_this_cpu(&boot.config);
+    Ok((command.host_image, dtb))
+}
+
+fn map_error(what: &str, range: MemRange, e: aarch64_paging::MapError) -> Fatal {
+    Fatal::Other(alloc::format!("cannot map {what} {range}: {e}"))
+}
+
+/// Builds the EL2 stage-1 identity map: W^X over the image, stacks with
+/// guard pages, the heap and pool, and the console.
+fn build_el2_tables(carveout: MemRange, uart: u64) -> Result<u64, Fatal> {
+    let text = MemRange::new(carveout.start(), symbol(&raw const __text_end));
+    let rodata = MemRange::new(symbol(&raw const __text_end), symbol(&raw const __rodata_end));
+    let data = MemRange::new(symbol(&raw const __rodata_end), symbol(&raw const __stacks_start));
+    let rest = MemRange::new(symbol(&raw const __image_end), carveout.end());
+    let uart = MemRange::from_base_size(uart, PAGE_SIZE);
+    let mut table = mm::new_el2_table();
+    let pieces = [
+        ("text", text, mm::el2::TEXT),
+        ("rodata", rodata, mm::el2::RODATA),
+        ("data", data, mm::el2::DATA),
+        ("heap and pool", rest, mm::el2::DATA),
+        ("console", uart, mm::el2::DEVICE),
+    ];
+    for (what, range, attributes) in pieces {
+        let range = range.ok_or_else(|| Fatal::Other(alloc::format!("the {what} section is malformed")))?;
+        mm::identity_map(&mut table, range, attributes).map_err(|e| map_error(what, range, e))?;
+    }
+    for cpu in 0..MAX_CPUS {
+        let (start, end) = arch::stack_range(cpu);
+        let range = MemRange::new(start, end).ok_or_else(|| Fatal::Other("stack layout".into()))?;
+        mm::identity_map(&mut table, range, mm::el2::DATA).map_err(|e| map_error("stack", range, e))?;
+    }
+    let root = table.root_address().0 as u64;
+    // The table lives as long as Rampart runs.
+    core::mem::forget(table);
+    Ok(root)
+}
+
+/// Builds the host's stage 2 (VMID 0): its RAM and its devices, identity
+/// mapped with the largest blocks that fit.
+fn build_host_stage2(level: usize, ram: &[MemRange], devices: &[MemRange]) -> Result<u64, Fatal> {
+    let mut table = mm::new_stage2_table(level);
+    for range in ram {
+        mm::identity_map(&mut table, *range, mm::host_s2::RAM).map_err(|e| map_error("host RAM", *range, e))?;
+    }
+    for range in devices {
+        mm::identity_map(&mut table, *range, mm::host_s2::DEVICE)
+            .map_err(|e| map_error("host device", *range, e))?;
+    }
+    let root = table.root_address().0 as u64;
+    core::mem::forget(table);
+    Ok(root)
+}
+
+/// Asks firmware which SMCCC version it speaks (PSCI_FEATURES first, as
+/// the SMCCC requires).
+fn probe_firmware() -> Firmware {
+    let mut args = [0u64; 17];
+    args[0] = u64::from(rampart_abi::smccc::SMCCC_VERSION);
+    let has_version = (arch::smc(psci::FEATURES, &args)[0] as i64) >= 0;
+    let version = if has_version { arch::smc(rampart_abi::smccc::SMCCC_VERSION, &[0; 17])[0] as i64 } else { -1 };
+    Firmware { smccc_1_1: version >= i64::from(rampart_abi::smccc::SMCCC_VERSION_1_1) }
+}
+
+/// A secondary CPU (or one resuming from power-down) enters Rust here, at
+/// EL2 with the MMU off, after CPU_ON or CPU_SUSPEND from the host.
+pub extern "C" fn secondary_main(index: u64) -> ! {
+    let Some(boot) = BOOT.get() else { power_off() };
+    cpu::init_this_cpu(&boot.config);
+    let me = cpu::this();
+    me.set_power(Power::On);
+    let entry = me.host_entry.load(Ordering::Acquire);
+    let context = me.host_context.load(Ordering::Acquire);
+    let _ = index;
+    arch::jump_to_host(entry, context)
+}
+
+/// Powers the machine off through firmware; parks if that fails.
+pub fn power_off() -> ! {
+    let _ = arch::smc(psci::SYSTEM_OFF, &[0; 17]);
+    arch::halt()
+}
+
 #[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! { loop {} }
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    println!("panic on CPU {}: {info}", cpu::current());
+    power_off()
+}

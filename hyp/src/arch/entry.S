@@ -1,0 +1,200 @@
+// Rampart's EL2 entry points and exception vectors.
+//
+// The image starts with the arm64 Linux Image header so that any loader
+// that boots Linux boots Rampart: it enters at _start in EL2 with x0 = the
+// device tree's physical address, MMU and caches off.
+
+.section .text.head, "ax"
+.global _start
+_start:
+    b       primary_entry               // code0
+    .long   0                           // code1
+    .quad   {text_offset}               // text_offset
+    .quad   {image_size}                // image_size: the whole carve-out
+    .quad   0xa                         // flags: LE, 4 KiB pages, any placement
+    .quad   0
+    .quad   0
+    .quad   0
+    .ascii  "ARM\x64"                   // magic
+    .long   0
+
+primary_entry:
+    mov     x19, x0                     // device tree address
+    mrs     x20, CurrentEL
+    lsr     x20, x20, #2
+    cmp     x20, #2
+    b.ne    1f
+    ldr     x1, ={sctlr_mmu_off}
+    msr     sctlr_el2, x1
+    isb
+1:
+    // Rampart is linked at a fixed address; refuse to run anywhere else.
+    adr     x1, _start
+    ldr     x2, =_start
+    cmp     x1, x2
+    b.ne    park
+    ldr     x1, =__bss_start
+    ldr     x2, =__bss_end
+2:  cmp     x1, x2
+    b.hs    3f
+    stp     xzr, xzr, [x1], #16
+    b       2b
+3:
+    mov     x0, #0
+    bl      set_cpu_stack
+    mov     x0, x19
+    mov     x1, x20
+    bl      {primary_main}
+    b       park
+
+// Secondary CPUs and CPUs resuming from a power-down suspend enter here,
+// at EL2, with x0 = the context id Rampart gave firmware: the CPU index.
+.global secondary_entry
+secondary_entry:
+    ldr     x1, ={sctlr_mmu_off}
+    msr     sctlr_el2, x1
+    isb
+    cmp     x0, #{max_cpus}
+    b.hs    park
+    mov     x19, x0
+    bl      set_cpu_stack
+    mov     x0, x19
+    bl      {secondary_main}
+    b       park
+
+// x0 = CPU index. Points SP_EL2 at the top of that CPU's stack, records the
+// index in TPIDR_EL2 and installs the vectors. Clobbers x1, x2.
+set_cpu_stack:
+    ldr     x1, ={stacks}
+    ldr     x2, ={stack_stride}
+    madd    x1, x0, x2, x1
+    add     x1, x1, x2
+    mov     sp, x1
+    msr     tpidr_el2, x0
+    adr     x1, vectors
+    msr     vbar_el2, x1
+    isb
+    ret
+
+.global park
+park:
+    wfe
+    b       park
+
+// Enters the host at EL1: x0 = entry point, x1 = value for the host's x0.
+// Resets SP_EL2 to the top of this CPU's stack and clears every other
+// general-purpose register so no hypervisor value reaches the host.
+.global enter_host
+enter_host:
+    msr     elr_el2, x0
+    ldr     x2, ={spsr_el1h}
+    msr     spsr_el2, x2
+    mrs     x2, tpidr_el2
+    ldr     x3, ={stacks}
+    ldr     x4, ={stack_stride}
+    madd    x3, x2, x4, x3
+    add     x3, x3, x4
+    mov     sp, x3
+    mov     x0, x1
+    mov     x1, xzr
+    mov     x2, xzr
+    mov     x3, xzr
+    mov     x4, xzr
+    mov     x5, xzr
+    mov     x6, xzr
+    mov     x7, xzr
+    mov     x8, xzr
+    mov     x9, xzr
+    mov     x10, xzr
+    mov     x11, xzr
+    mov     x12, xzr
+    mov     x13, xzr
+    mov     x14, xzr
+    mov     x15, xzr
+    mov     x16, xzr
+    mov     x17, xzr
+    mov     x18, xzr
+    mov     x19, xzr
+    mov     x20, xzr
+    mov     x21, xzr
+    mov     x22, xzr
+    mov     x23, xzr
+    mov     x24, xzr
+    mov     x25, xzr
+    mov     x26, xzr
+    mov     x27, xzr
+    mov     x28, xzr
+    mov     x29, xzr
+    mov     x30, xzr
+    eret
+
+// ---------------------------------------------------------------------------
+// Exception vectors. Each entry saves x0/x1 in a 256-byte frame on SP_EL2,
+// puts its kind in x0 and joins the common path, which saves the rest and
+// calls handle_exception(kind, &mut frame). If that returns, the frame is
+// restored and the exception returns.
+
+.macro ventry kind
+    .balign 0x80
+    sub     sp, sp, #256
+    stp     x0, x1, [sp, #0]
+    mov     x0, #\kind
+    b       exception_common
+.endm
+
+.section .text.vectors, "ax"
+.balign 2048
+vectors:
+    ventry 0    // current EL, SP_EL0: sync
+    ventry 1    //   irq
+    ventry 2    //   fiq
+    ventry 3    //   serror
+    ventry 4    // current EL, SP_ELx: sync
+    ventry 5    //   irq
+    ventry 6    //   fiq
+    ventry 7    //   serror
+    ventry 8    // lower EL, AArch64: sync
+    ventry 9    //   irq
+    ventry 10   //   fiq
+    ventry 11   //   serror
+    ventry 12   // lower EL, AArch32: sync
+    ventry 13   //   irq
+    ventry 14   //   fiq
+    ventry 15   //   serror
+
+exception_common:
+    stp     x2, x3, [sp, #16]
+    stp     x4, x5, [sp, #32]
+    stp     x6, x7, [sp, #48]
+    stp     x8, x9, [sp, #64]
+    stp     x10, x11, [sp, #80]
+    stp     x12, x13, [sp, #96]
+    stp     x14, x15, [sp, #112]
+    stp     x16, x17, [sp, #128]
+    stp     x18, x19, [sp, #144]
+    stp     x20, x21, [sp, #160]
+    stp     x22, x23, [sp, #176]
+    stp     x24, x25, [sp, #192]
+    stp     x26, x27, [sp, #208]
+    stp     x28, x29, [sp, #224]
+    str     x30, [sp, #240]
+    mov     x1, sp
+    bl      {handle_exception}
+    ldp     x2, x3, [sp, #16]
+    ldp     x4, x5, [sp, #32]
+    ldp     x6, x7, [sp, #48]
+    ldp     x8, x9, [sp, #64]
+    ldp     x10, x11, [sp, #80]
+    ldp     x12, x13, [sp, #96]
+    ldp     x14, x15, [sp, #112]
+    ldp     x16, x17, [sp, #128]
+    ldp     x18, x19, [sp, #144]
+    ldp     x20, x21, [sp, #160]
+    ldp     x22, x23, [sp, #176]
+    ldp     x24, x25, [sp, #192]
+    ldp     x26, x27, [sp, #208]
+    ldp     x28, x29, [sp, #224]
+    ldr     x30, [sp, #240]
+    ldp     x0, x1, [sp, #0]
+    add     sp, sp, #256
+    eret

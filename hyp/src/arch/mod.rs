@@ -1,0 +1,288 @@
+//! Everything that touches the CPU directly: entry, exception vectors,
+//! system registers, barriers, TLB maintenance and the jump into the host.
+//!
+//! This is one of the only modules with `unsafe` (with `mm` and `console`).
+//! Every function here is a thin wrapper; the decisions are made by safe
+//! code elsewhere.
+
+use core::arch::{asm, global_asm};
+
+use crate::config::{CARVEOUT_SIZE, MAX_CPUS, STACK_SIZE};
+
+/// The saved general-purpose registers of an interrupted context, as laid
+/// out by `exception_common` in `entry.S`.
+#[repr(C)]
+pub struct Frame {
+    /// x0..x30
+    pub x: [u64; 31],
+    _pad: u64,
+}
+
+/// A CPU's stack, with an unmapped guard page below it.
+#[repr(C, align(4096))]
+pub struct CpuStack {
+    guard: [u8; 4096],
+    stack: [u8; STACK_SIZE],
+}
+
+/// Size of one [`CpuStack`] slot.
+pub const STACK_STRIDE: usize = core::mem::size_of::<CpuStack>();
+
+/// The per-CPU stacks. Only `entry.S` touches them; Rust code needs their
+/// address range to map them.
+#[unsafe(link_section = ".stacks")]
+static mut STACKS: [CpuStack; MAX_CPUS] = [const { CpuStack { guard: [0; 4096], stack: [0; STACK_SIZE] } }; MAX_CPUS];
+
+/// Where a CPU's stack (without its guard page) lies.
+pub fn stack_range(cpu: usize) -> (u64, u64) {
+    let base = (&raw const STACKS) as u64 + (cpu * STACK_STRIDE) as u64;
+    (base + 4096, base + STACK_STRIDE as u64)
+}
+
+/// `SCTLR_EL2` with the MMU and caches off: only the RES1 bits.
+pub const SCTLR_EL2_RES1: u64 = 0x30C5_0830;
+/// SPSR for entering the host: EL1h with D, A, I and F masked.
+pub const SPSR_EL1H_MASKED: u64 = 0x3c5;
+
+global_asm!(
+    include_str!("entry.S"),
+    text_offset = const 0x20_0000u64,
+    image_size = const CARVEOUT_SIZE,
+    sctlr_mmu_off = const SCTLR_EL2_RES1,
+    spsr_el1h = const SPSR_EL1H_MASKED,
+    max_cpus = const MAX_CPUS,
+    stack_stride = const STACK_STRIDE,
+    stacks = sym STACKS,
+    primary_main = sym crate::primary_main,
+    secondary_main = sym crate::secondary_main,
+    handle_exception = sym crate::exceptions::handle_exception,
+);
+
+unsafe extern "C" {
+    fn enter_host(entry: u64, x0: u64) -> !;
+    fn secondary_entry();
+    fn park() -> !;
+}
+
+/// The physical address secondary CPUs start at.
+pub fn secondary_entry_address() -> u64 {
+    secondary_entry as *const () as u64
+}
+
+/// Jumps to the host at EL1h with `x0` set, every other register cleared
+/// and interrupts masked, following the Linux arm64 boot protocol.
+pub fn jump_to_host(entry: u64, x0: u64) -> ! {
+    // SAFETY: `enter_host` takes two plain values, resets this CPU's stack
+    // pointer to the top of its own stack (nothing on it is live after this
+    // call, which never returns) and leaves EL2 by ERET. The host stage 2 is
+    // installed before this point, so the host can reach only its own memory.
+    unsafe { enter_host(entry, x0) }
+}
+
+/// Stops this CPU for good.
+pub fn halt() -> ! {
+    // SAFETY: `park` is a WFE loop that touches no memory.
+    unsafe { park() }
+}
+
+macro_rules! sysreg {
+    ($(#[$doc:meta])* $read:ident, $write:ident, $name:literal) => {
+        $(#[$doc])*
+        #[inline]
+        #[allow(dead_code, reason = "some registers are only written")]
+        pub fn $read() -> u64 {
+            let value: u64;
+            // SAFETY: reading a system register has no side effects on memory.
+            unsafe { asm!(concat!("mrs {}, ", $name), out(reg) value, options(nomem, nostack, preserves_flags)) };
+            value
+        }
+
+        $(#[$doc])*
+        ///
+        /// # Safety
+        ///
+        /// The caller must know what the new value does to this CPU's
+        /// translation, traps and the interrupted context.
+        #[inline]
+        #[allow(dead_code, reason = "not every register is written")]
+        pub unsafe fn $write(value: u64) {
+            // SAFETY: the caller upholds the contract above.
+            unsafe { asm!(concat!("msr ", $name, ", {}"), in(reg) value, options(nostack, preserves_flags)) };
+        }
+    };
+}
+
+macro_rules! sysreg_ro {
+    ($(#[$doc:meta])* $read:ident, $name:literal) => {
+        $(#[$doc])*
+        #[inline]
+        pub fn $read() -> u64 {
+            let value: u64;
+            // SAFETY: reading a system register has no side effects on memory.
+            unsafe { asm!(concat!("mrs {}, ", $name), out(reg) value, options(nomem, nostack, preserves_flags)) };
+            value
+        }
+    };
+}
+
+sysreg!(/// `ESR_EL2`
+    esr_el2, set_esr_el2, "esr_el2");
+sysreg!(/// `FAR_EL2`
+    far_el2, set_far_el2, "far_el2");
+sysreg!(/// `HPFAR_EL2`
+    hpfar_el2, set_hpfar_el2, "hpfar_el2");
+sysreg!(/// `ELR_EL2`
+    elr_el2, set_elr_el2, "elr_el2");
+sysreg!(/// `SPSR_EL2`
+    spsr_el2, set_spsr_el2, "spsr_el2");
+sysreg!(/// `ESR_EL1`
+    esr_el1, set_esr_el1, "esr_el1");
+sysreg!(/// `FAR_EL1`
+    far_el1, set_far_el1, "far_el1");
+sysreg!(/// `ELR_EL1`
+    elr_el1, set_elr_el1, "elr_el1");
+sysreg!(/// `SPSR_EL1`
+    spsr_el1, set_spsr_el1, "spsr_el1");
+sysreg!(/// `VBAR_EL1`
+    vbar_el1, set_vbar_el1, "vbar_el1");
+sysreg!(/// `SCTLR_EL1`
+    sctlr_el1, set_sctlr_el1, "sctlr_el1");
+sysreg_ro!(/// `MPIDR_EL1`
+    mpidr_el1, "mpidr_el1");
+sysreg_ro!(/// `MIDR_EL1`
+    midr_el1, "midr_el1");
+sysreg_ro!(/// `ID_AA64MMFR0_EL1`
+    id_aa64mmfr0_el1, "id_aa64mmfr0_el1");
+sysreg_ro!(/// `ID_AA64MMFR1_EL1`
+    id_aa64mmfr1_el1, "id_aa64mmfr1_el1");
+sysreg_ro!(/// `ID_AA64PFR0_EL1`
+    id_aa64pfr0_el1, "id_aa64pfr0_el1");
+sysreg_ro!(/// `ID_AA64PFR1_EL1`
+    id_aa64pfr1_el1, "id_aa64pfr1_el1");
+sysreg_ro!(/// `ID_AA64ISAR1_EL1`
+    id_aa64isar1_el1, "id_aa64isar1_el1");
+sysreg_ro!(/// `ID_AA64ISAR2_EL1`
+    id_aa64isar2_el1, "s3_0_c0_c6_2");
+sysreg_ro!(/// `PMCR_EL0`
+    pmcr_el0, "pmcr_el0");
+sysreg!(/// `TPIDR_EL2`: this CPU's index.
+    tpidr_el2, set_tpidr_el2, "tpidr_el2");
+sysreg!(/// `HCR_EL2`
+    hcr_el2, set_hcr_el2, "hcr_el2");
+sysreg!(/// `VTCR_EL2`
+    vtcr_el2, set_vtcr_el2, "vtcr_el2");
+sysreg!(/// `VTTBR_EL2`
+    vttbr_el2, set_vttbr_el2, "vttbr_el2");
+sysreg!(/// `CPTR_EL2`
+    cptr_el2, set_cptr_el2, "cptr_el2");
+sysreg!(/// `CNTHCTL_EL2`
+    cnthctl_el2, set_cnthctl_el2, "cnthctl_el2");
+sysreg!(/// `CNTVOFF_EL2`
+    cntvoff_el2, set_cntvoff_el2, "cntvoff_el2");
+sysreg!(/// `VPIDR_EL2`
+    vpidr_el2, set_vpidr_el2, "vpidr_el2");
+sysreg!(/// `VMPIDR_EL2`
+    vmpidr_el2, set_vmpidr_el2, "vmpidr_el2");
+sysreg!(/// `MDCR_EL2`
+    mdcr_el2, set_mdcr_el2, "mdcr_el2");
+sysreg!(/// `HSTR_EL2`
+    hstr_el2, set_hstr_el2, "hstr_el2");
+sysreg!(/// `ICC_SRE_EL2`
+    icc_sre_el2, set_icc_sre_el2, "icc_sre_el2");
+sysreg!(/// `ICH_HCR_EL2`
+    ich_hcr_el2, set_ich_hcr_el2, "ich_hcr_el2");
+sysreg!(/// `ZCR_EL2` (FEAT_SVE)
+    zcr_el2, set_zcr_el2, "s3_4_c1_c2_0");
+sysreg!(/// `SMCR_EL2` (FEAT_SME)
+    smcr_el2, set_smcr_el2, "s3_4_c1_c2_6");
+sysreg!(/// `HCRX_EL2` (FEAT_HCX)
+    hcrx_el2, set_hcrx_el2, "s3_4_c1_c2_2");
+sysreg!(/// `HFGRTR_EL2` (FEAT_FGT)
+    hfgrtr_el2, set_hfgrtr_el2, "s3_4_c1_c1_4");
+sysreg!(/// `HFGWTR_EL2` (FEAT_FGT)
+    hfgwtr_el2, set_hfgwtr_el2, "s3_4_c1_c1_5");
+sysreg!(/// `HFGITR_EL2` (FEAT_FGT)
+    hfgitr_el2, set_hfgitr_el2, "s3_4_c1_c1_6");
+sysreg!(/// `HDFGRTR_EL2` (FEAT_FGT)
+    hdfgrtr_el2, set_hdfgrtr_el2, "s3_4_c3_c1_4");
+sysreg!(/// `HDFGWTR_EL2` (FEAT_FGT)
+    hdfgwtr_el2, set_hdfgwtr_el2, "s3_4_c3_c1_5");
+
+/// Instruction synchronisation barrier.
+#[inline]
+pub fn isb() {
+    // SAFETY: a barrier has no effect on memory contents.
+    unsafe { asm!("isb", options(nostack, preserves_flags)) };
+}
+
+/// Turns on the EL2 MMU with the given translation settings.
+///
+/// # Safety
+///
+/// `ttbr0` must be the root of a valid EL2 stage-1 table that maps the
+/// code, stack and data this CPU is using at their current (physical)
+/// addresses, with attributes matching `mair`.
+pub unsafe fn enable_el2_mmu(mair: u64, tcr: u64, ttbr0: u64) {
+    const SCTLR_M: u64 = 1 << 0;
+    const SCTLR_C: u64 = 1 << 2;
+    const SCTLR_SA: u64 = 1 << 3;
+    const SCTLR_I: u64 = 1 << 12;
+    const SCTLR_WXN: u64 = 1 << 19;
+    let sctlr = SCTLR_EL2_RES1 | SCTLR_M | SCTLR_C | SCTLR_SA | SCTLR_I | SCTLR_WXN;
+    // SAFETY: the caller guarantees the table identity-maps everything in
+    // use, so execution continues at the next instruction once M is set.
+    // TLBs for EL2 are invalidated first so no stale entry survives.
+    unsafe {
+        asm!(
+            "msr mair_el2, {mair}",
+            "msr tcr_el2, {tcr}",
+            "msr ttbr0_el2, {ttbr}",
+            "isb",
+            "tlbi alle2",
+            "dsb nsh",
+            "isb",
+            "msr sctlr_el2, {sctlr}",
+            "isb",
+            mair = in(reg) mair,
+            tcr = in(reg) tcr,
+            ttbr = in(reg) ttbr0,
+            sctlr = in(reg) sctlr,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// Installs the host's stage 2 on this CPU and invalidates its stale
+/// stage-1+2 TLB entries for the current VMID.
+///
+/// # Safety
+///
+/// `vttbr` must name a valid stage-2 table configured for `vtcr`, and
+/// `hcr` must keep the hypervisor's own memory out of the host's reach.
+pub unsafe fn install_stage2(vtcr: u64, vttbr: u64, hcr: u64) {
+    // SAFETY: the caller guarantees the values are valid; the TLB flush
+    // covers the VMID now in VTTBR_EL2.
+    unsafe {
+        asm!(
+            "msr vtcr_el2, {vtcr}",
+            "msr vttbr_el2, {vttbr}",
+            "isb",
+            "tlbi vmalls12e1",
+            "dsb nsh",
+            "isb",
+            "msr hcr_el2, {hcr}",
+            "isb",
+            vtcr = in(reg) vtcr,
+            vttbr = in(reg) vttbr,
+            hcr = in(reg) hcr,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// Calls firmware with an SMC (SMCCC 1.1, 64-bit convention): `x0` =
+/// function, `x1..x17` = args; returns `x0..x3`.
+pub fn smc(function: u32, args: &[u64; 17]) -> [u64; 4] {
+    let r = smccc::smc64(function, *args);
+    [r[0], r[1], r[2], r[3]]
+}

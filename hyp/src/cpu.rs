@@ -1,0 +1,250 @@
+//! Per-CPU state and the EL2 configuration every CPU runs with.
+
+use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+
+use rampart_platform::inject;
+
+use crate::arch;
+use crate::config::MAX_CPUS;
+
+/// Power state of a CPU as Rampart tracks it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Power {
+    /// Off, or never started.
+    Off = 0,
+    /// CPU_ON accepted; the CPU has not reached the host yet.
+    Pending = 1,
+    /// Running the host.
+    On = 2,
+}
+
+/// What Rampart keeps for each CPU.
+pub struct PerCpu {
+    power: AtomicU8,
+    /// MPIDR affinity of this CPU (from the device tree).
+    pub mpidr: AtomicU64,
+    /// Where the host asked this CPU to start (CPU_ON or CPU_SUSPEND).
+    pub host_entry: AtomicU64,
+    /// The context id the host passed with it.
+    pub host_context: AtomicU64,
+}
+
+impl PerCpu {
+    const fn new() -> Self {
+        PerCpu {
+            power: AtomicU8::new(Power::Off as u8),
+            mpidr: AtomicU64::new(u64::MAX),
+            host_entry: AtomicU64::new(0),
+            host_context: AtomicU64::new(0),
+        }
+    }
+
+    /// Moves from `from` to `to` atomically; fails with the actual state.
+    pub fn transition(&self, from: Power, to: Power) -> Result<(), Power> {
+        self.power
+            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .map(|_| ())
+            .map_err(|actual| match actual {
+                0 => Power::Off,
+                1 => Power::Pending,
+                _ => Power::On,
+            })
+    }
+
+    /// Sets the state unconditionally (this CPU, about itself).
+    pub fn set_power(&self, to: Power) {
+        self.power.store(to as u8, Ordering::Release);
+    }
+}
+
+/// Every CPU's state, indexed by Rampart's CPU number (the boot CPU is 0,
+/// then the others in device-tree order).
+pub static CPUS: [PerCpu; MAX_CPUS] = [const { PerCpu::new() }; MAX_CPUS];
+
+/// This CPU's index.
+pub fn current() -> usize {
+    arch::tpidr_el2() as usize
+}
+
+/// This CPU's state.
+pub fn this() -> &'static PerCpu {
+    // TPIDR_EL2 is set below MAX_CPUS by the entry code, which parks any
+    // CPU started with a larger index.
+    &CPUS[current() % MAX_CPUS]
+}
+
+/// CPU features that change how EL2 is configured.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Features {
+    /// FEAT_SVE
+    pub sve: bool,
+    /// FEAT_SME
+    pub sme: bool,
+    /// GICv3 system-register interface
+    pub gic_sysregs: bool,
+    /// FEAT_FGT
+    pub fgt: bool,
+    /// FEAT_HCX
+    pub hcx: bool,
+    /// Pointer authentication (any algorithm)
+    pub pauth: bool,
+    /// Physical address bits
+    pub pa_bits: u32,
+    /// ID_AA64MMFR0_EL1.PARange, capped at 48 bits
+    pub pa_range_field: u64,
+    /// What changes an injected exception's PSTATE.
+    pub inject: inject::Features,
+}
+
+fn field(reg: u64, shift: u32) -> u64 {
+    (reg >> shift) & 0xf
+}
+
+impl Features {
+    /// Reads the ID registers of this CPU.
+    pub fn probe() -> Self {
+        let pfr0 = arch::id_aa64pfr0_el1();
+        let pfr1 = arch::id_aa64pfr1_el1();
+        let mmfr0 = arch::id_aa64mmfr0_el1();
+        let mmfr1 = arch::id_aa64mmfr1_el1();
+        let isar1 = arch::id_aa64isar1_el1();
+        let isar2 = arch::id_aa64isar2_el1();
+        let pa_range_field = field(mmfr0, 0).min(5);
+        let pa_bits = match pa_range_field {
+            0 => 32,
+            1 => 36,
+            2 => 40,
+            3 => 42,
+            4 => 44,
+            _ => 48,
+        };
+        Features {
+            sve: field(pfr0, 32) != 0,
+            gic_sysregs: field(pfr0, 24) != 0,
+            sme: field(pfr1, 24) != 0,
+            fgt: field(mmfr0, 56) != 0,
+            hcx: field(mmfr1, 40) != 0,
+            pauth: [4, 8, 24, 28].iter().any(|&s| field(isar1, s) != 0)
+                || [8, 12].iter().any(|&s| field(isar2, s) != 0),
+            pa_bits,
+            pa_range_field,
+            inject: inject::Features {
+                pan: field(mmfr1, 20) != 0,
+                ssbs: field(pfr1, 4) != 0,
+                mte: field(pfr1, 8) >= 2,
+            },
+        }
+    }
+}
+
+/// The EL2 register values every CPU installs, computed once at boot.
+#[derive(Clone, Copy, Debug)]
+pub struct El2Config {
+    /// Features the values were computed for.
+    pub features: Features,
+    /// MAIR_EL2
+    pub mair: u64,
+    /// TCR_EL2
+    pub tcr: u64,
+    /// TTBR0_EL2: the EL2 stage-1 root.
+    pub ttbr0: u64,
+    /// VTCR_EL2
+    pub vtcr: u64,
+    /// VTTBR_EL2: the host stage-2 root, VMID 0.
+    pub vttbr: u64,
+    /// HCR_EL2 while the host runs.
+    pub hcr: u64,
+}
+
+/// HCR_EL2 bits for the host.
+pub mod hcr {
+    /// Stage 2 on.
+    pub const VM: u64 = 1 << 0;
+    /// Set/way cache maintenance becomes clean+invalidate.
+    pub const SWIO: u64 = 1 << 1;
+    /// Broadcast TLB and cache maintenance to the inner shareable domain.
+    pub const FB: u64 = 1 << 9;
+    /// Barriers are inner shareable.
+    pub const BSU_IS: u64 = 1 << 10;
+    /// Trap SMC.
+    pub const TSC: u64 = 1 << 19;
+    /// EL1 is AArch64.
+    pub const RW: u64 = 1 << 31;
+    /// Pointer-authentication keys: no trap.
+    pub const APK: u64 = 1 << 40;
+    /// Pointer-authentication instructions: no trap.
+    pub const API: u64 = 1 << 41;
+}
+
+impl El2Config {
+    /// The translation and trap settings for the given tables.
+    pub fn new(features: Features, el2_root: u64, stage2_root: u64, stage2_level: usize, ipa_bits: u32) -> Self {
+        let pa = features.pa_range_field;
+        let tcr = 25 | (1 << 8) | (1 << 10) | (3 << 12) | (pa << 16) | (1 << 23) | (1 << 31);
+        let sl0: u64 = if stage2_level == 0 { 2 } else { 1 };
+        let vtcr = u64::from(64 - ipa_bits) | (sl0 << 6) | (1 << 8) | (1 << 10) | (3 << 12) | (pa << 16) | (1 << 31);
+        let mut hcr = hcr::VM | hcr::SWIO | hcr::FB | hcr::BSU_IS | hcr::TSC | hcr::RW;
+        if features.pauth {
+            hcr |= hcr::API | hcr::APK;
+        }
+        El2Config {
+            features,
+            mair: crate::mm::el2::MAIR,
+            tcr,
+            ttbr0: el2_root,
+            vtcr,
+            vttbr: stage2_root,
+            hcr,
+        }
+    }
+}
+
+/// `SCTLR_EL1` handed to the host: MMU and caches off, RES1 bits set.
+const SCTLR_EL1_RESET: u64 = 0x30D0_0800;
+
+/// Configures this CPU's EL2 and turns on its MMU and the host stage 2.
+pub fn init_this_cpu(config: &El2Config) {
+    let f = config.features;
+    // CPTR_EL2 (nVHE layout): RES1 bits 0-7, 9 and 13; TSM (12) is RES1
+    // without SME. FP/SIMD, SVE and SME stay untrapped for the host.
+    let cptr = 0xff | (1 << 9) | (1 << 13) | if f.sme { 0 } else { 1 << 12 };
+    let hpmn = (arch::pmcr_el0() >> 11) & 0x1f;
+    // SAFETY: each value below hands EL1 features to the host without
+    // touching the hypervisor's own translation or memory; the MMU and
+    // stage 2 are installed last, from tables built and checked at boot.
+    unsafe {
+        arch::set_cptr_el2(cptr);
+        arch::isb();
+        if f.sve {
+            arch::set_zcr_el2(0xf);
+        }
+        if f.sme {
+            arch::set_smcr_el2(0xf);
+        }
+        arch::set_cnthctl_el2(0b11);
+        arch::set_cntvoff_el2(0);
+        arch::set_vpidr_el2(arch::midr_el1());
+        arch::set_vmpidr_el2(arch::mpidr_el1());
+        arch::set_mdcr_el2(hpmn);
+        arch::set_hstr_el2(0);
+        if f.gic_sysregs {
+            arch::set_icc_sre_el2(0b1001);
+            arch::isb();
+            arch::set_ich_hcr_el2(0);
+        }
+        if f.fgt {
+            arch::set_hfgrtr_el2(0);
+            arch::set_hfgwtr_el2(0);
+            arch::set_hfgitr_el2(0);
+            arch::set_hdfgrtr_el2(0);
+            arch::set_hdfgwtr_el2(0);
+        }
+        if f.hcx {
+            arch::set_hcrx_el2(0);
+        }
+        arch::set_sctlr_el1(SCTLR_EL1_RESET);
+        arch::enable_el2_mmu(config.mair, config.tcr, config.ttbr0);
+        arch::install_stage2(config.vtcr, config.vttbr, config.hcr);
+    }
+}

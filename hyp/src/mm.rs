@@ -1,0 +1,211 @@
+//! The hypervisor's own memory: the heap, the page pool that serves
+//! page-table pages, EL2 stage-1 tables, and reading boot input from
+//! physical memory.
+//!
+//! With `arch` and `console`, one of the few modules with `unsafe`: it
+//! turns physical addresses into pointers.
+
+use core::ptr::NonNull;
+
+use aarch64_paging::descriptor::{El23Attributes, PhysicalAddress, Stage2Attributes};
+use aarch64_paging::paging::{
+    Constraints, El2, MemoryRegion, PageTable, Stage2, Translation, TranslationRegime,
+};
+use aarch64_paging::{MapError, Mapping};
+use buddy_system_allocator::LockedHeap;
+use rampart_platform::{MemRange, PAGE_SIZE};
+use spin::mutex::SpinMutex;
+
+#[global_allocator]
+static HEAP: LockedHeap<32> = LockedHeap::empty();
+
+/// Gives the heap its memory.
+///
+/// # Safety
+///
+/// `range` must be memory in the carve-out that nothing else uses, ever.
+pub unsafe fn init_heap(range: MemRange) {
+    // SAFETY: the caller gives us exclusive use of the range.
+    unsafe { HEAP.lock().init(range.start() as usize, range.size() as usize) };
+}
+
+/// Pages for page tables, taken from the end of the carve-out.
+struct PagePool {
+    next: u64,
+    end: u64,
+    free: Option<u64>,
+    used: u64,
+}
+
+static POOL: SpinMutex<PagePool> = SpinMutex::new(PagePool { next: 0, end: 0, free: None, used: 0 });
+
+/// Hands the page pool its memory.
+///
+/// # Safety
+///
+/// `range` must be page-aligned carve-out memory that nothing else uses.
+pub unsafe fn init_pool(range: MemRange) {
+    let mut pool = POOL.lock();
+    pool.next = range.start();
+    pool.end = range.end();
+}
+
+/// Pages handed out by the pool so far, and pages it has left.
+pub fn pool_usage() -> (u64, u64) {
+    let pool = POOL.lock();
+    let free_list = if pool.free.is_some() { 1 } else { 0 };
+    (pool.used, (pool.end - pool.next) / PAGE_SIZE + free_list)
+}
+
+fn allocate_page() -> u64 {
+    let mut pool = POOL.lock();
+    let page = if let Some(page) = pool.free {
+        // SAFETY: a page on the free list holds the next free page's
+        // address in its first word, written by `free_page`.
+        pool.free = NonNull::new(unsafe { *(page as *const u64) } as *mut u8).map(|p| p.as_ptr() as u64);
+        page
+    } else if pool.next < pool.end {
+        let page = pool.next;
+        pool.next += PAGE_SIZE;
+        page
+    } else {
+        // Boot sizes the pool for every table it builds; running out is a
+        // configuration error, not something a caller can cause.
+        panic!("page pool exhausted: build with a larger RAMPART_CARVEOUT_MIB");
+    };
+    pool.used += 1;
+    // SAFETY: the page belongs to the pool, is identity-mapped (or the MMU
+    // is off) and nothing else refers to it now that it is taken.
+    unsafe { core::ptr::write_bytes(page as *mut u8, 0, PAGE_SIZE as usize) };
+    page
+}
+
+fn free_page(page: u64) {
+    let mut pool = POOL.lock();
+    // SAFETY: the page came from `allocate_page` and its user has stopped
+    // using it; its first word links the free list.
+    unsafe { *(page as *mut u64) = pool.free.unwrap_or(0) };
+    pool.free = Some(page);
+    pool.used -= 1;
+}
+
+/// Page-table memory from the pool, identity-mapped.
+#[derive(Debug)]
+pub struct PoolTranslation;
+
+impl<A: aarch64_paging::descriptor::PagingAttributes> Translation<A> for PoolTranslation {
+    fn allocate_table(&mut self) -> (NonNull<PageTable<A>>, PhysicalAddress) {
+        let page = allocate_page();
+        let ptr = NonNull::new(page as *mut PageTable<A>).expect("the pool never hands out page 0");
+        (ptr, PhysicalAddress(page as usize))
+    }
+
+    unsafe fn deallocate_table(&mut self, page_table: NonNull<PageTable<A>>) {
+        free_page(page_table.as_ptr() as u64);
+    }
+
+    fn physical_to_virtual(&self, pa: PhysicalAddress) -> NonNull<PageTable<A>> {
+        NonNull::new(pa.0 as *mut PageTable<A>).expect("page tables are never at address 0")
+    }
+}
+
+/// A page table of either regime, backed by the pool.
+pub type Table<R> = Mapping<PoolTranslation, R>;
+
+/// Maps `range` at the same address.
+pub fn identity_map<R: TranslationRegime<Asid = (), VaRange = ()>>(
+    table: &mut Table<R>,
+    range: MemRange,
+    attributes: R::Attributes,
+) -> Result<(), MapError> {
+    let region = MemoryRegion::new(range.start() as usize, range.end() as usize);
+    table.map_range(&region, PhysicalAddress(range.start() as usize), attributes, Constraints::empty())
+}
+
+/// A new, empty EL2 stage-1 table (root at level 1: 39-bit VA).
+pub fn new_el2_table() -> Table<El2> {
+    Mapping::new(PoolTranslation, 1, El2)
+}
+
+/// A new, empty stage-2 table with its root at `level`.
+pub fn new_stage2_table(level: usize) -> Table<Stage2> {
+    Mapping::new(PoolTranslation, level, Stage2)
+}
+
+/// Attributes of EL2 stage-1 mappings (MAIR index 0 = device, 1 = normal).
+pub mod el2 {
+    use super::El23Attributes as A;
+
+    const BASE: A = A::VALID.union(A::ACCESSED).union(A::USER_RES1);
+    const NORMAL: A = BASE.union(A::ATTRIBUTE_INDEX_1).union(A::INNER_SHAREABLE);
+    /// Code: read and execute.
+    pub const TEXT: A = NORMAL.union(A::READ_ONLY);
+    /// Read-only data.
+    pub const RODATA: A = NORMAL.union(A::READ_ONLY).union(A::XN);
+    /// Data, stacks, heap and page pool: read-write, never executed.
+    pub const DATA: A = NORMAL.union(A::XN);
+    /// Device registers.
+    pub const DEVICE: A = BASE.union(A::ATTRIBUTE_INDEX_0).union(A::XN);
+    /// MAIR_EL2: index 0 Device-nGnRE, index 1 Normal write-back.
+    pub const MAIR: u64 = 0x04 | (0xff << 8);
+}
+
+/// Attributes of the host's stage-2 mappings.
+pub mod host_s2 {
+    use super::Stage2Attributes as A;
+
+    const BASE: A = A::VALID.union(A::ACCESS_FLAG).union(A::S2AP_ACCESS_RW);
+    /// Host RAM: normal write-back, executable.
+    pub const RAM: A = BASE
+        .union(A::MEMATTR_NORMAL_INNER_WB)
+        .union(A::MEMATTR_NORMAL_OUTER_WB)
+        .union(A::SH_INNER);
+    /// Host MMIO: Device-nGnRE, never executed.
+    pub const DEVICE: A = BASE.union(A::MEMATTR_DEVICE_nGnRE).union(A::XN);
+}
+
+/// The device tree blob at `address`, after checking its header's magic and
+/// size (at most `max_size` bytes).
+///
+/// # Safety
+///
+/// `address..address + 8`, and then the blob's `totalsize` bytes, must be
+/// readable memory that nothing writes while the slice lives.
+pub unsafe fn device_tree_blob(address: u64, max_size: usize) -> Result<&'static [u8], &'static str> {
+    if address % 8 != 0 {
+        return Err("device tree address is not 8-byte aligned");
+    }
+    // SAFETY: the caller guarantees the header is readable.
+    let header = unsafe { core::slice::from_raw_parts(address as *const u8, 8) };
+    if header[..4] != [0xd0, 0x0d, 0xfe, 0xed] {
+        return Err("no device tree magic (0xd00dfeed) at the address in x0");
+    }
+    let size = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+    if !(40..=max_size).contains(&size) {
+        return Err("device tree totalsize is below 40 bytes or above 2 MiB");
+    }
+    // SAFETY: the caller guarantees the blob is readable and unchanging.
+    Ok(unsafe { core::slice::from_raw_parts(address as *const u8, size) })
+}
+
+/// Reads `N` bytes of physical memory.
+///
+/// # Safety
+///
+/// The range must be readable RAM (MMU off, or identity-mapped).
+pub unsafe fn read_phys<const N: usize>(address: u64) -> [u8; N] {
+    let mut out = [0u8; N];
+    // SAFETY: the caller guarantees the range is readable.
+    unsafe { core::ptr::copy_nonoverlapping(address as *const u8, out.as_mut_ptr(), N) };
+    out
+}
+
+/// Writes `bytes` to physical memory.
+///
+/// # Safety
+///
+/// The range must be writable RAM that no live Rust reference covers.
+pub unsafe fn write_phys(address: u64, bytes: &[u8]) {
+    // SAFETY: the caller guarantees the range is writable and unaliased.
+    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), address as *mut u8, bytes.len()) };
+}
