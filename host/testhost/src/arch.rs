@@ -15,7 +15,7 @@
 use core::arch::{asm, global_asm};
 use core::fmt;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use arm_pl011_uart::{PL011Registers, Uart};
 use safe_mmio::UniqueMmioPointer;
@@ -53,14 +53,30 @@ impl VectorKind {
     /// A short description of the vector.
     pub fn describe(self) -> &'static str {
         const NAMES: [&str; 16] = [
-            "sync/EL1t", "irq/EL1t", "fiq/EL1t", "serror/EL1t",
-            "sync/EL1h", "irq/EL1h", "fiq/EL1h", "serror/EL1h",
-            "sync/EL0-64", "irq/EL0-64", "fiq/EL0-64", "serror/EL0-64",
-            "sync/EL0-32", "irq/EL0-32", "fiq/EL0-32", "serror/EL0-32",
+            "sync/EL1t",
+            "irq/EL1t",
+            "fiq/EL1t",
+            "serror/EL1t",
+            "sync/EL1h",
+            "irq/EL1h",
+            "fiq/EL1h",
+            "serror/EL1h",
+            "sync/EL0-64",
+            "irq/EL0-64",
+            "fiq/EL0-64",
+            "serror/EL0-64",
+            "sync/EL0-32",
+            "irq/EL0-32",
+            "fiq/EL0-32",
+            "serror/EL0-32",
         ];
         match self {
             VectorKind::CurrentSync => NAMES[4],
-            VectorKind::Other(i) => NAMES.get(i as usize).copied().unwrap_or("?"),
+            VectorKind::Other(i) => usize::try_from(i)
+                .ok()
+                .and_then(|i| NAMES.get(i))
+                .copied()
+                .unwrap_or("?"),
         }
     }
 }
@@ -118,7 +134,7 @@ struct Frame {
 }
 
 const FRAME_SIZE: usize = core::mem::size_of::<Frame>();
-const _: () = assert!(FRAME_SIZE == 304 && FRAME_SIZE % 16 == 0);
+const _: () = assert!(FRAME_SIZE == 304 && FRAME_SIZE.is_multiple_of(16));
 
 // ---------------------------------------------------------------------------
 // Entry: the Image header, the boot CPU's and the secondaries' entry code.
@@ -265,11 +281,21 @@ extern "C" fn primary_entry_rust(
     sctlr: u64,
     current_el: u64,
 ) -> ! {
-    crate::primary_main(BootState { x: [x0, x1, x2, x3], daif, sctlr, current_el })
+    crate::primary_main(BootState {
+        x: [x0, x1, x2, x3],
+        daif,
+        sctlr,
+        current_el,
+    })
 }
 
 extern "C" fn secondary_entry_rust(context: u64, daif: u64, sctlr: u64, current_el: u64) -> ! {
-    crate::cpus::secondary_main(SecondaryEntry { context, daif, sctlr, current_el })
+    crate::cpus::secondary_main(SecondaryEntry {
+        context,
+        daif,
+        sctlr,
+        current_el,
+    })
 }
 
 unsafe extern "C" {
@@ -477,7 +503,14 @@ impl ExceptionCell {
 
     fn load(&self) -> Exception {
         let v = |i: usize| self.0[i].load(Ordering::Relaxed);
-        Exception { vector: v(0), esr: v(1), far: v(2), elr: v(3), spsr: v(4), daif_on_entry: v(5) }
+        Exception {
+            vector: v(0),
+            esr: v(1),
+            far: v(2),
+            elr: v(3),
+            spsr: v(4),
+            daif_on_entry: v(5),
+        }
     }
 }
 
@@ -495,7 +528,10 @@ pub fn guarded<F: FnMut()>(f: &mut F) -> Result<(), Exception> {
         f();
     }
     assert!(cpu_slot() == 0, "only the boot CPU runs guarded calls");
-    assert!(GUARD_SP.load(Ordering::Relaxed) == 0, "guarded calls do not nest");
+    assert!(
+        GUARD_SP.load(Ordering::Relaxed) == 0,
+        "guarded calls do not nest"
+    );
     // SAFETY: `guard_call` is the assembly routine above; it saves and restores
     // every callee-saved register (x19..x30, d8..d15) and SP, so it follows the
     // C ABI whether `trampoline` returns or the handler sends it to
@@ -503,7 +539,11 @@ pub fn guarded<F: FnMut()>(f: &mut F) -> Result<(), Exception> {
     // skipped on recovery own nothing with a destructor (documented above).
     let status = unsafe { guard_call(trampoline::<F>, core::ptr::from_mut(f).cast()) };
     PROBE_PC.store(0, Ordering::Relaxed);
-    if status == 0 { Ok(()) } else { Err(GUARD_FAULT.load()) }
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(GUARD_FAULT.load())
+    }
 }
 
 /// Handles every exception; called by `exception_common` with the saved frame.
@@ -585,9 +625,15 @@ pub enum Access {
 /// The caller must make sure a store cannot corrupt anything the test host
 /// uses: the address is outside its image and device tree (asserted here).
 pub fn probe(access: Access, address: u64, value: u64) -> ProbeOutcome {
-    assert!(address % 8 == 0, "probe address must be 8-byte aligned");
+    assert!(
+        address.is_multiple_of(8),
+        "probe address must be 8-byte aligned"
+    );
     let (image_start, image_end) = image_range();
-    assert!(address < image_start || address >= image_end, "probe inside the test host image");
+    assert!(
+        address < image_start || address >= image_end,
+        "probe inside the test host image"
+    );
     assert!(cpu_slot() == 0, "only the boot CPU probes");
     PROBE_HIT.store(0, Ordering::Relaxed);
     let mut register = value;
@@ -707,7 +753,7 @@ pub fn cpu_slot() -> usize {
     let value: u64;
     // SAFETY: reads a register; no memory, stack or flags touched.
     unsafe { asm!("mrs {}, tpidr_el1", out(reg) value, options(nomem, nostack, preserves_flags)) };
-    value as usize
+    usize::try_from(value).unwrap_or(usize::MAX)
 }
 
 /// The virtual counter `CNTVCT_EL0` (always readable at EL1).
@@ -757,10 +803,16 @@ pub fn ram_pattern(address: u64, seed: u64) -> u64 {
 }
 
 fn check_ram_range(start: u64, end: u64, seed: u64) {
-    assert!(start % RAM_BLOCK == 0 && end % RAM_BLOCK == 0 && start < end);
-    assert!(seed % RAM_BLOCK == 0, "seed low bits must be zero so blocks can add offsets");
+    assert!(start.is_multiple_of(RAM_BLOCK) && end.is_multiple_of(RAM_BLOCK) && start < end);
+    assert!(
+        seed.is_multiple_of(RAM_BLOCK),
+        "seed low bits must be zero so blocks can add offsets"
+    );
     let (image_start, image_end) = image_range();
-    assert!(end <= image_start || start >= image_end, "RAM test range overlaps the image");
+    assert!(
+        end <= image_start || start >= image_end,
+        "RAM test range overlaps the image"
+    );
 }
 
 /// Writes [`ram_pattern`] to every 64-bit word of `[start, end)`.
@@ -865,7 +917,7 @@ pub fn ram_verify(start: u64, end: u64, seed: u64) -> Option<u64> {
 
 /// Reads the 64-bit word at `address` (for reporting a RAM test mismatch).
 pub fn ram_read(address: u64) -> u64 {
-    assert!(address % 8 == 0);
+    assert!(address.is_multiple_of(8));
     let value: u64;
     // SAFETY: an aligned read of RAM the RAM test just wrote (the caller only
     // passes addresses inside a range it verified); reads no Rust object.
@@ -887,7 +939,7 @@ pub fn ram_read(address: u64) -> u64 {
 pub fn device_tree_blob(address: u64) -> Result<&'static [u8], &'static str> {
     const FDT_MAGIC: u32 = 0xd00d_feed;
     const MAX_SIZE: u32 = 2 << 20;
-    if address == 0 || address % 8 != 0 {
+    if address == 0 || !address.is_multiple_of(8) {
         return Err("device tree address is null or not 8-byte aligned");
     }
     let (image_start, image_end) = image_range();
@@ -915,14 +967,14 @@ pub fn device_tree_blob(address: u64) -> Result<&'static [u8], &'static str> {
     // SAFETY: `address..address + size` is the blob the loader placed in RAM
     // (magic and size checked above, size at most 2 MiB). Nothing in the test
     // host writes it: it is outside the image, and the RAM test excludes it.
-    Ok(unsafe { core::slice::from_raw_parts(address as usize as *const u8, size as usize) })
+    Ok(unsafe { core::slice::from_raw_parts(address as *const u8, size as usize) })
 }
 
 /// Physical address of the PL011 the console writes to.
-static UART_BASE: AtomicUsize = AtomicUsize::new(0x0900_0000);
+static UART_BASE: AtomicU64 = AtomicU64::new(0x0900_0000);
 
 /// Points the console at the PL011 at `base`.
-pub fn set_console_base(base: usize) {
+pub fn set_console_base(base: u64) {
     UART_BASE.store(base, Ordering::Relaxed);
 }
 
@@ -933,7 +985,9 @@ pub fn console_write(s: &str) {
         return;
     }
     let base = UART_BASE.load(Ordering::Relaxed);
-    let Some(base) = NonNull::new(base as *mut PL011Registers) else { return };
+    let Some(base) = NonNull::new(base as *mut PL011Registers) else {
+        return;
+    };
     // SAFETY: `base` is the PL011's MMIO frame (from the DT's stdout-path, or
     // QEMU virt's default), identity-mapped with the MMU off. Only the boot
     // CPU gets here and the exception handler never prints while a print is

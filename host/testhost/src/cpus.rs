@@ -57,10 +57,16 @@ impl Slot {
 
     /// Forgets the previous round.
     pub fn reset(&self) {
-        for cell in [&self.arrived, &self.context, &self.mpidr, &self.daif, &self.sctlr]
-            .into_iter()
-            .chain([&self.current_el, &self.off_error])
-            .chain(self.fault.iter())
+        for cell in [
+            &self.arrived,
+            &self.context,
+            &self.mpidr,
+            &self.daif,
+            &self.sctlr,
+        ]
+        .into_iter()
+        .chain([&self.current_el, &self.off_error])
+        .chain(self.fault.iter())
         {
             cell.store(0, Ordering::Relaxed);
         }
@@ -82,9 +88,12 @@ const PARK_TIMEOUT_MS: u64 = 20_000;
 /// Rust entry of a secondary CPU.
 pub fn secondary_main(entry: SecondaryEntry) -> ! {
     let index = (entry.context & 0xff) as usize;
-    let Some(slot) = SLOTS.get(index) else { arch::halt() };
+    let Some(slot) = SLOTS.get(index) else {
+        arch::halt()
+    };
     slot.context.store(entry.context, Ordering::Relaxed);
-    slot.mpidr.store(arch::mpidr() & MPIDR_AFFINITY_MASK, Ordering::Relaxed);
+    slot.mpidr
+        .store(arch::mpidr() & MPIDR_AFFINITY_MASK, Ordering::Relaxed);
     slot.daif.store(entry.daif, Ordering::Relaxed);
     slot.sctlr.store(entry.sctlr, Ordering::Relaxed);
     slot.current_el.store(entry.current_el, Ordering::Relaxed);
@@ -92,9 +101,12 @@ pub fn secondary_main(entry: SecondaryEntry) -> ! {
     slot.arrived.store(round.max(1), Ordering::Release);
     ARRIVALS.fetch_add(1, Ordering::AcqRel);
 
-    wait_until(PARK_TIMEOUT_MS, || RELEASED.load(Ordering::Acquire) >= round);
+    wait_until(PARK_TIMEOUT_MS, || {
+        RELEASED.load(Ordering::Acquire) >= round
+    });
     let error = psci::cpu_off();
-    slot.off_error.store((1 << 63) | error as u64, Ordering::Release);
+    slot.off_error
+        .store((1 << 63) | error as u64, Ordering::Release);
     arch::halt();
 }
 
@@ -109,7 +121,8 @@ pub fn secondary_fault(index: usize, exception: &Exception) -> ! {
     }
     let error = psci::cpu_off();
     if let Some(slot) = SLOTS.get(index) {
-        slot.off_error.store((1 << 63) | error as u64, Ordering::Release);
+        slot.off_error
+            .store((1 << 63) | error as u64, Ordering::Release);
     }
     arch::halt();
 }

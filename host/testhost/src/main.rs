@@ -17,8 +17,15 @@
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
+#![allow(
+    clippy::result_large_err,
+    reason = "no allocator: a failure carries its message in a fixed buffer; it is returned only on failure, on 32 KiB stacks"
+)]
 
-#[allow(unsafe_code, reason = "the one module that touches the machine directly")]
+#[allow(
+    unsafe_code,
+    reason = "the one module that touches the machine directly"
+)]
 mod arch;
 mod checks;
 mod console;
@@ -48,7 +55,7 @@ fn primary_main(boot: BootState) -> ! {
         }
     };
     if let Some(base) = platform.console {
-        arch::set_console_base(base as usize);
+        arch::set_console_base(base);
     }
     psci::set_conduit(platform.psci_conduit);
     println!(

@@ -16,7 +16,11 @@ pub struct Msg<const CAPACITY: usize = DEFAULT_CAPACITY> {
 impl<const CAPACITY: usize> Msg<CAPACITY> {
     /// An empty message.
     pub const fn new() -> Self {
-        Self { bytes: [0; CAPACITY], len: 0, truncated: false }
+        Self {
+            bytes: [0; CAPACITY],
+            len: 0,
+            truncated: false,
+        }
     }
 
     /// A message holding `s`.
@@ -61,7 +65,11 @@ impl<const CAPACITY: usize> Write for Msg<CAPACITY> {
 impl<const CAPACITY: usize> fmt::Display for Msg<CAPACITY> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())?;
-        if self.truncated { f.write_str("...") } else { Ok(()) }
+        if self.truncated {
+            f.write_str("...")
+        } else {
+            Ok(())
+        }
     }
 }
 

@@ -84,7 +84,10 @@ impl Platform {
         let mut platform = Platform {
             boot,
             dt: Range::from_base_size(boot.x[0], blob.len() as u64),
-            image: Range { start: image_start, end: image_end },
+            image: Range {
+                start: image_start,
+                end: image_end,
+            },
             console: None,
             psci_method: None,
             psci_conduit: Conduit::Smc,
@@ -101,7 +104,9 @@ impl Platform {
 
         for node in fdt.root().children() {
             let is_memory = node.name_without_address() == "memory"
-                || node.property("device_type").and_then(|p| p.value_as::<&str>().ok())
+                || node
+                    .property("device_type")
+                    .and_then(|p| p.value_as::<&str>().ok())
                     == Some("memory");
             if is_memory {
                 push_regs(node, &mut platform.memory)?;
@@ -122,7 +127,8 @@ impl Platform {
                 }
                 let name_matches = node.name_without_address() == CARVEOUT_NODE_NAME;
                 let compatible_matches = node.is_compatible(CARVEOUT_COMPATIBLE);
-                if (name_matches || compatible_matches) && carveout_slot < platform.carveouts.len() {
+                if (name_matches || compatible_matches) && carveout_slot < platform.carveouts.len()
+                {
                     let mut reg = RangeSet::default();
                     push_regs(node, &mut reg)?;
                     let name = node.name();
@@ -144,9 +150,10 @@ impl Platform {
             }
         }
         for reservation in fdt.memory_reservations() {
-            platform
-                .memreserve
-                .push(Range::from_base_size(reservation.address(), reservation.size()));
+            platform.memreserve.push(Range::from_base_size(
+                reservation.address(),
+                reservation.size(),
+            ));
         }
 
         let cpus = fdt.cpus().map_err(|e| msg!("/cpus: {e}"))?;
@@ -169,12 +176,14 @@ impl Platform {
         }
 
         if let Some(psci) = fdt.find_node("/psci") {
-            platform.psci_method =
-                match psci.property("method").and_then(|p| p.value_as::<&str>().ok()) {
-                    Some("smc") => Some(Conduit::Smc),
-                    Some("hvc") => Some(Conduit::Hvc),
-                    _ => None,
-                };
+            platform.psci_method = match psci
+                .property("method")
+                .and_then(|p| p.value_as::<&str>().ok())
+            {
+                Some("smc") => Some(Conduit::Smc),
+                Some("hvc") => Some(Conduit::Hvc),
+                _ => None,
+            };
         }
         platform.psci_conduit = platform.psci_method.unwrap_or(Conduit::Smc);
 
@@ -224,7 +233,12 @@ impl Platform {
         for r in self.memory.as_slice() {
             usable.push(*r);
         }
-        for cut in self.reserved_no_map.as_slice().iter().chain(self.memreserve.as_slice()) {
+        for cut in self
+            .reserved_no_map
+            .as_slice()
+            .iter()
+            .chain(self.memreserve.as_slice())
+        {
             usable.subtract(cut);
         }
         usable
@@ -251,19 +265,30 @@ impl Platform {
             self.console.unwrap_or(0)
         );
         if self.cpus_in_dt > self.cpu_count {
-            note!("{} CPUs in the DT; only the first {} are tested", self.cpus_in_dt, self.cpu_count);
+            note!(
+                "{} CPUs in the DT; only the first {} are tested",
+                self.cpus_in_dt,
+                self.cpu_count
+            );
         }
     }
 }
 
 /// Adds every `reg` entry of `node` to `set`.
 fn push_regs<const N: usize>(node: FdtNode<'_>, set: &mut RangeSet<N>) -> Result<(), Msg> {
-    let Some(regs) = node.reg().map_err(|e| msg!("{}: bad reg: {e}", node.name()))? else {
+    let Some(regs) = node
+        .reg()
+        .map_err(|e| msg!("{}: bad reg: {e}", node.name()))?
+    else {
         return Ok(());
     };
     for reg in regs {
-        let address = reg.address::<u64>().map_err(|e| msg!("{}: {e}", node.name()))?;
-        let size = reg.size::<u64>().map_err(|e| msg!("{}: {e}", node.name()))?;
+        let address = reg
+            .address::<u64>()
+            .map_err(|e| msg!("{}: {e}", node.name()))?;
+        let size = reg
+            .size::<u64>()
+            .map_err(|e| msg!("{}: {e}", node.name()))?;
         set.push(Range::from_base_size(address, size));
     }
     Ok(())

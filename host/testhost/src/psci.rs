@@ -60,7 +60,11 @@ pub fn set_conduit(conduit: Conduit) {
 
 /// The conduit PSCI calls use (SMC until the DT says otherwise).
 pub fn conduit() -> Conduit {
-    if CONDUIT.load(Ordering::Relaxed) == 0 { Conduit::Smc } else { Conduit::Hvc }
+    if CONDUIT.load(Ordering::Relaxed) == 0 {
+        Conduit::Smc
+    } else {
+        Conduit::Hvc
+    }
 }
 
 /// Makes an SMCCC call with `x0 = function`, `x1..` = `args` through `conduit`

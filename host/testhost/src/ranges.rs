@@ -15,7 +15,10 @@ impl Range {
     /// The range of `size` bytes at `start` (saturating at the top of the
     /// address space).
     pub fn from_base_size(start: u64, size: u64) -> Self {
-        Self { start, end: start.saturating_add(size) }
+        Self {
+            start,
+            end: start.saturating_add(size),
+        }
     }
 
     /// Size in bytes.
@@ -41,9 +44,16 @@ impl Range {
     /// The largest sub-range whose ends are multiples of `align` (a power of
     /// two).
     pub fn align_inward(&self, align: u64) -> Range {
-        let start = self.start.checked_add(align - 1).map_or(u64::MAX, |s| s & !(align - 1));
+        let start = self
+            .start
+            .checked_add(align - 1)
+            .map_or(u64::MAX, |s| s & !(align - 1));
         let end = self.end & !(align - 1);
-        if start < end { Range { start, end } } else { Range { start, end: start } }
+        if start < end {
+            Range { start, end }
+        } else {
+            Range { start, end: start }
+        }
     }
 }
 
@@ -63,7 +73,11 @@ pub struct RangeSet<const N: usize> {
 
 impl<const N: usize> Default for RangeSet<N> {
     fn default() -> Self {
-        Self { items: [Range::default(); N], len: 0, overflowed: false }
+        Self {
+            items: [Range::default(); N],
+            len: 0,
+            overflowed: false,
+        }
     }
 }
 
@@ -93,15 +107,23 @@ impl<const N: usize> RangeSet<N> {
 
     /// Removes every address in `cut` from the set, splitting ranges as needed.
     pub fn subtract(&mut self, cut: &Range) {
-        let mut result = RangeSet::<N>::default();
-        result.overflowed = self.overflowed;
+        let mut result = RangeSet::<N> {
+            overflowed: self.overflowed,
+            ..RangeSet::default()
+        };
         for r in self.as_slice() {
             if !r.overlaps(cut) {
                 result.push(*r);
                 continue;
             }
-            result.push(Range { start: r.start, end: cut.start.min(r.end) });
-            result.push(Range { start: cut.end.max(r.start), end: r.end });
+            result.push(Range {
+                start: r.start,
+                end: cut.start.min(r.end),
+            });
+            result.push(Range {
+                start: cut.end.max(r.start),
+                end: r.end,
+            });
         }
         *self = result;
     }

@@ -13,10 +13,19 @@ pub fn boot_state(p: &Platform) -> Result<(), Msg> {
     let el = (boot.current_el >> 2) & 3;
     note!(
         "entered at EL{el}, x0={:#x} x1={:#x} x2={:#x} x3={:#x}, DAIF={:#x}, SCTLR_EL1={:#x}",
-        boot.x[0], boot.x[1], boot.x[2], boot.x[3], boot.daif, boot.sctlr
+        boot.x[0],
+        boot.x[1],
+        boot.x[2],
+        boot.x[3],
+        boot.daif,
+        boot.sctlr
     );
     ensure!(el == 1, "expected entry at EL1, entered at EL{el}");
-    ensure!(boot.sctlr & 1 == 0, "expected MMU off, SCTLR_EL1 = {:#x} has M set", boot.sctlr);
+    ensure!(
+        boot.sctlr & 1 == 0,
+        "expected MMU off, SCTLR_EL1 = {:#x} has M set",
+        boot.sctlr
+    );
     ensure!(
         boot.sctlr & (1 << 2) == 0,
         "expected D-cache off, SCTLR_EL1 = {:#x} has C set",
@@ -30,9 +39,14 @@ pub fn boot_state(p: &Platform) -> Result<(), Msg> {
     ensure!(
         boot.x[1..] == [0, 0, 0],
         "expected x1..x3 = 0, got {:#x} {:#x} {:#x}",
-        boot.x[1], boot.x[2], boot.x[3]
+        boot.x[1],
+        boot.x[2],
+        boot.x[3]
     );
     let frequency = arch::counter_frequency();
-    ensure!(frequency != 0, "CNTFRQ_EL0 is 0: the counter frequency was not programmed");
+    ensure!(
+        frequency != 0,
+        "CNTFRQ_EL0 is 0: the counter frequency was not programmed"
+    );
     Ok(())
 }

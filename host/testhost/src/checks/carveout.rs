@@ -44,11 +44,21 @@ pub fn carveout_dt(p: &Platform) -> Result<(), Msg> {
         node.name
     );
     let name = &node.name;
-    ensure!(node.name_matches, "node {name} has compatible {CARVEOUT_COMPATIBLE} but is not named {CARVEOUT_NODE_NAME}@<addr>");
-    ensure!(node.compatible_matches, "node {name}: expected compatible = \"{CARVEOUT_COMPATIBLE}\"");
+    ensure!(
+        node.name_matches,
+        "node {name} has compatible {CARVEOUT_COMPATIBLE} but is not named {CARVEOUT_NODE_NAME}@<addr>"
+    );
+    ensure!(
+        node.compatible_matches,
+        "node {name}: expected compatible = \"{CARVEOUT_COMPATIBLE}\""
+    );
     ensure!(node.no_map, "node {name}: expected a no-map property");
     let regs = node.reg.as_slice();
-    ensure!(regs.len() == 1, "node {name}: expected one reg entry, found {}", regs.len());
+    ensure!(
+        regs.len() == 1,
+        "node {name}: expected one reg entry, found {}",
+        regs.len()
+    );
     let carveout = regs[0];
     ensure!(
         carveout.size() > 0 && carveout.start % 4096 == 0 && carveout.size() % 4096 == 0,
@@ -65,9 +75,22 @@ pub fn carveout_dt(p: &Platform) -> Result<(), Msg> {
             "carve-out {carveout} overlaps usable memory {usable}"
         );
     }
-    ensure!(!p.image.overlaps(&carveout), "carve-out {carveout} overlaps the host image {}", p.image);
-    ensure!(!p.dt.overlaps(&carveout), "carve-out {carveout} overlaps the host's DT {}", p.dt);
-    if !p.memory.as_slice().iter().any(|m| m.contains_range(&carveout)) {
+    ensure!(
+        !p.image.overlaps(&carveout),
+        "carve-out {carveout} overlaps the host image {}",
+        p.image
+    );
+    ensure!(
+        !p.dt.overlaps(&carveout),
+        "carve-out {carveout} overlaps the host's DT {}",
+        p.dt
+    );
+    if !p
+        .memory
+        .as_slice()
+        .iter()
+        .any(|m| m.contains_range(&carveout))
+    {
         note!("the carve-out is not inside any /memory node");
     }
     Ok(())
@@ -76,7 +99,10 @@ pub fn carveout_dt(p: &Platform) -> Result<(), Msg> {
 /// The first and last 64-bit words of `range`, which must not hold anything
 /// the test host uses (a store there could otherwise land).
 fn ends(p: &Platform, range: Range) -> Result<[u64; 2], Msg> {
-    ensure!(range.size() >= 8 && range.start % 8 == 0, "probe range {range} is too small or unaligned");
+    ensure!(
+        range.size() >= 8 && range.start.is_multiple_of(8),
+        "probe range {range} is too small or unaligned"
+    );
     ensure!(
         !range.overlaps(&p.image) && !range.overlaps(&p.dt),
         "probe range {range} overlaps the test host image {} or its DT {}",
@@ -90,12 +116,23 @@ fn ends(p: &Platform, range: Range) -> Result<[u64; 2], Msg> {
 /// external abort at its current-EL vector, with the syndrome, addresses and
 /// saved state the architecture gives a real one.
 fn expect_abort(access: Access, address: u64) -> Result<(), Msg> {
-    let value = if access == Access::Load { SENTINEL } else { STORE_VALUE };
-    let what = if access == Access::Load { "load from" } else { "store to" };
+    let value = if access == Access::Load {
+        SENTINEL
+    } else {
+        STORE_VALUE
+    };
+    let what = if access == Access::Load {
+        "load from"
+    } else {
+        "store to"
+    };
     let outcome = arch::probe(access, address, value);
     let Some(e) = outcome.fault else {
         if access == Access::Load {
-            fail!("{what} {address:#x} completed without an exception and read {:#x}", outcome.register);
+            fail!(
+                "{what} {address:#x} completed without an exception and read {:#x}",
+                outcome.register
+            );
         }
         fail!("{what} {address:#x} completed without an exception");
     };
@@ -111,17 +148,27 @@ fn expect_abort(access: Access, address: u64) -> Result<(), Msg> {
         ));
     }
     if e.ec() != EC_DATA_ABORT_SAME_EL {
-        problem(format_args!("ESR.EC = {:#x}, expected 0x25 (data abort, same EL)", e.ec()));
+        problem(format_args!(
+            "ESR.EC = {:#x}, expected 0x25 (data abort, same EL)",
+            e.ec()
+        ));
     }
     if e.esr & ESR_IL == 0 {
         problem(format_args!("ESR.IL = 0, expected 1"));
     }
     if e.esr & 0x3f != DFSC_SYNC_EXTERNAL_ABORT {
-        problem(format_args!("DFSC = {:#x}, expected 0x10 (synchronous external abort)", e.esr & 0x3f));
+        problem(format_args!(
+            "DFSC = {:#x}, expected 0x10 (synchronous external abort)",
+            e.esr & 0x3f
+        ));
     }
     let wnr = e.esr & ESR_WNR != 0;
     if wnr != (access == Access::Store) {
-        problem(format_args!("WnR = {}, expected {}", u8::from(wnr), u8::from(access == Access::Store)));
+        problem(format_args!(
+            "WnR = {}, expected {}",
+            u8::from(wnr),
+            u8::from(access == Access::Store)
+        ));
     }
     if e.esr & ESR_FNV != 0 {
         problem(format_args!("FnV = 1 (FAR not valid), expected 0"));
@@ -130,7 +177,10 @@ fn expect_abort(access: Access, address: u64) -> Result<(), Msg> {
         problem(format_args!("FAR = {:#x}, expected {address:#x}", e.far));
     }
     if e.elr != outcome.pc {
-        problem(format_args!("ELR = {:#x}, expected the access at {:#x}", e.elr, outcome.pc));
+        problem(format_args!(
+            "ELR = {:#x}, expected the access at {:#x}",
+            e.elr, outcome.pc
+        ));
     }
     let expected_spsr = PROBE_NZCV | outcome.daif_before | MODE_EL1H;
     let spsr_fields = (0xf << 28) | DAIF_ALL | 0x1f;
@@ -141,9 +191,14 @@ fn expect_abort(access: Access, address: u64) -> Result<(), Msg> {
         ));
     }
     if e.daif_on_entry & DAIF_ALL != DAIF_ALL {
-        problem(format_args!("the vector ran with DAIF = {:#x}, expected all masked", e.daif_on_entry));
+        problem(format_args!(
+            "the vector ran with DAIF = {:#x}, expected all masked",
+            e.daif_on_entry
+        ));
     }
-    if access == Access::Load && (outcome.register != SENTINEL || outcome.register_in_frame != SENTINEL) {
+    if access == Access::Load
+        && (outcome.register != SENTINEL || outcome.register_in_frame != SENTINEL)
+    {
         problem(format_args!(
             "the destination register changed to {:#x} (frame {:#x}): data reached the host",
             outcome.register, outcome.register_in_frame
@@ -152,7 +207,10 @@ fn expect_abort(access: Access, address: u64) -> Result<(), Msg> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(crate::msg!("{what} {address:#x}: {problems} [ESR={:#x}]", e.esr))
+        Err(crate::msg!(
+            "{what} {address:#x}: {problems} [ESR={:#x}]",
+            e.esr
+        ))
     }
 }
 

@@ -74,8 +74,7 @@ fn bring_up_round(p: &Platform, boot: usize, round: u64) -> Result<(), Msg> {
         );
     }
 
-    let all_arrived =
-        cpus::wait_until(TIMEOUT_MS, || ARRIVALS.load(Ordering::Acquire) >= expected);
+    let all_arrived = cpus::wait_until(TIMEOUT_MS, || ARRIVALS.load(Ordering::Acquire) >= expected);
     let arrival_ms = cpus::elapsed_ms(start);
     for i in others() {
         check_arrival(p, i, round)?;
@@ -145,7 +144,10 @@ fn check_arrival(p: &Platform, i: usize, round: u64) -> Result<(), Msg> {
         );
     }
     let arrived = slot.arrived.load(Ordering::Acquire);
-    ensure!(arrived != 0, "round {round}: CPU {mpidr:#x} never reached its entry point");
+    ensure!(
+        arrived != 0,
+        "round {round}: CPU {mpidr:#x} never reached its entry point"
+    );
     let context = slot.context.load(Ordering::Relaxed);
     let expected_context = cpus::context_id(round, i);
     ensure!(
@@ -158,7 +160,10 @@ fn check_arrival(p: &Platform, i: usize, round: u64) -> Result<(), Msg> {
         "round {round}: CPU_ON({mpidr:#x}) started the CPU with MPIDR {actual_mpidr:#x}"
     );
     let el = (slot.current_el.load(Ordering::Relaxed) >> 2) & 3;
-    ensure!(el == 1, "round {round}: CPU {mpidr:#x} entered at EL{el}, expected EL1");
+    ensure!(
+        el == 1,
+        "round {round}: CPU {mpidr:#x} entered at EL{el}, expected EL1"
+    );
     let sctlr = slot.sctlr.load(Ordering::Relaxed);
     ensure!(
         sctlr & 1 == 0,
@@ -177,7 +182,11 @@ fn check_arrival(p: &Platform, i: usize, round: u64) -> Result<(), Msg> {
 pub fn cpu_on_already_on(p: &Platform) -> Result<(), Msg> {
     let boot = boot_cpu_index(p)?;
     let mpidr = p.cpus[boot];
-    let ret = psci::cpu_on(mpidr, arch::secondary_entry_address(), cpus::context_id(1, boot));
+    let ret = psci::cpu_on(
+        mpidr,
+        arch::secondary_entry_address(),
+        cpus::context_id(1, boot),
+    );
     ensure!(
         ret == psci::ALREADY_ON || ret == psci::INVALID_PARAMETERS,
         "CPU_ON(boot CPU {mpidr:#x}) = {ret}, expected ALREADY_ON (-4) or INVALID_PARAMETERS (-2)"
@@ -192,7 +201,11 @@ pub fn cpu_on_bogus(p: &Platform) -> Result<(), Msg> {
         if present.contains(&bogus) {
             continue;
         }
-        let ret = psci::cpu_on(bogus, arch::secondary_entry_address(), cpus::context_id(1, 0));
+        let ret = psci::cpu_on(
+            bogus,
+            arch::secondary_entry_address(),
+            cpus::context_id(1, 0),
+        );
         ensure!(
             ret == psci::INVALID_PARAMETERS,
             "CPU_ON({bogus:#x}) of a CPU that does not exist = {ret}, expected INVALID_PARAMETERS (-2)"

@@ -24,18 +24,60 @@ pub struct Check {
 
 /// Every check, in run order. The RAM test runs last: it is the slowest.
 pub const CHECKS: &[Check] = &[
-    Check { name: "boot-state", run: boot::boot_state },
-    Check { name: "psci-conduit", run: smccc::psci_conduit },
-    Check { name: "psci-version", run: smccc::psci_version },
-    Check { name: "hyp-version", run: smccc::hyp_version },
-    Check { name: "hyp-features", run: smccc::hyp_features },
-    Check { name: "hvc-unknown", run: smccc::hvc_unknown },
-    Check { name: "smc-unknown", run: smccc::smc_unknown },
-    Check { name: "cpu-on-all", run: cpu::cpu_on_all },
-    Check { name: "cpu-on-already-on", run: cpu::cpu_on_already_on },
-    Check { name: "cpu-on-bogus", run: cpu::cpu_on_bogus },
-    Check { name: "carveout-dt", run: carveout::carveout_dt },
-    Check { name: "carveout-read", run: carveout::carveout_read },
-    Check { name: "carveout-write", run: carveout::carveout_write },
-    Check { name: "ram-rw", run: ram::ram_rw },
+    Check {
+        name: "boot-state",
+        run: boot::boot_state,
+    },
+    Check {
+        name: "psci-conduit",
+        run: smccc::psci_conduit,
+    },
+    Check {
+        name: "psci-version",
+        run: smccc::psci_version,
+    },
+    Check {
+        name: "hyp-version",
+        run: smccc::hyp_version,
+    },
+    Check {
+        name: "hyp-features",
+        run: smccc::hyp_features,
+    },
+    Check {
+        name: "hvc-unknown",
+        run: smccc::hvc_unknown,
+    },
+    Check {
+        name: "smc-unknown",
+        run: smccc::smc_unknown,
+    },
+    Check {
+        name: "cpu-on-all",
+        run: cpu::cpu_on_all,
+    },
+    Check {
+        name: "cpu-on-already-on",
+        run: cpu::cpu_on_already_on,
+    },
+    Check {
+        name: "cpu-on-bogus",
+        run: cpu::cpu_on_bogus,
+    },
+    Check {
+        name: "carveout-dt",
+        run: carveout::carveout_dt,
+    },
+    Check {
+        name: "carveout-read",
+        run: carveout::carveout_read,
+    },
+    Check {
+        name: "carveout-write",
+        run: carveout::carveout_write,
+    },
+    Check {
+        name: "ram-rw",
+        run: ram::ram_rw,
+    },
 ];

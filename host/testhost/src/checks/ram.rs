@@ -18,7 +18,13 @@ const SEED: u64 = 0xa5c3_5a3c_96e1_69c0;
 /// image, bss and stacks, the DT blob and the first 64 KiB of RAM.
 fn test_ranges(p: &Platform) -> Result<RangeSet<64>, Msg> {
     let mut ranges = p.usable_memory();
-    let ram_base = p.memory.as_slice().iter().map(|r| r.start).min().unwrap_or(0);
+    let ram_base = p
+        .memory
+        .as_slice()
+        .iter()
+        .map(|r| r.start)
+        .min()
+        .unwrap_or(0);
     for cut in [p.image, p.dt, Range::from_base_size(ram_base, LOW_RESERVE)] {
         ranges.subtract(&cut);
     }

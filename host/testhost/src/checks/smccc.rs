@@ -90,7 +90,10 @@ pub fn psci_version(p: &Platform) -> Result<(), Msg> {
     );
     let (major, minor) = (version >> 16, version & 0xffff);
     note!("PSCI {major}.{minor} via {}", p.psci_conduit.name());
-    ensure!(major >= 1, "expected PSCI 1.0 or later, got {major}.{minor}");
+    ensure!(
+        major >= 1,
+        "expected PSCI 1.0 or later, got {major}.{minor}"
+    );
     Ok(())
 }
 
@@ -129,7 +132,12 @@ pub fn hyp_features(_: &Platform) -> Result<(), Msg> {
         );
         preserved(function, &sent, &got)?;
     }
-    for unknown in [0xC600_8FFF_u32, first_unassigned_host_call(), 0x8600_8000, 0] {
+    for unknown in [
+        0xC600_8FFF_u32,
+        first_unassigned_host_call(),
+        0x8600_8000,
+        0,
+    ] {
         let sent = arguments(&[u64::from(unknown)]);
         let got = psci::call_via(Conduit::Hvc, function, &sent);
         ensure!(
@@ -145,11 +153,8 @@ pub fn hyp_features(_: &Platform) -> Result<(), Msg> {
 /// The lowest function ID in Rampart's host range that this ABI version does
 /// not define.
 fn first_unassigned_host_call() -> u32 {
-    fast_call_id(
-        true,
-        owner::VENDOR_HYPERVISOR,
-        HOST_FUNCTION_BASE + HostCall::ALL.len() as u16,
-    )
+    let count = u16::try_from(HostCall::ALL.len()).expect("fewer than 65536 host calls");
+    fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + count)
 }
 
 /// `hvc-unknown`: HVCs the hypervisor does not implement return
