@@ -137,6 +137,7 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         unsafe { console::init(uart.start()) };
     }
 
+    layout::check_ram(&info.memory, carveout)?;
     let command = cmdline::parse(&info.bootargs)?;
     let header_range = MemRange::from_base_size(command.host_image, image::HEADER_SIZE as u64);
     if !header_range.is_some_and(|h| info.memory.iter().any(|m| m.contains_range(&h)) && !h.overlaps(&carveout)) {
@@ -178,7 +179,7 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     // (checked above), which is not read again.
     unsafe { mm::write_phys(dtb, &host_dt) };
 
-    let pool = MemRange::new(heap.end(), carveout.end()).ok_or(BootError::RamTooSmall { carveout, ram: None })?;
+    let pool = MemRange::new(heap.end(), carveout.end()).ok_or(BootError::RamTooSmall { carveout, ram: None, total: 0 })?;
     // SAFETY: the pool is the rest of the carve-out, after the heap.
     unsafe { mm::init_pool(pool) };
 

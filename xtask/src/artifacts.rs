@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail};
 
@@ -20,14 +21,25 @@ pub fn build_dir() -> PathBuf {
     root().join("build")
 }
 
-/// Builds the hypervisor and returns its flat `Image`.
+static HYPERVISOR: OnceLock<PathBuf> = OnceLock::new();
+static TESTHOST: OnceLock<PathBuf> = OnceLock::new();
+
+/// Builds the hypervisor (once per xtask run) and returns its flat `Image`.
 pub fn hypervisor() -> Result<PathBuf> {
-    image("rampart-hyp", HYP_TARGET, "rampart.bin", &[])
+    once(&HYPERVISOR, || image("rampart-hyp", HYP_TARGET, "rampart.bin", &[]))
 }
 
-/// Builds the bare-metal test host and returns its flat `Image`.
+/// Builds the bare-metal test host (once per run) and returns its `Image`.
 pub fn testhost() -> Result<PathBuf> {
-    image("rampart-testhost", EL1_TARGET, "testhost.bin", &[])
+    once(&TESTHOST, || image("rampart-testhost", EL1_TARGET, "testhost.bin", &[]))
+}
+
+fn once(cell: &OnceLock<PathBuf>, build: impl FnOnce() -> Result<PathBuf>) -> Result<PathBuf> {
+    if let Some(path) = cell.get() {
+        return Ok(path.clone());
+    }
+    let path = build()?;
+    Ok(cell.get_or_init(|| path).clone())
 }
 
 /// Builds `package` for `target` in release mode and converts the ELF into a

@@ -115,14 +115,30 @@ pub fn run(args: &TestArgs) -> Result<()> {
     }
 
     // Bad boot input ends in a message and a power-off, never a hang.
+    // QEMU itself refuses RAM smaller than the carve-out (it places the DT
+    // after the image_size Rampart's header claims), so this is the
+    // smallest machine that reaches Rampart's own check.
     case("bad-boot/ram-too-small".into(), &|| {
-        bad_boot(1, "64M", "rampart: RAM too small")
+        let mut m = testhost_machine(1, "32M", "max")?;
+        m.loaders.clear();
+        expect_clean_refusal(&m, "rampart: RAM too small")
     });
     case("bad-boot/too-many-cpus".into(), &|| bad_boot(9, "512M", "rampart: too many CPUs"));
     case("bad-boot/no-host-image".into(), &|| {
         let mut m = testhost_machine(1, "512M", "max")?;
         m.append.clear();
         expect_clean_refusal(&m, "rampart: no host image")
+    });
+
+    case("bad-boot/host-image-not-an-image".into(), &|| {
+        let mut m = testhost_machine(1, "512M", "max")?;
+        m.append = "rampart.host=0x45000000".into();
+        expect_clean_refusal(&m, "rampart: bad host image at 0x45000000: no arm64 Image magic")
+    });
+    case("bad-boot/unknown-option".into(), &|| {
+        let mut m = testhost_machine(1, "512M", "max")?;
+        m.append.push_str(" rampart.bogus=1");
+        expect_clean_refusal(&m, "rampart: bad command line: unknown option `rampart.bogus=1`")
     });
 
     if !args.no_linux {

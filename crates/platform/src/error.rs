@@ -44,6 +44,8 @@ pub enum BootError {
         carveout: MemRange,
         /// The RAM bank it would have to sit in, if any.
         ram: Option<MemRange>,
+        /// All RAM, in bytes.
+        total: u64,
     },
     /// No `rampart.host=` on the command line.
     NoHostImage,
@@ -91,15 +93,19 @@ impl fmt::Display for BootError {
                 "too many CPUs: the device tree lists {found}, this build supports at most {max}"
             ),
             BootError::UnsupportedPsci(why) => write!(f, "unsupported PSCI: {why}"),
-            BootError::RamTooSmall { carveout, ram } => match ram {
+            BootError::RamTooSmall { carveout, ram, total } => match ram {
+                Some(ram) if ram.contains_range(carveout) => write!(
+                    f,
+                    "RAM too small: {} MiB of RAM leaves the host less than {} MiB beside the {} MiB carve-out",
+                    total >> 20,
+                    crate::layout::MIN_HOST_RAM >> 20,
+                    carveout.size() >> 20
+                ),
                 Some(ram) => write!(
                     f,
                     "RAM too small: the carve-out {carveout} does not fit in the RAM bank {ram}"
                 ),
-                None => write!(
-                    f,
-                    "RAM too small: no RAM bank holds the carve-out {carveout}"
-                ),
+                None => write!(f, "RAM too small: no RAM bank holds the carve-out {carveout}"),
             },
             BootError::NoHostImage => write!(
                 f,

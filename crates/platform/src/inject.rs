@@ -34,6 +34,7 @@ const PSTATE_PAN: u64 = 1 << 22;
 const PSTATE_SSBS: u64 = 1 << 12;
 const PSTATE_TCO: u64 = 1 << 25;
 const PSTATE_NRW: u64 = 1 << 4;
+const PSTATE_M_AARCH32_USR: u64 = 0b1_0000;
 const SCTLR_SPAN: u64 = 1 << 23;
 const SCTLR_DSSBS: u64 = 1 << 44;
 
@@ -100,18 +101,16 @@ pub struct Injection {
 }
 
 /// Computes the injection of `kind` into the host interrupted in `from`,
-/// or `None` if the host was not in AArch64 EL0/EL1 (which Rampart never
-/// allows, so the caller treats it as a broken invariant).
+/// or `None` if the host was not in AArch64 EL0/EL1 or AArch32 user mode
+/// (the only states it can trap from).
 #[must_use]
 pub fn compute(kind: Kind, from: &Interrupted, features: Features) -> Option<Injection> {
-    if from.spsr & PSTATE_NRW != 0 {
-        return None;
-    }
-    let mode = from.spsr & PSTATE_M_MASK;
+    let mode = from.spsr & (PSTATE_M_MASK | PSTATE_NRW);
     let (same_el, vector_offset) = match mode {
         PSTATE_M_EL1H => (true, 0x200),
         PSTATE_M_EL1T => (true, 0x000),
         PSTATE_M_EL0T => (false, 0x400),
+        PSTATE_M_AARCH32_USR => (false, 0x600),
         _ => return None,
     };
     let (ec, iss, far) = match kind {
@@ -251,9 +250,14 @@ mod tests {
             compute(Kind::Undefined, &host(0b1001), Features::default()),
             None
         ); // EL2h
-        assert_eq!(
-            compute(Kind::Undefined, &host(0b10000), Features::default()),
-            None
-        ); // AArch32
+        assert_eq!(compute(Kind::Undefined, &host(0b10011), Features::default()), None); // AArch32 SVC
+        let user32 = compute(
+            Kind::DataAbort { write: false, far_not_valid: false },
+            &host(0b10000),
+            Features::default(),
+        )
+        .unwrap();
+        assert_eq!(user32.elr_el2, 0xffff_8000_1001_0600);
+        assert_eq!(user32.esr_el1 >> 26, 0x24);
     }
 }

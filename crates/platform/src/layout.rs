@@ -49,21 +49,7 @@ pub fn plan(
             max: max_cpus,
         });
     }
-    if !info
-        .memory
-        .iter()
-        .any(|bank| bank.contains_range(&carveout))
-    {
-        let bank = info
-            .memory
-            .iter()
-            .find(|b| b.contains(carveout.start()))
-            .copied();
-        return Err(BootError::RamTooSmall {
-            carveout,
-            ram: bank,
-        });
-    }
+    check_ram(&info.memory, carveout)?;
     let host_ram = range::subtract_all(&info.memory, &[carveout]);
 
     let image = host_image
@@ -118,6 +104,24 @@ pub fn plan(
         unmappable_devices,
         host_image: image,
     })
+}
+
+/// The least RAM Rampart leaves the host: enough for a small Linux.
+pub const MIN_HOST_RAM: u64 = 32 << 20;
+
+/// Checks that the carve-out lies in one RAM bank and leaves the host at
+/// least [`MIN_HOST_RAM`].
+///
+/// # Errors
+///
+/// [`BootError::RamTooSmall`] otherwise.
+pub fn check_ram(memory: &[MemRange], carveout: MemRange) -> Result<(), BootError> {
+    let bank = memory.iter().find(|b| b.contains(carveout.start())).copied();
+    let total = range::total_size(memory);
+    if !memory.iter().any(|b| b.contains_range(&carveout)) || total - carveout.size().min(total) < MIN_HOST_RAM {
+        return Err(BootError::RamTooSmall { carveout, ram: bank, total });
+    }
+    Ok(())
 }
 
 /// `part` as a percentage of `whole`, in hundredths of a percent (so
@@ -195,6 +199,10 @@ mod tests {
             plan(&small, CARVEOUT, 8, 1 << 39, 0x4200_0000, &HEADER, DT),
             Err(BootError::RamTooSmall { .. })
         ));
+        // The carve-out fits, but leaves the host less than its minimum.
+        let tight = [r(0x4000_0000, 0x4280_0000)];
+        assert!(matches!(check_ram(&tight, CARVEOUT), Err(BootError::RamTooSmall { total, .. }) if total == 40 << 20));
+        check_ram(&[r(0x4000_0000, 0x4400_0000)], CARVEOUT).unwrap();
         let many = info(r(0x4000_0000, 0x6000_0000), 9);
         assert_eq!(
             plan(&many, CARVEOUT, 8, 1 << 39, 0x4200_0000, &HEADER, DT),
