@@ -43,7 +43,11 @@ pub struct InvariantViolation {
 
 impl fmt::Display for InvariantViolation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invariant {} broken at {}: {}", self.invariant, self.addr, self.what)
+        write!(
+            f,
+            "invariant {} broken at {}: {}",
+            self.invariant, self.addr, self.what
+        )
     }
 }
 
@@ -150,11 +154,19 @@ impl<'a> Table<'a> {
     ) -> Result<Effect, Rejection> {
         let (first, count) = self.validate(start, pages)?;
         for (offset, entry) in self.entries[first..first + count].iter().enumerate() {
-            let fail = |error| Rejection { error, addr: self.addr_of(first + offset) };
+            let fail = |error| Rejection {
+                error,
+                addr: self.addr_of(first + offset),
+            };
             let page = entry.decode().ok_or_else(|| fail(Error::Corrupt))?;
             transition.step(page).map_err(fail)?;
         }
-        Ok(Effect { transition, start, pages, updates: transition.updates() })
+        Ok(Effect {
+            transition,
+            start,
+            pages,
+            updates: transition.updates(),
+        })
     }
 
     /// Checks `transition` over the whole range, then applies it to every
@@ -333,12 +345,14 @@ impl<'a> Table<'a> {
     /// `OutOfRange` if the table does not cover `addr`; `Corrupt` if its
     /// entry is invalid.
     pub fn page_state(&self, addr: PhysAddr) -> Result<PageState, Rejection> {
-        let index = self
-            .index_of(addr)
-            .ok_or(Rejection { error: Error::OutOfRange, addr })?;
-        self.entries[index]
-            .decode()
-            .ok_or(Rejection { error: Error::Corrupt, addr: self.addr_of(index) })
+        let index = self.index_of(addr).ok_or(Rejection {
+            error: Error::OutOfRange,
+            addr,
+        })?;
+        self.entries[index].decode().ok_or(Rejection {
+            error: Error::Corrupt,
+            addr: self.addr_of(index),
+        })
     }
 
     /// What `component` may do with the page containing `addr`.
@@ -361,7 +375,13 @@ impl<'a> Table<'a> {
         component: Component,
     ) -> Result<Runs<'_>, Rejection> {
         let (first, count) = self.validate(start, pages)?;
-        Ok(Runs { entries: self.entries, base: self.base, next: first, end: first + count, component })
+        Ok(Runs {
+            entries: self.entries,
+            base: self.base,
+            next: first,
+            end: first + count,
+            component,
+        })
     }
 
     /// The state `component` has on every page of the range, or `None` if
@@ -410,10 +430,18 @@ impl<'a> Table<'a> {
                 continue;
             };
             if let Ok(Some(uniform)) = self.uniform_state(block, size, component) {
-                return Ok(Run { start: block, pages: size, state: uniform });
+                return Ok(Run {
+                    start: block,
+                    pages: size,
+                    state: uniform,
+                });
             }
         }
-        Ok(Run { start: PhysAddr(pfn << PAGE_SHIFT), pages: 1, state })
+        Ok(Run {
+            start: PhysAddr(pfn << PAGE_SHIFT),
+            pages: 1,
+            state,
+        })
     }
 
     /// Checks invariants 1–4 and 6 on every page (invariant 5 is about
@@ -425,8 +453,14 @@ impl<'a> Table<'a> {
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
         for (index, entry) in self.entries.iter().enumerate() {
             let addr = self.addr_of(index);
-            let broken = |invariant, what| InvariantViolation { invariant, addr, what };
-            let page = entry.decode().ok_or(broken(1, "entry does not decode to one owner"))?;
+            let broken = |invariant, what| InvariantViolation {
+                invariant,
+                addr,
+                what,
+            };
+            let page = entry
+                .decode()
+                .ok_or(broken(1, "entry does not decode to one owner"))?;
             if page.encode() != *entry {
                 return Err(broken(1, "entry is not in canonical form"));
             }
@@ -462,16 +496,24 @@ impl<'a> Table<'a> {
             for (party, state) in views {
                 let allowed = party == page.owner() || Some(party) == page.borrower();
                 if state.is_accessible() && !allowed {
-                    return Err(broken(2, "a component reaches a page it neither owns nor borrows"));
+                    return Err(broken(
+                        2,
+                        "a component reaches a page it neither owns nor borrows",
+                    ));
                 }
             }
             if views[3].1.is_accessible() {
                 return Err(broken(2, "an uninvolved guest reaches the page"));
             }
             if let Component::Guest(_) = page.owner()
-                && page.borrower().is_some_and(|borrower| borrower != Component::Host)
+                && page
+                    .borrower()
+                    .is_some_and(|borrower| borrower != Component::Host)
             {
-                return Err(broken(4, "a guest page is reachable by a non-host borrower"));
+                return Err(broken(
+                    4,
+                    "a guest page is reachable by a non-host borrower",
+                ));
             }
             if page.pins() > 0 && page.view(Component::Hyp) != State::SharedBorrowed {
                 return Err(broken(6, "a pinned page is not lent to the hypervisor"));

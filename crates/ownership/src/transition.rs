@@ -260,7 +260,12 @@ impl Transition {
             }
             Transition::HypPin | Transition::HypUnpin => (Keep, Keep, Keep, false),
         };
-        Updates { host, hyp, guest, zero }
+        Updates {
+            host,
+            hyp,
+            guest,
+            zero,
+        }
     }
 }
 

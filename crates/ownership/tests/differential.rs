@@ -10,18 +10,16 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use common::reference::{Call, Content, Reference};
+use common::harness::{Harness, Step};
+use common::reference::{Call, Reference};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, RngAlgorithm, TestRunner};
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest};
-use rampart_ownership::{
-    Component, Effect, PAGE_SIZE, PageMeta, Pfn, PhysAddr, State, Table, Update, VmId,
-};
+use rampart_ownership::{Component, PAGE_SIZE, VmId};
 
 /// First page frame of the table under test.
 const BASE: u64 = 0x100;
@@ -44,15 +42,6 @@ const _: () = assert!(MIN_OPERATIONS >= 100_000);
 static EXECUTED: AtomicU64 = AtomicU64::new(0);
 /// Of which succeeded.
 static SUCCEEDED: AtomicU64 = AtomicU64::new(0);
-
-/// One step of a sequence.
-#[derive(Clone, Copy, Debug)]
-enum Step {
-    /// A call with (possibly hostile) arguments.
-    Call { call: Call, addr: u64, pages: u64 },
-    /// A component writes to a page (ghost action: tracks secrets).
-    Write { page: u64, by: Component },
-}
 
 struct Model;
 
@@ -130,13 +119,21 @@ impl ReferenceStateMachine for Model {
             move |(call, index, want, overshoot)| {
                 let eligible = state.eligible(call);
                 let Some(&start) = eligible.get(index.index(eligible.len().max(1))) else {
-                    return Step::Call { call, addr: BASE * PAGE_SIZE, pages: want };
+                    return Step::Call {
+                        call,
+                        addr: BASE * PAGE_SIZE,
+                        pages: want,
+                    };
                 };
                 let mut pages = 1;
                 while pages < want && eligible.contains(&(start + pages)) {
                     pages += 1;
                 }
-                Step::Call { call, addr: start * PAGE_SIZE, pages: pages + u64::from(overshoot) }
+                Step::Call {
+                    call,
+                    addr: start * PAGE_SIZE,
+                    pages: pages + u64::from(overshoot),
+                }
             },
         );
         prop_oneof![
@@ -148,150 +145,31 @@ impl ReferenceStateMachine for Model {
     }
 
     fn apply(mut state: Reference, step: &Step) -> Reference {
-        match *step {
-            Step::Call { call, addr, pages } => {
-                let _ = state.call(call, addr, pages);
-            }
-            Step::Write { page, by } => state.write(page, by),
-        }
+        step.apply_to(&mut state);
         state
-    }
-}
-
-/// The system under test plus what a hypervisor would build from effects.
-struct Sut {
-    meta: Vec<PageMeta>,
-    /// Page tables as maintained from `Effect`s alone.
-    mapped: HashMap<(u64, Component), State>,
-    /// Page contents, as zeroed per `Effect`s and written per mappings.
-    content: HashMap<u64, Content>,
-}
-
-impl Sut {
-    fn table(&mut self) -> Table<'_> {
-        Table::new(&mut self.meta, Pfn(BASE)).expect("table fits")
-    }
-
-    fn mapping(&self, pfn: u64, component: Component) -> State {
-        self.mapped.get(&(pfn, component)).copied().unwrap_or_default()
-    }
-
-    /// What the hypervisor does with an effect.
-    fn consume(&mut self, effect: &Effect) {
-        let first = effect.start.0 / PAGE_SIZE;
-        let parties = [
-            (Component::Host, effect.updates.host),
-            (Component::Hyp, effect.updates.hyp),
-        ]
-        .into_iter()
-        .chain(effect.vm().map(|vm| (Component::Guest(vm), effect.updates.guest)));
-        let parties: Vec<_> = parties.collect();
-        for pfn in first..first + effect.pages {
-            for &(party, update) in &parties {
-                if update == Update::Set(State::Absent) {
-                    self.mapped.remove(&(pfn, party));
-                }
-            }
-            if effect.updates.zero {
-                self.content.insert(pfn, Content::Zero);
-            }
-            for &(party, update) in &parties {
-                if let Update::Set(state) = update
-                    && state != State::Absent
-                {
-                    self.mapped.insert((pfn, party), state);
-                }
-            }
-        }
     }
 }
 
 struct Test;
 
 impl StateMachineTest for Test {
-    type SystemUnderTest = Sut;
+    type SystemUnderTest = Harness;
     type Reference = Model;
 
-    fn init_test(_: &Reference) -> Sut {
-        let mut mapped = HashMap::new();
-        for pfn in BASE..BASE + PAGES {
-            mapped.insert((pfn, Component::Host), State::Owned);
-        }
-        Sut {
-            meta: vec![PageMeta::HOST_OWNED; PAGES as usize],
-            mapped,
-            content: HashMap::new(),
-        }
+    fn init_test(_: &Reference) -> Harness {
+        Harness::new(BASE, PAGES, &VMS)
     }
 
-    fn apply(mut sut: Sut, reference: &Reference, step: Step) -> Sut {
+    fn apply(mut sut: Harness, reference: &Reference, step: Step) -> Harness {
         EXECUTED.fetch_add(1, Ordering::Relaxed);
-        match step {
-            Step::Call { call, addr, pages } => {
-                let before = sut.meta.clone();
-                let result = sut.table().apply(call.transition(), PhysAddr(addr), pages);
-                let expected = reference.last;
-                match (result, expected) {
-                    (Ok(effect), Ok(())) => {
-                        SUCCEEDED.fetch_add(1, Ordering::Relaxed);
-                        assert_eq!((effect.start, effect.pages), (PhysAddr(addr), pages));
-                        assert_eq!(effect.transition, call.transition());
-                        sut.consume(&effect);
-                        if let Call::GuestShareHost(_) = call {
-                            for pfn in addr / PAGE_SIZE..addr / PAGE_SIZE + pages {
-                                sut.content.insert(pfn, Content::Public);
-                            }
-                        }
-                    }
-                    (Err(rejection), Err((error, at))) => {
-                        assert_eq!((rejection.error, rejection.addr), (error, PhysAddr(at)), "{step:?}");
-                        assert_eq!(sut.meta, before, "a failed call changed the table: {step:?}");
-                    }
-                    (result, expected) => {
-                        panic!("{step:?}: crate says {result:?}, reference says {expected:?}")
-                    }
-                }
-            }
-            Step::Write { page, by } => {
-                // The write lands according to the hypervisor's page tables.
-                let content = match (by, sut.mapping(page, by)) {
-                    (_, State::Absent) => None,
-                    (Component::Guest(vm), State::Owned) => Some(Content::Secret(vm)),
-                    _ => Some(Content::Public),
-                };
-                if let Some(content) = content {
-                    sut.content.insert(page, content);
-                }
-            }
-        }
+        let before = sut.succeeded;
+        sut.apply(step, reference.last);
+        SUCCEEDED.fetch_add(sut.succeeded - before, Ordering::Relaxed);
         sut
     }
 
-    fn check_invariants(sut: &Sut, reference: &Reference) {
-        let mut meta = sut.meta.clone();
-        let table = Table::new(&mut meta, Pfn(BASE)).expect("table fits");
-        table.check_invariants().expect("invariants");
-        let mut parties = vec![Component::Host, Component::Hyp];
-        parties.extend(VMS.map(Component::Guest));
-        for pfn in BASE..BASE + PAGES {
-            let addr = PhysAddr(pfn * PAGE_SIZE);
-            for &party in &parties {
-                let view = table.state_of(addr, party).expect("in range");
-                assert_eq!(view, reference.get(pfn, party), "{party} on pfn {pfn:#x}");
-                assert_eq!(sut.mapping(pfn, party), view, "effects disagree: {party} on {pfn:#x}");
-            }
-            let pins = table.page_state(addr).expect("valid").pins();
-            assert_eq!(u32::from(pins), reference.pins.get(&pfn).copied().unwrap_or(0));
-            // Invariants 4 and 5 on what the page tables expose.
-            if let Some(Content::Secret(owner)) = sut.content.get(&pfn) {
-                for &party in &parties {
-                    if party != Component::Guest(*owner) {
-                        assert_eq!(sut.mapping(pfn, party), State::Absent, "{party} sees a secret");
-                    }
-                }
-            }
-        }
-        assert_eq!(reference.leak(), None);
+    fn check_invariants(sut: &Harness, reference: &Reference) {
+        sut.check(reference);
     }
 }
 
@@ -318,5 +196,8 @@ fn crate_matches_reference_model() {
     let succeeded = SUCCEEDED.load(Ordering::Relaxed);
     println!("differential: {executed} operations executed, {succeeded} calls succeeded");
     assert!(executed >= MIN_OPERATIONS, "only {executed} operations ran");
-    assert!(succeeded * 10 >= executed, "too few successful calls: {succeeded}/{executed}");
+    assert!(
+        succeeded * 10 >= executed,
+        "too few successful calls: {succeeded}/{executed}"
+    );
 }

@@ -51,8 +51,15 @@ struct World {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Action {
-    Call { transition: Transition, first: u64, pages: u64 },
-    Write { page: usize, by: Component },
+    Call {
+        transition: Transition,
+        first: u64,
+        pages: u64,
+    },
+    Write {
+        page: usize,
+        by: Component,
+    },
 }
 
 struct Ownership {
@@ -69,7 +76,12 @@ fn decode(meta: PageMeta) -> PageState {
 }
 
 fn parties() -> [Component; 4] {
-    [Component::Host, Component::Hyp, Component::Guest(VMS[0]), Component::Guest(VMS[1])]
+    [
+        Component::Host,
+        Component::Hyp,
+        Component::Guest(VMS[0]),
+        Component::Guest(VMS[1]),
+    ]
 }
 
 impl Model for Ownership {
@@ -95,11 +107,19 @@ impl Model for Ownership {
         }
         for transition in transitions {
             for (first, pages) in RANGES {
-                actions.push(Action::Call { transition, first, pages });
+                actions.push(Action::Call {
+                    transition,
+                    first,
+                    pages,
+                });
             }
         }
         for page in 0..PAGES {
-            for by in [Component::Host, Component::Guest(VMS[0]), Component::Guest(VMS[1])] {
+            for by in [
+                Component::Host,
+                Component::Guest(VMS[0]),
+                Component::Guest(VMS[1]),
+            ] {
                 actions.push(Action::Write { page, by });
             }
         }
@@ -119,7 +139,11 @@ impl Model for Ownership {
                 };
                 next.content[page] = content;
             }
-            Action::Call { transition, first, pages } => {
+            Action::Call {
+                transition,
+                first,
+                pages,
+            } => {
                 let mut table = Table::new(&mut next.meta, Pfn(BASE)).expect("fits");
                 let result = table.apply(transition, addr(first), pages);
                 drop(table);
@@ -136,7 +160,10 @@ impl Model for Ownership {
                     if !range.contains(&page) && before != after {
                         next.broken = Some("a page outside the range changed");
                     }
-                    if range.contains(&page) && before.pins() > 0 && after.view(Component::Hyp) != State::SharedBorrowed {
+                    if range.contains(&page)
+                        && before.pins() > 0
+                        && after.view(Component::Hyp) != State::SharedBorrowed
+                    {
                         next.broken = Some("a pinned page was unshared");
                     }
                 }
@@ -155,49 +182,83 @@ impl Model for Ownership {
     }
 
     fn within_boundary(&self, world: &World) -> bool {
-        world.meta.iter().all(|m| decode(*m).pins() <= MODEL_PIN_BOUND)
+        world
+            .meta
+            .iter()
+            .all(|m| decode(*m).pins() <= MODEL_PIN_BOUND)
     }
 
     fn properties(&self) -> Vec<Property<Self>> {
         vec![
-            Property::always("invariants 1-4 and 6 hold on the table", |_, world: &World| {
-                let mut meta = world.meta;
-                Table::new(&mut meta, Pfn(BASE)).expect("fits").check_invariants().is_ok()
-            }),
-            Property::always("no secret is reachable by another component (4, 5)", |_, world: &World| {
-                (0..PAGES).all(|page| match world.content[page] {
-                    Content::Clean => true,
-                    Content::Secret(owner) => parties().into_iter().all(|party| {
-                        party == Component::Guest(owner)
-                            || decode(world.meta[page]).view(party) == State::Absent
-                    }),
-                })
-            }),
-            Property::always("every step is all-or-nothing and respects pins (6)", |_, world: &World| {
-                world.broken.is_none()
-            }),
+            Property::always(
+                "invariants 1-4 and 6 hold on the table",
+                |_, world: &World| {
+                    let mut meta = world.meta;
+                    Table::new(&mut meta, Pfn(BASE))
+                        .expect("fits")
+                        .check_invariants()
+                        .is_ok()
+                },
+            ),
+            Property::always(
+                "no secret is reachable by another component (4, 5)",
+                |_, world: &World| {
+                    (0..PAGES).all(|page| match world.content[page] {
+                        Content::Clean => true,
+                        Content::Secret(owner) => parties().into_iter().all(|party| {
+                            party == Component::Guest(owner)
+                                || decode(world.meta[page]).view(party) == State::Absent
+                        }),
+                    })
+                },
+            ),
+            Property::always(
+                "every step is all-or-nothing and respects pins (6)",
+                |_, world: &World| world.broken.is_none(),
+            ),
             Property::sometimes("a guest shares a page with the host", |_, world: &World| {
-                world.meta.iter().any(|m| matches!(decode(*m), PageState::GuestSharedWithHost(_)))
+                world
+                    .meta
+                    .iter()
+                    .any(|m| matches!(decode(*m), PageState::GuestSharedWithHost(_)))
             }),
             Property::sometimes("a page is pinned twice", |_, world: &World| {
                 world.meta.iter().any(|m| decode(*m).pins() == 2)
             }),
-            Property::sometimes("both guests hold secrets while the hyp owns a page", |_, world: &World| {
-                world.content.contains(&Content::Secret(VMS[0]))
-                    && world.content.contains(&Content::Secret(VMS[1]))
-                    && world.meta.iter().any(|m| decode(*m) == PageState::HypOwned)
-            }),
-            Property::sometimes("one page lent to a guest, another shared by a guest", |_, world: &World| {
-                world.meta.iter().any(|m| matches!(decode(*m), PageState::HostSharedWithGuest(_)))
-                    && world.meta.iter().any(|m| matches!(decode(*m), PageState::GuestSharedWithHost(_)))
-            }),
+            Property::sometimes(
+                "both guests hold secrets while the hyp owns a page",
+                |_, world: &World| {
+                    world.content.contains(&Content::Secret(VMS[0]))
+                        && world.content.contains(&Content::Secret(VMS[1]))
+                        && world.meta.iter().any(|m| decode(*m) == PageState::HypOwned)
+                },
+            ),
+            Property::sometimes(
+                "one page lent to a guest, another shared by a guest",
+                |_, world: &World| {
+                    world
+                        .meta
+                        .iter()
+                        .any(|m| matches!(decode(*m), PageState::HostSharedWithGuest(_)))
+                        && world
+                            .meta
+                            .iter()
+                            .any(|m| matches!(decode(*m), PageState::GuestSharedWithHost(_)))
+                },
+            ),
         ]
     }
 }
 
 #[test]
 fn exhaustive_model_check() {
-    let checker = Ownership { forget_zeroing: false }.checker().threads(2).spawn_bfs().join();
+    let checker = Ownership {
+        forget_zeroing: false,
+    }
+    .checker()
+    .threads(2)
+    .spawn_bfs()
+    .join();
     let states = checker.unique_state_count();
     println!(
         "stateright: {states} unique states, {} state visits, max depth {}",
@@ -211,9 +272,18 @@ fn exhaustive_model_check() {
 
 #[test]
 fn model_check_catches_a_missing_zeroing() {
-    let checker = Ownership { forget_zeroing: true }.checker().threads(2).spawn_bfs().join();
+    let checker = Ownership {
+        forget_zeroing: true,
+    }
+    .checker()
+    .threads(2)
+    .spawn_bfs()
+    .join();
     let path = checker
         .discovery("no secret is reachable by another component (4, 5)")
         .expect("a hypervisor that does not zero must leak a secret");
-    println!("counterexample found for the mutant: {:?}", path.into_actions());
+    println!(
+        "counterexample found for the mutant: {:?}",
+        path.into_actions()
+    );
 }

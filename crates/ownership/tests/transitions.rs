@@ -60,11 +60,20 @@ fn host_share_and_unshare_hyp() {
     assert_eq!(views(&t, 1), [S, B, A, A]);
     assert_eq!(views(&t, 2), [S, B, A, A]);
     assert_eq!(views(&t, 3), [O, A, A, A]);
-    assert_eq!(t.host_share_hyp(page(2), 1), reject(Error::AlreadyShared, page(2)));
+    assert_eq!(
+        t.host_share_hyp(page(2), 1),
+        reject(Error::AlreadyShared, page(2))
+    );
     let e = t.host_unshare_hyp(page(1), 2).unwrap();
-    assert_eq!((e.updates.host, e.updates.hyp), (Update::Set(O), Update::Set(A)));
+    assert_eq!(
+        (e.updates.host, e.updates.hyp),
+        (Update::Set(O), Update::Set(A))
+    );
     assert_eq!(views(&t, 1), [O, A, A, A]);
-    assert_eq!(t.host_unshare_hyp(page(1), 1), reject(Error::NotShared, page(1)));
+    assert_eq!(
+        t.host_unshare_hyp(page(1), 1),
+        reject(Error::NotShared, page(1))
+    );
     t.check_invariants().unwrap();
 }
 
@@ -77,7 +86,10 @@ fn pinned_page_cannot_be_unshared() {
     assert_eq!(e.updates.host, Update::Keep);
     assert_eq!(e.updates.hyp, Update::Keep);
     t.hyp_pin(page(1), 1).unwrap();
-    assert_eq!(t.page_state(page(1)), Ok(PageState::HostSharedWithHyp { pins: 2 }));
+    assert_eq!(
+        t.page_state(page(1)),
+        Ok(PageState::HostSharedWithHyp { pins: 2 })
+    );
     // Whole range refused because of the middle page; nothing changes.
     assert_eq!(t.host_unshare_hyp(page(0), 3), reject(Error::Busy, page(1)));
     assert_eq!(views(&t, 0), [S, B, A, A]);
@@ -106,14 +118,29 @@ fn host_donate_hyp_and_back_zeroes() {
     let mut meta = [PageMeta::default(); PAGES];
     let mut t = Table::new(&mut meta, BASE).unwrap();
     let e = t.host_donate_hyp(page(4), 4).unwrap();
-    assert_eq!((e.updates.host, e.updates.hyp), (Update::Set(A), Update::Set(O)));
+    assert_eq!(
+        (e.updates.host, e.updates.hyp),
+        (Update::Set(A), Update::Set(O))
+    );
     assert!(!e.updates.zero);
     assert_eq!(views(&t, 7), [A, O, A, A]);
-    assert_eq!(t.host_donate_hyp(page(4), 1), reject(Error::NotOwner, page(4)));
-    assert_eq!(t.host_share_hyp(page(3), 2), reject(Error::NotOwner, page(4)));
-    assert_eq!(t.hyp_donate_host(page(3), 2), reject(Error::NotOwner, page(3)));
+    assert_eq!(
+        t.host_donate_hyp(page(4), 1),
+        reject(Error::NotOwner, page(4))
+    );
+    assert_eq!(
+        t.host_share_hyp(page(3), 2),
+        reject(Error::NotOwner, page(4))
+    );
+    assert_eq!(
+        t.hyp_donate_host(page(3), 2),
+        reject(Error::NotOwner, page(3))
+    );
     let e = t.hyp_donate_host(page(4), 4).unwrap();
-    assert_eq!((e.updates.host, e.updates.hyp), (Update::Set(O), Update::Set(A)));
+    assert_eq!(
+        (e.updates.host, e.updates.hyp),
+        (Update::Set(O), Update::Set(A))
+    );
     assert!(e.updates.zero);
     assert_eq!(views(&t, 4), [O, A, A, A]);
     t.check_invariants().unwrap();
@@ -125,28 +152,64 @@ fn host_donate_guest_and_guest_share_unshare() {
     let mut t = Table::new(&mut meta, BASE).unwrap();
     let e = t.host_donate_guest(VM1, page(0), 4).unwrap();
     assert_eq!(e.vm(), Some(VM1));
-    assert_eq!((e.updates.host, e.updates.guest), (Update::Set(A), Update::Set(O)));
+    assert_eq!(
+        (e.updates.host, e.updates.guest),
+        (Update::Set(A), Update::Set(O))
+    );
     assert_eq!(e.update_for(G1), Update::Set(O));
     assert_eq!(e.update_for(G2), Update::Keep);
     assert_eq!(views(&t, 0), [A, A, O, A]);
 
     let e = t.guest_share_host(VM1, page(1), 1).unwrap();
-    assert_eq!((e.updates.host, e.updates.guest), (Update::Set(B), Update::Set(S)));
+    assert_eq!(
+        (e.updates.host, e.updates.guest),
+        (Update::Set(B), Update::Set(S))
+    );
     assert_eq!(views(&t, 1), [B, A, S, A]);
-    assert_eq!(t.guest_share_host(VM1, page(1), 1), reject(Error::AlreadyShared, page(1)));
-    assert_eq!(t.guest_share_host(VM2, page(0), 1), reject(Error::WrongGuest, page(0)));
-    assert_eq!(t.guest_share_host(VM1, page(4), 1), reject(Error::NotOwner, page(4)));
+    assert_eq!(
+        t.guest_share_host(VM1, page(1), 1),
+        reject(Error::AlreadyShared, page(1))
+    );
+    assert_eq!(
+        t.guest_share_host(VM2, page(0), 1),
+        reject(Error::WrongGuest, page(0))
+    );
+    assert_eq!(
+        t.guest_share_host(VM1, page(4), 1),
+        reject(Error::NotOwner, page(4))
+    );
     // The host cannot take a guest's page, shared or not.
-    assert_eq!(t.host_donate_hyp(page(1), 1), reject(Error::NotOwner, page(1)));
-    assert_eq!(t.host_share_guest(VM2, page(1), 1), reject(Error::NotOwner, page(1)));
-    assert_eq!(t.host_unshare_guest(VM1, page(1), 1), reject(Error::NotOwner, page(1)));
+    assert_eq!(
+        t.host_donate_hyp(page(1), 1),
+        reject(Error::NotOwner, page(1))
+    );
+    assert_eq!(
+        t.host_share_guest(VM2, page(1), 1),
+        reject(Error::NotOwner, page(1))
+    );
+    assert_eq!(
+        t.host_unshare_guest(VM1, page(1), 1),
+        reject(Error::NotOwner, page(1))
+    );
 
     let e = t.guest_unshare_host(VM1, page(1), 1).unwrap();
-    assert_eq!((e.updates.host, e.updates.guest), (Update::Set(A), Update::Set(O)));
+    assert_eq!(
+        (e.updates.host, e.updates.guest),
+        (Update::Set(A), Update::Set(O))
+    );
     assert_eq!(views(&t, 1), [A, A, O, A]);
-    assert_eq!(t.guest_unshare_host(VM1, page(1), 1), reject(Error::NotShared, page(1)));
-    assert_eq!(t.guest_unshare_host(VM2, page(1), 1), reject(Error::WrongGuest, page(1)));
-    assert_eq!(t.guest_unshare_host(VM1, page(5), 1), reject(Error::NotOwner, page(5)));
+    assert_eq!(
+        t.guest_unshare_host(VM1, page(1), 1),
+        reject(Error::NotShared, page(1))
+    );
+    assert_eq!(
+        t.guest_unshare_host(VM2, page(1), 1),
+        reject(Error::WrongGuest, page(1))
+    );
+    assert_eq!(
+        t.guest_unshare_host(VM1, page(5), 1),
+        reject(Error::NotOwner, page(5))
+    );
     t.check_invariants().unwrap();
 }
 
@@ -156,11 +219,23 @@ fn guest_relinquish_zeroes_and_refuses_shared_pages() {
     let mut t = Table::new(&mut meta, BASE).unwrap();
     t.host_donate_guest(VM1, page(0), 3).unwrap();
     t.guest_share_host(VM1, page(2), 1).unwrap();
-    assert_eq!(t.guest_relinquish(VM1, page(0), 3), reject(Error::AlreadyShared, page(2)));
-    assert_eq!(t.guest_relinquish(VM2, page(0), 1), reject(Error::WrongGuest, page(0)));
-    assert_eq!(t.guest_relinquish(VM1, page(3), 1), reject(Error::NotOwner, page(3)));
+    assert_eq!(
+        t.guest_relinquish(VM1, page(0), 3),
+        reject(Error::AlreadyShared, page(2))
+    );
+    assert_eq!(
+        t.guest_relinquish(VM2, page(0), 1),
+        reject(Error::WrongGuest, page(0))
+    );
+    assert_eq!(
+        t.guest_relinquish(VM1, page(3), 1),
+        reject(Error::NotOwner, page(3))
+    );
     let e = t.guest_relinquish(VM1, page(0), 2).unwrap();
-    assert_eq!((e.updates.host, e.updates.guest), (Update::Set(O), Update::Set(A)));
+    assert_eq!(
+        (e.updates.host, e.updates.guest),
+        (Update::Set(O), Update::Set(A))
+    );
     assert!(e.updates.zero);
     assert_eq!(views(&t, 0), [O, A, A, A]);
     assert_eq!(views(&t, 2), [B, A, S, A]);
@@ -174,10 +249,19 @@ fn host_reclaim_guest_takes_owned_and_shared_pages() {
     t.host_donate_guest(VM1, page(0), 3).unwrap();
     t.host_donate_guest(VM2, page(3), 1).unwrap();
     t.guest_share_host(VM1, page(1), 1).unwrap();
-    assert_eq!(t.host_reclaim_guest(VM1, page(0), 4), reject(Error::WrongGuest, page(3)));
-    assert_eq!(t.host_reclaim_guest(VM1, page(5), 1), reject(Error::NotOwner, page(5)));
+    assert_eq!(
+        t.host_reclaim_guest(VM1, page(0), 4),
+        reject(Error::WrongGuest, page(3))
+    );
+    assert_eq!(
+        t.host_reclaim_guest(VM1, page(5), 1),
+        reject(Error::NotOwner, page(5))
+    );
     let e = t.host_reclaim_guest(VM1, page(0), 3).unwrap();
-    assert_eq!((e.updates.host, e.updates.guest), (Update::Set(O), Update::Set(A)));
+    assert_eq!(
+        (e.updates.host, e.updates.guest),
+        (Update::Set(O), Update::Set(A))
+    );
     assert!(e.updates.zero);
     for i in 0..3 {
         assert_eq!(views(&t, i), [O, A, A, A]);
@@ -191,19 +275,49 @@ fn host_share_and_unshare_guest() {
     let mut meta = [PageMeta::default(); PAGES];
     let mut t = Table::new(&mut meta, BASE).unwrap();
     let e = t.host_share_guest(VM2, page(6), 2).unwrap();
-    assert_eq!((e.updates.host, e.updates.guest), (Update::Set(S), Update::Set(B)));
+    assert_eq!(
+        (e.updates.host, e.updates.guest),
+        (Update::Set(S), Update::Set(B))
+    );
     assert_eq!(views(&t, 6), [S, A, A, B]);
-    assert_eq!(t.host_share_guest(VM1, page(6), 1), reject(Error::AlreadyShared, page(6)));
-    assert_eq!(t.host_share_hyp(page(7), 1), reject(Error::AlreadyShared, page(7)));
-    assert_eq!(t.host_donate_guest(VM1, page(7), 1), reject(Error::AlreadyShared, page(7)));
-    assert_eq!(t.host_unshare_guest(VM1, page(6), 1), reject(Error::WrongGuest, page(6)));
-    assert_eq!(t.host_unshare_hyp(page(6), 1), reject(Error::NotShared, page(6)));
-    assert_eq!(t.host_unshare_guest(VM2, page(5), 1), reject(Error::NotShared, page(5)));
+    assert_eq!(
+        t.host_share_guest(VM1, page(6), 1),
+        reject(Error::AlreadyShared, page(6))
+    );
+    assert_eq!(
+        t.host_share_hyp(page(7), 1),
+        reject(Error::AlreadyShared, page(7))
+    );
+    assert_eq!(
+        t.host_donate_guest(VM1, page(7), 1),
+        reject(Error::AlreadyShared, page(7))
+    );
+    assert_eq!(
+        t.host_unshare_guest(VM1, page(6), 1),
+        reject(Error::WrongGuest, page(6))
+    );
+    assert_eq!(
+        t.host_unshare_hyp(page(6), 1),
+        reject(Error::NotShared, page(6))
+    );
+    assert_eq!(
+        t.host_unshare_guest(VM2, page(5), 1),
+        reject(Error::NotShared, page(5))
+    );
     // A borrower cannot act as an owner.
-    assert_eq!(t.guest_share_host(VM2, page(6), 1), reject(Error::NotOwner, page(6)));
-    assert_eq!(t.guest_relinquish(VM2, page(6), 1), reject(Error::NotOwner, page(6)));
+    assert_eq!(
+        t.guest_share_host(VM2, page(6), 1),
+        reject(Error::NotOwner, page(6))
+    );
+    assert_eq!(
+        t.guest_relinquish(VM2, page(6), 1),
+        reject(Error::NotOwner, page(6))
+    );
     let e = t.host_unshare_guest(VM2, page(6), 2).unwrap();
-    assert_eq!((e.updates.host, e.updates.guest), (Update::Set(O), Update::Set(A)));
+    assert_eq!(
+        (e.updates.host, e.updates.guest),
+        (Update::Set(O), Update::Set(A))
+    );
     assert_eq!(views(&t, 6), [O, A, A, A]);
     t.check_invariants().unwrap();
 }
@@ -215,19 +329,47 @@ fn range_errors_are_checked_first_and_change_nothing() {
     let start = page(0);
     for tr in Transition::all(VM1) {
         let unaligned = PhysAddr(start.0 + 1);
-        assert_eq!(t.apply(tr, unaligned, 1), reject(Error::Unaligned, unaligned), "{tr}");
-        assert_eq!(t.apply(tr, start, 0), reject(Error::ZeroCount, start), "{tr}");
-        assert_eq!(t.apply(tr, start, u64::MAX), reject(Error::Overflow, start), "{tr}");
+        assert_eq!(
+            t.apply(tr, unaligned, 1),
+            reject(Error::Unaligned, unaligned),
+            "{tr}"
+        );
+        assert_eq!(
+            t.apply(tr, start, 0),
+            reject(Error::ZeroCount, start),
+            "{tr}"
+        );
+        assert_eq!(
+            t.apply(tr, start, u64::MAX),
+            reject(Error::Overflow, start),
+            "{tr}"
+        );
         let top = PhysAddr(u64::MAX & !(PAGE_SIZE - 1));
         assert_eq!(t.apply(tr, top, 2), reject(Error::Overflow, top), "{tr}");
         assert_eq!(t.apply(tr, top, 1), reject(Error::OutOfRange, top), "{tr}");
-        assert_eq!(t.apply(tr, PhysAddr(0), 1), reject(Error::OutOfRange, PhysAddr(0)), "{tr}");
+        assert_eq!(
+            t.apply(tr, PhysAddr(0), 1),
+            reject(Error::OutOfRange, PhysAddr(0)),
+            "{tr}"
+        );
         // Partly inside: the first page outside is reported.
-        assert_eq!(t.apply(tr, page(6), 3), reject(Error::OutOfRange, page(8)), "{tr}");
-        assert_eq!(t.apply(tr, page(8), 1), reject(Error::OutOfRange, page(8)), "{tr}");
+        assert_eq!(
+            t.apply(tr, page(6), 3),
+            reject(Error::OutOfRange, page(8)),
+            "{tr}"
+        );
+        assert_eq!(
+            t.apply(tr, page(8), 1),
+            reject(Error::OutOfRange, page(8)),
+            "{tr}"
+        );
         // Straddling the start of the table.
         let below = PhysAddr((BASE.0 - 1) * PAGE_SIZE);
-        assert_eq!(t.apply(tr, below, 2), reject(Error::OutOfRange, below), "{tr}");
+        assert_eq!(
+            t.apply(tr, below, 2),
+            reject(Error::OutOfRange, below),
+            "{tr}"
+        );
     }
     drop(t);
     assert!(meta.iter().all(|m| *m == PageMeta::HOST_OWNED));
@@ -248,8 +390,16 @@ fn failure_on_last_page_changes_nothing() {
         Transition::HostDonateGuest(VM1),
         Transition::HostShareGuest(VM1),
     ] {
-        assert_eq!(t.apply(tr, page(0), 8), reject(Error::NotOwner, page(7)), "{tr}");
-        assert_eq!(t.check(tr, page(0), 8), reject(Error::NotOwner, page(7)), "{tr}");
+        assert_eq!(
+            t.apply(tr, page(0), 8),
+            reject(Error::NotOwner, page(7)),
+            "{tr}"
+        );
+        assert_eq!(
+            t.check(tr, page(0), 8),
+            reject(Error::NotOwner, page(7)),
+            "{tr}"
+        );
     }
     drop(t);
     assert_eq!(snapshot(&meta), before);
@@ -259,7 +409,9 @@ fn failure_on_last_page_changes_nothing() {
 fn check_is_side_effect_free_and_predicts_apply() {
     let mut meta = [PageMeta::default(); PAGES];
     let mut t = Table::new(&mut meta, BASE).unwrap();
-    let predicted = t.check(Transition::HostDonateGuest(VM1), page(2), 3).unwrap();
+    let predicted = t
+        .check(Transition::HostDonateGuest(VM1), page(2), 3)
+        .unwrap();
     assert_eq!(views(&t, 2), [O, A, A, A]);
     let applied = t.host_donate_guest(VM1, page(2), 3).unwrap();
     assert_eq!(predicted, applied);
@@ -271,15 +423,24 @@ fn corrupt_entries_are_refused() {
     meta[3] = PageMeta::from_bits(0xdead_beef);
     meta[4] = PageMeta::from_bits(0x0000_0001); // host-owned with a payload
     let mut t = Table::new(&mut meta, BASE).unwrap();
-    assert_eq!(t.host_share_hyp(page(0), 8), reject(Error::Corrupt, page(3)));
-    assert_eq!(t.host_share_hyp(page(4), 1), reject(Error::Corrupt, page(4)));
+    assert_eq!(
+        t.host_share_hyp(page(0), 8),
+        reject(Error::Corrupt, page(3))
+    );
+    assert_eq!(
+        t.host_share_hyp(page(4), 1),
+        reject(Error::Corrupt, page(4))
+    );
     assert_eq!(t.page_state(page(3)).unwrap_err().error, Error::Corrupt);
     let broken = t.check_invariants().unwrap_err();
     assert_eq!((broken.invariant, broken.addr), (1, page(3)));
     // Runs read corrupt entries as absent (fail closed).
     let runs: Vec<_> = t.runs(page(0), 8, HOST).unwrap().collect();
     assert_eq!(runs.len(), 3);
-    assert_eq!((runs[1].start, runs[1].pages, runs[1].state), (page(3), 2, A));
+    assert_eq!(
+        (runs[1].start, runs[1].pages, runs[1].state),
+        (page(3), 2, A)
+    );
     t.reset();
     t.check_invariants().unwrap();
 }
@@ -292,15 +453,24 @@ fn every_error_is_reachable() {
         assert!(!error.message().is_empty());
         assert_eq!(format!("{error}"), error.message());
     }
-    let r = Rejection { error: Error::Busy, addr: PhysAddr(0x1000) };
+    let r = Rejection {
+        error: Error::Busy,
+        addr: PhysAddr(0x1000),
+    };
     assert_eq!(r.to_string(), "page is pinned by the hypervisor at 0x1000");
 }
 
 #[test]
 fn table_bounds() {
     let mut meta = [PageMeta::default(); 4];
-    assert_eq!(Table::new(&mut meta, Pfn(u64::MAX)).unwrap_err(), Error::Overflow);
-    assert_eq!(Table::new(&mut meta, Pfn((1 << 52) - 3)).unwrap_err(), Error::Overflow);
+    assert_eq!(
+        Table::new(&mut meta, Pfn(u64::MAX)).unwrap_err(),
+        Error::Overflow
+    );
+    assert_eq!(
+        Table::new(&mut meta, Pfn((1 << 52) - 3)).unwrap_err(),
+        Error::Overflow
+    );
     let t = Table::new(&mut meta, Pfn((1 << 52) - 4)).unwrap();
     let last = PhysAddr(u64::MAX & !(PAGE_SIZE - 1));
     assert_eq!(t.state_of(last, HOST), Ok(O));
@@ -308,7 +478,10 @@ fn table_bounds() {
     let mut empty: [PageMeta; 0] = [];
     let t = Table::new(&mut empty, Pfn(0)).unwrap();
     assert!(t.is_empty());
-    assert_eq!(t.state_of(PhysAddr(0), HOST).unwrap_err().error, Error::OutOfRange);
+    assert_eq!(
+        t.state_of(PhysAddr(0), HOST).unwrap_err().error,
+        Error::OutOfRange
+    );
 }
 
 #[test]
@@ -319,7 +492,11 @@ fn runs_coalesce_host_state() {
     let at = |i: u64| PhysAddr((base.0 + i) * PAGE_SIZE);
     t.host_share_hyp(at(10), 2).unwrap();
     t.host_donate_guest(VM1, at(600), 1).unwrap();
-    let runs: Vec<_> = t.runs(at(0), 1024, HOST).unwrap().map(|r| (r.pages, r.state)).collect();
+    let runs: Vec<_> = t
+        .runs(at(0), 1024, HOST)
+        .unwrap()
+        .map(|r| (r.pages, r.state))
+        .collect();
     assert_eq!(runs, [(10, O), (2, S), (588, O), (1, A), (423, O)]);
     assert_eq!(t.uniform_state(at(512), 88, HOST), Ok(Some(O)));
     assert_eq!(t.uniform_state(at(512), 512, HOST), Ok(None));
@@ -327,7 +504,9 @@ fn runs_coalesce_host_state() {
     let run = t.largest_uniform_block(at(700), HOST, &[512, 16]).unwrap();
     assert_eq!((run.start, run.pages, run.state), (at(688), 16, O));
     t.host_reclaim_guest(VM1, at(600), 1).unwrap();
-    let run = t.largest_uniform_block(at(700), HOST, &[262_144, 512]).unwrap();
+    let run = t
+        .largest_uniform_block(at(700), HOST, &[262_144, 512])
+        .unwrap();
     assert_eq!((run.start, run.pages, run.state), (at(512), 512, O));
     let run = t.largest_uniform_block(at(11), HOST, &[512, 3]).unwrap();
     assert_eq!((run.start, run.pages, run.state), (at(11), 1, S));
@@ -350,8 +529,7 @@ fn zeroing_whenever_a_page_leaves_a_guest_or_the_hyp_for_the_host() {
     for tr in Transition::all(VM1) {
         for before in states {
             if let Ok(after) = tr.step(before) {
-                let was_hidden = before.view(HOST) == A
-                    && before.owner() != HOST;
+                let was_hidden = before.view(HOST) == A && before.owner() != HOST;
                 if was_hidden && after.view(HOST).is_accessible() && after.owner() == HOST {
                     assert!(tr.updates().zero, "{tr} from {before:?}");
                 }

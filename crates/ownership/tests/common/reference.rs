@@ -8,8 +8,6 @@
 //! includes this file with `#[path]`), so it depends on `std` and the crate's
 //! vocabulary types only.
 
-#![allow(dead_code, reason = "each user needs a different subset")]
-
 use std::collections::{BTreeSet, HashMap};
 
 use rampart_ownership::{Component, Error, PAGE_SIZE, State, VmId};
@@ -93,12 +91,22 @@ impl Reference {
         for pfn in base..base + len {
             states.insert((pfn, Component::Host), State::Owned);
         }
-        Self { base, len, states, pins: HashMap::new(), content: HashMap::new(), last: Ok(()) }
+        Self {
+            base,
+            len,
+            states,
+            pins: HashMap::new(),
+            content: HashMap::new(),
+            last: Ok(()),
+        }
     }
 
     /// The state of `component` on page frame `pfn`.
     pub fn get(&self, pfn: u64, component: Component) -> State {
-        self.states.get(&(pfn, component)).copied().unwrap_or(State::Absent)
+        self.states
+            .get(&(pfn, component))
+            .copied()
+            .unwrap_or(State::Absent)
     }
 
     fn set(&mut self, pfn: u64, component: Component, state: State) {
@@ -215,7 +223,9 @@ impl Reference {
                     _ => Err(Error::NotOwner),
                 };
                 match verdict {
-                    Err(Error::NotOwner) if self.other_guest_owns(pfn, vm) => Err(Error::WrongGuest),
+                    Err(Error::NotOwner) if self.other_guest_owns(pfn, vm) => {
+                        Err(Error::WrongGuest)
+                    }
                     other => other,
                 }
             }
@@ -296,7 +306,8 @@ impl Reference {
     fn call_inner(&mut self, call: Call, addr: u64, pages: u64) -> Result<(), (Error, u64)> {
         let (first, end) = self.validate(addr, pages)?;
         for pfn in first..end {
-            self.check_page(call, pfn).map_err(|e| (e, pfn * PAGE_SIZE))?;
+            self.check_page(call, pfn)
+                .map_err(|e| (e, pfn * PAGE_SIZE))?;
         }
         for pfn in first..end {
             self.apply_page(call, pfn);
@@ -328,7 +339,9 @@ impl Reference {
         self.states.iter().find_map(|((pfn, reader), state)| {
             let secret = self.content.get(pfn).copied().unwrap_or_default();
             match secret {
-                Content::Secret(vm) if *state != State::Absent && *reader != Component::Guest(vm) => {
+                Content::Secret(vm)
+                    if *state != State::Absent && *reader != Component::Guest(vm) =>
+                {
                     Some((*pfn, *reader))
                 }
                 _ => None,
