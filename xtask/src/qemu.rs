@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-/// Physical address of the start of RAM on QEMU's `virt` machine.
-pub const RAM_BASE: u64 = 0x4000_0000;
 /// Where the host's `Image` is placed for Rampart to start (RAM + 32 MiB).
 /// It must lie outside the hypervisor's carve-out, which starts at
 /// RAM + 2 MiB (see `hyp/linker.ld`).

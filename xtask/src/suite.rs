@@ -229,14 +229,65 @@ fn expect_clean_refusal(m: &Machine, expect: &str) -> Result<String> {
     Ok(String::new())
 }
 
+/// Boots Debian's kernel under Rampart: every CPU online, the carve-out
+/// reserved, and a `/dev/mem` read of it dies with SIGBUS while the kernel
+/// keeps running.
 fn linux_case(smp: u32) -> Result<String> {
-    let _ = smp;
-    bail!("not yet")
+    let m = linux_machine(smp, "1G", "max", linux::DEVMEM_FLAG)?;
+    let run = m.run(LINUX_TIMEOUT, None, false)?;
+    if run.timed_out {
+        bail!(run.failure("timed out"));
+    }
+    let carveout = parse_carveout(&run.console)
+        .ok_or_else(|| anyhow::anyhow!(run.failure("the boot log does not name the carve-out")))?;
+    let report = linux::parse_report(&run.console);
+    if !report.started {
+        bail!(run.failure("the host never reached /init"));
+    }
+    if report.cpus_online != Some(smp) {
+        bail!(run.failure(&format!("{:?} CPUs online, want {smp}", report.cpus_online)));
+    }
+    let reserved = report.unmapped_reserved();
+    if !reserved.contains(&(carveout.0, carveout.1 - 1)) {
+        bail!(run.failure(&format!(
+            "the carve-out {:#x}-{:#x} is not a reserved range of /proc/iomem: {reserved:x?}",
+            carveout.0,
+            carveout.1 - 1
+        )));
+    }
+    if report.devmem.as_deref() != Some("SIGBUS") {
+        bail!(run.failure(&format!("reading the carve-out through /dev/mem gave {:?}, want SIGBUS", report.devmem)));
+    }
+    if !report.alive || !report.done {
+        bail!(run.failure("the host did not keep running after the SIGBUS"));
+    }
+    if run.exit_code != Some(0) {
+        bail!(run.failure("QEMU did not power off cleanly"));
+    }
+    let at = run.time_of(linux::INIT_MARKER).map_or(0.0, |t| t.as_secs_f64());
+    Ok(format!("{smp} CPUs online, carve-out reserved, devmem SIGBUS, /init at {at:.1}s"))
+}
+
+/// The carve-out `[start, end)` from the hypervisor's boot log line
+/// `rampart: carve-out [0x40200000, 0x41200000): ...`.
+fn parse_carveout(console: &str) -> Option<(u64, u64)> {
+    let line = console.lines().find(|l| l.starts_with("rampart: carve-out ["))?;
+    let inner = line.split_once('[')?.1.split_once(')')?.0;
+    let (start, end) = inner.split_once(", ")?;
+    let hex = |s: &str| u64::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok();
+    Some((hex(start)?, hex(end)?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::parse_summary;
+
+    #[test]
+    fn parses_the_carveout_line() {
+        let log = "x\nrampart: carve-out [0x40200000, 0x41200000): 16 MiB, 3.12% of RAM\n";
+        assert_eq!(super::parse_carveout(log), Some((0x4020_0000, 0x4120_0000)));
+        assert_eq!(super::parse_carveout("rampart: carve-out"), None);
+    }
 
     #[test]
     fn parses_the_summary_line() {
