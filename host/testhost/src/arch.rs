@@ -470,7 +470,6 @@ unsafe extern "C" {
 }
 
 /// Stack pointer saved by `guard_call`; 0 when no guarded call is running.
-#[unsafe(no_mangle)]
 static GUARD_SP: AtomicU64 = AtomicU64::new(0);
 /// The exception that ended the last guarded call early.
 static GUARD_FAULT: ExceptionCell = ExceptionCell::new();
