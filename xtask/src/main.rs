@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod abi_docs;
 mod artifacts;
 mod bench;
 mod linux;

@@ -1,0 +1,38 @@
+//! Checks that `docs/abi.md` documents every call and error code in
+//! `crates/abi` with the same value.
+
+#[cfg(test)]
+mod tests {
+    use rampart_abi::Error;
+    use rampart_abi::host::HostCall;
+
+    fn abi_md() -> String {
+        let path = crate::artifacts::root().join("docs/abi.md");
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// The table row that starts with `| \`name\` |`.
+    fn row<'a>(doc: &'a str, name: &str) -> Option<&'a str> {
+        let start = format!("| `{name}` |");
+        doc.lines().find(|l| l.starts_with(&start))
+    }
+
+    #[test]
+    fn every_host_call_is_documented_with_its_id() {
+        let doc = abi_md();
+        for call in HostCall::ALL {
+            let line = row(&doc, call.name()).unwrap_or_else(|| panic!("docs/abi.md lacks {}", call.name()));
+            let id = format!("`{:#010X}`", call.id()).replace("0X", "0x");
+            assert!(line.contains(&id), "{}: docs/abi.md row `{line}` lacks {id}", call.name());
+        }
+    }
+
+    #[test]
+    fn every_error_code_is_documented_with_its_value() {
+        let doc = abi_md();
+        for error in Error::ALL {
+            let line = row(&doc, error.name()).unwrap_or_else(|| panic!("docs/abi.md lacks {}", error.name()));
+            assert!(line.contains(&format!("| {} |", error.code())), "{}: row `{line}`", error.name());
+        }
+    }
+}
