@@ -128,7 +128,12 @@ fn boot(args: &BenchArgs) -> Result<()> {
                 Ok(m) => (Some(m), None),
                 Err(e) => (None, Some(format!("could not set up: {e:#}"))),
             };
-            Series { mode, machine, secs: Vec::new(), failure }
+            Series {
+                mode,
+                machine,
+                secs: Vec::new(),
+                failure,
+            }
         })
         .collect();
     for s in &series {
@@ -139,6 +144,7 @@ fn boot(args: &BenchArgs) -> Result<()> {
         }
     }
 
+    let load_before = loadavg();
     for round in 1..=args.rounds {
         let mut line = format!("round {round}:");
         for s in &mut series {
@@ -163,11 +169,21 @@ fn boot(args: &BenchArgs) -> Result<()> {
         println!("{line}");
     }
 
+    // TCG is CPU-bound: anything else running on the build machine shows
+    // up in the figures, so say how busy it was.
+    println!(
+        "load average (1, 5, 15 min): {load_before} before, {} after",
+        loadavg()
+    );
+
     let bare = series
         .iter()
         .find(|s| s.mode == Mode::Bare && s.failure.is_none())
         .map(|s| median(&s.secs));
-    println!("\n{:<9} {:>8} {:>8} {:>8} {:>8}", "mode", "median", "min", "max", "vs bare");
+    println!(
+        "\n{:<9} {:>8} {:>8} {:>8} {:>8}",
+        "mode", "median", "min", "max", "vs bare"
+    );
     for s in &series {
         if let Some(f) = &s.failure {
             println!("{:<9} FAILED: {f}", s.mode.name());
@@ -183,13 +199,22 @@ fn boot(args: &BenchArgs) -> Result<()> {
             ratio
         );
     }
-    if let (Some(b), Some(r)) = (bare, series.iter().find(|s| s.mode == Mode::Rampart && s.failure.is_none())) {
+    if let (Some(b), Some(r)) = (
+        bare,
+        series
+            .iter()
+            .find(|s| s.mode == Mode::Rampart && s.failure.is_none()),
+    ) {
         let overhead = (median(&r.secs) / b - 1.0) * 100.0;
         let verdict = if overhead <= 5.0 { "meets" } else { "misses" };
         println!("rampart overhead vs bare EL1: {overhead:+.1}% ({verdict} the 5% goal)");
     }
 
-    let failed: Vec<&str> = series.iter().filter(|s| s.failure.is_some()).map(|s| s.mode.name()).collect();
+    let failed: Vec<&str> = series
+        .iter()
+        .filter(|s| s.failure.is_some())
+        .map(|s| s.mode.name())
+        .collect();
     if !failed.is_empty() {
         bail!("bench boot: {} failed (see above)", failed.join(", "));
     }
@@ -213,6 +238,13 @@ fn measure(mode: Mode, machine: &Machine, timeout: Duration) -> std::result::Res
         return Err(run.failure(&format!("the kernel did not print `{PKVM_READY}`")));
     }
     Ok(at.as_secs_f64())
+}
+
+/// The build machine's load averages from `/proc/loadavg`.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn median(xs: &[f64]) -> f64 {

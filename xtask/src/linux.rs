@@ -24,12 +24,18 @@ mod cpio;
 pub const INIT_MARKER: &str = "RAMPART-INIT: start";
 
 /// The prefix of every line `/init` prints for the harness.
-#[allow(dead_code, reason = "the API suite.rs's Linux cases read /init's report with")]
+#[allow(
+    dead_code,
+    reason = "the API suite.rs's Linux cases read /init's report with"
+)]
 pub const REPORT_PREFIX: &str = "RAMPART-INIT: ";
 
 /// Kernel command-line flag that makes `/init` read the hypervisor's
 /// carve-out through `/dev/mem`.
-#[allow(dead_code, reason = "the API suite.rs's Linux cases read /init's report with")]
+#[allow(
+    dead_code,
+    reason = "the API suite.rs's Linux cases read /init's report with"
+)]
 pub const DEVMEM_FLAG: &str = "rinit.devmem=1";
 
 /// The `/init` script.
@@ -122,7 +128,11 @@ fn fetch() -> Result<Debian> {
     if kernel.is_none() {
         let (name, version) = resolve_kernel()?;
         eprintln!("xtask: fetching {name} {version} (arm64) from Debian");
-        kernel = Some(download_and_extract(&format!("{name}:arm64={version}"), &dir, "kernel")?);
+        kernel = Some(download_and_extract(
+            &format!("{name}:arm64={version}"),
+            &dir,
+            "kernel",
+        )?);
     }
     if busybox.is_none() {
         eprintln!("xtask: fetching {BUSYBOX_PACKAGE} from Debian");
@@ -151,7 +161,11 @@ fn fetch() -> Result<Debian> {
 fn cached(root: &Path) -> Option<Extracted> {
     let stamp = fs::read_to_string(root.join(STAMP)).ok()?;
     let (package, version) = stamp.trim().split_once(' ')?;
-    Some(Extracted { root: root.to_path_buf(), package: package.into(), version: version.into() })
+    Some(Extracted {
+        root: root.to_path_buf(),
+        package: package.into(),
+        version: version.into(),
+    })
 }
 
 /// Makes sure apt knows arm64 packages: as root, adds the architecture if
@@ -159,7 +173,9 @@ fn cached(root: &Path) -> Option<Extracted> {
 fn apt_ready() -> Result<()> {
     for tool in ["apt-get", "apt-cache", "dpkg", "dpkg-deb"] {
         if !prereq::have(tool) {
-            bail!("fetching Debian's arm64 kernel needs `{tool}` (a Debian or Ubuntu build machine)");
+            bail!(
+                "fetching Debian's arm64 kernel needs `{tool}` (a Debian or Ubuntu build machine)"
+            );
         }
     }
     let has_arm64 = || -> Result<bool> {
@@ -167,11 +183,16 @@ fn apt_ready() -> Result<()> {
             .arg("--print-foreign-architectures")
             .output()
             .context("running dpkg --print-foreign-architectures")?;
-        Ok(String::from_utf8_lossy(&out.stdout).split_whitespace().any(|a| a == "arm64"))
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .any(|a| a == "arm64"))
     };
     if !prereq::is_root() {
         if !has_arm64()? {
-            bail!("Debian's arm64 kernel is not in {} yet: {ROOT_HINT}", debian_dir().display());
+            bail!(
+                "Debian's arm64 kernel is not in {} yet: {ROOT_HINT}",
+                debian_dir().display()
+            );
         }
         return Ok(());
     }
@@ -187,8 +208,9 @@ fn apt_ready() -> Result<()> {
 fn resolve_kernel() -> Result<(String, String)> {
     let show = run(Command::new("apt-cache").args(["show", "--no-all-versions", KERNEL_META]))
         .map_err(|e| hint(e.context(format!("looking up {KERNEL_META}"))))?;
-    parse_kernel_depends(&show)
-        .with_context(|| format!("`apt-cache show {KERNEL_META}` names no linux-image package:\n{show}"))
+    parse_kernel_depends(&show).with_context(|| {
+        format!("`apt-cache show {KERNEL_META}` names no linux-image package:\n{show}")
+    })
 }
 
 /// Finds `linux-image-X (= V)` in the `Depends:` field of `apt-cache show`.
@@ -212,15 +234,23 @@ fn download_and_extract(spec: &str, dir: &Path, slot: &str) -> Result<Extracted>
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
     let result = (|| {
-        run(Command::new("apt-get").args(["download", spec]).current_dir(&work))
-            .map_err(|e| hint(e.context(format!("downloading {spec}"))))?;
+        run(Command::new("apt-get")
+            .args(["download", spec])
+            .current_dir(&work))
+        .map_err(|e| hint(e.context(format!("downloading {spec}"))))?;
         let deb = fs::read_dir(&work)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .find(|p| p.extension().is_some_and(|x| x == "deb"))
             .with_context(|| format!("apt-get download {spec} left no .deb"))?;
-        let fields = run(Command::new("dpkg-deb").arg("-f").arg(&deb).args(["Package", "Version"]))?;
+        let fields = run(Command::new("dpkg-deb")
+            .arg("-f")
+            .arg(&deb)
+            .args(["Package", "Version"]))?;
         let field = |f: &str| {
-            fields.lines().find_map(|l| l.strip_prefix(f)).map(|v| v.trim().to_string())
+            fields
+                .lines()
+                .find_map(|l| l.strip_prefix(f))
+                .map(|v| v.trim().to_string())
         };
         let (package, version) = (
             field("Package:").context("the .deb has no Package field")?,
@@ -233,7 +263,11 @@ fn download_and_extract(spec: &str, dir: &Path, slot: &str) -> Result<Extracted>
         let dest = dir.join(slot);
         let _ = fs::remove_dir_all(&dest);
         fs::rename(&root, &dest).with_context(|| format!("moving into {}", dest.display()))?;
-        Ok(Extracted { root: dest, package, version })
+        Ok(Extracted {
+            root: dest,
+            package,
+            version,
+        })
     })();
     let _ = fs::remove_dir_all(&work);
     result
@@ -247,7 +281,10 @@ fn kernel_image(root: &Path) -> Result<PathBuf> {
     let vmlinuz = fs::read_dir(&boot)
         .with_context(|| format!("reading {}", boot.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
         .with_context(|| format!("no vmlinuz-* in {}", boot.display()))?;
     let head = read_head(&vmlinuz, 64)?;
     if is_arm64_image(&head) {
@@ -271,7 +308,10 @@ fn kernel_image(root: &Path) -> Result<PathBuf> {
         }
         return Ok(image);
     }
-    bail!("{} is not an arm64 Image (no ARM\\x64 magic)", vmlinuz.display())
+    bail!(
+        "{} is not an arm64 Image (no ARM\\x64 magic)",
+        vmlinuz.display()
+    )
 }
 
 fn read_head(path: &Path, n: usize) -> Result<Vec<u8>> {
@@ -310,7 +350,11 @@ fn run(cmd: &mut Command) -> Result<String> {
 
 /// Adds the root hint to an apt failure when not running as root.
 fn hint(e: anyhow::Error) -> anyhow::Error {
-    if prereq::is_root() { e } else { e.context(format!("apt has no arm64 packages: {ROOT_HINT}")) }
+    if prereq::is_root() {
+        e
+    } else {
+        e.context(format!("apt has no arm64 packages: {ROOT_HINT}"))
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -318,9 +362,15 @@ fn hint(e: anyhow::Error) -> anyhow::Error {
 
 /// Packs busybox, `/init` and the extras into `build/linux/`, named after a
 /// hash of the content, so an existing file is reused as is.
-fn build_initramfs(busybox: &Path, extra_files: &[(PathBuf, &str)], init_extra: &str) -> Result<PathBuf> {
+fn build_initramfs(
+    busybox: &Path,
+    extra_files: &[(PathBuf, &str)],
+    init_extra: &str,
+) -> Result<PathBuf> {
     let mut a = cpio::Newc::new();
-    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "etc", "root"] {
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "etc", "root",
+    ] {
         a.dir(d)?;
     }
     // The kernel's built-in initramfs has /dev/console too; keep this
@@ -336,7 +386,8 @@ fn build_initramfs(busybox: &Path, extra_files: &[(PathBuf, &str)], init_extra: 
     for (src, path) in extra_files {
         let data = fs::read(src).with_context(|| format!("reading {}", src.display()))?;
         let perm = perm_of(src)?;
-        a.file(path, perm, &data).with_context(|| format!("adding {}", src.display()))?;
+        a.file(path, perm, &data)
+            .with_context(|| format!("adding {}", src.display()))?;
     }
     let archive = a.finish();
 
@@ -359,7 +410,11 @@ fn build_initramfs(busybox: &Path, extra_files: &[(PathBuf, &str)], init_extra: 
 #[cfg(unix)]
 fn perm_of(path: &Path) -> Result<u32> {
     use std::os::unix::fs::PermissionsExt;
-    Ok(fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.permissions().mode() & 0o7777)
+    Ok(fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .permissions()
+        .mode()
+        & 0o7777)
 }
 
 #[cfg(not(unix))]
@@ -375,7 +430,12 @@ fn gzip(data: &[u8], out: &Path) -> Result<()> {
         .stdout(File::create(out).with_context(|| format!("creating {}", out.display()))?)
         .spawn()
         .context("running gzip")?;
-    child.stdin.take().context("gzip stdin")?.write_all(data).context("writing to gzip")?;
+    child
+        .stdin
+        .take()
+        .context("gzip stdin")?
+        .write_all(data)
+        .context("writing to gzip")?;
     let status = child.wait().context("waiting for gzip")?;
     if !status.success() {
         bail!("gzip failed ({status}) writing {}", out.display());
@@ -387,7 +447,10 @@ fn gzip(data: &[u8], out: &Path) -> Result<()> {
 // Reading `/init`'s report back.
 
 /// What `/init` reported on the console.
-#[allow(dead_code, reason = "the API suite.rs's Linux cases read /init's report with")]
+#[allow(
+    dead_code,
+    reason = "the API suite.rs's Linux cases read /init's report with"
+)]
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct InitReport {
     /// `/init` started (the `start` marker).
@@ -407,7 +470,10 @@ pub struct InitReport {
     pub done: bool,
 }
 
-#[allow(dead_code, reason = "the API suite.rs's Linux cases read /init's report with")]
+#[allow(
+    dead_code,
+    reason = "the API suite.rs's Linux cases read /init's report with"
+)]
 impl InitReport {
     /// The `/proc/iomem` entries as (depth, start, end inclusive, name);
     /// depth 0 is top level, each level nests two spaces deeper.
@@ -443,11 +509,16 @@ impl InitReport {
 
 /// Parses the `RAMPART-INIT: ` lines of a console log. Text before the
 /// prefix on a line (kernel messages interleaved on the console) is ignored.
-#[allow(dead_code, reason = "the API suite.rs's Linux cases read /init's report with")]
+#[allow(
+    dead_code,
+    reason = "the API suite.rs's Linux cases read /init's report with"
+)]
 pub fn parse_report(console: &str) -> InitReport {
     let mut r = InitReport::default();
     for line in console.lines() {
-        let Some(at) = line.find(REPORT_PREFIX) else { continue };
+        let Some(at) = line.find(REPORT_PREFIX) else {
+            continue;
+        };
         let msg = line[at + REPORT_PREFIX.len()..].trim_end_matches(['\r', '\n']);
         if let Some(raw) = msg.strip_prefix("iomem ") {
             r.iomem.push(raw.to_string());
@@ -511,9 +582,20 @@ RAMPART-INIT: done
             ]
         );
         assert_eq!(r.iomem.len(), 4);
-        assert_eq!(r.iomem[1], "  09000000-09000fff : 9000000.pl011 pl011@9000000");
+        assert_eq!(
+            r.iomem[1],
+            "  09000000-09000fff : 9000000.pl011 pl011@9000000"
+        );
         assert_eq!(r.devmem.as_deref(), Some("SIGBUS"));
-        assert_eq!(r.iomem_entries()[1], (1, 0x900_0000, 0x900_0fff, "9000000.pl011 pl011@9000000".into()));
+        assert_eq!(
+            r.iomem_entries()[1],
+            (
+                1,
+                0x900_0000,
+                0x900_0fff,
+                "9000000.pl011 pl011@9000000".into()
+            )
+        );
         assert_eq!(r.unmapped_reserved(), vec![(0x4000_0000, 0x403f_ffff)]);
     }
 
@@ -535,22 +617,32 @@ RAMPART-INIT: iomem 4010000000-401fffffff : PCI ECAM
         let r = parse_report(console);
         assert_eq!(r.unmapped_reserved(), vec![(0x7000_0000, 0x701f_ffff)]);
         assert_eq!(r.iomem_entries().len(), 9);
-        assert_eq!(r.iomem_entries()[8], (0, 0x40_1000_0000, 0x40_1fff_ffff, "PCI ECAM".into()));
+        assert_eq!(
+            r.iomem_entries()[8],
+            (0, 0x40_1000_0000, 0x40_1fff_ffff, "PCI ECAM".into())
+        );
     }
 
     #[test]
     fn parses_devmem_outcomes() {
         let r = parse_report("RAMPART-INIT: devmem-carveout=DATA 0xD503201F\n");
         assert_eq!(r.devmem.as_deref(), Some("DATA 0xD503201F"));
-        let r = parse_report("RAMPART-INIT: devmem-carveout=ERROR 1 devmem: /dev/mem: Operation not permitted\n");
-        assert_eq!(r.devmem.as_deref(), Some("ERROR 1 devmem: /dev/mem: Operation not permitted"));
+        let r = parse_report(
+            "RAMPART-INIT: devmem-carveout=ERROR 1 devmem: /dev/mem: Operation not permitted\n",
+        );
+        assert_eq!(
+            r.devmem.as_deref(),
+            Some("ERROR 1 devmem: /dev/mem: Operation not permitted")
+        );
         let r = parse_report("RAMPART-INIT: devmem-carveout=NO-CARVEOUT\n");
         assert_eq!(r.devmem.as_deref(), Some("NO-CARVEOUT"));
     }
 
     #[test]
     fn a_truncated_boot_reports_nothing_more() {
-        let r = parse_report("Booting Linux on physical CPU 0x0\nRAMPART-INIT: start\nRAMPART-INIT: cpus-onl");
+        let r = parse_report(
+            "Booting Linux on physical CPU 0x0\nRAMPART-INIT: start\nRAMPART-INIT: cpus-onl",
+        );
         assert!(r.started);
         assert_eq!(r.cpus_online, None);
         assert!(!r.alive && !r.done && r.devmem.is_none() && r.reserved.is_empty());
@@ -559,7 +651,8 @@ RAMPART-INIT: iomem 4010000000-401fffffff : PCI ECAM
 
     #[test]
     fn ignores_malformed_reserved_lines() {
-        let r = parse_report("RAMPART-INIT: reserved zz-40 reserved\nRAMPART-INIT: reserved 10-1f\n");
+        let r =
+            parse_report("RAMPART-INIT: reserved zz-40 reserved\nRAMPART-INIT: reserved 10-1f\n");
         assert_eq!(r.reserved, vec![(0x10, 0x1f, String::new())]);
     }
 
@@ -569,12 +662,19 @@ RAMPART-INIT: iomem 4010000000-401fffffff : PCI ECAM
             Depends: linux-image-6.1.0-56-cloud-arm64 (= 6.1.192-2)\nDescription: x\n";
         assert_eq!(
             parse_kernel_depends(show),
-            Some(("linux-image-6.1.0-56-cloud-arm64".into(), "6.1.192-2".into()))
+            Some((
+                "linux-image-6.1.0-56-cloud-arm64".into(),
+                "6.1.192-2".into()
+            ))
         );
-        let show = "Depends: foo (>= 1), linux-image-6.12.9+bpo-cloud-arm64:arm64 (= 6.12.9-1~bpo12+1)\n";
+        let show =
+            "Depends: foo (>= 1), linux-image-6.12.9+bpo-cloud-arm64:arm64 (= 6.12.9-1~bpo12+1)\n";
         assert_eq!(
             parse_kernel_depends(show),
-            Some(("linux-image-6.12.9+bpo-cloud-arm64".into(), "6.12.9-1~bpo12+1".into()))
+            Some((
+                "linux-image-6.12.9+bpo-cloud-arm64".into(),
+                "6.12.9-1~bpo12+1".into()
+            ))
         );
         assert_eq!(parse_kernel_depends("Depends: linux-image-foo\n"), None);
         assert_eq!(parse_kernel_depends("Package: x\n"), None);
@@ -601,12 +701,19 @@ RAMPART-INIT: iomem 4010000000-401fffffff : PCI ECAM
         m.mem = "1G".into();
         m.initrd = Some(host.initramfs);
         m.append = format!("console=ttyAMA0 panic=-1 {DEVMEM_FLAG}");
-        let run = m.run(std::time::Duration::from_secs(120), None, true).expect("qemu");
+        let run = m
+            .run(std::time::Duration::from_secs(120), None, true)
+            .expect("qemu");
         let r = parse_report(&run.console);
         assert!(r.done, "{}", run.failure("no `done`"));
         assert_eq!(r.cpus_online, Some(2));
         assert_eq!(r.devmem.as_deref(), Some("NO-CARVEOUT"));
         assert!(!r.iomem.is_empty());
-        assert_eq!(run.exit_code, Some(0), "{}", run.failure("no clean power-off"));
+        assert_eq!(
+            run.exit_code,
+            Some(0),
+            "{}",
+            run.failure("no clean power-off")
+        );
     }
 }

@@ -27,7 +27,11 @@ pub struct Newc {
 impl Newc {
     /// An empty archive.
     pub fn new() -> Self {
-        Newc { out: Vec::new(), next_ino: 1, paths: BTreeSet::new() }
+        Newc {
+            out: Vec::new(),
+            next_ino: 1,
+            paths: BTreeSet::new(),
+        }
     }
 
     /// Adds a directory (and any missing parents).
@@ -79,7 +83,14 @@ impl Newc {
         Ok(())
     }
 
-    fn entry(&mut self, path: &str, mode: u32, nlink: u32, rdev: (u32, u32), data: &[u8]) -> Result<()> {
+    fn entry(
+        &mut self,
+        path: &str,
+        mode: u32,
+        nlink: u32,
+        rdev: (u32, u32),
+        data: &[u8],
+    ) -> Result<()> {
         if !self.paths.insert(path.to_string()) {
             bail!("initramfs: `{path}` added twice");
         }
@@ -96,13 +107,10 @@ impl Newc {
 
     fn header(&mut self, name: &str, ino: u32, mode: u32, nlink: u32, rdev: (u32, u32), size: u32) {
         let name_size = u32::try_from(name.len() + 1).expect("short path");
+        // ino mode uid gid nlink mtime filesize devmajor devminor
+        // rdevmajor rdevminor namesize check
         let fields = [
-            ino, mode, 0, /* uid */
-            0, /* gid */
-            nlink, 0, /* mtime */
-            size, 0, /* devmajor */
-            0, /* devminor */
-            rdev.0, rdev.1, name_size, 0, /* check */
+            ino, mode, 0, 0, nlink, 0, size, 0, 0, rdev.0, rdev.1, name_size, 0,
         ];
         self.out.extend_from_slice(b"070701");
         for f in fields {
@@ -122,8 +130,15 @@ impl Newc {
 
 /// Strips leading `/` and `./`, and refuses empty, `.` and `..` components.
 fn normalize(path: &str) -> Result<String> {
-    let trimmed = path.trim_start_matches("./").trim_start_matches('/').trim_end_matches('/');
-    if trimmed.is_empty() || trimmed.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+    let trimmed = path
+        .trim_start_matches("./")
+        .trim_start_matches('/')
+        .trim_end_matches('/');
+    if trimmed.is_empty()
+        || trimmed
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
         bail!("initramfs: bad path `{path}`");
     }
     Ok(trimmed.to_string())
@@ -143,11 +158,15 @@ mod tests {
         loop {
             assert_eq!(&a[..6], b"070701", "magic at {offset}");
             let field = |i: usize| {
-                u32::from_str_radix(std::str::from_utf8(&a[6 + 8 * i..14 + 8 * i]).unwrap(), 16).unwrap()
+                u32::from_str_radix(std::str::from_utf8(&a[6 + 8 * i..14 + 8 * i]).unwrap(), 16)
+                    .unwrap()
             };
-            let (mode, size, rmaj, rmin, namesize) = (field(1), field(6), field(9), field(10), field(11));
+            let (mode, size, rmaj, rmin, namesize) =
+                (field(1), field(6), field(9), field(10), field(11));
             let name_end = 110 + namesize as usize;
-            let name = std::str::from_utf8(&a[110..name_end - 1]).unwrap().to_string();
+            let name = std::str::from_utf8(&a[110..name_end - 1])
+                .unwrap()
+                .to_string();
             assert_eq!(a[name_end - 1], 0);
             let data_start = name_end.next_multiple_of(4);
             let data_end = data_start + size as usize;
@@ -173,11 +192,20 @@ mod tests {
         assert!(bytes.len().is_multiple_of(4));
         let e = parse(&bytes);
         let names: Vec<&str> = e.iter().map(|x| x.0.as_str()).collect();
-        assert_eq!(names, ["bin", "bin/busybox", "dev", "dev/console", "bin/sh"]);
+        assert_eq!(
+            names,
+            ["bin", "bin/busybox", "dev", "dev/console", "bin/sh"]
+        );
         assert_eq!(e[0].1, S_IFDIR | 0o755);
-        assert_eq!((e[1].1, e[1].3.as_slice()), (S_IFREG | 0o755, &b"12345"[..]));
+        assert_eq!(
+            (e[1].1, e[1].3.as_slice()),
+            (S_IFREG | 0o755, &b"12345"[..])
+        );
         assert_eq!((e[3].1, e[3].2), (S_IFCHR | 0o600, (5, 1)));
-        assert_eq!((e[4].1, e[4].3.as_slice()), (S_IFLNK | 0o777, &b"busybox"[..]));
+        assert_eq!(
+            (e[4].1, e[4].3.as_slice()),
+            (S_IFLNK | 0o777, &b"busybox"[..])
+        );
     }
 
     #[test]
