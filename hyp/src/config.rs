@@ -30,6 +30,6 @@ const fn carveout_mib() -> u64 {
         value = value * 10 + (digit - b'0') as u64;
         i += 1;
     }
-    assert!(value >= 4 && value % 2 == 0, "RAMPART_CARVEOUT_MIB must be even and at least 4");
+    assert!(value >= 4 && value.is_multiple_of(2), "RAMPART_CARVEOUT_MIB must be even and at least 4");
     value
 }

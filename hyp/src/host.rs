@@ -39,6 +39,14 @@ pub fn handle_sync(frame: &mut Frame) {
     }
 }
 
+/// The low 32 bits of a register: SMCCC function IDs are passed in `w0`
+/// (and PSCI_FEATURES / ARCH_FEATURES take one in `w1`); the upper half is
+/// ignored by definition.
+#[allow(clippy::cast_possible_truncation, reason = "SMCCC reads w registers")]
+fn lower32(x: u64) -> u32 {
+    x as u32
+}
+
 /// Sets the SMCCC result registers.
 fn ret(frame: &mut Frame, values: [u64; 4]) {
     frame.x[..4].copy_from_slice(&values);
@@ -54,11 +62,11 @@ fn hypercall(frame: &mut Frame, immediate: u64) {
         return ret_code(frame, Error::NotSupported.code());
     }
     // SMCCC: the function ID is W0; the upper half of X0 is ignored.
-    let function = frame.x[0] as u32;
+    let function = lower32(frame.x[0]);
     match HostCall::try_from(function) {
         Ok(HostCall::Version) => ret(frame, [SUCCESS as u64, ABI_VERSION_MAJOR, ABI_VERSION_MINOR, 0]),
         Ok(HostCall::Features) => {
-            let asked = frame.x[1] as u32;
+            let asked = lower32(frame.x[1]);
             let code = if HostCall::try_from(asked).is_ok() { SUCCESS } else { Error::NotSupported.code() };
             ret_code(frame, code);
         }
@@ -74,7 +82,7 @@ fn forward(function: u32, frame: &Frame) -> [u64; 4] {
 
 /// Host SMCs: PSCI relay, the firmware allow-list, and refusal.
 fn host_smc(frame: &mut Frame) {
-    let function = frame.x[0] as u32;
+    let function = lower32(frame.x[0]);
     let firmware = *crate::FIRMWARE.get().unwrap_or(&smc::Firmware::default());
     let is_32 = function & (1 << 30) == 0;
     let arg = |i: usize| if is_32 { frame.x[i] & 0xffff_ffff } else { frame.x[i] };
@@ -84,14 +92,14 @@ fn host_smc(frame: &mut Frame) {
             let r = forward(function, frame);
             ret(frame, r);
         }
-        SmcAction::PsciFeatures => match smc::psci_features(frame.x[1] as u32, firmware) {
+        SmcAction::PsciFeatures => match smc::psci_features(lower32(frame.x[1]), firmware) {
             Some(code) => ret_code(frame, code),
             None => {
                 let r = forward(function, frame);
                 ret(frame, r);
             }
         },
-        SmcAction::ArchFeatures => match smc::arch_features(frame.x[1] as u32, firmware) {
+        SmcAction::ArchFeatures => match smc::arch_features(lower32(frame.x[1]), firmware) {
             Some(code) => ret_code(frame, code),
             None => {
                 let r = forward(function, frame);
@@ -126,7 +134,7 @@ fn cpu_on(target: u64, entry: u64, context: u64) -> i64 {
     if target & !MPIDR_AFFINITY & !(1 << 31) != 0 {
         return psci::INVALID_PARAMETERS;
     }
-    if !boot.host_ram.iter().any(|r| r.contains(entry)) || entry % 4 != 0 {
+    if !boot.host_ram.iter().any(|r| r.contains(entry)) || !entry.is_multiple_of(4) {
         return PSCI_INVALID_ADDRESS;
     }
     let cpu = &CPUS[index];
@@ -165,7 +173,7 @@ fn cpu_off() -> i64 {
 fn cpu_suspend(function: u32, power_state: u64, entry: u64, context: u64) -> i64 {
     let Some(boot) = crate::BOOT.get() else { return psci::INTERNAL_FAILURE };
     let powerdown = power_state & psci::POWER_STATE_TYPE_POWERDOWN != 0;
-    if powerdown && (!boot.host_ram.iter().any(|r| r.contains(entry)) || entry % 4 != 0) {
+    if powerdown && (!boot.host_ram.iter().any(|r| r.contains(entry)) || !entry.is_multiple_of(4)) {
         return PSCI_INVALID_ADDRESS;
     }
     let me = cpu::this();

@@ -14,6 +14,12 @@
 
 #![no_std]
 #![no_main]
+// Rampart runs only on aarch64: addresses are u64 and usize is 64 bits wide,
+// so the u64 <-> usize casts between the two cannot truncate.
+#![allow(clippy::cast_possible_truncation, reason = "usize is 64 bits on aarch64")]
+#![allow(missing_docs, reason = "a binary crate; items are documented where it helps")]
+
+const _: () = assert!(usize::BITS == 64);
 
 extern crate alloc;
 

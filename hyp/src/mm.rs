@@ -172,7 +172,7 @@ pub mod host_s2 {
 /// `address..address + 8`, and then the blob's `totalsize` bytes, must be
 /// readable memory that nothing writes while the slice lives.
 pub unsafe fn device_tree_blob(address: u64, max_size: usize) -> Result<&'static [u8], &'static str> {
-    if address % 8 != 0 {
+    if !address.is_multiple_of(8) {
         return Err("device tree address is not 8-byte aligned");
     }
     // SAFETY: the caller guarantees the header is readable.
