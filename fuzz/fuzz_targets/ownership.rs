@@ -68,7 +68,7 @@ fn decode(bytes: &mut Bytes<'_>) -> Step {
         0..=0xef => (BASE + u64::from(start) % (PAGES + 2)) * PAGE_SIZE,
         0xf0..=0xf3 => (BASE + u64::from(bytes.u8()) % PAGES) * PAGE_SIZE + u64::from(bytes.u8()) + 1,
         0xf4..=0xf7 => u64::from(bytes.u8()) * PAGE_SIZE,
-        0xf8..=0xfb => u64::MAX & !(PAGE_SIZE - 1),
+        0xf8..=0xfb => !(PAGE_SIZE - 1),
         _ => bytes.u64(),
     };
     // Count: a few pages, else something hostile.

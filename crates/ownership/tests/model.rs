@@ -144,9 +144,11 @@ impl Model for Ownership {
                 first,
                 pages,
             } => {
-                let mut table = Table::new(&mut next.meta, Pfn(BASE)).expect("fits");
-                let result = table.apply(transition, addr(first), pages);
-                drop(table);
+                let result = Table::new(&mut next.meta, Pfn(BASE)).expect("fits").apply(
+                    transition,
+                    addr(first),
+                    pages,
+                );
                 let Ok(effect) = result else {
                     if next.meta != world.meta {
                         next.broken = Some("a failed call changed the table");
@@ -154,7 +156,8 @@ impl Model for Ownership {
                     }
                     return None;
                 };
-                let range = first as usize..(first + pages) as usize;
+                let range = usize::try_from(first).expect("small")
+                    ..usize::try_from(first + pages).expect("small");
                 for page in 0..PAGES {
                     let (before, after) = (decode(world.meta[page]), decode(next.meta[page]));
                     if !range.contains(&page) && before != after {

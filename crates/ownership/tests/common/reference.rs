@@ -148,7 +148,7 @@ impl Reference {
 
     /// Range checks, in the documented order, with wide arithmetic.
     fn validate(&self, addr: u64, pages: u64) -> Result<(u64, u64), (Error, u64)> {
-        if addr % PAGE_SIZE != 0 {
+        if !addr.is_multiple_of(PAGE_SIZE) {
             return Err((Error::Unaligned, addr));
         }
         if pages == 0 {
