@@ -13,7 +13,7 @@ use crate::smccc::{fast_call_id, owner};
 /// The major version of the host ABI. Bumped on incompatible change.
 pub const ABI_VERSION_MAJOR: u64 = 0;
 /// The minor version of the host ABI. Bumped when calls are added.
-pub const ABI_VERSION_MINOR: u64 = 1;
+pub const ABI_VERSION_MINOR: u64 = 2;
 
 /// First function number of Rampart's host calls.
 pub const HOST_FUNCTION_BASE: u16 = 0x8000;
@@ -28,11 +28,31 @@ pub enum HostCall {
     /// `RAMPART_HOST_FEATURES`: `x1` = a function ID. Returns `x0 = SUCCESS`
     /// if the host may call it, `NOT_SUPPORTED` otherwise.
     Features = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 1),
+    /// `RAMPART_HOST_SHARE_HYP`: `x1` = physical address (page-aligned),
+    /// `x2` = number of pages. The host keeps the pages and lends them to
+    /// the hypervisor, which maps them. Returns `x0 = SUCCESS`.
+    ShareHyp = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 2),
+    /// `RAMPART_HOST_UNSHARE_HYP`: `x1`, `x2` as for share. Ends the loan;
+    /// `BUSY` while the hypervisor has a page pinned.
+    UnshareHyp = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 3),
+    /// `RAMPART_HOST_DONATE_HYP`: `x1`, `x2` as for share. The pages become
+    /// the hypervisor's and leave the host's stage 2.
+    DonateHyp = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 4),
+    /// `RAMPART_HOST_RECLAIM_HYP`: `x1`, `x2` as for share. Pages the host
+    /// donated come back to it, zeroed. Never the hypervisor's own carve-out.
+    ReclaimHyp = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 5),
 }
 
 impl HostCall {
     /// Every host call, in ID order.
-    pub const ALL: [HostCall; 2] = [HostCall::Version, HostCall::Features];
+    pub const ALL: [HostCall; 6] = [
+        HostCall::Version,
+        HostCall::Features,
+        HostCall::ShareHyp,
+        HostCall::UnshareHyp,
+        HostCall::DonateHyp,
+        HostCall::ReclaimHyp,
+    ];
 
     /// The function ID placed in `w0`.
     #[must_use]
@@ -46,6 +66,10 @@ impl HostCall {
         match self {
             HostCall::Version => "RAMPART_HOST_VERSION",
             HostCall::Features => "RAMPART_HOST_FEATURES",
+            HostCall::ShareHyp => "RAMPART_HOST_SHARE_HYP",
+            HostCall::UnshareHyp => "RAMPART_HOST_UNSHARE_HYP",
+            HostCall::DonateHyp => "RAMPART_HOST_DONATE_HYP",
+            HostCall::ReclaimHyp => "RAMPART_HOST_RECLAIM_HYP",
         }
     }
 }
@@ -77,7 +101,7 @@ mod tests {
 
     #[test]
     fn unknown_ids_are_refused() {
-        for id in [0, 0xC600_0000, 0xC600_8002, 0x8600_8000, u32::MAX] {
+        for id in [0, 0xC600_0000, 0xC600_8006, 0x8600_8000, u32::MAX] {
             assert_eq!(HostCall::try_from(id), Err(crate::Error::NotSupported));
         }
     }
