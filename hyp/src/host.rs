@@ -28,11 +28,16 @@ pub fn handle_sync(frame: &mut Frame) {
             unsafe { arch::set_elr_el2(arch::elr_el2().wrapping_add(4)) };
             host_smc(frame);
         }
-        EC_DABT_LOWER => inject_into_host(Kind::DataAbort {
-            write: esr & ESR_WNR != 0,
-            far_not_valid: esr & ESR_FNV != 0,
-        }),
-        EC_IABT_LOWER => inject_into_host(Kind::InstructionAbort { far_not_valid: esr & ESR_FNV != 0 }),
+        EC_DABT_LOWER => {
+            if !retry_after_race() {
+                inject_into_host(Kind::DataAbort { write: esr & ESR_WNR != 0, far_not_valid: esr & ESR_FNV != 0 });
+            }
+        }
+        EC_IABT_LOWER => {
+            if !retry_after_race() {
+                inject_into_host(Kind::InstructionAbort { far_not_valid: esr & ESR_FNV != 0 });
+            }
+        }
         // Nothing else is trapped on purpose; whatever it was, the host
         // sees an undefined instruction.
         _ => inject_into_host(Kind::Undefined),
@@ -45,6 +50,15 @@ pub fn handle_sync(frame: &mut Frame) {
 #[allow(clippy::cast_possible_truncation, reason = "SMCCC reads w registers")]
 fn lower32(x: u64) -> u32 {
     x as u32
+}
+
+/// A stage-2 fault on a page the host may reach happens only while the
+/// hypervisor rewrites that mapping on another CPU; the page is mapped
+/// again and the access retried. Returns whether that was the case.
+fn retry_after_race() -> bool {
+    // HPFAR_EL2.FIPA holds IPA[51:12] in bits [43:4].
+    let ipa = ((arch::hpfar_el2() >> 4) & 0xff_ffff_ffff) << 12;
+    crate::memory::handle_host_fault(ipa)
 }
 
 /// Sets the SMCCC result registers.
@@ -68,6 +82,13 @@ fn hypercall(frame: &mut Frame, immediate: u64) {
         Ok(HostCall::Features) => {
             let asked = lower32(frame.x[1]);
             let code = if HostCall::try_from(asked).is_ok() { SUCCESS } else { Error::NotSupported.code() };
+            ret_code(frame, code);
+        }
+        Ok(call @ (HostCall::ShareHyp | HostCall::UnshareHyp | HostCall::DonateHyp | HostCall::ReclaimHyp)) => {
+            let code = match crate::memory::host_call(call, frame.x[1], frame.x[2]) {
+                Ok(()) => SUCCESS,
+                Err(e) => e.code(),
+            };
             ret_code(frame, code);
         }
         Err(e) => ret_code(frame, e.code()),

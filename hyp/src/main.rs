@@ -29,6 +29,7 @@ mod console;
 mod cpu;
 mod exceptions;
 mod host;
+mod memory;
 mod mm;
 
 use alloc::vec::Vec;
@@ -41,6 +42,7 @@ use spin::Once;
 
 use crate::config::{CARVEOUT_SIZE, EARLY_UART, HEAP_SIZE, MAX_CPUS};
 use crate::cpu::{CPUS, El2Config, Features, Power};
+use aarch64_paging::paging::{El2, Stage2};
 
 /// Rampart's version, printed at boot.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -189,12 +191,29 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     // SAFETY: the pool is the rest of the carve-out, after the heap.
     unsafe { mm::init_pool(pool) };
 
-    let el2_root = build_el2_tables(carveout, info.uart.map_or(EARLY_UART, |u| u.start()))?;
+    let ram: Vec<MemRange> = plan.ram.iter().filter_map(|r| r.shrink_to_alignment(PAGE_SIZE)).collect();
+    let table = ownership_table(&ram, carveout)?;
+    let meta_bytes = table.len() as u64 * core::mem::size_of::<rampart_ownership::PageMeta>() as u64;
+
+    let el2 = build_el2_tables(carveout, info.uart.map_or(EARLY_UART, |u| u.start()))?;
     let stage2_level = if ipa_bits > 39 { 0 } else { 1 };
     let host_ram: Vec<MemRange> =
         plan.host_ram.iter().filter_map(|r| r.shrink_to_alignment(PAGE_SIZE)).collect();
-    let stage2_root = build_host_stage2(stage2_level, &host_ram, &plan.host_devices)?;
-    let config = El2Config::new(features, el2_root, stage2_root, stage2_level, ipa_bits);
+    let stage2 = build_host_stage2(stage2_level, &host_ram, &plan.host_devices)?;
+    let config = El2Config::new(
+        features,
+        el2.root_address().0 as u64,
+        stage2.root_address().0 as u64,
+        stage2_level,
+        ipa_bits,
+    );
+    memory::install(memory::HostMemory {
+        table,
+        stage2: mm::Shared(stage2),
+        el2: mm::Shared(el2),
+        ram,
+        carveout,
+    });
 
     // CPU numbering: the boot CPU is 0, then the others in DT order.
     let boot_mpidr = arch::mpidr_el1() & 0xff_00ff_ffff;
@@ -220,10 +239,20 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         bp % 100
     );
     let (used, left) = mm::pool_usage();
+    let meta_pages = meta_bytes.div_ceil(PAGE_SIZE);
+    let table_bytes = (used - meta_pages) * PAGE_SIZE;
+    let cost = layout::basis_points((meta_pages * PAGE_SIZE + table_bytes) * 10, ram_total);
     println!(
-        "host stage 2: {} RAM and {} device ranges, {ipa_bits}-bit IPA; page tables use {used} pages, {left} left in the pool",
+        "host stage 2: {} RAM and {} device ranges, {ipa_bits}-bit IPA; {left} pool pages left",
         host_ram.len(),
         plan.host_devices.len()
+    );
+    println!(
+        "ownership metadata {} KiB + page tables {} KiB = {}.{:03}% of RAM",
+        (meta_pages * PAGE_SIZE) >> 10,
+        table_bytes >> 10,
+        cost / 1000,
+        cost % 1000
     );
     for dev in &plan.unmappable_devices {
         println!("device range {dev} lies beyond the {ipa_bits}-bit IPA space; not mapped for the host");
@@ -242,7 +271,7 @@ fn map_error(what: &str, range: MemRange, e: aarch64_paging::MapError) -> Fatal 
 
 /// Builds the EL2 stage-1 identity map: W^X over the image, stacks with
 /// guard pages, the heap and pool, and the console.
-fn build_el2_tables(carveout: MemRange, uart: u64) -> Result<u64, Fatal> {
+fn build_el2_tables(carveout: MemRange, uart: u64) -> Result<mm::Table<El2>, Fatal> {
     let text = MemRange::new(carveout.start(), symbol(&raw const __text_end));
     let rodata = MemRange::new(symbol(&raw const __text_end), symbol(&raw const __rodata_end));
     let data = MemRange::new(symbol(&raw const __rodata_end), symbol(&raw const __stacks_start));
@@ -265,15 +294,12 @@ fn build_el2_tables(carveout: MemRange, uart: u64) -> Result<u64, Fatal> {
         let range = MemRange::new(start, end).ok_or_else(|| Fatal::Other("stack layout".into()))?;
         mm::identity_map(&mut table, range, mm::el2::DATA).map_err(|e| map_error("stack", range, e))?;
     }
-    let root = table.root_address().0 as u64;
-    // The table lives as long as Rampart runs.
-    core::mem::forget(table);
-    Ok(root)
+    Ok(table)
 }
 
 /// Builds the host's stage 2 (VMID 0): its RAM and its devices, identity
 /// mapped with the largest blocks that fit.
-fn build_host_stage2(level: usize, ram: &[MemRange], devices: &[MemRange]) -> Result<u64, Fatal> {
+fn build_host_stage2(level: usize, ram: &[MemRange], devices: &[MemRange]) -> Result<mm::Table<Stage2>, Fatal> {
     let mut table = mm::new_stage2_table(level);
     for range in ram {
         mm::identity_map(&mut table, *range, mm::host_s2::RAM).map_err(|e| map_error("host RAM", *range, e))?;
@@ -282,9 +308,39 @@ fn build_host_stage2(level: usize, ram: &[MemRange], devices: &[MemRange]) -> Re
         mm::identity_map(&mut table, *range, mm::host_s2::DEVICE)
             .map_err(|e| map_error("host device", *range, e))?;
     }
-    let root = table.root_address().0 as u64;
-    core::mem::forget(table);
-    Ok(root)
+    Ok(table)
+}
+
+/// Allocates the ownership table over the span of RAM and records the
+/// carve-out and any holes between RAM banks as the hypervisor's.
+fn ownership_table(ram: &[MemRange], carveout: MemRange) -> Result<rampart_ownership::Table<'static>, Fatal> {
+    let span = match (ram.first(), ram.last()) {
+        (Some(first), Some(last)) => MemRange::new(first.start(), last.end()),
+        _ => None,
+    }
+    .ok_or(BootError::NoMemory)?;
+    let entries = span.size() / PAGE_SIZE;
+    let bytes = entries * core::mem::size_of::<rampart_ownership::PageMeta>() as u64;
+    let range = mm::allocate_contiguous(bytes.div_ceil(PAGE_SIZE)).ok_or_else(|| {
+        Fatal::Other(alloc::format!(
+            "the carve-out is too small for the ownership table of {} MiB of RAM ({} KiB); build with a larger RAMPART_CARVEOUT_MIB",
+            span.size() >> 20,
+            bytes >> 10
+        ))
+    })?;
+    // SAFETY: the range was just allocated for this table alone.
+    let entries_mem = unsafe { mm::page_meta_table(range) };
+    let entries_mem = &mut entries_mem[..entries as usize];
+    let mut table = rampart_ownership::Table::new(entries_mem, rampart_ownership::Pfn(span.start() / PAGE_SIZE))
+        .map_err(|e| Fatal::Other(alloc::format!("ownership table over {span}: {e}")))?;
+    table.reset();
+    let holes = rampart_platform::range::subtract_all(&[span], ram);
+    for hyp_range in core::iter::once(carveout).chain(holes) {
+        table
+            .host_donate_hyp(rampart_ownership::PhysAddr(hyp_range.start()), hyp_range.size() / PAGE_SIZE)
+            .map_err(|e| Fatal::Other(alloc::format!("marking {hyp_range} as the hypervisor's: {e}")))?;
+    }
+    Ok(table)
 }
 
 /// Asks firmware which SMCCC version it speaks (PSCI_FEATURES first, as

@@ -34,10 +34,12 @@ struct PagePool {
     next: u64,
     end: u64,
     free: Option<u64>,
+    free_pages: u64,
     used: u64,
 }
 
-static POOL: SpinMutex<PagePool> = SpinMutex::new(PagePool { next: 0, end: 0, free: None, used: 0 });
+static POOL: SpinMutex<PagePool> =
+    SpinMutex::new(PagePool { next: 0, end: 0, free: None, free_pages: 0, used: 0 });
 
 /// Hands the page pool its memory.
 ///
@@ -50,11 +52,59 @@ pub unsafe fn init_pool(range: MemRange) {
     pool.end = range.end();
 }
 
+/// Takes `pages` contiguous zeroed pages from the pool, for boot-time
+/// structures that live for ever (the ownership table).
+pub fn allocate_contiguous(pages: u64) -> Option<MemRange> {
+    let mut pool = POOL.lock();
+    let bytes = pages.checked_mul(PAGE_SIZE)?;
+    let range = MemRange::from_base_size(pool.next, bytes)?;
+    if range.end() > pool.end {
+        return None;
+    }
+    pool.next = range.end();
+    pool.used += pages;
+    // SAFETY: the range belongs to the pool, is identity-mapped (or the MMU
+    // is off) and is handed out exactly once.
+    unsafe { core::ptr::write_bytes(range.start() as *mut u8, 0, bytes as usize) };
+    Some(range)
+}
+
+/// The ownership table's entries in `range` (from [`allocate_contiguous`]).
+///
+/// # Safety
+///
+/// `range` must come from `allocate_contiguous`, be used for nothing else,
+/// and this must be called once for it.
+pub unsafe fn page_meta_table(range: MemRange) -> &'static mut [rampart_ownership::PageMeta] {
+    let len = range.size() as usize / core::mem::size_of::<rampart_ownership::PageMeta>();
+    // SAFETY: the caller hands over exclusive, zeroed, suitably aligned
+    // (page-aligned) memory; PageMeta is a u32 for which zero is valid.
+    unsafe { core::slice::from_raw_parts_mut(range.start() as *mut rampart_ownership::PageMeta, len) }
+}
+
+/// Fills a page-aligned range with zeroes through its EL2 mapping.
+///
+/// # Safety
+///
+/// The range must be mapped writable at EL2 at the same address and must
+/// not be reachable by the host or referenced by Rust code.
+pub unsafe fn zero(range: MemRange) {
+    // SAFETY: the caller guarantees the range is mapped and unaliased.
+    unsafe { core::ptr::write_bytes(range.start() as *mut u8, 0, range.size() as usize) };
+}
+
+/// A page table shared between CPUs behind a lock.
+pub struct Shared<R: TranslationRegime>(pub Table<R>);
+
+// SAFETY: the tables are reached only through the `SpinMutex` that holds
+// them, so one CPU at a time touches them; the raw pointers inside are
+// identity-mapped pool pages valid on every CPU.
+unsafe impl<R: TranslationRegime> Send for Shared<R> {}
+
 /// Pages handed out by the pool so far, and pages it has left.
 pub fn pool_usage() -> (u64, u64) {
     let pool = POOL.lock();
-    let free_list = if pool.free.is_some() { 1 } else { 0 };
-    (pool.used, (pool.end - pool.next) / PAGE_SIZE + free_list)
+    (pool.used, (pool.end - pool.next) / PAGE_SIZE + pool.free_pages)
 }
 
 fn allocate_page() -> u64 {
@@ -63,6 +113,7 @@ fn allocate_page() -> u64 {
         // SAFETY: a page on the free list holds the next free page's
         // address in its first word, written by `free_page`.
         pool.free = NonNull::new(unsafe { *(page as *const u64) } as *mut u8).map(|p| p.as_ptr() as u64);
+        pool.free_pages -= 1;
         page
     } else if pool.next < pool.end {
         let page = pool.next;
@@ -86,6 +137,7 @@ fn free_page(page: u64) {
     // using it; its first word links the free list.
     unsafe { *(page as *mut u64) = pool.free.unwrap_or(0) };
     pool.free = Some(page);
+    pool.free_pages += 1;
     pool.used -= 1;
 }
 
@@ -111,6 +163,16 @@ impl<A: aarch64_paging::descriptor::PagingAttributes> Translation<A> for PoolTra
 
 /// A page table of either regime, backed by the pool.
 pub type Table<R> = Mapping<PoolTranslation, R>;
+
+/// Maps `range` at the same address with 4 KiB pages only.
+pub fn identity_map_pages<R: TranslationRegime<Asid = (), VaRange = ()>>(
+    table: &mut Table<R>,
+    range: MemRange,
+    attributes: R::Attributes,
+) -> Result<(), MapError> {
+    let region = MemoryRegion::new(range.start() as usize, range.end() as usize);
+    table.map_range(&region, PhysicalAddress(range.start() as usize), attributes, Constraints::NO_BLOCK_MAPPINGS)
+}
 
 /// Maps `range` at the same address.
 pub fn identity_map<R: TranslationRegime<Asid = (), VaRange = ()>>(
@@ -162,6 +224,10 @@ pub mod host_s2 {
         .union(A::SH_INNER);
     /// Host MMIO: Device-nGnRE, never executed.
     pub const DEVICE: A = BASE.union(A::MEMATTR_DEVICE_nGnRE).union(A::XN);
+    /// Software bit: the host owns the page and lends it out.
+    pub const SW_SHARED_OWNED: A = A::SWFLAG_0;
+    /// Software bit: the host borrows the page from its owner.
+    pub const SW_SHARED_BORROWED: A = A::SWFLAG_1;
 }
 
 /// The device tree blob at `address`, after checking its header's magic and

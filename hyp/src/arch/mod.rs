@@ -286,3 +286,37 @@ pub fn smc(function: u32, args: &[u64; 17]) -> [u64; 4] {
     let r = smccc::smc64(function, *args);
     [r[0], r[1], r[2], r[3]]
 }
+
+/// Invalidates stage-2 TLB entries for one IPA page (or the block holding
+/// it) in the current VMID, on every CPU in the inner-shareable domain.
+/// Follow a batch with [`tlbi_stage1_of_vmid`].
+pub fn tlbi_ipa(ipa: u64) {
+    // SAFETY: TLB maintenance only drops cached translations.
+    unsafe { asm!("tlbi ipas2e1is, {}", in(reg) ipa >> 12, options(nostack, preserves_flags)) };
+}
+
+/// Completes stage-2 invalidation: waits for the IPA invalidations, then
+/// drops the combined stage-1+2 entries of the current VMID (they are
+/// tagged by VA, not IPA), everywhere in the inner-shareable domain.
+pub fn tlbi_stage1_of_vmid() {
+    // SAFETY: barriers and TLB maintenance only drop cached translations.
+    unsafe { asm!("dsb ish", "tlbi vmalle1is", "dsb ish", "isb", options(nostack, preserves_flags)) };
+}
+
+/// Invalidates all stage-1 and stage-2 entries of the current VMID.
+pub fn tlbi_vmid() {
+    // SAFETY: TLB maintenance only drops cached translations.
+    unsafe { asm!("dsb ishst", "tlbi vmalls12e1is", "dsb ish", "isb", options(nostack, preserves_flags)) };
+}
+
+/// Invalidates the EL2 stage-1 entry for one page, everywhere.
+pub fn tlbi_el2_va(va: u64) {
+    // SAFETY: TLB maintenance only drops cached translations.
+    unsafe { asm!("dsb ishst", "tlbi vae2is, {}", "dsb ish", "isb", in(reg) va >> 12, options(nostack, preserves_flags)) };
+}
+
+/// Makes page-table writes visible to the table walkers of every CPU.
+pub fn dsb_ishst() {
+    // SAFETY: a barrier has no effect on memory contents.
+    unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
+}

@@ -1,0 +1,255 @@
+//! Host memory ownership: the per-page state table (`rampart-ownership`)
+//! and the host stage 2 and EL2 stage 1 that always reflect it.
+//!
+//! Every change runs under one lock, in three steps: check every
+//! precondition (the ownership table's side-effect-free `check`, plus the
+//! page-table memory the change may need), commit the new states (cannot
+//! fail), then rewrite the mappings the states imply. The host may touch a
+//! page while its stage-2 entry is being rewritten; that fault lands in
+//! [`handle_host_fault`], which waits for the lock and maps the page again if
+//! the host still may reach it.
+
+use aarch64_paging::descriptor::Stage2Attributes;
+use aarch64_paging::paging::{El2, MemoryRegion, Stage2};
+use rampart_abi::Error as AbiError;
+use rampart_abi::host::HostCall;
+use rampart_ownership::{self as own, Component, Effect, PhysAddr, State, Transition, Update};
+use rampart_platform::{MemRange, PAGE_SIZE};
+use spin::mutex::SpinMutex;
+
+use crate::arch;
+use crate::mm::{self, Shared, host_s2};
+
+/// Everything the lock protects.
+pub struct HostMemory {
+    /// Who owns each page of RAM.
+    pub table: own::Table<'static>,
+    /// The host's stage 2 (VMID 0).
+    pub stage2: Shared<Stage2>,
+    /// The hypervisor's own stage 1.
+    pub el2: Shared<El2>,
+    /// RAM banks (page-aligned).
+    pub ram: alloc::vec::Vec<MemRange>,
+    /// The hypervisor's carve-out: never given to the host.
+    pub carveout: MemRange,
+}
+
+static HOST_MEMORY: SpinMutex<Option<HostMemory>> = SpinMutex::new(None);
+
+/// Most table pages a stage-2 rewrite of one 2 MiB or smaller range can
+/// need beyond its size: two split ends, each down to level 3.
+const SPLIT_TABLE_PAGES: u64 = 8;
+
+/// Puts the boot-time state in place.
+pub fn install(memory: HostMemory) {
+    *HOST_MEMORY.lock() = Some(memory);
+}
+
+/// The result of a host memory call.
+pub fn host_call(call: HostCall, address: u64, pages: u64) -> Result<(), AbiError> {
+    let transition = match call {
+        HostCall::ShareHyp => Transition::HostShareHyp,
+        HostCall::UnshareHyp => Transition::HostUnshareHyp,
+        HostCall::DonateHyp => Transition::HostDonateHyp,
+        HostCall::ReclaimHyp => Transition::HypDonateHost,
+        HostCall::Version | HostCall::Features => return Err(AbiError::NotSupported),
+    };
+    let mut guard = HOST_MEMORY.lock();
+    let memory = guard.as_mut().ok_or(AbiError::NotSupported)?;
+    memory.transition(transition, address, pages)
+}
+
+/// Maps the ownership crate's refusal onto the ABI's error codes.
+fn abi_error(error: own::Error) -> AbiError {
+    match error {
+        own::Error::Unaligned | own::Error::ZeroCount | own::Error::Overflow => AbiError::InvalidParameter,
+        own::Error::OutOfRange => AbiError::Range,
+        own::Error::Busy | own::Error::PinLimit => AbiError::Busy,
+        own::Error::NotOwner
+        | own::Error::AlreadyShared
+        | own::Error::NotShared
+        | own::Error::WrongGuest
+        | own::Error::NotPinned => AbiError::Denied,
+        own::Error::Corrupt => {
+            crate::println!("ownership table corrupt; stopping");
+            crate::power_off()
+        }
+    }
+}
+
+impl HostMemory {
+    fn transition(&mut self, transition: Transition, address: u64, pages: u64) -> Result<(), AbiError> {
+        // Argument errors first, in the table's own order, then "is it RAM".
+        let start = PhysAddr(address);
+        if !start.is_page_aligned() || pages == 0 {
+            return Err(AbiError::InvalidParameter);
+        }
+        let bytes = pages.checked_mul(PAGE_SIZE).ok_or(AbiError::InvalidParameter)?;
+        let range = MemRange::from_base_size(address, bytes).ok_or(AbiError::InvalidParameter)?;
+        if !self.ram.iter().any(|bank| bank.contains_range(&range)) {
+            return Err(AbiError::Range);
+        }
+        if transition == Transition::HypDonateHost && range.overlaps(&self.carveout) {
+            return Err(AbiError::Denied);
+        }
+        let effect = self.table.check(transition, start, pages).map_err(|r| abi_error(r.error))?;
+        self.ensure_table_memory(&effect, range)?;
+
+        // Commit: `check` passed and we hold the lock, so this succeeds.
+        self.table.apply(transition, start, pages).map_err(|r| abi_error(r.error))?;
+        self.reflect(&effect, range);
+        Ok(())
+    }
+
+    /// Refuses with NO_MEMORY if the pool could run dry mid-change.
+    fn ensure_table_memory(&self, effect: &Effect, range: MemRange) -> Result<(), AbiError> {
+        let mut need = 0;
+        if let Update::Set(state) = effect.updates.hyp
+            && state != State::Absent
+        {
+            // 4 KiB mappings: one level-3 table per 2 MiB, plus the levels above.
+            need += range.size().div_ceil(2 << 20) + 4;
+        }
+        if let Update::Set(_) = effect.updates.host {
+            need += range.size().div_ceil(2 << 20) + SPLIT_TABLE_PAGES;
+        }
+        let (_, left) = mm::pool_usage();
+        if need > left { Err(AbiError::NoMemory) } else { Ok(()) }
+    }
+
+    /// Rewrites the mappings for `range` after the states changed:
+    /// unmap, zero, then map (the order `Effect` documents).
+    fn reflect(&mut self, effect: &Effect, range: MemRange) {
+        if effect.updates.host == Update::Set(State::Absent) {
+            self.rewrite_host_stage2(range);
+        }
+        if effect.updates.zero {
+            // The hypervisor still maps the pages (it owned them).
+            // SAFETY: the pages are the hypervisor's until the host stage 2
+            // below gives them back; nothing in Rust refers to them.
+            unsafe { mm::zero(range) };
+        }
+        match effect.updates.hyp {
+            Update::Set(State::Absent) => self.unmap_el2(range),
+            Update::Set(_) => self.map_el2(range),
+            Update::Keep => {}
+        }
+        if let Update::Set(state) = effect.updates.host
+            && state != State::Absent
+        {
+            self.rewrite_host_stage2(range);
+        }
+    }
+
+    fn map_el2(&mut self, range: MemRange) {
+        if let Err(e) = mm::identity_map_pages(&mut self.el2.0, range, mm::el2::DATA) {
+            fail_closed("EL2 map", range, e);
+        }
+        arch::dsb_ishst();
+    }
+
+    fn unmap_el2(&mut self, range: MemRange) {
+        if let Err(e) = mm::identity_map_pages(&mut self.el2.0, range, aarch64_paging::descriptor::El23Attributes::empty()) {
+            fail_closed("EL2 unmap", range, e);
+        }
+        let mut page = range.start();
+        while page < range.end() {
+            arch::tlbi_el2_va(page);
+            page += PAGE_SIZE;
+        }
+    }
+
+    /// Break-before-make over every stage-2 leaf that overlaps `range`,
+    /// then maps back whatever the table says the host may reach, with the
+    /// largest blocks that fit. Blocks outside the range's leaves are
+    /// untouched, so a block is split only where a state boundary now
+    /// falls inside it.
+    fn rewrite_host_stage2(&mut self, range: MemRange) {
+        const MAX_TARGETED: usize = 16;
+        let mut envelope = range;
+        let mut leaves = [0u64; MAX_TARGETED];
+        let mut leaf_count = 0usize;
+        let region = MemoryRegion::new(range.start() as usize, range.end() as usize);
+        let _ = self.stage2.0.walk_range(&region, &mut |mr, desc, level| {
+            let is_table = level < 3 && desc.is_table_or_page();
+            if desc.is_valid() && !is_table {
+                let (start, end) = (mr.start().0 as u64, mr.end().0 as u64);
+                envelope = MemRange::new(envelope.start().min(start), envelope.end().max(end)).unwrap_or(envelope);
+                if leaf_count < MAX_TARGETED {
+                    leaves[leaf_count] = start;
+                }
+                leaf_count += 1;
+            }
+            Ok(())
+        });
+
+        // Break.
+        if let Err(e) = mm::identity_map(&mut self.stage2.0, envelope, Stage2Attributes::empty()) {
+            fail_closed("stage-2 break", envelope, e);
+        }
+        arch::dsb_ishst();
+        if leaf_count <= MAX_TARGETED {
+            for &ipa in &leaves[..leaf_count] {
+                arch::tlbi_ipa(ipa);
+            }
+            arch::tlbi_stage1_of_vmid();
+        } else {
+            arch::tlbi_vmid();
+        }
+
+        // Make.
+        let pages = envelope.size() / PAGE_SIZE;
+        let Ok(runs) = self.table.runs(PhysAddr(envelope.start()), pages, Component::Host) else {
+            fail_closed_msg("stage-2 make outside the ownership table", envelope);
+        };
+        for run in runs {
+            let Some(attributes) = host_attributes(run.state) else { continue };
+            let Some(run_range) = MemRange::from_base_size(run.start.0, run.pages * PAGE_SIZE) else { continue };
+            if let Err(e) = mm::identity_map(&mut self.stage2.0, run_range, attributes) {
+                fail_closed("stage-2 make", run_range, e);
+            }
+        }
+        arch::dsb_ishst();
+    }
+}
+
+/// Stage-2 attributes for a host state, or `None` if unmapped.
+fn host_attributes(state: State) -> Option<Stage2Attributes> {
+    match state {
+        State::Absent => None,
+        State::Owned => Some(host_s2::RAM),
+        State::SharedOwned => Some(host_s2::RAM | host_s2::SW_SHARED_OWNED),
+        State::SharedBorrowed => Some(host_s2::RAM | host_s2::SW_SHARED_BORROWED),
+    }
+}
+
+/// A host stage-2 fault at `ipa`: if the host may reach the page (it raced
+/// with a rewrite of its mapping), map it again and return `true` so the
+/// access is retried; otherwise `false`, and the caller injects an abort.
+pub fn handle_host_fault(ipa: u64) -> bool {
+    let mut guard = HOST_MEMORY.lock();
+    let Some(memory) = guard.as_mut() else { return false };
+    let page = PhysAddr(ipa & !(PAGE_SIZE - 1));
+    match memory.table.state_of(page, Component::Host) {
+        Ok(State::Absent) | Err(_) => false,
+        Ok(_) => {
+            let Ok(block) = memory.table.largest_uniform_block(page, Component::Host, &[512]) else { return false };
+            let Some(range) = MemRange::from_base_size(block.start.0, block.pages * PAGE_SIZE) else { return false };
+            if !memory.ram.iter().any(|bank| bank.contains_range(&range)) {
+                return false;
+            }
+            memory.rewrite_host_stage2(range);
+            true
+        }
+    }
+}
+
+fn fail_closed(what: &str, range: MemRange, error: aarch64_paging::MapError) -> ! {
+    crate::println!("{what} of {range} failed: {error}; stopping");
+    crate::power_off()
+}
+
+fn fail_closed_msg(what: &str, range: MemRange) -> ! {
+    crate::println!("{what} {range}; stopping");
+    crate::power_off()
+}
