@@ -1,6 +1,6 @@
 //! Handling the host's traps: hypercalls, SMCs and stage-2 faults.
 
-use rampart_abi::host::{ABI_VERSION_MAJOR, ABI_VERSION_MINOR, HostCall};
+use rampart_abi::host::{ABI_VERSION_MAJOR, ABI_VERSION_MINOR, HostCall, HostRequest};
 use rampart_abi::{Error, error::SUCCESS};
 use rampart_platform::inject::{self, Interrupted, Kind};
 use rampart_platform::smc::{self, SmcAction, psci};
@@ -75,24 +75,15 @@ fn hypercall(frame: &mut Frame, immediate: u64) {
     if immediate != 0 {
         return ret_code(frame, Error::NotSupported.code());
     }
-    // SMCCC: the function ID is W0; the upper half of X0 is ignored.
-    let function = lower32(frame.x[0]);
-    match HostCall::try_from(function) {
-        Ok(HostCall::Version) => ret(frame, [SUCCESS as u64, ABI_VERSION_MAJOR, ABI_VERSION_MINOR, 0]),
-        Ok(HostCall::Features) => {
-            let asked = lower32(frame.x[1]);
-            let code = if HostCall::try_from(asked).is_ok() { SUCCESS } else { Error::NotSupported.code() };
-            ret_code(frame, code);
+    let result = match HostRequest::decode([frame.x[0], frame.x[1], frame.x[2]]) {
+        Ok(HostRequest::Version) => {
+            return ret(frame, [SUCCESS as u64, ABI_VERSION_MAJOR, ABI_VERSION_MINOR, 0]);
         }
-        Ok(call @ (HostCall::ShareHyp | HostCall::UnshareHyp | HostCall::DonateHyp | HostCall::ReclaimHyp)) => {
-            let code = match crate::memory::host_call(call, frame.x[1], frame.x[2]) {
-                Ok(()) => SUCCESS,
-                Err(e) => e.code(),
-            };
-            ret_code(frame, code);
-        }
-        Err(e) => ret_code(frame, e.code()),
-    }
+        Ok(HostRequest::Features(function)) => HostCall::try_from(function).map(|_| ()),
+        Ok(memory_request) => crate::memory::host_call(memory_request),
+        Err(e) => Err(e),
+    };
+    ret_code(frame, result.map_or_else(Error::code, |()| SUCCESS));
 }
 
 fn forward(function: u32, frame: &Frame) -> [u64; 4] {

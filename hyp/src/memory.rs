@@ -12,7 +12,7 @@
 use aarch64_paging::descriptor::Stage2Attributes;
 use aarch64_paging::paging::{El2, MemoryRegion, Stage2};
 use rampart_abi::Error as AbiError;
-use rampart_abi::host::HostCall;
+use rampart_abi::host::{HostRequest, PageRange};
 use rampart_ownership::{self as own, Component, Effect, PhysAddr, State, Transition, Update};
 use rampart_platform::{MemRange, PAGE_SIZE};
 use spin::mutex::SpinMutex;
@@ -45,18 +45,18 @@ pub fn install(memory: HostMemory) {
     *HOST_MEMORY.lock() = Some(memory);
 }
 
-/// The result of a host memory call.
-pub fn host_call(call: HostCall, address: u64, pages: u64) -> Result<(), AbiError> {
-    let transition = match call {
-        HostCall::ShareHyp => Transition::HostShareHyp,
-        HostCall::UnshareHyp => Transition::HostUnshareHyp,
-        HostCall::DonateHyp => Transition::HostDonateHyp,
-        HostCall::ReclaimHyp => Transition::HypDonateHost,
-        HostCall::Version | HostCall::Features => return Err(AbiError::NotSupported),
+/// Runs a host memory call.
+pub fn host_call(request: HostRequest) -> Result<(), AbiError> {
+    let (transition, range) = match request {
+        HostRequest::ShareHyp(r) => (Transition::HostShareHyp, r),
+        HostRequest::UnshareHyp(r) => (Transition::HostUnshareHyp, r),
+        HostRequest::DonateHyp(r) => (Transition::HostDonateHyp, r),
+        HostRequest::ReclaimHyp(r) => (Transition::HypDonateHost, r),
+        HostRequest::Version | HostRequest::Features(_) => return Err(AbiError::NotSupported),
     };
     let mut guard = HOST_MEMORY.lock();
     let memory = guard.as_mut().ok_or(AbiError::NotSupported)?;
-    memory.transition(transition, address, pages)
+    memory.transition(transition, range)
 }
 
 /// Maps the ownership crate's refusal onto the ABI's error codes.
@@ -78,14 +78,10 @@ fn abi_error(error: own::Error) -> AbiError {
 }
 
 impl HostMemory {
-    fn transition(&mut self, transition: Transition, address: u64, pages: u64) -> Result<(), AbiError> {
-        // Argument errors first, in the table's own order, then "is it RAM".
-        let start = PhysAddr(address);
-        if !start.is_page_aligned() || pages == 0 {
-            return Err(AbiError::InvalidParameter);
-        }
-        let bytes = pages.checked_mul(PAGE_SIZE).ok_or(AbiError::InvalidParameter)?;
-        let range = MemRange::from_base_size(address, bytes).ok_or(AbiError::InvalidParameter)?;
+    fn transition(&mut self, transition: Transition, request: PageRange) -> Result<(), AbiError> {
+        // Decoding checked alignment, count and wrap-around; next, is it RAM.
+        let (start, pages) = (PhysAddr(request.start()), request.pages());
+        let range = MemRange::new(request.start(), request.end()).ok_or(AbiError::InvalidParameter)?;
         if !self.ram.iter().any(|bank| bank.contains_range(&range)) {
             return Err(AbiError::Range);
         }

@@ -106,3 +106,118 @@ mod tests {
         }
     }
 }
+
+/// Size of a page in the host memory calls.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// A range of whole pages named by a host call: `x1` = physical address,
+/// `x2` = number of pages. Decoding guarantees it is page-aligned, not
+/// empty, and does not wrap around the 64-bit address space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageRange {
+    start: u64,
+    pages: u64,
+}
+
+impl PageRange {
+    /// Validates `x1` and `x2`.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidParameter` if the address is not page-aligned, the count is
+    /// zero, or the range wraps around.
+    pub fn new(start: u64, pages: u64) -> Result<Self, crate::Error> {
+        let aligned = start.is_multiple_of(PAGE_SIZE);
+        let fits = pages.checked_mul(PAGE_SIZE).and_then(|bytes| start.checked_add(bytes)).is_some();
+        if !aligned || pages == 0 || !fits {
+            return Err(crate::Error::InvalidParameter);
+        }
+        Ok(PageRange { start, pages })
+    }
+
+    /// The first byte.
+    #[must_use]
+    pub const fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// The number of pages.
+    #[must_use]
+    pub const fn pages(&self) -> u64 {
+        self.pages
+    }
+
+    /// One past the last byte (cannot overflow, checked at construction).
+    #[must_use]
+    pub const fn end(&self) -> u64 {
+        self.start + self.pages * PAGE_SIZE
+    }
+}
+
+/// A host call with its arguments decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostRequest {
+    /// See [`HostCall::Version`].
+    Version,
+    /// See [`HostCall::Features`]: the function ID asked about.
+    Features(u32),
+    /// See [`HostCall::ShareHyp`].
+    ShareHyp(PageRange),
+    /// See [`HostCall::UnshareHyp`].
+    UnshareHyp(PageRange),
+    /// See [`HostCall::DonateHyp`].
+    DonateHyp(PageRange),
+    /// See [`HostCall::ReclaimHyp`].
+    ReclaimHyp(PageRange),
+}
+
+impl HostRequest {
+    /// Decodes the registers of an `HVC #0`: `regs[0]` is `x0` (only `w0`,
+    /// the function ID, is read), `regs[1..]` are `x1`.. .
+    ///
+    /// # Errors
+    ///
+    /// `NotSupported` for an unknown function ID, `InvalidParameter` for
+    /// malformed arguments.
+    pub fn decode(regs: [u64; 3]) -> Result<Self, crate::Error> {
+        #[allow(clippy::cast_possible_truncation, reason = "SMCCC function IDs are w0 and w1")]
+        let (function, w1) = (regs[0] as u32, regs[1] as u32);
+        let range = || PageRange::new(regs[1], regs[2]);
+        Ok(match HostCall::try_from(function)? {
+            HostCall::Version => HostRequest::Version,
+            HostCall::Features => HostRequest::Features(w1),
+            HostCall::ShareHyp => HostRequest::ShareHyp(range()?),
+            HostCall::UnshareHyp => HostRequest::UnshareHyp(range()?),
+            HostCall::DonateHyp => HostRequest::DonateHyp(range()?),
+            HostCall::ReclaimHyp => HostRequest::ReclaimHyp(range()?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod decode_tests {
+    use super::*;
+    use crate::Error;
+
+    #[test]
+    fn decodes_memory_calls() {
+        let r = HostRequest::decode([0xC600_8002, 0x4800_0000, 3]).unwrap();
+        assert_eq!(r, HostRequest::ShareHyp(PageRange::new(0x4800_0000, 3).unwrap()));
+        let PageRange { start, pages } = PageRange::new(0x4800_0000, 3).unwrap();
+        assert_eq!((start, pages), (0x4800_0000, 3));
+        assert_eq!(PageRange::new(0x4800_0000, 3).unwrap().end(), 0x4800_3000);
+        // Upper half of x0 ignored, as SMCCC says.
+        assert_eq!(HostRequest::decode([0xdead_0000_C600_8000, 0, 0]), Ok(HostRequest::Version));
+        assert_eq!(HostRequest::decode([0xC600_8001, 0x1_C600_8000, 0]), Ok(HostRequest::Features(0xC600_8000)));
+    }
+
+    #[test]
+    fn refuses_malformed_ranges() {
+        for (addr, pages) in [(0x4800_0001, 1), (0x4800_0000, 0), (0x4800_0000, u64::MAX), (u64::MAX & !0xfff, 2), (0, 1 << 52)] {
+            assert_eq!(HostRequest::decode([0xC600_8004, addr, pages]), Err(Error::InvalidParameter), "{addr:#x} {pages}");
+        }
+        assert_eq!(HostRequest::decode([0xC600_80FF, 0, 0]), Err(Error::NotSupported));
+        // A range must end at a representable address.
+        assert!(PageRange::new((u64::MAX & !0xfff) - 0x1000, 1).is_ok());
+    }
+}
