@@ -75,12 +75,18 @@ fn hypercall(frame: &mut Frame, immediate: u64) {
     if immediate != 0 {
         return ret_code(frame, Error::NotSupported.code());
     }
-    let result = match HostRequest::decode([frame.x[0], frame.x[1], frame.x[2]]) {
+    let result = match HostRequest::decode([frame.x[0], frame.x[1], frame.x[2], frame.x[3], frame.x[4]]) {
         Ok(HostRequest::Version) => {
             return ret(frame, [SUCCESS as u64, ABI_VERSION_MAJOR, ABI_VERSION_MINOR, 0]);
         }
         Ok(HostRequest::Features(function)) => HostCall::try_from(function).map(|_| ()),
-        Ok(memory_request) => crate::memory::host_call(memory_request),
+        Ok(
+            memory_request @ (HostRequest::ShareHyp(_)
+            | HostRequest::UnshareHyp(_)
+            | HostRequest::DonateHyp(_)
+            | HostRequest::ReclaimHyp(_)),
+        ) => crate::memory::host_call(memory_request),
+        Ok(_) => Err(Error::NotSupported),
         Err(e) => Err(e),
     };
     ret_code(frame, result.map_or_else(Error::code, |()| SUCCESS));

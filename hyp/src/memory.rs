@@ -52,7 +52,7 @@ pub fn host_call(request: HostRequest) -> Result<(), AbiError> {
         HostRequest::UnshareHyp(r) => (Transition::HostUnshareHyp, r),
         HostRequest::DonateHyp(r) => (Transition::HostDonateHyp, r),
         HostRequest::ReclaimHyp(r) => (Transition::HypDonateHost, r),
-        HostRequest::Version | HostRequest::Features(_) => return Err(AbiError::NotSupported),
+        _ => return Err(AbiError::NotSupported),
     };
     let mut guard = HOST_MEMORY.lock();
     let memory = guard.as_mut().ok_or(AbiError::NotSupported)?;

@@ -28,6 +28,15 @@ mod tests {
     }
 
     #[test]
+    fn every_exit_reason_is_documented_with_its_value() {
+        let doc = abi_md();
+        for reason in rampart_abi::host::ExitReason::ALL {
+            let line = row(&doc, reason.name()).unwrap_or_else(|| panic!("docs/abi.md lacks {}", reason.name()));
+            assert!(line.contains(&format!("| {} |", reason as u64)), "{}: row `{line}`", reason.name());
+        }
+    }
+
+    #[test]
     fn every_error_code_is_documented_with_its_value() {
         let doc = abi_md();
         for error in Error::ALL {

@@ -68,7 +68,10 @@ impl TryFrom<i64> for Error {
     type Error = i64;
 
     fn try_from(code: i64) -> Result<Self, i64> {
-        Error::ALL.into_iter().find(|e| e.code() == code).ok_or(code)
+        Error::ALL
+            .into_iter()
+            .find(|e| e.code() == code)
+            .ok_or(code)
     }
 }
 
@@ -99,6 +102,9 @@ mod tests {
     fn smccc_codes_match_the_specification() {
         assert_eq!(Error::NotSupported.code(), crate::smccc::NOT_SUPPORTED);
         assert_eq!(Error::NotRequired.code(), crate::smccc::NOT_REQUIRED);
-        assert_eq!(Error::InvalidParameter.code(), crate::smccc::INVALID_PARAMETER);
+        assert_eq!(
+            Error::InvalidParameter.code(),
+            crate::smccc::INVALID_PARAMETER
+        );
     }
 }

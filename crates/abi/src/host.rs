@@ -13,7 +13,7 @@ use crate::smccc::{fast_call_id, owner};
 /// The major version of the host ABI. Bumped on incompatible change.
 pub const ABI_VERSION_MAJOR: u64 = 0;
 /// The minor version of the host ABI. Bumped when calls are added.
-pub const ABI_VERSION_MINOR: u64 = 2;
+pub const ABI_VERSION_MINOR: u64 = 3;
 
 /// First function number of Rampart's host calls.
 pub const HOST_FUNCTION_BASE: u16 = 0x8000;
@@ -41,17 +41,49 @@ pub enum HostCall {
     /// `RAMPART_HOST_RECLAIM_HYP`: `x1`, `x2` as for share. Pages the host
     /// donated come back to it, zeroed. Never the hypervisor's own carve-out.
     ReclaimHyp = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 5),
+    /// `RAMPART_HOST_VM_CREATE`: `x1` = physical address of the metadata
+    /// pages the host donates, `x2` = how many, `x3` = [`VmConfig`] bits.
+    /// Returns `x1` = the VM handle.
+    VmCreate = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x10),
+    /// `RAMPART_HOST_VM_DESTROY`: `x1` = VM handle.
+    VmDestroy = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x11),
+    /// `RAMPART_HOST_VCPU_CREATE`: `x1` = VM handle, `x2` = vCPU index.
+    VcpuCreate = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x12),
+    /// `RAMPART_HOST_VM_DONATE`: `x1` = VM handle, `x2` = host physical
+    /// address, `x3` = pages, `x4` = guest-physical address.
+    VmDonate = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x13),
+    /// `RAMPART_HOST_VM_SHARE`: as `VM_DONATE`, but the host keeps the pages
+    /// and lends them (non-protected VMs only).
+    VmShare = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x14),
+    /// `RAMPART_HOST_VCPU_SET_REGS`: `x1` = VM handle, `x2` = vCPU index,
+    /// `x3` = entry PC, `x4` = initial `x0`. Before the vCPU's first run.
+    VcpuSetRegs = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x15),
+    /// `RAMPART_HOST_VCPU_RUN`: `x1` = VM handle, `x2` = vCPU index, `x3` =
+    /// the value of an MMIO read the previous exit asked for. Returns an
+    /// exit record: `x1` = [`ExitReason`], `x2`..`x4` its details.
+    VcpuRun = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x16),
+    /// `RAMPART_HOST_VCPU_INJECT`: `x1` = VM handle, `x2` = vCPU index,
+    /// `x3` = virtual interrupt ID.
+    VcpuInject = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x17),
 }
 
 impl HostCall {
     /// Every host call, in ID order.
-    pub const ALL: [HostCall; 6] = [
+    pub const ALL: [HostCall; 14] = [
         HostCall::Version,
         HostCall::Features,
         HostCall::ShareHyp,
         HostCall::UnshareHyp,
         HostCall::DonateHyp,
         HostCall::ReclaimHyp,
+        HostCall::VmCreate,
+        HostCall::VmDestroy,
+        HostCall::VcpuCreate,
+        HostCall::VmDonate,
+        HostCall::VmShare,
+        HostCall::VcpuSetRegs,
+        HostCall::VcpuRun,
+        HostCall::VcpuInject,
     ];
 
     /// The function ID placed in `w0`.
@@ -70,6 +102,14 @@ impl HostCall {
             HostCall::UnshareHyp => "RAMPART_HOST_UNSHARE_HYP",
             HostCall::DonateHyp => "RAMPART_HOST_DONATE_HYP",
             HostCall::ReclaimHyp => "RAMPART_HOST_RECLAIM_HYP",
+            HostCall::VmCreate => "RAMPART_HOST_VM_CREATE",
+            HostCall::VmDestroy => "RAMPART_HOST_VM_DESTROY",
+            HostCall::VcpuCreate => "RAMPART_HOST_VCPU_CREATE",
+            HostCall::VmDonate => "RAMPART_HOST_VM_DONATE",
+            HostCall::VmShare => "RAMPART_HOST_VM_SHARE",
+            HostCall::VcpuSetRegs => "RAMPART_HOST_VCPU_SET_REGS",
+            HostCall::VcpuRun => "RAMPART_HOST_VCPU_RUN",
+            HostCall::VcpuInject => "RAMPART_HOST_VCPU_INJECT",
         }
     }
 }
@@ -101,7 +141,14 @@ mod tests {
 
     #[test]
     fn unknown_ids_are_refused() {
-        for id in [0, 0xC600_0000, 0xC600_8006, 0x8600_8000, u32::MAX] {
+        for id in [
+            0,
+            0xC600_0000,
+            0xC600_8006,
+            0xC600_8018,
+            0x8600_8000,
+            u32::MAX,
+        ] {
             assert_eq!(HostCall::try_from(id), Err(crate::Error::NotSupported));
         }
     }
@@ -128,7 +175,10 @@ impl PageRange {
     /// zero, or the range wraps around.
     pub fn new(start: u64, pages: u64) -> Result<Self, crate::Error> {
         let aligned = start.is_multiple_of(PAGE_SIZE);
-        let fits = pages.checked_mul(PAGE_SIZE).and_then(|bytes| start.checked_add(bytes)).is_some();
+        let fits = pages
+            .checked_mul(PAGE_SIZE)
+            .and_then(|bytes| start.checked_add(bytes))
+            .is_some();
         if !aligned || pages == 0 || !fits {
             return Err(crate::Error::InvalidParameter);
         }
@@ -169,6 +219,58 @@ pub enum HostRequest {
     DonateHyp(PageRange),
     /// See [`HostCall::ReclaimHyp`].
     ReclaimHyp(PageRange),
+    /// See [`HostCall::VmCreate`].
+    VmCreate {
+        /// The metadata pages the host donates.
+        metadata: PageRange,
+        /// Protection and vCPU count.
+        config: VmConfig,
+    },
+    /// See [`HostCall::VmDestroy`].
+    VmDestroy(VmHandle),
+    /// See [`HostCall::VcpuCreate`].
+    VcpuCreate(VcpuRef),
+    /// See [`HostCall::VmDonate`].
+    VmDonate {
+        /// The VM.
+        vm: VmHandle,
+        /// Host pages to give.
+        pages: PageRange,
+        /// Where the guest sees them (page-aligned).
+        guest_address: u64,
+    },
+    /// See [`HostCall::VmShare`].
+    VmShare {
+        /// The VM.
+        vm: VmHandle,
+        /// Host pages to lend.
+        pages: PageRange,
+        /// Where the guest sees them (page-aligned).
+        guest_address: u64,
+    },
+    /// See [`HostCall::VcpuSetRegs`].
+    VcpuSetRegs {
+        /// The vCPU.
+        vcpu: VcpuRef,
+        /// Entry point.
+        pc: u64,
+        /// Initial `x0`.
+        x0: u64,
+    },
+    /// See [`HostCall::VcpuRun`].
+    VcpuRun {
+        /// The vCPU.
+        vcpu: VcpuRef,
+        /// The value of the MMIO read the previous exit asked for.
+        mmio_read_value: u64,
+    },
+    /// See [`HostCall::VcpuInject`].
+    VcpuInject {
+        /// The vCPU.
+        vcpu: VcpuRef,
+        /// The virtual interrupt ID (SGI, PPI or SPI: below 1020).
+        intid: u32,
+    },
 }
 
 impl HostRequest {
@@ -179,10 +281,21 @@ impl HostRequest {
     ///
     /// `NotSupported` for an unknown function ID, `InvalidParameter` for
     /// malformed arguments.
-    pub fn decode(regs: [u64; 3]) -> Result<Self, crate::Error> {
-        #[allow(clippy::cast_possible_truncation, reason = "SMCCC function IDs are w0 and w1")]
+    pub fn decode(regs: [u64; 5]) -> Result<Self, crate::Error> {
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "SMCCC function IDs are w0 and w1"
+        )]
         let (function, w1) = (regs[0] as u32, regs[1] as u32);
         let range = || PageRange::new(regs[1], regs[2]);
+        let vcpu = || VcpuRef::new(VmHandle(regs[1]), regs[2]);
+        let guest_address = || {
+            if regs[4].is_multiple_of(PAGE_SIZE) {
+                Ok(regs[4])
+            } else {
+                Err(crate::Error::InvalidParameter)
+            }
+        };
         Ok(match HostCall::try_from(function)? {
             HostCall::Version => HostRequest::Version,
             HostCall::Features => HostRequest::Features(w1),
@@ -190,8 +303,195 @@ impl HostRequest {
             HostCall::UnshareHyp => HostRequest::UnshareHyp(range()?),
             HostCall::DonateHyp => HostRequest::DonateHyp(range()?),
             HostCall::ReclaimHyp => HostRequest::ReclaimHyp(range()?),
+            HostCall::VmCreate => HostRequest::VmCreate {
+                metadata: range()?,
+                config: VmConfig::decode(regs[3])?,
+            },
+            HostCall::VmDestroy => HostRequest::VmDestroy(VmHandle(regs[1])),
+            HostCall::VcpuCreate => HostRequest::VcpuCreate(vcpu()?),
+            HostCall::VmDonate => HostRequest::VmDonate {
+                vm: VmHandle(regs[1]),
+                pages: PageRange::new(regs[2], regs[3])?,
+                guest_address: guest_address()?,
+            },
+            HostCall::VmShare => HostRequest::VmShare {
+                vm: VmHandle(regs[1]),
+                pages: PageRange::new(regs[2], regs[3])?,
+                guest_address: guest_address()?,
+            },
+            HostCall::VcpuSetRegs => HostRequest::VcpuSetRegs {
+                vcpu: vcpu()?,
+                pc: regs[3],
+                x0: regs[4],
+            },
+            HostCall::VcpuRun => HostRequest::VcpuRun {
+                vcpu: vcpu()?,
+                mmio_read_value: regs[3],
+            },
+            HostCall::VcpuInject => HostRequest::VcpuInject {
+                vcpu: vcpu()?,
+                intid: u32::try_from(regs[3])
+                    .ok()
+                    .filter(|&i| i < 1020)
+                    .ok_or(crate::Error::InvalidParameter)?,
+            },
         })
     }
+}
+
+/// The most vCPUs a VM may have.
+pub const MAX_VCPUS: u64 = 8;
+
+/// A VM handle as the host holds it: `(generation << 32) | (0x1000 +
+/// slot)`. Only the hypervisor makes them; a stale or forged handle is
+/// refused with `INVALID_PARAMETER`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VmHandle(pub u64);
+
+/// A vCPU of a VM: handle plus an index below [`MAX_VCPUS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VcpuRef {
+    /// The VM.
+    pub vm: VmHandle,
+    /// The vCPU's index in it.
+    pub index: usize,
+}
+
+impl VcpuRef {
+    /// Validates the index (not whether the vCPU exists).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidParameter` if `index` is not below [`MAX_VCPUS`].
+    pub fn new(vm: VmHandle, index: u64) -> Result<Self, crate::Error> {
+        if index >= MAX_VCPUS {
+            return Err(crate::Error::InvalidParameter);
+        }
+        Ok(VcpuRef {
+            vm,
+            index: usize::try_from(index).map_err(|_| crate::Error::InvalidParameter)?,
+        })
+    }
+}
+
+/// `VM_CREATE`'s `x3`: bit 0 = protected; bits 15:8 = the number of vCPUs
+/// (1 to [`MAX_VCPUS`]); every other bit must be zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmConfig {
+    /// The host may not read or write the VM's memory or registers.
+    pub protected: bool,
+    /// How many vCPUs the VM may have.
+    pub max_vcpus: u64,
+}
+
+impl VmConfig {
+    /// Bit 0: a protected VM.
+    pub const PROTECTED: u64 = 1;
+
+    /// Encodes for `x3`.
+    #[must_use]
+    pub const fn encode(&self) -> u64 {
+        (self.max_vcpus << 8) | if self.protected { Self::PROTECTED } else { 0 }
+    }
+
+    /// Decodes `x3`.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidParameter` for reserved bits or a vCPU count out of range.
+    pub fn decode(bits: u64) -> Result<Self, crate::Error> {
+        let max_vcpus = (bits >> 8) & 0xff;
+        if bits & !0xff01 != 0 || max_vcpus == 0 || max_vcpus > MAX_VCPUS {
+            return Err(crate::Error::InvalidParameter);
+        }
+        Ok(VmConfig {
+            protected: bits & Self::PROTECTED != 0,
+            max_vcpus,
+        })
+    }
+
+    /// Metadata pages `VM_CREATE` needs at least: one for the VM, one per
+    /// vCPU, and [`MIN_STAGE2_PAGES`] for the VM's stage-2 tables. Pages
+    /// beyond that also go to stage-2 tables.
+    #[must_use]
+    pub const fn min_metadata_pages(&self) -> u64 {
+        1 + self.max_vcpus + MIN_STAGE2_PAGES
+    }
+}
+
+/// The fewest stage-2 table pages a VM starts with.
+pub const MIN_STAGE2_PAGES: u64 = 8;
+
+/// Why `VCPU_RUN` returned: `x1` of its result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum ExitReason {
+    /// The guest accessed MMIO: `x2` = guest-physical address, `x3` =
+    /// [`mmio`] flags, `x4` = the value written (writes only). For a read,
+    /// pass the value in `x3` of the next `VCPU_RUN`.
+    Mmio = 1,
+    /// The guest touched a guest-physical address with no memory behind it
+    /// and outside its MMIO: `x2` = the page, `x3` = 1 for a write. Donate
+    /// memory there and run again, or give up on the VM.
+    MemoryFault = 2,
+    /// The guest waits for an interrupt (`WFI`, `x2` = 0) or event (`WFE`,
+    /// `x2` = 1).
+    Wait = 3,
+    /// A physical interrupt arrived while the guest ran; run it again.
+    Interrupt = 4,
+    /// The guest asked to power off (PSCI SYSTEM_OFF).
+    SystemOff = 5,
+    /// The guest asked to reset (PSCI SYSTEM_RESET).
+    SystemReset = 6,
+    /// The vCPU is off: not yet started with PSCI CPU_ON, or it called
+    /// CPU_OFF. Run it again later.
+    PoweredOff = 7,
+}
+
+impl ExitReason {
+    /// Every exit reason.
+    pub const ALL: [ExitReason; 7] = [
+        ExitReason::Mmio,
+        ExitReason::MemoryFault,
+        ExitReason::Wait,
+        ExitReason::Interrupt,
+        ExitReason::SystemOff,
+        ExitReason::SystemReset,
+        ExitReason::PoweredOff,
+    ];
+
+    /// The stable name used in `docs/abi.md`.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            ExitReason::Mmio => "EXIT_MMIO",
+            ExitReason::MemoryFault => "EXIT_MEMORY_FAULT",
+            ExitReason::Wait => "EXIT_WAIT",
+            ExitReason::Interrupt => "EXIT_INTERRUPT",
+            ExitReason::SystemOff => "EXIT_SYSTEM_OFF",
+            ExitReason::SystemReset => "EXIT_SYSTEM_RESET",
+            ExitReason::PoweredOff => "EXIT_POWERED_OFF",
+        }
+    }
+}
+
+impl TryFrom<u64> for ExitReason {
+    type Error = u64;
+
+    fn try_from(value: u64) -> Result<Self, u64> {
+        ExitReason::ALL
+            .into_iter()
+            .find(|r| *r as u64 == value)
+            .ok_or(value)
+    }
+}
+
+/// The `x3` flags of an [`ExitReason::Mmio`] exit.
+pub mod mmio {
+    /// Bits 1:0: log2 of the access width in bytes (0 = 1 byte .. 3 = 8).
+    pub const SIZE_LOG2_MASK: u64 = 0b11;
+    /// Bit 8: the access is a write.
+    pub const WRITE: u64 = 1 << 8;
 }
 
 #[cfg(test)]
@@ -201,23 +501,94 @@ mod decode_tests {
 
     #[test]
     fn decodes_memory_calls() {
-        let r = HostRequest::decode([0xC600_8002, 0x4800_0000, 3]).unwrap();
-        assert_eq!(r, HostRequest::ShareHyp(PageRange::new(0x4800_0000, 3).unwrap()));
+        let r = HostRequest::decode([0xC600_8002, 0x4800_0000, 3, 0, 0]).unwrap();
+        assert_eq!(
+            r,
+            HostRequest::ShareHyp(PageRange::new(0x4800_0000, 3).unwrap())
+        );
         let PageRange { start, pages } = PageRange::new(0x4800_0000, 3).unwrap();
         assert_eq!((start, pages), (0x4800_0000, 3));
         assert_eq!(PageRange::new(0x4800_0000, 3).unwrap().end(), 0x4800_3000);
         // Upper half of x0 ignored, as SMCCC says.
-        assert_eq!(HostRequest::decode([0xdead_0000_C600_8000, 0, 0]), Ok(HostRequest::Version));
-        assert_eq!(HostRequest::decode([0xC600_8001, 0x1_C600_8000, 0]), Ok(HostRequest::Features(0xC600_8000)));
+        assert_eq!(
+            HostRequest::decode([0xDEAD_0000_C600_8000, 0, 0, 0, 0]),
+            Ok(HostRequest::Version)
+        );
+        assert_eq!(
+            HostRequest::decode([0xC600_8001, 0x1_C600_8000, 0, 0, 0]),
+            Ok(HostRequest::Features(0xC600_8000))
+        );
     }
 
     #[test]
     fn refuses_malformed_ranges() {
-        for (addr, pages) in [(0x4800_0001, 1), (0x4800_0000, 0), (0x4800_0000, u64::MAX), (u64::MAX & !0xfff, 2), (0, 1 << 52)] {
-            assert_eq!(HostRequest::decode([0xC600_8004, addr, pages]), Err(Error::InvalidParameter), "{addr:#x} {pages}");
+        for (addr, pages) in [
+            (0x4800_0001, 1),
+            (0x4800_0000, 0),
+            (0x4800_0000, u64::MAX),
+            (!0xfff, 2),
+            (0, 1 << 52),
+        ] {
+            assert_eq!(
+                HostRequest::decode([0xC600_8004, addr, pages, 0, 0]),
+                Err(Error::InvalidParameter),
+                "{addr:#x} {pages}"
+            );
         }
-        assert_eq!(HostRequest::decode([0xC600_80FF, 0, 0]), Err(Error::NotSupported));
+        assert_eq!(
+            HostRequest::decode([0xC600_80FF, 0, 0, 0, 0]),
+            Err(Error::NotSupported)
+        );
+        // VM calls.
+        let vm = VmHandle(0x1_0000_1000);
+        assert_eq!(
+            HostRequest::decode([0xC600_8010, 0x4800_0000, 12, 0x201, 0]),
+            Ok(HostRequest::VmCreate {
+                metadata: PageRange::new(0x4800_0000, 12).unwrap(),
+                config: VmConfig {
+                    protected: true,
+                    max_vcpus: 2
+                }
+            })
+        );
+        assert_eq!(
+            VmConfig {
+                protected: true,
+                max_vcpus: 2
+            }
+            .encode(),
+            0x201
+        );
+        for bad in [0x001, 0x901, 0x10201, 0x203] {
+            assert_eq!(
+                HostRequest::decode([0xC600_8010, 0x4800_0000, 12, bad, 0]),
+                Err(Error::InvalidParameter),
+                "{bad:#x}"
+            );
+        }
+        assert_eq!(
+            HostRequest::decode([0xC600_8016, vm.0, 1, 7, 0]),
+            Ok(HostRequest::VcpuRun {
+                vcpu: VcpuRef { vm, index: 1 },
+                mmio_read_value: 7
+            })
+        );
+        assert_eq!(
+            HostRequest::decode([0xC600_8016, vm.0, 8, 0, 0]),
+            Err(Error::InvalidParameter)
+        );
+        assert_eq!(
+            HostRequest::decode([0xC600_8013, vm.0, 0x4800_0000, 1, 0x8000_0001]),
+            Err(Error::InvalidParameter)
+        );
+        assert_eq!(
+            HostRequest::decode([0xC600_8017, vm.0, 0, 1020, 0]),
+            Err(Error::InvalidParameter)
+        );
+        for r in ExitReason::ALL {
+            assert_eq!(ExitReason::try_from(r as u64), Ok(r));
+        }
         // A range must end at a representable address.
-        assert!(PageRange::new((u64::MAX & !0xfff) - 0x1000, 1).is_ok());
+        assert!(PageRange::new(!0xfff - 0x1000, 1).is_ok());
     }
 }

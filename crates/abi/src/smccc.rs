@@ -87,7 +87,10 @@ mod tests {
     fn encodes_the_arm_architecture_ids() {
         assert_eq!(fast_call_id(false, owner::ARCH, 0), SMCCC_VERSION);
         assert_eq!(fast_call_id(false, owner::ARCH, 1), SMCCC_ARCH_FEATURES);
-        assert_eq!(fast_call_id(true, owner::VENDOR_HYPERVISOR, 0x8000), 0xC600_8000);
+        assert_eq!(
+            fast_call_id(true, owner::VENDOR_HYPERVISOR, 0x8000),
+            0xC600_8000
+        );
     }
 
     #[test]
