@@ -16,6 +16,7 @@
 
 pub mod boot;
 pub mod error;
+pub mod guest;
 pub mod host;
 pub mod smccc;
 
