@@ -86,7 +86,24 @@ fn hypercall(frame: &mut Frame, immediate: u64) {
             | HostRequest::DonateHyp(_)
             | HostRequest::ReclaimHyp(_)),
         ) => crate::memory::host_call(memory_request),
-        Ok(_) => Err(Error::NotSupported),
+        Ok(HostRequest::VmCreate { metadata, config }) => match crate::vm::create(metadata, config) {
+            Ok(handle) => return ret(frame, [SUCCESS as u64, handle.0, 0, 0]),
+            Err(e) => Err(e),
+        },
+        Ok(HostRequest::VmDestroy(handle)) => crate::vm::destroy(handle),
+        Ok(HostRequest::VcpuCreate(vcpu)) => crate::vm::create_vcpu(vcpu),
+        Ok(HostRequest::VmDonate { vm, pages, guest_address }) => crate::vm::give_memory(vm, pages, guest_address, false),
+        Ok(HostRequest::VmShare { vm, pages, guest_address }) => crate::vm::give_memory(vm, pages, guest_address, true),
+        Ok(HostRequest::VcpuSetRegs { vcpu, pc, x0 }) => crate::vcpu::set_regs(vcpu, pc, x0),
+        Ok(HostRequest::VcpuRun { vcpu, mmio_read_value }) => match crate::vcpu::run(vcpu, mmio_read_value) {
+            Ok(record) => {
+                frame.x[0] = SUCCESS as u64;
+                frame.x[1..5].copy_from_slice(&record);
+                return;
+            }
+            Err(e) => Err(e),
+        },
+        Ok(HostRequest::VcpuInject { vcpu, intid }) => crate::vcpu::inject_irq(vcpu, intid),
         Err(e) => Err(e),
     };
     ret_code(frame, result.map_or_else(Error::code, |()| SUCCESS));

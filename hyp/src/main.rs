@@ -28,9 +28,12 @@ mod config;
 mod console;
 mod cpu;
 mod exceptions;
+mod guest_calls;
 mod host;
 mod memory;
 mod mm;
+mod vcpu;
+mod vm;
 
 use alloc::vec::Vec;
 use core::fmt;

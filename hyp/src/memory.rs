@@ -77,8 +77,35 @@ fn abi_error(error: own::Error) -> AbiError {
     }
 }
 
+/// Runs `f` with the host memory state locked.
+pub fn with<R>(f: impl FnOnce(&mut HostMemory) -> Result<R, AbiError>) -> Result<R, AbiError> {
+    let mut guard = HOST_MEMORY.lock();
+    let memory = guard.as_mut().ok_or(AbiError::NotSupported)?;
+    f(memory)
+}
+
+/// A transition that passed every check and may be committed.
+pub struct Checked {
+    transition: Transition,
+    range: MemRange,
+    effect: Effect,
+}
+
 impl HostMemory {
     fn transition(&mut self, transition: Transition, request: PageRange) -> Result<(), AbiError> {
+        let checked = self.check(transition, request)?;
+        self.commit(checked);
+        Ok(())
+    }
+
+    /// Every precondition of `transition` over `request`, without changing
+    /// anything: the range is RAM, the carve-out is never handed out, the
+    /// ownership table agrees, and the pool holds enough table pages.
+    ///
+    /// # Errors
+    ///
+    /// `RANGE`, `DENIED`, `BUSY` or `NO_MEMORY` as `docs/abi.md` lists.
+    pub fn check(&self, transition: Transition, request: PageRange) -> Result<Checked, AbiError> {
         // Decoding checked alignment, count and wrap-around; next, is it RAM.
         let (start, pages) = (PhysAddr(request.start()), request.pages());
         let range = MemRange::new(request.start(), request.end()).ok_or(AbiError::InvalidParameter)?;
@@ -90,11 +117,46 @@ impl HostMemory {
         }
         let effect = self.table.check(transition, start, pages).map_err(|r| abi_error(r.error))?;
         self.ensure_table_memory(&effect, range)?;
+        Ok(Checked { transition, range, effect })
+    }
 
-        // Commit: `check` passed and we hold the lock, so this succeeds.
-        self.table.apply(transition, start, pages).map_err(|r| abi_error(r.error))?;
+    /// Applies a checked transition: the states, then the mappings. Cannot
+    /// fail (a failure here is a broken invariant and stops the machine).
+    pub fn commit(&mut self, checked: Checked) {
+        let Checked { transition, range, effect } = checked;
+        if let Err(r) = self.table.apply(transition, PhysAddr(range.start()), range.size() / PAGE_SIZE) {
+            crate::println!("ownership commit failed after its check: {r}; stopping");
+            crate::power_off();
+        }
         self.reflect(&effect, range);
-        Ok(())
+    }
+
+    /// Returns every page a dead guest owned or borrowed to the host:
+    /// owned pages zeroed, lent pages given back. The guest's stage 2 must
+    /// be gone already.
+    pub fn reclaim_guest(&mut self, vm: own::VmId) {
+        let base = PhysAddr(self.table.base().0 * PAGE_SIZE);
+        let pages = self.table.len() as u64;
+        loop {
+            let next = self
+                .table
+                .runs(base, pages, Component::Guest(vm))
+                .ok()
+                .and_then(|mut runs| runs.find(|run| run.state != State::Absent));
+            let Some(run) = next else { return };
+            let transition = match run.state {
+                State::SharedBorrowed => Transition::HostUnshareGuest(vm),
+                _ => Transition::HostReclaimGuest(vm),
+            };
+            let checked = PageRange::new(run.start.0, run.pages).ok().and_then(|r| self.check(transition, r).ok());
+            match checked {
+                Some(checked) => self.commit(checked),
+                None => {
+                    crate::println!("cannot reclaim {} pages of VM {} at {}; stopping", run.pages, vm.0, run.start);
+                    crate::power_off();
+                }
+            }
+        }
     }
 
     /// Refuses with NO_MEMORY if the pool could run dry mid-change.
@@ -109,6 +171,10 @@ impl HostMemory {
         if let Update::Set(_) = effect.updates.host {
             need += range.size().div_ceil(2 << 20) + SPLIT_TABLE_PAGES;
         }
+        if effect.updates.zero && effect.transition != Transition::HypDonateHost {
+            // A temporary EL2 mapping to zero pages the hypervisor does not map.
+            need += range.size().div_ceil(2 << 20) + 4;
+        }
         let (_, left) = mm::pool_usage();
         if need > left { Err(AbiError::NoMemory) } else { Ok(()) }
     }
@@ -120,10 +186,19 @@ impl HostMemory {
             self.rewrite_host_stage2(range);
         }
         if effect.updates.zero {
-            // The hypervisor still maps the pages (it owned them).
-            // SAFETY: the pages are the hypervisor's until the host stage 2
-            // below gives them back; nothing in Rust refers to them.
+            // Pages the hypervisor owned are mapped at EL2 already; a guest's
+            // are mapped just long enough to be cleared.
+            let mapped = effect.transition == Transition::HypDonateHost;
+            if !mapped {
+                self.map_el2(range);
+            }
+            // SAFETY: the pages are mapped at EL2 (above); no guest runs on
+            // them any more and the host cannot reach them until the host
+            // stage 2 below gives them back; nothing in Rust refers to them.
             unsafe { mm::zero(range) };
+            if !mapped {
+                self.unmap_el2(range);
+            }
         }
         match effect.updates.hyp {
             Update::Set(State::Absent) => self.unmap_el2(range),
@@ -184,14 +259,17 @@ impl HostMemory {
             fail_closed("stage-2 break", envelope, e);
         }
         arch::dsb_ishst();
-        if leaf_count <= MAX_TARGETED {
-            for &ipa in &leaves[..leaf_count] {
-                arch::tlbi_ipa(ipa);
+        let host_vttbr = crate::BOOT.get().map_or(0, |b| b.config.vttbr);
+        arch::with_vttbr(host_vttbr, || {
+            if leaf_count <= MAX_TARGETED {
+                for &ipa in &leaves[..leaf_count] {
+                    arch::tlbi_ipa(ipa);
+                }
+                arch::tlbi_stage1_of_vmid();
+            } else {
+                arch::tlbi_vmid();
             }
-            arch::tlbi_stage1_of_vmid();
-        } else {
-            arch::tlbi_vmid();
-        }
+        });
 
         // Make.
         let pages = envelope.size() / PAGE_SIZE;

@@ -275,3 +275,79 @@ pub unsafe fn write_phys(address: u64, bytes: &[u8]) {
     // SAFETY: the caller guarantees the range is writable and unaliased.
     unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), address as *mut u8, bytes.len()) };
 }
+
+/// Page-table pages for one VM's stage 2, taken from the metadata the host
+/// donated for it.
+#[derive(Debug)]
+pub struct VmPool {
+    next: u64,
+    end: u64,
+    free: Option<u64>,
+    free_pages: u64,
+}
+
+impl VmPool {
+    /// A pool over `range` (page-aligned, donated to the hypervisor and
+    /// mapped at EL2).
+    pub fn new(range: MemRange) -> Self {
+        VmPool { next: range.start(), end: range.end(), free: None, free_pages: 0 }
+    }
+
+    /// Pages left.
+    pub fn available(&self) -> u64 {
+        (self.end - self.next) / PAGE_SIZE + self.free_pages
+    }
+}
+
+impl<A: aarch64_paging::descriptor::PagingAttributes> Translation<A> for VmPool {
+    fn allocate_table(&mut self) -> (NonNull<PageTable<A>>, PhysicalAddress) {
+        let page = if let Some(page) = self.free {
+            // SAFETY: a free page's first word links the free list.
+            self.free = NonNull::new(unsafe { *(page as *const u64) } as *mut u8).map(|p| p.as_ptr() as u64);
+            self.free_pages -= 1;
+            page
+        } else if self.next < self.end {
+            let page = self.next;
+            self.next += PAGE_SIZE;
+            page
+        } else {
+            // Every mapping call checks `available` first.
+            panic!("VM stage-2 pool exhausted despite the reserve check");
+        };
+        // SAFETY: the page belongs to this VM's pool, is mapped at EL2 and
+        // is referenced by nothing now that it is taken.
+        unsafe { core::ptr::write_bytes(page as *mut u8, 0, PAGE_SIZE as usize) };
+        let ptr = NonNull::new(page as *mut PageTable<A>).expect("pool pages are never at 0");
+        (ptr, PhysicalAddress(page as usize))
+    }
+
+    unsafe fn deallocate_table(&mut self, page_table: NonNull<PageTable<A>>) {
+        let page = page_table.as_ptr() as u64;
+        // SAFETY: the table came from this pool and is no longer used.
+        unsafe { *(page as *mut u64) = self.free.unwrap_or(0) };
+        self.free = Some(page);
+        self.free_pages += 1;
+    }
+
+    fn physical_to_virtual(&self, pa: PhysicalAddress) -> NonNull<PageTable<A>> {
+        NonNull::new(pa.0 as *mut PageTable<A>).expect("page tables are never at address 0")
+    }
+}
+
+/// A VM's stage-2 table.
+pub type VmTable = Mapping<VmPool, Stage2>;
+
+/// A typed view of one donated metadata page.
+///
+/// # Safety
+///
+/// `page` must be a page donated to the hypervisor, mapped at EL2, zeroed,
+/// used for nothing else, and viewed this way once, until the reference is
+/// dropped before the page is handed back.
+pub unsafe fn metadata_page<T: zerocopy::FromZeros>(page: u64) -> &'static mut T {
+    const { assert!(core::mem::size_of::<T>() <= PAGE_SIZE as usize) };
+    const { assert!(core::mem::align_of::<T>() <= PAGE_SIZE as usize) };
+    // SAFETY: the caller hands over an exclusive, zeroed, page-aligned page;
+    // T fits in it and, being FromZeros, is valid when all-zero.
+    unsafe { &mut *(page as *mut T) }
+}

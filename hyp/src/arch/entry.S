@@ -144,6 +144,7 @@ enter_host:
 
 .section .text.vectors, "ax"
 .balign 2048
+.global vectors
 vectors:
     ventry 0    // current EL, SP_EL0: sync
     ventry 1    //   irq

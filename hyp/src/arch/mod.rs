@@ -5,6 +5,8 @@
 //! Every function here is a thin wrapper; the decisions are made by safe
 //! code elsewhere.
 
+pub mod guest;
+
 use core::arch::{asm, global_asm};
 
 use crate::config::{CARVEOUT_SIZE, MAX_CPUS, STACK_SIZE};
@@ -161,6 +163,12 @@ sysreg_ro!(/// `ID_AA64PFR1_EL1`
     id_aa64pfr1_el1, "id_aa64pfr1_el1");
 sysreg_ro!(/// `ID_AA64ISAR1_EL1`
     id_aa64isar1_el1, "id_aa64isar1_el1");
+sysreg_ro!(/// `ID_AA64ISAR0_EL1`
+    id_aa64isar0_el1, "id_aa64isar0_el1");
+sysreg_ro!(/// `ID_AA64DFR0_EL1`
+    id_aa64dfr0_el1, "id_aa64dfr0_el1");
+sysreg_ro!(/// `ID_AA64MMFR2_EL1`
+    id_aa64mmfr2_el1, "s3_0_c0_c7_2");
 sysreg_ro!(/// `ID_AA64ISAR2_EL1`
     id_aa64isar2_el1, "s3_0_c0_c6_2");
 sysreg_ro!(/// `PMCR_EL0`
@@ -313,6 +321,23 @@ pub fn tlbi_vmid() {
 pub fn tlbi_el2_va(va: u64) {
     // SAFETY: TLB maintenance only drops cached translations.
     unsafe { asm!("dsb ishst", "tlbi vae2is, {}", "dsb ish", "isb", in(reg) va >> 12, options(nostack, preserves_flags)) };
+}
+
+/// Runs `f` with `vttbr` in VTTBR_EL2 (so TLB maintenance by IPA or VMID
+/// targets that VMID), then restores the previous value.
+pub fn with_vttbr(vttbr: u64, f: impl FnOnce()) {
+    let previous = vttbr_el2();
+    if previous == vttbr {
+        return f();
+    }
+    // SAFETY: EL2 does not translate through stage 2, and no lower EL runs
+    // until VTTBR_EL2 is restored below; only TLB maintenance uses it.
+    unsafe { set_vttbr_el2(vttbr) };
+    isb();
+    f();
+    // SAFETY: as above.
+    unsafe { set_vttbr_el2(previous) };
+    isb();
 }
 
 /// Makes page-table writes visible to the table walkers of every CPU.

@@ -1,0 +1,208 @@
+//! The guest interface at EL2: SMCCC, KVM's vendor-hypervisor calls as
+//! pKVM offers them, PSCI 1.1 and SMCCC TRNG.
+
+use core::sync::atomic::Ordering;
+
+use rampart_abi::Error;
+use rampart_abi::guest::{self as ids, GuestCall as G};
+use rampart_abi::host::ExitReason;
+use rampart_ownership::Transition;
+use rampart_platform::PAGE_SIZE;
+use rampart_platform::smc::psci;
+
+use crate::arch;
+use crate::vcpu::{GUEST_RAM_BASE, Outcome};
+use crate::vm::{self, VCPU_BOOT, VCPU_POWER, power};
+
+/// The UUID of Rampart's TRNG back end (the CPU's RNDR), as four words.
+const TRNG_UUID: [u64; 4] = [0x7261_6d70, 0x6172_7420, 0x524e_4452, 0x0000_0001];
+
+/// SMCCC / KVM return: invalid parameter.
+const INVALID: u64 = rampart_abi::smccc::INVALID_PARAMETER as u64;
+const NOT_SUPPORTED: u64 = rampart_abi::smccc::NOT_SUPPORTED as u64;
+
+fn set(regs: &mut [u64; 31], values: [u64; 4]) -> Outcome {
+    regs[..4].copy_from_slice(&values);
+    Outcome::Resume
+}
+
+fn code(regs: &mut [u64; 31], value: u64) -> Outcome {
+    regs[0] = value;
+    Outcome::Resume
+}
+
+fn result(regs: &mut [u64; 31], r: Result<(), Error>) -> Outcome {
+    code(regs, if r.is_ok() { 0 } else { INVALID })
+}
+
+/// Handles an `HVC` from vCPU `index` of the VM in `slot`.
+pub fn handle(slot: usize, index: usize, regs: &mut [u64; 31]) -> Outcome {
+    #[allow(clippy::cast_possible_truncation, reason = "the function ID is w0")]
+    let function = regs[0] as u32;
+    let (x1, x2, x3) = (regs[1], regs[2], regs[3]);
+    let Ok(call) = G::try_from(function) else { return code(regs, NOT_SUPPORTED) };
+    let protected = vm::VMS[slot].lock().as_ref().is_some_and(|vm| vm.protected);
+    let protected_only = matches!(
+        call,
+        G::HypMeminfo
+            | G::MemShare
+            | G::MemUnshare
+            | G::MemRelinquish
+            | G::MmioGuardInfo
+            | G::MmioGuardEnroll
+            | G::MmioGuardMap
+            | G::MmioGuardUnmap
+    );
+    if protected_only && !protected {
+        return code(regs, NOT_SUPPORTED);
+    }
+    match call {
+        G::SmcccVersion => code(regs, u64::from(rampart_abi::smccc::SMCCC_VERSION_1_1)),
+        G::SmcccArchFeatures => {
+            #[allow(clippy::cast_possible_truncation, reason = "the function ID asked about is w1")]
+            let asked = x1 as u32;
+            let ok = matches!(G::try_from(asked), Ok(G::SmcccVersion | G::SmcccArchFeatures));
+            code(regs, if ok { 0 } else { NOT_SUPPORTED })
+        }
+        G::VendorHypCallUid => set(regs, ids::KVM_UID.map(u64::from)),
+        G::KvmFeatures => {
+            let bitmap = if protected { ids::KVM_FEATURES_PROTECTED } else { 1 << ids::kvm_function::FEATURES };
+            set(regs, [u64::from(bitmap), 0, 0, 0])
+        }
+        G::HypMeminfo => {
+            if x1 != 0 || x2 != 0 || x3 != 0 {
+                return code(regs, INVALID);
+            }
+            code(regs, PAGE_SIZE)
+        }
+        G::MemShare | G::MemUnshare | G::MemRelinquish => {
+            if x1 % PAGE_SIZE != 0 || x2 != 0 || x3 != 0 {
+                return code(regs, INVALID);
+            }
+            let r = with_vm(slot, |vm| match call {
+                G::MemShare => vm::guest_page_transition(vm, x1, Transition::GuestShareHost),
+                G::MemUnshare => vm::guest_page_transition(vm, x1, Transition::GuestUnshareHost),
+                _ => {
+                    vm::guest_page_transition(vm, x1, Transition::GuestRelinquish)?;
+                    vm::unmap_guest_page(vm, x1);
+                    Ok(())
+                }
+            });
+            result(regs, r)
+        }
+        G::MmioGuardInfo => code(regs, ids::GRANULE),
+        // A protected VM is enrolled from creation.
+        G::MmioGuardEnroll => code(regs, 0),
+        G::MmioGuardMap | G::MmioGuardUnmap => {
+            let page = x1 & !(PAGE_SIZE - 1);
+            let r = with_vm(slot, |vm| {
+                if page >= GUEST_RAM_BASE || vm::translate(vm, page).is_some() {
+                    return Err(Error::InvalidParameter);
+                }
+                let guard = vm.mmio_guard.as_mut().ok_or(Error::NotSupported)?;
+                if call == G::MmioGuardMap { guard.insert(page) } else { guard.remove(page) }
+            });
+            result(regs, r)
+        }
+        G::PsciVersion => code(regs, 0x1_0001),
+        G::PsciFeatures => {
+            #[allow(clippy::cast_possible_truncation, reason = "the function ID asked about is w1")]
+            let asked = x1 as u32;
+            let ok = matches!(
+                G::try_from(asked),
+                Ok(G::PsciVersion
+                    | G::PsciFeatures
+                    | G::CpuOn32
+                    | G::CpuOn64
+                    | G::CpuOff
+                    | G::CpuSuspend32
+                    | G::CpuSuspend64
+                    | G::AffinityInfo32
+                    | G::AffinityInfo64
+                    | G::MigrateInfoType
+                    | G::SystemOff
+                    | G::SystemReset)
+            );
+            code(regs, if ok { 0 } else { NOT_SUPPORTED })
+        }
+        G::MigrateInfoType => code(regs, 2),
+        G::CpuOn32 => code(regs, cpu_on(slot, x1 & 0xffff_ffff, x2 & 0xffff_ffff, x3 & 0xffff_ffff) as u64),
+        G::CpuOn64 => code(regs, cpu_on(slot, x1, x2, x3) as u64),
+        // Suspend is a standby: the host sees a wait, the guest a return.
+        G::CpuSuspend32 | G::CpuSuspend64 => {
+            regs[0] = 0;
+            Outcome::Exit([ExitReason::Wait as u64, 0, 0, 0])
+        }
+        G::CpuOff => {
+            VCPU_POWER[slot][index].store(power::OFF, Ordering::Release);
+            Outcome::Exit([ExitReason::PoweredOff as u64, 0, 0, 0])
+        }
+        G::AffinityInfo32 | G::AffinityInfo64 => {
+            let state = target(slot, x1).map(|t| match VCPU_POWER[slot][t].load(Ordering::Acquire) {
+                power::ON => 0,
+                power::PENDING => 2,
+                _ => 1,
+            });
+            code(regs, state.unwrap_or(psci::INVALID_PARAMETERS) as u64)
+        }
+        G::SystemOff => Outcome::Exit([ExitReason::SystemOff as u64, 0, 0, 0]),
+        G::SystemReset => Outcome::Exit([ExitReason::SystemReset as u64, 0, 0, 0]),
+        G::TrngVersion => code(regs, if arch::guest::rndr().is_some() { 0x1_0000 } else { NOT_SUPPORTED }),
+        G::TrngFeatures => {
+            #[allow(clippy::cast_possible_truncation, reason = "the function ID asked about is w1")]
+            let asked = x1 as u32;
+            let ok = matches!(G::try_from(asked), Ok(G::TrngVersion | G::TrngFeatures | G::TrngGetUuid | G::TrngRnd32 | G::TrngRnd64));
+            code(regs, if ok { 0 } else { NOT_SUPPORTED })
+        }
+        G::TrngGetUuid => set(regs, TRNG_UUID),
+        G::TrngRnd32 | G::TrngRnd64 => trng(regs, call == G::TrngRnd64, x1),
+    }
+}
+
+fn with_vm(slot: usize, f: impl FnOnce(&mut vm::Vm) -> Result<(), Error>) -> Result<(), Error> {
+    let mut guard = vm::VMS[slot].lock();
+    let vm = guard.as_mut().ok_or(Error::InvalidParameter)?;
+    f(vm)
+}
+
+/// The vCPU index a PSCI target MPIDR names (Aff0 = index, nothing else).
+fn target(slot: usize, mpidr: u64) -> Option<usize> {
+    let index = usize::try_from(mpidr & 0xff_00ff_ffff).ok()?;
+    let max = vm::VMS[slot].lock().as_ref().map_or(0, |vm| vm.max_vcpus);
+    (index < max && vm::VCPU_SLOTS[slot][index].try_lock().is_none_or(|g| g.is_some())).then_some(index)
+}
+
+fn cpu_on(slot: usize, mpidr: u64, entry: u64, context: u64) -> i64 {
+    let Some(index) = target(slot, mpidr) else { return psci::INVALID_PARAMETERS };
+    let power_state = &VCPU_POWER[slot][index];
+    let (boot_entry, boot_context) = &VCPU_BOOT[slot][index];
+    boot_entry.store(entry, Ordering::Relaxed);
+    boot_context.store(context, Ordering::Relaxed);
+    match power_state.compare_exchange(power::OFF, power::PENDING, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => psci::SUCCESS,
+        Err(power::PENDING) => psci::ON_PENDING,
+        Err(_) => psci::ALREADY_ON,
+    }
+}
+
+/// TRNG_RNG: `bits` random bits in x1..x3 (x3 least significant).
+fn trng(regs: &mut [u64; 31], sixty_four: bool, bits: u64) -> Outcome {
+    const NO_ENTROPY: u64 = -3i64 as u64;
+    let max = if sixty_four { 192 } else { 96 };
+    if bits == 0 || bits > max {
+        return code(regs, -2i64 as u64);
+    }
+    let word_bits = if sixty_four { 64 } else { 32 };
+    let mut out = [0u64; 3];
+    let mut left = bits;
+    for slot in out.iter_mut().rev() {
+        if left == 0 {
+            break;
+        }
+        let Some(r) = arch::guest::rndr() else { return code(regs, NO_ENTROPY) };
+        let take = left.min(word_bits);
+        *slot = if take == 64 { r } else { r & ((1 << take) - 1) };
+        left -= take;
+    }
+    set(regs, [0, out[0], out[1], out[2]])
+}

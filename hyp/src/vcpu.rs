@@ -1,0 +1,467 @@
+//! vCPUs: state, the world switch and the handling of guest exits.
+
+use core::sync::atomic::Ordering;
+
+use rampart_abi::Error;
+use rampart_abi::host::{ExitReason, VcpuRef, mmio};
+use rampart_platform::inject::{self, Interrupted, Kind};
+use zerocopy::FromZeros;
+
+use crate::arch::guest::{self, El1Context, FpContext, PauthKeys, VgicContext};
+use crate::arch;
+use crate::vm::{self, VCPU_BOOT, VCPU_POWER, VCPU_SLOTS, power};
+
+/// A vCPU's registers, kept at EL2 in a page the host donated.
+#[derive(FromZeros)]
+#[repr(C)]
+pub struct VcpuState {
+    /// x0..x30
+    pub regs: [u64; 31],
+    /// The PC (ELR_EL2 while the guest is out).
+    pub pc: u64,
+    /// PSTATE (SPSR_EL2 while the guest is out).
+    pub pstate: u64,
+    /// EL1 system registers and the virtual timer.
+    pub el1: El1Context,
+    /// FP/SIMD.
+    pub fp: FpContext,
+    /// Pointer-authentication keys.
+    pub pauth: PauthKeys,
+    /// Virtual CPU interface.
+    pub vgic: VgicContext,
+}
+
+/// An MMIO access the host is emulating.
+#[derive(Clone, Copy, Debug)]
+struct PendingMmio {
+    write: bool,
+    register: usize,
+    size_log2: u64,
+    sign_extend: bool,
+    sixty_four: bool,
+}
+
+/// A vCPU: its state page and what the hypervisor tracks for it.
+pub struct Vcpu {
+    state: &'static mut VcpuState,
+    index: usize,
+    ran: bool,
+    mmio: Option<PendingMmio>,
+    pending: [u32; 8],
+    pending_count: usize,
+    halted: bool,
+}
+
+pub use rampart_abi::guest::GUEST_RAM_BASE;
+use rampart_abi::guest::VIRTUAL_TIMER_INTID as VTIMER_INTID;
+/// SPSR for a vCPU's first instruction: EL1h, D, A, I, F masked.
+const RESET_PSTATE: u64 = 0x3c5;
+/// SCTLR_EL1 at reset: MMU and caches off, RES1 bits set.
+const RESET_SCTLR_EL1: u64 = 0x30D0_0800;
+
+impl Vcpu {
+    /// A vCPU in its reset state over a zeroed state page.
+    pub fn new(state: &'static mut VcpuState, index: usize) -> Self {
+        let mut vcpu =
+            Vcpu { state, index, ran: false, mmio: None, pending: [0; 8], pending_count: 0, halted: false };
+        vcpu.reset(GUEST_RAM_BASE, 0);
+        vcpu
+    }
+
+    /// Architectural reset with `pc` and `x0`; every other register zero.
+    fn reset(&mut self, pc: u64, x0: u64) {
+        self.state.zero();
+        self.state.regs[0] = x0;
+        self.state.pc = pc;
+        self.state.pstate = RESET_PSTATE;
+        self.state.el1.sctlr = RESET_SCTLR_EL1;
+        // ICH_VMCR_EL2: VPMR = 0 (all masked) until the guest sets its PMR.
+        self.state.vgic.vmcr = 0;
+        self.mmio = None;
+        self.pending_count = 0;
+    }
+}
+
+/// `VCPU_SET_REGS`: before the vCPU's first run only.
+pub fn set_regs(vcpu: VcpuRef, pc: u64, x0: u64) -> Result<(), Error> {
+    let slot = vm::slot_of(vcpu.vm)?;
+    let mut guard = VCPU_SLOTS[slot][vcpu.index].try_lock().ok_or(Error::Busy)?;
+    let v = guard.as_mut().ok_or(Error::InvalidParameter)?;
+    if v.ran {
+        return Err(Error::Denied);
+    }
+    v.state.pc = pc;
+    v.state.regs[0] = x0;
+    Ok(())
+}
+
+/// `VCPU_INJECT`.
+pub fn inject_irq(vcpu: VcpuRef, intid: u32) -> Result<(), Error> {
+    let slot = vm::slot_of(vcpu.vm)?;
+    let mut guard = VCPU_SLOTS[slot][vcpu.index].try_lock().ok_or(Error::Busy)?;
+    let v = guard.as_mut().ok_or(Error::InvalidParameter)?;
+    queue(v, intid)
+}
+
+fn queue(v: &mut Vcpu, intid: u32) -> Result<(), Error> {
+    if v.pending[..v.pending_count].contains(&intid) {
+        return Ok(());
+    }
+    let slot = v.pending.get_mut(v.pending_count).ok_or(Error::Busy)?;
+    *slot = intid;
+    v.pending_count += 1;
+    Ok(())
+}
+
+/// What handling an exit decided.
+pub enum Outcome {
+    /// Run the guest again.
+    Resume,
+    /// Return to the host with this exit record (`x1`..`x4`).
+    Exit([u64; 4]),
+}
+
+fn exit(reason: ExitReason, a: u64, b: u64, c: u64) -> Outcome {
+    Outcome::Exit([reason as u64, a, b, c])
+}
+
+/// `VCPU_RUN`: runs the vCPU on this CPU until an exit the host must see.
+pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
+    let slot = vm::slot_of(vcpu.vm)?;
+    let mut guard = VCPU_SLOTS[slot][vcpu.index].try_lock().ok_or(Error::Busy)?;
+    let v = guard.as_mut().ok_or(Error::InvalidParameter)?;
+    let (vttbr, protected) = {
+        let (_, vm_guard) = vm::lock(vcpu.vm)?;
+        let vm = vm_guard.as_ref().ok_or(Error::InvalidParameter)?;
+        (vm::vttbr(vm), vm.protected)
+    };
+    let power_state = &VCPU_POWER[slot][v.index];
+    match power_state.load(Ordering::Acquire) {
+        power::OFF => return Ok([ExitReason::PoweredOff as u64, 0, 0, 0]),
+        power::PENDING => {
+            let (entry, context) = &VCPU_BOOT[slot][v.index];
+            v.reset(entry.load(Ordering::Acquire), context.load(Ordering::Acquire));
+            power_state.store(power::ON, Ordering::Release);
+        }
+        _ => {}
+    }
+    v.ran = true;
+    if let Some(op) = v.mmio.take() {
+        if !op.write && op.register < 31 {
+            v.state.regs[op.register] = extend(mmio_read_value, op);
+        }
+        v.state.pc += 4;
+    }
+    let boot = crate::BOOT.get().ok_or(Error::NotSupported)?;
+    loop {
+        check_timer(v);
+        load_pending_interrupts(v);
+        let outcome = {
+            let kind = switch_and_run(v, vttbr, protected, boot);
+            handle_exit(slot, v, kind)
+        };
+        if v.halted {
+            power_state.store(power::OFF, Ordering::Release);
+            return Ok([ExitReason::PoweredOff as u64, 0, 0, 0]);
+        }
+        if let Outcome::Exit(record) = outcome {
+            return Ok(record);
+        }
+    }
+}
+
+fn extend(value: u64, op: PendingMmio) -> u64 {
+    let bits = 8u32 << op.size_log2;
+    let masked = if bits == 64 { value } else { value & ((1u64 << bits) - 1) };
+    if op.sign_extend && bits < 64 {
+        let shift = 64 - bits;
+        let wide = ((masked << shift) as i64 >> shift) as u64;
+        if op.sixty_four { wide } else { wide & 0xffff_ffff }
+    } else {
+        masked
+    }
+}
+
+/// If the guest's virtual timer has fired, masks it (so the physical line
+/// drops) and queues its virtual interrupt. The guest unmasks it when it
+/// reprograms the timer.
+fn check_timer(v: &mut Vcpu) {
+    const ENABLE: u64 = 1;
+    const IMASK: u64 = 2;
+    let ctl = v.state.el1.cntv_ctl;
+    if ctl & ENABLE != 0 && ctl & IMASK == 0 && v.state.el1.cntv_cval <= guest::cntvct() {
+        v.state.el1.cntv_ctl |= IMASK;
+        let _ = queue(v, VTIMER_INTID);
+    }
+}
+
+/// Moves queued virtual interrupts into free list registers.
+fn load_pending_interrupts(v: &mut Vcpu) {
+    const STATE_MASK: u64 = 0b11 << 62;
+    const PENDING: u64 = 0b01 << 62;
+    const GROUP1: u64 = 1 << 60;
+    const PRIORITY: u64 = 0xa0 << 48;
+    let lrs = guest::list_register_count().min(v.state.vgic.lr.len());
+    let mut i = 0;
+    while i < v.pending_count {
+        let intid = u64::from(v.pending[i]);
+        let already = v.state.vgic.lr[..lrs].iter().any(|lr| lr & STATE_MASK != 0 && lr & 0xffff_ffff == intid);
+        let free = v.state.vgic.lr[..lrs].iter().position(|lr| lr & STATE_MASK == 0);
+        match (already, free) {
+            (true, _) => {}
+            (false, Some(n)) => v.state.vgic.lr[n] = PENDING | GROUP1 | PRIORITY | intid,
+            (false, None) => {
+                i += 1;
+                continue;
+            }
+        }
+        v.pending.copy_within(i + 1..v.pending_count, i);
+        v.pending_count -= 1;
+    }
+}
+
+/// HCR_EL2 while a guest runs: stage 2, physical interrupts and SErrors to
+/// EL2, WFI/WFE, SMC, implementation-defined and auxiliary registers
+/// trapped; ID registers trapped for protected guests.
+fn guest_hcr(protected: bool, pauth: bool) -> u64 {
+    use crate::cpu::hcr::*;
+    const FMO: u64 = 1 << 3;
+    const IMO: u64 = 1 << 4;
+    const AMO: u64 = 1 << 5;
+    const TWI: u64 = 1 << 13;
+    const TWE: u64 = 1 << 14;
+    const TID3: u64 = 1 << 18;
+    const TIDCP: u64 = 1 << 20;
+    const TACR: u64 = 1 << 21;
+    let mut hcr = VM | SWIO | FB | BSU_IS | TSC | RW | FMO | IMO | AMO | TWI | TWE | TIDCP | TACR;
+    if protected {
+        hcr |= TID3;
+    }
+    if pauth {
+        hcr |= API | APK;
+    }
+    hcr
+}
+
+/// Loads the guest, runs it, saves it and restores the host. Returns the
+/// vector kind the guest left through.
+fn switch_and_run(v: &mut Vcpu, vttbr: u64, protected: bool, boot: &crate::Boot) -> u64 {
+    let features = boot.config.features;
+    let mut host_el1 = El1Context::default();
+    let mut host_fp = FpContext::default();
+    let mut host_pauth = PauthKeys::default();
+    guest::save_el1(&mut host_el1);
+    guest::save_fp(&mut host_fp);
+    if features.pauth {
+        guest::save_pauth(&mut host_pauth);
+    }
+    // CPTR_EL2 for a guest: FP/SIMD allowed; SVE, SME and trace trapped.
+    let guest_cptr = 0xff | (1 << 8) | (1 << 9) | (1 << 12) | (1 << 13) | (1 << 20);
+    // MDCR_EL2: PMU and debug registers trapped.
+    let guest_mdcr = (1 << 5) | (1 << 6) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11);
+    let host_mdcr = arch::mdcr_el2();
+    let host_cptr = arch::cptr_el2();
+    let host_vmpidr = arch::vmpidr_el2();
+    // SAFETY: the host's EL1 state is saved above and restored below before
+    // returning to it; between the two only the guest runs, with its own
+    // stage 2 (VMID != 0), traps and registers loaded here.
+    let kind = unsafe {
+        guest::restore_el1(&v.state.el1);
+        guest::restore_fp(&v.state.fp);
+        if features.pauth {
+            guest::restore_pauth(&v.state.pauth);
+        }
+        guest::restore_vgic(&v.state.vgic);
+        arch::set_cptr_el2(guest_cptr);
+        arch::set_mdcr_el2(guest_mdcr);
+        arch::set_cnthctl_el2(0b01);
+        arch::set_vmpidr_el2((1 << 31) | v.index as u64);
+        arch::set_vttbr_el2(vttbr);
+        arch::set_hcr_el2(guest_hcr(protected, features.pauth));
+        arch::isb();
+        arch::set_elr_el2(v.state.pc);
+        arch::set_spsr_el2(v.state.pstate);
+        guest::enter_guest(&mut v.state.regs)
+    };
+    v.state.pc = arch::elr_el2();
+    v.state.pstate = arch::spsr_el2();
+    guest::save_el1(&mut v.state.el1);
+    guest::save_fp(&mut v.state.fp);
+    if features.pauth {
+        guest::save_pauth(&mut v.state.pauth);
+    }
+    guest::save_vgic(&mut v.state.vgic);
+    // SAFETY: restores exactly what the host had before the switch.
+    unsafe {
+        arch::set_hcr_el2(boot.config.hcr);
+        arch::set_vttbr_el2(boot.config.vttbr);
+        arch::set_cptr_el2(host_cptr);
+        arch::set_mdcr_el2(host_mdcr);
+        arch::set_cnthctl_el2(0b11);
+        arch::set_vmpidr_el2(host_vmpidr);
+        arch::isb();
+        guest::restore_el1(&host_el1);
+        guest::restore_fp(&host_fp);
+        if features.pauth {
+            guest::restore_pauth(&host_pauth);
+        }
+    }
+    kind
+}
+
+const EC_WFX: u64 = 0x01;
+const EC_HVC64: u64 = 0x16;
+const EC_SMC64: u64 = 0x17;
+const EC_SYSREG: u64 = 0x18;
+const EC_IABT_LOWER: u64 = 0x20;
+const EC_DABT_LOWER: u64 = 0x24;
+
+fn handle_exit(slot: usize, v: &mut Vcpu, kind: u64) -> Outcome {
+    match kind {
+        8 | 12 => {}
+        9 | 10 | 13 | 14 => return exit(ExitReason::Interrupt, 0, 0, 0),
+        // An SError from the guest: it is the guest's problem, delivered
+        // back as an external abort would be; the host just sees a resume.
+        _ => return exit(ExitReason::Interrupt, 0, 0, 0),
+    }
+    let esr = arch::esr_el2();
+    let far = arch::far_el2();
+    let hpfar = arch::hpfar_el2();
+    let iss = esr & 0x1ff_ffff;
+    match (esr >> 26) & 0x3f {
+        EC_HVC64 => crate::guest_calls::handle(slot, v.index, &mut v.state.regs),
+        EC_SMC64 => {
+            // Guests use the HVC conduit; an SMC is refused.
+            v.state.regs[0] = rampart_abi::smccc::NOT_SUPPORTED as u64;
+            v.state.pc += 4;
+            Outcome::Resume
+        }
+        EC_WFX => {
+            v.state.pc += 4;
+            exit(ExitReason::Wait, iss & 1, 0, 0)
+        }
+        EC_SYSREG => {
+            sysreg(v, iss);
+            Outcome::Resume
+        }
+        EC_DABT_LOWER | EC_IABT_LOWER => {
+            let ipa = (((hpfar >> 4) & 0xff_ffff_ffff) << 12) | (far & 0xfff);
+            let instruction = (esr >> 26) & 0x3f == EC_IABT_LOWER;
+            abort(slot, v, ipa, iss, far, instruction)
+        }
+        _ => {
+            inject_guest(v, Kind::Undefined, far);
+            Outcome::Resume
+        }
+    }
+}
+
+/// A stage-2 abort: MMIO below guest RAM, a memory fault above it.
+fn abort(slot: usize, v: &mut Vcpu, ipa: u64, iss: u64, far: u64, instruction: bool) -> Outcome {
+    const ISV: u64 = 1 << 24;
+    let write = iss & (1 << 6) != 0;
+    let (mapped, mmio_allowed) = {
+        let guard = vm::VMS[slot].lock();
+        let Some(vm) = guard.as_ref() else { return exit(ExitReason::SystemOff, 0, 0, 0) };
+        let mapped = vm::translate(vm, ipa).is_some();
+        let allowed = !vm.protected || vm.mmio_guard.as_ref().is_none_or(|g| g.contains(ipa));
+        (mapped, allowed)
+    };
+    if mapped {
+        // A fault on mapped memory (a permission fault) is the guest's.
+        inject_guest(v, if instruction { Kind::InstructionAbort { far_not_valid: false } } else { Kind::DataAbort { write, far_not_valid: false } }, far);
+        return Outcome::Resume;
+    }
+    if ipa >= GUEST_RAM_BASE || instruction {
+        return exit(ExitReason::MemoryFault, ipa & !0xfff, u64::from(write), 0);
+    }
+    if iss & ISV == 0 || !mmio_allowed {
+        inject_guest(v, Kind::DataAbort { write, far_not_valid: false }, far);
+        return Outcome::Resume;
+    }
+    let op = PendingMmio {
+        write,
+        register: ((iss >> 16) & 0x1f) as usize,
+        size_log2: (iss >> 22) & 0b11,
+        sign_extend: iss & (1 << 21) != 0,
+        sixty_four: iss & (1 << 15) != 0,
+    };
+    let value = if write && op.register < 31 { extend(v.state.regs[op.register], PendingMmio { sign_extend: false, ..op }) } else { 0 };
+    v.mmio = Some(op);
+    let flags = op.size_log2 | if write { mmio::WRITE } else { 0 };
+    exit(ExitReason::Mmio, ipa, flags, value)
+}
+
+/// A trapped system-register access: sanitised ID registers for protected
+/// guests, an undefined instruction for everything else.
+fn sysreg(v: &mut Vcpu, iss: u64) {
+    let read = iss & 1 == 1;
+    let rt = ((iss >> 5) & 0x1f) as usize;
+    let crm = (iss >> 1) & 0xf;
+    let crn = (iss >> 10) & 0xf;
+    let op1 = (iss >> 14) & 0x7;
+    let op2 = (iss >> 17) & 0x7;
+    let op0 = (iss >> 20) & 0x3;
+    if read && op0 == 3 && op1 == 0 && crn == 0 && (1..=7).contains(&crm) {
+        let value = sanitised_id_register(crm, op2);
+        if rt < 31 {
+            v.state.regs[rt] = value;
+        }
+        v.state.pc += 4;
+        return;
+    }
+    let far = 0;
+    inject_guest(v, Kind::Undefined, far);
+}
+
+/// What a protected guest sees of the ID registers: the CPU's, with
+/// features Rampart does not give guests (SVE, SME, MTE, AMU, MPAM, PMU,
+/// statistical profiling, trace, EL2, EL3, AArch32) hidden.
+fn sanitised_id_register(crm: u64, op2: u64) -> u64 {
+    fn clear(value: u64, fields: &[u32]) -> u64 {
+        fields.iter().fold(value, |v, &shift| v & !(0xf << shift))
+    }
+    match (crm, op2) {
+        // ID_AA64PFR0_EL1: keep EL0/EL1 AArch64-only, FP, AdvSIMD, GIC, CSV2/3.
+        (4, 0) => {
+            let v = clear(arch::id_aa64pfr0_el1(), &[8, 12, 28, 32, 40, 44, 52]);
+            (v & !0xff) | 0x11
+        }
+        (4, 1) => clear(arch::id_aa64pfr1_el1(), &[8, 16, 24, 28, 32, 40]),
+        // ID_AA64DFR0_EL1: debug architecture only.
+        (5, 0) => arch::id_aa64dfr0_el1() & 0xf,
+        (6, 0) => arch::id_aa64isar0_el1(),
+        (6, 1) => arch::id_aa64isar1_el1(),
+        (6, 2) => arch::id_aa64isar2_el1(),
+        (7, 0) => arch::id_aa64mmfr0_el1(),
+        (7, 1) => arch::id_aa64mmfr1_el1(),
+        (7, 2) => arch::id_aa64mmfr2_el1(),
+        _ => 0,
+    }
+}
+
+/// Delivers a synchronous exception to the guest's EL1.
+fn inject_guest(v: &mut Vcpu, kind: Kind, far: u64) {
+    let features = crate::BOOT.get().map(|b| b.config.features.inject).unwrap_or_default();
+    let from = Interrupted {
+        spsr: v.state.pstate,
+        elr: v.state.pc,
+        far,
+        vbar_el1: v.state.el1.vbar,
+        sctlr_el1: v.state.el1.sctlr,
+    };
+    match inject::compute(kind, &from, features) {
+        Some(i) => {
+            v.state.el1.esr_el1 = i.esr_el1;
+            if let Some(far) = i.far_el1 {
+                v.state.el1.far_el1 = far;
+            }
+            v.state.el1.elr_el1 = i.elr_el1;
+            v.state.el1.spsr_el1 = i.spsr_el1;
+            v.state.pc = i.elr_el2;
+            v.state.pstate = i.spsr_el2;
+        }
+        // The guest trapped from a state it cannot be in: stop the vCPU.
+        None => v.halted = true,
+    }
+}

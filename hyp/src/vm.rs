@@ -1,0 +1,338 @@
+//! Virtual machines: slots, handles, VMIDs, guest memory and teardown.
+//!
+//! Lock order, outermost first: a vCPU's lock, its VM's lock, the host
+//! memory lock. A vCPU's lock is held for the whole of `VCPU_RUN`, so a VM
+//! cannot be torn down under a running vCPU.
+
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+use aarch64_paging::descriptor::{PhysicalAddress, Stage2Attributes};
+use aarch64_paging::paging::{Constraints, MemoryRegion};
+use aarch64_paging::Mapping;
+use rampart_abi::Error;
+use rampart_abi::host::{MAX_VCPUS, PageRange, VcpuRef, VmConfig, VmHandle};
+use rampart_ownership::{Transition, VmId};
+use rampart_platform::{MemRange, PAGE_SIZE};
+use spin::mutex::SpinMutex;
+
+use crate::arch;
+use crate::mm::{self, VmPool, VmTable};
+use crate::vcpu::{Vcpu, VcpuState};
+
+/// VM slots. Slot `n` uses VMID `n + 1` (VMID 0 is the host's).
+pub const MAX_VMS: usize = 16;
+const VCPUS: usize = MAX_VCPUS as usize;
+/// Handles are `(generation << 32) | (HANDLE_BASE + slot)`.
+const HANDLE_BASE: u64 = 0x1000;
+
+/// One VM.
+pub struct Vm {
+    /// The handle the host knows it by.
+    pub handle: VmHandle,
+    /// Its VMID (slot + 1).
+    pub vmid: u16,
+    /// Whether the host is kept out of its memory and registers.
+    pub protected: bool,
+    /// vCPUs it may have.
+    pub max_vcpus: usize,
+    /// The metadata pages the host donated.
+    metadata: MemRange,
+    /// Its stage 2, with tables from the metadata.
+    stage2: VmTable,
+    /// MMIO guard: `None` until the guest enrolls, then the guarded pages.
+    pub mmio_guard: Option<MmioGuard>,
+}
+
+/// The guest-physical MMIO pages a protected guest allows to exit to the
+/// host.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MmioGuard {
+    pages: [u64; 32],
+    count: usize,
+}
+
+impl MmioGuard {
+    /// Whether `ipa`'s page is guarded.
+    pub fn contains(&self, ipa: u64) -> bool {
+        self.pages[..self.count].contains(&(ipa & !(PAGE_SIZE - 1)))
+    }
+
+    /// Adds a page; `Err` when full.
+    pub fn insert(&mut self, page: u64) -> Result<(), Error> {
+        if self.contains(page) {
+            return Ok(());
+        }
+        let slot = self.pages.get_mut(self.count).ok_or(Error::NoMemory)?;
+        *slot = page;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Removes a page; `Err` if it was not guarded.
+    pub fn remove(&mut self, page: u64) -> Result<(), Error> {
+        let at = self.pages[..self.count].iter().position(|&p| p == page).ok_or(Error::InvalidParameter)?;
+        self.pages.copy_within(at + 1..self.count, at);
+        self.count -= 1;
+        Ok(())
+    }
+}
+
+/// Every VM slot.
+pub static VMS: [SpinMutex<Option<Vm>>; MAX_VMS] = [const { SpinMutex::new(None) }; MAX_VMS];
+static GENERATIONS: [AtomicU32; MAX_VMS] = [const { AtomicU32::new(0) }; MAX_VMS];
+/// Every vCPU, by slot and index.
+pub static VCPU_SLOTS: [[SpinMutex<Option<Vcpu>>; VCPUS]; MAX_VMS] =
+    [const { [const { SpinMutex::new(None) }; VCPUS] }; MAX_VMS];
+
+/// Power state of each vCPU, readable by the VM's other vCPUs while it runs.
+pub static VCPU_POWER: [[AtomicU8; VCPUS]; MAX_VMS] = [const { [const { AtomicU8::new(0) }; VCPUS] }; MAX_VMS];
+/// Entry point and context id for a vCPU started with PSCI CPU_ON.
+pub static VCPU_BOOT: [[(AtomicU64, AtomicU64); VCPUS]; MAX_VMS] =
+    [const { [const { (AtomicU64::new(0), AtomicU64::new(0)) }; VCPUS] }; MAX_VMS];
+
+/// vCPU power states in [`VCPU_POWER`].
+pub mod power {
+    /// Not created, or off.
+    pub const OFF: u8 = 0;
+    /// CPU_ON accepted; starts at its boot entry on the next run.
+    pub const PENDING: u8 = 1;
+    /// Running, or runnable.
+    pub const ON: u8 = 2;
+}
+
+/// The slot a handle names, if the handle is current.
+pub fn slot_of(handle: VmHandle) -> Result<usize, Error> {
+    let low = handle.0 & 0xffff_ffff;
+    let slot = low.checked_sub(HANDLE_BASE).filter(|&s| s < MAX_VMS as u64).ok_or(Error::InvalidParameter)? as usize;
+    let generation = handle.0 >> 32;
+    if u64::from(GENERATIONS[slot].load(Ordering::Acquire)) != generation {
+        return Err(Error::InvalidParameter);
+    }
+    Ok(slot)
+}
+
+/// Locks the VM a handle names.
+pub fn lock(handle: VmHandle) -> Result<(usize, spin::mutex::SpinMutexGuard<'static, Option<Vm>>), Error> {
+    let slot = slot_of(handle)?;
+    let guard = VMS[slot].lock();
+    match guard.as_ref() {
+        Some(vm) if vm.handle == handle => Ok((slot, guard)),
+        _ => Err(Error::InvalidParameter),
+    }
+}
+
+fn vm_id(slot: usize) -> VmId {
+    VmId(slot as u16 + 1)
+}
+
+/// VTTBR_EL2 value for a VM.
+pub fn vttbr(vm: &Vm) -> u64 {
+    (u64::from(vm.vmid) << 48) | vm.stage2.root_address().0 as u64
+}
+
+/// `VM_CREATE`.
+pub fn create(metadata: PageRange, config: VmConfig) -> Result<VmHandle, Error> {
+    if metadata.pages() < config.min_metadata_pages() {
+        return Err(Error::InvalidParameter);
+    }
+    // Take a free slot and hold its lock for the whole creation.
+    let (slot, mut guard) = VMS
+        .iter()
+        .enumerate()
+        .find_map(|(i, s)| s.try_lock().filter(|g| g.is_none()).map(|g| (i, g)))
+        .ok_or(Error::NoMemory)?;
+    let range = MemRange::new(metadata.start(), metadata.end()).ok_or(Error::InvalidParameter)?;
+    crate::memory::with(|mem| {
+        let checked = mem.check(Transition::HostDonateHyp, metadata)?;
+        mem.commit(checked);
+        Ok(())
+    })?;
+    // The metadata is now the hypervisor's, mapped at EL2 and zeroed below.
+    // SAFETY: the pages were just donated to the hypervisor, are mapped at
+    // EL2, and nothing refers to them.
+    unsafe { mm::zero(range) };
+    let vcpu_pages = config.max_vcpus;
+    let pool_start = range.start() + vcpu_pages * PAGE_SIZE;
+    let pool = VmPool::new(MemRange::new(pool_start, range.end()).ok_or(Error::InvalidParameter)?);
+    let stage2 = Mapping::new(pool, 1, aarch64_paging::paging::Stage2);
+    let generation = GENERATIONS[slot].load(Ordering::Acquire);
+    let handle = VmHandle((u64::from(generation) << 32) | (HANDLE_BASE + slot as u64));
+    for power in &VCPU_POWER[slot] {
+        power.store(power::OFF, Ordering::Release);
+    }
+    *guard = Some(Vm {
+        handle,
+        vmid: vm_id(slot).0,
+        protected: config.protected,
+        max_vcpus: config.max_vcpus as usize,
+        metadata: range,
+        stage2,
+        // A protected VM is enrolled in MMIO guard from the start.
+        mmio_guard: config.protected.then(MmioGuard::default),
+    });
+    Ok(handle)
+}
+
+/// `VCPU_CREATE`.
+pub fn create_vcpu(vcpu: VcpuRef) -> Result<(), Error> {
+    let (slot, guard) = lock(vcpu.vm)?;
+    let vm = guard.as_ref().ok_or(Error::InvalidParameter)?;
+    if vcpu.index >= vm.max_vcpus {
+        return Err(Error::InvalidParameter);
+    }
+    let mut vcpu_slot = VCPU_SLOTS[slot][vcpu.index].try_lock().ok_or(Error::Busy)?;
+    if vcpu_slot.is_some() {
+        return Err(Error::Denied);
+    }
+    let page = vm.metadata.start() + vcpu.index as u64 * PAGE_SIZE;
+    // SAFETY: page `index` of the metadata is reserved for this vCPU, is the
+    // hypervisor's and mapped at EL2, was zeroed at creation and is viewed
+    // only here, once, until the VM is destroyed.
+    let state: &'static mut VcpuState = unsafe { mm::metadata_page(page) };
+    *vcpu_slot = Some(Vcpu::new(state, vcpu.index));
+    VCPU_POWER[slot][vcpu.index].store(if vcpu.index == 0 { power::ON } else { power::OFF }, Ordering::Release);
+    Ok(())
+}
+
+/// Tables a mapping of `pages` pages may need at most.
+fn tables_needed(pages: u64) -> u64 {
+    pages.div_ceil(512) + pages.div_ceil(512 * 512) + 2
+}
+
+/// Attributes of guest memory in a VM's stage 2.
+const GUEST_RAM: Stage2Attributes = mm::host_s2::RAM;
+
+/// Whether any page of `ipa..ipa+bytes` is mapped in the VM's stage 2.
+fn any_mapped(vm: &Vm, ipa: u64, bytes: u64) -> bool {
+    let mut mapped = false;
+    let region = MemoryRegion::new(ipa as usize, (ipa + bytes) as usize);
+    let _ = vm.stage2.walk_range(&region, &mut |_, desc, level| {
+        if desc.is_valid() && !(level < 3 && desc.is_table_or_page()) {
+            mapped = true;
+        }
+        Ok(())
+    });
+    mapped
+}
+
+/// The physical address behind a guest page, if mapped.
+pub fn translate(vm: &Vm, ipa: u64) -> Option<u64> {
+    let page = ipa & !(PAGE_SIZE - 1);
+    let mut out = None;
+    let region = MemoryRegion::new(page as usize, (page + PAGE_SIZE) as usize);
+    let _ = vm.stage2.walk_range(&region, &mut |mr, desc, level| {
+        if desc.is_valid() && !(level < 3 && desc.is_table_or_page()) {
+            let offset = page - mr.start().0 as u64;
+            out = Some(desc.output_address().0 as u64 + offset);
+        }
+        Ok(())
+    });
+    out
+}
+
+/// `VM_DONATE` and `VM_SHARE`: gives (or lends) host pages to the VM at
+/// `guest_address`.
+pub fn give_memory(vm_handle: VmHandle, pages: PageRange, guest_address: u64, share: bool) -> Result<(), Error> {
+    let (slot, mut guard) = lock(vm_handle)?;
+    let vm = guard.as_mut().ok_or(Error::InvalidParameter)?;
+    if share && vm.protected {
+        return Err(Error::Denied);
+    }
+    let bytes = pages.pages() * PAGE_SIZE;
+    let ipa_end = guest_address.checked_add(bytes).ok_or(Error::InvalidParameter)?;
+    if ipa_end > IPA_LIMIT {
+        return Err(Error::Range);
+    }
+    if any_mapped(vm, guest_address, bytes) {
+        return Err(Error::Denied);
+    }
+    if vm.stage2.translation().available() < tables_needed(pages.pages()) {
+        return Err(Error::NoMemory);
+    }
+    let id = vm_id(slot);
+    let transition = if share { Transition::HostShareGuest(id) } else { Transition::HostDonateGuest(id) };
+    crate::memory::with(|mem| {
+        let checked = mem.check(transition, pages)?;
+        mem.commit(checked);
+        Ok(())
+    })?;
+    let region = MemoryRegion::new(guest_address as usize, ipa_end as usize);
+    if let Err(e) = vm.stage2.map_range(&region, PhysicalAddress(pages.start() as usize), GUEST_RAM, Constraints::empty()) {
+        crate::println!("VM stage-2 map failed after its checks: {e}; stopping");
+        crate::power_off();
+    }
+    arch::dsb_ishst();
+    Ok(())
+}
+
+/// The guest-physical address space each VM gets (39 bits, stage 2 rooted
+/// at level 1).
+pub const IPA_LIMIT: u64 = 1 << 39;
+
+/// Unmaps one guest page from the VM's stage 2 and invalidates it.
+pub fn unmap_guest_page(vm: &mut Vm, ipa: u64) {
+    let page = ipa & !(PAGE_SIZE - 1);
+    let region = MemoryRegion::new(page as usize, (page + PAGE_SIZE) as usize);
+    if let Err(e) =
+        vm.stage2.map_range(&region, PhysicalAddress(0), Stage2Attributes::empty(), Constraints::NO_BLOCK_MAPPINGS)
+    {
+        crate::println!("VM stage-2 unmap failed: {e}; stopping");
+        crate::power_off();
+    }
+    arch::dsb_ishst();
+    arch::with_vttbr(vttbr(vm), || {
+        arch::tlbi_ipa(page);
+        arch::tlbi_stage1_of_vmid();
+    });
+}
+
+/// Runs a guest's page transition on the page behind `ipa`.
+pub fn guest_page_transition(vm: &mut Vm, ipa: u64, make: fn(VmId) -> Transition) -> Result<(), Error> {
+    let pa = translate(vm, ipa).ok_or(Error::InvalidParameter)?;
+    let id = VmId(vm.vmid);
+    let page = PageRange::new(pa & !(PAGE_SIZE - 1), 1)?;
+    crate::memory::with(|mem| {
+        let checked = mem.check(make(id), page)?;
+        mem.commit(checked);
+        Ok(())
+    })
+}
+
+/// `VM_DESTROY`: refused while a vCPU runs; then every guest page is
+/// zeroed and returned, and the metadata and VMID are released.
+pub fn destroy(handle: VmHandle) -> Result<(), Error> {
+    let slot = slot_of(handle)?;
+    // Hold every vCPU's lock: none can run while the VM goes away.
+    let mut vcpus: [Option<spin::mutex::SpinMutexGuard<'static, Option<Vcpu>>>; VCPUS] = [const { None }; VCPUS];
+    for (i, vcpu) in VCPU_SLOTS[slot].iter().enumerate() {
+        vcpus[i] = Some(vcpu.try_lock().ok_or(Error::Busy)?);
+    }
+    let mut guard = VMS[slot].lock();
+    match guard.as_ref() {
+        Some(vm) if vm.handle == handle => {}
+        _ => return Err(Error::InvalidParameter),
+    }
+    // The handle dies now: no new call can find the VM.
+    GENERATIONS[slot].fetch_add(1, Ordering::AcqRel);
+    let Some(vm) = guard.take() else { return Err(Error::InvalidParameter) };
+    for vcpu in vcpus.iter_mut().flatten() {
+        **vcpu = None;
+    }
+    for power in &VCPU_POWER[slot] {
+        power.store(power::OFF, Ordering::Release);
+    }
+    let vttbr = vttbr(&vm);
+    let id = VmId(vm.vmid);
+    let metadata = vm.metadata;
+    // The VM's stage 2 goes before its pages: nothing can reach them after.
+    drop(vm);
+    arch::with_vttbr(vttbr, arch::tlbi_vmid);
+
+    crate::memory::with(|mem| {
+        mem.reclaim_guest(id);
+        let pages = PageRange::new(metadata.start(), metadata.size() / PAGE_SIZE)?;
+        let checked = mem.check(Transition::HypDonateHost, pages)?;
+        mem.commit(checked);
+        Ok(())
+    })
+}
