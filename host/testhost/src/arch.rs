@@ -9,8 +9,10 @@
 //! in the architecture, but QEMU's TCG implements them as on Normal memory,
 //! which is all the cross-CPU counters below need.
 //!
-//! Only the boot CPU prints and runs checks; secondaries only write their own
-//! slot of [`SECONDARY`] and the shared arrival counter.
+//! Only the boot CPU prints, runs checks and probes; secondaries write their
+//! own slot of `cpus::SLOTS` and the shared arrival counter, and in
+//! `own-concurrent` also make hypervisor calls and use the RAM loops on
+//! scratch pages.
 
 use core::arch::{asm, global_asm};
 use core::fmt;
@@ -914,16 +916,77 @@ pub fn ram_verify(start: u64, end: u64, seed: u64) -> Option<u64> {
     (bad < end).then_some(bad)
 }
 
-/// Reads the 64-bit word at `address` (for reporting a RAM test mismatch).
+/// Reads the 64-bit word at `address` (to report a RAM test mismatch, or a
+/// secondary CPU's look at pages the ownership checks use).
+///
+/// The caller passes RAM outside the test host's image that the host should
+/// be able to read; if it cannot, the load aborts like any other access.
 pub fn ram_read(address: u64) -> u64 {
     assert!(address.is_multiple_of(8));
     let value: u64;
-    // SAFETY: an aligned read of RAM the RAM test just wrote (the caller only
-    // passes addresses inside a range it verified); reads no Rust object.
+    // SAFETY: an aligned read of RAM outside every Rust object (the caller
+    // only passes pages of usable RAM outside the image and the DT); it
+    // changes nothing.
     unsafe {
         asm!("ldr {}, [{}]", out(reg) value, in(reg) address, options(nostack, readonly, preserves_flags))
     };
     value
+}
+
+/// Writes the 64-bit word `value` at `address`.
+///
+/// The address must be RAM the test host owns that nothing else uses: not
+/// its image (asserted) and not the device tree (the caller excludes it).
+pub fn ram_write(address: u64, value: u64) {
+    assert!(address.is_multiple_of(8));
+    let (image_start, image_end) = image_range();
+    assert!(
+        address < image_start || address >= image_end,
+        "RAM write inside the image"
+    );
+    // SAFETY: an aligned store to RAM outside every Rust object (the image is
+    // excluded above; the caller excludes the DT), so no Rust value changes.
+    unsafe {
+        asm!("str {}, [{}]", in(reg) value, in(reg) address, options(nostack, preserves_flags))
+    };
+}
+
+/// Checks every 64-bit word of `[start, end)` is zero; returns the first
+/// 64-byte block that is not.
+pub fn ram_find_nonzero(start: u64, end: u64) -> Option<u64> {
+    check_ram_range(start, end, 0);
+    let bad: u64;
+    // SAFETY: reads only `[start, end)` (see `ram_fill`), writes nothing.
+    // Returns the address of the first block with a non-zero word, or `end`.
+    // Uses the named scratch registers only; the flags are clobbered.
+    unsafe {
+        asm!(
+            "1:",
+            "ldp {a}, {b}, [{cur}]",
+            "orr {acc}, {a}, {b}",
+            "ldp {a}, {b}, [{cur}, #16]",
+            "orr {acc}, {acc}, {a}",
+            "orr {acc}, {acc}, {b}",
+            "ldp {a}, {b}, [{cur}, #32]",
+            "orr {acc}, {acc}, {a}",
+            "orr {acc}, {acc}, {b}",
+            "ldp {a}, {b}, [{cur}, #48]",
+            "orr {acc}, {acc}, {a}",
+            "orr {acc}, {acc}, {b}",
+            "cbnz {acc}, 2f",
+            "add {cur}, {cur}, #64",
+            "cmp {cur}, {end}",
+            "b.lo 1b",
+            "2:",
+            cur = inout(reg) start => bad,
+            end = in(reg) end,
+            a = out(reg) _,
+            b = out(reg) _,
+            acc = out(reg) _,
+            options(nostack, readonly),
+        );
+    }
+    (bad < end).then_some(bad)
 }
 
 // ---------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 //! shared state the boot CPU reads to check them.
 //!
 //! A secondary records what it saw at entry in its [`Slot`], counts itself in
-//! [`ARRIVALS`], waits until the boot CPU releases its round (so the boot CPU
-//! can see it ON with `AFFINITY_INFO`), then calls `CPU_OFF`.
+//! [`ARRIVALS`], then does its [`TASK`]: either waits until the boot CPU
+//! releases its round (so the boot CPU can see it ON with `AFFINITY_INFO`),
+//! or runs its part of `own-concurrent`. Then it calls `CPU_OFF`.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -81,6 +82,14 @@ pub static ARRIVALS: AtomicU64 = AtomicU64::new(0);
 /// themselves off).
 pub static RELEASED: AtomicU64 = AtomicU64::new(0);
 
+/// [`TASK`]: park until released (the `cpu-on-*` checks).
+pub const TASK_PARK: u64 = 0;
+/// [`TASK`]: run this CPU's part of `own-concurrent`.
+pub const TASK_OWNERSHIP: u64 = 1;
+/// What secondaries started from now on do after they arrive; set by the
+/// boot CPU before `CPU_ON`.
+pub static TASK: AtomicU64 = AtomicU64::new(TASK_PARK);
+
 /// How long a parked secondary waits for its release before it switches
 /// itself off anyway.
 const PARK_TIMEOUT_MS: u64 = 20_000;
@@ -101,9 +110,13 @@ pub fn secondary_main(entry: SecondaryEntry) -> ! {
     slot.arrived.store(round.max(1), Ordering::Release);
     ARRIVALS.fetch_add(1, Ordering::AcqRel);
 
-    wait_until(PARK_TIMEOUT_MS, || {
-        RELEASED.load(Ordering::Acquire) >= round
-    });
+    if TASK.load(Ordering::Acquire) == TASK_OWNERSHIP {
+        crate::checks::ownership_worker(index);
+    } else {
+        wait_until(PARK_TIMEOUT_MS, || {
+            RELEASED.load(Ordering::Acquire) >= round
+        });
+    }
     let error = psci::cpu_off();
     slot.off_error
         .store((1 << 63) | error as u64, Ordering::Release);

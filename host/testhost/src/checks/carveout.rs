@@ -115,7 +115,7 @@ fn ends(p: &Platform, range: Range) -> Result<[u64; 2], Msg> {
 /// Probes `address` once and checks the host saw exactly a synchronous
 /// external abort at its current-EL vector, with the syndrome, addresses and
 /// saved state the architecture gives a real one.
-fn expect_abort(access: Access, address: u64) -> Result<(), Msg> {
+pub(super) fn expect_abort(access: Access, address: u64) -> Result<(), Msg> {
     let value = if access == Access::Load {
         SENTINEL
     } else {

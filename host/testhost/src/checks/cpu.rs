@@ -15,7 +15,7 @@ const TIMEOUT_MS: u64 = 5_000;
 const ROUNDS: u64 = 2;
 
 /// The boot CPU's index in the DT's CPU list.
-fn boot_cpu_index(p: &Platform) -> Result<usize, Msg> {
+pub(super) fn boot_cpu_index(p: &Platform) -> Result<usize, Msg> {
     let mpidr = arch::mpidr() & MPIDR_AFFINITY_MASK;
     p.cpus[..p.cpu_count]
         .iter()

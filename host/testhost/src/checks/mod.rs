@@ -7,9 +7,13 @@
 
 mod boot;
 mod carveout;
+mod concurrent;
 mod cpu;
+mod ownership;
 mod ram;
 mod smccc;
+
+pub use concurrent::worker as ownership_worker;
 
 use crate::msg::Msg;
 use crate::platform::Platform;
@@ -22,7 +26,8 @@ pub struct Check {
     pub run: fn(&Platform) -> Result<(), Msg>,
 }
 
-/// Every check, in run order. The RAM test runs last: it is the slowest.
+/// Every check, in run order. The RAM test runs last: it is the slowest, and
+/// it also shows the ownership checks gave every page back to the host.
 pub const CHECKS: &[Check] = &[
     Check {
         name: "boot-state",
@@ -75,6 +80,30 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "carveout-write",
         run: carveout::carveout_write,
+    },
+    Check {
+        name: "own-share-unshare",
+        run: ownership::own_share_unshare,
+    },
+    Check {
+        name: "own-donate-reclaim",
+        run: ownership::own_donate_reclaim,
+    },
+    Check {
+        name: "own-bad-args",
+        run: ownership::own_bad_args,
+    },
+    Check {
+        name: "own-wrong-state",
+        run: ownership::own_wrong_state,
+    },
+    Check {
+        name: "own-partial-range",
+        run: ownership::own_partial_range,
+    },
+    Check {
+        name: "own-concurrent",
+        run: concurrent::own_concurrent,
     },
     Check {
         name: "ram-rw",

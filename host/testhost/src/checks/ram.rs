@@ -16,7 +16,7 @@ const SEED: u64 = 0xa5c3_5a3c_96e1_69c0;
 
 /// The pages the RAM test may overwrite: usable memory minus the test host's
 /// image, bss and stacks, the DT blob and the first 64 KiB of RAM.
-fn test_ranges(p: &Platform) -> Result<RangeSet<64>, Msg> {
+pub(super) fn test_ranges(p: &Platform) -> Result<RangeSet<64>, Msg> {
     let mut ranges = p.usable_memory();
     let ram_base = p
         .memory

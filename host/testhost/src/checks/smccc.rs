@@ -22,7 +22,7 @@ fn sentinel(n: usize) -> u64 {
 }
 
 /// Arguments `x1`..`x17`: `given` first, sentinels after.
-fn arguments(given: &[u64]) -> [u64; 17] {
+pub(super) fn arguments(given: &[u64]) -> [u64; 17] {
     let mut args = [0u64; 17];
     for (i, arg) in args.iter_mut().enumerate() {
         *arg = given.get(i).copied().unwrap_or_else(|| sentinel(i + 1));
@@ -31,7 +31,7 @@ fn arguments(given: &[u64]) -> [u64; 17] {
 }
 
 /// Checks `x4`..`x17` still hold what was passed.
-fn preserved(function: u32, sent: &[u64; 17], got: &SmcccRegisters) -> Result<(), Msg> {
+pub(super) fn preserved(function: u32, sent: &[u64; 17], got: &SmcccRegisters) -> Result<(), Msg> {
     for n in 4..=17 {
         ensure!(
             got[n] == sent[n - 1],
