@@ -531,7 +531,11 @@ fn run(p: &Platform, block: Range) -> Result<(), Msg> {
         );
         report(&msg!("CPU {mpidr:#x}"), &REPORTS[i + 1])?;
     }
-    note!("{} CPUs for {elapsed} ms", started + 1);
+    if started == 0 {
+        note!("one CPU: only the boot CPU's loop ran ({elapsed} ms)");
+    } else {
+        note!("{} CPUs for {elapsed} ms", started + 1);
+    }
     let denied: u64 = REPORTS[..]
         .iter()
         .map(|r| r.denied.load(Ordering::Relaxed))
