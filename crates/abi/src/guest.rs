@@ -135,7 +135,8 @@ pub enum GuestCall {
     /// `CPU_SUSPEND` (SMC64): as the SMC32 form with 64-bit arguments.
     CpuSuspend64 = psci::CPU_SUSPEND_64,
     /// `CPU_OFF`: powers the calling vCPU off; does not return on success
-    /// (the VMM sees `EXIT_POWERED_OFF`). `DENIED` for the last vCPU on.
+    /// (the VMM sees `EXIT_POWERED_OFF`). Another vCPU may start it again
+    /// with `CPU_ON`.
     CpuOff = psci::CPU_OFF,
     /// `CPU_ON` (SMC32): `w1` = target MPIDR ([`vcpu_mpidr`]), `w2` = entry
     /// (guest-physical, 4-byte aligned, inside the VM's memory), `w3` =
@@ -358,7 +359,7 @@ pub mod psci {
     pub const NOT_SUPPORTED: i32 = -1;
     /// An argument is invalid (for example an MPIDR naming no vCPU).
     pub const INVALID_PARAMETERS: i32 = -2;
-    /// The call is not allowed now (CPU_OFF of the last vCPU on).
+    /// The call is not allowed now.
     pub const DENIED: i32 = -3;
     /// CPU_ON of a vCPU that is on.
     pub const ALREADY_ON: i32 = -4;

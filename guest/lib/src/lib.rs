@@ -117,11 +117,14 @@ fn start_primary(x0: u64) {
     );
 }
 
-/// Bounded wait: calls `done` up to `polls` times, reading the console's
+/// Bounded wait: calls `done` until it returns true or `millis`
+/// milliseconds of the virtual counter have passed, reading the console's
 /// flag register (an MMIO exit, so a VMM that runs every vCPU on one thread
 /// can switch vCPUs) between calls. Returns whether `done` became true.
-pub fn wait_until(polls: u32, mut done: impl FnMut() -> bool) -> bool {
-    for _ in 0..polls {
+pub fn wait_until(millis: u64, mut done: impl FnMut() -> bool) -> bool {
+    let ticks = arch::counter_frequency().max(1_000) / 1_000 * millis;
+    let deadline = arch::virtual_count().saturating_add(ticks);
+    while arch::virtual_count() < deadline {
         if done() {
             return true;
         }

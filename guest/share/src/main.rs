@@ -7,8 +7,9 @@
 //!    `"ping"` ([`SHARE_PING`]) to its first word and [`share_ping_byte`]
 //!    to bytes 4..4096, and shares it with `MEM_SHARE`.
 //! 2. It prints `GUEST-SHARED 0x<ipa>`, then polls: it reads the console's
-//!    flag register (an `EXIT_MMIO`) and the page's first word, up to
-//!    [`POLLS`] times, until that word is `"pong"` ([`SHARE_PONG`]).
+//!    flag register (an `EXIT_MMIO`) and the page's first word, for up to
+//!    [`TIMEOUT_MS`] of the virtual counter, until that word is `"pong"`
+//!    ([`SHARE_PONG`]).
 //! 3. The VMM, on an MMIO exit after the `GUEST-SHARED` line, checks the
 //!    page holds the ping data, writes [`share_pong_byte`] to bytes 4..4096
 //!    and then `"pong"` to the first word, and runs the vCPU again.
@@ -33,8 +34,8 @@ use rampart_guest::{arch, hvc, no_hypervisor, println, report, wait_until};
 
 rampart_guest::entry!(main);
 
-/// How many times the guest polls for the host's `"pong"`.
-const POLLS: u32 = 10_000;
+/// How long the guest waits for the host's `"pong"`, in milliseconds.
+const TIMEOUT_MS: u64 = 5_000;
 
 fn page_bytes() -> impl Iterator<Item = u64> {
     4..GRANULE
@@ -71,11 +72,11 @@ fn main(_ram_size: u64) {
         return;
     }
     println!("{SHARED}{page:#x}");
-    let answered = wait_until(POLLS, || arch::ram_read_u32(page) == SHARE_PONG);
+    let answered = wait_until(TIMEOUT_MS, || arch::ram_read_u32(page) == SHARE_PONG);
     report::check(
         "share-pong",
         answered,
-        format_args!("first word still {:#x} after {POLLS} polls", arch::ram_read_u32(page)),
+        format_args!("first word still {:#x} after {TIMEOUT_MS} ms", arch::ram_read_u32(page)),
     );
     if answered {
         let wrong = page_bytes()
