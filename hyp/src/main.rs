@@ -58,6 +58,10 @@ pub struct Boot {
     pub cpu_count: usize,
     /// RAM the host owns.
     pub host_ram: Vec<MemRange>,
+    /// Root level of every stage-2 table (the host's and the VMs').
+    pub stage2_level: usize,
+    /// Bits of guest-physical address every stage 2 translates.
+    pub ipa_bits: u32,
 }
 
 /// Boot-time facts, shared read-only by every CPU.
@@ -262,7 +266,7 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     }
     println!("firmware: SMCCC 1.1 {}", if firmware.smccc_1_1 { "yes" } else { "no" });
 
-    BOOT.call_once(|| Boot { config, cpu_count: info.cpus.len(), host_ram });
+    BOOT.call_once(|| Boot { config, cpu_count: info.cpus.len(), host_ram, stage2_level, ipa_bits });
     let boot = BOOT.get().ok_or(BootError::NoMemory)?;
     cpu::init_this_cpu(&boot.config);
     Ok((command.host_image, dtb))

@@ -262,6 +262,9 @@ fn switch_and_run(v: &mut Vcpu, vttbr: u64, protected: bool, boot: &crate::Boot)
     let host_mdcr = arch::mdcr_el2();
     let host_cptr = arch::cptr_el2();
     let host_vmpidr = arch::vmpidr_el2();
+    // Where the host resumes after its VCPU_RUN call.
+    let host_elr = arch::elr_el2();
+    let host_spsr = arch::spsr_el2();
     // SAFETY: the host's EL1 state is saved above and restored below before
     // returning to it; between the two only the guest runs, with its own
     // stage 2 (VMID != 0), traps and registers loaded here.
@@ -299,6 +302,8 @@ fn switch_and_run(v: &mut Vcpu, vttbr: u64, protected: bool, boot: &crate::Boot)
         arch::set_mdcr_el2(host_mdcr);
         arch::set_cnthctl_el2(0b11);
         arch::set_vmpidr_el2(host_vmpidr);
+        arch::set_elr_el2(host_elr);
+        arch::set_spsr_el2(host_spsr);
         arch::isb();
         guest::restore_el1(&host_el1);
         guest::restore_fp(&host_fp);

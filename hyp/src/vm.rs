@@ -154,7 +154,8 @@ pub fn create(metadata: PageRange, config: VmConfig) -> Result<VmHandle, Error> 
     let vcpu_pages = config.max_vcpus;
     let pool_start = range.start() + vcpu_pages * PAGE_SIZE;
     let pool = VmPool::new(MemRange::new(pool_start, range.end()).ok_or(Error::InvalidParameter)?);
-    let stage2 = Mapping::new(pool, 1, aarch64_paging::paging::Stage2);
+    let level = crate::BOOT.get().map_or(1, |b| b.stage2_level);
+    let stage2 = Mapping::new(pool, level, aarch64_paging::paging::Stage2);
     let generation = GENERATIONS[slot].load(Ordering::Acquire);
     let handle = VmHandle((u64::from(generation) << 32) | (HANDLE_BASE + slot as u64));
     for power in &VCPU_POWER[slot] {
@@ -240,7 +241,7 @@ pub fn give_memory(vm_handle: VmHandle, pages: PageRange, guest_address: u64, sh
     }
     let bytes = pages.pages() * PAGE_SIZE;
     let ipa_end = guest_address.checked_add(bytes).ok_or(Error::InvalidParameter)?;
-    if ipa_end > IPA_LIMIT {
+    if ipa_end > ipa_limit() {
         return Err(Error::Range);
     }
     if any_mapped(vm, guest_address, bytes) {
@@ -265,9 +266,11 @@ pub fn give_memory(vm_handle: VmHandle, pages: PageRange, guest_address: u64, sh
     Ok(())
 }
 
-/// The guest-physical address space each VM gets (39 bits, stage 2 rooted
-/// at level 1).
-pub const IPA_LIMIT: u64 = 1 << 39;
+/// One past the highest guest-physical address a VM can have: the same
+/// IPA size as the host's stage 2 (VTCR_EL2 is shared).
+pub fn ipa_limit() -> u64 {
+    1 << crate::BOOT.get().map_or(32, |b| b.ipa_bits)
+}
 
 /// Unmaps one guest page from the VM's stage 2 and invalidates it.
 pub fn unmap_guest_page(vm: &mut Vm, ipa: u64) {

@@ -12,6 +12,7 @@ mod cpu;
 mod ownership;
 mod ram;
 mod smccc;
+mod vm;
 
 pub use concurrent::worker as ownership_worker;
 
@@ -104,6 +105,10 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "own-concurrent",
         run: concurrent::own_concurrent,
+    },
+    Check {
+        name: "vm-bringup",
+        run: vm::vm_bringup,
     },
     Check {
         name: "ram-rw",
