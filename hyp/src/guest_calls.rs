@@ -80,13 +80,9 @@ pub fn handle(slot: usize, index: usize, regs: &mut [u64; 31]) -> Outcome {
                 return code(regs, INVALID);
             }
             let r = with_vm(slot, |vm| match call {
-                G::MemShare => vm::guest_page_transition(vm, x1, Transition::GuestShareHost),
-                G::MemUnshare => vm::guest_page_transition(vm, x1, Transition::GuestUnshareHost),
-                _ => {
-                    vm::guest_page_transition(vm, x1, Transition::GuestRelinquish)?;
-                    vm::unmap_guest_page(vm, x1);
-                    Ok(())
-                }
+                G::MemShare => vm::guest_page_transition(vm, x1, Transition::GuestShareHost, false),
+                G::MemUnshare => vm::guest_page_transition(vm, x1, Transition::GuestUnshareHost, false),
+                _ => vm::guest_page_transition(vm, x1, Transition::GuestRelinquish, true),
             });
             result(regs, r)
         }

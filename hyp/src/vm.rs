@@ -289,13 +289,19 @@ pub fn unmap_guest_page(vm: &mut Vm, ipa: u64) {
     });
 }
 
-/// Runs a guest's page transition on the page behind `ipa`.
-pub fn guest_page_transition(vm: &mut Vm, ipa: u64, make: fn(VmId) -> Transition) -> Result<(), Error> {
+/// Runs a guest's page transition on the page behind `ipa`. With `unmap`,
+/// the page also leaves the guest's stage 2 — after every check passed and
+/// before the new owner can reach it, so no vCPU of the VM can still write
+/// it once it is zeroed and handed over.
+pub fn guest_page_transition(vm: &mut Vm, ipa: u64, make: fn(VmId) -> Transition, unmap: bool) -> Result<(), Error> {
     let pa = translate(vm, ipa).ok_or(Error::InvalidParameter)?;
     let id = VmId(vm.vmid);
     let page = PageRange::new(pa & !(PAGE_SIZE - 1), 1)?;
     crate::memory::with(|mem| {
         let checked = mem.check(make(id), page)?;
+        if unmap {
+            unmap_guest_page(vm, ipa);
+        }
         mem.commit(checked);
         Ok(())
     })
