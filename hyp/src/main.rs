@@ -190,9 +190,16 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
             return Err(BootError::Overlap { what: "host device tree", range: host_dt_range, with, other }.into());
         }
     }
-    // SAFETY: the range is host RAM holding only the boot device tree
-    // (checked above), which is not read again.
-    unsafe { mm::write_phys(dtb, &host_dt) };
+    // The boot tree may hold what only Rampart may see (its command line
+    // options, later a device secret): clear all of it before writing the
+    // host's tree over it.
+    // SAFETY: the boot device tree lies in host RAM (its range was checked
+    // against the carve-out and the host image) and is not read again;
+    // the new tree's range was checked above.
+    unsafe {
+        mm::zero(blob_range);
+        mm::write_phys(dtb, &host_dt);
+    }
 
     let pool = MemRange::new(heap.end(), carveout.end()).ok_or(BootError::RamTooSmall { carveout, ram: None, total: 0 })?;
     // SAFETY: the pool is the rest of the carve-out, after the heap.
