@@ -201,12 +201,19 @@ pub enum GuestCall {
     MemUnshare = fast_call_id(true, owner::VENDOR_HYPERVISOR, kvm_function::MEM_UNSHARE),
     /// `MMIO_GUARD_INFO`: `x1`..`x3` reserved. Returns `x0` = the MMIO-guard
     /// granule in bytes ([`GRANULE`]).
-    MmioGuardInfo = fast_call_id(true, owner::VENDOR_HYPERVISOR, kvm_function::MMIO_GUARD_INFO),
+    MmioGuardInfo = fast_call_id(
+        true,
+        owner::VENDOR_HYPERVISOR,
+        kvm_function::MMIO_GUARD_INFO,
+    ),
     /// `MMIO_GUARD_ENROLL`: no arguments. Returns `SUCCESS`; a protected VM
     /// is always enrolled: only accesses inside granules it mapped with
     /// `MMIO_GUARD_MAP` exit to the host as MMIO.
-    MmioGuardEnroll =
-        fast_call_id(true, owner::VENDOR_HYPERVISOR, kvm_function::MMIO_GUARD_ENROLL),
+    MmioGuardEnroll = fast_call_id(
+        true,
+        owner::VENDOR_HYPERVISOR,
+        kvm_function::MMIO_GUARD_ENROLL,
+    ),
     /// `MMIO_GUARD_MAP` (upstream `MMIO_GUARD`): `x1` = guest-physical
     /// address of a granule outside the VM's memory, `x2` = 0 (Android: a
     /// `MAIR_EL1` index, ignored), `x3` reserved. Accesses to it then exit
@@ -215,8 +222,11 @@ pub enum GuestCall {
     MmioGuardMap = fast_call_id(true, owner::VENDOR_HYPERVISOR, kvm_function::MMIO_GUARD_MAP),
     /// `MMIO_GUARD_UNMAP`: `x1` = a granule mapped with `MMIO_GUARD_MAP`,
     /// `x2`, `x3` reserved. `INVALID_PARAMETER` if it was not mapped.
-    MmioGuardUnmap =
-        fast_call_id(true, owner::VENDOR_HYPERVISOR, kvm_function::MMIO_GUARD_UNMAP),
+    MmioGuardUnmap = fast_call_id(
+        true,
+        owner::VENDOR_HYPERVISOR,
+        kvm_function::MMIO_GUARD_UNMAP,
+    ),
     /// `MEM_RELINQUISH`: `x1` = guest-physical address of one granule of
     /// the VM's memory, `x2`, `x3` reserved. The granule is zeroed and
     /// leaves the VM (a later access is a memory fault, as if never
@@ -538,7 +548,12 @@ mod tests {
             assert!(crate::smccc::is_fast_call(id), "{}", call.name());
             let owner = crate::smccc::owner_of(id);
             assert!(
-                [owner::ARCH, owner::STANDARD_SECURE, owner::VENDOR_HYPERVISOR].contains(&owner)
+                [
+                    owner::ARCH,
+                    owner::STANDARD_SECURE,
+                    owner::VENDOR_HYPERVISOR
+                ]
+                .contains(&owner)
             );
         }
     }

@@ -15,7 +15,10 @@ use rampart_guest::{no_hypervisor, println, report};
 rampart_guest::entry!(main);
 
 fn main(ram_size: u64) {
-    println!("Hello from a Rampart guest: {ram_size:#x} bytes of RAM at {:#x}", abi::GUEST_RAM_BASE);
+    println!(
+        "Hello from a Rampart guest: {ram_size:#x} bytes of RAM at {:#x}",
+        abi::GUEST_RAM_BASE
+    );
     report::pass("hello");
     if no_hypervisor() {
         report::skip("discovery", format_args!("no hypervisor"));
@@ -38,7 +41,10 @@ fn main(ram_size: u64) {
     report::check(
         "kvm-features",
         features == [abi::KVM_FEATURES_PROTECTED, 0, 0, 0],
-        format_args!("KVM_FEATURES = {features:x?}, want [{:#x}, 0, 0, 0]", abi::KVM_FEATURES_PROTECTED),
+        format_args!(
+            "KVM_FEATURES = {features:x?}, want [{:#x}, 0, 0, 0]",
+            abi::KVM_FEATURES_PROTECTED
+        ),
     );
     let granule = hvc::hyp_meminfo();
     report::check(
@@ -76,7 +82,11 @@ fn main(ram_size: u64) {
             a != b && a != [0; 3],
             format_args!("two draws of 192 bits: {a:x?} {b:x?}"),
         ),
-        (a, b) => report::check("trng-rnd64", false, format_args!("TRNG_RND64: {a:x?} {b:x?}")),
+        (a, b) => report::check(
+            "trng-rnd64",
+            false,
+            format_args!("TRNG_RND64: {a:x?} {b:x?}"),
+        ),
     };
     let refused = rng::rnd64(193);
     report::check(

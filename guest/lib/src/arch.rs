@@ -311,7 +311,9 @@ pub fn gic_acknowledge() -> u32 {
     let intid: u64;
     // SAFETY: acknowledging changes only the GIC's state for this vCPU; no
     // memory is touched.
-    unsafe { asm!("mrs {}, S3_0_C12_C12_0", out(reg) intid, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("mrs {}, S3_0_C12_C12_0", out(reg) intid, options(nomem, nostack, preserves_flags))
+    };
     u32::try_from(intid & 0xff_ffff).unwrap_or(1023)
 }
 
@@ -380,7 +382,10 @@ pub fn qemu_gic_enable_ppi(intid: u32) {
     mmio_write32(sgi + 0x80, mmio_read32(sgi + 0x80) | (1 << intid)); // IGROUPR0
     let priority = sgi + 0x400 + u64::from(intid & !3);
     let shift = (intid & 3) * 8;
-    mmio_write32(priority, (mmio_read32(priority) & !(0xff << shift)) | (0x80 << shift));
+    mmio_write32(
+        priority,
+        (mmio_read32(priority) & !(0xff << shift)) | (0x80 << shift),
+    );
     mmio_write32(sgi + 0x100, 1 << intid); // ISENABLER0
 }
 

@@ -31,13 +31,17 @@
 #![no_std]
 #![deny(unsafe_code)]
 
-#[allow(unsafe_code, reason = "the one module that touches the machine directly")]
+#[allow(
+    unsafe_code,
+    reason = "the one module that touches the machine directly"
+)]
 pub mod arch;
 pub mod console;
 pub mod hvc;
 pub mod irq;
 pub mod report;
 
+pub use rampart_abi;
 pub use rampart_abi::guest as abi;
 
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -98,7 +102,11 @@ fn start_primary(x0: u64) {
         arch::image_range().1,
     );
     if no_hypervisor() {
-        let how = if arch::hvc_undefined() { "undefined" } else { "NOT_SUPPORTED" };
+        let how = if arch::hvc_undefined() {
+            "undefined"
+        } else {
+            "NOT_SUPPORTED"
+        };
         report::fail(
             "hypervisor",
             format_args!("VENDOR_HYP_CALL_UID is {how}: no hypervisor (plain QEMU?)"),

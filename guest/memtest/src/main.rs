@@ -90,13 +90,20 @@ fn main(_ram_size: u64) {
         }
         hvc_regs = hvc_regs.and(arch::hvc_preserves_registers(GuestCall::KvmFeatures.id()));
         mmio_regs = mmio_regs.and(arch::mmio_read_preserves_registers());
-        println!("memtest: pass {} of {PASSES} done, {} mismatches, {exits} exits so far", pass + 1, bad.count);
+        println!(
+            "memtest: pass {} of {PASSES} done, {} mismatches, {exits} exits so far",
+            pass + 1,
+            bad.count
+        );
     }
     match bad.first {
         None => report::pass("memtest-pattern"),
         Some((addr, got, want)) => report::fail(
             "memtest-pattern",
-            format_args!("{} mismatched words; first at {addr:#x}: {got:#x}, want {want:#x}", bad.count),
+            format_args!(
+                "{} mismatched words; first at {addr:#x}: {got:#x}, want {want:#x}",
+                bad.count
+            ),
         ),
     }
     report::check(
@@ -107,11 +114,17 @@ fn main(_ram_size: u64) {
     report::check(
         "memtest-hvc-registers",
         hvc_regs.is_ok(),
-        format_args!("register {:?} changed across HVC KVM_FEATURES (100+n = v<n>)", hvc_regs.err()),
+        format_args!(
+            "register {:?} changed across HVC KVM_FEATURES (100+n = v<n>)",
+            hvc_regs.err()
+        ),
     );
     report::check(
         "memtest-mmio-registers",
         mmio_regs.is_ok(),
-        format_args!("register {:?} changed across an MMIO read (100+n = v<n>)", mmio_regs.err()),
+        format_args!(
+            "register {:?} changed across an MMIO read (100+n = v<n>)",
+            mmio_regs.err()
+        ),
     );
 }

@@ -59,7 +59,10 @@ fn main(_ram_size: u64) {
     let (start, end) = arch::free_ram();
     let page = start.next_multiple_of(GRANULE);
     if page + 2 * GRANULE > end {
-        report::fail("share", format_args!("no free granule in {start:#x}..{end:#x}"));
+        report::fail(
+            "share",
+            format_args!("no free granule in {start:#x}..{end:#x}"),
+        );
         return;
     }
 
@@ -68,7 +71,11 @@ fn main(_ram_size: u64) {
         arch::ram_write_u8(page + i, share_ping_byte(offset(i)));
     }
     let shared = hvc::mem_share(page);
-    if !report::check("share", shared == 0, format_args!("MEM_SHARE({page:#x}) = {shared}")) {
+    if !report::check(
+        "share",
+        shared == 0,
+        format_args!("MEM_SHARE({page:#x}) = {shared}"),
+    ) {
         return;
     }
     println!("{SHARED}{page:#x}");
@@ -76,11 +83,14 @@ fn main(_ram_size: u64) {
     report::check(
         "share-pong",
         answered,
-        format_args!("first word still {:#x} after {TIMEOUT_MS} ms", arch::ram_read_u32(page)),
+        format_args!(
+            "first word still {:#x} after {TIMEOUT_MS} ms",
+            arch::ram_read_u32(page)
+        ),
     );
     if answered {
-        let wrong = page_bytes()
-            .find(|&i| arch::ram_read_u8(page + i) != share_pong_byte(offset(i)));
+        let wrong =
+            page_bytes().find(|&i| arch::ram_read_u8(page + i) != share_pong_byte(offset(i)));
         report::check(
             "share-host-data",
             wrong.is_none(),
@@ -95,7 +105,11 @@ fn main(_ram_size: u64) {
     );
 
     let unshared = hvc::mem_unshare(page);
-    report::check("unshare", unshared == 0, format_args!("MEM_UNSHARE({page:#x}) = {unshared}"));
+    report::check(
+        "unshare",
+        unshared == 0,
+        format_args!("MEM_UNSHARE({page:#x}) = {unshared}"),
+    );
     println!("{UNSHARED}{page:#x}");
     let again = hvc::mem_unshare(page);
     report::check(

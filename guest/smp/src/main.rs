@@ -78,9 +78,10 @@ fn index_of(mpidr: u64) -> u64 {
 }
 
 fn main(_ram_size: u64) {
-    let vcpus = 1 + (1..MAX_VCPUS as u64)
-        .take_while(|&i| call::affinity_info(vcpu_mpidr(i)) != psci::INVALID_PARAMETERS)
-        .count();
+    let vcpus = 1
+        + (1..MAX_VCPUS as u64)
+            .take_while(|&i| call::affinity_info(vcpu_mpidr(i)) != psci::INVALID_PARAMETERS)
+            .count();
     println!("smp: {vcpus} vCPUs (AFFINITY_INFO probe)");
     report::check(
         "smp-vcpu0-mpidr",
@@ -91,13 +92,12 @@ fn main(_ram_size: u64) {
         report::skip("smp", format_args!("only one vCPU"));
         return;
     }
-    let secondaries = 1..u64::try_from(vcpus).unwrap_or(1);
+    let secondaries = 1..vcpus;
     let states: [i32; MAX_VCPUS] =
         core::array::from_fn(|i| call::affinity_info(vcpu_mpidr(i as u64)));
     report::check(
         "smp-initially-off",
-        states[0] == psci::AFFINITY_ON
-            && states[1..vcpus].iter().all(|&s| s == psci::AFFINITY_OFF),
+        states[0] == psci::AFFINITY_ON && states[1..vcpus].iter().all(|&s| s == psci::AFFINITY_OFF),
         format_args!("AFFINITY_INFO of vCPUs 0..{vcpus}: {:?}", &states[..vcpus]),
     );
     let state32 = hvc::call(psci::AFFINITY_INFO_32, [vcpu_mpidr(1), 0, 0])[0] & 0xffff_ffff;
@@ -111,12 +111,20 @@ fn main(_ram_size: u64) {
     PHASE.store(1, Ordering::SeqCst);
     let mut problem = None;
     for i in secondaries.clone() {
-        let slot = &MPIDRS[i as usize];
-        let on = call::cpu_on(vcpu_mpidr(i), arch::secondary_entry_address(), i);
-        let arrived = on == psci::SUCCESS && wait_until(TIMEOUT_MS, || slot.load(Ordering::SeqCst) != 0);
-        let off = arrived && wait_until(TIMEOUT_MS, || call::affinity_info(vcpu_mpidr(i)) == psci::AFFINITY_OFF);
+        let slot = &MPIDRS[i];
+        let on = call::cpu_on(
+            vcpu_mpidr(i as u64),
+            arch::secondary_entry_address(),
+            i as u64,
+        );
+        let arrived =
+            on == psci::SUCCESS && wait_until(TIMEOUT_MS, || slot.load(Ordering::SeqCst) != 0);
+        let off = arrived
+            && wait_until(TIMEOUT_MS, || {
+                call::affinity_info(vcpu_mpidr(i as u64)) == psci::AFFINITY_OFF
+            });
         let mpidr = slot.load(Ordering::SeqCst) & !VALID;
-        if on != psci::SUCCESS || !arrived || !off || index_of(mpidr) != i {
+        if on != psci::SUCCESS || !arrived || !off || index_of(mpidr) != i as u64 {
             problem.get_or_insert((i, on, arrived, off, mpidr));
         }
     }
@@ -130,23 +138,25 @@ fn main(_ram_size: u64) {
     PHASE.store(2, Ordering::SeqCst);
     let mut refused = None;
     for i in secondaries.clone() {
-        let on = call::cpu_on(vcpu_mpidr(i), arch::secondary_entry_address(), i);
+        let on = call::cpu_on(
+            vcpu_mpidr(i as u64),
+            arch::secondary_entry_address(),
+            i as u64,
+        );
         if on != psci::SUCCESS {
             refused.get_or_insert((i, on));
         }
     }
     let all_done = wait_until(TIMEOUT_MS, || {
         secondaries.clone().all(|i| {
-            RESULTS[i as usize].load(Ordering::SeqCst) != 0
-                && call::affinity_info(vcpu_mpidr(i)) == psci::AFFINITY_OFF
+            RESULTS[i].load(Ordering::SeqCst) != 0
+                && call::affinity_info(vcpu_mpidr(i as u64)) == psci::AFFINITY_OFF
         })
     });
     let results: [u64; MAX_VCPUS] = core::array::from_fn(|i| RESULTS[i].load(Ordering::SeqCst));
     report::check(
         "smp-concurrent",
-        refused.is_none()
-            && all_done
-            && results[1..vcpus].iter().all(|&r| r == VALID),
+        refused.is_none() && all_done && results[1..vcpus].iter().all(|&r| r == VALID),
         format_args!(
             "CPU_ON refused: {refused:?}; all off: {all_done}; results (bit 63 = done, else 1 + changed register): {:x?}",
             &results[1..vcpus]
@@ -160,7 +170,11 @@ fn main(_ram_size: u64) {
         me == psci::ALREADY_ON,
         format_args!("CPU_ON of vCPU 0 by itself = {me}, want ALREADY_ON"),
     );
-    let absent = if vcpus < MAX_VCPUS { vcpus as u64 } else { 1 << 8 };
+    let absent = if vcpus < MAX_VCPUS {
+        vcpus as u64
+    } else {
+        1 << 8
+    };
     let nobody = call::cpu_on(absent, arch::secondary_entry_address(), 0);
     report::check(
         "smp-cpu-on-absent-refused",
@@ -168,7 +182,10 @@ fn main(_ram_size: u64) {
         format_args!("CPU_ON of MPIDR {absent:#x} = {nobody}, want INVALID_PARAMETERS"),
     );
     if no_hypervisor() {
-        report::skip("smp-cpu-on-bad-entry-refused", format_args!("no hypervisor"));
+        report::skip(
+            "smp-cpu-on-bad-entry-refused",
+            format_args!("no hypervisor"),
+        );
         return;
     }
     let bad = call::cpu_on(vcpu_mpidr(1), 0x1000, 1);

@@ -105,10 +105,16 @@ fn rounds(clock: &Clock, n: u32, millis: u64, wfi: bool) -> Result<(), (u32, Out
 
 fn main(_ram_size: u64) {
     let frequency = arch::counter_frequency();
-    if !report::check("timer-frequency", frequency >= 1_000, format_args!("CNTFRQ_EL0 = {frequency}")) {
+    if !report::check(
+        "timer-frequency",
+        frequency >= 1_000,
+        format_args!("CNTFRQ_EL0 = {frequency}"),
+    ) {
         return;
     }
-    let clock = Clock { ticks_per_ms: frequency / 1_000 };
+    let clock = Clock {
+        ticks_per_ms: frequency / 1_000,
+    };
     arch::gic_cpu_interface_enable();
     if no_hypervisor() {
         println!("timer: no hypervisor, programming QEMU's GIC distributor");
@@ -116,9 +122,17 @@ fn main(_ram_size: u64) {
     }
 
     let busy = rounds(&clock, 3, 2, false);
-    report::check("timer-busy", busy.is_ok(), format_args!("round, outcome: {busy:x?}"));
+    report::check(
+        "timer-busy",
+        busy.is_ok(),
+        format_args!("round, outcome: {busy:x?}"),
+    );
     let wfi = rounds(&clock, 3, 5, true);
-    report::check("timer-wfi", wfi.is_ok(), format_args!("round, outcome: {wfi:x?}"));
+    report::check(
+        "timer-wfi",
+        wfi.is_ok(),
+        format_args!("round, outcome: {wfi:x?}"),
+    );
 
     // WFI with IRQs masked wakes on the pending interrupt.
     let before = irq::count(TIMER);
@@ -144,7 +158,11 @@ fn main(_ram_size: u64) {
     );
 
     let many = rounds(&clock, 20, 1, false);
-    report::check("timer-many", many.is_ok(), format_args!("round, outcome: {many:x?}"));
+    report::check(
+        "timer-many",
+        many.is_ok(),
+        format_args!("round, outcome: {many:x?}"),
+    );
 
     // IMASK set: the timer fires (ISTATUS) but raises no interrupt.
     let before = irq::count(TIMER);
@@ -158,7 +176,10 @@ fn main(_ram_size: u64) {
     report::check(
         "timer-imask",
         irq::count(TIMER) == before && control & TIMER_ISTATUS != 0,
-        format_args!("{} interrupts with IMASK set; CNTV_CTL = {control:#x}", irq::count(TIMER) - before),
+        format_args!(
+            "{} interrupts with IMASK set; CNTV_CTL = {control:#x}",
+            irq::count(TIMER) - before
+        ),
     );
     arch::set_virtual_timer_control(0);
 
@@ -173,6 +194,10 @@ fn main(_ram_size: u64) {
     report::check(
         "timer-no-stray",
         stray == 0 && irq::spurious() == 0 && irq::other() == 0,
-        format_args!("{stray} stray, {} spurious, {} other", irq::spurious(), irq::other()),
+        format_args!(
+            "{stray} stray, {} spurious, {} other",
+            irq::spurious(),
+            irq::other()
+        ),
     );
 }
