@@ -10,7 +10,7 @@
 
 use rampart_guest::abi::{self, kvm_function, psci, trng};
 use rampart_guest::hvc::{self, trng as rng};
-use rampart_guest::{no_hypervisor, println, report};
+use rampart_guest::{no_hypervisor, println, protected, report};
 
 rampart_guest::entry!(main);
 
@@ -37,7 +37,40 @@ fn main(ram_size: u64) {
         version == psci::VERSION_1_1 as i32,
         format_args!("PSCI_VERSION = {version:#x}, want 1.1"),
     );
+    let version = rng::version();
+    report::check(
+        "trng-version",
+        version >= trng::VERSION_1_0 as i32,
+        format_args!("TRNG_VERSION = {version:#x}, want >= 1.0"),
+    );
+    match (rng::rnd64(192), rng::rnd64(192)) {
+        (Ok(a), Ok(b)) => report::check(
+            "trng-rnd64",
+            a != b && a != [0; 3],
+            format_args!("two draws of 192 bits: {a:x?} {b:x?}"),
+        ),
+        (a, b) => report::check(
+            "trng-rnd64",
+            false,
+            format_args!("TRNG_RND64: {a:x?} {b:x?}"),
+        ),
+    };
+    let refused = rng::rnd64(193);
+    report::check(
+        "trng-rnd64-too-many-bits",
+        refused == Err(trng::INVALID_PARAMETERS),
+        format_args!("TRNG_RND64(193) = {refused:x?}, want INVALID_PARAMETERS"),
+    );
     let features = hvc::kvm_features();
+    if !protected() {
+        report::check(
+            "kvm-features",
+            features == [1, 0, 0, 0],
+            format_args!("KVM_FEATURES = {features:x?}, want [1, 0, 0, 0] (not a protected VM)"),
+        );
+        report::skip("pkvm-calls", format_args!("not a protected VM"));
+        return;
+    }
     report::check(
         "kvm-features",
         features == [abi::KVM_FEATURES_PROTECTED, 0, 0, 0],
@@ -68,30 +101,5 @@ fn main(ram_size: u64) {
         "kvm-has-relinquish",
         hvc::kvm_has(kvm_function::MEM_RELINQUISH),
         format_args!("MEM_RELINQUISH not advertised"),
-    );
-
-    let version = rng::version();
-    report::check(
-        "trng-version",
-        version >= trng::VERSION_1_0 as i32,
-        format_args!("TRNG_VERSION = {version:#x}, want >= 1.0"),
-    );
-    match (rng::rnd64(192), rng::rnd64(192)) {
-        (Ok(a), Ok(b)) => report::check(
-            "trng-rnd64",
-            a != b && a != [0; 3],
-            format_args!("two draws of 192 bits: {a:x?} {b:x?}"),
-        ),
-        (a, b) => report::check(
-            "trng-rnd64",
-            false,
-            format_args!("TRNG_RND64: {a:x?} {b:x?}"),
-        ),
-    };
-    let refused = rng::rnd64(193);
-    report::check(
-        "trng-rnd64-too-many-bits",
-        refused == Err(trng::INVALID_PARAMETERS),
-        format_args!("TRNG_RND64(193) = {refused:x?}, want INVALID_PARAMETERS"),
     );
 }

@@ -30,7 +30,7 @@ use rampart_guest::abi::test_protocol::{
     RELINQUISHED, SHARE_PING, SHARE_PONG, SHARED, UNSHARED, share_ping_byte, share_pong_byte,
 };
 use rampart_guest::abi::{GRANULE, kvm_function};
-use rampart_guest::{arch, hvc, no_hypervisor, println, report, wait_until};
+use rampart_guest::{arch, hvc, println, protected, report, wait_until};
 
 rampart_guest::entry!(main);
 
@@ -46,8 +46,11 @@ fn offset(i: u64) -> usize {
 }
 
 fn main(_ram_size: u64) {
-    if no_hypervisor() {
-        report::skip("share", format_args!("no hypervisor"));
+    if !protected() {
+        report::skip(
+            "share",
+            format_args!("not a protected VM (or no hypervisor)"),
+        );
         return;
     }
     let granule = hvc::hyp_meminfo();
