@@ -17,6 +17,9 @@ use crate::vm::{self, VCPU_BOOT, VCPU_POWER, power};
 /// The UUID of Rampart's TRNG back end (the CPU's RNDR), as four words.
 const TRNG_UUID: [u64; 4] = [0x7261_6d70, 0x6172_7420, 0x524e_4452, 0x0000_0001];
 
+/// PSCI INVALID_ADDRESS.
+const PSCI_INVALID_ADDRESS: i64 = -9;
+
 /// SMCCC / KVM return: invalid parameter.
 const INVALID: u64 = rampart_abi::smccc::INVALID_PARAMETER as u64;
 const NOT_SUPPORTED: u64 = rampart_abi::smccc::NOT_SUPPORTED as u64;
@@ -170,6 +173,10 @@ fn target(slot: usize, mpidr: u64) -> Option<usize> {
 
 fn cpu_on(slot: usize, mpidr: u64, entry: u64, context: u64) -> i64 {
     let Some(index) = target(slot, mpidr) else { return psci::INVALID_PARAMETERS };
+    let entry_is_memory = entry.is_multiple_of(4) && vm::VMS[slot].lock().as_ref().is_some_and(|vm| vm::translate(vm, entry).is_some());
+    if !entry_is_memory {
+        return PSCI_INVALID_ADDRESS;
+    }
     let power_state = &VCPU_POWER[slot][index];
     let (boot_entry, boot_context) = &VCPU_BOOT[slot][index];
     boot_entry.store(entry, Ordering::Relaxed);

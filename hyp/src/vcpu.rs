@@ -50,6 +50,18 @@ pub struct Vcpu {
     pending: [u32; 8],
     pending_count: usize,
     halted: bool,
+    /// A memory fault the host was told about: if it runs the vCPU again
+    /// without putting memory there, the guest gets an external abort.
+    memory_fault: Option<MemoryFault>,
+}
+
+/// A stage-2 fault above guest RAM's base that exited to the host.
+#[derive(Clone, Copy, Debug)]
+struct MemoryFault {
+    ipa: u64,
+    far: u64,
+    write: bool,
+    instruction: bool,
 }
 
 pub use rampart_abi::guest::GUEST_RAM_BASE;
@@ -63,7 +75,16 @@ impl Vcpu {
     /// A vCPU in its reset state over a zeroed state page.
     pub fn new(state: &'static mut VcpuState, index: usize) -> Self {
         let mut vcpu =
-            Vcpu { state, index, ran: false, mmio: None, pending: [0; 8], pending_count: 0, halted: false };
+            Vcpu {
+            state,
+            index,
+            ran: false,
+            mmio: None,
+            pending: [0; 8],
+            pending_count: 0,
+            halted: false,
+            memory_fault: None,
+        };
         vcpu.reset(GUEST_RAM_BASE, 0);
         vcpu
     }
@@ -78,6 +99,7 @@ impl Vcpu {
         // ICH_VMCR_EL2: VPMR = 0 (all masked) until the guest sets its PMR.
         self.state.vgic.vmcr = 0;
         self.mmio = None;
+        self.memory_fault = None;
         self.pending_count = 0;
     }
 }
@@ -151,6 +173,20 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
             v.state.regs[op.register] = extend(mmio_read_value, op);
         }
         v.state.pc += 4;
+    }
+    if let Some(fault) = v.memory_fault.take() {
+        let still_unbacked = {
+            let (_, vm_guard) = vm::lock(vcpu.vm)?;
+            vm_guard.as_ref().is_some_and(|vm| vm::translate(vm, fault.ipa).is_none())
+        };
+        if still_unbacked {
+            let kind = if fault.instruction {
+                Kind::InstructionAbort { far_not_valid: false }
+            } else {
+                Kind::DataAbort { write: fault.write, far_not_valid: false }
+            };
+            inject_guest(v, kind, fault.far);
+        }
     }
     let boot = crate::BOOT.get().ok_or(Error::NotSupported)?;
     loop {
@@ -378,6 +414,7 @@ fn abort(slot: usize, v: &mut Vcpu, ipa: u64, iss: u64, far: u64, instruction: b
         return Outcome::Resume;
     }
     if ipa >= GUEST_RAM_BASE || instruction {
+        v.memory_fault = Some(MemoryFault { ipa, far, write, instruction });
         return exit(ExitReason::MemoryFault, ipa & !0xfff, u64::from(write), 0);
     }
     if iss & ISV == 0 || !mmio_allowed {

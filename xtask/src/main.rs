@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod abi_docs;
 mod artifacts;
 mod bench;
+mod guests;
 mod linux;
 mod prereq;
 mod qemu;
