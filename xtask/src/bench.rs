@@ -5,6 +5,11 @@
 //! (no hypervisor), and under Linux's own pKVM (`kvm-arm.mode=protected`).
 //! The modes run round-robin (A, B, C, A, B, C, ...) so that drift in the
 //! build machine's load spreads evenly over them.
+//!
+//! `ownership`, `vm`, `hyp`: instructions the hypervisor runs at EL2 per
+//! host call and per guest exit, counted by the test host with the PMU
+//! (`host/testhost/src/bench.rs`) under `-icount shift=0`, so every figure
+//! is exact and repeats bit for bit. See [`hyp`].
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -15,21 +20,26 @@ use clap::ValueEnum;
 use crate::qemu::Machine;
 use crate::{linux, prereq, suite};
 
+mod hyp;
+
 /// Arguments of `cargo xtask bench`.
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Which benchmark.
     #[arg(value_enum)]
     pub which: Which,
-    /// Rounds; each round boots every mode once.
-    #[arg(long, default_value_t = 5)]
-    pub rounds: u32,
-    /// Number of CPUs.
+    /// Rounds; each round boots every mode once (`boot`), or boots the
+    /// test host once and checks every run printed the same figures
+    /// (`ownership`, `vm`, `hyp`; default 2 there).
+    #[arg(long)]
+    pub rounds: Option<u32>,
+    /// Number of CPUs (`boot` only: the EL2 counts run on 1 CPU).
     #[arg(long, default_value_t = 2)]
     pub smp: u32,
-    /// RAM size, as QEMU's -m takes it.
-    #[arg(long, default_value = "1G")]
-    pub mem: String,
+    /// RAM size, as QEMU's -m takes it (default 1G for `boot`, 512M for the
+    /// EL2 counts).
+    #[arg(long)]
+    pub mem: Option<String>,
     /// Give up on one boot after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
@@ -40,12 +50,22 @@ pub struct BenchArgs {
 pub enum Which {
     /// Linux host boot time to /init: Rampart vs bare EL1 vs pKVM.
     Boot,
+    /// EL2 instructions of the host memory calls, and the ownership
+    /// state machine's throughput on the build machine.
+    Ownership,
+    /// EL2 instructions of VM calls, world switches and guest exits.
+    Vm,
+    /// Both `ownership` and `vm`.
+    Hyp,
 }
 
 /// Runs a benchmark.
 pub fn run(args: &BenchArgs) -> Result<()> {
     match args.which {
         Which::Boot => boot(args),
+        Which::Ownership => hyp::run(args, true, false),
+        Which::Vm => hyp::run(args, false, true),
+        Which::Hyp => hyp::run(args, true, true),
     }
 }
 
@@ -75,11 +95,11 @@ impl Mode {
 
     fn machine(self, args: &BenchArgs, host: &linux::LinuxHost) -> Result<Machine> {
         if self == Mode::Rampart {
-            return suite::linux_machine(args.smp, &args.mem, "max", "");
+            return suite::linux_machine(args.smp, &boot_mem(args), "max", "");
         }
         let mut m = Machine::new(host.kernel.clone());
         m.smp = args.smp;
-        m.mem = args.mem.clone();
+        m.mem = boot_mem(args);
         m.cpu = "max".into();
         m.initrd = Some(host.initramfs.clone());
         match self {
@@ -104,8 +124,13 @@ struct Series {
     failure: Option<String>,
 }
 
+fn boot_mem(args: &BenchArgs) -> String {
+    args.mem.clone().unwrap_or_else(|| "1G".into())
+}
+
 fn boot(args: &BenchArgs) -> Result<()> {
-    if args.rounds == 0 {
+    let rounds = args.rounds.unwrap_or(5);
+    if rounds == 0 {
         bail!("--rounds must be at least 1");
     }
     prereq::ensure(&[&prereq::QEMU])?;
@@ -116,8 +141,8 @@ fn boot(args: &BenchArgs) -> Result<()> {
         host.package,
         host.version,
         args.smp,
-        args.mem,
-        args.rounds,
+        boot_mem(args),
+        rounds,
         linux::INIT_MARKER
     );
 
@@ -145,7 +170,7 @@ fn boot(args: &BenchArgs) -> Result<()> {
     }
 
     let load_before = loadavg();
-    for round in 1..=args.rounds {
+    for round in 1..=rounds {
         let mut line = format!("round {round}:");
         for s in &mut series {
             // A mode that failed once is not retried: a broken mode would

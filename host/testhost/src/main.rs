@@ -27,6 +27,7 @@
     reason = "the one module that touches the machine directly"
 )]
 mod arch;
+mod bench;
 mod checks;
 mod console;
 mod cpus;
@@ -63,6 +64,10 @@ fn primary_main(boot: BootState) -> ! {
         dt_address, platform.cpu_count
     );
     platform.describe();
+    if let Some(selection) = bench::selection(&platform) {
+        bench::run(&platform, selection);
+        power_off_quietly();
+    }
 
     let (mut passed, mut failed) = (0u32, 0u32);
     for check in checks::CHECKS {
