@@ -29,9 +29,21 @@ pub fn hypervisor() -> Result<PathBuf> {
     once(&HYPERVISOR, || image("rampart-hyp", HYP_TARGET, "rampart.bin", &[]))
 }
 
-/// Builds the bare-metal test host (once per run) and returns its `Image`.
+/// Builds the test guests, then the bare-metal test host with them embedded
+/// (`RAMPART_GUEST_DIR` names `build/guests`), once per run; returns the
+/// host's `Image`.
 pub fn testhost() -> Result<PathBuf> {
-    once(&TESTHOST, || image("rampart-testhost", EL1_TARGET, "testhost.bin", &[]))
+    once(&TESTHOST, || {
+        let guests = crate::guests::guests()?;
+        let dir = guests
+            .first()
+            .and_then(|(_, path)| path.parent())
+            .context("no test guests were built")?
+            .to_str()
+            .context("guest directory is not UTF-8")?
+            .to_string();
+        image("rampart-testhost", EL1_TARGET, "testhost.bin", &[("RAMPART_GUEST_DIR", &dir)])
+    })
 }
 
 fn once(cell: &OnceLock<PathBuf>, build: impl FnOnce() -> Result<PathBuf>) -> Result<PathBuf> {

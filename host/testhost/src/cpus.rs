@@ -4,7 +4,8 @@
 //! A secondary records what it saw at entry in its [`Slot`], counts itself in
 //! [`ARRIVALS`], then does its [`TASK`]: either waits until the boot CPU
 //! releases its round (so the boot CPU can see it ON with `AFFINITY_INFO`),
-//! or runs its part of `own-concurrent`. Then it calls `CPU_OFF`.
+//! runs its part of `own-concurrent`, or runs vCPUs for the VM checks. Then
+//! it calls `CPU_OFF`.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -86,6 +87,8 @@ pub static RELEASED: AtomicU64 = AtomicU64::new(0);
 pub const TASK_PARK: u64 = 0;
 /// [`TASK`]: run this CPU's part of `own-concurrent`.
 pub const TASK_OWNERSHIP: u64 = 1;
+/// [`TASK`]: run vCPUs (`checks::vmm::run::secondary`).
+pub const TASK_VCPU: u64 = 2;
 /// What secondaries started from now on do after they arrive; set by the
 /// boot CPU before `CPU_ON`.
 pub static TASK: AtomicU64 = AtomicU64::new(TASK_PARK);
@@ -110,8 +113,11 @@ pub fn secondary_main(entry: SecondaryEntry) -> ! {
     slot.arrived.store(round.max(1), Ordering::Release);
     ARRIVALS.fetch_add(1, Ordering::AcqRel);
 
-    if TASK.load(Ordering::Acquire) == TASK_OWNERSHIP {
+    let task = TASK.load(Ordering::Acquire);
+    if task == TASK_OWNERSHIP {
         crate::checks::ownership_worker(index);
+    } else if task == TASK_VCPU {
+        crate::checks::vmm::run::secondary(index);
     } else {
         wait_until(PARK_TIMEOUT_MS, || {
             RELEASED.load(Ordering::Acquire) >= round

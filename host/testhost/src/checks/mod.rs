@@ -13,6 +13,9 @@ mod ownership;
 mod ram;
 mod smccc;
 mod vm;
+/// The VMM (`src/vmm/`), declared here so `main.rs` stays as it is.
+#[path = "../vmm/mod.rs"]
+pub mod vmm;
 
 pub use concurrent::worker as ownership_worker;
 
@@ -109,6 +112,58 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "vm-bringup",
         run: vm::vm_bringup,
+    },
+    Check {
+        name: "vm-hello",
+        run: vm::vm_hello,
+    },
+    Check {
+        name: "vm-hello-unprotected",
+        run: vm::vm_hello_unprotected,
+    },
+    Check {
+        name: "vm-memtest",
+        run: vm::vm_memtest,
+    },
+    Check {
+        name: "vm-share",
+        run: vm::vm_share,
+    },
+    Check {
+        name: "vm-smp",
+        run: vm::vm_smp,
+    },
+    Check {
+        name: "vm-timer",
+        run: vm::vm_timer,
+    },
+    Check {
+        name: "vm-attacker",
+        run: vm::vm_attacker,
+    },
+    Check {
+        name: "vm-two-at-once",
+        run: vm::vm_two_at_once,
+    },
+    Check {
+        name: "vm-attack-access",
+        run: vm::vm_attack_access,
+    },
+    Check {
+        name: "vm-attack-donate",
+        run: vm::vm_attack_donate,
+    },
+    Check {
+        name: "vm-attack-handles",
+        run: vm::vm_attack_handles,
+    },
+    Check {
+        name: "vm-attack-vcpu",
+        run: vm::vm_attack_vcpu,
+    },
+    Check {
+        name: "vm-create-bad",
+        run: vm::vm_create_bad,
     },
     Check {
         name: "ram-rw",

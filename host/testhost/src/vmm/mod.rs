@@ -1,0 +1,305 @@
+//! A small VMM: the test host creates VMs (protected or not), loads the
+//! test guests (`guest/`) into its own pages, donates them, runs the vCPUs
+//! and emulates the guests' console, then destroys the VMs and checks that
+//! every page a guest owned comes back zeroed.
+//!
+//! - [`Vm`]: `VM_CREATE` with metadata from a scratch [`Arena`], the image
+//!   loaded over a host pattern and `VM_DONATE`d at `GUEST_RAM_BASE`
+//!   (`x0` = RAM size), `VCPU_CREATE` for each vCPU, and [`Vm::destroy`].
+//! - [`run`]: the `VCPU_RUN` loops, on the boot CPU and on secondaries
+//!   (one vCPU lane per physical CPU, interleaved when there are fewer), the
+//!   console emulation and the guests' `GUEST-*` result lines.
+//! - [`gic`]: the host's GIC set-up that lets a guest's virtual timer
+//!   interrupt reach the hypervisor while the guest runs.
+//! - [`hw`]: 32-bit MMIO, GIC system registers and an instruction-fetch
+//!   probe.
+
+pub mod gic;
+pub mod hw;
+pub mod run;
+
+mod images {
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}
+
+use rampart_abi::guest::GUEST_RAM_BASE;
+use rampart_abi::host::{HostCall, VmConfig};
+
+use crate::arch;
+use crate::msg::Msg;
+use crate::psci::{self, Conduit};
+use crate::ranges::Range;
+use crate::{ensure, fail, msg};
+
+/// Page size of every call.
+pub const PAGE: u64 = rampart_abi::host::PAGE_SIZE;
+/// Stage-2 table pages a VM gets beyond the minimum.
+const EXTRA_STAGE2_PAGES: u64 = 24;
+/// Pages the VMM may add to a VM after it starts (memory faults).
+pub const MAX_EXTRA_PAGES: usize = 8;
+
+/// The flat binary of guest `name`.
+pub fn image(name: &str) -> Result<&'static [u8], Msg> {
+    if images::GUESTS.is_empty() {
+        fail!(
+            "built without guests: RAMPART_GUEST_DIR was not set when the test host was built (build it with `cargo xtask`)"
+        );
+    }
+    images::GUESTS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, bytes)| *bytes)
+        .ok_or_else(|| msg!("guest {name} is not embedded (guests from {})", images::GUEST_SOURCE))
+}
+
+/// A host call; returns `x0`..`x17`.
+pub fn call(call: HostCall, args: &[u64]) -> [u64; 18] {
+    psci::call_via(Conduit::Hvc, call.id(), args)
+}
+
+/// A host call's `x0` as a signed code.
+pub fn code(call_: HostCall, args: &[u64]) -> i64 {
+    call(call_, args)[0] as i64
+}
+
+/// A call's name without `RAMPART_HOST_`.
+pub fn short(call: HostCall) -> &'static str {
+    call.name().strip_prefix("RAMPART_HOST_").unwrap_or(call.name())
+}
+
+/// Pages handed out in order from a scratch range the host owns.
+pub struct Arena {
+    next: u64,
+    end: u64,
+}
+
+impl Arena {
+    /// Hands out pages of `range` (page-aligned).
+    pub fn new(range: Range) -> Self {
+        Self {
+            next: range.start.next_multiple_of(PAGE),
+            end: range.end & !(PAGE - 1),
+        }
+    }
+
+    /// `pages` fresh pages.
+    pub fn take(&mut self, pages: u64) -> Result<u64, Msg> {
+        let start = self.next;
+        ensure!(
+            start + pages * PAGE <= self.end,
+            "scratch exhausted: {pages} pages wanted at {start:#x}, end {:#x}",
+            self.end
+        );
+        self.next += pages * PAGE;
+        Ok(start)
+    }
+
+    /// Skips to the next multiple of `align` bytes.
+    pub fn align(&mut self, align: u64) {
+        self.next = self.next.next_multiple_of(align);
+    }
+}
+
+/// What to create.
+#[derive(Clone, Copy)]
+pub struct Spec {
+    /// Guest name (an embedded image).
+    pub guest: &'static str,
+    /// A protected VM.
+    pub protected: bool,
+    /// vCPUs (all created; vCPU 0 runs first).
+    pub vcpus: u64,
+    /// Guest RAM in bytes (a multiple of the page size).
+    pub ram: u64,
+    /// Seed of the host pattern written over the RAM before the image, so
+    /// that zeroing at teardown shows.
+    pub seed: u64,
+}
+
+/// A VM the test host made.
+pub struct Vm {
+    /// The guest it runs.
+    pub name: &'static str,
+    /// Its handle.
+    pub handle: u64,
+    /// Whether it is protected.
+    pub protected: bool,
+    /// vCPUs created.
+    pub vcpus: u64,
+    /// Host pages donated as metadata.
+    pub metadata: Range,
+    /// Host pages donated at `GUEST_RAM_BASE`.
+    pub ram: Range,
+    /// Single pages donated later (memory faults): `(host, guest)`.
+    pub extra: [(u64, u64); MAX_EXTRA_PAGES],
+    /// How many of `extra` are used.
+    pub extra_count: usize,
+    /// Set once `VM_DESTROY` succeeded.
+    pub destroyed: bool,
+}
+
+impl Vm {
+    /// Creates the VM: metadata, RAM with the image, vCPUs, vCPU 0's `x0`.
+    /// Undoes what it did if a step fails.
+    pub fn create(arena: &mut Arena, spec: Spec) -> Result<Vm, Msg> {
+        let image = image(spec.guest)?;
+        ensure!(
+            (image.len() as u64) < spec.ram && spec.ram.is_multiple_of(PAGE),
+            "guest {} ({} bytes) does not fit {} bytes of RAM",
+            spec.guest,
+            image.len(),
+            spec.ram
+        );
+        let config = VmConfig {
+            protected: spec.protected,
+            max_vcpus: spec.vcpus,
+        };
+        let metadata_pages = config.min_metadata_pages() + EXTRA_STAGE2_PAGES;
+        let metadata = Range::from_base_size(arena.take(metadata_pages)?, metadata_pages * PAGE);
+        arena.align(64 << 10);
+        let ram = Range::from_base_size(arena.take(spec.ram / PAGE)?, spec.ram);
+        arch::ram_fill(ram.start, ram.end, spec.seed);
+        load(ram.start, image);
+
+        let r = call(
+            HostCall::VmCreate,
+            &[metadata.start, metadata_pages, config.encode()],
+        );
+        ensure!(
+            r[0] == 0,
+            "VM_CREATE({:#x}, {metadata_pages}, {:#x}) = {}",
+            metadata.start,
+            config.encode(),
+            r[0] as i64
+        );
+        let mut vm = Vm {
+            name: spec.guest,
+            handle: r[1],
+            protected: spec.protected,
+            vcpus: spec.vcpus,
+            metadata,
+            ram,
+            extra: [(0, 0); MAX_EXTRA_PAGES],
+            extra_count: 0,
+            destroyed: false,
+        };
+        let setup = || -> Result<(), Msg> {
+            let c = code(
+                HostCall::VmDonate,
+                &[vm.handle, ram.start, spec.ram / PAGE, GUEST_RAM_BASE],
+            );
+            ensure!(c == 0, "VM_DONATE of its RAM = {c}");
+            for i in 0..spec.vcpus {
+                let c = code(HostCall::VcpuCreate, &[vm.handle, i]);
+                ensure!(c == 0, "VCPU_CREATE({i}) = {c}");
+            }
+            let c = code(
+                HostCall::VcpuSetRegs,
+                &[vm.handle, 0, GUEST_RAM_BASE, spec.ram],
+            );
+            ensure!(c == 0, "VCPU_SET_REGS(0) = {c}");
+            Ok(())
+        };
+        if let Err(e) = setup() {
+            let _ = vm.destroy();
+            return Err(msg!("{}: {e}", spec.guest));
+        }
+        Ok(vm)
+    }
+
+    /// Donates one fresh zeroed page from `arena` at guest page `ipa`.
+    /// Returns `VM_DONATE`'s code.
+    pub fn donate_fresh_page(&mut self, arena: &mut Arena, ipa: u64) -> Result<i64, Msg> {
+        ensure!(
+            self.extra_count < MAX_EXTRA_PAGES,
+            "more than {MAX_EXTRA_PAGES} pages donated on faults"
+        );
+        let page = arena.take(1)?;
+        zero(page);
+        let c = code(HostCall::VmDonate, &[self.handle, page, 1, ipa]);
+        if c == 0 {
+            self.extra[self.extra_count] = (page, ipa);
+            self.extra_count += 1;
+        }
+        Ok(c)
+    }
+
+    /// The host page behind guest address `ipa` of the VM's RAM.
+    pub fn host_address(&self, ipa: u64) -> Option<u64> {
+        let offset = ipa.checked_sub(GUEST_RAM_BASE)?;
+        (offset < self.ram.size()).then(|| self.ram.start + offset)
+    }
+
+    /// `VM_DESTROY`, then every page the guest owned (its RAM, pages added
+    /// later, the metadata) must read zero and be the host's again.
+    pub fn destroy(&mut self) -> Result<(), Msg> {
+        if self.destroyed {
+            return Ok(());
+        }
+        let c = code(HostCall::VmDestroy, &[self.handle]);
+        ensure!(c == 0, "{}: VM_DESTROY = {c}", self.name);
+        self.destroyed = true;
+        let mut ranges = [Range::default(); MAX_EXTRA_PAGES + 2];
+        ranges[0] = self.ram;
+        ranges[1] = self.metadata;
+        for (i, (page, _)) in self.extra[..self.extra_count].iter().enumerate() {
+            ranges[i + 2] = Range::from_base_size(*page, PAGE);
+        }
+        for range in &ranges[..self.extra_count + 2] {
+            if let Some(block) = arch::ram_find_nonzero(range.start, range.end) {
+                let words = (block..block + arch::RAM_BLOCK).step_by(8);
+                let (at, value) = words
+                    .map(|a| (a, arch::ram_read(a)))
+                    .find(|&(_, v)| v != 0)
+                    .unwrap_or((block, 0));
+                fail!(
+                    "{}: after VM_DESTROY, {at:#x} (in {range}) reads {value:#x}, expected 0",
+                    self.name
+                );
+            }
+            // Writable again: a word at each end.
+            for a in [range.start, range.end - 8] {
+                arch::ram_write(a, 0x600d_0000 ^ a);
+                ensure!(
+                    arch::ram_read(a) == 0x600d_0000 ^ a,
+                    "{}: {a:#x} not writable after VM_DESTROY",
+                    self.name
+                );
+                arch::ram_write(a, 0);
+            }
+        }
+        Ok(())
+    }
+
+    /// Pages the guest owned (for messages).
+    pub fn pages(&self) -> u64 {
+        (self.ram.size() + self.metadata.size()) / PAGE + self.extra_count as u64
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // A check that fails part-way leaves no VM behind (best effort; a VM
+        // whose vCPU still runs on another CPU refuses with BUSY).
+        if !self.destroyed {
+            let _ = code(HostCall::VmDestroy, &[self.handle]);
+            self.destroyed = true;
+        }
+    }
+}
+
+/// Copies `image` to `start` (8 bytes at a time; the tail zero-padded).
+fn load(start: u64, image: &[u8]) {
+    for (i, chunk) in image.chunks(8).enumerate() {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        arch::ram_write(start + 8 * i as u64, u64::from_le_bytes(word));
+    }
+}
+
+/// Zeroes one page the host owns.
+pub fn zero(page: u64) {
+    for a in (page..page + PAGE).step_by(8) {
+        arch::ram_write(a, 0);
+    }
+}
