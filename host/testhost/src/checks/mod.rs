@@ -142,6 +142,10 @@ pub const CHECKS: &[Check] = &[
         run: vm::vm_attacker,
     },
     Check {
+        name: "vm-fault-donate",
+        run: vm::vm_fault_donate,
+    },
+    Check {
         name: "vm-two-at-once",
         run: vm::vm_two_at_once,
     },

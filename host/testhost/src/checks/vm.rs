@@ -439,6 +439,104 @@ pub fn vm_attacker(p: &Platform) -> Result<(), Msg> {
     Ok(())
 }
 
+/// The attacker again, but the VMM donates a page at its first memory
+/// fault (`read-past-ram`, at the end of its RAM) while it runs: the page
+/// holds a host pattern, so the guest's read must complete with exactly that
+/// word (the hypervisor mapped the page given, at the address given); the
+/// following `write-past-ram` lands in the same page. The guest reports
+/// both probes as failed (the accesses completed); those two lines are the
+/// expected outcome here. Later faults are declined.
+struct DonatingPolicy<'a> {
+    arena: &'a mut Arena,
+    announced: Option<u64>,
+    donated: Option<u64>,
+}
+
+const DONATED_WORD: u64 = 0xd0a7_ed00_5eed_0001;
+
+impl Policy for DonatingPolicy<'_> {
+    fn line(&mut self, _vms: &mut [Vm], _vm: usize, text: &str) -> Result<(), Msg> {
+        if text.starts_with(PROBE) {
+            self.announced = hex_after(text, PROBE);
+        }
+        Ok(())
+    }
+
+    fn excuse(&mut self, _vm: usize, text: &str) -> bool {
+        let Some(ipa) = self.donated else {
+            return false;
+        };
+        text == msg!("GUEST-FAIL read-past-ram: access to {ipa:#x} completed, read {DONATED_WORD:#x}").as_str()
+            || text == msg!("GUEST-FAIL write-past-ram: access to {ipa:#x} completed, read 0x0").as_str()
+    }
+
+    fn memory_fault(
+        &mut self,
+        vms: &mut [Vm],
+        vm: usize,
+        ipa: u64,
+        _write: bool,
+    ) -> Result<FaultAction, Msg> {
+        let announced = self.announced.take().map(|a| a & !(PAGE - 1));
+        ensure!(
+            announced == Some(ipa),
+            "EXIT_MEMORY_FAULT at {ipa:#x}, but the last unanswered GUEST-PROBE was {announced:x?}"
+        );
+        if self.donated.is_some() {
+            return Ok(FaultAction::Decline);
+        }
+        let c = vms[vm].donate_fresh_page(self.arena, ipa, DONATED_WORD)?;
+        ensure!(c == 0, "VM_DONATE at {ipa:#x} while the VM runs = {c}");
+        self.donated = Some(ipa);
+        Ok(FaultAction::Donated)
+    }
+}
+
+/// `vm-fault-donate`: memory added while a protected VM runs, in answer to
+/// `EXIT_MEMORY_FAULT`, is mapped exactly (see [`DonatingPolicy`]); it is
+/// out of the host's reach while the VM lives and zeroed after.
+pub fn vm_fault_donate(p: &Platform) -> Result<(), Msg> {
+    let (mut arena, _) = arena(p)?;
+    let mut vms = [Vm::create(&mut arena, protected("attacker", MIB))?];
+    let mut policy = DonatingPolicy {
+        arena: &mut arena,
+        announced: None,
+        donated: None,
+    };
+    let report = run::run(p, &mut vms, &[&[0]], &mut policy, 8_000);
+    let donated = policy.donated;
+    // The attacker's other checks are `vm-attacker`'s business: here only
+    // the run, the two probes and the page matter.
+    let mut result = report.and_then(|r| {
+        if let Some(problem) = &r.problems[0] {
+            fail!("{problem}");
+        }
+        if let Some(e) = &r.tallies[0].policy_error {
+            fail!("{e}");
+        }
+        let t = &r.tallies[0];
+        ensure!(
+            r.states[0] == run::state::SYSTEM_OFF && t.done.is_some(),
+            "the guest did not run to GUEST-DONE and SYSTEM_OFF (state {})",
+            r.states[0]
+        );
+        ensure!(
+            t.excused == 2,
+            "{} of the 2 expected probe results seen (read {DONATED_WORD:#x}, then a write)",
+            t.excused
+        );
+        Ok(())
+    });
+    let vm = &mut vms[0];
+    if vm.extra_count > 0 {
+        result = result.and(expect_inaccessible(vm.extra[0].0));
+    }
+    result = result.and(vm.destroy());
+    result?;
+    ensure!(donated.is_some(), "the guest never faulted");
+    Ok(())
+}
+
 /// A protected VM with no vCPU run yet, for the attack checks.
 fn bare_vm(arena: &mut Arena, vcpus: u64) -> Result<(u64, u64), Msg> {
     let config = VmConfig {

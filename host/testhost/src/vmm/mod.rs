@@ -207,15 +207,21 @@ impl Vm {
         Ok(vm)
     }
 
-    /// Donates one fresh zeroed page from `arena` at guest page `ipa`.
-    /// Returns `VM_DONATE`'s code.
-    pub fn donate_fresh_page(&mut self, arena: &mut Arena, ipa: u64) -> Result<i64, Msg> {
+    /// Donates one fresh page from `arena` at guest page `ipa`, zeroed but
+    /// for `first_word`. Returns `VM_DONATE`'s code.
+    pub fn donate_fresh_page(
+        &mut self,
+        arena: &mut Arena,
+        ipa: u64,
+        first_word: u64,
+    ) -> Result<i64, Msg> {
         ensure!(
             self.extra_count < MAX_EXTRA_PAGES,
             "more than {MAX_EXTRA_PAGES} pages donated on faults"
         );
         let page = arena.take(1)?;
         zero(page);
+        arch::ram_write(page, first_word);
         let c = code(HostCall::VmDonate, &[self.handle, page, 1, ipa]);
         if c == 0 {
             self.extra[self.extra_count] = (page, ipa);

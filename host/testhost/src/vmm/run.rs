@@ -60,7 +60,7 @@ pub mod state {
     pub const SYSTEM_OFF: u64 = 1;
     /// The guest asked for a reset.
     pub const SYSTEM_RESET: u64 = 2;
-    /// The VMM stopped it (policy or problem).
+    /// The VMM stopped it (a problem, or the deadline).
     pub const STOPPED: u64 = 3;
 }
 
@@ -247,8 +247,6 @@ pub enum FaultAction {
     Donated,
     /// Run again without memory there: the guest takes an external abort.
     Decline,
-    /// Stop the VM (as planned, not a failure).
-    Stop,
 }
 
 /// The default policy: nothing beyond the common exit handling.
@@ -269,8 +267,6 @@ pub struct Tally {
     pub first_fail: Option<Msg<200>>,
     /// The first policy error.
     pub policy_error: Option<Msg>,
-    /// The VM was stopped by the policy (as planned).
-    pub stopped_by_policy: bool,
     /// Lines seen.
     pub lines: u32,
 }
@@ -284,7 +280,6 @@ impl Tally {
             done: None,
             first_fail: None,
             policy_error: None,
-            stopped_by_policy: false,
             lines: 0,
         }
     }
@@ -308,8 +303,7 @@ pub struct Report {
 
 impl Report {
     /// The verdict for VM `i`: it ran to `GUEST-DONE` with no failure the
-    /// policy did not excuse (or the policy stopped it as planned), and the
-    /// runners saw no problem.
+    /// policy did not excuse, and the runners saw no problem.
     pub fn verdict(&self, vms: &[Vm], i: usize) -> Result<(), Msg> {
         let (t, name) = (&self.tallies[i], vms[i].name);
         if let Some(p) = &self.problems[i] {
@@ -320,12 +314,6 @@ impl Report {
         }
         if let Some(f) = &t.first_fail {
             return Err(msg!("{name}: {f}"));
-        }
-        if t.stopped_by_policy {
-            if t.passed == 0 {
-                return Err(msg!("{name}: stopped before any GUEST-PASS"));
-            }
-            return Ok(());
         }
         match (self.states[i], t.done) {
             (state::SYSTEM_OFF, Some((p, f))) => {
@@ -641,11 +629,6 @@ impl Host for BootHost<'_> {
     fn memory_fault(&mut self, vm: usize, _vcpu: usize, ipa: u64, write: bool) -> bool {
         match self.policy.memory_fault(self.vms, vm, ipa, write) {
             Ok(FaultAction::Donated | FaultAction::Decline) => true,
-            Ok(FaultAction::Stop) => {
-                self.tallies[vm].stopped_by_policy = true;
-                SHARED[vm].stop(state::STOPPED);
-                false
-            }
             Err(e) => {
                 if self.tallies[vm].policy_error.is_none() {
                     self.tallies[vm].policy_error = Some(e);
