@@ -89,6 +89,8 @@ pub struct Features {
     pub hcx: bool,
     /// Pointer authentication (any algorithm)
     pub pauth: bool,
+    /// FEAT_RNG: the `RNDR` register
+    pub rng: bool,
     /// Physical address bits
     pub pa_bits: u32,
     /// ID_AA64MMFR0_EL1.PARange, capped at 48 bits
@@ -127,6 +129,7 @@ impl Features {
             hcx: field(mmfr1, 40) != 0,
             pauth: [4, 8, 24, 28].iter().any(|&s| field(isar1, s) != 0)
                 || [8, 12].iter().any(|&s| field(isar2, s) != 0),
+            rng: (arch::id_aa64isar0_el1() >> 60) & 0xf != 0,
             pa_bits,
             pa_range_field,
             inject: inject::Features {

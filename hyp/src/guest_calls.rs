@@ -59,6 +59,11 @@ pub fn handle(slot: usize, index: usize, regs: &mut [u64; 31]) -> Outcome {
     if protected_only && !protected {
         return code(regs, NOT_SUPPORTED);
     }
+    let trng_call = matches!(call, G::TrngVersion | G::TrngFeatures | G::TrngGetUuid | G::TrngRnd32 | G::TrngRnd64);
+    if trng_call && !crate::BOOT.get().is_some_and(|b| b.config.features.rng) {
+        // No RNDR on this CPU: no TRNG at all.
+        return code(regs, NOT_SUPPORTED);
+    }
     match call {
         G::SmcccVersion => code(regs, u64::from(rampart_abi::smccc::SMCCC_VERSION_1_1)),
         G::SmcccArchFeatures => {
@@ -93,7 +98,10 @@ pub fn handle(slot: usize, index: usize, regs: &mut [u64; 31]) -> Outcome {
         // A protected VM is enrolled from creation.
         G::MmioGuardEnroll => code(regs, 0),
         G::MmioGuardMap | G::MmioGuardUnmap => {
-            let page = x1 & !(PAGE_SIZE - 1);
+            if !x1.is_multiple_of(PAGE_SIZE) {
+                return code(regs, INVALID);
+            }
+            let page = x1;
             let r = with_vm(slot, |vm| {
                 if page >= GUEST_RAM_BASE || vm::translate(vm, page).is_some() {
                     return Err(Error::InvalidParameter);
@@ -146,7 +154,7 @@ pub fn handle(slot: usize, index: usize, regs: &mut [u64; 31]) -> Outcome {
         }
         G::SystemOff => Outcome::Exit([ExitReason::SystemOff as u64, 0, 0, 0]),
         G::SystemReset => Outcome::Exit([ExitReason::SystemReset as u64, 0, 0, 0]),
-        G::TrngVersion => code(regs, if arch::guest::rndr().is_some() { 0x1_0000 } else { NOT_SUPPORTED }),
+        G::TrngVersion => code(regs, 0x1_0000),
         G::TrngFeatures => {
             #[allow(clippy::cast_possible_truncation, reason = "the function ID asked about is w1")]
             let asked = x1 as u32;
@@ -168,7 +176,7 @@ fn with_vm(slot: usize, f: impl FnOnce(&mut vm::Vm) -> Result<(), Error>) -> Res
 fn target(slot: usize, mpidr: u64) -> Option<usize> {
     let index = usize::try_from(mpidr & 0xff_00ff_ffff).ok()?;
     let max = vm::VMS[slot].lock().as_ref().map_or(0, |vm| vm.max_vcpus);
-    (index < max && vm::VCPU_SLOTS[slot][index].try_lock().is_none_or(|g| g.is_some())).then_some(index)
+    (index < max && vm::VCPU_EXISTS[slot][index].load(Ordering::Acquire)).then_some(index)
 }
 
 fn cpu_on(slot: usize, mpidr: u64, entry: u64, context: u64) -> i64 {
@@ -188,6 +196,13 @@ fn cpu_on(slot: usize, mpidr: u64, entry: u64, context: u64) -> i64 {
     }
 }
 
+/// A random number from the CPU's `RNDR`, if it has one and it gave one.
+fn random() -> Option<u64> {
+    let has_rng = crate::BOOT.get().is_some_and(|b| b.config.features.rng);
+    // SAFETY: only called when the CPU has FEAT_RNG.
+    has_rng.then(|| unsafe { arch::guest::rndr() }).flatten()
+}
+
 /// TRNG_RNG: `bits` random bits in x1..x3 (x3 least significant).
 fn trng(regs: &mut [u64; 31], sixty_four: bool, bits: u64) -> Outcome {
     const NO_ENTROPY: u64 = -3i64 as u64;
@@ -202,7 +217,7 @@ fn trng(regs: &mut [u64; 31], sixty_four: bool, bits: u64) -> Outcome {
         if left == 0 {
             break;
         }
-        let Some(r) = arch::guest::rndr() else { return code(regs, NO_ENTROPY) };
+        let Some(r) = random() else { return code(regs, NO_ENTROPY) };
         let take = left.min(word_bits);
         *slot = if take == 64 { r } else { r & ((1 << take) - 1) };
         left -= take;

@@ -117,12 +117,16 @@ pub fn set_regs(vcpu: VcpuRef, pc: u64, x0: u64) -> Result<(), Error> {
     Ok(())
 }
 
-/// `VCPU_INJECT`.
+/// `VCPU_INJECT`: works whether or not the vCPU is running; it sees the
+/// interrupt the next time it enters the guest.
 pub fn inject_irq(vcpu: VcpuRef, intid: u32) -> Result<(), Error> {
     let slot = vm::slot_of(vcpu.vm)?;
-    let mut guard = VCPU_SLOTS[slot][vcpu.index].try_lock().ok_or(Error::Busy)?;
-    let v = guard.as_mut().ok_or(Error::InvalidParameter)?;
-    queue(v, intid)
+    if !vm::VCPU_EXISTS[slot][vcpu.index].load(Ordering::Acquire) {
+        return Err(Error::InvalidParameter);
+    }
+    let word = &vm::VCPU_PENDING[slot][vcpu.index][(intid / 64) as usize % 16];
+    word.fetch_or(1 << (intid % 64), Ordering::AcqRel);
+    Ok(())
 }
 
 fn queue(v: &mut Vcpu, intid: u32) -> Result<(), Error> {
@@ -191,6 +195,17 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
     let boot = crate::BOOT.get().ok_or(Error::NotSupported)?;
     loop {
         check_timer(v);
+        for (n, word) in vm::VCPU_PENDING[slot][v.index].iter().enumerate() {
+            let mut bits = word.swap(0, Ordering::AcqRel);
+            while bits != 0 {
+                let bit = bits.trailing_zeros();
+                bits &= bits - 1;
+                if queue(v, n as u32 * 64 + bit).is_err() {
+                    // Queue full: keep it pending for the next entry.
+                    word.fetch_or(1 << bit, Ordering::AcqRel);
+                }
+            }
+        }
         load_pending_interrupts(v);
         let outcome = {
             let kind = switch_and_run(v, vttbr, protected, boot);
@@ -370,6 +385,11 @@ fn handle_exit(slot: usize, v: &mut Vcpu, kind: u64) -> Outcome {
     let hpfar = arch::hpfar_el2();
     let iss = esr & 0x1ff_ffff;
     match (esr >> 26) & 0x3f {
+        EC_HVC64 if iss & 0xffff != 0 => {
+            // Only HVC #0 is a call.
+            v.state.regs[0] = rampart_abi::smccc::NOT_SUPPORTED as u64;
+            Outcome::Resume
+        }
         EC_HVC64 => crate::guest_calls::handle(slot, v.index, &mut v.state.regs),
         EC_SMC64 => {
             // Guests use the HVC conduit; an SMC is refused.

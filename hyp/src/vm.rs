@@ -86,6 +86,14 @@ pub static VCPU_SLOTS: [[SpinMutex<Option<Vcpu>>; VCPUS]; MAX_VMS] =
 
 /// Power state of each vCPU, readable by the VM's other vCPUs while it runs.
 pub static VCPU_POWER: [[AtomicU8; VCPUS]; MAX_VMS] = [const { [const { AtomicU8::new(0) }; VCPUS] }; MAX_VMS];
+/// Whether each vCPU exists (readable without its lock, which a running
+/// vCPU holds).
+pub static VCPU_EXISTS: [[core::sync::atomic::AtomicBool; VCPUS]; MAX_VMS] =
+    [const { [const { core::sync::atomic::AtomicBool::new(false) }; VCPUS] }; MAX_VMS];
+/// Virtual interrupts the host made pending, one bit per INTID (0..1023),
+/// collected by the vCPU when it next enters the guest.
+pub static VCPU_PENDING: [[[AtomicU64; 16]; VCPUS]; MAX_VMS] =
+    [const { [const { [const { AtomicU64::new(0) }; 16] }; VCPUS] }; MAX_VMS];
 /// Entry point and context id for a vCPU started with PSCI CPU_ON.
 pub static VCPU_BOOT: [[(AtomicU64, AtomicU64); VCPUS]; MAX_VMS] =
     [const { [const { (AtomicU64::new(0), AtomicU64::new(0)) }; VCPUS] }; MAX_VMS];
@@ -192,6 +200,10 @@ pub fn create_vcpu(vcpu: VcpuRef) -> Result<(), Error> {
     let state: &'static mut VcpuState = unsafe { mm::metadata_page(page) };
     *vcpu_slot = Some(Vcpu::new(state, vcpu.index));
     VCPU_POWER[slot][vcpu.index].store(if vcpu.index == 0 { power::ON } else { power::OFF }, Ordering::Release);
+    for word in &VCPU_PENDING[slot][vcpu.index] {
+        word.store(0, Ordering::Relaxed);
+    }
+    VCPU_EXISTS[slot][vcpu.index].store(true, Ordering::Release);
     Ok(())
 }
 
@@ -329,6 +341,9 @@ pub fn destroy(handle: VmHandle) -> Result<(), Error> {
     }
     for power in &VCPU_POWER[slot] {
         power.store(power::OFF, Ordering::Release);
+    }
+    for exists in &VCPU_EXISTS[slot] {
+        exists.store(false, Ordering::Release);
     }
     let vttbr = vttbr(&vm);
     let id = VmId(vm.vmid);

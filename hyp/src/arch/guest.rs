@@ -340,7 +340,12 @@ pub fn cntvct() -> u64 {
 }
 
 /// A random number from the CPU (FEAT_RNG `RNDR`), if it gave one.
-pub fn rndr() -> Option<u64> {
+///
+/// # Safety
+///
+/// Only on a CPU with FEAT_RNG (`ID_AA64ISAR0_EL1.RNDR` != 0); elsewhere the
+/// instruction is undefined at EL2.
+pub unsafe fn rndr() -> Option<u64> {
     let value: u64;
     let ok: u64;
     // SAFETY: RNDR reads a random number; NZCV reports failure.
