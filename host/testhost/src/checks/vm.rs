@@ -714,7 +714,7 @@ pub fn vm_attack_handles(p: &Platform) -> Result<(), Msg> {
         for forged in [
             live ^ (1 << 32),
             live.wrapping_add(1 << 32),
-            (live & !0xffff_ffff) | 0x1000 + 16,
+            (live & !0xffff_ffff) | (0x1000 + 16),
             (live & !0xffff_ffff) | 0x0fff,
             slot,
             0,
