@@ -214,6 +214,8 @@ fn throughput() -> Result<()> {
     for line in text.lines().filter(|l| l.contains("ops/s")) {
         println!("  {line}");
     }
+    // Wall-clock figures: say how busy the build machine was.
+    println!("  load average (1, 5, 15 min) after: {}", super::loadavg());
     Ok(())
 }
 
