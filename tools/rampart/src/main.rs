@@ -1,1 +1,319 @@
-fn main() {}
+//! `rampart`: keys, signed guest bundles, inspection and attestation-report verification for the Rampart hypervisor.
+//!
+//! Every format it reads or writes is defined by `rampart-attest` and
+//! specified in `docs/formats.md`. Design principles:
+//! - **Errors name the file and what is wrong with it**, and the exit code
+//!   says which kind of failure it was ([`Exit`]), so scripts can tell "the
+//!   file is broken" from "the signature is wrong".
+//! - **Private keys never leave their file**: written 0600, never printed,
+//!   wiped from memory after use (ed25519-dalek zeroizes on drop).
+//! - **Standard formats where they exist**: PKCS#8 / SPKI PEM keys (the
+//!   same files `openssl genpkey -algorithm ed25519` makes), COSE_Sign1
+//!   reports.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+mod keyfile;
+mod parse;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::anyhow;
+use clap::Parser;
+use rampart_attest::{
+    Bundle, BundleError, DeviceSecret, Manifest, ManifestError, ReportError, SignatureError,
+    VerifyingKey, VmFlags, verify_report,
+};
+
+use cli::{Cli, Command};
+
+/// The process exit codes (also in `--help` and `docs/formats.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    /// Success.
+    Ok = 0,
+    /// Bad command line: unknown option, missing or malformed argument.
+    Usage = 1,
+    /// A file could not be read or written.
+    Io = 2,
+    /// An input file is malformed: not a bundle, truncated, bad key file,
+    /// fields out of range, not a COSE_Sign1 report.
+    Malformed = 3,
+    /// A well-formed input failed verification: unsigned, untrusted or bad
+    /// signature, measurement or nonce mismatch.
+    Verification = 4,
+}
+
+/// A failed command: what to print and how to exit.
+#[derive(Debug)]
+pub struct Failure {
+    /// The exit code.
+    pub exit: Exit,
+    /// The message (with context).
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    /// A failure of `kind` with a message.
+    pub fn new(exit: Exit, error: impl Into<anyhow::Error>) -> Self {
+        Failure {
+            exit,
+            error: error.into(),
+        }
+    }
+}
+
+/// A command's result.
+pub type Outcome<T = ()> = Result<T, Failure>;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(Exit::Usage as u8)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("rampart: {:#}", failure.error);
+            ExitCode::from(failure.exit as u8)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Outcome {
+    match cli.command {
+        Command::Keygen { out, force } => keygen(&out, force),
+        Command::Sign(args) => sign(&args),
+        Command::Verify { bundle, keys } => verify(&bundle, &keys),
+        Command::Inspect { bundle } => inspect(&bundle),
+        Command::AttestVerify(args) => attest_verify(&args),
+        Command::AttestationKey { device_secret, out } => {
+            attestation_key(&device_secret, out.as_deref())
+        }
+    }
+}
+
+/// Reads a whole file; failures are [`Exit::Io`] naming the file.
+pub fn read(path: &Path) -> Outcome<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| Failure::new(Exit::Io, anyhow!("{}: cannot read: {e}", path.display())))
+}
+
+fn keygen(out: &Path, force: bool) -> Outcome {
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    getrandom::fill(seed.as_mut())
+        .map_err(|e| Failure::new(Exit::Io, anyhow!("no randomness from the OS: {e}")))?;
+    let key = rampart_attest::SigningKey::from_bytes(&seed);
+    let public = keyfile::public_path(out);
+    keyfile::write_private(out, &key, force)?;
+    keyfile::write_public(&public, &key.verifying_key(), force)?;
+    println!(
+        "wrote {} (private key, PKCS#8 PEM, mode 0600) and {} (public key)",
+        out.display(),
+        public.display()
+    );
+    println!("public key: {}", hex(key.verifying_key().as_bytes()));
+    Ok(())
+}
+
+fn sign(args: &cli::SignArgs) -> Outcome {
+    let key = keyfile::read_private(&args.key)?;
+    let image = read(&args.image)?;
+    let manifest = Manifest {
+        memory_size: args.memory,
+        vcpus: args.vcpus,
+        entry_offset: args.entry,
+        flags: VmFlags {
+            protected: !args.no_protected,
+            debug: args.debug,
+        },
+    };
+    let bundle = Bundle::build(&manifest, &image, &key).map_err(|error| {
+        let (exit, option) = match error {
+            ManifestError::Vcpus(_) => (Exit::Usage, "--vcpus"),
+            ManifestError::EntryUnaligned(_) | ManifestError::EntryOutsideImage { .. } => {
+                (Exit::Usage, "--entry")
+            }
+            ManifestError::EmptyImage => (Exit::Malformed, "--image"),
+            _ => (Exit::Usage, "--memory"),
+        };
+        Failure::new(
+            exit,
+            anyhow!("{option}: {error} (image {})", args.image.display()),
+        )
+    })?;
+    keyfile::write_file(&args.out, &bundle, args.force, None)?;
+    let parsed = Bundle::parse(&bundle)
+        .map_err(|e| Failure::new(Exit::Malformed, anyhow!("internal error: {e}")))?;
+    println!(
+        "wrote {} ({} bytes): measurement {}, signed by {}",
+        args.out.display(),
+        bundle.len(),
+        parsed.measurement,
+        hex(&parsed.signer)
+    );
+    Ok(())
+}
+
+fn bundle_failure(path: &Path, error: BundleError) -> Failure {
+    let exit = match error {
+        BundleError::MeasurementMismatch { .. } | BundleError::Signature(_) => Exit::Verification,
+        _ => Exit::Malformed,
+    };
+    Failure::new(exit, anyhow!("{}: {error}", path.display()))
+}
+
+fn verify(path: &Path, key_files: &[PathBuf]) -> Outcome {
+    let mut trusted: Vec<(VerifyingKey, &Path)> = Vec::new();
+    for file in key_files {
+        trusted.push((keyfile::read_public(file)?, file));
+    }
+    let bytes = read(path)?;
+    let bundle = Bundle::parse(&bytes).map_err(|e| bundle_failure(path, e))?;
+    let keys: Vec<VerifyingKey> = trusted.iter().map(|(key, _)| *key).collect();
+    let signer = bundle.verify(&keys).map_err(|e| match e {
+        BundleError::Signature(SignatureError::UntrustedSigner(_)) => {
+            let names: Vec<String> = key_files.iter().map(|p| p.display().to_string()).collect();
+            Failure::new(
+                Exit::Verification,
+                anyhow!("{}: {e} (trusted: {})", path.display(), names.join(", ")),
+            )
+        }
+        other => bundle_failure(path, other),
+    })?;
+    let file = trusted
+        .iter()
+        .find(|(key, _)| *key == signer)
+        .map_or_else(String::new, |(_, file)| format!(" ({})", file.display()));
+    println!("{}: OK", path.display());
+    println!("  signed by   {}{file}", hex(signer.as_bytes()));
+    println!("  measurement {}", bundle.measurement);
+    Ok(())
+}
+
+fn flags_text(flags: VmFlags) -> String {
+    let mut words = Vec::new();
+    if flags.protected {
+        words.push("protected");
+    }
+    if flags.debug {
+        words.push("debug");
+    }
+    if words.is_empty() {
+        words.push("none");
+    }
+    format!("{:#x} ({})", flags.bits(), words.join(", "))
+}
+
+fn inspect(path: &Path) -> Outcome {
+    let bytes = read(path)?;
+    let bundle = Bundle::parse(&bytes).map_err(|e| bundle_failure(path, e))?;
+    let manifest = &bundle.manifest;
+    let computed = bundle.computed_measurement();
+    let state = manifest.initial_state();
+    println!("bundle        {} ({} bytes)", path.display(), bytes.len());
+    println!("format        version {}", rampart_attest::BUNDLE_VERSION);
+    println!("flags         {}", flags_text(manifest.flags));
+    println!("vcpus         {}", manifest.vcpus);
+    println!(
+        "memory size   {:#x} ({} pages)",
+        manifest.memory_size,
+        manifest.pages()
+    );
+    println!(
+        "entry offset  {:#x} (vCPU 0 starts at {:#x}, x0 = {:#x})",
+        manifest.entry_offset, state.entry_pc, state.x0
+    );
+    println!("image         {} bytes", bundle.image.len());
+    if computed == bundle.measurement {
+        println!(
+            "measurement   {} (matches the image and manifest)",
+            bundle.measurement
+        );
+    } else {
+        println!(
+            "measurement   {} (DOES NOT MATCH the image and manifest, which give {computed})",
+            bundle.measurement
+        );
+    }
+    if bundle.is_signed() {
+        println!("signer        {}", hex(&bundle.signer));
+        println!("signature     {}", hex(&bundle.signature));
+    } else {
+        println!("signer        none (unsigned)");
+    }
+    Ok(())
+}
+
+fn attest_verify(args: &cli::AttestVerifyArgs) -> Outcome {
+    let (bytes, source) = match (&args.report, &args.report_hex) {
+        (Some(path), _) => (read(path)?, path.display().to_string()),
+        (None, Some(text)) => (
+            parse::hex(text)
+                .map_err(|e| Failure::new(Exit::Usage, anyhow!("--report-hex: {e}")))?,
+            "--report-hex".to_string(),
+        ),
+        (None, None) => {
+            return Err(Failure::new(
+                Exit::Usage,
+                anyhow!("give --report FILE or --report-hex HEX"),
+            ));
+        }
+    };
+    let key = keyfile::read_public_or_hex(&args.attestation_key)?;
+    let report = verify_report(
+        &bytes,
+        key.as_bytes(),
+        args.measurement.as_ref().map(|m| &m.0),
+        &args.nonce.0,
+    )
+    .map_err(|error| {
+        let exit = match error {
+            ReportError::BadSignature
+            | ReportError::MeasurementMismatch { .. }
+            | ReportError::NonceMismatch => Exit::Verification,
+            ReportError::NonceTooLong(_) => Exit::Usage,
+            _ => Exit::Malformed,
+        };
+        Failure::new(exit, anyhow!("{source}: {error}"))
+    })?;
+    println!("{source}: OK");
+    println!("  measurement            {}", report.measurement);
+    println!("  nonce                  {}", hex(&report.nonce));
+    println!("  hypervisor version     {}", report.hypervisor_version);
+    println!("  hypervisor measurement {}", report.hypervisor_measurement);
+    println!("  VM flags               {}", flags_text(report.flags));
+    if args.measurement.is_none() {
+        println!("  (measurement not checked: no --measurement given)");
+    }
+    Ok(())
+}
+
+fn attestation_key(secret: &str, out: Option<&Path>) -> Outcome {
+    let bytes = parse::hex32(secret)
+        .map_err(|e| Failure::new(Exit::Usage, anyhow!("--device-secret: {e}")))?;
+    let key = DeviceSecret::from_bytes(&bytes)
+        .attestation_key()
+        .public_key();
+    if let Some(out) = out {
+        keyfile::write_public(out, &key, true)?;
+        println!("wrote {}", out.display());
+    }
+    println!("attestation public key: {}", hex(key.as_bytes()));
+    Ok(())
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,178 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::parse::{Hex32, HexBytes, size};
+
+const AFTER_HELP: &str = "\
+Typical use:
+  rampart keygen --out signer.pem                # signer.pem (0600) + signer.pem.pub
+  rampart sign --key signer.pem --image guest.bin --memory 16M --vcpus 2 --out guest.bundle
+  rampart verify guest.bundle --key signer.pem.pub
+  rampart inspect guest.bundle
+  rampart attest-verify --report report.cbor --attestation-key attestation.pub \\
+      --measurement <64 hex digits> --nonce <hex>
+
+Exit codes:
+  0  success
+  1  usage: bad command line (unknown option, malformed or out-of-range argument)
+  2  I/O: a file could not be read or written (or already exists)
+  3  malformed input: not a bundle, truncated, bad key file, not a COSE_Sign1 report
+  4  verification failed: unsigned, untrusted signer, bad signature,
+     measurement or nonce mismatch
+
+Formats (keys, bundles, measurement, reports): docs/formats.md.";
+
+/// Keys, signed guest bundles and attestation reports for the Rampart
+/// hypervisor.
+///
+/// A protected VM runs only if a trusted key signed the measurement of its
+/// initial state. `rampart sign` measures a guest image exactly as the
+/// hypervisor will (image at guest-physical 0x8000_0000, zero-filled RAM up
+/// to --memory, vCPU 0 at the entry point with x0 = memory size) and writes
+/// a bundle the VMM loads.
+#[derive(Debug, Parser)]
+#[command(name = "rampart", version, after_help = AFTER_HELP, max_term_width = 100)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make an Ed25519 signing key pair.
+    ///
+    /// Writes KEY (the private key, PKCS#8 PEM, mode 0600) and KEY.pub (the
+    /// public key, SubjectPublicKeyInfo PEM). The files are those `openssl
+    /// genpkey -algorithm ed25519` and `openssl pkey -pubout` produce.
+    Keygen {
+        /// Where to write the private key; the public key goes to KEY.pub.
+        #[arg(long, value_name = "KEY")]
+        out: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Measure a guest image and sign it into a bundle.
+    Sign(SignArgs),
+    /// Check that a bundle is intact and signed by a trusted key.
+    ///
+    /// Recomputes the measurement from the image and manifest, then checks
+    /// the signature and that the signer is one of the --key files.
+    Verify {
+        /// The bundle.
+        #[arg(value_name = "BUNDLE")]
+        bundle: PathBuf,
+        /// A trusted public key (KEY.pub, or a file with 64 hex digits);
+        /// repeat for several.
+        #[arg(
+            long = "key",
+            visible_alias = "trusted",
+            value_name = "KEY.pub",
+            required = true
+        )]
+        keys: Vec<PathBuf>,
+    },
+    /// Print a bundle's manifest, measurement and signer.
+    ///
+    /// Checks the bundle's structure and recomputes its measurement, but
+    /// trusts no key: use `verify` for that.
+    Inspect {
+        /// The bundle.
+        #[arg(value_name = "BUNDLE")]
+        bundle: PathBuf,
+    },
+    /// Verify an attestation report (COSE_Sign1) a guest obtained.
+    AttestVerify(AttestVerifyArgs),
+    /// Print the attestation public key a device secret yields.
+    ///
+    /// For development setups (QEMU) where the device secret is known; on a
+    /// real device take the public key from the device instead.
+    AttestationKey {
+        /// The 32-byte device secret, 64 hex digits.
+        #[arg(long, value_name = "HEX")]
+        device_secret: String,
+        /// Also write it as a PEM public key file.
+        #[arg(long, value_name = "PUB")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// `rampart sign`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "SIZE and OFFSET: decimal or 0x hex; SIZE may end in K, M or G (KiB, MiB, GiB)."
+)]
+pub struct SignArgs {
+    /// The private signing key (PKCS#8 PEM, from `rampart keygen`).
+    #[arg(long, value_name = "KEY")]
+    pub key: PathBuf,
+    /// The guest image, loaded at guest-physical 0x8000_0000.
+    #[arg(long, value_name = "IMG")]
+    pub image: PathBuf,
+    /// Guest RAM in bytes: a multiple of 4 KiB, at least the image, at most 64G.
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    pub memory: u64,
+    /// Number of vCPUs, 1 to 8.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub vcpus: u32,
+    /// vCPU 0's entry point as an offset into the image (4-byte aligned).
+    #[arg(long, value_name = "OFFSET", value_parser = size, default_value = "0")]
+    pub entry: u64,
+    /// A protected VM (the default).
+    #[arg(long, overrides_with = "no_protected")]
+    pub protected: bool,
+    /// A non-protected VM: the host may read and write its memory.
+    #[arg(long)]
+    pub no_protected: bool,
+    /// Mark the VM as a debug build (reported to verifiers).
+    #[arg(long)]
+    pub debug: bool,
+    /// Where to write the bundle.
+    #[arg(long, value_name = "BUNDLE")]
+    pub out: PathBuf,
+    /// Overwrite BUNDLE if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `rampart attest-verify`.
+#[derive(Debug, Args)]
+pub struct AttestVerifyArgs {
+    /// The report: a file holding the raw COSE_Sign1 bytes.
+    #[arg(
+        long,
+        value_name = "REPORT",
+        conflicts_with = "report_hex",
+        required_unless_present = "report_hex"
+    )]
+    pub report: Option<PathBuf>,
+    /// The report as hex on the command line.
+    #[arg(long, value_name = "HEX")]
+    pub report_hex: Option<String>,
+    /// The device's attestation public key: a PEM or hex file, or 64 hex digits.
+    #[arg(long, value_name = "PUB")]
+    pub attestation_key: String,
+    /// The measurement the VM must have (64 hex digits, as `rampart inspect`
+    /// prints). Without it any measurement is accepted and printed.
+    #[arg(long, value_name = "HEX")]
+    pub measurement: Option<Hex32>,
+    /// The nonce the guest was challenged with (hex, at most 64 bytes; "" for none).
+    #[arg(long, value_name = "HEX", allow_hyphen_values = false)]
+    pub nonce: HexBytes,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}
