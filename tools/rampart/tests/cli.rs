@@ -1,0 +1,728 @@
+//! The `rampart` binary end to end, on the fixture files in
+//! `tests/fixtures` (good and broken bundles, keys, reports).
+//!
+//! The fixtures are generated deterministically from `rampart-attest` and
+//! fixed seeds; `fixtures_are_current` fails if the formats drift from them.
+//! Regenerate with `RAMPART_BLESS=1 cargo test -p rampart --test cli`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey, KeypairBytes};
+use rampart_attest::{
+    Bundle, Claims, DeviceSecret, Manifest, Measurement, SigningKey, VmFlags, build_report,
+    measure_image,
+};
+
+const NONCE: &str = "00112233445566778899aabbccddeeff";
+const DEVICE_SECRET: [u8; 32] = [0x5a; 32];
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn fixture(name: &str) -> String {
+    fixture_dir().join(name).display().to_string()
+}
+
+fn signer() -> SigningKey {
+    SigningKey::from_bytes(&core::array::from_fn(|i| u8::try_from(i).unwrap()))
+}
+
+fn other() -> SigningKey {
+    SigningKey::from_bytes(&[0xee; 32])
+}
+
+fn manifest() -> Manifest {
+    Manifest {
+        memory_size: 0x4000,
+        vcpus: 2,
+        entry_offset: 4,
+        flags: VmFlags {
+            protected: true,
+            debug: false,
+        },
+    }
+}
+
+fn image() -> Vec<u8> {
+    (0..300u32).map(|i| (i * 13 + 7).to_le_bytes()[0]).collect()
+}
+
+fn flip(mut bytes: Vec<u8>, at: usize) -> Vec<u8> {
+    bytes[at] ^= 0x01;
+    bytes
+}
+
+fn private_pem(key: &SigningKey) -> Vec<u8> {
+    KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    }
+    .to_pkcs8_pem(LineEnding::LF)
+    .unwrap()
+    .as_bytes()
+    .to_vec()
+}
+
+fn public_pem(key: &SigningKey) -> Vec<u8> {
+    key.verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap()
+        .into_bytes()
+}
+
+fn report_claims(measurement: Measurement) -> Vec<u8> {
+    let nonce: Vec<u8> = (0..16).map(|i| i * 0x11).collect();
+    build_report(
+        &Claims {
+            measurement,
+            nonce: &nonce,
+            hypervisor_version: "rampart 0.1.0",
+            hypervisor_measurement: Measurement([0x11; 32]),
+            flags: manifest().flags,
+        },
+        &DeviceSecret::from_bytes(&DEVICE_SECRET).attestation_key(),
+    )
+    .unwrap()
+}
+
+/// Every fixture: name and contents.
+fn fixtures() -> Vec<(&'static str, Vec<u8>)> {
+    let good = Bundle::build(&manifest(), &image(), &signer()).unwrap();
+    let measurement = measure_image(&manifest(), &image()).unwrap();
+    let report = report_claims(measurement);
+    let attestation = DeviceSecret::from_bytes(&DEVICE_SECRET)
+        .attestation_key()
+        .public_key();
+    let mut vcpus9 = good.clone();
+    vcpus9[16] = 9;
+    let mut version2 = good.clone();
+    version2[8] = 2;
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(b"junk");
+    vec![
+        ("signer.pem", private_pem(&signer())),
+        ("signer.pem.pub", public_pem(&signer())),
+        ("other.pem.pub", public_pem(&other())),
+        (
+            "signer.hex",
+            format!("{}\n", hex(signer().verifying_key().as_bytes())).into_bytes(),
+        ),
+        ("not-a-key.pem", b"hello, I am not a key\n".to_vec()),
+        ("image.bin", image()),
+        ("good.bundle", good.clone()),
+        (
+            "other-signer.bundle",
+            Bundle::build(&manifest(), &image(), &other()).unwrap(),
+        ),
+        (
+            "unsigned.bundle",
+            Bundle::build_unsigned(&manifest(), &image()).unwrap(),
+        ),
+        ("truncated.bundle", good[..200].to_vec()),
+        ("truncated-header.bundle", good[..100].to_vec()),
+        ("trailing.bundle", trailing),
+        ("bad-magic.bundle", flip(good.clone(), 0)),
+        ("version2.bundle", version2),
+        ("flipped-image.bundle", flip(good.clone(), 176 + 100)),
+        // vCPUs 2 -> 3: still in range, so only the measurement catches it.
+        ("flipped-manifest.bundle", flip(good.clone(), 16)),
+        ("vcpus-out-of-range.bundle", vcpus9),
+        ("flipped-measurement.bundle", flip(good.clone(), 48 + 5)),
+        ("flipped-signature.bundle", flip(good.clone(), 112 + 10)),
+        ("flipped-signer.bundle", flip(good.clone(), 80 + 3)),
+        (
+            "attestation.pub",
+            format!("{}\n", hex(attestation.as_bytes())).into_bytes(),
+        ),
+        ("report.cbor", report.clone()),
+        (
+            "report-truncated.cbor",
+            report[..report.len() - 10].to_vec(),
+        ),
+        ("report-flipped.cbor", flip(report.clone(), 60)),
+        ("measurement.txt", format!("{measurement}\n").into_bytes()),
+    ]
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn fixtures_are_current() {
+    let bless = std::env::var_os("RAMPART_BLESS").is_some();
+    for (name, contents) in fixtures() {
+        let path = fixture_dir().join(name);
+        if bless {
+            std::fs::create_dir_all(fixture_dir()).unwrap();
+            std::fs::write(&path, &contents).unwrap();
+        } else {
+            let on_disk = std::fs::read(&path)
+                .unwrap_or_else(|e| panic!("{}: {e} (run with RAMPART_BLESS=1)", path.display()));
+            assert!(
+                on_disk == contents,
+                "{name} differs from what the code makes: the format changed? (RAMPART_BLESS=1 regenerates)"
+            );
+        }
+    }
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn rampart(args: &[&str]) -> Run {
+    let output = Command::new(env!("CARGO_BIN_EXE_rampart"))
+        .args(args)
+        .output()
+        .expect("running rampart");
+    Run {
+        code: output.status.code().expect("exit code"),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8(output.stderr).unwrap(),
+    }
+}
+
+#[track_caller]
+fn expect(args: &[&str], code: i32, message: &str) -> Run {
+    let run = rampart(args);
+    assert_eq!(
+        run.code, code,
+        "rampart {args:?}\nstdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        all.contains(message),
+        "rampart {args:?}: expected {message:?} in\n{all}"
+    );
+    run
+}
+
+fn verify(bundle: &str, code: i32, message: &str) -> Run {
+    expect(
+        &[
+            "verify",
+            &fixture(bundle),
+            "--key",
+            &fixture("signer.pem.pub"),
+        ],
+        code,
+        message,
+    )
+}
+
+#[test]
+fn verify_accepts_a_good_bundle() {
+    let run = verify("good.bundle", 0, "good.bundle: OK");
+    let measurement = measure_image(&manifest(), &image()).unwrap().to_string();
+    assert!(run.stdout.contains(&measurement));
+    assert!(run.stdout.contains("signer.pem.pub"));
+    // Several trusted keys, hex key files, the --trusted spelling.
+    expect(
+        &[
+            "verify",
+            &fixture("good.bundle"),
+            "--trusted",
+            &fixture("other.pem.pub"),
+            "--key",
+            &fixture("signer.hex"),
+        ],
+        0,
+        "OK",
+    );
+}
+
+#[test]
+fn verify_names_each_failure() {
+    verify(
+        "unsigned.bundle",
+        4,
+        "unsigned.bundle: not signed: the signature (offset 112) is all zeros",
+    );
+    verify(
+        "other-signer.bundle",
+        4,
+        "which is not a trusted key (trusted: ",
+    );
+    expect(
+        &[
+            "verify",
+            &fixture("good.bundle"),
+            "--key",
+            &fixture("other.pem.pub"),
+        ],
+        4,
+        &format!(
+            "good.bundle: signed by {}, which is not a trusted key",
+            hex(signer().verifying_key().as_bytes())
+        ),
+    );
+    verify(
+        "flipped-image.bundle",
+        4,
+        "flipped-image.bundle: measurement does not match the image and manifest",
+    );
+    verify(
+        "flipped-manifest.bundle",
+        4,
+        "flipped-manifest.bundle: measurement does not match the image and manifest",
+    );
+    verify(
+        "flipped-measurement.bundle",
+        4,
+        "measurement does not match the image and manifest: the bundle (offset 48) says",
+    );
+    verify(
+        "flipped-signature.bundle",
+        4,
+        "flipped-signature.bundle: bad signature (offset 112)",
+    );
+    verify(
+        "flipped-signer.bundle",
+        4,
+        "flipped-signer.bundle: signed by",
+    );
+    verify(
+        "vcpus-out-of-range.bundle",
+        3,
+        "vcpus-out-of-range.bundle: manifest field vcpus at offset 16: vcpus is 9, expected 1 to 8",
+    );
+    verify(
+        "truncated.bundle",
+        3,
+        "truncated.bundle: truncated: expected 476 bytes, got 200",
+    );
+    verify(
+        "truncated-header.bundle",
+        3,
+        "truncated-header.bundle: truncated: expected 176 bytes, got 100",
+    );
+    verify(
+        "trailing.bundle",
+        3,
+        "image length mismatch: the header (offset 40) declares a 300-byte image but 304 bytes follow the header",
+    );
+    verify(
+        "bad-magic.bundle",
+        3,
+        "bad-magic.bundle: not a Rampart bundle: bad magic at offset 0",
+    );
+    verify(
+        "image.bin",
+        3,
+        "image.bin: not a Rampart bundle: bad magic at offset 0",
+    );
+    verify(
+        "version2.bundle",
+        3,
+        "version2.bundle: unsupported bundle format version 2 at offset 8",
+    );
+    verify("no-such.bundle", 2, "no-such.bundle: cannot read");
+}
+
+#[test]
+fn verify_rejects_bad_key_files() {
+    for (key, code, message) in [
+        (
+            "signer.pem",
+            3,
+            "signer.pem: this is a private key; give the public key",
+        ),
+        ("not-a-key.pem", 3, "not-a-key.pem: not a public key file"),
+        ("image.bin", 3, "image.bin: not a key file: not text"),
+        ("no-such.pub", 2, "no-such.pub: cannot read"),
+    ] {
+        expect(
+            &["verify", &fixture("good.bundle"), "--key", &fixture(key)],
+            code,
+            message,
+        );
+    }
+    expect(&["verify", &fixture("good.bundle")], 1, "--key <KEY.pub>");
+}
+
+#[test]
+fn inspect_prints_the_manifest() {
+    let run = expect(&["inspect", &fixture("good.bundle")], 0, "vcpus         2");
+    let measurement = measure_image(&manifest(), &image()).unwrap();
+    for line in [
+        "flags         0x1 (protected)".to_string(),
+        "memory size   0x4000 (4 pages)".into(),
+        "entry offset  0x4 (vCPU 0 starts at 0x80000004, x0 = 0x4000)".into(),
+        "image         300 bytes".into(),
+        format!("measurement   {measurement} (matches the image and manifest)"),
+        format!("signer        {}", hex(signer().verifying_key().as_bytes())),
+    ] {
+        assert!(run.stdout.contains(&line), "{line:?} in\n{}", run.stdout);
+    }
+    expect(
+        &["inspect", &fixture("flipped-image.bundle")],
+        0,
+        "(DOES NOT MATCH the image and manifest, which give",
+    );
+    expect(
+        &["inspect", &fixture("unsigned.bundle")],
+        0,
+        "signer        none (unsigned)",
+    );
+    expect(
+        &["inspect", &fixture("truncated.bundle")],
+        3,
+        "truncated: expected 476 bytes, got 200",
+    );
+}
+
+#[test]
+fn keygen_sign_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.pem");
+    let key_s = key.to_str().unwrap();
+    let public = format!("{key_s}.pub");
+    expect(&["keygen", "--out", key_s], 0, "public key: ");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let text = std::fs::read_to_string(&key).unwrap();
+    assert!(text.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+    assert!(
+        std::fs::read_to_string(&public)
+            .unwrap()
+            .starts_with("-----BEGIN PUBLIC KEY-----\n")
+    );
+    expect(
+        &["keygen", "--out", key_s],
+        2,
+        "k.pem: already exists (use --force to overwrite)",
+    );
+    expect(&["keygen", "--out", key_s, "--force"], 0, "wrote");
+    assert_ne!(std::fs::read_to_string(&key).unwrap(), text, "a new key");
+
+    let bundle = dir.path().join("g.bundle");
+    let bundle_s = bundle.to_str().unwrap();
+    let image = fixture("image.bin");
+    expect(
+        &[
+            "sign", "--key", key_s, "--image", &image, "--memory", "16K", "--vcpus", "2",
+            "--entry", "0x4", "--out", bundle_s,
+        ],
+        0,
+        "wrote",
+    );
+    // Same inputs as good.bundle except the key: same measurement.
+    let signed = std::fs::read(&bundle).unwrap();
+    let good = std::fs::read(fixture("good.bundle")).unwrap();
+    assert_eq!(signed[..80], good[..80]);
+    assert_eq!(signed[176..], good[176..]);
+    expect(&["verify", bundle_s, "--key", &public], 0, "OK");
+    expect(
+        &["verify", bundle_s, "--key", &fixture("signer.pem.pub")],
+        4,
+        "not a trusted key",
+    );
+    expect(
+        &[
+            "sign", "--key", key_s, "--image", &image, "--memory", "16K", "--out", bundle_s,
+        ],
+        2,
+        "g.bundle: already exists",
+    );
+
+    // The fixture key reproduces the fixture bundle byte for byte.
+    expect(
+        &[
+            "sign",
+            "--key",
+            &fixture("signer.pem"),
+            "--image",
+            &image,
+            "--memory",
+            "0x4000",
+            "--vcpus",
+            "2",
+            "--entry",
+            "4",
+            "--protected",
+            "--out",
+            bundle_s,
+            "--force",
+        ],
+        0,
+        "wrote",
+    );
+    assert_eq!(std::fs::read(&bundle).unwrap(), good);
+
+    // Flags.
+    expect(
+        &[
+            "sign",
+            "--key",
+            key_s,
+            "--image",
+            &image,
+            "--memory",
+            "16K",
+            "--no-protected",
+            "--debug",
+            "--out",
+            bundle_s,
+            "--force",
+        ],
+        0,
+        "wrote",
+    );
+    expect(&["inspect", bundle_s], 0, "flags         0x2 (debug)");
+}
+
+#[test]
+fn sign_names_each_mistake() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.bundle");
+    let out = out.to_str().unwrap();
+    let key = fixture("signer.pem");
+    let image = fixture("image.bin");
+    let sign = |extra: &[&str], code: i32, message: &str| {
+        let mut args = vec!["sign", "--key", &key, "--image", &image, "--out", out];
+        args.extend_from_slice(extra);
+        expect(&args, code, message);
+    };
+    sign(
+        &["--memory", "100"],
+        1,
+        "--memory: memory size 0x64 is not a multiple of 4096",
+    );
+    sign(&["--memory", "0"], 1, "--memory: memory size is 0");
+    sign(
+        &["--memory", "lots"],
+        1,
+        "invalid value 'lots' for '--memory <SIZE>'",
+    );
+    sign(
+        &["--memory", "4K", "--vcpus", "9"],
+        1,
+        "--vcpus: vcpus is 9, expected 1 to 8",
+    );
+    sign(
+        &["--memory", "4K", "--entry", "2"],
+        1,
+        "--entry: entry offset 0x2 is not 4-byte aligned",
+    );
+    sign(
+        &["--memory", "4K", "--entry", "300"],
+        1,
+        "--entry: entry offset 0x12c is outside the 300-byte image",
+    );
+    sign(
+        &["--memory", "128G"],
+        1,
+        "--memory: memory size 0x2000000000 is above the maximum of 64 GiB",
+    );
+    sign(
+        &["--memory", "4K", "--bogus"],
+        1,
+        "unexpected argument '--bogus'",
+    );
+    assert!(!Path::new(out).exists(), "nothing written on failure");
+
+    let mut args = vec![
+        "sign", "--key", "", "--image", &image, "--memory", "4K", "--out", out,
+    ];
+    let public = fixture("signer.pem.pub");
+    args[2] = &public;
+    expect(
+        &args,
+        3,
+        "signer.pem.pub: this is a public key; signing needs the private key",
+    );
+    let not_a_key = fixture("not-a-key.pem");
+    args[2] = &not_a_key;
+    expect(
+        &args,
+        3,
+        "not-a-key.pem: not a private key file (expected PKCS#8 PEM",
+    );
+    args[2] = &key;
+    args[4] = "/nonexistent/image.bin";
+    expect(&args, 2, "/nonexistent/image.bin: cannot read");
+    let empty = dir.path().join("empty.bin");
+    std::fs::write(&empty, b"").unwrap();
+    let empty = empty.to_str().unwrap().to_owned();
+    args[4] = &empty;
+    expect(&args, 3, "--image: the image is empty");
+}
+
+fn attest(extra: &[&str], code: i32, message: &str) -> Run {
+    let key = fixture("attestation.pub");
+    let mut args = vec!["attest-verify", "--attestation-key", &key];
+    args.extend_from_slice(extra);
+    expect(&args, code, message)
+}
+
+#[test]
+fn attest_verify() {
+    let report = fixture("report.cbor");
+    let measurement = measure_image(&manifest(), &image()).unwrap().to_string();
+    let run = attest(
+        &[
+            "--report",
+            &report,
+            "--measurement",
+            &measurement,
+            "--nonce",
+            NONCE,
+        ],
+        0,
+        "report.cbor: OK",
+    );
+    for line in [
+        format!("measurement            {measurement}"),
+        format!("nonce                  {NONCE}"),
+        "hypervisor version     rampart 0.1.0".into(),
+        format!("hypervisor measurement {}", "11".repeat(32)),
+        "VM flags               0x1 (protected)".into(),
+    ] {
+        assert!(run.stdout.contains(&line), "{line:?} in\n{}", run.stdout);
+    }
+    // Hex on the command line, key as hex, no measurement check.
+    let bytes = std::fs::read(&report).unwrap();
+    let key_hex = std::fs::read_to_string(fixture("attestation.pub")).unwrap();
+    expect(
+        &[
+            "attest-verify",
+            "--report-hex",
+            &hex(&bytes),
+            "--attestation-key",
+            key_hex.trim(),
+            "--nonce",
+            NONCE,
+        ],
+        0,
+        "(measurement not checked: no --measurement given)",
+    );
+
+    attest(
+        &[
+            "--report",
+            &report,
+            "--measurement",
+            &"00".repeat(32),
+            "--nonce",
+            NONCE,
+        ],
+        4,
+        &format!(
+            "report.cbor: measurement mismatch: the report says {measurement}, expected {}",
+            "00".repeat(32)
+        ),
+    );
+    attest(
+        &["--report", &report, "--nonce", "0011"],
+        4,
+        "report.cbor: nonce mismatch",
+    );
+    attest(
+        &[
+            "--report",
+            &fixture("report-flipped.cbor"),
+            "--nonce",
+            NONCE,
+        ],
+        4,
+        "report-flipped.cbor: bad signature",
+    );
+    attest(
+        &[
+            "--report",
+            &fixture("report-truncated.cbor"),
+            "--nonce",
+            NONCE,
+        ],
+        3,
+        "report-truncated.cbor: bad CBOR: malformed or truncated CBOR",
+    );
+    attest(
+        &["--report", &fixture("good.bundle"), "--nonce", NONCE],
+        3,
+        "good.bundle: bad CBOR",
+    );
+    attest(
+        &["--report", &fixture("no-such.cbor"), "--nonce", NONCE],
+        2,
+        "no-such.cbor: cannot read",
+    );
+    attest(
+        &["--report", &report, "--nonce", "xyz"],
+        1,
+        "invalid value 'xyz' for '--nonce <HEX>'",
+    );
+    attest(
+        &[
+            "--report",
+            &report,
+            "--nonce",
+            NONCE,
+            "--measurement",
+            "1234",
+        ],
+        1,
+        "expected 32 bytes (64 hex digits), got 2 bytes",
+    );
+    attest(&["--nonce", NONCE], 1, "--report <REPORT>");
+    // The report, but checked against another key.
+    expect(
+        &[
+            "attest-verify",
+            "--report",
+            &report,
+            "--attestation-key",
+            &fixture("signer.pem.pub"),
+            "--nonce",
+            NONCE,
+        ],
+        4,
+        "bad signature: the report was not signed by this attestation key",
+    );
+}
+
+#[test]
+fn attestation_key_matches_the_device_secret() {
+    let expected = std::fs::read_to_string(fixture("attestation.pub")).unwrap();
+    expect(
+        &["attestation-key", "--device-secret", &hex(&DEVICE_SECRET)],
+        0,
+        &format!("attestation public key: {}", expected.trim()),
+    );
+    expect(
+        &["attestation-key", "--device-secret", "00"],
+        1,
+        "--device-secret: expected 32 bytes",
+    );
+}
+
+#[test]
+fn help_is_self_contained() {
+    let run = expect(&["--help"], 0, "Exit codes:");
+    for text in [
+        "keygen",
+        "sign",
+        "verify",
+        "inspect",
+        "attest-verify",
+        "3  malformed input",
+        "4  verification failed",
+    ] {
+        assert!(run.stdout.contains(text), "{text:?} in --help");
+    }
+    expect(&["sign", "--help"], 0, "K, M or G");
+    expect(&["--version"], 0, "rampart ");
+    expect(&["frobnicate"], 1, "unrecognized subcommand");
+    expect(&[], 1, "Usage:");
+}
