@@ -102,6 +102,9 @@ pub fn selection(p: &Platform) -> Option<Selection> {
     None
 }
 
+/// A benchmark group: prints its `BENCH` lines, or fails.
+type Group = fn(&Scratch) -> Result<(), Msg>;
+
 /// Runs the selected groups and prints their lines. The caller powers off.
 pub fn run(p: &Platform, selection: Selection) {
     let info = pmu::info();
@@ -112,7 +115,7 @@ pub fn run(p: &Platform, selection: Selection) {
         info.pmcr,
         if info.has_inst_retired() { "yes" } else { "no" }
     );
-    let mut groups: [(&str, bool, fn(&Scratch) -> Result<(), Msg>); 4] = [
+    let mut groups: [(&str, bool, Group); 4] = [
         ("pmu", true, check_counters),
         ("ownership", selection.ownership, ownership::run),
         ("vm", selection.vm, vm::run_unprotected),

@@ -154,6 +154,10 @@ pub fn stop() {
 
 /// Reads both counters (after an `isb`, so earlier instructions are done).
 #[inline(always)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "PMEVCNTR0_EL0 is a 32-bit counter (PMCR_EL0.LP is clear)"
+)]
 pub fn read() -> Sample {
     let (events, cycles): (u64, u64);
     // SAFETY: reads two counters; no memory, stack or flags touched.
