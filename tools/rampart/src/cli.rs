@@ -127,7 +127,7 @@ pub struct SignArgs {
     #[arg(long, overrides_with = "no_protected")]
     pub protected: bool,
     /// A non-protected VM: the host may read and write its memory.
-    #[arg(long)]
+    #[arg(long, overrides_with = "protected")]
     pub no_protected: bool,
     /// Mark the VM as a debug build (reported to verifiers).
     #[arg(long)]
