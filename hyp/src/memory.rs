@@ -131,20 +131,21 @@ impl HostMemory {
         self.reflect(&effect, range);
     }
 
-    /// Returns every page a dead guest owned or borrowed to the host:
-    /// owned pages zeroed, lent pages given back. The guest's stage 2 must
-    /// be gone already.
-    pub fn reclaim_guest(&mut self, vm: own::VmId) {
-        let base = PhysAddr(self.table.base().0 * PAGE_SIZE);
-        let pages = self.table.len() as u64;
-        loop {
-            let next = self
-                .table
-                .runs(base, pages, Component::Guest(vm))
-                .ok()
-                .and_then(|mut runs| runs.find(|run| run.state != State::Absent));
-            let Some(run) = next else { return };
+    /// Returns the pages of `[start, start + pages)` that a dead guest
+    /// owned or borrowed to the host: owned pages zeroed, lent pages given
+    /// back. The guest must not be able to run any more.
+    pub fn reclaim_guest_range(&mut self, vm: own::VmId, start: u64, pages: u64) {
+        let mut cursor = start;
+        let end = start + pages * PAGE_SIZE;
+        while cursor < end {
+            let left = (end - cursor) / PAGE_SIZE;
+            let Some(run) = self.table.runs(PhysAddr(cursor), left, Component::Guest(vm)).ok().and_then(|mut r| r.next())
+            else {
+                return;
+            };
+            cursor = run.start.0 + run.pages * PAGE_SIZE;
             let transition = match run.state {
+                State::Absent => continue,
                 State::SharedBorrowed => Transition::HostUnshareGuest(vm),
                 _ => Transition::HostReclaimGuest(vm),
             };

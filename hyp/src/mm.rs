@@ -89,8 +89,14 @@ pub unsafe fn page_meta_table(range: MemRange) -> &'static mut [rampart_ownershi
 /// The range must be mapped writable at EL2 at the same address and must
 /// not be reachable by the host or referenced by Rust code.
 pub unsafe fn zero(range: MemRange) {
-    // SAFETY: the caller guarantees the range is mapped and unaliased.
-    unsafe { core::ptr::write_bytes(range.start() as *mut u8, 0, range.size() as usize) };
+    if range.is_aligned(PAGE_SIZE) {
+        // SAFETY: the caller guarantees the range is mapped as normal
+        // memory at EL2 and unaliased; it is page-aligned.
+        unsafe { crate::arch::zero_pages(range.start(), range.size()) };
+    } else {
+        // SAFETY: the caller guarantees the range is mapped and unaliased.
+        unsafe { core::ptr::write_bytes(range.start() as *mut u8, 0, range.size() as usize) };
+    }
 }
 
 /// A page table shared between CPUs behind a lock.

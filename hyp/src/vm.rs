@@ -348,12 +348,46 @@ pub fn destroy(handle: VmHandle) -> Result<(), Error> {
     let vttbr = vttbr(&vm);
     let id = VmId(vm.vmid);
     let metadata = vm.metadata;
-    // The VM's stage 2 goes before its pages: nothing can reach them after.
-    drop(vm);
+    // No vCPU can run (their locks are held); drop any translation the VMID
+    // still has cached before its pages go anywhere.
     arch::with_vttbr(vttbr, arch::tlbi_vmid);
+    // Every page the guest owns or borrows is mapped in its stage 2: walk
+    // that (not all of RAM), in batches, handing each run back.
+    let limit = ipa_limit();
+    let mut cursor = 0u64;
+    loop {
+        let mut batch = [(0u64, 0u64); 32];
+        let mut count = 0usize;
+        let mut next = limit;
+        let region = MemoryRegion::new(cursor as usize, limit as usize);
+        let _ = vm.stage2.walk_range(&region, &mut |mr, desc, level| {
+            if !desc.is_valid() || (level < 3 && desc.is_table_or_page()) {
+                return Ok(());
+            }
+            if count == batch.len() {
+                next = mr.start().0 as u64;
+                return Err(());
+            }
+            let size = (mr.end().0 - mr.start().0) as u64;
+            batch[count] = (desc.output_address().0 as u64, size / PAGE_SIZE);
+            count += 1;
+            Ok(())
+        });
+        crate::memory::with(|mem| {
+            for &(pa, pages) in &batch[..count] {
+                mem.reclaim_guest_range(id, pa, pages);
+            }
+            Ok(())
+        })?;
+        if next >= limit || next <= cursor {
+            break;
+        }
+        cursor = next;
+    }
+    // The VM's stage-2 tables live in its metadata: drop them first.
+    drop(vm);
 
     crate::memory::with(|mem| {
-        mem.reclaim_guest(id);
         let pages = PageRange::new(metadata.start(), metadata.size() / PAGE_SIZE)?;
         let checked = mem.check(Transition::HypDonateHost, pages)?;
         mem.commit(checked);
