@@ -540,7 +540,14 @@ mod tests {
         let bytes = bundle();
         let trusted = [key(1).verifying_key()];
         for at in 0..bytes.len() {
-            for mask in [0x01u8, 0x80, 0xff] {
+            // Each flipped signature byte costs an Ed25519 verification,
+            // slow in a debug build: one mask is enough there.
+            let masks: &[u8] = if (112..176).contains(&at) {
+                &[0x01]
+            } else {
+                &[0x01, 0x80, 0xff]
+            };
+            for &mask in masks {
                 let mut bad = bytes.clone();
                 bad[at] ^= mask;
                 // A flipped high byte of the memory size can make it a valid

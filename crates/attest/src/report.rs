@@ -615,7 +615,14 @@ mod tests {
     fn one_flipped_byte_anywhere_is_an_error() {
         let bytes = report();
         for at in 0..bytes.len() {
-            for mask in [0x01u8, 0x20, 0x80, 0xff] {
+            // Most flips cost an Ed25519 verification, slow in a debug
+            // build: several masks only over the CBOR framing and headers.
+            let masks: &[u8] = if at < 16 {
+                &[0x01, 0x20, 0x80, 0xff]
+            } else {
+                &[0x01]
+            };
+            for &mask in masks {
                 let mut bad = bytes.clone();
                 bad[at] ^= mask;
                 let error = verify_report(&bad, &public(), Some(&[0xaa; 32]), b"challenge-1234")
