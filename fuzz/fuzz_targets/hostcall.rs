@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
         let raw1 = u64::from_le_bytes(word[1..9].try_into().unwrap());
         let x1 = if word[9] < 0xe0 { (BASE + u64::from(word[10]) % (PAGES as u64 + 4)) * PAGE_SIZE } else { raw1 };
         let x2 = if word[11] < 0xe0 { u64::from(word[12] % 16) } else { u64::from_le_bytes(word[9..17].try_into().unwrap()) };
-        let Ok(request) = HostRequest::decode([function, x1, x2, 0, 0]) else { continue };
+        let Ok(request) = HostRequest::decode(&{ let mut r = [0u64; 18]; r[0] = function; r[1] = x1; r[2] = x2; r }) else { continue };
         let (transition, range) = match request {
             HostRequest::ShareHyp(r) => (Transition::HostShareHyp, r),
             HostRequest::UnshareHyp(r) => (Transition::HostUnshareHyp, r),

@@ -75,7 +75,7 @@ fn hypercall(frame: &mut Frame, immediate: u64) {
     if immediate != 0 {
         return ret_code(frame, Error::NotSupported.code());
     }
-    let result = match HostRequest::decode([frame.x[0], frame.x[1], frame.x[2], frame.x[3], frame.x[4]]) {
+    let result = match HostRequest::decode(&core::array::from_fn(|i| frame.x[i])) {
         Ok(HostRequest::Version) => {
             return ret(frame, [SUCCESS as u64, ABI_VERSION_MAJOR, ABI_VERSION_MINOR, 0]);
         }
@@ -104,6 +104,7 @@ fn hypercall(frame: &mut Frame, immediate: u64) {
             Err(e) => Err(e),
         },
         Ok(HostRequest::VcpuInject { vcpu, intid }) => crate::vcpu::inject_irq(vcpu, intid),
+        Ok(HostRequest::VmSetSignature { .. } | HostRequest::AttestationKey) => Err(Error::NotSupported),
         Err(e) => Err(e),
     };
     ret_code(frame, result.map_or_else(Error::code, |()| SUCCESS));

@@ -29,11 +29,18 @@ pub enum Error {
     NoMemory = -18,
     /// The address range is not (entirely) memory the call can act on.
     Range = -19,
+    /// A protected VM's first run: no signature was given for it.
+    NotSigned = -20,
+    /// A protected VM's first run: its signer is not a trusted key.
+    UntrustedKey = -21,
+    /// A protected VM's first run: the signature does not match the
+    /// measurement of its memory, vCPU state and configuration.
+    BadSignature = -22,
 }
 
 impl Error {
     /// Every error, in code order; used by tests and documentation checks.
-    pub const ALL: [Error; 7] = [
+    pub const ALL: [Error; 10] = [
         Error::NotSupported,
         Error::NotRequired,
         Error::InvalidParameter,
@@ -41,6 +48,9 @@ impl Error {
         Error::Busy,
         Error::NoMemory,
         Error::Range,
+        Error::NotSigned,
+        Error::UntrustedKey,
+        Error::BadSignature,
     ];
 
     /// The value returned in `x0`.
@@ -60,6 +70,9 @@ impl Error {
             Error::Busy => "BUSY",
             Error::NoMemory => "NO_MEMORY",
             Error::Range => "RANGE",
+            Error::NotSigned => "NOT_SIGNED",
+            Error::UntrustedKey => "UNTRUSTED_KEY",
+            Error::BadSignature => "BAD_SIGNATURE",
         }
     }
 }

@@ -105,7 +105,7 @@ pub const KVM_FUNC_HAS_RANGE: u64 = 1;
 pub const GRANULE: u64 = 4096;
 
 /// First function number of Rampart's own guest calls (attestation,
-/// sealing keys; none defined yet). The KVM/pKVM range is 0..=0x3f and the
+/// sealing keys). The KVM/pKVM range is 0..=0x3f and the
 /// host calls start at 0x8000.
 pub const RAMPART_GUEST_FUNCTION_BASE: u16 = 0x4000;
 /// The 64-bit fast-call ID of Rampart's first guest call (`0xC600_4000`).
@@ -232,11 +232,21 @@ pub enum GuestCall {
     /// leaves the VM (a later access is a memory fault, as if never
     /// donated). `INVALID_PARAMETER` if unaligned, not the VM's, or shared.
     MemRelinquish = fast_call_id(true, owner::VENDOR_HYPERVISOR, kvm_function::MEM_RELINQUISH),
+    /// `RAMPART_ATTEST` (`0xC6004000`): `x1` = guest-physical address of a
+    /// granule the guest owns (the report is written there), `x2` = nonce
+    /// length (0..=64), `x3`..`x10` = the nonce (little-endian words).
+    /// Returns `x1` = the report's length: a COSE_Sign1 signed with the
+    /// hypervisor's attestation key (`docs/formats.md`).
+    RampartAttest = RAMPART_GUEST_CALL_BASE,
+    /// `RAMPART_SEALING_KEY` (`0xC6004001`): `x1` = label length (0..=32),
+    /// `x2`..`x5` = the label. Returns `x1`..`x4` = a 32-byte key derived
+    /// from the device secret, the VM's measurement and the label.
+    RampartSealingKey = RAMPART_GUEST_CALL_BASE + 1,
 }
 
 impl GuestCall {
     /// Every guest call, in the order above.
-    pub const ALL: [GuestCall; 29] = [
+    pub const ALL: [GuestCall; 31] = [
         GuestCall::SmcccVersion,
         GuestCall::SmcccArchFeatures,
         GuestCall::PsciVersion,
@@ -266,6 +276,8 @@ impl GuestCall {
         GuestCall::MmioGuardMap,
         GuestCall::MmioGuardUnmap,
         GuestCall::MemRelinquish,
+        GuestCall::RampartAttest,
+        GuestCall::RampartSealingKey,
     ];
 
     /// The function ID placed in `w0`.
@@ -299,6 +311,8 @@ impl GuestCall {
             GuestCall::TrngRnd64 => "TRNG_RND64",
             GuestCall::VendorHypCallUid => "VENDOR_HYP_CALL_UID",
             GuestCall::KvmFeatures => "KVM_FEATURES",
+            GuestCall::RampartAttest => "RAMPART_ATTEST",
+            GuestCall::RampartSealingKey => "RAMPART_SEALING_KEY",
             GuestCall::HypMeminfo => "KVM_HYP_MEMINFO",
             GuestCall::MemShare => "KVM_MEM_SHARE",
             GuestCall::MemUnshare => "KVM_MEM_UNSHARE",
@@ -578,7 +592,7 @@ mod tests {
             0x8600_0001, // KVM PTP
             0xC600_000A, // MMIO_RGUARD_MAP
             0xC600_003F,
-            RAMPART_GUEST_CALL_BASE,
+            RAMPART_GUEST_CALL_BASE + 2,
             0xC600_8000, // host VERSION
             0xC600_8016, // host VCPU_RUN
             0x8400_0012, // SYSTEM_RESET2

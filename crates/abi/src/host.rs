@@ -13,7 +13,7 @@ use crate::smccc::{fast_call_id, owner};
 /// The major version of the host ABI. Bumped on incompatible change.
 pub const ABI_VERSION_MAJOR: u64 = 0;
 /// The minor version of the host ABI. Bumped when calls are added.
-pub const ABI_VERSION_MINOR: u64 = 3;
+pub const ABI_VERSION_MINOR: u64 = 4;
 
 /// First function number of Rampart's host calls.
 pub const HOST_FUNCTION_BASE: u16 = 0x8000;
@@ -65,11 +65,19 @@ pub enum HostCall {
     /// `RAMPART_HOST_VCPU_INJECT`: `x1` = VM handle, `x2` = vCPU index,
     /// `x3` = virtual interrupt ID.
     VcpuInject = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x17),
+    /// `RAMPART_HOST_VM_SET_SIGNATURE`: `x1` = VM handle, `x2`..`x5` = the
+    /// signer's Ed25519 public key, `x6`..`x13` = the Ed25519 signature over
+    /// the VM's measurement (32 and 64 bytes, little-endian words). Before
+    /// the VM's first run.
+    VmSetSignature = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x18),
+    /// `RAMPART_HOST_ATTESTATION_KEY`: returns `x1`..`x4` = the hypervisor's
+    /// public attestation key (Ed25519, 32 bytes, little-endian words).
+    AttestationKey = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x19),
 }
 
 impl HostCall {
     /// Every host call, in ID order.
-    pub const ALL: [HostCall; 14] = [
+    pub const ALL: [HostCall; 16] = [
         HostCall::Version,
         HostCall::Features,
         HostCall::ShareHyp,
@@ -84,6 +92,8 @@ impl HostCall {
         HostCall::VcpuSetRegs,
         HostCall::VcpuRun,
         HostCall::VcpuInject,
+        HostCall::VmSetSignature,
+        HostCall::AttestationKey,
     ];
 
     /// The function ID placed in `w0`.
@@ -110,6 +120,8 @@ impl HostCall {
             HostCall::VcpuSetRegs => "RAMPART_HOST_VCPU_SET_REGS",
             HostCall::VcpuRun => "RAMPART_HOST_VCPU_RUN",
             HostCall::VcpuInject => "RAMPART_HOST_VCPU_INJECT",
+            HostCall::VmSetSignature => "RAMPART_HOST_VM_SET_SIGNATURE",
+            HostCall::AttestationKey => "RAMPART_HOST_ATTESTATION_KEY",
         }
     }
 }
@@ -145,7 +157,7 @@ mod tests {
             0,
             0xC600_0000,
             0xC600_8006,
-            0xC600_8018,
+            0xC600_801A,
             0x8600_8000,
             u32::MAX,
         ] {
@@ -271,6 +283,40 @@ pub enum HostRequest {
         /// The virtual interrupt ID (SGI, PPI or SPI: below 1020).
         intid: u32,
     },
+    /// See [`HostCall::VmSetSignature`].
+    VmSetSignature {
+        /// The VM.
+        vm: VmHandle,
+        /// The signer's Ed25519 public key.
+        signer: [u8; 32],
+        /// The Ed25519 signature over the measurement.
+        signature: [u8; 64],
+    },
+    /// See [`HostCall::AttestationKey`].
+    AttestationKey,
+}
+
+/// Packs little-endian words into bytes (the way 32- and 64-byte values
+/// travel in registers).
+#[must_use]
+pub fn words_to_bytes<const N: usize>(words: &[u64]) -> [u8; N] {
+    let mut out = [0u8; N];
+    for (chunk, word) in out.chunks_mut(8).zip(words) {
+        chunk.copy_from_slice(&word.to_le_bytes()[..chunk.len()]);
+    }
+    out
+}
+
+/// Splits bytes into little-endian words (the inverse of [`words_to_bytes`]).
+#[must_use]
+pub fn bytes_to_words<const N: usize>(bytes: &[u8]) -> [u64; N] {
+    let mut out = [0u64; N];
+    for (word, chunk) in out.iter_mut().zip(bytes.chunks(8)) {
+        let mut b = [0u8; 8];
+        b[..chunk.len()].copy_from_slice(chunk);
+        *word = u64::from_le_bytes(b);
+    }
+    out
 }
 
 impl HostRequest {
@@ -281,7 +327,7 @@ impl HostRequest {
     ///
     /// `NotSupported` for an unknown function ID, `InvalidParameter` for
     /// malformed arguments.
-    pub fn decode(regs: [u64; 5]) -> Result<Self, crate::Error> {
+    pub fn decode(regs: &[u64; 18]) -> Result<Self, crate::Error> {
         #[allow(
             clippy::cast_possible_truncation,
             reason = "SMCCC function IDs are w0 and w1"
@@ -335,6 +381,12 @@ impl HostRequest {
                     .filter(|&i| i < 1020)
                     .ok_or(crate::Error::InvalidParameter)?,
             },
+            HostCall::VmSetSignature => HostRequest::VmSetSignature {
+                vm: VmHandle(regs[1]),
+                signer: words_to_bytes(&regs[2..6]),
+                signature: words_to_bytes(&regs[6..14]),
+            },
+            HostCall::AttestationKey => HostRequest::AttestationKey,
         })
     }
 }
@@ -497,11 +549,25 @@ pub mod mmio {
 #[cfg(test)]
 mod decode_tests {
     use super::*;
+
+    fn regs18(first: [u64; 5]) -> [u64; 18] {
+        let mut r = [0; 18];
+        r[..5].copy_from_slice(&first);
+        r
+    }
+
+    #[test]
+    fn words_and_bytes_round_trip() {
+        let bytes: [u8; 32] = core::array::from_fn(|i| i as u8);
+        let words: [u64; 4] = bytes_to_words(&bytes);
+        assert_eq!(words[0], 0x0706_0504_0302_0100);
+        assert_eq!(words_to_bytes::<32>(&words), bytes);
+    }
     use crate::Error;
 
     #[test]
     fn decodes_memory_calls() {
-        let r = HostRequest::decode([0xC600_8002, 0x4800_0000, 3, 0, 0]).unwrap();
+        let r = HostRequest::decode(&regs18([0xC600_8002, 0x4800_0000, 3, 0, 0])).unwrap();
         assert_eq!(
             r,
             HostRequest::ShareHyp(PageRange::new(0x4800_0000, 3).unwrap())
@@ -511,11 +577,11 @@ mod decode_tests {
         assert_eq!(PageRange::new(0x4800_0000, 3).unwrap().end(), 0x4800_3000);
         // Upper half of x0 ignored, as SMCCC says.
         assert_eq!(
-            HostRequest::decode([0xDEAD_0000_C600_8000, 0, 0, 0, 0]),
+            HostRequest::decode(&regs18([0xDEAD_0000_C600_8000, 0, 0, 0, 0])),
             Ok(HostRequest::Version)
         );
         assert_eq!(
-            HostRequest::decode([0xC600_8001, 0x1_C600_8000, 0, 0, 0]),
+            HostRequest::decode(&regs18([0xC600_8001, 0x1_C600_8000, 0, 0, 0])),
             Ok(HostRequest::Features(0xC600_8000))
         );
     }
@@ -530,19 +596,19 @@ mod decode_tests {
             (0, 1 << 52),
         ] {
             assert_eq!(
-                HostRequest::decode([0xC600_8004, addr, pages, 0, 0]),
+                HostRequest::decode(&regs18([0xC600_8004, addr, pages, 0, 0])),
                 Err(Error::InvalidParameter),
                 "{addr:#x} {pages}"
             );
         }
         assert_eq!(
-            HostRequest::decode([0xC600_80FF, 0, 0, 0, 0]),
+            HostRequest::decode(&regs18([0xC600_80FF, 0, 0, 0, 0])),
             Err(Error::NotSupported)
         );
         // VM calls.
         let vm = VmHandle(0x1_0000_1000);
         assert_eq!(
-            HostRequest::decode([0xC600_8010, 0x4800_0000, 12, 0x201, 0]),
+            HostRequest::decode(&regs18([0xC600_8010, 0x4800_0000, 12, 0x201, 0])),
             Ok(HostRequest::VmCreate {
                 metadata: PageRange::new(0x4800_0000, 12).unwrap(),
                 config: VmConfig {
@@ -561,28 +627,28 @@ mod decode_tests {
         );
         for bad in [0x001, 0x901, 0x10201, 0x203] {
             assert_eq!(
-                HostRequest::decode([0xC600_8010, 0x4800_0000, 12, bad, 0]),
+                HostRequest::decode(&regs18([0xC600_8010, 0x4800_0000, 12, bad, 0])),
                 Err(Error::InvalidParameter),
                 "{bad:#x}"
             );
         }
         assert_eq!(
-            HostRequest::decode([0xC600_8016, vm.0, 1, 7, 0]),
+            HostRequest::decode(&regs18([0xC600_8016, vm.0, 1, 7, 0])),
             Ok(HostRequest::VcpuRun {
                 vcpu: VcpuRef { vm, index: 1 },
                 mmio_read_value: 7
             })
         );
         assert_eq!(
-            HostRequest::decode([0xC600_8016, vm.0, 8, 0, 0]),
+            HostRequest::decode(&regs18([0xC600_8016, vm.0, 8, 0, 0])),
             Err(Error::InvalidParameter)
         );
         assert_eq!(
-            HostRequest::decode([0xC600_8013, vm.0, 0x4800_0000, 1, 0x8000_0001]),
+            HostRequest::decode(&regs18([0xC600_8013, vm.0, 0x4800_0000, 1, 0x8000_0001])),
             Err(Error::InvalidParameter)
         );
         assert_eq!(
-            HostRequest::decode([0xC600_8017, vm.0, 0, 1020, 0]),
+            HostRequest::decode(&regs18([0xC600_8017, vm.0, 0, 1020, 0])),
             Err(Error::InvalidParameter)
         );
         for r in ExitReason::ALL {
