@@ -163,6 +163,7 @@ pub fn handle(slot: usize, index: usize, regs: &mut [u64; 31]) -> Outcome {
         }
         G::TrngGetUuid => set(regs, TRNG_UUID),
         G::TrngRnd32 | G::TrngRnd64 => trng(regs, call == G::TrngRnd64, x1),
+        G::RampartAttest | G::RampartSealingKey => code(regs, NOT_SUPPORTED),
     }
 }
 
