@@ -426,12 +426,15 @@ impl VcpuRef {
     }
 }
 
-/// `VM_CREATE`'s `x3`: bit 0 = protected; bits 15:8 = the number of vCPUs
+/// `VM_CREATE`'s `x3`: bit 0 = protected; bit 1 = debug (measured and
+/// reported, so a verifier can refuse it); bits 15:8 = the number of vCPUs
 /// (1 to [`MAX_VCPUS`]); every other bit must be zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VmConfig {
     /// The host may not read or write the VM's memory or registers.
     pub protected: bool,
+    /// The VM is configured for debugging.
+    pub debug: bool,
     /// How many vCPUs the VM may have.
     pub max_vcpus: u64,
 }
@@ -439,11 +442,15 @@ pub struct VmConfig {
 impl VmConfig {
     /// Bit 0: a protected VM.
     pub const PROTECTED: u64 = 1;
+    /// Bit 1: a debug VM.
+    pub const DEBUG: u64 = 2;
 
     /// Encodes for `x3`.
     #[must_use]
     pub const fn encode(&self) -> u64 {
-        (self.max_vcpus << 8) | if self.protected { Self::PROTECTED } else { 0 }
+        (self.max_vcpus << 8)
+            | if self.protected { Self::PROTECTED } else { 0 }
+            | if self.debug { Self::DEBUG } else { 0 }
     }
 
     /// Decodes `x3`.
@@ -453,11 +460,12 @@ impl VmConfig {
     /// `InvalidParameter` for reserved bits or a vCPU count out of range.
     pub fn decode(bits: u64) -> Result<Self, crate::Error> {
         let max_vcpus = (bits >> 8) & 0xff;
-        if bits & !0xff01 != 0 || max_vcpus == 0 || max_vcpus > MAX_VCPUS {
+        if bits & !0xff03 != 0 || max_vcpus == 0 || max_vcpus > MAX_VCPUS {
             return Err(crate::Error::InvalidParameter);
         }
         Ok(VmConfig {
             protected: bits & Self::PROTECTED != 0,
+            debug: bits & Self::DEBUG != 0,
             max_vcpus,
         })
     }
@@ -613,6 +621,7 @@ mod decode_tests {
                 metadata: PageRange::new(0x4800_0000, 12).unwrap(),
                 config: VmConfig {
                     protected: true,
+                    debug: false,
                     max_vcpus: 2
                 }
             })
@@ -620,12 +629,14 @@ mod decode_tests {
         assert_eq!(
             VmConfig {
                 protected: true,
+                debug: false,
                 max_vcpus: 2
             }
             .encode(),
             0x201
         );
-        for bad in [0x001, 0x901, 0x10201, 0x203] {
+        assert_eq!(VmConfig::decode(0x203).map(|c| c.debug), Ok(true));
+        for bad in [0x001, 0x901, 0x10201, 0x205] {
             assert_eq!(
                 HostRequest::decode(&regs18([0xC600_8010, 0x4800_0000, 12, bad, 0])),
                 Err(Error::InvalidParameter),

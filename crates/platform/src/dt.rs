@@ -34,6 +34,12 @@ pub struct DeviceTreeInfo {
     pub reserved: Vec<MemRange>,
     /// `totalsize` from the header: the bytes the blob occupies.
     pub total_size: usize,
+    /// `/chosen/rampart,device-secret`: the device secret, where the board
+    /// provides it this way (QEMU test setups). Never handed to the host.
+    pub device_secret: Option<[u8; 32]>,
+    /// `/chosen/rampart,trusted-key`: extra Ed25519 public keys trusted to
+    /// sign protected VMs (a multiple of 32 bytes).
+    pub trusted_keys: Vec<[u8; 32]>,
 }
 
 fn malformed(e: impl core::fmt::Display) -> BootError {
@@ -232,7 +238,31 @@ pub fn parse(blob: &[u8]) -> Result<DeviceTreeInfo, BootError> {
     let mut bootargs = String::new();
     let mut initrd = None;
     let mut stdout_path = None;
+    let mut device_secret = None;
+    let mut trusted_keys = Vec::new();
     if let Some(chosen) = fdt.find_node("/chosen") {
+        if let Some(p) = chosen.property(DEVICE_SECRET_PROPERTY) {
+            let bytes: [u8; 32] = p
+                .value()
+                .try_into()
+                .map_err(|_| bad_property(&chosen, DEVICE_SECRET_PROPERTY, format!("is {} bytes, want 32", p.value().len())))?;
+            device_secret = Some(bytes);
+        }
+        if let Some(p) = chosen.property(TRUSTED_KEY_PROPERTY) {
+            let value = p.value();
+            if value.is_empty() || value.len() % 32 != 0 {
+                return Err(bad_property(
+                    &chosen,
+                    TRUSTED_KEY_PROPERTY,
+                    format!("is {} bytes, want a non-zero multiple of 32", value.len()),
+                ));
+            }
+            for key in value.chunks_exact(32) {
+                let mut k = [0u8; 32];
+                k.copy_from_slice(key);
+                trusted_keys.push(k);
+            }
+        }
         if let Some(args) = string_property(&chosen, "bootargs")? {
             bootargs = args.to_string();
         }
@@ -292,8 +322,15 @@ pub fn parse(blob: &[u8]) -> Result<DeviceTreeInfo, BootError> {
         initrd,
         reserved,
         total_size,
+        device_secret,
+        trusted_keys,
     })
 }
+
+/// `/chosen` property holding the device secret (32 bytes).
+pub const DEVICE_SECRET_PROPERTY: &str = "rampart,device-secret";
+/// `/chosen` property holding extra trusted signing keys (32 bytes each).
+pub const TRUSTED_KEY_PROPERTY: &str = "rampart,trusted-key";
 
 /// Adds the MMIO of `node` and of its descendants reached through identity
 /// (`ranges;`) buses, plus PCI host bridge windows.

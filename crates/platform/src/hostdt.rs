@@ -96,6 +96,10 @@ pub fn build(blob: &[u8], carveout: MemRange, host_bootargs: &str) -> Result<Vec
             .add_child_mut(DeviceTreeNode::new("chosen").map_err(err)?),
     };
     chosen.remove_property("bootargs");
+    // Rampart's own configuration (the device secret above all) never
+    // reaches the host.
+    chosen.remove_property(crate::dt::DEVICE_SECRET_PROPERTY);
+    chosen.remove_property(crate::dt::TRUSTED_KEY_PROPERTY);
     if !host_bootargs.is_empty() {
         chosen.add_property(DeviceTreeProperty::new("bootargs", host_bootargs).map_err(err)?);
     }
@@ -141,6 +145,37 @@ mod tests {
                 .property("bootargs")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn the_device_secret_and_trusted_keys_never_reach_the_host() {
+        let fdt = Fdt::new(QEMU_VIRT).unwrap();
+        let mut tree = DeviceTree::from_fdt(&fdt);
+        let chosen = tree.root.child_mut("chosen").unwrap();
+        chosen.add_property(DeviceTreeProperty::new(crate::dt::DEVICE_SECRET_PROPERTY, &[0x5a_u8; 32][..]).unwrap());
+        chosen.add_property(DeviceTreeProperty::new(crate::dt::TRUSTED_KEY_PROPERTY, &[0x11_u8; 64][..]).unwrap());
+        let with_secret = tree.to_dtb();
+        let info = dt::parse(&with_secret).unwrap();
+        assert_eq!(info.device_secret, Some([0x5a; 32]));
+        assert_eq!(info.trusted_keys, alloc::vec![[0x11; 32], [0x11; 32]]);
+        let carveout = MemRange::new(0x4020_0000, 0x4120_0000).unwrap();
+        let out = build(&with_secret, carveout, "").unwrap();
+        let host = dt::parse(&out).unwrap();
+        assert_eq!(host.device_secret, None);
+        assert!(host.trusted_keys.is_empty());
+        assert!(!out.windows(32).any(|w| w == [0x5a; 32]), "the secret's bytes are in the host tree");
+    }
+
+    #[test]
+    fn malformed_secret_properties_are_refused() {
+        for (name, len) in [(crate::dt::DEVICE_SECRET_PROPERTY, 31), (crate::dt::TRUSTED_KEY_PROPERTY, 33)] {
+            let fdt = Fdt::new(QEMU_VIRT).unwrap();
+            let mut tree = DeviceTree::from_fdt(&fdt);
+            let chosen = tree.root.child_mut("chosen").unwrap();
+            chosen.add_property(DeviceTreeProperty::new(name, &alloc::vec![1u8; len][..]).unwrap());
+            let blob = tree.to_dtb();
+            assert!(matches!(dt::parse(&blob), Err(BootError::BadProperty { .. })), "{name}");
+        }
     }
 
     #[test]

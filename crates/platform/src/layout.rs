@@ -159,6 +159,8 @@ mod tests {
             initrd: Some(r(0x4800_0000, 0x4810_0000)),
             reserved: vec![],
             total_size: 0x1000,
+            device_secret: None,
+            trusted_keys: vec![],
         }
     }
 

@@ -123,6 +123,7 @@ fn one_vm(f: &mut Figures, protected: bool, metadata: u64, image: u64, extra: u6
         arch::ram_write(image + 8 * i as u64, low | (high << 32));
     }
     let config = VmConfig {
+        debug: false,
         protected,
         max_vcpus: 1,
     }

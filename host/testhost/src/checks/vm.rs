@@ -172,6 +172,7 @@ pub fn vm_bringup(p: &Platform) -> Result<(), Msg> {
         arch::ram_write(guest + 8 * i as u64, value);
     }
     let config = VmConfig {
+        debug: false,
         protected: false,
         max_vcpus: 1,
     }
@@ -540,6 +541,7 @@ pub fn vm_fault_donate(p: &Platform) -> Result<(), Msg> {
 /// A protected VM with no vCPU run yet, for the attack checks.
 fn bare_vm(arena: &mut Arena, vcpus: u64) -> Result<(u64, u64), Msg> {
     let config = VmConfig {
+        debug: false,
         protected: true,
         max_vcpus: vcpus,
     };
@@ -780,6 +782,7 @@ pub fn vm_create_bad(p: &Platform) -> Result<(), Msg> {
         arch::ram_write(m + i * PAGE, 0xfeed_0000 + i);
     }
     let one = VmConfig {
+        debug: false,
         protected: true,
         max_vcpus: 1,
     };

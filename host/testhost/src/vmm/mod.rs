@@ -151,6 +151,7 @@ impl Vm {
             spec.ram
         );
         let config = VmConfig {
+            debug: false,
             protected: spec.protected,
             max_vcpus: spec.vcpus,
         };
