@@ -163,7 +163,8 @@ pub fn handle(slot: usize, index: usize, regs: &mut [u64; 31]) -> Outcome {
         }
         G::TrngGetUuid => set(regs, TRNG_UUID),
         G::TrngRnd32 | G::TrngRnd64 => trng(regs, call == G::TrngRnd64, x1),
-        G::RampartAttest | G::RampartSealingKey => code(regs, NOT_SUPPORTED),
+        G::RampartAttest => attest(slot, regs),
+        G::RampartSealingKey => sealing_key(slot, regs),
     }
 }
 
@@ -224,4 +225,61 @@ fn trng(regs: &mut [u64; 31], sixty_four: bool, bits: u64) -> Outcome {
         left -= take;
     }
     set(regs, [0, out[0], out[1], out[2]])
+}
+
+/// `RAMPART_ATTEST`: writes a signed report into a granule the guest owns.
+fn attest(slot: usize, regs: &mut [u64; 31]) -> Outcome {
+    let (ipa, nonce_len) = (regs[1], regs[2]);
+    let Ok(nonce_len) = usize::try_from(nonce_len) else { return code(regs, INVALID) };
+    if !ipa.is_multiple_of(PAGE_SIZE) || nonce_len > 64 {
+        return code(regs, INVALID);
+    }
+    let nonce: [u8; 64] = rampart_abi::host::words_to_bytes(&regs[3..11]);
+    let mut length = 0u64;
+    let r = with_vm(slot, |vm| {
+        let pa = vm::translate(vm, ipa).ok_or(Error::InvalidParameter)?;
+        let measurement = vm.measurement.ok_or(Error::InvalidParameter)?;
+        let report = crate::security::report(measurement, &nonce[..nonce_len], vm.protected, vm.debug)?;
+        let page = rampart_platform::MemRange::from_base_size(pa, PAGE_SIZE).ok_or(Error::InvalidParameter)?;
+        let owner = rampart_ownership::Component::Guest(rampart_ownership::VmId(vm.vmid));
+        crate::memory::with(|mem| {
+            // Only the guest's own, unshared memory: never a page the host
+            // can read.
+            if mem.table.state_of(rampart_ownership::PhysAddr(pa), owner) != Ok(rampart_ownership::State::Owned) {
+                return Err(Error::InvalidParameter);
+            }
+            mem.with_pages(page, &mut |_, bytes| {
+                bytes[..report.len()].copy_from_slice(&report);
+            })
+        })?;
+        length = report.len() as u64;
+        Ok(())
+    });
+    match r {
+        Ok(()) => set(regs, [0, length, 0, 0]),
+        Err(Error::NotSupported) => code(regs, NOT_SUPPORTED),
+        Err(_) => code(regs, INVALID),
+    }
+}
+
+/// `RAMPART_SEALING_KEY`: a key only this image gets, for the guest's label.
+fn sealing_key(slot: usize, regs: &mut [u64; 31]) -> Outcome {
+    let Ok(len) = usize::try_from(regs[1]) else { return code(regs, INVALID) };
+    if len > 32 {
+        return code(regs, INVALID);
+    }
+    let label: [u8; 32] = rampart_abi::host::words_to_bytes(&regs[2..6]);
+    let measurement = vm::VMS[slot].lock().as_ref().and_then(|vm| vm.measurement);
+    let Some(measurement) = measurement else { return code(regs, INVALID) };
+    match crate::security::sealing_key(&measurement, &label[..len]) {
+        Ok(mut key) => {
+            let words: [u64; 4] = rampart_abi::host::bytes_to_words(&key);
+            zeroize::Zeroize::zeroize(&mut key);
+            regs[0] = 0;
+            regs[1..5].copy_from_slice(&words);
+            Outcome::Resume
+        }
+        Err(Error::NotSupported) => code(regs, NOT_SUPPORTED),
+        Err(_) => code(regs, INVALID),
+    }
 }

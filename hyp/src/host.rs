@@ -104,7 +104,16 @@ fn hypercall(frame: &mut Frame, immediate: u64) {
             Err(e) => Err(e),
         },
         Ok(HostRequest::VcpuInject { vcpu, intid }) => crate::vcpu::inject_irq(vcpu, intid),
-        Ok(HostRequest::VmSetSignature { .. } | HostRequest::AttestationKey) => Err(Error::NotSupported),
+        Ok(HostRequest::VmSetSignature { vm, signer, signature }) => crate::vm::set_signature(vm, signer, signature),
+        Ok(HostRequest::AttestationKey) => match crate::security::attestation_public_key() {
+            Ok(key) => {
+                let words: [u64; 4] = rampart_abi::host::bytes_to_words(&key);
+                frame.x[0] = SUCCESS as u64;
+                frame.x[1..5].copy_from_slice(&words);
+                return;
+            }
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     ret_code(frame, result.map_or_else(Error::code, |()| SUCCESS));

@@ -32,6 +32,7 @@ mod guest_calls;
 mod host;
 mod memory;
 mod mm;
+mod security;
 mod vcpu;
 mod vm;
 
@@ -240,6 +241,13 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     }
     CPUS[0].set_power(Power::On);
 
+    let mut dt_secret = info.device_secret;
+    let security = security::init(
+        dt_secret,
+        &info.trusted_keys,
+        mm::own_image(image_start, symbol(&raw const __rodata_end)),
+    );
+    zeroize::Zeroize::zeroize(&mut dt_secret);
     let firmware = probe_firmware();
     FIRMWARE.call_once(|| firmware);
 
@@ -272,6 +280,20 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         println!("device range {dev} lies beyond the {ipa_bits}-bit IPA space; not mapped for the host");
     }
     println!("firmware: SMCCC 1.1 {}", if firmware.smccc_1_1 { "yes" } else { "no" });
+    println!("hypervisor measurement {}", security.hypervisor);
+    println!(
+        "{} trusted signing key(s){}; device secret: {}",
+        security.trusted_keys,
+        if security.rejected_keys > 0 { " (some invalid keys ignored)" } else { "" },
+        match security.secret {
+            Some(security::SecretSource::DeviceTree) => "from the device tree",
+            Some(security::SecretSource::Build) => "from the build configuration (development only)",
+            None => "none: attestation and sealing are unavailable",
+        }
+    );
+    if let Some(key) = security.attestation_key {
+        println!("attestation key {}", rampart_attest::Measurement(key));
+    }
 
     BOOT.call_once(|| Boot { config, cpu_count: info.cpus.len(), host_ram, stage2_level, ipa_bits });
     let boot = BOOT.get().ok_or(BootError::NoMemory)?;

@@ -160,6 +160,49 @@ impl HostMemory {
         }
     }
 
+    /// Zeroes pages the hypervisor does not map (a guest's, before it can
+    /// see them) through a temporary EL2 mapping.
+    pub fn zero_unowned(&mut self, range: MemRange) {
+        self.map_el2(range);
+        // SAFETY: mapped just above; the pages belong to a guest that cannot
+        // reach them yet, and nothing in Rust refers to them.
+        unsafe { mm::zero(range) };
+        self.unmap_el2(range);
+    }
+
+    /// Maps pages the hypervisor does not own at EL2 for the length of `f`,
+    /// one 2 MiB chunk at a time, and calls `f` with each page's address and
+    /// bytes in ascending order. The caller must make sure no guest vCPU or
+    /// host CPU can write the pages meanwhile (a guest that has not run
+    /// yet, or pages the host has just given up).
+    ///
+    /// # Errors
+    ///
+    /// `NO_MEMORY` if the pool cannot hold the temporary mappings.
+    pub fn with_pages(&mut self, range: MemRange, f: &mut dyn FnMut(u64, &mut [u8; 4096])) -> Result<(), AbiError> {
+        const CHUNK: u64 = 2 << 20;
+        let (_, left) = mm::pool_usage();
+        if left < 8 {
+            return Err(AbiError::NoMemory);
+        }
+        let mut start = range.start();
+        while start < range.end() {
+            let end = (start + CHUNK).min(range.end());
+            let chunk = MemRange::new(start, end).ok_or(AbiError::InvalidParameter)?;
+            self.map_el2(chunk);
+            let mut page = start;
+            while page < end {
+                // SAFETY: mapped just above; the caller guarantees nobody
+                // else writes the page while `f` runs.
+                f(page, unsafe { mm::page_bytes(page) });
+                page += PAGE_SIZE;
+            }
+            self.unmap_el2(chunk);
+            start = end;
+        }
+        Ok(())
+    }
+
     /// Refuses with NO_MEMORY if the pool could run dry mid-change.
     fn ensure_table_memory(&self, effect: &Effect, range: MemRange) -> Result<(), AbiError> {
         let mut need = 0;

@@ -357,3 +357,23 @@ pub unsafe fn metadata_page<T: zerocopy::FromZeros>(page: u64) -> &'static mut T
     // T fits in it and, being FromZeros, is valid when all-zero.
     unsafe { &mut *(page as *mut T) }
 }
+
+/// A 4 KiB page mapped at EL2, viewed as bytes.
+///
+/// # Safety
+///
+/// `page` must be page-aligned, mapped writable at EL2 for as long as the
+/// reference lives, and reachable by no running guest or host CPU, and by
+/// no other Rust reference.
+pub unsafe fn page_bytes<'a>(page: u64) -> &'a mut [u8; PAGE_SIZE as usize] {
+    // SAFETY: the caller guarantees exclusive, mapped, aligned access.
+    unsafe { &mut *(page as *mut [u8; PAGE_SIZE as usize]) }
+}
+
+/// The hypervisor's own code and read-only data, as bytes (for its
+/// measurement).
+pub fn own_image(start: u64, end: u64) -> &'static [u8] {
+    // SAFETY: [start, end) is the image's text and rodata (from linker
+    // symbols), which nothing ever writes; it is mapped (or the MMU is off).
+    unsafe { core::slice::from_raw_parts(start as *const u8, (end - start) as usize) }
+}

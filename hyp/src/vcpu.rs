@@ -171,6 +171,13 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
         }
         _ => {}
     }
+    if !v.ran {
+        let (_, mut vm_guard) = vm::lock(vcpu.vm)?;
+        let vm = vm_guard.as_mut().ok_or(Error::InvalidParameter)?;
+        if vm.measurement.is_none() {
+            vm::measure_first_run(vm, v.state.pc, v.state.regs[0])?;
+        }
+    }
     v.ran = true;
     if let Some(op) = v.mmio.take() {
         if !op.write && op.register < 31 {

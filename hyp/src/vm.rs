@@ -41,6 +41,12 @@ pub struct Vm {
     stage2: VmTable,
     /// MMIO guard: `None` until the guest enrolls, then the guarded pages.
     pub mmio_guard: Option<MmioGuard>,
+    /// Configured for debugging (measured and reported).
+    pub debug: bool,
+    /// The signer and signature the host gave for the first run.
+    signature: Option<([u8; 32], [u8; 64])>,
+    /// The measurement, fixed at the first run.
+    pub measurement: Option<rampart_attest::Measurement>,
 }
 
 /// The guest-physical MMIO pages a protected guest allows to exit to the
@@ -178,6 +184,9 @@ pub fn create(metadata: PageRange, config: VmConfig) -> Result<VmHandle, Error> 
         stage2,
         // A protected VM is enrolled in MMIO guard from the start.
         mmio_guard: config.protected.then(MmioGuard::default),
+        debug: config.debug,
+        signature: None,
+        measurement: None,
     });
     Ok(handle)
 }
@@ -264,9 +273,17 @@ pub fn give_memory(vm_handle: VmHandle, pages: PageRange, guest_address: u64, sh
     }
     let id = vm_id(slot);
     let transition = if share { Transition::HostShareGuest(id) } else { Transition::HostDonateGuest(id) };
+    let zero_first = vm.measurement.is_some();
     crate::memory::with(|mem| {
         let checked = mem.check(transition, pages)?;
         mem.commit(checked);
+        if zero_first {
+            // After the first run nothing the host wrote may reach the
+            // guest: the pages are the guest's now, and cleared before it
+            // can map them.
+            let range = MemRange::new(pages.start(), pages.end()).ok_or(Error::InvalidParameter)?;
+            mem.zero_unowned(range);
+        }
         Ok(())
     })?;
     let region = MemoryRegion::new(guest_address as usize, ipa_end as usize);
@@ -275,6 +292,58 @@ pub fn give_memory(vm_handle: VmHandle, pages: PageRange, guest_address: u64, sh
         crate::power_off();
     }
     arch::dsb_ishst();
+    Ok(())
+}
+
+/// `VM_SET_SIGNATURE`: before the VM's first run.
+pub fn set_signature(handle: VmHandle, signer: [u8; 32], signature: [u8; 64]) -> Result<(), Error> {
+    let (_, mut guard) = lock(handle)?;
+    let vm = guard.as_mut().ok_or(Error::InvalidParameter)?;
+    if vm.measurement.is_some() {
+        return Err(Error::Denied);
+    }
+    vm.signature = Some((signer, signature));
+    Ok(())
+}
+
+/// Measures the VM at its first run: its configuration, vCPU 0's entry
+/// state and every page of its stage 2 in guest-physical order. A protected
+/// VM runs only if a trusted key signed that measurement. On success the
+/// measurement is fixed for the VM's life.
+pub fn measure_first_run(vm: &mut Vm, entry_pc: u64, x0: u64) -> Result<(), Error> {
+    let vcpus = u32::try_from(vm.max_vcpus).map_err(|_| Error::InvalidParameter)?;
+    let mut measurer = crate::security::measurer(vm.protected, vm.debug, vcpus, entry_pc, x0);
+    let mut failed = None;
+    let region = MemoryRegion::new(0, ipa_limit() as usize);
+    let _ = vm.stage2.walk_range(&region, &mut |mr, desc, level| {
+        if !desc.is_valid() || (level < 3 && desc.is_table_or_page()) {
+            return Ok(());
+        }
+        let ipa = mr.start().0 as u64;
+        let pa = desc.output_address().0 as u64;
+        let size = (mr.end().0 - mr.start().0) as u64;
+        let Some(range) = MemRange::from_base_size(pa, size) else { return Err(()) };
+        let result = crate::memory::with(|mem| {
+            mem.with_pages(range, &mut |page, bytes| {
+                if measurer.page(ipa + (page - pa), bytes).is_err() {
+                    failed = Some(Error::InvalidParameter);
+                }
+            })
+        });
+        if let Err(e) = result {
+            failed = Some(e);
+            return Err(());
+        }
+        Ok(())
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let measurement = measurer.finish();
+    if vm.protected {
+        crate::security::check_signature(&measurement, vm.signature.as_ref())?;
+    }
+    vm.measurement = Some(measurement);
     Ok(())
 }
 

@@ -153,8 +153,11 @@ pub fn hyp_features(_: &Platform) -> Result<(), Msg> {
 /// The lowest function ID in Rampart's host range that this ABI version does
 /// not define.
 fn first_unassigned_host_call() -> u32 {
-    let count = u16::try_from(HostCall::ALL.len()).expect("fewer than 65536 host calls");
-    fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + count)
+    // Host call IDs are not contiguous: pick the first free number after
+    // the highest one in use.
+    let highest = HostCall::ALL.iter().map(|c| c.id() & 0xffff).max().unwrap_or(0);
+    let next = u16::try_from(highest + 1).unwrap_or(HOST_FUNCTION_BASE);
+    fast_call_id(true, owner::VENDOR_HYPERVISOR, next)
 }
 
 /// `hvc-unknown`: HVCs the hypervisor does not implement return

@@ -792,7 +792,7 @@ pub fn vm_create_bad(p: &Platform) -> Result<(), Msg> {
         ("0 vCPUs", [m, 16, 0x001], INVALID),
         ("9 vCPUs", [m, 16, 0x901], INVALID),
         ("reserved config bit 16", [m, 16, 0x1_0101], INVALID),
-        ("reserved config bit 1", [m, 16, 0x103], INVALID),
+        ("reserved config bit 2", [m, 16, 0x105], INVALID),
         ("unaligned metadata", [m + 8, 16, one.encode()], INVALID),
         ("metadata in the carve-out", [layout.carveout.start, 16, one.encode()], DENIED),
     ];
