@@ -29,6 +29,10 @@ pub fn handle_sync(frame: &mut Frame) {
             host_smc(frame);
         }
         EC_DABT_LOWER => {
+            let ipa = ((arch::hpfar_el2() >> 4) & 0xff_ffff_ffff) << 12 | (arch::far_el2() & 0xfff);
+            if crate::control::handle(ipa, esr, frame) {
+                return;
+            }
             if !retry_after_race() {
                 inject_into_host(Kind::DataAbort { write: esr & ESR_WNR != 0, far_not_valid: esr & ESR_FNV != 0 });
             }
@@ -62,22 +66,31 @@ fn retry_after_race() -> bool {
 }
 
 /// Sets the SMCCC result registers.
-fn ret(frame: &mut Frame, values: [u64; 4]) {
-    frame.x[..4].copy_from_slice(&values);
+fn ret(regs: &mut [u64], values: [u64; 4]) {
+    regs[..4].copy_from_slice(&values);
 }
 
-fn ret_code(frame: &mut Frame, code: i64) {
-    frame.x[0] = code as u64;
+fn ret_code(regs: &mut [u64], code: i64) {
+    regs[0] = code as u64;
 }
 
 /// Host hypercalls (`HVC #0`, SMCCC fast calls).
 fn hypercall(frame: &mut Frame, immediate: u64) {
     if immediate != 0 {
-        return ret_code(frame, Error::NotSupported.code());
+        frame.x[0] = Error::NotSupported.code() as u64;
+        return;
     }
-    let result = match HostRequest::decode(&core::array::from_fn(|i| frame.x[i])) {
+    let mut regs: [u64; 18] = core::array::from_fn(|i| frame.x[i]);
+    dispatch(&mut regs);
+    frame.x[..18].copy_from_slice(&regs);
+}
+
+/// Runs one host call on its registers (`x0`..`x17`), from `HVC #0` or a
+/// control-page doorbell alike; the results replace them.
+pub fn dispatch(regs: &mut [u64; 18]) {
+    let result = match HostRequest::decode(regs) {
         Ok(HostRequest::Version) => {
-            return ret(frame, [SUCCESS as u64, ABI_VERSION_MAJOR, ABI_VERSION_MINOR, 0]);
+            return ret(regs, [SUCCESS as u64, ABI_VERSION_MAJOR, ABI_VERSION_MINOR, 0]);
         }
         Ok(HostRequest::Features(function)) => HostCall::try_from(function).map(|_| ()),
         Ok(
@@ -87,7 +100,7 @@ fn hypercall(frame: &mut Frame, immediate: u64) {
             | HostRequest::ReclaimHyp(_)),
         ) => crate::memory::host_call(memory_request),
         Ok(HostRequest::VmCreate { metadata, config }) => match crate::vm::create(metadata, config) {
-            Ok(handle) => return ret(frame, [SUCCESS as u64, handle.0, 0, 0]),
+            Ok(handle) => return ret(regs, [SUCCESS as u64, handle.0, 0, 0]),
             Err(e) => Err(e),
         },
         Ok(HostRequest::VmDestroy(handle)) => crate::vm::destroy(handle),
@@ -97,26 +110,27 @@ fn hypercall(frame: &mut Frame, immediate: u64) {
         Ok(HostRequest::VcpuSetRegs { vcpu, pc, x0 }) => crate::vcpu::set_regs(vcpu, pc, x0),
         Ok(HostRequest::VcpuRun { vcpu, mmio_read_value }) => match crate::vcpu::run(vcpu, mmio_read_value) {
             Ok(record) => {
-                frame.x[0] = SUCCESS as u64;
-                frame.x[1..5].copy_from_slice(&record);
+                regs[0] = SUCCESS as u64;
+                regs[1..5].copy_from_slice(&record);
                 return;
             }
             Err(e) => Err(e),
         },
         Ok(HostRequest::VcpuInject { vcpu, intid }) => crate::vcpu::inject_irq(vcpu, intid),
         Ok(HostRequest::VmSetSignature { vm, signer, signature }) => crate::vm::set_signature(vm, signer, signature),
+        Ok(HostRequest::VmList(after)) => return ret(regs, [SUCCESS as u64, crate::vm::list_after(after), 0, 0]),
         Ok(HostRequest::AttestationKey) => match crate::security::attestation_public_key() {
             Ok(key) => {
                 let words: [u64; 4] = rampart_abi::host::bytes_to_words(&key);
-                frame.x[0] = SUCCESS as u64;
-                frame.x[1..5].copy_from_slice(&words);
+                regs[0] = SUCCESS as u64;
+                regs[1..5].copy_from_slice(&words);
                 return;
             }
             Err(e) => Err(e),
         },
         Err(e) => Err(e),
     };
-    ret_code(frame, result.map_or_else(Error::code, |()| SUCCESS));
+    ret_code(regs, result.map_or_else(Error::code, |()| SUCCESS));
 }
 
 fn forward(function: u32, frame: &Frame) -> [u64; 4] {
@@ -132,36 +146,36 @@ fn host_smc(frame: &mut Frame) {
     let is_32 = function & (1 << 30) == 0;
     let arg = |i: usize| if is_32 { frame.x[i] & 0xffff_ffff } else { frame.x[i] };
     match smc::classify(function, firmware) {
-        SmcAction::Answer(code) => ret_code(frame, code),
+        SmcAction::Answer(code) => ret_code(&mut frame.x, code),
         SmcAction::Forward => {
             let r = forward(function, frame);
-            ret(frame, r);
+            ret(&mut frame.x, r);
         }
         SmcAction::PsciFeatures => match smc::psci_features(lower32(frame.x[1]), firmware) {
-            Some(code) => ret_code(frame, code),
+            Some(code) => ret_code(&mut frame.x, code),
             None => {
                 let r = forward(function, frame);
-                ret(frame, r);
+                ret(&mut frame.x, r);
             }
         },
         SmcAction::ArchFeatures => match smc::arch_features(lower32(frame.x[1]), firmware) {
-            Some(code) => ret_code(frame, code),
+            Some(code) => ret_code(&mut frame.x, code),
             None => {
                 let r = forward(function, frame);
-                ret(frame, r);
+                ret(&mut frame.x, r);
             }
         },
         SmcAction::CpuOn => {
             let code = cpu_on(arg(1), arg(2), arg(3));
-            ret_code(frame, code);
+            ret_code(&mut frame.x, code);
         }
         SmcAction::CpuOff => {
             let code = cpu_off();
-            ret_code(frame, code);
+            ret_code(&mut frame.x, code);
         }
         SmcAction::CpuSuspend => {
             let code = cpu_suspend(function, arg(1), arg(2), arg(3));
-            ret_code(frame, code);
+            ret_code(&mut frame.x, code);
         }
     }
 }

@@ -26,6 +26,7 @@ extern crate alloc;
 mod arch;
 mod config;
 mod console;
+mod control;
 mod cpu;
 mod exceptions;
 mod guest_calls;
@@ -170,10 +171,25 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     let features = Features::probe();
     let ipa_bits = features.pa_bits.min(48);
     let blob_range = MemRange::from_base_size(dtb, blob.len() as u64).ok_or(BootError::NoDeviceTree)?;
-    let plan = layout::plan(&info, carveout, MAX_CPUS, 1 << ipa_bits, command.host_image, &header, blob_range)?;
+    let plan = layout::plan(
+        &info,
+        carveout,
+        MAX_CPUS,
+        1 << ipa_bits,
+        command.host_image,
+        &header,
+        blob_range,
+        command.guest_pool_mib << 20,
+    )?;
 
     // The host's device tree replaces the boot one, in host RAM.
-    let host_dt = hostdt::build(blob, carveout, &command.host_bootargs)?;
+    let control_pages = carveout.end() - rampart_abi::boot::control::CHANNELS * PAGE_SIZE;
+    let vmm_nodes = hostdt::VmmNodes {
+        control: MemRange::new(control_pages, carveout.end())
+            .map(|r| (r, rampart_abi::boot::control::CHANNELS as u32)),
+        guest_pool: plan.guest_pool,
+    };
+    let host_dt = hostdt::build(blob, carveout, &command.host_bootargs, vmm_nodes)?;
     let host_dt_range = MemRange::from_base_size(dtb, host_dt.len() as u64).ok_or(BootError::NoDeviceTree)?;
     if !plan.host_ram.iter().any(|r| r.contains_range(&host_dt_range)) {
         return Err(BootError::Overlap {
@@ -202,7 +218,11 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         mm::write_phys(dtb, &host_dt);
     }
 
-    let pool = MemRange::new(heap.end(), carveout.end()).ok_or(BootError::RamTooSmall { carveout, ram: None, total: 0 })?;
+    // The last pages of the carve-out are the control pages: mapped nowhere.
+    let control_size = rampart_abi::boot::control::CHANNELS * PAGE_SIZE;
+    let control = MemRange::new(carveout.end() - control_size, carveout.end()).ok_or(BootError::NoMemory)?;
+    control::init(control);
+    let pool = MemRange::new(heap.end(), control.start()).ok_or(BootError::RamTooSmall { carveout, ram: None, total: 0 })?;
     // SAFETY: the pool is the rest of the carve-out, after the heap.
     unsafe { mm::init_pool(pool) };
 
@@ -280,6 +300,9 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         println!("device range {dev} lies beyond the {ipa_bits}-bit IPA space; not mapped for the host");
     }
     println!("firmware: SMCCC 1.1 {}", if firmware.smccc_1_1 { "yes" } else { "no" });
+    if let Some(pool) = plan.guest_pool {
+        println!("guest pool {pool} ({} MiB) for a user-space VMM; control pages {control}", pool.size() >> 20);
+    }
     println!("hypervisor measurement {}", security.hypervisor);
     println!(
         "{} trusted signing key(s){}; device secret: {}",

@@ -295,6 +295,20 @@ pub fn give_memory(vm_handle: VmHandle, pages: PageRange, guest_address: u64, sh
     Ok(())
 }
 
+/// `VM_LIST`: the handle of the first live VM in a slot after `after`'s
+/// (or from the first slot for 0), or 0.
+pub fn list_after(after: u64) -> u64 {
+    let first = if after == 0 {
+        0
+    } else {
+        match (after & 0xffff_ffff).checked_sub(HANDLE_BASE) {
+            Some(slot) if slot < MAX_VMS as u64 => slot as usize + 1,
+            _ => return 0,
+        }
+    };
+    (first..MAX_VMS).find_map(|slot| VMS[slot].lock().as_ref().map(|vm| vm.handle.0)).unwrap_or(0)
+}
+
 /// `VM_SET_SIGNATURE`: before the VM's first run.
 pub fn set_signature(handle: VmHandle, signer: [u8; 32], signature: [u8; 64]) -> Result<(), Error> {
     let (_, mut guard) = lock(handle)?;

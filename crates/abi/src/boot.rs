@@ -13,6 +13,11 @@
 //! Rampart removes every `rampart.` option, and the `--` separator if
 //! present, and hands what remains to the host as its own `bootargs`.
 
+/// Command-line key giving the size, in MiB, of the guest-memory pool
+/// Rampart reserves at the top of RAM for a user-space VMM (0 or absent:
+/// no pool).
+pub const GUEST_POOL_KEY: &str = "rampart.pool";
+
 /// Command-line key naming the physical address of the host's `Image`.
 pub const HOST_IMAGE_KEY: &str = "rampart.host";
 /// Prefix of every command-line option Rampart consumes.
@@ -22,3 +27,28 @@ pub const OPTION_PREFIX: &str = "rampart.";
 pub const CARVEOUT_NODE_NAME: &str = "rampart-hypervisor";
 /// `compatible` string of that node.
 pub const CARVEOUT_COMPATIBLE: &str = "rampart,hypervisor-carveout";
+
+/// Name (before the `@`) of the root node that describes the control pages.
+pub const CONTROL_NODE_NAME: &str = "rampart-control";
+/// `compatible` of the control node.
+pub const CONTROL_COMPATIBLE: &str = "rampart,control";
+/// Property of the control node: the number of channels (one page each).
+pub const CONTROL_CHANNELS_PROPERTY: &str = "rampart,channels";
+/// Name of the `/reserved-memory` child that describes the guest pool.
+pub const GUEST_POOL_NODE_NAME: &str = "rampart-guest-pool";
+/// `compatible` of the guest-pool node.
+pub const GUEST_POOL_COMPATIBLE: &str = "rampart,guest-pool";
+
+/// The control page: host user space (through `/dev/mem`) makes the same
+/// calls as `HVC #0` by storing the registers into a channel page and
+/// ringing its doorbell. Only naturally aligned 64-bit accesses are allowed.
+pub mod control {
+    /// Number of channels (pages).
+    pub const CHANNELS: u64 = 16;
+    /// Offset of register `xi` (i in 0..18) in a channel page: `8 * i`.
+    pub const REGISTERS: u64 = 0x000;
+    /// Number of registers in a channel.
+    pub const REGISTER_COUNT: u64 = 18;
+    /// Offset of the doorbell: a 64-bit store makes the call.
+    pub const DOORBELL: u64 = 0x100;
+}

@@ -13,7 +13,7 @@ use crate::smccc::{fast_call_id, owner};
 /// The major version of the host ABI. Bumped on incompatible change.
 pub const ABI_VERSION_MAJOR: u64 = 0;
 /// The minor version of the host ABI. Bumped when calls are added.
-pub const ABI_VERSION_MINOR: u64 = 4;
+pub const ABI_VERSION_MINOR: u64 = 5;
 
 /// First function number of Rampart's host calls.
 pub const HOST_FUNCTION_BASE: u16 = 0x8000;
@@ -73,11 +73,15 @@ pub enum HostCall {
     /// `RAMPART_HOST_ATTESTATION_KEY`: returns `x1`..`x4` = the hypervisor's
     /// public attestation key (Ed25519, 32 bytes, little-endian words).
     AttestationKey = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x19),
+    /// `RAMPART_HOST_VM_LIST`: `x1` = a VM handle, or 0 to start. Returns
+    /// `x1` = the next live VM's handle in slot order, or 0 when there is
+    /// none (so a VMM can find, and destroy, VMs a killed VMM left behind).
+    VmList = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x1A),
 }
 
 impl HostCall {
     /// Every host call, in ID order.
-    pub const ALL: [HostCall; 16] = [
+    pub const ALL: [HostCall; 17] = [
         HostCall::Version,
         HostCall::Features,
         HostCall::ShareHyp,
@@ -94,6 +98,7 @@ impl HostCall {
         HostCall::VcpuInject,
         HostCall::VmSetSignature,
         HostCall::AttestationKey,
+        HostCall::VmList,
     ];
 
     /// The function ID placed in `w0`.
@@ -122,6 +127,7 @@ impl HostCall {
             HostCall::VcpuInject => "RAMPART_HOST_VCPU_INJECT",
             HostCall::VmSetSignature => "RAMPART_HOST_VM_SET_SIGNATURE",
             HostCall::AttestationKey => "RAMPART_HOST_ATTESTATION_KEY",
+            HostCall::VmList => "RAMPART_HOST_VM_LIST",
         }
     }
 }
@@ -157,7 +163,7 @@ mod tests {
             0,
             0xC600_0000,
             0xC600_8006,
-            0xC600_801A,
+            0xC600_801B,
             0x8600_8000,
             u32::MAX,
         ] {
@@ -294,6 +300,8 @@ pub enum HostRequest {
     },
     /// See [`HostCall::AttestationKey`].
     AttestationKey,
+    /// See [`HostCall::VmList`]: the handle to continue after (0 = start).
+    VmList(u64),
 }
 
 /// Packs little-endian words into bytes (the way 32- and 64-byte values
@@ -387,6 +395,7 @@ impl HostRequest {
                 signature: words_to_bytes(&regs[6..14]),
             },
             HostCall::AttestationKey => HostRequest::AttestationKey,
+            HostCall::VmList => HostRequest::VmList(regs[1]),
         })
     }
 }

@@ -5,7 +5,7 @@
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use rampart_abi::boot::{HOST_IMAGE_KEY, OPTION_PREFIX};
+use rampart_abi::boot::{GUEST_POOL_KEY, HOST_IMAGE_KEY, OPTION_PREFIX};
 
 use crate::BootError;
 
@@ -16,6 +16,8 @@ pub struct CommandLine {
     pub host_image: u64,
     /// What remains for the host's `bootargs`.
     pub host_bootargs: String,
+    /// Size of the guest pool for a user-space VMM, in MiB (0 = none).
+    pub guest_pool_mib: u64,
 }
 
 /// Splits `bootargs` into Rampart's options and the host's command line.
@@ -27,6 +29,7 @@ pub struct CommandLine {
 /// repeated one, or a value that is not a number.
 pub fn parse(bootargs: &str) -> Result<CommandLine, BootError> {
     let mut host_image = None;
+    let mut guest_pool_mib = None;
     let mut host = Vec::new();
     let mut separator_seen = false;
     for word in bootargs.split_ascii_whitespace() {
@@ -51,6 +54,14 @@ pub fn parse(bootargs: &str) -> Result<CommandLine, BootError> {
                     "{HOST_IMAGE_KEY}=`{value}` is not an address (use 0x... or decimal)"
                 ))
             })?);
+        } else if full_key == GUEST_POOL_KEY {
+            if guest_pool_mib.is_some() {
+                return Err(BootError::BadCommandLine(alloc::format!("{GUEST_POOL_KEY} given twice")));
+            }
+            let mib = value.parse::<u64>().ok().filter(|&m| m <= 1 << 20).ok_or_else(|| {
+                BootError::BadCommandLine(alloc::format!("{GUEST_POOL_KEY}=`{value}` is not a size in MiB"))
+            })?;
+            guest_pool_mib = Some(mib);
         } else {
             return Err(BootError::BadCommandLine(alloc::format!(
                 "unknown option `{word}`"
@@ -60,6 +71,7 @@ pub fn parse(bootargs: &str) -> Result<CommandLine, BootError> {
     Ok(CommandLine {
         host_image: host_image.ok_or(BootError::NoHostImage)?,
         host_bootargs: host.join(" ").to_string(),
+        guest_pool_mib: guest_pool_mib.unwrap_or(0),
     })
 }
 
@@ -84,6 +96,15 @@ mod tests {
         let c = parse("quiet rampart.host=1107296256").unwrap();
         assert_eq!(c.host_image, 0x4200_0000);
         assert_eq!(c.host_bootargs, "quiet");
+    }
+
+    #[test]
+    fn reads_the_guest_pool_size() {
+        assert_eq!(parse("rampart.host=0x1 rampart.pool=64").unwrap().guest_pool_mib, 64);
+        assert_eq!(parse("rampart.host=0x1").unwrap().guest_pool_mib, 0);
+        for bad in ["rampart.host=0x1 rampart.pool=", "rampart.host=0x1 rampart.pool=64M", "rampart.host=0x1 rampart.pool=1 rampart.pool=2"] {
+            assert!(matches!(parse(bad), Err(BootError::BadCommandLine(_))), "{bad}");
+        }
     }
 
     #[test]

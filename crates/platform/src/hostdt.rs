@@ -9,7 +9,10 @@ use alloc::vec::Vec;
 use dtoolkit::fdt::Fdt;
 use dtoolkit::model::{DeviceTree, DeviceTreeNode, DeviceTreeProperty};
 use dtoolkit::{Node, Property};
-use rampart_abi::boot::{CARVEOUT_COMPATIBLE, CARVEOUT_NODE_NAME};
+use rampart_abi::boot::{
+    CARVEOUT_COMPATIBLE, CARVEOUT_NODE_NAME, CONTROL_CHANNELS_PROPERTY, CONTROL_COMPATIBLE, CONTROL_NODE_NAME,
+    GUEST_POOL_COMPATIBLE, GUEST_POOL_NODE_NAME,
+};
 
 use crate::{BootError, MemRange};
 
@@ -50,13 +53,28 @@ fn read_cells(node: &DeviceTreeNode, name: &str) -> Result<u32, BootError> {
     }
 }
 
+/// What Rampart adds to the host's tree for a user-space VMM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmmNodes {
+    /// The control pages and their number.
+    pub control: Option<(MemRange, u32)>,
+    /// The guest pool.
+    pub guest_pool: Option<MemRange>,
+}
+
+fn reg_property(address_cells: u32, size_cells: u32, range: MemRange) -> Result<DeviceTreeProperty, BootError> {
+    let mut reg = cells(range.start(), address_cells)?;
+    reg.extend(cells(range.size(), size_cells)?);
+    DeviceTreeProperty::new("reg", reg).map_err(err)
+}
+
 /// Builds the host's device tree from the boot tree `blob`.
 ///
 /// # Errors
 ///
 /// [`BootError::HostDeviceTree`] if the boot tree's `/reserved-memory` uses
 /// cell sizes Rampart cannot write, or already has a node of Rampart's name.
-pub fn build(blob: &[u8], carveout: MemRange, host_bootargs: &str) -> Result<Vec<u8>, BootError> {
+pub fn build(blob: &[u8], carveout: MemRange, host_bootargs: &str, vmm: VmmNodes) -> Result<Vec<u8>, BootError> {
     let fdt = Fdt::new(blob).map_err(|e| BootError::MalformedDeviceTree(e.to_string()))?;
     let mut tree = DeviceTree::from_fdt(&fdt);
 
@@ -88,6 +106,27 @@ pub fn build(blob: &[u8], carveout: MemRange, host_bootargs: &str) -> Result<Vec
         .property(DeviceTreeProperty::new("no-map", &[] as &[u8]).map_err(err)?)
         .build();
     rmem.add_child(node);
+    if let Some(pool) = vmm.guest_pool {
+        let name = format!("{GUEST_POOL_NODE_NAME}@{:x}", pool.start());
+        let node = DeviceTreeNode::builder(name)
+            .map_err(err)?
+            .property(DeviceTreeProperty::new("compatible", GUEST_POOL_COMPATIBLE).map_err(err)?)
+            .property(reg_property(address_cells, size_cells, pool)?)
+            .property(DeviceTreeProperty::new("no-map", &[] as &[u8]).map_err(err)?)
+            .build();
+        rmem.add_child(node);
+    }
+    if let Some((control, channels)) = vmm.control {
+        let root_address = read_cells(&tree.root, "#address-cells")?;
+        let root_size = read_cells(&tree.root, "#size-cells")?;
+        let node = DeviceTreeNode::builder(format!("{CONTROL_NODE_NAME}@{:x}", control.start()))
+            .map_err(err)?
+            .property(DeviceTreeProperty::new("compatible", CONTROL_COMPATIBLE).map_err(err)?)
+            .property(reg_property(root_address, root_size, control)?)
+            .property(DeviceTreeProperty::new(CONTROL_CHANNELS_PROPERTY, channels).map_err(err)?)
+            .build();
+        tree.root.add_child(node);
+    }
 
     let chosen = match tree.root.child_mut("chosen") {
         Some(c) => c,
@@ -116,7 +155,7 @@ mod tests {
     #[test]
     fn adds_the_carveout_and_rewrites_bootargs() {
         let carveout = MemRange::new(0x4020_0000, 0x4120_0000).unwrap();
-        let out = build(QEMU_VIRT, carveout, "console=ttyAMA0").unwrap();
+        let out = build(QEMU_VIRT, carveout, "console=ttyAMA0", VmmNodes::default()).unwrap();
         let info = dt::parse(&out).unwrap();
         assert_eq!(info.reserved, alloc::vec![carveout]);
         assert_eq!(info.bootargs, "console=ttyAMA0");
@@ -135,9 +174,27 @@ mod tests {
     }
 
     #[test]
+    fn describes_the_control_pages_and_the_guest_pool() {
+        let carveout = MemRange::new(0x4020_0000, 0x4120_0000).unwrap();
+        let control = MemRange::new(0x4110_0000, 0x4111_0000).unwrap();
+        let pool = MemRange::new(0x5c00_0000, 0x6000_0000).unwrap();
+        let out = build(QEMU_VIRT, carveout, "", VmmNodes { control: Some((control, 16)), guest_pool: Some(pool) }).unwrap();
+        let fdt = Fdt::new(&out).unwrap();
+        let node = fdt.find_node("/rampart-control@41100000").unwrap();
+        assert_eq!(node.property("rampart,channels").unwrap().value_as::<u32>().unwrap(), 16);
+        let pool_node = fdt.find_node("/reserved-memory/rampart-guest-pool@5c000000").unwrap();
+        assert!(pool_node.property("no-map").is_some());
+        let info = dt::parse(&out).unwrap();
+        assert!(info.reserved.contains(&pool));
+        // The control pages lie in the carve-out, which the host never maps
+        // as RAM: they are not host devices either.
+        assert!(!info.devices.iter().any(|d| d.overlaps(&control)));
+    }
+
+    #[test]
     fn empty_host_bootargs_remove_the_property() {
         let carveout = MemRange::new(0x4020_0000, 0x4120_0000).unwrap();
-        let out = build(QEMU_VIRT, carveout, "").unwrap();
+        let out = build(QEMU_VIRT, carveout, "", VmmNodes::default()).unwrap();
         let fdt = Fdt::new(&out).unwrap();
         assert!(
             fdt.find_node("/chosen")
@@ -159,7 +216,7 @@ mod tests {
         assert_eq!(info.device_secret, Some([0x5a; 32]));
         assert_eq!(info.trusted_keys, alloc::vec![[0x11; 32], [0x11; 32]]);
         let carveout = MemRange::new(0x4020_0000, 0x4120_0000).unwrap();
-        let out = build(&with_secret, carveout, "").unwrap();
+        let out = build(&with_secret, carveout, "", VmmNodes::default()).unwrap();
         let host = dt::parse(&out).unwrap();
         assert_eq!(host.device_secret, None);
         assert!(host.trusted_keys.is_empty());
@@ -181,9 +238,9 @@ mod tests {
     #[test]
     fn refuses_to_add_the_node_twice() {
         let carveout = MemRange::new(0x4020_0000, 0x4120_0000).unwrap();
-        let once = build(QEMU_VIRT, carveout, "").unwrap();
+        let once = build(QEMU_VIRT, carveout, "", VmmNodes::default()).unwrap();
         assert!(matches!(
-            build(&once, carveout, ""),
+            build(&once, carveout, "", VmmNodes::default()),
             Err(BootError::HostDeviceTree(_))
         ));
     }

@@ -21,6 +21,9 @@ pub struct Layout {
     pub unmappable_devices: Vec<MemRange>,
     /// The host kernel's footprint.
     pub host_image: MemRange,
+    /// The guest pool for a user-space VMM: host RAM the host's device tree
+    /// marks `no-map`, at the top of the highest RAM bank.
+    pub guest_pool: Option<MemRange>,
 }
 
 /// Splits memory between the hypervisor and the host and checks that the
@@ -34,6 +37,7 @@ pub struct Layout {
 /// carve-out is not inside one RAM bank, [`BootError::BadHostImage`] when the
 /// host image is not entirely in host RAM, [`BootError::Overlap`] when the
 /// initrd or the device tree touches the carve-out or the host image.
+#[allow(clippy::too_many_arguments, reason = "each argument is a separate boot input; a struct would only rename them")]
 pub fn plan(
     info: &DeviceTreeInfo,
     carveout: MemRange,
@@ -42,6 +46,7 @@ pub fn plan(
     host_image_address: u64,
     host_image: &ImageHeader,
     device_tree: MemRange,
+    guest_pool_bytes: u64,
 ) -> Result<Layout, BootError> {
     if info.cpus.len() > max_cpus {
         return Err(BootError::TooManyCpus {
@@ -87,6 +92,28 @@ pub fn plan(
         }
     }
 
+    let guest_pool = if guest_pool_bytes == 0 {
+        None
+    } else {
+        let top = host_ram.last().copied().ok_or(BootError::NoMemory)?;
+        let start = top.end().checked_sub(guest_pool_bytes).map(|s| range::align_down(s, crate::BLOCK_2M));
+        let pool = start.and_then(|s| MemRange::new(s, top.end())).filter(|p| top.contains_range(p));
+        let pool = pool.ok_or(BootError::BadCommandLine(alloc::format!(
+            "a guest pool of {} MiB does not fit in the top RAM bank {top}",
+            guest_pool_bytes >> 20
+        )))?;
+        let mut clashes = alloc::vec![("the host image", image), ("the device tree", device_tree)];
+        if let Some(initrd) = info.initrd {
+            clashes.push(("the initrd", initrd));
+        }
+        for (with, other) in clashes {
+            if pool.overlaps(&other) {
+                return Err(BootError::Overlap { what: "guest pool", range: pool, with, other });
+            }
+        }
+        Some(pool)
+    };
+
     let mut host_devices = Vec::new();
     let mut unmappable_devices = Vec::new();
     for dev in &info.devices {
@@ -103,6 +130,7 @@ pub fn plan(
         host_devices,
         unmappable_devices,
         host_image: image,
+        guest_pool,
     })
 }
 
@@ -181,7 +209,7 @@ mod tests {
     #[test]
     fn carves_the_hypervisor_out_of_ram() {
         let i = info(r(0x4000_0000, 0x6000_0000), 4);
-        let l = plan(&i, CARVEOUT, 8, 1 << 39, 0x4200_0000, &HEADER, DT).unwrap();
+        let l = plan(&i, CARVEOUT, 8, 1 << 39, 0x4200_0000, &HEADER, DT, 0).unwrap();
         assert_eq!(
             l.host_ram,
             vec![r(0x4000_0000, 0x4020_0000), r(0x4120_0000, 0x6000_0000)]
@@ -198,7 +226,7 @@ mod tests {
     fn refuses_what_does_not_fit() {
         let small = info(r(0x4000_0000, 0x4100_0000), 1);
         assert!(matches!(
-            plan(&small, CARVEOUT, 8, 1 << 39, 0x4200_0000, &HEADER, DT),
+            plan(&small, CARVEOUT, 8, 1 << 39, 0x4200_0000, &HEADER, DT, 0),
             Err(BootError::RamTooSmall { .. })
         ));
         // The carve-out fits, but leaves the host less than its minimum.
@@ -207,18 +235,18 @@ mod tests {
         check_ram(&[r(0x4000_0000, 0x4400_0000)], CARVEOUT).unwrap();
         let many = info(r(0x4000_0000, 0x6000_0000), 9);
         assert_eq!(
-            plan(&many, CARVEOUT, 8, 1 << 39, 0x4200_0000, &HEADER, DT),
+            plan(&many, CARVEOUT, 8, 1 << 39, 0x4200_0000, &HEADER, DT, 0),
             Err(BootError::TooManyCpus { found: 9, max: 8 })
         );
         let ok = info(r(0x4000_0000, 0x6000_0000), 1);
         // Host image inside the carve-out.
         assert!(matches!(
-            plan(&ok, CARVEOUT, 8, 1 << 39, 0x4100_0000, &HEADER, DT),
+            plan(&ok, CARVEOUT, 8, 1 << 39, 0x4100_0000, &HEADER, DT, 0),
             Err(BootError::BadHostImage { .. })
         ));
         // Host image running off the end of RAM.
         assert!(matches!(
-            plan(&ok, CARVEOUT, 8, 1 << 39, 0x5f00_0000, &HEADER, DT),
+            plan(&ok, CARVEOUT, 8, 1 << 39, 0x5f00_0000, &HEADER, DT, 0),
             Err(BootError::BadHostImage { .. })
         ));
         // Device tree inside the host image.
@@ -230,7 +258,8 @@ mod tests {
                 1 << 39,
                 0x4200_0000,
                 &HEADER,
-                r(0x4300_0000, 0x4301_0000)
+                r(0x4300_0000, 0x4301_0000),
+                0
             ),
             Err(BootError::Overlap {
                 what: "device tree",
@@ -241,8 +270,24 @@ mod tests {
         let mut bad_initrd = ok.clone();
         bad_initrd.initrd = Some(r(0x4100_0000, 0x4130_0000));
         assert!(matches!(
-            plan(&bad_initrd, CARVEOUT, 8, 1 << 39, 0x4200_0000, &HEADER, DT),
+            plan(&bad_initrd, CARVEOUT, 8, 1 << 39, 0x4200_0000, &HEADER, DT, 0),
             Err(BootError::Overlap { what: "initrd", .. })
+        ));
+    }
+
+    #[test]
+    fn places_the_guest_pool_at_the_top_of_ram() {
+        let i = info(r(0x4000_0000, 0x8000_0000), 2);
+        let l = plan(&i, CARVEOUT, 8, 1 << 39, 0x4200_0000, &HEADER, DT, 64 << 20).unwrap();
+        assert_eq!(l.guest_pool, Some(r(0x7c00_0000, 0x8000_0000)));
+        // Too big to fit above everything else: it would cover the initrd.
+        assert!(matches!(
+            plan(&i, CARVEOUT, 8, 1 << 39, 0x4200_0000, &HEADER, DT, 960 << 20),
+            Err(BootError::Overlap { what: "guest pool", .. })
+        ));
+        assert!(matches!(
+            plan(&i, CARVEOUT, 8, 1 << 39, 0x4200_0000, &HEADER, DT, 4 << 30),
+            Err(BootError::BadCommandLine(_))
         ));
     }
 
