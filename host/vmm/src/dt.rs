@@ -1,0 +1,366 @@
+//! What the host's device tree says about Rampart's control pages and
+//! guest pool, read from Linux's `/proc/device-tree` (one directory per
+//! node, one file per property, values big-endian).
+//!
+//! - `/rampart-control@<addr>`: `compatible = "rampart,control"`,
+//!   `reg = <addr size>` (root's cells, 2 + 2), `rampart,channels = <N>`.
+//! - `/reserved-memory/rampart-guest-pool@<addr>`: `compatible =
+//!   "rampart,guest-pool"`, `no-map`, `reg` (`/reserved-memory`'s cells).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+pub use rampart_abi::boot::{
+    CONTROL_CHANNELS_PROPERTY, CONTROL_COMPATIBLE, CONTROL_NODE_NAME, GUEST_POOL_COMPATIBLE,
+    GUEST_POOL_NODE_NAME,
+};
+
+/// Bytes per control channel.
+pub const CHANNEL_SIZE: u64 = 4096;
+
+/// Where Linux shows the device tree, in the order tried.
+pub const DEFAULT_ROOTS: [&str; 2] = ["/proc/device-tree", "/sys/firmware/devicetree/base"];
+
+/// A physical range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PhysRange {
+    /// First byte.
+    pub base: u64,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+impl PhysRange {
+    /// One past the last byte.
+    #[must_use]
+    pub const fn end(&self) -> u64 {
+        self.base + self.size
+    }
+}
+
+impl std::fmt::Display for PhysRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:#x}..{:#x} ({} KiB)",
+            self.base,
+            self.end(),
+            self.size / 1024
+        )
+    }
+}
+
+/// What the VMM needs from the device tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Platform {
+    /// The control pages, one per channel.
+    pub control: PhysRange,
+    /// Number of channels (`rampart,channels`, capped by `reg`'s size).
+    pub channels: u32,
+    /// The guest pool.
+    pub pool: PhysRange,
+}
+
+/// A big-endian `u32` property.
+///
+/// # Errors
+///
+/// If it is not exactly 4 bytes.
+pub fn parse_u32(bytes: &[u8]) -> Result<u32> {
+    let array: [u8; 4] = bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("expected one 32-bit cell, got {} bytes", bytes.len()))?;
+    Ok(u32::from_be_bytes(array))
+}
+
+/// A string-list property (NUL-separated, NUL-terminated).
+#[must_use]
+pub fn parse_strings(bytes: &[u8]) -> Vec<String> {
+    bytes
+        .strip_suffix(&[0])
+        .unwrap_or(bytes)
+        .split(|&b| b == 0)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+fn cells_value(cells: &[u8]) -> u64 {
+    cells
+        .chunks_exact(4)
+        .fold(0u64, |acc, c| (acc << 32) | u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+}
+
+/// A `reg` property with the given cell counts.
+///
+/// # Errors
+///
+/// If the cell counts are not 1 or 2, or the length is not a non-zero
+/// multiple of one entry.
+pub fn parse_reg(bytes: &[u8], address_cells: u32, size_cells: u32) -> Result<Vec<PhysRange>> {
+    if !(1..=2).contains(&address_cells) || !(1..=2).contains(&size_cells) {
+        bail!("unsupported #address-cells {address_cells} / #size-cells {size_cells}");
+    }
+    let a = address_cells as usize * 4;
+    let entry = a + size_cells as usize * 4;
+    if bytes.is_empty() || !bytes.len().is_multiple_of(entry) {
+        bail!(
+            "`reg` is {} bytes, not a multiple of {entry} ({address_cells} address and {size_cells} size cells)",
+            bytes.len()
+        );
+    }
+    Ok(bytes
+        .chunks_exact(entry)
+        .map(|e| PhysRange {
+            base: cells_value(&e[..a]),
+            size: cells_value(&e[a..]),
+        })
+        .collect())
+}
+
+/// The first child of `dir` named `<prefix>@...` (or exactly `prefix`).
+///
+/// # Errors
+///
+/// If `dir` cannot be read.
+pub fn find_child(dir: &Path, prefix: &str) -> Result<Option<PathBuf>> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n == prefix || n.strip_prefix(prefix).is_some_and(|r| r.starts_with('@')))
+        .collect();
+    names.sort();
+    Ok(names.first().map(|n| dir.join(n)))
+}
+
+fn read_cells(node: &Path, name: &str, default: u32) -> Result<u32> {
+    match fs::read(node.join(name)) {
+        Ok(b) => parse_u32(&b).with_context(|| format!("{}/{name}", node.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(default),
+        Err(e) => Err(e).with_context(|| format!("reading {}/{name}", node.display())),
+    }
+}
+
+fn check_compatible(node: &Path, expected: &str) -> Result<()> {
+    let path = node.join("compatible");
+    let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let list = parse_strings(&bytes);
+    if !list.iter().any(|c| c == expected) {
+        bail!("{}: compatible is {list:?}, expected \"{expected}\"", node.display());
+    }
+    Ok(())
+}
+
+fn read_reg(node: &Path, parent: &Path) -> Result<PhysRange> {
+    let address_cells = read_cells(parent, "#address-cells", 2)?;
+    let size_cells = read_cells(parent, "#size-cells", 1)?;
+    let path = node.join("reg");
+    let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let reg = parse_reg(&bytes, address_cells, size_cells)
+        .with_context(|| format!("{}", path.display()))?;
+    Ok(reg[0])
+}
+
+/// The first directory of `roots` that exists (the device tree's root).
+///
+/// # Errors
+///
+/// If none does.
+pub fn root(roots: &[PathBuf]) -> Result<PathBuf> {
+    roots
+        .iter()
+        .find(|r| r.is_dir())
+        .cloned()
+        .with_context(|| {
+            format!(
+                "no device tree at {}: the host kernel exposes none (CONFIG_OF / CONFIG_PROC_DEVICETREE?)",
+                roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(" or ")
+            )
+        })
+}
+
+/// Reads the control pages and the guest pool from the device tree at
+/// `root`.
+///
+/// # Errors
+///
+/// If a node is missing (Rampart is not running, or was booted without a
+/// pool) or malformed.
+pub fn discover(root: &Path) -> Result<Platform> {
+    let control_node = find_child(root, CONTROL_NODE_NAME)?.with_context(|| {
+        format!(
+            "no `{CONTROL_NODE_NAME}@...` node (compatible \"{CONTROL_COMPATIBLE}\") in the device tree at {}: is Rampart running? (the host must be booted by Rampart)",
+            root.display()
+        )
+    })?;
+    check_compatible(&control_node, CONTROL_COMPATIBLE)?;
+    let control = read_reg(&control_node, root)?;
+    let channels_path = control_node.join(CONTROL_CHANNELS_PROPERTY);
+    let declared = parse_u32(
+        &fs::read(&channels_path).with_context(|| format!("reading {}", channels_path.display()))?,
+    )
+    .with_context(|| format!("{}", channels_path.display()))?;
+    let fit = u32::try_from(control.size / CHANNEL_SIZE).unwrap_or(u32::MAX);
+    let channels = declared.min(fit);
+    if channels == 0 || !control.base.is_multiple_of(CHANNEL_SIZE) {
+        bail!(
+            "{}: {declared} channels in {control}: no usable page-aligned channel",
+            control_node.display()
+        );
+    }
+
+    let reserved = root.join("reserved-memory");
+    let pool_node = if reserved.is_dir() {
+        find_child(&reserved, GUEST_POOL_NODE_NAME)?
+    } else {
+        None
+    }
+    .with_context(|| {
+        format!(
+            "Rampart is running but the device tree has no /reserved-memory/{GUEST_POOL_NODE_NAME}@... node: boot it with `rampart.pool=<MiB>` to reserve a guest pool"
+        )
+    })?;
+    check_compatible(&pool_node, GUEST_POOL_COMPATIBLE)?;
+    let pool = read_reg(&pool_node, &reserved)?;
+    if !pool.base.is_multiple_of(CHANNEL_SIZE) || pool.size < CHANNEL_SIZE {
+        bail!("{}: the guest pool {pool} is not page-aligned or is empty", pool_node.display());
+    }
+    Ok(Platform {
+        control,
+        channels,
+        pool,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A scratch directory removed on drop.
+    pub struct Scratch(pub PathBuf);
+
+    impl Scratch {
+        pub fn new(tag: &str) -> Self {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "rampart-vmm-test-{}-{tag}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn cells(values: &[u32]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_be_bytes()).collect()
+    }
+
+    /// Writes a host tree like Rampart's into `root`.
+    pub fn write_tree(root: &Path, channels: u32) {
+        let put = |path: &str, bytes: &[u8]| {
+            let p = root.join(path);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, bytes).unwrap();
+        };
+        put("#address-cells", &cells(&[2]));
+        put("#size-cells", &cells(&[2]));
+        put("memory@40000000/reg", &cells(&[0, 0x4000_0000, 0, 0x4000_0000]));
+        put("rampart-control@41100000/compatible", b"rampart,control\0");
+        put(
+            "rampart-control@41100000/reg",
+            &cells(&[0, 0x4110_0000, 0, channels * 4096]),
+        );
+        put("rampart-control@41100000/rampart,channels", &cells(&[channels]));
+        put("reserved-memory/#address-cells", &cells(&[2]));
+        put("reserved-memory/#size-cells", &cells(&[2]));
+        put(
+            "reserved-memory/rampart-hypervisor@40200000/compatible",
+            b"rampart,hypervisor-carveout\0",
+        );
+        put(
+            "reserved-memory/rampart-guest-pool@7c000000/compatible",
+            b"rampart,guest-pool\0",
+        );
+        put(
+            "reserved-memory/rampart-guest-pool@7c000000/reg",
+            &cells(&[0, 0x7c00_0000, 0, 0x0400_0000]),
+        );
+        put("reserved-memory/rampart-guest-pool@7c000000/no-map", b"");
+    }
+
+    #[test]
+    fn parses_properties() {
+        assert_eq!(parse_u32(&[0, 0, 0, 16]).unwrap(), 16);
+        assert!(parse_u32(&[0, 16]).is_err());
+        assert_eq!(parse_strings(b"a,b\0c\0"), vec!["a,b", "c"]);
+        assert_eq!(parse_strings(b"x"), vec!["x"]);
+        let reg = parse_reg(&cells(&[1, 0x4000_0000, 0, 0x1000, 0, 0x10, 0, 0x20]), 2, 2).unwrap();
+        assert_eq!(
+            reg,
+            vec![
+                PhysRange { base: 0x1_4000_0000, size: 0x1000 },
+                PhysRange { base: 0x10, size: 0x20 }
+            ]
+        );
+        assert_eq!(
+            parse_reg(&cells(&[0x4000_0000, 0x1000]), 1, 1).unwrap(),
+            vec![PhysRange { base: 0x4000_0000, size: 0x1000 }]
+        );
+        assert!(parse_reg(&cells(&[0, 1, 2]), 2, 2).is_err());
+        assert!(parse_reg(&[], 2, 2).is_err());
+        assert!(parse_reg(&cells(&[0, 1, 2, 3]), 3, 1).is_err());
+    }
+
+    #[test]
+    fn discovers_the_control_pages_and_the_pool() {
+        let s = Scratch::new("dt");
+        write_tree(&s.0, 16);
+        let p = discover(&s.0).unwrap();
+        assert_eq!(p.control, PhysRange { base: 0x4110_0000, size: 16 * 4096 });
+        assert_eq!(p.channels, 16);
+        assert_eq!(p.pool, PhysRange { base: 0x7c00_0000, size: 64 << 20 });
+        assert_eq!(root(&[s.0.join("nope"), s.0.clone()]).unwrap(), s.0);
+    }
+
+    #[test]
+    fn channels_are_capped_by_reg() {
+        let s = Scratch::new("cap");
+        write_tree(&s.0, 4);
+        fs::write(
+            s.0.join("rampart-control@41100000/rampart,channels"),
+            cells(&[8]),
+        )
+        .unwrap();
+        assert_eq!(discover(&s.0).unwrap().channels, 4);
+    }
+
+    #[test]
+    fn says_what_is_missing() {
+        let s = Scratch::new("missing");
+        fs::write(s.0.join("#address-cells"), cells(&[2])).unwrap();
+        let e = format!("{:#}", discover(&s.0).unwrap_err());
+        assert!(e.contains("is Rampart running?"), "{e}");
+
+        write_tree(&s.0, 2);
+        fs::remove_dir_all(s.0.join("reserved-memory/rampart-guest-pool@7c000000")).unwrap();
+        let e = format!("{:#}", discover(&s.0).unwrap_err());
+        assert!(e.contains("rampart.pool="), "{e}");
+
+        write_tree(&s.0, 2);
+        fs::write(s.0.join("rampart-control@41100000/compatible"), b"other\0").unwrap();
+        let e = format!("{:#}", discover(&s.0).unwrap_err());
+        assert!(e.contains("expected \"rampart,control\""), "{e}");
+    }
+}

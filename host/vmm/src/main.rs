@@ -1,0 +1,421 @@
+//! `rampart-vmm`: runs signed Rampart bundles as VMs from an unmodified
+//! Linux host, through the control pages and guest pool the hypervisor
+//! describes in the host's device tree (`/dev/mem`). See `README.md`.
+
+mod console;
+mod dt;
+mod hyp;
+mod mem;
+mod plan;
+mod pool;
+mod run;
+mod session;
+mod signals;
+mod stats;
+mod vm;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use clap::{Parser, Subcommand};
+use rampart_abi::Error;
+use rampart_abi::host::PAGE_SIZE;
+use rampart_attest::{Bundle, BundleRef};
+
+use crate::plan::{Overrides, Plan};
+use crate::run::{Options, Outcome, Run};
+use crate::session::{Env, Session};
+
+/// Exit status: the hypervisor refused the bundle.
+const EXIT_REFUSED: u8 = 2;
+/// Exit status: the guest (or a VMM check) reported failures.
+const EXIT_GUEST_FAILED: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "rampart-vmm",
+    version,
+    about = "Run signed Rampart bundles as VMs from a Linux host (through /dev/mem)",
+    after_help = "SIZE and OFFSET: decimal or 0x hex; SIZE may end in K, M or G.\n\
+                  Exit status: 0 ok, 1 error, 2 refused by the hypervisor, 3 the guest reported failures, 128+N stopped by signal N."
+)]
+struct Cli {
+    /// The device tree's root (default: /proc/device-tree, then /sys/firmware/devicetree/base).
+    #[arg(long, global = true, value_name = "DIR")]
+    dt: Option<PathBuf>,
+    /// The physical-memory device.
+    #[arg(long, global = true, default_value = "/dev/mem", value_name = "PATH")]
+    dev_mem: String,
+    /// Where the pool allocation table and statistics live.
+    #[arg(long, global = true, default_value = "/run/rampart-vmm", value_name = "DIR")]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a bundle as a VM until it powers off (or SIGINT/SIGTERM).
+    Run {
+        /// The signed bundle (`rampart sign`).
+        bundle: PathBuf,
+        /// Guest RAM; must equal the manifest's (the signature covers it).
+        #[arg(long, value_name = "SIZE", value_parser = plan::parse_size)]
+        mem: Option<u64>,
+        /// vCPUs; must equal the manifest's (the signature covers it).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=8))]
+        cpus: Option<u32>,
+        /// Run even if --mem/--cpus differ from the manifest (a protected VM is then refused).
+        #[arg(long)]
+        ignore_manifest: bool,
+        /// The name console lines are prefixed with (default: the bundle's file name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Place the VM at this byte offset in the guest pool instead of the first free range.
+        #[arg(long, value_name = "OFFSET", value_parser = plan::parse_size)]
+        pool_offset: Option<u64>,
+        /// Stage-2 table pages beyond the minimum (default: estimated from the memory size).
+        #[arg(long, value_name = "N")]
+        stage2_pages: Option<u64>,
+        /// Stop the VM at a memory fault instead of declining it (the guest then gets an abort).
+        #[arg(long)]
+        stop_on_fault: bool,
+        /// Print every exit to stderr.
+        #[arg(long)]
+        trace: bool,
+    },
+    /// List every live VM (VM_LIST) and the VMM that owns it.
+    List,
+    /// Statistics of running VMMs and of the last finished run.
+    Stats,
+    /// Destroy VMs left by VMMs that were killed (with --all: every VM).
+    Reclaim {
+        /// Also destroy VMs whose VMM is still running.
+        #[arg(long)]
+        all: bool,
+    },
+    /// What the device tree and the allocation table say.
+    Info,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env = Env {
+        dt_roots: cli
+            .dt
+            .clone()
+            .map_or_else(|| dt::DEFAULT_ROOTS.iter().map(PathBuf::from).collect(), |d| vec![d]),
+        dev_mem: cli.dev_mem.clone(),
+        state_dir: cli.state_dir.clone(),
+    };
+    let result = match cli.command {
+        Command::Run {
+            bundle,
+            mem,
+            cpus,
+            ignore_manifest,
+            name,
+            pool_offset,
+            stage2_pages,
+            stop_on_fault,
+            trace,
+        } => cmd_run(
+            &env,
+            &bundle,
+            &Overrides {
+                memory_size: mem,
+                vcpus: cpus,
+                ignore_manifest,
+                stage2_pages,
+            },
+            name,
+            pool_offset,
+            Options {
+                stop_on_fault,
+                trace,
+            },
+        ),
+        Command::List => cmd_list(&env).map(|()| ExitCode::SUCCESS),
+        Command::Stats => cmd_stats(&env).map(|()| ExitCode::SUCCESS),
+        Command::Reclaim { all } => cmd_reclaim(&env, all).map(|()| ExitCode::SUCCESS),
+        Command::Info => cmd_info(&env).map(|()| ExitCode::SUCCESS),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("rampart-vmm: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+/// The name for console lines: `hello` for `build/guests/hello.bundle`.
+fn default_name(path: &Path) -> String {
+    let file = path.file_name().and_then(|s| s.to_str()).unwrap_or("guest");
+    file.strip_suffix(".bundle").unwrap_or(file).to_string()
+}
+
+fn refusal_hints(b: &BundleRef<'_>, plan: &Plan, code: i64) -> Vec<String> {
+    let mut hints = Vec::new();
+    if plan.differs_from_manifest {
+        hints.push("--mem/--cpus differ from the signed manifest, so the VM's measurement is not the one signed".into());
+    }
+    match Error::try_from(code) {
+        Ok(Error::NotSigned) => hints.push("the bundle is unsigned: sign it with `rampart sign --key KEY ...`".into()),
+        Ok(Error::UntrustedKey) => hints.push(format!(
+            "the signer {} is not among the hypervisor's trusted keys (RAMPART_TRUSTED_KEYS at build time, or /chosen/rampart,trusted-key)",
+            hex(&b.signer)
+        )),
+        Ok(Error::BadSignature) if !plan.differs_from_manifest => {
+            if b.computed_measurement() == b.measurement {
+                hints.push(
+                    "the bundle is self-consistent, so the signature itself does not verify for its measurement".into(),
+                );
+            } else {
+                hints.push(
+                    "the bundle's image or manifest no longer matches its measurement field: the bundle was modified after signing".into(),
+                );
+            }
+        }
+        _ => {}
+    }
+    hints
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[allow(clippy::too_many_lines, reason = "the run, step by step")]
+fn cmd_run(
+    env: &Env,
+    path: &Path,
+    over: &Overrides,
+    name: Option<String>,
+    pool_offset: Option<u64>,
+    options: Options,
+) -> Result<ExitCode> {
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path).with_context(|| format!("reading {shown}"))?;
+    let bundle = Bundle::parse(&bytes).map_err(|e| anyhow!("{shown}: malformed bundle: {e}"))?;
+    let plan = plan::plan(&bundle, over).with_context(|| shown.clone())?;
+    let name = name.unwrap_or_else(|| default_name(path));
+    let vcpus = usize::try_from(plan.config.max_vcpus)?;
+
+    let session = Session::open(
+        env,
+        plan.total_pages(),
+        u32::try_from(vcpus)? + 1,
+        pool_offset,
+        &name,
+    )?;
+    let channels = session.channels();
+    let main = &channels[0];
+    let (major, minor) = session.check_version(main)?;
+    let region = session.map_region()?;
+    let place = vm::Placement {
+        region_phys: session.region_phys(),
+    };
+    vm::load_image(&region, &plan, bundle.image);
+    let handle = vm::create(main, &plan, &place, &bundle, &mut |h| session.set_vm(h))
+        .with_context(|| format!("setting up the VM for {shown}"))?;
+    println!(
+        "[{name}] rampart-vmm: VM {handle:#x} ({}, {vcpus} vCPU{}, {} KiB of RAM at {:#x}, {} metadata pages; ABI {major}.{minor}; channels {:?})",
+        if plan.config.protected { "protected" } else { "not protected" },
+        if vcpus == 1 { "" } else { "s" },
+        plan.memory_size / 1024,
+        place.ram(&plan),
+        plan.metadata_pages,
+        session.entry.channel_list(),
+    );
+
+    signals::install();
+    let started = Instant::now();
+    let counters = stats::Counters::default();
+    let signal = signals::pending;
+    let run = Run::new(&name, handle, &plan, &region, &counters, options, &signal);
+    let files = stats::Files::new(&env.state_dir);
+    let report = |state: &str, result: &str, reclaimed: Option<u64>| {
+        let header = stats::Header {
+            name: &name,
+            bundle: &shown,
+            vm: handle,
+            vcpus,
+            protected: plan.config.protected,
+            ram_pages: plan.memory_pages(),
+            metadata_pages: plan.metadata_pages,
+            region: place.region_phys,
+            wall_ms: started.elapsed().as_millis(),
+            state,
+            result,
+        };
+        stats::render(&header, &counters, reclaimed)
+    };
+    std::thread::scope(|s| {
+        for v in 0..vcpus {
+            let channel = &channels[(1 + v) % channels.len()];
+            let run = &run;
+            s.spawn(move || run.vcpu_loop(v, channel));
+        }
+        let mut last_write = Instant::now();
+        while run.finished_threads() < vcpus {
+            std::thread::sleep(Duration::from_millis(50));
+            if last_write.elapsed() >= Duration::from_secs(1) {
+                last_write = Instant::now();
+                let summary = run.tally.lock().map(|t| t.summary()).unwrap_or_default();
+                let _ = files.write_live(&report("running", &summary, None));
+            }
+        }
+    });
+    let outcome = run
+        .outcome()
+        .unwrap_or_else(|| Outcome::Error("every vCPU thread stopped without a reason".into()));
+
+    let destroyed = vm::destroy(main, handle);
+    let reclaimed = destroyed.is_ok().then_some(plan.total_pages());
+    match &destroyed {
+        Ok(()) => println!(
+            "[{name}] rampart-vmm: VM {handle:#x} destroyed; {} pages ({} KiB) reclaimed, zeroed by the hypervisor",
+            plan.total_pages(),
+            plan.total_pages() * PAGE_SIZE / 1024
+        ),
+        Err(e) => eprintln!(
+            "rampart-vmm: destroying VM {handle:#x}: {e}; its pool pages stay reserved (run `rampart-vmm reclaim`)"
+        ),
+    }
+    if destroyed.is_ok() {
+        session.close();
+    } else {
+        // Keep the allocation (with the VM recorded): the next VMM or
+        // `reclaim` destroys the VM once this process has exited.
+        std::mem::forget(session);
+    }
+
+    let tally = run.tally.lock().map(|t| t.clone()).unwrap_or_default();
+    let text = report(&outcome.describe(), &tally.summary(), reclaimed);
+    if let Err(e) = files.finish(&text) {
+        eprintln!("rampart-vmm: warning: could not save statistics: {e:#}");
+    }
+    println!("[{name}] rampart-vmm: {}; {}", outcome.describe(), tally.summary());
+    print!("{}", text.lines().map(|l| format!("[{name}] stats: {l}\n")).collect::<String>());
+
+    let code = match outcome {
+        Outcome::Refused(code) => {
+            eprintln!(
+                "rampart-vmm: the hypervisor refused {shown}: {}: {}",
+                hyp::error_name(code),
+                hyp::error_meaning(code)
+            );
+            for hint in refusal_hints(&bundle, &plan, code) {
+                eprintln!("rampart-vmm:   {hint}");
+            }
+            ExitCode::from(EXIT_REFUSED)
+        }
+        Outcome::Error(e) => {
+            eprintln!("rampart-vmm: {shown}: {e}");
+            ExitCode::FAILURE
+        }
+        Outcome::Interrupted(s) => ExitCode::from(128u8.saturating_add(u8::try_from(s).unwrap_or(0))),
+        Outcome::MemoryFault(_) => ExitCode::from(EXIT_GUEST_FAILED),
+        Outcome::SystemOff | Outcome::SystemReset if tally.failed() => ExitCode::from(EXIT_GUEST_FAILED),
+        Outcome::SystemOff | Outcome::SystemReset => {
+            if destroyed.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    };
+    Ok(code)
+}
+
+fn owner_of(others: &[pool::Entry], vm: u64) -> String {
+    others.iter().find(|e| e.vm == vm).map_or_else(
+        || "no running rampart-vmm owns it (`rampart-vmm reclaim` destroys it)".to_string(),
+        |e| format!("pid {} ({})", e.pid, e.name),
+    )
+}
+
+fn cmd_list(env: &Env) -> Result<()> {
+    let session = Session::open(env, 0, 1, None, "list")?;
+    let vms = hyp::list_vms(&session.main_channel()).context("listing VMs")?;
+    let others = session.others()?;
+    if vms.is_empty() {
+        println!("no live VMs");
+    }
+    for vm in vms {
+        println!("{vm:#x}  {}", owner_of(&others, vm));
+    }
+    session.close();
+    Ok(())
+}
+
+fn cmd_reclaim(env: &Env, all: bool) -> Result<()> {
+    let session = Session::open(env, 0, 1, None, "reclaim")?;
+    let channel = session.main_channel();
+    let others = session.others()?;
+    let mut destroyed = 0;
+    let mut failed = 0;
+    for vm in hyp::list_vms(&channel).context("listing VMs")? {
+        if !all && let Some(e) = others.iter().find(|e| e.vm == vm) {
+            println!("{vm:#x}: kept, pid {} ({}) is running it", e.pid, e.name);
+            continue;
+        }
+        match vm::destroy(&channel, vm) {
+            Ok(()) => {
+                destroyed += 1;
+                println!("{vm:#x}: destroyed, its pages are the host's again (zeroed)");
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("{vm:#x}: {e}");
+            }
+        }
+    }
+    println!("reclaimed {destroyed} VM(s)");
+    session.close();
+    if failed > 0 {
+        anyhow::bail!("{failed} VM(s) could not be destroyed");
+    }
+    Ok(())
+}
+
+fn cmd_stats(env: &Env) -> Result<()> {
+    let files = stats::Files::new(&env.state_dir);
+    let (live, last) = files.read(pool::vmm_alive);
+    if live.is_empty() {
+        println!("no VMs running under rampart-vmm");
+    }
+    for text in live {
+        println!("== running ==\n{text}");
+    }
+    match last {
+        Some(text) => println!("== last finished run ({}) ==\n{text}", files.last().display()),
+        None => println!("no finished run recorded in {}", files.last().display()),
+    }
+    Ok(())
+}
+
+fn cmd_info(env: &Env) -> Result<()> {
+    let root = dt::root(&env.dt_roots)?;
+    let p = dt::discover(&root)?;
+    println!("device tree: {}", root.display());
+    println!("control pages: {} ({} channels)", p.control, p.channels);
+    println!("guest pool: {}", p.pool);
+    let session = Session::open(env, 0, 1, None, "info")?;
+    let (major, minor) = session.check_version(&session.main_channel())?;
+    println!("host ABI: {major}.{minor}");
+    for e in session.others()? {
+        println!(
+            "pid {} ({}): pool {:#x}..{:#x} ({} pages), channels {:?}, VM {:#x}",
+            e.pid,
+            e.name,
+            p.pool.base + e.offset,
+            p.pool.base + e.end(),
+            e.pages,
+            e.channel_list(),
+            e.vm
+        );
+    }
+    session.close();
+    Ok(())
+}

@@ -1,0 +1,438 @@
+//! Physical memory through `/dev/mem`: the control pages and the guest
+//! pool.
+//!
+//! The kernel maps `/dev/mem` ranges that are not its RAM as Device memory,
+//! so every access here is a naturally aligned 64-bit load or store, one
+//! plain `LDR`/`STR` each: no `memcpy`, `memset` or `DC ZVA`, which could
+//! use unaligned or cache-maintenance accesses that fault on Device memory,
+//! and no paired or writeback forms, which the control pages refuse.
+//!
+//! Pages a protected guest owns are not the host's: touching them is an
+//! abort, which Linux delivers as `SIGBUS`. Accesses that may legitimately
+//! abort (pages a guest shared and may have taken back) go through
+//! [`Mapping::guarded_read`] / [`Mapping::guarded_write`], which make them
+//! in a forked child so that a `SIGBUS` ends the child, not the VMM.
+
+use std::ffi::CString;
+use std::io;
+
+use anyhow::{Result, bail};
+
+/// A memory mapping, unmapped on drop.
+pub struct Mapping {
+    ptr: *mut u64,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; every access is a volatile
+// 64-bit load or store, which is atomic for aligned words on AArch64 and
+// x86-64, and the VMM's protocol decides who writes what.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+/// How a guarded access went wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The access aborted (the child died of this signal, normally SIGBUS).
+    Signal(i32),
+    /// fork/pipe/wait failed, or the child exited oddly.
+    Failed,
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Signal(s) if *s == libc::SIGBUS => write!(f, "the access aborted (SIGBUS)"),
+            Fault::Signal(s) => write!(f, "the access was killed by signal {s}"),
+            Fault::Failed => write!(f, "the probe process failed"),
+        }
+    }
+}
+
+fn page_size() -> usize {
+    4096
+}
+
+/// A 64-bit load as one plain `LDR Xt, [Xn]`.
+///
+/// The control pages are emulated by the hypervisor from the trapped
+/// access's syndrome, which is valid only for single loads and stores
+/// without writeback; a compiler-chosen `LDP`/`STP` or post-indexed form
+/// would be refused (`SIGBUS`). So the instruction is fixed here, as
+/// Linux's `readq`/`writeq` do.
+///
+/// # Safety
+///
+/// `p` must be valid and 8-byte aligned.
+#[inline]
+unsafe fn load(p: *const u64) -> u64 {
+    #[cfg(target_arch = "aarch64")]
+    {
+        let value: u64;
+        // SAFETY: the caller's contract; a single aligned load.
+        unsafe {
+            core::arch::asm!("ldr {v}, [{p}]", p = in(reg) p, v = out(reg) value, options(nostack, preserves_flags));
+        }
+        value
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    // SAFETY: the caller's contract.
+    unsafe {
+        p.read_volatile()
+    }
+}
+
+/// A 64-bit store as one plain `STR Xt, [Xn]` (see [`load`]).
+///
+/// # Safety
+///
+/// `p` must be valid and 8-byte aligned.
+#[inline]
+unsafe fn store(p: *mut u64, value: u64) {
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: the caller's contract; a single aligned store.
+    unsafe {
+        core::arch::asm!("str {v}, [{p}]", p = in(reg) p, v = in(reg) value, options(nostack, preserves_flags));
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    // SAFETY: the caller's contract.
+    unsafe {
+        p.write_volatile(value);
+    }
+}
+
+impl Mapping {
+    /// Maps `len` bytes of physical memory at `phys` through `dev` (normally
+    /// `/dev/mem`), read-write, shared, with `O_SYNC`. `what` names the
+    /// range in errors.
+    ///
+    /// # Errors
+    ///
+    /// Explains permission and `STRICT_DEVMEM` refusals.
+    pub fn phys(dev: &str, phys: u64, len: usize, what: &str) -> Result<Self> {
+        if !phys.is_multiple_of(page_size() as u64) || len == 0 {
+            bail!("{what}: {phys:#x} (+{len:#x}) is not a page-aligned range");
+        }
+        let path = CString::new(dev)?;
+        // SAFETY: a plain open(2) of a NUL-terminated path.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_SYNC | libc::O_CLOEXEC) };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            let hint = match e.raw_os_error() {
+                Some(libc::EACCES | libc::EPERM) => {
+                    "rampart-vmm must run as root (it needs CAP_SYS_RAWIO to open /dev/mem)"
+                }
+                Some(libc::ENOENT | libc::ENXIO | libc::ENODEV) => {
+                    "the host kernel has no /dev/mem (CONFIG_DEVMEM)"
+                }
+                _ => "",
+            };
+            bail!("opening {dev} for {what}: {e}{}{hint}", if hint.is_empty() { "" } else { ": " });
+        }
+        let Ok(offset) = libc::off_t::try_from(phys) else {
+            // SAFETY: fd is ours.
+            unsafe { libc::close(fd) };
+            bail!("{what}: physical address {phys:#x} does not fit off_t");
+        };
+        // SAFETY: mapping a file we opened; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                offset,
+            )
+        };
+        let e = io::Error::last_os_error();
+        // SAFETY: fd is ours; the mapping (if any) keeps its own reference.
+        unsafe { libc::close(fd) };
+        if ptr == libc::MAP_FAILED {
+            let hint = match e.raw_os_error() {
+                Some(libc::EPERM | libc::EACCES) => {
+                    " (with STRICT_DEVMEM / IO_STRICT_DEVMEM the kernel lets /dev/mem reach only ranges that are neither System RAM nor claimed by a driver: the guest pool must be a `no-map` /reserved-memory node, and no driver may claim the control pages; running as root is also required)"
+                }
+                Some(libc::EINVAL) => " (the range is not page-aligned, or beyond what /dev/mem can map)",
+                _ => "",
+            };
+            bail!(
+                "mmap of {dev} for {what} at {phys:#x}..{:#x} failed: {e}{hint}",
+                phys + len as u64
+            );
+        }
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    #[cfg(test)]
+    /// Anonymous shared memory (tests: stands in for the pool; shared so a
+    /// forked child's writes reach it).
+    ///
+    /// # Errors
+    ///
+    /// If mmap fails.
+    pub fn anonymous(len: usize) -> Result<Self> {
+        // SAFETY: an anonymous mapping; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            bail!("anonymous mmap of {len} bytes: {}", io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// Length in bytes.
+    #[must_use]
+    pub const fn len(&self) -> usize {
+        self.len
+    }
+
+    fn word(&self, offset: usize) -> *mut u64 {
+        assert!(
+            offset.is_multiple_of(8) && offset + 8 <= self.len,
+            "access at {offset:#x} outside or unaligned in a {:#x}-byte mapping",
+            self.len
+        );
+        // SAFETY: in bounds (checked above).
+        unsafe { self.ptr.add(offset / 8) }
+    }
+
+    /// A 64-bit load at byte `offset` (8-aligned).
+    ///
+    /// # Panics
+    ///
+    /// If `offset` is unaligned or out of range.
+    #[must_use]
+    pub fn read_u64(&self, offset: usize) -> u64 {
+        // SAFETY: an aligned word inside the mapping.
+        unsafe { load(self.word(offset)) }
+    }
+
+    /// A 64-bit store at byte `offset` (8-aligned).
+    ///
+    /// # Panics
+    ///
+    /// If `offset` is unaligned or out of range.
+    pub fn write_u64(&self, offset: usize, value: u64) {
+        // SAFETY: an aligned word inside the mapping.
+        unsafe { store(self.word(offset), value) }
+    }
+
+    /// Copies `bytes` to `offset` (8-aligned) word by word; the last word
+    /// is zero-padded.
+    pub fn write_bytes(&self, offset: usize, bytes: &[u8]) {
+        for (i, chunk) in bytes.chunks(8).enumerate() {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(offset + 8 * i, u64::from_le_bytes(word));
+        }
+    }
+
+    /// Zeroes `len` bytes (a multiple of 8) at `offset`.
+    pub fn zero(&self, offset: usize, len: usize) {
+        assert!(len.is_multiple_of(8));
+        for at in (offset..offset + len).step_by(8) {
+            self.write_u64(at, 0);
+        }
+    }
+
+    /// Reads `len` bytes (a multiple of 8) at `offset` in a child process:
+    /// an abort kills the child, not the VMM.
+    ///
+    /// # Errors
+    ///
+    /// [`Fault`] if the access aborted or the probe failed.
+    pub fn guarded_read(&self, offset: usize, len: usize) -> Result<Vec<u8>, Fault> {
+        assert!(len.is_multiple_of(8) && offset + len <= self.len);
+        let _ = self.word(offset);
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) into a 2-element array.
+        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+            return Err(Fault::Failed);
+        }
+        // SAFETY: fork(2); the child only does volatile loads, write(2) and
+        // _exit(2), all safe after fork in a multi-threaded process.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            // SAFETY: our fds.
+            unsafe {
+                libc::close(fds[0]);
+                libc::close(fds[1]);
+            }
+            return Err(Fault::Failed);
+        }
+        if pid == 0 {
+            // SAFETY: in the child: close the read end, stream the words
+            // out, exit without running any Rust teardown.
+            unsafe {
+                libc::close(fds[0]);
+                let mut buf = [0u8; 512];
+                let mut at = offset;
+                while at < offset + len {
+                    let n = (offset + len - at).min(buf.len());
+                    for k in (0..n).step_by(8) {
+                        let w = load(self.ptr.add((at + k) / 8));
+                        buf[k..k + 8].copy_from_slice(&w.to_le_bytes());
+                    }
+                    let mut sent = 0;
+                    while sent < n {
+                        let r = libc::write(fds[1], buf[sent..].as_ptr().cast(), n - sent);
+                        if r <= 0 {
+                            libc::_exit(3);
+                        }
+                        sent += r.cast_unsigned();
+                    }
+                    at += n;
+                }
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: the parent's copy of the write end.
+        unsafe { libc::close(fds[1]) };
+        let mut out = Vec::with_capacity(len);
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: reading into a local buffer.
+            let r = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
+            if r > 0 {
+                out.extend_from_slice(&buf[..r.cast_unsigned()]);
+            } else if r == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                break;
+            }
+        }
+        // SAFETY: our fd.
+        unsafe { libc::close(fds[0]) };
+        wait(pid)?;
+        if out.len() == len { Ok(out) } else { Err(Fault::Failed) }
+    }
+
+    /// Stores `words` from `offset` (8-aligned), in order, in a child
+    /// process: an abort kills the child, not the VMM.
+    ///
+    /// # Errors
+    ///
+    /// [`Fault`] if the access aborted or the probe failed.
+    pub fn guarded_write(&self, offset: usize, words: &[(usize, u64)]) -> Result<(), Fault> {
+        for (at, _) in words {
+            let _ = self.word(offset + at);
+        }
+        // SAFETY: fork(2); the child only does volatile stores and _exit.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(Fault::Failed);
+        }
+        if pid == 0 {
+            for (at, value) in words {
+                // SAFETY: checked in bounds above, in the parent.
+                unsafe { store(self.ptr.add((offset + at) / 8), *value) };
+            }
+            // SAFETY: leave the child at once.
+            unsafe { libc::_exit(0) };
+        }
+        wait(pid)
+    }
+}
+
+fn wait(pid: libc::pid_t) -> Result<(), Fault> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waiting for our own child.
+        let r = unsafe { libc::waitpid(pid, &raw mut status, 0) };
+        if r == pid {
+            break;
+        }
+        if r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return Err(Fault::Failed);
+        }
+    }
+    if libc::WIFSIGNALED(status) {
+        Err(Fault::Signal(libc::WTERMSIG(status)))
+    } else if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        Ok(())
+    } else {
+        Err(Fault::Failed)
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping once.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_bytes_and_zero() {
+        let m = Mapping::anonymous(8192).unwrap();
+        m.write_bytes(8, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(m.read_u64(8), 0x0807_0605_0403_0201);
+        assert_eq!(m.read_u64(16), 0x0a09);
+        m.zero(8, 16);
+        assert_eq!((m.read_u64(8), m.read_u64(16)), (0, 0));
+    }
+
+    #[test]
+    #[should_panic(expected = "unaligned")]
+    fn unaligned_access_is_a_bug() {
+        let m = Mapping::anonymous(4096).unwrap();
+        let _ = m.read_u64(4);
+    }
+
+    #[test]
+    fn guarded_accesses_reach_shared_memory() {
+        let m = Mapping::anonymous(8192).unwrap();
+        m.write_u64(4096, 0x1122);
+        m.write_u64(8184, 0x3344);
+        let bytes = m.guarded_read(4096, 4096).unwrap();
+        assert_eq!(bytes[..8], 0x1122u64.to_le_bytes());
+        assert_eq!(bytes[4088..], 0x3344u64.to_le_bytes());
+        m.guarded_write(4096, &[(8, 7), (0, 9)]).unwrap();
+        assert_eq!((m.read_u64(4096), m.read_u64(4104)), (9, 7));
+    }
+
+    #[test]
+    fn a_faulting_access_kills_only_the_child() {
+        let m = Mapping::anonymous(8192).unwrap();
+        // SAFETY: revoking access to our own test mapping's second page.
+        unsafe {
+            libc::mprotect(m.ptr.add(512).cast(), 4096, libc::PROT_NONE);
+        }
+        let e = m.guarded_read(4096, 8).unwrap_err();
+        assert!(matches!(e, Fault::Signal(libc::SIGSEGV | libc::SIGBUS)), "{e:?}");
+        assert!(m.guarded_write(4096, &[(0, 1)]).is_err());
+        // SAFETY: restore it before unmapping.
+        unsafe {
+            libc::mprotect(m.ptr.add(512).cast(), 4096, libc::PROT_READ | libc::PROT_WRITE);
+        }
+    }
+
+    #[test]
+    fn dev_mem_errors_say_why() {
+        let e = Mapping::phys("/nonexistent/mem", 0x4000_0000, 4096, "the guest pool")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("the guest pool") && e.contains("CONFIG_DEVMEM"), "{e}");
+        let e = Mapping::phys("/dev/null", 0x123, 4096, "x").err().unwrap().to_string();
+        assert!(e.contains("page-aligned"), "{e}");
+    }
+}

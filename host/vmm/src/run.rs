@@ -1,0 +1,573 @@
+//! Running a VM: one thread per vCPU, each in a `VCPU_RUN` loop on its own
+//! channel, with the console and the test guests' share protocol emulated.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rampart_abi::Error;
+use rampart_abi::guest::test_protocol::{SHARE_PING, SHARE_PONG, share_ping_byte, share_pong_byte};
+use rampart_abi::guest::{GUEST_RAM_BASE, GUEST_UART_BASE, layout};
+use rampart_abi::host::{ExitReason, HostCall, PAGE_SIZE, mmio};
+
+use crate::console::{Event, LineBuffer, Tally, classify};
+use crate::hyp::{CallError, Hyp, call};
+use crate::mem::{Fault, Mapping};
+use crate::plan::{Plan, ram_offset};
+use crate::stats::Counters;
+
+/// A page, as a length.
+const PAGE: usize = 4096;
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest called PSCI SYSTEM_OFF.
+    SystemOff,
+    /// The guest called PSCI SYSTEM_RESET (not emulated: the VM stops).
+    SystemReset,
+    /// SIGINT/SIGTERM.
+    Interrupted(i32),
+    /// The first `VCPU_RUN` was refused: `NOT_SIGNED`, `UNTRUSTED_KEY` or
+    /// `BAD_SIGNATURE`.
+    Refused(i64),
+    /// Something else stopped it.
+    Error(String),
+    /// A memory fault with `--stop-on-fault`.
+    MemoryFault(u64),
+}
+
+impl Outcome {
+    /// For the stats file.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        match self {
+            Outcome::SystemOff => "system off".into(),
+            Outcome::SystemReset => "system reset (not emulated: stopped)".into(),
+            Outcome::Interrupted(s) => format!("interrupted by signal {s}"),
+            Outcome::Refused(c) => format!("refused: {}", crate::hyp::error_name(*c)),
+            Outcome::Error(e) => format!("error: {e}"),
+            Outcome::MemoryFault(ipa) => format!("stopped at a memory fault at {ipa:#x}"),
+        }
+    }
+}
+
+/// Options of a run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Stop the VM at an `EXIT_MEMORY_FAULT` instead of declining it.
+    pub stop_on_fault: bool,
+    /// Print every exit.
+    pub trace: bool,
+}
+
+/// Everything the vCPU threads share.
+pub struct Run<'a> {
+    /// Name for console prefixes.
+    pub name: &'a str,
+    /// VM handle.
+    pub handle: u64,
+    /// The plan.
+    pub plan: &'a Plan,
+    /// The VM's pool region (guest RAM at `plan.memory_offset()`).
+    pub region: &'a Mapping,
+    /// Counters.
+    pub counters: &'a Counters,
+    /// Options.
+    pub options: Options,
+    /// Test protocol totals.
+    pub tally: Mutex<Tally>,
+    stop: AtomicBool,
+    outcome: Mutex<Option<Outcome>>,
+    first_run_done: AtomicBool,
+    finished_threads: AtomicUsize,
+    /// Returns a pending termination signal, if any.
+    pub signal: &'a (dyn Fn() -> Option<i32> + Sync),
+}
+
+impl<'a> Run<'a> {
+    /// A run of VM `handle`.
+    #[must_use]
+    pub fn new(
+        name: &'a str,
+        handle: u64,
+        plan: &'a Plan,
+        region: &'a Mapping,
+        counters: &'a Counters,
+        options: Options,
+        signal: &'a (dyn Fn() -> Option<i32> + Sync),
+    ) -> Self {
+        Run {
+            name,
+            handle,
+            plan,
+            region,
+            counters,
+            options,
+            tally: Mutex::new(Tally::default()),
+            stop: AtomicBool::new(false),
+            outcome: Mutex::new(None),
+            first_run_done: AtomicBool::new(false),
+            finished_threads: AtomicUsize::new(0),
+            signal,
+        }
+    }
+
+    /// Stops every vCPU thread at its next exit; the first outcome wins.
+    pub fn finish(&self, outcome: Outcome) {
+        let mut o = self.outcome.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if o.is_none() {
+            *o = Some(outcome);
+        }
+        self.stop.store(true, Ordering::Release);
+    }
+
+    /// How it ended (after the threads are done).
+    #[must_use]
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.outcome
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// How many vCPU threads have left their loop.
+    #[must_use]
+    pub fn finished_threads(&self) -> usize {
+        self.finished_threads.load(Ordering::Acquire)
+    }
+
+    fn stopping(&self) -> bool {
+        if let Some(sig) = (self.signal)() {
+            self.finish(Outcome::Interrupted(sig));
+        }
+        self.stop.load(Ordering::Acquire)
+    }
+
+    fn prefix(&self, vcpu: usize) -> String {
+        if vcpu == 0 {
+            format!("[{}]", self.name)
+        } else {
+            format!("[{}/{vcpu}]", self.name)
+        }
+    }
+
+    fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
+        self.tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn vmm_check(&self, vcpu: usize, ok: Result<String, String>) {
+        let mut t = self.tally();
+        match ok {
+            Ok(msg) => {
+                t.vmm_passed += 1;
+                println!("{} rampart-vmm: {msg}", self.prefix(vcpu));
+            }
+            Err(msg) => {
+                t.vmm_failed += 1;
+                println!("{} rampart-vmm: FAIL {msg}", self.prefix(vcpu));
+            }
+        }
+    }
+
+    /// Offset of the guest page `ipa` in the region.
+    fn page_offset(&self, ipa: u64) -> Option<usize> {
+        let off = ram_offset(self.plan, ipa)?;
+        usize::try_from(self.plan.memory_offset() + off).ok()
+    }
+
+    fn line(&self, vcpu: usize, text: &str) {
+        println!("{} {text}", self.prefix(vcpu));
+        let event = classify(text);
+        self.tally().count(&event);
+        match event {
+            Event::Shared(ipa) => {
+                self.counters.shared_pages.fetch_add(1, Ordering::Relaxed);
+                let r = self.answer_ping(ipa);
+                self.vmm_check(vcpu, r);
+            }
+            Event::Unshared(ipa) => {
+                let r = self.check_unshared(ipa);
+                self.vmm_check(vcpu, r);
+            }
+            Event::Relinquished(ipa) => {
+                self.counters.relinquished_pages.fetch_add(1, Ordering::Relaxed);
+                let r = self.check_relinquished(ipa);
+                self.vmm_check(vcpu, r);
+            }
+            _ => {}
+        }
+    }
+
+    /// `GUEST-SHARED`: check the ping, write the pong (bytes 4.. first,
+    /// then the first word).
+    fn answer_ping(&self, ipa: u64) -> Result<String, String> {
+        let at = self
+            .page_offset(ipa)
+            .ok_or_else(|| format!("GUEST-SHARED {ipa:#x} is not a page of guest RAM"))?;
+        let page = self
+            .region
+            .guarded_read(at, PAGE)
+            .map_err(|e| format!("reading the shared page {ipa:#x}: {e}"))?;
+        let first = u32::from_le_bytes([page[0], page[1], page[2], page[3]]);
+        if first != SHARE_PING {
+            return Err(format!("the shared page {ipa:#x} starts {first:#x}, expected \"ping\" ({SHARE_PING:#x})"));
+        }
+        if let Some(i) = (4..page.len()).find(|&i| page[i] != share_ping_byte(i)) {
+            return Err(format!(
+                "shared page {ipa:#x} byte {i} is {:#x}, expected {:#x}",
+                page[i],
+                share_ping_byte(i)
+            ));
+        }
+        let word = |offset: usize| {
+            u64::from_le_bytes(std::array::from_fn(|k| share_pong_byte(offset + k)))
+        };
+        let mut words: Vec<(usize, u64)> = (8..PAGE).step_by(8).map(|o| (o, word(o))).collect();
+        let head = u64::from(SHARE_PONG) | (word(0) & !0xffff_ffff);
+        words.push((0, head));
+        self.region
+            .guarded_write(at, &words)
+            .map_err(|e| format!("writing the pong to the shared page {ipa:#x}: {e}"))?;
+        Ok(format!("shared page {ipa:#x} held the ping; answered pong"))
+    }
+
+    /// `GUEST-UNSHARED`: the host's access must now abort.
+    fn check_unshared(&self, ipa: u64) -> Result<String, String> {
+        let at = self
+            .page_offset(ipa)
+            .ok_or_else(|| format!("GUEST-UNSHARED {ipa:#x} is not a page of guest RAM"))?;
+        if !self.plan.config.protected {
+            return Ok(format!("page {ipa:#x} unshared (not protected: not probed)"));
+        }
+        match self.region.guarded_read(at, 8) {
+            Err(Fault::Signal(libc::SIGBUS)) => {}
+            Err(e) => return Err(format!("reading the unshared page {ipa:#x}: expected SIGBUS, {e}")),
+            Ok(_) => return Err(format!("the host could still read page {ipa:#x} after the guest unshared it")),
+        }
+        match self.region.guarded_write(at + 8, &[(0, 0x5a5a)]) {
+            Err(Fault::Signal(libc::SIGBUS)) => Ok(format!(
+                "page {ipa:#x} is the guest's again: host read and write abort (SIGBUS)"
+            )),
+            Err(e) => Err(format!("writing the unshared page {ipa:#x}: expected SIGBUS, {e}")),
+            Ok(()) => Err(format!("the host could still write page {ipa:#x} after the guest unshared it")),
+        }
+    }
+
+    /// `GUEST-RELINQUISHED`: the page is the host's again, zeroed.
+    fn check_relinquished(&self, ipa: u64) -> Result<String, String> {
+        let at = self
+            .page_offset(ipa)
+            .ok_or_else(|| format!("GUEST-RELINQUISHED {ipa:#x} is not a page of guest RAM"))?;
+        let page = self
+            .region
+            .guarded_read(at, PAGE)
+            .map_err(|e| format!("reading the relinquished page {ipa:#x}: {e}"))?;
+        if let Some(i) = page.iter().position(|&b| b != 0) {
+            return Err(format!(
+                "the relinquished page {ipa:#x} was not zeroed (byte {i} is {:#x})",
+                page[i]
+            ));
+        }
+        self.region
+            .guarded_write(at, &[(0, 0x1234), (0, 0)])
+            .map_err(|e| format!("writing the relinquished page {ipa:#x}: {e}"))?;
+        Ok(format!("relinquished page {ipa:#x} came back zeroed and writable"))
+    }
+
+    /// The `VCPU_RUN` loop of `vcpu` on `hyp` (its channel).
+    pub fn vcpu_loop(&self, vcpu: usize, hyp: &dyn Hyp) {
+        self.vcpu_loop_inner(vcpu, hyp);
+        self.finished_threads.fetch_add(1, Ordering::AcqRel);
+    }
+
+    #[allow(clippy::cast_possible_wrap, clippy::cast_possible_truncation, reason = "register values")]
+    fn vcpu_loop_inner(&self, vcpu: usize, hyp: &dyn Hyp) {
+        let mut console = LineBuffer::default();
+        let mut read_value = 0u64;
+        let mut waits = 0u32;
+        let mut off_sleep = Duration::from_micros(100);
+        let mut busy = 0u32;
+        let mut unhandled = 0u32;
+        loop {
+            if self.stopping() {
+                break;
+            }
+            // Secondaries wait until vCPU 0's first run was accepted (the
+            // VM's measurement and signature check happen at the first run).
+            if vcpu != 0 && !self.first_run_done.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            let r = call(hyp, HostCall::VcpuRun.id(), &[self.handle, vcpu as u64, read_value]);
+            read_value = 0;
+            let code = r[0] as i64;
+            if code != 0 {
+                let refusal = [Error::NotSigned, Error::UntrustedKey, Error::BadSignature]
+                    .map(Error::code)
+                    .contains(&code);
+                if refusal && !self.first_run_done.load(Ordering::Acquire) {
+                    self.finish(Outcome::Refused(code));
+                    break;
+                }
+                if code == Error::Busy.code() && busy < 1000 {
+                    busy += 1;
+                    std::thread::yield_now();
+                    continue;
+                }
+                let e = CallError {
+                    id: HostCall::VcpuRun.id(),
+                    code,
+                };
+                self.finish(Outcome::Error(format!("vCPU {vcpu}: {e}")));
+                break;
+            }
+            busy = 0;
+            if vcpu == 0 {
+                self.first_run_done.store(true, Ordering::Release);
+            }
+            self.counters.exit(vcpu, r[1]);
+            let reason = ExitReason::try_from(r[1]);
+            if self.options.trace {
+                eprintln!(
+                    "{} exit {} {:#x} {:#x} {:#x}",
+                    self.prefix(vcpu),
+                    reason.map_or("?", ExitReason::name),
+                    r[2],
+                    r[3],
+                    r[4]
+                );
+            }
+            if !matches!(reason, Ok(ExitReason::Wait)) {
+                waits = 0;
+            }
+            if !matches!(reason, Ok(ExitReason::PoweredOff)) {
+                off_sleep = Duration::from_micros(100);
+            }
+            match reason {
+                Ok(ExitReason::Mmio) => {
+                    let (address, flags, value) = (r[2], r[3], r[4]);
+                    let write = flags & mmio::WRITE != 0;
+                    if address == GUEST_UART_BASE + layout::UART_DR && write {
+                        if let Some(line) = console.push(value as u8) {
+                            self.line(vcpu, &line);
+                        }
+                    } else if address & !(PAGE_SIZE - 1) == GUEST_UART_BASE {
+                        // UARTFR and the rest of the UART page read as 0.
+                    } else {
+                        self.counters.unhandled_mmio.fetch_add(1, Ordering::Relaxed);
+                        unhandled += 1;
+                        if unhandled <= 8 {
+                            eprintln!(
+                                "{} rampart-vmm: unhandled MMIO {} of {} bytes at {address:#x}{}",
+                                self.prefix(vcpu),
+                                if write { "write" } else { "read" },
+                                1u32 << (flags & mmio::SIZE_LOG2_MASK),
+                                if write { format!(" (value {value:#x}): ignored") } else { ": reads as 0".into() }
+                            );
+                        }
+                    }
+                }
+                Ok(ExitReason::MemoryFault) => {
+                    let (ipa, write) = (r[2], r[3] & 1 != 0);
+                    self.counters.memory_faults.fetch_add(1, Ordering::Relaxed);
+                    let what = if write { "write" } else { "read" };
+                    if self.options.stop_on_fault {
+                        eprintln!(
+                            "{} rampart-vmm: memory fault ({what}) at {ipa:#x}, outside guest RAM {GUEST_RAM_BASE:#x}..{:#x}: stopping (--stop-on-fault)",
+                            self.prefix(vcpu),
+                            GUEST_RAM_BASE + self.plan.memory_size
+                        );
+                        self.finish(Outcome::MemoryFault(ipa));
+                        break;
+                    }
+                    eprintln!(
+                        "{} rampart-vmm: memory fault ({what}) at {ipa:#x}: declined, the guest gets an abort",
+                        self.prefix(vcpu)
+                    );
+                }
+                Ok(ExitReason::Wait) => {
+                    waits += 1;
+                    if waits < 64 {
+                        std::thread::yield_now();
+                    } else {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                }
+                Ok(ExitReason::Interrupt) => {}
+                Ok(ExitReason::SystemOff) => {
+                    self.finish(Outcome::SystemOff);
+                    break;
+                }
+                Ok(ExitReason::SystemReset) => {
+                    self.finish(Outcome::SystemReset);
+                    break;
+                }
+                Ok(ExitReason::PoweredOff) => {
+                    std::thread::sleep(off_sleep);
+                    off_sleep = (off_sleep * 2).min(Duration::from_millis(2));
+                }
+                Err(other) => {
+                    self.finish(Outcome::Error(format!(
+                        "vCPU {vcpu}: VCPU_RUN returned an unknown exit reason {other}"
+                    )));
+                    break;
+                }
+            }
+        }
+        if let Some(rest) = console.flush() {
+            self.line(vcpu, &rest);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hyp::fake::{Fake, Step, print};
+    use crate::plan::{Overrides, plan, tests::bundle_bytes};
+    use rampart_attest::Bundle;
+
+    fn no_signal() -> Option<i32> {
+        None
+    }
+
+    fn setup(vcpus: u32) -> (Plan, Mapping) {
+        let bytes = bundle_bytes(64 << 10, vcpus, true, &[1; 100]);
+        let p = plan(&Bundle::parse(&bytes).unwrap(), &Overrides::default()).unwrap();
+        let region = Mapping::anonymous(usize::try_from(p.total_pages() * 4096).unwrap()).unwrap();
+        (p, region)
+    }
+
+    fn run_all(run: &Run<'_>, fake: &Fake, vcpus: usize) {
+        std::thread::scope(|s| {
+            for v in 0..vcpus {
+                s.spawn(move || run.vcpu_loop(v, fake));
+            }
+        });
+    }
+
+    #[test]
+    fn a_test_guest_runs_to_system_off() {
+        let (p, region) = setup(2);
+        let mut v0 = print("hello\nGUEST-PASS a\n");
+        v0.push(Step::Exit(ExitReason::Mmio, [GUEST_UART_BASE + 0x18, 2, 0]));
+        v0.push(Step::Exit(ExitReason::Wait, [0, 0, 0]));
+        v0.push(Step::Exit(ExitReason::Interrupt, [0, 0, 0]));
+        v0.push(Step::Exit(ExitReason::MemoryFault, [0x1_0000_0000, 0, 0]));
+        v0.push(Step::Exit(ExitReason::Mmio, [0x0a00_0000, 2, 0]));
+        v0.extend(print("GUEST-DONE 1 passed, 0 failed\n"));
+        v0.push(Step::Exit(ExitReason::SystemOff, [0; 3]));
+        let v1 = print("GUEST-CPU 1 up\n");
+        let fake = Fake::with_scripts(vec![v0, v1]);
+        let counters = Counters::default();
+        let run = Run::new("t", 0x1_0000_1000, &p, &region, &counters, Options::default(), &no_signal);
+        run_all(&run, &fake, 2);
+        assert_eq!(run.outcome(), Some(Outcome::SystemOff));
+        assert_eq!(run.finished_threads(), 2);
+        let t = run.tally.lock().unwrap().clone();
+        assert_eq!((t.passed, t.failed, t.done), (1, 0, Some(Some((1, 0)))));
+        assert_eq!(t.lines, 4);
+        assert!(!t.failed());
+        assert_eq!(counters.exits(0, 3), 1);
+        assert_eq!(counters.exits(0, 2), 1);
+        assert_eq!(counters.memory_faults.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.unhandled_mmio.load(Ordering::Relaxed), 1);
+        assert!(counters.exits(1, 7) >= 1, "vCPU 1 powered off after its script");
+        // The UARTFR read's value (0) went into x3 of the next run; vCPU
+        // numbers and the handle in every run.
+        let runs = fake.calls_of(HostCall::VcpuRun);
+        assert!(runs.iter().all(|r| r[1] == 0x1_0000_1000 && r[3] == 0 && r[2] < 2));
+    }
+
+    #[test]
+    fn a_refused_first_run_is_reported() {
+        let (p, region) = setup(2);
+        let fake = Fake::with_scripts(vec![vec![Step::Error(-22)], vec![]]);
+        let counters = Counters::default();
+        let run = Run::new("t", 1, &p, &region, &counters, Options::default(), &no_signal);
+        run_all(&run, &fake, 2);
+        assert_eq!(run.outcome(), Some(Outcome::Refused(-22)));
+        // vCPU 1 never ran.
+        assert!(fake.calls_of(HostCall::VcpuRun).iter().all(|r| r[2] == 0));
+    }
+
+    #[test]
+    fn other_errors_and_faults_stop_the_vm() {
+        let (p, region) = setup(1);
+        let fake = Fake::with_scripts(vec![vec![Step::Exit(ExitReason::Interrupt, [0; 3]), Step::Error(-16)]]);
+        let counters = Counters::default();
+        let run = Run::new("t", 1, &p, &region, &counters, Options::default(), &no_signal);
+        run_all(&run, &fake, 1);
+        assert!(matches!(run.outcome(), Some(Outcome::Error(e)) if e.contains("VCPU_RUN returned DENIED")));
+
+        let fake = Fake::with_scripts(vec![vec![Step::Exit(ExitReason::MemoryFault, [0x1000, 1, 0])]]);
+        let options = Options { stop_on_fault: true, trace: false };
+        let run = Run::new("t", 1, &p, &region, &counters, options, &no_signal);
+        run_all(&run, &fake, 1);
+        assert_eq!(run.outcome(), Some(Outcome::MemoryFault(0x1000)));
+    }
+
+    #[test]
+    fn a_signal_stops_the_threads() {
+        let (p, region) = setup(1);
+        // Runs forever: powered off again and again.
+        let fake = Fake::with_scripts(vec![vec![]]);
+        let counters = Counters::default();
+        let calls = AtomicUsize::new(0);
+        let signal = || (calls.fetch_add(1, Ordering::Relaxed) > 5).then_some(15);
+        let run = Run::new("t", 1, &p, &region, &counters, Options::default(), &signal);
+        run_all(&run, &fake, 1);
+        assert_eq!(run.outcome(), Some(Outcome::Interrupted(15)));
+    }
+
+    #[test]
+    fn the_share_protocol() {
+        let (p, region) = setup(1);
+        let ipa = GUEST_RAM_BASE + 0x3000;
+        // The guest's ping.
+        let mut ping = vec![0u8; 4096];
+        ping[..4].copy_from_slice(&SHARE_PING.to_le_bytes());
+        for (i, b) in ping.iter_mut().enumerate().skip(4) {
+            *b = share_ping_byte(i);
+        }
+        region.write_bytes(0x3000, &ping);
+        let mut script = print(&format!("GUEST-SHARED {ipa:#x}\nGUEST-RELINQUISHED {:#x}\n", ipa + 0x1000));
+        script.extend(print("GUEST-DONE 3 passed, 0 failed\n"));
+        script.push(Step::Exit(ExitReason::SystemOff, [0; 3]));
+        let fake = Fake::with_scripts(vec![script]);
+        let counters = Counters::default();
+        let run = Run::new("share", 1, &p, &region, &counters, Options::default(), &no_signal);
+        run_all(&run, &fake, 1);
+        let t = run.tally.lock().unwrap().clone();
+        assert_eq!((t.vmm_passed, t.vmm_failed), (2, 0), "{t:?}");
+        assert_eq!(region.read_u64(0x3000) & 0xffff_ffff, u64::from(SHARE_PONG));
+        for i in 4..4096usize {
+            let w = region.read_u64(0x3000 + (i & !7));
+            assert_eq!(w.to_le_bytes()[i & 7], share_pong_byte(i), "byte {i}");
+        }
+        assert_eq!(counters.shared_pages.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.relinquished_pages.load(Ordering::Relaxed), 1);
+
+        // A wrong ping, an unshared page the host can still read, a dirty
+        // relinquished page: three VMM failures.
+        region.write_u64(0x5000, 7);
+        let script = print(&format!(
+            "GUEST-SHARED {:#x}\nGUEST-UNSHARED {ipa:#x}\nGUEST-RELINQUISHED {:#x}\nGUEST-SHARED 0x1000\n",
+            ipa + 0x1000,
+            GUEST_RAM_BASE + 0x5000
+        ));
+        let fake = Fake::with_scripts(vec![script]);
+        let run = Run::new("share", 1, &p, &region, &counters, Options::default(), &no_signal);
+        std::thread::scope(|s| {
+            s.spawn(|| run.vcpu_loop(0, &fake));
+            while run.tally.lock().unwrap().lines < 4 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            run.finish(Outcome::SystemOff);
+        });
+        let t = run.tally.lock().unwrap().clone();
+        assert_eq!((t.vmm_passed, t.vmm_failed), (0, 4), "{t:?}");
+        assert!(t.failed());
+    }
+}

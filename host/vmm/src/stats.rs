@@ -1,0 +1,306 @@
+//! Run statistics. The hypervisor keeps none, so the VMM counts what it
+//! sees (exits by reason and vCPU, pages it donated, pages the guest
+//! announced sharing or relinquishing) and writes them as `key: value`
+//! lines:
+//!
+//! - while running, every second, to `<state dir>/live/<pid>.stats`;
+//! - at the end to `<state dir>/last-stats` (and the live file is removed).
+//!
+//! `rampart-vmm stats` prints the live files of running VMMs, then the
+//! last run's.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result};
+use rampart_abi::host::{ExitReason, MAX_VCPUS};
+
+const _: () = assert!(VCPUS as u64 == MAX_VCPUS);
+
+/// Exit reasons counted: index = `x1` (0 = an unknown reason).
+const REASONS: usize = 8;
+/// vCPUs counted (`rampart_abi::host::MAX_VCPUS`).
+const VCPUS: usize = 8;
+
+/// Counters the vCPU threads bump.
+pub struct Counters {
+    exits: [[AtomicU64; REASONS]; VCPUS],
+    /// MMIO accesses outside the console.
+    pub unhandled_mmio: AtomicU64,
+    /// Memory faults declined.
+    pub memory_faults: AtomicU64,
+    /// Pages the guest announced sharing (`GUEST-SHARED`).
+    pub shared_pages: AtomicU64,
+    /// Pages the guest announced relinquishing (`GUEST-RELINQUISHED`).
+    pub relinquished_pages: AtomicU64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            exits: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            unhandled_mmio: AtomicU64::new(0),
+            memory_faults: AtomicU64::new(0),
+            shared_pages: AtomicU64::new(0),
+            relinquished_pages: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Counters {
+    /// Counts an exit of `vcpu` with reason `x1`.
+    pub fn exit(&self, vcpu: usize, reason: u64) {
+        let r = usize::try_from(reason).ok().filter(|&r| r < REASONS).unwrap_or(0);
+        if let Some(row) = self.exits.get(vcpu) {
+            row[r].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Exits of `vcpu` with reason index `r`.
+    #[must_use]
+    pub fn exits(&self, vcpu: usize, r: usize) -> u64 {
+        self.exits[vcpu][r].load(Ordering::Relaxed)
+    }
+}
+
+fn reason_name(r: usize) -> &'static str {
+    ExitReason::try_from(r as u64).map_or("unknown", ExitReason::name)
+}
+
+/// What a report says besides the counters.
+pub struct Header<'a> {
+    /// The guest's name.
+    pub name: &'a str,
+    /// The bundle's path.
+    pub bundle: &'a str,
+    /// The VM handle.
+    pub vm: u64,
+    /// vCPUs.
+    pub vcpus: usize,
+    /// Protected VM.
+    pub protected: bool,
+    /// Guest RAM pages donated.
+    pub ram_pages: u64,
+    /// Metadata pages donated.
+    pub metadata_pages: u64,
+    /// Physical base of the VM's pool region.
+    pub region: u64,
+    /// Milliseconds since the run started.
+    pub wall_ms: u128,
+    /// `running`, or how it ended.
+    pub state: &'a str,
+    /// The test protocol's summary.
+    pub result: &'a str,
+}
+
+/// The report text.
+#[must_use]
+pub fn render(h: &Header<'_>, c: &Counters, reclaimed: Option<u64>) -> String {
+    let mut out = String::new();
+    let mut put = |k: &str, v: String| {
+        out += &format!("{k}: {v}\n");
+    };
+    put("name", h.name.to_string());
+    put("bundle", h.bundle.to_string());
+    put("pid", std::process::id().to_string());
+    put("vm", format!("{:#x}", h.vm));
+    put("state", h.state.to_string());
+    put("wall time", format!("{}.{:03} s", h.wall_ms / 1000, h.wall_ms % 1000));
+    put("protected", h.protected.to_string());
+    put("vcpus", h.vcpus.to_string());
+    put("pool region", format!("{:#x}", h.region));
+    put(
+        "pages donated",
+        format!(
+            "{} ({} guest RAM + {} metadata)",
+            h.ram_pages + h.metadata_pages,
+            h.ram_pages,
+            h.metadata_pages
+        ),
+    );
+    put(
+        "pages shared by the guest",
+        c.shared_pages.load(Ordering::Relaxed).to_string(),
+    );
+    put(
+        "pages relinquished by the guest",
+        c.relinquished_pages.load(Ordering::Relaxed).to_string(),
+    );
+    if let Some(pages) = reclaimed {
+        put("pages reclaimed", pages.to_string());
+    }
+    let mut total = 0;
+    for r in (1..REASONS).chain([0]) {
+        let per: Vec<u64> = (0..h.vcpus).map(|v| c.exits(v, r)).collect();
+        let sum: u64 = per.iter().sum();
+        total += sum;
+        if sum > 0 || r != 0 {
+            let detail = if h.vcpus > 1 {
+                format!(
+                    " ({})",
+                    per.iter()
+                        .enumerate()
+                        .map(|(v, n)| format!("vCPU {v}: {n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            } else {
+                String::new()
+            };
+            put(&format!("exits {}", reason_name(r)), format!("{sum}{detail}"));
+        }
+    }
+    put("exits total", total.to_string());
+    put(
+        "unhandled MMIO accesses",
+        c.unhandled_mmio.load(Ordering::Relaxed).to_string(),
+    );
+    put(
+        "memory faults declined",
+        c.memory_faults.load(Ordering::Relaxed).to_string(),
+    );
+    put("result", h.result.to_string());
+    out
+}
+
+/// Where reports go.
+#[derive(Clone, Debug)]
+pub struct Files {
+    dir: PathBuf,
+}
+
+impl Files {
+    /// Under the state directory.
+    #[must_use]
+    pub fn new(state_dir: &Path) -> Self {
+        Files {
+            dir: state_dir.to_path_buf(),
+        }
+    }
+
+    fn live(&self, pid: u32) -> PathBuf {
+        self.dir.join("live").join(format!("{pid}.stats"))
+    }
+
+    /// `<dir>/last-stats`.
+    #[must_use]
+    pub fn last(&self) -> PathBuf {
+        self.dir.join("last-stats")
+    }
+
+    /// Writes this process's live report (atomically: a rename).
+    ///
+    /// # Errors
+    ///
+    /// I/O errors.
+    pub fn write_live(&self, text: &str) -> Result<()> {
+        let path = self.live(std::process::id());
+        write_atomic(&path, text)
+    }
+
+    /// Writes the final report and removes the live one.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors.
+    pub fn finish(&self, text: &str) -> Result<()> {
+        let _ = std::fs::remove_file(self.live(std::process::id()));
+        write_atomic(&self.last(), text)
+    }
+
+    /// The live reports of processes that still run (`alive(pid)`), and
+    /// the last run's report.
+    #[must_use]
+    pub fn read(&self, alive: impl Fn(u32) -> bool) -> (Vec<String>, Option<String>) {
+        let mut live = Vec::new();
+        if let Ok(dir) = std::fs::read_dir(self.dir.join("live")) {
+            let mut paths: Vec<PathBuf> = dir.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            paths.sort();
+            for path in paths {
+                let pid = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .and_then(|s| s.parse::<u32>().ok());
+                match pid {
+                    Some(pid) if alive(pid) => {
+                        if let Ok(text) = std::fs::read_to_string(&path) {
+                            live.push(text);
+                        }
+                    }
+                    Some(_) => {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    None => {}
+                }
+            }
+        }
+        (live, std::fs::read_to_string(self.last()).ok())
+    }
+}
+
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let dir = path.parent().context("a stats path has a directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(state: &str) -> Header<'_> {
+        Header {
+            name: "smp",
+            bundle: "build/guests/smp.bundle",
+            vm: 0x1_0000_1000,
+            vcpus: 2,
+            protected: true,
+            ram_pages: 256,
+            metadata_pages: 30,
+            region: 0x7c00_0000,
+            wall_ms: 1234,
+            state,
+            result: "3 passed",
+        }
+    }
+
+    #[test]
+    fn renders_exits_by_reason_and_vcpu() {
+        let c = Counters::default();
+        c.exit(0, 1);
+        c.exit(0, 1);
+        c.exit(1, 7);
+        c.exit(1, 99);
+        c.shared_pages.fetch_add(1, Ordering::Relaxed);
+        let text = render(&header("system off"), &c, Some(286));
+        assert!(text.contains("exits EXIT_MMIO: 2 (vCPU 0: 2, vCPU 1: 0)\n"), "{text}");
+        assert!(text.contains("exits EXIT_POWERED_OFF: 1 (vCPU 0: 0, vCPU 1: 1)\n"), "{text}");
+        assert!(text.contains("exits unknown: 1"), "{text}");
+        assert!(text.contains("exits total: 4\n"), "{text}");
+        assert!(text.contains("pages donated: 286 (256 guest RAM + 30 metadata)"), "{text}");
+        assert!(text.contains("pages shared by the guest: 1"), "{text}");
+        assert!(text.contains("pages reclaimed: 286"), "{text}");
+        assert!(text.contains("wall time: 1.234 s"), "{text}");
+        assert!(text.contains("exits EXIT_WAIT: 0"), "{text}");
+    }
+
+    #[test]
+    fn live_and_last_files() {
+        let s = crate::dt::tests::Scratch::new("stats");
+        let files = Files::new(&s.0);
+        files.write_live("state: running\n").unwrap();
+        let (live, last) = files.read(|_| true);
+        assert_eq!(live, vec!["state: running\n".to_string()]);
+        assert_eq!(last, None);
+        files.finish("state: system off\n").unwrap();
+        let (live, last) = files.read(|_| true);
+        assert!(live.is_empty());
+        assert_eq!(last.as_deref(), Some("state: system off\n"));
+        // A dead process's live file is dropped.
+        files.write_live("x").unwrap();
+        assert!(files.read(|_| false).0.is_empty());
+        assert!(files.read(|_| true).0.is_empty());
+    }
+}
