@@ -206,6 +206,8 @@ pub(crate) mod fake {
         Error(i64),
         /// An exit: reason and `x2`..`x4`.
         Exit(ExitReason, [u64; 3]),
+        /// `EXIT_INTERRUPT` until vCPU n's script is done.
+        AwaitVcpu(usize),
     }
 
     /// Console output as UART writes, one step per byte.
@@ -287,12 +289,21 @@ pub(crate) mod fake {
                 _ if id == HostCall::VcpuRun.id() => {
                     let vcpu = regs[2] as usize;
                     let step = s.scripts.get_mut(vcpu).and_then(VecDeque::pop_front);
+                    let step = match step {
+                        Some(Step::AwaitVcpu(other)) if !s.scripts[other].is_empty() => {
+                            s.scripts[vcpu].push_front(Step::AwaitVcpu(other));
+                            Some(Step::Exit(ExitReason::Interrupt, [0; 3]))
+                        }
+                        Some(Step::AwaitVcpu(_)) => Some(Step::Exit(ExitReason::Interrupt, [0; 3])),
+                        other => other,
+                    };
                     match step {
                         Some(Step::Error(code)) => out[0] = code as u64,
                         Some(Step::Exit(reason, d)) => {
                             out[1] = reason as u64;
                             out[2..5].copy_from_slice(&d);
                         }
+                        Some(Step::AwaitVcpu(_)) => unreachable!(),
                         None => {
                             // Script done: this vCPU is off.
                             out[1] = ExitReason::PoweredOff as u64;

@@ -102,6 +102,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    signals::install_bus_error();
     let env = Env {
         dt_roots: cli
             .dt
@@ -210,7 +211,7 @@ fn cmd_run(
     )?;
     let channels = session.channels();
     let main = &channels[0];
-    let (major, minor) = session.check_version(main)?;
+    let (major, minor) = session.abi;
     let region = session.map_region()?;
     let place = vm::Placement {
         region_phys: session.region_phys(),
@@ -381,7 +382,7 @@ fn cmd_reclaim(env: &Env, all: bool) -> Result<()> {
 
 fn cmd_stats(env: &Env) -> Result<()> {
     let files = stats::Files::new(&env.state_dir);
-    let (live, last) = files.read(pool::vmm_alive);
+    let (live, last) = files.read(|pid| pool::alive(&env.state_dir, pid));
     if live.is_empty() {
         println!("no VMs running under rampart-vmm");
     }
@@ -402,7 +403,7 @@ fn cmd_info(env: &Env) -> Result<()> {
     println!("control pages: {} ({} channels)", p.control, p.channels);
     println!("guest pool: {}", p.pool);
     let session = Session::open(env, 0, 1, None, "info")?;
-    let (major, minor) = session.check_version(&session.main_channel())?;
+    let (major, minor) = session.abi;
     println!("host ABI: {major}.{minor}");
     for e in session.others()? {
         println!(

@@ -280,6 +280,7 @@ impl Mapping {
             // SAFETY: in the child: close the read end, stream the words
             // out, exit without running any Rust teardown.
             unsafe {
+                default_fault_actions();
                 libc::close(fds[0]);
                 let mut buf = [0u8; 512];
                 let mut at = offset;
@@ -337,6 +338,8 @@ impl Mapping {
             return Err(Fault::Failed);
         }
         if pid == 0 {
+            // SAFETY: in the child.
+            unsafe { default_fault_actions() };
             for (at, value) in words {
                 // SAFETY: checked in bounds above, in the parent.
                 unsafe { store(self.ptr.add((offset + at) / 8), *value) };
@@ -345,6 +348,20 @@ impl Mapping {
             unsafe { libc::_exit(0) };
         }
         wait(pid)
+    }
+}
+
+/// In a probe child: let SIGBUS and SIGSEGV kill it (not the VMM's
+/// SIGBUS handler, which would exit with a message).
+///
+/// # Safety
+///
+/// Only in a forked child (signal(2) is async-signal-safe).
+unsafe fn default_fault_actions() {
+    // SAFETY: restoring default actions.
+    unsafe {
+        libc::signal(libc::SIGBUS, libc::SIG_DFL);
+        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
     }
 }
 
@@ -423,6 +440,22 @@ mod tests {
         unsafe {
             libc::mprotect(m.ptr.add(512).cast(), 4096, libc::PROT_READ | libc::PROT_WRITE);
         }
+    }
+
+    #[test]
+    fn a_real_sigbus_is_caught_even_with_the_vmm_handler() {
+        crate::signals::install_bus_error();
+        let s = crate::dt::tests::Scratch::new("sigbus");
+        let path = s.0.join("mem");
+        std::fs::write(&path, vec![0u8; 8192]).unwrap();
+        let m = Mapping::phys(path.to_str().unwrap(), 0, 8192, "test").unwrap();
+        m.write_u64(4096, 5);
+        assert_eq!(m.guarded_read(4096, 8).unwrap(), 5u64.to_le_bytes());
+        // Past the end of the file: SIGBUS, like a page the host lost.
+        std::fs::File::options().write(true).open(&path).unwrap().set_len(4096).unwrap();
+        assert_eq!(m.guarded_read(4096, 8), Err(Fault::Signal(libc::SIGBUS)));
+        assert_eq!(m.guarded_write(4096, &[(0, 1)]), Err(Fault::Signal(libc::SIGBUS)));
+        assert_eq!(m.guarded_read(0, 8).unwrap(), [0; 8]);
     }
 
     #[test]

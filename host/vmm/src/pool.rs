@@ -19,8 +19,9 @@
 //!   channels it asks for (`vCPUs + 1` for `run`, 1 for `list`/`reclaim`)
 //!   from those no live entry holds, at least one; threads of one process
 //!   share its channels under a lock when there are fewer than threads.
-//! - **Stale entries.** An entry whose process is gone (killed) is
-//!   reclaimed by the next process that takes the lock: its VM (`vm=`,
+//! - **Stale entries.** Each process holds an `flock` on
+//!   `<state dir>/pids/<pid>.lock` while it lives ([`Alive`]); an entry
+//!   whose process no longer holds it (killed) is reclaimed by the next process that takes the lock: its VM (`vm=`,
 //!   recorded right after `VM_CREATE`) is destroyed first, which returns
 //!   its pages zeroed, then the entry is dropped. If the VM cannot be
 //!   destroyed the entry stays, with `pid=0`, so its pages are not reused.
@@ -331,11 +332,51 @@ impl Table {
     }
 }
 
-/// Whether process `pid` is a live `rampart-vmm`.
+/// Proof of life: every process with an entry holds an exclusive `flock`
+/// on `<state dir>/pids/<pid>.lock` until it exits (the kernel drops the
+/// lock however it dies). Robust against renamed binaries and reused pids.
+pub struct Alive {
+    _file: File,
+    path: PathBuf,
+}
+
+impl Alive {
+    /// Takes this process's lock.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors.
+    pub fn hold(state_dir: &Path) -> Result<Self> {
+        let dir = state_dir.join("pids");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(format!("{}.lock", std::process::id()));
+        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        file.lock().with_context(|| format!("locking {}", path.display()))?;
+        Ok(Alive { _file: file, path })
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Whether process `pid` still holds its [`Alive`] lock.
 #[must_use]
-pub fn vmm_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .is_ok_and(|comm| comm.trim_end() == "rampart-vmm")
+pub fn alive(state_dir: &Path, pid: u32) -> bool {
+    let path = state_dir.join("pids").join(format!("{pid}.lock"));
+    let Ok(file) = File::open(&path) else {
+        return false;
+    };
+    match file.try_lock() {
+        Err(std::fs::TryLockError::WouldBlock) => true,
+        Ok(()) => {
+            let _ = std::fs::remove_file(&path);
+            false
+        }
+        Err(std::fs::TryLockError::Error(_)) => false,
+    }
 }
 
 /// The table file, locked for the lifetime of this value.
@@ -522,6 +563,21 @@ mod tests {
         // Garbage and out-of-range lines are dropped.
         let bad = format!("{text}pid=9 offset=0x0 pages=99999999 channels=0x0 vm=0x0 name=x\nnonsense\n");
         assert_eq!(Table::parse(&bad, 0x7c00_0000, POOL, 16).entries.len(), 2);
+    }
+
+    #[test]
+    fn liveness_is_a_held_lock() {
+        let s = crate::dt::tests::Scratch::new("alive");
+        let me = std::process::id();
+        assert!(!alive(&s.0, me));
+        let a = Alive::hold(&s.0).unwrap();
+        assert!(alive(&s.0, me));
+        drop(a);
+        assert!(!alive(&s.0, me));
+        // A lock file nobody holds (its process died) is dead, and removed.
+        std::fs::write(s.0.join("pids/4242.lock"), "").unwrap();
+        assert!(!alive(&s.0, 4242));
+        assert!(!s.0.join("pids/4242.lock").exists());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use rampart_abi::Error;
 use crate::dt::{self, CHANNEL_SIZE, Platform};
 use crate::hyp::{Channel, Hyp};
 use crate::mem::Mapping;
-use crate::pool::{Entry, TableFile, vmm_alive};
+use crate::pool::{Alive, Entry, TableFile, alive};
 use crate::vm;
 
 /// Where to find things (global options).
@@ -31,10 +31,13 @@ pub struct Session {
     pub control: Mapping,
     /// This process's allocation.
     pub entry: Entry,
+    /// The hypervisor's host ABI version.
+    pub abi: (u64, u64),
     table: TableFile,
     env: Env,
     pid: u32,
     released: bool,
+    _alive: Alive,
 }
 
 impl Session {
@@ -52,33 +55,42 @@ impl Session {
         let control = Mapping::phys(&env.dev_mem, platform.control.base, control_len, "the control pages")?;
         let table = TableFile::new(&env.state_dir);
         let pid = std::process::id();
+        let alive_lock = Alive::hold(&env.state_dir)?;
         let mut locked = table.lock(platform.pool.base, platform.pool.size, platform.channels)?;
-        let stale = locked.table.take_stale(vmm_alive);
-        if !stale.is_empty() {
-            let scratch = locked.table.allocate(pid, 0, 1, None, name)?;
-            let channel = Channel::new(&control, scratch.channel_list()[0]);
-            for entry in stale {
-                if entry.vm == 0 {
-                    continue;
-                }
-                match vm::destroy(&channel, entry.vm) {
-                    Ok(()) => eprintln!(
-                        "rampart-vmm: destroyed VM {:#x} left by pid {} ({}, no longer running): its {} pages are the host's again",
-                        entry.vm, entry.pid, entry.name, entry.pages
-                    ),
-                    Err(e) if e.error() == Some(Error::InvalidParameter) => {}
-                    Err(e) => {
-                        eprintln!(
-                            "rampart-vmm: VM {:#x} left by pid {} ({}): {e}; keeping its pool pages reserved",
-                            entry.vm, entry.pid, entry.name
-                        );
-                        locked.table.keep_orphan(entry);
-                    }
+        let stale = locked.table.take_stale(|p| alive(&env.state_dir, p));
+        // A channel of our own (no other process uses it) for the version
+        // check and the clean-up; the table is written only if all is well.
+        let scratch = locked.table.allocate(pid, 0, 1, None, name)?;
+        let channel = Channel::new(&control, scratch.channel_list()[0]);
+        let abi = check_version(&platform, &channel)?;
+        for entry in stale {
+            if entry.vm == 0 {
+                continue;
+            }
+            match vm::destroy(&channel, entry.vm) {
+                Ok(()) => eprintln!(
+                    "rampart-vmm: destroyed VM {:#x} left by pid {} ({}, no longer running): its {} pages are the host's again",
+                    entry.vm, entry.pid, entry.name, entry.pages
+                ),
+                Err(e) if e.error() == Some(Error::InvalidParameter) => {}
+                Err(e) => {
+                    eprintln!(
+                        "rampart-vmm: VM {:#x} left by pid {} ({}): {e}; keeping its pool pages reserved",
+                        entry.vm, entry.pid, entry.name
+                    );
+                    locked.table.keep_orphan(entry);
                 }
             }
-            locked.table.release(pid);
         }
-        let entry = locked.table.allocate(pid, pages, channels, fixed, name)?;
+        locked.table.release(pid);
+        let entry = match locked.table.allocate(pid, pages, channels, fixed, name) {
+            Ok(entry) => entry,
+            Err(e) => {
+                // Keep the clean-up.
+                let _ = locked.commit();
+                return Err(e);
+            }
+        };
         locked
             .commit()
             .with_context(|| format!("writing the pool allocation table in {}", env.state_dir.display()))?;
@@ -86,10 +98,12 @@ impl Session {
             platform,
             control,
             entry,
+            abi,
             table,
             env: env.clone(),
             pid,
             released: false,
+            _alive: alive_lock,
         })
     }
 
@@ -152,7 +166,7 @@ impl Session {
         Ok(l.table
             .entries
             .iter()
-            .filter(|e| e.pid != self.pid && e.pid != 0 && vmm_alive(e.pid))
+            .filter(|e| e.pid != self.pid && e.pid != 0 && alive(&self.env.state_dir, e.pid))
             .cloned()
             .collect())
     }
@@ -179,26 +193,36 @@ impl Session {
         }
     }
 
-    /// The ABI version, checked against this VMM's.
-    ///
-    /// # Errors
-    ///
-    /// If the call fails or the major version differs.
-    pub fn check_version(&self, hyp: &dyn Hyp) -> Result<(u64, u64)> {
-        let (major, minor) = crate::hyp::version(hyp).context("RAMPART_HOST_VERSION through the control page")?;
-        if major != rampart_abi::host::ABI_VERSION_MAJOR {
-            anyhow::bail!(
-                "the hypervisor speaks host ABI {major}.{minor}; this rampart-vmm was built for {}.{}",
-                rampart_abi::host::ABI_VERSION_MAJOR,
-                rampart_abi::host::ABI_VERSION_MINOR
-            );
-        }
-        Ok((major, minor))
-    }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
         self.release();
     }
+}
+
+/// Checks that the control pages answer like Rampart, with a host ABI this
+/// VMM speaks.
+///
+/// # Errors
+///
+/// If they do not.
+fn check_version(platform: &Platform, hyp: &dyn Hyp) -> Result<(u64, u64)> {
+    let id = rampart_abi::host::HostCall::Version.id();
+    let r = crate::hyp::call(hyp, id, &[]);
+    if r[0] == u64::from(id) {
+        anyhow::bail!(
+            "the control pages at {} did not make the call (x0 still holds the function ID after the doorbell): /dev/mem reaches plain memory there, not Rampart's control pages",
+            platform.control
+        );
+    }
+    let (major, minor) = crate::hyp::version(hyp).context("RAMPART_HOST_VERSION through the control page")?;
+    if major != rampart_abi::host::ABI_VERSION_MAJOR {
+        anyhow::bail!(
+            "the hypervisor speaks host ABI {major}.{minor}; this rampart-vmm was built for {}.{}",
+            rampart_abi::host::ABI_VERSION_MAJOR,
+            rampart_abi::host::ABI_VERSION_MINOR
+        );
+    }
+    Ok((major, minor))
 }

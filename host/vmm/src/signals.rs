@@ -30,6 +30,45 @@ pub fn install() {
     }
 }
 
+/// Writes `text` to stderr from a signal handler.
+fn raw_write(text: &[u8]) {
+    // SAFETY: write(2) is async-signal-safe; the buffer is valid.
+    unsafe {
+        libc::write(2, text.as_ptr().cast(), text.len());
+    }
+}
+
+extern "C" fn bus_error(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let mut line = *b"\nrampart-vmm: SIGBUS at 0x0000000000000000: a host access to memory the host does not own (a pool page still held by a VM left behind? try `rampart-vmm reclaim`), or to the control pages in a way Rampart refuses\n";
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let address = unsafe { (*info).si_addr() } as usize;
+    let digits = b"0123456789abcdef";
+    let start = line.iter().position(|&b| b == b'x').unwrap_or(0) + 1;
+    for i in 0..16 {
+        line[start + i] = digits[(address >> (60 - 4 * i)) & 0xf];
+    }
+    raw_write(&line);
+    // SAFETY: leave at once; the VM (if any) stays until `reclaim` or the
+    // next VMM destroys it.
+    unsafe { libc::_exit(128 + libc::SIGBUS) };
+}
+
+/// Installs a SIGBUS handler that says what probably happened (an access
+/// the hypervisor refused) before the process dies.
+pub fn install_bus_error() {
+    // SAFETY: as in `install`, with an SA_SIGINFO handler that only
+    // formats into a stack buffer, calls write(2) and _exit(2).
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = bus_error
+            as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+            as libc::sighandler_t;
+        libc::sigemptyset(&raw mut action.sa_mask);
+        action.sa_flags = libc::SA_SIGINFO;
+        libc::sigaction(libc::SIGBUS, &raw const action, std::ptr::null_mut());
+    }
+}
+
 /// The signal received, if any.
 #[must_use]
 pub fn pending() -> Option<i32> {
