@@ -183,12 +183,27 @@ mod tests {
         assert_eq!(classify("GUEST-PASS hypervisor"), Event::Pass);
         assert_eq!(classify("GUEST-FAIL x: y"), Event::Fail);
         assert_eq!(classify("GUEST-SKIP smp: one vCPU"), Event::Skip);
-        assert_eq!(classify("GUEST-DONE 12 passed, 0 failed"), Event::Done(Some((12, 0))));
+        assert_eq!(
+            classify("GUEST-DONE 12 passed, 0 failed"),
+            Event::Done(Some((12, 0)))
+        );
         assert_eq!(classify("GUEST-DONE lots"), Event::Done(None));
-        assert_eq!(classify("GUEST-SHARED 0x80042000"), Event::Shared(0x8004_2000));
-        assert_eq!(classify("GUEST-UNSHARED 0x80042000"), Event::Unshared(0x8004_2000));
-        assert_eq!(classify("GUEST-RELINQUISHED 0x80043000"), Event::Relinquished(0x8004_3000));
-        assert_eq!(classify("GUEST-PROBE past-end 0x80100000"), Event::Probe(0x8010_0000));
+        assert_eq!(
+            classify("GUEST-SHARED 0x80042000"),
+            Event::Shared(0x8004_2000)
+        );
+        assert_eq!(
+            classify("GUEST-UNSHARED 0x80042000"),
+            Event::Unshared(0x8004_2000)
+        );
+        assert_eq!(
+            classify("GUEST-RELINQUISHED 0x80043000"),
+            Event::Relinquished(0x8004_3000)
+        );
+        assert_eq!(
+            classify("GUEST-PROBE past-end 0x80100000"),
+            Event::Probe(0x8010_0000)
+        );
         assert_eq!(classify("GUEST-SHARED nonsense"), Event::None);
         assert_eq!(classify("Hello from a Rampart guest"), Event::None);
     }
@@ -196,7 +211,11 @@ mod tests {
     #[test]
     fn tallies_and_verdicts() {
         let mut t = Tally::default();
-        for line in ["GUEST-PASS a", "GUEST-SKIP b: c", "GUEST-DONE 1 passed, 0 failed"] {
+        for line in [
+            "GUEST-PASS a",
+            "GUEST-SKIP b: c",
+            "GUEST-DONE 1 passed, 0 failed",
+        ] {
             t.count(&classify(line));
         }
         assert!(!t.failed());

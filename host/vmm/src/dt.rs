@@ -87,9 +87,9 @@ pub fn parse_strings(bytes: &[u8]) -> Vec<String> {
 }
 
 fn cells_value(cells: &[u8]) -> u64 {
-    cells
-        .chunks_exact(4)
-        .fold(0u64, |acc, c| (acc << 32) | u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+    cells.chunks_exact(4).fold(0u64, |acc, c| {
+        (acc << 32) | u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+    })
 }
 
 /// A `reg` property with the given cell counts.
@@ -149,7 +149,10 @@ fn check_compatible(node: &Path, expected: &str) -> Result<()> {
     let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     let list = parse_strings(&bytes);
     if !list.iter().any(|c| c == expected) {
-        bail!("{}: compatible is {list:?}, expected \"{expected}\"", node.display());
+        bail!(
+            "{}: compatible is {list:?}, expected \"{expected}\"",
+            node.display()
+        );
     }
     Ok(())
 }
@@ -200,7 +203,8 @@ pub fn discover(root: &Path) -> Result<Platform> {
     let control = read_reg(&control_node, root)?;
     let channels_path = control_node.join(CONTROL_CHANNELS_PROPERTY);
     let declared = parse_u32(
-        &fs::read(&channels_path).with_context(|| format!("reading {}", channels_path.display()))?,
+        &fs::read(&channels_path)
+            .with_context(|| format!("reading {}", channels_path.display()))?,
     )
     .with_context(|| format!("{}", channels_path.display()))?;
     let fit = u32::try_from(control.size / CHANNEL_SIZE).unwrap_or(u32::MAX);
@@ -226,7 +230,10 @@ pub fn discover(root: &Path) -> Result<Platform> {
     check_compatible(&pool_node, GUEST_POOL_COMPATIBLE)?;
     let pool = read_reg(&pool_node, &reserved)?;
     if !pool.base.is_multiple_of(CHANNEL_SIZE) || pool.size < CHANNEL_SIZE {
-        bail!("{}: the guest pool {pool} is not page-aligned or is empty", pool_node.display());
+        bail!(
+            "{}: the guest pool {pool} is not page-aligned or is empty",
+            pool_node.display()
+        );
     }
     Ok(Platform {
         control,
@@ -276,13 +283,19 @@ pub(crate) mod tests {
         };
         put("#address-cells", &cells(&[2]));
         put("#size-cells", &cells(&[2]));
-        put("memory@40000000/reg", &cells(&[0, 0x4000_0000, 0, 0x4000_0000]));
+        put(
+            "memory@40000000/reg",
+            &cells(&[0, 0x4000_0000, 0, 0x4000_0000]),
+        );
         put("rampart-control@41100000/compatible", b"rampart,control\0");
         put(
             "rampart-control@41100000/reg",
             &cells(&[0, 0x4110_0000, 0, channels * 4096]),
         );
-        put("rampart-control@41100000/rampart,channels", &cells(&[channels]));
+        put(
+            "rampart-control@41100000/rampart,channels",
+            &cells(&[channels]),
+        );
         put("reserved-memory/#address-cells", &cells(&[2]));
         put("reserved-memory/#size-cells", &cells(&[2]));
         put(
@@ -310,13 +323,22 @@ pub(crate) mod tests {
         assert_eq!(
             reg,
             vec![
-                PhysRange { base: 0x1_4000_0000, size: 0x1000 },
-                PhysRange { base: 0x10, size: 0x20 }
+                PhysRange {
+                    base: 0x1_4000_0000,
+                    size: 0x1000
+                },
+                PhysRange {
+                    base: 0x10,
+                    size: 0x20
+                }
             ]
         );
         assert_eq!(
             parse_reg(&cells(&[0x4000_0000, 0x1000]), 1, 1).unwrap(),
-            vec![PhysRange { base: 0x4000_0000, size: 0x1000 }]
+            vec![PhysRange {
+                base: 0x4000_0000,
+                size: 0x1000
+            }]
         );
         assert!(parse_reg(&cells(&[0, 1, 2]), 2, 2).is_err());
         assert!(parse_reg(&[], 2, 2).is_err());
@@ -328,9 +350,21 @@ pub(crate) mod tests {
         let s = Scratch::new("dt");
         write_tree(&s.0, 16);
         let p = discover(&s.0).unwrap();
-        assert_eq!(p.control, PhysRange { base: 0x4110_0000, size: 16 * 4096 });
+        assert_eq!(
+            p.control,
+            PhysRange {
+                base: 0x4110_0000,
+                size: 16 * 4096
+            }
+        );
         assert_eq!(p.channels, 16);
-        assert_eq!(p.pool, PhysRange { base: 0x7c00_0000, size: 64 << 20 });
+        assert_eq!(
+            p.pool,
+            PhysRange {
+                base: 0x7c00_0000,
+                size: 64 << 20
+            }
+        );
         assert_eq!(root(&[s.0.join("nope"), s.0.clone()]).unwrap(), s.0);
     }
 

@@ -166,7 +166,10 @@ impl<'a> Channel<'a> {
     #[must_use]
     pub fn new(map: &'a Mapping, index: u32) -> Self {
         let offset = index as usize * 4096;
-        assert!(offset + 4096 <= map.len(), "channel {index} outside the control mapping");
+        assert!(
+            offset + 4096 <= map.len(),
+            "channel {index} outside the control mapping"
+        );
         Channel {
             map,
             offset,
@@ -177,7 +180,10 @@ impl<'a> Channel<'a> {
 
 impl Hyp for Channel<'_> {
     fn call_raw(&self, regs: [u64; 18]) -> [u64; 18] {
-        let _turn = self.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _turn = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (i, value) in regs.iter().enumerate() {
             self.map.write_u64(self.offset + 8 * i, *value);
         }
@@ -250,7 +256,11 @@ pub(crate) mod fake {
 
         pub fn calls_of(&self, call: HostCall) -> Vec<[u64; 18]> {
             let s = self.state.lock().unwrap();
-            s.calls.iter().filter(|r| r[0] == u64::from(call.id())).copied().collect()
+            s.calls
+                .iter()
+                .filter(|r| r[0] == u64::from(call.id()))
+                .copied()
+                .collect()
         }
     }
 

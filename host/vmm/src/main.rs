@@ -49,7 +49,12 @@ struct Cli {
     #[arg(long, global = true, default_value = "/dev/mem", value_name = "PATH")]
     dev_mem: String,
     /// Where the pool allocation table and statistics live.
-    #[arg(long, global = true, default_value = "/run/rampart-vmm", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "/run/rampart-vmm",
+        value_name = "DIR"
+    )]
     state_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -104,10 +109,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     signals::install_bus_error();
     let env = Env {
-        dt_roots: cli
-            .dt
-            .clone()
-            .map_or_else(|| dt::DEFAULT_ROOTS.iter().map(PathBuf::from).collect(), |d| vec![d]),
+        dt_roots: cli.dt.clone().map_or_else(
+            || dt::DEFAULT_ROOTS.iter().map(PathBuf::from).collect(),
+            |d| vec![d],
+        ),
         dev_mem: cli.dev_mem.clone(),
         state_dir: cli.state_dir.clone(),
     };
@@ -195,6 +200,8 @@ fn cmd_run(
     pool_offset: Option<u64>,
     options: Options,
 ) -> Result<ExitCode> {
+    // From here on the first SIGINT/SIGTERM is a request to stop cleanly.
+    signals::install();
     let shown = path.display().to_string();
     let bytes = std::fs::read(path).with_context(|| format!("reading {shown}"))?;
     let bundle = Bundle::parse(&bytes).map_err(|e| anyhow!("{shown}: malformed bundle: {e}"))?;
@@ -205,7 +212,9 @@ fn cmd_run(
     let session = Session::open(
         env,
         plan.total_pages(),
-        u32::try_from(vcpus)? + 1,
+        // One channel per vCPU thread; the main thread's calls come before
+        // the threads start and after they end, on the first channel.
+        u32::try_from(vcpus)?,
         pool_offset,
         &name,
     )?;
@@ -221,7 +230,11 @@ fn cmd_run(
         .with_context(|| format!("setting up the VM for {shown}"))?;
     println!(
         "[{name}] rampart-vmm: VM {handle:#x} ({}, {vcpus} vCPU{}, {} KiB of RAM at {:#x}, {} metadata pages; ABI {major}.{minor}; channels {:?})",
-        if plan.config.protected { "protected" } else { "not protected" },
+        if plan.config.protected {
+            "protected"
+        } else {
+            "not protected"
+        },
         if vcpus == 1 { "" } else { "s" },
         plan.memory_size / 1024,
         place.ram(&plan),
@@ -229,7 +242,6 @@ fn cmd_run(
         session.entry.channel_list(),
     );
 
-    signals::install();
     let started = Instant::now();
     let counters = stats::Counters::default();
     let signal = signals::pending;
@@ -253,7 +265,7 @@ fn cmd_run(
     };
     std::thread::scope(|s| {
         for v in 0..vcpus {
-            let channel = &channels[(1 + v) % channels.len()];
+            let channel = &channels[v % channels.len()];
             let run = &run;
             s.spawn(move || run.vcpu_loop(v, channel));
         }
@@ -296,8 +308,17 @@ fn cmd_run(
     if let Err(e) = files.finish(&text) {
         eprintln!("rampart-vmm: warning: could not save statistics: {e:#}");
     }
-    println!("[{name}] rampart-vmm: {}; {}", outcome.describe(), tally.summary());
-    print!("{}", text.lines().map(|l| format!("[{name}] stats: {l}\n")).collect::<String>());
+    println!(
+        "[{name}] rampart-vmm: {}; {}",
+        outcome.describe(),
+        tally.summary()
+    );
+    print!(
+        "{}",
+        text.lines()
+            .map(|l| format!("[{name}] stats: {l}\n"))
+            .collect::<String>()
+    );
 
     let code = match outcome {
         Outcome::Refused(code) => {
@@ -315,9 +336,13 @@ fn cmd_run(
             eprintln!("rampart-vmm: {shown}: {e}");
             ExitCode::FAILURE
         }
-        Outcome::Interrupted(s) => ExitCode::from(128u8.saturating_add(u8::try_from(s).unwrap_or(0))),
+        Outcome::Interrupted(s) => {
+            ExitCode::from(128u8.saturating_add(u8::try_from(s).unwrap_or(0)))
+        }
         Outcome::MemoryFault(_) => ExitCode::from(EXIT_GUEST_FAILED),
-        Outcome::SystemOff | Outcome::SystemReset if tally.failed() => ExitCode::from(EXIT_GUEST_FAILED),
+        Outcome::SystemOff | Outcome::SystemReset if tally.failed() => {
+            ExitCode::from(EXIT_GUEST_FAILED)
+        }
         Outcome::SystemOff | Outcome::SystemReset => {
             if destroyed.is_ok() {
                 ExitCode::SUCCESS
@@ -390,7 +415,10 @@ fn cmd_stats(env: &Env) -> Result<()> {
         println!("== running ==\n{text}");
     }
     match last {
-        Some(text) => println!("== last finished run ({}) ==\n{text}", files.last().display()),
+        Some(text) => println!(
+            "== last finished run ({}) ==\n{text}",
+            files.last().display()
+        ),
         None => println!("no finished run recorded in {}", files.last().display()),
     }
     Ok(())

@@ -116,7 +116,8 @@ impl Mapping {
         }
         let path = CString::new(dev)?;
         // SAFETY: a plain open(2) of a NUL-terminated path.
-        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_SYNC | libc::O_CLOEXEC) };
+        let fd =
+            unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_SYNC | libc::O_CLOEXEC) };
         if fd < 0 {
             let e = io::Error::last_os_error();
             let hint = match e.raw_os_error() {
@@ -128,7 +129,10 @@ impl Mapping {
                 }
                 _ => "",
             };
-            bail!("opening {dev} for {what}: {e}{}{hint}", if hint.is_empty() { "" } else { ": " });
+            bail!(
+                "opening {dev} for {what}: {e}{}{hint}",
+                if hint.is_empty() { "" } else { ": " }
+            );
         }
         let Ok(offset) = libc::off_t::try_from(phys) else {
             // SAFETY: fd is ours.
@@ -154,7 +158,9 @@ impl Mapping {
                 Some(libc::EPERM | libc::EACCES) => {
                     " (with STRICT_DEVMEM / IO_STRICT_DEVMEM the kernel lets /dev/mem reach only ranges that are neither System RAM nor claimed by a driver: the guest pool must be a `no-map` /reserved-memory node, and no driver may claim the control pages; running as root is also required)"
                 }
-                Some(libc::EINVAL) => " (the range is not page-aligned, or beyond what /dev/mem can map)",
+                Some(libc::EINVAL) => {
+                    " (the range is not page-aligned, or beyond what /dev/mem can map)"
+                }
                 _ => "",
             };
             bail!(
@@ -188,7 +194,10 @@ impl Mapping {
             )
         };
         if ptr == libc::MAP_FAILED {
-            bail!("anonymous mmap of {len} bytes: {}", io::Error::last_os_error());
+            bail!(
+                "anonymous mmap of {len} bytes: {}",
+                io::Error::last_os_error()
+            );
         }
         Ok(Mapping {
             ptr: ptr.cast(),
@@ -319,7 +328,11 @@ impl Mapping {
         // SAFETY: our fd.
         unsafe { libc::close(fds[0]) };
         wait(pid)?;
-        if out.len() == len { Ok(out) } else { Err(Fault::Failed) }
+        if out.len() == len {
+            Ok(out)
+        } else {
+            Err(Fault::Failed)
+        }
     }
 
     /// Stores `words` from `offset` (8-aligned), in order, in a child
@@ -434,11 +447,18 @@ mod tests {
             libc::mprotect(m.ptr.add(512).cast(), 4096, libc::PROT_NONE);
         }
         let e = m.guarded_read(4096, 8).unwrap_err();
-        assert!(matches!(e, Fault::Signal(libc::SIGSEGV | libc::SIGBUS)), "{e:?}");
+        assert!(
+            matches!(e, Fault::Signal(libc::SIGSEGV | libc::SIGBUS)),
+            "{e:?}"
+        );
         assert!(m.guarded_write(4096, &[(0, 1)]).is_err());
         // SAFETY: restore it before unmapping.
         unsafe {
-            libc::mprotect(m.ptr.add(512).cast(), 4096, libc::PROT_READ | libc::PROT_WRITE);
+            libc::mprotect(
+                m.ptr.add(512).cast(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+            );
         }
     }
 
@@ -452,9 +472,17 @@ mod tests {
         m.write_u64(4096, 5);
         assert_eq!(m.guarded_read(4096, 8).unwrap(), 5u64.to_le_bytes());
         // Past the end of the file: SIGBUS, like a page the host lost.
-        std::fs::File::options().write(true).open(&path).unwrap().set_len(4096).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
         assert_eq!(m.guarded_read(4096, 8), Err(Fault::Signal(libc::SIGBUS)));
-        assert_eq!(m.guarded_write(4096, &[(0, 1)]), Err(Fault::Signal(libc::SIGBUS)));
+        assert_eq!(
+            m.guarded_write(4096, &[(0, 1)]),
+            Err(Fault::Signal(libc::SIGBUS))
+        );
         assert_eq!(m.guarded_read(0, 8).unwrap(), [0; 8]);
     }
 
@@ -464,8 +492,14 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(e.contains("the guest pool") && e.contains("CONFIG_DEVMEM"), "{e}");
-        let e = Mapping::phys("/dev/null", 0x123, 4096, "x").err().unwrap().to_string();
+        assert!(
+            e.contains("the guest pool") && e.contains("CONFIG_DEVMEM"),
+            "{e}"
+        );
+        let e = Mapping::phys("/dev/null", 0x123, 4096, "x")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("page-aligned"), "{e}");
     }
 }

@@ -233,12 +233,20 @@ pub(crate) mod tests {
             ..Overrides::default()
         };
         let e = plan(&b, &more).unwrap_err().to_string();
-        assert!(e.contains("--mem 0x200000 differs") && e.contains("BAD_SIGNATURE"), "{e}");
+        assert!(
+            e.contains("--mem 0x200000 differs") && e.contains("BAD_SIGNATURE"),
+            "{e}"
+        );
         let cpus = Overrides {
             vcpus: Some(2),
             ..Overrides::default()
         };
-        assert!(plan(&b, &cpus).unwrap_err().to_string().contains("--cpus 2"));
+        assert!(
+            plan(&b, &cpus)
+                .unwrap_err()
+                .to_string()
+                .contains("--cpus 2")
+        );
         let forced = Overrides {
             ignore_manifest: true,
             ..more
@@ -258,7 +266,13 @@ pub(crate) mod tests {
             ignore_manifest: true,
             ..Overrides::default()
         };
-        assert!(plan(&Bundle::parse(&bundle_bytes(1 << 20, 1, false, &[1; 5 * 4096])).unwrap(), &small).is_err());
+        assert!(
+            plan(
+                &Bundle::parse(&bundle_bytes(1 << 20, 1, false, &[1; 5 * 4096])).unwrap(),
+                &small
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //!
 //! ```text
 //! rampart-vmm-pool v1 base=0x7c000000 size=0x4000000 channels=16
-//! pid=812 offset=0x0 pages=285 channels=0x3 vm=0x100001000 name=hello
-//! pid=815 offset=0x120000 pages=541 channels=0xc vm=0x0 name=memtest
+//! pid=812 offset=0x0 pages=284 channels=0x1 vm=0x100001000 name=hello
+//! pid=815 offset=0x120000 pages=287 channels=0x1e vm=0x200001001 name=smp
 //! ```
 //!
 //! - **Pool.** A `run` takes the lowest free range of the pages its plan
@@ -16,7 +16,7 @@
 //!   range in use by a live entry is never handed out twice.
 //! - **Channels.** A channel's registers are shared state, so two
 //!   processes must never use the same one: each process gets up to the
-//!   channels it asks for (`vCPUs + 1` for `run`, 1 for `list`/`reclaim`)
+//!   channels it asks for (one per vCPU for `run`, 1 for `list`/`reclaim`)
 //!   from those no live entry holds, at least one; threads of one process
 //!   share its channels under a lock when there are fewer than threads.
 //! - **Stale entries.** Each process holds an `flock` on
@@ -162,7 +162,13 @@ impl Table {
             let name: String = e
                 .name
                 .chars()
-                .map(|c| if c.is_whitespace() || c == '=' { '_' } else { c })
+                .map(|c| {
+                    if c.is_whitespace() || c == '=' {
+                        '_'
+                    } else {
+                        c
+                    }
+                })
                 .collect();
             out += &format!(
                 "pid={} offset={:#x} pages={} channels={:#x} vm={:#x} name={name}\n",
@@ -273,7 +279,11 @@ impl Table {
             let mut candidate = 0u64;
             let mut largest = 0u64;
             let mut found = None;
-            for (start, end) in regions.iter().copied().chain([(self.pool_size, self.pool_size)]) {
+            for (start, end) in regions
+                .iter()
+                .copied()
+                .chain([(self.pool_size, self.pool_size)])
+            {
                 if start >= candidate {
                     let gap = start - candidate;
                     largest = largest.max(gap);
@@ -351,7 +361,8 @@ impl Alive {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join(format!("{}.lock", std::process::id()));
         let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        file.lock().with_context(|| format!("locking {}", path.display()))?;
+        file.lock()
+            .with_context(|| format!("locking {}", path.display()))?;
         Ok(Alive { _file: file, path })
     }
 }
@@ -418,7 +429,9 @@ impl TableFile {
             .create(true)
             .truncate(false)
             .open(&self.path)
-            .with_context(|| format!("opening the pool allocation table {}", self.path.display()))?;
+            .with_context(|| {
+                format!("opening the pool allocation table {}", self.path.display())
+            })?;
         file.lock()
             .with_context(|| format!("locking {}", self.path.display()))?;
         let mut text = String::new();
@@ -505,7 +518,10 @@ mod tests {
     fn exhaustion_says_how_much() {
         let mut t = table();
         t.allocate(1, 10_000, 1, None, "big").unwrap();
-        let e = t.allocate(2, 10_000, 1, None, "big2").unwrap_err().to_string();
+        let e = t
+            .allocate(2, 10_000, 1, None, "big2")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("needs 10000 pages"), "{e}");
         assert!(e.contains("largest free range has"), "{e}");
         assert!(e.contains("pid 1 (big)"), "{e}");
@@ -516,10 +532,28 @@ mod tests {
     fn fixed_offsets_are_checked() {
         let mut t = table();
         t.allocate(1, 16, 1, Some(0x10_0000), "a").unwrap();
-        assert!(t.allocate(2, 16, 1, Some(0x10_8000), "b").unwrap_err().to_string().contains("overlaps"));
-        assert!(t.allocate(2, 16, 1, Some(0x123), "b").unwrap_err().to_string().contains("page-aligned"));
-        assert!(t.allocate(2, 16, 1, Some(POOL - 4096), "b").unwrap_err().to_string().contains("past the end"));
-        assert_eq!(t.allocate(2, 16, 1, Some(0x11_0000), "b").unwrap().offset, 0x11_0000);
+        assert!(
+            t.allocate(2, 16, 1, Some(0x10_8000), "b")
+                .unwrap_err()
+                .to_string()
+                .contains("overlaps")
+        );
+        assert!(
+            t.allocate(2, 16, 1, Some(0x123), "b")
+                .unwrap_err()
+                .to_string()
+                .contains("page-aligned")
+        );
+        assert!(
+            t.allocate(2, 16, 1, Some(POOL - 4096), "b")
+                .unwrap_err()
+                .to_string()
+                .contains("past the end")
+        );
+        assert_eq!(
+            t.allocate(2, 16, 1, Some(0x11_0000), "b").unwrap().offset,
+            0x11_0000
+        );
         // Automatic allocation goes around fixed regions.
         assert_eq!(t.allocate(3, 300, 1, None, "c").unwrap().offset, 0x12_0000);
     }
@@ -551,17 +585,28 @@ mod tests {
         t.set_vm(7, 0x3_0000_1002);
         t.allocate(8, 0, 1, None, "list").unwrap();
         let text = t.render();
-        assert!(text.starts_with("rampart-vmm-pool v1 base=0x7c000000 size=0x4000000 channels=16\n"));
-        assert!(text.contains("pid=7 offset=0x0 pages=285 channels=0x3 vm=0x300001002 name=hello_world"));
+        assert!(
+            text.starts_with("rampart-vmm-pool v1 base=0x7c000000 size=0x4000000 channels=16\n")
+        );
+        assert!(
+            text.contains(
+                "pid=7 offset=0x0 pages=285 channels=0x3 vm=0x300001002 name=hello_world"
+            )
+        );
         let back = Table::parse(&text, 0x7c00_0000, POOL, 16);
         assert_eq!(back.entries.len(), 2);
         assert_eq!(back.entries[0].vm, 0x3_0000_1002);
         assert_eq!(back.render(), text);
         // Another pool or channel count: the old entries do not apply.
-        assert!(Table::parse(&text, 0x8000_0000, POOL, 16).entries.is_empty());
+        assert!(
+            Table::parse(&text, 0x8000_0000, POOL, 16)
+                .entries
+                .is_empty()
+        );
         assert!(Table::parse(&text, 0x7c00_0000, POOL, 8).entries.is_empty());
         // Garbage and out-of-range lines are dropped.
-        let bad = format!("{text}pid=9 offset=0x0 pages=99999999 channels=0x0 vm=0x0 name=x\nnonsense\n");
+        let bad =
+            format!("{text}pid=9 offset=0x0 pages=99999999 channels=0x0 vm=0x0 name=x\nnonsense\n");
         assert_eq!(Table::parse(&bad, 0x7c00_0000, POOL, 16).entries.len(), 2);
     }
 

@@ -115,7 +115,10 @@ impl<'a> Run<'a> {
 
     /// Stops every vCPU thread at its next exit; the first outcome wins.
     pub fn finish(&self, outcome: Outcome) {
-        let mut o = self.outcome.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut o = self
+            .outcome
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if o.is_none() {
             *o = Some(outcome);
         }
@@ -153,7 +156,9 @@ impl<'a> Run<'a> {
     }
 
     fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
-        self.tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.tally
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn vmm_check(&self, vcpu: usize, ok: Result<String, String>) {
@@ -191,7 +196,9 @@ impl<'a> Run<'a> {
                 self.vmm_check(vcpu, r);
             }
             Event::Relinquished(ipa) => {
-                self.counters.relinquished_pages.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .relinquished_pages
+                    .fetch_add(1, Ordering::Relaxed);
                 let r = self.check_relinquished(ipa);
                 self.vmm_check(vcpu, r);
             }
@@ -211,7 +218,9 @@ impl<'a> Run<'a> {
             .map_err(|e| format!("reading the shared page {ipa:#x}: {e}"))?;
         let first = u32::from_le_bytes([page[0], page[1], page[2], page[3]]);
         if first != SHARE_PING {
-            return Err(format!("the shared page {ipa:#x} starts {first:#x}, expected \"ping\" ({SHARE_PING:#x})"));
+            return Err(format!(
+                "the shared page {ipa:#x} starts {first:#x}, expected \"ping\" ({SHARE_PING:#x})"
+            ));
         }
         if let Some(i) = (4..page.len()).find(|&i| page[i] != share_ping_byte(i)) {
             return Err(format!(
@@ -238,19 +247,33 @@ impl<'a> Run<'a> {
             .page_offset(ipa)
             .ok_or_else(|| format!("GUEST-UNSHARED {ipa:#x} is not a page of guest RAM"))?;
         if !self.plan.config.protected {
-            return Ok(format!("page {ipa:#x} unshared (not protected: not probed)"));
+            return Ok(format!(
+                "page {ipa:#x} unshared (not protected: not probed)"
+            ));
         }
         match self.region.guarded_read(at, 8) {
             Err(Fault::Signal(libc::SIGBUS)) => {}
-            Err(e) => return Err(format!("reading the unshared page {ipa:#x}: expected SIGBUS, {e}")),
-            Ok(_) => return Err(format!("the host could still read page {ipa:#x} after the guest unshared it")),
+            Err(e) => {
+                return Err(format!(
+                    "reading the unshared page {ipa:#x}: expected SIGBUS, {e}"
+                ));
+            }
+            Ok(_) => {
+                return Err(format!(
+                    "the host could still read page {ipa:#x} after the guest unshared it"
+                ));
+            }
         }
         match self.region.guarded_write(at + 8, &[(0, 0x5a5a)]) {
             Err(Fault::Signal(libc::SIGBUS)) => Ok(format!(
                 "page {ipa:#x} is the guest's again: host read and write abort (SIGBUS)"
             )),
-            Err(e) => Err(format!("writing the unshared page {ipa:#x}: expected SIGBUS, {e}")),
-            Ok(()) => Err(format!("the host could still write page {ipa:#x} after the guest unshared it")),
+            Err(e) => Err(format!(
+                "writing the unshared page {ipa:#x}: expected SIGBUS, {e}"
+            )),
+            Ok(()) => Err(format!(
+                "the host could still write page {ipa:#x} after the guest unshared it"
+            )),
         }
     }
 
@@ -272,7 +295,9 @@ impl<'a> Run<'a> {
         self.region
             .guarded_write(at, &[(0, 0x1234), (0, 0)])
             .map_err(|e| format!("writing the relinquished page {ipa:#x}: {e}"))?;
-        Ok(format!("relinquished page {ipa:#x} came back zeroed and writable"))
+        Ok(format!(
+            "relinquished page {ipa:#x} came back zeroed and writable"
+        ))
     }
 
     /// The `VCPU_RUN` loop of `vcpu` on `hyp` (its channel).
@@ -281,7 +306,11 @@ impl<'a> Run<'a> {
         self.finished_threads.fetch_add(1, Ordering::AcqRel);
     }
 
-    #[allow(clippy::cast_possible_wrap, clippy::cast_possible_truncation, reason = "register values")]
+    #[allow(
+        clippy::cast_possible_wrap,
+        clippy::cast_possible_truncation,
+        reason = "register values"
+    )]
     fn vcpu_loop_inner(&self, vcpu: usize, hyp: &dyn Hyp) {
         let mut console = LineBuffer::default();
         let mut read_value = 0u64;
@@ -299,7 +328,11 @@ impl<'a> Run<'a> {
                 std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
-            let r = call(hyp, HostCall::VcpuRun.id(), &[self.handle, vcpu as u64, read_value]);
+            let r = call(
+                hyp,
+                HostCall::VcpuRun.id(),
+                &[self.handle, vcpu as u64, read_value],
+            );
             read_value = 0;
             let code = r[0] as i64;
             if code != 0 {
@@ -363,7 +396,11 @@ impl<'a> Run<'a> {
                                 self.prefix(vcpu),
                                 if write { "write" } else { "read" },
                                 1u32 << (flags & mmio::SIZE_LOG2_MASK),
-                                if write { format!(" (value {value:#x}): ignored") } else { ": reads as 0".into() }
+                                if write {
+                                    format!(" (value {value:#x}): ignored")
+                                } else {
+                                    ": reads as 0".into()
+                                }
                             );
                         }
                     }
@@ -462,7 +499,15 @@ mod tests {
         let v1 = print("GUEST-CPU 1 up\n");
         let fake = Fake::with_scripts(vec![v0, v1]);
         let counters = Counters::default();
-        let run = Run::new("t", 0x1_0000_1000, &p, &region, &counters, Options::default(), &no_signal);
+        let run = Run::new(
+            "t",
+            0x1_0000_1000,
+            &p,
+            &region,
+            &counters,
+            Options::default(),
+            &no_signal,
+        );
         run_all(&run, &fake, 2);
         assert_eq!(run.outcome(), Some(Outcome::SystemOff));
         assert_eq!(run.finished_threads(), 2);
@@ -479,7 +524,10 @@ mod tests {
         // The UARTFR read's value (0) went into x3 of the next run; vCPU
         // numbers and the handle in every run.
         let runs = fake.calls_of(HostCall::VcpuRun);
-        assert!(runs.iter().all(|r| r[1] == 0x1_0000_1000 && r[3] == 0 && r[2] < 2));
+        assert!(
+            runs.iter()
+                .all(|r| r[1] == 0x1_0000_1000 && r[3] == 0 && r[2] < 2)
+        );
     }
 
     #[test]
@@ -487,7 +535,15 @@ mod tests {
         let (p, region) = setup(2);
         let fake = Fake::with_scripts(vec![vec![Step::Error(-22)], vec![]]);
         let counters = Counters::default();
-        let run = Run::new("t", 1, &p, &region, &counters, Options::default(), &no_signal);
+        let run = Run::new(
+            "t",
+            1,
+            &p,
+            &region,
+            &counters,
+            Options::default(),
+            &no_signal,
+        );
         run_all(&run, &fake, 2);
         assert_eq!(run.outcome(), Some(Outcome::Refused(-22)));
         // vCPU 1 never ran.
@@ -497,14 +553,33 @@ mod tests {
     #[test]
     fn other_errors_and_faults_stop_the_vm() {
         let (p, region) = setup(1);
-        let fake = Fake::with_scripts(vec![vec![Step::Exit(ExitReason::Interrupt, [0; 3]), Step::Error(-16)]]);
+        let fake = Fake::with_scripts(vec![vec![
+            Step::Exit(ExitReason::Interrupt, [0; 3]),
+            Step::Error(-16),
+        ]]);
         let counters = Counters::default();
-        let run = Run::new("t", 1, &p, &region, &counters, Options::default(), &no_signal);
+        let run = Run::new(
+            "t",
+            1,
+            &p,
+            &region,
+            &counters,
+            Options::default(),
+            &no_signal,
+        );
         run_all(&run, &fake, 1);
-        assert!(matches!(run.outcome(), Some(Outcome::Error(e)) if e.contains("VCPU_RUN returned DENIED")));
+        assert!(
+            matches!(run.outcome(), Some(Outcome::Error(e)) if e.contains("VCPU_RUN returned DENIED"))
+        );
 
-        let fake = Fake::with_scripts(vec![vec![Step::Exit(ExitReason::MemoryFault, [0x1000, 1, 0])]]);
-        let options = Options { stop_on_fault: true, trace: false };
+        let fake = Fake::with_scripts(vec![vec![Step::Exit(
+            ExitReason::MemoryFault,
+            [0x1000, 1, 0],
+        )]]);
+        let options = Options {
+            stop_on_fault: true,
+            trace: false,
+        };
         let run = Run::new("t", 1, &p, &region, &counters, options, &no_signal);
         run_all(&run, &fake, 1);
         assert_eq!(run.outcome(), Some(Outcome::MemoryFault(0x1000)));
@@ -534,12 +609,23 @@ mod tests {
             *b = share_ping_byte(i);
         }
         region.write_bytes(0x3000, &ping);
-        let mut script = print(&format!("GUEST-SHARED {ipa:#x}\nGUEST-RELINQUISHED {:#x}\n", ipa + 0x1000));
+        let mut script = print(&format!(
+            "GUEST-SHARED {ipa:#x}\nGUEST-RELINQUISHED {:#x}\n",
+            ipa + 0x1000
+        ));
         script.extend(print("GUEST-DONE 3 passed, 0 failed\n"));
         script.push(Step::Exit(ExitReason::SystemOff, [0; 3]));
         let fake = Fake::with_scripts(vec![script]);
         let counters = Counters::default();
-        let run = Run::new("share", 1, &p, &region, &counters, Options::default(), &no_signal);
+        let run = Run::new(
+            "share",
+            1,
+            &p,
+            &region,
+            &counters,
+            Options::default(),
+            &no_signal,
+        );
         run_all(&run, &fake, 1);
         let t = run.tally.lock().unwrap().clone();
         assert_eq!((t.vmm_passed, t.vmm_failed), (2, 0), "{t:?}");
@@ -560,7 +646,15 @@ mod tests {
             GUEST_RAM_BASE + 0x5000
         ));
         let fake = Fake::with_scripts(vec![script]);
-        let run = Run::new("share", 1, &p, &region, &counters, Options::default(), &no_signal);
+        let run = Run::new(
+            "share",
+            1,
+            &p,
+            &region,
+            &counters,
+            Options::default(),
+            &no_signal,
+        );
         std::thread::scope(|s| {
             s.spawn(|| run.vcpu_loop(0, &fake));
             while run.tally.lock().unwrap().lines < 4 {

@@ -48,11 +48,22 @@ impl Session {
     /// # Errors
     ///
     /// Explains what is missing or refused.
-    pub fn open(env: &Env, pages: u64, channels: u32, fixed: Option<u64>, name: &str) -> Result<Session> {
+    pub fn open(
+        env: &Env,
+        pages: u64,
+        channels: u32,
+        fixed: Option<u64>,
+        name: &str,
+    ) -> Result<Session> {
         let root = dt::root(&env.dt_roots)?;
         let platform = dt::discover(&root)?;
         let control_len = usize::try_from(u64::from(platform.channels) * CHANNEL_SIZE)?;
-        let control = Mapping::phys(&env.dev_mem, platform.control.base, control_len, "the control pages")?;
+        let control = Mapping::phys(
+            &env.dev_mem,
+            platform.control.base,
+            control_len,
+            "the control pages",
+        )?;
         let table = TableFile::new(&env.state_dir);
         let pid = std::process::id();
         let alive_lock = Alive::hold(&env.state_dir)?;
@@ -91,9 +102,12 @@ impl Session {
                 return Err(e);
             }
         };
-        locked
-            .commit()
-            .with_context(|| format!("writing the pool allocation table in {}", env.state_dir.display()))?;
+        locked.commit().with_context(|| {
+            format!(
+                "writing the pool allocation table in {}",
+                env.state_dir.display()
+            )
+        })?;
         Ok(Session {
             platform,
             control,
@@ -144,13 +158,19 @@ impl Session {
     pub fn set_vm(&self, vm: u64) {
         let r = self
             .table
-            .lock(self.platform.pool.base, self.platform.pool.size, self.platform.channels)
+            .lock(
+                self.platform.pool.base,
+                self.platform.pool.size,
+                self.platform.channels,
+            )
             .and_then(|mut l| {
                 l.table.set_vm(self.pid, vm);
                 l.commit()
             });
         if let Err(e) = r {
-            eprintln!("rampart-vmm: warning: could not record VM {vm:#x} in the allocation table: {e:#}");
+            eprintln!(
+                "rampart-vmm: warning: could not record VM {vm:#x} in the allocation table: {e:#}"
+            );
         }
     }
 
@@ -160,9 +180,11 @@ impl Session {
     ///
     /// I/O errors.
     pub fn others(&self) -> Result<Vec<Entry>> {
-        let l = self
-            .table
-            .lock(self.platform.pool.base, self.platform.pool.size, self.platform.channels)?;
+        let l = self.table.lock(
+            self.platform.pool.base,
+            self.platform.pool.size,
+            self.platform.channels,
+        )?;
         Ok(l.table
             .entries
             .iter()
@@ -183,7 +205,11 @@ impl Session {
         self.released = true;
         let r = self
             .table
-            .lock(self.platform.pool.base, self.platform.pool.size, self.platform.channels)
+            .lock(
+                self.platform.pool.base,
+                self.platform.pool.size,
+                self.platform.channels,
+            )
             .and_then(|mut l| {
                 l.table.release(self.pid);
                 l.commit()
@@ -192,7 +218,6 @@ impl Session {
             eprintln!("rampart-vmm: warning: could not release this VMM's pool allocation: {e:#}");
         }
     }
-
 }
 
 impl Drop for Session {
@@ -216,7 +241,8 @@ fn check_version(platform: &Platform, hyp: &dyn Hyp) -> Result<(u64, u64)> {
             platform.control
         );
     }
-    let (major, minor) = crate::hyp::version(hyp).context("RAMPART_HOST_VERSION through the control page")?;
+    let (major, minor) =
+        crate::hyp::version(hyp).context("RAMPART_HOST_VERSION through the control page")?;
     if major != rampart_abi::host::ABI_VERSION_MAJOR {
         anyhow::bail!(
             "the hypervisor speaks host ABI {major}.{minor}; this rampart-vmm was built for {}.{}",

@@ -50,7 +50,10 @@ impl Default for Counters {
 impl Counters {
     /// Counts an exit of `vcpu` with reason `x1`.
     pub fn exit(&self, vcpu: usize, reason: u64) {
-        let r = usize::try_from(reason).ok().filter(|&r| r < REASONS).unwrap_or(0);
+        let r = usize::try_from(reason)
+            .ok()
+            .filter(|&r| r < REASONS)
+            .unwrap_or(0);
         if let Some(row) = self.exits.get(vcpu) {
             row[r].fetch_add(1, Ordering::Relaxed);
         }
@@ -105,7 +108,10 @@ pub fn render(h: &Header<'_>, c: &Counters, reclaimed: Option<u64>) -> String {
     put("pid", std::process::id().to_string());
     put("vm", format!("{:#x}", h.vm));
     put("state", h.state.to_string());
-    put("wall time", format!("{}.{:03} s", h.wall_ms / 1000, h.wall_ms % 1000));
+    put(
+        "wall time",
+        format!("{}.{:03} s", h.wall_ms / 1000, h.wall_ms % 1000),
+    );
     put("protected", h.protected.to_string());
     put("vcpus", h.vcpus.to_string());
     put("pool region", format!("{:#x}", h.region));
@@ -147,7 +153,10 @@ pub fn render(h: &Header<'_>, c: &Counters, reclaimed: Option<u64>) -> String {
             } else {
                 String::new()
             };
-            put(&format!("exits {}", reason_name(r)), format!("{sum}{detail}"));
+            put(
+                &format!("exits {}", reason_name(r)),
+                format!("{sum}{detail}"),
+            );
         }
     }
     put("exits total", total.to_string());
@@ -275,11 +284,20 @@ mod tests {
         c.exit(1, 99);
         c.shared_pages.fetch_add(1, Ordering::Relaxed);
         let text = render(&header("system off"), &c, Some(286));
-        assert!(text.contains("exits EXIT_MMIO: 2 (vCPU 0: 2, vCPU 1: 0)\n"), "{text}");
-        assert!(text.contains("exits EXIT_POWERED_OFF: 1 (vCPU 0: 0, vCPU 1: 1)\n"), "{text}");
+        assert!(
+            text.contains("exits EXIT_MMIO: 2 (vCPU 0: 2, vCPU 1: 0)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("exits EXIT_POWERED_OFF: 1 (vCPU 0: 0, vCPU 1: 1)\n"),
+            "{text}"
+        );
         assert!(text.contains("exits unknown: 1"), "{text}");
         assert!(text.contains("exits total: 4\n"), "{text}");
-        assert!(text.contains("pages donated: 286 (256 guest RAM + 30 metadata)"), "{text}");
+        assert!(
+            text.contains("pages donated: 286 (256 guest RAM + 30 metadata)"),
+            "{text}"
+        );
         assert!(text.contains("pages shared by the guest: 1"), "{text}");
         assert!(text.contains("pages reclaimed: 286"), "{text}");
         assert!(text.contains("wall time: 1.234 s"), "{text}");

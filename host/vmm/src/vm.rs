@@ -94,7 +94,11 @@ pub fn create(
     let r = checked(
         hyp,
         HostCall::VmCreate.id(),
-        &[place.metadata(plan), plan.metadata_pages, plan.config.encode()],
+        &[
+            place.metadata(plan),
+            plan.metadata_pages,
+            plan.config.encode(),
+        ],
     )
     .map_err(|e| explain(e, plan, place))?;
     let handle = r[1];
@@ -128,7 +132,9 @@ pub fn create(
     };
     if let Err(e) = setup() {
         if let Err(d) = destroy(hyp, handle) {
-            return Err(e.context(format!("and destroying the half-built VM {handle:#x} failed too: {d}")));
+            return Err(e.context(format!(
+                "and destroying the half-built VM {handle:#x} failed too: {d}"
+            )));
         }
         return Err(e);
     }
@@ -166,7 +172,8 @@ mod tests {
         let bytes = bundle_bytes(64 << 10, 2, true, &image);
         let b = Bundle::parse(&bytes).unwrap();
         let p = plan(&b, &Overrides::default()).unwrap();
-        let region = Mapping::anonymous(usize::try_from(p.total_pages() * PAGE_SIZE).unwrap()).unwrap();
+        let region =
+            Mapping::anonymous(usize::try_from(p.total_pages() * PAGE_SIZE).unwrap()).unwrap();
         // Garbage first: loading must zero it.
         region.write_bytes(0, &[0xee; 64 << 10]);
         load_image(&region, &p, b.image);
@@ -175,15 +182,22 @@ mod tests {
         let mut m = rampart_attest::Measurer::new(&b.manifest.initial_state());
         for page in 0..p.memory_pages() {
             let words: Vec<u8> = (0..512)
-                .flat_map(|w| region.read_u64(usize::try_from(page * 4096).unwrap() + w * 8).to_le_bytes())
+                .flat_map(|w| {
+                    region
+                        .read_u64(usize::try_from(page * 4096).unwrap() + w * 8)
+                        .to_le_bytes()
+                })
                 .collect();
-            m.page(GUEST_RAM_BASE + page * 4096, &words.try_into().unwrap()).unwrap();
+            m.page(GUEST_RAM_BASE + page * 4096, &words.try_into().unwrap())
+                .unwrap();
         }
         assert_eq!(m.finish(), measure_image(&b.manifest, b.image).unwrap());
         assert_eq!(b.computed_measurement(), b.measurement);
 
         let fake = Fake::with_scripts(vec![]);
-        let place = Placement { region_phys: 0x7c01_0000 };
+        let place = Placement {
+            region_phys: 0x7c01_0000,
+        };
         let mut recorded = 0;
         let h = create(&fake, &p, &place, &b, &mut |h| recorded = h).unwrap();
         assert_eq!(h, recorded);
@@ -201,12 +215,21 @@ mod tests {
             ]
             .map(|c| u64::from(c.id()))
         );
-        assert_eq!(calls[0][1..4], [0x7c01_0000 + (64 << 10), p.metadata_pages, 0x201]);
+        assert_eq!(
+            calls[0][1..4],
+            [0x7c01_0000 + (64 << 10), p.metadata_pages, 0x201]
+        );
         assert_eq!(calls[2][1..3], [h, 1]);
         assert_eq!(calls[3][1..5], [h, 0x7c01_0000, 16, GUEST_RAM_BASE]);
         assert_eq!(calls[4][1..5], [h, 0, GUEST_RAM_BASE + 4, 64 << 10]);
-        assert_eq!(rampart_abi::host::words_to_bytes::<32>(&calls[5][2..6]), b.signer);
-        assert_eq!(rampart_abi::host::words_to_bytes::<64>(&calls[5][6..14]), b.signature);
+        assert_eq!(
+            rampart_abi::host::words_to_bytes::<32>(&calls[5][2..6]),
+            b.signer
+        );
+        assert_eq!(
+            rampart_abi::host::words_to_bytes::<64>(&calls[5][6..14]),
+            b.signature
+        );
     }
 
     #[test]
@@ -216,14 +239,25 @@ mod tests {
         let p = plan(&b, &Overrides::default()).unwrap();
         let fake = Fake::with_scripts(vec![]);
         fake.state.lock().unwrap().fail = Some((HostCall::VmDonate.id(), -18));
-        let place = Placement { region_phys: 0x7c00_0000 };
-        let e = format!("{:#}", create(&fake, &p, &place, &b, &mut |_| {}).unwrap_err());
-        assert!(e.contains("VM_DONATE returned NO_MEMORY") && e.contains("--stage2-pages"), "{e}");
+        let place = Placement {
+            region_phys: 0x7c00_0000,
+        };
+        let e = format!(
+            "{:#}",
+            create(&fake, &p, &place, &b, &mut |_| {}).unwrap_err()
+        );
+        assert!(
+            e.contains("VM_DONATE returned NO_MEMORY") && e.contains("--stage2-pages"),
+            "{e}"
+        );
         assert!(fake.state.lock().unwrap().live.is_empty(), "destroyed");
         assert_eq!(fake.calls_of(HostCall::VmDestroy).len(), 1);
 
         fake.state.lock().unwrap().fail = Some((HostCall::VmCreate.id(), -18));
-        let e = format!("{:#}", create(&fake, &p, &place, &b, &mut |_| {}).unwrap_err());
+        let e = format!(
+            "{:#}",
+            create(&fake, &p, &place, &b, &mut |_| {}).unwrap_err()
+        );
         assert!(e.contains("every VM slot is in use"), "{e}");
     }
 
