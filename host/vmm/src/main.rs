@@ -283,7 +283,15 @@ fn cmd_run(
         .outcome()
         .unwrap_or_else(|| Outcome::Error("every vCPU thread stopped without a reason".into()));
 
-    let destroyed = vm::destroy(main, handle);
+    let destroyed = match vm::destroy(main, handle) {
+        Err(e) if e.error() == Some(Error::InvalidParameter) => {
+            // Someone else destroyed it (`rampart-vmm reclaim --all`): the
+            // pages are the host's again all the same.
+            eprintln!("rampart-vmm: VM {handle:#x} was already destroyed by another process");
+            Ok(())
+        }
+        other => other,
+    };
     let reclaimed = destroyed.is_ok().then_some(plan.total_pages());
     match &destroyed {
         Ok(()) => println!(
