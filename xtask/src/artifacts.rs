@@ -25,8 +25,17 @@ static HYPERVISOR: OnceLock<PathBuf> = OnceLock::new();
 static TESTHOST: OnceLock<PathBuf> = OnceLock::new();
 
 /// Builds the hypervisor (once per xtask run) and returns its flat `Image`.
+///
+/// Its security configuration comes from the build environment: unless the
+/// caller set them, `RAMPART_TRUSTED_KEYS` is the development signing key's
+/// public key and `RAMPART_DEVICE_SECRET` the development device secret
+/// (`keys/`, public: tests and the demo only).
 pub fn hypervisor() -> Result<PathBuf> {
-    once(&HYPERVISOR, || image("rampart-hyp", HYP_TARGET, "rampart.bin", &[]))
+    once(&HYPERVISOR, || {
+        let env = crate::attest::hypervisor_env()?;
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        image("rampart-hyp", HYP_TARGET, "rampart.bin", &env)
+    })
 }
 
 /// Builds the test guests, then the bare-metal test host with them embedded

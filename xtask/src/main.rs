@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod abi_docs;
 mod artifacts;
+mod attest;
 mod bench;
 mod guests;
 mod linux;
@@ -86,6 +87,9 @@ fn run(args: &RunArgs) -> Result<()> {
     let run = machine.run(Duration::from_secs(args.timeout), None, true)?;
     if run.timed_out {
         bail!("QEMU did not finish within {} s", args.timeout);
+    }
+    if args.host == Host::Testhost {
+        suite::after_demo(&run)?;
     }
     match run.exit_code {
         Some(0) => Ok(()),

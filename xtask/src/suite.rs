@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::qemu::{HOST_LOAD_ADDRESS, Machine, Run};
-use crate::{artifacts, linux, prereq};
+use crate::{artifacts, attest, linux, prereq};
 
 /// Arguments of `cargo xtask test`.
 #[derive(clap::Args)]
@@ -30,7 +30,10 @@ pub struct TestArgs {
     pub only: Option<String>,
 }
 
-/// A QEMU machine that runs Rampart with the test host.
+/// A QEMU machine that runs Rampart with the test host. The test host's
+/// command line names the secrets `vb-no-leaks` looks for
+/// (`testhost.secrets=`, derived from the device secret the hypervisor was
+/// built with and the attest guest's signed measurement).
 pub fn testhost_machine(smp: u32, mem: &str, cpu: &str) -> Result<Machine> {
     let hyp = artifacts::hypervisor()?;
     let host = artifacts::testhost()?;
@@ -39,8 +42,19 @@ pub fn testhost_machine(smp: u32, mem: &str, cpu: &str) -> Result<Machine> {
     m.mem = mem.into();
     m.cpu = cpu.into();
     m.loaders.push((host, HOST_LOAD_ADDRESS));
-    m.append = format!("rampart.host={HOST_LOAD_ADDRESS:#x}");
+    m.append = format!(
+        "rampart.host={HOST_LOAD_ADDRESS:#x} -- {}",
+        attest::secrets_bootarg()?
+    );
     Ok(m)
+}
+
+/// After `cargo xtask run` with the test host: verifies the attest guest's
+/// report on the build machine and prints the result.
+pub fn after_demo(run: &Run) -> Result<()> {
+    let summary = attest::verify_console(&run.console)?;
+    println!("xtask: {summary}");
+    Ok(())
 }
 
 /// A QEMU machine that runs Rampart with Debian's kernel as the host.
@@ -137,7 +151,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
     });
     case("bad-boot/unknown-option".into(), &|| {
         let mut m = testhost_machine(1, "512M", "max")?;
-        m.append.push_str(" rampart.bogus=1");
+        m.append = format!("rampart.host={HOST_LOAD_ADDRESS:#x} rampart.bogus=1");
         expect_clean_refusal(&m, "rampart: bad command line: unknown option `rampart.bogus=1`")
     });
 
@@ -162,10 +176,31 @@ pub fn run(args: &TestArgs) -> Result<()> {
 const TESTHOST_TIMEOUT: Duration = Duration::from_secs(120);
 const LINUX_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// The attest guest's sealing-key fingerprints from the first test-host
+/// run, which every later run (another boot) must repeat.
+static SEALING: std::sync::Mutex<Option<Vec<(String, String)>>> = std::sync::Mutex::new(None);
+
 fn testhost_case(smp: u32, mem: &str, cpu: &str) -> Result<String> {
     let m = testhost_machine(smp, mem, cpu)?;
     let run = m.run(TESTHOST_TIMEOUT, None, false)?;
-    check_testhost(&run, smp)
+    let checks = check_testhost(&run, smp)?;
+    let attested = attest::verify_console(&run.console).map_err(|e| anyhow::anyhow!(run.failure(&format!("{e:#}"))))?;
+    let sealing = attest::parse_log(&run.console).sealing;
+    if sealing.len() != attest::SEALING_LABELS.len() {
+        bail!(run.failure(&format!("{} GUEST-SEALING lines, want {}", sealing.len(), attest::SEALING_LABELS.len())));
+    }
+    let mut first = SEALING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let across = match &*first {
+        None => {
+            *first = Some(sealing);
+            "first boot"
+        }
+        Some(earlier) if *earlier == sealing => "same as the earlier boot",
+        Some(earlier) => bail!(run.failure(&format!(
+            "sealing keys changed across boots: fingerprints {earlier:?} then {sealing:?}"
+        ))),
+    };
+    Ok(format!("{checks}; {attested}; sealing keys: {across}"))
 }
 
 /// Checks a test-host run: the boot log, every check passed, clean power-off.

@@ -175,3 +175,35 @@ pub mod psci {
         signed32(call(ids::SYSTEM_RESET, [0; 3])[0])
     }
 }
+
+/// `RAMPART_ATTEST`: asks for an attestation report written to the granule
+/// at `ipa` (one the guest owns and has not shared), binding `nonce_len`
+/// bytes of `nonce` (at most 64; the call takes the length as given, so a
+/// test can pass a bad one). Returns the report's length (`x1`) or the
+/// error in `x0`.
+pub fn rampart_attest(ipa: u64, nonce_len: u64, nonce: &[u8; 64]) -> Result<u64, i64> {
+    let mut all = [0u64; 17];
+    all[0] = ipa;
+    all[1] = nonce_len;
+    all[2..10].copy_from_slice(&rampart_abi::host::bytes_to_words::<8>(nonce));
+    let r = smccc::hvc64(GuestCall::RampartAttest.id(), all);
+    match signed(r[0]) {
+        0 => Ok(r[1]),
+        error => Err(error),
+    }
+}
+
+/// `RAMPART_SEALING_KEY`: the 32-byte sealing key for the first `label_len`
+/// bytes of `label` (at most 32; the length is passed as given). Returns the
+/// key (`x1`..`x4`) or the error in `x0`. The key is a secret: keep it out
+/// of the console.
+pub fn rampart_sealing_key(label_len: u64, label: &[u8; 32]) -> Result<[u8; 32], i64> {
+    let mut all = [0u64; 17];
+    all[0] = label_len;
+    all[1..5].copy_from_slice(&rampart_abi::host::bytes_to_words::<4>(label));
+    let r = smccc::hvc64(GuestCall::RampartSealingKey.id(), all);
+    match signed(r[0]) {
+        0 => Ok(rampart_abi::host::words_to_bytes::<32>(&r[1..5])),
+        error => Err(error),
+    }
+}

@@ -25,7 +25,7 @@ use safe_mmio::UniqueMmioPointer;
 /// Most CPUs the test host drives (the linker script has one stack per CPU).
 pub const MAX_CPUS: usize = 8;
 /// Bytes of stack per CPU; must match `STACK_SIZE` in `testhost.ld`.
-pub const STACK_SIZE: usize = 0x8000;
+pub const STACK_SIZE: usize = 0x10000;
 /// `MPIDR_EL1` affinity fields (Aff3, Aff2, Aff1, Aff0), as PSCI wants them.
 pub const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
 /// `SPSR`/`PSTATE.M` value of EL1 using `SP_EL1` (EL1h).
@@ -305,6 +305,40 @@ unsafe extern "C" {
     fn guard_recover();
     static __image_start: u8;
     static __image_end: u8;
+    static __stacks_start: u8;
+}
+
+/// What [`boot_stack_paint`] leaves in the unused boot stack.
+const STACK_PAINT: u64 = 0x57ac_57ac_57ac_57ac;
+
+/// Fills the boot CPU's stack below the current stack pointer (less a
+/// margin) with a pattern, so [`boot_stack_used`] can tell how deep it got.
+/// Boot CPU only.
+pub fn boot_stack_paint() {
+    let bottom = core::ptr::addr_of!(__stacks_start) as u64;
+    let sp: u64;
+    // SAFETY: reads the stack pointer; touches nothing.
+    unsafe { asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags)) };
+    let top = (sp - 512).max(bottom) & !7;
+    for a in (bottom..top).step_by(8) {
+        // SAFETY: `[bottom, top)` is the boot CPU's own stack slot below
+        // its stack pointer (less a margin): no live Rust object is there,
+        // and no other CPU uses slot 0.
+        unsafe { (a as *mut u64).write_volatile(STACK_PAINT) };
+    }
+}
+
+/// Bytes of the boot CPU's stack used since [`boot_stack_paint`].
+pub fn boot_stack_used() -> u64 {
+    let bottom = core::ptr::addr_of!(__stacks_start) as u64;
+    let end = bottom + STACK_SIZE as u64;
+    // SAFETY: reads words of the boot stack's unused part (aligned, inside
+    // the image); any bit pattern is a valid u64.
+    let untouched = (bottom..end)
+        .step_by(8)
+        .find(|&a| unsafe { (a as *const u64).read_volatile() } != STACK_PAINT)
+        .unwrap_or(end);
+    end - untouched
 }
 
 /// Physical address of the secondary CPUs' PSCI entry point.
@@ -987,6 +1021,69 @@ pub fn ram_find_nonzero(start: u64, end: u64) -> Option<u64> {
         );
     }
     (bad < end).then_some(bad)
+}
+
+/// The first 64-byte block of `[start, end)` (64-byte aligned) holding a
+/// non-zero word, like [`ram_find_nonzero`] but for any readable RAM,
+/// the test host's own image included (the leak scan reads everything).
+pub fn ram_next_nonzero(start: u64, end: u64) -> Option<u64> {
+    assert!(start.is_multiple_of(RAM_BLOCK) && end.is_multiple_of(RAM_BLOCK) && start < end);
+    let bad: u64;
+    // SAFETY: reads only `[start, end)` and writes nothing; the asm block
+    // is `readonly`, so reading memory that Rust objects occupy (the image)
+    // cannot break their invariants; other CPUs are parked or only read.
+    // Uses the named scratch registers only; the flags are clobbered.
+    unsafe {
+        asm!(
+            "1:",
+            "ldp {a}, {b}, [{cur}]",
+            "orr {acc}, {a}, {b}",
+            "ldp {a}, {b}, [{cur}, #16]",
+            "orr {acc}, {acc}, {a}",
+            "orr {acc}, {acc}, {b}",
+            "ldp {a}, {b}, [{cur}, #32]",
+            "orr {acc}, {acc}, {a}",
+            "orr {acc}, {acc}, {b}",
+            "ldp {a}, {b}, [{cur}, #48]",
+            "orr {acc}, {acc}, {a}",
+            "orr {acc}, {acc}, {b}",
+            "cbnz {acc}, 2f",
+            "add {cur}, {cur}, #64",
+            "cmp {cur}, {end}",
+            "b.lo 1b",
+            "2:",
+            cur = inout(reg) start => bad,
+            end = in(reg) end,
+            a = out(reg) _,
+            b = out(reg) _,
+            acc = out(reg) _,
+            options(nostack, readonly),
+        );
+    }
+    (bad < end).then_some(bad)
+}
+
+/// Zeroes `[start, end)` (64-byte aligned RAM the test host owns, not its
+/// image and not the device tree).
+pub fn ram_zero(start: u64, end: u64) {
+    check_ram_range(start, end, 0);
+    // SAFETY: writes only `[start, end)`, outside every Rust object (see
+    // `ram_fill`). Uses the named register only; the flags are clobbered.
+    unsafe {
+        asm!(
+            "1:",
+            "stp xzr, xzr, [{cur}]",
+            "stp xzr, xzr, [{cur}, #16]",
+            "stp xzr, xzr, [{cur}, #32]",
+            "stp xzr, xzr, [{cur}, #48]",
+            "add {cur}, {cur}, #64",
+            "cmp {cur}, {end}",
+            "b.lo 1b",
+            cur = inout(reg) start => _,
+            end = in(reg) end,
+            options(nostack),
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

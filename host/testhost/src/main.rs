@@ -19,7 +19,7 @@
 #![deny(unsafe_code)]
 #![allow(
     clippy::result_large_err,
-    reason = "no allocator: a failure carries its message in a fixed buffer; it is returned only on failure, on 32 KiB stacks"
+    reason = "no allocator: a failure carries its message in a fixed buffer; it is returned only on failure, on 64 KiB stacks"
 )]
 
 #[allow(
@@ -35,6 +35,7 @@ mod msg;
 mod platform;
 mod psci;
 mod ranges;
+mod secrets;
 
 use crate::arch::{BootState, Exception};
 use crate::platform::Platform;
@@ -70,6 +71,7 @@ fn primary_main(boot: BootState) -> ! {
     }
 
     let (mut passed, mut failed) = (0u32, 0u32);
+    arch::boot_stack_paint();
     for check in checks::CHECKS {
         let mut outcome = None;
         let run = arch::guarded(&mut || outcome = Some((check.run)(&platform)));
@@ -91,6 +93,12 @@ fn primary_main(boot: BootState) -> ! {
                 println!("FAIL {}: unexpected {}", check.name, exception);
             }
         }
+    }
+    let used = arch::boot_stack_used();
+    println!("  boot CPU stack: {} of {} KiB used", used >> 10, arch::STACK_SIZE >> 10);
+    if used + 4096 > arch::STACK_SIZE as u64 {
+        failed += 1;
+        println!("FAIL boot-stack: {used} bytes of the {}-byte boot stack used: too close to overflowing into bss", arch::STACK_SIZE);
     }
     println!("{passed} passed, {failed} failed");
     power_off_quietly();

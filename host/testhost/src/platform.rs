@@ -74,6 +74,10 @@ pub struct Platform {
     pub carveouts: [Option<CarveoutNode>; 4],
     /// `testhost.probe=` from the bootargs.
     pub probe_override: Option<Range>,
+    /// `testhost.secrets=` from the bootargs: how many secrets `vb-no-leaks`
+    /// looks for (held XOR-masked by `secrets`), or why the option is
+    /// malformed.
+    pub secrets: Result<usize, &'static str>,
 }
 
 impl Platform {
@@ -100,6 +104,7 @@ impl Platform {
             memreserve: RangeSet::default(),
             carveouts: [const { None }; 4],
             probe_override: None,
+            secrets: Ok(0),
         };
 
         for node in fdt.root().children() {
@@ -196,6 +201,12 @@ impl Platform {
                     .split_ascii_whitespace()
                     .find_map(|arg| arg.strip_prefix(PROBE_BOOTARG))
                     .and_then(parse_range);
+                if let Some(value) = bootargs
+                    .split_ascii_whitespace()
+                    .find_map(|arg| arg.strip_prefix(crate::secrets::BOOTARG))
+                {
+                    platform.secrets = crate::secrets::parse(value);
+                }
             }
         }
         Ok(platform)

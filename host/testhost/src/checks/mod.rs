@@ -12,6 +12,7 @@ mod cpu;
 mod ownership;
 mod ram;
 mod smccc;
+mod vb;
 mod vm;
 /// The VMM (`src/vmm/`), declared here so `main.rs` stays as it is.
 #[path = "../vmm/mod.rs"]
@@ -142,10 +143,6 @@ pub const CHECKS: &[Check] = &[
         run: vm::vm_attacker,
     },
     Check {
-        name: "vm-fault-donate",
-        run: vm::vm_fault_donate,
-    },
-    Check {
         name: "vm-two-at-once",
         run: vm::vm_two_at_once,
     },
@@ -168,6 +165,46 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "vm-create-bad",
         run: vm::vm_create_bad,
+    },
+    Check {
+        name: "vb-refuse-unsigned",
+        run: vb::vb_refuse_unsigned,
+    },
+    Check {
+        name: "vb-refuse-wrong-key",
+        run: vb::vb_refuse_wrong_key,
+    },
+    Check {
+        name: "vb-refuse-flipped-image",
+        run: vb::vb_refuse_flipped_image,
+    },
+    Check {
+        name: "vb-refuse-flipped-manifest",
+        run: vb::vb_refuse_flipped_manifest,
+    },
+    Check {
+        name: "vb-refuse-flipped-signature",
+        run: vb::vb_refuse_flipped_signature,
+    },
+    Check {
+        name: "vb-first-run-vcpu1",
+        run: vb::vb_first_run_vcpu1,
+    },
+    Check {
+        name: "vb-measurement-fixed",
+        run: vb::vb_measurement_fixed,
+    },
+    Check {
+        name: "vb-late-donation-zeroed",
+        run: vm::vb_late_donation_zeroed,
+    },
+    Check {
+        name: "vb-attest",
+        run: vb::vb_attest,
+    },
+    Check {
+        name: "vb-no-leaks",
+        run: vb::vb_no_leaks,
     },
     Check {
         name: "ram-rw",

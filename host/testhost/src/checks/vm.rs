@@ -29,7 +29,6 @@ use crate::{ensure, fail, msg, note};
 const INVALID: i64 = Error::InvalidParameter.code();
 const DENIED: i64 = Error::Denied.code();
 const RANGE: i64 = Error::Range.code();
-const MIB: u64 = 1 << 20;
 /// `RET`.
 const RET: u64 = 0xd65f_03c0;
 
@@ -38,7 +37,7 @@ fn call(call: HostCall, args: &[u64]) -> [u64; 18] {
 }
 
 /// Makes `c` and expects `want` in `x0`.
-fn expect(c: HostCall, args: &[u64], want: i64, what: &str) -> Result<(), Msg> {
+pub(super) fn expect(c: HostCall, args: &[u64], want: i64, what: &str) -> Result<(), Msg> {
     let got = code(c, args);
     ensure!(
         got == want,
@@ -52,7 +51,7 @@ fn expect(c: HostCall, args: &[u64], want: i64, what: &str) -> Result<(), Msg> {
 /// A fresh page allocator over the ownership checks' scratch window (every
 /// VM a check makes is destroyed before it returns, which gives the pages
 /// back zeroed).
-fn arena(p: &Platform) -> Result<(Arena, Layout), Msg> {
+pub(super) fn arena(p: &Platform) -> Result<(Arena, Layout), Msg> {
     let layout = Layout::find(p)?;
     Ok((Arena::new(layout.scratch), layout))
 }
@@ -95,7 +94,7 @@ fn expect_no_fetch(page: u64) -> Result<(), Msg> {
 /// Runs `vms` on `lanes` with `policy`, checks each VM's verdict, checks
 /// its RAM is out of the host's reach, destroys it and checks its pages
 /// read zero. Destroys every VM even when something fails.
-fn run_and_destroy(
+pub(super) fn run_and_destroy(
     p: &Platform,
     vms: &mut [Vm],
     lanes: &[&[usize]],
@@ -123,7 +122,7 @@ fn run_and_destroy(
 }
 
 /// Runs one guest alone on vCPU 0 of a VM on the boot CPU.
-fn solo(p: &Platform, spec: Spec, policy: &mut dyn Policy, timeout_ms: u64) -> Result<Report, Msg> {
+pub(super) fn solo(p: &Platform, spec: Spec, policy: &mut dyn Policy, timeout_ms: u64) -> Result<Report, Msg> {
     let (mut arena, _) = arena(p)?;
     let mut vms = [Vm::create(&mut arena, spec)?];
     let report = run_and_destroy(p, &mut vms, &[&[0]], policy, timeout_ms)?;
@@ -139,14 +138,9 @@ fn solo(p: &Platform, spec: Spec, policy: &mut dyn Policy, timeout_ms: u64) -> R
     Ok(report)
 }
 
-fn protected(guest: &'static str, ram: u64) -> Spec {
-    Spec {
-        guest,
-        protected: true,
-        vcpus: 1,
-        ram,
-        seed: 0x9e57_0000_0000_0000 ^ ram << 8,
-    }
+/// Guest `guest` in a protected VM as its bundle's manifest says, signed.
+pub(super) fn protected(guest: &'static str) -> Result<Spec, Msg> {
+    Spec::signed(guest)
 }
 
 /// `vm-bringup`: a hand-assembled non-protected guest that writes `H` to
@@ -221,7 +215,7 @@ pub fn vm_bringup(p: &Platform) -> Result<(), Msg> {
 /// `vm-hello`: the `hello` guest in a protected VM (its lines are printed,
 /// prefixed `[hello]`).
 pub fn vm_hello(p: &Platform) -> Result<(), Msg> {
-    solo(p, protected("hello", MIB), &mut Plain, 5_000).map(|_| ())
+    solo(p, protected("hello")?, &mut Plain, 5_000).map(|_| ())
 }
 
 /// `vm-hello-unprotected`: the `hello` guest in a VM that is not protected
@@ -229,7 +223,8 @@ pub fn vm_hello(p: &Platform) -> Result<(), Msg> {
 pub fn vm_hello_unprotected(p: &Platform) -> Result<(), Msg> {
     let spec = Spec {
         protected: false,
-        ..protected("hello", MIB)
+        sign: false,
+        ..protected("hello")?
     };
     solo(p, spec, &mut Plain, 5_000).map(|_| ())
 }
@@ -237,14 +232,14 @@ pub fn vm_hello_unprotected(p: &Platform) -> Result<(), Msg> {
 /// `vm-memtest`: the `memtest` guest (RAM keeps its contents across
 /// exits; registers survive HVCs and MMIO exits) in a protected VM.
 pub fn vm_memtest(p: &Platform) -> Result<(), Msg> {
-    solo(p, protected("memtest", 2 * MIB), &mut Plain, 8_000).map(|_| ())
+    solo(p, protected("memtest")?, &mut Plain, 8_000).map(|_| ())
 }
 
 /// `vm-timer`: the `timer` guest; the VMM injects nothing: the virtual
 /// timer's interrupt must arrive while the guest spins and after `WFI`
 /// (the VMM just runs the vCPU again after `EXIT_WAIT`).
 pub fn vm_timer(p: &Platform) -> Result<(), Msg> {
-    solo(p, protected("timer", MIB), &mut Plain, 8_000).map(|_| ())
+    solo(p, protected("timer")?, &mut Plain, 8_000).map(|_| ())
 }
 
 /// The `share` guest's protocol, host side.
@@ -326,27 +321,19 @@ impl Policy for SharePolicy {
 /// comes back to the host zeroed.
 pub fn vm_share(p: &Platform) -> Result<(), Msg> {
     let mut policy = SharePolicy::default();
-    solo(p, protected("share", MIB), &mut policy, 10_000)?;
+    solo(p, protected("share")?, &mut policy, 10_000)?;
     ensure!(policy.exchanged.is_some(), "the guest never printed GUEST-SHARED");
     ensure!(policy.unshared, "the guest never printed GUEST-UNSHARED");
     ensure!(policy.relinquished, "the guest never printed GUEST-RELINQUISHED");
     Ok(())
 }
 
-/// vCPUs for the `smp` runs: one per CPU, at least 2, at most 4.
-fn smp_vcpus(p: &Platform) -> u64 {
-    (p.cpu_count as u64).clamp(2, 4)
-}
-
-/// `vm-smp`: the `smp` guest with one vCPU per physical CPU (at least 2;
-/// interleaved on one CPU when there is only one).
+/// `vm-smp`: the `smp` guest with the 4 vCPUs it is signed for, one per
+/// physical CPU (interleaved when the machine has fewer).
 pub fn vm_smp(p: &Platform) -> Result<(), Msg> {
     let (mut arena, _) = arena(p)?;
-    let vcpus = smp_vcpus(p);
-    let spec = Spec {
-        vcpus,
-        ..protected("smp", MIB)
-    };
+    let spec = protected("smp")?;
+    let vcpus = spec.vcpus;
     let mut vms = [Vm::create(&mut arena, spec)?];
     let report = run_and_destroy(p, &mut vms, &[&[0, 1, 2, 3]], &mut Plain, 10_000)?;
     note!(
@@ -359,29 +346,22 @@ pub fn vm_smp(p: &Platform) -> Result<(), Msg> {
     Ok(())
 }
 
-/// `vm-two-at-once`: a protected `memtest` VM and a protected `smp` VM, two
-/// vCPUs each, at once: on four CPUs every vCPU has its own (memtest's
-/// vCPU 1 stays off), on fewer they share. Both pass, their memory stays
-/// apart (memtest's pattern survives the other VM running), both tear down
-/// to zero.
+/// `vm-two-at-once`: a protected `memtest` VM (1 vCPU) and a protected
+/// `smp` VM (4 vCPUs) at once, as signed: on four CPUs memtest has CPU 0
+/// and smp's vCPUs 0..2 the other three (its vCPU 3 shares CPU 0), on
+/// fewer they share more. Both pass, their memory stays apart (memtest's
+/// pattern survives the other VM running), both tear down to zero.
 pub fn vm_two_at_once(p: &Platform) -> Result<(), Msg> {
     let (mut arena, _) = arena(p)?;
-    let memtest = Spec {
-        vcpus: 2,
-        ..protected("memtest", MIB)
-    };
-    let smp = Spec {
-        vcpus: 2,
-        seed: 0x5eed_0000_0000_0040,
-        ..protected("smp", MIB)
-    };
+    let memtest = protected("memtest")?;
+    let smp = protected("smp")?;
     let a = Vm::create(&mut arena, memtest)?;
     let b = Vm::create(&mut arena, smp)?;
     ensure!(a.handle != b.handle, "two VMs got the same handle {:#x}", a.handle);
     let mut vms = [a, b];
-    let report = run_and_destroy(p, &mut vms, &[&[0, 2], &[1, 3]], &mut Plain, 10_000)?;
+    let report = run_and_destroy(p, &mut vms, &[&[0], &[1, 2, 3, 0]], &mut Plain, 10_000)?;
     note!(
-        "memtest and smp (2 vCPUs each) on {} CPUs: {} + {} guest checks passed in {} ms",
+        "memtest (1 vCPU) and smp (4 vCPUs) on {} CPUs: {} + {} guest checks passed in {} ms",
         report.cpus,
         report.tallies[0].passed,
         report.tallies[1].passed,
@@ -432,7 +412,7 @@ pub fn vm_attacker(p: &Platform) -> Result<(), Msg> {
         announced: None,
         declined: 0,
     };
-    solo(p, protected("attacker", MIB), &mut policy, 8_000)?;
+    solo(p, protected("attacker")?, &mut policy, 8_000)?;
     note!(
         "attacker: {} memory faults at announced probes declined (the guest took an abort each time)",
         policy.declined
@@ -442,11 +422,11 @@ pub fn vm_attacker(p: &Platform) -> Result<(), Msg> {
 
 /// The attacker again, but the VMM donates a page at its first memory
 /// fault (`read-past-ram`, at the end of its RAM) while it runs: the page
-/// holds a host pattern, so the guest's read must complete with exactly that
-/// word (the hypervisor mapped the page given, at the address given); the
-/// following `write-past-ram` lands in the same page. The guest reports
-/// both probes as failed (the accesses completed); those two lines are the
-/// expected outcome here. Later faults are declined.
+/// is full of a host pattern, but the VM's measurement is fixed, so the
+/// hypervisor must zero it before the guest sees it: the guest's read must
+/// complete with 0; the following `write-past-ram` lands in the same page.
+/// The guest reports both probes as failed (the accesses completed); those
+/// two lines are the expected outcome here. Later faults are declined.
 struct DonatingPolicy<'a> {
     arena: &'a mut Arena,
     announced: Option<u64>,
@@ -467,7 +447,7 @@ impl Policy for DonatingPolicy<'_> {
         let Some(ipa) = self.donated else {
             return false;
         };
-        text == msg!("GUEST-FAIL read-past-ram: access to {ipa:#x} completed, read {DONATED_WORD:#x}").as_str()
+        text == msg!("GUEST-FAIL read-past-ram: access to {ipa:#x} completed, read 0x0").as_str()
             || text == msg!("GUEST-FAIL write-past-ram: access to {ipa:#x} completed, read 0x0").as_str()
     }
 
@@ -486,19 +466,20 @@ impl Policy for DonatingPolicy<'_> {
         if self.donated.is_some() {
             return Ok(FaultAction::Decline);
         }
-        let c = vms[vm].donate_fresh_page(self.arena, ipa, DONATED_WORD)?;
+        let c = vms[vm].donate_patterned_page(self.arena, ipa, DONATED_WORD)?;
         ensure!(c == 0, "VM_DONATE at {ipa:#x} while the VM runs = {c}");
         self.donated = Some(ipa);
         Ok(FaultAction::Donated)
     }
 }
 
-/// `vm-fault-donate`: memory added while a protected VM runs, in answer to
-/// `EXIT_MEMORY_FAULT`, is mapped exactly (see [`DonatingPolicy`]); it is
-/// out of the host's reach while the VM lives and zeroed after.
-pub fn vm_fault_donate(p: &Platform) -> Result<(), Msg> {
+/// `vb-late-donation-zeroed`: memory added while a protected VM runs, in
+/// answer to `EXIT_MEMORY_FAULT`, reaches the guest zeroed however the host
+/// filled it (see [`DonatingPolicy`]); it is out of the host's reach while
+/// the VM lives and zeroed after.
+pub fn vb_late_donation_zeroed(p: &Platform) -> Result<(), Msg> {
     let (mut arena, _) = arena(p)?;
-    let mut vms = [Vm::create(&mut arena, protected("attacker", MIB))?];
+    let mut vms = [Vm::create(&mut arena, protected("attacker")?)?];
     let mut policy = DonatingPolicy {
         arena: &mut arena,
         announced: None,
@@ -523,7 +504,7 @@ pub fn vm_fault_donate(p: &Platform) -> Result<(), Msg> {
         );
         ensure!(
             t.excused == 2,
-            "{} of the 2 expected probe results seen (read {DONATED_WORD:#x}, then a write)",
+            "{} of the 2 expected probe results seen (read 0x0 from the page the host filled with {DONATED_WORD:#x}.., then a write); a read of the host's pattern means the hypervisor did not zero the page",
             t.excused
         );
         Ok(())
@@ -741,26 +722,25 @@ pub fn vm_attack_handles(p: &Platform) -> Result<(), Msg> {
 /// 8) and with bad interrupt IDs are `INVALID_PARAMETER`; a second
 /// `VCPU_CREATE` is `DENIED`, one past the VM's count `INVALID_PARAMETER`;
 /// `VCPU_SET_REGS` after the vCPU first ran is `DENIED`; the VM still runs.
+/// (The signed `smp` guest: 4 vCPUs.)
 pub fn vm_attack_vcpu(p: &Platform) -> Result<(), Msg> {
     let (mut arena, _) = arena(p)?;
-    let spec = Spec {
-        vcpus: 2,
-        ..protected("hello", MIB)
-    };
+    let spec = protected("smp")?;
+    let n = spec.vcpus;
     let mut vm = Vm::create(&mut arena, spec)?;
     let h = vm.handle;
     let result = (|| -> Result<(), Msg> {
-        // Vm::create made vCPUs 0 and 1; a VM with 2 vCPUs has no vCPU 2.
+        // Vm::create made vCPUs 0..n; a VM with n vCPUs has no vCPU n.
         expect(HostCall::VcpuCreate, &[h, 0], DENIED, "a second VCPU_CREATE")?;
-        expect(HostCall::VcpuCreate, &[h, 2], INVALID, "vCPU 2 of a 2-vCPU VM")?;
+        expect(HostCall::VcpuCreate, &[h, n], INVALID, "vCPU n of an n-vCPU VM")?;
         expect(HostCall::VcpuCreate, &[h, 8], INVALID, "vCPU 8")?;
         expect(HostCall::VcpuInject, &[h, 8, 27], INVALID, "injecting into vCPU 8")?;
-        expect(HostCall::VcpuInject, &[h, 2, 27], INVALID, "injecting into vCPU 2 (none)")?;
+        expect(HostCall::VcpuInject, &[h, n, 27], INVALID, "injecting into vCPU n (none)")?;
         expect(HostCall::VcpuInject, &[h, 0, 1020], INVALID, "INTID 1020")?;
         expect(HostCall::VcpuInject, &[h, 0, 1 << 32 | 27], INVALID, "INTID 2^32 + 27")?;
         expect(HostCall::VcpuInject, &[h, 0, u64::MAX], INVALID, "INTID all ones")?;
-        expect(HostCall::VcpuRun, &[h, 2, 0], INVALID, "running vCPU 2 (none)")?;
-        expect(HostCall::VcpuSetRegs, &[h, 2, GUEST_RAM_BASE, 0], INVALID, "vCPU 2 (none)")?;
+        expect(HostCall::VcpuRun, &[h, n, 0], INVALID, "running vCPU n (none)")?;
+        expect(HostCall::VcpuSetRegs, &[h, n, GUEST_RAM_BASE, 0], INVALID, "vCPU n (none)")?;
         let r = call(HostCall::VcpuRun, &[h, 0, 0]);
         ensure!(r[0] == 0, "first VCPU_RUN = {}", r[0] as i64);
         expect(HostCall::VcpuSetRegs, &[h, 0, GUEST_RAM_BASE, 0], DENIED, "after the first run")?;

@@ -4,8 +4,14 @@
 //! every page a guest owned comes back zeroed.
 //!
 //! - [`Vm`]: `VM_CREATE` with metadata from a scratch [`Arena`], the image
-//!   loaded over a host pattern and `VM_DONATE`d at `GUEST_RAM_BASE`
-//!   (`x0` = RAM size), `VCPU_CREATE` for each vCPU, and [`Vm::destroy`].
+//!   loaded (over zeroes for a protected VM, exactly as its bundle was
+//!   measured; over a host pattern otherwise) and `VM_DONATE`d at
+//!   `GUEST_RAM_BASE` (`x0` = RAM size), `VCPU_CREATE` for each vCPU,
+//!   `VM_SET_SIGNATURE` with the signer and signature of the guest's
+//!   bundle, and [`Vm::destroy`].
+//! - Signed bundles: every guest is embedded with the bundle `cargo xtask`
+//!   signed it into, whose manifest (memory size, vCPUs) is how the VMM
+//!   runs it ([`Spec::signed`]).
 //! - [`run`]: the `VCPU_RUN` loops, on the boot CPU and on secondaries
 //!   (one vCPU lane per physical CPU, interleaved when there are fewer), the
 //!   console emulation and the guests' `GUEST-*` result lines.
@@ -38,8 +44,7 @@ const EXTRA_STAGE2_PAGES: u64 = 24;
 /// Pages the VMM may add to a VM after it starts (memory faults).
 pub const MAX_EXTRA_PAGES: usize = 8;
 
-/// The flat binary of guest `name`.
-pub fn image(name: &str) -> Result<&'static [u8], Msg> {
+fn embedded(name: &str) -> Result<&'static (&'static str, &'static [u8], &'static [u8]), Msg> {
     if images::GUESTS.is_empty() {
         fail!(
             "built without guests: RAMPART_GUEST_DIR was not set when the test host was built (build it with `cargo xtask`)"
@@ -47,14 +52,98 @@ pub fn image(name: &str) -> Result<&'static [u8], Msg> {
     }
     images::GUESTS
         .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, bytes)| *bytes)
+        .find(|(n, _, _)| *n == name)
         .ok_or_else(|| msg!("guest {name} is not embedded (guests from {})", images::GUEST_SOURCE))
 }
 
-/// A host call; returns `x0`..`x17`.
+/// The flat binary of guest `name`.
+pub fn image(name: &str) -> Result<&'static [u8], Msg> {
+    Ok(embedded(name)?.1)
+}
+
+/// Bundle offsets (`docs/formats.md`, `rampart_attest::offset`).
+mod offset {
+    pub const FLAGS: usize = 12;
+    pub const VCPUS: usize = 16;
+    pub const MEMORY_SIZE: usize = 24;
+    pub const ENTRY_OFFSET: usize = 32;
+    pub const MEASUREMENT: usize = 48;
+    pub const SIGNER: usize = 80;
+    pub const SIGNATURE: usize = 112;
+    pub const IMAGE: usize = 176;
+}
+
+/// What a guest's bundle says: the manifest it was signed for, its
+/// measurement, the signer and the signature.
+#[derive(Clone, Copy)]
+pub struct Signed {
+    /// Bundle flags: bit 0 protected, bit 1 debug.
+    pub flags: u32,
+    /// vCPUs.
+    pub vcpus: u64,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// Entry offset into the image.
+    pub entry: u64,
+    /// The measurement the signer computed.
+    pub measurement: [u8; 32],
+    /// The signer's public key.
+    pub signer: [u8; 32],
+    /// The signature over the measurement.
+    pub signature: [u8; 64],
+}
+
+fn parse_bundle(bytes: &[u8]) -> Option<Signed> {
+    if bytes.len() < offset::IMAGE || &bytes[..8] != b"RAMPART\0" {
+        return None;
+    }
+    let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or_default());
+    let dword = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or_default());
+    let mut signed = Signed {
+        flags: word(offset::FLAGS),
+        vcpus: u64::from(word(offset::VCPUS)),
+        memory: dword(offset::MEMORY_SIZE),
+        entry: dword(offset::ENTRY_OFFSET),
+        measurement: [0; 32],
+        signer: [0; 32],
+        signature: [0; 64],
+    };
+    signed.measurement.copy_from_slice(&bytes[offset::MEASUREMENT..offset::SIGNER]);
+    signed.signer.copy_from_slice(&bytes[offset::SIGNER..offset::SIGNATURE]);
+    signed.signature.copy_from_slice(&bytes[offset::SIGNATURE..offset::IMAGE]);
+    Some(signed)
+}
+
+/// The bundle guest `name` was signed into.
+pub fn bundle(name: &str) -> Result<Signed, Msg> {
+    let (_, _, bytes) = embedded(name)?;
+    parse_bundle(bytes).ok_or_else(|| {
+        msg!("guest {name} has no signed bundle (guests from {}; build with `cargo xtask`)", images::GUEST_SOURCE)
+    })
+}
+
+/// The `hello` guest's bundle signed by a key the hypervisor does not
+/// trust.
+pub fn untrusted_hello() -> Result<Signed, Msg> {
+    parse_bundle(images::UNTRUSTED_HELLO)
+        .ok_or_else(|| msg!("no hello.untrusted.bundle was embedded (build with `cargo xtask`)"))
+}
+
+/// A host call; returns `x0`..`x17`. Every result is checked for the
+/// secrets of `testhost.secrets=` (see `vb-no-leaks`).
 pub fn call(call: HostCall, args: &[u64]) -> [u64; 18] {
-    psci::call_via(Conduit::Hvc, call.id(), args)
+    let r = psci::call_via(Conduit::Hvc, call.id(), args);
+    crate::secrets::scan_registers(&r);
+    r
+}
+
+/// `VM_SET_SIGNATURE(handle, signer, signature)`: `x0`.
+pub fn set_signature(handle: u64, signer: &[u8; 32], signature: &[u8; 64]) -> i64 {
+    let mut args = [0u64; 13];
+    args[0] = handle;
+    args[1..5].copy_from_slice(&rampart_abi::host::bytes_to_words::<4>(signer));
+    args[5..13].copy_from_slice(&rampart_abi::host::bytes_to_words::<8>(signature));
+    code(HostCall::VmSetSignature, &args)
 }
 
 /// A host call's `x0` as a signed code.
@@ -111,9 +200,42 @@ pub struct Spec {
     pub vcpus: u64,
     /// Guest RAM in bytes (a multiple of the page size).
     pub ram: u64,
-    /// Seed of the host pattern written over the RAM before the image, so
-    /// that zeroing at teardown shows.
+    /// Seed of the host pattern written over the RAM of a VM that is not
+    /// protected before the image, so that zeroing at teardown shows (a
+    /// protected VM's RAM beyond its image is zero, as it was measured).
     pub seed: u64,
+    /// Whether to give the bundle's signature with `VM_SET_SIGNATURE`
+    /// (protected VMs only).
+    pub sign: bool,
+    /// A debug VM (`VM_CREATE` config bit 1).
+    pub debug: bool,
+    /// Flip the low bit of this byte of the image after loading it (a
+    /// tampered image).
+    pub tamper: Option<u64>,
+}
+
+impl Spec {
+    /// Guest `name` in a protected VM, exactly as its bundle's manifest
+    /// says, signed.
+    pub fn signed(name: &'static str) -> Result<Spec, Msg> {
+        let b = bundle(name)?;
+        ensure!(
+            b.entry == 0 && b.flags == 1,
+            "{name}'s bundle is signed for entry offset {:#x} and flags {:#x}; the VMM runs guests at offset 0, protected, not debug",
+            b.entry,
+            b.flags
+        );
+        Ok(Spec {
+            guest: name,
+            protected: true,
+            vcpus: b.vcpus,
+            ram: b.memory,
+            seed: 0x9e57_0000_0000_0000 ^ b.memory << 8,
+            sign: true,
+            debug: false,
+            tamper: None,
+        })
+    }
 }
 
 /// A VM the test host made.
@@ -138,6 +260,11 @@ pub struct Vm {
     pub destroyed: bool,
 }
 
+/// Zeroes `[start, end)` (page-aligned RAM the host owns).
+fn zero_range(start: u64, end: u64) {
+    arch::ram_zero(start, end);
+}
+
 impl Vm {
     /// Creates the VM: metadata, RAM with the image, vCPUs, vCPU 0's `x0`.
     /// Undoes what it did if a step fails.
@@ -151,7 +278,7 @@ impl Vm {
             spec.ram
         );
         let config = VmConfig {
-            debug: false,
+            debug: spec.debug,
             protected: spec.protected,
             max_vcpus: spec.vcpus,
         };
@@ -159,8 +286,16 @@ impl Vm {
         let metadata = Range::from_base_size(arena.take(metadata_pages)?, metadata_pages * PAGE);
         arena.align(64 << 10);
         let ram = Range::from_base_size(arena.take(spec.ram / PAGE)?, spec.ram);
-        arch::ram_fill(ram.start, ram.end, spec.seed);
+        if spec.protected {
+            zero_range(ram.start, ram.end);
+        } else {
+            arch::ram_fill(ram.start, ram.end, spec.seed);
+        }
         load(ram.start, image);
+        if let Some(at) = spec.tamper {
+            let word = ram.start + (at & !7);
+            arch::ram_write(word, arch::ram_read(word) ^ 1 << (8 * (at & 7)));
+        }
 
         let r = call(
             HostCall::VmCreate,
@@ -199,6 +334,11 @@ impl Vm {
                 &[vm.handle, 0, GUEST_RAM_BASE, spec.ram],
             );
             ensure!(c == 0, "VCPU_SET_REGS(0) = {c}");
+            if spec.protected && spec.sign {
+                let b = bundle(spec.guest)?;
+                let c = set_signature(vm.handle, &b.signer, &b.signature);
+                ensure!(c == 0, "VM_SET_SIGNATURE = {c}");
+            }
             Ok(())
         };
         if let Err(e) = setup() {
@@ -208,21 +348,23 @@ impl Vm {
         Ok(vm)
     }
 
-    /// Donates one fresh page from `arena` at guest page `ipa`, zeroed but
-    /// for `first_word`. Returns `VM_DONATE`'s code.
-    pub fn donate_fresh_page(
+    /// Donates one fresh page from `arena` at guest page `ipa`, every word
+    /// `pattern ^ offset` (a host pattern the hypervisor must not let a
+    /// running protected VM see). Returns `VM_DONATE`'s code.
+    pub fn donate_patterned_page(
         &mut self,
         arena: &mut Arena,
         ipa: u64,
-        first_word: u64,
+        pattern: u64,
     ) -> Result<i64, Msg> {
         ensure!(
             self.extra_count < MAX_EXTRA_PAGES,
             "more than {MAX_EXTRA_PAGES} pages donated on faults"
         );
         let page = arena.take(1)?;
-        zero(page);
-        arch::ram_write(page, first_word);
+        for offset in (0..PAGE).step_by(8) {
+            arch::ram_write(page + offset, pattern ^ offset);
+        }
         let c = code(HostCall::VmDonate, &[self.handle, page, 1, ipa]);
         if c == 0 {
             self.extra[self.extra_count] = (page, ipa);

@@ -19,6 +19,10 @@
 //! - `EXIT_POWERED_OFF`: run the CPU's other vCPUs; poll again later.
 //! - `EXIT_SYSTEM_OFF`: the VM is done. `EXIT_SYSTEM_RESET`: done, a failure.
 //!
+//! vCPU 0 of a VM runs first: the other vCPUs wait until its first
+//! `VCPU_RUN` returned (that run is the one the hypervisor measures and
+//! checks the signature for).
+//!
 //! Only the boot CPU prints: secondaries pass finished lines through a
 //! per-CPU ring. Every line is printed as `  [guest] text` (`[guest/n]` for
 //! vCPU `n`), and `GUEST-PASS`/`FAIL`/`DONE` lines are counted.
@@ -40,8 +44,9 @@ use crate::{cpus, msg, psci, println};
 pub const MAX_VMS: usize = 2;
 /// vCPUs one CPU runs.
 const MAX_ENTRIES: usize = 8;
-/// Bytes of a console line (longer lines are cut).
-const LINE: usize = 160;
+/// Bytes of a console line (longer lines are cut): room for the attest
+/// guest's `GUEST-REPORT` line (the largest report, 282 bytes, in hex).
+const LINE: usize = 640;
 const LINE_WORDS: usize = LINE / 8;
 /// Lines a secondary's ring holds.
 const RING_LINES: usize = 16;
@@ -83,6 +88,8 @@ struct SharedVm {
     exits: AtomicU64,
     /// `BUSY` from `VCPU_RUN` of a vCPU no other CPU runs (retried).
     busy: AtomicU64,
+    /// vCPU 0's first `VCPU_RUN` returned: the others may run.
+    started: AtomicU64,
 }
 
 impl SharedVm {
@@ -94,6 +101,7 @@ impl SharedVm {
             detail: [const { AtomicU64::new(0) }; 3],
             exits: AtomicU64::new(0),
             busy: AtomicU64::new(0),
+            started: AtomicU64::new(0),
         }
     }
 
@@ -373,6 +381,7 @@ pub fn run(
         shared.problem.store(problem::NONE, Ordering::Relaxed);
         shared.exits.store(0, Ordering::Relaxed);
         shared.busy.store(0, Ordering::Relaxed);
+        shared.started.store(0, Ordering::Relaxed);
         shared.state.store(state::RUNNING, Ordering::Release);
         for v in 0..vm.vcpus as usize {
             let cpu = order[lanes[i][v] % cpu_count];
@@ -485,9 +494,10 @@ pub fn run(
             )),
             problem::NONE => cpu_problem.clone(),
             problem::RUN_ERROR => Some(msg!(
-                "VCPU_RUN(vCPU {}) = {}",
+                "VCPU_RUN(vCPU {}) = {} ({})",
                 d(0),
-                d(1) as i64
+                d(1) as i64,
+                error_name(d(1) as i64)
             )),
             problem::UNEXPECTED_MMIO => Some(msg!(
                 "vCPU {}: unexpected MMIO at {:#x}, flags {:#x}",
@@ -510,6 +520,14 @@ pub fn run(
         };
     }
     Ok(report)
+}
+
+/// The name of a host-call error code.
+pub fn error_name(code: i64) -> &'static str {
+    rampart_abi::Error::ALL
+        .iter()
+        .find(|e| e.code() == code)
+        .map_or("not an error code", |e| e.name())
 }
 
 fn boot_cpu_index(p: &Platform) -> Result<usize, Msg> {
@@ -594,6 +612,14 @@ impl BootHost<'_> {
             Err(e) => core::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or(""),
         };
         let name = self.vms.get(vm).map_or("?", |v| v.name);
+        if text.len() < bytes.len() {
+            let rest = &bytes[text.len()..];
+            println!(
+                "  [{name}/{vcpu}] {text}<{} bytes not UTF-8: {:02x?}>",
+                rest.len(),
+                &rest[..rest.len().min(16)]
+            );
+        }
         if vcpu == 0 {
             println!("  [{name}] {text}");
         } else {
@@ -693,9 +719,18 @@ fn run_entries(entries: &[(usize, usize)], host: &mut dyn Host) {
             i = (i + 1) % entries.len();
             continue;
         }
+        if vcpu != 0 && shared.started.load(Ordering::Acquire) == 0 {
+            // vCPU 0's first run comes first.
+            i = (i + 1) % entries.len();
+            arch::spin_hint();
+            continue;
+        }
         let lane = &mut lanes[i];
         let handle = shared.handle.load(Ordering::Relaxed);
         let r = call(HostCall::VcpuRun, &[handle, vcpu as u64, lane.read_value]);
+        if vcpu == 0 {
+            shared.started.store(1, Ordering::Release);
+        }
         lane.read_value = 0;
         shared.exits.fetch_add(1, Ordering::Relaxed);
         let mut stay = false;

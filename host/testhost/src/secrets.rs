@@ -1,0 +1,162 @@
+//! The secrets `vb-no-leaks` looks for, and the scans that look.
+//!
+//! `cargo xtask` derives them from the development device secret and the
+//! `attest` guest's measurement and passes them on the command line:
+//! `testhost.secrets=<64 hex>,<64 hex>,...` (in the order of [`NAMES`]).
+//! The test host keeps them only **XOR-masked** ([`MASK`]), as the eight
+//! 8-byte windows `secret[j..j + 8]` (`j` = 0..8) of each: any copy of a
+//! 32-byte secret at any byte alignment contains one of its windows at an
+//! 8-byte-aligned address, so comparing every aligned word finds it. The
+//! plain secret never sits in the test host's memory, so the scan can cover
+//! the test host's own image too; only the device tree (which holds the
+//! command line, in hex) is skipped.
+//!
+//! Every value a VMM host call returns (`x1`..`x17`, so every exit record
+//! of every VM) is checked as it arrives ([`scan_registers`]); RAM is
+//! scanned by [`scan_ram`], skipping all-zero 64-byte blocks quickly.
+
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::arch;
+
+/// The command-line option.
+pub const BOOTARG: &str = "testhost.secrets=";
+/// Secrets held at most.
+pub const MAX_SECRETS: usize = 8;
+/// What xtask passes, in order.
+pub const NAMES: [&str; 7] = [
+    "the device secret",
+    "the attestation key's seed",
+    "the attestation key's expanded scalar (SHA-512(seed)[..32])",
+    "the attestation key's nonce prefix (SHA-512(seed)[32..])",
+    "the attest guest's sealing key \"disk\"",
+    "the attest guest's sealing key \"other\"",
+    "the attest guest's sealing key \"\"",
+];
+/// The byte every secret byte is XORed with in memory.
+const MASK_BYTE: u8 = 0xa5;
+/// [`MASK_BYTE`] in every byte of a word.
+const MASK: u64 = u64::from_ne_bytes([MASK_BYTE; 8]);
+/// Windows per secret.
+const WINDOWS: usize = 8;
+
+static COUNT: AtomicUsize = AtomicUsize::new(0);
+static MASKED: [[AtomicU64; WINDOWS]; MAX_SECRETS] =
+    [const { [const { AtomicU64::new(0) }; WINDOWS] }; MAX_SECRETS];
+/// One bit per value of a masked window's top 12 bits.
+static FILTER: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
+
+/// Register values checked, and the first hit: `1 + secret` and the
+/// register index.
+static REGISTERS_SCANNED: AtomicU64 = AtomicU64::new(0);
+static REGISTER_HIT: AtomicU64 = AtomicU64::new(0);
+
+/// The name of secret `i`.
+pub fn name(i: usize) -> &'static str {
+    NAMES.get(i).copied().unwrap_or("a secret from testhost.secrets=")
+}
+
+/// Parses the option's value; returns how many secrets it named.
+pub fn parse(value: &str) -> Result<usize, &'static str> {
+    let mut count = 0;
+    for item in value.split(',').filter(|s| !s.is_empty()) {
+        if count == MAX_SECRETS {
+            return Err("more than 8 secrets");
+        }
+        let digits = item.as_bytes();
+        if digits.len() != 64 {
+            return Err("a secret is not 64 hex digits");
+        }
+        let mut masked = [0u8; 32];
+        for (i, out) in masked.iter_mut().enumerate() {
+            let (Some(high), Some(low)) = (nibble(digits[2 * i]), nibble(digits[2 * i + 1])) else {
+                return Err("a secret is not hexadecimal");
+            };
+            *out = ((high << 4) | low) ^ MASK_BYTE;
+        }
+        for j in 0..WINDOWS {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&masked[j..j + 8]);
+            let w = u64::from_le_bytes(word);
+            MASKED[count][j].store(w, Ordering::Relaxed);
+            let bit = (w >> 52) as usize;
+            FILTER[bit / 64].fetch_or(1 << (bit % 64), Ordering::Relaxed);
+        }
+        count += 1;
+    }
+    COUNT.store(count, Ordering::Release);
+    Ok(count)
+}
+
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// How many secrets the test host knows.
+pub fn count() -> usize {
+    COUNT.load(Ordering::Acquire)
+}
+
+/// The secret `word` is an 8-byte window of, if any.
+#[inline]
+pub fn hit(word: u64) -> Option<usize> {
+    let x = word ^ MASK;
+    let bit = (x >> 52) as usize;
+    if FILTER[bit / 64].load(Ordering::Relaxed) & (1 << (bit % 64)) == 0 {
+        return None;
+    }
+    (0..count()).find(|&i| MASKED[i].iter().any(|w| w.load(Ordering::Relaxed) == x))
+}
+
+/// Checks `x1`..`x17` of a host call's result.
+pub fn scan_registers(registers: &[u64; 18]) {
+    if count() == 0 {
+        return;
+    }
+    REGISTERS_SCANNED.fetch_add(17, Ordering::Relaxed);
+    for (n, &value) in registers.iter().enumerate().skip(1) {
+        if let Some(i) = hit(value) {
+            let _ = REGISTER_HIT.compare_exchange(
+                0,
+                (1 + i as u64) << 8 | n as u64,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
+    }
+}
+
+/// Register values scanned so far, and the first hit: `(secret, register)`.
+pub fn register_scan() -> (u64, Option<(usize, usize)>) {
+    let hit = REGISTER_HIT.load(Ordering::Acquire);
+    (
+        REGISTERS_SCANNED.load(Ordering::Acquire),
+        (hit != 0).then(|| (((hit >> 8) - 1) as usize, (hit & 0xff) as usize)),
+    )
+}
+
+/// Scans every aligned word of `[start, end)` (64-byte aligned, readable
+/// RAM); returns the first `(address, secret)` found and the bytes that
+/// were not zero.
+pub fn scan_ram(start: u64, end: u64) -> (Option<(u64, usize)>, u64) {
+    let mut at = start;
+    let mut nonzero = 0;
+    while at < end {
+        let Some(block) = arch::ram_next_nonzero(at, end) else {
+            break;
+        };
+        nonzero += arch::RAM_BLOCK;
+        for a in (block..block + arch::RAM_BLOCK).step_by(8) {
+            if let Some(i) = hit(arch::ram_read(a)) {
+                return (Some((a, i)), nonzero);
+            }
+        }
+        at = block + arch::RAM_BLOCK;
+    }
+    (None, nonzero)
+}
