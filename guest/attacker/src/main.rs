@@ -51,7 +51,7 @@ const UNKNOWN_IDS: [u32; 13] = [
     0xC600_0001,
     0xC600_000A, // MMIO_RGUARD_MAP: not offered
     0xC600_003F,
-    0xC600_4000, // Rampart's guest range: nothing defined yet
+    0xC600_4002, // Rampart's guest range: past RAMPART_ATTEST and RAMPART_SEALING_KEY
     0x8600_FF00, // vendor hypervisor call count (deprecated)
     0x8400_0012, // PSCI SYSTEM_RESET2: not offered
     0x8400_0013, // PSCI MEM_PROTECT
