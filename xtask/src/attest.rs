@@ -48,7 +48,7 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Parses hex digits (an even number, whitespace ignored).
 pub fn parse_hex(text: &str) -> Result<Vec<u8>> {
     let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         bail!("odd number of hex digits");
     }
     digits
@@ -70,7 +70,8 @@ fn parse_hex32(what: &str, text: &str) -> Result<[u8; 32]> {
 /// The development signing key from `keys/`.
 pub fn signing_key() -> Result<SigningKey> {
     let path = artifacts::root().join(SIGNING_KEY);
-    let pem = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let pem =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     SigningKey::from_pkcs8_pem(&pem).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
@@ -82,7 +83,8 @@ pub fn untrusted_key() -> SigningKey {
 /// The development device secret from `keys/`.
 pub fn dev_device_secret() -> Result<[u8; 32]> {
     let path = artifacts::root().join(DEVICE_SECRET);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     parse_hex32(DEVICE_SECRET, &text)
 }
 
@@ -101,7 +103,10 @@ pub fn device_secret() -> Result<[u8; 32]> {
 pub fn hypervisor_env() -> Result<Vec<(&'static str, String)>> {
     let mut env = Vec::new();
     if std::env::var_os(TRUSTED_KEYS_VAR).is_none() {
-        env.push((TRUSTED_KEYS_VAR, hex(signing_key()?.verifying_key().as_bytes())));
+        env.push((
+            TRUSTED_KEYS_VAR,
+            hex(signing_key()?.verifying_key().as_bytes()),
+        ));
     }
     if std::env::var_os(DEVICE_SECRET_VAR).is_none() {
         env.push((DEVICE_SECRET_VAR, hex(&dev_device_secret()?)));
@@ -148,8 +153,13 @@ fn attestation_seed(secret: &[u8; 32]) -> [u8; 32] {
     msg.push(1);
     let seed = hmac_sha256(&prk, &msg);
     let derived = SigningKey::from_bytes(&seed).verifying_key();
-    let expected = DeviceSecret::from_bytes(secret).attestation_key().public_key();
-    assert_eq!(derived, expected, "attestation seed derivation disagrees with rampart-attest");
+    let expected = DeviceSecret::from_bytes(secret)
+        .attestation_key()
+        .public_key();
+    assert_eq!(
+        derived, expected,
+        "attestation seed derivation disagrees with rampart-attest"
+    );
     seed
 }
 
@@ -206,10 +216,11 @@ pub fn parse_log(console: &str) -> AttestLog {
             log.report = Some(rest.trim().to_string());
         } else if let Some((_, rest)) = line.split_once("GUEST-NONCE ") {
             log.nonce = Some(rest.trim().to_string());
-        } else if let Some((_, rest)) = line.split_once("GUEST-SEALING ") {
-            if let Some((label, fingerprint)) = rest.trim().split_once(' ') {
-                log.sealing.push((label.to_string(), fingerprint.trim().to_string()));
-            }
+        } else if let Some((_, rest)) = line.split_once("GUEST-SEALING ")
+            && let Some((label, fingerprint)) = rest.trim().split_once(' ')
+        {
+            log.sealing
+                .push((label.to_string(), fingerprint.trim().to_string()));
         }
     }
     log
@@ -225,7 +236,14 @@ fn cli() -> Result<PathBuf> {
     let root = artifacts::root();
     let status = Command::new(env!("CARGO"))
         .current_dir(&root)
-        .args(["build", "--quiet", "--package", "rampart", "--bin", "rampart"])
+        .args([
+            "build",
+            "--quiet",
+            "--package",
+            "rampart",
+            "--bin",
+            "rampart",
+        ])
         .status()
         .context("building the rampart tool")?;
     if !status.success() {
@@ -253,18 +271,30 @@ pub fn verify_console(console: &str) -> Result<String> {
     }
     match &log.host_key {
         Some(key) if *key == expected_key => {}
-        Some(key) => bail!("ATTESTATION_KEY returned {key} to the host, the device secret gives {expected_key}"),
+        Some(key) => bail!(
+            "ATTESTATION_KEY returned {key} to the host, the device secret gives {expected_key}"
+        ),
         None => bail!("the test host printed no `vb-attest: ATTESTATION_KEY` line"),
     }
-    let report = log.report.context("no GUEST-REPORT line from the attest guest")?;
-    let nonce = log.nonce.context("no GUEST-NONCE line from the attest guest")?;
+    let report = log
+        .report
+        .context("no GUEST-REPORT line from the attest guest")?;
+    let nonce = log
+        .nonce
+        .context("no GUEST-NONCE line from the attest guest")?;
     let nonce_bytes = parse_hex(&nonce).context("GUEST-NONCE")?;
     if nonce_bytes.len() != 64 || nonce_bytes[..32] != NONCE_PREFIX[..] {
         bail!("GUEST-NONCE {nonce} is not 64 bytes starting with the documented prefix");
     }
     let measurement = crate::guests::measurement("attest")?;
     let output = Command::new(cli()?)
-        .args(["attest-verify", "--report-hex", &report, "--attestation-key", &expected_key])
+        .args([
+            "attest-verify",
+            "--report-hex",
+            &report,
+            "--attestation-key",
+            &expected_key,
+        ])
         .args(["--measurement", &hex(&measurement.0), "--nonce", &nonce])
         .output()
         .context("running rampart attest-verify")?;
@@ -307,17 +337,26 @@ mod tests {
     fn the_development_keys_are_what_keys_readme_says() {
         let public = hex(signing_key().unwrap().verifying_key().as_bytes());
         let readme = std::fs::read_to_string(artifacts::root().join("keys/README.md")).unwrap();
-        let pub_hex = std::fs::read_to_string(artifacts::root().join("keys/dev-signing-key.pub.hex")).unwrap();
+        let pub_hex =
+            std::fs::read_to_string(artifacts::root().join("keys/dev-signing-key.pub.hex"))
+                .unwrap();
         assert_eq!(pub_hex.trim(), public);
-        assert!(readme.contains(&public), "keys/README.md does not name {public}");
-        let attestation = hex(
-            &DeviceSecret::from_bytes(&dev_device_secret().unwrap())
-                .attestation_key()
-                .public_key()
-                .to_bytes(),
+        assert!(
+            readme.contains(&public),
+            "keys/README.md does not name {public}"
         );
-        assert!(readme.contains(&attestation), "keys/README.md does not name {attestation}");
-        assert_ne!(untrusted_key().verifying_key(), signing_key().unwrap().verifying_key());
+        let attestation = hex(&DeviceSecret::from_bytes(&dev_device_secret().unwrap())
+            .attestation_key()
+            .public_key()
+            .to_bytes());
+        assert!(
+            readme.contains(&attestation),
+            "keys/README.md does not name {attestation}"
+        );
+        assert_ne!(
+            untrusted_key().verifying_key(),
+            signing_key().unwrap().verifying_key()
+        );
     }
 
     #[test]
@@ -339,7 +378,10 @@ mod tests {
         assert_eq!(parsed.host_key.as_deref(), Some("aabb"));
         assert_eq!(parsed.report.as_deref(), Some("d284"));
         assert_eq!(parsed.nonce.as_deref(), Some("0102"));
-        assert_eq!(parsed.sealing, vec![("disk".to_string(), "01020304".to_string())]);
+        assert_eq!(
+            parsed.sealing,
+            vec![("disk".to_string(), "01020304".to_string())]
+        );
         assert_eq!(parse_hex("0a ff").unwrap(), vec![10, 255]);
         assert!(parse_hex("0").is_err());
     }

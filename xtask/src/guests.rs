@@ -134,7 +134,7 @@ mod tests {
                 .join("Cargo.toml");
             let own = std::fs::read_to_string(own).unwrap();
             assert!(own.contains(&format!("name = \"{package}\"")), "{package}");
-            let m = manifest(name).unwrap();
+            let m = super::manifest(name).unwrap();
             assert!(m.validate(4096).is_ok(), "{name}: {m:?}");
         }
     }

@@ -129,7 +129,10 @@ fn check_report(name: &str, page: u64, result: Result<u64, i64>) -> Option<u64> 
         }
     };
     if len == 0 || len > MAX_REPORT_SIZE {
-        report::fail(name, format_args!("report length {len}, want 1..={MAX_REPORT_SIZE}"));
+        report::fail(
+            name,
+            format_args!("report length {len}, want 1..={MAX_REPORT_SIZE}"),
+        );
         return None;
     }
     let head = [arch::ram_read_u8(page), arch::ram_read_u8(page + 1)];
@@ -143,14 +146,20 @@ fn check_report(name: &str, page: u64, result: Result<u64, i64>) -> Option<u64> 
 
 fn main(ram_size: u64) {
     if !protected() {
-        report::skip("attest", format_args!("not a protected VM (or no hypervisor)"));
+        report::skip(
+            "attest",
+            format_args!("not a protected VM (or no hypervisor)"),
+        );
         return;
     }
     let (start, end) = arch::free_ram();
     let page = start.next_multiple_of(GRANULE);
     let shared = page + GRANULE;
     if shared + GRANULE > end {
-        report::fail("attest", format_args!("no two free granules in {start:#x}..{end:#x}"));
+        report::fail(
+            "attest",
+            format_args!("no two free granules in {start:#x}..{end:#x}"),
+        );
         return;
     }
 
@@ -167,7 +176,10 @@ fn main(ram_size: u64) {
         println!("GUEST-REPORT {}", RamHex { at: page, len });
         println!("GUEST-NONCE {}", Hex(&nonce));
         if !random {
-            report::skip("attest-nonce-random", format_args!("no TRNG: the nonce is fixed"));
+            report::skip(
+                "attest-nonce-random",
+                format_args!("no TRNG: the nonce is fixed"),
+            );
         }
     }
     fill(page);
@@ -187,19 +199,47 @@ fn main(ram_size: u64) {
                 "attest-bad-arguments",
                 format_args!(
                     "{what}: {result:?}, want Err({INVALID}){}",
-                    if untouched.is_some() { " and the page unchanged" } else { "" }
+                    if untouched.is_some() {
+                        " and the page unchanged"
+                    } else {
+                        ""
+                    }
                 ),
             );
         }
     };
     fill(page);
-    refused("nonce length 65", hvc::rampart_attest(page, 65, &nonce), Some(page));
-    refused("nonce length 2^32 + 1", hvc::rampart_attest(page, (1 << 32) + 1, &nonce), Some(page));
+    refused(
+        "nonce length 65",
+        hvc::rampart_attest(page, 65, &nonce),
+        Some(page),
+    );
+    refused(
+        "nonce length 2^32 + 1",
+        hvc::rampart_attest(page, (1 << 32) + 1, &nonce),
+        Some(page),
+    );
     let past = rampart_guest::abi::GUEST_RAM_BASE + ram_size;
-    refused("report past the end of RAM", hvc::rampart_attest(past, 64, &nonce), None);
-    refused("report below RAM", hvc::rampart_attest(0x1000, 64, &nonce), None);
-    refused("report at an unaligned address", hvc::rampart_attest(page + 8, 64, &nonce), Some(page));
-    refused("report at all ones", hvc::rampart_attest(u64::MAX & !(GRANULE - 1), 64, &nonce), None);
+    refused(
+        "report past the end of RAM",
+        hvc::rampart_attest(past, 64, &nonce),
+        None,
+    );
+    refused(
+        "report below RAM",
+        hvc::rampart_attest(0x1000, 64, &nonce),
+        None,
+    );
+    refused(
+        "report at an unaligned address",
+        hvc::rampart_attest(page + 8, 64, &nonce),
+        Some(page),
+    );
+    refused(
+        "report at all ones",
+        hvc::rampart_attest(!(GRANULE - 1), 64, &nonce),
+        None,
+    );
     let label = *b"a label of exactly 32 bytes ....";
     match hvc::rampart_sealing_key(33, &label) {
         Err(INVALID) => {}
@@ -216,15 +256,25 @@ fn main(ram_size: u64) {
     fill(shared);
     let c = hvc::mem_share(shared);
     if c == 0 {
-        refused("report into a shared granule", hvc::rampart_attest(shared, 64, &nonce), Some(shared));
+        refused(
+            "report into a shared granule",
+            hvc::rampart_attest(shared, 64, &nonce),
+            Some(shared),
+        );
         let c = hvc::mem_unshare(shared);
         if c != 0 {
             wrong.set(wrong.get() + 1);
-            report::fail("attest-bad-arguments", format_args!("MEM_UNSHARE({shared:#x}) = {c}"));
+            report::fail(
+                "attest-bad-arguments",
+                format_args!("MEM_UNSHARE({shared:#x}) = {c}"),
+            );
         }
     } else {
         wrong.set(wrong.get() + 1);
-        report::fail("attest-bad-arguments", format_args!("MEM_SHARE({shared:#x}) = {c}"));
+        report::fail(
+            "attest-bad-arguments",
+            format_args!("MEM_SHARE({shared:#x}) = {c}"),
+        );
     }
     if wrong.get() == 0 {
         report::pass("attest-bad-arguments");
@@ -283,8 +333,13 @@ fn sealing_keys() {
     );
     report::check(
         "sealing-key-per-label",
-        disk != other && disk != empty && other != empty && [disk, other, empty].iter().all(|k| *k != [0; 32]),
-        format_args!("the keys for \"disk\", \"other\" and \"\" are not three different non-zero keys"),
+        disk != other
+            && disk != empty
+            && other != empty
+            && [disk, other, empty].iter().all(|k| *k != [0; 32]),
+        format_args!(
+            "the keys for \"disk\", \"other\" and \"\" are not three different non-zero keys"
+        ),
     );
     for (label, key) in [("disk", &disk), ("other", &other), ("empty", &empty)] {
         println!("GUEST-SEALING {label} {}", Hex(&fingerprint(key)));

@@ -53,7 +53,10 @@ static REGISTER_HIT: AtomicU64 = AtomicU64::new(0);
 
 /// The name of secret `i`.
 pub fn name(i: usize) -> &'static str {
-    NAMES.get(i).copied().unwrap_or("a secret from testhost.secrets=")
+    NAMES
+        .get(i)
+        .copied()
+        .unwrap_or("a secret from testhost.secrets=")
 }
 
 /// Parses the option's value; returns how many secrets it named.
@@ -132,6 +135,10 @@ pub fn scan_registers(registers: &[u64; 18]) {
 }
 
 /// Register values scanned so far, and the first hit: `(secret, register)`.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "the secret index is below 8, the register below 18"
+)]
 pub fn register_scan() -> (u64, Option<(usize, usize)>) {
     let hit = REGISTER_HIT.load(Ordering::Acquire);
     (

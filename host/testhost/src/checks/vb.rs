@@ -62,15 +62,14 @@ fn expect_refused(vm: &Vm, vcpu: u64, want: i64, what: &str) -> Result<(), Msg> 
             "{what}: the {attempt} VCPU_RUN(vCPU {vcpu}) = {}, expected {}{}",
             describe(code).as_str(),
             describe(want).as_str(),
-            if code == 0 {
-                ": the VM ran"
-            } else {
-                ""
-            }
+            if code == 0 { ": the VM ran" } else { "" }
         );
         // Nothing but the error: x1..x3 as passed or zero, x4.. preserved.
         ensure!(
-            (r[1] == vm.handle || r[1] == 0) && (r[2] == vcpu || r[2] == 0) && r[3] == 0 && r[4..] == [0; 14],
+            (r[1] == vm.handle || r[1] == 0)
+                && (r[2] == vcpu || r[2] == 0)
+                && r[3] == 0
+                && r[4..] == [0; 14],
             "{what}: the refused VCPU_RUN returned {:#x?} in x1..x4, as if there were an exit record",
             &r[1..5]
         );
@@ -140,7 +139,13 @@ pub fn vb_refuse_wrong_key(p: &Platform) -> Result<(), Msg> {
         other.measurement == good.measurement && other.signer != good.signer,
         "hello.untrusted.bundle is not the same measurement by another signer"
     );
-    let vm = Vm::create(&mut arena, Spec { sign: false, ..protected("hello")? })?;
+    let vm = Vm::create(
+        &mut arena,
+        Spec {
+            sign: false,
+            ..protected("hello")?
+        },
+    )?;
     let steps = || -> Result<(), Msg> {
         let c = set_signature(vm.handle, &other.signer, &other.signature);
         ensure!(c == 0, "VM_SET_SIGNATURE (untrusted signer) = {c}");
@@ -172,7 +177,13 @@ pub fn vb_refuse_wrong_key(p: &Platform) -> Result<(), Msg> {
 pub fn vb_refuse_flipped_signature(p: &Platform) -> Result<(), Msg> {
     let (mut arena, _) = arena(p)?;
     let good = vmm::bundle("hello")?;
-    let vm = Vm::create(&mut arena, Spec { sign: false, ..protected("hello")? })?;
+    let vm = Vm::create(
+        &mut arena,
+        Spec {
+            sign: false,
+            ..protected("hello")?
+        },
+    )?;
     let steps = || -> Result<(), Msg> {
         for (byte, bit) in [(0, 0x01), (63, 0x10)] {
             let mut signature = good.signature;
@@ -195,7 +206,12 @@ pub fn vb_refuse_flipped_signature(p: &Platform) -> Result<(), Msg> {
 /// A VM built as `spec` (signed with the bundle's signature) must be
 /// refused with `BAD_SIGNATURE`, also after the signature is set again,
 /// and destroyed with every page zeroed.
-fn stays_refused(p: &Platform, spec: Spec, setup: &dyn Fn(&Vm) -> Result<(), Msg>, what: &str) -> Result<(), Msg> {
+fn stays_refused(
+    p: &Platform,
+    spec: Spec,
+    setup: &dyn Fn(&Vm) -> Result<(), Msg>,
+    what: &str,
+) -> Result<(), Msg> {
     let (mut arena, _) = arena(p)?;
     let vm = Vm::create(&mut arena, spec).map_err(|e| msg!("{what}: {e}"))?;
     let steps = || -> Result<(), Msg> {
@@ -203,7 +219,10 @@ fn stays_refused(p: &Platform, spec: Spec, setup: &dyn Fn(&Vm) -> Result<(), Msg
         expect_refused(&vm, 0, BAD_SIGNATURE, what)?;
         let b = vmm::bundle(spec.guest)?;
         let c = set_signature(vm.handle, &b.signer, &b.signature);
-        ensure!(c == 0, "{what}: VM_SET_SIGNATURE again after the refusal = {c}");
+        ensure!(
+            c == 0,
+            "{what}: VM_SET_SIGNATURE again after the refusal = {c}"
+        );
         expect_refused(&vm, 0, BAD_SIGNATURE, what)
     };
     let result = steps();
@@ -219,9 +238,28 @@ fn stays_refused(p: &Platform, spec: Spec, setup: &dyn Fn(&Vm) -> Result<(), Msg
 pub fn vb_refuse_flipped_image(p: &Platform) -> Result<(), Msg> {
     let spec = protected("hello")?;
     let image = vmm::image("hello")?.len() as u64;
-    stays_refused(p, Spec { tamper: Some(image / 2), ..spec }, &|_| Ok(()), "a byte of the image flipped")?;
-    stays_refused(p, Spec { tamper: Some(spec.ram - 1), ..spec }, &|_| Ok(()), "the last byte of RAM (zero fill) flipped")?;
-    note!("BAD_SIGNATURE for byte {:#x} of the image and for the last byte of RAM", image / 2);
+    stays_refused(
+        p,
+        Spec {
+            tamper: Some(image / 2),
+            ..spec
+        },
+        &|_| Ok(()),
+        "a byte of the image flipped",
+    )?;
+    stays_refused(
+        p,
+        Spec {
+            tamper: Some(spec.ram - 1),
+            ..spec
+        },
+        &|_| Ok(()),
+        "the last byte of RAM (zero fill) flipped",
+    )?;
+    note!(
+        "BAD_SIGNATURE for byte {:#x} of the image and for the last byte of RAM",
+        image / 2
+    );
     Ok(())
 }
 
@@ -231,14 +269,55 @@ pub fn vb_refuse_flipped_image(p: &Platform) -> Result<(), Msg> {
 pub fn vb_refuse_flipped_manifest(p: &Platform) -> Result<(), Msg> {
     let spec = protected("hello")?;
     let none = |_: &Vm| Ok(());
-    stays_refused(p, Spec { ram: spec.ram + PAGE, ..spec }, &none, "one page more memory than signed")?;
-    stays_refused(p, Spec { vcpus: spec.vcpus + 1, ..spec }, &none, "one vCPU more than signed")?;
-    stays_refused(p, Spec { debug: true, ..spec }, &none, "the debug flag, not signed")?;
+    stays_refused(
+        p,
+        Spec {
+            ram: spec.ram + PAGE,
+            ..spec
+        },
+        &none,
+        "one page more memory than signed",
+    )?;
+    stays_refused(
+        p,
+        Spec {
+            vcpus: spec.vcpus + 1,
+            ..spec
+        },
+        &none,
+        "one vCPU more than signed",
+    )?;
+    stays_refused(
+        p,
+        Spec {
+            debug: true,
+            ..spec
+        },
+        &none,
+        "the debug flag, not signed",
+    )?;
     let regs = |pc: u64, x0: u64| {
-        move |vm: &Vm| expect(HostCall::VcpuSetRegs, &[vm.handle, 0, pc, x0], 0, "VCPU_SET_REGS before the first run")
+        move |vm: &Vm| {
+            expect(
+                HostCall::VcpuSetRegs,
+                &[vm.handle, 0, pc, x0],
+                0,
+                "VCPU_SET_REGS before the first run",
+            )
+        }
     };
-    stays_refused(p, spec, &regs(GUEST_RAM_BASE + 4, spec.ram), "entry point + 4")?;
-    stays_refused(p, spec, &regs(GUEST_RAM_BASE, spec.ram - PAGE), "x0 one page less")?;
+    stays_refused(
+        p,
+        spec,
+        &regs(GUEST_RAM_BASE + 4, spec.ram),
+        "entry point + 4",
+    )?;
+    stays_refused(
+        p,
+        spec,
+        &regs(GUEST_RAM_BASE, spec.ram - PAGE),
+        "x0 one page less",
+    )?;
     note!("BAD_SIGNATURE for memory + 4 KiB, vCPUs + 1, debug, entry + 4 and x0 - 4 KiB");
     Ok(())
 }
@@ -251,7 +330,13 @@ pub fn vb_refuse_flipped_manifest(p: &Platform) -> Result<(), Msg> {
 /// then runs to `GUEST-DONE`.
 pub fn vb_first_run_vcpu1(p: &Platform) -> Result<(), Msg> {
     let (mut arena, _) = arena(p)?;
-    let vm = Vm::create(&mut arena, Spec { sign: false, ..protected("smp")? })?;
+    let vm = Vm::create(
+        &mut arena,
+        Spec {
+            sign: false,
+            ..protected("smp")?
+        },
+    )?;
     let steps = || -> Result<(), Msg> {
         let r = call(HostCall::VcpuRun, &[vm.handle, 1, 0]);
         let powered_off = r[0] == 0 && r[1] == rampart_abi::host::ExitReason::PoweredOff as u64;
@@ -262,7 +347,9 @@ pub fn vb_first_run_vcpu1(p: &Platform) -> Result<(), Msg> {
             r[1]
         );
         if powered_off {
-            note!("unsigned, vCPU 1 (off) run first: EXIT_POWERED_OFF, not NOT_SIGNED (docs/abi.md: the first VCPU_RUN is refused)");
+            note!(
+                "unsigned, vCPU 1 (off) run first: EXIT_POWERED_OFF, not NOT_SIGNED (docs/abi.md: the first VCPU_RUN is refused)"
+            );
         }
         expect_refused(&vm, 0, NOT_SIGNED, "unsigned, vCPU 0 after vCPU 1")?;
         let b = vmm::bundle("smp")?;
@@ -298,14 +385,26 @@ pub fn vb_measurement_fixed(p: &Platform) -> Result<(), Msg> {
     let vm = Vm::create(&mut arena, spec)?;
     let steps = || -> Result<(), Msg> {
         let r = call(HostCall::VcpuRun, &[vm.handle, 0, 0]);
-        ensure!(r[0] == 0, "first VCPU_RUN = {}", describe(r[0] as i64).as_str());
+        ensure!(
+            r[0] == 0,
+            "first VCPU_RUN = {}",
+            describe(r[0] as i64).as_str()
+        );
         // The first exit is a console write: answer nothing, run on later.
         let c = set_signature(vm.handle, &b.signer, &b.signature);
-        ensure!(c == DENIED, "VM_SET_SIGNATURE after the first run = {}, expected DENIED", describe(c).as_str());
+        ensure!(
+            c == DENIED,
+            "VM_SET_SIGNATURE after the first run = {}, expected DENIED",
+            describe(c).as_str()
+        );
         let mut other = b.signature;
         other[5] ^= 2;
         let c = set_signature(vm.handle, &b.signer, &other);
-        ensure!(c == DENIED, "VM_SET_SIGNATURE (another signature) after the first run = {}, expected DENIED", describe(c).as_str());
+        ensure!(
+            c == DENIED,
+            "VM_SET_SIGNATURE (another signature) after the first run = {}, expected DENIED",
+            describe(c).as_str()
+        );
         for vcpu in [0, 1] {
             expect(
                 HostCall::VcpuSetRegs,
@@ -323,7 +422,9 @@ pub fn vb_measurement_fixed(p: &Platform) -> Result<(), Msg> {
         return Err(e);
     }
     run_and_destroy(p, &mut vms, &[&[0, 1, 2, 3]], &mut Plain, 10_000)?;
-    note!("VM_SET_SIGNATURE and VCPU_SET_REGS (vCPUs 0 and 1) DENIED after the first run; smp ran on to GUEST-DONE");
+    note!(
+        "VM_SET_SIGNATURE and VCPU_SET_REGS (vCPUs 0 and 1) DENIED after the first run; smp ran on to GUEST-DONE"
+    );
     Ok(())
 }
 
@@ -338,7 +439,7 @@ struct AttestPolicy {
 
 fn parse_hex(text: &str, out: &mut [u8]) -> Option<usize> {
     let digits = text.trim().as_bytes();
-    if digits.len() % 2 != 0 || digits.len() / 2 > out.len() {
+    if !digits.len().is_multiple_of(2) || digits.len() / 2 > out.len() {
         return None;
     }
     for (i, pair) in digits.chunks(2).enumerate() {
@@ -352,10 +453,16 @@ impl Policy for AttestPolicy {
     fn line(&mut self, _vms: &mut [Vm], _vm: usize, text: &str) -> Result<(), Msg> {
         if let Some(hex) = text.strip_prefix("GUEST-REPORT ") {
             self.report_len = parse_hex(hex, &mut self.report);
-            ensure!(self.report_len.is_some(), "GUEST-REPORT is not hex of at most 512 bytes");
+            ensure!(
+                self.report_len.is_some(),
+                "GUEST-REPORT is not hex of at most 512 bytes"
+            );
         } else if let Some(hex) = text.strip_prefix("GUEST-NONCE ") {
             self.nonce_len = parse_hex(hex, &mut self.nonce);
-            ensure!(self.nonce_len == Some(64), "GUEST-NONCE is not 64 bytes of hex");
+            ensure!(
+                self.nonce_len == Some(64),
+                "GUEST-NONCE is not 64 bytes of hex"
+            );
         } else if text.starts_with("GUEST-SEALING ") {
             self.sealing += 1;
         }
@@ -371,7 +478,11 @@ impl Policy for AttestPolicy {
 /// `cargo xtask` verifies the report with `rampart attest-verify`.
 pub fn vb_attest(p: &Platform) -> Result<(), Msg> {
     let r = call(HostCall::AttestationKey, &[]);
-    ensure!(r[0] == 0, "ATTESTATION_KEY = {}", describe(r[0] as i64).as_str());
+    ensure!(
+        r[0] == 0,
+        "ATTESTATION_KEY = {}",
+        describe(r[0] as i64).as_str()
+    );
     let key: [u8; 32] = rampart_abi::host::words_to_bytes(&r[1..5]);
     ensure!(key != [0; 32], "ATTESTATION_KEY returned zero");
     let mut line: Msg<96> = Msg::new();
@@ -391,17 +502,36 @@ pub fn vb_attest(p: &Platform) -> Result<(), Msg> {
     let Some(len) = policy.report_len else {
         fail!("the attest guest printed no GUEST-REPORT");
     };
-    ensure!(policy.nonce_len == Some(64), "the attest guest printed no GUEST-NONCE");
+    ensure!(
+        policy.nonce_len == Some(64),
+        "the attest guest printed no GUEST-NONCE"
+    );
     let report = &policy.report[..len];
-    ensure!(report.starts_with(&[0xd2, 0x84]), "the report starts {:02x?}, not a tagged COSE_Sign1", &report[..len.min(2)]);
-    ensure!(policy.nonce[..32] == NONCE_PREFIX[..], "the nonce does not start with the documented prefix");
+    ensure!(
+        report.starts_with(&[0xd2, 0x84]),
+        "the report starts {:02x?}, not a tagged COSE_Sign1",
+        &report[..len.min(2)]
+    );
+    ensure!(
+        policy.nonce[..32] == NONCE_PREFIX[..],
+        "the nonce does not start with the documented prefix"
+    );
     let mut needle = [0u8; 66];
     needle[..2].copy_from_slice(&[0x58, 0x40]);
     needle[2..].copy_from_slice(&policy.nonce);
-    ensure!(report.windows(66).any(|w| w == needle), "the report does not carry the nonce as a 64-byte bstr");
-    ensure!(policy.sealing == 3, "{} GUEST-SEALING lines, expected 3", policy.sealing);
+    ensure!(
+        report.windows(66).any(|w| w == needle),
+        "the report does not carry the nonce as a 64-byte bstr"
+    );
+    ensure!(
+        policy.sealing == 3,
+        "{} GUEST-SEALING lines, expected 3",
+        policy.sealing
+    );
     ATTESTED.store(true, Ordering::Release);
-    note!("attest report: {len} bytes, carries the nonce; verified on the build machine by `cargo xtask`");
+    note!(
+        "attest report: {len} bytes, carries the nonce; verified on the build machine by `cargo xtask`"
+    );
     Ok(())
 }
 
@@ -414,14 +544,23 @@ pub fn vb_attest(p: &Platform) -> Result<(), Msg> {
 /// value a host call returned to the VMM (every exit record of every VM).
 pub fn vb_no_leaks(p: &Platform) -> Result<(), Msg> {
     let count = match p.secrets {
-        Ok(0) => fail!("no {} on the command line: run through `cargo xtask`, which derives them", secrets::BOOTARG),
+        Ok(0) => fail!(
+            "no {} on the command line: run through `cargo xtask`, which derives them",
+            secrets::BOOTARG
+        ),
         Ok(n) => n,
         Err(e) => fail!("{}: {e}", secrets::BOOTARG),
     };
-    ensure!(ATTESTED.load(Ordering::Acquire), "vb-attest did not run the attest guest to the end");
+    ensure!(
+        ATTESTED.load(Ordering::Acquire),
+        "vb-attest did not run the attest guest to the end"
+    );
     let (registers, hit) = secrets::register_scan();
     if let Some((secret, register)) = hit {
-        fail!("{} was returned to the host in x{register} of a host call", secrets::name(secret));
+        fail!(
+            "{} was returned to the host in x{register} of a host call",
+            secrets::name(secret)
+        );
     }
     let start = arch::counter();
     let dt = Range {
@@ -432,7 +571,10 @@ pub fn vb_no_leaks(p: &Platform) -> Result<(), Msg> {
     ranges.subtract(&dt);
     let (mut scanned, mut nonzero) = (0, 0);
     for r in ranges.as_slice() {
-        let (start, end) = (r.start.next_multiple_of(arch::RAM_BLOCK), r.end & !(arch::RAM_BLOCK - 1));
+        let (start, end) = (
+            r.start.next_multiple_of(arch::RAM_BLOCK),
+            r.end & !(arch::RAM_BLOCK - 1),
+        );
         if start >= end {
             continue;
         }
@@ -440,7 +582,10 @@ pub fn vb_no_leaks(p: &Platform) -> Result<(), Msg> {
         nonzero += busy;
         scanned += end - start;
         if let Some((at, secret)) = found {
-            fail!("{} is in host RAM: 8 of its bytes at {at:#x}", secrets::name(secret));
+            fail!(
+                "{} is in host RAM: 8 of its bytes at {at:#x}",
+                secrets::name(secret)
+            );
         }
     }
     note!(
