@@ -5,8 +5,10 @@ use rampart_abi::guest::test_protocol::{
     DONE, FAIL, PASS, PROBE, RELINQUISHED, SHARED, SKIP, UNSHARED,
 };
 
-/// Longest line kept; longer ones are split.
-pub const MAX_LINE: usize = 512;
+/// Longest line kept; longer ones are split. Room for the attest guest's
+/// `GUEST-REPORT <hex>` line: a report of up to 512 bytes
+/// (`rampart_attest::MAX_REPORT_SIZE`) is 1024 hex digits.
+pub const MAX_LINE: usize = 2048;
 
 /// Assembles UART bytes into lines.
 #[derive(Default)]

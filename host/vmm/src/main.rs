@@ -90,6 +90,14 @@ enum Command {
         /// Print every exit to stderr.
         #[arg(long)]
         trace: bool,
+        /// Hold the VM once built (guest memory donated, nothing run yet)
+        /// until SIGUSR1; prints `holding, guest memory at A-B`.
+        #[arg(long)]
+        hold: bool,
+        /// Hold the VM after the first console line containing TEXT (the
+        /// vCPU that printed it waits) until SIGUSR1.
+        #[arg(long, value_name = "TEXT")]
+        hold_at: Option<String>,
     },
     /// List every live VM (VM_LIST) and the VMM that owns it.
     List,
@@ -106,6 +114,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    stats::mark_start();
     let cli = Cli::parse();
     signals::install_bus_error();
     let env = Env {
@@ -127,6 +136,8 @@ fn main() -> ExitCode {
             stage2_pages,
             stop_on_fault,
             trace,
+            hold,
+            hold_at,
         } => cmd_run(
             &env,
             &bundle,
@@ -141,6 +152,10 @@ fn main() -> ExitCode {
             Options {
                 stop_on_fault,
                 trace,
+            },
+            &Hold {
+                before_run: hold,
+                at_line: hold_at,
             },
         ),
         Command::List => cmd_list(&env).map(|()| ExitCode::SUCCESS),
@@ -191,6 +206,29 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// `run --hold` / `--hold-at`.
+struct Hold {
+    before_run: bool,
+    at_line: Option<String>,
+}
+
+/// Prints the holding line and waits for SIGUSR1; returns a termination
+/// signal that came instead.
+fn hold(name: &str, when: &str, ram: u64, size: u64) -> Option<i32> {
+    use std::io::Write;
+    println!(
+        "[{name}] rampart-vmm: holding {when}, guest memory at {ram:#x}-{:#x}; `kill -USR1 {}` to go on",
+        ram + size - 1,
+        std::process::id()
+    );
+    let _ = std::io::stdout().flush();
+    let r = signals::wait_continue(&signals::pending).err();
+    if r.is_none() {
+        println!("[{name}] rampart-vmm: going on");
+    }
+    r
+}
+
 #[allow(clippy::too_many_lines, reason = "the run, step by step")]
 fn cmd_run(
     env: &Env,
@@ -199,6 +237,7 @@ fn cmd_run(
     name: Option<String>,
     pool_offset: Option<u64>,
     options: Options,
+    holding: &Hold,
 ) -> Result<ExitCode> {
     // From here on the first SIGINT/SIGTERM is a request to stop cleanly.
     signals::install();
@@ -242,10 +281,26 @@ fn cmd_run(
         session.entry.channel_list(),
     );
 
-    let started = Instant::now();
     let counters = stats::Counters::default();
+    stats::Counters::reached(&counters.vm_ready_us);
+    let ram = place.ram(&plan);
+    let held_before = if holding.before_run {
+        hold(&name, "before the first run", ram, plan.memory_size)
+    } else {
+        None
+    };
+    let started = Instant::now();
     let signal = signals::pending;
-    let run = Run::new(&name, handle, &plan, &region, &counters, options, &signal);
+    let hold_at = |at: &str| hold(&name, &format!("at `{at}`"), ram, plan.memory_size);
+    let at_line = holding.at_line.as_deref().unwrap_or_default();
+    let hold_at_line = || hold_at(at_line);
+    let mut run = Run::new(&name, handle, &plan, &region, &counters, options, &signal);
+    if !at_line.is_empty() {
+        run = run.with_hold_at(at_line, &hold_at_line);
+    }
+    if let Some(sig) = held_before {
+        run.finish(Outcome::Interrupted(sig));
+    }
     let files = stats::Files::new(&env.state_dir);
     let report = |state: &str, result: &str, reclaimed: Option<u64>| {
         let header = stats::Header {

@@ -83,6 +83,11 @@ pub struct Run<'a> {
     finished_threads: AtomicUsize,
     /// Returns a pending termination signal, if any.
     pub signal: &'a (dyn Fn() -> Option<i32> + Sync),
+    /// `--hold-at TEXT`: after the first console line containing TEXT, the
+    /// vCPU that printed it calls the function before it runs on (it
+    /// returns a termination signal that arrived meanwhile, if any).
+    hold_at: Option<(&'a str, &'a (dyn Fn() -> Option<i32> + Sync))>,
+    held: AtomicBool,
 }
 
 impl<'a> Run<'a> {
@@ -110,7 +115,21 @@ impl<'a> Run<'a> {
             first_run_done: AtomicBool::new(false),
             finished_threads: AtomicUsize::new(0),
             signal,
+            hold_at: None,
+            held: AtomicBool::new(false),
         }
+    }
+
+    /// Holds the VM (`hold`) after the first console line containing
+    /// `text`, before the vCPU that printed it runs on.
+    #[must_use]
+    pub fn with_hold_at(
+        mut self,
+        text: &'a str,
+        hold: &'a (dyn Fn() -> Option<i32> + Sync),
+    ) -> Self {
+        self.hold_at = Some((text, hold));
+        self
     }
 
     /// Stops every vCPU thread at its next exit; the first outcome wins.
@@ -203,6 +222,13 @@ impl<'a> Run<'a> {
                 self.vmm_check(vcpu, r);
             }
             _ => {}
+        }
+        if let Some((want, hold)) = self.hold_at
+            && text.contains(want)
+            && !self.held.swap(true, Ordering::AcqRel)
+            && let Some(sig) = hold()
+        {
+            self.finish(Outcome::Interrupted(sig));
         }
     }
 
@@ -359,6 +385,7 @@ impl<'a> Run<'a> {
             if vcpu == 0 {
                 self.first_run_done.store(true, Ordering::Release);
             }
+            Counters::reached(&self.counters.first_exit_us);
             self.counters.exit(vcpu, r[1]);
             let reason = ExitReason::try_from(r[1]);
             if self.options.trace {
@@ -382,6 +409,7 @@ impl<'a> Run<'a> {
                     let (address, flags, value) = (r[2], r[3], r[4]);
                     let write = flags & mmio::WRITE != 0;
                     if address == GUEST_UART_BASE + layout::UART_DR && write {
+                        Counters::reached(&self.counters.first_output_us);
                         if let Some(line) = console.push(value as u8) {
                             self.line(vcpu, &line);
                         }
@@ -528,6 +556,77 @@ mod tests {
             runs.iter()
                 .all(|r| r[1] == 0x1_0000_1000 && r[3] == 0 && r[2] < 2)
         );
+    }
+
+    #[test]
+    fn holds_once_at_the_first_matching_line() {
+        let (p, region) = setup(1);
+        let mut script = print("memtest: pass 1 of 4 done\nmemtest: pass 2 of 4 done\n");
+        script.push(Step::Exit(ExitReason::SystemOff, [0; 3]));
+        let fake = Fake::with_scripts(vec![script]);
+        let counters = Counters::default();
+        let holds = AtomicUsize::new(0);
+        let hold = || {
+            holds.fetch_add(1, Ordering::Relaxed);
+            None
+        };
+        let run = Run::new(
+            "t",
+            1,
+            &p,
+            &region,
+            &counters,
+            Options::default(),
+            &no_signal,
+        )
+        .with_hold_at("pass ", &hold);
+        run_all(&run, &fake, 1);
+        assert_eq!(run.outcome(), Some(Outcome::SystemOff));
+        assert_eq!(holds.load(Ordering::Relaxed), 1);
+
+        // A termination signal during the hold stops the VM there.
+        let fake = Fake::with_scripts(vec![print("pass 1\nmore\n")]);
+        let hold = || Some(15);
+        let run = Run::new(
+            "t",
+            1,
+            &p,
+            &region,
+            &counters,
+            Options::default(),
+            &no_signal,
+        )
+        .with_hold_at("pass 1", &hold);
+        run_all(&run, &fake, 1);
+        assert_eq!(run.outcome(), Some(Outcome::Interrupted(15)));
+        assert_eq!(
+            run.tally.lock().unwrap().lines,
+            1,
+            "nothing ran after the hold"
+        );
+    }
+
+    #[test]
+    fn records_the_first_exit_and_console_output() {
+        let (p, region) = setup(1);
+        let mut script = vec![Step::Exit(ExitReason::Interrupt, [0; 3])];
+        script.extend(print("x\n"));
+        script.push(Step::Exit(ExitReason::SystemOff, [0; 3]));
+        let fake = Fake::with_scripts(vec![script]);
+        let counters = Counters::default();
+        let run = Run::new(
+            "t",
+            1,
+            &p,
+            &region,
+            &counters,
+            Options::default(),
+            &no_signal,
+        );
+        run_all(&run, &fake, 1);
+        let exit = counters.first_exit_us.load(Ordering::Relaxed);
+        let output = counters.first_output_us.load(Ordering::Relaxed);
+        assert!(exit > 0 && output >= exit, "{exit} {output}");
     }
 
     #[test]

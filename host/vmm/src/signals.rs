@@ -2,10 +2,18 @@
 //! threads stop at their next exit, the VM is destroyed, its pages come
 //! back); the handler then restores the default action, so a second one
 //! kills the process at once (and `rampart-vmm reclaim` cleans up).
+//!
+//! SIGUSR1 ends a hold (`run --hold`, `--hold-at`): [`wait_continue`].
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::Duration;
 
 static PENDING: AtomicI32 = AtomicI32::new(0);
+static CONTINUE: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn continue_handler(_: libc::c_int) {
+    CONTINUE.store(true, Ordering::Release);
+}
 
 extern "C" fn handler(signal: libc::c_int) {
     PENDING.store(signal, Ordering::Release);
@@ -27,6 +35,32 @@ pub fn install() {
             action.sa_flags = libc::SA_RESTART;
             libc::sigaction(signal, &raw const action, std::ptr::null_mut());
         }
+    }
+    // SAFETY: as above; the handler only stores an atomic.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = continue_handler as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::sigemptyset(&raw mut action.sa_mask);
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigaction(libc::SIGUSR1, &raw const action, std::ptr::null_mut());
+    }
+}
+
+/// Waits until SIGUSR1 arrives (`Ok`) or `stop()` reports a termination
+/// signal (`Err(signal)`). Each call waits for a new SIGUSR1.
+///
+/// # Errors
+///
+/// The termination signal that ended the wait.
+pub fn wait_continue(stop: &dyn Fn() -> Option<i32>) -> Result<(), i32> {
+    loop {
+        if CONTINUE.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        if let Some(signal) = stop() {
+            return Err(signal);
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

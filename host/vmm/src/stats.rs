@@ -10,7 +10,9 @@
 //! last run's.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use rampart_abi::host::{ExitReason, MAX_VCPUS};
@@ -21,6 +23,22 @@ const _: () = assert!(VCPUS as u64 == MAX_VCPUS);
 const REASONS: usize = 8;
 /// vCPUs counted (`rampart_abi::host::MAX_VCPUS`).
 const VCPUS: usize = 8;
+
+static START: OnceLock<Instant> = OnceLock::new();
+
+/// Notes when the process started (the first call wins); `main` calls it
+/// first thing, so launch times count from the command's start.
+pub fn mark_start() -> Instant {
+    *START.get_or_init(Instant::now)
+}
+
+/// Microseconds since [`mark_start`] (at least 1, so 0 can mean "not yet").
+#[must_use]
+pub fn since_start_us() -> u64 {
+    u64::try_from(mark_start().elapsed().as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
 
 /// Counters the vCPU threads bump.
 pub struct Counters {
@@ -33,6 +51,14 @@ pub struct Counters {
     pub shared_pages: AtomicU64,
     /// Pages the guest announced relinquishing (`GUEST-RELINQUISHED`).
     pub relinquished_pages: AtomicU64,
+    /// Launch milestones, µs after the process started (0 = not reached):
+    /// the VM built and signed (before the first `VCPU_RUN`).
+    pub vm_ready_us: AtomicU64,
+    /// The first `VCPU_RUN` the hypervisor accepted returned (it measured
+    /// the VM and checked the signature).
+    pub first_exit_us: AtomicU64,
+    /// The guest's first console byte.
+    pub first_output_us: AtomicU64,
 }
 
 impl Default for Counters {
@@ -43,6 +69,9 @@ impl Default for Counters {
             memory_faults: AtomicU64::new(0),
             shared_pages: AtomicU64::new(0),
             relinquished_pages: AtomicU64::new(0),
+            vm_ready_us: AtomicU64::new(0),
+            first_exit_us: AtomicU64::new(0),
+            first_output_us: AtomicU64::new(0),
         }
     }
 }
@@ -57,6 +86,12 @@ impl Counters {
         if let Some(row) = self.exits.get(vcpu) {
             row[r].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Records `milestone` now, if it was not reached before.
+    pub fn reached(milestone: &AtomicU64) {
+        let _ =
+            milestone.compare_exchange(0, since_start_us(), Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// Exits of `vcpu` with reason index `r`.
@@ -160,6 +195,26 @@ pub fn render(h: &Header<'_>, c: &Counters, reclaimed: Option<u64>) -> String {
         }
     }
     put("exits total", total.to_string());
+    let mmio: u64 = (0..h.vcpus).map(|v| c.exits(v, 1)).sum();
+    if let (Some(all), Some(mmio)) = (
+        (u128::from(total) * 1000).checked_div(h.wall_ms),
+        (u128::from(mmio) * 1000).checked_div(h.wall_ms),
+    ) {
+        put("exits per second", format!("{all} (EXIT_MMIO: {mmio})"));
+    }
+    let ms = |m: &AtomicU64| match m.load(Ordering::Acquire) {
+        0 => "-".to_string(),
+        us => format!("{}.{:03} ms", us / 1000, us % 1000),
+    };
+    put(
+        "launch",
+        format!(
+            "VM ready {}, first exit {}, first console output {} (after the VMM started)",
+            ms(&c.vm_ready_us),
+            ms(&c.first_exit_us),
+            ms(&c.first_output_us)
+        ),
+    );
     put(
         "unhandled MMIO accesses",
         c.unhandled_mmio.load(Ordering::Relaxed).to_string(),
@@ -302,6 +357,19 @@ mod tests {
         assert!(text.contains("pages reclaimed: 286"), "{text}");
         assert!(text.contains("wall time: 1.234 s"), "{text}");
         assert!(text.contains("exits EXIT_WAIT: 0"), "{text}");
+        assert!(
+            text.contains("exits per second: 3 (EXIT_MMIO: 1)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("launch: VM ready -, first exit -, first console output -"),
+            "{text}"
+        );
+        c.first_output_us.store(12_345, Ordering::Relaxed);
+        Counters::reached(&c.first_output_us);
+        assert_eq!(c.first_output_us.load(Ordering::Relaxed), 12_345);
+        let text = render(&header("system off"), &c, None);
+        assert!(text.contains("first console output 12.345 ms"), "{text}");
     }
 
     #[test]
