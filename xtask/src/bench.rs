@@ -57,6 +57,9 @@ pub enum Which {
     Vm,
     /// Both `ownership` and `vm`.
     Hyp,
+    /// rampart-vmm under the Linux host: guest exits per second and VM
+    /// launch latency (`linux_vmm::bench`).
+    Vmm,
 }
 
 /// Runs a benchmark.
@@ -66,6 +69,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Which::Ownership => hyp::run(args, true, false),
         Which::Vm => hyp::run(args, false, true),
         Which::Hyp => hyp::run(args, true, true),
+        Which::Vmm => crate::linux_vmm::bench(
+            args.smp,
+            args.mem.as_deref().unwrap_or("1G"),
+            args.rounds.unwrap_or(5),
+            Duration::from_secs(args.timeout.max(300)),
+        ),
     }
 }
 

@@ -38,6 +38,10 @@ pub const REPORT_PREFIX: &str = "RAMPART-INIT: ";
 )]
 pub const DEVMEM_FLAG: &str = "rinit.devmem=1";
 
+/// Kernel command-line flag that makes `/init` skip its `/proc/iomem`
+/// report (`reserved` and `iomem` lines), for runs that do not read it.
+pub const BRIEF_FLAG: &str = "rinit.brief=1";
+
 /// The `/init` script.
 const INIT_SCRIPT: &str = include_str!("linux/init.sh");
 
@@ -369,7 +373,7 @@ fn build_initramfs(
 ) -> Result<PathBuf> {
     let mut a = cpio::Newc::new();
     for d in [
-        "bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "etc", "root",
+        "bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "etc", "root", "run",
     ] {
         a.dir(d)?;
     }

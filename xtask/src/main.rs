@@ -11,6 +11,7 @@ mod attest;
 mod bench;
 mod guests;
 mod linux;
+mod linux_vmm;
 mod prereq;
 mod qemu;
 mod suite;
@@ -81,15 +82,16 @@ fn run(args: &RunArgs) -> Result<()> {
     prereq::ensure(&[&prereq::QEMU])?;
     let machine = match args.host {
         Host::Testhost => suite::testhost_machine(args.smp, &args.mem, &args.cpu)?,
-        Host::Linux => suite::linux_machine(args.smp, &args.mem, &args.cpu, "")?,
+        Host::Linux => linux_vmm::demo_machine(args.smp, &args.mem, &args.cpu)?,
     };
     eprintln!("xtask: {}", machine.command_line());
     let run = machine.run(Duration::from_secs(args.timeout), None, true)?;
     if run.timed_out {
         bail!("QEMU did not finish within {} s", args.timeout);
     }
-    if args.host == Host::Testhost {
-        suite::after_demo(&run)?;
+    match args.host {
+        Host::Testhost => suite::after_demo(&run)?,
+        Host::Linux => linux_vmm::after_demo(&run)?,
     }
     match run.exit_code {
         Some(0) => Ok(()),

@@ -160,6 +160,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
             case(format!("linux/smp{smp}"), &|| linux_case(smp));
         }
     }
+    crate::linux_vmm::cases(args, &mut case);
 
     let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.result.is_err()).collect();
     eprintln!("\nsummary ({:.0}s):", start.elapsed().as_secs_f64());

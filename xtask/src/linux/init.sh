@@ -10,6 +10,9 @@
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sysfs /sys
 /bin/busybox mount -t devtmpfs devtmpfs /dev
+# A writable /run (rampart-vmm keeps its pool table and statistics there).
+/bin/busybox mkdir -p /run
+/bin/busybox mount -t tmpfs -o mode=0755 tmpfs /run
 /bin/busybox --install -s
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 
@@ -27,10 +30,16 @@ done
 say "cpus-online=$n"
 say "cpus-online-list=$online"
 
+# rinit.brief=1 (the rampart-vmm demo and checks) skips the memory map.
+case " $(cat /proc/cmdline) " in
+*" rinit.brief=1 "*) brief=1 ;;
+*) brief= ;;
+esac
+
 # /proc/iomem: first every reserved range (at any nesting depth) as
 # "reserved <start>-<end> <name>", then the raw file line by line, indentation
 # kept, as "iomem <line>".
-while IFS= read -r line; do
+[ -z "$brief" ] && while IFS= read -r line; do
 	range=${line%% : *}
 	range=${range##* }
 	name=${line#* : }
@@ -38,7 +47,7 @@ while IFS= read -r line; do
 	*[Rr]eserved*) say "reserved $range $name" ;;
 	esac
 done </proc/iomem
-while IFS= read -r line; do
+[ -z "$brief" ] && while IFS= read -r line; do
 	say "iomem $line"
 done </proc/iomem
 

@@ -1,0 +1,616 @@
+//! `rampart-vmm` under the stock Linux host: Debian's unmodified arm64
+//! kernel runs under Rampart with a guest pool (`rampart.pool=`), and the
+//! user-space VMM (`host/vmm`, a static musl binary) launches the signed
+//! test guests through the control pages (`docs/abi.md`).
+//!
+//! - [`demo_machine`]: `cargo xtask run --host linux` — `/init` runs the
+//!   `hello` and `attest` bundles and prints the VMM's statistics
+//!   (`linux_vmm/demo.sh`); [`after_demo`] verifies the attest guest's
+//!   report on the build machine.
+//! - [`cases`]: `cargo xtask test` — one boot per host CPU count runs every
+//!   check of `linux_vmm/checks.sh`, which prints
+//!   `RAMPART-VMM-TEST: <check> PASS|FAIL <detail>`; each check is its own
+//!   case, sharing the boot.
+//! - [`bench`]: `cargo xtask bench vmm` — exit rate and launch latency from
+//!   the VMM's statistics.
+//!
+//! The initramfs holds `/bin/rampart-vmm` (release, stripped) and
+//! `/guests/<name>.bundle`, the bundles `guests::guests()` signs with the
+//! development key (`keys/`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::qemu::{HOST_LOAD_ADDRESS, Machine, Run};
+use crate::{artifacts, linux, prereq};
+
+/// The guest pool the hypervisor reserves, in MiB (`rampart.pool=`).
+pub const POOL_MIB: u32 = 64;
+/// The target `rampart-vmm` is built for.
+pub const VMM_TARGET: &str = "aarch64-unknown-linux-musl";
+/// The prefix of the checks' result lines.
+pub const TEST_PREFIX: &str = "RAMPART-VMM-TEST: ";
+
+/// Guests packed into the initramfs (those whose bundle exists).
+const BUNDLES: [&str; 5] = ["hello", "memtest", "smp", "attest", "hello.untrusted"];
+
+const CHECKS_SCRIPT: &str = include_str!("linux_vmm/checks.sh");
+const DEMO_SCRIPT: &str = include_str!("linux_vmm/demo.sh");
+
+/// One boot's time limit (a boot runs several checks).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(150);
+
+static VMM: OnceLock<PathBuf> = OnceLock::new();
+
+/// Builds `rampart-vmm` for [`VMM_TARGET`] in release mode and strips it
+/// into `build/linux/rampart-vmm` (once per xtask run).
+pub fn vmm_binary() -> Result<PathBuf> {
+    if let Some(path) = VMM.get() {
+        return Ok(path.clone());
+    }
+    let root = artifacts::root();
+    let status = Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "rampart-vmm",
+            "--target",
+            VMM_TARGET,
+        ])
+        .status()
+        .context("building rampart-vmm")?;
+    if !status.success() {
+        bail!("building rampart-vmm for {VMM_TARGET} failed");
+    }
+    let elf = root
+        .join("target")
+        .join(VMM_TARGET)
+        .join("release/rampart-vmm");
+    let dir = artifacts::build_dir().join("linux");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let out = dir.join("rampart-vmm");
+    let status = Command::new(artifacts::objcopy()?)
+        .arg("--strip-all")
+        .arg(&elf)
+        .arg(&out)
+        .status()
+        .context("running llvm-objcopy --strip-all")?;
+    if !status.success() {
+        bail!("llvm-objcopy --strip-all failed on {}", elf.display());
+    }
+    Ok(VMM.get_or_init(|| out).clone())
+}
+
+/// The signed bundles to pack: `(file, name)`. Builds and signs the test
+/// guests first.
+fn bundles() -> Result<Vec<(PathBuf, &'static str)>> {
+    crate::guests::guests()?;
+    let dir = artifacts::build_dir().join("guests");
+    let found: Vec<_> = BUNDLES
+        .into_iter()
+        .map(|name| (dir.join(format!("{name}.bundle")), name))
+        .filter(|(path, _)| path.is_file())
+        .collect();
+    for need in ["hello", "memtest", "smp"] {
+        if !found.iter().any(|(_, name)| *name == need) {
+            bail!("no signed bundle build/guests/{need}.bundle (guests::guests() signs them)");
+        }
+    }
+    Ok(found)
+}
+
+/// Rampart with a guest pool and Debian's kernel, whose `/init` sources
+/// `script` with `/bin/rampart-vmm` and `/guests/*.bundle` in place.
+pub fn machine(smp: u32, mem: &str, cpu: &str, script: &str) -> Result<Machine> {
+    prereq::ensure(&[&prereq::CPIO])?;
+    let hyp = artifacts::hypervisor()?;
+    let vmm = vmm_binary()?;
+    let bundles = bundles()?;
+    let paths: Vec<String> = bundles
+        .iter()
+        .map(|(_, name)| format!("guests/{name}.bundle"))
+        .collect();
+    let mut files: Vec<(PathBuf, &str)> = vec![(vmm, "bin/rampart-vmm")];
+    files.extend(
+        bundles
+            .iter()
+            .zip(&paths)
+            .map(|((src, _), path)| (src.clone(), path.as_str())),
+    );
+    let host = linux::prepare_with(&files, script)?;
+    let mut m = Machine::new(hyp);
+    m.smp = smp;
+    m.mem = mem.into();
+    m.cpu = cpu.into();
+    m.loaders.push((host.kernel, HOST_LOAD_ADDRESS));
+    m.initrd = Some(host.initramfs);
+    m.append = format!(
+        "rampart.host={HOST_LOAD_ADDRESS:#x} rampart.pool={POOL_MIB} -- console=ttyAMA0 earlycon panic=-1 {}",
+        linux::BRIEF_FLAG
+    );
+    Ok(m)
+}
+
+/// The machine of `cargo xtask run --host linux`.
+pub fn demo_machine(smp: u32, mem: &str, cpu: &str) -> Result<Machine> {
+    machine(smp, mem, cpu, DEMO_SCRIPT)
+}
+
+/// After the demo: the guests' results, and the attest guest's report
+/// verified on the build machine.
+pub fn after_demo(run: &Run) -> Result<()> {
+    let statuses: Vec<&str> = run
+        .console
+        .lines()
+        .filter_map(|l| {
+            l.split_once("RAMPART-INIT: rampart-vmm run ")
+                .map(|(_, s)| s)
+        })
+        .collect();
+    if statuses.is_empty() {
+        bail!(run.failure("/init ran no rampart-vmm"));
+    }
+    for s in &statuses {
+        println!("xtask: rampart-vmm run {s}");
+    }
+    if statuses.iter().any(|s| !s.ends_with("exit status 0")) {
+        bail!("a guest did not exit 0");
+    }
+    if run.console.contains("[attest] GUEST-REPORT ") {
+        println!("xtask: {}", verify_attest_report(&run.console)?);
+    }
+    Ok(())
+}
+
+/// Checks the attest guest's `GUEST-REPORT` against the development
+/// device secret's attestation key, the attest bundle's signed measurement
+/// and the nonce the guest printed.
+fn verify_attest_report(console: &str) -> Result<String> {
+    let log = crate::attest::parse_log(console);
+    let report = log.report.context("no GUEST-REPORT line")?;
+    let nonce = log.nonce.context("no GUEST-NONCE line")?;
+    let report = crate::attest::parse_hex(&report).context("GUEST-REPORT")?;
+    let nonce = crate::attest::parse_hex(&nonce).context("GUEST-NONCE")?;
+    let key = crate::attest::attestation_public_key()?;
+    let measurement = crate::guests::measurement("attest")?;
+    let verified = rampart_attest::verify_report(&report, &key, Some(&measurement.0), &nonce)
+        .map_err(|e| anyhow!("the attest guest's report does not verify: {e}"))?;
+    Ok(format!(
+        "the attest guest's report ({} bytes) verifies: attestation key {}, measurement {}, protected {}",
+        report.len(),
+        crate::attest::hex(&key),
+        crate::attest::hex(&verified.measurement.0),
+        verified.flags.protected
+    ))
+}
+
+// ---------------------------------------------------------------------------
+// Tests.
+
+/// Checks run with each host CPU count.
+const PLAN: [(u32, &[&str]); 2] = [
+    (1, &["guest-hello", "guest-smp", "guest-memtest"]),
+    (
+        4,
+        &[
+            "guest-hello",
+            "guest-smp",
+            "guest-memtest",
+            "four-vms",
+            "devmem-sigbus",
+            "kill9-reclaim",
+            "tampered-bundle",
+            "untrusted-signer",
+        ],
+    ),
+];
+
+/// `cargo xtask test`'s `case`: registers a named case.
+pub type CaseFn<'a> = dyn FnMut(String, &dyn Fn() -> Result<String>) + 'a;
+
+/// A boot's outcome, shared by its checks.
+type Boot = Arc<Result<Run, String>>;
+
+static BOOTS: Mutex<BTreeMap<u32, Boot>> = Mutex::new(BTreeMap::new());
+
+/// The case name of `check` with `smp` host CPUs.
+fn case_name(smp: u32, check: &str) -> String {
+    format!("linux-vmm/smp{smp}/{check}")
+}
+
+/// Registers the rampart-vmm cases with `cargo xtask test`'s `case`
+/// (skipped with `--no-linux`; `--only` picks checks, and a boot runs only
+/// the checks picked).
+pub fn cases(args: &crate::suite::TestArgs, case: &mut CaseFn<'_>) {
+    if args.no_linux {
+        return;
+    }
+    let picked = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
+    for (smp, checks) in PLAN {
+        let chosen: Vec<&str> = checks
+            .iter()
+            .copied()
+            .filter(|c| picked(&case_name(smp, c)))
+            .collect();
+        if chosen.is_empty() && !picked(&case_name(smp, "power-off")) {
+            continue;
+        }
+        for check in &chosen {
+            let chosen = chosen.clone();
+            case(case_name(smp, check), &move || {
+                check_case(smp, &chosen, check)
+            });
+        }
+        case(case_name(smp, "power-off"), &|| {
+            let boot = boot(smp, &chosen)?;
+            let run = boot.as_ref().as_ref().map_err(|e| anyhow!("{e}"))?;
+            power_off_case(run, smp)
+        });
+    }
+}
+
+/// Boots once per CPU count with `checks` (later calls reuse the run).
+fn boot(smp: u32, checks: &[&str]) -> Result<Boot> {
+    let mut boots = BOOTS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(b) = boots.get(&smp) {
+        return Ok(b.clone());
+    }
+    let script = format!(
+        "CHECKS=\"{}\"\nPHASE=smp{smp}\n{CHECKS_SCRIPT}",
+        checks.join(" ")
+    );
+    let m = machine(smp, "1G", "max", &script)?;
+    let run = m
+        .run(BOOT_TIMEOUT, None, false)
+        .map_err(|e| format!("{e:#}"));
+    if let Ok(run) = &run {
+        // The whole console, for failures whose tail is not enough.
+        let log = artifacts::build_dir()
+            .join("linux")
+            .join(format!("vmm-checks-smp{smp}.log"));
+        let _ = std::fs::write(&log, &run.console);
+    }
+    let b = Arc::new(run);
+    boots.insert(smp, b.clone());
+    Ok(b)
+}
+
+fn check_case(smp: u32, checks: &[&str], check: &str) -> Result<String> {
+    let boot = boot(smp, checks)?;
+    let run = boot.as_ref().as_ref().map_err(|e| anyhow!("{e}"))?;
+    let results = parse_checks(&run.console);
+    match results.get(check) {
+        Some(r) if r.passed => Ok(r.detail.clone()),
+        Some(r) => bail!(run.failure(&format!(
+            "{check}: {}\n  its log (the whole console: build/linux/vmm-checks-smp{smp}.log):\n{}",
+            r.detail,
+            indent_tail(&r.log, 40)
+        ))),
+        None if run.timed_out => bail!(run.failure(&format!("{check}: no result, timed out"))),
+        None => bail!(run.failure(&format!("{check}: no result on the console"))),
+    }
+}
+
+/// The boot as a whole: every check reported, `/init` finished, clean
+/// power-off.
+fn power_off_case(run: &Run, smp: u32) -> Result<String> {
+    if run.timed_out {
+        bail!(run.failure("timed out"));
+    }
+    let report = linux::parse_report(&run.console);
+    if report.cpus_online != Some(smp) {
+        bail!(run.failure(&format!("{:?} CPUs online, want {smp}", report.cpus_online)));
+    }
+    if !run
+        .console
+        .contains(&format!("{TEST_PREFIX}finished smp{smp}"))
+        || !report.done
+    {
+        bail!(run.failure("/init did not finish the checks"));
+    }
+    if run.exit_code != Some(0) {
+        bail!(run.failure("QEMU did not power off cleanly"));
+    }
+    let at = run
+        .time_of(linux::INIT_MARKER)
+        .map_or(0.0, |t| t.as_secs_f64());
+    Ok(format!(
+        "{smp} CPUs, /init at {at:.1}s, checks done and powered off at {:.1}s",
+        run.elapsed.as_secs_f64()
+    ))
+}
+
+/// One check's result.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CheckResult {
+    /// PASS.
+    pub passed: bool,
+    /// What the result line says after PASS/FAIL.
+    pub detail: String,
+    /// Console lines from the check's `begin` to its result.
+    pub log: Vec<String>,
+}
+
+/// Parses the checks' lines (`RAMPART-VMM-TEST: begin <name>`,
+/// `RAMPART-VMM-TEST: <name> PASS|FAIL <detail>`).
+pub fn parse_checks(console: &str) -> BTreeMap<String, CheckResult> {
+    let mut out = BTreeMap::new();
+    let mut current: Option<(String, Vec<String>)> = None;
+    for line in console.lines() {
+        let Some(at) = line.find(TEST_PREFIX) else {
+            if let Some((_, log)) = &mut current {
+                log.push(line.to_string());
+            }
+            continue;
+        };
+        let msg = line[at + TEST_PREFIX.len()..].trim();
+        if let Some(name) = msg.strip_prefix("begin ") {
+            current = Some((name.trim().to_string(), Vec::new()));
+            continue;
+        }
+        let mut words = msg.splitn(3, ' ');
+        let (Some(name), Some(verdict)) = (words.next(), words.next()) else {
+            continue;
+        };
+        if verdict != "PASS" && verdict != "FAIL" {
+            continue;
+        }
+        let log = match current.take() {
+            Some((n, log)) if n == name => log,
+            other => {
+                current = other;
+                Vec::new()
+            }
+        };
+        out.insert(
+            name.to_string(),
+            CheckResult {
+                passed: verdict == "PASS",
+                detail: words.next().unwrap_or("").trim().to_string(),
+                log,
+            },
+        );
+    }
+    out
+}
+
+fn indent_tail(lines: &[String], n: usize) -> String {
+    let from = lines.len().saturating_sub(n);
+    lines[from..]
+        .iter()
+        .map(|l| format!("    > {l}\n"))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Benchmarks.
+
+/// `cargo xtask bench vmm`: boots once and runs `hello` and `memtest`
+/// `rounds` times each; reports the VMM's exit rates and launch times.
+pub fn bench(smp: u32, mem: &str, rounds: u32, timeout: Duration) -> Result<()> {
+    let script = format!("CHECKS=bench\nPHASE=bench\nROUNDS={rounds}\n{CHECKS_SCRIPT}");
+    let m = machine(smp, mem, "max", &script)?;
+    eprintln!("xtask: {}", m.command_line());
+    let run = m.run(timeout, None, false)?;
+    let results = parse_checks(&run.console);
+    match results.get("bench") {
+        Some(r) if r.passed => {}
+        Some(r) => bail!(run.failure(&format!("bench: {}", r.detail))),
+        None => bail!(run.failure("bench: no result")),
+    }
+    let samples = parse_bench(&run.console);
+    println!("{}", bench_table(&samples, smp, mem, rounds));
+    Ok(())
+}
+
+/// One VMM run's figures, from its `[name] stats: ...` lines.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct BenchSample {
+    /// The guest (`hello`, `memtest`).
+    pub guest: String,
+    /// Wall time from the VM's first run to its end, ms.
+    pub wall_ms: f64,
+    /// Exits in total and MMIO exits.
+    pub exits: u64,
+    /// MMIO exits.
+    pub mmio: u64,
+    /// Launch milestones after the VMM started, ms.
+    pub vm_ready_ms: f64,
+    /// The first `VCPU_RUN` returned.
+    pub first_exit_ms: f64,
+    /// The guest's first console byte.
+    pub first_output_ms: f64,
+}
+
+/// Parses the bench runs (`[bench<r>-<guest>] stats: ...`).
+pub fn parse_bench(console: &str) -> Vec<BenchSample> {
+    let mut out: Vec<(String, BenchSample)> = Vec::new();
+    for line in console.lines() {
+        let Some((head, rest)) = line.split_once("] stats: ") else {
+            continue;
+        };
+        let Some(name) = head.rsplit('[').next().filter(|n| n.starts_with("bench")) else {
+            continue;
+        };
+        if out.last().is_none_or(|(n, _)| n != name) {
+            let guest = name.split_once('-').map_or(name, |(_, g)| g).to_string();
+            out.push((
+                name.to_string(),
+                BenchSample {
+                    guest,
+                    ..BenchSample::default()
+                },
+            ));
+        }
+        let s = &mut out.last_mut().expect("pushed").1;
+        let ms = |t: &str| -> f64 {
+            t.trim()
+                .trim_end_matches(" ms")
+                .trim_end_matches(" s")
+                .parse()
+                .unwrap_or(0.0)
+        };
+        if let Some(v) = rest.strip_prefix("wall time: ") {
+            s.wall_ms = ms(v) * 1000.0;
+        } else if let Some(v) = rest.strip_prefix("exits total: ") {
+            s.exits = v.trim().parse().unwrap_or(0);
+        } else if let Some(v) = rest.strip_prefix("exits EXIT_MMIO: ") {
+            s.mmio = v
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+        } else if let Some(v) = rest.strip_prefix("launch: ") {
+            // "VM ready X ms, first exit Y ms, first console output Z ms (...)"
+            for part in v.split(", ") {
+                let value = |p: &str| ms(p.split(" ms").next().unwrap_or(""));
+                if let Some(x) = part.strip_prefix("VM ready ") {
+                    s.vm_ready_ms = value(x);
+                } else if let Some(x) = part.strip_prefix("first exit ") {
+                    s.first_exit_ms = value(x);
+                } else if let Some(x) = part.strip_prefix("first console output ") {
+                    s.first_output_ms = value(x);
+                }
+            }
+        }
+    }
+    out.into_iter().map(|(_, s)| s).collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The figures as docs/perf.md shows them.
+pub fn bench_table(samples: &[BenchSample], smp: u32, mem: &str, rounds: u32) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "rampart-vmm under Debian's kernel under Rampart: {smp} host CPUs, {mem}, {rounds} rounds"
+    );
+    let _ = writeln!(
+        s,
+        "guest     run  wall ms   exits  MMIO exits  exits/s  MMIO/s   VM ready ms  first exit ms  first output ms"
+    );
+    for (i, x) in samples.iter().enumerate() {
+        let rate = |n: u64| {
+            if x.wall_ms > 0.0 {
+                n as f64 * 1000.0 / x.wall_ms
+            } else {
+                0.0
+            }
+        };
+        let _ = writeln!(
+            s,
+            "{:<9} {:>3}  {:>7.1}  {:>6}  {:>10}  {:>7.0}  {:>6.0}  {:>12.2}  {:>13.2}  {:>15.2}",
+            x.guest,
+            i / 2 + 1,
+            x.wall_ms,
+            x.exits,
+            x.mmio,
+            rate(x.exits),
+            rate(x.mmio),
+            x.vm_ready_ms,
+            x.first_exit_ms,
+            x.first_output_ms
+        );
+    }
+    let _ = writeln!(s, "\nmedians:");
+    for guest in ["hello", "memtest"] {
+        let of: Vec<&BenchSample> = samples.iter().filter(|x| x.guest == guest).collect();
+        if of.is_empty() {
+            continue;
+        }
+        let m = |f: &dyn Fn(&BenchSample) -> f64| median(of.iter().map(|x| f(x)).collect());
+        let _ = writeln!(
+            s,
+            "  {guest:<8} MMIO exits/s {:>7.0}  (exits/s {:>7.0});  launch: VM ready {:.2} ms, first exit {:.2} ms, first console output {:.2} ms",
+            m(&|x| x.mmio as f64 * 1000.0 / x.wall_ms.max(1e-9)),
+            m(&|x| x.exits as f64 * 1000.0 / x.wall_ms.max(1e-9)),
+            m(&|x| x.vm_ready_ms),
+            m(&|x| x.first_exit_ms),
+            m(&|x| x.first_output_ms),
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_check_results_with_their_logs() {
+        let console = "\
+[  1.0] boot
+RAMPART-VMM-TEST: begin guest-hello
+[hello] Hello
+RAMPART-VMM-TEST: guest-hello PASS host CPUs 0-3: GUEST-DONE 5 passed, 0 failed
+RAMPART-VMM-TEST: begin tampered-bundle
+rampart-vmm: the hypervisor refused /tmp/t.bundle: BAD_SIGNATURE: x
+RAMPART-VMM-TEST: tampered-bundle FAIL exit status 1, want 2
+RAMPART-VMM-TEST: begin kill9-reclaim
+[killed] memtest
+";
+        let r = parse_checks(console);
+        assert_eq!(r.len(), 2);
+        let hello = &r["guest-hello"];
+        assert!(hello.passed);
+        assert_eq!(hello.detail, "host CPUs 0-3: GUEST-DONE 5 passed, 0 failed");
+        assert_eq!(hello.log, vec!["[hello] Hello".to_string()]);
+        let t = &r["tampered-bundle"];
+        assert!(!t.passed);
+        assert_eq!(t.detail, "exit status 1, want 2");
+        assert_eq!(t.log.len(), 1);
+        assert!(!r.contains_key("kill9-reclaim"));
+    }
+
+    #[test]
+    fn parses_bench_stats() {
+        let console = "\
+[bench1-hello] stats: wall time: 0.250 s
+[bench1-hello] stats: exits EXIT_MMIO: 500
+[bench1-hello] stats: exits total: 510
+[bench1-hello] stats: launch: VM ready 12.500 ms, first exit 20.000 ms, first console output 21.250 ms (after the VMM started)
+[bench1-memtest] stats: wall time: 1.000 s
+[bench1-memtest] stats: exits EXIT_MMIO: 2000
+[bench1-memtest] stats: exits total: 2001
+[bench1-memtest] stats: launch: VM ready -, first exit -, first console output - (after the VMM started)
+";
+        let s = parse_bench(console);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].guest, "hello");
+        assert!((s[0].wall_ms - 250.0).abs() < 1e-9);
+        assert_eq!((s[0].exits, s[0].mmio), (510, 500));
+        assert!((s[0].vm_ready_ms - 12.5).abs() < 1e-9);
+        assert!((s[0].first_exit_ms - 20.0).abs() < 1e-9);
+        assert!((s[0].first_output_ms - 21.25).abs() < 1e-9);
+        assert_eq!(s[1].guest, "memtest");
+        assert_eq!(s[1].mmio, 2000);
+        assert!(s[1].first_output_ms.abs() < 1e-9);
+        let table = bench_table(&s, 2, "1G", 1);
+        assert!(table.contains("MMIO exits/s    2000"), "{table}");
+    }
+
+    #[test]
+    fn every_check_has_a_handler_in_the_script() {
+        for (_, checks) in PLAN {
+            for c in checks {
+                let handled = c.starts_with("guest-") || CHECKS_SCRIPT.contains(&format!("\t{c})"));
+                assert!(handled, "{c} has no case in checks.sh");
+            }
+        }
+    }
+}

@@ -1,0 +1,287 @@
+# rampart-vmm checks under the stock Linux host, packed by
+# xtask/src/linux_vmm.rs and sourced by /init (xtask/src/linux/init.sh)
+# after its own checks. xtask prepends `CHECKS="..."` (which checks to run,
+# in order) and `PHASE=...`.
+#
+# Each check prints
+#   RAMPART-VMM-TEST: begin <name>
+#   ... its commands' output ...
+#   RAMPART-VMM-TEST: <name> PASS|FAIL <detail>
+# which linux_vmm::parse_checks reads back. A check never stops the others.
+
+VMM=/bin/rampart-vmm
+G=/guests
+
+mark() { printf 'RAMPART-VMM-TEST: %s\n' "$*"; }
+pass() { mark "$CHECK PASS $*"; }
+fail() { mark "$CHECK FAIL $*"; }
+
+# wait_line FILE TEXT TENTHS: waits until FILE has a line containing TEXT.
+wait_line() {
+	i=0
+	while ! grep -q -- "$2" "$1" 2>/dev/null; do
+		i=$((i + 1))
+		[ "$i" -gt "$3" ] && return 1
+		usleep 100000
+	done
+}
+
+# held_range FILE: "A B" from `holding ..., guest memory at A-B;`.
+held_range() {
+	sed -n 's/.*holding .*guest memory at \(0x[0-9a-f]*\)-\(0x[0-9a-f]*\);.*/\1 \2/p' "$1" | head -n 1
+}
+
+# probe ADDR: a 32-bit /dev/mem read in a child; prints SIGBUS, DATA <v> or
+# ERROR <status> <output>.
+probe() {
+	out=$(devmem "$1" 32 2>&1)
+	st=$?
+	out=$(echo $out)
+	if [ "$st" -eq 135 ]; then
+		echo SIGBUS
+	elif [ "$st" -eq 0 ]; then
+		echo "DATA $out"
+	else
+		echo "ERROR $st $out"
+	fi
+}
+
+hexadd() { printf '0x%x' $(($1 + $2)); }
+
+# vm_run NAME BUNDLE [ARGS]: runs a VM to the end, output on the console
+# and in /tmp/NAME.log; returns the VMM's status.
+vm_run() {
+	n=$1
+	b=$2
+	shift 2
+	$VMM run "$b" --name "$n" "$@" >/tmp/"$n".log 2>&1
+	st=$?
+	cat /tmp/"$n".log
+	return $st
+}
+
+# A test guest must exit 0 with `GUEST-DONE n passed, 0 failed` and its
+# pages reclaimed.
+check_guest() {
+	g=$1
+	vm_run "$g" "$G/$g.bundle"
+	st=$?
+	done_line=$(sed -n 's/^\[[^]]*\] \(GUEST-DONE .*\)/\1/p' /tmp/"$g".log | tail -n 1)
+	exits=$(sed -n 's/.*stats: exits total: //p' /tmp/"$g".log)
+	if [ "$st" -ne 0 ]; then
+		fail "exit status $st: ${done_line:-no GUEST-DONE}"
+	elif ! echo "$done_line" | grep -q ' 0 failed'; then
+		fail "exit 0 but ${done_line:-no GUEST-DONE}"
+	elif ! grep -q 'pages (.*) reclaimed' /tmp/"$g".log; then
+		fail "no 'pages reclaimed' line"
+	else
+		pass "$(cat /sys/devices/system/cpu/online | sed 's/^/host CPUs /'): $done_line, $exits exits"
+	fi
+}
+
+# Four VMs at once: four held VMMs, `list` sees four VMs, then all run to
+# the end and exit 0.
+check_four() {
+	pids=
+	k=0
+	for g in hello smp memtest hello; do
+		k=$((k + 1))
+		$VMM run "$G/$g.bundle" --name "vm$k-$g" --hold >/tmp/four$k.log 2>&1 &
+		pids="$pids $!"
+	done
+	ok=1
+	for k in 1 2 3 4; do
+		wait_line /tmp/four$k.log 'holding' 300 || ok=0
+	done
+	$VMM list >/tmp/four-list.log 2>&1
+	cat /tmp/four-list.log
+	live=$(grep -c '^0x.* pid ' /tmp/four-list.log)
+	kill -USR1 $pids
+	codes=
+	bad=0
+	for p in $pids; do
+		wait "$p"
+		c=$?
+		codes="$codes $c"
+		[ "$c" -ne 0 ] && bad=1
+	done
+	for k in 1 2 3 4; do cat /tmp/four$k.log; done
+	if [ "$ok" -ne 1 ]; then
+		fail "not all four VMMs reached their hold; exit statuses:$codes"
+	elif [ "$live" -ne 4 ]; then
+		fail "rampart-vmm list showed $live VMs owned by running VMMs, want 4"
+	elif [ "$bad" -ne 0 ]; then
+		fail "exit statuses:$codes"
+	else
+		pass "4 VMs live at once (VM_LIST), all exited 0 (statuses:$codes)"
+	fi
+}
+
+# A donated page read through /dev/mem: SIGBUS for devmem, the kernel and
+# the VM go on; after the run the page reads zero.
+check_devmem() {
+	$VMM run "$G/hello.bundle" --name held --hold >/tmp/held.log 2>&1 &
+	pid=$!
+	if ! wait_line /tmp/held.log 'holding' 300; then
+		kill -9 "$pid"
+		cat /tmp/held.log
+		fail "the VMM never held"
+		return
+	fi
+	set -- $(held_range /tmp/held.log)
+	first=$1
+	last=$(hexadd "$2" -3)
+	r1=$(probe "$first")
+	r2=$(probe "$last")
+	up=$(cut -d' ' -f1 /proc/uptime)
+	kill -USR1 "$pid"
+	wait "$pid"
+	st=$?
+	cat /tmp/held.log
+	after=$(probe "$first")
+	echo "devmem $first during the hold: $r1; $last: $r2; after the run: $after; uptime $up"
+	if [ "$r1" != SIGBUS ] || [ "$r2" != SIGBUS ]; then
+		fail "devmem of guest memory $first / $last gave '$r1' / '$r2', want SIGBUS"
+	elif [ "$st" -ne 0 ]; then
+		fail "the held VM exited $st after SIGUSR1"
+	elif [ "$after" != "DATA 0x00000000" ]; then
+		fail "after the VM was destroyed devmem $first gave '$after', want zero"
+	else
+		pass "devmem $first and $last: SIGBUS; kernel alive (uptime $up s); the VM then ran to the end (exit 0); afterwards the page reads 0"
+	fi
+}
+
+# SIGKILL mid-run: memtest held after its first pass (its pattern in all
+# free RAM) is killed; its memory stays the guest's (SIGBUS) until
+# `rampart-vmm reclaim`, which returns it zeroed; a new VM then runs in
+# the same place.
+check_kill() {
+	$VMM run "$G/memtest.bundle" --name killed --hold-at 'pass 1 of' >/tmp/killed.log 2>&1 &
+	pid=$!
+	if ! wait_line /tmp/killed.log 'holding' 600; then
+		kill -9 "$pid"
+		cat /tmp/killed.log
+		fail "memtest never reached the hold after pass 1"
+		return
+	fi
+	set -- $(held_range /tmp/killed.log)
+	ram=$1
+	# Half-way into guest RAM: far past the image, written by pass 1.
+	mid=$(hexadd "$1" $((($2 - $1 + 1) / 2)))
+	before=$(probe "$mid")
+	kill -9 "$pid"
+	wait "$pid"
+	# (busybox ash's `wait` may already have reaped the job: judge by
+	# whether the process is gone, not by the status.)
+	st=$?
+	gone=yes
+	kill -0 "$pid" 2>/dev/null && gone=no
+	cat /tmp/killed.log
+	orphan=$(probe "$mid")
+	# Any rampart-vmm command first destroys the VMs of dead VMMs; reclaim
+	# also destroys live VMs no VMM owns.
+	$VMM reclaim >/tmp/reclaim.log 2>&1
+	rst=$?
+	cat /tmp/reclaim.log
+	after_mid=$(probe "$mid")
+	after_ram=$(probe "$ram")
+	vm_run reuse "$G/hello.bundle"
+	nst=$?
+	at=$(sed -n 's/.*KiB of RAM at \(0x[0-9a-f]*\),.*/\1/p' /tmp/reuse.log | head -n 1)
+	echo "kill -9: gone $gone (wait status $st); devmem $mid before: $before, after the kill: $orphan, after reclaim: $after_mid; $ram after reclaim: $after_ram; new VM's RAM at $at"
+	if [ "$gone" != yes ]; then
+		fail "the VMM (pid $pid) still runs after kill -9 (wait status $st)"
+	elif [ "$before" != SIGBUS ] || [ "$orphan" != SIGBUS ]; then
+		fail "devmem $mid gave '$before' while held and '$orphan' after the kill, want SIGBUS both times"
+	elif [ "$rst" -ne 0 ] || ! grep -q 'destroyed' /tmp/reclaim.log; then
+		fail "rampart-vmm reclaim (status $rst) did not destroy the orphan"
+	elif [ "$after_mid" != "DATA 0x00000000" ] || [ "$after_ram" != "DATA 0x00000000" ]; then
+		fail "after reclaim devmem $mid / $ram gave '$after_mid' / '$after_ram', want zero"
+	elif [ "$nst" -ne 0 ]; then
+		fail "a new VM after the reclaim exited $nst"
+	elif [ "$at" != "$ram" ]; then
+		fail "the new VM's RAM is at $at, not in the reclaimed range at $ram"
+	else
+		pass "orphaned memory SIGBUS after kill -9, zero after reclaim; a new VM reused $ram and exited 0"
+	fi
+}
+
+# One byte of the image flipped: the hypervisor refuses the first run.
+check_tamper() {
+	cp "$G/hello.bundle" /tmp/tampered.bundle
+	# The bundle header is 176 bytes; flip a byte 0x200 into the image.
+	off=$((176 + 0x200))
+	old=$(dd if=/tmp/tampered.bundle bs=1 skip=$off count=1 2>/dev/null | od -A n -t u1 | tr -d ' \n')
+	new=$(((old ^ 0xff) & 0xff))
+	printf "\\$(printf '%03o' "$new")" | dd of=/tmp/tampered.bundle bs=1 seek=$off count=1 conv=notrunc 2>/dev/null
+	now=$(dd if=/tmp/tampered.bundle bs=1 skip=$off count=1 2>/dev/null | od -A n -t u1 | tr -d ' \n')
+	vm_run tampered /tmp/tampered.bundle
+	st=$?
+	reason=$(grep -o 'the hypervisor refused .*' /tmp/tampered.log | head -n 1)
+	if [ "$now" != "$new" ]; then
+		fail "could not flip byte $off ($old -> $now, want $new)"
+	elif [ "$st" -ne 2 ]; then
+		fail "exit status $st, want 2 (refused)"
+	elif ! echo "$reason" | grep -q 'BAD_SIGNATURE'; then
+		fail "no BAD_SIGNATURE refusal: '$reason'"
+	elif grep -q '^\[tampered\] GUEST-' /tmp/tampered.log; then
+		fail "the tampered guest printed something"
+	else
+		pass "byte $off $old -> $new: exit 2, rampart-vmm: $reason"
+	fi
+}
+
+# A bundle signed by a key the hypervisor does not trust is refused.
+check_untrusted() {
+	b=$G/hello.untrusted.bundle
+	if [ ! -f "$b" ]; then
+		fail "no $b in the initramfs"
+		return
+	fi
+	vm_run untrusted "$b"
+	st=$?
+	reason=$(grep -o 'the hypervisor refused .*' /tmp/untrusted.log | head -n 1)
+	if [ "$st" -ne 2 ]; then
+		fail "exit status $st, want 2 (refused)"
+	elif ! echo "$reason" | grep -q 'UNTRUSTED_KEY'; then
+		fail "no UNTRUSTED_KEY refusal: '$reason'"
+	else
+		pass "exit 2, rampart-vmm: $reason"
+	fi
+}
+
+# Launch and exit-rate figures for `cargo xtask bench vmm`: ROUNDS runs of
+# hello and memtest, their stats lines carry the figures.
+check_bench() {
+	r=0
+	st_all=0
+	while [ "$r" -lt "${ROUNDS:-3}" ]; do
+		r=$((r + 1))
+		for g in hello memtest; do
+			$VMM run "$G/$g.bundle" --name "bench$r-$g" >/tmp/b.log 2>&1
+			st=$?
+			[ "$st" -ne 0 ] && st_all=$st
+			grep -E 'stats: (wall time|exits|launch)|rampart-vmm: FAIL|refused' /tmp/b.log
+		done
+	done
+	if [ "$st_all" -ne 0 ]; then
+		fail "a run exited $st_all"
+	else
+		pass "$ROUNDS rounds"
+	fi
+}
+
+for CHECK in $CHECKS; do
+	mark "begin $CHECK"
+	case "$CHECK" in
+	guest-*) check_guest "${CHECK#guest-}" ;;
+	four-vms) check_four ;;
+	devmem-sigbus) check_devmem ;;
+	kill9-reclaim) check_kill ;;
+	tampered-bundle) check_tamper ;;
+	untrusted-signer) check_untrusted ;;
+	bench) check_bench ;;
+	*) fail "unknown check" ;;
+	esac
+done
+mark "finished $PHASE"
