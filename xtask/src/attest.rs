@@ -193,6 +193,8 @@ pub fn secrets_bootarg() -> Result<String> {
 pub struct AttestLog {
     /// `rampart: attestation key <hex>` from the hypervisor's boot log.
     pub boot_key: Option<String>,
+    /// `rampart: hypervisor measurement <hex>` from the boot log.
+    pub boot_measurement: Option<String>,
     /// `  vb-attest: ATTESTATION_KEY <hex>` from the test host.
     pub host_key: Option<String>,
     /// The attest guest's `GUEST-REPORT <hex>` (last one).
@@ -210,6 +212,8 @@ pub fn parse_log(console: &str) -> AttestLog {
         let line = line.trim();
         if let Some(key) = line.strip_prefix("rampart: attestation key ") {
             log.boot_key = Some(key.trim().to_string());
+        } else if let Some(m) = line.strip_prefix("rampart: hypervisor measurement ") {
+            log.boot_measurement = Some(m.trim().to_string());
         } else if let Some(key) = line.strip_prefix("vb-attest: ATTESTATION_KEY ") {
             log.host_key = Some(key.trim().to_string());
         } else if let Some((_, rest)) = line.split_once("GUEST-REPORT ") {
@@ -314,6 +318,18 @@ pub fn verify_console(console: &str) -> Result<String> {
         .unwrap_or_default();
     if echoed != nonce {
         bail!("rampart attest-verify printed nonce {echoed:?}, the guest sent {nonce}");
+    }
+    // Claim 4 is the hypervisor's own measurement, which it prints at boot.
+    let claimed = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("hypervisor measurement"))
+        .map(str::trim)
+        .unwrap_or_default();
+    match &log.boot_measurement {
+        Some(m) if m == claimed => {}
+        other => bail!(
+            "the report's hypervisor measurement {claimed:?} is not the one in the boot log ({other:?})"
+        ),
     }
     Ok(format!(
         "attestation report verified: measurement {}, nonce intact",

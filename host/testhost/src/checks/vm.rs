@@ -669,7 +669,7 @@ pub fn vm_attack_donate(p: &Platform) -> Result<(), Msg> {
 
 /// `vm-attack-handles`: after `VM_DESTROY` every call with the old handle
 /// is `INVALID_PARAMETER` (run, set registers, inject, create a vCPU,
-/// donate, destroy again), also once a new VM took its slot; forged
+/// donate, set a signature, destroy again), also once a new VM took its slot; forged
 /// handles (other generation, slot out of range, zero, all ones) are
 /// refused and the live VM still works.
 pub fn vm_attack_handles(p: &Platform) -> Result<(), Msg> {
@@ -685,6 +685,7 @@ pub fn vm_attack_handles(p: &Platform) -> Result<(), Msg> {
         expect(HostCall::VcpuInject, &[h, 0, 27], INVALID, what)?;
         expect(HostCall::VcpuCreate, &[h, 0], INVALID, what)?;
         expect(HostCall::VmDonate, &[h, page, 1, GUEST_RAM_BASE], INVALID, what)?;
+        expect(HostCall::VmSetSignature, &[h, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], INVALID, what)?;
         expect(HostCall::VmDestroy, &[h], INVALID, what)?;
         expect_host_page(page, 0x77, what)
     };
