@@ -206,6 +206,7 @@ const PLAN: [(u32, &[&str]); 2] = [
             "four-vms",
             "devmem-sigbus",
             "kill9-reclaim",
+            "kill9-running",
             "tampered-bundle",
             "untrusted-signer",
         ],

@@ -206,6 +206,48 @@ check_kill() {
 	fi
 }
 
+# SIGKILL while vCPU threads are inside VCPU_RUN: the smp guest's vCPU 1
+# holds after its first line while vCPU 0 keeps polling (an MMIO exit per
+# poll), so the kill lands in the middle of runs. The VM must still be
+# destroyed by the clean-up, and the pool reused.
+check_kill_running() {
+	$VMM run "$G/smp.bundle" --name running --hold-at 'GUEST-CPU 1 up' >/tmp/running.log 2>&1 &
+	pid=$!
+	if ! wait_line /tmp/running.log 'holding' 300; then
+		kill -9 "$pid"
+		cat /tmp/running.log
+		fail "the smp guest's vCPU 1 never reached the hold"
+		return
+	fi
+	set -- $(held_range /tmp/running.log)
+	ram=$1
+	usleep 200000
+	kill -9 "$pid"
+	wait "$pid"
+	gone=yes
+	kill -0 "$pid" 2>/dev/null && gone=no
+	cat /tmp/running.log
+	orphan=$(probe "$ram")
+	$VMM run "$G/smp.bundle" --name after >/tmp/after.log 2>&1
+	nst=$?
+	cat /tmp/after.log
+	at=$(sed -n 's/.*KiB of RAM at \(0x[0-9a-f]*\),.*/\1/p' /tmp/after.log | head -n 1)
+	echo "kill -9 of a running smp VMM: gone $gone; devmem $ram after the kill: $orphan; next run's RAM at $at, status $nst"
+	if [ "$gone" != yes ]; then
+		fail "the VMM still runs after kill -9"
+	elif [ "$orphan" != SIGBUS ]; then
+		fail "devmem $ram after the kill gave '$orphan', want SIGBUS"
+	elif ! grep -q 'destroyed VM .* left by pid' /tmp/after.log; then
+		fail "the next run did not destroy the VM the killed VMM left"
+	elif [ "$nst" -ne 0 ]; then
+		fail "the next run exited $nst"
+	elif [ "$at" != "$ram" ]; then
+		fail "the next VM's RAM is at $at, not in the freed range at $ram"
+	else
+		pass "killed with vCPU 0 running; the next run's clean-up destroyed the VM, then reused $ram and exited 0"
+	fi
+}
+
 # One byte of the image flipped: the hypervisor refuses the first run.
 check_tamper() {
 	cp "$G/hello.bundle" /tmp/tampered.bundle
@@ -278,6 +320,7 @@ for CHECK in $CHECKS; do
 	four-vms) check_four ;;
 	devmem-sigbus) check_devmem ;;
 	kill9-reclaim) check_kill ;;
+	kill9-running) check_kill_running ;;
 	tampered-bundle) check_tamper ;;
 	untrusted-signer) check_untrusted ;;
 	bench) check_bench ;;
