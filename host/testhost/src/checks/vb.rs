@@ -588,6 +588,10 @@ pub fn vb_no_leaks(p: &Platform) -> Result<(), Msg> {
             );
         }
     }
+    let (mut arena, _) = arena(p)?;
+    let page = arena.take(1)?;
+    let planted = secrets::self_test(page).map_err(|e| msg!("the leak scan's self-test: {e}"))?;
+    note!("self-test: 15 bytes of a secret planted at {page:#x} + 3 were found at {planted:#x}");
     note!(
         "{count} secrets: not in {} MiB of host RAM ({} KiB not zero) nor in {registers} register values returned to the host; {} ms",
         scanned >> 20,
