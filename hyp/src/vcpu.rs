@@ -104,12 +104,18 @@ impl Vcpu {
     }
 }
 
-/// `VCPU_SET_REGS`: before the vCPU's first run only.
+/// `VCPU_SET_REGS`: before the vCPU's and the VM's first run only (the
+/// VM's measurement covers vCPU 0's entry state; no vCPU's may change once
+/// it is fixed).
 pub fn set_regs(vcpu: VcpuRef, pc: u64, x0: u64) -> Result<(), Error> {
     let slot = vm::slot_of(vcpu.vm)?;
     let mut guard = VCPU_SLOTS[slot][vcpu.index].try_lock().ok_or(Error::Busy)?;
     let v = guard.as_mut().ok_or(Error::InvalidParameter)?;
-    if v.ran {
+    let measured = {
+        let (_, vm_guard) = vm::lock(vcpu.vm)?;
+        vm_guard.as_ref().is_some_and(|vm| vm.measurement.is_some())
+    };
+    if v.ran || measured {
         return Err(Error::Denied);
     }
     v.state.pc = pc;
