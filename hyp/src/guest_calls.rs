@@ -55,6 +55,8 @@ pub fn handle(slot: usize, index: usize, regs: &mut [u64; 31]) -> Outcome {
             | G::MmioGuardEnroll
             | G::MmioGuardMap
             | G::MmioGuardUnmap
+            | G::RampartAttest
+            | G::RampartSealingKey
     );
     if protected_only && !protected {
         return code(regs, NOT_SUPPORTED);

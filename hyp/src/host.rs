@@ -80,9 +80,9 @@ fn hypercall(frame: &mut Frame, immediate: u64) {
         frame.x[0] = Error::NotSupported.code() as u64;
         return;
     }
-    let mut regs: [u64; 18] = core::array::from_fn(|i| frame.x[i]);
-    dispatch(&mut regs);
-    frame.x[..18].copy_from_slice(&regs);
+    if let Some(regs) = frame.x.first_chunk_mut::<18>() {
+        dispatch(regs);
+    }
 }
 
 /// Runs one host call on its registers (`x0`..`x17`), from `HVC #0` or a

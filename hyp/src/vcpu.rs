@@ -180,7 +180,9 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
     if !v.ran {
         let (_, mut vm_guard) = vm::lock(vcpu.vm)?;
         let vm = vm_guard.as_mut().ok_or(Error::InvalidParameter)?;
-        if vm.measurement.is_none() {
+        // Only a protected VM is measured: a host that can rewrite a VM's
+        // memory at will makes any measurement of it meaningless.
+        if vm.protected && vm.measurement.is_none() {
             vm::measure_first_run(vm, v.state.pc, v.state.regs[0])?;
         }
     }

@@ -207,6 +207,12 @@ impl Platform {
                 {
                     platform.secrets = crate::secrets::parse(value);
                 }
+                if let Some(value) = bootargs
+                    .split_ascii_whitespace()
+                    .find_map(|arg| arg.strip_prefix(BENCH_SIGNATURE_BOOTARG))
+                {
+                    parse_bench_signature(value);
+                }
             }
         }
         Ok(platform)
@@ -332,3 +338,53 @@ fn parse_range(text: &str) -> Option<Range> {
     };
     Some(Range::from_base_size(number(address)?, number(size)?))
 }
+
+/// Bootarg with the bench guest's signer and signature (hex, comma between):
+/// `testhost.bench-signature=<64 hex>,<128 hex>`.
+pub const BENCH_SIGNATURE_BOOTARG: &str = "testhost.bench-signature=";
+
+/// The signature's 96 bytes as little-endian words, and whether set.
+static BENCH_SIGNATURE: [core::sync::atomic::AtomicU64; 12] = [const { core::sync::atomic::AtomicU64::new(0) }; 12];
+static BENCH_SIGNATURE_SET: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+fn hex_into(text: &str, out: &mut [u8]) -> Option<()> {
+    if text.len() != out.len() * 2 {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(())
+}
+
+fn parse_bench_signature(value: &str) {
+    let Some((signer_hex, signature_hex)) = value.split_once(',') else { return };
+    let mut signer = [0u8; 32];
+    let mut signature = [0u8; 64];
+    if hex_into(signer_hex, &mut signer).is_some() && hex_into(signature_hex, &mut signature).is_some() {
+        let mut bytes = [0u8; 96];
+        bytes[..32].copy_from_slice(&signer);
+        bytes[32..].copy_from_slice(&signature);
+        for (word, chunk) in BENCH_SIGNATURE.iter().zip(bytes.chunks(8)) {
+            word.store(u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])), core::sync::atomic::Ordering::Relaxed);
+        }
+        BENCH_SIGNATURE_SET.store(true, core::sync::atomic::Ordering::Release);
+    }
+}
+
+/// The bench guest's signature, if xtask passed one.
+pub fn bench_signature() -> Option<([u8; 32], [u8; 64])> {
+    if !BENCH_SIGNATURE_SET.load(core::sync::atomic::Ordering::Acquire) {
+        return None;
+    }
+    let mut bytes = [0u8; 96];
+    for (chunk, word) in bytes.chunks_mut(8).zip(&BENCH_SIGNATURE) {
+        chunk.copy_from_slice(&word.load(core::sync::atomic::Ordering::Relaxed).to_le_bytes());
+    }
+    let mut signer = [0u8; 32];
+    let mut signature = [0u8; 64];
+    signer.copy_from_slice(&bytes[..32]);
+    signature.copy_from_slice(&bytes[32..]);
+    Some((signer, signature))
+}
+

@@ -111,7 +111,7 @@ pub fn run(args: &BenchArgs, ownership: bool, vm: bool) -> Result<()> {
     };
     let mem = args.mem.clone().unwrap_or_else(|| "512M".into());
     let mut m = suite::testhost_machine(1, &mem, "max")?;
-    m.append.push_str(&format!(" -- testhost.bench={groups}"));
+    m.append.push_str(&format!(" -- testhost.bench={groups} {}", bench_signature_bootarg()?));
     m.extra.extend(["-icount".to_string(), "shift=0".to_string()]);
     println!("bench {groups}: {}", m.command_line());
     println!("measured: {}", describe_tree());
@@ -266,4 +266,29 @@ mod tests {
         assert_eq!(floor("pvm/first-entry"), Some(132));
         assert_eq!(floor("host/version"), None);
     }
+}
+
+/// The hand-assembled bench guest the test host runs (the same file).
+const BENCH_GUEST: [u32; 15] = include!("../../../host/testhost/src/bench/guest_code.rs");
+
+/// Signs the bench guest as the test host runs it in a protected VM (two
+/// pages of RAM, one vCPU, entry at its start) with the development key,
+/// and returns the `testhost.bench-signature=` bootarg.
+fn bench_signature_bootarg() -> Result<String> {
+    use rampart_attest::{Manifest, VmFlags, measure_image, sign_measurement};
+    let image: Vec<u8> = BENCH_GUEST.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let manifest = Manifest {
+        memory_size: 2 * 4096,
+        vcpus: 1,
+        entry_offset: 0,
+        flags: VmFlags { protected: true, debug: false },
+    };
+    let measurement = measure_image(&manifest, &image).map_err(|e| anyhow::anyhow!("bench guest manifest: {e}"))?;
+    let key = crate::attest::signing_key()?;
+    let signature = sign_measurement(&measurement, &key);
+    Ok(format!(
+        "testhost.bench-signature={},{}",
+        crate::attest::hex(key.verifying_key().as_bytes()),
+        crate::attest::hex(&signature.to_bytes())
+    ))
 }

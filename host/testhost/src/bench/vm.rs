@@ -39,24 +39,11 @@ const HVCS: u64 = 16;
 /// Metadata pages given to `VM_CREATE`.
 const METADATA_PAGES: u64 = 16;
 
-/// The guest, hand-assembled (checked with `llvm-mc -triple=aarch64`).
-const GUEST: [u32; 15] = [
-    0xD503_207F, // 00: wfi                       -> EXIT_WAIT
-    0xD2A1_2014, // 04: movz x20, #0x0900, lsl #16 (UART)
-    0xD280_00E0, // 08: movz x0, #7
-    0xF2B8_C000, // 0c: movk x0, #0xC600, lsl #16 (MMIO_GUARD_MAP)
-    0xAA14_03E1, // 10: mov  x1, x20
-    0xD400_0002, // 14: hvc  #0
-    0xB900_029F, // 18: str  wzr, [x20]            -> MMIO write
-    0xF940_0693, // 1c: ldr  x19, [x20, #8]        -> MMIO read: x19 = HVCs
-    0xB400_00B3, // 20: cbz  x19, 0x34
-    0xD2B0_C000, // 24: movz x0, #0x8600, lsl #16 (KVM_FEATURES)
-    0xD400_0002, // 28: hvc  #0
-    0xD100_0673, // 2c: sub  x19, x19, #1
-    0x17FF_FFFC, // 30: b    0x20
-    0xB900_029F, // 34: str  wzr, [x20]            -> MMIO write
-    0x17FF_FFF9, // 38: b    0x1c
-];
+/// The guest, hand-assembled (checked with `llvm-mc -triple=aarch64`); xtask
+/// signs the same words for the protected VM.
+const GUEST: [u32; 15] = include!("guest_code.rs");
+/// Guest RAM: the image page and one more (as xtask signs it).
+pub const GUEST_PAGES: u64 = 2;
 
 /// The non-protected VM.
 pub fn run_unprotected(scratch: &Scratch) -> Result<(), Msg> {
@@ -132,7 +119,11 @@ fn one_vm(f: &mut Figures, protected: bool, metadata: u64, image: u64, extra: u6
     ensure!(r[0] == 0, "VM_CREATE returned {}", r[0] as i64);
     f.create.push(d);
     let handle = r[1];
-    let result = drive(f, handle, image, extra);
+    let signature = if protected { crate::platform::bench_signature() } else { None };
+    if protected && signature.is_none() {
+        return Err(msg!("no testhost.bench-signature= on the command line: xtask signs the bench guest"));
+    }
+    let result = drive(f, handle, image, extra, signature.as_ref());
     let (d, r) = measure(HostCall::VmDestroy, &[handle]);
     result?;
     ensure!(r[0] == 0, "VM_DESTROY returned {}", r[0] as i64);
@@ -140,7 +131,7 @@ fn one_vm(f: &mut Figures, protected: bool, metadata: u64, image: u64, extra: u6
     Ok(())
 }
 
-fn drive(f: &mut Figures, handle: u64, image: u64, extra: u64) -> Result<(), Msg> {
+fn drive(f: &mut Figures, handle: u64, image: u64, extra: u64, signature: Option<&([u8; 32], [u8; 64])>) -> Result<(), Msg> {
     let (d, r) = measure(HostCall::VcpuCreate, &[handle, 0]);
     ensure!(r[0] == 0, "VCPU_CREATE returned {}", r[0] as i64);
     f.vcpu_create.push(d);
@@ -150,8 +141,21 @@ fn drive(f: &mut Figures, handle: u64, image: u64, extra: u64) -> Result<(), Msg
     let (d, r) = measure(HostCall::VmDonate, &[handle, extra, 1, GUEST_BASE + PAGE]);
     ensure!(r[0] == 0, "VM_DONATE of a second page returned {}", r[0] as i64);
     f.donate.push(d);
-    let r = super::measure(HostCall::VcpuSetRegs, &[handle, 0, GUEST_BASE, 0]).1;
+    // x0 = the RAM size, as a signed manifest says (the guest ignores it).
+    let r = super::measure(HostCall::VcpuSetRegs, &[handle, 0, GUEST_BASE, GUEST_PAGES * PAGE]).1;
     ensure!(r[0] == 0, "VCPU_SET_REGS returned {}", r[0] as i64);
+    if let Some((signer, signature)) = signature {
+        let mut args = [0u64; 13];
+        args[0] = handle;
+        for (i, chunk) in signer.chunks(8).enumerate() {
+            args[1 + i] = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        }
+        for (i, chunk) in signature.chunks(8).enumerate() {
+            args[5 + i] = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        }
+        let r = super::measure(HostCall::VmSetSignature, &args).1;
+        ensure!(r[0] == 0, "VM_SET_SIGNATURE returned {}", r[0] as i64);
+    }
 
     let run = |value: u64| measure(HostCall::VcpuRun, &[handle, 0, value]);
     let (d, r) = run(0);
