@@ -6,8 +6,9 @@
 //! The modes run round-robin (A, B, C, A, B, C, ...) so that drift in the
 //! build machine's load spreads evenly over them.
 //!
-//! `ownership`, `vm`, `hyp`: instructions the hypervisor runs at EL2 per
-//! host call and per guest exit, counted by the test host with the PMU
+//! `ownership`, `vm`, `vb`, `hyp`: instructions the hypervisor runs at EL2
+//! per host call, guest exit, verified boot and attestation call, counted
+//! by the test host with the PMU
 //! (`host/testhost/src/bench.rs`) under `-icount shift=0`, so every figure
 //! is exact and repeats bit for bit. See [`hyp`].
 
@@ -22,6 +23,8 @@ use crate::{linux, prereq, suite};
 
 mod hyp;
 
+use hyp::Groups;
+
 /// Arguments of `cargo xtask bench`.
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -30,7 +33,7 @@ pub struct BenchArgs {
     pub which: Which,
     /// Rounds; each round boots every mode once (`boot`), or boots the
     /// test host once and checks every run printed the same figures
-    /// (`ownership`, `vm`, `hyp`; default 2 there).
+    /// (`ownership`, `vm`, `vb`, `hyp`; default 2 there, 3 with `--wall`).
     #[arg(long)]
     pub rounds: Option<u32>,
     /// Number of CPUs (`boot` only: the EL2 counts run on 1 CPU).
@@ -43,6 +46,10 @@ pub struct BenchArgs {
     /// Give up on one boot after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
+    /// `vb` only: boot without `-icount` and report wall time (the virtual
+    /// counter under QEMU TCG: only indicative); default 3 rounds.
+    #[arg(long)]
+    pub wall: bool,
 }
 
 /// The benchmarks.
@@ -55,7 +62,10 @@ pub enum Which {
     Ownership,
     /// EL2 instructions of VM calls, world switches and guest exits.
     Vm,
-    /// Both `ownership` and `vm`.
+    /// EL2 instructions of verified boot (a protected VM's first entry by
+    /// memory size) and of the guest's attestation and sealing-key calls.
+    Vb,
+    /// `ownership`, `vm` and `vb`.
     Hyp,
     /// rampart-vmm under the Linux host: guest exits per second and VM
     /// launch latency (`linux_vmm::bench`).
@@ -66,9 +76,10 @@ pub enum Which {
 pub fn run(args: &BenchArgs) -> Result<()> {
     match args.which {
         Which::Boot => boot(args),
-        Which::Ownership => hyp::run(args, true, false),
-        Which::Vm => hyp::run(args, false, true),
-        Which::Hyp => hyp::run(args, true, true),
+        Which::Ownership => hyp::run(args, Groups { ownership: true, ..Groups::default() }),
+        Which::Vm => hyp::run(args, Groups { vm: true, ..Groups::default() }),
+        Which::Vb => hyp::run(args, Groups { vb: true, ..Groups::default() }),
+        Which::Hyp => hyp::run(args, Groups { ownership: true, vm: true, vb: true }),
         Which::Vmm => crate::linux_vmm::bench(
             args.smp,
             args.mem.as_deref().unwrap_or("1G"),

@@ -2,14 +2,16 @@
 //! host call and guest exit, counted by the PMU (see [`pmu`]).
 //!
 //! The bootarg `testhost.bench` (every group) or `testhost.bench=<group>,...`
-//! (`ownership`, `vm`) makes the test host run these instead of its checks;
-//! `cargo xtask bench hyp` boots it under QEMU with `-icount shift=0 -smp 1`
-//! and tabulates the lines it prints:
+//! (`ownership`, `vm`, `vb`) makes the test host run these instead of its
+//! checks; `cargo xtask bench hyp` boots it under QEMU with
+//! `-icount shift=0 -smp 1` and tabulates the lines it prints:
 //!
 //! ```text
 //! BENCH-PMU <what the PMU reports>
 //! BENCH-CHECK <name> ok|FAIL: <detail>     the counter's own checks
 //! BENCH <name> <el2> min=<> max=<> first=<> n=<> inst=<>
+//! BENCH-WALL <name> <ns> min=<> max=<> n=<>   (`vb` only: the virtual counter)
+//! BENCH-INFO <text>
 //! BENCH-FAIL <group>: <reason>
 //! BENCH-DONE <groups run> groups, <failed> failed
 //! ```
@@ -32,6 +34,7 @@ mod ownership;
     reason = "PMU system registers: the one part of the benchmarks that touches the machine"
 )]
 mod pmu;
+mod vb;
 mod vm;
 
 use dtoolkit::fdt::Fdt;
@@ -46,7 +49,9 @@ use crate::{ensure, msg, println};
 
 pub use pmu::Delta;
 
-/// The bootarg: `testhost.bench` or `testhost.bench=<group>,<group>`.
+/// The bootarg: `testhost.bench` or `testhost.bench=<group>,<group>`
+/// (`ownership`, `vm`, `vb`; `hyp` or `all` for every one; `wall` skips the
+/// PMU's checks, for a run without `-icount` that only wants `BENCH-WALL`).
 pub const BENCH_BOOTARG: &str = "testhost.bench";
 
 /// How many times each operation is repeated.
@@ -64,6 +69,11 @@ pub struct Selection {
     pub ownership: bool,
     /// VMs: create, donate, first entry, exits.
     pub vm: bool,
+    /// Verified boot and attestation: first entry by memory size, guest
+    /// `RAMPART_ATTEST` and `RAMPART_SEALING_KEY`.
+    pub vb: bool,
+    /// Wall-time mode (no `-icount`): the PMU checks are skipped.
+    pub wall: bool,
 }
 
 /// The groups the bootargs ask for, if they contain [`BENCH_BOOTARG`].
@@ -81,6 +91,7 @@ pub fn selection(p: &Platform) -> Option<Selection> {
             None if rest.is_empty() => {
                 s.ownership = true;
                 s.vm = true;
+                s.vb = true;
             }
             None => continue,
             Some(list) => {
@@ -88,9 +99,12 @@ pub fn selection(p: &Platform) -> Option<Selection> {
                     match group {
                         "ownership" => s.ownership = true,
                         "vm" => s.vm = true,
+                        "vb" => s.vb = true,
+                        "wall" => s.wall = true,
                         "hyp" | "all" => {
                             s.ownership = true;
                             s.vm = true;
+                            s.vb = true;
                         }
                         other => println!("BENCH-FAIL bootargs: unknown group `{other}`"),
                     }
@@ -115,11 +129,12 @@ pub fn run(p: &Platform, selection: Selection) {
         info.pmcr,
         if info.has_inst_retired() { "yes" } else { "no" }
     );
-    let mut groups: [(&str, bool, Group); 4] = [
-        ("pmu", true, check_counters),
+    let mut groups: [(&str, bool, Group); 5] = [
+        ("pmu", !selection.wall, check_counters),
         ("ownership", selection.ownership, ownership::run),
         ("vm", selection.vm, vm::run_unprotected),
         ("pvm", selection.vm, vm::run_protected),
+        ("vb", selection.vb, vb::run),
     ];
     let (mut ran, mut failed) = (0u32, 0u32);
     let scratch = match Scratch::find(p) {
@@ -170,8 +185,13 @@ pub struct Scratch {
 
 impl Scratch {
     /// Blocks in the window: 0 for single pages, 1 for a whole 2 MiB
-    /// block, 2 for VM metadata, 3 for guest memory.
-    const BLOCKS: u64 = 4;
+    /// block, 2 for VM metadata, 3 and 4 for guest memory (up to 4 MiB,
+    /// contiguous).
+    const BLOCKS: u64 = 5;
+    /// The block VM metadata goes in.
+    pub const METADATA: u64 = 2;
+    /// The first block of guest memory; the window ends with guest memory.
+    pub const GUEST_MEMORY: u64 = 3;
 
     fn find(p: &Platform) -> Result<Self, Msg> {
         let mut usable: RangeSet<64> = p.usable_memory();

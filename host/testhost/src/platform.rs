@@ -4,6 +4,7 @@
 //! facts against what the hypervisor promises.
 
 use core::fmt::Write as _;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use dtoolkit::fdt::{Fdt, FdtNode};
 use dtoolkit::standard::NodeStandard as _;
@@ -339,13 +340,22 @@ fn parse_range(text: &str) -> Option<Range> {
     Some(Range::from_base_size(number(address)?, number(size)?))
 }
 
-/// Bootarg with the bench guest's signer and signature (hex, comma between):
-/// `testhost.bench-signature=<64 hex>,<128 hex>`.
+/// Bootarg with the bench guests' signer and their signatures, one per
+/// signed configuration, named (hex; names of at most 8 bytes):
+/// `testhost.bench-signature=<signer: 64 hex>,<name>:<128 hex>,<name>:<128 hex>...`.
+/// xtask (`xtask/src/bench/hyp.rs`) signs every configuration the
+/// benchmarks run as a protected VM.
 pub const BENCH_SIGNATURE_BOOTARG: &str = "testhost.bench-signature=";
 
-/// The signature's 96 bytes as little-endian words, and whether set.
-static BENCH_SIGNATURE: [core::sync::atomic::AtomicU64; 12] = [const { core::sync::atomic::AtomicU64::new(0) }; 12];
-static BENCH_SIGNATURE_SET: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+/// Signatures held at most.
+const MAX_BENCH_SIGNATURES: usize = 8;
+/// The signer's 32 bytes as little-endian words.
+static BENCH_SIGNER: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+/// Each signature's name (its bytes, zero-padded, little-endian; 0 = unused).
+static BENCH_SIGNATURE_NAMES: [AtomicU64; MAX_BENCH_SIGNATURES] = [const { AtomicU64::new(0) }; MAX_BENCH_SIGNATURES];
+/// Each signature's 64 bytes as little-endian words.
+static BENCH_SIGNATURES: [[AtomicU64; 8]; MAX_BENCH_SIGNATURES] =
+    [const { [const { AtomicU64::new(0) }; 8] }; MAX_BENCH_SIGNATURES];
 
 fn hex_into(text: &str, out: &mut [u8]) -> Option<()> {
     if text.len() != out.len() * 2 {
@@ -357,34 +367,63 @@ fn hex_into(text: &str, out: &mut [u8]) -> Option<()> {
     Some(())
 }
 
-fn parse_bench_signature(value: &str) {
-    let Some((signer_hex, signature_hex)) = value.split_once(',') else { return };
-    let mut signer = [0u8; 32];
-    let mut signature = [0u8; 64];
-    if hex_into(signer_hex, &mut signer).is_some() && hex_into(signature_hex, &mut signature).is_some() {
-        let mut bytes = [0u8; 96];
-        bytes[..32].copy_from_slice(&signer);
-        bytes[32..].copy_from_slice(&signature);
-        for (word, chunk) in BENCH_SIGNATURE.iter().zip(bytes.chunks(8)) {
-            word.store(u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])), core::sync::atomic::Ordering::Relaxed);
-        }
-        BENCH_SIGNATURE_SET.store(true, core::sync::atomic::Ordering::Release);
+/// A signature's name as one word (`None` if empty or longer than 8 bytes).
+fn bench_signature_name(name: &str) -> Option<u64> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() > 8 {
+        return None;
+    }
+    let mut word = [0u8; 8];
+    word[..bytes.len()].copy_from_slice(bytes);
+    Some(u64::from_le_bytes(word))
+}
+
+fn store_words(words: &[AtomicU64], bytes: &[u8]) {
+    for (word, chunk) in words.iter().zip(bytes.chunks(8)) {
+        word.store(u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])), Ordering::Relaxed);
     }
 }
 
-/// The bench guest's signature, if xtask passed one.
-pub fn bench_signature() -> Option<([u8; 32], [u8; 64])> {
-    if !BENCH_SIGNATURE_SET.load(core::sync::atomic::Ordering::Acquire) {
-        return None;
+fn load_words(words: &[AtomicU64], bytes: &mut [u8]) {
+    for (chunk, word) in bytes.chunks_mut(8).zip(words) {
+        chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
     }
-    let mut bytes = [0u8; 96];
-    for (chunk, word) in bytes.chunks_mut(8).zip(&BENCH_SIGNATURE) {
-        chunk.copy_from_slice(&word.load(core::sync::atomic::Ordering::Relaxed).to_le_bytes());
+}
+
+/// Parses the bootarg's value; malformed entries are skipped (the
+/// benchmark that needs one then says it is missing).
+fn parse_bench_signature(value: &str) {
+    let mut items = value.split(',');
+    let mut signer = [0u8; 32];
+    if items.next().and_then(|hex| hex_into(hex, &mut signer)).is_none() {
+        return;
     }
+    store_words(&BENCH_SIGNER, &signer);
+    let mut slot = 0;
+    for item in items {
+        let Some((name, hex)) = item.split_once(':') else { continue };
+        let mut signature = [0u8; 64];
+        let (Some(name), Some(())) = (bench_signature_name(name), hex_into(hex, &mut signature)) else {
+            continue;
+        };
+        if slot == MAX_BENCH_SIGNATURES {
+            break;
+        }
+        store_words(&BENCH_SIGNATURES[slot], &signature);
+        BENCH_SIGNATURE_NAMES[slot].store(name, Ordering::Release);
+        slot += 1;
+    }
+}
+
+/// The signer and the signature xtask passed for the bench configuration
+/// `name`, if it did.
+pub fn bench_signature(name: &str) -> Option<([u8; 32], [u8; 64])> {
+    let wanted = bench_signature_name(name)?;
+    let slot = BENCH_SIGNATURE_NAMES.iter().position(|n| n.load(Ordering::Acquire) == wanted)?;
     let mut signer = [0u8; 32];
     let mut signature = [0u8; 64];
-    signer.copy_from_slice(&bytes[..32]);
-    signature.copy_from_slice(&bytes[32..]);
+    load_words(&BENCH_SIGNER, &mut signer);
+    load_words(&BENCH_SIGNATURES[slot], &mut signature);
     Some((signer, signature))
 }
 

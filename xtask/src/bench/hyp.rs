@@ -12,6 +12,14 @@
 //! tabulates them. `ownership` also runs the ownership state machine's
 //! build-machine benchmark (`cargo bench -p rampart-ownership --bench
 //! throughput`).
+//!
+//! `vb` (verified boot) signs every configuration the test host runs as a
+//! protected VM ([`SIGNED`]), and after the table derives the fixed part
+//! and the per-MiB slope of a protected VM's first entry, and the cost of
+//! the guest calls `RAMPART_ATTEST` and `RAMPART_SEALING_KEY`
+//! ([`vb_summary`]). With `--wall` it boots without `-icount` instead and
+//! reports the virtual counter's time for the same operations (`BENCH-WALL`
+//! lines): the emulator's wall time, only indicative.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -37,6 +45,9 @@ struct Report {
     pmu: String,
     checks: Vec<String>,
     figures: Vec<Figure>,
+    /// `BENCH-WALL` lines: nanoseconds of the virtual counter.
+    walls: Vec<Figure>,
+    info: Vec<String>,
     failures: Vec<String>,
     done: Option<String>,
 }
@@ -53,6 +64,13 @@ fn parse(console: &str) -> Report {
             r.failures.push(rest.to_string());
         } else if let Some(rest) = line.strip_prefix("BENCH-DONE ") {
             r.done = Some(rest.to_string());
+        } else if let Some(rest) = line.strip_prefix("BENCH-INFO ") {
+            r.info.push(rest.to_string());
+        } else if let Some(rest) = line.strip_prefix("BENCH-WALL ") {
+            match parse_figure(rest) {
+                Some(f) => r.walls.push(f),
+                None => r.failures.push(format!("unparsable line `{line}`")),
+            }
         } else if let Some(rest) = line.strip_prefix("BENCH ") {
             match parse_figure(rest) {
                 Some(f) => r.figures.push(f),
@@ -97,41 +115,55 @@ fn floor(name: &str) -> Option<u64> {
     }
 }
 
+/// Which groups of the test host's benchmarks to run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Groups {
+    /// Host memory calls.
+    pub ownership: bool,
+    /// VM calls, world switches, guest exits.
+    pub vm: bool,
+    /// Verified boot and attestation.
+    pub vb: bool,
+}
+
+impl Groups {
+    /// The `testhost.bench=` value.
+    fn bootarg(self) -> String {
+        let mut names = Vec::new();
+        for (on, name) in [(self.ownership, "ownership"), (self.vm, "vm"), (self.vb, "vb")] {
+            if on {
+                names.push(name);
+            }
+        }
+        names.join(",")
+    }
+}
+
 /// Runs the EL2 benchmarks.
-pub fn run(args: &BenchArgs, ownership: bool, vm: bool) -> Result<()> {
+pub fn run(args: &BenchArgs, groups: Groups) -> Result<()> {
     prereq::ensure(&[&prereq::QEMU])?;
+    if args.wall {
+        if !groups.vb || groups.ownership || groups.vm {
+            bail!("--wall is for `cargo xtask bench vb` only");
+        }
+        return wall(args);
+    }
     let rounds = args.rounds.unwrap_or(2);
     if rounds == 0 {
         bail!("--rounds must be at least 1");
     }
-    let groups = match (ownership, vm) {
-        (true, true) => "ownership,vm",
-        (true, false) => "ownership",
-        _ => "vm",
-    };
-    let mem = args.mem.clone().unwrap_or_else(|| "512M".into());
-    let mut m = suite::testhost_machine(1, &mem, "max")?;
-    m.append.push_str(&format!(" -- testhost.bench={groups} {}", bench_signature_bootarg()?));
+    let groups_arg = groups.bootarg();
+    let mut m = machine(args, &groups_arg)?;
     m.extra.extend(["-icount".to_string(), "shift=0".to_string()]);
-    println!("bench {groups}: {}", m.command_line());
+    println!("bench {groups_arg}: {}", m.command_line());
     println!("measured: {}", describe_tree());
 
     let timeout = Duration::from_secs(args.timeout);
     let mut first: Option<Report> = None;
     for round in 1..=rounds {
-        let run = m.run(timeout, None, false)?;
-        let report = parse(&run.console);
-        if run.timed_out {
-            bail!(run.failure("timed out"));
-        }
-        let Some(done) = &report.done else {
-            bail!(run.failure("the test host never printed BENCH-DONE"));
-        };
-        if !report.failures.is_empty() || !done.ends_with(" 0 failed") {
-            bail!(run.failure(&format!("benchmarks failed:\n  {}", report.failures.join("\n  "))));
-        }
+        let report = boot(&m, timeout)?;
         if let Some(bad) = report.checks.iter().find(|c| !c.contains(" ok: ")) {
-            bail!(run.failure(&format!("the PMU check failed: {bad}")));
+            bail!("the PMU check failed: {bad}");
         }
         match &first {
             None => {
@@ -158,12 +190,144 @@ pub fn run(args: &BenchArgs, ownership: bool, vm: bool) -> Result<()> {
     let report = first.expect("at least one round");
     println!("{rounds} runs, identical figures\n");
     print_table(&report.figures);
+    for info in &report.info {
+        println!("{info}");
+    }
+    if groups.vb {
+        println!("\nverified boot and attestation (derived from the table):");
+        for line in vb_summary(&report.figures) {
+            println!("  {line}");
+        }
+    }
 
-    if ownership {
+    if groups.ownership {
         println!("\nownership state machine on the build machine (cargo bench -p rampart-ownership --bench throughput):");
         throughput()?;
     }
     Ok(())
+}
+
+/// The test host's machine for `testhost.bench=<groups>`, every bench
+/// configuration signed.
+fn machine(args: &BenchArgs, groups: &str) -> Result<crate::qemu::Machine> {
+    let mem = args.mem.clone().unwrap_or_else(|| "512M".into());
+    let mut m = suite::testhost_machine(1, &mem, "max")?;
+    m.append.push_str(&format!(" -- testhost.bench={groups} {}", bench_signature_bootarg()?));
+    Ok(m)
+}
+
+/// Boots once; the report, if every benchmark passed.
+fn boot(m: &crate::qemu::Machine, timeout: Duration) -> Result<Report> {
+    let run = m.run(timeout, None, false)?;
+    let report = parse(&run.console);
+    if run.timed_out {
+        bail!(run.failure("timed out"));
+    }
+    let Some(done) = &report.done else {
+        bail!(run.failure("the test host never printed BENCH-DONE"));
+    };
+    if !report.failures.is_empty() || !done.ends_with(" 0 failed") {
+        bail!(run.failure(&format!("benchmarks failed:\n  {}", report.failures.join("\n  "))));
+    }
+    Ok(report)
+}
+
+/// `bench vb --wall`: boots without `-icount` `--rounds` times (default 3)
+/// and reports the `BENCH-WALL` figures: median, min and max over every
+/// run's median.
+fn wall(args: &BenchArgs) -> Result<()> {
+    let rounds = args.rounds.unwrap_or(3);
+    if rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    let m = machine(args, "vb,wall")?;
+    println!("bench vb --wall: {}", m.command_line());
+    println!("measured: {}", describe_tree());
+    let load_before = super::loadavg();
+    let timeout = Duration::from_secs(args.timeout);
+    let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut order = Vec::new();
+    for _ in 0..rounds {
+        let report = boot(&m, timeout)?;
+        for w in report.walls {
+            if !samples.contains_key(&w.name) {
+                order.push(w.name.clone());
+            }
+            samples.entry(w.name).or_default().push(w.median as f64 / 1e6);
+        }
+    }
+    println!(
+        "{rounds} runs; load average (1, 5, 15 min): {load_before} before, {} after",
+        super::loadavg()
+    );
+    println!("QEMU TCG wall time of the virtual counter, only indicative (not hardware figures)\n");
+    println!("{:<30} {:>10} {:>10} {:>10}", "operation", "median ms", "min ms", "max ms");
+    for name in order {
+        let v = &samples[&name];
+        println!(
+            "{:<30} {:>10.3} {:>10.3} {:>10.3}",
+            name,
+            super::median(v),
+            super::min(v),
+            super::max(v)
+        );
+    }
+    Ok(())
+}
+
+/// The memory sizes of the `vb` group, in MiB (`host/testhost/src/bench/vb.rs`).
+const VB_SIZES: [u64; 3] = [1, 2, 4];
+
+/// What the `vb` figures mean: the protected VM's first entry as a fixed
+/// part plus a slope per MiB, the same for the measurement alone, the
+/// signature check, the non-protected contrast, and the guest calls.
+///
+/// The line goes through the two largest sizes: `VM_DONATE` maps a
+/// 2 MiB-aligned range with 2 MiB blocks, so those VMs differ only in how
+/// much is hashed. The 1 MiB VM is mapped page by page (256 stage-2
+/// entries); how far it lies off the line is that mapping's cost in the
+/// measurement's stage-2 walk.
+fn vb_summary(figures: &[Figure]) -> Vec<String> {
+    let get = |name: &str| figures.iter().find(|f| f.name == name).map(|f| f.median as f64);
+    let mut out = Vec::new();
+    let (lo, mid, hi) = (VB_SIZES[0], VB_SIZES[1], VB_SIZES[2]);
+    for (what, op) in [("first entry of a protected VM", "first-entry"), ("measurement alone (run before VM_SET_SIGNATURE)", "unsigned-run")] {
+        let at = |mib: u64| get(&format!("vb/pvm-{mib}m/{op}"));
+        if let (Some(a), Some(b), Some(c)) = (at(lo), at(mid), at(hi)) {
+            let slope = (c - b) / (hi - mid) as f64;
+            let fixed = b - slope * mid as f64;
+            let off = a - (fixed + slope * lo as f64);
+            out.push(format!(
+                "{what}: {fixed:.0} + {slope:.0} per MiB ({:.0} per 4 KiB page), through {mid} and {hi} MiB (block-mapped); \
+                 {lo} MiB (page-mapped) lies {off:+.0} off the line",
+                slope / 256.0
+            ));
+        }
+    }
+    for mib in VB_SIZES {
+        let name = |op: &str| format!("vb/pvm-{mib}m/{op}");
+        if let (Some(e), Some(u)) = (get(&name("first-entry")), get(&name("unsigned-run"))) {
+            out.push(format!(
+                "{mib} MiB: signature check + guest entry - refusal = first-entry - unsigned-run = {:.0}",
+                e - u
+            ));
+        }
+    }
+    let vm: Vec<String> = VB_SIZES
+        .iter()
+        .filter_map(|mib| get(&format!("vb/vm-{mib}m/first-entry")).map(|v| format!("{mib} MiB {v:.0}")))
+        .collect();
+    if !vm.is_empty() {
+        out.push(format!("first entry of a non-protected VM (not measured): {}", vm.join(", ")));
+    }
+    let hvc = get("vm/hvc").or_else(|| get("pvm/hvc"));
+    for (name, what) in [("vb/attest", "RAMPART_ATTEST (64-byte nonce)"), ("vb/sealing-key", "RAMPART_SEALING_KEY (32-byte label)")] {
+        if let Some(v) = get(name) {
+            let beyond = hvc.map_or(String::new(), |h| format!(", {:.0} beyond a guest HVC answered at EL2 ({h:.0})", v - h));
+            out.push(format!("{what}: {v:.0} EL2 instructions, guest -> EL2 -> guest{beyond}"));
+        }
+    }
+    out
 }
 
 fn print_table(figures: &[Figure]) {
@@ -239,6 +403,51 @@ fn describe_tree() -> String {
     )
 }
 
+/// The hand-assembled bench guest the test host runs (the same file).
+const BENCH_GUEST: [u32; 15] = include!("../../../host/testhost/src/bench/guest_code.rs");
+/// The attestation bench guest (the same file as the test host's).
+const ATTEST_GUEST: [u32; 29] = include!("../../../host/testhost/src/bench/attest_guest_code.rs");
+
+/// Every configuration the test host runs as a protected VM: the name it
+/// looks its signature up by (`host/testhost/src/bench/{vm,vb}.rs`), the
+/// guest, and its RAM in bytes. One vCPU, entered at the image's start
+/// with `x0` = the RAM size; the RAM past the image is zero.
+const SIGNED: [(&str, &[u32], u64); 5] = [
+    ("pvm", &BENCH_GUEST, 2 * 4096),
+    ("pvm-1m", &BENCH_GUEST, 1 << 20),
+    ("pvm-2m", &BENCH_GUEST, 2 << 20),
+    ("pvm-4m", &BENCH_GUEST, 4 << 20),
+    ("attest", &ATTEST_GUEST, 2 * 4096),
+];
+
+/// Signs every configuration in [`SIGNED`] with the development key and
+/// returns the `testhost.bench-signature=<signer>,<name>:<signature>,...`
+/// bootarg.
+fn bench_signature_bootarg() -> Result<String> {
+    let key = crate::attest::signing_key()?;
+    let mut arg = format!("testhost.bench-signature={}", crate::attest::hex(key.verifying_key().as_bytes()));
+    for (name, guest, memory_size) in SIGNED {
+        let signature = sign_configuration(guest, memory_size, &key)?;
+        arg.push_str(&format!(",{name}:{}", crate::attest::hex(&signature)));
+    }
+    Ok(arg)
+}
+
+/// The signature over the measurement of `guest` in a protected VM with
+/// `memory_size` bytes of RAM.
+fn sign_configuration(guest: &[u32], memory_size: u64, key: &rampart_attest::SigningKey) -> Result<[u8; 64]> {
+    use rampart_attest::{Manifest, VmFlags, measure_image, sign_measurement};
+    let image: Vec<u8> = guest.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let manifest = Manifest {
+        memory_size,
+        vcpus: 1,
+        entry_offset: 0,
+        flags: VmFlags { protected: true, debug: false },
+    };
+    let measurement = measure_image(&manifest, &image).map_err(|e| anyhow::anyhow!("bench guest manifest: {e}"))?;
+    Ok(sign_measurement(&measurement, key).to_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,34 +470,61 @@ mod tests {
     }
 
     #[test]
+    fn vb_summary_fits_a_line() {
+        let f = |name: &str, median: u64| Figure { name: name.into(), median, fields: BTreeMap::new() };
+        let figures = [
+            f("vb/pvm-1m/first-entry", 1_100 + 1_000),
+            f("vb/pvm-2m/first-entry", 1_100 + 2_000),
+            f("vb/pvm-4m/first-entry", 1_100 + 4_000),
+            f("vb/pvm-1m/unsigned-run", 100 + 1_001),
+            f("vb/pvm-2m/unsigned-run", 100 + 2_000),
+            f("vb/pvm-4m/unsigned-run", 100 + 4_000),
+            f("vb/vm-1m/first-entry", 1_809),
+            f("vm/hvc", 1_371),
+            f("vb/attest", 2_371),
+        ];
+        let lines = vb_summary(&figures);
+        assert!(lines[0].contains(": 1100 + 1000 per MiB"), "{lines:?}");
+        assert!(lines[0].ends_with("lies +0 off the line"), "{lines:?}");
+        assert!(lines[1].contains(": 100 + 1000 per MiB"), "{lines:?}");
+        assert!(lines[1].ends_with("lies +1 off the line"), "{lines:?}");
+        assert!(lines[2].ends_with("= 999"), "{lines:?}");
+        assert!(lines.iter().any(|l| l.contains("1 MiB 1809")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.contains("2371 EL2 instructions") && l.contains(", 1000 beyond")), "{lines:?}");
+    }
+
+    #[test]
+    fn every_configuration_is_signed() {
+        let key = rampart_attest::SigningKey::from_bytes(&[7; 32]);
+        for (name, guest, size) in SIGNED {
+            assert!(name.len() <= 8, "{name}: the test host keeps names of 8 bytes at most");
+            let sig = sign_configuration(guest, size, &key).unwrap();
+            let image: Vec<u8> = guest.iter().flat_map(|w| w.to_le_bytes()).collect();
+            let manifest = rampart_attest::Manifest {
+                memory_size: size,
+                vcpus: 1,
+                entry_offset: 0,
+                flags: rampart_attest::VmFlags { protected: true, debug: false },
+            };
+            let m = rampart_attest::measure_image(&manifest, &image).unwrap();
+            rampart_attest::verify_measurement(&m, key.verifying_key().as_bytes(), &sig, &[key.verifying_key()]).unwrap();
+        }
+        assert_eq!(VB_SIZES.map(|mib| format!("pvm-{mib}m")), ["pvm-1m", "pvm-2m", "pvm-4m"]);
+        assert!(VB_SIZES.iter().all(|mib| SIGNED.iter().any(|(_, _, size)| *size == mib << 20)));
+    }
+
+    #[test]
+    fn parses_wall_and_info_lines() {
+        let r = parse("BENCH-WALL vb/attest 1234 min=1 max=2 n=8\nBENCH-INFO vb/attest: reports of 300 bytes\n");
+        assert_eq!(r.walls[0].median, 1234);
+        assert_eq!(r.info, ["vb/attest: reports of 300 bytes"]);
+        assert!(r.figures.is_empty());
+    }
+
+    #[test]
     fn floors() {
         assert_eq!(floor("vm/hvc"), Some(66));
         assert_eq!(floor("pvm/first-entry"), Some(132));
         assert_eq!(floor("host/version"), None);
     }
-}
-
-/// The hand-assembled bench guest the test host runs (the same file).
-const BENCH_GUEST: [u32; 15] = include!("../../../host/testhost/src/bench/guest_code.rs");
-
-/// Signs the bench guest as the test host runs it in a protected VM (two
-/// pages of RAM, one vCPU, entry at its start) with the development key,
-/// and returns the `testhost.bench-signature=` bootarg.
-fn bench_signature_bootarg() -> Result<String> {
-    use rampart_attest::{Manifest, VmFlags, measure_image, sign_measurement};
-    let image: Vec<u8> = BENCH_GUEST.iter().flat_map(|w| w.to_le_bytes()).collect();
-    let manifest = Manifest {
-        memory_size: 2 * 4096,
-        vcpus: 1,
-        entry_offset: 0,
-        flags: VmFlags { protected: true, debug: false },
-    };
-    let measurement = measure_image(&manifest, &image).map_err(|e| anyhow::anyhow!("bench guest manifest: {e}"))?;
-    let key = crate::attest::signing_key()?;
-    let signature = sign_measurement(&measurement, &key);
-    Ok(format!(
-        "testhost.bench-signature={},{}",
-        crate::attest::hex(key.verifying_key().as_bytes()),
-        crate::attest::hex(&signature.to_bytes())
-    ))
 }

@@ -31,19 +31,21 @@ use crate::msg::Msg;
 use crate::{ensure, msg};
 
 /// Where the guest's RAM starts (its first page is the image).
-const GUEST_BASE: u64 = rampart_abi::guest::GUEST_RAM_BASE;
+pub(super) const GUEST_BASE: u64 = rampart_abi::guest::GUEST_RAM_BASE;
 /// The guest's MMIO: QEMU virt's PL011, which the host emulates.
-const UART: u64 = 0x0900_0000;
+pub(super) const UART: u64 = 0x0900_0000;
 /// Guest HVCs in the long run.
 const HVCS: u64 = 16;
 /// Metadata pages given to `VM_CREATE`.
-const METADATA_PAGES: u64 = 16;
+pub(super) const METADATA_PAGES: u64 = 16;
 
 /// The guest, hand-assembled (checked with `llvm-mc -triple=aarch64`); xtask
 /// signs the same words for the protected VM.
-const GUEST: [u32; 15] = include!("guest_code.rs");
+pub(super) const GUEST: [u32; 15] = include!("guest_code.rs");
 /// Guest RAM: the image page and one more (as xtask signs it).
 pub const GUEST_PAGES: u64 = 2;
+/// The name xtask signs this configuration under (`testhost.bench-signature=`).
+pub const SIGNATURE_NAME: &str = "pvm";
 
 /// The non-protected VM.
 pub fn run_unprotected(scratch: &Scratch) -> Result<(), Msg> {
@@ -104,11 +106,7 @@ fn run(scratch: &Scratch, protected: bool) -> Result<(), Msg> {
 }
 
 fn one_vm(f: &mut Figures, protected: bool, metadata: u64, image: u64, extra: u64) -> Result<(), Msg> {
-    for (i, pair) in GUEST.chunks(2).enumerate() {
-        let low = u64::from(pair[0]);
-        let high = u64::from(pair.get(1).copied().unwrap_or(0));
-        arch::ram_write(image + 8 * i as u64, low | (high << 32));
-    }
+    write_image(image, &GUEST);
     let config = VmConfig {
         debug: false,
         protected,
@@ -119,7 +117,7 @@ fn one_vm(f: &mut Figures, protected: bool, metadata: u64, image: u64, extra: u6
     ensure!(r[0] == 0, "VM_CREATE returned {}", r[0] as i64);
     f.create.push(d);
     let handle = r[1];
-    let signature = if protected { crate::platform::bench_signature() } else { None };
+    let signature = if protected { crate::platform::bench_signature(SIGNATURE_NAME) } else { None };
     if protected && signature.is_none() {
         return Err(msg!("no testhost.bench-signature= on the command line: xtask signs the bench guest"));
     }
@@ -144,17 +142,8 @@ fn drive(f: &mut Figures, handle: u64, image: u64, extra: u64, signature: Option
     // x0 = the RAM size, as a signed manifest says (the guest ignores it).
     let r = super::measure(HostCall::VcpuSetRegs, &[handle, 0, GUEST_BASE, GUEST_PAGES * PAGE]).1;
     ensure!(r[0] == 0, "VCPU_SET_REGS returned {}", r[0] as i64);
-    if let Some((signer, signature)) = signature {
-        let mut args = [0u64; 13];
-        args[0] = handle;
-        for (i, chunk) in signer.chunks(8).enumerate() {
-            args[1 + i] = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
-        }
-        for (i, chunk) in signature.chunks(8).enumerate() {
-            args[5 + i] = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
-        }
-        let r = super::measure(HostCall::VmSetSignature, &args).1;
-        ensure!(r[0] == 0, "VM_SET_SIGNATURE returned {}", r[0] as i64);
+    if let Some(signature) = signature {
+        set_signature(handle, signature)?;
     }
 
     let run = |value: u64| measure(HostCall::VcpuRun, &[handle, 0, value]);
@@ -183,9 +172,33 @@ fn drive(f: &mut Figures, handle: u64, image: u64, extra: u64, signature: Option
     Ok(())
 }
 
+/// Writes a hand-assembled guest at `image` (RAM the test host owns).
+pub(super) fn write_image(image: u64, words: &[u32]) {
+    for (i, pair) in words.chunks(2).enumerate() {
+        let low = u64::from(pair[0]);
+        let high = u64::from(pair.get(1).copied().unwrap_or(0));
+        arch::ram_write(image + 8 * i as u64, low | (high << 32));
+    }
+}
+
+/// `VM_SET_SIGNATURE` with a signer and signature from xtask.
+pub(super) fn set_signature(handle: u64, (signer, signature): &([u8; 32], [u8; 64])) -> Result<(), Msg> {
+    let mut args = [0u64; 13];
+    args[0] = handle;
+    for (i, chunk) in signer.chunks(8).enumerate() {
+        args[1 + i] = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+    }
+    for (i, chunk) in signature.chunks(8).enumerate() {
+        args[5 + i] = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+    }
+    let r = measure(HostCall::VmSetSignature, &args).1;
+    ensure!(r[0] == 0, "VM_SET_SIGNATURE returned {}", r[0] as i64);
+    Ok(())
+}
+
 /// Checks a `VCPU_RUN` result: `x0` = SUCCESS, the exit reason, and for an
 /// MMIO exit its address and flags.
-fn expect(r: &[u64; 18], reason: u64, address: u64, flags: u64, when: &str) -> Result<(), Msg> {
+pub(super) fn expect(r: &[u64; 18], reason: u64, address: u64, flags: u64, when: &str) -> Result<(), Msg> {
     ensure!(r[0] == 0, "{when}: VCPU_RUN returned {}", r[0] as i64);
     let mmio_ok = reason != ExitReason::Mmio as u64 || (r[2] == address && r[3] == flags);
     ensure!(
