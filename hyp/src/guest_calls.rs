@@ -17,8 +17,7 @@ use crate::vm::{self, VCPU_BOOT, VCPU_POWER, power};
 /// The UUID of Rampart's TRNG back end (the CPU's RNDR), as four words.
 const TRNG_UUID: [u64; 4] = [0x7261_6d70, 0x6172_7420, 0x524e_4452, 0x0000_0001];
 
-/// PSCI INVALID_ADDRESS.
-const PSCI_INVALID_ADDRESS: i64 = -9;
+const PSCI_INVALID_ADDRESS: i64 = psci::INVALID_ADDRESS;
 
 /// SMCCC / KVM return: invalid parameter.
 const INVALID: u64 = rampart_abi::smccc::INVALID_PARAMETER as u64;

@@ -215,8 +215,7 @@ fn cpu_on(target: u64, entry: u64, context: u64) -> i64 {
     code
 }
 
-/// PSCI INVALID_ADDRESS.
-const PSCI_INVALID_ADDRESS: i64 = -9;
+const PSCI_INVALID_ADDRESS: i64 = psci::INVALID_ADDRESS;
 
 /// CPU_OFF from the host. Returns only if firmware refuses.
 fn cpu_off() -> i64 {

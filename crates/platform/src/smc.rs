@@ -8,47 +8,33 @@
 
 use rampart_abi::smccc;
 
-/// PSCI function IDs (Arm DEN0022).
+/// PSCI function IDs and return codes (Arm DEN0022), as the hypervisor
+/// relays them for the host: the IDs are `rampart_abi::guest::psci`'s, the
+/// codes widened to the 64-bit `x0` they travel in.
 pub mod psci {
-    /// PSCI_VERSION
-    pub const VERSION: u32 = 0x8400_0000;
-    /// CPU_SUSPEND, 32-bit
-    pub const CPU_SUSPEND_32: u32 = 0x8400_0001;
-    /// CPU_SUSPEND, 64-bit
-    pub const CPU_SUSPEND_64: u32 = 0xC400_0001;
-    /// CPU_OFF
-    pub const CPU_OFF: u32 = 0x8400_0002;
-    /// CPU_ON, 32-bit
-    pub const CPU_ON_32: u32 = 0x8400_0003;
-    /// CPU_ON, 64-bit
-    pub const CPU_ON_64: u32 = 0xC400_0003;
-    /// AFFINITY_INFO, 32-bit
-    pub const AFFINITY_INFO_32: u32 = 0x8400_0004;
-    /// AFFINITY_INFO, 64-bit
-    pub const AFFINITY_INFO_64: u32 = 0xC400_0004;
-    /// MIGRATE_INFO_TYPE
-    pub const MIGRATE_INFO_TYPE: u32 = 0x8400_0006;
-    /// SYSTEM_OFF
-    pub const SYSTEM_OFF: u32 = 0x8400_0008;
-    /// SYSTEM_RESET
-    pub const SYSTEM_RESET: u32 = 0x8400_0009;
-    /// PSCI_FEATURES
-    pub const FEATURES: u32 = 0x8400_000A;
+    use rampart_abi::guest::psci as abi;
+
+    pub use abi::{
+        AFFINITY_INFO_32, AFFINITY_INFO_64, CPU_OFF, CPU_ON_32, CPU_ON_64, CPU_SUSPEND_32, CPU_SUSPEND_64, FEATURES,
+        MIGRATE_INFO_TYPE, SYSTEM_OFF, SYSTEM_RESET, VERSION,
+    };
 
     /// PSCI return code: success.
-    pub const SUCCESS: i64 = 0;
+    pub const SUCCESS: i64 = abi::SUCCESS as i64;
     /// PSCI return code: not supported.
-    pub const NOT_SUPPORTED: i64 = -1;
+    pub const NOT_SUPPORTED: i64 = abi::NOT_SUPPORTED as i64;
     /// PSCI return code: invalid parameters.
-    pub const INVALID_PARAMETERS: i64 = -2;
+    pub const INVALID_PARAMETERS: i64 = abi::INVALID_PARAMETERS as i64;
     /// PSCI return code: denied.
-    pub const DENIED: i64 = -3;
+    pub const DENIED: i64 = abi::DENIED as i64;
     /// PSCI return code: the CPU is already on.
-    pub const ALREADY_ON: i64 = -4;
+    pub const ALREADY_ON: i64 = abi::ALREADY_ON as i64;
     /// PSCI return code: a CPU_ON for this CPU is pending.
-    pub const ON_PENDING: i64 = -5;
+    pub const ON_PENDING: i64 = abi::ON_PENDING as i64;
     /// PSCI return code: internal failure.
-    pub const INTERNAL_FAILURE: i64 = -6;
+    pub const INTERNAL_FAILURE: i64 = abi::INTERNAL_FAILURE as i64;
+    /// PSCI return code: the entry point is not valid memory.
+    pub const INVALID_ADDRESS: i64 = abi::INVALID_ADDRESS as i64;
 
     /// CPU_SUSPEND power_state bit 16 (original format): a power-down state.
     pub const POWER_STATE_TYPE_POWERDOWN: u64 = 1 << 16;
@@ -56,16 +42,11 @@ pub mod psci {
 
 /// SMCCC TRNG function IDs (Arm DEN0098), forwarded when firmware has them.
 pub mod trng {
-    /// TRNG_VERSION
-    pub const VERSION: u32 = 0x8400_0050;
-    /// TRNG_FEATURES
-    pub const FEATURES: u32 = 0x8400_0051;
-    /// TRNG_GET_UUID
-    pub const GET_UUID: u32 = 0x8400_0052;
+    pub use rampart_abi::guest::trng::{FEATURES, GET_UUID, VERSION};
     /// TRNG_RNG, 32-bit
-    pub const RNG_32: u32 = 0x8400_0053;
+    pub const RNG_32: u32 = rampart_abi::guest::trng::RND32;
     /// TRNG_RNG, 64-bit
-    pub const RNG_64: u32 = 0xC400_0053;
+    pub const RNG_64: u32 = rampart_abi::guest::trng::RND64;
 }
 
 /// What the hypervisor does with one host SMC.
