@@ -575,7 +575,7 @@ mod decode_tests {
 
     #[test]
     fn words_and_bytes_round_trip() {
-        let bytes: [u8; 32] = core::array::from_fn(|i| i as u8);
+        let bytes: [u8; 32] = core::array::from_fn(|i| u8::try_from(i).unwrap_or(0));
         let words: [u64; 4] = bytes_to_words(&bytes);
         assert_eq!(words[0], 0x0706_0504_0302_0100);
         assert_eq!(words_to_bytes::<32>(&words), bytes);
