@@ -482,8 +482,7 @@ pub fn run(
         cpus: (0..MAX_CPUS).filter(|&c| counts[c] > 0).count(),
         millis,
     };
-    for i in 0..vms.len() {
-        let shared = &SHARED[i];
+    for (i, shared) in SHARED.iter().enumerate().take(vms.len()) {
         report.states[i] = shared.state.load(Ordering::Acquire);
         report.exits[i] = shared.exits.load(Ordering::Acquire);
         let d = |k: usize| shared.detail[k].load(Ordering::Acquire);
