@@ -5,6 +5,7 @@ use core::sync::atomic::Ordering;
 use rampart_abi::Error;
 use rampart_abi::host::{ExitReason, VcpuRef, mmio};
 use rampart_platform::inject::{self, Interrupted, Kind};
+use rampart_platform::trap::{MmioAccess, SysregAccess, sanitise_id_register};
 use zerocopy::FromZeros;
 
 use crate::arch::guest::{self, El1Context, FpContext, PauthKeys, VgicContext};
@@ -31,22 +32,13 @@ pub struct VcpuState {
     pub vgic: VgicContext,
 }
 
-/// An MMIO access the host is emulating.
-#[derive(Clone, Copy, Debug)]
-struct PendingMmio {
-    write: bool,
-    register: usize,
-    size_log2: u64,
-    sign_extend: bool,
-    sixty_four: bool,
-}
-
 /// A vCPU: its state page and what the hypervisor tracks for it.
 pub struct Vcpu {
     state: &'static mut VcpuState,
     index: usize,
     ran: bool,
-    mmio: Option<PendingMmio>,
+    /// The MMIO access the host is emulating.
+    mmio: Option<MmioAccess>,
     pending: [u32; 8],
     pending_count: usize,
     halted: bool,
@@ -189,7 +181,7 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
     v.ran = true;
     if let Some(op) = v.mmio.take() {
         if !op.write && op.register < 31 {
-            v.state.regs[op.register] = extend(mmio_read_value, op);
+            v.state.regs[op.register] = op.load_value(mmio_read_value);
         }
         v.state.pc += 4;
     }
@@ -233,18 +225,6 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
         if let Outcome::Exit(record) = outcome {
             return Ok(record);
         }
-    }
-}
-
-fn extend(value: u64, op: PendingMmio) -> u64 {
-    let bits = 8u32 << op.size_log2;
-    let masked = if bits == 64 { value } else { value & ((1u64 << bits) - 1) };
-    if op.sign_extend && bits < 64 {
-        let shift = 64 - bits;
-        let wide = ((masked << shift) as i64 >> shift) as u64;
-        if op.sixty_four { wide } else { wide & 0xffff_ffff }
-    } else {
-        masked
     }
 }
 
@@ -434,7 +414,6 @@ fn handle_exit(slot: usize, v: &mut Vcpu, kind: u64) -> Outcome {
 
 /// A stage-2 abort: MMIO below guest RAM, a memory fault above it.
 fn abort(slot: usize, v: &mut Vcpu, ipa: u64, iss: u64, far: u64, instruction: bool) -> Outcome {
-    const ISV: u64 = 1 << 24;
     let write = iss & (1 << 6) != 0;
     let (mapped, mmio_allowed) = {
         let guard = vm::VMS[slot].lock();
@@ -452,18 +431,14 @@ fn abort(slot: usize, v: &mut Vcpu, ipa: u64, iss: u64, far: u64, instruction: b
         v.memory_fault = Some(MemoryFault { ipa, far, write, instruction });
         return exit(ExitReason::MemoryFault, ipa & !0xfff, u64::from(write), 0);
     }
-    if iss & ISV == 0 || !mmio_allowed {
-        inject_guest(v, Kind::DataAbort { write, far_not_valid: false }, far);
-        return Outcome::Resume;
-    }
-    let op = PendingMmio {
-        write,
-        register: ((iss >> 16) & 0x1f) as usize,
-        size_log2: (iss >> 22) & 0b11,
-        sign_extend: iss & (1 << 21) != 0,
-        sixty_four: iss & (1 << 15) != 0,
+    let op = match MmioAccess::decode(iss) {
+        Some(op) if mmio_allowed => op,
+        _ => {
+            inject_guest(v, Kind::DataAbort { write, far_not_valid: false }, far);
+            return Outcome::Resume;
+        }
     };
-    let value = if write && op.register < 31 { extend(v.state.regs[op.register], PendingMmio { sign_extend: false, ..op }) } else { 0 };
+    let value = if write && op.register < 31 { op.store_value(v.state.regs[op.register]) } else { 0 };
     v.mmio = Some(op);
     let flags = op.size_log2 | if write { mmio::WRITE } else { 0 };
     exit(ExitReason::Mmio, ipa, flags, value)
@@ -472,49 +447,16 @@ fn abort(slot: usize, v: &mut Vcpu, ipa: u64, iss: u64, far: u64, instruction: b
 /// A trapped system-register access: sanitised ID registers for protected
 /// guests, an undefined instruction for everything else.
 fn sysreg(v: &mut Vcpu, iss: u64) {
-    let read = iss & 1 == 1;
-    let rt = ((iss >> 5) & 0x1f) as usize;
-    let crm = (iss >> 1) & 0xf;
-    let crn = (iss >> 10) & 0xf;
-    let op1 = (iss >> 14) & 0x7;
-    let op2 = (iss >> 17) & 0x7;
-    let op0 = (iss >> 20) & 0x3;
-    if read && op0 == 3 && op1 == 0 && crn == 0 && (1..=7).contains(&crm) {
-        let value = sanitised_id_register(crm, op2);
-        if rt < 31 {
-            v.state.regs[rt] = value;
+    let access = SysregAccess::decode(iss);
+    if let Some((crm, op2)) = access.id_register() {
+        let value = sanitise_id_register(crm, op2, arch::id_register(crm, op2));
+        if access.register < 31 {
+            v.state.regs[access.register] = value;
         }
         v.state.pc += 4;
         return;
     }
-    let far = 0;
-    inject_guest(v, Kind::Undefined, far);
-}
-
-/// What a protected guest sees of the ID registers: the CPU's, with
-/// features Rampart does not give guests (SVE, SME, MTE, AMU, MPAM, PMU,
-/// statistical profiling, trace, EL2, EL3, AArch32) hidden.
-fn sanitised_id_register(crm: u64, op2: u64) -> u64 {
-    fn clear(value: u64, fields: &[u32]) -> u64 {
-        fields.iter().fold(value, |v, &shift| v & !(0xf << shift))
-    }
-    match (crm, op2) {
-        // ID_AA64PFR0_EL1: keep EL0/EL1 AArch64-only, FP, AdvSIMD, GIC, CSV2/3.
-        (4, 0) => {
-            let v = clear(arch::id_aa64pfr0_el1(), &[8, 12, 28, 32, 40, 44, 52]);
-            (v & !0xff) | 0x11
-        }
-        (4, 1) => clear(arch::id_aa64pfr1_el1(), &[8, 16, 24, 28, 32, 40]),
-        // ID_AA64DFR0_EL1: debug architecture only.
-        (5, 0) => arch::id_aa64dfr0_el1() & 0xf,
-        (6, 0) => arch::id_aa64isar0_el1(),
-        (6, 1) => arch::id_aa64isar1_el1(),
-        (6, 2) => arch::id_aa64isar2_el1(),
-        (7, 0) => arch::id_aa64mmfr0_el1(),
-        (7, 1) => arch::id_aa64mmfr1_el1(),
-        (7, 2) => arch::id_aa64mmfr2_el1(),
-        _ => 0,
-    }
+    inject_guest(v, Kind::Undefined, 0);
 }
 
 /// Delivers a synchronous exception to the guest's EL1.

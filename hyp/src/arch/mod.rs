@@ -216,6 +216,23 @@ sysreg!(/// `HDFGRTR_EL2` (FEAT_FGT)
 sysreg!(/// `HDFGWTR_EL2` (FEAT_FGT)
     hdfgwtr_el2, set_hdfgwtr_el2, "s3_4_c3_c1_5");
 
+/// The AArch64 ID register (op0 3, op1 0, CRn 0, `crm`, `op2`) for the
+/// ones Rampart shows guests; 0 for any other.
+pub fn id_register(crm: u64, op2: u64) -> u64 {
+    match (crm, op2) {
+        (4, 0) => id_aa64pfr0_el1(),
+        (4, 1) => id_aa64pfr1_el1(),
+        (5, 0) => id_aa64dfr0_el1(),
+        (6, 0) => id_aa64isar0_el1(),
+        (6, 1) => id_aa64isar1_el1(),
+        (6, 2) => id_aa64isar2_el1(),
+        (7, 0) => id_aa64mmfr0_el1(),
+        (7, 1) => id_aa64mmfr1_el1(),
+        (7, 2) => id_aa64mmfr2_el1(),
+        _ => 0,
+    }
+}
+
 /// Instruction synchronisation barrier.
 #[inline]
 pub fn isb() {
