@@ -185,10 +185,14 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
         }
         v.state.pc += 4;
     }
+    let boot = crate::BOOT.get().ok_or(Error::NotSupported)?;
+    // The guest's EL1 context stays loaded for as many exits as EL2 handles
+    // itself; the host's comes back only when the host must see an exit.
+    let host = load_guest(v, vttbr, protected, boot);
     if let Some(fault) = v.memory_fault.take() {
         let still_unbacked = {
-            let (_, vm_guard) = vm::lock(vcpu.vm)?;
-            vm_guard.as_ref().is_some_and(|vm| vm::translate(vm, fault.ipa).is_none())
+            let guard = vm::VMS[slot].lock();
+            guard.as_ref().is_some_and(|vm| vm::translate(vm, fault.ipa).is_none())
         };
         if still_unbacked {
             let kind = if fault.instruction {
@@ -199,8 +203,7 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
             inject_guest(v, kind, fault.far);
         }
     }
-    let boot = crate::BOOT.get().ok_or(Error::NotSupported)?;
-    loop {
+    let record = loop {
         check_timer(v);
         for (n, word) in vm::VCPU_PENDING[slot][v.index].iter().enumerate() {
             let mut bits = word.swap(0, Ordering::AcqRel);
@@ -214,18 +217,26 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
             }
         }
         load_pending_interrupts(v);
-        let outcome = {
-            let kind = switch_and_run(v, vttbr, protected, boot);
-            handle_exit(slot, v, kind)
+        // SAFETY: nothing takes an exception at EL2 between setting the
+        // guest's PC and PSTATE and entering it; the guest is loaded.
+        let kind = unsafe {
+            arch::set_elr_el2(v.state.pc);
+            arch::set_spsr_el2(v.state.pstate);
+            guest::enter_guest(&mut v.state.regs)
         };
+        v.state.pc = arch::elr_el2();
+        v.state.pstate = arch::spsr_el2();
+        let outcome = handle_exit(slot, v, kind);
         if v.halted {
             power_state.store(power::OFF, Ordering::Release);
-            return Ok([ExitReason::PoweredOff as u64, 0, 0, 0]);
+            break [ExitReason::PoweredOff as u64, 0, 0, 0];
         }
         if let Outcome::Exit(record) = outcome {
-            return Ok(record);
+            break record;
         }
-    }
+    };
+    unload_guest(v, &host, boot);
+    Ok(record)
 }
 
 /// If the guest's virtual timer has fired, masks it (so the physical line
@@ -234,10 +245,37 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
 fn check_timer(v: &mut Vcpu) {
     const ENABLE: u64 = 1;
     const IMASK: u64 = 2;
-    let ctl = v.state.el1.cntv_ctl;
-    if ctl & ENABLE != 0 && ctl & IMASK == 0 && v.state.el1.cntv_cval <= guest::cntvct() {
-        v.state.el1.cntv_ctl |= IMASK;
+    // The guest's timer is loaded in the hardware.
+    const ISTATUS: u64 = 4;
+    // The timer's own ISTATUS says whether it fired: exactly what the guest
+    // will read in its handler.
+    let ctl = arch::cntv_ctl_el0();
+    let condition = ctl & ENABLE != 0 && ctl & ISTATUS != 0;
+    if !condition {
+        // The timer's interrupt is level-sensitive: once the guest disabled
+        // or reprogrammed the timer, a timer interrupt still only pending in
+        // a list register is withdrawn, as the line would drop.
+        retire_pending(VTIMER_INTID);
+    }
+    if condition && ctl & IMASK == 0 {
+        // SAFETY: masks the guest's own timer interrupt; the guest is not
+        // running and sees the bit when it next reads its timer.
+        unsafe { arch::set_cntv_ctl_el0(ctl | IMASK) };
         let _ = queue(v, VTIMER_INTID);
+    }
+}
+
+/// Clears a list register that holds `intid` in the pending (not active)
+/// state.
+fn retire_pending(intid: u32) {
+    const STATE_MASK: u64 = 0b11 << 62;
+    const PENDING: u64 = 0b01 << 62;
+    for n in 0..guest::list_register_count().min(4) {
+        let lr = guest::read_lr(n);
+        if lr & STATE_MASK == PENDING && lr & 0xffff_ffff == u64::from(intid) {
+            // SAFETY: the guest is loaded but not running.
+            unsafe { guest::write_lr(n, 0) };
+        }
     }
 }
 
@@ -247,15 +285,28 @@ fn load_pending_interrupts(v: &mut Vcpu) {
     const PENDING: u64 = 0b01 << 62;
     const GROUP1: u64 = 1 << 60;
     const PRIORITY: u64 = 0xa0 << 48;
-    let lrs = guest::list_register_count().min(v.state.vgic.lr.len());
+    if v.pending_count == 0 {
+        return;
+    }
+    // The guest's list registers are loaded in the hardware.
+    let count = guest::list_register_count().min(v.state.vgic.lr.len());
+    let mut lrs = [0u64; 4];
+    for (n, lr) in lrs.iter_mut().enumerate().take(count) {
+        *lr = guest::read_lr(n);
+    }
+    let lrs = &mut lrs[..count];
     let mut i = 0;
     while i < v.pending_count {
         let intid = u64::from(v.pending[i]);
-        let already = v.state.vgic.lr[..lrs].iter().any(|lr| lr & STATE_MASK != 0 && lr & 0xffff_ffff == intid);
-        let free = v.state.vgic.lr[..lrs].iter().position(|lr| lr & STATE_MASK == 0);
+        let already = lrs.iter().any(|lr| lr & STATE_MASK != 0 && lr & 0xffff_ffff == intid);
+        let free = lrs.iter().position(|lr| lr & STATE_MASK == 0);
         match (already, free) {
             (true, _) => {}
-            (false, Some(n)) => v.state.vgic.lr[n] = PENDING | GROUP1 | PRIORITY | intid,
+            (false, Some(n)) => {
+                lrs[n] = PENDING | GROUP1 | PRIORITY | intid;
+                // SAFETY: the guest is loaded but not running.
+                unsafe { guest::write_lr(n, lrs[n]) };
+            }
             (false, None) => {
                 i += 1;
                 continue;
@@ -289,32 +340,46 @@ fn guest_hcr(protected: bool, pauth: bool) -> u64 {
     hcr
 }
 
-/// Loads the guest, runs it, saves it and restores the host. Returns the
-/// vector kind the guest left through.
-fn switch_and_run(v: &mut Vcpu, vttbr: u64, protected: bool, boot: &crate::Boot) -> u64 {
+/// The host's state while a guest is loaded.
+struct HostContext {
+    el1: El1Context,
+    fp: FpContext,
+    pauth: PauthKeys,
+    mdcr: u64,
+    cptr: u64,
+    vmpidr: u64,
+    /// Where the host resumes after its `VCPU_RUN` call.
+    elr: u64,
+    spsr: u64,
+}
+
+/// Saves the host's EL1 context and loads the guest's with its stage 2 and
+/// traps. Until [`unload_guest`], EL1 belongs to the guest.
+fn load_guest(v: &mut Vcpu, vttbr: u64, protected: bool, boot: &crate::Boot) -> HostContext {
     let features = boot.config.features;
-    let mut host_el1 = El1Context::default();
-    let mut host_fp = FpContext::default();
-    let mut host_pauth = PauthKeys::default();
-    guest::save_el1(&mut host_el1);
-    guest::save_fp(&mut host_fp);
+    let mut host = HostContext {
+        el1: El1Context::default(),
+        fp: FpContext::default(),
+        pauth: PauthKeys::default(),
+        mdcr: arch::mdcr_el2(),
+        cptr: arch::cptr_el2(),
+        vmpidr: arch::vmpidr_el2(),
+        elr: arch::elr_el2(),
+        spsr: arch::spsr_el2(),
+    };
+    guest::save_el1(&mut host.el1);
+    guest::save_fp(&mut host.fp);
     if features.pauth {
-        guest::save_pauth(&mut host_pauth);
+        guest::save_pauth(&mut host.pauth);
     }
     // CPTR_EL2 for a guest: FP/SIMD allowed; SVE, SME and trace trapped.
     let guest_cptr = 0xff | (1 << 8) | (1 << 9) | (1 << 12) | (1 << 13) | (1 << 20);
     // MDCR_EL2: PMU and debug registers trapped.
     let guest_mdcr = (1 << 5) | (1 << 6) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11);
-    let host_mdcr = arch::mdcr_el2();
-    let host_cptr = arch::cptr_el2();
-    let host_vmpidr = arch::vmpidr_el2();
-    // Where the host resumes after its VCPU_RUN call.
-    let host_elr = arch::elr_el2();
-    let host_spsr = arch::spsr_el2();
-    // SAFETY: the host's EL1 state is saved above and restored below before
-    // returning to it; between the two only the guest runs, with its own
-    // stage 2 (VMID != 0), traps and registers loaded here.
-    let kind = unsafe {
+    // SAFETY: the host's EL1 state is saved above and restored by
+    // `unload_guest` before the host runs again; meanwhile only the guest
+    // runs, with its own stage 2 (VMID != 0), traps and registers.
+    unsafe {
         guest::restore_el1(&v.state.el1);
         guest::restore_fp(&v.state.fp);
         if features.pauth {
@@ -328,36 +393,36 @@ fn switch_and_run(v: &mut Vcpu, vttbr: u64, protected: bool, boot: &crate::Boot)
         arch::set_vttbr_el2(vttbr);
         arch::set_hcr_el2(guest_hcr(protected, features.pauth));
         arch::isb();
-        arch::set_elr_el2(v.state.pc);
-        arch::set_spsr_el2(v.state.pstate);
-        guest::enter_guest(&mut v.state.regs)
-    };
-    v.state.pc = arch::elr_el2();
-    v.state.pstate = arch::spsr_el2();
+    }
+    host
+}
+
+/// Saves the guest's EL1 context and restores the host's.
+fn unload_guest(v: &mut Vcpu, host: &HostContext, boot: &crate::Boot) {
+    let features = boot.config.features;
     guest::save_el1(&mut v.state.el1);
     guest::save_fp(&mut v.state.fp);
     if features.pauth {
         guest::save_pauth(&mut v.state.pauth);
     }
     guest::save_vgic(&mut v.state.vgic);
-    // SAFETY: restores exactly what the host had before the switch.
+    // SAFETY: restores exactly what the host had before `load_guest`.
     unsafe {
         arch::set_hcr_el2(boot.config.hcr);
         arch::set_vttbr_el2(boot.config.vttbr);
-        arch::set_cptr_el2(host_cptr);
-        arch::set_mdcr_el2(host_mdcr);
+        arch::set_cptr_el2(host.cptr);
+        arch::set_mdcr_el2(host.mdcr);
         arch::set_cnthctl_el2(0b11);
-        arch::set_vmpidr_el2(host_vmpidr);
-        arch::set_elr_el2(host_elr);
-        arch::set_spsr_el2(host_spsr);
+        arch::set_vmpidr_el2(host.vmpidr);
+        arch::set_elr_el2(host.elr);
+        arch::set_spsr_el2(host.spsr);
         arch::isb();
-        guest::restore_el1(&host_el1);
-        guest::restore_fp(&host_fp);
+        guest::restore_el1(&host.el1);
+        guest::restore_fp(&host.fp);
         if features.pauth {
-            guest::restore_pauth(&host_pauth);
+            guest::restore_pauth(&host.pauth);
         }
     }
-    kind
 }
 
 const EC_WFX: u64 = 0x01;
@@ -459,24 +524,29 @@ fn sysreg(v: &mut Vcpu, iss: u64) {
     inject_guest(v, Kind::Undefined, 0);
 }
 
-/// Delivers a synchronous exception to the guest's EL1.
+/// Delivers a synchronous exception to the guest's EL1 (whose registers are
+/// loaded in the hardware).
 fn inject_guest(v: &mut Vcpu, kind: Kind, far: u64) {
     let features = crate::BOOT.get().map(|b| b.config.features.inject).unwrap_or_default();
     let from = Interrupted {
         spsr: v.state.pstate,
         elr: v.state.pc,
         far,
-        vbar_el1: v.state.el1.vbar,
-        sctlr_el1: v.state.el1.sctlr,
+        vbar_el1: arch::vbar_el1(),
+        sctlr_el1: arch::sctlr_el1(),
     };
     match inject::compute(kind, &from, features) {
         Some(i) => {
-            v.state.el1.esr_el1 = i.esr_el1;
-            if let Some(far) = i.far_el1 {
-                v.state.el1.far_el1 = far;
+            // SAFETY: the guest is loaded but not running; these registers
+            // describe the exception it will take at its next entry.
+            unsafe {
+                arch::set_esr_el1(i.esr_el1);
+                if let Some(far) = i.far_el1 {
+                    arch::set_far_el1(far);
+                }
+                arch::set_elr_el1(i.elr_el1);
+                arch::set_spsr_el1(i.spsr_el1);
             }
-            v.state.el1.elr_el1 = i.elr_el1;
-            v.state.el1.spsr_el1 = i.spsr_el1;
             v.state.pc = i.elr_el2;
             v.state.pstate = i.spsr_el2;
         }

@@ -331,14 +331,6 @@ pub fn save_vgic(ctx: &mut VgicContext) {
     }
 }
 
-/// Reads the virtual counter.
-pub fn cntvct() -> u64 {
-    let value: u64;
-    // SAFETY: reading the counter has no side effects.
-    unsafe { asm!("isb", "mrs {}, cntvct_el0", out(reg) value, options(nomem, nostack, preserves_flags)) };
-    value
-}
-
 /// A random number from the CPU (FEAT_RNG `RNDR`), if it gave one.
 ///
 /// # Safety

@@ -173,6 +173,10 @@ sysreg_ro!(/// `ID_AA64ISAR2_EL1`
     id_aa64isar2_el1, "s3_0_c0_c6_2");
 sysreg_ro!(/// `PMCR_EL0`
     pmcr_el0, "pmcr_el0");
+sysreg!(/// `CNTV_CTL_EL0`
+    cntv_ctl_el0, set_cntv_ctl_el0, "cntv_ctl_el0");
+sysreg!(/// `CNTV_CVAL_EL0`
+    cntv_cval_el0, set_cntv_cval_el0, "cntv_cval_el0");
 sysreg!(/// `TPIDR_EL2`: this CPU's index.
     tpidr_el2, set_tpidr_el2, "tpidr_el2");
 sysreg!(/// `HCR_EL2`
