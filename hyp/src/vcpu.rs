@@ -188,7 +188,9 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
     let boot = crate::BOOT.get().ok_or(Error::NotSupported)?;
     // The guest's EL1 context stays loaded for as many exits as EL2 handles
     // itself; the host's comes back only when the host must see an exit.
-    let host = load_guest(v, vttbr, protected, boot);
+    // This CPU's host save area: only this CPU ever locks it.
+    let mut host = HOST_CONTEXTS[crate::cpu::current() % crate::config::MAX_CPUS].lock();
+    load_guest(v, &mut host, vttbr, protected, boot);
     if let Some(fault) = v.memory_fault.take() {
         let still_unbacked = {
             let guard = vm::VMS[slot].lock();
@@ -340,7 +342,9 @@ fn guest_hcr(protected: bool, pauth: bool) -> u64 {
     hcr
 }
 
-/// The host's state while a guest is loaded.
+/// The host's state while a guest is loaded, one per physical CPU (kept in
+/// place: the world switch writes it, nothing copies it).
+#[derive(Default)]
 struct HostContext {
     el1: El1Context,
     fp: FpContext,
@@ -355,18 +359,13 @@ struct HostContext {
 
 /// Saves the host's EL1 context and loads the guest's with its stage 2 and
 /// traps. Until [`unload_guest`], EL1 belongs to the guest.
-fn load_guest(v: &mut Vcpu, vttbr: u64, protected: bool, boot: &crate::Boot) -> HostContext {
+fn load_guest(v: &mut Vcpu, host: &mut HostContext, vttbr: u64, protected: bool, boot: &crate::Boot) {
     let features = boot.config.features;
-    let mut host = HostContext {
-        el1: El1Context::default(),
-        fp: FpContext::default(),
-        pauth: PauthKeys::default(),
-        mdcr: arch::mdcr_el2(),
-        cptr: arch::cptr_el2(),
-        vmpidr: arch::vmpidr_el2(),
-        elr: arch::elr_el2(),
-        spsr: arch::spsr_el2(),
-    };
+    host.mdcr = arch::mdcr_el2();
+    host.cptr = arch::cptr_el2();
+    host.vmpidr = arch::vmpidr_el2();
+    host.elr = arch::elr_el2();
+    host.spsr = arch::spsr_el2();
     guest::save_el1(&mut host.el1);
     guest::save_fp(&mut host.fp);
     if features.pauth {
@@ -394,7 +393,22 @@ fn load_guest(v: &mut Vcpu, vttbr: u64, protected: bool, boot: &crate::Boot) -> 
         arch::set_hcr_el2(guest_hcr(protected, features.pauth));
         arch::isb();
     }
-    host
+}
+
+static HOST_CONTEXTS: [spin::mutex::SpinMutex<HostContext>; crate::config::MAX_CPUS] =
+    [const { spin::mutex::SpinMutex::new(HostContext::EMPTY) }; crate::config::MAX_CPUS];
+
+impl HostContext {
+    const EMPTY: HostContext = HostContext {
+        el1: El1Context::ZERO,
+        fp: FpContext { v: [0; 32], fpsr: 0, fpcr: 0 },
+        pauth: PauthKeys::ZERO,
+        mdcr: 0,
+        cptr: 0,
+        vmpidr: 0,
+        elr: 0,
+        spsr: 0,
+    };
 }
 
 /// Saves the guest's EL1 context and restores the host's.

@@ -41,6 +41,11 @@ macro_rules! el1_context {
             )*
         }
 
+        impl El1Context {
+            /// All zero.
+            pub const ZERO: El1Context = El1Context { $($field: 0,)* };
+        }
+
         /// Reads this CPU's EL1 system registers.
         pub fn save_el1(ctx: &mut El1Context) {
             $(
@@ -103,6 +108,11 @@ macro_rules! pauth_keys {
                 #[doc = concat!("`", $reg, "`")]
                 pub $field: u64,
             )*
+        }
+
+        impl PauthKeys {
+            /// All zero.
+            pub const ZERO: PauthKeys = PauthKeys { $($field: 0,)* };
         }
 
         /// Reads the EL1 pointer-authentication keys.
