@@ -10,7 +10,9 @@
 //!   crate reads registers, applies decisions and writes registers.
 //! - Input from the host is hostile: it is validated, answered with a
 //!   documented code, and never makes the hypervisor panic.
-//! - `unsafe` lives in `arch`, `mm` and `console` only.
+//! - Raw pointers and assembly live in `arch`, `mm` and `console` only;
+//!   elsewhere `unsafe` is only a call into their register and memory
+//!   functions, each with a `// SAFETY:` comment saying why it holds.
 
 #![no_std]
 #![no_main]

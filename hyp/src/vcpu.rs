@@ -267,11 +267,14 @@ fn check_timer(v: &mut Vcpu) {
     }
 }
 
+/// ICH_LR<n>_EL2.State: bits 63:62.
+const STATE_MASK: u64 = 0b11 << 62;
+/// ICH_LR<n>_EL2.State = pending.
+const PENDING: u64 = 0b01 << 62;
+
 /// Clears a list register that holds `intid` in the pending (not active)
 /// state.
 fn retire_pending(intid: u32) {
-    const STATE_MASK: u64 = 0b11 << 62;
-    const PENDING: u64 = 0b01 << 62;
     for n in 0..guest::list_register_count().min(4) {
         let lr = guest::read_lr(n);
         if lr & STATE_MASK == PENDING && lr & 0xffff_ffff == u64::from(intid) {
@@ -283,8 +286,6 @@ fn retire_pending(intid: u32) {
 
 /// Moves queued virtual interrupts into free list registers.
 fn load_pending_interrupts(v: &mut Vcpu) {
-    const STATE_MASK: u64 = 0b11 << 62;
-    const PENDING: u64 = 0b01 << 62;
     const GROUP1: u64 = 1 << 60;
     const PRIORITY: u64 = 0xa0 << 48;
     if v.pending_count == 0 {
@@ -344,7 +345,6 @@ fn guest_hcr(protected: bool, pauth: bool) -> u64 {
 
 /// The host's state while a guest is loaded, one per physical CPU (kept in
 /// place: the world switch writes it, nothing copies it).
-#[derive(Default)]
 struct HostContext {
     el1: El1Context,
     fp: FpContext,
