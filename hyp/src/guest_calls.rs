@@ -249,9 +249,9 @@ fn attest(slot: usize, regs: &mut [u64; 31]) -> Outcome {
             if mem.table.state_of(rampart_ownership::PhysAddr(pa), owner) != Ok(rampart_ownership::State::Owned) {
                 return Err(Error::InvalidParameter);
             }
-            mem.with_pages(page, &mut |_, bytes| {
-                bytes[..report.len()].copy_from_slice(&report);
-            })
+            // The guest's other vCPUs may be writing the page: copy with
+            // volatile stores, never through a Rust reference to it.
+            mem.write_unowned_page(page.start(), &report)
         })?;
         length = report.len() as u64;
         Ok(())

@@ -112,7 +112,7 @@ impl HostMemory {
         if !self.ram.iter().any(|bank| bank.contains_range(&range)) {
             return Err(AbiError::Range);
         }
-        if transition == Transition::HypDonateHost && range.overlaps(&self.carveout) {
+        if transition.returns_hyp_pages() && range.overlaps(&self.carveout) {
             return Err(AbiError::Denied);
         }
         let effect = self.table.check(transition, start, pages).map_err(|r| abi_error(r.error))?;
@@ -203,6 +203,32 @@ impl HostMemory {
         Ok(())
     }
 
+    /// Writes `bytes` at the start of `page`, a page the hypervisor does not
+    /// map (a guest's), through a temporary EL2 mapping and volatile stores:
+    /// the guest's other vCPUs may write the page meanwhile, so no Rust
+    /// reference to it is ever formed.
+    ///
+    /// # Errors
+    ///
+    /// `INVALID_PARAMETER` for an unaligned page or more than a page of
+    /// bytes; `NO_MEMORY` if the pool cannot hold the temporary mapping.
+    pub fn write_unowned_page(&mut self, page: u64, bytes: &[u8]) -> Result<(), AbiError> {
+        let range = MemRange::from_base_size(page, PAGE_SIZE).ok_or(AbiError::InvalidParameter)?;
+        if !page.is_multiple_of(PAGE_SIZE) || bytes.len() as u64 > PAGE_SIZE {
+            return Err(AbiError::InvalidParameter);
+        }
+        let (_, left) = mm::pool_usage();
+        if left < 8 {
+            return Err(AbiError::NoMemory);
+        }
+        self.map_el2(range);
+        // SAFETY: mapped writable just above; it is a guest's own page, whose
+        // concurrent writers can only spoil what the guest reads back.
+        unsafe { mm::write_volatile_bytes(page, bytes) };
+        self.unmap_el2(range);
+        Ok(())
+    }
+
     /// Refuses with NO_MEMORY if the pool could run dry mid-change.
     fn ensure_table_memory(&self, effect: &Effect, range: MemRange) -> Result<(), AbiError> {
         let mut need = 0;
@@ -215,7 +241,7 @@ impl HostMemory {
         if let Update::Set(_) = effect.updates.host {
             need += range.size().div_ceil(2 << 20) + SPLIT_TABLE_PAGES;
         }
-        if effect.updates.zero && effect.transition != Transition::HypDonateHost {
+        if effect.updates.zero && !effect.transition.returns_hyp_pages() {
             // A temporary EL2 mapping to zero pages the hypervisor does not map.
             need += range.size().div_ceil(2 << 20) + 4;
         }
@@ -232,7 +258,7 @@ impl HostMemory {
         if effect.updates.zero {
             // Pages the hypervisor owned are mapped at EL2 already; a guest's
             // are mapped just long enough to be cleared.
-            let mapped = effect.transition == Transition::HypDonateHost;
+            let mapped = effect.transition.returns_hyp_pages();
             if !mapped {
                 self.map_el2(range);
             }

@@ -377,3 +377,21 @@ pub fn own_image(start: u64, end: u64) -> &'static [u8] {
     // symbols), which nothing ever writes; it is mapped (or the MMU is off).
     unsafe { core::slice::from_raw_parts(start as *const u8, (end - start) as usize) }
 }
+
+/// Copies `bytes` to physical memory with volatile byte stores, forming no
+/// Rust reference to the destination: for memory another agent (a guest's
+/// other vCPUs) may write at the same time.
+///
+/// # Safety
+///
+/// `address..address + bytes.len()` must be mapped writable at EL2 and be
+/// memory whose concurrent writers cannot break the hypervisor (a guest's
+/// own page: it only loses what it races with).
+pub unsafe fn write_volatile_bytes(address: u64, bytes: &[u8]) {
+    let base = address as *mut u8;
+    for (i, &byte) in bytes.iter().enumerate() {
+        // SAFETY: in range and mapped per the caller; volatile, so the
+        // compiler assumes nothing about the destination's contents.
+        unsafe { core::ptr::write_volatile(base.add(i), byte) };
+    }
+}

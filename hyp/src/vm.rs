@@ -144,30 +144,46 @@ pub fn vttbr(vm: &Vm) -> u64 {
     (u64::from(vm.vmid) << 48) | vm.stage2.root_address().0 as u64
 }
 
-/// `VM_CREATE`.
+/// A slot whose generation reaches this value is retired for good (no VM
+/// is ever created in it again), so a handle's 32-bit generation never
+/// wraps and a stale handle can never name a later VM. Each slot serves
+/// 2^32 − 1 VMs first.
+const RETIRED: u32 = u32::MAX;
+
+/// `VM_CREATE`: the metadata becomes [`PageState::HypOwnedForVm`], held
+/// for this VM until `VM_DESTROY` (no host call can take it back, share it
+/// or give it to a guest meanwhile); vCPU state pages come first, then the
+/// stage-2 table pool.
+///
+/// [`PageState::HypOwnedForVm`]: rampart_ownership::PageState::HypOwnedForVm
 pub fn create(metadata: PageRange, config: VmConfig) -> Result<VmHandle, Error> {
     if metadata.pages() < config.min_metadata_pages() {
         return Err(Error::InvalidParameter);
     }
-    // Take a free slot and hold its lock for the whole creation.
+    // Everything that can be refused is checked before the pages move.
+    let range = MemRange::new(metadata.start(), metadata.end()).ok_or(Error::InvalidParameter)?;
+    let vcpu_pages = config.max_vcpus;
+    let pool_start = range.start() + vcpu_pages * PAGE_SIZE;
+    let pool_range = MemRange::new(pool_start, range.end()).ok_or(Error::InvalidParameter)?;
+    // Take a free slot that is not retired and hold its lock for the whole
+    // creation.
     let (slot, mut guard) = VMS
         .iter()
         .enumerate()
+        .filter(|&(i, _)| GENERATIONS[i].load(Ordering::Acquire) != RETIRED)
         .find_map(|(i, s)| s.try_lock().filter(|g| g.is_none()).map(|g| (i, g)))
         .ok_or(Error::NoMemory)?;
-    let range = MemRange::new(metadata.start(), metadata.end()).ok_or(Error::InvalidParameter)?;
+    let id = vm_id(slot);
     crate::memory::with(|mem| {
-        let checked = mem.check(Transition::HostDonateHyp, metadata)?;
+        let checked = mem.check(Transition::HostDonateVmMeta(id), metadata)?;
         mem.commit(checked);
         Ok(())
     })?;
-    // The metadata is now the hypervisor's, mapped at EL2 and zeroed below.
-    // SAFETY: the pages were just donated to the hypervisor, are mapped at
-    // EL2, and nothing refers to them.
+    // The metadata is now held for this VM, mapped at EL2 and zeroed below.
+    // SAFETY: the pages were just donated to the hypervisor for this VM, are
+    // mapped at EL2, and nothing refers to them.
     unsafe { mm::zero(range) };
-    let vcpu_pages = config.max_vcpus;
-    let pool_start = range.start() + vcpu_pages * PAGE_SIZE;
-    let pool = VmPool::new(MemRange::new(pool_start, range.end()).ok_or(Error::InvalidParameter)?);
+    let pool = VmPool::new(pool_range);
     let level = crate::BOOT.get().map_or(1, |b| b.stage2_level);
     let stage2 = Mapping::new(pool, level, aarch64_paging::paging::Stage2);
     let generation = GENERATIONS[slot].load(Ordering::Acquire);
@@ -177,7 +193,7 @@ pub fn create(metadata: PageRange, config: VmConfig) -> Result<VmHandle, Error> 
     }
     *guard = Some(Vm {
         handle,
-        vmid: vm_id(slot).0,
+        vmid: id.0,
         protected: config.protected,
         max_vcpus: config.max_vcpus as usize,
         metadata: range,
@@ -287,7 +303,11 @@ pub fn give_memory(vm_handle: VmHandle, pages: PageRange, guest_address: u64, sh
         Ok(())
     })?;
     let region = MemoryRegion::new(guest_address as usize, ipa_end as usize);
-    if let Err(e) = vm.stage2.map_range(&region, PhysicalAddress(pages.start() as usize), GUEST_RAM, Constraints::empty()) {
+    // 4 KiB pages only: a page the guest later relinquishes is then unmapped
+    // without splitting a live block (see `unmap_guest_page`).
+    if let Err(e) =
+        vm.stage2.map_range(&region, PhysicalAddress(pages.start() as usize), GUEST_RAM, Constraints::NO_BLOCK_MAPPINGS)
+    {
         crate::println!("VM stage-2 map failed after its checks: {e}; stopping");
         crate::power_off();
     }
@@ -368,6 +388,13 @@ pub fn ipa_limit() -> u64 {
 }
 
 /// Unmaps one guest page from the VM's stage 2 and invalidates it.
+///
+/// Guest stage 2 holds only 4 KiB page descriptors (`give_memory` maps with
+/// `NO_BLOCK_MAPPINGS`), so this replaces one valid level-3 descriptor with
+/// an invalid one and never splits a live block: no break-before-make is
+/// needed, and no table page is allocated. Then: DSB (the store is visible
+/// to the walkers), TLBI by IPA for the VM's VMID, DSB, and the VMID's
+/// combined stage-1+2 entries (`tlbi_stage1_of_vmid`).
 pub fn unmap_guest_page(vm: &mut Vm, ipa: u64) {
     let page = ipa & !(PAGE_SIZE - 1);
     let region = MemoryRegion::new(page as usize, (page + PAGE_SIZE) as usize);
@@ -404,6 +431,9 @@ pub fn guest_page_transition(vm: &mut Vm, ipa: u64, make: fn(VmId) -> Transition
 
 /// `VM_DESTROY`: refused while a vCPU runs; then every guest page is
 /// zeroed and returned, and the metadata and VMID are released.
+///
+/// Every refusal comes before anything changes; once the VM starts going
+/// away the call succeeds.
 pub fn destroy(handle: VmHandle) -> Result<(), Error> {
     let slot = slot_of(handle)?;
     // Hold every vCPU's lock: none can run while the VM goes away.
@@ -412,13 +442,22 @@ pub fn destroy(handle: VmHandle) -> Result<(), Error> {
         vcpus[i] = Some(vcpu.try_lock().ok_or(Error::Busy)?);
     }
     let mut guard = VMS[slot].lock();
-    match guard.as_ref() {
-        Some(vm) if vm.handle == handle => {}
+    let metadata = match guard.as_ref() {
+        Some(vm) if vm.handle == handle => vm.metadata,
         _ => return Err(Error::InvalidParameter),
-    }
-    // The handle dies now: no new call can find the VM.
+    };
+    let id = vm_id(slot);
+    let metadata_pages = PageRange::new(metadata.start(), metadata.size() / PAGE_SIZE)?;
+    // The metadata's release is the last step; ask now whether it can be
+    // done (its pages' state, and the page-table memory the host's mapping
+    // needs), while the answer can still be "no, nothing changed".
+    crate::memory::with(|mem| mem.check(Transition::HypReleaseVmMeta(id), metadata_pages).map(drop))?;
+
+    // From here on nothing is refused.
+    // The handle dies now: no new call can find the VM. A slot whose
+    // generation reaches RETIRED is never used again (see `create`).
     GENERATIONS[slot].fetch_add(1, Ordering::AcqRel);
-    let Some(vm) = guard.take() else { return Err(Error::InvalidParameter) };
+    let Some(vm) = guard.take() else { return Ok(()) };
     for vcpu in vcpus.iter_mut().flatten() {
         **vcpu = None;
     }
@@ -429,13 +468,12 @@ pub fn destroy(handle: VmHandle) -> Result<(), Error> {
         exists.store(false, Ordering::Release);
     }
     let vttbr = vttbr(&vm);
-    let id = VmId(vm.vmid);
-    let metadata = vm.metadata;
     // No vCPU can run (their locks are held); drop any translation the VMID
     // still has cached before its pages go anywhere.
     arch::with_vttbr(vttbr, arch::tlbi_vmid);
     // Every page the guest owns or borrows is mapped in its stage 2: walk
-    // that (not all of RAM), in batches, handing each run back.
+    // that (not all of RAM), in batches of physically contiguous runs,
+    // handing each run back.
     let limit = ipa_limit();
     let mut cursor = 0u64;
     loop {
@@ -447,33 +485,52 @@ pub fn destroy(handle: VmHandle) -> Result<(), Error> {
             if !desc.is_valid() || (level < 3 && desc.is_table_or_page()) {
                 return Ok(());
             }
+            let pa = desc.output_address().0 as u64;
+            let pages = (mr.end().0 - mr.start().0) as u64 / PAGE_SIZE;
+            if let Some(last) = count.checked_sub(1).and_then(|i| batch.get_mut(i))
+                && last.0 + last.1 * PAGE_SIZE == pa
+            {
+                last.1 += pages;
+                return Ok(());
+            }
             if count == batch.len() {
                 next = mr.start().0 as u64;
                 return Err(());
             }
-            let size = (mr.end().0 - mr.start().0) as u64;
-            batch[count] = (desc.output_address().0 as u64, size / PAGE_SIZE);
+            batch[count] = (pa, pages);
             count += 1;
             Ok(())
         });
-        crate::memory::with(|mem| {
+        // `with` fails only before boot installed the memory state, and the
+        // check above used it.
+        let _ = crate::memory::with(|mem| {
             for &(pa, pages) in &batch[..count] {
                 mem.reclaim_guest_range(id, pa, pages);
             }
             Ok(())
-        })?;
+        });
         if next >= limit || next <= cursor {
             break;
         }
         cursor = next;
     }
-    // The VM's stage-2 tables live in its metadata: drop them first.
+    // The VM's stage-2 tables and vCPU state live in its metadata: drop
+    // them before the pages go back.
+    drop(vcpus);
     drop(vm);
 
-    crate::memory::with(|mem| {
-        let pages = PageRange::new(metadata.start(), metadata.size() / PAGE_SIZE)?;
-        let checked = mem.check(Transition::HypDonateHost, pages)?;
+    let released = crate::memory::with(|mem| {
+        let checked = mem.check(Transition::HypReleaseVmMeta(id), metadata_pages)?;
         mem.commit(checked);
         Ok(())
-    })
+    });
+    if let Err(e) = released {
+        // Only the page-table pool running dry during the teardown above
+        // gets here (the pages' state was checked, and no other call can
+        // change it). The VM is gone; its metadata stays the hypervisor's,
+        // out of everyone's reach, rather than failing a call that has
+        // already done its work.
+        crate::println!("VM {} destroyed; its metadata {metadata} stays held: {e}", id.0);
+    }
+    Ok(())
 }

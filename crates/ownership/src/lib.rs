@@ -41,6 +41,7 @@
 //! | [`HypOwned`](PageState::HypOwned) | Absent | Owned | Absent |
 //! | [`GuestOwned(vm)`](PageState::GuestOwned) | Absent | Absent | Owned |
 //! | [`GuestSharedWithHost(vm)`](PageState::GuestSharedWithHost) | SharedBorrowed | Absent | SharedOwned |
+//! | [`HypOwnedForVm(vm)`](PageState::HypOwnedForVm) | Absent | Owned | Absent |
 //!
 //! Every other guest is `Absent` on every page it does not own or borrow.
 //! The transitions and each party's before/after states are documented on
@@ -58,12 +59,22 @@
 //!    away from a guest (or the hypervisor) and gives it to the host has
 //!    `zero` set in its effect, and the hypervisor zeroes before mapping.
 //! 6. A page the hypervisor has pinned cannot be unshared (`Busy`).
+//! 7. A page the hypervisor holds for a VM's own structures
+//!    ([`HypOwnedForVm(vm)`](PageState::HypOwnedForVm)) is reachable by
+//!    nobody but the hypervisor, and every transition except
+//!    [`HypReleaseVmMeta(vm)`](Transition::HypReleaseVmMeta) refuses it:
+//!    the host can neither reclaim (`HypDonateHost`), share, unshare nor
+//!    donate it, and no guest can map it. The hypervisor releases it only
+//!    once the VM's structures are gone (`VM_DESTROY`), zeroed.
 //!
 //! 1–4 and 6 hold by construction of [`PageState`] and are re-checked on
 //! the whole table by [`Table::check_invariants`]. 5 and 6 are also
 //! properties of histories: the differential test, the model checker
 //! (`tests/model.rs`) and the fuzzer track page contents and pins across
-//! steps to check them.
+//! steps to check them. 7 is a property of [`Transition::step`]; the model
+//! checker and the differential test check it over whole VM lifecycles
+//! (create, vCPUs, stage-2 table pages, destroy) against the pages the
+//! hypervisor's live structures use.
 //!
 //! # Using it from the hypervisor
 //! ```

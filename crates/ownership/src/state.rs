@@ -84,6 +84,14 @@ pub enum PageState {
     GuestOwned(VmId),
     /// A guest owns the page and has shared it with the host (MEM_SHARE).
     GuestSharedWithHost(VmId),
+    /// The hypervisor holds the page for one VM's own structures (its
+    /// metadata: vCPU state, stage-2 tables), from `VM_CREATE` until
+    /// `VM_DESTROY`. Only [`Transition::HypReleaseVmMeta`] for that VM
+    /// gives it back (zeroed): the host can neither reclaim, share nor
+    /// donate it while the VM lives, and the guest itself cannot reach it.
+    ///
+    /// [`Transition::HypReleaseVmMeta`]: crate::Transition::HypReleaseVmMeta
+    HypOwnedForVm(VmId),
 }
 
 impl PageState {
@@ -94,7 +102,7 @@ impl PageState {
             PageState::HostOwned
             | PageState::HostSharedWithHyp { .. }
             | PageState::HostSharedWithGuest(_) => Component::Host,
-            PageState::HypOwned => Component::Hyp,
+            PageState::HypOwned | PageState::HypOwnedForVm(_) => Component::Hyp,
             PageState::GuestOwned(vm) | PageState::GuestSharedWithHost(vm) => Component::Guest(vm),
         }
     }
@@ -103,7 +111,10 @@ impl PageState {
     #[must_use]
     pub const fn borrower(self) -> Option<Component> {
         match self {
-            PageState::HostOwned | PageState::HypOwned | PageState::GuestOwned(_) => None,
+            PageState::HostOwned
+            | PageState::HypOwned
+            | PageState::HypOwnedForVm(_)
+            | PageState::GuestOwned(_) => None,
             PageState::HostSharedWithHyp { .. } => Some(Component::Hyp),
             PageState::HostSharedWithGuest(vm) => Some(Component::Guest(vm)),
             PageState::GuestSharedWithHost(_) => Some(Component::Host),
@@ -145,6 +156,7 @@ impl PageState {
             PageState::HypOwned => (TAG_HYP_OWNED, 0),
             PageState::GuestOwned(vm) => (TAG_GUEST_OWNED, vm.0),
             PageState::GuestSharedWithHost(vm) => (TAG_GUEST_SHARED_HOST, vm.0),
+            PageState::HypOwnedForVm(vm) => (TAG_HYP_OWNED_FOR_VM, vm.0),
         };
         PageMeta((tag << TAG_SHIFT) | payload as u32)
     }
@@ -158,11 +170,13 @@ const TAG_HOST_SHARED_GUEST: u32 = 2;
 const TAG_HYP_OWNED: u32 = 3;
 const TAG_GUEST_OWNED: u32 = 4;
 const TAG_GUEST_SHARED_HOST: u32 = 5;
+const TAG_HYP_OWNED_FOR_VM: u32 = 6;
 
 /// One page's ownership metadata: 4 bytes per 4 KiB page (0.1 % of RAM).
 ///
 /// Layout (a `u32`): bits 0..16 hold a payload (the guest's [`VmId`] for a
-/// guest-owned or guest-borrowed page, the pin count for a page shared with
+/// guest-owned or guest-borrowed page or a page the hypervisor holds for
+/// that VM, the pin count for a page shared with
 /// the hypervisor, zero otherwise); bits 16..19 hold the state tag; bits
 /// 19..32 are reserved and zero. Only one VM id is ever needed because a
 /// guest-owned page can only be lent to the host and a host-owned page is
@@ -192,6 +206,7 @@ impl PageMeta {
             TAG_HYP_OWNED if payload == 0 => PageState::HypOwned,
             TAG_GUEST_OWNED => PageState::GuestOwned(vm),
             TAG_GUEST_SHARED_HOST => PageState::GuestSharedWithHost(vm),
+            TAG_HYP_OWNED_FOR_VM => PageState::HypOwnedForVm(vm),
             _ => return None,
         };
         Some(state)

@@ -321,6 +321,32 @@ impl<'a> Table<'a> {
         self.apply(Transition::HostReclaimGuest(vm), start, pages)
     }
 
+    /// See [`Transition::HostDonateVmMeta`].
+    ///
+    /// # Errors
+    /// `AlreadyShared`, `NotOwner`, or a range error.
+    pub fn host_donate_vm_meta(
+        &mut self,
+        vm: VmId,
+        start: PhysAddr,
+        pages: u64,
+    ) -> Result<Effect, Rejection> {
+        self.apply(Transition::HostDonateVmMeta(vm), start, pages)
+    }
+
+    /// See [`Transition::HypReleaseVmMeta`]. The effect asks for zeroing.
+    ///
+    /// # Errors
+    /// `WrongGuest` (held for another VM), `NotOwner`, or a range error.
+    pub fn hyp_release_vm_meta(
+        &mut self,
+        vm: VmId,
+        start: PhysAddr,
+        pages: u64,
+    ) -> Result<Effect, Rejection> {
+        self.apply(Transition::HypReleaseVmMeta(vm), start, pages)
+    }
+
     /// See [`Transition::HypPin`].
     ///
     /// # Errors
@@ -469,7 +495,8 @@ impl<'a> Table<'a> {
             let guest = match page {
                 PageState::HostSharedWithGuest(vm)
                 | PageState::GuestOwned(vm)
-                | PageState::GuestSharedWithHost(vm) => vm,
+                | PageState::GuestSharedWithHost(vm)
+                | PageState::HypOwnedForVm(vm) => vm,
                 _ => VmId(0),
             };
             let stranger = VmId(guest.0.wrapping_add(1));

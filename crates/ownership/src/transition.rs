@@ -115,13 +115,35 @@ pub enum Transition {
     /// | host  | SharedOwned | SharedOwned |
     /// | hyp   | SharedBorrowed (n > 0 pins) | SharedBorrowed (n − 1 pins) |
     HypUnpin,
+    /// The host gives pages to the hypervisor to hold for one VM's own
+    /// structures (`VM_CREATE`: vCPU state, stage-2 tables). The pages
+    /// become [`PageState::HypOwnedForVm`]: unlike pages given with
+    /// [`HostDonateHyp`](Transition::HostDonateHyp), no host call can take
+    /// them back; only [`HypReleaseVmMeta`](Transition::HypReleaseVmMeta)
+    /// for the same VM does, when the VM is destroyed.
+    ///
+    /// | party | before | after |
+    /// |-------|--------|-------|
+    /// | host  | Owned  | Absent |
+    /// | hyp   | Absent | Owned (held for *vm*) |
+    /// | guest | Absent | Absent |
+    HostDonateVmMeta(VmId),
+    /// The hypervisor gives back the pages it held for a VM, once that VM's
+    /// structures are gone (`VM_DESTROY`). Zero. Fails with `WrongGuest` on
+    /// a page held for another VM and `NotOwner` on any other page.
+    ///
+    /// | party | before | after |
+    /// |-------|--------|-------|
+    /// | host  | Absent | Owned |
+    /// | hyp   | Owned (held for *vm*) | Absent |
+    HypReleaseVmMeta(VmId),
 }
 
 impl Transition {
     /// Every transition for guest `vm`, and every guest-independent one:
     /// handy for exhaustive tests.
     #[must_use]
-    pub const fn all(vm: VmId) -> [Transition; 13] {
+    pub const fn all(vm: VmId) -> [Transition; 15] {
         [
             Transition::HostShareHyp,
             Transition::HostUnshareHyp,
@@ -136,6 +158,8 @@ impl Transition {
             Transition::HostReclaimGuest(vm),
             Transition::HypPin,
             Transition::HypUnpin,
+            Transition::HostDonateVmMeta(vm),
+            Transition::HypReleaseVmMeta(vm),
         ]
     }
 
@@ -149,7 +173,9 @@ impl Transition {
             | Transition::HostShareGuest(vm)
             | Transition::HostUnshareGuest(vm)
             | Transition::GuestRelinquish(vm)
-            | Transition::HostReclaimGuest(vm) => Some(vm),
+            | Transition::HostReclaimGuest(vm)
+            | Transition::HostDonateVmMeta(vm)
+            | Transition::HypReleaseVmMeta(vm) => Some(vm),
             Transition::HostShareHyp
             | Transition::HostUnshareHyp
             | Transition::HostDonateHyp
@@ -169,12 +195,27 @@ impl Transition {
             | Transition::HostDonateGuest(_)
             | Transition::HostShareGuest(_)
             | Transition::HostUnshareGuest(_)
-            | Transition::HostReclaimGuest(_) => Component::Host,
-            Transition::HypDonateHost | Transition::HypPin | Transition::HypUnpin => Component::Hyp,
+            | Transition::HostReclaimGuest(_)
+            | Transition::HostDonateVmMeta(_) => Component::Host,
+            Transition::HypDonateHost
+            | Transition::HypPin
+            | Transition::HypUnpin
+            | Transition::HypReleaseVmMeta(_) => Component::Hyp,
             Transition::GuestShareHost(vm)
             | Transition::GuestUnshareHost(vm)
             | Transition::GuestRelinquish(vm) => Component::Guest(vm),
         }
+    }
+
+    /// Whether the transition gives the hypervisor's own pages (mapped at
+    /// EL2) back to the host: they are zeroed through the hypervisor's
+    /// existing mapping rather than a temporary one.
+    #[must_use]
+    pub const fn returns_hyp_pages(self) -> bool {
+        matches!(
+            self,
+            Transition::HypDonateHost | Transition::HypReleaseVmMeta(_)
+        )
     }
 
     /// The rule for one page: the page's next state, or the precondition
@@ -187,18 +228,31 @@ impl Transition {
             Transition::HostDonateHyp => host_owned(page).map(|()| P::HypOwned),
             Transition::HostDonateGuest(vm) => host_owned(page).map(|()| P::GuestOwned(vm)),
             Transition::HostShareGuest(vm) => host_owned(page).map(|()| P::HostSharedWithGuest(vm)),
+            Transition::HostDonateVmMeta(vm) => host_owned(page).map(|()| P::HypOwnedForVm(vm)),
+            Transition::HypReleaseVmMeta(vm) => match page {
+                P::HypOwnedForVm(holder) if holder == vm => Ok(P::HostOwned),
+                P::HypOwnedForVm(_) => Err(Error::WrongGuest),
+                _ => Err(Error::NotOwner),
+            },
             Transition::HostUnshareHyp => match page {
                 P::HostSharedWithHyp { pins: 0 } => Ok(P::HostOwned),
                 P::HostSharedWithHyp { .. } => Err(Error::Busy),
                 P::HostOwned | P::HostSharedWithGuest(_) => Err(Error::NotShared),
-                P::HypOwned | P::GuestOwned(_) | P::GuestSharedWithHost(_) => Err(Error::NotOwner),
+                P::HypOwned | P::HypOwnedForVm(_) | P::GuestOwned(_) | P::GuestSharedWithHost(_) => {
+                    Err(Error::NotOwner)
+                }
             },
             Transition::HostUnshareGuest(vm) => match page {
                 P::HostSharedWithGuest(lent) if lent == vm => Ok(P::HostOwned),
                 P::HostSharedWithGuest(_) => Err(Error::WrongGuest),
                 P::HostOwned | P::HostSharedWithHyp { .. } => Err(Error::NotShared),
-                P::HypOwned | P::GuestOwned(_) | P::GuestSharedWithHost(_) => Err(Error::NotOwner),
+                P::HypOwned | P::HypOwnedForVm(_) | P::GuestOwned(_) | P::GuestSharedWithHost(_) => {
+                    Err(Error::NotOwner)
+                }
             },
+            // Only what the host donated comes back this way: a page held
+            // for a VM is refused like any page the hypervisor does not own
+            // on the host's behalf.
             Transition::HypDonateHost => match page {
                 P::HypOwned => Ok(P::HostOwned),
                 _ => Err(Error::NotOwner),
@@ -248,8 +302,12 @@ impl Transition {
         let (host, hyp, guest, zero) = match self {
             Transition::HostShareHyp => (Set(SharedOwned), Set(SharedBorrowed), Keep, false),
             Transition::HostUnshareHyp => (Set(Owned), Set(Absent), Keep, false),
-            Transition::HostDonateHyp => (Set(Absent), Set(Owned), Keep, false),
-            Transition::HypDonateHost => (Set(Owned), Set(Absent), Keep, true),
+            Transition::HostDonateHyp | Transition::HostDonateVmMeta(_) => {
+                (Set(Absent), Set(Owned), Keep, false)
+            }
+            Transition::HypDonateHost | Transition::HypReleaseVmMeta(_) => {
+                (Set(Owned), Set(Absent), Keep, true)
+            }
             Transition::HostDonateGuest(_) => (Set(Absent), Keep, Set(Owned), false),
             Transition::GuestShareHost(_) => (Set(SharedBorrowed), Keep, Set(SharedOwned), false),
             Transition::GuestUnshareHost(_) => (Set(Absent), Keep, Set(Owned), false),
@@ -285,6 +343,8 @@ impl fmt::Display for Transition {
             Transition::HostReclaimGuest(_) => "host_reclaim_guest",
             Transition::HypPin => "hyp_pin",
             Transition::HypUnpin => "hyp_unpin",
+            Transition::HostDonateVmMeta(_) => "host_donate_vm_meta",
+            Transition::HypReleaseVmMeta(_) => "hyp_release_vm_meta",
         };
         match self.vm() {
             Some(vm) => write!(f, "{name}({vm})"),
@@ -301,9 +361,10 @@ fn host_owned(page: PageState) -> Result<(), Error> {
         PageState::HostSharedWithHyp { .. } | PageState::HostSharedWithGuest(_) => {
             Err(Error::AlreadyShared)
         }
-        PageState::HypOwned | PageState::GuestOwned(_) | PageState::GuestSharedWithHost(_) => {
-            Err(Error::NotOwner)
-        }
+        PageState::HypOwned
+        | PageState::HypOwnedForVm(_)
+        | PageState::GuestOwned(_)
+        | PageState::GuestSharedWithHost(_) => Err(Error::NotOwner),
     }
 }
 

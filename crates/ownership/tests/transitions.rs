@@ -523,6 +523,8 @@ fn zeroing_whenever_a_page_leaves_a_guest_or_the_hyp_for_the_host() {
         PageState::GuestOwned(VM1),
         PageState::GuestOwned(VM2),
         PageState::GuestSharedWithHost(VM1),
+        PageState::HypOwnedForVm(VM1),
+        PageState::HypOwnedForVm(VM2),
     ];
     for tr in Transition::all(VM1) {
         for before in states {
@@ -547,4 +549,71 @@ fn zeroing_whenever_a_page_leaves_a_guest_or_the_hyp_for_the_host() {
             }
         }
     }
+}
+
+#[test]
+fn vm_metadata_is_held_until_its_vm_releases_it() {
+    let mut meta = [PageMeta::default(); PAGES];
+    let mut t = Table::new(&mut meta, BASE).unwrap();
+    let e = t.host_donate_vm_meta(VM1, page(0), 3).unwrap();
+    assert_eq!(e.updates.host, Update::Set(A));
+    assert_eq!(e.updates.hyp, Update::Set(O));
+    assert_eq!(e.updates.guest, Update::Keep);
+    assert!(!e.updates.zero);
+    assert_eq!(e.vm(), Some(VM1));
+    assert_eq!(views(&t, 1), [A, O, A, A]);
+    assert_eq!(t.page_state(page(1)), Ok(PageState::HypOwnedForVm(VM1)));
+    t.host_donate_hyp(page(3), 1).unwrap();
+    t.check_invariants().unwrap();
+    let before = snapshot(&meta);
+    let mut t = Table::new(&mut meta, BASE).unwrap();
+
+    // RECLAIM_HYP returns only what DONATE_HYP gave: the ordinary hyp page
+    // in the same range is not enough, and the refusal names the first
+    // held page.
+    assert_eq!(t.hyp_donate_host(page(0), 1), reject(Error::NotOwner, page(0)));
+    assert_eq!(t.hyp_donate_host(page(2), 2), reject(Error::NotOwner, page(2)));
+    // No other host, hypervisor or guest call takes, shares or maps it.
+    for vm in [VM1, VM2] {
+        for tr in Transition::all(vm) {
+            if tr == Transition::HypReleaseVmMeta(VM1) {
+                continue;
+            }
+            let error = t.apply(tr, page(1), 1).unwrap_err().error;
+            let expected = match tr {
+                Transition::HypReleaseVmMeta(_) => Error::WrongGuest,
+                Transition::HypPin | Transition::HypUnpin => Error::NotShared,
+                _ => Error::NotOwner,
+            };
+            assert_eq!(error, expected, "{tr}");
+        }
+    }
+    assert_eq!(snapshot(&meta), before);
+
+    // VM 2 cannot release VM 1's pages; VM 1 cannot release a plain hyp page.
+    let mut t = Table::new(&mut meta, BASE).unwrap();
+    assert_eq!(t.hyp_release_vm_meta(VM2, page(0), 3), reject(Error::WrongGuest, page(0)));
+    assert_eq!(t.hyp_release_vm_meta(VM1, page(0), 4), reject(Error::NotOwner, page(3)));
+    assert_eq!(t.hyp_release_vm_meta(VM1, page(4), 1), reject(Error::NotOwner, page(4)));
+    let e = t.hyp_release_vm_meta(VM1, page(0), 3).unwrap();
+    assert_eq!((e.updates.host, e.updates.hyp, e.updates.zero), (Update::Set(O), Update::Set(A), true));
+    assert!(e.transition.returns_hyp_pages());
+    assert_eq!(views(&t, 2), [O, A, A, A]);
+    t.hyp_donate_host(page(3), 1).unwrap();
+    t.check_invariants().unwrap();
+    assert!(meta.iter().all(|m| *m == PageMeta::HOST_OWNED));
+}
+
+#[test]
+fn vm_metadata_encoding_round_trips() {
+    for vm in [VmId(0), VM1, VmId(0xffff)] {
+        let state = PageState::HypOwnedForVm(vm);
+        assert_eq!(state.encode().decode(), Some(state));
+        assert_eq!(state.owner(), HYP);
+        assert_eq!(state.borrower(), None);
+        assert_eq!(state.view(Component::Guest(vm)), A);
+    }
+    assert_eq!(PageState::HypOwnedForVm(VM1).encode().bits(), 0x0006_0001);
+    // Tag 7 is still invalid.
+    assert_eq!(PageMeta::from_bits(0x0007_0000).decode(), None);
 }

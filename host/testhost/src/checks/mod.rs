@@ -155,6 +155,10 @@ pub const CHECKS: &[Check] = &[
         run: vm::vm_attack_donate,
     },
     Check {
+        name: "vm-attack-metadata",
+        run: vm::vm_attack_metadata,
+    },
+    Check {
         name: "vm-attack-handles",
         run: vm::vm_attack_handles,
     },

@@ -813,3 +813,103 @@ pub fn vm_create_bad(p: &Platform) -> Result<(), Msg> {
     }
     Ok(())
 }
+
+/// A VM that is not protected and has never run (a `VM_SHARE` target).
+fn bare_unprotected_vm(arena: &mut Arena) -> Result<(u64, u64), Msg> {
+    let config = VmConfig {
+        debug: false,
+        protected: false,
+        max_vcpus: 1,
+    };
+    let pages = config.min_metadata_pages();
+    let metadata = arena.take(pages)?;
+    let r = call(HostCall::VmCreate, &[metadata, pages, config.encode()]);
+    ensure!(r[0] == 0, "VM_CREATE (not protected) = {}", r[0] as i64);
+    Ok((r[1], metadata))
+}
+
+/// Every call a host can make on a page the hypervisor holds for a live
+/// VM, each of which must be refused with `DENIED`: the hypervisor's own
+/// memory calls, and giving or lending the page to a VM (`other` is a
+/// second, unprotected VM, `own` the VM the page belongs to). `count` pages
+/// from `page`.
+fn attack_metadata(own: u64, other: u64, page: u64, count: u64, what: &str) -> Result<(), Msg> {
+    let far = GUEST_RAM_BASE + (64 << 20);
+    let config = VmConfig {
+        debug: false,
+        protected: true,
+        max_vcpus: 1,
+    };
+    let create_pages = config.min_metadata_pages().max(count);
+    let attempts: [(HostCall, &[u64], &str); 8] = [
+        (HostCall::ReclaimHyp, &[page, count], "RECLAIM_HYP"),
+        (HostCall::UnshareHyp, &[page, count], "UNSHARE_HYP"),
+        (HostCall::ShareHyp, &[page, count], "SHARE_HYP"),
+        (HostCall::DonateHyp, &[page, count], "DONATE_HYP"),
+        (HostCall::VmDonate, &[own, page, count, far], "VM_DONATE to its own VM"),
+        (HostCall::VmDonate, &[other, page, count, far], "VM_DONATE to another VM"),
+        (HostCall::VmShare, &[other, page, count, far], "VM_SHARE to another VM"),
+        (HostCall::VmCreate, &[page, create_pages, config.encode()], "VM_CREATE over it"),
+    ];
+    for (c, args, name) in attempts {
+        let r = call(c, args);
+        if c == HostCall::VmCreate && r[0] == 0 {
+            let _ = code(HostCall::VmDestroy, &[r[1]]);
+        }
+        ensure!(
+            r[0] as i64 == DENIED,
+            "{name} of {what} ({page:#x}, {count} pages) = {}, expected DENIED ({DENIED})",
+            super::ownership::Code(r[0] as i64)
+        );
+        // Nothing changed: still out of the host's reach.
+        expect_abort(Access::Load, page).map_err(|e| msg!("{what} after {name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// `vm-attack-metadata`: the pages a live VM's metadata uses — a vCPU's
+/// state page, the stage-2 root, a stage-2 table below it, an unused page
+/// of the table pool, and the whole range — are held by the hypervisor for
+/// that VM: `RECLAIM_HYP`, `UNSHARE_HYP`, `SHARE_HYP`, `DONATE_HYP`,
+/// `VM_DONATE` (to the same or another VM), `VM_SHARE` and `VM_CREATE` on
+/// each are refused with `DENIED` and change nothing: every page still
+/// aborts, and the VM then runs the `hello` guest to the end (its stage 2
+/// and vCPU state are intact); after `VM_DESTROY` the metadata is the
+/// host's again, zeroed.
+pub fn vm_attack_metadata(p: &Platform) -> Result<(), Msg> {
+    let (mut arena, _) = arena(p)?;
+    let (other, other_meta) = bare_unprotected_vm(&mut arena)?;
+    let mut vms = match Vm::create(&mut arena, protected("hello")?) {
+        Ok(vm) => [vm],
+        Err(e) => {
+            let _ = code(HostCall::VmDestroy, &[other]);
+            return Err(e);
+        }
+    };
+    let (own, meta, vcpus) = (vms[0].handle, vms[0].metadata, vms[0].vcpus);
+    let kinds = [
+        ("vCPU 0's state page", meta.start, 1),
+        ("the stage-2 root", meta.start + vcpus * PAGE, 1),
+        ("a stage-2 table", meta.start + (vcpus + 1) * PAGE, 1),
+        ("an unused stage-2 pool page", meta.end - PAGE, 1),
+        ("the whole metadata", meta.start, meta.size() / PAGE),
+    ];
+    let attacks = kinds
+        .iter()
+        .try_for_each(|&(what, page, count)| attack_metadata(own, other, page, count, what));
+    let attacked = attacks.is_ok();
+    // The VM still works (if an attack got through, its run shows what it
+    // broke); then it is destroyed and its metadata checked zero.
+    let ran = run_and_destroy(p, &mut vms, &[&[0]], &mut Plain, 5_000);
+    let torn = teardown(&[other], &[(other_meta, 1)]);
+    attacks?;
+    ran?;
+    torn?;
+    if attacked {
+        note!(
+            "8 calls on each of {} kinds of metadata page refused with DENIED; the VM then ran hello to the end",
+            kinds.len()
+        );
+    }
+    Ok(())
+}
