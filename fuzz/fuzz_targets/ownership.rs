@@ -41,8 +41,26 @@ impl Bytes<'_> {
 
 fn decode(bytes: &mut Bytes<'_>) -> Step {
     let kind = bytes.u8();
-    let vm = VMS[usize::from(bytes.u8() & 3)];
-    let call = match kind % 15 {
+    let who = bytes.u8();
+    let vm = VMS[usize::from(who & 3)];
+    // The VM lifecycle for the three real guests (the stranger's
+    // metadata calls are free calls below).
+    let lifecycle_vm = VMS[usize::from(who % 3)];
+    match kind % 22 {
+        15 | 16 => {
+            let start = bytes.u8();
+            let count = bytes.u8();
+            return Step::VmCreate {
+                vm: lifecycle_vm,
+                addr: (BASE + u64::from(start) % PAGES) * PAGE_SIZE,
+                pages: 1 + u64::from(count) % 6,
+            };
+        }
+        17 | 18 => return Step::VmAllocate { vm: lifecycle_vm },
+        19 => return Step::VmDestroy { vm: lifecycle_vm },
+        _ => {}
+    }
+    let call = match kind % 22 {
         0 => Call::HostShareHyp,
         1 => Call::HostUnshareHyp,
         2 => Call::HostDonateHyp,
@@ -56,8 +74,14 @@ fn decode(bytes: &mut Bytes<'_>) -> Step {
         10 => Call::HostReclaimGuest(vm),
         11 => Call::HypPin,
         12 => Call::HypUnpin,
+        13 => Call::HostDonateVmMeta(VMS[3]),
+        14 => Call::HypReleaseVmMeta(VMS[3]),
         writer => {
-            let by = if writer == 13 { Component::Host } else { Component::Guest(vm) };
+            let by = if writer % 2 == 0 {
+                Component::Host
+            } else {
+                Component::Guest(vm)
+            };
             let page = BASE + u64::from(bytes.u8()) % PAGES;
             return Step::Write { page, by };
         }
@@ -66,7 +90,9 @@ fn decode(bytes: &mut Bytes<'_>) -> Step {
     let start = bytes.u8();
     let addr = match start {
         0..=0xef => (BASE + u64::from(start) % (PAGES + 2)) * PAGE_SIZE,
-        0xf0..=0xf3 => (BASE + u64::from(bytes.u8()) % PAGES) * PAGE_SIZE + u64::from(bytes.u8()) + 1,
+        0xf0..=0xf3 => {
+            (BASE + u64::from(bytes.u8()) % PAGES) * PAGE_SIZE + u64::from(bytes.u8()) + 1
+        }
         0xf4..=0xf7 => u64::from(bytes.u8()) * PAGE_SIZE,
         0xf8..=0xfb => !(PAGE_SIZE - 1),
         _ => bytes.u64(),

@@ -42,6 +42,9 @@ const _: () = assert!(MIN_OPERATIONS >= 100_000);
 static EXECUTED: AtomicU64 = AtomicU64::new(0);
 /// Of which succeeded.
 static SUCCEEDED: AtomicU64 = AtomicU64::new(0);
+/// VMs created and destroyed by `VmCreate` / `VmDestroy` steps.
+static CREATED: AtomicU64 = AtomicU64::new(0);
+static DESTROYED: AtomicU64 = AtomicU64::new(0);
 
 struct Model;
 
@@ -67,6 +70,12 @@ fn call() -> impl Strategy<Value = Call> {
         vm().prop_map(Call::HostReclaimGuest),
         Just(Call::HypPin),
         Just(Call::HypUnpin),
+        // The hypervisor's own metadata calls, outside a VM lifecycle: only
+        // for the stranger, whose pages no live VM uses (releasing a live
+        // VM's metadata behind its back would be a hypervisor bug, not a
+        // call anyone can make).
+        Just(Call::HostDonateVmMeta(VMS[3])),
+        Just(Call::HypReleaseVmMeta(VMS[3])),
     ]
 }
 
@@ -113,6 +122,7 @@ impl ReferenceStateMachine for Model {
 
     fn transitions(state: &Reference) -> BoxedStrategy<Step> {
         let state = Arc::new(state.clone());
+        let hosts = Arc::clone(&state);
         // Aim at pages where the call can succeed, so that sequences reach
         // deep states; sometimes overshoot by a page to hit a failing tail.
         let targeted = (call(), any::<Index>(), 1..=4u64, prop::bool::weighted(0.2)).prop_map(
@@ -136,7 +146,33 @@ impl ReferenceStateMachine for Model {
                 }
             },
         );
+        let create = (0..3usize, any::<Index>(), 1..=5u64).prop_map(move |(i, index, want)| {
+            let vm = VMS[i];
+            let eligible = hosts.eligible(Call::HostDonateVmMeta(vm));
+            let Some(&start) = eligible.get(index.index(eligible.len().max(1))) else {
+                return Step::VmCreate {
+                    vm,
+                    addr: BASE * PAGE_SIZE,
+                    pages: want,
+                };
+            };
+            let mut pages = 1;
+            while pages < want && eligible.contains(&(start + pages)) {
+                pages += 1;
+            }
+            Step::VmCreate {
+                vm,
+                addr: start * PAGE_SIZE,
+                pages,
+            }
+        });
+        let lifecycle = prop_oneof![
+            3 => create,
+            3 => (0..3usize).prop_map(|i| Step::VmAllocate { vm: VMS[i] }),
+            1 => (0..3usize).prop_map(|i| Step::VmDestroy { vm: VMS[i] }),
+        ];
         prop_oneof![
+            1 => lifecycle,
             6 => targeted,
             3 => (call(), addr(), pages()).prop_map(|(call, addr, pages)| Step::Call { call, addr, pages }),
             1 => (BASE..BASE + PAGES, component()).prop_map(|(page, by)| Step::Write { page, by }),
@@ -162,9 +198,11 @@ impl StateMachineTest for Test {
 
     fn apply(mut sut: Harness, reference: &Reference, step: Step) -> Harness {
         EXECUTED.fetch_add(1, Ordering::Relaxed);
-        let before = sut.succeeded;
+        let before = (sut.succeeded, sut.lifecycles);
         sut.apply(step, reference.last);
-        SUCCEEDED.fetch_add(sut.succeeded - before, Ordering::Relaxed);
+        SUCCEEDED.fetch_add(sut.succeeded - before.0, Ordering::Relaxed);
+        CREATED.fetch_add(sut.lifecycles.0 - before.1.0, Ordering::Relaxed);
+        DESTROYED.fetch_add(sut.lifecycles.1 - before.1.1, Ordering::Relaxed);
         sut
     }
 
@@ -194,7 +232,18 @@ fn crate_matches_reference_model() {
     }
     let executed = EXECUTED.load(Ordering::Relaxed);
     let succeeded = SUCCEEDED.load(Ordering::Relaxed);
-    println!("differential: {executed} operations executed, {succeeded} calls succeeded");
+    let (created, destroyed) = (
+        CREATED.load(Ordering::Relaxed),
+        DESTROYED.load(Ordering::Relaxed),
+    );
+    println!(
+        "differential: {executed} operations executed, {succeeded} calls succeeded, \
+         {created} VMs created and {destroyed} destroyed"
+    );
+    assert!(
+        created >= u64::from(CASES) && destroyed >= u64::from(CASES) / 2,
+        "too few VM lifecycles: {created} created, {destroyed} destroyed"
+    );
     assert!(executed >= MIN_OPERATIONS, "only {executed} operations ran");
     assert!(
         succeeded * 10 >= executed,

@@ -6,10 +6,11 @@
 use std::collections::HashMap;
 
 use rampart_ownership::{
-    Component, Effect, Error, PAGE_SIZE, PageMeta, Pfn, PhysAddr, State, Table, Update, VmId,
+    Component, Effect, Error, PAGE_SIZE, PageMeta, PageState, Pfn, PhysAddr, State, Table,
+    Transition, Update, VmId,
 };
 
-use super::reference::{Call, Content, Reference};
+use super::reference::{Call, Content, LiveVm, Reference};
 
 /// One step of a sequence.
 #[derive(Clone, Copy, Debug)]
@@ -30,6 +31,49 @@ pub enum Step {
         /// Writer.
         by: Component,
     },
+    /// `VM_CREATE` (a no-op for a live VM).
+    VmCreate {
+        /// The VM.
+        vm: VmId,
+        /// Start of the metadata.
+        addr: u64,
+        /// Metadata pages.
+        pages: u64,
+    },
+    /// A live VM puts a vCPU or stage-2 table in its next metadata page.
+    VmAllocate {
+        /// The VM.
+        vm: VmId,
+    },
+    /// `VM_DESTROY` (a no-op for a VM that is not live).
+    VmDestroy {
+        /// The VM.
+        vm: VmId,
+    },
+}
+
+/// Every transition a host call or a guest call can trigger on a page it
+/// names (`SHARE_HYP`, `UNSHARE_HYP`, `DONATE_HYP`, `RECLAIM_HYP`,
+/// `VM_DONATE`, `VM_SHARE`, `VM_CREATE`, `MEM_SHARE`, `MEM_UNSHARE`,
+/// `MEM_RELINQUISH`), for each of `vms`.
+pub fn host_or_guest_reachable(vms: &[VmId]) -> Vec<Transition> {
+    let mut all = vec![
+        Transition::HostShareHyp,
+        Transition::HostUnshareHyp,
+        Transition::HostDonateHyp,
+        Transition::HypDonateHost,
+    ];
+    for &vm in vms {
+        all.extend([
+            Transition::HostDonateGuest(vm),
+            Transition::HostShareGuest(vm),
+            Transition::HostDonateVmMeta(vm),
+            Transition::GuestShareHost(vm),
+            Transition::GuestUnshareHost(vm),
+            Transition::GuestRelinquish(vm),
+        ]);
+    }
+    all
 }
 
 impl Step {
@@ -40,6 +84,9 @@ impl Step {
                 let _ = reference.call(call, addr, pages);
             }
             Step::Write { page, by } => reference.write(page, by),
+            Step::VmCreate { vm, addr, pages } => reference.vm_create(vm, addr, pages),
+            Step::VmAllocate { vm } => reference.vm_allocate(vm),
+            Step::VmDestroy { vm } => reference.vm_destroy(vm),
         }
     }
 }
@@ -56,6 +103,10 @@ pub struct Harness {
     guests: Vec<VmId>,
     /// Calls that succeeded.
     pub succeeded: u64,
+    /// Live VMs, kept by the harness itself (as the hypervisor would).
+    vms: HashMap<VmId, LiveVm>,
+    /// VMs created, and destroyed, so far.
+    pub lifecycles: (u64, u64),
 }
 
 impl Harness {
@@ -71,6 +122,8 @@ impl Harness {
             content: HashMap::new(),
             guests: guests.to_vec(),
             succeeded: 0,
+            vms: HashMap::new(),
+            lifecycles: (0, 0),
         }
     }
 
@@ -112,10 +165,71 @@ impl Harness {
         }
     }
 
+    /// Runs a transition the hypervisor makes itself, which must succeed.
+    fn hyp_call(&mut self, transition: Transition, pfn: u64, pages: u64) {
+        let mut table = Table::new(&mut self.meta, Pfn(self.base)).expect("table fits");
+        let effect = table
+            .apply(transition, PhysAddr(pfn * PAGE_SIZE), pages)
+            .unwrap_or_else(|r| panic!("{transition} on pfn {pfn:#x}: {r}"));
+        self.consume(&effect);
+    }
+
     /// Runs a step on the crate; `expected` is the reference's verdict for
     /// the same step.
     pub fn apply(&mut self, step: Step, expected: Result<(), (Error, u64)>) {
         match step {
+            Step::VmCreate { vm, addr, pages } => {
+                if self.vms.contains_key(&vm) {
+                    assert_eq!(expected, Ok(()));
+                    return;
+                }
+                let call = Step::Call {
+                    call: Call::HostDonateVmMeta(vm),
+                    addr,
+                    pages,
+                };
+                let before = self.succeeded;
+                self.apply(call, expected);
+                if self.succeeded > before {
+                    self.vms.insert(vm, LiveVm::new(addr / PAGE_SIZE, pages));
+                    self.lifecycles.0 += 1;
+                }
+            }
+            Step::VmAllocate { vm } => {
+                if let Some(live) = self.vms.get_mut(&vm) {
+                    live.allocate();
+                }
+            }
+            Step::VmDestroy { vm } => {
+                let Some(live) = self.vms.remove(&vm) else {
+                    assert_eq!(expected, Ok(()));
+                    return;
+                };
+                for index in 0..self.meta.len() {
+                    let pfn = self.base + index as u64;
+                    let state = self.meta[index].decode().expect("valid");
+                    let transition = match state {
+                        PageState::GuestOwned(owner) | PageState::GuestSharedWithHost(owner)
+                            if owner == vm =>
+                        {
+                            Transition::HostReclaimGuest(vm)
+                        }
+                        PageState::HostSharedWithGuest(borrower) if borrower == vm => {
+                            Transition::HostUnshareGuest(vm)
+                        }
+                        _ => continue,
+                    };
+                    self.hyp_call(transition, pfn, 1);
+                }
+                assert_eq!(
+                    expected,
+                    Ok(()),
+                    "the reference could not release {vm}'s metadata"
+                );
+                self.hyp_call(Transition::HypReleaseVmMeta(vm), live.first, live.pages);
+                self.succeeded += 1;
+                self.lifecycles.1 += 1;
+            }
             Step::Call { call, addr, pages } => {
                 let before = self.meta.clone();
                 let mut table = Table::new(&mut self.meta, Pfn(self.base)).expect("table fits");
@@ -201,5 +315,38 @@ impl Harness {
             }
         }
         assert_eq!(reference.leak(), None);
+        // The hypervisor's structures: no page a live VM's metadata uses is
+        // host- or guest-accessible, and every call the host or a guest can
+        // make refuses it.
+        assert_eq!(self.vms, reference.vms, "live VMs");
+        let reachable = host_or_guest_reachable(&self.guests);
+        for (vm, live) in &self.vms {
+            for &pfn in &live.used {
+                let addr = PhysAddr(pfn * PAGE_SIZE);
+                assert_eq!(
+                    table.page_state(addr),
+                    Ok(PageState::HypOwnedForVm(*vm)),
+                    "pfn {pfn:#x} of {vm}"
+                );
+                for &party in &parties {
+                    let expected = if party == Component::Hyp {
+                        State::Owned
+                    } else {
+                        State::Absent
+                    };
+                    assert_eq!(
+                        self.mapping(pfn, party),
+                        expected,
+                        "{party} on {vm}'s pfn {pfn:#x}"
+                    );
+                }
+                for &transition in &reachable {
+                    assert!(
+                        table.check(transition, addr, 1).is_err(),
+                        "{transition} accepted {vm}'s pfn {pfn:#x}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -28,6 +28,8 @@ pub enum Call {
     HostReclaimGuest(VmId),
     HypPin,
     HypUnpin,
+    HostDonateVmMeta(VmId),
+    HypReleaseVmMeta(VmId),
 }
 
 impl Call {
@@ -48,6 +50,8 @@ impl Call {
             Call::HostReclaimGuest(vm) => T::HostReclaimGuest(vm),
             Call::HypPin => T::HypPin,
             Call::HypUnpin => T::HypUnpin,
+            Call::HostDonateVmMeta(vm) => T::HostDonateVmMeta(vm),
+            Call::HypReleaseVmMeta(vm) => T::HypReleaseVmMeta(vm),
         }
     }
 }
@@ -64,6 +68,38 @@ pub enum Content {
     Secret(VmId),
 }
 
+/// A live VM as the hypervisor sees it: the metadata range it was created
+/// with and the pages its structures use (the stage-2 root from creation,
+/// then a vCPU or stage-2 table page per allocation, lowest first).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveVm {
+    /// First page frame of the metadata.
+    pub first: u64,
+    /// Pages of metadata.
+    pub pages: u64,
+    /// Page frames a live structure uses.
+    pub used: BTreeSet<u64>,
+}
+
+impl LiveVm {
+    /// A VM just created on `pages` pages from `first`: its stage-2 root is
+    /// the first page.
+    pub fn new(first: u64, pages: u64) -> Self {
+        Self {
+            first,
+            pages,
+            used: BTreeSet::from([first]),
+        }
+    }
+
+    /// A structure takes the lowest unused metadata page, if any is left.
+    pub fn allocate(&mut self) {
+        if let Some(pfn) = (self.first..self.first + self.pages).find(|p| !self.used.contains(p)) {
+            self.used.insert(pfn);
+        }
+    }
+}
+
 /// The naive model.
 #[derive(Clone, Debug)]
 pub struct Reference {
@@ -77,8 +113,14 @@ pub struct Reference {
     pub pins: HashMap<u64, u32>,
     /// pfn → ghost contents.
     pub content: HashMap<u64, Content>,
+    /// pfn → the VM the hypervisor holds the page for (VM metadata). Such a
+    /// page is the hypervisor's (`Owned` in its view) but only its VM's
+    /// release gives it back.
+    pub held: HashMap<u64, VmId>,
     /// The verdict of the last call.
     pub last: Result<(), (Error, u64)>,
+    /// Live VMs (the hypervisor's lifecycle, not the table's business).
+    pub vms: HashMap<VmId, LiveVm>,
 }
 
 /// Largest pin count the crate allows.
@@ -97,7 +139,9 @@ impl Reference {
             states,
             pins: HashMap::new(),
             content: HashMap::new(),
+            held: HashMap::new(),
             last: Ok(()),
+            vms: HashMap::new(),
         }
     }
 
@@ -184,7 +228,13 @@ impl Reference {
             Call::HostShareHyp
             | Call::HostDonateHyp
             | Call::HostDonateGuest(_)
-            | Call::HostShareGuest(_) => host_gives(),
+            | Call::HostShareGuest(_)
+            | Call::HostDonateVmMeta(_) => host_gives(),
+            Call::HypReleaseVmMeta(vm) => match self.held.get(&pfn) {
+                Some(&holder) if holder == vm => Ok(()),
+                Some(_) => Err(Error::WrongGuest),
+                None => Err(Error::NotOwner),
+            },
             Call::HostUnshareHyp => match (host, hyp) {
                 (SharedOwned, SharedBorrowed) if pins > 0 => Err(Error::Busy),
                 (SharedOwned, SharedBorrowed) => Ok(()),
@@ -192,7 +242,7 @@ impl Reference {
                 _ => Err(Error::NotOwner),
             },
             Call::HypDonateHost => {
-                if hyp == Owned {
+                if hyp == Owned && !self.held.contains_key(&pfn) {
                     Ok(())
                 } else {
                     Err(Error::NotOwner)
@@ -291,6 +341,17 @@ impl Reference {
                 self.content.insert(pfn, Content::Zero);
                 self.set(pfn, host, Owned);
             }
+            Call::HostDonateVmMeta(vm) => {
+                self.set(pfn, host, Absent);
+                self.set(pfn, hyp, Owned);
+                self.held.insert(pfn, vm);
+            }
+            Call::HypReleaseVmMeta(_) => {
+                self.set(pfn, hyp, Absent);
+                self.held.remove(&pfn);
+                self.content.insert(pfn, Content::Zero);
+                self.set(pfn, host, Owned);
+            }
             Call::HypPin => *self.pins.entry(pfn).or_default() += 1,
             Call::HypUnpin => *self.pins.entry(pfn).or_default() -= 1,
         }
@@ -313,6 +374,49 @@ impl Reference {
             self.apply_page(call, pfn);
         }
         Ok(())
+    }
+
+    /// `VM_CREATE` for `vm` (a no-op if it is live): the metadata is held
+    /// for it and its stage-2 root takes the first page.
+    pub fn vm_create(&mut self, vm: VmId, addr: u64, pages: u64) {
+        if self.vms.contains_key(&vm) {
+            self.last = Ok(());
+            return;
+        }
+        if self.call(Call::HostDonateVmMeta(vm), addr, pages).is_ok() {
+            self.vms.insert(vm, LiveVm::new(addr / PAGE_SIZE, pages));
+        }
+    }
+
+    /// A live VM allocates a vCPU or stage-2 table page.
+    pub fn vm_allocate(&mut self, vm: VmId) {
+        if let Some(live) = self.vms.get_mut(&vm) {
+            live.allocate();
+        }
+        self.last = Ok(());
+    }
+
+    /// `VM_DESTROY` (a no-op if `vm` is not live): every page the guest
+    /// owns is reclaimed and every page it borrows unshared, then its
+    /// metadata is released. `last` is the release's verdict.
+    pub fn vm_destroy(&mut self, vm: VmId) {
+        let Some(live) = self.vms.remove(&vm) else {
+            self.last = Ok(());
+            return;
+        };
+        for pfn in self.base..self.base + self.len {
+            let call = match self.get(pfn, Component::Guest(vm)) {
+                State::Owned | State::SharedOwned => Call::HostReclaimGuest(vm),
+                State::SharedBorrowed => Call::HostUnshareGuest(vm),
+                State::Absent => continue,
+            };
+            let _ = self.call(call, pfn * PAGE_SIZE, 1);
+        }
+        let _ = self.call(
+            Call::HypReleaseVmMeta(vm),
+            live.first * PAGE_SIZE,
+            live.pages,
+        );
     }
 
     /// The pages on which `call` would pass its checks, in address order.
