@@ -348,6 +348,10 @@ pub fn measure_first_run(vm: &mut Vm, entry_pc: u64, x0: u64) -> Result<(), Erro
     let vcpus = u32::try_from(vm.max_vcpus).map_err(|_| Error::InvalidParameter)?;
     let mut measurer = crate::security::measurer(vm.protected, vm.debug, vcpus, entry_pc, x0);
     let mut failed = None;
+    // Leaves are 4 KiB pages: measure runs contiguous in both address
+    // spaces at once, so each needs one temporary EL2 mapping, not one per
+    // page.
+    let mut pending: Option<(u64, u64, u64)> = None;
     let region = MemoryRegion::new(0, ipa_limit() as usize);
     let _ = vm.stage2.walk_range(&region, &mut |mr, desc, level| {
         if !desc.is_valid() || (level < 3 && desc.is_table_or_page()) {
@@ -356,20 +360,27 @@ pub fn measure_first_run(vm: &mut Vm, entry_pc: u64, x0: u64) -> Result<(), Erro
         let ipa = mr.start().0 as u64;
         let pa = desc.output_address().0 as u64;
         let size = (mr.end().0 - mr.start().0) as u64;
-        let Some(range) = MemRange::from_base_size(pa, size) else { return Err(()) };
-        let result = crate::memory::with(|mem| {
-            mem.with_pages(range, &mut |page, bytes| {
-                if measurer.page(ipa + (page - pa), bytes).is_err() {
-                    failed = Some(Error::InvalidParameter);
-                }
-            })
-        });
-        if let Err(e) = result {
+        if let Some((run_ipa, run_pa, run_size)) = &mut pending
+            && *run_ipa + *run_size == ipa
+            && *run_pa + *run_size == pa
+        {
+            *run_size += size;
+            return Ok(());
+        }
+        if let Some(run) = pending.replace((ipa, pa, size))
+            && let Err(e) = measure_run(&mut measurer, run)
+        {
             failed = Some(e);
             return Err(());
         }
         Ok(())
     });
+    if failed.is_none()
+        && let Some(run) = pending
+        && let Err(e) = measure_run(&mut measurer, run)
+    {
+        failed = Some(e);
+    }
     if let Some(e) = failed {
         return Err(e);
     }
@@ -379,6 +390,21 @@ pub fn measure_first_run(vm: &mut Vm, entry_pc: u64, x0: u64) -> Result<(), Erro
     }
     vm.measurement = Some(measurement);
     Ok(())
+}
+
+/// Measures `size` bytes of guest memory at guest address `ipa`, physical
+/// address `pa`, page by page.
+fn measure_run(measurer: &mut rampart_attest::Measurer, (ipa, pa, size): (u64, u64, u64)) -> Result<(), Error> {
+    let range = MemRange::from_base_size(pa, size).ok_or(Error::InvalidParameter)?;
+    let mut failed = None;
+    crate::memory::with(|mem| {
+        mem.with_pages(range, &mut |page, bytes| {
+            if measurer.page(ipa + (page - pa), bytes).is_err() {
+                failed = Some(Error::InvalidParameter);
+            }
+        })
+    })?;
+    failed.map_or(Ok(()), Err)
 }
 
 /// One past the highest guest-physical address a VM can have: the same

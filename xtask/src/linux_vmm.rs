@@ -205,6 +205,7 @@ const PLAN: [(u32, &[&str]); 2] = [
             "guest-memtest",
             "four-vms",
             "devmem-sigbus",
+            "metadata-attack",
             "kill9-reclaim",
             "kill9-running",
             "tampered-bundle",

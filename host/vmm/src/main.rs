@@ -4,6 +4,7 @@
 
 mod console;
 mod dt;
+mod hostile;
 mod hyp;
 mod mem;
 mod plan;
@@ -98,6 +99,11 @@ enum Command {
         /// vCPU that printed it waits) until SIGUSR1.
         #[arg(long, value_name = "TEXT")]
         hold_at: Option<String>,
+        /// Hostile self-test: before the first run, make every host call on
+        /// every kind of page of the VM's metadata and expect DENIED (exit 1
+        /// if any is not refused).
+        #[arg(long)]
+        attack_metadata: bool,
     },
     /// List every live VM (VM_LIST) and the VMM that owns it.
     List,
@@ -138,6 +144,7 @@ fn main() -> ExitCode {
             trace,
             hold,
             hold_at,
+            attack_metadata,
         } => cmd_run(
             &env,
             &bundle,
@@ -156,6 +163,7 @@ fn main() -> ExitCode {
             &Hold {
                 before_run: hold,
                 at_line: hold_at,
+                attack_metadata,
             },
         ),
         Command::List => cmd_list(&env).map(|()| ExitCode::SUCCESS),
@@ -210,6 +218,8 @@ fn hex(bytes: &[u8]) -> String {
 struct Hold {
     before_run: bool,
     at_line: Option<String>,
+    /// `--attack-metadata` (see `hostile`).
+    attack_metadata: bool,
 }
 
 /// Prints the holding line and waits for SIGUSR1; returns a termination
@@ -280,6 +290,26 @@ fn cmd_run(
         plan.metadata_pages,
         session.entry.channel_list(),
     );
+
+    let mut attacks_accepted = 0;
+    if holding.attack_metadata {
+        let metadata = place.metadata(&plan);
+        let findings = hostile::attack_metadata(
+            main,
+            handle,
+            metadata,
+            plan.metadata_pages,
+            plan.config.max_vcpus,
+        );
+        for accepted in &findings.accepted {
+            eprintln!("rampart-vmm: metadata attack NOT refused: {accepted}");
+        }
+        attacks_accepted = findings.accepted.len();
+        println!(
+            "[{name}] rampart-vmm: metadata attacks on {metadata:#x} ({} pages): {} calls refused with DENIED, {attacks_accepted} not",
+            plan.metadata_pages, findings.refused
+        );
+    }
 
     let counters = stats::Counters::default();
     stats::Counters::reached(&counters.vm_ready_us);
@@ -384,6 +414,7 @@ fn cmd_run(
     );
 
     let code = match outcome {
+        _ if attacks_accepted > 0 => ExitCode::FAILURE,
         Outcome::Refused(code) => {
             eprintln!(
                 "rampart-vmm: the hypervisor refused {shown}: {}: {}",

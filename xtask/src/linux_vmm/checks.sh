@@ -151,6 +151,27 @@ check_devmem() {
 	fi
 }
 
+# A hostile host on the metadata of a live VM: the VMM makes RECLAIM_HYP,
+# UNSHARE_HYP, SHARE_HYP, DONATE_HYP, VM_DONATE, VM_SHARE and VM_CREATE on
+# a vCPU state page, the stage-2 root, a stage-2 table, an unused table
+# page and the whole metadata through the control pages; all must be
+# DENIED, and the hello guest must then run to the end (nothing changed).
+check_metadata() {
+	vm_run meta "$G/hello.bundle" --attack-metadata
+	st=$?
+	line=$(sed -n 's/.*rampart-vmm: \(metadata attacks .*\)/\1/p' /tmp/meta.log | head -n 1)
+	done_line=$(sed -n 's/^\[[^]]*\] \(GUEST-DONE .*\)/\1/p' /tmp/meta.log | tail -n 1)
+	if [ -z "$line" ]; then
+		fail "the VMM made no metadata attacks (exit $st)"
+	elif ! echo "$line" | grep -q ' 0 not$'; then
+		fail "$line"
+	elif [ "$st" -ne 0 ] || ! echo "$done_line" | grep -q ' 0 failed'; then
+		fail "$line, but then the VM exited $st: ${done_line:-no GUEST-DONE}"
+	else
+		pass "$line; then $done_line, exit 0"
+	fi
+}
+
 # SIGKILL mid-run: memtest held after its first pass (its pattern in all
 # free RAM) is killed; its memory stays the guest's (SIGBUS) until
 # `rampart-vmm reclaim`, which returns it zeroed; a new VM then runs in
@@ -319,6 +340,7 @@ for CHECK in $CHECKS; do
 	guest-*) check_guest "${CHECK#guest-}" ;;
 	four-vms) check_four ;;
 	devmem-sigbus) check_devmem ;;
+	metadata-attack) check_metadata ;;
 	kill9-reclaim) check_kill ;;
 	kill9-running) check_kill_running ;;
 	tampered-bundle) check_tamper ;;
