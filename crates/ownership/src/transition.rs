@@ -238,17 +238,19 @@ impl Transition {
                 P::HostSharedWithHyp { pins: 0 } => Ok(P::HostOwned),
                 P::HostSharedWithHyp { .. } => Err(Error::Busy),
                 P::HostOwned | P::HostSharedWithGuest(_) => Err(Error::NotShared),
-                P::HypOwned | P::HypOwnedForVm(_) | P::GuestOwned(_) | P::GuestSharedWithHost(_) => {
-                    Err(Error::NotOwner)
-                }
+                P::HypOwned
+                | P::HypOwnedForVm(_)
+                | P::GuestOwned(_)
+                | P::GuestSharedWithHost(_) => Err(Error::NotOwner),
             },
             Transition::HostUnshareGuest(vm) => match page {
                 P::HostSharedWithGuest(lent) if lent == vm => Ok(P::HostOwned),
                 P::HostSharedWithGuest(_) => Err(Error::WrongGuest),
                 P::HostOwned | P::HostSharedWithHyp { .. } => Err(Error::NotShared),
-                P::HypOwned | P::HypOwnedForVm(_) | P::GuestOwned(_) | P::GuestSharedWithHost(_) => {
-                    Err(Error::NotOwner)
-                }
+                P::HypOwned
+                | P::HypOwnedForVm(_)
+                | P::GuestOwned(_)
+                | P::GuestSharedWithHost(_) => Err(Error::NotOwner),
             },
             // Only what the host donated comes back this way: a page held
             // for a VM is refused like any page the hypervisor does not own

@@ -571,8 +571,14 @@ fn vm_metadata_is_held_until_its_vm_releases_it() {
     // RECLAIM_HYP returns only what DONATE_HYP gave: the ordinary hyp page
     // in the same range is not enough, and the refusal names the first
     // held page.
-    assert_eq!(t.hyp_donate_host(page(0), 1), reject(Error::NotOwner, page(0)));
-    assert_eq!(t.hyp_donate_host(page(2), 2), reject(Error::NotOwner, page(2)));
+    assert_eq!(
+        t.hyp_donate_host(page(0), 1),
+        reject(Error::NotOwner, page(0))
+    );
+    assert_eq!(
+        t.hyp_donate_host(page(2), 2),
+        reject(Error::NotOwner, page(2))
+    );
     // No other host, hypervisor or guest call takes, shares or maps it.
     for vm in [VM1, VM2] {
         for tr in Transition::all(vm) {
@@ -592,11 +598,23 @@ fn vm_metadata_is_held_until_its_vm_releases_it() {
 
     // VM 2 cannot release VM 1's pages; VM 1 cannot release a plain hyp page.
     let mut t = Table::new(&mut meta, BASE).unwrap();
-    assert_eq!(t.hyp_release_vm_meta(VM2, page(0), 3), reject(Error::WrongGuest, page(0)));
-    assert_eq!(t.hyp_release_vm_meta(VM1, page(0), 4), reject(Error::NotOwner, page(3)));
-    assert_eq!(t.hyp_release_vm_meta(VM1, page(4), 1), reject(Error::NotOwner, page(4)));
+    assert_eq!(
+        t.hyp_release_vm_meta(VM2, page(0), 3),
+        reject(Error::WrongGuest, page(0))
+    );
+    assert_eq!(
+        t.hyp_release_vm_meta(VM1, page(0), 4),
+        reject(Error::NotOwner, page(3))
+    );
+    assert_eq!(
+        t.hyp_release_vm_meta(VM1, page(4), 1),
+        reject(Error::NotOwner, page(4))
+    );
     let e = t.hyp_release_vm_meta(VM1, page(0), 3).unwrap();
-    assert_eq!((e.updates.host, e.updates.hyp, e.updates.zero), (Update::Set(O), Update::Set(A), true));
+    assert_eq!(
+        (e.updates.host, e.updates.hyp, e.updates.zero),
+        (Update::Set(O), Update::Set(A), true)
+    );
     assert!(e.transition.returns_hyp_pages());
     assert_eq!(views(&t, 2), [O, A, A, A]);
     t.hyp_donate_host(page(3), 1).unwrap();
