@@ -71,10 +71,14 @@ pub fn attack_metadata(
             if code == Error::Denied.code() {
                 findings.refused += 1;
             } else {
-                findings.accepted.push(format!(
-                    "{} of {what} ({page:#x}, {count} pages) = {}",
-                    c.name(),
+                let answer = if code == 0 {
+                    "SUCCESS".to_string()
+                } else {
                     error_name(code)
+                };
+                findings.accepted.push(format!(
+                    "{} of {what} ({page:#x}, {count} pages) = {answer}",
+                    c.name()
                 ));
             }
         }
