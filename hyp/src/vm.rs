@@ -166,12 +166,15 @@ pub fn create(metadata: PageRange, config: VmConfig) -> Result<VmHandle, Error> 
     let pool_start = range.start() + vcpu_pages * PAGE_SIZE;
     let pool_range = MemRange::new(pool_start, range.end()).ok_or(Error::InvalidParameter)?;
     // Take a free slot that is not retired and hold its lock for the whole
-    // creation.
+    // creation. The generation is read under the slot's lock, which
+    // `destroy` holds when it advances it.
     let (slot, mut guard) = VMS
         .iter()
         .enumerate()
-        .filter(|&(i, _)| GENERATIONS[i].load(Ordering::Acquire) != RETIRED)
-        .find_map(|(i, s)| s.try_lock().filter(|g| g.is_none()).map(|g| (i, g)))
+        .find_map(|(i, s)| {
+            let guard = s.try_lock().filter(|g| g.is_none())?;
+            (GENERATIONS[i].load(Ordering::Acquire) != RETIRED).then_some((i, guard))
+        })
         .ok_or(Error::NoMemory)?;
     let id = vm_id(slot);
     crate::memory::with(|mem| {
@@ -481,8 +484,9 @@ pub fn destroy(handle: VmHandle) -> Result<(), Error> {
 
     // From here on nothing is refused.
     // The handle dies now: no new call can find the VM. A slot whose
-    // generation reaches RETIRED is never used again (see `create`).
-    GENERATIONS[slot].fetch_add(1, Ordering::AcqRel);
+    // generation reaches RETIRED is never used again (see `create`), so a
+    // live VM's generation is below RETIRED and this never wraps.
+    let _ = GENERATIONS[slot].fetch_update(Ordering::AcqRel, Ordering::Acquire, |g| g.checked_add(1));
     let Some(vm) = guard.take() else { return Ok(()) };
     for vcpu in vcpus.iter_mut().flatten() {
         **vcpu = None;
