@@ -282,11 +282,11 @@ const VB_SIZES: [u64; 3] = [1, 2, 4];
 /// part plus a slope per MiB, the same for the measurement alone, the
 /// signature check, the non-protected contrast, and the guest calls.
 ///
-/// The line goes through the two largest sizes: `VM_DONATE` maps a
-/// 2 MiB-aligned range with 2 MiB blocks, so those VMs differ only in how
-/// much is hashed. The 1 MiB VM is mapped page by page (256 stage-2
-/// entries); how far it lies off the line is that mapping's cost in the
-/// measurement's stage-2 walk.
+/// The line goes through the two largest sizes. Guest stage 2 holds 4 KiB
+/// pages only, and the measurement maps each run of contiguous pages once,
+/// so the sizes differ mainly in how much is hashed; how far the smallest
+/// lies off the line is what its shorter stage-2 walk and mapping saves or
+/// costs.
 fn vb_summary(figures: &[Figure]) -> Vec<String> {
     let get = |name: &str| figures.iter().find(|f| f.name == name).map(|f| f.median as f64);
     let mut out = Vec::new();
@@ -298,8 +298,8 @@ fn vb_summary(figures: &[Figure]) -> Vec<String> {
             let fixed = b - slope * mid as f64;
             let off = a - (fixed + slope * lo as f64);
             out.push(format!(
-                "{what}: {fixed:.0} + {slope:.0} per MiB ({:.0} per 4 KiB page), through {mid} and {hi} MiB (block-mapped); \
-                 {lo} MiB (page-mapped) lies {off:+.0} off the line",
+                "{what}: {fixed:.0} + {slope:.0} per MiB ({:.0} per 4 KiB page), through {mid} and {hi} MiB; \
+                 {lo} MiB lies {off:+.0} off the line",
                 slope / 256.0
             ));
         }
