@@ -1,14 +1,16 @@
 //! Fuzz target: raw bytes become host hypercalls (`x0`, `x1`, `x2`) that go
 //! through the ABI decoder (`HostRequest::decode`) and then, as the
 //! hypervisor does, through the ownership table. After every call the
-//! harness checks the table invariants and that a refused call changed no
-//! entry.
+//! harness checks the table invariants, that a refused call changed no
+//! entry, and that no call changed a page held for a VM (`VM_CREATE`
+//! metadata): only `VM_DESTROY` may release it, and the host cannot call
+//! that on a page.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use rampart_abi::host::{HostCall, HostRequest};
-use rampart_ownership::{PAGE_SIZE, PageMeta, Pfn, PhysAddr, Table, Transition};
+use rampart_ownership::{PAGE_SIZE, PageMeta, PageState, Pfn, PhysAddr, Table, Transition, VmId};
 
 /// First page frame of the fuzzed table (RAM at 1 GiB, as on QEMU virt).
 const BASE: u64 = 0x4_0000;
@@ -23,16 +25,18 @@ fuzz_target!(|data: &[u8]| {
     for chunk in data.chunks(17).take(256) {
         let mut word = [0u8; 17];
         word[..chunk.len()].copy_from_slice(chunk);
-        let function = match word[0] % 8 {
-            n @ 0..=5 => u64::from(HostCall::ALL[usize::from(n)].id()),
-            6 => u64::from(u32::from_le_bytes([word[1], word[2], word[3], word[4]])),
+        let function = match word[0] % 9 {
+            n @ 0..=6 => u64::from(HostCall::ALL[usize::from(n)].id()),
+            7 => u64::from(u32::from_le_bytes([word[1], word[2], word[3], word[4]])),
             _ => u64::from_le_bytes(word[1..9].try_into().unwrap()),
         };
         // x1: mostly a page in or near the table; x2: mostly a small count.
         let raw1 = u64::from_le_bytes(word[1..9].try_into().unwrap());
         let x1 = if word[9] < 0xe0 { (BASE + u64::from(word[10]) % (PAGES as u64 + 4)) * PAGE_SIZE } else { raw1 };
         let x2 = if word[11] < 0xe0 { u64::from(word[12] % 16) } else { u64::from_le_bytes(word[9..17].try_into().unwrap()) };
-        let Ok(request) = HostRequest::decode(&{ let mut r = [0u64; 18]; r[0] = function; r[1] = x1; r[2] = x2; r }) else { continue };
+        // x3 of VM_CREATE: one vCPU, protected.
+        let x3 = if function == u64::from(HostCall::VmCreate.id()) { 0x101 } else { 0 };
+        let Ok(request) = HostRequest::decode(&{ let mut r = [0u64; 18]; r[0] = function; r[1] = x1; r[2] = x2; r[3] = x3; r }) else { continue };
         let (transition, range) = match request {
             HostRequest::ShareHyp(r) => (Transition::HostShareHyp, r),
             HostRequest::UnshareHyp(r) => (Transition::HostUnshareHyp, r),
@@ -44,6 +48,9 @@ fuzz_target!(|data: &[u8]| {
                 }
                 (Transition::HypDonateHost, r)
             }
+            // VM_CREATE's metadata, held for VM 1 (the hypervisor's slot
+            // logic is not modelled here).
+            HostRequest::VmCreate { metadata, .. } => (Transition::HostDonateVmMeta(VmId(1)), metadata),
             _ => continue,
         };
         // Decoding guarantees what the table's range checks also enforce.
@@ -58,6 +65,13 @@ fuzz_target!(|data: &[u8]| {
                 .map(|i| table.page_state(PhysAddr((BASE + i) * PAGE_SIZE)).map(|s| s.encode().bits()).unwrap_or(u32::MAX))
                 .collect();
             assert_eq!(before, after, "a refused call changed the table");
+        }
+        for i in 0..PAGES as u64 {
+            let before_state = PageMeta::from_bits(before[i as usize]).decode();
+            if let Some(PageState::HypOwnedForVm(_)) = before_state {
+                let now = table.page_state(PhysAddr((BASE + i) * PAGE_SIZE)).ok();
+                assert_eq!(now, before_state, "a host call changed a page held for a VM");
+            }
         }
         table.check_invariants().expect("invariants hold after every call");
     }
