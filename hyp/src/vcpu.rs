@@ -10,6 +10,7 @@ use zerocopy::FromZeros;
 
 use crate::arch::guest::{self, El1Context, FpContext, PauthKeys, VgicContext};
 use crate::arch;
+use crate::host_timer;
 use crate::vm::{self, VCPU_BOOT, VCPU_POWER, VCPU_SLOTS, power};
 
 /// A vCPU's registers, kept at EL2 in a page the host donated.
@@ -219,6 +220,11 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
             }
         }
         load_pending_interrupts(v);
+        if host_timer::fired() {
+            // The host's deadline passed during an exit EL2 handled: the
+            // host's tick comes first.
+            break [ExitReason::Interrupt as u64, 1, 0, 0];
+        }
         // SAFETY: nothing takes an exception at EL2 between setting the
         // guest's PC and PSTATE and entering it; the guest is loaded.
         let kind = unsafe {
@@ -385,6 +391,9 @@ fn load_guest(v: &mut Vcpu, host: &mut HostContext, vttbr: u64, protected: bool,
             guest::restore_pauth(&v.state.pauth);
         }
         guest::restore_vgic(&v.state.vgic);
+        // The guest's virtual timer replaces the host's: the host's
+        // deadline moves to the EL2 timer until `unload_guest`.
+        host_timer::arm(host.el1.cntv_ctl, host.el1.cntv_cval);
         arch::set_cptr_el2(guest_cptr);
         arch::set_mdcr_el2(guest_mdcr);
         arch::set_cnthctl_el2(0b01);
@@ -420,6 +429,10 @@ fn unload_guest(v: &mut Vcpu, host: &HostContext, boot: &crate::Boot) {
         guest::save_pauth(&mut v.state.pauth);
     }
     guest::save_vgic(&mut v.state.vgic);
+    // Off before the host runs: its PPI 26 drops, and the host's virtual
+    // timer, restored below, raises the host's own interrupt if the
+    // deadline passed.
+    host_timer::disarm();
     // SAFETY: restores exactly what the host had before `load_guest`.
     unsafe {
         arch::set_hcr_el2(boot.config.hcr);
@@ -449,7 +462,9 @@ const EC_DABT_LOWER: u64 = 0x24;
 fn handle_exit(slot: usize, v: &mut Vcpu, kind: u64) -> Outcome {
     match kind {
         8 | 12 => {}
-        9 | 10 | 13 | 14 => return exit(ExitReason::Interrupt, 0, 0, 0),
+        // A physical interrupt for the host; `x2` = 1 if it is the EL2
+        // timer holding the host's own deadline.
+        9 | 10 | 13 | 14 => return exit(ExitReason::Interrupt, u64::from(host_timer::fired()), 0, 0),
         // An SError from the guest: it is the guest's problem, delivered
         // back as an external abort would be; the host just sees a resume.
         _ => return exit(ExitReason::Interrupt, 0, 0, 0),

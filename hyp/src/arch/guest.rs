@@ -362,3 +362,61 @@ pub unsafe fn rndr() -> Option<u64> {
     }
     (ok != 0).then_some(value)
 }
+
+/// `CNTHP_CTL_EL2`: the EL2 physical timer's control (ENABLE, IMASK,
+/// ISTATUS), which keeps the host's deadline while a guest owns the EL1
+/// virtual timer.
+pub fn cnthp_ctl() -> u64 {
+    let value: u64;
+    // SAFETY: reading a system register has no side effects.
+    unsafe { asm!("mrs {}, cnthp_ctl_el2", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// Arms the EL2 physical timer to fire when the physical count reaches
+/// `cval` (`ctl` = ENABLE), or turns it off (`ctl` = 0).
+pub fn set_host_timer(cval: u64, ctl: u64) {
+    // SAFETY: the EL2 physical timer belongs to the hypervisor alone (no
+    // lower EL can reach its registers); its interrupt, PPI 26, is taken
+    // at EL2 only while a guest runs (HCR_EL2.IMO) and the timer is off
+    // whenever the host runs. The ISB makes the new state take effect.
+    unsafe {
+        asm!(
+            "msr cnthp_cval_el2, {cval}",
+            "msr cnthp_ctl_el2, {ctl}",
+            "isb",
+            cval = in(reg) cval,
+            ctl = in(reg) ctl,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// Reads a 32-bit GIC redistributor register.
+///
+/// # Safety
+///
+/// `address` must be 4-byte aligned and lie in a GIC redistributor region
+/// the EL2 stage 1 maps as device memory (`host_timer::init`).
+pub unsafe fn gicr_read32(address: u64) -> u32 {
+    // SAFETY: the caller guarantees a mapped, aligned device register;
+    // reading a redistributor's ID, TYPER, group, priority or enable
+    // registers has no side effect.
+    unsafe { (address as *const u32).read_volatile() }
+}
+
+/// Writes a 32-bit GIC redistributor register and waits for the write to
+/// complete.
+///
+/// # Safety
+///
+/// As for [`gicr_read32`], and the write must change nothing but the EL2
+/// timer's PPI (26) in this CPU's own redistributor.
+pub unsafe fn gicr_write32(address: u64, value: u32) {
+    // SAFETY: as the caller guarantees; the DSB completes the device write
+    // before the guest that relies on the interrupt is entered.
+    unsafe {
+        (address as *mut u32).write_volatile(value);
+        asm!("dsb sy", options(nostack, preserves_flags));
+    }
+}
