@@ -420,3 +420,73 @@ pub unsafe fn gicr_write32(address: u64, value: u32) {
         asm!("dsb sy", options(nostack, preserves_flags));
     }
 }
+
+/// Sets `VSESR_EL2`, the syndrome of the virtual SError `HCR_EL2.VSE`
+/// makes pending (FEAT_RAS).
+///
+/// # Safety
+///
+/// Only on a CPU with FEAT_RAS, while the guest is not running.
+pub unsafe fn set_vsesr(syndrome: u64) {
+    // SAFETY: the caller checked FEAT_RAS; the register only describes the
+    // guest's pending virtual SError.
+    unsafe { asm!("msr s3_4_c5_c2_3, {}", in(reg) syndrome, options(nostack, preserves_flags)) };
+}
+
+/// `TRFCR_EL1` (FEAT_TRF): which of EL0 and EL1 the trace unit may trace.
+pub fn trfcr() -> u64 {
+    let value: u64;
+    // SAFETY: reading a system register has no side effects; callers check
+    // FEAT_TRF first.
+    unsafe { asm!("mrs {}, s3_0_c1_c2_1", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// Writes `TRFCR_EL1` and synchronises the trace unit with it: trace
+/// generated before stays before (`ISB`, then `TSB CSYNC`).
+///
+/// # Safety
+///
+/// Only on a CPU with FEAT_TRF, between an exit and the next entry.
+pub unsafe fn set_trfcr(value: u64) {
+    // SAFETY: the caller checked FEAT_TRF and switches worlds; TSB CSYNC
+    // (hint #18) is a NOP where trace is not implemented.
+    unsafe {
+        asm!(
+            "msr s3_0_c1_c2_1, {}",
+            "isb",
+            "hint #18",
+            in(reg) value,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// `PMCNTENSET_EL0`: the PMU counters (and the cycle counter, bit 31)
+/// that are enabled.
+pub fn pmcnten() -> u64 {
+    let value: u64;
+    // SAFETY: reading a system register has no side effects; callers check
+    // that a PMU is implemented.
+    unsafe { asm!("mrs {}, pmcntenset_el0", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// Disables the counters in `mask` (`PMCNTENCLR_EL0`) or enables them
+/// (`PMCNTENSET_EL0`).
+///
+/// # Safety
+///
+/// Only on a CPU with a PMU, between an exit and the next entry, to pause
+/// the host's counters across a protected guest and resume exactly them.
+pub unsafe fn set_pmcnten(mask: u64, enable: bool) {
+    // SAFETY: as the caller guarantees; the ISB makes the change take
+    // effect before the next world runs.
+    unsafe {
+        if enable {
+            asm!("msr pmcntenset_el0, {}", "isb", in(reg) mask, options(nostack, preserves_flags));
+        } else {
+            asm!("msr pmcntenclr_el0, {}", "isb", in(reg) mask, options(nostack, preserves_flags));
+        }
+    }
+}
