@@ -355,7 +355,8 @@ check_host_tick() {
 	gap=$(awk 'NR > 1 { d = $1 - p; if (d > m) m = d } { p = $1 } END { printf "%d\n", m * 1000 }' /tmp/spin-loop.log)
 	stop=$(((te - ts) * 10))
 	irq_exits=$(sed -n 's/.*stats: exits EXIT_INTERRUPT: \([0-9]*\).*/\1/p' /tmp/spin.log)
-	echo "host tick: busy host $base/s; with the guest spinning $rate/s over $((t1 - t0))0 ms; longest host-loop stall $gap ms; SIGINT to exit $stop ms (status $st); EXIT_INTERRUPT exits ${irq_exits:-?}"
+	timer_exits=$(sed -n 's/.*stats: host timer exits: \([0-9]*\).*/\1/p' /tmp/spin.log)
+	echo "host tick: busy host $base/s; with the guest spinning $rate/s over $((t1 - t0))0 ms; longest host-loop stall $gap ms; SIGINT to exit $stop ms (status $st); EXIT_INTERRUPT exits ${irq_exits:-?}, of them for the host's timer ${timer_exits:-?}"
 	if [ "$alive" != yes ]; then
 		fail "the guest's 10 s spin ended before the host measured 3 s: the host was frozen while it spun (host timer $rate/s, busy host $base/s, longest stall $gap ms)"
 	elif [ "$base" -lt 50 ]; then
