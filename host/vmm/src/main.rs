@@ -337,6 +337,15 @@ fn cmd_run(
     let outcome = run
         .outcome()
         .unwrap_or_else(|| Outcome::Error("every vCPU thread stopped without a reason".into()));
+    if let (Outcome::Interrupted(sig), Some(after)) = (&outcome, signals::since_pending()) {
+        // A running vCPU returns from VCPU_RUN at the latest at the host's
+        // next tick (the hypervisor keeps the host's timer while a guest
+        // runs), then sees the signal.
+        println!(
+            "[{name}] rampart-vmm: vCPU threads stopped {} ms after signal {sig}",
+            after.as_millis()
+        );
+    }
 
     let destroyed = match vm::destroy(main, handle) {
         Err(e) if e.error() == Some(Error::InvalidParameter) => {
