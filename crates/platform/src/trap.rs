@@ -104,14 +104,17 @@ impl SysregAccess {
 impl SysregAccess {
     /// A debug or trace system register (op0 = 2: breakpoints,
     /// watchpoints, `MDSCR_EL1`, the OS lock, `MDCCINT_EL1`, trace unit
-    /// registers). Trapped for guests (`MDCR_EL2.TDA`/`TDOSA`/`TDRA`,
-    /// `CPTR_EL2.TTA`) and read-as-zero / write-ignored, as pKVM does for
+    /// registers; and the trace filter `TRFCR_EL1`). Trapped for guests
+    /// (`MDCR_EL2.TDA`/`TDOSA`/`TDRA`/`TTRF`, `CPTR_EL2.TTA`) and
+    /// read-as-zero / write-ignored, as pKVM does for
     /// protected guests, so a guest kernel that probes or clears them at
     /// boot (Linux writes `OSLAR_EL1` and `MDSCR_EL1`) keeps running with
     /// no debug state of its own.
     #[must_use]
     pub fn is_debug_or_trace(&self) -> bool {
-        self.encoding.0 == 2
+        /// `TRFCR_EL1`: op0 3, op1 0, CRn 1, CRm 2, op2 1.
+        const TRFCR_EL1: (u64, u64, u64, u64, u64) = (3, 0, 1, 2, 1);
+        self.encoding.0 == 2 || self.encoding == TRFCR_EL1
     }
 }
 
@@ -319,7 +322,9 @@ mod tests {
         for (op1, crn, crm, op2) in [(0, 0, 2, 2), (0, 1, 0, 4), (0, 0, 0, 5), (1, 0, 1, 0)] {
             assert!(sysreg(2, op1, crn, crm, op2, false).is_debug_or_trace());
         }
-        // PMCR_EL0 and ID_AA64DFR0_EL1 are not.
+        assert!(sysreg(3, 0, 1, 2, 1, true).is_debug_or_trace(), "TRFCR_EL1");
+        // PMCR_EL0, ID_AA64DFR0_EL1 and CPACR_EL1 are not.
+        assert!(!sysreg(3, 0, 1, 0, 2, false).is_debug_or_trace());
         assert!(!sysreg(3, 3, 9, 12, 0, true).is_debug_or_trace());
         assert!(!sysreg(3, 0, 0, 5, 0, true).is_debug_or_trace());
     }
