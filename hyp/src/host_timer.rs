@@ -40,6 +40,9 @@ const TYPER_LAST: u32 = 1 << 4;
 const SGI_FRAME: u64 = 0x1_0000;
 const GICR_IGROUPR0: u64 = SGI_FRAME + 0x80;
 const GICR_ISENABLER0: u64 = SGI_FRAME + 0x100;
+const GICR_ISPENDR0: u64 = SGI_FRAME + 0x200;
+/// How many times [`disarm`] reads the pending bit before it gives up.
+const DROP_POLLS: u32 = 1000;
 const GICR_IPRIORITYR: u64 = SGI_FRAME + 0x400;
 /// GICv3: RD and SGI frames; GICv4 adds two (VLPI, reserved).
 const STRIDE_V3: u64 = 0x2_0000;
@@ -143,9 +146,28 @@ pub fn arm(host_cntv_ctl: u64, host_cntv_cval: u64) {
 }
 
 /// Called before the host's context comes back: the EL2 timer goes off, so
-/// its level-sensitive PPI 26 drops and the host never sees it.
+/// its level-sensitive PPI 26 drops and the host never sees it. The
+/// timer's output reaches the GIC with some delay on real hardware, so if
+/// the timer had fired, this waits (boundedly) until the redistributor no
+/// longer shows PPI 26 pending; otherwise a host at EL1 with the interrupt
+/// enabled could acknowledge an interrupt it has no handler for.
 pub fn disarm() {
+    let was_firing = fired();
     guest::set_host_timer(0, 0);
+    if !was_firing {
+        return;
+    }
+    let Some(rd) = this_redistributor() else { return };
+    let bit = 1u32 << EL2_TIMER_PPI;
+    for _ in 0..DROP_POLLS {
+        // SAFETY: `rd` is this CPU's RD frame in a region mapped at EL2
+        // (`find_redistributor`); reading the aligned pending register
+        // changes nothing.
+        if unsafe { guest::gicr_read32(rd + GICR_ISPENDR0) } & bit == 0 {
+            return;
+        }
+        core::hint::spin_loop();
+    }
 }
 
 /// Whether the host's deadline has passed while the guest was loaded.
