@@ -329,6 +329,9 @@ impl<'a> Run<'a> {
     /// The `VCPU_RUN` loop of `vcpu` on `hyp` (its channel).
     pub fn vcpu_loop(&self, vcpu: usize, hyp: &dyn Hyp) {
         self.vcpu_loop_inner(vcpu, hyp);
+        self.counters
+            .vcpus_stopped_ns
+            .fetch_max(crate::signals::monotonic_ns(), Ordering::AcqRel);
         self.finished_threads.fetch_add(1, Ordering::AcqRel);
     }
 

@@ -14,7 +14,8 @@ static CONTINUE: AtomicBool = AtomicBool::new(false);
 static PENDING_AT_NS: AtomicU64 = AtomicU64::new(0);
 
 /// `CLOCK_MONOTONIC` now, in ns (async-signal-safe).
-fn monotonic_ns() -> u64 {
+#[must_use]
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -122,12 +123,13 @@ pub fn install_bus_error() {
     }
 }
 
-/// How long ago the first termination signal arrived, if one did.
+/// When the first termination signal arrived ([`monotonic_ns`]), if one
+/// did.
 #[must_use]
-pub fn since_pending() -> Option<Duration> {
+pub fn pending_at_ns() -> Option<u64> {
     match PENDING_AT_NS.load(Ordering::Acquire) {
         0 => None,
-        at => Some(Duration::from_nanos(monotonic_ns().saturating_sub(at))),
+        at => Some(at),
     }
 }
 

@@ -49,6 +49,8 @@ pub struct Counters {
     pub memory_faults: AtomicU64,
     /// `EXIT_INTERRUPT`s for the host's own timer deadline (`x2` = 1).
     pub host_timer_exits: AtomicU64,
+    /// When the last vCPU thread stopped (`signals::monotonic_ns`).
+    pub vcpus_stopped_ns: AtomicU64,
     /// Pages the guest announced sharing (`GUEST-SHARED`).
     pub shared_pages: AtomicU64,
     /// Pages the guest announced relinquishing (`GUEST-RELINQUISHED`).
@@ -70,6 +72,7 @@ impl Default for Counters {
             unhandled_mmio: AtomicU64::new(0),
             memory_faults: AtomicU64::new(0),
             host_timer_exits: AtomicU64::new(0),
+            vcpus_stopped_ns: AtomicU64::new(0),
             shared_pages: AtomicU64::new(0),
             relinquished_pages: AtomicU64::new(0),
             vm_ready_us: AtomicU64::new(0),
