@@ -83,7 +83,9 @@ fn find_redistributor() -> Option<u64> {
             if low & TYPER_LAST != 0 {
                 break;
             }
-            frame += if low & TYPER_VLPIS != 0 { STRIDE_V4 } else { STRIDE_V3 };
+            let stride = if low & TYPER_VLPIS != 0 { STRIDE_V4 } else { STRIDE_V3 };
+            let Some(next) = frame.checked_add(stride) else { break };
+            frame = next;
         }
     }
     None
@@ -132,7 +134,7 @@ fn enable_ppi() -> bool {
 /// What to arm the EL2 timer with for the host's saved virtual timer:
 /// `Some(cval)` in physical-count terms if the host's timer is enabled and
 /// unmasked, else `None` (the host asked for no interrupt).
-pub fn deadline(host_cntv_ctl: u64, host_cntv_cval: u64, cntvoff: u64) -> Option<u64> {
+fn deadline(host_cntv_ctl: u64, host_cntv_cval: u64, cntvoff: u64) -> Option<u64> {
     (host_cntv_ctl & CTL_ENABLE != 0 && host_cntv_ctl & CTL_IMASK == 0).then(|| host_cntv_cval.wrapping_add(cntvoff))
 }
 
