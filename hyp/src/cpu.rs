@@ -227,6 +227,8 @@ pub fn init_this_cpu(config: &El2Config) {
         }
         arch::set_cnthctl_el2(0b11);
         arch::set_cntvoff_el2(0);
+        // The EL2 timer is armed only while a guest runs (host_timer.rs).
+        arch::guest::set_host_timer(0, 0);
         arch::set_vpidr_el2(arch::midr_el1());
         arch::set_vmpidr_el2(arch::mpidr_el1());
         arch::set_mdcr_el2(hpmn);

@@ -33,6 +33,7 @@ mod cpu;
 mod exceptions;
 mod guest_calls;
 mod host;
+mod host_timer;
 mod memory;
 mod mm;
 mod security;
@@ -148,6 +149,16 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     let blob = unsafe { mm::device_tree_blob(dtb, 2 << 20) }
         .map_err(|why| BootError::MalformedDeviceTree(alloc::format!("at {dtb:#x}: {why}")))?;
     let info = dt::parse(blob)?;
+    // The GICv3 redistributors, for the EL2 timer that keeps the host's
+    // clock while a guest runs (host_timer.rs); RAM is never one of them.
+    let gic_redistributors: Vec<MemRange> = dt::gic_redistributors(blob)
+        .unwrap_or_else(|e| {
+            println!("no GIC redistributors for the host's timer: {e}");
+            Vec::new()
+        })
+        .into_iter()
+        .filter(|r| r.is_aligned(PAGE_SIZE) && !info.memory.iter().any(|m| m.overlaps(r)))
+        .collect();
     if let Some(uart) = info.uart
         && uart.start() != EARLY_UART
     {
@@ -232,7 +243,11 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     let table = ownership_table(&ram, carveout)?;
     let meta_bytes = table.len() as u64 * core::mem::size_of::<rampart_ownership::PageMeta>() as u64;
 
-    let el2 = build_el2_tables(carveout, info.uart.map_or(EARLY_UART, |u| u.start()))?;
+    let mut el2 = build_el2_tables(carveout, info.uart.map_or(EARLY_UART, |u| u.start()))?;
+    for range in &gic_redistributors {
+        mm::identity_map(&mut el2, *range, mm::el2::DEVICE).map_err(|e| map_error("GIC redistributors", *range, e))?;
+    }
+    host_timer::init(gic_redistributors);
     let stage2_level = if ipa_bits > 39 { 0 } else { 1 };
     let host_ram: Vec<MemRange> =
         plan.host_ram.iter().filter_map(|r| r.shrink_to_alignment(PAGE_SIZE)).collect();

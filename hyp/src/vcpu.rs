@@ -5,11 +5,12 @@ use core::sync::atomic::Ordering;
 use rampart_abi::Error;
 use rampart_abi::host::{ExitReason, VcpuRef, mmio};
 use rampart_platform::inject::{self, Interrupted, Kind};
-use rampart_platform::trap::{MmioAccess, SysregAccess, sanitise_id_register};
+use rampart_platform::trap::{GuestVector, MmioAccess, SysregAccess, sanitise_id_register, virtual_serror_syndrome};
 use zerocopy::FromZeros;
 
 use crate::arch::guest::{self, El1Context, FpContext, PauthKeys, VgicContext};
 use crate::arch;
+use crate::host_timer;
 use crate::vm::{self, VCPU_BOOT, VCPU_POWER, VCPU_SLOTS, power};
 
 /// A vCPU's registers, kept at EL2 in a page the host donated.
@@ -42,6 +43,9 @@ pub struct Vcpu {
     pending: [u32; 8],
     pending_count: usize,
     halted: bool,
+    /// A virtual SError is pending for the guest (`HCR_EL2.VSE`, kept
+    /// while the host runs).
+    vserror: bool,
     /// A memory fault the host was told about: if it runs the vCPU again
     /// without putting memory there, the guest gets an external abort.
     memory_fault: Option<MemoryFault>,
@@ -75,6 +79,7 @@ impl Vcpu {
             pending: [0; 8],
             pending_count: 0,
             halted: false,
+            vserror: false,
             memory_fault: None,
         };
         vcpu.reset(GUEST_RAM_BASE, 0);
@@ -93,6 +98,7 @@ impl Vcpu {
         self.mmio = None;
         self.memory_fault = None;
         self.pending_count = 0;
+        self.vserror = false;
     }
 }
 
@@ -219,6 +225,11 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
             }
         }
         load_pending_interrupts(v);
+        if host_timer::fired() {
+            // The host's deadline passed during an exit EL2 handled: the
+            // host's tick comes first.
+            break [ExitReason::Interrupt as u64, 1, 0, 0];
+        }
         // SAFETY: nothing takes an exception at EL2 between setting the
         // guest's PC and PSTATE and entering it; the guest is loaded.
         let kind = unsafe {
@@ -355,6 +366,12 @@ struct HostContext {
     /// Where the host resumes after its `VCPU_RUN` call.
     elr: u64,
     spsr: u64,
+    /// The host's `TRFCR_EL1`, while a protected guest runs with trace
+    /// prohibited.
+    trfcr: Option<u64>,
+    /// The host's enabled PMU counters, paused while a protected guest
+    /// runs.
+    pmcnten: Option<u64>,
 }
 
 /// Saves the host's EL1 context and loads the guest's with its stage 2 and
@@ -373,8 +390,27 @@ fn load_guest(v: &mut Vcpu, host: &mut HostContext, vttbr: u64, protected: bool,
     }
     // CPTR_EL2 for a guest: FP/SIMD allowed; SVE, SME and trace trapped.
     let guest_cptr = 0xff | (1 << 8) | (1 << 9) | (1 << 12) | (1 << 13) | (1 << 20);
-    // MDCR_EL2: PMU and debug registers trapped.
-    let guest_mdcr = (1 << 5) | (1 << 6) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11);
+    let debug = DebugFeatures::probe();
+    let guest_mdcr = guest_mdcr(host.mdcr, debug);
+    // A protected guest is neither traced nor counted by the host: the
+    // trace filter prohibits EL0/EL1 trace and the host's PMU counters
+    // pause until the host's context comes back.
+    host.trfcr = None;
+    host.pmcnten = None;
+    if protected && debug.trf {
+        let trfcr = guest::trfcr();
+        host.trfcr = Some(trfcr);
+        // SAFETY: FEAT_TRF is implemented; the host's value is restored by
+        // `unload_guest`.
+        unsafe { guest::set_trfcr(0) };
+    }
+    if protected && debug.pmu {
+        let enabled = guest::pmcnten();
+        host.pmcnten = Some(enabled);
+        // SAFETY: a PMU is implemented; exactly these counters are enabled
+        // again by `unload_guest`.
+        unsafe { guest::set_pmcnten(enabled, false) };
+    }
     // SAFETY: the host's EL1 state is saved above and restored by
     // `unload_guest` before the host runs again; meanwhile only the guest
     // runs, with its own stage 2 (VMID != 0), traps and registers.
@@ -385,14 +421,58 @@ fn load_guest(v: &mut Vcpu, host: &mut HostContext, vttbr: u64, protected: bool,
             guest::restore_pauth(&v.state.pauth);
         }
         guest::restore_vgic(&v.state.vgic);
+        // The guest's virtual timer replaces the host's: the host's
+        // deadline moves to the EL2 timer until `unload_guest`.
+        host_timer::arm(host.el1.cntv_ctl, host.el1.cntv_cval);
         arch::set_cptr_el2(guest_cptr);
         arch::set_mdcr_el2(guest_mdcr);
         arch::set_cnthctl_el2(0b01);
         arch::set_vmpidr_el2((1 << 31) | v.index as u64);
         arch::set_vttbr_el2(vttbr);
-        arch::set_hcr_el2(guest_hcr(protected, features.pauth));
+        let mut hcr = guest_hcr(protected, features.pauth);
+        if v.vserror {
+            if let Some(syndrome) = virtual_serror_syndrome(has_ras()) {
+                guest::set_vsesr(syndrome);
+            }
+            hcr |= HCR_VSE;
+        }
+        arch::set_hcr_el2(hcr);
         arch::isb();
     }
+}
+
+/// The debug features the world switch cares about.
+#[derive(Clone, Copy, Debug)]
+struct DebugFeatures {
+    /// FEAT_TRF: `TRFCR_EL1` and `MDCR_EL2.TTRF`.
+    trf: bool,
+    /// A PMUv3 (`ID_AA64DFR0_EL1.PMUVer` neither 0 nor 0xf).
+    pmu: bool,
+}
+
+impl DebugFeatures {
+    fn probe() -> Self {
+        let dfr0 = arch::id_aa64dfr0_el1();
+        let pmu_version = (dfr0 >> 8) & 0xf;
+        DebugFeatures { trf: (dfr0 >> 40) & 0xf != 0, pmu: pmu_version != 0 && pmu_version != 0xf }
+    }
+}
+
+/// MDCR_EL2 while a guest runs: PMU (`TPM`, `TPMCR`), debug (`TDA`,
+/// `TDOSA`, `TDRA`) and, with FEAT_TRF, trace-filter (`TTRF`) registers
+/// trapped; `HPMN` as the host has it (a valid value: without FEAT_HPMN0,
+/// 0 is UNPREDICTABLE while the PMU has counters). `TDE` stays clear, so a
+/// guest's `BRK` (Linux's `BUG()` and `WARN()`) and its other debug
+/// exceptions go to the guest's own EL1, not to EL2.
+fn guest_mdcr(host_mdcr: u64, debug: DebugFeatures) -> u64 {
+    const HPMN: u64 = 0x1f;
+    const TPMCR: u64 = 1 << 5;
+    const TPM: u64 = 1 << 6;
+    const TDA: u64 = 1 << 9;
+    const TDOSA: u64 = 1 << 10;
+    const TDRA: u64 = 1 << 11;
+    const TTRF: u64 = 1 << 19;
+    (host_mdcr & HPMN) | TPMCR | TPM | TDA | TDOSA | TDRA | if debug.trf { TTRF } else { 0 }
 }
 
 static HOST_CONTEXTS: [spin::mutex::SpinMutex<HostContext>; crate::config::MAX_CPUS] =
@@ -408,6 +488,8 @@ impl HostContext {
         vmpidr: 0,
         elr: 0,
         spsr: 0,
+        trfcr: None,
+        pmcnten: None,
     };
 }
 
@@ -420,6 +502,12 @@ fn unload_guest(v: &mut Vcpu, host: &HostContext, boot: &crate::Boot) {
         guest::save_pauth(&mut v.state.pauth);
     }
     guest::save_vgic(&mut v.state.vgic);
+    // Off before the host runs: its PPI 26 drops, and the host's virtual
+    // timer, restored below, raises the host's own interrupt if the
+    // deadline passed.
+    host_timer::disarm();
+    // A virtual SError the guest has not taken yet stays pending.
+    v.vserror = arch::hcr_el2() & HCR_VSE != 0;
     // SAFETY: restores exactly what the host had before `load_guest`.
     unsafe {
         arch::set_hcr_el2(boot.config.hcr);
@@ -436,6 +524,13 @@ fn unload_guest(v: &mut Vcpu, host: &HostContext, boot: &crate::Boot) {
         if features.pauth {
             guest::restore_pauth(&host.pauth);
         }
+        // Present only if `load_guest` found FEAT_TRF and a PMU.
+        if let Some(trfcr) = host.trfcr {
+            guest::set_trfcr(trfcr);
+        }
+        if let Some(enabled) = host.pmcnten {
+            guest::set_pmcnten(enabled, true);
+        }
     }
 }
 
@@ -447,12 +542,21 @@ const EC_IABT_LOWER: u64 = 0x20;
 const EC_DABT_LOWER: u64 = 0x24;
 
 fn handle_exit(slot: usize, v: &mut Vcpu, kind: u64) -> Outcome {
-    match kind {
-        8 | 12 => {}
-        9 | 10 | 13 | 14 => return exit(ExitReason::Interrupt, 0, 0, 0),
-        // An SError from the guest: it is the guest's problem, delivered
-        // back as an external abort would be; the host just sees a resume.
-        _ => return exit(ExitReason::Interrupt, 0, 0, 0),
+    match GuestVector::of(kind) {
+        GuestVector::Sync => {}
+        // A physical interrupt for the host; `x2` = 1 if it is the EL2
+        // timer holding the host's own deadline.
+        GuestVector::Interrupt => return exit(ExitReason::Interrupt, u64::from(host_timer::fired()), 0, 0),
+        // A physical SError taken while the guest ran is the guest's (an
+        // asynchronous external abort of its own access): it gets a
+        // virtual SError, taken at its EL1 vector once PSTATE.A allows,
+        // as KVM does. The host sees nothing.
+        GuestVector::SError => {
+            pend_virtual_serror(v);
+            return Outcome::Resume;
+        }
+        // guest_entry.S sends nothing else here.
+        GuestVector::Unexpected => return exit(ExitReason::Interrupt, 0, 0, 0),
     }
     let esr = arch::esr_el2();
     let far = arch::far_el2();
@@ -491,6 +595,26 @@ fn handle_exit(slot: usize, v: &mut Vcpu, kind: u64) -> Outcome {
     }
 }
 
+/// `HCR_EL2.VSE`: a virtual SError is pending.
+const HCR_VSE: u64 = 1 << 8;
+
+fn has_ras() -> bool {
+    (arch::id_aa64pfr0_el1() >> 28) & 0xf != 0
+}
+
+/// Makes a virtual SError pending for the loaded guest.
+fn pend_virtual_serror(v: &mut Vcpu) {
+    v.vserror = true;
+    // SAFETY: the guest is loaded but not running; VSE only makes a
+    // virtual SError pending for it, VSESR_EL2 gives its syndrome.
+    unsafe {
+        if let Some(syndrome) = virtual_serror_syndrome(has_ras()) {
+            guest::set_vsesr(syndrome);
+        }
+        arch::set_hcr_el2(arch::hcr_el2() | HCR_VSE);
+    }
+}
+
 /// A stage-2 abort: MMIO below guest RAM, a memory fault above it.
 fn abort(slot: usize, v: &mut Vcpu, ipa: u64, iss: u64, far: u64, instruction: bool) -> Outcome {
     let write = iss & (1 << 6) != 0;
@@ -524,13 +648,21 @@ fn abort(slot: usize, v: &mut Vcpu, ipa: u64, iss: u64, far: u64, instruction: b
 }
 
 /// A trapped system-register access: sanitised ID registers for protected
-/// guests, an undefined instruction for everything else.
+/// guests, debug and trace registers read-as-zero / write-ignored, an
+/// undefined instruction for everything else.
 fn sysreg(v: &mut Vcpu, iss: u64) {
     let access = SysregAccess::decode(iss);
     if let Some((crm, op2)) = access.id_register() {
         let value = sanitise_id_register(crm, op2, arch::id_register(crm, op2));
         if access.register < 31 {
             v.state.regs[access.register] = value;
+        }
+        v.state.pc += 4;
+        return;
+    }
+    if access.is_debug_or_trace() {
+        if access.read && access.register < 31 {
+            v.state.regs[access.register] = 0;
         }
         v.state.pc += 4;
         return;

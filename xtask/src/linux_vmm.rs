@@ -37,7 +37,7 @@ pub const VMM_TARGET: &str = "aarch64-unknown-linux-musl";
 pub const TEST_PREFIX: &str = "RAMPART-VMM-TEST: ";
 
 /// Guests packed into the initramfs (those whose bundle exists).
-const BUNDLES: [&str; 5] = ["hello", "memtest", "smp", "attest", "hello.untrusted"];
+const BUNDLES: [&str; 6] = ["hello", "memtest", "smp", "attest", "spin", "hello.untrusted"];
 
 const CHECKS_SCRIPT: &str = include_str!("linux_vmm/checks.sh");
 const DEMO_SCRIPT: &str = include_str!("linux_vmm/demo.sh");
@@ -196,7 +196,7 @@ fn verify_attest_report(console: &str) -> Result<String> {
 
 /// Checks run with each host CPU count.
 const PLAN: [(u32, &[&str]); 2] = [
-    (1, &["guest-hello", "guest-smp", "guest-memtest"]),
+    (1, &["guest-hello", "guest-smp", "guest-memtest", "host-tick"]),
     (
         4,
         &[

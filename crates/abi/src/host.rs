@@ -507,6 +507,9 @@ pub enum ExitReason {
     /// `x2` = 1).
     Wait = 3,
     /// A physical interrupt arrived while the guest ran; run it again.
+    /// `x2` = 1 if it was the host's own timer deadline (kept by the
+    /// hypervisor's EL2 timer while the guest owns the virtual timer), 0
+    /// otherwise.
     Interrupt = 4,
     /// The guest asked to power off (PSCI SYSTEM_OFF).
     SystemOff = 5,

@@ -327,6 +327,42 @@ pub fn parse(blob: &[u8]) -> Result<DeviceTreeInfo, BootError> {
     })
 }
 
+/// The GICv3 redistributor regions of the boot device tree: the `reg`
+/// entries after the distributor's of the first enabled `arm,gic-v3` node
+/// (`#redistributor-regions` of them, 1 if absent). Empty without a GICv3.
+/// The hypervisor uses them for one thing only: to enable the EL2 timer's
+/// PPI in each CPU's own redistributor (`docs/design.md`, the host's clock).
+///
+/// # Errors
+///
+/// A malformed blob, `reg` or `#redistributor-regions`, or fewer `reg`
+/// entries than the regions named.
+pub fn gic_redistributors(blob: &[u8]) -> Result<Vec<MemRange>, BootError> {
+    let fdt = Fdt::new(blob).map_err(malformed)?;
+    let mut pending = Vec::new();
+    pending.push(fdt.root());
+    while let Some(node) = pending.pop() {
+        if !is_enabled(&node) {
+            continue;
+        }
+        if has_compatible(&node, "arm,gic-v3") {
+            let count = u64_property(&node, "#redistributor-regions")?.unwrap_or(1);
+            let regs = regs(&node)?;
+            let wanted = usize::try_from(count).ok().and_then(|c| c.checked_add(1));
+            return match wanted {
+                Some(end) if count > 0 && end <= regs.len() => Ok(regs[1..end].to_vec()),
+                _ => Err(bad_property(
+                    &node,
+                    "reg",
+                    format!("{} entries for {count} redistributor region(s)", regs.len()),
+                )),
+            };
+        }
+        pending.extend(node.children());
+    }
+    Ok(Vec::new())
+}
+
 /// `/chosen` property holding the device secret (32 bytes).
 pub const DEVICE_SECRET_PROPERTY: &str = "rampart,device-secret";
 /// `/chosen` property holding extra trusted signing keys (32 bytes each).

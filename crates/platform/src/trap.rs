@@ -101,6 +101,62 @@ impl SysregAccess {
     }
 }
 
+impl SysregAccess {
+    /// A debug or trace system register (op0 = 2: breakpoints,
+    /// watchpoints, `MDSCR_EL1`, the OS lock, `MDCCINT_EL1`, trace unit
+    /// registers; and the trace filter `TRFCR_EL1`). Trapped for guests
+    /// (`MDCR_EL2.TDA`/`TDOSA`/`TDRA`/`TTRF`, `CPTR_EL2.TTA`) and
+    /// read-as-zero / write-ignored, as pKVM does for
+    /// protected guests, so a guest kernel that probes or clears them at
+    /// boot (Linux writes `OSLAR_EL1` and `MDSCR_EL1`) keeps running with
+    /// no debug state of its own.
+    #[must_use]
+    pub fn is_debug_or_trace(&self) -> bool {
+        /// `TRFCR_EL1`: op0 3, op1 0, CRn 1, CRm 2, op2 1.
+        const TRFCR_EL1: (u64, u64, u64, u64, u64) = (3, 0, 1, 2, 1);
+        self.encoding.0 == 2 || self.encoding == TRFCR_EL1
+    }
+}
+
+/// What a guest's exit to EL2 was, from the vector it took (the vector's
+/// offset / 0x80 in the lower-EL half of the table: 8..11 from AArch64,
+/// 12..15 from AArch32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestVector {
+    /// A synchronous exception: decode `ESR_EL2`.
+    Sync,
+    /// A physical IRQ or FIQ: the host's.
+    Interrupt,
+    /// A physical SError while the guest ran: the guest's own error, given
+    /// back to it as a virtual SError.
+    SError,
+    /// Not a lower-EL vector.
+    Unexpected,
+}
+
+impl GuestVector {
+    /// Classifies vector kind `kind`.
+    #[must_use]
+    pub fn of(kind: u64) -> Self {
+        match kind {
+            8 | 12 => GuestVector::Sync,
+            9 | 10 | 13 | 14 => GuestVector::Interrupt,
+            11 | 15 => GuestVector::SError,
+            _ => GuestVector::Unexpected,
+        }
+    }
+}
+
+/// `VSESR_EL2` for a virtual SError given to a guest: an
+/// implementation-defined syndrome (`IDS`, bit 24) and nothing else, so
+/// nothing about the physical error leaks; `None` without FEAT_RAS, where
+/// the virtual SError's syndrome is implementation defined and
+/// `VSESR_EL2` does not exist.
+#[must_use]
+pub fn virtual_serror_syndrome(ras: bool) -> Option<u64> {
+    ras.then_some(1 << 24)
+}
+
 /// What a protected guest sees of the ID register (CRm, op2) whose real
 /// value is `raw`: features Rampart does not give guests (SVE, SME, MTE,
 /// AMU, MPAM, RME, PMU, statistical profiling, trace, EL2, EL3, AArch32)
@@ -236,5 +292,40 @@ mod tests {
         ] {
             assert_eq!(ControlAccess::decode(offset, syndrome), None, "{offset:#x} {syndrome:#x}");
         }
+    }
+
+    #[test]
+    fn guest_vectors_are_classified() {
+        assert_eq!(GuestVector::of(8), GuestVector::Sync);
+        assert_eq!(GuestVector::of(12), GuestVector::Sync);
+        for k in [9, 10, 13, 14] {
+            assert_eq!(GuestVector::of(k), GuestVector::Interrupt, "{k}");
+        }
+        // An SError is the guest's, not an interrupt for the host.
+        assert_eq!(GuestVector::of(11), GuestVector::SError);
+        assert_eq!(GuestVector::of(15), GuestVector::SError);
+        for k in [0, 4, 7, 16, u64::MAX] {
+            assert_eq!(GuestVector::of(k), GuestVector::Unexpected, "{k}");
+        }
+        assert_eq!(virtual_serror_syndrome(true), Some(1 << 24));
+        assert_eq!(virtual_serror_syndrome(false), None);
+    }
+
+    #[test]
+    fn debug_and_trace_registers_are_op0_2() {
+        // ISS of MSR/MRS: op0 21:20, op2 19:17, op1 16:14, CRn 13:10,
+        // Rt 9:5, CRm 4:1, direction 0.
+        let sysreg = |op0: u64, op1: u64, crn: u64, crm: u64, op2: u64, read: bool| {
+            SysregAccess::decode((op0 << 20) | (op2 << 17) | (op1 << 14) | (crn << 10) | (3 << 5) | (crm << 1) | u64::from(read))
+        };
+        // MDSCR_EL1, OSLAR_EL1, DBGBCR0_EL1, TRCPRGCTLR.
+        for (op1, crn, crm, op2) in [(0, 0, 2, 2), (0, 1, 0, 4), (0, 0, 0, 5), (1, 0, 1, 0)] {
+            assert!(sysreg(2, op1, crn, crm, op2, false).is_debug_or_trace());
+        }
+        assert!(sysreg(3, 0, 1, 2, 1, true).is_debug_or_trace(), "TRFCR_EL1");
+        // PMCR_EL0, ID_AA64DFR0_EL1 and CPACR_EL1 are not.
+        assert!(!sysreg(3, 0, 1, 0, 2, false).is_debug_or_trace());
+        assert!(!sysreg(3, 3, 9, 12, 0, true).is_debug_or_trace());
+        assert!(!sysreg(3, 0, 0, 5, 0, true).is_debug_or_trace());
     }
 }

@@ -764,6 +764,18 @@ pub fn probe_hvc_immediate_1(function: u32) -> Result<u64, Trap> {
     trap.map_or(Ok(x0), Err)
 }
 
+/// `BRK #0x5a` (what Linux's `BUG()` and `WARN()` execute, with their own
+/// immediates), catching the exception. Returns the trap the guest's own
+/// EL1 vector saw, if any.
+pub fn probe_brk() -> Option<Trap> {
+    let ((), trap) = armed(|| {
+        // SAFETY: a breakpoint instruction touches no memory; the armed
+        // vector skips it.
+        unsafe { asm!("brk #0x5a", options(nomem, nostack)) };
+    });
+    trap
+}
+
 // ---------------------------------------------------------------------------
 // Register preservation across exits.
 // ---------------------------------------------------------------------------

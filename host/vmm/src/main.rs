@@ -17,6 +17,7 @@ mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
@@ -367,6 +368,18 @@ fn cmd_run(
     let outcome = run
         .outcome()
         .unwrap_or_else(|| Outcome::Error("every vCPU thread stopped without a reason".into()));
+    if let (Outcome::Interrupted(sig), Some(at)) = (&outcome, signals::pending_at_ns()) {
+        // A running vCPU returns from VCPU_RUN at the latest at the host's
+        // next tick (the hypervisor keeps the host's timer while a guest
+        // runs), then sees the signal.
+        let stopped = counters.vcpus_stopped_ns.load(Ordering::Acquire);
+        let us = stopped.saturating_sub(at) / 1000;
+        println!(
+            "[{name}] rampart-vmm: vCPU threads stopped {}.{:03} ms after signal {sig}",
+            us / 1000,
+            us % 1000
+        );
+    }
 
     let destroyed = match vm::destroy(main, handle) {
         Err(e) if e.error() == Some(Error::InvalidParameter) => {

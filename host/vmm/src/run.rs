@@ -329,6 +329,9 @@ impl<'a> Run<'a> {
     /// The `VCPU_RUN` loop of `vcpu` on `hyp` (its channel).
     pub fn vcpu_loop(&self, vcpu: usize, hyp: &dyn Hyp) {
         self.vcpu_loop_inner(vcpu, hyp);
+        self.counters
+            .vcpus_stopped_ns
+            .fetch_max(crate::signals::monotonic_ns(), Ordering::AcqRel);
         self.finished_threads.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -388,6 +391,11 @@ impl<'a> Run<'a> {
             Counters::reached(&self.counters.first_exit_us);
             self.counters.exit(vcpu, r[1]);
             let reason = ExitReason::try_from(r[1]);
+            if reason == Ok(ExitReason::Interrupt) && r[2] == 1 {
+                self.counters
+                    .host_timer_exits
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             if self.options.trace {
                 eprintln!(
                     "{} exit {} {:#x} {:#x} {:#x}",
@@ -627,6 +635,32 @@ mod tests {
         let exit = counters.first_exit_us.load(Ordering::Relaxed);
         let output = counters.first_output_us.load(Ordering::Relaxed);
         assert!(exit > 0 && output >= exit, "{exit} {output}");
+    }
+
+    #[test]
+    fn counts_the_host_timer_exits() {
+        let (p, region) = setup(1);
+        let script = vec![
+            Step::Exit(ExitReason::Interrupt, [1, 0, 0]),
+            Step::Exit(ExitReason::Interrupt, [0, 0, 0]),
+            Step::Exit(ExitReason::Interrupt, [1, 0, 0]),
+            Step::Exit(ExitReason::SystemOff, [0; 3]),
+        ];
+        let fake = Fake::with_scripts(vec![script]);
+        let counters = Counters::default();
+        let run = Run::new(
+            "t",
+            1,
+            &p,
+            &region,
+            &counters,
+            Options::default(),
+            &no_signal,
+        );
+        run_all(&run, &fake, 1);
+        assert_eq!(run.outcome(), Some(Outcome::SystemOff));
+        assert_eq!(counters.host_timer_exits.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.exits(0, 4), 3);
     }
 
     #[test]

@@ -5,17 +5,37 @@
 //!
 //! SIGUSR1 ends a hold (`run --hold`, `--hold-at`): [`wait_continue`].
 
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 
 static PENDING: AtomicI32 = AtomicI32::new(0);
 static CONTINUE: AtomicBool = AtomicBool::new(false);
+/// `CLOCK_MONOTONIC` in ns when the termination signal arrived.
+static PENDING_AT_NS: AtomicU64 = AtomicU64::new(0);
+
+/// `CLOCK_MONOTONIC` now, in ns (async-signal-safe).
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime(2) is async-signal-safe and writes only `ts`.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts);
+    }
+    u64::try_from(ts.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
+}
 
 extern "C" fn continue_handler(_: libc::c_int) {
     CONTINUE.store(true, Ordering::Release);
 }
 
 extern "C" fn handler(signal: libc::c_int) {
+    let _ = PENDING_AT_NS.compare_exchange(0, monotonic_ns(), Ordering::AcqRel, Ordering::Acquire);
     PENDING.store(signal, Ordering::Release);
     // SAFETY: signal(2) is async-signal-safe; restoring the default action.
     unsafe {
@@ -100,6 +120,16 @@ pub fn install_bus_error() {
         libc::sigemptyset(&raw mut action.sa_mask);
         action.sa_flags = libc::SA_SIGINFO;
         libc::sigaction(libc::SIGBUS, &raw const action, std::ptr::null_mut());
+    }
+}
+
+/// When the first termination signal arrived ([`monotonic_ns`]), if one
+/// did.
+#[must_use]
+pub fn pending_at_ns() -> Option<u64> {
+    match PENDING_AT_NS.load(Ordering::Acquire) {
+        0 => None,
+        at => Some(at),
     }
 }
 

@@ -47,6 +47,10 @@ pub struct Counters {
     pub unhandled_mmio: AtomicU64,
     /// Memory faults declined.
     pub memory_faults: AtomicU64,
+    /// `EXIT_INTERRUPT`s for the host's own timer deadline (`x2` = 1).
+    pub host_timer_exits: AtomicU64,
+    /// When the last vCPU thread stopped (`signals::monotonic_ns`).
+    pub vcpus_stopped_ns: AtomicU64,
     /// Pages the guest announced sharing (`GUEST-SHARED`).
     pub shared_pages: AtomicU64,
     /// Pages the guest announced relinquishing (`GUEST-RELINQUISHED`).
@@ -67,6 +71,8 @@ impl Default for Counters {
             exits: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             unhandled_mmio: AtomicU64::new(0),
             memory_faults: AtomicU64::new(0),
+            host_timer_exits: AtomicU64::new(0),
+            vcpus_stopped_ns: AtomicU64::new(0),
             shared_pages: AtomicU64::new(0),
             relinquished_pages: AtomicU64::new(0),
             vm_ready_us: AtomicU64::new(0),
@@ -195,6 +201,10 @@ pub fn render(h: &Header<'_>, c: &Counters, reclaimed: Option<u64>) -> String {
         }
     }
     put("exits total", total.to_string());
+    put(
+        "host timer exits",
+        c.host_timer_exits.load(Ordering::Relaxed).to_string(),
+    );
     let mmio: u64 = (0..h.vcpus).map(|v| c.exits(v, 1)).sum();
     if let (Some(all), Some(mmio)) = (
         (u128::from(total) * 1000).checked_div(h.wall_ms),

@@ -362,3 +362,131 @@ pub unsafe fn rndr() -> Option<u64> {
     }
     (ok != 0).then_some(value)
 }
+
+/// `CNTHP_CTL_EL2`: the EL2 physical timer's control (ENABLE, IMASK,
+/// ISTATUS), which keeps the host's deadline while a guest owns the EL1
+/// virtual timer.
+pub fn cnthp_ctl() -> u64 {
+    let value: u64;
+    // SAFETY: reading a system register has no side effects.
+    unsafe { asm!("mrs {}, cnthp_ctl_el2", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// Arms the EL2 physical timer to fire when the physical count reaches
+/// `cval` (`ctl` = ENABLE), or turns it off (`ctl` = 0).
+pub fn set_host_timer(cval: u64, ctl: u64) {
+    // SAFETY: the EL2 physical timer belongs to the hypervisor alone (no
+    // lower EL can reach its registers); its interrupt, PPI 26, is taken
+    // at EL2 only while a guest runs (HCR_EL2.IMO) and the timer is off
+    // whenever the host runs. The ISB makes the new state take effect.
+    unsafe {
+        asm!(
+            "msr cnthp_cval_el2, {cval}",
+            "msr cnthp_ctl_el2, {ctl}",
+            "isb",
+            cval = in(reg) cval,
+            ctl = in(reg) ctl,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// Reads a 32-bit GIC redistributor register.
+///
+/// # Safety
+///
+/// `address` must be 4-byte aligned and lie in a GIC redistributor region
+/// the EL2 stage 1 maps as device memory (`host_timer::init`).
+pub unsafe fn gicr_read32(address: u64) -> u32 {
+    // SAFETY: the caller guarantees a mapped, aligned device register;
+    // reading a redistributor's ID, TYPER, group, priority or enable
+    // registers has no side effect.
+    unsafe { (address as *const u32).read_volatile() }
+}
+
+/// Writes a 32-bit GIC redistributor register and waits for the write to
+/// complete.
+///
+/// # Safety
+///
+/// As for [`gicr_read32`], and the write must change nothing but the EL2
+/// timer's PPI (26) in this CPU's own redistributor.
+pub unsafe fn gicr_write32(address: u64, value: u32) {
+    // SAFETY: as the caller guarantees; the DSB completes the device write
+    // before the guest that relies on the interrupt is entered.
+    unsafe {
+        (address as *mut u32).write_volatile(value);
+        asm!("dsb sy", options(nostack, preserves_flags));
+    }
+}
+
+/// Sets `VSESR_EL2`, the syndrome of the virtual SError `HCR_EL2.VSE`
+/// makes pending (FEAT_RAS).
+///
+/// # Safety
+///
+/// Only on a CPU with FEAT_RAS, while the guest is not running.
+pub unsafe fn set_vsesr(syndrome: u64) {
+    // SAFETY: the caller checked FEAT_RAS; the register only describes the
+    // guest's pending virtual SError.
+    unsafe { asm!("msr s3_4_c5_c2_3, {}", in(reg) syndrome, options(nostack, preserves_flags)) };
+}
+
+/// `TRFCR_EL1` (FEAT_TRF): which of EL0 and EL1 the trace unit may trace.
+pub fn trfcr() -> u64 {
+    let value: u64;
+    // SAFETY: reading a system register has no side effects; callers check
+    // FEAT_TRF first.
+    unsafe { asm!("mrs {}, s3_0_c1_c2_1", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// Writes `TRFCR_EL1` and synchronises the trace unit with it: trace
+/// generated before stays before (`ISB`, then `TSB CSYNC`).
+///
+/// # Safety
+///
+/// Only on a CPU with FEAT_TRF, between an exit and the next entry.
+pub unsafe fn set_trfcr(value: u64) {
+    // SAFETY: the caller checked FEAT_TRF and switches worlds; TSB CSYNC
+    // (hint #18) is a NOP where trace is not implemented.
+    unsafe {
+        asm!(
+            "msr s3_0_c1_c2_1, {}",
+            "isb",
+            "hint #18",
+            in(reg) value,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// `PMCNTENSET_EL0`: the PMU counters (and the cycle counter, bit 31)
+/// that are enabled.
+pub fn pmcnten() -> u64 {
+    let value: u64;
+    // SAFETY: reading a system register has no side effects; callers check
+    // that a PMU is implemented.
+    unsafe { asm!("mrs {}, pmcntenset_el0", out(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
+}
+
+/// Disables the counters in `mask` (`PMCNTENCLR_EL0`) or enables them
+/// (`PMCNTENSET_EL0`).
+///
+/// # Safety
+///
+/// Only on a CPU with a PMU, between an exit and the next entry, to pause
+/// the host's counters across a protected guest and resume exactly them.
+pub unsafe fn set_pmcnten(mask: u64, enable: bool) {
+    // SAFETY: as the caller guarantees; the ISB makes the change take
+    // effect before the next world runs.
+    unsafe {
+        if enable {
+            asm!("msr pmcntenset_el0, {}", "isb", in(reg) mask, options(nostack, preserves_flags));
+        } else {
+            asm!("msr pmcntenclr_el0, {}", "isb", in(reg) mask, options(nostack, preserves_flags));
+        }
+    }
+}

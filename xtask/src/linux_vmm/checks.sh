@@ -313,6 +313,97 @@ check_untrusted() {
 	fi
 }
 
+# timer_irqs: the host's timer interrupts so far (the arch_timer line of
+# /proc/interrupts, summed over CPUs).
+timer_irqs() {
+	awk '/arch_timer/ { s = 0; for (i = 2; i <= NF; i++) { if ($i !~ /^[0-9]+$/) break; s += $i }; print s }' /proc/interrupts
+}
+
+# uptime_cs: /proc/uptime in centiseconds (read from the clocksource, so
+# right even when ticks were lost).
+uptime_cs() {
+	awk '{ printf "%d\n", $1 * 100 }' /proc/uptime
+}
+
+# The host keeps its clock while a guest computes without exits (1 host
+# CPU): the spin guest spins for 10 s; meanwhile the host's timer
+# interrupts must come at >= 80% of the rate a busy host gets without a
+# guest, a host loop must never stall for 1 s, and SIGINT must stop the
+# vCPU thread within 250 ms (it returns from VCPU_RUN at the next host
+# tick) and rampart-vmm (exit 130, VM destroyed) within 2 s, long before the
+# spin would end. The guest also checks that its BRK reached its own vector.
+check_host_tick() {
+	( while :; do :; done ) &
+	busy=$!
+	i0=$(timer_irqs)
+	t0=$(uptime_cs)
+	sleep 2
+	i1=$(timer_irqs)
+	t1=$(uptime_cs)
+	kill "$busy"
+	wait "$busy" 2>/dev/null
+	base=$(((i1 - i0) * 100 / (t1 - t0 + (t1 == t0))))
+	$VMM run "$G/spin.bundle" --name spin >/tmp/spin.log 2>&1 &
+	pid=$!
+	if ! wait_line /tmp/spin.log 'GUEST-SPIN 10 s' 300; then
+		kill -9 "$pid"
+		cat /tmp/spin.log
+		fail "the spin guest never started spinning"
+		return
+	fi
+	(while :; do
+		read u _ </proc/uptime
+		echo "$u"
+		usleep 20000
+	done) >/tmp/spin-loop.log &
+	loop=$!
+	i0=$(timer_irqs)
+	t0=$(uptime_cs)
+	sleep 3
+	i1=$(timer_irqs)
+	t1=$(uptime_cs)
+	kill "$loop"
+	wait "$loop" 2>/dev/null
+	alive=yes
+	kill -0 "$pid" 2>/dev/null || alive=no
+	grep -q 'GUEST-SPIN done' /tmp/spin.log && alive=no
+	ts=$(uptime_cs)
+	kill -INT "$pid"
+	wait "$pid"
+	st=$?
+	te=$(uptime_cs)
+	cat /tmp/spin.log
+	rate=$(((i1 - i0) * 100 / (t1 - t0 + (t1 == t0))))
+	gap=$(awk 'NR > 1 { d = $1 - p; if (d > m) m = d } { p = $1 } END { printf "%d\n", m * 1000 }' /tmp/spin-loop.log)
+	stop=$(((te - ts) * 10))
+	irq_exits=$(sed -n 's/.*stats: exits EXIT_INTERRUPT: \([0-9]*\).*/\1/p' /tmp/spin.log)
+	vstop=$(sed -n 's/.*vCPU threads stopped \([0-9.]*\) ms after signal.*/\1/p' /tmp/spin.log)
+	vstop_ms=${vstop%.*}
+	timer_exits=$(sed -n 's/.*stats: host timer exits: \([0-9]*\).*/\1/p' /tmp/spin.log)
+	echo "host tick: busy host $base/s; with the guest spinning $rate/s over $((t1 - t0))0 ms; longest host-loop stall $gap ms; SIGINT to vCPU stop ${vstop:-?} ms, to exit $stop ms (status $st); EXIT_INTERRUPT exits ${irq_exits:-?}, of them for the host's timer ${timer_exits:-?}"
+	if [ "$alive" != yes ]; then
+		fail "the guest's 10 s spin ended before the host measured 3 s: the host was frozen while it spun (host timer $rate/s, busy host $base/s, longest stall $gap ms)"
+	elif [ "$base" -lt 50 ]; then
+		fail "a busy host without a guest got $base timer interrupts/s: no baseline"
+	elif [ $((rate * 100)) -lt $((base * 80)) ]; then
+		fail "the host got $rate timer interrupts/s while the guest spun, under 80% of a busy host's $base/s"
+	elif [ "${timer_exits:-0}" -eq 0 ]; then
+		fail "no EXIT_INTERRUPT run ended for the host's timer (x2 = 1)"
+	elif [ "$gap" -ge 1000 ]; then
+		fail "a host loop stalled for $gap ms while the guest spun"
+	elif [ "$st" -ne 130 ] || ! grep -q 'interrupted by signal 2' /tmp/spin.log; then
+		fail "after SIGINT rampart-vmm exited $st, want 130 (interrupted by signal 2)"
+	elif [ -z "$vstop_ms" ] || [ "$vstop_ms" -gt 250 ]; then
+		fail "the vCPU thread stopped ${vstop:-?} ms after SIGINT, want <= 250"
+	elif [ "$stop" -gt 2000 ]; then
+		fail "rampart-vmm took $stop ms to exit after SIGINT"
+	elif ! grep -q 'GUEST-PASS brk-own-vector' /tmp/spin.log; then
+		fail "the guest's BRK did not reach its own vector"
+	else
+		pass "$rate timer interrupts/s while the guest spun (busy host: $base/s), longest host-loop stall $gap ms, $timer_exits runs ended by the host's timer, SIGINT stopped the vCPU in $vstop ms and rampart-vmm in $stop ms; guest BRK reached its own vector"
+	fi
+}
+
 # Launch and exit-rate figures for `cargo xtask bench vmm`: ROUNDS runs of
 # hello and memtest, their stats lines carry the figures.
 check_bench() {
@@ -345,6 +436,7 @@ for CHECK in $CHECKS; do
 	kill9-running) check_kill_running ;;
 	tampered-bundle) check_tamper ;;
 	untrusted-signer) check_untrusted ;;
+	host-tick) check_host_tick ;;
 	bench) check_bench ;;
 	*) fail "unknown check" ;;
 	esac

@@ -108,3 +108,16 @@ fn every_single_byte_corruption_is_handled_without_panic() {
         blob[i] ^= 0x5a;
     }
 }
+
+#[test]
+fn finds_the_gic_redistributors() {
+    assert_eq!(
+        gic_redistributors(QEMU_VIRT).unwrap(),
+        vec![r(0x80a_0000, 0x80a_0000 + 0xf6_0000)]
+    );
+    // Found wherever the GIC node is, whatever else the tree lacks.
+    assert_eq!(gic_redistributors(&fixture("bad-no-psci")).unwrap().len(), 1);
+    let mut bad_magic = QEMU_VIRT.to_vec();
+    bad_magic[0] ^= 0xff;
+    assert!(gic_redistributors(&bad_magic).is_err());
+}

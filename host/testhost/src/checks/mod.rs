@@ -139,6 +139,10 @@ pub const CHECKS: &[Check] = &[
         run: vm::vm_timer,
     },
     Check {
+        name: "vm-host-timer",
+        run: vm::vm_host_timer,
+    },
+    Check {
         name: "vm-attacker",
         run: vm::vm_attacker,
     },

@@ -235,6 +235,95 @@ pub fn vm_memtest(p: &Platform) -> Result<(), Msg> {
     solo(p, protected("memtest")?, &mut Plain, 8_000).map(|_| ())
 }
 
+/// `vm-host-timer`: the host keeps its clock while a guest runs. The
+/// `spin` guest computes for 10 s without a single exit; once it spins,
+/// the test host arms its own virtual timer 20 ms ahead (IRQs masked, as
+/// always). The run must end with `EXIT_INTERRUPT`, `x2` = 1, after the
+/// deadline and long before the spin would end; the host's timer then
+/// reads its own deadline with ISTATUS set and its PPI 27 is pending,
+/// while the EL2 timer's PPI 26 is not. The guest's own checks (its BRK
+/// reached its own vector) must have passed.
+pub fn vm_host_timer(p: &Platform) -> Result<(), Msg> {
+    vmm::gic::init(p)?;
+    ensure!(vmm::gic::enable_this_cpu(), "no GICv3 redistributor for this CPU");
+    let (mut arena, _) = arena(p)?;
+    let mut vm = Vm::create(&mut arena, protected("spin")?)?;
+    let outcome = host_timer_run(vm.handle);
+    let (ctl, cval) = vmm::hw::host_virtual_timer();
+    let ppi26 = vmm::gic::ppi_pending(26);
+    let ppi27 = vmm::gic::ppi_pending(27);
+    vmm::hw::set_host_virtual_timer(0, 0);
+    let destroyed = vm.destroy();
+    let (deadline, at, passes) = outcome?;
+    destroyed?;
+    let frequency = arch::counter_frequency().max(1);
+    let late_us = at.saturating_sub(deadline).saturating_mul(1_000_000) / frequency;
+    ensure!(
+        at >= deadline,
+        "the run ended {} us before the host's deadline",
+        (deadline - at).saturating_mul(1_000_000) / frequency
+    );
+    ensure!(late_us <= 500_000, "the run ended {late_us} us after the host's deadline");
+    ensure!(
+        cval == deadline && ctl & 0b111 == 0b101,
+        "after the run the host's CNTV_CTL is {ctl:#x}, CVAL {cval:#x}: want ENABLE and ISTATUS, not IMASK, and its own deadline {deadline:#x}"
+    );
+    ensure!(ppi27 == Some(true), "the host's PPI 27 is not pending after its deadline ({ppi27:?})");
+    ensure!(ppi26 == Some(false), "the EL2 timer's PPI 26 is pending for the host ({ppi26:?})");
+    ensure!(passes >= 1, "the spin guest's BRK check did not pass before it spun");
+    note!("a spinning guest's run ended {late_us} us after the host's deadline; host PPI 27 pending, PPI 26 not");
+    Ok(())
+}
+
+/// Runs the spin guest; arms the host's virtual timer once the guest
+/// says it spins. Returns (deadline, count at the exit, `GUEST-PASS`
+/// lines seen).
+fn host_timer_run(handle: u64) -> Result<(u64, u64, u32), Msg> {
+    use rampart_abi::guest::GUEST_UART_BASE;
+    use rampart_abi::host::mmio;
+    const MARKER: &[u8; 10] = b"GUEST-SPIN";
+    const PASS: &[u8; 10] = b"GUEST-PASS";
+    let frequency = arch::counter_frequency();
+    let mut window = [0u8; 10];
+    let mut marker = false;
+    let mut passes = 0;
+    let mut deadline = None;
+    for _ in 0..100_000 {
+        let r = call(HostCall::VcpuRun, &[handle, 0, 0]);
+        ensure!(r[0] == 0, "VCPU_RUN = {}", r[0] as i64);
+        match ExitReason::try_from(r[1]) {
+            Ok(ExitReason::Mmio) => {
+                if let Some(d) = deadline {
+                    let late = arch::counter().saturating_sub(d).saturating_mul(1000) / frequency.max(1);
+                    fail!("the spinning guest's next exit was EXIT_MMIO at {:#x}, {late} ms after the host's deadline: the host was not interrupted", r[2]);
+                }
+                if r[2] == GUEST_UART_BASE && r[3] & mmio::WRITE != 0 {
+                    let byte = r[4] as u8;
+                    window.copy_within(1.., 0);
+                    window[9] = byte;
+                    marker |= &window == MARKER;
+                    passes += u32::from(&window == PASS);
+                    if marker && byte == b'\n' {
+                        let d = arch::counter() + frequency / 50;
+                        vmm::hw::set_host_virtual_timer(d, 1);
+                        deadline = Some(d);
+                    }
+                }
+            }
+            Ok(ExitReason::Interrupt) if r[2] == 1 => {
+                let at = arch::counter();
+                let Some(d) = deadline else {
+                    fail!("EXIT_INTERRUPT with x2 = 1 before the host armed its timer");
+                };
+                return Ok((d, at, passes));
+            }
+            Ok(ExitReason::Interrupt) => {}
+            other => fail!("unexpected exit {other:?}, details {:#x} {:#x} {:#x}", r[2], r[3], r[4]),
+        }
+    }
+    fail!("no EXIT_INTERRUPT for the host's timer in 100000 runs")
+}
+
 /// `vm-timer`: the `timer` guest; the VMM injects nothing: the virtual
 /// timer's interrupt must arrive while the guest spins and after `WFI`
 /// (the VMM just runs the vCPU again after `EXIT_WAIT`).

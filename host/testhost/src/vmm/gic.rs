@@ -33,6 +33,7 @@ const GICR_WAKER: u64 = 0x14;
 const SGI_FRAME: u64 = 0x1_0000;
 const GICR_IGROUPR0: u64 = SGI_FRAME + 0x80;
 const GICR_ISENABLER0: u64 = SGI_FRAME + 0x100;
+const GICR_ISPENDR0: u64 = SGI_FRAME + 0x200;
 const GICR_IPRIORITYR: u64 = SGI_FRAME + 0x400;
 
 static GICD: AtomicU64 = AtomicU64::new(0);
@@ -123,4 +124,14 @@ pub fn enable_this_cpu() -> bool {
     mmio_write32(r + GICR_ISENABLER0, 1 << TIMER_PPI);
     super::hw::gic_cpu_interface_enable();
     true
+}
+
+/// Whether SGI/PPI `intid` (below 32) is pending in this CPU's
+/// redistributor; `None` before [`init`] or without one.
+pub fn ppi_pending(intid: u32) -> Option<bool> {
+    if GICD.load(Ordering::Acquire) == 0 || intid >= 32 {
+        return None;
+    }
+    let r = redistributor()?;
+    Some(mmio_read32(r + GICR_ISPENDR0) & (1 << intid) != 0)
 }

@@ -144,3 +144,25 @@ pub fn fetch_probe(target: u64) -> Option<[u64; 4]> {
     unsafe { vmm_fetch_probe(target, &raw mut out) };
     (out[0] != 0).then_some(out)
 }
+
+/// The host's own EL1 virtual timer: `(CNTV_CTL_EL0, CNTV_CVAL_EL0)`.
+pub fn host_virtual_timer() -> (u64, u64) {
+    let (ctl, cval): (u64, u64);
+    // SAFETY: reads two timer registers of this CPU; no memory touched.
+    unsafe {
+        asm!("mrs {}, cntv_ctl_el0", "mrs {}, cntv_cval_el0", out(reg) ctl, out(reg) cval,
+             options(nomem, nostack, preserves_flags))
+    };
+    (ctl, cval)
+}
+
+/// Programs the host's own EL1 virtual timer (`CNTV_CVAL_EL0`, then
+/// `CNTV_CTL_EL0`: bit 0 ENABLE, bit 1 IMASK). `PSTATE.I` stays masked, so
+/// the host never takes its interrupt; it only shows as pending.
+pub fn set_host_virtual_timer(cval: u64, ctl: u64) {
+    // SAFETY: writes this CPU's virtual timer registers; no memory touched.
+    unsafe {
+        asm!("msr cntv_cval_el0, {}", "msr cntv_ctl_el0, {}", "isb", in(reg) cval, in(reg) ctl,
+             options(nomem, nostack, preserves_flags))
+    };
+}
