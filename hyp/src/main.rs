@@ -43,6 +43,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::Ordering;
 
+use rampart_platform::cpu::Stage2Geometry;
 use rampart_platform::smc::{Firmware, psci};
 use rampart_platform::{BootError, MemRange, PAGE_SIZE, cmdline, dt, hostdt, image, layout};
 use spin::Once;
@@ -171,7 +172,9 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     let header = image::ImageHeader::parse(command.host_image, &header_bytes)?;
 
     let features = Features::probe();
-    let ipa_bits = features.pa_bits.min(48);
+    rampart_platform::cpu::check_supported(&features.id).map_err(|e| Fatal::Other(alloc::format!("{e}")))?;
+    let geometry = Stage2Geometry::for_pa_range(features.pa_range_field);
+    let ipa_bits = geometry.ipa_bits;
     let blob_range = MemRange::from_base_size(dtb, blob.len() as u64).ok_or(BootError::NoDeviceTree)?;
     let plan = layout::plan(
         &info,
@@ -233,7 +236,7 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     let meta_bytes = table.len() as u64 * core::mem::size_of::<rampart_ownership::PageMeta>() as u64;
 
     let el2 = build_el2_tables(carveout, info.uart.map_or(EARLY_UART, |u| u.start()))?;
-    let stage2_level = if ipa_bits > 39 { 0 } else { 1 };
+    let stage2_level = geometry.root_level;
     let host_ram: Vec<MemRange> =
         plan.host_ram.iter().filter_map(|r| r.shrink_to_alignment(PAGE_SIZE)).collect();
     let stage2 = build_host_stage2(stage2_level, &host_ram, &plan.host_devices)?;
@@ -241,8 +244,7 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         features,
         el2.root_address().0 as u64,
         stage2.root_address().0 as u64,
-        stage2_level,
-        ipa_bits,
+        geometry,
     );
     memory::install(memory::HostMemory {
         table,
@@ -287,9 +289,29 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     let table_bytes = (used - meta_pages) * PAGE_SIZE;
     let cost = layout::basis_points((meta_pages * PAGE_SIZE + table_bytes) * 10, ram_total);
     println!(
-        "host stage 2: {} RAM and {} device ranges, {ipa_bits}-bit IPA; {left} pool pages left",
+        "host stage 2: {} RAM and {} device ranges, {ipa_bits}-bit IPA from level {stage2_level} ({}-bit PA); {left} pool pages left",
         host_ram.len(),
-        plan.host_devices.len()
+        plan.host_devices.len(),
+        features.pa_bits
+    );
+    let c = features.cpu;
+    println!(
+        "CPU: MIDR {:#x}, PMUv3 {}{}, HPMN0 {}, TRF {}, TRBE {}, SPE {}, AMU {}, FGT {}, HCX {}, MOPS {}",
+        arch::midr_el1(),
+        if c.pmuv3 { "yes" } else { "no" },
+        match (c.pmuv3p5, c.pmuv3p1) {
+            (true, _) => " (p5: EL2 cycles and events hidden)",
+            (false, true) => " (p1: EL2 events hidden)",
+            _ => "",
+        },
+        yes(c.hpmn0),
+        yes(c.trace_filter),
+        yes(c.trace_buffer),
+        yes(c.spe_ver != 0),
+        yes(c.amu),
+        yes(c.fgt),
+        yes(c.hcx),
+        yes(c.mops)
     );
     println!(
         "ownership metadata {} KiB + page tables {} KiB = {}.{:03}% of RAM",
@@ -324,6 +346,10 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     let boot = BOOT.get().ok_or(BootError::NoMemory)?;
     cpu::init_this_cpu(&boot.config);
     Ok((command.host_image, dtb))
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
 }
 
 fn map_error(what: &str, range: MemRange, e: aarch64_paging::MapError) -> Fatal {

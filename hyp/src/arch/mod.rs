@@ -169,6 +169,8 @@ sysreg_ro!(/// `ID_AA64DFR0_EL1`
     id_aa64dfr0_el1, "id_aa64dfr0_el1");
 sysreg_ro!(/// `ID_AA64MMFR2_EL1`
     id_aa64mmfr2_el1, "s3_0_c0_c7_2");
+sysreg_ro!(/// `ID_AA64MMFR3_EL1` (RAZ before it was defined: an ID register)
+    id_aa64mmfr3_el1, "s3_0_c0_c7_3");
 sysreg_ro!(/// `ID_AA64ISAR2_EL1`
     id_aa64isar2_el1, "s3_0_c0_c6_2");
 sysreg_ro!(/// `PMCR_EL0`
@@ -197,6 +199,10 @@ sysreg!(/// `VMPIDR_EL2`
     vmpidr_el2, set_vmpidr_el2, "vmpidr_el2");
 sysreg!(/// `MDCR_EL2`
     mdcr_el2, set_mdcr_el2, "mdcr_el2");
+sysreg!(/// `TRFCR_EL2` (FEAT_TRF)
+    trfcr_el2, set_trfcr_el2, "s3_4_c1_c2_1");
+sysreg!(/// `PMSCR_EL2` (FEAT_SPE)
+    pmscr_el2, set_pmscr_el2, "s3_4_c9_c9_0");
 sysreg!(/// `HSTR_EL2`
     hstr_el2, set_hstr_el2, "hstr_el2");
 sysreg!(/// `ICC_SRE_EL2`
