@@ -376,10 +376,13 @@ fn build_el2_tables(carveout: MemRange, uart: u64) -> Result<mm::Table<El2>, Fat
         let range = range.ok_or_else(|| Fatal::Other(alloc::format!("the {what} section is malformed")))?;
         mm::identity_map(&mut table, range, attributes).map_err(|e| map_error(what, range, e))?;
     }
+    // Each CPU's stack and emergency stack; the guard page below each stays
+    // unmapped, so an overflow faults instead of running into what lies below.
     for cpu in 0..MAX_CPUS {
-        let (start, end) = arch::stack_range(cpu);
-        let range = MemRange::new(start, end).ok_or_else(|| Fatal::Other("stack layout".into()))?;
-        mm::identity_map(&mut table, range, mm::el2::DATA).map_err(|e| map_error("stack", range, e))?;
+        for (start, end) in [arch::stack_range(cpu), arch::emergency_stack_range(cpu)] {
+            let range = MemRange::new(start, end).ok_or_else(|| Fatal::Other("stack layout".into()))?;
+            mm::identity_map(&mut table, range, mm::el2::DATA).map_err(|e| map_error("stack", range, e))?;
+        }
     }
     Ok(table)
 }
@@ -445,12 +448,32 @@ fn probe_firmware() -> Firmware {
 pub extern "C" fn secondary_main(index: u64) -> ! {
     let Some(boot) = BOOT.get() else { power_off() };
     cpu::init_this_cpu(&boot.config);
+    #[cfg(feature = "stack-overflow-test")]
+    overflow_for_test(index);
     let me = cpu::this();
     me.set_power(Power::On);
     let entry = me.host_entry.load(Ordering::Acquire);
     let context = me.host_context.load(Ordering::Acquire);
     let _ = index;
     arch::jump_to_host(entry, context)
+}
+
+/// Test only (feature `stack-overflow-test`): recurses with 512-byte frames
+/// until the stack runs into its guard page.
+#[cfg(feature = "stack-overflow-test")]
+fn overflow_for_test(index: u64) {
+    #[inline(never)]
+    fn deeper(depth: u64) -> u64 {
+        let mut frame = [0u8; 512];
+        frame[(depth % 512) as usize] = depth as u8;
+        core::hint::black_box(&mut frame);
+        if depth == u64::MAX {
+            return 0;
+        }
+        deeper(depth + 1) + u64::from(frame[1])
+    }
+    println!("stack-overflow-test build: CPU {index} overflows its EL2 stack now");
+    core::hint::black_box(deeper(0));
 }
 
 /// Powers the machine off through firmware; parks if that fails.

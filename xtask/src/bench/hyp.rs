@@ -50,13 +50,17 @@ struct Report {
     info: Vec<String>,
     failures: Vec<String>,
     done: Option<String>,
+    /// The hypervisor's `EL2 stack high-water mark: ...` line at power-off.
+    stack: Option<String>,
 }
 
 /// Parses the test host's console.
 fn parse(console: &str) -> Report {
     let mut r = Report::default();
     for line in console.lines().map(str::trim_end) {
-        if let Some(rest) = line.strip_prefix("BENCH-PMU ") {
+        if let Some(rest) = line.strip_prefix(super::STACK_LINE) {
+            r.stack = Some(rest.to_string());
+        } else if let Some(rest) = line.strip_prefix("BENCH-PMU ") {
             r.pmu = rest.to_string();
         } else if let Some(rest) = line.strip_prefix("BENCH-CHECK ") {
             r.checks.push(rest.to_string());
@@ -192,6 +196,10 @@ pub fn run(args: &BenchArgs, groups: Groups) -> Result<()> {
     print_table(&report.figures);
     for info in &report.info {
         println!("{info}");
+    }
+    match &report.stack {
+        Some(stack) => println!("\nEL2 stack high-water mark after these paths: {stack}"),
+        None => println!("\nEL2 stack high-water mark: not reported"),
     }
     if groups.vb {
         println!("\nverified boot and attestation (derived from the table):");
