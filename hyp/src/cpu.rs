@@ -224,7 +224,11 @@ const SCTLR_EL1_RESET: u64 = 0x30D0_0800;
 /// otherwise).
 pub fn host_mdcr(features: &Features) -> u64 {
     let n = if features.cpu.pmuv3 { (arch::pmcr_el0() >> 11) & 0x1f } else { 0 };
-    el2::host_mdcr(&features.cpu, n)
+    let value = el2::host_mdcr(&features.cpu, n);
+    // The benchmark build lets the host count EL2 (never a release image).
+    #[cfg(feature = "bench-el2-pmu")]
+    let value = value & !(el2::mdcr::HPMD | el2::mdcr::HCCD);
+    value
 }
 
 /// Configures this CPU's EL2 and turns on its MMU and the host stage 2.

@@ -294,6 +294,8 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         plan.host_devices.len(),
         features.pa_bits
     );
+    #[cfg(feature = "bench-el2-pmu")]
+    println!("benchmark build (bench-el2-pmu): the host's PMU counts at EL2; never use this image outside benchmarks");
     let c = features.cpu;
     println!(
         "CPU: MIDR {:#x}, PMUv3 {}{}, HPMN0 {}, TRF {}, TRBE {}, SPE {}, AMU {}, FGT {}, HCX {}, MOPS {}",

@@ -335,6 +335,44 @@ pub fn host_mdcr(f: &CpuFeatures, pmcr_n: u64) -> u64 {
     value
 }
 
+/// `MDCR_EL2` while a guest runs (for the world switch): every PMU,
+/// debug, OS-lock, debug-ROM, trace-filter and profiling register traps
+/// (`TPM`, `TPMCR`, `TDA`, `TDOSA`, `TDRA`, `TTRF`, `TPMS`), debug
+/// exceptions go to EL2 (`TDE`), and EL2 stays invisible to the PMU
+/// (`HPMD`, `HCCD`) -- the hypervisor works at EL2 on the guest's behalf
+/// while this value is live, so it needs them as much as the host's value
+/// does.
+///
+/// `HPMN` = 0 hands every event counter to EL2, where `HPME` = 0 stops
+/// them, so the host's counters cannot count the guest; that value is
+/// UNPREDICTABLE without FEAT_HPMN0, so there `HPMN` stays `PMCR_EL0.N`
+/// and the world switch must stop the host's counters itself
+/// (`PMCNTENCLR_EL0`) and restart them on the way out. The cycle counter
+/// is not partitioned by `HPMN` either way: stopping it during a guest is
+/// also the world switch's job.
+#[must_use]
+pub fn guest_mdcr(f: &CpuFeatures, pmcr_n: u64) -> u64 {
+    let mut value = mdcr::TPM | mdcr::TPMCR | mdcr::TDE | mdcr::TDA | mdcr::TDOSA | mdcr::TDRA;
+    if f.pmuv3 {
+        if !f.hpmn0 {
+            value |= pmcr_n & mdcr::HPMN_MASK;
+        }
+        if f.pmuv3p1 {
+            value |= mdcr::HPMD;
+        }
+        if f.pmuv3p5 {
+            value |= mdcr::HCCD;
+        }
+    }
+    if f.trace_filter {
+        value |= mdcr::TTRF;
+    }
+    if f.spe_ver != 0 {
+        value |= mdcr::TPMS;
+    }
+    value
+}
+
 /// `CPTR_EL2` bits (the nVHE layout).
 pub mod cptr {
     /// RES1 bits 0-7, 9 and 13.
@@ -673,6 +711,42 @@ mod tests {
             ..IdRegs::default()
         });
         assert_ne!(host_mdcr(&f, 6) & mdcr::TPMS, 0);
+    }
+
+    #[test]
+    fn guest_mdcr_traps_everything_and_hides_el2() {
+        let traps = mdcr::TPM | mdcr::TPMCR | mdcr::TDE | mdcr::TDA | mdcr::TDOSA | mdcr::TDRA;
+        // No PMU at all: the traps only.
+        assert_eq!(guest_mdcr(&CpuFeatures::default(), 6), traps);
+        // PMUv3p5 with FEAT_HPMN0: HPMN = 0, EL2 hidden.
+        let f = CpuFeatures::decode(&IdRegs {
+            dfr0: dfr0(pmu::V3P5) | (1 << 60),
+            ..IdRegs::default()
+        });
+        assert_eq!(guest_mdcr(&f, 6), traps | mdcr::HPMD | mdcr::HCCD);
+        // Without FEAT_HPMN0, HPMN = 0 is UNPREDICTABLE: it stays N.
+        let f = CpuFeatures::decode(&IdRegs {
+            dfr0: dfr0(pmu::V3P1),
+            ..IdRegs::default()
+        });
+        assert_eq!(guest_mdcr(&f, 6), traps | 6 | mdcr::HPMD);
+        let f = CpuFeatures::decode(&IdRegs {
+            dfr0: dfr0(pmu::V3),
+            ..IdRegs::default()
+        });
+        assert_eq!(guest_mdcr(&f, 6) & mdcr::HPMN_MASK, 6);
+        // The trace filter and profiling registers trap when present.
+        let f = CpuFeatures::decode(&IdRegs {
+            dfr0: dfr0(pmu::V3) | (1 << 40) | (1 << 32),
+            ..IdRegs::default()
+        });
+        assert_ne!(guest_mdcr(&f, 6) & mdcr::TTRF, 0);
+        assert_ne!(guest_mdcr(&f, 6) & mdcr::TPMS, 0);
+        assert_eq!(
+            host_mdcr(&f, 6) & mdcr::TTRF,
+            0,
+            "the host keeps its trace filter"
+        );
     }
 
     #[test]

@@ -220,6 +220,9 @@ pub fn run(args: &BenchArgs, groups: Groups) -> Result<()> {
 fn machine(args: &BenchArgs, groups: &str) -> Result<crate::qemu::Machine> {
     let mem = args.mem.clone().unwrap_or_else(|| "512M".into());
     let mut m = suite::testhost_machine(1, &mem, "max")?;
+    // The release hypervisor hides EL2 from the host's PMU (MDCR_EL2.HPMD,
+    // HCCD); the benchmark build differs only in leaving those clear.
+    m.kernel = artifacts::hypervisor_with_feature("bench-el2-pmu")?;
     m.append.push_str(&format!(" -- testhost.bench={groups} {}", bench_signature_bootarg()?));
     Ok(m)
 }
