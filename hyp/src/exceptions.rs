@@ -52,7 +52,8 @@ fn is_host_power_off(frame: &Frame) -> bool {
     (arch::esr_el2() >> 26) & 0x3f == EC_SMC64 && (function == SYSTEM_OFF || function == SYSTEM_RESET)
 }
 
-/// Prints how deep each CPU's EL2 stack has been since boot.
+/// Prints how deep each CPU's EL2 stack has been since the host started
+/// (the boot CPU's boot is printed before the host starts).
 pub fn report_stacks() {
     let Some(boot) = crate::BOOT.get() else { return };
     let mut deepest = 0;

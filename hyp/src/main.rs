@@ -116,8 +116,13 @@ pub extern "C" fn primary_main(dtb: u64, el: u64) -> ! {
     println!("Rampart {VERSION} starting at EL{el}");
     match boot(dtb, el) {
         Ok((entry, dt)) => {
+            println!(
+                "EL2 stack: boot used {} of {} bytes",
+                arch::stack_high_water(0),
+                config::STACK_SIZE
+            );
             println!("entering host at {entry:#x} with its device tree at {dt:#x}");
-            arch::jump_to_host(entry, dt)
+            arch::jump_to_host_repainted(entry, dt)
         }
         Err(e) => {
             println!("{e}");

@@ -117,6 +117,25 @@ park:
     wfe
     b       park
 
+// enter_host after painting this CPU's whole stack again: the boot CPU's
+// way into the host, so that the high-water mark printed at power-off
+// measures what the host made EL2 do, not the boot (which is printed
+// separately). Nothing on the stack is live: enter_host resets SP to the top.
+.global enter_host_repaint
+enter_host_repaint:
+    mrs     x2, tpidr_el2
+    ldr     x3, ={stacks}
+    ldr     x4, ={stack_stride}
+    madd    x3, x2, x4, x3
+    add     x3, x3, x4                  // top of this CPU's stack
+    ldr     x4, ={stack_size}
+    sub     x4, x3, x4                  // its bottom
+    ldr     x5, ={stack_paint}
+1:  cmp     x4, x3
+    b.hs    enter_host
+    stp     x5, x5, [x4], #16
+    b       1b
+
 // Enters the host at EL1: x0 = entry point, x1 = value for the host's x0.
 // Resets SP_EL2 to the top of this CPU's stack and clears every other
 // general-purpose register so no hypervisor value reaches the host.

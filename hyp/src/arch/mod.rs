@@ -108,6 +108,7 @@ global_asm!(
     spsr_el1h = const SPSR_EL1H_MASKED,
     max_cpus = const MAX_CPUS,
     stack_stride = const STACK_STRIDE,
+    stack_size = const STACK_SIZE,
     stacks_size = const STACK_STRIDE * MAX_CPUS,
     emergency_top = const EMERGENCY_TOP,
     stack_paint = const STACK_PAINT,
@@ -122,6 +123,7 @@ global_asm!(
 
 unsafe extern "C" {
     fn enter_host(entry: u64, x0: u64) -> !;
+    fn enter_host_repaint(entry: u64, x0: u64) -> !;
     fn secondary_entry();
     fn park() -> !;
 }
@@ -139,6 +141,15 @@ pub fn jump_to_host(entry: u64, x0: u64) -> ! {
     // call, which never returns) and leaves EL2 by ERET. The host stage 2 is
     // installed before this point, so the host can reach only its own memory.
     unsafe { enter_host(entry, x0) }
+}
+
+/// [`jump_to_host`], painting this CPU's stack again first (see
+/// [`stack_high_water`]): the boot CPU's first entry, so that the mark then
+/// counts only what the host makes EL2 do.
+pub fn jump_to_host_repainted(entry: u64, x0: u64) -> ! {
+    // SAFETY: as for `jump_to_host`; the paint covers this CPU's own stack,
+    // none of which is live once SP is reset to its top.
+    unsafe { enter_host_repaint(entry, x0) }
 }
 
 /// Stops this CPU for good.
