@@ -114,6 +114,12 @@ pub extern "C" fn primary_main(dtb: u64, el: u64) -> ! {
     // physical address is live; nothing else in Rampart uses it.
     unsafe { console::init(EARLY_UART) };
     println!("Rampart {VERSION} starting at EL{el}");
+    if el != 2 {
+        // Before the heap exists: nothing here may allocate.
+        println!("entered at EL{el}; Rampart must be entered at EL2");
+        println!("cannot boot; powering off");
+        power_off()
+    }
     match boot(dtb, el) {
         Ok((entry, dt)) => {
             println!(
@@ -485,12 +491,19 @@ fn overflow_for_test(index: u64) {
 
 /// Powers the machine off through firmware; parks if that fails.
 pub fn power_off() -> ! {
+    if arch::current_el() != 2 {
+        arch::power_off_below_el2()
+    }
     let _ = arch::smc(psci::SYSTEM_OFF, &[0; 17]);
     arch::halt()
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    if arch::current_el() != 2 {
+        println!("panic below EL2: {info}");
+        power_off()
+    }
     println!("panic on CPU {}: {info}", cpu::current());
     power_off()
 }

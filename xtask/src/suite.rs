@@ -150,6 +150,12 @@ pub fn run(args: &TestArgs) -> Result<()> {
         m.loaders.clear();
         expect_clean_refusal(&m, "rampart: RAM too small")
     });
+    // A machine without EL2: a reason, not a hang.
+    case("bad-boot/no-el2".into(), &|| {
+        let mut m = testhost_machine(1, "512M", "cortex-a53")?;
+        m.virtualization = false;
+        expect_clean_refusal(&m, "rampart: entered at EL1; Rampart must be entered at EL2")
+    });
     case("bad-boot/too-many-cpus".into(), &|| bad_boot(9, "512M", "rampart: too many CPUs"));
     case("bad-boot/no-host-image".into(), &|| {
         let mut m = testhost_machine(1, "512M", "max")?;

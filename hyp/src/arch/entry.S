@@ -57,9 +57,22 @@ primary_entry:
     ldr     x1, ={stacks_size}
     add     x1, x0, x1
     bl      inval_poc
-    mov     x0, #0
+    cmp     x20, #2
+    b.eq    6f
+    // Not at EL2 (a CPU without EL2, or a boot chain that keeps it): run
+    // on CPU 0's stack without touching any EL2 register, with vectors
+    // that power off, only so that primary_main can say why it stops.
+    ldr     x1, ={stacks}
+    ldr     x2, ={stack_stride}
+    add     x1, x1, x2
+    mov     sp, x1
+    adr     x1, low_el_vectors
+    msr     vbar_el1, x1
+    isb
+    b       7f
+6:  mov     x0, #0
     bl      set_cpu_stack
-    mov     x0, x19
+7:  mov     x0, x19
     mov     x1, x20
     bl      {primary_main}
     b       park
@@ -111,6 +124,36 @@ inval_poc:
     b       1b
 2:  dsb     sy
     ret
+
+// Powers off from below EL2, where the PSCI conduit is unknown: HVC first
+// (QEMU answers it when it emulates no EL2), then SMC (firmware at EL3);
+// whichever is UNDEFINED lands in low_el_vectors, which tries the next.
+// x21 records the attempt. Never returns.
+.global power_off_low_el
+power_off_low_el:
+    ldr     x21, ={low_el_tried_hvc}
+    ldr     x0, ={system_off}
+    hvc     #0
+low_el_try_smc:
+    ldr     x21, ={low_el_tried_smc}
+    ldr     x0, ={system_off}
+    smc     #0
+    b       park
+
+.balign 2048
+low_el_vectors:
+    .rept 16
+    .balign 0x80
+    b       low_el_exception
+    .endr
+low_el_exception:
+    ldr     x0, ={low_el_tried_hvc}
+    cmp     x21, x0
+    b.eq    low_el_try_smc
+    ldr     x0, ={low_el_tried_smc}
+    cmp     x21, x0
+    b.eq    park
+    b       power_off_low_el
 
 .global park
 park:

@@ -116,6 +116,8 @@ global_asm!(
     fatal_entered = sym FATAL_ENTERED,
     el2_fatal = sym crate::exceptions::el2_fatal,
     system_off = const 0x8400_0008u64,
+    low_el_tried_hvc = const 0x5241_4d50_4856_4331u64,
+    low_el_tried_smc = const 0x5241_4d50_534d_4331u64,
     primary_main = sym crate::primary_main,
     secondary_main = sym crate::secondary_main,
     handle_exception = sym crate::exceptions::handle_exception,
@@ -126,6 +128,7 @@ unsafe extern "C" {
     fn enter_host_repaint(entry: u64, x0: u64) -> !;
     fn secondary_entry();
     fn park() -> !;
+    fn power_off_low_el() -> !;
 }
 
 /// The physical address secondary CPUs start at.
@@ -150,6 +153,22 @@ pub fn jump_to_host_repainted(entry: u64, x0: u64) -> ! {
     // SAFETY: as for `jump_to_host`; the paint covers this CPU's own stack,
     // none of which is live once SP is reset to its top.
     unsafe { enter_host_repaint(entry, x0) }
+}
+
+/// The exception level this code runs at (2 unless the loader entered
+/// Rampart elsewhere, which `primary_main` refuses).
+pub fn current_el() -> u64 {
+    let el: u64;
+    // SAFETY: reading CurrentEL has no side effects.
+    unsafe { asm!("mrs {}, CurrentEL", out(reg) el, options(nomem, nostack, preserves_flags)) };
+    (el >> 2) & 3
+}
+
+/// Powers the machine off from below EL2 (HVC, then SMC), or parks.
+pub fn power_off_below_el2() -> ! {
+    // SAFETY: touches only x0, x21 and VBAR_EL1-routed exceptions, which
+    // the entry code pointed at vectors that try the next conduit or park.
+    unsafe { power_off_low_el() }
 }
 
 /// Stops this CPU for good.
