@@ -2,7 +2,9 @@
 
 use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
-use rampart_platform::cpu::{self as el2, CpuFeatures, FineGrainedTraps, IdRegs, Stage2Geometry};
+use spin::Once;
+
+use rampart_platform::cpu::{self as el2, CpuFeatures, IdRegs, Stage2Geometry};
 use rampart_platform::inject;
 
 use crate::arch;
@@ -29,6 +31,9 @@ pub struct PerCpu {
     pub host_entry: AtomicU64,
     /// The context id the host passed with it.
     pub host_context: AtomicU64,
+    /// This CPU's own features, probed when it first enters EL2 (cores of
+    /// a big.LITTLE system may differ; see [`features`]).
+    features: Once<Features>,
 }
 
 impl PerCpu {
@@ -38,6 +43,7 @@ impl PerCpu {
             mpidr: AtomicU64::new(u64::MAX),
             host_entry: AtomicU64::new(0),
             host_context: AtomicU64::new(0),
+            features: Once::new(),
         }
     }
 
@@ -73,6 +79,19 @@ pub fn this() -> &'static PerCpu {
     // TPIDR_EL2 is set below MAX_CPUS by the entry code, which parks any
     // CPU started with a larger index.
     &CPUS[current() % MAX_CPUS]
+}
+
+/// The features of the CPU this runs on: its own ID registers (probed in
+/// [`init_this_cpu`]), for values that depend on what this core
+/// implements, such as the world switch's `MDCR_EL2` or which trap
+/// registers exist. The translation settings stay the boot CPU's
+/// (`BOOT.config.features`), shared by all.
+#[allow(dead_code, reason = "for the world switch's per-CPU MDCR_EL2 and trace values")]
+pub fn features() -> Features {
+    match this().features.get() {
+        Some(f) => *f,
+        None => Features::probe(),
+    }
 }
 
 /// CPU features that change how EL2 is configured.
@@ -164,12 +183,6 @@ pub struct El2Config {
     pub vttbr: u64,
     /// HCR_EL2 while the host runs.
     pub hcr: u64,
-    /// CPTR_EL2 while the host runs.
-    pub cptr: u64,
-    /// The fine-grained traps while the host runs (written only with FEAT_FGT).
-    pub fgt: FineGrainedTraps,
-    /// HCRX_EL2 while the host runs (written only with FEAT_HCX).
-    pub hcrx: u64,
 }
 
 /// HCR_EL2 bits for the host.
@@ -209,9 +222,6 @@ impl El2Config {
             vtcr: stage2.vtcr(),
             vttbr: stage2_root,
             hcr,
-            cptr: el2::host_cptr(&features.cpu),
-            fgt: el2::host_fgt(&features.cpu),
-            hcrx: el2::host_hcrx(&features.cpu),
         }
     }
 }
@@ -232,16 +242,35 @@ pub fn host_mdcr(features: &Features) -> u64 {
 }
 
 /// Configures this CPU's EL2 and turns on its MMU and the host stage 2.
+///
+/// The translation settings are the boot CPU's, shared by every CPU; the
+/// feature-dependent trap and enable values come from this CPU's own ID
+/// registers, which may differ between the cores of a big.LITTLE system
+/// (writing FGT or HCRX registers a core lacks would be UNDEFINED at EL2).
+/// A CPU with fewer physical address bits than the boot CPU cannot use the
+/// shared `VTCR_EL2.PS`: it says so and powers the machine off.
 pub fn init_this_cpu(config: &El2Config) {
-    let f = config.features;
+    let f = *this().features.call_once(Features::probe);
+    if f.pa_range_field < config.features.pa_range_field {
+        crate::println!(
+            "CPU {} implements {} physical address bits, fewer than the boot CPU's {}: unsupported; powering off",
+            current(),
+            f.pa_bits,
+            config.features.pa_bits
+        );
+        crate::power_off()
+    }
     let mdcr = host_mdcr(&f);
+    let cptr = el2::host_cptr(&f.cpu);
+    let fgt = el2::host_fgt(&f.cpu);
+    let hcrx = el2::host_hcrx(&f.cpu);
     // SAFETY: each value below hands EL1 features to the host without
     // touching the hypervisor's own translation or memory; the MMU and
     // stage 2 are installed last, from tables built and checked at boot.
     // The trace filter and the profiling control stop EL2 from being
     // traced or sampled; the PMU filter bits in MDCR_EL2 stop it counting.
     unsafe {
-        arch::set_cptr_el2(config.cptr);
+        arch::set_cptr_el2(cptr);
         arch::isb();
         if f.sve {
             arch::set_zcr_el2(0xf);
@@ -269,14 +298,14 @@ pub fn init_this_cpu(config: &El2Config) {
             arch::set_ich_hcr_el2(0);
         }
         if f.fgt {
-            arch::set_hfgrtr_el2(config.fgt.hfgrtr);
-            arch::set_hfgwtr_el2(config.fgt.hfgwtr);
-            arch::set_hfgitr_el2(config.fgt.hfgitr);
-            arch::set_hdfgrtr_el2(config.fgt.hdfgrtr);
-            arch::set_hdfgwtr_el2(config.fgt.hdfgwtr);
+            arch::set_hfgrtr_el2(fgt.hfgrtr);
+            arch::set_hfgwtr_el2(fgt.hfgwtr);
+            arch::set_hfgitr_el2(fgt.hfgitr);
+            arch::set_hdfgrtr_el2(fgt.hdfgrtr);
+            arch::set_hdfgwtr_el2(fgt.hdfgwtr);
         }
         if f.hcx {
-            arch::set_hcrx_el2(config.hcrx);
+            arch::set_hcrx_el2(hcrx);
         }
         arch::isb();
         arch::set_sctlr_el1(SCTLR_EL1_RESET);
