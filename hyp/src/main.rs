@@ -206,6 +206,9 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         guest_pool: plan.guest_pool,
     };
     let host_dt = hostdt::build(blob, carveout, &command.host_bootargs, vmm_nodes)?;
+    // PCI windows the host's stage 2 cannot reach leave its tree, so the
+    // host puts no BAR there.
+    let (host_dt, dropped_windows) = hostdt::drop_unreachable_pci_windows(&host_dt, 1 << ipa_bits)?;
     let host_dt_range = MemRange::from_base_size(dtb, host_dt.len() as u64).ok_or(BootError::NoDeviceTree)?;
     if !plan.host_ram.iter().any(|r| r.contains_range(&host_dt_range)) {
         return Err(BootError::Overlap {
@@ -334,7 +337,8 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         cost % 1000
     );
     for dev in &plan.unmappable_devices {
-        println!("device range {dev} lies beyond the {ipa_bits}-bit IPA space; not mapped for the host");
+        let dropped = if dropped_windows.contains(dev) { ", and its PCI window left the host's device tree" } else { "" };
+        println!("device range {dev} lies beyond the {ipa_bits}-bit IPA space; not mapped for the host{dropped}");
     }
     println!("firmware: SMCCC 1.1 {}", if firmware.smccc_1_1 { "yes" } else { "no" });
     if let Some(pool) = plan.guest_pool {

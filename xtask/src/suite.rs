@@ -357,8 +357,14 @@ fn linux_case(smp: u32, cpu: &str) -> Result<String> {
         bail!(run.failure("QEMU did not power off cleanly"));
     }
     let at = run.time_of(linux::INIT_MARKER).map_or(0.0, |t| t.as_secs_f64());
+    let Some((used, size)) = crate::bench::parse_stack_line(&run.console) else {
+        bail!(run.failure("no `EL2 stack high-water mark` line at power-off"));
+    };
+    if used * 2 > size {
+        bail!(run.failure(&format!("EL2 stack high-water mark {used} of {size} bytes: want at most half used")));
+    }
     let ipa = parse_ipa_bits(&run.console).unwrap_or(0);
-    Ok(format!("{smp} CPUs online, {ipa}-bit IPA, carve-out reserved, devmem SIGBUS, /init at {at:.1}s"))
+    Ok(format!("{smp} CPUs online, {ipa}-bit IPA, carve-out reserved, devmem SIGBUS, /init at {at:.1}s, EL2 stack {used} of {size} bytes"))
 }
 
 /// Every CPU model QEMU 7.2 emulates with EL2 (`-M virt,virtualization=on
