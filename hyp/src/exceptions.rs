@@ -53,19 +53,25 @@ fn is_host_power_off(frame: &Frame) -> bool {
 }
 
 /// Prints how deep each CPU's EL2 stack has been since the host started
-/// (the boot CPU's boot is printed before the host starts).
+/// (the boot CPU's boot is printed before the host starts). Allocates
+/// nothing: it runs on the host's power-off path.
 pub fn report_stacks() {
-    let Some(boot) = crate::BOOT.get() else { return };
-    let mut deepest = 0;
-    let mut line = alloc::string::String::new();
-    for cpu in 0..boot.cpu_count.min(crate::config::MAX_CPUS) {
-        let used = arch::stack_high_water(cpu);
-        deepest = deepest.max(used);
-        let _ = core::fmt::Write::write_fmt(&mut line, format_args!(" CPU {cpu} {used}"));
+    struct PerCpu(usize);
+    impl core::fmt::Display for PerCpu {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            for cpu in 0..self.0 {
+                write!(f, " CPU {cpu} {}", arch::stack_high_water(cpu))?;
+            }
+            Ok(())
+        }
     }
+    let Some(boot) = crate::BOOT.get() else { return };
+    let cpus = boot.cpu_count.min(crate::config::MAX_CPUS);
+    let deepest = (0..cpus).map(arch::stack_high_water).max().unwrap_or(0);
     println!(
-        "EL2 stack high-water mark: {deepest} of {} bytes (per CPU:{line})",
-        crate::config::STACK_SIZE
+        "EL2 stack high-water mark: {deepest} of {} bytes (per CPU:{})",
+        crate::config::STACK_SIZE,
+        PerCpu(cpus)
     );
 }
 
