@@ -306,7 +306,7 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         "host stage 2: {} RAM and {} device ranges, {ipa_bits}-bit IPA from level {stage2_level} ({}-bit PA); {left} pool pages left",
         host_ram.len(),
         plan.host_devices.len(),
-        features.pa_bits
+        rampart_platform::cpu::pa_bits(features.cpu.pa_range)
     );
     #[cfg(feature = "bench-el2-pmu")]
     println!("benchmark build (bench-el2-pmu): the host's PMU counts at EL2; never use this image outside benchmarks");
