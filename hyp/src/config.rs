@@ -4,7 +4,16 @@
 pub const MAX_CPUS: usize = 8;
 
 /// Bytes of stack per CPU (plus a guard page below each).
-pub const STACK_SIZE: usize = 16 * 1024;
+pub const STACK_SIZE: usize = 32 * 1024;
+
+/// Bytes of each CPU's emergency stack, on which an exception taken at EL2
+/// itself (always fatal: a stack overflow or another hypervisor bug) is
+/// reported before the machine powers off. It has its own guard page.
+pub const EMERGENCY_STACK_SIZE: usize = 8 * 1024;
+
+/// The byte every stack is painted with at boot, so that the deepest use
+/// can be read back (`arch::stack_high_water`).
+pub const STACK_PAINT: u64 = 0x5354_4143_4b50_4149; // "STACKPAI"
 
 /// The carve-out: Rampart's image plus its heap and page pool, starting at
 /// the image base. Set with `RAMPART_CARVEOUT_MIB` at build time (a

@@ -31,6 +31,29 @@ pub fn print(args: fmt::Arguments<'_>) {
     }
 }
 
+/// Writes formatted text from a fatal path, which must not wait for ever:
+/// if the console stays locked (by this CPU, interrupted in the middle of
+/// a line, or by one that stopped), the lock is taken over. Only for a CPU
+/// that powers the machine off right after.
+pub fn print_fatal(args: fmt::Arguments<'_>) {
+    for _ in 0..10_000_000 {
+        if let Some(mut console) = CONSOLE.try_lock() {
+            if let Some(uart) = console.as_mut() {
+                let _ = uart.write_fmt(args);
+            }
+            return;
+        }
+        core::hint::spin_loop();
+    }
+    // SAFETY: the holder is this CPU (interrupted while printing) or a CPU
+    // that has not let go for seconds; the machine powers off right after
+    // this line, so the holder never touches the UART again.
+    unsafe { CONSOLE.force_unlock() };
+    if let Some(uart) = CONSOLE.lock().as_mut() {
+        let _ = uart.write_fmt(args);
+    }
+}
+
 /// Prints a line on the console, prefixed `rampart: `.
 #[macro_export]
 macro_rules! println {

@@ -2,6 +2,9 @@
 
 use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
+use spin::Once;
+
+use rampart_platform::cpu::{self as el2, CpuFeatures, IdRegs, Stage2Geometry};
 use rampart_platform::inject;
 
 use crate::arch;
@@ -28,6 +31,9 @@ pub struct PerCpu {
     pub host_entry: AtomicU64,
     /// The context id the host passed with it.
     pub host_context: AtomicU64,
+    /// This CPU's own features, probed when it first enters EL2 (cores of
+    /// a big.LITTLE system may differ; see [`features`]).
+    features: Once<Features>,
 }
 
 impl PerCpu {
@@ -37,6 +43,7 @@ impl PerCpu {
             mpidr: AtomicU64::new(u64::MAX),
             host_entry: AtomicU64::new(0),
             host_context: AtomicU64::new(0),
+            features: Once::new(),
         }
     }
 
@@ -74,6 +81,19 @@ pub fn this() -> &'static PerCpu {
     &CPUS[current() % MAX_CPUS]
 }
 
+/// The features of the CPU this runs on: its own ID registers (probed in
+/// [`init_this_cpu`]), for values that depend on what this core
+/// implements, such as the world switch's `MDCR_EL2` or which trap
+/// registers exist. The translation settings stay the boot CPU's
+/// (`BOOT.config.features`), shared by all.
+#[allow(dead_code, reason = "for the world switch's per-CPU MDCR_EL2 and trace values")]
+pub fn features() -> Features {
+    match this().features.get() {
+        Some(f) => *f,
+        None => Features::probe(),
+    }
+}
+
 /// CPU features that change how EL2 is configured.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Features {
@@ -91,12 +111,18 @@ pub struct Features {
     pub pauth: bool,
     /// FEAT_RNG: the `RNDR` register
     pub rng: bool,
-    /// Physical address bits
+    /// Physical address bits (capped at 48: see `rampart_platform::cpu`)
     pub pa_bits: u32,
     /// ID_AA64MMFR0_EL1.PARange, capped at 48 bits
     pub pa_range_field: u64,
     /// What changes an injected exception's PSTATE.
     pub inject: inject::Features,
+    /// Debug, PMU, trace, activity-monitor and trap-register features
+    /// (FEAT_PMUv3p1/p5, FEAT_HPMN0, FEAT_TRF, FEAT_TRBE, FEAT_SPE,
+    /// FEAT_AMUv1, FEAT_MOPS, ...), for the host's and guests' EL2 values.
+    pub cpu: CpuFeatures,
+    /// The raw ID registers they were decoded from.
+    pub id: IdRegs,
 }
 
 fn field(reg: u64, shift: u32) -> u64 {
@@ -106,37 +132,36 @@ fn field(reg: u64, shift: u32) -> u64 {
 impl Features {
     /// Reads the ID registers of this CPU.
     pub fn probe() -> Self {
-        let pfr0 = arch::id_aa64pfr0_el1();
-        let pfr1 = arch::id_aa64pfr1_el1();
-        let mmfr0 = arch::id_aa64mmfr0_el1();
-        let mmfr1 = arch::id_aa64mmfr1_el1();
-        let isar1 = arch::id_aa64isar1_el1();
-        let isar2 = arch::id_aa64isar2_el1();
-        let pa_range_field = field(mmfr0, 0).min(5);
-        let pa_bits = match pa_range_field {
-            0 => 32,
-            1 => 36,
-            2 => 40,
-            3 => 42,
-            4 => 44,
-            _ => 48,
+        let id = IdRegs {
+            pfr0: arch::id_aa64pfr0_el1(),
+            pfr1: arch::id_aa64pfr1_el1(),
+            dfr0: arch::id_aa64dfr0_el1(),
+            mmfr0: arch::id_aa64mmfr0_el1(),
+            mmfr1: arch::id_aa64mmfr1_el1(),
+            mmfr3: arch::id_aa64mmfr3_el1(),
+            isar1: arch::id_aa64isar1_el1(),
+            isar2: arch::id_aa64isar2_el1(),
         };
+        let cpu = CpuFeatures::decode(&id);
+        let pa_range_field = field(id.mmfr0, 0).min(rampart_platform::cpu::PS_MAX);
         Features {
-            sve: field(pfr0, 32) != 0,
-            gic_sysregs: field(pfr0, 24) != 0,
-            sme: field(pfr1, 24) != 0,
-            fgt: field(mmfr0, 56) != 0,
-            hcx: field(mmfr1, 40) != 0,
-            pauth: [4, 8, 24, 28].iter().any(|&s| field(isar1, s) != 0)
-                || [8, 12].iter().any(|&s| field(isar2, s) != 0),
+            sve: field(id.pfr0, 32) != 0,
+            gic_sysregs: field(id.pfr0, 24) != 0,
+            sme: cpu.sme,
+            fgt: cpu.fgt,
+            hcx: cpu.hcx,
+            pauth: [4, 8, 24, 28].iter().any(|&s| field(id.isar1, s) != 0)
+                || [8, 12].iter().any(|&s| field(id.isar2, s) != 0),
             rng: (arch::id_aa64isar0_el1() >> 60) & 0xf != 0,
-            pa_bits,
+            pa_bits: rampart_platform::cpu::pa_bits(pa_range_field),
             pa_range_field,
             inject: inject::Features {
-                pan: field(mmfr1, 20) != 0,
-                ssbs: field(pfr1, 4) != 0,
-                mte: field(pfr1, 8) >= 2,
+                pan: field(id.mmfr1, 20) != 0,
+                ssbs: field(id.pfr1, 4) != 0,
+                mte: field(id.pfr1, 8) >= 2,
             },
+            cpu,
+            id,
         }
     }
 }
@@ -182,11 +207,9 @@ pub mod hcr {
 
 impl El2Config {
     /// The translation and trap settings for the given tables.
-    pub fn new(features: Features, el2_root: u64, stage2_root: u64, stage2_level: usize, ipa_bits: u32) -> Self {
+    pub fn new(features: Features, el2_root: u64, stage2_root: u64, stage2: Stage2Geometry) -> Self {
         let pa = features.pa_range_field;
         let tcr = 25 | (1 << 8) | (1 << 10) | (3 << 12) | (pa << 16) | (1 << 23) | (1 << 31);
-        let sl0: u64 = if stage2_level == 0 { 2 } else { 1 };
-        let vtcr = u64::from(64 - ipa_bits) | (sl0 << 6) | (1 << 8) | (1 << 10) | (3 << 12) | (pa << 16) | (1 << 31);
         let mut hcr = hcr::VM | hcr::SWIO | hcr::FB | hcr::BSU_IS | hcr::TSC | hcr::RW;
         if features.pauth {
             hcr |= hcr::API | hcr::APK;
@@ -196,7 +219,7 @@ impl El2Config {
             mair: crate::mm::el2::MAIR,
             tcr,
             ttbr0: el2_root,
-            vtcr,
+            vtcr: stage2.vtcr(),
             vttbr: stage2_root,
             hcr,
         }
@@ -206,16 +229,46 @@ impl El2Config {
 /// `SCTLR_EL1` handed to the host: MMU and caches off, RES1 bits set.
 const SCTLR_EL1_RESET: u64 = 0x30D0_0800;
 
+/// `MDCR_EL2` for the host on this CPU: see [`el2::host_mdcr`]. Reads
+/// `PMCR_EL0.N` only when the CPU has PMUv3 (the register is UNDEFINED
+/// otherwise).
+pub fn host_mdcr(features: &Features) -> u64 {
+    let n = if features.cpu.pmuv3 { (arch::pmcr_el0() >> 11) & 0x1f } else { 0 };
+    let value = el2::host_mdcr(&features.cpu, n);
+    // The benchmark build lets the host count EL2 (never a release image).
+    #[cfg(feature = "bench-el2-pmu")]
+    let value = value & !(el2::mdcr::HPMD | el2::mdcr::HCCD);
+    value
+}
+
 /// Configures this CPU's EL2 and turns on its MMU and the host stage 2.
+///
+/// The translation settings are the boot CPU's, shared by every CPU; the
+/// feature-dependent trap and enable values come from this CPU's own ID
+/// registers, which may differ between the cores of a big.LITTLE system
+/// (writing FGT or HCRX registers a core lacks would be UNDEFINED at EL2).
+/// A CPU with fewer physical address bits than the boot CPU cannot use the
+/// shared `VTCR_EL2.PS`: it says so and powers the machine off.
 pub fn init_this_cpu(config: &El2Config) {
-    let f = config.features;
-    // CPTR_EL2 (nVHE layout): RES1 bits 0-7, 9 and 13; TSM (12) is RES1
-    // without SME. FP/SIMD, SVE and SME stay untrapped for the host.
-    let cptr = 0xff | (1 << 9) | (1 << 13) | if f.sme { 0 } else { 1 << 12 };
-    let hpmn = (arch::pmcr_el0() >> 11) & 0x1f;
+    let f = *this().features.call_once(Features::probe);
+    if f.pa_range_field < config.features.pa_range_field {
+        crate::println!(
+            "CPU {} implements {} physical address bits, fewer than the boot CPU's {}: unsupported; powering off",
+            current(),
+            f.pa_bits,
+            config.features.pa_bits
+        );
+        crate::power_off()
+    }
+    let mdcr = host_mdcr(&f);
+    let cptr = el2::host_cptr(&f.cpu);
+    let fgt = el2::host_fgt(&f.cpu);
+    let hcrx = el2::host_hcrx(&f.cpu);
     // SAFETY: each value below hands EL1 features to the host without
     // touching the hypervisor's own translation or memory; the MMU and
     // stage 2 are installed last, from tables built and checked at boot.
+    // The trace filter and the profiling control stop EL2 from being
+    // traced or sampled; the PMU filter bits in MDCR_EL2 stop it counting.
     unsafe {
         arch::set_cptr_el2(cptr);
         arch::isb();
@@ -231,7 +284,15 @@ pub fn init_this_cpu(config: &El2Config) {
         arch::guest::set_host_timer(0, 0);
         arch::set_vpidr_el2(arch::midr_el1());
         arch::set_vmpidr_el2(arch::mpidr_el1());
-        arch::set_mdcr_el2(hpmn);
+        arch::set_mdcr_el2(mdcr);
+        if f.cpu.trace_filter {
+            // E2TRE = 0, E0HTRE = 0: nothing at EL2 is traced.
+            arch::set_trfcr_el2(0);
+        }
+        if f.cpu.spe_ver != 0 {
+            // E2SPE = 0, E0HSPE = 0: nothing at EL2 is sampled.
+            arch::set_pmscr_el2(0);
+        }
         arch::set_hstr_el2(0);
         if f.gic_sysregs {
             arch::set_icc_sre_el2(0b1001);
@@ -239,15 +300,16 @@ pub fn init_this_cpu(config: &El2Config) {
             arch::set_ich_hcr_el2(0);
         }
         if f.fgt {
-            arch::set_hfgrtr_el2(0);
-            arch::set_hfgwtr_el2(0);
-            arch::set_hfgitr_el2(0);
-            arch::set_hdfgrtr_el2(0);
-            arch::set_hdfgwtr_el2(0);
+            arch::set_hfgrtr_el2(fgt.hfgrtr);
+            arch::set_hfgwtr_el2(fgt.hfgwtr);
+            arch::set_hfgitr_el2(fgt.hfgitr);
+            arch::set_hdfgrtr_el2(fgt.hdfgrtr);
+            arch::set_hdfgwtr_el2(fgt.hdfgwtr);
         }
         if f.hcx {
-            arch::set_hcrx_el2(0);
+            arch::set_hcrx_el2(hcrx);
         }
+        arch::isb();
         arch::set_sctlr_el1(SCTLR_EL1_RESET);
         arch::enable_el2_mmu(config.mair, config.tcr, config.ttbr0);
         arch::install_stage2(config.vtcr, config.vttbr, config.hcr);

@@ -44,6 +44,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::Ordering;
 
+use rampart_platform::cpu::Stage2Geometry;
 use rampart_platform::smc::{Firmware, psci};
 use rampart_platform::{BootError, MemRange, PAGE_SIZE, cmdline, dt, hostdt, image, layout};
 use spin::Once;
@@ -114,10 +115,21 @@ pub extern "C" fn primary_main(dtb: u64, el: u64) -> ! {
     // physical address is live; nothing else in Rampart uses it.
     unsafe { console::init(EARLY_UART) };
     println!("Rampart {VERSION} starting at EL{el}");
+    if el != 2 {
+        // Before the heap exists: nothing here may allocate.
+        println!("entered at EL{el}; Rampart must be entered at EL2");
+        println!("cannot boot; powering off");
+        power_off()
+    }
     match boot(dtb, el) {
         Ok((entry, dt)) => {
+            println!(
+                "EL2 stack: boot used {} of {} bytes",
+                arch::stack_high_water(0),
+                config::STACK_SIZE
+            );
             println!("entering host at {entry:#x} with its device tree at {dt:#x}");
-            arch::jump_to_host(entry, dt)
+            arch::jump_to_host_repainted(entry, dt)
         }
         Err(e) => {
             println!("{e}");
@@ -182,7 +194,9 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     let header = image::ImageHeader::parse(command.host_image, &header_bytes)?;
 
     let features = Features::probe();
-    let ipa_bits = features.pa_bits.min(48);
+    rampart_platform::cpu::check_supported(&features.id).map_err(|e| Fatal::Other(alloc::format!("{e}")))?;
+    let geometry = Stage2Geometry::for_pa_range(features.pa_range_field);
+    let ipa_bits = geometry.ipa_bits;
     let blob_range = MemRange::from_base_size(dtb, blob.len() as u64).ok_or(BootError::NoDeviceTree)?;
     let plan = layout::plan(
         &info,
@@ -203,6 +217,9 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         guest_pool: plan.guest_pool,
     };
     let host_dt = hostdt::build(blob, carveout, &command.host_bootargs, vmm_nodes)?;
+    // PCI windows the host's stage 2 cannot reach leave its tree, so the
+    // host puts no BAR there.
+    let (host_dt, dropped_windows) = hostdt::drop_unreachable_pci_windows(&host_dt, 1 << ipa_bits)?;
     let host_dt_range = MemRange::from_base_size(dtb, host_dt.len() as u64).ok_or(BootError::NoDeviceTree)?;
     if !plan.host_ram.iter().any(|r| r.contains_range(&host_dt_range)) {
         return Err(BootError::Overlap {
@@ -248,7 +265,7 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         mm::identity_map(&mut el2, *range, mm::el2::DEVICE).map_err(|e| map_error("GIC redistributors", *range, e))?;
     }
     host_timer::init(gic_redistributors);
-    let stage2_level = if ipa_bits > 39 { 0 } else { 1 };
+    let stage2_level = geometry.root_level;
     let host_ram: Vec<MemRange> =
         plan.host_ram.iter().filter_map(|r| r.shrink_to_alignment(PAGE_SIZE)).collect();
     let stage2 = build_host_stage2(stage2_level, &host_ram, &plan.host_devices)?;
@@ -256,8 +273,7 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         features,
         el2.root_address().0 as u64,
         stage2.root_address().0 as u64,
-        stage2_level,
-        ipa_bits,
+        geometry,
     );
     memory::install(memory::HostMemory {
         table,
@@ -302,9 +318,31 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     let table_bytes = (used - meta_pages) * PAGE_SIZE;
     let cost = layout::basis_points((meta_pages * PAGE_SIZE + table_bytes) * 10, ram_total);
     println!(
-        "host stage 2: {} RAM and {} device ranges, {ipa_bits}-bit IPA; {left} pool pages left",
+        "host stage 2: {} RAM and {} device ranges, {ipa_bits}-bit IPA from level {stage2_level} ({}-bit PA); {left} pool pages left",
         host_ram.len(),
-        plan.host_devices.len()
+        plan.host_devices.len(),
+        rampart_platform::cpu::pa_bits(features.cpu.pa_range)
+    );
+    #[cfg(feature = "bench-el2-pmu")]
+    println!("benchmark build (bench-el2-pmu): the host's PMU counts at EL2; never use this image outside benchmarks");
+    let c = features.cpu;
+    println!(
+        "CPU: MIDR {:#x}, PMUv3 {}{}, HPMN0 {}, TRF {}, TRBE {}, SPE {}, AMU {}, FGT {}, HCX {}, MOPS {}",
+        arch::midr_el1(),
+        if c.pmuv3 { "yes" } else { "no" },
+        match (c.pmuv3p5, c.pmuv3p1) {
+            (true, _) => " (p5: EL2 cycles and events hidden)",
+            (false, true) => " (p1: EL2 events hidden)",
+            _ => "",
+        },
+        yes(c.hpmn0),
+        yes(c.trace_filter),
+        yes(c.trace_buffer),
+        yes(c.spe_ver != 0),
+        yes(c.amu),
+        yes(c.fgt),
+        yes(c.hcx),
+        yes(c.mops)
     );
     println!(
         "ownership metadata {} KiB + page tables {} KiB = {}.{:03}% of RAM",
@@ -314,7 +352,8 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         cost % 1000
     );
     for dev in &plan.unmappable_devices {
-        println!("device range {dev} lies beyond the {ipa_bits}-bit IPA space; not mapped for the host");
+        let dropped = if dropped_windows.contains(dev) { ", and its PCI window left the host's device tree" } else { "" };
+        println!("device range {dev} lies beyond the {ipa_bits}-bit IPA space; not mapped for the host{dropped}");
     }
     println!("firmware: SMCCC 1.1 {}", if firmware.smccc_1_1 { "yes" } else { "no" });
     if let Some(pool) = plan.guest_pool {
@@ -341,6 +380,10 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     Ok((command.host_image, dtb))
 }
 
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
 fn map_error(what: &str, range: MemRange, e: aarch64_paging::MapError) -> Fatal {
     Fatal::Other(alloc::format!("cannot map {what} {range}: {e}"))
 }
@@ -365,10 +408,13 @@ fn build_el2_tables(carveout: MemRange, uart: u64) -> Result<mm::Table<El2>, Fat
         let range = range.ok_or_else(|| Fatal::Other(alloc::format!("the {what} section is malformed")))?;
         mm::identity_map(&mut table, range, attributes).map_err(|e| map_error(what, range, e))?;
     }
+    // Each CPU's stack and emergency stack; the guard page below each stays
+    // unmapped, so an overflow faults instead of running into what lies below.
     for cpu in 0..MAX_CPUS {
-        let (start, end) = arch::stack_range(cpu);
-        let range = MemRange::new(start, end).ok_or_else(|| Fatal::Other("stack layout".into()))?;
-        mm::identity_map(&mut table, range, mm::el2::DATA).map_err(|e| map_error("stack", range, e))?;
+        for (start, end) in [arch::stack_range(cpu), arch::emergency_stack_range(cpu)] {
+            let range = MemRange::new(start, end).ok_or_else(|| Fatal::Other("stack layout".into()))?;
+            mm::identity_map(&mut table, range, mm::el2::DATA).map_err(|e| map_error("stack", range, e))?;
+        }
     }
     Ok(table)
 }
@@ -434,6 +480,8 @@ fn probe_firmware() -> Firmware {
 pub extern "C" fn secondary_main(index: u64) -> ! {
     let Some(boot) = BOOT.get() else { power_off() };
     cpu::init_this_cpu(&boot.config);
+    #[cfg(feature = "stack-overflow-test")]
+    overflow_for_test(index);
     let me = cpu::this();
     me.set_power(Power::On);
     let entry = me.host_entry.load(Ordering::Acquire);
@@ -442,14 +490,39 @@ pub extern "C" fn secondary_main(index: u64) -> ! {
     arch::jump_to_host(entry, context)
 }
 
+/// Test only (feature `stack-overflow-test`): recurses with 512-byte frames
+/// until the stack runs into its guard page.
+#[cfg(feature = "stack-overflow-test")]
+fn overflow_for_test(index: u64) {
+    #[inline(never)]
+    fn deeper(depth: u64) -> u64 {
+        let mut frame = [0u8; 512];
+        frame[(depth % 512) as usize] = depth as u8;
+        core::hint::black_box(&mut frame);
+        if depth == u64::MAX {
+            return 0;
+        }
+        deeper(depth + 1) + u64::from(frame[1])
+    }
+    println!("stack-overflow-test build: CPU {index} overflows its EL2 stack now");
+    core::hint::black_box(deeper(0));
+}
+
 /// Powers the machine off through firmware; parks if that fails.
 pub fn power_off() -> ! {
+    if arch::current_el() != 2 {
+        arch::power_off_below_el2()
+    }
     let _ = arch::smc(psci::SYSTEM_OFF, &[0; 17]);
     arch::halt()
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    if arch::current_el() != 2 {
+        println!("panic below EL2: {info}");
+        power_off()
+    }
     println!("panic on CPU {}: {info}", cpu::current());
     power_off()
 }

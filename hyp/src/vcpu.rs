@@ -458,21 +458,15 @@ impl DebugFeatures {
     }
 }
 
-/// MDCR_EL2 while a guest runs: PMU (`TPM`, `TPMCR`), debug (`TDA`,
-/// `TDOSA`, `TDRA`) and, with FEAT_TRF, trace-filter (`TTRF`) registers
-/// trapped; `HPMN` as the host has it (a valid value: without FEAT_HPMN0,
-/// 0 is UNPREDICTABLE while the PMU has counters). `TDE` stays clear, so a
-/// guest's `BRK` (Linux's `BUG()` and `WARN()`) and its other debug
-/// exceptions go to the guest's own EL1, not to EL2.
-fn guest_mdcr(host_mdcr: u64, debug: DebugFeatures) -> u64 {
-    const HPMN: u64 = 0x1f;
-    const TPMCR: u64 = 1 << 5;
-    const TPM: u64 = 1 << 6;
-    const TDA: u64 = 1 << 9;
-    const TDOSA: u64 = 1 << 10;
-    const TDRA: u64 = 1 << 11;
-    const TTRF: u64 = 1 << 19;
-    (host_mdcr & HPMN) | TPMCR | TPM | TDA | TDOSA | TDRA | if debug.trf { TTRF } else { 0 }
+/// MDCR_EL2 while a guest runs: `rampart_platform::cpu::guest_mdcr` for
+/// this CPU (unit-tested there): PMU, debug, trace-filter and profiling
+/// registers trapped, `HPMD`/`HCCD` where the PMU has them (EL2 works for
+/// the guest while this value is live), `HPMN` the host's `PMCR_EL0.N`
+/// unless FEAT_HPMN0 allows 0. `TDE` stays clear, so a guest's `BRK`
+/// (Linux's `BUG()` and `WARN()`) and its other debug exceptions go to the
+/// guest's own EL1, not to EL2.
+fn guest_mdcr(host_mdcr: u64, _debug: DebugFeatures) -> u64 {
+    rampart_platform::cpu::guest_mdcr(&crate::cpu::features().cpu, host_mdcr & rampart_platform::cpu::mdcr::HPMN_MASK)
 }
 
 static HOST_CONTEXTS: [spin::mutex::SpinMutex<HostContext>; crate::config::MAX_CPUS] =

@@ -38,6 +38,16 @@ pub fn hypervisor() -> Result<PathBuf> {
     })
 }
 
+/// Builds a test-only variant of the hypervisor with one cargo feature
+/// (e.g. `stack-overflow-test`) into `build/rampart-<feature>.bin`. Never
+/// the image `cargo xtask run` or a release uses.
+pub fn hypervisor_with_feature(feature: &str) -> Result<PathBuf> {
+    let env = crate::attest::hypervisor_env()?;
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = format!("rampart-{feature}.bin");
+    image_with_features("rampart-hyp", HYP_TARGET, &out, &env, &[feature])
+}
+
 /// Builds the test guests, then the bare-metal test host with them embedded
 /// (`RAMPART_GUEST_DIR` names `build/guests`), once per run; returns the
 /// host's `Image`.
@@ -66,10 +76,24 @@ fn once(cell: &OnceLock<PathBuf>, build: impl FnOnce() -> Result<PathBuf>) -> Re
 /// Builds `package` for `target` in release mode and converts the ELF into a
 /// flat binary named `out` in the build directory.
 pub fn image(package: &str, target: &str, out: &str, env: &[(&str, &str)]) -> Result<PathBuf> {
+    image_with_features(package, target, out, env, &[])
+}
+
+/// [`image`] with cargo features enabled.
+fn image_with_features(
+    package: &str,
+    target: &str,
+    out: &str,
+    env: &[(&str, &str)],
+    features: &[&str],
+) -> Result<PathBuf> {
     let root = root();
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(&root)
         .args(["build", "--release", "--package", package, "--target", target]);
+    if !features.is_empty() {
+        cmd.arg("--features").arg(features.join(","));
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }

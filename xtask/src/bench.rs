@@ -70,6 +70,10 @@ pub enum Which {
     /// rampart-vmm under the Linux host: guest exits per second and VM
     /// launch latency (`linux_vmm::bench`).
     Vmm,
+    /// EL2 stack use: the deepest each CPU's stack has been after the test
+    /// host's whole suite (signing, COSE, measurement, signature checks,
+    /// every host call and guest exit), against the stack size.
+    Stack,
 }
 
 /// Runs a benchmark.
@@ -80,6 +84,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Which::Vm => hyp::run(args, Groups { vm: true, ..Groups::default() }),
         Which::Vb => hyp::run(args, Groups { vb: true, ..Groups::default() }),
         Which::Hyp => hyp::run(args, Groups { ownership: true, vm: true, vb: true }),
+        Which::Stack => stack(args),
         Which::Vmm => crate::linux_vmm::bench(
             args.smp,
             args.mem.as_deref().unwrap_or("1G"),
@@ -87,6 +92,42 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             Duration::from_secs(args.timeout.max(300)),
         ),
     }
+}
+
+/// How the hypervisor starts the line it prints when the host powers off.
+pub const STACK_LINE: &str = "rampart: EL2 stack high-water mark: ";
+
+/// `N of M bytes` from the stack line.
+pub fn parse_stack_line(console: &str) -> Option<(u64, u64)> {
+    let rest = console.lines().find_map(|l| l.strip_prefix(STACK_LINE))?;
+    let (used, rest) = rest.split_once(" of ")?;
+    let size = rest.split_once(' ')?.0;
+    Some((used.trim().parse().ok()?, size.parse().ok()?))
+}
+
+/// `bench stack`: the test host's whole suite `--rounds` times (default 1)
+/// on `--smp` CPUs, then the EL2 stack high-water mark each run reported.
+fn stack(args: &BenchArgs) -> Result<()> {
+    let mem = args.mem.clone().unwrap_or_else(|| "512M".into());
+    let m = suite::testhost_machine(args.smp, &mem, "max")?;
+    println!("bench stack: {}", m.command_line());
+    for round in 1..=args.rounds.unwrap_or(1) {
+        let run = m.run(Duration::from_secs(args.timeout), None, false)?;
+        if run.timed_out || run.exit_code != Some(0) {
+            bail!(run.failure("the test host did not power off cleanly"));
+        }
+        let line = run.console.lines().find_map(|l| l.strip_prefix(STACK_LINE));
+        let Some((used, size)) = parse_stack_line(&run.console) else {
+            bail!(run.failure("no EL2 stack high-water line"));
+        };
+        println!(
+            "run {round}: EL2 stack high-water mark {used} of {size} bytes ({}%, margin {} bytes): {}",
+            used * 100 / size.max(1),
+            size - used.min(size),
+            line.unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 /// What Linux prints once its own pKVM has deprivileged it.

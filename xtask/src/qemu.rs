@@ -92,11 +92,29 @@ impl Machine {
         s
     }
 
+    /// Refuses a `-cpu` model that cannot run an AArch64 image at all
+    /// (QEMU's 32-bit A, R and M profile models): such a CPU would start
+    /// decoding Rampart's A64 code as A32 and hang without a word, so the
+    /// reason is given here instead.
+    pub fn check_cpu(&self) -> Result<()> {
+        let cpu = self.cpu.as_str();
+        let aarch32_only = ["arm", "pxa", "sa11", "ti925", "cortex-m", "cortex-r"].iter().any(|p| cpu.starts_with(p))
+            || ["cortex-a5", "cortex-a7", "cortex-a8", "cortex-a9", "cortex-a15"].contains(&cpu);
+        if aarch32_only {
+            anyhow::bail!(
+                "-cpu {cpu} has no AArch64 state: Rampart is an AArch64 hypervisor; use a model with EL2 such as {}",
+                crate::suite::CPU_MODELS.iter().map(|(m, _)| *m).collect::<Vec<_>>().join(", ")
+            );
+        }
+        Ok(())
+    }
+
     /// Runs QEMU with the console captured, until it exits or `timeout`
     /// passes. `stop_at`, if given, ends the run early once that text has
     /// appeared on the console. With `echo`, the console is streamed to
     /// stdout as it arrives.
     pub fn run(&self, timeout: Duration, stop_at: Option<&str>, echo: bool) -> Result<Run> {
+        self.check_cpu()?;
         let mut cmd = self.command();
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let start = Instant::now();
@@ -231,4 +249,23 @@ impl Run {
 
 fn indent(s: &str) -> String {
     s.lines().map(|l| format!("    | {l}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Machine;
+
+    #[test]
+    fn aarch32_only_models_are_refused_with_a_reason() {
+        let mut m = Machine::new("rampart.bin".into());
+        for cpu in ["cortex-a15", "cortex-a7", "cortex-m3", "arm926", "pxa270", "cortex-r5f"] {
+            m.cpu = cpu.into();
+            let e = m.check_cpu().unwrap_err().to_string();
+            assert!(e.contains("no AArch64 state") && e.contains("cortex-a53"), "{cpu}: {e}");
+        }
+        for (cpu, _) in crate::suite::CPU_MODELS {
+            m.cpu = (*cpu).into();
+            assert!(m.check_cpu().is_ok(), "{cpu}");
+        }
+    }
 }

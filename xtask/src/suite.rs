@@ -120,17 +120,25 @@ pub fn run(args: &TestArgs) -> Result<()> {
     };
 
     // The test host: every CPU count with the default model and memory, then
-    // each other model and the large memory size once.
+    // the large memory size, and each stage-2 geometry once: `max` (52-bit
+    // PA: 48-bit IPA from level 0), cortex-a57 (44-bit PA and IPA, level 0)
+    // and cortex-a53 (40-bit PA: 39-bit IPA from level 1).
     let matrix: &[(u32, &str, &str)] = &[
         (1, "512M", "max"),
         (2, "512M", "max"),
         (4, "512M", "max"),
         (2, "2G", "max"),
         (2, "512M", "cortex-a57"),
-        (4, "2G", "cortex-a72"),
+        (4, "2G", "cortex-a53"),
     ];
     for &(smp, mem, cpu) in matrix {
         case(format!("testhost/smp{smp}/{mem}/{cpu}"), &|| testhost_case(smp, mem, cpu));
+    }
+    // Every CPU model QEMU emulates with EL2 reaches the host and runs its
+    // first checks (a few seconds each; the full runs above cover each
+    // IPA size).
+    for &(cpu, ipa) in CPU_MODELS {
+        case(format!("cpu-model/{cpu}"), &|| cpu_model_case(cpu, ipa));
     }
 
     // Bad boot input ends in a message and a power-off, never a hang.
@@ -141,6 +149,12 @@ pub fn run(args: &TestArgs) -> Result<()> {
         let mut m = testhost_machine(1, "32M", "max")?;
         m.loaders.clear();
         expect_clean_refusal(&m, "rampart: RAM too small")
+    });
+    // A machine without EL2: a reason, not a hang.
+    case("bad-boot/no-el2".into(), &|| {
+        let mut m = testhost_machine(1, "512M", "cortex-a53")?;
+        m.virtualization = false;
+        expect_clean_refusal(&m, "rampart: entered at EL1; Rampart must be entered at EL2")
     });
     case("bad-boot/too-many-cpus".into(), &|| bad_boot(9, "512M", "rampart: too many CPUs"));
     case("bad-boot/no-host-image".into(), &|| {
@@ -160,9 +174,15 @@ pub fn run(args: &TestArgs) -> Result<()> {
         expect_clean_refusal(&m, "rampart: bad command line: unknown option `rampart.bogus=1`")
     });
 
+    // A hypervisor bug must fail closed: a test-only build whose CPU 1
+    // overflows its EL2 stack must report that once and power off, never
+    // fault again and again down into the next CPU's stack.
+    case("bad-hyp/stack-overflow".into(), &stack_overflow_case);
+
     if !args.no_linux {
-        for smp in [1, 2, 4] {
-            case(format!("linux/smp{smp}"), &|| linux_case(smp));
+        // Each CPU count once, and each stage-2 geometry once.
+        for (smp, cpu) in [(1, "max"), (2, "cortex-a57"), (4, "cortex-a53")] {
+            case(format!("linux/smp{smp}/{cpu}"), &|| linux_case(smp, cpu));
         }
     }
     crate::linux_vmm::cases(args, &mut case);
@@ -230,6 +250,15 @@ fn check_testhost(run: &Run, smp: u32) -> Result<String> {
     if summary.0 == 0 {
         bail!(run.failure("no checks ran"));
     }
+    // The EL2 stack keeps at least half of itself unused after the whole
+    // suite (the deepest paths: signing, COSE, measurement, signature
+    // checks), reported when the host powers off.
+    let Some((used, size)) = crate::bench::parse_stack_line(&run.console) else {
+        bail!(run.failure("no `EL2 stack high-water mark` line at power-off"));
+    };
+    if used == 0 || used * 2 > size {
+        bail!(run.failure(&format!("EL2 stack high-water mark {used} of {size} bytes: want at most half used")));
+    }
     let cpus = format!("rampart: {smp} CPUs");
     if !run.console.contains(&cpus) {
         bail!(run.failure(&format!("boot log lacks `{cpus}`")));
@@ -237,7 +266,7 @@ fn check_testhost(run: &Run, smp: u32) -> Result<String> {
     if run.exit_code != Some(0) {
         bail!(run.failure("QEMU did not power off cleanly"));
     }
-    Ok(format!("{} checks passed", summary.0))
+    Ok(format!("{} checks passed, EL2 stack {used} of {size} bytes", summary.0))
 }
 
 /// Parses `N passed, M failed`.
@@ -250,6 +279,28 @@ fn parse_summary(line: &str) -> Option<(u32, u32)> {
 fn bad_boot(smp: u32, mem: &str, expect: &str) -> Result<String> {
     let m = testhost_machine(smp, mem, "max")?;
     expect_clean_refusal(&m, expect)
+}
+
+/// The `stack-overflow-test` hypervisor with the test host on 2 CPUs: the
+/// host starts CPU 1, which overflows its stack in Rampart's CPU bring-up.
+fn stack_overflow_case() -> Result<String> {
+    let mut m = testhost_machine(2, "512M", "max")?;
+    m.kernel = artifacts::hypervisor_with_feature("stack-overflow-test")?;
+    let run = m.run(Duration::from_secs(60), None, false)?;
+    if run.timed_out {
+        bail!(run.failure("hung instead of powering off"));
+    }
+    let reports: Vec<&str> = run.console.lines().filter(|l| l.contains("stack overflow on CPU")).collect();
+    if reports.len() != 1 || !reports[0].starts_with("rampart: stack overflow on CPU 1: SP ") {
+        bail!(run.failure(&format!("want exactly one `rampart: stack overflow on CPU 1: SP ...` line, got {reports:?}")));
+    }
+    if let Some(other) = run.console.lines().find(|l| l.contains("unexpected exception") || l.contains("panic")) {
+        bail!(run.failure(&format!("a second fault was reported after the overflow: {other}")));
+    }
+    if run.exit_code != Some(0) {
+        bail!(run.failure("QEMU did not power off cleanly"));
+    }
+    Ok(reports[0].trim_start_matches("rampart: ").to_string())
 }
 
 /// The hypervisor must print `expect`, never enter the host, and power off.
@@ -273,8 +324,8 @@ fn expect_clean_refusal(m: &Machine, expect: &str) -> Result<String> {
 /// Boots Debian's kernel under Rampart: every CPU online, the carve-out
 /// reserved, and a `/dev/mem` read of it dies with SIGBUS while the kernel
 /// keeps running.
-fn linux_case(smp: u32) -> Result<String> {
-    let m = linux_machine(smp, "1G", "max", linux::DEVMEM_FLAG)?;
+fn linux_case(smp: u32, cpu: &str) -> Result<String> {
+    let m = linux_machine(smp, "1G", cpu, linux::DEVMEM_FLAG)?;
     let run = m.run(LINUX_TIMEOUT, None, false)?;
     if run.timed_out {
         bail!(run.failure("timed out"));
@@ -306,7 +357,51 @@ fn linux_case(smp: u32) -> Result<String> {
         bail!(run.failure("QEMU did not power off cleanly"));
     }
     let at = run.time_of(linux::INIT_MARKER).map_or(0.0, |t| t.as_secs_f64());
-    Ok(format!("{smp} CPUs online, carve-out reserved, devmem SIGBUS, /init at {at:.1}s"))
+    let Some((used, size)) = crate::bench::parse_stack_line(&run.console) else {
+        bail!(run.failure("no `EL2 stack high-water mark` line at power-off"));
+    };
+    if used * 2 > size {
+        bail!(run.failure(&format!("EL2 stack high-water mark {used} of {size} bytes: want at most half used")));
+    }
+    let ipa = parse_ipa_bits(&run.console).unwrap_or(0);
+    Ok(format!("{smp} CPUs online, {ipa}-bit IPA, carve-out reserved, devmem SIGBUS, /init at {at:.1}s, EL2 stack {used} of {size} bytes"))
+}
+
+/// Every CPU model QEMU 7.2 emulates with EL2 (`-M virt,virtualization=on
+/// -cpu help`, AArch64 only), with the IPA size Rampart must choose for it
+/// (its PARange: 40 bits on a35/a53/a76/a64fx, 44 on a57/a72, 48 on
+/// neoverse-n1, 52 on max).
+pub const CPU_MODELS: &[(&str, u32)] = &[
+    ("cortex-a35", 39),
+    ("cortex-a53", 39),
+    ("cortex-a57", 44),
+    ("cortex-a72", 44),
+    ("cortex-a76", 39),
+    ("a64fx", 39),
+    ("neoverse-n1", 48),
+    ("max", 48),
+];
+
+/// Boots the test host on one CPU model until its first hypercall checks
+/// pass: the stage 2 Rampart built for that model's PA size works.
+fn cpu_model_case(cpu: &str, ipa: u32) -> Result<String> {
+    let m = testhost_machine(1, "512M", cpu)?;
+    let run = m.run(Duration::from_secs(60), Some("PASS hyp-version"), false)?;
+    if !run.console.contains("PASS hyp-version") {
+        bail!(run.failure(&format!("the test host did not pass `hyp-version` on {cpu}")));
+    }
+    let got = parse_ipa_bits(&run.console);
+    if got != Some(ipa) {
+        bail!(run.failure(&format!("stage 2 has a {got:?}-bit IPA on {cpu}, want {ipa}")));
+    }
+    Ok(format!("{ipa}-bit IPA"))
+}
+
+/// The IPA size from the boot log line `rampart: host stage 2: ..., N-bit IPA ...`.
+fn parse_ipa_bits(console: &str) -> Option<u32> {
+    let line = console.lines().find(|l| l.starts_with("rampart: host stage 2:"))?;
+    let before = line.split_once("-bit IPA")?.0;
+    before.rsplit(' ').next()?.parse().ok()
 }
 
 /// The carve-out `[start, end)` from the hypervisor's boot log line
@@ -328,6 +423,13 @@ mod tests {
         let log = "x\nrampart: carve-out [0x40200000, 0x41200000): 16 MiB, 3.12% of RAM\n";
         assert_eq!(super::parse_carveout(log), Some((0x4020_0000, 0x4120_0000)));
         assert_eq!(super::parse_carveout("rampart: carve-out"), None);
+    }
+
+    #[test]
+    fn parses_the_ipa_size() {
+        let log = "rampart: host stage 2: 2 RAM and 8 device ranges, 39-bit IPA from level 1 (40-bit PA); 3 pool pages left\n";
+        assert_eq!(super::parse_ipa_bits(log), Some(39));
+        assert_eq!(super::parse_ipa_bits("rampart: host stage 2: nothing"), None);
     }
 
     #[test]

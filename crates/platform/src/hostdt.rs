@@ -145,6 +145,88 @@ pub fn build(blob: &[u8], carveout: MemRange, host_bootargs: &str, vmm: VmmNodes
     Ok(tree.to_dtb())
 }
 
+/// Removes from the host's tree `dtb` every PCI host bridge window (a
+/// `ranges` entry of a `device_type = "pci"` node on the root's address
+/// space) that ends beyond `ipa_limit`: the host's stage 2 cannot map it,
+/// so the host must not place device BARs there (on a 40-bit CPU with its
+/// 39-bit IPA, QEMU `virt`'s 64-bit window at 512 GiB). Returns the new
+/// tree and the windows removed; the tree is unchanged if none is.
+///
+/// # Errors
+///
+/// [`BootError::HostDeviceTree`] if the tree or a PCI node's `ranges` is
+/// malformed.
+pub fn drop_unreachable_pci_windows(dtb: &[u8], ipa_limit: u64) -> Result<(Vec<u8>, Vec<MemRange>), BootError> {
+    let fdt = Fdt::new(dtb).map_err(|e| BootError::MalformedDeviceTree(e.to_string()))?;
+    let mut tree = DeviceTree::from_fdt(&fdt);
+    let root_cells = read_cells(&tree.root, "#address-cells")?;
+    let mut dropped = Vec::new();
+    trim_windows(&mut tree.root, root_cells, ipa_limit, &mut dropped)?;
+    if dropped.is_empty() {
+        return Ok((dtb.to_vec(), dropped));
+    }
+    Ok((tree.to_dtb(), dropped))
+}
+
+/// Big-endian cells to a number (at most two cells are significant).
+fn read_number(bytes: &[u8]) -> Option<u64> {
+    if !bytes.len().is_multiple_of(4) || bytes.len() > 8 {
+        return None;
+    }
+    Some(bytes.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
+}
+
+/// Trims the PCI windows of `node`'s children, whose parent bus is the
+/// root's address space with `address_cells` cells, and descends through
+/// identity-mapped (`ranges;`) buses as `dt::parse` does.
+fn trim_windows(
+    node: &mut DeviceTreeNode,
+    address_cells: u32,
+    ipa_limit: u64,
+    dropped: &mut Vec<MemRange>,
+) -> Result<(), BootError> {
+    for child in node.children_mut() {
+        let is_pci = child.property("device_type").is_some_and(|p| p.value() == b"pci\0");
+        if is_pci {
+            let child_cells = read_cells(child, "#address-cells")?;
+            let size_cells = match child.property("#size-cells") {
+                None => 1,
+                Some(_) => read_cells(child, "#size-cells")?,
+            };
+            let Some(ranges) = child.property("ranges") else { continue };
+            let entry = 4 * (child_cells + address_cells + size_cells) as usize;
+            let value = ranges.value();
+            if entry == 0 || !value.len().is_multiple_of(entry) {
+                return Err(err(format!("a PCI `ranges` of {} bytes is not made of {entry}-byte entries", value.len())));
+            }
+            let parent_at = 4 * child_cells as usize;
+            let size_at = parent_at + 4 * address_cells as usize;
+            let mut kept = Vec::with_capacity(value.len());
+            for e in value.chunks_exact(entry) {
+                let (Some(parent), Some(size)) = (read_number(&e[parent_at..size_at]), read_number(&e[size_at..]))
+                else {
+                    return Err(err("a PCI `ranges` entry has addresses wider than 64 bits"));
+                };
+                let window = MemRange::from_base_size(parent, size)
+                    .ok_or_else(|| err("a PCI `ranges` window wraps around"))?;
+                if window.end() > ipa_limit {
+                    dropped.push(window);
+                } else {
+                    kept.extend_from_slice(e);
+                }
+            }
+            if kept.len() != value.len() {
+                child.remove_property("ranges");
+                child.add_property(DeviceTreeProperty::new("ranges", kept).map_err(err)?);
+            }
+        } else if child.property("ranges").is_some_and(|p| p.value().is_empty()) {
+            let cells = read_cells(child, "#address-cells")?;
+            trim_windows(child, cells, ipa_limit, dropped)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +253,37 @@ mod tests {
         assert_eq!(info.memory, before.memory);
         assert_eq!(info.cpus, before.cpus);
         assert_eq!(info.devices, before.devices);
+    }
+
+    #[test]
+    fn drops_pci_windows_beyond_the_ipa_space() {
+        let pci_windows = |blob: &[u8]| {
+            let info = dt::parse(blob).unwrap();
+            info.devices.iter().filter(|d| d.end() > 0x40_0000_0000).copied().collect::<Vec<_>>()
+        };
+        let high = MemRange::new(0x80_0000_0000, 0x100_0000_0000).unwrap();
+        assert!(pci_windows(QEMU_VIRT).contains(&high), "the fixture has QEMU's 64-bit PCI window");
+        // A 48-bit IPA reaches everything: the tree is untouched.
+        let (out, dropped) = drop_unreachable_pci_windows(QEMU_VIRT, 1 << 48).unwrap();
+        assert!(dropped.is_empty());
+        assert_eq!(out, QEMU_VIRT);
+        // A 39-bit IPA: the 64-bit window goes, the 32-bit ones and the
+        // ECAM (at 256 GiB) stay.
+        let (out, dropped) = drop_unreachable_pci_windows(QEMU_VIRT, 1 << 39).unwrap();
+        assert_eq!(dropped, alloc::vec![high]);
+        let before = dt::parse(QEMU_VIRT).unwrap();
+        let after = dt::parse(&out).unwrap();
+        let mut expected = before.devices.clone();
+        expected.retain(|d| *d != high);
+        assert_eq!(after.devices, expected);
+        assert_eq!(after.memory, before.memory);
+        let fdt = Fdt::new(&out).unwrap();
+        let pcie = fdt.find_node("/pcie@10000000").unwrap();
+        assert_eq!(pcie.property("ranges").unwrap().value().len(), 2 * 7 * 4);
+        // Nothing left to drop the second time.
+        let (again, dropped) = drop_unreachable_pci_windows(&out, 1 << 39).unwrap();
+        assert!(dropped.is_empty());
+        assert_eq!(again, out);
     }
 
     #[test]

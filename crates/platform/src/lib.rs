@@ -18,6 +18,7 @@
 extern crate alloc;
 
 pub mod cmdline;
+pub mod cpu;
 pub mod dt;
 pub mod error;
 pub mod hostdt;

@@ -33,7 +33,7 @@ mod ownership;
     unsafe_code,
     reason = "PMU system registers: the one part of the benchmarks that touches the machine"
 )]
-mod pmu;
+pub(crate) mod pmu;
 mod vb;
 mod vm;
 

@@ -40,9 +40,39 @@ primary_entry:
     stp     xzr, xzr, [x1], #16
     b       2b
 3:
-    mov     x0, #0
+    ldr     x0, =__bss_start
+    ldr     x1, =__bss_end
+    bl      inval_poc
+    // Paint every CPU's stacks, so that the deepest use can be read back.
+    ldr     x1, ={stacks}
+    ldr     x2, ={stacks_size}
+    add     x2, x1, x2
+    ldr     x3, ={stack_paint}
+4:  cmp     x1, x2
+    b.hs    5f
+    stp     x3, x3, [x1], #16
+    b       4b
+5:
+    ldr     x0, ={stacks}
+    ldr     x1, ={stacks_size}
+    add     x1, x0, x1
+    bl      inval_poc
+    cmp     x20, #2
+    b.eq    6f
+    // Not at EL2 (a CPU without EL2, or a boot chain that keeps it): run
+    // on CPU 0's stack without touching any EL2 register, with vectors
+    // that power off, only so that primary_main can say why it stops.
+    ldr     x1, ={stacks}
+    ldr     x2, ={stack_stride}
+    add     x1, x1, x2
+    mov     sp, x1
+    adr     x1, low_el_vectors
+    msr     vbar_el1, x1
+    isb
+    b       7f
+6:  mov     x0, #0
     bl      set_cpu_stack
-    mov     x0, x19
+7:  mov     x0, x19
     mov     x1, x20
     bl      {primary_main}
     b       park
@@ -76,10 +106,78 @@ set_cpu_stack:
     isb
     ret
 
+// Invalidates [x0, x1) from every data cache to the point of coherency,
+// after the MMU-off stores above wrote it straight to memory: no line a
+// loader left in a cache may later hide (or, if dirty, overwrite) them.
+// Clobbers x0, x2, x3.
+inval_poc:
+    mrs     x3, ctr_el0
+    ubfx    x3, x3, #16, #4             // DminLine: log2(words per line)
+    mov     x2, #4
+    lsl     x2, x2, x3                  // line size in bytes
+    sub     x3, x2, #1
+    bic     x0, x0, x3
+1:  cmp     x0, x1
+    b.hs    2f
+    dc      ivac, x0
+    add     x0, x0, x2
+    b       1b
+2:  dsb     sy
+    ret
+
+// Powers off from below EL2, where the PSCI conduit is unknown: HVC first
+// (QEMU answers it when it emulates no EL2), then SMC (firmware at EL3);
+// whichever is UNDEFINED lands in low_el_vectors, which tries the next.
+// x21 records the attempt. Never returns.
+.global power_off_low_el
+power_off_low_el:
+    ldr     x21, ={low_el_tried_hvc}
+    ldr     x0, ={system_off}
+    hvc     #0
+low_el_try_smc:
+    ldr     x21, ={low_el_tried_smc}
+    ldr     x0, ={system_off}
+    smc     #0
+    b       park
+
+.balign 2048
+low_el_vectors:
+    .rept 16
+    .balign 0x80
+    b       low_el_exception
+    .endr
+low_el_exception:
+    ldr     x0, ={low_el_tried_hvc}
+    cmp     x21, x0
+    b.eq    low_el_try_smc
+    ldr     x0, ={low_el_tried_smc}
+    cmp     x21, x0
+    b.eq    park
+    b       power_off_low_el
+
 .global park
 park:
     wfe
     b       park
+
+// enter_host after painting this CPU's whole stack again: the boot CPU's
+// way into the host, so that the high-water mark printed at power-off
+// measures what the host made EL2 do, not the boot (which is printed
+// separately). Nothing on the stack is live: enter_host resets SP to the top.
+.global enter_host_repaint
+enter_host_repaint:
+    mrs     x2, tpidr_el2
+    ldr     x3, ={stacks}
+    ldr     x4, ={stack_stride}
+    madd    x3, x2, x4, x3
+    add     x3, x3, x4                  // top of this CPU's stack
+    ldr     x4, ={stack_size}
+    sub     x4, x3, x4                  // its bottom
+    ldr     x5, ={stack_paint}
+1:  cmp     x4, x3
+    b.hs    enter_host
+    stp     x5, x5, [x4], #16
+    b       1b
 
 // Enters the host at EL1: x0 = entry point, x1 = value for the host's x0.
 // Resets SP_EL2 to the top of this CPU's stack and clears every other
@@ -134,6 +232,18 @@ enter_host:
 // calls handle_exception(kind, &mut frame). If that returns, the frame is
 // restored and the exception returns.
 
+// An exception taken at EL2 itself is always fatal: Rampart has no EL2
+// code that faults on purpose. It may be a stack overflow with SP in the
+// guard page, where any store would fault again, so these vectors store
+// nothing: they leave the faulting stack for this CPU's emergency stack
+// at once and report from there (el2_fatal).
+.macro vfatal kind
+    .balign 0x80
+    mov     x1, sp
+    mov     x0, #\kind
+    b       el2_fatal
+.endm
+
 .macro ventry kind
     .balign 0x80
     sub     sp, sp, #256
@@ -146,14 +256,14 @@ enter_host:
 .balign 2048
 .global vectors
 vectors:
-    ventry 0    // current EL, SP_EL0: sync
-    ventry 1    //   irq
-    ventry 2    //   fiq
-    ventry 3    //   serror
-    ventry 4    // current EL, SP_ELx: sync
-    ventry 5    //   irq
-    ventry 6    //   fiq
-    ventry 7    //   serror
+    vfatal 0    // current EL, SP_EL0: sync
+    vfatal 1    //   irq
+    vfatal 2    //   fiq
+    vfatal 3    //   serror
+    vfatal 4    // current EL, SP_ELx: sync
+    vfatal 5    //   irq
+    vfatal 6    //   fiq
+    vfatal 7    //   serror
     ventry 8    // lower EL, AArch64: sync
     ventry 9    //   irq
     ventry 10   //   fiq
@@ -162,6 +272,29 @@ vectors:
     ventry 13   //   irq
     ventry 14   //   fiq
     ventry 15   //   serror
+
+// x0 = vector kind, x1 = SP when the exception was taken. Runs the report
+// once per CPU on its emergency stack; a second EL2 exception on the same
+// CPU (the report itself failed) powers off without Rust. Never returns.
+el2_fatal:
+    mrs     x2, tpidr_el2
+    cmp     x2, #{max_cpus}
+    b.hs    1f
+    ldr     x3, ={fatal_entered}
+    ldrb    w4, [x3, x2]
+    cbnz    w4, 1f
+    mov     w4, #1
+    strb    w4, [x3, x2]
+    ldr     x3, ={stacks}
+    ldr     x4, ={stack_stride}
+    madd    x3, x2, x4, x3
+    ldr     x4, ={emergency_top}
+    add     x3, x3, x4
+    mov     sp, x3
+    bl      {el2_fatal}
+1:  ldr     x0, ={system_off}
+    smc     #0
+    b       park
 
 exception_common:
     stp     x2, x3, [sp, #16]

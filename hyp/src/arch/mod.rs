@@ -9,7 +9,7 @@ pub mod guest;
 
 use core::arch::{asm, global_asm};
 
-use crate::config::{CARVEOUT_SIZE, MAX_CPUS, STACK_SIZE};
+use crate::config::{CARVEOUT_SIZE, EMERGENCY_STACK_SIZE, MAX_CPUS, STACK_PAINT, STACK_SIZE};
 
 /// The saved general-purpose registers of an interrupted context, as laid
 /// out by `exception_common` in `entry.S`.
@@ -20,25 +20,79 @@ pub struct Frame {
     _pad: u64,
 }
 
-/// A CPU's stack, with an unmapped guard page below it.
+/// A CPU's stacks: its emergency stack and its stack, each with an
+/// unmapped guard page below it. The stack is last, so the slot's end is
+/// the top of the stack.
 #[repr(C, align(4096))]
 pub struct CpuStack {
+    emergency_guard: [u8; 4096],
+    emergency: [u8; EMERGENCY_STACK_SIZE],
     guard: [u8; 4096],
     stack: [u8; STACK_SIZE],
 }
 
 /// Size of one [`CpuStack`] slot.
 pub const STACK_STRIDE: usize = core::mem::size_of::<CpuStack>();
+/// Offset of the top of the emergency stack in a slot.
+const EMERGENCY_TOP: usize = core::mem::offset_of!(CpuStack, guard);
+const _: () = assert!(STACK_SIZE.is_multiple_of(4096) && EMERGENCY_STACK_SIZE.is_multiple_of(4096));
 
 /// The per-CPU stacks. Only `entry.S` touches them; Rust code needs their
-/// address range to map them.
+/// address ranges to map them and reads their paint to measure them.
 #[unsafe(link_section = ".stacks")]
-static mut STACKS: [CpuStack; MAX_CPUS] = [const { CpuStack { guard: [0; 4096], stack: [0; STACK_SIZE] } }; MAX_CPUS];
+static mut STACKS: [CpuStack; MAX_CPUS] = [const {
+    CpuStack { emergency_guard: [0; 4096], emergency: [0; EMERGENCY_STACK_SIZE], guard: [0; 4096], stack: [0; STACK_SIZE] }
+}; MAX_CPUS];
+
+/// Whether a CPU has entered the fatal path (`el2_fatal` in `entry.S`):
+/// a second EL2 exception on it powers off without reporting again.
+static mut FATAL_ENTERED: [u8; MAX_CPUS] = [0; MAX_CPUS];
+
+fn slot_base(cpu: usize) -> u64 {
+    (&raw const STACKS) as u64 + (cpu * STACK_STRIDE) as u64
+}
 
 /// Where a CPU's stack (without its guard page) lies.
 pub fn stack_range(cpu: usize) -> (u64, u64) {
-    let base = (&raw const STACKS) as u64 + (cpu * STACK_STRIDE) as u64;
-    (base + 4096, base + STACK_STRIDE as u64)
+    let base = slot_base(cpu);
+    (base + core::mem::offset_of!(CpuStack, stack) as u64, base + STACK_STRIDE as u64)
+}
+
+/// Where a CPU's emergency stack (without its guard page) lies.
+pub fn emergency_stack_range(cpu: usize) -> (u64, u64) {
+    let base = slot_base(cpu);
+    (base + core::mem::offset_of!(CpuStack, emergency) as u64, base + EMERGENCY_TOP as u64)
+}
+
+/// The unmapped guard page below a CPU's stack.
+pub fn guard_range(cpu: usize) -> (u64, u64) {
+    let base = slot_base(cpu);
+    (base + core::mem::offset_of!(CpuStack, guard) as u64, base + core::mem::offset_of!(CpuStack, stack) as u64)
+}
+
+/// The deepest a CPU's stack has been since boot, in bytes: the stack is
+/// painted with [`STACK_PAINT`] before any CPU starts, and this finds the
+/// lowest word that no longer holds it.
+pub fn stack_high_water(cpu: usize) -> u64 {
+    if cpu >= MAX_CPUS {
+        return 0;
+    }
+    let (start, end) = stack_range(cpu);
+    let mut at = start;
+    while at < end {
+        let word: u64;
+        // SAFETY: `at` is an 8-byte aligned address inside this CPU's
+        // stack, which is mapped at EL2 (or the MMU is off). The load is
+        // in assembly, outside Rust's memory model: the owning CPU may be
+        // writing its stack at the same time, and a torn or stale value
+        // only moves the mark by a word.
+        unsafe { asm!("ldr {}, [{}]", out(reg) word, in(reg) at, options(nostack, preserves_flags, readonly)) };
+        if word != STACK_PAINT {
+            break;
+        }
+        at += 8;
+    }
+    end - at
 }
 
 /// `SCTLR_EL2` with the MMU and caches off: only the RES1 bits.
@@ -54,7 +108,16 @@ global_asm!(
     spsr_el1h = const SPSR_EL1H_MASKED,
     max_cpus = const MAX_CPUS,
     stack_stride = const STACK_STRIDE,
+    stack_size = const STACK_SIZE,
+    stacks_size = const STACK_STRIDE * MAX_CPUS,
+    emergency_top = const EMERGENCY_TOP,
+    stack_paint = const STACK_PAINT,
     stacks = sym STACKS,
+    fatal_entered = sym FATAL_ENTERED,
+    el2_fatal = sym crate::exceptions::el2_fatal,
+    system_off = const 0x8400_0008u64,
+    low_el_tried_hvc = const 0x5241_4d50_4856_4331u64,
+    low_el_tried_smc = const 0x5241_4d50_534d_4331u64,
     primary_main = sym crate::primary_main,
     secondary_main = sym crate::secondary_main,
     handle_exception = sym crate::exceptions::handle_exception,
@@ -62,8 +125,10 @@ global_asm!(
 
 unsafe extern "C" {
     fn enter_host(entry: u64, x0: u64) -> !;
+    fn enter_host_repaint(entry: u64, x0: u64) -> !;
     fn secondary_entry();
     fn park() -> !;
+    fn power_off_low_el() -> !;
 }
 
 /// The physical address secondary CPUs start at.
@@ -79,6 +144,31 @@ pub fn jump_to_host(entry: u64, x0: u64) -> ! {
     // call, which never returns) and leaves EL2 by ERET. The host stage 2 is
     // installed before this point, so the host can reach only its own memory.
     unsafe { enter_host(entry, x0) }
+}
+
+/// [`jump_to_host`], painting this CPU's stack again first (see
+/// [`stack_high_water`]): the boot CPU's first entry, so that the mark then
+/// counts only what the host makes EL2 do.
+pub fn jump_to_host_repainted(entry: u64, x0: u64) -> ! {
+    // SAFETY: as for `jump_to_host`; the paint covers this CPU's own stack,
+    // none of which is live once SP is reset to its top.
+    unsafe { enter_host_repaint(entry, x0) }
+}
+
+/// The exception level this code runs at (2 unless the loader entered
+/// Rampart elsewhere, which `primary_main` refuses).
+pub fn current_el() -> u64 {
+    let el: u64;
+    // SAFETY: reading CurrentEL has no side effects.
+    unsafe { asm!("mrs {}, CurrentEL", out(reg) el, options(nomem, nostack, preserves_flags)) };
+    (el >> 2) & 3
+}
+
+/// Powers the machine off from below EL2 (HVC, then SMC), or parks.
+pub fn power_off_below_el2() -> ! {
+    // SAFETY: touches only x0, x21 and VBAR_EL1-routed exceptions, which
+    // the entry code pointed at vectors that try the next conduit or park.
+    unsafe { power_off_low_el() }
 }
 
 /// Stops this CPU for good.
@@ -169,6 +259,8 @@ sysreg_ro!(/// `ID_AA64DFR0_EL1`
     id_aa64dfr0_el1, "id_aa64dfr0_el1");
 sysreg_ro!(/// `ID_AA64MMFR2_EL1`
     id_aa64mmfr2_el1, "s3_0_c0_c7_2");
+sysreg_ro!(/// `ID_AA64MMFR3_EL1` (RAZ before it was defined: an ID register)
+    id_aa64mmfr3_el1, "s3_0_c0_c7_3");
 sysreg_ro!(/// `ID_AA64ISAR2_EL1`
     id_aa64isar2_el1, "s3_0_c0_c6_2");
 sysreg_ro!(/// `PMCR_EL0`
@@ -197,6 +289,10 @@ sysreg!(/// `VMPIDR_EL2`
     vmpidr_el2, set_vmpidr_el2, "vmpidr_el2");
 sysreg!(/// `MDCR_EL2`
     mdcr_el2, set_mdcr_el2, "mdcr_el2");
+sysreg!(/// `TRFCR_EL2` (FEAT_TRF)
+    trfcr_el2, set_trfcr_el2, "s3_4_c1_c2_1");
+sysreg!(/// `PMSCR_EL2` (FEAT_SPE)
+    pmscr_el2, set_pmscr_el2, "s3_4_c9_c9_0");
 sysreg!(/// `HSTR_EL2`
     hstr_el2, set_hstr_el2, "hstr_el2");
 sysreg!(/// `ICC_SRE_EL2`

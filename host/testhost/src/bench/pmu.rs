@@ -35,6 +35,11 @@ const FILTER_U: u64 = 1 << 30;
 const FILTER_NSH: u64 = 1 << 27;
 /// Count at EL2 only.
 pub const EL2_ONLY: u64 = FILTER_P | FILTER_U | FILTER_NSH;
+/// Count at EL1 only.
+pub const EL1_ONLY: u64 = FILTER_U;
+
+/// `CPU_CYCLES`: processor cycles (an event counter's view of the clock).
+pub const CPU_CYCLES: u64 = 0x11;
 
 /// `INST_RETIRED`: instruction architecturally executed.
 pub const INST_RETIRED: u64 = 0x08;

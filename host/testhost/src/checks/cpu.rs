@@ -3,6 +3,7 @@
 use core::sync::atomic::Ordering;
 
 use crate::arch::{self, DAIF_ALL, MPIDR_AFFINITY_MASK};
+use crate::bench::pmu;
 use crate::cpus::{self, ARRIVALS, RELEASED, SLOTS};
 use crate::msg::Msg;
 use crate::platform::Platform;
@@ -215,6 +216,70 @@ pub fn cpu_on_bogus(p: &Platform) -> Result<(), Msg> {
             state == psci::INVALID_PARAMETERS,
             "AFFINITY_INFO({bogus:#x}) of a CPU that does not exist = {state}, expected INVALID_PARAMETERS (-2)"
         );
+    }
+    Ok(())
+}
+
+/// An unknown host call: decoded and refused at EL2.
+const UNKNOWN_HOST_CALL: u32 = 0xC600_80FF;
+
+/// `pmu-el2-hidden`: the host's PMU does not count what the hypervisor
+/// does. With both counters filtered to EL2 only (`P = U = 1`, `NSH = 1`),
+/// a thousand host calls leave the event counter (`CPU_CYCLES`) at zero on
+/// FEAT_PMUv3p1 (Rampart sets `MDCR_EL2.HPMD`) and the cycle counter at
+/// zero on FEAT_PMUv3p5 (`MDCR_EL2.HCCD`). The same counters filtered to
+/// EL1 count a loop there, so a zero means "hidden", not "broken".
+pub fn pmu_el2_hidden(_: &Platform) -> Result<(), Msg> {
+    const CALLS: u32 = 1000;
+    let info = pmu::info();
+    let version = info.pmu_version;
+    if version == 0 || version == 0xf {
+        note!("no PMUv3 (PMUVer {version:#x}): nothing to hide");
+        return Ok(());
+    }
+    pmu::start(pmu::CPU_CYCLES, pmu::EL1_ONLY);
+    let before = pmu::read();
+    pmu::el1_loop(100_000);
+    let el1 = before.until(pmu::read());
+    pmu::stop();
+    let events = info.counters > 0;
+    ensure!(
+        el1.cycles > 0 && (!events || el1.instructions > 0),
+        "the PMU counted nothing at EL1 (cycles {}, CPU_CYCLES {}): it cannot show what EL2 hides",
+        el1.cycles,
+        el1.instructions
+    );
+
+    pmu::start(pmu::CPU_CYCLES, pmu::EL2_ONLY);
+    let before = pmu::read();
+    for _ in 0..CALLS {
+        let _ = crate::psci::call_via(crate::psci::Conduit::Hvc, UNKNOWN_HOST_CALL, &[]);
+    }
+    let el2 = before.until(pmu::read());
+    pmu::stop();
+    if version >= 4 && events {
+        ensure!(
+            el2.instructions == 0,
+            "{CALLS} host calls: the event counter filtered to EL2 counted {} CPU_CYCLES (PMUVer {version:#x} has MDCR_EL2.HPMD)",
+            el2.instructions
+        );
+    }
+    if version >= 6 {
+        ensure!(
+            el2.cycles == 0,
+            "{CALLS} host calls: the cycle counter filtered to EL2 counted {} (PMUVer {version:#x} has MDCR_EL2.HCCD)",
+            el2.cycles
+        );
+    }
+    note!(
+        "PMUVer {version:#x}: {CALLS} host calls counted at EL2: CPU_CYCLES {}, cycles {}; at EL1 a loop counted {} and {}",
+        el2.instructions,
+        el2.cycles,
+        el1.instructions,
+        el1.cycles
+    );
+    if version < 6 {
+        note!("before FEAT_PMUv3p5 the cycle counter cannot be stopped at EL2 (no MDCR_EL2.HCCD)");
     }
     Ok(())
 }

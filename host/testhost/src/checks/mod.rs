@@ -75,6 +75,10 @@ pub const CHECKS: &[Check] = &[
         run: cpu::cpu_on_bogus,
     },
     Check {
+        name: "pmu-el2-hidden",
+        run: cpu::pmu_el2_hidden,
+    },
+    Check {
         name: "carveout-dt",
         run: carveout::carveout_dt,
     },
