@@ -70,6 +70,7 @@ pub const fn tables_to_remap(start: u64, end: u64, root_level: usize) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation, reason = "small random numbers")]
 mod tests {
     extern crate std;
 
