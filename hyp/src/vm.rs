@@ -157,7 +157,8 @@ pub fn create(metadata: PageRange, config: VmConfig) -> Result<VmHandle, Error> 
         .ok_or(Error::NoMemory)?;
     let range = MemRange::new(metadata.start(), metadata.end()).ok_or(Error::InvalidParameter)?;
     crate::memory::with(|mem| {
-        let checked = mem.check(Transition::HostDonateHyp, metadata)?;
+        // Holds back what giving the metadata back at VM_DESTROY may cost.
+        let checked = mem.check_for_guest(Transition::HostDonateHyp, metadata, vm_id(slot))?;
         mem.commit(checked);
         Ok(())
     })?;
@@ -216,9 +217,12 @@ pub fn create_vcpu(vcpu: VcpuRef) -> Result<(), Error> {
     Ok(())
 }
 
-/// Tables a mapping of `pages` pages may need at most.
-fn tables_needed(pages: u64) -> u64 {
-    pages.div_ceil(512) + pages.div_ceil(512 * 512) + 2
+/// Tables mapping `bytes` at guest address `ipa` may need at most, for
+/// the stage-2 root level in use, counting 4 KiB pages: blocks need fewer,
+/// and the difference is what splitting them later can cost.
+fn tables_needed(ipa: u64, bytes: u64) -> u64 {
+    let level = crate::BOOT.get().map_or(1, |b| b.stage2_level);
+    rampart_platform::tables::tables_to_map(ipa, ipa.saturating_add(bytes), level)
 }
 
 /// Attributes of guest memory in a VM's stage 2.
@@ -268,14 +272,17 @@ pub fn give_memory(vm_handle: VmHandle, pages: PageRange, guest_address: u64, sh
     if any_mapped(vm, guest_address, bytes) {
         return Err(Error::Denied);
     }
-    if vm.stage2.translation().available() < tables_needed(pages.pages()) {
+    let tables = tables_needed(guest_address, bytes);
+    if vm.stage2.translation().available() < tables {
         return Err(Error::NoMemory);
     }
     let id = vm_id(slot);
     let transition = if share { Transition::HostShareGuest(id) } else { Transition::HostDonateGuest(id) };
     let zero_first = vm.measurement.is_some();
     crate::memory::with(|mem| {
-        let checked = mem.check(transition, pages)?;
+        // Also holds back what handing these pages back to the host at
+        // teardown may cost the host stage 2.
+        let checked = mem.check_for_guest(transition, pages, id)?;
         mem.commit(checked);
         if zero_first {
             // After the first run nothing the host wrote may reach the
@@ -287,10 +294,16 @@ pub fn give_memory(vm_handle: VmHandle, pages: PageRange, guest_address: u64, sh
         Ok(())
     })?;
     let region = MemoryRegion::new(guest_address as usize, ipa_end as usize);
+    let free_before = vm.stage2.translation().free();
     if let Err(e) = vm.stage2.map_range(&region, PhysicalAddress(pages.start() as usize), GUEST_RAM, Constraints::empty()) {
+        // The range was checked against the IPA limit and is page-aligned:
+        // only a broken invariant gets here.
         crate::println!("VM stage-2 map failed after its checks: {e}; stopping");
         crate::power_off();
     }
+    // What the blocks did not use, a later split of them may.
+    let used = free_before.saturating_sub(vm.stage2.translation().free());
+    vm.stage2.translation().hold(tables.saturating_sub(used));
     arch::dsb_ishst();
     Ok(())
 }
@@ -371,12 +384,15 @@ pub fn ipa_limit() -> u64 {
 pub fn unmap_guest_page(vm: &mut Vm, ipa: u64) {
     let page = ipa & !(PAGE_SIZE - 1);
     let region = MemoryRegion::new(page as usize, (page + PAGE_SIZE) as usize);
+    // Splitting a block draws on the tables `give_memory` held back for it.
+    let free_before = vm.stage2.translation().free();
     if let Err(e) =
         vm.stage2.map_range(&region, PhysicalAddress(0), Stage2Attributes::empty(), Constraints::NO_BLOCK_MAPPINGS)
     {
         crate::println!("VM stage-2 unmap failed: {e}; stopping");
         crate::power_off();
     }
+    vm.stage2.translation().release(free_before.saturating_sub(vm.stage2.translation().free()));
     arch::dsb_ishst();
     arch::with_vttbr(vttbr(vm), || {
         arch::tlbi_ipa(page);
@@ -470,10 +486,13 @@ pub fn destroy(handle: VmHandle) -> Result<(), Error> {
     // The VM's stage-2 tables live in its metadata: drop them first.
     drop(vm);
 
+    // Teardown draws on the table pages held back for it at VM_CREATE and
+    // VM_DONATE/VM_SHARE, so it never fails for want of memory.
     crate::memory::with(|mem| {
-        let pages = PageRange::new(metadata.start(), metadata.size() / PAGE_SIZE)?;
-        let checked = mem.check(Transition::HypDonateHost, pages)?;
-        mem.commit(checked);
-        Ok(())
+        let result = PageRange::new(metadata.start(), metadata.size() / PAGE_SIZE)
+            .and_then(|pages| mem.check_teardown(Transition::HypDonateHost, pages))
+            .map(|checked| mem.commit(checked));
+        mem.release_guest_hold(id);
+        result
     })
 }
