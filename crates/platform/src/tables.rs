@@ -65,7 +65,11 @@ pub const fn tables_to_remap(start: u64, end: u64, root_level: usize) -> u64 {
     if end <= start {
         return 0;
     }
-    let level1 = if root_level == 0 { spans_touched(start, end, table_span(1)) } else { 0 };
+    let level1 = if root_level == 0 {
+        spans_touched(start, end, table_span(1))
+    } else {
+        0
+    };
     2 * tables_per_boundary(root_level) + level1
 }
 
@@ -84,7 +88,12 @@ mod tests {
     /// A 4-level table modelled as the set of tables below the root, each
     /// named by `(level, index of the span it translates)`; mapping a page
     /// creates the missing tables on its path. Returns how many it created.
-    fn simulate_map(tables: &mut BTreeSet<(usize, u64)>, start: u64, end: u64, root_level: usize) -> u64 {
+    fn simulate_map(
+        tables: &mut BTreeSet<(usize, u64)>,
+        start: u64,
+        end: u64,
+        root_level: usize,
+    ) -> u64 {
         let mut created = 0;
         let mut page = start;
         while page < end {
@@ -174,7 +183,10 @@ mod tests {
     type Mapping = Vec<(u64, u8)>;
 
     fn value_at(m: &Mapping, address: u64) -> u8 {
-        m.iter().take_while(|&&(at, _)| at <= address).last().map_or(0, |&(_, v)| v)
+        m.iter()
+            .take_while(|&&(at, _)| at <= address)
+            .last()
+            .map_or(0, |&(_, v)| v)
     }
 
     /// Tables a table with the largest blocks needs for `m` (below the
