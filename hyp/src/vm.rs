@@ -264,7 +264,8 @@ fn any_mapped(vm: &Vm, ipa: u64, bytes: u64) -> bool {
 pub fn translate(vm: &Vm, ipa: u64) -> Option<u64> {
     let page = ipa & !(PAGE_SIZE - 1);
     let mut out = None;
-    let region = MemoryRegion::new(page as usize, (page + PAGE_SIZE) as usize);
+    // A guest's IPA may be anything: no wrap-around past 2^64.
+    let region = MemoryRegion::new(page as usize, page.checked_add(PAGE_SIZE)? as usize);
     let _ = vm.stage2.walk_range(&region, &mut |mr, desc, level| {
         if desc.is_valid() && !(level < 3 && desc.is_table_or_page()) {
             let offset = page - mr.start().0 as u64;
