@@ -11,8 +11,8 @@
 //!   hypervisor (each costs EL2 stage-1 and host stage-2 tables) and
 //!   donates single scattered pages to a VM (each holds back what its
 //!   return costs) until a call says `NO_MEMORY`; then it makes every call,
-//!   runs a protected guest through its first run (measurement) and its
-//!   exits, donates to it late, destroys every VM and gives everything
+//!   runs two protected guests (`hello`, `timer`) through their first run
+//!   (measurement) and their exits, donates to one late, destroys every VM and gives everything
 //!   back. Everything answers, nothing stops the machine, and a second
 //!   drain takes at least as many calls as the first (the pool recovered).
 
@@ -248,9 +248,12 @@ fn unshare(ranges: &RangeSet<64>, d: &Drained) -> Result<(), Msg> {
 pub fn pool_drain(p: &Platform) -> Result<(), Msg> {
     let (mut arena, layout) = arena(p)?;
     let ranges = drain_ranges(p, &layout)?;
-    // Made before the drain: a protected guest to run afterwards.
-    let hello = Spec::signed("hello")?;
-    let mut vms = [Vm::create(&mut arena, hello)?];
+    // Made before the drain: protected guests to run afterwards (console
+    // MMIO, hypercalls, timer interrupts, waits, power-off).
+    let mut vms = [
+        Vm::create(&mut arena, Spec::signed("hello")?)?,
+        Vm::create(&mut arena, Spec::signed("timer")?)?,
+    ];
     let late_page = arena.take(1)?;
     // Two single pages, then metadata for a VM_CREATE while drained.
     let spare = arena.take(
@@ -336,10 +339,21 @@ pub fn pool_drain(p: &Platform) -> Result<(), Msg> {
             "VCPU_SET_REGS",
         )?;
         ensure_nonnegative(call(HostCall::VmList, &[0]), "VM_LIST")?;
-        // A protected guest's first run (measured through temporary
-        // mappings) and its exits.
-        let report = run::run(p, &mut vms, &[&[0]], &mut Plain, 5_000)?;
+        ensure_nonnegative(
+            call(HostCall::Features, &[HostCall::VmDonate.id().into()]),
+            "FEATURES",
+        )?;
+        let key = call(HostCall::AttestationKey, &[]);
+        ensure!(
+            key == OK || key == Error::NotSupported.code(),
+            "ATTESTATION_KEY with the pool drained = {key}"
+        );
+        expect(HostCall::VcpuInject, &[drain_vm, 0, 32], OK, "VCPU_INJECT")?;
+        // Protected guests' first runs (measured through the fixmap) and
+        // their exits.
+        let report = run::run(p, &mut vms, &[&[0], &[0]], &mut Plain, 8_000)?;
         report.verdict(&vms, 0)?;
+        report.verdict(&vms, 1)?;
         // A late donation must be zeroed before the guest sees it; with
         // the pool drained it may be refused, never stop the machine.
         if ok_or_no_memory(
@@ -352,6 +366,7 @@ pub fn pool_drain(p: &Platform) -> Result<(), Msg> {
         }
         // Teardown while drained.
         vms[0].destroy()?;
+        vms[1].destroy()?;
         expect(
             HostCall::VmDestroy,
             &[drain_vm],
