@@ -522,14 +522,19 @@ impl HostMemory {
             Ok(())
         });
 
-        // Break.
+        // Break. Unmapping a whole block whose entry points at a table frees
+        // that table (aarch64-paging): then walk caches may still point at
+        // it anywhere in its span, not only at the leaves seen above, so
+        // invalidate the whole VMID before the pool can hand it out again.
+        let frees_before = mm::pool_frees();
         if let Err(e) = mm::identity_map(&mut self.stage2.0, envelope, Stage2Attributes::empty()) {
             fail_closed("stage-2 break", envelope, e);
         }
+        let freed_tables = mm::pool_frees() != frees_before;
         arch::dsb_ishst();
         let host_vttbr = crate::BOOT.get().map_or(0, |b| b.config.vttbr);
         arch::with_vttbr(host_vttbr, || {
-            if leaf_count <= MAX_TARGETED {
+            if leaf_count <= MAX_TARGETED && !freed_tables {
                 for &ipa in &leaves[..leaf_count] {
                     arch::tlbi_ipa(ipa);
                 }

@@ -44,10 +44,13 @@ struct PagePool {
     /// Pages promised to future work (VM teardown): not available to new
     /// changes, but the promised work may draw on them.
     held: u64,
+    /// Tables freed so far (a counter: callers compare it across a change
+    /// to know whether a table was freed and walk caches need invalidating).
+    frees: u64,
 }
 
 static POOL: SpinMutex<PagePool> =
-    SpinMutex::new(PagePool { next: 0, end: 0, free: None, free_pages: 0, used: 0, held: 0 });
+    SpinMutex::new(PagePool { next: 0, end: 0, free: None, free_pages: 0, used: 0, held: 0, frees: 0 });
 
 impl PagePool {
     fn free_count(&self) -> u64 {
@@ -196,6 +199,13 @@ fn free_page(page: u64) {
     pool.free = Some(page);
     pool.free_pages += 1;
     pool.used -= 1;
+    pool.frees = pool.frees.wrapping_add(1);
+}
+
+/// How many tables the pool has taken back so far (wraps; compare for
+/// equality).
+pub fn pool_frees() -> u64 {
+    POOL.lock().frees
 }
 
 /// Page-table memory from the pool, identity-mapped.
