@@ -436,19 +436,37 @@ impl HostMemory {
             if !self.ram.iter().any(|bank| bank.contains_range(&block_range)) {
                 continue;
             }
-            let uniform = self.table.uniform_state(PhysAddr(block), BLOCK_2M / PAGE_SIZE, Component::Host);
-            if !matches!(uniform, Ok(Some(_))) {
+            let Ok(Some(state)) = self.table.uniform_state(PhysAddr(block), BLOCK_2M / PAGE_SIZE, Component::Host)
+            else {
                 continue;
-            }
+            };
+            // Is the block translated through a level-3 table? (Stop at the
+            // first entry: a table's entries are all level 3.)
             let mut has_table = false;
             let region = MemoryRegion::new(block as usize, (block + BLOCK_2M) as usize);
             let _ = self.stage2.0.walk_range(&region, &mut |_, _, level| {
-                has_table |= level == 3;
-                Ok(())
+                has_table = level == 3;
+                Err(())
             });
-            if has_table {
-                self.rewrite_host_stage2(block_range);
+            if !has_table {
+                continue;
             }
+            // Break: one invalid level-2 entry, which frees the table; the
+            // whole VMID is invalidated (walk caches may point at the table
+            // from anywhere in the block) before the pool can reuse it.
+            if let Err(e) = mm::identity_map(&mut self.stage2.0, block_range, Stage2Attributes::empty()) {
+                fail_closed("stage-2 coalesce", block_range, e);
+            }
+            arch::dsb_ishst();
+            let host_vttbr = crate::BOOT.get().map_or(0, |b| b.config.vttbr);
+            arch::with_vttbr(host_vttbr, arch::tlbi_vmid);
+            // Make: one block (nothing, if the host may not reach it).
+            if let Some(attributes) = host_attributes(state)
+                && let Err(e) = mm::identity_map(&mut self.stage2.0, block_range, attributes)
+            {
+                fail_closed("stage-2 coalesce", block_range, e);
+            }
+            arch::dsb_ishst();
         }
     }
 
@@ -480,9 +498,10 @@ impl HostMemory {
             let mut has_table = false;
             let region = MemoryRegion::new(block as usize, (block + BLOCK_2M) as usize);
             let _ = self.el2.0.walk_range(&region, &mut |_, desc, level| {
-                mapped |= desc.is_valid() && !(level < 3 && desc.is_table_or_page());
                 has_table |= level == 3;
-                Ok(())
+                mapped |= desc.is_valid() && !(level < 3 && desc.is_table_or_page());
+                // Stop at the first mapped page (or at a block entry).
+                if mapped || level < 3 { Err(()) } else { Ok(()) }
             });
             if has_table
                 && !mapped
