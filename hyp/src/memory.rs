@@ -494,17 +494,21 @@ impl HostMemory {
             if block_range.overlaps(&self.carveout) || block == FIXMAP_BASE {
                 continue;
             }
-            let mut mapped = false;
+            // Outside the carve-out, EL2 maps exactly the pages the
+            // hypervisor owns or borrows: none in the block, per the table
+            // (cheaper than walking 512 entries).
+            let unmapped = matches!(
+                self.table.uniform_state(PhysAddr(block), BLOCK_2M / PAGE_SIZE, Component::Hyp),
+                Ok(Some(State::Absent))
+            );
             let mut has_table = false;
             let region = MemoryRegion::new(block as usize, (block + BLOCK_2M) as usize);
-            let _ = self.el2.0.walk_range(&region, &mut |_, desc, level| {
-                has_table |= level == 3;
-                mapped |= desc.is_valid() && !(level < 3 && desc.is_table_or_page());
-                // Stop at the first mapped page (or at a block entry).
-                if mapped || level < 3 { Err(()) } else { Ok(()) }
+            let _ = self.el2.0.walk_range(&region, &mut |_, _, level| {
+                has_table = level == 3;
+                Err(())
             });
             if has_table
-                && !mapped
+                && unmapped
                 && let Err(e) = mm::identity_map_pages(&mut self.el2.0, block_range, El23Attributes::empty())
             {
                 fail_closed("EL2 unmap", block_range, e);
