@@ -436,10 +436,6 @@ impl HostMemory {
             if !self.ram.iter().any(|bank| bank.contains_range(&block_range)) {
                 continue;
             }
-            let Ok(Some(state)) = self.table.uniform_state(PhysAddr(block), BLOCK_2M / PAGE_SIZE, Component::Host)
-            else {
-                continue;
-            };
             // Is the block translated through a level-3 table? (Stop at the
             // first entry: a table's entries are all level 3.)
             let mut has_table = false;
@@ -451,6 +447,10 @@ impl HostMemory {
             if !has_table {
                 continue;
             }
+            let Ok(Some(state)) = self.table.uniform_state(PhysAddr(block), BLOCK_2M / PAGE_SIZE, Component::Host)
+            else {
+                continue;
+            };
             // Break: one invalid level-2 entry, which frees the table; the
             // whole VMID is invalidated (walk caches may point at the table
             // from anywhere in the block) before the pool can reuse it.
@@ -494,21 +494,20 @@ impl HostMemory {
             if block_range.overlaps(&self.carveout) || block == FIXMAP_BASE {
                 continue;
             }
-            // Outside the carve-out, EL2 maps exactly the pages the
-            // hypervisor owns or borrows: none in the block, per the table
-            // (cheaper than walking 512 entries).
-            let unmapped = matches!(
-                self.table.uniform_state(PhysAddr(block), BLOCK_2M / PAGE_SIZE, Component::Hyp),
-                Ok(Some(State::Absent))
-            );
             let mut has_table = false;
             let region = MemoryRegion::new(block as usize, (block + BLOCK_2M) as usize);
             let _ = self.el2.0.walk_range(&region, &mut |_, _, level| {
                 has_table = level == 3;
                 Err(())
             });
+            // Outside the carve-out, EL2 maps exactly the pages the
+            // hypervisor owns or borrows: none in the block, per the table
+            // (cheaper than walking 512 entries).
             if has_table
-                && unmapped
+                && matches!(
+                    self.table.uniform_state(PhysAddr(block), BLOCK_2M / PAGE_SIZE, Component::Hyp),
+                    Ok(Some(State::Absent))
+                )
                 && let Err(e) = mm::identity_map_pages(&mut self.el2.0, block_range, El23Attributes::empty())
             {
                 fail_closed("EL2 unmap", block_range, e);
