@@ -427,7 +427,14 @@ impl HostMemory {
     /// table pages to the pool. (The rewrite remapped whole blocks inside
     /// the range already.) Allocates nothing: the break covers the whole
     /// block, freeing its table, and the make writes one entry.
+    ///
+    /// Only when the pool runs low ([`mm::pool_low`]): merging costs a
+    /// VMID-wide TLB invalidation and the next split rebuilds the table,
+    /// which a host sharing and unsharing one page would pay every time.
     fn coalesce_host_ends(&mut self, range: MemRange) {
+        if !mm::pool_low() {
+            return;
+        }
         let first = range.start() & !(BLOCK_2M - 1);
         let last = (range.end() - 1) & !(BLOCK_2M - 1);
         let ends = [Some(first), (last != first).then_some(last)];
@@ -481,15 +488,17 @@ impl HostMemory {
         if let Err(e) = mm::identity_map_pages(&mut self.el2.0, range, El23Attributes::empty()) {
             fail_closed("EL2 unmap", range, e);
         }
-        // Unmapping a whole 2 MiB block frees its level-3 table; at the two
-        // ends of the range, free it too if nothing in the block is mapped
-        // any more, so pages given back return their table pages to the
-        // pool. The invalidation below, by VA inside each such block, also
-        // drops walk-cache entries that point at a freed table before the
-        // pool can hand it out again (zeroed).
+        // Unmapping a whole 2 MiB block frees its level-3 table; when the
+        // pool runs low, at the two ends of the range, free it too if
+        // nothing in the block is mapped any more, so pages given back
+        // return their table pages to the pool. The invalidation below, by
+        // VA inside each such block, also drops walk-cache entries that
+        // point at a freed table before the pool can hand it out again
+        // (zeroed).
         let first = range.start() & !(BLOCK_2M - 1);
         let last = (range.end() - 1) & !(BLOCK_2M - 1);
-        for block in [Some(first), (last != first).then_some(last)].into_iter().flatten() {
+        let ends = if mm::pool_low() { [Some(first), (last != first).then_some(last)] } else { [None, None] };
+        for block in ends.into_iter().flatten() {
             let Some(block_range) = MemRange::from_base_size(block, BLOCK_2M) else { continue };
             if block_range.overlaps(&self.carveout) || block == FIXMAP_BASE {
                 continue;

@@ -47,10 +47,12 @@ struct PagePool {
     /// Tables freed so far (a counter: callers compare it across a change
     /// to know whether a table was freed and walk caches need invalidating).
     frees: u64,
+    /// Pages in the pool.
+    size: u64,
 }
 
 static POOL: SpinMutex<PagePool> =
-    SpinMutex::new(PagePool { next: 0, end: 0, free: None, free_pages: 0, used: 0, held: 0, frees: 0 });
+    SpinMutex::new(PagePool { next: 0, end: 0, free: None, free_pages: 0, used: 0, held: 0, frees: 0, size: 0 });
 
 impl PagePool {
     fn free_count(&self) -> u64 {
@@ -67,6 +69,7 @@ pub unsafe fn init_pool(range: MemRange) {
     let mut pool = POOL.lock();
     pool.next = range.start();
     pool.end = range.end();
+    pool.size = range.size() / PAGE_SIZE;
 }
 
 /// Takes `pages` contiguous zeroed pages from the pool, for boot-time
@@ -150,6 +153,14 @@ pub fn pool_hold(pages: u64) -> bool {
     }
     pool.held += pages;
     true
+}
+
+/// Whether the pool is low: under a quarter of it available. Then pages
+/// given back also give back the tables that mapped them separately
+/// (`memory.rs` coalesces); above, those tables stay for the next change.
+pub fn pool_low() -> bool {
+    let pool = POOL.lock();
+    pool.free_count().saturating_sub(pool.held) < pool.size / 4
 }
 
 /// Gives back `pages` held with [`pool_hold`].
