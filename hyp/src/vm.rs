@@ -225,25 +225,6 @@ fn tables_needed(ipa: u64, bytes: u64) -> u64 {
     rampart_platform::tables::tables_to_map(ipa, ipa.saturating_add(bytes), level)
 }
 
-/// Tables splitting every block mapping in `ipa..ipa+bytes` down to pages
-/// would need: a level-3 table per 2 MiB block, a level-2 and 512 level-3
-/// tables per 1 GiB block.
-fn split_cost(vm: &Vm, ipa: u64, bytes: u64) -> u64 {
-    let mut cost = 0u64;
-    let region = MemoryRegion::new(ipa as usize, ipa.saturating_add(bytes) as usize);
-    let _ = vm.stage2.walk_range(&region, &mut |_, desc, level| {
-        if desc.is_valid() && !desc.is_table_or_page() {
-            cost = cost.saturating_add(match level {
-                2 => 1,
-                1 => 1 + 512,
-                _ => 0,
-            });
-        }
-        Ok(())
-    });
-    cost
-}
-
 /// Attributes of guest memory in a VM's stage 2.
 const GUEST_RAM: Stage2Attributes = mm::host_s2::RAM;
 
@@ -325,7 +306,8 @@ pub fn give_memory(vm_handle: VmHandle, pages: PageRange, guest_address: u64, sh
     // pages one at a time) may need what mapping them as pages would have
     // used and the blocks did not; hold that back.
     let used = free_before.saturating_sub(vm.stage2.translation().free());
-    vm.stage2.translation().hold(split_cost(vm, guest_address, bytes).min(tables.saturating_sub(used)));
+    let split = rampart_platform::tables::split_cost(guest_address, pages.start(), bytes);
+    vm.stage2.translation().hold(split.min(tables.saturating_sub(used)));
     arch::dsb_ishst();
     Ok(())
 }

@@ -73,6 +73,28 @@ pub const fn tables_to_remap(start: u64, end: u64, root_level: usize) -> u64 {
     2 * tables_per_boundary(root_level) + level1
 }
 
+/// The most tables splitting, down to 4 KiB pages, the block mappings that
+/// mapping `size` bytes from `pa` at `va` can make (a level-2 block costs a
+/// level-3 table; a level-1 block a level-2 and 512 level-3 tables). A
+/// block is possible only where `va` and `pa` agree modulo its size and a
+/// whole aligned block lies in the range; this counts every such place.
+#[must_use]
+pub const fn split_cost(va: u64, pa: u64, size: u64) -> u64 {
+    let end = va.saturating_add(size);
+    let gib = possible_blocks(va, pa, end, table_span(2));
+    let mib2 = possible_blocks(va, pa, end, table_span(3));
+    gib * (1 + 512) + mib2.saturating_sub(gib * 512)
+}
+
+/// Whole `span`-aligned blocks in `[va, end)` where `va` and `pa` agree
+/// modulo `span`.
+const fn possible_blocks(va: u64, pa: u64, end: u64, span: u64) -> u64 {
+    if (va ^ pa) & (span - 1) != 0 {
+        return 0;
+    }
+    (end / span).saturating_sub(va.div_ceil(span))
+}
+
 #[cfg(test)]
 #[allow(clippy::cast_possible_truncation, reason = "small random numbers")]
 mod tests {
@@ -236,6 +258,51 @@ mod tests {
             }
         }
         merged
+    }
+
+    #[test]
+    fn split_cost_counts_every_possible_block() {
+        const MIB2: u64 = 2 << 20;
+        const GIB: u64 = 1 << 30;
+        // Brute force: walk the range choosing the largest block that fits
+        // (aarch64-paging's rule), adding what splitting it costs.
+        let brute = |va: u64, pa: u64, size: u64| {
+            let (mut at, end, mut cost) = (va, va + size, 0);
+            while at < end {
+                let off = at - va;
+                let fits = |span: u64| {
+                    at.is_multiple_of(span) && (pa + off).is_multiple_of(span) && at + span <= end
+                };
+                if fits(GIB) {
+                    cost += 513;
+                    at += GIB;
+                } else if fits(MIB2) {
+                    cost += 1;
+                    at += MIB2;
+                } else {
+                    at += PAGE;
+                }
+            }
+            cost
+        };
+        let mut rng = Rng(0x5eed_1234_abcd_0004);
+        for _ in 0..400 {
+            let va = rng.below(4 << 10) * MIB2 / 4 + [0, PAGE][rng.below(2) as usize];
+            let pa = if rng.below(2) == 0 {
+                va + GIB * rng.below(4)
+            } else {
+                rng.below(1 << 20) * PAGE
+            };
+            let size = (1 + rng.below(3 << 9)) * MIB2 / 8 * [1, 16][rng.below(2) as usize];
+            assert_eq!(
+                split_cost(va, pa, size),
+                brute(va, pa, size),
+                "va {va:#x} pa {pa:#x} size {size:#x}"
+            );
+        }
+        assert_eq!(split_cost(0, 0, GIB), 513);
+        assert_eq!(split_cost(0, PAGE, GIB), 0);
+        assert_eq!(split_cost(MIB2, 3 * MIB2, 4 * MIB2), 4);
     }
 
     #[test]
