@@ -33,7 +33,7 @@ pub unsafe fn init_heap(range: MemRange) {
 ///
 /// After boot, every allocation happens under the host memory lock
 /// (`memory.rs`), which first checks that the change's worst-case table
-/// count fits in [`available`] pages and keeps `held` pages back for VM
+/// count fits in [`pool_available`] pages and keeps `held` pages back for VM
 /// teardown (see `docs/design.md`, "Table memory").
 struct PagePool {
     next: u64,
