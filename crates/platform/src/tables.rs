@@ -217,6 +217,11 @@ mod tests {
     /// changes inside it, or, for level 1 under a level-0 root (no level-0
     /// blocks), anything in it is mapped.
     fn tables_for(m: &Mapping, root_level: usize) -> u64 {
+        table_set(m, root_level).len() as u64
+    }
+
+    /// The tables [`tables_for`] counts, by `(level, span index)`.
+    fn table_set(m: &Mapping, root_level: usize) -> BTreeSet<(usize, u64)> {
         let mut tables = BTreeSet::new();
         for level in root_level + 1..=3 {
             let span = table_span(level);
@@ -239,7 +244,7 @@ mod tests {
                 }
             }
         }
-        tables.len() as u64
+        tables
     }
 
     fn set_range(m: &Mapping, start: u64, end: u64, value: u8) -> Mapping {
@@ -303,6 +308,72 @@ mod tests {
         assert_eq!(split_cost(0, 0, GIB), 513);
         assert_eq!(split_cost(0, PAGE, GIB), 0);
         assert_eq!(split_cost(MIB2, 3 * MIB2, 4 * MIB2), 4);
+    }
+
+    /// The hypervisor holds back, for each range it gives a VM,
+    /// `tables_to_remap` of the range plus one boundary chain, and
+    /// `VM_DESTROY` draws on that. Model: host RAM with foreign ranges
+    /// (other VMs, the hypervisor, shared pages); the VM's ranges taken
+    /// (donated or shared), some pages given back early (relinquished);
+    /// then teardown hands each range back in ascending chunks (stage-2
+    /// leaves), ranges in any order. Every table the host stage 2 needs at
+    /// any step and did not need before teardown counts, even if a later
+    /// step no longer needs it (tables are not freed unless the pool is
+    /// low): the total must fit in what was held.
+    #[test]
+    fn teardown_fits_in_what_was_held_back() {
+        const RAM_END: u64 = 1 << 48;
+        let mut rng = Rng(0x5eed_1234_abcd_0005);
+        for _ in 0..600 {
+            for root in [0, 1] {
+                let mut m: Mapping = Vec::from([(0, 1), (RAM_END, 0)]);
+                for _ in 0..rng.below(6) {
+                    let (start, end) = range_near_boundary(&mut rng);
+                    m = set_range(&m, start, end, [0, 2][rng.below(2) as usize]);
+                }
+                let mut gifts: Vec<(u64, u64)> = Vec::new();
+                for _ in 0..1 + rng.below(5) {
+                    let (start, end) = range_near_boundary(&mut rng);
+                    if gifts.iter().all(|&(s, e)| end <= s || e <= start) {
+                        gifts.push((start, end));
+                        m = set_range(&m, start, end, [0, 3][rng.below(2) as usize]);
+                    }
+                }
+                for &(start, end) in &gifts {
+                    if rng.below(2) == 0 {
+                        let page = start + rng.below((end - start) / PAGE) * PAGE;
+                        m = set_range(&m, page, page + PAGE, 1);
+                    }
+                }
+                let held: u64 = gifts
+                    .iter()
+                    .map(|&(s, e)| tables_to_remap(s, e, root) + tables_per_boundary(root))
+                    .sum();
+                let mut seen = table_set(&m, root);
+                let mut allocated = 0u64;
+                let mut order: Vec<usize> = (0..gifts.len()).collect();
+                for i in (1..order.len()).rev() {
+                    order.swap(i, rng.below(i as u64 + 1) as usize);
+                }
+                for i in order {
+                    let (mut at, end) = gifts[i];
+                    while at < end {
+                        let chunk = [1, 7, 512, 1024][rng.below(4) as usize] * PAGE;
+                        let next = (at + chunk).min(end);
+                        m = set_range(&m, at, next, 1);
+                        allocated += table_set(&m, root)
+                            .into_iter()
+                            .filter(|t| seen.insert(*t))
+                            .count() as u64;
+                        at = next;
+                    }
+                }
+                assert!(
+                    allocated <= held,
+                    "root {root}, gifts {gifts:x?}: teardown needed {allocated} tables, {held} held"
+                );
+            }
+        }
     }
 
     #[test]
