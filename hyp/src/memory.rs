@@ -566,7 +566,7 @@ impl HostMemory {
         let host_vttbr = crate::BOOT.get().map_or(0, |b| b.config.vttbr);
         arch::with_vttbr(host_vttbr, || {
             if leaf_count <= MAX_TARGETED && !freed_tables {
-                for &ipa in &leaves[..leaf_count] {
+                for &ipa in leaves.get(..leaf_count).unwrap_or(&[]) {
                     arch::tlbi_ipa(ipa);
                 }
                 arch::tlbi_stage1_of_vmid();
