@@ -9,12 +9,14 @@
 //! [`handle_host_fault`], which waits for the lock and maps the page again if
 //! the host still may reach it.
 
-use aarch64_paging::descriptor::Stage2Attributes;
-use aarch64_paging::paging::{El2, MemoryRegion, Stage2};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use aarch64_paging::descriptor::{El23Attributes, PhysicalAddress, Stage2Attributes};
+use aarch64_paging::paging::{Constraints, El2, MemoryRegion, Stage2};
 use rampart_abi::Error as AbiError;
 use rampart_abi::host::{HostRequest, PageRange};
 use rampart_ownership::{self as own, Component, Effect, PhysAddr, State, Transition, Update};
-use rampart_platform::{MemRange, PAGE_SIZE};
+use rampart_platform::{BLOCK_2M, MemRange, PAGE_SIZE, tables};
 use spin::mutex::SpinMutex;
 
 use crate::arch;
@@ -36,12 +38,66 @@ pub struct HostMemory {
 
 static HOST_MEMORY: SpinMutex<Option<HostMemory>> = SpinMutex::new(None);
 
-/// Most table pages a stage-2 rewrite of one 2 MiB or smaller range can
-/// need beyond its size: two split ends, each down to level 3.
-const SPLIT_TABLE_PAGES: u64 = 8;
+/// Root level of the EL2 stage 1 (39-bit VA, `mm::new_el2_table`).
+const EL2_ROOT_LEVEL: usize = 1;
 
-/// Puts the boot-time state in place.
-pub fn install(memory: HostMemory) {
+/// The fixmap: the top 2 MiB of the EL2 VA space, where pages the
+/// hypervisor does not own are mapped for a moment (to zero, measure or
+/// write a report into them). Its tables are built at boot and never
+/// freed, so using it allocates nothing. Identity mappings never reach it:
+/// [`install`] refuses RAM or a carve-out that overlaps it.
+const FIXMAP_BASE: u64 = (1 << 39) - BLOCK_2M;
+/// Pages mapped in the fixmap at once: fewer than 512, so an unmap never
+/// covers the whole level-3 table (aarch64-paging frees a table whose
+/// whole range is unmapped).
+const FIXMAP_PAGES: u64 = 256;
+
+/// Host stage-2 table pages held back for each VM (index: VMID) for
+/// handing its pages back at `VM_DESTROY` (see
+/// [`HostMemory::check_for_guest`]). Changed only under the host memory
+/// lock.
+static GUEST_HOLDS: [AtomicU64; crate::vm::MAX_VMS + 1] = [const { AtomicU64::new(0) }; crate::vm::MAX_VMS + 1];
+
+/// The host stage 2's root level (0 with more than 39 IPA bits); level 0,
+/// the larger estimate, until boot has said.
+fn stage2_level() -> usize {
+    crate::BOOT.get().map_or(0, |b| b.stage2_level)
+}
+
+/// Host stage-2 tables that handing `range` back to the host may cost:
+/// [`tables::tables_to_remap`], plus one boundary chain for the point a
+/// teardown (which returns pages in ascending order) has reached.
+fn return_cost(range: MemRange) -> u64 {
+    let level = stage2_level();
+    tables::tables_to_remap(range.start(), range.end(), level) + tables::tables_per_boundary(level)
+}
+
+/// Pool pages only giving pages back to the host may use: the most one
+/// such change of a range can need from the host stage 2.
+fn return_reserve() -> u64 {
+    let level = stage2_level();
+    2 * tables::tables_per_boundary(level) + 2
+}
+
+/// Puts the boot-time state in place and builds the fixmap's tables.
+/// Runs at boot only: a fixmap that cannot be built stops the machine
+/// before the host runs.
+pub fn install(mut memory: HostMemory) {
+    let window = MemRange::from_base_size(FIXMAP_BASE, BLOCK_2M);
+    let clash = window.is_none_or(|w| w.overlaps(&memory.carveout) || memory.ram.iter().any(|r| r.overlaps(&w)));
+    if clash {
+        crate::println!("RAM reaches the EL2 fixmap window at {FIXMAP_BASE:#x}; stopping");
+        crate::power_off();
+    }
+    // An invalid entry written through level 3 creates the fixmap's
+    // level-2 and level-3 tables, which later maps only fill in.
+    let first = MemoryRegion::new(FIXMAP_BASE as usize, (FIXMAP_BASE + PAGE_SIZE) as usize);
+    if let Err(e) =
+        memory.el2.0.map_range(&first, PhysicalAddress(0), El23Attributes::empty(), Constraints::NO_BLOCK_MAPPINGS)
+    {
+        crate::println!("cannot build the EL2 fixmap: {e}; stopping");
+        crate::power_off();
+    }
     *HOST_MEMORY.lock() = Some(memory);
 }
 
@@ -89,6 +145,25 @@ pub struct Checked {
     transition: Transition,
     range: MemRange,
     effect: Effect,
+    /// Pool pages to hold back for a VM's teardown when the change commits.
+    hold: Option<(own::VmId, u64)>,
+    /// The worst-case table pages the change needs (for the self-check).
+    need: u64,
+}
+
+/// Where the table pages of a change come from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Budget {
+    /// The pool's available pages, less [`return_reserve`]: refused with
+    /// `NO_MEMORY` if too few.
+    Pool,
+    /// The pool's available pages, [`return_reserve`] included: the host
+    /// giving pages back (`UNSHARE_HYP`, `RECLAIM_HYP`) may use pages no
+    /// new change may take, so a host that drained the pool can always
+    /// give back a whole range it took (which frees tables).
+    Return,
+    /// Pages held back for this VM's teardown.
+    Teardown,
 }
 
 impl HostMemory {
@@ -100,12 +175,48 @@ impl HostMemory {
 
     /// Every precondition of `transition` over `request`, without changing
     /// anything: the range is RAM, the carve-out is never handed out, the
-    /// ownership table agrees, and the pool holds enough table pages.
+    /// ownership table agrees, and the pool has the worst-case table pages
+    /// the change needs. Nothing else allocates from the pool while the
+    /// lock is held, so this reserves them for [`HostMemory::commit`].
     ///
     /// # Errors
     ///
     /// `RANGE`, `DENIED`, `BUSY` or `NO_MEMORY` as `docs/abi.md` lists.
     pub fn check(&self, transition: Transition, request: PageRange) -> Result<Checked, AbiError> {
+        self.check_budget(transition, request, Budget::Pool, None)
+    }
+
+    /// [`HostMemory::check`] for pages given to VM `vm` (its RAM or its
+    /// metadata): the commit also holds back what handing them back to the
+    /// host at `VM_DESTROY` may cost, so teardown never needs memory it
+    /// might not get.
+    ///
+    /// # Errors
+    ///
+    /// As [`HostMemory::check`]; `NO_MEMORY` also if the pool cannot hold
+    /// back the return's cost.
+    pub fn check_for_guest(&self, transition: Transition, request: PageRange, vm: own::VmId) -> Result<Checked, AbiError> {
+        let range = MemRange::new(request.start(), request.end()).ok_or(AbiError::InvalidParameter)?;
+        self.check_budget(transition, request, Budget::Pool, Some((vm, return_cost(range))))
+    }
+
+    /// [`HostMemory::check`] for `VM_DESTROY`: the tables come from the
+    /// pages held back for the VM, so this never refuses for memory.
+    ///
+    /// # Errors
+    ///
+    /// As [`HostMemory::check`], except `NO_MEMORY`.
+    pub fn check_teardown(&self, transition: Transition, request: PageRange) -> Result<Checked, AbiError> {
+        self.check_budget(transition, request, Budget::Teardown, None)
+    }
+
+    fn check_budget(
+        &self,
+        transition: Transition,
+        request: PageRange,
+        budget: Budget,
+        hold: Option<(own::VmId, u64)>,
+    ) -> Result<Checked, AbiError> {
         // Decoding checked alignment, count and wrap-around; next, is it RAM.
         let (start, pages) = (PhysAddr(request.start()), request.pages());
         let range = MemRange::new(request.start(), request.end()).ok_or(AbiError::InvalidParameter)?;
@@ -115,20 +226,61 @@ impl HostMemory {
         if transition.returns_hyp_pages() && range.overlaps(&self.carveout) {
             return Err(AbiError::Denied);
         }
+        if let Some((vm, _)) = hold
+            && GUEST_HOLDS.get(usize::from(vm.0)).is_none()
+        {
+            return Err(AbiError::InvalidParameter);
+        }
         let effect = self.table.check(transition, start, pages).map_err(|r| abi_error(r.error))?;
-        self.ensure_table_memory(&effect, range)?;
-        Ok(Checked { transition, range, effect })
+        let need = tables_needed(&effect, range).saturating_add(hold.map_or(0, |(_, pages)| pages));
+        let budget = match budget {
+            Budget::Pool if matches!(transition, Transition::HostUnshareHyp | Transition::HypDonateHost) => Budget::Return,
+            other => other,
+        };
+        let available = match budget {
+            Budget::Pool => mm::pool_available().saturating_sub(return_reserve()),
+            Budget::Return => mm::pool_available(),
+            Budget::Teardown => u64::MAX,
+        };
+        if need > available {
+            return Err(AbiError::NoMemory);
+        }
+        Ok(Checked { transition, range, effect, hold, need: tables_needed(&effect, range) })
     }
 
     /// Applies a checked transition: the states, then the mappings. Cannot
     /// fail (a failure here is a broken invariant and stops the machine).
     pub fn commit(&mut self, checked: Checked) {
-        let Checked { transition, range, effect } = checked;
+        let Checked { transition, range, effect, hold, need } = checked;
+        let free_before = mm::pool_free();
         if let Err(r) = self.table.apply(transition, PhysAddr(range.start()), range.size() / PAGE_SIZE) {
+            // The check ran under the same lock: only a broken invariant
+            // gets here, with the states unknown; stop.
             crate::println!("ownership commit failed after its check: {r}; stopping");
             crate::power_off();
         }
+        // The check counted the hold with the tables, so it fits.
+        if let Some((vm, pages)) = hold
+            && let Some(slot) = GUEST_HOLDS.get(usize::from(vm.0))
+            && mm::pool_hold(pages)
+        {
+            slot.fetch_add(pages, Ordering::Relaxed);
+        }
         self.reflect(&effect, range);
+        let used = free_before.saturating_sub(mm::pool_free());
+        if used > need || mm::pool_free() < mm::pool_held() {
+            // A worst-case estimate was wrong: a later change or teardown
+            // might find the pool empty. Say so (the test suite fails on it).
+            crate::println!("rampart: table estimate exceeded: {transition:?} on {range} used {used} pages, estimated {need}");
+        }
+    }
+
+    /// Gives back the pool pages held for `vm`'s teardown (the end of
+    /// `VM_DESTROY`).
+    pub fn release_guest_hold(&mut self, vm: own::VmId) {
+        if let Some(slot) = GUEST_HOLDS.get(usize::from(vm.0)) {
+            mm::pool_release(slot.swap(0, Ordering::Relaxed));
+        }
     }
 
     /// Returns the pages of `[start, start + pages)` that a dead guest
@@ -149,104 +301,113 @@ impl HostMemory {
                 State::SharedBorrowed => Transition::HostUnshareGuest(vm),
                 _ => Transition::HostReclaimGuest(vm),
             };
-            let checked = PageRange::new(run.start.0, run.pages).ok().and_then(|r| self.check(transition, r).ok());
-            match checked {
-                Some(checked) => self.commit(checked),
-                None => {
-                    crate::println!("cannot reclaim {} pages of VM {} at {}; stopping", run.pages, vm.0, run.start);
-                    crate::power_off();
+            match PageRange::new(run.start.0, run.pages).and_then(|r| self.check_teardown(transition, r)) {
+                Ok(checked) => self.commit(checked),
+                // The VM's stage 2 and the ownership table disagree (a bug).
+                // The pages stay the dead VM's: the host cannot reach them
+                // and no stage 2 maps them, so leaving them is safe.
+                Err(e) => {
+                    crate::println!("cannot reclaim {} pages of VM {} at {}: {e:?}; leaving them", run.pages, vm.0, run.start);
                 }
             }
         }
     }
 
     /// Zeroes pages the hypervisor does not map (a guest's, before it can
-    /// see them) through a temporary EL2 mapping.
+    /// see them) through the fixmap. Allocates nothing.
     pub fn zero_unowned(&mut self, range: MemRange) {
-        self.map_el2(range);
-        // SAFETY: mapped just above; the pages belong to a guest that cannot
-        // reach them yet, and nothing in Rust refers to them.
-        unsafe { mm::zero(range) };
-        self.unmap_el2(range);
+        let mut start = range.start();
+        while start < range.end() {
+            let pages = ((range.end() - start) / PAGE_SIZE).min(FIXMAP_PAGES);
+            self.fixmap(start, pages);
+            if let Some(window) = MemRange::from_base_size(FIXMAP_BASE, pages * PAGE_SIZE) {
+                // SAFETY: the fixmap maps `pages` pages writable at
+                // FIXMAP_BASE just above; they belong to a guest that cannot
+                // reach them yet or to nobody, and nothing in Rust refers to
+                // them.
+                unsafe { mm::zero(window) };
+            }
+            self.fixunmap(pages);
+            start += pages * PAGE_SIZE;
+        }
     }
 
-    /// Maps pages the hypervisor does not own at EL2 for the length of `f`,
-    /// one 2 MiB chunk at a time, and calls `f` with each page's address and
-    /// bytes in ascending order. The caller must make sure no guest vCPU or
-    /// host CPU can write the pages meanwhile (a guest that has not run
-    /// yet, or pages the host has just given up).
+    /// Maps pages the hypervisor does not own in the fixmap, a batch at a
+    /// time, and calls `f` with each page's physical address and bytes in
+    /// ascending order. Allocates nothing. The caller must make sure no
+    /// guest vCPU or host CPU can write the pages meanwhile (a guest that
+    /// has not run yet, or pages the host has just given up).
     ///
     /// # Errors
     ///
-    /// `NO_MEMORY` if the pool cannot hold the temporary mappings.
+    /// None today: the fixmap needs no memory.
     pub fn with_pages(&mut self, range: MemRange, f: &mut dyn FnMut(u64, &mut [u8; 4096])) -> Result<(), AbiError> {
-        const CHUNK: u64 = 2 << 20;
-        let (_, left) = mm::pool_usage();
-        if left < 8 {
-            return Err(AbiError::NoMemory);
-        }
         let mut start = range.start();
         while start < range.end() {
-            let end = (start + CHUNK).min(range.end());
-            let chunk = MemRange::new(start, end).ok_or(AbiError::InvalidParameter)?;
-            self.map_el2(chunk);
-            let mut page = start;
-            while page < end {
-                // SAFETY: mapped just above; the caller guarantees nobody
-                // else writes the page while `f` runs.
-                f(page, unsafe { mm::page_bytes(page) });
-                page += PAGE_SIZE;
+            let pages = ((range.end() - start) / PAGE_SIZE).min(FIXMAP_PAGES);
+            self.fixmap(start, pages);
+            for i in 0..pages {
+                // SAFETY: mapped in the fixmap just above; the caller
+                // guarantees nobody else writes the page while `f` runs, and
+                // the reference dies before the page is unmapped.
+                f(start + i * PAGE_SIZE, unsafe { mm::page_bytes(FIXMAP_BASE + i * PAGE_SIZE) });
             }
-            self.unmap_el2(chunk);
-            start = end;
+            self.fixunmap(pages);
+            start += pages * PAGE_SIZE;
         }
         Ok(())
     }
 
     /// Writes `bytes` at the start of `page`, a page the hypervisor does not
-    /// map (a guest's), through a temporary EL2 mapping and volatile stores:
-    /// the guest's other vCPUs may write the page meanwhile, so no Rust
-    /// reference to it is ever formed.
+    /// map (a guest's), through the fixmap and volatile stores: the guest's
+    /// other vCPUs may write the page meanwhile, so no Rust reference to it
+    /// is ever formed. Allocates nothing.
     ///
     /// # Errors
     ///
     /// `INVALID_PARAMETER` for an unaligned page or more than a page of
-    /// bytes; `NO_MEMORY` if the pool cannot hold the temporary mapping.
+    /// bytes.
     pub fn write_unowned_page(&mut self, page: u64, bytes: &[u8]) -> Result<(), AbiError> {
-        let range = MemRange::from_base_size(page, PAGE_SIZE).ok_or(AbiError::InvalidParameter)?;
         if !page.is_multiple_of(PAGE_SIZE) || bytes.len() as u64 > PAGE_SIZE {
             return Err(AbiError::InvalidParameter);
         }
-        let (_, left) = mm::pool_usage();
-        if left < 8 {
-            return Err(AbiError::NoMemory);
-        }
-        self.map_el2(range);
-        // SAFETY: mapped writable just above; it is a guest's own page, whose
-        // concurrent writers can only spoil what the guest reads back.
-        unsafe { mm::write_volatile_bytes(page, bytes) };
-        self.unmap_el2(range);
+        self.fixmap(page, 1);
+        // SAFETY: the fixmap's first page now maps `page` writable at EL2;
+        // it is a guest's own page, whose concurrent writers can only spoil
+        // what the guest reads back, and no Rust reference to it exists.
+        unsafe { mm::write_volatile_bytes(FIXMAP_BASE, bytes) };
+        self.fixunmap(1);
         Ok(())
     }
 
-    /// Refuses with NO_MEMORY if the pool could run dry mid-change.
-    fn ensure_table_memory(&self, effect: &Effect, range: MemRange) -> Result<(), AbiError> {
-        let mut need = 0;
-        if let Update::Set(state) = effect.updates.hyp
-            && state != State::Absent
+    /// Maps `pages` pages (at most [`FIXMAP_PAGES`]) from `pa` at
+    /// [`FIXMAP_BASE`]. The fixmap's tables exist, so this only writes
+    /// level-3 entries.
+    fn fixmap(&mut self, pa: u64, pages: u64) {
+        let region = MemoryRegion::new(FIXMAP_BASE as usize, (FIXMAP_BASE + pages * PAGE_SIZE) as usize);
+        if let Err(e) =
+            self.el2.0.map_range(&region, PhysicalAddress(pa as usize), mm::el2::DATA, Constraints::NO_BLOCK_MAPPINGS)
         {
-            // 4 KiB mappings: one level-3 table per 2 MiB, plus the levels above.
-            need += range.size().div_ceil(2 << 20) + 4;
+            // Fixed VAs inside the table's range: cannot fail.
+            fail_closed("fixmap", MemRange::from_base_size(pa, pages * PAGE_SIZE).unwrap_or(self.carveout), e);
         }
-        if let Update::Set(_) = effect.updates.host {
-            need += range.size().div_ceil(2 << 20) + SPLIT_TABLE_PAGES;
+        // Invalid-to-valid entries only (the window was unmapped and
+        // invalidated): complete the writes before this CPU walks them.
+        arch::dsb_ishst();
+        arch::isb();
+    }
+
+    /// Unmaps the first `pages` fixmap pages and invalidates them.
+    fn fixunmap(&mut self, pages: u64) {
+        let region = MemoryRegion::new(FIXMAP_BASE as usize, (FIXMAP_BASE + pages * PAGE_SIZE) as usize);
+        if let Err(e) =
+            self.el2.0.map_range(&region, PhysicalAddress(0), El23Attributes::empty(), Constraints::NO_BLOCK_MAPPINGS)
+        {
+            fail_closed("fixmap unmap", self.carveout, e);
         }
-        if effect.updates.zero && !effect.transition.returns_hyp_pages() {
-            // A temporary EL2 mapping to zero pages the hypervisor does not map.
-            need += range.size().div_ceil(2 << 20) + 4;
+        for i in 0..pages {
+            arch::tlbi_el2_va(FIXMAP_BASE + i * PAGE_SIZE);
         }
-        let (_, left) = mm::pool_usage();
-        if need > left { Err(AbiError::NoMemory) } else { Ok(()) }
     }
 
     /// Rewrites the mappings for `range` after the states changed:
@@ -254,20 +415,19 @@ impl HostMemory {
     fn reflect(&mut self, effect: &Effect, range: MemRange) {
         if effect.updates.host == Update::Set(State::Absent) {
             self.rewrite_host_stage2(range);
+            self.coalesce_host_ends(range);
         }
         if effect.updates.zero {
             // Pages the hypervisor owned are mapped at EL2 already; a guest's
-            // are mapped just long enough to be cleared.
-            let mapped = effect.transition.returns_hyp_pages();
-            if !mapped {
-                self.map_el2(range);
-            }
-            // SAFETY: the pages are mapped at EL2 (above); no guest runs on
-            // them any more and the host cannot reach them until the host
-            // stage 2 below gives them back; nothing in Rust refers to them.
-            unsafe { mm::zero(range) };
-            if !mapped {
-                self.unmap_el2(range);
+            // are cleared through the fixmap.
+            if effect.transition.returns_hyp_pages() {
+                // SAFETY: the hypervisor owned the pages, so they are mapped
+                // at EL2; no guest runs on them and the host cannot reach
+                // them until the host stage 2 below gives them back; nothing
+                // in Rust refers to them.
+                unsafe { mm::zero(range) };
+            } else {
+                self.zero_unowned(range);
             }
         }
         match effect.updates.hyp {
@@ -279,6 +439,63 @@ impl HostMemory {
             && state != State::Absent
         {
             self.rewrite_host_stage2(range);
+            self.coalesce_host_ends(range);
+        }
+    }
+
+    /// After a rewrite of `range`, maps the 2 MiB block at each of its ends
+    /// as one block again if the host's state is now the same all over it,
+    /// which frees the block's level-3 table: pages given back return their
+    /// table pages to the pool. (The rewrite remapped whole blocks inside
+    /// the range already.) Allocates nothing: the break covers the whole
+    /// block, freeing its table, and the make writes one entry.
+    ///
+    /// Only when the pool runs low ([`mm::pool_low`]): merging costs a
+    /// VMID-wide TLB invalidation and the next split rebuilds the table,
+    /// which a host sharing and unsharing one page would pay every time.
+    fn coalesce_host_ends(&mut self, range: MemRange) {
+        if !mm::pool_low() {
+            return;
+        }
+        let first = range.start() & !(BLOCK_2M - 1);
+        let last = (range.end() - 1) & !(BLOCK_2M - 1);
+        let ends = [Some(first), (last != first).then_some(last)];
+        for block in ends.into_iter().flatten() {
+            let Some(block_range) = MemRange::from_base_size(block, BLOCK_2M) else { continue };
+            if !self.ram.iter().any(|bank| bank.contains_range(&block_range)) {
+                continue;
+            }
+            // Is the block translated through a level-3 table? (Stop at the
+            // first entry: a table's entries are all level 3.)
+            let mut has_table = false;
+            let region = MemoryRegion::new(block as usize, (block + BLOCK_2M) as usize);
+            let _ = self.stage2.0.walk_range(&region, &mut |_, _, level| {
+                has_table = level == 3;
+                Err(())
+            });
+            if !has_table {
+                continue;
+            }
+            let Ok(Some(state)) = self.table.uniform_state(PhysAddr(block), BLOCK_2M / PAGE_SIZE, Component::Host)
+            else {
+                continue;
+            };
+            // Break: one invalid level-2 entry, which frees the table; the
+            // whole VMID is invalidated (walk caches may point at the table
+            // from anywhere in the block) before the pool can reuse it.
+            if let Err(e) = mm::identity_map(&mut self.stage2.0, block_range, Stage2Attributes::empty()) {
+                fail_closed("stage-2 coalesce", block_range, e);
+            }
+            arch::dsb_ishst();
+            let host_vttbr = crate::BOOT.get().map_or(0, |b| b.config.vttbr);
+            arch::with_vttbr(host_vttbr, arch::tlbi_vmid);
+            // Make: one block (nothing, if the host may not reach it).
+            if let Some(attributes) = host_attributes(state)
+                && let Err(e) = mm::identity_map(&mut self.stage2.0, block_range, attributes)
+            {
+                fail_closed("stage-2 coalesce", block_range, e);
+            }
+            arch::dsb_ishst();
         }
     }
 
@@ -290,8 +507,42 @@ impl HostMemory {
     }
 
     fn unmap_el2(&mut self, range: MemRange) {
-        if let Err(e) = mm::identity_map_pages(&mut self.el2.0, range, aarch64_paging::descriptor::El23Attributes::empty()) {
+        if let Err(e) = mm::identity_map_pages(&mut self.el2.0, range, El23Attributes::empty()) {
             fail_closed("EL2 unmap", range, e);
+        }
+        // Unmapping a whole 2 MiB block frees its level-3 table; when the
+        // pool runs low, at the two ends of the range, free it too if
+        // nothing in the block is mapped any more, so pages given back
+        // return their table pages to the pool. The invalidation below, by
+        // VA inside each such block, also drops walk-cache entries that
+        // point at a freed table before the pool can hand it out again
+        // (zeroed).
+        let first = range.start() & !(BLOCK_2M - 1);
+        let last = (range.end() - 1) & !(BLOCK_2M - 1);
+        let ends = if mm::pool_low() { [Some(first), (last != first).then_some(last)] } else { [None, None] };
+        for block in ends.into_iter().flatten() {
+            let Some(block_range) = MemRange::from_base_size(block, BLOCK_2M) else { continue };
+            if block_range.overlaps(&self.carveout) || block == FIXMAP_BASE {
+                continue;
+            }
+            let mut has_table = false;
+            let region = MemoryRegion::new(block as usize, (block + BLOCK_2M) as usize);
+            let _ = self.el2.0.walk_range(&region, &mut |_, _, level| {
+                has_table = level == 3;
+                Err(())
+            });
+            // Outside the carve-out, EL2 maps exactly the pages the
+            // hypervisor owns or borrows: none in the block, per the table
+            // (cheaper than walking 512 entries).
+            if has_table
+                && matches!(
+                    self.table.uniform_state(PhysAddr(block), BLOCK_2M / PAGE_SIZE, Component::Hyp),
+                    Ok(Some(State::Absent))
+                )
+                && let Err(e) = mm::identity_map_pages(&mut self.el2.0, block_range, El23Attributes::empty())
+            {
+                fail_closed("EL2 unmap", block_range, e);
+            }
         }
         let mut page = range.start();
         while page < range.end() {
@@ -324,15 +575,20 @@ impl HostMemory {
             Ok(())
         });
 
-        // Break.
+        // Break. Unmapping a whole block whose entry points at a table frees
+        // that table (aarch64-paging): then walk caches may still point at
+        // it anywhere in its span, not only at the leaves seen above, so
+        // invalidate the whole VMID before the pool can hand it out again.
+        let frees_before = mm::pool_frees();
         if let Err(e) = mm::identity_map(&mut self.stage2.0, envelope, Stage2Attributes::empty()) {
             fail_closed("stage-2 break", envelope, e);
         }
+        let freed_tables = mm::pool_frees() != frees_before;
         arch::dsb_ishst();
         let host_vttbr = crate::BOOT.get().map_or(0, |b| b.config.vttbr);
         arch::with_vttbr(host_vttbr, || {
-            if leaf_count <= MAX_TARGETED {
-                for &ipa in &leaves[..leaf_count] {
+            if leaf_count <= MAX_TARGETED && !freed_tables {
+                for &ipa in leaves.get(..leaf_count).unwrap_or(&[]) {
                     arch::tlbi_ipa(ipa);
                 }
                 arch::tlbi_stage1_of_vmid();
@@ -377,15 +633,49 @@ pub fn handle_host_fault(ipa: u64) -> bool {
     match memory.table.state_of(page, Component::Host) {
         Ok(State::Absent) | Err(_) => false,
         Ok(_) => {
+            // The rewrite the access raced with has finished (we hold the
+            // lock it held): if the page is mapped now, just retry.
+            let mut mapped = false;
+            let region = MemoryRegion::new(page.0 as usize, (page.0 + PAGE_SIZE) as usize);
+            let _ = memory.stage2.0.walk_range(&region, &mut |_, desc, level| {
+                mapped |= desc.is_valid() && !(level < 3 && desc.is_table_or_page());
+                Ok(())
+            });
+            if mapped {
+                return true;
+            }
             let Ok(block) = memory.table.largest_uniform_block(page, Component::Host, &[512]) else { return false };
             let Some(range) = MemRange::from_base_size(block.start.0, block.pages * PAGE_SIZE) else { return false };
             if !memory.ram.iter().any(|bank| bank.contains_range(&range)) {
+                return false;
+            }
+            // Every commit maps what the host may reach, so this is a
+            // defence only, and it must not overdraw the pool either.
+            if tables::tables_to_remap(range.start(), range.end(), stage2_level()) > mm::pool_available() {
                 return false;
             }
             memory.rewrite_host_stage2(range);
             true
         }
     }
+}
+
+/// The worst-case table pages `effect` over `range` needs from the pool:
+/// the EL2 stage 1 maps hypervisor pages with 4 KiB pages (unmapping them
+/// needs none: their tables exist), and the host stage 2 is rewritten with
+/// the largest blocks, uniformly over the range. Zeroing uses the fixmap
+/// and needs none.
+fn tables_needed(effect: &Effect, range: MemRange) -> u64 {
+    let mut need = 0;
+    if let Update::Set(state) = effect.updates.hyp
+        && state != State::Absent
+    {
+        need += tables::tables_to_map(range.start(), range.end(), EL2_ROOT_LEVEL);
+    }
+    if let Update::Set(_) = effect.updates.host {
+        need += tables::tables_to_remap(range.start(), range.end(), stage2_level());
+    }
+    need
 }
 
 fn fail_closed(what: &str, range: MemRange, error: aarch64_paging::MapError) -> ! {

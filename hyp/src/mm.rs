@@ -30,16 +30,35 @@ pub unsafe fn init_heap(range: MemRange) {
 }
 
 /// Pages for page tables, taken from the end of the carve-out.
+///
+/// After boot, every allocation happens under the host memory lock
+/// (`memory.rs`), which first checks that the change's worst-case table
+/// count fits in [`pool_available`] pages and keeps `held` pages back for VM
+/// teardown (see `docs/design.md`, "Table memory").
 struct PagePool {
     next: u64,
     end: u64,
     free: Option<u64>,
     free_pages: u64,
     used: u64,
+    /// Pages promised to future work (VM teardown): not available to new
+    /// changes, but the promised work may draw on them.
+    held: u64,
+    /// Tables freed so far (a counter: callers compare it across a change
+    /// to know whether a table was freed and walk caches need invalidating).
+    frees: u64,
+    /// Pages in the pool.
+    size: u64,
 }
 
 static POOL: SpinMutex<PagePool> =
-    SpinMutex::new(PagePool { next: 0, end: 0, free: None, free_pages: 0, used: 0 });
+    SpinMutex::new(PagePool { next: 0, end: 0, free: None, free_pages: 0, used: 0, held: 0, frees: 0, size: 0 });
+
+impl PagePool {
+    fn free_count(&self) -> u64 {
+        (self.end - self.next) / PAGE_SIZE + self.free_pages
+    }
+}
 
 /// Hands the page pool its memory.
 ///
@@ -50,6 +69,7 @@ pub unsafe fn init_pool(range: MemRange) {
     let mut pool = POOL.lock();
     pool.next = range.start();
     pool.end = range.end();
+    pool.size = range.size() / PAGE_SIZE;
 }
 
 /// Takes `pages` contiguous zeroed pages from the pool, for boot-time
@@ -107,10 +127,51 @@ pub struct Shared<R: TranslationRegime>(pub Table<R>);
 // identity-mapped pool pages valid on every CPU.
 unsafe impl<R: TranslationRegime> Send for Shared<R> {}
 
-/// Pages handed out by the pool so far, and pages it has left.
+/// Pages handed out by the pool so far, and pages left for new changes
+/// (free pages not held back for VM teardown).
 pub fn pool_usage() -> (u64, u64) {
     let pool = POOL.lock();
-    (pool.used, (pool.end - pool.next) / PAGE_SIZE + pool.free_pages)
+    (pool.used, pool.free_count().saturating_sub(pool.held))
+}
+
+/// Free pages, including those held back for VM teardown.
+pub fn pool_free() -> u64 {
+    POOL.lock().free_count()
+}
+
+/// Pages available to a new change: free pages not held back.
+pub fn pool_available() -> u64 {
+    pool_usage().1
+}
+
+/// Holds `pages` back for later work (VM teardown) if that many are
+/// available; `false` (and nothing held) otherwise.
+pub fn pool_hold(pages: u64) -> bool {
+    let mut pool = POOL.lock();
+    if pool.free_count().saturating_sub(pool.held) < pages {
+        return false;
+    }
+    pool.held += pages;
+    true
+}
+
+/// Whether the pool is low: under a quarter of it available. Then pages
+/// given back also give back the tables that mapped them separately
+/// (`memory.rs` coalesces); above, those tables stay for the next change.
+pub fn pool_low() -> bool {
+    let pool = POOL.lock();
+    pool.free_count().saturating_sub(pool.held) < pool.size / 4
+}
+
+/// Gives back `pages` held with [`pool_hold`].
+pub fn pool_release(pages: u64) {
+    let mut pool = POOL.lock();
+    pool.held = pool.held.saturating_sub(pages);
+}
+
+/// Pages held back with [`pool_hold`].
+pub fn pool_held() -> u64 {
+    POOL.lock().held
 }
 
 fn allocate_page() -> u64 {
@@ -126,8 +187,12 @@ fn allocate_page() -> u64 {
         pool.next += PAGE_SIZE;
         page
     } else {
-        // Boot sizes the pool for every table it builds; running out is a
-        // configuration error, not something a caller can cause.
+        // At boot, the pool is sized for every table boot builds: running
+        // out is a configuration error. After boot, every caller checked
+        // its worst case against `pool_available` under the host memory
+        // lock (teardown draws on pages held for it), so this cannot
+        // happen; the aarch64-paging allocator cannot report failure, so
+        // a broken invariant stops the machine rather than corrupt a table.
         panic!("page pool exhausted: build with a larger RAMPART_CARVEOUT_MIB");
     };
     pool.used += 1;
@@ -145,6 +210,13 @@ fn free_page(page: u64) {
     pool.free = Some(page);
     pool.free_pages += 1;
     pool.used -= 1;
+    pool.frees = pool.frees.wrapping_add(1);
+}
+
+/// How many tables the pool has taken back so far (wraps; compare for
+/// equality).
+pub fn pool_frees() -> u64 {
+    POOL.lock().frees
 }
 
 /// Page-table memory from the pool, identity-mapped.
@@ -284,24 +356,48 @@ pub unsafe fn write_phys(address: u64, bytes: &[u8]) {
 
 /// Page-table pages for one VM's stage 2, taken from the metadata the host
 /// donated for it.
+///
+/// Mapping guest memory checks [`VmPool::available`] against the
+/// worst case for 4 KiB pages (`rampart_platform::tables::tables_to_map`)
+/// and then holds back what the block mappings did not use: that is what
+/// splitting those blocks later (a guest giving up one page) can cost, so
+/// a split never finds the pool empty.
 #[derive(Debug)]
 pub struct VmPool {
     next: u64,
     end: u64,
     free: Option<u64>,
     free_pages: u64,
+    /// A `Cell`: the pool sits inside its `Mapping`, which lends it out
+    /// only by shared reference.
+    held: core::cell::Cell<u64>,
 }
 
 impl VmPool {
     /// A pool over `range` (page-aligned, donated to the hypervisor and
     /// mapped at EL2).
     pub fn new(range: MemRange) -> Self {
-        VmPool { next: range.start(), end: range.end(), free: None, free_pages: 0 }
+        VmPool { next: range.start(), end: range.end(), free: None, free_pages: 0, held: core::cell::Cell::new(0) }
     }
 
-    /// Pages left.
-    pub fn available(&self) -> u64 {
+    /// Free pages, including those held back for splits.
+    pub fn free(&self) -> u64 {
         (self.end - self.next) / PAGE_SIZE + self.free_pages
+    }
+
+    /// Pages left for new mappings: free pages not held back for splits.
+    pub fn available(&self) -> u64 {
+        self.free().saturating_sub(self.held.get())
+    }
+
+    /// Holds `pages` back for splitting blocks mapped earlier.
+    pub fn hold(&self, pages: u64) {
+        self.held.set(self.held.get().saturating_add(pages).min(self.free()));
+    }
+
+    /// Gives back `pages` held with [`VmPool::hold`] (a split used them).
+    pub fn release(&self, pages: u64) {
+        self.held.set(self.held.get().saturating_sub(pages));
     }
 }
 
@@ -317,7 +413,9 @@ impl<A: aarch64_paging::descriptor::PagingAttributes> Translation<A> for VmPool 
             self.next += PAGE_SIZE;
             page
         } else {
-            // Every mapping call checks `available` first.
+            // Every mapping checks its worst case against `available`
+            // first and holds back what splits may need later, so this
+            // cannot happen; the allocator cannot report failure.
             panic!("VM stage-2 pool exhausted despite the reserve check");
         };
         // SAFETY: the page belongs to this VM's pool, is mapped at EL2 and

@@ -178,7 +178,8 @@ pub fn create(metadata: PageRange, config: VmConfig) -> Result<VmHandle, Error> 
         .ok_or(Error::NoMemory)?;
     let id = vm_id(slot);
     crate::memory::with(|mem| {
-        let checked = mem.check(Transition::HostDonateVmMeta(id), metadata)?;
+        // Holds back what giving the metadata back at VM_DESTROY may cost.
+        let checked = mem.check_for_guest(Transition::HostDonateVmMeta(id), metadata, id)?;
         mem.commit(checked);
         Ok(())
     })?;
@@ -235,9 +236,12 @@ pub fn create_vcpu(vcpu: VcpuRef) -> Result<(), Error> {
     Ok(())
 }
 
-/// Tables a mapping of `pages` pages may need at most.
-fn tables_needed(pages: u64) -> u64 {
-    pages.div_ceil(512) + pages.div_ceil(512 * 512) + 2
+/// Tables mapping `bytes` at guest address `ipa` may need at most, for
+/// the stage-2 root level in use, counting 4 KiB pages: blocks need fewer,
+/// and the difference is what splitting them later can cost.
+fn tables_needed(ipa: u64, bytes: u64) -> u64 {
+    let level = crate::BOOT.get().map_or(1, |b| b.stage2_level);
+    rampart_platform::tables::tables_to_map(ipa, ipa.saturating_add(bytes), level)
 }
 
 /// Attributes of guest memory in a VM's stage 2.
@@ -260,7 +264,8 @@ fn any_mapped(vm: &Vm, ipa: u64, bytes: u64) -> bool {
 pub fn translate(vm: &Vm, ipa: u64) -> Option<u64> {
     let page = ipa & !(PAGE_SIZE - 1);
     let mut out = None;
-    let region = MemoryRegion::new(page as usize, (page + PAGE_SIZE) as usize);
+    // A guest's IPA may be anything: no wrap-around past 2^64.
+    let region = MemoryRegion::new(page as usize, page.checked_add(PAGE_SIZE)? as usize);
     let _ = vm.stage2.walk_range(&region, &mut |mr, desc, level| {
         if desc.is_valid() && !(level < 3 && desc.is_table_or_page()) {
             let offset = page - mr.start().0 as u64;
@@ -287,14 +292,17 @@ pub fn give_memory(vm_handle: VmHandle, pages: PageRange, guest_address: u64, sh
     if any_mapped(vm, guest_address, bytes) {
         return Err(Error::Denied);
     }
-    if vm.stage2.translation().available() < tables_needed(pages.pages()) {
+    let tables = tables_needed(guest_address, bytes);
+    if vm.stage2.translation().available() < tables {
         return Err(Error::NoMemory);
     }
     let id = vm_id(slot);
     let transition = if share { Transition::HostShareGuest(id) } else { Transition::HostDonateGuest(id) };
     let zero_first = vm.measurement.is_some();
     crate::memory::with(|mem| {
-        let checked = mem.check(transition, pages)?;
+        // Also holds back what handing these pages back to the host at
+        // teardown may cost the host stage 2.
+        let checked = mem.check_for_guest(transition, pages, id)?;
         mem.commit(checked);
         if zero_first {
             // After the first run nothing the host wrote may reach the
@@ -308,12 +316,21 @@ pub fn give_memory(vm_handle: VmHandle, pages: PageRange, guest_address: u64, sh
     let region = MemoryRegion::new(guest_address as usize, ipa_end as usize);
     // 4 KiB pages only: a page the guest later relinquishes is then unmapped
     // without splitting a live block (see `unmap_guest_page`).
+    let free_before = vm.stage2.translation().free();
     if let Err(e) =
         vm.stage2.map_range(&region, PhysicalAddress(pages.start() as usize), GUEST_RAM, Constraints::NO_BLOCK_MAPPINGS)
     {
+        // The range was checked against the IPA limit and is page-aligned:
+        // only a broken invariant gets here.
         crate::println!("VM stage-2 map failed after its checks: {e}; stopping");
         crate::power_off();
     }
+    // Splitting the blocks just mapped down to pages (a guest giving up
+    // pages one at a time) may need what mapping them as pages would have
+    // used and the blocks did not; hold that back.
+    let used = free_before.saturating_sub(vm.stage2.translation().free());
+    let split = rampart_platform::tables::split_cost(guest_address, pages.start(), bytes);
+    vm.stage2.translation().hold(split.min(tables.saturating_sub(used)));
     arch::dsb_ishst();
     Ok(())
 }
@@ -427,12 +444,17 @@ pub fn ipa_limit() -> u64 {
 pub fn unmap_guest_page(vm: &mut Vm, ipa: u64) {
     let page = ipa & !(PAGE_SIZE - 1);
     let region = MemoryRegion::new(page as usize, (page + PAGE_SIZE) as usize);
+    // Guest stage 2 maps 4 KiB pages only (`give_memory`), so this clears one
+    // level-3 entry and never splits a live block; should a table ever be
+    // needed, it comes from what `give_memory` held back.
+    let free_before = vm.stage2.translation().free();
     if let Err(e) =
         vm.stage2.map_range(&region, PhysicalAddress(0), Stage2Attributes::empty(), Constraints::NO_BLOCK_MAPPINGS)
     {
         crate::println!("VM stage-2 unmap failed: {e}; stopping");
         crate::power_off();
     }
+    vm.stage2.translation().release(free_before.saturating_sub(vm.stage2.translation().free()));
     arch::dsb_ishst();
     arch::with_vttbr(vttbr(vm), || {
         arch::tlbi_ipa(page);
@@ -480,7 +502,7 @@ pub fn destroy(handle: VmHandle) -> Result<(), Error> {
     // The metadata's release is the last step; ask now whether it can be
     // done (its pages' state, and the page-table memory the host's mapping
     // needs), while the answer can still be "no, nothing changed".
-    crate::memory::with(|mem| mem.check(Transition::HypReleaseVmMeta(id), metadata_pages).map(drop))?;
+    crate::memory::with(|mem| mem.check_teardown(Transition::HypReleaseVmMeta(id), metadata_pages).map(drop))?;
 
     // From here on nothing is refused.
     // The handle dies now: no new call can find the VM. A slot whose
@@ -549,17 +571,18 @@ pub fn destroy(handle: VmHandle) -> Result<(), Error> {
     drop(vcpus);
     drop(vm);
 
+    // Teardown draws on the table pages held back for it at VM_CREATE and
+    // VM_DONATE/VM_SHARE, so it never fails for want of memory; the pages'
+    // state was checked above and no other call can change it.
     let released = crate::memory::with(|mem| {
-        let checked = mem.check(Transition::HypReleaseVmMeta(id), metadata_pages)?;
-        mem.commit(checked);
-        Ok(())
+        let result = mem.check_teardown(Transition::HypReleaseVmMeta(id), metadata_pages).map(|checked| mem.commit(checked));
+        mem.release_guest_hold(id);
+        result
     });
     if let Err(e) = released {
-        // Only the page-table pool running dry during the teardown above
-        // gets here (the pages' state was checked, and no other call can
-        // change it). The VM is gone; its metadata stays the hypervisor's,
-        // out of everyone's reach, rather than failing a call that has
-        // already done its work.
+        // A broken invariant only (a corrupt ownership entry): the VM is
+        // gone; its metadata stays the hypervisor's, out of everyone's
+        // reach, rather than failing a call that has already done its work.
         crate::println!("VM {} destroyed; its metadata {metadata} stays held: {e}", id.0);
     }
     Ok(())

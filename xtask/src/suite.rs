@@ -259,6 +259,11 @@ fn check_testhost(run: &Run, smp: u32) -> Result<String> {
     if used == 0 || used * 2 > size {
         bail!(run.failure(&format!("EL2 stack high-water mark {used} of {size} bytes: want at most half used")));
     }
+    // The hypervisor checks every change's page-table use against its
+    // worst-case estimate (docs/design.md, "Table memory").
+    if let Some(line) = run.console.lines().find(|l| l.contains("rampart: table estimate exceeded")) {
+        bail!(run.failure(line));
+    }
     let cpus = format!("rampart: {smp} CPUs");
     if !run.console.contains(&cpus) {
         bail!(run.failure(&format!("boot log lacks `{cpus}`")));

@@ -27,6 +27,7 @@ pub mod inject;
 pub mod layout;
 pub mod range;
 pub mod smc;
+pub mod tables;
 pub mod trap;
 
 pub use error::BootError;

@@ -10,6 +10,7 @@ mod carveout;
 mod concurrent;
 mod cpu;
 mod ownership;
+mod pool;
 mod ram;
 mod smccc;
 mod vb;
@@ -217,6 +218,14 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "vb-no-leaks",
         run: vb::vb_no_leaks,
+    },
+    Check {
+        name: "pool-vm-stage2-straddle",
+        run: pool::pool_vm_stage2_straddle,
+    },
+    Check {
+        name: "pool-drain",
+        run: pool::pool_drain,
     },
     Check {
         name: "ram-rw",
