@@ -244,6 +244,11 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         stage2_level,
         ipa_bits,
     );
+    host::init_reset(host::ResetPlan {
+        ram: ram.clone(),
+        carveout,
+        hyp_data: MemRange::new(symbol(&raw const __rodata_end), control.start()).ok_or(BootError::NoMemory)?,
+    });
     memory::install(memory::HostMemory {
         table,
         stage2: mm::Shared(stage2),
@@ -301,7 +306,12 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     for dev in &plan.unmappable_devices {
         println!("device range {dev} lies beyond the {ipa_bits}-bit IPA space; not mapped for the host");
     }
-    println!("firmware: SMCCC 1.1 {}", if firmware.smccc_1_1 { "yes" } else { "no" });
+    println!(
+        "firmware: SMCCC 1.1 {}, SYSTEM_RESET2 {}, MEM_PROTECT {}",
+        if firmware.smccc_1_1 { "yes" } else { "no" },
+        if firmware.system_reset2 { "yes" } else { "no" },
+        if firmware.mem_protect { "enabled" } else { "not offered: resets Rampart does not see are not wiped" }
+    );
     if let Some(pool) = plan.guest_pool {
         println!("guest pool {pool} ({} MiB) for a user-space VMM; control pages {control}", pool.size() >> 20);
     }
@@ -411,7 +421,22 @@ fn probe_firmware() -> Firmware {
     args[0] = u64::from(rampart_abi::smccc::SMCCC_VERSION);
     let has_version = (arch::smc(psci::FEATURES, &args)[0] as i64) >= 0;
     let version = if has_version { arch::smc(rampart_abi::smccc::SMCCC_VERSION, &[0; 17])[0] as i64 } else { -1 };
-    Firmware { smccc_1_1: version >= i64::from(rampart_abi::smccc::SMCCC_VERSION_1_1) }
+    let offered = |function: u32| {
+        let mut args = [0u64; 17];
+        args[0] = u64::from(function);
+        (arch::smc(psci::FEATURES, &args)[0] as i64) >= 0
+    };
+    let system_reset2 = offered(psci::SYSTEM_RESET2_64);
+    // MEM_PROTECT: firmware overwrites RAM at the next boot after any reset
+    // that did not go through Rampart's wipe (a watchdog, a reset button).
+    // Rampart turns it on and never lets the host turn it off.
+    let mem_protect = offered(psci::MEM_PROTECT) && {
+        let mut args = [0u64; 17];
+        args[0] = 1;
+        // The previous state (0 or 1), or a negative error code.
+        (arch::smc(psci::MEM_PROTECT, &args)[0] as i64) >= 0
+    };
+    Firmware { smccc_1_1: version >= i64::from(rampart_abi::smccc::SMCCC_VERSION_1_1), system_reset2, mem_protect }
 }
 
 /// A secondary CPU (or one resuming from power-down) enters Rust here, at
@@ -427,10 +452,11 @@ pub extern "C" fn secondary_main(index: u64) -> ! {
     arch::jump_to_host(entry, context)
 }
 
-/// Powers the machine off through firmware; parks if that fails.
+/// Powers the machine off through firmware; parks if that fails. Every
+/// page the host does not own and the hypervisor's secrets are wiped first
+/// (`host::wipe_and_reset`).
 pub fn power_off() -> ! {
-    let _ = arch::smc(psci::SYSTEM_OFF, &[0; 17]);
-    arch::halt()
+    host::wipe_and_reset(psci::SYSTEM_OFF, 0, 0)
 }
 
 #[panic_handler]

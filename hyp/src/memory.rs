@@ -362,6 +362,92 @@ pub fn handle_host_fault(ipa: u64) -> bool {
     }
 }
 
+/// For a reset (`host::wipe_and_reset`): takes the host memory lock for
+/// good (waiting while `keep_waiting` says so), then runs two passes over
+/// every page of RAM outside the carve-out that the host does not own — a
+/// guest's, lent by a guest, or donated to the hypervisor (VM metadata:
+/// vCPU registers, stage-2 tables) — calling `scrub` on each range while it
+/// is mapped at EL2 (pages the hypervisor does not map get a temporary
+/// mapping), and `between` between the passes. Returns `false`, having
+/// scrubbed nothing, if the lock or the page-table memory for temporary
+/// mappings is not available; the caller must then wipe all of RAM.
+pub fn scrub_for_reset(
+    keep_waiting: &mut dyn FnMut() -> bool,
+    scrub: &mut dyn FnMut(MemRange),
+    between: &mut dyn FnMut(),
+) -> bool {
+    let mut guard = loop {
+        if let Some(guard) = HOST_MEMORY.try_lock() {
+            break guard;
+        }
+        if !keep_waiting() {
+            return false;
+        }
+        core::hint::spin_loop();
+    };
+    let Some(memory) = guard.as_mut() else { return false };
+    // The temporary mappings: one level-3 table per 2 MiB and its parents.
+    if mm::pool_usage().1 < 8 {
+        return false;
+    }
+    for pass in 0..2 {
+        if pass == 1 {
+            between();
+        }
+        for bank_index in 0..memory.ram.len() {
+            let bank = memory.ram[bank_index];
+            for part in rampart_platform::cache::outside(bank, memory.carveout).into_iter().flatten() {
+                memory.scrub_part_for_reset(part, scrub);
+            }
+        }
+    }
+    // Never unlocked: no ownership change may follow a wipe.
+    core::mem::forget(guard);
+    true
+}
+
+impl HostMemory {
+    /// One pass over `part` (RAM outside the carve-out) for
+    /// [`scrub_for_reset`]. Allocates nothing: it may run after a panic.
+    fn scrub_part_for_reset(&mut self, part: MemRange, scrub: &mut dyn FnMut(MemRange)) {
+        const CHUNK: u64 = 2 << 20;
+        let HostMemory { table, el2, .. } = self;
+        let Ok(host_runs) = table.runs(PhysAddr(part.start()), part.size() / PAGE_SIZE, Component::Host) else { return };
+        for run in host_runs.filter(|r| matches!(r.state, State::Absent | State::SharedBorrowed)) {
+            let Ok(hyp_runs) = table.runs(run.start, run.pages, Component::Hyp) else { continue };
+            for hyp_run in hyp_runs {
+                let Some(range) = MemRange::from_base_size(hyp_run.start.0, hyp_run.pages * PAGE_SIZE) else { continue };
+                if hyp_run.state != State::Absent {
+                    // The hypervisor's pages are mapped at EL2 already.
+                    scrub(range);
+                    continue;
+                }
+                let mut start = range.start();
+                while start < range.end() {
+                    let end = (start + CHUNK).min(range.end());
+                    if let Some(chunk) = MemRange::new(start, end) {
+                        if let Err(e) = mm::identity_map_pages(&mut el2.0, chunk, mm::el2::DATA) {
+                            fail_closed("EL2 map", chunk, e);
+                        }
+                        arch::dsb_ishst();
+                        scrub(chunk);
+                        let none = aarch64_paging::descriptor::El23Attributes::empty();
+                        if let Err(e) = mm::identity_map_pages(&mut el2.0, chunk, none) {
+                            fail_closed("EL2 unmap", chunk, e);
+                        }
+                        let mut page = chunk.start();
+                        while page < chunk.end() {
+                            arch::tlbi_el2_va(page);
+                            page += PAGE_SIZE;
+                        }
+                    }
+                    start = end;
+                }
+            }
+        }
+    }
+}
+
 fn fail_closed(what: &str, range: MemRange, error: aarch64_paging::MapError) -> ! {
     crate::println!("{what} of {range} failed: {error}; stopping");
     crate::power_off()

@@ -133,6 +133,10 @@ pub fn run(args: &TestArgs) -> Result<()> {
         case(format!("testhost/smp{smp}/{mem}/{cpu}"), &|| testhost_case(smp, mem, cpu));
     }
 
+    // A host reset with a protected VM alive leaves none of its secrets
+    // for the next boot.
+    case("testhost/reset-wipes".into(), &reset_case);
+
     // Bad boot input ends in a message and a power-off, never a hang.
     // QEMU itself refuses RAM smaller than the carve-out (it places the DT
     // after the image_size Rampart's header claims), so this is the
@@ -207,6 +211,39 @@ fn testhost_case(smp: u32, mem: &str, cpu: &str) -> Result<String> {
         ))),
     };
     Ok(format!("{checks}; {attested}; sealing keys: {across}"))
+}
+
+/// `testhost.reset`: the first boot runs the attest guest and resets with
+/// its VM alive; QEMU restarts with RAM kept; the second boot scans all of
+/// its RAM for the guest's sealing keys and the other secrets. Both the
+/// reset and the final power-off must go through the hypervisor's wipe.
+fn reset_case() -> Result<String> {
+    let mut m = testhost_machine(2, "512M", "max")?;
+    m.allow_reboot = true;
+    m.append.push_str(" testhost.reset");
+    let run = m.run(TESTHOST_TIMEOUT, None, false)?;
+    if run.timed_out {
+        bail!(run.failure("timed out"));
+    }
+    let boots = run.console.matches("rampart: entering host").count();
+    if boots != 2 {
+        bail!(run.failure(&format!("the host was entered {boots} times, want 2 (a reset, then the scan)")));
+    }
+    let wiped = |what: &str| {
+        run.console
+            .lines()
+            .find(|l| l.starts_with(&format!("rampart: {what}: ")) && l.contains("zeroed twice"))
+            .map(str::to_owned)
+    };
+    if !run.console.contains("PASS reset-no-leaks") || !run.console.contains("1 passed, 0 failed") {
+        bail!(run.failure("the second boot did not pass `reset-no-leaks`"));
+    }
+    let reset = wiped("SYSTEM_RESET").ok_or_else(|| anyhow::anyhow!(run.failure("no wipe reported for SYSTEM_RESET")))?;
+    wiped("SYSTEM_OFF").ok_or_else(|| anyhow::anyhow!(run.failure("no wipe reported for SYSTEM_OFF")))?;
+    if run.exit_code != Some(0) {
+        bail!(run.failure("QEMU did not power off cleanly"));
+    }
+    Ok(reset.trim_start_matches("rampart: ").to_owned())
 }
 
 /// Checks a test-host run: the boot log, every check passed, clean power-off.

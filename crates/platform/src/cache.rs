@@ -183,11 +183,20 @@ mod tests {
         let carveout = r(0x4020_0000, 0x4120_0000);
         assert_eq!(
             outside(r(0x4000_0000, 0x6000_0000), carveout),
-            [Some(r(0x4000_0000, 0x4020_0000)), Some(r(0x4120_0000, 0x6000_0000))]
+            [
+                Some(r(0x4000_0000, 0x4020_0000)),
+                Some(r(0x4120_0000, 0x6000_0000))
+            ]
         );
-        assert_eq!(outside(r(0x8000_0000, 0x9000_0000), carveout), [Some(r(0x8000_0000, 0x9000_0000)), None]);
+        assert_eq!(
+            outside(r(0x8000_0000, 0x9000_0000), carveout),
+            [Some(r(0x8000_0000, 0x9000_0000)), None]
+        );
         assert_eq!(outside(r(0x4020_0000, 0x4120_0000), carveout), [None, None]);
-        assert_eq!(outside(r(0x4020_0000, 0x5000_0000), carveout), [None, Some(r(0x4120_0000, 0x5000_0000))]);
+        assert_eq!(
+            outside(r(0x4020_0000, 0x5000_0000), carveout),
+            [None, Some(r(0x4120_0000, 0x5000_0000))]
+        );
     }
 
     #[test]

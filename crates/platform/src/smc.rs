@@ -15,8 +15,8 @@ pub mod psci {
     use rampart_abi::guest::psci as abi;
 
     pub use abi::{
-        AFFINITY_INFO_32, AFFINITY_INFO_64, CPU_OFF, CPU_ON_32, CPU_ON_64, CPU_SUSPEND_32, CPU_SUSPEND_64, FEATURES,
-        MIGRATE_INFO_TYPE, SYSTEM_OFF, SYSTEM_RESET, VERSION,
+        AFFINITY_INFO_32, AFFINITY_INFO_64, CPU_OFF, CPU_ON_32, CPU_ON_64, CPU_SUSPEND_32,
+        CPU_SUSPEND_64, FEATURES, MIGRATE_INFO_TYPE, SYSTEM_OFF, SYSTEM_RESET, VERSION,
     };
 
     /// `SYSTEM_SUSPEND`, SMC32 (PSCI 1.0): refused, see `docs/design.md`.
@@ -176,9 +176,21 @@ pub fn arch_features(function_id: u32, firmware: Firmware) -> Option<i64> {
 mod tests {
     use super::*;
 
-    const QEMU: Firmware = Firmware { smccc_1_1: false, system_reset2: false, mem_protect: false };
-    const TF_A: Firmware = Firmware { smccc_1_1: true, system_reset2: false, mem_protect: false };
-    const TF_A_RESET2: Firmware = Firmware { smccc_1_1: true, system_reset2: true, mem_protect: true };
+    const QEMU: Firmware = Firmware {
+        smccc_1_1: false,
+        system_reset2: false,
+        mem_protect: false,
+    };
+    const TF_A: Firmware = Firmware {
+        smccc_1_1: true,
+        system_reset2: false,
+        mem_protect: false,
+    };
+    const TF_A_RESET2: Firmware = Firmware {
+        smccc_1_1: true,
+        system_reset2: true,
+        mem_protect: true,
+    };
 
     #[test]
     fn psci_calls_are_relayed_or_forwarded() {
@@ -195,7 +207,10 @@ mod tests {
     fn every_system_reset_and_power_off_wipes_first() {
         for firmware in [QEMU, TF_A, TF_A_RESET2] {
             assert_eq!(classify(psci::SYSTEM_OFF, firmware), SmcAction::SystemReset);
-            assert_eq!(classify(psci::SYSTEM_RESET, firmware), SmcAction::SystemReset);
+            assert_eq!(
+                classify(psci::SYSTEM_RESET, firmware),
+                SmcAction::SystemReset
+            );
         }
         for id in [psci::SYSTEM_RESET2_32, psci::SYSTEM_RESET2_64] {
             assert_eq!(classify(id, TF_A_RESET2), SmcAction::SystemReset);
@@ -220,10 +235,17 @@ mod tests {
             psci::SYSTEM_SUSPEND_64,
         ] {
             assert_eq!(classify(id, TF_A_RESET2), SmcAction::Answer(-1), "{id:#x}");
-            assert_eq!(psci_features(id, TF_A_RESET2), Some(psci::NOT_SUPPORTED), "{id:#x}");
+            assert_eq!(
+                psci_features(id, TF_A_RESET2),
+                Some(psci::NOT_SUPPORTED),
+                "{id:#x}"
+            );
         }
         assert_eq!(psci_features(psci::SYSTEM_RESET2_64, TF_A_RESET2), None);
-        assert_eq!(psci_features(psci::SYSTEM_RESET2_64, QEMU), Some(psci::NOT_SUPPORTED));
+        assert_eq!(
+            psci_features(psci::SYSTEM_RESET2_64, QEMU),
+            Some(psci::NOT_SUPPORTED)
+        );
     }
 
     #[test]

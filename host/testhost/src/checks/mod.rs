@@ -11,6 +11,7 @@ mod concurrent;
 mod cpu;
 mod ownership;
 mod ram;
+pub mod reset;
 mod smccc;
 mod vb;
 mod vm;

@@ -1,0 +1,183 @@
+//! `testhost.reset`: a host-initiated reset must not leak a protected VM's
+//! memory into the next boot.
+//!
+//! The same command line runs twice (QEMU keeps RAM across a reset and
+//! reloads only the images it was given), so the test host tells the boots
+//! apart by a marker it leaves in the last page of RAM, which nothing else
+//! uses:
+//!
+//! 1. **First boot** (no marker): writes the marker, runs the signed
+//!    `attest` guest in a protected VM to its end — its sealing keys are now
+//!    in its stack and in the vCPU registers the hypervisor saved in the
+//!    VM's metadata pages — and, **without destroying the VM**, asks PSCI
+//!    `SYSTEM_RESET`. Returning from that call is a failure.
+//! 2. **Second boot** (marker found): clears the marker, scans every page
+//!    of RAM it can read (what was the VM's memory and metadata included)
+//!    for the secrets `testhost.secrets=` names, checks the scan itself
+//!    finds a planted secret, prints `PASS reset-no-leaks` or `FAIL ...`
+//!    and the usual summary, and powers off.
+
+use rampart_abi::guest::psci::SYSTEM_RESET;
+
+use super::vm::{arena, protected};
+use super::vmm::run::{self, Policy};
+use super::vmm::{PAGE, Vm};
+use crate::msg::Msg;
+use crate::platform::Platform;
+use crate::ranges::Range;
+use crate::{arch, cpus, ensure, fail, msg, note, println, psci, secrets};
+
+/// The bootarg that selects this mode.
+pub const BOOTARG: &str = "testhost.reset";
+/// The marker's first word: "RSTMARK1", XORed so the constant in the test
+/// host's image is not itself the marker.
+const MAGIC: u64 = 0x5253_544d_4152_4b31 ^ 0xffff_ffff_ffff_ffff;
+
+/// Whether the bootargs ask for the reset test.
+pub fn selected(p: &Platform) -> bool {
+    let Ok(blob) = arch::device_tree_blob(p.boot.x[0]) else {
+        return false;
+    };
+    let Ok(fdt) = dtoolkit::fdt::Fdt::new(blob) else {
+        return false;
+    };
+    let Some(chosen) = fdt.chosen() else {
+        return false;
+    };
+    let Ok(Some(bootargs)) = chosen.bootargs() else {
+        return false;
+    };
+    bootargs.split_ascii_whitespace().any(|a| a == BOOTARG)
+}
+
+/// The marker's page: the last page of the highest usable RAM range.
+fn marker_page(p: &Platform) -> Option<u64> {
+    let usable = p.usable_memory();
+    let top = usable.as_slice().iter().max_by_key(|r| r.end)?;
+    (top.end - top.start >= PAGE).then(|| (top.end & !(PAGE - 1)) - PAGE)
+}
+
+/// Runs the mode and powers off (or resets).
+pub fn run(p: &Platform) -> ! {
+    let result = match marker_page(p) {
+        None => Err(msg!("no usable RAM for the boot marker")),
+        Some(marker) if arch::ram_read(marker) == !MAGIC => {
+            let boots = arch::ram_read(marker + 8);
+            arch::ram_zero(marker, marker + PAGE);
+            println!(
+                "reset: boot {} after the reset (marker at {marker:#x})",
+                boots + 1
+            );
+            second_boot(p, marker)
+        }
+        Some(marker) => first_boot(p, marker),
+    };
+    match result {
+        Ok(()) => {
+            println!("PASS reset-no-leaks");
+            println!("1 passed, 0 failed");
+        }
+        Err(reason) => {
+            println!("FAIL reset-no-leaks: {reason}");
+            println!("0 passed, 1 failed");
+        }
+    }
+    psci::system_off();
+    arch::halt();
+}
+
+/// Counts the attest guest's `GUEST-SEALING` lines.
+struct Sealing(u32);
+
+impl Policy for Sealing {
+    fn line(&mut self, _vms: &mut [Vm], _vm: usize, text: &str) -> Result<(), Msg> {
+        if text.starts_with("GUEST-SEALING ") {
+            self.0 += 1;
+        }
+        Ok(())
+    }
+}
+
+fn first_boot(p: &Platform, marker: u64) -> Result<(), Msg> {
+    ensure!(
+        p.secrets.is_ok_and(|n| n > 0),
+        "no {} on the command line: run through `cargo xtask`",
+        secrets::BOOTARG
+    );
+    arch::ram_zero(marker, marker + PAGE);
+    arch::ram_write(marker, !MAGIC);
+    arch::ram_write(marker + 8, 1);
+    let (mut arena, _) = arena(p)?;
+    let vm = Vm::create(&mut arena, protected("attest")?)?;
+    let marker_range = Range::from_base_size(marker, PAGE);
+    ensure!(
+        !vm.ram.overlaps(&marker_range) && !vm.metadata.overlaps(&marker_range),
+        "the VM's memory overlaps the boot marker"
+    );
+    let mut vms = [vm];
+    let mut policy = Sealing(0);
+    let report = run::run(p, &mut vms, &[&[0]], &mut policy, 8_000)?;
+    report.verdict(&vms, 0)?;
+    ensure!(
+        policy.0 == 3,
+        "{} GUEST-SEALING lines, expected 3",
+        policy.0
+    );
+    let [vm] = vms;
+    note!(
+        "reset: the protected attest guest derived its sealing keys in {} ({} pages of RAM, {} of metadata); the VM stays, SYSTEM_RESET",
+        vm.ram,
+        vm.ram.size() / PAGE,
+        vm.metadata.size() / PAGE
+    );
+    // Keep the VM: the reset must deal with it. (Its `Drop` would destroy it.)
+    core::mem::forget(vm);
+    let code = psci::call(SYSTEM_RESET, &[]);
+    fail!("SYSTEM_RESET returned {code}")
+}
+
+fn second_boot(p: &Platform, marker: u64) -> Result<(), Msg> {
+    let count = match p.secrets {
+        Ok(0) => fail!("no {} on the command line", secrets::BOOTARG),
+        Ok(n) => n,
+        Err(e) => fail!("{}: {e}", secrets::BOOTARG),
+    };
+    let start = arch::counter();
+    let dt = Range {
+        start: p.dt.start & !(arch::RAM_BLOCK - 1),
+        end: p.dt.end.next_multiple_of(arch::RAM_BLOCK),
+    };
+    let mut ranges = p.usable_memory();
+    ranges.subtract(&dt);
+    ranges.subtract(&Range::from_base_size(marker, PAGE));
+    let (mut scanned, mut nonzero) = (0, 0);
+    for r in ranges.as_slice() {
+        let (start, end) = (
+            r.start.next_multiple_of(arch::RAM_BLOCK),
+            r.end & !(arch::RAM_BLOCK - 1),
+        );
+        if start >= end {
+            continue;
+        }
+        let (found, busy) = secrets::scan_ram(start, end);
+        nonzero += busy;
+        scanned += end - start;
+        if let Some((at, secret)) = found {
+            fail!(
+                "{} survived the reset: 8 of its bytes at {at:#x}",
+                secrets::name(secret)
+            );
+        }
+    }
+    let (mut arena, _) = arena(p)?;
+    let page = arena.take(1)?;
+    let planted = secrets::self_test(page).map_err(|e| msg!("the leak scan's self-test: {e}"))?;
+    note!("self-test: 15 bytes of a secret planted at {page:#x} + 3 were found at {planted:#x}");
+    note!(
+        "{count} secrets: none in {} MiB of RAM after the reset ({} KiB not zero); {} ms",
+        scanned >> 20,
+        nonzero >> 10,
+        cpus::elapsed_ms(start)
+    );
+    Ok(())
+}
