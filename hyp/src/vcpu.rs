@@ -177,6 +177,7 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
         if vm.protected && vm.measurement.is_none() {
             vm::measure_first_run(vm, v.state.pc, v.state.regs[0])?;
         }
+        crate::arch::cache::before_first_run();
     }
     v.ran = true;
     if let Some(op) = v.mmio.take() {

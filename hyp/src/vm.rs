@@ -292,6 +292,9 @@ pub fn give_memory(vm_handle: VmHandle, pages: PageRange, guest_address: u64, sh
         crate::power_off();
     }
     arch::dsb_ishst();
+    if zero_first {
+        crate::arch::cache::made_executable();
+    }
     Ok(())
 }
 
@@ -339,6 +342,10 @@ pub fn measure_first_run(vm: &mut Vm, entry_pc: u64, x0: u64) -> Result<(), Erro
         let Some(range) = MemRange::from_base_size(pa, size) else { return Err(()) };
         let result = crate::memory::with(|mem| {
             mem.with_pages(range, &mut |page, bytes| {
+                // Measure what DRAM holds: the guest starts with its MMU off.
+                if let Some(page_range) = MemRange::from_base_size(page, PAGE_SIZE) {
+                    crate::arch::cache::before_reading(page_range);
+                }
                 if measurer.page(ipa + (page - pa), bytes).is_err() {
                     failed = Some(Error::InvalidParameter);
                 }

@@ -47,6 +47,14 @@ pub fn scrub_then_release(ops: &mut impl CacheOps, range: MemRange) {
     ops.dsb_sy();
 }
 
+/// Before the hypervisor reads memory a guest will run with its MMU off
+/// (to measure it): the line is written back if dirty and dropped, so the
+/// read that follows fetches what DRAM holds — what the guest will see.
+pub fn before_reading(ops: &mut impl CacheOps, range: MemRange) {
+    ops.clean_inval_dcache_poc(range);
+    ops.dsb_sy();
+}
+
 /// Before a guest's first instruction: every range of its memory is
 /// cleaned to the point of coherency (its MMU-off accesses read DRAM, not
 /// the hypervisor's cache), then stale instructions are dropped on every
@@ -148,6 +156,13 @@ mod tests {
         let mut rec = Recorder::default();
         scrub_then_release(&mut rec, r(0x4000_0000, 0x4000_2000));
         assert_eq!(rec.0, [Op::Clean(0x4000_0000, 0x4000_2000), Op::DsbSy]);
+    }
+
+    #[test]
+    fn reading_for_a_measurement_cleans_first() {
+        let mut rec = Recorder::default();
+        before_reading(&mut rec, r(0x4000_0000, 0x4000_1000));
+        assert_eq!(rec.0, [Op::Clean(0x4000_0000, 0x4000_1000), Op::DsbSy]);
     }
 
     #[test]

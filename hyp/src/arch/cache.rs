@@ -58,6 +58,34 @@ impl CacheOps for El2Cache {
     }
 }
 
+/// After zeroing `range` through the cache: the zeroes reach DRAM before
+/// anyone else gets the pages (`rampart_platform::cache::scrub_then_release`).
+/// `range` must be mapped at EL2, or the MMU off.
+pub fn scrub_then_release(range: MemRange) {
+    cache::scrub_then_release(&mut El2Cache::new(), range);
+}
+
+/// Before measuring guest memory (mapped at EL2): what the hypervisor
+/// reads is what DRAM holds, which the guest's MMU-off fetches will see.
+pub fn before_reading(range: MemRange) {
+    cache::before_reading(&mut El2Cache::new(), range);
+}
+
+/// Before a VM's first instruction, once its memory is clean to PoC (for
+/// a protected VM, [`before_reading`] during its measurement; every later
+/// page is zeroed through [`scrub_then_release`]): no CPU keeps stale
+/// instructions for the physical pages it may execute, such as a
+/// destroyed VM's code.
+pub fn before_first_run() {
+    cache::before_first_run(&mut El2Cache::new(), &[], false);
+}
+
+/// Memory became executable for a VM after its first run (donated later,
+/// zeroed and cleaned): drop stale instructions for it everywhere.
+pub fn made_executable() {
+    cache::before_first_run(&mut El2Cache::new(), &[], false);
+}
+
 /// The physical counter (`CNTPCT_EL0`).
 pub fn counter() -> u64 {
     let value: u64;
