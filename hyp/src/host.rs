@@ -5,7 +5,7 @@ use rampart_abi::{Error, error::SUCCESS};
 use rampart_platform::inject::{self, Interrupted, Kind};
 use rampart_platform::smc::{self, SmcAction, psci};
 
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use rampart_platform::MemRange;
 use rampart_platform::cache as cache_seq;
@@ -53,12 +53,12 @@ fn handle_sync_inner(frame: &mut Frame) {
                 return;
             }
             if !retry_after_race() {
-                inject_into_host(Kind::DataAbort { write: esr & ESR_WNR != 0, far_not_valid: esr & ESR_FNV != 0 });
+                inject_abort(Kind::DataAbort { write: esr & ESR_WNR != 0, far_not_valid: esr & ESR_FNV != 0 });
             }
         }
         EC_IABT_LOWER => {
             if !retry_after_race() {
-                inject_into_host(Kind::InstructionAbort { far_not_valid: esr & ESR_FNV != 0 });
+                inject_abort(Kind::InstructionAbort { far_not_valid: esr & ESR_FNV != 0 });
             }
         }
         // Nothing else is trapped on purpose; whatever it was, the host
@@ -271,6 +271,41 @@ fn cpu_suspend(function: u32, power_state: u64, entry: u64, context: u64) -> i64
     arch::smc(function, &args)[0] as i64
 }
 
+/// Per CPU: the last abort injected into the host's kernel (`ELR_EL2`,
+/// `FAR_EL2`) and how many times in a row the same one was injected.
+static LAST_ABORT: [[AtomicU64; 3]; MAX_CPUS] = [const { [const { AtomicU64::new(0) }; 3] }; MAX_CPUS];
+/// Identical kernel aborts in a row after which the host is taken to be
+/// unable to take them.
+const STUCK_AFTER: u64 = 3;
+
+/// An abort for a host access to memory it does not own. When the host's
+/// kernel faults at the same instruction and address again and again, it
+/// cannot take the abort — it gave away memory its own exception path
+/// needs (the vector table, the stack, the page tables), so every
+/// delivery faults once more — and would spin between EL1 and EL2 without
+/// a word. The hypervisor then says so on the console and resets the
+/// machine (through the wipe), as Linux does after a fatal oops with
+/// `panic=-1`.
+fn inject_abort(kind: Kind) {
+    let me = cpu::current() % MAX_CPUS;
+    let (spsr, elr, far) = (arch::spsr_el2(), arch::elr_el2(), arch::far_el2());
+    let from_kernel = matches!(spsr & 0x1f, 0b0100 | 0b0101);
+    let [last_elr, last_far, repeats] = &LAST_ABORT[me];
+    let same = from_kernel && last_elr.load(Ordering::Relaxed) == elr && last_far.load(Ordering::Relaxed) == far;
+    let count = if same { repeats.load(Ordering::Relaxed) + 1 } else { 0 };
+    last_elr.store(elr, Ordering::Relaxed);
+    last_far.store(far, Ordering::Relaxed);
+    repeats.store(count, Ordering::Relaxed);
+    if count >= STUCK_AFTER {
+        println!(
+            "host CPU {me} cannot take the abort for its access to {far:#x} at {elr:#x}: it faulted there {} times in a row, so the host gave away memory its own exception path needs (vectors, stack or page tables); resetting",
+            count + 1
+        );
+        wipe_and_reset(psci::SYSTEM_RESET, 0, 0);
+    }
+    inject_into_host(kind);
+}
+
 /// Delivers a synchronous exception to the host's EL1 vector, as the
 /// hardware would have.
 fn inject_into_host(kind: Kind) {
@@ -407,6 +442,7 @@ pub fn wipe_and_reset(function: u32, x1: u64, x2: u64) -> ! {
         let ticks = (cache::counter_frequency() / 10).max(1_000_000);
         let deadline = cache::counter().saturating_add(ticks);
         let mut ops = El2Cache::new();
+        let mut second = (parked, busy);
         wiped_pages_selectively = crate::memory::scrub_for_reset(
             &mut || cache::counter() < deadline,
             &mut |range| {
@@ -420,7 +456,7 @@ pub fn wipe_and_reset(function: u32, x1: u64, x2: u64) -> ! {
             },
             &mut || {
                 cache::tlbi_all_guests();
-                let _ = wait_for_others(cpu_count);
+                second = wait_for_others(cpu_count);
             },
         );
         let name = match function {
@@ -431,7 +467,9 @@ pub fn wipe_and_reset(function: u32, x1: u64, x2: u64) -> ! {
         // Nothing here allocates: this may run after a panic.
         if wiped_pages_selectively {
             println!(
-                "{name}: {parked} other CPUs parked, {busy} still busy; {} pages the host does not own zeroed twice, then the hypervisor's memory",
+                "{name}: {parked} other CPUs parked, {busy} still busy (after the first pass: {} parked, {} busy); {} pages the host does not own zeroed twice, then the hypervisor's memory",
+                second.0,
+                second.1,
                 scrubbed_pages / 2
             );
         } else {
