@@ -213,10 +213,11 @@ fn testhost_case(smp: u32, mem: &str, cpu: &str) -> Result<String> {
     Ok(format!("{checks}; {attested}; sealing keys: {across}"))
 }
 
-/// `testhost.reset`: the first boot runs the attest guest and resets with
-/// its VM alive; QEMU restarts with RAM kept; the second boot scans all of
-/// its RAM for the guest's sealing keys and the other secrets. Both the
-/// reset and the final power-off must go through the hypervisor's wipe.
+/// `testhost.reset`: the first boot runs the attest guest, and a VM that
+/// never exits on CPU 1, and resets with both alive; QEMU restarts with RAM
+/// kept; the second boot scans all of its RAM for the guest's sealing keys
+/// and the other secrets. Both the reset and the final power-off must go
+/// through the hypervisor's wipe, which must have stopped CPU 1.
 fn reset_case() -> Result<String> {
     let mut m = testhost_machine(2, "512M", "max")?;
     m.allow_reboot = true;
@@ -239,6 +240,11 @@ fn reset_case() -> Result<String> {
         bail!(run.failure("the second boot did not pass `reset-no-leaks`"));
     }
     let reset = wiped("SYSTEM_RESET").ok_or_else(|| anyhow::anyhow!(run.failure("no wipe reported for SYSTEM_RESET")))?;
+    // The VM spinning on CPU 1 must be stopped, by the kick or at the
+    // latest by the first pass (its stage 2 zeroed, its TLB entries gone).
+    if !reset.contains("(after the first pass: 1 parked, 0 busy)") {
+        bail!(run.failure(&format!("the CPU running the spinning VM was not stopped: {reset}")));
+    }
     wiped("SYSTEM_OFF").ok_or_else(|| anyhow::anyhow!(run.failure("no wipe reported for SYSTEM_OFF")))?;
     if run.exit_code != Some(0) {
         bail!(run.failure("QEMU did not power off cleanly"));

@@ -53,9 +53,19 @@ pub enum Kind {
         /// FAR does not hold the faulting address.
         far_not_valid: bool,
     },
+    /// A level-3 permission fault on a data access (not an external
+    /// abort): what the host's kernel gets when it reads, from its own
+    /// abort path, the page it just took an abort on (see `docs/abi.md`).
+    DataPermissionFault {
+        /// The access was a write.
+        write: bool,
+    },
     /// An undefined instruction.
     Undefined,
 }
+
+/// Fault status code: permission fault, level 3.
+pub const FSC_PERMISSION_L3: u64 = 0x0f;
 
 /// Architecture features that change the exception's PSTATE.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -135,6 +145,15 @@ pub fn compute(kind: Kind, from: &Interrupted, features: Features) -> Option<Inj
             FSC_SEA | if far_not_valid { ESR_FNV } else { 0 },
             Some(from.far),
         ),
+        Kind::DataPermissionFault { write } => (
+            if same_el {
+                EC_DABT_CURRENT
+            } else {
+                EC_DABT_LOWER
+            },
+            FSC_PERMISSION_L3 | if write { ESR_WNR } else { 0 },
+            Some(from.far),
+        ),
         Kind::Undefined => (EC_UNKNOWN, 0, None),
     };
 
@@ -195,6 +214,19 @@ mod tests {
         assert_eq!(i.spsr_el1, EL1H_IRQS_ON);
         assert_eq!(i.elr_el2, 0xffff_8000_1001_0200);
         assert_eq!(i.spsr_el2, 0b0101 | 0x3c0);
+    }
+
+    #[test]
+    fn a_permission_fault_is_a_data_abort_with_a_level_3_permission_status() {
+        let i = compute(
+            Kind::DataPermissionFault { write: false },
+            &host(EL1H_IRQS_ON),
+            Features::default(),
+        )
+        .unwrap();
+        assert_eq!(i.esr_el1, (0x25 << 26) | (1 << 25) | 0x0f);
+        assert_eq!(i.far_el1, Some(0x4020_0000));
+        assert_eq!(i.elr_el2, 0xffff_8000_1001_0200);
     }
 
     #[test]

@@ -6,22 +6,27 @@
 //! apart by a marker it leaves in the last page of RAM, which nothing else
 //! uses:
 //!
-//! 1. **First boot** (no marker): writes the marker, runs the signed
-//!    `attest` guest in a protected VM to its end — its sealing keys are now
-//!    in its stack and in the vCPU registers the hypervisor saved in the
-//!    VM's metadata pages — and, **without destroying the VM**, asks PSCI
-//!    `SYSTEM_RESET`. Returning from that call is a failure.
+//! 1. **First boot** (no marker): writes the marker and runs the signed
+//!    `attest` guest in a protected VM on the boot CPU and, with a second
+//!    CPU, a VM that never exits on CPU 1 (a store loop). Once `attest` has
+//!    printed its third sealing-key line — its keys are now in its stack
+//!    and in the vCPU registers the hypervisor saved in the VM's metadata
+//!    pages — the test host asks PSCI `SYSTEM_RESET` right there, with both
+//!    VMs alive and the loop still running. Returning from that call is a
+//!    failure.
 //! 2. **Second boot** (marker found): clears the marker, scans every page
 //!    of RAM it can read (what was the VM's memory and metadata included)
 //!    for the secrets `testhost.secrets=` names, checks the scan itself
 //!    finds a planted secret, prints `PASS reset-no-leaks` or `FAIL ...`
 //!    and the usual summary, and powers off.
 
+use rampart_abi::guest::GUEST_RAM_BASE;
 use rampart_abi::guest::psci::SYSTEM_RESET;
+use rampart_abi::host::{HostCall, VmConfig};
 
 use super::vm::{arena, protected};
 use super::vmm::run::{self, Policy};
-use super::vmm::{PAGE, Vm};
+use super::vmm::{Arena, MAX_EXTRA_PAGES, PAGE, Vm, call, code};
 use crate::msg::Msg;
 use crate::platform::Platform;
 use crate::ranges::Range;
@@ -86,16 +91,96 @@ pub fn run(p: &Platform) -> ! {
     arch::halt();
 }
 
-/// Counts the attest guest's `GUEST-SEALING` lines.
-struct Sealing(u32);
+/// Counts the attest guest's `GUEST-SEALING` lines; after the third, with
+/// the spinner still running on another CPU, resets the machine from
+/// inside the VMM's loop.
+struct ResetAfterSealing {
+    lines: u32,
+    spinner: bool,
+}
 
-impl Policy for Sealing {
-    fn line(&mut self, _vms: &mut [Vm], _vm: usize, text: &str) -> Result<(), Msg> {
-        if text.starts_with("GUEST-SEALING ") {
-            self.0 += 1;
+impl Policy for ResetAfterSealing {
+    fn line(&mut self, vms: &mut [Vm], vm: usize, text: &str) -> Result<(), Msg> {
+        if vm == 0 && text.starts_with("GUEST-SEALING ") {
+            self.lines += 1;
+        }
+        if self.lines == 3 {
+            note!(
+                "reset: the protected attest guest derived its sealing keys in {} ({} pages of RAM, {} of metadata){}; SYSTEM_RESET with every VM alive",
+                vms[0].ram,
+                vms[0].ram.size() / PAGE,
+                vms[0].metadata.size() / PAGE,
+                if self.spinner {
+                    "; the spinner VM runs on CPU 1"
+                } else {
+                    ""
+                }
+            );
+            let code = psci::call(SYSTEM_RESET, &[]);
+            fail!("SYSTEM_RESET returned {code}");
         }
         Ok(())
     }
+}
+
+/// `movz x2, #0x8000, lsl #16; add x2, x2, #0x800; 1: str x0, [x2];
+/// add x0, x0, #1; b 1b`: a guest that never leaves unless made to.
+const SPINNER: [u32; 5] = [
+    0xD2B0_0002,
+    0x9120_0042,
+    0xF900_0040,
+    0x9100_0400,
+    0x17FF_FFFE,
+];
+
+/// A VM that is not protected, with one page of RAM running [`SPINNER`].
+fn spinner(arena: &mut Arena) -> Result<Vm, Msg> {
+    let config = VmConfig {
+        debug: false,
+        protected: false,
+        max_vcpus: 1,
+    };
+    let metadata_pages = config.min_metadata_pages() + 4;
+    let metadata = Range::from_base_size(arena.take(metadata_pages)?, metadata_pages * PAGE);
+    let ram = Range::from_base_size(arena.take(1)?, PAGE);
+    arch::ram_zero(ram.start, ram.end);
+    for (i, pair) in SPINNER.chunks(2).enumerate() {
+        let word = u64::from(pair[0]) | u64::from(*pair.get(1).unwrap_or(&0)) << 32;
+        arch::ram_write(ram.start + 8 * i as u64, word);
+    }
+    let r = call(
+        HostCall::VmCreate,
+        &[metadata.start, metadata_pages, config.encode()],
+    );
+    ensure!(r[0] == 0, "spinner: VM_CREATE = {}", r[0] as i64);
+    let vm = Vm {
+        name: "spinner",
+        handle: r[1],
+        protected: false,
+        vcpus: 1,
+        metadata,
+        ram,
+        extra: [(0, 0); MAX_EXTRA_PAGES],
+        extra_count: 0,
+        destroyed: false,
+    };
+    for (what, call_, args) in [
+        (
+            "VM_DONATE",
+            HostCall::VmDonate,
+            [vm.handle, ram.start, 1, GUEST_RAM_BASE],
+        ),
+        ("VCPU_CREATE", HostCall::VcpuCreate, [vm.handle, 0, 0, 0]),
+        (
+            "VCPU_SET_REGS",
+            HostCall::VcpuSetRegs,
+            [vm.handle, 0, GUEST_RAM_BASE, 0],
+        ),
+    ] {
+        let c = code(call_, &args);
+        ensure!(c == 0, "spinner: {what} = {c}");
+    }
+    Ok(vm)
 }
 
 fn first_boot(p: &Platform, marker: u64) -> Result<(), Msg> {
@@ -108,32 +193,30 @@ fn first_boot(p: &Platform, marker: u64) -> Result<(), Msg> {
     arch::ram_write(marker, !MAGIC);
     arch::ram_write(marker + 8, 1);
     let (mut arena, _) = arena(p)?;
-    let vm = Vm::create(&mut arena, protected("attest")?)?;
+    let attest = Vm::create(&mut arena, protected("attest")?)?;
     let marker_range = Range::from_base_size(marker, PAGE);
     ensure!(
-        !vm.ram.overlaps(&marker_range) && !vm.metadata.overlaps(&marker_range),
+        !attest.ram.overlaps(&marker_range) && !attest.metadata.overlaps(&marker_range),
         "the VM's memory overlaps the boot marker"
     );
-    let mut vms = [vm];
-    let mut policy = Sealing(0);
-    let report = run::run(p, &mut vms, &[&[0]], &mut policy, 8_000)?;
-    report.verdict(&vms, 0)?;
-    ensure!(
-        policy.0 == 3,
-        "{} GUEST-SEALING lines, expected 3",
-        policy.0
-    );
-    let [vm] = vms;
-    note!(
-        "reset: the protected attest guest derived its sealing keys in {} ({} pages of RAM, {} of metadata); the VM stays, SYSTEM_RESET",
-        vm.ram,
-        vm.ram.size() / PAGE,
-        vm.metadata.size() / PAGE
-    );
-    // Keep the VM: the reset must deal with it. (Its `Drop` would destroy it.)
-    core::mem::forget(vm);
-    let code = psci::call(SYSTEM_RESET, &[]);
-    fail!("SYSTEM_RESET returned {code}")
+    let mut policy = ResetAfterSealing {
+        lines: 0,
+        spinner: p.cpu_count >= 2,
+    };
+    // With a second CPU, a VM that never exits runs there while the boot
+    // CPU resets: the hypervisor must stop it before it wipes.
+    if policy.spinner {
+        let spin = spinner(&mut arena)?;
+        let mut vms = [attest, spin];
+        run::run(p, &mut vms, &[&[0], &[1]], &mut policy, 8_000)?;
+    } else {
+        let mut vms = [attest];
+        run::run(p, &mut vms, &[&[0]], &mut policy, 8_000)?;
+    }
+    fail!(
+        "the attest guest ended after {} GUEST-SEALING lines without the reset",
+        policy.lines
+    )
 }
 
 fn second_boot(p: &Platform, marker: u64) -> Result<(), Msg> {
