@@ -2,14 +2,15 @@
 
 use rampart_abi::host::{ABI_VERSION_MAJOR, ABI_VERSION_MINOR, HostCall, HostRequest};
 use rampart_abi::{Error, error::SUCCESS};
-use rampart_platform::inject::{self, Interrupted, Kind};
+use rampart_platform::inject::{self, AbortDecision, AbortHistory, Interrupted, Kind};
 use rampart_platform::smc::{self, SmcAction, psci};
 
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use rampart_platform::MemRange;
 use rampart_platform::cache as cache_seq;
 use spin::Once;
+use spin::mutex::SpinMutex;
 
 use crate::arch::cache::{self as cache, El2Cache};
 use crate::arch::{self, Frame};
@@ -271,26 +272,21 @@ fn cpu_suspend(function: u32, power_state: u64, entry: u64, context: u64) -> i64
     arch::smc(function, &args)[0] as i64
 }
 
-/// Per CPU: the last abort injected into the host (`ELR_EL2`, `FAR_EL2`),
-/// how many times in a row the same one came from the host's kernel, and
-/// whether it came from the kernel (1) or user space (0).
-static LAST_ABORT: [[AtomicU64; 4]; MAX_CPUS] = [const { [const { AtomicU64::new(0) }; 4] }; MAX_CPUS];
-/// Identical kernel aborts in a row after which the host is taken to be
-/// unable to take them.
-const STUCK_AFTER: u64 = 3;
+/// Per CPU: what it last injected into the host (only that CPU locks it).
+static ABORTS: [SpinMutex<AbortHistory>; MAX_CPUS] = [const { SpinMutex::new(AbortHistory::NEW) }; MAX_CPUS];
 
 /// An abort for a host access to memory it does not own: a synchronous
 /// external abort, with two exceptions for a host kernel that gave away
-/// pages it uses itself (`docs/abi.md`, *Illegal host access*):
+/// pages it uses itself (`rampart_platform::inject::AbortHistory`,
+/// `docs/abi.md`, *Illegal host access*):
 ///
-/// - A kernel *read* of the page its previous abort on this CPU was on, by
-///   another instruction, is its abort path looking at that page: Linux's
-///   oops dumps the instructions at the faulting PC. Linux (6.1) cannot
-///   take an external abort there — `do_sea` has no exception-table fixup,
-///   re-enters `die()` and deadlocks on `die_lock`, silently — so this read
-///   gets a level-3 permission fault, which the no-fault accessor's fixup
-///   handles (`Code: bad PC value`) and any other access turns into an
-///   ordinary oops. Still no data.
+/// - A kernel read of an upper-half address in the page its previous abort
+///   on this CPU was on, by another instruction, is its abort path looking
+///   at that page: Linux's oops dumps the instructions at the faulting PC.
+///   Linux (6.1) cannot take an external abort there — `do_sea` has no
+///   exception-table fixup, re-enters `die()` and deadlocks on `die_lock`,
+///   silently — so this read gets a level-3 permission fault, which the
+///   no-fault accessor's fixup handles (`Code: bad PC value`). No data.
 /// - When the kernel faults at the same instruction and address again and
 ///   again, it cannot take the abort at all — its vector table, its stack
 ///   or its page tables are gone, so every delivery faults once more — and
@@ -301,32 +297,16 @@ fn inject_abort(kind: Kind) {
     let me = cpu::current() % MAX_CPUS;
     let (spsr, elr, far) = (arch::spsr_el2(), arch::elr_el2(), arch::far_el2());
     let from_kernel = matches!(spsr & 0x1f, 0b0100 | 0b0101);
-    let [last_elr, last_far, repeats, last_kernel] = &LAST_ABORT[me];
-    let previous = (last_elr.load(Ordering::Relaxed), last_far.load(Ordering::Relaxed));
-    let previous_kernel = last_kernel.load(Ordering::Relaxed) == 1;
-    let same = from_kernel && previous_kernel && previous == (elr, far);
-    let count = if same { repeats.load(Ordering::Relaxed) + 1 } else { 0 };
-    last_elr.store(elr, Ordering::Relaxed);
-    last_far.store(far, Ordering::Relaxed);
-    repeats.store(count, Ordering::Relaxed);
-    last_kernel.store(u64::from(from_kernel), Ordering::Relaxed);
-    if count >= STUCK_AFTER {
-        println!(
-            "host CPU {me} cannot take the abort for its access to {far:#x} at {elr:#x}: it faulted there {} times in a row, so the host gave away memory its own exception path needs (vectors, stack or page tables); resetting",
-            count + 1
-        );
-        wipe_and_reset(psci::SYSTEM_RESET, 0, 0);
+    let decision = ABORTS[me].lock().decide(kind, from_kernel, elr, far);
+    match decision {
+        AbortDecision::Inject(kind) => inject_into_host(kind),
+        AbortDecision::Stuck(times) => {
+            println!(
+                "host CPU {me} cannot take the abort for its access to {far:#x} at {elr:#x}: it faulted there {times} times in a row, so the host gave away memory its own exception path needs (vectors, stack or page tables); resetting"
+            );
+            wipe_and_reset(psci::SYSTEM_RESET, 0, 0);
+        }
     }
-    let page = !(rampart_platform::PAGE_SIZE - 1);
-    let rereads_its_lost_page = from_kernel
-        && previous_kernel
-        && matches!(kind, Kind::DataAbort { write: false, far_not_valid: false })
-        && far & page == previous.1 & page
-        && elr != previous.0;
-    if rereads_its_lost_page {
-        return inject_into_host(Kind::DataPermissionFault { write: false });
-    }
-    inject_into_host(kind);
 }
 
 /// Delivers a synchronous exception to the host's EL1 vector, as the
