@@ -68,8 +68,8 @@ fn primary_main(boot: BootState) -> ! {
         dt_address, platform.cpu_count
     );
     platform.describe();
-    if checks::reset::selected(&platform) {
-        checks::reset::run(&platform);
+    if let Some(mode) = checks::reset::selected(&platform) {
+        checks::reset::run(&platform, mode);
     }
     if let Some(selection) = bench::selection(&platform) {
         bench::run(&platform, selection);

@@ -19,9 +19,14 @@
 //!    for the secrets `testhost.secrets=` names, checks the scan itself
 //!    finds a planted secret, prints `PASS reset-no-leaks` or `FAIL ...`
 //!    and the usual summary, and powers off.
+//!
+//! `testhost.reset=off` runs the first boot only and asks `SYSTEM_OFF`
+//! instead: QEMU (`-no-shutdown`) keeps the machine, and `cargo xtask`
+//! dumps all of RAM through QMP and scans it — the carve-out included,
+//! which no host can read.
 
 use rampart_abi::guest::GUEST_RAM_BASE;
-use rampart_abi::guest::psci::SYSTEM_RESET;
+use rampart_abi::guest::psci::{SYSTEM_OFF, SYSTEM_RESET};
 use rampart_abi::host::{HostCall, VmConfig};
 
 use super::vm::{arena, protected};
@@ -38,21 +43,29 @@ pub const BOOTARG: &str = "testhost.reset";
 /// host's image is not itself the marker.
 const MAGIC: u64 = 0x5253_544d_4152_4b31 ^ 0xffff_ffff_ffff_ffff;
 
-/// Whether the bootargs ask for the reset test.
-pub fn selected(p: &Platform) -> bool {
-    let Ok(blob) = arch::device_tree_blob(p.boot.x[0]) else {
-        return false;
-    };
-    let Ok(fdt) = dtoolkit::fdt::Fdt::new(blob) else {
-        return false;
-    };
-    let Some(chosen) = fdt.chosen() else {
-        return false;
-    };
-    let Ok(Some(bootargs)) = chosen.bootargs() else {
-        return false;
-    };
-    bootargs.split_ascii_whitespace().any(|a| a == BOOTARG)
+/// What the bootargs ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `testhost.reset`: reset, then scan RAM in the next boot.
+    Reset,
+    /// `testhost.reset=off`: `SYSTEM_OFF` instead; `cargo xtask` dumps RAM
+    /// after the power-off (QEMU `-no-shutdown`) and scans it.
+    Off,
+}
+
+/// Whether the bootargs ask for the reset test, and which.
+pub fn selected(p: &Platform) -> Option<Mode> {
+    let blob = arch::device_tree_blob(p.boot.x[0]).ok()?;
+    let fdt = dtoolkit::fdt::Fdt::new(blob).ok()?;
+    let chosen = fdt.chosen()?;
+    let bootargs = chosen.bootargs().ok()??;
+    bootargs
+        .split_ascii_whitespace()
+        .find_map(|a| match a.strip_prefix(BOOTARG)? {
+            "" => Some(Mode::Reset),
+            "=off" => Some(Mode::Off),
+            _ => None,
+        })
 }
 
 /// The marker's page: the last page of the highest usable RAM range.
@@ -63,8 +76,9 @@ fn marker_page(p: &Platform) -> Option<u64> {
 }
 
 /// Runs the mode and powers off (or resets).
-pub fn run(p: &Platform) -> ! {
+pub fn run(p: &Platform, mode: Mode) -> ! {
     let result = match marker_page(p) {
+        _ if mode == Mode::Off => first_boot(p, None),
         None => Err(msg!("no usable RAM for the boot marker")),
         Some(marker) if arch::ram_read(marker) == !MAGIC => {
             let boots = arch::ram_read(marker + 8);
@@ -75,7 +89,7 @@ pub fn run(p: &Platform) -> ! {
             );
             second_boot(p, marker)
         }
-        Some(marker) => first_boot(p, marker),
+        Some(marker) => first_boot(p, Some(marker)),
     };
     match result {
         Ok(()) => {
@@ -97,6 +111,8 @@ pub fn run(p: &Platform) -> ! {
 struct ResetAfterSealing {
     lines: u32,
     spinner: bool,
+    /// `SYSTEM_RESET`, or `SYSTEM_OFF` for [`Mode::Off`].
+    function: u32,
 }
 
 impl Policy for ResetAfterSealing {
@@ -106,7 +122,7 @@ impl Policy for ResetAfterSealing {
         }
         if self.lines == 3 {
             note!(
-                "reset: the protected attest guest derived its sealing keys in {} ({} pages of RAM, {} of metadata){}; SYSTEM_RESET with every VM alive",
+                "reset: the protected attest guest derived its sealing keys in {} ({} pages of RAM, {} of metadata){}; {} with every VM alive",
                 vms[0].ram,
                 vms[0].ram.size() / PAGE,
                 vms[0].metadata.size() / PAGE,
@@ -114,10 +130,15 @@ impl Policy for ResetAfterSealing {
                     "; the spinner VM runs on CPU 1"
                 } else {
                     ""
+                },
+                if self.function == SYSTEM_OFF {
+                    "SYSTEM_OFF"
+                } else {
+                    "SYSTEM_RESET"
                 }
             );
-            let code = psci::call(SYSTEM_RESET, &[]);
-            fail!("SYSTEM_RESET returned {code}");
+            let code = psci::call(self.function, &[]);
+            fail!("SYSTEM_RESET/SYSTEM_OFF returned {code}");
         }
         Ok(())
     }
@@ -183,25 +204,36 @@ fn spinner(arena: &mut Arena) -> Result<Vm, Msg> {
     Ok(vm)
 }
 
-fn first_boot(p: &Platform, marker: u64) -> Result<(), Msg> {
+/// The first boot ([`Mode::Reset`], with the marker's page) or the only
+/// one ([`Mode::Off`], without).
+fn first_boot(p: &Platform, marker: Option<u64>) -> Result<(), Msg> {
     ensure!(
         p.secrets.is_ok_and(|n| n > 0),
         "no {} on the command line: run through `cargo xtask`",
         secrets::BOOTARG
     );
-    arch::ram_zero(marker, marker + PAGE);
-    arch::ram_write(marker, !MAGIC);
-    arch::ram_write(marker + 8, 1);
+    if let Some(marker) = marker {
+        arch::ram_zero(marker, marker + PAGE);
+        arch::ram_write(marker, !MAGIC);
+        arch::ram_write(marker + 8, 1);
+    }
     let (mut arena, _) = arena(p)?;
     let attest = Vm::create(&mut arena, protected("attest")?)?;
-    let marker_range = Range::from_base_size(marker, PAGE);
-    ensure!(
-        !attest.ram.overlaps(&marker_range) && !attest.metadata.overlaps(&marker_range),
-        "the VM's memory overlaps the boot marker"
-    );
+    if let Some(marker) = marker {
+        let marker_range = Range::from_base_size(marker, PAGE);
+        ensure!(
+            !attest.ram.overlaps(&marker_range) && !attest.metadata.overlaps(&marker_range),
+            "the VM's memory overlaps the boot marker"
+        );
+    }
     let mut policy = ResetAfterSealing {
         lines: 0,
         spinner: p.cpu_count >= 2,
+        function: if marker.is_some() {
+            SYSTEM_RESET
+        } else {
+            SYSTEM_OFF
+        },
     };
     // With a second CPU, a VM that never exits runs there while the boot
     // CPU resets: the hypervisor must stop it before it wipes.
