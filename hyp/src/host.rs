@@ -436,6 +436,7 @@ pub fn wipe_and_reset(function: u32, x1: u64, x2: u64) -> ! {
     };
     let mut scrubbed_pages = 0u64;
     let mut wiped_pages_selectively = false;
+    let started = cache::counter();
     if !emergency {
         let cpu_count = crate::BOOT.get().map_or(MAX_CPUS, |b| b.cpu_count);
         if crate::BOOT.get().is_some_and(|b| b.config.features.gic_sysregs) {
@@ -468,9 +469,10 @@ pub fn wipe_and_reset(function: u32, x1: u64, x2: u64) -> ! {
             _ => "SYSTEM_RESET2",
         };
         // Nothing here allocates: this may run after a panic.
+        let micros = cache::counter().wrapping_sub(started).saturating_mul(1_000_000) / cache::counter_frequency().max(1);
         if wiped_pages_selectively {
             println!(
-                "{name}: {parked} other CPUs parked, {busy} still busy (after the first pass: {} parked, {} busy); {} pages the host does not own zeroed twice, then the hypervisor's memory",
+                "{name}: {parked} other CPUs parked, {busy} still busy (after the first pass: {} parked, {} busy); {} pages the host does not own zeroed twice in {micros} us, then the hypervisor's memory",
                 second.0,
                 second.1,
                 scrubbed_pages / 2
