@@ -247,6 +247,11 @@ fn reset_case() -> Result<String> {
         bail!(run.failure(&format!("the CPU running the spinning VM was not stopped: {reset}")));
     }
     wiped("SYSTEM_OFF").ok_or_else(|| anyhow::anyhow!(run.failure("no wipe reported for SYSTEM_OFF")))?;
+    // QEMU's built-in PSCI has no MEM_PROTECT: the boot log must say that
+    // resets Rampart does not see are not wiped (docs/design.md).
+    if !run.console.contains("MEM_PROTECT not offered") {
+        bail!(run.failure("the boot log does not say whether firmware offers MEM_PROTECT"));
+    }
     if run.exit_code != Some(0) {
         bail!(run.failure("QEMU did not power off cleanly"));
     }
