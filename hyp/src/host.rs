@@ -2,10 +2,19 @@
 
 use rampart_abi::host::{ABI_VERSION_MAJOR, ABI_VERSION_MINOR, HostCall, HostRequest};
 use rampart_abi::{Error, error::SUCCESS};
-use rampart_platform::inject::{self, Interrupted, Kind};
+use rampart_platform::inject::{self, AbortDecision, AbortHistory, Interrupted, Kind};
 use rampart_platform::smc::{self, SmcAction, psci};
 
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use rampart_platform::MemRange;
+use rampart_platform::cache as cache_seq;
+use spin::Once;
+use spin::mutex::SpinMutex;
+
+use crate::arch::cache::{self as cache, El2Cache};
 use crate::arch::{self, Frame};
+use crate::config::MAX_CPUS;
 use crate::cpu::{self, CPUS, Power};
 use crate::println;
 
@@ -16,8 +25,19 @@ const EC_DABT_LOWER: u64 = 0x24;
 const ESR_WNR: u64 = 1 << 6;
 const ESR_FNV: u64 = 1 << 10;
 
-/// Handles a synchronous exception from the host.
+/// Handles a synchronous exception from the host. A CPU that enters EL2
+/// while another wipes memory for a reset stops here for good.
 pub fn handle_sync(frame: &mut Frame) {
+    let me = cpu::current() % MAX_CPUS;
+    // Announce first, then look (the wiping CPU does the reverse): one of
+    // the two sees the other.
+    IN_EL2[me].store(true, Ordering::SeqCst);
+    park_if_dying();
+    handle_sync_inner(frame);
+    IN_EL2[me].store(false, Ordering::SeqCst);
+}
+
+fn handle_sync_inner(frame: &mut Frame) {
     let esr = arch::esr_el2();
     match (esr >> 26) & 0x3f {
         EC_HVC64 => hypercall(frame, esr & 0xffff),
@@ -34,12 +54,12 @@ pub fn handle_sync(frame: &mut Frame) {
                 return;
             }
             if !retry_after_race() {
-                inject_into_host(Kind::DataAbort { write: esr & ESR_WNR != 0, far_not_valid: esr & ESR_FNV != 0 });
+                inject_abort(Kind::DataAbort { write: esr & ESR_WNR != 0, far_not_valid: esr & ESR_FNV != 0 });
             }
         }
         EC_IABT_LOWER => {
             if !retry_after_race() {
-                inject_into_host(Kind::InstructionAbort { far_not_valid: esr & ESR_FNV != 0 });
+                inject_abort(Kind::InstructionAbort { far_not_valid: esr & ESR_FNV != 0 });
             }
         }
         // Nothing else is trapped on purpose; whatever it was, the host
@@ -177,6 +197,14 @@ fn host_smc(frame: &mut Frame) {
             let code = cpu_suspend(function, arg(1), arg(2), arg(3));
             ret_code(&mut frame.x, code);
         }
+        SmcAction::SystemReset => {
+            let reset2 = matches!(function, psci::SYSTEM_RESET2_32 | psci::SYSTEM_RESET2_64);
+            if reset2 && !smc::reset2_type_allowed(lower32(frame.x[1])) {
+                return ret_code(&mut frame.x, psci::INVALID_PARAMETERS);
+            }
+            let (x1, x2) = if reset2 { (arg(1), arg(2)) } else { (0, 0) };
+            wipe_and_reset(function, x1, x2);
+        }
     }
 }
 
@@ -244,6 +272,43 @@ fn cpu_suspend(function: u32, power_state: u64, entry: u64, context: u64) -> i64
     arch::smc(function, &args)[0] as i64
 }
 
+/// Per CPU: what it last injected into the host (only that CPU locks it).
+static ABORTS: [SpinMutex<AbortHistory>; MAX_CPUS] = [const { SpinMutex::new(AbortHistory::NEW) }; MAX_CPUS];
+
+/// An abort for a host access to memory it does not own: a synchronous
+/// external abort, with two exceptions for a host kernel that gave away
+/// pages it uses itself (`rampart_platform::inject::AbortHistory`,
+/// `docs/abi.md`, *Illegal host access*):
+///
+/// - A kernel read of an upper-half address in the page its previous abort
+///   on this CPU was on, by another instruction, is its abort path looking
+///   at that page: Linux's oops dumps the instructions at the faulting PC.
+///   Linux (6.1) cannot take an external abort there — `do_sea` has no
+///   exception-table fixup, re-enters `die()` and deadlocks on `die_lock`,
+///   silently — so this read gets a level-3 permission fault, which the
+///   no-fault accessor's fixup handles (`Code: bad PC value`). No data.
+/// - When the kernel faults at the same instruction and address again and
+///   again, it cannot take the abort at all — its vector table, its stack
+///   or its page tables are gone, so every delivery faults once more — and
+///   would spin between EL1 and EL2 without a word. The hypervisor says so
+///   on the console and resets the machine (through the wipe), as Linux
+///   does after a fatal oops with `panic=-1`.
+fn inject_abort(kind: Kind) {
+    let me = cpu::current() % MAX_CPUS;
+    let (spsr, elr, far) = (arch::spsr_el2(), arch::elr_el2(), arch::far_el2());
+    let from_kernel = matches!(spsr & 0x1f, 0b0100 | 0b0101);
+    let decision = ABORTS[me].lock().decide(kind, from_kernel, elr, far);
+    match decision {
+        AbortDecision::Inject(kind) => inject_into_host(kind),
+        AbortDecision::Stuck(times) => {
+            println!(
+                "host CPU {me} cannot take the abort for its access to {far:#x} at {elr:#x}: it faulted there {times} times in a row, so the host gave away memory its own exception path needs (vectors, stack or page tables); resetting"
+            );
+            wipe_and_reset(psci::SYSTEM_RESET, 0, 0);
+        }
+    }
+}
+
 /// Delivers a synchronous exception to the host's EL1 vector, as the
 /// hardware would have.
 fn inject_into_host(kind: Kind) {
@@ -271,4 +336,164 @@ fn inject_into_host(kind: Kind) {
         arch::set_elr_el2(injection.elr_el2);
         arch::set_spsr_el2(injection.spsr_el2);
     }
+}
+
+// ---------------------------------------------------------------------------
+// Reset and power-off: nothing protected survives in DRAM.
+
+/// What a reset wipes, fixed at boot.
+pub struct ResetPlan {
+    /// RAM banks.
+    pub ram: alloc::vec::Vec<MemRange>,
+    /// The carve-out.
+    pub carveout: MemRange,
+    /// The hypervisor's writable memory: data, bss, every CPU's stack, the
+    /// heap and the page pool (the device secret, the attestation key,
+    /// sealing-key derivations on stacks, the ownership table, page tables).
+    pub hyp_data: MemRange,
+}
+
+static RESET_PLAN: Once<ResetPlan> = Once::new();
+
+/// Records what a reset must wipe (boot, once the memory layout is known).
+pub fn init_reset(plan: ResetPlan) {
+    RESET_PLAN.call_once(|| plan);
+}
+
+const NOBODY: usize = usize::MAX;
+/// The CPU wiping memory for a reset, or [`NOBODY`].
+static DYING: AtomicUsize = AtomicUsize::new(NOBODY);
+/// CPUs inside a host call at EL2 (which includes running a guest).
+static IN_EL2: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// CPUs stopped because a reset is under way.
+static PARKED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// The SGI that makes a CPU running a guest leave it.
+const KICK_SGI: u64 = 15;
+
+/// Stops this CPU for good if another CPU is wiping memory for a reset.
+/// Called at every entry from the host and after every guest exit, before
+/// anything else is done.
+pub fn park_if_dying() {
+    let dying = DYING.load(Ordering::SeqCst);
+    let me = cpu::current() % MAX_CPUS;
+    if dying != NOBODY && dying != me {
+        PARKED[me].store(true, Ordering::SeqCst);
+        arch::halt();
+    }
+}
+
+/// Waits (at most about 100 ms) until every other CPU is outside EL2 — in
+/// the host, which cannot reach any page a reset wipes — or parked.
+fn wait_for_others(cpu_count: usize) -> (usize, usize) {
+    let me = cpu::current() % MAX_CPUS;
+    let ticks = (cache::counter_frequency() / 10).max(1_000_000);
+    let deadline = cache::counter().saturating_add(ticks);
+    let quiet = |i: usize| !IN_EL2[i].load(Ordering::SeqCst) || PARKED[i].load(Ordering::SeqCst);
+    let others = (0..cpu_count.min(MAX_CPUS)).filter(|&i| i != me);
+    while others.clone().any(|i| !quiet(i)) && cache::counter() < deadline {
+        core::hint::spin_loop();
+    }
+    let parked = others.clone().filter(|&i| PARKED[i].load(Ordering::SeqCst)).count();
+    let busy = others.filter(|&i| !quiet(i)).count();
+    (parked, busy)
+}
+
+/// SYSTEM_OFF, SYSTEM_RESET and SYSTEM_RESET2 (`function`, with `x1`, `x2`
+/// for SYSTEM_RESET2), and every power-off of the hypervisor's own:
+///
+/// 1. claims the reset (a second CPU asking parks; EL2 entries on every
+///    other CPU park from now on), kicks CPUs running guests with an SGI
+///    and waits, bounded, for every other CPU to be parked or in the host;
+/// 2. zeroes every page of RAM the host does not own (guests' pages,
+///    VM metadata: vCPU registers and stage-2 tables) through the cache and
+///    cleans it to the point of coherency; drops every guest translation
+///    (a guest still running on a CPU that did not stop faults from now
+///    on), waits again, and does it a second time;
+/// 3. cleans the hypervisor's own memory to the point of coherency, turns
+///    the MMU off, and — if step 2 was impossible (the ownership lock or
+///    page-table memory unavailable, as after a panic) — zeroes all of RAM
+///    outside the carve-out instead;
+/// 4. zeroes the hypervisor's writable memory (secrets, keys, stacks,
+///    tables) and calls firmware. It never returns to the host.
+pub fn wipe_and_reset(function: u32, x1: u64, x2: u64) -> ! {
+    let me = cpu::current() % MAX_CPUS;
+    let Some(plan) = RESET_PLAN.get() else {
+        // Boot has not laid out memory yet: there is nothing to protect.
+        let mut args = [0u64; 17];
+        args[0] = x1;
+        args[1] = x2;
+        let _ = arch::smc(function, &args);
+        arch::halt()
+    };
+    let emergency = match DYING.compare_exchange(NOBODY, me, Ordering::SeqCst, Ordering::SeqCst) {
+        Ok(_) => false,
+        // This CPU failed part-way through its own wipe: wipe everything.
+        Err(owner) if owner == me => true,
+        Err(_) => {
+            PARKED[me].store(true, Ordering::SeqCst);
+            arch::halt()
+        }
+    };
+    let mut scrubbed_pages = 0u64;
+    let mut wiped_pages_selectively = false;
+    let started = cache::counter();
+    if !emergency {
+        let cpu_count = crate::BOOT.get().map_or(MAX_CPUS, |b| b.cpu_count);
+        if crate::BOOT.get().is_some_and(|b| b.config.features.gic_sysregs) {
+            cache::sgi_to_others(KICK_SGI);
+        }
+        let (parked, busy) = wait_for_others(cpu_count);
+        let ticks = (cache::counter_frequency() / 10).max(1_000_000);
+        let deadline = cache::counter().saturating_add(ticks);
+        let mut ops = El2Cache::new();
+        let mut second = (parked, busy);
+        wiped_pages_selectively = crate::memory::scrub_for_reset(
+            &mut || cache::counter() < deadline,
+            &mut |range| {
+                // SAFETY: `scrub_for_reset` maps the range at EL2 for this
+                // call; the host cannot reach it (it does not own it), no
+                // Rust reference points into it, and the guests that did
+                // own it never run again.
+                unsafe { crate::mm::zero(range) };
+                cache_seq::scrub_then_release(&mut ops, range);
+                scrubbed_pages += range.size() / rampart_platform::PAGE_SIZE;
+            },
+            &mut || {
+                cache::tlbi_all_guests();
+                second = wait_for_others(cpu_count);
+            },
+        );
+        let name = match function {
+            psci::SYSTEM_OFF => "SYSTEM_OFF",
+            psci::SYSTEM_RESET => "SYSTEM_RESET",
+            _ => "SYSTEM_RESET2",
+        };
+        // Nothing here allocates: this may run after a panic.
+        let micros = cache::counter().wrapping_sub(started).saturating_mul(1_000_000) / cache::counter_frequency().max(1);
+        if wiped_pages_selectively {
+            println!(
+                "{name}: {parked} other CPUs parked, {busy} still busy (after the first pass: {} parked, {} busy); {} pages the host does not own zeroed twice in {micros} us, then the hypervisor's memory",
+                second.0,
+                second.1,
+                scrubbed_pages / 2
+            );
+        } else {
+            println!("{name}: {parked} other CPUs parked, {busy} still busy; ownership table unavailable: zeroing all RAM");
+        }
+    }
+    // SAFETY: `hyp_data` holds this CPU's stack and every value read from
+    // here on, and is mapped at EL2; this CPU never returns to the host.
+    unsafe { cache::clean_and_disable_mmu(plan.hyp_data) };
+    if !wiped_pages_selectively {
+        for bank in &plan.ram {
+            for part in cache_seq::outside(*bank, plan.carveout).into_iter().flatten() {
+                // SAFETY: the MMU is off; RAM outside the carve-out holds
+                // nothing this CPU still uses.
+                unsafe { cache::wipe_uncached(part) };
+            }
+        }
+    }
+    // SAFETY: the MMU is off; the routine uses only registers while it
+    // zeroes the hypervisor's writable memory, this stack included.
+    unsafe { cache::wipe_uncached_then_smc(plan.hyp_data, function, x1, x2) }
 }

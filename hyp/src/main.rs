@@ -275,6 +275,11 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         stage2.root_address().0 as u64,
         geometry,
     );
+    host::init_reset(host::ResetPlan {
+        ram: ram.clone(),
+        carveout,
+        hyp_data: MemRange::new(symbol(&raw const __rodata_end), control.start()).ok_or(BootError::NoMemory)?,
+    });
     memory::install(memory::HostMemory {
         table,
         stage2: mm::Shared(stage2),
@@ -355,7 +360,12 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         let dropped = if dropped_windows.contains(dev) { ", and its PCI window left the host's device tree" } else { "" };
         println!("device range {dev} lies beyond the {ipa_bits}-bit IPA space; not mapped for the host{dropped}");
     }
-    println!("firmware: SMCCC 1.1 {}", if firmware.smccc_1_1 { "yes" } else { "no" });
+    println!(
+        "firmware: SMCCC 1.1 {}, SYSTEM_RESET2 {}, MEM_PROTECT {}",
+        if firmware.smccc_1_1 { "yes" } else { "no" },
+        if firmware.system_reset2 { "yes" } else { "no" },
+        if firmware.mem_protect { "enabled" } else { "not offered: resets Rampart does not see are not wiped" }
+    );
     if let Some(pool) = plan.guest_pool {
         println!("guest pool {pool} ({} MiB) for a user-space VMM; control pages {control}", pool.size() >> 20);
     }
@@ -472,7 +482,22 @@ fn probe_firmware() -> Firmware {
     args[0] = u64::from(rampart_abi::smccc::SMCCC_VERSION);
     let has_version = (arch::smc(psci::FEATURES, &args)[0] as i64) >= 0;
     let version = if has_version { arch::smc(rampart_abi::smccc::SMCCC_VERSION, &[0; 17])[0] as i64 } else { -1 };
-    Firmware { smccc_1_1: version >= i64::from(rampart_abi::smccc::SMCCC_VERSION_1_1) }
+    let offered = |function: u32| {
+        let mut args = [0u64; 17];
+        args[0] = u64::from(function);
+        (arch::smc(psci::FEATURES, &args)[0] as i64) >= 0
+    };
+    let system_reset2 = offered(psci::SYSTEM_RESET2_64);
+    // MEM_PROTECT: firmware overwrites RAM at the next boot after any reset
+    // that did not go through Rampart's wipe (a watchdog, a reset button).
+    // Rampart turns it on and never lets the host turn it off.
+    let mem_protect = offered(psci::MEM_PROTECT) && {
+        let mut args = [0u64; 17];
+        args[0] = 1;
+        // The previous state (0 or 1), or a negative error code.
+        (arch::smc(psci::MEM_PROTECT, &args)[0] as i64) >= 0
+    };
+    Firmware { smccc_1_1: version >= i64::from(rampart_abi::smccc::SMCCC_VERSION_1_1), system_reset2, mem_protect }
 }
 
 /// A secondary CPU (or one resuming from power-down) enters Rust here, at
@@ -508,13 +533,15 @@ fn overflow_for_test(index: u64) {
     core::hint::black_box(deeper(0));
 }
 
-/// Powers the machine off through firmware; parks if that fails.
+/// Powers the machine off through firmware; parks if that fails. Every
+/// page the host does not own and the hypervisor's secrets are wiped first
+/// (`host::wipe_and_reset`). Entered below EL2 (a loader that dropped to
+/// EL1), nothing was set up to wipe: power off from there.
 pub fn power_off() -> ! {
     if arch::current_el() != 2 {
         arch::power_off_below_el2()
     }
-    let _ = arch::smc(psci::SYSTEM_OFF, &[0; 17]);
-    arch::halt()
+    host::wipe_and_reset(psci::SYSTEM_OFF, 0, 0)
 }
 
 #[panic_handler]

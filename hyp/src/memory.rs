@@ -381,33 +381,14 @@ impl HostMemory {
     }
 
     /// Maps `pages` pages (at most [`FIXMAP_PAGES`]) from `pa` at
-    /// [`FIXMAP_BASE`]. The fixmap's tables exist, so this only writes
-    /// level-3 entries.
+    /// [`FIXMAP_BASE`] (see [`fixmap_in`]).
     fn fixmap(&mut self, pa: u64, pages: u64) {
-        let region = MemoryRegion::new(FIXMAP_BASE as usize, (FIXMAP_BASE + pages * PAGE_SIZE) as usize);
-        if let Err(e) =
-            self.el2.0.map_range(&region, PhysicalAddress(pa as usize), mm::el2::DATA, Constraints::NO_BLOCK_MAPPINGS)
-        {
-            // Fixed VAs inside the table's range: cannot fail.
-            fail_closed("fixmap", MemRange::from_base_size(pa, pages * PAGE_SIZE).unwrap_or(self.carveout), e);
-        }
-        // Invalid-to-valid entries only (the window was unmapped and
-        // invalidated): complete the writes before this CPU walks them.
-        arch::dsb_ishst();
-        arch::isb();
+        fixmap_in(&mut self.el2, self.carveout, pa, pages);
     }
 
     /// Unmaps the first `pages` fixmap pages and invalidates them.
     fn fixunmap(&mut self, pages: u64) {
-        let region = MemoryRegion::new(FIXMAP_BASE as usize, (FIXMAP_BASE + pages * PAGE_SIZE) as usize);
-        if let Err(e) =
-            self.el2.0.map_range(&region, PhysicalAddress(0), El23Attributes::empty(), Constraints::NO_BLOCK_MAPPINGS)
-        {
-            fail_closed("fixmap unmap", self.carveout, e);
-        }
-        for i in 0..pages {
-            arch::tlbi_el2_va(FIXMAP_BASE + i * PAGE_SIZE);
-        }
+        fixunmap_in(&mut self.el2, self.carveout, pages);
     }
 
     /// Rewrites the mappings for `range` after the states changed:
@@ -676,6 +657,104 @@ fn tables_needed(effect: &Effect, range: MemRange) -> u64 {
         need += tables::tables_to_remap(range.start(), range.end(), stage2_level());
     }
     need
+}
+
+/// For a reset (`host::wipe_and_reset`): takes the host memory lock for
+/// good (waiting while `keep_waiting` says so), then runs two passes over
+/// every page of RAM outside the carve-out that the host does not own — a
+/// guest's, lent by a guest, or donated to the hypervisor (VM metadata:
+/// vCPU registers, stage-2 tables) — calling `scrub` on each range while it
+/// is mapped at EL2 (pages the hypervisor does not map are scrubbed through
+/// the fixmap, so `scrub` gets the fixmap's virtual range), and `between`
+/// between the passes. Allocates nothing. Returns `false`, having scrubbed
+/// nothing, if the lock is not available; the caller must then wipe all of
+/// RAM.
+pub fn scrub_for_reset(
+    keep_waiting: &mut dyn FnMut() -> bool,
+    scrub: &mut dyn FnMut(MemRange),
+    between: &mut dyn FnMut(),
+) -> bool {
+    let mut guard = loop {
+        if let Some(guard) = HOST_MEMORY.try_lock() {
+            break guard;
+        }
+        if !keep_waiting() {
+            return false;
+        }
+        core::hint::spin_loop();
+    };
+    let Some(memory) = guard.as_mut() else { return false };
+    for pass in 0..2 {
+        if pass == 1 {
+            between();
+        }
+        for bank_index in 0..memory.ram.len() {
+            let bank = memory.ram[bank_index];
+            for part in rampart_platform::cache::outside(bank, memory.carveout).into_iter().flatten() {
+                memory.scrub_part_for_reset(part, scrub);
+            }
+        }
+    }
+    // Never unlocked: no ownership change may follow a wipe.
+    core::mem::forget(guard);
+    true
+}
+
+impl HostMemory {
+    /// One pass over `part` (RAM outside the carve-out) for
+    /// [`scrub_for_reset`]. Allocates nothing (the fixmap's tables exist):
+    /// it may run after a panic.
+    fn scrub_part_for_reset(&mut self, part: MemRange, scrub: &mut dyn FnMut(MemRange)) {
+        let HostMemory { table, el2, carveout, .. } = self;
+        let Ok(host_runs) = table.runs(PhysAddr(part.start()), part.size() / PAGE_SIZE, Component::Host) else { return };
+        for run in host_runs.filter(|r| matches!(r.state, State::Absent | State::SharedBorrowed)) {
+            let Ok(hyp_runs) = table.runs(run.start, run.pages, Component::Hyp) else { continue };
+            for hyp_run in hyp_runs {
+                let Some(range) = MemRange::from_base_size(hyp_run.start.0, hyp_run.pages * PAGE_SIZE) else { continue };
+                if hyp_run.state != State::Absent {
+                    // The hypervisor's pages are mapped at EL2 already.
+                    scrub(range);
+                    continue;
+                }
+                let mut start = range.start();
+                while start < range.end() {
+                    let pages = ((range.end() - start) / PAGE_SIZE).min(FIXMAP_PAGES);
+                    fixmap_in(el2, *carveout, start, pages);
+                    if let Some(window) = MemRange::from_base_size(FIXMAP_BASE, pages * PAGE_SIZE) {
+                        scrub(window);
+                    }
+                    fixunmap_in(el2, *carveout, pages);
+                    start += pages * PAGE_SIZE;
+                }
+            }
+        }
+    }
+}
+
+/// Maps `pages` pages (at most [`FIXMAP_PAGES`]) from `pa` at
+/// [`FIXMAP_BASE`]. The fixmap's tables exist, so this only writes level-3
+/// entries and allocates nothing.
+fn fixmap_in(el2: &mut Shared<El2>, carveout: MemRange, pa: u64, pages: u64) {
+    let region = MemoryRegion::new(FIXMAP_BASE as usize, (FIXMAP_BASE + pages * PAGE_SIZE) as usize);
+    if let Err(e) = el2.0.map_range(&region, PhysicalAddress(pa as usize), mm::el2::DATA, Constraints::NO_BLOCK_MAPPINGS) {
+        // Fixed VAs inside the table's range: cannot fail.
+        fail_closed("fixmap", MemRange::from_base_size(pa, pages * PAGE_SIZE).unwrap_or(carveout), e);
+    }
+    // Invalid-to-valid entries only (the window was unmapped and
+    // invalidated): complete the writes before this CPU walks them.
+    arch::dsb_ishst();
+    arch::isb();
+}
+
+/// Unmaps the first `pages` fixmap pages and invalidates them.
+fn fixunmap_in(el2: &mut Shared<El2>, carveout: MemRange, pages: u64) {
+    let region = MemoryRegion::new(FIXMAP_BASE as usize, (FIXMAP_BASE + pages * PAGE_SIZE) as usize);
+    if let Err(e) = el2.0.map_range(&region, PhysicalAddress(0), El23Attributes::empty(), Constraints::NO_BLOCK_MAPPINGS) {
+        fail_closed("fixmap unmap", carveout, e);
+    }
+    for i in 0..pages {
+        arch::tlbi_el2_va(FIXMAP_BASE + i * PAGE_SIZE);
+    }
 }
 
 fn fail_closed(what: &str, range: MemRange, error: aarch64_paging::MapError) -> ! {

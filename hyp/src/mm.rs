@@ -117,6 +117,9 @@ pub unsafe fn zero(range: MemRange) {
         // SAFETY: the caller guarantees the range is mapped and unaliased.
         unsafe { core::ptr::write_bytes(range.start() as *mut u8, 0, range.size() as usize) };
     }
+    // The zeroes must be in DRAM before the pages change hands: a
+    // non-cacheable alias or a guest with its MMU off reads DRAM.
+    crate::arch::cache::scrub_then_release(range);
 }
 
 /// A page table shared between CPUs behind a lock.

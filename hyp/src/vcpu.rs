@@ -183,6 +183,7 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
         if vm.protected && vm.measurement.is_none() {
             vm::measure_first_run(vm, v.state.pc, v.state.regs[0])?;
         }
+        crate::arch::cache::before_first_run();
     }
     v.ran = true;
     if let Some(op) = v.mmio.take() {
@@ -237,6 +238,9 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
             arch::set_spsr_el2(v.state.pstate);
             guest::enter_guest(&mut v.state.regs)
         };
+        // A reset is wiping memory on another CPU: stop before this guest
+        // touches anything again.
+        crate::host::park_if_dying();
         v.state.pc = arch::elr_el2();
         v.state.pstate = arch::spsr_el2();
         let outcome = handle_exit(slot, v, kind);

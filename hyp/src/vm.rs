@@ -332,6 +332,9 @@ pub fn give_memory(vm_handle: VmHandle, pages: PageRange, guest_address: u64, sh
     let split = rampart_platform::tables::split_cost(guest_address, pages.start(), bytes);
     vm.stage2.translation().hold(split.min(tables.saturating_sub(used)));
     arch::dsb_ishst();
+    if zero_first {
+        crate::arch::cache::made_executable();
+    }
     Ok(())
 }
 
@@ -419,6 +422,11 @@ fn measure_run(measurer: &mut rampart_attest::Measurer, (ipa, pa, size): (u64, u
     let mut failed = None;
     crate::memory::with(|mem| {
         mem.with_pages(range, &mut |page, bytes| {
+            // Measure what DRAM holds: the guest starts with its MMU off.
+            // (`bytes` is the page's EL2 mapping, the fixmap.)
+            if let Some(window) = MemRange::from_base_size(bytes.as_ptr() as u64, PAGE_SIZE) {
+                crate::arch::cache::before_reading(window);
+            }
             if measurer.page(ipa + (page - pa), bytes).is_err() {
                 failed = Some(Error::InvalidParameter);
             }

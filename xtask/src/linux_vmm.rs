@@ -40,6 +40,7 @@ pub const TEST_PREFIX: &str = "RAMPART-VMM-TEST: ";
 const BUNDLES: [&str; 6] = ["hello", "memtest", "smp", "attest", "spin", "hello.untrusted"];
 
 const CHECKS_SCRIPT: &str = include_str!("linux_vmm/checks.sh");
+const KERNEL_PAGE_SCRIPT: &str = include_str!("linux_vmm/kernel_page.sh");
 const DEMO_SCRIPT: &str = include_str!("linux_vmm/demo.sh");
 
 /// One boot's time limit (a boot runs several checks).
@@ -256,6 +257,42 @@ pub fn cases(args: &crate::suite::TestArgs, case: &mut CaseFn<'_>) {
             power_off_case(run, smp)
         });
     }
+    for target in ["uptime_proc_show", "vectors"] {
+        case(format!("linux-vmm/kernel-page-{target}"), &|| kernel_page_case(target));
+    }
+}
+
+/// `linux-vmm/kernel-page-<target>`: user space donates to a VM the page
+/// of the kernel's `target` symbol (`linux_vmm/kernel_page.sh`). The kernel
+/// must report the abort on the console (an oops naming a synchronous
+/// external abort) or, when it cannot even take it (its vectors are gone),
+/// the hypervisor must say so and reset; either way the machine must go
+/// down, never hang without a word.
+fn kernel_page_case(target: &str) -> Result<String> {
+    let script = format!("TARGET={target}\n{KERNEL_PAGE_SCRIPT}");
+    let mut m = machine(2, "1G", "max", &script)?;
+    // A kernel that lost its own code oopses, kills the task and may then
+    // stall on what that task held; with `oops=panic` it reboots instead
+    // (`panic=-1`), so the run ends either way.
+    m.append.push_str(" oops=panic");
+    let run = m.run(BOOT_TIMEOUT, None, false)?;
+    let log = artifacts::build_dir().join("linux").join(format!("kernel-page-{target}.log"));
+    let _ = std::fs::write(&log, &run.console);
+    if !run.console.contains("kernel-page donating the page of") {
+        bail!(run.failure("the script did not get to donate the kernel's page"));
+    }
+    if run.timed_out {
+        bail!(run.failure("the host hung after losing its page (timed out)"));
+    }
+    if run.console.contains("kernel-page FAIL") {
+        bail!(run.failure("the script could not find the kernel's page"));
+    }
+    let reported = ["synchronous external abort", "rampart: host CPU"]
+        .into_iter()
+        .find(|needle| run.console.contains(needle))
+        .ok_or_else(|| anyhow!(run.failure("neither the kernel nor the hypervisor reported the abort")))?;
+    let line = run.console.lines().find(|l| l.contains(reported)).unwrap_or_default().trim();
+    Ok(format!("reported: {line}"))
 }
 
 /// Boots once per CPU count with `checks` (later calls reuse the run).

@@ -34,6 +34,10 @@ pub struct Machine {
     pub loaders: Vec<(PathBuf, u64)>,
     /// Extra arguments appended verbatim.
     pub extra: Vec<String>,
+    /// Let a guest reset restart the machine (RAM kept, images reloaded)
+    /// instead of ending QEMU (`-no-reboot`, the default). The run's
+    /// timeout still bounds a machine that keeps resetting.
+    pub allow_reboot: bool,
 }
 
 impl Machine {
@@ -49,6 +53,7 @@ impl Machine {
             append: String::new(),
             loaders: Vec::new(),
             extra: Vec::new(),
+            allow_reboot: false,
         }
     }
 
@@ -64,7 +69,8 @@ impl Machine {
             .arg(self.smp.to_string())
             .arg("-m")
             .arg(&self.mem)
-            .args(["-nographic", "-nic", "none", "-no-reboot"])
+            .args(["-nographic", "-nic", "none"])
+            .args(if self.allow_reboot { &[][..] } else { &["-no-reboot"][..] })
             .arg("-kernel")
             .arg(&self.kernel);
         if let Some(initrd) = &self.initrd {

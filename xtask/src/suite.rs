@@ -141,6 +141,11 @@ pub fn run(args: &TestArgs) -> Result<()> {
         case(format!("cpu-model/{cpu}"), &|| cpu_model_case(cpu, ipa));
     }
 
+    // A host reset with a protected VM alive leaves none of its secrets
+    // for the next boot.
+    case("testhost/reset-wipes".into(), &reset_case);
+    case("testhost/power-off-wipes".into(), &power_off_case);
+
     // Bad boot input ends in a message and a power-off, never a hang.
     // QEMU itself refuses RAM smaller than the carve-out (it places the DT
     // after the image_size Rampart's header claims), so this is the
@@ -227,6 +232,198 @@ fn testhost_case(smp: u32, mem: &str, cpu: &str) -> Result<String> {
         ))),
     };
     Ok(format!("{checks}; {attested}; sealing keys: {across}"))
+}
+
+/// `testhost.reset`: the first boot runs the attest guest, and a VM that
+/// never exits on CPU 1, and resets with both alive; QEMU restarts with RAM
+/// kept; the second boot scans all of its RAM for the guest's sealing keys
+/// and the other secrets. Both the reset and the final power-off must go
+/// through the hypervisor's wipe, which must have stopped CPU 1.
+fn reset_case() -> Result<String> {
+    let mut m = testhost_machine(2, "512M", "max")?;
+    m.allow_reboot = true;
+    m.append.push_str(" testhost.reset");
+    let run = m.run(TESTHOST_TIMEOUT, None, false)?;
+    if run.timed_out {
+        bail!(run.failure("timed out"));
+    }
+    let boots = run.console.matches("rampart: entering host").count();
+    if boots != 2 {
+        bail!(run.failure(&format!("the host was entered {boots} times, want 2 (a reset, then the scan)")));
+    }
+    let wiped = |what: &str| {
+        run.console
+            .lines()
+            .find(|l| l.starts_with(&format!("rampart: {what}: ")) && l.contains("zeroed twice"))
+            .map(str::to_owned)
+    };
+    if !run.console.contains("PASS reset-no-leaks") || !run.console.contains("1 passed, 0 failed") {
+        bail!(run.failure("the second boot did not pass `reset-no-leaks`"));
+    }
+    let reset = wiped("SYSTEM_RESET").ok_or_else(|| anyhow::anyhow!(run.failure("no wipe reported for SYSTEM_RESET")))?;
+    // The VM spinning on CPU 1 must be stopped, by the kick or at the
+    // latest by the first pass (its stage 2 zeroed, its TLB entries gone).
+    if !reset.contains("(after the first pass: 1 parked, 0 busy)") {
+        bail!(run.failure(&format!("the CPU running the spinning VM was not stopped: {reset}")));
+    }
+    wiped("SYSTEM_OFF").ok_or_else(|| anyhow::anyhow!(run.failure("no wipe reported for SYSTEM_OFF")))?;
+    // QEMU's built-in PSCI has no MEM_PROTECT: the boot log must say that
+    // resets Rampart does not see are not wiped (docs/design.md).
+    if !run.console.contains("MEM_PROTECT not offered") {
+        bail!(run.failure("the boot log does not say whether firmware offers MEM_PROTECT"));
+    }
+    if run.exit_code != Some(0) {
+        bail!(run.failure("QEMU did not power off cleanly"));
+    }
+    Ok(reset.trim_start_matches("rampart: ").to_owned())
+}
+
+/// `testhost.reset=off`: the test host runs the attest guest (and a VM that
+/// never exits on CPU 1) and asks `SYSTEM_OFF` with both alive. QEMU runs
+/// with `-no-shutdown`, so the powered-off machine stays; xtask then dumps
+/// all of RAM through QMP (`pmemsave`) and looks for every secret the test
+/// host knows — the device secret, the attestation key, the guest's
+/// sealing keys — anywhere, the hypervisor's carve-out included. The only
+/// copy allowed is the development device secret inside the hypervisor's
+/// own image (built in at compile time, reloaded from the file at boot).
+fn power_off_case() -> Result<String> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    const RAM_BASE: u64 = 0x4000_0000;
+    const RAM_SIZE: u64 = 512 << 20;
+    let mut m = testhost_machine(2, "512M", "max")?;
+    m.append.push_str(" testhost.reset=off");
+    let dir = artifacts::build_dir().join("power-off-wipes");
+    std::fs::create_dir_all(&dir)?;
+    let socket = dir.join("qmp.sock");
+    let dump = dir.join("ram.bin");
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(&dump);
+    m.extra.extend([
+        "-no-shutdown".to_string(),
+        "-qmp".to_string(),
+        format!("unix:{},server=on,wait=off", socket.display()),
+    ]);
+    let mut cmd = m.command();
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", m.command_line()))?;
+    let mut stdout = child.stdout.take().context("qemu stdout")?;
+    let console = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let result = (|| -> Result<()> {
+        let start = Instant::now();
+        let stream = loop {
+            match UnixStream::connect(&socket) {
+                Ok(s) => break s,
+                Err(_) if start.elapsed() < Duration::from_secs(20) => std::thread::sleep(Duration::from_millis(100)),
+                Err(e) => bail!("connecting to QEMU's QMP socket: {e}"),
+            }
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let mut writer = stream.try_clone()?;
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        // Reads QMP lines until one contains `want` (or the deadline).
+        let mut wait_for = |want: &str, secs: u64| -> Result<()> {
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            loop {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(0) => bail!("QEMU closed its QMP socket while waiting for {want}"),
+                    Ok(_) if line.contains(want) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    Err(e) => bail!("reading QMP: {e}"),
+                }
+                if Instant::now() > deadline {
+                    bail!("no QMP {want} within {secs} s");
+                }
+            }
+        };
+        wait_for("\"QMP\"", 20)?;
+        writer.write_all(b"{\"execute\": \"qmp_capabilities\"}\n")?;
+        wait_for("\"return\"", 20)?;
+        wait_for("\"SHUTDOWN\"", TESTHOST_TIMEOUT.as_secs())?;
+        let save = format!(
+            "{{\"execute\": \"pmemsave\", \"arguments\": {{\"val\": {RAM_BASE}, \"size\": {RAM_SIZE}, \"filename\": \"{}\"}}}}\n",
+            dump.display()
+        );
+        writer.write_all(save.as_bytes())?;
+        wait_for("\"return\"", 60)?;
+        writer.write_all(b"{\"execute\": \"quit\"}\n")?;
+        Ok(())
+    })();
+    // QEMU quits on `quit`; never wait for it for long.
+    let quit_by = Instant::now() + Duration::from_secs(if result.is_ok() { 20 } else { 0 });
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > quit_by {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let console = console.join().unwrap_or_default();
+    let fail = |what: &str| {
+        let tail: Vec<&str> = console.lines().rev().take(25).collect();
+        let tail: String = tail.into_iter().rev().map(|l| format!("    | {l}\n")).collect();
+        anyhow::anyhow!("{what}\n  command: {}\n  console tail:\n{tail}", m.command_line())
+    };
+    result.map_err(|e| fail(&format!("{e:#}")))?;
+    if !console.contains("SYSTEM_OFF with every VM alive") {
+        bail!(fail("the test host did not power off with its VMs alive"));
+    }
+    let ram = std::fs::read(&dump).with_context(|| format!("reading the RAM dump {}", dump.display()))?;
+    eprintln!("xtask: scanning the {} MiB RAM dump", ram.len() >> 20);
+    let image = std::fs::read(artifacts::hypervisor()?)?;
+    let image_offset = usize::try_from(0x4020_0000 - RAM_BASE)?;
+    let measurement = crate::guests::measurement("attest")?;
+    let secrets = attest::leak_secrets(&measurement)?;
+    let names = ["the device secret", "the attestation key's seed", "the attestation key's scalar", "the attestation key's nonce prefix", "sealing key \"disk\"", "sealing key \"other\"", "sealing key \"\""];
+    // Every 8-byte window of every secret: any copy at any alignment holds
+    // one at an 8-byte-aligned address.
+    let mut windows = std::collections::HashMap::new();
+    for (i, secret) in secrets.iter().enumerate() {
+        for j in 0..=24 {
+            let w = u64::from_le_bytes(secret[j..j + 8].try_into()?);
+            windows.insert(w, i);
+        }
+    }
+    let mut found = Vec::new();
+    for (n, chunk) in ram.chunks_exact(8).enumerate() {
+        let w = u64::from_le_bytes(chunk.try_into()?);
+        if w == 0 {
+            continue;
+        }
+        if let Some(&i) = windows.get(&w) {
+            let at = n * 8;
+            // The built-in development secret in the loaded image itself.
+            let in_image = at >= image_offset
+                && at + 8 <= image_offset + image.len()
+                && image[at - image_offset..at - image_offset + 8] == *chunk;
+            if !in_image {
+                found.push(format!("{} at {:#x}", names.get(i).unwrap_or(&"a secret"), RAM_BASE + at as u64));
+            }
+        }
+    }
+    if !found.is_empty() {
+        found.truncate(8);
+        bail!(fail(&format!("secrets in RAM after SYSTEM_OFF: {}", found.join(", "))));
+    }
+    let _ = std::fs::remove_file(&dump);
+    let off = console
+        .lines()
+        .find(|l| l.starts_with("rampart: SYSTEM_OFF: ") && l.contains("zeroed twice"))
+        .ok_or_else(|| fail("no wipe reported for SYSTEM_OFF"))?
+        .trim_start_matches("rampart: ")
+        .to_owned();
+    Ok(format!("{} MiB of RAM after the power-off hold none of {} secrets; {off}", ram.len() >> 20, secrets.len()))
 }
 
 /// Checks a test-host run: the boot log, every check passed, clean power-off.

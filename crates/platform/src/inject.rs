@@ -53,9 +53,19 @@ pub enum Kind {
         /// FAR does not hold the faulting address.
         far_not_valid: bool,
     },
+    /// A level-3 permission fault on a data access (not an external
+    /// abort): what the host's kernel gets when it reads, from its own
+    /// abort path, the page it just took an abort on (see `docs/abi.md`).
+    DataPermissionFault {
+        /// The access was a write.
+        write: bool,
+    },
     /// An undefined instruction.
     Undefined,
 }
+
+/// Fault status code: permission fault, level 3.
+pub const FSC_PERMISSION_L3: u64 = 0x0f;
 
 /// Architecture features that change the exception's PSTATE.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -135,6 +145,15 @@ pub fn compute(kind: Kind, from: &Interrupted, features: Features) -> Option<Inj
             FSC_SEA | if far_not_valid { ESR_FNV } else { 0 },
             Some(from.far),
         ),
+        Kind::DataPermissionFault { write } => (
+            if same_el {
+                EC_DABT_CURRENT
+            } else {
+                EC_DABT_LOWER
+            },
+            FSC_PERMISSION_L3 | if write { ESR_WNR } else { 0 },
+            Some(from.far),
+        ),
         Kind::Undefined => (EC_UNKNOWN, 0, None),
     };
 
@@ -161,6 +180,83 @@ pub fn compute(kind: Kind, from: &Interrupted, features: Features) -> Option<Inj
         elr_el2: from.vbar_el1.wrapping_add(vector_offset),
         spsr_el2: pstate,
     })
+}
+
+/// Identical aborts from the host's kernel in a row after which it is
+/// taken to be unable to take them.
+pub const STUCK_AFTER: u64 = 3;
+
+/// What the hypervisor remembers, per CPU, of the last abort it injected
+/// into the host, to recognise a host kernel that gave away pages it needs
+/// itself (`docs/abi.md`, *Illegal host access*).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AbortHistory {
+    elr: u64,
+    far: u64,
+    repeats: u64,
+    kernel: bool,
+}
+
+/// What to do about a host access to memory it does not own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbortDecision {
+    /// Inject this exception.
+    Inject(Kind),
+    /// The host's kernel faulted at the same instruction and address this
+    /// many times in a row: it cannot take the abort.
+    Stuck(u64),
+}
+
+impl AbortHistory {
+    /// No abort yet.
+    pub const NEW: Self = AbortHistory {
+        elr: 0,
+        far: 0,
+        repeats: 0,
+        kernel: false,
+    };
+
+    /// Decides about an abort of `kind` at `elr` / `far`, taken from the
+    /// host's kernel (EL1) or not, and remembers it:
+    ///
+    /// - the same kernel abort more than [`STUCK_AFTER`] times in a row is
+    ///   [`AbortDecision::Stuck`];
+    /// - a kernel data read of an upper-half (TTBR1) address in the page of
+    ///   the previous kernel abort, by another instruction, is a level-3
+    ///   permission fault (Linux's oops reading the code it lost, which an
+    ///   external abort would deadlock);
+    /// - anything else is injected as it is.
+    pub fn decide(&mut self, kind: Kind, from_kernel: bool, elr: u64, far: u64) -> AbortDecision {
+        let previous = *self;
+        let same = from_kernel && previous.kernel && (previous.elr, previous.far) == (elr, far);
+        *self = AbortHistory {
+            elr,
+            far,
+            repeats: if same { previous.repeats + 1 } else { 0 },
+            kernel: from_kernel,
+        };
+        if self.repeats >= STUCK_AFTER {
+            return AbortDecision::Stuck(self.repeats + 1);
+        }
+        let page = !(crate::PAGE_SIZE - 1);
+        let rereads_lost_page = from_kernel
+            && previous.kernel
+            && far & (1 << 55) != 0
+            && matches!(
+                kind,
+                Kind::DataAbort {
+                    write: false,
+                    far_not_valid: false
+                }
+            )
+            && far & page == previous.far & page
+            && elr != previous.elr;
+        if rereads_lost_page {
+            AbortDecision::Inject(Kind::DataPermissionFault { write: false })
+        } else {
+            AbortDecision::Inject(kind)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -195,6 +291,77 @@ mod tests {
         assert_eq!(i.spsr_el1, EL1H_IRQS_ON);
         assert_eq!(i.elr_el2, 0xffff_8000_1001_0200);
         assert_eq!(i.spsr_el2, 0b0101 | 0x3c0);
+    }
+
+    #[test]
+    fn a_permission_fault_is_a_data_abort_with_a_level_3_permission_status() {
+        let i = compute(
+            Kind::DataPermissionFault { write: false },
+            &host(EL1H_IRQS_ON),
+            Features::default(),
+        )
+        .unwrap();
+        assert_eq!(i.esr_el1, (0x25 << 26) | (1 << 25) | 0x0f);
+        assert_eq!(i.far_el1, Some(0x4020_0000));
+        assert_eq!(i.elr_el2, 0xffff_8000_1001_0200);
+    }
+
+    const READ: Kind = Kind::DataAbort {
+        write: false,
+        far_not_valid: false,
+    };
+    const FETCH: Kind = Kind::InstructionAbort {
+        far_not_valid: false,
+    };
+
+    #[test]
+    fn a_kernel_reading_the_code_it_lost_gets_a_permission_fault() {
+        let mut h = AbortHistory::default();
+        let pc = 0xffff_8000_1245_e3c0;
+        assert_eq!(h.decide(FETCH, true, pc, pc), AbortDecision::Inject(FETCH));
+        // The oops dumps pc - 16 .. pc through a no-fault read.
+        let reader = 0xffff_8000_1011_2040;
+        assert_eq!(
+            h.decide(READ, true, reader, pc - 16),
+            AbortDecision::Inject(Kind::DataPermissionFault { write: false })
+        );
+        // Another page, a write, a user address, user space: external aborts.
+        let mut h = AbortHistory::default();
+        h.decide(FETCH, true, pc, pc);
+        assert_eq!(h.decide(READ, true, reader, pc + 0x1000), AbortDecision::Inject(READ));
+        let write = Kind::DataAbort {
+            write: true,
+            far_not_valid: false,
+        };
+        h.decide(FETCH, true, pc, pc);
+        assert_eq!(h.decide(write, true, reader, pc), AbortDecision::Inject(write));
+        let mut h = AbortHistory::default();
+        h.decide(FETCH, true, 0x4000_1000, 0x4000_1000);
+        assert_eq!(h.decide(READ, true, 0x4000_2000, 0x4000_1008), AbortDecision::Inject(READ));
+        let mut h = AbortHistory::default();
+        h.decide(READ, false, 0x1000, pc);
+        assert_eq!(h.decide(READ, true, reader, pc), AbortDecision::Inject(READ));
+    }
+
+    #[test]
+    fn a_kernel_faulting_in_the_same_place_again_and_again_is_stuck() {
+        let mut h = AbortHistory::default();
+        let vector = 0xffff_8000_1001_0200;
+        for _ in 0..=2 {
+            assert_eq!(h.decide(FETCH, true, vector, vector), AbortDecision::Inject(FETCH));
+        }
+        assert_eq!(h.decide(FETCH, true, vector, vector), AbortDecision::Stuck(4));
+        // User space retrying the same access (a SIGBUS handler) never is.
+        let mut h = AbortHistory::default();
+        for _ in 0..10 {
+            assert_eq!(h.decide(READ, false, 0x40_0000, 0x7f00_0000), AbortDecision::Inject(READ));
+        }
+        // Progress in between starts the count again.
+        let mut h = AbortHistory::default();
+        for i in 0..10 {
+            let far = 0x4000_0000 + (i % 2) * 8;
+            assert_eq!(h.decide(READ, true, 0x4000_1000, far), AbortDecision::Inject(READ));
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@
 
 extern crate alloc;
 
+pub mod cache;
 pub mod cmdline;
 pub mod cpu;
 pub mod dt;

@@ -15,9 +15,28 @@ pub mod psci {
     use rampart_abi::guest::psci as abi;
 
     pub use abi::{
-        AFFINITY_INFO_32, AFFINITY_INFO_64, CPU_OFF, CPU_ON_32, CPU_ON_64, CPU_SUSPEND_32, CPU_SUSPEND_64, FEATURES,
-        MIGRATE_INFO_TYPE, SYSTEM_OFF, SYSTEM_RESET, VERSION,
+        AFFINITY_INFO_32, AFFINITY_INFO_64, CPU_OFF, CPU_ON_32, CPU_ON_64, CPU_SUSPEND_32,
+        CPU_SUSPEND_64, FEATURES, MIGRATE_INFO_TYPE, SYSTEM_OFF, SYSTEM_RESET, VERSION,
     };
+
+    /// `SYSTEM_SUSPEND`, SMC32 (PSCI 1.0): refused, see `docs/design.md`.
+    pub const SYSTEM_SUSPEND_32: u32 = 0x8400_000E;
+    /// `SYSTEM_SUSPEND`, SMC64.
+    pub const SYSTEM_SUSPEND_64: u32 = 0xC400_000E;
+    /// `SYSTEM_RESET2`, SMC32 (PSCI 1.1).
+    pub const SYSTEM_RESET2_32: u32 = 0x8400_0012;
+    /// `SYSTEM_RESET2`, SMC64.
+    pub const SYSTEM_RESET2_64: u32 = 0xC400_0012;
+    /// `MEM_PROTECT` (PSCI 1.1): Rampart's own, never the host's.
+    pub const MEM_PROTECT: u32 = 0x8400_0013;
+    /// `MEM_PROTECT_CHECK_RANGE`, SMC32.
+    pub const MEM_PROTECT_CHECK_RANGE_32: u32 = 0x8400_0014;
+    /// `MEM_PROTECT_CHECK_RANGE`, SMC64.
+    pub const MEM_PROTECT_CHECK_RANGE_64: u32 = 0xC400_0014;
+    /// `SYSTEM_RESET2` reset type: the one architectural type, a warm reset.
+    pub const RESET2_SYSTEM_WARM_RESET: u32 = 0;
+    /// `SYSTEM_RESET2` reset type bit 31: a vendor-specific reset.
+    pub const RESET2_VENDOR: u32 = 1 << 31;
 
     /// PSCI return code: success.
     pub const SUCCESS: i64 = abi::SUCCESS as i64;
@@ -66,6 +85,10 @@ pub enum SmcAction {
     PsciFeatures,
     /// SMCCC_ARCH_FEATURES: answer for the function ID in `x1`.
     ArchFeatures,
+    /// SYSTEM_OFF, SYSTEM_RESET or SYSTEM_RESET2: every page the host does
+    /// not own and every hypervisor secret is wiped first, then the call
+    /// is forwarded; it does not return to the host.
+    SystemReset,
 }
 
 /// What firmware offers, probed once at boot.
@@ -73,6 +96,12 @@ pub enum SmcAction {
 pub struct Firmware {
     /// Firmware implements SMCCC 1.1 or later (`SMCCC_VERSION` answered).
     pub smccc_1_1: bool,
+    /// Firmware implements PSCI `SYSTEM_RESET2` (`PSCI_FEATURES`).
+    pub system_reset2: bool,
+    /// Firmware implements PSCI `MEM_PROTECT`, and Rampart enabled it at
+    /// boot: firmware overwrites memory at the next boot after a reset that
+    /// did not go through Rampart (a watchdog, a reset button).
+    pub mem_protect: bool,
 }
 
 /// Decides what to do with the host SMC whose function ID is `function_id`.
@@ -80,8 +109,9 @@ pub struct Firmware {
 pub fn classify(function_id: u32, firmware: Firmware) -> SmcAction {
     use psci::*;
     match function_id {
-        VERSION | AFFINITY_INFO_32 | AFFINITY_INFO_64 | MIGRATE_INFO_TYPE | SYSTEM_OFF
-        | SYSTEM_RESET => SmcAction::Forward,
+        VERSION | AFFINITY_INFO_32 | AFFINITY_INFO_64 | MIGRATE_INFO_TYPE => SmcAction::Forward,
+        SYSTEM_OFF | SYSTEM_RESET => SmcAction::SystemReset,
+        SYSTEM_RESET2_32 | SYSTEM_RESET2_64 if firmware.system_reset2 => SmcAction::SystemReset,
         CPU_ON_32 | CPU_ON_64 => SmcAction::CpuOn,
         CPU_OFF => SmcAction::CpuOff,
         CPU_SUSPEND_32 | CPU_SUSPEND_64 => SmcAction::CpuSuspend,
@@ -91,6 +121,15 @@ pub fn classify(function_id: u32, firmware: Firmware) -> SmcAction {
         id if firmware.smccc_1_1 && forwarded_with_smccc_1_1(id) => SmcAction::Forward,
         _ => SmcAction::Answer(smccc::NOT_SUPPORTED),
     }
+}
+
+/// Whether a `SYSTEM_RESET2` reset type may be forwarded: the one
+/// architectural type (a warm reset) or any vendor-specific type. Other
+/// architectural types are undefined and answered `INVALID_PARAMETERS`
+/// before anything is wiped.
+#[must_use]
+pub fn reset2_type_allowed(reset_type: u32) -> bool {
+    reset_type == psci::RESET2_SYSTEM_WARM_RESET || reset_type & psci::RESET2_VENDOR != 0
 }
 
 /// The allow-list of non-PSCI calls forwarded to SMCCC 1.1 firmware.
@@ -137,8 +176,21 @@ pub fn arch_features(function_id: u32, firmware: Firmware) -> Option<i64> {
 mod tests {
     use super::*;
 
-    const QEMU: Firmware = Firmware { smccc_1_1: false };
-    const TF_A: Firmware = Firmware { smccc_1_1: true };
+    const QEMU: Firmware = Firmware {
+        smccc_1_1: false,
+        system_reset2: false,
+        mem_protect: false,
+    };
+    const TF_A: Firmware = Firmware {
+        smccc_1_1: true,
+        system_reset2: false,
+        mem_protect: false,
+    };
+    const TF_A_RESET2: Firmware = Firmware {
+        smccc_1_1: true,
+        system_reset2: true,
+        mem_protect: true,
+    };
 
     #[test]
     fn psci_calls_are_relayed_or_forwarded() {
@@ -146,14 +198,54 @@ mod tests {
         assert_eq!(classify(psci::CPU_ON_32, QEMU), SmcAction::CpuOn);
         assert_eq!(classify(psci::CPU_OFF, QEMU), SmcAction::CpuOff);
         assert_eq!(classify(psci::CPU_SUSPEND_64, QEMU), SmcAction::CpuSuspend);
-        for id in [
-            psci::VERSION,
-            psci::SYSTEM_OFF,
-            psci::SYSTEM_RESET,
-            psci::AFFINITY_INFO_64,
-        ] {
+        for id in [psci::VERSION, psci::AFFINITY_INFO_64] {
             assert_eq!(classify(id, QEMU), SmcAction::Forward);
         }
+    }
+
+    #[test]
+    fn every_system_reset_and_power_off_wipes_first() {
+        for firmware in [QEMU, TF_A, TF_A_RESET2] {
+            assert_eq!(classify(psci::SYSTEM_OFF, firmware), SmcAction::SystemReset);
+            assert_eq!(
+                classify(psci::SYSTEM_RESET, firmware),
+                SmcAction::SystemReset
+            );
+        }
+        for id in [psci::SYSTEM_RESET2_32, psci::SYSTEM_RESET2_64] {
+            assert_eq!(classify(id, TF_A_RESET2), SmcAction::SystemReset);
+            // Not offered by firmware: refused, nothing wiped.
+            assert_eq!(classify(id, TF_A), SmcAction::Answer(-1));
+            assert_eq!(classify(id, QEMU), SmcAction::Answer(-1));
+        }
+        assert!(reset2_type_allowed(0));
+        assert!(reset2_type_allowed(0x8000_0000));
+        assert!(reset2_type_allowed(0x8000_1234));
+        assert!(!reset2_type_allowed(1));
+        assert!(!reset2_type_allowed(0x7fff_ffff));
+    }
+
+    #[test]
+    fn the_host_cannot_touch_memory_protection_or_suspend_the_system() {
+        for id in [
+            psci::MEM_PROTECT,
+            psci::MEM_PROTECT_CHECK_RANGE_32,
+            psci::MEM_PROTECT_CHECK_RANGE_64,
+            psci::SYSTEM_SUSPEND_32,
+            psci::SYSTEM_SUSPEND_64,
+        ] {
+            assert_eq!(classify(id, TF_A_RESET2), SmcAction::Answer(-1), "{id:#x}");
+            assert_eq!(
+                psci_features(id, TF_A_RESET2),
+                Some(psci::NOT_SUPPORTED),
+                "{id:#x}"
+            );
+        }
+        assert_eq!(psci_features(psci::SYSTEM_RESET2_64, TF_A_RESET2), None);
+        assert_eq!(
+            psci_features(psci::SYSTEM_RESET2_64, QEMU),
+            Some(psci::NOT_SUPPORTED)
+        );
     }
 
     #[test]

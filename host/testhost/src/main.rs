@@ -68,6 +68,9 @@ fn primary_main(boot: BootState) -> ! {
         dt_address, platform.cpu_count
     );
     platform.describe();
+    if let Some(mode) = checks::reset::selected(&platform) {
+        checks::reset::run(&platform, mode);
+    }
     if let Some(selection) = bench::selection(&platform) {
         bench::run(&platform, selection);
         power_off_quietly();

@@ -118,6 +118,19 @@ enum Command {
     },
     /// What the device tree and the allocation table say.
     Info,
+    /// Hostile test: create a VM and donate it PAGES pages of host RAM at
+    /// ADDRESS, such as pages the host kernel itself uses (the hypervisor
+    /// allows it: the host owns them). The VM is kept; the kernel's next
+    /// touch of those pages must be an abort it reports.
+    #[command(hide = true)]
+    DonateHostPages {
+        /// Physical address (page-aligned).
+        #[arg(value_parser = plan::parse_size)]
+        address: u64,
+        /// Pages.
+        #[arg(default_value_t = 1)]
+        pages: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -171,6 +184,9 @@ fn main() -> ExitCode {
         Command::Stats => cmd_stats(&env).map(|()| ExitCode::SUCCESS),
         Command::Reclaim { all } => cmd_reclaim(&env, all).map(|()| ExitCode::SUCCESS),
         Command::Info => cmd_info(&env).map(|()| ExitCode::SUCCESS),
+        Command::DonateHostPages { address, pages } => {
+            cmd_donate_host_pages(&env, address, pages).map(|()| ExitCode::SUCCESS)
+        }
     };
     result.unwrap_or_else(|e| {
         eprintln!("rampart-vmm: {e:#}");
@@ -528,6 +544,39 @@ fn cmd_stats(env: &Env) -> Result<()> {
         ),
         None => println!("no finished run recorded in {}", files.last().display()),
     }
+    Ok(())
+}
+
+fn cmd_donate_host_pages(env: &Env, address: u64, pages: u64) -> Result<()> {
+    use rampart_abi::host::{HostCall, VmConfig};
+    let config = VmConfig {
+        protected: false,
+        debug: false,
+        max_vcpus: 1,
+    };
+    let metadata_pages = config.min_metadata_pages() + 4;
+    let session = Session::open(env, metadata_pages, 1, None, "donate-host-pages")?;
+    let channel = session.main_channel();
+    let r = hyp::checked(
+        &channel,
+        HostCall::VmCreate.id(),
+        &[session.region_phys(), metadata_pages, config.encode()],
+    )?;
+    let handle = r[1];
+    session.set_vm(handle);
+    let r = hyp::call(
+        &channel,
+        HostCall::VmDonate.id(),
+        &[handle, address, pages, rampart_abi::guest::GUEST_RAM_BASE],
+    );
+    #[allow(clippy::cast_possible_wrap, reason = "x0 is a signed SMCCC code")]
+    let code = r[0] as i64;
+    println!(
+        "rampart-vmm: VM_DONATE of {pages} host page(s) at {address:#x} to VM {handle:#x}: {}",
+        hyp::error_name(code)
+    );
+    // The VM keeps the pages; a later `rampart-vmm reclaim` gives them back.
+    std::mem::forget(session);
     Ok(())
 }
 

@@ -7,6 +7,22 @@
 //! use unaligned or cache-maintenance accesses that fault on Device memory,
 //! and no paired or writeback forms, which the control pages refuse.
 //!
+//! **Caches.** For a `no-map` range `/dev/mem` with `O_SYNC` gives a
+//! Device-nGnRnE mapping: every VMM access goes straight to DRAM. A guest
+//! (and the hypervisor) use the same memory as Normal write-back cacheable,
+//! so the two views are mismatched, which QEMU cannot show but hardware
+//! does: a guest's write may sit dirty in a CPU's cache while the VMM reads
+//! stale DRAM, and a VMM write to DRAM may be hidden from the guest by a
+//! stale clean line, or overwritten later when a dirty line is evicted. A
+//! mapping made with [`Mapping::guest_memory`] therefore does data-cache
+//! maintenance by VA from EL0 around every access (`DC CIVAC`, which Linux
+//! lets user space run: `SCTLR_EL1.UCI`; it applies to the physical line
+//! whatever the mapping's memory type): before a read, so that dirty guest
+//! data reaches DRAM first; before a write, so that no dirty line is later
+//! written back over it; after a write, so that no stale clean line hides
+//! it; each followed by `DSB SY`. The control pages are never maintained:
+//! they are trapped, not memory. `docs/design.md` has the whole argument.
+//!
 //! Pages a protected guest owns are not the host's: touching them is an
 //! abort, which Linux delivers as `SIGBUS`. Accesses that may legitimately
 //! abort (pages a guest shared and may have taken back) go through
@@ -22,6 +38,8 @@ use anyhow::{Result, bail};
 pub struct Mapping {
     ptr: *mut u64,
     len: usize,
+    /// Guest memory: maintain the data cache around every access.
+    maintain: bool,
 }
 
 // SAFETY: the mapping is plain shared memory; every access is a volatile
@@ -171,7 +189,34 @@ impl Mapping {
         Ok(Mapping {
             ptr: ptr.cast(),
             len,
+            maintain: false,
         })
+    }
+
+    /// Like [`Mapping::phys`], for memory guests use (the guest pool): every
+    /// access is wrapped in data-cache maintenance (see the module's
+    /// documentation), so the VMM's uncached view and the guests' cached
+    /// one agree.
+    ///
+    /// # Errors
+    ///
+    /// As [`Mapping::phys`].
+    pub fn guest_memory(dev: &str, phys: u64, len: usize, what: &str) -> Result<Self> {
+        let mut m = Self::phys(dev, phys, len, what)?;
+        m.maintain = true;
+        Ok(m)
+    }
+
+    /// Cleans and invalidates the data-cache lines of `[offset, offset +
+    /// len)` to the point of coherency, then `DSB SY` (guest memory only).
+    fn sync(&self, offset: usize, len: usize) {
+        if !self.maintain || len == 0 {
+            return;
+        }
+        #[cfg(test)]
+        SYNCS.with(|s| s.borrow_mut().push((offset, len)));
+        // SAFETY: `word` checked the range; the lines lie in our mapping.
+        unsafe { clean_inval_poc(self.ptr.cast::<u8>().add(offset), len) };
     }
 
     #[cfg(test)]
@@ -202,6 +247,7 @@ impl Mapping {
         Ok(Mapping {
             ptr: ptr.cast(),
             len,
+            maintain: false,
         })
     }
 
@@ -228,8 +274,10 @@ impl Mapping {
     /// If `offset` is unaligned or out of range.
     #[must_use]
     pub fn read_u64(&self, offset: usize) -> u64 {
+        let p = self.word(offset);
+        self.sync(offset, 8);
         // SAFETY: an aligned word inside the mapping.
-        unsafe { load(self.word(offset)) }
+        unsafe { load(p) }
     }
 
     /// A 64-bit store at byte `offset` (8-aligned).
@@ -238,26 +286,44 @@ impl Mapping {
     ///
     /// If `offset` is unaligned or out of range.
     pub fn write_u64(&self, offset: usize, value: u64) {
+        let p = self.word(offset);
+        self.sync(offset, 8);
         // SAFETY: an aligned word inside the mapping.
-        unsafe { store(self.word(offset), value) }
+        unsafe { store(p, value) }
+        self.sync(offset, 8);
     }
 
     /// Copies `bytes` to `offset` (8-aligned) word by word; the last word
     /// is zero-padded.
     pub fn write_bytes(&self, offset: usize, bytes: &[u8]) {
+        let len = bytes.len().next_multiple_of(8);
+        if len == 0 {
+            return;
+        }
+        let _ = self.word(offset + len - 8);
+        self.sync(offset, len);
         for (i, chunk) in bytes.chunks(8).enumerate() {
             let mut word = [0u8; 8];
             word[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(offset + 8 * i, u64::from_le_bytes(word));
+            // SAFETY: an aligned word inside the mapping (checked above).
+            unsafe { store(self.word(offset + 8 * i), u64::from_le_bytes(word)) };
         }
+        self.sync(offset, len);
     }
 
     /// Zeroes `len` bytes (a multiple of 8) at `offset`.
     pub fn zero(&self, offset: usize, len: usize) {
         assert!(len.is_multiple_of(8));
-        for at in (offset..offset + len).step_by(8) {
-            self.write_u64(at, 0);
+        if len == 0 {
+            return;
         }
+        let _ = self.word(offset + len - 8);
+        self.sync(offset, len);
+        for at in (offset..offset + len).step_by(8) {
+            // SAFETY: an aligned word inside the mapping (checked above).
+            unsafe { store(self.word(at), 0) };
+        }
+        self.sync(offset, len);
     }
 
     /// Reads `len` bytes (a multiple of 8) at `offset` in a child process:
@@ -291,6 +357,7 @@ impl Mapping {
             unsafe {
                 default_fault_actions();
                 libc::close(fds[0]);
+                self.sync(offset, len);
                 let mut buf = [0u8; 512];
                 let mut at = offset;
                 while at < offset + len {
@@ -354,13 +421,52 @@ impl Mapping {
             // SAFETY: in the child.
             unsafe { default_fault_actions() };
             for (at, value) in words {
+                self.sync(offset + at, 8);
                 // SAFETY: checked in bounds above, in the parent.
                 unsafe { store(self.ptr.add((offset + at) / 8), *value) };
+                self.sync(offset + at, 8);
             }
             // SAFETY: leave the child at once.
             unsafe { libc::_exit(0) };
         }
         wait(pid)
+    }
+}
+
+#[cfg(test)]
+std::thread_local! {
+    /// `(offset, len)` of every maintenance call on this thread (tests).
+    static SYNCS: std::cell::RefCell<Vec<(usize, usize)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `DC CIVAC` over every line of `[p, p + len)`, then `DSB SY`. No-op on
+/// the build machine's architecture (tests).
+///
+/// # Safety
+///
+/// The range must lie in one of this process's mappings.
+#[allow(unused_variables, reason = "used on aarch64 only")]
+unsafe fn clean_inval_poc(p: *const u8, len: usize) {
+    #[cfg(target_arch = "aarch64")]
+    {
+        let ctr: u64;
+        // SAFETY: CTR_EL0 is readable at EL0 (or emulated by Linux).
+        unsafe {
+            core::arch::asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack, preserves_flags))
+        };
+        let line = 4usize << ((ctr >> 16) & 0xf);
+        let mut at = p as usize & !(line - 1);
+        let end = p as usize + len;
+        while at < end {
+            // SAFETY: the line is in the caller's mapping; DC CIVAC does not
+            // change memory contents as software sees them.
+            unsafe {
+                core::arch::asm!("dc civac, {}", in(reg) at, options(nostack, preserves_flags))
+            };
+            at += line;
+        }
+        // SAFETY: a barrier.
+        unsafe { core::arch::asm!("dsb sy", options(nostack, preserves_flags)) };
     }
 }
 
@@ -418,6 +524,29 @@ mod tests {
         assert_eq!(m.read_u64(16), 0x0a09);
         m.zero(8, 16);
         assert_eq!((m.read_u64(8), m.read_u64(16)), (0, 0));
+    }
+
+    #[test]
+    fn guest_memory_is_maintained_around_each_access_and_control_pages_never() {
+        let s = crate::dt::tests::Scratch::new("maintain");
+        let path = s.0.join("mem");
+        std::fs::write(&path, vec![0u8; 8192]).unwrap();
+        let take = || SYNCS.with(|v| std::mem::take(&mut *v.borrow_mut()));
+        let plain = Mapping::phys(path.to_str().unwrap(), 0, 8192, "control").unwrap();
+        plain.write_bytes(0, &[1; 24]);
+        let _ = plain.read_u64(0);
+        assert_eq!(take(), []);
+        let guest = Mapping::guest_memory(path.to_str().unwrap(), 0, 8192, "pool").unwrap();
+        guest.write_bytes(64, &[1; 20]);
+        assert_eq!(take(), [(64, 24), (64, 24)], "before and after the write");
+        assert_eq!(guest.read_u64(64), 0x0101_0101_0101_0101);
+        assert_eq!(take(), [(64, 8)], "before the read");
+        guest.zero(4096, 4096);
+        assert_eq!(take(), [(4096, 4096), (4096, 4096)]);
+        guest.write_u64(8, 3);
+        assert_eq!(take(), [(8, 8), (8, 8)]);
+        guest.zero(0, 0);
+        assert_eq!(take(), []);
     }
 
     #[test]

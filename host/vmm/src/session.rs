@@ -150,7 +150,7 @@ impl Session {
     /// Explains `/dev/mem` refusals.
     pub fn map_region(&self) -> Result<Mapping> {
         let len = usize::try_from(self.entry.pages * CHANNEL_SIZE)?;
-        Mapping::phys(&self.env.dev_mem, self.region_phys(), len, "the guest pool")
+        Mapping::guest_memory(&self.env.dev_mem, self.region_phys(), len, "the guest pool")
     }
 
     /// Records the VM handle in the table (so a later VMM can destroy it if

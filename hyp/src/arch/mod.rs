@@ -5,6 +5,7 @@
 //! Every function here is a thin wrapper; the decisions are made by safe
 //! code elsewhere.
 
+pub mod cache;
 pub mod guest;
 
 use core::arch::{asm, global_asm};

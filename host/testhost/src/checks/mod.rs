@@ -12,6 +12,7 @@ mod cpu;
 mod ownership;
 mod pool;
 mod ram;
+pub mod reset;
 mod smccc;
 mod vb;
 mod vm;
