@@ -297,7 +297,7 @@ fn inject_abort(kind: Kind) {
     let me = cpu::current() % MAX_CPUS;
     let (spsr, elr, far) = (arch::spsr_el2(), arch::elr_el2(), arch::far_el2());
     let from_kernel = matches!(spsr & 0x1f, 0b0100 | 0b0101);
-    let decision = ABORTS[me].lock().decide(kind, from_kernel, elr, far);
+    let decision = ABORTS[me].lock().decide(kind, from_kernel, elr, far, arch::elr_el1());
     match decision {
         AbortDecision::Inject(kind) => inject_into_host(kind),
         AbortDecision::Stuck(times) => {

@@ -217,18 +217,27 @@ impl AbortHistory {
     };
 
     /// Decides about an abort of `kind` at `elr` / `far`, taken from the
-    /// host's kernel (EL1) or not, and remembers it:
+    /// host's kernel (EL1) or not, and remembers it. `host_elr_el1` is the
+    /// host's `ELR_EL1` as the abort is taken: while it still holds what the
+    /// previous injection wrote there (that abort's `elr`), the host has not
+    /// completed taking that abort (it never returned from it nor moved on).
     ///
-    /// - the same kernel abort more than [`STUCK_AFTER`] times in a row is
-    ///   [`AbortDecision::Stuck`];
+    /// - the same kernel abort more than [`STUCK_AFTER`] times in a row,
+    ///   each time before the host took the previous one, is
+    ///   [`AbortDecision::Stuck`] (a host that handles the abort and then
+    ///   touches the same page from the same instruction again — a probe
+    ///   loop — is making progress and is never stuck);
     /// - a kernel data read of an upper-half (TTBR1) address in the page of
     ///   the previous kernel abort, by another instruction, is a level-3
     ///   permission fault (Linux's oops reading the code it lost, which an
     ///   external abort would deadlock);
     /// - anything else is injected as it is.
-    pub fn decide(&mut self, kind: Kind, from_kernel: bool, elr: u64, far: u64) -> AbortDecision {
+    pub fn decide(&mut self, kind: Kind, from_kernel: bool, elr: u64, far: u64, host_elr_el1: u64) -> AbortDecision {
         let previous = *self;
-        let same = from_kernel && previous.kernel && (previous.elr, previous.far) == (elr, far);
+        let same = from_kernel
+            && previous.kernel
+            && (previous.elr, previous.far) == (elr, far)
+            && host_elr_el1 == previous.elr;
         *self = AbortHistory {
             elr,
             far,
@@ -318,29 +327,29 @@ mod tests {
     fn a_kernel_reading_the_code_it_lost_gets_a_permission_fault() {
         let mut h = AbortHistory::default();
         let pc = 0xffff_8000_1245_e3c0;
-        assert_eq!(h.decide(FETCH, true, pc, pc), AbortDecision::Inject(FETCH));
+        assert_eq!(h.decide(FETCH, true, pc, pc, pc), AbortDecision::Inject(FETCH));
         // The oops dumps pc - 16 .. pc through a no-fault read.
         let reader = 0xffff_8000_1011_2040;
         assert_eq!(
-            h.decide(READ, true, reader, pc - 16),
+            h.decide(READ, true, reader, pc - 16, reader),
             AbortDecision::Inject(Kind::DataPermissionFault { write: false })
         );
         // Another page, a write, a user address, user space: external aborts.
         let mut h = AbortHistory::default();
-        h.decide(FETCH, true, pc, pc);
-        assert_eq!(h.decide(READ, true, reader, pc + 0x1000), AbortDecision::Inject(READ));
+        h.decide(FETCH, true, pc, pc, pc);
+        assert_eq!(h.decide(READ, true, reader, pc + 0x1000, reader), AbortDecision::Inject(READ));
         let write = Kind::DataAbort {
             write: true,
             far_not_valid: false,
         };
-        h.decide(FETCH, true, pc, pc);
-        assert_eq!(h.decide(write, true, reader, pc), AbortDecision::Inject(write));
+        h.decide(FETCH, true, pc, pc, pc);
+        assert_eq!(h.decide(write, true, reader, pc, reader), AbortDecision::Inject(write));
         let mut h = AbortHistory::default();
-        h.decide(FETCH, true, 0x4000_1000, 0x4000_1000);
-        assert_eq!(h.decide(READ, true, 0x4000_2000, 0x4000_1008), AbortDecision::Inject(READ));
+        h.decide(FETCH, true, 0x4000_1000, 0x4000_1000, 0x4000_1000);
+        assert_eq!(h.decide(READ, true, 0x4000_2000, 0x4000_1008, 0x4000_2000), AbortDecision::Inject(READ));
         let mut h = AbortHistory::default();
-        h.decide(READ, false, 0x1000, pc);
-        assert_eq!(h.decide(READ, true, reader, pc), AbortDecision::Inject(READ));
+        h.decide(READ, false, 0x1000, pc, 0x1000);
+        assert_eq!(h.decide(READ, true, reader, pc, reader), AbortDecision::Inject(READ));
     }
 
     #[test]
@@ -348,19 +357,26 @@ mod tests {
         let mut h = AbortHistory::default();
         let vector = 0xffff_8000_1001_0200;
         for _ in 0..=2 {
-            assert_eq!(h.decide(FETCH, true, vector, vector), AbortDecision::Inject(FETCH));
+            assert_eq!(h.decide(FETCH, true, vector, vector, vector), AbortDecision::Inject(FETCH));
         }
-        assert_eq!(h.decide(FETCH, true, vector, vector), AbortDecision::Stuck(4));
+        assert_eq!(h.decide(FETCH, true, vector, vector, vector), AbortDecision::Stuck(4));
         // User space retrying the same access (a SIGBUS handler) never is.
         let mut h = AbortHistory::default();
         for _ in 0..10 {
-            assert_eq!(h.decide(READ, false, 0x40_0000, 0x7f00_0000), AbortDecision::Inject(READ));
+            assert_eq!(h.decide(READ, false, 0x40_0000, 0x7f00_0000, 0x40_0000), AbortDecision::Inject(READ));
+        }
+        // A kernel that took each abort (its ELR_EL1 moved on: a handler
+        // that skips the access) and probes the same page from the same
+        // instruction again is never stuck.
+        let mut h = AbortHistory::default();
+        for _ in 0..10 {
+            assert_eq!(h.decide(READ, true, 0x4203_08ec, 0x5f20_a000, 0x4203_08f0), AbortDecision::Inject(READ));
         }
         // Progress in between starts the count again.
         let mut h = AbortHistory::default();
         for i in 0..10 {
             let far = 0x4000_0000 + (i % 2) * 8;
-            assert_eq!(h.decide(READ, true, 0x4000_1000, far), AbortDecision::Inject(READ));
+            assert_eq!(h.decide(READ, true, 0x4000_1000, far, 0x4000_1000), AbortDecision::Inject(READ));
         }
     }
 
