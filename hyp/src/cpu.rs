@@ -203,6 +203,35 @@ pub mod hcr {
     pub const APK: u64 = 1 << 40;
     /// Pointer-authentication instructions: no trap.
     pub const API: u64 = 1 << 41;
+    /// Forced write-back (FEAT_S2FWB): stage 2 alone decides that guest
+    /// RAM is Normal write-back, whatever the guest's stage 1 (or its MMU
+    /// being off) says. Guests only; the host's stage 2 keeps the classic
+    /// combining (see [`s2fwb`]).
+    pub const FWB: u64 = 1 << 46;
+}
+
+/// Whether guests run with `HCR_EL2.FWB` and their stage 2 uses the
+/// FEAT_S2FWB encoding for RAM: decided once, from the boot CPU, because
+/// every VM's stage 2 is shared by all CPUs.
+static S2FWB: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// `ID_AA64MMFR2_EL1.FWB` of this CPU.
+pub fn has_s2fwb() -> bool {
+    (arch::id_aa64mmfr2_el1() >> 40) & 0xf != 0
+}
+
+/// Records whether the boot CPU has FEAT_S2FWB (boot only, before any VM).
+pub fn init_s2fwb() {
+    S2FWB.store(has_s2fwb(), core::sync::atomic::Ordering::Release);
+}
+
+/// Whether guest stage 2s use forced write-back (the boot CPU has
+/// FEAT_S2FWB). A later CPU without it runs guests without `HCR_EL2.FWB`:
+/// it then reads the FWB encoding classically (Normal inner write-through,
+/// outer non-cacheable) — still Normal memory, and the cache maintenance
+/// before a first run and after every scrub keeps it correct.
+pub fn s2fwb() -> bool {
+    S2FWB.load(core::sync::atomic::Ordering::Acquire)
 }
 
 impl El2Config {

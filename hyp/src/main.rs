@@ -275,6 +275,7 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         stage2.root_address().0 as u64,
         geometry,
     );
+    cpu::init_s2fwb();
     host::init_reset(host::ResetPlan {
         ram: ram.clone(),
         carveout,

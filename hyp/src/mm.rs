@@ -305,6 +305,22 @@ pub mod host_s2 {
         .union(A::SH_INNER);
     /// Host MMIO: Device-nGnRE, never executed.
     pub const DEVICE: A = BASE.union(A::MEMATTR_DEVICE_nGnRE).union(A::XN);
+    /// Guest RAM under `HCR_EL2.FWB` (FEAT_S2FWB): `MemAttr` = `0b0110`,
+    /// forced Normal write-back whatever the guest's stage 1 says — a guest
+    /// with its MMU off (every data access Device otherwise) reads and
+    /// writes through the caches, as the hypervisor measured and scrubbed
+    /// it. aarch64-paging names its bits for the classic encoding: `0b0110`
+    /// is its inner write-through bits (`0b10 << 2`) with its outer
+    /// non-cacheable bits (`0b01 << 4`).
+    pub const RAM_FORCED_WB: A = BASE
+        .union(A::MEMATTR_NORMAL_INNER_WT)
+        .union(A::MEMATTR_NORMAL_OUTER_NC)
+        .union(A::SH_INNER);
+    // The FEAT_S2FWB encoding, checked at build time: MemAttr (descriptor
+    // bits [5:2]) = 0b0110 is Normal write-back under FWB, and the Device
+    // encoding 0b0001 means the same with and without it.
+    const _: () = assert!(RAM_FORCED_WB.bits() & (0xf << 2) == 0b0110 << 2);
+    const _: () = assert!(DEVICE.bits() & (0xf << 2) == 0b0001 << 2);
     /// Software bit: the host owns the page and lends it out.
     pub const SW_SHARED_OWNED: A = A::SWFLAG_0;
     /// Software bit: the host borrows the page from its owner.

@@ -355,6 +355,11 @@ fn guest_hcr(protected: bool, pauth: bool) -> u64 {
     if pauth {
         hcr |= API | APK;
     }
+    // Guest stage 2s use the FEAT_S2FWB encoding when the boot CPU has it;
+    // a CPU without the feature must not set the bit (RES0).
+    if crate::cpu::s2fwb() && crate::cpu::has_s2fwb() {
+        hcr |= FWB;
+    }
     hcr
 }
 

@@ -247,6 +247,12 @@ fn tables_needed(ipa: u64, bytes: u64) -> u64 {
 /// Attributes of guest memory in a VM's stage 2.
 const GUEST_RAM: Stage2Attributes = mm::host_s2::RAM;
 
+/// Attributes of guest memory in a VM's stage 2: forced write-back where
+/// guests run with `HCR_EL2.FWB` (`crate::cpu::s2fwb`), else the host's.
+fn guest_ram() -> Stage2Attributes {
+    if crate::cpu::s2fwb() { mm::host_s2::RAM_FORCED_WB } else { GUEST_RAM }
+}
+
 /// Whether any page of `ipa..ipa+bytes` is mapped in the VM's stage 2.
 fn any_mapped(vm: &Vm, ipa: u64, bytes: u64) -> bool {
     let mut mapped = false;
@@ -318,7 +324,7 @@ pub fn give_memory(vm_handle: VmHandle, pages: PageRange, guest_address: u64, sh
     // without splitting a live block (see `unmap_guest_page`).
     let free_before = vm.stage2.translation().free();
     if let Err(e) =
-        vm.stage2.map_range(&region, PhysicalAddress(pages.start() as usize), GUEST_RAM, Constraints::NO_BLOCK_MAPPINGS)
+        vm.stage2.map_range(&region, PhysicalAddress(pages.start() as usize), guest_ram(), Constraints::NO_BLOCK_MAPPINGS)
     {
         // The range was checked against the IPA limit and is page-aligned:
         // only a broken invariant gets here.
