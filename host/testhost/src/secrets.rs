@@ -168,6 +168,35 @@ pub fn scan_ram(start: u64, end: u64) -> (Option<(u64, usize)>, u64) {
     (None, nonzero)
 }
 
+/// What [`scan_ranges`] read: bytes scanned and bytes not zero.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Scanned {
+    /// Bytes read.
+    pub bytes: u64,
+    /// Bytes that were not zero.
+    pub nonzero: u64,
+}
+
+/// Scans every whole RAM block of `ranges` (each range shrunk to
+/// [`arch::RAM_BLOCK`] boundaries) with [`scan_ram`]. Returns what it read,
+/// or the first secret found: its address and index.
+pub fn scan_ranges(ranges: &[crate::ranges::Range]) -> Result<Scanned, (u64, usize)> {
+    let mut scanned = Scanned::default();
+    for r in ranges {
+        let (start, end) = (r.start.next_multiple_of(arch::RAM_BLOCK), r.end & !(arch::RAM_BLOCK - 1));
+        if start >= end {
+            continue;
+        }
+        let (found, busy) = scan_ram(start, end);
+        scanned.nonzero += busy;
+        scanned.bytes += end - start;
+        if let Some(hit) = found {
+            return Err(hit);
+        }
+    }
+    Ok(scanned)
+}
+
 /// Checks the RAM scan finds what it should: plants the first 15 bytes of
 /// secret 0 (all the test host can rebuild from its windows) at byte
 /// offset 3 of `page` (a scratch page the host owns), scans the page, and

@@ -265,25 +265,11 @@ fn second_boot(p: &Platform, marker: u64) -> Result<(), Msg> {
     let mut ranges = p.usable_memory();
     ranges.subtract(&dt);
     ranges.subtract(&Range::from_base_size(marker, PAGE));
-    let (mut scanned, mut nonzero) = (0, 0);
-    for r in ranges.as_slice() {
-        let (start, end) = (
-            r.start.next_multiple_of(arch::RAM_BLOCK),
-            r.end & !(arch::RAM_BLOCK - 1),
-        );
-        if start >= end {
-            continue;
-        }
-        let (found, busy) = secrets::scan_ram(start, end);
-        nonzero += busy;
-        scanned += end - start;
-        if let Some((at, secret)) = found {
-            fail!(
-                "{} survived the reset: 8 of its bytes at {at:#x}",
-                secrets::name(secret)
-            );
-        }
-    }
+    let scanned = match secrets::scan_ranges(ranges.as_slice()) {
+        Ok(scanned) => scanned,
+        Err((at, secret)) => fail!("{} survived the reset: 8 of its bytes at {at:#x}", secrets::name(secret)),
+    };
+    let (scanned, nonzero) = (scanned.bytes, scanned.nonzero);
     let (mut arena, _) = arena(p)?;
     let page = arena.take(1)?;
     let planted = secrets::self_test(page).map_err(|e| msg!("the leak scan's self-test: {e}"))?;
