@@ -305,6 +305,7 @@ pub fn give_memory(vm_handle: VmHandle, pages: PageRange, guest_address: u64, sh
     let id = vm_id(slot);
     let transition = if share { Transition::HostShareGuest(id) } else { Transition::HostDonateGuest(id) };
     let zero_first = vm.measurement.is_some();
+    let range = MemRange::new(pages.start(), pages.end()).ok_or(Error::InvalidParameter)?;
     crate::memory::with(|mem| {
         // Also holds back what handing these pages back to the host at
         // teardown may cost the host stage 2.
@@ -314,7 +315,6 @@ pub fn give_memory(vm_handle: VmHandle, pages: PageRange, guest_address: u64, sh
             // After the first run nothing the host wrote may reach the
             // guest: the pages are the guest's now, and cleared before it
             // can map them.
-            let range = MemRange::new(pages.start(), pages.end()).ok_or(Error::InvalidParameter)?;
             mem.zero_unowned(range);
         }
         Ok(())
