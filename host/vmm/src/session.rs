@@ -250,8 +250,8 @@ const DEV_MEM_RDEV: (u32, u32) = (1, 1);
 ///
 /// # Errors
 ///
-/// If `dev` is missing is left to the mapping (which explains it); a
-/// character device with other numbers is refused here.
+/// A character device with other numbers. (A missing `dev` is left to
+/// the mapping, which explains it.)
 pub fn check_dev_mem(dev: &str) -> Result<()> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let Ok(meta) = std::fs::metadata(dev) else {
