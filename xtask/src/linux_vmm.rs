@@ -211,6 +211,7 @@ const PLAN: [(u32, &[&str]); 2] = [
             "kill9-running",
             "tampered-bundle",
             "untrusted-signer",
+            "cli",
         ],
     ),
 ];
@@ -599,7 +600,7 @@ RAMPART-VMM-TEST: begin guest-hello
 RAMPART-VMM-TEST: guest-hello PASS host CPUs 0-3: GUEST-DONE 5 passed, 0 failed
 RAMPART-VMM-TEST: begin tampered-bundle
 rampart-vmm: the hypervisor refused /tmp/t.bundle: BAD_SIGNATURE: x
-RAMPART-VMM-TEST: tampered-bundle FAIL exit status 1, want 2
+RAMPART-VMM-TEST: tampered-bundle FAIL exit status 1, want 4
 RAMPART-VMM-TEST: begin kill9-reclaim
 [killed] memtest
 ";
@@ -611,7 +612,7 @@ RAMPART-VMM-TEST: begin kill9-reclaim
         assert_eq!(hello.log, vec!["[hello] Hello".to_string()]);
         let t = &r["tampered-bundle"];
         assert!(!t.passed);
-        assert_eq!(t.detail, "exit status 1, want 2");
+        assert_eq!(t.detail, "exit status 1, want 4");
         assert_eq!(t.log.len(), 1);
         assert!(!r.contains_key("kill9-reclaim"));
     }

@@ -30,10 +30,13 @@ use crate::plan::{Overrides, Plan};
 use crate::run::{Options, Outcome, Run};
 use crate::session::{Env, Session};
 
-/// Exit status: the hypervisor refused the bundle.
-const EXIT_REFUSED: u8 = 2;
+/// Exit status: a command-line (usage) error, as clap reports it.
+const EXIT_USAGE: u8 = 2;
 /// Exit status: the guest (or a VMM check) reported failures.
 const EXIT_GUEST_FAILED: u8 = 3;
+/// Exit status: the hypervisor refused the bundle (distinct from a usage
+/// error, which is 2 as for every command-line tool).
+const EXIT_REFUSED: u8 = 4;
 
 #[derive(Parser)]
 #[command(
@@ -41,7 +44,7 @@ const EXIT_GUEST_FAILED: u8 = 3;
     version,
     about = "Run signed Rampart bundles as VMs from a Linux host (through /dev/mem)",
     after_help = "SIZE and OFFSET: decimal or 0x hex; SIZE may end in K, M or G.\n\
-                  Exit status: 0 ok, 1 error, 2 refused by the hypervisor, 3 the guest reported failures, 128+N stopped by signal N."
+                  Exit status: 0 ok, 1 error, 2 usage error, 3 the guest reported failures, 4 the hypervisor refused the bundle, 128+N stopped by signal N."
 )]
 struct Cli {
     /// The device tree's root (default: /proc/device-tree, then /sys/firmware/devicetree/base).
@@ -72,7 +75,7 @@ enum Command {
         #[arg(long, value_name = "SIZE", value_parser = plan::parse_size)]
         mem: Option<u64>,
         /// vCPUs; must equal the manifest's (the signature covers it).
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=8))]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_VCPUS_ARG))]
         cpus: Option<u32>,
         /// Run even if --mem/--cpus differ from the manifest (a protected VM is then refused).
         #[arg(long)]
@@ -118,6 +121,15 @@ enum Command {
     },
     /// What the device tree and the allocation table say.
     Info,
+    /// Print a shell completion script to stdout (e.g. `rampart-vmm
+    /// completions bash > /etc/bash_completion.d/rampart-vmm`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to stdout (e.g. `rampart-vmm man |
+    /// man -l -`).
+    Man,
     /// Hostile test: create a VM and donate it PAGES pages of host RAM at
     /// ADDRESS, such as pages the host kernel itself uses (the hypervisor
     /// allows it: the host owns them). The VM is kept; the kernel's next
@@ -133,9 +145,52 @@ enum Command {
     },
 }
 
+/// `--cpus`' upper bound: the ABI's vCPU limit (`VM_CREATE`).
+#[allow(clippy::cast_possible_wrap, reason = "a small constant")]
+const MAX_VCPUS_ARG: i64 = rampart_abi::host::MAX_VCPUS as i64;
+
+/// Parses the command line. Usage errors exit 2 (clap's status for them,
+/// and the usual one); `--help`/`--version` print to stdout and exit 0.
+fn parse_cli<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    Cli::try_parse_from(args)
+}
+
+/// The exit status for a command-line error: 0 for `--help`/`--version`,
+/// [`EXIT_USAGE`] for anything else.
+fn usage_status(e: &clap::Error) -> u8 {
+    if e.use_stderr() { EXIT_USAGE } else { 0 }
+}
+
+/// `completions SHELL`: the script for `shell`, into `out`.
+fn write_completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    use clap::CommandFactory;
+    clap_complete::generate(shell, &mut Cli::command(), "rampart-vmm", out);
+}
+
+/// `man`: the manual page (roff), into `out`.
+///
+/// # Errors
+///
+/// If writing fails.
+fn write_man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    clap_mangen::Man::new(Cli::command()).render(out)
+}
+
 fn main() -> ExitCode {
     stats::mark_start();
-    let cli = Cli::parse();
+    let cli = match parse_cli(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(usage_status(&e));
+        }
+    };
+    signals::set_dev_mem(&cli.dev_mem);
     signals::install_bus_error();
     let env = Env {
         dt_roots: cli.dt.clone().map_or_else(
@@ -184,6 +239,13 @@ fn main() -> ExitCode {
         Command::Stats => cmd_stats(&env).map(|()| ExitCode::SUCCESS),
         Command::Reclaim { all } => cmd_reclaim(&env, all).map(|()| ExitCode::SUCCESS),
         Command::Info => cmd_info(&env).map(|()| ExitCode::SUCCESS),
+        Command::Completions { shell } => {
+            write_completions(shell, &mut std::io::stdout().lock());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => write_man(&mut std::io::stdout().lock())
+            .map(|()| ExitCode::SUCCESS)
+            .context("writing the manual page"),
         Command::DonateHostPages { address, pages } => {
             cmd_donate_host_pages(&env, address, pages).map(|()| ExitCode::SUCCESS)
         }
@@ -442,39 +504,39 @@ fn cmd_run(
             .collect::<String>()
     );
 
-    let code = match outcome {
-        _ if attacks_accepted > 0 => ExitCode::FAILURE,
-        Outcome::Refused(code) => {
-            eprintln!(
-                "rampart-vmm: the hypervisor refused {shown}: {}: {}",
-                hyp::error_name(code),
-                hyp::error_meaning(code)
-            );
-            for hint in refusal_hints(&bundle, &plan, code) {
-                eprintln!("rampart-vmm:   {hint}");
-            }
-            ExitCode::from(EXIT_REFUSED)
+    if let Outcome::Refused(code) = outcome {
+        eprintln!(
+            "rampart-vmm: the hypervisor refused {shown}: {}: {}",
+            hyp::error_name(code),
+            hyp::error_meaning(code)
+        );
+        for hint in refusal_hints(&bundle, &plan, code) {
+            eprintln!("rampart-vmm:   {hint}");
         }
-        Outcome::Error(e) => {
-            eprintln!("rampart-vmm: {shown}: {e}");
-            ExitCode::FAILURE
-        }
-        Outcome::Interrupted(s) => {
-            ExitCode::from(128u8.saturating_add(u8::try_from(s).unwrap_or(0)))
-        }
-        Outcome::MemoryFault(_) => ExitCode::from(EXIT_GUEST_FAILED),
-        Outcome::SystemOff | Outcome::SystemReset if tally.failed() => {
-            ExitCode::from(EXIT_GUEST_FAILED)
-        }
-        Outcome::SystemOff | Outcome::SystemReset => {
-            if destroyed.is_ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-    };
+    }
+    if let Outcome::Error(e) = &outcome {
+        eprintln!("rampart-vmm: {shown}: {e}");
+    }
+    let code = ExitCode::from(run_status(
+        &outcome,
+        attacks_accepted > 0,
+        tally.failed(),
+        destroyed.is_ok(),
+    ));
     Ok(code)
+}
+
+/// `run`'s exit status (README, "exit status") for how the run ended.
+fn run_status(outcome: &Outcome, attack_accepted: bool, guest_failed: bool, destroyed: bool) -> u8 {
+    match outcome {
+        _ if attack_accepted => 1,
+        Outcome::Refused(_) => EXIT_REFUSED,
+        Outcome::Error(_) => 1,
+        Outcome::Interrupted(s) => 128u8.saturating_add(u8::try_from(*s).unwrap_or(0)),
+        Outcome::MemoryFault(_) => EXIT_GUEST_FAILED,
+        Outcome::SystemOff | Outcome::SystemReset if guest_failed => EXIT_GUEST_FAILED,
+        Outcome::SystemOff | Outcome::SystemReset => u8::from(!destroyed),
+    }
 }
 
 fn owner_of(others: &[pool::Entry], vm: u64) -> String {
@@ -603,4 +665,76 @@ fn cmd_info(env: &Env) -> Result<()> {
     }
     session.close();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(args: &[&str]) -> Option<u8> {
+        parse_cli(args).err().map(|e| usage_status(&e))
+    }
+
+    #[test]
+    fn usage_errors_exit_2_and_help_and_version_exit_0() {
+        assert_eq!(
+            status(&["rampart-vmm", "run", "x.bundle", "--cpus", "0"]),
+            Some(2)
+        );
+        assert_eq!(
+            status(&["rampart-vmm", "run", "x.bundle", "--cpus", "64"]),
+            Some(2)
+        );
+        assert_eq!(
+            status(&["rampart-vmm", "run", "x.bundle", "--mem", "1X"]),
+            Some(2)
+        );
+        assert_eq!(status(&["rampart-vmm", "nonsense"]), Some(2));
+        assert_eq!(status(&["rampart-vmm"]), Some(2));
+        assert_eq!(status(&["rampart-vmm", "--version"]), Some(0));
+        assert_eq!(status(&["rampart-vmm", "--help"]), Some(0));
+        assert_eq!(
+            status(&["rampart-vmm", "run", "x.bundle", "--cpus", "8"]),
+            None
+        );
+        assert_eq!(status(&["rampart-vmm", "completions", "bash"]), None);
+        assert_eq!(status(&["rampart-vmm", "completions", "tcsh"]), Some(2));
+    }
+
+    #[test]
+    fn every_documented_status_is_distinct_from_a_usage_error() {
+        let refused = run_status(&Outcome::Refused(-8), false, false, true);
+        assert_eq!(refused, EXIT_REFUSED);
+        let statuses = [
+            run_status(&Outcome::SystemOff, false, false, true),
+            run_status(&Outcome::Error("x".into()), false, false, true),
+            run_status(&Outcome::SystemOff, false, true, true),
+            refused,
+            run_status(&Outcome::Interrupted(libc::SIGINT), false, false, true),
+        ];
+        assert_eq!(statuses, [0, 1, 3, 4, 130]);
+        assert!(!statuses.contains(&EXIT_USAGE));
+        assert_eq!(run_status(&Outcome::SystemOff, false, false, false), 1);
+        assert_eq!(run_status(&Outcome::Refused(-8), true, false, true), 1);
+    }
+
+    #[test]
+    fn completions_and_man_page_cover_the_commands() {
+        let mut bash = Vec::new();
+        write_completions(clap_complete::Shell::Bash, &mut bash);
+        let bash = String::from_utf8(bash).unwrap();
+        assert!(
+            bash.contains("rampart-vmm") && bash.contains("reclaim"),
+            "{bash}"
+        );
+        assert!(bash.contains("--stop-on-fault"), "{bash}");
+        let mut man = Vec::new();
+        write_man(&mut man).unwrap();
+        let man = String::from_utf8(man).unwrap();
+        assert!(
+            man.starts_with(".ie") || man.contains(".TH rampart-vmm"),
+            "{man}"
+        );
+        assert!(man.contains("refused"), "the exit statuses are in the page");
+    }
 }

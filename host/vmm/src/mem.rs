@@ -207,6 +207,13 @@ impl Mapping {
         Ok(m)
     }
 
+    /// The mapping's first byte and its length, to tell which mapping a
+    /// faulting address is in ([`crate::signals::note_mapping`]).
+    #[must_use]
+    pub fn span(&self) -> (usize, usize) {
+        (self.ptr as usize, self.len)
+    }
+
     /// Cleans and invalidates the data-cache lines of `[offset, offset +
     /// len)` to the point of coherency, then `DSB SY` (guest memory only).
     fn sync(&self, offset: usize, len: usize) {

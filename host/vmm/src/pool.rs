@@ -294,17 +294,7 @@ impl Table {
                 }
                 candidate = candidate.max(end.next_multiple_of(REGION_ALIGN));
             }
-            found.with_context(|| {
-                let used: u64 = self.entries.iter().map(|e| e.pages).sum();
-                format!(
-                    "the guest pool is exhausted: this VM needs {pages} pages ({} KiB) but the largest free range has {} pages ({} KiB); the pool has {} pages, {used} in use by {}",
-                    bytes / 1024,
-                    largest / PAGE_SIZE,
-                    largest / 1024,
-                    self.pool_size / PAGE_SIZE,
-                    self.holders()
-                )
-            })?
+            found.with_context(|| self.exhausted(pages, largest))?
         };
         let entry = Entry {
             pid,
@@ -318,15 +308,53 @@ impl Table {
         Ok(entry)
     }
 
+    /// Who holds channels: every entry with some (orphans hold none).
     fn holders(&self) -> String {
-        if self.entries.is_empty() {
-            return "nobody".into();
-        }
         self.entries
             .iter()
+            .filter(|e| e.channels != 0)
             .map(|e| format!("pid {} ({})", e.pid, e.name))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    /// Why `pages` pages do not fit, when the largest free range has
+    /// `largest` bytes: says who holds the pool's pages (live VMMs, and
+    /// orphans a killed VMM left), or that the VM is larger than the whole
+    /// pool when nothing holds any.
+    fn exhausted(&self, pages: u64, largest: u64) -> String {
+        let total = self.pool_size / PAGE_SIZE;
+        let holding: Vec<&Entry> = self.entries.iter().filter(|e| e.pages > 0).collect();
+        let used: u64 = holding.iter().map(|e| e.pages).sum();
+        let needs = format!(
+            "this VM needs {pages} pages ({} KiB)",
+            pages.saturating_mul(PAGE_SIZE) / 1024
+        );
+        if holding.is_empty() {
+            return format!(
+                "the guest pool is too small: {needs} but the whole pool has {total} pages ({} KiB), none of them in use; boot the host with a larger `rampart.pool=<MiB>`",
+                self.pool_size / 1024
+            );
+        }
+        let who = holding
+            .iter()
+            .map(|e| {
+                if e.pid == 0 {
+                    format!(
+                        "{} by VM {:#x} left by a killed VMM (`rampart-vmm reclaim` frees them)",
+                        e.pages, e.vm
+                    )
+                } else {
+                    format!("{} by pid {} ({})", e.pages, e.pid, e.name)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "the guest pool is exhausted: {needs} but the largest free range has {} pages ({} KiB); the pool has {total} pages, {used} in use: {who}",
+            largest / PAGE_SIZE,
+            largest / 1024,
+        )
     }
 
     /// Records `pid`'s VM handle.
@@ -524,8 +552,45 @@ mod tests {
             .to_string();
         assert!(e.contains("needs 10000 pages"), "{e}");
         assert!(e.contains("largest free range has"), "{e}");
-        assert!(e.contains("pid 1 (big)"), "{e}");
+        assert!(e.contains("10000 in use: 10000 by pid 1 (big)"), "{e}");
         assert!(t.allocate(3, (POOL / 4096) + 1, 1, None, "huge").is_err());
+    }
+
+    #[test]
+    fn a_vm_larger_than_an_empty_pool_is_not_blamed_on_anyone() {
+        let mut t = table();
+        // `list` holds a channel but no pages.
+        t.allocate(7, 0, 1, None, "list").unwrap();
+        let e = t
+            .allocate(2, (POOL / 4096) + 1, 1, None, "huge")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("nobody") && !e.contains("0 in use"), "{e}");
+        assert!(
+            e.contains("too small") && e.contains("none of them in use"),
+            "{e}"
+        );
+        assert!(e.contains("rampart.pool="), "{e}");
+    }
+
+    #[test]
+    fn exhaustion_names_orphans_and_only_page_holders() {
+        let mut t = table();
+        t.allocate(1, 8_000, 1, None, "a").unwrap();
+        let orphan = t.allocate(9, 8_000, 1, None, "gone").unwrap();
+        t.release(9);
+        t.keep_orphan(Entry {
+            vm: 0x4_0000_1000,
+            ..orphan
+        });
+        t.allocate(7, 0, 1, None, "list").unwrap();
+        let e = t.allocate(2, 8_000, 1, None, "b").unwrap_err().to_string();
+        assert!(
+            e.contains("16000 in use: 8000 by pid 1 (a), 8000 by VM 0x400001000"),
+            "{e}"
+        );
+        assert!(e.contains("reclaim"), "{e}");
+        assert!(!e.contains("list"), "{e}");
     }
 
     #[test]

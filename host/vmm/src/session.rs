@@ -8,8 +8,9 @@ use rampart_abi::Error;
 
 use crate::dt::{self, CHANNEL_SIZE, Platform};
 use crate::hyp::{Channel, Hyp};
-use crate::mem::Mapping;
+use crate::mem::{Fault, Mapping};
 use crate::pool::{Alive, Entry, TableFile, alive};
+use crate::signals;
 use crate::vm;
 
 /// Where to find things (global options).
@@ -57,6 +58,7 @@ impl Session {
     ) -> Result<Session> {
         let root = dt::root(&env.dt_roots)?;
         let platform = dt::discover(&root)?;
+        check_dev_mem(&env.dev_mem)?;
         let control_len = usize::try_from(u64::from(platform.channels) * CHANNEL_SIZE)?;
         let control = Mapping::phys(
             &env.dev_mem,
@@ -64,6 +66,7 @@ impl Session {
             control_len,
             "the control pages",
         )?;
+        signals::note_mapping(control.span(), signals::Region::Control);
         let table = TableFile::new(&env.state_dir);
         let pid = std::process::id();
         let alive_lock = Alive::hold(&env.state_dir)?;
@@ -72,7 +75,13 @@ impl Session {
         // A channel of our own (no other process uses it) for the version
         // check and the clean-up; the table is written only if all is well.
         let scratch = locked.table.allocate(pid, 0, 1, None, name)?;
-        let channel = Channel::new(&control, scratch.channel_list()[0]);
+        let scratch_index = scratch.channel_list()[0];
+        // Before any call: a load of one of our channel's registers, in a
+        // child process, so that memory that aborts (a short file, a
+        // device that is not /dev/mem) is an error naming it, not a SIGBUS
+        // of the VMM.
+        probe_control(&control, scratch_index, &env.dev_mem, &platform)?;
+        let channel = Channel::new(&control, scratch_index);
         let abi = check_version(&platform, &channel)?;
         for entry in stale {
             if entry.vm == 0 {
@@ -150,7 +159,10 @@ impl Session {
     /// Explains `/dev/mem` refusals.
     pub fn map_region(&self) -> Result<Mapping> {
         let len = usize::try_from(self.entry.pages * CHANNEL_SIZE)?;
-        Mapping::guest_memory(&self.env.dev_mem, self.region_phys(), len, "the guest pool")
+        let m =
+            Mapping::guest_memory(&self.env.dev_mem, self.region_phys(), len, "the guest pool")?;
+        signals::note_mapping(m.span(), signals::Region::Pool);
+        Ok(m)
     }
 
     /// Records the VM handle in the table (so a later VMM can destroy it if
@@ -223,6 +235,65 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+/// The physical-memory device's numbers (`/dev/mem` is character device
+/// 1:1 on Linux).
+const DEV_MEM_RDEV: (u32, u32) = (1, 1);
+
+/// Refuses a `--dev-mem` that is a character device other than `/dev/mem`
+/// (`/dev/zero`, `/dev/null`, ...): mapping it at the control pages'
+/// address gives memory that is not Rampart's (for `/dev/zero`, memory
+/// whose every access aborts). A regular file is allowed (tests map one);
+/// [`probe_control`] and [`check_version`] tell it is not Rampart either.
+///
+/// # Errors
+///
+/// A character device with other numbers. (A missing `dev` is left to
+/// the mapping, which explains it.)
+pub fn check_dev_mem(dev: &str) -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(meta) = std::fs::metadata(dev) else {
+        return Ok(());
+    };
+    if meta.file_type().is_char_device() {
+        let rdev = meta.rdev();
+        let numbers = (libc::major(rdev), libc::minor(rdev));
+        if numbers != DEV_MEM_RDEV {
+            anyhow::bail!(
+                "{dev} is the character device {}:{}, not the physical-memory device /dev/mem ({}:{}): it cannot reach Rampart's control pages (use --dev-mem only to name /dev/mem or a test file)",
+                numbers.0,
+                numbers.1,
+                DEV_MEM_RDEV.0,
+                DEV_MEM_RDEV.1
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Reads register `x0` of `channel` in a child process: if the load
+/// aborts, `dev` does not reach the control pages (a file shorter than
+/// their address, a device that is not `/dev/mem`, memory Rampart does not
+/// emulate), and the error says so, naming `dev`.
+///
+/// # Errors
+///
+/// If the load aborts or the probe fails.
+fn probe_control(control: &Mapping, channel: u32, dev: &str, platform: &Platform) -> Result<()> {
+    let offset = usize::try_from(u64::from(channel) * CHANNEL_SIZE)?;
+    match control.guarded_read(offset, 8) {
+        Ok(_) => Ok(()),
+        Err(Fault::Signal(libc::SIGBUS)) => anyhow::bail!(
+            "{dev} is not Rampart's control pages: a load from channel {channel} at {} through it aborted (SIGBUS). \
+             Is the host running under Rampart, and is {dev} the physical-memory device?",
+            platform.control
+        ),
+        Err(e) => anyhow::bail!(
+            "probing the control pages at {} through {dev}: {e}",
+            platform.control
+        ),
     }
 }
 
