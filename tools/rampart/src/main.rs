@@ -256,8 +256,9 @@ fn flags_text(flags: VmFlags) -> String {
 }
 
 /// The largest guest memory `inspect` recomputes the measurement of
-/// without `--measure` (1 GiB: about a second in a release build). Above
-/// it, hashing every page takes long however small the bundle is.
+/// without `--measure` (1 GiB: under a second, debug builds included, as
+/// sha2 is optimised in the dev profile too). Above it, hashing every page
+/// takes long however small the bundle is.
 pub const INSPECT_MEASURE_LIMIT: u64 = 1 << 30;
 
 /// A byte count in the largest binary unit that divides it.
