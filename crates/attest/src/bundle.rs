@@ -378,16 +378,29 @@ pub fn verify_measurement(
     Ok(*key)
 }
 
-/// Verifies a parsed bundle: its declared measurement is that of its image
-/// and manifest, and a key in `trusted` signed it. Returns the key.
+/// Verifies a parsed bundle: a key in `trusted` signed its declared
+/// measurement, and that measurement is the one of its image and manifest.
+/// Returns the key.
+///
+/// The cheap checks come first: the signature (one Ed25519 verification)
+/// before the measurement, which hashes every page of `memory_size` (up to
+/// 64 GiB, however small the bundle). So a bundle that no trusted key signed
+/// is refused at once, whatever size it claims; only the measurement of a
+/// bundle a trusted key really signed is recomputed.
 ///
 /// # Errors
 ///
-/// [`BundleError::MeasurementMismatch`], then [`BundleError::Signature`].
+/// [`BundleError::Signature`], then [`BundleError::MeasurementMismatch`].
 pub fn verify(
     bundle: &BundleRef<'_>,
     trusted: &[VerifyingKey],
 ) -> Result<VerifyingKey, BundleError> {
+    let key = verify_measurement(
+        &bundle.measurement,
+        &bundle.signer,
+        &bundle.signature,
+        trusted,
+    )?;
     let computed = bundle.computed_measurement();
     if computed != bundle.measurement {
         return Err(BundleError::MeasurementMismatch {
@@ -395,12 +408,7 @@ pub fn verify(
             computed,
         });
     }
-    Ok(verify_measurement(
-        &bundle.measurement,
-        &bundle.signer,
-        &bundle.signature,
-        trusted,
-    )?)
+    Ok(key)
 }
 
 #[cfg(test)]
@@ -528,7 +536,8 @@ mod tests {
                 E::Manifest { offset: 32, .. } | E::MeasurementMismatch { .. }
             ),
             40..48 => matches!(error, E::Truncated { .. } | E::ImageLengthMismatch { .. }),
-            48..80 => matches!(error, E::MeasurementMismatch { .. }),
+            // The signature is checked first, and it covers the measurement.
+            48..80 => matches!(error, E::Signature(SignatureError::BadSignature)),
             80..112 => matches!(error, E::Signature(SignatureError::UntrustedSigner(_))),
             112..176 => matches!(error, E::Signature(SignatureError::BadSignature)),
             _ => matches!(error, E::MeasurementMismatch { .. }),
@@ -568,6 +577,40 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A small bundle that claims the largest memory: `verify` refuses it
+    /// on its signature before hashing 64 GiB of zero pages (hours in a
+    /// debug build, which is what this test would take if it did).
+    #[test]
+    fn a_huge_claimed_memory_is_refused_before_hashing() {
+        use crate::manifest::MAX_MEMORY_SIZE;
+        let mut huge = bundle();
+        huge[offset::MEMORY_SIZE..offset::MEMORY_SIZE + 8]
+            .copy_from_slice(&MAX_MEMORY_SIZE.to_le_bytes());
+        let parsed = Bundle::parse(&huge).unwrap();
+        assert_eq!(parsed.manifest.memory_size, 64 << 30);
+        assert_eq!(
+            parsed.verify(&[key(2).verifying_key()]),
+            Err(BundleError::Signature(SignatureError::UntrustedSigner(
+                key(1).verifying_key().to_bytes()
+            )))
+        );
+        let mut unsigned = huge.clone();
+        unsigned[offset::SIGNATURE..offset::IMAGE].fill(0);
+        assert_eq!(
+            check(&unsigned, &[key(1).verifying_key()]),
+            Err(BundleError::Signature(SignatureError::Unsigned))
+        );
+        // Claims the trusted signer but carries another key's signature.
+        let mut forged = huge.clone();
+        let measurement = Measurement(array_at(&huge, offset::MEASUREMENT));
+        forged[offset::SIGNATURE..offset::IMAGE]
+            .copy_from_slice(&sign_measurement(&measurement, &key(2)).to_bytes());
+        assert_eq!(
+            check(&forged, &[key(1).verifying_key()]),
+            Err(BundleError::Signature(SignatureError::BadSignature))
+        );
     }
 
     #[test]

@@ -383,7 +383,12 @@ pub fn verify_report(
     if nonce.len() > MAX_NONCE_LEN {
         return Err(ReportError::NonceTooLong(nonce.len()));
     }
-    let key = VerifyingKey::from_bytes(attestation_key).map_err(|_| ReportError::BadPublicKey)?;
+    let key = VerifyingKey::from_bytes(attestation_key)
+        .ok()
+        // A small-order point verifies nothing under `verify_strict`: it is
+        // an invalid key, not a bad signature.
+        .filter(|key| !key.is_weak())
+        .ok_or(ReportError::BadPublicKey)?;
     if bytes.len() > MAX_REPORT_SIZE {
         return Err(ReportError::TooLarge(bytes.len()));
     }
@@ -766,6 +771,14 @@ mod tests {
         bad[0] = 2;
         assert_eq!(
             verify_report(&report(), &bad, None, b"challenge-1234"),
+            Err(ReportError::BadPublicKey)
+        );
+        // The identity (y = 1), a valid encoding of a small-order point:
+        // no signature verifies with it, and that is the key's fault.
+        let mut identity = [0; 32];
+        identity[0] = 1;
+        assert_eq!(
+            verify_report(&report(), &identity, None, b"challenge-1234"),
             Err(ReportError::BadPublicKey)
         );
     }

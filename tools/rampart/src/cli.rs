@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::parse::{Hex32, HexBytes, size};
 
@@ -17,11 +17,14 @@ Typical use:
 
 Exit codes:
   0  success
-  1  usage: bad command line (unknown option, malformed or out-of-range argument)
-  2  I/O: a file could not be read or written (or already exists)
-  3  malformed input: not a bundle, truncated, bad key file, not a COSE_Sign1 report
+  1  failure: a file could not be read or written (or already exists)
+  2  usage: bad command line (unknown option, malformed or out-of-range argument)
+  3  malformed input: not a bundle, truncated, bad or invalid key, not a COSE_Sign1 report
   4  verification failed: unsigned, untrusted signer, bad signature,
      measurement or nonce mismatch
+
+Shell completions: rampart completions bash|zsh|fish|elvish|powershell
+Man page:          rampart man > rampart.1
 
 Formats (keys, bundles, measurement, reports): docs/formats.md.";
 
@@ -61,8 +64,10 @@ pub enum Command {
     Sign(SignArgs),
     /// Check that a bundle is intact and signed by a trusted key.
     ///
-    /// Recomputes the measurement from the image and manifest, then checks
-    /// the signature and that the signer is one of the --key files.
+    /// Checks that the signer is one of the --key files and that its
+    /// signature verifies, then recomputes the measurement from the image
+    /// and manifest (hashing every page of guest memory, as the hypervisor
+    /// does: only for a bundle a trusted key signed).
     Verify {
         /// The bundle.
         #[arg(value_name = "BUNDLE")]
@@ -79,12 +84,17 @@ pub enum Command {
     },
     /// Print a bundle's manifest, measurement and signer.
     ///
-    /// Checks the bundle's structure and recomputes its measurement, but
-    /// trusts no key: use `verify` for that.
+    /// Checks the bundle's structure and recomputes its measurement (for
+    /// guest memory up to 1 GiB, or with --measure), but trusts no key: use
+    /// `verify` for that.
     Inspect {
         /// The bundle.
         #[arg(value_name = "BUNDLE")]
         bundle: PathBuf,
+        /// Recompute the measurement whatever the memory size (hashing
+        /// 64 GiB takes a minute or more).
+        #[arg(long)]
+        measure: bool,
     },
     /// Verify an attestation report (COSE_Sign1) a guest obtained.
     AttestVerify(AttestVerifyArgs),
@@ -100,6 +110,71 @@ pub enum Command {
         #[arg(long, value_name = "PUB")]
         out: Option<PathBuf>,
     },
+    /// Print a shell completion script.
+    ///
+    /// For example `rampart completions bash > /etc/bash_completion.d/rampart`,
+    /// or `source <(rampart completions bash)`.
+    Completions {
+        /// The shell.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page rampart(1), or write every page to a directory.
+    ///
+    /// For example `rampart man > rampart.1 && man ./rampart.1`, or
+    /// `rampart man --dir /usr/local/share/man/man1` for rampart(1) and a
+    /// rampart-COMMAND(1) page per command.
+    Man {
+        /// Write rampart.1 and rampart-COMMAND.1 into this directory
+        /// (overwriting them) instead of printing rampart(1).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Writes the completion script for `shell`.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    clap_complete::generate(shell, &mut Cli::command(), "rampart", out);
+}
+
+/// Writes the man page rampart(1): synopsis, description, options, the
+/// commands (each with its own page, see [`man_pages`]), and the exit codes
+/// and examples of `--help`.
+///
+/// # Errors
+///
+/// Writing failed.
+pub fn man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    clap_mangen::Man::new(Cli::command()).render(out)
+}
+
+/// Every man page: (file name, roff), rampart.1 first, then
+/// rampart-COMMAND.1 for each command.
+///
+/// # Errors
+///
+/// Rendering failed.
+pub fn man_pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let mut command = Cli::command();
+    command.build();
+    let mut pages = Vec::new();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command.clone()).render(&mut page)?;
+    pages.push(("rampart.1".to_string(), page));
+    for sub in command
+        .get_subcommands()
+        .filter(|sub| !sub.is_hide_set() && sub.get_name() != "help")
+    {
+        let name = format!("rampart-{}", sub.get_name());
+        let sub = sub
+            .clone()
+            .name(name.clone())
+            .version(env!("CARGO_PKG_VERSION"));
+        let mut page = Vec::new();
+        clap_mangen::Man::new(sub).render(&mut page)?;
+        pages.push((format!("{name}.1"), page));
+    }
+    Ok(pages)
 }
 
 /// `rampart sign`.
@@ -143,7 +218,8 @@ pub struct SignArgs {
 /// `rampart attest-verify`.
 #[derive(Debug, Args)]
 pub struct AttestVerifyArgs {
-    /// The report: a file holding the raw COSE_Sign1 bytes.
+    /// The report: a file holding the raw COSE_Sign1 bytes, or the hex the
+    /// console prints (`GUEST-REPORT d284…`, the marker optional).
     #[arg(
         long,
         value_name = "REPORT",
@@ -151,7 +227,7 @@ pub struct AttestVerifyArgs {
         required_unless_present = "report_hex"
     )]
     pub report: Option<PathBuf>,
-    /// The report as hex on the command line.
+    /// The report as hex on the command line (`GUEST-REPORT` optional).
     #[arg(long, value_name = "HEX")]
     pub report_hex: Option<String>,
     /// The device's attestation public key: a PEM or hex file, or 64 hex digits.
@@ -169,7 +245,6 @@ pub struct AttestVerifyArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn the_command_line_is_consistent() {

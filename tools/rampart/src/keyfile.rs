@@ -65,8 +65,9 @@ pub fn read_public(path: &Path) -> Outcome<VerifyingKey> {
         ));
     }
     if text.contains("-----BEGIN PUBLIC KEY-----") {
-        return VerifyingKey::from_public_key_pem(text.trim())
-            .map_err(|e| malformed(path, format_args!("not an Ed25519 public key: {e}")));
+        let key = VerifyingKey::from_public_key_pem(text.trim())
+            .map_err(|e| malformed(path, format_args!("not an Ed25519 public key: {e}")))?;
+        return public_key(key.as_bytes()).map_err(|what| malformed(path, what));
     }
     let bytes = parse::hex32(&text).map_err(|e| {
         malformed(
@@ -74,24 +75,39 @@ pub fn read_public(path: &Path) -> Outcome<VerifyingKey> {
             format_args!("not a public key file (expected PEM \"-----BEGIN PUBLIC KEY-----\" or 64 hex digits): {e}"),
         )
     })?;
-    VerifyingKey::from_bytes(&bytes)
-        .map_err(|_| malformed(path, "not a valid Ed25519 public key (not a curve point)"))
+    public_key(&bytes).map_err(|what| malformed(path, what))
 }
 
-/// A public key given as a file name or as 64 hex digits.
-pub fn read_public_or_hex(argument: &str) -> Outcome<VerifyingKey> {
+/// A public key given (as the value of `option`) as a file name or as 64
+/// hex digits. An argument of hex digits only that names no file is a key
+/// of the wrong length, not a file name.
+pub fn read_public_or_hex(argument: &str, option: &str) -> Outcome<VerifyingKey> {
     let path = Path::new(argument);
-    if !path.exists()
-        && let Ok(bytes) = parse::hex32(argument)
-    {
-        return VerifyingKey::from_bytes(&bytes).map_err(|_| {
+    if !path.exists() && parse::looks_like_hex(argument) {
+        let bytes = parse::hex32(argument).map_err(|_| {
+            let digits = argument.strip_prefix("0x").unwrap_or(argument).len();
             Failure::new(
-                Exit::Malformed,
-                anyhow!("{argument}: not a valid Ed25519 public key (not a curve point)"),
+                Exit::Usage,
+                anyhow!("{option}: a key is 64 hex digits, this has {digits} (and no file has that name)"),
             )
+        })?;
+        return public_key(&bytes).map_err(|what| {
+            Failure::new(Exit::Malformed, anyhow!("{option}: {argument}: {what}"))
         });
     }
     read_public(path)
+}
+
+/// 32 bytes as an Ed25519 public key fit to verify with: a curve point,
+/// and not one of small order (`verify_strict` accepts no signature from
+/// those, so they are invalid keys rather than causes of bad signatures).
+fn public_key(bytes: &[u8; 32]) -> Result<VerifyingKey, &'static str> {
+    let key = VerifyingKey::from_bytes(bytes)
+        .map_err(|_| "not a valid Ed25519 public key (not a curve point)")?;
+    if key.is_weak() {
+        return Err("not a valid Ed25519 public key (a point of small order)");
+    }
+    Ok(key)
 }
 
 /// Writes a file; refuses to overwrite unless `force`. `mode` (Unix

@@ -29,16 +29,20 @@ use rampart_attest::{
 
 use cli::{Cli, Command};
 
-/// The process exit codes (also in `--help` and `docs/formats.md`).
+/// The process exit codes (also in `--help` and `docs/formats.md`): the
+/// usual 0 success, 1 failure, 2 usage error, and two failures scripts
+/// want to tell apart, kept distinct from both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Exit {
     /// Success.
     Ok = 0,
-    /// Bad command line: unknown option, missing or malformed argument.
-    Usage = 1,
-    /// A file could not be read or written.
-    Io = 2,
+    /// A failure that is none of the others: a file could not be read or
+    /// written, or exists already.
+    Io = 1,
+    /// Bad command line: unknown option, missing or malformed argument
+    /// (clap's own status for its errors, too).
+    Usage = 2,
     /// An input file is malformed: not a bundle, truncated, bad key file,
     /// fields out of range, not a COSE_Sign1 report.
     Malformed = 3,
@@ -95,12 +99,30 @@ fn run(cli: Cli) -> Outcome {
         Command::Keygen { out, force } => keygen(&out, force),
         Command::Sign(args) => sign(&args),
         Command::Verify { bundle, keys } => verify(&bundle, &keys),
-        Command::Inspect { bundle } => inspect(&bundle),
+        Command::Inspect { bundle, measure } => inspect(&bundle, measure),
         Command::AttestVerify(args) => attest_verify(&args),
         Command::AttestationKey { device_secret, out } => {
             attestation_key(&device_secret, out.as_deref())
         }
+        Command::Completions { shell } => {
+            cli::completions(shell, &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir: None } => cli::man(&mut std::io::stdout())
+            .map_err(|e| Failure::new(Exit::Io, anyhow!("writing the man page: {e}"))),
+        Command::Man { dir: Some(dir) } => man_pages(&dir),
     }
+}
+
+fn man_pages(dir: &Path) -> Outcome {
+    let pages = cli::man_pages()
+        .map_err(|e| Failure::new(Exit::Io, anyhow!("rendering the man pages: {e}")))?;
+    for (name, page) in pages {
+        let path = dir.join(&name);
+        keyfile::write_file(&path, &page, true, Some(0o644))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 /// Reads a whole file; failures are [`Exit::Io`] naming the file.
@@ -181,7 +203,7 @@ fn verify(path: &Path, key_files: &[PathBuf]) -> Outcome {
     let bytes = read(path)?;
     let bundle = Bundle::parse(&bytes).map_err(|e| bundle_failure(path, e))?;
     let keys: Vec<VerifyingKey> = trusted.iter().map(|(key, _)| *key).collect();
-    let signer = bundle.verify(&keys).map_err(|e| match e {
+    let refused = |e: BundleError| match e {
         BundleError::Signature(SignatureError::UntrustedSigner(_)) => {
             let names: Vec<String> = key_files.iter().map(|p| p.display().to_string()).collect();
             Failure::new(
@@ -190,7 +212,25 @@ fn verify(path: &Path, key_files: &[PathBuf]) -> Outcome {
             )
         }
         other => bundle_failure(path, other),
-    })?;
+    };
+    // The signature first (as `verify` does): a bundle no trusted key
+    // signed is refused before its memory is hashed, whatever size it
+    // claims. Then say why what follows may take a while.
+    rampart_attest::verify_measurement(
+        &bundle.measurement,
+        &bundle.signer,
+        &bundle.signature,
+        &keys,
+    )
+    .map_err(|e| refused(e.into()))?;
+    if bundle.manifest.memory_size > INSPECT_MEASURE_LIMIT {
+        eprintln!(
+            "rampart: {}: signature OK; recomputing the measurement of {} of guest memory (every page is hashed, as the hypervisor does)",
+            path.display(),
+            size_text(bundle.manifest.memory_size)
+        );
+    }
+    let signer = bundle.verify(&keys).map_err(refused)?;
     let file = trusted
         .iter()
         .find(|(key, _)| *key == signer)
@@ -215,11 +255,26 @@ fn flags_text(flags: VmFlags) -> String {
     format!("{:#x} ({})", flags.bits(), words.join(", "))
 }
 
-fn inspect(path: &Path) -> Outcome {
+/// The largest guest memory `inspect` recomputes the measurement of
+/// without `--measure` (1 GiB: under a second, debug builds included, as
+/// sha2 is optimised in the dev profile too). Above it, hashing every page
+/// takes long however small the bundle is.
+pub const INSPECT_MEASURE_LIMIT: u64 = 1 << 30;
+
+/// A byte count in the largest binary unit that divides it.
+fn size_text(bytes: u64) -> String {
+    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{} {unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes} bytes")
+}
+
+fn inspect(path: &Path, measure: bool) -> Outcome {
     let bytes = read(path)?;
     let bundle = Bundle::parse(&bytes).map_err(|e| bundle_failure(path, e))?;
     let manifest = &bundle.manifest;
-    let computed = bundle.computed_measurement();
     let state = manifest.initial_state();
     println!("bundle        {} ({} bytes)", path.display(), bytes.len());
     println!("format        version {}", rampart_attest::BUNDLE_VERSION);
@@ -235,6 +290,35 @@ fn inspect(path: &Path) -> Outcome {
         manifest.entry_offset, state.entry_pc, state.x0
     );
     println!("image         {} bytes", bundle.image.len());
+    // The signer and signature fields say what they hold, independently:
+    // a set signer with a zero signature is not "unsigned by nobody".
+    let signer_set = bundle.signer != [0; 32];
+    if !signer_set && !bundle.is_signed() {
+        println!("signer        none (unsigned)");
+    } else {
+        let note = if !signer_set {
+            " (all zero: no signer)"
+        } else if VerifyingKey::from_bytes(&bundle.signer).is_ok_and(|key| !key.is_weak()) {
+            ""
+        } else {
+            " (not a valid Ed25519 public key)"
+        };
+        println!("signer        {}{note}", hex(&bundle.signer));
+        if bundle.is_signed() {
+            println!("signature     {}", hex(&bundle.signature));
+        } else {
+            println!("signature     none (all zero: the bundle is not signed)");
+        }
+    }
+    if !measure && manifest.memory_size > INSPECT_MEASURE_LIMIT {
+        println!(
+            "measurement   {} (not recomputed: that hashes all {} of guest memory; use --measure, or `rampart verify`)",
+            bundle.measurement,
+            size_text(manifest.memory_size)
+        );
+        return Ok(());
+    }
+    let computed = bundle.computed_measurement();
     if computed == bundle.measurement {
         println!(
             "measurement   {} (matches the image and manifest)",
@@ -246,20 +330,19 @@ fn inspect(path: &Path) -> Outcome {
             bundle.measurement
         );
     }
-    if bundle.is_signed() {
-        println!("signer        {}", hex(&bundle.signer));
-        println!("signature     {}", hex(&bundle.signature));
-    } else {
-        println!("signer        none (unsigned)");
-    }
     Ok(())
 }
 
 fn attest_verify(args: &cli::AttestVerifyArgs) -> Outcome {
     let (bytes, source) = match (&args.report, &args.report_hex) {
-        (Some(path), _) => (read(path)?, path.display().to_string()),
+        (Some(path), _) => {
+            let raw = read(path)?;
+            let bytes = parse::report(&raw)
+                .map_err(|e| Failure::new(Exit::Malformed, anyhow!("{}: {e}", path.display())))?;
+            (bytes, path.display().to_string())
+        }
         (None, Some(text)) => (
-            parse::hex(text)
+            parse::report(text.as_bytes())
                 .map_err(|e| Failure::new(Exit::Usage, anyhow!("--report-hex: {e}")))?,
             "--report-hex".to_string(),
         ),
@@ -270,7 +353,7 @@ fn attest_verify(args: &cli::AttestVerifyArgs) -> Outcome {
             ));
         }
     };
-    let key = keyfile::read_public_or_hex(&args.attestation_key)?;
+    let key = keyfile::read_public_or_hex(&args.attestation_key, "--attestation-key")?;
     let report = verify_report(
         &bytes,
         key.as_bytes(),

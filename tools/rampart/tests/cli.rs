@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use ed25519_dalek::Signer;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey, KeypairBytes};
 use rampart_attest::{
@@ -273,10 +274,11 @@ fn verify_names_each_failure() {
         4,
         "flipped-manifest.bundle: measurement does not match the image and manifest",
     );
+    // The signature covers the declared measurement and is checked first.
     verify(
         "flipped-measurement.bundle",
         4,
-        "measurement does not match the image and manifest: the bundle (offset 48) says",
+        "flipped-measurement.bundle: bad signature (offset 112)",
     );
     verify(
         "flipped-signature.bundle",
@@ -323,7 +325,7 @@ fn verify_names_each_failure() {
         3,
         "version2.bundle: unsupported bundle format version 2 at offset 8",
     );
-    verify("no-such.bundle", 2, "no-such.bundle: cannot read");
+    verify("no-such.bundle", 1, "no-such.bundle: cannot read");
 }
 
 #[test]
@@ -336,7 +338,7 @@ fn verify_rejects_bad_key_files() {
         ),
         ("not-a-key.pem", 3, "not-a-key.pem: not a public key file"),
         ("image.bin", 3, "image.bin: not a key file: not text"),
-        ("no-such.pub", 2, "no-such.pub: cannot read"),
+        ("no-such.pub", 1, "no-such.pub: cannot read"),
     ] {
         expect(
             &["verify", &fixture("good.bundle"), "--key", &fixture(key)],
@@ -344,7 +346,7 @@ fn verify_rejects_bad_key_files() {
             message,
         );
     }
-    expect(&["verify", &fixture("good.bundle")], 1, "--key <KEY.pub>");
+    expect(&["verify", &fixture("good.bundle")], 2, "--key <KEY.pub>");
 }
 
 #[test]
@@ -400,7 +402,7 @@ fn keygen_sign_verify() {
     );
     expect(
         &["keygen", "--out", key_s],
-        2,
+        1,
         "k.pem: already exists (use --force to overwrite)",
     );
     expect(&["keygen", "--out", key_s, "--force"], 0, "wrote");
@@ -432,7 +434,7 @@ fn keygen_sign_verify() {
         &[
             "sign", "--key", key_s, "--image", &image, "--memory", "16K", "--out", bundle_s,
         ],
-        2,
+        1,
         "g.bundle: already exists",
     );
 
@@ -496,38 +498,38 @@ fn sign_names_each_mistake() {
     };
     sign(
         &["--memory", "100"],
-        1,
+        2,
         "--memory: memory size 0x64 is not a multiple of 4096",
     );
-    sign(&["--memory", "0"], 1, "--memory: memory size is 0");
+    sign(&["--memory", "0"], 2, "--memory: memory size is 0");
     sign(
         &["--memory", "lots"],
-        1,
+        2,
         "invalid value 'lots' for '--memory <SIZE>'",
     );
     sign(
         &["--memory", "4K", "--vcpus", "9"],
-        1,
+        2,
         "--vcpus: vcpus is 9, expected 1 to 8",
     );
     sign(
         &["--memory", "4K", "--entry", "2"],
-        1,
+        2,
         "--entry: entry offset 0x2 is not 4-byte aligned",
     );
     sign(
         &["--memory", "4K", "--entry", "300"],
-        1,
+        2,
         "--entry: entry offset 0x12c is outside the 300-byte image",
     );
     sign(
         &["--memory", "128G"],
-        1,
+        2,
         "--memory: memory size 0x2000000000 is above the maximum of 64 GiB",
     );
     sign(
         &["--memory", "4K", "--bogus"],
-        1,
+        2,
         "unexpected argument '--bogus'",
     );
     assert!(!Path::new(out).exists(), "nothing written on failure");
@@ -551,7 +553,7 @@ fn sign_names_each_mistake() {
     );
     args[2] = &key;
     args[4] = "/nonexistent/image.bin";
-    expect(&args, 2, "/nonexistent/image.bin: cannot read");
+    expect(&args, 1, "/nonexistent/image.bin: cannot read");
     let empty = dir.path().join("empty.bin");
     std::fs::write(&empty, b"").unwrap();
     let empty = empty.to_str().unwrap().to_owned();
@@ -655,12 +657,12 @@ fn attest_verify() {
     );
     attest(
         &["--report", &fixture("no-such.cbor"), "--nonce", NONCE],
-        2,
+        1,
         "no-such.cbor: cannot read",
     );
     attest(
         &["--report", &report, "--nonce", "xyz"],
-        1,
+        2,
         "invalid value 'xyz' for '--nonce <HEX>'",
     );
     attest(
@@ -672,10 +674,10 @@ fn attest_verify() {
             "--measurement",
             "1234",
         ],
-        1,
+        2,
         "expected 32 bytes (64 hex digits), got 2 bytes",
     );
-    attest(&["--nonce", NONCE], 1, "--report <REPORT>");
+    attest(&["--nonce", NONCE], 2, "--report <REPORT>");
     // The report, but checked against another key.
     expect(
         &[
@@ -702,7 +704,7 @@ fn attestation_key_matches_the_device_secret() {
     );
     expect(
         &["attestation-key", "--device-secret", "00"],
-        1,
+        2,
         "--device-secret: expected 32 bytes",
     );
 }
@@ -722,7 +724,258 @@ fn help_is_self_contained() {
         assert!(run.stdout.contains(text), "{text:?} in --help");
     }
     expect(&["sign", "--help"], 0, "K, M or G");
-    expect(&["--version"], 0, "rampart ");
-    expect(&["frobnicate"], 1, "unrecognized subcommand");
-    expect(&[], 1, "Usage:");
+    expect(
+        &["--version"],
+        0,
+        &format!("rampart {}", env!("CARGO_PKG_VERSION")),
+    );
+    expect(&["frobnicate"], 2, "unrecognized subcommand");
+    expect(&[], 2, "Usage:");
+}
+
+/// `good.bundle` with its memory size field (offset 24) set to 64 GiB: 476
+/// bytes whose measurement would take 64 GiB of hashing to recompute.
+fn huge_bundle() -> Vec<u8> {
+    let mut huge = std::fs::read(fixture("good.bundle")).unwrap();
+    huge[24..32].copy_from_slice(&(64u64 << 30).to_le_bytes());
+    huge
+}
+
+#[test]
+fn a_small_bundle_claiming_64_gib_is_refused_before_hashing() {
+    // Before the signature was checked first, each of these hashed 64 GiB of
+    // zero pages (minutes in a release build, hours in a debug one) before
+    // saying what was wrong.
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let huge = huge_bundle();
+    std::fs::write(path("huge.bundle"), &huge).unwrap();
+    let mut unsigned = huge.clone();
+    unsigned[112..176].fill(0);
+    std::fs::write(path("unsigned.bundle"), &unsigned).unwrap();
+    let mut forged = huge.clone();
+    forged[112..176].copy_from_slice(&other().sign(b"rampart.bundle.v1\0anything").to_bytes());
+    std::fs::write(path("forged.bundle"), &forged).unwrap();
+
+    expect(
+        &[
+            "verify",
+            &path("huge.bundle"),
+            "--key",
+            &fixture("other.pem.pub"),
+        ],
+        4,
+        &format!(
+            "huge.bundle: signed by {}, which is not a trusted key",
+            hex(signer().verifying_key().as_bytes())
+        ),
+    );
+    for (name, message) in [
+        ("unsigned.bundle", "unsigned.bundle: not signed"),
+        ("forged.bundle", "forged.bundle: bad signature (offset 112)"),
+    ] {
+        expect(
+            &["verify", &path(name), "--key", &fixture("signer.pem.pub")],
+            4,
+            message,
+        );
+    }
+    // `inspect` trusts no key: it shows the manifest and leaves the
+    // measurement of so much memory to --measure.
+    let run = expect(
+        &["inspect", &path("huge.bundle")],
+        0,
+        "memory size   0x1000000000 (16777216 pages)",
+    );
+    assert!(
+        run.stdout
+            .contains("(not recomputed: that hashes all 64 GiB of guest memory; use --measure"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("matches"), "{}", run.stdout);
+}
+
+#[test]
+fn inspect_tells_a_zero_signature_from_no_signer() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("zeroed.bundle");
+    let mut zeroed = std::fs::read(fixture("good.bundle")).unwrap();
+    zeroed[112..176].fill(0);
+    std::fs::write(&bundle, &zeroed).unwrap();
+    let run = expect(
+        &["inspect", bundle.to_str().unwrap()],
+        0,
+        &format!(
+            "signer        {}\n",
+            hex(signer().verifying_key().as_bytes())
+        ),
+    );
+    assert!(
+        run.stdout
+            .contains("signature     none (all zero: the bundle is not signed)"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("signer        none"), "{}", run.stdout);
+    // A signature without a signer.
+    let mut no_signer = std::fs::read(fixture("good.bundle")).unwrap();
+    no_signer[80..112].fill(0);
+    std::fs::write(&bundle, &no_signer).unwrap();
+    expect(
+        &["inspect", bundle.to_str().unwrap()],
+        0,
+        &format!("signer        {} (all zero: no signer)", "00".repeat(32)),
+    );
+}
+
+#[test]
+fn attest_verify_reads_the_console_line() {
+    let report = std::fs::read(fixture("report.cbor")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        (
+            "console.txt",
+            format!(
+                "[attest] GUEST-NONCE {NONCE}\n[attest] GUEST-REPORT {}\n",
+                hex(&report)
+            ),
+        ),
+        ("marker.txt", format!("GUEST-REPORT {}\n", hex(&report))),
+        ("plain.hex", format!("{}\n", hex(&report))),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        attest(
+            &["--report", file.to_str().unwrap(), "--nonce", NONCE],
+            0,
+            &format!("{name}: OK"),
+        );
+    }
+    attest(
+        &[
+            "--report-hex",
+            &format!("GUEST-REPORT {}\n", hex(&report)),
+            "--nonce",
+            NONCE,
+        ],
+        0,
+        "--report-hex: OK",
+    );
+    let twice = dir.path().join("twice.txt");
+    std::fs::write(
+        &twice,
+        format!("GUEST-REPORT {0}\nGUEST-REPORT {0}\n", hex(&report)),
+    )
+    .unwrap();
+    attest(
+        &["--report", twice.to_str().unwrap(), "--nonce", NONCE],
+        3,
+        "twice.txt: 2 GUEST-REPORT lines: keep the one to verify",
+    );
+    let garbage = dir.path().join("garbage.txt");
+    std::fs::write(&garbage, "GUEST-REPORT d28x\n").unwrap();
+    attest(
+        &["--report", garbage.to_str().unwrap(), "--nonce", NONCE],
+        3,
+        "garbage.txt: a report as text is hex (GUEST-REPORT optional): not hex at digit 2",
+    );
+}
+
+#[test]
+fn attestation_keys_of_the_wrong_length_or_invalid() {
+    let report = fixture("report.cbor");
+    let key = std::fs::read_to_string(fixture("attestation.pub")).unwrap();
+    let key = key.trim();
+    let with_key = |key: &str, code: i32, message: &str| {
+        expect(
+            &[
+                "attest-verify",
+                "--report",
+                &report,
+                "--attestation-key",
+                key,
+                "--nonce",
+                NONCE,
+            ],
+            code,
+            message,
+        );
+    };
+    with_key(
+        &key[..62],
+        2,
+        "--attestation-key: a key is 64 hex digits, this has 62 (and no file has that name)",
+    );
+    with_key(
+        &format!("{key}00"),
+        2,
+        "--attestation-key: a key is 64 hex digits, this has 66",
+    );
+    // y = 2: no point has it.
+    let not_a_point = format!("02{}", "00".repeat(31));
+    with_key(
+        &not_a_point,
+        3,
+        "not a valid Ed25519 public key (not a curve point)",
+    );
+    // The identity: a point, of small order; no signature verifies with it.
+    let identity = format!("01{}", "00".repeat(31));
+    with_key(
+        &identity,
+        3,
+        "not a valid Ed25519 public key (a point of small order)",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("identity.hex");
+    std::fs::write(&file, format!("{identity}\n")).unwrap();
+    with_key(
+        file.to_str().unwrap(),
+        3,
+        "identity.hex: not a valid Ed25519 public key (a point of small order)",
+    );
+    expect(
+        &[
+            "verify",
+            &fixture("good.bundle"),
+            "--key",
+            file.to_str().unwrap(),
+        ],
+        3,
+        "identity.hex: not a valid Ed25519 public key (a point of small order)",
+    );
+}
+
+#[test]
+fn completions_and_man_page() {
+    for shell in ["bash", "zsh", "fish"] {
+        let run = expect(&["completions", shell], 0, "attest-verify");
+        assert!(run.stdout.contains("attestation-key"), "{shell}");
+    }
+    expect(&["completions", "tcsh"], 2, "invalid value 'tcsh'");
+    expect(&["completions"], 2, "<SHELL>");
+    let run = expect(&["man"], 0, ".TH rampart 1");
+    for text in [
+        "rampart\\-attest\\-verify(1)",
+        "Exit codes:",
+        "verification failed",
+    ] {
+        assert!(run.stdout.contains(text), "{text:?} in the man page");
+    }
+    // Every page the overview refers to.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    expect(&["man", "--dir", out], 0, "rampart-attest-verify.1");
+    let page = std::fs::read_to_string(dir.path().join("rampart-attest-verify.1")).unwrap();
+    assert!(page.starts_with(".ie"), "{page}");
+    assert!(page.contains(".TH rampart-attest-verify 1"), "{page}");
+    assert!(page.contains("\\-\\-attestation\\-key"), "{page}");
+    for name in ["rampart.1", "rampart-verify.1", "rampart-completions.1"] {
+        assert!(dir.path().join(name).exists(), "{name}");
+    }
+    expect(
+        &["man", "--dir", "/nonexistent/dir"],
+        1,
+        "/nonexistent/dir/rampart.1: cannot write",
+    );
 }
