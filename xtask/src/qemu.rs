@@ -368,10 +368,14 @@ impl Run {
     /// `rampart: cannot boot; powering off`, a panic, or the last
     /// `rampart:` line of a boot that never entered the host).
     pub fn cause(&self) -> Option<String> {
-        if self.exit_code != Some(0) && !self.timed_out
-            && let Some(line) = self.stderr.lines().map(str::trim).find(|l| !l.is_empty())
-        {
-            return Some(line.to_string());
+        if self.exit_code != Some(0) && !self.timed_out {
+            // QEMU's error names itself (`qemu-system-aarch64: ...`);
+            // notes about missing display modules and the like come first.
+            let mut lines = self.stderr.lines().map(str::trim).filter(|l| !l.is_empty());
+            let own = self.stderr.lines().map(str::trim).find(|l| l.starts_with("qemu-system-"));
+            if let Some(line) = own.or_else(|| lines.next()) {
+                return Some(line.to_string());
+            }
         }
         let lines: Vec<&str> = self.console.lines().map(str::trim_end).collect();
         fn rampart(l: &&&str) -> bool {
@@ -531,6 +535,8 @@ mod validation {
         assert_eq!(r.cause().as_deref(), Some("qemu-system-aarch64: Some ROM regions are overlapping"));
         let f = r.failure("the hypervisor's boot log has no `rampart: attestation key` line");
         assert!(f.starts_with("qemu-system-aarch64: Some ROM regions are overlapping\n  so: the hypervisor's"), "{f}");
+        let r = run("", "qemu: module ui-ui-gtk not found, do you want to install qemu-system-gui package?\nqemu-system-aarch64: unable to find CPU model 'nonsense'\n", Some(1), false);
+        assert_eq!(r.cause().as_deref(), Some("qemu-system-aarch64: unable to find CPU model 'nonsense'"));
         // Rampart's reason before it powers off.
         let log = "rampart: Rampart 0.1.0 starting at EL2\nrampart: too many CPUs: the device tree lists 9, this build supports at most 8\nrampart: cannot boot; powering off\n";
         let r = run(log, "", Some(0), false);

@@ -162,6 +162,17 @@ pub fn run(args: &TestArgs) -> Result<()> {
         expect_clean_refusal(&m, "rampart: entered at EL1; Rampart must be entered at EL2")
     });
     case("bad-boot/too-many-cpus".into(), &|| bad_boot(9, "512M", "rampart: too many CPUs"));
+    // QEMU's own refusal is what a failure report says first.
+    case("bad-boot/qemu-error-first".into(), &|| {
+        let mut m = testhost_machine(1, "512M", "max")?;
+        m.cpu = "nonsense".into();
+        let run = m.run(Duration::from_secs(30), None, false)?;
+        let report = run.failure("the hypervisor's boot log has no `rampart: attestation key` line");
+        if !report.starts_with("qemu-system-aarch64: unable to find CPU model 'nonsense'") {
+            bail!("the failure report does not start with QEMU's error:\n{report}");
+        }
+        Ok(String::new())
+    });
     case("bad-boot/no-host-image".into(), &|| {
         let mut m = testhost_machine(1, "512M", "max")?;
         m.append.clear();
@@ -513,6 +524,11 @@ fn expect_clean_refusal(m: &Machine, expect: &str) -> Result<String> {
     }
     if !run.console.contains(expect) {
         bail!(run.failure(&format!("expected `{expect}` on the console")));
+    }
+    // What a failure report puts first must be that reason.
+    match run.cause() {
+        Some(cause) if cause.contains(expect) => {}
+        other => bail!(run.failure(&format!("the run's cause is {other:?}, want the line with `{expect}`"))),
     }
     if run.console.contains("rampart: entering host") {
         bail!(run.failure("entered the host despite bad boot input"));
