@@ -154,23 +154,7 @@ pub fn ensure_rust() -> Result<()> {
     let file = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let want = parse_toolchain_file(&file);
     if !have("rustup") {
-        // Not a rustup toolchain: look for the targets in the sysroot.
-        let out = Command::new("rustc").args(["--print", "sysroot"]).output().context("running rustc")?;
-        let sysroot = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        let missing: Vec<&str> = want
-            .targets
-            .iter()
-            .map(String::as_str)
-            .filter(|t| !sysroot.join("lib/rustlib").join(t).join("lib").is_dir())
-            .collect();
-        if !missing.is_empty() {
-            bail!(
-                "the Rust toolchain at {} lacks the targets {} and rustup is not installed: install rustup (https://rustup.rs) or add them to this toolchain",
-                sysroot.display(),
-                missing.join(", ")
-            );
-        }
-        return Ok(());
+        return targets_in_sysroot(&want.targets, "rustup is not installed");
     }
     let active = rustup(&["show", "active-toolchain"])?;
     let toolchain = parse_active_toolchain(&String::from_utf8_lossy(&active.stdout))
@@ -183,6 +167,10 @@ pub fn ensure_rust() -> Result<()> {
         })?;
     let targets = rustup(&["target", "list", "--installed", "--toolchain", &toolchain])?;
     let components = rustup(&["component", "list", "--installed", "--toolchain", &toolchain])?;
+    if !targets.status.success() || !components.status.success() {
+        // A linked toolchain: rustup cannot list or add to it.
+        return targets_in_sysroot(&want.targets, &format!("rustup cannot manage the toolchain {toolchain}"));
+    }
     let missing_targets = missing_from(&want.targets, &String::from_utf8_lossy(&targets.stdout));
     let missing_components = missing_from(&want.components, &String::from_utf8_lossy(&components.stdout));
     for (kind, missing) in [("target", missing_targets), ("component", missing_components)] {
@@ -192,13 +180,37 @@ pub fn ensure_rust() -> Result<()> {
         let mut args = vec![kind, "add", "--toolchain", toolchain.as_str()];
         args.extend(&missing);
         let command = format!("rustup {}", args.join(" "));
-        eprintln!("xtask: {toolchain} lacks the {kind}s {}: {command}", missing.join(", "));
+        eprintln!("xtask: {toolchain} lacks the {kind}s {}; adding them: {command}", missing.join(", "));
         let out = rustup(&args)?;
         if !out.status.success() {
             let why = String::from_utf8_lossy(&out.stderr);
             let why = why.lines().find(|l| l.contains("error")).unwrap_or("").trim();
             bail!("the toolchain {toolchain} lacks the {kind}s {}: run `{command}` ({why})", missing.join(", "));
         }
+    }
+    Ok(())
+}
+
+/// Without rustup's help: each target must have its standard library in
+/// the active toolchain's sysroot.
+fn targets_in_sysroot(targets: &[String], why: &str) -> Result<()> {
+    let out = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .current_dir(crate::artifacts::root())
+        .output()
+        .context("running rustc")?;
+    let sysroot = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let missing: Vec<&str> = targets
+        .iter()
+        .map(String::as_str)
+        .filter(|t| !sysroot.join("lib/rustlib").join(t).join("lib").is_dir())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "the Rust toolchain at {} lacks the targets {} and {why}: add them to it, or use rustup's toolchain (https://rustup.rs)",
+            sysroot.display(),
+            missing.join(", ")
+        );
     }
     Ok(())
 }
