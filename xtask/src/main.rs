@@ -101,21 +101,25 @@ fn run(args: &RunArgs) -> Result<()> {
     };
     eprintln!("xtask: {}", machine.command_line());
     let run = machine.run(Duration::from_secs(args.timeout), None, true)?;
-    if run.timed_out {
-        bail!("QEMU did not finish within {} s", args.timeout);
-    }
     // The console was streamed; QEMU's own error and Rampart's reason for
     // stopping come before anything the demo's checks would say.
     let booted = run.console.contains("rampart: entering host");
     if let Some(cause) = run.cause()
         && (!booted || run.exit_code != Some(0))
     {
-        let status = run.exit_code.map_or("was killed".to_string(), |c| format!("exited with status {c}"));
+        let status = match run.exit_code {
+            _ if run.timed_out => format!("did not finish within {} s", args.timeout),
+            Some(c) => format!("exited with status {c}"),
+            None => "was killed".to_string(),
+        };
         let mut more: String = run.stderr.lines().filter(|l| l.trim() != cause).map(|l| format!("\n  | {l}")).collect();
         if !more.is_empty() {
             more.insert_str(0, "\n  QEMU also said:");
         }
         bail!("{cause}\n  (QEMU {status}){more}");
+    }
+    if run.timed_out {
+        bail!("QEMU did not finish within {} s", args.timeout);
     }
     match args.host {
         Host::Testhost => suite::after_demo(&run)?,
