@@ -65,6 +65,11 @@ struct RunArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Cmd::Run(args) = &cli.command {
+        // Before building anything: a bad argument is one line, now.
+        args.validate()?;
+    }
+    prereq::ensure_rust()?;
     match cli.command {
         Cmd::Build => {
             let hyp = artifacts::hypervisor()?;
@@ -78,14 +83,41 @@ fn main() -> Result<()> {
     }
 }
 
+impl RunArgs {
+    /// The checks that need nothing installed: CPU count, RAM size and
+    /// 32-bit CPU models, each a one-line error naming the argument.
+    fn validate(&self) -> Result<()> {
+        let min_ram = qemu::min_ram(qemu::carveout_bytes());
+        qemu::validate(self.smp, &self.mem, &self.cpu, qemu::hyp_max_cpus(), min_ram)
+    }
+}
+
 fn run(args: &RunArgs) -> Result<()> {
     prereq::ensure(&[&prereq::QEMU])?;
+    qemu::check_cpu_model(&args.cpu)?;
     let machine = match args.host {
         Host::Testhost => suite::testhost_machine(args.smp, &args.mem, &args.cpu)?,
         Host::Linux => linux_vmm::demo_machine(args.smp, &args.mem, &args.cpu)?,
     };
     eprintln!("xtask: {}", machine.command_line());
     let run = machine.run(Duration::from_secs(args.timeout), None, true)?;
+    // The console was streamed; QEMU's own error and Rampart's reason for
+    // stopping come before anything the demo's checks would say.
+    let booted = run.console.contains("rampart: entering host");
+    if let Some(cause) = run.cause()
+        && (!booted || run.exit_code != Some(0))
+    {
+        let status = match run.exit_code {
+            _ if run.timed_out => format!("did not finish within {} s", args.timeout),
+            Some(c) => format!("exited with status {c}"),
+            None => "was killed".to_string(),
+        };
+        let mut more: String = run.stderr.lines().filter(|l| l.trim() != cause).map(|l| format!("\n  | {l}")).collect();
+        if !more.is_empty() {
+            more.insert_str(0, "\n  QEMU also said:");
+        }
+        bail!("{cause}\n  (QEMU {status}){more}");
+    }
     if run.timed_out {
         bail!("QEMU did not finish within {} s", args.timeout);
     }

@@ -203,6 +203,128 @@ impl Machine {
     }
 }
 
+/// The RAM base of QEMU `virt`.
+pub const RAM_BASE: u64 = 0x4000_0000;
+/// Where Rampart's image, and so its carve-out, starts: RAM + 2 MiB.
+pub const CARVEOUT_OFFSET: u64 = 2 << 20;
+
+/// The carve-out size the hypervisor is built with: `RAMPART_CARVEOUT_MIB`
+/// if set (as for the build), else the default in `hyp/src/config.rs`.
+pub fn carveout_bytes() -> u64 {
+    std::env::var("RAMPART_CARVEOUT_MIB").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(16) << 20
+}
+
+/// The least RAM a `cargo xtask run` machine needs: Rampart's own check
+/// (`crates/platform/src/layout.rs`, `check_ram`) wants the carve-out, at
+/// RAM + 2 MiB, in RAM and `MIN_HOST_RAM` (32 MiB) left to the host beside
+/// it; the host image at [`HOST_LOAD_ADDRESS`] must be in RAM too. With the
+/// default 16 MiB carve-out that is 48 MiB.
+pub fn min_ram(carveout: u64) -> u64 {
+    const MIN_HOST_RAM: u64 = 32 << 20;
+    let host_image_end = HOST_LOAD_ADDRESS - RAM_BASE + (2 << 20);
+    (carveout + MIN_HOST_RAM).max(CARVEOUT_OFFSET + carveout).max(host_image_end)
+}
+
+/// Parses a RAM size as `--mem` takes it and QEMU's `-m` understands it
+/// (a number with an optional `K`, `M`, `G` or `T` suffix; no suffix means
+/// MiB, as for QEMU). Returns bytes.
+pub fn parse_mem(mem: &str) -> Result<u64> {
+    let text = mem.trim();
+    let (digits, shift) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => anyhow::bail!("--mem {mem}: unknown unit `{c}`; use K, M, G or T (e.g. 512M, 2G)"),
+            };
+            (&text[..i], shift)
+        }
+        _ => (text, 20),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--mem {mem}: not a size; write a whole number with K, M, G or T (e.g. 512M, 2G)"))?;
+    let bytes = value
+        .checked_mul(1 << shift)
+        .ok_or_else(|| anyhow::anyhow!("--mem {mem}: too large"))?;
+    if bytes == 0 {
+        anyhow::bail!("--mem {mem}: a machine needs some RAM");
+    }
+    if bytes % 4096 != 0 {
+        anyhow::bail!("--mem {mem}: not a whole number of 4 KiB pages");
+    }
+    Ok(bytes)
+}
+
+/// The most CPUs the hypervisor supports: `MAX_CPUS` in
+/// `hyp/src/config.rs`, read from the source it is built from.
+pub fn hyp_max_cpus() -> Option<u32> {
+    let config = std::fs::read_to_string(crate::artifacts::root().join("hyp/src/config.rs")).ok()?;
+    parse_max_cpus(&config)
+}
+
+/// Refuses a `--cpu` model this QEMU does not have (from
+/// `qemu-system-aarch64 -M virt -cpu help`), naming the ones to use.
+pub fn check_cpu_model(cpu: &str) -> Result<()> {
+    let out = Command::new("qemu-system-aarch64")
+        .args(["-M", "virt", "-cpu", "help"])
+        .output()
+        .context("running qemu-system-aarch64 -cpu help")?;
+    let models = parse_cpu_help(&String::from_utf8_lossy(&out.stdout));
+    // `-cpu max,sve=off`: the model is the part before the first comma.
+    let name = cpu.split(',').next().unwrap_or(cpu);
+    if !models.is_empty() && !models.iter().any(|m| m == name) {
+        anyhow::bail!(
+            "--cpu {cpu}: QEMU has no CPU model `{name}`; AArch64 models with EL2: {}",
+            crate::suite::CPU_MODELS.iter().map(|(m, _)| *m).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The model names in `-cpu help` output (`Available CPUs:` then one
+/// indented name per line).
+fn parse_cpu_help(out: &str) -> Vec<String> {
+    out.lines()
+        .filter(|l| l.starts_with(' '))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+fn parse_max_cpus(config: &str) -> Option<u32> {
+    let line = config.lines().find(|l| l.trim_start().starts_with("pub const MAX_CPUS:"))?;
+    line.split_once('=')?.1.trim().trim_end_matches(';').replace('_', "").parse().ok()
+}
+
+/// Checks `cargo xtask run`'s machine before anything is built or started.
+/// `max_cpus` is the hypervisor's limit if known, `min_ram` the least RAM
+/// it boots in.
+pub fn validate(smp: u32, mem: &str, cpu: &str, max_cpus: Option<u32>, min_ram: u64) -> Result<()> {
+    if smp == 0 {
+        anyhow::bail!("--smp 0: a machine needs at least one CPU");
+    }
+    if let Some(max) = max_cpus
+        && smp > max
+    {
+        anyhow::bail!("--smp {smp}: Rampart supports at most {max} CPUs (MAX_CPUS in hyp/src/config.rs)");
+    }
+    let bytes = parse_mem(mem)?;
+    if bytes < min_ram {
+        anyhow::bail!(
+            "--mem {mem}: Rampart needs at least {} MiB: its {} MiB carve-out at RAM + 2 MiB, the host image at RAM + {} MiB and 32 MiB for the host",
+            min_ram >> 20,
+            carveout_bytes() >> 20,
+            (HOST_LOAD_ADDRESS - RAM_BASE) >> 20
+        );
+    }
+    let mut m = Machine::new(PathBuf::new());
+    m.cpu = cpu.into();
+    m.check_cpu()
+}
+
 /// What a QEMU run printed and how it ended.
 #[derive(Debug)]
 pub struct Run {
@@ -240,8 +362,49 @@ impl Run {
         s
     }
 
-    /// A failure report: what went wrong, the command and the console tail.
+    /// Why the machine never got going, when the run says so itself:
+    /// QEMU's own error when it refused to start or died, else Rampart's
+    /// one-line reason before a power-off (the `rampart:` line before
+    /// `rampart: cannot boot; powering off`, a panic, or the last
+    /// `rampart:` line of a boot that never entered the host).
+    pub fn cause(&self) -> Option<String> {
+        if self.exit_code != Some(0) && !self.timed_out {
+            // QEMU's error names itself (`qemu-system-aarch64: ...`);
+            // notes about missing display modules and the like come first.
+            let mut lines = self.stderr.lines().map(str::trim).filter(|l| !l.is_empty());
+            let own = self.stderr.lines().map(str::trim).find(|l| l.starts_with("qemu-system-"));
+            if let Some(line) = own.or_else(|| lines.next()) {
+                return Some(line.to_string());
+            }
+        }
+        let lines: Vec<&str> = self.console.lines().map(str::trim_end).collect();
+        fn rampart(l: &&&str) -> bool {
+            l.starts_with("rampart: ")
+        }
+        if let Some(i) = lines.iter().position(|l| l.starts_with("rampart: cannot boot")) {
+            return lines[..i].iter().rev().find(rampart).map(|l| (*l).to_string());
+        }
+        if let Some(l) = lines.iter().find(|l| {
+            rampart(l) && (l.contains("panic") || l.contains("unexpected exception") || l.contains("stack overflow on CPU"))
+        }) {
+            return Some((*l).to_string());
+        }
+        if !self.console.contains("rampart: entering host") {
+            let last = lines.iter().rev().find(rampart)?;
+            let how = if self.timed_out { "hung after" } else { "stopped after" };
+            return Some(format!("the hypervisor never entered the host; it {how}: {last}"));
+        }
+        None
+    }
+
+    /// A failure report: the cause the run itself gives first (see
+    /// [`Run::cause`]), then what the check found wrong, the command and
+    /// the console tail.
     pub fn failure(&self, what: &str) -> String {
+        let what = match self.cause() {
+            Some(cause) if !what.contains(&cause) => format!("{cause}\n  so: {what}"),
+            _ => what.to_string(),
+        };
         format!(
             "{what}\n  command: {}\n  exit: {:?}{}, {:.1}s\n  console tail:\n{}",
             self.command,
@@ -273,5 +436,122 @@ mod tests {
             m.cpu = (*cpu).into();
             assert!(m.check_cpu().is_ok(), "{cpu}");
         }
+    }
+}
+
+#[cfg(test)]
+mod validation {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn parses_memory_sizes_as_qemu_does() {
+        assert_eq!(parse_mem("512M").unwrap(), 512 * MIB);
+        assert_eq!(parse_mem("2G").unwrap(), 2048 * MIB);
+        assert_eq!(parse_mem("2g").unwrap(), 2048 * MIB);
+        assert_eq!(parse_mem("1T").unwrap(), 1 << 40);
+        assert_eq!(parse_mem("65536K").unwrap(), 64 * MIB);
+        // No unit: MiB, as for QEMU's -m.
+        assert_eq!(parse_mem("256").unwrap(), 256 * MIB);
+        for (bad, why) in [
+            ("0", "needs some RAM"),
+            ("0G", "needs some RAM"),
+            ("1X", "unknown unit `X`"),
+            ("", "not a size"),
+            ("G", "not a size"),
+            ("1.5G", "not a size"),
+            ("-1M", "not a size"),
+            ("99999999999T", "too large"),
+            ("3K", "4 KiB pages"),
+        ] {
+            let e = parse_mem(bad).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("--mem {bad}:")) && e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_least_ram_follows_the_carveout() {
+        // The default build: 16 MiB carve-out + 32 MiB for the host.
+        assert_eq!(min_ram(16 * MIB), 48 * MIB);
+        assert_eq!(min_ram(64 * MIB), 96 * MIB);
+        // A tiny carve-out still needs the host image at RAM + 32 MiB.
+        assert_eq!(min_ram(4 * MIB), 36 * MIB);
+    }
+
+    #[test]
+    fn reads_max_cpus_from_the_hypervisor_source() {
+        assert_eq!(parse_max_cpus("/// x\npub const MAX_CPUS: usize = 8;\n"), Some(8));
+        assert_eq!(parse_max_cpus("pub const MAX_CPUS: usize = 1_024;"), Some(1024));
+        assert_eq!(parse_max_cpus("pub const OTHER: usize = 8;"), None);
+        // The real file: if MAX_CPUS moves, `--smp` must learn where.
+        assert!(hyp_max_cpus().is_some_and(|n| n >= 1), "no MAX_CPUS in hyp/src/config.rs");
+    }
+
+    #[test]
+    fn refuses_bad_machines_with_the_argument_and_the_reason() {
+        let ok = |smp, mem: &str, cpu: &str| validate(smp, mem, cpu, Some(8), 48 * MIB);
+        ok(1, "48M", "max").unwrap();
+        ok(8, "2G", "cortex-a53").unwrap();
+        // Unknown limit: the hypervisor decides.
+        validate(64, "512M", "max", None, 48 * MIB).unwrap();
+        for (smp, mem, cpu, want) in [
+            (0, "512M", "max", "--smp 0: a machine needs at least one CPU"),
+            (9, "512M", "max", "--smp 9: Rampart supports at most 8 CPUs"),
+            (2, "0", "max", "--mem 0: a machine needs some RAM"),
+            (2, "1X", "max", "--mem 1X: unknown unit"),
+            (2, "47M", "max", "--mem 47M: Rampart needs at least 48 MiB"),
+            (2, "512M", "cortex-a15", "-cpu cortex-a15 has no AArch64 state"),
+        ] {
+            let e = ok(smp, mem, cpu).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{smp} {mem} {cpu}: {e}");
+            assert!(!e.contains('\n'), "not one line: {e}");
+        }
+    }
+
+    #[test]
+    fn lists_qemus_cpu_models() {
+        let help = "Available CPUs:\n  a64fx\n  arm1026\n  cortex-a53\n  max\n  neoverse-n1\n";
+        assert_eq!(parse_cpu_help(help), ["a64fx", "arm1026", "cortex-a53", "max", "neoverse-n1"]);
+        assert!(parse_cpu_help("").is_empty());
+    }
+
+    fn run(console: &str, stderr: &str, exit_code: Option<i32>, timed_out: bool) -> Run {
+        Run {
+            console: console.into(),
+            lines: Vec::new(),
+            stderr: stderr.into(),
+            exit_code,
+            timed_out,
+            elapsed: Duration::from_secs(1),
+            command: "qemu-system-aarch64 ...".into(),
+        }
+    }
+
+    #[test]
+    fn the_cause_comes_first() {
+        // QEMU refused to start: its own error.
+        let r = run("", "qemu-system-aarch64: Some ROM regions are overlapping\nThese ROM regions...\n", Some(1), false);
+        assert_eq!(r.cause().as_deref(), Some("qemu-system-aarch64: Some ROM regions are overlapping"));
+        let f = r.failure("the hypervisor's boot log has no `rampart: attestation key` line");
+        assert!(f.starts_with("qemu-system-aarch64: Some ROM regions are overlapping\n  so: the hypervisor's"), "{f}");
+        let r = run("", "qemu: module ui-ui-gtk not found, do you want to install qemu-system-gui package?\nqemu-system-aarch64: unable to find CPU model 'nonsense'\n", Some(1), false);
+        assert_eq!(r.cause().as_deref(), Some("qemu-system-aarch64: unable to find CPU model 'nonsense'"));
+        // Rampart's reason before it powers off.
+        let log = "rampart: Rampart 0.1.0 starting at EL2\nrampart: too many CPUs: the device tree lists 9, this build supports at most 8\nrampart: cannot boot; powering off\n";
+        let r = run(log, "", Some(0), false);
+        assert_eq!(r.cause().as_deref(), Some("rampart: too many CPUs: the device tree lists 9, this build supports at most 8"));
+        // A boot that stops without saying `cannot boot`.
+        let r = run("rampart: Rampart 0.1.0 starting at EL2\nrampart: entered at EL1; Rampart must be entered at EL2\n", "", Some(0), false);
+        assert!(r.cause().unwrap().ends_with("stopped after: rampart: entered at EL1; Rampart must be entered at EL2"));
+        let r = run("rampart: Rampart 0.1.0 starting at EL2\nrampart: carve-out [0x40200000, 0x41200000)\n", "", None, true);
+        assert!(r.cause().unwrap().contains("hung after: rampart: carve-out"));
+        // A run that reached the host has no cause of its own: the
+        // checks say what went wrong.
+        let r = run("rampart: entering host at 0x42000000\nFAIL x\n", "", Some(0), false);
+        assert_eq!(r.cause(), None);
+        assert!(r.failure("1 checks failed").starts_with("1 checks failed\n  command:"));
+        let r = run("rampart: entering host\nrampart: panic at hyp/src/vm.rs:1: oops\n", "", Some(0), false);
+        assert_eq!(r.cause().as_deref(), Some("rampart: panic at hyp/src/vm.rs:1: oops"));
     }
 }

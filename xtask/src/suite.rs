@@ -162,6 +162,17 @@ pub fn run(args: &TestArgs) -> Result<()> {
         expect_clean_refusal(&m, "rampart: entered at EL1; Rampart must be entered at EL2")
     });
     case("bad-boot/too-many-cpus".into(), &|| bad_boot(9, "512M", "rampart: too many CPUs"));
+    // QEMU's own refusal is what a failure report says first.
+    case("bad-boot/qemu-error-first".into(), &|| {
+        let mut m = testhost_machine(1, "512M", "max")?;
+        m.cpu = "nonsense".into();
+        let run = m.run(Duration::from_secs(30), None, false)?;
+        let report = run.failure("the hypervisor's boot log has no `rampart: attestation key` line");
+        if !report.starts_with("qemu-system-aarch64: unable to find CPU model 'nonsense'") {
+            bail!("the failure report does not start with QEMU's error:\n{report}");
+        }
+        Ok(String::new())
+    });
     case("bad-boot/no-host-image".into(), &|| {
         let mut m = testhost_machine(1, "512M", "max")?;
         m.append.clear();
@@ -447,6 +458,13 @@ fn check_testhost(run: &Run, smp: u32) -> Result<String> {
     if summary.0 == 0 {
         bail!(run.failure("no checks ran"));
     }
+    // A passing run's guest failures are the ones a check causes, and the
+    // console says so on each line (a reader must not take them for a
+    // failure).
+    let unmarked = unmarked_guest_failures(&run.console);
+    if !unmarked.is_empty() {
+        bail!(run.failure(&format!("guest failures not marked as expected:\n  {}", unmarked.join("\n  "))));
+    }
     // The EL2 stack keeps at least half of itself unused after the whole
     // suite (the deepest paths: signing, COSE, measurement, signature
     // checks), reported when the host powers off.
@@ -469,6 +487,23 @@ fn check_testhost(run: &Run, smp: u32) -> Result<String> {
         bail!(run.failure("QEMU did not power off cleanly"));
     }
     Ok(format!("{} checks passed, EL2 stack {used} of {size} bytes", summary.0))
+}
+
+/// The test host's guest lines (`  [name] GUEST-FAIL …`, or a
+/// `GUEST-DONE n passed, m failed` with m > 0) that do not carry the
+/// test host's `<- expected` mark.
+fn unmarked_guest_failures(console: &str) -> Vec<&str> {
+    console
+        .lines()
+        .filter(|l| {
+            let Some((_, guest)) = l.trim_start().strip_prefix('[').and_then(|l| l.split_once("] ")) else {
+                return false;
+            };
+            let failed = guest.starts_with("GUEST-FAIL ")
+                || guest.strip_prefix("GUEST-DONE ").and_then(parse_summary).is_some_and(|(_, f)| f > 0);
+            failed && !guest.contains("   <- expected")
+        })
+        .collect()
 }
 
 /// Parses `N passed, M failed`.
@@ -513,6 +548,11 @@ fn expect_clean_refusal(m: &Machine, expect: &str) -> Result<String> {
     }
     if !run.console.contains(expect) {
         bail!(run.failure(&format!("expected `{expect}` on the console")));
+    }
+    // What a failure report puts first must be that reason.
+    match run.cause() {
+        Some(cause) if cause.contains(expect) => {}
+        other => bail!(run.failure(&format!("the run's cause is {other:?}, want the line with `{expect}`"))),
     }
     if run.console.contains("rampart: entering host") {
         bail!(run.failure("entered the host despite bad boot input"));
@@ -632,6 +672,21 @@ mod tests {
         let log = "rampart: host stage 2: 2 RAM and 8 device ranges, 39-bit IPA from level 1 (40-bit PA); 3 pool pages left\n";
         assert_eq!(super::parse_ipa_bits(log), Some(39));
         assert_eq!(super::parse_ipa_bits("rampart: host stage 2: nothing"), None);
+    }
+
+    #[test]
+    fn every_guest_failure_in_a_passing_run_is_marked_expected() {
+        let console = "PASS vm-hello\n  [hello] GUEST-DONE 13 passed, 0 failed\n\
+            \x20 [attacker] GUEST-FAIL read-past-ram: access to 0x80100000 completed, read 0x0   <- expected by this check\n\
+            \x20 [attacker] GUEST-DONE 13 passed, 2 failed   <- expected: only the failures this check causes\n\
+            \x20 [smp/1] GUEST-FAIL psci: oops\n\
+            \x20 [smp] GUEST-DONE 9 passed, 1 failed\n\
+            FAIL vm-smp: 1 guest checks failed\n";
+        assert_eq!(
+            super::unmarked_guest_failures(console),
+            ["  [smp/1] GUEST-FAIL psci: oops", "  [smp] GUEST-DONE 9 passed, 1 failed"]
+        );
+        assert!(super::unmarked_guest_failures("  [hello] GUEST-DONE 13 passed, 0 failed\n").is_empty());
     }
 
     #[test]

@@ -567,6 +567,11 @@ impl Policy for DonatingPolicy<'_> {
 /// filled it (see [`DonatingPolicy`]); it is out of the host's reach while
 /// the VM lives and zeroed after.
 pub fn vb_late_donation_zeroed(p: &Platform) -> Result<(), Msg> {
+    note!(
+        "expected: the attacker guest reports 2 failures, read-past-ram and write-past-ram \
+         (the host donates the page it probes, so both accesses complete and read 0), \
+         and ends with GUEST-DONE <n> passed, 2 failed"
+    );
     let (mut arena, _) = arena(p)?;
     let mut vms = [Vm::create(&mut arena, protected("attacker")?)?];
     let mut policy = DonatingPolicy {
