@@ -168,6 +168,19 @@ pub fn scan_ram(start: u64, end: u64) -> (Option<(u64, usize)>, u64) {
     (None, nonzero)
 }
 
+/// The host RAM a leak scan reads: all usable memory but the RAM blocks
+/// that hold the device tree (which carries the secrets on its command
+/// line).
+pub fn scannable_ram(p: &crate::platform::Platform) -> crate::ranges::RangeSet<64> {
+    let dt = crate::ranges::Range {
+        start: p.dt.start & !(arch::RAM_BLOCK - 1),
+        end: p.dt.end.next_multiple_of(arch::RAM_BLOCK),
+    };
+    let mut ranges = p.usable_memory();
+    ranges.subtract(&dt);
+    ranges
+}
+
 /// What [`scan_ranges`] read: bytes scanned and bytes not zero.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Scanned {

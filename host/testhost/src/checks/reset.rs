@@ -258,12 +258,7 @@ fn second_boot(p: &Platform, marker: u64) -> Result<(), Msg> {
         Err(e) => fail!("{}: {e}", secrets::BOOTARG),
     };
     let start = arch::counter();
-    let dt = Range {
-        start: p.dt.start & !(arch::RAM_BLOCK - 1),
-        end: p.dt.end.next_multiple_of(arch::RAM_BLOCK),
-    };
-    let mut ranges = p.usable_memory();
-    ranges.subtract(&dt);
+    let mut ranges = secrets::scannable_ram(p);
     ranges.subtract(&Range::from_base_size(marker, PAGE));
     let scanned = match secrets::scan_ranges(ranges.as_slice()) {
         Ok(scanned) => scanned,

@@ -26,7 +26,6 @@ use super::vmm::run::{Plain, Policy, error_name};
 use super::vmm::{self, PAGE, Spec, Vm, call, set_signature};
 use crate::msg::Msg;
 use crate::platform::Platform;
-use crate::ranges::Range;
 use crate::{arch, cpus, ensure, fail, msg, note, secrets};
 
 const NOT_SIGNED: i64 = Error::NotSigned.code();
@@ -563,12 +562,7 @@ pub fn vb_no_leaks(p: &Platform) -> Result<(), Msg> {
         );
     }
     let start = arch::counter();
-    let dt = Range {
-        start: p.dt.start & !(arch::RAM_BLOCK - 1),
-        end: p.dt.end.next_multiple_of(arch::RAM_BLOCK),
-    };
-    let mut ranges = p.usable_memory();
-    ranges.subtract(&dt);
+    let ranges = secrets::scannable_ram(p);
     let scanned = match secrets::scan_ranges(ranges.as_slice()) {
         Ok(scanned) => scanned,
         Err((at, secret)) => fail!("{} is in host RAM: 8 of its bytes at {at:#x}", secrets::name(secret)),
