@@ -24,6 +24,9 @@ pub struct Machine {
     pub cpu: String,
     /// Whether EL2 exists (`virtualization=on`).
     pub virtualization: bool,
+    /// Whether the PCIe root complex sits behind an emulated SMMUv3
+    /// (`iommu=smmuv3`).
+    pub smmu: bool,
     /// `-kernel`: the image QEMU enters first.
     pub kernel: PathBuf,
     /// `-initrd`
@@ -48,6 +51,7 @@ impl Machine {
             mem: "512M".into(),
             cpu: "max".into(),
             virtualization: true,
+            smmu: false,
             kernel,
             initrd: None,
             append: String::new(),
@@ -61,8 +65,9 @@ impl Machine {
     pub fn command(&self) -> Command {
         let mut cmd = Command::new("qemu-system-aarch64");
         let virt = if self.virtualization { "on" } else { "off" };
+        let iommu = if self.smmu { ",iommu=smmuv3" } else { "" };
         cmd.arg("-M")
-            .arg(format!("virt,virtualization={virt},gic-version=3"))
+            .arg(format!("virt,virtualization={virt},gic-version=3{iommu}"))
             .arg("-cpu")
             .arg(&self.cpu)
             .arg("-smp")
