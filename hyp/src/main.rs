@@ -46,7 +46,7 @@ use core::sync::atomic::Ordering;
 
 use rampart_platform::cpu::Stage2Geometry;
 use rampart_platform::smc::{Firmware, psci};
-use rampart_platform::{BootError, MemRange, PAGE_SIZE, cmdline, dt, hostdt, image, layout};
+use rampart_platform::{BootError, MemRange, PAGE_SIZE, cmdline, devices, dt, hostdt, image, layout};
 use spin::Once;
 
 use crate::config::{CARVEOUT_SIZE, EARLY_UART, HEAP_SIZE, MAX_CPUS};
@@ -198,7 +198,10 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     let geometry = Stage2Geometry::for_pa_range(features.pa_range_field);
     let ipa_bits = geometry.ipa_bits;
     let blob_range = MemRange::from_base_size(dtb, blob.len() as u64).ok_or(BootError::NoDeviceTree)?;
-    let plan = layout::plan(
+    // DMA masters no SMMU Rampart owns guards, and the SMMUs themselves,
+    // leave the host's tree and stage 2 (platform's devices.rs).
+    let dma = devices::plan(blob, command.unguarded_dma)?;
+    let mut plan = layout::plan(
         &info,
         carveout,
         MAX_CPUS,
@@ -208,6 +211,7 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         blob_range,
         command.guest_pool_mib << 20,
     )?;
+    plan.withhold_devices(&dma.withheld_ranges());
 
     // The host's device tree replaces the boot one, in host RAM.
     let control_pages = carveout.end() - rampart_abi::boot::control::CHANNELS * PAGE_SIZE;
@@ -217,6 +221,7 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         guest_pool: plan.guest_pool,
     };
     let host_dt = hostdt::build(blob, carveout, &command.host_bootargs, vmm_nodes)?;
+    let host_dt = hostdt::withhold_dma_masters(&host_dt, &dma)?;
     // PCI windows the host's stage 2 cannot reach leave its tree, so the
     // host puts no BAR there.
     let (host_dt, dropped_windows) = hostdt::drop_unreachable_pci_windows(&host_dt, 1 << ipa_bits)?;
@@ -357,6 +362,7 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         cost / 1000,
         cost % 1000
     );
+    log_dma_masters(&dma, command.unguarded_dma);
     for dev in &plan.unmappable_devices {
         let dropped = if dropped_windows.contains(dev) { ", and its PCI window left the host's device tree" } else { "" };
         println!("device range {dev} lies beyond the {ipa_bits}-bit IPA space; not mapped for the host{dropped}");
@@ -389,6 +395,44 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     let boot = BOOT.get().ok_or(BootError::NoMemory)?;
     cpu::init_this_cpu(&boot.config);
     Ok((command.host_image, dtb))
+}
+
+/// One boot-log line per DMA master: what it is, where, and what Rampart
+/// did with it; loud when `rampart.unguarded-dma=on` gave any back.
+fn log_dma_masters(dma: &devices::DevicePlan, unguarded_dma: bool) {
+    use core::fmt::Write as _;
+    let (mut withheld, mut guarded, mut given_back) = (0, 0, 0);
+    for d in &dma.decisions {
+        let m = &d.master;
+        let mut mmio = alloc::string::String::new();
+        for (i, r) in m.mmio.iter().enumerate() {
+            let _ = write!(mmio, "{}{r}", if i == 0 { "" } else { " " });
+        }
+        match &d.fate {
+            devices::Fate::Withheld => {
+                withheld += 1;
+                println!("DMA: withheld {} {} {mmio}: {}", m.class.name(), m.path, m.class.why_withheld());
+            }
+            devices::Fate::Guarded { smmu } => {
+                guarded += 1;
+                println!("DMA: {} {} stays with the host behind the SMMU {smmu}", m.class.name(), m.path);
+            }
+            devices::Fate::GivenBack => {
+                given_back += 1;
+                println!(
+                    "DMA: WARNING: {} {} {mmio} given to the host UNGUARDED: its DMA reaches all memory, protected VMs and Rampart included",
+                    m.class.name(),
+                    m.path
+                );
+            }
+        }
+    }
+    println!("DMA: {withheld} master(s) withheld, {guarded} behind an SMMU Rampart owns, {given_back} given back unguarded");
+    if unguarded_dma {
+        println!(
+            "DMA: WARNING: rampart.unguarded-dma=on: FOR DEVELOPMENT ONLY; the host's devices can read and write protected VMs and Rampart"
+        );
+    }
 }
 
 fn yes(b: bool) -> &'static str {

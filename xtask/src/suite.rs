@@ -141,6 +141,12 @@ pub fn run(args: &TestArgs) -> Result<()> {
         case(format!("cpu-model/{cpu}"), &|| cpu_model_case(cpu, ipa));
     }
 
+    // DMA masters (docs/design.md, "DMA"): without an SMMU, with one, and
+    // with the development option that gives the unguarded ones back.
+    case("testhost/no-smmu".into(), &|| dma_case(false, false));
+    case("testhost/smmu-devices".into(), &|| dma_case(true, false));
+    case("testhost/unguarded-dma".into(), &|| dma_case(false, true));
+
     // A host reset with a protected VM alive leaves none of its secrets
     // for the next boot.
     case("testhost/reset-wipes".into(), &reset_case);
@@ -243,6 +249,54 @@ fn testhost_case(smp: u32, mem: &str, cpu: &str) -> Result<String> {
         ))),
     };
     Ok(format!("{checks}; {attested}; sealing keys: {across}"))
+}
+
+/// The test host on QEMU virt with (`smmu`) or without `iommu=smmuv3`,
+/// and with `rampart.unguarded-dma=on` (`unguarded`): every check passes
+/// (among them `dma-withheld-dt` and `dma-withheld-mmio`), and the boot
+/// log names each DMA master and what Rampart did with it.
+fn dma_case(smmu: bool, unguarded: bool) -> Result<String> {
+    let mut m = testhost_machine(2, "512M", "max")?;
+    m.smmu = smmu;
+    if unguarded {
+        m.append = m.append.replacen(" -- ", " rampart.unguarded-dma=on -- testhost.unguarded-dma ", 1);
+    }
+    let run = m.run(TESTHOST_TIMEOUT, None, false)?;
+    let checks = check_testhost(&run, 2)?;
+    for check in ["dma-withheld-dt", "dma-withheld-mmio"] {
+        if !run.console.lines().any(|l| l == format!("PASS {check}")) {
+            bail!(run.failure(&format!("no `PASS {check}`")));
+        }
+    }
+    let mut want = vec!["rampart: DMA: withheld GICv3 ITS /intc@8000000/its@8080000 [0x8080000, 0x80a0000): ".to_string()];
+    let virtio = |i: u64| format!("/virtio_mmio@{:x}", 0xa00_0000 + i * 0x200);
+    let summary = match (smmu, unguarded) {
+        (false, false) => {
+            want.push("rampart: DMA: withheld PCIe root complex /pcie@10000000 ".into());
+            want.push("rampart: DMA: withheld DMA master /fw-cfg@9020000 [0x9020000, 0x9021000): no SMMU Rampart owns guards it".into());
+            want.extend((0..32).map(|i| format!("rampart: DMA: withheld virtio-mmio {} ", virtio(i))));
+            "rampart: DMA: 35 master(s) withheld, 0 behind an SMMU Rampart owns, 0 given back unguarded"
+        }
+        (true, _) => {
+            want.push("rampart: DMA: withheld SMMUv3 /smmuv3@9050000 [0x9050000, 0x9070000): Rampart owns it".into());
+            want.push("rampart: DMA: PCIe root complex /pcie@10000000 stays with the host behind the SMMU /smmuv3@9050000".into());
+            want.extend((0..32).map(|i| format!("rampart: DMA: withheld virtio-mmio {} ", virtio(i))));
+            "rampart: DMA: 35 master(s) withheld, 1 behind an SMMU Rampart owns, 0 given back unguarded"
+        }
+        (false, true) => {
+            want.push("rampart: DMA: WARNING: PCIe root complex /pcie@10000000 ".into());
+            want.push("rampart: DMA: WARNING: rampart.unguarded-dma=on: FOR DEVELOPMENT ONLY".into());
+            want.extend((0..32).map(|i| format!("rampart: DMA: WARNING: virtio-mmio {} ", virtio(i))));
+            "rampart: DMA: 1 master(s) withheld, 0 behind an SMMU Rampart owns, 34 given back unguarded"
+        }
+    };
+    want.push(summary.into());
+    for line in &want {
+        if !run.console.lines().any(|l| l.starts_with(line.as_str())) {
+            bail!(run.failure(&format!("the boot log has no line starting `{line}`")));
+        }
+    }
+    Ok(format!("{checks}; {}", summary.trim_start_matches("rampart: DMA: ")))
 }
 
 /// `testhost.reset`: the first boot runs the attest guest, and a VM that

@@ -20,6 +20,11 @@ pub const GUEST_POOL_KEY: &str = "rampart.pool";
 
 /// Command-line key naming the physical address of the host's `Image`.
 pub const HOST_IMAGE_KEY: &str = "rampart.host";
+/// Command-line key that hands the DMA masters no SMMU Rampart owns guards
+/// (virtio-mmio transports, PCI host bridges without an owned SMMU, other
+/// `dma-coherent` devices) back to the host: `rampart.unguarded-dma=on`.
+/// Development only: their DMA reaches all memory. `off` is the default.
+pub const UNGUARDED_DMA_KEY: &str = "rampart.unguarded-dma";
 /// Prefix of every command-line option Rampart consumes.
 pub const OPTION_PREFIX: &str = "rampart.";
 /// Name of the `/reserved-memory` child node that describes the carve-out in

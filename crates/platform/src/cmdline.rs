@@ -5,7 +5,7 @@
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use rampart_abi::boot::{GUEST_POOL_KEY, HOST_IMAGE_KEY, OPTION_PREFIX};
+use rampart_abi::boot::{GUEST_POOL_KEY, HOST_IMAGE_KEY, OPTION_PREFIX, UNGUARDED_DMA_KEY};
 
 use crate::BootError;
 
@@ -18,6 +18,9 @@ pub struct CommandLine {
     pub host_bootargs: String,
     /// Size of the guest pool for a user-space VMM, in MiB (0 = none).
     pub guest_pool_mib: u64,
+    /// `rampart.unguarded-dma=on`: the host gets the DMA masters no SMMU
+    /// Rampart owns guards (development only; `devices.rs`).
+    pub unguarded_dma: bool,
 }
 
 /// Splits `bootargs` into Rampart's options and the host's command line.
@@ -30,6 +33,7 @@ pub struct CommandLine {
 pub fn parse(bootargs: &str) -> Result<CommandLine, BootError> {
     let mut host_image = None;
     let mut guest_pool_mib = None;
+    let mut unguarded_dma = None;
     let mut host = Vec::new();
     let mut separator_seen = false;
     for word in bootargs.split_ascii_whitespace() {
@@ -62,6 +66,19 @@ pub fn parse(bootargs: &str) -> Result<CommandLine, BootError> {
                 BootError::BadCommandLine(alloc::format!("{GUEST_POOL_KEY}=`{value}` is not a size in MiB"))
             })?;
             guest_pool_mib = Some(mib);
+        } else if full_key == UNGUARDED_DMA_KEY {
+            if unguarded_dma.is_some() {
+                return Err(BootError::BadCommandLine(alloc::format!("{UNGUARDED_DMA_KEY} given twice")));
+            }
+            unguarded_dma = Some(match value {
+                "on" => true,
+                "off" => false,
+                _ => {
+                    return Err(BootError::BadCommandLine(alloc::format!(
+                        "{UNGUARDED_DMA_KEY}=`{value}`: use on or off"
+                    )));
+                }
+            });
         } else {
             return Err(BootError::BadCommandLine(alloc::format!(
                 "unknown option `{word}`"
@@ -72,6 +89,7 @@ pub fn parse(bootargs: &str) -> Result<CommandLine, BootError> {
         host_image: host_image.ok_or(BootError::NoHostImage)?,
         host_bootargs: host.join(" ").to_string(),
         guest_pool_mib: guest_pool_mib.unwrap_or(0),
+        unguarded_dma: unguarded_dma.unwrap_or(false),
     })
 }
 
@@ -103,6 +121,22 @@ mod tests {
         assert_eq!(parse("rampart.host=0x1 rampart.pool=64").unwrap().guest_pool_mib, 64);
         assert_eq!(parse("rampart.host=0x1").unwrap().guest_pool_mib, 0);
         for bad in ["rampart.host=0x1 rampart.pool=", "rampart.host=0x1 rampart.pool=64M", "rampart.host=0x1 rampart.pool=1 rampart.pool=2"] {
+            assert!(matches!(parse(bad), Err(BootError::BadCommandLine(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reads_the_unguarded_dma_option() {
+        assert!(!parse("rampart.host=0x1").unwrap().unguarded_dma);
+        assert!(parse("rampart.host=0x1 rampart.unguarded-dma=on").unwrap().unguarded_dma);
+        assert!(!parse("rampart.host=0x1 rampart.unguarded-dma=off").unwrap().unguarded_dma);
+        // Never passed on to the host.
+        assert_eq!(parse("rampart.host=0x1 rampart.unguarded-dma=on -- quiet").unwrap().host_bootargs, "quiet");
+        for bad in [
+            "rampart.host=0x1 rampart.unguarded-dma",
+            "rampart.host=0x1 rampart.unguarded-dma=yes",
+            "rampart.host=0x1 rampart.unguarded-dma=on rampart.unguarded-dma=on",
+        ] {
             assert!(matches!(parse(bad), Err(BootError::BadCommandLine(_))), "{bad}");
         }
     }

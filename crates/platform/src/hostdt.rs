@@ -168,6 +168,25 @@ pub fn drop_unreachable_pci_windows(dtb: &[u8], ipa_limit: u64) -> Result<(Vec<u
     Ok((tree.to_dtb(), dropped))
 }
 
+/// Removes from the host's tree `dtb` the DMA masters `plan` withholds
+/// (made from the boot tree with [`crate::devices::plan`]) and every
+/// reference to them (`devices.rs`). The tree is unchanged if nothing is
+/// withheld.
+///
+/// # Errors
+///
+/// [`BootError::HostDeviceTree`] or [`BootError::BadProperty`] if the tree
+/// no longer matches the plan or a reference is malformed.
+pub fn withhold_dma_masters(dtb: &[u8], plan: &crate::devices::DevicePlan) -> Result<Vec<u8>, BootError> {
+    if plan.withheld().next().is_none() {
+        return Ok(dtb.to_vec());
+    }
+    let fdt = Fdt::new(dtb).map_err(|e| BootError::MalformedDeviceTree(e.to_string()))?;
+    let mut tree = DeviceTree::from_fdt(&fdt);
+    crate::devices::apply(&mut tree, plan)?;
+    Ok(tree.to_dtb())
+}
+
 /// Big-endian cells to a number (at most two cells are significant).
 fn read_number(bytes: &[u8]) -> Option<u64> {
     if !bytes.len().is_multiple_of(4) || bytes.len() > 8 {
@@ -284,6 +303,28 @@ mod tests {
         let (again, dropped) = drop_unreachable_pci_windows(&out, 1 << 39).unwrap();
         assert!(dropped.is_empty());
         assert_eq!(again, out);
+    }
+
+    #[test]
+    fn the_host_tree_has_no_dma_master_rampart_withholds() {
+        let carveout = MemRange::new(0x4020_0000, 0x4120_0000).unwrap();
+        let host = build(QEMU_VIRT, carveout, "", VmmNodes::default()).unwrap();
+        let plan = crate::devices::plan(QEMU_VIRT, false).unwrap();
+        let out = withhold_dma_masters(&host, &plan).unwrap();
+        let fdt = Fdt::new(&out).unwrap();
+        assert!(fdt.find_node("/intc@8000000/its@8080000").is_none());
+        assert!(fdt.find_node("/virtio_mmio@a000000").is_none());
+        // What `build` added stays.
+        assert!(fdt.find_node("/reserved-memory/rampart-hypervisor@40200000").is_some());
+        // With everything given back but the ITS, only the ITS goes.
+        let plan = crate::devices::plan(QEMU_VIRT, true).unwrap();
+        let out = withhold_dma_masters(&host, &plan).unwrap();
+        let fdt = Fdt::new(&out).unwrap();
+        assert!(fdt.find_node("/intc@8000000/its@8080000").is_none());
+        assert!(fdt.find_node("/virtio_mmio@a000000").is_some());
+        // Nothing withheld: the same bytes.
+        let none = crate::devices::DevicePlan::default();
+        assert_eq!(withhold_dma_masters(&host, &none).unwrap(), host);
     }
 
     #[test]

@@ -134,6 +134,25 @@ pub fn plan(
     })
 }
 
+impl Layout {
+    /// Takes `withheld` (the MMIO of the DMA masters Rampart keeps from the
+    /// host, `devices.rs`) out of the host's devices, whole pages at a
+    /// time: a page shared with a withheld range is withheld too. Returns
+    /// what was actually removed.
+    pub fn withhold_devices(&mut self, withheld: &[MemRange]) -> Vec<MemRange> {
+        let pages: Vec<MemRange> = withheld
+            .iter()
+            .filter_map(|w| {
+                let end = range::align_up(w.end(), crate::PAGE_SIZE).unwrap_or(u64::MAX);
+                MemRange::new(range::align_down(w.start(), crate::PAGE_SIZE), end)
+            })
+            .collect();
+        let before = self.host_devices.clone();
+        self.host_devices = range::subtract_all(&self.host_devices, &pages);
+        range::subtract_all(&before, &self.host_devices)
+    }
+}
+
 /// The least RAM Rampart leaves the host: enough for a small Linux.
 pub const MIN_HOST_RAM: u64 = 32 << 20;
 
@@ -289,6 +308,17 @@ mod tests {
             plan(&i, CARVEOUT, 8, 1 << 39, 0x4200_0000, &HEADER, DT, 4 << 30),
             Err(BootError::BadCommandLine(_))
         ));
+    }
+
+    #[test]
+    fn withheld_devices_leave_the_host_stage2() {
+        let i = info(r(0x4000_0000, 0x6000_0000), 2);
+        let mut l = plan(&i, CARVEOUT, 8, 1 << 39, 0x4200_0000, &HEADER, DT, 0).unwrap();
+        // A frame inside the first device range, a sub-page range of the
+        // UART (the whole page goes) and a range nobody maps.
+        let removed = l.withhold_devices(&[r(0x800_4000, 0x800_6000), r(0x900_0800, 0x900_0900), r(0xa00_0000, 0xa00_4000)]);
+        assert_eq!(removed, vec![r(0x800_4000, 0x800_6000), r(0x900_0000, 0x900_1000)]);
+        assert_eq!(l.host_devices, vec![r(0x800_0000, 0x800_4000), r(0x800_6000, 0x801_0000)]);
     }
 
     #[test]

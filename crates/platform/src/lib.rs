@@ -20,6 +20,7 @@ extern crate alloc;
 pub mod cache;
 pub mod cmdline;
 pub mod cpu;
+pub mod devices;
 pub mod dt;
 pub mod error;
 pub mod hostdt;

@@ -79,6 +79,9 @@ pub struct Platform {
     /// looks for (held XOR-masked by `secrets`), or why the option is
     /// malformed.
     pub secrets: Result<usize, &'static str>,
+    /// DMA masters and IOMMU/MSI references in the host's tree
+    /// (`checks/withheld.rs`).
+    pub dma_nodes: crate::checks::withheld::DmaNodes,
 }
 
 impl Platform {
@@ -106,6 +109,7 @@ impl Platform {
             carveouts: [const { None }; 4],
             probe_override: None,
             secrets: Ok(0),
+            dma_nodes: crate::checks::withheld::DmaNodes::default(),
         };
 
         for node in fdt.root().children() {
@@ -216,6 +220,9 @@ impl Platform {
                 }
             }
         }
+        let chosen = fdt.chosen();
+        let bootargs = chosen.as_ref().and_then(|c| c.bootargs().ok().flatten());
+        platform.dma_nodes = crate::checks::withheld::scan(fdt, bootargs);
         Ok(platform)
     }
 

@@ -16,6 +16,7 @@ pub mod reset;
 mod smccc;
 mod vb;
 mod vm;
+pub mod withheld;
 /// The VMM (`src/vmm/`), declared here so `main.rs` stays as it is.
 #[path = "../vmm/mod.rs"]
 pub mod vmm;
@@ -91,6 +92,14 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "carveout-write",
         run: carveout::carveout_write,
+    },
+    Check {
+        name: "dma-withheld-dt",
+        run: withheld::dma_withheld_dt,
+    },
+    Check {
+        name: "dma-withheld-mmio",
+        run: withheld::dma_withheld_mmio,
     },
     Check {
         name: "own-share-unshare",
