@@ -83,13 +83,153 @@ pub fn prepare() -> Result<LinuxHost> {
 /// concurrent runs with different extras do not clash.
 pub fn prepare_with(extra_files: &[(PathBuf, &str)], init_extra: &str) -> Result<LinuxHost> {
     let debian = fetch()?;
-    let initramfs = build_initramfs(&debian.busybox, extra_files, init_extra)?;
+    // The PCI drivers `rinit.pcidisk=1` loads (Debian builds them as
+    // modules), in load order, under /lib/modules/rampart/.
+    let modules = pci_modules(&debian_dir().join("kernel"))?;
+    let names: Vec<String> = modules
+        .iter()
+        .enumerate()
+        .map(|(i, m)| format!("lib/modules/rampart/{i}-{}", m.file_name().unwrap_or_default().to_string_lossy()))
+        .collect();
+    let mut files: Vec<(PathBuf, &str)> = modules.iter().cloned().zip(names.iter().map(String::as_str)).collect();
+    files.extend(extra_files.iter().cloned());
+    let initramfs = build_initramfs(&debian.busybox, &files, init_extra)?;
     Ok(LinuxHost {
         kernel: debian.kernel,
         initramfs,
         version: debian.kernel_version,
         package: debian.kernel_package,
     })
+}
+
+// ---------------------------------------------------------------------------
+// PCI devices behind the SMMU (issue 10): a virtio-blk-pci disk the host
+// mounts, and a virtio-rng-pci it reads.
+
+/// Kernel command-line flag that makes `/init` load the PCI modules,
+/// mount the `virtio-blk-pci` disk, hash its file and read the
+/// `virtio-rng-pci` device.
+pub const PCI_DISK_FLAG: &str = "rinit.pcidisk=1";
+
+/// The modules `rinit.pcidisk=1` loads, in dependency order (Debian's
+/// cloud kernel has `VIRTIO_PCI`, `VIRTIO_BLK` and `HW_RANDOM_VIRTIO` as
+/// modules; ext4, which mounts ext2, is built in).
+const PCI_MODULES: [&str; 7] = [
+    "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio.ko",
+    "drivers/virtio/virtio_pci_modern_dev.ko",
+    "drivers/virtio/virtio_pci_legacy_dev.ko",
+    "drivers/virtio/virtio_pci.ko",
+    "drivers/block/virtio_blk.ko",
+    "drivers/char/hw_random/virtio-rng.ko",
+];
+
+/// The file on the disk whose checksum `/init` reports.
+const DISK_FILE: &str = "rampart-check.bin";
+
+/// [`PCI_MODULES`] in the extracted kernel package `root`.
+fn pci_modules(root: &Path) -> Result<Vec<PathBuf>> {
+    let base = root.join("lib/modules");
+    let version = fs::read_dir(&base)
+        .with_context(|| format!("reading {}", base.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.join("kernel").is_dir())
+        .with_context(|| format!("no kernel modules under {}", base.display()))?;
+    PCI_MODULES
+        .iter()
+        .map(|m| {
+            let path = version.join("kernel").join(m);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                bail!("the Debian kernel has no {m} (looked in {}); delete build/debian/ to fetch it again", version.display())
+            }
+        })
+        .collect()
+}
+
+/// The disk image of this xtask run and the SHA-256 of its file.
+pub struct PciDisk {
+    /// The raw ext2 image.
+    pub image: PathBuf,
+    /// Hex SHA-256 of [`DISK_FILE`] on it.
+    pub sha256: String,
+}
+
+static PCI_DISK: std::sync::OnceLock<PciDisk> = std::sync::OnceLock::new();
+
+/// Builds (once per xtask run) a 4 MiB ext2 image holding 256 KiB of fresh
+/// random bytes in [`DISK_FILE`], with `mke2fs -d`; a checksum from an
+/// earlier run can never match.
+pub fn pci_disk() -> Result<&'static PciDisk> {
+    use sha2::Digest as _;
+    if let Some(d) = PCI_DISK.get() {
+        return Ok(d);
+    }
+    prereq::ensure(&[&prereq::MKE2FS])?;
+    let dir = artifacts::build_dir().join("linux").join(format!("pcidisk-{}", std::process::id()));
+    let content = dir.join("content");
+    fs::create_dir_all(&content).with_context(|| format!("creating {}", content.display()))?;
+    let mut data = vec![0u8; 256 << 10];
+    File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut data))
+        .context("reading /dev/urandom")?;
+    fs::write(content.join(DISK_FILE), &data)?;
+    let image = dir.join("disk.img");
+    let _ = fs::remove_file(&image);
+    run(Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext2", "-L", "rampart", "-d"])
+        .arg(&content)
+        .arg(&image)
+        .arg("4M"))
+    .context("making the virtio-blk-pci disk image")?;
+    let sha256: String = sha2::Sha256::digest(&data).iter().map(|b| format!("{b:02x}")).collect();
+    Ok(PCI_DISK.get_or_init(|| PciDisk { image, sha256 }))
+}
+
+/// Puts QEMU's PCIe root complex behind its SMMUv3 (`iommu=smmuv3`), adds
+/// a `virtio-blk-pci` disk ([`pci_disk`], read-only) and a
+/// `virtio-rng-pci`, and asks `/init` to use both ([`PCI_DISK_FLAG`]).
+pub fn add_pci_devices(m: &mut crate::qemu::Machine) -> Result<()> {
+    let disk = pci_disk()?;
+    m.smmu = true;
+    m.extra.extend([
+        "-drive".to_string(),
+        format!("if=none,id=rdisk,format=raw,readonly=on,file={}", disk.image.display()),
+        "-device".to_string(),
+        "virtio-blk-pci,drive=rdisk".to_string(),
+        "-device".to_string(),
+        "virtio-rng-pci".to_string(),
+    ]);
+    m.append.push(' ');
+    m.append.push_str(PCI_DISK_FLAG);
+    Ok(())
+}
+
+/// Checks what `/init` reported of the PCI devices [`add_pci_devices`]
+/// added: the disk's file read back with the checksum xtask computed, 32
+/// bytes from the rng, and Rampart's log saying the root complex stayed
+/// behind its SMMU.
+pub fn check_pci_devices(console: &str) -> Result<String> {
+    let disk = pci_disk()?;
+    let line = |key: &str| {
+        console
+            .lines()
+            .find_map(|l| l.split_once(&format!("{REPORT_PREFIX}{key}=")).map(|(_, v)| v.trim().to_string()))
+    };
+    if !console.lines().any(|l| l.starts_with("rampart: DMA: PCIe root complex ") && l.contains("stays with the host behind the SMMU")) {
+        bail!("Rampart's boot log does not keep the PCIe root complex behind the SMMU");
+    }
+    let sha = line("pcidisk-sha256").context("/init printed no pcidisk-sha256 line")?;
+    if sha != disk.sha256 {
+        bail!("the host read {DISK_FILE} from the virtio-blk-pci disk with SHA-256 {sha}, want {}", disk.sha256);
+    }
+    let rng = line("pcirng").context("/init printed no pcirng line")?;
+    let (device, bytes) = rng.split_once(' ').unwrap_or((rng.as_str(), ""));
+    if !device.starts_with("virtio_rng") || bytes.len() != 64 || bytes.chars().all(|c| c == '0') {
+        bail!("the virtio-rng-pci read gave `{rng}`, want `virtio_rng.N` and 32 bytes");
+    }
+    Ok(format!("virtio-blk-pci disk mounted, {DISK_FILE} SHA-256 {}..., 32 bytes from {device}", &sha[..12]))
 }
 
 // ---------------------------------------------------------------------------

@@ -136,6 +136,8 @@ pub fn machine(smp: u32, mem: &str, cpu: &str, script: &str) -> Result<Machine> 
         "rampart.host={HOST_LOAD_ADDRESS:#x} rampart.pool={POOL_MIB} -- console=ttyAMA0 earlycon panic=-1 {}",
         linux::BRIEF_FLAG
     );
+    // The host's PCI devices sit behind the SMMU Rampart owns (issue 10).
+    linux::add_pci_devices(&mut m)?;
     Ok(m)
 }
 
@@ -243,7 +245,7 @@ pub fn cases(args: &crate::suite::TestArgs, case: &mut CaseFn<'_>) {
             .copied()
             .filter(|c| picked(&case_name(smp, c)))
             .collect();
-        if chosen.is_empty() && !picked(&case_name(smp, "power-off")) {
+        if chosen.is_empty() && !picked(&case_name(smp, "power-off")) && !picked(&case_name(smp, "pci-disk")) {
             continue;
         }
         for check in &chosen {
@@ -256,6 +258,13 @@ pub fn cases(args: &crate::suite::TestArgs, case: &mut CaseFn<'_>) {
             let boot = boot(smp, &chosen)?;
             let run = boot.as_ref().as_ref().map_err(|e| anyhow!("{e}"))?;
             power_off_case(run, smp)
+        });
+        // The same boot: /init mounted the virtio-blk-pci disk behind the
+        // SMMU before rampart-vmm ran its protected guests.
+        case(case_name(smp, "pci-disk"), &|| {
+            let boot = boot(smp, &chosen)?;
+            let run = boot.as_ref().as_ref().map_err(|e| anyhow!("{e}"))?;
+            linux::check_pci_devices(&run.console).map_err(|e| anyhow!(run.failure(&format!("{e:#}"))))
         });
     }
     for target in ["uptime_proc_show", "vectors"] {

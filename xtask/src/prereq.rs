@@ -22,6 +22,9 @@ pub const DTC: Tool = Tool { program: "dtc", package: "device-tree-compiler" };
 /// `cpio`, to pack the Linux host's initramfs.
 pub const CPIO: Tool = Tool { program: "cpio", package: "cpio" };
 
+/// `mke2fs`, to make the Linux host's `virtio-blk-pci` disk image.
+pub const MKE2FS: Tool = Tool { program: "mke2fs", package: "e2fsprogs" };
+
 /// Whether `program` is on `PATH`.
 pub fn have(program: &str) -> bool {
     Command::new("sh")

@@ -621,7 +621,9 @@ fn expect_clean_refusal(m: &Machine, expect: &str) -> Result<String> {
 /// reserved, and a `/dev/mem` read of it dies with SIGBUS while the kernel
 /// keeps running.
 fn linux_case(smp: u32, cpu: &str) -> Result<String> {
-    let m = linux_machine(smp, "1G", cpu, linux::DEVMEM_FLAG)?;
+    let mut m = linux_machine(smp, "1G", cpu, linux::DEVMEM_FLAG)?;
+    // The host's PCI devices behind the SMMU Rampart owns (issue 10).
+    linux::add_pci_devices(&mut m)?;
     let run = m.run(LINUX_TIMEOUT, None, false)?;
     if run.timed_out {
         bail!(run.failure("timed out"));
@@ -660,7 +662,8 @@ fn linux_case(smp: u32, cpu: &str) -> Result<String> {
         bail!(run.failure(&format!("EL2 stack high-water mark {used} of {size} bytes: want at most half used")));
     }
     let ipa = parse_ipa_bits(&run.console).unwrap_or(0);
-    Ok(format!("{smp} CPUs online, {ipa}-bit IPA, carve-out reserved, devmem SIGBUS, /init at {at:.1}s, EL2 stack {used} of {size} bytes"))
+    let pci = linux::check_pci_devices(&run.console).map_err(|e| anyhow::anyhow!(run.failure(&format!("{e:#}"))))?;
+    Ok(format!("{smp} CPUs online, {ipa}-bit IPA, carve-out reserved, devmem SIGBUS, /init at {at:.1}s, EL2 stack {used} of {size} bytes; {pci}"))
 }
 
 /// Every CPU model QEMU 7.2 emulates with EL2 (`-M virt,virtualization=on

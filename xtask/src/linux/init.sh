@@ -84,6 +84,34 @@ case " $(cat /proc/cmdline) " in
 	;;
 esac
 
+# rinit.pcidisk=1 (linux::add_pci_devices): load the virtio PCI drivers,
+# mount the virtio-blk-pci disk read-only and print its file's SHA-256,
+# then read 32 bytes from the virtio-rng-pci device. Both work only if
+# the devices' DMA reaches host memory through Rampart's SMMU.
+case " $(cat /proc/cmdline) " in
+*" rinit.pcidisk=1 "*)
+	for m in /lib/modules/rampart/*.ko; do
+		out=$(insmod "$m" 2>&1) || say "pcidisk insmod ${m##*/} failed: $out"
+	done
+	i=0
+	while [ ! -b /dev/vda ] && [ $i -lt 20 ]; do
+		sleep 1
+		i=$((i + 1))
+	done
+	mkdir -p /mnt/disk
+	if mount -t ext2 -o ro /dev/vda /mnt/disk; then
+		sum=$(sha256sum /mnt/disk/rampart-check.bin)
+		say "pcidisk-sha256=${sum%% *}"
+		umount /mnt/disk
+	else
+		say "pcidisk-sha256=NO-MOUNT"
+	fi
+	rng=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)
+	bytes=$(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | od -A n -t x1 -v | tr -d ' \n')
+	say "pcirng=${rng:-none} $bytes"
+	;;
+esac
+
 # Hook for more checks (linux::prepare_with); sourced, so it can use `say`.
 if [ -f /rinit-extra.sh ]; then
 	. /rinit-extra.sh
