@@ -95,10 +95,12 @@ impl RunArgs {
 fn run(args: &RunArgs) -> Result<()> {
     prereq::ensure(&[&prereq::QEMU])?;
     qemu::check_cpu_model(&args.cpu)?;
-    let machine = match args.host {
+    let mut machine = match args.host {
         Host::Testhost => suite::testhost_machine(args.smp, &args.mem, &args.cpu)?,
         Host::Linux => linux_vmm::demo_machine(args.smp, &args.mem, &args.cpu)?,
     };
+    // The demo's PCIe root complex sits behind the SMMU Rampart owns.
+    machine.smmu = true;
     eprintln!("xtask: {}", machine.command_line());
     let run = machine.run(Duration::from_secs(args.timeout), None, true)?;
     // The console was streamed; QEMU's own error and Rampart's reason for
