@@ -50,7 +50,7 @@ fn handle_sync_inner(frame: &mut Frame) {
         }
         EC_DABT_LOWER => {
             let ipa = ((arch::hpfar_el2() >> 4) & 0xff_ffff_ffff) << 12 | (arch::far_el2() & 0xfff);
-            if crate::control::handle(ipa, esr, frame) {
+            if crate::control::handle(ipa, esr, frame) || crate::gicr_guard::handle(ipa, esr, frame) {
                 return;
             }
             if !retry_after_race() {

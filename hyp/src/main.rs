@@ -31,6 +31,7 @@ mod console;
 mod control;
 mod cpu;
 mod exceptions;
+mod gicr_guard;
 mod guest_calls;
 mod host;
 mod host_timer;
@@ -212,6 +213,15 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         command.guest_pool_mib << 20,
     )?;
     plan.withhold_devices(&dma.withheld_ranges());
+    // The first page of each redistributor's RD_base frame (GICR_CTLR,
+    // GICR_PROPBASER, GICR_PENDBASER) is trapped and emulated: the host
+    // gets no LPIs, so the GIC never reads or writes LPI tables it aims
+    // (gicr_guard.rs).
+    // SAFETY: each address is GICR_TYPER of a frame inside a redistributor
+    // region of the device tree (page-aligned, not RAM); the MMU is off,
+    // and reading GICR_TYPER has no side effect.
+    let lpi_pages = rampart_platform::gicr::rd_pages(&gic_redistributors, |a| unsafe { arch::guest::gicr_read32(a) });
+    plan.withhold_devices(&lpi_pages);
 
     // The host's device tree replaces the boot one, in host RAM.
     let control_pages = carveout.end() - rampart_abi::boot::control::CHANNELS * PAGE_SIZE;
@@ -270,6 +280,8 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         mm::identity_map(&mut el2, *range, mm::el2::DEVICE).map_err(|e| map_error("GIC redistributors", *range, e))?;
     }
     host_timer::init(gic_redistributors);
+    let trapped_rd_pages = lpi_pages.len();
+    gicr_guard::init(lpi_pages);
     let stage2_level = geometry.root_level;
     let host_ram: Vec<MemRange> =
         plan.host_ram.iter().filter_map(|r| r.shrink_to_alignment(PAGE_SIZE)).collect();
@@ -363,6 +375,9 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         cost % 1000
     );
     log_dma_masters(&dma, command.unguarded_dma);
+    println!(
+        "DMA: {trapped_rd_pages} GIC redistributor(s) trapped: LPIs off for the host, so no LPI table is read or written where it points"
+    );
     for dev in &plan.unmappable_devices {
         let dropped = if dropped_windows.contains(dev) { ", and its PCI window left the host's device tree" } else { "" };
         println!("device range {dev} lies beyond the {ipa_bits}-bit IPA space; not mapped for the host{dropped}");

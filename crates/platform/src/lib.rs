@@ -22,6 +22,7 @@ pub mod cmdline;
 pub mod cpu;
 pub mod devices;
 pub mod dt;
+pub mod gicr;
 pub mod error;
 pub mod hostdt;
 pub mod image;

@@ -102,6 +102,10 @@ pub const CHECKS: &[Check] = &[
         run: withheld::dma_withheld_mmio,
     },
     Check {
+        name: "gicr-lpi-tables",
+        run: withheld::gicr_lpi_tables,
+    },
+    Check {
         name: "own-share-unshare",
         run: ownership::own_share_unshare,
     },

@@ -202,3 +202,64 @@ pub fn dma_withheld_mmio(p: &Platform) -> Result<(), Msg> {
     }
     Ok(())
 }
+
+/// An LPI configuration table in the test host's own memory: 8192 LPIs
+/// (INTIDs 8192 to 16383), each enabled at priority 0xa0.
+#[repr(C, align(4096))]
+struct PropTable([core::sync::atomic::AtomicU8; 8192]);
+static PROP_TABLE: PropTable = PropTable([const { core::sync::atomic::AtomicU8::new(0) }; 8192]);
+
+const GICR_CTLR: u64 = 0;
+const GICR_TYPER: u64 = 8;
+const GICR_PROPBASER: u64 = 0x70;
+const GICR_PENDBASER: u64 = 0x78;
+
+/// `gicr-lpi-tables`: a redistributor with LPIs enabled reads its LPI
+/// pending table from wherever `GICR_PENDBASER` points, with no SMMU in
+/// the way: a set bit there becomes a pending LPI the host sees, and
+/// acknowledging it clears the bit in memory. The host points
+/// `GICR_PENDBASER` at the carve-out (and `GICR_PROPBASER` at its own
+/// table enabling every LPI) and sets `GICR_CTLR.EnableLPIs`: no LPI may
+/// become pending, and the register must not hold the carve-out's address.
+/// Everything is put back before returning.
+pub fn gicr_lpi_tables(p: &Platform) -> Result<(), Msg> {
+    use crate::checks::vmm::{gic, hw};
+    gic::init(p)?;
+    ensure!(gic::enable_this_cpu(), "no GICv3 redistributor for this CPU");
+    let r = gic::redistributor().ok_or_else(|| crate::msg!("no redistributor"))?;
+    let typer = hw::mmio_read32(r + GICR_TYPER);
+    note!("GICR_TYPER low word {typer:#x}, PLPIS {}", typer & 1);
+    let target = p.probe_target()?;
+    for b in &PROP_TABLE.0 {
+        b.store(0xa3, core::sync::atomic::Ordering::Relaxed);
+    }
+    let prop = core::ptr::from_ref(&PROP_TABLE) as u64;
+    // IDbits = 13: 14-bit INTIDs.
+    hw::mmio_write32(r + GICR_PROPBASER, (prop as u32) | 13);
+    hw::mmio_write32(r + GICR_PROPBASER + 4, (prop >> 32) as u32);
+    hw::mmio_write32(r + GICR_PENDBASER, target.start as u32);
+    hw::mmio_write32(r + GICR_PENDBASER + 4, (target.start >> 32) as u32);
+    let ctlr = hw::mmio_read32(r + GICR_CTLR);
+    hw::mmio_write32(r + GICR_CTLR, ctlr | 1);
+    let enabled = hw::mmio_read32(r + GICR_CTLR) & 1;
+    let pendbaser = u64::from(hw::mmio_read32(r + GICR_PENDBASER)) | (u64::from(hw::mmio_read32(r + GICR_PENDBASER + 4)) << 32);
+    let pending = hw::icc_hppir1() & 0xff_ffff;
+    hw::mmio_write32(r + GICR_CTLR, ctlr & !1);
+    hw::mmio_write32(r + GICR_PENDBASER, 0);
+    hw::mmio_write32(r + GICR_PENDBASER + 4, 0);
+    hw::mmio_write32(r + GICR_PROPBASER, 0);
+    hw::mmio_write32(r + GICR_PROPBASER + 4, 0);
+    note!("EnableLPIs read back {enabled}, GICR_PENDBASER {pendbaser:#x}; highest pending Group 1 INTID {pending}");
+    ensure!(
+        pending < 8192,
+        "LPI {pending} is pending: the redistributor read bit {} of byte {:#x} of the carve-out",
+        pending % 8,
+        target.start + pending / 8
+    );
+    ensure!(
+        pendbaser & 0x000f_ffff_ffff_0000 != target.start,
+        "GICR_PENDBASER holds the carve-out's address {:#x}",
+        target.start
+    );
+    Ok(())
+}

@@ -78,7 +78,7 @@ pub fn init(p: &Platform) -> Result<(), Msg> {
 }
 
 /// This CPU's redistributor, found by `GICR_TYPER`'s affinity.
-fn redistributor() -> Option<u64> {
+pub fn redistributor() -> Option<u64> {
     let (base, size) = (GICR.load(Ordering::Acquire), GICR_SIZE.load(Ordering::Acquire));
     let mpidr = arch::mpidr() & MPIDR_AFFINITY_MASK;
     // MPIDR Aff3 is bits 39:32; GICR_TYPER packs Aff3.Aff2.Aff1.Aff0.

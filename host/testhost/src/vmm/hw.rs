@@ -166,3 +166,15 @@ pub fn set_host_virtual_timer(cval: u64, ctl: u64) {
              options(nomem, nostack, preserves_flags))
     };
 }
+
+/// `ICC_HPPIR1_EL1`: the INTID of this CPU's highest-priority pending
+/// Group 1 interrupt (1023: none). Reading it changes no state.
+pub fn icc_hppir1() -> u64 {
+    let value: u64;
+    // SAFETY: a read of a GIC CPU-interface system register of this CPU,
+    // which has no side effect; no memory is touched.
+    unsafe {
+        asm!("mrs {}, S3_0_C12_C12_2", out(reg) value, options(nostack, nomem, preserves_flags))
+    };
+    value
+}
