@@ -166,6 +166,7 @@ pub fn after_demo(run: &Run) -> Result<()> {
     if statuses.iter().any(|s| !s.ends_with("exit status 0")) {
         bail!("a guest did not exit 0");
     }
+    println!("xtask: {}", linux::check_pci_devices(&run.console)?);
     if run.console.contains("[attest] GUEST-REPORT ") {
         println!("xtask: {}", verify_attest_report(&run.console)?);
     }
