@@ -184,6 +184,15 @@ fn u32_property(node: &DeviceTreeNode, path: &str, name: &'static str) -> Result
     }
 }
 
+/// `#address-cells` or `#size-cells`, `default` if absent; more than 4
+/// cells is refused (no bus needs them, and the sums below stay small).
+fn cell_count(node: &DeviceTreeNode, path: &str, name: &'static str, default: u32) -> Result<u32, BootError> {
+    match u32_property(node, path, name)?.unwrap_or(default) {
+        n @ 0..=4 => Ok(n),
+        n => Err(bad(path, name, format!("is {n}; at most 4 cells are supported"))),
+    }
+}
+
 fn phandle_of(node: &DeviceTreeNode, path: &str) -> Result<Option<u32>, BootError> {
     match u32_property(node, path, "phandle")? {
         Some(p) => Ok(Some(p)),
@@ -240,8 +249,8 @@ fn regs(node: &DeviceTreeNode, path: &str, address_cells: u32, size_cells: u32) 
 /// A PCI bridge's windows on its parent bus (`ranges` entries).
 fn pci_windows(node: &DeviceTreeNode, path: &str, parent_cells: u32) -> Result<Vec<MemRange>, BootError> {
     let Some(p) = node.property("ranges") else { return Ok(Vec::new()) };
-    let child_cells = u32_property(node, path, "#address-cells")?.unwrap_or(3);
-    let size_cells = u32_property(node, path, "#size-cells")?.unwrap_or(2);
+    let child_cells = cell_count(node, path, "#address-cells", 3)?;
+    let size_cells = cell_count(node, path, "#size-cells", 2)?;
     let cells = cells_of(path, "ranges", p.value())?;
     let entry = (child_cells + parent_cells + size_cells) as usize;
     if entry == 0 || !cells.len().is_multiple_of(entry) {
@@ -272,8 +281,8 @@ struct Found<'a> {
 /// children (but memory, `/cpus`, `/chosen`, `/reserved-memory`,
 /// `/aliases`, `/psci`), and the children of `ranges;` buses.
 fn walk<'a>(node: &'a DeviceTreeNode, path: &str, top: bool, out: &mut Vec<Found<'a>>) -> Result<(), BootError> {
-    let address_cells = u32_property(node, path, "#address-cells")?.unwrap_or(2);
-    let size_cells = u32_property(node, path, "#size-cells")?.unwrap_or(1);
+    let address_cells = cell_count(node, path, "#address-cells", 2)?;
+    let size_cells = cell_count(node, path, "#size-cells", 1)?;
     for child in node.children() {
         let name = child.name();
         let base = name.split('@').next().unwrap_or(name);
@@ -740,6 +749,14 @@ mod tests {
         // Naming a provider with no cell count is malformed too.
         let unknown = edit(VIRT_SMMU, |t| set(t, "/fw-cfg@9020000", "iommus", &[0x1234, 0]));
         assert!(matches!(plan(&unknown, false), Err(BootError::BadProperty { property: "iommus", .. })));
+    }
+
+    #[test]
+    fn absurd_cell_counts_are_refused() {
+        let huge = edit(VIRT, |t| set(t, "/pcie@10000000", "#address-cells", &[u32::MAX]));
+        assert!(matches!(plan(&huge, false), Err(BootError::BadProperty { property: "#address-cells", .. })));
+        let huge = edit(VIRT, |t| set(t, "/intc@8000000", "#size-cells", &[5]));
+        assert!(matches!(plan(&huge, false), Err(BootError::BadProperty { property: "#size-cells", .. })));
     }
 
     #[test]
