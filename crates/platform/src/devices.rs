@@ -752,6 +752,40 @@ mod tests {
     }
 
     #[test]
+    fn corrupted_trees_give_errors_not_panics() {
+        // Flip bytes of the structure and strings blocks at random
+        // (xorshift, fixed seed); whatever parses must plan and apply
+        // without panicking.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut planned, mut refused) = (0, 0);
+        for _ in 0..3000 {
+            let mut blob = VIRT_SMMU.to_vec();
+            for _ in 0..1 + next() % 4 {
+                let at = 0x40 + (next() as usize) % (blob.len() - 0x40);
+                blob[at] = next() as u8;
+            }
+            if Fdt::new(&blob).is_err() {
+                continue;
+            }
+            match plan(&blob, next() % 2 == 0) {
+                Ok(p) => {
+                    planned += 1;
+                    let mut tree = DeviceTree::from_fdt(&Fdt::new(&blob).unwrap());
+                    let _ = apply(&mut tree, &p);
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        assert!(planned > 100 && refused > 0, "{planned} planned, {refused} refused");
+    }
+
+    #[test]
     fn absurd_cell_counts_are_refused() {
         let huge = edit(VIRT, |t| set(t, "/pcie@10000000", "#address-cells", &[u32::MAX]));
         assert!(matches!(plan(&huge, false), Err(BootError::BadProperty { property: "#address-cells", .. })));
