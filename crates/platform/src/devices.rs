@@ -767,8 +767,8 @@ mod tests {
         for _ in 0..3000 {
             let mut blob = VIRT_SMMU.to_vec();
             for _ in 0..1 + next() % 4 {
-                let at = 0x40 + (next() as usize) % (blob.len() - 0x40);
-                blob[at] = next() as u8;
+                let at = 0x40 + usize::try_from(next() % (blob.len() as u64 - 0x40)).unwrap();
+                blob[at] = next().to_le_bytes()[0];
             }
             if Fdt::new(&blob).is_err() {
                 continue;
