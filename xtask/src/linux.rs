@@ -167,7 +167,19 @@ pub fn pci_disk() -> Result<&'static PciDisk> {
         return Ok(d);
     }
     prereq::ensure(&[&prereq::MKE2FS])?;
-    let dir = artifacts::build_dir().join("linux").join(format!("pcidisk-{}", std::process::id()));
+    let linux_dir = artifacts::build_dir().join("linux");
+    // Earlier runs' images, whose xtask process is gone.
+    if let Ok(entries) = fs::read_dir(&linux_dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("pcidisk-")
+                && !Path::new("/proc").join(pid).exists()
+            {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let dir = linux_dir.join(format!("pcidisk-{}", std::process::id()));
     let content = dir.join("content");
     fs::create_dir_all(&content).with_context(|| format!("creating {}", content.display()))?;
     let mut data = vec![0u8; 256 << 10];
