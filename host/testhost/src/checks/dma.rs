@@ -278,19 +278,46 @@ fn first_run(vm: &Vm) -> Result<(), Msg> {
     Ok(())
 }
 
-/// `dma-read-guest`: the device reads two pages of a protected VM's image
-/// (the first, and the one at 8 KiB), after `VM_DONATE` and again after its
-/// first run; none of it reaches the device's buffer, and the guest then
-/// runs to `GUEST-DONE`.
-pub fn dma_read_guest(p: &Platform) -> Result<(), Msg> {
-    let Some(edu) = device(p)? else { return Ok(()) };
+/// A protected VM of `guest` whose RAM and metadata pages the device has
+/// just read and written while they were still the host's, so that any
+/// translation the SMMU cached for them is stale once they are donated:
+/// `VM_CREATE` and `VM_DONATE` must have invalidated it. (A first VM is
+/// made and destroyed to learn where the VMM puts the pages; the second,
+/// made the same way from the same scratch area, gets the same ones.)
+fn vm_after_dma(p: &Platform, edu: &Edu, guest: &'static str) -> Result<(Staging, Vm), Msg> {
+    let spec = protected(guest)?;
+    let (mut first, _) = arena(p)?;
+    let _ = Staging::new(&mut first)?;
+    let mut vm = Vm::create(&mut first, spec)?;
+    let (ram, metadata) = (vm.ram, vm.metadata);
+    vm.destroy()?;
+    for page in [ram.start, ram.start + 2 * PAGE, metadata.start] {
+        edu.ram_to_device(page, 0, CHUNK)?;
+        edu.device_to_ram(0, page, CHUNK)?;
+    }
     let (mut arena, _) = arena(p)?;
     let staging = Staging::new(&mut arena)?;
-    let spec = protected("hello")?;
     let vm = Vm::create(&mut arena, spec)?;
+    ensure!(
+        vm.ram == ram && vm.metadata == metadata,
+        "the second VM's pages ({} and {}) are not the first's ({ram} and {metadata})",
+        vm.ram,
+        vm.metadata
+    );
+    Ok((staging, vm))
+}
+
+/// `dma-read-guest`: the device reads two pages of a protected VM's image
+/// (the first, and the one at 8 KiB), which it had read while they were
+/// the host's, after `VM_DONATE` and again after the VM's first run; none
+/// of it reaches the device's buffer, and the guest then runs to
+/// `GUEST-DONE`.
+pub fn dma_read_guest(p: &Platform) -> Result<(), Msg> {
+    let Some(edu) = device(p)? else { return Ok(()) };
+    let (staging, vm) = vm_after_dma(p, &edu, "hello")?;
     let attacks = |when: &str| -> Result<(), Msg> {
         for offset in [0, 2 * PAGE] {
-            let known = image_words(spec.guest, offset)?;
+            let known = image_words(vm.name, offset)?;
             let what = msg!("the protected VM's image +{offset:#x} ({when})");
             staging.read_attack(&edu, vm.ram.start + offset, what.as_str(), Some(&known))?;
         }
@@ -334,18 +361,16 @@ fn image_span(name: &str) -> Result<u64, Msg> {
 }
 
 /// `dma-write-guest`: the device writes `UDF` words over a protected VM's
-/// measured image, once after `VM_DONATE` and `VM_SET_SIGNATURE` (before
-/// its first run: the run would be refused, `BAD_SIGNATURE`, had a byte
-/// changed) and once over the whole image after its first run (the guest
-/// would fault at its next instruction). Both guests run to `GUEST-DONE`.
+/// whole measured image (pages it had written while they were the host's),
+/// once after `VM_DONATE` and `VM_SET_SIGNATURE` (before its first run: the
+/// run would be refused, `BAD_SIGNATURE`, had a byte changed) and once
+/// after its first run (the guest would fault at its next instruction).
+/// Both guests run to `GUEST-DONE`.
 pub fn dma_write_guest(p: &Platform) -> Result<(), Msg> {
     let Some(edu) = device(p)? else { return Ok(()) };
-    let (mut arena, _) = arena(p)?;
-    let staging = Staging::new(&mut arena)?;
-    let spec = protected("hello")?;
-    let span = image_span(spec.guest)?;
+    let span = image_span("hello")?;
 
-    let vm = Vm::create(&mut arena, spec)?;
+    let (staging, vm) = vm_after_dma(p, &edu, "hello")?;
     let before = write_attack(&edu, &staging, vm.ram.start, span);
     let mut vms = [vm];
     if let Err(e) = before {
@@ -355,7 +380,7 @@ pub fn dma_write_guest(p: &Platform) -> Result<(), Msg> {
     run_and_destroy(p, &mut vms, &[&[0]], &mut Plain, 8_000)
         .map_err(|e| msg!("after DMA writes over its image before its first run: {e}"))?;
 
-    let vm = Vm::create(&mut arena, spec)?;
+    let (staging, vm) = vm_after_dma(p, &edu, "hello")?;
     let after = first_run(&vm).and_then(|()| write_attack(&edu, &staging, vm.ram.start, span));
     let mut vms = [vm];
     let transfers = match after {
@@ -380,15 +405,12 @@ pub fn dma_write_guest(p: &Platform) -> Result<(), Msg> {
 /// come back zeroed at `VM_DESTROY`.
 pub fn dma_write_metadata(p: &Platform) -> Result<(), Msg> {
     let Some(edu) = device(p)? else { return Ok(()) };
-    let (mut arena, _) = arena(p)?;
-    let staging = Staging::new(&mut arena)?;
-    let spec = protected("hello")?;
-    let vm = Vm::create(&mut arena, spec)?;
-    let records = 1 + spec.vcpus;
+    let (staging, vm) = vm_after_dma(p, &edu, "hello")?;
+    let records = 1 + vm.vcpus;
     let initial = rampart_abi::host::VmConfig {
         debug: false,
         protected: true,
-        max_vcpus: spec.vcpus,
+        max_vcpus: vm.vcpus,
     }
     .min_metadata_pages();
     let attack = || -> Result<u64, Msg> {
