@@ -459,14 +459,15 @@ const DMA_SKIPPED: &str = "dma: skipped";
 const EDU_DMA_MASK: u64 = u64::MAX;
 /// How the hypervisor's log reports an SMMU fault event: a line (after an
 /// optional `rampart: `) that starts with the first text and contains one
-/// of the others. The SMMU driver's wording is matched only here.
-const SMMU_FAULT_LOG: (&str, &[&str]) = ("smmu:", &["fault", "event"]);
+/// of the others, ignoring case (the SMMU driver prints `SMMU fault: ...`).
+/// The driver's wording is matched only here.
+const SMMU_FAULT_LOG: (&str, &[&str]) = ("smmu", &["fault", "event"]);
 
 /// Whether `line` is the hypervisor reporting an SMMU fault event.
 fn is_smmu_fault_line(line: &str) -> bool {
     let (prefix, words) = SMMU_FAULT_LOG;
     let line = line.trim_start();
-    let line = line.strip_prefix("rampart: ").unwrap_or(line);
+    let line = line.strip_prefix("rampart: ").unwrap_or(line).to_ascii_lowercase();
     line.starts_with(prefix) && words.iter().any(|w| line.contains(w))
 }
 
@@ -751,9 +752,10 @@ mod tests {
 
     #[test]
     fn recognises_smmu_fault_lines() {
-        assert!(super::is_smmu_fault_line("rampart: smmu: fault event 0x10 (F_TRANSLATION), stream 0x8"));
-        assert!(super::is_smmu_fault_line("smmu: event queue overflowed"));
-        assert!(!super::is_smmu_fault_line("rampart: smmu: stream table with 256 entries"));
+        assert!(super::is_smmu_fault_line("rampart: SMMU fault: F_TRANSLATION stream 0x8 address 0x40200000"));
+        assert!(super::is_smmu_fault_line("rampart: smmu: fault event 0x10, stream 0x8"));
+        assert!(super::is_smmu_fault_line("SMMU event queue overflowed: events were lost"));
+        assert!(!super::is_smmu_fault_line("rampart: SMMUv3 at [0x9050000, 0x9070000): owned"));
         assert!(!super::is_smmu_fault_line("  dma: no fault seen"));
     }
 
