@@ -44,8 +44,13 @@ const CHUNK: u64 = MAX_TRANSFER;
 const BUFFER_SEED: u64 = 0xb0ff_e200_0000_0000;
 /// Pattern a readback page holds before the buffer is written over it.
 const READBACK_SEED: u64 = 0x4ead_bac0_0000_0000;
-/// Pattern the write attacks write: `0x0000_dead` words are `UDF #0xdead`.
-const ATTACK_WORD: u64 = 0x0000_dead_0000_dead;
+/// What the write attacks on hypervisor memory write: `UDF #0xdead`.
+const UDF_WORDS: u64 = 0x0000_dead_0000_dead;
+/// What the write attacks on a guest's image write: `B .+64MiB`, a branch
+/// out of the guest's RAM from wherever it runs next, so a guest whose
+/// image was overwritten leaves the run with memory-fault exits instead of
+/// spinning in its own exception vectors without an exit.
+const BRANCH_OUT_WORDS: u64 = 0x1500_0000_1500_0000;
 
 /// Word `i` of a pattern (never zero: the seeds have high bits set).
 fn pattern(seed: u64, offset: u64) -> u64 {
@@ -339,12 +344,11 @@ pub fn dma_read_guest(p: &Platform) -> Result<(), Msg> {
     Ok(())
 }
 
-/// Writes [`ATTACK_WORD`]s from the device over `[start, start + len)`,
-/// `CHUNK` bytes at a time (the buffer is loaded once). Returns the
-/// transfers made.
-fn write_attack(edu: &Edu, staging: &Staging, start: u64, len: u64) -> Result<u64, Msg> {
+/// Writes `word`s from the device over `[start, start + len)`, `CHUNK`
+/// bytes at a time (the buffer is loaded once). Returns the transfers made.
+fn write_attack(edu: &Edu, staging: &Staging, start: u64, len: u64, word: u64) -> Result<u64, Msg> {
     for offset in (0..CHUNK).step_by(8) {
-        arch::ram_write(staging.source + offset, ATTACK_WORD);
+        arch::ram_write(staging.source + offset, word);
     }
     edu.ram_to_device(staging.source, 0, CHUNK)?;
     let mut transfers = 0;
@@ -360,7 +364,7 @@ fn image_span(name: &str) -> Result<u64, Msg> {
     Ok((vmm::image(name)?.len() as u64).next_multiple_of(CHUNK))
 }
 
-/// `dma-write-guest`: the device writes `UDF` words over a protected VM's
+/// `dma-write-guest`: the device writes branches out of RAM over a protected VM's
 /// whole measured image (pages it had written while they were the host's),
 /// once after `VM_DONATE` and `VM_SET_SIGNATURE` (before its first run: the
 /// run would be refused, `BAD_SIGNATURE`, had a byte changed) and once
@@ -371,7 +375,7 @@ pub fn dma_write_guest(p: &Platform) -> Result<(), Msg> {
     let span = image_span("hello")?;
 
     let (staging, vm) = vm_after_dma(p, &edu, "hello")?;
-    let before = write_attack(&edu, &staging, vm.ram.start, span);
+    let before = write_attack(&edu, &staging, vm.ram.start, span, BRANCH_OUT_WORDS);
     let mut vms = [vm];
     if let Err(e) = before {
         let _ = vms[0].destroy();
@@ -381,7 +385,8 @@ pub fn dma_write_guest(p: &Platform) -> Result<(), Msg> {
         .map_err(|e| msg!("after DMA writes over its image before its first run: {e}"))?;
 
     let (staging, vm) = vm_after_dma(p, &edu, "hello")?;
-    let after = first_run(&vm).and_then(|()| write_attack(&edu, &staging, vm.ram.start, span));
+    let after = first_run(&vm)
+        .and_then(|()| write_attack(&edu, &staging, vm.ram.start, span, BRANCH_OUT_WORDS));
     let mut vms = [vm];
     let transfers = match after {
         Ok(n) => n,
@@ -415,9 +420,16 @@ pub fn dma_write_metadata(p: &Platform) -> Result<(), Msg> {
     .min_metadata_pages();
     let attack = || -> Result<u64, Msg> {
         first_run(&vm)?;
-        let mut transfers = write_attack(&edu, &staging, vm.metadata.start, records * PAGE)?;
+        let mut transfers =
+            write_attack(&edu, &staging, vm.metadata.start, records * PAGE, UDF_WORDS)?;
         for page in records..initial.min(vm.metadata.size() / PAGE) {
-            transfers += write_attack(&edu, &staging, vm.metadata.start + page * PAGE, CHUNK)?;
+            transfers += write_attack(
+                &edu,
+                &staging,
+                vm.metadata.start + page * PAGE,
+                CHUNK,
+                UDF_WORDS,
+            )?;
         }
         Ok(transfers)
     };
@@ -454,7 +466,7 @@ pub fn dma_write_carveout(p: &Platform) -> Result<(), Msg> {
         (middle, PAGE),
         (carveout.start, 2 * PAGE),
     ] {
-        transfers += write_attack(&edu, &staging, start, len)?;
+        transfers += write_attack(&edu, &staging, start, len, UDF_WORDS)?;
     }
     let r = call(HostCall::Version, &[]);
     ensure!(
