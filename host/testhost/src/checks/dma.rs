@@ -468,6 +468,8 @@ pub fn dma_write_carveout(p: &Platform) -> Result<(), Msg> {
     ] {
         transfers += write_attack(&edu, &staging, start, len, UDF_WORDS)?;
     }
+    // If the writes landed, this call is where the run stops: say so first.
+    note!("{transfers} DMA writes over the carve-out made; now RAMPART_HOST_VERSION");
     let r = call(HostCall::Version, &[]);
     ensure!(
         r[0] == 0,
