@@ -316,7 +316,7 @@ fn vm_after_dma(p: &Platform, edu: &Edu, guest: &'static str) -> Result<(Staging
 /// (the first, and the one at 8 KiB), which it had read while they were
 /// the host's, after `VM_DONATE` and again after the VM's first run; none
 /// of it reaches the device's buffer, and the guest then runs to
-/// `GUEST-DONE`.
+/// `GUEST-DONE`. After `VM_DESTROY` the device reaches the pages again.
 pub fn dma_read_guest(p: &Platform) -> Result<(), Msg> {
     let Some(edu) = device(p)? else { return Ok(()) };
     let (staging, vm) = vm_after_dma(p, &edu, "hello")?;
@@ -339,8 +339,24 @@ pub fn dma_read_guest(p: &Platform) -> Result<(), Msg> {
         let _ = vms[0].destroy();
         return Err(e);
     }
+    let ram = vms[0].ram;
     run_and_destroy(p, &mut vms, &[&[0]], &mut Plain, 8_000)?;
-    note!("hello ran on to GUEST-DONE");
+    // The pages are the host's again, and so the device's: it writes the
+    // first one (the SMMU maps reclaimed pages back).
+    const RETURNED: u64 = 0x2e70_0000_0000_0000;
+    fill(staging.source, CHUNK, RETURNED);
+    edu.ram_to_device(staging.source, 0, CHUNK)?;
+    edu.device_to_ram(0, ram.start, CHUNK)?;
+    let arrived = (0..CHUNK)
+        .step_by(8)
+        .all(|o| arch::ram_read(ram.start + o) == pattern(RETURNED, o));
+    arch::ram_zero(ram.start, ram.start + CHUNK);
+    ensure!(
+        arrived,
+        "after VM_DESTROY the device could not write {:#x}, a page the host owns again",
+        ram.start
+    );
+    note!("hello ran on to GUEST-DONE; after VM_DESTROY the device writes its pages again");
     Ok(())
 }
 
