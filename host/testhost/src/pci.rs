@@ -92,9 +92,11 @@ impl HostBridge {
                 (first as u8, last as u8)
             }
         };
-        let buses_in_window = (ecam_size / BUS_SIZE).min(256) as u8;
+        // Bus `first_bus` is at the window's start; the window may cover
+        // fewer buses than `bus-range` names.
+        let buses_in_window = (ecam_size / BUS_SIZE).min(256);
         let last_bus =
-            last_bus_named.min(first_bus.saturating_add(buses_in_window.saturating_sub(1)));
+            (u64::from(first_bus) + buses_in_window - 1).min(u64::from(last_bus_named)) as u8;
         let mut bridge = HostBridge {
             ecam: Range::from_base_size(ecam_base, ecam_size),
             first_bus,
@@ -208,13 +210,17 @@ pub fn enable(bridge: &HostBridge, address: PciAddress) -> Result<MappedBar, Msg
         size.is_power_of_two() && size >= 16,
         "{address}: BAR 0 size {size:#x}"
     );
-    let pci = window.pci.next_multiple_of(size);
-    ensure!(
-        pci + size <= window.pci + window.size && pci + size <= 1 << 32,
-        "{address}: BAR 0 ({size:#x} bytes) does not fit the 32-bit window {:#x} + {:#x}",
-        window.pci,
-        window.size
-    );
+    let window_end = window.pci.checked_add(window.size);
+    let Some(pci) = window.pci.checked_next_multiple_of(size).filter(|&pci| {
+        pci.checked_add(size)
+            .is_some_and(|end| window_end.is_some_and(|w| end <= w) && end <= 1 << 32)
+    }) else {
+        fail!(
+            "{address}: BAR 0 ({size:#x} bytes) does not fit the 32-bit window {:#x} + {:#x}",
+            window.pci,
+            window.size
+        );
+    };
     ecam.write(address, BAR0, pci as u32);
     let readback = u64::from(ecam.read(address, BAR0) & !0xf);
     ensure!(
@@ -232,7 +238,7 @@ pub fn enable(bridge: &HostBridge, address: PciAddress) -> Result<MappedBar, Msg
     );
     arch::dma_barrier();
     Ok(MappedBar {
-        cpu: window.cpu + (pci - window.pci),
+        cpu: window.cpu.wrapping_add(pci - window.pci),
         pci,
         size,
     })
