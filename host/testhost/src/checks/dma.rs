@@ -225,9 +225,13 @@ pub fn dma_host_to_host(p: &Platform) -> Result<(), Msg> {
     Ok(())
 }
 
+/// Where in the carve-out Rampart's code surely is: its `.text` is over
+/// 256 KiB.
+const CODE_OFFSET: u64 = 128 << 10;
+
 /// `dma-read-carveout`: the device reads the carve-out's first page
-/// (Rampart's image header and EL2 vectors), a page in its middle and its
-/// last page; none of it reaches the device's buffer.
+/// (Rampart's image header and EL2 vectors), a page of its code, a page in
+/// its middle and its last page; none of it reaches the device's buffer.
 pub fn dma_read_carveout(p: &Platform) -> Result<(), Msg> {
     let Some(edu) = device(p)? else { return Ok(()) };
     let (mut arena, layout) = arena(p)?;
@@ -238,6 +242,10 @@ pub fn dma_read_carveout(p: &Platform) -> Result<(), Msg> {
     for (target, what) in [
         (carveout.start, "the carve-out (Rampart's image header)"),
         (carveout.start + CHUNK, "the carve-out (EL2 vectors)"),
+        (
+            carveout.start + CODE_OFFSET,
+            "the carve-out (Rampart's code)",
+        ),
         (middle, "the middle of the carve-out"),
         (carveout.end - PAGE, "the carve-out's last page"),
     ] {
