@@ -447,6 +447,7 @@ const DMA_CHECKS: &[&str] = &[
     "dma-host-to-host",
     "dma-read-carveout",
     "dma-read-guest",
+    "dma-guest-share",
     "dma-write-guest",
     "dma-write-metadata",
     "dma-write-carveout",

@@ -23,10 +23,13 @@
 //! Without an `edu` device every check says `dma: skipped` and passes; the
 //! xtask case `testhost/dma-attack` adds the device and fails on that line.
 
+use rampart_abi::guest::test_protocol::{
+    RELINQUISHED, SHARE_PING, SHARE_PONG, SHARED, UNSHARED, share_ping_byte, share_pong_byte,
+};
 use rampart_abi::host::HostCall;
 
 use super::vm::{arena, protected, run_and_destroy};
-use super::vmm::run::{Plain, error_name};
+use super::vmm::run::{Plain, Policy, error_name};
 use super::vmm::{self, Arena, PAGE, Vm, call};
 use crate::arch;
 use crate::edu::{Edu, MAX_TRANSFER};
@@ -365,6 +368,139 @@ pub fn dma_read_guest(p: &Platform) -> Result<(), Msg> {
         ram.start
     );
     note!("hello ran on to GUEST-DONE; after VM_DESTROY the device writes its pages again");
+    Ok(())
+}
+
+/// Word `offset / 8` of the share guest's page as it shares it (`ping`)
+/// or as the host answers (`pong`): `README` of `guest/`, "share".
+fn share_word(offset: u64, pong: bool) -> u64 {
+    let head = if pong { SHARE_PONG } else { SHARE_PING }.to_le_bytes();
+    let bytes: [u8; 8] = core::array::from_fn(|k| {
+        let at = offset as usize + k;
+        match head.get(at) {
+            Some(&b) => b,
+            None if pong => share_pong_byte(at),
+            None => share_ping_byte(at),
+        }
+    });
+    u64::from_le_bytes(bytes)
+}
+
+/// The host page behind the guest address at the end of `text`, if the
+/// line starts with `prefix`.
+fn shared_page(vm: &Vm, text: &str, prefix: &str) -> Result<Option<u64>, Msg> {
+    let Some(rest) = text.strip_prefix(prefix) else {
+        return Ok(None);
+    };
+    let ipa = rest
+        .trim()
+        .strip_prefix("0x")
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .ok_or_else(|| msg!("`{text}`: no guest address"))?;
+    vm.host_address(ipa)
+        .filter(|a| a.is_multiple_of(PAGE))
+        .map(Some)
+        .ok_or_else(|| msg!("`{text}`: not a page of the guest's RAM"))
+}
+
+/// The `share` guest's protocol, answered by DMA.
+struct DmaShare<'a> {
+    edu: &'a Edu,
+    staging: &'a Staging,
+    shared: bool,
+    unshared: bool,
+    relinquished: bool,
+}
+
+impl Policy for DmaShare<'_> {
+    fn line(&mut self, vms: &mut [Vm], vm: usize, text: &str) -> Result<(), Msg> {
+        let (edu, staging) = (self.edu, self.staging);
+        let vm = &vms[vm];
+        if let Some(host) = shared_page(vm, text, SHARED)?.filter(|_| !self.shared) {
+            // Shared: the device reads the guest's ping, and writes the
+            // host's answer (its second half first, the head last).
+            edu.ram_to_device(host, 0, CHUNK)?;
+            edu.device_to_ram(0, staging.readback, CHUNK)?;
+            if let Some(offset) = (0..CHUNK)
+                .step_by(8)
+                .find(|&o| arch::ram_read(staging.readback + o) != share_word(o, false))
+            {
+                fail!(
+                    "the device read {:#x} at +{offset:#x} of the page the guest shared ({host:#x}), expected {:#x}",
+                    arch::ram_read(staging.readback + offset),
+                    share_word(offset, false)
+                );
+            }
+            for offset in (0..PAGE).step_by(8) {
+                arch::ram_write(staging.source + offset, share_word(offset, true));
+            }
+            for half in [CHUNK, 0] {
+                edu.ram_to_device(staging.source + half, 0, CHUNK)?;
+                edu.device_to_ram(0, host + half, CHUNK)?;
+            }
+            self.shared = true;
+        } else if let Some(host) = shared_page(vm, text, UNSHARED)?.filter(|_| !self.unshared) {
+            // The guest's again, holding the host's answer: out of reach.
+            let known: [u64; (CHUNK / 8) as usize] =
+                core::array::from_fn(|i| share_word(8 * i as u64, true));
+            staging.read_attack(edu, host, "the page the guest unshared", Some(&known))?;
+            self.unshared = true;
+        } else if let Some(host) =
+            shared_page(vm, text, RELINQUISHED)?.filter(|_| !self.relinquished)
+        {
+            // The host's again, zeroed: the device writes it.
+            const BACK: u64 = 0x4e1e_0000_0000_0000;
+            fill(staging.source, CHUNK, BACK);
+            edu.ram_to_device(staging.source, 0, CHUNK)?;
+            edu.device_to_ram(0, host, CHUNK)?;
+            let arrived = (0..CHUNK)
+                .step_by(8)
+                .all(|o| arch::ram_read(host + o) == pattern(BACK, o));
+            arch::ram_zero(host, host + CHUNK);
+            ensure!(
+                arrived,
+                "the device could not write the page the guest relinquished ({host:#x})"
+            );
+            self.relinquished = true;
+        }
+        Ok(())
+    }
+}
+
+/// `dma-guest-share`: the `share` guest's ping/pong done by the device: it
+/// reads the page the guest shared and writes the host's answer there
+/// (the guest checks it); once the guest unshares the page, the device's
+/// read of it (the answer it wrote itself, known) is blocked; the page the
+/// guest relinquishes is the device's to write again. The guest's
+/// `MEM_UNSHARE` changes the host stage 2 from the guest's side, right
+/// after the device used the page.
+pub fn dma_guest_share(p: &Platform) -> Result<(), Msg> {
+    let Some(edu) = device(p)? else { return Ok(()) };
+    let (mut arena, _) = arena(p)?;
+    let staging = Staging::new(&mut arena)?;
+    let mut vms = [Vm::create(&mut arena, protected("share")?)?];
+    let mut policy = DmaShare {
+        edu: &edu,
+        staging: &staging,
+        shared: false,
+        unshared: false,
+        relinquished: false,
+    };
+    run_and_destroy(p, &mut vms, &[&[0]], &mut policy, 10_000)?;
+    ensure!(policy.shared, "the guest never printed {}", SHARED.trim());
+    ensure!(
+        policy.unshared,
+        "the guest never printed {}",
+        UNSHARED.trim()
+    );
+    ensure!(
+        policy.relinquished,
+        "the guest never printed {}",
+        RELINQUISHED.trim()
+    );
+    note!(
+        "ping read and pong written by the device; the unshared page out of its reach; the relinquished page in it again"
+    );
     Ok(())
 }
 

@@ -236,6 +236,10 @@ pub const CHECKS: &[Check] = &[
         run: dma::dma_read_guest,
     },
     Check {
+        name: "dma-guest-share",
+        run: dma::dma_guest_share,
+    },
+    Check {
         name: "dma-write-guest",
         run: dma::dma_write_guest,
     },
