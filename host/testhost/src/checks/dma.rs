@@ -10,8 +10,12 @@
 //! (QEMU returns zeros for a read its IOMMU aborted); anything else is data
 //! the host must not have. Each target is chosen so its real content is
 //! not all zero: the start of the carve-out is Rampart's image (its header,
-//! then the EL2 vectors, `hyp/linker.ld`), a guest's first pages are its
-//! image, whose bytes the test host knows.
+//! then the EL2 vectors, `hyp/linker.ld`, then its code), a guest's first
+//! pages are its image, whose bytes the test host knows, and so is the
+//! page the `share` guest unshares (it holds the answer the device wrote).
+//! The device used each guest page while it was still the host's or
+//! shared, so a translation the SMMU cached then must have been
+//! invalidated when the host lost the page.
 //!
 //! Write attacks are judged by their effect: a protected VM whose image
 //! was written before its first run would be refused (`BAD_SIGNATURE`:
@@ -55,7 +59,8 @@ const UDF_WORDS: u64 = 0x0000_dead_0000_dead;
 /// spinning in its own exception vectors without an exit.
 const BRANCH_OUT_WORDS: u64 = 0x1500_0000_1500_0000;
 
-/// Word `i` of a pattern (never zero: the seeds have high bits set).
+/// The word at byte `offset` of a pattern (never zero: the seeds have
+/// high bits set).
 fn pattern(seed: u64, offset: u64) -> u64 {
     seed ^ offset
 }
