@@ -146,6 +146,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
     case("testhost/no-smmu".into(), &|| dma_case(false, false));
     case("testhost/smmu-devices".into(), &|| dma_case(true, false));
     case("testhost/unguarded-dma".into(), &|| dma_case(false, true));
+    // Hostile DMA through QEMU's edu device, the PCIe root complex behind
+    // the SMMU Rampart owns.
+    case("testhost/dma-attack".into(), &dma_attack_case);
 
     // A host reset with a protected VM alive leaves none of its secrets
     // for the next boot.
@@ -491,6 +494,64 @@ fn power_off_case() -> Result<String> {
     Ok(format!("{} MiB of RAM after the power-off hold none of {} secrets; {off}", ram.len() >> 20, secrets.len()))
 }
 
+/// The test host's DMA checks (`host/testhost/src/checks/dma.rs`); each
+/// must pass in `testhost/dma-attack`.
+const DMA_CHECKS: &[&str] = &[
+    "dma-host-to-host",
+    "dma-read-carveout",
+    "dma-read-guest",
+    "dma-guest-share",
+    "dma-write-guest",
+    "dma-write-metadata",
+    "dma-write-carveout",
+];
+/// What a DMA check prints when it finds no edu device
+/// (`checks::dma::SKIPPED`).
+const DMA_SKIPPED: &str = "dma: skipped";
+/// `edu`'s `dma_mask`: all ones, so it reaches RAM at 0x4000_0000 and
+/// above (QEMU's default is 28 bits).
+const EDU_DMA_MASK: u64 = u64::MAX;
+/// How the hypervisor's log reports an SMMU fault event: a line (after an
+/// optional `rampart: `) that starts with the first text and contains one
+/// of the others, ignoring case (the SMMU driver prints `SMMU fault: ...`).
+/// The driver's wording is matched only here.
+const SMMU_FAULT_LOG: (&str, &[&str]) = ("smmu", &["fault", "event"]);
+
+/// Whether `line` is the hypervisor reporting an SMMU fault event.
+fn is_smmu_fault_line(line: &str) -> bool {
+    let (prefix, words) = SMMU_FAULT_LOG;
+    let line = line.trim_start();
+    let line = line.strip_prefix("rampart: ").unwrap_or(line).to_ascii_lowercase();
+    line.starts_with(prefix) && words.iter().any(|w| line.contains(w))
+}
+
+/// The test host on `-M virt,iommu=smmuv3` with QEMU's `edu` device, a
+/// bus master the host points anywhere: every check passes, the DMA checks
+/// ran (none skipped), and the hypervisor logged the SMMU's fault events.
+fn dma_attack_case() -> Result<String> {
+    let mut m = testhost_machine(2, "512M", "max")?;
+    m.smmu = true;
+    m.extra.extend(["-device".to_string(), format!("edu,dma_mask={EDU_DMA_MASK:#x}")]);
+    let run = m.run(TESTHOST_TIMEOUT, None, false)?;
+    let checks = check_testhost(&run, 2)?;
+    if let Some(line) = run.console.lines().find(|l| l.contains(DMA_SKIPPED)) {
+        bail!(run.failure(&format!("a DMA check was skipped: {}", line.trim())));
+    }
+    let missing: Vec<&str> =
+        DMA_CHECKS.iter().copied().filter(|c| !run.console.lines().any(|l| l == format!("PASS {c}"))).collect();
+    if !missing.is_empty() {
+        bail!(run.failure(&format!("DMA checks that did not pass: {}", missing.join(", "))));
+    }
+    let faults: Vec<&str> = run.console.lines().filter(|l| is_smmu_fault_line(l)).collect();
+    let Some(first) = faults.first() else {
+        bail!(run.failure(&format!(
+            "the hypervisor logged no SMMU fault event (a line starting `{}` with {:?})",
+            SMMU_FAULT_LOG.0, SMMU_FAULT_LOG.1
+        )));
+    };
+    Ok(format!("{checks}; {} DMA checks passed; {} SMMU fault lines, first: {}", DMA_CHECKS.len(), faults.len(), first.trim()))
+}
+
 /// Checks a test-host run: the boot log, every check passed, clean power-off.
 fn check_testhost(run: &Run, smp: u32) -> Result<String> {
     if run.timed_out {
@@ -744,6 +805,15 @@ mod tests {
             ["  [smp/1] GUEST-FAIL psci: oops", "  [smp] GUEST-DONE 9 passed, 1 failed"]
         );
         assert!(super::unmarked_guest_failures("  [hello] GUEST-DONE 13 passed, 0 failed\n").is_empty());
+    }
+
+    #[test]
+    fn recognises_smmu_fault_lines() {
+        assert!(super::is_smmu_fault_line("rampart: SMMU fault: F_TRANSLATION stream 0x8 address 0x40200000"));
+        assert!(super::is_smmu_fault_line("rampart: smmu: fault event 0x10, stream 0x8"));
+        assert!(super::is_smmu_fault_line("SMMU event queue overflowed: events were lost"));
+        assert!(!super::is_smmu_fault_line("rampart: SMMUv3 at [0x9050000, 0x9070000): owned"));
+        assert!(!super::is_smmu_fault_line("  dma: no fault seen"));
     }
 
     #[test]

@@ -1087,6 +1087,150 @@ pub fn ram_zero(start: u64, end: u64) {
 }
 
 // ---------------------------------------------------------------------------
+// Device registers: PCI configuration space and BARs, and DMA ordering.
+// ---------------------------------------------------------------------------
+
+/// Reads the 32-bit device register at `address` (4-byte aligned).
+///
+/// The caller passes a register the device tree or a BAR the test host
+/// assigned names (identity-mapped with the MMU off). If the hypervisor has
+/// not mapped it, the load aborts like any other access and ends the check.
+pub fn mmio_read32(address: u64) -> u32 {
+    assert!(address.is_multiple_of(4));
+    let value: u32;
+    // SAFETY: an aligned 32-bit load from a device register outside every
+    // Rust object; a device read may change the device, never Rust memory.
+    unsafe {
+        asm!("ldr {:w}, [{}]", out(reg) value, in(reg) address,
+             options(nostack, readonly, preserves_flags))
+    };
+    value
+}
+
+/// Writes the 32-bit device register at `address` (4-byte aligned, outside
+/// the image: asserted).
+pub fn mmio_write32(address: u64, value: u32) {
+    assert!(address.is_multiple_of(4));
+    let (image_start, image_end) = image_range();
+    assert!(
+        address < image_start || address >= image_end,
+        "MMIO write inside the image"
+    );
+    // SAFETY: an aligned 32-bit store to a device register outside the image
+    // (asserted), so no Rust object changes.
+    unsafe {
+        asm!("str {:w}, [{}]", in(reg) value, in(reg) address,
+             options(nostack, preserves_flags))
+    };
+}
+
+/// Reads the 64-bit device register at `address` (8-byte aligned).
+pub fn mmio_read64(address: u64) -> u64 {
+    assert!(address.is_multiple_of(8));
+    let value: u64;
+    // SAFETY: as for `mmio_read32`, 64 bits wide.
+    unsafe {
+        asm!("ldr {}, [{}]", out(reg) value, in(reg) address,
+             options(nostack, readonly, preserves_flags))
+    };
+    value
+}
+
+/// Writes the 64-bit device register at `address` (8-byte aligned, outside
+/// the image: asserted).
+pub fn mmio_write64(address: u64, value: u64) {
+    assert!(address.is_multiple_of(8));
+    let (image_start, image_end) = image_range();
+    assert!(
+        address < image_start || address >= image_end,
+        "MMIO write inside the image"
+    );
+    // SAFETY: as for `mmio_write32`, 64 bits wide.
+    unsafe {
+        asm!("str {}, [{}]", in(reg) value, in(reg) address,
+             options(nostack, preserves_flags))
+    };
+}
+
+/// `DSB SY`: every memory access before it completes before any after it,
+/// as observed by every observer, bus masters included. Before a DMA
+/// starts, its source data must have reached memory; after it ends (its
+/// status read), reads of its destination must not be satisfied earlier.
+/// (With the MMU off every data access is Device-nGnRnE, so no cache
+/// maintenance is needed; only ordering, which Device memory guarantees
+/// only per peripheral.)
+pub fn dma_barrier() {
+    // SAFETY: a barrier; changes no register or memory.
+    unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+}
+
+/// Configuration space of a PCIe ECAM host bridge (`pci-host-ecam-generic`):
+/// bus `b`, device `d`, function `f`, register `r` at
+/// `base + (b << 20 | d << 15 | f << 12 | r)`, for the buses the window
+/// covers.
+#[derive(Clone, Copy, Debug)]
+pub struct Ecam {
+    base: u64,
+    first_bus: u8,
+    last_bus: u8,
+}
+
+impl Ecam {
+    /// The ECAM window at `base` for buses `first_bus..=last_bus` (bus
+    /// `first_bus` at `base`, as the device tree's `bus-range` says).
+    pub fn new(base: u64, first_bus: u8, last_bus: u8) -> Self {
+        Self {
+            base,
+            first_bus,
+            last_bus,
+        }
+    }
+
+    /// Where register `offset` of `address` lies, if the window covers it.
+    fn register(&self, address: pci_types::PciAddress, offset: u16) -> Option<u64> {
+        let bus = address.bus();
+        let in_window = address.segment() == 0
+            && (self.first_bus..=self.last_bus).contains(&bus)
+            && address.device() < 32
+            && address.function() < 8
+            && offset < 4096
+            && offset.is_multiple_of(4);
+        in_window.then(|| {
+            self.base
+                + (u64::from(bus - self.first_bus) << 20
+                    | u64::from(address.device()) << 15
+                    | u64::from(address.function()) << 12
+                    | u64::from(offset))
+        })
+    }
+
+    /// Reads a configuration register; all ones (what a missing function
+    /// reads) outside the window.
+    pub fn read(&self, address: pci_types::PciAddress, offset: u16) -> u32 {
+        self.register(address, offset).map_or(u32::MAX, mmio_read32)
+    }
+
+    /// Writes a configuration register; nothing outside the window.
+    pub fn write(&self, address: pci_types::PciAddress, offset: u16, value: u32) {
+        if let Some(register) = self.register(address, offset) {
+            mmio_write32(register, value);
+        }
+    }
+}
+
+impl pci_types::ConfigRegionAccess for Ecam {
+    // The trait's methods are `unsafe` for implementations that cannot check
+    // their arguments; these check them (`Ecam::register`) and are safe.
+    unsafe fn read(&self, address: pci_types::PciAddress, offset: u16) -> u32 {
+        Ecam::read(self, address, offset)
+    }
+
+    unsafe fn write(&self, address: pci_types::PciAddress, offset: u16, value: u32) {
+        Ecam::write(self, address, offset, value);
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Device tree blob and console.
 // ---------------------------------------------------------------------------
 

@@ -82,6 +82,9 @@ pub struct Platform {
     /// DMA masters and IOMMU/MSI references in the host's tree
     /// (`checks/withheld.rs`).
     pub dma_nodes: crate::checks::withheld::DmaNodes,
+    /// The first `pci-host-ecam-generic` node under the root (for the DMA
+    /// checks), or why it could not be read.
+    pub pci: Option<Result<crate::pci::HostBridge, Msg>>,
 }
 
 impl Platform {
@@ -110,6 +113,7 @@ impl Platform {
             probe_override: None,
             secrets: Ok(0),
             dma_nodes: crate::checks::withheld::DmaNodes::default(),
+            pci: None,
         };
 
         for node in fdt.root().children() {
@@ -125,6 +129,11 @@ impl Platform {
         if platform.memory.as_slice().is_empty() {
             return Err(msg!("no /memory node with a reg"));
         }
+        platform.pci = fdt
+            .root()
+            .children()
+            .find(|node| node.is_compatible(crate::pci::ECAM_COMPATIBLE))
+            .map(crate::pci::HostBridge::from_node);
 
         if let Some(children) = fdt.reserved_memory() {
             let mut carveout_slot = 0;
@@ -289,6 +298,18 @@ impl Platform {
             self.psci_method.map_or("(none)", Conduit::name),
             self.console.unwrap_or(0)
         );
+        match &self.pci {
+            None => note!("no {} host bridge", crate::pci::ECAM_COMPATIBLE),
+            Some(Ok(bridge)) => note!(
+                "PCI: ECAM {}, buses {}..={}, 32-bit window {:#x} + {:#x}",
+                bridge.ecam,
+                bridge.first_bus,
+                bridge.last_bus,
+                bridge.mem32.map_or(0, |w| w.cpu),
+                bridge.mem32.map_or(0, |w| w.size)
+            ),
+            Some(Err(e)) => note!("PCI host bridge unreadable: {e}"),
+        }
         if self.cpus_in_dt > self.cpu_count {
             note!(
                 "{} CPUs in the DT; only the first {} are tested",

@@ -9,6 +9,7 @@ mod boot;
 mod carveout;
 mod concurrent;
 mod cpu;
+mod dma;
 mod ownership;
 mod pool;
 mod ram;
@@ -232,6 +233,36 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "vb-no-leaks",
         run: vb::vb_no_leaks,
+    },
+    // Hostile DMA (skipped without QEMU's edu device): before the pool and
+    // RAM checks, which show the hypervisor still works after them.
+    Check {
+        name: "dma-host-to-host",
+        run: dma::dma_host_to_host,
+    },
+    Check {
+        name: "dma-read-carveout",
+        run: dma::dma_read_carveout,
+    },
+    Check {
+        name: "dma-read-guest",
+        run: dma::dma_read_guest,
+    },
+    Check {
+        name: "dma-guest-share",
+        run: dma::dma_guest_share,
+    },
+    Check {
+        name: "dma-write-guest",
+        run: dma::dma_write_guest,
+    },
+    Check {
+        name: "dma-write-metadata",
+        run: dma::dma_write_metadata,
+    },
+    Check {
+        name: "dma-write-carveout",
+        run: dma::dma_write_carveout,
     },
     Check {
         name: "pool-vm-stage2-straddle",
