@@ -242,13 +242,10 @@ pub fn parse(blob: &[u8]) -> Result<DeviceTreeInfo, BootError> {
     let mut trusted_keys = Vec::new();
     if let Some(chosen) = fdt.find_node("/chosen") {
         if let Some(p) = chosen.property(DEVICE_SECRET_PROPERTY) {
-            let bytes: [u8; 32] = p.value().try_into().map_err(|_| {
-                bad_property(
-                    &chosen,
-                    DEVICE_SECRET_PROPERTY,
-                    format!("is {} bytes, want 32", p.value().len()),
-                )
-            })?;
+            let bytes: [u8; 32] = p
+                .value()
+                .try_into()
+                .map_err(|_| bad_property(&chosen, DEVICE_SECRET_PROPERTY, format!("is {} bytes, want 32", p.value().len())))?;
             device_secret = Some(bytes);
         }
         if let Some(p) = chosen.property(TRUSTED_KEY_PROPERTY) {
