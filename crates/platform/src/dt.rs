@@ -471,7 +471,7 @@ pub fn smmu_v3(blob: &[u8]) -> Result<Option<SmmuV3>, BootError> {
         let cells: Vec<u32> = cells(&value).collect();
         // iommu-map: (rid-base, iommu, iommu-base, length); iommus: (iommu, id).
         let width = if property == "iommu-map" { 4 } else { 2 };
-        if cells.is_empty() || cells.len() % width != 0 {
+        if cells.is_empty() || !cells.len().is_multiple_of(width) {
             return Err(bad(
                 &node,
                 property,

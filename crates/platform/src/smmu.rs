@@ -11,6 +11,7 @@
 use core::fmt;
 
 /// Register offsets (bytes from the SMMU's base; page 1 is at 64 KiB).
+#[allow(missing_docs, reason = "names from the SMMUv3 specification")]
 pub mod reg {
     pub const IDR0: u64 = 0x00;
     pub const IDR1: u64 = 0x04;
@@ -37,6 +38,7 @@ pub mod reg {
 }
 
 /// `CR0` bits (and `CR0ACK`).
+#[allow(missing_docs, reason = "names from the SMMUv3 specification")]
 pub mod cr0 {
     pub const SMMUEN: u32 = 1 << 0;
     pub const EVENTQEN: u32 = 1 << 2;
@@ -44,6 +46,7 @@ pub mod cr0 {
 }
 
 /// `GBPA`: `UPDATE` (bit 31) and `ABORT` (bit 20).
+#[allow(missing_docs, reason = "names from the SMMUv3 specification")]
 pub mod gbpa {
     pub const UPDATE: u32 = 1 << 31;
     pub const ABORT: u32 = 1 << 20;
@@ -63,6 +66,7 @@ pub const CR1_WB_ISH: u32 = {
 pub const CR2_RECINVSID_PTM: u32 = (1 << 1) | (1 << 2);
 
 /// `GERROR` bits Rampart names.
+#[allow(missing_docs, reason = "names from the SMMUv3 specification")]
 pub mod gerror {
     pub const CMDQ_ERR: u32 = 1 << 0;
     pub const EVTQ_ABT_ERR: u32 = 1 << 2;
