@@ -246,7 +246,7 @@ pub fn mirror_rewrite(range: MemRange, table: &own::Table<'_>) {
     // Make.
     let pages = envelope.size() / PAGE_SIZE;
     let Ok(runs) = table.runs(PhysAddr(envelope.start()), pages, Component::Host) else {
-        crate::println!("SMMU mirror: {envelope} is outside the ownership table; left unmapped");
+        crate::println!("smmu: mirror {envelope} is outside the ownership table; left unmapped");
         return;
     };
     for run in runs {
@@ -381,7 +381,7 @@ impl Smmu {
             return;
         }
         if let Err(why) = self.issue(commands.as_slice()) {
-            crate::println!("SMMU: {why}");
+            crate::println!("smmu: {why}");
             self.fail_safe();
         }
     }
@@ -422,7 +422,7 @@ impl Smmu {
             if errors & gerror::CMDQ_ERR != 0 {
                 // CONS points at the faulty command; its reason is CONS.ERR.
                 crate::println!(
-                    "SMMU: command {:#x} refused (CMDQ_CONS.ERR {:#x}); replaced with CMD_SYNC",
+                    "smmu: command {:#x} refused (CMDQ_CONS.ERR {:#x}); replaced with CMD_SYNC",
                     read_word(self.cmdq + u64::from(cons.slot()) * CMD_BYTES) & 0xff,
                     (cons_register >> 24) & 0x7f
                 );
@@ -455,9 +455,9 @@ impl Smmu {
         let gbpa_done = mmio.update_gbpa(gbpa::ABORT).is_ok();
         let off = mmio.write_cr0(0).is_ok();
         if gbpa_done && off {
-            crate::println!("SMMU: switched off with every transaction aborted; host DMA no longer works");
+            crate::println!("smmu: switched off with every transaction aborted; host DMA no longer works");
         } else {
-            crate::println!("SMMU: unresponsive; DMA isolation from host devices is NOT assured any more");
+            crate::println!("smmu: unresponsive; DMA isolation from host devices is NOT assured any more");
         }
     }
 
@@ -465,7 +465,7 @@ impl Smmu {
         let mmio = self.mmio();
         let errors = (mmio.read32(reg::GERROR) ^ mmio.read32(reg::GERRORN)) & gerror::ALL & !gerror::CMDQ_ERR;
         if errors != 0 {
-            self.log(format_args!("SMMU global error GERROR {errors:#x}"));
+            self.log(format_args!("smmu: global error GERROR {errors:#x}"));
             mmio.write32(reg::GERRORN, mmio.read32(reg::GERRORN) ^ errors);
         }
         let prod_register = mmio.read32(reg::EVENTQ_PROD);
@@ -482,12 +482,12 @@ impl Smmu {
             let at = self.eventq + u64::from(cons.slot()) * EVENT_BYTES;
             let record = [read_word(at), read_word(at + 8), read_word(at + 16), read_word(at + 24)];
             let event = Event::decode(record);
-            self.log(format_args!("SMMU fault: {event}"));
+            self.log(format_args!("smmu: fault {event}"));
             cons = cons.next();
             budget -= 1;
         }
         if (prod_register ^ cons_register) >> 31 != 0 {
-            self.log(format_args!("SMMU event queue overflowed: events were lost"));
+            self.log(format_args!("smmu: event queue overflowed: events were lost"));
             cons_register ^= 1 << 31;
         }
         // Every record is read before the SMMU may overwrite it.
@@ -500,7 +500,7 @@ impl Smmu {
         let now = arch::cache::counter();
         if now.wrapping_sub(self.window_start) > arch::cache::counter_frequency() {
             if self.suppressed > 0 {
-                crate::println!("SMMU: {} more event lines suppressed", self.suppressed);
+                crate::println!("smmu: {} more event lines suppressed", self.suppressed);
             }
             self.window_start = now;
             self.printed = 0;

@@ -561,7 +561,7 @@ fn smmu_case() -> Result<String> {
         .lines()
         .find(|l| l.starts_with("rampart: SMMUv3 at [0x9050000, 0x9070000): owned; stream IDs 0x0-0xffff through a 256-entry stream table"))
         .ok_or_else(|| anyhow::anyhow!(run.failure("the boot log does not name the owned SMMUv3 and its stream range")))?;
-    if let Some(line) = run.console.lines().find(|l| l.contains("SMMU mirror check FAILED") || l.contains("SMMU: ")) {
+    if let Some(line) = run.console.lines().find(|l| l.contains("SMMU mirror check FAILED") || l.contains("rampart: smmu: ")) {
         bail!(run.failure(line));
     }
     let compared = run
