@@ -134,7 +134,8 @@ pub fn init(dt: &SmmuV3, host_ram: &[MemRange], pa_bits: u32) -> Result<Owned, S
     let entries = 1u64 << table_bits;
     let table_bytes = (entries * STE_BYTES).max(PAGE_SIZE);
     let table_pages = table_bytes / PAGE_SIZE;
-    let raw = mm::allocate_contiguous(2 * table_pages - 1).ok_or("the carve-out is too small for the SMMU's stream table")?;
+    let raw =
+        mm::allocate_contiguous(2 * table_pages - 1).ok_or("the carve-out is too small for the SMMU's stream table")?;
     let strtab = raw.start().next_multiple_of(table_bytes);
     let cd = mm::allocate_contiguous(1).ok_or("the carve-out is too small for the SMMU's context descriptor")?.start();
     let cmdq = mm::allocate_contiguous(1).ok_or("the carve-out is too small for the SMMU's command queue")?.start();
