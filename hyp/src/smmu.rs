@@ -66,6 +66,10 @@ const MIRROR_RAM: El23Attributes = El23Attributes::VALID
     .union(El23Attributes::NON_GLOBAL)
     .union(El23Attributes::XN);
 
+// The bits the SMMU's walker reads, as `rampart_platform::smmu` documents
+// and tests them (plus VALID, which the table code writes).
+const _: () = assert!(MIRROR_RAM.bits() as u64 == hw::MIRROR_ENTRY_BITS | 1);
+
 /// Whether an SMMU is owned and translating (set once at boot).
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 

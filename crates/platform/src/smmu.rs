@@ -256,6 +256,17 @@ pub const fn ste_stage1(cd: u64) -> [u64; 8] {
 /// The `MAIR` the mirror's context descriptor uses: index 0 Device-nGnRE,
 /// index 1 Normal write-back (as the EL2 stage 1's `MAIR_EL2`).
 pub const MIRROR_MAIR: u64 = 0x04 | (0xff << 8);
+/// The attribute bits of every mirror entry (a stage-1 block or page
+/// descriptor, without the output address and the type bits): `AttrIndx`
+/// 1 (Normal write-back in [`MIRROR_MAIR`]), `AP` = `0b01` (read-write at
+/// every privilege: device streams may be unprivileged), `SH` inner
+/// shareable, `AF` set (the SMMU would fault on a clear AF: no hardware
+/// update, `CD.HA` = 0), `nG` (tagged with the CD's ASID), `UXN` (no
+/// instruction fetch by devices; `PXN` is implied for EL0-writable
+/// memory).
+pub const MIRROR_ENTRY_BITS: u64 =
+    (1 << 2) | (0b01 << 6) | (3 << 8) | (1 << 10) | (1 << 11) | (1 << 54);
+
 /// Input address bits of the mirror (`T0SZ` = 16: a level-0 root).
 pub const MIRROR_VA_BITS: u32 = 48;
 /// The root level of the mirror's tables.
@@ -659,6 +670,27 @@ mod tests {
         assert_eq!(cd[3], MIRROR_MAIR);
         assert_eq!(MIRROR_MAIR & 0xff, 0x04, "index 0 Device-nGnRE");
         assert_eq!(MIRROR_MAIR >> 8 & 0xff, 0xff, "index 1 Normal WB");
+    }
+
+    #[test]
+    fn mirror_entries() {
+        let d = MIRROR_ENTRY_BITS;
+        assert_eq!(bits(d, 4, 2), 1, "AttrIndx 1");
+        assert_eq!(
+            MIRROR_MAIR >> (8 * bits(d, 4, 2)) & 0xff,
+            0xff,
+            "Normal inner/outer write-back"
+        );
+        assert_eq!(bits(d, 5, 5), 0, "NS");
+        assert_eq!(bits(d, 7, 6), 0b01, "AP: read-write, EL0 too");
+        assert_eq!(bits(d, 9, 8), 3, "SH inner");
+        assert_eq!(bits(d, 10, 10), 1, "AF");
+        assert_eq!(bits(d, 11, 11), 1, "nG");
+        assert_eq!(bits(d, 51, 51), 0, "no DBM");
+        assert_eq!(bits(d, 52, 52), 0, "not contiguous");
+        assert_eq!(bits(d, 54, 54), 1, "UXN");
+        assert_eq!(bits(d, 1, 0), 0, "type bits come from the table code");
+        assert_eq!(bits(d, 47, 12), 0, "no output address bits");
     }
 
     #[test]
