@@ -92,6 +92,11 @@ pub struct Features {
     pub hyp: bool,
     /// Supports a linear stream table (`IDR0.ST_LEVEL`; linear is always).
     pub two_level_streams: bool,
+    /// Faulting transactions always stall (`IDR0.STALL_MODEL` = `0b10`):
+    /// they would wait for a `CMD_RESUME` Rampart never sends.
+    pub stall_forced: bool,
+    /// Little-endian table walks (`IDR0.TTENDIAN` is not `0b11`).
+    pub little_endian: bool,
     /// Stream ID bits (`IDR1.SIDSIZE`).
     pub sid_bits: u32,
     /// Largest command queue, log2 entries (`IDR1.CMDQS`).
@@ -143,6 +148,8 @@ impl Features {
             hyp: field(idr0, 9, 1) == 1,
             asid16: field(idr0, 12, 1) == 1,
             two_level_streams: field(idr0, 27, 2) == 1,
+            stall_forced: field(idr0, 24, 2) == 0b10,
+            little_endian: field(idr0, 21, 2) != 0b11,
             sid_bits: field(idr1, 0, 6),
             eventq_log2: field(idr1, 16, 5),
             cmdq_log2: field(idr1, 21, 5),
@@ -171,6 +178,14 @@ impl Features {
         }
         if !self.gran4k {
             return Err(Unusable("no 4 KiB granule (IDR5.GRAN4K)"));
+        }
+        if !self.little_endian {
+            return Err(Unusable("big-endian table walks only (IDR0.TTENDIAN)"));
+        }
+        if self.stall_forced {
+            return Err(Unusable(
+                "faults always stall (IDR0.STALL_MODEL = 0b10): not supported",
+            ));
         }
         if !self.coherent {
             return Err(Unusable(
@@ -536,14 +551,17 @@ mod tests {
     #[test]
     fn decodes_qemu_72_id_registers() {
         // QEMU 7.2's SMMUv3: IDR0 = S1P, TTF AArch64, COHACC, ASID16,
-        // linear and 2-level tables...; IDR1 SIDSIZE 16, CMDQS and
-        // EVENTQS 19; IDR5 OAS 44 bits, 4K and 64K granules.
-        let idr0 = 0b10 << 2 | 1 << 1 | 1 << 4 | 1 << 12 | 1 << 27 | 2 << 24;
+        // TTENDIAN little, STALL_MODEL no stall, TERM_MODEL abort, linear
+        // and 2-level tables; IDR1 SIDSIZE 16, CMDQS and EVENTQS 19; IDR5
+        // OAS 44 bits, 4K and 64K granules.
+        let idr0 = 0b10 << 2 | 1 << 1 | 1 << 4 | 1 << 12 | 2 << 21 | 1 << 24 | 1 << 26 | 1 << 27;
         let idr1 = 16 | 19 << 16 | 19 << 21;
         let idr5 = 4 | 1 << 4 | 1 << 6;
         let f = Features::decode(idr0, idr1, idr5);
         assert!(f.s1p && !f.s2p && f.aarch64_tables && f.coherent && f.asid16 && !f.hyp);
-        assert!(f.two_level_streams);
+        assert!(f.two_level_streams && f.little_endian && !f.stall_forced);
+        let forced = Features::decode(idr0 & !(3 << 24) | 2 << 24 | 3 << 21, idr1, idr5);
+        assert!(forced.stall_forced && !forced.little_endian);
         assert_eq!(
             (f.sid_bits, f.cmdq_log2, f.eventq_log2, f.oas_bits),
             (16, 19, 19, 44)
@@ -596,6 +614,14 @@ mod tests {
             },
             Features {
                 cmdq_log2: 0,
+                ..good
+            },
+            Features {
+                stall_forced: true,
+                ..good
+            },
+            Features {
+                little_endian: false,
                 ..good
             },
         ];
