@@ -411,7 +411,7 @@ impl Smmu {
             write_words(self.cmdq + slot * CMD_BYTES, command);
             self.cmdq_prod = self.cmdq_prod.next();
         }
-        let sync_index = self.previous(self.cmdq_prod);
+        let sync_index = self.cmdq_prod.previous();
         // Table and queue writes reach memory before the SMMU sees PROD.
         dsb_st();
         mmio.write32(reg::CMDQ_PROD, self.cmdq_prod.register());
@@ -440,12 +440,6 @@ impl Smmu {
             }
             core::hint::spin_loop();
         }
-    }
-
-    /// The index just before `index`.
-    fn previous(&self, index: QueueIndex) -> QueueIndex {
-        let size2 = 2u32 << CMDQ_LOG2;
-        QueueIndex::from_register(index.register().wrapping_add(size2 - 1) % size2, CMDQ_LOG2)
     }
 
     /// The SMMU did not complete an invalidation: Rampart cannot know

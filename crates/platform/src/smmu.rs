@@ -412,6 +412,16 @@ impl QueueIndex {
         }
     }
 
+    /// The previous index (the wrap bit flips before slot 0).
+    #[must_use]
+    pub const fn previous(self) -> QueueIndex {
+        let size2 = 2 << self.log2;
+        QueueIndex {
+            value: (self.value + size2 - 1) & (size2 - 1),
+            log2: self.log2,
+        }
+    }
+
     /// Entries between consumer `self` and producer `prod` (0 = empty,
     /// `2^log2` = full).
     #[must_use]
@@ -839,6 +849,8 @@ mod tests {
                 assert_eq!(u64::from(prod.slot()), prod_n % size);
                 assert_eq!(prod.wrap(), (prod_n / size) % 2 == 1);
                 assert_eq!(QueueIndex::from_register(prod.register(), log2), prod);
+                assert_eq!(prod.next().previous(), prod);
+                assert_eq!(prod.previous().next(), prod);
                 // `passed`: the consumer is beyond every command written
                 // since it was at most a queue's length behind.
                 if prod_n > 0 {
