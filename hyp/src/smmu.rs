@@ -204,9 +204,10 @@ pub fn init(dt: &SmmuV3, host_ram: &[MemRange], pa_bits: u32) -> Result<Owned, S
 
 /// After the host's state changed over `range` (host memory lock held),
 /// makes the mirror map exactly what `table` says the host may reach
-/// there, as `memory.rs` rewrites the host stage 2: break every mirror leaf
-/// that overlaps `range`, invalidate the SMMU's TLBs and wait for it, then
-/// map back the host's pages with the largest blocks. When this returns, no
+/// there: break every mirror entry that overlaps `range` (whole entries:
+/// a block is invalidated, never split while live), invalidate the SMMU's
+/// TLBs and wait for it, then map back the host's pages over the broken
+/// span with the largest blocks. When this returns, no
 /// device can reach a page the host no longer may. Allocates at most
 /// `tables::tables_to_remap(range, MIRROR_ROOT_LEVEL)` pages (the caller
 /// reserved them).
@@ -220,7 +221,13 @@ pub fn mirror_rewrite(range: MemRange, table: &own::Table<'_>) {
     let _ = smmu.mirror.walk_range(&region, &mut |mr, desc, level| {
         let is_table = level < 3 && desc.is_table_or_page();
         if desc.is_valid() && !is_table {
-            let (start, end) = (mr.start().0 as u64, mr.end().0 as u64);
+            // The walk clips each leaf to the range: widen it to the whole
+            // entry, so the break below invalidates whole entries and never
+            // turns a live block into a table (which would need
+            // break-before-make itself).
+            let span = leaf_span(level);
+            let start = (mr.start().0 as u64) & !(span - 1);
+            let end = (mr.end().0 as u64).next_multiple_of(span);
             envelope = MemRange::new(envelope.start().min(start), envelope.end().max(end)).unwrap_or(envelope);
             if let Some(slot) = leaves.get_mut(leaf_count) {
                 *slot = start;
@@ -294,6 +301,11 @@ pub fn mirror_coalesce(block: MemRange, host_may_reach: bool) {
         fail_closed("SMMU mirror coalesce", block, e);
     }
     dsb_st();
+}
+
+/// Bytes one entry at `level` maps (4 KiB granule).
+const fn leaf_span(level: usize) -> u64 {
+    PAGE_SIZE << (9 * (3 - if level > 3 { 3 } else { level }))
 }
 
 /// A small command list on the stack.
