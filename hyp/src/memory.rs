@@ -564,7 +564,12 @@ impl HostMemory {
         let _ = self.stage2.0.walk_range(&region, &mut |mr, desc, level| {
             let is_table = level < 3 && desc.is_table_or_page();
             if desc.is_valid() && !is_table {
-                let (start, end) = (mr.start().0 as u64, mr.end().0 as u64);
+                // The walk clips each leaf to `range`: widen it to the
+                // whole entry, so the break invalidates entries and never
+                // turns a live block into a table.
+                let span = PAGE_SIZE << (9 * (3 - level.min(3)));
+                let start = (mr.start().0 as u64) & !(span - 1);
+                let end = (mr.end().0 as u64).next_multiple_of(span);
                 envelope = MemRange::new(envelope.start().min(start), envelope.end().max(end)).unwrap_or(envelope);
                 if leaf_count < MAX_TARGETED {
                     leaves[leaf_count] = start;
