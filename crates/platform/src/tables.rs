@@ -408,7 +408,10 @@ mod tests {
         const GIB: u64 = 1 << 30;
         assert_eq!(crate::smmu::MIRROR_ROOT_LEVEL, 0);
         let (start, end) = (GIB - PAGE, GIB + PAGE);
-        assert_eq!(mirror_tables_to_remap(start, end), tables_to_remap(start, end, 0));
+        assert_eq!(
+            mirror_tables_to_remap(start, end),
+            tables_to_remap(start, end, 0)
+        );
         assert_eq!(mirror_tables_to_remap(start, end), 7);
         assert_eq!(mirror_return_cost(start, end), 10);
         assert_eq!(mirror_return_reserve(), 8);
