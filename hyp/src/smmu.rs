@@ -31,7 +31,7 @@ use rampart_platform::dt::SmmuV3;
 use rampart_platform::smmu::{
     self as hw, CMD_BYTES, EVENT_BYTES, Event, Features, QueueIndex, STE_BYTES, cmd, cr0, gbpa, gerror, reg,
 };
-use rampart_platform::{MemRange, PAGE_SIZE};
+use rampart_platform::{BLOCK_1G, MemRange, PAGE_SIZE};
 use spin::mutex::SpinMutex;
 
 use crate::arch;
@@ -148,9 +148,18 @@ pub fn init(dt: &SmmuV3, host_ram: &[MemRange], pa_bits: u32) -> Result<Owned, S
     // The mirror: identity, RAM only, largest blocks (like the host stage 2).
     let used_before = mm::pool_usage().0;
     let mut mirror = Mapping::new(PoolTranslation, hw::MIRROR_ROOT_LEVEL, El2);
+    // In pieces that never hold a whole aligned GiB: no 1 GiB blocks, so
+    // the first change inside a GiB breaks one 2 MiB block of host DMA for
+    // its moment, not the whole GiB (one level-2 table per GiB of RAM).
     for range in host_ram {
-        mm::identity_map(&mut mirror, *range, MIRROR_RAM)
-            .map_err(|e| format!("cannot build the SMMU's mirror of host RAM {range}: {e}"))?;
+        let mut start = range.start();
+        while start < range.end() {
+            let end = (start + 1).next_multiple_of(BLOCK_1G / 2).min(range.end());
+            let Some(piece) = MemRange::new(start, end) else { break };
+            mm::identity_map(&mut mirror, piece, MIRROR_RAM)
+                .map_err(|e| format!("cannot build the SMMU's mirror of host RAM {piece}: {e}"))?;
+            start = end;
+        }
     }
     let mirror_pages = mm::pool_usage().0 - used_before;
 
