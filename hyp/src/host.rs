@@ -130,6 +130,7 @@ pub fn dispatch(regs: &mut [u64; 18]) {
         Ok(HostRequest::VcpuSetRegs { vcpu, pc, x0 }) => crate::vcpu::set_regs(vcpu, pc, x0),
         Ok(HostRequest::VcpuRun { vcpu, mmio_read_value }) => match crate::vcpu::run(vcpu, mmio_read_value) {
             Ok(record) => {
+                crate::smmu::poll_events();
                 regs[0] = SUCCESS as u64;
                 regs[1..5].copy_from_slice(&record);
                 return;

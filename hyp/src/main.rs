@@ -38,6 +38,7 @@ mod host_timer;
 mod memory;
 mod mm;
 mod security;
+mod smmu;
 mod vcpu;
 mod vm;
 
@@ -162,6 +163,9 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     let blob = unsafe { mm::device_tree_blob(dtb, 2 << 20) }
         .map_err(|why| BootError::MalformedDeviceTree(alloc::format!("at {dtb:#x}: {why}")))?;
     let info = dt::parse(blob)?;
+    // Rampart owns the SMMUv3 (hyp/src/smmu.rs): its registers are mapped
+    // nowhere for the host.
+    let smmu_dt = dt::smmu_v3(blob)?;
     // The GICv3 redistributors, for the EL2 timer that keeps the host's
     // clock while a guest runs (host_timer.rs); RAM is never one of them.
     let gic_redistributors: Vec<MemRange> = dt::gic_redistributors(blob)
@@ -223,6 +227,10 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     let lpi_pages = rampart_platform::gicr::rd_pages(&gic_redistributors, |a| unsafe { arch::guest::gicr_read32(a) });
     plan.withhold_devices(&lpi_pages);
 
+    if let Some(smmu) = &smmu_dt {
+        plan.host_devices = rampart_platform::range::subtract_all(&plan.host_devices, &[smmu.regs]);
+    }
+
     // The host's device tree replaces the boot one, in host RAM.
     let control_pages = carveout.end() - rampart_abi::boot::control::CHANNELS * PAGE_SIZE;
     let vmm_nodes = hostdt::VmmNodes {
@@ -282,10 +290,23 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     host_timer::init(gic_redistributors);
     let trapped_rd_pages = lpi_pages.len();
     gicr_guard::init(lpi_pages);
+    if let Some(smmu) = &smmu_dt {
+        mm::identity_map(&mut el2, smmu.regs, mm::el2::DEVICE).map_err(|e| map_error("the SMMU", smmu.regs, e))?;
+    }
     let stage2_level = geometry.root_level;
     let host_ram: Vec<MemRange> =
         plan.host_ram.iter().filter_map(|r| r.shrink_to_alignment(PAGE_SIZE)).collect();
     let stage2 = build_host_stage2(stage2_level, &host_ram, &plan.host_devices)?;
+    let smmu_owned = match &smmu_dt {
+        Some(smmu) => {
+            // The mirror's outputs are RAM addresses: the SMMU's output size
+            // must reach the top of RAM.
+            let ram_end = ram.iter().map(|r| r.end()).max().unwrap_or(0);
+            let pa_bits = 64 - ram_end.saturating_sub(1).leading_zeros();
+            Some(smmu::init(smmu, &host_ram, pa_bits).map_err(Fatal::Other)?)
+        }
+        None => None,
+    };
     let config = El2Config::new(
         features,
         el2.root_address().0 as u64,
@@ -393,6 +414,22 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         if firmware.system_reset2 { "yes" } else { "no" },
         if firmware.mem_protect { "enabled" } else { "not offered: resets Rampart does not see are not wiped" }
     );
+    if let Some(owned) = &smmu_owned {
+        let streams: Vec<alloc::string::String> =
+            owned.streams.iter().map(|&(start, end)| alloc::format!("{start:#x}-{:#x}", end - 1)).collect();
+        println!(
+            "SMMUv3 at {}: owned; stream IDs {} through a {}-entry stream table (every other stream aborts); host streams translate through a stage-1 mirror of the host stage 2 ({} table pages; S1P {}, S2P {}, {}-bit OAS)",
+            owned.regs,
+            streams.join(", "),
+            owned.table_entries,
+            owned.mirror_pages,
+            yes(owned.features.s1p),
+            yes(owned.features.s2p),
+            owned.features.oas_bits
+        );
+    }
+    #[cfg(feature = "smmu-mirror-check")]
+    println!("test build (smmu-mirror-check): the SMMU mirror is compared with the host stage 2 after every change");
     if let Some(pool) = plan.guest_pool {
         println!("guest pool {pool} ({} MiB) for a user-space VMM; control pages {control}", pool.size() >> 20);
     }

@@ -69,14 +69,26 @@ fn stage2_level() -> usize {
 /// teardown (which returns pages in ascending order) has reached.
 fn return_cost(range: MemRange) -> u64 {
     let level = stage2_level();
-    tables::tables_to_remap(range.start(), range.end(), level) + tables::tables_per_boundary(level)
+    tables::tables_to_remap(range.start(), range.end(), level)
+        + tables::tables_per_boundary(level)
+        + smmu_mirror_return_cost(range)
 }
 
 /// Pool pages only giving pages back to the host may use: the most one
 /// such change of a range can need from the host stage 2.
 fn return_reserve() -> u64 {
     let level = stage2_level();
-    2 * tables::tables_per_boundary(level) + 2
+    2 * tables::tables_per_boundary(level) + 2 + smmu_mirror_return_reserve()
+}
+
+/// The SMMU mirror's share of [`return_cost`] (0 without an SMMU).
+fn smmu_mirror_return_cost(range: MemRange) -> u64 {
+    if crate::smmu::active() { tables::mirror_return_cost(range.start(), range.end()) } else { 0 }
+}
+
+/// The SMMU mirror's share of [`return_reserve`] (0 without an SMMU).
+fn smmu_mirror_return_reserve() -> u64 {
+    if crate::smmu::active() { tables::mirror_return_reserve() } else { 0 }
 }
 
 /// Puts the boot-time state in place and builds the fixmap's tables.
@@ -267,6 +279,7 @@ impl HostMemory {
             slot.fetch_add(pages, Ordering::Relaxed);
         }
         self.reflect(&effect, range);
+        self.after_commit_smmu();
         let used = free_before.saturating_sub(mm::pool_free());
         if used > need || mm::pool_free() < mm::pool_held() {
             // A worst-case estimate was wrong: a later change or teardown
@@ -396,6 +409,9 @@ impl HostMemory {
     fn reflect(&mut self, effect: &Effect, range: MemRange) {
         if effect.updates.host == Update::Set(State::Absent) {
             self.rewrite_host_stage2(range);
+            // The SMMU's TLBs are invalidated here, before the zeroing
+            // below and before any new owner can reach the pages.
+            crate::smmu::mirror_rewrite(range, &self.table);
             self.coalesce_host_ends(range);
         }
         if effect.updates.zero {
@@ -420,6 +436,7 @@ impl HostMemory {
             && state != State::Absent
         {
             self.rewrite_host_stage2(range);
+            crate::smmu::mirror_rewrite(range, &self.table);
             self.coalesce_host_ends(range);
         }
     }
@@ -477,6 +494,7 @@ impl HostMemory {
                 fail_closed("stage-2 coalesce", block_range, e);
             }
             arch::dsb_ishst();
+            crate::smmu::mirror_coalesce(block_range, host_attributes(state).is_some());
         }
     }
 
@@ -546,7 +564,12 @@ impl HostMemory {
         let _ = self.stage2.0.walk_range(&region, &mut |mr, desc, level| {
             let is_table = level < 3 && desc.is_table_or_page();
             if desc.is_valid() && !is_table {
-                let (start, end) = (mr.start().0 as u64, mr.end().0 as u64);
+                // The walk clips each leaf to `range`: widen it to the
+                // whole entry, so the break invalidates entries and never
+                // turns a live block into a table.
+                let span = PAGE_SIZE << (9 * (3 - level.min(3)));
+                let start = (mr.start().0 as u64) & !(span - 1);
+                let end = (mr.end().0 as u64).next_multiple_of(span);
                 envelope = MemRange::new(envelope.start().min(start), envelope.end().max(end)).unwrap_or(envelope);
                 if leaf_count < MAX_TARGETED {
                     leaves[leaf_count] = start;
@@ -655,8 +678,31 @@ fn tables_needed(effect: &Effect, range: MemRange) -> u64 {
     }
     if let Update::Set(_) = effect.updates.host {
         need += tables::tables_to_remap(range.start(), range.end(), stage2_level());
+        if crate::smmu::active() {
+            need += tables::mirror_tables_to_remap(range.start(), range.end());
+        }
     }
     need
+}
+
+impl HostMemory {
+    /// After every commit: drain the SMMU's events, and in the test build
+    /// (`smmu-mirror-check`) compare the mirror with the host stage 2.
+    fn after_commit_smmu(&mut self) {
+        crate::smmu::poll_events();
+        #[cfg(feature = "smmu-mirror-check")]
+        if crate::smmu::active() {
+            match crate::smmu::mirror_differs(&self.stage2.0, &self.ram) {
+                Some(difference) => crate::println!("SMMU mirror check FAILED {difference}"),
+                None => {
+                    let changes = crate::smmu::changes();
+                    if changes.is_power_of_two() {
+                        crate::println!("SMMU mirror check: equal to the host stage 2 after {changes} changes");
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// For a reset (`host::wipe_and_reset`): takes the host memory lock for

@@ -50,6 +50,11 @@ pub struct BenchArgs {
     /// counter under QEMU TCG: only indicative); default 3 rounds.
     #[arg(long)]
     pub wall: bool,
+    /// EL2 counts only: QEMU's SMMUv3 in front of PCIe (`iommu=smmuv3`), so
+    /// Rampart owns it and every host stage-2 change also updates the
+    /// SMMU's mirror and invalidates its TLBs.
+    #[arg(long)]
+    pub smmu: bool,
 }
 
 /// The benchmarks.

@@ -363,6 +363,144 @@ pub fn gic_redistributors(blob: &[u8]) -> Result<Vec<MemRange>, BootError> {
     Ok(Vec::new())
 }
 
+/// An SMMUv3 in the boot device tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmmuV3 {
+    /// Its register frame (`reg`, page-aligned).
+    pub regs: MemRange,
+    /// The stream IDs devices use through it: `[start, end)` from every
+    /// `iommu-map` (PCI) and `iommus` (platform devices) entry naming it.
+    pub streams: Vec<(u64, u64)>,
+    /// The tree says its walks are coherent (`dma-coherent`).
+    pub coherent: bool,
+}
+
+impl SmmuV3 {
+    /// One past the highest stream ID any device uses (0 if none).
+    #[must_use]
+    pub fn stream_end(&self) -> u64 {
+        self.streams.iter().map(|&(_, end)| end).max().unwrap_or(0)
+    }
+}
+
+/// Big-endian 32-bit cells of a property.
+fn cells(value: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    value
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+}
+
+/// Finds the SMMUv3 (`compatible = "arm,smmu-v3"`) and the stream IDs
+/// that devices use through it. `Ok(None)` if there is none.
+///
+/// # Errors
+///
+/// A malformed SMMU node, an `iommu-map` or `iommus` entry naming it that
+/// does not parse (its `#iommu-cells` must be 1), or more than one enabled
+/// SMMUv3: Rampart owns exactly one, and an SMMU it did not take would
+/// leave its devices in bypass.
+pub fn smmu_v3(blob: &[u8]) -> Result<Option<SmmuV3>, BootError> {
+    let fdt = Fdt::new(blob).map_err(malformed)?;
+    let mut found: Option<(SmmuV3, Option<u32>)> = None;
+    let mut users = Vec::new();
+    let mut pending = Vec::new();
+    pending.push(fdt.root());
+    while let Some(node) = pending.pop() {
+        if !is_enabled(&node) {
+            continue;
+        }
+        if has_compatible(&node, "arm,smmu-v3") {
+            if found.is_some() {
+                return Err(bad_property(
+                    &node,
+                    "compatible",
+                    "a second SMMUv3: Rampart owns exactly one",
+                ));
+            }
+            let regs = regs(&node)?;
+            let frame = regs
+                .first()
+                .copied()
+                .and_then(page_cover)
+                .ok_or_else(|| bad_property(&node, "reg", "is missing"))?;
+            if frame.size() < crate::smmu::reg::FRAME_SIZE {
+                return Err(bad_property(
+                    &node,
+                    "reg",
+                    format!("{frame} is smaller than the two 64 KiB register pages"),
+                ));
+            }
+            if u64_property(&node, "#iommu-cells")? != Some(1) {
+                return Err(bad_property(
+                    &node,
+                    "#iommu-cells",
+                    "must be 1 (a stream ID)",
+                ));
+            }
+            let phandle = u64_property(&node, "phandle")?.and_then(|p| u32::try_from(p).ok());
+            let coherent = node.property("dma-coherent").is_some();
+            found = Some((
+                SmmuV3 {
+                    regs: frame,
+                    streams: Vec::new(),
+                    coherent,
+                },
+                phandle,
+            ));
+        }
+        if let Some(map) = node.property("iommu-map") {
+            users.push((node.name().to_string(), "iommu-map", map.value().to_vec()));
+        }
+        if let Some(iommus) = node.property("iommus") {
+            users.push((node.name().to_string(), "iommus", iommus.value().to_vec()));
+        }
+        pending.extend(node.children());
+    }
+    let Some((mut smmu, phandle)) = found else {
+        return Ok(None);
+    };
+    let bad = |node: &str, property: &'static str, reason: &str| BootError::BadProperty {
+        node: node.to_string(),
+        property,
+        reason: reason.to_string(),
+    };
+    for (node, property, value) in users {
+        if value.len() % 4 != 0 {
+            return Err(bad(&node, property, "is not a list of 32-bit cells"));
+        }
+        let cells: Vec<u32> = cells(&value).collect();
+        // iommu-map: (rid-base, iommu, iommu-base, length); iommus: (iommu, id).
+        let width = if property == "iommu-map" { 4 } else { 2 };
+        if cells.is_empty() || !cells.len().is_multiple_of(width) {
+            return Err(bad(
+                &node,
+                property,
+                "has a partial entry (the SMMU's #iommu-cells is 1)",
+            ));
+        }
+        for entry in cells.chunks_exact(width) {
+            let (target, base, length) = if width == 4 {
+                (entry[1], entry[2], entry[3])
+            } else {
+                (entry[0], entry[1], 1)
+            };
+            if phandle.is_some_and(|p| p != target) {
+                continue;
+            }
+            let end = u64::from(base) + u64::from(length);
+            if length == 0 || end > 1 << 32 {
+                return Err(bad(
+                    &node,
+                    property,
+                    "names an empty stream range or one past 2^32",
+                ));
+            }
+            smmu.streams.push((u64::from(base), end));
+        }
+    }
+    Ok(Some(smmu))
+}
+
 /// `/chosen` property holding the device secret (32 bytes).
 pub const DEVICE_SECRET_PROPERTY: &str = "rampart,device-secret";
 /// `/chosen` property holding extra trusted signing keys (32 bytes each).

@@ -30,6 +30,7 @@ pub mod inject;
 pub mod layout;
 pub mod range;
 pub mod smc;
+pub mod smmu;
 pub mod tables;
 pub mod trap;
 

@@ -73,6 +73,30 @@ pub const fn tables_to_remap(start: u64, end: u64, root_level: usize) -> u64 {
     2 * tables_per_boundary(root_level) + level1
 }
 
+/// The SMMU's stage-1 mirror of the host stage 2 (root at
+/// [`crate::smmu::MIRROR_ROOT_LEVEL`]) is rewritten over the same range as
+/// the host stage 2 with the largest blocks: the same bound, at its root
+/// level.
+#[must_use]
+pub const fn mirror_tables_to_remap(start: u64, end: u64) -> u64 {
+    tables_to_remap(start, end, crate::smmu::MIRROR_ROOT_LEVEL)
+}
+
+/// What handing a VM's range back to the host may cost in the mirror (the
+/// mirror's share of the pages held back for `VM_DESTROY`): as for the host
+/// stage 2, the remap plus one boundary chain.
+#[must_use]
+pub const fn mirror_return_cost(start: u64, end: u64) -> u64 {
+    mirror_tables_to_remap(start, end) + tables_per_boundary(crate::smmu::MIRROR_ROOT_LEVEL)
+}
+
+/// The mirror's share of the pool pages kept for pages going back to the
+/// host.
+#[must_use]
+pub const fn mirror_return_reserve() -> u64 {
+    2 * tables_per_boundary(crate::smmu::MIRROR_ROOT_LEVEL) + 2
+}
+
 /// The most tables splitting, down to 4 KiB pages, the block mappings that
 /// mapping `size` bytes from `pa` at `va` can make (a level-2 block costs a
 /// level-3 table; a level-1 block a level-2 and 512 level-3 tables). A
@@ -373,6 +397,36 @@ mod tests {
                     "root {root}, gifts {gifts:x?}: teardown needed {allocated} tables, {held} held"
                 );
             }
+        }
+    }
+
+    /// The mirror has its root at level 0 whatever the host stage 2's
+    /// root: its counts are the level-0 ones, and a mirror of the same
+    /// mapping needs no more than they say (the model below, at level 0).
+    #[test]
+    fn mirror_counts_are_the_level_0_counts() {
+        const GIB: u64 = 1 << 30;
+        assert_eq!(crate::smmu::MIRROR_ROOT_LEVEL, 0);
+        let (start, end) = (GIB - PAGE, GIB + PAGE);
+        assert_eq!(
+            mirror_tables_to_remap(start, end),
+            tables_to_remap(start, end, 0)
+        );
+        assert_eq!(mirror_tables_to_remap(start, end), 7);
+        assert_eq!(mirror_return_cost(start, end), 10);
+        assert_eq!(mirror_return_reserve(), 8);
+        assert_eq!(mirror_tables_to_remap(PAGE, PAGE), 0);
+        let mut rng = Rng(0x5eed_1234_abcd_0006);
+        for _ in 0..2000 {
+            let mut m: Mapping = Vec::new();
+            for _ in 0..1 + rng.below(12) {
+                let (s, e) = range_near_boundary(&mut rng);
+                m = set_range(&m, s, e, rng.below(2) as u8);
+            }
+            let before = tables_for(&m, 0);
+            let (s, e) = range_near_boundary(&mut rng);
+            let after = tables_for(&set_range(&m, s, e, rng.below(2) as u8), 0);
+            assert!(after <= before + mirror_tables_to_remap(s, e));
         }
     }
 

@@ -223,6 +223,7 @@ fn machine(args: &BenchArgs, groups: &str) -> Result<crate::qemu::Machine> {
     // The release hypervisor hides EL2 from the host's PMU (MDCR_EL2.HPMD,
     // HCCD); the benchmark build differs only in leaving those clear.
     m.kernel = artifacts::hypervisor_with_feature("bench-el2-pmu")?;
+    m.smmu = args.smmu;
     m.append.push_str(&format!(" -- testhost.bench={groups} {}", bench_signature_bootarg()?));
     Ok(m)
 }

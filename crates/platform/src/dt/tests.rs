@@ -116,8 +116,74 @@ fn finds_the_gic_redistributors() {
         vec![r(0x80a_0000, 0x80a_0000 + 0xf6_0000)]
     );
     // Found wherever the GIC node is, whatever else the tree lacks.
-    assert_eq!(gic_redistributors(&fixture("bad-no-psci")).unwrap().len(), 1);
+    assert_eq!(
+        gic_redistributors(&fixture("bad-no-psci")).unwrap().len(),
+        1
+    );
     let mut bad_magic = QEMU_VIRT.to_vec();
     bad_magic[0] ^= 0xff;
     assert!(gic_redistributors(&bad_magic).is_err());
+}
+
+const QEMU_VIRT_SMMU: &[u8] = include_bytes!("../../tests/fixtures/qemu-virt-smmuv3.dtb");
+
+#[test]
+fn finds_qemu_virt_smmu_and_its_pci_streams() {
+    let smmu = smmu_v3(QEMU_VIRT_SMMU).unwrap().unwrap();
+    assert_eq!(smmu.regs, r(0x905_0000, 0x907_0000));
+    assert_eq!(smmu.streams, vec![(0, 0x1_0000)]);
+    assert_eq!(smmu.stream_end(), 0x1_0000);
+    assert!(smmu.coherent);
+    // Without iommu=smmuv3 there is none.
+    assert_eq!(smmu_v3(QEMU_VIRT).unwrap(), None);
+}
+
+#[test]
+fn refuses_a_malformed_smmu_node() {
+    let dts = |smmu_extra: &str, pcie: &str| {
+        alloc::format!(
+            "/dts-v1/; / {{ #address-cells = <2>; #size-cells = <2>; \
+             smmu@9050000 {{ compatible = \"arm,smmu-v3\"; reg = <0 0x9050000 0 0x20000>; \
+             #iommu-cells = <1>; phandle = <0x8005>; {smmu_extra} }}; \
+             pcie@10000000 {{ {pcie} }}; }};"
+        )
+    };
+    let build = |source: &str| {
+        let dir =
+            std::env::temp_dir().join(alloc::format!("rampart-smmu-dt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dts_path = dir.join(alloc::format!(
+            "{:x}.dts",
+            source.len() * 31 + source.bytes().map(usize::from).sum::<usize>()
+        ));
+        std::fs::write(&dts_path, source).unwrap();
+        let out = std::process::Command::new("dtc")
+            .args(["-q", "-I", "dts", "-O", "dtb"])
+            .arg(&dts_path)
+            .output();
+        out.ok().filter(|o| o.status.success()).map(|o| o.stdout)
+    };
+    let Some(good) = build(&dts("", "iommu-map = <0 0x8005 0 0x100>;")) else {
+        std::eprintln!("dtc not installed: skipping");
+        return;
+    };
+    assert_eq!(smmu_v3(&good).unwrap().unwrap().streams, vec![(0, 0x100)]);
+    // Another IOMMU's entries are not this SMMU's streams.
+    let other = build(&dts("", "iommu-map = <0 0x9999 0 0x100>;")).unwrap();
+    assert!(smmu_v3(&other).unwrap().unwrap().streams.is_empty());
+    for (from, to, pcie) in [
+        ("", "", "iommu-map = <0 0x8005 0>;"),
+        ("", "", "iommu-map = <0 0x8005 0 0>;"),
+        ("", "", "iommu-map = <0 0x8005 0xffffffff 2>;"),
+        ("#iommu-cells = <1>;", "#iommu-cells = <2>;", ""),
+        ("0x20000>", "0x10000>", ""),
+        (
+            "}; pcie",
+            "}; smmu@9070000 { compatible = \"arm,smmu-v3\"; reg = <0 0x9070000 0 0x20000>; #iommu-cells = <1>; }; pcie",
+            "",
+        ),
+    ] {
+        let blob = build(&dts("", pcie).replacen(from, to, 1)).unwrap();
+        assert!(smmu_v3(&blob).is_err(), "{to} {pcie}");
+    }
 }
