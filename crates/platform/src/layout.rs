@@ -11,8 +11,10 @@ use crate::{BootError, MemRange, range};
 pub struct Layout {
     /// All RAM.
     pub ram: Vec<MemRange>,
-    /// The hypervisor's own memory; absent from the host's stage 2.
-    pub carveout: MemRange,
+    /// The hypervisor's own memory (the fixed carve-out, then the part
+    /// sized at boot: see [`place_boot_sized`]); absent from the host's
+    /// stage 2.
+    pub carveout: Vec<MemRange>,
     /// RAM the host owns: all RAM minus the carve-out.
     pub host_ram: Vec<MemRange>,
     /// MMIO the host may use, clipped to what stage 2 can map.
@@ -34,13 +36,13 @@ pub struct Layout {
 /// # Errors
 ///
 /// [`BootError::TooManyCpus`], [`BootError::RamTooSmall`] when the
-/// carve-out is not inside one RAM bank, [`BootError::BadHostImage`] when the
+/// carve-out's first range is not inside one RAM bank, [`BootError::BadHostImage`] when the
 /// host image is not entirely in host RAM, [`BootError::Overlap`] when the
 /// initrd or the device tree touches the carve-out or the host image.
 #[allow(clippy::too_many_arguments, reason = "each argument is a separate boot input; a struct would only rename them")]
 pub fn plan(
     info: &DeviceTreeInfo,
-    carveout: MemRange,
+    carveout: &[MemRange],
     max_cpus: usize,
     ipa_limit: u64,
     host_image_address: u64,
@@ -54,8 +56,9 @@ pub fn plan(
             max: max_cpus,
         });
     }
-    check_ram(&info.memory, carveout)?;
-    let host_ram = range::subtract_all(&info.memory, &[carveout]);
+    let first = carveout.first().copied().ok_or(BootError::NoMemory)?;
+    check_ram(&info.memory, first)?;
+    let host_ram = range::subtract_all(&info.memory, carveout);
 
     let image = host_image
         .footprint(host_image_address)
@@ -69,8 +72,9 @@ pub fn plan(
             reason: alloc::format!("its footprint {image} is not entirely in host RAM"),
         });
     }
+    let avoid = || carveout.iter().map(|c| ("the carve-out", *c)).chain([("the host image", image)]);
     if let Some(initrd) = info.initrd {
-        for (what, other) in [("the carve-out", carveout), ("the host image", image)] {
+        for (what, other) in avoid() {
             if initrd.overlaps(&other) {
                 return Err(BootError::Overlap {
                     what: "initrd",
@@ -81,7 +85,7 @@ pub fn plan(
             }
         }
     }
-    for (what, other) in [("the carve-out", carveout), ("the host image", image)] {
+    for (what, other) in avoid() {
         if device_tree.overlaps(&other) {
             return Err(BootError::Overlap {
                 what: "device tree",
@@ -125,13 +129,110 @@ pub fn plan(
     }
     Ok(Layout {
         ram: info.memory.clone(),
-        carveout,
+        carveout: carveout.to_vec(),
         host_ram,
         host_devices,
         unmappable_devices,
         host_image: image,
         guest_pool,
     })
+}
+
+/// What one CPU and one page of RAM cost the hypervisor, for
+/// [`boot_sized`]: the sizes are the hypervisor's, passed in so that this
+/// crate stays free of its types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Costs {
+    /// Bytes of ownership metadata per 4 KiB page of the RAM span.
+    pub meta_per_page: u64,
+    /// Bytes of one secondary CPU's stack slot (stacks and guard pages);
+    /// a multiple of the page size.
+    pub stack_slot: u64,
+    /// Bytes of per-CPU state kept for every CPU.
+    pub per_cpu: u64,
+}
+
+/// The part of the hypervisor's memory sized at boot from the machine: the
+/// carve-out's second range, at the top of the highest RAM bank. Each part
+/// is page-aligned, in this order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootSized {
+    /// All of it.
+    pub whole: MemRange,
+    /// The ownership table over the span of RAM.
+    pub table: MemRange,
+    /// Per-CPU state, one entry per CPU.
+    pub per_cpu: MemRange,
+    /// The secondary CPUs' stack slots (the boot CPU's is in the image).
+    pub stacks: MemRange,
+}
+
+/// Bytes of the boot-sized part for `ram` and `cpus` CPUs, as (table,
+/// per-CPU state, stacks), each rounded up to whole pages; `None` on
+/// overflow.
+#[must_use]
+pub fn boot_sized_bytes(ram: &[MemRange], cpus: usize, costs: Costs) -> Option<(u64, u64, u64)> {
+    let page = crate::PAGE_SIZE;
+    let low = ram.iter().map(MemRange::start).min()?;
+    let span = ram.iter().map(MemRange::end).max()?.checked_sub(low)?;
+    let table = (span / page).checked_mul(costs.meta_per_page)?;
+    let cpus = cpus as u64;
+    let per_cpu = cpus.checked_mul(costs.per_cpu)?;
+    let stacks = cpus.saturating_sub(1).checked_mul(costs.stack_slot)?;
+    Some((range::align_up(table, page)?, range::align_up(per_cpu, page)?, range::align_up(stacks, page)?))
+}
+
+/// Places the boot-sized part of the hypervisor's memory (see
+/// [`BootSized`]) at the top of the highest RAM bank, so that the host
+/// keeps the low memory its image, initrd and device tree are loaded into.
+/// `carveout` is the fixed carve-out; `avoid` lists what is already in RAM
+/// (the host image, the initrd, the device tree).
+///
+/// # Errors
+///
+/// [`BootError::NoRoomForHypervisor`] when the part does not fit in that
+/// bank, would overlap the carve-out or something in `avoid`, or would
+/// leave the host less than [`MIN_HOST_RAM`].
+pub fn place_boot_sized(
+    ram: &[MemRange],
+    cpus: usize,
+    costs: Costs,
+    carveout: MemRange,
+    avoid: &[(&'static str, MemRange)],
+) -> Result<BootSized, BootError> {
+    let total = range::total_size(ram);
+    let refuse = |needed: u64, reason: alloc::string::String| BootError::NoRoomForHypervisor {
+        cpus,
+        ram: total,
+        needed,
+        reason,
+    };
+    let (table, per_cpu, stacks) =
+        boot_sized_bytes(ram, cpus, costs).ok_or_else(|| refuse(u64::MAX, "its size overflows".into()))?;
+    let needed = table + per_cpu + stacks;
+    let top = ram.iter().max_by_key(|b| b.end()).copied().ok_or(BootError::NoMemory)?;
+    let start = top.end().checked_sub(needed).map(|s| range::align_down(s, crate::PAGE_SIZE));
+    let whole = start
+        .and_then(|s| MemRange::new(s, top.end()))
+        .filter(|w| top.contains_range(w))
+        .ok_or_else(|| refuse(needed, alloc::format!("it does not fit in the top RAM bank {top}")))?;
+    for (with, other) in core::iter::once(("the carve-out", carveout)).chain(avoid.iter().copied()) {
+        if whole.overlaps(&other) {
+            return Err(refuse(needed, alloc::format!("{whole} would overlap {with} {other}")));
+        }
+    }
+    let host = total.saturating_sub(carveout.size()).saturating_sub(whole.size());
+    if host < MIN_HOST_RAM {
+        return Err(refuse(
+            needed,
+            alloc::format!("it would leave the host {} MiB, less than {} MiB", host >> 20, MIN_HOST_RAM >> 20),
+        ));
+    }
+    let at = |from: u64, size: u64| MemRange::from_base_size(from, size).ok_or(BootError::NoMemory);
+    let table_range = at(whole.start(), table)?;
+    let per_cpu_range = at(table_range.end(), per_cpu)?;
+    let stacks_range = at(per_cpu_range.end(), stacks)?;
+    Ok(BootSized { whole, table: table_range, per_cpu: per_cpu_range, stacks: stacks_range })
 }
 
 /// The least RAM Rampart leaves the host: enough for a small Linux.
@@ -209,7 +310,7 @@ mod tests {
     #[test]
     fn carves_the_hypervisor_out_of_ram() {
         let i = info(r(0x4000_0000, 0x6000_0000), 4);
-        let l = plan(&i, CARVEOUT, 8, 1 << 39, 0x4200_0000, &HEADER, DT, 0).unwrap();
+        let l = plan(&i, &[CARVEOUT], 8, 1 << 39, 0x4200_0000, &HEADER, DT, 0).unwrap();
         assert_eq!(
             l.host_ram,
             vec![r(0x4000_0000, 0x4020_0000), r(0x4120_0000, 0x6000_0000)]
@@ -226,7 +327,7 @@ mod tests {
     fn refuses_what_does_not_fit() {
         let small = info(r(0x4000_0000, 0x4100_0000), 1);
         assert!(matches!(
-            plan(&small, CARVEOUT, 8, 1 << 39, 0x4200_0000, &HEADER, DT, 0),
+            plan(&small, &[CARVEOUT], 8, 1 << 39, 0x4200_0000, &HEADER, DT, 0),
             Err(BootError::RamTooSmall { .. })
         ));
         // The carve-out fits, but leaves the host less than its minimum.
@@ -235,25 +336,23 @@ mod tests {
         check_ram(&[r(0x4000_0000, 0x4400_0000)], CARVEOUT).unwrap();
         let many = info(r(0x4000_0000, 0x6000_0000), 9);
         assert_eq!(
-            plan(&many, CARVEOUT, 8, 1 << 39, 0x4200_0000, &HEADER, DT, 0),
+            plan(&many, &[CARVEOUT], 8, 1 << 39, 0x4200_0000, &HEADER, DT, 0),
             Err(BootError::TooManyCpus { found: 9, max: 8 })
         );
         let ok = info(r(0x4000_0000, 0x6000_0000), 1);
         // Host image inside the carve-out.
         assert!(matches!(
-            plan(&ok, CARVEOUT, 8, 1 << 39, 0x4100_0000, &HEADER, DT, 0),
+            plan(&ok, &[CARVEOUT], 8, 1 << 39, 0x4100_0000, &HEADER, DT, 0),
             Err(BootError::BadHostImage { .. })
         ));
         // Host image running off the end of RAM.
         assert!(matches!(
-            plan(&ok, CARVEOUT, 8, 1 << 39, 0x5f00_0000, &HEADER, DT, 0),
+            plan(&ok, &[CARVEOUT], 8, 1 << 39, 0x5f00_0000, &HEADER, DT, 0),
             Err(BootError::BadHostImage { .. })
         ));
         // Device tree inside the host image.
         assert!(matches!(
-            plan(
-                &ok,
-                CARVEOUT,
+            plan(&ok, &[CARVEOUT],
                 8,
                 1 << 39,
                 0x4200_0000,
@@ -270,7 +369,7 @@ mod tests {
         let mut bad_initrd = ok.clone();
         bad_initrd.initrd = Some(r(0x4100_0000, 0x4130_0000));
         assert!(matches!(
-            plan(&bad_initrd, CARVEOUT, 8, 1 << 39, 0x4200_0000, &HEADER, DT, 0),
+            plan(&bad_initrd, &[CARVEOUT], 8, 1 << 39, 0x4200_0000, &HEADER, DT, 0),
             Err(BootError::Overlap { what: "initrd", .. })
         ));
     }
@@ -278,17 +377,85 @@ mod tests {
     #[test]
     fn places_the_guest_pool_at_the_top_of_ram() {
         let i = info(r(0x4000_0000, 0x8000_0000), 2);
-        let l = plan(&i, CARVEOUT, 8, 1 << 39, 0x4200_0000, &HEADER, DT, 64 << 20).unwrap();
+        let l = plan(&i, &[CARVEOUT], 8, 1 << 39, 0x4200_0000, &HEADER, DT, 64 << 20).unwrap();
         assert_eq!(l.guest_pool, Some(r(0x7c00_0000, 0x8000_0000)));
         // Too big to fit above everything else: it would cover the initrd.
         assert!(matches!(
-            plan(&i, CARVEOUT, 8, 1 << 39, 0x4200_0000, &HEADER, DT, 960 << 20),
+            plan(&i, &[CARVEOUT], 8, 1 << 39, 0x4200_0000, &HEADER, DT, 960 << 20),
             Err(BootError::Overlap { what: "guest pool", .. })
         ));
         assert!(matches!(
-            plan(&i, CARVEOUT, 8, 1 << 39, 0x4200_0000, &HEADER, DT, 4 << 30),
+            plan(&i, &[CARVEOUT], 8, 1 << 39, 0x4200_0000, &HEADER, DT, 4 << 30),
             Err(BootError::BadCommandLine(_))
         ));
+    }
+
+    const COSTS: Costs = Costs { meta_per_page: 4, stack_slot: 48 << 10, per_cpu: 1536 };
+
+    #[test]
+    fn sizes_the_boot_sized_part_from_the_machine() {
+        // 64 GiB from 0x4000_0000: a 64 MiB table; 64 CPUs: 63 stack slots.
+        let ram = [r(0x4000_0000, 0x10_4000_0000)];
+        assert_eq!(boot_sized_bytes(&ram, 64, COSTS), Some((64 << 20, 96 << 10, 63 * (48 << 10))));
+        // The table covers the span, holes included; partial pages round up.
+        let banks = [r(0x4000_0000, 0x4010_0000), r(0x8000_0000, 0x8000_1000)];
+        // 0x4000_1000 bytes = 262145 pages = 1048580 bytes, rounded up.
+        assert_eq!(boot_sized_bytes(&banks, 1, COSTS), Some(((1 << 20) + 4096, 4096, 0)));
+        assert_eq!(boot_sized_bytes(&[], 1, COSTS), None);
+        assert_eq!(boot_sized_bytes(&ram, usize::MAX, COSTS), None);
+        // The overhead that grows with RAM stays at 0.1%: 4 bytes per 4 KiB.
+        let (table, _, _) = boot_sized_bytes(&[r(0x4000_0000, 0x40_4000_0000)], 1, COSTS).unwrap();
+        assert_eq!(basis_points(table, 256 << 30), 9);
+    }
+
+    #[test]
+    fn places_the_boot_sized_part_at_the_top_of_ram() {
+        let ram = [r(0x4000_0000, 0x10_4000_0000)];
+        let avoid = [("the initrd", r(0x4800_0000, 0x4810_0000))];
+        let b = place_boot_sized(&ram, 8, COSTS, CARVEOUT, &avoid).unwrap();
+        assert_eq!(b.whole.end(), 0x10_4000_0000);
+        assert_eq!(b.table, r(b.whole.start(), b.whole.start() + (64 << 20)));
+        assert_eq!(b.per_cpu, r(b.table.end(), b.table.end() + 4096 * 3));
+        assert_eq!(b.stacks.start(), b.per_cpu.end());
+        assert_eq!(b.stacks.size(), 7 * (48 << 10));
+        assert_eq!(b.stacks.end(), b.whole.end());
+        assert!(b.whole.is_aligned(crate::PAGE_SIZE));
+        // With it, the guest pool moves below it and the host keeps the rest.
+        let mut i = info(ram[0], 8);
+        i.initrd = None;
+        let l = plan(&i, &[CARVEOUT, b.whole], 8, 1 << 40, 0x4200_0000, &HEADER, DT, 64 << 20).unwrap();
+        assert_eq!(l.guest_pool, Some(r((b.whole.start() - (64 << 20)) & !(crate::BLOCK_2M - 1), b.whole.start())));
+        assert!(l.host_ram.iter().all(|h| !h.overlaps(&b.whole) && !h.overlaps(&CARVEOUT)));
+        assert_eq!(range::total_size(&l.host_ram), (64 << 30) - CARVEOUT.size() - b.whole.size());
+        // Highest bank, not the last listed.
+        let banks = [r(0x8000_0000, 0xc000_0000), r(0x4000_0000, 0x6000_0000)];
+        let b = place_boot_sized(&banks, 2, COSTS, CARVEOUT, &[]).unwrap();
+        assert_eq!(b.whole.end(), 0xc000_0000);
+    }
+
+    #[test]
+    fn refuses_a_machine_the_boot_sized_part_cannot_serve() {
+        // 512 CPUs need 24 MiB of stacks: 64 MiB of RAM cannot leave the
+        // host its 32 MiB beside them and the carve-out.
+        let small = [r(0x4000_0000, 0x4400_0000)];
+        let e = place_boot_sized(&small, 512, COSTS, CARVEOUT, &[]).unwrap_err();
+        assert!(matches!(e, BootError::NoRoomForHypervisor { cpus: 512, .. }), "{e:?}");
+        let text = alloc::format!("{e}");
+        assert!(text.starts_with("machine too large for Rampart: 512 CPUs and 64 MiB of RAM need"), "{text}");
+        assert!(!text.contains('\n'));
+        // The same 64 MiB serve one CPU.
+        place_boot_sized(&small, 1, COSTS, CARVEOUT, &[]).unwrap();
+        // Over the carve-out or something already loaded.
+        let tiny = [r(0x4000_0000, 0x4140_0000)];
+        assert!(matches!(
+            place_boot_sized(&tiny, 128, COSTS, CARVEOUT, &[]),
+            Err(BootError::NoRoomForHypervisor { .. })
+        ));
+        let ram = [r(0x4000_0000, 0x8000_0000)];
+        let e = place_boot_sized(&ram, 4, COSTS, CARVEOUT, &[("the initrd", r(0x7ff0_0000, 0x8000_0000))]).unwrap_err();
+        assert!(alloc::format!("{e}").contains("would overlap the initrd"), "{e}");
+        // Bigger than the bank it must sit in.
+        assert!(place_boot_sized(&ram, 200_000, COSTS, CARVEOUT, &[]).is_err());
     }
 
     #[test]
