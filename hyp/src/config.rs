@@ -32,7 +32,7 @@ pub const STACK_PAINT: u64 = 0x5354_4143_4b50_4149; // "STACKPAI"
 pub const CARVEOUT_SIZE: u64 = carveout_mib() << 20;
 
 /// Bytes of the carve-out given to the heap (device-tree work at boot).
-pub const HEAP_SIZE: usize = 1 << 20;
+pub const HEAP_SIZE: usize = 2 << 20;
 
 /// The console used before the device tree is read (QEMU virt's PL011);
 /// boot errors found while reading the device tree are printed here.
