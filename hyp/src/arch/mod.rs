@@ -77,8 +77,9 @@ fn slot_base(cpu: usize) -> Option<u64> {
 ///
 /// # Safety
 ///
-/// `base` must be RAM that nothing else uses, mapped at EL2 (the guard
-/// pages need not be), and no CPU with index `cpu` may be running yet.
+/// `base` must be RAM that nothing else uses, writable at its address (the
+/// MMU off, as at boot, or mapped at EL2; the guard pages need not be), and
+/// no CPU with index `cpu` may be running yet.
 pub unsafe fn set_stack_slot(cpu: usize, base: u64) -> bool {
     if cpu == 0 || cpu >= MAX_CPUS || !base.is_multiple_of(4096) || base == 0 {
         return false;
@@ -88,8 +89,8 @@ pub unsafe fn set_stack_slot(cpu: usize, base: u64) -> bool {
     for (from, to) in [(emergency, base + EMERGENCY_TOP as u64), (stack, base + STACK_STRIDE as u64)] {
         let mut at = from;
         while at < to {
-            // SAFETY: the caller gives this CPU's stacks to it alone and has
-            // mapped them at EL2; `at` is 8-byte aligned inside them.
+            // SAFETY: the caller gives this CPU's stacks to it alone, writable
+            // at their address; `at` is 8-byte aligned inside them.
             unsafe { (at as *mut u64).write_volatile(STACK_PAINT) };
             at += 8;
         }
