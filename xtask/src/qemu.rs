@@ -244,15 +244,17 @@ pub fn carveout_bytes() -> u64 {
     std::env::var("RAMPART_CARVEOUT_MIB").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(16) << 20
 }
 
-/// The least RAM a `cargo xtask run` machine needs: Rampart's own check
-/// (`crates/platform/src/layout.rs`, `check_ram`) wants the carve-out, at
-/// RAM + 2 MiB, in RAM and `MIN_HOST_RAM` (32 MiB) left to the host beside
-/// it; the host image at [`HOST_LOAD_ADDRESS`] must be in RAM too. With the
-/// default 16 MiB carve-out that is 48 MiB.
+/// The least RAM a one-CPU `cargo xtask run` machine needs, in whole MiB:
+/// Rampart's own checks (`crates/platform/src/layout.rs`, `check_ram` and
+/// `place_boot_sized`) want the carve-out, at RAM + 2 MiB, in RAM, its part
+/// sized at boot (the ownership table) beside it, and `MIN_HOST_RAM`
+/// (32 MiB) left to the host; the host image at [`HOST_LOAD_ADDRESS`] must
+/// be in RAM too. With the default 16 MiB carve-out that is 49 MiB.
 pub fn min_ram(carveout: u64) -> u64 {
     const MIN_HOST_RAM: u64 = 32 << 20;
     let host_image_end = HOST_LOAD_ADDRESS - RAM_BASE + (2 << 20);
-    (carveout + MIN_HOST_RAM).max(CARVEOUT_OFFSET + carveout).max(host_image_end)
+    let fixed = (carveout + MIN_HOST_RAM).max(CARVEOUT_OFFSET + carveout).max(host_image_end);
+    (fixed + boot_sized_bytes(1, fixed)).next_multiple_of(1 << 20)
 }
 
 /// Parses a RAM size as `--mem` takes it and QEMU's `-m` understands it
@@ -344,7 +346,7 @@ pub fn validate(smp: u32, mem: &str, cpu: &str, max_cpus: Option<u32>, min_ram: 
     let bytes = parse_mem(mem)?;
     if bytes < min_ram {
         anyhow::bail!(
-            "--mem {mem}: Rampart needs at least {} MiB: its {} MiB carve-out at RAM + 2 MiB, the host image at RAM + {} MiB and 32 MiB for the host",
+            "--mem {mem}: Rampart needs at least {} MiB: its {} MiB carve-out at RAM + 2 MiB and the ownership table, the host image at RAM + {} MiB and 32 MiB for the host",
             min_ram >> 20,
             carveout_bytes() >> 20,
             (HOST_LOAD_ADDRESS - RAM_BASE) >> 20
@@ -514,11 +516,12 @@ mod validation {
 
     #[test]
     fn the_least_ram_follows_the_carveout() {
-        // The default build: 16 MiB carve-out + 32 MiB for the host.
-        assert_eq!(min_ram(16 * MIB), 48 * MIB);
-        assert_eq!(min_ram(64 * MIB), 96 * MIB);
+        // The default build: 16 MiB carve-out + 32 MiB for the host + the
+        // ownership table of that RAM, rounded up to whole MiB.
+        assert_eq!(min_ram(16 * MIB), 49 * MIB);
+        assert_eq!(min_ram(64 * MIB), 97 * MIB);
         // A tiny carve-out still needs the host image at RAM + 32 MiB.
-        assert_eq!(min_ram(4 * MIB), 36 * MIB);
+        assert_eq!(min_ram(4 * MIB), 37 * MIB);
     }
 
     #[test]
@@ -532,7 +535,7 @@ mod validation {
 
     #[test]
     fn refuses_bad_machines_with_the_argument_and_the_reason() {
-        let ok = |smp, mem: &str, cpu: &str| validate(smp, mem, cpu, Some(512), 48 * MIB);
+        let ok = |smp, mem: &str, cpu: &str| validate(smp, mem, cpu, Some(512), min_ram(16 * MIB));
         // 48 MiB leave the host 32 MiB beside the carve-out, but not beside
         // the ownership table too.
         ok(1, "49M", "max").unwrap();
@@ -540,15 +543,15 @@ mod validation {
         ok(512, "1G", "max").unwrap();
         ok(32, "64G", "max").unwrap();
         // Unknown limit: the hypervisor decides.
-        validate(64, "512M", "max", None, 48 * MIB).unwrap();
+        validate(64, "512M", "max", None, min_ram(16 * MIB)).unwrap();
         for (smp, mem, cpu, want) in [
             (0, "512M", "max", "--smp 0: a machine needs at least one CPU"),
             (513, "2G", "max", "--smp 513: Rampart supports at most 512 CPUs"),
-            (1, "48M", "max", "--mem 48M: with 1 CPUs Rampart needs at least 49 MiB"),
+            (1, "48M", "max", "--mem 48M: Rampart needs at least 49 MiB"),
             (512, "64M", "max", "--mem 64M: with 512 CPUs Rampart needs at least 73 MiB"),
             (2, "0", "max", "--mem 0: a machine needs some RAM"),
             (2, "1X", "max", "--mem 1X: unknown unit"),
-            (2, "47M", "max", "--mem 47M: Rampart needs at least 48 MiB"),
+            (2, "47M", "max", "--mem 47M: Rampart needs at least 49 MiB"),
             (2, "512M", "cortex-a15", "-cpu cortex-a15 has no AArch64 state"),
         ] {
             let e = ok(smp, mem, cpu).unwrap_err().to_string();

@@ -166,7 +166,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
     // A machine whose per-CPU stacks and ownership table would leave the
     // host less than its 32 MiB: one line saying so.
     case("bad-boot/machine-too-large".into(), &|| {
-        bad_boot(128, "48M", "rampart: machine too large for Rampart: 128 CPUs and 48 MiB of RAM need")
+        bad_boot(128, "48M", "rampart: no room for the hypervisor's per-machine memory: 128 CPUs and 48 MiB of RAM need")
     });
     // QEMU's own refusal is what a failure report says first.
     case("bad-boot/qemu-error-first".into(), &|| {

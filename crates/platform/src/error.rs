@@ -121,7 +121,7 @@ impl fmt::Display for BootError {
             },
             BootError::NoRoomForHypervisor { cpus, ram, needed, reason } => write!(
                 f,
-                "machine too large for Rampart: {cpus} CPUs and {} MiB of RAM need {} KiB of hypervisor memory (ownership table, per-CPU stacks and state), but {reason}",
+                "no room for the hypervisor's per-machine memory: {cpus} CPUs and {} MiB of RAM need {} KiB (ownership table, per-CPU stacks and state), but {reason}",
                 ram >> 20,
                 needed.div_ceil(1024)
             ),

@@ -441,7 +441,7 @@ mod tests {
         let e = place_boot_sized(&small, 512, COSTS, CARVEOUT, &[]).unwrap_err();
         assert!(matches!(e, BootError::NoRoomForHypervisor { cpus: 512, .. }), "{e:?}");
         let text = alloc::format!("{e}");
-        assert!(text.starts_with("machine too large for Rampart: 512 CPUs and 64 MiB of RAM need"), "{text}");
+        assert!(text.starts_with("no room for the hypervisor's per-machine memory: 512 CPUs and 64 MiB of RAM need"), "{text}");
         assert!(!text.contains('\n'));
         // The same 64 MiB serve one CPU.
         place_boot_sized(&small, 1, COSTS, CARVEOUT, &[]).unwrap();
