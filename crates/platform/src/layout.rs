@@ -100,8 +100,12 @@ pub fn plan(
         None
     } else {
         let top = host_ram.last().copied().ok_or(BootError::NoMemory)?;
-        let start = top.end().checked_sub(guest_pool_bytes).map(|s| range::align_down(s, crate::BLOCK_2M));
-        let pool = start.and_then(|s| MemRange::new(s, top.end())).filter(|p| top.contains_range(p));
+        // 2 MiB-aligned at both ends (the top of host RAM need not be: the
+        // boot-sized part above it is page-aligned), so the pool keeps its
+        // block mappings; what lies between stays the host's.
+        let end = range::align_down(top.end(), crate::BLOCK_2M);
+        let start = end.checked_sub(guest_pool_bytes).map(|s| range::align_down(s, crate::BLOCK_2M));
+        let pool = start.and_then(|s| MemRange::new(s, end)).filter(|p| top.contains_range(p) && !p.is_empty());
         let pool = pool.ok_or(BootError::BadCommandLine(alloc::format!(
             "a guest pool of {} MiB does not fit in the top RAM bank {top}",
             guest_pool_bytes >> 20
@@ -424,7 +428,8 @@ mod tests {
         let mut i = info(ram[0], 8);
         i.initrd = None;
         let l = plan(&i, &[CARVEOUT, b.whole], 8, 1 << 40, 0x4200_0000, &HEADER, DT, 64 << 20).unwrap();
-        assert_eq!(l.guest_pool, Some(r((b.whole.start() - (64 << 20)) & !(crate::BLOCK_2M - 1), b.whole.start())));
+        let pool_end = b.whole.start() & !(crate::BLOCK_2M - 1);
+        assert_eq!(l.guest_pool, Some(r(pool_end - (64 << 20), pool_end)));
         assert!(l.host_ram.iter().all(|h| !h.overlaps(&b.whole) && !h.overlaps(&CARVEOUT)));
         assert_eq!(range::total_size(&l.host_ram), (64 << 30) - CARVEOUT.size() - b.whole.size());
         // Highest bank, not the last listed.
