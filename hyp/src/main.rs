@@ -197,9 +197,9 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     let header_bytes: [u8; image::HEADER_SIZE] = unsafe { mm::read_phys(command.host_image) };
     let header = image::ImageHeader::parse(command.host_image, &header_bytes)?;
 
-    // The part of the hypervisor's memory that grows with the machine, at
-    // the top of RAM (layout::place_boot_sized), clear of what the loader
-    // put in RAM.
+    // The part of the hypervisor's memory that grows with the machine, as
+    // high in RAM as it fits (layout::place_boot_sized), clear of what the
+    // loader and firmware put in RAM.
     let blob_range = MemRange::from_base_size(dtb, blob.len() as u64).ok_or(BootError::NoDeviceTree)?;
     let mut loaded = alloc::vec![("the device tree", blob_range)];
     if let Some(footprint) = header.footprint(command.host_image) {
@@ -208,6 +208,9 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     if let Some(initrd) = info.initrd {
         loaded.push(("the initrd", initrd));
     }
+    // Firmware's own memory (`/memreserve/`, `/reserved-memory`), often at
+    // the top of RAM on real boards.
+    loaded.extend(info.reserved.iter().map(|r| ("reserved memory", *r)));
     if info.cpus.len() > MAX_CPUS {
         return Err(BootError::TooManyCpus { found: info.cpus.len(), max: MAX_CPUS }.into());
     }

@@ -136,6 +136,8 @@ pub fn run(args: &TestArgs) -> Result<()> {
     }
     // Limits follow the machine: the most CPUs and RAM CI affords.
     case("testhost/large/smp32/64G".into(), &|| large_machine_case(32, "64G"));
+    // Firmware memory at the top of RAM: the part sized at boot goes below.
+    case("testhost/firmware-reserved-top".into(), &firmware_reserved_case);
     // Every CPU model QEMU emulates with EL2 reaches the host and runs its
     // first checks (a few seconds each; the full runs above cover each
     // IPA size).
@@ -265,10 +267,75 @@ fn large_machine_case(smp: u32, mem: &str) -> Result<String> {
     ))
 }
 
+/// The firmware reservation [`firmware_reserved_case`] adds at the top of
+/// 512 MiB of RAM.
+const FIRMWARE_RESERVED: (u64, u64) = (0x5fe0_0000, 0x6000_0000);
+
+/// Firmware's memory at the top of RAM (as on many boards), described by
+/// the boot device tree's `/reserved-memory`: the hypervisor's part sized at
+/// boot goes below it, the host's tree keeps both, and the full test host
+/// passes.
+fn firmware_reserved_case() -> Result<String> {
+    let mut m = testhost_machine(2, "512M", "max")?;
+    let dir = artifacts::build_dir();
+    let dumped = dir.join("virt-2cpu-512M.dtb");
+    let patched = dir.join("virt-2cpu-512M-fw-reserved.dtb");
+    let mut args: Vec<std::ffi::OsString> = m.command().get_args().map(std::ffi::OsStr::to_os_string).collect();
+    let machine = args.iter().position(|a| a == "-M").map(|i| i + 1).context("no -M in the QEMU command")?;
+    let mut with_dump = args[machine].clone();
+    with_dump.push(format!(",dumpdtb={}", dumped.display()));
+    args[machine] = with_dump;
+    let out = Command::new("qemu-system-aarch64").args(&args).output().context("running QEMU to dump its device tree")?;
+    if !out.status.success() {
+        bail!("QEMU could not dump its device tree: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let dts = Command::new("dtc").args(["-q", "-I", "dtb", "-O", "dts"]).arg(&dumped).output().context("running dtc")?;
+    let mut source = String::from_utf8(dts.stdout)?;
+    let end = source.rfind("};").context("dtc printed no root node")?;
+    let (start, stop) = FIRMWARE_RESERVED;
+    source.insert_str(
+        end,
+        &format!(
+            "\treserved-memory {{\n\t\t#address-cells = <0x02>;\n\t\t#size-cells = <0x02>;\n\t\tranges;\n\t\tfirmware@{start:x} {{\n\t\t\treg = <0x00 {start:#x} 0x00 {:#x}>;\n\t\t\tno-map;\n\t\t}};\n\t}};\n",
+            stop - start
+        ),
+    );
+    let mut dtc = Command::new("dtc")
+        .args(["-q", "-I", "dts", "-O", "dtb", "-o"])
+        .arg(&patched)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("running dtc")?;
+    std::io::Write::write_all(dtc.stdin.as_mut().context("dtc's stdin")?, source.as_bytes())?;
+    drop(dtc.stdin.take());
+    if !dtc.wait()?.success() {
+        bail!("dtc could not compile the patched device tree");
+    }
+    m.extra.extend(["-dtb".to_string(), patched.display().to_string()]);
+    let (run, summary) = testhost_run_machine(&m, 2, TESTHOST_TIMEOUT)?;
+    let ranges = parse_carveout(&run.console)
+        .filter(|r| r.len() == 2)
+        .ok_or_else(|| anyhow::anyhow!(run.failure("no `carve-out [..) + [..)` line with two ranges")))?;
+    let (sized_start, sized_end) = ranges[1];
+    if sized_end > start || sized_start >= sized_end {
+        bail!(run.failure(&format!(
+            "the part sized at boot [{sized_start:#x}, {sized_end:#x}) is not below the firmware's [{start:#x}, {stop:#x})"
+        )));
+    }
+    if !run.console.contains(&format!("reserved no-map [{start:#x}, {stop:#x})")) {
+        bail!(run.failure("the host's device tree lost the firmware's reservation"));
+    }
+    Ok(format!("{summary}; part sized at boot [{sized_start:#x}, {sized_end:#x}) below the firmware's [{start:#x}, {stop:#x})"))
+}
+
 /// Runs the full test host and checks what every test-host case checks;
 /// returns the run and a summary.
 fn testhost_run(smp: u32, mem: &str, cpu: &str, timeout: Duration) -> Result<(Run, String)> {
-    let m = testhost_machine(smp, mem, cpu)?;
+    testhost_run_machine(&testhost_machine(smp, mem, cpu)?, smp, timeout)
+}
+
+/// [`testhost_run`] on a machine already set up.
+fn testhost_run_machine(m: &Machine, smp: u32, timeout: Duration) -> Result<(Run, String)> {
     let run = m.run(timeout, None, false)?;
     let checks = check_testhost(&run, smp)?;
     let attested = attest::verify_console(&run.console).map_err(|e| anyhow::anyhow!(run.failure(&format!("{e:#}"))))?;

@@ -187,16 +187,19 @@ pub fn boot_sized_bytes(ram: &[MemRange], cpus: usize, costs: Costs) -> Option<(
 }
 
 /// Places the boot-sized part of the hypervisor's memory (see
-/// [`BootSized`]) at the top of the highest RAM bank, so that the host
-/// keeps the low memory its image, initrd and device tree are loaded into.
-/// `carveout` is the fixed carve-out; `avoid` lists what is already in RAM
-/// (the host image, the initrd, the device tree).
+/// [`BootSized`]) as high in RAM as it fits: at the top of the highest RAM
+/// bank unless something is already there, else just below it, so that
+/// the host keeps the low memory its image, initrd and device tree are
+/// loaded into, and never below the fixed carve-out. `carveout` is the
+/// fixed carve-out; `avoid` lists what is
+/// already in RAM and must stay (the host image, the initrd, the device
+/// tree, firmware's `/memreserve/` and `/reserved-memory` ranges).
 ///
 /// # Errors
 ///
-/// [`BootError::NoRoomForHypervisor`] when the part does not fit in that
-/// bank, would overlap the carve-out or something in `avoid`, or would
-/// leave the host less than [`MIN_HOST_RAM`].
+/// [`BootError::NoRoomForHypervisor`] when no RAM bank has room for it
+/// clear of the carve-out and everything in `avoid`, or it would leave the
+/// host less than [`MIN_HOST_RAM`].
 pub fn place_boot_sized(
     ram: &[MemRange],
     cpus: usize,
@@ -214,24 +217,48 @@ pub fn place_boot_sized(
     let (table, per_cpu, stacks) =
         boot_sized_bytes(ram, cpus, costs).ok_or_else(|| refuse(u64::MAX, "its size overflows".into()))?;
     let needed = table + per_cpu + stacks;
-    let top = ram.iter().max_by_key(|b| b.end()).copied().ok_or(BootError::NoMemory)?;
-    let start = top.end().checked_sub(needed).map(|s| range::align_down(s, crate::PAGE_SIZE));
-    let whole = start
-        .and_then(|s| MemRange::new(s, top.end()))
-        .filter(|w| top.contains_range(w))
-        .ok_or_else(|| refuse(needed, alloc::format!("it does not fit in the top RAM bank {top}")))?;
-    for (with, other) in core::iter::once(("the carve-out", carveout)).chain(avoid.iter().copied()) {
-        if whole.overlaps(&other) {
-            return Err(refuse(needed, alloc::format!("{whole} would overlap {with} {other}")));
-        }
-    }
-    let host = total.saturating_sub(carveout.size()).saturating_sub(whole.size());
+    let host = total.saturating_sub(carveout.size()).saturating_sub(needed);
     if host < MIN_HOST_RAM {
         return Err(refuse(
             needed,
             alloc::format!("it would leave the host {} MiB, less than {} MiB", host >> 20, MIN_HOST_RAM >> 20),
         ));
     }
+    // Never below the carve-out either: the start of RAM is where loaders
+    // put their own stubs.
+    let low = ram.iter().find(|b| b.contains_range(&carveout)).and_then(|b| MemRange::new(b.start(), carveout.end()));
+    let taken: Vec<(&'static str, MemRange)> =
+        core::iter::once(("the carve-out", low.unwrap_or(carveout))).chain(avoid.iter().copied()).collect();
+    let mut banks: Vec<MemRange> = ram.to_vec();
+    banks.sort_by_key(|b| core::cmp::Reverse(b.end()));
+    let mut blocked = None;
+    let mut found = None;
+    'banks: for bank in &banks {
+        let mut end = bank.end();
+        // Each step moves `end` below something in the way: at most one
+        // step per range in `taken`, plus the last.
+        for _ in 0..=taken.len() {
+            let Some(start) = end.checked_sub(needed).map(|s| range::align_down(s, crate::PAGE_SIZE)) else { continue 'banks };
+            let Some(window) = MemRange::new(start, end).filter(|w| bank.contains_range(w)) else { continue 'banks };
+            match taken.iter().filter(|(_, t)| t.overlaps(&window)).min_by_key(|(_, t)| t.start()) {
+                None => {
+                    found = Some(window);
+                    break 'banks;
+                }
+                Some(&(with, other)) => {
+                    blocked.get_or_insert((with, other));
+                    end = range::align_down(other.start(), crate::PAGE_SIZE);
+                }
+            }
+        }
+    }
+    let whole = found.ok_or_else(|| {
+        let why = match blocked {
+            Some((with, other)) => alloc::format!("no RAM bank has room for it below {with} {other}"),
+            None => "no RAM bank is large enough".into(),
+        };
+        refuse(needed, why)
+    })?;
     let at = |from: u64, size: u64| MemRange::from_base_size(from, size).ok_or(BootError::NoMemory);
     let table_range = at(whole.start(), table)?;
     let per_cpu_range = at(table_range.end(), per_cpu)?;
@@ -456,11 +483,30 @@ mod tests {
             place_boot_sized(&tiny, 128, COSTS, CARVEOUT, &[]),
             Err(BootError::NoRoomForHypervisor { .. })
         ));
+        // Bigger than any bank.
         let ram = [r(0x4000_0000, 0x8000_0000)];
-        let e = place_boot_sized(&ram, 4, COSTS, CARVEOUT, &[("the initrd", r(0x7ff0_0000, 0x8000_0000))]).unwrap_err();
-        assert!(alloc::format!("{e}").contains("would overlap the initrd"), "{e}");
-        // Bigger than the bank it must sit in.
         assert!(place_boot_sized(&ram, 200_000, COSTS, CARVEOUT, &[]).is_err());
+        // Everything above the carve-out is taken.
+        let e = place_boot_sized(&ram, 4, COSTS, CARVEOUT, &[("the initrd", r(0x4120_0000, 0x8000_0000))]).unwrap_err();
+        assert!(alloc::format!("{e}").contains("no RAM bank has room for it below the initrd"), "{e}");
+    }
+
+    #[test]
+    fn steps_below_what_firmware_and_the_loader_placed_high() {
+        let ram = [r(0x4000_0000, 0x8000_0000)];
+        // Firmware's reservation at the top, the initrd below it: the part
+        // goes just below both, page-aligned.
+        let avoid = [
+            ("reserved memory", r(0x7e00_0000, 0x8000_0000)),
+            ("the initrd", r(0x7d00_0000, 0x7e00_0000)),
+        ];
+        let b = place_boot_sized(&ram, 4, COSTS, CARVEOUT, &avoid).unwrap();
+        assert_eq!(b.whole.end(), 0x7d00_0000);
+        assert!(avoid.iter().all(|(_, a)| !a.overlaps(&b.whole)));
+        // A high bank full of reservations: the next bank down.
+        let banks = [r(0x4000_0000, 0x8000_0000), r(0x1_0000_0000, 0x1_0001_0000)];
+        let b = place_boot_sized(&banks, 2, COSTS, CARVEOUT, &[]).unwrap();
+        assert_eq!(b.whole.end(), 0x8000_0000);
     }
 
     #[test]
