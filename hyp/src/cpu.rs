@@ -66,8 +66,37 @@ impl PerCpu {
 }
 
 /// Every CPU's state, indexed by Rampart's CPU number (the boot CPU is 0,
-/// then the others in device-tree order).
-pub static CPUS: [PerCpu; MAX_CPUS] = [const { PerCpu::new() }; MAX_CPUS];
+/// then the others in device-tree order): one per CPU the device tree
+/// lists, in the carve-out's boot-sized part ([`init_cpus`]).
+static CPUS: Once<&'static [PerCpu]> = Once::new();
+
+/// What [`this`] answers before [`init_cpus`] (the boot CPU's early boot
+/// and its power-off paths): a CPU that is on and has no host entry.
+static EARLY: PerCpu = PerCpu::new();
+
+/// Bytes of one CPU's [`PerCpu`], for sizing the carve-out at boot.
+pub const PER_CPU_BYTES: u64 = core::mem::size_of::<PerCpu>() as u64;
+
+/// Every CPU's state (empty before [`init_cpus`]).
+pub fn cpus() -> &'static [PerCpu] {
+    CPUS.get().copied().unwrap_or(&[])
+}
+
+/// Places the state of `count` CPUs at the start of `range` (boot, once;
+/// at most [`MAX_CPUS`]). False if they do not fit.
+///
+/// # Safety
+///
+/// As [`crate::mm::boot_array`]: `range` is RAM nothing else uses.
+pub unsafe fn init_cpus(range: rampart_platform::MemRange, count: usize) -> bool {
+    if count > MAX_CPUS {
+        return false;
+    }
+    // SAFETY: forwarded from the caller.
+    let Some(all) = (unsafe { crate::mm::boot_array(range, count, PerCpu::new) }) else { return false };
+    CPUS.call_once(|| all);
+    true
+}
 
 /// This CPU's index.
 pub fn current() -> usize {
@@ -76,9 +105,9 @@ pub fn current() -> usize {
 
 /// This CPU's state.
 pub fn this() -> &'static PerCpu {
-    // TPIDR_EL2 is set below MAX_CPUS by the entry code, which parks any
-    // CPU started with a larger index.
-    &CPUS[current() % MAX_CPUS]
+    // TPIDR_EL2 is an index the entry code gave a stack slot, so one the
+    // device tree lists: every such CPU has its state once boot is done.
+    cpus().get(current()).unwrap_or(&EARLY)
 }
 
 /// The features of the CPU this runs on: its own ID registers (probed in

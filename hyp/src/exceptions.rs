@@ -56,11 +56,17 @@ fn is_host_power_off(frame: &Frame) -> bool {
 /// (the boot CPU's boot is printed before the host starts). Allocates
 /// nothing: it runs on the host's power-off path.
 pub fn report_stacks() {
+    /// CPUs listed one by one; beyond them, how many more and how deep.
+    const LISTED: usize = 16;
     struct PerCpu(usize);
     impl core::fmt::Display for PerCpu {
         fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-            for cpu in 0..self.0 {
+            for cpu in 0..self.0.min(LISTED) {
                 write!(f, " CPU {cpu} {}", arch::stack_high_water(cpu))?;
+            }
+            if self.0 > LISTED {
+                let rest = (LISTED..self.0).map(arch::stack_high_water).max().unwrap_or(0);
+                write!(f, "; CPUs {LISTED} to {} at most {rest}", self.0 - 1)?;
             }
             Ok(())
         }

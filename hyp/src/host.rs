@@ -15,7 +15,7 @@ use spin::mutex::SpinMutex;
 use crate::arch::cache::{self as cache, El2Cache};
 use crate::arch::{self, Frame};
 use crate::config::MAX_CPUS;
-use crate::cpu::{self, CPUS, Power};
+use crate::cpu::{self, Power};
 use crate::println;
 
 const EC_HVC64: u64 = 0x16;
@@ -216,16 +216,19 @@ const MPIDR_AFFINITY: u64 = 0xff_00ff_ffff;
 /// up EL2 there and then enters the host's `entry` with `context`.
 fn cpu_on(target: u64, entry: u64, context: u64) -> i64 {
     let Some(boot) = crate::BOOT.get() else { return psci::INTERNAL_FAILURE };
-    let Some(index) = (0..boot.cpu_count).find(|&i| CPUS[i].mpidr.load(core::sync::atomic::Ordering::Relaxed) == target & MPIDR_AFFINITY) else {
+    let Some(index) = cpu::cpus()
+        .iter()
+        .position(|c| c.mpidr.load(core::sync::atomic::Ordering::Relaxed) == target & MPIDR_AFFINITY)
+    else {
         return psci::INVALID_PARAMETERS;
     };
+    let Some(cpu) = cpu::cpus().get(index) else { return psci::INVALID_PARAMETERS };
     if target & !MPIDR_AFFINITY & !(1 << 31) != 0 {
         return psci::INVALID_PARAMETERS;
     }
     if !boot.host_ram.iter().any(|r| r.contains(entry)) || !entry.is_multiple_of(4) {
         return PSCI_INVALID_ADDRESS;
     }
-    let cpu = &CPUS[index];
     match cpu.transition(Power::Off, Power::Pending) {
         Ok(()) => {}
         Err(Power::Pending) => return psci::ON_PENDING,
@@ -346,11 +349,14 @@ fn inject_into_host(kind: Kind) {
 pub struct ResetPlan {
     /// RAM banks.
     pub ram: alloc::vec::Vec<MemRange>,
-    /// The carve-out.
+    /// The carve-out's fixed part.
     pub carveout: MemRange,
-    /// The hypervisor's writable memory: data, bss, every CPU's stack, the
-    /// heap and the page pool (the device secret, the attestation key,
-    /// sealing-key derivations on stacks, the ownership table, page tables).
+    /// The carve-out's boot-sized part: the ownership table, per-CPU state
+    /// and the secondary CPUs' stacks (sealing-key derivations on stacks).
+    pub boot_sized: MemRange,
+    /// The hypervisor's writable memory in the fixed part: data, bss, the
+    /// boot CPU's stack, the heap and the page pool (the device secret, the
+    /// attestation key, page tables).
     pub hyp_data: MemRange,
 }
 
@@ -482,19 +488,27 @@ pub fn wipe_and_reset(function: u32, x1: u64, x2: u64) -> ! {
             println!("{name}: {parked} other CPUs parked, {busy} still busy; ownership table unavailable: zeroing all RAM");
         }
     }
-    // SAFETY: `hyp_data` holds this CPU's stack and every value read from
-    // here on, and is mapped at EL2; this CPU never returns to the host.
-    unsafe { cache::clean_and_disable_mmu(plan.hyp_data) };
+    // This CPU's stack slot: in `hyp_data` for the boot CPU, else in the
+    // boot-sized part. Empty (harmless) if this CPU had none.
+    let (slot_start, slot_end) = arch::slot_range(me);
+    let stack = MemRange::new(slot_start, slot_end).unwrap_or(plan.hyp_data);
+    // SAFETY: `hyp_data` and this CPU's stack hold every value read from
+    // here on, and are mapped at EL2; this CPU never returns to the host.
+    unsafe { cache::clean_and_disable_mmu([plan.hyp_data, stack]) };
+    let mut wipe = |part: MemRange| {
+        // SAFETY: the MMU is off; `part` is RAM outside the fixed carve-out
+        // and this CPU's stack: nothing this CPU still uses.
+        unsafe { cache::wipe_uncached(part) };
+    };
     if !wiped_pages_selectively {
         for bank in &plan.ram {
-            for part in cache_seq::outside(*bank, plan.carveout).into_iter().flatten() {
-                // SAFETY: the MMU is off; RAM outside the carve-out holds
-                // nothing this CPU still uses.
-                unsafe { cache::wipe_uncached(part) };
-            }
+            cache_seq::outside_each(*bank, &[plan.carveout, plan.boot_sized], &mut wipe);
         }
     }
+    // The boot-sized part (the ownership table, per-CPU state, the other
+    // CPUs' stacks), except the stack this CPU runs on.
+    cache_seq::outside_each(plan.boot_sized, &[stack], &mut wipe);
     // SAFETY: the MMU is off; the routine uses only registers while it
-    // zeroes the hypervisor's writable memory, this stack included.
-    unsafe { cache::wipe_uncached_then_smc(plan.hyp_data, function, x1, x2) }
+    // zeroes the hypervisor's writable memory and this stack.
+    unsafe { cache::wipe_uncached_then_smc([plan.hyp_data, stack], function, x1, x2) }
 }

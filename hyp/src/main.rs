@@ -52,8 +52,12 @@ use rampart_platform::{BootError, MemRange, PAGE_SIZE, cmdline, devices, dt, hos
 use spin::Once;
 
 use crate::config::{CARVEOUT_SIZE, EARLY_UART, HEAP_SIZE, MAX_CPUS};
-use crate::cpu::{CPUS, El2Config, Features, Power};
+use crate::cpu::{El2Config, Features, Power};
 use aarch64_paging::paging::{El2, Stage2};
+
+/// Bytes of the boot-sized per-CPU range for one CPU's `PerCpu`, rounded
+/// so that the host save areas after them stay 64-byte aligned.
+const PER_CPU_SLOT: u64 = cpu::PER_CPU_BYTES.next_multiple_of(64);
 
 /// Rampart's version, printed at boot.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -198,17 +202,41 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     let header_bytes: [u8; image::HEADER_SIZE] = unsafe { mm::read_phys(command.host_image) };
     let header = image::ImageHeader::parse(command.host_image, &header_bytes)?;
 
+    // The part of the hypervisor's memory that grows with the machine, as
+    // high in RAM as it fits (layout::place_boot_sized), clear of what the
+    // loader and firmware put in RAM.
+    let blob_range = MemRange::from_base_size(dtb, blob.len() as u64).ok_or(BootError::NoDeviceTree)?;
+    let mut loaded = alloc::vec![("the device tree", blob_range)];
+    if let Some(footprint) = header.footprint(command.host_image) {
+        loaded.push(("the host image", footprint));
+    }
+    if let Some(initrd) = info.initrd {
+        loaded.push(("the initrd", initrd));
+    }
+    // Firmware's own memory (`/memreserve/`, `/reserved-memory`), often at
+    // the top of RAM on real boards.
+    loaded.extend(info.reserved.iter().map(|r| ("reserved memory", *r)));
+    if info.cpus.len() > MAX_CPUS {
+        return Err(BootError::TooManyCpus { found: info.cpus.len(), max: MAX_CPUS }.into());
+    }
+    let costs = layout::Costs {
+        meta_per_page: core::mem::size_of::<rampart_ownership::PageMeta>() as u64,
+        stack_slot: arch::STACK_STRIDE as u64,
+        per_cpu: PER_CPU_SLOT + vcpu::HOST_CONTEXT_BYTES.next_multiple_of(64),
+    };
+    let sized = layout::place_boot_sized(&info.memory, info.cpus.len(), costs, carveout, &loaded)?;
+    let hyp_ranges = [carveout, sized.whole];
+
     let features = Features::probe();
     rampart_platform::cpu::check_supported(&features.id).map_err(|e| Fatal::Other(alloc::format!("{e}")))?;
     let geometry = Stage2Geometry::for_pa_range(features.pa_range_field);
     let ipa_bits = geometry.ipa_bits;
-    let blob_range = MemRange::from_base_size(dtb, blob.len() as u64).ok_or(BootError::NoDeviceTree)?;
     // DMA masters no SMMU Rampart owns guards, and the SMMUs themselves,
     // leave the host's tree and stage 2 (platform's devices.rs).
     let dma = devices::plan(blob, command.unguarded_dma)?;
     let mut plan = layout::plan(
         &info,
-        carveout,
+        &hyp_ranges,
         MAX_CPUS,
         1 << ipa_bits,
         command.host_image,
@@ -238,7 +266,7 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
             .map(|r| (r, rampart_abi::boot::control::CHANNELS as u32)),
         guest_pool: plan.guest_pool,
     };
-    let host_dt = hostdt::build(blob, carveout, &command.host_bootargs, vmm_nodes)?;
+    let host_dt = hostdt::build(blob, &hyp_ranges, &command.host_bootargs, vmm_nodes)?;
     let host_dt = hostdt::withhold_dma_masters(&host_dt, &dma)?;
     // PCI windows the host's stage 2 cannot reach leave its tree, so the
     // host puts no BAR there.
@@ -280,10 +308,35 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     unsafe { mm::init_pool(pool) };
 
     let ram: Vec<MemRange> = plan.ram.iter().filter_map(|r| r.shrink_to_alignment(PAGE_SIZE)).collect();
-    let table = ownership_table(&ram, carveout)?;
+    let table = ownership_table(&ram, &hyp_ranges, sized.table)?;
     let meta_bytes = table.len() as u64 * core::mem::size_of::<rampart_ownership::PageMeta>() as u64;
+    // The per-CPU part: every CPU's `PerCpu`, then its host save area.
+    let cpus = info.cpus.len();
+    let contexts = MemRange::new(sized.per_cpu.start() + cpus as u64 * PER_CPU_SLOT, sized.per_cpu.end());
+    // SAFETY: the two arrays split the boot-sized per-CPU range, which is
+    // theirs alone (the split point is 64-byte aligned, and `boot_array`
+    // checks each fits); the MMU is off.
+    let placed = contexts.is_some_and(|contexts| unsafe {
+        cpu::init_cpus(sized.per_cpu, cpus) && vcpu::init_host_contexts(contexts, cpus)
+    });
+    if !placed {
+        return Err(Fatal::Other(alloc::format!("the per-CPU state of {cpus} CPUs does not fit in {}", sized.per_cpu)));
+    }
+    // Secondary CPUs' stack slots, in index order.
+    for cpu in 1..info.cpus.len() {
+        let base = sized.stacks.start() + (cpu as u64 - 1) * arch::STACK_STRIDE as u64;
+        // SAFETY: slot `cpu` of the stacks range is this CPU's alone (the
+        // range holds one slot per secondary CPU); the MMU is off and no
+        // secondary CPU runs yet.
+        if base + arch::STACK_STRIDE as u64 > sized.stacks.end() || !unsafe { arch::set_stack_slot(cpu, base) } {
+            return Err(Fatal::Other(alloc::format!("no stack slot for CPU {cpu} in {}", sized.stacks)));
+        }
+    }
+    // Nothing the loader left in a cache may later hide (or overwrite) what
+    // was just written uncached.
+    arch::cache::scrub_then_release(MemRange::new(sized.whole.start(), sized.stacks.start()).unwrap_or(sized.table));
 
-    let mut el2 = build_el2_tables(carveout, info.uart.map_or(EARLY_UART, |u| u.start()))?;
+    let mut el2 = build_el2_tables(carveout, &sized, info.cpus.len(), info.uart.map_or(EARLY_UART, |u| u.start()))?;
     for range in &gic_redistributors {
         mm::identity_map(&mut el2, *range, mm::el2::DEVICE).map_err(|e| map_error("GIC redistributors", *range, e))?;
     }
@@ -317,6 +370,7 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     host::init_reset(host::ResetPlan {
         ram: ram.clone(),
         carveout,
+        boot_sized: sized.whole,
         hyp_data: MemRange::new(symbol(&raw const __rodata_end), control.start()).ok_or(BootError::NoMemory)?,
     });
     memory::install(memory::HostMemory {
@@ -324,7 +378,7 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         stage2: mm::Shared(stage2),
         el2: mm::Shared(el2),
         ram,
-        carveout,
+        carveout: hyp_ranges,
     });
 
     // CPU numbering: the boot CPU is 0, then the others in DT order.
@@ -333,10 +387,10 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         return Err(Fatal::Other(alloc::format!("the boot CPU (MPIDR {boot_mpidr:#x}) is not in /cpus")));
     }
     let order = core::iter::once(boot_mpidr).chain(info.cpus.iter().copied().filter(|&m| m != boot_mpidr));
-    for (index, mpidr) in order.enumerate() {
-        CPUS[index].mpidr.store(mpidr, Ordering::Relaxed);
+    for (state, mpidr) in cpu::cpus().iter().zip(order) {
+        state.mpidr.store(mpidr, Ordering::Relaxed);
     }
-    CPUS[0].set_power(Power::On);
+    cpu::this().set_power(Power::On);
 
     let mut dt_secret = info.device_secret;
     let security = security::init(
@@ -349,17 +403,25 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     FIRMWARE.call_once(|| firmware);
 
     let ram_total = rampart_platform::range::total_size(&plan.ram);
-    let bp = layout::basis_points(carveout.size(), ram_total);
+    let hyp_total = carveout.size() + sized.whole.size();
+    let bp = layout::basis_points(hyp_total, ram_total);
     println!("{} CPUs, RAM {} MiB in {} bank(s)", info.cpus.len(), ram_total >> 20, plan.ram.len());
     println!(
-        "carve-out {carveout}: {} MiB, {}.{:02}% of RAM (set at build time)",
-        carveout.size() >> 20,
+        "carve-out {carveout} + {}: {} KiB fixed at build time + {} KiB sized at boot (ownership table {} KiB, per-CPU state {} KiB, stacks of {} secondary CPUs {} KiB) = {} KiB, {}.{:02}% of RAM",
+        sized.whole,
+        carveout.size() >> 10,
+        sized.whole.size() >> 10,
+        sized.table.size() >> 10,
+        sized.per_cpu.size() >> 10,
+        info.cpus.len().saturating_sub(1),
+        sized.stacks.size() >> 10,
+        hyp_total >> 10,
         bp / 100,
         bp % 100
     );
     let (used, left) = mm::pool_usage();
     let meta_pages = meta_bytes.div_ceil(PAGE_SIZE);
-    let table_bytes = (used - meta_pages) * PAGE_SIZE;
+    let table_bytes = used * PAGE_SIZE;
     let cost = layout::basis_points((meta_pages * PAGE_SIZE + table_bytes) * 10, ram_total);
     println!(
         "host stage 2: {} RAM and {} device ranges, {ipa_bits}-bit IPA from level {stage2_level} ({}-bit PA); {left} pool pages left",
@@ -501,19 +563,23 @@ fn map_error(what: &str, range: MemRange, e: aarch64_paging::MapError) -> Fatal 
 }
 
 /// Builds the EL2 stage-1 identity map: W^X over the image, stacks with
-/// guard pages, the heap and pool, and the console.
-fn build_el2_tables(carveout: MemRange, uart: u64) -> Result<mm::Table<El2>, Fatal> {
+/// guard pages, the heap and pool, the boot-sized part (ownership table,
+/// per-CPU state, the secondary CPUs' stacks with guard pages) and the
+/// console.
+fn build_el2_tables(carveout: MemRange, sized: &layout::BootSized, cpus: usize, uart: u64) -> Result<mm::Table<El2>, Fatal> {
     let text = MemRange::new(carveout.start(), symbol(&raw const __text_end));
     let rodata = MemRange::new(symbol(&raw const __text_end), symbol(&raw const __rodata_end));
     let data = MemRange::new(symbol(&raw const __rodata_end), symbol(&raw const __stacks_start));
     let rest = MemRange::new(symbol(&raw const __image_end), carveout.end());
     let uart = MemRange::from_base_size(uart, PAGE_SIZE);
+    let state = MemRange::new(sized.table.start(), sized.per_cpu.end());
     let mut table = mm::new_el2_table();
     let pieces = [
         ("text", text, mm::el2::TEXT),
         ("rodata", rodata, mm::el2::RODATA),
         ("data", data, mm::el2::DATA),
         ("heap and pool", rest, mm::el2::DATA),
+        ("ownership table and per-CPU state", state, mm::el2::DATA),
         ("console", uart, mm::el2::DEVICE),
     ];
     for (what, range, attributes) in pieces {
@@ -522,9 +588,9 @@ fn build_el2_tables(carveout: MemRange, uart: u64) -> Result<mm::Table<El2>, Fat
     }
     // Each CPU's stack and emergency stack; the guard page below each stays
     // unmapped, so an overflow faults instead of running into what lies below.
-    for cpu in 0..MAX_CPUS {
+    for cpu in 0..cpus {
         for (start, end) in [arch::stack_range(cpu), arch::emergency_stack_range(cpu)] {
-            let range = MemRange::new(start, end).ok_or_else(|| Fatal::Other("stack layout".into()))?;
+            let range = MemRange::new(start, end).filter(|r| !r.is_empty()).ok_or_else(|| Fatal::Other(alloc::format!("no stack for CPU {cpu}")))?;
             mm::identity_map(&mut table, range, mm::el2::DATA).map_err(|e| map_error("stack", range, e))?;
         }
     }
@@ -545,9 +611,14 @@ fn build_host_stage2(level: usize, ram: &[MemRange], devices: &[MemRange]) -> Re
     Ok(table)
 }
 
-/// Allocates the ownership table over the span of RAM and records the
-/// carve-out and any holes between RAM banks as the hypervisor's.
-fn ownership_table(ram: &[MemRange], carveout: MemRange) -> Result<rampart_ownership::Table<'static>, Fatal> {
+/// Lays the ownership table over the span of RAM in `range` (the
+/// boot-sized part's table) and records the hypervisor's ranges and any
+/// holes between RAM banks as the hypervisor's.
+fn ownership_table(
+    ram: &[MemRange],
+    hyp: &[MemRange],
+    range: MemRange,
+) -> Result<rampart_ownership::Table<'static>, Fatal> {
     let span = match (ram.first(), ram.last()) {
         (Some(first), Some(last)) => MemRange::new(first.start(), last.end()),
         _ => None,
@@ -555,21 +626,22 @@ fn ownership_table(ram: &[MemRange], carveout: MemRange) -> Result<rampart_owner
     .ok_or(BootError::NoMemory)?;
     let entries = span.size() / PAGE_SIZE;
     let bytes = entries * core::mem::size_of::<rampart_ownership::PageMeta>() as u64;
-    let range = mm::allocate_contiguous(bytes.div_ceil(PAGE_SIZE)).ok_or_else(|| {
-        Fatal::Other(alloc::format!(
-            "the carve-out is too small for the ownership table of {} MiB of RAM ({} KiB); build with a larger RAMPART_CARVEOUT_MIB",
+    if bytes > range.size() || !range.is_aligned(PAGE_SIZE) {
+        return Err(Fatal::Other(alloc::format!(
+            "the ownership table of {} MiB of RAM ({} KiB) does not fit in {range}",
             span.size() >> 20,
             bytes >> 10
-        ))
-    })?;
-    // SAFETY: the range was just allocated for this table alone.
+        )));
+    }
+    // SAFETY: the range is the boot-sized part's table, this table's alone;
+    // `reset` below writes every entry before any is read.
     let entries_mem = unsafe { mm::page_meta_table(range) };
-    let entries_mem = &mut entries_mem[..entries as usize];
+    let entries_mem = entries_mem.get_mut(..entries as usize).ok_or(BootError::NoMemory)?;
     let mut table = rampart_ownership::Table::new(entries_mem, rampart_ownership::Pfn(span.start() / PAGE_SIZE))
         .map_err(|e| Fatal::Other(alloc::format!("ownership table over {span}: {e}")))?;
     table.reset();
     let holes = rampart_platform::range::subtract_all(&[span], ram);
-    for hyp_range in core::iter::once(carveout).chain(holes) {
+    for hyp_range in hyp.iter().copied().chain(holes) {
         table
             .host_donate_hyp(rampart_ownership::PhysAddr(hyp_range.start()), hyp_range.size() / PAGE_SIZE)
             .map_err(|e| Fatal::Other(alloc::format!("marking {hyp_range} as the hypervisor's: {e}")))?;

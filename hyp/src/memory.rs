@@ -32,8 +32,9 @@ pub struct HostMemory {
     pub el2: Shared<El2>,
     /// RAM banks (page-aligned).
     pub ram: alloc::vec::Vec<MemRange>,
-    /// The hypervisor's carve-out: never given to the host.
-    pub carveout: MemRange,
+    /// The hypervisor's carve-out, never given to the host: its fixed part
+    /// and its boot-sized part (`layout::place_boot_sized`).
+    pub carveout: [MemRange; 2],
 }
 
 static HOST_MEMORY: SpinMutex<Option<HostMemory>> = SpinMutex::new(None);
@@ -96,7 +97,7 @@ fn smmu_mirror_return_reserve() -> u64 {
 /// before the host runs.
 pub fn install(mut memory: HostMemory) {
     let window = MemRange::from_base_size(FIXMAP_BASE, BLOCK_2M);
-    let clash = window.is_none_or(|w| w.overlaps(&memory.carveout) || memory.ram.iter().any(|r| r.overlaps(&w)));
+    let clash = window.is_none_or(|w| memory.carveout.iter().any(|c| c.overlaps(&w)) || memory.ram.iter().any(|r| r.overlaps(&w)));
     if clash {
         crate::println!("RAM reaches the EL2 fixmap window at {FIXMAP_BASE:#x}; stopping");
         crate::power_off();
@@ -235,7 +236,7 @@ impl HostMemory {
         if !self.ram.iter().any(|bank| bank.contains_range(&range)) {
             return Err(AbiError::Range);
         }
-        if transition.returns_hyp_pages() && range.overlaps(&self.carveout) {
+        if transition.returns_hyp_pages() && self.carveout.iter().any(|c| range.overlaps(c)) {
             return Err(AbiError::Denied);
         }
         if let Some((vm, _)) = hold
@@ -396,12 +397,12 @@ impl HostMemory {
     /// Maps `pages` pages (at most [`FIXMAP_PAGES`]) from `pa` at
     /// [`FIXMAP_BASE`] (see [`fixmap_in`]).
     fn fixmap(&mut self, pa: u64, pages: u64) {
-        fixmap_in(&mut self.el2, self.carveout, pa, pages);
+        fixmap_in(&mut self.el2, self.carveout[0], pa, pages);
     }
 
     /// Unmaps the first `pages` fixmap pages and invalidates them.
     fn fixunmap(&mut self, pages: u64) {
-        fixunmap_in(&mut self.el2, self.carveout, pages);
+        fixunmap_in(&mut self.el2, self.carveout[0], pages);
     }
 
     /// Rewrites the mappings for `range` after the states changed:
@@ -521,7 +522,7 @@ impl HostMemory {
         let ends = if mm::pool_low() { [Some(first), (last != first).then_some(last)] } else { [None, None] };
         for block in ends.into_iter().flatten() {
             let Some(block_range) = MemRange::from_base_size(block, BLOCK_2M) else { continue };
-            if block_range.overlaps(&self.carveout) || block == FIXMAP_BASE {
+            if self.carveout.iter().any(|c| block_range.overlaps(c)) || block == FIXMAP_BASE {
                 continue;
             }
             let mut has_table = false;
@@ -736,9 +737,8 @@ pub fn scrub_for_reset(
         }
         for bank_index in 0..memory.ram.len() {
             let bank = memory.ram[bank_index];
-            for part in rampart_platform::cache::outside(bank, memory.carveout).into_iter().flatten() {
-                memory.scrub_part_for_reset(part, scrub);
-            }
+            let carveout = memory.carveout;
+            rampart_platform::cache::outside_each(bank, &carveout, &mut |part| memory.scrub_part_for_reset(part, scrub));
         }
     }
     // Never unlocked: no ownership change may follow a wipe.
@@ -765,11 +765,11 @@ impl HostMemory {
                 let mut start = range.start();
                 while start < range.end() {
                     let pages = ((range.end() - start) / PAGE_SIZE).min(FIXMAP_PAGES);
-                    fixmap_in(el2, *carveout, start, pages);
+                    fixmap_in(el2, carveout[0], start, pages);
                     if let Some(window) = MemRange::from_base_size(FIXMAP_BASE, pages * PAGE_SIZE) {
                         scrub(window);
                     }
-                    fixunmap_in(el2, *carveout, pages);
+                    fixunmap_in(el2, carveout[0], pages);
                     start += pages * PAGE_SIZE;
                 }
             }

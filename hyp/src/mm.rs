@@ -74,6 +74,7 @@ pub unsafe fn init_pool(range: MemRange) {
 
 /// Takes `pages` contiguous zeroed pages from the pool, for boot-time
 /// structures that live for ever (the ownership table).
+#[allow(dead_code, reason = "kept for boot-time tables that need contiguous pool pages; the ownership table moved to the boot-sized part")]
 pub fn allocate_contiguous(pages: u64) -> Option<MemRange> {
     let mut pool = POOL.lock();
     let bytes = pages.checked_mul(PAGE_SIZE)?;
@@ -89,17 +90,44 @@ pub fn allocate_contiguous(pages: u64) -> Option<MemRange> {
     Some(range)
 }
 
-/// The ownership table's entries in `range` (from [`allocate_contiguous`]).
+/// The ownership table's entries in `range` (the carve-out's boot-sized
+/// table part). Any bit pattern is a valid entry; the caller resets them.
 ///
 /// # Safety
 ///
-/// `range` must come from `allocate_contiguous`, be used for nothing else,
-/// and this must be called once for it.
+/// `range` must be page-aligned RAM writable at its address (the MMU off,
+/// or mapped at EL2), used for nothing else, and this must be called once
+/// for it.
 pub unsafe fn page_meta_table(range: MemRange) -> &'static mut [rampart_ownership::PageMeta] {
     let len = range.size() as usize / core::mem::size_of::<rampart_ownership::PageMeta>();
-    // SAFETY: the caller hands over exclusive, zeroed, suitably aligned
-    // (page-aligned) memory; PageMeta is a u32 for which zero is valid.
+    // SAFETY: the caller hands over exclusive, suitably aligned
+    // (page-aligned) memory; PageMeta is a u32, valid for any bits.
     unsafe { core::slice::from_raw_parts_mut(range.start() as *mut rampart_ownership::PageMeta, len) }
+}
+
+/// Places `count` values made by `init` at the start of `range` and
+/// returns them as a slice that lives for good: per-CPU state sized at
+/// boot. `None`, writing nothing, if they do not fit or `range` is not
+/// aligned for `T`.
+///
+/// # Safety
+///
+/// `range` must be RAM that nothing else uses, now or later, and writable
+/// at the same address (the MMU off at boot, or mapped at EL2).
+pub unsafe fn boot_array<T>(range: MemRange, count: usize, init: impl Fn() -> T) -> Option<&'static [T]> {
+    let bytes = core::mem::size_of::<T>().checked_mul(count)?;
+    if (bytes as u64) > range.size() || !range.start().is_multiple_of(core::mem::align_of::<T>() as u64) {
+        return None;
+    }
+    let first = range.start() as *mut T;
+    for i in 0..count {
+        // SAFETY: element `i` lies inside `range` (size checked above) and
+        // is aligned for T; the caller hands the range over exclusively.
+        unsafe { first.add(i).write(init()) };
+    }
+    // SAFETY: every element was just initialised; the memory stays this
+    // slice's alone for the rest of the hypervisor's life.
+    Some(unsafe { core::slice::from_raw_parts(first, count) })
 }
 
 /// Fills a page-aligned range with zeroes through its EL2 mapping.

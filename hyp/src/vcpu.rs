@@ -196,7 +196,11 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
     // The guest's EL1 context stays loaded for as many exits as EL2 handles
     // itself; the host's comes back only when the host must see an exit.
     // This CPU's host save area: only this CPU ever locks it.
-    let mut host = HOST_CONTEXTS[crate::cpu::current() % crate::config::MAX_CPUS].lock();
+    let mut host = HOST_CONTEXTS
+        .get()
+        .and_then(|areas| areas.get(crate::cpu::current()))
+        .ok_or(Error::NotSupported)?
+        .lock();
     load_guest(v, &mut host, vttbr, protected, boot);
     if let Some(fault) = v.memory_fault.take() {
         let still_unbacked = {
@@ -478,8 +482,28 @@ fn guest_mdcr(host_mdcr: u64, _debug: DebugFeatures) -> u64 {
     rampart_platform::cpu::guest_mdcr(&crate::cpu::features().cpu, host_mdcr & rampart_platform::cpu::mdcr::HPMN_MASK)
 }
 
-static HOST_CONTEXTS: [spin::mutex::SpinMutex<HostContext>; crate::config::MAX_CPUS] =
-    [const { spin::mutex::SpinMutex::new(HostContext::EMPTY) }; crate::config::MAX_CPUS];
+/// Each CPU's host save area, one per CPU the device tree lists, in the
+/// carve-out's boot-sized part ([`init_host_contexts`]).
+static HOST_CONTEXTS: spin::Once<&'static [spin::mutex::SpinMutex<HostContext>]> = spin::Once::new();
+
+/// Bytes of one CPU's host save area, for sizing the carve-out at boot.
+pub const HOST_CONTEXT_BYTES: u64 = core::mem::size_of::<spin::mutex::SpinMutex<HostContext>>() as u64;
+
+/// Places `cpus` host save areas at the start of `range` (boot, once).
+/// False if they do not fit.
+///
+/// # Safety
+///
+/// As [`crate::mm::boot_array`]: `range` is RAM nothing else uses.
+pub unsafe fn init_host_contexts(range: rampart_platform::MemRange, cpus: usize) -> bool {
+    // SAFETY: forwarded from the caller.
+    let Some(areas) = (unsafe { crate::mm::boot_array(range, cpus, || spin::mutex::SpinMutex::new(HostContext::EMPTY)) })
+    else {
+        return false;
+    };
+    HOST_CONTEXTS.call_once(|| areas);
+    true
+}
 
 impl HostContext {
     const EMPTY: HostContext = HostContext {

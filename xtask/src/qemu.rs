@@ -66,8 +66,17 @@ impl Machine {
         let mut cmd = Command::new("qemu-system-aarch64");
         let virt = if self.virtualization { "on" } else { "off" };
         let iommu = if self.smmu { ",iommu=smmuv3" } else { "" };
+        // Large RAM comes from a backend QEMU maps without reserving it
+        // (MAP_NORESERVE): with the kernel's default overcommit heuristic a
+        // 64 GiB machine could not start on a 24 GiB build machine, though
+        // the guest touches only what it uses.
+        let lazy = parse_mem(&self.mem).is_ok_and(|b| b >= LAZY_RAM);
+        let backend = if lazy { ",memory-backend=rampart-ram" } else { "" };
+        if lazy {
+            cmd.arg("-object").arg(format!("memory-backend-ram,id=rampart-ram,size={},reserve=off", self.mem));
+        }
         cmd.arg("-M")
-            .arg(format!("virt,virtualization={virt},gic-version=3{iommu}"))
+            .arg(format!("virt,virtualization={virt},gic-version=3{iommu}{backend}"))
             .arg("-cpu")
             .arg(&self.cpu)
             .arg("-smp")
@@ -208,6 +217,22 @@ impl Machine {
     }
 }
 
+/// RAM from which [`Machine::command`] asks QEMU not to reserve the
+/// machine's memory up front.
+pub const LAZY_RAM: u64 = 4 << 30;
+
+/// Bytes of the hypervisor's memory sized at boot for `smp` CPUs and
+/// `ram` bytes of RAM, as `layout::place_boot_sized` works it out: 4 bytes
+/// of ownership table per 4 KiB page, 48 KiB of stacks and guard pages per
+/// secondary CPU and (at most) 1.25 KiB of per-CPU state, each rounded up
+/// to pages. An estimate for refusing a machine before it starts; the
+/// hypervisor's own check is the exact one.
+pub fn boot_sized_bytes(smp: u32, ram: u64) -> u64 {
+    let page = |b: u64| b.next_multiple_of(4096);
+    let smp = u64::from(smp);
+    page(ram / 4096 * 4) + page(smp * 1280) + page(smp.saturating_sub(1) * (48 << 10))
+}
+
 /// The RAM base of QEMU `virt`.
 pub const RAM_BASE: u64 = 0x4000_0000;
 /// Where Rampart's image, and so its carve-out, starts: RAM + 2 MiB.
@@ -219,15 +244,17 @@ pub fn carveout_bytes() -> u64 {
     std::env::var("RAMPART_CARVEOUT_MIB").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(16) << 20
 }
 
-/// The least RAM a `cargo xtask run` machine needs: Rampart's own check
-/// (`crates/platform/src/layout.rs`, `check_ram`) wants the carve-out, at
-/// RAM + 2 MiB, in RAM and `MIN_HOST_RAM` (32 MiB) left to the host beside
-/// it; the host image at [`HOST_LOAD_ADDRESS`] must be in RAM too. With the
-/// default 16 MiB carve-out that is 48 MiB.
+/// The least RAM a one-CPU `cargo xtask run` machine needs, in whole MiB:
+/// Rampart's own checks (`crates/platform/src/layout.rs`, `check_ram` and
+/// `place_boot_sized`) want the carve-out, at RAM + 2 MiB, in RAM, its part
+/// sized at boot (the ownership table) beside it, and `MIN_HOST_RAM`
+/// (32 MiB) left to the host; the host image at [`HOST_LOAD_ADDRESS`] must
+/// be in RAM too. With the default 16 MiB carve-out that is 49 MiB.
 pub fn min_ram(carveout: u64) -> u64 {
     const MIN_HOST_RAM: u64 = 32 << 20;
     let host_image_end = HOST_LOAD_ADDRESS - RAM_BASE + (2 << 20);
-    (carveout + MIN_HOST_RAM).max(CARVEOUT_OFFSET + carveout).max(host_image_end)
+    let fixed = (carveout + MIN_HOST_RAM).max(CARVEOUT_OFFSET + carveout).max(host_image_end);
+    (fixed + boot_sized_bytes(1, fixed)).next_multiple_of(1 << 20)
 }
 
 /// Parses a RAM size as `--mem` takes it and QEMU's `-m` understands it
@@ -319,10 +346,22 @@ pub fn validate(smp: u32, mem: &str, cpu: &str, max_cpus: Option<u32>, min_ram: 
     let bytes = parse_mem(mem)?;
     if bytes < min_ram {
         anyhow::bail!(
-            "--mem {mem}: Rampart needs at least {} MiB: its {} MiB carve-out at RAM + 2 MiB, the host image at RAM + {} MiB and 32 MiB for the host",
+            "--mem {mem}: Rampart needs at least {} MiB: its {} MiB carve-out at RAM + 2 MiB and the ownership table, the host image at RAM + {} MiB and 32 MiB for the host",
             min_ram >> 20,
             carveout_bytes() >> 20,
             (HOST_LOAD_ADDRESS - RAM_BASE) >> 20
+        );
+    }
+    // What grows with the machine (ownership table, per-CPU stacks and
+    // state) comes out of RAM too, beside the 32 MiB the host keeps.
+    let grown = boot_sized_bytes(smp, bytes);
+    let needed = carveout_bytes() + grown + (32 << 20);
+    if bytes < needed {
+        anyhow::bail!(
+            "--mem {mem}: with {smp} CPUs Rampart needs at least {} MiB: its {} MiB carve-out, {} KiB of ownership table and per-CPU stacks and 32 MiB for the host",
+            needed.div_ceil(1 << 20),
+            carveout_bytes() >> 20,
+            grown >> 10
         );
     }
     let mut m = Machine::new(PathBuf::new());
@@ -477,11 +516,12 @@ mod validation {
 
     #[test]
     fn the_least_ram_follows_the_carveout() {
-        // The default build: 16 MiB carve-out + 32 MiB for the host.
-        assert_eq!(min_ram(16 * MIB), 48 * MIB);
-        assert_eq!(min_ram(64 * MIB), 96 * MIB);
+        // The default build: 16 MiB carve-out + 32 MiB for the host + the
+        // ownership table of that RAM, rounded up to whole MiB.
+        assert_eq!(min_ram(16 * MIB), 49 * MIB);
+        assert_eq!(min_ram(64 * MIB), 97 * MIB);
         // A tiny carve-out still needs the host image at RAM + 32 MiB.
-        assert_eq!(min_ram(4 * MIB), 36 * MIB);
+        assert_eq!(min_ram(4 * MIB), 37 * MIB);
     }
 
     #[test]
@@ -495,23 +535,47 @@ mod validation {
 
     #[test]
     fn refuses_bad_machines_with_the_argument_and_the_reason() {
-        let ok = |smp, mem: &str, cpu: &str| validate(smp, mem, cpu, Some(8), 48 * MIB);
-        ok(1, "48M", "max").unwrap();
+        let ok = |smp, mem: &str, cpu: &str| validate(smp, mem, cpu, Some(512), min_ram(16 * MIB));
+        // 48 MiB leave the host 32 MiB beside the carve-out, but not beside
+        // the ownership table too.
+        ok(1, "49M", "max").unwrap();
         ok(8, "2G", "cortex-a53").unwrap();
+        ok(512, "1G", "max").unwrap();
+        ok(32, "64G", "max").unwrap();
         // Unknown limit: the hypervisor decides.
-        validate(64, "512M", "max", None, 48 * MIB).unwrap();
+        validate(64, "512M", "max", None, min_ram(16 * MIB)).unwrap();
         for (smp, mem, cpu, want) in [
             (0, "512M", "max", "--smp 0: a machine needs at least one CPU"),
-            (9, "512M", "max", "--smp 9: Rampart supports at most 8 CPUs"),
+            (513, "2G", "max", "--smp 513: Rampart supports at most 512 CPUs"),
+            (1, "48M", "max", "--mem 48M: Rampart needs at least 49 MiB"),
+            (512, "64M", "max", "--mem 64M: with 512 CPUs Rampart needs at least 73 MiB"),
             (2, "0", "max", "--mem 0: a machine needs some RAM"),
             (2, "1X", "max", "--mem 1X: unknown unit"),
-            (2, "47M", "max", "--mem 47M: Rampart needs at least 48 MiB"),
+            (2, "47M", "max", "--mem 47M: Rampart needs at least 49 MiB"),
             (2, "512M", "cortex-a15", "-cpu cortex-a15 has no AArch64 state"),
         ] {
             let e = ok(smp, mem, cpu).unwrap_err().to_string();
             assert!(e.starts_with(want), "{smp} {mem} {cpu}: {e}");
             assert!(!e.contains('\n'), "not one line: {e}");
         }
+    }
+
+    #[test]
+    fn estimates_what_grows_with_the_machine() {
+        // 64 GiB: a 64 MiB ownership table; 32 CPUs: 31 stack slots.
+        assert_eq!(boot_sized_bytes(32, 64 << 30), (64 << 20) + 40960 + 31 * (48 << 10));
+        assert_eq!(boot_sized_bytes(1, 512 * MIB), (512 << 10) + 4096);
+    }
+
+    #[test]
+    fn large_ram_is_not_reserved_up_front() {
+        let mut m = Machine::new("rampart.bin".into());
+        assert!(!m.command_line().contains("reserve=off"));
+        m.mem = "64G".into();
+        let line = m.command_line();
+        assert!(line.contains("-object memory-backend-ram,id=rampart-ram,size=64G,reserve=off"), "{line}");
+        assert!(line.contains("gic-version=3,memory-backend=rampart-ram -cpu"), "{line}");
+        assert!(line.contains("-m 64G"), "{line}");
     }
 
     #[test]

@@ -134,6 +134,10 @@ pub fn run(args: &TestArgs) -> Result<()> {
     for &(smp, mem, cpu) in matrix {
         case(format!("testhost/smp{smp}/{mem}/{cpu}"), &|| testhost_case(smp, mem, cpu));
     }
+    // Limits follow the machine: the most CPUs and RAM CI affords.
+    case("testhost/large/smp32/64G".into(), &|| large_machine_case(32, "64G"));
+    // Firmware memory at the top of RAM: the part sized at boot goes below.
+    case("testhost/firmware-reserved-top".into(), &firmware_reserved_case);
     // Every CPU model QEMU emulates with EL2 reaches the host and runs its
     // first checks (a few seconds each; the full runs above cover each
     // IPA size).
@@ -174,7 +178,11 @@ pub fn run(args: &TestArgs) -> Result<()> {
         m.virtualization = false;
         expect_clean_refusal(&m, "rampart: entered at EL1; Rampart must be entered at EL2")
     });
-    case("bad-boot/too-many-cpus".into(), &|| bad_boot(9, "512M", "rampart: too many CPUs"));
+    // A machine whose per-CPU stacks and ownership table would leave the
+    // host less than its 32 MiB: one line saying so.
+    case("bad-boot/machine-too-large".into(), &|| {
+        bad_boot(128, "48M", "rampart: no room for the hypervisor's per-machine memory: 128 CPUs and 48 MiB of RAM need")
+    });
     // QEMU's own refusal is what a failure report says first.
     case("bad-boot/qemu-error-first".into(), &|| {
         let mut m = testhost_machine(1, "512M", "max")?;
@@ -229,6 +237,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
 }
 
 const TESTHOST_TIMEOUT: Duration = Duration::from_secs(120);
+/// The 64 GiB test host: about 90 s on 2 cores, most of it the leak scan
+/// reading all of RAM.
+const LARGE_TIMEOUT: Duration = Duration::from_secs(360);
 const LINUX_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The attest guest's sealing-key fingerprints from the first test-host
@@ -236,8 +247,109 @@ const LINUX_TIMEOUT: Duration = Duration::from_secs(180);
 static SEALING: std::sync::Mutex<Option<Vec<(String, String)>>> = std::sync::Mutex::new(None);
 
 fn testhost_case(smp: u32, mem: &str, cpu: &str) -> Result<String> {
-    let m = testhost_machine(smp, mem, cpu)?;
-    let run = m.run(TESTHOST_TIMEOUT, None, false)?;
+    testhost_run(smp, mem, cpu, TESTHOST_TIMEOUT).map(|(_, summary)| summary)
+}
+
+/// The largest machine CI affords (2 cores, 24 GiB): the full test host on
+/// 32 CPUs and 64 GiB of RAM. Besides [`testhost_case`]: every CPU was
+/// started, the carve-out has its fixed part and a part sized at boot, and
+/// all of it costs at most the fixed part plus 0.1% of RAM and 64 KiB per
+/// CPU.
+fn large_machine_case(smp: u32, mem: &str) -> Result<String> {
+    let (run, summary) = testhost_run(smp, mem, "max", LARGE_TIMEOUT)?;
+    let started = format!("{} secondaries started and stopped", smp - 1);
+    if !run.console.contains(&started) {
+        bail!(run.failure(&format!("no `{started}` line: not every CPU ran")));
+    }
+    let ram = crate::qemu::parse_mem(mem)?;
+    let ranges = parse_carveout(&run.console)
+        .filter(|r| r.len() == 2)
+        .ok_or_else(|| anyhow::anyhow!(run.failure("no `carve-out [..) + [..)` line with two ranges")))?;
+    let total: u64 = ranges.iter().map(|(start, end)| end - start).sum();
+    let limit = crate::qemu::carveout_bytes() + ram / 1000 + u64::from(smp) * (64 << 10);
+    if total > limit {
+        bail!(run.failure(&format!("the carve-out takes {} KiB, more than {} KiB", total >> 10, limit >> 10)));
+    }
+    let overhead = parse_overhead(&run.console).unwrap_or(u64::MAX);
+    let boot = run.time_of("rampart: entering host").map_or(0.0, |t| t.as_secs_f64());
+    Ok(format!(
+        "{summary}; carve-out {} KiB = {}.{:02}% of RAM; host entered at {boot:.1}s",
+        total >> 10,
+        overhead / 100,
+        overhead % 100
+    ))
+}
+
+/// The firmware reservation [`firmware_reserved_case`] adds at the top of
+/// 512 MiB of RAM.
+const FIRMWARE_RESERVED: (u64, u64) = (0x5fe0_0000, 0x6000_0000);
+
+/// Firmware's memory at the top of RAM (as on many boards), described by
+/// the boot device tree's `/reserved-memory`: the hypervisor's part sized at
+/// boot goes below it, the host's tree keeps both, and the full test host
+/// passes.
+fn firmware_reserved_case() -> Result<String> {
+    let mut m = testhost_machine(2, "512M", "max")?;
+    let dir = artifacts::build_dir();
+    let dumped = dir.join("virt-2cpu-512M.dtb");
+    let patched = dir.join("virt-2cpu-512M-fw-reserved.dtb");
+    let mut args: Vec<std::ffi::OsString> = m.command().get_args().map(std::ffi::OsStr::to_os_string).collect();
+    let machine = args.iter().position(|a| a == "-M").map(|i| i + 1).context("no -M in the QEMU command")?;
+    let mut with_dump = args[machine].clone();
+    with_dump.push(format!(",dumpdtb={}", dumped.display()));
+    args[machine] = with_dump;
+    let out = Command::new("qemu-system-aarch64").args(&args).output().context("running QEMU to dump its device tree")?;
+    if !out.status.success() {
+        bail!("QEMU could not dump its device tree: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let dts = Command::new("dtc").args(["-q", "-I", "dtb", "-O", "dts"]).arg(&dumped).output().context("running dtc")?;
+    let mut source = String::from_utf8(dts.stdout)?;
+    let end = source.rfind("};").context("dtc printed no root node")?;
+    let (start, stop) = FIRMWARE_RESERVED;
+    source.insert_str(
+        end,
+        &format!(
+            "\treserved-memory {{\n\t\t#address-cells = <0x02>;\n\t\t#size-cells = <0x02>;\n\t\tranges;\n\t\tfirmware@{start:x} {{\n\t\t\treg = <0x00 {start:#x} 0x00 {:#x}>;\n\t\t\tno-map;\n\t\t}};\n\t}};\n",
+            stop - start
+        ),
+    );
+    let mut dtc = Command::new("dtc")
+        .args(["-q", "-I", "dts", "-O", "dtb", "-o"])
+        .arg(&patched)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("running dtc")?;
+    std::io::Write::write_all(dtc.stdin.as_mut().context("dtc's stdin")?, source.as_bytes())?;
+    drop(dtc.stdin.take());
+    if !dtc.wait()?.success() {
+        bail!("dtc could not compile the patched device tree");
+    }
+    m.extra.extend(["-dtb".to_string(), patched.display().to_string()]);
+    let (run, summary) = testhost_run_machine(&m, 2, TESTHOST_TIMEOUT)?;
+    let ranges = parse_carveout(&run.console)
+        .filter(|r| r.len() == 2)
+        .ok_or_else(|| anyhow::anyhow!(run.failure("no `carve-out [..) + [..)` line with two ranges")))?;
+    let (sized_start, sized_end) = ranges[1];
+    if sized_end > start || sized_start >= sized_end {
+        bail!(run.failure(&format!(
+            "the part sized at boot [{sized_start:#x}, {sized_end:#x}) is not below the firmware's [{start:#x}, {stop:#x})"
+        )));
+    }
+    if !run.console.contains(&format!("reserved no-map [{start:#x}, {stop:#x})")) {
+        bail!(run.failure("the host's device tree lost the firmware's reservation"));
+    }
+    Ok(format!("{summary}; part sized at boot [{sized_start:#x}, {sized_end:#x}) below the firmware's [{start:#x}, {stop:#x})"))
+}
+
+/// Runs the full test host and checks what every test-host case checks;
+/// returns the run and a summary.
+fn testhost_run(smp: u32, mem: &str, cpu: &str, timeout: Duration) -> Result<(Run, String)> {
+    testhost_run_machine(&testhost_machine(smp, mem, cpu)?, smp, timeout)
+}
+
+/// [`testhost_run`] on a machine already set up.
+fn testhost_run_machine(m: &Machine, smp: u32, timeout: Duration) -> Result<(Run, String)> {
+    let run = m.run(timeout, None, false)?;
     let checks = check_testhost(&run, smp)?;
     let attested = attest::verify_console(&run.console).map_err(|e| anyhow::anyhow!(run.failure(&format!("{e:#}"))))?;
     let sealing = attest::parse_log(&run.console).sealing;
@@ -255,7 +367,8 @@ fn testhost_case(smp: u32, mem: &str, cpu: &str) -> Result<String> {
             "sealing keys changed across boots: fingerprints {earlier:?} then {sealing:?}"
         ))),
     };
-    Ok(format!("{checks}; {attested}; sealing keys: {across}"))
+    let summary = format!("{checks}; {attested}; sealing keys: {across}");
+    Ok((run, summary))
 }
 
 /// The test host on QEMU virt with (`smmu`) or without `iommu=smmuv3`,
@@ -727,6 +840,9 @@ fn linux_case(smp: u32, cpu: &str) -> Result<String> {
     }
     let carveout = parse_carveout(&run.console)
         .ok_or_else(|| anyhow::anyhow!(run.failure("the boot log does not name the carve-out")))?;
+    if carveout.len() != 2 {
+        bail!(run.failure(&format!("the carve-out has {} ranges, want 2 (fixed, sized at boot)", carveout.len())));
+    }
     let report = linux::parse_report(&run.console);
     if !report.started {
         bail!(run.failure("the host never reached /init"));
@@ -735,12 +851,13 @@ fn linux_case(smp: u32, cpu: &str) -> Result<String> {
         bail!(run.failure(&format!("{:?} CPUs online, want {smp}", report.cpus_online)));
     }
     let reserved = report.unmapped_reserved();
-    if !reserved.contains(&(carveout.0, carveout.1 - 1)) {
-        bail!(run.failure(&format!(
-            "the carve-out {:#x}-{:#x} is not a reserved range of /proc/iomem: {reserved:x?}",
-            carveout.0,
-            carveout.1 - 1
-        )));
+    for &(start, end) in &carveout {
+        if !reserved.contains(&(start, end - 1)) {
+            bail!(run.failure(&format!(
+                "the carve-out {start:#x}-{:#x} is not a reserved range of /proc/iomem: {reserved:x?}",
+                end - 1
+            )));
+        }
     }
     if report.devmem.as_deref() != Some("SIGBUS") {
         bail!(run.failure(&format!("reading the carve-out through /dev/mem gave {:?}, want SIGBUS", report.devmem)));
@@ -800,14 +917,29 @@ fn parse_ipa_bits(console: &str) -> Option<u32> {
     before.rsplit(' ').next()?.parse().ok()
 }
 
-/// The carve-out `[start, end)` from the hypervisor's boot log line
-/// `rampart: carve-out [0x40200000, 0x41200000): ...`.
-fn parse_carveout(console: &str) -> Option<(u64, u64)> {
+/// The carve-out's ranges `[start, end)` from the hypervisor's boot log
+/// line `rampart: carve-out [0x40200000, 0x41200000) + [0x5ff73000,
+/// 0x60000000): ...` (the fixed part, then the part sized at boot).
+fn parse_carveout(console: &str) -> Option<Vec<(u64, u64)>> {
     let line = console.lines().find(|l| l.starts_with("rampart: carve-out ["))?;
-    let inner = line.split_once('[')?.1.split_once(')')?.0;
-    let (start, end) = inner.split_once(", ")?;
+    let ranges = line.strip_prefix("rampart: carve-out ")?.split_once("):")?.0;
     let hex = |s: &str| u64::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok();
-    Some((hex(start)?, hex(end)?))
+    ranges
+        .split(" + ")
+        .map(|r| {
+            let (start, end) = r.trim_start_matches('[').trim_end_matches(')').split_once(", ")?;
+            Some((hex(start)?, hex(end)?))
+        })
+        .collect()
+}
+
+/// The carve-out's total share of RAM, in hundredths of a percent, from
+/// the same line (`... = 83444 KiB, 0.12% of RAM`).
+fn parse_overhead(console: &str) -> Option<u64> {
+    let line = console.lines().find(|l| l.starts_with("rampart: carve-out ["))?;
+    let percent = line.strip_suffix("% of RAM")?.rsplit(' ').next()?;
+    let (whole, hundredths) = percent.split_once('.')?;
+    Some(whole.parse::<u64>().ok()? * 100 + hundredths.parse::<u64>().ok()?)
 }
 
 #[cfg(test)]
@@ -816,9 +948,11 @@ mod tests {
 
     #[test]
     fn parses_the_carveout_line() {
-        let log = "x\nrampart: carve-out [0x40200000, 0x41200000): 16 MiB, 3.12% of RAM\n";
-        assert_eq!(super::parse_carveout(log), Some((0x4020_0000, 0x4120_0000)));
+        let log = "x\nrampart: carve-out [0x40200000, 0x41200000) + [0x5ff73000, 0x60000000): 16384 KiB fixed at build time + 564 KiB sized at boot (ownership table 512 KiB, per-CPU state 4 KiB, stacks of 1 secondary CPUs 48 KiB) = 16948 KiB, 3.23% of RAM\n";
+        assert_eq!(super::parse_carveout(log), Some(vec![(0x4020_0000, 0x4120_0000), (0x5ff7_3000, 0x6000_0000)]));
+        assert_eq!(super::parse_overhead(log), Some(323));
         assert_eq!(super::parse_carveout("rampart: carve-out"), None);
+        assert_eq!(super::parse_carveout("rampart: carve-out [0x1, 0x2) + [zz, 0x3): x"), None);
     }
 
     #[test]

@@ -112,6 +112,22 @@ pub fn outside(bank: MemRange, hole: MemRange) -> [Option<MemRange>; 2] {
     ]
 }
 
+/// Calls `f` on each part of `range` outside every range of `holes` (in
+/// address order when the holes are), without allocating: what a reset
+/// wipes of a RAM bank outside the hypervisor's ranges. Recurses once per
+/// hole.
+pub fn outside_each(range: MemRange, holes: &[MemRange], f: &mut dyn FnMut(MemRange)) {
+    let Some((hole, rest)) = holes.split_first() else {
+        if !range.is_empty() {
+            f(range);
+        }
+        return;
+    };
+    for part in outside(range, *hole).into_iter().flatten() {
+        outside_each(part, rest, f);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +228,30 @@ mod tests {
             outside(r(0x4020_0000, 0x5000_0000), carveout),
             [None, Some(r(0x4120_0000, 0x5000_0000))]
         );
+    }
+
+    #[test]
+    fn a_bank_outside_every_part_of_the_carveout() {
+        let holes = [r(0x4020_0000, 0x4120_0000), r(0x5ff0_0000, 0x6000_0000)];
+        let mut parts = Vec::new();
+        outside_each(r(0x4000_0000, 0x6000_0000), &holes, &mut |p| parts.push(p));
+        assert_eq!(
+            parts,
+            [r(0x4000_0000, 0x4020_0000), r(0x4120_0000, 0x5ff0_0000)]
+        );
+        parts.clear();
+        outside_each(r(0x4000_0000, 0x6000_0000), &[], &mut |p| parts.push(p));
+        assert_eq!(parts, [r(0x4000_0000, 0x6000_0000)]);
+        parts.clear();
+        // A stack slot inside the boot-sized part: everything else of it.
+        outside_each(holes[1], &[r(0x5ff8_0000, 0x5ff8_c000)], &mut |p| parts.push(p));
+        assert_eq!(
+            parts,
+            [r(0x5ff0_0000, 0x5ff8_0000), r(0x5ff8_c000, 0x6000_0000)]
+        );
+        parts.clear();
+        outside_each(holes[0], &holes, &mut |p| parts.push(p));
+        assert!(parts.is_empty());
     }
 
     #[test]

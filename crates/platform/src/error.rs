@@ -47,6 +47,18 @@ pub enum BootError {
         /// All RAM, in bytes.
         total: u64,
     },
+    /// The part of the hypervisor's memory that grows with the machine (the
+    /// ownership table, per-CPU stacks and state) has no room.
+    NoRoomForHypervisor {
+        /// CPUs in the device tree.
+        cpus: usize,
+        /// All RAM, in bytes.
+        ram: u64,
+        /// Bytes it needs.
+        needed: u64,
+        /// Why it cannot be placed.
+        reason: String,
+    },
     /// No `rampart.host=` on the command line.
     NoHostImage,
     /// The command line has an option Rampart does not understand.
@@ -107,6 +119,12 @@ impl fmt::Display for BootError {
                 ),
                 None => write!(f, "RAM too small: no RAM bank holds the carve-out {carveout}"),
             },
+            BootError::NoRoomForHypervisor { cpus, ram, needed, reason } => write!(
+                f,
+                "no room for the hypervisor's per-machine memory: {cpus} CPUs and {} MiB of RAM need {} KiB (ownership table, per-CPU stacks and state), but {reason}",
+                ram >> 20,
+                needed.div_ceil(1024)
+            ),
             BootError::NoHostImage => write!(
                 f,
                 "no host image: pass rampart.host=<address of the host's arm64 Image> in bootargs"

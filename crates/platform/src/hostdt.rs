@@ -73,8 +73,14 @@ fn reg_property(address_cells: u32, size_cells: u32, range: MemRange) -> Result<
 /// # Errors
 ///
 /// [`BootError::HostDeviceTree`] if the boot tree's `/reserved-memory` uses
-/// cell sizes Rampart cannot write, or already has a node of Rampart's name.
-pub fn build(blob: &[u8], carveout: MemRange, host_bootargs: &str, vmm: VmmNodes) -> Result<Vec<u8>, BootError> {
+/// cell sizes Rampart cannot write, or already has a node of Rampart's name,
+/// or `carveout` is empty.
+///
+/// `carveout` lists the hypervisor's ranges: the fixed carve-out first
+/// (it names the node), then the part sized at boot. All of them go in the
+/// one `no-map` node's `reg`.
+pub fn build(blob: &[u8], carveout: &[MemRange], host_bootargs: &str, vmm: VmmNodes) -> Result<Vec<u8>, BootError> {
+    let first = carveout.first().ok_or_else(|| err("no carve-out to describe"))?;
     let fdt = Fdt::new(blob).map_err(|e| BootError::MalformedDeviceTree(e.to_string()))?;
     let mut tree = DeviceTree::from_fdt(&fdt);
 
@@ -93,12 +99,15 @@ pub fn build(blob: &[u8], carveout: MemRange, host_bootargs: &str, vmm: VmmNodes
         .ok_or_else(|| err("/reserved-memory vanished"))?;
     let address_cells = read_cells(rmem, "#address-cells")?;
     let size_cells = read_cells(rmem, "#size-cells")?;
-    let name = format!("{CARVEOUT_NODE_NAME}@{:x}", carveout.start());
+    let name = format!("{CARVEOUT_NODE_NAME}@{:x}", first.start());
     if rmem.child(&name).is_some() {
         return Err(err(format!("/reserved-memory/{name} already exists")));
     }
-    let mut reg = cells(carveout.start(), address_cells)?;
-    reg.extend(cells(carveout.size(), size_cells)?);
+    let mut reg = Vec::new();
+    for range in carveout {
+        reg.extend(cells(range.start(), address_cells)?);
+        reg.extend(cells(range.size(), size_cells)?);
+    }
     let node = DeviceTreeNode::builder(name)
         .map_err(err)?
         .property(DeviceTreeProperty::new("compatible", CARVEOUT_COMPATIBLE).map_err(err)?)
@@ -256,7 +265,7 @@ mod tests {
     #[test]
     fn adds_the_carveout_and_rewrites_bootargs() {
         let carveout = MemRange::new(0x4020_0000, 0x4120_0000).unwrap();
-        let out = build(QEMU_VIRT, carveout, "console=ttyAMA0", VmmNodes::default()).unwrap();
+        let out = build(QEMU_VIRT, &[carveout], "console=ttyAMA0", VmmNodes::default()).unwrap();
         let info = dt::parse(&out).unwrap();
         assert_eq!(info.reserved, alloc::vec![carveout]);
         assert_eq!(info.bootargs, "console=ttyAMA0");
@@ -332,7 +341,7 @@ mod tests {
         let carveout = MemRange::new(0x4020_0000, 0x4120_0000).unwrap();
         let control = MemRange::new(0x4110_0000, 0x4111_0000).unwrap();
         let pool = MemRange::new(0x5c00_0000, 0x6000_0000).unwrap();
-        let out = build(QEMU_VIRT, carveout, "", VmmNodes { control: Some((control, 16)), guest_pool: Some(pool) }).unwrap();
+        let out = build(QEMU_VIRT, &[carveout], "", VmmNodes { control: Some((control, 16)), guest_pool: Some(pool) }).unwrap();
         let fdt = Fdt::new(&out).unwrap();
         let node = fdt.find_node("/rampart-control@41100000").unwrap();
         assert_eq!(node.property("rampart,channels").unwrap().value_as::<u32>().unwrap(), 16);
@@ -346,9 +355,22 @@ mod tests {
     }
 
     #[test]
+    fn one_node_reserves_every_range_of_the_carveout() {
+        let fixed = MemRange::new(0x4020_0000, 0x4120_0000).unwrap();
+        let grown = MemRange::new(0x5fe0_0000, 0x6000_0000).unwrap();
+        let out = build(QEMU_VIRT, &[fixed, grown], "", VmmNodes::default()).unwrap();
+        let info = dt::parse(&out).unwrap();
+        assert_eq!(info.reserved, alloc::vec![fixed, grown]);
+        let fdt = Fdt::new(&out).unwrap();
+        let node = fdt.find_node("/reserved-memory/rampart-hypervisor@40200000").unwrap();
+        assert!(node.property("no-map").is_some());
+        assert!(build(QEMU_VIRT, &[], "", VmmNodes::default()).is_err());
+    }
+
+    #[test]
     fn empty_host_bootargs_remove_the_property() {
         let carveout = MemRange::new(0x4020_0000, 0x4120_0000).unwrap();
-        let out = build(QEMU_VIRT, carveout, "", VmmNodes::default()).unwrap();
+        let out = build(QEMU_VIRT, &[carveout], "", VmmNodes::default()).unwrap();
         let fdt = Fdt::new(&out).unwrap();
         assert!(
             fdt.find_node("/chosen")
@@ -370,7 +392,7 @@ mod tests {
         assert_eq!(info.device_secret, Some([0x5a; 32]));
         assert_eq!(info.trusted_keys, alloc::vec![[0x11; 32], [0x11; 32]]);
         let carveout = MemRange::new(0x4020_0000, 0x4120_0000).unwrap();
-        let out = build(&with_secret, carveout, "", VmmNodes::default()).unwrap();
+        let out = build(&with_secret, &[carveout], "", VmmNodes::default()).unwrap();
         let host = dt::parse(&out).unwrap();
         assert_eq!(host.device_secret, None);
         assert!(host.trusted_keys.is_empty());
@@ -392,9 +414,9 @@ mod tests {
     #[test]
     fn refuses_to_add_the_node_twice() {
         let carveout = MemRange::new(0x4020_0000, 0x4120_0000).unwrap();
-        let once = build(QEMU_VIRT, carveout, "", VmmNodes::default()).unwrap();
+        let once = build(QEMU_VIRT, &[carveout], "", VmmNodes::default()).unwrap();
         assert!(matches!(
-            build(&once, carveout, "", VmmNodes::default()),
+            build(&once, &[carveout], "", VmmNodes::default()),
             Err(BootError::HostDeviceTree(_))
         ));
     }

@@ -23,7 +23,7 @@ use arm_pl011_uart::{PL011Registers, Uart};
 use safe_mmio::UniqueMmioPointer;
 
 /// Most CPUs the test host drives (the linker script has one stack per CPU).
-pub const MAX_CPUS: usize = 8;
+pub const MAX_CPUS: usize = 64;
 /// Bytes of stack per CPU; must match `STACK_SIZE` in `testhost.ld`.
 pub const STACK_SIZE: usize = 0x10000;
 /// `MPIDR_EL1` affinity fields (Aff3, Aff2, Aff1, Aff0), as PSCI wants them.

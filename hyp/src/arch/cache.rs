@@ -121,33 +121,44 @@ pub fn tlbi_all_guests() {
     unsafe { asm!("dsb ish", "tlbi alle1is", "dsb ish", "isb", options(nostack, preserves_flags)) };
 }
 
-/// Cleans and invalidates `keep_coherent` to the point of coherency and
-/// turns this CPU's EL2 MMU and data cache off, with no store in between,
-/// so that everything written there through the cache is in DRAM when the
-/// CPU starts reading it uncached. From here on this CPU's data accesses
-/// are Device-nGnRnE: aligned only (the target is built `+strict-align`),
-/// no `DC ZVA`, no exclusives.
+/// Cleans and invalidates both ranges of `keep_coherent` to the point of
+/// coherency and turns this CPU's EL2 MMU and data cache off, with no
+/// store in between, so that everything written there through the cache
+/// is in DRAM when the CPU starts reading it uncached. From here on this
+/// CPU's data accesses are Device-nGnRnE: aligned only (the target is
+/// built `+strict-align`), no `DC ZVA`, no exclusives.
 ///
 /// # Safety
 ///
 /// `keep_coherent` must cover all memory this CPU reads from now on (its
 /// stack, the hypervisor's data) and be mapped at EL2; nothing else may
 /// rely on this CPU's EL2 translation again: it never returns to the host.
-pub unsafe fn clean_and_disable_mmu(keep_coherent: MemRange) {
+pub unsafe fn clean_and_disable_mmu(keep_coherent: [MemRange; 2]) {
     const SCTLR_M: u64 = 1 << 0;
     const SCTLR_C: u64 = 1 << 2;
     let line = dcache_line();
-    let first = keep_coherent.start() & !(line - 1);
-    // SAFETY: the loop only cleans lines; the SCTLR write turns off
+    let [a, b] = keep_coherent;
+    // SAFETY: the loops only clean lines; the SCTLR write turns off
     // translation, which is an identity map of the code and data in use,
     // so execution continues at the next instruction.
     unsafe {
         asm!(
+            "1:",
+            "cmp {at}, {end}",
+            "b.hs 3f",
             "2:",
             "dc civac, {at}",
             "add {at}, {at}, {line}",
             "cmp {at}, {end}",
             "b.lo 2b",
+            "3:",
+            // The second range, then nothing (0, 0).
+            "mov {at}, {at2}",
+            "mov {end}, {end2}",
+            "mov {at2}, xzr",
+            "mov {end2}, xzr",
+            "cmp {at}, {end}",
+            "b.lo 1b",
             "dsb sy",
             "mrs {tmp}, sctlr_el2",
             "bic {tmp}, {tmp}, {bits}",
@@ -156,9 +167,11 @@ pub unsafe fn clean_and_disable_mmu(keep_coherent: MemRange) {
             "ic iallu",
             "dsb nsh",
             "isb",
-            at = inout(reg) first => _,
+            at = inout(reg) a.start() & !(line - 1) => _,
+            end = inout(reg) a.end() => _,
+            at2 = inout(reg) b.start() & !(line - 1) => _,
+            end2 = inout(reg) b.end() => _,
             line = in(reg) line,
-            end = in(reg) keep_coherent.end(),
             bits = in(reg) SCTLR_M | SCTLR_C,
             tmp = out(reg) _,
             options(nostack),
@@ -203,8 +216,8 @@ pub unsafe fn wipe_uncached(range: MemRange) {
     }
 }
 
-/// The last step of a wiped reset: overwrites `range` — the hypervisor's
-/// own writable memory, this CPU's stack included — without touching
+/// The last step of a wiped reset: overwrites both ranges — the
+/// hypervisor's own writable memory and this CPU's stack — without touching
 /// memory otherwise, then calls firmware with `function` (`x1`, `x2` as
 /// given). If that returns, tries `SYSTEM_RESET`, then `SYSTEM_OFF`, then
 /// parks: the hypervisor has no state left to return to.
@@ -212,8 +225,9 @@ pub unsafe fn wipe_uncached(range: MemRange) {
 /// # Safety
 ///
 /// As [`wipe_uncached`]; the MMU must be off; nothing runs after it.
-pub unsafe fn wipe_uncached_then_smc(range: MemRange, function: u32, x1: u64, x2: u64) -> ! {
+pub unsafe fn wipe_uncached_then_smc(ranges: [MemRange; 2], function: u32, x1: u64, x2: u64) -> ! {
     let line = dcache_line().max(64);
+    let [range, second] = ranges;
     // SAFETY: uses only registers from here; the stack it runs on may be
     // zeroed, which nothing reads again.
     unsafe {
@@ -230,6 +244,13 @@ pub unsafe fn wipe_uncached_then_smc(range: MemRange, function: u32, x1: u64, x2
             "cmp x9, x10",
             "b.lo 2b",
             "3:",
+            // The second range, then nothing (0, 0).
+            "mov x9, x16",
+            "mov x10, x17",
+            "mov x16, xzr",
+            "mov x17, xzr",
+            "cmp x9, x10",
+            "b.lo 2b",
             "dsb sy",
             "mov x0, x13",
             "mov x1, x14",
@@ -253,6 +274,8 @@ pub unsafe fn wipe_uncached_then_smc(range: MemRange, function: u32, x1: u64, x2
             in("x13") u64::from(function),
             in("x14") x1,
             in("x15") x2,
+            in("x16") second.start(),
+            in("x17") second.end(),
             options(noreturn, nostack),
         );
     }

@@ -40,10 +40,15 @@ primary_entry:
     stp     xzr, xzr, [x1], #16
     b       2b
 3:
+    // The boot CPU's stack slot is the one in the image (slot 0); the
+    // others are set at boot (arch::set_stack_slot).
+    ldr     x1, ={stack_slots}
+    ldr     x2, ={stacks}
+    str     x2, [x1]
     ldr     x0, =__bss_start
     ldr     x1, =__bss_end
     bl      inval_poc
-    // Paint every CPU's stacks, so that the deepest use can be read back.
+    // Paint the boot CPU's stacks, so that the deepest use can be read back.
     ldr     x1, ={stacks}
     ldr     x2, ={stacks_size}
     add     x2, x1, x2
@@ -92,12 +97,14 @@ secondary_entry:
     bl      {secondary_main}
     b       park
 
-// x0 = CPU index. Points SP_EL2 at the top of that CPU's stack, records the
-// index in TPIDR_EL2 and installs the vectors. Clobbers x1, x2.
+// x0 = CPU index, below max_cpus. Points SP_EL2 at the top of that CPU's
+// stack, records the index in TPIDR_EL2 and installs the vectors; parks a
+// CPU that has no stack slot. Clobbers x1, x2.
 set_cpu_stack:
-    ldr     x1, ={stacks}
+    ldr     x1, ={stack_slots}
+    ldr     x1, [x1, x0, lsl #3]
+    cbz     x1, park
     ldr     x2, ={stack_stride}
-    madd    x1, x0, x2, x1
     add     x1, x1, x2
     mov     sp, x1
     msr     tpidr_el2, x0
@@ -167,9 +174,9 @@ park:
 .global enter_host_repaint
 enter_host_repaint:
     mrs     x2, tpidr_el2
-    ldr     x3, ={stacks}
+    ldr     x3, ={stack_slots}
+    ldr     x3, [x3, x2, lsl #3]
     ldr     x4, ={stack_stride}
-    madd    x3, x2, x4, x3
     add     x3, x3, x4                  // top of this CPU's stack
     ldr     x4, ={stack_size}
     sub     x4, x3, x4                  // its bottom
@@ -188,9 +195,9 @@ enter_host:
     ldr     x2, ={spsr_el1h}
     msr     spsr_el2, x2
     mrs     x2, tpidr_el2
-    ldr     x3, ={stacks}
+    ldr     x3, ={stack_slots}
+    ldr     x3, [x3, x2, lsl #3]
     ldr     x4, ={stack_stride}
-    madd    x3, x2, x4, x3
     add     x3, x3, x4
     mov     sp, x3
     mov     x0, x1
@@ -285,9 +292,9 @@ el2_fatal:
     cbnz    w4, 1f
     mov     w4, #1
     strb    w4, [x3, x2]
-    ldr     x3, ={stacks}
-    ldr     x4, ={stack_stride}
-    madd    x3, x2, x4, x3
+    ldr     x3, ={stack_slots}
+    ldr     x3, [x3, x2, lsl #3]
+    cbz     x3, 1f
     ldr     x4, ={emergency_top}
     add     x3, x3, x4
     mov     sp, x3

@@ -38,36 +38,104 @@ pub const STACK_STRIDE: usize = core::mem::size_of::<CpuStack>();
 const EMERGENCY_TOP: usize = core::mem::offset_of!(CpuStack, guard);
 const _: () = assert!(STACK_SIZE.is_multiple_of(4096) && EMERGENCY_STACK_SIZE.is_multiple_of(4096));
 
-/// The per-CPU stacks. Only `entry.S` touches them; Rust code needs their
-/// address ranges to map them and reads their paint to measure them.
+/// The boot CPU's stacks, in the image: it needs them before the device
+/// tree says how many CPUs there are. The other CPUs' stacks are allocated
+/// at boot in the carve-out's boot-sized part ([`set_stack_slot`]). Only
+/// `entry.S` runs on them; Rust code needs their address ranges to map
+/// them and reads their paint to measure them.
 #[unsafe(link_section = ".stacks")]
-static mut STACKS: [CpuStack; MAX_CPUS] = [const {
-    CpuStack { emergency_guard: [0; 4096], emergency: [0; EMERGENCY_STACK_SIZE], guard: [0; 4096], stack: [0; STACK_SIZE] }
-}; MAX_CPUS];
+static mut STACKS: CpuStack =
+    CpuStack { emergency_guard: [0; 4096], emergency: [0; EMERGENCY_STACK_SIZE], guard: [0; 4096], stack: [0; STACK_SIZE] };
+
+/// Each CPU's stack slot (a [`CpuStack`] layout): its address, or 0 for a
+/// CPU without one, which `entry.S` parks. The boot CPU's (slot 0) is
+/// written by `primary_entry`, the others by [`set_stack_slot`] at boot,
+/// before any other CPU starts, and never changed afterwards.
+static mut STACK_SLOTS: [u64; MAX_CPUS] = [0; MAX_CPUS];
 
 /// Whether a CPU has entered the fatal path (`el2_fatal` in `entry.S`):
 /// a second EL2 exception on it powers off without reporting again.
 static mut FATAL_ENTERED: [u8; MAX_CPUS] = [0; MAX_CPUS];
 
-fn slot_base(cpu: usize) -> u64 {
-    (&raw const STACKS) as u64 + (cpu * STACK_STRIDE) as u64
+fn slot_base(cpu: usize) -> Option<u64> {
+    if cpu >= MAX_CPUS {
+        return None;
+    }
+    // SAFETY: an aligned 8-byte load of an element of STACK_SLOTS (index
+    // checked above); the slots are written only at boot, before the CPUs
+    // that read them start, and the load goes through a raw pointer, so no
+    // reference to the static mut exists.
+    let base = unsafe { (&raw const STACK_SLOTS).cast::<u64>().add(cpu).read_volatile() };
+    (base != 0).then_some(base)
 }
 
-/// Where a CPU's stack (without its guard page) lies.
+/// Gives CPU `cpu` (not 0) the stack slot at `base`, [`STACK_STRIDE`]
+/// bytes: paints it (see [`stack_high_water`]), then cleans the slot and
+/// its address to the point of coherency, because the CPU first uses them
+/// with its MMU off. False, changing nothing, if `cpu` is 0 or out of range
+/// or `base` is not page-aligned.
+///
+/// # Safety
+///
+/// `base` must be RAM that nothing else uses, writable at its address (the
+/// MMU off, as at boot, or mapped at EL2; the guard pages need not be), and
+/// no CPU with index `cpu` may be running yet.
+pub unsafe fn set_stack_slot(cpu: usize, base: u64) -> bool {
+    if cpu == 0 || cpu >= MAX_CPUS || !base.is_multiple_of(4096) || base == 0 {
+        return false;
+    }
+    let emergency = base + core::mem::offset_of!(CpuStack, emergency) as u64;
+    let stack = base + core::mem::offset_of!(CpuStack, stack) as u64;
+    for (from, to) in [(emergency, base + EMERGENCY_TOP as u64), (stack, base + STACK_STRIDE as u64)] {
+        let mut at = from;
+        while at < to {
+            // SAFETY: the caller gives this CPU's stacks to it alone, writable
+            // at their address; `at` is 8-byte aligned inside them.
+            unsafe { (at as *mut u64).write_volatile(STACK_PAINT) };
+            at += 8;
+        }
+    }
+    // SAFETY: `cpu` is in range (checked above) and not running yet, so
+    // nothing reads this element concurrently; a raw-pointer store.
+    unsafe { (&raw mut STACK_SLOTS).cast::<u64>().add(cpu).write_volatile(base) };
+    for range in [
+        rampart_platform::MemRange::new(emergency, base + EMERGENCY_TOP as u64),
+        rampart_platform::MemRange::new(stack, base + STACK_STRIDE as u64),
+        rampart_platform::MemRange::from_base_size((&raw const STACK_SLOTS) as u64 + 8 * cpu as u64, 8),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        cache::scrub_then_release(range);
+    }
+    true
+}
+
+/// Where a CPU's stack (without its guard page) lies; empty for a CPU
+/// without a stack slot.
 pub fn stack_range(cpu: usize) -> (u64, u64) {
-    let base = slot_base(cpu);
+    let Some(base) = slot_base(cpu) else { return (0, 0) };
     (base + core::mem::offset_of!(CpuStack, stack) as u64, base + STACK_STRIDE as u64)
 }
 
-/// Where a CPU's emergency stack (without its guard page) lies.
+/// Where a CPU's emergency stack (without its guard page) lies; empty for
+/// a CPU without a stack slot.
 pub fn emergency_stack_range(cpu: usize) -> (u64, u64) {
-    let base = slot_base(cpu);
+    let Some(base) = slot_base(cpu) else { return (0, 0) };
     (base + core::mem::offset_of!(CpuStack, emergency) as u64, base + EMERGENCY_TOP as u64)
 }
 
-/// The unmapped guard page below a CPU's stack.
+/// A CPU's whole stack slot, guard pages included; empty for a CPU without
+/// a stack slot.
+pub fn slot_range(cpu: usize) -> (u64, u64) {
+    let Some(base) = slot_base(cpu) else { return (0, 0) };
+    (base, base + STACK_STRIDE as u64)
+}
+
+/// The unmapped guard page below a CPU's stack; empty for a CPU without a
+/// stack slot.
 pub fn guard_range(cpu: usize) -> (u64, u64) {
-    let base = slot_base(cpu);
+    let Some(base) = slot_base(cpu) else { return (0, 0) };
     (base + core::mem::offset_of!(CpuStack, guard) as u64, base + core::mem::offset_of!(CpuStack, stack) as u64)
 }
 
@@ -75,9 +143,6 @@ pub fn guard_range(cpu: usize) -> (u64, u64) {
 /// painted with [`STACK_PAINT`] before any CPU starts, and this finds the
 /// lowest word that no longer holds it.
 pub fn stack_high_water(cpu: usize) -> u64 {
-    if cpu >= MAX_CPUS {
-        return 0;
-    }
     let (start, end) = stack_range(cpu);
     let mut at = start;
     while at < end {
@@ -110,10 +175,11 @@ global_asm!(
     max_cpus = const MAX_CPUS,
     stack_stride = const STACK_STRIDE,
     stack_size = const STACK_SIZE,
-    stacks_size = const STACK_STRIDE * MAX_CPUS,
+    stacks_size = const STACK_STRIDE,
     emergency_top = const EMERGENCY_TOP,
     stack_paint = const STACK_PAINT,
     stacks = sym STACKS,
+    stack_slots = sym STACK_SLOTS,
     fatal_entered = sym FATAL_ENTERED,
     el2_fatal = sym crate::exceptions::el2_fatal,
     system_off = const 0x8400_0008u64,

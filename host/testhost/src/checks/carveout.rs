@@ -28,8 +28,9 @@ const SENTINEL: u64 = 0x5e47_14e1_dead_c0de;
 const STORE_VALUE: u64 = 0x0bad_f00d_0bad_f00d;
 
 /// `carveout-dt`: exactly one `/reserved-memory/rampart-hypervisor@<addr>`
-/// node, with the right `compatible`, `no-map`, one page-aligned `reg` whose
-/// address matches the unit address; and none of it is memory the host was
+/// node, with the right `compatible`, `no-map`, one or two page-aligned
+/// `reg` entries (the fixed carve-out, whose address matches the unit
+/// address, then the part sized at boot); and none of it is memory the host was
 /// handed as usable (or holds the host's image or DT).
 pub fn carveout_dt(p: &Platform) -> Result<(), Msg> {
     let mut nodes = p.carveout_nodes();
@@ -54,44 +55,49 @@ pub fn carveout_dt(p: &Platform) -> Result<(), Msg> {
     );
     ensure!(node.no_map, "node {name}: expected a no-map property");
     let regs = node.reg.as_slice();
+    // The fixed carve-out (named by the unit address), then the part the
+    // hypervisor sized at boot from the machine (ownership table, per-CPU
+    // stacks and state).
     ensure!(
-        regs.len() == 1,
-        "node {name}: expected one reg entry, found {}",
+        regs.len() == 1 || regs.len() == 2,
+        "node {name}: expected one or two reg entries, found {}",
         regs.len()
     );
-    let carveout = regs[0];
     ensure!(
-        carveout.size() > 0 && carveout.start % 4096 == 0 && carveout.size() % 4096 == 0,
-        "node {name}: reg {carveout} is empty or not page-aligned"
+        node.unit_address == Some(regs[0].start),
+        "node {name}: unit address does not match reg {}",
+        regs[0]
     );
-    ensure!(
-        node.unit_address == Some(carveout.start),
-        "node {name}: unit address does not match reg {carveout}"
-    );
-    note!("carve-out {carveout} ({} KiB)", carveout.size() >> 10);
-    for usable in p.usable_memory().as_slice() {
+    for &carveout in regs {
         ensure!(
-            !usable.overlaps(&carveout),
-            "carve-out {carveout} overlaps usable memory {usable}"
+            carveout.size() > 0 && carveout.start % 4096 == 0 && carveout.size() % 4096 == 0,
+            "node {name}: reg {carveout} is empty or not page-aligned"
         );
-    }
-    ensure!(
-        !p.image.overlaps(&carveout),
-        "carve-out {carveout} overlaps the host image {}",
-        p.image
-    );
-    ensure!(
-        !p.dt.overlaps(&carveout),
-        "carve-out {carveout} overlaps the host's DT {}",
-        p.dt
-    );
-    if !p
-        .memory
-        .as_slice()
-        .iter()
-        .any(|m| m.contains_range(&carveout))
-    {
-        note!("the carve-out is not inside any /memory node");
+        note!("carve-out {carveout} ({} KiB)", carveout.size() >> 10);
+        for usable in p.usable_memory().as_slice() {
+            ensure!(
+                !usable.overlaps(&carveout),
+                "carve-out {carveout} overlaps usable memory {usable}"
+            );
+        }
+        ensure!(
+            !p.image.overlaps(&carveout),
+            "carve-out {carveout} overlaps the host image {}",
+            p.image
+        );
+        ensure!(
+            !p.dt.overlaps(&carveout),
+            "carve-out {carveout} overlaps the host's DT {}",
+            p.dt
+        );
+        if !p
+            .memory
+            .as_slice()
+            .iter()
+            .any(|m| m.contains_range(&carveout))
+        {
+            note!("the carve-out {carveout} is not inside any /memory node");
+        }
     }
     Ok(())
 }
@@ -214,24 +220,40 @@ pub(super) fn expect_abort(access: Access, address: u64) -> Result<(), Msg> {
     }
 }
 
+/// The ranges the abort checks probe: [`Platform::probe_target`], then,
+/// unless `testhost.probe=` overrides it, the carve-out's part sized at
+/// boot (its node's second `reg`), if the node has one.
+fn targets(p: &Platform) -> Result<[Option<Range>; 2], Msg> {
+    let first = p.probe_target()?;
+    let second = if p.probe_override.is_some() {
+        None
+    } else {
+        p.carveout_nodes().next().and_then(|n| n.reg.as_slice().get(1).copied())
+    };
+    Ok([Some(first), second])
+}
+
 /// `carveout-read`: 64-bit loads from the first and last word of the
-/// carve-out abort as described at [`expect_abort`] and return no data.
+/// carve-out (each of its ranges) abort as described at [`expect_abort`]
+/// and return no data.
 pub fn carveout_read(p: &Platform) -> Result<(), Msg> {
-    let target = p.probe_target()?;
-    for address in ends(p, target)? {
-        expect_abort(Access::Load, address)?;
+    for target in targets(p)?.into_iter().flatten() {
+        for address in ends(p, target)? {
+            expect_abort(Access::Load, address)?;
+        }
     }
     Ok(())
 }
 
 /// `carveout-write`: 64-bit stores to the first and last word of the
-/// carve-out abort with WnR = 1; afterwards the host still runs and a load
-/// still aborts.
+/// carve-out (each of its ranges) abort with WnR = 1; afterwards the host
+/// still runs and a load still aborts.
 pub fn carveout_write(p: &Platform) -> Result<(), Msg> {
-    let target = p.probe_target()?;
-    let [first, last] = ends(p, target)?;
-    expect_abort(Access::Store, first)?;
-    expect_abort(Access::Store, last)?;
-    expect_abort(Access::Load, first).map_err(|m| crate::msg!("after the stores: {m}"))?;
+    for target in targets(p)?.into_iter().flatten() {
+        let [first, last] = ends(p, target)?;
+        expect_abort(Access::Store, first)?;
+        expect_abort(Access::Store, last)?;
+        expect_abort(Access::Load, first).map_err(|m| crate::msg!("after the stores: {m}"))?;
+    }
     Ok(())
 }
