@@ -317,7 +317,7 @@ mod tests {
     #[test]
     fn the_host_tree_has_no_dma_master_rampart_withholds() {
         let carveout = MemRange::new(0x4020_0000, 0x4120_0000).unwrap();
-        let host = build(QEMU_VIRT, carveout, "", VmmNodes::default()).unwrap();
+        let host = build(QEMU_VIRT, &[carveout], "", VmmNodes::default()).unwrap();
         let plan = crate::devices::plan(QEMU_VIRT, false).unwrap();
         let out = withhold_dma_masters(&host, &plan).unwrap();
         let fdt = Fdt::new(&out).unwrap();
