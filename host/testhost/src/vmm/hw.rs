@@ -13,36 +13,9 @@
 
 use core::arch::{asm, global_asm};
 
-/// Reads the 32-bit device register at `address`.
-///
-/// The caller passes a GIC register the device tree names (identity-mapped
-/// MMIO with the MMU off); reading it has no effect on memory Rust knows.
-pub fn mmio_read32(address: u64) -> u32 {
-    assert!(address.is_multiple_of(4));
-    let value: u32;
-    // SAFETY: an aligned 32-bit load from a device register outside every
-    // Rust object (the caller passes GIC MMIO); nothing else changes.
-    unsafe {
-        asm!("ldr {:w}, [{}]", out(reg) value, in(reg) address,
-             options(nostack, readonly, preserves_flags))
-    };
-    value
-}
-
-/// Writes the 32-bit device register at `address`.
-///
-/// The caller passes a GIC register the device tree names.
-pub fn mmio_write32(address: u64, value: u32) {
-    assert!(address.is_multiple_of(4));
-    let (image_start, image_end) = crate::arch::image_range();
-    assert!(address < image_start || address >= image_end);
-    // SAFETY: an aligned 32-bit store to a device register outside the
-    // image (asserted), so no Rust object changes.
-    unsafe {
-        asm!("str {:w}, [{}]", in(reg) value, in(reg) address,
-             options(nostack, preserves_flags))
-    };
-}
+/// GIC registers are read and written with the test host's device-register
+/// accessors: the caller passes a GIC register the device tree names.
+pub use crate::arch::{mmio_read32, mmio_write32};
 
 /// Enables this CPU's GICv3 CPU interface for Group 1 interrupts of any
 /// priority: `ICC_SRE_EL1.SRE` = 1, `ICC_PMR_EL1` = 0xff,
