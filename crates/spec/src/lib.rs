@@ -18,6 +18,10 @@
 //! order of errors the ABI does not fix) the prediction is a set. A failed
 //! call changes nothing; a successful one applies its [`Effect`].
 #![no_std]
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "slots (< MAX_VMS), vCPU indices (< 8) and error codes (> -63) are small"
+)]
 
 use rampart_abi::Error;
 use rampart_abi::guest::GuestCall;
@@ -99,7 +103,10 @@ impl Page {
     /// mirror map exactly these pages).
     #[must_use]
     pub const fn host_reachable(self) -> bool {
-        matches!(self, Page::Host | Page::HostSharedHyp | Page::HostSharedVm(_) | Page::VmSharedHost(_))
+        matches!(
+            self,
+            Page::Host | Page::HostSharedHyp | Page::HostSharedVm(_) | Page::VmSharedHost(_)
+        )
     }
 
     /// Whether VM `slot`'s stage 2 may map it.
@@ -128,7 +135,11 @@ impl Outcomes {
     pub const ANY: Outcomes = Outcomes(u64::MAX);
 
     const fn bit(code: i64) -> u64 {
-        if code <= 0 && code > -63 { 1 << (-code) as u32 } else { 1 << 63 }
+        if code <= 0 && code > -63 {
+            1 << (-code) as u32
+        } else {
+            1 << 63
+        }
     }
 
     /// Just `code`.
@@ -249,7 +260,10 @@ pub struct Prediction {
 
 impl Prediction {
     const fn refuse(allowed: Outcomes) -> Prediction {
-        Prediction { allowed, effect: Effect::None }
+        Prediction {
+            allowed,
+            effect: Effect::None,
+        }
     }
 }
 
@@ -316,11 +330,17 @@ impl VmSpec {
     #[must_use]
     pub fn any_mapped(&self, ipa: u64, pages: u64) -> bool {
         let end = ipa.saturating_add(pages.saturating_mul(PAGE));
-        self.runs.iter().take(self.run_count).any(|r| r.ipa < end && ipa < r.ipa + r.pages * PAGE)
+        self.runs
+            .iter()
+            .take(self.run_count)
+            .any(|r| r.ipa < end && ipa < r.ipa + r.pages * PAGE)
     }
 
     fn add_run(&mut self, run: Run) {
-        if let Some(last) = self.run_count.checked_sub(1).and_then(|i| self.runs.get_mut(i))
+        if let Some(last) = self
+            .run_count
+            .checked_sub(1)
+            .and_then(|i| self.runs.get_mut(i))
             && last.ipa + last.pages * PAGE == run.ipa
             && last.pa + last.pages * PAGE == run.pa
         {
@@ -338,13 +358,22 @@ impl VmSpec {
 
     /// Removes guest page `ipa`, splitting its run.
     fn remove_page(&mut self, ipa: u64) {
-        let Some(i) = self.runs.iter().take(self.run_count).position(|r| r.ipa <= ipa && ipa < r.ipa + r.pages * PAGE) else {
+        let Some(i) = self
+            .runs
+            .iter()
+            .take(self.run_count)
+            .position(|r| r.ipa <= ipa && ipa < r.ipa + r.pages * PAGE)
+        else {
             return;
         };
         let r = self.runs[i];
         let before = (ipa - r.ipa) / PAGE;
         let after = r.pages - before - 1;
-        let tail = Run { ipa: ipa + PAGE, pa: r.pa + (before + 1) * PAGE, pages: after };
+        let tail = Run {
+            ipa: ipa + PAGE,
+            pa: r.pa + (before + 1) * PAGE,
+            pages: after,
+        };
         if before == 0 {
             self.runs[i] = tail;
         } else {
@@ -389,7 +418,11 @@ pub struct Spec<'a> {
 /// Returns the slot a handle names, if it is live in `spec`.
 fn live_slot(spec: &Spec<'_>, handle: u64) -> Option<usize> {
     let slot = (handle & 0xffff_ffff).checked_sub(HANDLE_BASE)? as usize;
-    spec.vms.get(slot)?.as_ref().filter(|vm| vm.handle == handle).map(|_| slot)
+    spec.vms
+        .get(slot)?
+        .as_ref()
+        .filter(|vm| vm.handle == handle)
+        .map(|_| slot)
 }
 
 impl<'a> Spec<'a> {
@@ -414,8 +447,17 @@ impl<'a> Spec<'a> {
     /// byte per page from the lowest bank's start to the highest's end.
     /// Returns false (changing nothing) if it does not, or for more than
     /// [`MAX_BANKS`] banks.
-    pub fn init(&mut self, pages: &'a mut [u8], banks: &[(u64, u64)], carveout: [(u64, u64); 2], ipa_bits: u32) -> bool {
-        let (Some(low), Some(high)) = (banks.iter().map(|b| b.0).min(), banks.iter().map(|b| b.1).max()) else {
+    pub fn init(
+        &mut self,
+        pages: &'a mut [u8],
+        banks: &[(u64, u64)],
+        carveout: [(u64, u64); 2],
+        ipa_bits: u32,
+    ) -> bool {
+        let (Some(low), Some(high)) = (
+            banks.iter().map(|b| b.0).min(),
+            banks.iter().map(|b| b.1).max(),
+        ) else {
             return false;
         };
         if banks.len() > MAX_BANKS || (high - low) / PAGE > pages.len() as u64 {
@@ -433,7 +475,12 @@ impl<'a> Spec<'a> {
             let pa = low + i as u64 * PAGE;
             let in_ram = banks.iter().any(|b| b.0 <= pa && pa < b.1);
             let in_carveout = carveout.iter().any(|c| c.0 <= pa && pa < c.1);
-            *byte = if in_ram && !in_carveout { Page::Host } else { Page::HypOwn }.encode();
+            *byte = if in_ram && !in_carveout {
+                Page::Host
+            } else {
+                Page::HypOwn
+            }
+            .encode();
         }
         true
     }
@@ -454,11 +501,16 @@ impl<'a> Spec<'a> {
     #[must_use]
     pub fn page(&self, pa: u64) -> Option<Page> {
         let index = pa.checked_sub(self.base)? / PAGE;
-        self.pages.get(usize::try_from(index).ok()?).map(|b| Page::decode(*b))
+        self.pages
+            .get(usize::try_from(index).ok()?)
+            .map(|b| Page::decode(*b))
     }
 
     fn set(&mut self, pa: u64, page: Page) {
-        if let Some(index) = pa.checked_sub(self.base).map(|o| o / PAGE).and_then(|i| usize::try_from(i).ok())
+        if let Some(index) = pa
+            .checked_sub(self.base)
+            .map(|o| o / PAGE)
+            .and_then(|i| usize::try_from(i).ok())
             && let Some(b) = self.pages.get_mut(index)
         {
             *b = page.encode();
@@ -466,11 +518,15 @@ impl<'a> Spec<'a> {
     }
 
     fn in_one_bank(&self, range: &PageRange) -> bool {
-        self.banks().iter().any(|b| b.0 <= range.start() && range.end() <= b.1)
+        self.banks()
+            .iter()
+            .any(|b| b.0 <= range.start() && range.end() <= b.1)
     }
 
     fn overlaps_carveout(&self, range: &PageRange) -> bool {
-        self.carveout.iter().any(|c| range.start() < c.1 && c.0 < range.end())
+        self.carveout
+            .iter()
+            .any(|c| range.start() < c.1 && c.0 < range.end())
     }
 
     fn all(&self, range: &PageRange, f: impl Fn(Page) -> bool) -> bool {
@@ -485,10 +541,18 @@ impl<'a> Spec<'a> {
             Err(e) => return Prediction::refuse(Outcomes::error(e)),
         };
         match request {
-            HostRequest::ShareHyp(r) => self.memory_call(r, |p| p == Page::Host, Page::HostSharedHyp, false, false),
-            HostRequest::DonateHyp(r) => self.memory_call(r, |p| p == Page::Host, Page::HypDonated, false, false),
-            HostRequest::UnshareHyp(r) => self.memory_call(r, |p| p == Page::HostSharedHyp, Page::Host, true, false),
-            HostRequest::ReclaimHyp(r) => self.memory_call(r, |p| p == Page::HypDonated, Page::Host, false, true),
+            HostRequest::ShareHyp(r) => {
+                self.memory_call(r, |p| p == Page::Host, Page::HostSharedHyp, false, false)
+            }
+            HostRequest::DonateHyp(r) => {
+                self.memory_call(r, |p| p == Page::Host, Page::HypDonated, false, false)
+            }
+            HostRequest::UnshareHyp(r) => {
+                self.memory_call(r, |p| p == Page::HostSharedHyp, Page::Host, true, false)
+            }
+            HostRequest::ReclaimHyp(r) => {
+                self.memory_call(r, |p| p == Page::HypDonated, Page::Host, false, true)
+            }
             HostRequest::VmCreate { metadata, config } => self.vm_create(metadata, config),
             HostRequest::VmDestroy(VmHandle(h)) => match live_slot(self, h) {
                 None => Prediction::refuse(Outcomes::error(Error::InvalidParameter)),
@@ -497,22 +561,35 @@ impl<'a> Spec<'a> {
                     effect: Effect::DestroyVm { slot: slot as u8 },
                 },
             },
-            HostRequest::VcpuCreate(v) => match live_slot(self, v.vm.0).and_then(|s| Some((s, self.vms[s].as_ref()?))) {
-                None => Prediction::refuse(Outcomes::error(Error::InvalidParameter)),
-                Some((_, vm)) if v.index as u64 >= vm.config.max_vcpus => {
-                    Prediction::refuse(Outcomes::error(Error::InvalidParameter))
+            HostRequest::VcpuCreate(v) => {
+                match live_slot(self, v.vm.0).and_then(|s| Some((s, self.vms[s].as_ref()?))) {
+                    None => Prediction::refuse(Outcomes::error(Error::InvalidParameter)),
+                    Some((_, vm)) if v.index as u64 >= vm.config.max_vcpus => {
+                        Prediction::refuse(Outcomes::error(Error::InvalidParameter))
+                    }
+                    // Existing: DENIED, or BUSY while it runs on another CPU.
+                    Some((_, vm)) if vm.vcpus & (1 << v.index) != 0 => {
+                        Prediction::refuse(Outcomes::error(Error::Denied).or_error(Error::Busy))
+                    }
+                    Some((slot, _)) => Prediction {
+                        allowed: Outcomes::success(),
+                        effect: Effect::CreateVcpu {
+                            slot: slot as u8,
+                            index: v.index as u8,
+                        },
+                    },
                 }
-                // Existing: DENIED, or BUSY while it runs on another CPU.
-                Some((_, vm)) if vm.vcpus & (1 << v.index) != 0 => {
-                    Prediction::refuse(Outcomes::error(Error::Denied).or_error(Error::Busy))
-                }
-                Some((slot, _)) => Prediction {
-                    allowed: Outcomes::success(),
-                    effect: Effect::CreateVcpu { slot: slot as u8, index: v.index as u8 },
-                },
-            },
-            HostRequest::VmDonate { vm, pages, guest_address } => self.give(vm, pages, guest_address, false),
-            HostRequest::VmShare { vm, pages, guest_address } => self.give(vm, pages, guest_address, true),
+            }
+            HostRequest::VmDonate {
+                vm,
+                pages,
+                guest_address,
+            } => self.give(vm, pages, guest_address, false),
+            HostRequest::VmShare {
+                vm,
+                pages,
+                guest_address,
+            } => self.give(vm, pages, guest_address, true),
             // No ownership changes; results checked by other tests.
             HostRequest::Version
             | HostRequest::Features(_)
@@ -521,12 +598,20 @@ impl<'a> Spec<'a> {
             | HostRequest::VcpuInject { .. }
             | HostRequest::VmSetSignature { .. }
             | HostRequest::AttestationKey
-            | HostRequest::VmList(_) => Prediction::refuse(Outcomes::ANY),
+            | HostRequest::VmList(_)
+            | HostRequest::OracleCheck => Prediction::refuse(Outcomes::ANY),
         }
     }
 
     /// The four memory calls: errors in the documented order.
-    fn memory_call(&self, range: PageRange, before: impl Fn(Page) -> bool, to: Page, returns: bool, reclaim: bool) -> Prediction {
+    fn memory_call(
+        &self,
+        range: PageRange,
+        before: impl Fn(Page) -> bool,
+        to: Page,
+        returns: bool,
+        reclaim: bool,
+    ) -> Prediction {
         if !self.in_one_bank(&range) {
             return Prediction::refuse(Outcomes::error(Error::Range));
         }
@@ -538,7 +623,14 @@ impl<'a> Spec<'a> {
             // A page the hypervisor pinned.
             allowed = allowed.or_error(Error::Busy);
         }
-        Prediction { allowed, effect: Effect::SetPages { range, to, zero: reclaim } }
+        Prediction {
+            allowed,
+            effect: Effect::SetPages {
+                range,
+                to,
+                zero: reclaim,
+            },
+        }
     }
 
     fn vm_create(&self, metadata: PageRange, config: VmConfig) -> Prediction {
@@ -556,8 +648,15 @@ impl<'a> Spec<'a> {
             return Prediction::refuse(errors);
         }
         let free = (0..MAX_VMS).any(|s| self.vms[s].is_none() && self.generations[s] != RETIRED);
-        let allowed = if free { Outcomes::success().or_error(Error::NoMemory) } else { Outcomes::error(Error::NoMemory) };
-        Prediction { allowed, effect: Effect::CreateVm { metadata, config } }
+        let allowed = if free {
+            Outcomes::success().or_error(Error::NoMemory)
+        } else {
+            Outcomes::error(Error::NoMemory)
+        };
+        Prediction {
+            allowed,
+            effect: Effect::CreateVm { metadata, config },
+        }
     }
 
     fn give(&self, vm: VmHandle, range: PageRange, ipa: u64, share: bool) -> Prediction {
@@ -571,7 +670,10 @@ impl<'a> Spec<'a> {
         if !ipa.is_multiple_of(PAGE) {
             errors = errors.or_error(Error::InvalidParameter);
         }
-        let ipa_end = range.pages().checked_mul(PAGE).and_then(|b| ipa.checked_add(b));
+        let ipa_end = range
+            .pages()
+            .checked_mul(PAGE)
+            .and_then(|b| ipa.checked_add(b));
         let ipa_fits = ipa_end.is_some_and(|end| self.ipa_bits >= 64 || end <= 1 << self.ipa_bits);
         if !self.in_one_bank(&range) || !ipa_fits {
             errors = errors.or_error(Error::Range);
@@ -593,7 +695,15 @@ impl<'a> Spec<'a> {
         if spec.imprecise {
             allowed = allowed.or_error(Error::Denied);
         }
-        Prediction { allowed, effect: Effect::GiveVm { slot: slot as u8, range, ipa, share } }
+        Prediction {
+            allowed,
+            effect: Effect::GiveVm {
+                slot: slot as u8,
+                range,
+                ipa,
+                share,
+            },
+        }
     }
 
     /// Predicts guest call `function` with `x1`..`x3` from the VM in
@@ -601,9 +711,18 @@ impl<'a> Spec<'a> {
     /// the page the VM's real stage 2 maps at `x1`, used only when the
     /// specification lost track of this VM's layout ([`VmSpec::imprecise`]).
     #[must_use]
-    pub fn predict_guest(&self, slot: usize, function: u32, args: [u64; 3], concrete_pa: Option<u64>) -> Option<Prediction> {
+    pub fn predict_guest(
+        &self,
+        slot: usize,
+        function: u32,
+        args: [u64; 3],
+        concrete_pa: Option<u64>,
+    ) -> Option<Prediction> {
         let call = GuestCall::try_from(function).ok()?;
-        if !matches!(call, GuestCall::MemShare | GuestCall::MemUnshare | GuestCall::MemRelinquish) {
+        if !matches!(
+            call,
+            GuestCall::MemShare | GuestCall::MemUnshare | GuestCall::MemRelinquish
+        ) {
             return None;
         }
         let invalid = Prediction::refuse(Outcomes::error(Error::InvalidParameter));
@@ -615,7 +734,11 @@ impl<'a> Spec<'a> {
         if !ipa.is_multiple_of(PAGE) || x2 != 0 || x3 != 0 {
             return Some(invalid);
         }
-        let pa = if vm.imprecise { concrete_pa } else { vm.translate(ipa) };
+        let pa = if vm.imprecise {
+            concrete_pa
+        } else {
+            vm.translate(ipa)
+        };
         let Some(pa) = pa else { return Some(invalid) };
         let s = slot as u8;
         let page = self.page(pa)?;
@@ -623,15 +746,26 @@ impl<'a> Spec<'a> {
         // A refused call is INVALID_PARAMETER, also when the pool is low.
         let ok = Outcomes::success().or_error(Error::InvalidParameter);
         Some(match (call, page) {
-            (GuestCall::MemShare, Page::Vm(o)) if o == s => {
-                Prediction { allowed: ok, effect: Effect::SetPages { range, to: Page::VmSharedHost(s), zero: false } }
-            }
-            (GuestCall::MemUnshare, Page::VmSharedHost(o)) if o == s => {
-                Prediction { allowed: ok, effect: Effect::SetPages { range, to: Page::Vm(s), zero: false } }
-            }
-            (GuestCall::MemRelinquish, Page::Vm(o)) if o == s => {
-                Prediction { allowed: ok, effect: Effect::Relinquish { slot: s, ipa, pa } }
-            }
+            (GuestCall::MemShare, Page::Vm(o)) if o == s => Prediction {
+                allowed: ok,
+                effect: Effect::SetPages {
+                    range,
+                    to: Page::VmSharedHost(s),
+                    zero: false,
+                },
+            },
+            (GuestCall::MemUnshare, Page::VmSharedHost(o)) if o == s => Prediction {
+                allowed: ok,
+                effect: Effect::SetPages {
+                    range,
+                    to: Page::Vm(s),
+                    zero: false,
+                },
+            },
+            (GuestCall::MemRelinquish, Page::Vm(o)) if o == s => Prediction {
+                allowed: ok,
+                effect: Effect::Relinquish { slot: s, ipa, pa },
+            },
             _ => invalid,
         })
     }
@@ -640,7 +774,9 @@ impl<'a> Spec<'a> {
     /// once the call returns (computed before [`Spec::commit`]).
     pub fn must_be_zero(&self, effect: &Effect, f: &mut dyn FnMut(u64, u64)) {
         match *effect {
-            Effect::SetPages { range, zero: true, .. } => f(range.start(), range.pages()),
+            Effect::SetPages {
+                range, zero: true, ..
+            } => f(range.start(), range.pages()),
             Effect::Relinquish { pa, .. } => f(pa, 1),
             Effect::DestroyVm { slot } => {
                 let mut run: Option<(u64, u64)> = None;
@@ -679,7 +815,11 @@ impl<'a> Spec<'a> {
     /// The [`Violation`].
     pub fn commit(&mut self, prediction: &Prediction, x0: i64, x1: u64) -> Result<(), Violation> {
         let allowed = prediction.allowed;
-        let verdict = if allowed.allows(x0) { Ok(()) } else { Err(Violation::Result { got: x0, allowed }) };
+        let verdict = if allowed.allows(x0) {
+            Ok(())
+        } else {
+            Err(Violation::Result { got: x0, allowed })
+        };
         if x0 != 0 {
             return verdict;
         }
@@ -687,14 +827,18 @@ impl<'a> Spec<'a> {
             Effect::None => {}
             Effect::SetPages { range, to, .. } => self.set_range(range, to),
             Effect::CreateVm { metadata, config } => {
-                let slot = (x1 & 0xffff_ffff).checked_sub(HANDLE_BASE).map(|s| s as usize);
+                let slot = (x1 & 0xffff_ffff)
+                    .checked_sub(HANDLE_BASE)
+                    .map(|s| s as usize);
                 let fits = slot.filter(|&s| {
                     s < MAX_VMS
                         && self.vms[s].is_none()
                         && self.generations[s] != RETIRED
                         && x1 >> 32 == u64::from(self.generations[s])
                 });
-                let Some(slot) = fits else { return verdict.and(Err(Violation::Handle { got: x1 })) };
+                let Some(slot) = fits else {
+                    return verdict.and(Err(Violation::Handle { got: x1 }));
+                };
                 self.set_range(metadata, Page::VmMeta(slot as u8));
                 self.vms[slot] = Some(VmSpec {
                     handle: x1,
@@ -727,10 +871,26 @@ impl<'a> Spec<'a> {
                     vm.vcpus |= 1 << index;
                 }
             }
-            Effect::GiveVm { slot, range, ipa, share } => {
-                self.set_range(range, if share { Page::HostSharedVm(slot) } else { Page::Vm(slot) });
+            Effect::GiveVm {
+                slot,
+                range,
+                ipa,
+                share,
+            } => {
+                self.set_range(
+                    range,
+                    if share {
+                        Page::HostSharedVm(slot)
+                    } else {
+                        Page::Vm(slot)
+                    },
+                );
                 if let Some(Some(vm)) = self.vms.get_mut(usize::from(slot)) {
-                    vm.add_run(Run { ipa, pa: range.start(), pages: range.pages() });
+                    vm.add_run(Run {
+                        ipa,
+                        pa: range.start(),
+                        pages: range.pages(),
+                    });
                 }
             }
             Effect::Relinquish { slot, ipa, pa } => {

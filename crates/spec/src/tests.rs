@@ -42,7 +42,10 @@ fn run(s: &mut Spec<'_>, call: HostCall, args: &[u64], x0: i64, x1: u64) -> Resu
 }
 
 fn create(s: &mut Spec<'_>, meta: u64, protected: bool) -> u64 {
-    let p = s.predict_host(&regs(HostCall::VmCreate, &[page(meta), 11, (2 << 8) | u64::from(protected)]));
+    let p = s.predict_host(&regs(
+        HostCall::VmCreate,
+        &[page(meta), 11, (2 << 8) | u64::from(protected)],
+    ));
     let slot = (0..MAX_VMS).find(|&i| s.vms[i].is_none()).unwrap();
     let handle = (u64::from(s.generations[slot]) << 32) | (HANDLE_BASE + slot as u64);
     s.commit(&p, 0, handle).unwrap();
@@ -63,7 +66,16 @@ fn memory_calls_follow_the_table() {
     run(&mut s, HostCall::ShareHyp, &[page(20), 2], 0, 0).unwrap();
     assert_eq!(s.page(page(21)), Some(Page::HostSharedHyp));
     // Already shared: DENIED, and success would be a violation.
-    assert!(run(&mut s, HostCall::DonateHyp, &[page(21), 1], Error::Denied.code(), 0).is_ok());
+    assert!(
+        run(
+            &mut s,
+            HostCall::DonateHyp,
+            &[page(21), 1],
+            Error::Denied.code(),
+            0
+        )
+        .is_ok()
+    );
     assert!(run(&mut s, HostCall::ShareHyp, &[page(21), 1], 0, 0).is_err());
     run(&mut s, HostCall::UnshareHyp, &[page(20), 2], 0, 0).unwrap();
     assert_eq!(s.page(page(20)), Some(Page::Host));
@@ -81,12 +93,30 @@ fn memory_calls_follow_the_table() {
 fn errors_come_in_the_documented_order() {
     let s = spec();
     let code = |call, args: &[u64]| s.predict_host(&regs(call, args)).allowed;
-    assert_eq!(code(HostCall::ShareHyp, &[page(1) + 1, 1]), Outcomes::error(Error::InvalidParameter));
-    assert_eq!(code(HostCall::ShareHyp, &[page(20), 0]), Outcomes::error(Error::InvalidParameter));
-    assert_eq!(code(HostCall::ShareHyp, &[RAM.1 - PAGE, 2]), Outcomes::error(Error::Range));
-    assert_eq!(code(HostCall::ShareHyp, &[0x0900_0000, 1]), Outcomes::error(Error::Range));
-    assert_eq!(code(HostCall::ReclaimHyp, &[CARVE.0, 1]), Outcomes::error(Error::Denied));
-    assert_eq!(code(HostCall::DonateHyp, &[CARVE.0, 1]), Outcomes::error(Error::Denied));
+    assert_eq!(
+        code(HostCall::ShareHyp, &[page(1) + 1, 1]),
+        Outcomes::error(Error::InvalidParameter)
+    );
+    assert_eq!(
+        code(HostCall::ShareHyp, &[page(20), 0]),
+        Outcomes::error(Error::InvalidParameter)
+    );
+    assert_eq!(
+        code(HostCall::ShareHyp, &[RAM.1 - PAGE, 2]),
+        Outcomes::error(Error::Range)
+    );
+    assert_eq!(
+        code(HostCall::ShareHyp, &[0x0900_0000, 1]),
+        Outcomes::error(Error::Range)
+    );
+    assert_eq!(
+        code(HostCall::ReclaimHyp, &[CARVE.0, 1]),
+        Outcomes::error(Error::Denied)
+    );
+    assert_eq!(
+        code(HostCall::DonateHyp, &[CARVE.0, 1]),
+        Outcomes::error(Error::Denied)
+    );
     assert!(!code(HostCall::ShareHyp, &[page(20), 1]).allows(Error::Busy.code()));
     assert!(code(HostCall::ShareHyp, &[page(20), 1]).allows(Error::NoMemory.code()));
 }
@@ -96,9 +126,18 @@ fn vm_metadata_is_held_until_destroy() {
     let mut s = spec();
     let vm = create(&mut s, 100, true);
     assert_eq!(s.page(page(100)), Some(Page::VmMeta(0)));
-    for call in [HostCall::ReclaimHyp, HostCall::ShareHyp, HostCall::UnshareHyp, HostCall::DonateHyp] {
+    for call in [
+        HostCall::ReclaimHyp,
+        HostCall::ShareHyp,
+        HostCall::UnshareHyp,
+        HostCall::DonateHyp,
+    ] {
         // Issue 9: taking back a live VM's tables must be refused.
-        assert_eq!(s.predict_host(&regs(call, &[page(104), 1])).allowed, Outcomes::error(Error::Denied), "{call:?}");
+        assert_eq!(
+            s.predict_host(&regs(call, &[page(104), 1])).allowed,
+            Outcomes::error(Error::Denied),
+            "{call:?}"
+        );
         assert!(run(&mut s, call, &[page(104), 1], 0, 0).is_err());
         // The failed commit above changed nothing.
     }
@@ -106,42 +145,70 @@ fn vm_metadata_is_held_until_destroy() {
     let mut s = spec();
     let vm2 = create(&mut s, 100, true);
     assert_eq!(vm, vm2);
-    run(&mut s, HostCall::VmDonate, &[vm, page(200), 4, 0x8000_0000], 0, 0).unwrap();
+    run(
+        &mut s,
+        HostCall::VmDonate,
+        &[vm, page(200), 4, 0x8000_0000],
+        0,
+        0,
+    )
+    .unwrap();
     assert_eq!(s.page(page(203)), Some(Page::Vm(0)));
     // Same guest address again: DENIED.
     assert_eq!(
-        s.predict_host(&regs(HostCall::VmDonate, &[vm, page(210), 1, 0x8000_3000])).allowed,
+        s.predict_host(&regs(HostCall::VmDonate, &[vm, page(210), 1, 0x8000_3000]))
+            .allowed,
         Outcomes::error(Error::Denied)
     );
     // Sharing with a protected VM: DENIED.
     assert_eq!(
-        s.predict_host(&regs(HostCall::VmShare, &[vm, page(210), 1, 0x9000_0000])).allowed,
+        s.predict_host(&regs(HostCall::VmShare, &[vm, page(210), 1, 0x9000_0000]))
+            .allowed,
         Outcomes::error(Error::Denied)
     );
     // The guest shares a page, relinquishes another.
-    let p = s.predict_guest(0, GuestCall::MemShare.id(), [0x8000_1000, 0, 0], None).unwrap();
+    let p = s
+        .predict_guest(0, GuestCall::MemShare.id(), [0x8000_1000, 0, 0], None)
+        .unwrap();
     s.commit(&p, 0, 0).unwrap();
     assert_eq!(s.page(page(201)), Some(Page::VmSharedHost(0)));
-    let p = s.predict_guest(0, GuestCall::MemRelinquish.id(), [0x8000_2000, 0, 0], None).unwrap();
+    let p = s
+        .predict_guest(0, GuestCall::MemRelinquish.id(), [0x8000_2000, 0, 0], None)
+        .unwrap();
     s.commit(&p, 0, 0).unwrap();
     assert_eq!(s.page(page(202)), Some(Page::Host));
     assert_eq!(s.vms[0].as_ref().unwrap().translate(0x8000_2000), None);
-    assert_eq!(s.vms[0].as_ref().unwrap().translate(0x8000_3000), Some(page(203)));
+    assert_eq!(
+        s.vms[0].as_ref().unwrap().translate(0x8000_3000),
+        Some(page(203))
+    );
     // Destroy: everything comes back; owned pages and metadata zeroed.
     let p = s.predict_host(&regs(HostCall::VmDestroy, &[vm]));
     let mut zero = 0;
     s.must_be_zero(&p.effect, &mut |_, n| zero += n);
     assert_eq!(zero, 11 + 3);
     s.commit(&p, 0, 0).unwrap();
-    assert!((0..512).all(|i| s.page(page(i)) != Some(Page::Vm(0)) && s.page(page(i)) != Some(Page::VmMeta(0))));
+    assert!(
+        (0..512)
+            .all(|i| s.page(page(i)) != Some(Page::Vm(0))
+                && s.page(page(i)) != Some(Page::VmMeta(0)))
+    );
     // The stale handle is dead; the next VM in the slot has generation 1.
-    assert_eq!(s.predict_host(&regs(HostCall::VmDestroy, &[vm])).allowed, Outcomes::error(Error::InvalidParameter));
+    assert_eq!(
+        s.predict_host(&regs(HostCall::VmDestroy, &[vm])).allowed,
+        Outcomes::error(Error::InvalidParameter)
+    );
     let vm3 = create(&mut s, 300, false);
     assert_eq!(vm3 >> 32, 1);
     // A handle a free slot could not have given is a violation.
     let mut s = spec();
     let p = s.predict_host(&regs(HostCall::VmCreate, &[page(100), 11, 2 << 8]));
-    assert_eq!(s.commit(&p, 0, (5 << 32) | HANDLE_BASE), Err(Violation::Handle { got: (5 << 32) | HANDLE_BASE }));
+    assert_eq!(
+        s.commit(&p, 0, (5 << 32) | HANDLE_BASE),
+        Err(Violation::Handle {
+            got: (5 << 32) | HANDLE_BASE
+        })
+    );
 }
 
 /// One random host call over a small, collision-prone argument space.
@@ -159,7 +226,8 @@ fn op() -> impl Strategy<Value = Op> {
         (0u8..4, 0u64..40, 1u64..4).prop_map(|(c, p, n)| Op::Mem(c, p, n)),
         (0u64..40, 9u64..14, any::<bool>()).prop_map(|(p, n, pr)| Op::Create(p, n, pr)),
         (0usize..3).prop_map(Op::Destroy),
-        (0usize..3, 0u64..40, 1u64..3, 0u64..6, any::<bool>()).prop_map(|(v, p, n, g, sh)| Op::Give(v, p, n, g, sh)),
+        (0usize..3, 0u64..40, 1u64..3, 0u64..6, any::<bool>())
+            .prop_map(|(v, p, n, g, sh)| Op::Give(v, p, n, g, sh)),
         (0usize..3, 0u8..3, 0u64..6).prop_map(|(v, c, g)| Op::Guest(v, c, g)),
     ]
 }
