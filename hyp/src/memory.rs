@@ -430,7 +430,9 @@ impl HostMemory {
     /// Rewrites the mappings for `range` after the states changed:
     /// unmap, zero, then map (the order `Effect` documents).
     fn reflect(&mut self, effect: &Effect, range: MemRange) {
-        if effect.updates.host == Update::Set(State::Absent) {
+        // Planted bug (test only): DONATE_HYP leaves the host's mapping.
+        let keep = cfg!(feature = "mutant-donate-keeps-host-mapping") && effect.transition == Transition::HostDonateHyp;
+        if effect.updates.host == Update::Set(State::Absent) && !keep {
             self.rewrite_host_stage2(range);
             // The SMMU's TLBs are invalidated here, before the zeroing
             // below and before any new owner can reach the pages.

@@ -206,7 +206,7 @@ fn settle(
         match v {
             Violation::Result { got, allowed } => {
                 report(&format_args!(
-                    "returned {got}, the contract allows {allowed:?} (effect {:?})",
+                    "returned {got}, the contract allows {allowed} (on success: {:?})",
                     prediction.effect
                 ));
             }

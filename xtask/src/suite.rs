@@ -781,7 +781,7 @@ fn stack_overflow_case() -> Result<String> {
 }
 
 /// The planted bugs the oracle must report (hypervisor features).
-const ORACLE_MUTANTS: [&str; 2] = ["mutant-reclaim-vm-meta", "mutant-teardown-no-zero"];
+const ORACLE_MUTANTS: [&str; 3] = ["mutant-reclaim-vm-meta", "mutant-teardown-no-zero", "mutant-donate-keeps-host-mapping"];
 
 /// The oracle's test builds are slower: every host call is predicted and
 /// every 64 events all of RAM and every stage 2 are compared.
@@ -806,6 +806,7 @@ fn oracle_case() -> Result<String> {
     m.smmu = true;
     m.kernel = artifacts::hypervisor_with_features(&["oracle"])?;
     let run = m.run(ORACLE_TIMEOUT, None, false)?;
+    std::fs::write(artifacts::build_dir().join("oracle-testhost.log"), &run.console)?;
     if let Some(line) = run.console.lines().find(|l| l.contains("oracle: VIOLATION ")) {
         bail!(run.failure(line));
     }
@@ -825,6 +826,7 @@ fn mutant_case(mutant: &str) -> Result<String> {
     let mut m = testhost_machine(2, "512M", "max")?;
     m.kernel = artifacts::hypervisor_with_features(&[mutant])?;
     let run = m.run(ORACLE_TIMEOUT, None, false)?;
+    std::fs::write(artifacts::build_dir().join(format!("oracle-{mutant}.log")), &run.console)?;
     let lines: Vec<&str> = run.console.lines().filter(|l| l.contains("oracle: VIOLATION ")).collect();
     let Some(first) = lines.first() else {
         bail!(run.failure(&format!("the oracle reported nothing about {mutant}")));

@@ -191,6 +191,29 @@ impl Outcomes {
     }
 }
 
+impl core::fmt::Display for Outcomes {
+    /// `{SUCCESS, NO_MEMORY}`, or `any`.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if *self == Outcomes::ANY {
+            return f.write_str("any");
+        }
+        f.write_str("{")?;
+        let mut first = true;
+        for code in (0..63).map(|c: i64| -c).filter(|&c| self.allows(c)) {
+            if !first {
+                f.write_str(", ")?;
+            }
+            first = false;
+            match Error::try_from(code) {
+                Ok(e) => f.write_str(e.name())?,
+                Err(_) if code == 0 => f.write_str("SUCCESS")?,
+                Err(_) => write!(f, "{code}")?,
+            }
+        }
+        f.write_str("}")
+    }
+}
+
 /// What a successful call does to the abstract state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Effect {
