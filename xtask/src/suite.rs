@@ -161,7 +161,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
     // The EL2 oracle (issue 15, docs/design.md "The oracle"): the whole test
     // host under the oracle's build breaks no invariant, and each planted
     // mutant is reported.
-    case("oracle/testhost".into(), &oracle_case);
+    case("oracle/testhost".into(), &|| oracle_case(2, "max", true));
+    // 4 CPUs on the other stage-2 geometry (39-bit IPA from level 1).
+    case("oracle/testhost-smp4-a53".into(), &|| oracle_case(4, "cortex-a53", false));
     for mutant in ORACLE_MUTANTS {
         case(format!("oracle/{mutant}"), &|| mutant_case(mutant));
     }
@@ -798,19 +800,19 @@ fn oracle_summary(console: &str) -> Option<(u64, u64)> {
     })
 }
 
-/// `oracle/testhost`: the whole test host on 2 CPUs and an SMMU under the
-/// `oracle` build: every check passes, the oracle checked events and found
-/// no violation.
-fn oracle_case() -> Result<String> {
-    let mut m = testhost_machine(2, "512M", "max")?;
-    m.smmu = true;
+/// `oracle/testhost*`: the whole test host on `smp` CPUs of model `cpu`
+/// (with QEMU's SMMU if `smmu`) under the `oracle` build: every check
+/// passes, the oracle checked events and found no violation.
+fn oracle_case(smp: u32, cpu: &str, smmu: bool) -> Result<String> {
+    let mut m = testhost_machine(smp, "512M", cpu)?;
+    m.smmu = smmu;
     m.kernel = artifacts::hypervisor_with_features(&["oracle"])?;
     let run = m.run(ORACLE_TIMEOUT, None, false)?;
-    std::fs::write(artifacts::build_dir().join("oracle-testhost.log"), &run.console)?;
+    std::fs::write(artifacts::build_dir().join(format!("oracle-testhost-smp{smp}-{cpu}.log")), &run.console)?;
     if let Some(line) = run.console.lines().find(|l| l.contains("oracle: VIOLATION ")) {
         bail!(run.failure(line));
     }
-    let checks = check_testhost(&run, 2)?;
+    let checks = check_testhost(&run, smp)?;
     let (events, violations) =
         oracle_summary(&run.console).ok_or_else(|| anyhow::anyhow!(run.failure("no `oracle: checked N events, M violations` line")))?;
     if events == 0 || violations != 0 {

@@ -657,7 +657,8 @@ impl<'a> Spec<'a> {
     }
 
     fn vm_create(&self, metadata: PageRange, config: VmConfig) -> Prediction {
-        // The ABI fixes no order between these: any that applies.
+        // The ABI fixes no order between these: any that applies; and
+        // NO_MEMORY (no free slot, or the pool) may come before any of them.
         let mut errors = Outcomes::NONE;
         if metadata.pages() < 1 + config.max_vcpus + META_TABLE_PAGES {
             errors = errors.or_error(Error::InvalidParameter);
@@ -667,17 +668,14 @@ impl<'a> Spec<'a> {
         } else if !self.all(&metadata, |p| p == Page::Host) {
             errors = errors.or_error(Error::Denied);
         }
-        if !errors.is_empty() {
-            return Prediction::refuse(errors);
-        }
         let free = (0..MAX_VMS).any(|s| self.vms[s].is_none() && self.generations[s] != RETIRED);
-        let allowed = if free {
-            Outcomes::success().or_error(Error::NoMemory)
+        let allowed = if errors.is_empty() && free {
+            Outcomes::success()
         } else {
-            Outcomes::error(Error::NoMemory)
+            errors
         };
         Prediction {
-            allowed,
+            allowed: allowed.or_error(Error::NoMemory),
             effect: Effect::CreateVm { metadata, config },
         }
     }
@@ -689,6 +687,8 @@ impl<'a> Spec<'a> {
         let Some(spec) = self.vms[slot].as_ref() else {
             return Prediction::refuse(Outcomes::error(Error::InvalidParameter));
         };
+        // The ABI fixes no order between these: any that applies. NO_MEMORY
+        // (the VM's stage-2 pages, or the pool) may come before any of them.
         let mut errors = Outcomes::NONE;
         if !ipa.is_multiple_of(PAGE) {
             errors = errors.or_error(Error::InvalidParameter);
@@ -698,6 +698,10 @@ impl<'a> Spec<'a> {
             .checked_mul(PAGE)
             .and_then(|b| ipa.checked_add(b));
         let ipa_fits = ipa_end.is_some_and(|end| self.ipa_bits >= 64 || end <= 1 << self.ipa_bits);
+        if ipa_end.is_none() {
+            // Wrapping past 2^64: malformed, or beyond the address space.
+            errors = errors.or_error(Error::InvalidParameter);
+        }
         if !self.in_one_bank(&range) || !ipa_fits {
             errors = errors.or_error(Error::Range);
         }
@@ -707,19 +711,19 @@ impl<'a> Spec<'a> {
         if self.in_one_bank(&range) && !self.all(&range, |p| p == Page::Host) {
             errors = errors.or_error(Error::Denied);
         }
-        let mapped = ipa_fits && spec.any_mapped(ipa, range.pages());
-        if mapped {
+        if ipa_fits && spec.any_mapped(ipa, range.pages()) {
             errors = errors.or_error(Error::Denied);
         }
-        if !errors.is_empty() {
-            return Prediction::refuse(errors);
-        }
-        let mut allowed = Outcomes::success().or_error(Error::NoMemory);
+        let mut allowed = if errors.is_empty() {
+            Outcomes::success()
+        } else {
+            errors
+        };
         if spec.imprecise {
             allowed = allowed.or_error(Error::Denied);
         }
         Prediction {
-            allowed,
+            allowed: allowed.or_error(Error::NoMemory),
             effect: Effect::GiveVm {
                 slot: slot as u8,
                 range,
