@@ -26,7 +26,7 @@ use aarch64_paging::paging::MemoryRegion;
 use rampart_abi::host::HostCall;
 use rampart_ownership::{PageState, PhysAddr, VmId};
 use rampart_platform::{MemRange, PAGE_SIZE};
-use rampart_spec::{Page, Prediction, Spec, Violation};
+use rampart_spec::{Effect, Page, Prediction, Spec, Violation};
 use spin::mutex::SpinMutex;
 
 use crate::println;
@@ -215,6 +215,9 @@ fn settle(
             )),
         }
     }
+    if x0 == 0 {
+        check_effect(&o.spec, &prediction.effect);
+    }
     o.since_check += 1;
     if CHECK_EVERY != 0 && o.since_check >= CHECK_EVERY {
         correspondence(o);
@@ -293,102 +296,160 @@ fn walk<T, R>(
 /// The correspondence check (cost: a few table lookups and stage-2 walks
 /// per page of RAM, plus each VM's stage 2; tens of milliseconds per GiB
 /// under QEMU).
-fn correspondence(o: &mut Oracle) {
-    o.since_check = 0;
-    let spec = &o.spec;
+/// Sections 1 to 3 of the correspondence check over `[lo, hi)`: the
+/// ownership table, the host stage 2 and the EL2 stage 1.
+fn check_memory(spec: &Spec<'_>, m: &crate::memory::HostMemory, lo: u64, hi: u64) {
+    // 1. The ownership table.
     let (base, pages) = spec.span();
-    let _ = crate::memory::with(|m| {
-        // 1. The ownership table.
-        let mut bad = 0u64;
-        for i in 0..pages {
-            let pa = base + i * PAGE_SIZE;
-            let (Some(page), Ok(state)) = (spec.page(pa), m.table.page_state(PhysAddr(pa))) else {
-                continue;
-            };
-            if !expected(page, state) {
-                if bad == 0 {
-                    violation!(
-                        "page {pa:#x}: the specification says {page:?}, the ownership table {state:?}"
-                    );
-                }
-                bad += 1;
+    let mut bad = 0u64;
+    let first = lo.max(base);
+    let last = hi.min(base + pages * PAGE_SIZE);
+    for pa in (first..last).step_by(PAGE_SIZE as usize) {
+        let (Some(page), Ok(state)) = (spec.page(pa), m.table.page_state(PhysAddr(pa))) else {
+            continue;
+        };
+        if !expected(page, state) {
+            if bad == 0 {
+                violation!(
+                    "page {pa:#x}: the specification says {page:?}, the ownership table {state:?}"
+                );
             }
+            bad += 1;
         }
-        if bad > 1 {
-            println!(
-                "oracle: ... and {} more pages where the ownership table differs",
-                bad - 1
-            );
-        }
-        // 2. The host stage 2 maps exactly what the host may reach; its
-        // tables are the hypervisor's own.
-        for &(start, end) in spec.banks() {
-            let mut cursor = start;
-            let mut first: Option<(u64, bool)> = None;
-            let mut note = |pa: u64, mapped: bool| {
-                let reach = spec.page(pa).is_some_and(Page::host_reachable);
-                if reach != mapped && first.is_none() {
-                    first = Some((pa, mapped));
+    }
+    if bad > 1 {
+        println!(
+            "oracle: ... and {} more pages where the ownership table differs",
+            bad - 1
+        );
+    }
+    // 2. The host stage 2 maps exactly what the host may reach; its
+    // tables are the hypervisor's own.
+    for (start, end) in spec
+        .banks()
+        .iter()
+        .filter(|b| b.0 < hi && lo < b.1)
+        .map(|b| (b.0.max(lo), b.1.min(hi)))
+    {
+        let mut cursor = start;
+        let mut first: Option<(u64, bool)> = None;
+        let mut note = |pa: u64, mapped: bool| {
+            let reach = spec.page(pa).is_some_and(Page::host_reachable);
+            if reach != mapped && first.is_none() {
+                first = Some((pa, mapped));
+            }
+        };
+        walk(&m.stage2.0, start, end, &mut |is_table, s, e, out| {
+            if is_table {
+                if !matches!(spec.page(out), None | Some(Page::HypOwn)) {
+                    violation!("host stage-2 table at {out:#x} is in {:?}", spec.page(out));
                 }
-            };
-            walk(&m.stage2.0, start, end, &mut |is_table, s, e, out| {
-                if is_table {
-                    if !matches!(spec.page(out), None | Some(Page::HypOwn)) {
-                        violation!("host stage-2 table at {out:#x} is in {:?}", spec.page(out));
-                    }
-                    return;
-                }
-                let (s, e) = (s.max(start), e.min(end));
-                while cursor < s {
-                    note(cursor, false);
-                    cursor += PAGE_SIZE;
-                }
-                let mut pa = s;
-                while pa < e {
-                    note(pa, true);
-                    pa += PAGE_SIZE;
-                }
-                cursor = cursor.max(e);
-            });
-            while cursor < end {
+                return;
+            }
+            let (s, e) = (s.max(start), e.min(end));
+            while cursor < s {
                 note(cursor, false);
                 cursor += PAGE_SIZE;
             }
-            if let Some((pa, mapped)) = first {
-                let what = if mapped { "maps" } else { "does not map" };
-                violation!(
-                    "the host stage 2 {what} page {pa:#x}, which the specification says is {:?}",
-                    spec.page(pa)
-                );
+            let mut pa = s;
+            while pa < e {
+                note(pa, true);
+                pa += PAGE_SIZE;
             }
+            cursor = cursor.max(e);
+        });
+        while cursor < end {
+            note(cursor, false);
+            cursor += PAGE_SIZE;
         }
-        // 3. The EL2 stage 1 maps no page the host or a guest owns.
-        for &(start, end) in spec.banks() {
-            let mut first = None;
-            walk(&m.el2.0, start, end, &mut |is_table, s, e, _| {
-                let mut pa = s.max(start);
-                while !is_table && pa < e.min(end) && first.is_none() {
-                    if matches!(
-                        spec.page(pa),
-                        Some(
-                            Page::Host
-                                | Page::Vm(_)
-                                | Page::VmSharedHost(_)
-                                | Page::HostSharedVm(_)
-                        )
-                    ) {
-                        first = Some(pa);
-                    }
-                    pa += PAGE_SIZE;
-                }
-            });
-            if let Some(pa) = first {
-                violation!(
-                    "the EL2 stage 1 maps page {pa:#x}, which is {:?}",
-                    spec.page(pa)
-                );
+        if let Some((pa, mapped)) = first {
+            let what = if mapped { "maps" } else { "does not map" };
+            violation!(
+                "the host stage 2 {what} page {pa:#x}, which the specification says is {:?}",
+                spec.page(pa)
+            );
+        }
+    }
+    // 3. The EL2 stage 1 maps no page the host or a guest owns or
+    // borrows, and maps every page lent or given to the hypervisor
+    // (SHARE_HYP, DONATE_HYP, VM metadata).
+    for (start, end) in spec
+        .banks()
+        .iter()
+        .filter(|b| b.0 < hi && lo < b.1)
+        .map(|b| (b.0.max(lo), b.1.min(hi)))
+    {
+        let mut first: Option<(u64, bool)> = None;
+        let mut cursor = start;
+        let mut note = |pa: u64, mapped: bool| {
+            let page = spec.page(pa);
+            let forbidden = matches!(
+                page,
+                Some(Page::Host | Page::Vm(_) | Page::VmSharedHost(_) | Page::HostSharedVm(_))
+            );
+            let required = matches!(
+                page,
+                Some(Page::HostSharedHyp | Page::HypDonated | Page::VmMeta(_))
+            );
+            if first.is_none() && ((mapped && forbidden) || (!mapped && required)) {
+                first = Some((pa, mapped));
             }
+        };
+        walk(&m.el2.0, start, end, &mut |is_table, s, e, _| {
+            if is_table {
+                return;
+            }
+            let (s, e) = (s.max(start), e.min(end));
+            while cursor < s {
+                note(cursor, false);
+                cursor += PAGE_SIZE;
+            }
+            let mut pa = s;
+            while pa < e {
+                note(pa, true);
+                pa += PAGE_SIZE;
+            }
+            cursor = cursor.max(e);
+        });
+        while cursor < end {
+            note(cursor, false);
+            cursor += PAGE_SIZE;
         }
+        if let Some((pa, mapped)) = first {
+            let what = if mapped { "maps" } else { "does not map" };
+            violation!(
+                "the EL2 stage 1 {what} page {pa:#x}, which the specification says is {:?}",
+                spec.page(pa)
+            );
+        }
+    }
+}
+
+/// After a successful event: sections 1 to 3 over the pages it changed, so a
+/// mapping that disagrees is seen at once, not only at the next full check.
+fn check_effect(spec: &Spec<'_>, effect: &Effect) {
+    let range = match *effect {
+        Effect::SetPages { range, .. } | Effect::GiveVm { range, .. } => {
+            Some((range.start(), range.end()))
+        }
+        Effect::CreateVm { metadata, .. } => Some((metadata.start(), metadata.end())),
+        Effect::Relinquish { pa, .. } => Some((pa, pa + PAGE_SIZE)),
+        Effect::DestroyVm { .. } => Some((0, u64::MAX)),
+        _ => None,
+    };
+    if let Some((lo, hi)) = range {
+        let _ = crate::memory::with(|m| {
+            check_memory(spec, m, lo, hi);
+            Ok(())
+        });
+    }
+}
+
+fn correspondence(o: &mut Oracle) {
+    o.since_check = 0;
+    let spec = &o.spec;
+    let _ = crate::memory::with(|m| {
+        check_memory(spec, m, 0, u64::MAX);
         // 4. The SMMU mirror maps what the host stage 2 maps.
         if let Some(diff) = crate::smmu::mirror_differs(&m.stage2.0, &m.ram) {
             violation!("the SMMU mirror differs from the host stage 2: {diff}");

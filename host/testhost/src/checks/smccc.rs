@@ -133,6 +133,15 @@ pub fn hyp_features(_: &Platform) -> Result<(), Msg> {
         );
         preserved(function, &sent, &got)?;
     }
+    // FEATURES(ORACLE_CHECK) says SUCCESS exactly when the call answers
+    // (the oracle's test build), NOT_SUPPORTED otherwise.
+    let oracle = HostCall::OracleCheck.id();
+    let offered = psci::call_via(Conduit::Hvc, function, &arguments(&[u64::from(oracle)]))[0] as i64;
+    let answers = psci::call_via(Conduit::Hvc, oracle, &[])[0] as i64;
+    ensure!(
+        (offered, answers) == (0, 0) || (offered, answers) == (NOT_SUPPORTED, NOT_SUPPORTED),
+        "FEATURES(RAMPART_HOST_ORACLE_CHECK) = {offered} but the call returns {answers}"
+    );
     for unknown in [
         0xC600_8FFF_u32,
         first_unassigned_host_call(),
