@@ -74,7 +74,7 @@ macro_rules! violation {
     ($($arg:tt)*) => {{
         let n = VIOLATIONS.fetch_add(1, Ordering::Relaxed);
         if n < PRINTED {
-            println!("oracle: VIOLATION {}", format_args!($($arg)*));
+            println!("oracle: VIOLATION at event {}: {}", EVENTS.load(Ordering::Relaxed), format_args!($($arg)*));
         }
     }};
 }
