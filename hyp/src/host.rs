@@ -108,11 +108,25 @@ fn hypercall(frame: &mut Frame, immediate: u64) {
 /// Runs one host call on its registers (`x0`..`x17`), from `HVC #0` or a
 /// control-page doorbell alike; the results replace them.
 pub fn dispatch(regs: &mut [u64; 18]) {
+    #[cfg(feature = "oracle")]
+    crate::oracle::host_call(regs, run_call);
+    #[cfg(not(feature = "oracle"))]
+    run_call(regs);
+}
+
+/// [`dispatch`] itself (the oracle, in test builds, watches it run).
+fn run_call(regs: &mut [u64; 18]) {
     let result = match HostRequest::decode(regs) {
         Ok(HostRequest::Version) => {
             return ret(regs, [SUCCESS as u64, ABI_VERSION_MAJOR, ABI_VERSION_MINOR, 0]);
         }
-        Ok(HostRequest::Features(function)) => HostCall::try_from(function).map(|_| ()),
+        Ok(HostRequest::Features(function)) => match HostCall::try_from(function) {
+            // Only a test build with the oracle has ORACLE_CHECK.
+            Ok(HostCall::OracleCheck) if !cfg!(feature = "oracle") => Err(Error::NotSupported),
+            other => other.map(|_| ()),
+        },
+        // Answered by the oracle itself in builds that have it.
+        Ok(HostRequest::OracleCheck) => Err(Error::NotSupported),
         Ok(
             memory_request @ (HostRequest::ShareHyp(_)
             | HostRequest::UnshareHyp(_)

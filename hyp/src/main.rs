@@ -37,6 +37,8 @@ mod host;
 mod host_timer;
 mod memory;
 mod mm;
+#[cfg(feature = "oracle")]
+mod oracle;
 mod security;
 mod smmu;
 mod vcpu;
@@ -75,6 +77,12 @@ pub struct Boot {
     /// Bits of guest-physical address every stage 2 translates.
     pub ipa_bits: u32,
 }
+
+/// Bytes of the oracle's abstract state per page (test builds only).
+#[cfg(feature = "oracle")]
+const ORACLE_BYTES_PER_PAGE: u64 = oracle::BYTES_PER_PAGE;
+#[cfg(not(feature = "oracle"))]
+const ORACLE_BYTES_PER_PAGE: u64 = 0;
 
 /// Boot-time facts, shared read-only by every CPU.
 pub static BOOT: Once<Boot> = Once::new();
@@ -220,7 +228,7 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         return Err(BootError::TooManyCpus { found: info.cpus.len(), max: MAX_CPUS }.into());
     }
     let costs = layout::Costs {
-        meta_per_page: core::mem::size_of::<rampart_ownership::PageMeta>() as u64,
+        meta_per_page: core::mem::size_of::<rampart_ownership::PageMeta>() as u64 + ORACLE_BYTES_PER_PAGE,
         stack_slot: arch::STACK_STRIDE as u64,
         per_cpu: PER_CPU_SLOT + vcpu::HOST_CONTEXT_BYTES.next_multiple_of(64),
     };
@@ -310,6 +318,13 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     let ram: Vec<MemRange> = plan.ram.iter().filter_map(|r| r.shrink_to_alignment(PAGE_SIZE)).collect();
     let table = ownership_table(&ram, &hyp_ranges, sized.table)?;
     let meta_bytes = table.len() as u64 * core::mem::size_of::<rampart_ownership::PageMeta>() as u64;
+    // The oracle's abstract state: the rest of the table's share.
+    #[cfg(feature = "oracle")]
+    if let Some(rest) = MemRange::new(sized.table.start() + meta_bytes, sized.table.end()) {
+        // SAFETY: the table's range holds `meta_bytes` of ownership entries
+        // and then this oracle's byte per page, used by nothing else.
+        oracle::init(unsafe { mm::oracle_bytes(rest) }, &ram, hyp_ranges, ipa_bits);
+    }
     // The per-CPU part: every CPU's `PerCpu`, then its host save area.
     let cpus = info.cpus.len();
     let contexts = MemRange::new(sized.per_cpu.start() + cpus as u64 * PER_CPU_SLOT, sized.per_cpu.end());

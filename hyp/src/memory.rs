@@ -125,7 +125,19 @@ pub fn host_call(request: HostRequest) -> Result<(), AbiError> {
     };
     let mut guard = HOST_MEMORY.lock();
     let memory = guard.as_mut().ok_or(AbiError::NotSupported)?;
+    #[cfg(feature = "mutant-reclaim-vm-meta")]
+    let transition = mutant_reclaim_vm_meta(memory, transition, range);
     memory.transition(transition, range)
+}
+
+/// Planted bug (test only, feature `mutant-reclaim-vm-meta`): `RECLAIM_HYP`
+/// takes pages held for a live VM back, as before issue 9's fix.
+#[cfg(feature = "mutant-reclaim-vm-meta")]
+fn mutant_reclaim_vm_meta(memory: &HostMemory, transition: Transition, range: PageRange) -> Transition {
+    match (transition, memory.table.page_state(PhysAddr(range.start()))) {
+        (Transition::HypDonateHost, Ok(own::PageState::HypOwnedForVm(vm))) => Transition::HypReleaseVmMeta(vm),
+        _ => transition,
+    }
 }
 
 /// Maps the ownership crate's refusal onto the ABI's error codes.
@@ -265,6 +277,16 @@ impl HostMemory {
     /// fail (a failure here is a broken invariant and stops the machine).
     pub fn commit(&mut self, checked: Checked) {
         let Checked { transition, range, effect, hold, need } = checked;
+        // Planted bug (test only): a VM's pages go back unzeroed.
+        #[cfg(feature = "mutant-teardown-no-zero")]
+        let effect = Effect {
+            updates: own::Updates {
+                zero: effect.updates.zero
+                    && !matches!(transition, Transition::HostReclaimGuest(_) | Transition::HypReleaseVmMeta(_)),
+                ..effect.updates
+            },
+            ..effect
+        };
         let free_before = mm::pool_free();
         if let Err(r) = self.table.apply(transition, PhysAddr(range.start()), range.size() / PAGE_SIZE) {
             // The check ran under the same lock: only a broken invariant
@@ -408,7 +430,9 @@ impl HostMemory {
     /// Rewrites the mappings for `range` after the states changed:
     /// unmap, zero, then map (the order `Effect` documents).
     fn reflect(&mut self, effect: &Effect, range: MemRange) {
-        if effect.updates.host == Update::Set(State::Absent) {
+        // Planted bug (test only): DONATE_HYP leaves the host's mapping.
+        let keep = cfg!(feature = "mutant-donate-keeps-host-mapping") && effect.transition == Transition::HostDonateHyp;
+        if effect.updates.host == Update::Set(State::Absent) && !keep {
             self.rewrite_host_stage2(range);
             // The SMMU's TLBs are invalidated here, before the zeroing
             // below and before any new owner can reach the pages.

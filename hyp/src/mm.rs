@@ -105,6 +105,19 @@ pub unsafe fn page_meta_table(range: MemRange) -> &'static mut [rampart_ownershi
     unsafe { core::slice::from_raw_parts_mut(range.start() as *mut rampart_ownership::PageMeta, len) }
 }
 
+/// The oracle's abstract state (test builds, feature `oracle`): one byte
+/// per page of the RAM span.
+///
+/// # Safety
+///
+/// `range` must be RAM writable at its address (the MMU off, or mapped at
+/// EL2), used for nothing else, and this must be called once for it.
+#[cfg(feature = "oracle")]
+pub unsafe fn oracle_bytes(range: MemRange) -> &'static mut [u8] {
+    // SAFETY: the caller hands over exclusive memory; any bits are a u8.
+    unsafe { core::slice::from_raw_parts_mut(range.start() as *mut u8, range.size() as usize) }
+}
+
 /// Places `count` values made by `init` at the start of `range` and
 /// returns them as a slice that lives for good: per-CPU state sized at
 /// boot. `None`, writing nothing, if they do not fit or `range` is not

@@ -595,7 +595,10 @@ fn handle_exit(slot: usize, v: &mut Vcpu, kind: u64) -> Outcome {
             v.state.regs[0] = rampart_abi::smccc::NOT_SUPPORTED as u64;
             Outcome::Resume
         }
+        #[cfg(not(feature = "oracle"))]
         EC_HVC64 => crate::guest_calls::handle(slot, v.index, &mut v.state.regs),
+        #[cfg(feature = "oracle")]
+        EC_HVC64 => crate::oracle::guest_call(slot, &mut v.state.regs, |regs| crate::guest_calls::handle(slot, v.index, regs)),
         EC_SMC64 => {
             // Guests use the HVC conduit; an SMC is refused.
             v.state.regs[0] = rampart_abi::smccc::NOT_SUPPORTED as u64;

@@ -601,3 +601,16 @@ pub fn destroy(handle: VmHandle) -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// The oracle's view of a VM's private parts: its metadata and stage 2
+/// (test builds, feature `oracle`).
+#[cfg(feature = "oracle")]
+pub fn oracle_view(vm: &Vm) -> (MemRange, &VmTable) {
+    (vm.metadata, &vm.stage2)
+}
+
+/// A slot's generation, for the oracle (test builds, feature `oracle`).
+#[cfg(feature = "oracle")]
+pub fn oracle_generation(slot: usize) -> u32 {
+    GENERATIONS.get(slot).map_or(0, |g| g.load(Ordering::Acquire))
+}

@@ -30,8 +30,20 @@ static TESTHOST: OnceLock<PathBuf> = OnceLock::new();
 /// caller set them, `RAMPART_TRUSTED_KEYS` is the development signing key's
 /// public key and `RAMPART_DEVICE_SECRET` the development device secret
 /// (`keys/`, public: tests and the demo only).
+///
+/// For testing only, `RAMPART_XTASK_HYP_FEATURES=oracle` (a comma-separated
+/// list of the hypervisor's test features) makes every case that uses this
+/// image use a test build instead, e.g. to run Linux-host cases under the
+/// oracle (`docs/design.md`, "The oracle"). Never set for a release.
 pub fn hypervisor() -> Result<PathBuf> {
     once(&HYPERVISOR, || {
+        if let Ok(features) = std::env::var("RAMPART_XTASK_HYP_FEATURES")
+            && !features.is_empty()
+        {
+            let features: Vec<&str> = features.split(',').collect();
+            eprintln!("note: the hypervisor is a test build with features {features:?} (RAMPART_XTASK_HYP_FEATURES)");
+            return hypervisor_with_features(&features);
+        }
         let env = crate::attest::hypervisor_env()?;
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         image("rampart-hyp", HYP_TARGET, "rampart.bin", &env)
@@ -46,6 +58,17 @@ pub fn hypervisor_with_feature(feature: &str) -> Result<PathBuf> {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let out = format!("rampart-{feature}.bin");
     image_with_features("rampart-hyp", HYP_TARGET, &out, &env, &[feature])
+}
+
+/// Builds a test-only variant of the hypervisor with cargo `features`
+/// (e.g. `oracle`, `mutant-teardown-no-zero`) into
+/// `build/rampart-<features joined by +>.bin`. Never the image `cargo xtask
+/// run` or a release uses.
+pub fn hypervisor_with_features(features: &[&str]) -> Result<PathBuf> {
+    let env = crate::attest::hypervisor_env()?;
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = format!("rampart-{}.bin", features.join("+"));
+    image_with_features("rampart-hyp", HYP_TARGET, &out, &env, features)
 }
 
 /// Builds the test guests, then the bare-metal test host with them embedded

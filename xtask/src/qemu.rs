@@ -205,6 +205,13 @@ impl Machine {
             console.push_str(&text);
         }
         let stderr = err_reader.join().unwrap_or_default();
+        // Debugging aid: RAMPART_XTASK_CONSOLE=<file> appends every run's
+        // console there (e.g. to read the oracle's lines in Linux cases).
+        if let Ok(path) = std::env::var("RAMPART_XTASK_CONSOLE") {
+            use std::io::Write as _;
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(&path);
+            let _ = file.and_then(|mut f| f.write_all(console.as_bytes()));
+        }
         Ok(Run {
             console,
             lines: marks,

@@ -158,6 +158,16 @@ pub fn run(args: &TestArgs) -> Result<()> {
     // against the host stage 2 after every change.
     case("testhost/smmu".into(), &smmu_case);
 
+    // The EL2 oracle (issue 15, docs/design.md "The oracle"): the whole test
+    // host under the oracle's build breaks no invariant, and each planted
+    // mutant is reported.
+    case("oracle/testhost".into(), &|| oracle_case(2, "max", true));
+    // 4 CPUs on the other stage-2 geometry (39-bit IPA from level 1).
+    case("oracle/testhost-smp4-a53".into(), &|| oracle_case(4, "cortex-a53", false));
+    for mutant in ORACLE_MUTANTS {
+        case(format!("oracle/{mutant}"), &|| mutant_case(mutant));
+    }
+
     // A host reset with a protected VM alive leaves none of its secrets
     // for the next boot.
     case("testhost/reset-wipes".into(), &reset_case);
@@ -770,6 +780,61 @@ fn stack_overflow_case() -> Result<String> {
         bail!(run.failure("QEMU did not power off cleanly"));
     }
     Ok(reports[0].trim_start_matches("rampart: ").to_string())
+}
+
+/// The planted bugs the oracle must report (hypervisor features).
+const ORACLE_MUTANTS: [&str; 3] = ["mutant-reclaim-vm-meta", "mutant-teardown-no-zero", "mutant-donate-keeps-host-mapping"];
+
+/// The oracle's test builds are slower: every host call is predicted and
+/// every 64 events all of RAM and every stage 2 are compared.
+const ORACLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The oracle's summary line: `oracle: checked N events, M violations`
+/// (the last one printed).
+fn oracle_summary(console: &str) -> Option<(u64, u64)> {
+    console.lines().rev().find_map(|l| {
+        let rest = l.trim_start_matches("rampart: ").strip_prefix("oracle: checked ")?;
+        let (events, rest) = rest.split_once(" events, ")?;
+        let violations = rest.strip_suffix(" violations")?;
+        Some((events.parse().ok()?, violations.trim().parse().ok()?))
+    })
+}
+
+/// `oracle/testhost*`: the whole test host on `smp` CPUs of model `cpu`
+/// (with QEMU's SMMU if `smmu`) under the `oracle` build: every check
+/// passes, the oracle checked events and found no violation.
+fn oracle_case(smp: u32, cpu: &str, smmu: bool) -> Result<String> {
+    let mut m = testhost_machine(smp, "512M", cpu)?;
+    m.smmu = smmu;
+    m.kernel = artifacts::hypervisor_with_features(&["oracle"])?;
+    let run = m.run(ORACLE_TIMEOUT, None, false)?;
+    std::fs::write(artifacts::build_dir().join(format!("oracle-testhost-smp{smp}-{cpu}.log")), &run.console)?;
+    if let Some(line) = run.console.lines().find(|l| l.contains("oracle: VIOLATION ")) {
+        bail!(run.failure(line));
+    }
+    let checks = check_testhost(&run, smp)?;
+    let (events, violations) =
+        oracle_summary(&run.console).ok_or_else(|| anyhow::anyhow!(run.failure("no `oracle: checked N events, M violations` line")))?;
+    if events == 0 || violations != 0 {
+        bail!(run.failure(&format!("the oracle checked {events} events and found {violations} violations")));
+    }
+    Ok(format!("{checks}; oracle: {events} events checked, 0 violations"))
+}
+
+/// `oracle/<mutant>`: the test host under a build with a planted bug; the
+/// oracle must report it (`oracle: VIOLATION` lines). The test host's own
+/// checks may fail too: that is the mutant's doing.
+fn mutant_case(mutant: &str) -> Result<String> {
+    let mut m = testhost_machine(2, "512M", "max")?;
+    m.kernel = artifacts::hypervisor_with_features(&[mutant])?;
+    let run = m.run(ORACLE_TIMEOUT, None, false)?;
+    std::fs::write(artifacts::build_dir().join(format!("oracle-{mutant}.log")), &run.console)?;
+    let lines: Vec<&str> = run.console.lines().filter(|l| l.contains("oracle: VIOLATION ")).collect();
+    let Some(first) = lines.first() else {
+        bail!(run.failure(&format!("the oracle reported nothing about {mutant}")));
+    };
+    let total = oracle_summary(&run.console).map_or(lines.len() as u64, |(_, v)| v.max(lines.len() as u64));
+    Ok(format!("{total} violations; first: {}", first.trim_start_matches("rampart: ")))
 }
 
 /// `testhost/smmu`: the test host on a machine with QEMU's SMMUv3, under

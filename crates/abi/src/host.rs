@@ -77,11 +77,17 @@ pub enum HostCall {
     /// `x1` = the next live VM's handle in slot order, or 0 when there is
     /// none (so a VMM can find, and destroy, VMs a killed VMM left behind).
     VmList = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x1A),
+    /// `RAMPART_HOST_ORACLE_CHECK`: test builds only (hypervisor feature
+    /// `oracle`): no arguments. Runs the oracle's correspondence check now
+    /// and returns `x1` = violations found since boot (specification and
+    /// correspondence), `x2` = host and guest events the specification has
+    /// checked since boot. `NOT_SUPPORTED` in every other build.
+    OracleCheck = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0xF00),
 }
 
 impl HostCall {
     /// Every host call, in ID order.
-    pub const ALL: [HostCall; 17] = [
+    pub const ALL: [HostCall; 18] = [
         HostCall::Version,
         HostCall::Features,
         HostCall::ShareHyp,
@@ -99,6 +105,7 @@ impl HostCall {
         HostCall::VmSetSignature,
         HostCall::AttestationKey,
         HostCall::VmList,
+        HostCall::OracleCheck,
     ];
 
     /// The function ID placed in `w0`.
@@ -128,6 +135,7 @@ impl HostCall {
             HostCall::VmSetSignature => "RAMPART_HOST_VM_SET_SIGNATURE",
             HostCall::AttestationKey => "RAMPART_HOST_ATTESTATION_KEY",
             HostCall::VmList => "RAMPART_HOST_VM_LIST",
+            HostCall::OracleCheck => "RAMPART_HOST_ORACLE_CHECK",
         }
     }
 }
@@ -164,6 +172,8 @@ mod tests {
             0xC600_0000,
             0xC600_8006,
             0xC600_801B,
+            0xC600_8EFF,
+            0xC600_8F01,
             0x8600_8000,
             u32::MAX,
         ] {
@@ -227,6 +237,8 @@ impl PageRange {
 pub enum HostRequest {
     /// See [`HostCall::Version`].
     Version,
+    /// See [`HostCall::OracleCheck`].
+    OracleCheck,
     /// See [`HostCall::Features`]: the function ID asked about.
     Features(u32),
     /// See [`HostCall::ShareHyp`].
@@ -396,6 +408,7 @@ impl HostRequest {
             },
             HostCall::AttestationKey => HostRequest::AttestationKey,
             HostCall::VmList => HostRequest::VmList(regs[1]),
+            HostCall::OracleCheck => HostRequest::OracleCheck,
         })
     }
 }

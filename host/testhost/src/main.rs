@@ -102,6 +102,16 @@ fn primary_main(boot: BootState) -> ! {
             }
         }
     }
+    // The oracle's verdict in a hypervisor test build that has one (`cargo
+    // xtask test`, cases `oracle/*`); any other build answers NOT_SUPPORTED.
+    let oracle = psci::call_via(psci::Conduit::Hvc, rampart_abi::host::HostCall::OracleCheck.id(), &[]);
+    if oracle[0] == 0 {
+        println!("  oracle: {} violations in {} checked events", oracle[1], oracle[2]);
+        if oracle[1] != 0 {
+            failed += 1;
+            println!("FAIL oracle: the hypervisor's oracle found {} violations (its `oracle: VIOLATION` lines)", oracle[1]);
+        }
+    }
     let used = arch::boot_stack_used();
     println!("  boot CPU stack: {} of {} KiB used", used >> 10, arch::STACK_SIZE >> 10);
     if used + 4096 > arch::STACK_SIZE as u64 {

@@ -121,7 +121,8 @@ pub fn hyp_version(_: &Platform) -> Result<(), Msg> {
 /// and NOT_SUPPORTED for unknown IDs.
 pub fn hyp_features(_: &Platform) -> Result<(), Msg> {
     let function = HostCall::Features.id();
-    for call in HostCall::ALL {
+    // ORACLE_CHECK exists only in the oracle's test build.
+    for call in HostCall::ALL.into_iter().filter(|&c| c != HostCall::OracleCheck) {
         let sent = arguments(&[u64::from(call.id())]);
         let got = psci::call_via(Conduit::Hvc, function, &sent);
         ensure!(
@@ -132,6 +133,15 @@ pub fn hyp_features(_: &Platform) -> Result<(), Msg> {
         );
         preserved(function, &sent, &got)?;
     }
+    // FEATURES(ORACLE_CHECK) says SUCCESS exactly when the call answers
+    // (the oracle's test build), NOT_SUPPORTED otherwise.
+    let oracle = HostCall::OracleCheck.id();
+    let offered = psci::call_via(Conduit::Hvc, function, &arguments(&[u64::from(oracle)]))[0] as i64;
+    let answers = psci::call_via(Conduit::Hvc, oracle, &[])[0] as i64;
+    ensure!(
+        (offered, answers) == (0, 0) || (offered, answers) == (NOT_SUPPORTED, NOT_SUPPORTED),
+        "FEATURES(RAMPART_HOST_ORACLE_CHECK) = {offered} but the call returns {answers}"
+    );
     for unknown in [
         0xC600_8FFF_u32,
         first_unassigned_host_call(),

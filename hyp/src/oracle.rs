@@ -1,0 +1,559 @@
+//! The oracle (test builds only: cargo feature `oracle`, never a release
+//! image; `docs/design.md`, "The oracle").
+//!
+//! Two checks against the executable specification in `crates/spec`:
+//!
+//! - **every event**: each host call (from `HVC` or a control-page
+//!   doorbell) and each guest memory call is predicted from the abstract
+//!   state before it runs; its real result must be one the contract allows,
+//!   and on success the abstract state follows the predicted effect. Pages
+//!   the contract says come back zeroed are read through the fixmap at once.
+//! - **correspondence** ([`check_now`]: `RAMPART_HOST_ORACLE_CHECK`, and
+//!   every [`CHECK_EVERY`] events): the ownership table, the host stage 2,
+//!   every VM's stage 2 and its table pages, the EL2 stage 1, the SMMU
+//!   mirror and the VM records are compared with the abstract state.
+//!
+//! Host calls run one at a time under the oracle's lock (so prediction and
+//! result belong together), except `VCPU_RUN`, which never holds it: the
+//! guest's own memory calls take it from the exit handler. The lock is
+//! always taken first (before a VM's, a vCPU's or the host memory lock).
+//! The abstract state lives in the carve-out's boot-sized part, one byte per
+//! page after the ownership table; nothing here allocates.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use aarch64_paging::paging::MemoryRegion;
+use rampart_abi::host::HostCall;
+use rampart_ownership::{PageState, PhysAddr, VmId};
+use rampart_platform::{MemRange, PAGE_SIZE};
+use rampart_spec::{Effect, Page, Prediction, Spec, Violation};
+use spin::mutex::SpinMutex;
+
+use crate::println;
+
+/// Bytes of abstract state per page of the RAM span (added to the
+/// ownership table's share of the boot-sized part).
+pub const BYTES_PER_PAGE: u64 = 1;
+
+/// Events between two automatic correspondence checks: the build-time
+/// environment variable `RAMPART_ORACLE_EVERY` (default 64; 0 = only on
+/// `ORACLE_CHECK`).
+pub const CHECK_EVERY: u64 = match option_env!("RAMPART_ORACLE_EVERY") {
+    Some(s) => parse(s.as_bytes()),
+    None => 64,
+};
+
+const fn parse(s: &[u8]) -> u64 {
+    let mut v = 0u64;
+    let mut i = 0;
+    while i < s.len() {
+        v = v * 10 + (s[i] - b'0') as u64;
+        i += 1;
+    }
+    v
+}
+
+// The specification's VM slots are the hypervisor's.
+const _: () = assert!(rampart_spec::MAX_VMS == crate::vm::MAX_VMS);
+
+/// Violations printed in full; the rest are counted.
+const PRINTED: u64 = 32;
+
+struct Oracle {
+    spec: Spec<'static>,
+    ready: bool,
+    since_check: u64,
+}
+
+static ORACLE: SpinMutex<Oracle> = SpinMutex::new(Oracle {
+    spec: Spec::empty(&mut []),
+    ready: false,
+    since_check: 0,
+});
+static EVENTS: AtomicU64 = AtomicU64::new(0);
+static VIOLATIONS: AtomicU64 = AtomicU64::new(0);
+
+macro_rules! violation {
+    ($($arg:tt)*) => {{
+        let n = VIOLATIONS.fetch_add(1, Ordering::Relaxed);
+        if n < PRINTED {
+            println!("oracle: VIOLATION at event {}: {}", EVENTS.load(Ordering::Relaxed), format_args!($($arg)*));
+        }
+    }};
+}
+
+/// Boot: the abstract state starts as the contract says boot leaves the
+/// machine (the host owns RAM but the carve-out). `bytes` is the oracle's
+/// share of the boot-sized part.
+pub fn init(bytes: &'static mut [u8], ram: &[MemRange], carveout: [MemRange; 2], ipa_bits: u32) {
+    let mut banks = [(0u64, 0u64); rampart_spec::MAX_BANKS];
+    for (b, r) in banks.iter_mut().zip(ram) {
+        *b = (r.start(), r.end());
+    }
+    let count = ram.len().min(banks.len());
+    let mut o = ORACLE.lock();
+    let ok = o.spec.init(
+        bytes,
+        &banks[..count],
+        carveout.map(|c| (c.start(), c.end())),
+        ipa_bits,
+    );
+    o.ready = ok;
+    if ok {
+        println!(
+            "test build (oracle): every host call and guest memory call is checked against the specification; correspondence every {CHECK_EVERY} events"
+        );
+    } else {
+        println!(
+            "oracle: cannot follow this machine's RAM ({} banks); oracle off",
+            ram.len()
+        );
+    }
+}
+
+/// Runs host call `regs` through `run` with the specification beside it.
+pub fn host_call(regs: &mut [u64; 18], run: fn(&mut [u64; 18])) {
+    #[allow(clippy::cast_possible_truncation, reason = "the function ID is w0")]
+    let function = regs[0] as u32;
+    if function == HostCall::OracleCheck.id() {
+        let (violations, events) = check_now();
+        regs[..4].copy_from_slice(&[rampart_abi::error::SUCCESS as u64, violations, events, 0]);
+        return;
+    }
+    if function == HostCall::VcpuRun.id() {
+        // Never hold the lock across a guest run.
+        return run(regs);
+    }
+    let mut o = ORACLE.lock();
+    if !o.ready {
+        drop(o);
+        return run(regs);
+    }
+    let sent = *regs;
+    let prediction = o.spec.predict_host(&sent);
+    run(regs);
+    let name = HostCall::try_from(function).map_or("unknown", HostCall::name);
+    settle(&mut o, &prediction, regs[0] as i64, regs[1], &mut |v| {
+        violation!(
+            "host call {name} ({:#x}, {:#x}, {:#x}, {:#x}): {v}",
+            sent[1],
+            sent[2],
+            sent[3],
+            sent[4]
+        );
+    });
+}
+
+/// Runs guest call `regs` from the VM in `slot` through `run`: memory
+/// calls are checked against the specification.
+pub fn guest_call<T>(
+    slot: usize,
+    regs: &mut [u64; 31],
+    run: impl FnOnce(&mut [u64; 31]) -> T,
+) -> T {
+    use rampart_abi::guest::GuestCall as G;
+    #[allow(clippy::cast_possible_truncation, reason = "the function ID is w0")]
+    let function = regs[0] as u32;
+    if !matches!(
+        G::try_from(function),
+        Ok(G::MemShare | G::MemUnshare | G::MemRelinquish)
+    ) {
+        return run(regs);
+    }
+    let mut o = ORACLE.lock();
+    if !o.ready {
+        drop(o);
+        return run(regs);
+    }
+    let args = [regs[1], regs[2], regs[3]];
+    let concrete = crate::vm::VMS.get(slot).and_then(|m| {
+        m.lock()
+            .as_ref()
+            .and_then(|vm| crate::vm::translate(vm, args[0]))
+    });
+    let prediction = o.spec.predict_guest(slot, function, args, concrete);
+    let out = run(regs);
+    if let Some(prediction) = prediction {
+        let name = G::try_from(function).map_or("unknown", G::name);
+        settle(&mut o, &prediction, regs[0] as i64, 0, &mut |v| {
+            violation!(
+                "guest call {name} ({:#x}) from VM slot {slot}: {v}",
+                args[0]
+            );
+        });
+    }
+    out
+}
+
+/// After a call: zero check, then the result and effect, then perhaps the
+/// correspondence check.
+fn settle(
+    o: &mut Oracle,
+    prediction: &Prediction,
+    x0: i64,
+    x1: u64,
+    report: &mut dyn FnMut(&dyn core::fmt::Display),
+) {
+    EVENTS.fetch_add(1, Ordering::Relaxed);
+    if x0 == 0 && prediction.allowed.allows_success() {
+        o.spec
+            .must_be_zero(&prediction.effect, &mut |start, pages| {
+                if let Some(at) = first_nonzero(start, pages) {
+                    report(&format_args!(
+                        "page {at:#x} returned to the host is not zero"
+                    ));
+                }
+            });
+    }
+    if let Err(v) = o.spec.commit(prediction, x0, x1) {
+        match v {
+            Violation::Result { got, allowed } => {
+                report(&format_args!(
+                    "returned {got}, the contract allows {allowed} (on success: {:?})",
+                    prediction.effect
+                ));
+            }
+            Violation::Handle { got } => report(&format_args!(
+                "VM_CREATE returned handle {got:#x}, which no free slot gives"
+            )),
+        }
+    }
+    if x0 == 0 {
+        check_effect(&o.spec, &prediction.effect);
+    }
+    o.since_check += 1;
+    if CHECK_EVERY != 0 && o.since_check >= CHECK_EVERY {
+        correspondence(o);
+    }
+}
+
+/// The first non-zero page of a range the host just got back.
+fn first_nonzero(start: u64, pages: u64) -> Option<u64> {
+    let range = MemRange::from_base_size(start, pages.checked_mul(PAGE_SIZE)?)?;
+    let mut found = None;
+    let _ = crate::memory::with(|m| {
+        m.with_pages(range, &mut |pa, bytes| {
+            if found.is_none() && bytes.iter().any(|&b| b != 0) {
+                found = Some(pa);
+            }
+        })
+    });
+    found
+}
+
+/// `RAMPART_HOST_ORACLE_CHECK`: the correspondence check now; returns
+/// (violations, events) since boot.
+pub fn check_now() -> (u64, u64) {
+    let mut o = ORACLE.lock();
+    if o.ready {
+        correspondence(&mut o);
+    }
+    let (v, e) = (
+        VIOLATIONS.load(Ordering::Relaxed),
+        EVENTS.load(Ordering::Relaxed),
+    );
+    println!("oracle: checked {e} events, {v} violations");
+    (v, e)
+}
+
+/// The ownership table's state a page in abstract state `page` must have.
+fn expected(page: Page, state: PageState) -> bool {
+    let id = |s: u8| VmId(u16::from(s) + 1);
+    match page {
+        Page::Host => state == PageState::HostOwned,
+        Page::HostSharedHyp => matches!(state, PageState::HostSharedWithHyp { .. }),
+        Page::HostSharedVm(s) => state == PageState::HostSharedWithGuest(id(s)),
+        Page::HypOwn | Page::HypDonated => state == PageState::HypOwned,
+        Page::VmMeta(s) => state == PageState::HypOwnedForVm(id(s)),
+        Page::Vm(s) => state == PageState::GuestOwned(id(s)),
+        Page::VmSharedHost(s) => state == PageState::GuestSharedWithHost(id(s)),
+    }
+}
+
+/// Leaf ranges a table maps in `[start, end)`, and every next-level table
+/// it points to, with `f(is_table, start, end, output)`.
+fn walk<T, R>(
+    table: &aarch64_paging::Mapping<T, R>,
+    start: u64,
+    end: u64,
+    f: &mut dyn FnMut(bool, u64, u64, u64),
+) where
+    T: aarch64_paging::paging::Translation<R::Attributes>,
+    R: aarch64_paging::paging::TranslationRegime<Asid = (), VaRange = ()>,
+{
+    let region = MemoryRegion::new(start as usize, end as usize);
+    let _ = table.walk_range(&region, &mut |mr, desc, level| {
+        if desc.is_valid() {
+            let is_table = level < 3 && desc.is_table_or_page();
+            f(
+                is_table,
+                mr.start().0 as u64,
+                mr.end().0 as u64,
+                desc.output_address().0 as u64,
+            );
+        }
+        Ok(())
+    });
+}
+
+/// The correspondence check (cost: a few table lookups and stage-2 walks
+/// per page of RAM, plus each VM's stage 2; tens of milliseconds per GiB
+/// under QEMU).
+/// Sections 1 to 3 of the correspondence check over `[lo, hi)`: the
+/// ownership table, the host stage 2 and the EL2 stage 1.
+fn check_memory(spec: &Spec<'_>, m: &crate::memory::HostMemory, lo: u64, hi: u64) {
+    // 1. The ownership table.
+    let (base, pages) = spec.span();
+    let mut bad = 0u64;
+    let first = lo.max(base);
+    let last = hi.min(base + pages * PAGE_SIZE);
+    for pa in (first..last).step_by(PAGE_SIZE as usize) {
+        let (Some(page), Ok(state)) = (spec.page(pa), m.table.page_state(PhysAddr(pa))) else {
+            continue;
+        };
+        if !expected(page, state) {
+            if bad == 0 {
+                violation!(
+                    "page {pa:#x}: the specification says {page:?}, the ownership table {state:?}"
+                );
+            }
+            bad += 1;
+        }
+    }
+    if bad > 1 {
+        println!(
+            "oracle: ... and {} more pages where the ownership table differs",
+            bad - 1
+        );
+    }
+    // 2. The host stage 2 maps exactly what the host may reach; its
+    // tables are the hypervisor's own.
+    for (start, end) in spec
+        .banks()
+        .iter()
+        .filter(|b| b.0 < hi && lo < b.1)
+        .map(|b| (b.0.max(lo), b.1.min(hi)))
+    {
+        let mut cursor = start;
+        let mut first: Option<(u64, bool)> = None;
+        let mut note = |pa: u64, mapped: bool| {
+            let reach = spec.page(pa).is_some_and(Page::host_reachable);
+            if reach != mapped && first.is_none() {
+                first = Some((pa, mapped));
+            }
+        };
+        walk(&m.stage2.0, start, end, &mut |is_table, s, e, out| {
+            if is_table {
+                if !matches!(spec.page(out), None | Some(Page::HypOwn)) {
+                    violation!("host stage-2 table at {out:#x} is in {:?}", spec.page(out));
+                }
+                return;
+            }
+            let (s, e) = (s.max(start), e.min(end));
+            while cursor < s {
+                note(cursor, false);
+                cursor += PAGE_SIZE;
+            }
+            let mut pa = s;
+            while pa < e {
+                note(pa, true);
+                pa += PAGE_SIZE;
+            }
+            cursor = cursor.max(e);
+        });
+        while cursor < end {
+            note(cursor, false);
+            cursor += PAGE_SIZE;
+        }
+        if let Some((pa, mapped)) = first {
+            let what = if mapped { "maps" } else { "does not map" };
+            violation!(
+                "the host stage 2 {what} page {pa:#x}, which the specification says is {:?}",
+                spec.page(pa)
+            );
+        }
+    }
+    // 3. The EL2 stage 1 maps no page the host or a guest owns or
+    // borrows, and maps every page lent or given to the hypervisor
+    // (SHARE_HYP, DONATE_HYP, VM metadata).
+    for (start, end) in spec
+        .banks()
+        .iter()
+        .filter(|b| b.0 < hi && lo < b.1)
+        .map(|b| (b.0.max(lo), b.1.min(hi)))
+    {
+        let mut first: Option<(u64, bool)> = None;
+        let mut cursor = start;
+        let mut note = |pa: u64, mapped: bool| {
+            let page = spec.page(pa);
+            let forbidden = matches!(
+                page,
+                Some(Page::Host | Page::Vm(_) | Page::VmSharedHost(_) | Page::HostSharedVm(_))
+            );
+            let required = matches!(
+                page,
+                Some(Page::HostSharedHyp | Page::HypDonated | Page::VmMeta(_))
+            );
+            if first.is_none() && ((mapped && forbidden) || (!mapped && required)) {
+                first = Some((pa, mapped));
+            }
+        };
+        walk(&m.el2.0, start, end, &mut |is_table, s, e, _| {
+            if is_table {
+                return;
+            }
+            let (s, e) = (s.max(start), e.min(end));
+            while cursor < s {
+                note(cursor, false);
+                cursor += PAGE_SIZE;
+            }
+            let mut pa = s;
+            while pa < e {
+                note(pa, true);
+                pa += PAGE_SIZE;
+            }
+            cursor = cursor.max(e);
+        });
+        while cursor < end {
+            note(cursor, false);
+            cursor += PAGE_SIZE;
+        }
+        if let Some((pa, mapped)) = first {
+            let what = if mapped { "maps" } else { "does not map" };
+            violation!(
+                "the EL2 stage 1 {what} page {pa:#x}, which the specification says is {:?}",
+                spec.page(pa)
+            );
+        }
+    }
+}
+
+/// After a successful event: sections 1 to 3 over the pages it changed, so a
+/// mapping that disagrees is seen at once, not only at the next full check.
+fn check_effect(spec: &Spec<'_>, effect: &Effect) {
+    let range = match *effect {
+        Effect::SetPages { range, .. } | Effect::GiveVm { range, .. } => {
+            Some((range.start(), range.end()))
+        }
+        Effect::CreateVm { metadata, .. } => Some((metadata.start(), metadata.end())),
+        Effect::Relinquish { pa, .. } => Some((pa, pa + PAGE_SIZE)),
+        Effect::DestroyVm { .. } => Some((0, u64::MAX)),
+        _ => None,
+    };
+    if let Some((lo, hi)) = range {
+        let _ = crate::memory::with(|m| {
+            check_memory(spec, m, lo, hi);
+            Ok(())
+        });
+    }
+}
+
+fn correspondence(o: &mut Oracle) {
+    o.since_check = 0;
+    let spec = &o.spec;
+    let _ = crate::memory::with(|m| {
+        check_memory(spec, m, 0, u64::MAX);
+        // 4. The SMMU mirror maps what the host stage 2 maps.
+        if let Some(diff) = crate::smmu::mirror_differs(&m.stage2.0, &m.ram) {
+            violation!("the SMMU mirror differs from the host stage 2: {diff}");
+        }
+        Ok(())
+    });
+    // 5. Every VM: record, generation, vCPUs, stage 2 and its tables.
+    for slot in 0..rampart_spec::MAX_VMS {
+        let expected_vm = spec.vms.get(slot).and_then(Option::as_ref);
+        let generation = spec.generations.get(slot).copied().unwrap_or(0);
+        if crate::vm::oracle_generation(slot) != generation {
+            violation!(
+                "VM slot {slot}: generation {}, the specification says {}",
+                crate::vm::oracle_generation(slot),
+                generation
+            );
+        }
+        let Some(guard) = crate::vm::VMS.get(slot).map(SpinMutex::lock) else {
+            continue;
+        };
+        match (guard.as_ref(), expected_vm) {
+            (None, None) => continue,
+            (Some(vm), Some(want)) => {
+                let (metadata, stage2) = crate::vm::oracle_view(vm);
+                if vm.handle.0 != want.handle
+                    || vm.protected != want.config.protected
+                    || metadata.start() != want.metadata.start()
+                    || metadata.size() != want.metadata.pages() * PAGE_SIZE
+                {
+                    violation!(
+                        "VM slot {slot}: record (handle {:#x}, metadata {metadata}) differs from the specification (handle {:#x})",
+                        vm.handle.0,
+                        want.handle
+                    );
+                }
+                let s = slot as u8;
+                let mut mapped = 0u64;
+                let mut first: Option<(u64, u64)> = None;
+                let mut bad_table = None;
+                walk(
+                    stage2,
+                    0,
+                    crate::vm::ipa_limit(),
+                    &mut |is_table, start, end, out| {
+                        if is_table {
+                            if spec.page(out) != Some(Page::VmMeta(s)) && bad_table.is_none() {
+                                bad_table = Some(out);
+                            }
+                            return;
+                        }
+                        let mut ipa = start;
+                        while ipa < end {
+                            let pa = out + (ipa - start);
+                            let ok = spec.page(pa).is_some_and(|p| p.vm_reachable(s))
+                                && (want.imprecise || want.translate(ipa) == Some(pa));
+                            if !ok && first.is_none() {
+                                first = Some((ipa, pa));
+                            }
+                            mapped += 1;
+                            ipa += PAGE_SIZE;
+                        }
+                    },
+                );
+                if let Some((ipa, pa)) = first {
+                    violation!(
+                        "VM slot {slot} maps IPA {ipa:#x} to {pa:#x} ({:?}), which the specification does not give it",
+                        spec.page(pa)
+                    );
+                }
+                if let Some(t) = bad_table {
+                    violation!(
+                        "VM slot {slot}: a stage-2 table at {t:#x} is not its held metadata ({:?})",
+                        spec.page(t)
+                    );
+                }
+                let runs: u64 = want.runs.iter().take(want.run_count).map(|r| r.pages).sum();
+                if !want.imprecise && runs != mapped {
+                    violation!(
+                        "VM slot {slot}: its stage 2 maps {mapped} pages, the specification {runs}"
+                    );
+                }
+                for index in 0..vm.max_vcpus.min(8) {
+                    // A vCPU running elsewhere is locked: it exists.
+                    let exists = crate::vm::VCPU_SLOTS
+                        .get(slot)
+                        .and_then(|v| v.get(index))
+                        .is_none_or(|v| v.try_lock().is_none_or(|g| g.is_some()));
+                    if exists != (want.vcpus & (1 << index) != 0) {
+                        violation!(
+                            "VM slot {slot}: vCPU {index} exists: {exists}, the specification says otherwise"
+                        );
+                    }
+                }
+            }
+            (real, want) => {
+                violation!(
+                    "VM slot {slot}: live {} in the hypervisor, {} in the specification",
+                    real.is_some(),
+                    want.is_some()
+                );
+            }
+        }
+    }
+}
