@@ -48,6 +48,16 @@ pub fn hypervisor_with_feature(feature: &str) -> Result<PathBuf> {
     image_with_features("rampart-hyp", HYP_TARGET, &out, &env, &[feature])
 }
 
+/// Builds a test-only variant of the hypervisor with several cargo
+/// features (e.g. `oracle`) into `build/rampart-<f1>-<f2>.bin`. Never the
+/// image `cargo xtask run` or a release uses.
+pub fn hypervisor_with_features(features: &[&str]) -> Result<PathBuf> {
+    let env = crate::attest::hypervisor_env()?;
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = format!("rampart-{}.bin", features.join("-"));
+    image_with_features("rampart-hyp", HYP_TARGET, &out, &env, features)
+}
+
 /// Builds the test guests, then the bare-metal test host with them embedded
 /// (`RAMPART_GUEST_DIR` names `build/guests`), once per run; returns the
 /// host's `Image`.
