@@ -459,7 +459,7 @@ impl Worker<'_> {
     ) -> std::result::Result<[u64; REGS], String> {
         let regs = self.regs(u64::from(call.id()), args);
         let (out, _) = self.request(false, regs)?;
-        check(&out, expect)?;
+        check(&out, expect).map_err(|e| format!("{}: {e}", name(regs[0])))?;
         Ok(out)
     }
 
