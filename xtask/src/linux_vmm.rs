@@ -198,7 +198,19 @@ fn hyp_has_feature(name: &str) -> bool {
 pub fn fuzz_case() -> Result<String> {
     let oracle = hyp_has_feature("oracle");
     let hyp = if oracle { artifacts::hypervisor_with_features(&["oracle"])? } else { artifacts::hypervisor()? };
-    let script = format!("PROCS={FUZZ_PROCS}\nCALLS={FUZZ_CALLS}\nSEED={FUZZ_SEED:#x}\n{FUZZ_SCRIPT}");
+    // Another seed or length for a rerun: RAMPART_LINUX_FUZZ_SEED / _CALLS.
+    let env_u64 = |name: &str, default: u64| -> Result<u64> {
+        match std::env::var(name) {
+            Ok(v) => {
+                let r = v.strip_prefix("0x").map_or_else(|| v.parse(), |h| u64::from_str_radix(h, 16));
+                r.with_context(|| format!("{name}={v:?} is not a number"))
+            }
+            Err(_) => Ok(default),
+        }
+    };
+    let seed = env_u64("RAMPART_LINUX_FUZZ_SEED", FUZZ_SEED)?;
+    let calls = env_u64("RAMPART_LINUX_FUZZ_CALLS", FUZZ_CALLS)?;
+    let script = format!("PROCS={FUZZ_PROCS}\nCALLS={calls}\nSEED={seed:#x}\n{FUZZ_SCRIPT}");
     let m = machine_with(hyp, 4, "1G", "max", &script)?;
     let run = m.run(FUZZ_TIMEOUT, None, false)?;
     let log = artifacts::build_dir().join("linux").join("vmm-fuzz-smp4.log");
@@ -206,7 +218,7 @@ pub fn fuzz_case() -> Result<String> {
     if run.timed_out {
         bail!(run.failure(&format!("timed out after {FUZZ_TIMEOUT:?} (whole console: {})", log.display())));
     }
-    let summary = check_fuzz(&run.console, FUZZ_PROCS, FUZZ_CALLS, oracle)
+    let summary = check_fuzz(&run.console, FUZZ_PROCS, calls, oracle)
         .map_err(|e| anyhow!(run.failure(&format!("{e}\n  whole console: {}", log.display()))))?;
     Ok(if oracle {
         summary
