@@ -328,7 +328,17 @@ struct Worker<'a> {
     history: VecDeque<String>,
     index: u64,
     slot: &'a Slot,
+    /// The session (the parent's), to read the other VMMs' regions.
+    session: &'a Session,
+    /// The other VMMs' pool regions `(physical address, pages)`, re-read
+    /// from the allocation table every [`REREAD`] requests.
+    others: Vec<(u64, u64)>,
+    /// When to re-read them.
+    next_read: u64,
 }
+
+/// Requests between two reads of the allocation table.
+const REREAD: u64 = 128;
 
 fn documented(code: i64) -> bool {
     code == 0 || Error::try_from(code).is_ok()
@@ -644,7 +654,27 @@ impl Worker<'_> {
             // RECLAIM_HYP / UNSHARE_HYP of pages outside the allocation:
             // other VMMs' guests and VM metadata, the kernel's RAM.
             30..=37 => {
-                let page = self.rng.pick(&self.targets.foreign.clone());
+                if self.index >= self.next_read {
+                    self.next_read = self.index + REREAD;
+                    let base = self.session.platform.pool.base;
+                    self.others = self
+                        .session
+                        .others()
+                        .unwrap_or_default()
+                        .iter()
+                        .filter(|e| e.pages > 0)
+                        .map(|e| (base + e.offset, e.pages))
+                        .collect();
+                }
+                // Half the time a page of another VMM's region (its VM's
+                // metadata, stage-2 tables, memory or image): the attack
+                // the Linux fuzzer found.
+                let page = if !self.others.is_empty() && self.rng.chance(50) {
+                    let (at, pages) = self.rng.pick(&self.others);
+                    at + self.rng.below(pages) * PAGE_SIZE
+                } else {
+                    self.rng.pick(&self.targets.foreign.clone())
+                };
                 let n = 1 + self.rng.below(3);
                 let call = if self.rng.chance(50) {
                     HostCall::ReclaimHyp
@@ -1320,6 +1350,9 @@ pub fn run(env: &Env, o: Options) -> Result<bool> {
                 history: VecDeque::new(),
                 index: 0,
                 slot: board.slot(i),
+                session: &session,
+                others: Vec::new(),
+                next_read: 0,
             };
             let ok = w.run(o.calls);
             // SAFETY: leave without running the parent's destructors (the
