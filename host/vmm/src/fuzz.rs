@@ -632,11 +632,12 @@ impl Worker<'_> {
                     }
                     _ => vec![addr, n],
                 };
+                // On the shared channel only calls that take nothing from
+                // the host: with another worker's `x1`/`x2` (a page of
+                // another VMM's region, say) a SHARE_HYP or DONATE_HYP could
+                // succeed and break that VMM or the kernel.
                 let on_shared = self.rng.chance(30)
-                    && !matches!(
-                        call,
-                        HostCall::VmDonate | HostCall::VmShare | HostCall::VmCreate
-                    );
+                    && matches!(call, HostCall::UnshareHyp | HostCall::ReclaimHyp);
                 let regs = self.regs(u64::from(call.id()), &args);
                 let (out, busy) = self.request(on_shared, regs)?;
                 if !busy {
