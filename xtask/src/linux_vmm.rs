@@ -42,6 +42,11 @@ const BUNDLES: [&str; 6] = ["hello", "memtest", "smp", "attest", "spin", "hello.
 const CHECKS_SCRIPT: &str = include_str!("linux_vmm/checks.sh");
 const KERNEL_PAGE_SCRIPT: &str = include_str!("linux_vmm/kernel_page.sh");
 const DEMO_SCRIPT: &str = include_str!("linux_vmm/demo.sh");
+const FUZZ_SCRIPT: &str = include_str!("linux_vmm/fuzz.sh");
+
+/// `/bin/rampart-fuzz` in the initramfs: the fuzzer is a hidden
+/// subcommand of the same static binary (it shares its control-page code).
+const FUZZ_WRAPPER: &str = "#!/bin/sh\nexec /bin/rampart-vmm fuzz \"$@\"\n";
 
 /// One boot's time limit (a boot runs several checks).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(150);
@@ -110,15 +115,20 @@ fn bundles() -> Result<Vec<(PathBuf, &'static str)>> {
 /// Rampart with a guest pool and Debian's kernel, whose `/init` sources
 /// `script` with `/bin/rampart-vmm` and `/guests/*.bundle` in place.
 pub fn machine(smp: u32, mem: &str, cpu: &str, script: &str) -> Result<Machine> {
+    machine_with(artifacts::hypervisor()?, smp, mem, cpu, script)
+}
+
+/// [`machine`] with the hypervisor image `hyp` (a test build).
+fn machine_with(hyp: PathBuf, smp: u32, mem: &str, cpu: &str, script: &str) -> Result<Machine> {
     prereq::ensure(&[&prereq::CPIO])?;
-    let hyp = artifacts::hypervisor()?;
     let vmm = vmm_binary()?;
+    let wrapper = fuzz_wrapper()?;
     let bundles = bundles()?;
     let paths: Vec<String> = bundles
         .iter()
         .map(|(_, name)| format!("guests/{name}.bundle"))
         .collect();
-    let mut files: Vec<(PathBuf, &str)> = vec![(vmm, "bin/rampart-vmm")];
+    let mut files: Vec<(PathBuf, &str)> = vec![(vmm, "bin/rampart-vmm"), (wrapper, "bin/rampart-fuzz")];
     files.extend(
         bundles
             .iter()
@@ -144,6 +154,143 @@ pub fn machine(smp: u32, mem: &str, cpu: &str, script: &str) -> Result<Machine> 
 /// The machine of `cargo xtask run --host linux`.
 pub fn demo_machine(smp: u32, mem: &str, cpu: &str) -> Result<Machine> {
     machine(smp, mem, cpu, DEMO_SCRIPT)
+}
+
+/// Writes [`FUZZ_WRAPPER`] to `build/linux/rampart-fuzz` (mode 0755).
+fn fuzz_wrapper() -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = artifacts::build_dir().join("linux");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("rampart-fuzz");
+    std::fs::write(&path, FUZZ_WRAPPER).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(path)
+}
+
+/// `linux-vmm/smp4/fuzz`: worker processes of `rampart-fuzz`.
+pub const FUZZ_PROCS: u32 = 4;
+/// Requests per worker: 4 x 5000 take about 20 s under QEMU.
+pub const FUZZ_CALLS: u64 = 5000;
+/// Requests per worker when the hypervisor has the oracle, which checks
+/// every call and walks every table each 64 events (about 7 times slower:
+/// 4 x 2500 take about 70 s).
+pub const FUZZ_CALLS_ORACLE: u64 = 2500;
+/// The case's seed (fixed, so a failure reruns the same requests).
+pub const FUZZ_SEED: u64 = 0x15;
+/// The case's time limit.
+const FUZZ_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Whether `hyp/Cargo.toml` declares cargo feature `name`.
+fn hyp_has_feature(name: &str) -> bool {
+    let toml = std::fs::read_to_string(artifacts::root().join("hyp/Cargo.toml")).unwrap_or_default();
+    let mut in_features = false;
+    toml.lines().map(str::trim).any(|l| {
+        if l.starts_with('[') {
+            in_features = l == "[features]";
+            return false;
+        }
+        in_features && l.split('=').next().map(str::trim) == Some(name)
+    })
+}
+
+/// `linux-vmm/smp4/fuzz`: Debian's kernel on 4 CPUs runs the `hello` and
+/// `smp` guests with `rampart-vmm` in a loop while `rampart-fuzz` drives
+/// the control pages from [`FUZZ_PROCS`] processes (`linux_vmm/fuzz.sh`).
+/// The hypervisor is built with the `oracle` feature when `hyp` has one
+/// (then every invariant violation fails the case); otherwise the case
+/// checks for crashes and wrong answers only, and says so.
+pub fn fuzz_case() -> Result<String> {
+    let oracle = hyp_has_feature("oracle");
+    let hyp = if oracle { artifacts::hypervisor_with_features(&["oracle"])? } else { artifacts::hypervisor()? };
+    // Another seed or length for a rerun: RAMPART_LINUX_FUZZ_SEED / _CALLS.
+    let env_u64 = |name: &str, default: u64| -> Result<u64> {
+        match std::env::var(name) {
+            Ok(v) => {
+                let r = v.strip_prefix("0x").map_or_else(|| v.parse(), |h| u64::from_str_radix(h, 16));
+                r.with_context(|| format!("{name}={v:?} is not a number"))
+            }
+            Err(_) => Ok(default),
+        }
+    };
+    let seed = env_u64("RAMPART_LINUX_FUZZ_SEED", FUZZ_SEED)?;
+    let calls = env_u64("RAMPART_LINUX_FUZZ_CALLS", if oracle { FUZZ_CALLS_ORACLE } else { FUZZ_CALLS })?;
+    let script = format!("PROCS={FUZZ_PROCS}\nCALLS={calls}\nSEED={seed:#x}\n{FUZZ_SCRIPT}");
+    let m = machine_with(hyp, 4, "1G", "max", &script)?;
+    let run = m.run(FUZZ_TIMEOUT, None, false)?;
+    let log = artifacts::build_dir().join("linux").join("vmm-fuzz-smp4.log");
+    let _ = std::fs::write(&log, &run.console);
+    if run.timed_out {
+        bail!(run.failure(&format!("timed out after {FUZZ_TIMEOUT:?} (whole console: {})", log.display())));
+    }
+    let summary = check_fuzz(&run.console, FUZZ_PROCS, calls, oracle)
+        .map_err(|e| anyhow!(run.failure(&format!("{e}\n  whole console: {}", log.display()))))?;
+    Ok(if oracle {
+        summary
+    } else {
+        format!("{summary}; the hypervisor has no `oracle` feature: crash and answer checks only")
+    })
+}
+
+/// Reads `linux-vmm/smp4/fuzz`'s console: the guests all passed, the
+/// fuzzer made its `procs * calls` requests with nothing unexpected, the
+/// kernel lived to the end, and the hypervisor printed no panic, fatal
+/// exception or (with `oracle`) invariant violation. Returns a summary.
+pub fn check_fuzz(console: &str, procs: u32, calls: u64, oracle: bool) -> Result<String, String> {
+    let lines: Vec<&str> = console.lines().map(str::trim_end).collect();
+    let bad_hyp = ["panic", "unexpected exception", "stack overflow", "fatal", "cannot take the abort"];
+    if let Some(l) = lines.iter().find(|l| l.contains("oracle: VIOLATION")) {
+        return Err(format!("the oracle found an invariant violation: {l}"));
+    }
+    if let Some(l) = lines.iter().find(|l| l.contains("rampart: ") && bad_hyp.iter().any(|b| l.contains(b))) {
+        return Err(format!("the hypervisor reported: {l}"));
+    }
+    let bad_kernel = ["Kernel panic", "Internal error:", "Unable to handle kernel", "BUG: ", "Oops"];
+    if let Some(l) = lines.iter().find(|l| bad_kernel.iter().any(|b| l.contains(b))) {
+        return Err(format!("the kernel reported: {l}"));
+    }
+    let unexpected: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains("rampart-fuzz: UNEXPECTED") || l.contains("rampart-fuzz:   #"))
+        .collect();
+    if !unexpected.is_empty() {
+        return Err(format!("rampart-fuzz found unexpected outcomes:\n    {}", unexpected.join("\n    ")));
+    }
+    let guest_lines: Vec<&str> = lines.iter().filter_map(|l| l.split_once("RAMPART-FUZZ: guest ").map(|(_, r)| r)).collect();
+    if let Some(l) = guest_lines.iter().find(|l| l.contains(" FAIL ")) {
+        let log: Vec<&str> = lines.iter().filter(|l| l.contains("RAMPART-FUZZ-LOG: ")).copied().collect();
+        return Err(format!("a guest beside the fuzzer failed: {l}\n    {}", log.join("\n    ")));
+    }
+    let passed = |g: &str| guest_lines.iter().filter(|l| l.starts_with(&format!("{g} ")) && l.contains(" PASS ")).count();
+    let (hello, smp) = (passed("hello"), passed("smp"));
+    if hello == 0 || smp == 0 {
+        return Err(format!("guests beside the fuzzer: hello passed {hello} times, smp {smp} times (want at least once each)"));
+    }
+    let done = lines
+        .iter()
+        .find_map(|l| l.split_once("rampart-fuzz: done ").map(|(_, r)| r))
+        .ok_or("rampart-fuzz never finished (no `rampart-fuzz: done` line)")?;
+    let made: u64 = done
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("calls="))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("no calls= in `{done}`"))?;
+    if made != u64::from(procs) * calls {
+        return Err(format!("rampart-fuzz made {made} requests, want {}: {done}", u64::from(procs) * calls));
+    }
+    if !done.contains("unexpected=0") {
+        return Err(format!("rampart-fuzz: {done}"));
+    }
+    if oracle && !done.contains("oracle: 0 violations") {
+        return Err(format!("the oracle did not report 0 violations: {done}"));
+    }
+    if !lines.iter().any(|l| l.contains("RAMPART-FUZZ: exit 0")) {
+        return Err("rampart-fuzz did not exit 0".into());
+    }
+    if !lines.iter().any(|l| l.contains("RAMPART-FUZZ: alive")) || !lines.iter().any(|l| l.contains("RAMPART-INIT: done")) {
+        return Err("the kernel did not live to the end of the script".into());
+    }
+    Ok(format!("hello passed {hello}x and smp {smp}x beside rampart-fuzz: {done}"))
 }
 
 /// After the demo: the guests' results, and the attest guest's report
@@ -271,6 +418,7 @@ pub fn cases(args: &crate::suite::TestArgs, case: &mut CaseFn<'_>) {
     for target in ["uptime_proc_show", "vectors"] {
         case(format!("linux-vmm/kernel-page-{target}"), &|| kernel_page_case(target));
     }
+    case("linux-vmm/smp4/fuzz".to_string(), &fuzz_case);
 }
 
 /// `linux-vmm/kernel-page-<target>`: user space donates to a VM the page
@@ -662,5 +810,39 @@ RAMPART-VMM-TEST: begin kill9-reclaim
                 assert!(handled, "{c} has no case in checks.sh");
             }
         }
+    }
+
+    #[test]
+    fn the_fuzz_case_passes_only_a_clean_run() {
+        let good = "RAMPART-FUZZ: guest hello round 0 PASS GUEST-DONE 13 passed, 0 failed
+RAMPART-FUZZ: guest smp round 0 PASS GUEST-DONE 10 passed, 0 failed
+rampart-fuzz: done seed=21 procs=4 calls=20 in 1.0 s (20 calls/s), 0 refused as busy on the shared channel, 3 malformed accesses refused, unexpected=0; oracle: 0 violations, 99 events checked
+RAMPART-FUZZ: exit 0
+RAMPART-FUZZ: guests 1 rounds
+RAMPART-FUZZ: alive 24.22 41.21
+RAMPART-INIT: alive
+RAMPART-INIT: done
+";
+        let summary = check_fuzz(good, 4, 5, true).unwrap();
+        assert!(summary.contains("hello passed 1x and smp 1x") && summary.contains("calls=20"), "{summary}");
+        assert!(check_fuzz(good, 4, 6, true).unwrap_err().contains("made 20 requests"));
+        let broken = [
+            (good.replace("round 0 PASS GUEST-DONE 13", "round 0 FAIL exit status 3"), "guest beside"),
+            (format!("{good}rampart: panic on CPU 1: x\n"), "hypervisor reported"),
+            (format!("{good}rampart: oracle: VIOLATION reclaim\n"), "invariant violation"),
+            (format!("[ 1.0] Internal error: synchronous external abort\n{good}"), "kernel reported"),
+            (format!("rampart-fuzz: UNEXPECTED seed=21 proc=1 index=7: x\n{good}"), "unexpected outcomes"),
+            (good.replace("RAMPART-FUZZ: exit 0", "RAMPART-FUZZ: exit 3"), "did not exit 0"),
+            (good.replace("RAMPART-INIT: done\n", ""), "did not live"),
+            (good.replace("RAMPART-FUZZ: guest smp round 0 PASS", "x"), "smp 0 times"),
+            (good.replace("oracle: 0 violations", "oracle: 2 violations"), "0 violations"),
+        ];
+        for (console, why) in broken {
+            let e = check_fuzz(&console, 4, 5, true).unwrap_err();
+            assert!(e.contains(why), "{why}: {e}");
+        }
+        let no_oracle = good.replace("oracle: 0 violations, 99 events checked", "oracle: not built in");
+        assert!(check_fuzz(&no_oracle, 4, 5, false).is_ok());
+        assert!(check_fuzz(&no_oracle, 4, 5, true).is_err());
     }
 }

@@ -4,6 +4,7 @@
 
 mod console;
 mod dt;
+mod fuzz;
 mod hostile;
 mod hyp;
 mod mem;
@@ -130,6 +131,22 @@ enum Command {
     /// Print the manual page (roff) to stdout (e.g. `rampart-vmm man |
     /// man -l -`).
     Man,
+    /// Test: fuzz the control pages from PROCS processes with seeded
+    /// random requests (installed as `rampart-fuzz`; docs/testing.md).
+    /// Exit 0 only if nothing unexpected happened.
+    #[command(hide = true)]
+    Fuzz {
+        /// Worker processes (each with its own channel, plus one channel
+        /// they all share).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=14))]
+        procs: u32,
+        /// Requests per process.
+        #[arg(long, default_value_t = 10_000)]
+        calls: u64,
+        /// The seed (decimal or 0x hex).
+        #[arg(long, default_value = "1", value_parser = fuzz::parse_seed)]
+        seed: u64,
+    },
     /// Hostile test: create a VM and donate it PAGES pages of host RAM at
     /// ADDRESS, such as pages the host kernel itself uses (the hypervisor
     /// allows it: the host owns them). The VM is kept; the kernel's next
@@ -246,6 +263,15 @@ fn main() -> ExitCode {
         Command::Man => write_man(&mut std::io::stdout().lock())
             .map(|()| ExitCode::SUCCESS)
             .context("writing the manual page"),
+        Command::Fuzz { procs, calls, seed } => {
+            fuzz::run(&env, fuzz::Options { procs, calls, seed }).map(|ok| {
+                if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_GUEST_FAILED)
+                }
+            })
+        }
         Command::DonateHostPages { address, pages } => {
             cmd_donate_host_pages(&env, address, pages).map(|()| ExitCode::SUCCESS)
         }
