@@ -132,3 +132,13 @@ pub fn objcopy() -> Result<PathBuf> {
     }
     Ok(tool)
 }
+
+/// Builds a test-only variant of the hypervisor with `features` into
+/// `build/rampart-<f1>-<f2>....bin` (never the release image). The fuzzer
+/// builds `oracle` and the mutants with it.
+pub fn hypervisor_with_features(features: &[&str]) -> Result<PathBuf> {
+    let env = crate::attest::hypervisor_env()?;
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = format!("rampart-{}.bin", features.join("-"));
+    image_with_features("rampart-hyp", HYP_TARGET, &out, &env, features)
+}

@@ -138,6 +138,8 @@ pub(crate) struct Shared {
     pub exits: [AtomicU64; MAX_CPUS],
     pub violations: [AtomicU64; MAX_CPUS],
     pub refusals: [AtomicU64; MAX_CPUS],
+    /// Fuzz-guest VMs started.
+    pub guests: [AtomicU64; MAX_CPUS],
     pub finished: [AtomicBool; MAX_CPUS],
 }
 
@@ -159,6 +161,7 @@ pub(crate) static SHARED: Shared = Shared {
     exits: [const { AtomicU64::new(0) }; MAX_CPUS],
     violations: [const { AtomicU64::new(0) }; MAX_CPUS],
     refusals: [const { AtomicU64::new(0) }; MAX_CPUS],
+    guests: [const { AtomicU64::new(0) }; MAX_CPUS],
     finished: [const { AtomicBool::new(false) }; MAX_CPUS],
 };
 
@@ -316,11 +319,12 @@ pub fn run(p: &Platform, c: Config) {
         violations += r[1];
     }
     fuzz_line!(
-        "done seed={} calls={} violations={violations} hypercalls={} exits={} refusals={} cpus={cpus} oracle={}",
+        "done seed={} calls={} violations={violations} hypercalls={} exits={} guests={} refusals={} cpus={cpus} oracle={}",
         c.seed,
         sum(&s.done),
         sum(&s.hypercalls),
         sum(&s.exits),
+        sum(&s.guests),
         sum(&s.refusals),
         if s.oracle.load(Ordering::Relaxed) == 1 { "yes" } else { "no" }
     );
