@@ -319,3 +319,24 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
     println!("xtask fuzz: ok: {}", summary.line());
     Ok(())
 }
+
+/// A `cargo xtask test` case: `calls` actions with `seed` on `smp` CPUs,
+/// no violation.
+pub fn suite_case(smp: u32, seed: u64, calls: u64) -> Result<String> {
+    let (hyp, features) = hypervisor(&[])?;
+    let plan = Plan {
+        seed,
+        calls,
+        smp,
+        check_every: 1_000,
+        stop: None,
+        mem: "512M".into(),
+        timeout: default_timeout(calls, smp),
+        echo: false,
+    };
+    let summary = run_once(&hyp, &features, &plan)?;
+    if summary.calls < calls {
+        bail!("only {} of {calls} calls ran", summary.calls);
+    }
+    Ok(summary.line())
+}

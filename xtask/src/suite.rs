@@ -16,6 +16,9 @@ use anyhow::{Context, Result, bail};
 use crate::qemu::{HOST_LOAD_ADDRESS, Machine, Run};
 use crate::{artifacts, attest, linux, prereq};
 
+/// The fuzz cases: `(CPUs, seed, calls)`.
+pub const FUZZ_SLICE: &[(u32, u64, u64)] = &[(1, 11, 15_000), (2, 12, 20_000), (4, 13, 20_000), (2, 14, 15_000)];
+
 /// Arguments of `cargo xtask test`.
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -157,6 +160,14 @@ pub fn run(args: &TestArgs) -> Result<()> {
     // the whole test host still passes, with the SMMU's mirror compared
     // against the host stage 2 after every change.
     case("testhost/smmu".into(), &smmu_case);
+
+    // Hostile-host fuzzing (issue 15): seeded streams of every host call
+    // on one, two and four CPUs with the fuzz guest running, the oracle
+    // checked every 1000 calls when the hypervisor has it; 0 violations.
+    // 70 000 calls in all, about two minutes on two cores.
+    for &(smp, seed, calls) in FUZZ_SLICE {
+        case(format!("fuzz/smp{smp}/seed{seed}"), &|| crate::fuzz::suite_case(smp, seed, calls));
+    }
 
     // A host reset with a protected VM alive leaves none of its secrets
     // for the next boot.
