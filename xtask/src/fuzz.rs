@@ -210,6 +210,11 @@ pub fn judge(run: &Run, features: &[String], plan: &Plan) -> Result<Summary> {
         }
     }
     if problems.is_empty() {
+        // Refusals the host's model did not expect are not failures, but
+        // worth reading.
+        for note in console.lines().filter(|l| l.starts_with("fuzz: note")) {
+            eprintln!("xtask fuzz: {note}");
+        }
         return Ok(summary);
     }
     // Where it failed, for the replay.

@@ -10,8 +10,9 @@
 //! Then, forever: a random guest call from `rampart_abi::guest::GuestCall`
 //! (except `SYSTEM_OFF`, `SYSTEM_RESET` and `CPU_OFF`, which would end it)
 //! with arguments drawn from interesting values, or a random touch. Memory
-//! calls (`MEM_SHARE`, `MEM_UNSHARE`, `MEM_RELINQUISH`) name pages of the
-//! upper half of its free RAM, which it never touches; its own loads and
+//! calls that give a page away or write into it (`MEM_RELINQUISH`,
+//! `RAMPART_ATTEST`) name pages of the upper half of its free RAM, which it
+//! never touches, or pages beyond its RAM; its own loads and
 //! stores in RAM go to the lower half, so a page it gave away never
 //! faults it. Every 256 actions it stores the action count to
 //! [`PROGRESS_ADDRESS`] (an `EXIT_MMIO` write the host counts). Aborts from
@@ -87,10 +88,11 @@ fn main(ram_size: u64) {
                         _ => rng.next(),
                     };
                 }
-                // A call whose address lands in the image (case 2) could
-                // give away the guest's own code: only the upper half of
-                // free RAM may be named by memory calls.
-                if matches!(call, GuestCall::MemShare | GuestCall::MemUnshare | GuestCall::MemRelinquish)
+                // A call that gives a page away or writes into it
+                // (`MEM_RELINQUISH`, `RAMPART_ATTEST`'s report) must not
+                // name the image (case 2: its code, data or stacks): only
+                // the upper half of free RAM, or beyond RAM.
+                if matches!(call, GuestCall::MemRelinquish | GuestCall::RampartAttest)
                     && !(middle..free_end).contains(&args[0])
                 {
                     args[0] = ram_end + rng.below(16) * PAGE;

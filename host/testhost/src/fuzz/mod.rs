@@ -261,6 +261,9 @@ pub fn run(p: &Platform, c: Config) {
         fuzz_line!("oracle present: ORACLE_CHECK = {} (violations {}, events {})", oracle[0] as i64, oracle[1], oracle[2]);
     }
 
+    if let Err(e) = crate::checks::vmm::gic::init(p) {
+        fuzz_line!("note: no GIC set-up ({e}): a guest that stops exiting cannot be interrupted");
+    }
     // The secondaries first; the boot CPU runs stream 0 itself.
     let boot = arch::cpu_slot();
     ARRIVALS.store(0, Ordering::Release);

@@ -10,6 +10,7 @@ use rampart_abi::Error;
 use super::model::{MAX_VMS, Page, Vm};
 use super::{ORACLE_CHECK, SHARED, WINDOW_PAGES};
 use crate::arch::{self, Access, MAX_CPUS};
+use crate::checks::vmm;
 use crate::fuzz_line;
 use crate::psci::{self, Conduit};
 
@@ -26,6 +27,9 @@ const GUEST_META_FIRST: usize = GUEST_RAM_FIRST - 64;
 const POOL_PAGES: usize = GUEST_META_FIRST;
 /// Where the fuzz guest reads its seed (`guest/fuzz`).
 const SEED_ADDRESS: u64 = 0x0a00_0000;
+/// A `fuzz: progress` line every this many actions per CPU (a hang shows
+/// which CPU stopped where).
+const PROGRESS_EVERY: u64 = 25_000;
 /// Notes about refusals the model did not expect, per CPU.
 const MAX_NOTES: u64 = 4;
 
@@ -105,6 +109,9 @@ pub fn run(cpu: usize, extra: u64) {
         boot: cpu == 0,
         oracle_seen: 0,
     };
+    // A guest's virtual timer and the host's deadline reach the hypervisor
+    // only through this CPU's redistributor (`vmm::gic`).
+    let _ = vmm::gic::enable_this_cpu();
     while st.index < calls && st.index <= stop {
         if s.failed.load(Ordering::Relaxed) {
             break;
@@ -114,6 +121,9 @@ pub fn run(cpu: usize, extra: u64) {
         }
         st.index += 1;
         s.done[cpu].store(st.index, Ordering::Release);
+        if st.index.is_multiple_of(PROGRESS_EVERY) {
+            fuzz_line!("progress cpu={cpu} index={} hypercalls={}", st.index, st.calls);
+        }
         if check != 0 && st.index.is_multiple_of(check) && st.oracle().is_err() {
             break;
         }
@@ -452,7 +462,7 @@ impl Stream {
         if !self.all(GUEST_META_FIRST, GUEST_META_PAGES, Page::Host) || !self.all(GUEST_RAM_FIRST, GUEST_RAM_PAGES, Page::Host) {
             return self.vcpu_run();
         }
-        let Ok(image) = crate::checks::vmm::image("fuzz") else {
+        let Ok(image) = vmm::image("fuzz") else {
             return self.fail(format_args!("the fuzz guest is not embedded (build with `cargo xtask`)"));
         };
         let ram = self.page_address(GUEST_RAM_FIRST);
@@ -634,6 +644,10 @@ impl Stream {
         let must_fail = vcpu >= 8 || vm.created & (1 << vcpu) == 0 || vm.protected;
         let budget = 1 + self.rng.below(48);
         let mut answer = vm.mmio_answer;
+        // The host's own deadline bounds a guest that stops exiting
+        // (EXIT_INTERRUPT, x2 = 1): 50 ms.
+        let frequency = arch::counter_frequency().max(1);
+        vmm::hw::set_host_virtual_timer(arch::counter() + frequency / 20, 1);
         for n in 0..budget {
             let r = self.call(HostCall::VcpuRun.id(), &[vm.handle, vcpu, answer]);
             if r[0] != 0 {
@@ -675,6 +689,7 @@ impl Stream {
             }
             let _ = n;
         }
+        vmm::hw::set_host_virtual_timer(0, 0);
         if let Some(v) = self.vms[slot].as_mut() {
             v.mmio_answer = answer;
         }
@@ -719,7 +734,7 @@ impl Stream {
         };
         let mut args = [0u64; 13];
         args[0] = handle;
-        match crate::checks::vmm::bundle("hello") {
+        match vmm::bundle("hello") {
             Ok(b) if self.rng.chance(2) => {
                 args[1..5].copy_from_slice(&rampart_abi::host::bytes_to_words::<4>(&b.signer));
                 args[5..13].copy_from_slice(&rampart_abi::host::bytes_to_words::<8>(&b.signature));
