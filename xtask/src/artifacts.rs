@@ -48,6 +48,17 @@ pub fn hypervisor_with_feature(feature: &str) -> Result<PathBuf> {
     image_with_features("rampart-hyp", HYP_TARGET, &out, &env, &[feature])
 }
 
+/// Builds a test-only variant of the hypervisor with cargo `features`
+/// (e.g. `oracle`, `mutant-teardown-no-zero`) into
+/// `build/rampart-<features joined by +>.bin`. Never the image `cargo xtask
+/// run` or a release uses.
+pub fn hypervisor_with_features(features: &[&str]) -> Result<PathBuf> {
+    let env = crate::attest::hypervisor_env()?;
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = format!("rampart-{}.bin", features.join("+"));
+    image_with_features("rampart-hyp", HYP_TARGET, &out, &env, features)
+}
+
 /// Builds the test guests, then the bare-metal test host with them embedded
 /// (`RAMPART_GUEST_DIR` names `build/guests`), once per run; returns the
 /// host's `Image`.
@@ -131,14 +142,4 @@ pub fn objcopy() -> Result<PathBuf> {
         bail!("{} is missing: run `rustup component add llvm-tools`", tool.display());
     }
     Ok(tool)
-}
-
-/// Builds a test-only variant of the hypervisor with `features` into
-/// `build/rampart-<f1>-<f2>....bin` (never the release image). The fuzzer
-/// builds `oracle` and the mutants with it.
-pub fn hypervisor_with_features(features: &[&str]) -> Result<PathBuf> {
-    let env = crate::attest::hypervisor_env()?;
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let out = format!("rampart-{}.bin", features.join("-"));
-    image_with_features("rampart-hyp", HYP_TARGET, &out, &env, features)
 }

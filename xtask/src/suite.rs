@@ -161,6 +161,11 @@ pub fn run(args: &TestArgs) -> Result<()> {
     // against the host stage 2 after every change.
     case("testhost/smmu".into(), &smmu_case);
 
+    // A host reset with a protected VM alive leaves none of its secrets
+    // for the next boot.
+    case("testhost/reset-wipes".into(), &reset_case);
+    case("testhost/power-off-wipes".into(), &power_off_case);
+
     // Hostile-host fuzzing (issue 15): seeded streams of every host call
     // on one, two and four CPUs with the fuzz guest running, the oracle
     // checked every 1000 calls when the hypervisor has it; 0 violations.
@@ -168,11 +173,6 @@ pub fn run(args: &TestArgs) -> Result<()> {
     for &(smp, seed, calls) in FUZZ_SLICE {
         case(format!("fuzz/smp{smp}/seed{seed}"), &|| crate::fuzz::suite_case(smp, seed, calls));
     }
-
-    // A host reset with a protected VM alive leaves none of its secrets
-    // for the next boot.
-    case("testhost/reset-wipes".into(), &reset_case);
-    case("testhost/power-off-wipes".into(), &power_off_case);
 
     // Bad boot input ends in a message and a power-off, never a hang.
     // QEMU itself refuses RAM smaller than the carve-out (it places the DT
