@@ -86,17 +86,25 @@ impl Summary {
             self.calls as f64 / self.secs.max(0.001),
             self.violations,
             self.refusals,
-            if self.oracle { "on" } else { "absent (crashes and host-side invariants only)" }
+            if self.oracle {
+                "on"
+            } else {
+                "absent (crashes and host-side invariants only)"
+            }
         )
     }
 }
 
 /// Whether the hypervisor crate has cargo feature `feature`.
 fn hyp_has_feature(feature: &str) -> bool {
-    let toml = std::fs::read_to_string(artifacts::root().join("hyp/Cargo.toml")).unwrap_or_default();
+    let toml =
+        std::fs::read_to_string(artifacts::root().join("hyp/Cargo.toml")).unwrap_or_default();
     let section = toml.split("[features]").nth(1).unwrap_or("");
     let section = section.split("\n[").next().unwrap_or("");
-    section.lines().any(|l| l.trim_start().starts_with(&format!("{feature} =")) || l.trim_start().starts_with(&format!("{feature}=")))
+    section.lines().any(|l| {
+        l.trim_start().starts_with(&format!("{feature} ="))
+            || l.trim_start().starts_with(&format!("{feature}="))
+    })
 }
 
 /// The hypervisor image for a fuzz run: `oracle` if the tree has it, plus
@@ -106,7 +114,9 @@ pub fn hypervisor(extra: &[String]) -> Result<(PathBuf, Vec<String>)> {
     if hyp_has_feature("oracle") {
         features.push("oracle".into());
     } else {
-        eprintln!("xtask fuzz: this tree's hypervisor has no `oracle` feature: checking crashes and host-side invariants only");
+        eprintln!(
+            "xtask fuzz: this tree's hypervisor has no `oracle` feature: checking crashes and host-side invariants only"
+        );
     }
     for f in extra {
         if !features.contains(f) {
@@ -137,7 +147,10 @@ pub struct Plan {
 
 impl Plan {
     fn bootarg(&self) -> String {
-        let mut s = format!("testhost.fuzz=seed={},calls={},check={}", self.seed, self.calls, self.check_every);
+        let mut s = format!(
+            "testhost.fuzz=seed={},calls={},check={}",
+            self.seed, self.calls, self.check_every
+        );
         if let Some(i) = self.stop {
             let _ = write!(s, ",stop={i}");
         }
@@ -169,11 +182,21 @@ pub fn run_once(hyp: &std::path::Path, features: &[String], plan: &Plan) -> Resu
 pub fn judge(run: &Run, features: &[String], plan: &Plan) -> Result<Summary> {
     let console = &run.console;
     let mut problems: Vec<String> = Vec::new();
-    let violations: Vec<&str> = console.lines().filter(|l| l.contains("oracle: VIOLATION ")).collect();
+    let violations: Vec<&str> = console
+        .lines()
+        .filter(|l| l.contains("oracle: VIOLATION "))
+        .collect();
     if !violations.is_empty() {
-        problems.push(format!("{} oracle violation line(s), first: {}", violations.len(), violations[0].trim()));
+        problems.push(format!(
+            "{} oracle violation line(s), first: {}",
+            violations.len(),
+            violations[0].trim()
+        ));
     }
-    let failed: Vec<&str> = console.lines().filter(|l| l.starts_with("fuzz: FAILED")).collect();
+    let failed: Vec<&str> = console
+        .lines()
+        .filter(|l| l.starts_with("fuzz: FAILED"))
+        .collect();
     for l in &failed {
         problems.push(l.trim().to_string());
     }
@@ -186,13 +209,21 @@ pub fn judge(run: &Run, features: &[String], plan: &Plan) -> Result<Summary> {
     if run.timed_out {
         problems.push(format!("hang: no end within {} s", plan.timeout.as_secs()));
     }
-    let done = console.lines().rev().find_map(|l| l.strip_prefix("fuzz: done "));
-    let mut summary = Summary { secs: run.elapsed.as_secs_f64(), ..Summary::default() };
+    let done = console
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("fuzz: done "));
+    let mut summary = Summary {
+        secs: run.elapsed.as_secs_f64(),
+        ..Summary::default()
+    };
     match done {
         None => problems.push("the run never printed `fuzz: done`".into()),
         Some(done) => {
             for item in done.split_whitespace() {
-                let Some((k, v)) = item.split_once('=') else { continue };
+                let Some((k, v)) = item.split_once('=') else {
+                    continue;
+                };
                 let n = v.parse().unwrap_or(0);
                 match k {
                     "calls" => summary.calls = n,
@@ -222,12 +253,20 @@ pub fn judge(run: &Run, features: &[String], plan: &Plan) -> Result<Summary> {
         .first()
         .map(|l| {
             let field = |k: &str| {
-                l.split_whitespace().find_map(|w| w.strip_prefix(k)).map(|v| v.trim_end_matches(':').to_string())
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .map(|v| v.trim_end_matches(':').to_string())
             };
-            (field("cpu=").unwrap_or_else(|| "?".into()), field("index=").unwrap_or_else(|| "?".into()))
+            (
+                field("cpu=").unwrap_or_else(|| "?".into()),
+                field("index=").unwrap_or_else(|| "?".into()),
+            )
         })
         .unwrap_or_else(|| ("?".into(), "?".into()));
-    let calls: Vec<&str> = console.lines().filter(|l| l.starts_with("fuzz:   call ")).collect();
+    let calls: Vec<&str> = console
+        .lines()
+        .filter(|l| l.starts_with("fuzz:   call "))
+        .collect();
     let dir = artifacts::build_dir().join("fuzz");
     std::fs::create_dir_all(&dir)?;
     let file = dir.join(format!("failure-seed{}.txt", plan.seed));
@@ -247,12 +286,26 @@ pub fn judge(run: &Run, features: &[String], plan: &Plan) -> Result<Summary> {
         let _ = writeln!(record, "# {c}");
     }
     std::fs::write(&file, &record).with_context(|| format!("writing {}", file.display()))?;
-    let last: String = calls.iter().rev().take(20).rev().map(|c| format!("\n    {c}")).collect();
-    let oracle_lines: String = violations.iter().take(5).map(|c| format!("\n    {c}")).collect();
+    let last: String = calls
+        .iter()
+        .rev()
+        .take(20)
+        .rev()
+        .map(|c| format!("\n    {c}"))
+        .collect();
+    let oracle_lines: String = violations
+        .iter()
+        .take(5)
+        .map(|c| format!("\n    {c}"))
+        .collect();
     bail!(
         "fuzz failed: seed={} cpu={cpu} index={index} (hypervisor features: {})\n  {}\n  last calls:{last}{oracle_lines}\n  replay: cargo xtask fuzz --replay {}\n{}",
         plan.seed,
-        if features.is_empty() { "none".to_string() } else { features.join(",") },
+        if features.is_empty() {
+            "none".to_string()
+        } else {
+            features.join(",")
+        },
         problems.join("\n  "),
         file.display(),
         run.failure("fuzz run failed")
@@ -261,14 +314,23 @@ pub fn judge(run: &Run, features: &[String], plan: &Plan) -> Result<Summary> {
 
 /// A recorded failure.
 fn read_replay(path: &std::path::Path) -> Result<(Plan, Vec<String>)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let get = |k: &str| text.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).map(str::to_string);
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .map(str::to_string)
+    };
     let num = |k: &str| -> Result<u64> {
-        get(k).with_context(|| format!("{}: no `{k}=`", path.display()))?.parse().with_context(|| format!("{}: bad `{k}=`", path.display()))
+        get(k)
+            .with_context(|| format!("{}: no `{k}=`", path.display()))?
+            .parse()
+            .with_context(|| format!("{}: bad `{k}=`", path.display()))
     };
     let index = get("index").and_then(|v| v.parse().ok());
     let calls = num("calls")?;
-    let smp = num("smp")? as u32;
+    let smp = u32::try_from(num("smp")?)
+        .with_context(|| format!("{}: `smp=` too large", path.display()))?;
     let plan = Plan {
         seed: num("seed")?,
         calls,
@@ -279,7 +341,12 @@ fn read_replay(path: &std::path::Path) -> Result<(Plan, Vec<String>)> {
         timeout: default_timeout(calls, smp),
         echo: false,
     };
-    let features = get("features").unwrap_or_default().split(',').filter(|f| !f.is_empty()).map(str::to_string).collect();
+    let features = get("features")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|f| !f.is_empty())
+        .map(str::to_string)
+        .collect();
     Ok((plan, features))
 }
 

@@ -21,6 +21,10 @@
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "aarch64 only: usize is 64 bits"
+)]
 
 use rampart_abi::guest::{GUEST_RAM_BASE, GuestCall};
 use rampart_guest::{arch, hvc};
@@ -72,14 +76,19 @@ fn main(ram_size: u64) {
             0..=3 => {
                 let calls = GuestCall::ALL;
                 let call = calls[rng.below(calls.len() as u64) as usize];
-                if matches!(call, GuestCall::SystemOff | GuestCall::SystemReset | GuestCall::CpuOff) {
+                if matches!(
+                    call,
+                    GuestCall::SystemOff | GuestCall::SystemReset | GuestCall::CpuOff
+                ) {
                     continue;
                 }
                 let mut args = [0u64; 3];
                 for arg in &mut args {
                     *arg = match rng.below(8) {
                         0 => 0,
-                        1 if middle < free_end => middle + rng.below((free_end - middle) / PAGE) * PAGE,
+                        1 if middle < free_end => {
+                            middle + rng.below((free_end - middle) / PAGE) * PAGE
+                        }
                         2 => GUEST_RAM_BASE + rng.below(ram_size / PAGE) * PAGE,
                         3 => ram_end + rng.below(64) * PAGE,
                         4 => 0x0900_0000,

@@ -221,7 +221,11 @@ fn control_pages(p: &Platform) -> Option<Range> {
 pub fn run(p: &Platform, c: Config) {
     let cpus = p.cpu_count.clamp(1, MAX_CPUS) as u64;
     let Some(window) = windows(p, cpus) else {
-        println!("fuzz: FAILED seed={} cpu=0 index=0: no {} MiB of usable RAM for the windows", c.seed, cpus * 2);
+        println!(
+            "fuzz: FAILED seed={} cpu=0 index=0: no {} MiB of usable RAM for the windows",
+            c.seed,
+            cpus * 2
+        );
         println!("fuzz: done seed={} calls=0 violations=1", c.seed);
         return;
     };
@@ -232,7 +236,12 @@ pub fn run(p: &Platform, c: Config) {
     s.stop.store(c.stop.unwrap_or(u64::MAX), Ordering::Relaxed);
     s.window_base.store(window.start, Ordering::Relaxed);
     s.cpus.store(cpus, Ordering::Relaxed);
-    for (i, r) in p.carveout_nodes().flat_map(|n| n.reg.as_slice().iter()).take(2).enumerate() {
+    for (i, r) in p
+        .carveout_nodes()
+        .flat_map(|n| n.reg.as_slice().iter())
+        .take(2)
+        .enumerate()
+    {
         s.carveout[2 * i].store(r.start, Ordering::Relaxed);
         s.carveout[2 * i + 1].store(r.end, Ordering::Relaxed);
     }
@@ -255,10 +264,17 @@ pub fn run(p: &Platform, c: Config) {
     let oracle = psci::call_via(psci::Conduit::Hvc, ORACLE_CHECK, &[]);
     if oracle[0] as i64 == rampart_abi::Error::NotSupported.code() {
         s.oracle.store(0, Ordering::Relaxed);
-        fuzz_line!("oracle absent (ORACLE_CHECK = NOT_SUPPORTED): checking crashes and host-side invariants only");
+        fuzz_line!(
+            "oracle absent (ORACLE_CHECK = NOT_SUPPORTED): checking crashes and host-side invariants only"
+        );
     } else {
         s.oracle.store(1, Ordering::Relaxed);
-        fuzz_line!("oracle present: ORACLE_CHECK = {} (violations {}, events {})", oracle[0] as i64, oracle[1], oracle[2]);
+        fuzz_line!(
+            "oracle present: ORACLE_CHECK = {} (violations {}, events {})",
+            oracle[0] as i64,
+            oracle[1],
+            oracle[2]
+        );
     }
 
     if let Err(e) = crate::checks::vmm::gic::init(p) {
@@ -271,16 +287,22 @@ pub fn run(p: &Platform, c: Config) {
     let mut started = 0u64;
     for i in (0..cpus as usize).filter(|&i| i != boot) {
         SLOTS[i].reset();
-        let ret = psci::cpu_on(p.cpus[i], arch::secondary_entry_address(), cpus::context_id(ROUND, i));
+        let ret = psci::cpu_on(
+            p.cpus[i],
+            arch::secondary_entry_address(),
+            cpus::context_id(ROUND, i),
+        );
         if ret == psci::SUCCESS {
             started += 1;
         } else {
-            fuzz_line!("CPU_ON({:#x}) = {ret}: that CPU's stream does not run", p.cpus[i]);
+            fuzz_line!(
+                "CPU_ON({:#x}) = {ret}: that CPU's stream does not run",
+                p.cpus[i]
+            );
         }
     }
     let extra = c.calls % cpus;
-    let mut outcome = None;
-    let guarded = arch::guarded(&mut || outcome = Some(stream::run(0, extra)));
+    let guarded = arch::guarded(&mut || stream::run(0, extra));
     if let Err(exception) = guarded {
         s.failed.store(true, Ordering::Release);
         s.violations[0].fetch_add(1, Ordering::AcqRel);
@@ -293,32 +315,46 @@ pub fn run(p: &Platform, c: Config) {
     s.finished[0].store(true, Ordering::Release);
     // Wait for the secondaries: a hung one is a hang of the hypervisor.
     let all = cpus::wait_until(600_000, || {
-        (1..cpus as usize).all(|i| s.finished[i].load(Ordering::Acquire) || SLOTS[i].fault[3].load(Ordering::Acquire) != 0)
+        (1..cpus as usize).all(|i| {
+            s.finished[i].load(Ordering::Acquire) || SLOTS[i].fault[3].load(Ordering::Acquire) != 0
+        })
     });
     let mut failed = !all;
     if !all {
-        fuzz_line!("FAILED seed={} cpu=? index=?: a secondary's stream did not finish (hang)", c.seed);
+        fuzz_line!(
+            "FAILED seed={} cpu=? index=?: a secondary's stream did not finish (hang)",
+            c.seed
+        );
     }
-    for i in 1..cpus as usize {
-        if SLOTS[i].fault[3].load(Ordering::Acquire) != 0 {
+    for (i, slot) in SLOTS.iter().enumerate().take(cpus as usize).skip(1) {
+        if slot.fault[3].load(Ordering::Acquire) != 0 {
             failed = true;
             fuzz_line!(
                 "FAILED seed={} cpu={i} index={}: the CPU took an exception: ESR {:#x} ELR {:#x} FAR {:#x}",
                 c.seed,
                 s.done[i].load(Ordering::Acquire),
-                SLOTS[i].fault[0].load(Ordering::Acquire),
-                SLOTS[i].fault[1].load(Ordering::Acquire),
-                SLOTS[i].fault[2].load(Ordering::Acquire)
+                slot.fault[0].load(Ordering::Acquire),
+                slot.fault[1].load(Ordering::Acquire),
+                slot.fault[2].load(Ordering::Acquire)
             );
         }
     }
     let _ = started;
-    let sum = |a: &[AtomicU64; MAX_CPUS]| a[..cpus as usize].iter().map(|v| v.load(Ordering::Acquire)).sum::<u64>();
+    let sum = |a: &[AtomicU64; MAX_CPUS]| {
+        a[..cpus as usize]
+            .iter()
+            .map(|v| v.load(Ordering::Acquire))
+            .sum::<u64>()
+    };
     // The last word: one check over everything every CPU did.
     let mut violations = sum(&s.violations) + u64::from(failed);
     if s.oracle.load(Ordering::Relaxed) == 1 {
         let r = psci::call_via(psci::Conduit::Hvc, ORACLE_CHECK, &[]);
-        fuzz_line!("oracle checked {} events, {} violations (final)", r[2], r[1]);
+        fuzz_line!(
+            "oracle checked {} events, {} violations (final)",
+            r[2],
+            r[1]
+        );
         violations += r[1];
     }
     fuzz_line!(
@@ -329,12 +365,16 @@ pub fn run(p: &Platform, c: Config) {
         sum(&s.exits),
         sum(&s.guests),
         sum(&s.refusals),
-        if s.oracle.load(Ordering::Relaxed) == 1 { "yes" } else { "no" }
+        if s.oracle.load(Ordering::Relaxed) == 1 {
+            "yes"
+        } else {
+            "no"
+        }
     );
 }
 
 /// A secondary's part: its own stream, then back to `CPU_OFF`.
 pub fn secondary(index: usize) {
-    let _ = stream::run(index, 0);
+    stream::run(index, 0);
     SHARED.finished[index].store(true, Ordering::Release);
 }

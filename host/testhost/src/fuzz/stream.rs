@@ -3,9 +3,11 @@
 
 use core::sync::atomic::Ordering;
 
-use rampart_abi::guest::GUEST_RAM_BASE;
-use rampart_abi::host::{ExitReason, HOST_FUNCTION_BASE, HostCall, MIN_STAGE2_PAGES, VmConfig, mmio};
 use rampart_abi::Error;
+use rampart_abi::guest::GUEST_RAM_BASE;
+use rampart_abi::host::{
+    ExitReason, HOST_FUNCTION_BASE, HostCall, MIN_STAGE2_PAGES, VmConfig, mmio,
+};
 
 use super::model::{MAX_VMS, Page, Vm};
 use super::{ORACLE_CHECK, SHARED, WINDOW_PAGES};
@@ -105,7 +107,11 @@ pub fn run(cpu: usize, extra: u64) {
         stale_next: 0,
         history: [Record::default(); HISTORY],
         calls: 0,
-        channel: if control != 0 { control + (cpu as u64 % 16) * PAGE } else { 0 },
+        channel: if control != 0 {
+            control + (cpu as u64 % 16) * PAGE
+        } else {
+            0
+        },
         boot: cpu == 0,
         oracle_seen: 0,
     };
@@ -122,7 +128,11 @@ pub fn run(cpu: usize, extra: u64) {
         st.index += 1;
         s.done[cpu].store(st.index, Ordering::Release);
         if st.index.is_multiple_of(PROGRESS_EVERY) {
-            fuzz_line!("progress cpu={cpu} index={} hypercalls={}", st.index, st.calls);
+            fuzz_line!(
+                "progress cpu={cpu} index={} hypercalls={}",
+                st.index,
+                st.calls
+            );
         }
         if check != 0 && st.index.is_multiple_of(check) && st.oracle().is_err() {
             break;
@@ -167,7 +177,11 @@ impl Stream {
 
     fn call(&mut self, id: u32, args: &[u64]) -> [u64; 18] {
         let doorbell = self.channel != 0 && self.rng.chance(8);
-        let r = if doorbell { self.doorbell(id, args) } else { psci::call_via(Conduit::Hvc, id, args) };
+        let r = if doorbell {
+            self.doorbell(id, args)
+        } else {
+            psci::call_via(Conduit::Hvc, id, args)
+        };
         self.calls += 1;
         let mut rec = Record {
             index: self.index,
@@ -206,7 +220,11 @@ impl Stream {
         s.failed.store(true, Ordering::Release);
         s.violations[self.cpu].fetch_add(1, Ordering::AcqRel);
         let seed = s.seed.load(Ordering::Relaxed);
-        fuzz_line!("FAILED seed={seed} cpu={} index={}: {why}", self.cpu, self.index);
+        fuzz_line!(
+            "FAILED seed={seed} cpu={} index={}: {why}",
+            self.cpu,
+            self.index
+        );
         for rec in self.history.iter().filter(|r| r.id != 0) {
             fuzz_line!(
                 "  call cpu={} index={} {}{}({:#x}, {:#x}, {:#x}, {:#x}) = {} [{:#x}]",
@@ -229,7 +247,12 @@ impl Stream {
     fn refused(&mut self, what: &str, code: u64) {
         let n = SHARED.refusals[self.cpu].fetch_add(1, Ordering::AcqRel);
         if n < MAX_NOTES {
-            fuzz_line!("note cpu={} index={}: {what} = {} though the model expected success", self.cpu, self.index, code as i64);
+            fuzz_line!(
+                "note cpu={} index={}: {what} = {} though the model expected success",
+                self.cpu,
+                self.index,
+                code as i64
+            );
         }
     }
 
@@ -243,10 +266,19 @@ impl Stream {
         }
         if r[1] > self.oracle_seen {
             self.oracle_seen = r[1];
-            return self.fail(format_args!("oracle: {} violations so far (events checked {})", r[1], r[2]));
+            return self.fail(format_args!(
+                "oracle: {} violations so far (events checked {})",
+                r[1], r[2]
+            ));
         }
         if self.boot {
-            fuzz_line!("oracle checked {} events, {} violations (cpu={} index={})", r[2], r[1], self.cpu, self.index);
+            fuzz_line!(
+                "oracle checked {} events, {} violations (cpu={} index={})",
+                r[2],
+                r[1],
+                self.cpu,
+                self.index
+            );
         }
         Ok(())
     }
@@ -299,7 +331,10 @@ impl Stream {
     fn expect_zero(&mut self, first: usize, count: usize, how: &str) -> Step {
         let (start, end) = (self.page_address(first), self.page_address(first + count));
         if let Some(block) = arch::ram_find_nonzero(start, end) {
-            return self.fail(format_args!("{how}: page {:#x} came back to the host not zeroed (non-zero near {block:#x})", block & !(PAGE - 1)));
+            return self.fail(format_args!(
+                "{how}: page {:#x} came back to the host not zeroed (non-zero near {block:#x})",
+                block & !(PAGE - 1)
+            ));
         }
         Ok(())
     }
@@ -326,7 +361,10 @@ impl Stream {
     fn bad_handle_value(&mut self) -> u64 {
         match self.rng.below(5) {
             0 if self.stale[0] != 0 => self.stale[self.rng.below(4) as usize].max(self.stale[0]),
-            1 => self.pick_vm().and_then(|i| self.vms[i]).map_or(0, |vm| vm.handle.wrapping_add(1 << 32)),
+            1 => self
+                .pick_vm()
+                .and_then(|i| self.vms[i])
+                .map_or(0, |vm| vm.handle.wrapping_add(1 << 32)),
             2 => 0,
             3 => u64::MAX - self.rng.below(3),
             _ => (self.rng.next() & !0xffff_ffff) | (0x1000 + 0x8000 + self.rng.below(0x1000)),
@@ -346,7 +384,12 @@ impl Stream {
     /// `SHARE_HYP`, `UNSHARE_HYP`, `DONATE_HYP`, `RECLAIM_HYP` on window
     /// pages, checked against the model.
     fn memory_call(&mut self) -> Step {
-        let calls = [HostCall::ShareHyp, HostCall::UnshareHyp, HostCall::DonateHyp, HostCall::ReclaimHyp];
+        let calls = [
+            HostCall::ShareHyp,
+            HostCall::UnshareHyp,
+            HostCall::DonateHyp,
+            HostCall::ReclaimHyp,
+        ];
         let call = calls[self.rng.below(4) as usize];
         let (first, count) = self.draw_range();
         let (need, after) = match call {
@@ -362,7 +405,10 @@ impl Stream {
         let r = self.call(call.id(), &[self.page_address(first), count as u64]);
         if r[0] == 0 {
             if !ok {
-                let states = self.pages[first..first + count].iter().find(|p| **p != need).copied();
+                let states = self.pages[first..first + count]
+                    .iter()
+                    .find(|p| **p != need)
+                    .copied();
                 return self.fail(format_args!(
                     "{}({:#x}, {count}) succeeded, but the host's bookkeeping has a page {:?}, not {need:?}",
                     name(call.id()),
@@ -385,26 +431,56 @@ impl Stream {
     /// unaligned, zero, huge and wrapping counts.
     fn memory_call_interesting(&mut self) -> Step {
         let s = &SHARED;
-        let calls = [HostCall::ShareHyp, HostCall::UnshareHyp, HostCall::DonateHyp, HostCall::ReclaimHyp, HostCall::VmCreate];
+        let calls = [
+            HostCall::ShareHyp,
+            HostCall::UnshareHyp,
+            HostCall::DonateHyp,
+            HostCall::ReclaimHyp,
+            HostCall::VmCreate,
+        ];
         let call = calls[self.rng.below(calls.len() as u64) as usize];
         let ram_end = s.ram_end.load(Ordering::Relaxed);
         let carve = |i: usize| s.carveout[i].load(Ordering::Relaxed);
         let own_page = self.rng.below(POOL_PAGES as u64) as usize;
         let own = self.page_address(own_page);
         let (address, count) = match self.rng.below(11) {
-            0 if carve(1) > carve(0) => (carve(0) + self.rng.below((carve(1) - carve(0)) / PAGE) * PAGE, 1 + self.rng.below(4)),
-            1 if carve(3) > carve(2) => (carve(2) + self.rng.below((carve(3) - carve(2)) / PAGE) * PAGE, 1 + self.rng.below(4)),
-            2 if s.control[0].load(Ordering::Relaxed) != 0 => (s.control[0].load(Ordering::Relaxed) + self.rng.below(16) * PAGE, 1),
-            3 => ([0x0900_0000, 0x0800_0000, 0x0a00_0000, 0x1000_0000][self.rng.below(4) as usize], 1),
-            4 => (ram_end + self.rng.below(1 << 20) * PAGE, 1 + self.rng.below(4)),
+            0 if carve(1) > carve(0) => (
+                carve(0) + self.rng.below((carve(1) - carve(0)) / PAGE) * PAGE,
+                1 + self.rng.below(4),
+            ),
+            1 if carve(3) > carve(2) => (
+                carve(2) + self.rng.below((carve(3) - carve(2)) / PAGE) * PAGE,
+                1 + self.rng.below(4),
+            ),
+            2 if s.control[0].load(Ordering::Relaxed) != 0 => (
+                s.control[0].load(Ordering::Relaxed) + self.rng.below(16) * PAGE,
+                1,
+            ),
+            3 => (
+                [0x0900_0000, 0x0800_0000, 0x0a00_0000, 0x1000_0000][self.rng.below(4) as usize],
+                1,
+            ),
+            4 => (
+                ram_end + self.rng.below(1 << 20) * PAGE,
+                1 + self.rng.below(4),
+            ),
             5 => (ram_end - PAGE, 2),
             6 => (own + 8 * (1 + self.rng.below(511)), 1),
             7 => (own, 0),
             8 => (own, 1 << (32 + self.rng.below(20))),
-            9 => (u64::MAX & !(PAGE - 1), 2 + self.rng.below(4)),
+            9 => (!(PAGE - 1), 2 + self.rng.below(4)),
             _ => (0, 1 + self.rng.below(4)),
         };
-        let args = [address, count, VmConfig { debug: false, protected: false, max_vcpus: 1 }.encode()];
+        let args = [
+            address,
+            count,
+            VmConfig {
+                debug: false,
+                protected: false,
+                max_vcpus: 1,
+            }
+            .encode(),
+        ];
         let r = self.call(call.id(), &args);
         if r[0] == 0 {
             return self.fail(format_args!("{}({address:#x}, {count:#x}) succeeded on an address or count that must be refused", name(call.id())));
@@ -415,10 +491,17 @@ impl Stream {
     /// `VM_CREATE` with metadata from the window: valid, too few pages,
     /// pages the host does not hold, or a bad configuration.
     fn vm_create(&mut self) -> Step {
-        let Some(slot) = self.free_slot() else { return self.misc() };
+        let Some(slot) = self.free_slot() else {
+            return self.misc();
+        };
         let vcpus = 1 + self.rng.below(8);
         let protected = self.rng.chance(2);
-        let mut config = VmConfig { debug: self.rng.chance(8), protected, max_vcpus: vcpus }.encode();
+        let mut config = VmConfig {
+            debug: self.rng.chance(8),
+            protected,
+            max_vcpus: vcpus,
+        }
+        .encode();
         let bad_config = self.rng.chance(10);
         if bad_config {
             config = match self.rng.below(3) {
@@ -435,7 +518,10 @@ impl Stream {
         } as usize;
         let first = self.rng.below((POOL_PAGES - count) as u64) as usize;
         let ok = !bad_config && count as u64 >= min && self.all(first, count, Page::Host);
-        let r = self.call(HostCall::VmCreate.id(), &[self.page_address(first), count as u64, config]);
+        let r = self.call(
+            HostCall::VmCreate.id(),
+            &[self.page_address(first), count as u64, config],
+        );
         if r[0] == 0 {
             if !ok {
                 return self.fail(format_args!(
@@ -447,7 +533,15 @@ impl Stream {
                 ));
             }
             self.set(first, count, Page::Meta(slot as u8));
-            self.vms[slot] = Some(Vm { handle: r[1], protected, vcpus, created: 0, guest: false, off: false, mmio_answer: 0 });
+            self.vms[slot] = Some(Vm {
+                handle: r[1],
+                protected,
+                vcpus,
+                created: 0,
+                guest: false,
+                off: false,
+                mmio_answer: 0,
+            });
             SHARED.handles[self.cpu][slot].store(r[1], Ordering::Release);
         } else if ok && !transient(r[0]) {
             self.refused("VM_CREATE", r[0]);
@@ -458,24 +552,42 @@ impl Stream {
     /// A VM that runs the fuzz guest: metadata and RAM from the top of the
     /// window, image loaded over a host pattern, vCPU 0 at the image.
     fn guest_vm(&mut self) -> Step {
-        let Some(slot) = self.free_slot() else { return self.vcpu_run() };
-        if !self.all(GUEST_META_FIRST, GUEST_META_PAGES, Page::Host) || !self.all(GUEST_RAM_FIRST, GUEST_RAM_PAGES, Page::Host) {
+        let Some(slot) = self.free_slot() else {
+            return self.vcpu_run();
+        };
+        if !self.all(GUEST_META_FIRST, GUEST_META_PAGES, Page::Host)
+            || !self.all(GUEST_RAM_FIRST, GUEST_RAM_PAGES, Page::Host)
+        {
             return self.vcpu_run();
         }
         let Ok(image) = vmm::image("fuzz") else {
-            return self.fail(format_args!("the fuzz guest is not embedded (build with `cargo xtask`)"));
+            return self.fail(format_args!(
+                "the fuzz guest is not embedded (build with `cargo xtask`)"
+            ));
         };
         let ram = self.page_address(GUEST_RAM_FIRST);
         let ram_size = GUEST_RAM_PAGES as u64 * PAGE;
-        arch::ram_fill(ram, ram + ram_size, 0x6675_7a7a_0000_0000 ^ (self.index << 12));
+        arch::ram_fill(
+            ram,
+            ram + ram_size,
+            0x6675_7a7a_0000_0000 ^ (self.index << 12),
+        );
         for (i, chunk) in image.chunks(8).enumerate() {
             let mut word = [0u8; 8];
             word[..chunk.len()].copy_from_slice(chunk);
             arch::ram_write(ram + 8 * i as u64, u64::from_le_bytes(word));
         }
-        let config = VmConfig { debug: false, protected: false, max_vcpus: 1 }.encode();
+        let config = VmConfig {
+            debug: false,
+            protected: false,
+            max_vcpus: 1,
+        }
+        .encode();
         let meta = self.page_address(GUEST_META_FIRST);
-        let r = self.call(HostCall::VmCreate.id(), &[meta, GUEST_META_PAGES as u64, config]);
+        let r = self.call(
+            HostCall::VmCreate.id(),
+            &[meta, GUEST_META_PAGES as u64, config],
+        );
         if r[0] != 0 {
             if !transient(r[0]) {
                 self.refused("VM_CREATE (fuzz guest)", r[0]);
@@ -484,9 +596,20 @@ impl Stream {
         }
         let handle = r[1];
         self.set(GUEST_META_FIRST, GUEST_META_PAGES, Page::Meta(slot as u8));
-        self.vms[slot] = Some(Vm { handle, protected: false, vcpus: 1, created: 0, guest: false, off: false, mmio_answer: 0 });
+        self.vms[slot] = Some(Vm {
+            handle,
+            protected: false,
+            vcpus: 1,
+            created: 0,
+            guest: false,
+            off: false,
+            mmio_answer: 0,
+        });
         SHARED.handles[self.cpu][slot].store(handle, Ordering::Release);
-        let r = self.call(HostCall::VmDonate.id(), &[handle, ram, GUEST_RAM_PAGES as u64, GUEST_RAM_BASE]);
+        let r = self.call(
+            HostCall::VmDonate.id(),
+            &[handle, ram, GUEST_RAM_PAGES as u64, GUEST_RAM_BASE],
+        );
         if r[0] != 0 {
             if !transient(r[0]) {
                 self.refused("VM_DONATE (fuzz guest RAM)", r[0]);
@@ -496,7 +619,10 @@ impl Stream {
         self.set(GUEST_RAM_FIRST, GUEST_RAM_PAGES, Page::Vm(slot as u8));
         SHARED.guests[self.cpu].fetch_add(1, Ordering::Relaxed);
         let c0 = self.call(HostCall::VcpuCreate.id(), &[handle, 0])[0];
-        let c1 = self.call(HostCall::VcpuSetRegs.id(), &[handle, 0, GUEST_RAM_BASE, ram_size])[0];
+        let c1 = self.call(
+            HostCall::VcpuSetRegs.id(),
+            &[handle, 0, GUEST_RAM_BASE, ram_size],
+        )[0];
         if let Some(vm) = self.vms[slot].as_mut() {
             if c0 == 0 {
                 vm.created |= 1;
@@ -504,7 +630,10 @@ impl Stream {
             vm.guest = c0 == 0 && c1 == 0;
         }
         if c0 != 0 || c1 != 0 {
-            self.refused("VCPU_CREATE/VCPU_SET_REGS (fuzz guest)", if c0 != 0 { c0 } else { c1 });
+            self.refused(
+                "VCPU_CREATE/VCPU_SET_REGS (fuzz guest)",
+                if c0 != 0 { c0 } else { c1 },
+            );
         }
         Ok(())
     }
@@ -516,12 +645,18 @@ impl Stream {
             let h = self.bad_handle_value();
             let r = self.call(HostCall::VmDestroy.id(), &[h]);
             if r[0] == 0 {
-                return self.fail(format_args!("VM_DESTROY({h:#x}) succeeded on a stale or made-up handle"));
+                return self.fail(format_args!(
+                    "VM_DESTROY({h:#x}) succeeded on a stale or made-up handle"
+                ));
             }
             return Ok(());
         }
-        let Some(slot) = self.pick_vm() else { return self.vm_create() };
-        let Some(vm) = self.vms[slot] else { return Ok(()) };
+        let Some(slot) = self.pick_vm() else {
+            return self.vm_create();
+        };
+        let Some(vm) = self.vms[slot] else {
+            return Ok(());
+        };
         let r = self.call(HostCall::VmDestroy.id(), &[vm.handle]);
         if r[0] != 0 {
             if !transient(r[0]) {
@@ -549,8 +684,16 @@ impl Stream {
     /// `VM_DONATE` / `VM_SHARE` of window pages to a VM at a drawn IPA.
     fn vm_give(&mut self) -> Step {
         let share = self.rng.chance(3);
-        let call = if share { HostCall::VmShare } else { HostCall::VmDonate };
-        let own = if self.rng.chance(5) { None } else { self.pick_vm() };
+        let call = if share {
+            HostCall::VmShare
+        } else {
+            HostCall::VmDonate
+        };
+        let own = if self.rng.chance(5) {
+            None
+        } else {
+            self.pick_vm()
+        };
         let handle = match own {
             Some(slot) => self.vms[slot].map_or(0, |vm| vm.handle),
             None => self.bad_handle_value(),
@@ -561,7 +704,7 @@ impl Stream {
             match self.rng.below(3) {
                 0 => (1 << 48) + self.rng.below(64) * PAGE,
                 1 => GUEST_RAM_BASE + 8,
-                _ => u64::MAX & !(PAGE - 1),
+                _ => !(PAGE - 1),
             }
         } else {
             match self.rng.below(3) {
@@ -576,7 +719,10 @@ impl Stream {
         if host_pages && !share {
             self.mark(first, count);
         }
-        let r = self.call(call.id(), &[handle, self.page_address(first), count as u64, ipa]);
+        let r = self.call(
+            call.id(),
+            &[handle, self.page_address(first), count as u64, ipa],
+        );
         if r[0] == 0 {
             if must_fail {
                 return self.fail(format_args!(
@@ -588,7 +734,15 @@ impl Stream {
             }
             if let Some(slot) = own {
                 let tag = slot as u8;
-                self.set(first, count, if share { Page::VmShared(tag) } else { Page::Vm(tag) });
+                self.set(
+                    first,
+                    count,
+                    if share {
+                        Page::VmShared(tag)
+                    } else {
+                        Page::Vm(tag)
+                    },
+                );
             }
         }
         Ok(())
@@ -596,8 +750,12 @@ impl Stream {
 
     /// `VCPU_CREATE` of a drawn index.
     fn vcpu_create(&mut self) -> Step {
-        let Some(slot) = self.pick_vm() else { return self.vm_create() };
-        let Some(vm) = self.vms[slot] else { return Ok(()) };
+        let Some(slot) = self.pick_vm() else {
+            return self.vm_create();
+        };
+        let Some(vm) = self.vms[slot] else {
+            return Ok(());
+        };
         let idx = self.rng.below(10);
         let must_fail = idx >= vm.vcpus || vm.created & (1 << idx) != 0;
         let r = self.call(HostCall::VcpuCreate.id(), &[vm.handle, idx]);
@@ -623,7 +781,8 @@ impl Stream {
     fn vcpu_run(&mut self) -> Step {
         if self.rng.chance(10) {
             let other = self.rng.below(SHARED.cpus.load(Ordering::Relaxed)) as usize % MAX_CPUS;
-            let h = SHARED.handles[other][self.rng.below(MAX_VMS as u64) as usize].load(Ordering::Acquire);
+            let h = SHARED.handles[other][self.rng.below(MAX_VMS as u64) as usize]
+                .load(Ordering::Acquire);
             if h != 0 {
                 let r = self.call(HostCall::VcpuRun.id(), &[h, 0, 0]);
                 if r[0] == 0 {
@@ -639,8 +798,14 @@ impl Stream {
             _ => self.pick_vm(),
         };
         let Some(slot) = picked else { return Ok(()) };
-        let Some(vm) = self.vms[slot] else { return Ok(()) };
-        let vcpu = if vm.guest || self.rng.chance(2) { 0 } else { self.rng.below(10) };
+        let Some(vm) = self.vms[slot] else {
+            return Ok(());
+        };
+        let vcpu = if vm.guest || self.rng.chance(2) {
+            0
+        } else {
+            self.rng.below(10)
+        };
         let must_fail = vcpu >= 8 || vm.created & (1 << vcpu) == 0 || vm.protected;
         let budget = 1 + self.rng.below(48);
         let mut answer = vm.mmio_answer;
@@ -655,7 +820,9 @@ impl Stream {
             }
             // A vCPU that is off answers EXIT_POWERED_OFF without entering
             // the guest; anything else means the guest ran.
-            if must_fail && !(r[1] == ExitReason::PoweredOff as u64 && vm.created & (1 << vcpu) != 0) {
+            if must_fail
+                && !(r[1] == ExitReason::PoweredOff as u64 && vm.created & (1 << vcpu) != 0)
+            {
                 return self.fail(format_args!(
                     "VCPU_RUN({:#x}, {vcpu}) entered the guest (exit {}): created {:#b}, protected {} (never correctly signed)",
                     vm.handle, r[1], vm.created, vm.protected
@@ -666,14 +833,21 @@ impl Stream {
             let reason = r[1];
             if reason == ExitReason::Mmio as u64 {
                 if r[3] & mmio::WRITE == 0 {
-                    answer = if r[2] == SEED_ADDRESS { self.rng.next() | 1 } else { self.rng.next() };
+                    answer = if r[2] == SEED_ADDRESS {
+                        self.rng.next() | 1
+                    } else {
+                        self.rng.next()
+                    };
                 }
             } else if reason == ExitReason::MemoryFault as u64 {
                 let ipa = r[2] & !(PAGE - 1);
                 let page = self.rng.below(POOL_PAGES as u64) as usize;
                 if self.rng.chance(2) && self.pages[page] == Page::Host {
                     self.mark(page, 1);
-                    let c = self.call(HostCall::VmDonate.id(), &[vm.handle, self.page_address(page), 1, ipa]);
+                    let c = self.call(
+                        HostCall::VmDonate.id(),
+                        &[vm.handle, self.page_address(page), 1, ipa],
+                    );
                     if c[0] == 0 {
                         self.pages[page] = Page::Vm(slot as u8);
                     }
@@ -699,8 +873,12 @@ impl Stream {
     /// `VCPU_INJECT` and `VCPU_SET_REGS` with drawn arguments (never the
     /// fuzz guest's entry).
     fn vcpu_poke(&mut self) -> Step {
-        let Some(slot) = self.pick_vm() else { return self.misc() };
-        let Some(vm) = self.vms[slot] else { return Ok(()) };
+        let Some(slot) = self.pick_vm() else {
+            return self.misc();
+        };
+        let Some(vm) = self.vms[slot] else {
+            return Ok(());
+        };
         let vcpu = self.rng.below(10);
         if self.rng.chance(2) || vm.guest {
             let intid = match self.rng.below(4) {
@@ -718,7 +896,10 @@ impl Stream {
             let x0 = self.rng.next();
             let r = self.call(HostCall::VcpuSetRegs.id(), &[vm.handle, vcpu, pc, x0]);
             if r[0] == 0 && vm.created & (1 << vcpu.min(63)) == 0 {
-                return self.fail(format_args!("VCPU_SET_REGS({:#x}, {vcpu}) succeeded for a vCPU never created", vm.handle));
+                return self.fail(format_args!(
+                    "VCPU_SET_REGS({:#x}, {vcpu}) succeeded for a vCPU never created",
+                    vm.handle
+                ));
             }
         }
         Ok(())
@@ -765,7 +946,11 @@ impl Stream {
                 let _ = self.call(HostCall::AttestationKey.id(), &[]);
             }
             3 | 4 => {
-                let h = if self.rng.chance(2) { 0 } else { self.bad_handle_value() };
+                let h = if self.rng.chance(2) {
+                    0
+                } else {
+                    self.bad_handle_value()
+                };
                 let _ = self.call(HostCall::VmList.id(), &[h]);
             }
             _ => {
@@ -776,14 +961,29 @@ impl Stream {
                     1 => 0x1B + self.rng.below(0x40),
                     _ => self.rng.below(0x8000),
                 };
-                if offset == 0xF00 || HostCall::ALL.iter().any(|c| c.id() == rampart_abi::smccc::fast_call_id(true, rampart_abi::smccc::owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + offset as u16)) {
+                if offset == 0xF00
+                    || HostCall::ALL.iter().any(|c| {
+                        c.id()
+                            == rampart_abi::smccc::fast_call_id(
+                                true,
+                                rampart_abi::smccc::owner::VENDOR_HYPERVISOR,
+                                HOST_FUNCTION_BASE + offset as u16,
+                            )
+                    })
+                {
                     offset = 0x7ff;
                 }
-                let id = rampart_abi::smccc::fast_call_id(true, rampart_abi::smccc::owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE.wrapping_add(offset as u16));
+                let id = rampart_abi::smccc::fast_call_id(
+                    true,
+                    rampart_abi::smccc::owner::VENDOR_HYPERVISOR,
+                    HOST_FUNCTION_BASE.wrapping_add(offset as u16),
+                );
                 let (a, b) = (self.rng.next(), self.rng.next());
                 let r = self.call(id, &[a, b]);
                 if r[0] == 0 {
-                    return self.fail(format_args!("unassigned host function {id:#x} returned SUCCESS"));
+                    return self.fail(format_args!(
+                        "unassigned host function {id:#x} returned SUCCESS"
+                    ));
                 }
             }
         }
@@ -805,12 +1005,20 @@ impl Stream {
         let call = calls[self.rng.below(calls.len() as u64) as usize];
         let (first, count) = self.draw_range();
         let args: [u64; 4] = match call {
-            HostCall::VmDonate | HostCall::VmShare => [h, self.page_address(first), count as u64, GUEST_RAM_BASE + (1 << 30)],
+            HostCall::VmDonate | HostCall::VmShare => [
+                h,
+                self.page_address(first),
+                count as u64,
+                GUEST_RAM_BASE + (1 << 30),
+            ],
             _ => [h, self.rng.below(2), self.rng.below(64), 0],
         };
         let r = self.call(call.id(), &args);
         if r[0] == 0 {
-            return self.fail(format_args!("{}({h:#x}, ...) succeeded on a stale or made-up handle", name(call.id())));
+            return self.fail(format_args!(
+                "{}({h:#x}, ...) succeeded on a stale or made-up handle",
+                name(call.id())
+            ));
         }
         Ok(())
     }
@@ -854,5 +1062,7 @@ fn name(id: u32) -> &'static str {
     HostCall::ALL
         .iter()
         .find(|c| c.id() == id)
-        .map_or("UNASSIGNED", |c| c.name().strip_prefix("RAMPART_HOST_").unwrap_or(c.name()))
+        .map_or("UNASSIGNED", |c| {
+            c.name().strip_prefix("RAMPART_HOST_").unwrap_or(c.name())
+        })
 }
