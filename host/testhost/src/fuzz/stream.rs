@@ -1036,6 +1036,9 @@ impl Stream {
             }
             return Ok(());
         }
+        if self.rng.chance(8) {
+            return self.touch_forbidden();
+        }
         let outcome = arch::probe(Access::Load, address, 0);
         match (mapped, outcome.fault) {
             (true, Some(e)) => self.fail(format_args!("host load from {address:#x} ({:?}) aborted: {e}", self.pages[i])),
@@ -1045,6 +1048,41 @@ impl Stream {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+impl Stream {
+    /// A host load that must abort (boot CPU): the carve-out, or a control
+    /// page at an offset that is neither a register nor allowed for loads
+    /// (`0x90` and up, the doorbell included).
+    fn touch_forbidden(&mut self) -> Step {
+        let s = &SHARED;
+        let (c0, c1) = (
+            s.carveout[0].load(Ordering::Relaxed),
+            s.carveout[1].load(Ordering::Relaxed),
+        );
+        let (k0, k1) = (
+            s.control[0].load(Ordering::Relaxed),
+            s.control[1].load(Ordering::Relaxed),
+        );
+        let mut address = if c1 > c0 && self.rng.chance(2) {
+            c0 + 8 * self.rng.below((c1 - c0) / 8)
+        } else if k1 > k0 {
+            k0 + self.rng.below((k1 - k0) / PAGE) * PAGE
+        } else {
+            return Ok(());
+        };
+        if (k0..k1).contains(&address) {
+            address = (address & !(PAGE - 1)) + 0x90 + 8 * self.rng.below((PAGE - 0x90) / 8);
+        }
+        let outcome = arch::probe(Access::Load, address, 0);
+        if outcome.fault.is_none() {
+            return self.fail(format_args!(
+                "host load from {address:#x} (carve-out or a control page's forbidden offset) worked, read {:#x}",
+                outcome.register
+            ));
+        }
+        Ok(())
     }
 }
 
