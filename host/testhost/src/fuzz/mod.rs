@@ -29,7 +29,8 @@
 //! answers `NOT_SUPPORTED` and the run says it checked crashes and
 //! host-side invariants only.
 //!
-//! Lines (each starts with `fuzz: `):
+//! Lines (each starts with `fuzz: `; only the boot CPU may print, so a
+//! secondary's lines are kept and printed by the boot CPU at the end):
 //!
 //! ```text
 //! fuzz: start seed=S calls=N cpus=C check=K window=...
@@ -43,7 +44,7 @@
 mod model;
 mod stream;
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 use dtoolkit::fdt::Fdt;
 
@@ -165,23 +166,61 @@ pub(crate) static SHARED: Shared = Shared {
     finished: [const { AtomicBool::new(false) }; MAX_CPUS],
 };
 
-/// Serialises `fuzz:` lines from several CPUs (the console has no lock).
-static PRINT_LOCK: AtomicBool = AtomicBool::new(false);
+/// Bytes of `fuzz:` lines each secondary may leave for the boot CPU to
+/// print (only the boot CPU may use the console, `arch::console_write`).
+const REPORT_BYTES: usize = 4096;
+/// Each secondary's lines, by CPU index, and how many bytes are used.
+static REPORTS: [[AtomicU8; REPORT_BYTES]; MAX_CPUS] =
+    [const { [const { AtomicU8::new(0) }; REPORT_BYTES] }; MAX_CPUS];
+static REPORT_LEN: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
 
-/// Prints one line under [`PRINT_LOCK`] (bounded wait: a CPU that died
-/// holding it cannot block the others forever).
-pub(crate) fn line(args: core::fmt::Arguments<'_>) {
-    let mut spins = 0u32;
-    while PRINT_LOCK
-        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-        && spins < 10_000_000
-    {
-        spins += 1;
-        arch::spin_hint();
+/// Appends to a secondary's report (what does not fit is dropped).
+struct Report(usize);
+
+impl core::fmt::Write for Report {
+    fn write_str(&mut self, text: &str) -> core::fmt::Result {
+        let (Some(buf), Some(len)) = (REPORTS.get(self.0), REPORT_LEN.get(self.0)) else {
+            return Ok(());
+        };
+        for byte in text.bytes() {
+            let n = len.load(Ordering::Relaxed);
+            let Some(cell) = buf.get(n) else { break };
+            cell.store(byte, Ordering::Relaxed);
+            len.store(n + 1, Ordering::Release);
+        }
+        Ok(())
     }
-    print!("fuzz: {args}\n");
-    PRINT_LOCK.store(false, Ordering::Release);
+}
+
+/// One `fuzz:` line: printed at once on the boot CPU, kept in the CPU's
+/// report on a secondary (printed by the boot CPU at the end).
+pub(crate) fn line(args: core::fmt::Arguments<'_>) {
+    match arch::cpu_slot() {
+        0 => print!("fuzz: {args}\n"),
+        slot => {
+            let _ =
+                core::fmt::Write::write_fmt(&mut Report(slot - 1), format_args!("fuzz: {args}\n"));
+        }
+    }
+}
+
+/// Prints what secondary `index` left in its report.
+fn print_report(index: usize) {
+    let (Some(buf), Some(len)) = (REPORTS.get(index), REPORT_LEN.get(index)) else {
+        return;
+    };
+    let n = len.load(Ordering::Acquire).min(REPORT_BYTES);
+    let mut chunk = [0u8; 128];
+    let mut used = 0;
+    for cell in &buf[..n] {
+        chunk[used] = cell.load(Ordering::Relaxed);
+        used += 1;
+        if used == chunk.len() {
+            print!("{}", core::str::from_utf8(&chunk[..used]).unwrap_or("?"));
+            used = 0;
+        }
+    }
+    print!("{}", core::str::from_utf8(&chunk[..used]).unwrap_or("?"));
 }
 
 /// `fuzz: ...` on one line from any CPU.
@@ -319,6 +358,9 @@ pub fn run(p: &Platform, c: Config) {
             s.finished[i].load(Ordering::Acquire) || SLOTS[i].fault[3].load(Ordering::Acquire) != 0
         })
     });
+    for i in 1..cpus as usize {
+        print_report(i);
+    }
     let mut failed = !all;
     if !all {
         fuzz_line!(
