@@ -75,6 +75,10 @@ pub enum Which {
     /// rampart-vmm under the Linux host: guest exits per second and VM
     /// launch latency (`linux_vmm::bench`).
     Vmm,
+    /// Hostile-host fuzzing: at least 1 000 000 calls (`--rounds` runs of
+    /// 250 000, seeds 100, 101, ..., on `--smp` CPUs): calls, calls/s,
+    /// violations (`crate::fuzz`).
+    Fuzz,
     /// EL2 stack use: the deepest each CPU's stack has been after the test
     /// host's whole suite (signing, COSE, measurement, signature checks,
     /// every host call and guest exit), against the stack size.
@@ -90,6 +94,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Which::Vb => hyp::run(args, Groups { vb: true, ..Groups::default() }),
         Which::Hyp => hyp::run(args, Groups { ownership: true, vm: true, vb: true }),
         Which::Stack => stack(args),
+        Which::Fuzz => fuzz(args),
         Which::Vmm => crate::linux_vmm::bench(
             args.smp,
             args.mem.as_deref().unwrap_or("1G"),
@@ -132,6 +137,41 @@ fn stack(args: &BenchArgs) -> Result<()> {
             line.unwrap_or_default()
         );
     }
+    Ok(())
+}
+
+/// `bench fuzz`: `--rounds` (default 4) fuzz runs of 250 000 calls with
+/// seeds 100, 101, ...; the totals for docs/perf.md. Any violation fails.
+fn fuzz(args: &BenchArgs) -> Result<()> {
+    const CALLS: u64 = 250_000;
+    let rounds = args.rounds.unwrap_or(4);
+    let (hyp, features) = crate::fuzz::hypervisor(&[])?;
+    let (mut calls, mut hypercalls, mut exits, mut secs, mut violations) = (0u64, 0u64, 0u64, 0f64, 0u64);
+    for round in 0..rounds {
+        let plan = crate::fuzz::Plan {
+            seed: 100 + u64::from(round),
+            calls: CALLS,
+            smp: args.smp,
+            check_every: 1_000,
+            stop: None,
+            mem: args.mem.clone().unwrap_or_else(|| "512M".into()),
+            timeout: crate::fuzz::default_timeout(CALLS, args.smp).max(Duration::from_secs(args.timeout)),
+            echo: false,
+        };
+        let summary = crate::fuzz::run_once(&hyp, &features, &plan)?;
+        println!("bench fuzz: seed {}: {}", plan.seed, summary.line());
+        calls += summary.calls;
+        hypercalls += summary.hypercalls;
+        exits += summary.exits;
+        secs += summary.secs;
+        violations += summary.violations;
+    }
+    println!(
+        "bench fuzz: total {calls} calls ({hypercalls} hypercalls, {exits} guest exits) on {} CPUs in {secs:.0} s = {:.0} calls/s, {violations} violations; hypervisor features [{}]",
+        args.smp,
+        calls as f64 / secs.max(0.001),
+        features.join(",")
+    );
     Ok(())
 }
 

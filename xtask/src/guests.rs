@@ -25,7 +25,7 @@ const MIB: u64 = 1 << 20;
 /// Every test guest: its short name (and binary file name), package, and
 /// the memory size and vCPU count the test host's VMM gives it (the signed
 /// manifest; protected, entry offset 0).
-pub const GUESTS: [(&str, &str, u64, u32); 8] = [
+pub const GUESTS: [(&str, &str, u64, u32); 9] = [
     ("hello", "rampart-guest-hello", MIB, 1),
     ("memtest", "rampart-guest-memtest", 2 * MIB, 1),
     ("share", "rampart-guest-share", MIB, 1),
@@ -34,6 +34,7 @@ pub const GUESTS: [(&str, &str, u64, u32); 8] = [
     ("attacker", "rampart-guest-attacker", MIB, 1),
     ("attest", "rampart-guest-attest", MIB, 1),
     ("spin", "rampart-guest-spin", MIB, 1),
+    ("fuzz", "rampart-guest-fuzz", MIB, 1),
 ];
 
 /// The manifest guest `name` is signed for.

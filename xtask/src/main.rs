@@ -9,6 +9,7 @@ mod abi_docs;
 mod artifacts;
 mod attest;
 mod bench;
+mod fuzz;
 mod guests;
 mod linux;
 mod linux_vmm;
@@ -33,6 +34,8 @@ enum Cmd {
     Test(suite::TestArgs),
     /// Run a benchmark.
     Bench(bench::BenchArgs),
+    /// Fuzz the hypervisor from the hostile test host (seeded, replayable).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 /// Which host Rampart deprivileges.
@@ -80,6 +83,7 @@ fn main() -> Result<()> {
         Cmd::Run(args) => run(&args),
         Cmd::Test(args) => suite::run(&args),
         Cmd::Bench(args) => bench::run(&args),
+        Cmd::Fuzz(args) => fuzz::run(&args),
     }
 }
 

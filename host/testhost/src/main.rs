@@ -35,6 +35,7 @@ mod checks;
 mod console;
 mod cpus;
 mod edu;
+mod fuzz;
 mod msg;
 mod pci;
 mod platform;
@@ -72,6 +73,10 @@ fn primary_main(boot: BootState) -> ! {
     platform.describe();
     if let Some(mode) = checks::reset::selected(&platform) {
         checks::reset::run(&platform, mode);
+    }
+    if let Some(config) = fuzz::config(&platform) {
+        fuzz::run(&platform, config);
+        power_off_quietly();
     }
     if let Some(selection) = bench::selection(&platform) {
         bench::run(&platform, selection);

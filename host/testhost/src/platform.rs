@@ -235,6 +235,20 @@ impl Platform {
         Ok(platform)
     }
 
+    /// The control pages: `reg` of the root node compatible with
+    /// `rampart,control` (read from the DT again; the fuzz mode's doorbells).
+    pub fn control_pages(&self) -> Option<Range> {
+        let blob = arch::device_tree_blob(self.boot.x[0]).ok()?;
+        let fdt = Fdt::new(blob).ok()?;
+        let node = fdt
+            .root()
+            .children()
+            .find(|n| n.is_compatible(rampart_abi::boot::CONTROL_COMPATIBLE))?;
+        let mut reg: RangeSet<4> = RangeSet::default();
+        push_regs(node, &mut reg).ok()?;
+        reg.as_slice().first().copied()
+    }
+
     /// The carve-out nodes found.
     pub fn carveout_nodes(&self) -> impl Iterator<Item = &CarveoutNode> {
         self.carveouts.iter().flatten()
