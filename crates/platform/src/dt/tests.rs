@@ -125,7 +125,7 @@ fn finds_the_gic_redistributors() {
     assert!(gic_redistributors(&bad_magic).is_err());
 }
 
-const QEMU_VIRT_SMMU: &[u8] = include_bytes!("../../tests/fixtures/qemu-virt-smmuv3.dtb");
+const QEMU_VIRT_SMMU: &[u8] = include_bytes!("../../tests/fixtures/qemu-virt-smmuv3-2cpu.dtb");
 
 #[test]
 fn finds_qemu_virt_smmu_and_its_pci_streams() {
