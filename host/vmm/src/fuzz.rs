@@ -445,6 +445,18 @@ impl Worker<'_> {
         Ok((out, busy))
     }
 
+    /// Makes a request the contract must refuse on this worker's own
+    /// channel; on the shared channel, where another worker's registers
+    /// may have been used instead, only a documented answer is required.
+    fn expect_refused(&mut self, call: HostCall, args: &[u64], on_shared: bool) -> Step {
+        let regs = self.regs(u64::from(call.id()), args);
+        let (out, busy) = self.request(on_shared, regs)?;
+        if busy {
+            return Ok(());
+        }
+        check(&out, if on_shared { Expect::Shared } else { Expect::Fail })
+    }
+
     /// Garbage for the registers a call does not use.
     fn regs(&mut self, id: u64, args: &[u64]) -> [u64; REGS] {
         let mut r = [0u64; REGS];
@@ -638,19 +650,7 @@ impl Worker<'_> {
                 // succeed and break that VMM or the kernel.
                 let on_shared = self.rng.chance(30)
                     && matches!(call, HostCall::UnshareHyp | HostCall::ReclaimHyp);
-                let regs = self.regs(u64::from(call.id()), &args);
-                let (out, busy) = self.request(on_shared, regs)?;
-                if !busy {
-                    check(
-                        &out,
-                        if on_shared {
-                            Expect::Shared
-                        } else {
-                            Expect::Fail
-                        },
-                    )?;
-                }
-                Ok(())
+                self.expect_refused(call, &args, on_shared)
             }
             // RECLAIM_HYP / UNSHARE_HYP of pages outside the allocation:
             // other VMMs' guests and VM metadata, the kernel's RAM.
@@ -683,21 +683,7 @@ impl Worker<'_> {
                     HostCall::UnshareHyp
                 };
                 let on_shared = self.rng.chance(30);
-                let regs = self.regs(u64::from(call.id()), &[page, n]);
-                let (out, busy) = self.request(on_shared, regs)?;
-                if !busy {
-                    // On the shared channel another worker's registers may
-                    // have been used: only "documented" holds there.
-                    check(
-                        &out,
-                        if on_shared {
-                            Expect::Shared
-                        } else {
-                            Expect::Fail
-                        },
-                    )?;
-                }
-                Ok(())
+                self.expect_refused(call, &[page, n], on_shared)
             }
             // VM_CREATE on own pages.
             38..=43 => {
@@ -935,19 +921,7 @@ impl Worker<'_> {
                         call,
                         HostCall::VmDonate | HostCall::VmShare | HostCall::VmDestroy
                     );
-                let regs = self.regs(u64::from(call.id()), &args);
-                let (out, busy) = self.request(on_shared, regs)?;
-                if !busy {
-                    check(
-                        &out,
-                        if on_shared {
-                            Expect::Shared
-                        } else {
-                            Expect::Fail
-                        },
-                    )?;
-                }
-                Ok(())
+                self.expect_refused(call, &args, on_shared)
             }
             // Calls that change nothing, and unknown function IDs.
             80..=91 => {
