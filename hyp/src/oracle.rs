@@ -296,6 +296,43 @@ fn walk<T, R>(
     });
 }
 
+/// Calls `note(pa, mapped)` for every page of `[start, end)`, in order,
+/// saying whether `table` maps it; `on_table(pa)` for every table page the
+/// walk passes through.
+fn for_each_page<T, R>(
+    table: &aarch64_paging::Mapping<T, R>,
+    start: u64,
+    end: u64,
+    note: &mut dyn FnMut(u64, bool),
+    on_table: &mut dyn FnMut(u64),
+) where
+    T: aarch64_paging::paging::Translation<R::Attributes>,
+    R: aarch64_paging::paging::TranslationRegime<Asid = (), VaRange = ()>,
+{
+    let mut cursor = start;
+    walk(table, start, end, &mut |is_table, s, e, out| {
+        if is_table {
+            on_table(out);
+            return;
+        }
+        let (s, e) = (s.max(start), e.min(end));
+        while cursor < s {
+            note(cursor, false);
+            cursor += PAGE_SIZE;
+        }
+        let mut pa = s;
+        while pa < e {
+            note(pa, true);
+            pa += PAGE_SIZE;
+        }
+        cursor = cursor.max(e);
+    });
+    while cursor < end {
+        note(cursor, false);
+        cursor += PAGE_SIZE;
+    }
+}
+
 /// The correspondence check (cost: a few table lookups and stage-2 walks
 /// per page of RAM, plus each VM's stage 2; tens of milliseconds per GiB
 /// under QEMU).
@@ -334,7 +371,6 @@ fn check_memory(spec: &Spec<'_>, m: &crate::memory::HostMemory, lo: u64, hi: u64
         .filter(|b| b.0 < hi && lo < b.1)
         .map(|b| (b.0.max(lo), b.1.min(hi)))
     {
-        let mut cursor = start;
         let mut first: Option<(u64, bool)> = None;
         let mut note = |pa: u64, mapped: bool| {
             let reach = spec.page(pa).is_some_and(Page::host_reachable);
@@ -342,29 +378,11 @@ fn check_memory(spec: &Spec<'_>, m: &crate::memory::HostMemory, lo: u64, hi: u64
                 first = Some((pa, mapped));
             }
         };
-        walk(&m.stage2.0, start, end, &mut |is_table, s, e, out| {
-            if is_table {
-                if !matches!(spec.page(out), None | Some(Page::HypOwn)) {
-                    violation!("host stage-2 table at {out:#x} is in {:?}", spec.page(out));
-                }
-                return;
+        for_each_page(&m.stage2.0, start, end, &mut note, &mut |out| {
+            if !matches!(spec.page(out), None | Some(Page::HypOwn)) {
+                violation!("host stage-2 table at {out:#x} is in {:?}", spec.page(out));
             }
-            let (s, e) = (s.max(start), e.min(end));
-            while cursor < s {
-                note(cursor, false);
-                cursor += PAGE_SIZE;
-            }
-            let mut pa = s;
-            while pa < e {
-                note(pa, true);
-                pa += PAGE_SIZE;
-            }
-            cursor = cursor.max(e);
         });
-        while cursor < end {
-            note(cursor, false);
-            cursor += PAGE_SIZE;
-        }
         if let Some((pa, mapped)) = first {
             let what = if mapped { "maps" } else { "does not map" };
             violation!(
@@ -383,7 +401,6 @@ fn check_memory(spec: &Spec<'_>, m: &crate::memory::HostMemory, lo: u64, hi: u64
         .map(|b| (b.0.max(lo), b.1.min(hi)))
     {
         let mut first: Option<(u64, bool)> = None;
-        let mut cursor = start;
         let mut note = |pa: u64, mapped: bool| {
             let page = spec.page(pa);
             let forbidden = matches!(
@@ -398,26 +415,7 @@ fn check_memory(spec: &Spec<'_>, m: &crate::memory::HostMemory, lo: u64, hi: u64
                 first = Some((pa, mapped));
             }
         };
-        walk(&m.el2.0, start, end, &mut |is_table, s, e, _| {
-            if is_table {
-                return;
-            }
-            let (s, e) = (s.max(start), e.min(end));
-            while cursor < s {
-                note(cursor, false);
-                cursor += PAGE_SIZE;
-            }
-            let mut pa = s;
-            while pa < e {
-                note(pa, true);
-                pa += PAGE_SIZE;
-            }
-            cursor = cursor.max(e);
-        });
-        while cursor < end {
-            note(cursor, false);
-            cursor += PAGE_SIZE;
-        }
+        for_each_page(&m.el2.0, start, end, &mut note, &mut |_| {});
         if let Some((pa, mapped)) = first {
             let what = if mapped { "maps" } else { "does not map" };
             violation!(
