@@ -142,6 +142,11 @@ pub(crate) struct Shared {
     /// Fuzz-guest VMs started.
     pub guests: [AtomicU64; MAX_CPUS],
     pub finished: [AtomicBool; MAX_CPUS],
+    /// Per CPU: the call in flight (function ID, 0 when none; its first
+    /// argument; the action index), and calls returned so far (for the
+    /// boot CPU's hang report).
+    pub current: [[AtomicU64; 3]; MAX_CPUS],
+    pub progress: [AtomicU64; MAX_CPUS],
 }
 
 pub(crate) static SHARED: Shared = Shared {
@@ -164,7 +169,15 @@ pub(crate) static SHARED: Shared = Shared {
     refusals: [const { AtomicU64::new(0) }; MAX_CPUS],
     guests: [const { AtomicU64::new(0) }; MAX_CPUS],
     finished: [const { AtomicBool::new(false) }; MAX_CPUS],
+    current: [const { [const { AtomicU64::new(0) }; 3] }; MAX_CPUS],
+    progress: [const { AtomicU64::new(0) }; MAX_CPUS],
 };
+
+/// How long the secondaries may go without a call returning, once the boot
+/// CPU's stream is done, before the run is reported as hung (a single call,
+/// even a `VCPU_RUN` under its 50 ms deadline on a loaded machine, takes far
+/// less).
+const STALL_MS: u64 = 30_000;
 
 /// Bytes of `fuzz:` lines each secondary may leave for the boot CPU to
 /// print (only the boot CPU may use the console, `arch::console_write`).
@@ -352,21 +365,53 @@ pub fn run(p: &Platform, c: Config) {
         );
     }
     s.finished[0].store(true, Ordering::Release);
-    // Wait for the secondaries: a hung one is a hang of the hypervisor.
-    let all = cpus::wait_until(600_000, || {
-        (1..cpus as usize).all(|i| {
-            s.finished[i].load(Ordering::Acquire) || SLOTS[i].fault[3].load(Ordering::Acquire) != 0
-        })
-    });
+    // Wait for the secondaries while they make progress: one whose calls
+    // stop returning is a hang, reported with the call it is in.
+    let ended = |i: usize| {
+        s.finished[i].load(Ordering::Acquire) || SLOTS[i].fault[3].load(Ordering::Acquire) != 0
+    };
+    let all = loop {
+        let before: u64 = (1..cpus as usize)
+            .map(|i| s.progress[i].load(Ordering::Acquire))
+            .sum();
+        if cpus::wait_until(STALL_MS, || (1..cpus as usize).all(ended)) {
+            break true;
+        }
+        let after: u64 = (1..cpus as usize)
+            .map(|i| s.progress[i].load(Ordering::Acquire))
+            .sum();
+        if after == before {
+            break false;
+        }
+    };
     for i in 1..cpus as usize {
         print_report(i);
     }
     let mut failed = !all;
     if !all {
-        fuzz_line!(
-            "FAILED seed={} cpu=? index=?: a secondary's stream did not finish (hang)",
-            c.seed
-        );
+        for i in (1..cpus as usize).filter(|&i| !ended(i)) {
+            let cur = &s.current[i];
+            let id = cur[0].load(Ordering::Acquire) as u32;
+            fuzz_line!(
+                "FAILED seed={} cpu={i} index={}: hang: no call returned for {} s; in flight: {}",
+                c.seed,
+                s.done[i].load(Ordering::Acquire),
+                STALL_MS / 1000,
+                if id == 0 {
+                    "none (the stream itself is stuck)"
+                } else {
+                    stream::name(id)
+                }
+            );
+            if id != 0 {
+                fuzz_line!(
+                    "  call cpu={i} index={} {}(x1={:#x}, ...) never returned",
+                    cur[2].load(Ordering::Acquire),
+                    stream::name(id),
+                    cur[1].load(Ordering::Acquire)
+                );
+            }
+        }
     }
     for (i, slot) in SLOTS.iter().enumerate().take(cpus as usize).skip(1) {
         if slot.fault[3].load(Ordering::Acquire) != 0 {

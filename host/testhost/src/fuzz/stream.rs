@@ -177,11 +177,18 @@ impl Stream {
 
     fn call(&mut self, id: u32, args: &[u64]) -> [u64; 18] {
         let doorbell = self.channel != 0 && self.rng.chance(8);
+        // What this CPU is doing, for the boot CPU's hang report.
+        let cur = &SHARED.current[self.cpu];
+        cur[1].store(args.first().copied().unwrap_or(0), Ordering::Relaxed);
+        cur[2].store(self.index, Ordering::Relaxed);
+        cur[0].store(u64::from(id), Ordering::Release);
         let r = if doorbell {
             self.doorbell(id, args)
         } else {
             psci::call_via(Conduit::Hvc, id, args)
         };
+        cur[0].store(0, Ordering::Release);
+        SHARED.progress[self.cpu].fetch_add(1, Ordering::Release);
         self.calls += 1;
         let mut rec = Record {
             index: self.index,
@@ -197,6 +204,14 @@ impl Stream {
         self.history.copy_within(1.., 0);
         self.history[HISTORY - 1] = rec;
         r
+    }
+
+    /// Arms the host's own deadline, which bounds a guest that stops
+    /// exiting (`VCPU_RUN` answers EXIT_INTERRUPT, x2 = 1): 50 ms. Every
+    /// `VCPU_RUN` that may enter a guest runs with it armed.
+    fn arm_deadline(&self) {
+        let frequency = arch::counter_frequency().max(1);
+        vmm::hw::set_host_virtual_timer(arch::counter() + frequency / 20, 1);
     }
 
     /// The same call through this CPU's control-page channel.
@@ -784,7 +799,13 @@ impl Stream {
             let h = SHARED.handles[other][self.rng.below(MAX_VMS as u64) as usize]
                 .load(Ordering::Acquire);
             if h != 0 {
+                // The same deadline as for an own VM: the other CPU's VM
+                // may be a guest that has stopped exiting (a random
+                // VCPU_SET_REGS, a WFI), and without it this CPU would
+                // stay in the guest for good.
+                self.arm_deadline();
                 let r = self.call(HostCall::VcpuRun.id(), &[h, 0, 0]);
+                vmm::hw::set_host_virtual_timer(0, 0);
                 if r[0] == 0 {
                     SHARED.exits[self.cpu].fetch_add(1, Ordering::Relaxed);
                 }
@@ -809,10 +830,7 @@ impl Stream {
         let must_fail = vcpu >= 8 || vm.created & (1 << vcpu) == 0 || vm.protected;
         let budget = 1 + self.rng.below(48);
         let mut answer = vm.mmio_answer;
-        // The host's own deadline bounds a guest that stops exiting
-        // (EXIT_INTERRUPT, x2 = 1): 50 ms.
-        let frequency = arch::counter_frequency().max(1);
-        vmm::hw::set_host_virtual_timer(arch::counter() + frequency / 20, 1);
+        self.arm_deadline();
         for n in 0..budget {
             let r = self.call(HostCall::VcpuRun.id(), &[vm.handle, vcpu, answer]);
             if r[0] != 0 {
@@ -1093,7 +1111,7 @@ fn transient(code: u64) -> bool {
 }
 
 /// A host function's short name.
-fn name(id: u32) -> &'static str {
+pub(super) fn name(id: u32) -> &'static str {
     if id == ORACLE_CHECK {
         return "ORACLE_CHECK";
     }
