@@ -221,6 +221,17 @@ pub fn uart_write(byte: u8) {
     unsafe { ((GUEST_UART_BASE + UART_DR) as *mut u32).write_volatile(u32::from(byte)) }
 }
 
+/// `UARTCR`, the console's control register: the VMMs ignore writes to it.
+pub const UART_CR: u64 = 0x30;
+
+/// Writes `value` to the console's control register: one MMIO exit in a VM
+/// that the VMM handles and ignores (the bench guest's MMIO workload).
+pub fn uart_write_control(value: u32) {
+    // SAFETY: as for `uart_write`: UARTCR is a register of the console's
+    // device page, which no Rust object aliases.
+    unsafe { ((GUEST_UART_BASE + UART_CR) as *mut u32).write_volatile(value) }
+}
+
 /// Reads the console's flag register (an MMIO exit in a VM).
 pub fn uart_flags() -> u32 {
     // SAFETY: as for `uart_write`; reading UARTFR has no side effect.
