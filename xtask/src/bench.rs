@@ -22,6 +22,7 @@ use crate::qemu::Machine;
 use crate::{linux, prereq, suite};
 
 mod hyp;
+mod peer;
 
 use hyp::Groups;
 
@@ -79,6 +80,10 @@ pub enum Which {
     /// 250 000, seeds 100, 101, ..., on `--smp` CPUs): calls, calls/s,
     /// violations (`crate::fuzz`).
     Fuzz,
+    /// The same guest workloads under Rampart (rampart-vmm) and under
+    /// Linux's pKVM and nVHE KVM (the peer VMM, host/peer), one
+    /// interleaved run (issue 16; `bench::peer`).
+    Peer,
     /// EL2 stack use: the deepest each CPU's stack has been after the test
     /// host's whole suite (signing, COSE, measurement, signature checks,
     /// every host call and guest exit), against the stack size.
@@ -94,6 +99,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Which::Vb => hyp::run(args, Groups { vb: true, ..Groups::default() }),
         Which::Hyp => hyp::run(args, Groups { ownership: true, vm: true, vb: true }),
         Which::Stack => stack(args),
+        Which::Peer => peer::run(args),
         Which::Fuzz => fuzz(args),
         Which::Vmm => crate::linux_vmm::bench(
             args.smp,
