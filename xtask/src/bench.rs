@@ -22,7 +22,7 @@ use crate::qemu::Machine;
 use crate::{linux, prereq, suite};
 
 mod hyp;
-mod peer;
+pub mod peer;
 
 use hyp::Groups;
 

@@ -245,6 +245,11 @@ pub fn run(args: &TestArgs) -> Result<()> {
         }
     }
     crate::linux_vmm::cases(args, &mut case);
+    if !args.no_linux {
+        // Issue 16, "The peer in the repo": the peer KVM VMM builds and runs
+        // the bench guest under Linux's own pKVM (`cargo xtask bench peer`).
+        case("peer/pkvm-smoke".into(), &crate::bench::peer::smoke);
+    }
 
     let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.result.is_err()).collect();
     eprintln!("\nsummary ({:.0}s):", start.elapsed().as_secs_f64());

@@ -443,6 +443,24 @@ pub fn measure(
     })
 }
 
+/// The suite's smoke case `peer/pkvm-smoke`: the peer VMM runs the bench
+/// guest once under Debian's kernel with `kvm-arm.mode=protected` (builds
+/// `rampart-peer`, boots once). Returns the run's figures.
+pub fn smoke() -> Result<String> {
+    let host = host(1)?;
+    let m = machine(Mode::Pkvm, 2, "1G", &host)?;
+    let samples = measure(Mode::Pkvm, &m, 1, SMOKE_TIMEOUT).map_err(|e| anyhow::anyhow!(e))?;
+    let s = samples.first().context("no sample")?;
+    Ok(format!(
+        "rampart-peer ran guest/bench under pKVM: {:.0} MMIO writes/s, {:.0} HVC/s, first output {:.1} ms after start (not a measurement: one run)",
+        s.mmio_per_s, s.hvc_per_s, s.launch_ms
+    ))
+}
+
+/// The smoke case's time limit (a pKVM boot under TCG is about 10 s on an
+/// idle machine).
+const SMOKE_TIMEOUT: Duration = Duration::from_secs(150);
+
 /// `cargo xtask bench peer`.
 pub fn run(args: &BenchArgs) -> Result<()> {
     let rounds = args.rounds.unwrap_or(5);
