@@ -418,7 +418,8 @@ pub fn machine(mode: Mode, smp: u32, mem: &str, host: &linux::LinuxHost) -> Resu
     Ok(m)
 }
 
-/// Boots `machine` once and reads its runs.
+/// Boots `machine` once and reads its runs; keeps the console in
+/// `build/linux/peer-<mode>.log`.
 pub fn measure(
     mode: Mode,
     machine: &Machine,
@@ -428,6 +429,9 @@ pub fn measure(
     let run = machine
         .run(timeout, Some(&format!("{PREFIX}finished")), false)
         .map_err(|e| format!("could not run QEMU: {e:#}"))?;
+    // The whole console of the latest boot per mode, for a closer look.
+    let log = artifacts::build_dir().join("linux").join(format!("peer-{}.log", mode.arg()));
+    let _ = std::fs::write(&log, &run.console);
     if let Some(ready) = mode.kvm_ready()
         && !run.console.contains(ready)
     {
