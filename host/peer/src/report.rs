@@ -137,9 +137,16 @@ pub struct Counters {
     pub first_exit: Option<Duration>,
     /// The guest's first console byte.
     pub first_output: Option<Duration>,
+    /// The set-up steps before `vm_ready`, each when it was done.
+    pub steps: Vec<(&'static str, Duration)>,
 }
 
 impl Counters {
+    /// Records that set-up step `what` is done.
+    pub fn step(&mut self, what: &'static str, started: Instant) {
+        self.steps.push((what, started.elapsed()));
+    }
+
     /// Records `at` (since the process started) in `slot` once.
     pub fn reached(slot: &mut Option<Duration>, started: Instant) {
         if slot.is_none() {
@@ -181,6 +188,17 @@ pub fn stats(name: &str, c: &Counters, wall: Duration, result: &str) -> String {
             ms(c.first_output)
         ),
     );
+    if !c.steps.is_empty() {
+        let steps: Vec<String> = c
+            .steps
+            .iter()
+            .map(|(what, at)| format!("{what} {}", ms(Some(*at))))
+            .collect();
+        put(
+            "set-up",
+            format!("{} (after the VMM started)", steps.join(", ")),
+        );
+    }
     put("unhandled MMIO accesses", c.unhandled_mmio.to_string());
     put("result", result.to_string());
     s
@@ -253,6 +271,10 @@ mod tests {
             vm_ready: Some(Duration::from_micros(1500)),
             first_exit: Some(Duration::from_micros(2250)),
             first_output: None,
+            steps: vec![
+                ("image read", Duration::from_micros(200)),
+                ("VM created", Duration::from_micros(1000)),
+            ],
         };
         let s = stats(
             "b1",
@@ -263,6 +285,7 @@ mod tests {
         assert!(s.contains("[b1] stats: wall time: 1.234 s\n"), "{s}");
         assert!(s.contains("[b1] stats: exits EXIT_MMIO: 2000\n"), "{s}");
         assert!(s.contains("[b1] stats: exits total: 2001\n"), "{s}");
+        assert!(s.contains("[b1] stats: set-up: image read 0.200 ms, VM created 1.000 ms (after the VMM started)\n"), "{s}");
         assert!(
             s.contains("[b1] stats: launch: VM ready 1.500 ms, first exit 2.250 ms, first console output - (after the VMM started)\n"),
             "{s}"

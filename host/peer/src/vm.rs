@@ -89,13 +89,17 @@ impl Drop for Ram {
 /// Runs the guest of `args` to its `SYSTEM_OFF`; prints its lines and the
 /// `stats:` lines.
 pub fn run(args: &Args, started: Instant) -> Result<Outcome> {
+    let mut c = Counters::default();
     let image = std::fs::read(&args.image).with_context(|| format!("reading {}", args.image))?;
+    c.step("image read", started);
     let mem = args.mem_mib << 20;
     let mut ram = Ram::new(usize::try_from(mem)?)?;
     ram.load(&image)?;
+    c.step("RAM mapped and loaded", started);
 
     let kvm = Kvm::new().context("opening /dev/kvm")?;
     let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
+    c.step("VM created", started);
     let region = kvm_userspace_memory_region {
         slot: 0,
         flags: 0,
@@ -106,6 +110,7 @@ pub fn run(args: &Args, started: Instant) -> Result<Outcome> {
     // SAFETY: the region is `ram`'s whole mapping, which outlives `vm`
     // (declared before it, dropped after it).
     unsafe { vm.set_user_memory_region(region) }.context("KVM_SET_USER_MEMORY_REGION")?;
+    c.step("memory slot set", started);
 
     let mut vcpu = vm.create_vcpu(0).context("KVM_CREATE_VCPU")?;
     let mut init = kvm_vcpu_init::default();
@@ -113,6 +118,7 @@ pub fn run(args: &Args, started: Instant) -> Result<Outcome> {
         .context("KVM_ARM_PREFERRED_TARGET")?;
     init.features[0] |= 1 << KVM_ARM_VCPU_PSCI_0_2;
     vcpu.vcpu_init(&init).context("KVM_ARM_VCPU_INIT")?;
+    c.step("vCPU initialised", started);
     for (reg, value, what) in [
         (PC, GUEST_RAM_BASE, "pc"),
         (X0, mem, "x0"),
@@ -122,7 +128,6 @@ pub fn run(args: &Args, started: Instant) -> Result<Outcome> {
             .with_context(|| format!("KVM_SET_ONE_REG {what}"))?;
     }
 
-    let mut c = Counters::default();
     Counters::reached(&mut c.vm_ready, started);
     let mut console = Console::default();
     let run_start = Instant::now();
