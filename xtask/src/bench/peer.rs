@@ -550,7 +550,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .map(|s| (s.mode, s.samples.as_slice()))
         .collect();
     print!("{}", table(&ok));
-    println!("launch milestones (medians, ms after the VMM started): ");
+    println!("launch milestones (medians, ms after the VMM started):");
     for s in series.iter().filter(|s| !s.samples.is_empty()) {
         let med = |f: fn(&Sample) -> f64| {
             median(
