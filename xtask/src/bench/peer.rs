@@ -430,7 +430,9 @@ pub fn measure(
         .run(timeout, Some(&format!("{PREFIX}finished")), false)
         .map_err(|e| format!("could not run QEMU: {e:#}"))?;
     // The whole console of the latest boot per mode, for a closer look.
-    let log = artifacts::build_dir().join("linux").join(format!("peer-{}.log", mode.arg()));
+    let log = artifacts::build_dir()
+        .join("linux")
+        .join(format!("peer-{}.log", mode.arg()));
     let _ = std::fs::write(&log, &run.console);
     if let Some(ready) = mode.kvm_ready()
         && !run.console.contains(ready)
@@ -676,6 +678,29 @@ mod tests {
         assert_eq!(parse_boot(&log, 1).unwrap()[0].linux_boot_ms, Some(812.5));
         let log = boot_log(1, 31_250_000) + "RAMPART-PEER: linux 1 812.5 status 3\n";
         assert_eq!(parse_boot(&log, 1).unwrap()[0].linux_boot_ms, None);
+    }
+
+    /// `peer.sh` prints what `parse_boot` and `measure` read, for every
+    /// mode's `rpeer.mode=`, with the same run names.
+    #[test]
+    fn the_script_speaks_the_parsers_language() {
+        for mode in Mode::ALL {
+            // A `case` arm: `rampart)` or `pkvm | nvhe)`.
+            let arm = SCRIPT.lines().any(|l| {
+                l.trim_start()
+                    .split_once(')')
+                    .is_some_and(|(pattern, _)| pattern.split('|').any(|p| p.trim() == mode.arg()))
+            });
+            assert!(arm, "no case arm for rpeer.mode={}", mode.arg());
+        }
+        assert!(
+            SCRIPT.contains("printf 'RAMPART-PEER: %s\\n'"),
+            "the prefix is {PREFIX:?}"
+        );
+        assert!(SCRIPT.contains("peer_say \"run $r status $st\""));
+        assert!(SCRIPT.contains("peer_say \"finished\""));
+        assert!(SCRIPT.contains("peer_run \"pb$r\""));
+        assert!(SCRIPT.contains("/guests/bench.bundle") && SCRIPT.contains("/guests/bench.bin"));
     }
 
     #[test]
