@@ -20,7 +20,7 @@
 //! The abstract state lives in the carve-out's boot-sized part, one byte per
 //! page after the ownership table; nothing here allocates.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use aarch64_paging::paging::MemoryRegion;
 use rampart_abi::host::HostCall;
@@ -29,6 +29,7 @@ use rampart_platform::{MemRange, PAGE_SIZE};
 use rampart_spec::{Effect, Page, Prediction, Spec, Violation};
 use spin::mutex::SpinMutex;
 
+use crate::config::MAX_CPUS;
 use crate::println;
 
 /// Bytes of abstract state per page of the RAM span (added to the
@@ -63,13 +64,34 @@ struct Oracle {
     spec: Spec<'static>,
     ready: bool,
     since_check: u64,
+    /// The first `ATTESTATION_KEY` answer (`x0`..`x4`): every later one
+    /// must be the same.
+    key: Option<[u64; 5]>,
 }
 
 static ORACLE: SpinMutex<Oracle> = SpinMutex::new(Oracle {
     spec: Spec::empty(&mut []),
     ready: false,
     since_check: 0,
+    key: None,
 });
+
+/// The oracle's lock, held by a `VCPU_RUN` from its prediction until it
+/// enters the guest ([`entering`]), so the hypervisor's decisions before
+/// the guest runs (BUSY, the signature check, the power state) and the
+/// specification's prediction see one state. Only the CPU holding the
+/// lock can be in a run that has not entered yet, so one place suffices.
+struct Held {
+    cpu: usize,
+    guard: spin::mutex::SpinMutexGuard<'static, Oracle>,
+    prediction: Prediction,
+}
+
+static HELD: SpinMutex<Option<Held>> = SpinMutex::new(None);
+/// Per CPU: its current `VCPU_RUN` entered the guest.
+static ENTERED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// Per CPU: the guest called `PSCI_CPU_OFF` during its current run.
+static STOPPED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 static EVENTS: AtomicU64 = AtomicU64::new(0);
 static VIOLATIONS: AtomicU64 = AtomicU64::new(0);
 
@@ -121,8 +143,7 @@ pub fn host_call(regs: &mut [u64; 18], run: fn(&mut [u64; 18])) {
         return;
     }
     if function == HostCall::VcpuRun.id() {
-        // Never hold the lock across a guest run.
-        return run(regs);
+        return vcpu_run(regs, run);
     }
     let mut o = ORACLE.lock();
     if !o.ready {
@@ -133,6 +154,12 @@ pub fn host_call(regs: &mut [u64; 18], run: fn(&mut [u64; 18])) {
     let prediction = o.spec.predict_host(&sent);
     run(regs);
     let name = HostCall::try_from(function).map_or("unknown", HostCall::name);
+    if function == HostCall::AttestationKey.id() {
+        let got = [regs[0], regs[1], regs[2], regs[3], regs[4]];
+        if *o.key.get_or_insert(got) != got {
+            violation!("ATTESTATION_KEY answered {got:x?}, earlier {:x?}", o.key);
+        }
+    }
     settle(&mut o, &prediction, regs[0] as i64, regs[1], &mut |v| {
         violation!(
             "host call {name} ({:#x}, {:#x}, {:#x}, {:#x}): {v}",
@@ -144,22 +171,118 @@ pub fn host_call(regs: &mut [u64; 18], run: fn(&mut [u64; 18])) {
     });
 }
 
-/// Runs guest call `regs` from the VM in `slot` through `run`: memory
-/// calls are checked against the specification.
+/// `VCPU_RUN`: predicted and claimed under the lock, which the run keeps
+/// until it enters the guest ([`entering`]); checked after the exit.
+fn vcpu_run(regs: &mut [u64; 18], run: fn(&mut [u64; 18])) {
+    let mut o = ORACLE.lock();
+    if !o.ready {
+        drop(o);
+        return run(regs);
+    }
+    let sent = *regs;
+    let prediction = o.spec.predict_host(&sent);
+    let claimed = o.spec.claim(&prediction);
+    let cpu = crate::cpu::current();
+    let (Some(entered), Some(stopped)) = (ENTERED.get(cpu), STOPPED.get(cpu)) else {
+        drop(o);
+        return run(regs);
+    };
+    entered.store(false, Ordering::Relaxed);
+    stopped.store(false, Ordering::Relaxed);
+    *HELD.lock() = Some(Held {
+        cpu,
+        guard: o,
+        prediction,
+    });
+    run(regs);
+    // Still held: the run never entered the guest.
+    let mut o = match HELD.lock().take() {
+        Some(held) => held.guard,
+        None => ORACLE.lock(),
+    };
+    EVENTS.fetch_add(1, Ordering::Relaxed);
+    let (went_in, off) = (
+        entered.load(Ordering::Relaxed),
+        stopped.load(Ordering::Relaxed),
+    );
+    if let Err(v) = o
+        .spec
+        .finish_run(&prediction, regs[0] as i64, regs[1], went_in, off)
+    {
+        violation!(
+            "host call RAMPART_HOST_VCPU_RUN ({:#x}, {:#x}) returned {} with exit {} (entered: {went_in}, CPU_OFF: {off}): {}",
+            sent[1],
+            sent[2],
+            regs[0] as i64,
+            regs[1],
+            Shown(&v, &prediction)
+        );
+    }
+    if claimed {
+        o.spec.release(&prediction, sent[1]);
+    }
+    o.since_check += 1;
+    if CHECK_EVERY != 0 && o.since_check >= CHECK_EVERY {
+        correspondence(&mut o);
+    }
+}
+
+/// The hypervisor enters the guest for the `VCPU_RUN` this CPU is making
+/// (its point of no return: nothing is refused after it): the
+/// specification takes the run's effect and the lock is released, so the
+/// guest's own calls can take it.
+pub fn entering() {
+    let cpu = crate::cpu::current();
+    let mut held = HELD.lock();
+    if held.as_ref().is_some_and(|h| h.cpu == cpu)
+        && let Some(mut h) = held.take()
+    {
+        drop(held);
+        h.guard.spec.enter(&h.prediction);
+        if let Some(e) = ENTERED.get(cpu) {
+            e.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A violation with the prediction it broke, for the console.
+struct Shown<'a>(&'a Violation, &'a Prediction);
+
+impl core::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self.0 {
+            Violation::Result { got, allowed } => write!(
+                f,
+                "returned {got}, the contract allows {allowed} (on success: {:?})",
+                self.1.effect
+            ),
+            Violation::Handle { got } => {
+                write!(
+                    f,
+                    "VM_CREATE returned handle {got:#x}, which no free slot gives"
+                )
+            }
+            Violation::Value {
+                register,
+                got,
+                want,
+            } => write!(f, "x{register} = {got:#x}, the contract says {want:#x}"),
+            Violation::Run { what, exit } => write!(f, "{what} (exit {exit})"),
+        }
+    }
+}
+
+/// Runs guest call `regs` from vCPU `index` of the VM in `slot` through
+/// `run`: every call is checked against the specification.
 pub fn guest_call<T>(
     slot: usize,
+    index: usize,
     regs: &mut [u64; 31],
     run: impl FnOnce(&mut [u64; 31]) -> T,
 ) -> T {
     use rampart_abi::guest::GuestCall as G;
     #[allow(clippy::cast_possible_truncation, reason = "the function ID is w0")]
     let function = regs[0] as u32;
-    if !matches!(
-        G::try_from(function),
-        Ok(G::MemShare | G::MemUnshare | G::MemRelinquish)
-    ) {
-        return run(regs);
-    }
     let mut o = ORACLE.lock();
     if !o.ready {
         drop(o);
@@ -171,14 +294,24 @@ pub fn guest_call<T>(
             .as_ref()
             .and_then(|vm| crate::vm::translate(vm, args[0]))
     });
-    let prediction = o.spec.predict_guest(slot, function, args, concrete);
+    let rng = crate::BOOT.get().is_some_and(|b| b.config.features.rng);
+    let prediction = o
+        .spec
+        .predict_guest_call(slot, index, function, args, concrete, rng);
     let out = run(regs);
     if let Some(prediction) = prediction {
         let name = G::try_from(function).map_or("unknown", G::name);
-        settle(&mut o, &prediction, regs[0] as i64, 0, &mut |v| {
+        // CPU_OFF exits with the guest's x0 as it was: its effect applies.
+        let off = G::try_from(function) == Ok(G::CpuOff);
+        if off && let Some(s) = STOPPED.get(crate::cpu::current()) {
+            s.store(true, Ordering::Relaxed);
+        }
+        let x0 = if off { 0 } else { regs[0] as i64 };
+        settle(&mut o, &prediction, x0, regs[1], &mut |v| {
             violation!(
-                "guest call {name} ({:#x}) from VM slot {slot}: {v}",
-                args[0]
+                "guest call {name} ({:#x}, {:#x}) from vCPU {index} of VM slot {slot}: {v}",
+                args[0],
+                args[1]
             );
         });
     }
@@ -206,17 +339,7 @@ fn settle(
             });
     }
     if let Err(v) = o.spec.commit(prediction, x0, x1) {
-        match v {
-            Violation::Result { got, allowed } => {
-                report(&format_args!(
-                    "returned {got}, the contract allows {allowed} (on success: {:?})",
-                    prediction.effect
-                ));
-            }
-            Violation::Handle { got } => report(&format_args!(
-                "VM_CREATE returned handle {got:#x}, which no free slot gives"
-            )),
-        }
+        report(&Shown(&v, prediction));
     }
     if x0 == 0 {
         check_effect(&o.spec, &prediction.effect);
