@@ -24,7 +24,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use aarch64_paging::paging::MemoryRegion;
 use rampart_abi::host::HostCall;
-use rampart_ownership::{PageState, PhysAddr, VmId};
+use rampart_ownership::{PageState, PhysAddr, Transition, VmId};
 use rampart_platform::{MemRange, PAGE_SIZE};
 use rampart_spec::{Effect, Page, Prediction, Spec, Violation};
 use spin::mutex::SpinMutex;
@@ -36,13 +36,32 @@ use crate::println;
 /// ownership table's share of the boot-sized part).
 pub const BYTES_PER_PAGE: u64 = 1;
 
-/// Events between two automatic correspondence checks: the build-time
-/// environment variable `RAMPART_ORACLE_EVERY` (default 64; 0 = only on
-/// `ORACLE_CHECK`).
-pub const CHECK_EVERY: u64 = match option_env!("RAMPART_ORACLE_EVERY") {
+/// The build's default for the events between two automatic
+/// correspondence checks: the build-time environment variable
+/// `RAMPART_ORACLE_EVERY` (default 64; 0 = only on `ORACLE_CHECK`). The
+/// command line's `rampart.oracle-every=K` overrides it
+/// ([`set_check_every`]).
+pub const DEFAULT_CHECK_EVERY: u64 = match option_env!("RAMPART_ORACLE_EVERY") {
     Some(s) => parse(s.as_bytes()),
     None => 64,
 };
+
+/// Events between two automatic correspondence checks (0: only on
+/// `ORACLE_CHECK`).
+static CHECK_EVERY: AtomicU64 = AtomicU64::new(DEFAULT_CHECK_EVERY);
+
+/// Boot: `rampart.oracle-every=K` from the command line, if given.
+pub fn set_check_every(every: Option<u64>) {
+    if let Some(k) = every {
+        CHECK_EVERY.store(k, Ordering::Relaxed);
+    }
+}
+
+/// Whether `since` events since the last check call for another.
+fn check_due(since: u64) -> bool {
+    let every = CHECK_EVERY.load(Ordering::Relaxed);
+    every != 0 && since >= every
+}
 
 const fn parse(s: &[u8]) -> u64 {
     let mut v = 0u64;
@@ -90,6 +109,60 @@ struct Held {
 static HELD: SpinMutex<Option<Held>> = SpinMutex::new(None);
 /// Per CPU: its current `VCPU_RUN` entered the guest.
 static ENTERED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// Per CPU: pages the call in flight gave back to the host that were not
+/// zero at the moment of return ([`returning`]): the first few, and how
+/// many.
+struct Returned {
+    nonzero: [u64; 8],
+    count: usize,
+}
+
+static RETURNED: [SpinMutex<Returned>; MAX_CPUS] = [const {
+    SpinMutex::new(Returned {
+        nonzero: [0; 8],
+        count: 0,
+    })
+}; MAX_CPUS];
+
+/// Before a call: nothing returned yet.
+fn returned_clear() {
+    if let Some(r) = RETURNED.get(crate::cpu::current()) {
+        r.lock().count = 0;
+    }
+}
+
+/// The hypervisor gives `range` back to the host (`transition`), after
+/// zeroing it and before the host stage 2 maps it again (one cfg'd line in
+/// `memory.rs`): the host cannot reach the pages yet, so what they hold is
+/// the hypervisor's doing alone. Notes every page that is not zero; the
+/// call's check ([`settle`]) reports those the contract says come back
+/// zeroed. Pages the host could reach before (a guest's pages shared with
+/// it) are not read: the host may be writing them.
+pub fn returning(m: &mut crate::memory::HostMemory, transition: Transition, range: MemRange) {
+    if !matches!(
+        transition,
+        Transition::HypDonateHost
+            | Transition::GuestRelinquish(_)
+            | Transition::HostReclaimGuest(_)
+            | Transition::HypReleaseVmMeta(_)
+    ) {
+        return;
+    }
+    let Some(slot) = RETURNED.get(crate::cpu::current()) else {
+        return;
+    };
+    let mut r = slot.lock();
+    let _ = m.with_pages(range, &mut |pa, bytes| {
+        if bytes.iter().any(|&b| b != 0) {
+            let at = r.count;
+            if let Some(n) = r.nonzero.get_mut(at) {
+                *n = pa;
+            }
+            r.count += 1;
+        }
+    });
+}
+
 /// Per CPU: the guest called `PSCI_CPU_OFF` during its current run.
 static STOPPED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 static EVENTS: AtomicU64 = AtomicU64::new(0);
@@ -123,7 +196,8 @@ pub fn init(bytes: &'static mut [u8], ram: &[MemRange], carveout: [MemRange; 2],
     o.ready = ok;
     if ok {
         println!(
-            "test build (oracle): every host call and guest memory call is checked against the specification; correspondence every {CHECK_EVERY} events"
+            "test build (oracle): every host call, guest call and exit is checked against the specification; correspondence every {} events (0: only on ORACLE_CHECK)",
+            CHECK_EVERY.load(Ordering::Relaxed)
         );
     } else {
         println!(
@@ -152,6 +226,7 @@ pub fn host_call(regs: &mut [u64; 18], run: fn(&mut [u64; 18])) {
     }
     let sent = *regs;
     let prediction = o.spec.predict_host(&sent);
+    returned_clear();
     run(regs);
     let name = HostCall::try_from(function).map_or("unknown", HostCall::name);
     if function == HostCall::AttestationKey.id() {
@@ -196,7 +271,18 @@ fn vcpu_run(regs: &mut [u64; 18], run: fn(&mut [u64; 18])) {
     });
     run(regs);
     // Still held: the run never entered the guest.
-    let mut o = match HELD.lock().take() {
+    // (HELD's own lock is dropped before the oracle's is taken: a CPU
+    // holding the oracle's waits for HELD's.)
+    // Only this CPU's: another CPU may have put its own there since.
+    let still = {
+        let mut held = HELD.lock();
+        if held.as_ref().is_some_and(|h| h.cpu == cpu) {
+            held.take()
+        } else {
+            None
+        }
+    };
+    let mut o = match still {
         Some(held) => held.guard,
         None => ORACLE.lock(),
     };
@@ -222,7 +308,7 @@ fn vcpu_run(regs: &mut [u64; 18], run: fn(&mut [u64; 18])) {
         o.spec.release(&prediction, sent[1]);
     }
     o.since_check += 1;
-    if CHECK_EVERY != 0 && o.since_check >= CHECK_EVERY {
+    if check_due(o.since_check) {
         correspondence(&mut o);
     }
 }
@@ -298,6 +384,7 @@ pub fn guest_call<T>(
     let prediction = o
         .spec
         .predict_guest_call(slot, index, function, args, concrete, rng);
+    returned_clear();
     let out = run(regs);
     if let Some(prediction) = prediction {
         let name = G::try_from(function).map_or("unknown", G::name);
@@ -329,12 +416,24 @@ fn settle(
 ) {
     EVENTS.fetch_add(1, Ordering::Relaxed);
     if x0 == 0 && prediction.allowed.allows_success() {
+        // Pages noted at the moment they went back ([`returning`]).
+        let (nonzero, count) = RETURNED
+            .get(crate::cpu::current())
+            .map_or(([0; 8], 0), |r| {
+                let r = r.lock();
+                (r.nonzero, r.count)
+            });
+        let mut reported = false;
         o.spec
             .must_be_zero(&prediction.effect, &mut |start, pages| {
-                if let Some(at) = first_nonzero(start, pages) {
-                    report(&format_args!(
-                        "page {at:#x} returned to the host is not zero"
-                    ));
+                let end = start.saturating_add(pages.saturating_mul(PAGE_SIZE));
+                for &pa in nonzero.iter().take(count) {
+                    if (start..end).contains(&pa) && !reported {
+                        reported = true;
+                        report(&format_args!(
+                            "page {pa:#x} returned to the host is not zero ({count} such pages)"
+                        ));
+                    }
                 }
             });
     }
@@ -345,23 +444,9 @@ fn settle(
         check_effect(&o.spec, &prediction.effect);
     }
     o.since_check += 1;
-    if CHECK_EVERY != 0 && o.since_check >= CHECK_EVERY {
+    if check_due(o.since_check) {
         correspondence(o);
     }
-}
-
-/// The first non-zero page of a range the host just got back.
-fn first_nonzero(start: u64, pages: u64) -> Option<u64> {
-    let range = MemRange::from_base_size(start, pages.checked_mul(PAGE_SIZE)?)?;
-    let mut found = None;
-    let _ = crate::memory::with(|m| {
-        m.with_pages(range, &mut |pa, bytes| {
-            if found.is_none() && bytes.iter().any(|&b| b != 0) {
-                found = Some(pa);
-            }
-        })
-    });
-    found
 }
 
 /// `RAMPART_HOST_ORACLE_CHECK`: the correspondence check now; returns

@@ -182,11 +182,13 @@ fn vm_metadata_is_held_until_destroy() {
         s.vms[0].as_ref().unwrap().translate(0x8000_3000),
         Some(page(203))
     );
-    // Destroy: everything comes back; owned pages and metadata zeroed.
+    // Destroy: everything comes back; owned pages and metadata zeroed (the
+    // page the guest shared with the host is not checked: the host could
+    // write it until the end).
     let p = s.predict_host(&regs(HostCall::VmDestroy, &[vm]));
     let mut zero = 0;
     s.must_be_zero(&p.effect, &mut |_, n| zero += n);
-    assert_eq!(zero, 11 + 3);
+    assert_eq!(zero, 11 + 2);
     s.commit(&p, 0, 0).unwrap();
     assert!(
         (0..512)

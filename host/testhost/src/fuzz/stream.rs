@@ -169,6 +169,7 @@ impl Stream {
             80..=82 => self.signature(),
             83..=86 => self.misc(),
             87..=92 => self.bad_handle(),
+            93 if self.boot => self.write_returned(),
             _ => self.touch(),
         }
     }
@@ -417,7 +418,14 @@ impl Stream {
         if call == HostCall::DonateHyp && ok {
             self.mark(first, count);
         }
+        // The boot CPU waits to write into pages coming back: let it.
+        let visits = SHARED.visits[self.cpu].load(Ordering::SeqCst);
+        let announced = call == HostCall::ReclaimHyp && ok && self.announce(first, count);
         let r = self.call(call.id(), &[self.page_address(first), count as u64]);
+        let written = announced && {
+            self.withdraw();
+            SHARED.visits[self.cpu].load(Ordering::SeqCst) != visits
+        };
         if r[0] == 0 {
             if !ok {
                 let states = self.pages[first..first + count]
@@ -432,7 +440,9 @@ impl Stream {
                 ));
             }
             self.set(first, count, after);
-            if call == HostCall::ReclaimHyp {
+            // (Pages another CPU wrote while they came back are the
+            // oracle's to judge, at the moment of return.)
+            if call == HostCall::ReclaimHyp && !written {
                 self.expect_zero(first, count, "RECLAIM_HYP")?;
             }
         } else if ok && !transient(r[0]) {
@@ -1039,6 +1049,78 @@ impl Stream {
             ));
         }
         Ok(())
+    }
+
+    /// `write-returned` (boot CPU): waits a moment for another CPU's
+    /// `RECLAIM_HYP` ([`Stream::announce`]) and stores into its pages
+    /// until the call returned, probing (a page still donated aborts; one
+    /// already back takes the store). An oracle that read the pages after
+    /// the call, not at the moment of return, would report them.
+    fn write_returned(&mut self) -> Step {
+        let s = &SHARED;
+        let cpus = s.cpus.load(Ordering::Relaxed) as usize;
+        if cpus < 2 {
+            return Ok(());
+        }
+        s.waiting.store(true, Ordering::SeqCst);
+        let mut target = None;
+        crate::cpus::wait_until(5, || {
+            target = (1..cpus).find(|&c| s.returning[c][0].load(Ordering::SeqCst) != 0);
+            target.is_some()
+        });
+        s.waiting.store(false, Ordering::SeqCst);
+        let Some(c) = target else { return Ok(()) };
+        s.writers[c].fetch_add(1, Ordering::SeqCst);
+        s.visits[c].fetch_add(1, Ordering::SeqCst);
+        let seq = s.returning[c][0].load(Ordering::SeqCst);
+        let (start, pages) = (
+            s.returning[c][1].load(Ordering::SeqCst),
+            s.returning[c][2].load(Ordering::SeqCst),
+        );
+        let mut landed = 0u64;
+        let mut tries = 0u32;
+        while seq != 0 && s.returning[c][0].load(Ordering::SeqCst) == seq && tries < 100_000 {
+            tries += 1;
+            let address = start + self.rng.below(pages.max(1) * PAGE / 8) * 8;
+            if arch::probe(Access::Store, address, 0x7772_6974_6500_0000 | tries as u64)
+                .fault
+                .is_none()
+            {
+                landed += 1;
+            }
+        }
+        s.writers[c].fetch_sub(1, Ordering::SeqCst);
+        if landed > 0 {
+            s.raced_stores.fetch_add(landed, Ordering::AcqRel);
+            s.raced_calls.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// Before a `RECLAIM_HYP` of window pages on a secondary: if the boot
+    /// CPU waits to write into returning pages, names them and waits a
+    /// moment for it to start. True if announced.
+    fn announce(&mut self, first: usize, count: usize) -> bool {
+        let s = &SHARED;
+        if self.boot || !s.waiting.load(Ordering::SeqCst) {
+            return false;
+        }
+        let r = &s.returning[self.cpu];
+        r[1].store(self.page_address(first), Ordering::SeqCst);
+        r[2].store(count as u64, Ordering::SeqCst);
+        r[0].store(self.index + 1, Ordering::SeqCst);
+        crate::cpus::wait_until(2, || s.writers[self.cpu].load(Ordering::SeqCst) != 0);
+        true
+    }
+
+    /// After the call: withdraws the announcement and waits until no
+    /// writer is inside the pages.
+    fn withdraw(&mut self) {
+        let s = &SHARED;
+        s.returning[self.cpu][0].store(0, Ordering::SeqCst);
+        while s.writers[self.cpu].load(Ordering::SeqCst) != 0 {
+            core::hint::spin_loop();
+        }
     }
 
     /// A host load from a window page: it must work exactly when the model
