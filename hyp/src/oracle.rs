@@ -225,6 +225,8 @@ pub fn host_call(regs: &mut [u64; 18], run: fn(&mut [u64; 18])) {
         return run(regs);
     }
     let sent = *regs;
+    // Every pool user takes the oracle's lock first: this holds for the call.
+    o.spec.set_pool(Some(crate::mm::pool_available()));
     let prediction = o.spec.predict_host(&sent);
     returned_clear();
     run(regs);
@@ -381,6 +383,7 @@ pub fn guest_call<T>(
             .and_then(|vm| crate::vm::translate(vm, args[0]))
     });
     let rng = crate::BOOT.get().is_some_and(|b| b.config.features.rng);
+    o.spec.set_pool(Some(crate::mm::pool_available()));
     let prediction = o
         .spec
         .predict_guest_call(slot, index, function, args, concrete, rng);

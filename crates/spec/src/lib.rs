@@ -570,6 +570,9 @@ pub struct Spec<'a> {
     pub vms: [Option<VmSpec>; MAX_VMS],
     /// Every slot's generation.
     pub generations: [u32; MAX_VMS],
+    /// The page pool's available pages before the call, if known
+    /// ([`Spec::set_pool`]).
+    pool: Option<u64>,
 }
 
 /// The slot a handle's low half names, live or not.
@@ -601,6 +604,7 @@ impl<'a> Spec<'a> {
             ipa_bits: 0,
             vms: [None; MAX_VMS],
             generations: [0; MAX_VMS],
+            pool: None,
         }
     }
 
@@ -678,6 +682,33 @@ impl<'a> Spec<'a> {
         {
             *b = page.encode();
         }
+    }
+
+    /// The page pool's available pages before the next call (`None`:
+    /// unknown, so `NO_MEMORY` stays allowed wherever memory is taken).
+    pub fn set_pool(&mut self, available: Option<u64>) {
+        self.pool = available;
+    }
+
+    /// Whether the pool may be too small for a change over `range`: it
+    /// holds fewer pages than an upper bound of the change's worst case
+    /// (`docs/design.md`, "Table memory": one table per 512 GiB, 1 GiB and
+    /// 2 MiB span for the EL2 mapping; a chain of at most 3 tables at each
+    /// end plus a level-1 table per 512 GiB span for each rewrite, of the
+    /// host stage 2 and of the SMMU mirror; the give-back reserves of at
+    /// most 8 pages each; for VM calls the teardown hold, a rewrite plus one
+    /// chain for each). Above it the contract leaves no room for
+    /// `NO_MEMORY`; below it the exact need depends on the concrete tables.
+    fn pool_short(&self, range: &PageRange, vm: bool) -> bool {
+        let spans = |shift: u32| ((range.end() - 1) >> shift) - (range.start() >> shift) + 1;
+        let n39 = spans(39);
+        let map = n39 + spans(30) + spans(21);
+        let remap = 6 + n39;
+        let mut bound = map + 2 * remap + 16;
+        if vm {
+            bound += 2 * (remap + 3);
+        }
+        self.pool.is_none_or(|p| p < bound)
     }
 
     fn in_one_bank(&self, range: &PageRange) -> bool {
@@ -824,10 +855,12 @@ impl<'a> Spec<'a> {
         if (reclaim && self.overlaps_carveout(&range)) || !self.all(&range, before) {
             return Prediction::refuse(Outcomes::error(Error::Denied));
         }
-        let mut allowed = Outcomes::success().or_error(Error::NoMemory);
-        if returns {
-            // A page the hypervisor pinned.
-            allowed = allowed.or_error(Error::Busy);
+        // BUSY is for a page the hypervisor pinned, and no call of the ABI
+        // pins one (docs/abi.md): never admissible.
+        let _ = returns;
+        let mut allowed = Outcomes::success();
+        if self.pool_short(&range, false) {
+            allowed = allowed.or_error(Error::NoMemory);
         }
         Prediction {
             allowed,
@@ -852,13 +885,17 @@ impl<'a> Spec<'a> {
             errors = errors.or_error(Error::Denied);
         }
         let free = (0..MAX_VMS).any(|s| self.vms[s].is_none() && self.generations[s] != RETIRED);
-        let allowed = if errors.is_empty() && free {
+        let mut allowed = if errors.is_empty() && free {
             Outcomes::success()
         } else {
             errors
         };
+        // No free slot, or the pool may be short.
+        if !free || self.pool_short(&metadata, true) {
+            allowed = allowed.or_error(Error::NoMemory);
+        }
         Prediction {
-            allowed: allowed.or_error(Error::NoMemory),
+            allowed,
             effect: Effect::CreateVm { metadata, config },
         }
     }
@@ -953,8 +990,13 @@ impl<'a> Spec<'a> {
         let s = slot as u8;
         let page = self.page(pa)?;
         let range = PageRange::new(pa, 1).ok()?;
-        // A refused call is INVALID_PARAMETER, also when the pool is low.
-        let ok = Outcomes::success().or_error(Error::InvalidParameter);
+        // A refused call is INVALID_PARAMETER, also when the pool is low:
+        // only then may a valid call be refused.
+        let ok = if self.pool_short(&range, false) {
+            Outcomes::success().or_error(Error::InvalidParameter)
+        } else {
+            Outcomes::success()
+        };
         Some(match (call, page) {
             (GuestCall::MemShare, Page::Vm(o)) if o == s => Prediction {
                 allowed: ok,

@@ -122,6 +122,49 @@ fn errors_come_in_the_documented_order() {
 }
 
 #[test]
+fn no_memory_only_when_the_pool_may_be_short_and_busy_never_for_memory_calls() {
+    let mut s = spec();
+    run(&mut s, HostCall::ShareHyp, &[page(20), 2], 0, 0).unwrap();
+    run(&mut s, HostCall::DonateHyp, &[page(30), 2], 0, 0).unwrap();
+    // Nothing pins a page: UNSHARE_HYP is never BUSY.
+    let p = s.predict_host(&regs(HostCall::UnshareHyp, &[page(20), 2]));
+    assert!(!p.allowed.allows(Error::Busy.code()));
+    for (pool, short) in [(Some(10_000), false), (Some(5), true), (None, true)] {
+        s.set_pool(pool);
+        for (call, args) in [
+            (HostCall::ShareHyp, [page(40), 3]),
+            (HostCall::DonateHyp, [page(40), 3]),
+            (HostCall::UnshareHyp, [page(20), 2]),
+            (HostCall::ReclaimHyp, [page(30), 2]),
+        ] {
+            let p = s.predict_host(&regs(call, &args));
+            assert!(p.allowed.allows_success());
+            assert_eq!(
+                p.allowed.allows(Error::NoMemory.code()),
+                short,
+                "{call:?} pool {pool:?}"
+            );
+        }
+        let p = s.predict_host(&regs(HostCall::VmCreate, &[page(100), 11, 1 << 8]));
+        assert_eq!(
+            p.allowed.allows(Error::NoMemory.code()),
+            short,
+            "VM_CREATE pool {pool:?}"
+        );
+    }
+    // With a full pool, a refusal for memory is a violation.
+    s.set_pool(Some(10_000));
+    let p = s.predict_host(&regs(HostCall::ShareHyp, &[page(40), 3]));
+    assert!(s.commit(&p, Error::NoMemory.code(), 0).is_err());
+    // With every slot taken, VM_CREATE may answer NO_MEMORY whatever the pool.
+    for i in 0..MAX_VMS as u64 {
+        create(&mut s, 150 + 11 * i, false);
+    }
+    let p = s.predict_host(&regs(HostCall::VmCreate, &[page(400), 11, 1 << 8]));
+    assert_eq!(p.allowed, Outcomes::error(Error::NoMemory));
+}
+
+#[test]
 fn vm_metadata_is_held_until_destroy() {
     let mut s = spec();
     let vm = create(&mut s, 100, true);
