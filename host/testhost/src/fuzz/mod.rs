@@ -162,6 +162,12 @@ pub(crate) struct Shared {
     /// and calls raced that way.
     pub raced_stores: AtomicU64,
     pub raced_calls: AtomicU64,
+    /// The test host's own lock per control-page channel: a stream rings
+    /// any CPU's channel, one at a time (a channel shared by threads, as
+    /// the protocol allows with its own locking).
+    pub channel_lock: [AtomicBool; 16],
+    /// Doorbell calls made on another CPU's channel.
+    pub foreign_channel: AtomicU64,
 }
 
 pub(crate) static SHARED: Shared = Shared {
@@ -192,6 +198,8 @@ pub(crate) static SHARED: Shared = Shared {
     waiting: AtomicBool::new(false),
     raced_stores: AtomicU64::new(0),
     raced_calls: AtomicU64::new(0),
+    channel_lock: [const { AtomicBool::new(false) }; 16],
+    foreign_channel: AtomicU64::new(0),
 };
 
 /// How long the secondaries may go without a call returning, once the boot
@@ -465,6 +473,10 @@ pub fn run(p: &Platform, c: Config) {
         );
         violations += r[1];
     }
+    fuzz_line!(
+        "note channels: {} doorbell calls on another CPU's channel",
+        s.foreign_channel.load(Ordering::Acquire)
+    );
     fuzz_line!(
         "note write-returned: {} stores landed on pages while {} RECLAIM_HYP calls giving them back ran on another CPU",
         s.raced_stores.load(Ordering::Acquire),

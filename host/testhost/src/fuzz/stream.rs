@@ -215,9 +215,35 @@ impl Stream {
         vmm::hw::set_host_virtual_timer(arch::counter() + frequency / 20, 1);
     }
 
-    /// The same call through this CPU's control-page channel.
+    /// The same call through a control-page channel: this CPU's, or one
+    /// in four times another CPU's (under the test host's lock for that
+    /// channel, so the registers stay one caller's).
     fn doorbell(&mut self, id: u32, args: &[u64]) -> [u64; 18] {
-        let ch = self.channel;
+        let s = &SHARED;
+        let own = (self.cpu % 16) as u64;
+        let cpus = s.cpus.load(Ordering::Relaxed).clamp(1, 16);
+        let index = if self.rng.chance(4) {
+            self.rng.below(cpus)
+        } else {
+            own
+        };
+        let lock = &s.channel_lock[index as usize % 16];
+        while lock
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            core::hint::spin_loop();
+        }
+        if index != own {
+            s.foreign_channel.fetch_add(1, Ordering::Relaxed);
+        }
+        let ch = self.channel - own * PAGE + index * PAGE;
+        let r = self.ring(ch, id, args);
+        lock.store(false, Ordering::Release);
+        r
+    }
+
+    fn ring(&mut self, ch: u64, id: u32, args: &[u64]) -> [u64; 18] {
         arch::mmio_write64(ch, u64::from(id));
         for i in 1..18u64 {
             let v = args.get(i as usize - 1).copied().unwrap_or(0);
@@ -1124,17 +1150,14 @@ impl Stream {
     }
 
     /// A host load from a window page: it must work exactly when the model
-    /// says the host holds the page (boot CPU: a probe that catches the
-    /// abort; other CPUs load only pages they hold).
+    /// says the host holds the page (every CPU: a probe that catches the
+    /// abort).
     fn touch(&mut self) -> Step {
         let i = self.rng.below(WINDOW_PAGES as u64) as usize;
         let address = self.page_address(i) + 8 * self.rng.below(512);
         let mapped = self.pages[i].host_mapped();
-        if !self.boot {
-            if mapped {
-                let _ = arch::ram_read(address);
-            }
-            return Ok(());
+        if self.rng.chance(16) {
+            return self.peek_channel();
         }
         if self.rng.chance(8) {
             return self.touch_forbidden();
@@ -1152,7 +1175,22 @@ impl Stream {
 }
 
 impl Stream {
-    /// A host load that must abort (boot CPU): the carve-out, or a control
+    /// A load of a register of any CPU's channel, without the test host's
+    /// lock: it works, or aborts while another CPU's call is in it (`docs/abi.md`,
+    /// "a channel another CPU is using"); either way nothing else changes.
+    fn peek_channel(&mut self) -> Step {
+        let s = &SHARED;
+        let k0 = s.control[0].load(Ordering::Relaxed);
+        let cpus = s.cpus.load(Ordering::Relaxed).clamp(1, 16);
+        if k0 == 0 {
+            return Ok(());
+        }
+        let address = k0 + self.rng.below(cpus) * PAGE + 8 * self.rng.below(18);
+        let _ = arch::probe(Access::Load, address, 0);
+        Ok(())
+    }
+
+    /// A host load that must abort (any CPU): the carve-out, or a control
     /// page at an offset that is neither a register nor allowed for loads
     /// (`0x90` and up, the doorbell included).
     fn touch_forbidden(&mut self) -> Step {
