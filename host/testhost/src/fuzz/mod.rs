@@ -168,6 +168,8 @@ pub(crate) struct Shared {
     pub channel_lock: [AtomicBool; 16],
     /// Doorbell calls made on another CPU's channel.
     pub foreign_channel: AtomicU64,
+    /// Protected, signed fuzz-guest VMs started.
+    pub protected_guests: [AtomicU64; MAX_CPUS],
 }
 
 pub(crate) static SHARED: Shared = Shared {
@@ -200,6 +202,7 @@ pub(crate) static SHARED: Shared = Shared {
     raced_calls: AtomicU64::new(0),
     channel_lock: [const { AtomicBool::new(false) }; 16],
     foreign_channel: AtomicU64::new(0),
+    protected_guests: [const { AtomicU64::new(0) }; MAX_CPUS],
 };
 
 /// How long the secondaries may go without a call returning, once the boot
@@ -474,8 +477,9 @@ pub fn run(p: &Platform, c: Config) {
         violations += r[1];
     }
     fuzz_line!(
-        "note channels: {} doorbell calls on another CPU's channel",
-        s.foreign_channel.load(Ordering::Acquire)
+        "note channels: {} doorbell calls on another CPU's channel; {} protected fuzz guests",
+        s.foreign_channel.load(Ordering::Acquire),
+        sum(&s.protected_guests)
     );
     fuzz_line!(
         "note write-returned: {} stores landed on pages while {} RECLAIM_HYP calls giving them back ran on another CPU",

@@ -592,6 +592,7 @@ impl Stream {
                 guest: false,
                 off: false,
                 mmio_answer: 0,
+                signed: false,
             });
             SHARED.handles[self.cpu][slot].store(r[1], Ordering::Release);
         } else if ok && !transient(r[0]) {
@@ -618,11 +619,22 @@ impl Stream {
         };
         let ram = self.page_address(GUEST_RAM_FIRST);
         let ram_size = GUEST_RAM_PAGES as u64 * PAGE;
-        arch::ram_fill(
-            ram,
-            ram + ram_size,
-            0x6675_7a7a_0000_0000 ^ (self.index << 12),
-        );
+        // One in three is protected and signed (the build signs the fuzz
+        // guest for exactly this RAM, zero-filled past its image): its
+        // MMIO guard, memory sharing and relinquishing run for real.
+        let bundle = vmm::bundle("fuzz")
+            .ok()
+            .filter(|b| b.memory == ram_size && b.vcpus == 1 && b.entry == 0);
+        let protected = bundle.is_some() && self.rng.chance(3);
+        if protected {
+            arch::ram_fill(ram, ram + ram_size, 0);
+        } else {
+            arch::ram_fill(
+                ram,
+                ram + ram_size,
+                0x6675_7a7a_0000_0000 ^ (self.index << 12),
+            );
+        }
         for (i, chunk) in image.chunks(8).enumerate() {
             let mut word = [0u8; 8];
             word[..chunk.len()].copy_from_slice(chunk);
@@ -630,7 +642,7 @@ impl Stream {
         }
         let config = VmConfig {
             debug: false,
-            protected: false,
+            protected,
             max_vcpus: 1,
         }
         .encode();
@@ -649,12 +661,13 @@ impl Stream {
         self.set(GUEST_META_FIRST, GUEST_META_PAGES, Page::Meta(slot as u8));
         self.vms[slot] = Some(Vm {
             handle,
-            protected: false,
+            protected,
             vcpus: 1,
             created: 0,
             guest: false,
             off: false,
             mmio_answer: 0,
+            signed: false,
         });
         SHARED.handles[self.cpu][slot].store(handle, Ordering::Release);
         let r = self.call(
@@ -667,18 +680,40 @@ impl Stream {
             }
             return Ok(());
         }
-        self.set(GUEST_RAM_FIRST, GUEST_RAM_PAGES, Page::Vm(slot as u8));
+        self.set(
+            GUEST_RAM_FIRST,
+            GUEST_RAM_PAGES,
+            if protected {
+                Page::GuestRam(slot as u8)
+            } else {
+                Page::Vm(slot as u8)
+            },
+        );
         SHARED.guests[self.cpu].fetch_add(1, Ordering::Relaxed);
         let c0 = self.call(HostCall::VcpuCreate.id(), &[handle, 0])[0];
         let c1 = self.call(
             HostCall::VcpuSetRegs.id(),
             &[handle, 0, GUEST_RAM_BASE, ram_size],
         )[0];
+        let mut signed = false;
+        if let Some(b) = bundle.filter(|_| protected) {
+            let mut args = [0u64; 13];
+            args[0] = handle;
+            args[1..5].copy_from_slice(&rampart_abi::host::bytes_to_words::<4>(&b.signer));
+            args[5..13].copy_from_slice(&rampart_abi::host::bytes_to_words::<8>(&b.signature));
+            let r = self.call(HostCall::VmSetSignature.id(), &args)[0];
+            signed = r == 0;
+            if !signed {
+                self.refused("VM_SET_SIGNATURE (fuzz guest)", r);
+            }
+            SHARED.protected_guests[self.cpu].fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(vm) = self.vms[slot].as_mut() {
             if c0 == 0 {
                 vm.created |= 1;
             }
             vm.guest = c0 == 0 && c1 == 0;
+            vm.signed = signed;
         }
         if c0 != 0 || c1 != 0 {
             self.refused(
@@ -720,7 +755,7 @@ impl Stream {
         let mut i = 0;
         while i < WINDOW_PAGES {
             match self.pages[i] {
-                Page::Meta(n) | Page::Vm(n) if n == tag => {
+                Page::Meta(n) | Page::Vm(n) | Page::GuestRam(n) if n == tag => {
                     self.pages[i] = Page::Host;
                     self.expect_zero(i, 1, "VM_DESTROY")?;
                 }
@@ -767,6 +802,11 @@ impl Stream {
         let protected = own.and_then(|s| self.vms[s]).is_some_and(|vm| vm.protected);
         let host_pages = self.all(first, count, Page::Host);
         let must_fail = own.is_none() || !host_pages || ipa_bad || (share && protected);
+        // A protected fuzz guest may relinquish or share any page it owns:
+        // none from the pool goes to it (the pool's model stays exact).
+        if !must_fail && protected && own.and_then(|s| self.vms[s]).is_some_and(|vm| vm.guest) {
+            return Ok(());
+        }
         if host_pages && !share {
             self.mark(first, count);
         }
@@ -863,7 +903,8 @@ impl Stream {
         } else {
             self.rng.below(10)
         };
-        let must_fail = vcpu >= 8 || vm.created & (1 << vcpu) == 0 || vm.protected;
+        // A protected VM runs only as the signed fuzz guest.
+        let must_fail = vcpu >= 8 || vm.created & (1 << vcpu) == 0 || (vm.protected && !vm.signed);
         let budget = 1 + self.rng.below(48);
         let mut answer = vm.mmio_answer;
         self.arm_deadline();
@@ -896,7 +937,7 @@ impl Stream {
             } else if reason == ExitReason::MemoryFault as u64 {
                 let ipa = r[2] & !(PAGE - 1);
                 let page = self.rng.below(POOL_PAGES as u64) as usize;
-                if self.rng.chance(2) && self.pages[page] == Page::Host {
+                if self.rng.chance(2) && self.pages[page] == Page::Host && !vm.protected {
                     self.mark(page, 1);
                     let c = self.call(
                         HostCall::VmDonate.id(),
@@ -1156,6 +1197,9 @@ impl Stream {
         let i = self.rng.below(WINDOW_PAGES as u64) as usize;
         let address = self.page_address(i) + 8 * self.rng.below(512);
         let mapped = self.pages[i].host_mapped();
+        if matches!(self.pages[i], Page::GuestRam(_)) {
+            return Ok(());
+        }
         if self.rng.chance(16) {
             return self.peek_channel();
         }
