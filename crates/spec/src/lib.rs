@@ -433,10 +433,11 @@ pub struct VmSpec {
     pub ran: u8,
     /// Each vCPU's PSCI power state.
     pub power: [Power; 8],
-    /// vCPUs a `VCPU_RUN` is in flight for (claimed by the oracle before
-    /// the call, released after its result was checked): only they may be
-    /// `BUSY`.
-    pub running: u8,
+    /// `VCPU_RUN`s in flight per vCPU (claimed by the oracle before the
+    /// call, released after its result was checked; a second run of the
+    /// same vCPU may be in flight while the first one's result waits to be
+    /// checked): only vCPUs with one may be `BUSY`.
+    pub running: [u8; 8],
     /// vCPUs that called `PSCI_CPU_OFF` during their current run: that run
     /// must end with `EXIT_POWERED_OFF`, and no other may.
     pub stopped: u8,
@@ -1144,7 +1145,7 @@ impl<'a> Spec<'a> {
                     measured: false,
                     ran: 0,
                     power: [Power::Off; 8],
-                    running: 0,
+                    running: [0; 8],
                     stopped: 0,
                     guard: [0; GUARD_PAGES],
                     guard_count: 0,
@@ -1246,14 +1247,14 @@ impl Spec<'_> {
         self.vms
             .get(slot)
             .and_then(Option::as_ref)
-            .is_some_and(|vm| vm.running & (1 << index) != 0)
+            .is_some_and(|vm| vm.running.get(index).is_some_and(|&n| n != 0))
     }
 
     fn any_running(&self, slot: usize) -> bool {
         self.vms
             .get(slot)
             .and_then(Option::as_ref)
-            .is_some_and(|vm| vm.running != 0)
+            .is_some_and(|vm| vm.running.iter().any(|&n| n != 0))
     }
 
     /// `allowed`, and BUSY if a run of that vCPU is in flight (its lock
@@ -1343,18 +1344,20 @@ impl Spec<'_> {
             .unwrap_or(0)
     }
 
-    /// Marks a `VCPU_RUN` of the vCPU the prediction names as in flight;
-    /// false (changing nothing) if it is not a run of an existing vCPU or
-    /// one is in flight already.
+    /// Counts a `VCPU_RUN` of the vCPU the prediction names as in flight;
+    /// false (changing nothing) if it is not a run of an existing vCPU.
     pub fn claim(&mut self, prediction: &Prediction) -> bool {
         let Effect::Run { slot, index, .. } = prediction.effect else {
             return false;
         };
         match self.vms.get_mut(usize::from(slot)) {
-            Some(Some(vm)) if vm.running & (1 << index) == 0 => {
-                vm.running |= 1 << index;
-                true
-            }
+            Some(Some(vm)) => match vm.running.get_mut(usize::from(index)) {
+                Some(n) => {
+                    *n = n.saturating_add(1);
+                    true
+                }
+                None => false,
+            },
             _ => false,
         }
     }
@@ -1364,8 +1367,9 @@ impl Spec<'_> {
         if let Effect::Run { slot, index, .. } = prediction.effect
             && let Some(Some(vm)) = self.vms.get_mut(usize::from(slot))
             && vm.handle == handle
+            && let Some(n) = vm.running.get_mut(usize::from(index))
         {
-            vm.running &= !(1 << index);
+            *n = n.saturating_sub(1);
         }
     }
 
