@@ -156,6 +156,10 @@ pub fn run(cpu: usize, extra: u64) {
 impl Stream {
     /// One action.
     fn step(&mut self) -> Step {
+        // The boot CPU waits to write into pages coming back: give it some.
+        if !self.boot && SHARED.waiting.load(Ordering::SeqCst) {
+            return self.give_back_for_writer();
+        }
         match self.rng.below(100) {
             0..=27 => self.memory_call(),
             28..=35 => self.memory_call_interesting(),
@@ -1133,7 +1137,7 @@ impl Stream {
         }
         s.waiting.store(true, Ordering::SeqCst);
         let mut target = None;
-        crate::cpus::wait_until(2, || {
+        crate::cpus::wait_until(20, || {
             target = (1..cpus).find(|&c| s.returning[c][0].load(Ordering::SeqCst) != 0);
             target.is_some()
         });
@@ -1162,6 +1166,41 @@ impl Stream {
         if landed > 0 {
             s.raced_stores.fetch_add(landed, Ordering::AcqRel);
             s.raced_calls.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// For `write-returned`: `DONATE_HYP` of two of the pool's host pages,
+    /// then their `RECLAIM_HYP` with the boot CPU storing into them while
+    /// it runs.
+    fn give_back_for_writer(&mut self) -> Step {
+        let start = self.rng.below(POOL_PAGES as u64 - 2) as usize;
+        let Some(first) = (0..POOL_PAGES - 2)
+            .map(|k| (start + k) % (POOL_PAGES - 2))
+            .find(|&i| self.all(i, 2, Page::Host))
+        else {
+            return Ok(());
+        };
+        self.mark(first, 2);
+        let r = self.call(HostCall::DonateHyp.id(), &[self.page_address(first), 2]);
+        if r[0] != 0 {
+            return Ok(());
+        }
+        self.set(first, 2, Page::DonatedHyp);
+        let visits = SHARED.visits[self.cpu].load(Ordering::SeqCst);
+        let announced = self.announce(first, 2);
+        let r = self.call(HostCall::ReclaimHyp.id(), &[self.page_address(first), 2]);
+        let written = announced && {
+            self.withdraw();
+            SHARED.visits[self.cpu].load(Ordering::SeqCst) != visits
+        };
+        if r[0] == 0 {
+            self.set(first, 2, Page::Host);
+            if !written {
+                self.expect_zero(first, 2, "RECLAIM_HYP")?;
+            }
+        } else if !transient(r[0]) {
+            self.refused("RECLAIM_HYP", r[0]);
         }
         Ok(())
     }
