@@ -198,6 +198,8 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
 
     layout::check_ram(&info.memory, carveout)?;
     let command = cmdline::parse(&info.bootargs)?;
+    #[cfg(feature = "oracle")]
+    oracle::set_check_every(command.oracle_every);
     let header_range = MemRange::from_base_size(command.host_image, image::HEADER_SIZE as u64);
     if !header_range.is_some_and(|h| info.memory.iter().any(|m| m.contains_range(&h)) && !h.overlaps(&carveout)) {
         return Err(BootError::BadHostImage {

@@ -457,6 +457,8 @@ impl HostMemory {
             Update::Set(_) => self.map_el2(range),
             Update::Keep => {}
         }
+        #[cfg(feature = "oracle")]
+        crate::oracle::returning(self, effect.transition, range);
         if let Update::Set(state) = effect.updates.host
             && state != State::Absent
         {

@@ -20,28 +20,48 @@
 //! The abstract state lives in the carve-out's boot-sized part, one byte per
 //! page after the ownership table; nothing here allocates.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use aarch64_paging::paging::MemoryRegion;
 use rampart_abi::host::HostCall;
-use rampart_ownership::{PageState, PhysAddr, VmId};
+use rampart_ownership::{PageState, PhysAddr, Transition, VmId};
 use rampart_platform::{MemRange, PAGE_SIZE};
 use rampart_spec::{Effect, Page, Prediction, Spec, Violation};
 use spin::mutex::SpinMutex;
 
+use crate::config::MAX_CPUS;
 use crate::println;
 
 /// Bytes of abstract state per page of the RAM span (added to the
 /// ownership table's share of the boot-sized part).
 pub const BYTES_PER_PAGE: u64 = 1;
 
-/// Events between two automatic correspondence checks: the build-time
-/// environment variable `RAMPART_ORACLE_EVERY` (default 64; 0 = only on
-/// `ORACLE_CHECK`).
-pub const CHECK_EVERY: u64 = match option_env!("RAMPART_ORACLE_EVERY") {
+/// The build's default for the events between two automatic
+/// correspondence checks: the build-time environment variable
+/// `RAMPART_ORACLE_EVERY` (default 64; 0 = only on `ORACLE_CHECK`). The
+/// command line's `rampart.oracle-every=K` overrides it
+/// ([`set_check_every`]).
+pub const DEFAULT_CHECK_EVERY: u64 = match option_env!("RAMPART_ORACLE_EVERY") {
     Some(s) => parse(s.as_bytes()),
     None => 64,
 };
+
+/// Events between two automatic correspondence checks (0: only on
+/// `ORACLE_CHECK`).
+static CHECK_EVERY: AtomicU64 = AtomicU64::new(DEFAULT_CHECK_EVERY);
+
+/// Boot: `rampart.oracle-every=K` from the command line, if given.
+pub fn set_check_every(every: Option<u64>) {
+    if let Some(k) = every {
+        CHECK_EVERY.store(k, Ordering::Relaxed);
+    }
+}
+
+/// Whether `since` events since the last check call for another.
+fn check_due(since: u64) -> bool {
+    let every = CHECK_EVERY.load(Ordering::Relaxed);
+    every != 0 && since >= every
+}
 
 const fn parse(s: &[u8]) -> u64 {
     let mut v = 0u64;
@@ -63,13 +83,88 @@ struct Oracle {
     spec: Spec<'static>,
     ready: bool,
     since_check: u64,
+    /// The first `ATTESTATION_KEY` answer (`x0`..`x4`): every later one
+    /// must be the same.
+    key: Option<[u64; 5]>,
 }
 
 static ORACLE: SpinMutex<Oracle> = SpinMutex::new(Oracle {
     spec: Spec::empty(&mut []),
     ready: false,
     since_check: 0,
+    key: None,
 });
+
+/// The oracle's lock, held by a `VCPU_RUN` from its prediction until it
+/// enters the guest ([`entering`]), so the hypervisor's decisions before
+/// the guest runs (BUSY, the signature check, the power state) and the
+/// specification's prediction see one state. Only the CPU holding the
+/// lock can be in a run that has not entered yet, so one place suffices.
+struct Held {
+    cpu: usize,
+    guard: spin::mutex::SpinMutexGuard<'static, Oracle>,
+    prediction: Prediction,
+}
+
+static HELD: SpinMutex<Option<Held>> = SpinMutex::new(None);
+/// Per CPU: its current `VCPU_RUN` entered the guest.
+static ENTERED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// Per CPU: pages the call in flight gave back to the host that were not
+/// zero at the moment of return ([`returning`]): the first few, and how
+/// many.
+struct Returned {
+    nonzero: [u64; 8],
+    count: usize,
+}
+
+static RETURNED: [SpinMutex<Returned>; MAX_CPUS] = [const {
+    SpinMutex::new(Returned {
+        nonzero: [0; 8],
+        count: 0,
+    })
+}; MAX_CPUS];
+
+/// Before a call: nothing returned yet.
+fn returned_clear() {
+    if let Some(r) = RETURNED.get(crate::cpu::current()) {
+        r.lock().count = 0;
+    }
+}
+
+/// The hypervisor gives `range` back to the host (`transition`), after
+/// zeroing it and before the host stage 2 maps it again (one cfg'd line in
+/// `memory.rs`): the host cannot reach the pages yet, so what they hold is
+/// the hypervisor's doing alone. Notes every page that is not zero; the
+/// call's check ([`settle`]) reports those the contract says come back
+/// zeroed. Pages the host could reach before (a guest's pages shared with
+/// it) are not read: the host may be writing them.
+pub fn returning(m: &mut crate::memory::HostMemory, transition: Transition, range: MemRange) {
+    if !matches!(
+        transition,
+        Transition::HypDonateHost
+            | Transition::GuestRelinquish(_)
+            | Transition::HostReclaimGuest(_)
+            | Transition::HypReleaseVmMeta(_)
+    ) {
+        return;
+    }
+    let Some(slot) = RETURNED.get(crate::cpu::current()) else {
+        return;
+    };
+    let mut r = slot.lock();
+    let _ = m.with_pages(range, &mut |pa, bytes| {
+        if bytes.iter().any(|&b| b != 0) {
+            let at = r.count;
+            if let Some(n) = r.nonzero.get_mut(at) {
+                *n = pa;
+            }
+            r.count += 1;
+        }
+    });
+}
+
+/// Per CPU: the guest called `PSCI_CPU_OFF` during its current run.
+static STOPPED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 static EVENTS: AtomicU64 = AtomicU64::new(0);
 static VIOLATIONS: AtomicU64 = AtomicU64::new(0);
 
@@ -101,7 +196,8 @@ pub fn init(bytes: &'static mut [u8], ram: &[MemRange], carveout: [MemRange; 2],
     o.ready = ok;
     if ok {
         println!(
-            "test build (oracle): every host call and guest memory call is checked against the specification; correspondence every {CHECK_EVERY} events"
+            "test build (oracle): every host call, guest call and exit is checked against the specification; correspondence every {} events (0: only on ORACLE_CHECK)",
+            CHECK_EVERY.load(Ordering::Relaxed)
         );
     } else {
         println!(
@@ -121,8 +217,7 @@ pub fn host_call(regs: &mut [u64; 18], run: fn(&mut [u64; 18])) {
         return;
     }
     if function == HostCall::VcpuRun.id() {
-        // Never hold the lock across a guest run.
-        return run(regs);
+        return vcpu_run(regs, run);
     }
     let mut o = ORACLE.lock();
     if !o.ready {
@@ -130,9 +225,18 @@ pub fn host_call(regs: &mut [u64; 18], run: fn(&mut [u64; 18])) {
         return run(regs);
     }
     let sent = *regs;
+    // Every pool user takes the oracle's lock first: this holds for the call.
+    o.spec.set_pool(Some(crate::mm::pool_available()));
     let prediction = o.spec.predict_host(&sent);
+    returned_clear();
     run(regs);
     let name = HostCall::try_from(function).map_or("unknown", HostCall::name);
+    if function == HostCall::AttestationKey.id() {
+        let got = [regs[0], regs[1], regs[2], regs[3], regs[4]];
+        if *o.key.get_or_insert(got) != got {
+            violation!("ATTESTATION_KEY answered {got:x?}, earlier {:x?}", o.key);
+        }
+    }
     settle(&mut o, &prediction, regs[0] as i64, regs[1], &mut |v| {
         violation!(
             "host call {name} ({:#x}, {:#x}, {:#x}, {:#x}): {v}",
@@ -144,22 +248,128 @@ pub fn host_call(regs: &mut [u64; 18], run: fn(&mut [u64; 18])) {
     });
 }
 
-/// Runs guest call `regs` from the VM in `slot` through `run`: memory
-/// calls are checked against the specification.
+/// `VCPU_RUN`: predicted and claimed under the lock, which the run keeps
+/// until it enters the guest ([`entering`]); checked after the exit.
+fn vcpu_run(regs: &mut [u64; 18], run: fn(&mut [u64; 18])) {
+    let mut o = ORACLE.lock();
+    if !o.ready {
+        drop(o);
+        return run(regs);
+    }
+    let sent = *regs;
+    let prediction = o.spec.predict_host(&sent);
+    let claimed = o.spec.claim(&prediction);
+    let cpu = crate::cpu::current();
+    let (Some(entered), Some(stopped)) = (ENTERED.get(cpu), STOPPED.get(cpu)) else {
+        drop(o);
+        return run(regs);
+    };
+    entered.store(false, Ordering::Relaxed);
+    stopped.store(false, Ordering::Relaxed);
+    *HELD.lock() = Some(Held {
+        cpu,
+        guard: o,
+        prediction,
+    });
+    run(regs);
+    // Still held: the run never entered the guest.
+    // (HELD's own lock is dropped before the oracle's is taken: a CPU
+    // holding the oracle's waits for HELD's.)
+    // Only this CPU's: another CPU may have put its own there since.
+    let still = {
+        let mut held = HELD.lock();
+        if held.as_ref().is_some_and(|h| h.cpu == cpu) {
+            held.take()
+        } else {
+            None
+        }
+    };
+    let mut o = match still {
+        Some(held) => held.guard,
+        None => ORACLE.lock(),
+    };
+    EVENTS.fetch_add(1, Ordering::Relaxed);
+    let (went_in, off) = (
+        entered.load(Ordering::Relaxed),
+        stopped.load(Ordering::Relaxed),
+    );
+    if let Err(v) = o
+        .spec
+        .finish_run(&prediction, regs[0] as i64, regs[1], went_in, off)
+    {
+        violation!(
+            "host call RAMPART_HOST_VCPU_RUN ({:#x}, {:#x}) returned {} with exit {} (entered: {went_in}, CPU_OFF: {off}): {}",
+            sent[1],
+            sent[2],
+            regs[0] as i64,
+            regs[1],
+            Shown(&v, &prediction)
+        );
+    }
+    if claimed {
+        o.spec.release(&prediction, sent[1]);
+    }
+    // A run changes no ownership: it does not count towards the next
+    // correspondence check (a guest that exits often would make them
+    // dominate).
+}
+
+/// The hypervisor enters the guest for the `VCPU_RUN` this CPU is making
+/// (its point of no return: nothing is refused after it): the
+/// specification takes the run's effect and the lock is released, so the
+/// guest's own calls can take it.
+pub fn entering() {
+    let cpu = crate::cpu::current();
+    let mut held = HELD.lock();
+    if held.as_ref().is_some_and(|h| h.cpu == cpu)
+        && let Some(mut h) = held.take()
+    {
+        drop(held);
+        h.guard.spec.enter(&h.prediction);
+        if let Some(e) = ENTERED.get(cpu) {
+            e.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A violation with the prediction it broke, for the console.
+struct Shown<'a>(&'a Violation, &'a Prediction);
+
+impl core::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self.0 {
+            Violation::Result { got, allowed } => write!(
+                f,
+                "returned {got}, the contract allows {allowed} (on success: {:?})",
+                self.1.effect
+            ),
+            Violation::Handle { got } => {
+                write!(
+                    f,
+                    "VM_CREATE returned handle {got:#x}, which no free slot gives"
+                )
+            }
+            Violation::Value {
+                register,
+                got,
+                want,
+            } => write!(f, "x{register} = {got:#x}, the contract says {want:#x}"),
+            Violation::Run { what, exit } => write!(f, "{what} (exit {exit})"),
+        }
+    }
+}
+
+/// Runs guest call `regs` from vCPU `index` of the VM in `slot` through
+/// `run`: every call is checked against the specification.
 pub fn guest_call<T>(
     slot: usize,
+    index: usize,
     regs: &mut [u64; 31],
     run: impl FnOnce(&mut [u64; 31]) -> T,
 ) -> T {
     use rampart_abi::guest::GuestCall as G;
     #[allow(clippy::cast_possible_truncation, reason = "the function ID is w0")]
     let function = regs[0] as u32;
-    if !matches!(
-        G::try_from(function),
-        Ok(G::MemShare | G::MemUnshare | G::MemRelinquish)
-    ) {
-        return run(regs);
-    }
     let mut o = ORACLE.lock();
     if !o.ready {
         drop(o);
@@ -171,14 +381,26 @@ pub fn guest_call<T>(
             .as_ref()
             .and_then(|vm| crate::vm::translate(vm, args[0]))
     });
-    let prediction = o.spec.predict_guest(slot, function, args, concrete);
+    let rng = crate::BOOT.get().is_some_and(|b| b.config.features.rng);
+    o.spec.set_pool(Some(crate::mm::pool_available()));
+    let prediction = o
+        .spec
+        .predict_guest_call(slot, index, function, args, concrete, rng);
+    returned_clear();
     let out = run(regs);
     if let Some(prediction) = prediction {
         let name = G::try_from(function).map_or("unknown", G::name);
-        settle(&mut o, &prediction, regs[0] as i64, 0, &mut |v| {
+        // CPU_OFF exits with the guest's x0 as it was: its effect applies.
+        let off = G::try_from(function) == Ok(G::CpuOff);
+        if off && let Some(s) = STOPPED.get(crate::cpu::current()) {
+            s.store(true, Ordering::Relaxed);
+        }
+        let x0 = if off { 0 } else { regs[0] as i64 };
+        settle(&mut o, &prediction, x0, regs[1], &mut |v| {
             violation!(
-                "guest call {name} ({:#x}) from VM slot {slot}: {v}",
-                args[0]
+                "guest call {name} ({:#x}, {:#x}) from vCPU {index} of VM slot {slot}: {v}",
+                args[0],
+                args[1]
             );
         });
     }
@@ -196,49 +418,45 @@ fn settle(
 ) {
     EVENTS.fetch_add(1, Ordering::Relaxed);
     if x0 == 0 && prediction.allowed.allows_success() {
+        // Pages noted at the moment they went back ([`returning`]).
+        let (nonzero, count) = RETURNED
+            .get(crate::cpu::current())
+            .map_or(([0; 8], 0), |r| {
+                let r = r.lock();
+                (r.nonzero, r.count)
+            });
+        let mut reported = false;
         o.spec
             .must_be_zero(&prediction.effect, &mut |start, pages| {
-                if let Some(at) = first_nonzero(start, pages) {
-                    report(&format_args!(
-                        "page {at:#x} returned to the host is not zero"
-                    ));
+                let end = start.saturating_add(pages.saturating_mul(PAGE_SIZE));
+                for &pa in nonzero.iter().take(count) {
+                    if (start..end).contains(&pa) && !reported {
+                        reported = true;
+                        report(&format_args!(
+                            "page {pa:#x} returned to the host is not zero ({count} such pages)"
+                        ));
+                    }
                 }
             });
     }
     if let Err(v) = o.spec.commit(prediction, x0, x1) {
-        match v {
-            Violation::Result { got, allowed } => {
-                report(&format_args!(
-                    "returned {got}, the contract allows {allowed} (on success: {:?})",
-                    prediction.effect
-                ));
-            }
-            Violation::Handle { got } => report(&format_args!(
-                "VM_CREATE returned handle {got:#x}, which no free slot gives"
-            )),
-        }
+        report(&Shown(&v, prediction));
     }
     if x0 == 0 {
         check_effect(&o.spec, &prediction.effect);
     }
-    o.since_check += 1;
-    if CHECK_EVERY != 0 && o.since_check >= CHECK_EVERY {
+    // Only events that may change the abstract state count towards the next
+    // correspondence check: a guest spinning on PSCI or SMCCC queries would
+    // otherwise make the checks dominate its run.
+    if !matches!(
+        prediction.effect,
+        Effect::None | Effect::Value { .. } | Effect::List { .. }
+    ) {
+        o.since_check += 1;
+    }
+    if check_due(o.since_check) {
         correspondence(o);
     }
-}
-
-/// The first non-zero page of a range the host just got back.
-fn first_nonzero(start: u64, pages: u64) -> Option<u64> {
-    let range = MemRange::from_base_size(start, pages.checked_mul(PAGE_SIZE)?)?;
-    let mut found = None;
-    let _ = crate::memory::with(|m| {
-        m.with_pages(range, &mut |pa, bytes| {
-            if found.is_none() && bytes.iter().any(|&b| b != 0) {
-                found = Some(pa);
-            }
-        })
-    });
-    found
 }
 
 /// `RAMPART_HOST_ORACLE_CHECK`: the correspondence check now; returns

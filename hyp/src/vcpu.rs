@@ -201,6 +201,8 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
         .and_then(|areas| areas.get(crate::cpu::current()))
         .ok_or(Error::NotSupported)?
         .lock();
+    #[cfg(feature = "oracle")]
+    crate::oracle::entering();
     load_guest(v, &mut host, vttbr, protected, boot);
     if let Some(fault) = v.memory_fault.take() {
         let still_unbacked = {
@@ -598,7 +600,7 @@ fn handle_exit(slot: usize, v: &mut Vcpu, kind: u64) -> Outcome {
         #[cfg(not(feature = "oracle"))]
         EC_HVC64 => crate::guest_calls::handle(slot, v.index, &mut v.state.regs),
         #[cfg(feature = "oracle")]
-        EC_HVC64 => crate::oracle::guest_call(slot, &mut v.state.regs, |regs| crate::guest_calls::handle(slot, v.index, regs)),
+        EC_HVC64 => crate::oracle::guest_call(slot, v.index, &mut v.state.regs, |regs| crate::guest_calls::handle(slot, v.index, regs)),
         EC_SMC64 => {
             // Guests use the HVC conduit; an SMC is refused.
             v.state.regs[0] = rampart_abi::smccc::NOT_SUPPORTED as u64;

@@ -39,6 +39,11 @@ pub struct FuzzArgs {
     /// `ORACLE_CHECK` every this many actions per CPU (and at the end).
     #[arg(long, default_value_t = 1_000)]
     pub check_every: u64,
+    /// The oracle's correspondence check every K events at EL2 (the
+    /// hypervisor's `rampart.oracle-every=K`; 0: only on `ORACLE_CHECK`;
+    /// default: the build's, 64).
+    #[arg(long)]
+    pub oracle_every: Option<u64>,
     /// Extra hypervisor cargo features, comma-separated (e.g.
     /// `mutant-reclaim-vm-meta`); `oracle` is always added when the
     /// hypervisor has it.
@@ -139,6 +144,8 @@ pub struct Plan {
     pub calls: u64,
     pub smp: u32,
     pub check_every: u64,
+    /// `rampart.oracle-every=K` on the hypervisor's command line.
+    pub oracle_every: Option<u64>,
     pub stop: Option<u64>,
     pub mem: String,
     pub timeout: Duration,
@@ -174,7 +181,14 @@ pub fn run_once(hyp: &std::path::Path, features: &[String], plan: &Plan) -> Resu
     m.smp = plan.smp;
     m.mem = plan.mem.clone();
     m.loaders.push((host, HOST_LOAD_ADDRESS));
-    m.append = format!("rampart.host={HOST_LOAD_ADDRESS:#x} -- {}", plan.bootarg());
+    let oracle_every = plan
+        .oracle_every
+        .map(|k| format!(" rampart.oracle-every={k}"))
+        .unwrap_or_default();
+    m.append = format!(
+        "rampart.host={HOST_LOAD_ADDRESS:#x}{oracle_every} -- {}",
+        plan.bootarg()
+    );
     let run = m.run(plan.timeout, None, plan.echo)?;
     judge(&run, features, plan)
 }
@@ -272,11 +286,13 @@ pub fn judge(run: &Run, features: &[String], plan: &Plan) -> Result<Summary> {
     std::fs::create_dir_all(&dir)?;
     let file = dir.join(format!("failure-seed{}.txt", plan.seed));
     let mut record = format!(
-        "seed={}\ncalls={}\nsmp={}\ncheck={}\nfeatures={}\nmem={}\ncpu={cpu}\nindex={index}\n",
+        "seed={}\ncalls={}\nsmp={}\ncheck={}\noracle-every={}\nfeatures={}\nmem={}\ncpu={cpu}\nindex={index}\n",
         plan.seed,
         plan.calls,
         plan.smp,
         plan.check_every,
+        plan.oracle_every
+            .map_or_else(|| "default".into(), |k| k.to_string()),
         features.join(","),
         plan.mem
     );
@@ -337,6 +353,7 @@ fn read_replay(path: &std::path::Path) -> Result<(Plan, Vec<String>)> {
         calls,
         smp,
         check_every: num("check")?,
+        oracle_every: get("oracle-every").and_then(|v| v.parse().ok()),
         stop: index,
         mem: get("mem").unwrap_or_else(|| "512M".into()),
         timeout: default_timeout(calls, smp),
@@ -362,6 +379,7 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
                 calls: args.calls,
                 smp: args.smp,
                 check_every: args.check_every,
+                oracle_every: args.oracle_every,
                 stop: args.replay_index,
                 mem: args.mem.clone(),
                 timeout: default_timeout(args.calls, args.smp),
@@ -380,17 +398,45 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
     plan.echo = args.verbose;
     let (hyp, features) = hypervisor(&extra)?;
     println!(
-        "xtask fuzz: seed={} calls={} smp={} check every {} stop={:?} hypervisor features [{}]",
+        "xtask fuzz: seed={} calls={} smp={} check every {} oracle every {:?} stop={:?} hypervisor features [{}]",
         plan.seed,
         plan.calls,
         plan.smp,
         plan.check_every,
+        plan.oracle_every,
         plan.stop,
         features.join(",")
     );
     let summary = run_once(&hyp, &features, &plan)?;
     println!("xtask fuzz: ok: {}", summary.line());
     Ok(())
+}
+
+/// A `cargo xtask test` case on the plain hypervisor (no `oracle`
+/// feature, so host calls are not serialized under the oracle's lock and
+/// really race on `smp` CPUs): crashes, hangs and the test host's own
+/// invariants only.
+pub fn suite_case_plain(smp: u32, seed: u64, calls: u64) -> Result<String> {
+    let hyp = artifacts::hypervisor()?;
+    let plan = Plan {
+        seed,
+        calls,
+        smp,
+        check_every: 1_000,
+        oracle_every: None,
+        stop: None,
+        mem: "512M".into(),
+        timeout: default_timeout(calls, smp),
+        echo: false,
+    };
+    let summary = run_once(&hyp, &[], &plan)?;
+    if summary.oracle {
+        bail!("the plain hypervisor answered ORACLE_CHECK: it is an oracle build");
+    }
+    if summary.calls < calls {
+        bail!("only {} of {calls} calls ran", summary.calls);
+    }
+    Ok(summary.line())
 }
 
 /// A `cargo xtask test` case: `calls` actions with `seed` on `smp` CPUs,
@@ -402,6 +448,7 @@ pub fn suite_case(smp: u32, seed: u64, calls: u64) -> Result<String> {
         calls,
         smp,
         check_every: 1_000,
+        oracle_every: None,
         stop: None,
         mem: "512M".into(),
         timeout: default_timeout(calls, smp),

@@ -25,6 +25,11 @@ pub const HOST_IMAGE_KEY: &str = "rampart.host";
 /// `dma-coherent` devices) back to the host: `rampart.unguarded-dma=on`.
 /// Development only: their DMA reaches all memory. `off` is the default.
 pub const UNGUARDED_DMA_KEY: &str = "rampart.unguarded-dma";
+/// Command-line key setting, in a test build with the oracle (issue 15,
+/// `docs/design.md` "The oracle"), the events between two automatic
+/// correspondence checks: `rampart.oracle-every=<K>` (0 = only on
+/// `ORACLE_CHECK`). Other builds accept and ignore it.
+pub const ORACLE_EVERY_KEY: &str = "rampart.oracle-every";
 /// Prefix of every command-line option Rampart consumes.
 pub const OPTION_PREFIX: &str = "rampart.";
 /// Name of the `/reserved-memory` child node that describes the carve-out in

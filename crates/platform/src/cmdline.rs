@@ -5,7 +5,7 @@
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use rampart_abi::boot::{GUEST_POOL_KEY, HOST_IMAGE_KEY, OPTION_PREFIX, UNGUARDED_DMA_KEY};
+use rampart_abi::boot::{GUEST_POOL_KEY, HOST_IMAGE_KEY, OPTION_PREFIX, ORACLE_EVERY_KEY, UNGUARDED_DMA_KEY};
 
 use crate::BootError;
 
@@ -21,6 +21,9 @@ pub struct CommandLine {
     /// `rampart.unguarded-dma=on`: the host gets the DMA masters no SMMU
     /// Rampart owns guards (development only; `devices.rs`).
     pub unguarded_dma: bool,
+    /// `rampart.oracle-every=K`: the oracle's correspondence-check interval
+    /// (test builds with the oracle only; `None`: the build's default).
+    pub oracle_every: Option<u64>,
 }
 
 /// Splits `bootargs` into Rampart's options and the host's command line.
@@ -34,6 +37,7 @@ pub fn parse(bootargs: &str) -> Result<CommandLine, BootError> {
     let mut host_image = None;
     let mut guest_pool_mib = None;
     let mut unguarded_dma = None;
+    let mut oracle_every = None;
     let mut host = Vec::new();
     let mut separator_seen = false;
     for word in bootargs.split_ascii_whitespace() {
@@ -79,6 +83,13 @@ pub fn parse(bootargs: &str) -> Result<CommandLine, BootError> {
                     )));
                 }
             });
+        } else if full_key == ORACLE_EVERY_KEY {
+            if oracle_every.is_some() {
+                return Err(BootError::BadCommandLine(alloc::format!("{ORACLE_EVERY_KEY} given twice")));
+            }
+            oracle_every = Some(value.parse::<u64>().map_err(|_| {
+                BootError::BadCommandLine(alloc::format!("{ORACLE_EVERY_KEY}=`{value}` is not a number"))
+            })?);
         } else {
             return Err(BootError::BadCommandLine(alloc::format!(
                 "unknown option `{word}`"
@@ -90,6 +101,7 @@ pub fn parse(bootargs: &str) -> Result<CommandLine, BootError> {
         host_bootargs: host.join(" ").to_string(),
         guest_pool_mib: guest_pool_mib.unwrap_or(0),
         unguarded_dma: unguarded_dma.unwrap_or(false),
+        oracle_every,
     })
 }
 
@@ -128,6 +140,12 @@ mod tests {
     #[test]
     fn reads_the_unguarded_dma_option() {
         assert!(!parse("rampart.host=0x1").unwrap().unguarded_dma);
+        assert_eq!(parse("rampart.host=0x1").unwrap().oracle_every, None);
+        assert_eq!(parse("rampart.host=0x1 rampart.oracle-every=0").unwrap().oracle_every, Some(0));
+        assert_eq!(parse("rampart.host=0x1 rampart.oracle-every=17").unwrap().oracle_every, Some(17));
+        for bad in ["rampart.host=0x1 rampart.oracle-every=", "rampart.host=0x1 rampart.oracle-every=-1", "rampart.host=0x1 rampart.oracle-every=1 rampart.oracle-every=1"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
         assert!(parse("rampart.host=0x1 rampart.unguarded-dma=on").unwrap().unguarded_dma);
         assert!(!parse("rampart.host=0x1 rampart.unguarded-dma=off").unwrap().unguarded_dma);
         // Never passed on to the host.

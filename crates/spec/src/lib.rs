@@ -43,6 +43,22 @@ pub const MAX_RUNS: usize = 128;
 /// Metadata pages a VM needs beyond one per vCPU and one for the VM.
 pub const META_TABLE_PAGES: u64 = 8;
 
+/// Granules a protected VM may have mapped with `KVM_MMIO_GUARD_MAP` at
+/// once (`docs/abi.md`); a map beyond them is refused.
+pub const GUARD_PAGES: usize = 32;
+
+/// A vCPU's PSCI power state (`docs/abi.md`, `VCPU_CREATE` and the PSCI
+/// guest calls).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Power {
+    /// Off: `VCPU_RUN` answers `EXIT_POWERED_OFF` and enters nothing.
+    Off,
+    /// Turned on by `CPU_ON`, not yet run.
+    Pending,
+    /// On.
+    On,
+}
+
 /// The abstract state of one page: its owner, its borrower and why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Page {
@@ -172,6 +188,12 @@ impl Outcomes {
         self.or(error.code())
     }
 
+    /// The union of this set and `other`.
+    #[must_use]
+    pub const fn union(self, other: Outcomes) -> Outcomes {
+        Outcomes(self.0 | other.0)
+    }
+
     /// Whether `code` is allowed.
     #[must_use]
     pub const fn allows(self, code: i64) -> bool {
@@ -260,6 +282,53 @@ pub enum Effect {
         /// Lent (`VM_SHARE`) rather than given.
         share: bool,
     },
+    /// `VM_SET_SIGNATURE` of the VM in `slot`.
+    Sign {
+        /// The slot.
+        slot: u8,
+    },
+    /// A call that changes nothing and returns exactly `x1` (`VM_LIST`).
+    List {
+        /// The handle `x1` must hold.
+        x1: u64,
+    },
+    /// A call that changes nothing and must return exactly `x0` (a guest
+    /// call answering a value, e.g. `SMCCC_VERSION`); its
+    /// [`Prediction::allowed`] is [`Outcomes::ANY`].
+    Value {
+        /// The value `x0` must hold.
+        x0: u64,
+    },
+    /// `VCPU_RUN` of vCPU `index` of the VM in `slot`: see
+    /// [`Spec::enter`] and [`Spec::finish_run`].
+    Run {
+        /// The VM's slot.
+        slot: u8,
+        /// The vCPU.
+        index: u8,
+        /// It is powered off: the only success is `EXIT_POWERED_OFF`
+        /// without entering the guest.
+        off: bool,
+    },
+    /// A PSCI call sets vCPU `index`'s power state (`CPU_ON`: `Pending`;
+    /// `CPU_OFF`: `Off`, ending the run with `EXIT_POWERED_OFF`).
+    Power {
+        /// The VM's slot.
+        slot: u8,
+        /// The vCPU.
+        index: u8,
+        /// Its new state.
+        to: Power,
+    },
+    /// `KVM_MMIO_GUARD_MAP` (`map`) or `_UNMAP` of granule `page`.
+    Guard {
+        /// The VM's slot.
+        slot: u8,
+        /// Guest-physical granule.
+        page: u64,
+        /// Map rather than unmap.
+        map: bool,
+    },
     /// `KVM_MEM_RELINQUISH`: the guest page at `ipa` (physical `pa`) leaves
     /// the VM and returns to the host, zeroed.
     Relinquish {
@@ -305,6 +374,23 @@ pub enum Violation {
         /// The handle returned.
         got: u64,
     },
+    /// A register holds another value than the one the contract fixes.
+    Value {
+        /// Which register (0 or 1).
+        register: u8,
+        /// What it held.
+        got: u64,
+        /// What the contract says.
+        want: u64,
+    },
+    /// `VCPU_RUN` ended in a way the contract does not allow from the
+    /// state before it (see [`Spec::finish_run`]).
+    Run {
+        /// What went wrong.
+        what: &'static str,
+        /// The exit reason (`x1`).
+        exit: u64,
+    },
 }
 
 /// A guest-physical run of a VM: `pages` pages at `ipa` backed by `pa`.
@@ -337,6 +423,28 @@ pub struct VmSpec {
     /// longer knows this VM's guest-physical layout exactly, and its
     /// predictions that depend on it admit either answer.
     pub imprecise: bool,
+    /// `VM_SET_SIGNATURE` succeeded at least once.
+    pub signed: bool,
+    /// A protected VM was entered: its measurement is fixed
+    /// (`VM_SET_SIGNATURE` and every `VCPU_SET_REGS` are `DENIED`).
+    pub measured: bool,
+    /// vCPUs that entered the guest at least once (bit i = vCPU i):
+    /// `VCPU_SET_REGS` is `DENIED` for them.
+    pub ran: u8,
+    /// Each vCPU's PSCI power state.
+    pub power: [Power; 8],
+    /// `VCPU_RUN`s in flight per vCPU (claimed by the oracle before the
+    /// call, released after its result was checked; a second run of the
+    /// same vCPU may be in flight while the first one's result waits to be
+    /// checked): only vCPUs with one may be `BUSY`.
+    pub running: [u8; 8],
+    /// vCPUs that called `PSCI_CPU_OFF` during their current run: that run
+    /// must end with `EXIT_POWERED_OFF`, and no other may.
+    pub stopped: u8,
+    /// Granules mapped with `MMIO_GUARD_MAP` (`guard[..guard_count]`).
+    pub guard: [u64; GUARD_PAGES],
+    /// How many of `guard` are in use.
+    pub guard_count: usize,
 }
 
 impl VmSpec {
@@ -411,6 +519,33 @@ impl VmSpec {
         }
     }
 
+    /// Whether granule `page` is MMIO-guard mapped.
+    #[must_use]
+    pub fn guarded(&self, page: u64) -> bool {
+        self.guard.iter().take(self.guard_count).any(|&g| g == page)
+    }
+
+    fn guard_set(&mut self, page: u64, map: bool) {
+        let at = self
+            .guard
+            .iter()
+            .take(self.guard_count)
+            .position(|&g| g == page);
+        match (at, map) {
+            (None, true) => {
+                if let Some(g) = self.guard.get_mut(self.guard_count) {
+                    *g = page;
+                    self.guard_count += 1;
+                }
+            }
+            (Some(i), false) => {
+                self.guard.copy_within(i + 1..self.guard_count, i);
+                self.guard_count -= 1;
+            }
+            _ => {}
+        }
+    }
+
     fn add_run_anywhere(&mut self, run: Run) {
         match self.runs.get_mut(self.run_count) {
             Some(slot) => {
@@ -436,6 +571,15 @@ pub struct Spec<'a> {
     pub vms: [Option<VmSpec>; MAX_VMS],
     /// Every slot's generation.
     pub generations: [u32; MAX_VMS],
+    /// The page pool's available pages before the call, if known
+    /// ([`Spec::set_pool`]).
+    pool: Option<u64>,
+}
+
+/// The slot a handle's low half names, live or not.
+fn handle_slot(handle: u64) -> Option<usize> {
+    let slot = (handle & 0xffff_ffff).checked_sub(HANDLE_BASE)?;
+    (slot < MAX_VMS as u64).then_some(slot as usize)
 }
 
 /// Returns the slot a handle names, if it is live in `spec`.
@@ -461,6 +605,7 @@ impl<'a> Spec<'a> {
             ipa_bits: 0,
             vms: [None; MAX_VMS],
             generations: [0; MAX_VMS],
+            pool: None,
         }
     }
 
@@ -540,6 +685,33 @@ impl<'a> Spec<'a> {
         }
     }
 
+    /// The page pool's available pages before the next call (`None`:
+    /// unknown, so `NO_MEMORY` stays allowed wherever memory is taken).
+    pub fn set_pool(&mut self, available: Option<u64>) {
+        self.pool = available;
+    }
+
+    /// Whether the pool may be too small for a change over `range`: it
+    /// holds fewer pages than an upper bound of the change's worst case
+    /// (`docs/design.md`, "Table memory": one table per 512 GiB, 1 GiB and
+    /// 2 MiB span for the EL2 mapping; a chain of at most 3 tables at each
+    /// end plus a level-1 table per 512 GiB span for each rewrite, of the
+    /// host stage 2 and of the SMMU mirror; the give-back reserves of at
+    /// most 8 pages each; for VM calls the teardown hold, a rewrite plus one
+    /// chain for each). Above it the contract leaves no room for
+    /// `NO_MEMORY`; below it the exact need depends on the concrete tables.
+    fn pool_short(&self, range: &PageRange, vm: bool) -> bool {
+        let spans = |shift: u32| ((range.end() - 1) >> shift) - (range.start() >> shift) + 1;
+        let n39 = spans(39);
+        let map = n39 + spans(30) + spans(21);
+        let remap = 6 + n39;
+        let mut bound = map + 2 * remap + 16;
+        if vm {
+            bound += 2 * (remap + 3);
+        }
+        self.pool.is_none_or(|p| p < bound)
+    }
+
     fn in_one_bank(&self, range: &PageRange) -> bool {
         self.banks()
             .iter()
@@ -577,23 +749,33 @@ impl<'a> Spec<'a> {
                 self.memory_call(r, |p| p == Page::HypDonated, Page::Host, false, true)
             }
             HostRequest::VmCreate { metadata, config } => self.vm_create(metadata, config),
-            HostRequest::VmDestroy(VmHandle(h)) => match live_slot(self, h) {
-                None => Prediction::refuse(Outcomes::error(Error::InvalidParameter)),
-                Some(slot) => Prediction {
-                    allowed: Outcomes::success().or_error(Error::Busy),
-                    effect: Effect::DestroyVm { slot: slot as u8 },
-                },
-            },
+            HostRequest::VmDestroy(VmHandle(h)) => {
+                // BUSY (any vCPU of the slot locked by a run in flight) and
+                // INVALID_PARAMETER come in no fixed order.
+                let busy = handle_slot(h).is_some_and(|s| self.any_running(s));
+                let busy = if busy {
+                    Outcomes::error(Error::Busy)
+                } else {
+                    Outcomes::NONE
+                };
+                match live_slot(self, h) {
+                    None => Prediction::refuse(busy.or_error(Error::InvalidParameter)),
+                    Some(slot) => Prediction {
+                        allowed: busy.or(0),
+                        effect: Effect::DestroyVm { slot: slot as u8 },
+                    },
+                }
+            }
             HostRequest::VcpuCreate(v) => {
                 match live_slot(self, v.vm.0).and_then(|s| Some((s, self.vms[s].as_ref()?))) {
                     None => Prediction::refuse(Outcomes::error(Error::InvalidParameter)),
                     Some((_, vm)) if v.index as u64 >= vm.config.max_vcpus => {
                         Prediction::refuse(Outcomes::error(Error::InvalidParameter))
                     }
-                    // Existing: DENIED, or BUSY while it runs on another CPU.
-                    Some((_, vm)) if vm.vcpus & (1 << v.index) != 0 => {
-                        Prediction::refuse(Outcomes::error(Error::Denied).or_error(Error::Busy))
-                    }
+                    // Existing: DENIED, or BUSY while a run of it is in flight.
+                    Some((slot, vm)) if vm.vcpus & (1 << v.index) != 0 => Prediction::refuse(
+                        self.busy_if_running(slot, v.index, Outcomes::error(Error::Denied)),
+                    ),
                     Some((slot, _)) => Prediction {
                         allowed: Outcomes::success(),
                         effect: Effect::CreateVcpu {
@@ -613,16 +795,49 @@ impl<'a> Spec<'a> {
                 pages,
                 guest_address,
             } => self.give(vm, pages, guest_address, true),
-            // No ownership changes; results checked by other tests.
-            HostRequest::Version
-            | HostRequest::Features(_)
-            | HostRequest::VcpuSetRegs { .. }
-            | HostRequest::VcpuRun { .. }
-            | HostRequest::VcpuInject { .. }
-            | HostRequest::VmSetSignature { .. }
-            | HostRequest::AttestationKey
-            | HostRequest::VmList(_)
-            | HostRequest::OracleCheck => Prediction::refuse(Outcomes::ANY),
+            HostRequest::Version => Prediction::refuse(Outcomes::success()),
+            HostRequest::Features(function) => {
+                // Every host call the ABI lists; ORACLE_CHECK too, since the
+                // specification runs only in builds that have it.
+                Prediction::refuse(if rampart_abi::host::HostCall::try_from(function).is_ok() {
+                    Outcomes::success()
+                } else {
+                    Outcomes::error(Error::NotSupported)
+                })
+            }
+            HostRequest::VcpuSetRegs { vcpu, .. } => self.set_regs(vcpu),
+            HostRequest::VcpuRun { vcpu, .. } => self.run(vcpu),
+            HostRequest::VcpuInject { vcpu, .. } => {
+                // Allowed while the vCPU runs; INTID >= 1020 was refused
+                // by decoding.
+                match self.vcpu_of(vcpu) {
+                    Some(_) => Prediction::refuse(Outcomes::success()),
+                    None => Prediction::refuse(Outcomes::error(Error::InvalidParameter)),
+                }
+            }
+            HostRequest::VmSetSignature { vm, .. } => match live_slot(self, vm.0) {
+                None => Prediction::refuse(Outcomes::error(Error::InvalidParameter)),
+                Some(slot) if self.vms[slot].as_ref().is_some_and(|v| v.measured) => {
+                    Prediction::refuse(Outcomes::error(Error::Denied))
+                }
+                Some(slot) => Prediction {
+                    allowed: Outcomes::success(),
+                    effect: Effect::Sign { slot: slot as u8 },
+                },
+            },
+            HostRequest::VmList(after) => Prediction {
+                allowed: Outcomes::success(),
+                effect: Effect::List {
+                    x1: self.list_after(after),
+                },
+            },
+            // Its answer depends on the device secret, which the
+            // specification does not see: the oracle checks that every
+            // answer is the first one ([`Spec::attestation_key`]).
+            HostRequest::AttestationKey => {
+                Prediction::refuse(Outcomes::success().or_error(Error::NotSupported))
+            }
+            HostRequest::OracleCheck => Prediction::refuse(Outcomes::success()),
         }
     }
 
@@ -641,10 +856,12 @@ impl<'a> Spec<'a> {
         if (reclaim && self.overlaps_carveout(&range)) || !self.all(&range, before) {
             return Prediction::refuse(Outcomes::error(Error::Denied));
         }
-        let mut allowed = Outcomes::success().or_error(Error::NoMemory);
-        if returns {
-            // A page the hypervisor pinned.
-            allowed = allowed.or_error(Error::Busy);
+        // BUSY is for a page the hypervisor pinned, and no call of the ABI
+        // pins one (docs/abi.md): never admissible.
+        let _ = returns;
+        let mut allowed = Outcomes::success();
+        if self.pool_short(&range, false) {
+            allowed = allowed.or_error(Error::NoMemory);
         }
         Prediction {
             allowed,
@@ -669,13 +886,17 @@ impl<'a> Spec<'a> {
             errors = errors.or_error(Error::Denied);
         }
         let free = (0..MAX_VMS).any(|s| self.vms[s].is_none() && self.generations[s] != RETIRED);
-        let allowed = if errors.is_empty() && free {
+        let mut allowed = if errors.is_empty() && free {
             Outcomes::success()
         } else {
             errors
         };
+        // No free slot, or the pool may be short.
+        if !free || self.pool_short(&metadata, true) {
+            allowed = allowed.or_error(Error::NoMemory);
+        }
         Prediction {
-            allowed: allowed.or_error(Error::NoMemory),
+            allowed,
             effect: Effect::CreateVm { metadata, config },
         }
     }
@@ -770,8 +991,13 @@ impl<'a> Spec<'a> {
         let s = slot as u8;
         let page = self.page(pa)?;
         let range = PageRange::new(pa, 1).ok()?;
-        // A refused call is INVALID_PARAMETER, also when the pool is low.
-        let ok = Outcomes::success().or_error(Error::InvalidParameter);
+        // A refused call is INVALID_PARAMETER, also when the pool is low:
+        // only then may a valid call be refused.
+        let ok = if self.pool_short(&range, false) {
+            Outcomes::success().or_error(Error::InvalidParameter)
+        } else {
+            Outcomes::success()
+        };
         Some(match (call, page) {
             (GuestCall::MemShare, Page::Vm(o)) if o == s => Prediction {
                 allowed: ok,
@@ -809,7 +1035,10 @@ impl<'a> Spec<'a> {
                 let mut run: Option<(u64, u64)> = None;
                 for (i, b) in self.pages.iter().enumerate() {
                     let pa = self.base + i as u64 * PAGE;
-                    let zeroed = matches!(Page::decode(*b), Page::Vm(s) | Page::VmSharedHost(s) | Page::VmMeta(s) if s == slot);
+                    // A guest's pages shared with the host are not checked: the
+                    // host could write them until the end.
+                    let zeroed =
+                        matches!(Page::decode(*b), Page::Vm(s) | Page::VmMeta(s) if s == slot);
                     run = match (run, zeroed) {
                         (Some((start, n)), true) if start + n * PAGE == pa => Some((start, n + 1)),
                         (Some((start, n)), true) => {
@@ -847,11 +1076,48 @@ impl<'a> Spec<'a> {
         } else {
             Err(Violation::Result { got: x0, allowed })
         };
+        if let Effect::Value { x0: want } = prediction.effect {
+            return if x0 as u64 == want {
+                Ok(())
+            } else {
+                Err(Violation::Value {
+                    register: 0,
+                    got: x0 as u64,
+                    want,
+                })
+            };
+        }
         if x0 != 0 {
             return verdict;
         }
         match prediction.effect {
-            Effect::None => {}
+            Effect::None | Effect::Value { .. } | Effect::Run { .. } => {}
+            Effect::List { x1: want } => {
+                if x1 != want {
+                    return verdict.and(Err(Violation::Value {
+                        register: 1,
+                        got: x1,
+                        want,
+                    }));
+                }
+            }
+            Effect::Sign { slot } => {
+                if let Some(Some(vm)) = self.vms.get_mut(usize::from(slot)) {
+                    vm.signed = true;
+                }
+            }
+            Effect::Power { slot, index, to } => {
+                if let Some(Some(vm)) = self.vms.get_mut(usize::from(slot))
+                    && let Some(p) = vm.power.get_mut(usize::from(index))
+                {
+                    *p = to;
+                }
+            }
+            Effect::Guard { slot, page, map } => {
+                if let Some(Some(vm)) = self.vms.get_mut(usize::from(slot)) {
+                    vm.guard_set(page, map);
+                }
+            }
             Effect::SetPages { range, to, .. } => self.set_range(range, to),
             Effect::CreateVm { metadata, config } => {
                 let slot = (x1 & 0xffff_ffff)
@@ -875,6 +1141,14 @@ impl<'a> Spec<'a> {
                     runs: [Run::default(); MAX_RUNS],
                     run_count: 0,
                     imprecise: false,
+                    signed: false,
+                    measured: false,
+                    ran: 0,
+                    power: [Power::Off; 8],
+                    running: [0; 8],
+                    stopped: 0,
+                    guard: [0; GUARD_PAGES],
+                    guard_count: 0,
                 });
             }
             Effect::DestroyVm { slot } => {
@@ -896,6 +1170,10 @@ impl<'a> Spec<'a> {
             Effect::CreateVcpu { slot, index } => {
                 if let Some(Some(vm)) = self.vms.get_mut(usize::from(slot)) {
                     vm.vcpus |= 1 << index;
+                    if let Some(p) = vm.power.get_mut(usize::from(index)) {
+                        // vCPU 0 starts on; the others wait for CPU_ON.
+                        *p = if index == 0 { Power::On } else { Power::Off };
+                    }
                 }
             }
             Effect::GiveVm {
@@ -934,6 +1212,474 @@ impl<'a> Spec<'a> {
         for i in 0..range.pages() {
             self.set(range.start() + i * PAGE, to);
         }
+    }
+}
+
+/// Guest-call answers the contract fixes (`docs/abi.md`, "Guest calls").
+mod guest_values {
+    /// `SMCCC_VERSION`, `PSCI_VERSION`: 1.1.
+    pub const VERSION_1_1: u64 = 0x1_0001;
+    /// `TRNG_VERSION`: 1.0.
+    pub const TRNG_1_0: u64 = 0x1_0000;
+    /// `PSCI_MIGRATE_INFO_TYPE`: no trusted OS.
+    pub const MIGRATE_NONE: u64 = 2;
+    /// SMCCC `NOT_SUPPORTED`.
+    pub const NOT_SUPPORTED: u64 = -1i64 as u64;
+    /// SMCCC / KVM `INVALID_PARAMETER`.
+    pub const INVALID: u64 = -3i64 as u64;
+    /// PSCI `INVALID_PARAMETERS`.
+    pub const PSCI_INVALID: u64 = -2i64 as u64;
+    /// PSCI `ALREADY_ON`.
+    pub const ALREADY_ON: u64 = -4i64 as u64;
+    /// PSCI `ON_PENDING`.
+    pub const ON_PENDING: u64 = -5i64 as u64;
+    /// PSCI `INVALID_ADDRESS`.
+    pub const INVALID_ADDRESS: u64 = -9i64 as u64;
+}
+
+/// Exit reasons (`docs/abi.md`, `VCPU_RUN`).
+pub const EXIT_POWERED_OFF: u64 = 7;
+
+impl Spec<'_> {
+    /// Whether a `VCPU_RUN` of vCPU `index` in `slot` is in flight.
+    #[must_use]
+    pub fn is_running(&self, slot: usize, index: usize) -> bool {
+        self.vms
+            .get(slot)
+            .and_then(Option::as_ref)
+            .is_some_and(|vm| vm.running.get(index).is_some_and(|&n| n != 0))
+    }
+
+    fn any_running(&self, slot: usize) -> bool {
+        self.vms
+            .get(slot)
+            .and_then(Option::as_ref)
+            .is_some_and(|vm| vm.running.iter().any(|&n| n != 0))
+    }
+
+    /// `allowed`, and BUSY if a run of that vCPU is in flight (its lock
+    /// may be held at this moment).
+    fn busy_if_running(&self, slot: usize, index: usize, allowed: Outcomes) -> Outcomes {
+        if self.is_running(slot, index) {
+            allowed.or_error(Error::Busy)
+        } else {
+            allowed
+        }
+    }
+
+    /// The live VM and existing vCPU a reference names.
+    fn vcpu_of(&self, v: rampart_abi::host::VcpuRef) -> Option<(usize, &VmSpec)> {
+        let slot = live_slot(self, v.vm.0)?;
+        let vm = self.vms.get(slot)?.as_ref()?;
+        (v.index < 8 && vm.vcpus & (1 << v.index) != 0).then_some((slot, vm))
+    }
+
+    /// BUSY if the handle's slot has a run of vCPU `index` in flight,
+    /// whether or not the handle is live (the ABI fixes no order between
+    /// BUSY and INVALID_PARAMETER).
+    fn busy_for(&self, handle: u64, index: usize) -> Outcomes {
+        if handle_slot(handle).is_some_and(|s| self.is_running(s, index)) {
+            Outcomes::error(Error::Busy)
+        } else {
+            Outcomes::NONE
+        }
+    }
+
+    fn set_regs(&self, v: rampart_abi::host::VcpuRef) -> Prediction {
+        let busy = self.busy_for(v.vm.0, v.index);
+        let Some((_, vm)) = self.vcpu_of(v) else {
+            return Prediction::refuse(busy.or_error(Error::InvalidParameter));
+        };
+        // DENIED after the vCPU's first run, and for every vCPU once a
+        // protected VM's measurement is fixed.
+        if vm.ran & (1 << v.index) != 0 || vm.measured {
+            return Prediction::refuse(busy.or_error(Error::Denied));
+        }
+        Prediction::refuse(busy.or(0))
+    }
+
+    fn run(&self, v: rampart_abi::host::VcpuRef) -> Prediction {
+        let busy = self.busy_for(v.vm.0, v.index);
+        let Some((slot, vm)) = self.vcpu_of(v) else {
+            return Prediction::refuse(busy.or_error(Error::InvalidParameter));
+        };
+        let off = vm.power.get(v.index) == Some(&Power::Off);
+        let allowed = if off {
+            // EXIT_POWERED_OFF before any signature check.
+            Outcomes::success()
+        } else if vm.config.protected && !vm.measured {
+            if vm.signed {
+                // The specification does not verify signatures: any of
+                // these, but never NOT_SIGNED.
+                Outcomes::success()
+                    .or_error(Error::UntrustedKey)
+                    .or_error(Error::BadSignature)
+            } else {
+                Outcomes::error(Error::NotSigned)
+            }
+        } else {
+            Outcomes::success()
+        };
+        Prediction {
+            allowed: busy.union(allowed),
+            effect: Effect::Run {
+                slot: slot as u8,
+                index: v.index as u8,
+                off,
+            },
+        }
+    }
+
+    fn list_after(&self, after: u64) -> u64 {
+        let first = if after == 0 {
+            0
+        } else {
+            match handle_slot(after) {
+                Some(s) => s + 1,
+                None => return 0,
+            }
+        };
+        (first..MAX_VMS)
+            .find_map(|s| self.vms[s].as_ref().map(|vm| vm.handle))
+            .unwrap_or(0)
+    }
+
+    /// Counts a `VCPU_RUN` of the vCPU the prediction names as in flight;
+    /// false (changing nothing) if it is not a run of an existing vCPU.
+    pub fn claim(&mut self, prediction: &Prediction) -> bool {
+        let Effect::Run { slot, index, .. } = prediction.effect else {
+            return false;
+        };
+        match self.vms.get_mut(usize::from(slot)) {
+            Some(Some(vm)) => match vm.running.get_mut(usize::from(index)) {
+                Some(n) => {
+                    *n = n.saturating_add(1);
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// Ends a claim [`Spec::claim`] made, if the VM `handle` still lives.
+    pub fn release(&mut self, prediction: &Prediction, handle: u64) {
+        if let Effect::Run { slot, index, .. } = prediction.effect
+            && let Some(Some(vm)) = self.vms.get_mut(usize::from(slot))
+            && vm.handle == handle
+            && let Some(n) = vm.running.get_mut(usize::from(index))
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// The run the prediction names enters the guest (the hypervisor's
+    /// point of no return): the vCPU has run, is on, and a protected VM's
+    /// measurement is fixed.
+    pub fn enter(&mut self, prediction: &Prediction) {
+        if let Effect::Run { slot, index, .. } = prediction.effect
+            && let Some(Some(vm)) = self.vms.get_mut(usize::from(slot))
+        {
+            vm.ran |= 1 << index;
+            vm.measured |= vm.config.protected;
+            if let Some(p) = vm.power.get_mut(usize::from(index)) {
+                *p = Power::On;
+            }
+        }
+    }
+
+    /// Checks a finished `VCPU_RUN`: `x0`, the exit reason `exit`, whether
+    /// it `entered` the guest and whether the guest called `CPU_OFF`
+    /// during it (`stopped`). A run that entered always succeeds; a
+    /// success without entering is `EXIT_POWERED_OFF` of a powered-off
+    /// vCPU; `EXIT_POWERED_OFF` after entering means the guest called
+    /// `CPU_OFF`, and `CPU_OFF` always ends the run with it.
+    ///
+    /// # Errors
+    ///
+    /// The [`Violation`].
+    pub fn finish_run(
+        &self,
+        prediction: &Prediction,
+        x0: i64,
+        exit: u64,
+        entered: bool,
+        stopped: bool,
+    ) -> Result<(), Violation> {
+        let Effect::Run { off, .. } = prediction.effect else {
+            return prediction
+                .allowed
+                .allows(x0)
+                .then_some(())
+                .ok_or(Violation::Result {
+                    got: x0,
+                    allowed: prediction.allowed,
+                });
+        };
+        let fail = |what| Err(Violation::Run { what, exit });
+        if !prediction.allowed.allows(x0) {
+            return Err(Violation::Result {
+                got: x0,
+                allowed: prediction.allowed,
+            });
+        }
+        match (x0 == 0, entered) {
+            (false, true) => fail("entered the guest, then answered an error"),
+            (false, false) => Ok(()),
+            (true, false) if !off => fail("succeeded without entering a vCPU that is on"),
+            (true, false) if exit != EXIT_POWERED_OFF => {
+                fail("a powered-off vCPU answered another exit than EXIT_POWERED_OFF")
+            }
+            (true, false) => Ok(()),
+            (true, true) if off => fail("entered a powered-off vCPU"),
+            (true, true) if !(1..=EXIT_POWERED_OFF).contains(&exit) => fail("no such exit reason"),
+            (true, true) if stopped != (exit == EXIT_POWERED_OFF) => {
+                fail("EXIT_POWERED_OFF if and only if the guest called CPU_OFF")
+            }
+            (true, true) => Ok(()),
+        }
+    }
+
+    /// Predicts every guest call `function` with `x1`..`x3` from vCPU
+    /// `index` of the VM in `slot` (`None` if no VM is there).
+    /// `concrete_pa` as for [`Spec::predict_guest`]; `rng`: the CPU has
+    /// `RNDR` (the TRNG calls exist).
+    #[must_use]
+    pub fn predict_guest_call(
+        &self,
+        slot: usize,
+        index: usize,
+        function: u32,
+        args: [u64; 3],
+        concrete_pa: Option<u64>,
+        rng: bool,
+    ) -> Option<Prediction> {
+        use guest_values as gv;
+        use rampart_abi::guest::{self as ids, psci};
+        let vm = self.vms.get(slot)?.as_ref()?;
+        let value = |x0: u64| Prediction {
+            allowed: Outcomes::ANY,
+            effect: Effect::Value { x0 },
+        };
+        let Ok(call) = GuestCall::try_from(function) else {
+            return Some(value(gv::NOT_SUPPORTED));
+        };
+        let protected_only = matches!(
+            call,
+            GuestCall::HypMeminfo
+                | GuestCall::MemShare
+                | GuestCall::MemUnshare
+                | GuestCall::MemRelinquish
+                | GuestCall::MmioGuardInfo
+                | GuestCall::MmioGuardEnroll
+                | GuestCall::MmioGuardMap
+                | GuestCall::MmioGuardUnmap
+                | GuestCall::RampartAttest
+                | GuestCall::RampartSealingKey
+        );
+        if protected_only && !vm.config.protected {
+            return Some(value(gv::NOT_SUPPORTED));
+        }
+        let trng = matches!(
+            call,
+            GuestCall::TrngVersion
+                | GuestCall::TrngFeatures
+                | GuestCall::TrngGetUuid
+                | GuestCall::TrngRnd32
+                | GuestCall::TrngRnd64
+        );
+        if trng && !rng {
+            return Some(value(gv::NOT_SUPPORTED));
+        }
+        let [x1, x2, x3] = args;
+        let s = slot as u8;
+        let w = |x: u64| x & 0xffff_ffff;
+        // PSCI's target: Aff0 is the vCPU index, every other affinity bit 0.
+        let target = |mpidr: u64| {
+            let i = usize::try_from(mpidr & 0xff_00ff_ffff).ok()?;
+            (i < 8 && (i as u64) < vm.config.max_vcpus && vm.vcpus & (1 << i) != 0).then_some(i)
+        };
+        let is = |asked: u64, set: &[GuestCall]| {
+            GuestCall::try_from(w(asked) as u32).is_ok_and(|c| set.contains(&c))
+        };
+        let features = |ok: bool| value(if ok { 0 } else { gv::NOT_SUPPORTED });
+        Some(match call {
+            GuestCall::SmcccVersion | GuestCall::PsciVersion => value(gv::VERSION_1_1),
+            GuestCall::SmcccArchFeatures => features(is(
+                x1,
+                &[GuestCall::SmcccVersion, GuestCall::SmcccArchFeatures],
+            )),
+            GuestCall::VendorHypCallUid => value(u64::from(ids::KVM_UID[0])),
+            GuestCall::KvmFeatures => value(if vm.config.protected {
+                u64::from(ids::KVM_FEATURES_PROTECTED)
+            } else {
+                1
+            }),
+            GuestCall::HypMeminfo => value(if x1 == 0 && x2 == 0 && x3 == 0 {
+                ids::GRANULE
+            } else {
+                gv::INVALID
+            }),
+            GuestCall::MemShare | GuestCall::MemUnshare | GuestCall::MemRelinquish => {
+                self.predict_guest(slot, function, args, concrete_pa)?
+            }
+            GuestCall::MmioGuardInfo => value(ids::GRANULE),
+            GuestCall::MmioGuardEnroll => value(0),
+            GuestCall::MmioGuardMap | GuestCall::MmioGuardUnmap => {
+                let map = call == GuestCall::MmioGuardMap;
+                let memory = if vm.imprecise {
+                    concrete_pa.is_some()
+                } else {
+                    vm.translate(x1).is_some()
+                };
+                let ok = x1.is_multiple_of(PAGE)
+                    && x1 < ids::GUEST_RAM_BASE
+                    && !memory
+                    && if map {
+                        vm.guarded(x1) || vm.guard_count < GUARD_PAGES
+                    } else {
+                        vm.guarded(x1)
+                    };
+                if ok {
+                    Prediction {
+                        allowed: Outcomes::success(),
+                        effect: Effect::Guard {
+                            slot: s,
+                            page: x1,
+                            map,
+                        },
+                    }
+                } else {
+                    value(gv::INVALID)
+                }
+            }
+            GuestCall::PsciFeatures => features(is(
+                x1,
+                &[
+                    GuestCall::PsciVersion,
+                    GuestCall::PsciFeatures,
+                    GuestCall::CpuOn32,
+                    GuestCall::CpuOn64,
+                    GuestCall::CpuOff,
+                    GuestCall::CpuSuspend32,
+                    GuestCall::CpuSuspend64,
+                    GuestCall::AffinityInfo32,
+                    GuestCall::AffinityInfo64,
+                    GuestCall::MigrateInfoType,
+                    GuestCall::SystemOff,
+                    GuestCall::SystemReset,
+                ],
+            )),
+            GuestCall::MigrateInfoType => value(gv::MIGRATE_NONE),
+            GuestCall::CpuOn32 | GuestCall::CpuOn64 => {
+                let (mpidr, entry) = if call == GuestCall::CpuOn32 {
+                    (w(x1), w(x2))
+                } else {
+                    (x1, x2)
+                };
+                let Some(t) = target(mpidr) else {
+                    return Some(value(gv::PSCI_INVALID));
+                };
+                let in_memory = |pa: Option<u64>| entry.is_multiple_of(4) && pa.is_some();
+                // Where the specification lost the VM's layout, only the
+                // page `x1` names is known concretely: either answer.
+                if vm.imprecise {
+                    return Some(Prediction::refuse(Outcomes::ANY));
+                }
+                if !in_memory(vm.translate(entry)) {
+                    return Some(value(gv::INVALID_ADDRESS));
+                }
+                match vm.power.get(t) {
+                    Some(Power::Off) => Prediction {
+                        allowed: Outcomes::only(psci::SUCCESS.into()),
+                        effect: Effect::Power {
+                            slot: s,
+                            index: t as u8,
+                            to: Power::Pending,
+                        },
+                    },
+                    Some(Power::Pending) => value(gv::ON_PENDING),
+                    _ => value(gv::ALREADY_ON),
+                }
+            }
+            GuestCall::CpuOff => Prediction {
+                // Exits with EXIT_POWERED_OFF; x0 is the guest's, unchanged.
+                allowed: Outcomes::ANY,
+                effect: Effect::Power {
+                    slot: s,
+                    index: index as u8,
+                    to: Power::Off,
+                },
+            },
+            GuestCall::CpuSuspend32 | GuestCall::CpuSuspend64 => value(0),
+            GuestCall::AffinityInfo32 | GuestCall::AffinityInfo64 => {
+                let mpidr = if call == GuestCall::AffinityInfo32 {
+                    w(x1)
+                } else {
+                    x1
+                };
+                match target(mpidr).and_then(|t| vm.power.get(t)) {
+                    None => value(gv::PSCI_INVALID),
+                    Some(Power::On) => value(psci::AFFINITY_ON as u64),
+                    Some(Power::Off) => value(psci::AFFINITY_OFF as u64),
+                    Some(Power::Pending) => value(psci::AFFINITY_ON_PENDING as u64),
+                }
+            }
+            // They exit to the host; x0 is the guest's, unchanged.
+            GuestCall::SystemOff | GuestCall::SystemReset => Prediction::refuse(Outcomes::ANY),
+            GuestCall::TrngVersion => value(gv::TRNG_1_0),
+            GuestCall::TrngFeatures => features(is(
+                x1,
+                &[
+                    GuestCall::TrngVersion,
+                    GuestCall::TrngFeatures,
+                    GuestCall::TrngGetUuid,
+                    GuestCall::TrngRnd32,
+                    GuestCall::TrngRnd64,
+                ],
+            )),
+            // The back end's UUID: the specification does not fix it.
+            GuestCall::TrngGetUuid => Prediction::refuse(Outcomes::ANY),
+            GuestCall::TrngRnd32 | GuestCall::TrngRnd64 => {
+                let max = if call == GuestCall::TrngRnd64 {
+                    192
+                } else {
+                    96
+                };
+                let bits = if call == GuestCall::TrngRnd64 {
+                    x1
+                } else {
+                    w(x1)
+                };
+                if bits == 0 || bits > max {
+                    value(gv::PSCI_INVALID)
+                } else {
+                    // NO_ENTROPY (-3) if RNDR failed.
+                    Prediction::refuse(Outcomes::success().or(-3))
+                }
+            }
+            GuestCall::RampartAttest => {
+                let pa = if vm.imprecise {
+                    concrete_pa
+                } else {
+                    vm.translate(x1)
+                };
+                let owned = pa.and_then(|pa| self.page(pa)) == Some(Page::Vm(s));
+                if x1.is_multiple_of(PAGE) && x2 <= 64 && owned && vm.measured {
+                    // NOT_SUPPORTED without a device secret.
+                    Prediction::refuse(Outcomes::success().or(-1))
+                } else {
+                    value(gv::INVALID)
+                }
+            }
+            GuestCall::RampartSealingKey => {
+                if x1 <= 32 && vm.measured {
+                    Prediction::refuse(Outcomes::success().or(-1))
+                } else {
+                    value(gv::INVALID)
+                }
+            }
+        })
     }
 }
 

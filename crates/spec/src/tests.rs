@@ -122,6 +122,49 @@ fn errors_come_in_the_documented_order() {
 }
 
 #[test]
+fn no_memory_only_when_the_pool_may_be_short_and_busy_never_for_memory_calls() {
+    let mut s = spec();
+    run(&mut s, HostCall::ShareHyp, &[page(20), 2], 0, 0).unwrap();
+    run(&mut s, HostCall::DonateHyp, &[page(30), 2], 0, 0).unwrap();
+    // Nothing pins a page: UNSHARE_HYP is never BUSY.
+    let p = s.predict_host(&regs(HostCall::UnshareHyp, &[page(20), 2]));
+    assert!(!p.allowed.allows(Error::Busy.code()));
+    for (pool, short) in [(Some(10_000), false), (Some(5), true), (None, true)] {
+        s.set_pool(pool);
+        for (call, args) in [
+            (HostCall::ShareHyp, [page(40), 3]),
+            (HostCall::DonateHyp, [page(40), 3]),
+            (HostCall::UnshareHyp, [page(20), 2]),
+            (HostCall::ReclaimHyp, [page(30), 2]),
+        ] {
+            let p = s.predict_host(&regs(call, &args));
+            assert!(p.allowed.allows_success());
+            assert_eq!(
+                p.allowed.allows(Error::NoMemory.code()),
+                short,
+                "{call:?} pool {pool:?}"
+            );
+        }
+        let p = s.predict_host(&regs(HostCall::VmCreate, &[page(100), 11, 1 << 8]));
+        assert_eq!(
+            p.allowed.allows(Error::NoMemory.code()),
+            short,
+            "VM_CREATE pool {pool:?}"
+        );
+    }
+    // With a full pool, a refusal for memory is a violation.
+    s.set_pool(Some(10_000));
+    let p = s.predict_host(&regs(HostCall::ShareHyp, &[page(40), 3]));
+    assert!(s.commit(&p, Error::NoMemory.code(), 0).is_err());
+    // With every slot taken, VM_CREATE may answer NO_MEMORY whatever the pool.
+    for i in 0..MAX_VMS as u64 {
+        create(&mut s, 150 + 11 * i, false);
+    }
+    let p = s.predict_host(&regs(HostCall::VmCreate, &[page(400), 11, 1 << 8]));
+    assert_eq!(p.allowed, Outcomes::error(Error::NoMemory));
+}
+
+#[test]
 fn vm_metadata_is_held_until_destroy() {
     let mut s = spec();
     let vm = create(&mut s, 100, true);
@@ -182,11 +225,13 @@ fn vm_metadata_is_held_until_destroy() {
         s.vms[0].as_ref().unwrap().translate(0x8000_3000),
         Some(page(203))
     );
-    // Destroy: everything comes back; owned pages and metadata zeroed.
+    // Destroy: everything comes back; owned pages and metadata zeroed (the
+    // page the guest shared with the host is not checked: the host could
+    // write it until the end).
     let p = s.predict_host(&regs(HostCall::VmDestroy, &[vm]));
     let mut zero = 0;
     s.must_be_zero(&p.effect, &mut |_, n| zero += n);
-    assert_eq!(zero, 11 + 3);
+    assert_eq!(zero, 11 + 2);
     s.commit(&p, 0, 0).unwrap();
     assert!(
         (0..512)
@@ -310,5 +355,623 @@ proptest! {
     fn page_encoding_round_trips(kind in 0u8..8, slot in 0u8..16) {
         let p = Page::decode((kind << 5) | slot);
         prop_assert_eq!(Page::decode(p.encode()), p);
+    }
+}
+
+// ---- vCPU lifecycle, signatures, runs, PSCI, MMIO guard (issue 15) ----
+
+fn vcpu(s: &mut Spec<'_>, h: u64, index: u64) {
+    run(s, HostCall::VcpuCreate, &[h, index], 0, 0).unwrap();
+}
+
+/// Predicts a `VCPU_RUN`, enters the guest if `enter`, and checks the end.
+fn run_vcpu(
+    s: &mut Spec<'_>,
+    h: u64,
+    index: u64,
+    x0: i64,
+    exit: u64,
+    enter: bool,
+    stopped: bool,
+) -> Result<(), Violation> {
+    let p = s.predict_host(&regs(HostCall::VcpuRun, &[h, index, 0]));
+    let claimed = s.claim(&p);
+    if enter {
+        s.enter(&p);
+    }
+    let r = s.finish_run(&p, x0, exit, enter, stopped);
+    if claimed {
+        s.release(&p, h);
+    }
+    r
+}
+
+fn guest(
+    s: &mut Spec<'_>,
+    slot: usize,
+    index: usize,
+    call: GuestCall,
+    args: [u64; 3],
+    x0: u64,
+) -> Result<(), Violation> {
+    let p = s
+        .predict_guest_call(slot, index, call.id(), args, None, true)
+        .unwrap();
+    let x0 = if call == GuestCall::CpuOff {
+        0
+    } else {
+        x0 as i64
+    };
+    s.commit(&p, x0, 0)
+}
+
+fn slot_of(h: u64) -> usize {
+    ((h & 0xffff_ffff) - HANDLE_BASE) as usize
+}
+
+#[test]
+fn a_protected_vm_runs_only_signed_and_its_measurement_is_then_fixed() {
+    let mut s = spec();
+    let h = create(&mut s, 100, true);
+    vcpu(&mut s, h, 0);
+    vcpu(&mut s, h, 1);
+    run(
+        &mut s,
+        HostCall::VmDonate,
+        &[h, page(200), 4, 0x8000_0000],
+        0,
+        0,
+    )
+    .unwrap();
+    // Never signed: NOT_SIGNED only; entering is a violation.
+    let p = s.predict_host(&regs(HostCall::VcpuRun, &[h, 0, 0]));
+    assert_eq!(p.allowed, Outcomes::error(Error::NotSigned));
+    assert!(run_vcpu(&mut s, h, 0, Error::NotSigned.code(), 0, false, false).is_ok());
+    assert!(s.finish_run(&p, 0, 3, true, false).is_err());
+    // A powered-off vCPU answers EXIT_POWERED_OFF before any signature check.
+    assert!(run_vcpu(&mut s, h, 1, 0, EXIT_POWERED_OFF, false, false).is_ok());
+    assert!(run_vcpu(&mut s, h, 1, Error::NotSigned.code(), 0, false, false).is_err());
+    assert!(run_vcpu(&mut s, h, 1, 0, 1, false, false).is_err());
+    // Signed: the hypervisor judges the signature; never NOT_SIGNED.
+    run(&mut s, HostCall::VmSetSignature, &[h], 0, 0).unwrap();
+    let p = s.predict_host(&regs(HostCall::VcpuRun, &[h, 0, 0]));
+    assert!(!p.allowed.allows(Error::NotSigned.code()));
+    assert!(p.allowed.allows(Error::BadSignature.code()) && p.allowed.allows_success());
+    // A refused run leaves everything settable.
+    assert!(run_vcpu(&mut s, h, 0, Error::BadSignature.code(), 0, false, false).is_ok());
+    assert!(run(&mut s, HostCall::VcpuSetRegs, &[h, 1, 0x8000_0000, 0], 0, 0).is_ok());
+    // Entered: measured; SET_SIGNATURE and every SET_REGS are DENIED.
+    assert!(run_vcpu(&mut s, h, 0, 0, 3, true, false).is_ok());
+    assert!(s.vms[slot_of(h)].as_ref().unwrap().measured);
+    assert!(run(&mut s, HostCall::VmSetSignature, &[h], 0, 0).is_err());
+    assert!(
+        run(
+            &mut s,
+            HostCall::VmSetSignature,
+            &[h],
+            Error::Denied.code(),
+            0
+        )
+        .is_ok()
+    );
+    for i in 0..2 {
+        let p = s.predict_host(&regs(HostCall::VcpuSetRegs, &[h, i, 0, 0]));
+        assert_eq!(p.allowed, Outcomes::error(Error::Denied), "vCPU {i}");
+    }
+    // An entered run never answers an error, and EXIT_POWERED_OFF only
+    // after CPU_OFF.
+    assert!(run_vcpu(&mut s, h, 0, Error::Busy.code(), 0, true, false).is_err());
+    assert!(run_vcpu(&mut s, h, 0, 0, EXIT_POWERED_OFF, true, false).is_err());
+    assert!(run_vcpu(&mut s, h, 0, 0, 9, true, false).is_err());
+}
+
+#[test]
+fn a_vm_that_is_not_protected_needs_no_signature() {
+    let mut s = spec();
+    let h = create(&mut s, 100, false);
+    vcpu(&mut s, h, 0);
+    let p = s.predict_host(&regs(HostCall::VcpuRun, &[h, 0, 0]));
+    assert_eq!(p.allowed, Outcomes::success());
+    assert!(run_vcpu(&mut s, h, 0, 0, 1, true, false).is_ok());
+    // SET_REGS is DENIED for the vCPU that ran.
+    assert_eq!(
+        s.predict_host(&regs(HostCall::VcpuSetRegs, &[h, 0, 0, 0]))
+            .allowed,
+        Outcomes::error(Error::Denied)
+    );
+    // A vCPU that does not exist, a stale handle: INVALID_PARAMETER.
+    for (call, args) in [
+        (HostCall::VcpuRun, [h, 1, 0]),
+        (HostCall::VcpuSetRegs, [h, 1, 0]),
+        (HostCall::VcpuInject, [h, 1, 32]),
+        (HostCall::VcpuRun, [h + (1 << 32), 0, 0]),
+    ] {
+        assert_eq!(
+            s.predict_host(&regs(call, &args)).allowed,
+            Outcomes::error(Error::InvalidParameter),
+            "{call:?}"
+        );
+    }
+    assert_eq!(
+        s.predict_host(&regs(HostCall::VcpuInject, &[h, 0, 1019]))
+            .allowed,
+        Outcomes::success()
+    );
+    assert_eq!(
+        s.predict_host(&regs(HostCall::VcpuInject, &[h, 0, 1020]))
+            .allowed,
+        Outcomes::error(Error::InvalidParameter)
+    );
+}
+
+#[test]
+fn busy_only_while_a_run_is_in_flight() {
+    let mut s = spec();
+    let h = create(&mut s, 100, false);
+    vcpu(&mut s, h, 0);
+    let busy = |s: &Spec<'_>, call, args: &[u64]| {
+        s.predict_host(&regs(call, args))
+            .allowed
+            .allows(Error::Busy.code())
+    };
+    for (call, args) in [
+        (HostCall::VcpuRun, &[h, 0, 0][..]),
+        (HostCall::VcpuSetRegs, &[h, 0, 0, 0][..]),
+        (HostCall::VcpuCreate, &[h, 0][..]),
+        (HostCall::VmDestroy, &[h][..]),
+    ] {
+        assert!(!busy(&s, call, args), "{call:?} BUSY with nothing running");
+    }
+    let p = s.predict_host(&regs(HostCall::VcpuRun, &[h, 0, 0]));
+    assert!(s.claim(&p));
+    // A second run may be in flight before the first one's result was
+    // checked: BUSY stays allowed until both are released.
+    assert!(s.claim(&p));
+    s.release(&p, h);
+    for (call, args) in [
+        (HostCall::VcpuRun, &[h, 0, 0][..]),
+        (HostCall::VcpuSetRegs, &[h, 0, 0, 0][..]),
+        (HostCall::VcpuCreate, &[h, 0][..]),
+        (HostCall::VmDestroy, &[h][..]),
+    ] {
+        assert!(
+            busy(&s, call, args),
+            "{call:?} may be BUSY while a run is in flight"
+        );
+    }
+    // Another vCPU of the VM is not busy; injecting never is.
+    vcpu(&mut s, h, 1);
+    assert!(!busy(&s, HostCall::VcpuRun, &[h, 1, 0]));
+    assert!(!busy(&s, HostCall::VcpuInject, &[h, 0, 1]));
+    s.release(&p, h);
+    assert!(!busy(&s, HostCall::VmDestroy, &[h]));
+}
+
+#[test]
+fn psci_power_states_follow_cpu_on_and_cpu_off() {
+    let mut s = spec();
+    let h = create(&mut s, 100, false);
+    let slot = slot_of(h);
+    vcpu(&mut s, h, 0);
+    vcpu(&mut s, h, 1);
+    run(
+        &mut s,
+        HostCall::VmDonate,
+        &[h, page(200), 4, 0x8000_0000],
+        0,
+        0,
+    )
+    .unwrap();
+    let aff = |s: &mut Spec<'_>, t: u64, want: u64| {
+        guest(s, slot, 0, GuestCall::AffinityInfo64, [t, 0, 0], want)
+    };
+    assert!(aff(&mut s, 1, 1).is_ok());
+    assert!(aff(&mut s, 0, 0).is_ok());
+    assert!(aff(&mut s, 2, -2i64 as u64).is_ok(), "no vCPU 2");
+    assert!(aff(&mut s, 1, 0).is_err());
+    // CPU_ON: entry outside the VM's memory, then a good one.
+    assert!(
+        guest(
+            &mut s,
+            slot,
+            0,
+            GuestCall::CpuOn64,
+            [1, 0x9000_0000, 0],
+            -9i64 as u64
+        )
+        .is_ok()
+    );
+    assert!(
+        guest(
+            &mut s,
+            slot,
+            0,
+            GuestCall::CpuOn64,
+            [1, 0x8000_0002, 0],
+            -9i64 as u64
+        )
+        .is_ok(),
+        "unaligned"
+    );
+    assert!(guest(&mut s, slot, 0, GuestCall::CpuOn64, [1, 0x8000_1000, 7], 0).is_ok());
+    assert!(aff(&mut s, 1, 2).is_ok(), "on pending");
+    assert!(
+        guest(
+            &mut s,
+            slot,
+            0,
+            GuestCall::CpuOn64,
+            [1, 0x8000_1000, 7],
+            -5i64 as u64
+        )
+        .is_ok()
+    );
+    assert!(
+        guest(
+            &mut s,
+            slot,
+            0,
+            GuestCall::CpuOn64,
+            [0, 0x8000_1000, 7],
+            -4i64 as u64
+        )
+        .is_ok()
+    );
+    // Its run now enters; then it is on.
+    assert_eq!(
+        s.predict_host(&regs(HostCall::VcpuRun, &[h, 1, 0])).allowed,
+        Outcomes::success()
+    );
+    assert!(run_vcpu(&mut s, h, 1, 0, EXIT_POWERED_OFF, false, false).is_err());
+    let p = s.predict_host(&regs(HostCall::VcpuRun, &[h, 1, 0]));
+    s.claim(&p);
+    s.enter(&p);
+    assert!(aff(&mut s, 1, 0).is_ok());
+    // CPU_OFF during the run: it ends with EXIT_POWERED_OFF.
+    assert!(guest(&mut s, slot, 1, GuestCall::CpuOff, [0; 3], 0).is_ok());
+    assert!(s.finish_run(&p, 0, 3, true, true).is_err());
+    assert!(s.finish_run(&p, 0, EXIT_POWERED_OFF, true, true).is_ok());
+    s.release(&p, h);
+    assert!(aff(&mut s, 1, 1).is_ok());
+    assert!(run_vcpu(&mut s, h, 1, 0, EXIT_POWERED_OFF, false, false).is_ok());
+    // The 32-bit calls read w1 only.
+    assert!(
+        guest(
+            &mut s,
+            slot,
+            0,
+            GuestCall::AffinityInfo32,
+            [(1 << 32) | 1, 0, 0],
+            1
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn guest_calls_answer_what_the_contract_fixes() {
+    let mut s = spec();
+    let hp = create(&mut s, 100, true);
+    let hn = create(&mut s, 120, false);
+    let (p, n) = (slot_of(hp), slot_of(hn));
+    vcpu(&mut s, hp, 0);
+    vcpu(&mut s, hn, 0);
+    assert!(guest(&mut s, n, 0, GuestCall::SmcccVersion, [0; 3], 0x1_0001).is_ok());
+    assert!(guest(&mut s, n, 0, GuestCall::SmcccVersion, [0; 3], 0x1_0000).is_err());
+    assert!(guest(&mut s, n, 0, GuestCall::KvmFeatures, [0; 3], 1).is_ok());
+    assert!(guest(&mut s, p, 0, GuestCall::KvmFeatures, [0; 3], 0x3fd).is_ok());
+    assert!(
+        guest(
+            &mut s,
+            n,
+            0,
+            GuestCall::MmioGuardMap,
+            [0x0900_0000, 0, 0],
+            -1i64 as u64
+        )
+        .is_ok()
+    );
+    assert!(guest(&mut s, p, 0, GuestCall::HypMeminfo, [0; 3], 4096).is_ok());
+    assert!(guest(&mut s, p, 0, GuestCall::HypMeminfo, [1, 0, 0], -3i64 as u64).is_ok());
+    assert!(
+        guest(
+            &mut s,
+            p,
+            0,
+            GuestCall::PsciFeatures,
+            [u64::from(GuestCall::CpuOn64.id()), 0, 0],
+            0
+        )
+        .is_ok()
+    );
+    assert!(
+        guest(
+            &mut s,
+            p,
+            0,
+            GuestCall::PsciFeatures,
+            [u64::from(GuestCall::TrngRnd64.id()), 0, 0],
+            0
+        )
+        .is_err()
+    );
+    assert!(guest(&mut s, p, 0, GuestCall::MigrateInfoType, [0; 3], 2).is_ok());
+    let unknown = s
+        .predict_guest_call(n, 0, 0xC600_7777, [0; 3], None, true)
+        .unwrap();
+    assert!(s.commit(&unknown, -1, 0).is_ok());
+    // Without RNDR there is no TRNG.
+    let trng = s
+        .predict_guest_call(n, 0, GuestCall::TrngVersion.id(), [0; 3], None, false)
+        .unwrap();
+    assert!(s.commit(&trng, 0x1_0000, 0).is_err());
+    assert!(
+        guest(
+            &mut s,
+            n,
+            0,
+            GuestCall::TrngRnd64,
+            [193, 0, 0],
+            -2i64 as u64
+        )
+        .is_ok()
+    );
+    assert!(guest(&mut s, n, 0, GuestCall::TrngRnd64, [192, 0, 0], 0).is_ok());
+    // MMIO guard: below guest RAM, not memory; at most GUARD_PAGES.
+    assert!(
+        guest(
+            &mut s,
+            p,
+            0,
+            GuestCall::MmioGuardUnmap,
+            [0x0900_0000, 0, 0],
+            -3i64 as u64
+        )
+        .is_ok()
+    );
+    assert!(
+        guest(
+            &mut s,
+            p,
+            0,
+            GuestCall::MmioGuardMap,
+            [0x0900_0000, 0, 0],
+            0
+        )
+        .is_ok()
+    );
+    assert!(
+        guest(
+            &mut s,
+            p,
+            0,
+            GuestCall::MmioGuardMap,
+            [0x0900_0000, 0, 0],
+            0
+        )
+        .is_ok(),
+        "again"
+    );
+    assert!(
+        guest(
+            &mut s,
+            p,
+            0,
+            GuestCall::MmioGuardMap,
+            [0x8000_0000, 0, 0],
+            -3i64 as u64
+        )
+        .is_ok()
+    );
+    assert!(
+        guest(
+            &mut s,
+            p,
+            0,
+            GuestCall::MmioGuardMap,
+            [0x0900_0004, 0, 0],
+            -3i64 as u64
+        )
+        .is_ok()
+    );
+    for i in 1..GUARD_PAGES as u64 {
+        assert!(
+            guest(
+                &mut s,
+                p,
+                0,
+                GuestCall::MmioGuardMap,
+                [0x0a00_0000 + i * PAGE, 0, 0],
+                0
+            )
+            .is_ok()
+        );
+    }
+    assert!(
+        guest(
+            &mut s,
+            p,
+            0,
+            GuestCall::MmioGuardMap,
+            [0x0b00_0000, 0, 0],
+            -3i64 as u64
+        )
+        .is_ok(),
+        "full"
+    );
+    assert!(
+        guest(
+            &mut s,
+            p,
+            0,
+            GuestCall::MmioGuardUnmap,
+            [0x0900_0000, 0, 0],
+            0
+        )
+        .is_ok()
+    );
+    assert!(
+        guest(
+            &mut s,
+            p,
+            0,
+            GuestCall::MmioGuardMap,
+            [0x0b00_0000, 0, 0],
+            0
+        )
+        .is_ok()
+    );
+    // VM_LIST in slot order; the first answer of ATTESTATION_KEY is either.
+    let first = s.predict_host(&regs(HostCall::VmList, &[0]));
+    assert!(s.commit(&first, 0, hp).is_ok());
+    assert!(s.commit(&first, 0, hn).is_err());
+    let next = s.predict_host(&regs(HostCall::VmList, &[hp]));
+    assert!(s.commit(&next, 0, hn).is_ok());
+    let last = s.predict_host(&regs(HostCall::VmList, &[hn]));
+    assert!(s.commit(&last, 0, 0).is_ok());
+    assert!(
+        s.predict_host(&regs(HostCall::AttestationKey, &[]))
+            .allowed
+            .allows(Error::NotSupported.code())
+    );
+    assert_eq!(
+        s.predict_host(&regs(
+            HostCall::Features,
+            &[u64::from(HostCall::VmList.id())]
+        ))
+        .allowed,
+        Outcomes::success()
+    );
+    assert_eq!(
+        s.predict_host(&regs(HostCall::Features, &[0xC600_8FFF]))
+            .allowed,
+        Outcomes::error(Error::NotSupported)
+    );
+}
+
+/// One lifecycle step on one of two VMs.
+#[derive(Clone, Debug)]
+enum Life {
+    Vcpu(usize, u64),
+    SetRegs(usize, u64),
+    Sign(usize),
+    Run(usize, u64, bool),
+    CpuOn(usize, u64),
+    CpuOff(usize, u64),
+    Claim(usize, u64),
+}
+
+fn life() -> impl Strategy<Value = Life> {
+    prop_oneof![
+        (0usize..2, 0u64..3).prop_map(|(v, i)| Life::Vcpu(v, i)),
+        (0usize..2, 0u64..3).prop_map(|(v, i)| Life::SetRegs(v, i)),
+        (0usize..2).prop_map(Life::Sign),
+        (0usize..2, 0u64..3, any::<bool>()).prop_map(|(v, i, e)| Life::Run(v, i, e)),
+        (0usize..2, 0u64..3).prop_map(|(v, i)| Life::CpuOn(v, i)),
+        (0usize..2, 0u64..3).prop_map(|(v, i)| Life::CpuOff(v, i)),
+        (0usize..2, 0u64..3).prop_map(|(v, i)| Life::Claim(v, i)),
+    ]
+}
+
+proptest! {
+    /// Over random lifecycles: BUSY is never allowed for a vCPU no run is
+    /// in flight for; a protected VM never signed never enters; once a
+    /// protected VM entered, SET_SIGNATURE and SET_REGS are DENIED; a
+    /// powered-off vCPU's only success is EXIT_POWERED_OFF.
+    #[test]
+    fn lifecycles_keep_the_contract(steps in proptest::collection::vec(life(), 1..80)) {
+        let mut s = spec();
+        let hs = [create(&mut s, 100, true), create(&mut s, 120, false)];
+        run(&mut s, HostCall::VmDonate, &[hs[0], page(200), 4, 0x8000_0000], 0, 0).unwrap();
+        run(&mut s, HostCall::VmDonate, &[hs[1], page(210), 4, 0x8000_0000], 0, 0).unwrap();
+        let mut claims: Vec<Prediction> = Vec::new();
+        for step in steps {
+            let choose = |p: &Prediction| if p.allowed.allows_success() { 0 } else { (1..63).map(|c| -c).find(|&c| p.allowed.allows(c)).unwrap_or(0) };
+            match step {
+                Life::Vcpu(v, i) => {
+                    let p = s.predict_host(&regs(HostCall::VcpuCreate, &[hs[v], i]));
+                    prop_assert!(s.commit(&p, choose(&p), 0).is_ok());
+                }
+                Life::SetRegs(v, i) => {
+                    let p = s.predict_host(&regs(HostCall::VcpuSetRegs, &[hs[v], i, 0, 0]));
+                    let vm = s.vms[slot_of(hs[v])].as_ref().unwrap();
+                    if vm.measured && vm.vcpus & (1 << i) != 0 {
+                        prop_assert!(!p.allowed.allows_success());
+                    }
+                    prop_assert!(s.commit(&p, choose(&p), 0).is_ok());
+                }
+                Life::Sign(v) => {
+                    let p = s.predict_host(&regs(HostCall::VmSetSignature, &[hs[v]]));
+                    if s.vms[slot_of(hs[v])].as_ref().unwrap().measured {
+                        prop_assert_eq!(p.allowed, Outcomes::error(Error::Denied));
+                    }
+                    prop_assert!(s.commit(&p, choose(&p), 0).is_ok());
+                }
+                Life::Run(v, i, enter) => {
+                    let p = s.predict_host(&regs(HostCall::VcpuRun, &[hs[v], i, 0]));
+                    let vm = *s.vms[slot_of(hs[v])].as_ref().unwrap();
+                    let busy = p.allowed.allows(Error::Busy.code());
+                    prop_assert_eq!(busy, vm.running[i as usize] != 0);
+                    if vm.config.protected && !vm.signed && !vm.measured && vm.power[i as usize] != Power::Off {
+                        prop_assert!(!p.allowed.allows_success());
+                    }
+                    let claimed = s.claim(&p);
+                    let Effect::Run { off, .. } = p.effect else {
+                        prop_assert!(!p.allowed.allows_success());
+                        continue;
+                    };
+                    // `enter` false: an allowed refusal if there is one.
+                    let refusal = (1..63).map(|c| -c).find(|&c| p.allowed.allows(c));
+                    let code = if enter { choose(&p) } else { refusal.unwrap_or(choose(&p)) };
+                    let go = code == 0 && !off;
+                    if go {
+                        s.enter(&p);
+                    }
+                    let exit = if off && code == 0 { EXIT_POWERED_OFF } else { 3 };
+                    prop_assert!(s.finish_run(&p, code, exit, go, false).is_ok());
+                    if off {
+                        prop_assert!(s.finish_run(&p, 0, 3, false, false).is_err());
+                    }
+                    if claimed {
+                        s.release(&p, hs[v]);
+                    }
+                }
+                Life::CpuOn(v, t) => {
+                    let slot = slot_of(hs[v]);
+                    if let Some(p) = s.predict_guest_call(slot, 0, GuestCall::CpuOn64.id(), [t, 0x8000_0000, 0], None, true) {
+                        let x0 = match p.effect { Effect::Value { x0 } => x0 as i64, _ => 0 };
+                        prop_assert!(s.commit(&p, x0, 0).is_ok());
+                    }
+                }
+                Life::CpuOff(v, i) => {
+                    let slot = slot_of(hs[v]);
+                    if s.vms[slot].as_ref().unwrap().vcpus & (1 << i) != 0 {
+                        let p = s.predict_guest_call(slot, i as usize, GuestCall::CpuOff.id(), [0; 3], None, true).unwrap();
+                        prop_assert!(s.commit(&p, 0, 0).is_ok());
+                        prop_assert_eq!(s.vms[slot].as_ref().unwrap().power[i as usize], Power::Off);
+                    }
+                }
+                Life::Claim(v, i) => {
+                    // A run held in flight (another CPU's) until the end.
+                    let p = s.predict_host(&regs(HostCall::VcpuRun, &[hs[v], i, 0]));
+                    if s.claim(&p) {
+                        claims.push(p);
+                    }
+                }
+            }
+        }
+        // Once every claim is released, BUSY is gone again.
+        for p in &claims {
+            if let Effect::Run { slot, .. } = p.effect {
+                let h = s.vms[usize::from(slot)].as_ref().unwrap().handle;
+                s.release(p, h);
+            }
+        }
+        for h in hs {
+            for i in 0..3 {
+                let again = s.predict_host(&regs(HostCall::VcpuRun, &[h, i, 0]));
+                prop_assert!(!again.allowed.allows(Error::Busy.code()));
+            }
+        }
     }
 }

@@ -510,14 +510,21 @@ static GUARD_SP: AtomicU64 = AtomicU64::new(0);
 /// The exception that ended the last guarded call early.
 static GUARD_FAULT: ExceptionCell = ExceptionCell::new();
 
-/// Address of the load or store a probe expects to fault; 0 = no probe armed.
-static PROBE_PC: AtomicU64 = AtomicU64::new(0);
-/// The exception a probe caught.
-static PROBE_FAULT: ExceptionCell = ExceptionCell::new();
-/// Whether the probe caught an exception.
-static PROBE_HIT: AtomicU64 = AtomicU64::new(0);
-/// `x1` (the probe's data register) as the exception frame held it.
-static PROBE_REGISTER: AtomicU64 = AtomicU64::new(0);
+/// Per CPU slot (every CPU may probe): address of the load or store a
+/// probe expects to fault; 0 = no probe armed.
+static PROBE_PC: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Per CPU slot: the exception a probe caught.
+static PROBE_FAULT: [ExceptionCell; MAX_CPUS] = [const { ExceptionCell::new() }; MAX_CPUS];
+/// Per CPU slot: whether the probe caught an exception.
+static PROBE_HIT: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Per CPU slot: `x1` (the probe's data register) as the exception frame
+/// held it.
+static PROBE_REGISTER: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// This CPU's probe slot.
+fn probe_slot() -> usize {
+    cpu_slot().min(MAX_CPUS - 1)
+}
 /// Depth of nested exceptions on the boot CPU.
 static HANDLER_DEPTH: AtomicU64 = AtomicU64::new(0);
 
@@ -573,7 +580,7 @@ pub fn guarded<F: FnMut()>(f: &mut F) -> Result<(), Exception> {
     // `guard_recover`. `arg` points to `f`, which outlives the call. Frames
     // skipped on recovery own nothing with a destructor (documented above).
     let status = unsafe { guard_call(trampoline::<F>, core::ptr::from_mut(f).cast()) };
-    PROBE_PC.store(0, Ordering::Relaxed);
+    PROBE_PC[probe_slot()].store(0, Ordering::Relaxed);
     if status == 0 {
         Ok(())
     } else {
@@ -592,7 +599,22 @@ extern "C" fn handle_exception(frame: &mut Frame, vector: u64) {
         daif_on_entry: frame.daif,
     };
     let slot = cpu_slot();
+    let me = probe_slot();
+    let probe_pc = PROBE_PC[me].load(Ordering::Relaxed);
+    let probed = probe_pc != 0
+        && frame.elr == probe_pc
+        && VectorKind::from_index(vector) == VectorKind::CurrentSync;
     if slot != 0 {
+        if probed {
+            // A secondary's own probe: recorded and skipped as on the boot
+            // CPU (nothing else runs in its handler).
+            PROBE_FAULT[me].store(&exception);
+            PROBE_REGISTER[me].store(frame.x[1], Ordering::Relaxed);
+            PROBE_HIT[me].store(1, Ordering::Relaxed);
+            PROBE_PC[me].store(0, Ordering::Relaxed);
+            frame.elr += 4;
+            return;
+        }
         // A secondary: record and switch the CPU off; the boot CPU reports it.
         crate::cpus::secondary_fault(slot - 1, &exception);
     }
@@ -601,21 +623,17 @@ extern "C" fn handle_exception(frame: &mut Frame, vector: u64) {
         // An exception in the handler itself: give up without printing.
         crate::power_off_quietly();
     }
-    let probe_pc = PROBE_PC.load(Ordering::Relaxed);
-    if probe_pc != 0
-        && frame.elr == probe_pc
-        && VectorKind::from_index(vector) == VectorKind::CurrentSync
-    {
+    if probed {
         // The fault a probe was waiting for: record it and skip the access.
-        PROBE_FAULT.store(&exception);
-        PROBE_REGISTER.store(frame.x[1], Ordering::Relaxed);
-        PROBE_HIT.store(1, Ordering::Relaxed);
-        PROBE_PC.store(0, Ordering::Relaxed);
+        PROBE_FAULT[me].store(&exception);
+        PROBE_REGISTER[me].store(frame.x[1], Ordering::Relaxed);
+        PROBE_HIT[me].store(1, Ordering::Relaxed);
+        PROBE_PC[me].store(0, Ordering::Relaxed);
         frame.elr += 4;
     } else if GUARD_SP.load(Ordering::Relaxed) != 0 {
         // Unexpected, inside a check: end the check.
         GUARD_FAULT.store(&exception);
-        PROBE_PC.store(0, Ordering::Relaxed);
+        PROBE_PC[me].store(0, Ordering::Relaxed);
         frame.elr = guard_recover as *const () as usize as u64;
         frame.spsr = MODE_EL1H | DAIF_ALL;
     } else {
@@ -669,8 +687,10 @@ pub fn probe(access: Access, address: u64, value: u64) -> ProbeOutcome {
         address < image_start || address >= image_end,
         "probe inside the test host image"
     );
-    assert!(cpu_slot() == 0, "only the boot CPU probes");
-    PROBE_HIT.store(0, Ordering::Relaxed);
+    // Every CPU may probe: its own slot of the probe state (a secondary's
+    // handler skips exactly its own armed access; anything else stops it).
+    let me = probe_slot();
+    PROBE_HIT[me].store(0, Ordering::Relaxed);
     let mut register = value;
     let pc: u64;
     let daif_before: u64;
@@ -693,7 +713,7 @@ pub fn probe(access: Access, address: u64, value: u64) -> ProbeOutcome {
                 out("x2") pc,
                 out("x3") daif_before,
                 nzcv = in(reg) PROBE_NZCV,
-                probe_pc = in(reg) PROBE_PC.as_ptr(),
+                probe_pc = in(reg) PROBE_PC[me].as_ptr(),
                 in("x0") address,
                 inout("x1") register,
                 clobber_abi("C"),
@@ -714,20 +734,20 @@ pub fn probe(access: Access, address: u64, value: u64) -> ProbeOutcome {
                 out("x2") pc,
                 out("x3") daif_before,
                 nzcv = in(reg) PROBE_NZCV,
-                probe_pc = in(reg) PROBE_PC.as_ptr(),
+                probe_pc = in(reg) PROBE_PC[me].as_ptr(),
                 in("x0") address,
                 inout("x1") register,
                 clobber_abi("C"),
             );
         },
     }
-    PROBE_PC.store(0, Ordering::Relaxed);
-    let hit = PROBE_HIT.swap(0, Ordering::Relaxed) != 0;
+    PROBE_PC[me].store(0, Ordering::Relaxed);
+    let hit = PROBE_HIT[me].swap(0, Ordering::Relaxed) != 0;
     ProbeOutcome {
         pc,
-        fault: hit.then(|| PROBE_FAULT.load()),
+        fault: hit.then(|| PROBE_FAULT[me].load()),
         register,
-        register_in_frame: PROBE_REGISTER.load(Ordering::Relaxed),
+        register_in_frame: PROBE_REGISTER[me].load(Ordering::Relaxed),
         daif_before,
     }
 }

@@ -147,6 +147,29 @@ pub(crate) struct Shared {
     /// boot CPU's hang report).
     pub current: [[AtomicU64; 3]; MAX_CPUS],
     pub progress: [AtomicU64; MAX_CPUS],
+    /// `write-returned` (issue 15): the boot CPU waits for another CPU's
+    /// `RECLAIM_HYP` and stores into its pages while the call is in flight
+    /// (they come back to the host during it). `returning[c]` = (sequence
+    /// number or 0, first page, pages) CPU `c` is reclaiming;
+    /// `writers[c]`: writers inside its range (the reclaimer waits for 0
+    /// after the call); `waiting`: the boot CPU waits for one.
+    pub returning: [[AtomicU64; 3]; MAX_CPUS],
+    pub writers: [AtomicU64; MAX_CPUS],
+    /// Writers that ever entered CPU `c`'s announced ranges.
+    pub visits: [AtomicU64; MAX_CPUS],
+    pub waiting: AtomicBool,
+    /// Stores that landed on a page while the call giving it back ran,
+    /// and calls raced that way.
+    pub raced_stores: AtomicU64,
+    pub raced_calls: AtomicU64,
+    /// The test host's own lock per control-page channel: a stream rings
+    /// any CPU's channel, one at a time (a channel shared by threads, as
+    /// the protocol allows with its own locking).
+    pub channel_lock: [AtomicBool; 16],
+    /// Doorbell calls made on another CPU's channel.
+    pub foreign_channel: AtomicU64,
+    /// Protected, signed fuzz-guest VMs started.
+    pub protected_guests: [AtomicU64; MAX_CPUS],
 }
 
 pub(crate) static SHARED: Shared = Shared {
@@ -171,6 +194,15 @@ pub(crate) static SHARED: Shared = Shared {
     finished: [const { AtomicBool::new(false) }; MAX_CPUS],
     current: [const { [const { AtomicU64::new(0) }; 3] }; MAX_CPUS],
     progress: [const { AtomicU64::new(0) }; MAX_CPUS],
+    returning: [const { [const { AtomicU64::new(0) }; 3] }; MAX_CPUS],
+    writers: [const { AtomicU64::new(0) }; MAX_CPUS],
+    visits: [const { AtomicU64::new(0) }; MAX_CPUS],
+    waiting: AtomicBool::new(false),
+    raced_stores: AtomicU64::new(0),
+    raced_calls: AtomicU64::new(0),
+    channel_lock: [const { AtomicBool::new(false) }; 16],
+    foreign_channel: AtomicU64::new(0),
+    protected_guests: [const { AtomicU64::new(0) }; MAX_CPUS],
 };
 
 /// How long the secondaries may go without a call returning, once the boot
@@ -444,6 +476,16 @@ pub fn run(p: &Platform, c: Config) {
         );
         violations += r[1];
     }
+    fuzz_line!(
+        "note channels: {} doorbell calls on another CPU's channel; {} protected fuzz guests",
+        s.foreign_channel.load(Ordering::Acquire),
+        sum(&s.protected_guests)
+    );
+    fuzz_line!(
+        "note write-returned: {} stores landed on pages while {} RECLAIM_HYP calls giving them back ran on another CPU",
+        s.raced_stores.load(Ordering::Acquire),
+        s.raced_calls.load(Ordering::Acquire)
+    );
     fuzz_line!(
         "done seed={} calls={} violations={violations} hypercalls={} exits={} guests={} refusals={} cpus={cpus} oracle={}",
         c.seed,

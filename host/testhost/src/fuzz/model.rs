@@ -18,6 +18,11 @@ pub enum Page {
     VmShared(u8),
     /// Held by the hypervisor for VM `n` (`VM_CREATE` metadata).
     Meta(u8),
+    /// RAM of a protected fuzz-guest VM `n`: the guest may share it with
+    /// the host or relinquish it at any moment, so whether the host can
+    /// reach it is unknown until `VM_DESTROY` (never touched, never named
+    /// in a call before then).
+    GuestRam(u8),
 }
 
 impl Page {
@@ -42,4 +47,7 @@ pub struct Vm {
     pub off: bool,
     /// A pending MMIO read's answer for the next `VCPU_RUN`.
     pub mmio_answer: u64,
+    /// A protected fuzz guest given its build's signature (the one case a
+    /// protected VM may run).
+    pub signed: bool,
 }

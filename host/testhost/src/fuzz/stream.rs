@@ -156,6 +156,10 @@ pub fn run(cpu: usize, extra: u64) {
 impl Stream {
     /// One action.
     fn step(&mut self) -> Step {
+        // The boot CPU waits to write into pages coming back: give it some.
+        if !self.boot && SHARED.waiting.load(Ordering::SeqCst) {
+            return self.give_back_for_writer();
+        }
         match self.rng.below(100) {
             0..=27 => self.memory_call(),
             28..=35 => self.memory_call_interesting(),
@@ -169,6 +173,7 @@ impl Stream {
             80..=82 => self.signature(),
             83..=86 => self.misc(),
             87..=92 => self.bad_handle(),
+            93 if self.boot => self.write_returned(),
             _ => self.touch(),
         }
     }
@@ -214,9 +219,37 @@ impl Stream {
         vmm::hw::set_host_virtual_timer(arch::counter() + frequency / 20, 1);
     }
 
-    /// The same call through this CPU's control-page channel.
+    /// The same call through a control-page channel: this CPU's, or one
+    /// in four times another CPU's (under the test host's lock for that
+    /// channel, so the registers stay one caller's).
     fn doorbell(&mut self, id: u32, args: &[u64]) -> [u64; 18] {
-        let ch = self.channel;
+        let s = &SHARED;
+        let own = (self.cpu % 16) as u64;
+        let cpus = s.cpus.load(Ordering::Relaxed).clamp(1, 16);
+        // Never a VCPU_RUN on another CPU's channel: it holds the channel
+        // for up to the run's deadline, and its owner would wait for it.
+        let index = if id != HostCall::VcpuRun.id() && self.rng.chance(4) {
+            self.rng.below(cpus)
+        } else {
+            own
+        };
+        let lock = &s.channel_lock[index as usize % 16];
+        while lock
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            core::hint::spin_loop();
+        }
+        if index != own {
+            s.foreign_channel.fetch_add(1, Ordering::Relaxed);
+        }
+        let ch = self.channel - own * PAGE + index * PAGE;
+        let r = self.ring(ch, id, args);
+        lock.store(false, Ordering::Release);
+        r
+    }
+
+    fn ring(&mut self, ch: u64, id: u32, args: &[u64]) -> [u64; 18] {
         arch::mmio_write64(ch, u64::from(id));
         for i in 1..18u64 {
             let v = args.get(i as usize - 1).copied().unwrap_or(0);
@@ -417,7 +450,14 @@ impl Stream {
         if call == HostCall::DonateHyp && ok {
             self.mark(first, count);
         }
+        // The boot CPU waits to write into pages coming back: let it.
+        let visits = SHARED.visits[self.cpu].load(Ordering::SeqCst);
+        let announced = call == HostCall::ReclaimHyp && ok && self.announce(first, count);
         let r = self.call(call.id(), &[self.page_address(first), count as u64]);
+        let written = announced && {
+            self.withdraw();
+            SHARED.visits[self.cpu].load(Ordering::SeqCst) != visits
+        };
         if r[0] == 0 {
             if !ok {
                 let states = self.pages[first..first + count]
@@ -432,7 +472,9 @@ impl Stream {
                 ));
             }
             self.set(first, count, after);
-            if call == HostCall::ReclaimHyp {
+            // (Pages another CPU wrote while they came back are the
+            // oracle's to judge, at the moment of return.)
+            if call == HostCall::ReclaimHyp && !written {
                 self.expect_zero(first, count, "RECLAIM_HYP")?;
             }
         } else if ok && !transient(r[0]) {
@@ -556,6 +598,7 @@ impl Stream {
                 guest: false,
                 off: false,
                 mmio_answer: 0,
+                signed: false,
             });
             SHARED.handles[self.cpu][slot].store(r[1], Ordering::Release);
         } else if ok && !transient(r[0]) {
@@ -582,11 +625,22 @@ impl Stream {
         };
         let ram = self.page_address(GUEST_RAM_FIRST);
         let ram_size = GUEST_RAM_PAGES as u64 * PAGE;
-        arch::ram_fill(
-            ram,
-            ram + ram_size,
-            0x6675_7a7a_0000_0000 ^ (self.index << 12),
-        );
+        // One in six is protected and signed (the build signs the fuzz
+        // guest for exactly this RAM, zero-filled past its image): its
+        // MMIO guard, memory sharing and relinquishing run for real.
+        let bundle = vmm::bundle("fuzz")
+            .ok()
+            .filter(|b| b.memory == ram_size && b.vcpus == 1 && b.entry == 0);
+        let protected = bundle.is_some() && self.rng.chance(6);
+        if protected {
+            arch::ram_fill(ram, ram + ram_size, 0);
+        } else {
+            arch::ram_fill(
+                ram,
+                ram + ram_size,
+                0x6675_7a7a_0000_0000 ^ (self.index << 12),
+            );
+        }
         for (i, chunk) in image.chunks(8).enumerate() {
             let mut word = [0u8; 8];
             word[..chunk.len()].copy_from_slice(chunk);
@@ -594,7 +648,7 @@ impl Stream {
         }
         let config = VmConfig {
             debug: false,
-            protected: false,
+            protected,
             max_vcpus: 1,
         }
         .encode();
@@ -613,12 +667,13 @@ impl Stream {
         self.set(GUEST_META_FIRST, GUEST_META_PAGES, Page::Meta(slot as u8));
         self.vms[slot] = Some(Vm {
             handle,
-            protected: false,
+            protected,
             vcpus: 1,
             created: 0,
             guest: false,
             off: false,
             mmio_answer: 0,
+            signed: false,
         });
         SHARED.handles[self.cpu][slot].store(handle, Ordering::Release);
         let r = self.call(
@@ -631,18 +686,40 @@ impl Stream {
             }
             return Ok(());
         }
-        self.set(GUEST_RAM_FIRST, GUEST_RAM_PAGES, Page::Vm(slot as u8));
+        self.set(
+            GUEST_RAM_FIRST,
+            GUEST_RAM_PAGES,
+            if protected {
+                Page::GuestRam(slot as u8)
+            } else {
+                Page::Vm(slot as u8)
+            },
+        );
         SHARED.guests[self.cpu].fetch_add(1, Ordering::Relaxed);
         let c0 = self.call(HostCall::VcpuCreate.id(), &[handle, 0])[0];
         let c1 = self.call(
             HostCall::VcpuSetRegs.id(),
             &[handle, 0, GUEST_RAM_BASE, ram_size],
         )[0];
+        let mut signed = false;
+        if let Some(b) = bundle.filter(|_| protected) {
+            let mut args = [0u64; 13];
+            args[0] = handle;
+            args[1..5].copy_from_slice(&rampart_abi::host::bytes_to_words::<4>(&b.signer));
+            args[5..13].copy_from_slice(&rampart_abi::host::bytes_to_words::<8>(&b.signature));
+            let r = self.call(HostCall::VmSetSignature.id(), &args)[0];
+            signed = r == 0;
+            if !signed {
+                self.refused("VM_SET_SIGNATURE (fuzz guest)", r);
+            }
+            SHARED.protected_guests[self.cpu].fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(vm) = self.vms[slot].as_mut() {
             if c0 == 0 {
                 vm.created |= 1;
             }
             vm.guest = c0 == 0 && c1 == 0;
+            vm.signed = signed;
         }
         if c0 != 0 || c1 != 0 {
             self.refused(
@@ -684,7 +761,7 @@ impl Stream {
         let mut i = 0;
         while i < WINDOW_PAGES {
             match self.pages[i] {
-                Page::Meta(n) | Page::Vm(n) if n == tag => {
+                Page::Meta(n) | Page::Vm(n) | Page::GuestRam(n) if n == tag => {
                     self.pages[i] = Page::Host;
                     self.expect_zero(i, 1, "VM_DESTROY")?;
                 }
@@ -731,6 +808,11 @@ impl Stream {
         let protected = own.and_then(|s| self.vms[s]).is_some_and(|vm| vm.protected);
         let host_pages = self.all(first, count, Page::Host);
         let must_fail = own.is_none() || !host_pages || ipa_bad || (share && protected);
+        // A protected fuzz guest may relinquish or share any page it owns:
+        // none from the pool goes to it (the pool's model stays exact).
+        if !must_fail && protected && own.and_then(|s| self.vms[s]).is_some_and(|vm| vm.guest) {
+            return Ok(());
+        }
         if host_pages && !share {
             self.mark(first, count);
         }
@@ -827,7 +909,8 @@ impl Stream {
         } else {
             self.rng.below(10)
         };
-        let must_fail = vcpu >= 8 || vm.created & (1 << vcpu) == 0 || vm.protected;
+        // A protected VM runs only as the signed fuzz guest.
+        let must_fail = vcpu >= 8 || vm.created & (1 << vcpu) == 0 || (vm.protected && !vm.signed);
         let budget = 1 + self.rng.below(48);
         let mut answer = vm.mmio_answer;
         self.arm_deadline();
@@ -860,7 +943,7 @@ impl Stream {
             } else if reason == ExitReason::MemoryFault as u64 {
                 let ipa = r[2] & !(PAGE - 1);
                 let page = self.rng.below(POOL_PAGES as u64) as usize;
-                if self.rng.chance(2) && self.pages[page] == Page::Host {
+                if self.rng.chance(2) && self.pages[page] == Page::Host && !vm.protected {
                     self.mark(page, 1);
                     let c = self.call(
                         HostCall::VmDonate.id(),
@@ -1041,18 +1124,125 @@ impl Stream {
         Ok(())
     }
 
+    /// `write-returned` (boot CPU): waits a moment for another CPU's
+    /// `RECLAIM_HYP` ([`Stream::announce`]) and stores into its pages
+    /// until the call returned, probing (a page still donated aborts; one
+    /// already back takes the store). An oracle that read the pages after
+    /// the call, not at the moment of return, would report them.
+    fn write_returned(&mut self) -> Step {
+        let s = &SHARED;
+        let cpus = s.cpus.load(Ordering::Relaxed) as usize;
+        if cpus < 2 {
+            return Ok(());
+        }
+        s.waiting.store(true, Ordering::SeqCst);
+        let mut target = None;
+        crate::cpus::wait_until(20, || {
+            target = (1..cpus).find(|&c| s.returning[c][0].load(Ordering::SeqCst) != 0);
+            target.is_some()
+        });
+        s.waiting.store(false, Ordering::SeqCst);
+        let Some(c) = target else { return Ok(()) };
+        s.writers[c].fetch_add(1, Ordering::SeqCst);
+        s.visits[c].fetch_add(1, Ordering::SeqCst);
+        let seq = s.returning[c][0].load(Ordering::SeqCst);
+        let (start, pages) = (
+            s.returning[c][1].load(Ordering::SeqCst),
+            s.returning[c][2].load(Ordering::SeqCst),
+        );
+        let mut landed = 0u64;
+        let mut tries = 0u32;
+        while seq != 0 && s.returning[c][0].load(Ordering::SeqCst) == seq && tries < 100_000 {
+            tries += 1;
+            let address = start + self.rng.below(pages.max(1) * PAGE / 8) * 8;
+            if arch::probe(Access::Store, address, 0x7772_6974_6500_0000 | tries as u64)
+                .fault
+                .is_none()
+            {
+                landed += 1;
+            }
+        }
+        s.writers[c].fetch_sub(1, Ordering::SeqCst);
+        if landed > 0 {
+            s.raced_stores.fetch_add(landed, Ordering::AcqRel);
+            s.raced_calls.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// For `write-returned`: `DONATE_HYP` of two of the pool's host pages,
+    /// then their `RECLAIM_HYP` with the boot CPU storing into them while
+    /// it runs.
+    fn give_back_for_writer(&mut self) -> Step {
+        let start = self.rng.below(POOL_PAGES as u64 - 2) as usize;
+        let Some(first) = (0..POOL_PAGES - 2)
+            .map(|k| (start + k) % (POOL_PAGES - 2))
+            .find(|&i| self.all(i, 2, Page::Host))
+        else {
+            return Ok(());
+        };
+        self.mark(first, 2);
+        let r = self.call(HostCall::DonateHyp.id(), &[self.page_address(first), 2]);
+        if r[0] != 0 {
+            return Ok(());
+        }
+        self.set(first, 2, Page::DonatedHyp);
+        let visits = SHARED.visits[self.cpu].load(Ordering::SeqCst);
+        let announced = self.announce(first, 2);
+        let r = self.call(HostCall::ReclaimHyp.id(), &[self.page_address(first), 2]);
+        let written = announced && {
+            self.withdraw();
+            SHARED.visits[self.cpu].load(Ordering::SeqCst) != visits
+        };
+        if r[0] == 0 {
+            self.set(first, 2, Page::Host);
+            if !written {
+                self.expect_zero(first, 2, "RECLAIM_HYP")?;
+            }
+        } else if !transient(r[0]) {
+            self.refused("RECLAIM_HYP", r[0]);
+        }
+        Ok(())
+    }
+
+    /// Before a `RECLAIM_HYP` of window pages on a secondary: if the boot
+    /// CPU waits to write into returning pages, names them and waits a
+    /// moment for it to start. True if announced.
+    fn announce(&mut self, first: usize, count: usize) -> bool {
+        let s = &SHARED;
+        if self.boot || !s.waiting.load(Ordering::SeqCst) {
+            return false;
+        }
+        let r = &s.returning[self.cpu];
+        r[1].store(self.page_address(first), Ordering::SeqCst);
+        r[2].store(count as u64, Ordering::SeqCst);
+        r[0].store(self.index + 1, Ordering::SeqCst);
+        crate::cpus::wait_until(2, || s.writers[self.cpu].load(Ordering::SeqCst) != 0);
+        true
+    }
+
+    /// After the call: withdraws the announcement and waits until no
+    /// writer is inside the pages.
+    fn withdraw(&mut self) {
+        let s = &SHARED;
+        s.returning[self.cpu][0].store(0, Ordering::SeqCst);
+        while s.writers[self.cpu].load(Ordering::SeqCst) != 0 {
+            core::hint::spin_loop();
+        }
+    }
+
     /// A host load from a window page: it must work exactly when the model
-    /// says the host holds the page (boot CPU: a probe that catches the
-    /// abort; other CPUs load only pages they hold).
+    /// says the host holds the page (every CPU: a probe that catches the
+    /// abort).
     fn touch(&mut self) -> Step {
         let i = self.rng.below(WINDOW_PAGES as u64) as usize;
         let address = self.page_address(i) + 8 * self.rng.below(512);
         let mapped = self.pages[i].host_mapped();
-        if !self.boot {
-            if mapped {
-                let _ = arch::ram_read(address);
-            }
+        if matches!(self.pages[i], Page::GuestRam(_)) {
             return Ok(());
+        }
+        if self.rng.chance(16) {
+            return self.peek_channel();
         }
         if self.rng.chance(8) {
             return self.touch_forbidden();
@@ -1070,7 +1260,22 @@ impl Stream {
 }
 
 impl Stream {
-    /// A host load that must abort (boot CPU): the carve-out, or a control
+    /// A load of a register of any CPU's channel, without the test host's
+    /// lock: it works, or aborts while another CPU's call is in it (`docs/abi.md`,
+    /// "a channel another CPU is using"); either way nothing else changes.
+    fn peek_channel(&mut self) -> Step {
+        let s = &SHARED;
+        let k0 = s.control[0].load(Ordering::Relaxed);
+        let cpus = s.cpus.load(Ordering::Relaxed).clamp(1, 16);
+        if k0 == 0 {
+            return Ok(());
+        }
+        let address = k0 + self.rng.below(cpus) * PAGE + 8 * self.rng.below(18);
+        let _ = arch::probe(Access::Load, address, 0);
+        Ok(())
+    }
+
+    /// A host load that must abort (any CPU): the carve-out, or a control
     /// page at an offset that is neither a register nor allowed for loads
     /// (`0x90` and up, the doorbell included).
     fn touch_forbidden(&mut self) -> Step {
