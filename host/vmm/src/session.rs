@@ -30,6 +30,8 @@ pub struct Session {
     pub platform: Platform,
     /// The control pages (every channel).
     pub control: Mapping,
+    /// The channels' call pages (host ABI 0.6).
+    calls: CallPages,
     /// This process's allocation.
     pub entry: Entry,
     /// The hypervisor's host ABI version.
@@ -70,7 +72,16 @@ impl Session {
         let table = TableFile::new(&env.state_dir);
         let pid = std::process::id();
         let alive_lock = Alive::hold(&env.state_dir)?;
-        let mut locked = table.lock(platform.pool.base, platform.pool.size, platform.channels)?;
+        // The pool's last pages are the channels' call pages (one each),
+        // never allocated to a VMM.
+        let call_bytes = u64::from(platform.channels) * CHANNEL_SIZE;
+        let pool_bytes = platform.pool.size.checked_sub(call_bytes).with_context(|| {
+            format!(
+                "the guest pool {} is smaller than the channels' call pages ({call_bytes:#x} bytes)",
+                platform.pool
+            )
+        })?;
+        let mut locked = table.lock(platform.pool.base, pool_bytes, platform.channels)?;
         let stale = locked.table.take_stale(|p| alive(&env.state_dir, p));
         // A channel of our own (no other process uses it) for the version
         // check and the clean-up; the table is written only if all is well.
@@ -81,8 +92,22 @@ impl Session {
         // device that is not /dev/mem) is an error naming it, not a SIGBUS
         // of the VMM.
         probe_control(&control, scratch_index, &env.dev_mem, &platform)?;
-        let channel = Channel::new(&control, scratch_index);
-        let abi = check_version(&platform, &channel)?;
+        let abi = check_version(&platform, &Channel::new(&control, scratch_index))?;
+        let call_pages = if abi.1 >= rampart_abi::boot::control::CALL_PAGE_ABI_MINOR {
+            Some(Mapping::phys(
+                &env.dev_mem,
+                platform.pool.base + pool_bytes,
+                usize::try_from(call_bytes)?,
+                "the channels' call pages",
+            )?)
+        } else {
+            None
+        };
+        let calls = CallPages {
+            map: call_pages,
+            phys: platform.pool.base + pool_bytes,
+        };
+        let channel = calls.channel(&control, scratch_index);
         for entry in stale {
             if entry.vm == 0 {
                 continue;
@@ -120,6 +145,7 @@ impl Session {
         Ok(Session {
             platform,
             control,
+            calls,
             entry,
             abi,
             table,
@@ -136,14 +162,15 @@ impl Session {
         self.entry
             .channel_list()
             .into_iter()
-            .map(|i| Channel::new(&self.control, i))
+            .map(|i| self.calls.channel(&self.control, i))
             .collect()
     }
 
     /// The first channel, for calls from the main thread.
     #[must_use]
     pub fn main_channel(&self) -> Channel<'_> {
-        Channel::new(&self.control, self.entry.channel_list()[0])
+        self.calls
+            .channel(&self.control, self.entry.channel_list()[0])
     }
 
     /// Physical address of this process's pool region.
@@ -271,6 +298,32 @@ pub fn check_dev_mem(dev: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The channels' call pages: the last page of the guest pool per channel.
+struct CallPages {
+    /// Their mapping, if the hypervisor has call pages (host ABI 0.6).
+    map: Option<Mapping>,
+    /// Physical address of the first.
+    phys: u64,
+}
+
+impl CallPages {
+    /// Channel `index`, with its call page bound if there is one; on the
+    /// register path if the hypervisor refuses it (said once, on stderr).
+    fn channel<'a>(&'a self, control: &'a Mapping, index: u32) -> Channel<'a> {
+        let Some(map) = &self.map else {
+            return Channel::new(control, index);
+        };
+        let offset = index as usize * 4096;
+        let phys = self.phys + u64::from(index) * CHANNEL_SIZE;
+        Channel::with_call_page(control, index, map, offset, phys).unwrap_or_else(|e| {
+            eprintln!(
+                "rampart-vmm: channel {index}: call page {phys:#x} refused ({e}); using the register path"
+            );
+            Channel::new(control, index)
+        })
+    }
 }
 
 /// Reads register `x0` of `channel` in a child process: if the load
