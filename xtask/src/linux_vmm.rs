@@ -129,6 +129,12 @@ fn machine_with(hyp: PathBuf, smp: u32, mem: &str, cpu: &str, script: &str) -> R
         .map(|(_, name)| format!("guests/{name}.bundle"))
         .collect();
     let mut files: Vec<(PathBuf, &str)> = vec![(vmm, "bin/rampart-vmm"), (wrapper, "bin/rampart-fuzz")];
+    // `cargo xtask bench vmm` with RAMPART_BENCH_VMM_BEFORE=<a rampart-vmm
+    // binary>: that one too, run interleaved with this tree's (issue 16's
+    // before/after figures from one boot).
+    if let Some(before) = std::env::var_os(BENCH_BEFORE_ENV) {
+        files.push((PathBuf::from(before), "bin/rampart-vmm-before"));
+    }
     files.extend(
         bundles
             .iter()
@@ -166,6 +172,11 @@ fn fuzz_wrapper() -> Result<PathBuf> {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
     Ok(path)
 }
+
+/// Environment variable naming a second `rampart-vmm` binary for `cargo
+/// xtask bench vmm` to run interleaved with this tree's (its runs are
+/// `<guest>.before` in the table).
+pub const BENCH_BEFORE_ENV: &str = "RAMPART_BENCH_VMM_BEFORE";
 
 /// `linux-vmm/smp4/fuzz`: worker processes of `rampart-fuzz`.
 pub const FUZZ_PROCS: u32 = 4;
@@ -726,7 +737,13 @@ pub fn bench_table(samples: &[BenchSample], smp: u32, mem: &str, rounds: u32) ->
         );
     }
     let _ = writeln!(s, "\nmedians:");
-    for guest in ["hello", "memtest"] {
+    let mut guests: Vec<&str> = Vec::new();
+    for x in samples {
+        if !guests.contains(&x.guest.as_str()) {
+            guests.push(&x.guest);
+        }
+    }
+    for guest in guests {
         let of: Vec<&BenchSample> = samples.iter().filter(|x| x.guest == guest).collect();
         if of.is_empty() {
             continue;
@@ -734,7 +751,7 @@ pub fn bench_table(samples: &[BenchSample], smp: u32, mem: &str, rounds: u32) ->
         let m = |f: &dyn Fn(&BenchSample) -> f64| median(of.iter().map(|x| f(x)).collect());
         let _ = writeln!(
             s,
-            "  {guest:<8} MMIO exits/s {:>7.0}  (exits/s {:>7.0});  launch: VM ready {:.2} ms, first exit {:.2} ms, first console output {:.2} ms",
+            "  {guest:<15} MMIO exits/s {:>7.0}  (exits/s {:>7.0});  launch: VM ready {:.2} ms, first exit {:.2} ms, first console output {:.2} ms",
             m(&|x| x.mmio as f64 * 1000.0 / x.wall_ms.max(1e-9)),
             m(&|x| x.exits as f64 * 1000.0 / x.wall_ms.max(1e-9)),
             m(&|x| x.vm_ready_ms),

@@ -200,6 +200,7 @@ fn write_man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
 
 fn main() -> ExitCode {
     stats::mark_start();
+    stats::launch_trace("main");
     let cli = match parse_cli(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => {
@@ -207,6 +208,7 @@ fn main() -> ExitCode {
             return ExitCode::from(usage_status(&e));
         }
     };
+    stats::launch_trace("command line parsed");
     signals::set_dev_mem(&cli.dev_mem);
     signals::install_bus_error();
     let env = Env {
@@ -354,6 +356,7 @@ fn cmd_run(
     options: Options,
     holding: &Hold,
 ) -> Result<ExitCode> {
+    stats::launch_trace("run command");
     // From here on the first SIGINT/SIGTERM is a request to stop cleanly.
     signals::install();
     let shown = path.display().to_string();
@@ -362,6 +365,7 @@ fn cmd_run(
     let plan = plan::plan(&bundle, over).with_context(|| shown.clone())?;
     let name = name.unwrap_or_else(|| default_name(path));
     let vcpus = usize::try_from(plan.config.max_vcpus)?;
+    stats::launch_trace("bundle read and planned");
 
     let session = Session::open(
         env,
@@ -372,14 +376,17 @@ fn cmd_run(
         pool_offset,
         &name,
     )?;
+    stats::launch_trace("session open");
     let channels = session.channels();
     let main = &channels[0];
     let (major, minor) = session.abi;
+    stats::launch_trace("channels bound");
     let region = session.map_region()?;
     let place = vm::Placement {
         region_phys: session.region_phys(),
     };
     vm::load_image(&region, &plan, bundle.image);
+    stats::launch_trace("image loaded");
     let handle = vm::create(main, &plan, &place, &bundle, &mut |h| session.set_vm(h))
         .with_context(|| format!("setting up the VM for {shown}"))?;
     println!(

@@ -11,6 +11,7 @@ use crate::hyp::{Channel, Hyp};
 use crate::mem::{Fault, Mapping};
 use crate::pool::{Alive, Entry, TableFile, alive};
 use crate::signals;
+use crate::stats;
 use crate::vm;
 
 /// Where to find things (global options).
@@ -60,6 +61,7 @@ impl Session {
     ) -> Result<Session> {
         let root = dt::root(&env.dt_roots)?;
         let platform = dt::discover(&root)?;
+        stats::launch_trace("device tree read");
         check_dev_mem(&env.dev_mem)?;
         let control_len = usize::try_from(u64::from(platform.channels) * CHANNEL_SIZE)?;
         let control = Mapping::phys(
@@ -91,7 +93,9 @@ impl Session {
         // child process, so that memory that aborts (a short file, a
         // device that is not /dev/mem) is an error naming it, not a SIGBUS
         // of the VMM.
+        stats::launch_trace("pool table locked");
         probe_control(&control, scratch_index, &env.dev_mem, &platform)?;
+        stats::launch_trace("control pages probed");
         let abi = check_version(&platform, &Channel::new(&control, scratch_index))?;
         let call_pages = if abi.1 >= rampart_abi::boot::control::CALL_PAGE_ABI_MINOR {
             Some(Mapping::phys(
@@ -107,6 +111,7 @@ impl Session {
             map: call_pages,
             phys: platform.pool.base + pool_bytes,
         };
+        stats::launch_trace("version checked");
         let channel = calls.channel(&control, scratch_index);
         for entry in stale {
             if entry.vm == 0 {
@@ -136,6 +141,7 @@ impl Session {
                 return Err(e);
             }
         };
+        stats::launch_trace("stale entries cleaned, region allocated");
         locked.commit().with_context(|| {
             format!(
                 "writing the pool allocation table in {}",
