@@ -616,6 +616,21 @@ pub fn bench(smp: u32, mem: &str, rounds: u32, timeout: Duration) -> Result<()> 
     }
     let samples = parse_bench(&run.console);
     println!("{}", bench_table(&samples, smp, mem, rounds));
+    // One launch, traced (`RAMPART_VMM_LAUNCH_TRACE`).
+    let trace: Vec<&str> = run
+        .console
+        .lines()
+        .filter_map(|l| l.split_once("[trace] ").map(|(_, t)| t.trim_end()))
+        .collect();
+    if !trace.is_empty() {
+        println!("one traced launch of hello (ms after main started):");
+        for line in trace {
+            println!("  {line}");
+        }
+    }
+    let log = artifacts::build_dir().join("bench-vmm.log");
+    std::fs::write(&log, &run.console).with_context(|| format!("writing {}", log.display()))?;
+    println!("console: {}", log.display());
     Ok(())
 }
 
