@@ -651,6 +651,8 @@ pub struct BenchSample {
     pub first_exit_ms: f64,
     /// The guest's first console byte.
     pub first_output_ms: f64,
+    /// Trapped control-page accesses per host call (0: not reported).
+    pub trapped_per_call: f64,
 }
 
 /// Parses the bench runs (`[bench<r>-<guest>] stats: ...`).
@@ -691,6 +693,13 @@ pub fn parse_bench(console: &str) -> Vec<BenchSample> {
                 .next()
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0);
+        } else if let Some(v) = rest.strip_prefix("host calls: ") {
+            // "N through the control pages, M trapped accesses (X per call)"
+            s.trapped_per_call = v
+                .split_once('(')
+                .and_then(|(_, x)| x.split_whitespace().next())
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0.0);
         } else if let Some(v) = rest.strip_prefix("launch: ") {
             // "VM ready X ms, first exit Y ms, first console output Z ms (...)"
             for part in v.split(", ") {
@@ -766,12 +775,13 @@ pub fn bench_table(samples: &[BenchSample], smp: u32, mem: &str, rounds: u32) ->
         let m = |f: &dyn Fn(&BenchSample) -> f64| median(of.iter().map(|x| f(x)).collect());
         let _ = writeln!(
             s,
-            "  {guest:<15} MMIO exits/s {:>7.0}  (exits/s {:>7.0});  launch: VM ready {:.2} ms, first exit {:.2} ms, first console output {:.2} ms",
+            "  {guest:<15} MMIO exits/s {:>7.0}  (exits/s {:>7.0});  launch: VM ready {:.2} ms, first exit {:.2} ms, first console output {:.2} ms; {:.2} trapped accesses per host call",
             m(&|x| x.mmio as f64 * 1000.0 / x.wall_ms.max(1e-9)),
             m(&|x| x.exits as f64 * 1000.0 / x.wall_ms.max(1e-9)),
             m(&|x| x.vm_ready_ms),
             m(&|x| x.first_exit_ms),
             m(&|x| x.first_output_ms),
+            m(&|x| x.trapped_per_call),
         );
     }
     s

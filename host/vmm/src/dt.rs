@@ -135,7 +135,10 @@ pub fn find_child(dir: &Path, prefix: &str) -> Result<Option<PathBuf>> {
         .filter_map(|e| e.ok())
         .filter_map(|e| Some((e.file_name().into_string().ok()?, e)))
         .filter(|(n, _)| n == prefix || n.strip_prefix(prefix).is_some_and(|r| r.starts_with('@')))
-        .filter(|(_, e)| e.file_type().is_ok_and(|t| t.is_dir() || (t.is_symlink() && e.path().is_dir())))
+        .filter(|(_, e)| {
+            e.file_type()
+                .is_ok_and(|t| t.is_dir() || (t.is_symlink() && e.path().is_dir()))
+        })
         .map(|(n, _)| n)
         .collect();
     names.sort();

@@ -12,6 +12,7 @@
 //! uses, so tests can substitute a fake hypervisor.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Result;
 use rampart_abi::Error;
@@ -153,6 +154,22 @@ pub fn version(hyp: &dyn Hyp) -> Result<(u64, u64), CallError> {
 #[allow(clippy::cast_possible_truncation, reason = "0x100")]
 pub const DOORBELL: usize = rampart_abi::boot::control::DOORBELL as usize;
 
+/// Calls made through channels, and the accesses to the control pages
+/// they took: the control pages are mapped nowhere, so every such access
+/// is one trap to the hypervisor (a stage-2 fault).
+static CALLS: AtomicU64 = AtomicU64::new(0);
+static TRAPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Calls made through channels by this process, and the trapped accesses
+/// to the control pages they took.
+#[must_use]
+pub fn trapped_accesses() -> (u64, u64) {
+    (
+        CALLS.load(Ordering::Relaxed),
+        TRAPPED.load(Ordering::Relaxed),
+    )
+}
+
 /// Offset of the call doorbell in a channel (host ABI 0.6).
 #[allow(clippy::cast_possible_truncation, reason = "0x180")]
 pub const CALL: usize = rampart_abi::boot::control::CALL as usize;
@@ -237,6 +254,7 @@ impl<'a> Channel<'a> {
     #[allow(clippy::cast_possible_wrap, reason = "x0 is a signed code")]
     fn bind(&self, page: u64) -> i64 {
         self.map.write_u64(self.offset + BIND, page);
+        TRAPPED.fetch_add(2, Ordering::Relaxed);
         self.map.read_u64(self.offset) as i64
     }
 }
@@ -253,6 +271,8 @@ impl Hyp for Channel<'_> {
                 page.write_u64(base + 8 * i, *value);
             }
             self.map.write_u64(self.offset + CALL, 1);
+            CALLS.fetch_add(1, Ordering::Relaxed);
+            TRAPPED.fetch_add(1, Ordering::Relaxed);
             return std::array::from_fn(|i| page.read_u64(base + 8 * i));
         }
         for (i, value) in regs.iter().enumerate() {
@@ -260,6 +280,8 @@ impl Hyp for Channel<'_> {
         }
         // The call happens, synchronously, when this store retires.
         self.map.write_u64(self.offset + DOORBELL, 1);
+        CALLS.fetch_add(1, Ordering::Relaxed);
+        TRAPPED.fetch_add(2 * regs.len() as u64 + 1, Ordering::Relaxed);
         std::array::from_fn(|i| self.map.read_u64(self.offset + 8 * i))
     }
 }

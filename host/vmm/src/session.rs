@@ -62,7 +62,7 @@ impl Session {
         let root = dt::root(&env.dt_roots)?;
         let platform = dt::discover(&root)?;
         stats::launch_trace("device tree read");
-        check_dev_mem(&env.dev_mem)?;
+        let real_dev_mem = check_dev_mem(&env.dev_mem)?;
         let control_len = usize::try_from(u64::from(platform.channels) * CHANNEL_SIZE)?;
         let control = Mapping::phys(
             &env.dev_mem,
@@ -94,7 +94,17 @@ impl Session {
         // device that is not /dev/mem) is an error naming it, not a SIGBUS
         // of the VMM.
         stats::launch_trace("pool table locked");
-        probe_control(&control, scratch_index, &env.dev_mem, &platform)?;
+        // The kernel's own device tree names the control pages only when
+        // Rampart booted it, and the physical-memory device reaches them:
+        // then a load cannot abort and the probe (a fork, several ms of a
+        // launch under TCG) is skipped. Any other tree or device (a test
+        // file, a copied tree) is probed.
+        let kernel_tree = dt::DEFAULT_ROOTS
+            .iter()
+            .any(|r| root == std::path::Path::new(r));
+        if !(real_dev_mem && kernel_tree) {
+            probe_control(&control, scratch_index, &env.dev_mem, &platform)?;
+        }
         stats::launch_trace("control pages probed");
         let abi = check_version(&platform, &Channel::new(&control, scratch_index))?;
         let call_pages = if abi.1 >= rampart_abi::boot::control::CALL_PAGE_ABI_MINOR {
@@ -285,10 +295,10 @@ const DEV_MEM_RDEV: (u32, u32) = (1, 1);
 ///
 /// A character device with other numbers. (A missing `dev` is left to
 /// the mapping, which explains it.)
-pub fn check_dev_mem(dev: &str) -> Result<()> {
+pub fn check_dev_mem(dev: &str) -> Result<bool> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let Ok(meta) = std::fs::metadata(dev) else {
-        return Ok(());
+        return Ok(false);
     };
     if meta.file_type().is_char_device() {
         let rdev = meta.rdev();
@@ -302,8 +312,9 @@ pub fn check_dev_mem(dev: &str) -> Result<()> {
                 DEV_MEM_RDEV.1
             );
         }
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// The channels' call pages: the last page of the guest pool per channel.

@@ -450,7 +450,7 @@ check_bench() {
 				$bin run "$G/$g.bundle" --name "$n" >/tmp/b.log 2>&1
 				st=$?
 				[ "$st" -ne 0 ] && st_all=$st
-				grep -E 'stats: (wall time|exits|launch)|rampart-vmm: FAIL|refused' /tmp/b.log
+				grep -E 'stats: (wall time|exits|launch|host calls)|rampart-vmm: FAIL|refused' /tmp/b.log
 			done
 		done
 	done
