@@ -454,14 +454,7 @@ impl Worker<'_> {
         if busy {
             return Ok(());
         }
-        check(
-            &out,
-            if on_shared {
-                Expect::Shared
-            } else {
-                Expect::Fail
-            },
-        )
+        check(&out, if on_shared { Expect::Shared } else { Expect::Fail })
     }
 
     /// Garbage for the registers a call does not use.
