@@ -59,8 +59,12 @@ pub struct Platform {
     pub control: PhysRange,
     /// Number of channels (`rampart,channels`, capped by `reg`'s size).
     pub channels: u32,
-    /// The guest pool.
+    /// The guest pool, less its last `channels` pages.
     pub pool: PhysRange,
+    /// The guest pool's last `channels` pages: channel `i`'s call page is
+    /// the `i`-th (host ABI 0.6, `docs/abi.md` "Call pages"). No VM gets
+    /// them.
+    pub call_pages: PhysRange,
 }
 
 /// A big-endian `u32` property.
@@ -237,17 +241,29 @@ pub fn discover(root: &Path) -> Result<Platform> {
         )
     })?;
     check_compatible(&pool_node, GUEST_POOL_COMPATIBLE)?;
-    let pool = read_reg(&pool_node, &reserved)?;
-    if !pool.base.is_multiple_of(CHANNEL_SIZE) || pool.size < CHANNEL_SIZE {
+    let whole = read_reg(&pool_node, &reserved)?;
+    let call_bytes = u64::from(channels) * CHANNEL_SIZE;
+    if !whole.base.is_multiple_of(CHANNEL_SIZE)
+        || !whole.size.is_multiple_of(CHANNEL_SIZE)
+        || whole.size <= call_bytes
+    {
         bail!(
-            "{}: the guest pool {pool} is not page-aligned or is empty",
+            "{}: the guest pool {whole} is not page-aligned or has no room beyond the channels' {channels} call pages",
             pool_node.display()
         );
     }
+    let pool = PhysRange {
+        base: whole.base,
+        size: whole.size - call_bytes,
+    };
     Ok(Platform {
         control,
         channels,
         pool,
+        call_pages: PhysRange {
+            base: pool.end(),
+            size: call_bytes,
+        },
     })
 }
 
@@ -371,7 +387,14 @@ pub(crate) mod tests {
             p.pool,
             PhysRange {
                 base: 0x7c00_0000,
-                size: 64 << 20
+                size: (64 << 20) - 16 * 4096
+            }
+        );
+        assert_eq!(
+            p.call_pages,
+            PhysRange {
+                base: 0x7c00_0000 + (64 << 20) - 16 * 4096,
+                size: 16 * 4096
             }
         );
         assert_eq!(root(&[s.0.join("nope"), s.0.clone()]).unwrap(), s.0);

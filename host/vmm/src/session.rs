@@ -74,16 +74,7 @@ impl Session {
         let table = TableFile::new(&env.state_dir);
         let pid = std::process::id();
         let alive_lock = Alive::hold(&env.state_dir)?;
-        // The pool's last pages are the channels' call pages (one each),
-        // never allocated to a VMM.
-        let call_bytes = u64::from(platform.channels) * CHANNEL_SIZE;
-        let pool_bytes = platform.pool.size.checked_sub(call_bytes).with_context(|| {
-            format!(
-                "the guest pool {} is smaller than the channels' call pages ({call_bytes:#x} bytes)",
-                platform.pool
-            )
-        })?;
-        let mut locked = table.lock(platform.pool.base, pool_bytes, platform.channels)?;
+        let mut locked = table.lock(platform.pool.base, platform.pool.size, platform.channels)?;
         let stale = locked.table.take_stale(|p| alive(&env.state_dir, p));
         // A channel of our own (no other process uses it) for the version
         // check and the clean-up; the table is written only if all is well.
@@ -110,8 +101,8 @@ impl Session {
         let call_pages = if abi.1 >= rampart_abi::boot::control::CALL_PAGE_ABI_MINOR {
             Some(Mapping::phys(
                 &env.dev_mem,
-                platform.pool.base + pool_bytes,
-                usize::try_from(call_bytes)?,
+                platform.call_pages.base,
+                usize::try_from(platform.call_pages.size)?,
                 "the channels' call pages",
             )?)
         } else {
@@ -119,7 +110,7 @@ impl Session {
         };
         let calls = CallPages {
             map: call_pages,
-            phys: platform.pool.base + pool_bytes,
+            phys: platform.call_pages.base,
         };
         stats::launch_trace("version checked");
         let channel = calls.channel(&control, scratch_index);
