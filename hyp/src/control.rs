@@ -76,22 +76,14 @@ pub fn handle(ipa: u64, esr: u64, frame: &mut Frame) -> bool {
         return false;
     }
     let channel = ((ipa - region.start()) / PAGE_SIZE) as usize;
-    let Some(access) = ControlAccess::decode(ipa % PAGE_SIZE, esr & 0x1ff_ffff) else {
-        return false;
-    };
-    let Some(state) = CHANNELS_STATE.get(channel) else {
-        return false;
-    };
+    let Some(access) = ControlAccess::decode(ipa % PAGE_SIZE, esr & 0x1ff_ffff) else { return false };
+    let Some(state) = CHANNELS_STATE.get(channel) else { return false };
     // A channel busy on another CPU (in a long VCPU_RUN) is refused rather
     // than waited for: one channel per thread is the protocol.
-    let Some(mut state) = state.try_lock() else {
-        return false;
-    };
+    let Some(mut state) = state.try_lock() else { return false };
     match access {
         ControlAccess::Doorbell => crate::host::dispatch(&mut state.regs),
-        ControlAccess::SetRegister { slot, from } => {
-            state.regs[slot] = if from == 31 { 0 } else { frame.x[from] }
-        }
+        ControlAccess::SetRegister { slot, from } => state.regs[slot] = if from == 31 { 0 } else { frame.x[from] },
         ControlAccess::GetRegister { slot, to } => {
             if to != 31 {
                 frame.x[to] = state.regs[slot];
