@@ -553,3 +553,34 @@ pub unsafe fn write_volatile_bytes(address: u64, bytes: &[u8]) {
         unsafe { core::ptr::write_volatile(base.add(i), byte) };
     }
 }
+
+/// Reads `N` 64-bit words at `address` with volatile loads, forming no
+/// Rust reference to the source: for memory another agent (the host's
+/// other CPUs) may write at the same time. The caller uses only the copy.
+///
+/// # Safety
+///
+/// `address..address + 8 * N` must be 8-byte aligned and mapped readable at
+/// EL2 for the duration of the call.
+pub unsafe fn read_volatile_words<const N: usize>(address: u64) -> [u64; N] {
+    let base = address as *const u64;
+    // SAFETY: in range, aligned and mapped per the caller; volatile, so
+    // each word is read exactly once, here.
+    core::array::from_fn(|i| unsafe { core::ptr::read_volatile(base.add(i)) })
+}
+
+/// Writes `words` at `address` with volatile stores, forming no Rust
+/// reference to the destination (another agent may write it meanwhile).
+///
+/// # Safety
+///
+/// `address..address + 8 * words.len()` must be 8-byte aligned, mapped
+/// writable at EL2, and memory whose concurrent writers cannot break the
+/// hypervisor (host memory it lends: the host only loses what it races with).
+pub unsafe fn write_volatile_words(address: u64, words: &[u64]) {
+    let base = address as *mut u64;
+    for (i, &word) in words.iter().enumerate() {
+        // SAFETY: in range, aligned and mapped per the caller.
+        unsafe { core::ptr::write_volatile(base.add(i), word) };
+    }
+}

@@ -54,4 +54,18 @@ mod tests {
             assert!(line.contains(&format!("| {} |", error.code())), "{}: row `{line}`", error.name());
         }
     }
+
+    #[test]
+    fn control_page_offsets_and_version_are_documented() {
+        use rampart_abi::boot::control;
+        let doc = abi_md();
+        for (what, offset) in [("doorbell", control::DOORBELL), ("`CALL`", control::CALL), ("`BIND`", control::BIND)] {
+            let text = format!("offset `{offset:#x}`");
+            assert!(doc.contains(&text), "docs/abi.md lacks the {what} at {text}");
+        }
+        let version = format!("host ABI version is **{}.{}**", rampart_abi::host::ABI_VERSION_MAJOR, rampart_abi::host::ABI_VERSION_MINOR);
+        assert!(doc.contains(&version), "docs/abi.md does not say `{version}`");
+        let since = format!("Call pages (host ABI 0.{})", control::CALL_PAGE_ABI_MINOR);
+        assert!(doc.contains(&since), "docs/abi.md lacks `{since}`");
+    }
 }

@@ -129,6 +129,12 @@ fn machine_with(hyp: PathBuf, smp: u32, mem: &str, cpu: &str, script: &str) -> R
         .map(|(_, name)| format!("guests/{name}.bundle"))
         .collect();
     let mut files: Vec<(PathBuf, &str)> = vec![(vmm, "bin/rampart-vmm"), (wrapper, "bin/rampart-fuzz")];
+    // `cargo xtask bench vmm` with RAMPART_BENCH_VMM_BEFORE=<a rampart-vmm
+    // binary>: that one too, run interleaved with this tree's (issue 16's
+    // before/after figures from one boot).
+    if let Some(before) = std::env::var_os(BENCH_BEFORE_ENV) {
+        files.push((PathBuf::from(before), "bin/rampart-vmm-before"));
+    }
     files.extend(
         bundles
             .iter()
@@ -166,6 +172,11 @@ fn fuzz_wrapper() -> Result<PathBuf> {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
     Ok(path)
 }
+
+/// Environment variable naming a second `rampart-vmm` binary for `cargo
+/// xtask bench vmm` to run interleaved with this tree's (its runs are
+/// `<guest>.before` in the table).
+pub const BENCH_BEFORE_ENV: &str = "RAMPART_BENCH_VMM_BEFORE";
 
 /// `linux-vmm/smp4/fuzz`: worker processes of `rampart-fuzz`.
 pub const FUZZ_PROCS: u32 = 4;
@@ -605,6 +616,21 @@ pub fn bench(smp: u32, mem: &str, rounds: u32, timeout: Duration) -> Result<()> 
     }
     let samples = parse_bench(&run.console);
     println!("{}", bench_table(&samples, smp, mem, rounds));
+    // One launch, traced (`RAMPART_VMM_LAUNCH_TRACE`).
+    let trace: Vec<&str> = run
+        .console
+        .lines()
+        .filter_map(|l| l.split_once("[trace] ").map(|(_, t)| t.trim_end()))
+        .collect();
+    if !trace.is_empty() {
+        println!("one traced launch of hello (ms after main started):");
+        for line in trace {
+            println!("  {line}");
+        }
+    }
+    let log = artifacts::build_dir().join("bench-vmm.log");
+    std::fs::write(&log, &run.console).with_context(|| format!("writing {}", log.display()))?;
+    println!("console: {}", log.display());
     Ok(())
 }
 
@@ -625,6 +651,8 @@ pub struct BenchSample {
     pub first_exit_ms: f64,
     /// The guest's first console byte.
     pub first_output_ms: f64,
+    /// Trapped control-page accesses per host call (0: not reported).
+    pub trapped_per_call: f64,
 }
 
 /// Parses the bench runs (`[bench<r>-<guest>] stats: ...`).
@@ -665,6 +693,13 @@ pub fn parse_bench(console: &str) -> Vec<BenchSample> {
                 .next()
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0);
+        } else if let Some(v) = rest.strip_prefix("host calls: ") {
+            // "N through the control pages, M trapped accesses (X per call)"
+            s.trapped_per_call = v
+                .split_once('(')
+                .and_then(|(_, x)| x.split_whitespace().next())
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0.0);
         } else if let Some(v) = rest.strip_prefix("launch: ") {
             // "VM ready X ms, first exit Y ms, first console output Z ms (...)"
             for part in v.split(", ") {
@@ -726,7 +761,13 @@ pub fn bench_table(samples: &[BenchSample], smp: u32, mem: &str, rounds: u32) ->
         );
     }
     let _ = writeln!(s, "\nmedians:");
-    for guest in ["hello", "memtest"] {
+    let mut guests: Vec<&str> = Vec::new();
+    for x in samples {
+        if !guests.contains(&x.guest.as_str()) {
+            guests.push(&x.guest);
+        }
+    }
+    for guest in guests {
         let of: Vec<&BenchSample> = samples.iter().filter(|x| x.guest == guest).collect();
         if of.is_empty() {
             continue;
@@ -734,12 +775,13 @@ pub fn bench_table(samples: &[BenchSample], smp: u32, mem: &str, rounds: u32) ->
         let m = |f: &dyn Fn(&BenchSample) -> f64| median(of.iter().map(|x| f(x)).collect());
         let _ = writeln!(
             s,
-            "  {guest:<8} MMIO exits/s {:>7.0}  (exits/s {:>7.0});  launch: VM ready {:.2} ms, first exit {:.2} ms, first console output {:.2} ms",
+            "  {guest:<15} MMIO exits/s {:>7.0}  (exits/s {:>7.0});  launch: VM ready {:.2} ms, first exit {:.2} ms, first console output {:.2} ms; {:.2} trapped accesses per host call",
             m(&|x| x.mmio as f64 * 1000.0 / x.wall_ms.max(1e-9)),
             m(&|x| x.exits as f64 * 1000.0 / x.wall_ms.max(1e-9)),
             m(&|x| x.vm_ready_ms),
             m(&|x| x.first_exit_ms),
             m(&|x| x.first_output_ms),
+            m(&|x| x.trapped_per_call),
         );
     }
     s

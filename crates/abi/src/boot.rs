@@ -61,4 +61,22 @@ pub mod control {
     pub const REGISTER_COUNT: u64 = 18;
     /// Offset of the doorbell: a 64-bit store makes the call.
     pub const DOORBELL: u64 = 0x100;
+    /// Offset of the **call** doorbell (host ABI 0.6): a 64-bit store of any
+    /// value makes the call whose `x0`..`x17` are in the channel's bound page
+    /// (see [`BIND`]), which the hypervisor reads exactly once; the results
+    /// replace them there before the store retires. One trapped access per
+    /// call. On a channel with no bound page the store is refused (an
+    /// external abort), like any other access the protocol does not allow.
+    pub const CALL: u64 = 0x180;
+    /// Offset of the **bind** register (host ABI 0.6): a 64-bit store of the
+    /// physical address of a page of host RAM the host shared with the
+    /// hypervisor (`SHARE_HYP`) binds it to the channel as its call page; a
+    /// store of 0 unbinds. The result code (`SUCCESS` or an error) replaces
+    /// register `x0` of the channel (a load at offset 0 reads it).
+    pub const BIND: u64 = 0x188;
+    /// Offset in a bound call page of argument/result register `xi`
+    /// (i in 0..18): `8 * i`, as in the channel itself.
+    pub const CALL_PAGE_REGISTERS: u64 = 0x000;
+    /// The first host ABI minor version (major 0) with [`CALL`] and [`BIND`].
+    pub const CALL_PAGE_ABI_MINOR: u64 = 6;
 }

@@ -199,6 +199,15 @@ pub enum ControlAccess {
     },
     /// A store to the doorbell: make the call.
     Doorbell,
+    /// A store to the call doorbell: make the call held in the channel's
+    /// bound page (host ABI 0.6).
+    Call,
+    /// A store to the bind register from general register `from` (31 =
+    /// xzr): bind that page to the channel, or unbind (0).
+    Bind {
+        /// The host's source register (31 = xzr).
+        from: usize,
+    },
 }
 
 impl ControlAccess {
@@ -218,6 +227,8 @@ impl ControlAccess {
             .and_then(|i| usize::try_from(i).ok());
         match (access.write, offset, slot) {
             (true, control::DOORBELL, _) => Some(ControlAccess::Doorbell),
+            (true, control::CALL, _) => Some(ControlAccess::Call),
+            (true, control::BIND, _) => Some(ControlAccess::Bind { from: access.register }),
             (true, _, Some(slot)) => Some(ControlAccess::SetRegister { slot, from: access.register }),
             (false, _, Some(slot)) => Some(ControlAccess::GetRegister { slot, to: access.register }),
             _ => None,
@@ -282,7 +293,13 @@ mod tests {
         assert_eq!(ControlAccess::decode(0, store(4)), Some(ControlAccess::SetRegister { slot: 0, from: 4 }));
         assert_eq!(ControlAccess::decode(17 * 8, load(9)), Some(ControlAccess::GetRegister { slot: 17, to: 9 }));
         assert_eq!(ControlAccess::decode(control::DOORBELL, store(0)), Some(ControlAccess::Doorbell));
+        assert_eq!(ControlAccess::decode(control::CALL, store(31)), Some(ControlAccess::Call));
+        assert_eq!(ControlAccess::decode(control::BIND, store(7)), Some(ControlAccess::Bind { from: 7 }));
         for (offset, syndrome) in [
+            (control::CALL, load(1)),            // the call doorbell is write-only
+            (control::BIND, load(1)),            // so is the bind register
+            (control::CALL, iss(true, 1, 2, false, false)), // 32-bit
+            (control::DOORBELL + 8, store(1)),   // between the doorbells
             (18 * 8, store(1)),                  // past x17
             (control::DOORBELL, load(1)),        // doorbell is write-only
             (4, store(1)),                       // misaligned

@@ -59,8 +59,12 @@ pub struct Platform {
     pub control: PhysRange,
     /// Number of channels (`rampart,channels`, capped by `reg`'s size).
     pub channels: u32,
-    /// The guest pool.
+    /// The guest pool, less its last `channels` pages.
     pub pool: PhysRange,
+    /// The guest pool's last `channels` pages: channel `i`'s call page is
+    /// the `i`-th (host ABI 0.6, `docs/abi.md` "Call pages"). No VM gets
+    /// them.
+    pub call_pages: PhysRange,
 }
 
 /// A big-endian `u32` property.
@@ -125,12 +129,21 @@ pub fn parse_reg(bytes: &[u8], address_cells: u32, size_cells: u32) -> Result<Ve
 ///
 /// If `dir` cannot be read.
 pub fn find_child(dir: &Path, prefix: &str) -> Result<Option<PathBuf>> {
+    // The name first, which costs nothing; then the entry's type, from the
+    // directory listing itself (`d_type`), with a `stat` only where the
+    // listing does not say. `/proc/device-tree` has a few hundred entries
+    // in its root and a `stat` each cost about 25 ms of a launch under
+    // TCG.
     let mut names: Vec<String> = fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n == prefix || n.strip_prefix(prefix).is_some_and(|r| r.starts_with('@')))
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, e)))
+        .filter(|(n, _)| n == prefix || n.strip_prefix(prefix).is_some_and(|r| r.starts_with('@')))
+        .filter(|(_, e)| {
+            e.file_type()
+                .is_ok_and(|t| t.is_dir() || (t.is_symlink() && e.path().is_dir()))
+        })
+        .map(|(n, _)| n)
         .collect();
     names.sort();
     Ok(names.first().map(|n| dir.join(n)))
@@ -228,17 +241,29 @@ pub fn discover(root: &Path) -> Result<Platform> {
         )
     })?;
     check_compatible(&pool_node, GUEST_POOL_COMPATIBLE)?;
-    let pool = read_reg(&pool_node, &reserved)?;
-    if !pool.base.is_multiple_of(CHANNEL_SIZE) || pool.size < CHANNEL_SIZE {
+    let whole = read_reg(&pool_node, &reserved)?;
+    let call_bytes = u64::from(channels) * CHANNEL_SIZE;
+    if !whole.base.is_multiple_of(CHANNEL_SIZE)
+        || !whole.size.is_multiple_of(CHANNEL_SIZE)
+        || whole.size <= call_bytes
+    {
         bail!(
-            "{}: the guest pool {pool} is not page-aligned or is empty",
+            "{}: the guest pool {whole} is not page-aligned or has no room beyond the channels' {channels} call pages",
             pool_node.display()
         );
     }
+    let pool = PhysRange {
+        base: whole.base,
+        size: whole.size - call_bytes,
+    };
     Ok(Platform {
         control,
         channels,
         pool,
+        call_pages: PhysRange {
+            base: pool.end(),
+            size: call_bytes,
+        },
     })
 }
 
@@ -362,7 +387,14 @@ pub(crate) mod tests {
             p.pool,
             PhysRange {
                 base: 0x7c00_0000,
-                size: 64 << 20
+                size: (64 << 20) - 16 * 4096
+            }
+        );
+        assert_eq!(
+            p.call_pages,
+            PhysRange {
+                base: 0x7c00_0000 + (64 << 20) - 16 * 4096,
+                size: 16 * 4096
             }
         );
         assert_eq!(root(&[s.0.join("nope"), s.0.clone()]).unwrap(), s.0);

@@ -4,10 +4,15 @@
 //! `x17` at `8 * i`, a doorbell at `0x100`. Storing to the doorbell makes the
 //! call with the registers as `HVC #0` would see them; when the store
 //! retires, the registers hold the results. Only naturally aligned 64-bit
-//! accesses are allowed. [`Hyp`] is the abstraction the rest of the VMM
+//! accesses are allowed. That is 37 trapped accesses per call; with host
+//! ABI 0.6 a channel instead gets a **call page** of host RAM (the last
+//! pages of the guest pool, one per channel) bound to it, and a call is
+//! plain stores into that page, one trapped store to the channel's `CALL`
+//! doorbell and plain loads of the results. [`Hyp`] is the abstraction the rest of the VMM
 //! uses, so tests can substitute a fake hypervisor.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Result;
 use rampart_abi::Error;
@@ -149,16 +154,44 @@ pub fn version(hyp: &dyn Hyp) -> Result<(u64, u64), CallError> {
 #[allow(clippy::cast_possible_truncation, reason = "0x100")]
 pub const DOORBELL: usize = rampart_abi::boot::control::DOORBELL as usize;
 
-/// One control channel: a page of the control region. Calls on it are
-/// serialised (threads that share a channel take turns).
+/// Calls made through channels, and the accesses to the control pages
+/// they took: the control pages are mapped nowhere, so every such access
+/// is one trap to the hypervisor (a stage-2 fault).
+static CALLS: AtomicU64 = AtomicU64::new(0);
+static TRAPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Calls made through channels by this process, and the trapped accesses
+/// to the control pages they took.
+#[must_use]
+pub fn trapped_accesses() -> (u64, u64) {
+    (
+        CALLS.load(Ordering::Relaxed),
+        TRAPPED.load(Ordering::Relaxed),
+    )
+}
+
+/// Offset of the call doorbell in a channel (host ABI 0.6).
+#[allow(clippy::cast_possible_truncation, reason = "0x180")]
+pub const CALL: usize = rampart_abi::boot::control::CALL as usize;
+
+/// Offset of the bind register in a channel (host ABI 0.6).
+#[allow(clippy::cast_possible_truncation, reason = "0x188")]
+pub const BIND: usize = rampart_abi::boot::control::BIND as usize;
+
+/// One control channel: a page of the control region, and, with host ABI
+/// 0.6, a call page of host RAM bound to it. Calls on it are serialised
+/// (threads that share a channel take turns).
 pub struct Channel<'a> {
     map: &'a Mapping,
     offset: usize,
+    /// The bound call page: its mapping and offset there.
+    call_page: Option<(&'a Mapping, usize)>,
     lock: Mutex<()>,
 }
 
 impl<'a> Channel<'a> {
-    /// Channel `index` of the control region `map`.
+    /// Channel `index` of the control region `map`, on the register path
+    /// (18 trapped stores, the doorbell, 18 trapped loads per call).
     ///
     /// # Panics
     ///
@@ -173,8 +206,56 @@ impl<'a> Channel<'a> {
         Channel {
             map,
             offset,
+            call_page: None,
             lock: Mutex::new(()),
         }
+    }
+
+    /// Channel `index` with the call page at `offset` of `pages`, whose
+    /// physical address is `phys`: binds it (after sharing it with the
+    /// hypervisor if it is not yet), so that each call is one trapped
+    /// store. A binding outlives the process: the next one to get this
+    /// channel finds the same page bound, which costs one bind store and
+    /// one load.
+    ///
+    /// # Errors
+    ///
+    /// If the hypervisor refuses the page: the channel is still usable on
+    /// the register path ([`Channel::new`]).
+    pub fn with_call_page(
+        map: &'a Mapping,
+        index: u32,
+        pages: &'a Mapping,
+        offset: usize,
+        phys: u64,
+    ) -> Result<Self, CallError> {
+        let mut channel = Self::new(map, index);
+        assert!(
+            offset + 4096 <= pages.len(),
+            "call page of channel {index} outside its mapping"
+        );
+        let mut code = channel.bind(phys);
+        if code == Error::Denied.code() {
+            // Not shared yet (a fresh boot): share it, then bind.
+            checked(&channel, HostCall::ShareHyp.id(), &[phys, 1])?;
+            code = channel.bind(phys);
+        }
+        if code != 0 {
+            return Err(CallError {
+                id: HostCall::ShareHyp.id(),
+                code,
+            });
+        }
+        channel.call_page = Some((pages, offset));
+        Ok(channel)
+    }
+
+    /// Stores `page` to the bind register; returns the result code.
+    #[allow(clippy::cast_possible_wrap, reason = "x0 is a signed code")]
+    fn bind(&self, page: u64) -> i64 {
+        self.map.write_u64(self.offset + BIND, page);
+        TRAPPED.fetch_add(2, Ordering::Relaxed);
+        self.map.read_u64(self.offset) as i64
     }
 }
 
@@ -184,11 +265,23 @@ impl Hyp for Channel<'_> {
             .lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((page, base)) = self.call_page {
+            // Plain stores to RAM, one trapped store, plain loads.
+            for (i, value) in regs.iter().enumerate() {
+                page.write_u64(base + 8 * i, *value);
+            }
+            self.map.write_u64(self.offset + CALL, 1);
+            CALLS.fetch_add(1, Ordering::Relaxed);
+            TRAPPED.fetch_add(1, Ordering::Relaxed);
+            return std::array::from_fn(|i| page.read_u64(base + 8 * i));
+        }
         for (i, value) in regs.iter().enumerate() {
             self.map.write_u64(self.offset + 8 * i, *value);
         }
         // The call happens, synchronously, when this store retires.
         self.map.write_u64(self.offset + DOORBELL, 1);
+        CALLS.fetch_add(1, Ordering::Relaxed);
+        TRAPPED.fetch_add(2 * regs.len() as u64 + 1, Ordering::Relaxed);
         std::array::from_fn(|i| self.map.read_u64(self.offset + 8 * i))
     }
 }

@@ -11,6 +11,7 @@ use crate::hyp::{Channel, Hyp};
 use crate::mem::{Fault, Mapping};
 use crate::pool::{Alive, Entry, TableFile, alive};
 use crate::signals;
+use crate::stats;
 use crate::vm;
 
 /// Where to find things (global options).
@@ -30,6 +31,8 @@ pub struct Session {
     pub platform: Platform,
     /// The control pages (every channel).
     pub control: Mapping,
+    /// The channels' call pages (host ABI 0.6).
+    calls: CallPages,
     /// This process's allocation.
     pub entry: Entry,
     /// The hypervisor's host ABI version.
@@ -58,7 +61,8 @@ impl Session {
     ) -> Result<Session> {
         let root = dt::root(&env.dt_roots)?;
         let platform = dt::discover(&root)?;
-        check_dev_mem(&env.dev_mem)?;
+        stats::launch_trace("device tree read");
+        let real_dev_mem = check_dev_mem(&env.dev_mem)?;
         let control_len = usize::try_from(u64::from(platform.channels) * CHANNEL_SIZE)?;
         let control = Mapping::phys(
             &env.dev_mem,
@@ -80,9 +84,36 @@ impl Session {
         // child process, so that memory that aborts (a short file, a
         // device that is not /dev/mem) is an error naming it, not a SIGBUS
         // of the VMM.
-        probe_control(&control, scratch_index, &env.dev_mem, &platform)?;
-        let channel = Channel::new(&control, scratch_index);
-        let abi = check_version(&platform, &channel)?;
+        stats::launch_trace("pool table locked");
+        // The kernel's own device tree names the control pages only when
+        // Rampart booted it, and the physical-memory device reaches them:
+        // then a load cannot abort and the probe (a fork, several ms of a
+        // launch under TCG) is skipped. Any other tree or device (a test
+        // file, a copied tree) is probed.
+        let kernel_tree = dt::DEFAULT_ROOTS
+            .iter()
+            .any(|r| root == std::path::Path::new(r));
+        if !(real_dev_mem && kernel_tree) {
+            probe_control(&control, scratch_index, &env.dev_mem, &platform)?;
+        }
+        stats::launch_trace("control pages probed");
+        let abi = check_version(&platform, &Channel::new(&control, scratch_index))?;
+        let call_pages = if abi.1 >= rampart_abi::boot::control::CALL_PAGE_ABI_MINOR {
+            Some(Mapping::phys(
+                &env.dev_mem,
+                platform.call_pages.base,
+                usize::try_from(platform.call_pages.size)?,
+                "the channels' call pages",
+            )?)
+        } else {
+            None
+        };
+        let calls = CallPages {
+            map: call_pages,
+            phys: platform.call_pages.base,
+        };
+        stats::launch_trace("version checked");
+        let channel = calls.channel(&control, scratch_index);
         for entry in stale {
             if entry.vm == 0 {
                 continue;
@@ -111,6 +142,7 @@ impl Session {
                 return Err(e);
             }
         };
+        stats::launch_trace("stale entries cleaned, region allocated");
         locked.commit().with_context(|| {
             format!(
                 "writing the pool allocation table in {}",
@@ -120,6 +152,7 @@ impl Session {
         Ok(Session {
             platform,
             control,
+            calls,
             entry,
             abi,
             table,
@@ -136,14 +169,15 @@ impl Session {
         self.entry
             .channel_list()
             .into_iter()
-            .map(|i| Channel::new(&self.control, i))
+            .map(|i| self.calls.channel(&self.control, i))
             .collect()
     }
 
     /// The first channel, for calls from the main thread.
     #[must_use]
     pub fn main_channel(&self) -> Channel<'_> {
-        Channel::new(&self.control, self.entry.channel_list()[0])
+        self.calls
+            .channel(&self.control, self.entry.channel_list()[0])
     }
 
     /// Physical address of this process's pool region.
@@ -252,10 +286,10 @@ const DEV_MEM_RDEV: (u32, u32) = (1, 1);
 ///
 /// A character device with other numbers. (A missing `dev` is left to
 /// the mapping, which explains it.)
-pub fn check_dev_mem(dev: &str) -> Result<()> {
+pub fn check_dev_mem(dev: &str) -> Result<bool> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let Ok(meta) = std::fs::metadata(dev) else {
-        return Ok(());
+        return Ok(false);
     };
     if meta.file_type().is_char_device() {
         let rdev = meta.rdev();
@@ -269,8 +303,35 @@ pub fn check_dev_mem(dev: &str) -> Result<()> {
                 DEV_MEM_RDEV.1
             );
         }
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
+}
+
+/// The channels' call pages: the last page of the guest pool per channel.
+struct CallPages {
+    /// Their mapping, if the hypervisor has call pages (host ABI 0.6).
+    map: Option<Mapping>,
+    /// Physical address of the first.
+    phys: u64,
+}
+
+impl CallPages {
+    /// Channel `index`, with its call page bound if there is one; on the
+    /// register path if the hypervisor refuses it (said once, on stderr).
+    fn channel<'a>(&'a self, control: &'a Mapping, index: u32) -> Channel<'a> {
+        let Some(map) = &self.map else {
+            return Channel::new(control, index);
+        };
+        let offset = index as usize * 4096;
+        let phys = self.phys + u64::from(index) * CHANNEL_SIZE;
+        Channel::with_call_page(control, index, map, offset, phys).unwrap_or_else(|e| {
+            eprintln!(
+                "rampart-vmm: channel {index}: call page {phys:#x} refused ({e}); using the register path"
+            );
+            Channel::new(control, index)
+        })
+    }
 }
 
 /// Reads register `x0` of `channel` in a child process: if the load

@@ -320,6 +320,19 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
+/// With `RAMPART_VMM_LAUNCH_TRACE` set in the environment: prints
+/// `launch: <ms since start> ms <what>` on stderr, so `cargo xtask bench
+/// vmm` can show where a launch's time goes. Costs one environment lookup
+/// (cached) otherwise.
+pub fn launch_trace(what: &str) {
+    static ON: OnceLock<bool> = OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("RAMPART_VMM_LAUNCH_TRACE").is_some()) {
+        #[allow(clippy::cast_precision_loss, reason = "microseconds for display")]
+        let ms = since_start_us() as f64 / 1000.0;
+        eprintln!("launch: {ms:.2} ms {what}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -437,12 +437,26 @@ check_bench() {
 	while [ "$r" -lt "${ROUNDS:-3}" ]; do
 		r=$((r + 1))
 		for g in hello memtest; do
-			$VMM run "$G/$g.bundle" --name "bench$r-$g" >/tmp/b.log 2>&1
-			st=$?
-			[ "$st" -ne 0 ] && st_all=$st
-			grep -E 'stats: (wall time|exits|launch)|rampart-vmm: FAIL|refused' /tmp/b.log
+			# With a second binary (RAMPART_BENCH_VMM_BEFORE), it runs
+			# too, first in odd rounds and second in even ones.
+			order=""
+			if [ -x /bin/rampart-vmm-before ]; then
+				if [ $((r % 2)) -eq 1 ]; then order="before after"; else order="after before"; fi
+			else
+				order="after"
+			fi
+			for v in $order; do
+				if [ "$v" = before ]; then bin=/bin/rampart-vmm-before; n="bench$r-$g.before"; else bin=$VMM; n="bench$r-$g"; fi
+				$bin run "$G/$g.bundle" --name "$n" >/tmp/b.log 2>&1
+				st=$?
+				[ "$st" -ne 0 ] && st_all=$st
+				grep -E 'stats: (wall time|exits|launch|host calls)|rampart-vmm: FAIL|refused' /tmp/b.log
+			done
 		done
 	done
+	# Where one launch's time goes (rampart-vmm's launch trace).
+	RAMPART_VMM_LAUNCH_TRACE=1 $VMM run "$G/hello.bundle" --name trace-hello >/tmp/b.log 2>&1
+	grep -E '^launch: |stats: launch' /tmp/b.log | sed 's/^/[trace] /'
 	if [ "$st_all" -ne 0 ]; then
 		fail "a run exited $st_all"
 	else

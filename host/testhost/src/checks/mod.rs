@@ -7,6 +7,7 @@
 
 mod boot;
 mod carveout;
+mod channel;
 mod concurrent;
 mod cpu;
 mod dma;
@@ -125,6 +126,10 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "own-partial-range",
         run: ownership::own_partial_range,
+    },
+    Check {
+        name: "control-call-page",
+        run: channel::control_call_page,
     },
     Check {
         name: "own-concurrent",
