@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod guest;
+pub mod sha256;
 
 use core::arch::{asm, global_asm};
 
