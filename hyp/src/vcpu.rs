@@ -493,7 +493,9 @@ impl DebugFeatures {
 /// (Linux's `BUG()` and `WARN()`) and its other debug exceptions go to the
 /// guest's own EL1, not to EL2.
 fn guest_mdcr(host_mdcr: u64, _debug: DebugFeatures) -> u64 {
-    rampart_platform::cpu::guest_mdcr(&crate::cpu::features().cpu, host_mdcr & rampart_platform::cpu::mdcr::HPMN_MASK)
+    crate::cpu::with_features(|f| {
+        rampart_platform::cpu::guest_mdcr(&f.cpu, host_mdcr & rampart_platform::cpu::mdcr::HPMN_MASK)
+    })
 }
 
 /// Each CPU's host save area, one per CPU the device tree lists, in the
