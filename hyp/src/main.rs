@@ -516,6 +516,7 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
         match security.sha256 {
             arch::sha256::Engine::Instructions => "the CPU's instructions (FEAT_SHA256), known-answer test passed",
             arch::sha256::Engine::PortableNoFeature => "portable code (no FEAT_SHA256)",
+            arch::sha256::Engine::PortableForced => "portable code (benchmark build, portable-sha256)",
             arch::sha256::Engine::PortableFailedTest =>
                 "portable code: the CPU's SHA-256 instructions FAILED the known-answer test",
         }

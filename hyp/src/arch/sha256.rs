@@ -186,6 +186,8 @@ pub enum Engine {
     Instructions,
     /// Portable code: the CPU has no FEAT_SHA256.
     PortableNoFeature,
+    /// Portable code: a benchmark build (feature `portable-sha256`).
+    PortableForced,
     /// Portable code: the instructions gave a wrong answer (a CPU or
     /// emulator fault; reported at boot).
     PortableFailedTest,
@@ -259,6 +261,10 @@ pub fn compress(state: &mut [u32; 8], blocks: &[[u8; 64]]) {
 /// the CPU has them and they give the portable code's result on three
 /// blocks of test data from a state other than the initial one.
 pub fn init() -> Engine {
+    if cfg!(feature = "portable-sha256") {
+        DECISION.store(USE_PORTABLE, Ordering::Relaxed);
+        return Engine::PortableForced;
+    }
     if !has_feature() || in_streaming_mode() {
         DECISION.store(USE_PORTABLE, Ordering::Relaxed);
         return Engine::PortableNoFeature;
