@@ -166,7 +166,7 @@ mod tests {
 
     #[test]
     fn every_padding_boundary() {
-        let data: Vec<u8> = (0..300u32).map(|i| (i * 7 + 3) as u8).collect();
+        let data: Vec<u8> = (0..300u32).map(|i| (i * 7 + 3).to_le_bytes()[0]).collect();
         for len in 0..data.len() {
             assert_eq!(
                 Sha256::digest_with(portable_compress, &data[..len]),
