@@ -123,6 +123,15 @@ pub fn features() -> Features {
     }
 }
 
+/// `f` applied to this CPU's features, borrowed where they are recorded
+/// (on hot paths: [`features`] copies the whole structure).
+pub fn with_features<R>(f: impl FnOnce(&Features) -> R) -> R {
+    match this().features.get() {
+        Some(features) => f(features),
+        None => f(&Features::probe()),
+    }
+}
+
 /// CPU features that change how EL2 is configured.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Features {

@@ -43,7 +43,8 @@ pub fn handle(slot: usize, index: usize, regs: &mut [u64; 31]) -> Outcome {
     let function = regs[0] as u32;
     let (x1, x2, x3) = (regs[1], regs[2], regs[3]);
     let Ok(call) = G::try_from(function) else { return code(regs, NOT_SUPPORTED) };
-    let protected = vm::VMS[slot].lock().as_ref().is_some_and(|vm| vm.protected);
+    // Looked up (under the VM's lock) only by the calls that depend on it.
+    let protected = || vm::VMS[slot].lock().as_ref().is_some_and(|vm| vm.protected);
     let protected_only = matches!(
         call,
         G::HypMeminfo
@@ -57,7 +58,7 @@ pub fn handle(slot: usize, index: usize, regs: &mut [u64; 31]) -> Outcome {
             | G::RampartAttest
             | G::RampartSealingKey
     );
-    if protected_only && !protected {
+    if protected_only && !protected() {
         return code(regs, NOT_SUPPORTED);
     }
     let trng_call = matches!(call, G::TrngVersion | G::TrngFeatures | G::TrngGetUuid | G::TrngRnd32 | G::TrngRnd64);
@@ -75,7 +76,7 @@ pub fn handle(slot: usize, index: usize, regs: &mut [u64; 31]) -> Outcome {
         }
         G::VendorHypCallUid => set(regs, ids::KVM_UID.map(u64::from)),
         G::KvmFeatures => {
-            let bitmap = if protected { ids::KVM_FEATURES_PROTECTED } else { 1 << ids::kvm_function::FEATURES };
+            let bitmap = if protected() { ids::KVM_FEATURES_PROTECTED } else { 1 << ids::kvm_function::FEATURES };
             set(regs, [u64::from(bitmap), 0, 0, 0])
         }
         G::HypMeminfo => {

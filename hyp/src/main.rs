@@ -514,6 +514,16 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     }
     println!("hypervisor measurement {}", security.hypervisor);
     println!(
+        "SHA-256 at EL2: {}",
+        match security.sha256 {
+            arch::sha256::Engine::Instructions => "the CPU's instructions (FEAT_SHA256), known-answer test passed",
+            arch::sha256::Engine::PortableNoFeature => "portable code (no FEAT_SHA256)",
+            arch::sha256::Engine::PortableForced => "portable code (benchmark build, portable-sha256)",
+            arch::sha256::Engine::PortableFailedTest =>
+                "portable code: the CPU's SHA-256 instructions FAILED the known-answer test",
+        }
+    );
+    println!(
         "{} trusted signing key(s){}; device secret: {}",
         security.trusted_keys,
         if security.rejected_keys > 0 { " (some invalid keys ignored)" } else { "" },

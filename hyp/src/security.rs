@@ -44,6 +44,8 @@ pub struct Summary {
     pub attestation_key: Option<[u8; 32]>,
     /// SHA-256 of the hypervisor's code and read-only data.
     pub hypervisor: Measurement,
+    /// How EL2 computes SHA-256 (`arch::sha256::init`).
+    pub sha256: crate::arch::sha256::Engine,
 }
 
 /// Fixes the keys for the life of the machine. `image` is the hypervisor's
@@ -65,12 +67,14 @@ pub fn init(dt_secret: Option<[u8; 32]>, dt_keys: &[[u8; 32]], image: &[u8]) -> 
         (None, None) => None,
     };
     let attestation = secret.as_ref().map(|(s, _)| s.attestation_key());
+    let sha256 = crate::arch::sha256::init();
     let summary = Summary {
         trusted_keys: trusted.len(),
         rejected_keys: rejected,
         secret: secret.as_ref().map(|(_, source)| *source),
         attestation_key: attestation.as_ref().map(|k| k.public_key().to_bytes()),
-        hypervisor: Measurement::sha256(image),
+        hypervisor: Measurement::sha256_with(crate::arch::sha256::compress, image),
+        sha256,
     };
     SECURITY.call_once(|| Security { trusted, secret, attestation, hypervisor: summary.hypervisor });
     summary
@@ -82,7 +86,10 @@ fn security() -> Result<&'static Security, Error> {
 
 /// Starts measuring a VM.
 pub fn measurer(protected: bool, debug: bool, vcpus: u32, entry_pc: u64, x0: u64) -> Measurer {
-    Measurer::new(&InitialState { flags: VmFlags { protected, debug }, vcpus, entry_pc, x0 })
+    Measurer::with_compress(
+        &InitialState { flags: VmFlags { protected, debug }, vcpus, entry_pc, x0 },
+        crate::arch::sha256::compress,
+    )
 }
 
 /// Checks that a trusted key signed `measurement`.

@@ -221,6 +221,12 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
     let record = loop {
         check_timer(v);
         for (n, word) in vm::VCPU_PENDING[slot][v.index].iter().enumerate() {
+            // A plain load first: an atomic swap of every word on every
+            // entry cost about 130 instructions. A bit set after this load
+            // is seen on the next entry, as one set after the swap would be.
+            if word.load(Ordering::Acquire) == 0 {
+                continue;
+            }
             let mut bits = word.swap(0, Ordering::AcqRel);
             while bits != 0 {
                 let bit = bits.trailing_zeros();
@@ -296,7 +302,15 @@ const PENDING: u64 = 0b01 << 62;
 /// Clears a list register that holds `intid` in the pending (not active)
 /// state.
 fn retire_pending(intid: u32) {
-    for n in 0..guest::list_register_count().min(4) {
+    let count = guest::list_register_count().min(4);
+    // ICH_ELRSR_EL2 says which list registers hold nothing (neither
+    // pending nor active): when all of them are empty, as on most entries,
+    // there is nothing to retire and no list register to read.
+    let all = (1u64 << count) - 1;
+    if arch::ich_elrsr_el2() & all == all {
+        return;
+    }
+    for n in 0..count {
         let lr = guest::read_lr(n);
         if lr & STATE_MASK == PENDING && lr & 0xffff_ffff == u64::from(intid) {
             // SAFETY: the guest is loaded but not running.
@@ -481,7 +495,9 @@ impl DebugFeatures {
 /// (Linux's `BUG()` and `WARN()`) and its other debug exceptions go to the
 /// guest's own EL1, not to EL2.
 fn guest_mdcr(host_mdcr: u64, _debug: DebugFeatures) -> u64 {
-    rampart_platform::cpu::guest_mdcr(&crate::cpu::features().cpu, host_mdcr & rampart_platform::cpu::mdcr::HPMN_MASK)
+    crate::cpu::with_features(|f| {
+        rampart_platform::cpu::guest_mdcr(&f.cpu, host_mdcr & rampart_platform::cpu::mdcr::HPMN_MASK)
+    })
 }
 
 /// Each CPU's host save area, one per CPU the device tree lists, in the

@@ -56,6 +56,11 @@ pub struct BenchArgs {
     /// SMMU's mirror and invalidates its TLBs.
     #[arg(long)]
     pub smmu: bool,
+    /// EL2 counts only: a hypervisor that hashes with the portable SHA-256
+    /// code even where the CPU has the SHA-256 instructions (to compare
+    /// the two in `vb`).
+    #[arg(long)]
+    pub portable_sha256: bool,
 }
 
 /// The benchmarks.

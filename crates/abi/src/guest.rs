@@ -331,10 +331,8 @@ impl TryFrom<u32> for GuestCall {
     /// Decodes `w0`. Unknown IDs (including Rampart's host calls) are
     /// `NotSupported`.
     fn try_from(id: u32) -> Result<Self, crate::Error> {
-        GuestCall::ALL
-            .into_iter()
-            .find(|call| call.id() == id)
-            .ok_or(crate::Error::NotSupported)
+        crate::id_table::sorted_id_table!(SORTED, GuestCall);
+        crate::id_table::find(&SORTED, id).ok_or(crate::Error::NotSupported)
     }
 }
 

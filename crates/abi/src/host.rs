@@ -144,10 +144,8 @@ impl TryFrom<u32> for HostCall {
     type Error = crate::Error;
 
     fn try_from(id: u32) -> Result<Self, crate::Error> {
-        HostCall::ALL
-            .into_iter()
-            .find(|call| call.id() == id)
-            .ok_or(crate::Error::NotSupported)
+        crate::id_table::sorted_id_table!(SORTED, HostCall);
+        crate::id_table::find(&SORTED, id).ok_or(crate::Error::NotSupported)
     }
 }
 

@@ -18,6 +18,7 @@ pub mod boot;
 pub mod error;
 pub mod guest;
 pub mod host;
+mod id_table;
 pub mod smccc;
 
 pub use error::Error;

@@ -104,6 +104,7 @@ mod keys;
 mod manifest;
 mod measure;
 mod report;
+pub mod sha256;
 
 pub use bundle::{
     BUNDLE_MAGIC, BUNDLE_SIGNATURE_DOMAIN, BUNDLE_VERSION, Bundle, BundleError, BundleRef,

@@ -2,7 +2,7 @@
 
 use core::fmt;
 
-use sha2::{Digest, Sha256};
+use crate::sha256::{Compress, Sha256};
 
 use crate::hex::Hex;
 
@@ -23,7 +23,14 @@ impl Measurement {
     /// [`Measurer`].)
     #[must_use]
     pub fn sha256(data: &[u8]) -> Self {
-        Measurement(Sha256::digest(data).into())
+        Measurement(Sha256::digest_with(crate::sha256::portable_compress, data))
+    }
+
+    /// [`sha256`](Self::sha256) with the block function `compress` (the
+    /// same digest, computed differently: see [`crate::sha256`]).
+    #[must_use]
+    pub fn sha256_with(compress: Compress, data: &[u8]) -> Self {
+        Measurement(Sha256::digest_with(compress, data))
     }
 
     /// The 32 bytes.
@@ -136,12 +143,19 @@ impl Measurer {
     /// count and vCPU 0's entry registers.
     #[must_use]
     pub fn new(state: &InitialState) -> Self {
-        let mut hash = Sha256::new();
+        Self::with_compress(state, crate::sha256::portable_compress)
+    }
+
+    /// [`new`](Self::new), hashing with the block function `compress` (the
+    /// same measurement, computed differently: see [`crate::sha256`]).
+    #[must_use]
+    pub fn with_compress(state: &InitialState, compress: Compress) -> Self {
+        let mut hash = Sha256::with(compress);
         hash.update(MEASUREMENT_DOMAIN);
-        hash.update(state.flags.bits().to_le_bytes());
-        hash.update(state.vcpus.to_le_bytes());
-        hash.update(state.entry_pc.to_le_bytes());
-        hash.update(state.x0.to_le_bytes());
+        hash.update(&state.flags.bits().to_le_bytes());
+        hash.update(&state.vcpus.to_le_bytes());
+        hash.update(&state.entry_pc.to_le_bytes());
+        hash.update(&state.x0.to_le_bytes());
         Measurer {
             hash,
             previous: None,
@@ -170,7 +184,7 @@ impl Measurer {
 
     /// Adds a page whose order the caller guarantees.
     pub(crate) fn feed(&mut self, ipa: u64, contents: &[u8; PAGE_SIZE]) {
-        self.hash.update(ipa.to_le_bytes());
+        self.hash.update(&ipa.to_le_bytes());
         self.hash.update(contents);
         self.previous = Some(ipa);
         self.pages += 1;
@@ -185,7 +199,7 @@ impl Measurer {
     /// The measurement.
     #[must_use]
     pub fn finish(self) -> Measurement {
-        Measurement(self.hash.finalize().into())
+        Measurement(self.hash.finish())
     }
 }
 
@@ -215,7 +229,8 @@ mod tests {
         m.page(0x8000_2000, &page_b).unwrap();
         assert_eq!(m.pages(), 2);
 
-        let mut raw = Sha256::new();
+        use sha2::Digest;
+        let mut raw = sha2::Sha256::new();
         raw.update(b"rampart.measurement.v1\0");
         raw.update([1, 0, 0, 0]);
         raw.update([2, 0, 0, 0]);

@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod guest;
+pub mod sha256;
 
 use core::arch::{asm, global_asm};
 
@@ -346,6 +347,8 @@ sysreg!(/// `VTTBR_EL2`
     vttbr_el2, set_vttbr_el2, "vttbr_el2");
 sysreg!(/// `CPTR_EL2`
     cptr_el2, set_cptr_el2, "cptr_el2");
+sysreg_ro!(/// `ICH_ELRSR_EL2`: bit n set = list register n holds no interrupt
+    ich_elrsr_el2, "s3_4_c12_c11_5");
 sysreg!(/// `CNTHCTL_EL2`
     cnthctl_el2, set_cnthctl_el2, "cnthctl_el2");
 sysreg!(/// `CNTVOFF_EL2`

@@ -222,7 +222,11 @@ fn machine(args: &BenchArgs, groups: &str) -> Result<crate::qemu::Machine> {
     let mut m = suite::testhost_machine(1, &mem, "max")?;
     // The release hypervisor hides EL2 from the host's PMU (MDCR_EL2.HPMD,
     // HCCD); the benchmark build differs only in leaving those clear.
-    m.kernel = artifacts::hypervisor_with_feature("bench-el2-pmu")?;
+    m.kernel = if args.portable_sha256 {
+        artifacts::hypervisor_with_features(&["bench-el2-pmu", "portable-sha256"])?
+    } else {
+        artifacts::hypervisor_with_feature("bench-el2-pmu")?
+    };
     m.smmu = args.smmu;
     m.append.push_str(&format!(" -- testhost.bench={groups} {}", bench_signature_bootarg()?));
     Ok(m)
