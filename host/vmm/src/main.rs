@@ -2,6 +2,9 @@
 //! Linux host, through the control pages and guest pool the hypervisor
 //! describes in the host's device tree (`/dev/mem`). See `README.md`.
 
+// Used by the virtio devices; dispatched to by the Linux guest run path.
+#[allow(dead_code)]
+mod bus;
 mod console;
 mod dt;
 mod fuzz;
@@ -14,6 +17,9 @@ mod run;
 mod session;
 mod signals;
 mod stats;
+// Until the Linux guest run path (issue 11, `linux/`) builds the devices.
+#[allow(dead_code)]
+mod virtio;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -109,6 +115,9 @@ enum Command {
         /// if any is not refused).
         #[arg(long)]
         attack_metadata: bool,
+        /// virtio devices for a Linux guest (issue 11).
+        #[command(flatten)]
+        virtio: virtio::VirtioArgs,
     },
     /// List every live VM (VM_LIST) and the VMM that owns it.
     List,
@@ -218,6 +227,9 @@ fn main() -> ExitCode {
         state_dir: cli.state_dir.clone(),
     };
     let result = match cli.command {
+        Command::Run { ref virtio, .. } if virtio.any_device() => Err(anyhow!(
+            "--disk, --vsock and --virtio-console need a Linux guest (--kernel); a bundle has no virtio devices"
+        )),
         Command::Run {
             bundle,
             mem,
@@ -231,6 +243,7 @@ fn main() -> ExitCode {
             hold,
             hold_at,
             attack_metadata,
+            virtio: _,
         } => cmd_run(
             &env,
             &bundle,
