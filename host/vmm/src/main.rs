@@ -169,6 +169,27 @@ enum Command {
         #[arg(default_value_t = 1)]
         pages: u64,
     },
+    /// Hidden: a socat for the vsock tests (both ends; docs in
+    /// `virtio/vsock_cli.rs`): `vsock connect unix:SOCKET:PORT`,
+    /// `vsock listen unix:PATH`, `vsock connect vsock:CID:PORT`,
+    /// `vsock listen vsock:PORT`.
+    #[command(hide = true)]
+    Vsock {
+        /// `connect` or `listen`.
+        #[arg(value_parser = ["connect", "listen"])]
+        mode: String,
+        /// The endpoint.
+        endpoint: String,
+        /// Write back everything read.
+        #[arg(long)]
+        echo: bool,
+        /// Measure N round trips of 64 bytes against an echo.
+        #[arg(long, value_name = "N")]
+        ping: Option<u32>,
+        /// Keep trying to connect for this many seconds.
+        #[arg(long, default_value_t = 0, value_name = "SECS")]
+        retry: u64,
+    },
 }
 
 /// `--cpus`' upper bound: the ABI's vCPU limit (`VM_CREATE`).
@@ -288,6 +309,19 @@ fn main() -> ExitCode {
         Command::DonateHostPages { address, pages } => {
             cmd_donate_host_pages(&env, address, pages).map(|()| ExitCode::SUCCESS)
         }
+        Command::Vsock {
+            mode,
+            endpoint,
+            echo,
+            ping,
+            retry,
+        } => virtio::vsock_cli::parse_endpoint(&endpoint, mode == "listen")
+            .map_err(|e| anyhow!("{endpoint}: {e}"))
+            .and_then(|ep| virtio::vsock_cli::run(&ep, echo, ping, Duration::from_secs(retry)))
+            .map(|summary| {
+                eprintln!("{summary}");
+                ExitCode::SUCCESS
+            }),
     };
     result.unwrap_or_else(|e| {
         eprintln!("rampart-vmm: {e:#}");

@@ -16,6 +16,7 @@ pub mod console;
 pub mod mmio;
 pub mod rng;
 pub mod vsock;
+pub mod vsock_cli;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
