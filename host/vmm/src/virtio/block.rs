@@ -6,12 +6,14 @@
 //! the protocol and puts the device in `DEVICE_NEEDS_RESET`.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use vm_memory::GuestMemoryMmap;
+
+use super::guest::{Chain, Cursor};
 use super::{Ctx, DeviceError, VirtioDevice};
 
 /// Sector size of the virtio-blk protocol.
@@ -97,93 +99,83 @@ impl Block {
     }
 
     /// Handles one request; returns the bytes written into the chain.
-    fn request(
-        &mut self,
-        chain: virtio_queue::DescriptorChain<&vm_memory::GuestMemoryMmap<()>>,
-        mem: &vm_memory::GuestMemoryMmap<()>,
-    ) -> Result<u32, DeviceError> {
-        let bad = |e: virtio_queue::Error| DeviceError::Chain(format!("blk: {e}"));
-        let mut r = chain.clone().reader(mem).map_err(bad)?;
-        let mut data_w = chain.writer(mem).map_err(bad)?;
-        let writable = data_w.available_bytes();
+    fn request(&mut self, c: &Chain, mem: &GuestMemoryMmap<()>) -> Result<u32, DeviceError> {
+        let writable = c.writable_len();
         if writable == 0 {
             return Err(DeviceError::Chain("blk: no status byte".into()));
         }
-        let mut status_w = data_w
-            .split_at(writable - 1)
-            .map_err(|e| DeviceError::Chain(format!("blk: {e}")))?;
+        let mut r = Cursor::new(mem, &c.readable, 0, usize::MAX);
+        let mut data_w = Cursor::new(mem, &c.writable, 0, writable - 1);
+        let mut status_w = Cursor::new(mem, &c.writable, writable - 1, 1);
         let mut hdr = [0u8; 16];
-        let (status, written) = if r.read_exact(&mut hdr).is_err() {
+        let (status, written) = if r.remaining() < hdr.len() {
             (S_IOERR, 0)
         } else {
+            r.read_exact(&mut hdr)?;
             let ty = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
             let sector = u64::from_le_bytes([
                 hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15],
             ]);
             match ty {
-                T_IN => self.read(sector, &mut data_w),
-                T_OUT => (self.write(sector, &mut r), 0),
+                T_IN => self.read(sector, &mut data_w)?,
+                T_OUT => (self.write(sector, &mut r)?, 0),
                 T_FLUSH => {
                     let ok = self.read_only || self.file.sync_data().is_ok();
                     (if ok { S_OK } else { S_IOERR }, 0)
                 }
                 T_GET_ID => {
-                    let n = data_w.available_bytes().min(self.id.len());
-                    match data_w.write_all(&self.id[..n]) {
-                        Ok(()) => (S_OK, n),
-                        Err(_) => (S_IOERR, 0),
-                    }
+                    let n = data_w.remaining().min(self.id.len());
+                    data_w.write_all(&self.id[..n])?;
+                    (S_OK, n)
                 }
                 _ => (S_UNSUPP, 0),
             }
         };
-        status_w
-            .write_all(&[status])
-            .map_err(|e| DeviceError::Chain(format!("blk: status: {e}")))?;
+        status_w.write_all(&[status])?;
         Ok(u32::try_from(written + 1).unwrap_or(u32::MAX))
     }
 
-    fn read(&self, sector: u64, w: &mut virtio_queue::Writer<'_>) -> (u8, usize) {
-        let len = w.available_bytes();
+    /// A read into the guest's buffers: (status, bytes written).
+    fn read(&self, sector: u64, w: &mut Cursor<'_>) -> Result<(u8, usize), DeviceError> {
+        let len = w.remaining();
         let Some(mut off) = self.range(sector, len) else {
-            return (S_IOERR, 0);
+            return Ok((S_IOERR, 0));
         };
         let mut buf = vec![0u8; len.min(CHUNK)];
         let mut done = 0;
         while done < len {
             let n = (len - done).min(CHUNK);
-            if self.file.read_exact_at(&mut buf[..n], off).is_err()
-                || w.write_all(&buf[..n]).is_err()
-            {
-                return (S_IOERR, done);
+            if self.file.read_exact_at(&mut buf[..n], off).is_err() {
+                return Ok((S_IOERR, done));
             }
+            w.write_all(&buf[..n])?;
             done += n;
             off += n as u64;
         }
-        (S_OK, done)
+        Ok((S_OK, done))
     }
 
-    fn write(&self, sector: u64, r: &mut virtio_queue::Reader<'_>) -> u8 {
+    /// A write from the guest's buffers: the status.
+    fn write(&self, sector: u64, r: &mut Cursor<'_>) -> Result<u8, DeviceError> {
         if self.read_only {
-            return S_IOERR;
+            return Ok(S_IOERR);
         }
-        let len = r.available_bytes();
+        let len = r.remaining();
         let Some(mut off) = self.range(sector, len) else {
-            return S_IOERR;
+            return Ok(S_IOERR);
         };
         let mut buf = vec![0u8; len.min(CHUNK)];
         let mut done = 0;
         while done < len {
             let n = (len - done).min(CHUNK);
-            if r.read_exact(&mut buf[..n]).is_err()
-                || self.file.write_all_at(&buf[..n], off).is_err()
-            {
-                return S_IOERR;
+            r.read_exact(&mut buf[..n])?;
+            if self.file.write_all_at(&buf[..n], off).is_err() {
+                return Ok(S_IOERR);
             }
             done += n;
             off += n as u64;
         }
-        S_OK
+        Ok(S_OK)
     }
 }
 
@@ -221,9 +213,8 @@ impl VirtioDevice for Block {
             return Ok(());
         }
         while let Some(chain) = ctx.pop(0)? {
-            let head = chain.head_index();
-            let len = self.request(chain, ctx.mem)?;
-            ctx.add_used(0, head, len)?;
+            let len = self.request(&chain, ctx.mem)?;
+            ctx.add_used(0, chain.head, len)?;
         }
         Ok(())
     }

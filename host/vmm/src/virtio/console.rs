@@ -2,9 +2,10 @@
 //! to the VMM's stdout a line at a time, prefixed with the VM's name. Input
 //! is not implemented: the receive queue is never filled.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use super::guest::Cursor;
 use super::{Ctx, DeviceError, VirtioDevice};
 use crate::console::LineBuffer;
 
@@ -75,19 +76,15 @@ impl VirtioDevice for Console {
             return Ok(());
         }
         while let Some(chain) = ctx.pop(TX)? {
-            let head = chain.head_index();
-            let mut r = chain
-                .reader(ctx.mem)
-                .map_err(|e| DeviceError::Chain(format!("console: {e}")))?;
-            let n = r.available_bytes().min(MAX_PER_CHAIN);
-            let mut buf = vec![0u8; n];
-            let got = r.read(&mut buf).unwrap_or(0);
-            for &b in &buf[..got] {
+            let mut r = Cursor::new(ctx.mem, &chain.readable, 0, MAX_PER_CHAIN);
+            let mut buf = vec![0u8; r.remaining()];
+            r.read_exact(&mut buf)?;
+            for &b in &buf {
                 if let Some(line) = self.line.push(b) {
                     self.emit(&line);
                 }
             }
-            ctx.add_used(TX, head, 0)?;
+            ctx.add_used(TX, chain.head, 0)?;
         }
         Ok(())
     }

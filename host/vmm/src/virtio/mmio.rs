@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
+use super::guest::{self, Chain};
 use super::{DeviceError, VirtioDevice};
 use crate::bus::{IrqLine, MmioDevice};
 
@@ -150,29 +151,40 @@ impl<'a> Ctx<'a> {
     /// Puts a finished chain in queue `q`'s used ring (`len` bytes written).
     pub fn add_used(&mut self, q: usize, head: u16, len: u32) -> Result<(), DeviceError> {
         let queue = self.queues.get_mut(q).ok_or(DeviceError::Queue(q))?;
+        let used = (
+            GuestAddress(queue.used_ring()),
+            6 + 8 * usize::from(queue.size()),
+        );
+        guest::sync(self.mem, used.0, used.1);
         queue
             .add_used(self.mem, head, len)
             .map_err(|e| DeviceError::Ring(format!("queue {q}: {e}")))?;
+        guest::sync(self.mem, used.0, used.1);
         self.used |= 1 << q;
         self.stats.completed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// The next chain the driver made available on queue `q`, if any. A
-    /// hostile available index is an error.
-    pub fn pop(
-        &mut self,
-        q: usize,
-    ) -> Result<Option<virtio_queue::DescriptorChain<&'a GuestMemoryMmap<()>>>, DeviceError> {
+    /// The next chain the driver made available on queue `q`, if any, split
+    /// into its buffers ([`Chain::parse`]). A hostile available index, or a
+    /// chain naming memory outside guest RAM, is an error.
+    pub fn pop(&mut self, q: usize) -> Result<Option<Chain>, DeviceError> {
         let mem = self.mem;
         let queue = self.queues.get_mut(q).ok_or(DeviceError::Queue(q))?;
         if !queue.ready() {
             return Ok(None);
         }
-        let mut iter = queue
-            .iter(mem)
-            .map_err(|e| DeviceError::Ring(format!("queue {q}: {e}")))?;
-        Ok(iter.next())
+        let n = usize::from(queue.size());
+        // The driver's side of the ring, as the guest last wrote it.
+        guest::sync(mem, GuestAddress(queue.desc_table()), 16 * n);
+        guest::sync(mem, GuestAddress(queue.avail_ring()), 6 + 2 * n);
+        let chain = {
+            let mut iter = queue
+                .iter(mem)
+                .map_err(|e| DeviceError::Ring(format!("queue {q}: {e}")))?;
+            iter.next()
+        };
+        chain.map(|c| Chain::parse(c, mem)).transpose()
     }
 
     /// Gives back the chain that [`Ctx::pop`] returned last on queue `q`

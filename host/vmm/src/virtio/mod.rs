@@ -13,6 +13,7 @@
 
 pub mod block;
 pub mod console;
+pub mod guest;
 pub mod mmio;
 pub mod rng;
 pub mod vsock;

@@ -1,8 +1,7 @@
 //! virtio-rng (device ID 4): fills the guest's buffers from the host's
 //! `getrandom(2)` (the `/dev/urandom` pool).
 
-use std::io::Write;
-
+use super::guest::Cursor;
 use super::{Ctx, DeviceError, VirtioDevice};
 
 /// Most bytes given per request (the driver asks for small amounts; a
@@ -59,20 +58,19 @@ impl VirtioDevice for Rng {
             return Ok(());
         }
         while let Some(chain) = ctx.pop(0)? {
-            let head = chain.head_index();
-            let mut w = chain
-                .writer(ctx.mem)
-                .map_err(|e| DeviceError::Chain(format!("rng: {e}")))?;
-            let n = w.available_bytes().min(MAX_PER_REQUEST);
-            let mut buf = vec![0u8; n];
+            let mut w = Cursor::new(ctx.mem, &chain.writable, 0, MAX_PER_REQUEST);
+            let mut buf = vec![0u8; w.remaining()];
             let written = match getrandom(&mut buf) {
-                Ok(()) => w.write_all(&buf).map(|()| n).unwrap_or(0),
+                Ok(()) => {
+                    w.write_all(&buf)?;
+                    buf.len()
+                }
                 Err(e) => {
                     eprintln!("rampart-vmm: virtio-rng: getrandom: {e}");
                     0
                 }
             };
-            ctx.add_used(0, head, u32::try_from(written).unwrap_or(0))?;
+            ctx.add_used(0, chain.head, u32::try_from(written).unwrap_or(0))?;
         }
         Ok(())
     }

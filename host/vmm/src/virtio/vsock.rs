@@ -36,6 +36,7 @@ use anyhow::{Context, Result, bail};
 use virtio_vsock::packet::{PKT_HEADER_SIZE, VsockPacket};
 use vm_memory::Bytes;
 
+use super::guest::Cursor;
 use super::{Ctx, DeviceError, VirtioDevice, Waker};
 
 /// The host's CID.
@@ -264,8 +265,8 @@ impl Vsock {
         self.queue_ctrl(local, peer, OP_RST, 0);
     }
 
-    /// One packet from the guest.
-    fn on_packet(&mut self, pkt: &VsockPacket<'_, ()>) {
+    /// One packet from the guest, with its data (`pkt.len()` bytes).
+    fn on_packet(&mut self, pkt: &VsockPacket<'_, ()>, data: &[u8]) {
         if pkt.src_cid() != self.cid || pkt.dst_cid() != HOST_CID {
             self.refused += 1;
             return;
@@ -310,9 +311,8 @@ impl Vsock {
                 self.flush(key);
             }
             OP_RW if conn.state == ConnState::Established => {
-                let len = pkt.len() as usize;
+                let len = data.len();
                 let room = (BUF_ALLOC as usize).saturating_sub(conn.out.len());
-                let data = pkt.data_slice();
                 if len > room || conn.peer_shutdown & SHUTDOWN_SEND != 0 {
                     // Beyond the credit we gave, or after it said it was done.
                     self.refused += 1;
@@ -320,11 +320,7 @@ impl Vsock {
                     self.rst(local, peer);
                     return;
                 }
-                if let Some(slice) = data {
-                    let mut buf = vec![0u8; len];
-                    let got = slice.copy_to(&mut buf[..]);
-                    conn.out.extend(&buf[..got]);
-                }
+                conn.out.extend(data);
                 self.flush(key);
             }
             OP_CREDIT_UPDATE => {}
@@ -470,33 +466,54 @@ impl Vsock {
             if self.ctrl.is_empty() && !want_data {
                 return Ok(());
             }
-            let Some(mut chain) = ctx.pop(RX)? else {
+            let Some(chain) = ctx.pop(RX)? else {
                 self.rx_starved = true;
                 return Ok(());
             };
-            let head = chain.head_index();
-            let mut pkt = VsockPacket::from_rx_virtq_chain(ctx.mem, &mut chain, MAX_PKT_DATA)
-                .map_err(|e| DeviceError::Chain(format!("vsock rx: {e}")))?;
-            let used = if let Some(c) = self.ctrl.pop_front() {
-                let fwd = self.conns.get_mut(&(c.local, c.peer)).map_or(0, |conn| {
-                    conn.fwd_cnt_sent = conn.fwd_cnt;
-                    conn.fwd_cnt
-                });
-                self.header(&mut pkt, c.local, c.peer, c.op, fwd);
-                pkt.set_flags(c.flags).set_len(0);
-                PKT_HEADER_SIZE
-            } else if let Some(n) = self.host_data(&mut pkt) {
-                PKT_HEADER_SIZE + n
-            } else {
-                // No data after all (every socket would block, or one hit end
-                // of file and queued a SHUTDOWN, sent next time round).
-                ctx.unpop(RX);
-                if self.ctrl.is_empty() {
-                    return Ok(());
+            let space = chain.writable_len();
+            if !chain.readable.is_empty() || space < PKT_HEADER_SIZE {
+                return Err(DeviceError::Chain(
+                    "vsock rx: a buffer the device cannot write a header into".into(),
+                ));
+            }
+            // The packet is built in the VMM's memory with virtio-vsock,
+            // then copied into the guest's buffers (guest::Cursor).
+            let mut hdr = [0u8; PKT_HEADER_SIZE];
+            let mut data = vec![0u8; (space - PKT_HEADER_SIZE).min(MAX_PKT_DATA as usize)];
+            let n = {
+                // SAFETY: `hdr` and `data` are this function's own buffers;
+                // they outlive `pkt` and nothing else touches them meanwhile.
+                let mut pkt = unsafe { VsockPacket::new(&mut hdr, Some(&mut data)) }
+                    .map_err(|e| DeviceError::Chain(format!("vsock rx: {e}")))?;
+                if let Some(c) = self.ctrl.pop_front() {
+                    let fwd = self.conns.get_mut(&(c.local, c.peer)).map_or(0, |conn| {
+                        conn.fwd_cnt_sent = conn.fwd_cnt;
+                        conn.fwd_cnt
+                    });
+                    self.header(&mut pkt, c.local, c.peer, c.op, fwd);
+                    pkt.set_flags(c.flags).set_len(0);
+                    0
+                } else if let Some(n) = self.host_data(&mut pkt) {
+                    n
+                } else {
+                    // No data after all (every socket would block, or one
+                    // hit end of file and queued a SHUTDOWN, sent next time
+                    // round).
+                    ctx.unpop(RX);
+                    if self.ctrl.is_empty() {
+                        return Ok(());
+                    }
+                    continue;
                 }
-                continue;
             };
-            ctx.add_used(RX, head, u32::try_from(used).unwrap_or(0))?;
+            let mut w = Cursor::new(ctx.mem, &chain.writable, 0, usize::MAX);
+            w.write_all(&hdr)?;
+            w.write_all(&data[..n])?;
+            ctx.add_used(
+                RX,
+                chain.head,
+                u32::try_from(PKT_HEADER_SIZE + n).unwrap_or(0),
+            )?;
         }
     }
 
@@ -670,12 +687,42 @@ impl VirtioDevice for Vsock {
             self.rx_starved = false;
         }
         if queue == TX {
-            while let Some(mut chain) = ctx.pop(TX)? {
-                let head = chain.head_index();
-                let pkt = VsockPacket::from_tx_virtq_chain(ctx.mem, &mut chain, MAX_PKT_DATA)
+            while let Some(chain) = ctx.pop(TX)? {
+                let avail = chain.readable_len();
+                if !chain.writable.is_empty() || avail < PKT_HEADER_SIZE {
+                    return Err(DeviceError::Chain(
+                        "vsock tx: no packet header, or a device-writable buffer".into(),
+                    ));
+                }
+                // Copied out of the guest first (guest::Cursor), then parsed
+                // with virtio-vsock in the VMM's memory.
+                let mut r = Cursor::new(
+                    ctx.mem,
+                    &chain.readable,
+                    0,
+                    PKT_HEADER_SIZE + MAX_PKT_DATA as usize,
+                );
+                let mut raw = vec![0u8; r.remaining()];
+                r.read_exact(&mut raw)?;
+                let data = raw[PKT_HEADER_SIZE..].to_vec();
+                let mut hdr = [0u8; PKT_HEADER_SIZE];
+                hdr.copy_from_slice(&raw[..PKT_HEADER_SIZE]);
+                let mut hdr_buf = hdr;
+                // SAFETY: `hdr_buf` is this function's own buffer; it
+                // outlives `pkt` and nothing else touches it meanwhile.
+                let mut pkt = unsafe { VsockPacket::new(&mut hdr_buf, None) }
                     .map_err(|e| DeviceError::Chain(format!("vsock tx: {e}")))?;
-                self.on_packet(&pkt);
-                ctx.add_used(TX, head, 0)?;
+                pkt.set_header_from_raw(&hdr)
+                    .map_err(|e| DeviceError::Chain(format!("vsock tx: {e}")))?;
+                let len = pkt.len() as usize;
+                if len > data.len() {
+                    return Err(DeviceError::Chain(format!(
+                        "vsock tx: the header says {len} bytes, the chain carries {} (at most {MAX_PKT_DATA})",
+                        data.len()
+                    )));
+                }
+                self.on_packet(&pkt, &data[..len]);
+                ctx.add_used(TX, chain.head, 0)?;
             }
         }
         // The event queue (2) only holds buffers for transport resets,
