@@ -270,7 +270,13 @@ impl State {
         let mut notify = false;
         for (i, q) in self.queues.iter_mut().enumerate() {
             if used & (1 << i) != 0 {
-                // Without EVENT_IDX this reads the driver's NO_INTERRUPT flag.
+                // Reads the driver's used_event (EVENT_IDX) or NO_INTERRUPT
+                // flag in the available ring.
+                guest::sync(
+                    &self.mem,
+                    GuestAddress(q.avail_ring()),
+                    6 + 2 * usize::from(q.size()),
+                );
                 notify |= q.needs_notification(&self.mem).unwrap_or(true);
             }
         }

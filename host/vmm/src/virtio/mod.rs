@@ -21,7 +21,7 @@ pub mod vsock_cli;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use anyhow::{Result, bail};
 use vm_memory::GuestMemoryMmap;
@@ -188,6 +188,52 @@ pub fn vsock(
     irq: Arc<dyn IrqLine>,
 ) -> Result<Box<dyn MmioDevice>> {
     transport(Box::new(vsock::Vsock::new(guest_cid, socket)?), mem, irq)
+}
+
+/// An interrupt line connected after the devices are made (the device tree
+/// needs their number before the interrupt controller exists). Until then
+/// it drops what it is told (no driver runs yet).
+#[derive(Default)]
+pub struct LateIrq(OnceLock<Arc<dyn IrqLine>>);
+
+impl LateIrq {
+    /// Connects the line (once; later calls are ignored).
+    pub fn connect(&self, line: Arc<dyn IrqLine>) {
+        let _ = self.0.set(line);
+    }
+}
+
+impl IrqLine for LateIrq {
+    fn set(&self, level: bool) {
+        if let Some(line) = self.0.get() {
+            line.set(level);
+        }
+    }
+}
+
+/// The devices' view of guest RAM: `len` bytes at guest-physical `base`,
+/// mapped in this process at `host` (read-write, shared).
+///
+/// # Safety
+///
+/// `host..host + len` must be a read-write shared mapping of this process
+/// that stays mapped while any clone of the result (any device) lives.
+pub unsafe fn guest_memory(host: *mut u8, len: usize, base: u64) -> Result<GuestMemoryMmap<()>> {
+    // SAFETY: the caller guarantees the mapping and its lifetime; vm-memory
+    // does not unmap a raw region.
+    let region = unsafe {
+        vm_memory::MmapRegion::<()>::build_raw(
+            host,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+        )
+    }
+    .map_err(|e| anyhow::anyhow!("guest memory for the devices: {e}"))?;
+    let region = vm_memory::GuestRegionMmap::new(region, vm_memory::GuestAddress(base))
+        .ok_or_else(|| anyhow::anyhow!("guest memory at {base:#x} overflows"))?;
+    GuestMemoryMmap::from_regions(vec![region])
+        .map_err(|e| anyhow::anyhow!("guest memory for the devices: {e}"))
 }
 
 /// A `--disk FILE[,ro]` argument.
