@@ -300,19 +300,21 @@ pub struct Slot {
     pub spi: u32,
     /// The transport.
     pub device: Box<dyn MmioDevice>,
+    /// Its interrupt line, to connect to the interrupt controller.
+    pub irq: Arc<LateIrq>,
     /// The start-up line (`virtio-blk at 0x0a000000 irq 48: disk.img (64 MiB, read-write)`).
     pub line: String,
 }
 
 /// Builds the devices `args` asks for, in window order: disks, entropy,
-/// console, vsock. `irq(spi)` gives a device its line; `state_dir` and
-/// `name` make the default vsock socket path.
+/// console, vsock. Each slot's interrupt line is connected later
+/// ([`LateIrq::connect`]); `state_dir` and `name` make the default vsock
+/// socket path.
 pub fn build(
     args: &VirtioArgs,
     name: &str,
     state_dir: &Path,
     mem: &GuestMemoryMmap<()>,
-    irq: &dyn Fn(u32) -> Arc<dyn IrqLine>,
 ) -> Result<Vec<Slot>> {
     let mut slots = Vec::new();
     let mut add = |kind: &str,
@@ -325,12 +327,14 @@ pub fn build(
         }
         let base = MMIO_BASE + MMIO_SIZE * u64::from(i);
         let spi = FIRST_SPI + i;
-        let device = make(irq(spi))?;
+        let irq = Arc::new(LateIrq::default());
+        let device = make(irq.clone())?;
         let line = format!("virtio-{kind} at {base:#010x} irq {}: {what}", spi + 32);
         slots.push(Slot {
             base,
             spi,
             device,
+            irq,
             line,
         });
         Ok(())
