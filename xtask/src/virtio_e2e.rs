@@ -41,13 +41,15 @@ pub struct Disk {
 
 static DISK: std::sync::OnceLock<Disk> = std::sync::OnceLock::new();
 
-/// Builds (once per xtask run) the 16 MiB ext4 image with `hello.txt` and
-/// 512 KiB of fresh random bytes in `from-host.bin` (`mke2fs -t ext4 -d`).
+/// Builds (once per xtask run) the 16 MiB ext4 image with `hello.txt`,
+/// 512 KiB of fresh random bytes in `from-host.bin` and `rampart-vmm` (the
+/// static binary `vmm`: the guest's vsock tool, which its busybox lacks),
+/// with `mke2fs -t ext4 -d`.
 ///
 /// # Errors
 ///
 /// No `mke2fs`, or it failed.
-pub fn disk() -> Result<&'static Disk> {
+pub fn disk(vmm: &Path) -> Result<&'static Disk> {
     use sha2::Digest as _;
     if let Some(d) = DISK.get() {
         return Ok(d);
@@ -73,6 +75,7 @@ pub fn disk() -> Result<&'static Disk> {
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut data))
         .context("reading /dev/urandom")?;
     fs::write(content.join("from-host.bin"), &data)?;
+    fs::copy(vmm, content.join("rampart-vmm")).with_context(|| format!("copying {}", vmm.display()))?;
     let image = dir.join("disk.img");
     let _ = fs::remove_file(&image);
     let out = Command::new("mke2fs")

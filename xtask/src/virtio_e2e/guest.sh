@@ -1,8 +1,9 @@
 # Sourced by the Linux guest's /init (xtask/src/virtio_e2e.rs packs it as
 # the guest's extra script): the virtio devices end to end. Lines for the
 # harness start with "RAMPART-GUEST: virtio: ".
-#   /dev/vda  ext4 image built by xtask: hello.txt (a line to print) and
-#             from-host.bin (checksum known to xtask)
+#   /dev/vda  ext4 image built by xtask: hello.txt (a line to print),
+#             from-host.bin (checksum known to xtask), rampart-vmm (its
+#             `vsock` subcommand is the guest's AF_VSOCK tool)
 #   /dev/vdb  raw exchange disk: [0, 2 MiB) written by the host before the
 #             run, [2 MiB, 4 MiB) written here for the host to read back
 #   vsock     port 5000: echo for the host; host port 6000: its echo
@@ -26,6 +27,7 @@ vsay "hwrng read $bytes bytes, first: $(head -c 16 /dev/hwrng 2>/dev/null | od -
 mkdir -p /mnt/disk
 if mount -t ext4 /dev/vda /mnt/disk; then
 	vsay "disk line: $(head -n 1 /mnt/disk/hello.txt)"
+	cp /mnt/disk/rampart-vmm /bin/rampart-vmm && chmod 755 /bin/rampart-vmm
 	vsay "ext4 from-host.bin sha256 $(sha /mnt/disk/from-host.bin)"
 	head -c 1048576 /dev/urandom >/mnt/disk/from-guest.bin
 	w=$(sha /mnt/disk/from-guest.bin)
