@@ -2,11 +2,13 @@
 //! Linux host, through the control pages and guest pool the hypervisor
 //! describes in the host's device tree (`/dev/mem`). See `README.md`.
 
+mod bus;
 mod console;
 mod dt;
 mod fuzz;
 mod hostile;
 mod hyp;
+mod linux;
 mod mem;
 mod plan;
 mod pool;
@@ -70,8 +72,18 @@ struct Cli {
 enum Command {
     /// Run a bundle as a VM until it powers off (or SIGINT/SIGTERM).
     Run {
-        /// The signed bundle (`rampart sign`).
-        bundle: PathBuf,
+        /// The signed bundle (`rampart sign`); or --kernel.
+        #[arg(required_unless_present = "kernel", conflicts_with = "kernel")]
+        bundle: Option<PathBuf>,
+        /// Boot this arm64 Linux `Image` as a non-protected guest instead of a bundle.
+        #[arg(long, value_name = "IMAGE")]
+        kernel: Option<PathBuf>,
+        /// The guest's initrd (with --kernel).
+        #[arg(long, value_name = "FILE", requires = "kernel")]
+        initrd: Option<PathBuf>,
+        /// The guest's kernel command line (with --kernel).
+        #[arg(long, value_name = "TEXT", requires = "kernel")]
+        cmdline: Option<String>,
         /// Guest RAM; must equal the manifest's (the signature covers it).
         #[arg(long, value_name = "SIZE", value_parser = plan::parse_size)]
         mem: Option<u64>,
@@ -219,7 +231,28 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run {
-            bundle,
+            kernel: Some(kernel),
+            initrd,
+            cmdline,
+            mem,
+            cpus,
+            name,
+            trace,
+            ..
+        } => linux::cmd_run(
+            &env,
+            &linux::Config {
+                kernel,
+                initrd,
+                cmdline: cmdline.unwrap_or_else(|| linux::DEFAULT_CMDLINE.into()),
+                memory_size: mem.unwrap_or(linux::DEFAULT_MEMORY),
+                vcpus: cpus.unwrap_or(1),
+                name: name.unwrap_or_else(|| "linux".into()),
+                trace,
+            },
+        ),
+        Command::Run {
+            bundle: Some(bundle),
             mem,
             cpus,
             ignore_manifest,
@@ -231,6 +264,7 @@ fn main() -> ExitCode {
             hold,
             hold_at,
             attack_metadata,
+            ..
         } => cmd_run(
             &env,
             &bundle,
@@ -252,6 +286,7 @@ fn main() -> ExitCode {
                 attack_metadata,
             },
         ),
+        Command::Run { bundle: None, .. } => Err(anyhow!("run needs a bundle or --kernel IMAGE")),
         Command::List => cmd_list(&env).map(|()| ExitCode::SUCCESS),
         Command::Stats => cmd_stats(&env).map(|()| ExitCode::SUCCESS),
         Command::Reclaim { all } => cmd_reclaim(&env, all).map(|()| ExitCode::SUCCESS),
