@@ -320,16 +320,26 @@ fn load_pending_interrupts(v: &mut Vcpu) {
     let mut i = 0;
     while i < v.pending_count {
         let intid = u64::from(v.pending[i]);
-        let already = lrs.iter().any(|lr| lr & STATE_MASK != 0 && lr & 0xffff_ffff == intid);
+        let same = lrs.iter().position(|lr| lr & STATE_MASK != 0 && lr & 0xffff_ffff == intid);
         let free = lrs.iter().position(|lr| lr & STATE_MASK == 0);
-        match (already, free) {
-            (true, _) => {}
-            (false, Some(n)) => {
+        match (same, free) {
+            // Pending already (pending, or active and pending): one
+            // interrupt, as the GIC merges edges.
+            (Some(n), _) if lrs[n] & PENDING != 0 => {}
+            // Active (the guest is handling the previous one): active and
+            // pending, so it is taken again after the guest's EOI. Dropping
+            // it would lose an edge — an IPI Linux then waits for forever.
+            (Some(n), _) => {
+                lrs[n] |= PENDING;
+                // SAFETY: the guest is loaded but not running.
+                unsafe { guest::write_lr(n, lrs[n]) };
+            }
+            (None, Some(n)) => {
                 lrs[n] = PENDING | GROUP1 | PRIORITY | intid;
                 // SAFETY: the guest is loaded but not running.
                 unsafe { guest::write_lr(n, lrs[n]) };
             }
-            (false, None) => {
+            (None, None) => {
                 i += 1;
                 continue;
             }

@@ -327,14 +327,96 @@ pub fn machine(smp: u32, vcpus: u32, mode: Mode, guest_extra: &str) -> Result<Ma
     Ok(m)
 }
 
-/// Boots the host with the guest and returns the run.
+/// One boot's time limit: the host, then the guest under TCG.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
+
+/// Boots the host with the guest and returns the run (its console saved
+/// in `build/linux-guest/<name>.log`).
 ///
 /// # Errors
 ///
 /// Building or running QEMU failed.
-pub fn boot(smp: u32, vcpus: u32, mode: Mode, timeout: Duration) -> Result<Run> {
+pub fn boot(name: &str, smp: u32, vcpus: u32, mode: Mode) -> Result<Run> {
     let m = machine(smp, vcpus, mode, "")?;
-    m.run(timeout, None, false)
+    let run = m.run(BOOT_TIMEOUT, None, false)?;
+    let _ = fs::write(dir().join(format!("{}.log", name.replace('/', "-"))), &run.console);
+    Ok(run)
+}
+
+/// The issue-11 cases of `cargo xtask test`: Debian's sid kernel boots to
+/// its `/init` as a guest with 1 and 2 vCPUs on a 4-CPU Linux host and
+/// powers off; SIGTERM to `rampart-vmm` while it runs tears it down with
+/// its RAM zeroed.
+pub fn cases(args: &crate::suite::TestArgs, case: &mut crate::linux_vmm::CaseFn<'_>) {
+    if args.no_linux {
+        return;
+    }
+    for vcpus in [1, 2] {
+        let name = format!("linux-guest/smp4/vcpus{vcpus}/boot");
+        case(name.clone(), &move || {
+            let run = boot(&name, 4, vcpus, Mode::Boot)?;
+            let ok = check_boot(&run.console).map_err(|e| anyhow::anyhow!(run.failure(&e)))?;
+            let want = if vcpus == 1 { "cpus 0" } else { "cpus 0-1" };
+            let init = run.console.lines().find(|l| l.contains(INIT_MARKER)).unwrap_or_default();
+            if !init.trim_end().ends_with(want) {
+                bail!(run.failure(&format!("the guest did not see {vcpus} vCPU(s): {init}")));
+            }
+            check_zeroed(&run.console).map_err(|e| anyhow::anyhow!(run.failure(&e)))?;
+            Ok(ok)
+        });
+    }
+    case("linux-guest/smp4/sigterm".into(), &|| {
+        let run = boot("linux-guest/smp4/sigterm", 4, 2, Mode::Sigterm)?;
+        check_sigterm(&run.console).map_err(|e| anyhow::anyhow!(run.failure(&e)))
+    });
+}
+
+/// The first and last word of the guest's RAM read 0 through `/dev/mem`
+/// after the run (`host.sh`).
+///
+/// # Errors
+///
+/// What was found instead.
+pub fn check_zeroed(console: &str) -> Result<String, String> {
+    let line = console
+        .lines()
+        .find_map(|l| l.split("RAMPART-INIT: guest RAM after the run: ").nth(1))
+        .ok_or("no `guest RAM after the run` line")?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        [a, x, b, y] if is_zero(x) && is_zero(y) => Ok(format!("guest RAM {a}..{b} reads 0 afterwards")),
+        _ => Err(format!("guest RAM after the run is not zero: {line}")),
+    }
+}
+
+fn is_zero(word: &str) -> bool {
+    word.strip_prefix("0x").is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b == b'0'))
+}
+
+/// SIGTERM while the guest runs: `rampart-vmm` stops its vCPUs, destroys
+/// the VM (pages reclaimed), zeroes the RAM and exits 143.
+///
+/// # Errors
+///
+/// The first thing missing.
+pub fn check_sigterm(console: &str) -> Result<String, String> {
+    let find = |s: &str| console.lines().find(|l| l.contains(s));
+    find("RAMPART-GUEST: sleeping").ok_or("the guest never reached its /init")?;
+    find("RAMPART-INIT: SIGTERM to rampart-vmm").ok_or("the host never sent SIGTERM")?;
+    if find("RAMPART-GUEST: powering off").is_some() {
+        return Err("the guest powered off by itself: the signal did not stop it".into());
+    }
+    let status = find("RAMPART-INIT: rampart-vmm exit status").ok_or("rampart-vmm did not finish")?;
+    if !status.ends_with("status 143") {
+        return Err(format!("want exit status 143 (SIGTERM after a clean teardown): {status}"));
+    }
+    let reclaimed = find("reclaimed, zeroed by the hypervisor").ok_or("the VM's pages were not reclaimed")?;
+    let zeroed = check_zeroed(console)?;
+    let live = console.lines().filter(|l| l.starts_with("RAMPART-INIT: list: ") && l.contains("0x")).count();
+    if live != 0 {
+        return Err(format!("{live} VM(s) still listed after the teardown"));
+    }
+    Ok(format!("{}; {zeroed}", reclaimed.trim()))
 }
 
 /// `cargo xtask run --guest`.
@@ -386,6 +468,19 @@ pub fn check_boot(console: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checks_a_clean_sigterm() {
+        let good = "RAMPART-GUEST: sleeping until\nRAMPART-INIT: SIGTERM to rampart-vmm (7)\n\
+            [linux] rampart-vmm: VM 0x1000 destroyed; 9 pages (36 KiB) reclaimed, zeroed by the hypervisor\n\
+            RAMPART-INIT: rampart-vmm exit status 143\n\
+            RAMPART-INIT: guest RAM after the run: 0x6fe00000 0x0000000000000000 0x7bdffff8 0x0000000000000000\n";
+        assert!(check_sigterm(good).is_ok(), "{:?}", check_sigterm(good));
+        assert!(check_sigterm(&good.replace("status 143", "status 1")).is_err());
+        assert!(check_sigterm(&good.replace("0x7bdffff8 0x0000000000000000", "0x7bdffff8 0x0000000000000001")).is_err());
+        assert!(check_sigterm(&format!("{good}RAMPART-INIT: list: 0x1000 pid 7\n")).is_err());
+        assert!(check_sigterm(&format!("{good}RAMPART-GUEST: powering off\n")).is_err());
+    }
 
     #[test]
     fn resolves_the_version_from_the_meta_package() {

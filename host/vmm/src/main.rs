@@ -241,7 +241,7 @@ fn main() -> ExitCode {
             ..
         } => linux::cmd_run(
             &env,
-            &linux::Config {
+            linux::Config {
                 kernel,
                 initrd,
                 cmdline: cmdline.unwrap_or_else(|| linux::DEFAULT_CMDLINE.into()),
@@ -249,6 +249,7 @@ fn main() -> ExitCode {
                 vcpus: cpus.unwrap_or(1),
                 name: name.unwrap_or_else(|| "linux".into()),
                 trace,
+                devices: Vec::new(),
             },
         ),
         Command::Run {

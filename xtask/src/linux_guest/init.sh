@@ -15,5 +15,7 @@ case " $(cat /proc/cmdline) " in
 	while :; do sleep 1; done
 	;;
 esac
+dmesg | tail -n 12 | sed 's/^/RAMPART-GUEST: dmesg: /'
+grep -E "IPI|arch_timer|GIC" /proc/interrupts | sed 's/^/RAMPART-GUEST: interrupts: /'
 echo "RAMPART-GUEST: powering off"
 poweroff -f

@@ -267,7 +267,7 @@ impl Gic {
                 let at = usize::try_from(offset - 0x400).unwrap_or(usize::MAX);
                 for k in 0..size {
                     if let Some(p) = d.priority.get_mut(at.saturating_add(k)) {
-                        *p = (value >> (8 * k)) as u8;
+                        *p = value.to_le_bytes().get(k).copied().unwrap_or(0);
                     }
                 }
             }
@@ -354,7 +354,7 @@ impl Gic {
                 let at = usize::try_from(offset - 0x1_0400).unwrap_or(usize::MAX);
                 for k in 0..size {
                     if let Some(p) = r.priority.get_mut(at.saturating_add(k)) {
-                        *p = (value >> (8 * k)) as u8;
+                        *p = value.to_le_bytes().get(k).copied().unwrap_or(0);
                     }
                 }
             }

@@ -73,8 +73,29 @@ pub mod layout {
     }
 }
 
+/// Guest memory for the VMM's devices: guest RAM as the guest sees it
+/// (guest-physical addresses from [`layout::RAM_BASE`]), over the VMM's
+/// `/dev/mem` mapping of the pool.
+pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
+
+/// Builds one virtio-mmio transport once guest memory and its interrupt
+/// line exist (the `virtio` module's constructors fit: `virtio::block(path,
+/// ro, mem, irq)` etc.). Transport *i* (in `Config::devices` order) sits at
+/// `layout::virtio_base(i)` with SPI `layout::virtio_spi(i)`.
+pub type DeviceFactory = Box<
+    dyn FnOnce(GuestMemory, std::sync::Arc<dyn crate::bus::IrqLine>) -> Result<Box<dyn crate::bus::MmioDevice>>
+        + Send,
+>;
+
+/// A virtio device to attach: its start-up description and constructor.
+pub struct Device {
+    /// One line for the start-up output (`block /disk.img (read-only)`).
+    pub describe: String,
+    /// The constructor.
+    pub build: DeviceFactory,
+}
+
 /// What `run --kernel` was asked.
-#[derive(Clone, Debug)]
 pub struct Config {
     /// The `Image`.
     pub kernel: PathBuf,
@@ -90,6 +111,8 @@ pub struct Config {
     pub name: String,
     /// Print every exit.
     pub trace: bool,
+    /// virtio-mmio devices, in transport order.
+    pub devices: Vec<Device>,
 }
 
 /// The default command line.
@@ -176,6 +199,36 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))
 }
 
+/// [`GuestMemory`] over `region`'s first `size` bytes, at guest-physical
+/// [`layout::RAM_BASE`].
+///
+/// # Errors
+///
+/// `vm-memory` refusing the region.
+fn guest_memory(region: &crate::mem::Mapping, size: u64) -> Result<GuestMemory> {
+    use vm_memory::{GuestAddress, GuestRegionMmap, MmapRegion};
+    let (start, len) = region.span();
+    let size = usize::try_from(size)?;
+    if size > len {
+        bail!("guest RAM ({size} bytes) is larger than its mapping ({len} bytes)");
+    }
+    // SAFETY: `start..start + size` lies inside the live shared mapping
+    // `region`, which `cmd_run` keeps mapped until after every device (and
+    // so every clone of this memory) is dropped at the end of the run.
+    let raw = unsafe {
+        MmapRegion::<()>::build_raw(
+            start as *mut u8,
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+        )
+    }
+    .map_err(|e| anyhow!("guest memory for the devices: {e}"))?;
+    let r = GuestRegionMmap::new(raw, GuestAddress(layout::RAM_BASE))
+        .ok_or_else(|| anyhow!("guest memory for the devices: the region wraps"))?;
+    GuestMemory::from_regions(vec![r]).map_err(|e| anyhow!("guest memory for the devices: {e}"))
+}
+
 /// `rampart-vmm run --kernel`: builds the VM, runs it until it powers off
 /// or a signal, tears it down.
 ///
@@ -183,12 +236,17 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
 ///
 /// Unreadable or malformed inputs (naming the file), no room, refused host
 /// calls.
-pub fn cmd_run(env: &Env, c: &Config) -> Result<ExitCode> {
+pub fn cmd_run(env: &Env, mut c: Config) -> Result<ExitCode> {
+    let devices = std::mem::take(&mut c.devices);
+    let c = &c;
+    if devices.len() > layout::VIRTIO_MAX as usize {
+        bail!("at most {} virtio devices", layout::VIRTIO_MAX);
+    }
     signals::install();
     let kernel = read(&c.kernel, "kernel")?;
     let header = image::parse(&kernel).with_context(|| c.kernel.display().to_string())?;
     let initrd = c.initrd.as_deref().map(|p| read(p, "initrd")).transpose()?;
-    if c.memory_size % (2 << 20) != 0 {
+    if !c.memory_size.is_multiple_of(2 << 20) {
         bail!("--mem {:#x}: a Linux guest's RAM must be a multiple of 2 MiB", c.memory_size);
     }
     let at = place(c.memory_size, &header, initrd.as_ref().map(|i| i.len() as u64))
@@ -202,7 +260,7 @@ pub fn cmd_run(env: &Env, c: &Config) -> Result<ExitCode> {
         cmdline: c.cmdline.clone(),
         initrd: at.initrd,
         conduit: fdt::Conduit::Hvc,
-        virtio_devices: 0,
+        virtio_devices: u32::try_from(devices.len())?,
         kaslr_seed: u64::from_le_bytes(kaslr),
         rng_seed: seed,
     })?;
@@ -281,6 +339,18 @@ pub fn cmd_run(env: &Env, c: &Config) -> Result<ExitCode> {
         at.initrd.map_or(String::new(), |(s, e)| format!(", initrd at {s:#x}..{e:#x}"))
     );
     println!("[{}] rampart-vmm: console: pl011 at {:#x} (ttyAMA0)", c.name, layout::UART_BASE);
+    for (i, d) in devices.iter().enumerate() {
+        #[allow(clippy::cast_possible_truncation, reason = "at most VIRTIO_MAX")]
+        let n = i as u32;
+        println!(
+            "[{}] rampart-vmm: virtio{i}: {} at {:#x} (SPI {})",
+            c.name,
+            d.describe,
+            layout::virtio_base(n),
+            layout::virtio_spi(n)
+        );
+    }
+    let memory = guest_memory(&region, c.memory_size)?;
 
     let outcome = run::run(&run::Vm {
         name: &c.name,
@@ -292,7 +362,7 @@ pub fn cmd_run(env: &Env, c: &Config) -> Result<ExitCode> {
         region_phys,
         state_dir: &env.state_dir,
         kernel: &c.kernel,
-    });
+    }, devices, &memory);
 
     let destroyed = vm::destroy(main, handle);
     match &destroyed {
@@ -307,17 +377,28 @@ pub fn cmd_run(env: &Env, c: &Config) -> Result<ExitCode> {
         ),
     }
     if destroyed.is_ok() {
+        // The RAM was lent (VM_SHARE), so VM_DESTROY hands it back as it
+        // is: the VMM clears what the guest left before the pool range is
+        // anyone else's.
+        region.zero(0, usize::try_from(c.memory_size)?);
+        println!(
+            "[{}] rampart-vmm: guest RAM {region_phys:#x}..{:#x} zeroed by the VMM",
+            c.name,
+            region_phys + c.memory_size
+        );
         session.close();
     } else {
         std::mem::forget(session);
     }
     println!("[{}] rampart-vmm: {}", c.name, outcome.describe());
-    Ok(ExitCode::from(match outcome {
+    let status = match outcome {
         crate::run::Outcome::SystemOff | crate::run::Outcome::SystemReset if destroyed.is_ok() => 0,
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "signal numbers")]
         crate::run::Outcome::Interrupted(sig) if destroyed.is_ok() => 128 + sig as u8,
         _ => 1,
-    }))
+    };
+    println!("[{}] rampart-vmm: exit status {status}", c.name);
+    Ok(ExitCode::from(status))
 }
 
 #[cfg(test)]

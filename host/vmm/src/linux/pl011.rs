@@ -6,7 +6,9 @@
 //! `TXFF`), and no interrupt is ever raised: the raw interrupt status
 //! reads 0. There is no input (`RXFE` always set).
 
-use crate::bus::MmioDevice;
+use std::sync::Arc;
+
+use crate::bus::{IrqLine, MmioDevice};
 
 const DR: u64 = 0x000;
 const FR: u64 = 0x018;
@@ -22,9 +24,12 @@ const FR_IDLE: u64 = (1 << 7) | (1 << 4);
 /// PrimeCell peripheral and cell ID (0xFE0..0xFFC): PL011 r1p5, ARM.
 const IDS: [u8; 8] = [0x11, 0x10, 0x34, 0x00, 0x0d, 0xf0, 0x05, 0xb1];
 
-/// The UART; `out` gets every byte the guest sends.
+/// The UART; `out` gets every byte the guest sends, `irq` is its
+/// (level) interrupt line, driven with the masked interrupt status after
+/// every write (always low: nothing ever becomes pending).
 pub struct Pl011 {
     out: Box<dyn FnMut(u8) + Send>,
+    irq: Arc<dyn IrqLine>,
     regs: [u32; 8],
     /// Bytes sent.
     pub sent: u64,
@@ -33,9 +38,10 @@ pub struct Pl011 {
 impl Pl011 {
     /// A UART after reset.
     #[must_use]
-    pub fn new(out: Box<dyn FnMut(u8) + Send>) -> Self {
+    pub fn new(out: Box<dyn FnMut(u8) + Send>, irq: Arc<dyn IrqLine>) -> Self {
         Pl011 {
             out,
+            irq,
             regs: [0; 8],
             sent: 0,
         }
@@ -59,9 +65,11 @@ impl MmioDevice for Pl011 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let value: u64 = match offset {
             FR => FR_IDLE,
-            0xfe0..=0xffc if offset % 4 == 0 => {
+            0xfe0..=0xffc if offset.is_multiple_of(4) => {
                 u64::from(IDS[usize::try_from((offset - 0xfe0) / 4).unwrap_or(0)])
             }
+            // UARTRIS / UARTMIS: nothing pending, ever.
+            0x3c | 0x40 => 0,
             _ => Self::slot(offset).map_or(0, |s| u64::from(self.regs[s])),
         };
         let bytes = value.to_le_bytes();
@@ -82,6 +90,8 @@ impl MmioDevice for Pl011 {
             {
                 self.regs[s] = value as u32;
             }
+            // The line is UARTMIS != 0: RIS is always 0.
+            self.irq.set(false);
         }
     }
 }
@@ -89,13 +99,21 @@ impl MmioDevice for Pl011 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
+
+    struct Line(Mutex<Vec<bool>>);
+    impl IrqLine for Line {
+        fn set(&self, level: bool) {
+            self.0.lock().unwrap().push(level);
+        }
+    }
 
     #[test]
     fn sends_bytes_and_identifies_itself() {
         let got = Arc::new(Mutex::new(Vec::new()));
         let g = got.clone();
-        let mut u = Pl011::new(Box::new(move |b| g.lock().unwrap().push(b)));
+        let line = Arc::new(Line(Mutex::new(Vec::new())));
+        let mut u = Pl011::new(Box::new(move |b| g.lock().unwrap().push(b)), line.clone());
         u.write(DR, b"h");
         u.write(DR, &[b'i', 0, 0, 0]);
         assert_eq!(*got.lock().unwrap(), b"hi");
@@ -118,5 +136,6 @@ mod tests {
         assert_eq!(d[0], 0x50);
         u.read(0x3c, &mut d);
         assert_eq!(d, [0; 4], "no interrupt is ever raised");
+        assert!(line.0.lock().unwrap().iter().all(|&l| !l), "the line stays low");
     }
 }

@@ -377,7 +377,7 @@ fn frequency() -> u64 {
 
 #[cfg(not(target_arch = "aarch64"))]
 fn counter() -> u64 {
-    u64::try_from(crate::signals::monotonic_ns()).unwrap_or(0)
+    crate::signals::monotonic_ns()
 }
 
 #[cfg(not(target_arch = "aarch64"))]
@@ -385,28 +385,40 @@ fn frequency() -> u64 {
     1_000_000_000
 }
 
-/// Runs the VM until it powers off, resets, fails or a signal arrives.
-pub fn run(vm: &Vm<'_>) -> Outcome {
+/// Runs the VM until it powers off, resets, fails or a signal arrives;
+/// `devices` become virtio-mmio transports 0, 1, ... over `memory`.
+pub fn run(vm: &Vm<'_>, devices: Vec<super::Device>, memory: &super::GuestMemory) -> Outcome {
     let started = Instant::now();
     let gic = Arc::new(Gic::new(vm.vcpus));
     let console = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = mpsc::channel::<Injection>();
-    let _lines: Vec<Arc<dyn IrqLine>> = (0..0u32)
-        .map(|n| {
-            Arc::new(SpiLine {
-                gic: gic.clone(),
-                intid: 32 + layout::virtio_spi(n),
-                tx: Mutex::new(tx.clone()),
-            }) as Arc<dyn IrqLine>
-        })
-        .collect();
+    let mut virtio = Vec::new();
+    for (n, d) in (0u32..).zip(devices) {
+        let line: Arc<dyn IrqLine> = Arc::new(SpiLine {
+            gic: gic.clone(),
+            intid: 32 + layout::virtio_spi(n),
+            tx: Mutex::new(tx.clone()),
+        });
+        match (d.build)(memory.clone(), line) {
+            Ok(dev) => virtio.push(Mutex::new(dev)),
+            Err(e) => return Outcome::Error(format!("virtio{n} ({}): {e:#}", d.describe)),
+        }
+    }
+    let uart_line: Arc<dyn IrqLine> = Arc::new(SpiLine {
+        gic: gic.clone(),
+        intid: 32 + layout::UART_SPI,
+        tx: Mutex::new(tx.clone()),
+    });
     drop(tx);
     let shared = Shared {
         vm,
         gic,
         bus: Bus {
-            uart: Mutex::new(Pl011::new(console_sink(vm.name.to_string(), console.clone()))),
-            virtio: Vec::new(),
+            uart: Mutex::new(Pl011::new(
+                console_sink(vm.name.to_string(), console.clone()),
+                uart_line,
+            )),
+            virtio,
         },
         devices: DeviceCounters::default(),
         counters: Counters::default(),
