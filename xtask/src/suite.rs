@@ -245,6 +245,8 @@ pub fn run(args: &TestArgs) -> Result<()> {
         }
     }
     crate::linux_vmm::cases(args, &mut case);
+    // Issue 11: Debian's sid kernel as a Rampart guest under the Linux host.
+    crate::linux_guest::cases(args, &mut case);
 
     let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.result.is_err()).collect();
     eprintln!("\nsummary ({:.0}s):", start.elapsed().as_secs_f64());

@@ -2,14 +2,13 @@
 //! Linux host, through the control pages and guest pool the hypervisor
 //! describes in the host's device tree (`/dev/mem`). See `README.md`.
 
-// Used by the virtio devices; dispatched to by the Linux guest run path.
-#[allow(dead_code)]
 mod bus;
 mod console;
 mod dt;
 mod fuzz;
 mod hostile;
 mod hyp;
+mod linux;
 mod mem;
 mod plan;
 mod pool;
@@ -17,8 +16,6 @@ mod run;
 mod session;
 mod signals;
 mod stats;
-// Until the Linux guest run path (issue 11, `linux/`) builds the devices.
-#[allow(dead_code)]
 mod virtio;
 mod vm;
 
@@ -76,8 +73,18 @@ struct Cli {
 enum Command {
     /// Run a bundle as a VM until it powers off (or SIGINT/SIGTERM).
     Run {
-        /// The signed bundle (`rampart sign`).
-        bundle: PathBuf,
+        /// The signed bundle (`rampart sign`); or --kernel.
+        #[arg(required_unless_present = "kernel", conflicts_with = "kernel")]
+        bundle: Option<PathBuf>,
+        /// Boot this arm64 Linux `Image` as a non-protected guest instead of a bundle.
+        #[arg(long, value_name = "IMAGE")]
+        kernel: Option<PathBuf>,
+        /// The guest's initrd (with --kernel).
+        #[arg(long, value_name = "FILE", requires = "kernel")]
+        initrd: Option<PathBuf>,
+        /// The guest's kernel command line (with --kernel).
+        #[arg(long, value_name = "TEXT", requires = "kernel")]
+        cmdline: Option<String>,
         /// Guest RAM; must equal the manifest's (the signature covers it).
         #[arg(long, value_name = "SIZE", value_parser = plan::parse_size)]
         mem: Option<u64>,
@@ -117,7 +124,7 @@ enum Command {
         attack_metadata: bool,
         /// virtio devices for a Linux guest (issue 11).
         #[command(flatten)]
-        virtio: virtio::VirtioArgs,
+        virtio: Box<virtio::VirtioArgs>,
     },
     /// List every live VM (VM_LIST) and the VMM that owns it.
     List,
@@ -248,11 +255,43 @@ fn main() -> ExitCode {
         state_dir: cli.state_dir.clone(),
     };
     let result = match cli.command {
-        Command::Run { ref virtio, .. } if virtio.any_device() => Err(anyhow!(
+        Command::Run {
+            kernel: None,
+            ref virtio,
+            ..
+        } if virtio.any_device() => Err(anyhow!(
             "--disk, --vsock and --virtio-console need a Linux guest (--kernel); a bundle has no virtio devices"
         )),
         Command::Run {
-            bundle,
+            kernel: Some(kernel),
+            initrd,
+            cmdline,
+            mem,
+            cpus,
+            name,
+            trace,
+            virtio,
+            ..
+        } => {
+            let name = name.unwrap_or_else(|| "linux".into());
+            virtio::devices(&virtio, &name, &env.state_dir).and_then(|devices| {
+                linux::cmd_run(
+                    &env,
+                    linux::Config {
+                        kernel,
+                        initrd,
+                        cmdline: cmdline.unwrap_or_else(|| linux::DEFAULT_CMDLINE.into()),
+                        memory_size: mem.unwrap_or(linux::DEFAULT_MEMORY),
+                        vcpus: cpus.unwrap_or(1),
+                        name,
+                        trace,
+                        devices,
+                    },
+                )
+            })
+        }
+        Command::Run {
+            bundle: Some(bundle),
             mem,
             cpus,
             ignore_manifest,
@@ -264,7 +303,7 @@ fn main() -> ExitCode {
             hold,
             hold_at,
             attack_metadata,
-            virtio: _,
+            ..
         } => cmd_run(
             &env,
             &bundle,
@@ -286,6 +325,7 @@ fn main() -> ExitCode {
                 attack_metadata,
             },
         ),
+        Command::Run { bundle: None, .. } => Err(anyhow!("run needs a bundle or --kernel IMAGE")),
         Command::List => cmd_list(&env).map(|()| ExitCode::SUCCESS),
         Command::Stats => cmd_stats(&env).map(|()| ExitCode::SUCCESS),
         Command::Reclaim { all } => cmd_reclaim(&env, all).map(|()| ExitCode::SUCCESS),

@@ -30,6 +30,7 @@ pub const VERSION: u32 = 2;
 pub const VENDOR: u32 = u32::from_le_bytes(*b"RAMP");
 
 /// Register offsets (virtio 1.2, table 4.1).
+#[allow(dead_code, reason = "the whole register map, for reference")]
 pub mod reg {
     /// Magic value.
     pub const MAGIC: u64 = 0x000;
@@ -88,6 +89,7 @@ pub mod reg {
 }
 
 /// Device status bits (virtio 1.2, 2.1).
+#[allow(dead_code, reason = "the whole set, for reference")]
 pub mod status {
     /// The guest noticed the device.
     pub const ACKNOWLEDGE: u32 = 1;
@@ -192,18 +194,6 @@ impl<'a> Ctx<'a> {
     pub fn unpop(&mut self, q: usize) {
         if let Some(queue) = self.queues.get_mut(q) {
             queue.go_to_previous_position();
-        }
-    }
-
-    /// Whether queue `q` has chains available (without taking one).
-    pub fn has_available(&mut self, q: usize) -> bool {
-        let mem = self.mem;
-        match self.queues.get_mut(q) {
-            Some(queue) if queue.ready() => queue
-                .avail_idx(mem, Ordering::Acquire)
-                .map(|idx| idx.0 != queue.next_avail())
-                .unwrap_or(false),
-            _ => false,
         }
     }
 }

@@ -8,8 +8,8 @@
 //! status the guest's driver understands or puts the device in
 //! `DEVICE_NEEDS_RESET`; nothing a guest writes panics the VMM.
 //!
-//! Guest-physical layout (fixed with the device tree, `linux/`): transport
-//! `i` at [`MMIO_BASE`]` + `[`MMIO_SIZE`]` * i`, SPI `16 + i`, edge-rising.
+//! Guest-physical layout (`linux::layout`, fixed with the device tree):
+//! transport `i` at `0x0a00_0000 + 0x200 * i`, SPI `16 + i`, edge-rising.
 
 pub mod block;
 pub mod console;
@@ -21,20 +21,13 @@ pub mod vsock_cli;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use vm_memory::GuestMemoryMmap;
 
 use crate::bus::{IrqLine, MmioDevice};
 pub use mmio::{Ctx, DeviceStats, Transport, Waker};
-
-/// Guest-physical base of the first virtio-mmio window.
-pub const MMIO_BASE: u64 = 0x0a00_0000;
-/// Size of each window.
-pub const MMIO_SIZE: u64 = 0x200;
-/// SPI of the first window (INTID 48).
-pub const FIRST_SPI: u32 = 16;
 
 /// Why a device stopped: the transport then sets `DEVICE_NEEDS_RESET`.
 #[derive(Debug)]
@@ -147,11 +140,14 @@ pub fn stats_lines() -> Vec<(String, String)> {
 }
 
 fn transport(
+    label: String,
     device: Box<dyn VirtioDevice>,
     mem: GuestMemoryMmap<()>,
     irq: Arc<dyn IrqLine>,
 ) -> Result<Box<dyn MmioDevice>> {
-    Ok(Box::new(Transport::new(device, mem, irq)?))
+    let t = Transport::new(device, mem, irq)?;
+    register(label, &t);
+    Ok(Box::new(t))
 }
 
 /// A virtio-blk device backed by the file `path` (read-only: `VIRTIO_BLK_F_RO`).
@@ -161,12 +157,17 @@ pub fn block(
     mem: GuestMemoryMmap<()>,
     irq: Arc<dyn IrqLine>,
 ) -> Result<Box<dyn MmioDevice>> {
-    transport(Box::new(block::Block::open(path, read_only)?), mem, irq)
+    transport(
+        format!("virtio-blk {}", path.display()),
+        Box::new(block::Block::open(path, read_only)?),
+        mem,
+        irq,
+    )
 }
 
 /// A virtio-rng device fed by the host's `getrandom` (`/dev/urandom`).
 pub fn rng(mem: GuestMemoryMmap<()>, irq: Arc<dyn IrqLine>) -> Result<Box<dyn MmioDevice>> {
-    transport(Box::new(rng::Rng::new()), mem, irq)
+    transport("virtio-rng".into(), Box::new(rng::Rng::new()), mem, irq)
 }
 
 /// A virtio-console whose output goes to the VMM's stdout, each line
@@ -176,7 +177,12 @@ pub fn console(
     mem: GuestMemoryMmap<()>,
     irq: Arc<dyn IrqLine>,
 ) -> Result<Box<dyn MmioDevice>> {
-    transport(Box::new(console::Console::stdout(name)), mem, irq)
+    transport(
+        "virtio-console".into(),
+        Box::new(console::Console::stdout(name)),
+        mem,
+        irq,
+    )
 }
 
 /// A virtio-vsock device for guest CID `guest_cid`, bridged to Unix sockets
@@ -187,53 +193,12 @@ pub fn vsock(
     mem: GuestMemoryMmap<()>,
     irq: Arc<dyn IrqLine>,
 ) -> Result<Box<dyn MmioDevice>> {
-    transport(Box::new(vsock::Vsock::new(guest_cid, socket)?), mem, irq)
-}
-
-/// An interrupt line connected after the devices are made (the device tree
-/// needs their number before the interrupt controller exists). Until then
-/// it drops what it is told (no driver runs yet).
-#[derive(Default)]
-pub struct LateIrq(OnceLock<Arc<dyn IrqLine>>);
-
-impl LateIrq {
-    /// Connects the line (once; later calls are ignored).
-    pub fn connect(&self, line: Arc<dyn IrqLine>) {
-        let _ = self.0.set(line);
-    }
-}
-
-impl IrqLine for LateIrq {
-    fn set(&self, level: bool) {
-        if let Some(line) = self.0.get() {
-            line.set(level);
-        }
-    }
-}
-
-/// The devices' view of guest RAM: `len` bytes at guest-physical `base`,
-/// mapped in this process at `host` (read-write, shared).
-///
-/// # Safety
-///
-/// `host..host + len` must be a read-write shared mapping of this process
-/// that stays mapped while any clone of the result (any device) lives.
-pub unsafe fn guest_memory(host: *mut u8, len: usize, base: u64) -> Result<GuestMemoryMmap<()>> {
-    // SAFETY: the caller guarantees the mapping and its lifetime; vm-memory
-    // does not unmap a raw region.
-    let region = unsafe {
-        vm_memory::MmapRegion::<()>::build_raw(
-            host,
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-        )
-    }
-    .map_err(|e| anyhow::anyhow!("guest memory for the devices: {e}"))?;
-    let region = vm_memory::GuestRegionMmap::new(region, vm_memory::GuestAddress(base))
-        .ok_or_else(|| anyhow::anyhow!("guest memory at {base:#x} overflows"))?;
-    GuestMemoryMmap::from_regions(vec![region])
-        .map_err(|e| anyhow::anyhow!("guest memory for the devices: {e}"))
+    transport(
+        "virtio-vsock".into(),
+        Box::new(vsock::Vsock::new(guest_cid, socket)?),
+        mem,
+        irq,
+    )
 }
 
 /// A `--disk FILE[,ro]` argument.
@@ -292,106 +257,62 @@ impl VirtioArgs {
     }
 }
 
-/// One device on the bus.
-pub struct Slot {
-    /// Guest-physical base of its window ([`MMIO_SIZE`] bytes).
-    pub base: u64,
-    /// Its SPI (INTID = 32 + SPI).
-    pub spi: u32,
-    /// The transport.
-    pub device: Box<dyn MmioDevice>,
-    /// Its interrupt line, to connect to the interrupt controller.
-    pub irq: Arc<LateIrq>,
-    /// The start-up line (`virtio-blk at 0x0a000000 irq 48: disk.img (64 MiB, read-write)`).
-    pub line: String,
-}
-
-/// Builds the devices `args` asks for, in window order: disks, entropy,
-/// console, vsock. Each slot's interrupt line is connected later
-/// ([`LateIrq::connect`]); `state_dir` and `name` make the default vsock
-/// socket path.
-pub fn build(
+/// The devices `args` asks for, as the Linux guest's run path takes them
+/// (`linux::Device`: a start-up description and a constructor called with
+/// guest memory and the interrupt line), in window order: disks, entropy,
+/// console, vsock. Disk images are opened now, so a bad path fails before
+/// anything runs; `state_dir` and `name` make the default vsock socket.
+///
+/// # Errors
+///
+/// A disk image that cannot be opened (naming it).
+pub fn devices(
     args: &VirtioArgs,
     name: &str,
     state_dir: &Path,
-    mem: &GuestMemoryMmap<()>,
-) -> Result<Vec<Slot>> {
-    let mut slots = Vec::new();
-    let mut add = |kind: &str,
-                   what: String,
-                   make: &mut dyn FnMut(Arc<dyn IrqLine>) -> Result<Box<dyn MmioDevice>>|
-     -> Result<()> {
-        let i = u32::try_from(slots.len())?;
-        if i >= 32 {
-            bail!("too many virtio devices (at most 32)");
-        }
-        let base = MMIO_BASE + MMIO_SIZE * u64::from(i);
-        let spi = FIRST_SPI + i;
-        let irq = Arc::new(LateIrq::default());
-        let device = make(irq.clone())?;
-        let line = format!("virtio-{kind} at {base:#010x} irq {}: {what}", spi + 32);
-        slots.push(Slot {
-            base,
-            spi,
-            device,
-            irq,
-            line,
-        });
-        Ok(())
-    };
+) -> Result<Vec<crate::linux::Device>> {
+    let mut out: Vec<crate::linux::Device> = Vec::new();
     for d in &args.disks {
-        let dev = block::Block::open(&d.path, d.read_only)?;
-        let what = format!(
-            "{} ({}, {})",
-            d.path.display(),
-            human(dev.capacity_bytes()),
-            if d.read_only {
-                "read-only"
-            } else {
-                "read-write"
-            }
-        );
-        let mut dev = Some(dev);
-        add("blk", what, &mut |irq| {
-            let dev = dev
-                .take()
-                .ok_or_else(|| anyhow::anyhow!("disk made twice"))?;
-            let t = Transport::new(Box::new(dev), mem.clone(), irq)?;
-            register(format!("virtio-blk {}", d.path.display()), &t);
-            Ok(Box::new(t))
-        })?;
+        let size = block::Block::open(&d.path, d.read_only)?.capacity_bytes();
+        let (path, ro) = (d.path.clone(), d.read_only);
+        out.push(crate::linux::Device {
+            describe: format!(
+                "virtio-blk: {} ({}, {})",
+                path.display(),
+                human(size),
+                if ro { "read-only" } else { "read-write" }
+            ),
+            build: Box::new(move |mem, irq| block(&path, ro, mem, irq)),
+        });
     }
     if args.rng {
-        add("rng", "getrandom (/dev/urandom)".into(), &mut |irq| {
-            let t = Transport::new(Box::new(rng::Rng::new()), mem.clone(), irq)?;
-            register("virtio-rng".into(), &t);
-            Ok(Box::new(t))
-        })?;
+        out.push(crate::linux::Device {
+            describe: "virtio-rng: getrandom (/dev/urandom)".into(),
+            build: Box::new(rng),
+        });
     }
     if args.virtio_console {
-        add("console", "hvc0 to stdout".into(), &mut |irq| {
-            let t = Transport::new(Box::new(console::Console::stdout(name)), mem.clone(), irq)?;
-            register("virtio-console".into(), &t);
-            Ok(Box::new(t))
-        })?;
+        let name = name.to_string();
+        out.push(crate::linux::Device {
+            describe: "virtio-console: hvc0 to stdout".into(),
+            build: Box::new(move |mem, irq| console(&name, mem, irq)),
+        });
     }
     if let Some(cid) = args.vsock {
         let socket = args
             .vsock_socket
             .clone()
             .unwrap_or_else(|| state_dir.join(format!("{name}.vsock")));
-        let what = format!(
-            "guest CID {cid}, host socket {} (guest ports P: {}_P)",
-            socket.display(),
-            socket.display()
-        );
-        add("vsock", what, &mut |irq| {
-            let t = Transport::new(Box::new(vsock::Vsock::new(cid, &socket)?), mem.clone(), irq)?;
-            register("virtio-vsock".into(), &t);
-            Ok(Box::new(t))
-        })?;
+        out.push(crate::linux::Device {
+            describe: format!(
+                "virtio-vsock: guest CID {cid}, host socket {} (guest ports P: {}_P)",
+                socket.display(),
+                socket.display()
+            ),
+            build: Box::new(move |mem, irq| vsock(cid, &socket, mem, irq)),
+        });
     }
-    Ok(slots)
+    Ok(out)
 }
 
 /// `64 MiB`, `1.5 GiB`, `512 bytes`.

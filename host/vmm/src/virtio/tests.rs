@@ -715,7 +715,7 @@ fn vsock_malformed_tx_chains_need_reset() {
 // ---------------------------------------------------------------- wire-up
 
 #[test]
-fn build_lays_out_the_windows_and_their_start_up_lines() {
+fn devices_come_in_window_order_with_their_start_up_descriptions() {
     let dir = scratch("build");
     let img = dir.join("disk.img");
     std::fs::write(&img, vec![0u8; 3 << 20]).unwrap();
@@ -726,44 +726,43 @@ fn build_lays_out_the_windows_and_their_start_up_lines() {
         rng: true,
         virtio_console: false,
     };
-    let mem = super::testutil::memory();
-    let mut slots = super::build(&args, "vm", &dir, &mem).unwrap();
-    let lines: Vec<&str> = slots.iter().map(|s| s.line.as_str()).collect();
+    let devices = super::devices(&args, "vm", &dir).unwrap();
+    let lines: Vec<&str> = devices.iter().map(|d| d.describe.as_str()).collect();
     assert_eq!(
         lines,
         [
-            format!("virtio-blk at 0x0a000000 irq 48: {} (3 MiB, read-only)", img.display()).as_str(),
-            "virtio-rng at 0x0a000200 irq 49: getrandom (/dev/urandom)",
+            format!("virtio-blk: {} (3 MiB, read-only)", img.display()).as_str(),
+            "virtio-rng: getrandom (/dev/urandom)",
             format!(
-                "virtio-vsock at 0x0a000400 irq 50: guest CID 3, host socket {0} (guest ports P: {0}_P)",
+                "virtio-vsock: guest CID 3, host socket {0} (guest ports P: {0}_P)",
                 dir.join("vm.vsock").display()
             )
             .as_str(),
         ]
     );
-    assert_eq!(
-        slots.iter().map(|s| (s.base, s.spi)).collect::<Vec<_>>(),
-        [(0x0a00_0000, 16), (0x0a00_0200, 17), (0x0a00_0400, 18)]
-    );
-    // The disk is the device behind window 0; its line is connected late.
-    let mut b = [0u8; 4];
-    slots[0].device.read(reg::DEVICE_ID, &mut b);
-    assert_eq!(u32::from_le_bytes(b), 2);
-    let irq = Arc::new(super::testutil::Irq::default());
-    slots[0].irq.connect(irq.clone());
-    use crate::bus::IrqLine as _;
-    slots[0].irq.set(true);
-    assert_eq!(irq.edges.load(Ordering::SeqCst), 1);
+    // The constructors make the transports, wired to the line they get.
+    let mem = super::testutil::memory();
+    let ids: Vec<u32> = devices
+        .into_iter()
+        .map(|d| {
+            let irq = Arc::new(super::testutil::Irq::default());
+            let mut t = (d.build)(mem.clone(), irq).unwrap();
+            let mut b = [0u8; 4];
+            t.read(reg::DEVICE_ID, &mut b);
+            u32::from_le_bytes(b)
+        })
+        .collect();
+    assert_eq!(ids, [2, 4, 19]);
     assert!(
         super::stats_lines()
             .iter()
             .any(|(k, _)| k.starts_with("device virtio-blk"))
     );
-    // A missing disk names the file.
+    // A missing disk names the file, before anything runs.
     let bad = super::VirtioArgs {
         disks: vec![super::parse_disk("/nonexistent/x.img").unwrap()],
         ..args
     };
-    let e = super::build(&bad, "vm", &dir, &mem).err().unwrap();
+    let e = super::devices(&bad, "vm", &dir).err().unwrap();
     assert!(format!("{e:#}").contains("/nonexistent/x.img"), "{e:#}");
 }
