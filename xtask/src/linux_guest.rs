@@ -433,7 +433,8 @@ pub enum Guest {
 ///
 /// As [`machine`].
 pub fn demo_machine(smp: u32) -> Result<Machine> {
-    machine(smp, 2, Mode::Boot, "")
+    // With the virtio devices (disk, entropy, vsock): xtask/src/virtio_e2e.rs.
+    crate::virtio_e2e::machine(smp, 2)
 }
 
 /// After the demo: the guest reached its `/init` and `rampart-vmm` ended
@@ -443,7 +444,7 @@ pub fn demo_machine(smp: u32) -> Result<Machine> {
 ///
 /// Says which step is missing.
 pub fn after_demo(run: &Run) -> Result<()> {
-    check_boot(&run.console).map(|s| println!("xtask: {s}")).map_err(|e| anyhow::anyhow!(e))
+    crate::virtio_e2e::after_demo(run)
 }
 
 /// The checks of a boot: the guest's `/init` ran, it powered off,

@@ -17,8 +17,6 @@ mod linux_vmm;
 mod prereq;
 mod qemu;
 mod suite;
-// Wired into the Linux guest cases once they exist (issue 11).
-#[allow(dead_code)]
 mod virtio_e2e;
 
 #[derive(Parser)]

@@ -22,7 +22,15 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{artifacts, prereq};
+use crate::linux_guest::{self, Mode};
+use crate::qemu::{Machine, Run};
+use crate::{artifacts, linux, linux_vmm, prereq};
+
+/// Host CPUs and guest vCPUs of the end-to-end case.
+const SMP: u32 = 2;
+const VCPUS: u32 = 2;
+/// The boot, the devices and the round trips on two busy cores.
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The guest's part, sourced by its `/init`.
 pub const GUEST_SCRIPT: &str = include_str!("virtio_e2e/guest.sh");
@@ -98,6 +106,79 @@ pub fn disk(vmm: &Path) -> Result<&'static Disk> {
         image,
         from_host_sha256,
     }))
+}
+
+/// The Linux host with the guest (`vcpus`) and its virtio devices: the
+/// guest and its `/init` part are lguest's ([`linux_guest::machine`]); a
+/// second cpio archive appended to the host's initramfs (the kernel
+/// unpacks each in turn) brings the disk image and `/virtio-host.sh`,
+/// which the host's `linux_guest/host.sh` sources.
+///
+/// # Errors
+///
+/// Building anything failed.
+pub fn machine(smp: u32, vcpus: u32) -> Result<Machine> {
+    let vmm = linux_vmm::vmm_binary()?;
+    let disk = disk(&vmm)?;
+    let mut m = linux_guest::machine(smp, vcpus, Mode::Boot, GUEST_SCRIPT)?;
+    let base = m.initrd.clone().context("the Linux host has no initramfs")?;
+    let mut a = linux::cpio::Newc::new();
+    a.dir("guest")?;
+    a.file("guest/disk.img", 0o644, &fs::read(&disk.image)?)?;
+    a.file("virtio-host.sh", 0o644, HOST_SCRIPT.as_bytes())?;
+    let dir = disk.image.parent().context("disk image directory")?;
+    let extra = dir.join("virtio.cpio.gz");
+    linux::gzip(&a.finish(), &extra)?;
+    let both = dir.join("host-initramfs.cpio.gz");
+    let mut data = fs::read(&base).with_context(|| format!("reading {}", base.display()))?;
+    data.extend_from_slice(&fs::read(&extra)?);
+    fs::write(&both, &data).with_context(|| format!("writing {}", both.display()))?;
+    m.initrd = Some(both);
+    Ok(m)
+}
+
+/// Every check of the end-to-end run, each on its own line.
+///
+/// # Errors
+///
+/// The first failed check.
+pub fn check_all(console: &str) -> Result<String, String> {
+    let disk = DISK.get().ok_or("no disk image was built")?;
+    let boot = linux_guest::check_boot(console)?;
+    let block = check_block(console, &disk.from_host_sha256)?;
+    let vsock = check_vsock(console)?;
+    let rng = check_rng(console)?;
+    Ok(format!("{boot}
+  virtio-blk: {block}
+  virtio-vsock: {vsock}
+  virtio-rng: {rng}"))
+}
+
+/// The issue-11 device cases of `cargo xtask test` (one boot).
+pub fn cases(args: &crate::suite::TestArgs, case: &mut crate::linux_vmm::CaseFn<'_>) {
+    if args.no_linux {
+        return;
+    }
+    let name = format!("linux-guest/smp{SMP}/vcpus{VCPUS}/virtio");
+    case(name.clone(), &move || {
+        let run = machine(SMP, VCPUS)?.run(TIMEOUT, None, false)?;
+        let _ = fs::write(
+            artifacts::build_dir().join("virtio").join(format!("{}.log", name.replace('/', "-"))),
+            &run.console,
+        );
+        check_all(&run.console).map_err(|e| anyhow::anyhow!(run.failure(&e)))
+    });
+}
+
+/// After the demo (`cargo xtask run --host linux --guest linux`).
+///
+/// # Errors
+///
+/// The first failed check.
+pub fn after_demo(run: &Run) -> Result<()> {
+    check_all(&run.console)
+        .map(|s| println!("xtask: {s}"))
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 fn hex(b: &[u8]) -> String {

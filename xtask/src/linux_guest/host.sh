@@ -10,8 +10,10 @@
 say "linux guest: $GUEST_CPUS vCPU(s), $GUEST_MEM of RAM, mode $GUEST_MODE"
 cmdline="console=ttyAMA0 earlycon panic=-1"
 [ "$GUEST_MODE" = sigterm ] && cmdline="$cmdline rguest.sleep=1"
+# The virtio end-to-end part (xtask/src/virtio_e2e.rs) sets VIRTIO_ARGS.
+[ -f /virtio-host.sh ] && . /virtio-host.sh
 rampart-vmm run --kernel /guest/Image --initrd /guest/initrd.cpio.gz \
-	--mem "$GUEST_MEM" --cpus "$GUEST_CPUS" --cmdline "$cmdline" 2>&1 | tee /run/guest.log &
+	--mem "$GUEST_MEM" --cpus "$GUEST_CPUS" --cmdline "$cmdline" $VIRTIO_ARGS 2>&1 | tee /run/guest.log &
 sleep 1
 pid=$(pidof rampart-vmm)
 n=0
@@ -32,6 +34,7 @@ while kill -0 "$pid" 2>/dev/null; do
 	fi
 done
 wait
+[ -f /virtio-host.sh ] && virtio_host_after
 st=$(sed -n 's/.*rampart-vmm: exit status \([0-9]*\)$/\1/p' /run/guest.log | tail -n 1)
 say "rampart-vmm exit status ${st:-unknown}"
 ram=$(sed -n 's/.* MiB of RAM at \(0x[0-9a-f]*\) shared.*/\1/p' /run/guest.log | head -n 1)
