@@ -180,12 +180,24 @@ impl<'a> Ctx<'a> {
         // The driver's side of the ring, as the guest last wrote it.
         guest::sync(mem, GuestAddress(queue.desc_table()), 16 * n);
         guest::sync(mem, GuestAddress(queue.avail_ring()), 6 + 2 * n);
-        let chain = {
-            let mut iter = queue
-                .iter(mem)
-                .map_err(|e| DeviceError::Ring(format!("queue {q}: {e}")))?;
-            iter.next()
-        };
+        let ring = |e: virtio_queue::Error| DeviceError::Ring(format!("queue {q}: {e}"));
+        let mut chain = queue.iter(mem).map_err(ring)?.next();
+        if chain.is_none() {
+            // The ring is empty: ask for the driver's next notification
+            // (with EVENT_IDX, avail_event = next_avail; without it, clear
+            // NO_NOTIFY). A driver that added a chain meanwhile did not
+            // notify: take it now.
+            let more = queue.enable_notification(mem).map_err(ring)?;
+            guest::sync(
+                mem,
+                GuestAddress(queue.used_ring()),
+                6 + 8 * usize::from(queue.size()),
+            );
+            if more {
+                guest::sync(mem, GuestAddress(queue.avail_ring()), 6 + 2 * n);
+                chain = queue.iter(mem).map_err(ring)?.next();
+            }
+        }
         chain.map(|c| Chain::parse(c, mem)).transpose()
     }
 

@@ -140,6 +140,27 @@ fn a_hostile_available_index_needs_reset() {
     assert_eq!(d.used(0).len(), 1);
 }
 
+/// With EVENT_IDX, the driver notifies only when its available index
+/// passes the device's `avail_event` (end of the used ring): once the
+/// device has emptied the ring, `avail_event` must be where it stopped, or
+/// Linux never notifies again.
+#[test]
+fn an_emptied_ring_asks_for_the_next_notification() {
+    let mut d = Driver::new(Box::new(Rng::new()));
+    d.start(1, 16);
+    let avail_event = d.rings[0].used + 4 + 8 * 16;
+    for round in 1..=3u16 {
+        let a = d.alloc(16);
+        d.add_chain(0, &[(a, 16, true)]);
+        let b = d.alloc(16);
+        d.add_chain(0, &[(b, 16, true)]);
+        d.notify(0);
+        assert_eq!(d.used(0).len(), 2);
+        let ev = u16::from_le_bytes(d.read_bytes(avail_event, 2).try_into().unwrap());
+        assert_eq!(ev, 2 * round, "avail_event after round {round}");
+    }
+}
+
 // ---------------------------------------------------------------- rng
 
 #[test]
