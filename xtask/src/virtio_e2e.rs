@@ -30,7 +30,7 @@ use crate::{artifacts, linux, linux_vmm, prereq};
 const SMP: u32 = 2;
 const VCPUS: u32 = 2;
 /// The boot, the devices and the round trips on two busy cores.
-const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(900);
 
 /// The guest's part, sourced by its `/init`.
 pub const GUEST_SCRIPT: &str = include_str!("virtio_e2e/guest.sh");

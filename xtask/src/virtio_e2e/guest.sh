@@ -52,6 +52,8 @@ vsay "vdb read-back sha256 $(dd if=/dev/vdb bs=1048576 skip=2 count=2 2>/dev/nul
 if [ -x /bin/rampart-vmm ]; then
 	rampart-vmm vsock listen vsock:5000 --echo 2>/tmp/echo.log &
 	echo_pid=$!
+	sleep 1
+	vsay "vsock echo listening on port 5000"
 	head -c 4194304 /dev/urandom >/tmp/vsock.bin
 	t0=$(date +%s)
 	rampart-vmm vsock connect vsock:2:6000 --retry 60 </tmp/vsock.bin >/tmp/vsock.back 2>/tmp/vsock.log
