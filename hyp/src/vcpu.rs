@@ -813,9 +813,9 @@ fn interrupt_pending(slot: usize, v: &Vcpu) -> bool {
 
 /// The guest's virtual-timer deadline for an `EXIT_WAIT` (`x3`): its
 /// `CNTV_CVAL_EL0` (virtual count, equal to the physical count: `CNTVOFF_EL2`
-/// is 0) if the timer is enabled and unmasked, else `u64::MAX` (no
-/// deadline). The VMM may sleep until then, or until it injects something.
+/// is 0) if the timer is enabled and unmasked, else `WAIT_NO_DEADLINE`.
+/// The VMM may sleep until then, or until it injects something.
 fn timer_deadline() -> u64 {
     let ctl = arch::cntv_ctl_el0();
-    if ctl & 0b11 == 0b01 { arch::cntv_cval_el0() } else { u64::MAX }
+    if ctl & 0b11 == 0b01 { arch::cntv_cval_el0() } else { rampart_abi::host::WAIT_NO_DEADLINE }
 }

@@ -268,7 +268,7 @@ impl Shared<'_> {
                     // 10 ms (an SGI from another vCPU is pending at EL2,
                     // where the VMM cannot see it).
                     let now = counter();
-                    let ticks = r[3].saturating_sub(now);
+                    let ticks = r[3].saturating_sub(now); // WAIT_NO_DEADLINE: capped below
                     let d = Duration::from_nanos(
                         u64::try_from(u128::from(ticks) * 1_000_000_000 / u128::from(frequency()))
                             .unwrap_or(u64::MAX),
