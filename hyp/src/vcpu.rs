@@ -303,10 +303,11 @@ fn retire_pending(intid: u32) {
     }
 }
 
-/// Moves queued virtual interrupts into free list registers.
+/// Moves queued virtual interrupts into list registers
+/// (`rampart_platform::inject::list_register::place` decides where,
+/// unit-tested there).
 fn load_pending_interrupts(v: &mut Vcpu) {
-    const GROUP1: u64 = 1 << 60;
-    const PRIORITY: u64 = 0xa0 << 48;
+    use rampart_platform::inject::list_register::{PENDING as LR_PENDING, Place, place, pending};
     if v.pending_count == 0 {
         return;
     }
@@ -319,27 +320,20 @@ fn load_pending_interrupts(v: &mut Vcpu) {
     let lrs = &mut lrs[..count];
     let mut i = 0;
     while i < v.pending_count {
-        let intid = u64::from(v.pending[i]);
-        let same = lrs.iter().position(|lr| lr & STATE_MASK != 0 && lr & 0xffff_ffff == intid);
-        let free = lrs.iter().position(|lr| lr & STATE_MASK == 0);
-        match (same, free) {
-            // Pending already (pending, or active and pending): one
-            // interrupt, as the GIC merges edges.
-            (Some(n), _) if lrs[n] & PENDING != 0 => {}
-            // Active (the guest is handling the previous one): active and
-            // pending, so it is taken again after the guest's EOI. Dropping
-            // it would lose an edge — an IPI Linux then waits for forever.
-            (Some(n), _) => {
-                lrs[n] |= PENDING;
+        let intid = v.pending[i];
+        match place(lrs, intid) {
+            Place::Merged => {}
+            Place::AddPending(n) => {
+                lrs[n] |= LR_PENDING;
                 // SAFETY: the guest is loaded but not running.
                 unsafe { guest::write_lr(n, lrs[n]) };
             }
-            (None, Some(n)) => {
-                lrs[n] = PENDING | GROUP1 | PRIORITY | intid;
+            Place::Fill(n) => {
+                lrs[n] = pending(intid);
                 // SAFETY: the guest is loaded but not running.
                 unsafe { guest::write_lr(n, lrs[n]) };
             }
-            (None, None) => {
+            Place::Full => {
                 i += 1;
                 continue;
             }
