@@ -303,10 +303,11 @@ fn retire_pending(intid: u32) {
     }
 }
 
-/// Moves queued virtual interrupts into free list registers.
+/// Moves queued virtual interrupts into list registers
+/// (`rampart_platform::inject::list_register::place` decides where,
+/// unit-tested there).
 fn load_pending_interrupts(v: &mut Vcpu) {
-    const GROUP1: u64 = 1 << 60;
-    const PRIORITY: u64 = 0xa0 << 48;
+    use rampart_platform::inject::list_register::{PENDING as LR_PENDING, Place, place, pending};
     if v.pending_count == 0 {
         return;
     }
@@ -319,27 +320,20 @@ fn load_pending_interrupts(v: &mut Vcpu) {
     let lrs = &mut lrs[..count];
     let mut i = 0;
     while i < v.pending_count {
-        let intid = u64::from(v.pending[i]);
-        let same = lrs.iter().position(|lr| lr & STATE_MASK != 0 && lr & 0xffff_ffff == intid);
-        let free = lrs.iter().position(|lr| lr & STATE_MASK == 0);
-        match (same, free) {
-            // Pending already (pending, or active and pending): one
-            // interrupt, as the GIC merges edges.
-            (Some(n), _) if lrs[n] & PENDING != 0 => {}
-            // Active (the guest is handling the previous one): active and
-            // pending, so it is taken again after the guest's EOI. Dropping
-            // it would lose an edge — an IPI Linux then waits for forever.
-            (Some(n), _) => {
-                lrs[n] |= PENDING;
+        let intid = v.pending[i];
+        match place(lrs, intid) {
+            Place::Merged => {}
+            Place::AddPending(n) => {
+                lrs[n] |= LR_PENDING;
                 // SAFETY: the guest is loaded but not running.
                 unsafe { guest::write_lr(n, lrs[n]) };
             }
-            (None, Some(n)) => {
-                lrs[n] = PENDING | GROUP1 | PRIORITY | intid;
+            Place::Fill(n) => {
+                lrs[n] = pending(intid);
                 // SAFETY: the guest is loaded but not running.
                 unsafe { guest::write_lr(n, lrs[n]) };
             }
-            (None, None) => {
+            Place::Full => {
                 i += 1;
                 continue;
             }
@@ -813,9 +807,9 @@ fn interrupt_pending(slot: usize, v: &Vcpu) -> bool {
 
 /// The guest's virtual-timer deadline for an `EXIT_WAIT` (`x3`): its
 /// `CNTV_CVAL_EL0` (virtual count, equal to the physical count: `CNTVOFF_EL2`
-/// is 0) if the timer is enabled and unmasked, else `u64::MAX` (no
-/// deadline). The VMM may sleep until then, or until it injects something.
+/// is 0) if the timer is enabled and unmasked, else `WAIT_NO_DEADLINE`.
+/// The VMM may sleep until then, or until it injects something.
 fn timer_deadline() -> u64 {
     let ctl = arch::cntv_ctl_el0();
-    if ctl & 0b11 == 0b01 { arch::cntv_cval_el0() } else { u64::MAX }
+    if ctl & 0b11 == 0b01 { arch::cntv_cval_el0() } else { rampart_abi::host::WAIT_NO_DEADLINE }
 }

@@ -328,7 +328,7 @@ pub fn machine(smp: u32, vcpus: u32, mode: Mode, guest_extra: &str) -> Result<Ma
 }
 
 /// One boot's time limit: the host, then the guest under TCG.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Boots the host with the guest and returns the run (its console saved
 /// in `build/linux-guest/<name>.log`).

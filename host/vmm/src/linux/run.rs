@@ -114,7 +114,10 @@ struct Shared<'a> {
     gic: Arc<Gic>,
     bus: Bus,
     devices: DeviceCounters,
-    counters: Counters,
+    counters: Arc<Counters>,
+    /// When the kernel started `/init` ("Run /init" on its console), µs
+    /// after the VMM started.
+    init_us: Arc<AtomicU64>,
     kicks: Vec<Kick>,
     stop: AtomicBool,
     outcome: Mutex<Option<Outcome>>,
@@ -265,7 +268,7 @@ impl Shared<'_> {
                     // 10 ms (an SGI from another vCPU is pending at EL2,
                     // where the VMM cannot see it).
                     let now = counter();
-                    let ticks = r[3].saturating_sub(now);
+                    let ticks = r[3].saturating_sub(now); // WAIT_NO_DEADLINE: capped below
                     let d = Duration::from_nanos(
                         u64::try_from(u128::from(ticks) * 1_000_000_000 / u128::from(frequency()))
                             .unwrap_or(u64::MAX),
@@ -340,16 +343,34 @@ impl Shared<'_> {
         }
         line += &format!(", other {}\n", d.other.load(Ordering::Relaxed));
         text += &line;
+        let init = self.init_us.load(Ordering::Relaxed);
+        if init != 0 {
+            text += &format!(
+                "guest kernel started /init: {}.{:03} ms after the VMM started\n",
+                init / 1000,
+                init % 1000
+            );
+        }
         text
     }
 }
 
-/// The guest's console: bytes to lines prefixed `[name] `.
-fn console_sink(name: String, buf: Arc<Mutex<Vec<u8>>>) -> Box<dyn FnMut(u8) + Send> {
+/// The guest's console: bytes to lines prefixed `[name] `; records the
+/// first byte and the kernel's "Run /init" line.
+fn console_sink(
+    name: String,
+    buf: Arc<Mutex<Vec<u8>>>,
+    counters: Arc<Counters>,
+    init_us: Arc<AtomicU64>,
+) -> Box<dyn FnMut(u8) + Send> {
     Box::new(move |b| {
+        Counters::reached(&counters.first_output_us);
         let mut line = buf.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if b == b'\n' {
             let text = String::from_utf8_lossy(&line);
+            if text.contains("Run /init as init process") {
+                Counters::reached(&init_us);
+            }
             println!("[{name}] {}", text.trim_end_matches('\r'));
             line.clear();
         } else if line.len() < 4096 {
@@ -410,18 +431,21 @@ pub fn run(vm: &Vm<'_>, devices: Vec<super::Device>, memory: &super::GuestMemory
         tx: Mutex::new(tx.clone()),
     });
     drop(tx);
+    let counters = Arc::new(Counters::default());
+    let init_us = Arc::new(AtomicU64::new(0));
     let shared = Shared {
         vm,
         gic,
         bus: Bus {
             uart: Mutex::new(Pl011::new(
-                console_sink(vm.name.to_string(), console.clone()),
+                console_sink(vm.name.to_string(), console.clone(), counters.clone(), init_us.clone()),
                 uart_line,
             )),
             virtio,
         },
         devices: DeviceCounters::default(),
-        counters: Counters::default(),
+        counters,
+        init_us,
         kicks: (0..vm.vcpus).map(|_| Kick::default()).collect(),
         stop: AtomicBool::new(false),
         outcome: Mutex::new(None),
