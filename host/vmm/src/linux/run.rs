@@ -119,6 +119,10 @@ struct Shared<'a> {
     /// after the VMM started.
     init_us: Arc<AtomicU64>,
     kicks: Vec<Kick>,
+    /// Each vCPU thread's `pthread_t` while it is inside `VCPU_RUN`, else 0.
+    running: Vec<AtomicU64>,
+    /// Wake-ups asked for by guest SGIs (`EXIT_INTERRUPT` with `x2` = 2).
+    sgi_kicks: AtomicU64,
     stop: AtomicBool,
     outcome: Mutex<Option<Outcome>>,
     console: Arc<Mutex<Vec<u8>>>,
@@ -154,6 +158,28 @@ impl Shared<'_> {
         }
         if let Some(k) = self.kicks.get(vcpu) {
             k.kick();
+        }
+    }
+
+    /// Wakes the vCPUs in `mask` (not `from`) for an SGI pending for them
+    /// at EL2: a thread sleeping in `WFI` through its condition variable,
+    /// a thread inside `VCPU_RUN` with `SIGUSR2` — the host kernel then
+    /// interrupts the CPU running it, which ends the run (`EXIT_INTERRUPT`),
+    /// and the next entry delivers the SGI.
+    fn wake(&self, from: usize, mask: u64) {
+        for t in 0..self.vm.vcpus.min(64) {
+            if t == from || mask & (1 << t) == 0 {
+                continue;
+            }
+            self.sgi_kicks.fetch_add(1, Ordering::Relaxed);
+            self.kicks[t].kick();
+            let thread = self.running[t].load(Ordering::Acquire);
+            if thread != 0 {
+                // SAFETY: `thread` is a live vCPU thread of this process
+                // (the scope joins them all before `Shared` goes away);
+                // SIGUSR2's handler does nothing.
+                unsafe { libc::pthread_kill(thread as libc::pthread_t, libc::SIGUSR2) };
+            }
         }
     }
 
@@ -230,7 +256,11 @@ impl Shared<'_> {
             if self.stopping() {
                 break;
             }
+            // SAFETY: pthread_self has no preconditions.
+            let me = unsafe { libc::pthread_self() } as u64;
+            self.running[vcpu].store(me, Ordering::Release);
             let r = call(hyp, HostCall::VcpuRun.id(), &[self.vm.handle, vcpu as u64, read_value]);
+            self.running[vcpu].store(0, Ordering::Release);
             read_value = 0;
             if r[0] != 0 {
                 #[allow(clippy::cast_possible_wrap, reason = "x0 is a signed code")]
@@ -278,11 +308,14 @@ impl Shared<'_> {
                         self.kicks[vcpu].sleep(d);
                     }
                 }
-                Ok(ExitReason::Interrupt) => {
-                    if r[2] == 1 {
+                Ok(ExitReason::Interrupt) => match r[2] {
+                    1 => {
                         self.counters.host_timer_exits.fetch_add(1, Ordering::Relaxed);
                     }
-                }
+                    // The guest sent SGIs to the vCPUs in x3: wake them.
+                    2 => self.wake(vcpu, r[3]),
+                    _ => {}
+                },
                 Ok(ExitReason::SystemOff) => {
                     self.finish(Outcome::SystemOff);
                     break;
@@ -343,6 +376,10 @@ impl Shared<'_> {
         }
         line += &format!(", other {}\n", d.other.load(Ordering::Relaxed));
         text += &line;
+        text += &format!(
+            "vCPU wake-ups for guest SGIs: {}\n",
+            self.sgi_kicks.load(Ordering::Relaxed)
+        );
         let init = self.init_us.load(Ordering::Relaxed);
         if init != 0 {
             text += &format!(
@@ -406,10 +443,25 @@ fn frequency() -> u64 {
     1_000_000_000
 }
 
+extern "C" fn on_sigusr2(_: libc::c_int) {}
+
+/// Installs the (empty) `SIGUSR2` handler [`Shared::wake`] relies on.
+fn install_wake_signal() {
+    // SAFETY: a zeroed sigaction with an empty handler is valid.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigusr2 as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::sigemptyset(&raw mut action.sa_mask);
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigaction(libc::SIGUSR2, &raw const action, std::ptr::null_mut());
+    }
+}
+
 /// Runs the VM until it powers off, resets, fails or a signal arrives;
 /// `devices` become virtio-mmio transports 0, 1, ... over `memory`.
 pub fn run(vm: &Vm<'_>, devices: Vec<super::Device>, memory: &super::GuestMemory) -> Outcome {
     let started = Instant::now();
+    install_wake_signal();
     let gic = Arc::new(Gic::new(vm.vcpus));
     let console = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = mpsc::channel::<Injection>();
@@ -447,6 +499,8 @@ pub fn run(vm: &Vm<'_>, devices: Vec<super::Device>, memory: &super::GuestMemory
         counters,
         init_us,
         kicks: (0..vm.vcpus).map(|_| Kick::default()).collect(),
+        running: (0..vm.vcpus).map(|_| AtomicU64::new(0)).collect(),
+        sgi_kicks: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         outcome: Mutex::new(None),
         console,
