@@ -426,14 +426,14 @@ pub enum Guest {
     Linux,
 }
 
-/// The machine of `cargo xtask run --host linux --guest linux`: the guest
-/// has 2 vCPUs.
+/// The machine of `cargo xtask run --host linux --guest linux
+/// [--guest-cpus N]` (2 vCPUs by default).
 ///
 /// # Errors
 ///
 /// As [`machine`].
-pub fn demo_machine(smp: u32) -> Result<Machine> {
-    machine(smp, 2, Mode::Boot, "")
+pub fn demo_machine(smp: u32, vcpus: u32) -> Result<Machine> {
+    machine(smp, vcpus, Mode::Boot, "")
 }
 
 /// After the demo: the guest reached its `/init` and `rampart-vmm` ended
