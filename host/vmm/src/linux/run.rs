@@ -64,13 +64,19 @@ struct Kick {
 
 impl Kick {
     fn kick(&self) {
-        *self.flag.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        *self
+            .flag
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
         self.cv.notify_all();
     }
 
     /// Sleeps up to `d`, or until kicked.
     fn sleep(&self, d: Duration) {
-        let mut f = self.flag.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut f = self
+            .flag
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if !*f {
             f = self
                 .cv
@@ -131,7 +137,10 @@ struct Shared<'a> {
 
 impl Shared<'_> {
     fn finish(&self, o: Outcome) {
-        let mut g = self.outcome.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut g = self
+            .outcome
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if g.is_none() {
             *g = Some(o);
         }
@@ -154,7 +163,10 @@ impl Shared<'_> {
             HostCall::VcpuInject.id(),
             &[self.vm.handle, vcpu as u64, u64::from(intid)],
         ) {
-            eprintln!("[{}] rampart-vmm: injecting INTID {intid} into vCPU {vcpu}: {e}", self.vm.name);
+            eprintln!(
+                "[{}] rampart-vmm: injecting INTID {intid} into vCPU {vcpu}: {e}",
+                self.vm.name
+            );
         }
         if let Some(k) = self.kicks.get(vcpu) {
             k.kick();
@@ -225,14 +237,20 @@ impl Shared<'_> {
         };
         if (layout::UART_BASE..layout::UART_BASE + layout::UART_SIZE).contains(&address) {
             d.uart.fetch_add(1, Ordering::Relaxed);
-            let mut uart = self.bus.uart.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut uart = self
+                .bus
+                .uart
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             return window(&mut *uart, address - layout::UART_BASE);
         }
         if let Some(off) = address.checked_sub(layout::VIRTIO_BASE) {
             let n = usize::try_from(off / layout::VIRTIO_SIZE).unwrap_or(usize::MAX);
             if let Some(dev) = self.bus.virtio.get(n) {
                 d.virtio[n].fetch_add(1, Ordering::Relaxed);
-                let mut dev = dev.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut dev = dev
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 return window(dev.as_mut(), off % layout::VIRTIO_SIZE);
             }
         }
@@ -242,7 +260,11 @@ impl Shared<'_> {
                 "[{}/{vcpu}] rampart-vmm: unhandled MMIO {} of {size} bytes at {address:#x}{}",
                 self.vm.name,
                 if write { "write" } else { "read" },
-                if write { format!(" (value {value:#x}): ignored") } else { ": reads as 0".into() }
+                if write {
+                    format!(" (value {value:#x}): ignored")
+                } else {
+                    ": reads as 0".into()
+                }
             );
         }
         0
@@ -259,7 +281,11 @@ impl Shared<'_> {
             // SAFETY: pthread_self has no preconditions.
             let me = unsafe { libc::pthread_self() } as u64;
             self.running[vcpu].store(me, Ordering::Release);
-            let r = call(hyp, HostCall::VcpuRun.id(), &[self.vm.handle, vcpu as u64, read_value]);
+            let r = call(
+                hyp,
+                HostCall::VcpuRun.id(),
+                &[self.vm.handle, vcpu as u64, read_value],
+            );
             self.running[vcpu].store(0, Ordering::Release);
             read_value = 0;
             if r[0] != 0 {
@@ -310,7 +336,9 @@ impl Shared<'_> {
                 }
                 Ok(ExitReason::Interrupt) => match r[2] {
                     1 => {
-                        self.counters.host_timer_exits.fetch_add(1, Ordering::Relaxed);
+                        self.counters
+                            .host_timer_exits
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                     // The guest sent SGIs to the vCPUs in x3: wake them.
                     2 => self.wake(vcpu, r[3]),
@@ -402,7 +430,9 @@ fn console_sink(
 ) -> Box<dyn FnMut(u8) + Send> {
     Box::new(move |b| {
         Counters::reached(&counters.first_output_us);
-        let mut line = buf.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut line = buf
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if b == b'\n' {
             let text = String::from_utf8_lossy(&line);
             if text.contains("Run /init as init process") {
@@ -490,7 +520,12 @@ pub fn run(vm: &Vm<'_>, devices: Vec<super::Device>, memory: &super::GuestMemory
         gic,
         bus: Bus {
             uart: Mutex::new(Pl011::new(
-                console_sink(vm.name.to_string(), console.clone(), counters.clone(), init_us.clone()),
+                console_sink(
+                    vm.name.to_string(),
+                    console.clone(),
+                    counters.clone(),
+                    init_us.clone(),
+                ),
                 uart_line,
             )),
             virtio,
