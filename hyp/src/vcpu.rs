@@ -619,10 +619,7 @@ fn handle_exit(slot: usize, v: &mut Vcpu, kind: u64) -> Outcome {
             }
             exit(ExitReason::Wait, iss & 1, timer_deadline(), 0)
         }
-        EC_SYSREG => {
-            sysreg(slot, v, iss);
-            Outcome::Resume
-        }
+        EC_SYSREG => sysreg(slot, v, iss),
         EC_DABT_LOWER | EC_IABT_LOWER => {
             let ipa = (((hpfar >> 4) & 0xff_ffff_ffff) << 12) | (far & 0xfff);
             let instruction = (esr >> 26) & 0x3f == EC_IABT_LOWER;
@@ -690,13 +687,15 @@ fn abort(slot: usize, v: &mut Vcpu, ipa: u64, iss: u64, far: u64, instruction: b
 /// A trapped system-register access: sanitised ID registers for protected
 /// guests, debug and trace registers read-as-zero / write-ignored, an
 /// undefined instruction for everything else.
-fn sysreg(slot: usize, v: &mut Vcpu, iss: u64) {
+fn sysreg(slot: usize, v: &mut Vcpu, iss: u64) -> Outcome {
     let access = SysregAccess::decode(iss);
     if let Some(group0) = sgi_register(&access) {
         let value = if access.register < 31 { v.state.regs[access.register] } else { 0 };
-        send_sgi(slot, v, value, group0);
+        let others = send_sgi(slot, v, value, group0);
         v.state.pc += 4;
-        return;
+        // Other vCPUs were targeted: tell the host which, so it can wake
+        // their threads (docs/abi.md, EXIT_INTERRUPT with x2 = 2).
+        return if others == 0 { Outcome::Resume } else { exit(ExitReason::Interrupt, 2, others, 0) };
     }
     if let Some((crm, op2)) = access.id_register() {
         let value = sanitise_id_register(crm, op2, arch::id_register(crm, op2));
@@ -704,16 +703,17 @@ fn sysreg(slot: usize, v: &mut Vcpu, iss: u64) {
             v.state.regs[access.register] = value;
         }
         v.state.pc += 4;
-        return;
+        return Outcome::Resume;
     }
     if access.is_debug_or_trace() {
         if access.read && access.register < 31 {
             v.state.regs[access.register] = 0;
         }
         v.state.pc += 4;
-        return;
+        return Outcome::Resume;
     }
     inject_guest(v, Kind::Undefined, 0);
+    Outcome::Resume
 }
 
 /// Delivers a synchronous exception to the guest's EL1 (whose registers are
@@ -767,12 +767,12 @@ fn sgi_register(access: &SysregAccess) -> Option<bool> {
 /// not exist are ignored, as the architecture ignores absent PEs. Group 0
 /// SGIs are delivered as Group 1, the only group guests use (Linux uses
 /// Group 1 SGIs); the decoding is `rampart_platform::trap::SgiTargets`'
-/// job, unit-tested there. A target running on another CPU sees it at its
-/// next entry; a target in `WFI` sees it at once (the WFI completes
-/// without exiting, [`interrupt_pending`]).
-fn send_sgi(slot: usize, v: &mut Vcpu, value: u64, _group0: bool) {
+/// job, unit-tested there. Each target sees it at its next entry; returns
+/// the bitmap of the *other* vCPUs targeted, for the host to wake.
+fn send_sgi(slot: usize, v: &mut Vcpu, value: u64, _group0: bool) -> u64 {
     let targets = rampart_platform::trap::SgiTargets::decode(value);
     let intid = targets.intid;
+    let mut others = 0;
     for index in 0..VCPU_SLOTS[slot].len() {
         if !targets.includes(index, v.index) {
             continue;
@@ -782,8 +782,10 @@ fn send_sgi(slot: usize, v: &mut Vcpu, value: u64, _group0: bool) {
         } else if vm::VCPU_EXISTS[slot][index].load(Ordering::Acquire) {
             let word = &vm::VCPU_PENDING[slot][index][0];
             word.fetch_or(1 << intid, Ordering::AcqRel);
+            others |= 1 << index;
         }
     }
+    others
 }
 
 /// Whether the loaded guest has an interrupt it could take now or soon:

@@ -78,7 +78,9 @@ fn apt_options(base: &Path) -> Vec<String> {
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("{what}: running {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("{what}: running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "{what} failed ({}): {}",
@@ -118,35 +120,58 @@ pub fn fetch() -> Result<GuestKernel> {
     }
     for tool in ["apt-get", "apt-cache", "dpkg"] {
         if !prereq::have(tool) {
-            bail!("fetching Debian's sid kernel for the guest needs `{tool}` (a Debian or Ubuntu build machine)");
+            bail!(
+                "fetching Debian's sid kernel for the guest needs `{tool}` (a Debian or Ubuntu build machine)"
+            );
         }
     }
     fs::write(
         apt.join("sources.list"),
-        format!("deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian {SUITE} main\n"),
+        format!(
+            "deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian {SUITE} main\n"
+        ),
     )?;
     let opts = apt_options(&apt);
     eprintln!("xtask: apt-get update (Debian {SUITE}, arm64, a source list of its own)");
-    run(Command::new("apt-get").args(&opts).arg("update"), "apt-get update for Debian sid")?;
+    run(
+        Command::new("apt-get").args(&opts).arg("update"),
+        "apt-get update for Debian sid",
+    )?;
     let show = run(
-        Command::new("apt-cache").args(&opts).args(["show", "--no-all-versions", META]),
+        Command::new("apt-cache")
+            .args(&opts)
+            .args(["show", "--no-all-versions", META]),
         &format!("looking up {META} in sid"),
     )?;
-    let version = parse_version(&show)
-        .with_context(|| format!("`apt-cache show {META}` (sid) names no linux-image-<ver>-cloud-arm64:\n{show}"))?;
+    let version = parse_version(&show).with_context(|| {
+        format!("`apt-cache show {META}` (sid) names no linux-image-<ver>-cloud-arm64:\n{show}")
+    })?;
     let dl = base.join(format!(".download-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dl);
     fs::create_dir_all(&dl)?;
-    let packages = [format!("linux-binary-{version}"), format!("linux-modules-{version}")];
-    eprintln!("xtask: fetching {} and {} (arm64) from Debian {SUITE}", packages[0], packages[1]);
+    let packages = [
+        format!("linux-binary-{version}"),
+        format!("linux-modules-{version}"),
+    ];
+    eprintln!(
+        "xtask: fetching {} and {} (arm64) from Debian {SUITE}",
+        packages[0], packages[1]
+    );
     run(
-        Command::new("apt-get").args(&opts).arg("download").args(&packages).current_dir(&dl),
+        Command::new("apt-get")
+            .args(&opts)
+            .arg("download")
+            .args(&packages)
+            .current_dir(&dl),
         &format!("apt-get download {}", packages.join(" ")),
     )?;
     let root = dl.join("root");
     for deb in fs::read_dir(&dl)?.filter_map(|e| e.ok().map(|e| e.path())) {
         if deb.extension().is_some_and(|x| x == "deb") {
-            run(Command::new("dpkg").arg("-x").arg(&deb).arg(&root), &format!("extracting {}", deb.display()))?;
+            run(
+                Command::new("dpkg").arg("-x").arg(&deb).arg(&root),
+                &format!("extracting {}", deb.display()),
+            )?;
         }
     }
     let dest = base.join(&version);
@@ -158,14 +183,20 @@ pub fn fetch() -> Result<GuestKernel> {
 }
 
 fn cached(base: &Path) -> Result<Option<GuestKernel>> {
-    let Ok(version) = fs::read_to_string(base.join("version")) else { return Ok(None) };
+    let Ok(version) = fs::read_to_string(base.join("version")) else {
+        return Ok(None);
+    };
     let version = version.trim().to_string();
     let modules = base.join(&version).join("usr/lib/modules").join(&version);
     let image = modules.join("vmlinuz");
     if !image.is_file() {
         return Ok(None);
     }
-    Ok(Some(GuestKernel { image, modules, version }))
+    Ok(Some(GuestKernel {
+        image,
+        modules,
+        version,
+    }))
 }
 
 /// Every `.ko*` under `modules/kernel`, by module name (`-` and `_` are the
@@ -212,18 +243,29 @@ fn depends_of(ko: &[u8]) -> Vec<String> {
 pub fn initramfs(k: &GuestKernel, extra: &str) -> Result<PathBuf> {
     let busybox = artifacts::build_dir().join("debian/busybox/bin/busybox");
     if !busybox.is_file() {
-        bail!("{} is missing: the Linux host's fetch provides it (cargo xtask run --host linux)", busybox.display());
+        bail!(
+            "{} is missing: the Linux host's fetch provides it (cargo xtask run --host linux)",
+            busybox.display()
+        );
     }
     let index = index_modules(&k.modules)?;
     let mut order: Vec<(String, Vec<u8>)> = Vec::new();
-    fn add(name: &str, index: &[(String, PathBuf)], order: &mut Vec<(String, Vec<u8>)>, depth: u32) -> Result<()> {
+    fn add(
+        name: &str,
+        index: &[(String, PathBuf)],
+        order: &mut Vec<(String, Vec<u8>)>,
+        depth: u32,
+    ) -> Result<()> {
         if order.iter().any(|(n, _)| n == name) || depth > 16 {
             return Ok(());
         }
         let Some((_, path)) = index.iter().find(|(n, _)| n == name) else {
             bail!("module {name} is not in the guest kernel's modules package");
         };
-        let fname = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let fname = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         // Debian compresses its modules: unpack them (busybox's insmod
         // loads plain ELF).
         let unpack = if fname.ends_with(".xz") {
@@ -241,9 +283,15 @@ pub fn initramfs(k: &GuestKernel, extra: &str) -> Result<PathBuf> {
                     .args(["-d", "-c"])
                     .arg(path)
                     .output()
-                    .with_context(|| format!("running {tool} -d on {} (install {tool})", path.display()))?;
+                    .with_context(|| {
+                        format!("running {tool} -d on {} (install {tool})", path.display())
+                    })?;
                 if !out.status.success() {
-                    bail!("{tool} -d {} failed: {}", path.display(), String::from_utf8_lossy(&out.stderr).trim());
+                    bail!(
+                        "{tool} -d {} failed: {}",
+                        path.display(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
                 }
                 out.stdout
             }
@@ -259,7 +307,22 @@ pub fn initramfs(k: &GuestKernel, extra: &str) -> Result<PathBuf> {
         add(&m.replace('-', "_"), &index, &mut order, 0)?;
     }
     let mut a = linux::cpio::Newc::new();
-    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "etc", "root", "run", "lib", "lib/modules", "lib/modules/rampart"] {
+    for d in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "etc",
+        "root",
+        "run",
+        "lib",
+        "lib/modules",
+        "lib/modules/rampart",
+    ] {
         a.dir(d)?;
     }
     a.char_device("dev/console", 0o600, 5, 1)?;
@@ -270,7 +333,11 @@ pub fn initramfs(k: &GuestKernel, extra: &str) -> Result<PathBuf> {
         a.file("guest-extra.sh", 0o644, extra.as_bytes())?;
     }
     for (i, (name, data)) in order.iter().enumerate() {
-        a.file(&format!("lib/modules/rampart/{i:02}-{name}.ko"), 0o644, data)?;
+        a.file(
+            &format!("lib/modules/rampart/{i:02}-{name}.ko"),
+            0o644,
+            data,
+        )?;
     }
     let archive = a.finish();
     let out = dir().join(format!("initrd-{}.cpio.gz", k.version));
@@ -339,7 +406,10 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 pub fn boot(name: &str, smp: u32, vcpus: u32, mode: Mode) -> Result<Run> {
     let m = machine(smp, vcpus, mode, "")?;
     let run = m.run(BOOT_TIMEOUT, None, false)?;
-    let _ = fs::write(dir().join(format!("{}.log", name.replace('/', "-"))), &run.console);
+    let _ = fs::write(
+        dir().join(format!("{}.log", name.replace('/', "-"))),
+        &run.console,
+    );
     Ok(run)
 }
 
@@ -357,7 +427,11 @@ pub fn cases(args: &crate::suite::TestArgs, case: &mut crate::linux_vmm::CaseFn<
             let run = boot(&name, 4, vcpus, Mode::Boot)?;
             let ok = check_boot(&run.console).map_err(|e| anyhow::anyhow!(run.failure(&e)))?;
             let want = if vcpus == 1 { "cpus 0" } else { "cpus 0-1" };
-            let init = run.console.lines().find(|l| l.contains(INIT_MARKER)).unwrap_or_default();
+            let init = run
+                .console
+                .lines()
+                .find(|l| l.contains(INIT_MARKER))
+                .unwrap_or_default();
             if !init.trim_end().ends_with(want) {
                 bail!(run.failure(&format!("the guest did not see {vcpus} vCPU(s): {init}")));
             }
@@ -384,13 +458,16 @@ pub fn check_zeroed(console: &str) -> Result<String, String> {
         .ok_or("no `guest RAM after the run` line")?;
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
-        [a, x, b, y] if is_zero(x) && is_zero(y) => Ok(format!("guest RAM {a}..{b} reads 0 afterwards")),
+        [a, x, b, y] if is_zero(x) && is_zero(y) => {
+            Ok(format!("guest RAM {a}..{b} reads 0 afterwards"))
+        }
         _ => Err(format!("guest RAM after the run is not zero: {line}")),
     }
 }
 
 fn is_zero(word: &str) -> bool {
-    word.strip_prefix("0x").is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b == b'0'))
+    word.strip_prefix("0x")
+        .is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b == b'0'))
 }
 
 /// SIGTERM while the guest runs: `rampart-vmm` stops its vCPUs, destroys
@@ -406,13 +483,20 @@ pub fn check_sigterm(console: &str) -> Result<String, String> {
     if find("RAMPART-GUEST: powering off").is_some() {
         return Err("the guest powered off by itself: the signal did not stop it".into());
     }
-    let status = find("RAMPART-INIT: rampart-vmm exit status").ok_or("rampart-vmm did not finish")?;
+    let status =
+        find("RAMPART-INIT: rampart-vmm exit status").ok_or("rampart-vmm did not finish")?;
     if !status.ends_with("status 143") {
-        return Err(format!("want exit status 143 (SIGTERM after a clean teardown): {status}"));
+        return Err(format!(
+            "want exit status 143 (SIGTERM after a clean teardown): {status}"
+        ));
     }
-    let reclaimed = find("reclaimed, zeroed by the hypervisor").ok_or("the VM's pages were not reclaimed")?;
+    let reclaimed =
+        find("reclaimed, zeroed by the hypervisor").ok_or("the VM's pages were not reclaimed")?;
     let zeroed = check_zeroed(console)?;
-    let live = console.lines().filter(|l| l.starts_with("RAMPART-INIT: list: ") && l.contains("0x")).count();
+    let live = console
+        .lines()
+        .filter(|l| l.starts_with("RAMPART-INIT: list: ") && l.contains("0x"))
+        .count();
     if live != 0 {
         return Err(format!("{live} VM(s) still listed after the teardown"));
     }
@@ -426,15 +510,15 @@ pub enum Guest {
     Linux,
 }
 
-/// The machine of `cargo xtask run --host linux --guest linux`: the guest
-/// has 2 vCPUs.
+/// The machine of `cargo xtask run --host linux --guest linux
+/// [--guest-cpus N]` (2 vCPUs by default).
 ///
 /// # Errors
 ///
 /// As [`machine`].
-pub fn demo_machine(smp: u32) -> Result<Machine> {
+pub fn demo_machine(smp: u32, vcpus: u32) -> Result<Machine> {
     // With the virtio devices (disk, entropy, vsock): xtask/src/virtio_e2e.rs.
-    crate::virtio_e2e::machine(smp, 2)
+    crate::virtio_e2e::machine(smp, vcpus)
 }
 
 /// After the demo: the guest reached its `/init` and `rampart-vmm` ended
@@ -458,11 +542,13 @@ pub fn check_boot(console: &str) -> Result<String, String> {
     let find = |s: &str| console.lines().find(|l| l.contains(s));
     let init = find(INIT_MARKER).ok_or("the guest never reached its /init")?;
     find("RAMPART-GUEST: powering off").ok_or("the guest's /init did not power off")?;
-    let status = find("RAMPART-INIT: rampart-vmm exit status").ok_or("rampart-vmm did not finish")?;
+    let status =
+        find("RAMPART-INIT: rampart-vmm exit status").ok_or("rampart-vmm did not finish")?;
     if !status.ends_with("status 0") {
         return Err(format!("rampart-vmm failed: {status}"));
     }
-    let reclaimed = find("reclaimed, zeroed by the hypervisor").ok_or("the VM's pages were not reclaimed")?;
+    let reclaimed =
+        find("reclaimed, zeroed by the hypervisor").ok_or("the VM's pages were not reclaimed")?;
     Ok(format!("{}; {}", init.trim(), reclaimed.trim()))
 }
 
@@ -478,7 +564,13 @@ mod tests {
             RAMPART-INIT: guest RAM after the run: 0x6fe00000 0x0000000000000000 0x7bdffff8 0x0000000000000000\n";
         assert!(check_sigterm(good).is_ok(), "{:?}", check_sigterm(good));
         assert!(check_sigterm(&good.replace("status 143", "status 1")).is_err());
-        assert!(check_sigterm(&good.replace("0x7bdffff8 0x0000000000000000", "0x7bdffff8 0x0000000000000001")).is_err());
+        assert!(
+            check_sigterm(&good.replace(
+                "0x7bdffff8 0x0000000000000000",
+                "0x7bdffff8 0x0000000000000001"
+            ))
+            .is_err()
+        );
         assert!(check_sigterm(&format!("{good}RAMPART-INIT: list: 0x1000 pid 7\n")).is_err());
         assert!(check_sigterm(&format!("{good}RAMPART-GUEST: powering off\n")).is_err());
     }
@@ -487,7 +579,10 @@ mod tests {
     fn resolves_the_version_from_the_meta_package() {
         let show = "Package: linux-image-cloud-arm64\nVersion: 7.2.13-1\n\
             Depends: linux-base-cloud-arm64 (= 7.2.13-1), linux-image-7.2.13+deb14-cloud-arm64 (= 7.2.13-1)\n";
-        assert_eq!(parse_version(show).as_deref(), Some("7.2.13+deb14-cloud-arm64"));
+        assert_eq!(
+            parse_version(show).as_deref(),
+            Some("7.2.13+deb14-cloud-arm64")
+        );
         assert_eq!(parse_version("Depends: linux-base-cloud-arm64\n"), None);
         assert_eq!(parse_version("Version: 1\n"), None);
     }

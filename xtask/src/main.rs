@@ -70,6 +70,9 @@ struct RunArgs {
     /// (`linux`: Debian's sid kernel, 2 vCPUs; issue 11).
     #[arg(long, value_enum)]
     guest: Option<linux_guest::Guest>,
+    /// With --guest linux: the guest's vCPUs (1 to 8).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
+    guest_cpus: u32,
 }
 
 fn main() -> Result<()> {
@@ -107,7 +110,7 @@ fn run(args: &RunArgs) -> Result<()> {
     qemu::check_cpu_model(&args.cpu)?;
     let mut machine = match args.host {
         Host::Testhost => suite::testhost_machine(args.smp, &args.mem, &args.cpu)?,
-        Host::Linux if args.guest.is_some() => linux_guest::demo_machine(args.smp)?,
+        Host::Linux if args.guest.is_some() => linux_guest::demo_machine(args.smp, args.guest_cpus)?,
         Host::Linux => linux_vmm::demo_machine(args.smp, &args.mem, &args.cpu)?,
     };
     // The demo's PCIe root complex sits behind the SMMU Rampart owns.

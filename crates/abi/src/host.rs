@@ -529,7 +529,8 @@ pub enum ExitReason {
     /// A physical interrupt arrived while the guest ran; run it again.
     /// `x2` = 1 if it was the host's own timer deadline (kept by the
     /// hypervisor's EL2 timer while the guest owns the virtual timer), 0
-    /// otherwise.
+    /// otherwise; `x2` = 2 if instead the guest sent an SGI to other vCPUs
+    /// of its VM, `x3` = their bitmap (wake their threads).
     Interrupt = 4,
     /// The guest asked to power off (PSCI SYSTEM_OFF).
     SystemOff = 5,

@@ -164,10 +164,7 @@ fn build_inner(i: &Inputs) -> Result<Vec<u8>, vm_fdt::Error> {
     f.property_array_u64("reg", &[layout::UART_BASE, layout::UART_SIZE])?;
     f.property_array_u32("interrupts", &[SPI, layout::UART_SPI, LEVEL_HIGH])?;
     f.property_array_u32("clocks", &[CLOCK_PHANDLE, CLOCK_PHANDLE])?;
-    f.property_string_list(
-        "clock-names",
-        vec!["uartclk".into(), "apb_pclk".into()],
-    )?;
+    f.property_string_list("clock-names", vec!["uartclk".into(), "apb_pclk".into()])?;
     f.end_node(uart)?;
 
     for n in 0..i.virtio_devices {
@@ -224,7 +221,8 @@ mod tests {
                 3 => {
                     let (len, off) = (be(at + 4), be(at + 8));
                     let s = &dtb[strings + off..];
-                    let pname = std::str::from_utf8(&s[..s.iter().position(|&b| b == 0).unwrap()]).unwrap();
+                    let pname =
+                        std::str::from_utf8(&s[..s.iter().position(|&b| b == 0).unwrap()]).unwrap();
                     let here = stack[1..].join("/");
                     if here == path.trim_start_matches('/') && pname == name {
                         return Some(&dtb[at + 12..at + 12 + len]);
@@ -239,7 +237,9 @@ mod tests {
     }
 
     fn cells(b: &[u8]) -> Vec<u32> {
-        b.chunks(4).map(|c| u32::from_be_bytes(c.try_into().unwrap())).collect()
+        b.chunks(4)
+            .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+            .collect()
     }
 
     #[test]
@@ -249,7 +249,10 @@ mod tests {
             prop(&dtb, "/chosen", "bootargs").unwrap(),
             b"console=ttyAMA0 earlycon\0"
         );
-        assert_eq!(prop(&dtb, "/chosen", "stdout-path").unwrap(), b"/pl011@9000000\0");
+        assert_eq!(
+            prop(&dtb, "/chosen", "stdout-path").unwrap(),
+            b"/pl011@9000000\0"
+        );
         assert_eq!(
             cells(prop(&dtb, "/chosen", "linux,initrd-start").unwrap()),
             [0, 0x8f00_0000]
@@ -265,7 +268,10 @@ mod tests {
         );
         assert_eq!(cells(prop(&dtb, "/cpus/cpu@1", "reg").unwrap()), [1]);
         assert!(prop(&dtb, "/cpus/cpu@2", "reg").is_none());
-        assert_eq!(prop(&dtb, "/cpus/cpu@0", "enable-method").unwrap(), b"psci\0");
+        assert_eq!(
+            prop(&dtb, "/cpus/cpu@0", "enable-method").unwrap(),
+            b"psci\0"
+        );
         assert_eq!(prop(&dtb, "/psci", "method").unwrap(), b"hvc\0");
         assert_eq!(
             cells(prop(&dtb, "/intc@8000000", "reg").unwrap()),

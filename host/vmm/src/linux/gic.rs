@@ -104,7 +104,9 @@ impl Gic {
     }
 
     fn dist(&self) -> std::sync::MutexGuard<'_, Dist> {
-        self.dist.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.dist
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn target(&self, d: &Dist, intid: usize) -> usize {

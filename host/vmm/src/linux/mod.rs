@@ -83,7 +83,10 @@ pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
 /// ro, mem, irq)` etc.). Transport *i* (in `Config::devices` order) sits at
 /// `layout::virtio_base(i)` with SPI `layout::virtio_spi(i)`.
 pub type DeviceFactory = Box<
-    dyn FnOnce(GuestMemory, std::sync::Arc<dyn crate::bus::IrqLine>) -> Result<Box<dyn crate::bus::MmioDevice>>
+    dyn FnOnce(
+            GuestMemory,
+            std::sync::Arc<dyn crate::bus::IrqLine>,
+        ) -> Result<Box<dyn crate::bus::MmioDevice>>
         + Send,
 >;
 
@@ -141,7 +144,11 @@ pub const DTB_SLOT: u64 = 2 << 20;
 /// # Errors
 ///
 /// If they do not fit, saying how much RAM they need.
-pub fn place(memory_size: u64, header: &image::Header, initrd_len: Option<u64>) -> Result<Placement> {
+pub fn place(
+    memory_size: u64,
+    header: &image::Header,
+    initrd_len: Option<u64>,
+) -> Result<Placement> {
     let kernel = layout::RAM_BASE + header.text_offset;
     let kernel_end = (header.text_offset + header.image_size).next_multiple_of(2 << 20);
     let need = |extra: u64| (kernel_end + extra + DTB_SLOT).div_ceil(1 << 20);
@@ -180,13 +187,7 @@ fn random_seed() -> Result<[u8; 64]> {
     let mut got = 0;
     while got < seed.len() {
         // SAFETY: writes at most the buffer's remaining length into it.
-        let n = unsafe {
-            libc::getrandom(
-                seed[got..].as_mut_ptr().cast(),
-                seed.len() - got,
-                0,
-            )
-        };
+        let n = unsafe { libc::getrandom(seed[got..].as_mut_ptr().cast(), seed.len() - got, 0) };
         if n < 0 {
             return Err(std::io::Error::last_os_error()).context("getrandom");
         }
@@ -247,10 +248,17 @@ pub fn cmd_run(env: &Env, mut c: Config) -> Result<ExitCode> {
     let header = image::parse(&kernel).with_context(|| c.kernel.display().to_string())?;
     let initrd = c.initrd.as_deref().map(|p| read(p, "initrd")).transpose()?;
     if !c.memory_size.is_multiple_of(2 << 20) {
-        bail!("--mem {:#x}: a Linux guest's RAM must be a multiple of 2 MiB", c.memory_size);
+        bail!(
+            "--mem {:#x}: a Linux guest's RAM must be a multiple of 2 MiB",
+            c.memory_size
+        );
     }
-    let at = place(c.memory_size, &header, initrd.as_ref().map(|i| i.len() as u64))
-        .with_context(|| c.kernel.display().to_string())?;
+    let at = place(
+        c.memory_size,
+        &header,
+        initrd.as_ref().map(|i| i.len() as u64),
+    )
+    .with_context(|| c.kernel.display().to_string())?;
     let seed = random_seed()?;
     let mut kaslr = [0u8; 8];
     kaslr.copy_from_slice(&seed[..8]);
@@ -297,7 +305,11 @@ pub fn cmd_run(env: &Env, mut c: Config) -> Result<ExitCode> {
     let r = checked(
         main,
         HostCall::VmCreate.id(),
-        &[region_phys + plan.metadata_offset(), plan.metadata_pages, config.encode()],
+        &[
+            region_phys + plan.metadata_offset(),
+            plan.metadata_pages,
+            config.encode(),
+        ],
     )
     .map_err(|e| anyhow!("{e}"))?;
     let handle = r[1];
@@ -336,9 +348,15 @@ pub fn cmd_run(env: &Env, mut c: Config) -> Result<ExitCode> {
         header.image_size,
         at.kernel,
         at.dtb,
-        at.initrd.map_or(String::new(), |(s, e)| format!(", initrd at {s:#x}..{e:#x}"))
+        at.initrd.map_or(String::new(), |(s, e)| format!(
+            ", initrd at {s:#x}..{e:#x}"
+        ))
     );
-    println!("[{}] rampart-vmm: console: pl011 at {:#x} (ttyAMA0)", c.name, layout::UART_BASE);
+    println!(
+        "[{}] rampart-vmm: console: pl011 at {:#x} (ttyAMA0)",
+        c.name,
+        layout::UART_BASE
+    );
     for (i, d) in devices.iter().enumerate() {
         #[allow(clippy::cast_possible_truncation, reason = "at most VIRTIO_MAX")]
         let n = i as u32;
@@ -353,17 +371,21 @@ pub fn cmd_run(env: &Env, mut c: Config) -> Result<ExitCode> {
     }
     let memory = guest_memory(&region, c.memory_size)?;
 
-    let outcome = run::run(&run::Vm {
-        name: &c.name,
-        handle,
-        vcpus: usize::try_from(c.vcpus)?,
-        channels: &channels,
-        trace: c.trace,
-        plan: &plan,
-        region_phys,
-        state_dir: &env.state_dir,
-        kernel: &c.kernel,
-    }, devices, &memory);
+    let outcome = run::run(
+        &run::Vm {
+            name: &c.name,
+            handle,
+            vcpus: usize::try_from(c.vcpus)?,
+            channels: &channels,
+            trace: c.trace,
+            plan: &plan,
+            region_phys,
+            state_dir: &env.state_dir,
+            kernel: &c.kernel,
+        },
+        devices,
+        &memory,
+    );
 
     let destroyed = vm::destroy(main, handle);
     match &destroyed {
@@ -394,7 +416,11 @@ pub fn cmd_run(env: &Env, mut c: Config) -> Result<ExitCode> {
     println!("[{}] rampart-vmm: {}", c.name, outcome.describe());
     let status = match outcome {
         crate::run::Outcome::SystemOff | crate::run::Outcome::SystemReset if destroyed.is_ok() => 0,
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "signal numbers")]
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "signal numbers"
+        )]
         crate::run::Outcome::Interrupted(sig) if destroyed.is_ok() => 128 + sig as u8,
         _ => 1,
     };
@@ -424,6 +450,9 @@ mod tests {
         let e = format!("{:#}", place(32 << 20, &h, None).unwrap_err());
         assert!(e.contains("at least 40 MiB"), "{e}");
         let e = format!("{:#}", place(64 << 20, &h, Some(60 << 20)).unwrap_err());
-        assert!(e.contains("do not fit") && e.contains("at least 100 MiB"), "{e}");
+        assert!(
+            e.contains("do not fit") && e.contains("at least 100 MiB"),
+            "{e}"
+        );
     }
 }

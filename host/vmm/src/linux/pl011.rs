@@ -136,6 +136,9 @@ mod tests {
         assert_eq!(d[0], 0x50);
         u.read(0x3c, &mut d);
         assert_eq!(d, [0; 4], "no interrupt is ever raised");
-        assert!(line.0.lock().unwrap().iter().all(|&l| !l), "the line stays low");
+        assert!(
+            line.0.lock().unwrap().iter().all(|&l| !l),
+            "the line stays low"
+        );
     }
 }

@@ -64,13 +64,19 @@ struct Kick {
 
 impl Kick {
     fn kick(&self) {
-        *self.flag.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        *self
+            .flag
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
         self.cv.notify_all();
     }
 
     /// Sleeps up to `d`, or until kicked.
     fn sleep(&self, d: Duration) {
-        let mut f = self.flag.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut f = self
+            .flag
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if !*f {
             f = self
                 .cv
@@ -119,6 +125,10 @@ struct Shared<'a> {
     /// after the VMM started.
     init_us: Arc<AtomicU64>,
     kicks: Vec<Kick>,
+    /// Each vCPU thread's `pthread_t` while it is inside `VCPU_RUN`, else 0.
+    running: Vec<AtomicU64>,
+    /// Wake-ups asked for by guest SGIs (`EXIT_INTERRUPT` with `x2` = 2).
+    sgi_kicks: AtomicU64,
     stop: AtomicBool,
     outcome: Mutex<Option<Outcome>>,
     console: Arc<Mutex<Vec<u8>>>,
@@ -127,7 +137,10 @@ struct Shared<'a> {
 
 impl Shared<'_> {
     fn finish(&self, o: Outcome) {
-        let mut g = self.outcome.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut g = self
+            .outcome
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if g.is_none() {
             *g = Some(o);
         }
@@ -150,10 +163,35 @@ impl Shared<'_> {
             HostCall::VcpuInject.id(),
             &[self.vm.handle, vcpu as u64, u64::from(intid)],
         ) {
-            eprintln!("[{}] rampart-vmm: injecting INTID {intid} into vCPU {vcpu}: {e}", self.vm.name);
+            eprintln!(
+                "[{}] rampart-vmm: injecting INTID {intid} into vCPU {vcpu}: {e}",
+                self.vm.name
+            );
         }
         if let Some(k) = self.kicks.get(vcpu) {
             k.kick();
+        }
+    }
+
+    /// Wakes the vCPUs in `mask` (not `from`) for an SGI pending for them
+    /// at EL2: a thread sleeping in `WFI` through its condition variable,
+    /// a thread inside `VCPU_RUN` with `SIGUSR2` — the host kernel then
+    /// interrupts the CPU running it, which ends the run (`EXIT_INTERRUPT`),
+    /// and the next entry delivers the SGI.
+    fn wake(&self, from: usize, mask: u64) {
+        for t in 0..self.vm.vcpus.min(64) {
+            if t == from || mask & (1 << t) == 0 {
+                continue;
+            }
+            self.sgi_kicks.fetch_add(1, Ordering::Relaxed);
+            self.kicks[t].kick();
+            let thread = self.running[t].load(Ordering::Acquire);
+            if thread != 0 {
+                // SAFETY: `thread` is a live vCPU thread of this process
+                // (the scope joins them all before `Shared` goes away);
+                // SIGUSR2's handler does nothing.
+                unsafe { libc::pthread_kill(thread as libc::pthread_t, libc::SIGUSR2) };
+            }
         }
     }
 
@@ -199,14 +237,20 @@ impl Shared<'_> {
         };
         if (layout::UART_BASE..layout::UART_BASE + layout::UART_SIZE).contains(&address) {
             d.uart.fetch_add(1, Ordering::Relaxed);
-            let mut uart = self.bus.uart.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut uart = self
+                .bus
+                .uart
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             return window(&mut *uart, address - layout::UART_BASE);
         }
         if let Some(off) = address.checked_sub(layout::VIRTIO_BASE) {
             let n = usize::try_from(off / layout::VIRTIO_SIZE).unwrap_or(usize::MAX);
             if let Some(dev) = self.bus.virtio.get(n) {
                 d.virtio[n].fetch_add(1, Ordering::Relaxed);
-                let mut dev = dev.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut dev = dev
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 return window(dev.as_mut(), off % layout::VIRTIO_SIZE);
             }
         }
@@ -216,7 +260,11 @@ impl Shared<'_> {
                 "[{}/{vcpu}] rampart-vmm: unhandled MMIO {} of {size} bytes at {address:#x}{}",
                 self.vm.name,
                 if write { "write" } else { "read" },
-                if write { format!(" (value {value:#x}): ignored") } else { ": reads as 0".into() }
+                if write {
+                    format!(" (value {value:#x}): ignored")
+                } else {
+                    ": reads as 0".into()
+                }
             );
         }
         0
@@ -230,7 +278,15 @@ impl Shared<'_> {
             if self.stopping() {
                 break;
             }
-            let r = call(hyp, HostCall::VcpuRun.id(), &[self.vm.handle, vcpu as u64, read_value]);
+            // SAFETY: pthread_self has no preconditions.
+            let me = unsafe { libc::pthread_self() } as u64;
+            self.running[vcpu].store(me, Ordering::Release);
+            let r = call(
+                hyp,
+                HostCall::VcpuRun.id(),
+                &[self.vm.handle, vcpu as u64, read_value],
+            );
+            self.running[vcpu].store(0, Ordering::Release);
             read_value = 0;
             if r[0] != 0 {
                 #[allow(clippy::cast_possible_wrap, reason = "x0 is a signed code")]
@@ -278,11 +334,16 @@ impl Shared<'_> {
                         self.kicks[vcpu].sleep(d);
                     }
                 }
-                Ok(ExitReason::Interrupt) => {
-                    if r[2] == 1 {
-                        self.counters.host_timer_exits.fetch_add(1, Ordering::Relaxed);
+                Ok(ExitReason::Interrupt) => match r[2] {
+                    1 => {
+                        self.counters
+                            .host_timer_exits
+                            .fetch_add(1, Ordering::Relaxed);
                     }
-                }
+                    // The guest sent SGIs to the vCPUs in x3: wake them.
+                    2 => self.wake(vcpu, r[3]),
+                    _ => {}
+                },
                 Ok(ExitReason::SystemOff) => {
                     self.finish(Outcome::SystemOff);
                     break;
@@ -343,6 +404,10 @@ impl Shared<'_> {
         }
         line += &format!(", other {}\n", d.other.load(Ordering::Relaxed));
         text += &line;
+        text += &format!(
+            "vCPU wake-ups for guest SGIs: {}\n",
+            self.sgi_kicks.load(Ordering::Relaxed)
+        );
         let init = self.init_us.load(Ordering::Relaxed);
         if init != 0 {
             text += &format!(
@@ -365,7 +430,9 @@ fn console_sink(
 ) -> Box<dyn FnMut(u8) + Send> {
     Box::new(move |b| {
         Counters::reached(&counters.first_output_us);
-        let mut line = buf.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut line = buf
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if b == b'\n' {
             let text = String::from_utf8_lossy(&line);
             if text.contains("Run /init as init process") {
@@ -406,10 +473,25 @@ fn frequency() -> u64 {
     1_000_000_000
 }
 
+extern "C" fn on_sigusr2(_: libc::c_int) {}
+
+/// Installs the (empty) `SIGUSR2` handler [`Shared::wake`] relies on.
+fn install_wake_signal() {
+    // SAFETY: a zeroed sigaction with an empty handler is valid.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigusr2 as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::sigemptyset(&raw mut action.sa_mask);
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigaction(libc::SIGUSR2, &raw const action, std::ptr::null_mut());
+    }
+}
+
 /// Runs the VM until it powers off, resets, fails or a signal arrives;
 /// `devices` become virtio-mmio transports 0, 1, ... over `memory`.
 pub fn run(vm: &Vm<'_>, devices: Vec<super::Device>, memory: &super::GuestMemory) -> Outcome {
     let started = Instant::now();
+    install_wake_signal();
     let gic = Arc::new(Gic::new(vm.vcpus));
     let console = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = mpsc::channel::<Injection>();
@@ -438,7 +520,12 @@ pub fn run(vm: &Vm<'_>, devices: Vec<super::Device>, memory: &super::GuestMemory
         gic,
         bus: Bus {
             uart: Mutex::new(Pl011::new(
-                console_sink(vm.name.to_string(), console.clone(), counters.clone(), init_us.clone()),
+                console_sink(
+                    vm.name.to_string(),
+                    console.clone(),
+                    counters.clone(),
+                    init_us.clone(),
+                ),
                 uart_line,
             )),
             virtio,
@@ -447,6 +534,8 @@ pub fn run(vm: &Vm<'_>, devices: Vec<super::Device>, memory: &super::GuestMemory
         counters,
         init_us,
         kicks: (0..vm.vcpus).map(|_| Kick::default()).collect(),
+        running: (0..vm.vcpus).map(|_| AtomicU64::new(0)).collect(),
+        sgi_kicks: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         outcome: Mutex::new(None),
         console,
