@@ -319,10 +319,11 @@ fn retire_pending(intid: u32) {
     }
 }
 
-/// Moves queued virtual interrupts into free list registers.
+/// Moves queued virtual interrupts into list registers
+/// (`rampart_platform::inject::list_register::place` decides where,
+/// unit-tested there).
 fn load_pending_interrupts(v: &mut Vcpu) {
-    const GROUP1: u64 = 1 << 60;
-    const PRIORITY: u64 = 0xa0 << 48;
+    use rampart_platform::inject::list_register::{PENDING as LR_PENDING, Place, place, pending};
     if v.pending_count == 0 {
         return;
     }
@@ -335,17 +336,20 @@ fn load_pending_interrupts(v: &mut Vcpu) {
     let lrs = &mut lrs[..count];
     let mut i = 0;
     while i < v.pending_count {
-        let intid = u64::from(v.pending[i]);
-        let already = lrs.iter().any(|lr| lr & STATE_MASK != 0 && lr & 0xffff_ffff == intid);
-        let free = lrs.iter().position(|lr| lr & STATE_MASK == 0);
-        match (already, free) {
-            (true, _) => {}
-            (false, Some(n)) => {
-                lrs[n] = PENDING | GROUP1 | PRIORITY | intid;
+        let intid = v.pending[i];
+        match place(lrs, intid) {
+            Place::Merged => {}
+            Place::AddPending(n) => {
+                lrs[n] |= LR_PENDING;
                 // SAFETY: the guest is loaded but not running.
                 unsafe { guest::write_lr(n, lrs[n]) };
             }
-            (false, None) => {
+            Place::Fill(n) => {
+                lrs[n] = pending(intid);
+                // SAFETY: the guest is loaded but not running.
+                unsafe { guest::write_lr(n, lrs[n]) };
+            }
+            Place::Full => {
                 i += 1;
                 continue;
             }
@@ -356,9 +360,9 @@ fn load_pending_interrupts(v: &mut Vcpu) {
 }
 
 /// HCR_EL2 while a guest runs: stage 2, physical interrupts and SErrors to
-/// EL2, WFI/WFE, SMC, implementation-defined and auxiliary registers
-/// trapped; ID registers trapped for protected guests.
-fn guest_hcr(protected: bool, pauth: bool) -> u64 {
+/// EL2, WFI/WFE, SMC, implementation-defined, auxiliary and ID registers
+/// trapped.
+fn guest_hcr(pauth: bool) -> u64 {
     use crate::cpu::hcr::*;
     const FMO: u64 = 1 << 3;
     const IMO: u64 = 1 << 4;
@@ -368,10 +372,11 @@ fn guest_hcr(protected: bool, pauth: bool) -> u64 {
     const TID3: u64 = 1 << 18;
     const TIDCP: u64 = 1 << 20;
     const TACR: u64 = 1 << 21;
-    let mut hcr = VM | SWIO | FB | BSU_IS | TSC | RW | FMO | IMO | AMO | TWI | TWE | TIDCP | TACR;
-    if protected {
-        hcr |= TID3;
-    }
+    // ID registers are trapped for every guest: what the world switch does
+    // not context-switch (SVE, SME, MTE, GCS, PMU, AMU, TCR2/PIE/POE...)
+    // must be hidden from a stock kernel, or its settings would leak into
+    // the host's EL1 (`sanitise_id_register`).
+    let mut hcr = VM | SWIO | FB | BSU_IS | TSC | RW | FMO | IMO | AMO | TWI | TWE | TIDCP | TACR | TID3;
     if pauth {
         hcr |= API | APK;
     }
@@ -458,7 +463,7 @@ fn load_guest(v: &mut Vcpu, host: &mut HostContext, vttbr: u64, protected: bool,
         arch::set_cnthctl_el2(0b01);
         arch::set_vmpidr_el2((1 << 31) | v.index as u64);
         arch::set_vttbr_el2(vttbr);
-        let mut hcr = guest_hcr(protected, features.pauth);
+        let mut hcr = guest_hcr(features.pauth);
         if v.vserror {
             if let Some(syndrome) = virtual_serror_syndrome(has_ras()) {
                 guest::set_vsesr(syndrome);
@@ -625,12 +630,14 @@ fn handle_exit(slot: usize, v: &mut Vcpu, kind: u64) -> Outcome {
         }
         EC_WFX => {
             v.state.pc += 4;
-            exit(ExitReason::Wait, iss & 1, 0, 0)
+            if interrupt_pending(slot, v) {
+                // Something is already pending for the guest: the WFI/WFE
+                // completes at once, without a trip to the host.
+                return Outcome::Resume;
+            }
+            exit(ExitReason::Wait, iss & 1, timer_deadline(), 0)
         }
-        EC_SYSREG => {
-            sysreg(v, iss);
-            Outcome::Resume
-        }
+        EC_SYSREG => sysreg(slot, v, iss),
         EC_DABT_LOWER | EC_IABT_LOWER => {
             let ipa = (((hpfar >> 4) & 0xff_ffff_ffff) << 12) | (far & 0xfff);
             let instruction = (esr >> 26) & 0x3f == EC_IABT_LOWER;
@@ -698,24 +705,33 @@ fn abort(slot: usize, v: &mut Vcpu, ipa: u64, iss: u64, far: u64, instruction: b
 /// A trapped system-register access: sanitised ID registers for protected
 /// guests, debug and trace registers read-as-zero / write-ignored, an
 /// undefined instruction for everything else.
-fn sysreg(v: &mut Vcpu, iss: u64) {
+fn sysreg(slot: usize, v: &mut Vcpu, iss: u64) -> Outcome {
     let access = SysregAccess::decode(iss);
+    if let Some(group0) = sgi_register(&access) {
+        let value = if access.register < 31 { v.state.regs[access.register] } else { 0 };
+        let others = send_sgi(slot, v, value, group0);
+        v.state.pc += 4;
+        // Other vCPUs were targeted: tell the host which, so it can wake
+        // their threads (docs/abi.md, EXIT_INTERRUPT with x2 = 2).
+        return if others == 0 { Outcome::Resume } else { exit(ExitReason::Interrupt, 2, others, 0) };
+    }
     if let Some((crm, op2)) = access.id_register() {
         let value = sanitise_id_register(crm, op2, arch::id_register(crm, op2));
         if access.register < 31 {
             v.state.regs[access.register] = value;
         }
         v.state.pc += 4;
-        return;
+        return Outcome::Resume;
     }
     if access.is_debug_or_trace() {
         if access.read && access.register < 31 {
             v.state.regs[access.register] = 0;
         }
         v.state.pc += 4;
-        return;
+        return Outcome::Resume;
     }
     inject_guest(v, Kind::Undefined, 0);
+    Outcome::Resume
 }
 
 /// Delivers a synchronous exception to the guest's EL1 (whose registers are
@@ -747,4 +763,73 @@ fn inject_guest(v: &mut Vcpu, kind: Kind, far: u64) {
         // The guest trapped from a state it cannot be in: stop the vCPU.
         None => v.halted = true,
     }
+}
+
+/// `ICC_SGI1R_EL1` (op2 5), `ICC_ASGI1R_EL1` (op2 6), `ICC_SGI0R_EL1` (op2
+/// 7): op0 3, op1 0, CRn 12, CRm 11, written by the guest (they trap to EL2
+/// while `HCR_EL2.IMO`/`FMO` route interrupts to the virtual interface).
+/// Returns whether the register is the Group 0 one; `None` for any other
+/// register or a read (which is undefined).
+fn sgi_register(access: &SysregAccess) -> Option<bool> {
+    match access.encoding {
+        (3, 0, 12, 11, 5 | 6) if !access.read => Some(false),
+        (3, 0, 12, 11, 7) if !access.read => Some(true),
+        _ => None,
+    }
+}
+
+/// A guest's SGI: makes SGI `INTID` pending for every target vCPU of the
+/// same VM. vCPU *i* has affinity 0.0.0.*i* (`VMPIDR_EL2`), so with
+/// `IRM` = 0 only `Aff3.Aff2.Aff1` = 0 with `RS` = 0 names vCPUs (target
+/// list bit *i*); `IRM` = 1 names every vCPU but the sender. Targets that do
+/// not exist are ignored, as the architecture ignores absent PEs. Group 0
+/// SGIs are delivered as Group 1, the only group guests use (Linux uses
+/// Group 1 SGIs); the decoding is `rampart_platform::trap::SgiTargets`'
+/// job, unit-tested there. Each target sees it at its next entry; returns
+/// the bitmap of the *other* vCPUs targeted, for the host to wake.
+fn send_sgi(slot: usize, v: &mut Vcpu, value: u64, _group0: bool) -> u64 {
+    let targets = rampart_platform::trap::SgiTargets::decode(value);
+    let intid = targets.intid;
+    let mut others = 0;
+    for index in 0..VCPU_SLOTS[slot].len() {
+        if !targets.includes(index, v.index) {
+            continue;
+        }
+        if index == v.index {
+            let _ = queue(v, intid);
+        } else if vm::VCPU_EXISTS[slot][index].load(Ordering::Acquire) {
+            let word = &vm::VCPU_PENDING[slot][index][0];
+            word.fetch_or(1 << intid, Ordering::AcqRel);
+            others |= 1 << index;
+        }
+    }
+    others
+}
+
+/// Whether the loaded guest has an interrupt it could take now or soon:
+/// queued, injected by the host or another vCPU, in a list register as
+/// pending, or its virtual timer's condition met (unmasked).
+fn interrupt_pending(slot: usize, v: &Vcpu) -> bool {
+    if v.pending_count != 0 {
+        return true;
+    }
+    if vm::VCPU_PENDING[slot][v.index].iter().any(|w| w.load(Ordering::Acquire) != 0) {
+        return true;
+    }
+    for n in 0..guest::list_register_count().min(4) {
+        if guest::read_lr(n) & STATE_MASK == PENDING {
+            return true;
+        }
+    }
+    let ctl = arch::cntv_ctl_el0();
+    ctl & 0b111 == 0b101
+}
+
+/// The guest's virtual-timer deadline for an `EXIT_WAIT` (`x3`): its
+/// `CNTV_CVAL_EL0` (virtual count, equal to the physical count: `CNTVOFF_EL2`
+/// is 0) if the timer is enabled and unmasked, else `WAIT_NO_DEADLINE`.
+/// The VMM may sleep until then, or until it injects something.
+fn timer_deadline() -> u64 {
+    let ctl = arch::cntv_ctl_el0();
+    if ctl & 0b11 == 0b01 { arch::cntv_cval_el0() } else { rampart_abi::host::WAIT_NO_DEADLINE }
 }

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{artifacts, prereq};
 
-mod cpio;
+pub(crate) mod cpio;
 
 /// Printed by `/init` as its first line.
 pub const INIT_MARKER: &str = "RAMPART-INIT: start";
@@ -579,7 +579,7 @@ fn perm_of(_: &Path) -> Result<u32> {
 }
 
 /// `gzip -n` `data` into `out`.
-fn gzip(data: &[u8], out: &Path) -> Result<()> {
+pub(crate) fn gzip(data: &[u8], out: &Path) -> Result<()> {
     let mut child = Command::new("gzip")
         .args(["-n", "-c"])
         .stdin(Stdio::piped())

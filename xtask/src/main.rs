@@ -12,10 +12,12 @@ mod bench;
 mod fuzz;
 mod guests;
 mod linux;
+mod linux_guest;
 mod linux_vmm;
 mod prereq;
 mod qemu;
 mod suite;
+mod virtio_e2e;
 
 #[derive(Parser)]
 #[command(about = "Build, run, test and benchmark Rampart")]
@@ -64,6 +66,13 @@ struct RunArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// With --host linux: the host boots this guest with rampart-vmm
+    /// (`linux`: Debian's sid kernel, 2 vCPUs; issue 11).
+    #[arg(long, value_enum)]
+    guest: Option<linux_guest::Guest>,
+    /// With --guest linux: the guest's vCPUs (1 to 8).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
+    guest_cpus: u32,
 }
 
 fn main() -> Result<()> {
@@ -101,6 +110,7 @@ fn run(args: &RunArgs) -> Result<()> {
     qemu::check_cpu_model(&args.cpu)?;
     let mut machine = match args.host {
         Host::Testhost => suite::testhost_machine(args.smp, &args.mem, &args.cpu)?,
+        Host::Linux if args.guest.is_some() => linux_guest::demo_machine(args.smp, args.guest_cpus)?,
         Host::Linux => linux_vmm::demo_machine(args.smp, &args.mem, &args.cpu)?,
     };
     // The demo's PCIe root complex sits behind the SMMU Rampart owns.
@@ -129,6 +139,7 @@ fn run(args: &RunArgs) -> Result<()> {
     }
     match args.host {
         Host::Testhost => suite::after_demo(&run)?,
+        Host::Linux if args.guest.is_some() => linux_guest::after_demo(&run)?,
         Host::Linux => linux_vmm::after_demo(&run)?,
     }
     match run.exit_code {

@@ -258,6 +258,11 @@ pub fn run(args: &TestArgs) -> Result<()> {
         // the bench guest under Linux's own pKVM (`cargo xtask bench peer`).
         case("peer/pkvm-smoke".into(), &crate::bench::peer::smoke);
     }
+    // Issue 11: Debian's sid kernel as a Rampart guest under the Linux host.
+    crate::linux_guest::cases(args, &mut case);
+    // Issue 11: the guest's virtio devices end to end (block both ways,
+    // vsock round trips both ways, entropy) in one boot.
+    crate::virtio_e2e::cases(args, &mut case);
 
     let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.result.is_err()).collect();
     eprintln!("\nsummary ({:.0}s):", start.elapsed().as_secs_f64());

@@ -502,6 +502,10 @@ impl VmConfig {
 /// The fewest stage-2 table pages a VM starts with.
 pub const MIN_STAGE2_PAGES: u64 = 8;
 
+/// `x3` of an [`ExitReason::Wait`] whose guest has no timer deadline
+/// (its virtual timer disabled or masked).
+pub const WAIT_NO_DEADLINE: u64 = u64::MAX;
+
 /// Why `VCPU_RUN` returned: `x1` of its result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u64)]
@@ -515,12 +519,16 @@ pub enum ExitReason {
     /// memory there and run again, or give up on the VM.
     MemoryFault = 2,
     /// The guest waits for an interrupt (`WFI`, `x2` = 0) or event (`WFE`,
-    /// `x2` = 1).
+    /// `x2` = 1) and nothing is pending for it; `x3` = its virtual-timer
+    /// deadline (`CNTV_CVAL_EL0`; the virtual count equals the physical
+    /// count) or [`WAIT_NO_DEADLINE`]. The host may sleep until then or
+    /// until it injects an interrupt; running the vCPU earlier is correct.
     Wait = 3,
     /// A physical interrupt arrived while the guest ran; run it again.
     /// `x2` = 1 if it was the host's own timer deadline (kept by the
     /// hypervisor's EL2 timer while the guest owns the virtual timer), 0
-    /// otherwise.
+    /// otherwise; `x2` = 2 if instead the guest sent an SGI to other vCPUs
+    /// of its VM, `x3` = their bitmap (wake their threads).
     Interrupt = 4,
     /// The guest asked to power off (PSCI SYSTEM_OFF).
     SystemOff = 5,

@@ -444,3 +444,71 @@ mod tests {
         assert_eq!(user32.esr_el1 >> 26, 0x24);
     }
 }
+
+/// GICv3 list registers (`ICH_LR<n>_EL2`): where a virtual interrupt
+/// queued for a vCPU goes.
+pub mod list_register {
+    /// `State`, bits 63:62.
+    pub const STATE_MASK: u64 = 0b11 << 62;
+    /// State = pending.
+    pub const PENDING: u64 = 0b01 << 62;
+    /// State = active.
+    pub const ACTIVE: u64 = 0b10 << 62;
+    /// `Group` = 1.
+    pub const GROUP1: u64 = 1 << 60;
+    /// The priority virtual interrupts are given (bits 55:48).
+    pub const PRIORITY: u64 = 0xa0 << 48;
+
+    /// What to do with virtual interrupt `intid` given the list registers'
+    /// current values.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Place {
+        /// An LR already holds it pending (or active and pending): the
+        /// edge merges into that one.
+        Merged,
+        /// LR `n` holds it active (the guest is handling the previous
+        /// one): make it active and pending, so the guest takes it again
+        /// after its EOI.
+        AddPending(usize),
+        /// LR `n` is free: write a new pending entry.
+        Fill(usize),
+        /// No LR is free: keep it queued.
+        Full,
+    }
+
+    /// Decides where `intid` goes.
+    #[must_use]
+    pub fn place(lrs: &[u64], intid: u32) -> Place {
+        let intid = u64::from(intid);
+        if let Some(n) = lrs.iter().position(|lr| lr & STATE_MASK != 0 && lr & 0xffff_ffff == intid) {
+            return if lrs[n] & PENDING != 0 { Place::Merged } else { Place::AddPending(n) };
+        }
+        lrs.iter().position(|lr| lr & STATE_MASK == 0).map_or(Place::Full, Place::Fill)
+    }
+
+    /// A new pending Group 1 entry for `intid`.
+    #[must_use]
+    pub const fn pending(intid: u32) -> u64 {
+        PENDING | GROUP1 | PRIORITY | intid as u64
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn an_interrupt_raised_while_its_previous_one_is_active_is_not_lost() {
+            // Linux's IRQ-work IPI (SGI 5) raised again in its own handler.
+            let lrs = [ACTIVE | GROUP1 | PRIORITY | 5, 0, 0, 0];
+            assert_eq!(place(&lrs, 5), Place::AddPending(0));
+            let lrs = [pending(27), ACTIVE | PENDING | 5, 0, 0];
+            assert_eq!(place(&lrs, 5), Place::Merged);
+            assert_eq!(place(&lrs, 27), Place::Merged);
+            assert_eq!(place(&lrs, 3), Place::Fill(2));
+            let full = [pending(1), pending(2), pending(3), ACTIVE | 4];
+            assert_eq!(place(&full, 9), Place::Full);
+            assert_eq!(place(&full, 4), Place::AddPending(3));
+            assert_eq!(pending(33), (1 << 62) | (1 << 60) | (0xa0 << 48) | 33);
+        }
+    }
+}

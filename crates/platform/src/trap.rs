@@ -118,6 +118,45 @@ impl SysregAccess {
     }
 }
 
+/// The targets of a guest's write to `ICC_SGI1R_EL1` / `ICC_ASGI1R_EL1` /
+/// `ICC_SGI0R_EL1` (GICv3: `TargetList` [15:0], `Aff1` [23:16], `INTID`
+/// [27:24], `Aff2` [39:32], `IRM` [40], `RS` [47:44], `Aff3` [55:48]), for
+/// vCPUs whose affinity is 0.0.0.*index*.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SgiTargets {
+    /// The SGI (0..16).
+    pub intid: u32,
+    /// `IRM`: every PE but the sender.
+    pub all_but_self: bool,
+    /// The vCPU indices named by the target list (bit *i* = vCPU *i*),
+    /// already 0 when `Aff3.Aff2.Aff1` or `RS` name no vCPU.
+    pub list: u64,
+}
+
+impl SgiTargets {
+    /// Decodes the written value.
+    #[must_use]
+    pub fn decode(value: u64) -> Self {
+        let intid = ((value >> 24) & 0xf) as u32;
+        let all_but_self = value & (1 << 40) != 0;
+        let aff_high = (value >> 16) & 0xff | ((value >> 32) & 0xff) << 8 | ((value >> 48) & 0xff) << 16;
+        let rs = (value >> 44) & 0xf;
+        // vCPU i is Aff0 = i < 16 here (at most 8 vCPUs), so RS must be 0.
+        let list = if aff_high == 0 && rs == 0 { value & 0xffff } else { 0 };
+        SgiTargets { intid, all_but_self, list }
+    }
+
+    /// Whether vCPU `index` is a target of a write by vCPU `sender`.
+    #[must_use]
+    pub fn includes(&self, index: usize, sender: usize) -> bool {
+        if self.all_but_self {
+            index != sender
+        } else {
+            index < 16 && self.list & (1 << index) != 0
+        }
+    }
+}
+
 /// What a guest's exit to EL2 was, from the vector it took (the vector's
 /// offset / 0x80 in the lower-EL half of the table: 8..11 from AArch64,
 /// 12..15 from AArch32).
@@ -170,8 +209,9 @@ pub fn sanitise_id_register(crm: u64, op2: u64, raw: u64) -> u64 {
         // ID_AA64PFR0_EL1: EL0 and EL1 AArch64 only; no EL2, EL3, RAS,
         // SVE, SEL2, MPAM, AMU, RME.
         (4, 0) => (clear(raw, &[8, 12, 28, 32, 36, 40, 44, 52]) & !0xff) | 0x11,
-        // ID_AA64PFR1_EL1: no MTE, MPAM, SME, RNDR trap, MTE fractions.
-        (4, 1) => clear(raw, &[8, 16, 24, 28, 32, 40]),
+        // ID_AA64PFR1_EL1: no MTE, MPAM, SME, RNDR trap, MTE fractions,
+        // NMI, GCS or THE (their EL1 registers are not context-switched).
+        (4, 1) => clear(raw, &[8, 16, 24, 28, 32, 36, 40, 44, 48]),
         // ID_AA64DFR0_EL1: the debug architecture version only.
         (5, 0) => raw & 0xf,
         // Instruction sets and memory model: as the CPU has them.
@@ -250,6 +290,23 @@ mod tests {
     }
 
     #[test]
+    fn sgi_targets() {
+        // Linux's IPI 3 to vCPUs 1 and 2 (Aff1..3 = 0).
+        let t = SgiTargets::decode((3 << 24) | 0b110);
+        assert_eq!(t.intid, 3);
+        assert!(!t.includes(0, 0) && t.includes(1, 0) && t.includes(2, 0) && !t.includes(3, 0));
+        // Another cluster (Aff1 = 1) or range selector names no vCPU.
+        assert!(!SgiTargets::decode((1 << 16) | 0b11).includes(0, 5));
+        assert!(!SgiTargets::decode((1 << 44) | 0b11).includes(0, 5));
+        assert!(!SgiTargets::decode((1 << 32) | 0b11).includes(1, 5));
+        assert!(!SgiTargets::decode((1 << 48) | 0b11).includes(1, 5));
+        // IRM: everyone but the sender, whatever the list says.
+        let t = SgiTargets::decode((1 << 40) | (15 << 24));
+        assert_eq!(t.intid, 15);
+        assert!(t.includes(0, 1) && !t.includes(1, 1) && t.includes(7, 1));
+    }
+
+    #[test]
     fn mmio_widths_and_sign_extension() {
         let ldrb = MmioAccess::decode(iss(false, 3, 0, false, false)).unwrap();
         assert_eq!((ldrb.register, ldrb.bits()), (3, 8));
@@ -276,6 +333,8 @@ mod tests {
         }
         assert_eq!((pfr0 >> 16) & 0xff, 0xff, "FP and AdvSIMD stay");
         assert_eq!((sanitise_id_register(4, 1, all) >> 24) & 0xf, 0, "no SME");
+        assert_eq!((sanitise_id_register(4, 1, all) >> 44) & 0xf, 0, "no GCS");
+        assert_eq!(sanitise_id_register(7, 3, all), 0, "no TCR2, S1PIE, S1POE");
         assert_eq!(sanitise_id_register(5, 0, all), 0xf, "no PMU, SPE or trace");
         assert_eq!(sanitise_id_register(6, 1, 0x1234), 0x1234);
         assert_eq!(sanitise_id_register(3, 0, all), 0, "AArch32 registers read as zero");

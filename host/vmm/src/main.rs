@@ -2,11 +2,13 @@
 //! Linux host, through the control pages and guest pool the hypervisor
 //! describes in the host's device tree (`/dev/mem`). See `README.md`.
 
+mod bus;
 mod console;
 mod dt;
 mod fuzz;
 mod hostile;
 mod hyp;
+mod linux;
 mod mem;
 mod plan;
 mod pool;
@@ -14,6 +16,7 @@ mod run;
 mod session;
 mod signals;
 mod stats;
+mod virtio;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -70,8 +73,18 @@ struct Cli {
 enum Command {
     /// Run a bundle as a VM until it powers off (or SIGINT/SIGTERM).
     Run {
-        /// The signed bundle (`rampart sign`).
-        bundle: PathBuf,
+        /// The signed bundle (`rampart sign`); or --kernel.
+        #[arg(required_unless_present = "kernel", conflicts_with = "kernel")]
+        bundle: Option<PathBuf>,
+        /// Boot this arm64 Linux `Image` as a non-protected guest instead of a bundle.
+        #[arg(long, value_name = "IMAGE")]
+        kernel: Option<PathBuf>,
+        /// The guest's initrd (with --kernel).
+        #[arg(long, value_name = "FILE", requires = "kernel")]
+        initrd: Option<PathBuf>,
+        /// The guest's kernel command line (with --kernel).
+        #[arg(long, value_name = "TEXT", requires = "kernel")]
+        cmdline: Option<String>,
         /// Guest RAM; must equal the manifest's (the signature covers it).
         #[arg(long, value_name = "SIZE", value_parser = plan::parse_size)]
         mem: Option<u64>,
@@ -109,6 +122,9 @@ enum Command {
         /// if any is not refused).
         #[arg(long)]
         attack_metadata: bool,
+        /// virtio devices for a Linux guest (issue 11).
+        #[command(flatten)]
+        virtio: Box<virtio::VirtioArgs>,
     },
     /// List every live VM (VM_LIST) and the VMM that owns it.
     List,
@@ -159,6 +175,27 @@ enum Command {
         /// Pages.
         #[arg(default_value_t = 1)]
         pages: u64,
+    },
+    /// Hidden: a socat for the vsock tests (both ends; docs in
+    /// `virtio/vsock_cli.rs`): `vsock connect unix:SOCKET:PORT`,
+    /// `vsock listen unix:PATH`, `vsock connect vsock:CID:PORT`,
+    /// `vsock listen vsock:PORT`.
+    #[command(hide = true)]
+    Vsock {
+        /// `connect` or `listen`.
+        #[arg(value_parser = ["connect", "listen"])]
+        mode: String,
+        /// The endpoint.
+        endpoint: String,
+        /// Write back everything read.
+        #[arg(long)]
+        echo: bool,
+        /// Measure N round trips of 64 bytes against an echo.
+        #[arg(long, value_name = "N")]
+        ping: Option<u32>,
+        /// Keep trying to connect for this many seconds.
+        #[arg(long, default_value_t = 0, value_name = "SECS")]
+        retry: u64,
     },
 }
 
@@ -277,7 +314,42 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run {
-            bundle,
+            kernel: None,
+            ref virtio,
+            ..
+        } if virtio.any_device() => Err(anyhow!(
+            "--disk, --vsock and --virtio-console need a Linux guest (--kernel); a bundle has no virtio devices"
+        )),
+        Command::Run {
+            kernel: Some(kernel),
+            initrd,
+            cmdline,
+            mem,
+            cpus,
+            name,
+            trace,
+            virtio,
+            ..
+        } => {
+            let name = name.unwrap_or_else(|| "linux".into());
+            virtio::devices(&virtio, &name, &env.state_dir).and_then(|devices| {
+                linux::cmd_run(
+                    &env,
+                    linux::Config {
+                        kernel,
+                        initrd,
+                        cmdline: cmdline.unwrap_or_else(|| linux::DEFAULT_CMDLINE.into()),
+                        memory_size: mem.unwrap_or(linux::DEFAULT_MEMORY),
+                        vcpus: cpus.unwrap_or(1),
+                        name,
+                        trace,
+                        devices,
+                    },
+                )
+            })
+        }
+        Command::Run {
+            bundle: Some(bundle),
             mem,
             cpus,
             ignore_manifest,
@@ -289,6 +361,7 @@ fn main() -> ExitCode {
             hold,
             hold_at,
             attack_metadata,
+            ..
         } => cmd_run(
             &env,
             &bundle,
@@ -310,6 +383,7 @@ fn main() -> ExitCode {
                 attack_metadata,
             },
         ),
+        Command::Run { bundle: None, .. } => Err(anyhow!("run needs a bundle or --kernel IMAGE")),
         Command::List => cmd_list(&env).map(|()| ExitCode::SUCCESS),
         Command::Stats => cmd_stats(&env).map(|()| ExitCode::SUCCESS),
         Command::Reclaim { all } => cmd_reclaim(&env, all).map(|()| ExitCode::SUCCESS),
@@ -333,6 +407,19 @@ fn main() -> ExitCode {
         Command::DonateHostPages { address, pages } => {
             cmd_donate_host_pages(&env, address, pages).map(|()| ExitCode::SUCCESS)
         }
+        Command::Vsock {
+            mode,
+            endpoint,
+            echo,
+            ping,
+            retry,
+        } => virtio::vsock_cli::parse_endpoint(&endpoint, mode == "listen")
+            .map_err(|e| anyhow!("{endpoint}: {e}"))
+            .and_then(|ep| virtio::vsock_cli::run(&ep, echo, ping, Duration::from_secs(retry)))
+            .map(|summary| {
+                eprintln!("{summary}");
+                ExitCode::SUCCESS
+            }),
     };
     result.unwrap_or_else(|e| {
         eprintln!("rampart-vmm: {e:#}");

@@ -453,7 +453,7 @@ std::thread_local! {
 ///
 /// The range must lie in one of this process's mappings.
 #[allow(unused_variables, reason = "used on aarch64 only")]
-unsafe fn clean_inval_poc(p: *const u8, len: usize) {
+pub(crate) unsafe fn clean_inval_poc(p: *const u8, len: usize) {
     #[cfg(target_arch = "aarch64")]
     {
         let ctr: u64;

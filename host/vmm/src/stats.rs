@@ -233,6 +233,9 @@ pub fn render(h: &Header<'_>, c: &Counters, reclaimed: Option<u64>) -> String {
         "memory faults declined",
         c.memory_faults.load(Ordering::Relaxed).to_string(),
     );
+    for (k, v) in crate::virtio::stats_lines() {
+        put(&k, v);
+    }
     put("result", h.result.to_string());
     out
 }

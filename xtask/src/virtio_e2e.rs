@@ -1,0 +1,357 @@
+//! The Linux guest's virtio devices end to end (issue 11): the ext4 disk
+//! image the guest mounts, the guest and host script parts
+//! (`virtio_e2e/guest.sh`, `virtio_e2e/host.sh`) and the checks of the
+//! console they print.
+//!
+//! What is checked, all from one boot:
+//! - virtio-blk, host to guest: `from-host.bin` (fresh random bytes put in
+//!   the ext4 image by xtask) read by the guest with the checksum xtask
+//!   computed; the raw exchange disk's first 2 MiB (written by the host
+//!   before the run) read by the guest with the host's checksum.
+//! - virtio-blk, guest to host: 2 MiB the guest wrote to the exchange disk
+//!   read back by the host from the image file with the guest's checksum;
+//!   a file written on ext4, read back after a remount.
+//! - vsock: 4 MiB round trips host to guest (the guest echoes) and guest to
+//!   host (the host echoes), checksums equal.
+//! - entropy: the guest reads `/dev/hwrng`, served by virtio-rng.
+//! - the demo line: the first line of `hello.txt` on the disk.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::linux_guest::{self, Mode};
+use crate::qemu::{Machine, Run};
+use crate::{artifacts, linux, linux_vmm, prereq};
+
+/// Host CPUs and guest vCPUs of the end-to-end case.
+const SMP: u32 = 2;
+const VCPUS: u32 = 2;
+/// The boot, the devices and the round trips on two busy cores.
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(900);
+
+/// The guest's part, sourced by its `/init`.
+pub const GUEST_SCRIPT: &str = include_str!("virtio_e2e/guest.sh");
+/// The host's part (sets `VIRTIO_ARGS`, defines `virtio_host_after`).
+pub const HOST_SCRIPT: &str = include_str!("virtio_e2e/host.sh");
+/// The line the guest prints from the disk.
+pub const HELLO: &str = "Hello from Rampart's virtio disk: the guest mounted its ext4 image.";
+
+/// The ext4 image of this xtask run.
+pub struct Disk {
+    /// The image (16 MiB).
+    pub image: PathBuf,
+    /// Hex SHA-256 of `from-host.bin` on it.
+    pub from_host_sha256: String,
+}
+
+static DISK: std::sync::OnceLock<Disk> = std::sync::OnceLock::new();
+
+/// Builds (once per xtask run) the 16 MiB ext4 image with `hello.txt`,
+/// 512 KiB of fresh random bytes in `from-host.bin` and `rampart-vmm` (the
+/// static binary `vmm`: the guest's vsock tool, which its busybox lacks),
+/// with `mke2fs -t ext4 -d`.
+///
+/// # Errors
+///
+/// No `mke2fs`, or it failed.
+pub fn disk(vmm: &Path) -> Result<&'static Disk> {
+    use sha2::Digest as _;
+    if let Some(d) = DISK.get() {
+        return Ok(d);
+    }
+    prereq::ensure(&[&prereq::MKE2FS])?;
+    let base = artifacts::build_dir().join("virtio");
+    if let Ok(entries) = fs::read_dir(&base) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("disk-")
+                && !Path::new("/proc").join(pid).exists()
+            {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let dir = base.join(format!("disk-{}", std::process::id()));
+    let content = dir.join("content");
+    fs::create_dir_all(&content).with_context(|| format!("creating {}", content.display()))?;
+    fs::write(content.join("hello.txt"), format!("{HELLO}\n"))?;
+    let mut data = vec![0u8; 512 << 10];
+    File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut data))
+        .context("reading /dev/urandom")?;
+    fs::write(content.join("from-host.bin"), &data)?;
+    fs::copy(vmm, content.join("rampart-vmm")).with_context(|| format!("copying {}", vmm.display()))?;
+    let image = dir.join("disk.img");
+    let _ = fs::remove_file(&image);
+    let out = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-L", "rampart-guest", "-d"])
+        .arg(&content)
+        .arg(&image)
+        .arg("16M")
+        .output()
+        .context("running mke2fs")?;
+    if !out.status.success() {
+        bail!(
+            "mke2fs -t ext4 -d {} {}: {}",
+            content.display(),
+            image.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let from_host_sha256 = hex(&sha2::Sha256::digest(&data));
+    Ok(DISK.get_or_init(|| Disk {
+        image,
+        from_host_sha256,
+    }))
+}
+
+/// The Linux host with the guest (`vcpus`) and its virtio devices: the
+/// guest and its `/init` part are lguest's ([`linux_guest::machine`]); a
+/// second cpio archive appended to the host's initramfs (the kernel
+/// unpacks each in turn) brings the disk image and `/virtio-host.sh`,
+/// which the host's `linux_guest/host.sh` sources.
+///
+/// # Errors
+///
+/// Building anything failed.
+pub fn machine(smp: u32, vcpus: u32) -> Result<Machine> {
+    let vmm = linux_vmm::vmm_binary()?;
+    let disk = disk(&vmm)?;
+    let mut m = linux_guest::machine(smp, vcpus, Mode::Boot, GUEST_SCRIPT)?;
+    let base = m.initrd.clone().context("the Linux host has no initramfs")?;
+    let mut a = linux::cpio::Newc::new();
+    a.dir("guest")?;
+    a.file("guest/disk.img", 0o644, &fs::read(&disk.image)?)?;
+    a.file("virtio-host.sh", 0o644, HOST_SCRIPT.as_bytes())?;
+    let dir = disk.image.parent().context("disk image directory")?;
+    let extra = dir.join("virtio.cpio.gz");
+    linux::gzip(&a.finish(), &extra)?;
+    let both = dir.join("host-initramfs.cpio.gz");
+    let mut data = fs::read(&base).with_context(|| format!("reading {}", base.display()))?;
+    data.extend_from_slice(&fs::read(&extra)?);
+    fs::write(&both, &data).with_context(|| format!("writing {}", both.display()))?;
+    m.initrd = Some(both);
+    Ok(m)
+}
+
+/// Every check of the end-to-end run, each on its own line.
+///
+/// # Errors
+///
+/// The first failed check.
+pub fn check_all(console: &str) -> Result<String, String> {
+    let disk = DISK.get().ok_or("no disk image was built")?;
+    let boot = linux_guest::check_boot(console)?;
+    let block = check_block(console, &disk.from_host_sha256)?;
+    let vsock = check_vsock(console)?;
+    let rng = check_rng(console)?;
+    Ok(format!("{boot}
+  virtio-blk: {block}
+  virtio-vsock: {vsock}
+  virtio-rng: {rng}"))
+}
+
+/// The issue-11 device cases of `cargo xtask test` (one boot).
+pub fn cases(args: &crate::suite::TestArgs, case: &mut crate::linux_vmm::CaseFn<'_>) {
+    if args.no_linux {
+        return;
+    }
+    let name = format!("linux-guest/smp{SMP}/vcpus{VCPUS}/virtio");
+    case(name.clone(), &move || {
+        let run = machine(SMP, VCPUS)?.run(TIMEOUT, None, false)?;
+        let _ = fs::write(
+            artifacts::build_dir().join("virtio").join(format!("{}.log", name.replace('/', "-"))),
+            &run.console,
+        );
+        check_all(&run.console).map_err(|e| anyhow::anyhow!(run.failure(&e)))
+    });
+}
+
+/// After the demo (`cargo xtask run --host linux --guest linux`).
+///
+/// # Errors
+///
+/// The first failed check.
+pub fn after_demo(run: &Run) -> Result<()> {
+    check_all(&run.console)
+        .map(|s| println!("xtask: {s}"))
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The value after `key` on the first console line containing it (up to
+/// the end of the line).
+fn after<'a>(console: &'a str, key: &str) -> Option<&'a str> {
+    console
+        .lines()
+        .find_map(|l| l.find(key).map(|i| l[i + key.len()..].trim()))
+}
+
+/// The first word after `key`.
+fn word<'a>(console: &'a str, key: &str) -> Option<&'a str> {
+    after(console, key).and_then(|v| v.split_whitespace().next())
+}
+
+/// `sent sha256 A got back sha256 B` → (A, B).
+fn round_trip<'a>(console: &'a str, key: &str) -> Result<(&'a str, &'a str), String> {
+    let v = after(console, key).ok_or(format!("no `{key}` line"))?;
+    let w: Vec<&str> = v.split_whitespace().collect();
+    match w.as_slice() {
+        ["sent", "sha256", a, "got", "back", "sha256", b, ..] => Ok((a, b)),
+        _ => Err(format!("malformed `{key}` line: {v}")),
+    }
+}
+
+fn sha_ok(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The virtio-blk checks (both directions) on a console.
+///
+/// # Errors
+///
+/// What did not match, with the values.
+pub fn check_block(console: &str, from_host_sha256: &str) -> Result<String, String> {
+    let line =
+        after(console, "virtio: disk line: ").ok_or("the guest printed no line from the disk")?;
+    if line != HELLO {
+        return Err(format!("the guest read `{line}` from hello.txt"));
+    }
+    let got =
+        word(console, "virtio: ext4 from-host.bin sha256 ").ok_or("no from-host.bin checksum")?;
+    if got != from_host_sha256 {
+        return Err(format!(
+            "the guest read from-host.bin with SHA-256 {got}, xtask wrote {from_host_sha256}"
+        ));
+    }
+    let v = after(console, "virtio: ext4 from-guest.bin written sha256 ")
+        .ok_or("no from-guest.bin line")?;
+    let w: Vec<&str> = v.split_whitespace().collect();
+    if !matches!(w.as_slice(), [a, "read", "back", "sha256", b] if sha_ok(a) && a == b) {
+        return Err(format!("ext4 write and read back differ: {v}"));
+    }
+    let host_wrote = word(console, "RAMPART-INIT: virtio: vdb host-to-guest sha256 ")
+        .ok_or("the host printed no exchange-disk checksum")?;
+    let guest_read = word(console, "RAMPART-GUEST: virtio: vdb host-to-guest sha256 ")
+        .ok_or("the guest printed no exchange-disk checksum")?;
+    if !sha_ok(host_wrote) || host_wrote != guest_read {
+        return Err(format!(
+            "host to guest through /dev/vdb: the host wrote {host_wrote}, the guest read {guest_read}"
+        ));
+    }
+    let guest_wrote = word(console, "virtio: vdb guest-to-host sha256 ")
+        .ok_or("the guest printed no written checksum")?;
+    let host_read = word(
+        console,
+        "virtio: vdb guest-to-host read by the host sha256 ",
+    )
+    .ok_or("the host did not read the exchange disk back")?;
+    if !sha_ok(guest_wrote) || guest_wrote != host_read {
+        return Err(format!(
+            "guest to host through /dev/vdb: the guest wrote {guest_wrote}, the host read {host_read}"
+        ));
+    }
+    Ok(format!(
+        "hello.txt printed; from-host.bin {}... read by the guest; 2 MiB each way through /dev/vdb ({}..., {}...); ext4 write + remount read back",
+        &from_host_sha256[..12],
+        &host_wrote[..12],
+        &guest_wrote[..12]
+    ))
+}
+
+/// The vsock round trips.
+///
+/// # Errors
+///
+/// A missing or differing checksum.
+pub fn check_vsock(console: &str) -> Result<String, String> {
+    let (a, b) = round_trip(console, "virtio: vsock host-to-guest round trip: ")?;
+    if !sha_ok(a) || a != b {
+        return Err(format!("host to guest and back: sent {a}, got {b}"));
+    }
+    let (c, d) = round_trip(console, "virtio: vsock guest-to-host round trip: ")?;
+    if !sha_ok(c) || c != d {
+        return Err(format!("guest to host and back: sent {c}, got {d}"));
+    }
+    let t1 = after(console, "virtio: vsock host-to-guest round trip: ").unwrap_or("");
+    let t2 = after(console, "virtio: vsock guest-to-host round trip: ").unwrap_or("");
+    let detail = |t: &str| {
+        t.rsplit_once('(')
+            .map_or(String::new(), |(_, d)| d.trim_end_matches(')').to_string())
+    };
+    Ok(format!(
+        "4 MiB host→guest→host ({}), 4 MiB guest→host→guest ({})",
+        detail(t1),
+        detail(t2)
+    ))
+}
+
+/// The entropy device.
+///
+/// # Errors
+///
+/// The guest's hwrng is not virtio-rng or read nothing.
+pub fn check_rng(console: &str) -> Result<String, String> {
+    let current = after(console, "virtio: hwrng current: ").ok_or("no hwrng line")?;
+    if !current.starts_with("virtio_rng") {
+        return Err(format!(
+            "the guest's current hwrng is `{current}`, not virtio_rng"
+        ));
+    }
+    let read = word(console, "virtio: hwrng read ").ok_or("no hwrng read line")?;
+    if read != "4096" {
+        return Err(format!("/dev/hwrng gave {read} bytes of 4096"));
+    }
+    Ok(format!("{current}: 4096 bytes from /dev/hwrng"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const T: &str = "1123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn console(guest_read: &str) -> String {
+        format!(
+            "RAMPART-INIT: virtio: vdb host-to-guest sha256 {S}\n\
+             [linux] RAMPART-GUEST: virtio: hwrng current: virtio_rng.0\n\
+             [linux] RAMPART-GUEST: virtio: hwrng read 4096 bytes, first: 00\n\
+             [linux] RAMPART-GUEST: virtio: disk line: {HELLO}\n\
+             [linux] RAMPART-GUEST: virtio: ext4 from-host.bin sha256 {T}\n\
+             [linux] RAMPART-GUEST: virtio: ext4 from-guest.bin written sha256 {S} read back sha256 {S}\n\
+             [linux] RAMPART-GUEST: virtio: vdb host-to-guest sha256 {guest_read}\n\
+             [linux] RAMPART-GUEST: virtio: vdb guest-to-host sha256 {T}\n\
+             RAMPART-INIT: virtio: vsock host-to-guest round trip: sent sha256 {S} got back sha256 {S} (vsock: sent 4194304 bytes, received 4194304 bytes in 900 ms)\n\
+             [linux] RAMPART-GUEST: virtio: vsock guest-to-host round trip: sent sha256 {T} got back sha256 {T} (x)\n\
+             RAMPART-INIT: virtio: vdb guest-to-host read by the host sha256 {T}\n"
+        )
+    }
+
+    #[test]
+    fn checks_pass_only_when_the_checksums_agree() {
+        let good = console(S);
+        check_block(&good, T).unwrap();
+        check_vsock(&good).unwrap();
+        check_rng(&good).unwrap();
+        assert!(
+            check_block(&console(T), T)
+                .unwrap_err()
+                .contains("host to guest through /dev/vdb")
+        );
+        assert!(check_block(&good, S).unwrap_err().contains("from-host.bin"));
+        let bad = good.replace(
+            &format!("got back sha256 {S}"),
+            &format!("got back sha256 {T}"),
+        );
+        assert!(check_vsock(&bad).is_err());
+        assert!(check_rng(&good.replace("virtio_rng.0", "none")).is_err());
+        assert!(check_block("", T).is_err());
+    }
+}

@@ -1,0 +1,44 @@
+# Part of the Linux host's /init for the virtio end-to-end run
+# (xtask/src/virtio_e2e.rs), sourced by linux_guest/host.sh before it
+# starts rampart-vmm: sets VIRTIO_ARGS, prepares the exchange disk and
+# starts the host ends of the vsock round trips; virtio_host_after runs
+# once the guest is gone. The vsock tool runs as `vsock-tool` (a link to
+# rampart-vmm) so that `pidof rampart-vmm` still finds only the VMM, and
+# detached, so that the caller's `wait` does not wait for it.
+vsock_sock=/run/guest.vsock
+# The boot alone takes minutes on two busy cores under TCG; then the I/O.
+GUEST_LIMIT=840
+ln -sf /bin/rampart-vmm /bin/vsock-tool
+dd if=/dev/urandom of=/run/xfer.img bs=1048576 count=4 2>/dev/null
+say "virtio: vdb host-to-guest sha256 $(dd if=/run/xfer.img bs=1048576 count=2 2>/dev/null | sha256sum | cut -d' ' -f1)"
+VIRTIO_ARGS="--disk /guest/disk.img --disk /run/xfer.img --vsock 3 --vsock-socket $vsock_sock"
+# The guest's round trip: our echo at <socket>_6000.
+(vsock-tool vsock listen "unix:${vsock_sock}_6000" --echo 2>/run/echo6000.log & echo $! >/run/echo6000.pid)
+# Ours: 4 MiB through the guest's echo on port 5000 (it listens once its
+# /init gets there).
+head -c 4194304 /dev/urandom >/run/h2g.bin
+(
+	(
+		n=0
+		while ! grep -q "vsock echo listening on port 5000" /run/guest.log 2>/dev/null && [ $n -lt 9000 ]; do
+			sleep 0.1
+			n=$((n + 1))
+		done
+		vsock-tool vsock connect "unix:$vsock_sock:5000" --retry 30 </run/h2g.bin >/run/h2g.back 2>/run/h2g.log &
+		echo $! >/run/h2g.pid
+		wait $!
+		say "virtio: vsock host-to-guest round trip: sent sha256 $(sha256sum /run/h2g.bin | cut -d' ' -f1) got back sha256 $(sha256sum /run/h2g.back | cut -d' ' -f1) ($(cat /run/h2g.log))"
+		touch /run/h2g.done
+	) &
+)
+virtio_host_after() {
+	# The guest is gone: what did not finish will not.
+	n=0
+	while [ ! -f /run/h2g.done ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+	[ -f /run/h2g.done ] || say "virtio: vsock host-to-guest round trip did not finish: $(cat /run/h2g.log)"
+	for f in /run/h2g.pid /run/echo6000.pid; do
+		[ -f $f ] && kill "$(cat $f)" 2>/dev/null
+	done
+	say "virtio: vdb guest-to-host read by the host sha256 $(dd if=/run/xfer.img bs=1048576 skip=2 count=2 2>/dev/null | sha256sum | cut -d' ' -f1)"
+	say "virtio: host echo for the guest: $(cat /run/echo6000.log)"
+}
