@@ -8,7 +8,9 @@
 # word of the guest's RAM read through /dev/mem (zero after a clean
 # teardown).
 say "linux guest: $GUEST_CPUS vCPU(s), $GUEST_MEM of RAM, mode $GUEST_MODE"
-cmdline="console=ttyAMA0 earlycon panic=-1"
+# `quiet`: the kernel's boot log would be ~50 000 PL011 exits, one per byte
+# (most of a guest boot under TCG); /init prints uname and the tail of dmesg.
+cmdline="console=ttyAMA0 earlycon panic=-1 quiet"
 [ "$GUEST_MODE" = sigterm ] && cmdline="$cmdline rguest.sleep=1"
 # The virtio end-to-end part (xtask/src/virtio_e2e.rs) sets VIRTIO_ARGS.
 [ -f /virtio-host.sh ] && . /virtio-host.sh
