@@ -145,10 +145,12 @@ pub fn machine(smp: u32, vcpus: u32) -> Result<Machine> {
 pub fn check_all(console: &str) -> Result<String, String> {
     let disk = DISK.get().ok_or("no disk image was built")?;
     let boot = linux_guest::check_boot(console)?;
+    linux_guest::check_vcpus(console, VCPUS)?;
+    let zeroed = linux_guest::check_zeroed(console)?;
     let block = check_block(console, &disk.from_host_sha256)?;
     let vsock = check_vsock(console)?;
     let rng = check_rng(console)?;
-    Ok(format!("{boot}
+    Ok(format!("{boot}; {zeroed}
   virtio-blk: {block}
   virtio-vsock: {vsock}
   virtio-rng: {rng}"))
