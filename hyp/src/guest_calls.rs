@@ -147,7 +147,9 @@ pub fn handle(slot: usize, index: usize, regs: &mut [u64; 31]) -> Outcome {
             Outcome::Exit([ExitReason::PoweredOff as u64, 0, 0, 0])
         }
         G::AffinityInfo32 | G::AffinityInfo64 => {
-            let state = target(slot, x1).map(|t| match VCPU_POWER[slot][t].load(Ordering::Acquire) {
+            // SMCCC: an SMC32 call reads only w1.
+            let mpidr = if call == G::AffinityInfo32 { x1 & 0xffff_ffff } else { x1 };
+            let state = target(slot, mpidr).map(|t| match VCPU_POWER[slot][t].load(Ordering::Acquire) {
                 power::ON => 0,
                 power::PENDING => 2,
                 _ => 1,
