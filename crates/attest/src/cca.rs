@@ -243,7 +243,9 @@ pub enum CcaError {
         why: &'static str,
     },
     /// The headers are not exactly `{1: -35}` protected and `{}` unprotected.
-    #[error("{0}: the protected header must be exactly alg ES384 (-35) and the unprotected one empty")]
+    #[error(
+        "{0}: the protected header must be exactly alg ES384 (-35) and the unprotected one empty"
+    )]
     Header(Part),
     /// The claims are not one CBOR map.
     #[error("{0}: the payload is not a CBOR map")]
@@ -940,7 +942,11 @@ fn parse_realm_claims(value: Value) -> Result<RealmToken, CcaError> {
     let public_key = c.bytes::<PUBLIC_KEY_LEN>(k::PUBLIC_KEY)?;
     let initial_measurement = Measurement(c.bytes::<32>(k::INITIAL_MEASUREMENT)?);
     let Value::Array(rems) = c.required(k::EXTENSIBLE_MEASUREMENTS)? else {
-        return Err(claim_error(part, k::EXTENSIBLE_MEASUREMENTS, "must be an array"));
+        return Err(claim_error(
+            part,
+            k::EXTENSIBLE_MEASUREMENTS,
+            "must be an array",
+        ));
     };
     if rems.len() != REM_COUNT {
         return Err(claim_error(

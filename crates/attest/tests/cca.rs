@@ -87,11 +87,15 @@ fn key_derivation_known_answers() {
     // info = label || counter 0, L = 48) as a big-endian scalar, times G.
     let secret = DeviceSecret::from_bytes(&SECRET);
     assert_eq!(
-        hex(&public_key_bytes(&secret.cca_platform_key().unwrap().public_key())),
+        hex(&public_key_bytes(
+            &secret.cca_platform_key().unwrap().public_key()
+        )),
         "0454be9d2de5c0b1a075d74fac3eb95a7ebbefc361fb4764165dc2cc415124eefbc65e3c6bdf4865925d994fe63c935618b3347957f73b3c538ee81bec34fdf3dab98e7b6012548f99a5e746a2e29dd9a3284f146c59952e6ecec1e014a6d3b84d"
     );
     assert_eq!(
-        hex(&public_key_bytes(&secret.cca_realm_key(&[7; 32]).unwrap().public_key())),
+        hex(&public_key_bytes(
+            &secret.cca_realm_key(&[7; 32]).unwrap().public_key()
+        )),
         "04b827540826fceca2ba00b9b1dfea57ecb4fe0fa6b5c1acbfe98c453c67d826f9c0b18d969356b2e46d59c042e70400f0bb94fb239fff2e7196b032863492f82c37c1cada929eeec8c0e984827151f5114087f71f1484b8d3f265fd3483c6345c"
     );
     // Another boot value, another device: other keys.
@@ -107,7 +111,9 @@ fn key_derivation_known_answers() {
         secret.cca_platform_key().unwrap().public_key()
     );
     // Not printed.
-    assert!(format!("{:?}", secret.cca_platform_key().unwrap()).starts_with("PlatformKey(public 04"));
+    assert!(
+        format!("{:?}", secret.cca_platform_key().unwrap()).starts_with("PlatformKey(public 04")
+    );
 }
 
 #[test]
@@ -176,7 +182,8 @@ fn independent_decode() {
             .map(|(_, v)| v.clone())
             .unwrap_or_else(|| panic!("no key {key}"))
     };
-    let open = |bytes: Value| -> (Vec<(Value, Value)>, Vec<u8>, Vec<u8>, Vec<u8>) {
+    type Opened = (Vec<(Value, Value)>, Vec<u8>, Vec<u8>, Vec<u8>);
+    let open = |bytes: Value| -> Opened {
         let bytes = bytes.into_bytes().unwrap();
         let v: Value = ciborium::de::from_reader(bytes.as_slice()).unwrap();
         let Value::Tag(18, a) = v else { panic!() };
@@ -210,7 +217,10 @@ fn independent_decode() {
     assert_eq!(rak[0], 4);
 
     use sha2::{Digest, Sha256};
-    assert_eq!(get(&platform, 10), Value::Bytes(Sha256::digest(&rak).to_vec()));
+    assert_eq!(
+        get(&platform, 10),
+        Value::Bytes(Sha256::digest(&rak).to_vec())
+    );
     assert_eq!(
         get(&platform, 265),
         Value::Text("http://arm.com/CCA-SSD/1.0.0".into())
@@ -364,29 +374,62 @@ fn wrong_expectations_fail_with_named_errors() {
     };
     let other: Vec<u8> = (1..49).collect();
     assert_eq!(
-        verify_cca_token(&f.token, &CcaExpected { challenge: Some(&other), ..base }).unwrap_err(),
+        verify_cca_token(
+            &f.token,
+            &CcaExpected {
+                challenge: Some(&other),
+                ..base
+            }
+        )
+        .unwrap_err(),
         CcaError::ChallengeMismatch
     );
     // The same challenge padded by the verifier itself is accepted.
     let mut padded = f.challenge.clone();
     padded.resize(64, 0);
-    verify_cca_token(&f.token, &CcaExpected { challenge: Some(&padded), ..base }).unwrap();
+    verify_cca_token(
+        &f.token,
+        &CcaExpected {
+            challenge: Some(&padded),
+            ..base
+        },
+    )
+    .unwrap();
     assert_eq!(
-        verify_cca_token(&f.token, &CcaExpected { challenge: Some(&[0; 31]), ..base }).unwrap_err(),
+        verify_cca_token(
+            &f.token,
+            &CcaExpected {
+                challenge: Some(&[0; 31]),
+                ..base
+            }
+        )
+        .unwrap_err(),
         CcaError::ChallengeLength(31)
     );
     let bad = Measurement([0xab; 32]);
     assert_eq!(
-        verify_cca_token(&f.token, &CcaExpected { initial_measurement: Some(&bad), ..base })
-            .unwrap_err(),
+        verify_cca_token(
+            &f.token,
+            &CcaExpected {
+                initial_measurement: Some(&bad),
+                ..base
+            }
+        )
+        .unwrap_err(),
         CcaError::InitialMeasurementMismatch {
             expected: bad,
             found: f.rim
         }
     );
     assert_eq!(
-        verify_cca_token(&f.token, &CcaExpected { hypervisor_measurement: Some(&bad), ..base })
-            .unwrap_err(),
+        verify_cca_token(
+            &f.token,
+            &CcaExpected {
+                hypervisor_measurement: Some(&bad),
+                ..base
+            }
+        )
+        .unwrap_err(),
         CcaError::HypervisorMeasurementMismatch {
             expected: bad,
             found: f.hyp
@@ -397,7 +440,14 @@ fn wrong_expectations_fail_with_named_errors() {
         .unwrap()
         .public_key();
     assert_eq!(
-        verify_cca_token(&f.token, &CcaExpected { platform_key: &other_key, ..base }).unwrap_err(),
+        verify_cca_token(
+            &f.token,
+            &CcaExpected {
+                platform_key: &other_key,
+                ..base
+            }
+        )
+        .unwrap_err(),
         CcaError::PlatformSignature
     );
     let text = CcaError::Binding.to_string();
@@ -407,8 +457,14 @@ fn wrong_expectations_fail_with_named_errors() {
 #[test]
 fn build_rejects_bad_inputs() {
     let f = fixture();
-    assert_eq!(pad_challenge(&[0; 31]).unwrap_err(), CcaError::ChallengeLength(31));
-    assert_eq!(pad_challenge(&[0; 65]).unwrap_err(), CcaError::ChallengeLength(65));
+    assert_eq!(
+        pad_challenge(&[0; 31]).unwrap_err(),
+        CcaError::ChallengeLength(31)
+    );
+    assert_eq!(
+        pad_challenge(&[0; 65]).unwrap_err(),
+        CcaError::ChallengeLength(65)
+    );
     let mut p = platform_claims(f.hyp);
     p.lifecycle = 0x7000;
     assert_eq!(
@@ -419,10 +475,19 @@ fn build_rejects_bad_inputs() {
     p.config = &[0; 65];
     assert!(matches!(
         cca::build_platform_token(&p, &f.rak.public_key(), &f.iak),
-        Err(CcaError::FieldTooLong { field: "config", .. })
+        Err(CcaError::FieldTooLong {
+            field: "config",
+            ..
+        })
     ));
     // Garbage and a Rampart report are not CCA tokens.
     assert!(!is_cca_token(&[0xd2, 0x84]));
-    assert!(matches!(verify_all(&f, &[0xd2, 0x84, 0x40]), Err(CcaError::NotCcaToken(_))));
-    assert!(matches!(verify_all(&f, &[0u8; 5000]), Err(CcaError::TooLarge(5000))));
+    assert!(matches!(
+        verify_all(&f, &[0xd2, 0x84, 0x40]),
+        Err(CcaError::NotCcaToken(_))
+    ));
+    assert!(matches!(
+        verify_all(&f, &[0u8; 5000]),
+        Err(CcaError::TooLarge(5000))
+    ));
 }

@@ -267,7 +267,12 @@ pub struct AttestVerifyArgs {
     /// The nonce the guest was challenged with (hex, at most 64 bytes; ""
     /// for none). For a CCA token: the challenge, 32 to 64 bytes, compared
     /// zero-padded to 64. Required.
-    #[arg(long, visible_alias = "challenge", value_name = "HEX", allow_hyphen_values = false)]
+    #[arg(
+        long,
+        visible_alias = "challenge",
+        value_name = "HEX",
+        allow_hyphen_values = false
+    )]
     pub nonce: Option<HexBytes>,
 }
 

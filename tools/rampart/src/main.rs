@@ -369,7 +369,9 @@ fn attest_verify(args: &cli::AttestVerifyArgs) -> Outcome {
     if args.platform_key.is_some() || args.hypervisor_measurement.is_some() {
         return Err(Failure::new(
             Exit::Usage,
-            anyhow!("{source}: a Rampart report, not a CCA token: --platform-key and --hypervisor-measurement are for CCA tokens"),
+            anyhow!(
+                "{source}: a Rampart report, not a CCA token: --platform-key and --hypervisor-measurement are for CCA tokens"
+            ),
         ));
     }
     let Some(attestation_key) = &args.attestation_key else {
@@ -435,9 +437,8 @@ fn read_cca_key(argument: &str) -> Outcome<CcaPublicKey> {
             )
         })?
     };
-    let bytes = parse::hex(&text).map_err(|e| {
-        Failure::new(Exit::Malformed, anyhow!("--platform-key: {argument}: {e}"))
-    })?;
+    let bytes = parse::hex(&text)
+        .map_err(|e| Failure::new(Exit::Malformed, anyhow!("--platform-key: {argument}: {e}")))?;
     if bytes.len() != cca::PUBLIC_KEY_LEN {
         return Err(Failure::new(
             Exit::Malformed,
@@ -455,7 +456,12 @@ fn read_cca_key(argument: &str) -> Outcome<CcaPublicKey> {
     })
 }
 
-fn cca_verify(args: &cli::AttestVerifyArgs, bytes: &[u8], source: &str, challenge: &[u8]) -> Outcome {
+fn cca_verify(
+    args: &cli::AttestVerifyArgs,
+    bytes: &[u8],
+    source: &str,
+    challenge: &[u8],
+) -> Outcome {
     if args.attestation_key.is_some() {
         return Err(Failure::new(
             Exit::Usage,
@@ -465,12 +471,17 @@ fn cca_verify(args: &cli::AttestVerifyArgs, bytes: &[u8], source: &str, challeng
     let Some(platform_key) = &args.platform_key else {
         return Err(Failure::new(
             Exit::Usage,
-            anyhow!("{source}: a CCA token: give --platform-key (rampart cca-platform-key prints it)"),
+            anyhow!(
+                "{source}: a CCA token: give --platform-key (rampart cca-platform-key prints it)"
+            ),
         ));
     };
     let key = read_cca_key(platform_key)?;
     let rim = args.measurement.as_ref().map(|m| Measurement(m.0));
-    let hyp = args.hypervisor_measurement.as_ref().map(|m| Measurement(m.0));
+    let hyp = args
+        .hypervisor_measurement
+        .as_ref()
+        .map(|m| Measurement(m.0));
     let token = verify_cca_token(
         bytes,
         &CcaExpected {
@@ -499,14 +510,23 @@ fn cca_verify(args: &cli::AttestVerifyArgs, bytes: &[u8], source: &str, challeng
     let platform = &token.platform;
     println!("{source}: OK (CCA attestation token, platform and realm signatures, binding)");
     println!("  realm challenge        {}", hex(&realm.claims.challenge));
-    println!("  realm initial meas.    {}", realm.claims.initial_measurement);
+    println!(
+        "  realm initial meas.    {}",
+        realm.claims.initial_measurement
+    );
     for (i, rem) in realm.claims.extensible_measurements.iter().enumerate() {
         println!("  realm extensible {i}     {}", hex(rem));
     }
-    println!("  personalization value  {}", hex(&realm.claims.personalization_value));
+    println!(
+        "  personalization value  {}",
+        hex(&realm.claims.personalization_value)
+    );
     println!("  realm public key       {}", hex(&realm.public_key));
     println!("  platform instance id   {}", hex(&platform.instance_id));
-    println!("  implementation id      {}", hex(&platform.implementation_id));
+    println!(
+        "  implementation id      {}",
+        hex(&platform.implementation_id)
+    );
     println!("  lifecycle              {:#06x}", platform.lifecycle);
     for component in &platform.sw_components {
         println!(

@@ -1052,7 +1052,10 @@ fn attest_verify_cca_token() {
         0,
         "token.cbor: OK (CCA attestation token",
     );
-    assert!(run.stdout.contains(&format!("rampart {hyp_hex} version rampart 0.1.0")));
+    assert!(
+        run.stdout
+            .contains(&format!("rampart {hyp_hex} version rampart 0.1.0"))
+    );
     // The key as hex, the token as hex.
     expect(
         &[
@@ -1086,12 +1089,26 @@ fn attest_verify_cca_token() {
     );
     let zeros = "00".repeat(32);
     cca_verify(
-        &[k[0], k[1], "--challenge", &challenge_hex, "--measurement", &zeros],
+        &[
+            k[0],
+            k[1],
+            "--challenge",
+            &challenge_hex,
+            "--measurement",
+            &zeros,
+        ],
         4,
         "initial measurement mismatch",
     );
     cca_verify(
-        &[k[0], k[1], "--challenge", &challenge_hex, "--hypervisor-measurement", &zeros],
+        &[
+            k[0],
+            k[1],
+            "--challenge",
+            &challenge_hex,
+            "--hypervisor-measurement",
+            &zeros,
+        ],
         4,
         "hypervisor measurement mismatch",
     );
@@ -1106,11 +1123,7 @@ fn attest_verify_cca_token() {
         4,
         "platform token: bad signature",
     );
-    cca_verify(
-        &["--challenge", &challenge_hex],
-        2,
-        "give --platform-key",
-    );
+    cca_verify(&["--challenge", &challenge_hex], 2, "give --platform-key");
     let ed_key = fixture("attestation.pub");
     cca_verify(
         &["--attestation-key", &ed_key, "--challenge", &challenge_hex],
