@@ -4,7 +4,10 @@
 //! `tools/ccacheck` is its own workspace so the normal build never links
 //! OpenSSL; this builds and runs it, installing `pkg-config` and
 //! `libssl-dev` (what `openssl-sys` needs) with apt-get as root when they
-//! are missing.
+//! are missing. `cose-rust`, which `ccatoken` uses, turns on `openssl`'s
+//! `vendored` feature by default (compiling OpenSSL from source: many
+//! minutes of CPU); `OPENSSL_NO_VENDOR=1` makes `openssl-sys` link the
+//! system's OpenSSL instead.
 
 use std::process::Command;
 
@@ -66,6 +69,7 @@ pub fn case() -> Result<String> {
         ])
         .arg("--target-dir")
         .arg(root.join("target/ccacheck"))
+        .env("OPENSSL_NO_VENDOR", "1")
         .output()
         .context("running cargo run for tools/ccacheck")?;
     let stdout = String::from_utf8_lossy(&output.stdout);
