@@ -108,7 +108,7 @@ pub const MAX_COMPONENT_TEXT_LEN: usize = 64;
 pub const MAX_VERIFICATION_SERVICE_LEN: usize = 128;
 /// The most software components the verifier reads.
 pub const MAX_SW_COMPONENTS: usize = 8;
-/// The largest token [`verify_cca_token`] reads. Rampart's are about 1 250
+/// The largest token [`verify_cca_token`] reads. Rampart's are about 1 000
 /// bytes; the largest the limits above allow is under 3 000.
 pub const MAX_CCA_TOKEN_SIZE: usize = 4096;
 
