@@ -9,6 +9,7 @@ mod abi_docs;
 mod artifacts;
 mod attest;
 mod bench;
+mod ccacheck;
 mod fuzz;
 mod guests;
 mod linux;

@@ -264,6 +264,11 @@ pub fn run(args: &TestArgs) -> Result<()> {
     // vsock round trips both ways, entropy) in one boot.
     crate::virtio_e2e::cases(args, &mut case);
 
+    // Issue 12, attestation: Rampart's CCA tokens accepted by Veraison's
+    // ccatoken (std + OpenSSL, built outside the workspace), and refused
+    // when a signature, the platform key or the binding is wrong.
+    case("ccacheck".into(), &crate::ccacheck::case);
+
     let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.result.is_err()).collect();
     eprintln!("\nsummary ({:.0}s):", start.elapsed().as_secs_f64());
     for o in &outcomes {

@@ -63,6 +63,14 @@ impl DeviceSecret {
         out
     }
 
+    /// HKDF-SHA256 of the secret (salt none) with `info`, `out.len()` bytes
+    /// (at most 8160). For the CCA keys in `cca.rs`.
+    pub(crate) fn expand_to(&self, info: &[&[u8]], out: &mut [u8]) {
+        Hkdf::<Sha256>::new(None, &self.0)
+            .expand_multi_info(info, out)
+            .unwrap_or_else(|_| unreachable!("callers ask for at most 48 bytes"));
+    }
+
     /// Derives the attestation key (the same on every boot of this device).
     #[must_use]
     pub fn attestation_key(&self) -> AttestationKey {

@@ -99,6 +99,7 @@
 extern crate alloc;
 
 mod bundle;
+pub mod cca;
 mod hex;
 mod keys;
 mod manifest;
@@ -109,6 +110,10 @@ pub mod sha256;
 pub use bundle::{
     BUNDLE_MAGIC, BUNDLE_SIGNATURE_DOMAIN, BUNDLE_VERSION, Bundle, BundleError, BundleRef,
     HEADER_LEN, SignatureError, offset, sign_measurement, verify, verify_measurement,
+};
+pub use cca::{
+    CcaError, CcaExpected, CcaPublicKey, CcaToken, PlatformClaims, PlatformKey, RealmClaims,
+    RealmKey, build_cca_token, is_cca_token, verify_cca_token,
 };
 pub use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 pub use keys::{

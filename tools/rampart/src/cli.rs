@@ -14,6 +14,9 @@ Typical use:
   rampart inspect guest.bundle
   rampart attest-verify --report report.cbor --attestation-key attestation.pub \\
       --measurement <64 hex digits> --nonce <hex>
+  rampart cca-platform-key --device-secret <64 hex digits> --out platform.pub
+  rampart attest-verify --report token.cbor --platform-key platform.pub \
+      --challenge <hex> --measurement <RIM> --hypervisor-measurement <hex>
 
 Exit codes:
   0  success
@@ -107,6 +110,19 @@ pub enum Command {
         #[arg(long, value_name = "HEX")]
         device_secret: String,
         /// Also write it as a PEM public key file.
+        #[arg(long, value_name = "PUB")]
+        out: Option<PathBuf>,
+    },
+    /// Print the CCA platform public key (IAK, ECDSA P-384) a device
+    /// secret yields, and the instance id CCA tokens carry with it.
+    ///
+    /// For development setups (QEMU) where the device secret is known; give
+    /// it to `attest-verify --platform-key` or to a CCA verifier.
+    CcaPlatformKey {
+        /// The 32-byte device secret, 64 hex digits.
+        #[arg(long, value_name = "HEX")]
+        device_secret: String,
+        /// Also write it to a file, as hex (97 bytes, SEC1 uncompressed).
         #[arg(long, value_name = "PUB")]
         out: Option<PathBuf>,
     },
@@ -219,7 +235,8 @@ pub struct SignArgs {
 #[derive(Debug, Args)]
 pub struct AttestVerifyArgs {
     /// The report: a file holding the raw COSE_Sign1 bytes, or the hex the
-    /// console prints (`GUEST-REPORT d284…`, the marker optional).
+    /// console prints (`GUEST-REPORT d284…`, the marker optional). A CCA
+    /// attestation token (CBOR tag 399) is recognised and verified as one.
     #[arg(
         long,
         value_name = "REPORT",
@@ -230,16 +247,33 @@ pub struct AttestVerifyArgs {
     /// The report as hex on the command line (`GUEST-REPORT` optional).
     #[arg(long, value_name = "HEX")]
     pub report_hex: Option<String>,
-    /// The device's attestation public key: a PEM or hex file, or 64 hex digits.
+    /// The device's attestation public key: a PEM or hex file, or 64 hex
+    /// digits. Required for a Rampart report.
     #[arg(long, value_name = "PUB")]
-    pub attestation_key: String,
+    pub attestation_key: Option<String>,
+    /// The device's CCA platform public key (`rampart cca-platform-key`):
+    /// 194 hex digits or a file holding them. Required for a CCA token.
+    #[arg(long, value_name = "PUB")]
+    pub platform_key: Option<String>,
     /// The measurement the VM must have (64 hex digits, as `rampart inspect`
-    /// prints). Without it any measurement is accepted and printed.
+    /// prints; for a CCA token its realm initial measurement). Without it
+    /// any measurement is accepted and printed.
     #[arg(long, value_name = "HEX")]
     pub measurement: Option<Hex32>,
-    /// The nonce the guest was challenged with (hex, at most 64 bytes; "" for none).
-    #[arg(long, value_name = "HEX", allow_hyphen_values = false)]
-    pub nonce: HexBytes,
+    /// For a CCA token: the hypervisor measurement Rampart's software
+    /// component must have (64 hex digits).
+    #[arg(long, value_name = "HEX")]
+    pub hypervisor_measurement: Option<Hex32>,
+    /// The nonce the guest was challenged with (hex, at most 64 bytes; ""
+    /// for none). For a CCA token: the challenge, 32 to 64 bytes, compared
+    /// zero-padded to 64. Required.
+    #[arg(
+        long,
+        visible_alias = "challenge",
+        value_name = "HEX",
+        allow_hyphen_values = false
+    )]
+    pub nonce: Option<HexBytes>,
 }
 
 #[cfg(test)]

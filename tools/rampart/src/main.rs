@@ -23,8 +23,9 @@ use std::process::ExitCode;
 use anyhow::anyhow;
 use clap::Parser;
 use rampart_attest::{
-    Bundle, BundleError, DeviceSecret, Manifest, ManifestError, ReportError, SignatureError,
-    VerifyingKey, VmFlags, verify_report,
+    Bundle, BundleError, CcaError, CcaExpected, CcaPublicKey, DeviceSecret, Manifest,
+    ManifestError, Measurement, ReportError, SignatureError, VerifyingKey, VmFlags, cca,
+    verify_cca_token, verify_report,
 };
 
 use cli::{Cli, Command};
@@ -103,6 +104,9 @@ fn run(cli: Cli) -> Outcome {
         Command::AttestVerify(args) => attest_verify(&args),
         Command::AttestationKey { device_secret, out } => {
             attestation_key(&device_secret, out.as_deref())
+        }
+        Command::CcaPlatformKey { device_secret, out } => {
+            cca_platform_key(&device_secret, out.as_deref())
         }
         Command::Completions { shell } => {
             cli::completions(shell, &mut std::io::stdout());
@@ -353,12 +357,35 @@ fn attest_verify(args: &cli::AttestVerifyArgs) -> Outcome {
             ));
         }
     };
-    let key = keyfile::read_public_or_hex(&args.attestation_key, "--attestation-key")?;
+    let Some(nonce) = &args.nonce else {
+        return Err(Failure::new(
+            Exit::Usage,
+            anyhow!("give --nonce HEX (--challenge HEX): the challenge the guest answered"),
+        ));
+    };
+    if rampart_attest::is_cca_token(&bytes) {
+        return cca_verify(args, &bytes, &source, &nonce.0);
+    }
+    if args.platform_key.is_some() || args.hypervisor_measurement.is_some() {
+        return Err(Failure::new(
+            Exit::Usage,
+            anyhow!(
+                "{source}: a Rampart report, not a CCA token: --platform-key and --hypervisor-measurement are for CCA tokens"
+            ),
+        ));
+    }
+    let Some(attestation_key) = &args.attestation_key else {
+        return Err(Failure::new(
+            Exit::Usage,
+            anyhow!("{source}: a Rampart report: give --attestation-key"),
+        ));
+    };
+    let key = keyfile::read_public_or_hex(attestation_key, "--attestation-key")?;
     let report = verify_report(
         &bytes,
         key.as_bytes(),
         args.measurement.as_ref().map(|m| &m.0),
-        &args.nonce.0,
+        &nonce.0,
     )
     .map_err(|error| {
         let exit = match error {
@@ -393,6 +420,150 @@ fn attestation_key(secret: &str, out: Option<&Path>) -> Outcome {
         println!("wrote {}", out.display());
     }
     println!("attestation public key: {}", hex(key.as_bytes()));
+    Ok(())
+}
+
+/// Reads a CCA platform public key: 194 hex digits (97 bytes, SEC1
+/// uncompressed) on the command line or in a file.
+fn read_cca_key(argument: &str) -> Outcome<CcaPublicKey> {
+    let path = Path::new(argument);
+    let text = if !path.exists() && parse::looks_like_hex(argument) {
+        argument.to_string()
+    } else {
+        String::from_utf8(read(path)?).map_err(|_| {
+            Failure::new(
+                Exit::Malformed,
+                anyhow!("--platform-key: {argument}: not text (a CCA platform key file is hex)"),
+            )
+        })?
+    };
+    let bytes = parse::hex(&text)
+        .map_err(|e| Failure::new(Exit::Malformed, anyhow!("--platform-key: {argument}: {e}")))?;
+    if bytes.len() != cca::PUBLIC_KEY_LEN {
+        return Err(Failure::new(
+            Exit::Malformed,
+            anyhow!(
+                "--platform-key: {argument}: a CCA platform key is 97 bytes (194 hex digits), this is {} bytes",
+                bytes.len()
+            ),
+        ));
+    }
+    cca::public_key_from_bytes(&bytes).ok_or_else(|| {
+        Failure::new(
+            Exit::Malformed,
+            anyhow!("--platform-key: {argument}: not a P-384 public key (not a curve point)"),
+        )
+    })
+}
+
+fn cca_verify(
+    args: &cli::AttestVerifyArgs,
+    bytes: &[u8],
+    source: &str,
+    challenge: &[u8],
+) -> Outcome {
+    if args.attestation_key.is_some() {
+        return Err(Failure::new(
+            Exit::Usage,
+            anyhow!("{source}: a CCA token: give --platform-key, not --attestation-key"),
+        ));
+    }
+    let Some(platform_key) = &args.platform_key else {
+        return Err(Failure::new(
+            Exit::Usage,
+            anyhow!(
+                "{source}: a CCA token: give --platform-key (rampart cca-platform-key prints it)"
+            ),
+        ));
+    };
+    let key = read_cca_key(platform_key)?;
+    let rim = args.measurement.as_ref().map(|m| Measurement(m.0));
+    let hyp = args
+        .hypervisor_measurement
+        .as_ref()
+        .map(|m| Measurement(m.0));
+    let token = verify_cca_token(
+        bytes,
+        &CcaExpected {
+            platform_key: &key,
+            challenge: Some(challenge),
+            initial_measurement: rim.as_ref(),
+            hypervisor_measurement: hyp.as_ref(),
+        },
+    )
+    .map_err(|error| {
+        let exit = match error {
+            CcaError::ChallengeLength(_) => Exit::Usage,
+            CcaError::PlatformSignature
+            | CcaError::InstanceId
+            | CcaError::RealmSignature
+            | CcaError::Binding
+            | CcaError::ChallengeMismatch
+            | CcaError::InitialMeasurementMismatch { .. }
+            | CcaError::NoHypervisorComponent
+            | CcaError::HypervisorMeasurementMismatch { .. } => Exit::Verification,
+            _ => Exit::Malformed,
+        };
+        Failure::new(exit, anyhow!("{source}: {error}"))
+    })?;
+    let realm = &token.realm;
+    let platform = &token.platform;
+    println!("{source}: OK (CCA attestation token, platform and realm signatures, binding)");
+    println!("  realm challenge        {}", hex(&realm.claims.challenge));
+    println!(
+        "  realm initial meas.    {}",
+        realm.claims.initial_measurement
+    );
+    for (i, rem) in realm.claims.extensible_measurements.iter().enumerate() {
+        println!("  realm extensible {i}     {}", hex(rem));
+    }
+    println!(
+        "  personalization value  {}",
+        hex(&realm.claims.personalization_value)
+    );
+    println!("  realm public key       {}", hex(&realm.public_key));
+    println!("  platform instance id   {}", hex(&platform.instance_id));
+    println!(
+        "  implementation id      {}",
+        hex(&platform.implementation_id)
+    );
+    println!("  lifecycle              {:#06x}", platform.lifecycle);
+    for component in &platform.sw_components {
+        println!(
+            "  software component     {} {} version {} signer {}",
+            component.measurement_type.as_deref().unwrap_or("-"),
+            component.measurement,
+            component.version.as_deref().unwrap_or("-"),
+            hex(&component.signer_id),
+        );
+    }
+    if let Some(service) = &platform.verification_service {
+        println!("  verification service   {service}");
+    }
+    println!("  platform config        {}", hex(&platform.config));
+    if args.measurement.is_none() {
+        println!("  (initial measurement not checked: no --measurement given)");
+    }
+    if args.hypervisor_measurement.is_none() {
+        println!("  (hypervisor measurement not checked: no --hypervisor-measurement given)");
+    }
+    Ok(())
+}
+
+fn cca_platform_key(secret: &str, out: Option<&Path>) -> Outcome {
+    let bytes = parse::hex32(secret)
+        .map_err(|e| Failure::new(Exit::Usage, anyhow!("--device-secret: {e}")))?;
+    let key = DeviceSecret::from_bytes(&bytes)
+        .cca_platform_key()
+        .map_err(|e| Failure::new(Exit::Io, anyhow!("{e}")))?
+        .public_key();
+    let text = hex(&cca::public_key_bytes(&key));
+    if let Some(out) = out {
+        keyfile::write_file(out, format!("{text}\n").as_bytes(), true, Some(0o644))?;
+        println!("wrote {}", out.display());
+    }
+    println!("cca platform public key: {text}");
+    println!("cca instance id:         {}", hex(&cca::instance_id(&key)));
     Ok(())
 }
 

@@ -979,3 +979,173 @@ fn completions_and_man_page() {
         "/nonexistent/dir/rampart.1: cannot write",
     );
 }
+
+/// `cca-platform-key` and `attest-verify` on a CCA token (issue 12), made
+/// here from the device secret the other tests use.
+#[test]
+fn attest_verify_cca_token() {
+    use rampart_attest::cca::{self, PlatformClaims, RealmClaims};
+    let dir = tempfile::tempdir().unwrap();
+    let secret = DeviceSecret::from_bytes(&DEVICE_SECRET);
+    let iak = secret.cca_platform_key().unwrap();
+    let rak = secret.cca_realm_key(&[3; 32]).unwrap();
+    let challenge: Vec<u8> = (0..40).collect();
+    let rim = Measurement([0x21; 32]);
+    let hyp = Measurement([0x11; 32]);
+    let token = cca::build_cca_token(
+        &RealmClaims {
+            challenge: cca::pad_challenge(&challenge).unwrap(),
+            personalization_value: [0; 64],
+            initial_measurement: rim,
+            extensible_measurements: [[0; 32]; 4],
+        },
+        &rak,
+        &PlatformClaims {
+            implementation_id: cca::RAMPART_IMPLEMENTATION_ID,
+            config: b"",
+            lifecycle: cca::LIFECYCLE_SECURED,
+            hypervisor_measurement: hyp,
+            hypervisor_version: "rampart 0.1.0",
+            hypervisor_signer_id: [0; 32],
+            verification_service: "",
+        },
+        &iak,
+    )
+    .unwrap();
+    let token_path = dir.path().join("token.cbor");
+    std::fs::write(&token_path, &token).unwrap();
+    let token_arg = token_path.display().to_string();
+    let key_path = dir.path().join("platform.pub");
+    let key_arg = key_path.display().to_string();
+    let secret_hex = hex(&DEVICE_SECRET);
+    let key_hex = hex(&cca::public_key_bytes(&iak.public_key()));
+    expect(
+        &[
+            "cca-platform-key",
+            "--device-secret",
+            &secret_hex,
+            "--out",
+            &key_arg,
+        ],
+        0,
+        &format!("cca platform public key: {key_hex}"),
+    );
+    assert_eq!(std::fs::read_to_string(&key_path).unwrap().trim(), key_hex);
+
+    let challenge_hex = hex(&challenge);
+    let rim_hex = rim.to_string();
+    let hyp_hex = hyp.to_string();
+    let run = expect(
+        &[
+            "attest-verify",
+            "--report",
+            &token_arg,
+            "--platform-key",
+            &key_arg,
+            "--challenge",
+            &challenge_hex,
+            "--measurement",
+            &rim_hex,
+            "--hypervisor-measurement",
+            &hyp_hex,
+        ],
+        0,
+        "token.cbor: OK (CCA attestation token",
+    );
+    assert!(
+        run.stdout
+            .contains(&format!("rampart {hyp_hex} version rampart 0.1.0"))
+    );
+    // The key as hex, the token as hex.
+    expect(
+        &[
+            "attest-verify",
+            "--report-hex",
+            &hex(&token),
+            "--platform-key",
+            &key_hex,
+            "--nonce",
+            &challenge_hex,
+        ],
+        0,
+        "(initial measurement not checked: no --measurement given)",
+    );
+    let cca_verify = |extra: &[&str], code: i32, message: &str| {
+        let mut args = vec!["attest-verify", "--report", &token_arg];
+        args.extend_from_slice(extra);
+        expect(&args, code, message);
+    };
+    let k = ["--platform-key", key_arg.as_str()];
+    cca_verify(
+        &[k[0], k[1], "--challenge", "00112233"],
+        2,
+        "challenge is 4 bytes; it must be 32 to 64",
+    );
+    let other_challenge = hex(&[9; 40]);
+    cca_verify(
+        &[k[0], k[1], "--challenge", &other_challenge],
+        4,
+        "challenge mismatch",
+    );
+    let zeros = "00".repeat(32);
+    cca_verify(
+        &[
+            k[0],
+            k[1],
+            "--challenge",
+            &challenge_hex,
+            "--measurement",
+            &zeros,
+        ],
+        4,
+        "initial measurement mismatch",
+    );
+    cca_verify(
+        &[
+            k[0],
+            k[1],
+            "--challenge",
+            &challenge_hex,
+            "--hypervisor-measurement",
+            &zeros,
+        ],
+        4,
+        "hypervisor measurement mismatch",
+    );
+    let other_key = hex(&cca::public_key_bytes(
+        &DeviceSecret::from_bytes(&[1; 32])
+            .cca_platform_key()
+            .unwrap()
+            .public_key(),
+    ));
+    cca_verify(
+        &["--platform-key", &other_key, "--challenge", &challenge_hex],
+        4,
+        "platform token: bad signature",
+    );
+    cca_verify(&["--challenge", &challenge_hex], 2, "give --platform-key");
+    let ed_key = fixture("attestation.pub");
+    cca_verify(
+        &["--attestation-key", &ed_key, "--challenge", &challenge_hex],
+        2,
+        "give --platform-key, not --attestation-key",
+    );
+    // A flipped byte in the realm token's signature (the last byte).
+    let mut flipped = token.clone();
+    *flipped.last_mut().unwrap() ^= 1;
+    let flipped_path = dir.path().join("flipped.cbor");
+    std::fs::write(&flipped_path, &flipped).unwrap();
+    expect(
+        &[
+            "attest-verify",
+            "--report",
+            &flipped_path.display().to_string(),
+            "--platform-key",
+            &key_arg,
+            "--challenge",
+            &challenge_hex,
+        ],
+        4,
+        "realm token: bad signature",
+    );
+}

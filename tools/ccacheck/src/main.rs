@@ -1,0 +1,315 @@
+//! `ccacheck`: Rampart's CCA attestation tokens checked by an independent
+//! verifier, Veraison's `ccatoken` crate (its own CBOR decoder, `cose-rust`
+//! and OpenSSL for the signatures), given only Rampart's platform public key.
+//!
+//! Without arguments it builds tokens with `rampart-attest` from the
+//! development device secret and fixed inputs, and checks that `ccatoken`
+//! accepts the good one (both signatures, the binding, the claims as built)
+//! and rejects a token whose realm signature was changed, a token signed
+//! by another platform key, and one whose platform token vouches for
+//! another realm key. `ccacheck TOKEN PLATFORM_KEY_HEX` checks a token from
+//! a file instead (e.g. one a guest read from configfs-tsm).
+//!
+//! Prints `ccacheck: N passed, 0 failed` and exits 0, or names the first
+//! failed check and exits 1.
+
+use base64::Engine;
+use ccatoken::store::{Cpak, MemoTrustAnchorStore};
+use ccatoken::token::Evidence;
+use ear::claim::{CRYPTO_VALIDATION_FAILED, TRUSTWORTHY_INSTANCE};
+use rampart_attest::cca::{self, PlatformClaims, RealmClaims};
+use rampart_attest::{CcaPublicKey, DeviceSecret, Measurement};
+
+/// QEMU's development device secret (`xtask`'s default; never a real one).
+const DEVICE_SECRET: [u8; 32] = [0x5a; 32];
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Result<Vec<u8>, String> {
+    let text = text.trim();
+    if text.len() % 2 != 0 {
+        return Err("odd number of hex digits".into());
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// The trust anchor store entry Veraison wants: the platform key as a JWK,
+/// indexed by the token's instance id.
+fn trust_anchors(key: &CcaPublicKey, implementation_id: &[u8; 32]) -> String {
+    let point = cca::public_key_bytes(key);
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    serde_json::json!([{
+        "pkey": {
+            "kty": "EC",
+            "crv": "P-384",
+            "x": b64.encode(&point[1..49]),
+            "y": b64.encode(&point[49..97]),
+        },
+        "implementation-id": hex(implementation_id),
+        "instance-id": hex(&cca::instance_id(key)),
+    }])
+    .to_string()
+}
+
+/// What ccatoken concluded.
+struct Verdict {
+    platform_trustworthy: bool,
+    realm_trustworthy: bool,
+    crypto_failed: bool,
+    evidence: Evidence,
+}
+
+/// Decodes and verifies `token` with ccatoken, the platform key given
+/// through the JSON trust-anchor store, as a Veraison deployment does.
+fn ccatoken_verify(token: &[u8], key: &CcaPublicKey) -> Result<Verdict, String> {
+    let mut evidence =
+        Evidence::decode(&token.to_vec()).map_err(|e| format!("ccatoken decode: {e:?}"))?;
+    let mut store = MemoTrustAnchorStore::new();
+    store
+        .load_json(&trust_anchors(key, &evidence.platform_claims.impl_id))
+        .map_err(|e| format!("ccatoken trust anchors: {e:?}"))?;
+    evidence
+        .verify(&store)
+        .map_err(|e| format!("ccatoken verify: {e:?}"))?;
+    let (platform, realm) = evidence.get_trust_vectors();
+    let tiers = |v: &ear::TrustVector| {
+        [
+            v.instance_identity.get(),
+            v.configuration.get(),
+            v.executables.get(),
+            v.file_system.get(),
+            v.hardware.get(),
+            v.runtime_opaque.get(),
+            v.storage_opaque.get(),
+            v.sourced_data.get(),
+        ]
+    };
+    Ok(Verdict {
+        platform_trustworthy: platform.instance_identity.get() == TRUSTWORTHY_INSTANCE,
+        realm_trustworthy: realm.instance_identity.get() == TRUSTWORTHY_INSTANCE,
+        crypto_failed: tiers(&platform)
+            .into_iter()
+            .chain(tiers(&realm))
+            .any(|t| t == CRYPTO_VALIDATION_FAILED),
+        evidence,
+    })
+}
+
+struct Checks {
+    passed: usize,
+}
+
+impl Checks {
+    fn check(&mut self, name: &str, ok: bool, detail: &str) {
+        if ok {
+            println!("ccacheck: ok   {name}");
+            self.passed += 1;
+        } else {
+            println!("ccacheck: FAIL {name}: {detail}");
+            println!("ccacheck: {} passed, 1 failed", self.passed);
+            std::process::exit(1);
+        }
+    }
+}
+
+fn accepted(v: &Result<Verdict, String>) -> bool {
+    matches!(v, Ok(v) if v.platform_trustworthy && v.realm_trustworthy && !v.crypto_failed)
+}
+
+fn describe(v: &Result<Verdict, String>) -> String {
+    match v {
+        Ok(v) => format!(
+            "platform trustworthy {}, realm trustworthy {}, crypto failure {}",
+            v.platform_trustworthy, v.realm_trustworthy, v.crypto_failed
+        ),
+        Err(e) => e.clone(),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut checks = Checks { passed: 0 };
+    if let [token, key] = args.as_slice() {
+        let token = std::fs::read(token).unwrap_or_else(|e| {
+            eprintln!("ccacheck: {token}: {e}");
+            std::process::exit(2)
+        });
+        let key = unhex(key)
+            .ok()
+            .and_then(|b| cca::public_key_from_bytes(&b))
+            .unwrap_or_else(|| {
+                eprintln!("ccacheck: the platform key is 194 hex digits (SEC1 P-384)");
+                std::process::exit(2)
+            });
+        let verdict = ccatoken_verify(&token, &key);
+        checks.check(
+            "ccatoken accepts the token",
+            accepted(&verdict),
+            &describe(&verdict),
+        );
+        println!("ccacheck: {} passed, 0 failed", checks.passed);
+        return;
+    }
+    if !args.is_empty() {
+        eprintln!("usage: ccacheck [TOKEN PLATFORM_KEY_HEX]");
+        std::process::exit(2);
+    }
+
+    let secret = DeviceSecret::from_bytes(&DEVICE_SECRET);
+    let iak = secret.cca_platform_key().expect("platform key");
+    let rak = secret.cca_realm_key(&[0x0b; 32]).expect("realm key");
+    let challenge: Vec<u8> = (0..64).map(|i| i as u8 ^ 0xc3).collect();
+    let realm = RealmClaims {
+        challenge: cca::pad_challenge(&challenge).expect("challenge"),
+        personalization_value: [0x70; 64],
+        initial_measurement: Measurement([0x1a; 32]),
+        extensible_measurements: [[0x2a; 32], [0x3a; 32], [0x4a; 32], [0x5a; 32]],
+    };
+    let platform = PlatformClaims {
+        implementation_id: cca::RAMPART_IMPLEMENTATION_ID,
+        config: b"rampart qemu-virt",
+        lifecycle: cca::LIFECYCLE_SECURED,
+        hypervisor_measurement: Measurement([0x6a; 32]),
+        hypervisor_version: "rampart 0.1.0",
+        hypervisor_signer_id: [0x7a; 32],
+        verification_service: "https://veraison.example/",
+    };
+    let token = cca::build_cca_token(&realm, &rak, &platform, &iak).expect("token");
+    let key = iak.public_key();
+
+    let verdict = ccatoken_verify(&token, &key);
+    checks.check(
+        "ccatoken decodes and verifies Rampart's token (both signatures, binding)",
+        accepted(&verdict),
+        &describe(&verdict),
+    );
+    let evidence = verdict.expect("checked").evidence;
+    let r = &evidence.realm_claims;
+    let p = &evidence.platform_claims;
+    checks.check(
+        "realm claims as built",
+        r.challenge == realm.challenge
+            && r.perso == realm.personalization_value
+            && r.rim == realm.initial_measurement.0
+            && r.rem
+                .iter()
+                .zip(&realm.extensible_measurements)
+                .all(|(a, b)| a == b)
+            && r.hash_alg == "sha-256"
+            && r.rak_hash_alg == "sha-256"
+            && r.rak == cca::public_key_bytes(&rak.public_key()),
+        &format!("{r:?}"),
+    );
+    let hyp = p.sw_components.first();
+    checks.check(
+        "platform claims as built, Rampart's software component first",
+        p.profile == cca::PLATFORM_PROFILE
+            && p.impl_id == cca::RAMPART_IMPLEMENTATION_ID
+            && p.inst_id == cca::instance_id(&key)
+            && p.config == platform.config
+            && p.lifecycle == cca::LIFECYCLE_SECURED
+            && p.hash_alg == "sha-256"
+            && p.verification_service.as_deref() == Some(platform.verification_service)
+            && hyp.is_some_and(|c| {
+                c.mtyp.as_deref() == Some("rampart")
+                    && c.mval == platform.hypervisor_measurement.0
+                    && c.signer_id == platform.hypervisor_signer_id
+                    && c.version.as_deref() == Some("rampart 0.1.0")
+                    && c.hash_alg.as_deref() == Some("sha-256")
+            }),
+        &format!("{p:?}"),
+    );
+
+    // Rampart's own verifier agrees.
+    checks.check(
+        "rampart-attest verifies the same token",
+        rampart_attest::verify_cca_token(
+            &token,
+            &rampart_attest::CcaExpected {
+                platform_key: &key,
+                challenge: Some(&challenge),
+                initial_measurement: Some(&realm.initial_measurement),
+                hypervisor_measurement: Some(&platform.hypervisor_measurement),
+            },
+        )
+        .is_ok(),
+        "rampart-attest refused it",
+    );
+
+    // The realm signature changed (its last byte): ccatoken must refuse.
+    let mut flipped = token.clone();
+    *flipped.last_mut().expect("non-empty") ^= 1;
+    let verdict = ccatoken_verify(&flipped, &key);
+    checks.check(
+        "ccatoken refuses a token with a changed realm signature",
+        !accepted(&verdict),
+        &describe(&verdict),
+    );
+
+    // Signed by another device's platform key, checked against ours.
+    let other = DeviceSecret::from_bytes(&[0x01; 32])
+        .cca_platform_key()
+        .expect("platform key");
+    let foreign = cca::build_cca_token(&realm, &rak, &platform, &other).expect("token");
+    // Index the trust anchor by the foreign token's instance id but give our key.
+    let verdict = (|| {
+        let mut evidence = Evidence::decode(&foreign).map_err(|e| format!("{e:?}"))?;
+        let mut json: serde_json::Value =
+            serde_json::from_str(&trust_anchors(&key, &cca::RAMPART_IMPLEMENTATION_ID))
+                .map_err(|e| e.to_string())?;
+        json[0]["instance-id"] = hex(&cca::instance_id(&other.public_key())).into();
+        let cpak: Vec<Cpak> = serde_json::from_value(json).map_err(|e| e.to_string())?;
+        let mut cpak = cpak.into_iter().next().ok_or("no cpak")?;
+        cpak.parse_pkey().map_err(|e| format!("{e:?}"))?;
+        evidence
+            .verify_with_cpak(cpak)
+            .map_err(|e| format!("ccatoken: {e:?}"))
+    })();
+    checks.check(
+        "ccatoken refuses a platform token signed by another key",
+        verdict.is_err(),
+        "accepted",
+    );
+
+    // A platform token for another realm key, with a realm token our RAK signed.
+    let other_rak = secret.cca_realm_key(&[0x0c; 32]).expect("realm key");
+    let platform_token =
+        cca::build_platform_token(&platform, &other_rak.public_key(), &iak).expect("token");
+    let realm_token = cca::build_realm_token(&realm, &rak).expect("token");
+    let unbound = cca::assemble_cca_token(&platform_token, &realm_token).expect("token");
+    let verdict = ccatoken_verify(&unbound, &key);
+    checks.check(
+        "ccatoken flags a platform token bound to another realm key",
+        matches!(&verdict, Ok(v) if v.crypto_failed),
+        &describe(&verdict),
+    );
+    checks.check(
+        "rampart-attest refuses the same token (binding)",
+        rampart_attest::verify_cca_token(
+            &unbound,
+            &rampart_attest::CcaExpected {
+                platform_key: &key,
+                challenge: None,
+                initial_measurement: None,
+                hypervisor_measurement: None,
+            },
+        ) == Err(rampart_attest::CcaError::Binding),
+        "not refused for the binding",
+    );
+
+    let path = std::env::temp_dir().join("rampart-cca-token.cbor");
+    if std::fs::write(&path, &token).is_ok() {
+        println!(
+            "ccacheck: token ({} bytes) in {}, platform key {}",
+            token.len(),
+            path.display(),
+            hex(&cca::public_key_bytes(&key))
+        );
+    }
+    println!("ccacheck: {} passed, 0 failed", checks.passed);
+}
