@@ -91,7 +91,11 @@ pub fn handle(ipa: u64, esr: u64, frame: &mut Frame) -> bool {
         }
         ControlAccess::Bind { from } => {
             let page = if from == 31 { 0 } else { frame.x[from] };
-            let code = match bind(&mut state, channel, page) {
+            #[cfg(feature = "oracle")]
+            let result = crate::oracle::bind(channel, page, &mut || bind(&mut state, channel, page));
+            #[cfg(not(feature = "oracle"))]
+            let result = bind(&mut state, channel, page);
+            let code = match result {
                 Ok(()) => SUCCESS,
                 Err(e) => e.code(),
             };

@@ -248,6 +248,32 @@ pub fn host_call(regs: &mut [u64; 18], run: fn(&mut [u64; 18])) {
     });
 }
 
+/// A store of `page` to control channel `channel`'s `BIND` register, made
+/// by `run` (`hyp/src/control.rs`), with the specification beside it. The
+/// caller holds the channel's lock (taken before the oracle's, as on the
+/// call-page path into [`host_call`]).
+pub fn bind(
+    channel: usize,
+    page: u64,
+    run: &mut dyn FnMut() -> Result<(), rampart_abi::Error>,
+) -> Result<(), rampart_abi::Error> {
+    let mut o = ORACLE.lock();
+    if !o.ready {
+        drop(o);
+        return run();
+    }
+    let prediction = o.spec.predict_bind(channel, page);
+    let result = run();
+    let x0 = match result {
+        Ok(()) => 0,
+        Err(e) => e.code(),
+    };
+    settle(&mut o, &prediction, x0, 0, &mut |v| {
+        violation!("control channel {channel} BIND({page:#x}): {v}");
+    });
+    result
+}
+
 /// `VCPU_RUN`: predicted and claimed under the lock, which the run keeps
 /// until it enters the guest ([`entering`]); checked after the exit.
 fn vcpu_run(regs: &mut [u64; 18], run: fn(&mut [u64; 18])) {
@@ -479,7 +505,8 @@ fn expected(page: Page, state: PageState) -> bool {
     let id = |s: u8| VmId(u16::from(s) + 1);
     match page {
         Page::Host => state == PageState::HostOwned,
-        Page::HostSharedHyp => matches!(state, PageState::HostSharedWithHyp { .. }),
+        Page::HostSharedHyp => state == PageState::HostSharedWithHyp { pins: 0 },
+        Page::HostPinnedHyp => matches!(state, PageState::HostSharedWithHyp { pins } if pins > 0),
         Page::HostSharedVm(s) => state == PageState::HostSharedWithGuest(id(s)),
         Page::HypOwn | Page::HypDonated => state == PageState::HypOwned,
         Page::VmMeta(s) => state == PageState::HypOwnedForVm(id(s)),
@@ -627,7 +654,7 @@ fn check_memory(spec: &Spec<'_>, m: &crate::memory::HostMemory, lo: u64, hi: u64
             );
             let required = matches!(
                 page,
-                Some(Page::HostSharedHyp | Page::HypDonated | Page::VmMeta(_))
+                Some(Page::HostSharedHyp | Page::HostPinnedHyp | Page::HypDonated | Page::VmMeta(_))
             );
             if first.is_none() && ((mapped && forbidden) || (!mapped && required)) {
                 first = Some((pa, mapped));
@@ -653,6 +680,7 @@ fn check_effect(spec: &Spec<'_>, effect: &Effect) {
         }
         Effect::CreateVm { metadata, .. } => Some((metadata.start(), metadata.end())),
         Effect::Relinquish { pa, .. } => Some((pa, pa + PAGE_SIZE)),
+        Effect::Bind { page, .. } | Effect::Unbind { page, .. } => Some((page, page + PAGE_SIZE)),
         Effect::DestroyVm { .. } => Some((0, u64::MAX)),
         _ => None,
     };

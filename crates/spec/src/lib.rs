@@ -66,6 +66,10 @@ pub enum Page {
     Host,
     /// The host owns it and lent it to the hypervisor (`SHARE_HYP`).
     HostSharedHyp,
+    /// Lent to the hypervisor and bound as a control channel's call page
+    /// (`BIND`): pinned, so `UNSHARE_HYP` is `BUSY` and every other
+    /// ownership change `DENIED` until the channel unbinds it.
+    HostPinnedHyp,
     /// The host owns it and lent it to VM `slot` (`VM_SHARE`).
     HostSharedVm(u8),
     /// The hypervisor's own (carve-out, holes between banks): never the
@@ -89,6 +93,7 @@ impl Page {
         let (kind, slot) = match self {
             Page::Host => (0, 0),
             Page::HostSharedHyp => (1, 0),
+            Page::HostPinnedHyp => (1, 1),
             Page::HostSharedVm(s) => (2, s),
             Page::HypOwn => (3, 0),
             Page::HypDonated => (4, 0),
@@ -105,7 +110,8 @@ impl Page {
         let slot = byte & 0x1f;
         match byte >> 5 {
             0 => Page::Host,
-            1 => Page::HostSharedHyp,
+            1 if slot == 0 => Page::HostSharedHyp,
+            1 => Page::HostPinnedHyp,
             2 => Page::HostSharedVm(slot),
             3 => Page::HypOwn,
             4 => Page::HypDonated,
@@ -121,7 +127,11 @@ impl Page {
     pub const fn host_reachable(self) -> bool {
         matches!(
             self,
-            Page::Host | Page::HostSharedHyp | Page::HostSharedVm(_) | Page::VmSharedHost(_)
+            Page::Host
+                | Page::HostSharedHyp
+                | Page::HostPinnedHyp
+                | Page::HostSharedVm(_)
+                | Page::VmSharedHost(_)
         )
     }
 
@@ -328,6 +338,21 @@ pub enum Effect {
         page: u64,
         /// Map rather than unmap.
         map: bool,
+    },
+    /// A control channel's `BIND` of `page`: it becomes the channel's call
+    /// page, pinned.
+    Bind {
+        /// The channel.
+        channel: u8,
+        /// The page.
+        page: u64,
+    },
+    /// A control channel's `BIND` of 0: its call page `page` is unpinned.
+    Unbind {
+        /// The channel.
+        channel: u8,
+        /// The page.
+        page: u64,
     },
     /// `KVM_MEM_RELINQUISH`: the guest page at `ipa` (physical `pa`) leaves
     /// the VM and returns to the host, zeroed.
@@ -574,7 +599,12 @@ pub struct Spec<'a> {
     /// The page pool's available pages before the call, if known
     /// ([`Spec::set_pool`]).
     pool: Option<u64>,
+    /// Each control channel's bound call page (0: none).
+    channels: [u64; CHANNELS],
 }
+
+/// Control channels (`rampart_abi::boot::control::CHANNELS`).
+pub const CHANNELS: usize = rampart_abi::boot::control::CHANNELS as usize;
 
 /// The slot a handle's low half names, live or not.
 fn handle_slot(handle: u64) -> Option<usize> {
@@ -606,6 +636,7 @@ impl<'a> Spec<'a> {
             vms: [None; MAX_VMS],
             generations: [0; MAX_VMS],
             pool: None,
+            channels: [0; CHANNELS],
         }
     }
 
@@ -728,6 +759,58 @@ impl<'a> Spec<'a> {
         (0..range.pages()).all(|i| self.page(range.start() + i * PAGE).is_some_and(&f))
     }
 
+    /// Predicts a store of `page` to control channel `channel`'s `BIND`
+    /// register (docs/abi.md, "Call pages"): 0 unbinds the channel's page;
+    /// otherwise a page the host lent to the hypervisor (`SHARE_HYP`) and no
+    /// other channel has becomes the channel's call page, pinned.
+    #[must_use]
+    pub fn predict_bind(&self, channel: usize, page: u64) -> Prediction {
+        let Some(&current) = self.channels.get(channel) else {
+            return Prediction::refuse(Outcomes::error(Error::InvalidParameter));
+        };
+        let ch = channel as u8;
+        if page == 0 {
+            return if current == 0 {
+                Prediction::refuse(Outcomes::error(Error::InvalidParameter))
+            } else {
+                Prediction {
+                    allowed: Outcomes::success(),
+                    effect: Effect::Unbind { channel: ch, page: current },
+                }
+            };
+        }
+        if !page.is_multiple_of(PAGE) {
+            return Prediction::refuse(Outcomes::error(Error::InvalidParameter));
+        }
+        if current != 0 {
+            // Its own page again changes nothing; another is BUSY.
+            return if current == page {
+                Prediction::refuse(Outcomes::success())
+            } else {
+                Prediction::refuse(Outcomes::error(Error::Busy))
+            };
+        }
+        if self.channels.contains(&page) {
+            return Prediction::refuse(Outcomes::error(Error::Busy));
+        }
+        if page.checked_add(PAGE).is_none() {
+            return Prediction::refuse(Outcomes::error(Error::InvalidParameter));
+        }
+        match self.page(page) {
+            Some(Page::HostSharedHyp) => Prediction {
+                allowed: Outcomes::success(),
+                effect: Effect::Bind { channel: ch, page },
+            },
+            Some(_) => Prediction::refuse(Outcomes::error(Error::Denied)),
+            // Beyond the pages the specification follows: outside RAM.
+            None => Prediction::refuse(
+                Outcomes::error(Error::Range)
+                    .or_error(Error::Denied)
+                    .or_error(Error::InvalidParameter),
+            ),
+        }
+    }
+
     /// Predicts a host call from its registers `x0`..`x17`.
     #[must_use]
     pub fn predict_host(&self, regs: &[u64; 18]) -> Prediction {
@@ -743,6 +826,20 @@ impl<'a> Spec<'a> {
                 self.memory_call(r, |p| p == Page::Host, Page::HypDonated, false, false)
             }
             HostRequest::UnshareHyp(r) => {
+                let pinned = (0..r.pages())
+                    .any(|i| self.page(r.start() + i * PAGE) == Some(Page::HostPinnedHyp));
+                if pinned && self.in_one_bank(&r) {
+                    // A call page (docs/abi.md, "Call pages"): BUSY; where
+                    // other pages of the range are not lent at all, the
+                    // contract fixes no order between BUSY and DENIED.
+                    let lent = self.all(&r, |p| matches!(p, Page::HostSharedHyp | Page::HostPinnedHyp));
+                    let allowed = if lent {
+                        Outcomes::error(Error::Busy)
+                    } else {
+                        Outcomes::error(Error::Busy).or_error(Error::Denied)
+                    };
+                    return Prediction::refuse(allowed);
+                }
                 self.memory_call(r, |p| p == Page::HostSharedHyp, Page::Host, true, false)
             }
             HostRequest::ReclaimHyp(r) => {
@@ -1202,6 +1299,18 @@ impl<'a> Spec<'a> {
                 self.set(pa, Page::Host);
                 if let Some(Some(vm)) = self.vms.get_mut(usize::from(slot)) {
                     vm.remove_page(ipa);
+                }
+            }
+            Effect::Bind { channel, page } => {
+                self.set(page, Page::HostPinnedHyp);
+                if let Some(c) = self.channels.get_mut(usize::from(channel)) {
+                    *c = page;
+                }
+            }
+            Effect::Unbind { channel, page } => {
+                self.set(page, Page::HostSharedHyp);
+                if let Some(c) = self.channels.get_mut(usize::from(channel)) {
+                    *c = 0;
                 }
             }
         }

@@ -126,7 +126,7 @@ fn no_memory_only_when_the_pool_may_be_short_and_busy_never_for_memory_calls() {
     let mut s = spec();
     run(&mut s, HostCall::ShareHyp, &[page(20), 2], 0, 0).unwrap();
     run(&mut s, HostCall::DonateHyp, &[page(30), 2], 0, 0).unwrap();
-    // Nothing pins a page: UNSHARE_HYP is never BUSY.
+    // No page is a call page here: UNSHARE_HYP is never BUSY.
     let p = s.predict_host(&regs(HostCall::UnshareHyp, &[page(20), 2]));
     assert!(!p.allowed.allows(Error::Busy.code()));
     for (pool, short) in [(Some(10_000), false), (Some(5), true), (None, true)] {
@@ -974,4 +974,45 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_bound_call_page_is_pinned_until_unbound() {
+    let mut s = spec();
+    // Only a page lent to the hypervisor can be bound.
+    let p = s.predict_bind(3, page(20));
+    assert!(!p.allowed.allows_success() && p.allowed.allows(Error::Denied.code()));
+    assert!(s.predict_bind(3, page(20) + 8).allowed.allows(Error::InvalidParameter.code()));
+    assert!(s.predict_bind(3, 0).allowed.allows(Error::InvalidParameter.code()));
+    assert!(s.predict_bind(CHANNELS, page(20)).allowed.allows(Error::InvalidParameter.code()));
+    run(&mut s, HostCall::ShareHyp, &[page(20), 2], 0, 0).unwrap();
+    let p = s.predict_bind(3, page(20));
+    assert!(p.allowed.allows_success());
+    s.commit(&p, 0, 0).unwrap();
+    assert_eq!(s.page(page(20)), Some(Page::HostPinnedHyp));
+    assert!(Page::HostPinnedHyp.host_reachable());
+    assert_eq!(Page::decode(Page::HostPinnedHyp.encode()), Page::HostPinnedHyp);
+    // Its own page again: success, nothing changes; another page, or the
+    // same page on another channel: BUSY.
+    assert!(s.predict_bind(3, page(20)).allowed.allows_success());
+    assert!(!s.predict_bind(3, page(21)).allowed.allows_success());
+    assert!(s.predict_bind(4, page(20)).allowed.allows(Error::Busy.code()));
+    // UNSHARE_HYP: BUSY (exactly, where every page is lent); every other
+    // change: DENIED.
+    let p = s.predict_host(&regs(HostCall::UnshareHyp, &[page(20), 2]));
+    assert!(p.allowed.allows(Error::Busy.code()) && !p.allowed.allows_success());
+    assert!(!p.allowed.allows(Error::Denied.code()));
+    for call in [HostCall::ShareHyp, HostCall::DonateHyp, HostCall::ReclaimHyp] {
+        let p = s.predict_host(&regs(call, &[page(20), 1]));
+        assert!(p.allowed.allows(Error::Denied.code()) && !p.allowed.allows_success(), "{call:?}");
+    }
+    // Unbinding makes it an ordinary lent page again.
+    let p = s.predict_bind(3, 0);
+    s.commit(&p, 0, 0).unwrap();
+    assert_eq!(s.page(page(20)), Some(Page::HostSharedHyp));
+    let p = s.predict_host(&regs(HostCall::UnshareHyp, &[page(20), 2]));
+    assert!(p.allowed.allows_success() && !p.allowed.allows(Error::Busy.code()));
+    // The answer a hypervisor gives that the contract does not is a
+    // violation: BUSY for an unshare of a page no channel holds.
+    assert!(s.commit(&p, Error::Busy.code(), 0).is_err());
 }
