@@ -253,7 +253,10 @@ fn quick_run(args: &[std::ffi::OsString]) -> Option<Cli> {
         dev_mem: "/dev/mem".to_string(),
         state_dir: PathBuf::from("/run/rampart-vmm"),
         command: Command::Run {
-            bundle: bundle?,
+            bundle: Some(bundle?),
+            kernel: None,
+            initrd: None,
+            cmdline: None,
             mem: None,
             cpus: None,
             ignore_manifest: false,
@@ -265,6 +268,12 @@ fn quick_run(args: &[std::ffi::OsString]) -> Option<Cli> {
             hold: false,
             hold_at: None,
             attack_metadata: false,
+            // clap's defaults: no devices but entropy (`--rng` defaults to
+            // true); a bundle run refuses any other device option.
+            virtio: Box::new(virtio::VirtioArgs {
+                rng: true,
+                ..virtio::VirtioArgs::default()
+            }),
         },
     })
 }
