@@ -826,9 +826,12 @@ impl<'a> Spec<'a> {
                 self.memory_call(r, |p| p == Page::Host, Page::HypDonated, false, false)
             }
             HostRequest::UnshareHyp(r) => {
-                let pinned = (0..r.pages())
-                    .any(|i| self.page(r.start() + i * PAGE) == Some(Page::HostPinnedHyp));
-                if pinned && self.in_one_bank(&r) {
+                // Only a range inside one bank is looked at page by page
+                // (a hostile count can name 2^52 pages).
+                let pinned = self.in_one_bank(&r)
+                    && (0..r.pages())
+                        .any(|i| self.page(r.start() + i * PAGE) == Some(Page::HostPinnedHyp));
+                if pinned {
                     // A call page (docs/abi.md, "Call pages"): BUSY; where
                     // other pages of the range are not lent at all, the
                     // contract fixes no order between BUSY and DENIED.

@@ -1006,6 +1006,10 @@ fn a_bound_call_page_is_pinned_until_unbound() {
         let p = s.predict_host(&regs(call, &[page(20), 1]));
         assert!(p.allowed.allows(Error::Denied.code()) && !p.allowed.allows_success(), "{call:?}");
     }
+    // A huge count is refused from the range alone, not page by page (this
+    // call would not return otherwise).
+    let p = s.predict_host(&regs(HostCall::UnshareHyp, &[page(20), 1 << 50]));
+    assert!(p.allowed.allows(Error::Range.code()) && !p.allowed.allows(Error::Busy.code()));
     // Unbinding makes it an ordinary lent page again.
     let p = s.predict_bind(3, 0);
     s.commit(&p, 0, 0).unwrap();
