@@ -140,6 +140,25 @@ fn image_with_features(
     Ok(bin)
 }
 
+/// Copies `elf` to `out` without its symbols (`llvm-objcopy --strip-all`):
+/// what goes into an initramfs.
+///
+/// # Errors
+///
+/// `llvm-objcopy` is missing or fails (naming `elf`).
+pub fn strip_to(elf: &Path, out: &Path) -> Result<()> {
+    let status = Command::new(objcopy()?)
+        .arg("--strip-all")
+        .arg(elf)
+        .arg(out)
+        .status()
+        .context("running llvm-objcopy --strip-all")?;
+    if !status.success() {
+        bail!("llvm-objcopy --strip-all failed on {}", elf.display());
+    }
+    Ok(())
+}
+
 /// The path of `llvm-objcopy` from the `llvm-tools` rustup component.
 pub fn objcopy() -> Result<PathBuf> {
     let out = Command::new("rustc").args(["--print", "sysroot"]).output()?;

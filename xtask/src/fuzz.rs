@@ -412,13 +412,10 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
     Ok(())
 }
 
-/// A `cargo xtask test` case on the plain hypervisor (no `oracle`
-/// feature, so host calls are not serialized under the oracle's lock and
-/// really race on `smp` CPUs): crashes, hangs and the test host's own
-/// invariants only.
-pub fn suite_case_plain(smp: u32, seed: u64, calls: u64) -> Result<String> {
-    let hyp = artifacts::hypervisor()?;
-    let plan = Plan {
+/// The plan of a `cargo xtask test` fuzz case: the oracle checked every
+/// 1 000 actions per CPU, 512 MiB, the default timeout.
+fn suite_plan(smp: u32, seed: u64, calls: u64) -> Plan {
+    Plan {
         seed,
         calls,
         smp,
@@ -428,8 +425,16 @@ pub fn suite_case_plain(smp: u32, seed: u64, calls: u64) -> Result<String> {
         mem: "512M".into(),
         timeout: default_timeout(calls, smp),
         echo: false,
-    };
-    let summary = run_once(&hyp, &[], &plan)?;
+    }
+}
+
+/// A `cargo xtask test` case on the plain hypervisor (no `oracle`
+/// feature, so host calls are not serialized under the oracle's lock and
+/// really race on `smp` CPUs): crashes, hangs and the test host's own
+/// invariants only.
+pub fn suite_case_plain(smp: u32, seed: u64, calls: u64) -> Result<String> {
+    let hyp = artifacts::hypervisor()?;
+    let summary = run_once(&hyp, &[], &suite_plan(smp, seed, calls))?;
     if summary.oracle {
         bail!("the plain hypervisor answered ORACLE_CHECK: it is an oracle build");
     }
@@ -443,18 +448,7 @@ pub fn suite_case_plain(smp: u32, seed: u64, calls: u64) -> Result<String> {
 /// no violation.
 pub fn suite_case(smp: u32, seed: u64, calls: u64) -> Result<String> {
     let (hyp, features) = hypervisor(&[])?;
-    let plan = Plan {
-        seed,
-        calls,
-        smp,
-        check_every: 1_000,
-        oracle_every: None,
-        stop: None,
-        mem: "512M".into(),
-        timeout: default_timeout(calls, smp),
-        echo: false,
-    };
-    let summary = run_once(&hyp, &features, &plan)?;
+    let summary = run_once(&hyp, &features, &suite_plan(smp, seed, calls))?;
     if summary.calls < calls {
         bail!("only {} of {calls} calls ran", summary.calls);
     }

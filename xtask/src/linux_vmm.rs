@@ -82,15 +82,7 @@ pub fn vmm_binary() -> Result<PathBuf> {
     let dir = artifacts::build_dir().join("linux");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let out = dir.join("rampart-vmm");
-    let status = Command::new(artifacts::objcopy()?)
-        .arg("--strip-all")
-        .arg(&elf)
-        .arg(&out)
-        .status()
-        .context("running llvm-objcopy --strip-all")?;
-    if !status.success() {
-        bail!("llvm-objcopy --strip-all failed on {}", elf.display());
-    }
+    artifacts::strip_to(&elf, &out)?;
     Ok(VMM.get_or_init(|| out).clone())
 }
 
