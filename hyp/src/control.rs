@@ -26,7 +26,9 @@ use rampart_platform::cache::CacheOps;
 use rampart_platform::trap::ControlAccess;
 use rampart_platform::{MemRange, PAGE_SIZE};
 use spin::Once;
-use spin::mutex::SpinMutex;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use spin::mutex::{SpinMutex, SpinMutexGuard};
 
 use crate::arch::cache::El2Cache;
 use crate::arch::{self, Frame};
@@ -57,6 +59,58 @@ static CHANNELS_STATE: [SpinMutex<Channel>; CHANNELS as usize] = [const {
 /// (taken after a channel's lock, never before).
 static BOUND: SpinMutex<[u64; CHANNELS as usize]> = SpinMutex::new([0; CHANNELS as usize]);
 
+/// Each channel's "a call is in it" flag, set and cleared under the
+/// channel's lock around a call (doorbell or call page).
+static CALLING: [AtomicBool; CHANNELS as usize] = [const { AtomicBool::new(false) }; CHANNELS as usize];
+
+/// How long an access waits for another CPU's access to the same channel
+/// (register accesses and `BIND` hold the lock for a bounded handful of
+/// instructions at EL2 with interrupts masked, so on hardware this is never
+/// reached; under an emulator a holder's thread may be descheduled).
+const CONTENDED_WAIT_MS: u64 = 100;
+
+/// Takes `channel`'s lock for one access. Another CPU's register access or
+/// `BIND` is waited for; a call in flight on another CPU (which may run a
+/// guest for as long as the host lets it) is not: the access is refused
+/// (`None`), as is one that waited [`CONTENDED_WAIT_MS`] in vain.
+fn lock(channel: usize) -> Option<SpinMutexGuard<'static, Channel>> {
+    let state = CHANNELS_STATE.get(channel)?;
+    let calling = CALLING.get(channel)?;
+    let mut deadline = None;
+    loop {
+        if let Some(guard) = state.try_lock() {
+            return Some(guard);
+        }
+        if calling.load(Ordering::Acquire) {
+            return None;
+        }
+        let now = arch::cache::counter();
+        match deadline {
+            None => deadline = Some(now.saturating_add(arch::cache::counter_frequency() / 1000 * CONTENDED_WAIT_MS)),
+            Some(end) if now >= end => return None,
+            Some(_) => {}
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// Marks a call in flight on a channel while it lives (its lock held).
+struct Calling(&'static AtomicBool);
+
+impl Calling {
+    fn enter(channel: usize) -> Option<Self> {
+        let flag = CALLING.get(channel)?;
+        flag.store(true, Ordering::Release);
+        Some(Calling(flag))
+    }
+}
+
+impl Drop for Calling {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// Records where the control pages are (at boot).
 pub fn init(region: MemRange) {
     REGION.call_once(|| region);
@@ -77,12 +131,12 @@ pub fn handle(ipa: u64, esr: u64, frame: &mut Frame) -> bool {
     }
     let channel = ((ipa - region.start()) / PAGE_SIZE) as usize;
     let Some(access) = ControlAccess::decode(ipa % PAGE_SIZE, esr & 0x1ff_ffff) else { return false };
-    let Some(state) = CHANNELS_STATE.get(channel) else { return false };
-    // A channel busy on another CPU (in a long VCPU_RUN) is refused rather
-    // than waited for: one channel per thread is the protocol.
-    let Some(mut state) = state.try_lock() else { return false };
+    let Some(mut state) = lock(channel) else { return false };
     match access {
-        ControlAccess::Doorbell => crate::host::dispatch(&mut state.regs),
+        ControlAccess::Doorbell => {
+            let _calling = Calling::enter(channel);
+            crate::host::dispatch(&mut state.regs);
+        }
         ControlAccess::SetRegister { slot, from } => state.regs[slot] = if from == 31 { 0 } else { frame.x[from] },
         ControlAccess::GetRegister { slot, to } => {
             if to != 31 {
@@ -104,6 +158,7 @@ pub fn handle(ipa: u64, esr: u64, frame: &mut Frame) -> bool {
         ControlAccess::Call => {
             // An unbound channel has nowhere to take the call from.
             let Some(page) = state.page else { return false };
+            let _calling = Calling::enter(channel);
             call(page);
         }
     }

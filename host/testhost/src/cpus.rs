@@ -118,6 +118,8 @@ pub fn secondary_main(entry: SecondaryEntry) -> ! {
         crate::checks::ownership_worker(index);
     } else if task == TASK_VCPU {
         crate::checks::vmm::run::secondary(index);
+    } else if task == crate::checks::TASK_CHANNEL_PEEK {
+        crate::checks::channel_peeker(index);
     } else if task == crate::fuzz::TASK_FUZZ {
         crate::fuzz::secondary(index);
     } else {

@@ -9,15 +9,24 @@
 //! change can take it (`UNSHARE_HYP` is `BUSY`, `SHARE_HYP`, `DONATE_HYP`
 //! and `RECLAIM_HYP` are `DENIED`); after an unbind it is the host's to
 //! unshare again and the channel refuses calls again.
+//!
+//! `control-contention`: another CPU that only reads a channel's registers
+//! (a stray reader, or a hostile one) must not make the channel's owner's
+//! register accesses abort: a register access waits for another CPU's
+//! register access; only a call in flight on another CPU refuses it.
 
 use rampart_abi::Error;
-use rampart_abi::boot::control::{BIND, CALL, CHANNELS};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use rampart_abi::boot::control::{BIND, CALL, CHANNELS, DOORBELL};
 use rampart_abi::host::HostCall::{self, DonateHyp, ReclaimHyp, ShareHyp, UnshareHyp};
 use rampart_abi::host::{ABI_VERSION_MAJOR, ABI_VERSION_MINOR};
 
 use super::carveout::expect_abort;
 use super::ownership::{Layout, OK, PAGE, expect, raw_call, short};
 use crate::arch::{self, Access};
+use crate::cpus::{self, ARRIVALS, SLOTS, TASK, TASK_PARK};
+use crate::psci;
 use crate::msg::Msg;
 use crate::platform::Platform;
 use crate::{ensure, msg, note};
@@ -169,4 +178,144 @@ pub fn control_call_page(p: &Platform) -> Result<(), Msg> {
         }
     }
     result
+}
+
+/// `cpus::TASK`: read another CPU's channel registers until told to stop.
+pub const TASK_CHANNEL_PEEK: u64 = 4;
+/// `cpus::context_id` round of `control-contention`.
+const ROUND: u64 = 0x50;
+/// The peeked channel (set before the peeker starts).
+static PEEK_CHANNEL: AtomicU64 = AtomicU64::new(0);
+/// Non-zero: the peeker stops.
+static PEEK_STOP: AtomicU64 = AtomicU64::new(0);
+/// The peeker's loads, and how many of them aborted.
+static PEEK_LOADS: AtomicU64 = AtomicU64::new(0);
+static PEEK_ABORTS: AtomicU64 = AtomicU64::new(0);
+/// Non-zero once the peeker finished.
+static PEEK_DONE: AtomicU64 = AtomicU64::new(0);
+/// How long the boot CPU keeps its own channel busy, and how long anything
+/// may take.
+const ROUNDS: u64 = 4000;
+const TIMEOUT_MS: u64 = 60_000;
+
+/// A secondary's part of `control-contention`: loads every register of the
+/// peeked channel in turn (each may abort while the owner's call is in
+/// the channel), until the boot CPU says stop.
+pub fn peeker(_index: usize) {
+    let channel = PEEK_CHANNEL.load(Ordering::Acquire);
+    let mut i = 0u64;
+    while PEEK_STOP.load(Ordering::Acquire) == 0 && channel != 0 {
+        let outcome = arch::probe(Access::Load, channel + 8 * (i % 18), 0);
+        if outcome.fault.is_some() {
+            PEEK_ABORTS.fetch_add(1, Ordering::Relaxed);
+        }
+        PEEK_LOADS.fetch_add(1, Ordering::Release);
+        i += 1;
+    }
+    PEEK_DONE.store(1, Ordering::Release);
+}
+
+/// `control-contention`: see the module documentation.
+pub fn control_contention(p: &Platform) -> Result<(), Msg> {
+    let control = p
+        .control_pages()
+        .ok_or_else(|| msg!("no rampart,control node in the DT"))?;
+    let boot = super::cpu::boot_cpu_index(p)?;
+    let Some(other) = (0..p.cpu_count).find(|&i| i != boot) else {
+        note!("control-contention: one CPU, nothing to contend with");
+        return Ok(());
+    };
+    let mpidr = p.cpus[other];
+    // The last channel: `control-call-page` leaves it unbound.
+    let ch = control.start + (CHANNELS - 1) * PAGE;
+    PEEK_CHANNEL.store(ch, Ordering::Release);
+    PEEK_STOP.store(0, Ordering::Release);
+    PEEK_LOADS.store(0, Ordering::Release);
+    PEEK_ABORTS.store(0, Ordering::Release);
+    PEEK_DONE.store(0, Ordering::Release);
+    ARRIVALS.store(0, Ordering::Release);
+    SLOTS[other].reset();
+    TASK.store(TASK_CHANNEL_PEEK, Ordering::Release);
+    let ret = psci::cpu_on(mpidr, arch::secondary_entry_address(), cpus::context_id(ROUND, other));
+    let result = if ret != psci::SUCCESS {
+        Err(msg!("CPU_ON({mpidr:#x}) = {ret}, expected SUCCESS (0)"))
+    } else if !cpus::wait_until(TIMEOUT_MS, || PEEK_LOADS.load(Ordering::Acquire) > 0) {
+        Err(msg!("CPU {mpidr:#x} did not start reading channel {ch:#x}"))
+    } else {
+        contend(ch)
+    };
+    PEEK_STOP.store(1, Ordering::Release);
+    let stopped = cpus::wait_until(TIMEOUT_MS, || {
+        PEEK_DONE.load(Ordering::Acquire) != 0 || SLOTS[other].fault[3].load(Ordering::Acquire) != 0
+    });
+    let off = cpus::wait_until(TIMEOUT_MS, || psci::affinity_info(mpidr) == psci::AFFINITY_OFF);
+    TASK.store(TASK_PARK, Ordering::Release);
+    let (calls, aborts) = result?;
+    let vector = SLOTS[other].fault[3].load(Ordering::Acquire);
+    ensure!(
+        vector == 0,
+        "the reading CPU {mpidr:#x} took an exception it did not ask for: ESR={:#x} FAR={:#x}",
+        SLOTS[other].fault[0].load(Ordering::Relaxed),
+        SLOTS[other].fault[2].load(Ordering::Relaxed)
+    );
+    ensure!(stopped && off, "the reading CPU {mpidr:#x} did not stop and switch off");
+    let loads = PEEK_LOADS.load(Ordering::Acquire);
+    let peek_aborts = PEEK_ABORTS.load(Ordering::Acquire);
+    ensure!(
+        aborts == 0,
+        "{aborts} of the owner's register accesses on channel {ch:#x} aborted while CPU {mpidr:#x} only read it ({loads} loads)"
+    );
+    note!(
+        "control-contention: {ROUNDS} register stores and loads and {calls} VERSION calls on channel {ch:#x}, 0 aborted, while CPU {mpidr:#x} made {loads} loads of it ({peek_aborts} refused during the calls)"
+    );
+    Ok(())
+}
+
+/// The owner's part: register stores and loads, and a register-path
+/// `VERSION` call every 16 rounds, all as probes so that an abort is
+/// counted rather than fatal. Returns the calls made and the aborts seen;
+/// fails on a wrong value.
+fn contend(ch: u64) -> Result<(u64, u64), Msg> {
+    let mut aborts = 0u64;
+    let mut calls = 0u64;
+    let store = |address: u64, value: u64, aborts: &mut u64| {
+        let aborted = arch::probe(Access::Store, address, value).fault.is_some();
+        *aborts += u64::from(aborted);
+        !aborted
+    };
+    for round in 0..ROUNDS {
+        let slot = 1 + round % 17;
+        let value = 0x5eed_0000_0000 | round;
+        if !store(ch + 8 * slot, value, &mut aborts) {
+            continue;
+        }
+        let got = arch::probe(Access::Load, ch + 8 * slot, 0);
+        if got.fault.is_some() {
+            aborts += 1;
+        } else {
+            ensure!(
+                got.register == value,
+                "register {slot} of channel {ch:#x} read {:#x} after a store of {value:#x} (another CPU only read it)",
+                got.register
+            );
+        }
+        if round % 16 == 15 {
+            calls += 1;
+            if !store(ch, u64::from(HostCall::Version.id()), &mut aborts) || !store(ch + DOORBELL, 0, &mut aborts) {
+                continue;
+            }
+            let r: [_; 3] = core::array::from_fn(|i| arch::probe(Access::Load, ch + 8 * i as u64, 0));
+            if r.iter().any(|o| o.fault.is_some()) {
+                aborts += 1;
+            } else {
+                let words = [r[0].register, r[1].register, r[2].register];
+                ensure!(
+                    words == [0, ABI_VERSION_MAJOR, ABI_VERSION_MINOR],
+                    "VERSION through channel {ch:#x} returned {:#x?}",
+                    words
+                );
+            }
+        }
+    }
+    Ok((calls, aborts))
 }

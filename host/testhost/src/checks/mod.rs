@@ -23,6 +23,7 @@ pub mod withheld;
 #[path = "../vmm/mod.rs"]
 pub mod vmm;
 
+pub use channel::{TASK_CHANNEL_PEEK, peeker as channel_peeker};
 pub use concurrent::worker as ownership_worker;
 
 use crate::msg::Msg;
@@ -130,6 +131,10 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "control-call-page",
         run: channel::control_call_page,
+    },
+    Check {
+        name: "control-contention",
+        run: channel::control_contention,
     },
     Check {
         name: "own-concurrent",
