@@ -6,8 +6,8 @@
 //! Hostile cases: a call on a channel with no page bound is refused (an
 //! abort); only a page the host shared with the hypervisor can be bound,
 //! page-aligned, to one channel at a time; while it is bound, no ownership
-//! change can take it (`UNSHARE_HYP` is `BUSY`, `SHARE_HYP`, `DONATE_HYP`
-//! and `RECLAIM_HYP` are `DENIED`); after an unbind it is the host's to
+//! change can take it (`UNSHARE_HYP` is `BUSY`, `SHARE_HYP`, `DONATE_HYP`,
+//! `RECLAIM_HYP`, `VM_DONATE` and `VM_SHARE` are `DENIED`); after an unbind it is the host's to
 //! unshare again and the channel refuses calls again.
 //!
 //! `control-contention`: another CPU that only reads a channel's registers
@@ -20,6 +20,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use rampart_abi::boot::control::{BIND, CALL, CHANNELS, DOORBELL};
 use rampart_abi::host::HostCall::{self, DonateHyp, ReclaimHyp, ShareHyp, UnshareHyp};
+use rampart_abi::guest::GUEST_RAM_BASE;
 use rampart_abi::host::{ABI_VERSION_MAJOR, ABI_VERSION_MINOR};
 
 use super::carveout::expect_abort;
@@ -124,6 +125,10 @@ pub fn control_call_page(p: &Platform) -> Result<(), Msg> {
             );
         }
 
+        // Nor can a VM have it: given to a protected VM, lent to one that
+        // is not.
+        vm_refuses(p, page)?;
+
         // Calls through the page: VERSION, then a memory call with
         // arguments (SHARE_HYP, UNSHARE_HYP of the unbound shared page's
         // neighbour), each answered in the page.
@@ -178,6 +183,30 @@ pub fn control_call_page(p: &Platform) -> Result<(), Msg> {
         }
     }
     result
+}
+
+/// `VM_DONATE` of the bound call `page` to a protected VM and `VM_SHARE`
+/// of it to one that is not are both `DENIED` (two VMs made and destroyed
+/// for it).
+fn vm_refuses(p: &Platform, page: u64) -> Result<(), Msg> {
+    let (mut arena, _) = super::vm::arena(p)?;
+    let (protected, _) = super::vm::bare_vm(&mut arena, 1)?;
+    let plain = super::vm::bare_unprotected_vm(&mut arena);
+    let result = plain.and_then(|(plain, _)| {
+        let mut r = Ok(());
+        for (c, vm) in [(HostCall::VmDonate, protected), (HostCall::VmShare, plain)] {
+            let got = psci::call_via(psci::Conduit::Hvc, c.id(), &[vm, page, 1, GUEST_RAM_BASE])[0] as i64;
+            if got != DENIED && r.is_ok() {
+                r = Err(msg!("{}(VM {vm:#x}, the bound call page {page:#x}) = {got}, expected DENIED", short(c)));
+            }
+        }
+        let gone = psci::call_via(psci::Conduit::Hvc, HostCall::VmDestroy.id(), &[plain])[0] as i64;
+        r.and(if gone == 0 { Ok(()) } else { Err(msg!("VM_DESTROY({plain:#x}) = {gone}")) })
+    });
+    let gone = psci::call_via(psci::Conduit::Hvc, HostCall::VmDestroy.id(), &[protected])[0] as i64;
+    result?;
+    ensure!(gone == 0, "VM_DESTROY({protected:#x}) = {gone}");
+    Ok(())
 }
 
 /// `cpus::TASK`: read another CPU's channel registers until told to stop.

@@ -614,7 +614,7 @@ pub fn vb_late_donation_zeroed(p: &Platform) -> Result<(), Msg> {
 }
 
 /// A protected VM with no vCPU run yet, for the attack checks.
-fn bare_vm(arena: &mut Arena, vcpus: u64) -> Result<(u64, u64), Msg> {
+pub(super) fn bare_vm(arena: &mut Arena, vcpus: u64) -> Result<(u64, u64), Msg> {
     let config = VmConfig {
         debug: false,
         protected: true,
@@ -909,7 +909,7 @@ pub fn vm_create_bad(p: &Platform) -> Result<(), Msg> {
 }
 
 /// A VM that is not protected and has never run (a `VM_SHARE` target).
-fn bare_unprotected_vm(arena: &mut Arena) -> Result<(u64, u64), Msg> {
+pub(super) fn bare_unprotected_vm(arena: &mut Arena) -> Result<(u64, u64), Msg> {
     let config = VmConfig {
         debug: false,
         protected: false,
