@@ -584,3 +584,21 @@ pub unsafe fn write_volatile_words(address: u64, words: &[u64]) {
         unsafe { core::ptr::write_volatile(base.add(i), word) };
     }
 }
+
+/// Reads `out.len()` bytes at `address` with volatile loads, forming no
+/// Rust reference to the source: for host memory the host's other CPUs
+/// may write meanwhile (a migration stream chunk). The caller uses only
+/// the copy.
+///
+/// # Safety
+///
+/// `address..address + out.len()` must be mapped readable at EL2 for the
+/// duration of the call.
+pub unsafe fn read_volatile_bytes(address: u64, out: &mut [u8]) {
+    let base = address as *const u8;
+    for (i, byte) in out.iter_mut().enumerate() {
+        // SAFETY: in range and mapped per the caller; volatile, so each
+        // byte is read exactly once, here.
+        *byte = unsafe { core::ptr::read_volatile(base.add(i)) };
+    }
+}

@@ -103,6 +103,22 @@ impl MigrationSecret {
     }
 }
 
+impl MigrationSecret {
+    /// A 16-byte value derived from the secret and `context`, for a
+    /// machine without a random-number generator: unique as long as
+    /// `context` is (the caller puts a counter and the time in it).
+    #[must_use]
+    pub fn derive_id(&self, context: &[u8]) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        // 16 bytes is always a valid HKDF-SHA256 output length.
+        let _ = Hkdf::<Sha256>::new(Some(ID_SALT), &self.0).expand(context, &mut out);
+        out
+    }
+}
+
+/// HKDF salt for [`MigrationSecret::derive_id`].
+pub const ID_SALT: &[u8] = b"rampart.migrate.id.v1\0";
+
 /// The clear start of a stream: who it is from and for, and the
 /// destination's challenge. Every field is bound into the stream key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -401,7 +417,9 @@ pub struct VcpuRecord {
     pub index: u32,
     /// Power state: 0 off, 1 CPU_ON pending, 2 on.
     pub power: u32,
-    /// Bit 0: has run; bit 1: halted; bit 2: a virtual SError is pending.
+    /// Bit 0: has run; bit 1: halted; bit 2: a virtual SError is pending;
+    /// bit 3: the vCPU exists (was created; the other fields are zero
+    /// otherwise).
     pub flags: u32,
     /// CPU_ON entry point and context id (power state 1).
     pub boot: [u64; 2],
@@ -510,7 +528,7 @@ impl VcpuRecord {
         record.power = u32_at(bytes, 4);
         record.flags = u32_at(bytes, 8);
         if record.power > 2
-            || record.flags & !7 != 0
+            || record.flags & !0xf != 0
             || u32_at(bytes, 12) != 0
             || record.index >= MAX_VCPUS
         {
