@@ -177,11 +177,11 @@ fn run_call(regs: &mut [u64; 18]) {
                 Err(e) => Err(e),
             }
         }
-        Ok(HostRequest::VmImport { metadata, buffer, bytes }) => match crate::migrate::import(metadata, buffer, bytes) {
+        Ok(HostRequest::VmImport { metadata, address, bytes }) => match crate::migrate::import(metadata, address, bytes) {
             Ok((handle, consumed)) => return ret(regs, [SUCCESS as u64, handle.0, consumed, 0]),
             Err(e) => Err(e),
         },
-        Ok(HostRequest::VmImportData { vm, buffer, bytes }) => match crate::migrate::import_data(vm, buffer, bytes) {
+        Ok(HostRequest::VmImportData { vm, address, bytes }) => match crate::migrate::import_data(vm, address, bytes) {
             Ok((consumed, done)) => return ret(regs, [SUCCESS as u64, consumed, u64::from(done), 0]),
             Err(e) => Err(e),
         },

@@ -536,7 +536,7 @@ fn record_to_state(r: &VcpuRecord, s: &mut VcpuState) {
 }
 
 /// `VM_IMPORT`: returns (the new VM's handle, bytes consumed).
-pub fn import(metadata: PageRange, buffer: PageRange, bytes: u64) -> Result<(VmHandle, u64), Error> {
+pub fn import(metadata: PageRange, address: u64, bytes: u64) -> Result<(VmHandle, u64), Error> {
     let secret = secret()?;
     let me = crate::security::attestation_public_key()?;
     let need = PREAMBLE_LEN + RECORD_HEADER_LEN + stream::HEADER_LEN + TAG_LEN;
@@ -544,7 +544,7 @@ pub fn import(metadata: PageRange, buffer: PageRange, bytes: u64) -> Result<(VmH
         return Err(Error::InvalidParameter);
     }
     let mut scratch = SCRATCH.try_lock().ok_or(Error::Busy)?;
-    let result = import_header(&secret, &me, metadata, buffer, &mut scratch.record[..need]);
+    let result = import_header(&secret, &me, metadata, address, &mut scratch.record[..need]);
     scratch.wipe();
     result.map(|handle| (handle, need as u64))
 }
@@ -553,10 +553,10 @@ fn import_header(
     secret: &MigrationSecret,
     me: &[u8; 32],
     metadata: PageRange,
-    buffer: PageRange,
+    address: u64,
     copy: &mut [u8],
 ) -> Result<VmHandle, Error> {
-    crate::memory::with(|mem| mem.copy_host(buffer.start(), Some(&mut *copy), None))?;
+    crate::memory::with(|mem| mem.copy_host(address, Some(&mut *copy), None))?;
     let preamble = Preamble::decode(copy).map_err(stream_error)?;
     if preamble.destination != *me {
         return Err(Error::StaleStream);
@@ -615,7 +615,7 @@ fn create_imported(
 }
 
 /// `VM_IMPORT_DATA`: returns (bytes consumed, complete).
-pub fn import_data(handle: VmHandle, buffer: PageRange, bytes: u64) -> Result<(u64, bool), Error> {
+pub fn import_data(handle: VmHandle, address: u64, bytes: u64) -> Result<(u64, bool), Error> {
     let slot = vm::slot_of(handle)?;
     let mut guard = IMPORTS[slot].try_lock().ok_or(Error::Busy)?;
     match guard.as_ref() {
@@ -623,9 +623,9 @@ pub fn import_data(handle: VmHandle, buffer: PageRange, bytes: u64) -> Result<(u
         // A live VM that is not being imported.
         _ => return Err(if vm::lock(handle).is_ok() { Error::Denied } else { Error::InvalidParameter }),
     }
-    crate::memory::with(|mem| mem.check_host_exclusive(buffer.start(), bytes).map(drop))?;
+    crate::memory::with(|mem| mem.check_host_exclusive(address, bytes).map(drop))?;
     let mut scratch = SCRATCH.try_lock().ok_or(Error::Busy)?;
-    let result = import_records(slot, handle, &mut guard, buffer.start(), bytes, &mut scratch);
+    let result = import_records(slot, handle, &mut guard, address, bytes, &mut scratch);
     scratch.wipe();
     match result {
         Ok(done) => Ok(done),

@@ -94,15 +94,17 @@ pub enum HostCall {
     /// zeroed and returned, its handle dead).
     VmExport = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x29),
     /// `RAMPART_HOST_VM_IMPORT` (issue 14, migration; destination): `x1` =
-    /// metadata start, `x2` = metadata pages (as `VM_CREATE`), `x3` = buffer
-    /// (host-owned pages), `x4` = bytes in it (the stream's start: its
-    /// preamble and header record at least). Returns `x1` = the new VM's
+    /// metadata start, `x2` = metadata pages (as `VM_CREATE`), `x3` = the
+    /// address of the stream's start in host-owned memory (any alignment),
+    /// `x4` = its bytes (at least the preamble and header record; at most
+    /// 64 KiB). Returns `x1` = the new VM's
     /// handle (it cannot run until its import completes), `x2` = bytes
     /// consumed.
     VmImport = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x2A),
     /// `RAMPART_HOST_VM_IMPORT_DATA` (issue 14, migration; destination):
-    /// `x1` = VM handle (from `VM_IMPORT`), `x2` = buffer (host-owned
-    /// pages), `x3` = bytes in it. Opens every whole record in the buffer.
+    /// `x1` = VM handle (from `VM_IMPORT`), `x2` = the address of the next
+    /// records in host-owned memory (any alignment), `x3` = their bytes (at
+    /// most 64 KiB). Opens every whole record there.
     /// Returns `x1` = bytes consumed, `x2` = 1 when the end record was
     /// accepted (the VM may run). A refused record ends the import: the VM
     /// is destroyed (its pages zeroed and returned).
@@ -367,18 +369,18 @@ pub enum HostRequest {
     VmImport {
         /// The metadata pages the host donates.
         metadata: PageRange,
-        /// Host pages holding the stream's start.
-        buffer: PageRange,
-        /// Bytes of the stream in `buffer`.
+        /// Where the stream's start is in host memory (any alignment).
+        address: u64,
+        /// Its bytes.
         bytes: u64,
     },
     /// See [`HostCall::VmImportData`].
     VmImportData {
         /// The VM being imported.
         vm: VmHandle,
-        /// Host pages holding the next records.
-        buffer: PageRange,
-        /// Bytes of the stream in `buffer`.
+        /// Where the next records are in host memory (any alignment).
+        address: u64,
+        /// Their bytes.
         bytes: u64,
     },
 }
@@ -386,13 +388,13 @@ pub enum HostRequest {
 /// The most pages a migration call's buffer may have.
 pub const MIGRATE_BUFFER_MAX_PAGES: u64 = 16;
 
-/// The host pages holding `bytes` stream bytes at `start` (at most
-/// [`MIGRATE_BUFFER_MAX_PAGES`]).
-fn stream_buffer(start: u64, bytes: u64) -> Result<PageRange, crate::Error> {
-    if bytes == 0 || bytes > MIGRATE_BUFFER_MAX_PAGES * PAGE_SIZE {
+/// `bytes` stream bytes at `address` (1 to [`MIGRATE_BUFFER_MAX_PAGES`]
+/// pages' worth, not wrapping): `(address, bytes)`.
+fn stream_bytes(address: u64, bytes: u64) -> Result<(u64, u64), crate::Error> {
+    if bytes == 0 || bytes > MIGRATE_BUFFER_MAX_PAGES * PAGE_SIZE || address.checked_add(bytes).is_none() {
         return Err(crate::Error::InvalidParameter);
     }
-    PageRange::new(start, bytes.div_ceil(PAGE_SIZE))
+    Ok((address, bytes))
 }
 
 /// Packs little-endian words into bytes (the way 32- and 64-byte values
@@ -497,16 +499,22 @@ impl HostRequest {
                 challenge: words_to_bytes(&regs[4..6]),
                 destination: words_to_bytes(&regs[6..10]),
             },
-            HostCall::VmImport => HostRequest::VmImport {
-                metadata: range()?,
-                buffer: stream_buffer(regs[3], regs[4])?,
-                bytes: regs[4],
-            },
-            HostCall::VmImportData => HostRequest::VmImportData {
-                vm: VmHandle(regs[1]),
-                buffer: stream_buffer(regs[2], regs[3])?,
-                bytes: regs[3],
-            },
+            HostCall::VmImport => {
+                let (address, bytes) = stream_bytes(regs[3], regs[4])?;
+                HostRequest::VmImport {
+                    metadata: range()?,
+                    address,
+                    bytes,
+                }
+            }
+            HostCall::VmImportData => {
+                let (address, bytes) = stream_bytes(regs[2], regs[3])?;
+                HostRequest::VmImportData {
+                    vm: VmHandle(regs[1]),
+                    address,
+                    bytes,
+                }
+            }
             HostCall::OracleCheck => HostRequest::OracleCheck,
         })
     }
