@@ -77,7 +77,7 @@ pub fn local_case() -> Result<String> {
             "migrate-destroy-imported",
         ],
     )?;
-    Ok(format!("{}; {}", note(&run, "exported in"), note(&run, "destination:")))
+    Ok(format!("{}; {}; {}", note(&run, "exported in"), note(&run, "imported in"), note(&run, "destination:")))
 }
 
 /// `migrate/two-machines`.

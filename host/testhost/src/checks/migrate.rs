@@ -220,6 +220,7 @@ fn export(vm: &mut Vm, arena: &mut Arena, challenge: [u64; 2], destination: [u64
     let buffer = arena.take(CHUNK / PAGE)?;
     let mut len = 0u64;
     let mut calls = 0;
+    let mut ticks = 0;
     loop {
         let args = [
             vm.handle,
@@ -232,7 +233,9 @@ fn export(vm: &mut Vm, arena: &mut Arena, challenge: [u64; 2], destination: [u64
             destination[2],
             destination[3],
         ];
+        let t = arch::counter();
         let r = call(HostCall::VmExport, &args);
+        ticks += arch::counter() - t;
         ensure!(r[0] == 0, "VM_EXPORT (call {calls}) = {}", r[0] as i64);
         ensure!(len + r[1] <= STREAM_PAGES * PAGE, "the stream outgrew {STREAM_PAGES} pages");
         copy(buffer, stream + len, r[1].next_multiple_of(8));
@@ -253,7 +256,12 @@ fn export(vm: &mut Vm, arena: &mut Arena, challenge: [u64; 2], destination: [u64
     vm.destroyed = true;
     zeroed_and_ours(vm.ram)?;
     zeroed_and_ours(vm.metadata)?;
-    note!("exported in {calls} calls: {len} bytes for {} KiB of guest memory", vm.ram.size() >> 10);
+    let us = ticks * 1_000_000 / arch::counter_frequency().max(1);
+    note!(
+        "exported in {calls} calls: {len} bytes for {} KiB of guest memory in {us} us in VM_EXPORT ({} KiB/s)",
+        vm.ram.size() >> 10,
+        (vm.ram.size() >> 10) * 1_000_000 / us.max(1)
+    );
     Ok(len)
 }
 
@@ -307,8 +315,11 @@ fn import(arena: &mut Arena, stream: u64, len: u64) -> Result<Result<Imported, (
         imported.runs += 1;
     }
     let mut calls = 0;
+    let mut ticks = 0;
     while pos < len {
+        let t = arch::counter();
         let r = call(HostCall::VmImportData, &[imported.handle, stream + pos, (len - pos).min(CHUNK)]);
+        ticks += arch::counter() - t;
         calls += 1;
         if r[0] != 0 {
             return Ok(Err((r[0] as i64, Some(imported))));
@@ -317,7 +328,8 @@ fn import(arena: &mut Arena, stream: u64, len: u64) -> Result<Result<Imported, (
         pos += r[1];
         if r[2] == 1 {
             ensure!(pos == len, "the import completed at {pos} of {len} bytes");
-            note!("imported in {} calls", calls + 1);
+            let us = ticks * 1_000_000 / arch::counter_frequency().max(1);
+            note!("imported in {} calls: {len} bytes in {us} us in VM_IMPORT_DATA ({} KiB/s of stream)", calls + 1, (len >> 10) * 1_000_000 / us.max(1));
             return Ok(Ok(imported));
         }
     }
