@@ -32,8 +32,8 @@ use rampart_abi::Error;
 use rampart_abi::host::{MAX_VCPUS, PageRange, VcpuRef, VmConfig, VmHandle};
 use rampart_attest::Measurement;
 use rampart_migrate::{
-    self as stream, EL1_WORDS, Header, MAX_RECORD, MigrationSecret, Opener, PAGE_SIZE, PREAMBLE_LEN, Preamble,
-    RECORD_HEADER_LEN, Record, Sealer, TAG_LEN, VcpuRecord,
+    self as stream, EL1_WORDS, Header, MAX_RECORD, MigrationSecret, Opener, PAGE_SIZE,
+    PREAMBLE_LEN, Preamble, RECORD_HEADER_LEN, Record, Sealer, TAG_LEN, VcpuRecord,
 };
 use rampart_ownership::{PageState, PhysAddr, VmId};
 use rampart_platform::MemRange;
@@ -100,7 +100,8 @@ enum Challenge {
     InUse([u8; 16], VmHandle, u64),
 }
 
-static CHALLENGE_TABLE: SpinMutex<[Challenge; CHALLENGES]> = SpinMutex::new([Challenge::Free; CHALLENGES]);
+static CHALLENGE_TABLE: SpinMutex<[Challenge; CHALLENGES]> =
+    SpinMutex::new([Challenge::Free; CHALLENGES]);
 static ISSUED: AtomicU64 = AtomicU64::new(0);
 
 /// EL2's copies of records and pages: never the host's memory directly.
@@ -109,7 +110,10 @@ struct Scratch {
     page: [u8; PAGE_SIZE],
 }
 
-static SCRATCH: SpinMutex<Scratch> = SpinMutex::new(Scratch { record: [0; MAX_RECORD], page: [0; PAGE_SIZE] });
+static SCRATCH: SpinMutex<Scratch> = SpinMutex::new(Scratch {
+    record: [0; MAX_RECORD],
+    page: [0; PAGE_SIZE],
+});
 
 impl Scratch {
     fn wipe(&mut self) {
@@ -119,7 +123,10 @@ impl Scratch {
 }
 
 fn secret() -> Result<MigrationSecret, Error> {
-    crate::security::BUILD_MIGRATION_SECRET.as_ref().map(MigrationSecret::from_bytes).ok_or(Error::NotSupported)
+    crate::security::BUILD_MIGRATION_SECRET
+        .as_ref()
+        .map(MigrationSecret::from_bytes)
+        .ok_or(Error::NotSupported)
 }
 
 fn stream_error(e: stream::Error) -> Error {
@@ -231,7 +238,10 @@ fn settle(index: usize, outcome: Option<Option<VmHandle>>) {
 /// Frees the challenge an import of `handle` holds: outstanding again
 /// (refused) or spent (`spent`).
 fn settle_by_handle(handle: VmHandle, spent: bool) {
-    let index = CHALLENGE_TABLE.lock().iter().position(|c| matches!(c, Challenge::InUse(_, h, _) if *h == handle));
+    let index = CHALLENGE_TABLE
+        .lock()
+        .iter()
+        .position(|c| matches!(c, Challenge::InUse(_, h, _) if *h == handle));
     if let Some(i) = index {
         settle(i, if spent { Some(None) } else { None });
     }
@@ -242,18 +252,35 @@ fn record_len(payload: usize) -> u64 {
 }
 
 /// `VM_EXPORT`: returns (bytes written, complete).
-pub fn export(handle: VmHandle, buffer: PageRange, challenge: [u8; 16], destination: [u8; 32]) -> Result<(u64, bool), Error> {
+pub fn export(
+    handle: VmHandle,
+    buffer: PageRange,
+    challenge: [u8; 16],
+    destination: [u8; 32],
+) -> Result<(u64, bool), Error> {
     let slot = vm::slot_of(handle)?;
     let mut guard = EXPORTS[slot].try_lock().ok_or(Error::Busy)?;
-    match guard.as_ref() {
+    // The buffer first: a call refused for it changes nothing (the VM is
+    // not stopped by a first call that fails).
+    crate::memory::with(|mem| {
+        mem.check_host_exclusive(buffer.start(), buffer.pages() * PAGE)
+            .map(drop)
+    })?;
+    let fresh = match guard.as_ref() {
         Some(ex) if ex.handle == handle => {
             if ex.preamble.challenge != challenge || ex.preamble.destination != destination {
                 return Err(Error::InvalidParameter);
             }
+            false
         }
-        _ => *guard = Some(export_start(slot, handle, challenge, destination)?),
-    }
-    let Some(ex) = guard.as_mut() else { return Err(Error::InvalidParameter) };
+        _ => {
+            *guard = Some(export_start(slot, handle, challenge, destination)?);
+            true
+        }
+    };
+    let Some(ex) = guard.as_mut() else {
+        return Err(Error::InvalidParameter);
+    };
     if ex.stage == Stage::Done {
         vm::destroy(handle)?;
         *guard = None;
@@ -262,7 +289,24 @@ pub fn export(handle: VmHandle, buffer: PageRange, challenge: [u8; 16], destinat
     let mut scratch = SCRATCH.try_lock().ok_or(Error::Busy)?;
     let written = export_fill(slot, ex, buffer, &mut scratch);
     scratch.wipe();
-    let written = written?;
+    let written = match written {
+        Ok(n) => n,
+        Err(e) => {
+            // Only the buffer's check can fail (nothing was written), and
+            // the host changed the buffer since the check above. A first
+            // call undoes its start: the VM runs again.
+            if fresh {
+                *guard = None;
+                let _ = MIGRATING[slot].compare_exchange(
+                    handle.0,
+                    0,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
+            return Err(e);
+        }
+    };
     if ex.stage != Stage::Done {
         return Ok((written, false));
     }
@@ -279,12 +323,17 @@ pub fn export(handle: VmHandle, buffer: PageRange, challenge: [u8; 16], destinat
 }
 
 /// The first `VM_EXPORT` of a VM: checks, stops it, describes it.
-fn export_start(slot: usize, handle: VmHandle, challenge: [u8; 16], destination: [u8; 32]) -> Result<Export, Error> {
+fn export_start(
+    slot: usize,
+    handle: VmHandle,
+    challenge: [u8; 16],
+    destination: [u8; 32],
+) -> Result<Export, Error> {
     let secret = secret()?;
     let source = crate::security::attestation_public_key()?;
     // Every vCPU's lock: none runs while the VM is stopped.
-    let mut vcpus: [Option<spin::mutex::SpinMutexGuard<'static, Option<crate::vcpu::Vcpu>>>; VCPUS] =
-        [const { None }; VCPUS];
+    let mut vcpus: [Option<spin::mutex::SpinMutexGuard<'static, Option<crate::vcpu::Vcpu>>>;
+        VCPUS] = [const { None }; VCPUS];
     for (i, v) in VCPU_SLOTS[slot].iter().enumerate() {
         vcpus[i] = Some(v.try_lock().ok_or(Error::Busy)?);
     }
@@ -320,17 +369,33 @@ fn export_start(slot: usize, handle: VmHandle, challenge: [u8; 16], destination:
         }
         Ok(())
     })?;
-    let preamble = Preamble { stream_id: fresh_id(&secret), challenge, destination, source };
+    let preamble = Preamble {
+        stream_id: fresh_id(&secret),
+        challenge,
+        destination,
+        source,
+    };
     let sealer = Sealer::new(&secret, &preamble);
     // Stopped for good: VCPU_RUN checks this under the vCPU's lock, which
     // is held here.
     MIGRATING[slot].store(handle.0, Ordering::Release);
     drop(vcpus);
-    Ok(Export { handle, preamble, header, sealer, stage: Stage::Preamble })
+    Ok(Export {
+        handle,
+        preamble,
+        header,
+        sealer,
+        stage: Stage::Preamble,
+    })
 }
 
 /// Writes as many whole records as the buffer holds.
-fn export_fill(slot: usize, ex: &mut Export, buffer: PageRange, scratch: &mut Scratch) -> Result<u64, Error> {
+fn export_fill(
+    slot: usize,
+    ex: &mut Export,
+    buffer: PageRange,
+    scratch: &mut Scratch,
+) -> Result<u64, Error> {
     let capacity = buffer.pages() * PAGE;
     let (_, vm_guard) = vm::lock(ex.handle)?;
     let vm = vm_guard.as_ref().ok_or(Error::InvalidParameter)?;
@@ -362,38 +427,61 @@ fn export_fill(slot: usize, ex: &mut Export, buffer: PageRange, scratch: &mut Sc
             if written + size > capacity {
                 break;
             }
-            let out = &mut scratch.record;
-            let (n, next) = match ex.stage {
-                Stage::Preamble => {
-                    out[..PREAMBLE_LEN].copy_from_slice(&ex.preamble.encode());
-                    (PREAMBLE_LEN, Stage::Header)
-                }
-                Stage::Header => (ex.sealer.header(&ex.header, out).map_err(stream_error)?, Stage::Pages(0)),
-                Stage::Pages(from) => {
-                    let (ipa, pa) = vm::next_page(vm, from).ok_or(Error::InvalidParameter)?;
-                    if mem.table.page_state(PhysAddr(pa)).ok() != Some(PageState::GuestOwned(id)) {
-                        return Err(Error::Denied);
+            let produced = (|| -> Result<(usize, Stage), Error> {
+                let out = &mut scratch.record;
+                Ok(match ex.stage {
+                    Stage::Preamble => {
+                        out[..PREAMBLE_LEN].copy_from_slice(&ex.preamble.encode());
+                        (PREAMBLE_LEN, Stage::Header)
                     }
-                    let range = MemRange::from_base_size(pa, PAGE).ok_or(Error::InvalidParameter)?;
-                    let page = &mut scratch.page;
-                    mem.with_pages(range, &mut |_, bytes| {
-                        // What DRAM holds: the guest may run with its MMU off.
-                        if let Some(window) = MemRange::from_base_size(bytes.as_ptr() as u64, PAGE) {
-                            crate::arch::cache::before_reading(window);
+                    Stage::Header => (
+                        ex.sealer.header(&ex.header, out).map_err(stream_error)?,
+                        Stage::Pages(0),
+                    ),
+                    Stage::Pages(from) => {
+                        let (ipa, pa) = vm::next_page(vm, from).ok_or(Error::InvalidParameter)?;
+                        if mem.table.page_state(PhysAddr(pa)).ok()
+                            != Some(PageState::GuestOwned(id))
+                        {
+                            return Err(Error::Denied);
                         }
-                        page.copy_from_slice(bytes);
-                    })?;
-                    (ex.sealer.page(ipa, page, out).map_err(stream_error)?, Stage::Pages(ipa + PAGE))
-                }
-                Stage::Vcpus(i) => {
-                    let record = save_vcpu(slot, i)?;
-                    (ex.sealer.vcpu(&record, out).map_err(stream_error)?, Stage::Vcpus(i + 1))
-                }
-                Stage::End => (ex.sealer.end(out).map_err(stream_error)?, Stage::Done),
-                Stage::Done => break,
+                        let range =
+                            MemRange::from_base_size(pa, PAGE).ok_or(Error::InvalidParameter)?;
+                        let page = &mut scratch.page;
+                        mem.with_pages(range, &mut |_, bytes| {
+                            // What DRAM holds: the guest may run with its MMU off.
+                            if let Some(window) =
+                                MemRange::from_base_size(bytes.as_ptr() as u64, PAGE)
+                            {
+                                crate::arch::cache::before_reading(window);
+                            }
+                            page.copy_from_slice(bytes);
+                        })?;
+                        (
+                            ex.sealer.page(ipa, page, out).map_err(stream_error)?,
+                            Stage::Pages(ipa + PAGE),
+                        )
+                    }
+                    Stage::Vcpus(i) => {
+                        let record = save_vcpu(slot, i)?;
+                        (
+                            ex.sealer.vcpu(&record, out).map_err(stream_error)?,
+                            Stage::Vcpus(i + 1),
+                        )
+                    }
+                    Stage::End => (ex.sealer.end(out).map_err(stream_error)?, Stage::Done),
+                    Stage::Done => (0, Stage::Done),
+                })
+            })();
+            let (n, next) = match produced {
+                Ok(record) => record,
+                // Nothing was sealed (a vCPU's lock busy for a moment):
+                // what this call wrote stands; the host calls again.
+                Err(_) if written > 0 => break,
+                Err(e) => return Err(e),
             };
             // Checked above, under this lock: cannot fail.
-            mem.copy_host(buffer.start() + written, None, Some(&out[..n]))?;
+            mem.copy_host(buffer.start() + written, None, Some(&scratch.record[..n]))?;
             written += n as u64;
             ex.stage = next;
         }
@@ -405,10 +493,18 @@ fn export_fill(slot: usize, ex: &mut Export, buffer: PageRange, scratch: &mut Sc
 fn save_vcpu(slot: usize, index: u32) -> Result<VcpuRecord, Error> {
     let i = index as usize;
     let mut record = VcpuRecord::zeroed(index);
-    if !VCPU_EXISTS.get(slot).and_then(|s| s.get(i)).is_some_and(|e| e.load(Ordering::Acquire)) {
+    if !VCPU_EXISTS
+        .get(slot)
+        .and_then(|s| s.get(i))
+        .is_some_and(|e| e.load(Ordering::Acquire))
+    {
         return Ok(record);
     }
-    let mut guard = VCPU_SLOTS[slot].get(i).ok_or(Error::InvalidParameter)?.try_lock().ok_or(Error::Busy)?;
+    let mut guard = VCPU_SLOTS[slot]
+        .get(i)
+        .ok_or(Error::InvalidParameter)?
+        .try_lock()
+        .ok_or(Error::Busy)?;
     let v = guard.as_mut().ok_or(Error::InvalidParameter)?;
     let (state, flags, queued) = v.migration_view();
     record.flags = flag::EXISTS
@@ -416,7 +512,10 @@ fn save_vcpu(slot: usize, index: u32) -> Result<VcpuRecord, Error> {
         | if flags.halted { flag::HALTED } else { 0 }
         | if flags.vserror { flag::VSERROR } else { 0 };
     record.power = u32::from(VCPU_POWER[slot][i].load(Ordering::Acquire));
-    record.boot = [VCPU_BOOT[slot][i].0.load(Ordering::Acquire), VCPU_BOOT[slot][i].1.load(Ordering::Acquire)];
+    record.boot = [
+        VCPU_BOOT[slot][i].0.load(Ordering::Acquire),
+        VCPU_BOOT[slot][i].1.load(Ordering::Acquire),
+    ];
     for (word, pending) in record.pending.iter_mut().zip(&VCPU_PENDING[slot][i]) {
         *word = pending.load(Ordering::Acquire);
     }
@@ -493,7 +592,14 @@ fn state_to_record(s: &mut VcpuState, r: &mut VcpuRecord) {
     for (out, word) in r.pauth.iter_mut().zip(pauth_words(s)) {
         *out = *word;
     }
-    r.vgic = [s.vgic.vmcr, s.vgic.ap1r0, s.vgic.lr[0], s.vgic.lr[1], s.vgic.lr[2], s.vgic.lr[3]];
+    r.vgic = [
+        s.vgic.vmcr,
+        s.vgic.ap1r0,
+        s.vgic.lr[0],
+        s.vgic.lr[1],
+        s.vgic.lr[2],
+        s.vgic.lr[3],
+    ];
 }
 
 /// PSTATE.M values a guest may be in: EL0t, EL1t, EL1h (AArch64).
@@ -562,11 +668,19 @@ fn import_header(
         return Err(Error::StaleStream);
     }
     let claimed = claim(&preamble.challenge)?;
-    let result = create_imported(secret, &preamble, metadata, copy.get_mut(PREAMBLE_LEN..).unwrap_or_default());
-    settle(claimed, match &result {
-        Ok((handle, _)) => Some(Some(*handle)),
-        Err(_) => None,
-    });
+    let result = create_imported(
+        secret,
+        &preamble,
+        metadata,
+        copy.get_mut(PREAMBLE_LEN..).unwrap_or_default(),
+    );
+    settle(
+        claimed,
+        match &result {
+            Ok((handle, _)) => Some(Some(*handle)),
+            Err(_) => None,
+        },
+    );
     let (handle, opener) = result?;
     let slot = vm::slot_of(handle)?;
     *IMPORTS[slot].lock() = Some(Import { handle, opener });
@@ -589,7 +703,11 @@ fn create_imported(
         // Only a VM this machine would have started itself.
         crate::security::check_signature(&measurement, header.signature.as_ref())?;
     }
-    let config = VmConfig { protected: header.protected, debug: header.debug, max_vcpus: u64::from(header.vcpus) };
+    let config = VmConfig {
+        protected: header.protected,
+        debug: header.debug,
+        max_vcpus: u64::from(header.vcpus),
+    };
     let handle = vm::create(metadata, config)?;
     let slot = vm::slot_of(handle)?;
     // Not runnable until the end record: set before the host learns the
@@ -621,7 +739,13 @@ pub fn import_data(handle: VmHandle, address: u64, bytes: u64) -> Result<(u64, b
     match guard.as_ref() {
         Some(import) if import.handle == handle => {}
         // A live VM that is not being imported.
-        _ => return Err(if vm::lock(handle).is_ok() { Error::Denied } else { Error::InvalidParameter }),
+        _ => {
+            return Err(if vm::lock(handle).is_ok() {
+                Error::Denied
+            } else {
+                Error::InvalidParameter
+            });
+        }
     }
     crate::memory::with(|mem| mem.check_host_exclusive(address, bytes).map(drop))?;
     let mut scratch = SCRATCH.try_lock().ok_or(Error::Busy)?;
@@ -661,7 +785,9 @@ fn import_records(
     bytes: u64,
     scratch: &mut Scratch,
 ) -> Result<(u64, bool), Error> {
-    let Some(import) = guard.as_mut() else { return Err(Error::InvalidParameter) };
+    let Some(import) = guard.as_mut() else {
+        return Err(Error::InvalidParameter);
+    };
     let mut consumed = 0u64;
     while consumed + RECORD_HEADER_LEN as u64 <= bytes {
         let at = start + consumed;
@@ -684,7 +810,11 @@ fn import_records(
             Record::Page { ipa, data } => write_page(handle, ipa, data)?,
             Record::Vcpu(r) => load_vcpu(slot, handle, &r)?,
             Record::End => {
-                finish(slot, handle, import.opener.header().map_or(0, Header::pages))?;
+                finish(
+                    slot,
+                    handle,
+                    import.opener.header().map_or(0, Header::pages),
+                )?;
                 *guard = None;
                 return Ok((consumed + total as u64, true));
             }
@@ -727,7 +857,11 @@ fn load_vcpu(slot: usize, handle: VmHandle, r: &VcpuRecord) -> Result<(), Error>
     let i = r.index as usize;
     // Fails if the host created this vCPU itself meanwhile (DENIED).
     vm::create_vcpu(VcpuRef::new(handle, u64::from(r.index))?)?;
-    let mut guard = VCPU_SLOTS[slot].get(i).ok_or(Error::InvalidParameter)?.try_lock().ok_or(Error::Busy)?;
+    let mut guard = VCPU_SLOTS[slot]
+        .get(i)
+        .ok_or(Error::InvalidParameter)?
+        .try_lock()
+        .ok_or(Error::Busy)?;
     let v = guard.as_mut().ok_or(Error::InvalidParameter)?;
     let (state, _, _) = v.migration_view();
     record_to_state(r, state);
@@ -736,7 +870,10 @@ fn load_vcpu(slot: usize, handle: VmHandle, r: &VcpuRecord) -> Result<(), Error>
         halted: r.flags & flag::HALTED != 0,
         vserror: r.flags & flag::VSERROR != 0,
     });
-    VCPU_POWER[slot][i].store(u8::try_from(r.power).map_err(|_| Error::StreamOrder)?, Ordering::Release);
+    VCPU_POWER[slot][i].store(
+        u8::try_from(r.power).map_err(|_| Error::StreamOrder)?,
+        Ordering::Release,
+    );
     VCPU_BOOT[slot][i].0.store(r.boot[0], Ordering::Release);
     VCPU_BOOT[slot][i].1.store(r.boot[1], Ordering::Release);
     for (word, bits) in VCPU_PENDING[slot][i].iter().zip(&r.pending) {

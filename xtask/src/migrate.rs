@@ -52,7 +52,11 @@ fn machine(hyp: std::path::PathBuf, args: &str) -> Result<Machine> {
 
 /// A note line's text (`  exported in ...`).
 fn note<'a>(run: &'a Run, prefix: &str) -> &'a str {
-    run.console.lines().map(str::trim).find(|l| l.starts_with(prefix)).unwrap_or("")
+    run.console
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or("")
 }
 
 /// `migrate/local`.
@@ -66,6 +70,7 @@ pub fn local_case() -> Result<String> {
         &run,
         &[
             "migrate-source-runs",
+            "migrate-bad-args-change-nothing",
             "migrate-export",
             "migrate-nothing-in-clear",
             "migrate-flipped-byte-refused",
@@ -77,7 +82,12 @@ pub fn local_case() -> Result<String> {
             "migrate-destroy-imported",
         ],
     )?;
-    Ok(format!("{}; {}; {}", note(&run, "exported in"), note(&run, "imported in"), note(&run, "destination:")))
+    Ok(format!(
+        "{}; {}; {}",
+        note(&run, "exported in"),
+        note(&run, "imported in"),
+        note(&run, "destination:")
+    ))
 }
 
 /// `migrate/two-machines`.
@@ -87,7 +97,10 @@ pub fn two_machines_case() -> Result<String> {
     let source_hyp = artifacts::hypervisor()?;
     let mut env = crate::attest::hypervisor_env()?;
     env.retain(|(k, _)| *k != crate::attest::DEVICE_SECRET_VAR);
-    env.push((crate::attest::DEVICE_SECRET_VAR, DEST_DEVICE_SECRET.to_string()));
+    env.push((
+        crate::attest::DEVICE_SECRET_VAR,
+        DEST_DEVICE_SECRET.to_string(),
+    ));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let dest_hyp = artifacts::image("rampart-hyp", HYP_TARGET, "rampart-migrate-dest.bin", &env)?;
 
@@ -98,22 +111,42 @@ pub fn two_machines_case() -> Result<String> {
     if dir_arg.contains(char::is_whitespace) {
         bail!("{dir_arg} contains white space: it cannot be a boot argument");
     }
-    let semihosting = ["-semihosting-config".to_string(), "enable=on,target=native".to_string()];
-    let mut dest = machine(dest_hyp, &format!("testhost.migrate=in testhost.migrate-dir={dir_arg}"))?;
+    let semihosting = [
+        "-semihosting-config".to_string(),
+        "enable=on,target=native".to_string(),
+    ];
+    let mut dest = machine(
+        dest_hyp,
+        &format!("testhost.migrate=in testhost.migrate-dir={dir_arg}"),
+    )?;
     dest.extra.extend(semihosting.clone());
-    let mut source = machine(source_hyp, &format!("testhost.migrate=out testhost.migrate-dir={dir_arg}"))?;
+    let mut source = machine(
+        source_hyp,
+        &format!("testhost.migrate=out testhost.migrate-dir={dir_arg}"),
+    )?;
     source.extra.extend(semihosting);
 
     let dest_thread = std::thread::spawn(move || dest.run(TIMEOUT, None, false));
     let source_run = source.run(TIMEOUT, None, false);
-    let dest_run = dest_thread.join().map_err(|_| anyhow::anyhow!("the destination's thread panicked"))??;
+    let dest_run = dest_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the destination's thread panicked"))??;
     let source_run = source_run?;
     for (run, what) in [(&source_run, "source"), (&dest_run, "destination")] {
         if run.timed_out {
             bail!(run.failure(&format!("the {what} timed out")));
         }
     }
-    passed(&source_run, &["migrate-source-runs", "migrate-read-challenge", "migrate-export", "migrate-nothing-in-clear", "migrate-write-stream"])?;
+    passed(
+        &source_run,
+        &[
+            "migrate-source-runs",
+            "migrate-read-challenge",
+            "migrate-export",
+            "migrate-nothing-in-clear",
+            "migrate-write-stream",
+        ],
+    )?;
     passed(
         &dest_run,
         &[
@@ -126,20 +159,41 @@ pub fn two_machines_case() -> Result<String> {
         ],
     )?;
     let number = |run: &Run, prefix: &str| -> Result<u64> {
-        let line = run.console.lines().find_map(|l| l.trim().strip_prefix(prefix)).context("line missing")?;
-        line.split(|c: char| !c.is_ascii_digit()).find(|s| !s.is_empty()).context("no number")?.parse().context("number")
+        let line = run
+            .console
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .context("line missing")?;
+        line.split(|c: char| !c.is_ascii_digit())
+            .find(|s| !s.is_empty())
+            .context("no number")?
+            .parse()
+            .context("number")
     };
-    let last = number(&source_run, "MIGRATE-OUT last count ").map_err(|e| anyhow::anyhow!(source_run.failure(&e.to_string())))?;
-    let first = number(&dest_run, "MIGRATE-IN first count ").map_err(|e| anyhow::anyhow!(dest_run.failure(&e.to_string())))?;
+    let last = number(&source_run, "MIGRATE-OUT last count ")
+        .map_err(|e| anyhow::anyhow!(source_run.failure(&e.to_string())))?;
+    let first = number(&dest_run, "MIGRATE-IN first count ")
+        .map_err(|e| anyhow::anyhow!(dest_run.failure(&e.to_string())))?;
     if first != last + 1 {
-        bail!(dest_run.failure(&format!("the guest went on at {first} on the destination; it stopped at {last} on the source")));
+        bail!(dest_run.failure(&format!(
+            "the guest went on at {first} on the destination; it stopped at {last} on the source"
+        )));
     }
     // Two machines, two identities.
-    let key = |run: &Run| run.console.lines().find(|l| l.contains("attestation key")).map(str::to_owned);
+    let key = |run: &Run| {
+        run.console
+            .lines()
+            .find(|l| l.contains("attestation key"))
+            .map(str::to_owned)
+    };
     if key(&source_run).is_some() && key(&source_run) == key(&dest_run) {
-        bail!("both machines report the same attestation key: the destination was not built with another device secret");
+        bail!(
+            "both machines report the same attestation key: the destination was not built with another device secret"
+        );
     }
-    let bytes = std::fs::metadata(dir.join("stream.bin")).map(|m| m.len()).unwrap_or(0);
+    let bytes = std::fs::metadata(dir.join("stream.bin"))
+        .map(|m| m.len())
+        .unwrap_or(0);
     Ok(format!(
         "stopped at {last} on the source, went on at {first} on the destination; {bytes}-byte stream; {}",
         note(&source_run, "exported in")

@@ -24,9 +24,9 @@
 //!
 //! Prints `PASS`/`FAIL` lines and the usual summary, then powers off.
 
-use rampart_abi::host::{ExitReason, HostCall, VmConfig, mmio};
 use rampart_abi::guest::GUEST_UART_BASE;
 use rampart_abi::guest::layout::{UART_DR, UART_FR};
+use rampart_abi::host::{ExitReason, HostCall, VmConfig, mmio};
 use rampart_migrate::{HEADER_LEN, Header, PREAMBLE_LEN, RECORD_HEADER_LEN};
 
 use super::vm::{arena, protected};
@@ -43,6 +43,7 @@ const DIR_BOOTARG: &str = "testhost.migrate-dir=";
 
 /// Error codes (`docs/abi.md`).
 const INVALID_PARAMETER: i64 = -3;
+const DENIED: i64 = -16;
 const NOT_AUTHENTIC: i64 = -27;
 const STALE_STREAM: i64 = -29;
 const MIGRATING: i64 = -30;
@@ -84,14 +85,23 @@ pub fn selected(p: &Platform) -> Option<(Mode, Dir)> {
     let fdt = dtoolkit::fdt::Fdt::new(blob).ok()?;
     let chosen = fdt.chosen()?;
     let bootargs = chosen.bootargs().ok()??;
-    let mode = bootargs.split_ascii_whitespace().find_map(|a| match a.strip_prefix(BOOTARG)? {
-        "=local" => Some(Mode::Local),
-        "=out" => Some(Mode::Out),
-        "=in" => Some(Mode::In),
-        _ => None,
-    })?;
-    let text = bootargs.split_ascii_whitespace().find_map(|a| a.strip_prefix(DIR_BOOTARG)).unwrap_or("");
-    let mut dir = Dir { bytes: [0; 192], len: 0 };
+    let mode =
+        bootargs
+            .split_ascii_whitespace()
+            .find_map(|a| match a.strip_prefix(BOOTARG)? {
+                "=local" => Some(Mode::Local),
+                "=out" => Some(Mode::Out),
+                "=in" => Some(Mode::In),
+                _ => None,
+            })?;
+    let text = bootargs
+        .split_ascii_whitespace()
+        .find_map(|a| a.strip_prefix(DIR_BOOTARG))
+        .unwrap_or("");
+    let mut dir = Dir {
+        bytes: [0; 192],
+        len: 0,
+    };
     if text.len() <= dir.bytes.len() {
         dir.bytes[..text.len()].copy_from_slice(text.as_bytes());
         dir.len = text.len();
@@ -128,7 +138,11 @@ struct Checks {
 }
 
 impl Checks {
-    fn check<T>(&mut self, name: &'static str, f: impl FnOnce() -> Result<T, Msg>) -> Result<T, Failure> {
+    fn check<T>(
+        &mut self,
+        name: &'static str,
+        f: impl FnOnce() -> Result<T, Msg>,
+    ) -> Result<T, Failure> {
         match f() {
             Ok(v) => {
                 println!("PASS {name}");
@@ -152,7 +166,9 @@ fn run_count(handle: u64, lines: u64) -> Result<(u64, u64), Msg> {
         read_value = 0;
         ensure!(r[0] == 0, "VCPU_RUN = {}", r[0] as i64);
         match ExitReason::try_from(r[1]) {
-            Ok(ExitReason::Mmio) if r[2] == GUEST_UART_BASE + UART_DR && r[3] & mmio::WRITE != 0 => {
+            Ok(ExitReason::Mmio)
+                if r[2] == GUEST_UART_BASE + UART_DR && r[3] & mmio::WRITE != 0 =>
+            {
                 let byte = r[4] as u8;
                 if byte != b'\n' {
                     if len < line.len() {
@@ -163,12 +179,18 @@ fn run_count(handle: u64, lines: u64) -> Result<(u64, u64), Msg> {
                 }
                 let text = core::str::from_utf8(&line[..len]).unwrap_or("");
                 len = 0;
-                let Some(n) = text.strip_prefix("GUEST-COUNT ").and_then(|n| n.trim().parse::<u64>().ok()) else {
+                let Some(n) = text
+                    .strip_prefix("GUEST-COUNT ")
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                else {
                     // The line the source stopped in (its '\n' store is
                     // executed again at the destination) is empty here.
                     continue;
                 };
-                ensure!(first.is_none() || n == last + 1, "count {n} after {last}: the guest skipped or repeated");
+                ensure!(
+                    first.is_none() || n == last + 1,
+                    "count {n} after {last}: the guest skipped or repeated"
+                );
                 first.get_or_insert(n);
                 last = n;
                 seen += 1;
@@ -176,9 +198,15 @@ fn run_count(handle: u64, lines: u64) -> Result<(u64, u64), Msg> {
                     return Ok((first.unwrap_or(0), last));
                 }
             }
-            Ok(ExitReason::Mmio) if r[2] == GUEST_UART_BASE + UART_FR && r[3] & mmio::WRITE == 0 => {}
+            Ok(ExitReason::Mmio)
+                if r[2] == GUEST_UART_BASE + UART_FR && r[3] & mmio::WRITE == 0 => {}
             Ok(ExitReason::Wait | ExitReason::Interrupt) => {}
-            other => fail!("unexpected exit {other:?} ({:#x} {:#x} {:#x})", r[2], r[3], r[4]),
+            other => fail!(
+                "unexpected exit {other:?} ({:#x} {:#x} {:#x})",
+                r[2],
+                r[3],
+                r[4]
+            ),
         }
     }
     fail!("the guest printed {seen} lines in 2 000 000 runs")
@@ -209,14 +237,24 @@ fn identity() -> Result<[u64; 4], Msg> {
 
 fn import_begin() -> Result<[u64; 2], Msg> {
     let r = call(HostCall::VmImportBegin, &[]);
-    ensure!(r[0] == 0, "VM_IMPORT_BEGIN = {} (a hypervisor without a migration secret?)", r[0] as i64);
+    ensure!(
+        r[0] == 0,
+        "VM_IMPORT_BEGIN = {} (a hypervisor without a migration secret?)",
+        r[0] as i64
+    );
     Ok([r[1], r[2]])
 }
 
 /// Exports `vm` for `challenge` and `destination` into `stream` (host
 /// RAM); returns the stream's length. Checks on the way that the VM no
 /// longer runs once the export started, and that it is gone after.
-fn export(vm: &mut Vm, arena: &mut Arena, challenge: [u64; 2], destination: [u64; 4], stream: u64) -> Result<u64, Msg> {
+fn export(
+    vm: &mut Vm,
+    arena: &mut Arena,
+    challenge: [u64; 2],
+    destination: [u64; 4],
+    stream: u64,
+) -> Result<u64, Msg> {
     let buffer = arena.take(CHUNK / PAGE)?;
     let mut len = 0u64;
     let mut calls = 0;
@@ -237,7 +275,10 @@ fn export(vm: &mut Vm, arena: &mut Arena, challenge: [u64; 2], destination: [u64
         let r = call(HostCall::VmExport, &args);
         ticks += arch::counter() - t;
         ensure!(r[0] == 0, "VM_EXPORT (call {calls}) = {}", r[0] as i64);
-        ensure!(len + r[1] <= STREAM_PAGES * PAGE, "the stream outgrew {STREAM_PAGES} pages");
+        ensure!(
+            len + r[1] <= STREAM_PAGES * PAGE,
+            "the stream outgrew {STREAM_PAGES} pages"
+        );
         copy(buffer, stream + len, r[1].next_multiple_of(8));
         len += r[1];
         calls += 1;
@@ -246,13 +287,19 @@ fn export(vm: &mut Vm, arena: &mut Arena, challenge: [u64; 2], destination: [u64
         }
         if calls == 1 {
             let c = code(HostCall::VcpuRun, &[vm.handle, 0, 0]);
-            ensure!(c == MIGRATING, "VCPU_RUN during the export = {c}, want MIGRATING ({MIGRATING})");
+            ensure!(
+                c == MIGRATING,
+                "VCPU_RUN during the export = {c}, want MIGRATING ({MIGRATING})"
+            );
         }
         ensure!(calls < 1000, "VM_EXPORT never finished");
     }
     // The VM is gone: its handle is dead and its RAM zeroed and the host's.
     let c = code(HostCall::VcpuRun, &[vm.handle, 0, 0]);
-    ensure!(c == INVALID_PARAMETER, "VCPU_RUN after the export = {c}, want INVALID_PARAMETER");
+    ensure!(
+        c == INVALID_PARAMETER,
+        "VCPU_RUN after the export = {c}, want INVALID_PARAMETER"
+    );
     vm.destroyed = true;
     zeroed_and_ours(vm.ram)?;
     zeroed_and_ours(vm.metadata)?;
@@ -272,7 +319,10 @@ fn zeroed_and_ours(range: Range) -> Result<(), Msg> {
     }
     for a in [range.start, range.end - 8] {
         arch::ram_write(a, 0x600d ^ a);
-        ensure!(arch::ram_read(a) == 0x600d ^ a, "{a:#x} is not the host's again");
+        ensure!(
+            arch::ram_read(a) == 0x600d ^ a,
+            "{a:#x} is not the host's again"
+        );
         arch::ram_write(a, 0);
     }
     Ok(())
@@ -289,24 +339,45 @@ struct Imported {
 /// Imports the stream at `stream` (`len` bytes): `VM_IMPORT`, the header's
 /// layout donated, then `VM_IMPORT_DATA` chunks. `Err(code)` for a
 /// refused call (with what it created, if anything).
-fn import(arena: &mut Arena, stream: u64, len: u64) -> Result<Result<Imported, (i64, Option<Imported>)>, Msg> {
+fn import(
+    arena: &mut Arena,
+    stream: u64,
+    len: u64,
+) -> Result<Result<Imported, (i64, Option<Imported>)>, Msg> {
     // The header (clear, authenticated) says the VM's vCPUs and layout.
     let mut bytes = [0u8; HEADER_LEN];
     let at = stream + (PREAMBLE_LEN + RECORD_HEADER_LEN) as u64;
     for (i, b) in bytes.iter_mut().enumerate() {
         *b = read_byte(at + i as u64);
     }
-    let header = Header::decode(&bytes).map_err(|e| msg!("the stream's header does not parse: {e:?}"))?;
-    let config = VmConfig { protected: header.protected, debug: header.debug, max_vcpus: u64::from(header.vcpus) };
+    let header =
+        Header::decode(&bytes).map_err(|e| msg!("the stream's header does not parse: {e:?}"))?;
+    let config = VmConfig {
+        protected: header.protected,
+        debug: header.debug,
+        max_vcpus: u64::from(header.vcpus),
+    };
     let metadata_pages = config.min_metadata_pages() + 24;
     let metadata = Range::from_base_size(arena.take(metadata_pages)?, metadata_pages * PAGE);
-    let r = call(HostCall::VmImport, &[metadata.start, metadata_pages, stream, len.min(CHUNK)]);
+    let r = call(
+        HostCall::VmImport,
+        &[metadata.start, metadata_pages, stream, len.min(CHUNK)],
+    );
     if r[0] != 0 {
         return Ok(Err((r[0] as i64, None)));
     }
-    let mut imported = Imported { handle: r[1], metadata, ram: [Range::default(); 4], runs: 0 };
+    let mut imported = Imported {
+        handle: r[1],
+        metadata,
+        ram: [Range::default(); 4],
+        runs: 0,
+    };
     let mut pos = r[2];
-    ensure!(header.run_count <= imported.ram.len(), "{} memory runs", header.run_count);
+    ensure!(
+        header.run_count <= imported.ram.len(),
+        "{} memory runs",
+        header.run_count
+    );
     for &(ipa, pages) in &header.runs[..header.run_count] {
         let pages_at = arena.take(pages)?;
         let c = code(HostCall::VmDonate, &[imported.handle, pages_at, pages, ipa]);
@@ -318,18 +389,28 @@ fn import(arena: &mut Arena, stream: u64, len: u64) -> Result<Result<Imported, (
     let mut ticks = 0;
     while pos < len {
         let t = arch::counter();
-        let r = call(HostCall::VmImportData, &[imported.handle, stream + pos, (len - pos).min(CHUNK)]);
+        let r = call(
+            HostCall::VmImportData,
+            &[imported.handle, stream + pos, (len - pos).min(CHUNK)],
+        );
         ticks += arch::counter() - t;
         calls += 1;
         if r[0] != 0 {
             return Ok(Err((r[0] as i64, Some(imported))));
         }
-        ensure!(r[1] != 0 || r[2] == 1, "VM_IMPORT_DATA consumed nothing at {pos} of {len}");
+        ensure!(
+            r[1] != 0 || r[2] == 1,
+            "VM_IMPORT_DATA consumed nothing at {pos} of {len}"
+        );
         pos += r[1];
         if r[2] == 1 {
             ensure!(pos == len, "the import completed at {pos} of {len} bytes");
             let us = ticks * 1_000_000 / arch::counter_frequency().max(1);
-            note!("imported in {} calls: {len} bytes in {us} us in VM_IMPORT_DATA ({} KiB/s of stream)", calls + 1, (len >> 10) * 1_000_000 / us.max(1));
+            note!(
+                "imported in {} calls: {len} bytes in {us} us in VM_IMPORT_DATA ({} KiB/s of stream)",
+                calls + 1,
+                (len >> 10) * 1_000_000 / us.max(1)
+            );
             return Ok(Ok(imported));
         }
     }
@@ -341,7 +422,10 @@ fn import(arena: &mut Arena, stream: u64, len: u64) -> Result<Result<Imported, (
 /// the host gave it is zero and the host's again.
 fn nothing_held(imported: &Imported) -> Result<(), Msg> {
     let c = code(HostCall::VmDestroy, &[imported.handle]);
-    ensure!(c == INVALID_PARAMETER, "VM_DESTROY of the refused import = {c}, want INVALID_PARAMETER (it should be gone)");
+    ensure!(
+        c == INVALID_PARAMETER,
+        "VM_DESTROY of the refused import = {c}, want INVALID_PARAMETER (it should be gone)"
+    );
     zeroed_and_ours(imported.metadata)?;
     for range in &imported.ram[..imported.runs] {
         zeroed_and_ours(*range)?;
@@ -399,15 +483,59 @@ fn start_source(arena: &mut Arena) -> Result<(Vm, u64), Msg> {
 
 fn local(p: &Platform) -> Result<u32, Failure> {
     let mut c = Checks { passed: 0 };
-    let (mut arena, _) = c.check("migrate-arena", || arena(p))?;
+    let (mut arena, layout) = c.check("migrate-arena", || arena(p))?;
     let (mut vm, last) = c.check("migrate-source-runs", || start_source(&mut arena))?;
-    note!("source: the guest counted to {last}");
     let stream = c.check("migrate-stream-room", || arena.take(STREAM_PAGES))?;
     let (challenge, me) = c.check("migrate-begin", || Ok((import_begin()?, identity()?)))?;
-    let len = c.check("migrate-export", || export(&mut vm, &mut arena, challenge, me, stream))?;
-    c.check("migrate-nothing-in-clear", || match image_in_clear(stream, len)? {
-        Some(at) => fail!("32 bytes of the guest's image (offset {at}) are in the stream in clear"),
-        None => Ok(()),
+    let last = c.check("migrate-bad-args-change-nothing", || {
+        let export = |buffer: u64, pages: u64| {
+            let [c0, c1] = challenge;
+            code(
+                HostCall::VmExport,
+                &[vm.handle, buffer, pages, c0, c1, me[0], me[1], me[2], me[3]],
+            )
+        };
+        let buffer = arena.take(2)?;
+        for (what, buffer, pages, want) in [
+            ("the VM's own page", vm.ram.start, 2, DENIED),
+            ("the carve-out", layout.carveout.start, 2, DENIED),
+            ("one page", buffer, 1, INVALID_PARAMETER),
+            ("17 pages", buffer, 17, INVALID_PARAMETER),
+            ("unaligned", buffer + 8, 2, INVALID_PARAMETER),
+        ] {
+            let got = export(buffer, pages);
+            ensure!(got == want, "VM_EXPORT into {what} = {got}, want {want}");
+        }
+        let got = code(HostCall::VmImportData, &[vm.handle, buffer, 64]);
+        ensure!(
+            got == DENIED,
+            "VM_IMPORT_DATA of a VM that is not being imported = {got}, want DENIED"
+        );
+        let got = code(HostCall::VmImport, &[vm.ram.start, 40, buffer, 64]);
+        ensure!(
+            got == INVALID_PARAMETER,
+            "VM_IMPORT of 64 bytes = {got}, want INVALID_PARAMETER"
+        );
+        // The VM was not stopped by any of them: it counts on.
+        let (first, last_now) = run_count(vm.handle, 2)?;
+        ensure!(
+            first == last + 1,
+            "after the refused calls the guest went on at {first}, want {}",
+            last + 1
+        );
+        Ok(last_now)
+    })?;
+    note!("source: the guest counted to {last}");
+    let len = c.check("migrate-export", || {
+        export(&mut vm, &mut arena, challenge, me, stream)
+    })?;
+    c.check("migrate-nothing-in-clear", || {
+        match image_in_clear(stream, len)? {
+            Some(at) => {
+                fail!("32 bytes of the guest's image (offset {at}) are in the stream in clear")
+            }
+            None => Ok(()),
+        }
     })?;
     c.check("migrate-flipped-byte-refused", || {
         // A byte in the middle of the third record (a guest page).
@@ -417,7 +545,9 @@ fn local(p: &Platform) -> Result<u32, Failure> {
         flip_byte(stream + at);
         match result? {
             Err((code, Some(imported))) if code == NOT_AUTHENTIC => nothing_held(&imported),
-            Err((code, _)) => fail!("import with a flipped byte = {code}, want NOT_AUTHENTIC ({NOT_AUTHENTIC})"),
+            Err((code, _)) => {
+                fail!("import with a flipped byte = {code}, want NOT_AUTHENTIC ({NOT_AUTHENTIC})")
+            }
             Ok(_) => fail!("an import with a flipped byte succeeded"),
         }
     })?;
@@ -426,7 +556,10 @@ fn local(p: &Platform) -> Result<u32, Failure> {
         match import(&mut arena, stream, len - 48)? {
             Err((0, Some(imported))) => {
                 let c = code(HostCall::VcpuRun, &[imported.handle, 0, 0]);
-                ensure!(c == MIGRATING, "VCPU_RUN of a truncated import = {c}, want MIGRATING ({MIGRATING})");
+                ensure!(
+                    c == MIGRATING,
+                    "VCPU_RUN of a truncated import = {c}, want MIGRATING ({MIGRATING})"
+                );
                 let c = code(HostCall::VmDestroy, &[imported.handle]);
                 ensure!(c == 0, "VM_DESTROY of a truncated import = {c}");
                 zeroed_and_ours(imported.metadata)?;
@@ -446,24 +579,36 @@ fn local(p: &Platform) -> Result<u32, Failure> {
         flip_byte(stream + 50);
         match result? {
             Err((code, None)) if code == STALE_STREAM => Ok(()),
-            Err((code, _)) => fail!("import of a stream for another destination = {code}, want STALE_STREAM"),
+            Err((code, _)) => {
+                fail!("import of a stream for another destination = {code}, want STALE_STREAM")
+            }
             Ok(_) => fail!("a stream for another destination was imported"),
         }
     })?;
-    let imported = c.check("migrate-import", || match import(&mut arena, stream, len)? {
-        Ok(imported) => Ok(imported),
-        Err((code, _)) => fail!("import = {code}"),
+    let imported = c.check("migrate-import", || {
+        match import(&mut arena, stream, len)? {
+            Ok(imported) => Ok(imported),
+            Err((code, _)) => fail!("import = {code}"),
+        }
     })?;
     c.check("migrate-carries-on", || {
         let (first, end) = run_count(imported.handle, LINES)?;
-        ensure!(first == last + 1, "the imported guest went on at {first}, want {}", last + 1);
+        ensure!(
+            first == last + 1,
+            "the imported guest went on at {first}, want {}",
+            last + 1
+        );
         note!("destination: the guest went on from {first} to {end}");
         Ok(())
     })?;
-    c.check("migrate-replay-refused", || match import(&mut arena, stream, len)? {
-        Err((code, None)) if code == STALE_STREAM => Ok(()),
-        Err((code, _)) => fail!("the same stream a second time = {code}, want STALE_STREAM ({STALE_STREAM})"),
-        Ok(_) => fail!("the same stream was imported twice"),
+    c.check("migrate-replay-refused", || {
+        match import(&mut arena, stream, len)? {
+            Err((code, None)) if code == STALE_STREAM => Ok(()),
+            Err((code, _)) => {
+                fail!("the same stream a second time = {code}, want STALE_STREAM ({STALE_STREAM})")
+            }
+            Ok(_) => fail!("the same stream was imported twice"),
+        }
     })?;
     c.check("migrate-destroy-imported", || {
         let c = code(HostCall::VmDestroy, &[imported.handle]);
@@ -493,7 +638,10 @@ mod sys {
 /// `DIR/name` as a NUL-terminated path in `buf`; its length without NUL.
 fn path(buf: &mut [u8; 256], dir: &str, name: &str) -> Result<usize, Msg> {
     let len = dir.len() + 1 + name.len();
-    ensure!(!dir.is_empty() && len < buf.len(), "no usable {DIR_BOOTARG} ({dir})");
+    ensure!(
+        !dir.is_empty() && len < buf.len(),
+        "no usable {DIR_BOOTARG} ({dir})"
+    );
     buf[..dir.len()].copy_from_slice(dir.as_bytes());
     buf[dir.len()] = b'/';
     buf[dir.len() + 1..len].copy_from_slice(name.as_bytes());
@@ -516,14 +664,26 @@ fn write_file(dir: &str, name: &str, at: u64, len: u64) -> Result<(), Msg> {
     part[..name.len()].copy_from_slice(name.as_bytes());
     part[name.len()..part_len].copy_from_slice(b".part");
     let part_name = core::str::from_utf8(&part[..part_len]).unwrap_or("part");
-    let handle = open(dir, part_name, sys::WRITE_BINARY)?.ok_or_else(|| msg!("cannot create {dir}/{part_name}"))?;
+    let handle = open(dir, part_name, sys::WRITE_BINARY)?
+        .ok_or_else(|| msg!("cannot create {dir}/{part_name}"))?;
     let left = arch::semihosting(sys::WRITE, &[handle, at, len]);
     arch::semihosting(sys::CLOSE, &[handle]);
-    ensure!(left == 0, "{left} of {len} bytes not written to {dir}/{part_name}");
+    ensure!(
+        left == 0,
+        "{left} of {len} bytes not written to {dir}/{part_name}"
+    );
     let (mut from, mut to) = ([0u8; 256], [0u8; 256]);
     let from_len = path(&mut from, dir, part_name)?;
     let to_len = path(&mut to, dir, name)?;
-    let r = arch::semihosting(sys::RENAME, &[from.as_ptr() as u64, from_len as u64, to.as_ptr() as u64, to_len as u64]);
+    let r = arch::semihosting(
+        sys::RENAME,
+        &[
+            from.as_ptr() as u64,
+            from_len as u64,
+            to.as_ptr() as u64,
+            to_len as u64,
+        ],
+    );
     ensure!(r == 0, "renaming {dir}/{part_name} to {name} failed");
     Ok(())
 }
@@ -536,7 +696,10 @@ fn read_file(dir: &str, name: &str, at: u64, max: u64, seconds: u64) -> Result<u
         if let Some(h) = open(dir, name, sys::READ_BINARY)? {
             break h;
         }
-        ensure!(arch::counter() < deadline, "{dir}/{name} did not appear in {seconds} s");
+        ensure!(
+            arch::counter() < deadline,
+            "{dir}/{name} did not appear in {seconds} s"
+        );
         let wait = arch::counter() + arch::counter_frequency() / 5;
         while arch::counter() < wait {
             arch::spin_hint();
@@ -563,18 +726,35 @@ fn out(p: &Platform, dir: &str) -> Result<u32, Failure> {
     let words = c.check("migrate-read-challenge", || {
         let at = arena.take(1)?;
         let len = read_file(dir, "challenge.bin", at, PAGE, 240)?;
-        ensure!(len == 48, "challenge.bin has {len} bytes, want 48 (challenge, identity)");
-        Ok(core::array::from_fn::<u64, 6, _>(|i| arch::ram_read(at + 8 * i as u64)))
+        ensure!(
+            len == 48,
+            "challenge.bin has {len} bytes, want 48 (challenge, identity)"
+        );
+        Ok(core::array::from_fn::<u64, 6, _>(|i| {
+            arch::ram_read(at + 8 * i as u64)
+        }))
     })?;
     let stream = c.check("migrate-stream-room", || arena.take(STREAM_PAGES))?;
     let len = c.check("migrate-export", || {
-        export(&mut vm, &mut arena, [words[0], words[1]], [words[2], words[3], words[4], words[5]], stream)
+        export(
+            &mut vm,
+            &mut arena,
+            [words[0], words[1]],
+            [words[2], words[3], words[4], words[5]],
+            stream,
+        )
     })?;
-    c.check("migrate-nothing-in-clear", || match image_in_clear(stream, len)? {
-        Some(at) => fail!("32 bytes of the guest's image (offset {at}) are in the stream in clear"),
-        None => Ok(()),
+    c.check("migrate-nothing-in-clear", || {
+        match image_in_clear(stream, len)? {
+            Some(at) => {
+                fail!("32 bytes of the guest's image (offset {at}) are in the stream in clear")
+            }
+            None => Ok(()),
+        }
     })?;
-    c.check("migrate-write-stream", || write_file(dir, "stream.bin", stream, len))?;
+    c.check("migrate-write-stream", || {
+        write_file(dir, "stream.bin", stream, len)
+    })?;
     println!("MIGRATE-OUT stream {len} bytes");
     Ok(c.passed)
 }
@@ -595,7 +775,9 @@ fn into(p: &Platform, dir: &str) -> Result<u32, Failure> {
     })?;
     println!("MIGRATE-IN waiting for the stream");
     let stream = c.check("migrate-stream-room", || arena.take(STREAM_PAGES))?;
-    let len = c.check("migrate-read-stream", || read_file(dir, "stream.bin", stream, STREAM_PAGES * PAGE, 300))?;
+    let len = c.check("migrate-read-stream", || {
+        read_file(dir, "stream.bin", stream, STREAM_PAGES * PAGE, 300)
+    })?;
     c.check("migrate-flipped-byte-refused", || {
         let at = record_offset(stream, len, 3).ok_or_else(|| msg!("no third record"))? + 2000;
         flip_byte(stream + at);
@@ -603,23 +785,31 @@ fn into(p: &Platform, dir: &str) -> Result<u32, Failure> {
         flip_byte(stream + at);
         match result? {
             Err((code, Some(imported))) if code == NOT_AUTHENTIC => nothing_held(&imported),
-            Err((code, _)) => fail!("import with a flipped byte = {code}, want NOT_AUTHENTIC ({NOT_AUTHENTIC})"),
+            Err((code, _)) => {
+                fail!("import with a flipped byte = {code}, want NOT_AUTHENTIC ({NOT_AUTHENTIC})")
+            }
             Ok(_) => fail!("an import with a flipped byte succeeded"),
         }
     })?;
-    let imported = c.check("migrate-import", || match import(&mut arena, stream, len)? {
-        Ok(imported) => Ok(imported),
-        Err((code, _)) => fail!("import = {code}"),
+    let imported = c.check("migrate-import", || {
+        match import(&mut arena, stream, len)? {
+            Ok(imported) => Ok(imported),
+            Err((code, _)) => fail!("import = {code}"),
+        }
     })?;
     c.check("migrate-carries-on", || {
         let (first, end) = run_count(imported.handle, LINES)?;
         println!("MIGRATE-IN first count {first}, last {end}");
         Ok(())
     })?;
-    c.check("migrate-replay-refused", || match import(&mut arena, stream, len)? {
-        Err((code, None)) if code == STALE_STREAM => Ok(()),
-        Err((code, _)) => fail!("the same stream a second time = {code}, want STALE_STREAM ({STALE_STREAM})"),
-        Ok(_) => fail!("the same stream was imported twice"),
+    c.check("migrate-replay-refused", || {
+        match import(&mut arena, stream, len)? {
+            Err((code, None)) if code == STALE_STREAM => Ok(()),
+            Err((code, _)) => {
+                fail!("the same stream a second time = {code}, want STALE_STREAM ({STALE_STREAM})")
+            }
+            Ok(_) => fail!("the same stream was imported twice"),
+        }
     })?;
     c.check("migrate-destroy-imported", || {
         let c = code(HostCall::VmDestroy, &[imported.handle]);
