@@ -471,7 +471,7 @@ impl HostMemory {
             if let Some(bytes) = write {
                 // SAFETY: as above, writable; the host's concurrent writers
                 // only spoil what the host itself reads back.
-                unsafe { mm::write_volatile_bytes(FIXMAP_BASE + offset, &bytes[done..done + n]) };
+                unsafe { mm::write_volatile_words_or_bytes(FIXMAP_BASE + offset, &bytes[done..done + n]) };
             }
             self.fixunmap(1);
             done += n;
