@@ -21,6 +21,9 @@ use anyhow::{Context, Result, bail};
 use crate::artifacts::{self, HYP_TARGET};
 use crate::qemu::{HOST_LOAD_ADDRESS, Machine, Run};
 
+/// Set (to anything) to run `migrate/local` with `-icount shift=0`.
+pub const ICOUNT_VAR: &str = "RAMPART_XTASK_MIGRATE_ICOUNT";
+
 /// Each machine's timeout (the destination waits for the source).
 const TIMEOUT: Duration = Duration::from_secs(420);
 
@@ -61,7 +64,14 @@ fn note<'a>(run: &'a Run, prefix: &str) -> &'a str {
 
 /// `migrate/local`.
 pub fn local_case() -> Result<String> {
-    let m = machine(artifacts::hypervisor()?, "testhost.migrate=local")?;
+    let mut m = machine(artifacts::hypervisor()?, "testhost.migrate=local")?;
+    // The bench (docs/perf.md): with QEMU's `-icount shift=0` the virtual
+    // clock advances one nanosecond per instruction, so the times the test
+    // host prints are instruction counts (thousands per microsecond), the
+    // same on any build machine and at any load.
+    if std::env::var_os(ICOUNT_VAR).is_some() {
+        m.extra.extend(["-icount".to_string(), "shift=0".to_string()]);
+    }
     let run = m.run(TIMEOUT, None, false)?;
     if run.timed_out {
         bail!(run.failure("timed out"));
