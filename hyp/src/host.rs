@@ -163,6 +163,28 @@ fn run_call(regs: &mut [u64; 18]) {
             }
             Err(e) => Err(e),
         },
+        // Migration (issue 14): hyp/src/migrate.rs.
+        Ok(HostRequest::VmImportBegin) => match crate::migrate::import_begin() {
+            Ok(challenge) => {
+                let words: [u64; 2] = rampart_abi::host::bytes_to_words(&challenge);
+                return ret(regs, [SUCCESS as u64, words[0], words[1], 0]);
+            }
+            Err(e) => Err(e),
+        },
+        Ok(HostRequest::VmExport { vm, buffer, challenge, destination }) => {
+            match crate::migrate::export(vm, buffer, challenge, destination) {
+                Ok((written, done)) => return ret(regs, [SUCCESS as u64, written, u64::from(done), 0]),
+                Err(e) => Err(e),
+            }
+        }
+        Ok(HostRequest::VmImport { metadata, address, bytes }) => match crate::migrate::import(metadata, address, bytes) {
+            Ok((handle, consumed)) => return ret(regs, [SUCCESS as u64, handle.0, consumed, 0]),
+            Err(e) => Err(e),
+        },
+        Ok(HostRequest::VmImportData { vm, address, bytes }) => match crate::migrate::import_data(vm, address, bytes) {
+            Ok((consumed, done)) => return ret(regs, [SUCCESS as u64, consumed, u64::from(done), 0]),
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     ret_code(regs, result.map_or_else(Error::code, |()| SUCCESS));

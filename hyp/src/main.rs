@@ -36,6 +36,7 @@ mod guest_calls;
 mod host;
 mod host_timer;
 mod memory;
+mod migrate;
 mod mm;
 #[cfg(feature = "oracle")]
 mod oracle;

@@ -416,6 +416,70 @@ impl HostMemory {
         Ok(())
     }
 
+    /// Migration: checks that every page of `address..address + len` is
+    /// RAM outside the carve-out that the host owns exclusively; returns
+    /// the end address.
+    ///
+    /// # Errors
+    ///
+    /// As [`HostMemory::copy_host`].
+    pub fn check_host_exclusive(&self, address: u64, len: u64) -> Result<u64, AbiError> {
+        let end = address.checked_add(len).ok_or(AbiError::InvalidParameter)?;
+        let mut page = address & !(PAGE_SIZE - 1);
+        while page < end {
+            let range = MemRange::from_base_size(page, PAGE_SIZE).ok_or(AbiError::InvalidParameter)?;
+            if !self.ram.iter().any(|bank| bank.contains_range(&range)) {
+                return Err(AbiError::Range);
+            }
+            if self.carveout.iter().any(|c| range.overlaps(c))
+                || !matches!(self.table.page_state(PhysAddr(page)), Ok(own::PageState::HostOwned))
+            {
+                return Err(AbiError::Denied);
+            }
+            page += PAGE_SIZE;
+        }
+        Ok(end)
+    }
+
+    /// Migration (`hyp/src/migrate.rs`): copies between an EL2 buffer and
+    /// host memory at `address`, page by page through the fixmap with
+    /// volatile accesses (the host's other CPUs may touch the pages
+    /// meanwhile; only the copy is used). Every page touched must be RAM
+    /// outside the carve-out that the host owns exclusively (not shared,
+    /// lent, donated or pinned); nothing is copied otherwise.
+    ///
+    /// # Errors
+    ///
+    /// `RANGE` for memory that is not RAM, `DENIED` for a page the host
+    /// does not own exclusively, `INVALID_PARAMETER` for a wrapping range.
+    pub fn copy_host(&mut self, address: u64, read: Option<&mut [u8]>, write: Option<&[u8]>) -> Result<(), AbiError> {
+        let len = read.as_ref().map_or(0, |b| b.len()) + write.map_or(0, <[u8]>::len);
+        let end = self.check_host_exclusive(address, len as u64)?;
+        let (mut read, mut done) = (read, 0usize);
+        let mut at = address;
+        while at < end {
+            let page = at & !(PAGE_SIZE - 1);
+            let offset = at - page;
+            let n = ((PAGE_SIZE - offset).min(end - at)) as usize;
+            self.fixmap(page, 1);
+            if let Some(out) = read.as_deref_mut() {
+                // SAFETY: the fixmap's first page maps `page`, a host page,
+                // at FIXMAP_BASE; `offset + n` is within it; only the copy
+                // is used afterwards.
+                unsafe { mm::read_volatile_bytes(FIXMAP_BASE + offset, &mut out[done..done + n]) };
+            }
+            if let Some(bytes) = write {
+                // SAFETY: as above, writable; the host's concurrent writers
+                // only spoil what the host itself reads back.
+                unsafe { mm::write_volatile_words_or_bytes(FIXMAP_BASE + offset, &bytes[done..done + n]) };
+            }
+            self.fixunmap(1);
+            done += n;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
     /// Maps `pages` pages (at most [`FIXMAP_PAGES`]) from `pa` at
     /// [`FIXMAP_BASE`] (see [`fixmap_in`]).
     fn fixmap(&mut self, pa: u64, pages: u64) {

@@ -584,3 +584,63 @@ pub unsafe fn write_volatile_words(address: u64, words: &[u64]) {
         unsafe { core::ptr::write_volatile(base.add(i), word) };
     }
 }
+
+/// Reads `out.len()` bytes at `address` with volatile loads, forming no
+/// Rust reference to the source: for host memory the host's other CPUs
+/// may write meanwhile (a migration stream chunk). The caller uses only
+/// the copy.
+///
+/// # Safety
+///
+/// `address..address + out.len()` must be mapped readable at EL2 for the
+/// duration of the call.
+pub unsafe fn read_volatile_bytes(address: u64, out: &mut [u8]) {
+    let base = address as *const u8;
+    let mut i = 0;
+    while i < out.len() {
+        // Whole aligned words where the source allows (a stream chunk
+        // usually is), bytes elsewhere.
+        if (address + i as u64).is_multiple_of(8)
+            && let Some(chunk) = out.get_mut(i..i + 8)
+        {
+            // SAFETY: in range, 8-byte aligned and mapped per the caller;
+            // volatile, so each word is read exactly once, here.
+            let word = unsafe { core::ptr::read_volatile(base.add(i).cast::<u64>()) };
+            chunk.copy_from_slice(&word.to_ne_bytes());
+            i += 8;
+            continue;
+        }
+        // SAFETY: in range and mapped per the caller; volatile, so each
+        // byte is read exactly once, here.
+        out[i] = unsafe { core::ptr::read_volatile(base.add(i)) };
+        i += 1;
+    }
+}
+
+/// Writes `bytes` at `address` with volatile stores, whole aligned words
+/// where it can, forming no Rust reference to the destination: for host
+/// memory the host's other CPUs may touch meanwhile (a migration stream
+/// chunk).
+///
+/// # Safety
+///
+/// As [`write_volatile_bytes`].
+pub unsafe fn write_volatile_words_or_bytes(address: u64, bytes: &[u8]) {
+    let base = address as *mut u8;
+    let mut i = 0;
+    while i < bytes.len() {
+        if (address + i as u64).is_multiple_of(8)
+            && let Some(chunk) = bytes.get(i..i + 8)
+        {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            // SAFETY: in range, 8-byte aligned and mapped per the caller.
+            unsafe { core::ptr::write_volatile(base.add(i).cast::<u64>(), u64::from_ne_bytes(word)) };
+            i += 8;
+            continue;
+        }
+        // SAFETY: in range and mapped per the caller.
+        unsafe { core::ptr::write_volatile(base.add(i), bytes[i]) };
+        i += 1;
+    }
+}

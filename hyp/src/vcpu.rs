@@ -102,6 +102,39 @@ impl Vcpu {
     }
 }
 
+/// What migration (`hyp/src/migrate.rs`) moves of a vCPU besides its
+/// state page.
+pub struct MigrationFlags {
+    /// It has run (it is not measured or reset again).
+    pub ran: bool,
+    /// It stopped for good (a trap from an impossible state).
+    pub halted: bool,
+    /// A virtual SError is pending for it.
+    pub vserror: bool,
+}
+
+impl Vcpu {
+    /// Migration: its state page, flags and queued interrupts (exported
+    /// while it cannot run). An MMIO access or memory fault in flight is
+    /// not carried: the guest re-executes that instruction, which exits
+    /// again at the destination.
+    pub fn migration_view(&mut self) -> (&mut VcpuState, MigrationFlags, &[u32]) {
+        let flags = MigrationFlags { ran: self.ran, halted: self.halted, vserror: self.vserror };
+        (self.state, flags, &self.pending[..self.pending_count.min(8)])
+    }
+
+    /// Migration: sets the flags of a vCPU just imported (its state page
+    /// filled by the caller); nothing is in flight.
+    pub fn set_migration_flags(&mut self, flags: &MigrationFlags) {
+        self.ran = flags.ran;
+        self.halted = flags.halted;
+        self.vserror = flags.vserror;
+        self.mmio = None;
+        self.memory_fault = None;
+        self.pending_count = 0;
+    }
+}
+
 /// `VCPU_SET_REGS`: before the vCPU's and the VM's first run only (the
 /// VM's measurement covers vCPU 0's entry state; no vCPU's may change once
 /// it is fixed).
@@ -160,6 +193,9 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
     let slot = vm::slot_of(vcpu.vm)?;
     let mut guard = VCPU_SLOTS[slot][vcpu.index].try_lock().ok_or(Error::Busy)?;
     let v = guard.as_mut().ok_or(Error::InvalidParameter)?;
+    // Migration (issue 14): a VM being exported never runs again; one
+    // being imported runs once its stream is complete.
+    crate::migrate::may_run(slot, vcpu.vm)?;
     let (vttbr, protected) = {
         let (_, vm_guard) = vm::lock(vcpu.vm)?;
         let vm = vm_guard.as_ref().ok_or(Error::InvalidParameter)?;

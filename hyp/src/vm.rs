@@ -614,3 +614,44 @@ pub fn oracle_view(vm: &Vm) -> (MemRange, &VmTable) {
 pub fn oracle_generation(slot: usize) -> u32 {
     GENERATIONS.get(slot).map_or(0, |g| g.load(Ordering::Acquire))
 }
+
+/// Migration (`hyp/src/migrate.rs`): the first guest page mapped at or
+/// above `from`, as `(guest address, physical address)`.
+pub fn next_page(vm: &Vm, from: u64) -> Option<(u64, u64)> {
+    let limit = ipa_limit();
+    if from >= limit {
+        return None;
+    }
+    let mut found = None;
+    let region = MemoryRegion::new(from as usize, limit as usize);
+    let _ = vm.stage2.walk_range(&region, &mut |mr, desc, level| {
+        if !desc.is_valid() || (level < 3 && desc.is_table_or_page()) {
+            return Ok(());
+        }
+        let ipa = (mr.start().0 as u64).max(from);
+        let pa = desc.output_address().0 as u64 + (ipa - mr.start().0 as u64);
+        found = Some((ipa, pa));
+        Err(())
+    });
+    found
+}
+
+/// Migration: the signer and signature the VM's first run accepted.
+pub fn signature(vm: &Vm) -> Option<([u8; 32], [u8; 64])> {
+    vm.signature
+}
+
+/// Migration: a VM created by an import takes the measurement, signature
+/// and MMIO guard the stream carries; it is then "measured" (no
+/// `VM_SET_SIGNATURE`, `VCPU_SET_REGS`; donations are zeroed first).
+pub fn set_imported(vm: &mut Vm, measurement: rampart_attest::Measurement, signature: Option<([u8; 32], [u8; 64])>) {
+    vm.measurement = Some(measurement);
+    vm.signature = signature;
+}
+
+impl MmioGuard {
+    /// Migration: the guarded pages.
+    pub fn pages(&self) -> &[u64] {
+        &self.pages[..self.count]
+    }
+}

@@ -34,6 +34,11 @@ pub const UNTRUSTED_SEED_LABEL: &[u8] = b"rampart.testhost.untrusted-key.v1";
 pub const TRUSTED_KEYS_VAR: &str = "RAMPART_TRUSTED_KEYS";
 /// The build variable holding the device secret.
 pub const DEVICE_SECRET_VAR: &str = "RAMPART_DEVICE_SECRET";
+/// The development migration secret (issue 14; public, tests only): every
+/// machine `cargo xtask` builds shares it, so a VM may move between them.
+pub const MIGRATION_SECRET: &str = "keys/dev-migration-secret.hex";
+/// The build variable that sets the migration secret.
+pub const MIGRATION_SECRET_VAR: &str = "RAMPART_MIGRATION_SECRET";
 
 /// The first 32 bytes of the attest guest's 64-byte nonce (the rest come
 /// from the guest's TRNG, or repeat this where the CPU has no RNDR);
@@ -110,6 +115,12 @@ pub fn hypervisor_env() -> Result<Vec<(&'static str, String)>> {
     }
     if std::env::var_os(DEVICE_SECRET_VAR).is_none() {
         env.push((DEVICE_SECRET_VAR, hex(&dev_device_secret()?)));
+    }
+    // Issue 14: the development migration secret (public, tests only).
+    if std::env::var_os(MIGRATION_SECRET_VAR).is_none() {
+        let path = artifacts::root().join(MIGRATION_SECRET);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        env.push((MIGRATION_SECRET_VAR, hex(&parse_hex32(MIGRATION_SECRET, &text)?)));
     }
     Ok(env)
 }

@@ -15,6 +15,7 @@ mod guests;
 mod linux;
 mod linux_guest;
 mod linux_vmm;
+mod migrate;
 mod prereq;
 mod qemu;
 mod suite;

@@ -179,6 +179,13 @@ pub fn run(args: &TestArgs) -> Result<()> {
     case("testhost/reset-wipes".into(), &reset_case);
     case("testhost/power-off-wipes".into(), &power_off_case);
 
+    // Issue 14, secure migration (xtask/src/migrate.rs): a protected guest
+    // counting in memory moves, sealed, to another VM on the same machine
+    // (with the hostile streams), and to a second machine with another
+    // device secret.
+    case("migrate/local".into(), &crate::migrate::local_case);
+    case("migrate/two-machines".into(), &crate::migrate::two_machines_case);
+
     // Hostile-host fuzzing (issue 15): seeded streams of every host call
     // on one, two and four CPUs with the fuzz guest running, the oracle
     // checked every 1000 calls when the hypervisor has it; 0 violations.

@@ -36,11 +36,26 @@ pub enum Error {
     /// A protected VM's first run: the signature does not match the
     /// measurement of its memory, vCPU state and configuration.
     BadSignature = -22,
+    /// Migration (issue 14): a stream record does not authenticate under
+    /// the migration key (tampered, sealed for another destination or
+    /// challenge, or under another migration secret).
+    NotAuthentic = -27,
+    /// Migration: a stream record is malformed, out of sequence (dropped,
+    /// reordered, repeated) or out of place (a page out of order or outside
+    /// the header's layout, counts that disagree, anything after the end).
+    StreamOrder = -28,
+    /// Migration: the stream names a challenge this machine did not issue,
+    /// already spent, or is using in another import (a stream replayed), or
+    /// another machine as its destination.
+    StaleStream = -29,
+    /// Migration: the VM is being exported (it never runs again) or
+    /// imported (it runs once its import completes).
+    Migrating = -30,
 }
 
 impl Error {
     /// Every error, in code order; used by tests and documentation checks.
-    pub const ALL: [Error; 10] = [
+    pub const ALL: [Error; 14] = [
         Error::NotSupported,
         Error::NotRequired,
         Error::InvalidParameter,
@@ -51,6 +66,10 @@ impl Error {
         Error::NotSigned,
         Error::UntrustedKey,
         Error::BadSignature,
+        Error::NotAuthentic,
+        Error::StreamOrder,
+        Error::StaleStream,
+        Error::Migrating,
     ];
 
     /// The value returned in `x0`.
@@ -73,6 +92,10 @@ impl Error {
             Error::NotSigned => "NOT_SIGNED",
             Error::UntrustedKey => "UNTRUSTED_KEY",
             Error::BadSignature => "BAD_SIGNATURE",
+            Error::NotAuthentic => "NOT_AUTHENTIC",
+            Error::StreamOrder => "STREAM_ORDER",
+            Error::StaleStream => "STALE_STREAM",
+            Error::Migrating => "MIGRATING",
         }
     }
 }

@@ -77,6 +77,38 @@ pub enum HostCall {
     /// `x1` = the next live VM's handle in slot order, or 0 when there is
     /// none (so a VMM can find, and destroy, VMs a killed VMM left behind).
     VmList = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x1A),
+    /// `RAMPART_HOST_VM_IMPORT_BEGIN` (issue 14, migration; destination):
+    /// no arguments. Returns `x1`, `x2` = a fresh 16-byte challenge
+    /// (little-endian words) that the source's `VM_EXPORT` must bind. A
+    /// challenge is spent by the import that completes with it; at most
+    /// four are outstanding (a fifth replaces the oldest).
+    /// `NOT_SUPPORTED` without a migration secret.
+    VmImportBegin = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x28),
+    /// `RAMPART_HOST_VM_EXPORT` (issue 14, migration; source): `x1` = VM
+    /// handle, `x2` = buffer (host-owned pages, page-aligned), `x3` = its
+    /// pages (2..=16), `x4`, `x5` = the destination's challenge, `x6`..`x9`
+    /// = the destination's identity (its attestation public key). The first
+    /// call stops the VM for good; each call writes the next whole records
+    /// of the stream into the buffer. Returns `x1` = bytes written, `x2` = 1
+    /// when the stream is complete: the VM is then destroyed (its pages
+    /// zeroed and returned, its handle dead).
+    VmExport = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x29),
+    /// `RAMPART_HOST_VM_IMPORT` (issue 14, migration; destination): `x1` =
+    /// metadata start, `x2` = metadata pages (as `VM_CREATE`), `x3` = the
+    /// address of the stream's start in host-owned memory (any alignment),
+    /// `x4` = its bytes (at least the preamble and header record; at most
+    /// 64 KiB). Returns `x1` = the new VM's
+    /// handle (it cannot run until its import completes), `x2` = bytes
+    /// consumed.
+    VmImport = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x2A),
+    /// `RAMPART_HOST_VM_IMPORT_DATA` (issue 14, migration; destination):
+    /// `x1` = VM handle (from `VM_IMPORT`), `x2` = the address of the next
+    /// records in host-owned memory (any alignment), `x3` = their bytes (at
+    /// most 64 KiB). Opens every whole record there.
+    /// Returns `x1` = bytes consumed, `x2` = 1 when the end record was
+    /// accepted (the VM may run). A refused record ends the import: the VM
+    /// is destroyed (its pages zeroed and returned).
+    VmImportData = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x2B),
     /// `RAMPART_HOST_ORACLE_CHECK`: test builds only (hypervisor feature
     /// `oracle`): no arguments. Runs the oracle's correspondence check now
     /// and returns `x1` = violations found since boot (specification and
@@ -87,7 +119,7 @@ pub enum HostCall {
 
 impl HostCall {
     /// Every host call, in ID order.
-    pub const ALL: [HostCall; 18] = [
+    pub const ALL: [HostCall; 22] = [
         HostCall::Version,
         HostCall::Features,
         HostCall::ShareHyp,
@@ -105,6 +137,10 @@ impl HostCall {
         HostCall::VmSetSignature,
         HostCall::AttestationKey,
         HostCall::VmList,
+        HostCall::VmImportBegin,
+        HostCall::VmExport,
+        HostCall::VmImport,
+        HostCall::VmImportData,
         HostCall::OracleCheck,
     ];
 
@@ -135,6 +171,10 @@ impl HostCall {
             HostCall::VmSetSignature => "RAMPART_HOST_VM_SET_SIGNATURE",
             HostCall::AttestationKey => "RAMPART_HOST_ATTESTATION_KEY",
             HostCall::VmList => "RAMPART_HOST_VM_LIST",
+            HostCall::VmImportBegin => "RAMPART_HOST_VM_IMPORT_BEGIN",
+            HostCall::VmExport => "RAMPART_HOST_VM_EXPORT",
+            HostCall::VmImport => "RAMPART_HOST_VM_IMPORT",
+            HostCall::VmImportData => "RAMPART_HOST_VM_IMPORT_DATA",
             HostCall::OracleCheck => "RAMPART_HOST_ORACLE_CHECK",
         }
     }
@@ -312,6 +352,49 @@ pub enum HostRequest {
     AttestationKey,
     /// See [`HostCall::VmList`]: the handle to continue after (0 = start).
     VmList(u64),
+    /// See [`HostCall::VmImportBegin`].
+    VmImportBegin,
+    /// See [`HostCall::VmExport`].
+    VmExport {
+        /// The VM.
+        vm: VmHandle,
+        /// Host pages the records are written into.
+        buffer: PageRange,
+        /// The destination's challenge.
+        challenge: [u8; 16],
+        /// The destination's identity.
+        destination: [u8; 32],
+    },
+    /// See [`HostCall::VmImport`].
+    VmImport {
+        /// The metadata pages the host donates.
+        metadata: PageRange,
+        /// Where the stream's start is in host memory (any alignment).
+        address: u64,
+        /// Its bytes.
+        bytes: u64,
+    },
+    /// See [`HostCall::VmImportData`].
+    VmImportData {
+        /// The VM being imported.
+        vm: VmHandle,
+        /// Where the next records are in host memory (any alignment).
+        address: u64,
+        /// Their bytes.
+        bytes: u64,
+    },
+}
+
+/// The most pages a migration call's buffer may have.
+pub const MIGRATE_BUFFER_MAX_PAGES: u64 = 16;
+
+/// `bytes` stream bytes at `address` (1 to [`MIGRATE_BUFFER_MAX_PAGES`]
+/// pages' worth, not wrapping): `(address, bytes)`.
+fn stream_bytes(address: u64, bytes: u64) -> Result<(u64, u64), crate::Error> {
+    if bytes == 0 || bytes > MIGRATE_BUFFER_MAX_PAGES * PAGE_SIZE || address.checked_add(bytes).is_none() {
+        return Err(crate::Error::InvalidParameter);
+    }
+    Ok((address, bytes))
 }
 
 /// Packs little-endian words into bytes (the way 32- and 64-byte values
@@ -406,6 +489,32 @@ impl HostRequest {
             },
             HostCall::AttestationKey => HostRequest::AttestationKey,
             HostCall::VmList => HostRequest::VmList(regs[1]),
+            HostCall::VmImportBegin => HostRequest::VmImportBegin,
+            HostCall::VmExport => HostRequest::VmExport {
+                vm: VmHandle(regs[1]),
+                buffer: PageRange::new(regs[2], regs[3])
+                    .ok()
+                    .filter(|b| (2..=MIGRATE_BUFFER_MAX_PAGES).contains(&b.pages()))
+                    .ok_or(crate::Error::InvalidParameter)?,
+                challenge: words_to_bytes(&regs[4..6]),
+                destination: words_to_bytes(&regs[6..10]),
+            },
+            HostCall::VmImport => {
+                let (address, bytes) = stream_bytes(regs[3], regs[4])?;
+                HostRequest::VmImport {
+                    metadata: range()?,
+                    address,
+                    bytes,
+                }
+            }
+            HostCall::VmImportData => {
+                let (address, bytes) = stream_bytes(regs[2], regs[3])?;
+                HostRequest::VmImportData {
+                    vm: VmHandle(regs[1]),
+                    address,
+                    bytes,
+                }
+            }
             HostCall::OracleCheck => HostRequest::OracleCheck,
         })
     }

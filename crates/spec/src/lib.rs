@@ -938,6 +938,44 @@ impl<'a> Spec<'a> {
                 Prediction::refuse(Outcomes::success().or_error(Error::NotSupported))
             }
             HostRequest::OracleCheck => Prediction::refuse(Outcomes::success()),
+            HostRequest::VmImportBegin
+            | HostRequest::VmExport { .. }
+            | HostRequest::VmImport { .. }
+            | HostRequest::VmImportData { .. } => self.predict_migration(request),
+        }
+    }
+
+    /// Migration (issue 14): only what the specification can know without
+    /// the stream's key. The calls' effects on memory (an export's last
+    /// call destroys its VM; an import creates one, and a refused record
+    /// destroys it) are not modelled yet: no oracle case issues them.
+    fn predict_migration(&self, request: HostRequest) -> Prediction {
+        let stream = Outcomes::error(Error::NotAuthentic)
+            .or_error(Error::StreamOrder)
+            .or_error(Error::StaleStream)
+            .or_error(Error::NotSupported);
+        match request {
+            HostRequest::VmExport { vm, .. } | HostRequest::VmImportData { vm, .. }
+                if live_slot(self, vm.0).is_none() =>
+            {
+                Prediction::refuse(Outcomes::error(Error::InvalidParameter))
+            }
+            HostRequest::VmImportBegin => {
+                Prediction::refuse(Outcomes::success().or_error(Error::NotSupported))
+            }
+            _ => Prediction::refuse(
+                stream
+                    .or(0)
+                    .or_error(Error::InvalidParameter)
+                    .or_error(Error::Denied)
+                    .or_error(Error::Range)
+                    .or_error(Error::Busy)
+                    .or_error(Error::NoMemory)
+                    .or_error(Error::Migrating)
+                    .or_error(Error::NotSigned)
+                    .or_error(Error::UntrustedKey)
+                    .or_error(Error::BadSignature),
+            ),
         }
     }
 

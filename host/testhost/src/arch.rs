@@ -1321,3 +1321,21 @@ pub fn console_write(s: &str) {
     let mut uart = Uart::new(regs);
     let _ = fmt::Write::write_str(&mut uart, s);
 }
+
+/// QEMU semihosting (`-semihosting-config enable=on`; issue 14's
+/// two-machine migration test moves its stream through files of the
+/// build machine): operation `op` with its parameter block at `block`
+/// (physical address; the test host runs identity-mapped). Returns `x0`.
+/// Only under a QEMU started with semihosting: elsewhere `HLT` is an
+/// undefined instruction.
+pub fn semihosting(op: u64, block: &[u64]) -> u64 {
+    let result: u64;
+    // SAFETY: QEMU handles `HLT #0xf000` itself (no exception); it reads
+    // the parameter block (a live slice) and, for SYS_READ, writes the
+    // buffer the block names, which the caller owns (RAM it took from its
+    // arena, outside every Rust object).
+    unsafe {
+        asm!("hlt #0xf000", inout("x0") op => result, in("x1") block.as_ptr(), options(nostack))
+    };
+    result
+}

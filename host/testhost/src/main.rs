@@ -74,6 +74,9 @@ fn primary_main(boot: BootState) -> ! {
     if let Some(mode) = checks::reset::selected(&platform) {
         checks::reset::run(&platform, mode);
     }
+    if let Some((mode, dir)) = checks::migrate::selected(&platform) {
+        checks::migrate::run(&platform, mode, &dir);
+    }
     if let Some(config) = fuzz::config(&platform) {
         fuzz::run(&platform, config);
         power_off_quietly();

@@ -11,6 +11,7 @@ mod channel;
 mod concurrent;
 mod cpu;
 mod dma;
+pub mod migrate;
 mod ownership;
 mod pool;
 mod ram;
