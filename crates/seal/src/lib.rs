@@ -150,16 +150,17 @@ pub fn open(key: &VmKey, place: &Place, page: &mut [u8; PAGE_SIZE], tag: &[u8; T
         .map_err(|_| Refused)
 }
 
-/// The largest version an address can have: [`VersionMap`] packs it in 27
+/// The largest version an address can have: [`VersionMap`] packs it in 26
 /// bits, and evicting past it is refused rather than wrapped (a wrapped
 /// version would reuse a nonce and let an old seal back in).
-pub const MAX_VERSION: u64 = (1 << 27) - 1;
+pub const MAX_VERSION: u64 = (1 << 26) - 1;
 
 /// The largest guest address [`VersionMap`] can hold (48-bit IPAs).
 pub const MAX_GUEST_ADDRESS: u64 = (1 << 48) - 1;
 
 const VERSION_MASK: u64 = MAX_VERSION;
 const EVICTED: u64 = 1 << 27;
+const HELD: u64 = 1 << 26;
 const PAGE_SHIFT: u32 = 28;
 
 /// Why a [`VersionMap`] refuses an eviction or a restore.
@@ -187,6 +188,10 @@ pub struct PlannedEvict {
     new: bool,
     /// The version the page gets.
     pub version: u64,
+    /// The page mapped at the address now came from a restore that held
+    /// back pool pages for its return to the host ([`VersionMap::commit_restore`]):
+    /// the eviction gives the page back, so the caller releases them.
+    pub held: bool,
 }
 
 /// A checked restore, applied by [`VersionMap::commit_restore`].
@@ -200,8 +205,9 @@ pub struct PlannedRestore {
 /// entries (`N` a power of two), filled to at most 7/8; entries are never
 /// removed while the VM lives, so a version never goes back.
 ///
-/// Entry layout: bits 63..28 = guest page number, bit 27 = evicted,
-/// bits 26..0 = version (at least 1 in a used entry, so 0 means empty).
+/// Entry layout: bits 63..28 = guest page number, bit 27 = evicted, bit 26
+/// = held (see [`PlannedEvict::held`]), bits 25..0 = version (at least 1 in
+/// a used entry, so 0 means empty).
 #[derive(Clone, Debug)]
 pub struct VersionMap<const N: usize> {
     entries: [u64; N],
@@ -315,12 +321,13 @@ impl<const N: usize> VersionMap<N> {
                 return Err(MapError::Overflow);
             }
             let version = version + 1;
-            return Ok(PlannedEvict { index, entry: (page << PAGE_SHIFT) | EVICTED | version, new: false, version });
+            let held = entry & HELD != 0;
+            return Ok(PlannedEvict { index, entry: (page << PAGE_SHIFT) | EVICTED | version, new: false, version, held });
         }
         if self.used >= Self::LIMIT || self.entries[index] != 0 {
             return Err(MapError::Full);
         }
-        Ok(PlannedEvict { index, entry: (page << PAGE_SHIFT) | EVICTED | 1, new: true, version: 1 })
+        Ok(PlannedEvict { index, entry: (page << PAGE_SHIFT) | EVICTED | 1, new: true, version: 1, held: false })
     }
 
     /// Applies a planned eviction (nothing changed the map since).
@@ -354,12 +361,17 @@ impl<const N: usize> VersionMap<N> {
     }
 
     /// Applies a planned restore: the address is mapped again, its version
-    /// kept for its next eviction.
-    pub fn commit_restore(&mut self, planned: PlannedRestore) {
+    /// kept for its next eviction; `held` records that the caller held back
+    /// pool pages for the restored page (returned by the next eviction's
+    /// [`PlannedEvict::held`]).
+    pub fn commit_restore(&mut self, planned: PlannedRestore, held: bool) {
         if let Some(entry) = self.entries.get_mut(planned.index)
             && *entry & EVICTED != 0
         {
             *entry &= !EVICTED;
+            if held {
+                *entry |= HELD;
+            }
             self.evicted -= 1;
         }
     }

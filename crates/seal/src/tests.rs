@@ -126,12 +126,17 @@ fn versions_start_at_one_and_grow_per_address() {
     assert_eq!(map.plan_restore(0x1000, 0), Err(MapError::StaleVersion));
     assert_eq!(map.plan_restore(0x1000, 2), Err(MapError::StaleVersion));
     let r = map.plan_restore(0x1000, 1).unwrap();
-    map.commit_restore(r);
+    map.commit_restore(r, true);
     assert_eq!(map.lookup(0x1000), Some((1, false)));
     assert_eq!(map.plan_restore(0x1000, 1), Err(MapError::NotEvicted));
     let e = map.plan_evict(0x1000).unwrap();
-    assert_eq!(e.version, 2);
+    assert_eq!((e.version, e.held), (2, true));
     map.commit_evict(e);
+    map.commit_restore(map.plan_restore(0x1000, 2).unwrap(), false);
+    let e = map.plan_evict(0x1000).unwrap();
+    assert_eq!((e.version, e.held), (3, false));
+    map.commit_evict(e);
+    assert_eq!(map.plan_restore(0x1000, 2), Err(MapError::StaleVersion));
     // The old version is now a replay.
     assert_eq!(map.plan_restore(0x1000, 1), Err(MapError::StaleVersion));
     assert_eq!(map.evicted(), 2);
@@ -175,7 +180,7 @@ fn a_full_map_refuses_new_addresses_but_serves_old_ones() {
     assert_eq!(map.plan_evict(0x100_0000), Err(MapError::Full));
     for i in 0..VersionMap::<64>::LIMIT as u64 {
         assert_eq!(map.lookup(i << 12), Some((1, true)), "{i}");
-        map.commit_restore(map.plan_restore(i << 12, 1).unwrap());
+        map.commit_restore(map.plan_restore(i << 12, 1).unwrap(), false);
         assert_eq!(map.plan_evict(i << 12).map(|p| p.version), Ok(2));
     }
     assert_eq!(map.evicted(), 0);
@@ -208,6 +213,8 @@ proptest! {
                 };
                 let got = map.plan_evict(address);
                 prop_assert_eq!(got.map(|p| p.version), expect);
+                // Held exactly when a restore put the current page there.
+                prop_assert_eq!(got.map(|p| p.held).unwrap_or(false), model.get(&address).is_some_and(|(v, e)| !e && *v > 0));
                 if let Ok(p) = got {
                     map.commit_evict(p);
                     model.insert(address, (p.version, true));
@@ -223,7 +230,7 @@ proptest! {
                 let got = map.plan_restore(address, version);
                 prop_assert_eq!(got.map(|_| ()), expect);
                 if let Ok(p) = got {
-                    map.commit_restore(p);
+                    map.commit_restore(p, true);
                     model.insert(address, (version, false));
                 }
             }
