@@ -43,6 +43,8 @@ const PER_EXIT: usize = 3;
 const WINDOW: usize = 40;
 /// Spare host pages for sealed copies and fresh pages.
 const POOL: usize = 2 * WINDOW + 8;
+/// The guest page evicted first, in both VMs.
+const VICTIM: usize = 200;
 /// A page that is RAM nowhere (the guest UART's page, MMIO in QEMU virt).
 const NOT_RAM: u64 = 0x0900_0000;
 
@@ -333,7 +335,9 @@ pub fn swap_memtest(p: &Platform) -> Result<(), Msg> {
 fn run_swapped(arena: &mut Arena, vm: &mut Vm) -> Result<Msg, Msg> {
     // Another VM with the same guest address evicted at version 1.
     let mut other = Vm::create(arena, protected("hello")?)?;
-    let victim = GUEST_RAM_BASE + 21 * PAGE;
+    // A page of memtest's free RAM (touched every pass) that the smaller
+    // `hello` VM also has.
+    let victim = GUEST_RAM_BASE + VICTIM as u64 * PAGE;
     let other_page = arena.take(1)?;
     let r = evict_call(other.handle, victim, other_page);
     ensure!(r[0] == 0 && r[1] == 1, "VM_EVICT in the second VM = {} (version {})", r[0] as i64, r[1]);
@@ -351,7 +355,7 @@ fn run_swapped(arena: &mut Arena, vm: &mut Vm) -> Result<Msg, Msg> {
         out_count: 0,
         backing: core::array::from_fn(|i| vm.ram.start + i as u64 * PAGE),
         pages,
-        cursor: 21,
+        cursor: VICTIM,
         kept: None,
         evictions: 0,
         restores: 0,
@@ -360,13 +364,20 @@ fn run_swapped(arena: &mut Arena, vm: &mut Vm) -> Result<Msg, Msg> {
         done_replay: false,
         done_other_vm: false,
     };
-    // The page the other VM evicted goes first, at version 1.
-    s.evict(21)?;
-    s.cursor = 22;
+    // Evictions start at the first exit (the measurement of a protected
+    // VM at its first run covers every page), with the page the other VM
+    // evicted, at version 1.
     let outcome = drive(&mut s, &mut other, other_sealed);
     let other_destroyed = other.destroy();
-    // The sealed pages are the host's: clean them for the VM's own check.
-    arch::ram_zero(pool, pool + POOL as u64 * PAGE);
+    // Every page the host holds now (free, sealed copies) is the host's
+    // own: clean them, so that the VM's pages read zero after VM_DESTROY
+    // wherever they came from. Restored pages are the VM's: untouched.
+    for &page in &s.free[..s.free_count] {
+        arch::ram_zero(page, page + PAGE);
+    }
+    for record in s.out[..s.out_count].iter().chain(s.kept.as_ref()) {
+        arch::ram_zero(record.sealed, record.sealed + PAGE);
+    }
     arch::ram_zero(other_page, other_page + PAGE);
     let (passed, exits) = outcome?;
     other_destroyed?;
