@@ -310,3 +310,11 @@ pub fn restore(handle: VmHandle, guest_address: u64, sealed: u64, fresh: u64, ve
         Ok(())
     })
 }
+
+/// The page VM `handle`'s stage 2 maps at `ipa`, for the oracle (test
+/// builds, feature `oracle`).
+#[cfg(feature = "oracle")]
+pub fn oracle_translate(handle: u64, ipa: u64) -> Option<u64> {
+    let (_, guard) = vm::lock(VmHandle(handle)).ok()?;
+    vm::translate(guard.as_ref()?, ipa)
+}
