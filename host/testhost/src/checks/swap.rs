@@ -90,6 +90,9 @@ struct Swapper {
     kept: Option<Sealed>,
     evictions: u64,
     restores: u64,
+    /// Counter ticks spent in successful `VM_EVICT` / `VM_RESTORE` calls.
+    evict_ticks: u64,
+    restore_ticks: u64,
     refused: u64,
     /// Which hostile cases ran.
     done_batch: bool,
@@ -136,7 +139,9 @@ impl Swapper {
             return Ok(false);
         }
         let sealed = self.take()?;
+        let t = arch::counter();
         let r = evict_call(self.handle, ipa, sealed);
+        self.evict_ticks += arch::counter() - t;
         ensure!(r[0] == 0, "VM_EVICT({ipa:#x}, {sealed:#x}) = {}", r[0] as i64);
         self.evictions += 1;
         let old = self.backing[index];
@@ -230,7 +235,9 @@ impl Swapper {
             self.refused += 2;
             self.done_replay = true;
         }
+        let t = arch::counter();
         let c = restore_code(self.handle, ipa, record.sealed, fresh, record.version, record.tag);
+        self.restore_ticks += arch::counter() - t;
         ensure!(c == 0, "VM_RESTORE({ipa:#x}, v{}) = {c}", record.version);
         self.restores += 1;
         // The fresh page left the host.
@@ -359,6 +366,8 @@ fn run_swapped(arena: &mut Arena, vm: &mut Vm) -> Result<Msg, Msg> {
         kept: None,
         evictions: 0,
         restores: 0,
+        evict_ticks: 0,
+        restore_ticks: 0,
         refused: 0,
         done_batch: false,
         done_replay: false,
@@ -382,10 +391,14 @@ fn run_swapped(arena: &mut Arena, vm: &mut Vm) -> Result<Msg, Msg> {
     let (passed, exits) = outcome?;
     other_destroyed?;
     ensure!(s.done_batch && s.done_other_vm && s.done_replay, "not every hostile case ran: batch {}, other VM {}, replay {}", s.done_batch, s.done_other_vm, s.done_replay);
+    let frequency = arch::counter_frequency().max(1);
+    let rate = |pages: u64, ticks: u64| pages.saturating_mul(frequency) / ticks.max(1);
     Ok(msg!(
-        "memtest (protected): {passed} guest checks passed, {exits} exits; {} evictions, {} restores (EXIT_EVICTED), {} hostile calls refused; no sealed page held the guest's data in clear",
+        "memtest (protected): {passed} guest checks passed, {exits} exits; {} evictions ({} pages/s), {} restores ({} pages/s) on EXIT_EVICTED, {} hostile calls refused; no sealed page held the guest's data in clear",
         s.evictions,
+        rate(s.evictions, s.evict_ticks),
         s.restores,
+        rate(s.restores, s.restore_ticks),
         s.refused
     ))
 }
