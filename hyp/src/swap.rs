@@ -90,7 +90,11 @@ impl SlotSwap {
         self.owner = 0;
         self.serial = 0;
         self.key = None;
-        self.map.clear();
+        // 32 KiB: only if the VM evicted anything (VM_DESTROY of every VM
+        // comes here).
+        if self.map.used() > 0 {
+            self.map.clear();
+        }
         // What was held is released with the VM's other holds at
         // VM_DESTROY (`release_guest_hold`).
         self.held.fill(HeldRegion { region: 0, pages: 0, held: 0 });

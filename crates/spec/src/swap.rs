@@ -36,12 +36,21 @@ impl Spec<'_> {
         };
         let allowed = refusals().or_error(Error::NotEvictable);
         // A VM whose layout the specification lost: the oracle's page.
-        let pa = if spec.imprecise { self.swap_pa } else { spec.translate(ipa) };
-        let sealed_ok = PageRange::new(sealed, 1).is_ok_and(|r| self.in_one_bank(&r)) && self.page(sealed) == Some(Page::Host);
+        let pa = if spec.imprecise {
+            self.swap_pa
+        } else {
+            spec.translate(ipa)
+        };
+        let sealed_ok = PageRange::new(sealed, 1).is_ok_and(|r| self.in_one_bank(&r))
+            && self.page(sealed) == Some(Page::Host);
         match pa {
             Some(pa) if sealed_ok && self.page(pa) == Some(Page::Vm(slot as u8)) => Prediction {
                 allowed: allowed.union(Outcomes::success()),
-                effect: Effect::Evict { slot: slot as u8, ipa, pa },
+                effect: Effect::Evict {
+                    slot: slot as u8,
+                    ipa,
+                    pa,
+                },
             },
             _ => Prediction::refuse(allowed),
         }
@@ -49,7 +58,13 @@ impl Spec<'_> {
 
     /// `VM_RESTORE` of guest page `ipa` from host page `sealed` into host
     /// page `fresh`.
-    pub(crate) fn predict_restore(&self, vm: VmHandle, ipa: u64, sealed: u64, fresh: u64) -> Prediction {
+    pub(crate) fn predict_restore(
+        &self,
+        vm: VmHandle,
+        ipa: u64,
+        sealed: u64,
+        fresh: u64,
+    ) -> Prediction {
         if sealed == fresh {
             return Prediction::refuse(Outcomes::error(Error::InvalidParameter));
         }
@@ -64,14 +79,29 @@ impl Spec<'_> {
             .or_error(Error::StaleVersion)
             .or_error(Error::SealInvalid);
         let fresh_range = PageRange::new(fresh, 1);
-        let fresh_ok = fresh_range.is_ok_and(|r| self.in_one_bank(&r)) && self.page(fresh) == Some(Page::Host);
-        let sealed_ok = PageRange::new(sealed, 1).is_ok_and(|r| self.in_one_bank(&r)) && self.page(sealed) == Some(Page::Host);
+        let fresh_ok =
+            fresh_range.is_ok_and(|r| self.in_one_bank(&r)) && self.page(fresh) == Some(Page::Host);
+        let sealed_ok = PageRange::new(sealed, 1).is_ok_and(|r| self.in_one_bank(&r))
+            && self.page(sealed) == Some(Page::Host);
         let unmapped = spec.imprecise || spec.translate(ipa).is_none();
         match fresh_range {
-            Ok(range) if fresh_ok && sealed_ok && unmapped && spec.swapped && ipa.is_multiple_of(PAGE) => Prediction {
-                allowed: allowed.union(Outcomes::success()),
-                effect: Effect::GiveVm { slot: slot as u8, range, ipa, share: false },
-            },
+            Ok(range)
+                if fresh_ok
+                    && sealed_ok
+                    && unmapped
+                    && spec.swapped
+                    && ipa.is_multiple_of(PAGE) =>
+            {
+                Prediction {
+                    allowed: allowed.union(Outcomes::success()),
+                    effect: Effect::GiveVm {
+                        slot: slot as u8,
+                        range,
+                        ipa,
+                        share: false,
+                    },
+                }
+            }
             _ => Prediction::refuse(allowed),
         }
     }
