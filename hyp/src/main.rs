@@ -42,6 +42,7 @@ mod mm;
 mod oracle;
 mod security;
 mod smmu;
+mod swap;
 mod vcpu;
 mod vm;
 

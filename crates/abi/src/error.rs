@@ -51,6 +51,19 @@ pub enum Error {
     /// Migration: the VM is being exported (it never runs again) or
     /// imported (it runs once its import completes).
     Migrating = -30,
+    /// `VM_RESTORE`: the sealed page and tag do not authenticate for this
+    /// VM, guest address and version (tampered, another VM's, another
+    /// address's page).
+    SealInvalid = -23,
+    /// `VM_RESTORE`: the version is not the guest address's current one (a
+    /// replay of an older seal, or a version never issued).
+    StaleVersion = -24,
+    /// `VM_RESTORE`: the guest address is not evicted.
+    NotEvicted = -25,
+    /// `VM_EVICT`: the guest address holds no page the VM owns that can be
+    /// evicted (unmapped, already evicted, shared by or with the host, or
+    /// its version would overflow).
+    NotEvictable = -26,
 }
 
 impl Error {
@@ -70,6 +83,10 @@ impl Error {
         Error::StreamOrder,
         Error::StaleStream,
         Error::Migrating,
+        Error::SealInvalid,
+        Error::StaleVersion,
+        Error::NotEvicted,
+        Error::NotEvictable,
     ];
 
     /// The value returned in `x0`.
@@ -96,6 +113,10 @@ impl Error {
             Error::StreamOrder => "STREAM_ORDER",
             Error::StaleStream => "STALE_STREAM",
             Error::Migrating => "MIGRATING",
+            Error::SealInvalid => "SEAL_INVALID",
+            Error::StaleVersion => "STALE_VERSION",
+            Error::NotEvicted => "NOT_EVICTED",
+            Error::NotEvictable => "NOT_EVICTABLE",
         }
     }
 }
