@@ -236,6 +236,9 @@ pub fn render(h: &Header<'_>, c: &Counters, reclaimed: Option<u64>) -> String {
     for (k, v) in crate::virtio::stats_lines() {
         put(&k, v);
     }
+    for (k, v) in crate::swap::stats_lines() {
+        put(&k, v);
+    }
     put("result", h.result.to_string());
     out
 }
