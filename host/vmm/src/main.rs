@@ -128,7 +128,7 @@ enum Command {
         virtio: Box<virtio::VirtioArgs>,
         /// Sealed swap (issue 14).
         #[command(flatten)]
-        swap: swap::SwapArgs,
+        swap: Box<swap::SwapArgs>,
     },
     /// List every live VM (VM_LIST) and the VMM that owns it.
     List,
@@ -278,7 +278,7 @@ fn quick_run(args: &[std::ffi::OsString]) -> Option<Cli> {
                 rng: true,
                 ..virtio::VirtioArgs::default()
             }),
-            swap: swap::SwapArgs::default(),
+            swap: Box::default(),
         },
     })
 }
@@ -512,7 +512,11 @@ fn hold(name: &str, when: &str, ram: u64, size: u64) -> Option<i32> {
     r
 }
 
-#[allow(clippy::too_many_lines, reason = "the run, step by step")]
+#[allow(
+    clippy::too_many_lines,
+    clippy::too_many_arguments,
+    reason = "the run, step by step"
+)]
 fn cmd_run(
     env: &Env,
     path: &Path,

@@ -61,6 +61,9 @@ pub struct Options {
     pub trace: bool,
 }
 
+/// What runs once after the first evictions (`--swap-attack`).
+pub type AfterTrim<'a> = &'a (dyn Fn(&dyn Hyp) + Sync);
+
 /// Everything the vCPU threads share.
 pub struct Run<'a> {
     /// Name for console prefixes.
@@ -92,7 +95,7 @@ pub struct Run<'a> {
     /// to its limit after vCPU 0's first run.
     swap: Option<&'a crate::swap::Swap<'a>>,
     /// Called once after the first eviction (the hostile swap test).
-    after_trim: Option<&'a (dyn Fn(&dyn Hyp) + Sync)>,
+    after_trim: Option<AfterTrim<'a>>,
 }
 
 impl<'a> Run<'a> {
@@ -133,7 +136,7 @@ impl<'a> Run<'a> {
     pub fn with_swap(
         mut self,
         swap: &'a crate::swap::Swap<'a>,
-        after_trim: Option<&'a (dyn Fn(&dyn Hyp) + Sync)>,
+        after_trim: Option<AfterTrim<'a>>,
     ) -> Self {
         self.swap = Some(swap);
         self.after_trim = after_trim;
@@ -410,7 +413,9 @@ impl<'a> Run<'a> {
                 // the swap limit.
                 if let Some(swap) = self.swap {
                     if let Err(e) = swap.trim(hyp) {
-                        self.finish(Outcome::Error(format!("swap: evicting down to the limit: {e}")));
+                        self.finish(Outcome::Error(format!(
+                            "swap: evicting down to the limit: {e}"
+                        )));
                         break;
                     }
                     if let Some(after) = self.after_trim {

@@ -59,8 +59,7 @@ use crate::mem::{Fault, Mapping};
 /// `RAMPART_HOST_VM_EVICT` (`HOST_FUNCTION_BASE + 0x20`).
 pub const VM_EVICT: u32 = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x20);
 /// `RAMPART_HOST_VM_RESTORE` (`HOST_FUNCTION_BASE + 0x21`).
-pub const VM_RESTORE: u32 =
-    fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x21);
+pub const VM_RESTORE: u32 = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x21);
 /// `EXIT_EVICTED`: `VCPU_RUN`'s `x1` when the guest touched an evicted
 /// page; `x2` = the page, `x3` = 1 for a write.
 pub const EXIT_EVICTED: u64 = 8;
@@ -72,9 +71,13 @@ pub const MAGIC: [u8; 8] = *b"RMPSWAP\0";
 /// The format's version (bytes 8..12).
 pub const FORMAT_VERSION: u32 = 1;
 /// Header bytes before the first slot.
-pub const HEADER_SIZE: u64 = 64;
+const HEADER_LEN: usize = 64;
 /// One slot: guest address (8), version (8), tag (16), ciphertext (4096).
-pub const RECORD_SIZE: u64 = 32 + PAGE_SIZE;
+const RECORD_LEN: usize = 32 + PAGE;
+/// [`HEADER_LEN`] as a file offset.
+pub const HEADER_SIZE: u64 = HEADER_LEN as u64;
+/// [`RECORD_LEN`] as a file offset.
+pub const RECORD_SIZE: u64 = RECORD_LEN as u64;
 /// The fewest resident pages `--resident` may ask for: a guest
 /// instruction can need its own page, a data page and a stack page at
 /// once; 16 leaves room for several vCPUs.
@@ -89,7 +92,12 @@ pub struct SwapArgs {
     pub swap: Option<PathBuf>,
     /// With --swap: guest RAM pages the VM may hold at once (default: a
     /// quarter of guest RAM).
-    #[arg(long, value_name = "PAGES", requires = "swap", conflicts_with = "resident_mib")]
+    #[arg(
+        long,
+        value_name = "PAGES",
+        requires = "swap",
+        conflicts_with = "resident_mib"
+    )]
     pub resident: Option<u64>,
     /// With --swap: the same limit in MiB.
     #[arg(long, value_name = "N", requires = "swap")]
@@ -171,19 +179,19 @@ impl Record {
     /// The slot's bytes.
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(RECORD_SIZE as usize);
+        let mut out = Vec::with_capacity(RECORD_LEN);
         out.extend_from_slice(&self.ipa.to_le_bytes());
         out.extend_from_slice(&self.version.to_le_bytes());
         out.extend_from_slice(&self.tag);
         out.extend_from_slice(&self.sealed);
-        out.resize(RECORD_SIZE as usize, 0);
+        out.resize(RECORD_LEN, 0);
         out
     }
 
     /// A slot's bytes (exactly [`RECORD_SIZE`]).
     #[must_use]
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() as u64 != RECORD_SIZE {
+        if bytes.len() != RECORD_LEN {
             return None;
         }
         let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
@@ -208,15 +216,15 @@ impl Record {
 /// The header's bytes.
 #[must_use]
 pub fn header(vm: u64, pages: u64) -> Vec<u8> {
-    let mut h = Vec::with_capacity(HEADER_SIZE as usize);
+    let mut h = Vec::with_capacity(HEADER_LEN);
     h.extend_from_slice(&MAGIC);
     h.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    h.extend_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+    h.extend_from_slice(&4096u32.to_le_bytes());
     h.extend_from_slice(&vm.to_le_bytes());
     h.extend_from_slice(&GUEST_RAM_BASE.to_le_bytes());
     h.extend_from_slice(&pages.to_le_bytes());
     h.extend_from_slice(&RECORD_SIZE.to_le_bytes());
-    h.resize(HEADER_SIZE as usize, 0);
+    h.resize(HEADER_LEN, 0);
     h
 }
 
@@ -283,7 +291,7 @@ impl Store {
     ///
     /// I/O errors, or `ipa` outside guest RAM.
     pub fn read(&self, ipa: u64) -> Result<Record> {
-        let mut bytes = vec![0; RECORD_SIZE as usize];
+        let mut bytes = vec![0; RECORD_LEN];
         self.file
             .read_exact_at(&mut bytes, self.offset(ipa)?)
             .with_context(|| format!("reading the slot of {ipa:#x} in {}", self.path.display()))?;
@@ -393,9 +401,10 @@ impl Policy {
     /// list (for the hostile test's second VM).
     fn take_run(&mut self, count: u64) -> Option<u64> {
         let frames: Vec<u64> = self.free.iter().copied().collect();
-        let start = frames.windows(count as usize).find_map(|w| {
-            (w[w.len() - 1] - w[0] == (count - 1) * PAGE_SIZE).then_some(w[0])
-        })?;
+        let window = usize::try_from(count).ok().filter(|&n| n > 0)?;
+        let start = frames
+            .windows(window)
+            .find_map(|w| (w[w.len() - 1] - w[0] == (count - 1) * PAGE_SIZE).then_some(w[0]))?;
         for i in 0..count {
             self.free.remove(&(start + i * PAGE_SIZE));
         }
@@ -460,7 +469,10 @@ pub fn stats_lines() -> Vec<(String, String)> {
             "swap resident pages".into(),
             format!("{} of at most {}", r(&RESIDENT), r(&LIMIT)),
         ),
-        ("swap EXIT_EVICTED exits".into(), r(&EVICTED_EXITS).to_string()),
+        (
+            "swap EXIT_EVICTED exits".into(),
+            r(&EVICTED_EXITS).to_string(),
+        ),
         (
             "swap pages per second".into(),
             format!(
@@ -651,7 +663,12 @@ impl<'a> Swap<'a> {
     }
 
     /// Evicts the FIFO's oldest page (with the lock held).
-    fn evict_one(&self, hyp: &dyn Hyp, p: &mut Policy, making_room: bool) -> Result<bool, SwapError> {
+    fn evict_one(
+        &self,
+        hyp: &dyn Hyp,
+        p: &mut Policy,
+        making_room: bool,
+    ) -> Result<bool, SwapError> {
         let Some(ipa) = p.victim(making_room) else {
             return Ok(false);
         };
@@ -780,10 +797,15 @@ impl<'a> Swap<'a> {
             .map_err(|e| format!("{what}: {e:#}"))?;
         let code = refused?;
         if !p.is_evicted(ipa) {
-            return Err(format!("{what}: {ipa:#x} is no longer evicted after the refusal"));
+            return Err(format!(
+                "{what}: {ipa:#x} is no longer evicted after the refusal"
+            ));
         }
         self.restore_locked(hyp, p, ipa).map_err(|e| {
-            format!("{what}: refused with {}, but the honest restore then failed: {e}", error_name(code))
+            format!(
+                "{what}: refused with {}, but the honest restore then failed: {e}",
+                error_name(code)
+            )
         })?;
         Ok(format!(
             "{what}: VM_RESTORE of {ipa:#x} refused with {}; the VM is unchanged (the honest record then restored)",
@@ -818,8 +840,12 @@ impl<'a> Swap<'a> {
                 new.version, old.version
             ));
         }
-        self.refused_then_honest(hyp, p, what, ipa, &old)
-            .map(|s| format!("{s} (version {} replayed, current {})", old.version, new.version))
+        self.refused_then_honest(hyp, p, what, ipa, &old).map(|s| {
+            format!(
+                "{s} (version {} replayed, current {})",
+                old.version, new.version
+            )
+        })
     }
 
     fn attack_swap(&self, hyp: &dyn Hyp, p: &mut Policy, a: u64, b: u64) -> Result<String, String> {
@@ -828,7 +854,10 @@ impl<'a> Swap<'a> {
         let ra = self.store.read(a).map_err(|e| format!("{what}: {e:#}"))?;
         let one = self.refused_then_honest(hyp, p, what, a, &rb)?;
         let two = self.refused_then_honest(hyp, p, what, b, &ra)?;
-        Ok(format!("{one}; {}", two.trim_start_matches(what).trim_start_matches(": ")))
+        Ok(format!(
+            "{one}; {}",
+            two.trim_start_matches(what).trim_start_matches(": ")
+        ))
     }
 
     /// Creates a second (non-protected) VM in free frames, evicts its page
@@ -905,7 +934,9 @@ impl<'a> Swap<'a> {
         // The record still restores into this VM.
         self.restore_locked(hyp, p, ipa)
             .map_err(|e| format!("{what}: the honest restore then failed: {e}"))?;
-        Ok(format!("{line}; the VM is unchanged (the record then restored into it)"))
+        Ok(format!(
+            "{line}; the VM is unchanged (the record then restored into it)"
+        ))
     }
 
     // -----------------------------------------------------------------------
