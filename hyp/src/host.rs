@@ -153,6 +153,16 @@ fn run_call(regs: &mut [u64; 18]) {
         },
         Ok(HostRequest::VcpuInject { vcpu, intid }) => crate::vcpu::inject_irq(vcpu, intid),
         Ok(HostRequest::VmSetSignature { vm, signer, signature }) => crate::vm::set_signature(vm, signer, signature),
+        Ok(HostRequest::VmEvict { vm, guest_address, sealed }) => match crate::swap::evict(vm, guest_address, sealed) {
+            Ok((version, tag)) => {
+                let tag: [u64; 2] = rampart_abi::host::bytes_to_words(&tag);
+                return ret(regs, [SUCCESS as u64, version, tag[0], tag[1]]);
+            }
+            Err(e) => Err(e),
+        },
+        Ok(HostRequest::VmRestore { vm, guest_address, sealed, fresh, version, tag }) => {
+            crate::swap::restore(vm, guest_address, sealed, fresh, version, tag)
+        }
         Ok(HostRequest::VmList(after)) => return ret(regs, [SUCCESS as u64, crate::vm::list_after(after), 0, 0]),
         Ok(HostRequest::AttestationKey) => match crate::security::attestation_public_key() {
             Ok(key) => {

@@ -41,6 +41,7 @@ mod mm;
 mod oracle;
 mod security;
 mod smmu;
+mod swap;
 mod vcpu;
 mod vm;
 

@@ -36,11 +36,24 @@ pub enum Error {
     /// A protected VM's first run: the signature does not match the
     /// measurement of its memory, vCPU state and configuration.
     BadSignature = -22,
+    /// `VM_RESTORE`: the sealed page and tag do not authenticate for this
+    /// VM, guest address and version (tampered, another VM's, another
+    /// address's page).
+    SealInvalid = -23,
+    /// `VM_RESTORE`: the version is not the guest address's current one (a
+    /// replay of an older seal, or a version never issued).
+    StaleVersion = -24,
+    /// `VM_RESTORE`: the guest address is not evicted.
+    NotEvicted = -25,
+    /// `VM_EVICT`: the guest address holds no page the VM owns that can be
+    /// evicted (unmapped, already evicted, shared by or with the host, or
+    /// its version would overflow).
+    NotEvictable = -26,
 }
 
 impl Error {
     /// Every error, in code order; used by tests and documentation checks.
-    pub const ALL: [Error; 10] = [
+    pub const ALL: [Error; 14] = [
         Error::NotSupported,
         Error::NotRequired,
         Error::InvalidParameter,
@@ -51,6 +64,10 @@ impl Error {
         Error::NotSigned,
         Error::UntrustedKey,
         Error::BadSignature,
+        Error::SealInvalid,
+        Error::StaleVersion,
+        Error::NotEvicted,
+        Error::NotEvictable,
     ];
 
     /// The value returned in `x0`.
@@ -73,6 +90,10 @@ impl Error {
             Error::NotSigned => "NOT_SIGNED",
             Error::UntrustedKey => "UNTRUSTED_KEY",
             Error::BadSignature => "BAD_SIGNATURE",
+            Error::SealInvalid => "SEAL_INVALID",
+            Error::StaleVersion => "STALE_VERSION",
+            Error::NotEvicted => "NOT_EVICTED",
+            Error::NotEvictable => "NOT_EVICTABLE",
         }
     }
 }

@@ -77,6 +77,19 @@ pub enum HostCall {
     /// `x1` = the next live VM's handle in slot order, or 0 when there is
     /// none (so a VMM can find, and destroy, VMs a killed VMM left behind).
     VmList = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x1A),
+    /// `RAMPART_HOST_VM_EVICT`: `x1` = VM handle, `x2` = guest address
+    /// (page-aligned) of a page the host donated to the VM, `x3` = the
+    /// sealed page (host-owned exclusively, not the guest page) that
+    /// receives the 4096 bytes of ciphertext. Returns `x1` = the page's new
+    /// version, `x2`, `x3` = the 16-byte tag (little-endian words). The
+    /// guest page is unmapped, zeroed and the host's again.
+    VmEvict = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x20),
+    /// `RAMPART_HOST_VM_RESTORE`: `x1` = VM handle, `x2` = evicted guest
+    /// address, `x3` = sealed page (host-owned, read only), `x4` = fresh
+    /// page (host-owned exclusively, not `x3`), `x5` = version, `x6`, `x7`
+    /// = tag. On success the fresh page holds the plaintext, is the VM's
+    /// and is mapped at `x2`; on any error nothing changed.
+    VmRestore = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x21),
     /// `RAMPART_HOST_ORACLE_CHECK`: test builds only (hypervisor feature
     /// `oracle`): no arguments. Runs the oracle's correspondence check now
     /// and returns `x1` = violations found since boot (specification and
@@ -87,7 +100,7 @@ pub enum HostCall {
 
 impl HostCall {
     /// Every host call, in ID order.
-    pub const ALL: [HostCall; 18] = [
+    pub const ALL: [HostCall; 20] = [
         HostCall::Version,
         HostCall::Features,
         HostCall::ShareHyp,
@@ -105,6 +118,8 @@ impl HostCall {
         HostCall::VmSetSignature,
         HostCall::AttestationKey,
         HostCall::VmList,
+        HostCall::VmEvict,
+        HostCall::VmRestore,
         HostCall::OracleCheck,
     ];
 
@@ -135,6 +150,8 @@ impl HostCall {
             HostCall::VmSetSignature => "RAMPART_HOST_VM_SET_SIGNATURE",
             HostCall::AttestationKey => "RAMPART_HOST_ATTESTATION_KEY",
             HostCall::VmList => "RAMPART_HOST_VM_LIST",
+            HostCall::VmEvict => "RAMPART_HOST_VM_EVICT",
+            HostCall::VmRestore => "RAMPART_HOST_VM_RESTORE",
             HostCall::OracleCheck => "RAMPART_HOST_ORACLE_CHECK",
         }
     }
@@ -312,6 +329,36 @@ pub enum HostRequest {
     AttestationKey,
     /// See [`HostCall::VmList`]: the handle to continue after (0 = start).
     VmList(u64),
+    /// See [`HostCall::VmEvict`].
+    VmEvict {
+        /// The VM.
+        vm: VmHandle,
+        /// The guest page to evict (page-aligned).
+        guest_address: u64,
+        /// The host page that receives the ciphertext (page-aligned).
+        sealed: u64,
+    },
+    /// See [`HostCall::VmRestore`].
+    VmRestore {
+        /// The VM.
+        vm: VmHandle,
+        /// The evicted guest page (page-aligned).
+        guest_address: u64,
+        /// The host page holding the ciphertext (page-aligned).
+        sealed: u64,
+        /// The host page that receives the plaintext and becomes the VM's
+        /// (page-aligned).
+        fresh: u64,
+        /// The version `VM_EVICT` returned.
+        version: u64,
+        /// The tag `VM_EVICT` returned.
+        tag: [u8; 16],
+    },
+}
+
+/// A page address argument: `InvalidParameter` unless page-aligned.
+fn page_aligned(address: u64) -> Result<u64, crate::Error> {
+    if address.is_multiple_of(PAGE_SIZE) { Ok(address) } else { Err(crate::Error::InvalidParameter) }
 }
 
 /// Packs little-endian words into bytes (the way 32- and 64-byte values
@@ -406,6 +453,19 @@ impl HostRequest {
             },
             HostCall::AttestationKey => HostRequest::AttestationKey,
             HostCall::VmList => HostRequest::VmList(regs[1]),
+            HostCall::VmEvict => HostRequest::VmEvict {
+                vm: VmHandle(regs[1]),
+                guest_address: page_aligned(regs[2])?,
+                sealed: page_aligned(regs[3])?,
+            },
+            HostCall::VmRestore => HostRequest::VmRestore {
+                vm: VmHandle(regs[1]),
+                guest_address: page_aligned(regs[2])?,
+                sealed: page_aligned(regs[3])?,
+                fresh: page_aligned(regs[4])?,
+                version: regs[5],
+                tag: words_to_bytes(&regs[6..8]),
+            },
             HostCall::OracleCheck => HostRequest::OracleCheck,
         })
     }
@@ -537,11 +597,15 @@ pub enum ExitReason {
     /// The vCPU is off: not yet started with PSCI CPU_ON, or it called
     /// CPU_OFF. Run it again later.
     PoweredOff = 7,
+    /// The guest touched a page the host evicted (`VM_EVICT`): `x2` = the
+    /// guest page (page-aligned), `x3` = 1 for a write, 0 for a read.
+    /// Restore it (`VM_RESTORE`) and run again: the access is retried.
+    Evicted = 8,
 }
 
 impl ExitReason {
     /// Every exit reason.
-    pub const ALL: [ExitReason; 7] = [
+    pub const ALL: [ExitReason; 8] = [
         ExitReason::Mmio,
         ExitReason::MemoryFault,
         ExitReason::Wait,
@@ -549,6 +613,7 @@ impl ExitReason {
         ExitReason::SystemOff,
         ExitReason::SystemReset,
         ExitReason::PoweredOff,
+        ExitReason::Evicted,
     ];
 
     /// The stable name used in `docs/abi.md`.
@@ -562,6 +627,7 @@ impl ExitReason {
             ExitReason::SystemOff => "EXIT_SYSTEM_OFF",
             ExitReason::SystemReset => "EXIT_SYSTEM_RESET",
             ExitReason::PoweredOff => "EXIT_POWERED_OFF",
+            ExitReason::Evicted => "EXIT_EVICTED",
         }
     }
 }
@@ -696,6 +762,33 @@ mod decode_tests {
         for r in ExitReason::ALL {
             assert_eq!(ExitReason::try_from(r as u64), Ok(r));
         }
+        // Swap calls: addresses page-aligned, the tag in x6, x7.
+        let mut r = [0u64; 18];
+        r[..8].copy_from_slice(&[0xC600_8021, vm.0, 0x8000_0000, 0x4800_0000, 0x4800_1000, 3, 0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908]);
+        assert_eq!(
+            HostRequest::decode(&r),
+            Ok(HostRequest::VmRestore {
+                vm,
+                guest_address: 0x8000_0000,
+                sealed: 0x4800_0000,
+                fresh: 0x4800_1000,
+                version: 3,
+                tag: core::array::from_fn(|i| u8::try_from(i).unwrap_or(0)),
+            })
+        );
+        for bad in 2..5 {
+            let mut r2 = r;
+            r2[bad] |= 0x10;
+            assert_eq!(HostRequest::decode(&r2), Err(Error::InvalidParameter), "x{bad}");
+        }
+        assert_eq!(
+            HostRequest::decode(&regs18([0xC600_8020, vm.0, 0x8000_0000, 0x4800_0000, 0])),
+            Ok(HostRequest::VmEvict { vm, guest_address: 0x8000_0000, sealed: 0x4800_0000 })
+        );
+        assert_eq!(
+            HostRequest::decode(&regs18([0xC600_8020, vm.0, 0x8000_0800, 0x4800_0000, 0])),
+            Err(Error::InvalidParameter)
+        );
         // A range must end at a representable address.
         assert!(PageRange::new(!0xfff - 0x1000, 1).is_ok());
     }

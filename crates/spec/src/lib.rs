@@ -938,6 +938,9 @@ impl<'a> Spec<'a> {
                 Prediction::refuse(Outcomes::success().or_error(Error::NotSupported))
             }
             HostRequest::OracleCheck => Prediction::refuse(Outcomes::success()),
+            HostRequest::VmEvict { .. } | HostRequest::VmRestore { .. } => {
+                Prediction::refuse(Outcomes::error(Error::NotSupported))
+            }
         }
     }
 

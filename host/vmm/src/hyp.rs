@@ -86,6 +86,10 @@ pub fn error_meaning(code: i64) -> &'static str {
         Ok(Error::BadSignature) => {
             "the signature does not match the VM's measurement (the image, manifest or VM set-up differs from what was signed)"
         }
+        Ok(Error::SealInvalid) => "the sealed page does not authenticate for this VM, guest address and version",
+        Ok(Error::StaleVersion) => "the version is not the guest address's current one (an old seal replayed)",
+        Ok(Error::NotEvicted) => "the guest address is not evicted",
+        Ok(Error::NotEvictable) => "the guest address holds no page of the VM that can be evicted",
         Err(_) => "unknown error code",
     }
 }

@@ -508,6 +508,14 @@ impl<'a> Run<'a> {
                         self.prefix(vcpu)
                     );
                 }
+                Ok(ExitReason::Evicted) => {
+                    // Only a VMM that evicts pages (VM_EVICT) can see this.
+                    self.finish(Outcome::Error(format!(
+                        "vCPU {vcpu}: EXIT_EVICTED at {:#x}, but this VMM evicted nothing",
+                        r[2]
+                    )));
+                    break;
+                }
                 Ok(ExitReason::Wait) => {
                     waits += 1;
                     if waits < 64 {

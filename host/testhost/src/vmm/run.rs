@@ -790,6 +790,11 @@ fn run_entries(entries: &[(usize, usize)], host: &mut dyn Host) {
             Ok(ExitReason::SystemOff) => shared.stop(state::SYSTEM_OFF),
             Ok(ExitReason::SystemReset) => shared.stop(state::SYSTEM_RESET),
             Ok(ExitReason::PoweredOff) => lane.off = true,
+            Ok(ExitReason::Evicted) => {
+                // This VMM evicts nothing: an eviction exit is a hypervisor bug.
+                shared.report(problem::BAD_EXIT, [vcpu as u64, r[1], r[2]]);
+                shared.stop(state::STOPPED);
+            }
             Err(reason) => {
                 shared.report(problem::BAD_EXIT, [vcpu as u64, reason, 0]);
                 shared.stop(state::STOPPED);

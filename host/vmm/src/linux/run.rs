@@ -356,6 +356,14 @@ impl Shared<'_> {
                     self.kicks[vcpu].sleep(off_sleep);
                     off_sleep = (off_sleep * 2).min(Duration::from_millis(5));
                 }
+                Ok(ExitReason::Evicted) => {
+                    // Only a VMM that evicts pages (VM_EVICT) can see this.
+                    self.finish(Outcome::Error(format!(
+                        "vCPU {vcpu}: EXIT_EVICTED at {:#x}, but this VMM evicted nothing",
+                        r[2]
+                    )));
+                    break;
+                }
                 Ok(ExitReason::MemoryFault) => {
                     self.counters.memory_faults.fetch_add(1, Ordering::Relaxed);
                     eprintln!(
