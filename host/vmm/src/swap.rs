@@ -50,19 +50,18 @@ use std::sync::{Mutex, PoisonError};
 
 use anyhow::{Context, Result, anyhow, bail};
 use rampart_abi::guest::GUEST_RAM_BASE;
-use rampart_abi::host::{HOST_FUNCTION_BASE, HostCall, PAGE_SIZE, VmConfig};
-use rampart_abi::smccc::{fast_call_id, owner};
+use rampart_abi::host::{ExitReason, HostCall, PAGE_SIZE, VmConfig};
 
 use crate::hyp::{Hyp, call, error_name};
 use crate::mem::{Fault, Mapping};
 
 /// `RAMPART_HOST_VM_EVICT` (`HOST_FUNCTION_BASE + 0x20`).
-pub const VM_EVICT: u32 = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x20);
+pub const VM_EVICT: u32 = HostCall::VmEvict.id();
 /// `RAMPART_HOST_VM_RESTORE` (`HOST_FUNCTION_BASE + 0x21`).
-pub const VM_RESTORE: u32 = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x21);
+pub const VM_RESTORE: u32 = HostCall::VmRestore.id();
 /// `EXIT_EVICTED`: `VCPU_RUN`'s `x1` when the guest touched an evicted
 /// page; `x2` = the page, `x3` = 1 for a write.
-pub const EXIT_EVICTED: u64 = 8;
+pub const EXIT_EVICTED: u64 = ExitReason::Evicted as u64;
 
 /// A page, as a length.
 const PAGE: usize = 4096;

@@ -10,10 +10,10 @@ use std::sync::Mutex;
 use super::*;
 use crate::hyp::Hyp;
 
-const BAD_SEAL: i64 = -23;
-const STALE: i64 = -24;
-const NOT_EVICTED: i64 = -25;
-const INVALID: i64 = -3;
+const BAD_SEAL: i64 = rampart_abi::Error::SealInvalid.code();
+const STALE: i64 = rampart_abi::Error::StaleVersion.code();
+const NOT_EVICTED: i64 = rampart_abi::Error::NotEvicted.code();
+const INVALID: i64 = rampart_abi::Error::InvalidParameter.code();
 
 /// A fake hypervisor with one or more VMs whose guest RAM lives in a
 /// region (physical `BASE` = region offset 0).
@@ -447,15 +447,15 @@ fn the_hostile_modes_are_refused_and_the_vm_is_unchanged() {
         assert!(r.is_ok(), "{r:?}");
     }
     let text: Vec<String> = results.into_iter().map(Result::unwrap).collect();
-    assert!(text[0].contains("error -23"), "{}", text[0]);
+    assert!(text[0].contains("SEAL_INVALID"), "{}", text[0]);
     assert!(
-        text[1].contains("error -24") && text[1].contains("version 1 replayed, current 2"),
+        text[1].contains("STALE_VERSION") && text[1].contains("version 1 replayed, current 2"),
         "{}",
         text[1]
     );
-    assert!(text[2].contains("error -23"), "{}", text[2]);
+    assert!(text[2].contains("SEAL_INVALID"), "{}", text[2]);
     assert!(
-        text[3].contains("into VM 0x100001001") && text[3].contains("error -23"),
+        text[3].contains("into VM 0x100001001") && text[3].contains("SEAL_INVALID"),
         "{}",
         text[3]
     );
