@@ -111,8 +111,13 @@ pub struct SwapArgs {
     /// (hex) in FILE and in every pool page of the VM the host can read;
     /// exit 1 if they are found.
     #[arg(long, value_name = "HEX", requires = "swap", hide = true, value_parser = parse_hex)]
-    pub swap_scan: Option<Vec<u8>>,
+    pub swap_scan: Option<Secret>,
 }
+
+/// `--swap-scan`'s bytes (a newtype: clap would take a `Vec<u8>` for a
+/// list of values).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
 
 /// Parses `--swap-scan`'s hex (at least 8 bytes: shorter strings occur by
 /// chance in ciphertext).
@@ -120,8 +125,8 @@ pub struct SwapArgs {
 /// # Errors
 ///
 /// What is wrong.
-pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
-    if !text.len().is_multiple_of(2) || text.len() < 16 {
+pub fn parse_hex(text: &str) -> Result<Secret, String> {
+    if !text.len().is_multiple_of(2) || text.len() < 16 || !text.is_ascii() {
         return Err("want an even number of hex digits, at least 16".into());
     }
     (0..text.len())
@@ -129,7 +134,8 @@ pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
         .map(|i| {
             u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| format!("{text:?} is not hex"))
         })
-        .collect()
+        .collect::<Result<Vec<u8>, String>>()
+        .map(Secret)
 }
 
 impl SwapArgs {
@@ -1016,7 +1022,7 @@ pub fn at_end(name: &str, swap: &Swap<'_>, args: &SwapArgs, pool_pages: u64) -> 
     let Some(secret) = &args.swap_scan else {
         return 0;
     };
-    match swap.scan(secret, pool_pages) {
+    match swap.scan(&secret.0, pool_pages) {
         Ok((in_file, in_pool, read, aborted)) => {
             let ok = in_file == 0 && in_pool == 0;
             println!(

@@ -348,7 +348,7 @@ fn the_limit_comes_from_the_options_and_is_checked() {
     assert!(a(Some(15), None).limit(512).is_err());
     assert!(a(Some(512), None).limit(512).is_err());
     assert!(a(None, Some(u64::MAX)).limit(512).is_err());
-    assert_eq!(parse_hex("0011223344556677").unwrap().len(), 8);
+    assert_eq!(parse_hex("0011223344556677").unwrap().0.len(), 8);
     assert!(parse_hex("00112233").is_err());
     assert!(parse_hex("zz11223344556677").is_err());
 }
@@ -523,4 +523,40 @@ fn the_scan_finds_a_secret_in_clear_and_not_in_sealed_pages() {
     // Straddling a page boundary still counts.
     assert_eq!(count(b"xxSECRETyy", b"SECRET"), 1);
     assert_eq!(count(b"SECRE", b"SECRET"), 0);
+}
+
+#[test]
+fn the_command_line_takes_the_swap_options() {
+    let cli = crate::parse_cli([
+        "rampart-vmm",
+        "run",
+        "/guests/swap.bundle",
+        "--swap",
+        "/tmp/s",
+        "--resident",
+        "64",
+        "--swap-attack",
+        "--swap-scan",
+        "00112233445566778899aabbccddeeff",
+    ])
+    .unwrap();
+    let crate::Command::Run { swap, .. } = cli.command else {
+        panic!("not run");
+    };
+    assert_eq!(swap.swap.as_deref(), Some(Path::new("/tmp/s")));
+    assert_eq!(swap.resident, Some(64));
+    assert!(swap.swap_attack);
+    assert_eq!(swap.swap_scan.unwrap().0[15], 0xff);
+    for bad in [
+        &["rampart-vmm", "run", "b", "--resident", "64"][..],
+        &["rampart-vmm", "run", "b", "--swap", "f", "--resident", "64", "--resident-mib", "1"],
+        &["rampart-vmm", "run", "b", "--swap", "f", "--swap-scan", "0011"],
+    ] {
+        assert!(crate::parse_cli(bad).is_err(), "{bad:?}");
+    }
+    // Linux guests have no swap.
+    assert!(
+        crate::parse_cli(["rampart-vmm", "run", "--kernel", "k", "--swap", "f"]).is_ok(),
+        "refused later, by the run command"
+    );
 }
