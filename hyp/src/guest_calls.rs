@@ -203,7 +203,7 @@ fn cpu_on(slot: usize, mpidr: u64, entry: u64, context: u64) -> i64 {
 }
 
 /// A random number from the CPU's `RNDR`, if it has one and it gave one.
-fn random() -> Option<u64> {
+pub fn random() -> Option<u64> {
     let has_rng = crate::BOOT.get().is_some_and(|b| b.config.features.rng);
     // SAFETY: only called when the CPU has FEAT_RNG.
     has_rng.then(|| unsafe { arch::guest::rndr() }).flatten()

@@ -838,3 +838,98 @@ fn fail_closed_msg(what: &str, range: MemRange) -> ! {
     crate::println!("{what} {range}; stopping");
     crate::power_off()
 }
+
+/// Pool pages `VM_RESTORE` holds back for returning one restored page to
+/// the host at `VM_DESTROY` (what `check_for_guest` holds for it).
+pub fn swap_return_cost(page: u64) -> u64 {
+    MemRange::from_base_size(page, PAGE_SIZE).map_or(0, return_cost)
+}
+
+/// The sealed swap's page checks and copies (issue 14, `crate::swap`).
+impl HostMemory {
+    /// `RANGE` unless `page` (page-aligned) lies inside one RAM bank.
+    ///
+    /// # Errors
+    ///
+    /// `RANGE`, or `INVALID_PARAMETER` for a page that wraps.
+    pub fn swap_check_ram(&self, page: u64) -> Result<(), AbiError> {
+        let range = MemRange::from_base_size(page, PAGE_SIZE).ok_or(AbiError::InvalidParameter)?;
+        if self.ram.iter().any(|bank| bank.contains_range(&range)) { Ok(()) } else { Err(AbiError::Range) }
+    }
+
+    /// `DENIED` unless the host owns `page` exclusively: not lent to the
+    /// hypervisor (so not pinned or bound as a call page) or a guest, not
+    /// donated, not held for a VM, not the carve-out.
+    ///
+    /// # Errors
+    ///
+    /// `DENIED`.
+    pub fn swap_host_owns(&self, page: u64) -> Result<(), AbiError> {
+        match self.table.page_state(PhysAddr(page)) {
+            Ok(own::PageState::HostOwned) if !self.carveout.iter().any(|c| c.contains(page)) => Ok(()),
+            _ => Err(AbiError::Denied),
+        }
+    }
+
+    /// Whether VM `vm` owns `page` exclusively (not shared with the host,
+    /// not lent by it).
+    pub fn swap_guest_owns(&self, page: u64, vm: own::VmId) -> bool {
+        matches!(self.table.page_state(PhysAddr(page)), Ok(own::PageState::GuestOwned(owner)) if owner == vm)
+    }
+
+    /// Copies page `page` into `out`, reading what memory holds (the cache
+    /// cleaned and invalidated first: a guest without caches, or a host's
+    /// non-coherent DMA, may have written DRAM directly). Volatile loads,
+    /// each word read once and no Rust reference to the page: the host may
+    /// be writing it meanwhile, and only the copy is used.
+    pub fn swap_read_page(&mut self, page: u64, out: &mut [u8; PAGE_SIZE as usize]) {
+        self.fixmap(page, 1);
+        if let Some(window) = MemRange::from_base_size(FIXMAP_BASE, PAGE_SIZE) {
+            arch::cache::before_reading(window);
+        }
+        for (i, chunk) in out.chunks_exact_mut(512).enumerate() {
+            // SAFETY: the fixmap's first page maps `page` readable at EL2
+            // until `fixunmap` below; 512-byte chunks stay inside it and are
+            // 8-byte aligned.
+            let words: [u64; 64] = unsafe { mm::read_volatile_words(FIXMAP_BASE + i as u64 * 512) };
+            for (bytes, word) in chunk.chunks_exact_mut(8).zip(words) {
+                bytes.copy_from_slice(&word.to_le_bytes());
+            }
+        }
+        self.fixunmap(1);
+    }
+
+    /// Writes `bytes` over page `page` with volatile stores (no Rust
+    /// reference to the page) and cleans it to the point of coherency, so
+    /// that a reader without caches (a guest's MMU-off accesses, a host's
+    /// non-coherent DMA) sees it.
+    pub fn swap_write_page(&mut self, page: u64, bytes: &[u8; PAGE_SIZE as usize]) {
+        self.fixmap(page, 1);
+        for (i, chunk) in bytes.chunks_exact(512).enumerate() {
+            let mut words = [0u64; 64];
+            for (word, b) in words.iter_mut().zip(chunk.chunks_exact(8)) {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(b);
+                *word = u64::from_le_bytes(w);
+            }
+            // SAFETY: the fixmap's first page maps `page` writable at EL2
+            // until `fixunmap` below; the chunk is inside it and aligned. The
+            // page is the host's own sealed page (concurrent host writes only
+            // spoil what the host gets) or a page no one else can reach yet.
+            unsafe { mm::write_volatile_words(FIXMAP_BASE + i as u64 * 512, &words) };
+        }
+        if let Some(window) = MemRange::from_base_size(FIXMAP_BASE, PAGE_SIZE) {
+            arch::cache::scrub_then_release(window);
+        }
+        self.fixunmap(1);
+    }
+
+    /// Gives back up to `pages` of the pool pages held for `vm`'s teardown
+    /// (a restored page went back to the host with `VM_EVICT`).
+    pub fn swap_release_hold(&mut self, vm: own::VmId, pages: u64) {
+        if let Some(slot) = GUEST_HOLDS.get(usize::from(vm.0)) {
+            let released = slot.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| Some(h.saturating_sub(pages))).map_or(0, |h| h.min(pages));
+            mm::pool_release(released);
+        }
+    }
+}

@@ -128,3 +128,10 @@ pub fn sealing_key(measurement: &Measurement, label: &[u8]) -> Result<[u8; 32], 
     let key = secret.sealing_key(measurement, label).map_err(|_| Error::InvalidParameter)?;
     Ok(*key.as_bytes())
 }
+
+/// The root of the sealed-swap keys (`rampart-seal`), derived from the
+/// device secret; `NOT_SUPPORTED` without one.
+pub fn swap_root() -> Result<zeroize::Zeroizing<[u8; 32]>, Error> {
+    let (secret, _) = security()?.secret.as_ref().ok_or(Error::NotSupported)?;
+    Ok(secret.swap_root())
+}

@@ -673,13 +673,23 @@ fn pend_virtual_serror(v: &mut Vcpu) {
 /// A stage-2 abort: MMIO below guest RAM, a memory fault above it.
 fn abort(slot: usize, v: &mut Vcpu, ipa: u64, iss: u64, far: u64, instruction: bool) -> Outcome {
     let write = iss & (1 << 6) != 0;
-    let (mapped, mmio_allowed) = {
+    let (mapped, mmio_allowed, evicted) = {
         let guard = vm::VMS[slot].lock();
         let Some(vm) = guard.as_ref() else { return exit(ExitReason::SystemOff, 0, 0, 0) };
         let mapped = vm::translate(vm, ipa).is_some();
         let allowed = !vm.protected || vm.mmio_guard.as_ref().is_none_or(|g| g.contains(ipa));
-        (mapped, allowed)
+        (mapped, allowed, !mapped && crate::swap::is_evicted(slot, vm.handle, ipa))
     };
+    if evicted {
+        // Sealed swap: the host evicted the page. The access has not
+        // happened; after VM_RESTORE the vCPU retries it.
+        return exit(ExitReason::Evicted, ipa & !0xfff, u64::from(write), 0);
+    }
+    if mapped && crate::swap::translation_fault(iss) {
+        // Mapped since the fault was taken (a VM_RESTORE or VM_DONATE on
+        // another CPU won the race): retry the access.
+        return Outcome::Resume;
+    }
     if mapped {
         // A fault on mapped memory (a permission fault) is the guest's.
         inject_guest(v, if instruction { Kind::InstructionAbort { far_not_valid: false } } else { Kind::DataAbort { write, far_not_valid: false } }, far);

@@ -295,7 +295,7 @@ pub fn give_memory(vm_handle: VmHandle, pages: PageRange, guest_address: u64, sh
     if ipa_end > ipa_limit() {
         return Err(Error::Range);
     }
-    if any_mapped(vm, guest_address, bytes) {
+    if any_mapped(vm, guest_address, bytes) || crate::swap::any_evicted(slot, vm_handle, guest_address, ipa_end) {
         return Err(Error::Denied);
     }
     let tables = tables_needed(guest_address, bytes);
@@ -476,6 +476,44 @@ pub fn unmap_guest_page(vm: &mut Vm, ipa: u64) {
     });
 }
 
+/// Whether mapping one page at `ipa` needs a new stage-2 table (no
+/// level-3 table covers it yet).
+pub fn page_needs_table(vm: &Vm, ipa: u64) -> bool {
+    let page = ipa & !(PAGE_SIZE - 1);
+    let Some(end) = page.checked_add(PAGE_SIZE) else { return true };
+    let mut leaf_level = false;
+    let region = MemoryRegion::new(page as usize, end as usize);
+    let _ = vm.stage2.walk_range(&region, &mut |_, _, level| {
+        leaf_level |= level == 3;
+        Ok(())
+    });
+    !leaf_level
+}
+
+/// Stage-2 table pages still available to the VM.
+pub fn tables_available(vm: &Vm) -> u64 {
+    vm.stage2.translation().available()
+}
+
+/// Worst-case stage-2 tables for mapping one page at `ipa`.
+pub fn page_tables_needed(ipa: u64) -> u64 {
+    tables_needed(ipa & !(PAGE_SIZE - 1), PAGE_SIZE)
+}
+
+/// Maps one 4 KiB guest page (`VM_RESTORE`): `ipa` was checked against the
+/// IPA limit and the tables it needs ([`page_needs_table`]) are available.
+/// Invalid-to-valid: no TLB entry can exist for it, so a DSB publishes it.
+pub fn map_guest_page(vm: &mut Vm, ipa: u64, pa: u64) {
+    let page = ipa & !(PAGE_SIZE - 1);
+    let region = MemoryRegion::new(page as usize, (page + PAGE_SIZE) as usize);
+    if let Err(e) = vm.stage2.map_range(&region, PhysicalAddress(pa as usize), guest_ram(), Constraints::NO_BLOCK_MAPPINGS) {
+        // Checked by the caller: only a broken invariant gets here.
+        crate::println!("VM stage-2 page map failed after its checks: {e}; stopping");
+        crate::power_off();
+    }
+    arch::dsb_ishst();
+}
+
 /// Runs a guest's page transition on the page behind `ipa`. With `unmap`,
 /// the page also leaves the guest's stage 2 — after every check passed and
 /// before the new owner can reach it, so no vCPU of the VM can still write
@@ -523,6 +561,8 @@ pub fn destroy(handle: VmHandle) -> Result<(), Error> {
     // generation reaches RETIRED is never used again (see `create`), so a
     // live VM's generation is below RETIRED and this never wraps.
     let _ = GENERATIONS[slot].fetch_update(Ordering::AcqRel, Ordering::Acquire, |g| g.checked_add(1));
+    // Its swap key and versions go too: its sealed pages are now useless.
+    crate::swap::forget(slot);
     let Some(vm) = guard.take() else { return Ok(()) };
     for vcpu in vcpus.iter_mut().flatten() {
         **vcpu = None;

@@ -27,6 +27,8 @@ use crate::measure::Measurement;
 pub const ATTESTATION_KEY_INFO: &[u8] = b"rampart.attestation-key.v1";
 /// HKDF `info` prefix for sealing keys (then measurement, then label).
 pub const SEALING_KEY_INFO: &[u8] = b"rampart.sealing-key.v1\0";
+/// HKDF info of the sealed-swap root ([`DeviceSecret::swap_root`]).
+pub const SWAP_ROOT_INFO: &[u8] = b"rampart.swap-root.v1";
 /// The longest sealing-key label, in bytes.
 pub const MAX_LABEL_LEN: usize = 32;
 
@@ -76,6 +78,15 @@ impl DeviceSecret {
     pub fn attestation_key(&self) -> AttestationKey {
         let seed = self.expand(&[ATTESTATION_KEY_INFO]);
         AttestationKey(SigningKey::from_bytes(&seed))
+    }
+
+    /// The root of the hypervisor's sealed-swap keys (`rampart-seal`):
+    /// HKDF-SHA256 of the secret with its own info, so it is unrelated to
+    /// the attestation key and to every guest's sealing key. Never leaves
+    /// EL2.
+    #[must_use]
+    pub fn swap_root(&self) -> Zeroizing<[u8; 32]> {
+        self.expand(&[SWAP_ROOT_INFO])
     }
 
     /// Derives the sealing key for a VM with `measurement` and a label the

@@ -16,6 +16,7 @@ mod pool;
 mod ram;
 pub mod reset;
 mod smccc;
+mod swap;
 mod vb;
 mod vm;
 pub mod withheld;
@@ -150,6 +151,10 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "vm-memtest",
         run: vm::vm_memtest,
+    },
+    Check {
+        name: "swap-memtest",
+        run: swap::swap_memtest,
     },
     Check {
         name: "vm-share",

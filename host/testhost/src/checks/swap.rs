@@ -1,0 +1,426 @@
+//! Sealed swap (issue 14): `VM_EVICT` / `VM_RESTORE` from a hostile host.
+//!
+//! `swap-memtest`: the `memtest` guest in a protected VM runs its four
+//! fill-and-check passes while the host evicts its pages (code, stack and
+//! data alike) at every exit and restores each one when the guest touches
+//! it (`EXIT_EVICTED`); the guest's own pattern checks must pass. Every
+//! sealed page is checked for the guest's data in clear, every evicted
+//! page must come back to the host zeroed. On the way, each hostile
+//! restore is tried once and must be refused with its documented error,
+//! the fresh page staying the host's, before the real restore succeeds
+//! (the guest's pattern checks then prove the VM's memory unchanged): a
+//! flipped bit in the sealed page, a flipped tag, another address's sealed
+//! page, a sealed page restored into another VM, an old version replayed
+//! (with its own version and with the current one), sealed = fresh, a
+//! fresh page that is not the host's, pages outside RAM; and the hostile
+//! evictions and donations.
+
+use rampart_abi::Error;
+use rampart_abi::guest::GUEST_RAM_BASE;
+use rampart_abi::guest::GUEST_UART_BASE;
+use rampart_abi::guest::layout::UART_DR;
+use rampart_abi::guest::test_protocol::{DONE, FAIL, PASS};
+use rampart_abi::host::{ExitReason, HostCall, mmio};
+
+use super::vm::{arena, protected};
+use super::vmm::{Arena, PAGE, Vm, call, code};
+use crate::arch;
+use crate::msg::Msg;
+use crate::platform::Platform;
+use crate::{ensure, fail, msg, note};
+
+const INVALID: i64 = Error::InvalidParameter.code();
+const DENIED: i64 = Error::Denied.code();
+const RANGE: i64 = Error::Range.code();
+const SEAL_INVALID: i64 = Error::SealInvalid.code();
+const STALE_VERSION: i64 = Error::StaleVersion.code();
+const NOT_EVICTED: i64 = Error::NotEvicted.code();
+const NOT_EVICTABLE: i64 = Error::NotEvictable.code();
+
+/// Pages evicted at each exit of the guest.
+const PER_EXIT: usize = 3;
+/// Pages kept evicted at most (and records kept).
+const WINDOW: usize = 40;
+/// Spare host pages for sealed copies and fresh pages.
+const POOL: usize = 2 * WINDOW + 8;
+/// A page that is RAM nowhere (the guest UART's page, MMIO in QEMU virt).
+const NOT_RAM: u64 = 0x0900_0000;
+
+/// memtest's pattern (guest/memtest/src/main.rs): the guest's "secret".
+fn pattern(addr: u64, pass: u64) -> u64 {
+    (addr ^ pass.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .wrapping_mul(0xff51_afd7_ed55_8ccd)
+        .rotate_left(u32::try_from(pass % 64).unwrap_or(0))
+        ^ addr
+}
+
+/// A hostile restore: what, sealed page, fresh page (0: the VM's
+/// metadata), version, tag, the error expected.
+type RestoreCase = (&'static str, u64, u64, u64, [u64; 2], i64);
+
+/// One evicted guest page.
+#[derive(Clone, Copy, Default)]
+struct Sealed {
+    ipa: u64,
+    sealed: u64,
+    version: u64,
+    tag: [u64; 2],
+}
+
+/// The VMM's state.
+struct Swapper {
+    handle: u64,
+    /// The VM's first metadata page (never the host's while it lives).
+    metadata: u64,
+    /// Host pages free for use as sealed or fresh pages.
+    free: [u64; POOL],
+    free_count: usize,
+    /// Pages evicted now.
+    out: [Sealed; WINDOW],
+    out_count: usize,
+    /// Host page behind each guest page now (index: page of guest RAM).
+    backing: [u64; 512],
+    pages: usize,
+    /// Next guest page to evict (round robin).
+    cursor: usize,
+    /// The first seal of the first address evicted twice, kept for the
+    /// replay cases.
+    kept: Option<Sealed>,
+    evictions: u64,
+    restores: u64,
+    refused: u64,
+    /// Which hostile cases ran.
+    done_batch: bool,
+    done_replay: bool,
+    done_other_vm: bool,
+}
+
+fn evict_call(handle: u64, ipa: u64, sealed: u64) -> [u64; 18] {
+    call(HostCall::VmEvict, &[handle, ipa, sealed])
+}
+
+fn restore_code(handle: u64, ipa: u64, sealed: u64, fresh: u64, version: u64, tag: [u64; 2]) -> i64 {
+    code(HostCall::VmRestore, &[handle, ipa, sealed, fresh, version, tag[0], tag[1]])
+}
+
+/// The host can still write and read `page` (it stayed the host's).
+fn host_still_owns(page: u64, what: &str) -> Result<(), Msg> {
+    let probe = arch::probe(arch::Access::Store, page, 0x5eed_0000 ^ page);
+    ensure!(probe.fault.is_none(), "{what}: the fresh page {page:#x} is no longer the host's after a refused restore");
+    ensure!(arch::ram_read(page) == 0x5eed_0000 ^ page, "{what}: the fresh page {page:#x} did not keep the host's write");
+    arch::ram_write(page, 0);
+    Ok(())
+}
+
+impl Swapper {
+    fn take(&mut self) -> Result<u64, Msg> {
+        ensure!(self.free_count > 0, "the test's page pool is empty");
+        self.free_count -= 1;
+        Ok(self.free[self.free_count])
+    }
+
+    fn give(&mut self, page: u64) {
+        if self.free_count < POOL {
+            self.free[self.free_count] = page;
+            self.free_count += 1;
+        }
+    }
+
+    /// Evicts guest page `index`, checks the sealed page and the returned
+    /// page. `Ok(false)` if the page is evicted already.
+    fn evict(&mut self, index: usize) -> Result<bool, Msg> {
+        let ipa = GUEST_RAM_BASE + index as u64 * PAGE;
+        if self.out[..self.out_count].iter().any(|s| s.ipa == ipa) {
+            return Ok(false);
+        }
+        let sealed = self.take()?;
+        let r = evict_call(self.handle, ipa, sealed);
+        ensure!(r[0] == 0, "VM_EVICT({ipa:#x}, {sealed:#x}) = {}", r[0] as i64);
+        self.evictions += 1;
+        let old = self.backing[index];
+        // The guest's data is nowhere in clear in the sealed page.
+        let mut zero_words = 0;
+        for offset in (0..PAGE).step_by(8) {
+            let word = arch::ram_read(sealed + offset);
+            zero_words += u32::from(word == 0);
+            for pass in 0..4 {
+                ensure!(
+                    word != pattern(ipa + offset, pass),
+                    "the sealed page of {ipa:#x} holds the guest's word for pass {pass} in clear at offset {offset:#x}"
+                );
+            }
+        }
+        ensure!(zero_words < 8, "the sealed page of {ipa:#x} has {zero_words} zero words: not ciphertext");
+        // The guest page is the host's again, zeroed.
+        if let Some(at) = arch::ram_find_nonzero(old, old + PAGE) {
+            fail!("the page {old:#x} VM_EVICT gave back ({ipa:#x}) is not zero at {at:#x}");
+        }
+        self.give(old);
+        if self.kept.is_none() {
+            // The very first seal is copied aside (never recycled) for the
+            // replay cases, once the address has a newer version.
+            let copy = self.take()?;
+            for offset in (0..PAGE).step_by(8) {
+                arch::ram_write(copy + offset, arch::ram_read(sealed + offset));
+            }
+            self.kept = Some(Sealed { ipa, sealed: copy, version: r[1], tag: [r[2], r[3]] });
+        }
+        self.out[self.out_count] = Sealed { ipa, sealed, version: r[1], tag: [r[2], r[3]] };
+        self.out_count += 1;
+        Ok(true)
+    }
+
+    /// After an exit: evict the next few pages, keeping at most WINDOW out.
+    fn evict_some(&mut self) -> Result<(), Msg> {
+        for _ in 0..PER_EXIT {
+            if self.out_count >= WINDOW || self.free_count < 4 {
+                return Ok(());
+            }
+            let index = self.cursor;
+            self.cursor = (self.cursor + 7) % self.pages;
+            self.evict(index)?;
+        }
+        Ok(())
+    }
+
+    /// `EXIT_EVICTED` at `ipa`: hostile restores first (once each), then
+    /// the real one.
+    fn fault(&mut self, ipa: u64, other: &mut Vm, other_sealed: Option<Sealed>) -> Result<(), Msg> {
+        let at = self.out[..self.out_count]
+            .iter()
+            .position(|s| s.ipa == ipa)
+            .ok_or_else(|| msg!("EXIT_EVICTED at {ipa:#x}, which the host did not evict"))?;
+        let record = self.out[at];
+        let fresh = self.take()?;
+        if !self.done_batch && self.out_count >= 2 {
+            self.hostile_batch(record, fresh)?;
+            self.done_batch = true;
+        }
+        if !self.done_other_vm
+            && let Some(o) = other_sealed
+            && o.ipa == ipa
+            && record.version == o.version
+        {
+            // The same address and version, evicted in another VM: this
+            // VM's seal must not open there (another key), nor the other's
+            // here.
+            let c = restore_code(other.handle, ipa, record.sealed, fresh, record.version, record.tag);
+            ensure!(c == SEAL_INVALID, "this VM's sealed page restored into another VM at the same address and version: {c}, expected SEAL_INVALID");
+            host_still_owns(fresh, "another VM")?;
+            let c = restore_code(self.handle, ipa, o.sealed, fresh, o.version, o.tag);
+            ensure!(c == SEAL_INVALID, "another VM's sealed page restored here: {c}, expected SEAL_INVALID");
+            host_still_owns(fresh, "another VM's page")?;
+            self.refused += 2;
+            self.done_other_vm = true;
+        }
+        if let Some(k) = self.kept
+            && k.ipa == ipa
+            && record.version > k.version
+        {
+            // Replay: the first seal of this address, with its own version
+            // (no longer current) and with the current one.
+            let c = restore_code(self.handle, ipa, k.sealed, fresh, k.version, k.tag);
+            ensure!(c == STALE_VERSION, "an old version (v{}) replayed with its own version: {c}, expected STALE_VERSION", k.version);
+            host_still_owns(fresh, "replay")?;
+            let c = restore_code(self.handle, ipa, k.sealed, fresh, record.version, k.tag);
+            ensure!(c == SEAL_INVALID, "an old version (v{}) replayed as v{}: {c}, expected SEAL_INVALID", k.version, record.version);
+            host_still_owns(fresh, "replay as current")?;
+            self.refused += 2;
+            self.done_replay = true;
+        }
+        let c = restore_code(self.handle, ipa, record.sealed, fresh, record.version, record.tag);
+        ensure!(c == 0, "VM_RESTORE({ipa:#x}, v{}) = {c}", record.version);
+        self.restores += 1;
+        // The fresh page left the host.
+        let probe = arch::probe(arch::Access::Load, fresh, 0);
+        ensure!(probe.fault.is_some(), "the host can still read the fresh page {fresh:#x} after VM_RESTORE");
+        let c = restore_code(self.handle, ipa, record.sealed, fresh, record.version, record.tag);
+        ensure!(c == NOT_EVICTED, "a second VM_RESTORE of {ipa:#x} = {c}, expected NOT_EVICTED");
+        self.backing[((ipa - GUEST_RAM_BASE) / PAGE) as usize] = fresh;
+        self.give(record.sealed);
+        self.out[at] = self.out[self.out_count - 1];
+        self.out_count -= 1;
+        Ok(())
+    }
+
+    /// Hostile restores of `record` (another record is out too) and
+    /// hostile evictions; each refused, nothing changed.
+    fn hostile_batch(&mut self, record: Sealed, fresh: u64) -> Result<(), Msg> {
+        let (h, ipa, v, tag) = (self.handle, record.ipa, record.version, record.tag);
+        let other = *self.out[..self.out_count].iter().find(|s| s.ipa != ipa).ok_or_else(|| msg!("no second evicted page"))?;
+        // A flipped bit of the ciphertext, in a copy.
+        let copy = self.take()?;
+        for offset in (0..PAGE).step_by(8) {
+            arch::ram_write(copy + offset, arch::ram_read(record.sealed + offset));
+        }
+        arch::ram_write(copy + 0x808, arch::ram_read(copy + 0x808) ^ (1 << 17));
+        let cases: [RestoreCase; 9] = [
+            ("a flipped bit in the sealed page", copy, fresh, v, tag, SEAL_INVALID),
+            ("a flipped bit in the tag", record.sealed, fresh, v, [tag[0], tag[1] ^ (1 << 63)], SEAL_INVALID),
+            ("another address's sealed page and tag", other.sealed, fresh, v, other.tag, SEAL_INVALID),
+            ("a version never issued", record.sealed, fresh, v + 1, tag, STALE_VERSION),
+            ("sealed page = fresh page", record.sealed, record.sealed, v, tag, INVALID),
+            ("a fresh page that is the VM's metadata", record.sealed, 0, v, tag, DENIED),
+            ("a sealed page outside RAM", NOT_RAM, fresh, v, tag, RANGE),
+            ("a fresh page outside RAM", record.sealed, NOT_RAM, v, tag, RANGE),
+            ("an unaligned fresh page", record.sealed, fresh + 8, v, tag, INVALID),
+        ];
+        for (what, sealed, fresh_page, version, t, want) in cases {
+            let fresh_page = if fresh_page == 0 { self.metadata } else { fresh_page };
+            let c = restore_code(h, ipa, sealed, fresh_page, version, t);
+            ensure!(c == want, "VM_RESTORE with {what}: {c}, expected {want}");
+            host_still_owns(fresh, what)?;
+            self.refused += 1;
+        }
+        self.give(copy);
+        // A page the host lent to the hypervisor is not the host's alone.
+        let lent = self.take()?;
+        let c = code(HostCall::ShareHyp, &[lent, 1]);
+        ensure!(c == 0, "SHARE_HYP of a spare page = {c}");
+        let as_fresh = restore_code(h, ipa, record.sealed, lent, v, tag);
+        let as_sealed = evict_call(h, GUEST_RAM_BASE, lent)[0] as i64;
+        let c = code(HostCall::UnshareHyp, &[lent, 1]);
+        ensure!(c == 0, "UNSHARE_HYP = {c}");
+        self.give(lent);
+        ensure!(as_fresh == DENIED, "VM_RESTORE into a page shared with the hypervisor: {as_fresh}, expected DENIED");
+        ensure!(
+            as_sealed == DENIED || as_sealed == NOT_EVICTABLE,
+            "VM_EVICT into a page shared with the hypervisor: {as_sealed}, expected DENIED"
+        );
+        // Hostile evictions and donations.
+        let mapped = (0..self.pages)
+            .map(|i| GUEST_RAM_BASE + i as u64 * PAGE)
+            .find(|a| !self.out[..self.out_count].iter().any(|s| s.ipa == *a))
+            .ok_or_else(|| msg!("every page is evicted"))?;
+        let own_page = self.backing[((mapped - GUEST_RAM_BASE) / PAGE) as usize];
+        let spare = self.take()?;
+        let evictions: [(&str, u64, u64, i64); 6] = [
+            ("into the guest page itself", mapped, own_page, DENIED),
+            ("into the VM's metadata", mapped, self.metadata, DENIED),
+            ("into a page outside RAM", mapped, NOT_RAM, RANGE),
+            ("of an evicted page", ipa, spare, NOT_EVICTABLE),
+            ("of an unmapped guest address", GUEST_RAM_BASE + (self.pages as u64 + 16) * PAGE, spare, NOT_EVICTABLE),
+            ("of an unaligned guest address", mapped + 0x10, spare, INVALID),
+        ];
+        for (what, at, sealed, want) in evictions {
+            let r = evict_call(h, at, sealed);
+            ensure!(r[0] as i64 == want, "VM_EVICT {what}: {}, expected {want}", r[0] as i64);
+            self.refused += 1;
+        }
+        self.give(spare);
+        let c = code(HostCall::VmDonate, &[h, fresh, 1, ipa]);
+        ensure!(c == DENIED, "VM_DONATE at the evicted address {ipa:#x}: {c}, expected DENIED");
+        host_still_owns(fresh, "VM_DONATE at an evicted address")?;
+        let c = restore_code(h, mapped, record.sealed, fresh, v, tag);
+        ensure!(c == NOT_EVICTED, "VM_RESTORE at a mapped address: {c}, expected NOT_EVICTED");
+        self.refused += 2;
+        Ok(())
+    }
+}
+
+/// `swap-memtest`: see the module documentation.
+pub fn swap_memtest(p: &Platform) -> Result<(), Msg> {
+    let (mut arena, _) = arena(p)?;
+    let mut vm = Vm::create(&mut arena, protected("memtest")?)?;
+    let result = run_swapped(&mut arena, &mut vm);
+    let destroyed = vm.destroy();
+    let summary = result?;
+    destroyed?;
+    note!("{summary}");
+    Ok(())
+}
+
+fn run_swapped(arena: &mut Arena, vm: &mut Vm) -> Result<Msg, Msg> {
+    // Another VM with the same guest address evicted at version 1.
+    let mut other = Vm::create(arena, protected("hello")?)?;
+    let victim = GUEST_RAM_BASE + 21 * PAGE;
+    let other_page = arena.take(1)?;
+    let r = evict_call(other.handle, victim, other_page);
+    ensure!(r[0] == 0 && r[1] == 1, "VM_EVICT in the second VM = {} (version {})", r[0] as i64, r[1]);
+    let other_sealed = Sealed { ipa: victim, sealed: other_page, version: 1, tag: [r[2], r[3]] };
+
+    let pool = arena.take(POOL as u64)?;
+    let pages = (vm.ram.size() / PAGE) as usize;
+    ensure!(pages <= 512, "memtest has {pages} pages, more than the test tracks");
+    let mut s = Swapper {
+        handle: vm.handle,
+        metadata: vm.metadata.start,
+        free: core::array::from_fn(|i| pool + i as u64 * PAGE),
+        free_count: POOL,
+        out: [Sealed::default(); WINDOW],
+        out_count: 0,
+        backing: core::array::from_fn(|i| vm.ram.start + i as u64 * PAGE),
+        pages,
+        cursor: 21,
+        kept: None,
+        evictions: 0,
+        restores: 0,
+        refused: 0,
+        done_batch: false,
+        done_replay: false,
+        done_other_vm: false,
+    };
+    // The page the other VM evicted goes first, at version 1.
+    s.evict(21)?;
+    s.cursor = 22;
+    let outcome = drive(&mut s, &mut other, other_sealed);
+    let other_destroyed = other.destroy();
+    // The sealed pages are the host's: clean them for the VM's own check.
+    arch::ram_zero(pool, pool + POOL as u64 * PAGE);
+    arch::ram_zero(other_page, other_page + PAGE);
+    let (passed, exits) = outcome?;
+    other_destroyed?;
+    ensure!(s.done_batch && s.done_other_vm && s.done_replay, "not every hostile case ran: batch {}, other VM {}, replay {}", s.done_batch, s.done_other_vm, s.done_replay);
+    Ok(msg!(
+        "memtest (protected): {passed} guest checks passed, {exits} exits; {} evictions, {} restores (EXIT_EVICTED), {} hostile calls refused; no sealed page held the guest's data in clear",
+        s.evictions,
+        s.restores,
+        s.refused
+    ))
+}
+
+/// Runs the memtest VM to SYSTEM_OFF, evicting and restoring.
+fn drive(s: &mut Swapper, other: &mut Vm, other_sealed: Sealed) -> Result<(u32, u64), Msg> {
+    let mut line = [0u8; 160];
+    let mut len = 0;
+    let (mut passed, mut done) = (0u32, false);
+    let mut exits = 0u64;
+    let deadline = arch::counter() + 120 * arch::counter_frequency();
+    loop {
+        ensure!(arch::counter() < deadline, "memtest did not finish in 120 s ({exits} exits, {} evictions)", s.evictions);
+        let r = call(HostCall::VcpuRun, &[s.handle, 0, 0]);
+        ensure!(r[0] == 0, "VCPU_RUN = {}", r[0] as i64);
+        exits += 1;
+        match ExitReason::try_from(r[1]) {
+            Ok(ExitReason::Mmio) => {
+                if r[2] == GUEST_UART_BASE + UART_DR && r[3] & mmio::WRITE != 0 {
+                    let byte = r[4] as u8;
+                    if byte == b'\n' || len == line.len() {
+                        let text = core::str::from_utf8(&line[..len]).unwrap_or("");
+                        if text.starts_with(PASS) {
+                            passed += 1;
+                        } else if text.starts_with(FAIL) {
+                            fail!("memtest under swap: {text}");
+                        } else if text.starts_with(DONE) {
+                            done = true;
+                        }
+                        len = 0;
+                    } else {
+                        line[len] = byte;
+                        len += 1;
+                    }
+                }
+                s.evict_some()?;
+            }
+            Ok(ExitReason::Evicted) => {
+                ensure!(r[2] & (PAGE - 1) == 0 && r[3] <= 1, "EXIT_EVICTED details {:#x} {:#x}", r[2], r[3]);
+                s.fault(r[2], other, Some(other_sealed))?;
+            }
+            Ok(ExitReason::Wait | ExitReason::Interrupt) => {}
+            Ok(ExitReason::SystemOff) => break,
+            other_exit => fail!("unexpected exit {other_exit:?} ({:#x} {:#x})", r[2], r[3]),
+        }
+    }
+    ensure!(done && passed >= 4, "memtest ended with {passed} passed, GUEST-DONE {done}");
+    Ok((passed, exits))
+}
