@@ -40,7 +40,7 @@ pub const GUESTS: [(&str, &str, u64, u32); 11] = [
     // issue 16: the workloads of `cargo xtask bench peer`.
     ("bench", "rampart-guest-bench", MIB, 1),
     // issue 14: sealed swap (`rampart-vmm run --swap`, linux-vmm/swap).
-    ("swap", "rampart-guest-swap", 2 * MIB, 1),
+    ("swap", "rampart-guest-swap", MIB, 1),
 ];
 
 /// The manifest guest `name` is signed for.

@@ -1,8 +1,8 @@
 //! Issue 14, sealed swap, end to end: `linux-vmm/swap` boots Rampart with
 //! Debian's kernel as the host (`linux_vmm::machine`) and runs the
 //! protected `swap` guest (`guest/swap`) under `rampart-vmm run --swap
-//! FILE --resident N`, with a working set about four times what it may
-//! hold (`linux_swap/swap.sh`). The case passes if the guest's memory test
+//! FILE --resident N`, with a working set more than three times what it
+//! may hold (`linux_swap/swap.sh`). The case passes if the guest's memory test
 //! passes to the end with pages going out and in, the four hostile modes
 //! (`--swap-attack`) are each refused by the hypervisor with the expected
 //! error and leave the VM unchanged, no restore outside them is refused,
@@ -20,13 +20,15 @@ use anyhow::{Context, Result, anyhow, bail};
 use crate::{artifacts, linux_vmm};
 
 const SCRIPT: &str = include_str!("linux_swap/swap.sh");
-/// The swap guest's RAM (its signed manifest, `guests::GUESTS`).
-const GUEST_RAM: u64 = 2 << 20;
-/// Pages the guest may hold in the test: an eighth of its RAM (its free
-/// RAM, the working set, is most of the rest).
+/// The swap guest's RAM (its signed manifest, `guests::GUESTS`): 256
+/// pages, of which its image takes about 37 and its working set the rest.
+const GUEST_RAM: u64 = 1 << 20;
+/// Pages the guest may hold in the test: a quarter of its RAM, under a
+/// third of its working set.
 pub const RESIDENT: u64 = 64;
-/// Limits `cargo xtask bench swap` times (`none`: without `--swap`).
-pub const BENCH_RESIDENT: [&str; 4] = ["none", "448", "384", "256"];
+/// Limits `cargo xtask bench swap` times (`none`: without `--swap`): a
+/// quarter, half and three quarters of guest RAM swapped out.
+pub const BENCH_RESIDENT: [&str; 4] = ["none", "192", "128", "64"];
 /// The boot's time limit.
 const TIMEOUT: Duration = Duration::from_secs(240);
 
@@ -139,7 +141,7 @@ pub fn check(console: &str) -> Result<String, String> {
     if refusals != 5 {
         return Err(format!("want exactly the attacks' 5 refusals: {summary}"));
     }
-    if evictions < 1000 || restores < 1000 {
+    if evictions < 400 || restores < 400 {
         return Err(format!("too little swapping to mean anything: {summary}"));
     }
     let scan = find("swap scan: ").ok_or("no swap scan line")?;
@@ -178,7 +180,7 @@ pub fn bench() -> Result<()> {
     if rows.len() != BENCH_RESIDENT.len() {
         bail!("{} of {} bench runs reported:\n{}", rows.len(), BENCH_RESIDENT.len(), rows.join("\n"));
     }
-    println!("swap guest (2 MiB, protected) under rampart-vmm, 2 host CPUs under QEMU TCG:");
+    println!("swap guest (1 MiB, protected) under rampart-vmm, 2 host CPUs under QEMU TCG:");
     println!("| resident limit | exit | wall time | swap | pages/s in swap calls |");
     println!("|---|---|---|---|---|");
     for r in rows {
@@ -198,9 +200,9 @@ mod tests {
     #[test]
     fn the_secret_is_the_guests() {
         // guest/swap computes the same words (little-endian in memory).
-        let s = secret(2 << 20);
+        let s = secret(1 << 20);
         let a = u64::from_le_bytes(s[..8].try_into().unwrap());
-        assert_eq!(a, ((2u64 << 20) ^ 0x5357_4150_5345_4352).rotate_left(13) ^ 0x0123_4567_89ab_cdef);
+        assert_eq!(a, ((1u64 << 20) ^ 0x5357_4150_5345_4352).rotate_left(13) ^ 0x0123_4567_89ab_cdef);
         assert_eq!(hex(&[0, 0xab]), "00ab");
     }
 

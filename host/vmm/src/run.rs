@@ -412,6 +412,8 @@ impl<'a> Run<'a> {
                 // The VM is measured now: from here on it holds at most
                 // the swap limit.
                 if let Some(swap) = self.swap {
+                    // The launch milestone, before the evictions.
+                    Counters::reached(&self.counters.first_exit_us);
                     if let Err(e) = swap.trim(hyp) {
                         self.finish(Outcome::Error(format!(
                             "swap: evicting down to the limit: {e}"

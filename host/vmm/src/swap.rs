@@ -600,10 +600,7 @@ impl<'a> Swap<'a> {
 
     fn read_staging(&self) -> Vec<u8> {
         let at = usize::try_from(self.staging).unwrap_or(usize::MAX);
-        (0..PAGE)
-            .step_by(8)
-            .flat_map(|o| self.region.read_u64(at + o).to_le_bytes())
-            .collect()
+        self.region.read_bytes(at, PAGE)
     }
 
     fn timed<T>(f: impl FnOnce() -> T) -> T {
