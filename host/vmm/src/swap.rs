@@ -435,6 +435,8 @@ static EVICTED_EXITS: AtomicU64 = AtomicU64::new(0);
 static RESIDENT: AtomicU64 = AtomicU64::new(0);
 static LIMIT: AtomicU64 = AtomicU64::new(0);
 static SWAP_NS: AtomicU64 = AtomicU64::new(0);
+/// Of `SWAP_NS`, the time inside `VM_EVICT` and `VM_RESTORE` themselves.
+static CALL_NS: AtomicU64 = AtomicU64::new(0);
 static LAST_REFUSAL: Mutex<String> = Mutex::new(String::new());
 
 /// The swap lines of `rampart-vmm stats` (none without `--swap`).
@@ -613,7 +615,10 @@ impl<'a> Swap<'a> {
 
     /// `VM_EVICT` of `ipa` of VM `vm`; returns the record.
     fn evict_call(&self, hyp: &dyn Hyp, vm: u64, ipa: u64) -> Result<Record, SwapError> {
+        let t = std::time::Instant::now();
         let r = call(hyp, VM_EVICT, &[vm, ipa, self.region_phys + self.staging]);
+        let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        CALL_NS.fetch_add(ns, Ordering::Relaxed);
         if r[0] != 0 {
             return Err(SwapError::Refused("VM_EVICT", code_of(&r)));
         }
@@ -641,6 +646,7 @@ impl<'a> Swap<'a> {
         let at = usize::try_from(self.staging).unwrap_or(usize::MAX);
         self.region.write_bytes(at, &record.sealed);
         let [t0, t1] = record.tag_words();
+        let t = std::time::Instant::now();
         let r = call(
             hyp,
             VM_RESTORE,
@@ -654,6 +660,8 @@ impl<'a> Swap<'a> {
                 t1,
             ],
         );
+        let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        CALL_NS.fetch_add(ns, Ordering::Relaxed);
         if r[0] != 0 {
             let code = code_of(&r);
             REFUSALS.fetch_add(1, Ordering::Relaxed);

@@ -28,7 +28,8 @@ for r in $BENCH; do
 	wall=$(sed -n 's/.* stats: wall time: \([0-9]*\)\.\([0-9]*\) s$/\1\2/p' /tmp/bench.log | tail -n 1)
 	swapline=$(sed -n 's/.* stats: swap: //p' /tmp/bench.log | tail -n 1)
 	rate=$(sed -n 's/.* stats: swap pages per second: \([0-9-]*\) .*/\1/p' /tmp/bench.log | tail -n 1)
-	sw "bench $r exit $st wall $wall swap ${swapline:-none} rate ${rate:--}"
+	percall=$(sed -n 's/.* stats: swap time in VM_EVICT and VM_RESTORE: .*(\([0-9]*\) us per call)/\1/p' /tmp/bench.log | tail -n 1)
+	sw "bench $r exit $st wall $wall swap ${swapline:-none} rate ${rate:--} call ${percall:--}"
 	[ "$st" -eq 0 ] || tail -n 20 /tmp/bench.log
 	rm -f /tmp/bench.img
 done
