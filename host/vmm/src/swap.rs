@@ -481,6 +481,15 @@ pub fn stats_lines() -> Vec<(String, String)> {
             r(&EVICTED_EXITS).to_string(),
         ),
         (
+            "swap time in VM_EVICT and VM_RESTORE".into(),
+            format!(
+                "{}.{:03} ms ({} us per call)",
+                r(&CALL_NS) / 1_000_000,
+                (r(&CALL_NS) / 1000) % 1000,
+                r(&CALL_NS) / 1000 / moved.max(1)
+            ),
+        ),
+        (
             "swap pages per second".into(),
             format!(
                 "{rate} (evictions and restores over {}.{:03} ms spent in them)",
