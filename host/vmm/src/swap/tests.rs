@@ -429,6 +429,12 @@ fn a_refused_restore_stops_the_fault_and_changes_nothing() {
             .iter()
             .any(|(k, v)| k == "swap" && v.contains("refusals"))
     );
+    let lines = stats_lines();
+    assert!(
+        lines.iter().any(|(k, v)| k == "swap time in VM_EVICT and VM_RESTORE"
+            && v.ends_with(" us per call)")),
+        "{lines:?}"
+    );
 }
 
 #[test]
