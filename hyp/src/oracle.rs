@@ -227,6 +227,9 @@ pub fn host_call(regs: &mut [u64; 18], run: fn(&mut [u64; 18])) {
     let sent = *regs;
     // Every pool user takes the oracle's lock first: this holds for the call.
     o.spec.set_pool(Some(crate::mm::pool_available()));
+    // Sealed swap: the page VM_EVICT names, for a VM whose layout the
+    // specification lost.
+    o.spec.set_swap_pa((function == HostCall::VmEvict.id()).then(|| crate::swap::oracle_translate(sent[1], sent[2])).flatten());
     let prediction = o.spec.predict_host(&sent);
     returned_clear();
     run(regs);
@@ -679,7 +682,7 @@ fn check_effect(spec: &Spec<'_>, effect: &Effect) {
             Some((range.start(), range.end()))
         }
         Effect::CreateVm { metadata, .. } => Some((metadata.start(), metadata.end())),
-        Effect::Relinquish { pa, .. } => Some((pa, pa + PAGE_SIZE)),
+        Effect::Relinquish { pa, .. } | Effect::Evict { pa, .. } => Some((pa, pa + PAGE_SIZE)),
         Effect::Bind { page, .. } | Effect::Unbind { page, .. } => Some((page, page + PAGE_SIZE)),
         Effect::DestroyVm { .. } => Some((0, u64::MAX)),
         _ => None,

@@ -25,6 +25,26 @@ use crate::vm::{self, MAX_VMS};
 /// may evict 3584 distinct guest addresses over its life.
 const MAP_ENTRIES: usize = 4096;
 
+/// Host 2 MiB regions per VM whose restored pages' return to the host is
+/// held back (see [`HeldRegion`]).
+const HELD_REGIONS: usize = 128;
+
+/// Pool pages held back for returning restored pages to the host at
+/// `VM_DESTROY`, per 2 MiB host region: returning one page inside a
+/// region whose host stage-2 level-3 table exists (it does while any page
+/// of it is a guest's) needs no table, so one worst-case hold per region
+/// covers every restored page in it. Released when the last restored page
+/// of the region leaves the VM again (`VM_EVICT`).
+#[derive(Clone, Copy)]
+struct HeldRegion {
+    /// The region's first byte >> 21, plus one (0: unused entry).
+    region: u64,
+    /// Restored pages of the region the VM holds.
+    pages: u32,
+    /// Pool pages held for it.
+    held: u64,
+}
+
 /// One VM slot's swap state.
 struct SlotSwap {
     /// The handle of the VM this state belongs to (0: none yet). A state
@@ -37,11 +57,19 @@ struct SlotSwap {
     key: Option<VmKey>,
     /// Every address it evicted: version, evicted now or not.
     map: VersionMap<MAP_ENTRIES>,
+    /// Host regions holding restored pages, and what is held for them.
+    held: [HeldRegion; HELD_REGIONS],
 }
 
 impl SlotSwap {
     const fn new() -> Self {
-        SlotSwap { owner: 0, serial: 0, key: None, map: VersionMap::new() }
+        SlotSwap { owner: 0, serial: 0, key: None, map: VersionMap::new(), held: [HeldRegion { region: 0, pages: 0, held: 0 }; HELD_REGIONS] }
+    }
+
+    /// The held-region entry of host page `pa`, if any.
+    fn held_region(&mut self, pa: u64) -> Option<&mut HeldRegion> {
+        let region = (pa >> 21) + 1;
+        self.held.iter_mut().find(|h| h.region == region)
     }
 
     /// The state for VM `handle`, a fresh one if the slot's belongs to a
@@ -62,7 +90,14 @@ impl SlotSwap {
         self.owner = 0;
         self.serial = 0;
         self.key = None;
-        self.map.clear();
+        // 32 KiB: only if the VM evicted anything (VM_DESTROY of every VM
+        // comes here).
+        if self.map.used() > 0 {
+            self.map.clear();
+        }
+        // What was held is released with the VM's other holds at
+        // VM_DESTROY (`release_guest_hold`).
+        self.held.fill(HeldRegion { region: 0, pages: 0, held: 0 });
     }
 
     /// The VM's key, derived on first use: device-secret root, boot value,
@@ -196,8 +231,15 @@ pub fn evict(handle: VmHandle, guest_address: u64, sealed: u64) -> Result<(u64, 
         drop(buffer);
         // The guest page: zeroed, then the host's again.
         mem.commit(checked);
-        if planned.held {
-            mem.swap_release_hold(id, crate::memory::swap_return_cost(pa));
+        if planned.held
+            && let Some(region) = state.held_region(pa)
+        {
+            region.pages = region.pages.saturating_sub(1);
+            if region.pages == 0 {
+                let held = region.held;
+                *region = HeldRegion { region: 0, pages: 0, held: 0 };
+                mem.swap_release_hold(id, held);
+            }
         }
         state.map.commit_evict(planned);
         Ok((planned.version, tag))
@@ -225,8 +267,19 @@ pub fn restore(handle: VmHandle, guest_address: u64, sealed: u64, fresh: u64, ve
         })?;
         mem.swap_host_owns(sealed)?;
         // DENIED if the fresh page is not the host's alone; NO_MEMORY if
-        // the pool cannot hold back its return at VM_DESTROY.
-        let checked = mem.check_for_guest(Transition::HostDonateGuest(id), PageRange::new(fresh, 1)?, id)?;
+        // the pool cannot hold back its return at VM_DESTROY (once per
+        // host 2 MiB region, see `HeldRegion`) or no region entry is free.
+        let fresh_page = PageRange::new(fresh, 1)?;
+        let tracked = state.held_region(fresh).is_some();
+        let checked = if tracked {
+            mem.check(Transition::HostDonateGuest(id), fresh_page)?
+        } else {
+            mem.swap_host_owns(fresh)?;
+            if !state.held.iter().any(|h| h.region == 0) {
+                return Err(Error::NoMemory);
+            }
+            mem.check_for_guest(Transition::HostDonateGuest(id), fresh_page, id)?
+        };
         if vm::page_needs_table(vm, guest_address) && vm::tables_available(vm) < vm::page_tables_needed(guest_address) {
             return Err(Error::NoMemory);
         }
@@ -252,7 +305,20 @@ pub fn restore(handle: VmHandle, guest_address: u64, sealed: u64, fresh: u64, ve
         // instructions for this physical page.
         crate::arch::cache::made_executable();
         vm::map_guest_page(vm, guest_address, fresh);
+        if let Some(region) = state.held_region(fresh) {
+            region.pages = region.pages.saturating_add(1);
+        } else if let Some(free) = state.held.iter_mut().find(|h| h.region == 0) {
+            *free = HeldRegion { region: (fresh >> 21) + 1, pages: 1, held: crate::memory::swap_return_cost(fresh) };
+        }
         state.map.commit_restore(planned, true);
         Ok(())
     })
+}
+
+/// The page VM `handle`'s stage 2 maps at `ipa`, for the oracle (test
+/// builds, feature `oracle`).
+#[cfg(feature = "oracle")]
+pub fn oracle_translate(handle: u64, ipa: u64) -> Option<u64> {
+    let (_, guard) = vm::lock(VmHandle(handle)).ok()?;
+    vm::translate(guard.as_ref()?, ipa)
 }

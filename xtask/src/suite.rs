@@ -174,6 +174,13 @@ pub fn run(args: &TestArgs) -> Result<()> {
         case(format!("oracle/{mutant}"), &|| mutant_case(mutant));
     }
 
+    // Issue 14 (sealed swap): each version rule of VM_RESTORE removed in
+    // turn, the test host's swap-memtest must fail on the replay (and no
+    // other check). Two test-host runs, about a minute each.
+    for (mutant, expect) in SWAP_MUTANTS {
+        case(format!("swap/{mutant}"), &|| swap_mutant_case(mutant, expect));
+    }
+
     // A host reset with a protected VM alive leaves none of its secrets
     // for the next boot.
     case("testhost/reset-wipes".into(), &reset_case);
@@ -864,6 +871,32 @@ fn oracle_case(smp: u32, cpu: &str, smmu: bool) -> Result<String> {
         bail!(run.failure(&format!("the oracle checked {events} events and found {violations} violations")));
     }
     Ok(format!("{checks}; oracle: {events} events checked, 0 violations"))
+}
+
+/// Issue 14: hypervisor features that remove one rule of the sealed swap,
+/// and what `swap-memtest` must then report.
+const SWAP_MUTANTS: [(&str, &str); 2] = [
+    // VM_RESTORE no longer compares the version with the current one.
+    ("mutant-swap-no-version-check", "with a version never issued: -23, expected -24"),
+    // The version is no longer in the associated data and nonce.
+    ("mutant-swap-no-version-binding", "replayed as v"),
+];
+
+/// `swap/<mutant>`: the test host under a build without one of the sealed
+/// swap's version rules; `swap-memtest` must fail, saying `expect`, and
+/// every other check pass.
+fn swap_mutant_case(mutant: &str, expect: &str) -> Result<String> {
+    let mut m = testhost_machine(2, "512M", "max")?;
+    m.kernel = artifacts::hypervisor_with_features(&[mutant])?;
+    let run = m.run(TESTHOST_TIMEOUT, None, false)?;
+    if run.timed_out {
+        bail!(run.failure("timed out"));
+    }
+    let failed: Vec<&str> = run.console.lines().filter(|l| l.starts_with("FAIL")).collect();
+    match failed.as_slice() {
+        [only] if only.starts_with("FAIL swap-memtest: ") && only.contains(expect) => Ok(format!("caught: {only}")),
+        _ => bail!(run.failure(&format!("expected only `FAIL swap-memtest: ...{expect}...`, got:\n  {}", failed.join("\n  ")))),
+    }
 }
 
 /// `oracle/<mutant>`: the test host under a build with a planted bug; the

@@ -61,7 +61,8 @@ impl VmKey {
         let mut key = [0u8; 32];
         // 32 bytes is far below HKDF-SHA256's 8160-byte limit: this cannot
         // fail, and a failure would leave an all-zero key, never a panic.
-        let _ = Hkdf::<Sha256>::new(Some(boot), root).expand_multi_info(&[KEY_INFO, &vm_serial.to_le_bytes()], &mut key);
+        let _ = Hkdf::<Sha256>::new(Some(boot), root)
+            .expand_multi_info(&[KEY_INFO, &vm_serial.to_le_bytes()], &mut key);
         let out = VmKey(key);
         key.zeroize();
         out
@@ -125,7 +126,11 @@ pub struct Refused;
 ///
 /// `Refused` only if the AEAD refuses a buffer of 4096 bytes (it never
 /// does); `page` is then unchanged.
-pub fn seal(key: &VmKey, place: &Place, page: &mut [u8; PAGE_SIZE]) -> Result<[u8; TAG_SIZE], Refused> {
+pub fn seal(
+    key: &VmKey,
+    place: &Place,
+    page: &mut [u8; PAGE_SIZE],
+) -> Result<[u8; TAG_SIZE], Refused> {
     let nonce = place.nonce();
     let tag = key
         .cipher()
@@ -143,10 +148,20 @@ pub fn seal(key: &VmKey, place: &Place, page: &mut [u8; PAGE_SIZE]) -> Result<[u
 /// `Refused` if the ciphertext and tag were not made by [`seal`] with this
 /// key and place; `page` then still holds the ciphertext (the tag is
 /// checked before anything is decrypted).
-pub fn open(key: &VmKey, place: &Place, page: &mut [u8; PAGE_SIZE], tag: &[u8; TAG_SIZE]) -> Result<(), Refused> {
+pub fn open(
+    key: &VmKey,
+    place: &Place,
+    page: &mut [u8; PAGE_SIZE],
+    tag: &[u8; TAG_SIZE],
+) -> Result<(), Refused> {
     let nonce = place.nonce();
     key.cipher()
-        .decrypt_in_place_detached(XNonce::from_slice(&nonce), &place.associated_data(), page, Tag::from_slice(tag))
+        .decrypt_in_place_detached(
+            XNonce::from_slice(&nonce),
+            &place.associated_data(),
+            page,
+            Tag::from_slice(tag),
+        )
         .map_err(|_| Refused)
 }
 
@@ -229,7 +244,11 @@ impl<const N: usize> VersionMap<N> {
     #[must_use]
     pub const fn new() -> Self {
         const { assert!(N.is_power_of_two() && N >= 8) };
-        VersionMap { entries: [0; N], used: 0, evicted: 0 }
+        VersionMap {
+            entries: [0; N],
+            used: 0,
+            evicted: 0,
+        }
     }
 
     /// Forgets everything (a new VM in the slot).
@@ -252,14 +271,18 @@ impl<const N: usize> VersionMap<N> {
     }
 
     fn page_number(guest_address: u64) -> Option<u64> {
-        (guest_address <= MAX_GUEST_ADDRESS && guest_address.trailing_zeros() >= 12).then_some(guest_address >> 12)
+        (guest_address <= MAX_GUEST_ADDRESS && guest_address.trailing_zeros() >= 12)
+            .then_some(guest_address >> 12)
     }
 
     /// The entry's index, or the empty index where it would go.
     fn probe(&self, page: u64) -> (usize, bool) {
         let mask = N - 1;
         let bits = N.trailing_zeros();
-        #[allow(clippy::cast_possible_truncation, reason = "the hash keeps `bits` bits, fewer than usize has")]
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "the hash keeps `bits` bits, fewer than usize has"
+        )]
         let mut index = (page.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize & mask;
         // At most 7/8 full: an empty entry is always found within N steps.
         for _ in 0..N {
@@ -290,17 +313,21 @@ impl<const N: usize> VersionMap<N> {
     /// Whether the page at `guest_address` is evicted now.
     #[must_use]
     pub fn is_evicted(&self, guest_address: u64) -> bool {
-        self.evicted > 0 && self.lookup(guest_address).is_some_and(|(_, evicted)| evicted)
+        self.evicted > 0
+            && self
+                .lookup(guest_address)
+                .is_some_and(|(_, evicted)| evicted)
     }
 
     /// Whether any page of `[start, end)` is evicted now.
     #[must_use]
     pub fn any_evicted_in(&self, start: u64, end: u64) -> bool {
         self.evicted > 0
-            && self
-                .entries
-                .iter()
-                .any(|&e| e & EVICTED != 0 && ((e >> PAGE_SHIFT) << 12) >= start && ((e >> PAGE_SHIFT) << 12) < end)
+            && self.entries.iter().any(|&e| {
+                e & EVICTED != 0
+                    && ((e >> PAGE_SHIFT) << 12) >= start
+                    && ((e >> PAGE_SHIFT) << 12) < end
+            })
     }
 
     /// Checks an eviction without changing anything.
@@ -322,12 +349,24 @@ impl<const N: usize> VersionMap<N> {
             }
             let version = version + 1;
             let held = entry & HELD != 0;
-            return Ok(PlannedEvict { index, entry: (page << PAGE_SHIFT) | EVICTED | version, new: false, version, held });
+            return Ok(PlannedEvict {
+                index,
+                entry: (page << PAGE_SHIFT) | EVICTED | version,
+                new: false,
+                version,
+                held,
+            });
         }
         if self.used >= Self::LIMIT || self.entries[index] != 0 {
             return Err(MapError::Full);
         }
-        Ok(PlannedEvict { index, entry: (page << PAGE_SHIFT) | EVICTED | 1, new: true, version: 1, held: false })
+        Ok(PlannedEvict {
+            index,
+            entry: (page << PAGE_SHIFT) | EVICTED | 1,
+            new: true,
+            version: 1,
+            held: false,
+        })
     }
 
     /// Applies a planned eviction (nothing changed the map since).
@@ -344,7 +383,11 @@ impl<const N: usize> VersionMap<N> {
     /// # Errors
     ///
     /// `NotEvicted`, then `StaleVersion`.
-    pub fn plan_restore(&self, guest_address: u64, version: u64) -> Result<PlannedRestore, MapError> {
+    pub fn plan_restore(
+        &self,
+        guest_address: u64,
+        version: u64,
+    ) -> Result<PlannedRestore, MapError> {
         let page = Self::page_number(guest_address).ok_or(MapError::NotEvicted)?;
         let (index, found) = self.probe(page);
         let entry = self.entries[index];

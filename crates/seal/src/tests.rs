@@ -18,7 +18,11 @@ fn page_from(seed: u64) -> [u8; PAGE_SIZE] {
 }
 
 fn place(vm_serial: u64, guest_address: u64, version: u64) -> Place {
-    Place { vm_serial, guest_address, version }
+    Place {
+        vm_serial,
+        guest_address,
+        version,
+    }
 }
 
 #[test]

@@ -364,6 +364,16 @@ pub enum Effect {
         /// Its physical page.
         pa: u64,
     },
+    /// `VM_EVICT` (sealed swap): as [`Effect::Relinquish`], and the VM is
+    /// [`VmSpec::swapped`].
+    Evict {
+        /// The VM's slot.
+        slot: u8,
+        /// Guest-physical page.
+        ipa: u64,
+        /// Its physical page.
+        pa: u64,
+    },
 }
 
 /// A prediction: the allowed results and, on success, the effect.
@@ -450,6 +460,10 @@ pub struct VmSpec {
     pub imprecise: bool,
     /// `VM_SET_SIGNATURE` succeeded at least once.
     pub signed: bool,
+    /// A page of it was evicted (`VM_EVICT`): `VM_DONATE`/`VM_SHARE` may be
+    /// `DENIED` at an evicted address, which the specification does not
+    /// follow.
+    pub swapped: bool,
     /// A protected VM was entered: its measurement is fixed
     /// (`VM_SET_SIGNATURE` and every `VCPU_SET_REGS` are `DENIED`).
     pub measured: bool,
@@ -601,6 +615,10 @@ pub struct Spec<'a> {
     pool: Option<u64>,
     /// Each control channel's bound call page (0: none).
     channels: [u64; CHANNELS],
+    /// The page the VM's real stage 2 maps at a `VM_EVICT`'s guest
+    /// address, given by the oracle before the call ([`Spec::set_swap_pa`]):
+    /// used only for a VM whose layout the specification lost.
+    swap_pa: Option<u64>,
 }
 
 /// Control channels (`rampart_abi::boot::control::CHANNELS`).
@@ -637,6 +655,7 @@ impl<'a> Spec<'a> {
             generations: [0; MAX_VMS],
             pool: None,
             channels: [0; CHANNELS],
+            swap_pa: None,
         }
     }
 
@@ -720,6 +739,12 @@ impl<'a> Spec<'a> {
     /// unknown, so `NO_MEMORY` stays allowed wherever memory is taken).
     pub fn set_pool(&mut self, available: Option<u64>) {
         self.pool = available;
+    }
+
+    /// The physical page the VM's real stage 2 maps at the next
+    /// `VM_EVICT`'s guest address (sealed swap), if any.
+    pub fn set_swap_pa(&mut self, pa: Option<u64>) {
+        self.swap_pa = pa;
     }
 
     /// Whether the pool may be too small for a change over `range`: it
@@ -938,9 +963,18 @@ impl<'a> Spec<'a> {
                 Prediction::refuse(Outcomes::success().or_error(Error::NotSupported))
             }
             HostRequest::OracleCheck => Prediction::refuse(Outcomes::success()),
-            HostRequest::VmEvict { .. } | HostRequest::VmRestore { .. } => {
-                Prediction::refuse(Outcomes::error(Error::NotSupported))
-            }
+            HostRequest::VmEvict {
+                vm,
+                guest_address,
+                sealed,
+            } => self.predict_evict(vm, guest_address, sealed),
+            HostRequest::VmRestore {
+                vm,
+                guest_address,
+                sealed,
+                fresh,
+                ..
+            } => self.predict_restore(vm, guest_address, sealed, fresh),
         }
     }
 
@@ -1043,7 +1077,7 @@ impl<'a> Spec<'a> {
         } else {
             errors
         };
-        if spec.imprecise {
+        if spec.imprecise || spec.swapped {
             allowed = allowed.or_error(Error::Denied);
         }
         Prediction {
@@ -1133,7 +1167,7 @@ impl<'a> Spec<'a> {
             Effect::SetPages {
                 range, zero: true, ..
             } => f(range.start(), range.pages()),
-            Effect::Relinquish { pa, .. } => f(pa, 1),
+            Effect::Relinquish { pa, .. } | Effect::Evict { pa, .. } => f(pa, 1),
             Effect::DestroyVm { slot } => {
                 let mut run: Option<(u64, u64)> = None;
                 for (i, b) in self.pages.iter().enumerate() {
@@ -1252,6 +1286,7 @@ impl<'a> Spec<'a> {
                     stopped: 0,
                     guard: [0; GUARD_PAGES],
                     guard_count: 0,
+                    swapped: false,
                 });
             }
             Effect::DestroyVm { slot } => {
@@ -1299,6 +1334,13 @@ impl<'a> Spec<'a> {
                         pa: range.start(),
                         pages: range.pages(),
                     });
+                }
+            }
+            Effect::Evict { slot, ipa, pa } => {
+                self.set(pa, Page::Host);
+                if let Some(Some(vm)) = self.vms.get_mut(usize::from(slot)) {
+                    vm.remove_page(ipa);
+                    vm.swapped = true;
                 }
             }
             Effect::Relinquish { slot, ipa, pa } => {
@@ -1354,6 +1396,8 @@ mod guest_values {
 
 /// Exit reasons (`docs/abi.md`, `VCPU_RUN`).
 pub const EXIT_POWERED_OFF: u64 = 7;
+/// `EXIT_EVICTED` (sealed swap): the last exit reason.
+pub const EXIT_EVICTED: u64 = 8;
 
 impl Spec<'_> {
     /// Whether a `VCPU_RUN` of vCPU `index` in `slot` is in flight.
@@ -1547,7 +1591,7 @@ impl Spec<'_> {
             }
             (true, false) => Ok(()),
             (true, true) if off => fail("entered a powered-off vCPU"),
-            (true, true) if !(1..=EXIT_POWERED_OFF).contains(&exit) => fail("no such exit reason"),
+            (true, true) if !(1..=EXIT_EVICTED).contains(&exit) => fail("no such exit reason"),
             (true, true) if stopped != (exit == EXIT_POWERED_OFF) => {
                 fail("EXIT_POWERED_OFF if and only if the guest called CPU_OFF")
             }
@@ -1803,3 +1847,5 @@ pub const VCPU_LIMIT: u64 = MAX_VCPUS;
 
 #[cfg(test)]
 mod tests;
+
+mod swap;

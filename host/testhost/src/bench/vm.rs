@@ -22,6 +22,10 @@
 //! included. `mmio-after-read` is the same after a read, which also writes
 //! the value the host supplies into the guest's register. `hvc` is a guest
 //! HVC that EL2 answers itself (`KVM_FEATURES`), guest to EL2 and back.
+//!
+//! Then (issue 14, sealed swap) `evict`: `VM_EVICT` of the second guest
+//! page into a sealed page, and `restore`: `VM_RESTORE` of it into a fresh
+//! page (the first round's `evict` also derives the VM's key).
 
 use rampart_abi::host::{ExitReason, HostCall, VmConfig, mmio};
 
@@ -70,6 +74,8 @@ struct Figures {
     mmio_after_read: Series,
     hvc: Series,
     destroy: Series,
+    evict: Series,
+    restore: Series,
 }
 
 fn run(scratch: &Scratch, protected: bool) -> Result<(), Msg> {
@@ -87,6 +93,8 @@ fn run(scratch: &Scratch, protected: bool) -> Result<(), Msg> {
         mmio_after_read: Series::new(),
         hvc: Series::new(),
         destroy: Series::new(),
+        evict: Series::new(),
+        restore: Series::new(),
     };
     for round in 0..ROUNDS {
         one_vm(&mut f, protected, metadata, image, extra)
@@ -101,6 +109,8 @@ fn run(scratch: &Scratch, protected: bool) -> Result<(), Msg> {
     f.mmio_after_write.report(name("mmio-after-write").as_str());
     f.mmio_after_read.report(name("mmio-after-read").as_str());
     f.hvc.report(name("hvc").as_str());
+    f.evict.report(name("evict").as_str());
+    f.restore.report(name("restore").as_str());
     f.destroy.report(name("destroy").as_str());
     Ok(())
 }
@@ -169,7 +179,22 @@ fn drive(f: &mut Figures, handle: u64, image: u64, extra: u64, signature: Option
         long.cycles - base.cycles
     );
     f.hvc.push(per_op(long, base, HVCS));
+    // Sealed swap (issue 14): the second guest page out into a sealed page
+    // and back into a fresh one (both single pages of block 0).
+    let (sealed, fresh) = (scratch_page(image, 0), scratch_page(image, 1));
+    let (d, r) = measure(HostCall::VmEvict, &[handle, GUEST_BASE + PAGE, sealed]);
+    ensure!(r[0] == 0, "VM_EVICT returned {}", r[0] as i64);
+    f.evict.push(d);
+    let (d, r) = measure(HostCall::VmRestore, &[handle, GUEST_BASE + PAGE, sealed, fresh, r[1], r[2], r[3]]);
+    ensure!(r[0] == 0, "VM_RESTORE returned {}", r[0] as i64);
+    f.restore.push(d);
     Ok(())
+}
+
+/// Single page `n` of scratch block 0, found from the guest image's block
+/// (block 3): the blocks are consecutive 2 MiB blocks.
+fn scratch_page(image: u64, n: u64) -> u64 {
+    image - 3 * (2 << 20) + n * PAGE
 }
 
 /// Writes a hand-assembled guest at `image` (RAM the test host owns).

@@ -43,6 +43,8 @@ const PER_EXIT: usize = 3;
 const WINDOW: usize = 40;
 /// Spare host pages for sealed copies and fresh pages.
 const POOL: usize = 2 * WINDOW + 8;
+/// The guest page evicted first, in both VMs.
+const VICTIM: usize = 200;
 /// A page that is RAM nowhere (the guest UART's page, MMIO in QEMU virt).
 const NOT_RAM: u64 = 0x0900_0000;
 
@@ -88,6 +90,9 @@ struct Swapper {
     kept: Option<Sealed>,
     evictions: u64,
     restores: u64,
+    /// Counter ticks spent in successful `VM_EVICT` / `VM_RESTORE` calls.
+    evict_ticks: u64,
+    restore_ticks: u64,
     refused: u64,
     /// Which hostile cases ran.
     done_batch: bool,
@@ -99,15 +104,31 @@ fn evict_call(handle: u64, ipa: u64, sealed: u64) -> [u64; 18] {
     call(HostCall::VmEvict, &[handle, ipa, sealed])
 }
 
-fn restore_code(handle: u64, ipa: u64, sealed: u64, fresh: u64, version: u64, tag: [u64; 2]) -> i64 {
-    code(HostCall::VmRestore, &[handle, ipa, sealed, fresh, version, tag[0], tag[1]])
+fn restore_code(
+    handle: u64,
+    ipa: u64,
+    sealed: u64,
+    fresh: u64,
+    version: u64,
+    tag: [u64; 2],
+) -> i64 {
+    code(
+        HostCall::VmRestore,
+        &[handle, ipa, sealed, fresh, version, tag[0], tag[1]],
+    )
 }
 
 /// The host can still write and read `page` (it stayed the host's).
 fn host_still_owns(page: u64, what: &str) -> Result<(), Msg> {
     let probe = arch::probe(arch::Access::Store, page, 0x5eed_0000 ^ page);
-    ensure!(probe.fault.is_none(), "{what}: the fresh page {page:#x} is no longer the host's after a refused restore");
-    ensure!(arch::ram_read(page) == 0x5eed_0000 ^ page, "{what}: the fresh page {page:#x} did not keep the host's write");
+    ensure!(
+        probe.fault.is_none(),
+        "{what}: the fresh page {page:#x} is no longer the host's after a refused restore"
+    );
+    ensure!(
+        arch::ram_read(page) == 0x5eed_0000 ^ page,
+        "{what}: the fresh page {page:#x} did not keep the host's write"
+    );
     arch::ram_write(page, 0);
     Ok(())
 }
@@ -134,8 +155,14 @@ impl Swapper {
             return Ok(false);
         }
         let sealed = self.take()?;
+        let t = arch::counter();
         let r = evict_call(self.handle, ipa, sealed);
-        ensure!(r[0] == 0, "VM_EVICT({ipa:#x}, {sealed:#x}) = {}", r[0] as i64);
+        self.evict_ticks += arch::counter() - t;
+        ensure!(
+            r[0] == 0,
+            "VM_EVICT({ipa:#x}, {sealed:#x}) = {}",
+            r[0] as i64
+        );
         self.evictions += 1;
         let old = self.backing[index];
         // The guest's data is nowhere in clear in the sealed page.
@@ -150,7 +177,10 @@ impl Swapper {
                 );
             }
         }
-        ensure!(zero_words < 8, "the sealed page of {ipa:#x} has {zero_words} zero words: not ciphertext");
+        ensure!(
+            zero_words < 8,
+            "the sealed page of {ipa:#x} has {zero_words} zero words: not ciphertext"
+        );
         // The guest page is the host's again, zeroed.
         if let Some(at) = arch::ram_find_nonzero(old, old + PAGE) {
             fail!("the page {old:#x} VM_EVICT gave back ({ipa:#x}) is not zero at {at:#x}");
@@ -163,9 +193,19 @@ impl Swapper {
             for offset in (0..PAGE).step_by(8) {
                 arch::ram_write(copy + offset, arch::ram_read(sealed + offset));
             }
-            self.kept = Some(Sealed { ipa, sealed: copy, version: r[1], tag: [r[2], r[3]] });
+            self.kept = Some(Sealed {
+                ipa,
+                sealed: copy,
+                version: r[1],
+                tag: [r[2], r[3]],
+            });
         }
-        self.out[self.out_count] = Sealed { ipa, sealed, version: r[1], tag: [r[2], r[3]] };
+        self.out[self.out_count] = Sealed {
+            ipa,
+            sealed,
+            version: r[1],
+            tag: [r[2], r[3]],
+        };
         self.out_count += 1;
         Ok(true)
     }
@@ -204,11 +244,24 @@ impl Swapper {
             // The same address and version, evicted in another VM: this
             // VM's seal must not open there (another key), nor the other's
             // here.
-            let c = restore_code(other.handle, ipa, record.sealed, fresh, record.version, record.tag);
-            ensure!(c == SEAL_INVALID, "this VM's sealed page restored into another VM at the same address and version: {c}, expected SEAL_INVALID");
+            let c = restore_code(
+                other.handle,
+                ipa,
+                record.sealed,
+                fresh,
+                record.version,
+                record.tag,
+            );
+            ensure!(
+                c == SEAL_INVALID,
+                "this VM's sealed page restored into another VM at the same address and version: {c}, expected SEAL_INVALID"
+            );
             host_still_owns(fresh, "another VM")?;
             let c = restore_code(self.handle, ipa, o.sealed, fresh, o.version, o.tag);
-            ensure!(c == SEAL_INVALID, "another VM's sealed page restored here: {c}, expected SEAL_INVALID");
+            ensure!(
+                c == SEAL_INVALID,
+                "another VM's sealed page restored here: {c}, expected SEAL_INVALID"
+            );
             host_still_owns(fresh, "another VM's page")?;
             self.refused += 2;
             self.done_other_vm = true;
@@ -220,22 +273,53 @@ impl Swapper {
             // Replay: the first seal of this address, with its own version
             // (no longer current) and with the current one.
             let c = restore_code(self.handle, ipa, k.sealed, fresh, k.version, k.tag);
-            ensure!(c == STALE_VERSION, "an old version (v{}) replayed with its own version: {c}, expected STALE_VERSION", k.version);
+            ensure!(
+                c == STALE_VERSION,
+                "an old version (v{}) replayed with its own version: {c}, expected STALE_VERSION",
+                k.version
+            );
             host_still_owns(fresh, "replay")?;
             let c = restore_code(self.handle, ipa, k.sealed, fresh, record.version, k.tag);
-            ensure!(c == SEAL_INVALID, "an old version (v{}) replayed as v{}: {c}, expected SEAL_INVALID", k.version, record.version);
+            ensure!(
+                c == SEAL_INVALID,
+                "an old version (v{}) replayed as v{}: {c}, expected SEAL_INVALID",
+                k.version,
+                record.version
+            );
             host_still_owns(fresh, "replay as current")?;
             self.refused += 2;
             self.done_replay = true;
         }
-        let c = restore_code(self.handle, ipa, record.sealed, fresh, record.version, record.tag);
+        let t = arch::counter();
+        let c = restore_code(
+            self.handle,
+            ipa,
+            record.sealed,
+            fresh,
+            record.version,
+            record.tag,
+        );
+        self.restore_ticks += arch::counter() - t;
         ensure!(c == 0, "VM_RESTORE({ipa:#x}, v{}) = {c}", record.version);
         self.restores += 1;
         // The fresh page left the host.
         let probe = arch::probe(arch::Access::Load, fresh, 0);
-        ensure!(probe.fault.is_some(), "the host can still read the fresh page {fresh:#x} after VM_RESTORE");
-        let c = restore_code(self.handle, ipa, record.sealed, fresh, record.version, record.tag);
-        ensure!(c == NOT_EVICTED, "a second VM_RESTORE of {ipa:#x} = {c}, expected NOT_EVICTED");
+        ensure!(
+            probe.fault.is_some(),
+            "the host can still read the fresh page {fresh:#x} after VM_RESTORE"
+        );
+        let c = restore_code(
+            self.handle,
+            ipa,
+            record.sealed,
+            fresh,
+            record.version,
+            record.tag,
+        );
+        ensure!(
+            c == NOT_EVICTED,
+            "a second VM_RESTORE of {ipa:#x} = {c}, expected NOT_EVICTED"
+        );
         self.backing[((ipa - GUEST_RAM_BASE) / PAGE) as usize] = fresh;
         self.give(record.sealed);
         self.out[at] = self.out[self.out_count - 1];
@@ -247,7 +331,10 @@ impl Swapper {
     /// hostile evictions; each refused, nothing changed.
     fn hostile_batch(&mut self, record: Sealed, fresh: u64) -> Result<(), Msg> {
         let (h, ipa, v, tag) = (self.handle, record.ipa, record.version, record.tag);
-        let other = *self.out[..self.out_count].iter().find(|s| s.ipa != ipa).ok_or_else(|| msg!("no second evicted page"))?;
+        let other = *self.out[..self.out_count]
+            .iter()
+            .find(|s| s.ipa != ipa)
+            .ok_or_else(|| msg!("no second evicted page"))?;
         // A flipped bit of the ciphertext, in a copy.
         let copy = self.take()?;
         for offset in (0..PAGE).step_by(8) {
@@ -255,18 +342,78 @@ impl Swapper {
         }
         arch::ram_write(copy + 0x808, arch::ram_read(copy + 0x808) ^ (1 << 17));
         let cases: [RestoreCase; 9] = [
-            ("a flipped bit in the sealed page", copy, fresh, v, tag, SEAL_INVALID),
-            ("a flipped bit in the tag", record.sealed, fresh, v, [tag[0], tag[1] ^ (1 << 63)], SEAL_INVALID),
-            ("another address's sealed page and tag", other.sealed, fresh, v, other.tag, SEAL_INVALID),
-            ("a version never issued", record.sealed, fresh, v + 1, tag, STALE_VERSION),
-            ("sealed page = fresh page", record.sealed, record.sealed, v, tag, INVALID),
-            ("a fresh page that is the VM's metadata", record.sealed, 0, v, tag, DENIED),
+            (
+                "a flipped bit in the sealed page",
+                copy,
+                fresh,
+                v,
+                tag,
+                SEAL_INVALID,
+            ),
+            (
+                "a flipped bit in the tag",
+                record.sealed,
+                fresh,
+                v,
+                [tag[0], tag[1] ^ (1 << 63)],
+                SEAL_INVALID,
+            ),
+            (
+                "another address's sealed page and tag",
+                other.sealed,
+                fresh,
+                v,
+                other.tag,
+                SEAL_INVALID,
+            ),
+            (
+                "a version never issued",
+                record.sealed,
+                fresh,
+                v + 1,
+                tag,
+                STALE_VERSION,
+            ),
+            (
+                "sealed page = fresh page",
+                record.sealed,
+                record.sealed,
+                v,
+                tag,
+                INVALID,
+            ),
+            (
+                "a fresh page that is the VM's metadata",
+                record.sealed,
+                0,
+                v,
+                tag,
+                DENIED,
+            ),
             ("a sealed page outside RAM", NOT_RAM, fresh, v, tag, RANGE),
-            ("a fresh page outside RAM", record.sealed, NOT_RAM, v, tag, RANGE),
-            ("an unaligned fresh page", record.sealed, fresh + 8, v, tag, INVALID),
+            (
+                "a fresh page outside RAM",
+                record.sealed,
+                NOT_RAM,
+                v,
+                tag,
+                RANGE,
+            ),
+            (
+                "an unaligned fresh page",
+                record.sealed,
+                fresh + 8,
+                v,
+                tag,
+                INVALID,
+            ),
         ];
         for (what, sealed, fresh_page, version, t, want) in cases {
-            let fresh_page = if fresh_page == 0 { self.metadata } else { fresh_page };
+            let fresh_page = if fresh_page == 0 {
+                self.metadata
+            } else {
+                fresh_page
+            };
             let c = restore_code(h, ipa, sealed, fresh_page, version, t);
             ensure!(c == want, "VM_RESTORE with {what}: {c}, expected {want}");
             host_still_owns(fresh, what)?;
@@ -282,7 +429,10 @@ impl Swapper {
         let c = code(HostCall::UnshareHyp, &[lent, 1]);
         ensure!(c == 0, "UNSHARE_HYP = {c}");
         self.give(lent);
-        ensure!(as_fresh == DENIED, "VM_RESTORE into a page shared with the hypervisor: {as_fresh}, expected DENIED");
+        ensure!(
+            as_fresh == DENIED,
+            "VM_RESTORE into a page shared with the hypervisor: {as_fresh}, expected DENIED"
+        );
         ensure!(
             as_sealed == DENIED || as_sealed == NOT_EVICTABLE,
             "VM_EVICT into a page shared with the hypervisor: {as_sealed}, expected DENIED"
@@ -299,20 +449,40 @@ impl Swapper {
             ("into the VM's metadata", mapped, self.metadata, DENIED),
             ("into a page outside RAM", mapped, NOT_RAM, RANGE),
             ("of an evicted page", ipa, spare, NOT_EVICTABLE),
-            ("of an unmapped guest address", GUEST_RAM_BASE + (self.pages as u64 + 16) * PAGE, spare, NOT_EVICTABLE),
-            ("of an unaligned guest address", mapped + 0x10, spare, INVALID),
+            (
+                "of an unmapped guest address",
+                GUEST_RAM_BASE + (self.pages as u64 + 16) * PAGE,
+                spare,
+                NOT_EVICTABLE,
+            ),
+            (
+                "of an unaligned guest address",
+                mapped + 0x10,
+                spare,
+                INVALID,
+            ),
         ];
         for (what, at, sealed, want) in evictions {
             let r = evict_call(h, at, sealed);
-            ensure!(r[0] as i64 == want, "VM_EVICT {what}: {}, expected {want}", r[0] as i64);
+            ensure!(
+                r[0] as i64 == want,
+                "VM_EVICT {what}: {}, expected {want}",
+                r[0] as i64
+            );
             self.refused += 1;
         }
         self.give(spare);
         let c = code(HostCall::VmDonate, &[h, fresh, 1, ipa]);
-        ensure!(c == DENIED, "VM_DONATE at the evicted address {ipa:#x}: {c}, expected DENIED");
+        ensure!(
+            c == DENIED,
+            "VM_DONATE at the evicted address {ipa:#x}: {c}, expected DENIED"
+        );
         host_still_owns(fresh, "VM_DONATE at an evicted address")?;
         let c = restore_code(h, mapped, record.sealed, fresh, v, tag);
-        ensure!(c == NOT_EVICTED, "VM_RESTORE at a mapped address: {c}, expected NOT_EVICTED");
+        ensure!(
+            c == NOT_EVICTED,
+            "VM_RESTORE at a mapped address: {c}, expected NOT_EVICTED"
+        );
         self.refused += 2;
         Ok(())
     }
@@ -333,15 +503,30 @@ pub fn swap_memtest(p: &Platform) -> Result<(), Msg> {
 fn run_swapped(arena: &mut Arena, vm: &mut Vm) -> Result<Msg, Msg> {
     // Another VM with the same guest address evicted at version 1.
     let mut other = Vm::create(arena, protected("hello")?)?;
-    let victim = GUEST_RAM_BASE + 21 * PAGE;
+    // A page of memtest's free RAM (touched every pass) that the smaller
+    // `hello` VM also has.
+    let victim = GUEST_RAM_BASE + VICTIM as u64 * PAGE;
     let other_page = arena.take(1)?;
     let r = evict_call(other.handle, victim, other_page);
-    ensure!(r[0] == 0 && r[1] == 1, "VM_EVICT in the second VM = {} (version {})", r[0] as i64, r[1]);
-    let other_sealed = Sealed { ipa: victim, sealed: other_page, version: 1, tag: [r[2], r[3]] };
+    ensure!(
+        r[0] == 0 && r[1] == 1,
+        "VM_EVICT in the second VM = {} (version {})",
+        r[0] as i64,
+        r[1]
+    );
+    let other_sealed = Sealed {
+        ipa: victim,
+        sealed: other_page,
+        version: 1,
+        tag: [r[2], r[3]],
+    };
 
     let pool = arena.take(POOL as u64)?;
     let pages = (vm.ram.size() / PAGE) as usize;
-    ensure!(pages <= 512, "memtest has {pages} pages, more than the test tracks");
+    ensure!(
+        pages <= 512,
+        "memtest has {pages} pages, more than the test tracks"
+    );
     let mut s = Swapper {
         handle: vm.handle,
         metadata: vm.metadata.start,
@@ -351,30 +536,49 @@ fn run_swapped(arena: &mut Arena, vm: &mut Vm) -> Result<Msg, Msg> {
         out_count: 0,
         backing: core::array::from_fn(|i| vm.ram.start + i as u64 * PAGE),
         pages,
-        cursor: 21,
+        cursor: VICTIM,
         kept: None,
         evictions: 0,
         restores: 0,
+        evict_ticks: 0,
+        restore_ticks: 0,
         refused: 0,
         done_batch: false,
         done_replay: false,
         done_other_vm: false,
     };
-    // The page the other VM evicted goes first, at version 1.
-    s.evict(21)?;
-    s.cursor = 22;
+    // Evictions start at the first exit (the measurement of a protected
+    // VM at its first run covers every page), with the page the other VM
+    // evicted, at version 1.
     let outcome = drive(&mut s, &mut other, other_sealed);
     let other_destroyed = other.destroy();
-    // The sealed pages are the host's: clean them for the VM's own check.
-    arch::ram_zero(pool, pool + POOL as u64 * PAGE);
+    // Every page the host holds now (free, sealed copies) is the host's
+    // own: clean them, so that the VM's pages read zero after VM_DESTROY
+    // wherever they came from. Restored pages are the VM's: untouched.
+    for &page in &s.free[..s.free_count] {
+        arch::ram_zero(page, page + PAGE);
+    }
+    for record in s.out[..s.out_count].iter().chain(s.kept.as_ref()) {
+        arch::ram_zero(record.sealed, record.sealed + PAGE);
+    }
     arch::ram_zero(other_page, other_page + PAGE);
     let (passed, exits) = outcome?;
     other_destroyed?;
-    ensure!(s.done_batch && s.done_other_vm && s.done_replay, "not every hostile case ran: batch {}, other VM {}, replay {}", s.done_batch, s.done_other_vm, s.done_replay);
+    ensure!(
+        s.done_batch && s.done_other_vm && s.done_replay,
+        "not every hostile case ran: batch {}, other VM {}, replay {}",
+        s.done_batch,
+        s.done_other_vm,
+        s.done_replay
+    );
+    let frequency = arch::counter_frequency().max(1);
+    let rate = |pages: u64, ticks: u64| pages.saturating_mul(frequency) / ticks.max(1);
     Ok(msg!(
-        "memtest (protected): {passed} guest checks passed, {exits} exits; {} evictions, {} restores (EXIT_EVICTED), {} hostile calls refused; no sealed page held the guest's data in clear",
+        "memtest (protected): {passed} guest checks passed, {exits} exits; {} evictions ({} pages/s), {} restores ({} pages/s) on EXIT_EVICTED, {} hostile calls refused; no sealed page held the guest's data in clear",
         s.evictions,
+        rate(s.evictions, s.evict_ticks),
         s.restores,
+        rate(s.restores, s.restore_ticks),
         s.refused
     ))
 }
@@ -387,7 +591,11 @@ fn drive(s: &mut Swapper, other: &mut Vm, other_sealed: Sealed) -> Result<(u32, 
     let mut exits = 0u64;
     let deadline = arch::counter() + 120 * arch::counter_frequency();
     loop {
-        ensure!(arch::counter() < deadline, "memtest did not finish in 120 s ({exits} exits, {} evictions)", s.evictions);
+        ensure!(
+            arch::counter() < deadline,
+            "memtest did not finish in 120 s ({exits} exits, {} evictions)",
+            s.evictions
+        );
         let r = call(HostCall::VcpuRun, &[s.handle, 0, 0]);
         ensure!(r[0] == 0, "VCPU_RUN = {}", r[0] as i64);
         exits += 1;
@@ -413,7 +621,12 @@ fn drive(s: &mut Swapper, other: &mut Vm, other_sealed: Sealed) -> Result<(u32, 
                 s.evict_some()?;
             }
             Ok(ExitReason::Evicted) => {
-                ensure!(r[2] & (PAGE - 1) == 0 && r[3] <= 1, "EXIT_EVICTED details {:#x} {:#x}", r[2], r[3]);
+                ensure!(
+                    r[2] & (PAGE - 1) == 0 && r[3] <= 1,
+                    "EXIT_EVICTED details {:#x} {:#x}",
+                    r[2],
+                    r[3]
+                );
                 s.fault(r[2], other, Some(other_sealed))?;
             }
             Ok(ExitReason::Wait | ExitReason::Interrupt) => {}
@@ -421,6 +634,9 @@ fn drive(s: &mut Swapper, other: &mut Vm, other_sealed: Sealed) -> Result<(u32, 
             other_exit => fail!("unexpected exit {other_exit:?} ({:#x} {:#x})", r[2], r[3]),
         }
     }
-    ensure!(done && passed >= 4, "memtest ended with {passed} passed, GUEST-DONE {done}");
+    ensure!(
+        done && passed >= 4,
+        "memtest ended with {passed} passed, GUEST-DONE {done}"
+    );
     Ok((passed, exits))
 }
