@@ -68,7 +68,15 @@ fn boot(bench: &[&str], timeout: Duration) -> Result<String> {
         hex(&s),
         bench.join(" ")
     );
-    let m = linux_vmm::machine(2, "1G", "max", &script)?;
+    // RAMPART_SWAP_HYP_FEATURES=<feature>: the same run on a hypervisor
+    // built with that feature (a `mutant-swap-*` one must make it fail).
+    let m = match std::env::var("RAMPART_SWAP_HYP_FEATURES") {
+        Ok(f) if !f.is_empty() => {
+            let features: Vec<&str> = f.split(',').collect();
+            linux_vmm::machine_with(artifacts::hypervisor_with_features(&features)?, 2, "1G", "max", &script)?
+        }
+        _ => linux_vmm::machine(2, "1G", "max", &script)?,
+    };
     // The image is built (and signed) by `machine`: it must not hold the
     // secret, or finding it would prove nothing.
     let bin = std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;

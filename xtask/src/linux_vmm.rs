@@ -111,7 +111,7 @@ pub fn machine(smp: u32, mem: &str, cpu: &str, script: &str) -> Result<Machine> 
 }
 
 /// [`machine`] with the hypervisor image `hyp` (a test build).
-fn machine_with(hyp: PathBuf, smp: u32, mem: &str, cpu: &str, script: &str) -> Result<Machine> {
+pub fn machine_with(hyp: PathBuf, smp: u32, mem: &str, cpu: &str, script: &str) -> Result<Machine> {
     prereq::ensure(&[&prereq::CPIO])?;
     let vmm = vmm_binary()?;
     let wrapper = fuzz_wrapper()?;
