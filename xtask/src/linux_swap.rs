@@ -63,11 +63,7 @@ pub fn cases(args: &crate::suite::TestArgs, case: &mut linux_vmm::CaseFn<'_>) {
 fn boot(bench: &[&str], timeout: Duration) -> Result<String> {
     let image = artifacts::build_dir().join("guests").join("swap.bin");
     let s = secret(GUEST_RAM);
-    let script = format!(
-        "SECRET={}\nRESIDENT={RESIDENT}\nBENCH=\"{}\"\n{SCRIPT}",
-        hex(&s),
-        bench.join(" ")
-    );
+    let script = format!("SECRET={}\nRESIDENT={RESIDENT}\nBENCH=\"{}\"\n{SCRIPT}", hex(&s), bench.join(" "));
     // RAMPART_SWAP_HYP_FEATURES=<feature>: the same run on a hypervisor
     // built with that feature (a `mutant-swap-*` one must make it fail).
     let m = match std::env::var("RAMPART_SWAP_HYP_FEATURES") {
@@ -131,12 +127,8 @@ pub fn check(console: &str) -> Result<String, String> {
     }
     // `swap: E evictions, R restores, F refusals; ...`: every refusal is
     // one of the attacks' five restores.
-    let summary = find("rampart-vmm: swap: ").and_then(|_| {
-        lines
-            .iter()
-            .rev()
-            .find(|l| l.contains("rampart-vmm: swap: ") && l.contains(" evictions, "))
-    });
+    let summary = find("rampart-vmm: swap: ")
+        .and_then(|_| lines.iter().rev().find(|l| l.contains("rampart-vmm: swap: ") && l.contains(" evictions, ")));
     let summary = summary.ok_or("no swap summary line")?;
     let number = |word: &str| -> Option<u64> {
         let words: Vec<&str> = summary.split_whitespace().collect();
@@ -186,10 +178,8 @@ pub fn bench() -> Result<()> {
     // The same boot ran the test first: it must pass too.
     let summary = check(&console).map_err(|e| anyhow!("the test run before the bench failed: {e}"))?;
     println!("test run: {summary}");
-    let rows: Vec<&str> = console
-        .lines()
-        .filter_map(|l| l.split_once("RAMPART-SWAP: bench ").map(|(_, r)| r.trim_end()))
-        .collect();
+    let rows: Vec<&str> =
+        console.lines().filter_map(|l| l.split_once("RAMPART-SWAP: bench ").map(|(_, r)| r.trim_end())).collect();
     if rows.len() != BENCH_RESIDENT.len() {
         bail!("{} of {} bench runs reported:\n{}", rows.len(), BENCH_RESIDENT.len(), rows.join("\n"));
     }
@@ -251,7 +241,10 @@ RAMPART-SWAP-STATS: swap: 2900 evictions, 2850 restores, 5 refusals
         assert!(bad("5 refusals;", "6 refusals;").contains("5 refusals"));
         assert!(bad("0 failed", "1 failed").contains("failed"));
         assert!(bad("run exit 0", "run exit 1").contains("exit 1"));
-        assert!(bad("2900 evictions, 2850 restores, 5 refusals;", "20 evictions, 10 restores, 5 refusals;").contains("too little"));
+        assert!(
+            bad("2900 evictions, 2850 restores, 5 refusals;", "20 evictions, 10 restores, 5 refusals;")
+                .contains("too little")
+        );
         assert!(bad("450 pages evicted now", "3 pages evicted now").contains("too few"));
         let no_attack: String = GOOD.lines().filter(|l| !l.contains("another VM")).map(|l| format!("{l}\n")).collect();
         assert!(check(&no_attack).unwrap_err().contains("another VM"));

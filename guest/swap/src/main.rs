@@ -31,7 +31,10 @@ const PAGE: u64 = 4096;
 /// in docs/testing.md and `xtask/src/linux_swap.rs`).
 fn secret(ram_size: u64) -> [u64; 2] {
     let a = (ram_size ^ 0x5357_4150_5345_4352).rotate_left(13) ^ 0x0123_4567_89ab_cdef;
-    [a, a.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x2121_2121_2121_2121]
+    [
+        a,
+        a.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x2121_2121_2121_2121,
+    ]
 }
 
 fn pattern(addr: u64, pass: u64) -> u64 {

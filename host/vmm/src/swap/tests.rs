@@ -431,8 +431,10 @@ fn a_refused_restore_stops_the_fault_and_changes_nothing() {
     );
     let lines = stats_lines();
     assert!(
-        lines.iter().any(|(k, v)| k == "swap time in VM_EVICT and VM_RESTORE"
-            && v.ends_with(" us per call)")),
+        lines
+            .iter()
+            .any(|(k, v)| k == "swap time in VM_EVICT and VM_RESTORE"
+                && v.ends_with(" us per call)")),
         "{lines:?}"
     );
 }
@@ -555,8 +557,26 @@ fn the_command_line_takes_the_swap_options() {
     assert_eq!(swap.swap_scan.unwrap().0[15], 0xff);
     for bad in [
         &["rampart-vmm", "run", "b", "--resident", "64"][..],
-        &["rampart-vmm", "run", "b", "--swap", "f", "--resident", "64", "--resident-mib", "1"],
-        &["rampart-vmm", "run", "b", "--swap", "f", "--swap-scan", "0011"],
+        &[
+            "rampart-vmm",
+            "run",
+            "b",
+            "--swap",
+            "f",
+            "--resident",
+            "64",
+            "--resident-mib",
+            "1",
+        ],
+        &[
+            "rampart-vmm",
+            "run",
+            "b",
+            "--swap",
+            "f",
+            "--swap-scan",
+            "0011",
+        ],
     ] {
         assert!(crate::parse_cli(bad).is_err(), "{bad:?}");
     }
