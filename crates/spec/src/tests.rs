@@ -1020,3 +1020,36 @@ fn a_bound_call_page_is_pinned_until_unbound() {
     // violation: BUSY for an unshare of a page no channel holds.
     assert!(s.commit(&p, Error::Busy.code(), 0).is_err());
 }
+
+/// Sealed swap (issue 14): an eviction gives the VM's page to the host, a
+/// restore gives the fresh page to the VM; every other success is a
+/// violation, the ABI's refusals are admitted.
+#[test]
+fn sealed_swap_moves_pages_like_relinquish_and_donate() {
+    let mut s = spec();
+    let h = create(&mut s, 30, true);
+    let slot = slot_of(h) as u8;
+    let ipa = 0x8000_0000;
+    run(&mut s, HostCall::VmDonate, &[h, page(50), 2, ipa], 0, 0).unwrap();
+    // Into the VM's other page or its metadata: only a refusal.
+    assert!(run(&mut s, HostCall::VmEvict, &[h, ipa, page(51)], 0, 1).is_err());
+    assert!(run(&mut s, HostCall::VmEvict, &[h, ipa, page(30)], 0, 1).is_err());
+    assert!(run(&mut s, HostCall::VmEvict, &[h, ipa, page(51)], Error::Denied.code(), 0).is_ok());
+    // Of an unmapped address: NOT_EVICTABLE, never success.
+    assert!(run(&mut s, HostCall::VmEvict, &[h, ipa + 0x10_0000, page(60)], 0, 1).is_err());
+    run(&mut s, HostCall::VmEvict, &[h, ipa, page(60)], 0, 1).unwrap();
+    assert_eq!(s.page(page(50)), Some(Page::Host));
+    assert_eq!(s.vms[usize::from(slot)].as_ref().and_then(|v| v.translate(ipa)), None);
+    // VM_DONATE at the evicted address may now be DENIED.
+    assert!(run(&mut s, HostCall::VmDonate, &[h, page(70), 1, ipa], Error::Denied.code(), 0).is_ok());
+    let restore = |sealed: u64, fresh: u64| [h, ipa, page(sealed), page(fresh), 1, 0, 0];
+    assert!(run(&mut s, HostCall::VmRestore, &restore(60, 60), 0, 0).is_err());
+    assert!(run(&mut s, HostCall::VmRestore, &restore(60, 30), 0, 0).is_err());
+    for refusal in [Error::SealInvalid, Error::StaleVersion, Error::NotEvicted] {
+        assert!(run(&mut s, HostCall::VmRestore, &restore(60, 61), refusal.code(), 0).is_ok());
+    }
+    run(&mut s, HostCall::VmRestore, &restore(60, 61), 0, 0).unwrap();
+    assert_eq!(s.page(page(61)), Some(Page::Vm(slot)));
+    // Mapped again: a second restore cannot succeed.
+    assert!(run(&mut s, HostCall::VmRestore, &restore(60, 62), 0, 0).is_err());
+}
