@@ -93,6 +93,9 @@ pub enum Which {
     /// host's whole suite (signing, COSE, measurement, signature checks,
     /// every host call and guest exit), against the stack size.
     Stack,
+    /// Sealed swap (issue 14): the protected swap guest's time without
+    /// swap and with a share of its memory swapped (`linux_swap::bench`).
+    Swap,
 }
 
 /// Runs a benchmark.
@@ -106,6 +109,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Which::Stack => stack(args),
         Which::Peer => peer::run(args),
         Which::Fuzz => fuzz(args),
+        Which::Swap => crate::linux_swap::bench(),
         Which::Vmm => crate::linux_vmm::bench(
             args.smp,
             args.mem.as_deref().unwrap_or("1G"),

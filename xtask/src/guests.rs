@@ -25,7 +25,7 @@ const MIB: u64 = 1 << 20;
 /// Every test guest: its short name (and binary file name), package, and
 /// the memory size and vCPU count the test host's VMM gives it (the signed
 /// manifest; protected, entry offset 0).
-pub const GUESTS: [(&str, &str, u64, u32); 11] = [
+pub const GUESTS: [(&str, &str, u64, u32); 12] = [
     ("hello", "rampart-guest-hello", MIB, 1),
     ("memtest", "rampart-guest-memtest", 2 * MIB, 1),
     ("share", "rampart-guest-share", MIB, 1),
@@ -41,6 +41,8 @@ pub const GUESTS: [(&str, &str, u64, u32); 11] = [
     ("bench", "rampart-guest-bench", MIB, 1),
     // issue 14: the guest `testhost.migrate` moves between machines.
     ("count", "rampart-guest-count", MIB / 4, 1),
+    // issue 14: sealed swap (`rampart-vmm run --swap`, linux-vmm/swap).
+    ("swap", "rampart-guest-swap", MIB, 1),
 ];
 
 /// The manifest guest `name` is signed for.

@@ -37,7 +37,7 @@ pub const VMM_TARGET: &str = "aarch64-unknown-linux-musl";
 pub const TEST_PREFIX: &str = "RAMPART-VMM-TEST: ";
 
 /// Guests packed into the initramfs (those whose bundle exists).
-const BUNDLES: [&str; 6] = ["hello", "memtest", "smp", "attest", "spin", "hello.untrusted"];
+const BUNDLES: [&str; 7] = ["hello", "memtest", "smp", "attest", "spin", "hello.untrusted", "swap"];
 
 const CHECKS_SCRIPT: &str = include_str!("linux_vmm/checks.sh");
 const KERNEL_PAGE_SCRIPT: &str = include_str!("linux_vmm/kernel_page.sh");
@@ -111,7 +111,7 @@ pub fn machine(smp: u32, mem: &str, cpu: &str, script: &str) -> Result<Machine> 
 }
 
 /// [`machine`] with the hypervisor image `hyp` (a test build).
-fn machine_with(hyp: PathBuf, smp: u32, mem: &str, cpu: &str, script: &str) -> Result<Machine> {
+pub fn machine_with(hyp: PathBuf, smp: u32, mem: &str, cpu: &str, script: &str) -> Result<Machine> {
     prereq::ensure(&[&prereq::CPIO])?;
     let vmm = vmm_binary()?;
     let wrapper = fuzz_wrapper()?;

@@ -267,6 +267,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
         }
     }
     crate::linux_vmm::cases(args, &mut case);
+    // Issue 14, sealed swap: a protected guest larger than what the host
+    // lets it hold, hostile swap files, no secret in clear (about 60 s).
+    crate::linux_swap::cases(args, &mut case);
     if !args.no_linux {
         // Issue 16, "The peer in the repo": the peer KVM VMM builds and runs
         // the bench guest under Linux's own pKVM (`cargo xtask bench peer`).

@@ -16,6 +16,7 @@ mod run;
 mod session;
 mod signals;
 mod stats;
+mod swap;
 mod virtio;
 mod vm;
 
@@ -125,6 +126,9 @@ enum Command {
         /// virtio devices for a Linux guest (issue 11).
         #[command(flatten)]
         virtio: Box<virtio::VirtioArgs>,
+        /// Sealed swap (issue 14).
+        #[command(flatten)]
+        swap: Box<swap::SwapArgs>,
     },
     /// List every live VM (VM_LIST) and the VMM that owns it.
     List,
@@ -274,6 +278,7 @@ fn quick_run(args: &[std::ffi::OsString]) -> Option<Cli> {
                 rng: true,
                 ..virtio::VirtioArgs::default()
             }),
+            swap: Box::default(),
         },
     })
 }
@@ -330,6 +335,13 @@ fn main() -> ExitCode {
             "--disk, --vsock and --virtio-console need a Linux guest (--kernel); a bundle has no virtio devices"
         )),
         Command::Run {
+            kernel: Some(_),
+            ref swap,
+            ..
+        } if swap.swap.is_some() => Err(anyhow!(
+            "--swap runs a bundle (a protected VM); it is not built for Linux guests (--kernel)"
+        )),
+        Command::Run {
             kernel: Some(kernel),
             initrd,
             cmdline,
@@ -370,6 +382,7 @@ fn main() -> ExitCode {
             hold,
             hold_at,
             attack_metadata,
+            swap,
             ..
         } => cmd_run(
             &env,
@@ -391,6 +404,7 @@ fn main() -> ExitCode {
                 at_line: hold_at,
                 attack_metadata,
             },
+            &swap,
         ),
         Command::Run { bundle: None, .. } => Err(anyhow!("run needs a bundle or --kernel IMAGE")),
         Command::List => cmd_list(&env).map(|()| ExitCode::SUCCESS),
@@ -498,7 +512,11 @@ fn hold(name: &str, when: &str, ram: u64, size: u64) -> Option<i32> {
     r
 }
 
-#[allow(clippy::too_many_lines, reason = "the run, step by step")]
+#[allow(
+    clippy::too_many_lines,
+    clippy::too_many_arguments,
+    reason = "the run, step by step"
+)]
 fn cmd_run(
     env: &Env,
     path: &Path,
@@ -507,6 +525,7 @@ fn cmd_run(
     pool_offset: Option<u64>,
     options: Options,
     holding: &Hold,
+    swap_args: &swap::SwapArgs,
 ) -> Result<ExitCode> {
     stats::launch_trace("run command");
     // From here on the first SIGINT/SIGTERM is a request to stop cleanly.
@@ -519,9 +538,19 @@ fn cmd_run(
     let vcpus = usize::try_from(plan.config.max_vcpus)?;
     stats::launch_trace("bundle read and planned");
 
+    let swap_limit = match swap_args.swap {
+        Some(_) => Some(swap_args.limit(plan.memory_pages())?),
+        None => None,
+    };
+    // --swap: one more page after the plan's, the staging page.
+    let extra_pages = if swap_limit.is_some() {
+        swap::EXTRA_POOL_PAGES
+    } else {
+        0
+    };
     let session = Session::open(
         env,
-        plan.total_pages(),
+        plan.total_pages() + extra_pages,
         // One channel per vCPU thread; the main thread's calls come before
         // the threads start and after they end, on the first channel.
         u32::try_from(vcpus)?,
@@ -588,9 +617,41 @@ fn cmd_run(
     let hold_at = |at: &str| hold(&name, &format!("at `{at}`"), ram, plan.memory_size);
     let at_line = holding.at_line.as_deref().unwrap_or_default();
     let hold_at_line = || hold_at(at_line);
+    let swapper = match (&swap_args.swap, swap_limit) {
+        (Some(path), Some(limit)) => {
+            match swap::Swap::new(
+                swap_args,
+                path,
+                handle,
+                &region,
+                place.region_phys,
+                plan.memory_pages(),
+                plan.total_pages() * PAGE_SIZE,
+                limit,
+            ) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    let _ = vm::destroy(main, handle);
+                    session.close();
+                    return Err(e);
+                }
+            }
+        }
+        _ => None,
+    };
+    let swap_failures = std::sync::atomic::AtomicUsize::new(0);
+    let after_trim = |hyp: &dyn hyp::Hyp| {
+        if let Some(s) = &swapper {
+            let failed = swap::after_trim(&name, s, hyp);
+            swap_failures.fetch_add(failed, Ordering::Relaxed);
+        }
+    };
     let mut run = Run::new(&name, handle, &plan, &region, &counters, options, &signal);
     if !at_line.is_empty() {
         run = run.with_hold_at(at_line, &hold_at_line);
+    }
+    if let Some(s) = &swapper {
+        run = run.with_swap(s, Some(&after_trim));
     }
     if let Some(sig) = held_before {
         run.finish(Outcome::Interrupted(sig));
@@ -644,6 +705,11 @@ fn cmd_run(
         );
     }
 
+    if let Some(s) = &swapper {
+        let failed = swap::at_end(&name, s, swap_args, plan.total_pages() + extra_pages);
+        swap_failures.fetch_add(failed, Ordering::Relaxed);
+        attacks_accepted += swap_failures.load(Ordering::Relaxed);
+    }
     let destroyed = match vm::destroy(main, handle) {
         Err(e) if e.error() == Some(Error::InvalidParameter) => {
             // Someone else destroyed it (`rampart-vmm reclaim --all`): the

@@ -61,6 +61,9 @@ pub struct Options {
     pub trace: bool,
 }
 
+/// What runs once after the first evictions (`--swap-attack`).
+pub type AfterTrim<'a> = &'a (dyn Fn(&dyn Hyp) + Sync);
+
 /// Everything the vCPU threads share.
 pub struct Run<'a> {
     /// Name for console prefixes.
@@ -88,6 +91,11 @@ pub struct Run<'a> {
     /// returns a termination signal that arrived meanwhile, if any).
     hold_at: Option<(&'a str, &'a (dyn Fn() -> Option<i32> + Sync))>,
     held: AtomicBool,
+    /// `--swap` (issue 14): restores pages at `EXIT_EVICTED`; evicts down
+    /// to its limit after vCPU 0's first run.
+    swap: Option<&'a crate::swap::Swap<'a>>,
+    /// Called once after the first eviction (the hostile swap test).
+    after_trim: Option<AfterTrim<'a>>,
 }
 
 impl<'a> Run<'a> {
@@ -117,7 +125,22 @@ impl<'a> Run<'a> {
             signal,
             hold_at: None,
             held: AtomicBool::new(false),
+            swap: None,
+            after_trim: None,
         }
+    }
+
+    /// Sealed swap (`--swap`); `after_trim` runs once on vCPU 0's thread
+    /// after the first evictions, before the guest runs on.
+    #[must_use]
+    pub fn with_swap(
+        mut self,
+        swap: &'a crate::swap::Swap<'a>,
+        after_trim: Option<AfterTrim<'a>>,
+    ) -> Self {
+        self.swap = Some(swap);
+        self.after_trim = after_trim;
+        self
     }
 
     /// Holds the VM (`hold`) after the first console line containing
@@ -385,7 +408,22 @@ impl<'a> Run<'a> {
                 break;
             }
             busy = 0;
-            if vcpu == 0 {
+            if vcpu == 0 && !self.first_run_done.load(Ordering::Acquire) {
+                // The VM is measured now: from here on it holds at most
+                // the swap limit.
+                if let Some(swap) = self.swap {
+                    // The launch milestone, before the evictions.
+                    Counters::reached(&self.counters.first_exit_us);
+                    if let Err(e) = swap.trim(hyp) {
+                        self.finish(Outcome::Error(format!(
+                            "swap: evicting down to the limit: {e}"
+                        )));
+                        break;
+                    }
+                    if let Some(after) = self.after_trim {
+                        after(hyp);
+                    }
+                }
                 self.first_run_done.store(true, Ordering::Release);
             }
             Counters::reached(&self.counters.first_exit_us);
@@ -395,6 +433,19 @@ impl<'a> Run<'a> {
                 self.counters
                     .host_timer_exits
                     .fetch_add(1, Ordering::Relaxed);
+            }
+            if r[1] == crate::swap::EXIT_EVICTED
+                && let Some(swap) = self.swap
+            {
+                // EXIT_EVICTED (issue 14): x2 = the page, x3 = 1 for a write.
+                if let Err(e) = swap.fault(hyp, r[2]) {
+                    self.finish(Outcome::Error(format!(
+                        "vCPU {vcpu}: swap: restoring {:#x}: {e}",
+                        r[2]
+                    )));
+                    break;
+                }
+                continue;
             }
             if self.options.trace {
                 eprintln!(

@@ -20,7 +20,7 @@ use rampart_abi::host::{ExitReason, MAX_VCPUS};
 const _: () = assert!(VCPUS as u64 == MAX_VCPUS);
 
 /// Exit reasons counted: index = `x1` (0 = an unknown reason).
-const REASONS: usize = 8;
+const REASONS: usize = ExitReason::ALL.len() + 1;
 /// vCPUs counted (`rampart_abi::host::MAX_VCPUS`).
 const VCPUS: usize = 8;
 
@@ -236,6 +236,9 @@ pub fn render(h: &Header<'_>, c: &Counters, reclaimed: Option<u64>) -> String {
     for (k, v) in crate::virtio::stats_lines() {
         put(&k, v);
     }
+    for (k, v) in crate::swap::stats_lines() {
+        put(&k, v);
+    }
     put("result", h.result.to_string());
     out
 }
@@ -354,6 +357,16 @@ mod tests {
             state,
             result: "3 passed",
         }
+    }
+
+    #[test]
+    fn every_exit_reason_has_its_own_line() {
+        // EXIT_EVICTED (issue 14) and whatever the ABI adds after it.
+        let c = Counters::default();
+        c.exit(0, ExitReason::Evicted as u64);
+        let text = render(&header("running"), &c, None);
+        assert!(text.contains("exits EXIT_EVICTED: 1 (vCPU 0: 1, vCPU 1: 0)\n"), "{text}");
+        assert!(!text.contains("exits unknown"), "{text}");
     }
 
     #[test]
