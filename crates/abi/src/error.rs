@@ -68,7 +68,7 @@ pub enum Error {
 
 impl Error {
     /// Every error, in code order; used by tests and documentation checks.
-    pub const ALL: [Error; 14] = [
+    pub const ALL: [Error; 18] = [
         Error::NotSupported,
         Error::NotRequired,
         Error::InvalidParameter,

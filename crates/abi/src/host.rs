@@ -400,26 +400,19 @@ pub enum HostRequest {
         /// Their bytes.
         bytes: u64,
     },
-}
-
-/// The most pages a migration call's buffer may have.
-pub const MIGRATE_BUFFER_MAX_PAGES: u64 = 16;
-
-/// `bytes` stream bytes at `address` (1 to [`MIGRATE_BUFFER_MAX_PAGES`]
-/// pages' worth, not wrapping): `(address, bytes)`.
-fn stream_bytes(address: u64, bytes: u64) -> Result<(u64, u64), crate::Error> {
-    if bytes == 0 || bytes > MIGRATE_BUFFER_MAX_PAGES * PAGE_SIZE || address.checked_add(bytes).is_none() {
-        return Err(crate::Error::InvalidParameter);
-    }
-    Ok((address, bytes))
     /// See [`HostCall::VmEvict`].
     VmEvict {
+        /// The VM.
+        vm: VmHandle,
         /// The guest page to evict (page-aligned).
         guest_address: u64,
         /// The host page that receives the ciphertext (page-aligned).
         sealed: u64,
+    },
     /// See [`HostCall::VmRestore`].
     VmRestore {
+        /// The VM.
+        vm: VmHandle,
         /// The evicted guest page (page-aligned).
         guest_address: u64,
         /// The host page holding the ciphertext (page-aligned).
@@ -431,6 +424,19 @@ fn stream_bytes(address: u64, bytes: u64) -> Result<(u64, u64), crate::Error> {
         version: u64,
         /// The tag `VM_EVICT` returned.
         tag: [u8; 16],
+    },}
+
+/// The most pages a migration call's buffer may have.
+pub const MIGRATE_BUFFER_MAX_PAGES: u64 = 16;
+
+/// `bytes` stream bytes at `address` (1 to [`MIGRATE_BUFFER_MAX_PAGES`]
+/// pages' worth, not wrapping): `(address, bytes)`.
+fn stream_bytes(address: u64, bytes: u64) -> Result<(u64, u64), crate::Error> {
+    if bytes == 0 || bytes > MIGRATE_BUFFER_MAX_PAGES * PAGE_SIZE || address.checked_add(bytes).is_none() {
+        return Err(crate::Error::InvalidParameter);
+    }
+    Ok((address, bytes))
+}
 
 /// A page address argument: `InvalidParameter` unless page-aligned.
 fn page_aligned(address: u64) -> Result<u64, crate::Error> {
@@ -556,14 +562,18 @@ impl HostRequest {
                 }
             }
             HostCall::VmEvict => HostRequest::VmEvict {
+                vm: VmHandle(regs[1]),
                 guest_address: page_aligned(regs[2])?,
                 sealed: page_aligned(regs[3])?,
+            },
             HostCall::VmRestore => HostRequest::VmRestore {
+                vm: VmHandle(regs[1]),
                 guest_address: page_aligned(regs[2])?,
                 sealed: page_aligned(regs[3])?,
                 fresh: page_aligned(regs[4])?,
                 version: regs[5],
                 tag: words_to_bytes(&regs[6..8]),
+            },
             HostCall::OracleCheck => HostRequest::OracleCheck,
         })
     }

@@ -967,6 +967,18 @@ impl<'a> Spec<'a> {
             | HostRequest::VmExport { .. }
             | HostRequest::VmImport { .. }
             | HostRequest::VmImportData { .. } => self.predict_migration(request),
+            HostRequest::VmEvict {
+                vm,
+                guest_address,
+                sealed,
+            } => self.predict_evict(vm, guest_address, sealed),
+            HostRequest::VmRestore {
+                vm,
+                guest_address,
+                sealed,
+                fresh,
+                ..
+            } => self.predict_restore(vm, guest_address, sealed, fresh),
         }
     }
 
@@ -1001,18 +1013,6 @@ impl<'a> Spec<'a> {
                     .or_error(Error::UntrustedKey)
                     .or_error(Error::BadSignature),
             ),
-            HostRequest::VmEvict {
-                vm,
-                guest_address,
-                sealed,
-            } => self.predict_evict(vm, guest_address, sealed),
-            HostRequest::VmRestore {
-                vm,
-                guest_address,
-                sealed,
-                fresh,
-                ..
-            } => self.predict_restore(vm, guest_address, sealed, fresh),
         }
     }
 
