@@ -90,6 +90,10 @@ pub fn error_meaning(code: i64) -> &'static str {
         Ok(Error::StaleVersion) => "the version is not the guest address's current one (an old seal replayed)",
         Ok(Error::NotEvicted) => "the guest address is not evicted",
         Ok(Error::NotEvictable) => "the guest address holds no page of the VM that can be evicted",
+        Ok(Error::NotAuthentic) => "a migration stream record does not authenticate under the migration key",
+        Ok(Error::StreamOrder) => "a migration stream record is malformed, out of sequence or out of place",
+        Ok(Error::StaleStream) => "the migration stream's challenge is not outstanding here (a replay, or another destination)",
+        Ok(Error::Migrating) => "the VM is being exported or imported",
         Err(_) => "unknown error code",
     }
 }
