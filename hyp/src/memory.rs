@@ -526,6 +526,18 @@ impl HostMemory {
     }
 
     fn map_el2(&mut self, range: MemRange) {
+        // One page whose level-3 table exists (every page after the first
+        // of its 2 MiB block): write the entry directly. It was invalid, so
+        // no TLB holds it: the DSB below is all the architecture asks
+        // before a walk may use it, as on the general path.
+        if range.size() == PAGE_SIZE
+            && let Some(entry) = mm::level3_entry(&mut self.el2.0, EL2_ROOT_LEVEL, range.start())
+            && !entry.is_valid()
+        {
+            entry.set_page(range.start(), mm::el2::DATA);
+            arch::dsb_ishst();
+            return;
+        }
         if let Err(e) = mm::identity_map_pages(&mut self.el2.0, range, mm::el2::DATA) {
             fail_closed("EL2 map", range, e);
         }
@@ -533,7 +545,12 @@ impl HostMemory {
     }
 
     fn unmap_el2(&mut self, range: MemRange) {
-        if let Err(e) = mm::identity_map_pages(&mut self.el2.0, range, El23Attributes::empty()) {
+        // One page mapped through a level-3 table: clear its entry directly
+        // (what aarch64-paging writes, a zero); the TLB invalidation below
+        // follows as on the general path.
+        let direct = range.size() == PAGE_SIZE
+            && mm::level3_entry(&mut self.el2.0, EL2_ROOT_LEVEL, range.start()).map(|entry| entry.clear()).is_some();
+        if !direct && let Err(e) = mm::identity_map_pages(&mut self.el2.0, range, El23Attributes::empty()) {
             fail_closed("EL2 unmap", range, e);
         }
         // Unmapping a whole 2 MiB block frees its level-3 table; when the
@@ -584,6 +601,9 @@ impl HostMemory {
     /// falls inside it.
     fn rewrite_host_stage2(&mut self, range: MemRange) {
         const MAX_TARGETED: usize = 16;
+        if range.size() == PAGE_SIZE && self.rewrite_host_page(range.start()) {
+            return;
+        }
         let mut envelope = range;
         let mut leaves = [0u64; MAX_TARGETED];
         let mut leaf_count = 0usize;
@@ -641,6 +661,45 @@ impl HostMemory {
             }
         }
         arch::dsb_ishst();
+    }
+}
+
+impl HostMemory {
+    /// [`HostMemory::rewrite_host_stage2`] for one page the host stage 2
+    /// translates through a level-3 table (every page of a 2 MiB block
+    /// after the block's first split): the same break-before-make on the
+    /// one entry, written directly instead of through aarch64-paging's
+    /// generic walks. `false`, having changed nothing, if the page has no
+    /// level-3 entry (a block, or no table): the caller takes the general
+    /// path, which splits.
+    ///
+    /// Why this is the general path's sequence: that path would find the
+    /// one leaf (this entry), unmap it (no table is freed: the range is one
+    /// page of a 512-entry table), `DSB ISHST`, `TLBI IPAS2E1IS` for the
+    /// page and `DSB ISH; TLBI VMALLE1IS; DSB ISH; ISB` under the host's
+    /// VMID, then map the page back with the attributes its host state
+    /// implies and `DSB ISHST`. Here the same, except that an entry that
+    /// was already invalid needs no break and no invalidation (a TLB
+    /// never holds a translation that faulted, so nothing can be stale).
+    fn rewrite_host_page(&mut self, ipa: u64) -> bool {
+        let Ok(state) = self.table.state_of(PhysAddr(ipa), Component::Host) else { return false };
+        let Some(entry) = mm::level3_entry(&mut self.stage2.0, stage2_level(), ipa) else { return false };
+        if entry.is_valid() {
+            // Break.
+            entry.clear();
+            arch::dsb_ishst();
+            let host_vttbr = crate::BOOT.get().map_or(0, |b| b.config.vttbr);
+            arch::with_vttbr(host_vttbr, || {
+                arch::tlbi_ipa(ipa);
+                arch::tlbi_stage1_of_vmid();
+            });
+        }
+        // Make.
+        if let Some(attributes) = host_attributes(state) {
+            entry.set_page(ipa, attributes);
+        }
+        arch::dsb_ishst();
+        true
     }
 }
 
