@@ -425,6 +425,7 @@ const KICK_SGI: u64 = 15;
 /// Stops this CPU for good if another CPU is wiping memory for a reset.
 /// Called at every entry from the host and after every guest exit, before
 /// anything else is done.
+#[inline]
 pub fn park_if_dying() {
     let dying = DYING.load(Ordering::SeqCst);
     let me = cpu::current() % MAX_CPUS;

@@ -131,6 +131,7 @@ pub fn host_call(request: HostRequest) -> Result<(), AbiError> {
 /// other function ID. The same decoding as `HostRequest::decode` (the
 /// function ID is `w0`; `x1`, `x2` go through `PageRange::new`), without
 /// building and copying the 112-byte request on the host's hottest path.
+#[inline]
 pub fn host_call_from_regs(function: u32, x1: u64, x2: u64) -> Option<Result<(), AbiError>> {
     use rampart_abi::host::HostCall;
     let transition = match function {
