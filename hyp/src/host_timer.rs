@@ -173,6 +173,7 @@ pub fn disarm() {
 }
 
 /// Whether the host's deadline has passed while the guest was loaded.
+#[inline]
 pub fn fired() -> bool {
     let ctl = guest::cnthp_ctl();
     ctl & CTL_ENABLE != 0 && ctl & CTL_ISTATUS != 0

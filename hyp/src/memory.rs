@@ -123,6 +123,28 @@ pub fn host_call(request: HostRequest) -> Result<(), AbiError> {
         HostRequest::ReclaimHyp(r) => (Transition::HypDonateHost, r),
         _ => return Err(AbiError::NotSupported),
     };
+    run_transition(transition, range)
+}
+
+/// A host memory call (`SHARE_HYP`, `UNSHARE_HYP`, `DONATE_HYP`,
+/// `RECLAIM_HYP`) decoded straight from its registers, or `None` for any
+/// other function ID. The same decoding as `HostRequest::decode` (the
+/// function ID is `w0`; `x1`, `x2` go through `PageRange::new`), without
+/// building and copying the 112-byte request on the host's hottest path.
+#[inline]
+pub fn host_call_from_regs(function: u32, x1: u64, x2: u64) -> Option<Result<(), AbiError>> {
+    use rampart_abi::host::HostCall;
+    let transition = match function {
+        f if f == HostCall::ShareHyp as u32 => Transition::HostShareHyp,
+        f if f == HostCall::UnshareHyp as u32 => Transition::HostUnshareHyp,
+        f if f == HostCall::DonateHyp as u32 => Transition::HostDonateHyp,
+        f if f == HostCall::ReclaimHyp as u32 => Transition::HypDonateHost,
+        _ => return None,
+    };
+    Some(PageRange::new(x1, x2).and_then(|range| run_transition(transition, range)))
+}
+
+fn run_transition(transition: Transition, range: PageRange) -> Result<(), AbiError> {
     let mut guard = HOST_MEMORY.lock();
     let memory = guard.as_mut().ok_or(AbiError::NotSupported)?;
     #[cfg(feature = "mutant-reclaim-vm-meta")]
@@ -194,7 +216,9 @@ enum Budget {
 impl HostMemory {
     fn transition(&mut self, transition: Transition, request: PageRange) -> Result<(), AbiError> {
         let checked = self.check(transition, request)?;
-        self.commit(checked);
+        // By reference: moving the checked change into `commit` cost a
+        // 55-instruction `memcpy` per host memory call.
+        self.commit_ref(&checked);
         Ok(())
     }
 
@@ -257,7 +281,8 @@ impl HostMemory {
             return Err(AbiError::InvalidParameter);
         }
         let effect = self.table.check(transition, start, pages).map_err(|r| abi_error(r.error))?;
-        let need = tables_needed(&effect, range).saturating_add(hold.map_or(0, |(_, pages)| pages));
+        let tables = tables_needed(&effect, range);
+        let need = tables.saturating_add(hold.map_or(0, |(_, pages)| pages));
         let budget = match budget {
             Budget::Pool if matches!(transition, Transition::HostUnshareHyp | Transition::HypDonateHost) => Budget::Return,
             other => other,
@@ -270,13 +295,18 @@ impl HostMemory {
         if need > available {
             return Err(AbiError::NoMemory);
         }
-        Ok(Checked { transition, range, effect, hold, need: tables_needed(&effect, range) })
+        Ok(Checked { transition, range, effect, hold, need: tables })
     }
 
     /// Applies a checked transition: the states, then the mappings. Cannot
     /// fail (a failure here is a broken invariant and stops the machine).
     pub fn commit(&mut self, checked: Checked) {
-        let Checked { transition, range, effect, hold, need } = checked;
+        self.commit_ref(&checked);
+    }
+
+    /// [`HostMemory::commit`] of a change the caller keeps.
+    fn commit_ref(&mut self, checked: &Checked) {
+        let &Checked { transition, range, effect, hold, need } = checked;
         // Planted bug (test only): a VM's pages go back unzeroed.
         #[cfg(feature = "mutant-teardown-no-zero")]
         let effect = Effect {
@@ -287,7 +317,7 @@ impl HostMemory {
             },
             ..effect
         };
-        let free_before = mm::pool_free();
+        let (free_before, _) = mm::pool_free_held();
         if let Err(r) = self.table.apply(transition, PhysAddr(range.start()), range.size() / PAGE_SIZE) {
             // The check ran under the same lock: only a broken invariant
             // gets here, with the states unknown; stop.
@@ -303,8 +333,9 @@ impl HostMemory {
         }
         self.reflect(&effect, range);
         self.after_commit_smmu();
-        let used = free_before.saturating_sub(mm::pool_free());
-        if used > need || mm::pool_free() < mm::pool_held() {
+        let (free_after, held) = mm::pool_free_held();
+        let used = free_before.saturating_sub(free_after);
+        if used > need || free_after < held {
             // A worst-case estimate was wrong: a later change or teardown
             // might find the pool empty. Say so (the test suite fails on it).
             crate::println!("rampart: table estimate exceeded: {transition:?} on {range} used {used} pages, estimated {need}");
@@ -500,7 +531,9 @@ impl HostMemory {
             self.rewrite_host_stage2(range);
             // The SMMU's TLBs are invalidated here, before the zeroing
             // below and before any new owner can reach the pages.
-            crate::smmu::mirror_rewrite(range, &self.table);
+            if crate::smmu::active() {
+                crate::smmu::mirror_rewrite(range, &self.table);
+            }
             self.coalesce_host_ends(range);
         }
         if effect.updates.zero {
@@ -527,7 +560,9 @@ impl HostMemory {
             && state != State::Absent
         {
             self.rewrite_host_stage2(range);
-            crate::smmu::mirror_rewrite(range, &self.table);
+            if crate::smmu::active() {
+                crate::smmu::mirror_rewrite(range, &self.table);
+            }
             self.coalesce_host_ends(range);
         }
     }
@@ -590,6 +625,18 @@ impl HostMemory {
     }
 
     fn map_el2(&mut self, range: MemRange) {
+        // One page whose level-3 table exists (every page after the first
+        // of its 2 MiB block): write the entry directly. It was invalid, so
+        // no TLB holds it: the DSB below is all the architecture asks
+        // before a walk may use it, as on the general path.
+        if range.size() == PAGE_SIZE
+            && let Some(entry) = mm::level3_entry(&mut self.el2.0, EL2_ROOT_LEVEL, range.start())
+            && !entry.is_valid()
+        {
+            entry.set_page(range.start(), mm::el2::DATA);
+            arch::dsb_ishst();
+            return;
+        }
         if let Err(e) = mm::identity_map_pages(&mut self.el2.0, range, mm::el2::DATA) {
             fail_closed("EL2 map", range, e);
         }
@@ -597,7 +644,12 @@ impl HostMemory {
     }
 
     fn unmap_el2(&mut self, range: MemRange) {
-        if let Err(e) = mm::identity_map_pages(&mut self.el2.0, range, El23Attributes::empty()) {
+        // One page mapped through a level-3 table: clear its entry directly
+        // (what aarch64-paging writes, a zero); the TLB invalidation below
+        // follows as on the general path.
+        let direct = range.size() == PAGE_SIZE
+            && mm::level3_entry(&mut self.el2.0, EL2_ROOT_LEVEL, range.start()).map(|entry| entry.clear()).is_some();
+        if !direct && let Err(e) = mm::identity_map_pages(&mut self.el2.0, range, El23Attributes::empty()) {
             fail_closed("EL2 unmap", range, e);
         }
         // Unmapping a whole 2 MiB block frees its level-3 table; when the
@@ -648,6 +700,9 @@ impl HostMemory {
     /// falls inside it.
     fn rewrite_host_stage2(&mut self, range: MemRange) {
         const MAX_TARGETED: usize = 16;
+        if range.size() == PAGE_SIZE && self.rewrite_host_page(range.start()) {
+            return;
+        }
         let mut envelope = range;
         let mut leaves = [0u64; MAX_TARGETED];
         let mut leaf_count = 0usize;
@@ -705,6 +760,45 @@ impl HostMemory {
             }
         }
         arch::dsb_ishst();
+    }
+}
+
+impl HostMemory {
+    /// [`HostMemory::rewrite_host_stage2`] for one page the host stage 2
+    /// translates through a level-3 table (every page of a 2 MiB block
+    /// after the block's first split): the same break-before-make on the
+    /// one entry, written directly instead of through aarch64-paging's
+    /// generic walks. `false`, having changed nothing, if the page has no
+    /// level-3 entry (a block, or no table): the caller takes the general
+    /// path, which splits.
+    ///
+    /// Why this is the general path's sequence: that path would find the
+    /// one leaf (this entry), unmap it (no table is freed: the range is one
+    /// page of a 512-entry table), `DSB ISHST`, `TLBI IPAS2E1IS` for the
+    /// page and `DSB ISH; TLBI VMALLE1IS; DSB ISH; ISB` under the host's
+    /// VMID, then map the page back with the attributes its host state
+    /// implies and `DSB ISHST`. Here the same, except that an entry that
+    /// was already invalid needs no break and no invalidation (a TLB
+    /// never holds a translation that faulted, so nothing can be stale).
+    fn rewrite_host_page(&mut self, ipa: u64) -> bool {
+        let Ok(state) = self.table.state_of(PhysAddr(ipa), Component::Host) else { return false };
+        let Some(entry) = mm::level3_entry(&mut self.stage2.0, stage2_level(), ipa) else { return false };
+        if entry.is_valid() {
+            // Break.
+            entry.clear();
+            arch::dsb_ishst();
+            let host_vttbr = crate::BOOT.get().map_or(0, |b| b.config.vttbr);
+            arch::with_vttbr(host_vttbr, || {
+                arch::tlbi_ipa(ipa);
+                arch::tlbi_stage1_of_vmid();
+            });
+        }
+        // Make.
+        if let Some(attributes) = host_attributes(state) {
+            entry.set_page(ipa, attributes);
+        }
+        arch::dsb_ishst();
+        true
     }
 }
 

@@ -179,8 +179,16 @@ pub fn pool_usage() -> (u64, u64) {
 }
 
 /// Free pages, including those held back for VM teardown.
+#[allow(dead_code, reason = "the commit self-check reads both at once with `pool_free_held`")]
 pub fn pool_free() -> u64 {
     POOL.lock().free_count()
+}
+
+/// Free pages, including those held back, and pages held back: one lock
+/// for what [`pool_free`] and [`pool_held`] say.
+pub fn pool_free_held() -> (u64, u64) {
+    let pool = POOL.lock();
+    (pool.free_count(), pool.held)
 }
 
 /// Pages available to a new change: free pages not held back.
@@ -214,6 +222,7 @@ pub fn pool_release(pages: u64) {
 }
 
 /// Pages held back with [`pool_hold`].
+#[allow(dead_code, reason = "the commit self-check reads both at once with `pool_free_held`")]
 pub fn pool_held() -> u64 {
     POOL.lock().held
 }
@@ -643,4 +652,139 @@ pub unsafe fn write_volatile_words_or_bytes(address: u64, bytes: &[u8]) {
         unsafe { core::ptr::write_volatile(base.add(i), bytes[i]) };
         i += 1;
     }
+}
+/// Translations whose table pages sit at their physical address at EL2
+/// (the pool's and each VM's pool pages are identity-mapped), so a table
+/// descriptor's output address is also where EL2 reads the next table.
+pub trait IdentityTables {}
+impl IdentityTables for PoolTranslation {}
+impl IdentityTables for VmPool {}
+
+/// Descriptor bits [1:0] of a table (levels 0-2) or page (level 3) entry.
+const TABLE_OR_PAGE: u64 = 0b11;
+/// Descriptor bits [47:12]: a table's or page's output address (what
+/// aarch64-paging writes and reads: 48-bit addresses, 4 KiB granule).
+const OUTPUT_ADDRESS: u64 = 0x0000_ffff_ffff_f000;
+
+/// The descriptor slot of `va` at `stop_level` or above, found by reading
+/// table descriptors directly (no allocation, no visitor): `Ok` with the
+/// slot and its level where the walk ends (an invalid entry, a block, a
+/// page, or the slot at `stop_level`), `None` if `va` is outside the table.
+fn slot<T: Translation<R::Attributes> + IdentityTables, R: TranslationRegime>(
+    table: &Mapping<T, R>,
+    root_level: usize,
+    va: u64,
+    stop_level: usize,
+) -> Option<(&core::sync::atomic::AtomicU64, usize)> {
+    if va >= table.size() as u64 || root_level > 3 {
+        return None;
+    }
+    let mut table_pa = table.root_address().0 as u64;
+    let mut level = root_level;
+    loop {
+        let index = (va >> (12 + 9 * (3 - level))) & 0x1ff;
+        // SAFETY: `table_pa` is the root or a table a valid table descriptor
+        // of this mapping points at: a pool page holding 512 descriptors,
+        // identity-mapped at EL2 (`IdentityTables`), which stays a table of
+        // this mapping while `table` is borrowed (only `&mut` access to the
+        // mapping frees tables). aarch64-paging keeps descriptors as atomic
+        // words, so reading one as `AtomicU64` matches how it writes them.
+        let entry = unsafe { &*((table_pa + index * 8) as *const core::sync::atomic::AtomicU64) };
+        let bits = entry.load(core::sync::atomic::Ordering::Acquire);
+        if level == stop_level || level == 3 || bits & TABLE_OR_PAGE != TABLE_OR_PAGE {
+            return Some((entry, level));
+        }
+        table_pa = bits & OUTPUT_ADDRESS;
+        level += 1;
+    }
+}
+
+/// The leaf that maps `va` in `table` (root at `root_level`): the output
+/// address of `va`'s page and the leaf's level, or `None` if `va` is not
+/// mapped. The same answer as a `walk_range` over the page, in a few dozen
+/// instructions instead of a few hundred: a guest exit asks this for every
+/// stage-2 fault.
+pub fn lookup<T: Translation<R::Attributes> + IdentityTables, R: TranslationRegime>(
+    table: &Mapping<T, R>,
+    root_level: usize,
+    va: u64,
+) -> Option<(u64, usize)> {
+    let found = slot(table, root_level, va, 3).and_then(|(entry, level)| {
+        let bits = entry.load(core::sync::atomic::Ordering::Acquire);
+        // Invalid, a table where the walk stopped (cannot happen), or a
+        // level-0 "block" (not a valid descriptor with a 4 KiB granule;
+        // aarch64-paging never writes one): not mapped.
+        if bits & 1 == 0 || (level < 3 && bits & TABLE_OR_PAGE == TABLE_OR_PAGE) || level == 0 {
+            return None;
+        }
+        let span = PAGE_SIZE << (9 * (3 - level));
+        let page = va & !(PAGE_SIZE - 1);
+        Some(((bits & OUTPUT_ADDRESS & !(span - 1)) + (page & (span - 1)), level))
+    });
+    // Oracle builds (the test host's whole run under the specification)
+    // check every lookup against aarch64-paging's own walk.
+    #[cfg(feature = "oracle")]
+    if found.map(|(pa, _)| pa) != walked_output(table, va) {
+        crate::println!("mm::lookup of {va:#x} gave {found:?}, aarch64-paging's walk {:?}; stopping", walked_output(table, va));
+        crate::power_off();
+    }
+    found
+}
+
+/// `va`'s output address by aarch64-paging's `walk_range` (what
+/// [`lookup`] replaced), for the oracle build's cross-check.
+#[cfg(feature = "oracle")]
+fn walked_output<T: Translation<R::Attributes>, R: TranslationRegime>(table: &Mapping<T, R>, va: u64) -> Option<u64> {
+    let page = va & !(PAGE_SIZE - 1);
+    let region = MemoryRegion::new(page as usize, page.checked_add(PAGE_SIZE)? as usize);
+    let mut out = None;
+    let _ = table.walk_range(&region, &mut |mr, desc, level| {
+        if desc.is_valid() && !(level < 3 && desc.is_table_or_page()) {
+            out = Some(desc.output_address().0 as u64 + (page - mr.start().0 as u64));
+        }
+        Ok(())
+    });
+    out
+}
+
+/// One level-3 entry of a table, reached through table descriptors only
+/// (see [`level3_entry`]). Writing it changes a live translation: the
+/// caller issues the barriers and TLB invalidation the change needs.
+pub struct Level3Entry<'a> {
+    entry: &'a core::sync::atomic::AtomicU64,
+}
+
+impl Level3Entry<'_> {
+    /// Whether the entry maps a page.
+    pub fn is_valid(&self) -> bool {
+        self.entry.load(core::sync::atomic::Ordering::Acquire) & 1 != 0
+    }
+
+    /// Writes an invalid entry (all zero, as aarch64-paging unmaps).
+    pub fn clear(&self) {
+        self.entry.store(0, core::sync::atomic::Ordering::Release);
+    }
+
+    /// Writes a page entry: `pa` with `attributes` (which must include
+    /// `VALID`), exactly the bits aarch64-paging's `map_range` writes at
+    /// level 3 (`pa | attributes | TABLE_OR_PAGE`).
+    pub fn set_page<A: aarch64_paging::descriptor::PagingAttributes>(&self, pa: u64, attributes: A) {
+        let bits = (pa & OUTPUT_ADDRESS) | (attributes | A::TABLE_OR_PAGE).bits() as u64;
+        self.entry.store(bits, core::sync::atomic::Ordering::Release);
+    }
+}
+
+/// The level-3 entry for `va` if `table` (root at `root_level`) reaches a
+/// level-3 table for it through valid table descriptors; `None` if the
+/// walk ends earlier (an invalid entry or a block above level 3), when the
+/// caller must go through aarch64-paging (which may split or allocate).
+/// Borrowing the mapping mutably for the entry's life means nothing else
+/// can change or free its tables meanwhile.
+pub fn level3_entry<T: Translation<R::Attributes> + IdentityTables, R: TranslationRegime>(
+    table: &mut Mapping<T, R>,
+    root_level: usize,
+    va: u64,
+) -> Option<Level3Entry<'_>> {
+    let (entry, level) = slot(table, root_level, va, 3)?;
+    (level == 3).then_some(Level3Entry { entry })
 }

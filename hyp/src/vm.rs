@@ -266,20 +266,11 @@ fn any_mapped(vm: &Vm, ipa: u64, bytes: u64) -> bool {
     mapped
 }
 
-/// The physical address behind a guest page, if mapped.
+/// The physical address behind a guest page, if mapped: a direct
+/// descriptor walk (`mm::lookup`; every stage-2 fault of a guest asks).
 pub fn translate(vm: &Vm, ipa: u64) -> Option<u64> {
-    let page = ipa & !(PAGE_SIZE - 1);
-    let mut out = None;
-    // A guest's IPA may be anything: no wrap-around past 2^64.
-    let region = MemoryRegion::new(page as usize, page.checked_add(PAGE_SIZE)? as usize);
-    let _ = vm.stage2.walk_range(&region, &mut |mr, desc, level| {
-        if desc.is_valid() && !(level < 3 && desc.is_table_or_page()) {
-            let offset = page - mr.start().0 as u64;
-            out = Some(desc.output_address().0 as u64 + offset);
-        }
-        Ok(())
-    });
-    out
+    let level = crate::BOOT.get().map_or(1, |b| b.stage2_level);
+    mm::lookup(&vm.stage2, level, ipa).map(|(pa, _)| pa)
 }
 
 /// `VM_DONATE` and `VM_SHARE`: gives (or lends) host pages to the VM at
