@@ -63,7 +63,7 @@ pub enum HostCall {
     /// exit record: `x1` = [`ExitReason`], `x2`..`x4` its details.
     VcpuRun = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x16),
     /// `RAMPART_HOST_VCPU_INJECT`: `x1` = VM handle, `x2` = vCPU index,
-    /// `x3` = virtual interrupt ID.
+    /// `x3` = virtual interrupt ID, `x4` = [`inject`] flags (0: an edge).
     VcpuInject = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x17),
     /// `RAMPART_HOST_VM_SET_SIGNATURE`: `x1` = VM handle, `x2`..`x5` = the
     /// signer's Ed25519 public key, `x6`..`x13` = the Ed25519 signature over
@@ -298,6 +298,9 @@ pub enum HostRequest {
         vcpu: VcpuRef,
         /// The virtual interrupt ID (SGI, PPI or SPI: below 1020).
         intid: u32,
+        /// [`inject::LEVEL`]: the guest's EOI of this interrupt ends its
+        /// run with [`ExitReason::Eoi`].
+        level: bool,
     },
     /// See [`HostCall::VmSetSignature`].
     VmSetSignature {
@@ -398,6 +401,11 @@ impl HostRequest {
                     .ok()
                     .filter(|&i| i < 1020)
                     .ok_or(crate::Error::InvalidParameter)?,
+                level: match regs[4] {
+                    0 => false,
+                    inject::LEVEL => true,
+                    _ => return Err(crate::Error::InvalidParameter),
+                },
             },
             HostCall::VmSetSignature => HostRequest::VmSetSignature {
                 vm: VmHandle(regs[1]),
@@ -537,11 +545,16 @@ pub enum ExitReason {
     /// The vCPU is off: not yet started with PSCI CPU_ON, or it called
     /// CPU_OFF. Run it again later.
     PoweredOff = 7,
+    /// The guest ended (EOI) a level-sensitive interrupt the host injected
+    /// with [`inject::LEVEL`]: `x2` = its INTID, `x3` = how many more such
+    /// EOIs the next runs report. The host resamples the line (injects it
+    /// again if it is still asserted) and runs the vCPU again.
+    Eoi = 12,
 }
 
 impl ExitReason {
     /// Every exit reason.
-    pub const ALL: [ExitReason; 7] = [
+    pub const ALL: [ExitReason; 8] = [
         ExitReason::Mmio,
         ExitReason::MemoryFault,
         ExitReason::Wait,
@@ -549,6 +562,7 @@ impl ExitReason {
         ExitReason::SystemOff,
         ExitReason::SystemReset,
         ExitReason::PoweredOff,
+        ExitReason::Eoi,
     ];
 
     /// The stable name used in `docs/abi.md`.
@@ -562,6 +576,7 @@ impl ExitReason {
             ExitReason::SystemOff => "EXIT_SYSTEM_OFF",
             ExitReason::SystemReset => "EXIT_SYSTEM_RESET",
             ExitReason::PoweredOff => "EXIT_POWERED_OFF",
+            ExitReason::Eoi => "EXIT_EOI",
         }
     }
 }
@@ -575,6 +590,14 @@ impl TryFrom<u64> for ExitReason {
             .find(|r| *r as u64 == value)
             .ok_or(value)
     }
+}
+
+/// The `x4` flags of `VCPU_INJECT`.
+pub mod inject {
+    /// Bit 0: the interrupt is level-sensitive; the guest's EOI of it ends
+    /// the vCPU's run with [`super::ExitReason::Eoi`], so the host can
+    /// resample the line. Any other bit is `INVALID_PARAMETER`.
+    pub const LEVEL: u64 = 1;
 }
 
 /// The `x3` flags of an [`ExitReason::Mmio`] exit.
