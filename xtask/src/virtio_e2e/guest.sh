@@ -47,6 +47,20 @@ vsay "vdb guest-to-host sha256 $(sha /tmp/to-host.bin)"
 echo 3 >/proc/sys/vm/drop_caches
 vsay "vdb read-back sha256 $(dd if=/dev/vdb bs=1048576 skip=2 count=2 2>/dev/null | sha256sum | cut -d' ' -f1)"
 
+# virtio-console input: the host writes a line into hvc0; answer it there.
+if [ -c /dev/hvc0 ]; then
+	stty -F /dev/hvc0 -echo 2>/dev/null
+	vsay "console waiting"
+	if read -r -t 120 line </dev/hvc0; then
+		echo "RAMPART-GUEST: virtio: console answer: $line" >/dev/hvc0
+		vsay "console read ${#line} bytes"
+	else
+		vsay "console: nothing read from hvc0"
+	fi
+else
+	vsay "console: no /dev/hvc0"
+fi
+
 # vsock: answer the host (echo on port 5000), then a round trip of our own
 # through the host's echo on port 6000.
 if [ -x /bin/rampart-vmm ]; then
@@ -64,4 +78,25 @@ if [ -x /bin/rampart-vmm ]; then
 else
 	vsay "no /bin/rampart-vmm in the guest: vsock not tested"
 fi
+# `cargo xtask bench linux-guest`: timed with /proc/uptime (10 ms).
+case " $(cat /proc/cmdline) " in
+*" rguest.bench=1 "*)
+	up() { cut -d' ' -f1 /proc/uptime; }
+	bsay() { echo "RAMPART-GUEST: bench: $*"; }
+	t0=$(up)
+	dd if=/dev/urandom of=/tmp/bench.bin bs=1048576 count=2 2>/dev/null
+	t0=$(up)
+	dd if=/tmp/bench.bin of=/dev/vdb bs=1048576 seek=2 conv=fsync 2>/dev/null
+	t1=$(up)
+	bsay "blk write 2097152 bytes in $(awk "BEGIN{print $t1 - $t0}") s"
+	echo 3 >/proc/sys/vm/drop_caches
+	t0=$(up)
+	dd if=/dev/vdb of=/dev/null bs=1048576 skip=2 count=2 2>/dev/null
+	t1=$(up)
+	bsay "blk read 2097152 bytes in $(awk "BEGIN{print $t1 - $t0}") s"
+	if [ -x /bin/rampart-vmm ]; then
+		bsay "$(rampart-vmm vsock connect vsock:2:6001 --retry 30 --ping 200 2>&1)"
+	fi
+	;;
+esac
 vsay "done"
