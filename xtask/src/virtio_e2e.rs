@@ -271,12 +271,18 @@ pub struct BenchFigures {
 ///
 /// The first figure missing.
 pub fn parse_bench(console: &str) -> Result<BenchFigures, String> {
-    let init = after(console, "guest kernel started /init: ").ok_or("no `guest kernel started /init` line")?;
-    let init_ms = init
-        .split_whitespace()
-        .next()
+    // The guest boots `quiet`, so the VMM never sees "Run /init": the
+    // time to /init is the VMM's first guest exit (vCPU 0 entering the
+    // kernel) plus the guest's clock when its /init started.
+    let first = after(console, "stats: launch: ")
+        .and_then(|l| l.split("first exit ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
         .and_then(|v| v.parse::<f64>().ok())
-        .ok_or_else(|| format!("unreadable /init time `{init}`"))?;
+        .ok_or("no `launch: ... first exit` line")?;
+    let uptime = word(console, "virtio: uptime at init ")
+        .and_then(|v| v.parse::<f64>().ok())
+        .ok_or("no `uptime at init` line")?;
+    let init_ms = first + uptime * 1000.0;
     let rate = |what: &str| -> Result<f64, String> {
         let l = after(console, &format!("bench: blk {what} ")).ok_or_else(|| format!("no blk {what} figure"))?;
         let w: Vec<&str> = l.split_whitespace().collect();
@@ -503,7 +509,8 @@ mod tests {
     #[test]
     fn reads_the_bench_figures() {
         let c = "[linux] stats: exits EXIT_MMIO: 10\n\
-            [linux] stats: guest kernel started /init: 61234.567 ms after the VMM started\n\
+            [linux] RAMPART-GUEST: virtio: uptime at init 52.00\n\
+            [linux] stats: launch: VM ready 9100.5 ms, first exit 9234.567 ms, first console output 20.0 ms (after the VMM started)\n\
             [linux] RAMPART-GUEST: bench: blk write 2097152 bytes in 0.5 s\n\
             [linux] RAMPART-GUEST: bench: blk read 2097152 bytes in 0.25 s\n\
             [linux] RAMPART-GUEST: bench: vsock ping: 200 round trips of 64 bytes, median 850 us, min 700 us\n";
