@@ -151,7 +151,12 @@ fn machine_with(smp: u32, vcpus: u32, bench: bool) -> Result<Machine> {
 pub fn check_all(console: &str) -> Result<String, String> {
     let disk = DISK.get().ok_or("no disk image was built")?;
     let boot = linux_guest::check_boot(console)?;
-    linux_guest::check_vcpus(console, VCPUS)?;
+    // As many as rampart-vmm was asked for (the demo's `--guest-cpus`).
+    let vcpus = after(console, "(not protected, ")
+        .and_then(|r| r.split(" vCPU").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(VCPUS);
+    linux_guest::check_vcpus(console, vcpus)?;
     let zeroed = linux_guest::check_zeroed(console)?;
     let block = check_block(console, &disk.from_host_sha256)?;
     let vsock = check_vsock(console)?;
