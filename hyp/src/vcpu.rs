@@ -396,6 +396,8 @@ fn maintenance(v: &mut Vcpu) -> bool {
     // SAFETY: the guest is loaded but not running; the next entry sets the
     // enables it needs again (`load_pending_interrupts`).
     unsafe { arch::set_ich_hcr_el2(rampart_platform::inject::list_register::HCR_EN) };
+    // ICH_MISR_EL2 reflects the new enables only after synchronisation.
+    arch::isb();
     guest::ich_misr() == 0
 }
 
