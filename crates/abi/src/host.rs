@@ -628,6 +628,22 @@ mod decode_tests {
     use crate::Error;
 
     #[test]
+    fn vcpu_inject_takes_only_the_level_flag() {
+        let id = u64::from(HostCall::VcpuInject.id());
+        let decode = |x4: u64| {
+            let mut r = regs18([id, 0x1000, 1, 33, x4]);
+            r[5] = 0;
+            HostRequest::decode(&r)
+        };
+        let vcpu = VcpuRef { vm: VmHandle(0x1000), index: 1 };
+        assert_eq!(decode(0), Ok(HostRequest::VcpuInject { vcpu, intid: 33, level: false }));
+        assert_eq!(decode(inject::LEVEL), Ok(HostRequest::VcpuInject { vcpu, intid: 33, level: true }));
+        for bad in [2, 3, 1 << 63, u64::MAX] {
+            assert_eq!(decode(bad), Err(Error::InvalidParameter), "x4 = {bad:#x}");
+        }
+    }
+
+    #[test]
     fn decodes_memory_calls() {
         let r = HostRequest::decode(&regs18([0xC600_8002, 0x4800_0000, 3, 0, 0])).unwrap();
         assert_eq!(
