@@ -182,7 +182,8 @@ fn run_call(regs: &mut [u64; 18]) {
             }
             Err(e) => Err(e),
         },
-        Ok(HostRequest::VcpuInject { vcpu, intid }) => crate::vcpu::inject_irq(vcpu, intid),
+        Ok(HostRequest::VcpuInject { vcpu, intid, level: false }) => crate::vcpu::inject_irq(vcpu, intid),
+        Ok(HostRequest::VcpuInject { vcpu, intid, level: true }) => crate::vcpu::inject_level_irq(vcpu, intid),
         Ok(HostRequest::VmSetSignature { vm, signer, signature }) => crate::vm::set_signature(vm, signer, signature),
         Ok(HostRequest::VmEvict { vm, guest_address, sealed }) => match crate::swap::evict(vm, guest_address, sealed) {
             Ok((version, tag)) => {

@@ -104,11 +104,25 @@ fn this_redistributor() -> Option<u64> {
     }
 }
 
-/// Makes PPI 26 an enabled Group 1 interrupt in this CPU's redistributor
-/// unless it is already enabled. False if there is no redistributor.
-fn enable_ppi() -> bool {
+/// The virtual CPU interface's maintenance interrupt (`vcpu.rs`), taken at
+/// EL2 while a guest runs, like PPI 26.
+pub const MAINTENANCE_PPI: u32 = 25;
+
+/// Makes PPI 25 an enabled Group 1 interrupt in this CPU's redistributor
+/// (as PPI 26 below). Nothing else asserts it: the virtual interface's
+/// maintenance conditions hold only while a guest is loaded
+/// (`ICH_HCR_EL2.En`), and `vcpu.rs` clears each one it enables before the
+/// host runs. False if there is no redistributor.
+pub fn enable_maintenance() -> bool {
+    enable_ppi(MAINTENANCE_PPI)
+}
+
+/// Makes `ppi` (below 32) an enabled Group 1 interrupt in this CPU's
+/// redistributor unless it is already enabled. False if there is no
+/// redistributor.
+fn enable_ppi(ppi: u32) -> bool {
     let Some(rd) = this_redistributor() else { return false };
-    let bit = 1u32 << EL2_TIMER_PPI;
+    let bit = 1u32 << (ppi % 32);
     // SAFETY: `rd` is this CPU's RD frame inside a region mapped at EL2
     // (found by `find_redistributor`, which checked that both 64 KiB
     // frames lie in it); the register is aligned and reading it changes
@@ -118,11 +132,11 @@ fn enable_ppi() -> bool {
         return true;
     }
     let group = rd + GICR_IGROUPR0;
-    let priority = rd + GICR_IPRIORITYR + u64::from(EL2_TIMER_PPI & !3);
-    let shift = (EL2_TIMER_PPI & 3) * 8;
+    let priority = rd + GICR_IPRIORITYR + u64::from((ppi % 32) & !3);
+    let shift = (ppi & 3) * 8;
     // SAFETY: as above, aligned registers of this CPU's own SGI frame;
-    // read-modify-write of PPI 26's group bit and priority byte only, then
-    // its write-1-to-set enable bit.
+    // read-modify-write of the PPI's group bit and priority byte only,
+    // then its write-1-to-set enable bit.
     unsafe {
         guest::gicr_write32(group, guest::gicr_read32(group) | bit);
         guest::gicr_write32(priority, (guest::gicr_read32(priority) & !(0xff << shift)) | (PRIORITY << shift));
@@ -142,7 +156,7 @@ fn deadline(host_cntv_ctl: u64, host_cntv_cval: u64, cntvoff: u64) -> Option<u64
 /// arms the EL2 timer with the host's deadline.
 pub fn arm(host_cntv_ctl: u64, host_cntv_cval: u64) {
     match deadline(host_cntv_ctl, host_cntv_cval, arch::cntvoff_el2()) {
-        Some(cval) if enable_ppi() => guest::set_host_timer(cval, CTL_ENABLE),
+        Some(cval) if enable_ppi(EL2_TIMER_PPI) => guest::set_host_timer(cval, CTL_ENABLE),
         _ => guest::set_host_timer(0, 0),
     }
 }
@@ -159,8 +173,14 @@ pub fn disarm() {
     if !was_firing {
         return;
     }
+    wait_for_drop(EL2_TIMER_PPI);
+}
+
+/// Waits (boundedly) until this CPU's redistributor no longer shows `ppi`
+/// pending, after its level-sensitive source was turned off.
+pub fn wait_for_drop(ppi: u32) {
     let Some(rd) = this_redistributor() else { return };
-    let bit = 1u32 << EL2_TIMER_PPI;
+    let bit = 1u32 << (ppi % 32);
     for _ in 0..DROP_POLLS {
         // SAFETY: `rd` is this CPU's RD frame in a region mapped at EL2
         // (`find_redistributor`); reading the aligned pending register

@@ -49,6 +49,16 @@ pub struct Vcpu {
     /// A memory fault the host was told about: if it runs the vCPU again
     /// without putting memory there, the guest gets an external abort.
     memory_fault: Option<MemoryFault>,
+    /// Level-sensitive INTIDs the guest ended (EOI maintenance) that the
+    /// host has not been told about yet (`ExitReason::Eoi`).
+    ended: [u32; 4],
+    ended_count: usize,
+    /// List registers may hold level-sensitive entries (`EOI` set): look
+    /// at `ICH_EISR_EL2` on entry.
+    level_in_lrs: bool,
+    /// `ICH_HCR_EL2.NPIE` is set: queued interrupts wait for a list
+    /// register.
+    waiting: bool,
 }
 
 /// A stage-2 fault above guest RAM's base that exited to the host.
@@ -81,6 +91,10 @@ impl Vcpu {
             halted: false,
             vserror: false,
             memory_fault: None,
+            ended: [0; 4],
+            ended_count: 0,
+            level_in_lrs: false,
+            waiting: false,
         };
         vcpu.reset(GUEST_RAM_BASE, 0);
         vcpu
@@ -99,6 +113,8 @@ impl Vcpu {
         self.memory_fault = None;
         self.pending_count = 0;
         self.vserror = false;
+        self.ended_count = 0;
+        self.level_in_lrs = false;
     }
 }
 
@@ -166,8 +182,42 @@ pub fn inject_irq(vcpu: VcpuRef, intid: u32) -> Result<(), Error> {
     Ok(())
 }
 
+/// Level-sensitive interrupts the host made pending
+/// (`VCPU_INJECT_LEVEL`): the same bits as `vm::VCPU_PENDING`, set
+/// together with them; the list register such an interrupt gets asks for
+/// an EOI maintenance interrupt, and the guest's EOI ends the run with
+/// `ExitReason::Eoi` so the host can resample the line.
+static VCPU_LEVEL: [[[core::sync::atomic::AtomicU64; 16]; rampart_abi::host::MAX_VCPUS as usize]; vm::MAX_VMS] =
+    [const { [const { [const { core::sync::atomic::AtomicU64::new(0) }; 16] }; rampart_abi::host::MAX_VCPUS as usize] }; vm::MAX_VMS];
+
+/// Forgets a new vCPU's level-sensitive injections (with its pending ones,
+/// as it is created).
+pub fn clear_level(slot: usize, index: usize) {
+    if let Some(words) = VCPU_LEVEL.get(slot).and_then(|s| s.get(index)) {
+        for word in words {
+            word.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// `VCPU_INJECT_LEVEL`: as `VCPU_INJECT`, for a level-sensitive interrupt
+/// whose end of handling the host wants to see (`ExitReason::Eoi`).
+pub fn inject_level_irq(vcpu: VcpuRef, intid: u32) -> Result<(), Error> {
+    let slot = vm::slot_of(vcpu.vm)?;
+    if !vm::VCPU_EXISTS[slot][vcpu.index].load(Ordering::Acquire) {
+        return Err(Error::InvalidParameter);
+    }
+    let n = (intid / 64) as usize % 16;
+    // The level bit first: the vCPU that collects the pending bit finds it.
+    VCPU_LEVEL[slot][vcpu.index][n].fetch_or(1 << (intid % 64), Ordering::AcqRel);
+    vm::VCPU_PENDING[slot][vcpu.index][n].fetch_or(1 << (intid % 64), Ordering::AcqRel);
+    Ok(())
+}
+
 fn queue(v: &mut Vcpu, intid: u32) -> Result<(), Error> {
-    if v.pending[..v.pending_count].contains(&intid) {
+    use rampart_platform::inject::list_register::QUEUED_LEVEL;
+    if let Some(q) = v.pending[..v.pending_count].iter_mut().find(|q| **q & !QUEUED_LEVEL == intid & !QUEUED_LEVEL) {
+        *q |= intid & QUEUED_LEVEL;
         return Ok(());
     }
     let slot = v.pending.get_mut(v.pending_count).ok_or(Error::Busy)?;
@@ -266,14 +316,25 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
                 continue;
             }
             let mut bits = word.swap(0, Ordering::AcqRel);
+            let level_word = &VCPU_LEVEL[slot][v.index][n];
+            let level = if level_word.load(Ordering::Acquire) & bits != 0 { level_word.fetch_and(!bits, Ordering::AcqRel) & bits } else { 0 };
             while bits != 0 {
                 let bit = bits.trailing_zeros();
                 bits &= bits - 1;
-                if queue(v, n as u32 * 64 + bit).is_err() {
+                let flag = if level & (1 << bit) != 0 { rampart_platform::inject::list_register::QUEUED_LEVEL } else { 0 };
+                if queue(v, (n as u32 * 64 + bit) | flag).is_err() {
                     // Queue full: keep it pending for the next entry.
+                    if flag != 0 {
+                        level_word.fetch_or(1 << bit, Ordering::AcqRel);
+                    }
                     word.fetch_or(1 << bit, Ordering::AcqRel);
                 }
             }
+        }
+        collect_ended(v);
+        if v.ended_count != 0 {
+            // The host resamples the lines first (and may inject again).
+            break take_ended(v);
         }
         load_pending_interrupts(v);
         if host_timer::fired() {
@@ -370,12 +431,88 @@ fn retire_pending(intid: u32) {
     }
 }
 
+/// The maintenance interrupt (PPI 25) taken while the guest ran: it is
+/// asserted while a condition `ICH_HCR_EL2` enables holds (`ICH_MISR_EL2`
+/// non-zero). The ended level-sensitive interrupts are collected, the
+/// "no pending" enable dropped; the next entry places what waits and
+/// reports the EOIs. Each step clears its condition, so the level-sensitive
+/// PPI drops before the guest runs again (EL2 never acknowledges it).
+/// False if no condition holds: the interrupt is the host's.
+fn maintenance(v: &mut Vcpu) -> bool {
+    if guest::ich_misr() == 0 {
+        return false;
+    }
+    collect_ended(v);
+    v.waiting = false;
+    // SAFETY: the guest is loaded but not running; the next entry sets the
+    // enables it needs again (`load_pending_interrupts`).
+    unsafe { arch::set_ich_hcr_el2(rampart_platform::inject::list_register::HCR_EN) };
+    // ICH_MISR_EL2 reflects the new enables only after synchronisation.
+    arch::isb();
+    guest::ich_misr() == 0
+}
+
+/// Takes the level-sensitive interrupts the guest ended out of their list
+/// registers (`inject::list_register::ended`, unit-tested there) into
+/// `v.ended`, for an `ExitReason::Eoi`.
+fn collect_ended(v: &mut Vcpu) {
+    if !v.level_in_lrs {
+        return;
+    }
+    let eisr = guest::ich_eisr();
+    if eisr == 0 {
+        return;
+    }
+    let count = guest::list_register_count().min(v.state.vgic.lr.len());
+    let mut lrs = [0u64; 4];
+    for (n, lr) in lrs.iter_mut().enumerate().take(count) {
+        *lr = guest::read_lr(n);
+    }
+    let (ids, found, clear) = rampart_platform::inject::list_register::ended(&lrs[..count], eisr);
+    let mut level_left = false;
+    for (n, &lr) in lrs.iter().enumerate().take(count) {
+        if clear & (1 << n) != 0 {
+            // SAFETY: the guest is loaded but not running.
+            unsafe { guest::write_lr(n, 0) };
+        } else {
+            level_left |= lr & rampart_platform::inject::list_register::EOI != 0;
+        }
+    }
+    v.level_in_lrs = level_left;
+    for &intid in &ids[..found] {
+        if !v.ended[..v.ended_count].contains(&intid)
+            && let Some(slot) = v.ended.get_mut(v.ended_count)
+        {
+            *slot = intid;
+            v.ended_count += 1;
+        }
+    }
+}
+
+/// The `ExitReason::Eoi` record for the first ended INTID: `x2` = INTID,
+/// `x3` = how many more the next runs report.
+fn take_ended(v: &mut Vcpu) -> [u64; 4] {
+    let intid = v.ended[0];
+    v.ended.copy_within(1..v.ended_count, 0);
+    v.ended_count -= 1;
+    [ExitReason::Eoi as u64, u64::from(intid), v.ended_count as u64, 0]
+}
+
 /// Moves queued virtual interrupts into list registers
 /// (`rampart_platform::inject::list_register::place` decides where,
-/// unit-tested there).
+/// unit-tested there). While some still wait for a free list register,
+/// the "no pending" maintenance interrupt is enabled, so they are placed
+/// as soon as the guest has taken the others, not at its next exit.
 fn load_pending_interrupts(v: &mut Vcpu) {
-    use rampart_platform::inject::list_register::{PENDING as LR_PENDING, Place, place, pending};
+    use rampart_platform::inject::list_register::{
+        EOI, PENDING as LR_PENDING, Place, QUEUED_LEVEL, hcr, pending_queued, place,
+    };
     if v.pending_count == 0 {
+        if v.waiting {
+            v.waiting = false;
+            // SAFETY: the guest is loaded but not running.
+            unsafe { arch::set_ich_hcr_el2(hcr(false)) };
+        }
         return;
     }
     // The guest's list registers are loaded in the hardware.
@@ -387,16 +524,17 @@ fn load_pending_interrupts(v: &mut Vcpu) {
     let lrs = &mut lrs[..count];
     let mut i = 0;
     while i < v.pending_count {
-        let intid = v.pending[i];
-        match place(lrs, intid) {
+        let queued = v.pending[i];
+        let level = queued & QUEUED_LEVEL != 0;
+        match place(lrs, queued & !QUEUED_LEVEL) {
             Place::Merged => {}
             Place::AddPending(n) => {
-                lrs[n] |= LR_PENDING;
+                lrs[n] |= LR_PENDING | if level { EOI } else { 0 };
                 // SAFETY: the guest is loaded but not running.
                 unsafe { guest::write_lr(n, lrs[n]) };
             }
             Place::Fill(n) => {
-                lrs[n] = pending(intid);
+                lrs[n] = pending_queued(queued);
                 // SAFETY: the guest is loaded but not running.
                 unsafe { guest::write_lr(n, lrs[n]) };
             }
@@ -405,8 +543,20 @@ fn load_pending_interrupts(v: &mut Vcpu) {
                 continue;
             }
         }
+        if level {
+            v.level_in_lrs = true;
+            // Its EOI ends the run (the maintenance interrupt), so the
+            // host resamples the line at once.
+            crate::host_timer::enable_maintenance();
+        }
         v.pending.copy_within(i + 1..v.pending_count, i);
         v.pending_count -= 1;
+    }
+    let waiting = v.pending_count != 0 && crate::host_timer::enable_maintenance();
+    if waiting != v.waiting {
+        v.waiting = waiting;
+        // SAFETY: the guest is loaded but not running.
+        unsafe { arch::set_ich_hcr_el2(hcr(waiting)) };
     }
 }
 
@@ -506,6 +656,8 @@ fn load_guest(v: &mut Vcpu, host: &mut HostContext, vttbr: u64, protected: bool,
             guest::restore_pauth(&v.state.pauth);
         }
         guest::restore_vgic(&v.state.vgic);
+        // `restore_vgic` left ICH_HCR_EL2 = En only.
+        v.waiting = false;
         // The guest's virtual timer replaces the host's: the host's
         // deadline moves to the EL2 timer until `unload_guest`.
         host_timer::arm(host.el1.cntv_ctl, host.el1.cntv_cval);
@@ -602,7 +754,13 @@ fn unload_guest(v: &mut Vcpu, host: &HostContext, boot: &crate::Boot) {
     if features.pauth {
         guest::save_pauth(&mut v.state.pauth);
     }
+    let maintenance_asserted = guest::ich_misr() != 0;
     guest::save_vgic(&mut v.state.vgic);
+    if maintenance_asserted {
+        // `save_vgic` turned the interface off: PPI 25 drops before the
+        // host, which has no handler for it, runs.
+        host_timer::wait_for_drop(host_timer::MAINTENANCE_PPI);
+    }
     // Off before the host runs: its PPI 26 drops, and the host's virtual
     // timer, restored below, raises the host's own interrupt if the
     // deadline passed.
@@ -645,9 +803,17 @@ const EC_DABT_LOWER: u64 = 0x24;
 fn handle_exit(slot: usize, v: &mut Vcpu, kind: u64, protected: bool) -> Outcome {
     match GuestVector::of(kind) {
         GuestVector::Sync => {}
-        // A physical interrupt for the host; `x2` = 1 if it is the EL2
-        // timer holding the host's own deadline.
-        GuestVector::Interrupt => return exit(ExitReason::Interrupt, u64::from(host_timer::fired()), 0, 0),
+        // A physical interrupt: the virtual interface's maintenance
+        // interrupt (PPI 25, handled here: `maintenance`), or one for the
+        // host; `x2` = 1 if it is the EL2 timer holding the host's own
+        // deadline.
+        GuestVector::Interrupt => {
+            let fired = host_timer::fired();
+            if !fired && maintenance(v) {
+                return Outcome::Resume;
+            }
+            return exit(ExitReason::Interrupt, u64::from(fired), 0, 0);
+        }
         // A physical SError taken while the guest ran is the guest's (an
         // asynchronous external abort of its own access): it gets a
         // virtual SError, taken at its EL1 vector once PSTATE.A allows,

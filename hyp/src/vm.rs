@@ -232,6 +232,7 @@ pub fn create_vcpu(vcpu: VcpuRef) -> Result<(), Error> {
     for word in &VCPU_PENDING[slot][vcpu.index] {
         word.store(0, Ordering::Relaxed);
     }
+    crate::vcpu::clear_level(slot, vcpu.index);
     VCPU_EXISTS[slot][vcpu.index].store(true, Ordering::Release);
     Ok(())
 }

@@ -89,6 +89,10 @@ pub enum Which {
     /// Linux's pKVM and nVHE KVM (the peer VMM, host/peer), one
     /// interleaved run (issue 16; `bench::peer`).
     Peer,
+    /// Debian's kernel as a Rampart guest (issue 11): `rampart-vmm` start
+    /// to the guest's /init, virtio-blk throughput, vsock round trips,
+    /// exits by reason (`virtio_e2e::bench`; 2 vCPUs on `--smp` CPUs).
+    LinuxGuest,
     /// EL2 stack use: the deepest each CPU's stack has been after the test
     /// host's whole suite (signing, COSE, measurement, signature checks,
     /// every host call and guest exit), against the stack size.
@@ -110,6 +114,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Which::Peer => peer::run(args),
         Which::Fuzz => fuzz(args),
         Which::Swap => crate::linux_swap::bench(),
+        Which::LinuxGuest => crate::virtio_e2e::bench(args.smp, 2, args.rounds.unwrap_or(1), Duration::from_secs(args.timeout.max(900))),
         Which::Vmm => crate::linux_vmm::bench(
             args.smp,
             args.mem.as_deref().unwrap_or("1G"),

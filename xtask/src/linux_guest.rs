@@ -414,8 +414,8 @@ pub fn boot(name: &str, smp: u32, vcpus: u32, mode: Mode) -> Result<Run> {
 }
 
 /// The issue-11 cases of `cargo xtask test`: Debian's sid kernel boots to
-/// its `/init` as a guest with 1 and 2 vCPUs on a 4-CPU Linux host and
-/// powers off; SIGTERM to `rampart-vmm` while it runs tears it down with
+/// its `/init` as a guest with 1 vCPU on a 4-CPU Linux host and powers off;
+/// with 4 vCPUs, SIGTERM to `rampart-vmm` while it runs tears it down with
 /// its RAM zeroed.
 pub fn cases(args: &crate::suite::TestArgs, case: &mut crate::linux_vmm::CaseFn<'_>) {
     if args.no_linux {
@@ -435,9 +435,15 @@ pub fn cases(args: &crate::suite::TestArgs, case: &mut crate::linux_vmm::CaseFn<
             Ok(ok)
         });
     }
-    case("linux-guest/smp4/sigterm".into(), &|| {
-        let run = boot("linux-guest/smp4/sigterm", 4, 2, Mode::Sigterm)?;
-        check_sigterm(&run.console).map_err(|e| anyhow::anyhow!(run.failure(&e)))
+    // Four vCPUs on the four host CPUs: the guest reaches its `/init` with
+    // all of them online (SGIs, the timer on every vCPU, queued interrupts
+    // placed through the "no pending" maintenance interrupt), then SIGTERM.
+    case("linux-guest/smp4/vcpus4/sigterm".into(), &|| {
+        let run = boot("linux-guest/smp4/vcpus4/sigterm", 4, 4, Mode::Sigterm)?;
+        let vcpus = check_vcpus(&run.console, 4).map_err(|e| anyhow::anyhow!(run.failure(&e)));
+        let done = check_sigterm(&run.console).map_err(|e| anyhow::anyhow!(run.failure(&e)))?;
+        vcpus?;
+        Ok(format!("{done}; 4 vCPUs online at the guest's /init"))
     });
 }
 

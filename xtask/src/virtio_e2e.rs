@@ -118,6 +118,11 @@ pub fn disk(vmm: &Path) -> Result<&'static Disk> {
 ///
 /// Building anything failed.
 pub fn machine(smp: u32, vcpus: u32) -> Result<Machine> {
+    machine_with(smp, vcpus, false)
+}
+
+/// [`machine`], with the guest's benchmark part on (`bench`).
+fn machine_with(smp: u32, vcpus: u32, bench: bool) -> Result<Machine> {
     let vmm = linux_vmm::vmm_binary()?;
     let disk = disk(&vmm)?;
     let mut m = linux_guest::machine(smp, vcpus, Mode::Boot, GUEST_SCRIPT)?;
@@ -125,7 +130,8 @@ pub fn machine(smp: u32, vcpus: u32) -> Result<Machine> {
     let mut a = linux::cpio::Newc::new();
     a.dir("guest")?;
     a.file("guest/disk.img", 0o644, &fs::read(&disk.image)?)?;
-    a.file("virtio-host.sh", 0o644, HOST_SCRIPT.as_bytes())?;
+    let host_script = if bench { format!("BENCH=1\n{HOST_SCRIPT}") } else { HOST_SCRIPT.to_string() };
+    a.file("virtio-host.sh", 0o644, host_script.as_bytes())?;
     let dir = disk.image.parent().context("disk image directory")?;
     let extra = dir.join("virtio.cpio.gz");
     linux::gzip(&a.finish(), &extra)?;
@@ -145,15 +151,40 @@ pub fn machine(smp: u32, vcpus: u32) -> Result<Machine> {
 pub fn check_all(console: &str) -> Result<String, String> {
     let disk = DISK.get().ok_or("no disk image was built")?;
     let boot = linux_guest::check_boot(console)?;
-    linux_guest::check_vcpus(console, VCPUS)?;
+    // As many as rampart-vmm was asked for (the demo's `--guest-cpus`).
+    let vcpus = after(console, "(not protected, ")
+        .and_then(|r| r.split(" vCPU").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(VCPUS);
+    linux_guest::check_vcpus(console, vcpus)?;
     let zeroed = linux_guest::check_zeroed(console)?;
     let block = check_block(console, &disk.from_host_sha256)?;
     let vsock = check_vsock(console)?;
     let rng = check_rng(console)?;
+    let input = check_console_input(console)?;
     Ok(format!("{boot}; {zeroed}
   virtio-blk: {block}
   virtio-vsock: {vsock}
-  virtio-rng: {rng}"))
+  virtio-rng: {rng}
+  virtio-console: {input}"))
+}
+
+/// virtio-console input: the token the host wrote into `rampart-vmm`'s
+/// stdin came back in the guest's answer on hvc0 (printed by the VMM's
+/// console device, not the PL011: the guest writes it only to hvc0).
+///
+/// # Errors
+///
+/// No token, or no answer carrying it.
+pub fn check_console_input(console: &str) -> Result<String, String> {
+    let token = word(console, "virtio: console token ").ok_or("the host never wrote to the guest's console (no token line)")?;
+    let want = format!("rampart-console-{token}");
+    let answer = after(console, "RAMPART-GUEST: virtio: console answer: ")
+        .ok_or_else(|| format!("no answer on hvc0 to the console input ({})", after(console, "RAMPART-GUEST: virtio: console").unwrap_or("nothing")))?;
+    if answer != want {
+        return Err(format!("the guest read `{answer}` from hvc0, the host wrote `{want}`"));
+    }
+    Ok(format!("the guest read the host's line `{want}` from hvc0 and answered on it"))
 }
 
 /// The issue-11 device cases of `cargo xtask test` (one boot).
@@ -170,6 +201,129 @@ pub fn cases(args: &crate::suite::TestArgs, case: &mut crate::linux_vmm::CaseFn<
         );
         check_all(&run.console).map_err(|e| anyhow::anyhow!(run.failure(&e)))
     });
+}
+
+/// `cargo xtask bench linux-guest`: `rounds` boots of the virtio guest
+/// (`vcpus` vCPUs on `smp` host CPUs), each with the usual checks, and per
+/// boot: `rampart-vmm` start to the guest's `/init`, virtio-blk write and
+/// read throughput (2 MiB with `dd`, `conv=fsync` / after dropping the
+/// caches), the vsock round-trip latency (200 pings of 64 bytes against
+/// the host's echo) and the exits by reason.
+///
+/// # Errors
+///
+/// A boot failed its checks or printed no figures.
+pub fn bench(smp: u32, vcpus: u32, rounds: u32, timeout: std::time::Duration) -> Result<()> {
+    let load = || fs::read_to_string("/proc/loadavg").map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default();
+    println!("xtask: bench linux-guest: {rounds} boot(s), {vcpus} vCPU(s) on {smp} host CPUs (QEMU TCG: figures are relative)");
+    let mut rows = Vec::new();
+    for round in 1..=rounds {
+        let before = load();
+        let run = machine_with(smp, vcpus, true)?.run(timeout, None, false)?;
+        let _ = fs::write(artifacts::build_dir().join("virtio").join(format!("bench-{round}.log")), &run.console);
+        if let Err(e) = check_all(&run.console) {
+            bail!("round {round}: {}", run.failure(&e));
+        }
+        let f = parse_bench(&run.console).map_err(|e| anyhow::anyhow!("round {round}: {e}"))?;
+        println!(
+            "  round {round}: /init after {:.1} s; blk write {:.2} MB/s, read {:.2} MB/s; vsock RTT median {} us (min {} us); load {before} .. {}",
+            f.init_ms as f64 / 1000.0,
+            f.write_mbs,
+            f.read_mbs,
+            f.rtt_median_us,
+            f.rtt_min_us,
+            load()
+        );
+        for l in &f.exits {
+            println!("    {l}");
+        }
+        rows.push(f);
+    }
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    println!(
+        "xtask: bench linux-guest medians: /init {:.1} s, blk write {:.2} MB/s, read {:.2} MB/s, vsock RTT {:.0} us",
+        med(rows.iter().map(|r| r.init_ms as f64 / 1000.0).collect()),
+        med(rows.iter().map(|r| r.write_mbs).collect()),
+        med(rows.iter().map(|r| r.read_mbs).collect()),
+        med(rows.iter().map(|r| r.rtt_median_us as f64).collect()),
+    );
+    Ok(())
+}
+
+/// One benchmark boot's figures.
+#[derive(Debug, PartialEq)]
+pub struct BenchFigures {
+    /// `rampart-vmm` start to the guest kernel's "Run /init".
+    pub init_ms: u64,
+    /// virtio-blk sequential write, MB/s (10^6 bytes).
+    pub write_mbs: f64,
+    /// virtio-blk sequential read, MB/s.
+    pub read_mbs: f64,
+    /// vsock 64-byte round trip, median and minimum, µs.
+    pub rtt_median_us: u64,
+    /// Minimum.
+    pub rtt_min_us: u64,
+    /// The VMM's `exits ...` statistics lines.
+    pub exits: Vec<String>,
+}
+
+/// Reads a benchmark boot's figures from its console.
+///
+/// # Errors
+///
+/// The first figure missing.
+pub fn parse_bench(console: &str) -> Result<BenchFigures, String> {
+    // The guest boots `quiet`, so the VMM never sees "Run /init": the
+    // time to /init is the VMM's first guest exit (vCPU 0 entering the
+    // kernel) plus the guest's clock when its /init started.
+    let first = after(console, "stats: launch: ")
+        .and_then(|l| l.split("first exit ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .ok_or("no `launch: ... first exit` line")?;
+    let uptime = word(console, "virtio: uptime at init ")
+        .and_then(|v| v.parse::<f64>().ok())
+        .ok_or("no `uptime at init` line")?;
+    let init_ms = first + uptime * 1000.0;
+    let rate = |what: &str| -> Result<f64, String> {
+        let l = after(console, &format!("bench: blk {what} ")).ok_or_else(|| format!("no blk {what} figure"))?;
+        let w: Vec<&str> = l.split_whitespace().collect();
+        match w.as_slice() {
+            [bytes, "bytes", "in", secs, "s", ..] => {
+                let b: f64 = bytes.parse().map_err(|_| format!("blk {what}: `{l}`"))?;
+                let s: f64 = secs.parse().map_err(|_| format!("blk {what}: `{l}`"))?;
+                // /proc/uptime has 10 ms steps.
+                Ok(b / s.max(0.01) / 1e6)
+            }
+            _ => Err(format!("blk {what}: `{l}`")),
+        }
+    };
+    let ping = after(console, "vsock ping: ").ok_or("no vsock ping figure")?;
+    let us = |key: &str| {
+        ping.split(key)
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| format!("vsock ping: `{ping}`"))
+    };
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a positive number of milliseconds")]
+    let init_ms = init_ms as u64;
+    Ok(BenchFigures {
+        init_ms,
+        write_mbs: rate("write")?,
+        read_mbs: rate("read")?,
+        rtt_median_us: us("median ")?,
+        rtt_min_us: us("min ")?,
+        exits: console
+            .lines()
+            .filter_map(|l| l.split("stats: ").nth(1))
+            .filter(|l| l.starts_with("exits ") || l.starts_with("mmio exits by device") || l.starts_with("device "))
+            .map(str::to_string)
+            .collect(),
+    })
 }
 
 /// After the demo (`cargo xtask run --host linux --guest linux`).
@@ -355,5 +509,33 @@ mod tests {
         assert!(check_vsock(&bad).is_err());
         assert!(check_rng(&good.replace("virtio_rng.0", "none")).is_err());
         assert!(check_block("", T).is_err());
+    }
+
+    #[test]
+    fn reads_the_bench_figures() {
+        let c = "[linux] stats: exits EXIT_MMIO: 10\n\
+            [linux] RAMPART-GUEST: virtio: uptime at init 52.00\n\
+            [linux] stats: launch: VM ready 9100.5 ms, first exit 9234.567 ms, first console output 20.0 ms (after the VMM started)\n\
+            [linux] RAMPART-GUEST: bench: blk write 2097152 bytes in 0.5 s\n\
+            [linux] RAMPART-GUEST: bench: blk read 2097152 bytes in 0.25 s\n\
+            [linux] RAMPART-GUEST: bench: vsock ping: 200 round trips of 64 bytes, median 850 us, min 700 us\n";
+        let f = parse_bench(c).unwrap();
+        assert_eq!(f.init_ms, 61234);
+        assert!((f.write_mbs - 4.194_304).abs() < 1e-9);
+        assert!((f.read_mbs - 8.388_608).abs() < 1e-9);
+        assert_eq!((f.rtt_median_us, f.rtt_min_us), (850, 700));
+        assert_eq!(f.exits, ["exits EXIT_MMIO: 10"]);
+        assert!(parse_bench(&c.replace("bench: blk read", "x")).is_err());
+        assert!(parse_bench(&c.replace("vsock ping", "x")).is_err());
+    }
+
+    #[test]
+    fn console_input_needs_the_token_back() {
+        let good = "RAMPART-INIT: virtio: console token 0a1b2c\n\
+            [linux] RAMPART-GUEST: virtio: console answer: rampart-console-0a1b2c\n";
+        check_console_input(good).unwrap();
+        assert!(check_console_input(&good.replace("console-0a1b2c", "console-0a1b2d")).is_err());
+        assert!(check_console_input("[linux] RAMPART-GUEST: virtio: console answer: rampart-console-\n").is_err());
+        assert!(check_console_input("RAMPART-INIT: virtio: console token 0a1b2c\n").is_err());
     }
 }

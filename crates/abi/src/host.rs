@@ -63,7 +63,7 @@ pub enum HostCall {
     /// exit record: `x1` = [`ExitReason`], `x2`..`x4` its details.
     VcpuRun = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x16),
     /// `RAMPART_HOST_VCPU_INJECT`: `x1` = VM handle, `x2` = vCPU index,
-    /// `x3` = virtual interrupt ID.
+    /// `x3` = virtual interrupt ID, `x4` = [`inject`] flags (0: an edge).
     VcpuInject = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x17),
     /// `RAMPART_HOST_VM_SET_SIGNATURE`: `x1` = VM handle, `x2`..`x5` = the
     /// signer's Ed25519 public key, `x6`..`x13` = the Ed25519 signature over
@@ -355,6 +355,9 @@ pub enum HostRequest {
         vcpu: VcpuRef,
         /// The virtual interrupt ID (SGI, PPI or SPI: below 1020).
         intid: u32,
+        /// [`inject::LEVEL`]: the guest's EOI of this interrupt ends its
+        /// run with [`ExitReason::Eoi`].
+        level: bool,
     },
     /// See [`HostCall::VmSetSignature`].
     VmSetSignature {
@@ -527,6 +530,11 @@ impl HostRequest {
                     .ok()
                     .filter(|&i| i < 1020)
                     .ok_or(crate::Error::InvalidParameter)?,
+                level: match regs[4] {
+                    0 => false,
+                    inject::LEVEL => true,
+                    _ => return Err(crate::Error::InvalidParameter),
+                },
             },
             HostCall::VmSetSignature => HostRequest::VmSetSignature {
                 vm: VmHandle(regs[1]),
@@ -709,11 +717,16 @@ pub enum ExitReason {
     /// guest page (page-aligned), `x3` = 1 for a write, 0 for a read.
     /// Restore it (`VM_RESTORE`) and run again: the access is retried.
     Evicted = 8,
+    /// The guest ended (EOI) a level-sensitive interrupt the host injected
+    /// with [`inject::LEVEL`]: `x2` = its INTID, `x3` = how many more such
+    /// EOIs the next runs report. The host resamples the line (injects it
+    /// again if it is still asserted) and runs the vCPU again.
+    Eoi = 12,
 }
 
 impl ExitReason {
     /// Every exit reason.
-    pub const ALL: [ExitReason; 8] = [
+    pub const ALL: [ExitReason; 9] = [
         ExitReason::Mmio,
         ExitReason::MemoryFault,
         ExitReason::Wait,
@@ -722,6 +735,7 @@ impl ExitReason {
         ExitReason::SystemReset,
         ExitReason::PoweredOff,
         ExitReason::Evicted,
+        ExitReason::Eoi,
     ];
 
     /// The stable name used in `docs/abi.md`.
@@ -736,6 +750,7 @@ impl ExitReason {
             ExitReason::SystemReset => "EXIT_SYSTEM_RESET",
             ExitReason::PoweredOff => "EXIT_POWERED_OFF",
             ExitReason::Evicted => "EXIT_EVICTED",
+            ExitReason::Eoi => "EXIT_EOI",
         }
     }
 }
@@ -749,6 +764,14 @@ impl TryFrom<u64> for ExitReason {
             .find(|r| *r as u64 == value)
             .ok_or(value)
     }
+}
+
+/// The `x4` flags of `VCPU_INJECT`.
+pub mod inject {
+    /// Bit 0: the interrupt is level-sensitive; the guest's EOI of it ends
+    /// the vCPU's run with [`super::ExitReason::Eoi`], so the host can
+    /// resample the line. Any other bit is `INVALID_PARAMETER`.
+    pub const LEVEL: u64 = 1;
 }
 
 /// The `x3` flags of an [`ExitReason::Mmio`] exit.
@@ -777,6 +800,22 @@ mod decode_tests {
         assert_eq!(words_to_bytes::<32>(&words), bytes);
     }
     use crate::Error;
+
+    #[test]
+    fn vcpu_inject_takes_only_the_level_flag() {
+        let id = u64::from(HostCall::VcpuInject.id());
+        let decode = |x4: u64| {
+            let mut r = regs18([id, 0x1000, 1, 33, x4]);
+            r[5] = 0;
+            HostRequest::decode(&r)
+        };
+        let vcpu = VcpuRef { vm: VmHandle(0x1000), index: 1 };
+        assert_eq!(decode(0), Ok(HostRequest::VcpuInject { vcpu, intid: 33, level: false }));
+        assert_eq!(decode(inject::LEVEL), Ok(HostRequest::VcpuInject { vcpu, intid: 33, level: true }));
+        for bad in [2, 3, 1 << 63, u64::MAX] {
+            assert_eq!(decode(bad), Err(Error::InvalidParameter), "x4 = {bad:#x}");
+        }
+    }
 
     #[test]
     fn decodes_memory_calls() {

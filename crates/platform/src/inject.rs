@@ -458,6 +458,19 @@ pub mod list_register {
     pub const GROUP1: u64 = 1 << 60;
     /// The priority virtual interrupts are given (bits 55:48).
     pub const PRIORITY: u64 = 0xa0 << 48;
+    /// `EOI` (bit 41, with `HW` = 0): the guest's deactivation of this
+    /// interrupt asserts the maintenance interrupt (`ICH_EISR_EL2` bit
+    /// *n*, `ICH_MISR_EL2.EOI`). Set for level-sensitive interrupts, whose
+    /// line the host resamples after the guest's EOI.
+    pub const EOI: u64 = 1 << 41;
+    /// `ICH_HCR_EL2.En`: the virtual CPU interface is on.
+    pub const HCR_EN: u64 = 1;
+    /// `ICH_HCR_EL2.NPIE`: maintenance interrupt while no list register
+    /// holds a pending interrupt.
+    pub const HCR_NPIE: u64 = 1 << 3;
+    /// A queued INTID's flag (bit 31; INTIDs are below 1020): it is
+    /// level-sensitive, its list register gets [`EOI`].
+    pub const QUEUED_LEVEL: u32 = 1 << 31;
 
     /// What to do with virtual interrupt `intid` given the list registers'
     /// current values.
@@ -492,6 +505,46 @@ pub mod list_register {
         PENDING | GROUP1 | PRIORITY | intid as u64
     }
 
+    /// A new pending Group 1 entry for a queued INTID, with [`EOI`] when
+    /// it carries [`QUEUED_LEVEL`].
+    #[must_use]
+    pub const fn pending_queued(queued: u32) -> u64 {
+        let entry = pending(queued & !QUEUED_LEVEL);
+        if queued & QUEUED_LEVEL != 0 { entry | EOI } else { entry }
+    }
+
+    /// `ICH_HCR_EL2` for the next entry: the interface on, and the "no
+    /// pending" maintenance interrupt while INTIDs still wait in the queue
+    /// for a free list register (`waiting`), so that the guest's taking of
+    /// the last pending one brings control back to EL2 to place them,
+    /// instead of leaving them until the vCPU's next exit for another
+    /// reason.
+    #[must_use]
+    pub const fn hcr(waiting: bool) -> u64 {
+        if waiting { HCR_EN | HCR_NPIE } else { HCR_EN }
+    }
+
+    /// The INTIDs of level-sensitive interrupts the guest has ended, from
+    /// `ICH_EISR_EL2` (`eisr`) and the list registers: an LR that is
+    /// neither pending nor active with [`EOI`] set. Returns them (at most
+    /// one per list register) with the mask of list registers to clear.
+    #[must_use]
+    pub fn ended(lrs: &[u64], eisr: u64) -> ([u32; 16], usize, u64) {
+        let mut out = [0u32; 16];
+        let mut count = 0;
+        let mut clear = 0u64;
+        for (n, &lr) in lrs.iter().enumerate().take(16) {
+            if eisr & (1 << n) != 0 && lr & STATE_MASK == 0 && lr & EOI != 0 {
+                #[allow(clippy::cast_possible_truncation, reason = "the vINTID field is 32 bits")]
+                let intid = (lr & 0xffff_ffff) as u32;
+                out[count] = intid;
+                count += 1;
+                clear |= 1 << n;
+            }
+        }
+        (out, count, clear)
+    }
+
     #[cfg(test)]
     mod tests {
         use super::*;
@@ -509,6 +562,26 @@ pub mod list_register {
             assert_eq!(place(&full, 9), Place::Full);
             assert_eq!(place(&full, 4), Place::AddPending(3));
             assert_eq!(pending(33), (1 << 62) | (1 << 60) | (0xa0 << 48) | 33);
+        }
+
+        #[test]
+        fn level_interrupts_ask_for_an_eoi_maintenance_interrupt() {
+            assert_eq!(pending_queued(33), pending(33));
+            assert_eq!(pending_queued(33 | QUEUED_LEVEL), pending(33) | EOI);
+            // An ended level interrupt: state invalid, EOI set, its EISR bit.
+            let lrs = [EOI | GROUP1 | PRIORITY | 33, ACTIVE | EOI | 34, pending(35), EOI | 36];
+            let (ids, n, clear) = ended(&lrs, 0b0001);
+            assert_eq!((&ids[..n], clear), (&[33][..], 0b0001));
+            // Only LRs the EISR names, and never a live one.
+            let (ids, n, clear) = ended(&lrs, 0b1111);
+            assert_eq!((&ids[..n], clear), (&[33, 36][..], 0b1001));
+            assert_eq!(ended(&lrs, 0).1, 0);
+        }
+
+        #[test]
+        fn waiting_interrupts_ask_for_the_no_pending_maintenance_interrupt() {
+            assert_eq!(hcr(false), 1);
+            assert_eq!(hcr(true), 1 | (1 << 3));
         }
     }
 }

@@ -526,7 +526,8 @@ impl<'a> Run<'a> {
                         std::thread::sleep(Duration::from_micros(200));
                     }
                 }
-                Ok(ExitReason::Interrupt) => {}
+                // Bundles' devices inject no level-sensitive interrupts.
+                Ok(ExitReason::Interrupt | ExitReason::Eoi) => {}
                 Ok(ExitReason::SystemOff) => {
                     self.finish(Outcome::SystemOff);
                     break;

@@ -20,7 +20,8 @@ use rampart_abi::host::{ExitReason, MAX_VCPUS};
 const _: () = assert!(VCPUS as u64 == MAX_VCPUS);
 
 /// Exit reasons counted: index = `x1` (0 = an unknown reason).
-const REASONS: usize = ExitReason::ALL.len() + 1;
+/// Exit reasons 0 (unknown) .. 13 (the last number `crates/abi` assigns).
+const REASONS: usize = 14;
 /// vCPUs counted (`rampart_abi::host::MAX_VCPUS`).
 const VCPUS: usize = 8;
 
@@ -181,7 +182,7 @@ pub fn render(h: &Header<'_>, c: &Counters, reclaimed: Option<u64>) -> String {
         let per: Vec<u64> = (0..h.vcpus).map(|v| c.exits(v, r)).collect();
         let sum: u64 = per.iter().sum();
         total += sum;
-        if sum > 0 || r != 0 {
+        if sum > 0 || (r != 0 && ExitReason::try_from(r as u64).is_ok()) {
             let detail = if h.vcpus > 1 {
                 format!(
                     " ({})",

@@ -321,6 +321,24 @@ pub unsafe fn restore_vgic(ctx: &VgicContext) {
     }
 }
 
+/// `ICH_MISR_EL2`: which maintenance-interrupt conditions hold (0: none,
+/// the maintenance interrupt is not asserted).
+pub fn ich_misr() -> u64 {
+    let v: u64;
+    // SAFETY: reading a system register has no side effects.
+    unsafe { asm!("mrs {}, ich_misr_el2", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// `ICH_EISR_EL2`: bit *n* set when list register *n* holds an interrupt
+/// the guest deactivated with `EOI` = 1 (and `HW` = 0).
+pub fn ich_eisr() -> u64 {
+    let v: u64;
+    // SAFETY: reading a system register has no side effects.
+    unsafe { asm!("mrs {}, ich_eisr_el2", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
 /// Saves a vCPU's virtual CPU interface and disables it.
 pub fn save_vgic(ctx: &mut VgicContext) {
     // SAFETY: reading these registers has no side effects; clearing

@@ -15,7 +15,8 @@ cmdline="console=ttyAMA0 earlycon panic=-1 quiet"
 # The virtio end-to-end part (xtask/src/virtio_e2e.rs) sets VIRTIO_ARGS.
 [ -f /virtio-host.sh ] && . /virtio-host.sh
 rampart-vmm run --kernel /guest/Image --initrd /guest/initrd.cpio.gz \
-	--mem "$GUEST_MEM" --cpus "$GUEST_CPUS" --cmdline "$cmdline" $VIRTIO_ARGS 2>&1 | tee /run/guest.log &
+	--mem "$GUEST_MEM" --cpus "$GUEST_CPUS" --cmdline "$cmdline" $VIRTIO_ARGS \
+	<"${VMM_STDIN:-/dev/null}" 2>&1 | tee /run/guest.log &
 sleep 1
 pid=$(pidof rampart-vmm)
 n=0

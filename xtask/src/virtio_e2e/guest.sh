@@ -8,6 +8,9 @@
 #             run, [2 MiB, 4 MiB) written here for the host to read back
 #   vsock     port 5000: echo for the host; host port 6000: its echo
 vsay() { echo "RAMPART-GUEST: virtio: $*"; }
+# The guest's clock when its /init started (sourced right after the
+# "init reached" line), for `cargo xtask bench linux-guest`.
+vsay "uptime at init $(cut -d' ' -f1 /proc/uptime)"
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 for m in /lib/modules/rampart/*.ko; do
 	[ -f "$m" ] || continue
@@ -47,6 +50,20 @@ vsay "vdb guest-to-host sha256 $(sha /tmp/to-host.bin)"
 echo 3 >/proc/sys/vm/drop_caches
 vsay "vdb read-back sha256 $(dd if=/dev/vdb bs=1048576 skip=2 count=2 2>/dev/null | sha256sum | cut -d' ' -f1)"
 
+# virtio-console input: the host writes a line into hvc0; answer it there.
+if [ -c /dev/hvc0 ]; then
+	stty -F /dev/hvc0 -echo 2>/dev/null
+	vsay "console waiting"
+	if read -r -t 120 line </dev/hvc0; then
+		echo "RAMPART-GUEST: virtio: console answer: $line" >/dev/hvc0
+		vsay "console read ${#line} bytes"
+	else
+		vsay "console: nothing read from hvc0"
+	fi
+else
+	vsay "console: no /dev/hvc0"
+fi
+
 # vsock: answer the host (echo on port 5000), then a round trip of our own
 # through the host's echo on port 6000.
 if [ -x /bin/rampart-vmm ]; then
@@ -64,4 +81,26 @@ if [ -x /bin/rampart-vmm ]; then
 else
 	vsay "no /bin/rampart-vmm in the guest: vsock not tested"
 fi
+# `cargo xtask bench linux-guest`: timed with /proc/uptime (10 ms).
+case " $(cat /proc/cmdline) " in
+*" rguest.bench=1 "*)
+	up() { cut -d' ' -f1 /proc/uptime; }
+	bsay() { echo "RAMPART-GUEST: bench: $*"; }
+	# The first 2 MiB of vdb: the host checked them before the run and
+	# reads only the second half back afterwards.
+	dd if=/dev/urandom of=/tmp/bench.bin bs=1048576 count=2 2>/dev/null
+	t0=$(up)
+	dd if=/tmp/bench.bin of=/dev/vdb bs=1048576 conv=fsync 2>/dev/null
+	t1=$(up)
+	bsay "blk write 2097152 bytes in $(awk "BEGIN{print $t1 - $t0}") s"
+	echo 3 >/proc/sys/vm/drop_caches
+	t0=$(up)
+	dd if=/dev/vdb of=/dev/null bs=1048576 count=2 2>/dev/null
+	t1=$(up)
+	bsay "blk read 2097152 bytes in $(awk "BEGIN{print $t1 - $t0}") s"
+	if [ -x /bin/rampart-vmm ]; then
+		bsay "$(rampart-vmm vsock connect vsock:2:6001 --retry 30 --ping 200 2>&1)"
+	fi
+	;;
+esac
 vsay "done"

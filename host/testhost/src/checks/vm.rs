@@ -834,6 +834,9 @@ pub fn vm_attack_vcpu(p: &Platform) -> Result<(), Msg> {
         expect(HostCall::VcpuInject, &[h, 0, 1020], INVALID, "INTID 1020")?;
         expect(HostCall::VcpuInject, &[h, 0, 1 << 32 | 27], INVALID, "INTID 2^32 + 27")?;
         expect(HostCall::VcpuInject, &[h, 0, u64::MAX], INVALID, "INTID all ones")?;
+        // x4 flags: bit 0 (LEVEL) only.
+        expect(HostCall::VcpuInject, &[h, 0, 27, 2], INVALID, "VCPU_INJECT flag bit 1")?;
+        expect(HostCall::VcpuInject, &[h, 0, 27, u64::MAX], INVALID, "VCPU_INJECT flags all ones")?;
         expect(HostCall::VcpuRun, &[h, n, 0], INVALID, "running vCPU n (none)")?;
         expect(HostCall::VcpuSetRegs, &[h, n, GUEST_RAM_BASE, 0], INVALID, "vCPU n (none)")?;
         let r = call(HostCall::VcpuRun, &[h, 0, 0]);

@@ -786,7 +786,7 @@ fn run_entries(entries: &[(usize, usize)], host: &mut dyn Host) {
             Ok(ExitReason::MemoryFault) => {
                 stay = host.memory_fault(vm, vcpu, r[2], r[3] & 1 != 0);
             }
-            Ok(ExitReason::Wait | ExitReason::Interrupt) => {}
+            Ok(ExitReason::Wait | ExitReason::Interrupt | ExitReason::Eoi) => {}
             Ok(ExitReason::SystemOff) => shared.stop(state::SYSTEM_OFF),
             Ok(ExitReason::SystemReset) => shared.stop(state::SYSTEM_RESET),
             Ok(ExitReason::PoweredOff) => lane.off = true,

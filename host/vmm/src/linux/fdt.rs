@@ -54,6 +54,7 @@ const CLOCK_PHANDLE: u32 = 2;
 /// GIC interrupt specifier types and flags (`arm,gic-v3` binding).
 const SPI: u32 = 0;
 const PPI: u32 = 1;
+#[allow(dead_code, reason = "the encoding, for a future edge-triggered device")]
 const EDGE_RISING: u32 = 1;
 const LEVEL_HIGH: u32 = 4;
 
@@ -172,7 +173,10 @@ fn build_inner(i: &Inputs) -> Result<Vec<u8>, vm_fdt::Error> {
         let v = f.begin_node(&format!("virtio_mmio@{base:x}"))?;
         f.property_string("compatible", "virtio,mmio")?;
         f.property_array_u64("reg", &[base, layout::VIRTIO_SIZE])?;
-        f.property_array_u32("interrupts", &[SPI, layout::virtio_spi(n), EDGE_RISING])?;
+        // Level-high, as QEMU's virt machine declares them: the line
+        // follows InterruptStatus (raised with a bit, dropped by the
+        // driver's InterruptACK) and is resampled on the guest's EOI.
+        f.property_array_u32("interrupts", &[SPI, layout::virtio_spi(n), LEVEL_HIGH])?;
         f.property_null("dma-coherent")?;
         f.end_node(v)?;
     }
@@ -288,7 +292,8 @@ mod tests {
         );
         assert_eq!(
             cells(prop(&dtb, "/virtio_mmio@a000200", "interrupts").unwrap()),
-            [0, 17, 1]
+            [0, 17, 4],
+            "virtio-mmio lines are level-high (resampled on EOI)"
         );
         assert!(prop(&dtb, "/virtio_mmio@a000200", "dma-coherent").is_some());
         assert!(prop(&dtb, "/virtio_mmio@a000400", "reg").is_none());

@@ -11,9 +11,13 @@
 //!
 //! SPIs are injected with `VCPU_INJECT` into the vCPU `GICD_IROUTER<n>`
 //! names (vCPU 0 for `IRM` = 1): [`Gic::set_level`] returns the
-//! injections to make. Every line is delivered once per rising edge (an
-//! assertion of an enabled line, or the enabling of a line that is
-//! asserted or latched pending).
+//! injections to make. An edge-triggered line (`GICD_ICFGR` bit set) is
+//! delivered once per rising edge (an assertion of an enabled line, or the
+//! enabling of a line that is asserted or latched pending). A
+//! level-sensitive line is injected with the `LEVEL` flag while it is
+//! asserted and not already in the guest; the guest's EOI comes back as
+//! `EXIT_EOI` ([`Gic::eoi`]) and the line is *resampled*: injected again if
+//! it is still asserted.
 
 use std::sync::Mutex;
 
@@ -40,6 +44,8 @@ struct Dist {
     pending: [u32; WORDS],
     active: [u32; WORDS],
     line: [u32; WORDS],
+    /// Level-sensitive SPIs injected and not yet ended by the guest.
+    in_flight: [u32; WORDS],
     priority: [u8; 32 + SPIS],
     config: [u32; WORDS * 2],
     route: [u64; SPIS],
@@ -64,8 +70,16 @@ pub struct Gic {
     redist: Mutex<Vec<Redist>>,
 }
 
-/// An interrupt to inject: (vCPU, INTID).
-pub type Injection = (usize, u32);
+/// An interrupt to inject: (vCPU, INTID, level-sensitive).
+pub type Injection = (usize, u32, bool);
+
+/// Whether SPI `intid` is level-sensitive (`GICD_ICFGR` bit 2*n+1 clear,
+/// as after reset).
+fn is_level(d: &Dist, intid: usize) -> bool {
+    d.config
+        .get(intid / 16)
+        .is_none_or(|&c| c & (2 << ((intid % 16) * 2)) == 0)
+}
 
 fn bit(intid: usize) -> (usize, u32) {
     (intid / 32, 1 << (intid % 32))
@@ -84,6 +98,7 @@ impl Gic {
                 pending: [0; WORDS],
                 active: [0; WORDS],
                 line: [0; WORDS],
+                in_flight: [0; WORDS],
                 priority: [0; 32 + SPIS],
                 config: [0; WORDS * 2],
                 route: [0; SPIS],
@@ -124,7 +139,9 @@ impl Gic {
     }
 
     /// Drives SPI `intid`'s line from a device. Returns the injection to
-    /// make, if the line rose while enabled (and the distributor is on).
+    /// make: for an edge-triggered line, if it rose while enabled (and the
+    /// distributor is on); for a level-sensitive one, if it is asserted,
+    /// enabled and not already in the guest.
     pub fn set_level(&self, intid: u32, level: bool) -> Option<Injection> {
         let i = usize::try_from(intid).ok()?;
         if !(32..32 + SPIS).contains(&i) {
@@ -138,13 +155,50 @@ impl Gic {
         } else {
             d.line[w] &= !m;
         }
+        if is_level(&d, i) {
+            return if level { self.deliver_level(&mut d, i) } else { None };
+        }
         if !rose {
             return None;
         }
         if d.enabled[w] & m != 0 && d.ctlr & 0b11 != 0 {
-            Some((self.target(&d, i), intid))
+            Some((self.target(&d, i), intid, false))
         } else {
             d.pending[w] |= m;
+            None
+        }
+    }
+
+    /// A level-sensitive SPI whose line is asserted: injected unless it is
+    /// disabled (then latched pending) or already in the guest.
+    fn deliver_level(&self, d: &mut Dist, i: usize) -> Option<Injection> {
+        let (w, m) = bit(i);
+        if d.in_flight[w] & m != 0 {
+            return None;
+        }
+        if d.enabled[w] & m == 0 || d.ctlr & 0b11 == 0 {
+            d.pending[w] |= m;
+            return None;
+        }
+        d.pending[w] &= !m;
+        d.in_flight[w] |= m;
+        #[allow(clippy::cast_possible_truncation, reason = "below 96")]
+        Some((self.target(d, i), i as u32, true))
+    }
+
+    /// `EXIT_EOI`: the guest ended level-sensitive SPI `intid`. Resamples
+    /// its line: the injection to make if it is still asserted.
+    pub fn eoi(&self, intid: u64) -> Option<Injection> {
+        let i = usize::try_from(intid).ok()?;
+        if !(32..32 + SPIS).contains(&i) {
+            return None;
+        }
+        let mut d = self.dist();
+        let (w, m) = bit(i);
+        d.in_flight[w] &= !m;
+        if d.line[w] & m != 0 && is_level(&d, i) {
+            self.deliver_level(&mut d, i)
+        } else {
             None
         }
     }
@@ -160,8 +214,17 @@ impl Gic {
             for b in 0..32 {
                 if ready & (1 << b) != 0 {
                     let i = w * 32 + b;
+                    if is_level(d, i) {
+                        // Only if the line is still asserted.
+                        if d.line[w] & (1 << b) != 0
+                            && let Some(inj) = self.deliver_level(d, i)
+                        {
+                            out.push(inj);
+                        }
+                        continue;
+                    }
                     #[allow(clippy::cast_possible_truncation, reason = "below 96")]
-                    out.push((self.target(d, i), i as u32));
+                    out.push((self.target(d, i), i as u32, false));
                 }
             }
         }
@@ -422,24 +485,57 @@ mod tests {
         // Disabled: latched.
         assert_eq!(g.set_level(48, true), None);
         g.set_level(48, false);
-        // Route SPI 48 to vCPU 1, enable the distributor and the SPI.
+        // Edge-triggered (ICFGR3: SPI 48 is field 0), routed to vCPU 1;
+        // enable the distributor and the SPI.
+        g.dist_write(0xc00 + 4 * 3, 4, 0b10);
         g.dist_write(0x6000 + 8 * 48, 8, 1);
         assert!(g.dist_write(0, 4, 0x12).is_empty());
-        assert_eq!(g.dist_write(0x104, 4, 1 << 16), vec![(1, 48)]);
+        assert_eq!(g.dist_write(0x104, 4, 1 << 16), vec![(1, 48, false)]);
         // Each rising edge is one injection.
-        assert_eq!(g.set_level(48, true), Some((1, 48)));
+        assert_eq!(g.set_level(48, true), Some((1, 48, false)));
         assert_eq!(g.set_level(48, true), None);
         g.set_level(48, false);
-        assert_eq!(g.set_level(48, true), Some((1, 48)));
+        assert_eq!(g.set_level(48, true), Some((1, 48, false)));
         // IRM routes to vCPU 0; out-of-range INTIDs are ignored.
         g.dist_write(0x6000 + 8 * 48, 8, 1 << 31);
         g.set_level(48, false);
-        assert_eq!(g.set_level(48, true), Some((0, 48)));
+        assert_eq!(g.set_level(48, true), Some((0, 48, false)));
         assert_eq!(g.set_level(27, true), None);
         assert_eq!(g.set_level(96, true), None);
         // Priorities are byte-accessible.
         g.dist_write(0x400 + 48, 1, 0xa0);
         assert_eq!(g.dist_read(0x400 + 48, 1), 0xa0);
         assert_eq!(g.dist_read(0x400 + 48, 4), 0xa0);
+    }
+
+    #[test]
+    fn level_lines_are_resampled_on_eoi() {
+        let g = Gic::new(2);
+        // SPI 49 level (ICFGR reset value), routed to vCPU 0.
+        g.dist_write(0x6000 + 8 * 49, 8, 0);
+        // Asserted while disabled: latched, delivered on enable.
+        assert_eq!(g.set_level(49, true), None);
+        assert!(g.dist_write(0, 4, 0x12).is_empty());
+        assert_eq!(g.dist_write(0x104, 4, 1 << 17), vec![(0, 49, true)]);
+        // In the guest: no second injection while it stays asserted.
+        assert_eq!(g.set_level(49, true), None);
+        // The guest's EOI while the line is still high: injected again.
+        assert_eq!(g.eoi(49), Some((0, 49, true)));
+        // The device drops the line (the driver acknowledged it), the
+        // guest ends it: nothing more.
+        g.set_level(49, false);
+        assert_eq!(g.eoi(49), None);
+        // Asserted again: one injection; dropped before the EOI: none.
+        assert_eq!(g.set_level(49, true), Some((0, 49, true)));
+        g.set_level(49, false);
+        assert_eq!(g.eoi(49), None);
+        // A line that drops and rises before the EOI is resampled high.
+        assert_eq!(g.set_level(49, true), Some((0, 49, true)));
+        g.set_level(49, false);
+        assert_eq!(g.set_level(49, true), None);
+        assert_eq!(g.eoi(49), Some((0, 49, true)));
+        // Foreign INTIDs are ignored.
+        assert_eq!(g.eoi(27), None);
+        assert_eq!(g.eoi(u64::MAX), None);
     }
 }

@@ -157,11 +157,12 @@ impl Shared<'_> {
         self.stop.load(Ordering::Acquire)
     }
 
-    fn inject(&self, hyp: &dyn Hyp, (vcpu, intid): Injection) {
+    fn inject(&self, hyp: &dyn Hyp, (vcpu, intid, level): Injection) {
+        let flags = if level { rampart_abi::host::inject::LEVEL } else { 0 };
         if let Err(e) = checked(
             hyp,
             HostCall::VcpuInject.id(),
-            &[self.vm.handle, vcpu as u64, u64::from(intid)],
+            &[self.vm.handle, vcpu as u64, u64::from(intid), flags],
         ) {
             eprintln!(
                 "[{}] rampart-vmm: injecting INTID {intid} into vCPU {vcpu}: {e}",
@@ -363,6 +364,12 @@ impl Shared<'_> {
                         r[2]
                     )));
                     break;
+                }
+                // The guest ended a level-sensitive SPI: resample its line.
+                Ok(ExitReason::Eoi) => {
+                    if let Some(inj) = self.gic.eoi(r[2]) {
+                        self.inject(hyp, inj);
+                    }
                 }
                 Ok(ExitReason::MemoryFault) => {
                     self.counters.memory_faults.fetch_add(1, Ordering::Relaxed);

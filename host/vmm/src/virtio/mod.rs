@@ -171,18 +171,19 @@ pub fn rng(mem: GuestMemoryMmap<()>, irq: Arc<dyn IrqLine>) -> Result<Box<dyn Mm
 }
 
 /// A virtio-console whose output goes to the VMM's stdout, each line
-/// prefixed with `[name]` (input is not implemented: the port reads nothing).
+/// prefixed with `[name]`; with `input`, what the VMM reads on its stdin
+/// is the guest's input (hvc0).
 pub fn console(
     name: &str,
+    input: bool,
     mem: GuestMemoryMmap<()>,
     irq: Arc<dyn IrqLine>,
 ) -> Result<Box<dyn MmioDevice>> {
-    transport(
-        "virtio-console".into(),
-        Box::new(console::Console::stdout(name)),
-        mem,
-        irq,
-    )
+    let mut c = console::Console::stdout(name);
+    if input {
+        c = c.with_input(Box::new(std::io::stdin()));
+    }
+    transport("virtio-console".into(), Box::new(c), mem, irq)
 }
 
 /// A virtio-vsock device for guest CID `guest_cid`, bridged to Unix sockets
@@ -248,12 +249,18 @@ pub struct VirtioArgs {
     /// A virtio-console (hvc0) whose output goes to stdout.
     #[arg(long)]
     pub virtio_console: bool,
+    /// The virtio-console (implied) reads the guest's input from stdin.
+    #[arg(long)]
+    pub virtio_console_input: bool,
 }
 
 impl VirtioArgs {
     /// Whether any option asks for a device beyond the default entropy one.
     pub fn any_device(&self) -> bool {
-        !self.disks.is_empty() || self.vsock.is_some() || self.virtio_console
+        !self.disks.is_empty()
+            || self.vsock.is_some()
+            || self.virtio_console
+            || self.virtio_console_input
     }
 }
 
@@ -291,11 +298,16 @@ pub fn devices(
             build: Box::new(rng),
         });
     }
-    if args.virtio_console {
+    if args.virtio_console || args.virtio_console_input {
         let name = name.to_string();
+        let input = args.virtio_console_input;
         out.push(crate::linux::Device {
-            describe: "virtio-console: hvc0 to stdout".into(),
-            build: Box::new(move |mem, irq| console(&name, mem, irq)),
+            describe: if input {
+                "virtio-console: hvc0 to stdout, input from stdin".into()
+            } else {
+                "virtio-console: hvc0 to stdout".into()
+            },
+            build: Box::new(move |mem, irq| console(&name, input, mem, irq)),
         });
     }
     if let Some(cid) = args.vsock {

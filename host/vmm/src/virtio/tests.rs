@@ -378,6 +378,33 @@ fn console_prints_lines_with_the_vm_prefix() {
     );
 }
 
+#[test]
+fn console_input_fills_the_receive_queue() {
+    let out: Arc<Mutex<Vec<u8>>> = Arc::new(Mutex::new(Vec::new()));
+    let input: &'static [u8] = b"ping from the host\nsecond";
+    let console = Console::new("vm1", out).with_input(Box::new(input));
+    let mut d = Driver::new(Box::new(console));
+    d.start(2, 16);
+    // Two receive buffers of 8 and 64 bytes; whichever comes first (this
+    // notify or the reader thread's wake-up) delivers.
+    let a = d.alloc(8);
+    let b = d.alloc(64);
+    d.add_chain(0, &[(a, 8, true)]);
+    d.add_chain(0, &[(b, 64, true)]);
+    d.notify(0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut used = Vec::new();
+    while used.len() < 2 && Instant::now() < deadline {
+        used.extend(d.used(0));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(used.len(), 2, "{used:?}");
+    assert_eq!(used[0].1, 8, "the first buffer is filled");
+    let mut got = d.read_bytes(a, 8);
+    got.extend(d.read_bytes(b, used[1].1 as usize));
+    assert_eq!(got, input);
+}
+
 // ---------------------------------------------------------------- vsock
 
 const GUEST_CID: u64 = 3;
@@ -746,6 +773,7 @@ fn devices_come_in_window_order_with_their_start_up_descriptions() {
         vsock_socket: Some(dir.join("vm.vsock")),
         rng: true,
         virtio_console: false,
+        virtio_console_input: false,
     };
     let devices = super::devices(&args, "vm", &dir).unwrap();
     let lines: Vec<&str> = devices.iter().map(|d| d.describe.as_str()).collect();
