@@ -39,6 +39,7 @@ mod memory;
 mod mm;
 #[cfg(feature = "oracle")]
 mod oracle;
+mod rsi;
 mod security;
 mod smmu;
 mod vcpu;
