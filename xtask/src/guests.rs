@@ -25,7 +25,7 @@ const MIB: u64 = 1 << 20;
 /// Every test guest: its short name (and binary file name), package, and
 /// the memory size and vCPU count the test host's VMM gives it (the signed
 /// manifest; protected, entry offset 0).
-pub const GUESTS: [(&str, &str, u64, u32); 10] = [
+pub const GUESTS: [(&str, &str, u64, u32); 11] = [
     ("hello", "rampart-guest-hello", MIB, 1),
     ("memtest", "rampart-guest-memtest", 2 * MIB, 1),
     ("share", "rampart-guest-share", MIB, 1),
@@ -39,6 +39,8 @@ pub const GUESTS: [(&str, &str, u64, u32); 10] = [
     ("fuzz", "rampart-guest-fuzz", MIB / 2, 1),
     // issue 16: the workloads of `cargo xtask bench peer`.
     ("bench", "rampart-guest-bench", MIB, 1),
+    // issue 12: the realm guest (RSI); the test host creates it as a realm.
+    ("realm", "rampart-guest-realm", MIB, 1),
 ];
 
 /// The manifest guest `name` is signed for.

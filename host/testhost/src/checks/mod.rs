@@ -14,6 +14,7 @@ mod dma;
 mod ownership;
 mod pool;
 mod ram;
+mod realm;
 pub mod reset;
 mod smccc;
 mod vb;
@@ -234,6 +235,11 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "vb-attest",
         run: vb::vb_attest,
+    },
+    // issue 12: a realm VM (RSI), before the no-leak scan.
+    Check {
+        name: "realm-rsi",
+        run: realm::realm_rsi,
     },
     Check {
         name: "vb-no-leaks",

@@ -37,6 +37,10 @@ use crate::psci::{self, Conduit};
 use crate::ranges::Range;
 use crate::{ensure, fail, msg};
 
+/// Guests the VMM creates as realm VMs (`VM_CREATE` config bit 2, guest
+/// ABI RSI) when protected.
+pub const REALM_GUESTS: [&str; 1] = ["realm"];
+
 /// Page size of every call.
 pub const PAGE: u64 = rampart_abi::host::PAGE_SIZE;
 /// Stage-2 table pages a VM gets beyond the minimum.
@@ -297,9 +301,15 @@ impl Vm {
             arch::ram_write(word, arch::ram_read(word) ^ 1 << (8 * (at & 7)));
         }
 
+        // issue 12: the `realm` guest runs as a realm VM (config bit 2).
+        let realm = if spec.protected && REALM_GUESTS.contains(&spec.guest) {
+            VmConfig::REALM
+        } else {
+            0
+        };
         let r = call(
             HostCall::VmCreate,
-            &[metadata.start, metadata_pages, config.encode()],
+            &[metadata.start, metadata_pages, config.encode() | realm],
         );
         ensure!(
             r[0] == 0,
