@@ -90,6 +90,23 @@ impl RsiCall {
     pub const fn id(self) -> u32 {
         self as u32
     }
+
+    /// The specification's name (`docs/abi.md`).
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            RsiCall::Version => "RSI_VERSION",
+            RsiCall::Features => "RSI_FEATURES",
+            RsiCall::MeasurementRead => "RSI_MEASUREMENT_READ",
+            RsiCall::MeasurementExtend => "RSI_MEASUREMENT_EXTEND",
+            RsiCall::AttestationTokenInit => "RSI_ATTESTATION_TOKEN_INIT",
+            RsiCall::AttestationTokenContinue => "RSI_ATTESTATION_TOKEN_CONTINUE",
+            RsiCall::RealmConfig => "RSI_REALM_CONFIG",
+            RsiCall::IpaStateSet => "RSI_IPA_STATE_SET",
+            RsiCall::IpaStateGet => "RSI_IPA_STATE_GET",
+            RsiCall::HostCall => "RSI_HOST_CALL",
+        }
+    }
 }
 
 impl TryFrom<u32> for RsiCall {

@@ -31,7 +31,8 @@
 //!    steps (`INCOMPLETE` until the last) into a protected granule writes a
 //!    CCA token (CBOR tag 399) of exactly that size, carrying the challenge;
 //!    a shared granule is `ERROR_INPUT`. The guest prints
-//!    **`GUEST-CCA-TOKEN <hex>`** and **`GUEST-CCA-CHALLENGE <hex>`**.
+//!    **`GUEST-CCA-TOKEN <hex>`** lines (256 bytes each, in order) and
+//!    **`GUEST-CCA-CHALLENGE <hex>`**.
 //!
 //! Expected exits: `EXIT_MMIO` (console and the alias after step 3),
 //! `EXIT_SYSTEM_OFF`.
@@ -544,7 +545,11 @@ fn attestation(page: u64, copy: u64, shared_alias: u64) {
         format_args!("CONTINUE after the whole token = {:#x}", after[0]),
     );
     if ok {
-        println!("GUEST-CCA-TOKEN {}", RamHex { at: copy, len: got });
+        // In 256-byte lines (the test host's console lines hold 640
+        // characters); a verifier joins them in order.
+        for at in (0..got).step_by(256) {
+            println!("GUEST-CCA-TOKEN {}", RamHex { at: copy + at, len: (got - at).min(256) });
+        }
         println!("GUEST-CCA-CHALLENGE {}", Hex(&challenge));
     }
 }

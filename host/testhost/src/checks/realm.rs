@@ -126,7 +126,7 @@ impl Policy for RealmPolicy {
                 .map_err(|e| msg!("the granule the realm set back to RAM: {e}"))?;
             self.taken_back = true;
         } else if let Some(hex) = text.strip_prefix("GUEST-CCA-TOKEN ") {
-            self.token_hex_len = hex.trim().len();
+            self.token_hex_len += hex.trim().len();
         }
         Ok(())
     }
