@@ -435,6 +435,25 @@ pub fn guest_call<T>(
 
 /// After a call: zero check, then the result and effect, then perhaps the
 /// correspondence check.
+/// issue 12: a realm's `RSI_IPA_STATE_SET` moved guest page `from` to
+/// `to` at physical `pa` (`shared`: RAM -> EMPTY). Called after the VM's
+/// lock is released (the oracle's lock comes first elsewhere), once per
+/// granule the call changed.
+pub fn realm_ripas(slot: usize, from: u64, to: u64, pa: u64, shared: bool) {
+    let mut o = ORACLE.lock();
+    if !o.ready {
+        return;
+    }
+    match o.spec.realm_ripas_moved(slot, from, to, pa, shared) {
+        Some(prediction) => settle(&mut o, &prediction, 0, 0, &mut |v| {
+            violation!("RSI_IPA_STATE_SET {from:#x} -> {to:#x} (page {pa:#x}) of VM slot {slot}: {v}")
+        }),
+        None => violation!(
+            "RSI_IPA_STATE_SET {from:#x} -> {to:#x} (page {pa:#x}) of VM slot {slot}: the specification does not have that page there in that state"
+        ),
+    }
+}
+
 fn settle(
     o: &mut Oracle,
     prediction: &Prediction,

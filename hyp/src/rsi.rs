@@ -212,6 +212,9 @@ fn ipa_state_set(slot: usize, regs: &mut [u64; 31]) -> Outcome {
     if !valid {
         return code(regs, status::ERROR_INPUT);
     }
+    // The pages moved, `(from, to, pa)`, for the oracle of a test build.
+    let mut moved: [Moved; MAX_SET_GRANULES as usize] = [(0, 0, 0); MAX_SET_GRANULES as usize];
+    let mut count = 0;
     let done = with_realm(slot, |vm| {
         let mut at = base;
         let last = top.min(base.saturating_add(MAX_SET_GRANULES * PAGE_SIZE));
@@ -221,13 +224,26 @@ fn ipa_state_set(slot: usize, regs: &mut [u64; 31]) -> Outcome {
             } else {
                 make_ram(vm, at)
             };
-            if changed.is_err() {
-                break;
+            match changed {
+                Ok(Some(m)) => {
+                    if let Some(entry) = moved.get_mut(count) {
+                        *entry = m;
+                        count += 1;
+                    }
+                }
+                Ok(None) => {}
+                Err(_) => break,
             }
             at += PAGE_SIZE;
         }
         at
     });
+    #[cfg(feature = "oracle")]
+    for &(from, to, pa) in moved.get(..count).unwrap_or(&[]) {
+        crate::oracle::realm_ripas(slot, from, to, pa, target == ripas::EMPTY);
+    }
+    #[cfg(not(feature = "oracle"))]
+    let _ = (moved, count);
     match done {
         // Progress: [base, at) changed; the guest calls again from `at`.
         Some(at) if at > base => set(regs, [status::SUCCESS, at, response::ACCEPT]),
@@ -238,12 +254,16 @@ fn ipa_state_set(slot: usize, regs: &mut [u64; 31]) -> Outcome {
     }
 }
 
-/// RAM → EMPTY for granule `ipa` (below the shared bit).
-fn make_empty(vm: &mut Vm, ipa: u64) -> Result<(), Refused> {
+/// A page a RIPAS change moved: `(from IPA, to IPA, physical address)`.
+type Moved = (u64, u64, u64);
+
+/// RAM → EMPTY for granule `ipa` (below the shared bit); `None` if it was
+/// EMPTY already.
+fn make_empty(vm: &mut Vm, ipa: u64) -> Result<Option<Moved>, Refused> {
     let alias = ipa | shared_bit();
     // Already EMPTY: nothing protected there.
     let Some(pa) = vm::translate(vm, ipa) else {
-        return Ok(());
+        return Ok(None);
     };
     if vm::translate(vm, alias).is_some() {
         // The host donated a page at the alias too: the protected page has
@@ -269,15 +289,17 @@ fn make_empty(vm: &mut Vm, ipa: u64) -> Result<(), Refused> {
     })
     .map_err(|_| Refused::Rejected)?;
     // Checked above under the VM's lock: the tables are there.
-    vm::map_guest_page(vm, alias, pa, false).map_err(|_| Refused::Rejected)
+    vm::map_guest_page(vm, alias, pa, false).map_err(|_| Refused::Rejected)?;
+    Ok(Some((ipa, alias, pa)))
 }
 
-/// EMPTY → RAM for granule `ipa` (below the shared bit).
-fn make_ram(vm: &mut Vm, ipa: u64) -> Result<(), Refused> {
+/// EMPTY → RAM for granule `ipa` (below the shared bit); `None` if it was
+/// RAM already.
+fn make_ram(vm: &mut Vm, ipa: u64) -> Result<Option<Moved>, Refused> {
     let alias = ipa | shared_bit();
     // Already RAM.
     if vm::translate(vm, ipa).is_some() {
-        return Ok(());
+        return Ok(None);
     }
     // No page to make protected: the host gave none at the alias.
     let pa = vm::translate(vm, alias).ok_or(Refused::Rejected)?;
@@ -301,7 +323,8 @@ fn make_ram(vm: &mut Vm, ipa: u64) -> Result<(), Refused> {
         Ok(())
     })
     .map_err(|_| Refused::Rejected)?;
-    vm::map_guest_page(vm, ipa, pa, false).map_err(|_| Refused::Rejected)
+    vm::map_guest_page(vm, ipa, pa, false).map_err(|_| Refused::Rejected)?;
+    Ok(Some((alias, ipa, pa)))
 }
 
 /// `RSI_IPA_STATE_GET(base, top)`: the RIPAS of `base` and how far it

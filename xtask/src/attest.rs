@@ -349,8 +349,8 @@ pub fn verify_cca_console(console: &str) -> Result<Option<String>> {
     let find = |prefix: &str| {
         console
             .lines()
-            .filter_map(|l| l.split_once(prefix).map(|(_, rest)| rest.trim().to_string()))
-            .last()
+            .rev()
+            .find_map(|l| l.split_once(prefix).map(|(_, rest)| rest.trim().to_string()))
     };
     // The token comes in lines of 256 bytes, in order.
     let token: String = console
