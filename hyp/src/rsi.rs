@@ -39,6 +39,7 @@ use rampart_platform::{MemRange, PAGE_SIZE};
 use spin::mutex::SpinMutex;
 
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::vcpu::Outcome;
 use crate::vm::{self, MAX_VMS, Vm};
@@ -82,11 +83,21 @@ pub fn shared_bit() -> u64 {
     rsi::shared_bit(ipa_bits())
 }
 
-/// Whether the VM in `slot` is a realm.
+/// Whether each slot's VM is a realm: set by `VM_CREATE` before the VM is
+/// published (so before any of its vCPUs can run), read without the VM's
+/// lock on every guest `HVC` and `SMC`.
+static REALM_SLOTS: [AtomicBool; MAX_VMS] = [const { AtomicBool::new(false) }; MAX_VMS];
+
+/// `VM_CREATE` of the VM in `slot`: whether it is a realm.
+pub fn set_realm(slot: usize, realm: bool) {
+    if let Some(flag) = REALM_SLOTS.get(slot) {
+        flag.store(realm, Ordering::Release);
+    }
+}
+
+/// Whether the VM in `slot` is a realm (meaningful while it exists).
 pub fn is_realm(slot: usize) -> bool {
-    vm::VMS
-        .get(slot)
-        .is_some_and(|m| m.lock().as_ref().is_some_and(|vm| vm.realm.is_some()))
+    REALM_SLOTS.get(slot).is_some_and(|flag| flag.load(Ordering::Acquire))
 }
 
 fn set(regs: &mut [u64; 31], values: [u64; 3]) -> Outcome {

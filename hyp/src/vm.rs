@@ -204,6 +204,7 @@ pub fn create_as(metadata: PageRange, config: VmConfig, realm: bool) -> Result<V
     for power in &VCPU_POWER[slot] {
         power.store(power::OFF, Ordering::Release);
     }
+    crate::rsi::set_realm(slot, realm);
     *guard = Some(Vm {
         handle,
         vmid: id.0,

@@ -238,7 +238,7 @@ fn realm_config(page: u64, ram_end: u64) -> Option<u32> {
         ram_end + GRANULE,
         page | shared,
         0,
-        u64::MAX & !0xfff,
+        !0xfff,
     ];
     let refused = bad
         .iter()
@@ -464,7 +464,8 @@ fn attestation(page: u64, copy: u64, shared_alias: u64) {
     let mut challenge = [0u8; 64];
     challenge[..32].copy_from_slice(CHALLENGE_PREFIX);
     for (i, b) in challenge[32..].iter_mut().enumerate() {
-        *b = (arch::virtual_count() as u8).wrapping_add(i as u8 * 37);
+        let mixed = arch::virtual_count().wrapping_add(i as u64 * 37);
+        *b = mixed.to_le_bytes()[0];
     }
     let mut args = [0u64; 8];
     for (i, w) in args.iter_mut().enumerate() {
