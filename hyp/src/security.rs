@@ -85,9 +85,15 @@ fn security() -> Result<&'static Security, Error> {
 }
 
 /// Starts measuring a VM.
+#[allow(dead_code, reason = "the hypervisor measures through measurer_as; kept for callers without the realm bit")]
 pub fn measurer(protected: bool, debug: bool, vcpus: u32, entry_pc: u64, x0: u64) -> Measurer {
+    measurer_as(VmFlags { protected, debug, realm: false }, vcpus, entry_pc, x0)
+}
+
+/// [`measurer`] with every flag, the realm bit (issue 12) included.
+pub fn measurer_as(flags: VmFlags, vcpus: u32, entry_pc: u64, x0: u64) -> Measurer {
     Measurer::with_compress(
-        &InitialState { flags: VmFlags { protected, debug }, vcpus, entry_pc, x0 },
+        &InitialState { flags, vcpus, entry_pc, x0 },
         crate::arch::sha256::compress,
     )
 }
@@ -117,7 +123,7 @@ pub fn report(measurement: Measurement, nonce: &[u8], protected: bool, debug: bo
         nonce,
         hypervisor_version: concat!("Rampart ", env!("CARGO_PKG_VERSION")),
         hypervisor_measurement: security.hypervisor,
-        flags: VmFlags { protected, debug },
+        flags: VmFlags { protected, debug, realm: false },
     };
     rampart_attest::build_report(&claims, key).map_err(|_| Error::InvalidParameter)
 }

@@ -387,7 +387,10 @@ pub fn set_signature(handle: VmHandle, signer: [u8; 32], signature: [u8; 64]) ->
 /// measurement is fixed for the VM's life.
 pub fn measure_first_run(vm: &mut Vm, entry_pc: u64, x0: u64) -> Result<(), Error> {
     let vcpus = u32::try_from(vm.max_vcpus).map_err(|_| Error::InvalidParameter)?;
-    let mut measurer = crate::security::measurer(vm.protected, vm.debug, vcpus, entry_pc, x0);
+    // The guest ABI (realm or not, issue 12) is measured: an image signed
+    // for one never runs under the other.
+    let flags = rampart_attest::VmFlags { protected: vm.protected, debug: vm.debug, realm: vm.realm.is_some() };
+    let mut measurer = crate::security::measurer_as(flags, vcpus, entry_pc, x0);
     let mut failed = None;
     // Leaves are 4 KiB pages: measure runs contiguous in both address
     // spaces at once, so each needs one temporary EL2 mapping, not one per

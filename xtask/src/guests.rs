@@ -56,6 +56,8 @@ pub fn manifest(name: &str) -> Result<Manifest> {
         flags: VmFlags {
             protected: true,
             debug: false,
+            // issue 12: the realm guest is signed as a realm.
+            realm: name == "realm",
         },
     })
 }

@@ -242,6 +242,10 @@ pub const CHECKS: &[Check] = &[
         run: realm::realm_rsi,
     },
     Check {
+        name: "realm-measured",
+        run: realm::realm_measured,
+    },
+    Check {
         name: "vb-no-leaks",
         run: vb::vb_no_leaks,
     },

@@ -19,9 +19,10 @@
 
 use rampart_abi::guest::GUEST_RAM_BASE;
 
+use super::vb::stays_refused;
 use super::vm::{expect_inaccessible, protected};
 use super::vmm::run::{FaultAction, Policy};
-use super::vmm::{PAGE, Vm};
+use super::vmm::{PAGE, REALM_OVERRIDE, Vm};
 use crate::arch::{self, Access};
 use crate::msg::Msg;
 use crate::platform::Platform;
@@ -178,5 +179,34 @@ pub fn realm_rsi(p: &Platform) -> Result<(), Msg> {
         "realm: RSI answered, a granule went RAM -> EMPTY -> RAM zeroed both ways, the host saw only what the guest shared; a {}-byte CCA token (verified by `cargo xtask`)",
         policy.token_hex_len / 2
     );
+    Ok(())
+}
+
+/// `realm-measured`: the guest ABI is measured. The `realm` guest (signed
+/// as a realm, bundle flags 5) created without the realm bit, and the
+/// `hello` guest (signed for pKVM, flags 1) created as a realm, are both
+/// `BAD_SIGNATURE` at every `VCPU_RUN`, however often the signature is
+/// given; each VM is destroyed, its pages zeroed.
+pub fn realm_measured(p: &Platform) -> Result<(), Msg> {
+    use core::sync::atomic::Ordering;
+    let result = (|| {
+        REALM_OVERRIDE.store(1, Ordering::Relaxed);
+        stays_refused(
+            p,
+            protected("realm")?,
+            &|_| Ok(()),
+            "the realm guest (signed as a realm) created without the realm bit",
+        )?;
+        REALM_OVERRIDE.store(2, Ordering::Relaxed);
+        stays_refused(
+            p,
+            protected("hello")?,
+            &|_| Ok(()),
+            "the hello guest (signed for pKVM) created as a realm",
+        )
+    })();
+    REALM_OVERRIDE.store(0, Ordering::Relaxed);
+    result?;
+    note!("a realm image run as pKVM and a pKVM image run as a realm: BAD_SIGNATURE");
     Ok(())
 }
