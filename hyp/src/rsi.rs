@@ -50,6 +50,8 @@ const NOT_SUPPORTED: u64 = rampart_abi::smccc::NOT_SUPPORTED as u64;
 /// a TLB invalidation and a page of zeroes): the guest calls again for the
 /// rest, so one call stays short.
 pub const MAX_SET_GRANULES: u64 = 64;
+// The oracle hook records the granules moved in a 64-bit map.
+const _: () = assert!(MAX_SET_GRANULES <= 64);
 /// The most granules one `IPA_STATE_GET` looks at.
 pub const MAX_GET_GRANULES: u64 = 512;
 
@@ -189,13 +191,19 @@ fn private_page(vm: &Vm, ipa: u64) -> Option<u64> {
 fn realm_config(slot: usize, ipa: u64) -> u64 {
     let r = with_realm(slot, |vm| {
         let pa = private_page(vm, ipa).ok_or(Error::InvalidParameter)?;
-        let mut page = [0u8; realm_config::SIZE];
-        page[realm_config::IPA_BITS..realm_config::IPA_BITS + 8]
-            .copy_from_slice(&u64::from(ipa_bits()).to_le_bytes());
-        page[realm_config::HASH_ALGO..realm_config::HASH_ALGO + 8]
+        // Written in 256-byte pieces: no 4 KiB buffer on the EL2 stack.
+        let mut piece = [0u8; 256];
+        piece[realm_config::IPA_BITS..realm_config::IPA_BITS + 8].copy_from_slice(&u64::from(ipa_bits()).to_le_bytes());
+        piece[realm_config::HASH_ALGO..realm_config::HASH_ALGO + 8]
             .copy_from_slice(&realm_config::HASH_SHA256.to_le_bytes());
-        // The personalization value (0x200..0x240) is zero.
-        crate::memory::with(|mem| mem.write_unowned_page(pa, &page))
+        // The personalization value (0x200..0x240) and the rest are zero.
+        crate::memory::with(|mem| {
+            for offset in (0..realm_config::SIZE as u64).step_by(piece.len()) {
+                mem.write_unowned_bytes(pa, offset, &piece)?;
+                piece[..16].fill(0);
+            }
+            Ok(())
+        })
     });
     match r {
         Some(Ok(())) => status::SUCCESS,
@@ -223,9 +231,9 @@ fn ipa_state_set(slot: usize, regs: &mut [u64; 31]) -> Outcome {
     if !valid {
         return code(regs, status::ERROR_INPUT);
     }
-    // The pages moved, `(from, to, pa)`, for the oracle of a test build.
-    let mut moved: [Moved; MAX_SET_GRANULES as usize] = [(0, 0, 0); MAX_SET_GRANULES as usize];
-    let mut count = 0;
+    // Which granules moved (bit i: base + i granules), for the oracle of a
+    // test build: a bitmap, not a list, to keep the EL2 stack small.
+    let mut moved = 0u64;
     let done = with_realm(slot, |vm| {
         let mut at = base;
         let last = top.min(base.saturating_add(MAX_SET_GRANULES * PAGE_SIZE));
@@ -236,12 +244,7 @@ fn ipa_state_set(slot: usize, regs: &mut [u64; 31]) -> Outcome {
                 make_ram(vm, at)
             };
             match changed {
-                Ok(Some(m)) => {
-                    if let Some(entry) = moved.get_mut(count) {
-                        *entry = m;
-                        count += 1;
-                    }
-                }
+                Ok(Some(_)) => moved |= 1 << ((at - base) / PAGE_SIZE),
                 Ok(None) => {}
                 Err(_) => break,
             }
@@ -250,11 +253,15 @@ fn ipa_state_set(slot: usize, regs: &mut [u64; 31]) -> Outcome {
         at
     });
     #[cfg(feature = "oracle")]
-    for &(from, to, pa) in moved.get(..count).unwrap_or(&[]) {
-        crate::oracle::realm_ripas(slot, from, to, pa, target == ripas::EMPTY);
+    for i in (0..MAX_SET_GRANULES).filter(|i| moved & (1 << i) != 0) {
+        let ipa = base + i * PAGE_SIZE;
+        let (from, to) = if target == ripas::EMPTY { (ipa, ipa | shared_bit()) } else { (ipa | shared_bit(), ipa) };
+        if let Some(pa) = with_realm(slot, |vm| vm::translate(vm, to)).flatten() {
+            crate::oracle::realm_ripas(slot, from, to, pa, target == ripas::EMPTY);
+        }
     }
     #[cfg(not(feature = "oracle"))]
-    let _ = (moved, count);
+    let _ = moved;
     match done {
         // Progress: [base, at) changed; the guest calls again from `at`.
         Some(at) if at > base => set(regs, [status::SUCCESS, at, response::ACCEPT]),
