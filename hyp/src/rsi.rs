@@ -233,35 +233,30 @@ fn ipa_state_set(slot: usize, regs: &mut [u64; 31]) -> Outcome {
     }
     // Which granules moved (bit i: base + i granules), for the oracle of a
     // test build: a bitmap, not a list, to keep the EL2 stack small.
-    let mut moved = 0u64;
-    let done = with_realm(slot, |vm| {
-        let mut at = base;
-        let last = top.min(base.saturating_add(MAX_SET_GRANULES * PAGE_SIZE));
-        while at < last {
-            let changed = if target == ripas::EMPTY {
-                make_empty(vm, at)
-            } else {
-                make_ram(vm, at)
-            };
-            match changed {
-                Ok(Some(_)) => moved |= 1 << ((at - base) / PAGE_SIZE),
-                Ok(None) => {}
-                Err(_) => break,
+    let change = || {
+        let mut moved = 0u64;
+        let done = with_realm(slot, |vm| {
+            let mut at = base;
+            let last = top.min(base.saturating_add(MAX_SET_GRANULES * PAGE_SIZE));
+            while at < last {
+                let changed = if target == ripas::EMPTY { make_empty(vm, at) } else { make_ram(vm, at) };
+                match changed {
+                    Ok(Some(_)) => moved |= 1 << ((at - base) / PAGE_SIZE),
+                    Ok(None) => {}
+                    Err(_) => break,
+                }
+                at += PAGE_SIZE;
             }
-            at += PAGE_SIZE;
-        }
-        at
-    });
+            at
+        });
+        (done, moved)
+    };
     #[cfg(feature = "oracle")]
-    for i in (0..MAX_SET_GRANULES).filter(|i| moved & (1 << i) != 0) {
-        let ipa = base + i * PAGE_SIZE;
-        let (from, to) = if target == ripas::EMPTY { (ipa, ipa | shared_bit()) } else { (ipa | shared_bit(), ipa) };
-        if let Some(pa) = with_realm(slot, |vm| vm::translate(vm, to)).flatten() {
-            crate::oracle::realm_ripas(slot, from, to, pa, target == ripas::EMPTY);
-        }
-    }
+    let done = crate::oracle::realm_ipa_state_set(slot, base, shared_bit(), target == ripas::EMPTY, change, |ipa| {
+        with_realm(slot, |vm| vm::translate(vm, ipa)).flatten()
+    });
     #[cfg(not(feature = "oracle"))]
-    let _ = moved;
+    let done = change().0;
     match done {
         // Progress: [base, at) changed; the guest calls again from `at`.
         Some(at) if at > base => set(regs, [status::SUCCESS, at, response::ACCEPT]),
