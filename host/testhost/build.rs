@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 /// The guests the VM checks run (`xtask/src/guests.rs` builds them).
-const GUESTS: [&str; 10] = ["hello", "memtest", "share", "smp", "timer", "attacker", "attest", "spin", "fuzz", "count"];
+const GUESTS: [&str; 11] = ["hello", "memtest", "share", "smp", "timer", "attacker", "attest", "spin", "fuzz", "count", "realm"];
 /// Where a bundle's image starts (`docs/formats.md`).
 const BUNDLE_HEADER: usize = 176;
 

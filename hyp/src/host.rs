@@ -164,7 +164,7 @@ fn run_call(regs: &mut [u64; 18]) {
             | HostRequest::DonateHyp(_)
             | HostRequest::ReclaimHyp(_)),
         ) => crate::memory::host_call(memory_request),
-        Ok(HostRequest::VmCreate { metadata, config }) => match crate::vm::create(metadata, config) {
+        Ok(HostRequest::VmCreate { metadata, config }) => match crate::vm::create_as(metadata, config, regs[3] & rampart_abi::host::VmConfig::REALM != 0) {
             Ok(handle) => return ret(regs, [SUCCESS as u64, handle.0, 0, 0]),
             Err(e) => Err(e),
         },

@@ -40,6 +40,7 @@ mod migrate;
 mod mm;
 #[cfg(feature = "oracle")]
 mod oracle;
+mod rsi;
 mod security;
 mod smmu;
 mod swap;

@@ -511,6 +511,27 @@ impl HostMemory {
         Ok(())
     }
 
+    /// [`HostMemory::write_unowned_page`] at byte `offset` of the page (a
+    /// realm's attestation token granule, `crate::rsi`).
+    ///
+    /// # Errors
+    ///
+    /// `INVALID_PARAMETER` for an unaligned page or bytes past its end.
+    pub fn write_unowned_bytes(&mut self, page: u64, offset: u64, bytes: &[u8]) -> Result<(), AbiError> {
+        let end = offset.checked_add(bytes.len() as u64).ok_or(AbiError::InvalidParameter)?;
+        if !page.is_multiple_of(PAGE_SIZE) || end > PAGE_SIZE {
+            return Err(AbiError::InvalidParameter);
+        }
+        self.fixmap(page, 1);
+        // SAFETY: the fixmap's first page now maps `page` writable at EL2 and
+        // `offset + len` lies inside it; it is a guest's own page, whose
+        // concurrent writers can only spoil what the guest reads back, and
+        // no Rust reference to it exists.
+        unsafe { mm::write_volatile_bytes(FIXMAP_BASE + offset, bytes) };
+        self.fixunmap(1);
+        Ok(())
+    }
+
     /// Maps `pages` pages (at most [`FIXMAP_PAGES`]) from `pa` at
     /// [`FIXMAP_BASE`] (see [`fixmap_in`]).
     fn fixmap(&mut self, pa: u64, pages: u64) {

@@ -438,6 +438,54 @@ pub fn guest_call<T>(
 
 /// After a call: zero check, then the result and effect, then perhaps the
 /// correspondence check.
+/// issue 12: a realm's `RSI_IPA_STATE_SET` from `base`, run under the
+/// oracle's lock (taken before the VM's, as for every guest call), so no
+/// correspondence check sees the pages moved before the specification does.
+/// `run` makes the change and returns the bitmap of granules it moved (bit
+/// i: `base + i` pages); `pa_of` gives the page now at a guest address.
+/// `shared`: RAM -> EMPTY (`to` is the alias).
+pub fn realm_ipa_state_set<T>(
+    slot: usize,
+    base: u64,
+    shared_bit: u64,
+    shared: bool,
+    run: impl FnOnce() -> (T, u64),
+    pa_of: impl Fn(u64) -> Option<u64>,
+) -> T {
+    let mut o = ORACLE.lock();
+    if !o.ready {
+        drop(o);
+        return run().0;
+    }
+    let (out, moved) = run();
+    for i in (0..64u64).filter(|i| moved & (1 << i) != 0) {
+        let ipa = base + i * PAGE_SIZE;
+        let (from, to) = if shared { (ipa, ipa | shared_bit) } else { (ipa | shared_bit, ipa) };
+        let Some(pa) = pa_of(to) else {
+            violation!("RSI_IPA_STATE_SET {from:#x} -> {to:#x} of VM slot {slot}: nothing mapped at {to:#x} afterwards");
+            continue;
+        };
+        EVENTS.fetch_add(1, Ordering::Relaxed);
+        match o.spec.realm_ripas_moved(slot, from, to, pa, shared) {
+            Some(prediction) => {
+                if let Err(v) = o.spec.commit(&prediction, 0, 0) {
+                    violation!("RSI_IPA_STATE_SET {from:#x} -> {to:#x} (page {pa:#x}) of VM slot {slot}: {}", Shown(&v, &prediction));
+                }
+                check_effect(&o.spec, &prediction.effect);
+                o.since_check += 1;
+            }
+            None => violation!(
+                "RSI_IPA_STATE_SET {from:#x} -> {to:#x} (page {pa:#x}) of VM slot {slot}: the specification does not have that page there in that state"
+            ),
+        }
+    }
+    // Once every move is known.
+    if check_due(o.since_check) {
+        correspondence(&mut o);
+    }
+    out
+}
+
 fn settle(
     o: &mut Oracle,
     prediction: &Prediction,

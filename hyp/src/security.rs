@@ -85,9 +85,15 @@ fn security() -> Result<&'static Security, Error> {
 }
 
 /// Starts measuring a VM.
+#[allow(dead_code, reason = "the hypervisor measures through measurer_as; kept for callers without the realm bit")]
 pub fn measurer(protected: bool, debug: bool, vcpus: u32, entry_pc: u64, x0: u64) -> Measurer {
+    measurer_as(VmFlags { protected, debug, realm: false }, vcpus, entry_pc, x0)
+}
+
+/// [`measurer`] with every flag, the realm bit (issue 12) included.
+pub fn measurer_as(flags: VmFlags, vcpus: u32, entry_pc: u64, x0: u64) -> Measurer {
     Measurer::with_compress(
-        &InitialState { flags: VmFlags { protected, debug }, vcpus, entry_pc, x0 },
+        &InitialState { flags, vcpus, entry_pc, x0 },
         crate::arch::sha256::compress,
     )
 }
@@ -117,7 +123,7 @@ pub fn report(measurement: Measurement, nonce: &[u8], protected: bool, debug: bo
         nonce,
         hypervisor_version: concat!("Rampart ", env!("CARGO_PKG_VERSION")),
         hypervisor_measurement: security.hypervisor,
-        flags: VmFlags { protected, debug },
+        flags: VmFlags { protected, debug, realm: false },
     };
     rampart_attest::build_report(&claims, key).map_err(|_| Error::InvalidParameter)
 }
@@ -134,4 +140,51 @@ pub fn sealing_key(measurement: &Measurement, label: &[u8]) -> Result<[u8; 32], 
 pub fn swap_root() -> Result<zeroize::Zeroizing<[u8; 32]>, Error> {
     let (secret, _) = security()?.secret.as_ref().ok_or(Error::NotSupported)?;
     Ok(secret.swap_root())
+}
+
+/// The per-boot realm attestation key (RAK) of every realm's CCA token,
+/// derived on first use from the device secret and 32 bytes of the CPU's
+/// `RNDR` (the counter and the hypervisor's measurement where it has none:
+/// still different at each boot, though guessable).
+static REALM_KEY: Once<Result<rampart_attest::RealmKey, Error>> = Once::new();
+
+fn realm_key(secret: &DeviceSecret) -> Result<&'static rampart_attest::RealmKey, Error> {
+    let key = REALM_KEY.call_once(|| {
+        let has_rng = crate::BOOT.get().is_some_and(|b| b.config.features.rng);
+        let mut per_boot = [0u8; 32];
+        for (i, chunk) in per_boot.chunks_exact_mut(8).enumerate() {
+            // SAFETY: RNDR is read only where the CPU has FEAT_RNG.
+            let word = has_rng.then(|| unsafe { crate::arch::guest::rndr() }).flatten();
+            let word = word.unwrap_or_else(|| crate::arch::cache::counter().rotate_left(i as u32 * 16));
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        secret.cca_realm_key(&per_boot).map_err(|_| Error::NotSupported)
+    });
+    key.as_ref().map_err(|e| *e)
+}
+
+/// A realm's CCA attestation token (`RSI_ATTESTATION_TOKEN_INIT`): the
+/// realm token (challenge, initial measurement, REMs) signed by the per-boot
+/// RAK, and the platform token binding the RAK, signed by the device's
+/// platform key, with Rampart's own measurement as its software component.
+pub fn cca_token(challenge: [u8; 64], rim: Measurement, rems: [[u8; 32]; 4]) -> Result<Vec<u8>, Error> {
+    let (secret, _) = security()?.secret.as_ref().ok_or(Error::NotSupported)?;
+    let rak = realm_key(secret)?;
+    let iak = secret.cca_platform_key().map_err(|_| Error::NotSupported)?;
+    let realm = rampart_attest::RealmClaims {
+        challenge,
+        personalization_value: [0; rampart_attest::cca::PERSONALIZATION_LEN],
+        initial_measurement: rim,
+        extensible_measurements: rems,
+    };
+    let platform = rampart_attest::PlatformClaims {
+        implementation_id: rampart_attest::cca::RAMPART_IMPLEMENTATION_ID,
+        config: &[],
+        lifecycle: rampart_attest::cca::LIFECYCLE_SECURED,
+        hypervisor_measurement: security()?.hypervisor,
+        hypervisor_version: concat!("Rampart ", env!("CARGO_PKG_VERSION")),
+        hypervisor_signer_id: [0; 32],
+        verification_service: "",
+    };
+    rampart_attest::build_cca_token(&realm, rak, &platform, &iak).map_err(|_| Error::InvalidParameter)
 }

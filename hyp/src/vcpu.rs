@@ -830,6 +830,11 @@ fn handle_exit(slot: usize, v: &mut Vcpu, kind: u64, protected: bool) -> Outcome
     let hpfar = arch::hpfar_el2();
     let iss = esr & 0x1ff_ffff;
     match (esr >> 26) & 0x3f {
+        // A realm (`crate::rsi`) calls through SMC only.
+        EC_HVC64 if crate::rsi::is_realm(slot) => {
+            v.state.regs[0] = rampart_abi::smccc::NOT_SUPPORTED as u64;
+            Outcome::Resume
+        }
         EC_HVC64 if iss & 0xffff != 0 => {
             // Only HVC #0 is a call.
             v.state.regs[0] = rampart_abi::smccc::NOT_SUPPORTED as u64;
@@ -842,10 +847,10 @@ fn handle_exit(slot: usize, v: &mut Vcpu, kind: u64, protected: bool) -> Outcome
             crate::guest_calls::handle_with(slot, v.index, protected, regs)
         }),
         EC_SMC64 => {
-            // Guests use the HVC conduit; an SMC is refused.
-            v.state.regs[0] = rampart_abi::smccc::NOT_SUPPORTED as u64;
+            // The trap leaves the PC at the SMC. A realm's SMC is its call
+            // (`crate::rsi`); any other VM's is refused (they use HVC).
             v.state.pc += 4;
-            Outcome::Resume
+            crate::rsi::smc(slot, v.index, &mut v.state.regs, iss)
         }
         EC_WFX => {
             v.state.pc += 4;
@@ -892,12 +897,12 @@ fn pend_virtual_serror(v: &mut Vcpu) {
 /// A stage-2 abort: MMIO below guest RAM, a memory fault above it.
 fn abort(slot: usize, v: &mut Vcpu, ipa: u64, iss: u64, far: u64, instruction: bool) -> Outcome {
     let write = iss & (1 << 6) != 0;
-    let (mapped, mmio_allowed, evicted) = {
+    let (mapped, mmio_allowed, evicted, realm) = {
         let guard = vm::VMS[slot].lock();
         let Some(vm) = guard.as_ref() else { return exit(ExitReason::SystemOff, 0, 0, 0) };
         let mapped = vm::translate(vm, ipa).is_some();
         let allowed = !vm.protected || vm.mmio_guard.as_ref().is_none_or(|g| g.contains(ipa));
-        (mapped, allowed, !mapped && crate::swap::is_evicted(slot, vm.handle, ipa))
+        (mapped, allowed, !mapped && crate::swap::is_evicted(slot, vm.handle, ipa), vm.realm.is_some())
     };
     if evicted {
         // Sealed swap: the host evicted the page. The access has not
@@ -909,6 +914,9 @@ fn abort(slot: usize, v: &mut Vcpu, ipa: u64, iss: u64, far: u64, instruction: b
         // another CPU won the race): retry the access.
         return Outcome::Resume;
     }
+    // A realm's MMIO through the unprotected alias reaches the VMM without
+    // the shared bit.
+    let ipa = if realm { crate::rsi::mmio_address(ipa) } else { ipa };
     if mapped {
         // A fault on mapped memory (a permission fault) is the guest's.
         inject_guest(v, if instruction { Kind::InstructionAbort { far_not_valid: false } } else { Kind::DataAbort { write, far_not_valid: false } }, far);

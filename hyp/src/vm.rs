@@ -47,6 +47,8 @@ pub struct Vm {
     signature: Option<([u8; 32], [u8; 64])>,
     /// The measurement, fixed at the first run.
     pub measurement: Option<rampart_attest::Measurement>,
+    /// A realm VM (guest ABI RSI, `crate::rsi`), and its realm state.
+    pub realm: Option<crate::rsi::Realm>,
 }
 
 /// The guest-physical MMIO pages a protected guest allows to exit to the
@@ -156,8 +158,15 @@ const RETIRED: u32 = u32::MAX;
 /// stage-2 table pool.
 ///
 /// [`PageState::HypOwnedForVm`]: rampart_ownership::PageState::HypOwnedForVm
+#[allow(dead_code, reason = "VM_CREATE uses create_as; kept for callers that make plain VMs")]
 pub fn create(metadata: PageRange, config: VmConfig) -> Result<VmHandle, Error> {
-    if metadata.pages() < config.min_metadata_pages() {
+    create_as(metadata, config, false)
+}
+
+/// [`create`], as a realm VM if `realm` (`VM_CREATE` config bit 2, only
+/// with the protected bit: `VmConfig::decode` refused it otherwise).
+pub fn create_as(metadata: PageRange, config: VmConfig, realm: bool) -> Result<VmHandle, Error> {
+    if metadata.pages() < config.min_metadata_pages() || (realm && !config.protected) {
         return Err(Error::InvalidParameter);
     }
     // Everything that can be refused is checked before the pages move.
@@ -195,6 +204,7 @@ pub fn create(metadata: PageRange, config: VmConfig) -> Result<VmHandle, Error> 
     for power in &VCPU_POWER[slot] {
         power.store(power::OFF, Ordering::Release);
     }
+    crate::rsi::set_realm(slot, realm);
     *guard = Some(Vm {
         handle,
         vmid: id.0,
@@ -202,11 +212,13 @@ pub fn create(metadata: PageRange, config: VmConfig) -> Result<VmHandle, Error> 
         max_vcpus: config.max_vcpus as usize,
         metadata: range,
         stage2,
-        // A protected VM is enrolled in MMIO guard from the start.
-        mmio_guard: config.protected.then(MmioGuard::default),
+        // A protected VM is enrolled in MMIO guard from the start; a realm
+        // VM's MMIO is its unprotected alias (`crate::rsi`), no guard.
+        mmio_guard: (config.protected && !realm).then(MmioGuard::default),
         debug: config.debug,
         signature: None,
         measurement: None,
+        realm: realm.then(crate::rsi::Realm::default),
     });
     Ok(handle)
 }
@@ -367,7 +379,10 @@ pub fn set_signature(handle: VmHandle, signer: [u8; 32], signature: [u8; 64]) ->
 /// measurement is fixed for the VM's life.
 pub fn measure_first_run(vm: &mut Vm, entry_pc: u64, x0: u64) -> Result<(), Error> {
     let vcpus = u32::try_from(vm.max_vcpus).map_err(|_| Error::InvalidParameter)?;
-    let mut measurer = crate::security::measurer(vm.protected, vm.debug, vcpus, entry_pc, x0);
+    // The guest ABI (realm or not, issue 12) is measured: an image signed
+    // for one never runs under the other.
+    let flags = rampart_attest::VmFlags { protected: vm.protected, debug: vm.debug, realm: vm.realm.is_some() };
+    let mut measurer = crate::security::measurer_as(flags, vcpus, entry_pc, x0);
     let mut failed = None;
     // Leaves are 4 KiB pages: measure runs contiguous in both address
     // spaces at once, so each needs one temporary EL2 mapping, not one per
@@ -504,6 +519,35 @@ pub fn map_guest_page(vm: &mut Vm, ipa: u64, pa: u64) {
         crate::power_off();
     }
     arch::dsb_ishst();
+}
+
+/// Maps host-checked page `pa` at guest page `ipa` (nothing mapped there)
+/// in the VM's stage 2, for a realm's RIPAS change (`crate::rsi`). `check`
+/// is `true` to ask only whether the tables it needs are there.
+pub fn map_realm_page(vm: &mut Vm, ipa: u64, pa: u64, check: bool) -> Result<(), Error> {
+    let page = ipa & !(PAGE_SIZE - 1);
+    let end = page.checked_add(PAGE_SIZE).ok_or(Error::Range)?;
+    if end > ipa_limit() {
+        return Err(Error::Range);
+    }
+    if vm.stage2.translation().available() < tables_needed(page, PAGE_SIZE) {
+        return Err(Error::NoMemory);
+    }
+    if check {
+        return Ok(());
+    }
+    let region = MemoryRegion::new(page as usize, end as usize);
+    if let Err(e) =
+        vm.stage2.map_range(&region, PhysicalAddress(pa as usize), guest_ram(), Constraints::NO_BLOCK_MAPPINGS)
+    {
+        // Checked above: only a broken invariant gets here.
+        crate::println!("VM stage-2 map of a realm page failed after its checks: {e}; stopping");
+        crate::power_off();
+    }
+    // An invalid entry became valid: no TLB entry can exist for it; the
+    // store must be visible to the walkers before the guest retries.
+    arch::dsb_ishst();
+    Ok(())
 }
 
 /// Runs a guest's page transition on the page behind `ipa`. With `unmap`,

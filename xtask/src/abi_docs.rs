@@ -38,6 +38,16 @@ mod tests {
     }
 
     #[test]
+    fn every_rsi_call_is_documented_with_its_id() {
+        let doc = abi_md();
+        for call in rampart_abi::rsi::RsiCall::ALL {
+            let line = row(&doc, call.name()).unwrap_or_else(|| panic!("docs/abi.md lacks {}", call.name()));
+            let id = format!("`{:#010X}`", call.id()).replace("0X", "0x");
+            assert!(line.contains(&id), "{}: docs/abi.md row `{line}` lacks {id}", call.name());
+        }
+    }
+
+    #[test]
     fn every_exit_reason_is_documented_with_its_value() {
         let doc = abi_md();
         for reason in rampart_abi::host::ExitReason::ALL {

@@ -348,6 +348,64 @@ pub fn verify_console(console: &str) -> Result<String> {
     ))
 }
 
+/// issue 12: verifies the `realm` guest's CCA token (`GUEST-CCA-TOKEN` /
+/// `GUEST-CCA-CHALLENGE` lines) in `console` with `rampart attest-verify`:
+/// the platform key the device secret gives, the guest's challenge, its
+/// signed measurement as the RIM and the hypervisor's boot-log measurement
+/// as its software component; then checks that one flipped byte (in the
+/// realm token's signature, the last byte) makes it refuse the token.
+/// `Ok(None)` if the console has no token (the test host's `realm-rsi`
+/// check fails on its own when the guest printed none).
+pub fn verify_cca_console(console: &str) -> Result<Option<String>> {
+    let find = |prefix: &str| {
+        console
+            .lines()
+            .rev()
+            .find_map(|l| l.split_once(prefix).map(|(_, rest)| rest.trim().to_string()))
+    };
+    // The token comes in lines of 256 bytes, in order.
+    let token: String = console
+        .lines()
+        .filter_map(|l| l.split_once("GUEST-CCA-TOKEN ").map(|(_, rest)| rest.trim()))
+        .collect();
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let challenge = find("GUEST-CCA-CHALLENGE ").context("GUEST-CCA-TOKEN without GUEST-CCA-CHALLENGE")?;
+    let log = parse_log(console);
+    let hypervisor = log.boot_measurement.context("no `rampart: hypervisor measurement` line in the boot log")?;
+    let platform = DeviceSecret::from_bytes(&device_secret()?).cca_platform_key()?.public_key();
+    let platform = hex(&rampart_attest::cca::public_key_bytes(&platform));
+    let rim = hex(&crate::guests::measurement("realm")?.0);
+    let verify = |token: &str| -> Result<std::process::Output> {
+        Command::new(cli()?)
+            .args(["attest-verify", "--report-hex", token, "--platform-key", &platform])
+            .args(["--measurement", &rim, "--nonce", &challenge, "--hypervisor-measurement", &hypervisor])
+            .output()
+            .context("running rampart attest-verify")
+    };
+    let output = verify(&token)?;
+    if !output.status.success() {
+        bail!(
+            "rampart attest-verify refused the realm's CCA token ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let mut flipped = parse_hex(&token).context("GUEST-CCA-TOKEN")?;
+    if let Some(last) = flipped.last_mut() {
+        *last ^= 1;
+    }
+    if verify(&hex(&flipped))?.status.success() {
+        bail!("rampart attest-verify accepted the realm's CCA token with its last byte flipped");
+    }
+    Ok(Some(format!(
+        "realm CCA token verified ({} bytes: platform key, challenge, RIM {rim}, hypervisor measurement), refused with one byte flipped",
+        token.len() / 2
+    )))
+}
+
 /// The bundle `name` signed by the development key, and by the untrusted
 /// key (`vb-refuse-wrong-key`).
 pub fn sign(manifest: &rampart_attest::Manifest, image: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {

@@ -25,7 +25,7 @@ const MIB: u64 = 1 << 20;
 /// Every test guest: its short name (and binary file name), package, and
 /// the memory size and vCPU count the test host's VMM gives it (the signed
 /// manifest; protected, entry offset 0).
-pub const GUESTS: [(&str, &str, u64, u32); 12] = [
+pub const GUESTS: [(&str, &str, u64, u32); 13] = [
     ("hello", "rampart-guest-hello", MIB, 1),
     ("memtest", "rampart-guest-memtest", 2 * MIB, 1),
     ("share", "rampart-guest-share", MIB, 1),
@@ -43,6 +43,8 @@ pub const GUESTS: [(&str, &str, u64, u32); 12] = [
     ("count", "rampart-guest-count", MIB / 4, 1),
     // issue 14: sealed swap (`rampart-vmm run --swap`, linux-vmm/swap).
     ("swap", "rampart-guest-swap", MIB, 1),
+    // issue 12: the realm guest (RSI); the test host creates it as a realm.
+    ("realm", "rampart-guest-realm", MIB, 1),
 ];
 
 /// The manifest guest `name` is signed for.
@@ -58,6 +60,8 @@ pub fn manifest(name: &str) -> Result<Manifest> {
         flags: VmFlags {
             protected: true,
             debug: false,
+            // issue 12: the realm guest is signed as a realm.
+            realm: name == "realm",
         },
     })
 }

@@ -436,7 +436,10 @@ fn testhost_run_machine(m: &Machine, smp: u32, timeout: Duration) -> Result<(Run
             "sealing keys changed across boots: fingerprints {earlier:?} then {sealing:?}"
         ))),
     };
-    let summary = format!("{checks}; {attested}; sealing keys: {across}");
+    // issue 12: the realm guest's CCA token, verified here too.
+    let cca = attest::verify_cca_console(&run.console).map_err(|e| anyhow::anyhow!(run.failure(&format!("{e:#}"))))?;
+    let cca = cca.map(|c| format!("; {c}")).unwrap_or_default();
+    let summary = format!("{checks}; {attested}; sealing keys: {across}{cca}");
     Ok((run, summary))
 }
 

@@ -623,8 +623,9 @@ impl VcpuRef {
 }
 
 /// `VM_CREATE`'s `x3`: bit 0 = protected; bit 1 = debug (measured and
-/// reported, so a verifier can refuse it); bits 15:8 = the number of vCPUs
-/// (1 to [`MAX_VCPUS`]); every other bit must be zero.
+/// reported, so a verifier can refuse it); bit 2 = realm (the guest ABI is
+/// RSI, [`crate::rsi`], through `SMC`; only with bit 0); bits 15:8 = the
+/// number of vCPUs (1 to [`MAX_VCPUS`]); every other bit must be zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VmConfig {
     /// The host may not read or write the VM's memory or registers.
@@ -633,6 +634,26 @@ pub struct VmConfig {
     pub debug: bool,
     /// How many vCPUs the VM may have.
     pub max_vcpus: u64,
+}
+
+impl VmConfig {
+    /// Bit 2: a realm VM (guest ABI RSI over SMC instead of KVM/pKVM over
+    /// HVC); only for a protected VM.
+    pub const REALM: u64 = 4;
+
+    /// Whether `x3` of `VM_CREATE` asks for a realm VM (bit 2). Decoded
+    /// apart from [`VmConfig::decode`] so that the struct stays as it is.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidParameter` for the realm bit without the protected bit.
+    pub const fn decode_realm(bits: u64) -> Result<bool, crate::Error> {
+        let realm = bits & Self::REALM != 0;
+        if realm && bits & Self::PROTECTED == 0 {
+            return Err(crate::Error::InvalidParameter);
+        }
+        Ok(realm)
+    }
 }
 
 impl VmConfig {
@@ -656,7 +677,7 @@ impl VmConfig {
     /// `InvalidParameter` for reserved bits or a vCPU count out of range.
     pub fn decode(bits: u64) -> Result<Self, crate::Error> {
         let max_vcpus = (bits >> 8) & 0xff;
-        if bits & !0xff03 != 0 || max_vcpus == 0 || max_vcpus > MAX_VCPUS {
+        if bits & !0xff07 != 0 || max_vcpus == 0 || max_vcpus > MAX_VCPUS || Self::decode_realm(bits).is_err() {
             return Err(crate::Error::InvalidParameter);
         }
         Ok(VmConfig {
@@ -880,7 +901,13 @@ mod decode_tests {
             0x201
         );
         assert_eq!(VmConfig::decode(0x203).map(|c| c.debug), Ok(true));
-        for bad in [0x001, 0x901, 0x10201, 0x205] {
+        // Bit 2 (realm) only with bit 0 (protected).
+        assert_eq!(VmConfig::decode(0x105).map(|c| c.protected), Ok(true));
+        assert_eq!(VmConfig::decode_realm(0x105), Ok(true));
+        assert_eq!(VmConfig::decode_realm(0x101), Ok(false));
+        assert_eq!(VmConfig::decode(0x104), Err(crate::Error::InvalidParameter));
+        assert_eq!(VmConfig::decode(0x10c), Err(crate::Error::InvalidParameter));
+        for bad in [0x001, 0x901, 0x10201, 0x209, 0x204] {
             assert_eq!(
                 HostRequest::decode(&regs18([0xC600_8010, 0x4800_0000, 12, bad, 0])),
                 Err(Error::InvalidParameter),

@@ -19,6 +19,7 @@ pub mod error;
 pub mod guest;
 pub mod host;
 mod id_table;
+pub mod rsi;
 pub mod smccc;
 
 pub use error::Error;

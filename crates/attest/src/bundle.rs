@@ -430,6 +430,7 @@ mod tests {
             flags: VmFlags {
                 protected: true,
                 debug: false,
+                realm: false,
             },
         }
     }

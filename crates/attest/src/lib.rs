@@ -61,7 +61,7 @@
 //! # Hypervisor-side use
 //! ```
 //! use rampart_attest::*;
-//! # let (config_flags, vcpus, pc, x0) = (VmFlags { protected: true, debug: false }, 1, GUEST_RAM_BASE, 4096);
+//! # let (config_flags, vcpus, pc, x0) = (VmFlags { protected: true, debug: false, realm: false }, 1, GUEST_RAM_BASE, 4096);
 //! # let pages: [(u64, [u8; PAGE_SIZE]); 1] = [(GUEST_RAM_BASE, [0; PAGE_SIZE])];
 //! # let signing = SigningKey::from_bytes(&[7; 32]);
 //! # let trusted = [signing.verifying_key()];

@@ -191,6 +191,7 @@ mod tests {
             flags: VmFlags {
                 protected: true,
                 debug: false,
+                realm: false,
             },
         }
     }

@@ -54,7 +54,8 @@ impl fmt::Debug for Measurement {
 }
 
 /// A VM's flags, as measured, signed (bundle offset 12) and reported (claim
-/// 5): bit 0 = protected, bit 1 = debug, every other bit reserved (zero).
+/// 5): bit 0 = protected, bit 1 = debug, bit 2 = realm (guest ABI RSI; only
+/// with bit 0), every other bit reserved (zero).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct VmFlags {
     /// The host may not read or write the VM's memory or registers.
@@ -62,6 +63,10 @@ pub struct VmFlags {
     /// The VM was configured for debugging (a verifier should not trust it
     /// with production secrets).
     pub debug: bool,
+    /// issue 12: the VM's guest ABI is the Realm Services Interface (a
+    /// realm VM, `VM_CREATE` config bit 2), not KVM/pKVM's calls. Measured,
+    /// so an image signed for one ABI never runs under the other.
+    pub realm: bool,
 }
 
 impl VmFlags {
@@ -69,25 +74,30 @@ impl VmFlags {
     pub const PROTECTED: u32 = 1 << 0;
     /// Bit 1: debug.
     pub const DEBUG: u32 = 1 << 1;
+    /// Bit 2: realm (only with [`VmFlags::PROTECTED`]).
+    pub const REALM: u32 = 1 << 2;
     /// Every defined bit.
-    pub const KNOWN: u32 = Self::PROTECTED | Self::DEBUG;
+    pub const KNOWN: u32 = Self::PROTECTED | Self::DEBUG | Self::REALM;
 
     /// The encoded bits.
     #[must_use]
     pub const fn bits(self) -> u32 {
         (if self.protected { Self::PROTECTED } else { 0 })
             | (if self.debug { Self::DEBUG } else { 0 })
+            | (if self.realm { Self::REALM } else { 0 })
     }
 
-    /// Decodes bits; `None` if a reserved bit is set.
+    /// Decodes bits; `None` if a reserved bit is set, or realm without
+    /// protected.
     #[must_use]
     pub const fn from_bits(bits: u32) -> Option<Self> {
-        if bits & !Self::KNOWN != 0 {
+        if bits & !Self::KNOWN != 0 || (bits & Self::REALM != 0 && bits & Self::PROTECTED == 0) {
             return None;
         }
         Some(VmFlags {
             protected: bits & Self::PROTECTED != 0,
             debug: bits & Self::DEBUG != 0,
+            realm: bits & Self::REALM != 0,
         })
     }
 }
@@ -213,6 +223,7 @@ mod tests {
             flags: VmFlags {
                 protected: true,
                 debug: false,
+                realm: false,
             },
             vcpus: 2,
             entry_pc: 0x8000_0000,
@@ -298,6 +309,7 @@ mod tests {
                     flags: VmFlags {
                         protected: false,
                         debug: false,
+                        realm: false,
                     },
                     ..base
                 },
@@ -309,6 +321,7 @@ mod tests {
                     flags: VmFlags {
                         protected: true,
                         debug: true,
+                        realm: false,
                     },
                     ..base
                 },
@@ -351,10 +364,27 @@ mod tests {
 
     #[test]
     fn flags_round_trip_and_reject_reserved_bits() {
-        for bits in 0..4 {
+        for bits in [0, 1, 2, 3, 5, 7] {
             assert_eq!(VmFlags::from_bits(bits).unwrap().bits(), bits);
         }
+        // Realm (bit 2) only with protected (bit 0); bit 3 is reserved.
         assert_eq!(VmFlags::from_bits(4), None);
+        assert_eq!(VmFlags::from_bits(6), None);
+        assert_eq!(VmFlags::from_bits(8), None);
         assert_eq!(VmFlags::from_bits(0x8000_0001), None);
+    }
+
+    #[test]
+    fn the_realm_bit_is_measured() {
+        // issue 12: the same image and entry state as a realm VM and as a
+        // pKVM VM measure differently.
+        let pkvm = InitialState {
+            flags: VmFlags { protected: true, debug: false, realm: false },
+            vcpus: 1,
+            entry_pc: 0x8000_0000,
+            x0: 0x10_0000,
+        };
+        let realm = InitialState { flags: VmFlags { realm: true, ..pkvm.flags }, ..pkvm };
+        assert_ne!(Measurer::new(&pkvm).finish(), Measurer::new(&realm).finish());
     }
 }

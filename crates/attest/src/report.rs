@@ -457,6 +457,7 @@ mod tests {
             flags: VmFlags {
                 protected: true,
                 debug: false,
+                realm: false,
             },
         }
     }
@@ -531,6 +532,7 @@ mod tests {
                 flags: VmFlags {
                     protected: true,
                     debug: true,
+                    realm: false,
                 },
                 ..claims()
             },

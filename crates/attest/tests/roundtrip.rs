@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use rampart_attest::*;
 
 fn flags() -> impl Strategy<Value = VmFlags> {
-    (any::<bool>(), any::<bool>()).prop_map(|(protected, debug)| VmFlags { protected, debug })
+    (any::<bool>(), any::<bool>()).prop_map(|(protected, debug)| VmFlags { protected, debug, realm: false })
 }
 
 /// A valid manifest and an image it fits.

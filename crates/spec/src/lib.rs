@@ -1129,6 +1129,36 @@ impl<'a> Spec<'a> {
         }
     }
 
+    /// issue 12: a realm VM's `RSI_IPA_STATE_SET` moved guest page `from`
+    /// to `to` (its other IPA half) at physical page `pa`: RAM -> EMPTY
+    /// (`shared`: the guest's own page becomes shared with the host) or
+    /// EMPTY -> RAM (back to the guest alone), zeroed either way
+    /// (`docs/abi.md`, "Realm guests (RSI)"). Moves the VM's run and returns
+    /// the page's change for [`Spec::commit`]; `None` (a violation) if the
+    /// specification did not have `pa` at `from` in the state the change
+    /// needs, and then nothing changes.
+    pub fn realm_ripas_moved(&mut self, slot: usize, from: u64, to: u64, pa: u64, shared: bool) -> Option<Prediction> {
+        let s = u8::try_from(slot).ok()?;
+        let need = if shared { Page::Vm(s) } else { Page::VmSharedHost(s) };
+        if self.page(pa)? != need {
+            return None;
+        }
+        let vm = self.vms.get_mut(slot)?.as_mut()?;
+        if !vm.imprecise && (vm.translate(from) != Some(pa) || vm.translate(to).is_some()) {
+            return None;
+        }
+        vm.remove_page(from);
+        vm.add_run(Run { ipa: to, pa, pages: 1 });
+        Some(Prediction {
+            allowed: Outcomes::success(),
+            effect: Effect::SetPages {
+                range: PageRange::new(pa, 1).ok()?,
+                to: if shared { Page::VmSharedHost(s) } else { Page::Vm(s) },
+                zero: true,
+            },
+        })
+    }
+
     /// Predicts guest call `function` with `x1`..`x3` from the VM in
     /// `slot`; `None` for calls that change no ownership. `concrete_pa` is
     /// the page the VM's real stage 2 maps at `x1`, used only when the

@@ -1052,4 +1052,37 @@ fn sealed_swap_moves_pages_like_relinquish_and_donate() {
     assert_eq!(s.page(page(61)), Some(Page::Vm(slot)));
     // Mapped again: a second restore cannot succeed.
     assert!(run(&mut s, HostCall::VmRestore, &restore(60, 62), 0, 0).is_err());
+/// issue 12: a realm's RIPAS changes move a page between its two IPA
+/// halves and between `Vm` and `VmSharedHost`; a move the specification
+/// does not expect is refused and changes nothing.
+#[test]
+fn realm_ripas_moves_follow_the_page() {
+    let mut s = spec();
+    let vm = create(&mut s, 100, true);
+    run(&mut s, HostCall::VmDonate, &[vm, page(200), 2, 0x8000_0000], 0, 0).unwrap();
+    let shared_bit = 1u64 << 39;
+    let alias = 0x8000_1000 | shared_bit;
+    // RAM -> EMPTY.
+    let p = s.realm_ripas_moved(0, 0x8000_1000, alias, page(201), true).unwrap();
+    let mut zero = 0;
+    s.must_be_zero(&p.effect, &mut |_, n| zero += n);
+    assert_eq!(zero, 1);
+    s.commit(&p, 0, 0).unwrap();
+    assert_eq!(s.page(page(201)), Some(Page::VmSharedHost(0)));
+    let v = s.vms[0].as_ref().unwrap();
+    assert_eq!(v.translate(0x8000_1000), None);
+    assert_eq!(v.translate(alias), Some(page(201)));
+    assert_eq!(v.translate(0x8000_0000), Some(page(200)));
+    // Again, or the wrong page, or the other VM page: refused, no change.
+    assert!(s.realm_ripas_moved(0, 0x8000_1000, alias, page(201), true).is_none());
+    assert!(s.realm_ripas_moved(0, 0x8000_0000, 0x8000_0000 | shared_bit, page(201), true).is_none());
+    assert!(s.realm_ripas_moved(0, alias, 0x8000_1000, page(200), false).is_none());
+    assert_eq!(s.vms[0].as_ref().unwrap().translate(alias), Some(page(201)));
+    // EMPTY -> RAM.
+    let p = s.realm_ripas_moved(0, alias, 0x8000_1000, page(201), false).unwrap();
+    s.commit(&p, 0, 0).unwrap();
+    assert_eq!(s.page(page(201)), Some(Page::Vm(0)));
+    let v = s.vms[0].as_ref().unwrap();
+    assert_eq!(v.translate(alias), None);
+    assert_eq!(v.translate(0x8000_1000), Some(page(201)));
 }

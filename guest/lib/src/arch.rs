@@ -637,6 +637,11 @@ fn is_hvc(instruction: u32) -> bool {
     instruction & 0xffe0_001f == 0xd400_0002
 }
 
+/// `SMC #imm`: `0xd4000003 | imm16 << 5`.
+fn is_smc(instruction: u32) -> bool {
+    instruction & 0xffe0_001f == 0xd400_0003
+}
+
 fn instruction_at(addr: u64) -> u32 {
     if !addr.is_multiple_of(4) {
         return 0;
@@ -661,6 +666,11 @@ extern "C" fn handle_exception(frame: &mut Frame) {
             TRAP_ELR[cpu].store(trap.elr, Ordering::SeqCst);
             TRAPPED[cpu].store(true, Ordering::SeqCst);
             ARMED[cpu].store(false, Ordering::SeqCst);
+            frame.elr += 4;
+        }
+        VECTOR_SYNC_EL1H if trap.is_undefined() && is_smc(instruction_at(trap.elr)) => {
+            // No EL2 or EL3 to take it (plain QEMU): NOT_SUPPORTED.
+            frame.x[0] = u64::MAX;
             frame.elr += 4;
         }
         VECTOR_SYNC_EL1H if trap.is_undefined() && is_hvc(instruction_at(trap.elr)) => {

@@ -11,7 +11,8 @@ use rampart_abi::guest::{GuestCall, psci as ids, trng as trng_ids};
 pub fn call(function: u32, args: [u64; 3]) -> [u64; 4] {
     let mut all = [0; 17];
     all[..3].copy_from_slice(&args);
-    let r = smccc::hvc64(function, all);
+    // A realm's conduit is SMC (`crate::realm`).
+    let r = if crate::realm() { smccc::smc64(function, all) } else { smccc::hvc64(function, all) };
     [r[0], r[1], r[2], r[3]]
 }
 

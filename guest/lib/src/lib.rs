@@ -78,6 +78,14 @@ pub fn default_secondary(_index: usize) {}
 
 static NO_HYPERVISOR: AtomicBool = AtomicBool::new(false);
 static PROTECTED: AtomicBool = AtomicBool::new(false);
+static REALM: AtomicBool = AtomicBool::new(false);
+
+/// Whether the guest runs as a realm VM: every `HVC` is refused and
+/// `SMC` `RSI_VERSION` (1.0) succeeds (`rampart_abi::rsi`). A realm is
+/// protected too.
+pub fn realm() -> bool {
+    REALM.load(Ordering::SeqCst)
+}
 
 /// Whether the guest runs as a protected VM: `KVM_FEATURES` advertises the
 /// pKVM memory calls (Rampart offers them to protected VMs only).
@@ -101,6 +109,26 @@ pub fn no_hypervisor() -> bool {
 fn start_primary(x0: u64) {
     let mapped = hvc::mmio_guard_map(abi::GUEST_UART_BASE);
     let uid = hvc::hyp_uid();
+    if uid.is_err() && !arch::hvc_undefined() {
+        // A realm refuses HVC; its calls go through SMC.
+        let version = smccc::smc64(rampart_abi::rsi::RsiCall::Version.id(), {
+            let mut args = [0; 17];
+            args[0] = rampart_abi::rsi::VERSION_1_0;
+            args
+        });
+        if version[0] == 0 && version[1] == rampart_abi::rsi::VERSION_1_0 {
+            REALM.store(true, Ordering::SeqCst);
+            PROTECTED.store(true, Ordering::SeqCst);
+            println!(
+                "rampart guest: vCPU 0 at EL{}, x0 = {x0:#x}, RAM {:#x}..{:#x}, realm VM (RSI 1.0)",
+                arch::current_el(),
+                abi::GUEST_RAM_BASE,
+                abi::GUEST_RAM_BASE + arch::ram_size(),
+            );
+            report::pass("hypervisor");
+            return;
+        }
+    }
     NO_HYPERVISOR.store(uid.is_err() || arch::hvc_undefined(), Ordering::SeqCst);
     PROTECTED.store(
         !no_hypervisor() && hvc::kvm_has(abi::kvm_function::MEM_SHARE),

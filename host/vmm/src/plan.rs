@@ -192,6 +192,7 @@ pub(crate) mod tests {
             flags: VmFlags {
                 protected,
                 debug: false,
+                realm: false,
             },
         };
         Bundle::build(&manifest, image, &SigningKey::from_bytes(&[7; 32])).unwrap()

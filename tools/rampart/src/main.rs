@@ -162,6 +162,7 @@ fn sign(args: &cli::SignArgs) -> Outcome {
         flags: VmFlags {
             protected: !args.no_protected,
             debug: args.debug,
+            realm: false,
         },
     };
     let bundle = Bundle::build(&manifest, &image, &key).map_err(|error| {

@@ -43,6 +43,7 @@ fn manifest() -> Manifest {
         flags: VmFlags {
             protected: true,
             debug: false,
+            realm: false,
         },
     }
 }

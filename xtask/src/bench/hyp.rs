@@ -458,7 +458,7 @@ fn sign_configuration(guest: &[u32], memory_size: u64, key: &rampart_attest::Sig
         memory_size,
         vcpus: 1,
         entry_offset: 0,
-        flags: VmFlags { protected: true, debug: false },
+        flags: VmFlags { protected: true, debug: false, realm: false },
     };
     let measurement = measure_image(&manifest, &image).map_err(|e| anyhow::anyhow!("bench guest manifest: {e}"))?;
     Ok(sign_measurement(&measurement, key).to_bytes())
@@ -520,7 +520,7 @@ mod tests {
                 memory_size: size,
                 vcpus: 1,
                 entry_offset: 0,
-                flags: rampart_attest::VmFlags { protected: true, debug: false },
+                flags: rampart_attest::VmFlags { protected: true, debug: false, realm: false },
             };
             let m = rampart_attest::measure_image(&manifest, &image).unwrap();
             rampart_attest::verify_measurement(&m, key.verifying_key().as_bytes(), &sig, &[key.verifying_key()]).unwrap();

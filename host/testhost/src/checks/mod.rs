@@ -15,6 +15,7 @@ pub mod migrate;
 mod ownership;
 mod pool;
 mod ram;
+mod realm;
 pub mod reset;
 mod smccc;
 mod swap;
@@ -245,6 +246,15 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "vb-attest",
         run: vb::vb_attest,
+    },
+    // issue 12: a realm VM (RSI), before the no-leak scan.
+    Check {
+        name: "realm-rsi",
+        run: realm::realm_rsi,
+    },
+    Check {
+        name: "realm-measured",
+        run: realm::realm_measured,
     },
     Check {
         name: "vb-no-leaks",

@@ -205,7 +205,7 @@ pub fn vb_refuse_flipped_signature(p: &Platform) -> Result<(), Msg> {
 /// A VM built as `spec` (signed with the bundle's signature) must be
 /// refused with `BAD_SIGNATURE`, also after the signature is set again,
 /// and destroyed with every page zeroed.
-fn stays_refused(
+pub(super) fn stays_refused(
     p: &Platform,
     spec: Spec,
     setup: &dyn Fn(&Vm) -> Result<(), Msg>,

@@ -72,7 +72,7 @@ fn store(address: u64, value: u64) -> Result<(), Exception> {
 /// A load, a store and an instruction fetch of `page` (which the host
 /// donated) all abort; the fetch as an instruction abort (EC 0x21, IFSC
 /// 0x10, FAR = ELR = the page).
-fn expect_inaccessible(page: u64) -> Result<(), Msg> {
+pub(super) fn expect_inaccessible(page: u64) -> Result<(), Msg> {
     expect_abort(Access::Load, page)?;
     expect_abort(Access::Store, page + 8)?;
     expect_abort(Access::Load, page + PAGE - 8)?;
@@ -865,12 +865,13 @@ pub fn vm_create_bad(p: &Platform) -> Result<(), Msg> {
         max_vcpus: 1,
     };
     let min = one.min_metadata_pages();
-    let cases: [(&str, [u64; 3], i64); 7] = [
+    let cases: [(&str, [u64; 3], i64); 8] = [
         ("too few metadata pages", [m, min - 1, one.encode()], INVALID),
         ("0 vCPUs", [m, 16, 0x001], INVALID),
         ("9 vCPUs", [m, 16, 0x901], INVALID),
         ("reserved config bit 16", [m, 16, 0x1_0101], INVALID),
-        ("reserved config bit 2", [m, 16, 0x105], INVALID),
+        ("reserved config bit 3", [m, 16, 0x109], INVALID),
+        ("realm (bit 2) without protected", [m, 16, 0x104], INVALID),
         ("unaligned metadata", [m + 8, 16, one.encode()], INVALID),
         ("metadata in the carve-out", [layout.carveout.start, 16, one.encode()], DENIED),
     ];

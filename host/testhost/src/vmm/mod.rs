@@ -37,6 +37,14 @@ use crate::psci::{self, Conduit};
 use crate::ranges::Range;
 use crate::{ensure, fail, msg};
 
+/// Guests the VMM creates as realm VMs (`VM_CREATE` config bit 2, guest
+/// ABI RSI) when protected.
+pub const REALM_GUESTS: [&str; 1] = ["realm"];
+
+/// issue 12, `realm-measured`: which protected VMs are created as realms:
+/// 0 = the [`REALM_GUESTS`], 1 = none, 2 = every one.
+pub static REALM_OVERRIDE: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+
 /// Page size of every call.
 pub const PAGE: u64 = rampart_abi::host::PAGE_SIZE;
 /// Stage-2 table pages a VM gets beyond the minimum.
@@ -219,8 +227,10 @@ impl Spec {
     /// says, signed.
     pub fn signed(name: &'static str) -> Result<Spec, Msg> {
         let b = bundle(name)?;
+        // Flags 1 (protected), or 5 (protected realm) for a realm guest.
+        let realm = REALM_GUESTS.contains(&name);
         ensure!(
-            b.entry == 0 && b.flags == 1,
+            b.entry == 0 && b.flags == if realm { 5 } else { 1 },
             "{name}'s bundle is signed for entry offset {:#x} and flags {:#x}; the VMM runs guests at offset 0, protected, not debug",
             b.entry,
             b.flags
@@ -297,9 +307,20 @@ impl Vm {
             arch::ram_write(word, arch::ram_read(word) ^ 1 << (8 * (at & 7)));
         }
 
+        // issue 12: the `realm` guest runs as a realm VM (config bit 2).
+        let as_realm = match REALM_OVERRIDE.load(core::sync::atomic::Ordering::Relaxed) {
+            1 => false,
+            2 => true,
+            _ => REALM_GUESTS.contains(&spec.guest),
+        };
+        let realm = if spec.protected && as_realm {
+            VmConfig::REALM
+        } else {
+            0
+        };
         let r = call(
             HostCall::VmCreate,
-            &[metadata.start, metadata_pages, config.encode()],
+            &[metadata.start, metadata_pages, config.encode() | realm],
         );
         ensure!(
             r[0] == 0,
