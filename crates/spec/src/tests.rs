@@ -1052,6 +1052,8 @@ fn sealed_swap_moves_pages_like_relinquish_and_donate() {
     assert_eq!(s.page(page(61)), Some(Page::Vm(slot)));
     // Mapped again: a second restore cannot succeed.
     assert!(run(&mut s, HostCall::VmRestore, &restore(60, 62), 0, 0).is_err());
+}
+
 /// issue 12: a realm's RIPAS changes move a page between its two IPA
 /// halves and between `Vm` and `VmSharedHost`; a move the specification
 /// does not expect is refused and changes nothing.
