@@ -41,6 +41,7 @@
 //! fuzz: done seed=S calls=N violations=V hypercalls=H exits=E refusals=R
 //! ```
 
+mod cost;
 mod model;
 mod stream;
 
@@ -476,6 +477,8 @@ pub fn run(p: &Platform, c: Config) {
         );
         violations += r[1];
     }
+    cost::rate(cpus as usize);
+    cost::report(cpus as usize);
     fuzz_line!(
         "note channels: {} doorbell calls on another CPU's channel; {} protected fuzz guests",
         s.foreign_channel.load(Ordering::Acquire),

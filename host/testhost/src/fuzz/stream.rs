@@ -9,6 +9,7 @@ use rampart_abi::host::{
     ExitReason, HOST_FUNCTION_BASE, HostCall, MIN_STAGE2_PAGES, VmConfig, mmio,
 };
 
+use super::cost;
 use super::model::{MAX_VMS, Page, Vm};
 use super::{ORACLE_CHECK, SHARED, WINDOW_PAGES};
 use crate::arch::{self, Access, MAX_CPUS};
@@ -127,6 +128,9 @@ pub fn run(cpu: usize, extra: u64) {
         }
         st.index += 1;
         s.done[cpu].store(st.index, Ordering::Release);
+        if st.boot && st.index.is_multiple_of(cost::RATE_EVERY) {
+            cost::rate(s.cpus.load(Ordering::Relaxed) as usize);
+        }
         if st.index.is_multiple_of(PROGRESS_EVERY) {
             fuzz_line!(
                 "progress cpu={cpu} index={} hypercalls={}",
@@ -158,24 +162,30 @@ impl Stream {
     fn step(&mut self) -> Step {
         // The boot CPU waits to write into pages coming back: give it some.
         if !self.boot && SHARED.waiting.load(Ordering::SeqCst) {
-            return self.give_back_for_writer();
+            let start = arch::counter();
+            let step = self.give_back_for_writer();
+            cost::action(self.cpu, 14, arch::counter().wrapping_sub(start));
+            return step;
         }
-        match self.rng.below(100) {
-            0..=27 => self.memory_call(),
-            28..=35 => self.memory_call_interesting(),
-            36..=42 => self.vm_create(),
-            43..=46 => self.guest_vm(),
-            47..=51 => self.vm_destroy(),
-            52..=59 => self.vm_give(),
-            60..=63 => self.vcpu_create(),
-            64..=75 => self.vcpu_run(),
-            76..=79 => self.vcpu_poke(),
-            80..=82 => self.signature(),
-            83..=86 => self.misc(),
-            87..=92 => self.bad_handle(),
-            93 if self.boot => self.write_returned(),
-            _ => self.touch(),
-        }
+        let start = arch::counter();
+        let (kind, step) = match self.rng.below(100) {
+            0..=27 => (0, self.memory_call()),
+            28..=35 => (1, self.memory_call_interesting()),
+            36..=42 => (2, self.vm_create()),
+            43..=46 => (3, self.guest_vm()),
+            47..=51 => (4, self.vm_destroy()),
+            52..=59 => (5, self.vm_give()),
+            60..=63 => (6, self.vcpu_create()),
+            64..=75 => (7, self.vcpu_run()),
+            76..=79 => (8, self.vcpu_poke()),
+            80..=82 => (9, self.signature()),
+            83..=86 => (10, self.misc()),
+            87..=92 => (11, self.bad_handle()),
+            93 if self.boot => (12, self.write_returned()),
+            _ => (13, self.touch()),
+        };
+        cost::action(self.cpu, kind, arch::counter().wrapping_sub(start));
+        step
     }
 
     // ----- calls, history and failures -----
@@ -187,11 +197,13 @@ impl Stream {
         cur[1].store(args.first().copied().unwrap_or(0), Ordering::Relaxed);
         cur[2].store(self.index, Ordering::Relaxed);
         cur[0].store(u64::from(id), Ordering::Release);
+        let start = arch::counter();
         let r = if doorbell {
             self.doorbell(id, args)
         } else {
             psci::call_via(Conduit::Hvc, id, args)
         };
+        cost::call(self.cpu, id, arch::counter().wrapping_sub(start));
         cur[0].store(0, Ordering::Release);
         SHARED.progress[self.cpu].fetch_add(1, Ordering::Release);
         self.calls += 1;
