@@ -23,7 +23,7 @@ use crate::fuzz_line;
 pub const RATE_EVERY: u64 = 1_000;
 
 /// Action kinds ([`Stream::step`](super::stream)).
-pub const ACTIONS: [&str; 15] = [
+pub const ACTIONS: [&str; 17] = [
     "memory",
     "memory-bad",
     "vm-create",
@@ -39,6 +39,8 @@ pub const ACTIONS: [&str; 15] = [
     "write-returned",
     "touch",
     "give-back",
+    "race-owner",
+    "race-partner",
 ];
 
 /// Host calls by [`HostCall::ALL`] index, then the oracle's check, then
