@@ -705,6 +705,14 @@ impl<'a> Spec<'a> {
             .map(|b| Page::decode(*b))
     }
 
+    /// The state bytes ([`Page::encode`]), byte `i` for the page at
+    /// `span().0 + i * PAGE` (for a checker comparing all of them in one
+    /// pass).
+    #[must_use]
+    pub fn bytes(&self) -> &[u8] {
+        self.pages
+    }
+
     /// The first page of `[lo, hi)` (page-aligned `lo`) whose state
     /// satisfies `which` (`None`: a page the specification does not
     /// follow), if any. One pass over the state bytes with a table of
