@@ -255,10 +255,25 @@ impl Stream {
             own
         };
         let lock = &s.channel_lock[index as usize % 16];
+        // A CPU that stopped (an exception it did not ask for) while it
+        // held the lock would stop this one too, silently: after
+        // `STALL_MS` the call goes through `HVC` instead, and the run ends
+        // with that CPU's exception reported.
+        let limit = arch::counter_frequency().saturating_mul(super::STALL_MS) / 1000;
+        let start = arch::counter();
         while lock
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
+            if arch::counter().wrapping_sub(start) > limit {
+                fuzz_line!(
+                    "note cpu={} index={}: channel {index}'s lock was held for {} s; calling through HVC",
+                    self.cpu,
+                    self.index,
+                    super::STALL_MS / 1000
+                );
+                return psci::call_via(Conduit::Hvc, id, args);
+            }
             core::hint::spin_loop();
         }
         if index != own {
