@@ -24,7 +24,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use aarch64_paging::paging::MemoryRegion;
 use rampart_abi::host::HostCall;
-use rampart_ownership::{PageState, PhysAddr, Transition, VmId};
+use rampart_ownership::{PageState, Transition, VmId};
 use rampart_platform::{MemRange, PAGE_SIZE};
 use rampart_spec::{Effect, Page, Prediction, Spec, Violation};
 use spin::mutex::SpinMutex;
@@ -163,6 +163,47 @@ pub fn returning(m: &mut crate::memory::HostMemory, transition: Transition, rang
     });
 }
 
+/// Where the oracle's time goes (counter ticks), printed by [`check_now`]
+/// as `oracle: cost ...`: full correspondence checks, the per-event checks
+/// over the pages an event changed, the predictions, and the waits for
+/// the oracle's lock.
+struct Cost {
+    checks: AtomicU64,
+    check_ticks: AtomicU64,
+    effects: AtomicU64,
+    effect_ticks: AtomicU64,
+    predict_ticks: AtomicU64,
+    zero_ticks: AtomicU64,
+    lock_wait_ticks: AtomicU64,
+}
+
+static COST: Cost = Cost {
+    checks: AtomicU64::new(0),
+    check_ticks: AtomicU64::new(0),
+    effects: AtomicU64::new(0),
+    effect_ticks: AtomicU64::new(0),
+    predict_ticks: AtomicU64::new(0),
+    zero_ticks: AtomicU64::new(0),
+    lock_wait_ticks: AtomicU64::new(0),
+};
+
+fn now() -> u64 {
+    crate::arch::cache::counter()
+}
+
+/// Adds the ticks since `start` to `to`.
+fn spent(to: &AtomicU64, start: u64) {
+    to.fetch_add(now().wrapping_sub(start), Ordering::Relaxed);
+}
+
+/// Takes the oracle's lock, counting the wait.
+fn lock() -> spin::mutex::SpinMutexGuard<'static, Oracle> {
+    let start = now();
+    let guard = ORACLE.lock();
+    spent(&COST.lock_wait_ticks, start);
+    guard
+}
+
 /// Per CPU: the guest called `PSCI_CPU_OFF` during its current run.
 static STOPPED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 static EVENTS: AtomicU64 = AtomicU64::new(0);
@@ -219,7 +260,7 @@ pub fn host_call(regs: &mut [u64; 18], run: fn(&mut [u64; 18])) {
     if function == HostCall::VcpuRun.id() {
         return vcpu_run(regs, run);
     }
-    let mut o = ORACLE.lock();
+    let mut o = lock();
     if !o.ready {
         drop(o);
         return run(regs);
@@ -230,7 +271,9 @@ pub fn host_call(regs: &mut [u64; 18], run: fn(&mut [u64; 18])) {
     // Sealed swap: the page VM_EVICT names, for a VM whose layout the
     // specification lost.
     o.spec.set_swap_pa((function == HostCall::VmEvict.id()).then(|| crate::swap::oracle_translate(sent[1], sent[2])).flatten());
+    let start = now();
     let prediction = o.spec.predict_host(&sent);
+    spent(&COST.predict_ticks, start);
     returned_clear();
     run(regs);
     let name = HostCall::try_from(function).map_or("unknown", HostCall::name);
@@ -280,7 +323,7 @@ pub fn bind(
 /// `VCPU_RUN`: predicted and claimed under the lock, which the run keeps
 /// until it enters the guest ([`entering`]); checked after the exit.
 fn vcpu_run(regs: &mut [u64; 18], run: fn(&mut [u64; 18])) {
-    let mut o = ORACLE.lock();
+    let mut o = lock();
     if !o.ready {
         drop(o);
         return run(regs);
@@ -315,7 +358,7 @@ fn vcpu_run(regs: &mut [u64; 18], run: fn(&mut [u64; 18])) {
     };
     let mut o = match still {
         Some(held) => held.guard,
-        None => ORACLE.lock(),
+        None => lock(),
     };
     EVENTS.fetch_add(1, Ordering::Relaxed);
     let (went_in, off) = (
@@ -399,7 +442,7 @@ pub fn guest_call<T>(
     use rampart_abi::guest::GuestCall as G;
     #[allow(clippy::cast_possible_truncation, reason = "the function ID is w0")]
     let function = regs[0] as u32;
-    let mut o = ORACLE.lock();
+    let mut o = lock();
     if !o.ready {
         drop(o);
         return run(regs);
@@ -412,9 +455,11 @@ pub fn guest_call<T>(
     });
     let rng = crate::BOOT.get().is_some_and(|b| b.config.features.rng);
     o.spec.set_pool(Some(crate::mm::pool_available()));
+    let start = now();
     let prediction = o
         .spec
         .predict_guest_call(slot, index, function, args, concrete, rng);
+    spent(&COST.predict_ticks, start);
     returned_clear();
     let out = run(regs);
     if let Some(prediction) = prediction {
@@ -471,7 +516,7 @@ pub fn realm_ipa_state_set<T>(
                 if let Err(v) = o.spec.commit(&prediction, 0, 0) {
                     violation!("RSI_IPA_STATE_SET {from:#x} -> {to:#x} (page {pa:#x}) of VM slot {slot}: {}", Shown(&v, &prediction));
                 }
-                check_effect(&o.spec, &prediction.effect);
+                check_effect(&o.spec, &prediction.effect, &Ranges::new());
                 o.since_check += 1;
             }
             None => violation!(
@@ -494,6 +539,7 @@ fn settle(
     report: &mut dyn FnMut(&dyn core::fmt::Display),
 ) {
     EVENTS.fetch_add(1, Ordering::Relaxed);
+    let start = now();
     if x0 == 0 && prediction.allowed.allows_success() {
         // Pages noted at the moment they went back ([`returning`]).
         let (nonzero, count) = RETURNED
@@ -516,11 +562,22 @@ fn settle(
                 }
             });
     }
+    spent(&COST.zero_ticks, start);
+    // A VM's teardown changes only the pages it held: noted before the
+    // commit forgets whose they were.
+    let mut held = Ranges::new();
+    if x0 == 0
+        && let Effect::DestroyVm { slot } = prediction.effect
+    {
+        o.spec.vm_pages(slot, &mut |start, pages| {
+            held.add(start, start.saturating_add(pages.saturating_mul(PAGE_SIZE)));
+        });
+    }
     if let Err(v) = o.spec.commit(prediction, x0, x1) {
         report(&Shown(&v, prediction));
     }
     if x0 == 0 {
-        check_effect(&o.spec, &prediction.effect);
+        check_effect(&o.spec, &prediction.effect, &held);
     }
     // Only events that may change the abstract state count towards the next
     // correspondence check: a guest spinning on PSCI or SMCCC queries would
@@ -539,7 +596,7 @@ fn settle(
 /// `RAMPART_HOST_ORACLE_CHECK`: the correspondence check now; returns
 /// (violations, events) since boot.
 pub fn check_now() -> (u64, u64) {
-    let mut o = ORACLE.lock();
+    let mut o = lock();
     if o.ready {
         correspondence(&mut o);
     }
@@ -548,6 +605,20 @@ pub fn check_now() -> (u64, u64) {
         EVENTS.load(Ordering::Relaxed),
     );
     println!("oracle: checked {e} events, {v} violations");
+    let ms = |t: &AtomicU64| {
+        t.load(Ordering::Relaxed).saturating_mul(1000)
+            / crate::arch::cache::counter_frequency().max(1)
+    };
+    println!(
+        "oracle: cost checks={} check_ms={} effect_checks={} effect_ms={} predict_ms={} zero_ms={} lock_wait_ms={}",
+        COST.checks.load(Ordering::Relaxed),
+        ms(&COST.check_ticks),
+        COST.effects.load(Ordering::Relaxed),
+        ms(&COST.effect_ticks),
+        ms(&COST.predict_ticks),
+        ms(&COST.zero_ticks),
+        ms(&COST.lock_wait_ticks)
+    );
     (v, e)
 }
 
@@ -592,14 +663,14 @@ fn walk<T, R>(
     });
 }
 
-/// Calls `note(pa, mapped)` for every page of `[start, end)`, in order,
-/// saying whether `table` maps it; `on_table(pa)` for every table page the
-/// walk passes through.
-fn for_each_page<T, R>(
+/// Calls `note(lo, hi, mapped)` for `[start, end)` cut into ranges that
+/// `table` maps (leaf by leaf) or does not map (each gap), in order;
+/// `on_table(pa)` for every table page the walk passes through.
+fn for_each_run<T, R>(
     table: &aarch64_paging::Mapping<T, R>,
     start: u64,
     end: u64,
-    note: &mut dyn FnMut(u64, bool),
+    note: &mut dyn FnMut(u64, u64, bool),
     on_table: &mut dyn FnMut(u64),
 ) where
     T: aarch64_paging::paging::Translation<R::Attributes>,
@@ -612,20 +683,16 @@ fn for_each_page<T, R>(
             return;
         }
         let (s, e) = (s.max(start), e.min(end));
-        while cursor < s {
-            note(cursor, false);
-            cursor += PAGE_SIZE;
+        if cursor < s {
+            note(cursor, s, false);
         }
-        let mut pa = s;
-        while pa < e {
-            note(pa, true);
-            pa += PAGE_SIZE;
+        if s < e {
+            note(s, e, true);
         }
         cursor = cursor.max(e);
     });
-    while cursor < end {
-        note(cursor, false);
-        cursor += PAGE_SIZE;
+    if cursor < end {
+        note(cursor, end, false);
     }
 }
 
@@ -635,23 +702,40 @@ fn for_each_page<T, R>(
 /// Sections 1 to 3 of the correspondence check over `[lo, hi)`: the
 /// ownership table, the host stage 2 and the EL2 stage 1.
 fn check_memory(spec: &Spec<'_>, m: &crate::memory::HostMemory, lo: u64, hi: u64) {
-    // 1. The ownership table.
+    // 1. The ownership table: one pass over the abstract state's bytes and
+    // the table's entries side by side; a pair equal to the last one that
+    // matched needs no decoding (most of RAM is long runs of one state).
     let (base, pages) = spec.span();
     let mut bad = 0u64;
     let first = lo.max(base);
-    let last = hi.min(base + pages * PAGE_SIZE);
-    for pa in (first..last).step_by(PAGE_SIZE as usize) {
-        let (Some(page), Ok(state)) = (spec.page(pa), m.table.page_state(PhysAddr(pa))) else {
-            continue;
-        };
-        if !expected(page, state) {
-            if bad == 0 {
-                violation!(
-                    "page {pa:#x}: the specification says {page:?}, the ownership table {state:?}"
-                );
+    let last = hi.min(base.saturating_add(pages.saturating_mul(PAGE_SIZE)));
+    let entries = m.table.entries();
+    let table_base = m.table.base().0;
+    let mut matched: Option<(u32, u8)> = None;
+    let mut pa = first;
+    while pa < last {
+        let (i, j) = ((pa - base) / PAGE_SIZE, (pa / PAGE_SIZE).wrapping_sub(table_base));
+        let pair = usize::try_from(i)
+            .ok()
+            .and_then(|i| spec.bytes().get(i))
+            .zip(usize::try_from(j).ok().and_then(|j| entries.get(j)));
+        if let Some((&byte, entry)) = pair
+            && matched != Some((entry.bits(), byte))
+            && let Some(state) = entry.decode()
+        {
+            let page = Page::decode(byte);
+            if expected(page, state) {
+                matched = Some((entry.bits(), byte));
+            } else {
+                if bad == 0 {
+                    violation!(
+                        "page {pa:#x}: the specification says {page:?}, the ownership table {state:?}"
+                    );
+                }
+                bad += 1;
             }
-            bad += 1;
         }
+        pa += PAGE_SIZE;
     }
     if bad > 1 {
         println!(
@@ -668,13 +752,15 @@ fn check_memory(spec: &Spec<'_>, m: &crate::memory::HostMemory, lo: u64, hi: u64
         .map(|b| (b.0.max(lo), b.1.min(hi)))
     {
         let mut first: Option<(u64, bool)> = None;
-        let mut note = |pa: u64, mapped: bool| {
-            let reach = spec.page(pa).is_some_and(Page::host_reachable);
-            if reach != mapped && first.is_none() {
+        let mut note = |lo: u64, hi: u64, mapped: bool| {
+            if first.is_none()
+                && let Some(pa) =
+                    spec.first_page(lo, hi, |p| p.is_some_and(Page::host_reachable) != mapped)
+            {
                 first = Some((pa, mapped));
             }
         };
-        for_each_page(&m.stage2.0, start, end, &mut note, &mut |out| {
+        for_each_run(&m.stage2.0, start, end, &mut note, &mut |out| {
             if !matches!(spec.page(out), None | Some(Page::HypOwn)) {
                 violation!("host stage-2 table at {out:#x} is in {:?}", spec.page(out));
             }
@@ -697,21 +783,25 @@ fn check_memory(spec: &Spec<'_>, m: &crate::memory::HostMemory, lo: u64, hi: u64
         .map(|b| (b.0.max(lo), b.1.min(hi)))
     {
         let mut first: Option<(u64, bool)> = None;
-        let mut note = |pa: u64, mapped: bool| {
-            let page = spec.page(pa);
-            let forbidden = matches!(
-                page,
-                Some(Page::Host | Page::Vm(_) | Page::VmSharedHost(_) | Page::HostSharedVm(_))
-            );
-            let required = matches!(
-                page,
-                Some(Page::HostSharedHyp | Page::HostPinnedHyp | Page::HypDonated | Page::VmMeta(_))
-            );
-            if first.is_none() && ((mapped && forbidden) || (!mapped && required)) {
+        let mut note = |lo: u64, hi: u64, mapped: bool| {
+            let bad = |page: Option<Page>| {
+                let forbidden = matches!(
+                    page,
+                    Some(Page::Host | Page::Vm(_) | Page::VmSharedHost(_) | Page::HostSharedVm(_))
+                );
+                let required = matches!(
+                    page,
+                    Some(Page::HostSharedHyp | Page::HostPinnedHyp | Page::HypDonated | Page::VmMeta(_))
+                );
+                (mapped && forbidden) || (!mapped && required)
+            };
+            if first.is_none()
+                && let Some(pa) = spec.first_page(lo, hi, bad)
+            {
                 first = Some((pa, mapped));
             }
         };
-        for_each_page(&m.el2.0, start, end, &mut note, &mut |_| {});
+        for_each_run(&m.el2.0, start, end, &mut note, &mut |_| {});
         if let Some((pa, mapped)) = first {
             let what = if mapped { "maps" } else { "does not map" };
             violation!(
@@ -722,28 +812,89 @@ fn check_memory(spec: &Spec<'_>, m: &crate::memory::HostMemory, lo: u64, hi: u64
     }
 }
 
-/// After a successful event: sections 1 to 3 over the pages it changed, so a
-/// mapping that disagrees is seen at once, not only at the next full check.
-fn check_effect(spec: &Spec<'_>, effect: &Effect) {
-    let range = match *effect {
-        Effect::SetPages { range, .. } | Effect::GiveVm { range, .. } => {
-            Some((range.start(), range.end()))
+/// Physical ranges an event changed, for [`check_effect`]: at most
+/// [`Ranges::MAX`]; past that the last one grows to cover the rest (a
+/// superset: checking more pages is never wrong, only slower).
+#[derive(Clone, Copy)]
+struct Ranges {
+    ranges: [(u64, u64); Ranges::MAX],
+    count: usize,
+}
+
+impl Ranges {
+    const MAX: usize = 32;
+
+    const fn new() -> Self {
+        Ranges {
+            ranges: [(0, 0); Ranges::MAX],
+            count: 0,
         }
-        Effect::CreateVm { metadata, .. } => Some((metadata.start(), metadata.end())),
-        Effect::Relinquish { pa, .. } | Effect::Evict { pa, .. } => Some((pa, pa + PAGE_SIZE)),
-        Effect::Bind { page, .. } | Effect::Unbind { page, .. } => Some((page, page + PAGE_SIZE)),
-        Effect::DestroyVm { .. } => Some((0, u64::MAX)),
-        _ => None,
-    };
-    if let Some((lo, hi)) = range {
-        let _ = crate::memory::with(|m| {
-            check_memory(spec, m, lo, hi);
-            Ok(())
-        });
+    }
+
+    fn add(&mut self, lo: u64, hi: u64) {
+        match self
+            .count
+            .checked_sub(1)
+            .and_then(|i| self.ranges.get_mut(i))
+        {
+            Some(last) if self.count == Ranges::MAX || last.1 == lo => {
+                last.0 = last.0.min(lo);
+                last.1 = last.1.max(hi);
+            }
+            _ => {
+                if let Some(r) = self.ranges.get_mut(self.count) {
+                    *r = (lo, hi);
+                    self.count += 1;
+                }
+            }
+        }
+    }
+
+    fn as_slice(&self) -> &[(u64, u64)] {
+        self.ranges.get(..self.count).unwrap_or(&[])
     }
 }
 
+/// After a successful event: sections 1 to 3 over the pages it changed, so a
+/// mapping that disagrees is seen at once, not only at the next full check.
+/// `held`: for `VM_DESTROY`, the pages the VM held before it
+/// ([`Spec::vm_pages`]), which are all its teardown changes.
+fn check_effect(spec: &Spec<'_>, effect: &Effect, held: &Ranges) {
+    let mut changed = Ranges::new();
+    match *effect {
+        Effect::SetPages { range, .. } | Effect::GiveVm { range, .. } => {
+            changed.add(range.start(), range.end());
+        }
+        Effect::CreateVm { metadata, .. } => changed.add(metadata.start(), metadata.end()),
+        Effect::Relinquish { pa, .. } | Effect::Evict { pa, .. } => changed.add(pa, pa + PAGE_SIZE),
+        Effect::Bind { page, .. } | Effect::Unbind { page, .. } => {
+            changed.add(page, page + PAGE_SIZE);
+        }
+        Effect::DestroyVm { .. } => changed = *held,
+        _ => {}
+    }
+    if changed.count == 0 {
+        return;
+    }
+    let start = now();
+    let _ = crate::memory::with(|m| {
+        for &(lo, hi) in changed.as_slice() {
+            check_memory(spec, m, lo, hi);
+        }
+        Ok(())
+    });
+    COST.effects.fetch_add(1, Ordering::Relaxed);
+    spent(&COST.effect_ticks, start);
+}
+
 fn correspondence(o: &mut Oracle) {
+    let start = now();
+    correspondence_inner(o);
+    COST.checks.fetch_add(1, Ordering::Relaxed);
+    spent(&COST.check_ticks, start);
+}
+
+fn correspondence_inner(o: &mut Oracle) {
     o.since_check = 0;
     let spec = &o.spec;
     let _ = crate::memory::with(|m| {

@@ -181,6 +181,7 @@ fn fuzz(args: &BenchArgs) -> Result<()> {
         };
         let summary = crate::fuzz::run_once(&hyp, &features, &plan)?;
         println!("bench fuzz: seed {}: {}", plan.seed, summary.line());
+        println!("bench fuzz: seed {}: {}", plan.seed, summary.rates());
         calls += summary.calls;
         hypercalls += summary.hypercalls;
         exits += summary.exits;

@@ -77,9 +77,136 @@ pub struct Summary {
     pub refusals: u64,
     pub oracle: bool,
     pub secs: f64,
+    /// Calls/s per segment of the run (`fuzz: rate` lines: every CPU's
+    /// actions by the guest's counter): (actions done at the segment's
+    /// end, calls/s in it).
+    pub segments: Vec<(u64, f64)>,
+    /// The oracle's last `oracle: cost` line, if it printed one.
+    pub cost: Option<OracleCost>,
+}
+
+/// Where the oracle's time went (`oracle: cost ...`, `hyp/src/oracle.rs`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OracleCost {
+    /// Full correspondence checks and their milliseconds.
+    pub checks: u64,
+    pub check_ms: u64,
+    /// Per-event checks (the pages one event changed) and their
+    /// milliseconds.
+    pub effect_checks: u64,
+    pub effect_ms: u64,
+    /// Milliseconds CPUs waited for the oracle's lock.
+    pub lock_wait_ms: u64,
+}
+
+impl OracleCost {
+    fn parse(line: &str) -> Option<OracleCost> {
+        let rest = line.split_once("oracle: cost ")?.1;
+        let mut c = OracleCost::default();
+        for item in rest.split_whitespace() {
+            let (k, v) = item.split_once('=')?;
+            let v: u64 = v.parse().ok()?;
+            match k {
+                "checks" => c.checks = v,
+                "check_ms" => c.check_ms = v,
+                "effect_checks" => c.effect_checks = v,
+                "effect_ms" => c.effect_ms = v,
+                "lock_wait_ms" => c.lock_wait_ms = v,
+                _ => {}
+            }
+        }
+        Some(c)
+    }
+
+    /// The scaling check (issue 15, "the collapse"): a per-event check
+    /// looks only at the pages the event changed, so on average it must
+    /// cost a small fraction of a full check over all of RAM. A ratio of
+    /// two costs measured in the same run, so the machine's load cancels
+    /// out. The collapse's cause, a `VM_DESTROY` compared over all of RAM,
+    /// gave 0.15; the fix gives about 0.001.
+    pub fn scaling_problem(&self) -> Option<String> {
+        // Too few of either to judge.
+        if self.checks < 4 || self.effect_checks < 200 || self.check_ms < 20 {
+            return None;
+        }
+        let full = self.check_ms as f64 / self.checks as f64;
+        let event = self.effect_ms as f64 / self.effect_checks as f64;
+        (event > full * MAX_EVENT_CHECK_SHARE).then(|| {
+            format!(
+                "the oracle's per-event checks cost {event:.2} ms on average, {:.1}% of a full correspondence check ({full:.1} ms): more than {:.0}%, so they scan more than the pages each event changed",
+                100.0 * event / full,
+                100.0 * MAX_EVENT_CHECK_SHARE
+            )
+        })
+    }
+}
+
+/// The largest average cost of a per-event check, as a share of a full
+/// correspondence check, that [`OracleCost::scaling_problem`] accepts.
+pub const MAX_EVENT_CHECK_SHARE: f64 = 0.02;
+
+/// Calls/s per segment from the `fuzz: rate done=D ticks=T hz=F` lines.
+pub fn segments(console: &str) -> Vec<(u64, f64)> {
+    let mut points: Vec<(u64, u64, u64)> = Vec::new();
+    for line in console.lines() {
+        let Some(rest) = line.strip_prefix("fuzz: rate ") else {
+            continue;
+        };
+        let field = |k: &str| {
+            rest.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if let (Some(d), Some(t), Some(h)) = (field("done="), field("ticks="), field("hz=")) {
+            points.push((d, t, h.max(1)));
+        }
+    }
+    points
+        .windows(2)
+        .filter_map(|w| {
+            let (d0, t0, _) = w[0];
+            let (d1, t1, hz) = w[1];
+            let secs = t1.checked_sub(t0)? as f64 / hz as f64;
+            (d1 > d0 && secs > 0.0).then(|| (d1, (d1 - d0) as f64 / secs))
+        })
+        .collect()
 }
 
 impl Summary {
+    /// Calls/s per segment, summarized: the slowest and fastest segments
+    /// and the first and last quarter's rates (a collapse shows as a last
+    /// quarter far below the first).
+    pub fn rates(&self) -> String {
+        let n = self.segments.len();
+        if n < 4 {
+            return String::from("calls/s per segment: too few segments");
+        }
+        let rate = |part: &[(u64, f64)]| part.iter().map(|s| s.1).sum::<f64>() / part.len() as f64;
+        let min = self
+            .segments
+            .iter()
+            .map(|s| s.1)
+            .fold(f64::INFINITY, f64::min);
+        let max = self.segments.iter().map(|s| s.1).fold(0.0, f64::max);
+        let mut s = format!(
+            "calls/s per segment ({n}): min {min:.0}, max {max:.0}, first quarter {:.0}, last quarter {:.0}",
+            rate(&self.segments[..n / 4]),
+            rate(&self.segments[n - n / 4..])
+        );
+        if let Some(c) = self.cost {
+            let _ = write!(
+                s,
+                "; oracle: {} full checks {:.1} ms each, {} per-event checks {:.2} ms each, {} s waiting for its lock",
+                c.checks,
+                c.check_ms as f64 / c.checks.max(1) as f64,
+                c.effect_checks,
+                c.effect_ms as f64 / c.effect_checks.max(1) as f64,
+                c.lock_wait_ms / 1000
+            );
+        }
+        s
+    }
+
     /// One line for reports.
     pub fn line(&self) -> String {
         format!(
@@ -230,8 +357,13 @@ pub fn judge(run: &Run, features: &[String], plan: &Plan) -> Result<Summary> {
         .find_map(|l| l.strip_prefix("fuzz: done "));
     let mut summary = Summary {
         secs: run.elapsed.as_secs_f64(),
+        segments: segments(console),
+        cost: console.lines().rev().find_map(OracleCost::parse),
         ..Summary::default()
     };
+    if let Some(p) = summary.cost.and_then(|c| c.scaling_problem()) {
+        problems.push(p);
+    }
     match done {
         None => problems.push("the run never printed `fuzz: done`".into()),
         Some(done) => {
@@ -409,6 +541,7 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
     );
     let summary = run_once(&hyp, &features, &plan)?;
     println!("xtask fuzz: ok: {}", summary.line());
+    println!("xtask fuzz: {}", summary.rates());
     Ok(())
 }
 
@@ -441,7 +574,7 @@ pub fn suite_case_plain(smp: u32, seed: u64, calls: u64) -> Result<String> {
     if summary.calls < calls {
         bail!("only {} of {calls} calls ran", summary.calls);
     }
-    Ok(summary.line())
+    Ok(format!("{}; {}", summary.line(), summary.rates()))
 }
 
 /// A `cargo xtask test` case: `calls` actions with `seed` on `smp` CPUs,
@@ -452,5 +585,47 @@ pub fn suite_case(smp: u32, seed: u64, calls: u64) -> Result<String> {
     if summary.calls < calls {
         bail!("only {} of {calls} calls ran", summary.calls);
     }
-    Ok(summary.line())
+    Ok(format!("{}; {}", summary.line(), summary.rates()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_give_calls_per_second() {
+        let console = "fuzz: start\nfuzz: rate done=0 ticks=1000 hz=100\nnoise\nfuzz: rate done=500 ticks=2000 hz=100\nfuzz: rate done=600 ticks=3000 hz=100\n";
+        let s = segments(console);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].0, 500);
+        assert!((s[0].1 - 50.0).abs() < 1e-9);
+        assert!((s[1].1 - 10.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn per_event_checks_must_be_a_small_share_of_a_full_check() {
+        // The collapse: VM_DESTROY compared over all of RAM
+        // (run of seed 100, 30 000 calls, before the fix).
+        let before = OracleCost::parse(
+            "rampart: oracle: cost checks=144 check_ms=35923 effect_checks=3072 effect_ms=115572 predict_ms=418 zero_ms=7313 lock_wait_ms=184201",
+        )
+        .unwrap();
+        assert_eq!(before.effect_checks, 3072);
+        assert!(before.scaling_problem().is_some());
+        // The same run after it.
+        let after = OracleCost::parse(
+            "rampart: oracle: cost checks=131 check_ms=33185 effect_checks=2454 effect_ms=326 predict_ms=240 zero_ms=3253 lock_wait_ms=28788",
+        )
+        .unwrap();
+        assert!(after.scaling_problem().is_none());
+        // Too little to judge.
+        let short = OracleCost {
+            checks: 1,
+            check_ms: 10,
+            effect_checks: 5,
+            effect_ms: 50,
+            lock_wait_ms: 0,
+        };
+        assert!(short.scaling_problem().is_none());
+    }
 }

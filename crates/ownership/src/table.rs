@@ -98,6 +98,14 @@ impl<'a> Table<'a> {
         self.entries.is_empty()
     }
 
+    /// Every entry, read-only, entry `i` describing page frame
+    /// `base() + i` (for a checker that compares the whole table with a
+    /// model in one pass, e.g. the hypervisor's test-build oracle).
+    #[must_use]
+    pub fn entries(&self) -> &[PageMeta] {
+        self.entries
+    }
+
     /// Sets every page back to host-owned (boot-time initialisation of a
     /// table whose memory was not zero).
     pub fn reset(&mut self) {

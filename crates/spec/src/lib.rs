@@ -724,6 +724,53 @@ impl<'a> Spec<'a> {
             .map(|b| Page::decode(*b))
     }
 
+    /// The state bytes ([`Page::encode`]), byte `i` for the page at
+    /// `span().0 + i * PAGE` (for a checker comparing all of them in one
+    /// pass).
+    #[must_use]
+    pub fn bytes(&self) -> &[u8] {
+        self.pages
+    }
+
+    /// The first page of `[lo, hi)` (page-aligned `lo`) whose state
+    /// satisfies `which` (`None`: a page the specification does not
+    /// follow), if any. One pass over the state bytes with a table of
+    /// `which` for each byte value, so the oracle's checks over all of RAM
+    /// stay cheap.
+    pub fn first_page(
+        &self,
+        lo: u64,
+        hi: u64,
+        which: impl Fn(Option<Page>) -> bool,
+    ) -> Option<u64> {
+        if lo >= hi {
+            return None;
+        }
+        let end = self.base + self.pages.len() as u64 * PAGE;
+        let outside = which(None);
+        if outside && lo < self.base {
+            return Some(lo);
+        }
+        let (from, to) = (lo.max(self.base), hi.min(end));
+        if from < to {
+            let mut table = [false; 256];
+            for (b, t) in table.iter_mut().enumerate() {
+                *t = which(Some(Page::decode(b as u8)));
+            }
+            let i0 = usize::try_from((from - self.base) / PAGE).ok()?;
+            let i1 = usize::try_from((to - self.base).div_ceil(PAGE)).ok()?;
+            if let Some(at) = self
+                .pages
+                .get(i0..i1)?
+                .iter()
+                .position(|&b| table[usize::from(b)])
+            {
+                return Some(self.base + (i0 + at) as u64 * PAGE);
+            }
+        }
+        (outside && hi > end).then(|| lo.max(end))
+    }
+
     fn set(&mut self, pa: u64, page: Page) {
         if let Some(index) = pa
             .checked_sub(self.base)
@@ -1236,34 +1283,53 @@ impl<'a> Spec<'a> {
                 range, zero: true, ..
             } => f(range.start(), range.pages()),
             Effect::Relinquish { pa, .. } | Effect::Evict { pa, .. } => f(pa, 1),
-            Effect::DestroyVm { slot } => {
-                let mut run: Option<(u64, u64)> = None;
-                for (i, b) in self.pages.iter().enumerate() {
-                    let pa = self.base + i as u64 * PAGE;
-                    // A guest's pages shared with the host are not checked: the
-                    // host could write them until the end.
-                    let zeroed =
-                        matches!(Page::decode(*b), Page::Vm(s) | Page::VmMeta(s) if s == slot);
-                    run = match (run, zeroed) {
-                        (Some((start, n)), true) if start + n * PAGE == pa => Some((start, n + 1)),
-                        (Some((start, n)), true) => {
-                            f(start, n);
-                            Some((pa, 1))
-                        }
-                        (None, true) => Some((pa, 1)),
-                        (Some((start, n)), false) => {
-                            f(start, n);
-                            None
-                        }
-                        (None, false) => None,
-                    };
-                }
-                if let Some((start, n)) = run {
-                    f(start, n);
-                }
-            }
+            // A guest's pages shared with the host are not checked: the
+            // host could write them until the end.
+            Effect::DestroyVm { slot } => self.page_runs(
+                |p| matches!(p, Page::Vm(s) | Page::VmMeta(s) if s == slot),
+                f,
+            ),
             _ => {}
         }
+    }
+
+    /// Calls `f(start, pages)` for every maximal run of pages whose state
+    /// satisfies `which`, in address order.
+    fn page_runs(&self, which: impl Fn(Page) -> bool, f: &mut dyn FnMut(u64, u64)) {
+        let mut run: Option<(u64, u64)> = None;
+        for (i, b) in self.pages.iter().enumerate() {
+            let pa = self.base + i as u64 * PAGE;
+            run = match (run, which(Page::decode(*b))) {
+                (Some((start, n)), true) if start + n * PAGE == pa => Some((start, n + 1)),
+                (Some((start, n)), true) => {
+                    f(start, n);
+                    Some((pa, 1))
+                }
+                (None, true) => Some((pa, 1)),
+                (Some((start, n)), false) => {
+                    f(start, n);
+                    None
+                }
+                (None, false) => None,
+            };
+        }
+        if let Some((start, n)) = run {
+            f(start, n);
+        }
+    }
+
+    /// Calls `f(start, pages)` for every maximal run of pages VM `slot`
+    /// owns, borrows, lent to the host or has as metadata: exactly the
+    /// pages its `VM_DESTROY` gives back to the host (the oracle compares
+    /// only those after the call, not all of RAM).
+    pub fn vm_pages(&self, slot: u8, f: &mut dyn FnMut(u64, u64)) {
+        self.page_runs(
+            |p| {
+                matches!(p, Page::Vm(s) | Page::VmSharedHost(s) | Page::VmMeta(s) | Page::HostSharedVm(s)
+                    if s == slot)
+            },
+            f,
+        );
     }
 
     /// Checks the real result (`x0`, and `x1` for `VM_CREATE`) against the

@@ -323,11 +323,22 @@ proptest! {
                 let slot = (0..MAX_VMS).find(|&i| s.vms[i].is_none()).unwrap();
                 (u64::from(s.generations[slot]) << 32) | (HANDLE_BASE + slot as u64)
             } else { 0 };
+            // What a VM_DESTROY will change, by Spec::vm_pages (the
+            // oracle's check after it looks only there).
+            let mut held: Vec<u64> = Vec::new();
+            if let (0, Effect::DestroyVm { slot }) = (code, p.effect) {
+                s.vm_pages(slot, &mut |start, n| held.extend((0..n).map(|k| start + k * PAGE)));
+            }
             prop_assert!(s.commit(&p, code, handle).is_ok());
             if code != 0 {
                 prop_assert_eq!(&before, &snapshot(&s));
             } else if let Effect::CreateVm { .. } = p.effect {
                 handles.push(handle);
+            }
+            if let (0, Effect::DestroyVm { .. }) = (code, p.effect) {
+                let after = snapshot(&s);
+                let changed: Vec<u64> = (0..512).filter(|&i| before[i as usize] != after[i as usize]).map(page).collect();
+                prop_assert_eq!(&held, &changed);
             }
             for i in 0..512 {
                 let pg = s.page(page(i)).unwrap();
@@ -1087,4 +1098,31 @@ fn realm_ripas_moves_follow_the_page() {
     let v = s.vms[0].as_ref().unwrap();
     assert_eq!(v.translate(alias), None);
     assert_eq!(v.translate(0x8000_1000), Some(page(201)));
+}
+
+proptest! {
+    /// `first_page` finds what a page-by-page search finds, inside,
+    /// around and outside the followed span.
+    #[test]
+    fn first_page_is_the_page_by_page_search(
+        ops in proptest::collection::vec((0u64..512, 1u64..8), 0..20),
+        lo in 0u64..600, len in 0u64..600, kind in 0u8..4,
+    ) {
+        let mut s = spec();
+        for (p, n) in ops {
+            let p = s.predict_host(&regs(HostCall::ShareHyp, &[page(p), n]));
+            let _ = s.commit(&p, if p.allowed.allows_success() { 0 } else { Error::Denied.code() }, 0);
+        }
+        let which = |p: Option<Page>| match kind {
+            0 => p == Some(Page::HostSharedHyp),
+            1 => p.is_none_or(|p| !p.host_reachable()),
+            2 => p.is_none(),
+            _ => p == Some(Page::HypOwn),
+        };
+        // From 40 pages below RAM to past its end.
+        let lo = RAM.0 - 40 * PAGE + lo * PAGE;
+        let hi = lo + len * PAGE;
+        let slow = (0..len).map(|k| lo + k * PAGE).find(|&pa| which(s.page(pa)));
+        prop_assert_eq!(s.first_page(lo, hi, which), slow);
+    }
 }

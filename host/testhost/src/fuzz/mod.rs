@@ -41,7 +41,9 @@
 //! fuzz: done seed=S calls=N violations=V hypercalls=H exits=E refusals=R
 //! ```
 
+mod cost;
 mod model;
+mod race;
 mod stream;
 
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -170,6 +172,11 @@ pub(crate) struct Shared {
     pub foreign_channel: AtomicU64,
     /// Protected, signed fuzz-guest VMs started.
     pub protected_guests: [AtomicU64; MAX_CPUS],
+    /// Races on one window (`race`): state, owner CPU, first page, pages,
+    /// (unused), the partner's call (index into `race::CALLS`), its `x0`.
+    pub race: [AtomicU64; 7],
+    /// Races by how many of their two calls succeeded (0, 1, 2).
+    pub races: [AtomicU64; 3],
 }
 
 pub(crate) static SHARED: Shared = Shared {
@@ -203,13 +210,15 @@ pub(crate) static SHARED: Shared = Shared {
     channel_lock: [const { AtomicBool::new(false) }; 16],
     foreign_channel: AtomicU64::new(0),
     protected_guests: [const { AtomicU64::new(0) }; MAX_CPUS],
+    race: [const { AtomicU64::new(0) }; 7],
+    races: [const { AtomicU64::new(0) }; 3],
 };
 
 /// How long the secondaries may go without a call returning, once the boot
 /// CPU's stream is done, before the run is reported as hung (a single call,
 /// even a `VCPU_RUN` under its 50 ms deadline on a loaded machine, takes far
 /// less).
-const STALL_MS: u64 = 30_000;
+pub(crate) const STALL_MS: u64 = 30_000;
 
 /// Bytes of `fuzz:` lines each secondary may leave for the boot CPU to
 /// print (only the boot CPU may use the console, `arch::console_write`).
@@ -476,10 +485,20 @@ pub fn run(p: &Platform, c: Config) {
         );
         violations += r[1];
     }
+    cost::rate(cpus as usize);
+    cost::report(cpus as usize);
     fuzz_line!(
         "note channels: {} doorbell calls on another CPU's channel; {} protected fuzz guests",
         s.foreign_channel.load(Ordering::Acquire),
         sum(&s.protected_guests)
+    );
+    let races = race::counts();
+    fuzz_line!(
+        "note races: {} memory calls on another CPU's window raced its own on the same pages ({} both succeeded, {} one, {} neither)",
+        races.iter().sum::<u64>(),
+        races[2],
+        races[1],
+        races[0]
     );
     fuzz_line!(
         "note write-returned: {} stores landed on pages while {} RECLAIM_HYP calls giving them back ran on another CPU",

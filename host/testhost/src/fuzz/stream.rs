@@ -9,7 +9,9 @@ use rampart_abi::host::{
     ExitReason, HOST_FUNCTION_BASE, HostCall, MIN_STAGE2_PAGES, VmConfig, mmio,
 };
 
+use super::cost;
 use super::model::{MAX_VMS, Page, Vm};
+use super::race;
 use super::{ORACLE_CHECK, SHARED, WINDOW_PAGES};
 use crate::arch::{self, Access, MAX_CPUS};
 use crate::checks::vmm;
@@ -127,6 +129,9 @@ pub fn run(cpu: usize, extra: u64) {
         }
         st.index += 1;
         s.done[cpu].store(st.index, Ordering::Release);
+        if st.boot && st.index.is_multiple_of(cost::RATE_EVERY) {
+            cost::rate(s.cpus.load(Ordering::Relaxed) as usize);
+        }
         if st.index.is_multiple_of(PROGRESS_EVERY) {
             fuzz_line!(
                 "progress cpu={cpu} index={} hypercalls={}",
@@ -158,24 +163,38 @@ impl Stream {
     fn step(&mut self) -> Step {
         // The boot CPU waits to write into pages coming back: give it some.
         if !self.boot && SHARED.waiting.load(Ordering::SeqCst) {
-            return self.give_back_for_writer();
+            let start = arch::counter();
+            let step = self.give_back_for_writer();
+            cost::action(self.cpu, 14, arch::counter().wrapping_sub(start));
+            return step;
         }
-        match self.rng.below(100) {
-            0..=27 => self.memory_call(),
-            28..=35 => self.memory_call_interesting(),
-            36..=42 => self.vm_create(),
-            43..=46 => self.guest_vm(),
-            47..=51 => self.vm_destroy(),
-            52..=59 => self.vm_give(),
-            60..=63 => self.vcpu_create(),
-            64..=75 => self.vcpu_run(),
-            76..=79 => self.vcpu_poke(),
-            80..=82 => self.signature(),
-            83..=86 => self.misc(),
-            87..=92 => self.bad_handle(),
-            93 if self.boot => self.write_returned(),
-            _ => self.touch(),
+        // Another CPU offers pages of its window for a race: take part.
+        if race::offered_to(self.cpu) {
+            let start = arch::counter();
+            let step = self.race_partner();
+            cost::action(self.cpu, 16, arch::counter().wrapping_sub(start));
+            return step;
         }
+        let start = arch::counter();
+        let (kind, step) = match self.rng.below(100) {
+            0..=1 => (15, self.race_owner()),
+            2..=27 => (0, self.memory_call()),
+            28..=35 => (1, self.memory_call_interesting()),
+            36..=42 => (2, self.vm_create()),
+            43..=46 => (3, self.guest_vm()),
+            47..=51 => (4, self.vm_destroy()),
+            52..=59 => (5, self.vm_give()),
+            60..=63 => (6, self.vcpu_create()),
+            64..=75 => (7, self.vcpu_run()),
+            76..=79 => (8, self.vcpu_poke()),
+            80..=82 => (9, self.signature()),
+            83..=86 => (10, self.misc()),
+            87..=92 => (11, self.bad_handle()),
+            93 if self.boot => (12, self.write_returned()),
+            _ => (13, self.touch()),
+        };
+        cost::action(self.cpu, kind, arch::counter().wrapping_sub(start));
+        step
     }
 
     // ----- calls, history and failures -----
@@ -187,11 +206,13 @@ impl Stream {
         cur[1].store(args.first().copied().unwrap_or(0), Ordering::Relaxed);
         cur[2].store(self.index, Ordering::Relaxed);
         cur[0].store(u64::from(id), Ordering::Release);
+        let start = arch::counter();
         let r = if doorbell {
             self.doorbell(id, args)
         } else {
             psci::call_via(Conduit::Hvc, id, args)
         };
+        cost::call(self.cpu, id, arch::counter().wrapping_sub(start));
         cur[0].store(0, Ordering::Release);
         SHARED.progress[self.cpu].fetch_add(1, Ordering::Release);
         self.calls += 1;
@@ -234,10 +255,25 @@ impl Stream {
             own
         };
         let lock = &s.channel_lock[index as usize % 16];
+        // A CPU that stopped (an exception it did not ask for) while it
+        // held the lock would stop this one too, silently: after
+        // `STALL_MS` the call goes through `HVC` instead, and the run ends
+        // with that CPU's exception reported.
+        let limit = arch::counter_frequency().saturating_mul(super::STALL_MS) / 1000;
+        let start = arch::counter();
         while lock
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
+            if arch::counter().wrapping_sub(start) > limit {
+                fuzz_line!(
+                    "note cpu={} index={}: channel {index}'s lock was held for {} s; calling through HVC",
+                    self.cpu,
+                    self.index,
+                    super::STALL_MS / 1000
+                );
+                return psci::call_via(Conduit::Hvc, id, args);
+            }
             core::hint::spin_loop();
         }
         if index != own {
@@ -1229,6 +1265,129 @@ impl Stream {
         while s.writers[self.cpu].load(Ordering::SeqCst) != 0 {
             core::hint::spin_loop();
         }
+    }
+
+    /// Races a memory call on 1 or 2 pages of this CPU's pool against
+    /// another CPU's memory call on the same pages ([`race`]); with one
+    /// CPU, a plain memory call.
+    fn race_owner(&mut self) -> Step {
+        let s = &SHARED;
+        if s.cpus.load(Ordering::Relaxed) < 2 {
+            return self.memory_call();
+        }
+        let count = 1 + self.rng.below(2) as usize;
+        let span = POOL_PAGES - count;
+        let from = self.rng.below(span as u64) as usize;
+        let c1 = race::CALLS[self.rng.below(4) as usize];
+        let Some(first) = (0..span).map(|k| (from + k) % span).find(|&i| {
+            matches!(
+                self.pages[i],
+                Page::Host | Page::SharedHyp | Page::DonatedHyp
+            ) && self.all(i, count, self.pages[i])
+        }) else {
+            return Ok(());
+        };
+        let state = self.pages[first];
+        let address = self.page_address(first);
+        let r = &s.race;
+        if r[0]
+            .compare_exchange(
+                race::IDLE,
+                race::CLAIMED,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            return Ok(());
+        }
+        if state == Page::Host {
+            self.mark(first, count);
+        }
+        r[1].store(self.cpu as u64, Ordering::Relaxed);
+        r[2].store(address, Ordering::Relaxed);
+        r[3].store(count as u64, Ordering::Relaxed);
+        r[0].store(race::OFFERED, Ordering::Release);
+        crate::cpus::wait_until(race::OFFER_MS, || {
+            r[0].load(Ordering::Acquire) != race::OFFERED
+        });
+        if r[0]
+            .compare_exchange(
+                race::OFFERED,
+                race::IDLE,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            // Nobody came.
+            return Ok(());
+        }
+        // Accepted: both call now.
+        r[0].store(race::GO, Ordering::Release);
+        let r1 = self.call(c1.id(), &[address, count as u64])[0] as i64;
+        let finished = crate::cpus::wait_until(super::STALL_MS, || {
+            r[0].load(Ordering::Acquire) == race::DONE
+        });
+        let (c2, r2) = (
+            race::CALLS[r[5].load(Ordering::Acquire) as usize % 4],
+            r[6].load(Ordering::Acquire) as i64,
+        );
+        r[0].store(race::IDLE, Ordering::Release);
+        if !finished {
+            return self.fail(format_args!(
+                "race on {address:#x} ({count} pages): the other CPU's call did not return within {} s",
+                super::STALL_MS / 1000
+            ));
+        }
+        let Some(after) = race::outcome(state, c1, r1, c2, r2) else {
+            return self.fail(format_args!(
+                "race on {address:#x} ({count} pages, {state:?}): {}={r1} here and {}={r2} on another CPU, which no order of the two calls gives",
+                name(c1.id()),
+                name(c2.id())
+            ));
+        };
+        race::count(r1 == 0, r2 == 0);
+        self.set(first, count, after);
+        let reclaimed =
+            (c1 == HostCall::ReclaimHyp && r1 == 0) || (c2 == HostCall::ReclaimHyp && r2 == 0);
+        if reclaimed && after.host_mapped() {
+            self.expect_zero(first, count, "RECLAIM_HYP (raced)")?;
+        }
+        Ok(())
+    }
+
+    /// Takes part in another CPU's race ([`race`]): its pages, this CPU's
+    /// drawn memory call, at its go.
+    fn race_partner(&mut self) -> Step {
+        let r = &SHARED.race;
+        if r[0]
+            .compare_exchange(
+                race::OFFERED,
+                race::ACCEPTED,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            return Ok(());
+        }
+        let (address, count) = (r[2].load(Ordering::Acquire), r[3].load(Ordering::Acquire));
+        let index = self.rng.below(4);
+        let c2 = race::CALLS[index as usize];
+        r[5].store(index, Ordering::Relaxed);
+        // The owner says go as soon as it sees the acceptance.
+        let go =
+            crate::cpus::wait_until(super::STALL_MS, || r[0].load(Ordering::Acquire) == race::GO);
+        if !go {
+            return self.fail(format_args!(
+                "race on {address:#x}: the offering CPU never said go"
+            ));
+        }
+        let x0 = self.call(c2.id(), &[address, count])[0];
+        r[6].store(x0, Ordering::Relaxed);
+        r[0].store(race::DONE, Ordering::Release);
+        Ok(())
     }
 
     /// A host load from a window page: it must work exactly when the model
