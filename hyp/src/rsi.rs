@@ -411,11 +411,9 @@ fn measurement_extend(slot: usize, regs: &mut [u64; 31]) -> Outcome {
         let Some(rem) = realm.rems.get_mut(index as usize - 1) else {
             return false;
         };
-        // The portable block function: with the guest's state loaded,
-        // `arch::sha256::compress` would read SVCR, which the guest's
-        // CPTR_EL2.TSM traps at EL2 (64 bytes: the speed does not matter).
-        let mut hash =
-            rampart_attest::sha256::Sha256::with(rampart_attest::sha256::portable_compress);
+        // EL2's block function, with the guest's state loaded (its
+        // CPTR_EL2 traps FP/SIMD and SME, which `compress` lifts for itself).
+        let mut hash = rampart_attest::sha256::Sha256::with(crate::arch::sha256::compress);
         hash.update(rem);
         hash.update(value.get(..size as usize).unwrap_or(&[]));
         *rem = hash.finish();

@@ -202,6 +202,9 @@ static DECISION: AtomicU8 = AtomicU8::new(UNDECIDED);
 
 /// `CPTR_EL2.TFP` (nVHE layout): trap FP/SIMD, at EL2 too.
 const CPTR_TFP: u64 = 1 << 10;
+/// `CPTR_EL2.TSM` (nVHE layout, FEAT_SME): trap SME, SVCR included, at EL2
+/// too.
+const CPTR_TSM: u64 = 1 << 12;
 
 /// Whether this CPU implements the SHA-256 instructions.
 fn has_feature() -> bool {
@@ -214,12 +217,28 @@ fn in_streaming_mode() -> bool {
     if (super::id_aa64pfr1_el1() >> 24) & 0xf == 0 {
         return false;
     }
+    // With a guest's state loaded, CPTR_EL2.TSM traps SME (SVCR included)
+    // at EL2 too: lift it for the read. A guest cannot enter streaming mode
+    // (SME is trapped for it), but the host may have left the CPU in it
+    // before its VCPU_RUN, so the read is still needed.
+    let cptr = super::cptr_el2();
+    if cptr & CPTR_TSM != 0 {
+        // SAFETY: only lifts the SME trap for EL2's own read until the
+        // restore below; no lower level runs in between.
+        unsafe { super::set_cptr_el2(cptr & !CPTR_TSM) };
+        super::isb();
+    }
     let svcr: u64;
-    // SAFETY: SVCR exists (FEAT_SME, checked above); reading it has no side
-    // effect.
+    // SAFETY: SVCR exists (FEAT_SME, checked above) and is not trapped at
+    // EL2 (just ensured); reading it has no side effect.
     unsafe {
         asm!("mrs {}, s3_3_c4_c2_2", out(reg) svcr, options(nomem, nostack, preserves_flags))
     };
+    if cptr & CPTR_TSM != 0 {
+        // SAFETY: puts back the value read above.
+        unsafe { super::set_cptr_el2(cptr) };
+        super::isb();
+    }
     svcr & 1 != 0
 }
 
