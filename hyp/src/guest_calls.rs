@@ -66,8 +66,8 @@ fn decode(function: u32) -> Option<G> {
     )
 }
 
-/// Handles an `HVC` from vCPU `index` of the VM in `slot`.
-#[allow(dead_code, reason = "the world switch calls `handle_with`; kept for callers that do not know the VM's kind")]
+/// Handles an `HVC` from vCPU `index` of the VM in `slot` whose kind the
+/// caller does not know (the world switch calls [`handle_with`]).
 pub fn handle(slot: usize, index: usize, regs: &mut [u64; 31]) -> Outcome {
     let protected = vm::VMS[slot].lock().as_ref().is_some_and(|vm| vm.protected);
     handle_with(slot, index, protected, regs)

@@ -346,6 +346,11 @@ fn export_start(
     // Only a measured VM (a protected one that ran): any other the host
     // can build again itself.
     let measurement = vm.measurement.ok_or(Error::Denied)?;
+    // Nor a realm (issue 12): the stream carries neither its guest ABI nor
+    // its RIPAS layout, so it could only arrive as another kind of VM.
+    if vm.realm.is_some() {
+        return Err(Error::Denied);
+    }
     let vcpu_count = u32::try_from(vm.max_vcpus).map_err(|_| Error::InvalidParameter)?;
     let mut header = Header::new(vm.protected, vm.debug, vcpu_count, measurement.0);
     header.signature = vm::signature(vm);
@@ -708,7 +713,7 @@ fn create_imported(
         debug: header.debug,
         max_vcpus: u64::from(header.vcpus),
     };
-    let handle = vm::create(metadata, config)?;
+    let handle = vm::create_as(metadata, config, false)?;
     let slot = vm::slot_of(handle)?;
     // Not runnable until the end record: set before the host learns the
     // handle.

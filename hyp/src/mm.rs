@@ -178,14 +178,8 @@ pub fn pool_usage() -> (u64, u64) {
     (pool.used, pool.free_count().saturating_sub(pool.held))
 }
 
-/// Free pages, including those held back for VM teardown.
-#[allow(dead_code, reason = "the commit self-check reads both at once with `pool_free_held`")]
-pub fn pool_free() -> u64 {
-    POOL.lock().free_count()
-}
-
-/// Free pages, including those held back, and pages held back: one lock
-/// for what [`pool_free`] and [`pool_held`] say.
+/// Free pages, including those held back for VM teardown, and pages held
+/// back, read under one lock.
 pub fn pool_free_held() -> (u64, u64) {
     let pool = POOL.lock();
     (pool.free_count(), pool.held)
@@ -219,12 +213,6 @@ pub fn pool_low() -> bool {
 pub fn pool_release(pages: u64) {
     let mut pool = POOL.lock();
     pool.held = pool.held.saturating_sub(pages);
-}
-
-/// Pages held back with [`pool_hold`].
-#[allow(dead_code, reason = "the commit self-check reads both at once with `pool_free_held`")]
-pub fn pool_held() -> u64 {
-    POOL.lock().held
 }
 
 fn allocate_page() -> u64 {

@@ -84,13 +84,7 @@ fn security() -> Result<&'static Security, Error> {
     SECURITY.get().ok_or(Error::NotSupported)
 }
 
-/// Starts measuring a VM.
-#[allow(dead_code, reason = "the hypervisor measures through measurer_as; kept for callers without the realm bit")]
-pub fn measurer(protected: bool, debug: bool, vcpus: u32, entry_pc: u64, x0: u64) -> Measurer {
-    measurer_as(VmFlags { protected, debug, realm: false }, vcpus, entry_pc, x0)
-}
-
-/// [`measurer`] with every flag, the realm bit (issue 12) included.
+/// Starts measuring a VM with its flags, the realm bit (issue 12) included.
 pub fn measurer_as(flags: VmFlags, vcpus: u32, entry_pc: u64, x0: u64) -> Measurer {
     Measurer::with_compress(
         &InitialState { flags, vcpus, entry_pc, x0 },

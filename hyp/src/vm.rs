@@ -158,13 +158,9 @@ const RETIRED: u32 = u32::MAX;
 /// stage-2 table pool.
 ///
 /// [`PageState::HypOwnedForVm`]: rampart_ownership::PageState::HypOwnedForVm
-#[allow(dead_code, reason = "VM_CREATE uses create_as; kept for callers that make plain VMs")]
-pub fn create(metadata: PageRange, config: VmConfig) -> Result<VmHandle, Error> {
-    create_as(metadata, config, false)
-}
-
-/// [`create`], as a realm VM if `realm` (`VM_CREATE` config bit 2, only
-/// with the protected bit: `VmConfig::decode` refused it otherwise).
+///
+/// A realm VM if `realm` (`VM_CREATE` config bit 2, only with the
+/// protected bit: `VmConfig::decode` refused it otherwise).
 pub fn create_as(metadata: PageRange, config: VmConfig, realm: bool) -> Result<VmHandle, Error> {
     if metadata.pages() < config.min_metadata_pages() || (realm && !config.protected) {
         return Err(Error::InvalidParameter);
