@@ -10,6 +10,7 @@ mod hostile;
 mod hyp;
 mod linux;
 mod mem;
+mod migrate;
 mod plan;
 mod pool;
 mod run;
@@ -142,6 +143,13 @@ enum Command {
     },
     /// What the device tree and the allocation table say.
     Info,
+    /// Move a running VM (a protected one `rampart-vmm run` runs) to
+    /// another Rampart machine, sealed by the hypervisors (issue 14). The
+    /// VM stops here for good; `migrate-in` on the destination runs it on.
+    MigrateOut(migrate::OutArgs),
+    /// Receive a VM from `migrate-out` and run it to its end, as `run`
+    /// does (issue 14).
+    MigrateIn(migrate::InArgs),
     /// Print a shell completion script to stdout (e.g. `rampart-vmm
     /// completions bash > /etc/bash_completion.d/rampart-vmm`).
     Completions {
@@ -411,6 +419,8 @@ fn main() -> ExitCode {
         Command::Stats => cmd_stats(&env).map(|()| ExitCode::SUCCESS),
         Command::Reclaim { all } => cmd_reclaim(&env, all).map(|()| ExitCode::SUCCESS),
         Command::Info => cmd_info(&env).map(|()| ExitCode::SUCCESS),
+        Command::MigrateOut(args) => migrate::cmd_out(&env, &args),
+        Command::MigrateIn(args) => migrate::cmd_in(&env, &args),
         Command::Completions { shell } => {
             write_completions(shell, &mut std::io::stdout().lock());
             Ok(ExitCode::SUCCESS)
@@ -710,6 +720,10 @@ fn cmd_run(
         swap_failures.fetch_add(failed, Ordering::Relaxed);
         attacks_accepted += swap_failures.load(Ordering::Relaxed);
     }
+    if outcome == Outcome::Exported {
+        // Issue 14: the export destroys the VM when it ends.
+        migrate::wait_until_gone(main, handle, &name);
+    }
     let destroyed = match vm::destroy(main, handle) {
         Err(e) if e.error() == Some(Error::InvalidParameter) => {
             // Someone else destroyed it (`rampart-vmm reclaim --all`): the
@@ -791,6 +805,7 @@ fn run_status(outcome: &Outcome, attack_accepted: bool, guest_failed: bool, dest
         Outcome::Error(_) => 1,
         Outcome::Interrupted(s) => 128u8.saturating_add(u8::try_from(*s).unwrap_or(0)),
         Outcome::MemoryFault(_) => EXIT_GUEST_FAILED,
+        Outcome::Exported => 0,
         Outcome::SystemOff | Outcome::SystemReset if guest_failed => EXIT_GUEST_FAILED,
         Outcome::SystemOff | Outcome::SystemReset => u8::from(!destroyed),
     }

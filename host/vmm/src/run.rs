@@ -35,6 +35,9 @@ pub enum Outcome {
     Error(String),
     /// A memory fault with `--stop-on-fault`.
     MemoryFault(u64),
+    /// `VCPU_RUN` answered `MIGRATING`: `rampart-vmm migrate-out` exported
+    /// the VM (issue 14); it never runs here again.
+    Exported,
 }
 
 impl Outcome {
@@ -48,6 +51,7 @@ impl Outcome {
             Outcome::Refused(c) => format!("refused: {}", crate::hyp::error_name(*c)),
             Outcome::Error(e) => format!("error: {e}"),
             Outcome::MemoryFault(ipa) => format!("stopped at a memory fault at {ipa:#x}"),
+            Outcome::Exported => "exported (rampart-vmm migrate-out): the VM left this machine".into(),
         }
     }
 }
@@ -393,6 +397,11 @@ impl<'a> Run<'a> {
                     .contains(&code);
                 if refusal && !self.first_run_done.load(Ordering::Acquire) {
                     self.finish(Outcome::Refused(code));
+                    break;
+                }
+                if code == Error::Migrating.code() {
+                    // Issue 14: `migrate-out` stopped the VM for good.
+                    self.finish(Outcome::Exported);
                     break;
                 }
                 if code == Error::Busy.code() && busy < 1000 {
