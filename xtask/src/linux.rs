@@ -124,6 +124,24 @@ const PCI_MODULES: [&str; 7] = [
     "drivers/char/hw_random/virtio-rng.ko",
 ];
 
+/// The module `rel` (e.g. `drivers/net/virtio_net.ko`) of Debian's kernel
+/// package, for a case that packs more drivers than [`PCI_MODULES`]
+/// (issue 14's host networking, `linux_migrate.rs`).
+pub fn debian_module(rel: &str) -> Result<PathBuf> {
+    fetch()?;
+    let base = debian_dir().join("kernel").join("lib/modules");
+    let version = fs::read_dir(&base)
+        .with_context(|| format!("reading {}", base.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.join("kernel").is_dir())
+        .with_context(|| format!("no kernel modules under {}", base.display()))?;
+    let path = version.join("kernel").join(rel);
+    if !path.is_file() {
+        bail!("the Debian kernel has no {rel} (looked in {})", version.display());
+    }
+    Ok(path)
+}
+
 /// The file on the disk whose checksum `/init` reports.
 const DISK_FILE: &str = "rampart-check.bin";
 

@@ -14,6 +14,7 @@ mod fuzz;
 mod guests;
 mod linux;
 mod linux_guest;
+mod linux_migrate;
 mod linux_swap;
 mod linux_vmm;
 mod migrate;

@@ -100,11 +100,10 @@ pub fn local_case() -> Result<String> {
     ))
 }
 
-/// `migrate/two-machines`.
-pub fn two_machines_case() -> Result<String> {
-    // The source is the development hypervisor; the destination the same
-    // code built with another device secret.
-    let source_hyp = artifacts::hypervisor()?;
+/// The destination machine's hypervisor: the development build with
+/// another device secret (so another attestation identity) and the same
+/// migration secret (also `linux-migrate/two-hosts`).
+pub fn dest_hypervisor() -> Result<std::path::PathBuf> {
     let mut env = crate::attest::hypervisor_env()?;
     env.retain(|(k, _)| *k != crate::attest::DEVICE_SECRET_VAR);
     env.push((
@@ -112,7 +111,15 @@ pub fn two_machines_case() -> Result<String> {
         DEST_DEVICE_SECRET.to_string(),
     ));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let dest_hyp = artifacts::image("rampart-hyp", HYP_TARGET, "rampart-migrate-dest.bin", &env)?;
+    artifacts::image("rampart-hyp", HYP_TARGET, "rampart-migrate-dest.bin", &env)
+}
+
+/// `migrate/two-machines`.
+pub fn two_machines_case() -> Result<String> {
+    // The source is the development hypervisor; the destination the same
+    // code built with another device secret.
+    let source_hyp = artifacts::hypervisor()?;
+    let dest_hyp = dest_hypervisor()?;
 
     let dir = artifacts::build_dir().join("migrate-two");
     let _ = std::fs::remove_dir_all(&dir);

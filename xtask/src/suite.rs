@@ -270,6 +270,10 @@ pub fn run(args: &TestArgs) -> Result<()> {
     // Issue 14, sealed swap: a protected guest larger than what the host
     // lets it hold, hostile swap files, no secret in clear (about 60 s).
     crate::linux_swap::cases(args, &mut case);
+    // Issue 14, secure migration: two QEMU machines, each Rampart with the
+    // stock Linux host, linked over loopback; rampart-vmm migrate-out/in,
+    // a flipped byte and a replay refused (one boot pair).
+    crate::linux_migrate::cases(args, &mut case);
     if !args.no_linux {
         // Issue 16, "The peer in the repo": the peer KVM VMM builds and runs
         // the bench guest under Linux's own pKVM (`cargo xtask bench peer`).
