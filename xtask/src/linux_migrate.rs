@@ -94,7 +94,8 @@ fn machine(
         "-netdev".to_string(),
         format!("socket,id=mig0,{net}"),
         "-device".to_string(),
-        format!("virtio-net-pci,netdev=mig0,mac={mac}"),
+        // No option ROM: Debian's QEMU does not ship efi-virtio.rom.
+        format!("virtio-net-pci,netdev=mig0,mac={mac},romfile="),
     ]);
     Ok(m)
 }
@@ -134,12 +135,20 @@ fn two_hosts_case() -> Result<String> {
     let source_run = source_run?;
     let dir = artifacts::build_dir().join("linux");
     let _ = std::fs::create_dir_all(&dir);
-    let _ = std::fs::write(dir.join("migrate-source.log"), &source_run.console);
-    let _ = std::fs::write(dir.join("migrate-dest.log"), &dest_run.console);
-    for (run, what) in [(&source_run, "source"), (&dest_run, "destination")] {
+    for (run, what) in [(&source_run, "source"), (&dest_run, "dest")] {
+        let text = format!(
+            "{}\n--- QEMU: {}\n--- stderr:\n{}",
+            run.console, run.command, run.stderr
+        );
+        let _ = std::fs::write(dir.join(format!("migrate-{what}.log")), text);
+    }
+    for (run, what, file) in [
+        (&source_run, "source", "source"),
+        (&dest_run, "destination", "dest"),
+    ] {
         if run.timed_out {
             bail!(run.failure(&format!(
-                "the {what} timed out (console: build/linux/migrate-{what}.log)"
+                "the {what} timed out (console: build/linux/migrate-{file}.log)"
             )));
         }
     }
