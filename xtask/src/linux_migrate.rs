@@ -165,9 +165,29 @@ fn two_hosts_case() -> Result<String> {
             "both machines report the same attestation key: the destination was not built with another device secret"
         );
     }
-    check(&source_run.console, &dest_run.console).map_err(|e| {
-        anyhow!("{e}\n  consoles: build/linux/migrate-source.log, build/linux/migrate-dest.log")
-    })
+    // When each step ended, from QEMU's start (the boot is most of it).
+    let at = |run: &Run, mark: &str| {
+        run.lines
+            .iter()
+            .find(|(_, l)| l.contains(mark))
+            .map_or_else(
+                || "?".to_string(),
+                |(t, _)| format!("{:.0}", t.as_secs_f64()),
+            )
+    };
+    let times = format!(
+        "; source: /init at {} s, migrated at {} s, done at {} s; destination: /init at {} s, done at {} s",
+        at(&source_run, "RAMPART-INIT: start"),
+        at(&source_run, "RAMPART-MIGRATE: out1 exit"),
+        at(&source_run, "RAMPART-INIT: done"),
+        at(&dest_run, "RAMPART-INIT: start"),
+        at(&dest_run, "RAMPART-INIT: done"),
+    );
+    check(&source_run.console, &dest_run.console)
+        .map(|s| s + &times)
+        .map_err(|e| {
+            anyhow!("{e}\n  consoles: build/linux/migrate-source.log, build/linux/migrate-dest.log")
+        })
 }
 
 /// The number at the end of `line`.

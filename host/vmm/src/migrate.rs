@@ -208,6 +208,8 @@ pub struct Progress {
     partial: Vec<u8>,
     /// Lengths stopped parsing (a malformed stream): records no longer counted.
     lost: bool,
+    /// Time spent in the hypervisor's export or import calls.
+    pub in_calls: Duration,
     last_print: Instant,
 }
 
@@ -220,6 +222,7 @@ impl Default for Progress {
             next: PREAMBLE_LEN as u64,
             partial: Vec::new(),
             lost: false,
+            in_calls: Duration::ZERO,
             last_print: Instant::now(),
         }
     }
@@ -406,6 +409,8 @@ pub struct Exported {
     pub calls: u64,
     /// Stream bytes.
     pub bytes: u64,
+    /// Wall time inside the calls that succeeded.
+    pub in_calls: Duration,
 }
 
 /// Exports VM `handle` for `hello` through the buffer at `buffer_phys`
@@ -441,9 +446,16 @@ pub fn export(
         hello.identity[3],
     ];
     let first = Instant::now();
-    let mut out = Exported { calls: 0, bytes: 0 };
+    let mut out = Exported {
+        calls: 0,
+        bytes: 0,
+        in_calls: Duration::ZERO,
+    };
     loop {
-        let r = match checked(hyp, HostCall::VmExport.id(), &args) {
+        let t = Instant::now();
+        let r = checked(hyp, HostCall::VmExport.id(), &args);
+        let took = t.elapsed();
+        let r = match r {
             Err(e)
                 if out.calls == 0
                     && e.error() == Some(Error::Busy)
@@ -462,6 +474,7 @@ pub fn export(
             }
             Ok(r) => r,
         };
+        out.in_calls += took;
         out.calls += 1;
         if out.calls == 1 {
             started();
@@ -539,6 +552,7 @@ pub fn cmd_out(env: &Env, args: &OutArgs) -> Result<ExitCode> {
         flip: args.hostile_flip_byte,
         progress: Progress::default(),
     };
+    let stopped = Instant::now();
     if let Some(pid) = owner {
         signal(pid, libc::SIGSTOP)?;
     }
@@ -581,11 +595,12 @@ pub fn cmd_out(env: &Env, args: &OutArgs) -> Result<ExitCode> {
         }
     };
     println!(
-        "migrate-out: exported in {} VM_EXPORT calls; VM {handle:#x} destroyed here (its pages zeroed and the host's)",
-        exported.calls
+        "migrate-out: exported in {} VM_EXPORT calls ({:.3} s in them); VM {handle:#x} destroyed here (its pages zeroed and the host's)",
+        exported.calls,
+        exported.in_calls.as_secs_f64()
     );
     session.close();
-    finish_out(sink, Some(handle))
+    finish_out(sink, Some(stopped))
 }
 
 fn read_hello(sock: &mut TcpStream) -> Result<Hello> {
@@ -596,13 +611,19 @@ fn read_hello(sock: &mut TcpStream) -> Result<Hello> {
     Hello::decode(&bytes)
 }
 
-fn finish_out(mut sink: Sink, handle: Option<u64>) -> Result<ExitCode> {
+fn finish_out(mut sink: Sink, stopped: Option<Instant>) -> Result<ExitCode> {
     sink.sock.flush()?;
     sink.sock.shutdown(std::net::Shutdown::Write)?;
     println!("migrate-out: sent {}", sink.progress.summary());
     match read_verdict(&mut sink.sock)? {
         Verdict::Accepted => {
-            println!("migrate-out: the destination accepted the stream");
+            println!(
+                "migrate-out: the destination accepted the stream{}",
+                stopped.map_or_else(String::new, |t| format!(
+                    " {:.3} s after the VM stopped here (it runs there from now)",
+                    t.elapsed().as_secs_f64()
+                ))
+            );
             Ok(ExitCode::SUCCESS)
         }
         other => {
@@ -612,7 +633,7 @@ fn finish_out(mut sink: Sink, handle: Option<u64>) -> Result<ExitCode> {
                 Verdict::Accepted => unreachable!(),
             };
             eprintln!("rampart-vmm: migrate-out: the destination {what}");
-            if handle.is_some() {
+            if stopped.is_some() {
                 eprintln!(
                     "rampart-vmm: migrate-out: the VM left this machine; only a saved copy of the stream (its challenge is outstanding again) can still bring it back"
                 );
@@ -702,6 +723,7 @@ pub fn import(
     let mut pending: Vec<u8> = first.to_vec();
     fill(input, &mut pending, progress)?;
     region.write_bytes(buf_off, &pending);
+    let t = Instant::now();
     let r = call(
         hyp,
         HostCall::VmImport.id(),
@@ -712,6 +734,7 @@ pub fn import(
             pending.len() as u64,
         ],
     );
+    progress.in_calls += t.elapsed();
     #[allow(clippy::cast_possible_wrap, reason = "x0 is a signed code")]
     if r[0] != 0 {
         return Ok(Imported::Refused {
@@ -739,11 +762,13 @@ pub fn import(
             return Ok(Imported::Truncated(Some(handle)));
         }
         region.write_bytes(buf_off, &pending);
+        let t = Instant::now();
         let r = call(
             hyp,
             HostCall::VmImportData.id(),
             &[handle, buf_phys, pending.len() as u64],
         );
+        progress.in_calls += t.elapsed();
         #[allow(clippy::cast_possible_wrap, reason = "x0 is a signed code")]
         if r[0] != 0 {
             return Ok(Imported::Refused {
@@ -951,10 +976,11 @@ pub fn cmd_in(env: &Env, args: &InArgs) -> Result<ExitCode> {
     answer(&Verdict::Accepted);
     drop(sock);
     println!(
-        "[{name}] rampart-vmm: migrate-in: VM {handle:#x} imported ({} KiB of RAM, {vcpus} vCPU{}): {}",
+        "[{name}] rampart-vmm: migrate-in: VM {handle:#x} imported ({} KiB of RAM, {vcpus} vCPU{}): {}; {:.3} s in VM_IMPORT and VM_IMPORT_DATA",
         plan.memory_size / 1024,
         if vcpus == 1 { "" } else { "s" },
-        progress.summary()
+        progress.summary(),
+        progress.in_calls.as_secs_f64()
     );
     Ok(ExitCode::from(run_imported(
         &channels, &plan, &region, handle, name,
