@@ -18,6 +18,26 @@ wait_for() {
 	return 0
 }
 
+# bounded SECS LOG ARGS...: runs `rampart-vmm migrate-in ARGS` for at
+# most SECS seconds (a stream that should have been refused but was not
+# would run its guest forever); sets $st to its exit status (143 if it had
+# to be stopped).
+bounded() {
+	secs=$1
+	log=$2
+	shift 2
+	/bin/rampart-vmm migrate-in "$@" >"$log" 2>&1 &
+	p=$!
+	i=0
+	while kill -0 "$p" 2>/dev/null && [ "$i" -lt "$secs" ]; do
+		sleep 1
+		i=$((i + 1))
+	done
+	kill -TERM "$p" 2>/dev/null
+	wait "$p"
+	st=$?
+}
+
 # show STEP FILE: the log without most count lines (the first 8 and the
 # last 4 of them are enough to read the count).
 show() {
@@ -51,12 +71,12 @@ if [ "$ROLE" = dest ]; then
 	mg "in1 exit $?"
 	show IN1 /tmp/in1.log
 	# 2. The stream with a byte flipped on the wire.
-	/bin/rampart-vmm migrate-in --listen "$PORT" --name flipped >/tmp/in2.log 2>&1
-	mg "in2 exit $?"
+	bounded 240 /tmp/in2.log --listen "$PORT" --name flipped
+	mg "in2 exit $st"
 	show IN2 /tmp/in2.log
 	# 3. The first stream, saved by the source, replayed.
-	/bin/rampart-vmm migrate-in --listen "$PORT" --name replayed >/tmp/in3.log 2>&1
-	mg "in3 exit $?"
+	bounded 120 /tmp/in3.log --listen "$PORT" --name replayed
+	mg "in3 exit $st"
 	show IN3 /tmp/in3.log
 	/bin/rampart-vmm list | sed 's/^/LIST: /'
 	mg "dest done"
