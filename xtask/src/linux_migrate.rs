@@ -233,12 +233,21 @@ pub fn check(source: &str, dest: &str) -> Result<String, String> {
     .ok_or("the destination did not accept the stream")?;
     find(source, "RUN1: [count] rampart-vmm: exported")
         .ok_or("the source's run did not end as exported")?;
-    let last = source
+    // The source's last lines; the very last may be the line it stopped
+    // in, printed unfinished when its run ended ("GUEST-COUNT 26" of 2640).
+    let tail: Vec<(u64, String)> = source
         .lines()
-        .filter(|l| l.contains("RUN1: (last) [count] GUEST-COUNT "))
-        .filter_map(last_number)
-        .last()
-        .ok_or("no count on the source")?;
+        .filter_map(|l| l.split_once("RUN1: (last) [count] GUEST-COUNT "))
+        .filter_map(|(_, r)| {
+            let digits = r.trim_end();
+            Some((digits.parse().ok()?, digits.to_string()))
+        })
+        .collect();
+    let (last, partial) = match tail.as_slice() {
+        [.., (a, _), (b, text)] if *b != a + 1 => (*a, Some(text.clone())),
+        [.., (b, _)] => (*b, None),
+        [] => return Err("no count on the source".into()),
+    };
     status(dest, "in1", "143")?;
     find(dest, "in1 counted on").ok_or("the migrated guest did not count on")?;
     let in1: Vec<&str> = dest
@@ -252,19 +261,27 @@ pub fn check(source: &str, dest: &str) -> Result<String, String> {
         .filter_map(|l| last_number(l))
         .collect();
     let first = *counts.first().ok_or("no count on the destination")?;
-    // The source may have stopped in the middle of a line: the rest of it
-    // comes first at the destination (the console store is executed again).
+    // If the source stopped in the middle of a line, the rest of it comes
+    // first at the destination (the guest's console store in flight is
+    // executed again there).
     let fragment = in1
         .iter()
-        .find(|l| !l.starts_with("GUEST-COUNT ") && !l.contains("rampart-vmm"));
-    let how = if first == last + 1 {
+        .find(|l| !l.starts_with("GUEST-COUNT ") && !l.contains("rampart-vmm"))
+        .map(|l| l.chars().filter(char::is_ascii_digit).collect::<String>())
+        .unwrap_or_default();
+    let stopped_in = (last + 1).to_string();
+    let how = if first == last + 1 && partial.is_none() {
         "the next count"
-    } else if first == last + 2 && fragment.and_then(|f| last_number(f)) == Some(last + 1) {
+    } else if first == last + 2
+        && !fragment.is_empty()
+        && stopped_in.ends_with(&fragment)
+        && partial.as_deref().is_none_or(|p| stopped_in.starts_with(p))
+    {
         "the rest of the line it stopped in, then the next count"
     } else {
         return Err(format!(
-            "the guest stopped at {last} on the source and went on at {first} on the destination (first line {:?})",
-            in1.first()
+            "the guest stopped at {last} (then {partial:?}) on the source and went on at {first} on the destination (first lines {:?})",
+            &in1[..in1.len().min(3)]
         ));
     };
     if counts.windows(2).take(7).any(|w| w[1] != w[0] + 1) {
@@ -354,6 +371,21 @@ LIST: no live VMs
             "IN1: [migrated] NT 43\nIN1: [migrated] GUEST-COUNT 44\nIN1: [migrated] GUEST-COUNT 45",
         );
         assert!(check(SOURCE, &mid).unwrap().contains("rest of the line"));
+        // The source printed the line it stopped in unfinished.
+        let cut = SOURCE.replace(
+            "RUN1: (last) [count] GUEST-COUNT 42\n",
+            "RUN1: (last) [count] GUEST-COUNT 42\nRUN1: (last) [count] GUEST-COUNT 4\n",
+        );
+        let mid3 = DEST.replace(
+            "IN1: [migrated] GUEST-COUNT 43\nIN1: [migrated] GUEST-COUNT 44",
+            "IN1: [migrated] 3\nIN1: [migrated] GUEST-COUNT 44\nIN1: [migrated] GUEST-COUNT 45",
+        );
+        assert!(check(&cut, &mid3).unwrap().contains("stopped at 42"));
+        assert!(check(&cut, &mid3.replace("] 3\n", "] 7\n")).is_err());
+        assert!(
+            check(&cut, DEST).is_err(),
+            "an unfinished line needs its rest"
+        );
         let bad = |s: &str, d: &str| check(s, d).unwrap_err();
         assert!(bad(SOURCE, &DEST.replace("COUNT 43", "COUNT 1")).contains("went on at"));
         assert!(bad(SOURCE, &DEST.replace("in2 exit 4", "in2 exit 0")).contains("in2"));

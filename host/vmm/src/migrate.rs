@@ -367,6 +367,10 @@ struct Sink {
     save: Option<std::fs::File>,
     flip: Option<u64>,
     progress: Progress,
+    /// The first send error: later bytes are only saved (an export, once
+    /// started, runs to its end: the VM cannot run here again anyway, and
+    /// a complete saved stream can still be replayed).
+    broken: Option<String>,
 }
 
 impl Sink {
@@ -376,7 +380,10 @@ impl Sink {
         }
         let at = self.progress.bytes();
         self.progress.feed(bytes);
-        match self.flip {
+        if self.broken.is_some() {
+            return Ok(());
+        }
+        let sent = match self.flip {
             Some(n) if n >= at && n - at < bytes.len() as u64 => {
                 let mut copy = bytes.to_vec();
                 #[allow(clippy::cast_possible_truncation, reason = "below bytes.len()")]
@@ -386,8 +393,12 @@ impl Sink {
                 self.sock.write_all(&copy)
             }
             _ => self.sock.write_all(bytes),
+        };
+        if let Err(e) = sent {
+            println!("migrate-out: the link broke after {at} bytes: {e}");
+            self.broken = Some(e.to_string());
         }
-        .context("sending the stream")
+        Ok(())
     }
 }
 
@@ -528,6 +539,7 @@ pub fn cmd_out(env: &Env, args: &OutArgs) -> Result<ExitCode> {
             save,
             flip: args.hostile_flip_byte,
             progress: Progress::default(),
+            broken: None,
         };
         sink.send(&bytes)?;
         return finish_out(sink, None);
@@ -551,6 +563,7 @@ pub fn cmd_out(env: &Env, args: &OutArgs) -> Result<ExitCode> {
         save,
         flip: args.hostile_flip_byte,
         progress: Progress::default(),
+        broken: None,
     };
     let stopped = Instant::now();
     if let Some(pid) = owner {
@@ -612,10 +625,25 @@ fn read_hello(sock: &mut TcpStream) -> Result<Hello> {
 }
 
 fn finish_out(mut sink: Sink, stopped: Option<Instant>) -> Result<ExitCode> {
-    sink.sock.flush()?;
-    sink.sock.shutdown(std::net::Shutdown::Write)?;
-    println!("migrate-out: sent {}", sink.progress.summary());
-    match read_verdict(&mut sink.sock)? {
+    // The destination may have refused early and closed: its verdict may
+    // still be readable, so errors here are not the end.
+    let _ = sink.sock.flush();
+    let _ = sink.sock.shutdown(std::net::Shutdown::Write);
+    println!(
+        "migrate-out: {} {}",
+        if sink.broken.is_some() {
+            "exported"
+        } else {
+            "sent"
+        },
+        sink.progress.summary()
+    );
+    let verdict = match (read_verdict(&mut sink.sock), &sink.broken) {
+        (Ok(v), _) => v,
+        (Err(e), None) => return Err(e),
+        (Err(_), Some(broken)) => Verdict::Failed(format!("the link broke ({broken}); no verdict")),
+    };
+    match verdict {
         Verdict::Accepted => {
             println!(
                 "migrate-out: the destination accepted the stream{}",
@@ -898,6 +926,15 @@ pub fn cmd_in(env: &Env, args: &InArgs) -> Result<ExitCode> {
             let _ = s.write_all(v.line().as_bytes());
         }
     };
+    // After an early verdict: read what the source still sends (up to 30 s
+    // of silence), so it can finish and read the verdict instead of
+    // having its connection reset.
+    let drain = |input: &mut dyn Read| {
+        if let Some(s) = &sock {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+            let _ = std::io::copy(input, &mut std::io::sink());
+        }
+    };
     let mut progress = Progress::default();
     let mut first = vec![0u8; FIRST_LEN];
     if let Err(e) = input.read_exact(&mut first) {
@@ -946,6 +983,7 @@ pub fn cmd_in(env: &Env, args: &InArgs) -> Result<ExitCode> {
             let e = CallError { id: call, code };
             println!("[{name}] rampart-vmm: migrate-in: refused: {e}");
             answer(&Verdict::Refused(hyp::error_name(code)));
+            drain(&mut input);
             match held_nothing(main, handle, &plan, &region) {
                 Ok(s) => println!(
                     "[{name}] rampart-vmm: migrate-in: the destination holds nothing of the VM: {s}"
