@@ -462,6 +462,7 @@ pub fn export(
         bytes: 0,
         in_calls: Duration::ZERO,
     };
+    let mut idle = 0u32;
     loop {
         let t = Instant::now();
         let r = checked(hyp, HostCall::VmExport.id(), &args);
@@ -503,8 +504,17 @@ pub fn export(
         if r[2] == 1 {
             return Ok(out);
         }
-        if n == 0 && out.calls > 4 {
-            bail!("VM_EXPORT made no progress");
+        // A call may write nothing (the end record's destruction was
+        // busy: the next call finishes it); only a long run of them is
+        // a hypervisor that makes no progress.
+        if n == 0 {
+            idle += 1;
+            if idle > 1000 {
+                bail!("VM_EXPORT made no progress in 1000 calls");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        } else {
+            idle = 0;
         }
     }
 }
@@ -960,6 +970,7 @@ pub fn cmd_in(env: &Env, args: &InArgs) -> Result<ExitCode> {
     let channels = session.channels();
     let main = &channels[0];
     let region = session.map_region()?;
+    let mut created = None;
     let result = import(
         main,
         &plan,
@@ -968,12 +979,24 @@ pub fn cmd_in(env: &Env, args: &InArgs) -> Result<ExitCode> {
         &first,
         &mut input,
         &mut progress,
-        &mut |h| session.set_vm(h),
+        &mut |h| {
+            created = Some(h);
+            session.set_vm(h);
+        },
     );
     let result = match result {
         Ok(r) => r,
         Err(e) => {
+            // Our own failure (a read, VM_DONATE): the VM, if created,
+            // never ran; destroy it so its pages are the host's again.
             answer(&Verdict::Failed(format!("{e:#}")));
+            if let Some(h) = created
+                && let Err(d) = crate::vm::destroy(main, h)
+            {
+                std::mem::forget(session);
+                return Err(e.context(format!("and destroying the half-imported VM {h:#x}: {d}")));
+            }
+            session.close();
             return Err(e);
         }
     };
