@@ -880,7 +880,12 @@ fn check_effect(spec: &Spec<'_>, effect: &Effect, held: &Ranges) {
         Effect::CreateVm { metadata, .. } | Effect::Import { metadata } => {
             changed.add(metadata.start(), metadata.end());
         }
-        Effect::Relinquish { pa, .. } | Effect::Evict { pa, .. } => changed.add(pa, pa + PAGE_SIZE),
+        Effect::Relinquish { pa, .. } => changed.add(pa, pa + PAGE_SIZE),
+        // The sealed page EL2 wrote: still the host's alone, mapped.
+        Effect::Evict { pa, sealed, .. } => {
+            changed.add(pa, pa + PAGE_SIZE);
+            changed.add(sealed, sealed + PAGE_SIZE);
+        }
         Effect::Bind { page, .. } | Effect::Unbind { page, .. } => {
             changed.add(page, page + PAGE_SIZE);
         }

@@ -365,7 +365,8 @@ pub enum Effect {
         pa: u64,
     },
     /// `VM_EVICT` (sealed swap): as [`Effect::Relinquish`], and the VM is
-    /// [`VmSpec::swapped`].
+    /// [`VmSpec::swapped`]; the host's page `sealed`, which EL2 wrote,
+    /// stays the host's alone.
     Evict {
         /// The VM's slot.
         slot: u8,
@@ -373,6 +374,8 @@ pub enum Effect {
         ipa: u64,
         /// Its physical page.
         pa: u64,
+        /// The host page the sealed copy went into.
+        sealed: u64,
     },
     /// `VM_EXPORT` of the VM in `slot` (issue 14, [`migrate`]): stopped for
     /// good; destroyed by the call that answers complete (`x2` = 1).
@@ -1512,7 +1515,7 @@ impl<'a> Spec<'a> {
                     });
                 }
             }
-            Effect::Evict { slot, ipa, pa } => {
+            Effect::Evict { slot, ipa, pa, .. } => {
                 self.set(pa, Page::Host);
                 if let Some(Some(vm)) = self.vms.get_mut(usize::from(slot)) {
                     vm.remove_page(ipa);
