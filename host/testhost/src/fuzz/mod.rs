@@ -186,6 +186,8 @@ pub(crate) struct Shared {
     pub restores: [AtomicU64; MAX_CPUS],
     pub sealed_refused: [AtomicU64; MAX_CPUS],
     pub exported: [AtomicU64; MAX_CPUS],
+    /// Another CPU's protected guest stopped by an export's first call.
+    pub foreign_stopped: [AtomicU64; MAX_CPUS],
 }
 
 pub(crate) static SHARED: Shared = Shared {
@@ -226,6 +228,7 @@ pub(crate) static SHARED: Shared = Shared {
     restores: [const { AtomicU64::new(0) }; MAX_CPUS],
     sealed_refused: [const { AtomicU64::new(0) }; MAX_CPUS],
     exported: [const { AtomicU64::new(0) }; MAX_CPUS],
+    foreign_stopped: [const { AtomicU64::new(0) }; MAX_CPUS],
 };
 
 /// How long the secondaries may go without a call returning, once the boot
@@ -507,11 +510,12 @@ pub fn run(p: &Platform, c: Config) {
         sum(&s.protected_guests)
     );
     fuzz_line!(
-        "note sealed: {} evictions, {} restores, {} hostile swap or migration calls refused, {} VMs exported to the end",
+        "note sealed: {} evictions, {} restores, {} hostile swap or migration calls refused, {} VMs exported to the end, {} running guests of another CPU stopped by an export",
         sum(&s.evictions),
         sum(&s.restores),
         sum(&s.sealed_refused),
-        sum(&s.exported)
+        sum(&s.exported),
+        sum(&s.foreign_stopped)
     );
     let races = race::counts();
     fuzz_line!(

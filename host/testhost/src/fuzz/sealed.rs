@@ -242,6 +242,41 @@ impl Stream {
         }
     }
 
+    /// The first `VM_EXPORT` call of another CPU's protected guest, whose
+    /// vCPU may be running there: `BUSY` while it runs, else it is stopped
+    /// for good (its owner's `VCPU_RUN` answers `MIGRATING` from then on;
+    /// its `VM_DESTROY` still frees it). A two-page buffer holds the
+    /// preamble and header only, so the export never completes here. The
+    /// oracle predicts both outcomes.
+    fn export_foreign(&mut self) -> Step {
+        let cpus = SHARED.cpus.load(Ordering::Relaxed).max(1);
+        let other = self.rng.below(cpus) as usize;
+        let h = SHARED.sealed_target[other].load(Ordering::Acquire);
+        if other == self.cpu || h == 0 {
+            return Ok(());
+        }
+        let Some(buf) = self.host_run(2) else {
+            return Ok(());
+        };
+        let mut args = [0u64; 9];
+        args[0] = h;
+        args[1] = self.page_address(buf);
+        args[2] = 2;
+        for a in &mut args[3..] {
+            *a = self.rng.next();
+        }
+        let r = self.call(HostCall::VmExport.id(), &args);
+        if r[0] == 0 {
+            if r[2] == 1 {
+                return self.fail(format_args!(
+                    "VM_EXPORT({h:#x}) of a 128-page guest completed in two pages"
+                ));
+            }
+            SHARED.foreign_stopped[self.cpu].fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     fn import_garbage(&mut self) -> Step {
         // Metadata for a VM of one vCPU (the header's, were it authentic).
         let (Some(meta), Some(buf)) = (self.host_run(12), self.host_run(2)) else {
@@ -261,6 +296,9 @@ impl Stream {
     /// `VM_EXPORT` of an own VM: refused unless it is a protected guest
     /// that ran; that one leaves for good.
     fn export(&mut self) -> Step {
+        if self.rng.chance(16) {
+            return self.export_foreign();
+        }
         // Mostly the protected guest, the one VM that may leave.
         let guest = (0..MAX_VMS)
             .find(|&i| self.vms[i].is_some_and(|vm| vm.guest && vm.protected && vm.signed));
