@@ -773,6 +773,10 @@ fn abort(slot: usize, handle: VmHandle) {
     // Its vCPUs cannot run (MIGRATING), so nothing holds their locks but
     // a concurrent call that fails at once; try a few times.
     for _ in 0..64 {
+        // Planted bug (test only): the refused import's VM stays.
+        if cfg!(feature = "mutant-import-keeps-vm") {
+            break;
+        }
         if vm::destroy(handle) != Err(Error::Busy) {
             break;
         }
@@ -909,4 +913,31 @@ fn finish(slot: usize, handle: VmHandle, pages: u64) -> Result<(), Error> {
     settle_by_handle(handle, true);
     MIGRATING[slot].store(0, Ordering::Release);
     Ok(())
+}
+
+/// What an imported VM holds after a migration call, for the oracle (test
+/// builds, feature `oracle`): the specification cannot open the stream
+/// its configuration and vCPUs come from.
+#[cfg(feature = "oracle")]
+pub fn oracle_imported(handle: u64) -> Option<rampart_spec::Imported> {
+    let (slot, guard) = vm::lock(VmHandle(handle)).ok()?;
+    let vm = guard.as_ref()?;
+    let config = VmConfig {
+        protected: vm.protected,
+        debug: vm.debug,
+        max_vcpus: vm.max_vcpus as u64,
+    };
+    let mut vcpus = 0u8;
+    let mut power = [rampart_spec::Power::Off; 8];
+    for (i, p) in power.iter_mut().enumerate().take(VCPUS.min(8)) {
+        if VCPU_EXISTS[slot][i].load(Ordering::Acquire) {
+            vcpus |= 1 << i;
+        }
+        *p = match VCPU_POWER[slot][i].load(Ordering::Acquire) {
+            vm::power::ON => rampart_spec::Power::On,
+            vm::power::PENDING => rampart_spec::Power::Pending,
+            _ => rampart_spec::Power::Off,
+        };
+    }
+    Some(rampart_spec::Imported { config, vcpus, power })
 }

@@ -283,7 +283,12 @@ pub fn host_call(regs: &mut [u64; 18], run: fn(&mut [u64; 18])) {
             violation!("ATTESTATION_KEY answered {got:x?}, earlier {:x?}", o.key);
         }
     }
-    settle(&mut o, &prediction, regs[0] as i64, regs[1], &mut |v| {
+    // Migration (issue 14): what the stream made of an imported VM, which
+    // the specification cannot open.
+    let imports = function == HostCall::VmImport.id() || function == HostCall::VmImportData.id();
+    let handle = if function == HostCall::VmImport.id() { regs[1] } else { sent[1] };
+    o.spec.set_imported((imports && regs[0] == 0).then(|| crate::migrate::oracle_imported(handle)).flatten());
+    settle(&mut o, &prediction, regs[0] as i64, [regs[1], regs[2]], &mut |v| {
         violation!(
             "host call {name} ({:#x}, {:#x}, {:#x}, {:#x}): {v}",
             sent[1],
@@ -314,7 +319,7 @@ pub fn bind(
         Ok(()) => 0,
         Err(e) => e.code(),
     };
-    settle(&mut o, &prediction, x0, 0, &mut |v| {
+    settle(&mut o, &prediction, x0, [0, 0], &mut |v| {
         violation!("control channel {channel} BIND({page:#x}): {v}");
     });
     result
@@ -427,6 +432,10 @@ impl core::fmt::Display for Shown<'_> {
                 want,
             } => write!(f, "x{register} = {got:#x}, the contract says {want:#x}"),
             Violation::Run { what, exit } => write!(f, "{what} (exit {exit})"),
+            Violation::Imported { slot } => write!(
+                f,
+                "the VM imported into slot {slot} holds a configuration or vCPUs its stream could not make"
+            ),
         }
     }
 }
@@ -470,7 +479,7 @@ pub fn guest_call<T>(
             s.store(true, Ordering::Relaxed);
         }
         let x0 = if off { 0 } else { regs[0] as i64 };
-        settle(&mut o, &prediction, x0, regs[1], &mut |v| {
+        settle(&mut o, &prediction, x0, [regs[1], 0], &mut |v| {
             violation!(
                 "guest call {name} ({:#x}, {:#x}) from vCPU {index} of VM slot {slot}: {v}",
                 args[0],
@@ -535,12 +544,15 @@ fn settle(
     o: &mut Oracle,
     prediction: &Prediction,
     x0: i64,
-    x1: u64,
+    [x1, x2]: [u64; 2],
     report: &mut dyn FnMut(&dyn core::fmt::Display),
 ) {
     EVENTS.fetch_add(1, Ordering::Relaxed);
     let start = now();
-    if x0 == 0 && prediction.allowed.allows_success() {
+    // The VM this answer destroyed, if any (VM_DESTROY, the export's last
+    // call, a refused import): its pages must come back zeroed.
+    let destroyed = o.spec.destroyed_by(prediction, x0, x2);
+    if (x0 == 0 && prediction.allowed.allows_success()) || destroyed.is_some() {
         // Pages noted at the moment they went back ([`returning`]).
         let (nonzero, count) = RETURNED
             .get(crate::cpu::current())
@@ -566,17 +578,17 @@ fn settle(
     // A VM's teardown changes only the pages it held: noted before the
     // commit forgets whose they were.
     let mut held = Ranges::new();
-    if x0 == 0
-        && let Effect::DestroyVm { slot } = prediction.effect
-    {
+    if let Some(slot) = destroyed {
         o.spec.vm_pages(slot, &mut |start, pages| {
             held.add(start, start.saturating_add(pages.saturating_mul(PAGE_SIZE)));
         });
     }
-    if let Err(v) = o.spec.commit(prediction, x0, x1) {
+    if let Err(v) = o.spec.commit_call(prediction, x0, x1, x2) {
         report(&Shown(&v, prediction));
     }
-    if x0 == 0 {
+    if destroyed.is_some() {
+        check_effect(&o.spec, &Effect::DestroyVm { slot: 0 }, &held);
+    } else if x0 == 0 {
         check_effect(&o.spec, &prediction.effect, &held);
     }
     // Only events that may change the abstract state count towards the next
@@ -865,8 +877,15 @@ fn check_effect(spec: &Spec<'_>, effect: &Effect, held: &Ranges) {
         Effect::SetPages { range, .. } | Effect::GiveVm { range, .. } => {
             changed.add(range.start(), range.end());
         }
-        Effect::CreateVm { metadata, .. } => changed.add(metadata.start(), metadata.end()),
-        Effect::Relinquish { pa, .. } | Effect::Evict { pa, .. } => changed.add(pa, pa + PAGE_SIZE),
+        Effect::CreateVm { metadata, .. } | Effect::Import { metadata } => {
+            changed.add(metadata.start(), metadata.end());
+        }
+        Effect::Relinquish { pa, .. } => changed.add(pa, pa + PAGE_SIZE),
+        // The sealed page EL2 wrote: still the host's alone, mapped.
+        Effect::Evict { pa, sealed, .. } => {
+            changed.add(pa, pa + PAGE_SIZE);
+            changed.add(sealed, sealed + PAGE_SIZE);
+        }
         Effect::Bind { page, .. } | Effect::Unbind { page, .. } => {
             changed.add(page, page + PAGE_SIZE);
         }

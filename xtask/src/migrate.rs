@@ -216,3 +216,42 @@ pub fn two_machines_case() -> Result<String> {
         note(&source_run, "exported in")
     ))
 }
+
+/// Issue 14 (ms): `migrate/oracle-local`: `testhost.migrate=local` under
+/// the oracle's build, so every migration call's prediction and memory
+/// effect (crates/spec/src/migrate.rs) meets the real ones: every check
+/// passes and the oracle reports nothing. With `mutant` (a planted bug),
+/// the oracle must report it instead.
+pub fn oracle_local_case(mutant: Option<&str>) -> Result<String> {
+    let features: Vec<&str> = std::iter::once("oracle").chain(mutant).collect();
+    let m = machine(artifacts::hypervisor_with_features(&features)?, "testhost.migrate=local")?;
+    let run = m.run(TIMEOUT, None, false)?;
+    if run.timed_out {
+        bail!(run.failure("timed out"));
+    }
+    if !run.console.contains("test build (oracle)") {
+        bail!(run.failure("the hypervisor did not run its oracle"));
+    }
+    let violations: Vec<&str> = run.console.lines().filter(|l| l.contains("oracle: VIOLATION ")).collect();
+    match (mutant, violations.first()) {
+        (None, Some(first)) => bail!(run.failure(&format!("{} oracle violations, the first: {first}", violations.len()))),
+        (Some(m), None) => bail!(run.failure(&format!("the oracle reported nothing about {m}"))),
+        (Some(_), Some(first)) => Ok(format!("caught: {} violations, the first: {first}", violations.len())),
+        (None, None) => {
+            passed(
+                &run,
+                &[
+                    "migrate-export",
+                    "migrate-flipped-byte-refused",
+                    "migrate-truncated-never-runs",
+                    "migrate-retargeted-refused",
+                    "migrate-import",
+                    "migrate-carries-on",
+                    "migrate-replay-refused",
+                    "migrate-destroy-imported",
+                ],
+            )?;
+            Ok("every migration check passes under the oracle, 0 violations".to_string())
+        }
+    }
+}

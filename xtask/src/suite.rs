@@ -186,12 +186,19 @@ pub fn run(args: &TestArgs) -> Result<()> {
     case("testhost/reset-wipes".into(), &reset_case);
     case("testhost/power-off-wipes".into(), &power_off_case);
 
+    // Issue 14 (ms): evict/restore against a vCPU running on the other CPU
+    // and against VM_DESTROY, under the oracle.
+    case("swap/race".into(), &crate::fuzz::swap_race_case);
     // Issue 14, secure migration (xtask/src/migrate.rs): a protected guest
     // counting in memory moves, sealed, to another VM on the same machine
     // (with the hostile streams), and to a second machine with another
     // device secret.
     case("migrate/local".into(), &crate::migrate::local_case);
     case("migrate/two-machines".into(), &crate::migrate::two_machines_case);
+    // Issue 14 (ms): the migration calls under the oracle, and a planted
+    // bug in them the oracle must report.
+    case("migrate/oracle-local".into(), &|| crate::migrate::oracle_local_case(None));
+    case("migrate/oracle-mutant-import-keeps-vm".into(), &|| crate::migrate::oracle_local_case(Some("mutant-import-keeps-vm")));
 
     // Hostile-host fuzzing (issue 15): seeded streams of every host call
     // on one, two and four CPUs with the fuzz guest running, the oracle

@@ -365,7 +365,8 @@ pub enum Effect {
         pa: u64,
     },
     /// `VM_EVICT` (sealed swap): as [`Effect::Relinquish`], and the VM is
-    /// [`VmSpec::swapped`].
+    /// [`VmSpec::swapped`]; the host's page `sealed`, which EL2 wrote,
+    /// stays the host's alone.
     Evict {
         /// The VM's slot.
         slot: u8,
@@ -373,6 +374,26 @@ pub enum Effect {
         ipa: u64,
         /// Its physical page.
         pa: u64,
+        /// The host page the sealed copy went into.
+        sealed: u64,
+    },
+    /// `VM_EXPORT` of the VM in `slot` (issue 14, [`migrate`]): stopped for
+    /// good; destroyed by the call that answers complete (`x2` = 1).
+    Export {
+        /// The slot.
+        slot: u8,
+    },
+    /// `VM_IMPORT`: a VM over `metadata`, being imported, whose handle the
+    /// call returns in `x1` (its configuration: [`Spec::set_imported`]).
+    Import {
+        /// The metadata.
+        metadata: PageRange,
+    },
+    /// `VM_IMPORT_DATA` into the VM in `slot`: complete (`x2` = 1) makes it
+    /// runnable; a refusal destroys it.
+    ImportData {
+        /// The slot.
+        slot: u8,
     },
 }
 
@@ -425,6 +446,13 @@ pub enum Violation {
         what: &'static str,
         /// The exit reason (`x1`).
         exit: u64,
+    },
+    /// An imported VM's configuration or vCPUs, as the hypervisor holds
+    /// them after the call, are not ones its stream could have made
+    /// ([`Spec::set_imported`]).
+    Imported {
+        /// The VM's slot.
+        slot: u8,
     },
 }
 
@@ -484,9 +512,35 @@ pub struct VmSpec {
     pub guard: [u64; GUARD_PAGES],
     /// How many of `guard` are in use.
     pub guard_count: usize,
+    /// Where it is in a migration (issue 14).
+    pub migration: Migration,
 }
 
 impl VmSpec {
+    /// A VM just created: no vCPU, no memory.
+    #[must_use]
+    pub const fn new(handle: u64, config: VmConfig, metadata: PageRange) -> VmSpec {
+        VmSpec {
+            handle,
+            config,
+            metadata,
+            vcpus: 0,
+            runs: [Run { ipa: 0, pa: 0, pages: 0 }; MAX_RUNS],
+            run_count: 0,
+            imprecise: false,
+            signed: false,
+            measured: false,
+            ran: 0,
+            power: [Power::Off; 8],
+            running: [0; 8],
+            stopped: 0,
+            guard: [0; GUARD_PAGES],
+            guard_count: 0,
+            swapped: false,
+            migration: Migration::None,
+        }
+    }
+
     /// The physical page behind guest page `ipa`, if the VM has one there.
     #[must_use]
     pub fn translate(&self, ipa: u64) -> Option<u64> {
@@ -619,6 +673,9 @@ pub struct Spec<'a> {
     /// address, given by the oracle before the call ([`Spec::set_swap_pa`]):
     /// used only for a VM whose layout the specification lost.
     swap_pa: Option<u64>,
+    /// What the oracle read about the VM the next migration call imports
+    /// ([`Spec::set_imported`]).
+    imported: Option<Imported>,
 }
 
 /// Control channels (`rampart_abi::boot::control::CHANNELS`).
@@ -656,6 +713,7 @@ impl<'a> Spec<'a> {
             pool: None,
             channels: [0; CHANNELS],
             swap_pa: None,
+            imported: None,
         }
     }
 
@@ -1029,40 +1087,6 @@ impl<'a> Spec<'a> {
         }
     }
 
-    /// Migration (issue 14): only what the specification can know without
-    /// the stream's key. The calls' effects on memory (an export's last
-    /// call destroys its VM; an import creates one, and a refused record
-    /// destroys it) are not modelled yet: no oracle case issues them.
-    fn predict_migration(&self, request: HostRequest) -> Prediction {
-        let stream = Outcomes::error(Error::NotAuthentic)
-            .or_error(Error::StreamOrder)
-            .or_error(Error::StaleStream)
-            .or_error(Error::NotSupported);
-        match request {
-            HostRequest::VmExport { vm, .. } | HostRequest::VmImportData { vm, .. }
-                if live_slot(self, vm.0).is_none() =>
-            {
-                Prediction::refuse(Outcomes::error(Error::InvalidParameter))
-            }
-            HostRequest::VmImportBegin => {
-                Prediction::refuse(Outcomes::success().or_error(Error::NotSupported))
-            }
-            _ => Prediction::refuse(
-                stream
-                    .or(0)
-                    .or_error(Error::InvalidParameter)
-                    .or_error(Error::Denied)
-                    .or_error(Error::Range)
-                    .or_error(Error::Busy)
-                    .or_error(Error::NoMemory)
-                    .or_error(Error::Migrating)
-                    .or_error(Error::NotSigned)
-                    .or_error(Error::UntrustedKey)
-                    .or_error(Error::BadSignature),
-            ),
-        }
-    }
-
     /// The four memory calls: errors in the documented order.
     fn memory_call(
         &self,
@@ -1285,7 +1309,9 @@ impl<'a> Spec<'a> {
             Effect::Relinquish { pa, .. } | Effect::Evict { pa, .. } => f(pa, 1),
             // A guest's pages shared with the host are not checked: the
             // host could write them until the end.
-            Effect::DestroyVm { slot } => self.page_runs(
+            Effect::DestroyVm { slot }
+            | Effect::Export { slot }
+            | Effect::ImportData { slot } => self.page_runs(
                 |p| matches!(p, Page::Vm(s) | Page::VmMeta(s) if s == slot),
                 f,
             ),
@@ -1341,6 +1367,22 @@ impl<'a> Spec<'a> {
     ///
     /// The [`Violation`].
     pub fn commit(&mut self, prediction: &Prediction, x0: i64, x1: u64) -> Result<(), Violation> {
+        self.commit_call(prediction, x0, x1, 0)
+    }
+
+    /// [`Spec::commit`] with `x2` too (`VM_EXPORT` and `VM_IMPORT_DATA`
+    /// answer "complete" there).
+    ///
+    /// # Errors
+    ///
+    /// The [`Violation`].
+    pub fn commit_call(
+        &mut self,
+        prediction: &Prediction,
+        x0: i64,
+        x1: u64,
+        x2: u64,
+    ) -> Result<(), Violation> {
         let allowed = prediction.allowed;
         let verdict = if allowed.allows(x0) {
             Ok(())
@@ -1357,6 +1399,10 @@ impl<'a> Spec<'a> {
                     want,
                 })
             };
+        }
+        if let Some(slot) = self.destroyed_by(prediction, x0, x2) {
+            self.destroy_slot(slot);
+            return verdict;
         }
         if x0 != 0 {
             return verdict;
@@ -1391,52 +1437,51 @@ impl<'a> Spec<'a> {
             }
             Effect::SetPages { range, to, .. } => self.set_range(range, to),
             Effect::CreateVm { metadata, config } => {
-                let slot = (x1 & 0xffff_ffff)
-                    .checked_sub(HANDLE_BASE)
-                    .map(|s| s as usize);
-                let fits = slot.filter(|&s| {
-                    s < MAX_VMS
-                        && self.vms[s].is_none()
-                        && self.generations[s] != RETIRED
-                        && x1 >> 32 == u64::from(self.generations[s])
-                });
-                let Some(slot) = fits else {
+                let Some(slot) = self.fresh_slot(x1) else {
                     return verdict.and(Err(Violation::Handle { got: x1 }));
                 };
                 self.set_range(metadata, Page::VmMeta(slot as u8));
-                self.vms[slot] = Some(VmSpec {
-                    handle: x1,
-                    config,
-                    metadata,
-                    vcpus: 0,
-                    runs: [Run::default(); MAX_RUNS],
-                    run_count: 0,
-                    imprecise: false,
-                    signed: false,
-                    measured: false,
-                    ran: 0,
-                    power: [Power::Off; 8],
-                    running: [0; 8],
-                    stopped: 0,
-                    guard: [0; GUARD_PAGES],
-                    guard_count: 0,
-                    swapped: false,
-                });
+                self.vms[slot] = Some(VmSpec::new(x1, config, metadata));
             }
-            Effect::DestroyVm { slot } => {
-                let s = usize::from(slot);
-                for b in self.pages.iter_mut() {
-                    let back = matches!(Page::decode(*b),
-                        Page::Vm(o) | Page::VmSharedHost(o) | Page::VmMeta(o) | Page::HostSharedVm(o) if o == slot);
-                    if back {
-                        *b = Page::Host.encode();
-                    }
+            // Destroyed above.
+            Effect::DestroyVm { .. } => {}
+            Effect::Export { slot } => {
+                if let Some(Some(vm)) = self.vms.get_mut(usize::from(slot)) {
+                    vm.migration = Migration::Export;
                 }
-                if let Some(vm) = self.vms.get_mut(s) {
-                    *vm = None;
+            }
+            Effect::Import { metadata } => {
+                let Some(slot) = self.fresh_slot(x1) else {
+                    return verdict.and(Err(Violation::Handle { got: x1 }));
+                };
+                let config = self.imported.map_or(
+                    VmConfig {
+                        protected: true,
+                        debug: false,
+                        max_vcpus: 1,
+                    },
+                    |i| i.config,
+                );
+                self.set_range(metadata, Page::VmMeta(slot as u8));
+                self.vms[slot] = Some(VmSpec::new(x1, config, metadata));
+                if let Some(Some(vm)) = self.vms.get_mut(slot) {
+                    vm.migration = Migration::Import;
+                    // An exported VM was measured; its signature came along.
+                    vm.measured = true;
+                    vm.signed = true;
                 }
-                if let Some(g) = self.generations.get_mut(s) {
-                    *g = g.saturating_add(1);
+                if !self.apply_imported(slot, true) {
+                    return verdict.and(Err(Violation::Imported { slot: slot as u8 }));
+                }
+            }
+            Effect::ImportData { slot } => {
+                if !self.apply_imported(usize::from(slot), false) {
+                    return verdict.and(Err(Violation::Imported { slot }));
+                }
+                if x2 == 1
+                    && let Some(Some(vm)) = self.vms.get_mut(usize::from(slot))
+                {
+                    vm.migration = Migration::None;
                 }
             }
             Effect::CreateVcpu { slot, index } => {
@@ -1470,7 +1515,7 @@ impl<'a> Spec<'a> {
                     });
                 }
             }
-            Effect::Evict { slot, ipa, pa } => {
+            Effect::Evict { slot, ipa, pa, .. } => {
                 self.set(pa, Page::Host);
                 if let Some(Some(vm)) = self.vms.get_mut(usize::from(slot)) {
                     vm.remove_page(ipa);
@@ -1497,6 +1542,39 @@ impl<'a> Spec<'a> {
             }
         }
         verdict
+    }
+
+    /// The free slot a new VM's handle `x1` names, if a creation could
+    /// have returned it.
+    fn fresh_slot(&self, x1: u64) -> Option<usize> {
+        let slot = (x1 & 0xffff_ffff)
+            .checked_sub(HANDLE_BASE)
+            .map(|s| s as usize);
+        slot.filter(|&s| {
+            s < MAX_VMS
+                && self.vms[s].is_none()
+                && self.generations[s] != RETIRED
+                && x1 >> 32 == u64::from(self.generations[s])
+        })
+    }
+
+    /// The VM in `slot` goes: every page it owned, borrowed, lent or held
+    /// as metadata is the host's again; its slot's generation moves on.
+    fn destroy_slot(&mut self, slot: u8) {
+        let s = usize::from(slot);
+        for b in self.pages.iter_mut() {
+            let back = matches!(Page::decode(*b),
+                Page::Vm(o) | Page::VmSharedHost(o) | Page::VmMeta(o) | Page::HostSharedVm(o) if o == slot);
+            if back {
+                *b = Page::Host.encode();
+            }
+        }
+        if let Some(vm) = self.vms.get_mut(s) {
+            *vm = None;
+        }
+        if let Some(g) = self.generations.get_mut(s) {
+            *g = g.saturating_add(1);
+        }
     }
 
     fn set_range(&mut self, range: PageRange, to: Page) {
@@ -1596,6 +1674,11 @@ impl Spec<'_> {
         let Some((slot, vm)) = self.vcpu_of(v) else {
             return Prediction::refuse(busy.or_error(Error::InvalidParameter));
         };
+        if vm.migration != Migration::None {
+            // Being exported or imported (issue 14): checked before the
+            // power state.
+            return Prediction::refuse(busy.or_error(Error::Migrating));
+        }
         let off = vm.power.get(v.index) == Some(&Power::Off);
         let allowed = if off {
             // EXIT_POWERED_OFF before any signature check.
@@ -1983,3 +2066,6 @@ pub const VCPU_LIMIT: u64 = MAX_VCPUS;
 mod tests;
 
 mod swap;
+
+pub mod migrate;
+pub use migrate::{Imported, Migration};

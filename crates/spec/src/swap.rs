@@ -50,6 +50,7 @@ impl Spec<'_> {
                     slot: slot as u8,
                     ipa,
                     pa,
+                    sealed,
                 },
             },
             _ => Prediction::refuse(allowed),

@@ -1126,3 +1126,259 @@ proptest! {
         prop_assert_eq!(s.first_page(lo, hi, which), slow);
     }
 }
+
+// ---- secure migration's memory effects (issue 14) ----
+
+/// A protected VM over metadata at `meta`, `pages` pages donated at
+/// 0x8000_0000 from `at`, vCPU 0 created and run once (so measured).
+fn measured_vm(s: &mut Spec<'_>, meta: u64, at: u64, pages: u64) -> u64 {
+    let h = create(s, meta, true);
+    run(s, HostCall::VmDonate, &[h, page(at), pages, 0x8000_0000], 0, 0).unwrap();
+    vcpu(s, h, 0);
+    run(s, HostCall::VmSetSignature, &[h], 0, 0).ok();
+    let p = s.predict_host(&regs(HostCall::VcpuRun, &[h, 0, 0]));
+    s.claim(&p);
+    s.enter(&p);
+    s.release(&p, h);
+    assert!(s.vms[slot_of(h)].as_ref().unwrap().measured);
+    h
+}
+
+fn export(s: &mut Spec<'_>, h: u64, buffer: u64, x0: i64, complete: bool) -> Result<(), Violation> {
+    let p = s.predict_host(&regs(HostCall::VmExport, &[h, page(buffer), 2, 0, 0, 0, 0, 0, 0]));
+    s.commit_call(&p, x0, 2 * PAGE, u64::from(complete))
+}
+
+fn imported(vcpus: u8) -> Imported {
+    Imported {
+        config: VmConfig {
+            protected: true,
+            debug: false,
+            max_vcpus: 2,
+        },
+        vcpus,
+        power: [Power::On, Power::Off, Power::Off, Power::Off, Power::Off, Power::Off, Power::Off, Power::Off],
+    }
+}
+
+/// Imports over metadata at `meta` with the stream at `stream`: the handle.
+fn import(s: &mut Spec<'_>, meta: u64, stream: u64) -> u64 {
+    let p = s.predict_host(&regs(HostCall::VmImport, &[page(meta), 11, page(stream), 4 * PAGE]));
+    let slot = (0..MAX_VMS).find(|&i| s.vms[i].is_none()).unwrap();
+    let handle = (u64::from(s.generations[slot]) << 32) | (HANDLE_BASE + slot as u64);
+    s.set_imported(Some(imported(0)));
+    s.commit_call(&p, 0, handle, 0).unwrap();
+    handle
+}
+
+fn import_data(s: &mut Spec<'_>, h: u64, stream: u64, x0: i64, complete: bool, read: Option<Imported>) -> Result<(), Violation> {
+    let p = s.predict_host(&regs(HostCall::VmImportData, &[h, page(stream), 4 * PAGE]));
+    s.set_imported(read);
+    s.commit_call(&p, x0, 4 * PAGE, u64::from(complete))
+}
+
+#[test]
+fn an_export_stops_the_vm_and_its_last_call_destroys_it() {
+    let mut s = spec();
+    let h = measured_vm(&mut s, 30, 50, 4);
+    let slot = slot_of(h) as u8;
+    // Into a buffer the host does not own alone: refused, nothing changes.
+    assert!(export(&mut s, h, 50, 0, false).is_err());
+    assert!(export(&mut s, h, 50, Error::Denied.code(), false).is_ok());
+    assert_eq!(s.vms[usize::from(slot)].as_ref().unwrap().migration, Migration::None);
+    // A refused first call leaves it runnable.
+    assert!(export(&mut s, h, 100, Error::Busy.code(), false).is_err());
+    assert!(export(&mut s, h, 100, Error::NoMemory.code(), false).is_ok());
+    assert!(run_vcpu(&mut s, h, 0, 0, 1, true, false).is_ok());
+    // The first call that writes stops it for good.
+    export(&mut s, h, 100, 0, false).unwrap();
+    assert!(run_vcpu(&mut s, h, 0, 0, 1, true, false).is_err());
+    assert!(run_vcpu(&mut s, h, 0, Error::Migrating.code(), 0, false, false).is_ok());
+    assert_eq!(s.page(page(50)), Some(Page::Vm(slot)));
+    // The call that answers complete: every page the host's again.
+    let mut held = Vec::new();
+    s.vm_pages(slot, &mut |start, n| held.push((start, n)));
+    export(&mut s, h, 100, 0, true).unwrap();
+    assert_eq!(held, vec![(page(30), 11), (page(50), 4)]);
+    for i in (30..41).chain(50..54) {
+        assert_eq!(s.page(page(i)), Some(Page::Host));
+    }
+    assert!(s.vms[usize::from(slot)].is_none());
+    assert!(run(&mut s, HostCall::VmDestroy, &[h], 0, 0).is_err());
+}
+
+#[test]
+fn an_unmeasured_vm_is_never_exported() {
+    let mut s = spec();
+    let h = create(&mut s, 30, true);
+    run(&mut s, HostCall::VmDonate, &[h, page(50), 2, 0x8000_0000], 0, 0).unwrap();
+    let p = s.predict_host(&regs(HostCall::VmExport, &[h, page(100), 2, 0, 0, 0, 0, 0, 0]));
+    assert!(!p.allowed.allows_success());
+    assert!(export(&mut s, h, 100, Error::Denied.code(), false).is_ok());
+    // A stale handle: INVALID_PARAMETER before the buffer.
+    run(&mut s, HostCall::VmDestroy, &[h], 0, 0).unwrap();
+    assert!(export(&mut s, h, 50, Error::Denied.code(), false).is_err());
+    assert!(export(&mut s, h, 50, Error::InvalidParameter.code(), false).is_ok());
+}
+
+#[test]
+fn an_import_holds_its_metadata_runs_only_when_complete_and_a_refusal_leaves_nothing() {
+    let mut s = spec();
+    let h = import(&mut s, 30, 100);
+    let slot = slot_of(h) as u8;
+    assert_eq!(s.page(page(30)), Some(Page::VmMeta(slot)));
+    // Not runnable, measured: no signature, no registers.
+    assert!(run(&mut s, HostCall::VmSetSignature, &[h], 0, 0).is_err());
+    run(&mut s, HostCall::VmDonate, &[h, page(50), 4, 0x8000_0000], 0, 0).unwrap();
+    // A buffer the host does not own alone: refused, the VM stays.
+    assert!(import_data(&mut s, h, 50, Error::NotAuthentic.code(), false, None).is_err());
+    assert!(import_data(&mut s, h, 50, Error::Denied.code(), false, None).is_ok());
+    assert_eq!(s.page(page(50)), Some(Page::Vm(slot)));
+    // Records taken, vCPU 0 made by the stream.
+    import_data(&mut s, h, 100, 0, false, Some(imported(1))).unwrap();
+    assert!(run_vcpu(&mut s, h, 0, Error::Migrating.code(), 0, false, false).is_ok());
+    assert!(run(&mut s, HostCall::VcpuCreate, &[h, 0], 0, 0).is_err());
+    // A vCPU beyond max_vcpus, or one lost: not a stream's doing.
+    assert!(import_data(&mut s, h, 100, 0, false, Some(imported(4))).is_err());
+    let mut s2 = spec();
+    let h2 = import(&mut s2, 30, 100);
+    import_data(&mut s2, h2, 100, 0, false, Some(imported(1))).unwrap();
+    assert!(import_data(&mut s2, h2, 100, 0, false, Some(imported(0))).is_err());
+    // A refused record: the VM is gone, every page zeroed and the host's.
+    let p = s.predict_host(&regs(HostCall::VmImportData, &[h, page(100), 4 * PAGE]));
+    let mut zero = Vec::new();
+    s.must_be_zero(&p.effect, &mut |start, n| zero.push((start, n)));
+    assert_eq!(zero, vec![(page(30), 11), (page(50), 4)]);
+    assert_eq!(s.destroyed_by(&p, Error::NotAuthentic.code(), 0), Some(slot));
+    assert_eq!(s.destroyed_by(&p, 0, 0), None);
+    s.commit_call(&p, Error::NotAuthentic.code(), 0, 0).unwrap();
+    assert!(s.vms[usize::from(slot)].is_none());
+    for i in (30..41).chain(50..54) {
+        assert_eq!(s.page(page(i)), Some(Page::Host));
+    }
+    // Complete: runnable.
+    let h = import(&mut s, 30, 100);
+    import_data(&mut s, h, 100, 0, true, Some(imported(1))).unwrap();
+    assert!(run_vcpu(&mut s, h, 0, 0, 1, true, false).is_ok());
+    // A VM not being imported: DENIED, and it stays.
+    assert!(import_data(&mut s, h, 100, Error::NotAuthentic.code(), false, None).is_err());
+    assert!(import_data(&mut s, h, 100, Error::Denied.code(), false, None).is_ok());
+    assert!(s.vms[slot_of(h)].is_some());
+}
+
+#[test]
+fn an_import_into_metadata_the_host_does_not_own_never_succeeds() {
+    let mut s = spec();
+    let h = create(&mut s, 30, true);
+    let p = s.predict_host(&regs(HostCall::VmImport, &[page(30), 11, page(100), 4 * PAGE]));
+    assert!(!p.allowed.allows_success());
+    let _ = h;
+    // Metadata too small for the header's vCPUs: a violation.
+    let p = s.predict_host(&regs(HostCall::VmImport, &[page(60), 9, page(100), 4 * PAGE]));
+    s.set_imported(Some(imported(0)));
+    let slot = (0..MAX_VMS).find(|&i| s.vms[i].is_none()).unwrap();
+    let handle = (u64::from(s.generations[slot]) << 32) | (HANDLE_BASE + slot as u64);
+    assert!(s.commit_call(&p, 0, handle, 0).is_err());
+}
+
+/// One step of a migration sequence.
+#[derive(Clone, Debug)]
+enum Mig {
+    Measured(u64),
+    Export(usize, u64, bool, i64),
+    Import(u64, u64),
+    Data(usize, u64, bool, i64, u8),
+    Donate(usize, u64),
+    Destroy(usize),
+}
+
+fn mig() -> impl Strategy<Value = Mig> {
+    prop_oneof![
+        (20u64..200).prop_map(Mig::Measured),
+        (0usize..4, 20u64..400, any::<bool>(), -30i64..1).prop_map(|(v, b, c, x)| Mig::Export(v, b, c, x)),
+        (20u64..200, 200u64..400).prop_map(|(m, b)| Mig::Import(m, b)),
+        (0usize..4, 20u64..400, any::<bool>(), -30i64..1, 0u8..4).prop_map(|(v, b, c, x, n)| Mig::Data(v, b, c, x, n)),
+        (0usize..4, 200u64..400).prop_map(|(v, p)| Mig::Donate(v, p)),
+        (0usize..4).prop_map(Mig::Destroy),
+    ]
+}
+
+proptest! {
+    /// Random exports, imports and their data against an implementation
+    /// that answers any allowed result: every page the specification
+    /// gives a VM names a live VM; a call the specification says destroyed
+    /// a VM changed exactly the pages [`Spec::vm_pages`] listed before it
+    /// (the oracle compares only those); any other refusal changes nothing;
+    /// a VM being migrated never runs.
+    #[test]
+    fn migration_sequences_keep_ownership_exact(steps in proptest::collection::vec(mig(), 1..50)) {
+        let mut s = spec();
+        let mut handles: Vec<u64> = Vec::new();
+        for step in steps {
+            let before = snapshot(&s);
+            let h = |v: usize| handles.get(v).copied().unwrap_or(0x1007);
+            let (p, x0, x1, x2, read) = match step {
+                Mig::Measured(m) => {
+                    if s.all(&PageRange::new(page(m), 11).unwrap(), |p| p == Page::Host)
+                        && s.all(&PageRange::new(page(m + 11), 2).unwrap(), |p| p == Page::Host)
+                        && (0..MAX_VMS).any(|i| s.vms[i].is_none())
+                    {
+                        handles.push(measured_vm(&mut s, m, m + 11, 2));
+                    }
+                    continue;
+                }
+                Mig::Export(v, b, c, x) => {
+                    let p = s.predict_host(&regs(HostCall::VmExport, &[h(v), page(b), 2, 0, 0, 0, 0, 0, 0]));
+                    (p, x, 0, u64::from(c), None)
+                }
+                Mig::Import(m, b) => {
+                    let p = s.predict_host(&regs(HostCall::VmImport, &[page(m), 11, page(b), PAGE]));
+                    let slot = (0..MAX_VMS).find(|&i| s.vms[i].is_none()).unwrap_or(0);
+                    let handle = (u64::from(s.generations[slot]) << 32) | (HANDLE_BASE + slot as u64);
+                    (p, 0, handle, 0, Some(imported(0)))
+                }
+                Mig::Data(v, b, c, x, n) => {
+                    let p = s.predict_host(&regs(HostCall::VmImportData, &[h(v), page(b), PAGE]));
+                    let have = s.vms.get(slot_of(h(v))).and_then(|vm| vm.as_ref()).map_or(0, |vm| vm.vcpus);
+                    (p, x, 0, u64::from(c), Some(imported(have | (n & 3))))
+                }
+                Mig::Donate(v, pg) => {
+                    let p = s.predict_host(&regs(HostCall::VmDonate, &[h(v), page(pg), 1, 0x9000_0000 + pg * PAGE]));
+                    (p, 0, 0, 0, None)
+                }
+                Mig::Destroy(v) => (s.predict_host(&regs(HostCall::VmDestroy, &[h(v)])), 0, 0, 0, None),
+            };
+            if !p.allowed.allows(x0) {
+                continue;
+            }
+            let mut held: Vec<u64> = Vec::new();
+            let destroyed = s.destroyed_by(&p, x0, x2);
+            if let Some(slot) = destroyed {
+                s.vm_pages(slot, &mut |start, n| held.extend((0..n).map(|k| start + k * PAGE)));
+            }
+            s.set_imported(read);
+            prop_assert!(s.commit_call(&p, x0, x1, x2).is_ok());
+            if let Effect::Import { .. } = p.effect {
+                handles.push(x1);
+            }
+            let after = snapshot(&s);
+            let changed: Vec<u64> = (0..512).filter(|&i| before[i as usize] != after[i as usize]).map(page).collect();
+            if destroyed.is_some() {
+                prop_assert_eq!(&held, &changed);
+            } else if x0 != 0 {
+                prop_assert!(changed.is_empty());
+            }
+            for i in 0..512 {
+                if let Some(Page::VmMeta(v) | Page::Vm(v)) = s.page(page(i)) {
+                    prop_assert!(s.vms[usize::from(v)].is_some());
+                }
+            }
+            for (slot, vm) in s.vms.iter().enumerate() {
+                if let Some(vm) = vm && vm.migration != Migration::None {
+                    let r = s.predict_host(&regs(HostCall::VcpuRun, &[vm.handle, 0, 0]));
+                    prop_assert!(!r.allowed.allows_success(), "slot {}", slot);
+                }
+            }
+        }
+    }
+}

@@ -122,6 +122,8 @@ pub fn secondary_main(entry: SecondaryEntry) -> ! {
         crate::checks::channel_peeker(index);
     } else if task == crate::fuzz::TASK_FUZZ {
         crate::fuzz::secondary(index);
+    } else if task == crate::checks::TASK_SWAP_RACE {
+        crate::checks::swap_race_runner(index);
     } else {
         wait_until(PARK_TIMEOUT_MS, || {
             RELEASED.load(Ordering::Acquire) >= round

@@ -77,6 +77,9 @@ fn primary_main(boot: BootState) -> ! {
     if let Some((mode, dir)) = checks::migrate::selected(&platform) {
         checks::migrate::run(&platform, mode, &dir);
     }
+    if checks::swap::race_selected(&platform) {
+        checks::swap::race_mode(&platform);
+    }
     if let Some(config) = fuzz::config(&platform) {
         fuzz::run(&platform, config);
         power_off_quietly();

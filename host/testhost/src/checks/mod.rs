@@ -18,7 +18,7 @@ mod ram;
 mod realm;
 pub mod reset;
 mod smccc;
-mod swap;
+pub mod swap;
 mod vb;
 mod vm;
 pub mod withheld;
@@ -28,6 +28,7 @@ pub mod vmm;
 
 pub use channel::{TASK_CHANNEL_PEEK, peeker as channel_peeker};
 pub use concurrent::worker as ownership_worker;
+pub use swap::{TASK_SWAP_RACE, race_secondary as swap_race_runner};
 
 use crate::msg::Msg;
 use crate::platform::Platform;

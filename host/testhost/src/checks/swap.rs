@@ -15,6 +15,8 @@
 //! fresh page that is not the host's, pages outside RAM; and the hostile
 //! evictions and donations.
 
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 use rampart_abi::Error;
 use rampart_abi::guest::GUEST_RAM_BASE;
 use rampart_abi::guest::GUEST_UART_BASE;
@@ -639,4 +641,453 @@ fn drive(s: &mut Swapper, other: &mut Vm, other_sealed: Sealed) -> Result<(u32, 
         "memtest ended with {passed} passed, GUEST-DONE {done}"
     );
     Ok((passed, exits))
+}
+
+// ---- swap-race: evict/restore against a vCPU running on another CPU,
+// ---- and against VM_DESTROY (issue 14) ----
+
+/// [`crate::cpus::TASK`]: run the `swap-race` VM's vCPU (see [`race_secondary`]).
+pub const TASK_SWAP_RACE: u64 = 0x5a;
+/// The `CPU_ON` round in the context ids.
+const RACE_ROUND: u64 = 0x5a;
+
+/// What the boot CPU and the running CPU share in `swap-race`.
+struct Race {
+    handle: AtomicU64,
+    /// 1: run the vCPU; 2: also evict and restore between runs.
+    mode: AtomicU64,
+    /// The running CPU's own sealed page (mode 2).
+    sealed: AtomicU64,
+    /// The VM's RAM (guest page i at `ram + i * PAGE`) and its pages.
+    ram: AtomicU64,
+    pages: AtomicU64,
+    stop: AtomicBool,
+    exited: AtomicBool,
+    /// Runs that returned, `EXIT_EVICTED` exits, guest PASS lines, a guest
+    /// FAIL line seen, GUEST-DONE seen, SYSTEM_OFF seen.
+    runs: AtomicU64,
+    faults: AtomicU64,
+    passed: AtomicU64,
+    failed: AtomicBool,
+    done: AtomicBool,
+    off: AtomicBool,
+    /// The running CPU's evictions and restores, and its calls refused
+    /// because the VM was gone.
+    evictions: AtomicU64,
+    restores: AtomicU64,
+    gone: AtomicU64,
+    /// The first thing the running CPU found wrong: (what, value).
+    problem: [AtomicU64; 2],
+}
+
+static RACE: Race = Race {
+    handle: AtomicU64::new(0),
+    mode: AtomicU64::new(0),
+    sealed: AtomicU64::new(0),
+    ram: AtomicU64::new(0),
+    pages: AtomicU64::new(0),
+    stop: AtomicBool::new(false),
+    exited: AtomicBool::new(false),
+    runs: AtomicU64::new(0),
+    faults: AtomicU64::new(0),
+    passed: AtomicU64::new(0),
+    failed: AtomicBool::new(false),
+    done: AtomicBool::new(false),
+    off: AtomicBool::new(false),
+    evictions: AtomicU64::new(0),
+    restores: AtomicU64::new(0),
+    gone: AtomicU64::new(0),
+    problem: [const { AtomicU64::new(0) }; 2],
+};
+
+/// Problems the running CPU records.
+mod problem {
+    pub const RUN: u64 = 1;
+    pub const EXIT: u64 = 2;
+    pub const EVICT: u64 = 3;
+    pub const RESTORE: u64 = 4;
+    pub const CLEAR: u64 = 5;
+    pub const NOT_ZERO: u64 = 6;
+}
+
+impl Race {
+    fn reset(&self, handle: u64, mode: u64, sealed: u64, vm: &Vm) {
+        self.handle.store(handle, Ordering::Relaxed);
+        self.mode.store(mode, Ordering::Relaxed);
+        self.sealed.store(sealed, Ordering::Relaxed);
+        self.ram.store(vm.ram.start, Ordering::Relaxed);
+        self.pages.store(vm.ram.size() / PAGE, Ordering::Relaxed);
+        for a in [&self.runs, &self.faults, &self.passed, &self.evictions, &self.restores, &self.gone] {
+            a.store(0, Ordering::Relaxed);
+        }
+        for b in [&self.stop, &self.exited, &self.failed, &self.done, &self.off] {
+            b.store(false, Ordering::Relaxed);
+        }
+        self.problem[0].store(0, Ordering::Relaxed);
+        self.problem[1].store(0, Ordering::Release);
+    }
+
+    fn report(&self, what: u64, value: u64) {
+        if self.problem[0].compare_exchange(0, what, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.problem[1].store(value, Ordering::Release);
+        }
+    }
+
+    fn problem(&self) -> Result<(), Msg> {
+        let (what, value) = (self.problem[0].load(Ordering::Acquire), self.problem[1].load(Ordering::Acquire));
+        match what {
+            0 => Ok(()),
+            problem::RUN => fail!("VCPU_RUN on the other CPU = {}", value as i64),
+            problem::EXIT => fail!("unexpected exit {value} on the other CPU"),
+            problem::EVICT => fail!("VM_EVICT on the other CPU = {}", value as i64),
+            problem::RESTORE => fail!("VM_RESTORE on the other CPU = {}", value as i64),
+            problem::CLEAR => fail!("a sealed page held the guest's data in clear (guest address {value:#x})"),
+            problem::NOT_ZERO => fail!("the page VM_EVICT gave back ({value:#x}) is not zero"),
+            _ => fail!("problem {what} ({value:#x}) on the other CPU"),
+        }
+    }
+}
+
+/// Whether a sealed page of guest page `ipa` holds one of memtest's words
+/// in clear.
+fn holds_clear(sealed: u64, ipa: u64) -> bool {
+    (0..PAGE).step_by(8).any(|offset| {
+        let word = arch::ram_read(sealed + offset);
+        (0..4).any(|pass| word == pattern(ipa + offset, pass))
+    })
+}
+
+/// The running CPU: `VCPU_RUN` in a loop (each run bounded by the host's
+/// own 20 ms deadline), counting the guest's lines; in mode 2, every few
+/// runs it evicts a page of the VM and restores it into the page it came
+/// from, racing the boot CPU's `VM_DESTROY`. Stops at SYSTEM_OFF, when
+/// the VM is gone, or when told.
+pub fn race_secondary(_index: usize) {
+    let r = &RACE;
+    let _ = super::vmm::gic::enable_this_cpu();
+    let handle = r.handle.load(Ordering::Acquire);
+    let mode = r.mode.load(Ordering::Acquire);
+    let (ram, pages, sealed) = (r.ram.load(Ordering::Acquire), r.pages.load(Ordering::Acquire), r.sealed.load(Ordering::Acquire));
+    let frequency = arch::counter_frequency().max(1);
+    let mut line = [0u8; 16];
+    let mut len = 0usize;
+    let mut k = 0u64;
+    while !r.stop.load(Ordering::Acquire) {
+        super::vmm::hw::set_host_virtual_timer(arch::counter() + frequency / 50, 1);
+        let x = call(HostCall::VcpuRun, &[handle, 0, 0]);
+        super::vmm::hw::set_host_virtual_timer(0, 0);
+        let c = x[0] as i64;
+        if c == INVALID {
+            r.gone.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
+        if c == Error::Busy.code() {
+            continue;
+        }
+        if c != 0 {
+            r.report(problem::RUN, x[0]);
+            break;
+        }
+        r.runs.fetch_add(1, Ordering::AcqRel);
+        match ExitReason::try_from(x[1]) {
+            Ok(ExitReason::Mmio) => {
+                if x[2] == GUEST_UART_BASE + UART_DR && x[3] & mmio::WRITE != 0 {
+                    let byte = x[4] as u8;
+                    if byte == b'\n' {
+                        let text = &line[..len];
+                        if text.starts_with(PASS.as_bytes()) {
+                            r.passed.fetch_add(1, Ordering::Relaxed);
+                        } else if text.starts_with(FAIL.as_bytes()) {
+                            r.failed.store(true, Ordering::Release);
+                        } else if text.starts_with(DONE.as_bytes()) {
+                            r.done.store(true, Ordering::Release);
+                        }
+                        len = 0;
+                    } else if len < line.len() {
+                        line[len] = byte;
+                        len += 1;
+                    }
+                }
+            }
+            Ok(ExitReason::Evicted) => {
+                r.faults.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(ExitReason::Wait | ExitReason::Interrupt) => {}
+            Ok(ExitReason::SystemOff) => {
+                r.off.store(true, Ordering::Release);
+                break;
+            }
+            _ => {
+                r.report(problem::EXIT, x[1]);
+                break;
+            }
+        }
+        if mode != 2 || pages <= VICTIM as u64 {
+            continue;
+        }
+        k += 1;
+        let index = VICTIM as u64 + (k * 13) % (pages - VICTIM as u64);
+        let ipa = GUEST_RAM_BASE + index * PAGE;
+        let e = evict_call(handle, ipa, sealed);
+        let c = e[0] as i64;
+        if c == INVALID {
+            r.gone.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
+        if c != 0 {
+            // The boot CPU's evicted pages are NOT_EVICTABLE here.
+            if c != NOT_EVICTABLE {
+                r.report(problem::EVICT, e[0]);
+                break;
+            }
+            continue;
+        }
+        r.evictions.fetch_add(1, Ordering::Relaxed);
+        let orig = ram + index * PAGE;
+        if holds_clear(sealed, ipa) {
+            r.report(problem::CLEAR, ipa);
+        }
+        if arch::ram_find_nonzero(orig, orig + PAGE).is_some() {
+            r.report(problem::NOT_ZERO, orig);
+        }
+        let c = restore_code(handle, ipa, sealed, orig, e[1], [e[2], e[3]]);
+        if c == INVALID {
+            r.gone.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
+        if c != 0 {
+            r.report(problem::RESTORE, c as u64);
+            break;
+        }
+        r.restores.fetch_add(1, Ordering::Relaxed);
+    }
+    r.exited.store(true, Ordering::Release);
+}
+
+/// Starts the running CPU on the first secondary.
+fn start_runner(p: &Platform) -> Result<(), Msg> {
+    let boot = super::cpu::boot_cpu_index(p)?;
+    let Some(cpu) = (0..p.cpu_count).find(|&i| i != boot) else {
+        fail!("one CPU only");
+    };
+    crate::cpus::ARRIVALS.store(0, Ordering::Release);
+    crate::cpus::TASK.store(TASK_SWAP_RACE, Ordering::Release);
+    crate::cpus::SLOTS[cpu].reset();
+    let ret = crate::psci::cpu_on(p.cpus[cpu], arch::secondary_entry_address(), crate::cpus::context_id(RACE_ROUND, cpu));
+    ensure!(ret == crate::psci::SUCCESS, "CPU_ON({:#x}) = {ret}", p.cpus[cpu]);
+    Ok(())
+}
+
+/// Stops the running CPU and waits for it.
+fn stop_runner() -> Result<(), Msg> {
+    RACE.stop.store(true, Ordering::Release);
+    ensure!(
+        crate::cpus::wait_until(10_000, || RACE.exited.load(Ordering::Acquire)),
+        "the CPU running the vCPU did not stop"
+    );
+    Ok(())
+}
+
+/// `swap-race` (two CPUs or more): (1) the protected memtest guest runs
+/// its fill-and-check passes on another CPU while this one evicts pages
+/// it is reading and writing and restores them into the pages they left
+/// (the guest may touch each in between: `EXIT_EVICTED` there, and again
+/// until it is back); every sealed page is free of the guest's words,
+/// every page given back reads zero, and the guest's own checks pass (its
+/// data survived every round trip). (2) A second memtest VM runs on the
+/// other CPU, which also evicts and restores its pages between runs,
+/// while this CPU evicts one page for good and destroys the VM (retrying
+/// while a run holds a vCPU): no EL2 crash; afterwards every page the VM
+/// had (RAM, metadata) reads zero and is the host's, the other CPU's calls
+/// after the destroy are refused, and restoring the kept page is refused
+/// with the fresh page staying the host's.
+pub fn swap_race(p: &Platform) -> Result<(), Msg> {
+    if p.cpu_count < 2 {
+        note!("one CPU: nothing to race");
+        return Ok(());
+    }
+    let (mut arena, _) = arena(p)?;
+    let spare = arena.take(4)?;
+    let first = race_running(p, &mut arena, spare);
+    let first = match first {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = stop_runner();
+            return Err(e);
+        }
+    };
+    let second = race_destroy(p, &mut arena, spare);
+    if second.is_err() {
+        let _ = stop_runner();
+    }
+    let second = second?;
+    note!("{first}; {second}");
+    Ok(())
+}
+
+fn race_running(p: &Platform, arena: &mut Arena, spare: u64) -> Result<Msg, Msg> {
+    let mut vm = Vm::create(arena, protected("memtest")?)?;
+    let pages = vm.ram.size() / PAGE;
+    ensure!(pages > VICTIM as u64 + 8, "memtest has only {pages} pages");
+    RACE.reset(vm.handle, 1, 0, &vm);
+    start_runner(p)?;
+    // The first run measures the VM: evictions start after it.
+    ensure!(
+        crate::cpus::wait_until(20_000, || RACE.runs.load(Ordering::Acquire) > 0 || RACE.exited.load(Ordering::Acquire)),
+        "the vCPU never ran on the other CPU"
+    );
+    let sealed = spare;
+    let frequency = arch::counter_frequency().max(1);
+    let deadline = arch::counter() + 120 * frequency;
+    let (mut evictions, mut k) = (0u64, 0u64);
+    while !RACE.exited.load(Ordering::Acquire) {
+        RACE.problem()?;
+        ensure!(arch::counter() < deadline, "memtest did not finish in 120 s on the other CPU ({evictions} evictions)");
+        k += 1;
+        let index = VICTIM as u64 + (k * 7) % (pages - VICTIM as u64);
+        let ipa = GUEST_RAM_BASE + index * PAGE;
+        let orig = vm.ram.start + index * PAGE;
+        let r = evict_call(vm.handle, ipa, sealed);
+        if r[0] as i64 == INVALID {
+            // Powered off and the VM ... still exists: INVALID means gone.
+            fail!("VM_EVICT({ipa:#x}) = INVALID_PARAMETER while the VM lives");
+        }
+        ensure!(r[0] == 0, "VM_EVICT({ipa:#x}) while the vCPU runs = {}", r[0] as i64);
+        evictions += 1;
+        ensure!(!holds_clear(sealed, ipa), "the sealed page of {ipa:#x} holds the guest's data in clear");
+        if let Some(at) = arch::ram_find_nonzero(orig, orig + PAGE) {
+            fail!("the page {orig:#x} VM_EVICT gave back ({ipa:#x}) while the vCPU ran is not zero at {at:#x}");
+        }
+        // Out for a moment (the guest may touch it), then back where it was.
+        let until = arch::counter() + frequency / 2000;
+        while arch::counter() < until {
+            arch::spin_hint();
+        }
+        let c = restore_code(vm.handle, ipa, sealed, orig, r[1], [r[2], r[3]]);
+        ensure!(c == 0, "VM_RESTORE({ipa:#x}) while the vCPU runs = {c}");
+    }
+    RACE.problem()?;
+    let (passed, faults, runs) = (RACE.passed.load(Ordering::Acquire), RACE.faults.load(Ordering::Acquire), RACE.runs.load(Ordering::Acquire));
+    ensure!(!RACE.failed.load(Ordering::Acquire), "memtest reported a FAIL line while its pages were evicted under it");
+    ensure!(
+        RACE.off.load(Ordering::Acquire) && RACE.done.load(Ordering::Acquire) && passed >= 4,
+        "memtest on the other CPU ended with {passed} passed, done {}, off {}",
+        RACE.done.load(Ordering::Acquire),
+        RACE.off.load(Ordering::Acquire)
+    );
+    arch::ram_zero(sealed, sealed + PAGE);
+    vm.destroy()?;
+    Ok(msg!(
+        "memtest on another CPU: {passed} guest checks passed, {runs} runs, {evictions} pages evicted under it and restored, {faults} EXIT_EVICTED"
+    ))
+}
+
+fn race_destroy(p: &Platform, arena: &mut Arena, spare: u64) -> Result<Msg, Msg> {
+    let mut vm = Vm::create(arena, protected("memtest")?)?;
+    let runner_sealed = spare + PAGE;
+    let kept_sealed = spare + 2 * PAGE;
+    RACE.reset(vm.handle, 2, runner_sealed, &vm);
+    start_runner(p)?;
+    ensure!(
+        crate::cpus::wait_until(20_000, || RACE.runs.load(Ordering::Acquire) >= 3 || RACE.exited.load(Ordering::Acquire)),
+        "the vCPU never ran on the other CPU"
+    );
+    RACE.problem()?;
+    // One page out for good.
+    let index = (VICTIM + 1) as u64;
+    let kept_ipa = GUEST_RAM_BASE + index * PAGE;
+    let kept_orig = vm.ram.start + index * PAGE;
+    let kept = evict_call(vm.handle, kept_ipa, kept_sealed);
+    ensure!(kept[0] == 0, "VM_EVICT({kept_ipa:#x}) = {}", kept[0] as i64);
+    // Let the other CPU evict and restore a few, then destroy under it.
+    let _ = crate::cpus::wait_until(2_000, || RACE.restores.load(Ordering::Acquire) >= 3);
+    let mut busy = 0u64;
+    let mut pause = 1u64;
+    let c = loop {
+        let c = code(HostCall::VmDestroy, &[vm.handle]);
+        if c != Error::Busy.code() || busy > 100_000 {
+            break c;
+        }
+        busy += 1;
+        pause = (pause * 5 + 3) % 97;
+        let until = arch::counter() + pause * 16;
+        while arch::counter() < until {
+            arch::spin_hint();
+        }
+    };
+    ensure!(c == 0, "VM_DESTROY while the vCPU runs and its pages move = {c} (after {busy} BUSY)");
+    vm.destroyed = true;
+    ensure!(
+        crate::cpus::wait_until(10_000, || RACE.exited.load(Ordering::Acquire)),
+        "the other CPU did not stop after VM_DESTROY"
+    );
+    RACE.problem()?;
+    // Everything the VM had: zero, and the host's (writable).
+    for range in [vm.ram, vm.metadata] {
+        if let Some(at) = arch::ram_find_nonzero(range.start, range.end) {
+            fail!("after VM_DESTROY under a running vCPU and moving pages, {at:#x} (in {range}) is not zero");
+        }
+        for a in [range.start, range.end - 8] {
+            arch::ram_write(a, 0x600d_0000 ^ a);
+            ensure!(arch::ram_read(a) == 0x600d_0000 ^ a, "{a:#x} is not writable after VM_DESTROY");
+            arch::ram_write(a, 0);
+        }
+    }
+    // The kept page: its restore is refused, the fresh page the host's.
+    let c = restore_code(vm.handle, kept_ipa, kept_sealed, kept_orig, kept[1], [kept[2], kept[3]]);
+    ensure!(c == INVALID, "VM_RESTORE into the destroyed VM = {c}, expected INVALID_PARAMETER");
+    host_still_owns(kept_orig, "VM_RESTORE after VM_DESTROY")?;
+    host_still_owns(kept_sealed, "the sealed page after VM_DESTROY")?;
+    host_still_owns(runner_sealed, "the other CPU's sealed page after VM_DESTROY")?;
+    arch::ram_zero(spare, spare + 4 * PAGE);
+    Ok(msg!(
+        "VM_DESTROY under a running vCPU: {busy} BUSY first, the other CPU had {} runs, {} evictions and {} restores, {} calls refused after; every page zero and the host's",
+        RACE.runs.load(Ordering::Acquire),
+        RACE.evictions.load(Ordering::Acquire),
+        RACE.restores.load(Ordering::Acquire),
+        RACE.gone.load(Ordering::Acquire)
+    ))
+}
+
+/// The bootarg that runs only `swap-race` (`cargo xtask`, case
+/// `swap/race`), under whichever hypervisor build the case boots.
+pub const RACE_BOOTARG: &str = "testhost.swap-race";
+
+/// Whether the bootargs ask for `swap-race` alone.
+pub fn race_selected(p: &Platform) -> bool {
+    let Some(chosen) = arch::device_tree_blob(p.boot.x[0])
+        .ok()
+        .and_then(|blob| dtoolkit::fdt::Fdt::new(blob).ok())
+        .and_then(|fdt| fdt.chosen())
+    else {
+        return false;
+    };
+    let Ok(Some(bootargs)) = chosen.bootargs() else {
+        return false;
+    };
+    bootargs.split_ascii_whitespace().any(|a| a == RACE_BOOTARG)
+}
+
+/// Runs `swap-race`, then the oracle's verdict if the build has one,
+/// prints the summary and powers off.
+pub fn race_mode(p: &Platform) -> ! {
+    let mut failed = 0;
+    match swap_race(p) {
+        Ok(()) => crate::println!("PASS swap-race"),
+        Err(reason) => {
+            failed += 1;
+            crate::println!("FAIL swap-race: {reason}");
+        }
+    }
+    let oracle = call(HostCall::OracleCheck, &[]);
+    if oracle[0] == 0 {
+        crate::println!("  oracle: {} violations in {} checked events", oracle[1], oracle[2]);
+        if oracle[1] != 0 {
+            failed += 1;
+            crate::println!("FAIL oracle: {} violations", oracle[1]);
+        }
+    }
+    crate::println!("{} passed, {failed} failed", 1 - failed.min(1));
+    crate::psci::system_off();
+    arch::halt();
 }

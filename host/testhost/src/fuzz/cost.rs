@@ -23,7 +23,7 @@ use crate::fuzz_line;
 pub const RATE_EVERY: u64 = 1_000;
 
 /// Action kinds ([`Stream::step`](super::stream)).
-pub const ACTIONS: [&str; 17] = [
+pub const ACTIONS: [&str; 19] = [
     "memory",
     "memory-bad",
     "vm-create",
@@ -41,6 +41,8 @@ pub const ACTIONS: [&str; 17] = [
     "give-back",
     "race-owner",
     "race-partner",
+    "sealed-swap",
+    "migration",
 ];
 
 /// Host calls by [`HostCall::ALL`] index, then the oracle's check, then

@@ -177,6 +177,17 @@ pub(crate) struct Shared {
     pub race: [AtomicU64; 7],
     /// Races by how many of their two calls succeeded (0, 1, 2).
     pub races: [AtomicU64; 3],
+    /// Issue 14 (`sealed.rs`): each CPU's protected, signed fuzz guest
+    /// (0: none), whose pages other CPUs evict while it runs; per CPU:
+    /// evictions, restores, hostile swap or migration calls refused, VMs
+    /// exported to the end.
+    pub sealed_target: [AtomicU64; MAX_CPUS],
+    pub evictions: [AtomicU64; MAX_CPUS],
+    pub restores: [AtomicU64; MAX_CPUS],
+    pub sealed_refused: [AtomicU64; MAX_CPUS],
+    pub exported: [AtomicU64; MAX_CPUS],
+    /// Another CPU's protected guest stopped by an export's first call.
+    pub foreign_stopped: [AtomicU64; MAX_CPUS],
 }
 
 pub(crate) static SHARED: Shared = Shared {
@@ -212,6 +223,12 @@ pub(crate) static SHARED: Shared = Shared {
     protected_guests: [const { AtomicU64::new(0) }; MAX_CPUS],
     race: [const { AtomicU64::new(0) }; 7],
     races: [const { AtomicU64::new(0) }; 3],
+    sealed_target: [const { AtomicU64::new(0) }; MAX_CPUS],
+    evictions: [const { AtomicU64::new(0) }; MAX_CPUS],
+    restores: [const { AtomicU64::new(0) }; MAX_CPUS],
+    sealed_refused: [const { AtomicU64::new(0) }; MAX_CPUS],
+    exported: [const { AtomicU64::new(0) }; MAX_CPUS],
+    foreign_stopped: [const { AtomicU64::new(0) }; MAX_CPUS],
 };
 
 /// How long the secondaries may go without a call returning, once the boot
@@ -491,6 +508,14 @@ pub fn run(p: &Platform, c: Config) {
         "note channels: {} doorbell calls on another CPU's channel; {} protected fuzz guests",
         s.foreign_channel.load(Ordering::Acquire),
         sum(&s.protected_guests)
+    );
+    fuzz_line!(
+        "note sealed: {} evictions, {} restores, {} hostile swap or migration calls refused, {} VMs exported to the end, {} running guests of another CPU stopped by an export",
+        sum(&s.evictions),
+        sum(&s.restores),
+        sum(&s.sealed_refused),
+        sum(&s.exported),
+        sum(&s.foreign_stopped)
     );
     let races = race::counts();
     fuzz_line!(

@@ -13,6 +13,9 @@ use super::cost;
 use super::model::{MAX_VMS, Page, Vm};
 use super::race;
 use super::{ORACLE_CHECK, SHARED, WINDOW_PAGES};
+
+#[path = "sealed.rs"]
+mod sealed;
 use crate::arch::{self, Access, MAX_CPUS};
 use crate::checks::vmm;
 use crate::fuzz_line;
@@ -22,13 +25,13 @@ const PAGE: u64 = rampart_abi::host::PAGE_SIZE;
 /// Calls kept for a failure report.
 const HISTORY: usize = 20;
 /// The fuzz guest's RAM: the top pages of the window.
-const GUEST_RAM_PAGES: usize = 128;
-const GUEST_RAM_FIRST: usize = WINDOW_PAGES - GUEST_RAM_PAGES;
+pub(super) const GUEST_RAM_PAGES: usize = 128;
+pub(super) const GUEST_RAM_FIRST: usize = WINDOW_PAGES - GUEST_RAM_PAGES;
 /// Its metadata, just below.
 const GUEST_META_PAGES: usize = 18;
 const GUEST_META_FIRST: usize = GUEST_RAM_FIRST - 64;
 /// Pages most random ranges come from (the rest is for the fuzz guest).
-const POOL_PAGES: usize = GUEST_META_FIRST;
+pub(super) const POOL_PAGES: usize = GUEST_META_FIRST;
 /// Where the fuzz guest reads its seed (`guest/fuzz`).
 const SEED_ADDRESS: u64 = 0x0a00_0000;
 /// A `fuzz: progress` line every this many actions per CPU (a hang shows
@@ -178,7 +181,10 @@ impl Stream {
         let start = arch::counter();
         let (kind, step) = match self.rng.below(100) {
             0..=1 => (15, self.race_owner()),
-            2..=27 => (0, self.memory_call()),
+            // Issue 14: sealed swap and migration (taken from the memory
+            // calls and misc, so the CI slice keeps its length).
+            2..=4 => (17, self.sealed_swap()),
+            5..=27 => (0, self.memory_call()),
             28..=35 => (1, self.memory_call_interesting()),
             36..=42 => (2, self.vm_create()),
             43..=46 => (3, self.guest_vm()),
@@ -188,7 +194,8 @@ impl Stream {
             64..=75 => (7, self.vcpu_run()),
             76..=79 => (8, self.vcpu_poke()),
             80..=82 => (9, self.signature()),
-            83..=86 => (10, self.misc()),
+            83..=84 => (18, self.migration()),
+            85..=86 => (10, self.misc()),
             87..=92 => (11, self.bad_handle()),
             93 if self.boot => (12, self.write_returned()),
             _ => (13, self.touch()),
@@ -457,6 +464,7 @@ impl Stream {
 
     fn forget(&mut self, slot: usize) {
         if let Some(vm) = self.vms[slot].take() {
+            let _ = SHARED.sealed_target[self.cpu].compare_exchange(vm.handle, 0, Ordering::AcqRel, Ordering::Acquire);
             self.stale[self.stale_next % 4] = vm.handle;
             self.stale_next += 1;
         }
@@ -745,6 +753,11 @@ impl Stream {
             args[5..13].copy_from_slice(&rampart_abi::host::bytes_to_words::<8>(&b.signature));
             let r = self.call(HostCall::VmSetSignature.id(), &args)[0];
             signed = r == 0;
+            if signed {
+                // Issue 14: other CPUs evict and restore its pages while
+                // it runs here (`sealed.rs`).
+                SHARED.sealed_target[self.cpu].store(handle, Ordering::Release);
+            }
             if !signed {
                 self.refused("VM_SET_SIGNATURE (fuzz guest)", r);
             }
