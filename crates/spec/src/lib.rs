@@ -1026,6 +1026,24 @@ impl<'a> Spec<'a> {
                 fresh,
                 ..
             } => self.predict_restore(vm, guest_address, sealed, fresh),
+            HostRequest::VcpuHostCallGet { vcpu, .. } | HostRequest::VcpuHostCallSet { vcpu, .. } => {
+                self.predict_host_call_answer(vcpu)
+            }
+        }
+    }
+
+    /// issue 12: `VCPU_HOST_CALL_GET`/`SET` touch only the answer to a
+    /// realm vCPU's pending `RSI_HOST_CALL`, which the specification does
+    /// not model: `SUCCESS` or `DENIED` (none pending) for a vCPU of a live
+    /// VM, `DENIED` for one never created, `INVALID_PARAMETER` (or
+    /// `DENIED`) for a handle that names no live VM. Nothing else changes.
+    fn predict_host_call_answer(&self, vcpu: rampart_abi::host::VcpuRef) -> Prediction {
+        if live_slot(self, vcpu.vm.0).is_none() {
+            return Prediction::refuse(Outcomes::error(Error::InvalidParameter).or_error(Error::Denied));
+        }
+        match self.vcpu_of(vcpu) {
+            Some(_) => Prediction::refuse(Outcomes::success().or_error(Error::Denied)),
+            None => Prediction::refuse(Outcomes::error(Error::Denied)),
         }
     }
 
