@@ -6,7 +6,8 @@
 //! 1. **Conduit.** `RSI_VERSION(1.0)` succeeds with 1.0/1.0 (a request for
 //!    2.0 is `ERROR_INPUT`); PSCI works through SMC; KVM's vendor calls
 //!    through SMC and every HVC are `NOT_SUPPORTED`; `FEATURES(0)` = 0;
-//!    `HOST_CALL` is `NOT_SUPPORTED`.
+//!    `HOST_CALL` with a bad structure address (unaligned, the alias, past
+//!    RAM) is `ERROR_INPUT` without an exit.
 //! 2. **`REALM_CONFIG`** fills a granule: `ipa_bits` (>= 32, the shared
 //!    bit is `ipa_bits - 1`, above guest RAM), `hash_algo` 0, a zero RPV;
 //!    unaligned, past RAM and alias addresses are `ERROR_INPUT`.
@@ -34,8 +35,23 @@
 //!    **`GUEST-CCA-TOKEN <hex>`** lines (256 bytes each, in order) and
 //!    **`GUEST-CCA-CHALLENGE <hex>`**.
 //!
+//! 6. **Host call** (issue 12). The guest fills an `RsiHostCall` at offset
+//!    0x100 of its config granule: `imm` = [`HOST_CALL_IMM`] (the padding
+//!    after it all ones), `gprs[i]` = `0x4843_0000 + i`, with canaries just
+//!    before and after it, and calls `RSI_HOST_CALL`: an `EXIT_HOST_CALL`
+//!    the test host answers (it checks `imm` and the 31 registers, and
+//!    sets `gprs[i]` = `0x414e_0000 + i`, trying to reach past them too).
+//!    The guest sees `SUCCESS`, exactly the host's registers, and the
+//!    immediate, padding and canaries untouched.
+//! 7. **Eviction** (issue 12). The guest fills a granule with a pattern and
+//!    prints **`GUEST-REALM-EVICT <ipa hex>`**: the test host evicts it
+//!    (`VM_EVICT`). The granule is still RAM: `IPA_STATE_GET` says RAM and
+//!    `IPA_STATE_SET(EMPTY)` is `REJECT` (x1 = base). On
+//!    **`GUEST-REALM-RESTORE`** the host restores it, and the guest reads
+//!    its pattern back.
+//!
 //! Expected exits: `EXIT_MMIO` (console and the alias after step 3),
-//! `EXIT_SYSTEM_OFF`.
+//! `EXIT_HOST_CALL`, `EXIT_SYSTEM_OFF`.
 
 #![no_std]
 #![no_main]
@@ -59,6 +75,19 @@ pub const HOST_MARK: u64 = 0x686f_7374_2077_6173;
 /// CONTINUE asks for this many bytes at a time (the token is ~950 bytes:
 /// several calls, INCOMPLETE until the last).
 const STEP: u64 = 400;
+/// The immediate of the guest's `RSI_HOST_CALL` (the test host expects it).
+pub const HOST_CALL_IMM: u64 = 0x5a17;
+/// What the guest passes in `gprs[i]` (+ i).
+pub const HOST_CALL_IN: u64 = 0x4843_0000;
+/// What the test host answers in `gprs[i]` (+ i).
+pub const HOST_CALL_OUT: u64 = 0x414e_0000;
+/// The canaries around the structure.
+const CANARY: u64 = 0xc0ff_ee00_5afe_0001;
+/// The evicted granule's pattern at word `i` (address `a`).
+fn evict_pattern(a: u64) -> u64 {
+    a ^ 0x6576_6963_7465_6421
+}
+
 /// The challenge's first 32 bytes.
 const CHALLENGE_PREFIX: &[u8; 32] = b"rampart realm challenge v1 :: ::";
 
@@ -108,13 +137,15 @@ fn main(_ram_size: u64) {
     }
     let (start, end) = arch::free_ram();
     let first = start.next_multiple_of(GRANULE);
-    // config, token, two to share, and the token copy (2 granules).
+    // config, token, two to share, the token copy (2 granules), and one
+    // the host evicts.
     let [config, token_page, secret, secret2, copy] =
         core::array::from_fn(|i| first + i as u64 * GRANULE);
-    if copy + 2 * GRANULE > end {
+    let evict = copy + 2 * GRANULE;
+    if evict + GRANULE > end {
         report::fail(
             "realm",
-            format_args!("no 6 free granules in {start:#x}..{end:#x}"),
+            format_args!("no 7 free granules in {start:#x}..{end:#x}"),
         );
         return;
     }
@@ -126,6 +157,83 @@ fn main(_ram_size: u64) {
     ripas_changes(secret, secret2, end, shared);
     measurements();
     attestation(token_page, copy, secret | shared);
+    host_call(config, end, shared);
+    evicted(evict);
+}
+
+/// Step 6: `RSI_HOST_CALL` answered by the test host.
+fn host_call(page: u64, ram_end: u64, shared: u64) {
+    let structure = page + 0x100;
+    let size = rsi::host_call::SIZE as u64;
+    arch::ram_write_u64(structure - 8, CANARY);
+    arch::ram_write_u64(structure + size, CANARY);
+    // imm in the low 16 bits, the padding after it all ones.
+    let first_word = !0xffff | HOST_CALL_IMM;
+    arch::ram_write_u64(structure, first_word);
+    for i in 0..rsi::host_call::GPRS as u64 {
+        arch::ram_write_u64(structure + 8 + 8 * i, HOST_CALL_IN + i);
+    }
+    // Bad addresses: refused without an exit (the test host would fail an
+    // unexpected one).
+    let refused = [structure + 8, structure | shared, ram_end, ram_end + 0x100]
+        .iter()
+        .all(|&a| smc(RsiCall::HostCall, &[a])[0] == status::ERROR_INPUT);
+    report::check(
+        "rsi-host-call-bad",
+        refused,
+        format_args!("RSI_HOST_CALL with a bad address was not ERROR_INPUT"),
+    );
+    let r = smc(RsiCall::HostCall, &[structure]);
+    let answered = (0..rsi::host_call::GPRS as u64)
+        .all(|i| arch::ram_read_u64(structure + 8 + 8 * i) == HOST_CALL_OUT + i);
+    let untouched = arch::ram_read_u64(structure) == first_word
+        && arch::ram_read_u64(structure - 8) == CANARY
+        && arch::ram_read_u64(structure + size) == CANARY;
+    report::check(
+        "rsi-host-call",
+        r[0] == status::SUCCESS && answered && untouched,
+        format_args!(
+            "RSI_HOST_CALL = {:#x}; the host's registers {answered}; imm, padding and canaries untouched {untouched} (gprs[0] {:#x}, after {:#x})",
+            r[0],
+            arch::ram_read_u64(structure + 8),
+            arch::ram_read_u64(structure + size)
+        ),
+    );
+}
+
+/// Step 7: a granule the host evicted is still RAM.
+fn evicted(page: u64) {
+    for a in (page..page + GRANULE).step_by(8) {
+        arch::ram_write_u64(a, evict_pattern(a));
+    }
+    println!("GUEST-REALM-EVICT {page:x}");
+    let g = state_get(page, page + GRANULE);
+    report::check(
+        "rsi-evicted-is-ram",
+        g[0] == status::SUCCESS && g[1] == page + GRANULE && g[2] == ripas::RAM,
+        format_args!(
+            "IPA_STATE_GET of an evicted granule = {:#x} top {:#x} ripas {}",
+            g[0], g[1], g[2]
+        ),
+    );
+    let s = state_set(page, page + GRANULE, ripas::EMPTY, 0);
+    report::check(
+        "rsi-evicted-stays-ram",
+        s[0] == status::SUCCESS && s[1] == page && s[2] == response::REJECT,
+        format_args!(
+            "IPA_STATE_SET(EMPTY) of an evicted granule = {:#x} x1 {:#x} response {}",
+            s[0], s[1], s[2]
+        ),
+    );
+    println!("GUEST-REALM-RESTORE");
+    let intact = (page..page + GRANULE)
+        .step_by(8)
+        .all(|a| arch::ram_read_u64(a) == evict_pattern(a));
+    report::check(
+        "rsi-evicted-restored",
+        intact,
+        format_args!("the restored granule does not hold the guest's pattern"),
+    );
 }
 
 fn conduit() {
@@ -190,12 +298,6 @@ fn conduit() {
         "rsi-features",
         f[0] == 0 && f[1] == 0,
         format_args!("FEATURES(0) = {:#x} {:#x}", f[0], f[1]),
-    );
-    let h = smc(RsiCall::HostCall, &[0]);
-    report::check(
-        "rsi-host-call",
-        h[0] == u64::MAX,
-        format_args!("HOST_CALL = {:#x}", h[0]),
     );
     let unknown = smccc::smc64(rsi::RSI_BASE + 0xA, [0; 17]);
     report::check(
