@@ -12,6 +12,7 @@ mod linux;
 mod mem;
 mod plan;
 mod pool;
+mod rsi_host_call;
 mod run;
 mod session;
 mod signals;
