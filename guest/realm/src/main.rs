@@ -50,21 +50,35 @@
 //!    **`GUEST-REALM-RESTORE`** the host restores it, and the guest reads
 //!    its pattern back.
 //!
+//! 8. **Two vCPUs racing** (issue 12). The guest prints
+//!    **`GUEST-REALM-RACE-PAGE <ipa hex>`** and starts vCPU 1, which
+//!    hammers that granule through its protected IPA (a store of
+//!    [`RACE_SECRET`] and a load, word after word, catching aborts) while
+//!    vCPU 0 flips it EMPTY and back to RAM [`RACE_ROUNDS`] times. While it
+//!    is EMPTY, vCPU 0 reads the alias (never the secret: zeroed on the way
+//!    out) and, every 8th round, prints **`GUEST-REALM-RACE <n>`**: the test
+//!    host then reads the page (never the secret) and fills it with
+//!    [`RACE_HOST`]. Back in RAM, neither vCPU ever reads `RACE_HOST`
+//!    (zeroed on the way in). vCPU 1's accesses to the unmapped granule are
+//!    memory faults the test host declines (aborts vCPU 1 catches).
+//!
 //! Expected exits: `EXIT_MMIO` (console and the alias after step 3),
-//! `EXIT_HOST_CALL`, `EXIT_SYSTEM_OFF`.
+//! `EXIT_HOST_CALL`, `EXIT_MEMORY_FAULT` (step 8, declined),
+//! `EXIT_POWERED_OFF` (vCPU 1), `EXIT_SYSTEM_OFF`.
 
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
 
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
-use rampart_guest::abi::{GRANULE, GUEST_RAM_BASE};
+use rampart_guest::abi::{GRANULE, GUEST_RAM_BASE, psci, vcpu_mpidr};
 use rampart_guest::rampart_abi::rsi::{self, RsiCall, change_flags, response, ripas, status};
-use rampart_guest::{arch, hvc, println, realm, report};
+use rampart_guest::{arch, hvc, println, realm, report, wait_until};
 use sha2::{Digest, Sha256};
 
-rampart_guest::entry!(main);
+rampart_guest::entry!(main, secondary);
 
 /// What the guest keeps in the granule it then gives up.
 const SECRET: &[u8; 32] = b"realm secret: never the host's! ";
@@ -86,6 +100,107 @@ const CANARY: u64 = 0xc0ff_ee00_5afe_0001;
 /// The evicted granule's pattern at word `i` (address `a`).
 fn evict_pattern(a: u64) -> u64 {
     a ^ 0x6576_6963_7465_6421
+}
+
+/// What vCPU 1 stores in the racing granule (step 8).
+pub const RACE_SECRET: u64 = 0x7365_6372_6574_2121;
+/// What the test host writes into it while it is shared (step 8).
+pub const RACE_HOST: u64 = 0x686f_7374_6461_7461;
+/// RAM -> EMPTY -> RAM flips of step 8.
+pub const RACE_ROUNDS: u64 = 64;
+/// The racing granule (0 until step 8).
+static RACE_PAGE: AtomicU64 = AtomicU64::new(0);
+static RACE_STOP: AtomicU64 = AtomicU64::new(0);
+static RACE_DONE: AtomicU64 = AtomicU64::new(0);
+/// vCPU 1's accesses that completed, that aborted, and loads of RACE_HOST.
+static RACE_OK: AtomicU64 = AtomicU64::new(0);
+static RACE_FAULTS: AtomicU64 = AtomicU64::new(0);
+static RACE_CROSSED: AtomicU64 = AtomicU64::new(0);
+
+/// vCPU 1 (step 8): hammers the racing granule until told to stop.
+fn secondary(index: usize) {
+    let page = RACE_PAGE.load(Ordering::SeqCst);
+    if index != 1 || page == 0 {
+        return;
+    }
+    let mut k = 0u64;
+    while RACE_STOP.load(Ordering::SeqCst) == 0 {
+        let at = page + 8 * (k % (GRANULE / 8));
+        let counter = match arch::probe_write_free(at, RACE_SECRET) {
+            Ok(()) => &RACE_OK,
+            Err(_) => &RACE_FAULTS,
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+        match arch::probe_read_free(at) {
+            Ok(v) => {
+                if v == RACE_HOST {
+                    RACE_CROSSED.fetch_add(1, Ordering::SeqCst);
+                }
+                RACE_OK.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(_) => {
+                RACE_FAULTS.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        k += 1;
+    }
+    RACE_DONE.store(1, Ordering::SeqCst);
+}
+
+/// Step 8: vCPU 0 flips the granule while vCPU 1 hammers it.
+fn race(page: u64, shared: u64) {
+    println!("GUEST-REALM-RACE-PAGE {page:x}");
+    RACE_PAGE.store(page, Ordering::SeqCst);
+    let on = hvc::psci::cpu_on(vcpu_mpidr(1), arch::secondary_entry_address(), 1);
+    let started = on == psci::SUCCESS && wait_until(10_000, || RACE_OK.load(Ordering::SeqCst) > 0);
+    if !report::check(
+        "rsi-race-start",
+        started,
+        format_args!("CPU_ON(vCPU 1) = {on}; vCPU 1 made no access"),
+    ) {
+        RACE_STOP.store(1, Ordering::SeqCst);
+        return;
+    }
+    let alias = page | shared;
+    let (mut bad_calls, mut secret_shared, mut host_private) = (0u64, 0u64, 0u64);
+    for round in 0..RACE_ROUNDS {
+        let e = state_set(page, page + GRANULE, ripas::EMPTY, 0);
+        if e[0] != status::SUCCESS || e[1] != page + GRANULE || e[2] != response::ACCEPT {
+            bad_calls += 1;
+        }
+        for at in (alias..alias + GRANULE).step_by(8) {
+            if arch::probe_read(at) == Ok(RACE_SECRET) {
+                secret_shared += 1;
+            }
+        }
+        if round % 8 == 0 {
+            // The test host reads the shared page and writes RACE_HOST.
+            println!("GUEST-REALM-RACE {round}");
+        }
+        let r = state_set(page, page + GRANULE, ripas::RAM, 0);
+        if r[0] != status::SUCCESS || r[1] != page + GRANULE || r[2] != response::ACCEPT {
+            bad_calls += 1;
+        }
+        for at in (page..page + GRANULE).step_by(8) {
+            if arch::probe_read_free(at) == Ok(RACE_HOST) {
+                host_private += 1;
+            }
+        }
+    }
+    RACE_STOP.store(1, Ordering::SeqCst);
+    let stopped = wait_until(10_000, || RACE_DONE.load(Ordering::SeqCst) != 0);
+    let (ok, faults, crossed) = (
+        RACE_OK.load(Ordering::SeqCst),
+        RACE_FAULTS.load(Ordering::SeqCst),
+        RACE_CROSSED.load(Ordering::SeqCst),
+    );
+    report::check(
+        "rsi-race",
+        stopped && bad_calls == 0 && secret_shared == 0 && host_private == 0 && crossed == 0,
+        format_args!(
+            "{RACE_ROUNDS} flips: {bad_calls} bad RIPAS answers, the secret seen shared {secret_shared} times, host data seen private {host_private} times by vCPU 0 and {crossed} by vCPU 1; vCPU 1: {ok} accesses, {faults} aborts, stopped {stopped}"
+        ),
+    );
 }
 
 /// The challenge's first 32 bytes.
@@ -142,10 +257,11 @@ fn main(_ram_size: u64) {
     let [config, token_page, secret, secret2, copy] =
         core::array::from_fn(|i| first + i as u64 * GRANULE);
     let evict = copy + 2 * GRANULE;
-    if evict + GRANULE > end {
+    let racing = evict + GRANULE;
+    if racing + GRANULE > end {
         report::fail(
             "realm",
-            format_args!("no 7 free granules in {start:#x}..{end:#x}"),
+            format_args!("no 8 free granules in {start:#x}..{end:#x}"),
         );
         return;
     }
@@ -159,6 +275,7 @@ fn main(_ram_size: u64) {
     attestation(token_page, copy, secret | shared);
     host_call(config, end, shared);
     evicted(evict);
+    race(racing, shared);
 }
 
 /// Step 6: `RSI_HOST_CALL` answered by the test host.

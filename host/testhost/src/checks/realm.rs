@@ -21,6 +21,12 @@
 //!   answers them (`VCPU_HOST_CALL_SET`), also trying past the 31 and
 //!   with bad windows, another vCPU and a stale handle (all refused); while
 //!   the realm is stopped there, `VM_EXPORT` of it is `DENIED`;
+//! - issue 12, two vCPUs racing: vCPU 1 hammers a granule (protected IPA)
+//!   while vCPU 0 flips it EMPTY and RAM 64 times (`guest/realm` step 8);
+//!   on each `GUEST-REALM-RACE <n>` (the granule shared) the host reads it,
+//!   never finding vCPU 1's secret, and fills it with its own word, which
+//!   neither vCPU may read once the granule is RAM again. vCPU 1's faults
+//!   on the unmapped granule are declined, on whichever CPU runs it;
 //! - issue 12, eviction: on `GUEST-REALM-EVICT <ipa>` the host evicts that
 //!   granule (`VM_EVICT`), and the guest must still find it RAM (not EMPTY,
 //!   and no RIPAS change accepted); on `GUEST-REALM-RESTORE` the host
@@ -32,7 +38,8 @@ use rampart_abi::host::HostCall;
 
 use super::vb::stays_refused;
 use super::vm::{arena, expect_inaccessible, protected, run_and_destroy};
-use super::vmm::run::{FaultAction, Policy};
+use super::vmm::run::{FaultAction, Policy, SECONDARY_DECLINED, SECONDARY_DECLINES};
+use core::sync::atomic::Ordering;
 use super::vmm::{PAGE, REALM_OVERRIDE, Vm, call, code};
 use crate::arch::{self, Access};
 use crate::msg::Msg;
@@ -61,7 +68,18 @@ struct RealmPolicy {
     evicted: Option<(u64, u64, [u64; 2])>,
     restored: bool,
     host_calls: u32,
+    /// The racing granule (guest-physical) once announced, and how many
+    /// times the host found it shared, and faults declined on it here.
+    race: Option<u64>,
+    race_reads: u32,
+    race_declined: u32,
 }
+
+/// `GUEST-REALM-RACE` lines: every 8th of 64 rounds.
+const RACE_ROUNDS_CHECKED: u64 = 64 / 8;
+/// `guest/realm`'s words in the racing granule.
+const RACE_SECRET: u64 = 0x7365_6372_6574_2121;
+const RACE_HOST: u64 = 0x686f_7374_6461_7461;
 
 /// What `guest/realm` passes and expects in its host call.
 const HOST_CALL_IMM: u64 = 0x5a17;
@@ -149,6 +167,31 @@ impl RealmPolicy {
         let r = call(HostCall::VmEvict, &[v.handle, ipa, self.pool]);
         ensure!(r[0] == 0, "VM_EVICT of the realm's granule {ipa:#x} = {}", r[0] as i64);
         self.evicted = Some((ipa, r[1], [r[2], r[3]]));
+        Ok(())
+    }
+
+    /// `GUEST-REALM-RACE <n>`: the granule is shared now (vCPU 0 stopped
+    /// between its two changes; vCPU 1 may be running on another CPU).
+    fn race_round(&mut self, vms: &mut [Vm], vm: usize, text: &str) -> Result<(), Msg> {
+        let Some(ipa) = self.race else {
+            fail!("{text} before GUEST-REALM-RACE-PAGE")
+        };
+        let pa = vms[vm].ram.start + (ipa - GUEST_RAM_BASE);
+        for at in (pa..pa + PAGE).step_by(8) {
+            let load = arch::probe(Access::Load, at, 0);
+            ensure!(
+                load.fault.is_none(),
+                "{text}: the host cannot read the shared granule at {at:#x}: {:?}",
+                load.fault
+            );
+            ensure!(
+                load.register != RACE_SECRET,
+                "{text}: the realm's private word is in the granule it shared, at {at:#x}"
+            );
+            let store = arch::probe(Access::Store, at, RACE_HOST);
+            ensure!(store.fault.is_none(), "{text}: the host cannot write the shared granule");
+        }
+        self.race_reads += 1;
         Ok(())
     }
 
@@ -240,6 +283,19 @@ impl Policy for RealmPolicy {
             self.evict(vms, vm, ipa)?;
         } else if text == "GUEST-REALM-RESTORE" {
             self.restore(vms, vm)?;
+        } else if let Some(rest) = text.strip_prefix("GUEST-REALM-RACE-PAGE ") {
+            let Some(ipa) = parse_ipa(rest) else {
+                fail!("GUEST-REALM-RACE-PAGE {rest}: not hex")
+            };
+            let ram = vms[vm].ram;
+            ensure!(
+                ipa >= GUEST_RAM_BASE && ipa.is_multiple_of(PAGE) && ipa + PAGE <= GUEST_RAM_BASE + ram.size(),
+                "GUEST-REALM-RACE-PAGE {ipa:#x} is not a granule of its RAM"
+            );
+            self.race = Some(ipa);
+            SECONDARY_DECLINES.store(ipa, Ordering::Release);
+        } else if text.starts_with("GUEST-REALM-RACE ") {
+            self.race_round(vms, vm, text)?;
         } else if let Some(rest) = text.strip_prefix("GUEST-REALM-SHARED ") {
             let Some(ipa) = parse_ipa(rest) else {
                 fail!("GUEST-REALM-SHARED {rest}: not hex")
@@ -265,6 +321,11 @@ impl Policy for RealmPolicy {
         ipa: u64,
         _write: bool,
     ) -> Result<FaultAction, Msg> {
+        if self.race == Some(ipa) {
+            // vCPU 1 touched the racing granule while it was EMPTY.
+            self.race_declined += 1;
+            return Ok(FaultAction::Decline);
+        }
         let Some((shared, _)) = self.shared else {
             fail!("EXIT_MEMORY_FAULT at {ipa:#x} before any shared page")
         };
@@ -292,13 +353,29 @@ pub fn realm_rsi(p: &Platform) -> Result<(), Msg> {
         evicted: None,
         restored: false,
         host_calls: 0,
+        race: None,
+        race_reads: 0,
+        race_declined: 0,
     };
-    let report = run_and_destroy(p, &mut vms, &[&[0]], &mut policy, 20_000)?;
+    SECONDARY_DECLINED.store(0, Ordering::Relaxed);
+    // vCPU 0 on the boot CPU (its lines need the host at once), vCPU 1 on
+    // the next CPU (the same one on a single-CPU machine).
+    let report = run_and_destroy(p, &mut vms, &[&[0, 1]], &mut policy, 30_000);
+    SECONDARY_DECLINES.store(0, Ordering::Release);
+    let report = report?;
     note!(
-        "realm: {} guest checks passed, {} exits, {} ms",
+        "realm: {} guest checks passed, {} exits, {} ms; race: the host read the shared granule {} times, {} faults of vCPU 1 declined ({} on the boot CPU)",
         report.tallies[0].passed,
         report.exits[0],
-        report.millis
+        report.millis,
+        policy.race_reads,
+        policy.race_declined + SECONDARY_DECLINED.load(Ordering::Relaxed) as u32,
+        policy.race_declined
+    );
+    ensure!(
+        policy.race_reads == (RACE_ROUNDS_CHECKED as u32),
+        "the host read the racing granule {} times, want {RACE_ROUNDS_CHECKED}",
+        policy.race_reads
     );
     ensure!(policy.host_calls == 1, "the realm guest made no RSI_HOST_CALL");
     ensure!(policy.restored, "the realm guest's evicted granule was not restored");
