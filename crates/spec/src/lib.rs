@@ -1550,6 +1550,8 @@ mod guest_values {
 pub const EXIT_POWERED_OFF: u64 = 7;
 /// `EXIT_EVICTED` (sealed swap): the last exit reason.
 pub const EXIT_EVICTED: u64 = 8;
+/// `EXIT_HOST_CALL` (issue 12): a realm's `RSI_HOST_CALL`.
+pub const EXIT_HOST_CALL: u64 = 10;
 
 impl Spec<'_> {
     /// Whether a `VCPU_RUN` of vCPU `index` in `slot` is in flight.
@@ -1743,7 +1745,9 @@ impl Spec<'_> {
             }
             (true, false) => Ok(()),
             (true, true) if off => fail("entered a powered-off vCPU"),
-            (true, true) if !(1..=EXIT_EVICTED).contains(&exit) => fail("no such exit reason"),
+            (true, true) if !(1..=EXIT_EVICTED).contains(&exit) && exit != EXIT_HOST_CALL => {
+                fail("no such exit reason")
+            }
             (true, true) if stopped != (exit == EXIT_POWERED_OFF) => {
                 fail("EXIT_POWERED_OFF if and only if the guest called CPU_OFF")
             }
