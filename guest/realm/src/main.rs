@@ -62,6 +62,10 @@
 //!    (zeroed on the way in). vCPU 1's accesses to the unmapped granule are
 //!    memory faults the test host declines (aborts vCPU 1 catches).
 //!
+//!    Then both vCPUs run `ATTESTATION_TOKEN_INIT`/`CONTINUE` at once, each
+//!    with its own challenge into its own granule (vCPU 0 three times):
+//!    each token is whole and carries its own vCPU's challenge.
+//!
 //! Expected exits: `EXIT_MMIO` (console and the alias after step 3),
 //! `EXIT_HOST_CALL`, `EXIT_MEMORY_FAULT` (step 8, declined),
 //! `EXIT_POWERED_OFF` (vCPU 1), `EXIT_SYSTEM_OFF`.
@@ -145,10 +149,64 @@ fn secondary(index: usize) {
         k += 1;
     }
     RACE_DONE.store(1, Ordering::SeqCst);
+    // Then a token of its own while vCPU 0 makes its own.
+    if wait_until(10_000, || TOKEN_GO.load(Ordering::SeqCst) != 0) {
+        let (status, len, own) = token_into(page, challenge_of(1));
+        let ok = status == status::SUCCESS && len > 0 && own;
+        TOKEN_DONE.store(VALID | u64::from(ok) | len << 1, Ordering::SeqCst);
+    }
+}
+
+/// Set in `TOKEN_DONE` once written.
+const VALID: u64 = 1 << 63;
+/// vCPU 0 lets vCPU 1 start its token; vCPU 1's result (`VALID | len << 1
+/// | ok`).
+static TOKEN_GO: AtomicU64 = AtomicU64::new(0);
+static TOKEN_DONE: AtomicU64 = AtomicU64::new(0);
+
+/// vCPU `index`'s challenge in step 8 (every word names it).
+fn challenge_of(index: u64) -> [u64; 8] {
+    core::array::from_fn(|i| 0x7663_7075_0000_0000 | index << 16 | i as u64)
+}
+
+/// `ATTESTATION_TOKEN_INIT(challenge)`, then `CONTINUE` into `page` (from
+/// offset 0 on) until done: `(last status, bytes, whether the token carries
+/// exactly this challenge)`.
+fn token_into(page: u64, challenge: [u64; 8]) -> (u64, u64, bool) {
+    let init = smc(RsiCall::AttestationTokenInit, &challenge);
+    if init[0] != status::SUCCESS || init[1] == 0 || init[1] > GRANULE {
+        return (init[0], 0, false);
+    }
+    let mut got = 0u64;
+    let mut last = status::INCOMPLETE;
+    for _ in 0..20 {
+        let r = smc(RsiCall::AttestationTokenContinue, &[page, got, STEP.min(GRANULE - got)]);
+        last = r[0];
+        if (r[0] != status::SUCCESS && r[0] != status::INCOMPLETE) || r[1] > STEP {
+            break;
+        }
+        got += r[1];
+        if r[0] == status::SUCCESS || got >= GRANULE {
+            break;
+        }
+    }
+    let mut bytes = [0u8; 64];
+    for (i, w) in challenge.iter().enumerate() {
+        bytes[8 * i..8 * i + 8].copy_from_slice(&w.to_le_bytes());
+    }
+    let carries = (0..got.saturating_sub(66)).any(|at| {
+        arch::ram_read_u8(page + at) == 0x58
+            && arch::ram_read_u8(page + at + 1) == 0x40
+            && bytes
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| arch::ram_read_u8(page + at + 2 + i as u64) == b)
+    });
+    (last, got, carries && got == init[1])
 }
 
 /// Step 8: vCPU 0 flips the granule while vCPU 1 hammers it.
-fn race(page: u64, shared: u64) {
+fn race(page: u64, shared: u64, token_page: u64) {
     println!("GUEST-REALM-RACE-PAGE {page:x}");
     RACE_PAGE.store(page, Ordering::SeqCst);
     let on = hvc::psci::cpu_on(vcpu_mpidr(1), arch::secondary_entry_address(), 1);
@@ -193,6 +251,22 @@ fn race(page: u64, shared: u64) {
         RACE_OK.load(Ordering::SeqCst),
         RACE_FAULTS.load(Ordering::SeqCst),
         RACE_CROSSED.load(Ordering::SeqCst),
+    );
+    // INIT and CONTINUE on both vCPUs at once: each gets its own token.
+    TOKEN_GO.store(1, Ordering::SeqCst);
+    let mut mine = 0;
+    for _ in 0..3 {
+        let (st, len, own) = token_into(token_page, challenge_of(0));
+        if st == status::SUCCESS && len > 0 && own {
+            mine += 1;
+        }
+    }
+    let theirs = wait_until(10_000, || TOKEN_DONE.load(Ordering::SeqCst) != 0)
+        .then(|| TOKEN_DONE.load(Ordering::SeqCst));
+    report::check(
+        "rsi-race-tokens",
+        mine == 3 && theirs.is_some_and(|t| t & 1 == 1),
+        format_args!("vCPU 0 got its own token {mine} of 3 times; vCPU 1: {theirs:x?}"),
     );
     report::check(
         "rsi-race",
@@ -275,7 +349,7 @@ fn main(_ram_size: u64) {
     attestation(token_page, copy, secret | shared);
     host_call(config, end, shared);
     evicted(evict);
-    race(racing, shared);
+    race(racing, shared, token_page);
 }
 
 /// Step 6: `RSI_HOST_CALL` answered by the test host.
