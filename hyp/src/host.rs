@@ -227,6 +227,16 @@ fn run_call(regs: &mut [u64; 18]) {
             Ok((consumed, done)) => return ret(regs, [SUCCESS as u64, consumed, u64::from(done), 0]),
             Err(e) => Err(e),
         },
+        // issue 12: a realm's RSI_HOST_CALL (hyp/src/rsi.rs).
+        Ok(HostRequest::VcpuHostCallGet { vcpu, first }) => match crate::rsi::host_call_get(vcpu, first) {
+            Ok(words) => {
+                regs[0] = SUCCESS as u64;
+                regs[1..9].copy_from_slice(&words);
+                return;
+            }
+            Err(e) => Err(e),
+        },
+        Ok(HostRequest::VcpuHostCallSet { vcpu, first, values }) => crate::rsi::host_call_set(vcpu, first, values),
         Err(e) => Err(e),
     };
     ret_code(regs, result.map_or_else(Error::code, |()| SUCCESS));

@@ -532,6 +532,29 @@ impl HostMemory {
         Ok(())
     }
 
+    /// Reads `N` words at byte `offset` (8-byte aligned) of page `page`, a
+    /// realm's own page (its `RsiHostCall` structure, `crate::rsi`), with
+    /// volatile loads: the guest's other vCPUs may write it meanwhile, and
+    /// only the copy is used.
+    ///
+    /// # Errors
+    ///
+    /// `INVALID_PARAMETER` for an unaligned page or offset, or words past
+    /// the page's end.
+    pub fn read_unowned_words<const N: usize>(&mut self, page: u64, offset: u64) -> Result<[u64; N], AbiError> {
+        let end = offset.checked_add(8 * N as u64).ok_or(AbiError::InvalidParameter)?;
+        if !page.is_multiple_of(PAGE_SIZE) || !offset.is_multiple_of(8) || end > PAGE_SIZE {
+            return Err(AbiError::InvalidParameter);
+        }
+        self.fixmap(page, 1);
+        // SAFETY: the fixmap's first page now maps `page` at EL2 and
+        // `offset..end` lies inside it, 8-byte aligned; volatile loads, no
+        // Rust reference to the guest's page.
+        let words = unsafe { mm::read_volatile_words::<N>(FIXMAP_BASE + offset) };
+        self.fixunmap(1);
+        Ok(words)
+    }
+
     /// Maps `pages` pages (at most [`FIXMAP_PAGES`]) from `pa` at
     /// [`FIXMAP_BASE`] (see [`fixmap_in`]).
     fn fixmap(&mut self, pa: u64, pages: u64) {

@@ -14,8 +14,10 @@
 //! `IPA | shared bit`, shared with the host (RIPAS EMPTY), and anything
 //! unmapped there is emulated MMIO (the VMM sees the address without the
 //! shared bit). RIPAS is not stored: a granule is RAM exactly when its
-//! protected IPA is mapped, so the stage 2 and the ownership table cannot
-//! disagree with it.
+//! protected IPA is mapped or evicted by the host (`VM_EVICT`, restored
+//! there by `VM_RESTORE`), so the stage 2, the swap map and the ownership
+//! table cannot disagree with it. An evicted granule's RIPAS cannot change
+//! (`REJECT`) until the host restores it.
 //!
 //! Every RIPAS change moves the page between the two IPAs in place (the
 //! same physical page) and zeroes it while neither side can reach it:
@@ -33,6 +35,7 @@
 //! realm.
 
 use rampart_abi::Error;
+use rampart_abi::host::ExitReason;
 use rampart_abi::rsi::{self, RsiCall, change_flags, realm_config, response, ripas, status};
 use rampart_ownership::{Component, PhysAddr, State, Transition, VmId};
 use rampart_platform::{MemRange, PAGE_SIZE};
@@ -73,6 +76,19 @@ struct Attestation {
 
 const VCPUS: usize = rampart_abi::host::MAX_VCPUS as usize;
 static ATTESTATION: [[SpinMutex<Option<Attestation>>; VCPUS]; MAX_VMS] =
+    [const { [const { SpinMutex::new(None) }; VCPUS] }; MAX_VMS];
+
+/// One vCPU's `RSI_HOST_CALL` waiting for the host's answer: where the
+/// guest's structure is, and the answer's registers (the guest's until the
+/// host sets them). `handle` ties it to its VM, as for [`Attestation`].
+struct PendingHostCall {
+    handle: u64,
+    ipa: u64,
+    gprs: [u64; GPRS],
+}
+
+const GPRS: usize = rsi::host_call::GPRS;
+static HOST_CALLS: [[SpinMutex<Option<PendingHostCall>>; VCPUS]; MAX_VMS] =
     [const { [const { SpinMutex::new(None) }; VCPUS] }; MAX_VMS];
 
 /// The IPA width a realm is told (`REALM_CONFIG.ipa_bits`).
@@ -164,7 +180,7 @@ fn handle(slot: usize, index: usize, regs: &mut [u64; 31]) -> Outcome {
         RsiCall::MeasurementExtend => measurement_extend(slot, regs),
         RsiCall::AttestationTokenInit => token_init(slot, index, regs),
         RsiCall::AttestationTokenContinue => token_continue(slot, index, regs),
-        RsiCall::HostCall => code(regs, NOT_SUPPORTED),
+        RsiCall::HostCall => host_call(slot, index, regs),
     }
 }
 
@@ -209,6 +225,13 @@ fn realm_config(slot: usize, ipa: u64) -> u64 {
         Some(Ok(())) => status::SUCCESS,
         _ => status::ERROR_INPUT,
     }
+}
+
+/// Whether protected granule `ipa` of `vm` is RAM the host evicted
+/// (`VM_EVICT`): unmapped, yet RAM (the caller holds the VM's lock, so no
+/// eviction or restore of it runs meanwhile).
+fn evicted(vm: &Vm, ipa: u64) -> bool {
+    vm::slot_of(vm.handle).is_ok_and(|slot| crate::swap::is_evicted(slot, vm.handle, ipa))
 }
 
 /// Why one granule's RIPAS did not change.
@@ -274,6 +297,12 @@ type Moved = (u64, u64, u64);
 /// EMPTY already.
 fn make_empty(vm: &mut Vm, ipa: u64) -> Result<Option<Moved>, Refused> {
     let alias = ipa | shared_bit();
+    // A RAM granule the host evicted (`VM_EVICT`) is still RAM, only not
+    // mapped until the host restores it: it cannot change now (and is not
+    // EMPTY already, which the unmapped IPA alone would say).
+    if evicted(vm, ipa) {
+        return Err(Refused::Rejected);
+    }
     // Already EMPTY: nothing protected there.
     let Some(pa) = vm::translate(vm, ipa) else {
         return Ok(None);
@@ -310,8 +339,8 @@ fn make_empty(vm: &mut Vm, ipa: u64) -> Result<Option<Moved>, Refused> {
 /// RAM already.
 fn make_ram(vm: &mut Vm, ipa: u64) -> Result<Option<Moved>, Refused> {
     let alias = ipa | shared_bit();
-    // Already RAM.
-    if vm::translate(vm, ipa).is_some() {
+    // Already RAM (mapped, or evicted by the host and still RAM).
+    if vm::translate(vm, ipa).is_some() || evicted(vm, ipa) {
         return Ok(None);
     }
     // No page to make protected: the host gave none at the alias.
@@ -353,7 +382,7 @@ fn ipa_state_get(slot: usize, regs: &mut [u64; 31]) -> Outcome {
     }
     let r = with_realm(slot, |vm| {
         let state = |ipa: u64| {
-            if vm::translate(vm, ipa).is_some() {
+            if vm::translate(vm, ipa).is_some() || evicted(vm, ipa) {
                 ripas::RAM
             } else {
                 ripas::EMPTY
@@ -493,6 +522,124 @@ fn token_continue(slot: usize, index: usize, regs: &mut [u64; 31]) -> Outcome {
         status::INCOMPLETE
     };
     set(regs, [result, count as u64, 0])
+}
+
+/// The private page behind the `RsiHostCall` structure at `ipa`, which
+/// must be aligned to its size (so it lies in one granule).
+fn host_call_page(vm: &Vm, ipa: u64) -> Option<u64> {
+    if !ipa.is_multiple_of(rsi::host_call::SIZE as u64) {
+        return None;
+    }
+    private_page(vm, ipa & !(PAGE_SIZE - 1))
+}
+
+/// `RSI_HOST_CALL(ipa)`: copies the structure's `imm` and registers, keeps
+/// them for the host and exits to it (`EXIT_HOST_CALL`, `x2` = `imm`). The
+/// guest's registers stay as they are until [`complete_host_call`].
+fn host_call(slot: usize, index: usize, regs: &mut [u64; 31]) -> Outcome {
+    let ipa = regs[1];
+    let Some(entry) = HOST_CALLS.get(slot).and_then(|s| s.get(index)) else {
+        return code(regs, status::ERROR_INPUT);
+    };
+    let read = with_realm(slot, |vm| {
+        let pa = host_call_page(vm, ipa)?;
+        let offset = ipa & (PAGE_SIZE - 1);
+        let words = crate::memory::with(|mem| mem.read_unowned_words::<{ rsi::host_call::SIZE / 8 }>(pa, offset)).ok()?;
+        Some((vm.handle.0, words))
+    })
+    .flatten();
+    let Some((handle, words)) = read else {
+        return code(regs, status::ERROR_INPUT);
+    };
+    // imm: the low 16 bits of the first word (the rest is padding).
+    let imm = words[0] & 0xffff;
+    let mut gprs = [0u64; GPRS];
+    gprs.copy_from_slice(&words[1..]);
+    *entry.lock() = Some(PendingHostCall { handle, ipa, gprs });
+    Outcome::Exit([ExitReason::HostCall as u64, imm, 0, 0])
+}
+
+/// `VCPU_RUN` of vCPU `index` of the VM in `slot` (`handle`), before the
+/// guest runs: completes its `RSI_HOST_CALL` if one is pending. The answer's
+/// registers go into the guest's structure, if it is still a private
+/// granule of the realm (`x0` = `SUCCESS`); otherwise the structure is left
+/// alone and `x0` = `ERROR_INPUT`. Nothing but `gprs[0..31]` is written.
+pub fn complete_host_call(slot: usize, handle: u64, index: usize, regs: &mut [u64; 31]) {
+    let Some(entry) = HOST_CALLS.get(slot).and_then(|s| s.get(index)) else {
+        return;
+    };
+    let Some(pending) = entry.lock().take() else {
+        return;
+    };
+    if pending.handle != handle {
+        // Left by an earlier VM in this slot: not this guest's.
+        return;
+    }
+    let written = with_realm(slot, |vm| {
+        let pa = host_call_page(vm, pending.ipa).ok_or(Error::InvalidParameter)?;
+        let offset = (pending.ipa & (PAGE_SIZE - 1)) + rsi::host_call::GPRS_OFFSET as u64;
+        let mut bytes = [0u8; 8 * GPRS];
+        for (chunk, value) in bytes.chunks_exact_mut(8).zip(pending.gprs) {
+            chunk.copy_from_slice(&value.to_le_bytes());
+        }
+        crate::memory::with(|mem| mem.write_unowned_bytes(pa, offset, &bytes))
+    });
+    regs[0] = if written == Some(Ok(())) {
+        status::SUCCESS
+    } else {
+        status::ERROR_INPUT
+    };
+}
+
+/// Which registers `VCPU_HOST_CALL_GET`/`SET` name: `first..first + 8`,
+/// clipped to the 31.
+fn host_call_window(first: u64) -> Result<core::ops::Range<usize>, Error> {
+    let first = usize::try_from(first).map_err(|_| Error::InvalidParameter)?;
+    if first >= GPRS || !first.is_multiple_of(8) {
+        return Err(Error::InvalidParameter);
+    }
+    Ok(first..(first + 8).min(GPRS))
+}
+
+/// The pending host call of `vcpu`: `INVALID_PARAMETER` for a VM or vCPU
+/// that does not exist, `DENIED` if it has none pending.
+fn with_pending<T>(
+    vcpu: rampart_abi::host::VcpuRef,
+    f: impl FnOnce(&mut PendingHostCall) -> T,
+) -> Result<T, Error> {
+    let slot = vm::slot_of(vcpu.vm)?;
+    let entry = HOST_CALLS.get(slot).and_then(|s| s.get(vcpu.index)).ok_or(Error::InvalidParameter)?;
+    let mut guard = entry.lock();
+    match guard.as_mut() {
+        Some(pending) if pending.handle == vcpu.vm.0 => Ok(f(pending)),
+        _ => Err(Error::Denied),
+    }
+}
+
+/// `VCPU_HOST_CALL_GET(vcpu, first)`: the answer's `gprs[first..first + 8]`
+/// (0 past the 31).
+pub fn host_call_get(vcpu: rampart_abi::host::VcpuRef, first: u64) -> Result<[u64; 8], Error> {
+    let window = host_call_window(first)?;
+    with_pending(vcpu, |pending| {
+        let mut out = [0u64; 8];
+        for (slot, value) in out.iter_mut().zip(pending.gprs.get(window).unwrap_or(&[])) {
+            *slot = *value;
+        }
+        out
+    })
+}
+
+/// `VCPU_HOST_CALL_SET(vcpu, first, values)`: sets the answer's
+/// `gprs[first..first + 8]` (values past the 31 are ignored).
+pub fn host_call_set(vcpu: rampart_abi::host::VcpuRef, first: u64, values: [u64; 8]) -> Result<(), Error> {
+    let window = host_call_window(first)?;
+    with_pending(vcpu, |pending| {
+        if let Some(target) = pending.gprs.get_mut(window) {
+            for (slot, value) in target.iter_mut().zip(values) {
+                *slot = value;
+            }
+        }
+    })
 }
 
 /// Where a realm's stage-2 fault at `ipa` (not mapped) goes: an address in

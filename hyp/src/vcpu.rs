@@ -278,6 +278,10 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
         }
         v.state.pc += 4;
     }
+    // issue 12: a realm's RSI_HOST_CALL completes with the host's answer.
+    if crate::rsi::is_realm(slot) {
+        crate::rsi::complete_host_call(slot, vcpu.vm.0, v.index, &mut v.state.regs);
+    }
     let boot = crate::BOOT.get().ok_or(Error::NotSupported)?;
     // The guest's EL1 context stays loaded for as many exits as EL2 handles
     // itself; the host's comes back only when the host must see an exit.

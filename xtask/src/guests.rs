@@ -44,7 +44,8 @@ pub const GUESTS: [(&str, &str, u64, u32); 13] = [
     // issue 14: sealed swap (`rampart-vmm run --swap`, linux-vmm/swap).
     ("swap", "rampart-guest-swap", MIB, 1),
     // issue 12: the realm guest (RSI); the test host creates it as a realm.
-    ("realm", "rampart-guest-realm", MIB, 1),
+    // Two vCPUs: the second races the first's RIPAS changes.
+    ("realm", "rampart-guest-realm", MIB, 2),
 ];
 
 /// The manifest guest `name` is signed for.

@@ -122,6 +122,20 @@ pub enum HostCall {
     /// = tag. On success the fresh page holds the plaintext, is the VM's
     /// and is mapped at `x2`; on any error nothing changed.
     VmRestore = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x21),
+    /// `RAMPART_HOST_VCPU_HOST_CALL_GET` (issue 12, realms): `x1` = VM
+    /// handle, `x2` = vCPU index, `x3` = first register (0, 8, 16 or 24).
+    /// After an [`ExitReason::HostCall`] of that vCPU, returns `x1`..`x8` =
+    /// the answer's `gprs[first..first + 8]` (as the guest passed them
+    /// until the host sets them; 0 past `gprs[30]`). `DENIED` if the vCPU
+    /// has no host call pending.
+    VcpuHostCallGet = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x30),
+    /// `RAMPART_HOST_VCPU_HOST_CALL_SET` (issue 12, realms): `x1` = VM
+    /// handle, `x2` = vCPU index, `x3` = first register (0, 8, 16 or 24),
+    /// `x4`..`x11` = the values of the answer's `gprs[first..first + 8]`
+    /// (past `gprs[30]` ignored). The next `VCPU_RUN` of the vCPU writes
+    /// the answer's 31 registers (and nothing else) into the guest's
+    /// `RsiHostCall` structure. `DENIED` if no host call is pending.
+    VcpuHostCallSet = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x31),
     /// `RAMPART_HOST_ORACLE_CHECK`: test builds only (hypervisor feature
     /// `oracle`): no arguments. Runs the oracle's correspondence check now
     /// and returns `x1` = violations found since boot (specification and
@@ -132,7 +146,7 @@ pub enum HostCall {
 
 impl HostCall {
     /// Every host call, in ID order.
-    pub const ALL: [HostCall; 24] = [
+    pub const ALL: [HostCall; 26] = [
         HostCall::Version,
         HostCall::Features,
         HostCall::ShareHyp,
@@ -156,6 +170,8 @@ impl HostCall {
         HostCall::VmImportData,
         HostCall::VmEvict,
         HostCall::VmRestore,
+        HostCall::VcpuHostCallGet,
+        HostCall::VcpuHostCallSet,
         HostCall::OracleCheck,
     ];
 
@@ -192,6 +208,8 @@ impl HostCall {
             HostCall::VmImportData => "RAMPART_HOST_VM_IMPORT_DATA",
             HostCall::VmEvict => "RAMPART_HOST_VM_EVICT",
             HostCall::VmRestore => "RAMPART_HOST_VM_RESTORE",
+            HostCall::VcpuHostCallGet => "RAMPART_HOST_VCPU_HOST_CALL_GET",
+            HostCall::VcpuHostCallSet => "RAMPART_HOST_VCPU_HOST_CALL_SET",
             HostCall::OracleCheck => "RAMPART_HOST_ORACLE_CHECK",
         }
     }
@@ -427,6 +445,22 @@ pub enum HostRequest {
         version: u64,
         /// The tag `VM_EVICT` returned.
         tag: [u8; 16],
+    },
+    /// See [`HostCall::VcpuHostCallGet`].
+    VcpuHostCallGet {
+        /// The vCPU.
+        vcpu: VcpuRef,
+        /// The first register (0, 8, 16 or 24).
+        first: u64,
+    },
+    /// See [`HostCall::VcpuHostCallSet`].
+    VcpuHostCallSet {
+        /// The vCPU.
+        vcpu: VcpuRef,
+        /// The first register (0, 8, 16 or 24).
+        first: u64,
+        /// `gprs[first..first + 8]` of the answer.
+        values: [u64; 8],
     },}
 
 /// The most pages a migration call's buffer may have.
@@ -582,8 +616,30 @@ impl HostRequest {
                 version: regs[5],
                 tag: words_to_bytes(&regs[6..8]),
             },
+            HostCall::VcpuHostCallGet => HostRequest::VcpuHostCallGet {
+                vcpu: vcpu()?,
+                first: host_call_first(regs[3])?,
+            },
+            HostCall::VcpuHostCallSet => {
+                let mut values = [0u64; 8];
+                values.copy_from_slice(&regs[4..12]);
+                HostRequest::VcpuHostCallSet {
+                    vcpu: vcpu()?,
+                    first: host_call_first(regs[3])?,
+                    values,
+                }
+            }
             HostCall::OracleCheck => HostRequest::OracleCheck,
         })
+    }
+}
+
+/// The first register of `VCPU_HOST_CALL_GET`/`SET`: 0, 8, 16 or 24.
+fn host_call_first(first: u64) -> Result<u64, crate::Error> {
+    if first < crate::rsi::host_call::GPRS as u64 && first.is_multiple_of(8) {
+        Ok(first)
+    } else {
+        Err(crate::Error::InvalidParameter)
     }
 }
 
@@ -743,11 +799,18 @@ pub enum ExitReason {
     /// EOIs the next runs report. The host resamples the line (injects it
     /// again if it is still asserted) and runs the vCPU again.
     Eoi = 12,
+    /// A realm's `RSI_HOST_CALL` (issue 12): `x2` = the call's immediate
+    /// (`RsiHostCall.imm`). Its 31 registers are read with
+    /// [`HostCall::VcpuHostCallGet`] and answered with
+    /// [`HostCall::VcpuHostCallSet`]; the next `VCPU_RUN` completes the
+    /// call (registers the host did not set go back as the guest passed
+    /// them).
+    HostCall = 10,
 }
 
 impl ExitReason {
     /// Every exit reason.
-    pub const ALL: [ExitReason; 9] = [
+    pub const ALL: [ExitReason; 10] = [
         ExitReason::Mmio,
         ExitReason::MemoryFault,
         ExitReason::Wait,
@@ -757,6 +820,7 @@ impl ExitReason {
         ExitReason::PoweredOff,
         ExitReason::Evicted,
         ExitReason::Eoi,
+        ExitReason::HostCall,
     ];
 
     /// The stable name used in `docs/abi.md`.
@@ -772,6 +836,7 @@ impl ExitReason {
             ExitReason::PoweredOff => "EXIT_POWERED_OFF",
             ExitReason::Evicted => "EXIT_EVICTED",
             ExitReason::Eoi => "EXIT_EOI",
+            ExitReason::HostCall => "EXIT_HOST_CALL",
         }
     }
 }

@@ -65,8 +65,14 @@ pub enum RsiCall {
     /// of the run of granules from `base` with the same RIPAS, `x2` = that
     /// RIPAS.
     IpaStateGet = RSI_BASE + 8,
-    /// `RSI_HOST_CALL`: `x1` = IPA of a host-call structure. Not offered
-    /// (returns SMCCC `NOT_SUPPORTED`, and [`RsiCall::Features`] says so).
+    /// `RSI_HOST_CALL`: `x1` = IPA of an [`host_call`] structure
+    /// (`RsiHostCall`, 256 bytes, 256-byte aligned, in a protected granule
+    /// of the realm). The vCPU exits to the host
+    /// (`ExitReason::HostCall`, `x2` = `imm`); once the host answered, the
+    /// next run writes the answer's `gprs` into the structure (never `imm`
+    /// nor anything past it) and returns `SUCCESS`. `ERROR_INPUT` for a
+    /// bad address (also if the granule stopped being private before the
+    /// answer: the structure is then left alone).
     HostCall = RSI_BASE + 9,
 }
 
@@ -183,6 +189,19 @@ pub mod realm_config {
     pub const HASH_SHA512: u64 = 1;
 }
 
+/// The `RsiHostCall` structure of `RSI_HOST_CALL` (RMM 1.0, little-endian).
+pub mod host_call {
+    /// Offset of the immediate (`imm`, 16 bits; the next 48 bits are
+    /// padding the hypervisor neither reads nor writes).
+    pub const IMM: usize = 0x000;
+    /// Offset of `gprs[0]` (31 u64 registers, `gprs[30]` at 0xF8).
+    pub const GPRS_OFFSET: usize = 0x008;
+    /// How many registers.
+    pub const GPRS: usize = 31;
+    /// The structure's size and the alignment its address needs.
+    pub const SIZE: usize = 0x100;
+}
+
 /// The granule RIPAS is tracked in.
 pub const GRANULE: u64 = 4096;
 /// Challenge size of `ATTESTATION_TOKEN_INIT` (`x1`..`x8`).
@@ -230,6 +249,12 @@ mod tests {
             Err(crate::Error::NotSupported)
         );
         assert!(!in_range(0xC400_018F) && !in_range(0xC400_01A0));
+    }
+
+    #[test]
+    fn host_call_layout() {
+        assert_eq!(host_call::GPRS_OFFSET + 8 * host_call::GPRS, host_call::SIZE);
+        assert_eq!(host_call::IMM, 0);
     }
 
     #[test]

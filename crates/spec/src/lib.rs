@@ -1084,6 +1084,24 @@ impl<'a> Spec<'a> {
                 fresh,
                 ..
             } => self.predict_restore(vm, guest_address, sealed, fresh),
+            HostRequest::VcpuHostCallGet { vcpu, .. } | HostRequest::VcpuHostCallSet { vcpu, .. } => {
+                self.predict_host_call_answer(vcpu)
+            }
+        }
+    }
+
+    /// issue 12: `VCPU_HOST_CALL_GET`/`SET` touch only the answer to a
+    /// realm vCPU's pending `RSI_HOST_CALL`, which the specification does
+    /// not model: `SUCCESS` or `DENIED` (none pending) for a vCPU of a live
+    /// VM, `DENIED` for one never created, `INVALID_PARAMETER` (or
+    /// `DENIED`) for a handle that names no live VM. Nothing else changes.
+    fn predict_host_call_answer(&self, vcpu: rampart_abi::host::VcpuRef) -> Prediction {
+        if live_slot(self, vcpu.vm.0).is_none() {
+            return Prediction::refuse(Outcomes::error(Error::InvalidParameter).or_error(Error::Denied));
+        }
+        match self.vcpu_of(vcpu) {
+            Some(_) => Prediction::refuse(Outcomes::success().or_error(Error::Denied)),
+            None => Prediction::refuse(Outcomes::error(Error::Denied)),
         }
     }
 
@@ -1610,6 +1628,8 @@ mod guest_values {
 pub const EXIT_POWERED_OFF: u64 = 7;
 /// `EXIT_EVICTED` (sealed swap): the last exit reason.
 pub const EXIT_EVICTED: u64 = 8;
+/// `EXIT_HOST_CALL` (issue 12): a realm's `RSI_HOST_CALL`.
+pub const EXIT_HOST_CALL: u64 = 10;
 
 impl Spec<'_> {
     /// Whether a `VCPU_RUN` of vCPU `index` in `slot` is in flight.
@@ -1808,7 +1828,9 @@ impl Spec<'_> {
             }
             (true, false) => Ok(()),
             (true, true) if off => fail("entered a powered-off vCPU"),
-            (true, true) if !(1..=EXIT_EVICTED).contains(&exit) => fail("no such exit reason"),
+            (true, true) if !(1..=EXIT_EVICTED).contains(&exit) && exit != EXIT_HOST_CALL => {
+                fail("no such exit reason")
+            }
             (true, true) if stopped != (exit == EXIT_POWERED_OFF) => {
                 fail("EXIT_POWERED_OFF if and only if the guest called CPU_OFF")
             }

@@ -746,6 +746,33 @@ pub fn probe_write(addr: u64, value: u64) -> Result<(), Trap> {
     trap.map_or(Ok(()), Err)
 }
 
+/// Loads 8 bytes from free guest RAM (past the image: no Rust object),
+/// catching an abort: for a realm granule another vCPU may make EMPTY
+/// meanwhile (issue 12, `guest/realm`'s race).
+pub fn probe_read_free(addr: u64) -> Result<u64, Trap> {
+    assert_free(addr, 8);
+    let (value, trap) = armed(|| {
+        let mut value = PROBE_SENTINEL;
+        // SAFETY: `addr` is aligned free RAM (checked), so no Rust object
+        // is read; an abort skips the load (see `armed`).
+        unsafe { asm!("ldr {v}, [{a}]", a = in(reg) addr, v = inout(reg) value, options(nostack)) };
+        value
+    });
+    trap.map_or(Ok(value), Err)
+}
+
+/// Stores 8 bytes in free guest RAM, catching an abort (see
+/// [`probe_read_free`]).
+pub fn probe_write_free(addr: u64, value: u64) -> Result<(), Trap> {
+    assert_free(addr, 8);
+    let ((), trap) = armed(|| {
+        // SAFETY: `addr` is aligned free RAM (checked), so no Rust object
+        // is written; an abort skips the store.
+        unsafe { asm!("str {v}, [{a}]", a = in(reg) addr, v = in(reg) value, options(nostack)) };
+    });
+    trap.map_or(Ok(()), Err)
+}
+
 /// `SMC #0` with `x0` = `function`, `x1`..`x3` = `args`, catching an
 /// undefined-instruction exception. Returns `x0`..`x3`.
 pub fn probe_smc(function: u32, args: [u64; 3]) -> Result<[u64; 4], Trap> {

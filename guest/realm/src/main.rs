@@ -6,7 +6,8 @@
 //! 1. **Conduit.** `RSI_VERSION(1.0)` succeeds with 1.0/1.0 (a request for
 //!    2.0 is `ERROR_INPUT`); PSCI works through SMC; KVM's vendor calls
 //!    through SMC and every HVC are `NOT_SUPPORTED`; `FEATURES(0)` = 0;
-//!    `HOST_CALL` is `NOT_SUPPORTED`.
+//!    `HOST_CALL` with a bad structure address (unaligned, the alias, past
+//!    RAM) is `ERROR_INPUT` without an exit.
 //! 2. **`REALM_CONFIG`** fills a granule: `ipa_bits` (>= 32, the shared
 //!    bit is `ipa_bits - 1`, above guest RAM), `hash_algo` 0, a zero RPV;
 //!    unaligned, past RAM and alias addresses are `ERROR_INPUT`.
@@ -34,21 +35,54 @@
 //!    **`GUEST-CCA-TOKEN <hex>`** lines (256 bytes each, in order) and
 //!    **`GUEST-CCA-CHALLENGE <hex>`**.
 //!
+//! 6. **Host call** (issue 12). The guest fills an `RsiHostCall` at offset
+//!    0x100 of its config granule: `imm` = [`HOST_CALL_IMM`] (the padding
+//!    after it all ones), `gprs[i]` = `0x4843_0000 + i`, with canaries just
+//!    before and after it, and calls `RSI_HOST_CALL`: an `EXIT_HOST_CALL`
+//!    the test host answers (it checks `imm` and the 31 registers, and
+//!    sets `gprs[i]` = `0x414e_0000 + i`, trying to reach past them too).
+//!    The guest sees `SUCCESS`, exactly the host's registers, and the
+//!    immediate, padding and canaries untouched.
+//! 7. **Eviction** (issue 12). The guest fills a granule with a pattern and
+//!    prints **`GUEST-REALM-EVICT <ipa hex>`**: the test host evicts it
+//!    (`VM_EVICT`). The granule is still RAM: `IPA_STATE_GET` says RAM and
+//!    `IPA_STATE_SET(EMPTY)` is `REJECT` (x1 = base). On
+//!    **`GUEST-REALM-RESTORE`** the host restores it, and the guest reads
+//!    its pattern back.
+//!
+//! 8. **Two vCPUs racing** (issue 12). The guest prints
+//!    **`GUEST-REALM-RACE-PAGE <ipa hex>`** and starts vCPU 1, which
+//!    hammers that granule through its protected IPA (a store of
+//!    [`RACE_SECRET`] and a load, word after word, catching aborts) while
+//!    vCPU 0 flips it EMPTY and back to RAM [`RACE_ROUNDS`] times. While it
+//!    is EMPTY, vCPU 0 reads the alias (never the secret: zeroed on the way
+//!    out) and, every 8th round, prints **`GUEST-REALM-RACE <n>`**: the test
+//!    host then reads the page (never the secret) and fills it with
+//!    [`RACE_HOST`]. Back in RAM, neither vCPU ever reads `RACE_HOST`
+//!    (zeroed on the way in). vCPU 1's accesses to the unmapped granule are
+//!    memory faults the test host declines (aborts vCPU 1 catches).
+//!
+//!    Then both vCPUs run `ATTESTATION_TOKEN_INIT`/`CONTINUE` at once, each
+//!    with its own challenge into its own granule (vCPU 0 three times):
+//!    each token is whole and carries its own vCPU's challenge.
+//!
 //! Expected exits: `EXIT_MMIO` (console and the alias after step 3),
-//! `EXIT_SYSTEM_OFF`.
+//! `EXIT_HOST_CALL`, `EXIT_MEMORY_FAULT` (step 8, declined),
+//! `EXIT_POWERED_OFF` (vCPU 1), `EXIT_SYSTEM_OFF`.
 
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
 
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
-use rampart_guest::abi::{GRANULE, GUEST_RAM_BASE};
+use rampart_guest::abi::{GRANULE, GUEST_RAM_BASE, psci, vcpu_mpidr};
 use rampart_guest::rampart_abi::rsi::{self, RsiCall, change_flags, response, ripas, status};
-use rampart_guest::{arch, hvc, println, realm, report};
+use rampart_guest::{arch, hvc, println, realm, report, wait_until};
 use sha2::{Digest, Sha256};
 
-rampart_guest::entry!(main);
+rampart_guest::entry!(main, secondary);
 
 /// What the guest keeps in the granule it then gives up.
 const SECRET: &[u8; 32] = b"realm secret: never the host's! ";
@@ -59,6 +93,190 @@ pub const HOST_MARK: u64 = 0x686f_7374_2077_6173;
 /// CONTINUE asks for this many bytes at a time (the token is ~950 bytes:
 /// several calls, INCOMPLETE until the last).
 const STEP: u64 = 400;
+/// The immediate of the guest's `RSI_HOST_CALL` (the test host expects it).
+pub const HOST_CALL_IMM: u64 = 0x5a17;
+/// What the guest passes in `gprs[i]` (+ i).
+pub const HOST_CALL_IN: u64 = 0x4843_0000;
+/// What the test host answers in `gprs[i]` (+ i).
+pub const HOST_CALL_OUT: u64 = 0x414e_0000;
+/// The canaries around the structure.
+const CANARY: u64 = 0xc0ff_ee00_5afe_0001;
+/// The evicted granule's pattern at word `i` (address `a`).
+fn evict_pattern(a: u64) -> u64 {
+    a ^ 0x6576_6963_7465_6421
+}
+
+/// What vCPU 1 stores in the racing granule (step 8).
+pub const RACE_SECRET: u64 = 0x7365_6372_6574_2121;
+/// What the test host writes into it while it is shared (step 8).
+pub const RACE_HOST: u64 = 0x686f_7374_6461_7461;
+/// RAM -> EMPTY -> RAM flips of step 8.
+pub const RACE_ROUNDS: u64 = 64;
+/// The racing granule (0 until step 8).
+static RACE_PAGE: AtomicU64 = AtomicU64::new(0);
+static RACE_STOP: AtomicU64 = AtomicU64::new(0);
+static RACE_DONE: AtomicU64 = AtomicU64::new(0);
+/// vCPU 1's accesses that completed, that aborted, and loads of RACE_HOST.
+static RACE_OK: AtomicU64 = AtomicU64::new(0);
+static RACE_FAULTS: AtomicU64 = AtomicU64::new(0);
+static RACE_CROSSED: AtomicU64 = AtomicU64::new(0);
+
+/// vCPU 1 (step 8): hammers the racing granule until told to stop.
+fn secondary(index: usize) {
+    let page = RACE_PAGE.load(Ordering::SeqCst);
+    if index != 1 || page == 0 {
+        return;
+    }
+    let mut k = 0u64;
+    while RACE_STOP.load(Ordering::SeqCst) == 0 {
+        let at = page + 8 * (k % (GRANULE / 8));
+        let counter = match arch::probe_write_free(at, RACE_SECRET) {
+            Ok(()) => &RACE_OK,
+            Err(_) => &RACE_FAULTS,
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+        match arch::probe_read_free(at) {
+            Ok(v) => {
+                if v == RACE_HOST {
+                    RACE_CROSSED.fetch_add(1, Ordering::SeqCst);
+                }
+                RACE_OK.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(_) => {
+                RACE_FAULTS.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        k += 1;
+    }
+    RACE_DONE.store(1, Ordering::SeqCst);
+    // Then a token of its own while vCPU 0 makes its own.
+    if wait_until(10_000, || TOKEN_GO.load(Ordering::SeqCst) != 0) {
+        let (status, len, own) = token_into(page, challenge_of(1));
+        let ok = status == status::SUCCESS && len > 0 && own;
+        TOKEN_DONE.store(VALID | u64::from(ok) | len << 1, Ordering::SeqCst);
+    }
+}
+
+/// Set in `TOKEN_DONE` once written.
+const VALID: u64 = 1 << 63;
+/// vCPU 0 lets vCPU 1 start its token; vCPU 1's result (`VALID | len << 1
+/// | ok`).
+static TOKEN_GO: AtomicU64 = AtomicU64::new(0);
+static TOKEN_DONE: AtomicU64 = AtomicU64::new(0);
+
+/// vCPU `index`'s challenge in step 8 (every word names it).
+fn challenge_of(index: u64) -> [u64; 8] {
+    core::array::from_fn(|i| 0x7663_7075_0000_0000 | index << 16 | i as u64)
+}
+
+/// `ATTESTATION_TOKEN_INIT(challenge)`, then `CONTINUE` into `page` (from
+/// offset 0 on) until done: `(last status, bytes, whether the token carries
+/// exactly this challenge)`.
+fn token_into(page: u64, challenge: [u64; 8]) -> (u64, u64, bool) {
+    let init = smc(RsiCall::AttestationTokenInit, &challenge);
+    if init[0] != status::SUCCESS || init[1] == 0 || init[1] > GRANULE {
+        return (init[0], 0, false);
+    }
+    let mut got = 0u64;
+    let mut last = status::INCOMPLETE;
+    for _ in 0..20 {
+        let r = smc(RsiCall::AttestationTokenContinue, &[page, got, STEP.min(GRANULE - got)]);
+        last = r[0];
+        if (r[0] != status::SUCCESS && r[0] != status::INCOMPLETE) || r[1] > STEP {
+            break;
+        }
+        got += r[1];
+        if r[0] == status::SUCCESS || got >= GRANULE {
+            break;
+        }
+    }
+    let mut bytes = [0u8; 64];
+    for (i, w) in challenge.iter().enumerate() {
+        bytes[8 * i..8 * i + 8].copy_from_slice(&w.to_le_bytes());
+    }
+    let carries = (0..got.saturating_sub(66)).any(|at| {
+        arch::ram_read_u8(page + at) == 0x58
+            && arch::ram_read_u8(page + at + 1) == 0x40
+            && bytes
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| arch::ram_read_u8(page + at + 2 + i as u64) == b)
+    });
+    (last, got, carries && got == init[1])
+}
+
+/// Step 8: vCPU 0 flips the granule while vCPU 1 hammers it.
+fn race(page: u64, shared: u64, token_page: u64) {
+    println!("GUEST-REALM-RACE-PAGE {page:x}");
+    RACE_PAGE.store(page, Ordering::SeqCst);
+    let on = hvc::psci::cpu_on(vcpu_mpidr(1), arch::secondary_entry_address(), 1);
+    let started = on == psci::SUCCESS && wait_until(10_000, || RACE_OK.load(Ordering::SeqCst) > 0);
+    if !report::check(
+        "rsi-race-start",
+        started,
+        format_args!("CPU_ON(vCPU 1) = {on}; vCPU 1 made no access"),
+    ) {
+        RACE_STOP.store(1, Ordering::SeqCst);
+        return;
+    }
+    let alias = page | shared;
+    let (mut bad_calls, mut secret_shared, mut host_private) = (0u64, 0u64, 0u64);
+    for round in 0..RACE_ROUNDS {
+        let e = state_set(page, page + GRANULE, ripas::EMPTY, 0);
+        if e[0] != status::SUCCESS || e[1] != page + GRANULE || e[2] != response::ACCEPT {
+            bad_calls += 1;
+        }
+        for at in (alias..alias + GRANULE).step_by(8) {
+            if arch::probe_read(at) == Ok(RACE_SECRET) {
+                secret_shared += 1;
+            }
+        }
+        if round % 8 == 0 {
+            // The test host reads the shared page and writes RACE_HOST.
+            println!("GUEST-REALM-RACE {round}");
+        }
+        let r = state_set(page, page + GRANULE, ripas::RAM, 0);
+        if r[0] != status::SUCCESS || r[1] != page + GRANULE || r[2] != response::ACCEPT {
+            bad_calls += 1;
+        }
+        for at in (page..page + GRANULE).step_by(8) {
+            if arch::probe_read_free(at) == Ok(RACE_HOST) {
+                host_private += 1;
+            }
+        }
+    }
+    RACE_STOP.store(1, Ordering::SeqCst);
+    let stopped = wait_until(10_000, || RACE_DONE.load(Ordering::SeqCst) != 0);
+    let (ok, faults, crossed) = (
+        RACE_OK.load(Ordering::SeqCst),
+        RACE_FAULTS.load(Ordering::SeqCst),
+        RACE_CROSSED.load(Ordering::SeqCst),
+    );
+    // INIT and CONTINUE on both vCPUs at once: each gets its own token.
+    TOKEN_GO.store(1, Ordering::SeqCst);
+    let mut mine = 0;
+    for _ in 0..3 {
+        let (st, len, own) = token_into(token_page, challenge_of(0));
+        if st == status::SUCCESS && len > 0 && own {
+            mine += 1;
+        }
+    }
+    let theirs = wait_until(10_000, || TOKEN_DONE.load(Ordering::SeqCst) != 0)
+        .then(|| TOKEN_DONE.load(Ordering::SeqCst));
+    report::check(
+        "rsi-race-tokens",
+        mine == 3 && theirs.is_some_and(|t| t & 1 == 1),
+        format_args!("vCPU 0 got its own token {mine} of 3 times; vCPU 1: {theirs:x?}"),
+    );
+    report::check(
+        "rsi-race",
+        stopped && bad_calls == 0 && secret_shared == 0 && host_private == 0 && crossed == 0,
+        format_args!(
+            "{RACE_ROUNDS} flips: {bad_calls} bad RIPAS answers, the secret seen shared {secret_shared} times, host data seen private {host_private} times by vCPU 0 and {crossed} by vCPU 1; vCPU 1: {ok} accesses, {faults} aborts, stopped {stopped}"
+        ),
+    );
+}
+
 /// The challenge's first 32 bytes.
 const CHALLENGE_PREFIX: &[u8; 32] = b"rampart realm challenge v1 :: ::";
 
@@ -108,13 +326,16 @@ fn main(_ram_size: u64) {
     }
     let (start, end) = arch::free_ram();
     let first = start.next_multiple_of(GRANULE);
-    // config, token, two to share, and the token copy (2 granules).
+    // config, token, two to share, the token copy (2 granules), and one
+    // the host evicts.
     let [config, token_page, secret, secret2, copy] =
         core::array::from_fn(|i| first + i as u64 * GRANULE);
-    if copy + 2 * GRANULE > end {
+    let evict = copy + 2 * GRANULE;
+    let racing = evict + GRANULE;
+    if racing + GRANULE > end {
         report::fail(
             "realm",
-            format_args!("no 6 free granules in {start:#x}..{end:#x}"),
+            format_args!("no 8 free granules in {start:#x}..{end:#x}"),
         );
         return;
     }
@@ -126,6 +347,84 @@ fn main(_ram_size: u64) {
     ripas_changes(secret, secret2, end, shared);
     measurements();
     attestation(token_page, copy, secret | shared);
+    host_call(config, end, shared);
+    evicted(evict);
+    race(racing, shared, token_page);
+}
+
+/// Step 6: `RSI_HOST_CALL` answered by the test host.
+fn host_call(page: u64, ram_end: u64, shared: u64) {
+    let structure = page + 0x100;
+    let size = rsi::host_call::SIZE as u64;
+    arch::ram_write_u64(structure - 8, CANARY);
+    arch::ram_write_u64(structure + size, CANARY);
+    // imm in the low 16 bits, the padding after it all ones.
+    let first_word = !0xffff | HOST_CALL_IMM;
+    arch::ram_write_u64(structure, first_word);
+    for i in 0..rsi::host_call::GPRS as u64 {
+        arch::ram_write_u64(structure + 8 + 8 * i, HOST_CALL_IN + i);
+    }
+    // Bad addresses: refused without an exit (the test host would fail an
+    // unexpected one).
+    let refused = [structure + 8, structure | shared, ram_end, ram_end + 0x100]
+        .iter()
+        .all(|&a| smc(RsiCall::HostCall, &[a])[0] == status::ERROR_INPUT);
+    report::check(
+        "rsi-host-call-bad",
+        refused,
+        format_args!("RSI_HOST_CALL with a bad address was not ERROR_INPUT"),
+    );
+    let r = smc(RsiCall::HostCall, &[structure]);
+    let answered = (0..rsi::host_call::GPRS as u64)
+        .all(|i| arch::ram_read_u64(structure + 8 + 8 * i) == HOST_CALL_OUT + i);
+    let untouched = arch::ram_read_u64(structure) == first_word
+        && arch::ram_read_u64(structure - 8) == CANARY
+        && arch::ram_read_u64(structure + size) == CANARY;
+    report::check(
+        "rsi-host-call",
+        r[0] == status::SUCCESS && answered && untouched,
+        format_args!(
+            "RSI_HOST_CALL = {:#x}; the host's registers {answered}; imm, padding and canaries untouched {untouched} (gprs[0] {:#x}, after {:#x})",
+            r[0],
+            arch::ram_read_u64(structure + 8),
+            arch::ram_read_u64(structure + size)
+        ),
+    );
+}
+
+/// Step 7: a granule the host evicted is still RAM.
+fn evicted(page: u64) {
+    for a in (page..page + GRANULE).step_by(8) {
+        arch::ram_write_u64(a, evict_pattern(a));
+    }
+    println!("GUEST-REALM-EVICT {page:x}");
+    let g = state_get(page, page + GRANULE);
+    report::check(
+        "rsi-evicted-is-ram",
+        g[0] == status::SUCCESS && g[1] == page + GRANULE && g[2] == ripas::RAM,
+        format_args!(
+            "IPA_STATE_GET of an evicted granule = {:#x} top {:#x} ripas {}",
+            g[0], g[1], g[2]
+        ),
+    );
+    let s = state_set(page, page + GRANULE, ripas::EMPTY, 0);
+    report::check(
+        "rsi-evicted-stays-ram",
+        s[0] == status::SUCCESS && s[1] == page && s[2] == response::REJECT,
+        format_args!(
+            "IPA_STATE_SET(EMPTY) of an evicted granule = {:#x} x1 {:#x} response {}",
+            s[0], s[1], s[2]
+        ),
+    );
+    println!("GUEST-REALM-RESTORE");
+    let intact = (page..page + GRANULE)
+        .step_by(8)
+        .all(|a| arch::ram_read_u64(a) == evict_pattern(a));
+    report::check(
+        "rsi-evicted-restored",
+        intact,
+        format_args!("the restored granule does not hold the guest's pattern"),
+    );
 }
 
 fn conduit() {
@@ -190,12 +489,6 @@ fn conduit() {
         "rsi-features",
         f[0] == 0 && f[1] == 0,
         format_args!("FEATURES(0) = {:#x} {:#x}", f[0], f[1]),
-    );
-    let h = smc(RsiCall::HostCall, &[0]);
-    report::check(
-        "rsi-host-call",
-        h[0] == u64::MAX,
-        format_args!("HOST_CALL = {:#x}", h[0]),
     );
     let unknown = smccc::smc64(rsi::RSI_BASE + 0xA, [0; 17]);
     report::check(

@@ -13,6 +13,7 @@ mod mem;
 mod migrate;
 mod plan;
 mod pool;
+mod rsi_host_call;
 mod run;
 mod session;
 mod signals;

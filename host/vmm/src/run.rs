@@ -537,6 +537,13 @@ impl<'a> Run<'a> {
                 }
                 // Bundles' devices inject no level-sensitive interrupts.
                 Ok(ExitReason::Interrupt | ExitReason::Eoi) => {}
+                // issue 12: a realm's RSI_HOST_CALL (the default answer).
+                Ok(ExitReason::HostCall) => {
+                    if let Err(e) = crate::rsi_host_call::answer(hyp, self.handle, vcpu, r[2]) {
+                        self.finish(Outcome::Error(format!("vCPU {vcpu}: {e}")));
+                        break;
+                    }
+                }
                 Ok(ExitReason::SystemOff) => {
                     self.finish(Outcome::SystemOff);
                     break;

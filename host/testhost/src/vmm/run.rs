@@ -246,6 +246,15 @@ pub trait Policy {
             "vm {vm}: EXIT_MEMORY_FAULT at {ipa:#x} (write {write}): this guest never leaves its RAM"
         ))
     }
+
+    /// issue 12: an `EXIT_HOST_CALL` of vCPU `vcpu` (boot CPU only), `imm`
+    /// its immediate: answer it (`VCPU_HOST_CALL_GET`/`SET`) before the
+    /// vCPU runs again. `Err` stops the VM as a failure.
+    fn host_call(&mut self, _vms: &mut [Vm], vm: usize, vcpu: usize, imm: u64) -> Result<(), Msg> {
+        Err(msg!(
+            "vm {vm}: EXIT_HOST_CALL (imm {imm:#x}) from vCPU {vcpu}: this guest makes no host call"
+        ))
+    }
 }
 
 /// The VMM's answer to an `EXIT_MEMORY_FAULT`.
@@ -564,7 +573,20 @@ trait Host {
     /// Whether to run the same vCPU again.
     fn memory_fault(&mut self, vm: usize, vcpu: usize, ipa: u64, write: bool) -> bool;
     fn poll(&mut self);
+    /// issue 12: whether the host call was answered (run the vCPU again).
+    fn host_call(&mut self, vm: usize, vcpu: usize, _imm: u64) -> bool {
+        SHARED[vm].report(problem::BAD_EXIT, [vcpu as u64, ExitReason::HostCall as u64, 0]);
+        SHARED[vm].stop(state::STOPPED);
+        false
+    }
 }
+
+/// issue 12 (`realm-rsi`'s race): a guest page whose `EXIT_MEMORY_FAULT`s a
+/// secondary CPU declines (the guest takes an abort) instead of failing the
+/// run; 0 for none. The check sets it and clears it after the run.
+pub static SECONDARY_DECLINES: AtomicU64 = AtomicU64::new(0);
+/// How many faults secondaries declined for it.
+pub static SECONDARY_DECLINED: AtomicU64 = AtomicU64::new(0);
 
 struct SecondaryHost {
     cpu: usize,
@@ -578,6 +600,12 @@ impl Host for SecondaryHost {
     }
 
     fn memory_fault(&mut self, vm: usize, vcpu: usize, ipa: u64, _write: bool) -> bool {
+        // issue 12: the realm race check's granule, declined here too.
+        let declined = SECONDARY_DECLINES.load(Ordering::Acquire);
+        if declined != 0 && ipa == declined {
+            SECONDARY_DECLINED.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
         SHARED[vm].report(problem::FAULT_ON_SECONDARY, [vcpu as u64, ipa, 0]);
         SHARED[vm].stop(state::STOPPED);
         false
@@ -667,6 +695,19 @@ impl Host for BootHost<'_> {
     fn memory_fault(&mut self, vm: usize, _vcpu: usize, ipa: u64, write: bool) -> bool {
         match self.policy.memory_fault(self.vms, vm, ipa, write) {
             Ok(FaultAction::Donated | FaultAction::Decline) => true,
+            Err(e) => {
+                if self.tallies[vm].policy_error.is_none() {
+                    self.tallies[vm].policy_error = Some(e);
+                }
+                SHARED[vm].stop(state::STOPPED);
+                false
+            }
+        }
+    }
+
+    fn host_call(&mut self, vm: usize, vcpu: usize, imm: u64) -> bool {
+        match self.policy.host_call(self.vms, vm, vcpu, imm) {
+            Ok(()) => true,
             Err(e) => {
                 if self.tallies[vm].policy_error.is_none() {
                     self.tallies[vm].policy_error = Some(e);
@@ -790,6 +831,9 @@ fn run_entries(entries: &[(usize, usize)], host: &mut dyn Host) {
             Ok(ExitReason::SystemOff) => shared.stop(state::SYSTEM_OFF),
             Ok(ExitReason::SystemReset) => shared.stop(state::SYSTEM_RESET),
             Ok(ExitReason::PoweredOff) => lane.off = true,
+            Ok(ExitReason::HostCall) => {
+                stay = host.host_call(vm, vcpu, r[2]);
+            }
             Ok(ExitReason::Evicted) => {
                 // This VMM evicts nothing: an eviction exit is a hypervisor bug.
                 shared.report(problem::BAD_EXIT, [vcpu as u64, r[1], r[2]]);

@@ -365,6 +365,13 @@ impl Shared<'_> {
                     )));
                     break;
                 }
+                // issue 12: a realm's RSI_HOST_CALL (the default answer).
+                Ok(ExitReason::HostCall) => {
+                    if let Err(e) = crate::rsi_host_call::answer(hyp, self.vm.handle, vcpu, r[2]) {
+                        self.finish(Outcome::Error(format!("vCPU {vcpu}: {e}")));
+                        break;
+                    }
+                }
                 // The guest ended a level-sensitive SPI: resample its line.
                 Ok(ExitReason::Eoi) => {
                     if let Some(inj) = self.gic.eoi(r[2]) {
