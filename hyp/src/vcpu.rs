@@ -247,8 +247,11 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
     // being imported runs once its stream is complete.
     crate::migrate::may_run(slot, vcpu.vm)?;
     let (vttbr, protected) = {
-        let (_, vm_guard) = vm::lock(vcpu.vm)?;
-        let vm = vm_guard.as_ref().ok_or(Error::InvalidParameter)?;
+        // `slot` came from `slot_of` above; the handle check under the lock
+        // is `vm::lock`'s own (a handle carries its slot's generation, so a
+        // VM destroyed and re-created in the slot meanwhile does not match).
+        let vm_guard = vm::VMS[slot].lock();
+        let vm = vm_guard.as_ref().filter(|vm| vm.handle == vcpu.vm).ok_or(Error::InvalidParameter)?;
         (vm::vttbr(vm), vm.protected)
     };
     let power_state = &VCPU_POWER[slot][v.index];
@@ -289,7 +292,7 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
         .lock();
     #[cfg(feature = "oracle")]
     crate::oracle::entering();
-    load_guest(v, &mut host, vttbr, protected, boot);
+    load_guest(v, &mut host, vttbr, protected);
     if let Some(fault) = v.memory_fault.take() {
         let still_unbacked = {
             let guard = vm::VMS[slot].lock();
@@ -331,12 +334,19 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
                 }
             }
         }
-        collect_ended(v);
+        // Both are tested here, not only inside, so a quiet entry (no
+        // level-sensitive entry in a list register, nothing queued, no
+        // "no pending" enable to drop) pays two loads, not two calls.
+        if v.level_in_lrs {
+            collect_ended(v);
+        }
         if v.ended_count != 0 {
             // The host resamples the lines first (and may inject again).
             break take_ended(v);
         }
-        load_pending_interrupts(v);
+        if v.pending_count != 0 || v.waiting {
+            load_pending_interrupts(v);
+        }
         if host_timer::fired() {
             // The host's deadline passed during an exit EL2 handled: the
             // host's tick comes first.
@@ -354,7 +364,7 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
         crate::host::park_if_dying();
         v.state.pc = arch::elr_el2();
         v.state.pstate = arch::spsr_el2();
-        let outcome = handle_exit(slot, v, kind, protected);
+        let outcome = handle_exit(slot, v, kind, protected, &mut host, boot.config.features.pauth);
         if v.halted {
             power_state.store(power::OFF, Ordering::Release);
             break [ExitReason::PoweredOff as u64, 0, 0, 0];
@@ -563,7 +573,7 @@ fn load_pending_interrupts(v: &mut Vcpu) {
 /// HCR_EL2 while a guest runs: stage 2, physical interrupts and SErrors to
 /// EL2, WFI/WFE, SMC, implementation-defined, auxiliary and ID registers
 /// trapped.
-fn guest_hcr(pauth: bool) -> u64 {
+fn guest_hcr() -> u64 {
     use crate::cpu::hcr::*;
     const FMO: u64 = 1 << 3;
     const IMO: u64 = 1 << 4;
@@ -577,10 +587,9 @@ fn guest_hcr(pauth: bool) -> u64 {
     // not context-switch (SVE, SME, MTE, GCS, PMU, AMU, TCR2/PIE/POE...)
     // must be hidden from a stock kernel, or its settings would leak into
     // the host's EL1 (`sanitise_id_register`).
+    // API and APK stay clear: pointer authentication traps until
+    // `load_guest_pauth` loads the guest's keys and sets them.
     let mut hcr = VM | SWIO | FB | BSU_IS | TSC | RW | FMO | IMO | AMO | TWI | TWE | TIDCP | TACR | TID3;
-    if pauth {
-        hcr |= API | APK;
-    }
     // Guest stage 2s use the FEAT_S2FWB encoding when the boot CPU has it;
     // a CPU without the feature must not set the bit (RES0).
     if crate::cpu::s2fwb() && crate::cpu::has_s2fwb() {
@@ -596,6 +605,14 @@ struct HostContext {
     fp: FpContext,
     pauth: PauthKeys,
     mdcr: u64,
+    /// The guest's FP/SIMD state is in the registers (this run trapped
+    /// its first use); otherwise the host's still is.
+    guest_fp: bool,
+    /// The same for the pointer-authentication keys.
+    guest_pauth: bool,
+    /// The guest's `MDCR_EL2` on this CPU and the host `MDCR_EL2` it was
+    /// computed for ([`guest_mdcr`]).
+    guest_mdcr: Option<(u64, u64)>,
     cptr: u64,
     vmpidr: u64,
     /// Where the host resumes after its `VCPU_RUN` call.
@@ -611,22 +628,33 @@ struct HostContext {
 
 /// Saves the host's EL1 context and loads the guest's with its stage 2 and
 /// traps. Until [`unload_guest`], EL1 belongs to the guest.
-fn load_guest(v: &mut Vcpu, host: &mut HostContext, vttbr: u64, protected: bool, boot: &crate::Boot) {
-    let features = boot.config.features;
+fn load_guest(v: &mut Vcpu, host: &mut HostContext, vttbr: u64, protected: bool) {
     host.mdcr = arch::mdcr_el2();
     host.cptr = arch::cptr_el2();
     host.vmpidr = arch::vmpidr_el2();
     host.elr = arch::elr_el2();
     host.spsr = arch::spsr_el2();
     guest::save_el1(&mut host.el1);
-    guest::save_fp(&mut host.fp);
-    if features.pauth {
-        guest::save_pauth(&mut host.pauth);
-    }
-    // CPTR_EL2 for a guest: FP/SIMD allowed; SVE, SME and trace trapped.
-    let guest_cptr = 0xff | (1 << 8) | (1 << 9) | (1 << 12) | (1 << 13) | (1 << 20);
+    // FP/SIMD and the pointer-authentication keys switch lazily: the
+    // host's stay in the registers, and the guest's first use traps
+    // (`CPTR_EL2.TFP`, `HCR_EL2.API`/`APK` clear) to `load_guest_fp` /
+    // `load_guest_pauth`. A run whose guest uses neither (every exit an
+    // MMIO or HVC-only guest takes) moves neither.
+    host.guest_fp = false;
+    host.guest_pauth = false;
+    let guest_cptr = GUEST_CPTR | CPTR_TFP;
     let debug = DebugFeatures::probe();
-    let guest_mdcr = guest_mdcr(host.mdcr, debug);
+    // The guest's MDCR_EL2 depends only on this CPU's features and the
+    // host's MDCR_EL2 (which only EL2 writes): computed once per CPU and
+    // again only if the host's value is ever different.
+    let guest_mdcr = match host.guest_mdcr {
+        Some((for_host, value)) if for_host == host.mdcr => value,
+        _ => {
+            let value = guest_mdcr(host.mdcr, debug);
+            host.guest_mdcr = Some((host.mdcr, value));
+            value
+        }
+    };
     // A protected guest is neither traced nor counted by the host: the
     // trace filter prohibits EL0/EL1 trace and the host's PMU counters
     // pause until the host's context comes back.
@@ -651,10 +679,6 @@ fn load_guest(v: &mut Vcpu, host: &mut HostContext, vttbr: u64, protected: bool,
     // runs, with its own stage 2 (VMID != 0), traps and registers.
     unsafe {
         guest::restore_el1(&v.state.el1);
-        guest::restore_fp(&v.state.fp);
-        if features.pauth {
-            guest::restore_pauth(&v.state.pauth);
-        }
         guest::restore_vgic(&v.state.vgic);
         // `restore_vgic` left ICH_HCR_EL2 = En only.
         v.waiting = false;
@@ -666,7 +690,8 @@ fn load_guest(v: &mut Vcpu, host: &mut HostContext, vttbr: u64, protected: bool,
         arch::set_cnthctl_el2(0b01);
         arch::set_vmpidr_el2((1 << 31) | v.index as u64);
         arch::set_vttbr_el2(vttbr);
-        let mut hcr = guest_hcr(features.pauth);
+        // API/APK clear: the keys are loaded at the first trap.
+        let mut hcr = guest_hcr();
         if v.vserror {
             if let Some(syndrome) = virtual_serror_syndrome(has_ras()) {
                 guest::set_vsesr(syndrome);
@@ -674,6 +699,10 @@ fn load_guest(v: &mut Vcpu, host: &mut HostContext, vttbr: u64, protected: bool,
             hcr |= HCR_VSE;
         }
         arch::set_hcr_el2(hcr);
+        // Guest vectors until `unload_guest` (`guest_entry.S`).
+        guest::install_guest_vectors();
+        // Every register above takes effect before the first entry (and
+        // before any exception EL2 takes meanwhile).
         arch::isb();
     }
 }
@@ -737,6 +766,9 @@ impl HostContext {
         fp: FpContext { v: [0; 32], fpsr: 0, fpcr: 0 },
         pauth: PauthKeys::ZERO,
         mdcr: 0,
+        guest_mdcr: None,
+        guest_fp: false,
+        guest_pauth: false,
         cptr: 0,
         vmpidr: 0,
         elr: 0,
@@ -748,10 +780,15 @@ impl HostContext {
 
 /// Saves the guest's EL1 context and restores the host's.
 fn unload_guest(v: &mut Vcpu, host: &HostContext, boot: &crate::Boot) {
-    let features = boot.config.features;
     guest::save_el1(&mut v.state.el1);
-    guest::save_fp(&mut v.state.fp);
-    if features.pauth {
+    // Only what this run loaded (`load_guest_fp`, `load_guest_pauth`);
+    // otherwise the registers still hold the host's values and the vCPU's
+    // saved ones are current.
+    if host.guest_fp {
+        // CPTR_EL2.TFP is clear since `load_guest_fp`.
+        guest::save_fp(&mut v.state.fp);
+    }
+    if host.guest_pauth {
         guest::save_pauth(&mut v.state.pauth);
     }
     let maintenance_asserted = guest::ich_misr() != 0;
@@ -777,10 +814,14 @@ fn unload_guest(v: &mut Vcpu, host: &HostContext, boot: &crate::Boot) {
         arch::set_vmpidr_el2(host.vmpidr);
         arch::set_elr_el2(host.elr);
         arch::set_spsr_el2(host.spsr);
+        guest::install_host_vectors();
         arch::isb();
         guest::restore_el1(&host.el1);
-        guest::restore_fp(&host.fp);
-        if features.pauth {
+        // The host's CPTR_EL2 (FP not trapped) took effect at the ISB.
+        if host.guest_fp {
+            guest::restore_fp(&host.fp);
+        }
+        if host.guest_pauth {
             guest::restore_pauth(&host.pauth);
         }
         // Present only if `load_guest` found FEAT_TRF and a PMU.
@@ -793,14 +834,74 @@ fn unload_guest(v: &mut Vcpu, host: &HostContext, boot: &crate::Boot) {
     }
 }
 
+/// `CPTR_EL2` (nVHE layout) for a guest once its FP/SIMD state is loaded:
+/// RES1 bits, SVE (`TZ`), SME (`TSM`) and trace (`TTA`) trapped.
+const GUEST_CPTR: u64 = 0xff | (1 << 8) | (1 << 9) | (1 << 12) | (1 << 13) | (1 << 20);
+/// `CPTR_EL2.TFP`: FP/SIMD (and SVE) trapped, at EL2 too.
+const CPTR_TFP: u64 = 1 << 10;
+
+/// The guest's first FP/SIMD use in this run: saves the host's FP/SIMD
+/// registers, loads the guest's and stops trapping. Both moves run under the
+/// host's `CPTR_EL2`, as they did when every entry switched them; the
+/// guest's value (without `TFP`) is in force, after the `ISB`, before the
+/// guest retries the instruction. The state a lazy switch must keep is
+/// exactly the 32 V registers, FPSR and FPCR the guest can see (SVE and SME
+/// stay trapped for it); until here the guest has not executed a single
+/// FP/SIMD instruction, so the vCPU's saved state is its current state.
+fn load_guest_fp(v: &mut Vcpu, host: &mut HostContext) {
+    // SAFETY: the guest is loaded but not running; EL2 itself uses FP/SIMD
+    // only here, in `unload_guest` and in `arch::sha256` (which saves and
+    // restores what it uses), so the host's registers are intact.
+    unsafe {
+        arch::set_cptr_el2(host.cptr);
+        arch::isb();
+        guest::save_fp(&mut host.fp);
+        guest::restore_fp(&v.state.fp);
+        arch::set_cptr_el2(GUEST_CPTR);
+        arch::isb();
+    }
+    host.guest_fp = true;
+}
+
+/// The guest's first pointer-authentication instruction, or key-register
+/// access, in this run: saves the host's EL1 keys, loads the guest's and
+/// stops trapping (`HCR_EL2.API`/`APK`). EL2 reads and writes the key
+/// registers whatever `HCR_EL2` says (`APK` traps EL1 only).
+fn load_guest_pauth(v: &mut Vcpu, host: &mut HostContext) {
+    use crate::cpu::hcr::{API, APK};
+    guest::save_pauth(&mut host.pauth);
+    // SAFETY: the guest is loaded but not running; only the caller's check
+    // that the CPU has FEAT_PAuth (`Config::features.pauth`) lets a guest
+    // get here, and `unload_guest` puts the host's keys back.
+    unsafe {
+        guest::restore_pauth(&v.state.pauth);
+        arch::set_hcr_el2(arch::hcr_el2() | API | APK);
+        arch::isb();
+    }
+    host.guest_pauth = true;
+}
+
+/// Whether a trapped system-register access (`EC` 0x18 `ISS`) is one of the
+/// EL1 pointer-authentication keys (`APIAKeyLo_EL1` .. `APGAKeyHi_EL1`:
+/// op0 3, op1 0, CRn 2, CRm 1..=3), which `HCR_EL2.APK` = 0 traps.
+fn is_pauth_key_register(iss: u64) -> bool {
+    let access = SysregAccess::decode(iss);
+    let (op0, op1, crn, crm, op2) = access.encoding;
+    op0 == 3 && op1 == 0 && crn == 2 && matches!((crm, op2), (1 | 2, 0..=3) | (3, 0 | 1))
+}
+
 const EC_WFX: u64 = 0x01;
+/// FP/SIMD access trapped by `CPTR_EL2.TFP`.
+const EC_FP: u64 = 0x07;
+/// Pointer-authentication instruction trapped by `HCR_EL2.API` = 0.
+const EC_PAC: u64 = 0x09;
 const EC_HVC64: u64 = 0x16;
 const EC_SMC64: u64 = 0x17;
 const EC_SYSREG: u64 = 0x18;
 const EC_IABT_LOWER: u64 = 0x20;
 const EC_DABT_LOWER: u64 = 0x24;
 
-fn handle_exit(slot: usize, v: &mut Vcpu, kind: u64, protected: bool) -> Outcome {
+fn handle_exit(slot: usize, v: &mut Vcpu, kind: u64, protected: bool, host: &mut HostContext, pauth: bool) -> Outcome {
     match GuestVector::of(kind) {
         GuestVector::Sync => {}
         // A physical interrupt: the virtual interface's maintenance
@@ -826,10 +927,26 @@ fn handle_exit(slot: usize, v: &mut Vcpu, kind: u64, protected: bool) -> Outcome
         GuestVector::Unexpected => return exit(ExitReason::Interrupt, 0, 0, 0),
     }
     let esr = arch::esr_el2();
-    let far = arch::far_el2();
-    let hpfar = arch::hpfar_el2();
     let iss = esr & 0x1ff_ffff;
     match (esr >> 26) & 0x3f {
+        // The guest's first FP/SIMD instruction of this run (lazy switch:
+        // `load_guest` left `CPTR_EL2.TFP` set). Retried once its state is
+        // in the registers.
+        EC_FP if !host.guest_fp => {
+            load_guest_fp(v, host);
+            Outcome::Resume
+        }
+        // Its first pointer-authentication instruction, or first access to
+        // a key register, of this run (lazy switch: `HCR_EL2.API`/`APK`
+        // clear). Retried once its keys are in the registers.
+        EC_PAC if pauth && !host.guest_pauth => {
+            load_guest_pauth(v, host);
+            Outcome::Resume
+        }
+        EC_SYSREG if pauth && !host.guest_pauth && is_pauth_key_register(iss) => {
+            load_guest_pauth(v, host);
+            Outcome::Resume
+        }
         // A realm (`crate::rsi`) calls through SMC only.
         EC_HVC64 if crate::rsi::is_realm(slot) => {
             v.state.regs[0] = rampart_abi::smccc::NOT_SUPPORTED as u64;
@@ -863,12 +980,14 @@ fn handle_exit(slot: usize, v: &mut Vcpu, kind: u64, protected: bool) -> Outcome
         }
         EC_SYSREG => sysreg(slot, v, iss),
         EC_DABT_LOWER | EC_IABT_LOWER => {
+            let far = arch::far_el2();
+            let hpfar = arch::hpfar_el2();
             let ipa = (((hpfar >> 4) & 0xff_ffff_ffff) << 12) | (far & 0xfff);
             let instruction = (esr >> 26) & 0x3f == EC_IABT_LOWER;
             abort(slot, v, ipa, iss, far, instruction)
         }
         _ => {
-            inject_guest(v, Kind::Undefined, far);
+            inject_guest(v, Kind::Undefined, arch::far_el2());
             Outcome::Resume
         }
     }
