@@ -179,7 +179,28 @@ pub fn inject_irq(vcpu: VcpuRef, intid: u32) -> Result<(), Error> {
     }
     let word = &vm::VCPU_PENDING[slot][vcpu.index][(intid / 64) as usize % 16];
     word.fetch_or(1 << (intid % 64), Ordering::AcqRel);
+    mark_pending(slot, vcpu.index);
     Ok(())
+}
+
+/// Per vCPU: a bit may have been set in its `vm::VCPU_PENDING` words since
+/// it last looked. Every writer in this file sets it (release) after the
+/// bit; a running vCPU re-entering its guest after an exit EL2 handled
+/// tests this one flag instead of OR-ing the 16 words, and takes it with an
+/// acquire swap before reading the words, so it sees every bit set before
+/// the flag. The first entry of each `VCPU_RUN` still ORs all 16 words, so
+/// a writer elsewhere that sets a word without the flag (migration's
+/// import, another branch's) is seen at the latest on the vCPU's next
+/// `VCPU_RUN`. A stale flag costs one full look, nothing else.
+static PENDING_HINT: [[core::sync::atomic::AtomicBool; rampart_abi::host::MAX_VCPUS as usize]; vm::MAX_VMS] =
+    [const { [const { core::sync::atomic::AtomicBool::new(false) }; rampart_abi::host::MAX_VCPUS as usize] }; vm::MAX_VMS];
+
+/// Sets the vCPU's [`PENDING_HINT`], after its pending bit.
+#[inline]
+fn mark_pending(slot: usize, index: usize) {
+    if let Some(flag) = PENDING_HINT.get(slot).and_then(|s| s.get(index)) {
+        flag.store(true, Ordering::Release);
+    }
 }
 
 /// Level-sensitive interrupts the host made pending
@@ -211,6 +232,7 @@ pub fn inject_level_irq(vcpu: VcpuRef, intid: u32) -> Result<(), Error> {
     // The level bit first: the vCPU that collects the pending bit finds it.
     VCPU_LEVEL[slot][vcpu.index][n].fetch_or(1 << (intid % 64), Ordering::AcqRel);
     vm::VCPU_PENDING[slot][vcpu.index][n].fetch_or(1 << (intid % 64), Ordering::AcqRel);
+    mark_pending(slot, vcpu.index);
     Ok(())
 }
 
@@ -243,6 +265,7 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
     let slot = vm::slot_of(vcpu.vm)?;
     let mut guard = VCPU_SLOTS[slot][vcpu.index].try_lock().ok_or(Error::Busy)?;
     let v = guard.as_mut().ok_or(Error::InvalidParameter)?;
+    let hint = PENDING_HINT.get(slot).and_then(|s| s.get(v.index)).ok_or(Error::InvalidParameter)?;
     // Migration (issue 14): a VM being exported never runs again; one
     // being imported runs once its stream is complete.
     crate::migrate::may_run(slot, vcpu.vm)?;
@@ -307,10 +330,25 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
             inject_guest(v, kind, fault.far);
         }
     }
+    // The first entry of the run looks at all 16 words (see `PENDING_HINT`).
+    let mut first = true;
+    // Fixed while the vCPU's lock is held (a VM is a realm from its
+    // creation to its destruction).
+    let realm = crate::rsi::is_realm(slot);
     let record = loop {
         check_timer(v);
         let pending = &vm::VCPU_PENDING[slot][v.index];
-        let pending: &[core::sync::atomic::AtomicU64] = if any_bit_set(pending) { pending } else { &[] };
+        // Swapped before the words are read, so a bit set before a hint
+        // this swap takes is seen below; one set after it sets the hint
+        // again, for the next entry.
+        let look = if first {
+            first = false;
+            hint.swap(false, Ordering::AcqRel);
+            true
+        } else {
+            hint.load(Ordering::Relaxed) && hint.swap(false, Ordering::AcqRel)
+        };
+        let pending: &[core::sync::atomic::AtomicU64] = if look && any_bit_set(pending) { pending } else { &[] };
         for (n, word) in pending.iter().enumerate() {
             // A plain load first: an atomic swap of every word on every
             // entry cost about 130 instructions. A bit set after this load
@@ -331,6 +369,7 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
                         level_word.fetch_or(1 << bit, Ordering::AcqRel);
                     }
                     word.fetch_or(1 << bit, Ordering::AcqRel);
+                    mark_pending(slot, v.index);
                 }
             }
         }
@@ -364,7 +403,14 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
         crate::host::park_if_dying();
         v.state.pc = arch::elr_el2();
         v.state.pstate = arch::spsr_el2();
-        let outcome = handle_exit(slot, v, kind, protected, &mut host, boot.config.features.pauth);
+        let outcome = match hvc_fast_path(kind, realm) {
+            // The guest's `HVC #0` (no realm: a realm calls through SMC),
+            // straight to the guest-call handler: exactly `handle_exit`'s
+            // arm for it, without that function's frame and decoding.
+            #[cfg(not(feature = "oracle"))]
+            true => crate::guest_calls::handle_with(slot, v.index, protected, &mut v.state.regs),
+            _ => handle_exit(slot, v, kind, protected, &mut host, boot.config.features.pauth),
+        };
         if v.halted {
             power_state.store(power::OFF, Ordering::Release);
             break [ExitReason::PoweredOff as u64, 0, 0, 0];
@@ -993,6 +1039,19 @@ fn handle_exit(slot: usize, v: &mut Vcpu, kind: u64, protected: bool, host: &mut
     }
 }
 
+/// Whether the exit is an `HVC #0` of a non-realm guest from AArch64, the
+/// case `handle_exit` hands to `guest_calls::handle_with` unchanged.
+#[inline]
+fn hvc_fast_path(kind: u64, realm: bool) -> bool {
+    /// The vector kind of a synchronous exception from AArch64 EL1/EL0.
+    const SYNC_AARCH64: u64 = 8;
+    if kind != SYNC_AARCH64 || realm {
+        return false;
+    }
+    let esr = arch::esr_el2();
+    (esr >> 26) & 0x3f == EC_HVC64 && esr & 0xffff == 0
+}
+
 /// `HCR_EL2.VSE`: a virtual SError is pending.
 const HCR_VSE: u64 = 1 << 8;
 
@@ -1156,6 +1215,7 @@ fn send_sgi(slot: usize, v: &mut Vcpu, value: u64, _group0: bool) -> u64 {
         } else if vm::VCPU_EXISTS[slot][index].load(Ordering::Acquire) {
             let word = &vm::VCPU_PENDING[slot][index][0];
             word.fetch_or(1 << intid, Ordering::AcqRel);
+            mark_pending(slot, index);
             others |= 1 << index;
         }
     }

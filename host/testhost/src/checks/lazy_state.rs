@@ -41,13 +41,16 @@ const NOP: u32 = 0xd503_201f;
 
 /// The guest. Each `str` to the UART is an MMIO write exit whose value the
 /// host reads.
-fn guest(pauth: bool) -> [u32; 17] {
+fn guest(pauth: bool) -> [u32; 20] {
     let (mrs, msr) = if pauth {
         (MRS_KEY, MSR_KEY)
     } else {
         (MOV_X1_0, NOP)
     };
     [
+        0xd2a0_0600, // movz x0, #0x30, lsl #16 (CPACR_EL1.FPEN = 0b11:
+        0xd518_1040, // msr  cpacr_el1, x0       the guest's own FP trap off)
+        0xd503_3fdf, // isb
         0xd2a1_2014, // 00: movz x20, #0x0900, lsl #16
         0x9e66_0001, // 04: fmov x1, d0            first FP use: own d0 (0)
         0xf900_0281, // 08: str  x1, [x20]         -> exit 1
@@ -108,6 +111,8 @@ fn drive(handle: u64, image: u64, pauth: bool) -> Result<(), Msg> {
     ensure!(r[0] == 0, "VCPU_CREATE = {}", r[0] as i64);
     let r = call(HostCall::VmDonate, &[handle, image, 1, GUEST_BASE]);
     ensure!(r[0] == 0, "VM_DONATE = {}", r[0] as i64);
+    let r = call(HostCall::VcpuSetRegs, &[handle, 0, GUEST_BASE, 0]);
+    ensure!(r[0] == 0, "VCPU_SET_REGS = {}", r[0] as i64);
     // What each run's exit must carry, and what that value is.
     let own_key = |v: u64| if pauth { v } else { 0 };
     let mut expected: [(u64, &str); 3] = [
