@@ -471,8 +471,11 @@ const KICK_SGI: u64 = 15;
 #[inline]
 pub fn park_if_dying() {
     let dying = DYING.load(Ordering::SeqCst);
+    if dying == NOBODY {
+        return;
+    }
     let me = cpu::current() % MAX_CPUS;
-    if dying != NOBODY && dying != me {
+    if dying != me {
         PARKED[me].store(true, Ordering::SeqCst);
         arch::halt();
     }

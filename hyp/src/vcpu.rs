@@ -179,7 +179,28 @@ pub fn inject_irq(vcpu: VcpuRef, intid: u32) -> Result<(), Error> {
     }
     let word = &vm::VCPU_PENDING[slot][vcpu.index][(intid / 64) as usize % 16];
     word.fetch_or(1 << (intid % 64), Ordering::AcqRel);
+    mark_pending(slot, vcpu.index);
     Ok(())
+}
+
+/// Per vCPU: a bit may have been set in its `vm::VCPU_PENDING` words since
+/// it last looked. Every writer in this file sets it (release) after the
+/// bit; a running vCPU re-entering its guest after an exit EL2 handled
+/// tests this one flag instead of OR-ing the 16 words, and takes it with an
+/// acquire swap before reading the words, so it sees every bit set before
+/// the flag. The first entry of each `VCPU_RUN` still ORs all 16 words, so
+/// a writer elsewhere that sets a word without the flag (migration's
+/// import, another branch's) is seen at the latest on the vCPU's next
+/// `VCPU_RUN`. A stale flag costs one full look, nothing else.
+static PENDING_HINT: [[core::sync::atomic::AtomicBool; rampart_abi::host::MAX_VCPUS as usize]; vm::MAX_VMS] =
+    [const { [const { core::sync::atomic::AtomicBool::new(false) }; rampart_abi::host::MAX_VCPUS as usize] }; vm::MAX_VMS];
+
+/// Sets the vCPU's [`PENDING_HINT`], after its pending bit.
+#[inline]
+fn mark_pending(slot: usize, index: usize) {
+    if let Some(flag) = PENDING_HINT.get(slot).and_then(|s| s.get(index)) {
+        flag.store(true, Ordering::Release);
+    }
 }
 
 /// Level-sensitive interrupts the host made pending
@@ -211,6 +232,7 @@ pub fn inject_level_irq(vcpu: VcpuRef, intid: u32) -> Result<(), Error> {
     // The level bit first: the vCPU that collects the pending bit finds it.
     VCPU_LEVEL[slot][vcpu.index][n].fetch_or(1 << (intid % 64), Ordering::AcqRel);
     vm::VCPU_PENDING[slot][vcpu.index][n].fetch_or(1 << (intid % 64), Ordering::AcqRel);
+    mark_pending(slot, vcpu.index);
     Ok(())
 }
 
@@ -243,12 +265,16 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
     let slot = vm::slot_of(vcpu.vm)?;
     let mut guard = VCPU_SLOTS[slot][vcpu.index].try_lock().ok_or(Error::Busy)?;
     let v = guard.as_mut().ok_or(Error::InvalidParameter)?;
+    let hint = PENDING_HINT.get(slot).and_then(|s| s.get(v.index)).ok_or(Error::InvalidParameter)?;
     // Migration (issue 14): a VM being exported never runs again; one
     // being imported runs once its stream is complete.
     crate::migrate::may_run(slot, vcpu.vm)?;
     let (vttbr, protected) = {
-        let (_, vm_guard) = vm::lock(vcpu.vm)?;
-        let vm = vm_guard.as_ref().ok_or(Error::InvalidParameter)?;
+        // `slot` came from `slot_of` above; the handle check under the lock
+        // is `vm::lock`'s own (a handle carries its slot's generation, so a
+        // VM destroyed and re-created in the slot meanwhile does not match).
+        let vm_guard = vm::VMS[slot].lock();
+        let vm = vm_guard.as_ref().filter(|vm| vm.handle == vcpu.vm).ok_or(Error::InvalidParameter)?;
         (vm::vttbr(vm), vm.protected)
     };
     let power_state = &VCPU_POWER[slot][v.index];
@@ -272,11 +298,14 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
         crate::arch::cache::before_first_run();
     }
     v.ran = true;
-    if let Some(op) = v.mmio.take() {
+    // By reference, then cleared: `take()` copied the record through a
+    // `memcpy` call (27 instructions on every MMIO resume).
+    if let Some(op) = &v.mmio {
         if !op.write && op.register < 31 {
             v.state.regs[op.register] = op.load_value(mmio_read_value);
         }
         v.state.pc += 4;
+        v.mmio = None;
     }
     // issue 12: a realm's RSI_HOST_CALL completes with the host's answer.
     if crate::rsi::is_realm(slot) {
@@ -293,7 +322,7 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
         .lock();
     #[cfg(feature = "oracle")]
     crate::oracle::entering();
-    load_guest(v, &mut host, vttbr, protected, boot);
+    load_guest(v, &mut host, vttbr, protected);
     if let Some(fault) = v.memory_fault.take() {
         let still_unbacked = {
             let guard = vm::VMS[slot].lock();
@@ -308,10 +337,25 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
             inject_guest(v, kind, fault.far);
         }
     }
+    // The first entry of the run looks at all 16 words (see `PENDING_HINT`).
+    let mut first = true;
+    // Fixed while the vCPU's lock is held (a VM is a realm from its
+    // creation to its destruction).
+    let realm = crate::rsi::is_realm(slot);
     let record = loop {
         check_timer(v);
         let pending = &vm::VCPU_PENDING[slot][v.index];
-        let pending: &[core::sync::atomic::AtomicU64] = if any_bit_set(pending) { pending } else { &[] };
+        // Swapped before the words are read, so a bit set before a hint
+        // this swap takes is seen below; one set after it sets the hint
+        // again, for the next entry.
+        let look = if first {
+            first = false;
+            hint.swap(false, Ordering::AcqRel);
+            true
+        } else {
+            hint.load(Ordering::Relaxed) && hint.swap(false, Ordering::AcqRel)
+        };
+        let pending: &[core::sync::atomic::AtomicU64] = if look && any_bit_set(pending) { pending } else { &[] };
         for (n, word) in pending.iter().enumerate() {
             // A plain load first: an atomic swap of every word on every
             // entry cost about 130 instructions. A bit set after this load
@@ -332,15 +376,23 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
                         level_word.fetch_or(1 << bit, Ordering::AcqRel);
                     }
                     word.fetch_or(1 << bit, Ordering::AcqRel);
+                    mark_pending(slot, v.index);
                 }
             }
         }
-        collect_ended(v);
+        // Both are tested here, not only inside, so a quiet entry (no
+        // level-sensitive entry in a list register, nothing queued, no
+        // "no pending" enable to drop) pays two loads, not two calls.
+        if v.level_in_lrs {
+            collect_ended(v);
+        }
         if v.ended_count != 0 {
             // The host resamples the lines first (and may inject again).
             break take_ended(v);
         }
-        load_pending_interrupts(v);
+        if v.pending_count != 0 || v.waiting {
+            load_pending_interrupts(v);
+        }
         if host_timer::fired() {
             // The host's deadline passed during an exit EL2 handled: the
             // host's tick comes first.
@@ -358,7 +410,14 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
         crate::host::park_if_dying();
         v.state.pc = arch::elr_el2();
         v.state.pstate = arch::spsr_el2();
-        let outcome = handle_exit(slot, v, kind, protected);
+        let outcome = match hvc_fast_path(kind, realm) {
+            // The guest's `HVC #0` (no realm: a realm calls through SMC),
+            // straight to the guest-call handler: exactly `handle_exit`'s
+            // arm for it, without that function's frame and decoding.
+            #[cfg(not(feature = "oracle"))]
+            true => crate::guest_calls::handle_with(slot, v.index, protected, &mut v.state.regs),
+            _ => handle_exit(slot, v, kind, protected, &mut host, boot.config.features.pauth),
+        };
         if v.halted {
             power_state.store(power::OFF, Ordering::Release);
             break [ExitReason::PoweredOff as u64, 0, 0, 0];
@@ -567,7 +626,7 @@ fn load_pending_interrupts(v: &mut Vcpu) {
 /// HCR_EL2 while a guest runs: stage 2, physical interrupts and SErrors to
 /// EL2, WFI/WFE, SMC, implementation-defined, auxiliary and ID registers
 /// trapped.
-fn guest_hcr(pauth: bool) -> u64 {
+fn guest_hcr() -> u64 {
     use crate::cpu::hcr::*;
     const FMO: u64 = 1 << 3;
     const IMO: u64 = 1 << 4;
@@ -581,10 +640,9 @@ fn guest_hcr(pauth: bool) -> u64 {
     // not context-switch (SVE, SME, MTE, GCS, PMU, AMU, TCR2/PIE/POE...)
     // must be hidden from a stock kernel, or its settings would leak into
     // the host's EL1 (`sanitise_id_register`).
+    // API and APK stay clear: pointer authentication traps until
+    // `load_guest_pauth` loads the guest's keys and sets them.
     let mut hcr = VM | SWIO | FB | BSU_IS | TSC | RW | FMO | IMO | AMO | TWI | TWE | TIDCP | TACR | TID3;
-    if pauth {
-        hcr |= API | APK;
-    }
     // Guest stage 2s use the FEAT_S2FWB encoding when the boot CPU has it;
     // a CPU without the feature must not set the bit (RES0).
     if crate::cpu::s2fwb() && crate::cpu::has_s2fwb() {
@@ -600,6 +658,14 @@ struct HostContext {
     fp: FpContext,
     pauth: PauthKeys,
     mdcr: u64,
+    /// The guest's FP/SIMD state is in the registers (this run trapped
+    /// its first use); otherwise the host's still is.
+    guest_fp: bool,
+    /// The same for the pointer-authentication keys.
+    guest_pauth: bool,
+    /// The guest's `MDCR_EL2` on this CPU and the host `MDCR_EL2` it was
+    /// computed for ([`guest_mdcr`]).
+    guest_mdcr: Option<(u64, u64)>,
     cptr: u64,
     vmpidr: u64,
     /// Where the host resumes after its `VCPU_RUN` call.
@@ -615,22 +681,33 @@ struct HostContext {
 
 /// Saves the host's EL1 context and loads the guest's with its stage 2 and
 /// traps. Until [`unload_guest`], EL1 belongs to the guest.
-fn load_guest(v: &mut Vcpu, host: &mut HostContext, vttbr: u64, protected: bool, boot: &crate::Boot) {
-    let features = boot.config.features;
+fn load_guest(v: &mut Vcpu, host: &mut HostContext, vttbr: u64, protected: bool) {
     host.mdcr = arch::mdcr_el2();
     host.cptr = arch::cptr_el2();
     host.vmpidr = arch::vmpidr_el2();
     host.elr = arch::elr_el2();
     host.spsr = arch::spsr_el2();
     guest::save_el1(&mut host.el1);
-    guest::save_fp(&mut host.fp);
-    if features.pauth {
-        guest::save_pauth(&mut host.pauth);
-    }
-    // CPTR_EL2 for a guest: FP/SIMD allowed; SVE, SME and trace trapped.
-    let guest_cptr = 0xff | (1 << 8) | (1 << 9) | (1 << 12) | (1 << 13) | (1 << 20);
+    // FP/SIMD and the pointer-authentication keys switch lazily: the
+    // host's stay in the registers, and the guest's first use traps
+    // (`CPTR_EL2.TFP`, `HCR_EL2.API`/`APK` clear) to `load_guest_fp` /
+    // `load_guest_pauth`. A run whose guest uses neither (every exit an
+    // MMIO or HVC-only guest takes) moves neither.
+    host.guest_fp = false;
+    host.guest_pauth = false;
+    let guest_cptr = GUEST_CPTR | CPTR_TFP;
     let debug = DebugFeatures::probe();
-    let guest_mdcr = guest_mdcr(host.mdcr, debug);
+    // The guest's MDCR_EL2 depends only on this CPU's features and the
+    // host's MDCR_EL2 (which only EL2 writes): computed once per CPU and
+    // again only if the host's value is ever different.
+    let guest_mdcr = match host.guest_mdcr {
+        Some((for_host, value)) if for_host == host.mdcr => value,
+        _ => {
+            let value = guest_mdcr(host.mdcr, debug);
+            host.guest_mdcr = Some((host.mdcr, value));
+            value
+        }
+    };
     // A protected guest is neither traced nor counted by the host: the
     // trace filter prohibits EL0/EL1 trace and the host's PMU counters
     // pause until the host's context comes back.
@@ -655,10 +732,6 @@ fn load_guest(v: &mut Vcpu, host: &mut HostContext, vttbr: u64, protected: bool,
     // runs, with its own stage 2 (VMID != 0), traps and registers.
     unsafe {
         guest::restore_el1(&v.state.el1);
-        guest::restore_fp(&v.state.fp);
-        if features.pauth {
-            guest::restore_pauth(&v.state.pauth);
-        }
         guest::restore_vgic(&v.state.vgic);
         // `restore_vgic` left ICH_HCR_EL2 = En only.
         v.waiting = false;
@@ -670,7 +743,8 @@ fn load_guest(v: &mut Vcpu, host: &mut HostContext, vttbr: u64, protected: bool,
         arch::set_cnthctl_el2(0b01);
         arch::set_vmpidr_el2((1 << 31) | v.index as u64);
         arch::set_vttbr_el2(vttbr);
-        let mut hcr = guest_hcr(features.pauth);
+        // API/APK clear: the keys are loaded at the first trap.
+        let mut hcr = guest_hcr();
         if v.vserror {
             if let Some(syndrome) = virtual_serror_syndrome(has_ras()) {
                 guest::set_vsesr(syndrome);
@@ -678,6 +752,10 @@ fn load_guest(v: &mut Vcpu, host: &mut HostContext, vttbr: u64, protected: bool,
             hcr |= HCR_VSE;
         }
         arch::set_hcr_el2(hcr);
+        // Guest vectors until `unload_guest` (`guest_entry.S`).
+        guest::install_guest_vectors();
+        // Every register above takes effect before the first entry (and
+        // before any exception EL2 takes meanwhile).
         arch::isb();
     }
 }
@@ -741,6 +819,9 @@ impl HostContext {
         fp: FpContext { v: [0; 32], fpsr: 0, fpcr: 0 },
         pauth: PauthKeys::ZERO,
         mdcr: 0,
+        guest_mdcr: None,
+        guest_fp: false,
+        guest_pauth: false,
         cptr: 0,
         vmpidr: 0,
         elr: 0,
@@ -752,10 +833,15 @@ impl HostContext {
 
 /// Saves the guest's EL1 context and restores the host's.
 fn unload_guest(v: &mut Vcpu, host: &HostContext, boot: &crate::Boot) {
-    let features = boot.config.features;
     guest::save_el1(&mut v.state.el1);
-    guest::save_fp(&mut v.state.fp);
-    if features.pauth {
+    // Only what this run loaded (`load_guest_fp`, `load_guest_pauth`);
+    // otherwise the registers still hold the host's values and the vCPU's
+    // saved ones are current.
+    if host.guest_fp {
+        // CPTR_EL2.TFP is clear since `load_guest_fp`.
+        guest::save_fp(&mut v.state.fp);
+    }
+    if host.guest_pauth {
         guest::save_pauth(&mut v.state.pauth);
     }
     let maintenance_asserted = guest::ich_misr() != 0;
@@ -781,10 +867,14 @@ fn unload_guest(v: &mut Vcpu, host: &HostContext, boot: &crate::Boot) {
         arch::set_vmpidr_el2(host.vmpidr);
         arch::set_elr_el2(host.elr);
         arch::set_spsr_el2(host.spsr);
+        guest::install_host_vectors();
         arch::isb();
         guest::restore_el1(&host.el1);
-        guest::restore_fp(&host.fp);
-        if features.pauth {
+        // The host's CPTR_EL2 (FP not trapped) took effect at the ISB.
+        if host.guest_fp {
+            guest::restore_fp(&host.fp);
+        }
+        if host.guest_pauth {
             guest::restore_pauth(&host.pauth);
         }
         // Present only if `load_guest` found FEAT_TRF and a PMU.
@@ -797,14 +887,74 @@ fn unload_guest(v: &mut Vcpu, host: &HostContext, boot: &crate::Boot) {
     }
 }
 
+/// `CPTR_EL2` (nVHE layout) for a guest once its FP/SIMD state is loaded:
+/// RES1 bits, SVE (`TZ`), SME (`TSM`) and trace (`TTA`) trapped.
+const GUEST_CPTR: u64 = 0xff | (1 << 8) | (1 << 9) | (1 << 12) | (1 << 13) | (1 << 20);
+/// `CPTR_EL2.TFP`: FP/SIMD (and SVE) trapped, at EL2 too.
+const CPTR_TFP: u64 = 1 << 10;
+
+/// The guest's first FP/SIMD use in this run: saves the host's FP/SIMD
+/// registers, loads the guest's and stops trapping. Both moves run under the
+/// host's `CPTR_EL2`, as they did when every entry switched them; the
+/// guest's value (without `TFP`) is in force, after the `ISB`, before the
+/// guest retries the instruction. The state a lazy switch must keep is
+/// exactly the 32 V registers, FPSR and FPCR the guest can see (SVE and SME
+/// stay trapped for it); until here the guest has not executed a single
+/// FP/SIMD instruction, so the vCPU's saved state is its current state.
+fn load_guest_fp(v: &mut Vcpu, host: &mut HostContext) {
+    // SAFETY: the guest is loaded but not running; EL2 itself uses FP/SIMD
+    // only here, in `unload_guest` and in `arch::sha256` (which saves and
+    // restores what it uses), so the host's registers are intact.
+    unsafe {
+        arch::set_cptr_el2(host.cptr);
+        arch::isb();
+        guest::save_fp(&mut host.fp);
+        guest::restore_fp(&v.state.fp);
+        arch::set_cptr_el2(GUEST_CPTR);
+        arch::isb();
+    }
+    host.guest_fp = true;
+}
+
+/// The guest's first pointer-authentication instruction, or key-register
+/// access, in this run: saves the host's EL1 keys, loads the guest's and
+/// stops trapping (`HCR_EL2.API`/`APK`). EL2 reads and writes the key
+/// registers whatever `HCR_EL2` says (`APK` traps EL1 only).
+fn load_guest_pauth(v: &mut Vcpu, host: &mut HostContext) {
+    use crate::cpu::hcr::{API, APK};
+    guest::save_pauth(&mut host.pauth);
+    // SAFETY: the guest is loaded but not running; only the caller's check
+    // that the CPU has FEAT_PAuth (`Config::features.pauth`) lets a guest
+    // get here, and `unload_guest` puts the host's keys back.
+    unsafe {
+        guest::restore_pauth(&v.state.pauth);
+        arch::set_hcr_el2(arch::hcr_el2() | API | APK);
+        arch::isb();
+    }
+    host.guest_pauth = true;
+}
+
+/// Whether a trapped system-register access (`EC` 0x18 `ISS`) is one of the
+/// EL1 pointer-authentication keys (`APIAKeyLo_EL1` .. `APGAKeyHi_EL1`:
+/// op0 3, op1 0, CRn 2, CRm 1..=3), which `HCR_EL2.APK` = 0 traps.
+fn is_pauth_key_register(iss: u64) -> bool {
+    let access = SysregAccess::decode(iss);
+    let (op0, op1, crn, crm, op2) = access.encoding;
+    op0 == 3 && op1 == 0 && crn == 2 && matches!((crm, op2), (1 | 2, 0..=3) | (3, 0 | 1))
+}
+
 const EC_WFX: u64 = 0x01;
+/// FP/SIMD access trapped by `CPTR_EL2.TFP`.
+const EC_FP: u64 = 0x07;
+/// Pointer-authentication instruction trapped by `HCR_EL2.API` = 0.
+const EC_PAC: u64 = 0x09;
 const EC_HVC64: u64 = 0x16;
 const EC_SMC64: u64 = 0x17;
 const EC_SYSREG: u64 = 0x18;
 const EC_IABT_LOWER: u64 = 0x20;
 const EC_DABT_LOWER: u64 = 0x24;
 
-fn handle_exit(slot: usize, v: &mut Vcpu, kind: u64, protected: bool) -> Outcome {
+fn handle_exit(slot: usize, v: &mut Vcpu, kind: u64, protected: bool, host: &mut HostContext, pauth: bool) -> Outcome {
     match GuestVector::of(kind) {
         GuestVector::Sync => {}
         // A physical interrupt: the virtual interface's maintenance
@@ -830,10 +980,26 @@ fn handle_exit(slot: usize, v: &mut Vcpu, kind: u64, protected: bool) -> Outcome
         GuestVector::Unexpected => return exit(ExitReason::Interrupt, 0, 0, 0),
     }
     let esr = arch::esr_el2();
-    let far = arch::far_el2();
-    let hpfar = arch::hpfar_el2();
     let iss = esr & 0x1ff_ffff;
     match (esr >> 26) & 0x3f {
+        // The guest's first FP/SIMD instruction of this run (lazy switch:
+        // `load_guest` left `CPTR_EL2.TFP` set). Retried once its state is
+        // in the registers.
+        EC_FP if !host.guest_fp => {
+            load_guest_fp(v, host);
+            Outcome::Resume
+        }
+        // Its first pointer-authentication instruction, or first access to
+        // a key register, of this run (lazy switch: `HCR_EL2.API`/`APK`
+        // clear). Retried once its keys are in the registers.
+        EC_PAC if pauth && !host.guest_pauth => {
+            load_guest_pauth(v, host);
+            Outcome::Resume
+        }
+        EC_SYSREG if pauth && !host.guest_pauth && is_pauth_key_register(iss) => {
+            load_guest_pauth(v, host);
+            Outcome::Resume
+        }
         // A realm (`crate::rsi`) calls through SMC only.
         EC_HVC64 if crate::rsi::is_realm(slot) => {
             v.state.regs[0] = rampart_abi::smccc::NOT_SUPPORTED as u64;
@@ -867,15 +1033,30 @@ fn handle_exit(slot: usize, v: &mut Vcpu, kind: u64, protected: bool) -> Outcome
         }
         EC_SYSREG => sysreg(slot, v, iss),
         EC_DABT_LOWER | EC_IABT_LOWER => {
+            let far = arch::far_el2();
+            let hpfar = arch::hpfar_el2();
             let ipa = (((hpfar >> 4) & 0xff_ffff_ffff) << 12) | (far & 0xfff);
             let instruction = (esr >> 26) & 0x3f == EC_IABT_LOWER;
             abort(slot, v, ipa, iss, far, instruction)
         }
         _ => {
-            inject_guest(v, Kind::Undefined, far);
+            inject_guest(v, Kind::Undefined, arch::far_el2());
             Outcome::Resume
         }
     }
+}
+
+/// Whether the exit is an `HVC #0` of a non-realm guest from AArch64, the
+/// case `handle_exit` hands to `guest_calls::handle_with` unchanged.
+#[inline]
+fn hvc_fast_path(kind: u64, realm: bool) -> bool {
+    /// The vector kind of a synchronous exception from AArch64 EL1/EL0.
+    const SYNC_AARCH64: u64 = 8;
+    if kind != SYNC_AARCH64 || realm {
+        return false;
+    }
+    let esr = arch::esr_el2();
+    (esr >> 26) & 0x3f == EC_HVC64 && esr & 0xffff == 0
 }
 
 /// `HCR_EL2.VSE`: a virtual SError is pending.
@@ -1041,6 +1222,7 @@ fn send_sgi(slot: usize, v: &mut Vcpu, value: u64, _group0: bool) -> u64 {
         } else if vm::VCPU_EXISTS[slot][index].load(Ordering::Acquire) {
             let word = &vm::VCPU_PENDING[slot][index][0];
             word.fetch_or(1 << intid, Ordering::AcqRel);
+            mark_pending(slot, index);
             others |= 1 << index;
         }
     }

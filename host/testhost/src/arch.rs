@@ -1339,3 +1339,129 @@ pub fn semihosting(op: u64, block: &[u64]) -> u64 {
     };
     result
 }
+
+// ---------------------------------------------------------------------------
+// `vm-lazy-state` (issue 16): the host's FP and pointer-authentication state
+// around one `VCPU_RUN` (`checks/lazy_state.rs`).
+// ---------------------------------------------------------------------------
+
+/// Whether this CPU has FEAT_PAuth, by the fields the hypervisor reads
+/// (`hyp/src/cpu.rs`): `ID_AA64ISAR1_EL1` APA, API, GPA, GPI and
+/// `ID_AA64ISAR2_EL1` GPA3, APA3.
+pub fn has_pauth() -> bool {
+    let (isar1, isar2): (u64, u64);
+    // SAFETY: reading ID registers has no side effects.
+    unsafe {
+        core::arch::asm!(
+            "mrs {a}, id_aa64isar1_el1",
+            "mrs {b}, s3_0_c0_c6_2",
+            a = out(reg) isar1,
+            b = out(reg) isar2,
+            options(nomem, nostack, preserves_flags),
+        );
+    }
+    let field = |v: u64, s: u32| (v >> s) & 0xf != 0;
+    [4, 8, 24, 28].iter().any(|&s| field(isar1, s)) || [8, 12].iter().any(|&s| field(isar2, s))
+}
+
+/// What one `VCPU_RUN` returned and what the host's registers held after.
+pub struct LazyRun {
+    /// `x0`..`x4` after the call.
+    pub r: [u64; 5],
+    /// The host's `q0` (low, high) after the call.
+    pub q0: (u64, u64),
+    /// The host's `APIAKeyLo_EL1` after the call (`key` without `pauth`).
+    pub key: u64,
+}
+
+/// `VCPU_RUN` of vCPU 0 with the host's `q0` = `(low, high)` and, with
+/// `pauth`, its `APIAKeyLo_EL1` = `key` loaded just before the call, and
+/// both read back right after it, in one `asm!` so nothing else runs in
+/// between.
+pub fn run_with_host_fp(handle: u64, pauth: bool, low: u64, high: u64, key: u64) -> LazyRun {
+    let (mut x0, mut x1, mut x2, mut x3, x4): (u64, u64, u64, u64, u64);
+    let (q_low, q_high, key_after): (u64, u64, u64);
+    x0 = u64::from(rampart_abi::host::HostCall::VcpuRun.id());
+    x1 = handle;
+    x2 = 0;
+    x3 = 0;
+    // SAFETY: an HVC to the hypervisor with SMCCC 1.1 register use (x0..x17
+    // may change; every one is an output or clobber here); v0 is declared
+    // clobbered, and the APIA key is not used by the compiled test host (no
+    // pointer authentication) and is put back by the caller.
+    unsafe {
+        if pauth {
+            core::arch::asm!(
+                ".arch_extension fp",
+                ".arch_extension simd",
+                "fmov d0, {low}",
+                "mov v0.d[1], {high}",
+                "msr s3_0_c2_c1_0, {key}",
+                "isb",
+                "hvc #0",
+                "fmov {ql}, d0",
+                "mov {qh}, v0.d[1]",
+                "mrs {ka}, s3_0_c2_c1_0",
+                low = in(reg) low,
+                high = in(reg) high,
+                key = in(reg) key,
+                ql = lateout(reg) q_low,
+                qh = lateout(reg) q_high,
+                ka = lateout(reg) key_after,
+                inout("x0") x0,
+                inout("x1") x1,
+                inout("x2") x2,
+                inout("x3") x3,
+                lateout("x4") x4,
+                lateout("x5") _, lateout("x6") _, lateout("x7") _, lateout("x8") _,
+                lateout("x9") _, lateout("x10") _, lateout("x11") _, lateout("x12") _,
+                lateout("x13") _, lateout("x14") _, lateout("x15") _, lateout("x16") _,
+                lateout("x17") _,
+                out("v0") _,
+                options(nostack),
+            );
+        } else {
+            core::arch::asm!(
+                ".arch_extension fp",
+                ".arch_extension simd",
+                "fmov d0, {low}",
+                "mov v0.d[1], {high}",
+                "hvc #0",
+                "fmov {ql}, d0",
+                "mov {qh}, v0.d[1]",
+                low = in(reg) low,
+                high = in(reg) high,
+                ql = lateout(reg) q_low,
+                qh = lateout(reg) q_high,
+                inout("x0") x0,
+                inout("x1") x1,
+                inout("x2") x2,
+                inout("x3") x3,
+                lateout("x4") x4,
+                lateout("x5") _, lateout("x6") _, lateout("x7") _, lateout("x8") _,
+                lateout("x9") _, lateout("x10") _, lateout("x11") _, lateout("x12") _,
+                lateout("x13") _, lateout("x14") _, lateout("x15") _, lateout("x16") _,
+                lateout("x17") _,
+                out("v0") _,
+                options(nostack),
+            );
+            key_after = key;
+        }
+    }
+    LazyRun { r: [x0, x1, x2, x3, x4], q0: (q_low, q_high), key: key_after }
+}
+
+/// The host's `APIAKeyLo_EL1` (FEAT_PAuth only).
+pub fn apia_key() -> u64 {
+    let v: u64;
+    // SAFETY: reading the host's own key register (FEAT_PAuth checked).
+    unsafe { core::arch::asm!("mrs {}, s3_0_c2_c1_0", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// Sets the host's `APIAKeyLo_EL1` (FEAT_PAuth only).
+pub fn set_apia_key(v: u64) {
+    // SAFETY: the test host does not use pointer authentication; this puts
+    // back the value it had before the check.
+    unsafe { core::arch::asm!("msr s3_0_c2_c1_0, {}", "isb", in(reg) v, options(nostack, preserves_flags)) };
+}

@@ -29,6 +29,50 @@ pub unsafe fn enter_guest(regs: &mut [u64; 31]) -> u64 {
     unsafe { guest_enter(regs as *mut [u64; 31]) }
 }
 
+/// Points `VBAR_EL2` at `guest_vectors` (`guest_entry.S`) for as long as
+/// a guest is loaded, so `guest_enter`/`guest_exit` need not switch them
+/// on every entry and exit. The first eight entries of `guest_vectors`
+/// branch to the hypervisor's own current-EL handlers, so an exception EL2
+/// takes itself in the meantime is handled exactly as with `vectors`.
+///
+/// # Safety
+///
+/// Only in `vcpu::load_guest`, followed by an `ISB` before the first
+/// exception that must use the new vectors (the `ISB` there), and undone by
+/// [`install_host_vectors`] before the host runs again.
+pub unsafe fn install_guest_vectors() {
+    // SAFETY: as the caller guarantees; `guest_vectors` is 2 KiB aligned
+    // in the hypervisor's text.
+    unsafe {
+        asm!(
+            "adrp {t}, guest_vectors",
+            "add {t}, {t}, :lo12:guest_vectors",
+            "msr vbar_el2, {t}",
+            t = out(reg) _,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// Points `VBAR_EL2` back at the hypervisor's `vectors` (`entry.S`).
+///
+/// # Safety
+///
+/// Only in `vcpu::unload_guest`, followed by an `ISB` before the host runs
+/// (the `ISB` there; the `ERET` to the host also synchronises).
+pub unsafe fn install_host_vectors() {
+    // SAFETY: as the caller guarantees; `vectors` is 2 KiB aligned.
+    unsafe {
+        asm!(
+            "adrp {t}, vectors",
+            "add {t}, {t}, :lo12:vectors",
+            "msr vbar_el2, {t}",
+            t = out(reg) _,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
 macro_rules! el1_context {
     ($($field:ident: $reg:literal),* $(,)?) => {
         /// The EL1 (and EL0) system registers a world switch swaps.
@@ -301,18 +345,23 @@ pub struct VgicContext {
 ///
 /// Only while the guest is not running.
 pub unsafe fn restore_vgic(ctx: &VgicContext) {
-    for (n, lr) in ctx.lr.iter().enumerate() {
-        // SAFETY: the caller switches worlds.
-        unsafe { write_lr(n, *lr) };
-    }
     // SAFETY: the caller switches worlds; ICH_HCR_EL2.En = 1 enables the
-    // virtual CPU interface for the guest.
+    // virtual CPU interface for the guest. The four list registers are
+    // written directly (as `write_lr` for 0..4 did, one call each).
     unsafe {
         asm!(
+            "msr ich_lr0_el2, {l0}",
+            "msr ich_lr1_el2, {l1}",
+            "msr ich_lr2_el2, {l2}",
+            "msr ich_lr3_el2, {l3}",
             "msr ich_vmcr_el2, {vmcr}",
             "msr ich_ap1r0_el2, {ap}",
             "msr ich_hcr_el2, {en}",
             "isb",
+            l0 = in(reg) ctx.lr[0],
+            l1 = in(reg) ctx.lr[1],
+            l2 = in(reg) ctx.lr[2],
+            l3 = in(reg) ctx.lr[3],
             vmcr = in(reg) ctx.vmcr,
             ap = in(reg) ctx.ap1r0,
             en = in(reg) 1u64,
@@ -341,22 +390,29 @@ pub fn ich_eisr() -> u64 {
 
 /// Saves a vCPU's virtual CPU interface and disables it.
 pub fn save_vgic(ctx: &mut VgicContext) {
+    let (l0, l1, l2, l3): (u64, u64, u64, u64);
     // SAFETY: reading these registers has no side effects; clearing
     // ICH_HCR_EL2 turns the virtual interface off while the host runs.
     unsafe {
         asm!(
             "mrs {vmcr}, ich_vmcr_el2",
             "mrs {ap}, ich_ap1r0_el2",
+            "mrs {l0}, ich_lr0_el2",
+            "mrs {l1}, ich_lr1_el2",
+            "mrs {l2}, ich_lr2_el2",
+            "mrs {l3}, ich_lr3_el2",
             "msr ich_hcr_el2, xzr",
             "isb",
             vmcr = out(reg) ctx.vmcr,
             ap = out(reg) ctx.ap1r0,
+            l0 = out(reg) l0,
+            l1 = out(reg) l1,
+            l2 = out(reg) l2,
+            l3 = out(reg) l3,
             options(nostack, preserves_flags),
         );
     }
-    for (n, lr) in ctx.lr.iter_mut().enumerate() {
-        *lr = read_lr(n);
-    }
+    ctx.lr = [l0, l1, l2, l3];
 }
 
 /// A random number from the CPU (FEAT_RNG `RNDR`), if it gave one.

@@ -2,12 +2,18 @@
 //
 // guest_enter(regs: *mut [u64; 31]) -> exit kind
 //   Saves the hypervisor's callee-saved registers and the regs pointer on
-//   the EL2 stack, switches VBAR_EL2 to the guest vectors, loads the guest's
-//   general registers and ERETs (ELR_EL2/SPSR_EL2 were set by the caller).
-//   Any exception from the guest lands in guest_vectors, which stores the
-//   guest's x0..x30 back through the saved pointer, restores the
-//   hypervisor's vectors and registers, and returns the vector's kind
-//   (8 = sync, 9 = IRQ, 10 = FIQ, 11 = SError, 12..15 = from AArch32).
+//   the EL2 stack, loads the guest's general registers and ERETs
+//   (ELR_EL2/SPSR_EL2 were set by the caller). VBAR_EL2 already points at
+//   guest_vectors: `vcpu::load_guest` installs them (with the ISB that
+//   makes every other guest register take effect) and `vcpu::unload_guest`
+//   puts the hypervisor's own vectors back, so the switch is not paid on
+//   every exit EL2 handles itself. Any exception from the guest lands in
+//   guest_vectors, which stores the guest's x0..x30 back through the saved
+//   pointer, restores the hypervisor's registers, and returns the vector's
+//   kind (8 = sync, 9 = IRQ, 10 = FIQ, 11 = SError, 12..15 = from AArch32).
+//   An exception EL2 takes itself while guest_vectors are installed goes
+//   through the first eight entries to the hypervisor's own handlers,
+//   exactly as with `vectors`.
 
 .section .text, "ax"
 .global guest_enter
@@ -20,9 +26,6 @@ guest_enter:
     stp     x25, x26, [sp, #64]
     stp     x27, x28, [sp, #80]
     stp     x29, x30, [sp, #96]
-    adr     x1, guest_vectors
-    msr     vbar_el2, x1
-    isb
     ldp     x2, x3, [x0, #16]
     ldp     x4, x5, [x0, #32]
     ldp     x6, x7, [x0, #48]
@@ -52,6 +55,7 @@ guest_enter:
 .endm
 
 .balign 2048
+.global guest_vectors
 guest_vectors:
     // Exceptions at EL2 while a guest is loaded cannot happen (the
     // hypervisor runs nothing between entry and exit); treat them as the
@@ -101,9 +105,6 @@ guest_exit:
     str     x30, [x1, #240]
     ldp     x2, x3, [sp], #16
     stp     x2, x3, [x1, #0]
-    adr     x1, vectors
-    msr     vbar_el2, x1
-    isb
     ldp     x19, x20, [sp, #16]
     ldp     x21, x22, [sp, #32]
     ldp     x23, x24, [sp, #48]

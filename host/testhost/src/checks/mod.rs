@@ -11,6 +11,7 @@ mod channel;
 mod concurrent;
 mod cpu;
 mod dma;
+mod lazy_state;
 pub mod migrate;
 mod ownership;
 mod pool;
@@ -159,6 +160,11 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "vm-memtest",
         run: vm::vm_memtest,
+    },
+    // Issue 16: the lazy FP/SIMD and pointer-authentication switch.
+    Check {
+        name: "vm-lazy-state",
+        run: lazy_state::vm_lazy_state,
     },
     Check {
         name: "swap-memtest",
