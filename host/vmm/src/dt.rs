@@ -198,6 +198,84 @@ pub fn root(roots: &[PathBuf]) -> Result<PathBuf> {
         })
 }
 
+/// The Linux kernel's identifier of this boot (changes at every boot).
+pub const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// `<state dir>/platform`: [`discover`]'s answer for this boot, so that a
+/// launch reads two small files instead of listing the device tree's root
+/// (a few hundred entries: about 0.4 million instructions, the largest
+/// part of `rampart-vmm`'s own launch work after loading the image).
+pub fn cache_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("platform")
+}
+
+/// The cache's one line: the boot id, then the control pages, channels,
+/// guest pool and call pages in hex.
+fn cache_line(boot_id: &str, p: &Platform) -> String {
+    format!(
+        "{boot_id} {:#x} {:#x} {} {:#x} {:#x} {:#x} {:#x}\n",
+        p.control.base, p.control.size, p.channels, p.pool.base, p.pool.size, p.call_pages.base, p.call_pages.size
+    )
+}
+
+/// The cached platform if `text` was written in boot `boot_id`, is well
+/// formed and describes a platform [`discover`] could have returned
+/// (page-aligned, channels fit, call pages right after the pool).
+fn parse_cache(text: &str, boot_id: &str) -> Option<Platform> {
+    let mut words = text.trim_end_matches('\n').split(' ');
+    if words.next()? != boot_id || boot_id.is_empty() {
+        return None;
+    }
+    let hex = |w: Option<&str>| u64::from_str_radix(w?.strip_prefix("0x")?, 16).ok();
+    let control = PhysRange { base: hex(words.next())?, size: hex(words.next())? };
+    let channels: u32 = words.next()?.parse().ok()?;
+    let pool = PhysRange { base: hex(words.next())?, size: hex(words.next())? };
+    let call_pages = PhysRange { base: hex(words.next())?, size: hex(words.next())? };
+    let aligned = |r: &PhysRange| r.base.is_multiple_of(CHANNEL_SIZE) && r.size.is_multiple_of(CHANNEL_SIZE) && r.base.checked_add(r.size).is_some();
+    let ok = words.next().is_none()
+        && channels > 0
+        && [control, pool, call_pages].iter().all(aligned)
+        && u64::from(channels) * CHANNEL_SIZE <= control.size
+        && pool.size > 0
+        && call_pages.base == pool.end()
+        && call_pages.size == u64::from(channels) * CHANNEL_SIZE;
+    ok.then_some(Platform { control, channels, pool, call_pages })
+}
+
+/// [`discover`], through `<state dir>/platform` ([`cache_path`]) when the
+/// tree is the running kernel's own: the file is used if it was written in
+/// this boot (Rampart's device-tree nodes cannot change while the kernel it
+/// booted runs), and rewritten otherwise. The state directory is root's,
+/// like the pool allocation table there, which already decides which
+/// physical pages this VMM writes; the file is trusted no further than the
+/// table. A file that does not parse is ignored. Any other tree (a test
+/// copy, `--dt-root`) is read every time.
+///
+/// # Errors
+///
+/// As [`discover`].
+pub fn discover_cached(root: &Path, state_dir: &Path, boot_id_path: &Path) -> Result<Platform> {
+    let boot_id = fs::read_to_string(boot_id_path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty() && !s.contains(' '));
+    let file = cache_path(state_dir);
+    if let Some(id) = &boot_id
+        && let Ok(text) = fs::read_to_string(&file)
+        && let Some(p) = parse_cache(&text, id)
+    {
+        return Ok(p);
+    }
+    let platform = discover(root)?;
+    if let Some(id) = &boot_id {
+        // Written whole, then renamed: a concurrent launch reads the old
+        // file, the new one or none, never half of one.
+        let tmp = state_dir.join(format!("platform.{}", std::process::id()));
+        if fs::create_dir_all(state_dir).is_ok() && fs::write(&tmp, cache_line(id, &platform)).is_ok() {
+            let _ = fs::rename(&tmp, &file);
+        }
+        let _ = fs::remove_file(&tmp);
+    }
+    Ok(platform)
+}
+
 /// Reads the control pages and the guest pool from the device tree at
 /// `root`.
 ///
@@ -273,6 +351,43 @@ pub(crate) mod tests {
 
     /// A scratch directory removed on drop.
     pub struct Scratch(pub PathBuf);
+
+    /// The cache answers as `discover` did, in the same boot only, and a
+    /// damaged or implausible file is ignored (and rewritten).
+    #[test]
+    fn the_platform_cache_is_used_only_in_the_boot_that_wrote_it() {
+        let s = Scratch::new("platform-cache");
+        let tree = s.0.join("tree");
+        let state = s.0.join("state");
+        let boot = s.0.join("boot_id");
+        write_tree(&tree, 2);
+        let real = discover(&tree).unwrap();
+        fs::write(&boot, "1111-aaaa\n").unwrap();
+        assert_eq!(discover_cached(&tree, &state, &boot).unwrap(), real);
+        let line = fs::read_to_string(cache_path(&state)).unwrap();
+        assert!(line.starts_with("1111-aaaa 0x"), "{line}");
+        // The tree is no longer read while the cache is valid.
+        fs::remove_dir_all(&tree).unwrap();
+        assert_eq!(discover_cached(&tree, &state, &boot).unwrap(), real);
+        // Another boot: the tree is read again (here: gone, an error).
+        fs::write(&boot, "2222-bbbb\n").unwrap();
+        assert!(discover_cached(&tree, &state, &boot).is_err());
+        write_tree(&tree, 2);
+        for bad in [
+            line.replace("1111-aaaa", "2222-bbbb").replace(" 0x", " 0x1"),
+            "2222-bbbb 0x1000".to_string(),
+            line.replace("1111-aaaa", "2222-bbbb") + " extra",
+            String::new(),
+        ] {
+            fs::write(cache_path(&state), &bad).unwrap();
+            assert_eq!(discover_cached(&tree, &state, &boot).unwrap(), real, "{bad:?}");
+            assert!(fs::read_to_string(cache_path(&state)).unwrap().starts_with("2222-bbbb 0x"));
+        }
+        assert_eq!(parse_cache(&cache_line("x", &real), "x"), Some(real));
+        assert_eq!(parse_cache(&cache_line("x", &real), "y"), None);
+        // No boot id: no cache, the tree every time.
+        assert_eq!(discover_cached(&tree, &state, &s.0.join("none")).unwrap(), real);
+    }
 
     impl Scratch {
         pub fn new(tag: &str) -> Self {

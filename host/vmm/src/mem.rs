@@ -120,6 +120,58 @@ unsafe fn store(p: *mut u64, value: u64) {
     }
 }
 
+/// Zeroes `words` 64-bit words at `p`: single `STR`s up to a 16-byte
+/// boundary and after the last whole pair, `STP XZR, XZR` pairs in between
+/// (aligned, so valid on Device memory too).
+///
+/// # Safety
+///
+/// `p` must be 8-byte aligned and `words` words from it writable memory
+/// that is not trapped (pairs are not emulated on the control pages).
+unsafe fn zero_words(p: *mut u64, words: usize) {
+    let mut at = p;
+    let mut left = words;
+    if left > 0 && !(at as usize).is_multiple_of(16) {
+        // SAFETY: inside the caller's range.
+        unsafe {
+            store(at, 0);
+            at = at.add(1);
+        }
+        left -= 1;
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let blocks = left / 8;
+        if blocks > 0 {
+            // SAFETY: 64 * `blocks` bytes from `at` (16-aligned) are inside
+            // the caller's range; `at` ends one past them.
+            unsafe {
+                core::arch::asm!(
+                    "2:",
+                    "stp xzr, xzr, [{p}]",
+                    "stp xzr, xzr, [{p}, #16]",
+                    "stp xzr, xzr, [{p}, #32]",
+                    "stp xzr, xzr, [{p}, #48]",
+                    "add {p}, {p}, #64",
+                    "subs {n}, {n}, #1",
+                    "b.ne 2b",
+                    p = inout(reg) at,
+                    n = inout(reg) blocks => _,
+                    options(nostack),
+                );
+            }
+            left -= blocks * 8;
+        }
+    }
+    for _ in 0..left {
+        // SAFETY: inside the caller's range.
+        unsafe {
+            store(at, 0);
+            at = at.add(1);
+        }
+    }
+}
+
 impl Mapping {
     /// Maps `len` bytes of physical memory at `phys` through `dev` (normally
     /// `/dev/mem`), read-write, shared, with `O_SYNC`. `what` names the
@@ -329,28 +381,52 @@ impl Mapping {
         if len == 0 {
             return;
         }
+        let _ = self.word(offset);
         let _ = self.word(offset + len - 8);
         self.sync(offset, len);
-        for (i, chunk) in bytes.chunks(8).enumerate() {
+        // SAFETY: `[offset, offset + len)` is inside the mapping and
+        // 8-aligned (both ends checked above).
+        let base = unsafe { self.ptr.add(offset / 8) };
+        let mut words = bytes.chunks_exact(8);
+        for (i, chunk) in words.by_ref().enumerate() {
+            let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+            // SAFETY: word `i` of the checked range.
+            unsafe { store(base.add(i), word) };
+        }
+        let tail = words.remainder();
+        if !tail.is_empty() {
             let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            // SAFETY: an aligned word inside the mapping (checked above).
-            unsafe { store(self.word(offset + 8 * i), u64::from_le_bytes(word)) };
+            word[..tail.len()].copy_from_slice(tail);
+            // SAFETY: the checked range's last word.
+            unsafe { store(base.add(len / 8 - 1), u64::from_le_bytes(word)) };
         }
         self.sync(offset, len);
     }
 
     /// Zeroes `len` bytes (a multiple of 8) at `offset`.
+    ///
+    /// Guest memory (never trapped: pool RAM the host owns) is zeroed with
+    /// `STP XZR, XZR` of aligned 16-byte pairs, four a loop: about 6
+    /// instructions per 64 bytes where one checked `STR` a word took about
+    /// 10 per 8 (launch zeroes most of a guest's RAM this way). The control
+    /// pages keep single `STR`s (see [`load`]).
     pub fn zero(&self, offset: usize, len: usize) {
         assert!(len.is_multiple_of(8));
         if len == 0 {
             return;
         }
+        let _ = self.word(offset);
         let _ = self.word(offset + len - 8);
         self.sync(offset, len);
-        for at in (offset..offset + len).step_by(8) {
-            // SAFETY: an aligned word inside the mapping (checked above).
-            unsafe { store(self.word(at), 0) };
+        if self.maintain {
+            // SAFETY: `[offset, offset + len)` is inside the mapping and
+            // 8-aligned (both ends checked above).
+            unsafe { zero_words(self.ptr.add(offset / 8), len / 8) };
+        } else {
+            for at in (offset..offset + len).step_by(8) {
+                // SAFETY: an aligned word inside the mapping (checked above).
+                unsafe { store(self.word(at), 0) };
+            }
         }
         self.sync(offset, len);
     }
@@ -576,6 +652,40 @@ mod tests {
         assert_eq!(take(), [(8, 8), (8, 8)]);
         guest.zero(0, 0);
         assert_eq!(take(), []);
+    }
+
+    /// Zeroing guest memory (the paired path) clears exactly the range,
+    /// from any 8-aligned start and length, and nothing next to it.
+    #[test]
+    fn guest_memory_zero_clears_exactly_the_range() {
+        let s = crate::dt::tests::Scratch::new("zero");
+        let path = s.0.join("mem");
+        std::fs::write(&path, vec![0u8; 8192]).unwrap();
+        let guest = Mapping::guest_memory(path.to_str().unwrap(), 0, 8192, "pool").unwrap();
+        for (offset, len) in [
+            (0, 8192),
+            (8, 8),
+            (8, 4096),
+            (16, 64),
+            (24, 520),
+            (4088, 8),
+            (40, 8152),
+        ] {
+            guest.write_bytes(0, &[0xa5; 8192]);
+            guest.zero(offset, len);
+            for w in (0..8192).step_by(8) {
+                let want = if (offset..offset + len).contains(&w) {
+                    0
+                } else {
+                    0xa5a5_a5a5_a5a5_a5a5
+                };
+                assert_eq!(
+                    guest.read_u64(w),
+                    want,
+                    "word {w:#x} after zero({offset}, {len})"
+                );
+            }
+        }
     }
 
     #[test]

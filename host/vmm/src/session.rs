@@ -60,7 +60,15 @@ impl Session {
         name: &str,
     ) -> Result<Session> {
         let root = dt::root(&env.dt_roots)?;
-        let platform = dt::discover(&root)?;
+        // The kernel's own tree is read once per boot (`dt::discover_cached`).
+        let kernel_tree = dt::DEFAULT_ROOTS
+            .iter()
+            .any(|r| root == std::path::Path::new(r));
+        let platform = if kernel_tree {
+            dt::discover_cached(&root, &env.state_dir, std::path::Path::new(dt::BOOT_ID))?
+        } else {
+            dt::discover(&root)?
+        };
         stats::launch_trace("device tree read");
         let real_dev_mem = check_dev_mem(&env.dev_mem)?;
         let control_len = usize::try_from(u64::from(platform.channels) * CHANNEL_SIZE)?;
@@ -90,9 +98,6 @@ impl Session {
         // then a load cannot abort and the probe (a fork, several ms of a
         // launch under TCG) is skipped. Any other tree or device (a test
         // file, a copied tree) is probed.
-        let kernel_tree = dt::DEFAULT_ROOTS
-            .iter()
-            .any(|r| root == std::path::Path::new(r));
         if !(real_dev_mem && kernel_tree) {
             probe_control(&control, scratch_index, &env.dev_mem, &platform)?;
         }

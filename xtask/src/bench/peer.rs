@@ -16,7 +16,16 @@
 //! the MMIO writes per second the VMM handled and the `HVC PSCI_VERSION`
 //! calls per second the hypervisor answered (both timed by the guest with
 //! the virtual counter), and launch: VMM start to the guest's first
-//! console byte (the VMM's `stats: launch:` line). The figures are medians
+//! console byte (the VMM's `stats: launch:` line). Under Rampart each run
+//! also launches the same image as a non-protected VM (an unsigned bundle,
+//! `bench.open.bundle`): the launch row for a non-protected VM compares
+//! that with the peer's (whose VM is never protected).
+//!
+//! `--icount` runs every machine with QEMU's `-icount shift=0,sleep=off`:
+//! the guest's clock then advances one nanosecond per instruction the
+//! machine executes (and jumps over idle time), so the launch figures
+//! count instructions (1 ms = 1 million) and do not depend on the build
+//! machine's load. The boots take longer in wall time (one host thread). The figures are medians
 //! over all runs of a mode, with min and max, the load average, and the
 //! ratios Rampart/pKVM and Rampart/nVHE.
 //!
@@ -98,19 +107,29 @@ pub enum Metric {
     Hvc,
     /// VMM start to the guest's first console output, ms.
     Launch,
+    /// The same for a non-protected VM (Rampart's `pu<r>` runs; the peer's
+    /// VM is never protected, so its own launch).
+    LaunchOpen,
     /// VMM start to a Linux guest's `/init`, ms (issue 11; the hook).
     LinuxBoot,
 }
 
 impl Metric {
     /// Every row, in print order.
-    pub const ALL: [Metric; 4] = [Metric::Mmio, Metric::Hvc, Metric::Launch, Metric::LinuxBoot];
+    pub const ALL: [Metric; 5] = [
+        Metric::Mmio,
+        Metric::Hvc,
+        Metric::Launch,
+        Metric::LaunchOpen,
+        Metric::LinuxBoot,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Metric::Mmio => "MMIO writes handled in the VMM /s",
             Metric::Hvc => "HVC PSCI_VERSION by the hypervisor /s",
             Metric::Launch => "launch: VMM start to first output ms",
+            Metric::LaunchOpen => "launch, Rampart VM not protected ms",
             Metric::LinuxBoot => "Linux guest: VMM start to /init ms",
         }
     }
@@ -125,6 +144,7 @@ impl Metric {
             Metric::Mmio => Some(s.mmio_per_s),
             Metric::Hvc => Some(s.hvc_per_s),
             Metric::Launch => Some(s.launch_ms),
+            Metric::LaunchOpen => s.launch_open_ms,
             Metric::LinuxBoot => s.linux_boot_ms,
         }
     }
@@ -143,6 +163,13 @@ pub struct Sample {
     pub vm_ready_ms: f64,
     /// VMM start to the first exit, ms.
     pub first_exit_ms: f64,
+    /// Launch of the non-protected VM: Rampart's `pu<r>` run; the peer's
+    /// own launch (its VM is not protected).
+    pub launch_open_ms: Option<f64>,
+    /// The same run's VM ready and first exit, ms.
+    pub open_vm_ready_ms: f64,
+    /// See [`Sample::open_vm_ready_ms`].
+    pub open_first_exit_ms: f64,
     /// VMM start to a Linux guest's `/init`, ms, once issue 11's hook
     /// reports it.
     pub linux_boot_ms: Option<f64>,
@@ -175,9 +202,9 @@ fn launch_field(line: &str, name: &str) -> Option<f64> {
 }
 
 /// Reads one boot's console: the `runs` guest runs `pb1..pbN` each passed
-/// and reported both phases and launch. The error names the first thing
-/// missing.
-pub fn parse_boot(console: &str, runs: u32) -> Result<Vec<Sample>, String> {
+/// and reported both phases and launch; with `open` (Rampart) also the
+/// non-protected runs `pu1..puN`. The error names the first thing missing.
+pub fn parse_boot(console: &str, runs: u32, open: bool) -> Result<Vec<Sample>, String> {
     let lines: Vec<&str> = console.lines().map(|l| l.trim_end_matches('\r')).collect();
     let script = |what: &str| {
         lines.iter().find_map(|l| {
@@ -188,12 +215,17 @@ pub fn parse_boot(console: &str, runs: u32) -> Result<Vec<Sample>, String> {
     };
     (1..=runs)
         .map(|r| {
-            let tag = format!("[pb{r}] ");
-            let own: Vec<&str> = lines
-                .iter()
-                .filter_map(|l| l.split_once(&tag).map(|(_, rest)| rest))
-                .collect();
+            let tagged = |tag: &str| -> Vec<&str> {
+                lines
+                    .iter()
+                    .filter_map(|l| l.split_once(tag).map(|(_, rest)| rest))
+                    .collect()
+            };
+            let own = tagged(&format!("[pb{r}] "));
             let find = |f: &dyn Fn(&str) -> Option<f64>| own.iter().find_map(|l| f(l));
+            let open_lines = tagged(&format!("[pu{r}] "));
+            let find_open =
+                |f: &dyn Fn(&str) -> Option<f64>| open_lines.iter().find_map(|l| f(l));
             let status = script(&format!("run {r} status "))
                 .and_then(|l| l.rsplit(' ').next())
                 .ok_or_else(|| {
@@ -227,6 +259,23 @@ pub fn parse_boot(console: &str, runs: u32) -> Result<Vec<Sample>, String> {
             let launch = find(&|l| launch_field(l, "first console output ")).ok_or_else(|| {
                 format!("run {r}: no `first console output` in a `stats: launch:` line")
             })?;
+            let launch_open = if open {
+                if !open_lines
+                    .iter()
+                    .any(|l| l.starts_with("GUEST-DONE ") && l.ends_with(" 0 failed"))
+                {
+                    return Err(format!(
+                        "run {r}: the non-protected run pu{r} did not pass"
+                    ));
+                }
+                Some(
+                    find_open(&|l| launch_field(l, "first console output ")).ok_or_else(|| {
+                        format!("run {r}: no `first console output` for pu{r}")
+                    })?,
+                )
+            } else {
+                Some(launch)
+            };
             let linux_boot = lines.iter().find_map(|l| {
                 let rest = l.split_once(&format!("{PREFIX}linux {r} "))?.1;
                 let (ms, status) = rest.split_once(" status ")?;
@@ -240,6 +289,10 @@ pub fn parse_boot(console: &str, runs: u32) -> Result<Vec<Sample>, String> {
                 launch_ms: launch,
                 vm_ready_ms: find(&|l| launch_field(l, "VM ready ")).unwrap_or(f64::NAN),
                 first_exit_ms: find(&|l| launch_field(l, "first exit ")).unwrap_or(f64::NAN),
+                launch_open_ms: launch_open,
+                open_vm_ready_ms: find_open(&|l| launch_field(l, "VM ready ")).unwrap_or(f64::NAN),
+                open_first_exit_ms: find_open(&|l| launch_field(l, "first exit "))
+                    .unwrap_or(f64::NAN),
                 linux_boot_ms: linux_boot,
             })
         })
@@ -297,11 +350,12 @@ pub fn table(series: &[(Mode, &[Sample])]) -> String {
     };
     for metric in Metric::ALL {
         if series.iter().all(|(m, _)| of(*m, metric).is_none()) {
-            let _ = writeln!(
-                s,
-                "{:<40} not measured (no Linux guests yet: issue 11)",
-                metric.label()
-            );
+            let why = if metric == Metric::LinuxBoot {
+                " (no Linux guests yet: issue 11)"
+            } else {
+                ""
+            };
+            let _ = writeln!(s, "{:<40} not measured{why}", metric.label());
             continue;
         }
         let _ = write!(s, "{:<40}", metric.label());
@@ -365,17 +419,44 @@ pub fn host(runs: u32) -> Result<linux::LinuxHost> {
     prereq::ensure(&[&prereq::QEMU, &prereq::CPIO])?;
     crate::guests::guests()?;
     let guests = artifacts::build_dir().join("guests");
+    let open = open_bundle(&guests)?;
     let files = vec![
         (linux_vmm::vmm_binary()?, "bin/rampart-vmm"),
         (peer_binary()?, "bin/rampart-peer"),
         (guests.join("bench.bin"), "guests/bench.bin"),
         (guests.join("bench.bundle"), "guests/bench.bundle"),
+        (open, "guests/bench.open.bundle"),
     ];
     linux::prepare_with(&files, &format!("RUNS={runs}\n{SCRIPT}"))
 }
 
-/// The machine of `mode` (the same kernel and initramfs in every mode).
-pub fn machine(mode: Mode, smp: u32, mem: &str, host: &linux::LinuxHost) -> Result<Machine> {
+/// The bench guest's image in an unsigned bundle whose manifest is the
+/// signed one's without the protected flag: Rampart runs it as a
+/// non-protected VM (not measured, no signature), as the peer runs its VM.
+/// Written to `build/guests/bench.open.bundle`.
+fn open_bundle(guests: &std::path::Path) -> Result<PathBuf> {
+    let image = std::fs::read(guests.join("bench.bin")).context("reading bench.bin")?;
+    let mut manifest = crate::guests::manifest("bench")?;
+    manifest.flags.protected = false;
+    let bytes = rampart_attest::Bundle::build_unsigned(&manifest, &image)
+        .map_err(|e| anyhow::anyhow!("building the non-protected bench bundle: {e}"))?;
+    let out = guests.join("bench.open.bundle");
+    std::fs::write(&out, bytes).with_context(|| format!("writing {}", out.display()))?;
+    Ok(out)
+}
+
+/// `-icount shift=0,sleep=off` (see the module's documentation).
+pub const ICOUNT: [&str; 2] = ["-icount", "shift=0,sleep=off"];
+
+/// The machine of `mode` (the same kernel and initramfs in every mode);
+/// with `icount`, QEMU counts instructions as time ([`ICOUNT`]).
+pub fn machine(
+    mode: Mode,
+    smp: u32,
+    mem: &str,
+    host: &linux::LinuxHost,
+    icount: bool,
+) -> Result<Machine> {
     let tail = format!(
         "{HOST_ARGS} {} rpeer.mode={}",
         linux::BRIEF_FLAG,
@@ -407,6 +488,9 @@ pub fn machine(mode: Mode, smp: u32, mem: &str, host: &linux::LinuxHost) -> Resu
     m.mem = mem.into();
     m.cpu = "max".into();
     m.initrd = Some(host.initramfs.clone());
+    if icount {
+        m.extra.extend(ICOUNT.map(String::from));
+    }
     Ok(m)
 }
 
@@ -431,7 +515,7 @@ pub fn measure(
     {
         return Err(run.failure(&format!("the kernel did not print `{ready}`")));
     }
-    parse_boot(&run.console, runs).map_err(|e| {
+    parse_boot(&run.console, runs, mode == Mode::Rampart).map_err(|e| {
         let what = if run.timed_out {
             format!("{e} (timed out after {} s)", timeout.as_secs())
         } else {
@@ -446,7 +530,7 @@ pub fn measure(
 /// `rampart-peer`, boots once). Returns the run's figures.
 pub fn smoke() -> Result<String> {
     let host = host(1)?;
-    let m = machine(Mode::Pkvm, 2, "1G", &host)?;
+    let m = machine(Mode::Pkvm, 2, "1G", &host, false)?;
     let samples = measure(Mode::Pkvm, &m, 1, SMOKE_TIMEOUT).map_err(|e| anyhow::anyhow!(e))?;
     let s = samples.first().context("no sample")?;
     Ok(format!(
@@ -469,16 +553,21 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let timeout = Duration::from_secs(args.timeout.max(60));
     let host = host(RUNS_PER_BOOT)?;
     println!(
-        "bench peer: {} {} (arm64 cloud), {} CPUs, {mem} RAM, {rounds} rounds x {RUNS_PER_BOOT} runs of guest/bench per mode, QEMU timeout {} s",
+        "bench peer: {} {} (arm64 cloud), {} CPUs, {mem} RAM, {rounds} rounds x {RUNS_PER_BOOT} runs of guest/bench per mode, QEMU timeout {} s{}",
         host.package,
         host.version,
         args.smp,
-        timeout.as_secs()
+        timeout.as_secs(),
+        if args.icount {
+            ", -icount shift=0,sleep=off: times are instructions (1 ms = 10^6)"
+        } else {
+            ""
+        }
     );
     let mut series: Vec<Series> = Mode::ALL
         .iter()
         .map(|&mode| {
-            let (machine, failure) = match machine(mode, args.smp, &mem, &host) {
+            let (machine, failure) = match machine(mode, args.smp, &mem, &host, args.icount) {
                 Ok(m) => (Some(m), None),
                 Err(e) => (None, Some(format!("could not set up: {e:#}"))),
             };
@@ -523,6 +612,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                         med(|x| x.hvc_per_s),
                         med(|x| x.launch_ms)
                     );
+                    if s.mode == Mode::Rampart {
+                        let _ = write!(
+                            line,
+                            " (not protected {:.1} ms)",
+                            med(|x| x.launch_open_ms.unwrap_or(f64::NAN))
+                        );
+                    }
                     s.samples.extend(samples);
                 }
                 Err(e) => {
@@ -562,6 +658,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             med(|x| x.first_exit_ms),
             med(|x| x.launch_ms)
         );
+        if s.mode == Mode::Rampart {
+            println!(
+                "  {:<8} VM ready {:.2}, first exit {:.2}, first console output {:.2} (the VM not protected)",
+                "",
+                med(|x| x.open_vm_ready_ms),
+                med(|x| x.open_first_exit_ms),
+                med(|x| x.launch_open_ms.unwrap_or(f64::NAN))
+            );
+        }
     }
     let failed: Vec<&Series> = series.iter().filter(|s| s.failure.is_some()).collect();
     for s in &failed {
@@ -608,7 +713,7 @@ mod tests {
 
     #[test]
     fn reads_the_phases_and_launch_of_every_run() {
-        let samples = parse_boot(&boot_log(3, 31_250_000), 3).unwrap();
+        let samples = parse_boot(&boot_log(3, 31_250_000), 3, false).unwrap();
         assert_eq!(samples.len(), 3);
         // 2000 writes in 0.5 s; 5000 calls in 10 ms.
         assert!((samples[0].mmio_per_s - 4000.0).abs() < 1e-6, "{samples:?}");
@@ -617,12 +722,44 @@ mod tests {
         assert!((samples[1].vm_ready_ms - 4.2).abs() < 1e-9);
         assert!((samples[1].first_exit_ms - 5.0).abs() < 1e-9);
         assert_eq!(samples[0].linux_boot_ms, None);
+        // The peer's VM is not protected: its launch is both rows'.
+        assert_eq!(samples[2].launch_open_ms, Some(6.5));
+    }
+
+    /// Under Rampart, each run's `pu<r>` (the VM not protected) is read
+    /// too, and required.
+    #[test]
+    fn reads_the_non_protected_runs_under_rampart() {
+        let mut log = boot_log(2, 31_250_000);
+        for r in 1..=2 {
+            log = log.replace(
+                &format!("RAMPART-PEER: run {r} status 0"),
+                &format!(
+                    "[pu{r}] GUEST-DONE 3 passed, 0 failed\n\
+                     [pu{r}] stats: launch: VM ready 1.0 ms, first exit 2.{r} ms, first console output 3.{r} ms (after the VMM started)\n\
+                     RAMPART-PEER: run {r} status 0"
+                ),
+            );
+        }
+        let samples = parse_boot(&log, 2, true).unwrap();
+        assert_eq!(samples[1].launch_open_ms, Some(3.2));
+        assert!((samples[1].open_first_exit_ms - 2.2).abs() < 1e-9);
+        assert!((samples[1].launch_ms - 6.5).abs() < 1e-9);
+        let e = parse_boot(&boot_log(2, 31_250_000), 2, true).unwrap_err();
+        assert!(e.contains("pu1 did not pass"), "{e}");
+        let e = parse_boot(
+            &log.replace("[pu2] GUEST-DONE 3 passed, 0 failed", "[pu2] GUEST-DONE 2 passed, 1 failed"),
+            2,
+            true,
+        )
+        .unwrap_err();
+        assert!(e.contains("pu2 did not pass"), "{e}");
     }
 
     #[test]
     fn a_failed_missing_or_broken_run_is_an_error_naming_it() {
         let good = boot_log(2, 31_250_000);
-        assert!(parse_boot(&good, 3).unwrap_err().contains("run 3: no"));
+        assert!(parse_boot(&good, 3, false).unwrap_err().contains("run 3: no"));
         let cases = [
             (
                 good.replace(
@@ -659,7 +796,7 @@ mod tests {
             ),
         ];
         for (console, want) in cases {
-            let e = parse_boot(&console, 2).unwrap_err();
+            let e = parse_boot(&console, 2, false).unwrap_err();
             assert!(e.contains(want), "want {want:?} in {e:?}");
         }
     }
@@ -667,9 +804,9 @@ mod tests {
     #[test]
     fn the_linux_guest_hook_is_read_when_reported() {
         let log = boot_log(1, 31_250_000) + "RAMPART-PEER: linux 1 812.5 status 0\n";
-        assert_eq!(parse_boot(&log, 1).unwrap()[0].linux_boot_ms, Some(812.5));
+        assert_eq!(parse_boot(&log, 1, false).unwrap()[0].linux_boot_ms, Some(812.5));
         let log = boot_log(1, 31_250_000) + "RAMPART-PEER: linux 1 812.5 status 3\n";
-        assert_eq!(parse_boot(&log, 1).unwrap()[0].linux_boot_ms, None);
+        assert_eq!(parse_boot(&log, 1, false).unwrap()[0].linux_boot_ms, None);
     }
 
     /// `peer.sh` prints what `parse_boot` and `measure` read, for every
@@ -693,6 +830,7 @@ mod tests {
         assert!(SCRIPT.contains("peer_say \"finished\""));
         assert!(SCRIPT.contains("peer_run \"pb$r\""));
         assert!(SCRIPT.contains("/guests/bench.bundle") && SCRIPT.contains("/guests/bench.bin"));
+        assert!(SCRIPT.contains("peer_run_open \"pu$r\"") && SCRIPT.contains("/guests/bench.open.bundle"));
     }
 
     #[test]

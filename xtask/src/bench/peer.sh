@@ -1,10 +1,14 @@
 # The workloads of `cargo xtask bench peer` (xtask/src/bench/peer.rs), sourced
 # by /init (xtask/src/linux/init.sh) after its own checks. xtask prepends
 # `RUNS=<n>`. The kernel command line says which VMM runs the guest:
-#   rpeer.mode=rampart      rampart-vmm, the signed bundle, under Rampart
+#   rpeer.mode=rampart      rampart-vmm, the signed bundle, under Rampart (a
+#                           protected VM, run pb<r>), then the same image in
+#                           an unsigned bundle as a non-protected VM (pu<r>)
 #   rpeer.mode=pkvm|nvhe    rampart-peer, the same image, under Linux's KVM
 # Each run is named pb<r>; its VMM's output (the guest's lines and the stats:
 # lines) goes to the console, then `RAMPART-PEER: run <r> status <s>`.
+# rampart-vmm also prints its launch milestones (`launch: <ms> ms <what>`,
+# RAMPART_VMM_LAUNCH_TRACE) on its standard error.
 
 PEER_MODE=none
 for w in $(cat /proc/cmdline); do
@@ -17,10 +21,16 @@ peer_say "mode $PEER_MODE"
 
 peer_run() {
 	case "$PEER_MODE" in
-	rampart) timeout 120 /bin/rampart-vmm run /guests/bench.bundle --name "$1" ;;
+	rampart) RAMPART_VMM_LAUNCH_TRACE=1 timeout 120 /bin/rampart-vmm run /guests/bench.bundle --name "$1" ;;
 	pkvm | nvhe) timeout 120 /bin/rampart-peer run /guests/bench.bin --mem 1 --name "$1" ;;
 	*) echo "unknown rpeer.mode=$PEER_MODE"; return 9 ;;
 	esac
+}
+
+# Rampart only: the same image as a non-protected VM (no measurement, no
+# signature), like the peer's.
+peer_run_open() {
+	RAMPART_VMM_LAUNCH_TRACE=1 timeout 120 /bin/rampart-vmm run /guests/bench.open.bundle --name "$1"
 }
 
 r=0
@@ -29,6 +39,12 @@ while [ "$r" -lt "${RUNS:-3}" ]; do
 	peer_run "pb$r" >/tmp/pb.log 2>&1
 	st=$?
 	cat /tmp/pb.log
+	if [ "$PEER_MODE" = rampart ]; then
+		peer_run_open "pu$r" >/tmp/pb.log 2>&1
+		su=$?
+		cat /tmp/pb.log
+		[ "$st" -eq 0 ] && st=$su
+	fi
 	peer_say "run $r status $st"
 done
 
