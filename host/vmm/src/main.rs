@@ -585,7 +585,15 @@ fn cmd_run(
     if bundle.linux.is_some() {
         // issue 12: a version-2 bundle is a protected Linux VM.
         let name = name.unwrap_or_else(|| default_name(path));
-        return linux::bundle::cmd_run(env, path, &bundle, name, over.memory_size, over.vcpus, options.trace);
+        return linux::bundle::cmd_run(
+            env,
+            path,
+            &bundle,
+            name,
+            over.memory_size,
+            over.vcpus,
+            options.trace,
+        );
     }
     let plan = plan::plan(&bundle, over).with_context(|| shown.clone())?;
     let name = name.unwrap_or_else(|| default_name(path));

@@ -303,7 +303,11 @@ fn inspect(path: &Path, measure: bool) -> Outcome {
     println!(
         "format        version {}{}",
         bundle.version,
-        if bundle.linux.is_some() { " (Linux VM: typed parts)" } else { "" }
+        if bundle.linux.is_some() {
+            " (Linux VM: typed parts)"
+        } else {
+            ""
+        }
     );
     println!("flags         {}", flags_text(manifest.flags));
     println!("vcpus         {}", manifest.vcpus);
@@ -319,7 +323,11 @@ fn inspect(path: &Path, measure: bool) -> Outcome {
         );
         for (i, part) in linux.iter().enumerate() {
             let at = if part.kind.placed() {
-                format!("at {:#x}..{:#x}", part.load, part.load + part.data.len() as u64)
+                format!(
+                    "at {:#x}..{:#x}",
+                    part.load,
+                    part.load + part.data.len() as u64
+                )
             } else {
                 "not placed (in the device tree's bootargs)".to_string()
             };

@@ -1165,7 +1165,7 @@ fn fdt(bootargs: &str) -> Vec<u8> {
     word(&mut st, 0);
     st.extend_from_slice(bootargs.as_bytes());
     st.push(0);
-    while st.len() % 4 != 0 {
+    while !st.len().is_multiple_of(4) {
         st.push(0);
     }
     word(&mut st, 2);
@@ -1174,7 +1174,18 @@ fn fdt(bootargs: &str) -> Vec<u8> {
     let strings = b"bootargs\0";
     let total = 56 + st.len() + strings.len();
     let mut d = Vec::new();
-    for w in [0xd00d_feed, total, 56, 56 + st.len(), 40, 17, 16, 0, strings.len(), st.len()] {
+    for w in [
+        0xd00d_feed,
+        total,
+        56,
+        56 + st.len(),
+        40,
+        17,
+        16,
+        0,
+        strings.len(),
+        st.len(),
+    ] {
         word(&mut d, u32::try_from(w).unwrap());
     }
     d.extend_from_slice(&[0; 16]);
@@ -1194,12 +1205,32 @@ fn linux_bundle(realm: bool) -> Vec<u8> {
     kernel[0x38..0x3c].copy_from_slice(b"ARM\x64");
     let dtb = fdt("console=ttyAMA0 quiet");
     let parts = [
-        PartSpec { kind: PartKind::Kernel, load: GUEST_RAM_BASE, data: &kernel },
-        PartSpec { kind: PartKind::Initrd, load: GUEST_RAM_BASE + 0x10_0000, data: &[3; 77] },
-        PartSpec { kind: PartKind::Cmdline, load: 0, data: b"console=ttyAMA0 quiet" },
-        PartSpec { kind: PartKind::DeviceTree, load: GUEST_RAM_BASE + 0x18_0000, data: &dtb },
+        PartSpec {
+            kind: PartKind::Kernel,
+            load: GUEST_RAM_BASE,
+            data: &kernel,
+        },
+        PartSpec {
+            kind: PartKind::Initrd,
+            load: GUEST_RAM_BASE + 0x10_0000,
+            data: &[3; 77],
+        },
+        PartSpec {
+            kind: PartKind::Cmdline,
+            load: 0,
+            data: b"console=ttyAMA0 quiet",
+        },
+        PartSpec {
+            kind: PartKind::DeviceTree,
+            load: GUEST_RAM_BASE + 0x18_0000,
+            data: &dtb,
+        },
     ];
-    let flags = VmFlags { protected: true, debug: false, realm };
+    let flags = VmFlags {
+        protected: true,
+        debug: false,
+        realm,
+    };
     Bundle::build_linux(2 << 20, 1, flags, &parts, None).unwrap()
 }
 
@@ -1213,15 +1244,29 @@ fn sign_inspect_verify_a_linux_bundle() {
     std::fs::write(path("k.pem"), private_pem(&signer())).unwrap();
     std::fs::write(path("k.pem.pub"), public_pem(&signer())).unwrap();
     std::fs::write(path("unsigned.bundle"), linux_bundle(false)).unwrap();
-    let (key, unsigned, signed) = (path("k.pem"), path("unsigned.bundle"), path("signed.bundle"));
-    expect(&["verify", &unsigned, "--key", &path("k.pem.pub")], 4, "not signed");
+    let (key, unsigned, signed) = (
+        path("k.pem"),
+        path("unsigned.bundle"),
+        path("signed.bundle"),
+    );
     expect(
-        &["sign", "--key", &key, "--bundle", &unsigned, "--out", &signed],
+        &["verify", &unsigned, "--key", &path("k.pem.pub")],
+        4,
+        "not signed",
+    );
+    expect(
+        &[
+            "sign", "--key", &key, "--bundle", &unsigned, "--out", &signed,
+        ],
         0,
         "signed by ",
     );
     expect(&["verify", &signed, "--key", &path("k.pem.pub")], 0, "OK");
-    let run = expect(&["inspect", &signed], 0, "format        version 2 (Linux VM: typed parts)");
+    let run = expect(
+        &["inspect", &signed],
+        0,
+        "format        version 2 (Linux VM: typed parts)",
+    );
     for line in [
         "flags         0x1 (protected)",
         "entry         vCPU 0 starts at the kernel, 0x80000000, x0 = the device tree, 0x80180000",
@@ -1247,11 +1292,25 @@ fn sign_inspect_verify_a_linux_bundle() {
     for at in offsets {
         std::fs::write(path("bad.bundle"), flip(bytes.clone(), at)).unwrap();
         let run = rampart(&["verify", &path("bad.bundle"), "--key", &path("k.pem.pub")]);
-        assert!(matches!(run.code, 3 | 4), "byte {at}: {} {}", run.code, run.stderr);
+        assert!(
+            matches!(run.code, 3 | 4),
+            "byte {at}: {} {}",
+            run.code,
+            run.stderr
+        );
     }
     // --bundle takes the manifest from the bundle.
     expect(
-        &["sign", "--key", &key, "--bundle", &unsigned, "--realm", "--out", &path("x")],
+        &[
+            "sign",
+            "--key",
+            &key,
+            "--bundle",
+            &unsigned,
+            "--realm",
+            "--out",
+            &path("x"),
+        ],
         2,
         "cannot be used with",
     );
@@ -1265,7 +1324,15 @@ fn sign_realm() {
     let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
     std::fs::write(path("k.pem"), private_pem(&signer())).unwrap();
     let image = fixture("image.bin");
-    let base = ["sign", "--key", &path("k.pem"), "--image", &image, "--memory", "16K"];
+    let base = [
+        "sign",
+        "--key",
+        &path("k.pem"),
+        "--image",
+        &image,
+        "--memory",
+        "16K",
+    ];
     let with = |extra: &[&str], out: &str| {
         let mut a: Vec<String> = base.iter().map(ToString::to_string).collect();
         a.extend(extra.iter().map(ToString::to_string));
@@ -1273,9 +1340,17 @@ fn sign_realm() {
         a
     };
     let realm = with(&["--realm"], "realm.bundle");
-    expect(&realm.iter().map(String::as_str).collect::<Vec<_>>(), 0, "wrote");
+    expect(
+        &realm.iter().map(String::as_str).collect::<Vec<_>>(),
+        0,
+        "wrote",
+    );
     let plain = with(&[], "plain.bundle");
-    expect(&plain.iter().map(String::as_str).collect::<Vec<_>>(), 0, "wrote");
+    expect(
+        &plain.iter().map(String::as_str).collect::<Vec<_>>(),
+        0,
+        "wrote",
+    );
     let realm_bytes = std::fs::read(path("realm.bundle")).unwrap();
     let r = Bundle::parse(&realm_bytes).unwrap();
     let plain_bytes = std::fs::read(path("plain.bundle")).unwrap();
@@ -1283,7 +1358,15 @@ fn sign_realm() {
     assert!(r.manifest.flags.realm && !p.manifest.flags.realm);
     assert_ne!(r.measurement, p.measurement, "the realm flag is measured");
     assert_eq!(&realm_bytes[12..16], &5u32.to_le_bytes());
-    expect(&["inspect", &path("realm.bundle")], 0, "0x5 (protected, realm)");
+    expect(
+        &["inspect", &path("realm.bundle")],
+        0,
+        "0x5 (protected, realm)",
+    );
     let bad = with(&["--realm", "--no-protected"], "bad.bundle");
-    expect(&bad.iter().map(String::as_str).collect::<Vec<_>>(), 2, "cannot be used with");
+    expect(
+        &bad.iter().map(String::as_str).collect::<Vec<_>>(),
+        2,
+        "cannot be used with",
+    );
 }
