@@ -157,11 +157,11 @@ impl<'a> Ctx<'a> {
             GuestAddress(queue.used_ring()),
             6 + 8 * usize::from(queue.size()),
         );
-        guest::sync(self.mem, used.0, used.1);
+        guest::sync(self.mem, used.0, used.1)?;
         queue
             .add_used(self.mem, head, len)
             .map_err(|e| DeviceError::Ring(format!("queue {q}: {e}")))?;
-        guest::sync(self.mem, used.0, used.1);
+        guest::sync(self.mem, used.0, used.1)?;
         self.used |= 1 << q;
         self.stats.completed.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -178,8 +178,8 @@ impl<'a> Ctx<'a> {
         }
         let n = usize::from(queue.size());
         // The driver's side of the ring, as the guest last wrote it.
-        guest::sync(mem, GuestAddress(queue.desc_table()), 16 * n);
-        guest::sync(mem, GuestAddress(queue.avail_ring()), 6 + 2 * n);
+        guest::sync(mem, GuestAddress(queue.desc_table()), 16 * n)?;
+        guest::sync(mem, GuestAddress(queue.avail_ring()), 6 + 2 * n)?;
         let ring = |e: virtio_queue::Error| DeviceError::Ring(format!("queue {q}: {e}"));
         let mut chain = queue.iter(mem).map_err(ring)?.next();
         if chain.is_none() {
@@ -187,14 +187,12 @@ impl<'a> Ctx<'a> {
             // (with EVENT_IDX, avail_event = next_avail; without it, clear
             // NO_NOTIFY). A driver that added a chain meanwhile did not
             // notify: take it now.
+            let used = (GuestAddress(queue.used_ring()), 6 + 8 * n);
+            guest::sync(mem, used.0, used.1)?;
             let more = queue.enable_notification(mem).map_err(ring)?;
-            guest::sync(
-                mem,
-                GuestAddress(queue.used_ring()),
-                6 + 8 * usize::from(queue.size()),
-            );
+            guest::sync(mem, used.0, used.1)?;
             if more {
-                guest::sync(mem, GuestAddress(queue.avail_ring()), 6 + 2 * n);
+                guest::sync(mem, GuestAddress(queue.avail_ring()), 6 + 2 * n)?;
                 chain = queue.iter(mem).map_err(ring)?.next();
             }
         }
@@ -274,12 +272,14 @@ impl State {
             if used & (1 << i) != 0 {
                 // Reads the driver's used_event (EVENT_IDX) or NO_INTERRUPT
                 // flag in the available ring.
-                guest::sync(
+                // A ring the VMM cannot reach (a realm took its page
+                // back): notify, as when the flag cannot be read.
+                notify |= guest::sync(
                     &self.mem,
                     GuestAddress(q.avail_ring()),
                     6 + 2 * usize::from(q.size()),
-                );
-                notify |= q.needs_notification(&self.mem).unwrap_or(true);
+                )
+                .map_or(true, |()| q.needs_notification(&self.mem).unwrap_or(true));
             }
         }
         if notify {

@@ -815,3 +815,56 @@ fn devices_come_in_window_order_with_their_start_up_descriptions() {
     let e = super::devices(&bad, "vm", &dir).err().unwrap();
     assert!(format!("{e:#}").contains("/nonexistent/x.img"), "{e:#}");
 }
+
+// ---------------------------------------------------------------- realm (issue 12)
+
+/// A realm's disk: guest RAM seen at its IPA and at the unprotected alias
+/// (`linux::realm::guest_memory`). Linux 7.2 gives the device alias
+/// addresses for the rings and every buffer; both views reach the same page.
+#[test]
+fn a_realm_disk_works_through_the_alias_and_refuses_beyond_it() {
+    let bit = 1u64 << 47;
+    let backing = crate::linux::realm::Anon::new(RAM_SIZE);
+    // SAFETY: `backing` outlives the driver (dropped first, below).
+    let mem = unsafe {
+        crate::linux::realm::alias_memory(backing.ptr, RAM_SIZE, RAM_SIZE as u64, RAM, bit)
+    }
+    .unwrap();
+    let path = scratch("realm").join("disk.img");
+    let data: Vec<u8> = (0..DISK_SECTORS * 512).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let mut d = Driver::with_memory(Box::new(Block::open(&path, false).unwrap()), mem, bit);
+    assert_ne!(d.device_features() & VIRTIO_F_ACCESS_PLATFORM, 0);
+    d.start(1, 64);
+    // Rings and buffers at the alias: a read and a write both land.
+    let (h, buf, st) = blk_req(&mut d, block::T_IN, 2, None, 4096);
+    d.notify(0);
+    assert_eq!(d.used(0), vec![(h, 4097)]);
+    assert_eq!(status_of(&d, st), block::S_OK);
+    let want: Vec<u8> = (1024..1024 + 4096).map(|i| (i % 251) as u8).collect();
+    assert_eq!(d.read_bytes(buf, 4096), want);
+    let secret = vec![0x5au8; 512];
+    let (h, _, st) = blk_req(&mut d, block::T_OUT, 9, Some(&secret), 512);
+    d.notify(0);
+    assert_eq!(d.used(0), vec![(h, 1)]);
+    assert_eq!(status_of(&d, st), block::S_OK);
+    assert_eq!(
+        &std::fs::read(&path).unwrap()[9 * 512..10 * 512],
+        &secret[..]
+    );
+    // Canonical addresses (earlier CCA kernels) reach the same pages.
+    d.alias = 0;
+    let (h, buf, st) = blk_req(&mut d, block::T_IN, 9, None, 512);
+    d.notify(0);
+    assert_eq!(d.used(0), vec![(h, 513)]);
+    assert_eq!(status_of(&d, st), block::S_OK);
+    assert_eq!(d.read_bytes(buf, 512), secret);
+    // Another high bit is not the alias: that buffer is not guest RAM, and
+    // the device needs a reset rather than touching anything.
+    d.alias = bit >> 1;
+    let _ = blk_req(&mut d, block::T_IN, 0, None, 512);
+    d.notify(0);
+    assert_ne!(d.status() & status::DEVICE_NEEDS_RESET, 0);
+    drop(d);
+    drop(backing);
+}
