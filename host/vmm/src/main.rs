@@ -13,6 +13,7 @@ mod mem;
 mod plan;
 mod pool;
 mod run;
+mod scan;
 mod session;
 mod signals;
 mod stats;
@@ -129,6 +130,19 @@ enum Command {
         /// Sealed swap (issue 14).
         #[command(flatten)]
         swap: Box<swap::SwapArgs>,
+    },
+    /// Search physical RAM (a guest's, through /dev/mem) for byte patterns,
+    /// counting the pages the hypervisor refuses to the host (issue 12).
+    ScanRam {
+        /// First byte (page-aligned).
+        #[arg(long, value_name = "ADDR", value_parser = plan::parse_size)]
+        phys: u64,
+        /// Bytes (whole pages).
+        #[arg(long, value_name = "SIZE", value_parser = plan::parse_size)]
+        size: u64,
+        /// A pattern to count, in hex (8 bytes or more); repeatable.
+        #[arg(long = "find", value_name = "HEX", value_parser = scan::parse_pattern)]
+        find: Vec<scan::Pattern>,
     },
     /// List every live VM (VM_LIST) and the VMM that owns it.
     List,
@@ -407,6 +421,9 @@ fn main() -> ExitCode {
             &swap,
         ),
         Command::Run { bundle: None, .. } => Err(anyhow!("run needs a bundle or --kernel IMAGE")),
+        Command::ScanRam { phys, size, find } => {
+            scan::cmd_scan(&env.dev_mem, phys, size, &find).map(|_| ExitCode::SUCCESS)
+        }
         Command::List => cmd_list(&env).map(|()| ExitCode::SUCCESS),
         Command::Stats => cmd_stats(&env).map(|()| ExitCode::SUCCESS),
         Command::Reclaim { all } => cmd_reclaim(&env, all).map(|()| ExitCode::SUCCESS),

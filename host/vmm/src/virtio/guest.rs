@@ -291,12 +291,30 @@ mod probe {
                 // which only returns 0 (no other state to mend).
                 unsafe { (*uc).uc_mcontext.pc = (&raw const rampart_vmm_probe_fixup) as u64 };
             } else {
-                // Not a probe: the default action on the retried access.
-                // SAFETY: signal(2) is async-signal-safe.
-                unsafe { libc::signal(signal, libc::SIG_DFL) };
+                // Not a probe: the handler there was before (the VMM's
+                // explanation, or the default action) takes the retried
+                // access.
+                let old = OLD.get().map_or(std::ptr::null(), |o| &raw const o.0);
+                // SAFETY: sigaction(2) is async-signal-safe; `old` is a
+                // complete action saved at installation (or null: then
+                // the default action).
+                unsafe {
+                    if old.is_null() {
+                        libc::signal(signal, libc::SIG_DFL);
+                    } else {
+                        libc::sigaction(signal, old, std::ptr::null_mut());
+                    }
+                }
             }
         }
 
+        struct Saved(libc::sigaction);
+        // SAFETY: plain data (a handler address, flags and a mask), only
+        // read after it is set.
+        unsafe impl Sync for Saved {}
+        // SAFETY: as above.
+        unsafe impl Send for Saved {}
+        static OLD: std::sync::OnceLock<Saved> = std::sync::OnceLock::new();
         static INSTALL: Once = Once::new();
 
         pub fn read(p: *const u8) -> bool {
@@ -310,7 +328,9 @@ mod probe {
                         as libc::sighandler_t;
                     libc::sigemptyset(&raw mut action.sa_mask);
                     action.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
-                    libc::sigaction(libc::SIGBUS, &raw const action, std::ptr::null_mut());
+                    let mut old: libc::sigaction = std::mem::zeroed();
+                    libc::sigaction(libc::SIGBUS, &raw const action, &raw mut old);
+                    let _ = OLD.set(Saved(old));
                 }
             });
             // SAFETY: `p` lies in a live mapping of this process (the
