@@ -196,6 +196,14 @@ impl<'a> Ctx<'a> {
                 chain = queue.iter(mem).map_err(ring)?.next();
             }
         }
+        if let Some(c) = &chain {
+            no_indirect(
+                mem,
+                GuestAddress(queue.desc_table()),
+                queue.size(),
+                c.head_index(),
+            )?;
+        }
         chain.map(|c| Chain::parse(c, mem)).transpose()
     }
 
@@ -206,6 +214,41 @@ impl<'a> Ctx<'a> {
             queue.go_to_previous_position();
         }
     }
+}
+
+/// Refuses a chain from `head` that uses an indirect table: the transport
+/// does not offer `VIRTIO_F_INDIRECT_DESC`, and `virtio-queue` would follow
+/// the flag into memory the VMM has not probed (`guest::reachable`: for a
+/// realm, a private page would abort). Reads the descriptors through
+/// [`guest::read`], whose probes cover the table.
+fn no_indirect(
+    mem: &GuestMemoryMmap<()>,
+    table: GuestAddress,
+    size: u16,
+    head: u16,
+) -> Result<(), DeviceError> {
+    const F_NEXT: u16 = 1;
+    const F_INDIRECT: u16 = 4;
+    let mut idx = head;
+    for _ in 0..size {
+        if idx >= size {
+            // virtio-queue refuses it when it walks the chain.
+            return Ok(());
+        }
+        let mut d = [0u8; 16];
+        guest::read(mem, GuestAddress(table.0 + 16 * u64::from(idx)), &mut d)?;
+        let flags = u16::from_le_bytes([d[12], d[13]]);
+        if flags & F_INDIRECT != 0 {
+            return Err(DeviceError::Chain(
+                "an indirect descriptor, which the device did not offer".into(),
+            ));
+        }
+        if flags & F_NEXT == 0 {
+            return Ok(());
+        }
+        idx = u16::from_le_bytes([d[14], d[15]]);
+    }
+    Ok(())
 }
 
 /// The state shared between the transport (vCPU threads) and a device's own
