@@ -13,6 +13,7 @@ mod ccacheck;
 mod fuzz;
 mod guests;
 mod linux;
+mod linux_bundle;
 mod linux_guest;
 mod linux_swap;
 mod linux_vmm;

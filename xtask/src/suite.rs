@@ -280,6 +280,10 @@ pub fn run(args: &TestArgs) -> Result<()> {
     // Issue 11: the guest's virtio devices end to end (block both ways,
     // vsock round trips both ways, entropy) in one boot.
     crate::virtio_e2e::cases(args, &mut case);
+    // Issue 12, verified boot: a signed version-2 bundle of Debian's kernel
+    // boots as a protected VM; tampered kernel, initrd and command line are
+    // refused at the first run.
+    crate::linux_bundle::cases(args, &mut case);
 
     // Issue 12, attestation: Rampart's CCA tokens accepted by Veraison's
     // ccatoken (std + OpenSSL, built outside the workspace), and refused

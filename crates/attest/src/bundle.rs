@@ -16,18 +16,24 @@
 //! | 176 | image length | the image |
 //!
 //! Integers are little-endian. Nothing may follow the image.
+//!
+//! Version 2 (a Linux VM, issue 12) keeps this header (version 2, entry
+//! offset 0) and replaces the image with a table of typed parts: see
+//! [`crate::linux`].
 
 use alloc::vec::Vec;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
 use crate::hex::Hex;
+use crate::linux::{self, BUNDLE_VERSION_LINUX, LinuxBundle, LinuxError, PartSpec};
 use crate::manifest::{Manifest, ManifestError, measure_image};
 use crate::measure::{Measurement, VmFlags};
 
 /// The first 8 bytes of every bundle.
 pub const BUNDLE_MAGIC: [u8; 8] = *b"RAMPART\0";
-/// The bundle format version this crate reads and writes.
+/// The bundle format version of a bare-metal image (version 2, a Linux
+/// VM's parts, is [`BUNDLE_VERSION_LINUX`]).
 pub const BUNDLE_VERSION: u32 = 1;
 /// Bytes before the image.
 pub const HEADER_LEN: usize = 176;
@@ -85,7 +91,7 @@ pub enum BundleError {
     #[error("not a Rampart bundle: bad magic at offset 0 (expected \"RAMPART\\0\")")]
     BadMagic,
     /// The format version is not [`BUNDLE_VERSION`].
-    #[error("unsupported bundle format version {0} at offset 8 (this tool reads version 1)")]
+    #[error("unsupported bundle format version {0} at offset 8 (this tool reads versions 1 and 2)")]
     UnsupportedVersion(u32),
     /// The file ends early.
     #[error("truncated: expected {expected} bytes, got {got}")]
@@ -132,6 +138,9 @@ pub enum BundleError {
     /// The signature is missing, untrusted or wrong.
     #[error(transparent)]
     Signature(#[from] SignatureError),
+    /// A version-2 bundle's header fields or parts.
+    #[error(transparent)]
+    Linux(#[from] LinuxError),
 }
 
 /// Builds and parses bundles.
@@ -150,8 +159,12 @@ pub struct BundleRef<'a> {
     pub signer: [u8; 32],
     /// The signature bytes (zero if unsigned).
     pub signature: [u8; 64],
-    /// The image.
+    /// The image (version 2: everything after the header).
     pub image: &'a [u8],
+    /// The format version (1 or 2).
+    pub version: u32,
+    /// A version-2 bundle's parts.
+    pub linux: Option<LinuxBundle<'a>>,
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
@@ -250,9 +263,10 @@ impl Bundle {
         if bytes[..magic_len] != BUNDLE_MAGIC[..magic_len] {
             return Err(BundleError::BadMagic);
         }
+        let mut version = BUNDLE_VERSION;
         if bytes.len() >= offset::VERSION + 4 {
-            let version = u32_at(bytes, offset::VERSION);
-            if version != BUNDLE_VERSION {
+            version = u32_at(bytes, offset::VERSION);
+            if version != BUNDLE_VERSION && version != BUNDLE_VERSION_LINUX {
                 return Err(BundleError::UnsupportedVersion(version));
             }
         }
@@ -288,6 +302,21 @@ impl Bundle {
                 actual,
             });
         }
+        let measurement = Measurement(array_at(bytes, offset::MEASUREMENT));
+        let signer = array_at(bytes, offset::SIGNER);
+        let signature = array_at(bytes, offset::SIGNATURE);
+        if version == BUNDLE_VERSION_LINUX {
+            let parts = linux::parse(bytes, flags)?;
+            return Ok(BundleRef {
+                manifest,
+                measurement,
+                signer,
+                signature,
+                image: &bytes[HEADER_LEN..],
+                version,
+                linux: Some(parts),
+            });
+        }
         manifest
             .validate(image_len)
             .map_err(|error| BundleError::Manifest {
@@ -301,11 +330,65 @@ impl Bundle {
             })?;
         Ok(BundleRef {
             manifest,
-            measurement: Measurement(array_at(bytes, offset::MEASUREMENT)),
-            signer: array_at(bytes, offset::SIGNER),
-            signature: array_at(bytes, offset::SIGNATURE),
+            measurement,
+            signer,
+            signature,
             image: &bytes[HEADER_LEN..],
+            version,
+            linux: None,
         })
+    }
+
+    /// Builds a version-2 bundle (a Linux VM) from its parts: checks them
+    /// as [`parse`](Self::parse) does, measures them and, with `key`,
+    /// signs the measurement (else signer and signature stay zero).
+    ///
+    /// # Errors
+    ///
+    /// The [`BundleError`] `parse` would give for the result.
+    pub fn build_linux(
+        memory_size: u64,
+        vcpus: u32,
+        flags: VmFlags,
+        parts: &[PartSpec<'_>],
+        key: Option<&SigningKey>,
+    ) -> Result<Vec<u8>, BundleError> {
+        let body = linux::encode_parts(parts);
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+        out.extend_from_slice(&BUNDLE_MAGIC);
+        out.extend_from_slice(&BUNDLE_VERSION_LINUX.to_le_bytes());
+        out.extend_from_slice(&flags.bits().to_le_bytes());
+        out.extend_from_slice(&vcpus.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&memory_size.to_le_bytes());
+        out.extend_from_slice(&0u64.to_le_bytes());
+        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.resize(HEADER_LEN, 0);
+        out.extend_from_slice(&body);
+        match key {
+            Some(key) => Self::sign(&out, key),
+            None => {
+                let m = Self::parse(&out)?.computed_measurement();
+                out[offset::MEASUREMENT..offset::SIGNER].copy_from_slice(&m.0);
+                Ok(out)
+            }
+        }
+    }
+
+    /// Signs an existing bundle of either version with `key`: recomputes
+    /// its measurement from its contents (whatever the measurement field
+    /// said) and writes the measurement, the signer and the signature.
+    ///
+    /// # Errors
+    ///
+    /// The [`BundleError`] `parse` gives for `bytes`.
+    pub fn sign(bytes: &[u8], key: &SigningKey) -> Result<Vec<u8>, BundleError> {
+        let m = Self::parse(bytes)?.computed_measurement();
+        let mut out = bytes.to_vec();
+        out[offset::MEASUREMENT..offset::SIGNER].copy_from_slice(&m.0);
+        out[offset::SIGNER..offset::SIGNATURE].copy_from_slice(&key.verifying_key().to_bytes());
+        out[offset::SIGNATURE..HEADER_LEN].copy_from_slice(&sign_measurement(&m, key).to_bytes());
+        Ok(out)
     }
 }
 
@@ -320,8 +403,21 @@ impl BundleRef<'_> {
     /// compute), whatever the bundle declares.
     #[must_use]
     pub fn computed_measurement(&self) -> Measurement {
+        if let Some(parts) = &self.linux {
+            return parts.measure();
+        }
         // `parse` validated the manifest against this image.
         measure_image(&self.manifest, self.image).unwrap_or_default()
+    }
+
+    /// The initial state the hypervisor measures: vCPU 0's entry PC and
+    /// `x0` (version 1: the image's entry and the memory size; version 2:
+    /// the kernel and the device tree).
+    #[must_use]
+    pub fn initial_state(&self) -> crate::measure::InitialState {
+        self.linux
+            .as_ref()
+            .map_or_else(|| self.manifest.initial_state(), LinuxBundle::initial_state)
     }
 
     /// [`verify`] as a method.
@@ -650,8 +746,8 @@ mod tests {
             "manifest field vcpus at offset 16: vcpus is 9, expected 1 to 8"
         );
         let mut bad = bundle();
-        bad[8] = 2;
-        assert_eq!(Bundle::parse(&bad), Err(BundleError::UnsupportedVersion(2)));
+        bad[8] = 3;
+        assert_eq!(Bundle::parse(&bad), Err(BundleError::UnsupportedVersion(3)));
         let mut bad = bundle();
         bad[40..48].copy_from_slice(&u64::MAX.to_le_bytes());
         assert_eq!(

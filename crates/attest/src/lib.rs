@@ -102,6 +102,7 @@ mod bundle;
 pub mod cca;
 mod hex;
 mod keys;
+pub mod linux;
 mod manifest;
 mod measure;
 mod report;
@@ -120,6 +121,7 @@ pub use keys::{
     ATTESTATION_KEY_INFO, AttestationKey, DeviceSecret, LabelTooLong, MAX_LABEL_LEN,
     SEALING_KEY_INFO, SealingKey,
 };
+pub use linux::{BUNDLE_VERSION_LINUX, LinuxBundle, LinuxError, Part, PartError, PartKind, PartSpec};
 pub use manifest::{MAX_MEMORY_SIZE, MAX_VCPUS, Manifest, ManifestError, measure_image};
 pub use measure::{
     InitialState, MEASUREMENT_DOMAIN, MeasureError, Measurement, Measurer, PAGE_SIZE, VmFlags,

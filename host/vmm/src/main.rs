@@ -144,6 +144,35 @@ enum Command {
         #[arg(long = "find", value_name = "HEX", value_parser = scan::parse_pattern)]
         find: Vec<scan::Pattern>,
     },
+    /// Pack a Linux kernel, initrd and command line with the device tree
+    /// this VMM generates for them into an unsigned version-2 bundle, to
+    /// sign with `rampart sign` and run as a protected VM (issue 12).
+    Pack {
+        /// The arm64 `Image`.
+        #[arg(long, value_name = "IMAGE")]
+        kernel: PathBuf,
+        /// The initrd.
+        #[arg(long, value_name = "FILE")]
+        initrd: Option<PathBuf>,
+        /// The kernel command line.
+        #[arg(long, value_name = "TEXT", default_value = linux::DEFAULT_CMDLINE)]
+        cmdline: String,
+        /// Guest RAM (a multiple of 2 MiB).
+        #[arg(long, value_name = "SIZE", value_parser = plan::parse_size, default_value = "256M")]
+        mem: u64,
+        /// vCPUs.
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_VCPUS_ARG))]
+        cpus: u32,
+        /// A realm VM (guest ABI RSI, PSCI over SMC).
+        #[arg(long)]
+        realm: bool,
+        /// A debug VM.
+        #[arg(long)]
+        debug: bool,
+        /// The bundle to write.
+        #[arg(short = 'o', long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// List every live VM (VM_LIST) and the VMM that owns it.
     List,
     /// Statistics of running VMMs and of the last finished run.
@@ -424,6 +453,26 @@ fn main() -> ExitCode {
         Command::ScanRam { phys, size, find } => {
             scan::cmd_scan(&env.dev_mem, phys, size, &find).map(|_| ExitCode::SUCCESS)
         }
+        Command::Pack {
+            kernel,
+            initrd,
+            cmdline,
+            mem,
+            cpus,
+            realm,
+            debug,
+            out,
+        } => linux::bundle::cmd_pack(&linux::bundle::PackArgs {
+            kernel,
+            initrd,
+            cmdline,
+            memory_size: mem,
+            vcpus: cpus,
+            realm,
+            debug,
+            out,
+        })
+        .map(|()| ExitCode::SUCCESS),
         Command::List => cmd_list(&env).map(|()| ExitCode::SUCCESS),
         Command::Stats => cmd_stats(&env).map(|()| ExitCode::SUCCESS),
         Command::Reclaim { all } => cmd_reclaim(&env, all).map(|()| ExitCode::SUCCESS),
@@ -550,6 +599,11 @@ fn cmd_run(
     let shown = path.display().to_string();
     let bytes = std::fs::read(path).with_context(|| format!("reading {shown}"))?;
     let bundle = Bundle::parse(&bytes).map_err(|e| anyhow!("{shown}: malformed bundle: {e}"))?;
+    if bundle.linux.is_some() {
+        // issue 12: a version-2 bundle is a protected Linux VM.
+        let name = name.unwrap_or_else(|| default_name(path));
+        return linux::bundle::cmd_run(env, path, &bundle, name, over.memory_size, over.vcpus, options.trace);
+    }
     let plan = plan::plan(&bundle, over).with_context(|| shown.clone())?;
     let name = name.unwrap_or_else(|| default_name(path));
     let vcpus = usize::try_from(plan.config.max_vcpus)?;

@@ -97,7 +97,13 @@ pub fn create(
         &[
             place.metadata(plan),
             plan.metadata_pages,
-            plan.config.encode(),
+            // issue 12: a realm bundle (measured flag) makes a realm VM.
+            plan.config.encode()
+                | if bundle.manifest.flags.realm {
+                    rampart_abi::host::VmConfig::REALM
+                } else {
+                    0
+                },
         ],
     )
     .map_err(|e| explain(e, plan, place))?;

@@ -86,8 +86,14 @@ fn build_inner(i: &Inputs) -> Result<Vec<u8>, vm_fdt::Error> {
         f.property_u64("linux,initrd-start", start)?;
         f.property_u64("linux,initrd-end", end)?;
     }
-    f.property_u64("kaslr-seed", i.kaslr_seed)?;
-    f.property("rng-seed", &i.rng_seed)?;
+    // Zero seeds are left out: a measured VM's device tree is public, so
+    // its seeds come from the guest's TRNG calls instead (issue 12).
+    if i.kaslr_seed != 0 {
+        f.property_u64("kaslr-seed", i.kaslr_seed)?;
+    }
+    if i.rng_seed != [0; 64] {
+        f.property("rng-seed", &i.rng_seed)?;
+    }
     f.end_node(chosen)?;
 
     let memory = f.begin_node(&format!("memory@{:x}", layout::RAM_BASE))?;
@@ -186,7 +192,7 @@ fn build_inner(i: &Inputs) -> Result<Vec<u8>, vm_fdt::Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn inputs() -> Inputs {

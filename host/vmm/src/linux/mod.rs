@@ -18,6 +18,7 @@
 //! with the VM (`VM_SHARE`), not donated: a non-protected guest's memory
 //! stays readable and writable by the VMM, which its virtio devices need.
 
+pub mod bundle;
 pub mod fdt;
 pub mod gic;
 pub mod image;

@@ -296,6 +296,18 @@ impl Shared<'_> {
                     std::thread::yield_now();
                     continue;
                 }
+                // A signed bundle's VM refused at its first run (issue 12).
+                if [
+                    rampart_abi::Error::NotSigned,
+                    rampart_abi::Error::UntrustedKey,
+                    rampart_abi::Error::BadSignature,
+                ]
+                .map(rampart_abi::Error::code)
+                .contains(&code)
+                {
+                    self.finish(Outcome::Refused(code));
+                    break;
+                }
                 self.finish(Outcome::Error(format!(
                     "vCPU {vcpu}: VCPU_RUN returned {}",
                     crate::hyp::error_name(code)
