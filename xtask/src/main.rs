@@ -15,6 +15,7 @@ mod guests;
 mod linux;
 mod linux_bundle;
 mod linux_guest;
+mod linux_realm;
 mod linux_swap;
 mod linux_vmm;
 mod migrate;

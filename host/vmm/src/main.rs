@@ -166,6 +166,10 @@ enum Command {
         /// A realm VM (guest ABI RSI, PSCI over SMC).
         #[arg(long)]
         realm: bool,
+        /// virtio-mmio transports the measured device tree declares (a
+        /// realm's `run` attaches as many: disks, entropy, console, vsock).
+        #[arg(long, value_name = "N", default_value_t = 0, requires = "realm")]
+        virtio_devices: u32,
         /// A debug VM.
         #[arg(long)]
         debug: bool,
@@ -371,13 +375,6 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run {
-            kernel: None,
-            ref virtio,
-            ..
-        } if virtio.any_device() => Err(anyhow!(
-            "--disk, --vsock and --virtio-console need a Linux guest (--kernel); a bundle has no virtio devices"
-        )),
-        Command::Run {
             kernel: Some(_),
             ref swap,
             ..
@@ -426,6 +423,7 @@ fn main() -> ExitCode {
             hold_at,
             attack_metadata,
             swap,
+            virtio,
             ..
         } => cmd_run(
             &env,
@@ -448,6 +446,7 @@ fn main() -> ExitCode {
                 attack_metadata,
             },
             &swap,
+            &virtio,
         ),
         Command::Run { bundle: None, .. } => Err(anyhow!("run needs a bundle or --kernel IMAGE")),
         Command::ScanRam { phys, size, find } => {
@@ -460,6 +459,7 @@ fn main() -> ExitCode {
             mem,
             cpus,
             realm,
+            virtio_devices,
             debug,
             out,
         } => linux::bundle::cmd_pack(&linux::bundle::PackArgs {
@@ -469,6 +469,7 @@ fn main() -> ExitCode {
             memory_size: mem,
             vcpus: cpus,
             realm,
+            virtio_devices,
             debug,
             out,
         })
@@ -592,6 +593,7 @@ fn cmd_run(
     options: Options,
     holding: &Hold,
     swap_args: &swap::SwapArgs,
+    virtio_args: &virtio::VirtioArgs,
 ) -> Result<ExitCode> {
     stats::launch_trace("run command");
     // From here on the first SIGINT/SIGTERM is a request to stop cleanly.
@@ -602,7 +604,10 @@ fn cmd_run(
     if bundle.linux.is_some() {
         // issue 12: a version-2 bundle is a protected Linux VM.
         let name = name.unwrap_or_else(|| default_name(path));
-        return linux::bundle::cmd_run(env, path, &bundle, name, over.memory_size, over.vcpus, options.trace);
+        return linux::bundle::cmd_run(env, path, &bundle, name, over.memory_size, over.vcpus, options.trace, virtio_args);
+    }
+    if virtio_args.any_device() {
+        anyhow::bail!("--disk, --vsock and --virtio-console need a Linux guest (--kernel, or a realm's version-2 bundle)");
     }
     let plan = plan::plan(&bundle, over).with_context(|| shown.clone())?;
     let name = name.unwrap_or_else(|| default_name(path));

@@ -162,6 +162,74 @@ pub(crate) unsafe fn alias_memory(
     GuestMemory::from_regions(regions).map_err(|e| anyhow!("guest memory for the devices: {e}"))
 }
 
+/// How many virtio-mmio transports the device tree `dtb` declares (one
+/// `virtio_mmio@...` node each: `fdt::build` names them so).
+#[must_use]
+pub fn declared_transports(dtb: &[u8]) -> usize {
+    let name = b"virtio_mmio@";
+    dtb.windows(name.len()).filter(|w| *w == name).count()
+}
+
+/// The virtio devices and their guest memory for a signed Linux bundle's
+/// VM (`linux::bundle`): a realm gets the devices `args` asks for (as many
+/// as its measured device tree declares) over guest memory at both the IPA
+/// and the alias; a protected VM that is not a realm shares nothing with
+/// the VMM, so it gets none.
+///
+/// # Errors
+///
+/// Devices asked for a VM that cannot have them, a count that differs from
+/// the device tree's, no shared bit, a disk that cannot be opened.
+pub fn bundle_devices(
+    env: &crate::session::Env,
+    realm: bool,
+    dtb: &[u8],
+    args: &crate::virtio::VirtioArgs,
+    name: &str,
+    region: &crate::mem::Mapping,
+    size: u64,
+) -> Result<(Vec<super::Device>, GuestMemory)> {
+    let declared = declared_transports(dtb);
+    if !realm {
+        if args.any_device() {
+            bail!("--disk, --vsock and --virtio-console need a realm bundle: this protected VM shares no memory with the VMM");
+        }
+        // No device touches guest RAM: the mapping only satisfies the run
+        // loop's signature.
+        return Ok((Vec::new(), super::guest_memory(region, size)?));
+    }
+    let devices = if declared == 0 && !args.any_device() {
+        Vec::new()
+    } else {
+        crate::virtio::devices(args, name, &env.state_dir)?
+    };
+    if devices.len() != declared {
+        bail!(
+            "the bundle's measured device tree declares {declared} virtio transport(s), the options give {} (disks, then entropy unless --rng false, console, vsock): pack with --virtio-devices {}",
+            devices.len(),
+            devices.len()
+        );
+    }
+    let bit = shared_bit(&crate::dt::root(&env.dt_roots)?)?;
+    println!(
+        "[{name}] rampart-vmm: realm: shared bit {bit:#x}; devices accept guest addresses at the IPA and at IPA | {bit:#x}"
+    );
+    for (i, d) in devices.iter().enumerate() {
+        #[allow(clippy::cast_possible_truncation, reason = "at most VIRTIO_MAX")]
+        let n = i as u32;
+        let (kind, what) = d
+            .describe
+            .split_once(": ")
+            .unwrap_or((d.describe.as_str(), ""));
+        println!(
+            "[{name}] rampart-vmm: {kind} at {:#010x} irq {}: {what}",
+            layout::virtio_base(n),
+            32 + layout::virtio_spi(n)
+        );
+    }
+    Ok((devices, guest_memory(region, size, bit)?))
+}
+
 /// Page-aligned anonymous memory for the tests, unmapped on drop.
 #[cfg(test)]
 pub(crate) struct Anon {
@@ -219,6 +287,15 @@ mod tests {
         assert!(shared_bit(&dir).is_err(), "not one cell");
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(shared_bit(&dir).is_err());
+    }
+
+    #[test]
+    fn counts_the_transports_of_a_device_tree() {
+        let mut i = super::super::fdt::tests::inputs();
+        i.virtio_devices = 5;
+        assert_eq!(declared_transports(&super::super::fdt::build(&i).unwrap()), 5);
+        i.virtio_devices = 0;
+        assert_eq!(declared_transports(&super::super::fdt::build(&i).unwrap()), 0);
     }
 
     #[test]
