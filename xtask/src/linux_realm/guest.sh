@@ -1,5 +1,5 @@
 # The realm part of the Linux guest's /init (xtask/src/linux_realm.rs packs
-# it after the virtio part, virtio_e2e/guest.sh): Debian's kernel running
+# it before the virtio part, virtio_e2e/guest.sh): Debian's kernel running
 # as a realm under rampart-vmm (issue 12). Lines for the harness start with
 # "RAMPART-GUEST: realm: ".
 #   - the kernel's own word that it found a realm (RSI) and bounces DMA;
@@ -10,6 +10,14 @@
 #     (it writes "RAMPART-GO" at 1.5 MiB of vdb when done).
 rsay() { echo "RAMPART-GUEST: realm: $*"; }
 hexof() { od -An -v -tx1 "$1" | tr -d ' \n'; }
+# This part runs first (the virtio part follows): load the modules and wait
+# for the disks here.
+for m in /lib/modules/rampart/*.ko; do
+	[ -f "$m" ] || continue
+	out=$(insmod "$m" 2>&1) || case "$out" in *"File exists"*) ;; *) rsay "insmod ${m##*/}: $out" ;; esac
+done
+n=0
+while [ ! -b /dev/vdb ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
 dmesg | grep -E "RME:|RSI" | head -n 4 | sed 's/^/RAMPART-GUEST: realm: dmesg: /'
 dmesg | grep -i "swiotlb" | head -n 2 | sed 's/^/RAMPART-GUEST: realm: dmesg: /'
 rsay "memory encryption: $(dmesg | grep -c 'Memory Encryption Features active') line(s)"
