@@ -138,7 +138,9 @@ pub enum PartError {
     #[error("flags are {0:#x}, expected 0")]
     Flags(u32),
     /// Contents not where they must start.
-    #[error("contents at {got:#x}, expected {expected:#x} (8-byte aligned, right after the previous part, in table order)")]
+    #[error(
+        "contents at {got:#x}, expected {expected:#x} (8-byte aligned, right after the previous part, in table order)"
+    )]
     Offset {
         /// Declared.
         got: u64,
@@ -168,7 +170,9 @@ pub enum PartError {
     #[error("the command line is not UTF-8 without NUL bytes of at most 2047 bytes")]
     Cmdline,
     /// A placed part outside guest RAM.
-    #[error("guest-physical {start:#x}..{end:#x} is not inside guest RAM {ram_start:#x}..{ram_end:#x}")]
+    #[error(
+        "guest-physical {start:#x}..{end:#x} is not inside guest RAM {ram_start:#x}..{ram_end:#x}"
+    )]
     OutsideRam {
         /// Start.
         start: u64,
@@ -190,10 +194,14 @@ pub enum PartError {
         other: &'static str,
     },
     /// The kernel is not a little-endian arm64 `Image`.
-    #[error("not a little-endian arm64 Image (magic \"ARM\\x64\" at 0x38, flags bit 0 clear, text_offset 4 KiB-aligned below 2 MiB, image_size at least the file)")]
+    #[error(
+        "not a little-endian arm64 Image (magic \"ARM\\x64\" at 0x38, flags bit 0 clear, text_offset 4 KiB-aligned below 2 MiB, image_size at least the file)"
+    )]
     NotImage,
     /// The kernel's load address does not match its `text_offset`.
-    #[error("load address {load:#x} is not a 2 MiB-aligned base + the Image's text_offset {text_offset:#x}")]
+    #[error(
+        "load address {load:#x} is not a 2 MiB-aligned base + the Image's text_offset {text_offset:#x}"
+    )]
     KernelLoad {
         /// Load address.
         load: u64,
@@ -201,7 +209,9 @@ pub enum PartError {
         text_offset: u64,
     },
     /// The device tree's header is wrong.
-    #[error("not a flattened device tree of at most 2 MiB (magic 0xd00dfeed, totalsize = the part's length)")]
+    #[error(
+        "not a flattened device tree of at most 2 MiB (magic 0xd00dfeed, totalsize = the part's length)"
+    )]
     NotFdt,
     /// The device tree's load address is not 8-byte aligned.
     #[error("load address {0:#x} is not 8-byte aligned")]
@@ -218,13 +228,17 @@ pub enum LinuxError {
     #[error("reserved field at offset 180 is {0:#x}, expected 0")]
     Reserved(u32),
     /// The entry offset (version 1's) is not zero.
-    #[error("entry offset at offset 32 is {0:#x}, expected 0 in a version-2 bundle (vCPU 0 enters at the kernel)")]
+    #[error(
+        "entry offset at offset 32 is {0:#x}, expected 0 in a version-2 bundle (vCPU 0 enters at the kernel)"
+    )]
     EntryOffset(u64),
     /// vCPUs out of range.
     #[error("vcpus at offset 16 is {0}, expected 1 to 8")]
     Vcpus(u32),
     /// Memory size not a non-zero multiple of 2 MiB up to 64 GiB.
-    #[error("memory size at offset 24 is {0:#x}, expected a non-zero multiple of 2 MiB up to 64 GiB")]
+    #[error(
+        "memory size at offset 24 is {0:#x}, expected a non-zero multiple of 2 MiB up to 64 GiB"
+    )]
     MemorySize(u64),
     /// A part-table field or a part.
     #[error("part {index} ({kind}), {field} at offset {offset}: {error}")]
@@ -246,6 +260,70 @@ pub enum LinuxError {
     /// Bytes after the last part.
     #[error("{0} bytes follow the last part")]
     Trailing(u64),
+    /// The command-line part is not what the device tree gives the kernel.
+    #[error(
+        "the command line part does not match the device tree's /chosen/bootargs (or the device tree is malformed)"
+    )]
+    Bootargs,
+}
+
+/// The value of `/chosen/bootargs` in a flattened device tree, without its
+/// NUL: `Ok(None)` if absent, `Err(())` if the tree is malformed.
+fn fdt_bootargs(dtb: &[u8]) -> Result<Option<&[u8]>, ()> {
+    let be = |at: usize| -> Result<usize, ()> {
+        let b = dtb.get(at..at.checked_add(4).ok_or(())?).ok_or(())?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let structs = be(8)?;
+    let strings = be(12)?;
+    let mut at = structs;
+    let mut depth = 0usize;
+    let mut in_chosen = false;
+    loop {
+        let token = be(at)?;
+        at += 4;
+        match token {
+            1 => {
+                let rest = dtb.get(at..).ok_or(())?;
+                let len = rest.iter().position(|&b| b == 0).ok_or(())?;
+                depth += 1;
+                if depth == 2 {
+                    in_chosen = &rest[..len] == b"chosen";
+                }
+                at = (at + len + 1).next_multiple_of(4);
+            }
+            2 => {
+                if depth == 0 {
+                    return Err(());
+                }
+                if depth == 2 {
+                    in_chosen = false;
+                }
+                depth -= 1;
+            }
+            3 => {
+                let len = be(at)?;
+                let name_off = be(at + 4)?;
+                let value = dtb
+                    .get(at + 8..(at + 8).checked_add(len).ok_or(())?)
+                    .ok_or(())?;
+                let name = dtb
+                    .get(strings.checked_add(name_off).ok_or(())?..)
+                    .ok_or(())?;
+                let name = &name[..name.iter().position(|&b| b == 0).ok_or(())?];
+                if in_chosen && depth == 2 && name == b"bootargs" {
+                    return match value.split_last() {
+                        Some((0, text)) => Ok(Some(text)),
+                        _ => Err(()),
+                    };
+                }
+                at = (at + 8 + len).next_multiple_of(4);
+            }
+            4 => {}
+            9 => return Ok(None),
+            _ => return Err(()),
+        }
+    }
 }
 
 /// A validated version-2 bundle's parts and configuration.
@@ -422,7 +500,8 @@ pub fn parse(bytes: &[u8], flags: VmFlags) -> Result<LinuxBundle<'_>, LinuxError
     let count = count as usize;
     let table_end = (PART_TABLE_OFFSET + PART_ENTRY_LEN * count) as u64;
     if file < table_end {
-        let at = PART_TABLE_OFFSET + PART_ENTRY_LEN * (bytes.len().saturating_sub(PART_TABLE_OFFSET) / PART_ENTRY_LEN);
+        let at = PART_TABLE_OFFSET
+            + PART_ENTRY_LEN * (bytes.len().saturating_sub(PART_TABLE_OFFSET) / PART_ENTRY_LEN);
         return Err(LinuxError::Part {
             index: (at - PART_TABLE_OFFSET) / PART_ENTRY_LEN,
             kind: "?",
@@ -478,7 +557,9 @@ pub fn parse(bytes: &[u8], flags: VmFlags) -> Result<LinuxBundle<'_>, LinuxError
                 },
             ));
         }
-        if let Some(p) = (next..offset.min(file)).find(|&p| bytes[p as usize] != 0) {
+        if let Some(p) =
+            (next..offset.min(file)).find(|&p| usize::try_from(p).is_ok_and(|p| bytes[p] != 0))
+        {
             return Err(fail(name, "offset", 16, PartError::Padding(p)));
         }
         if length == 0 {
@@ -518,16 +599,17 @@ pub fn parse(bytes: &[u8], flags: VmFlags) -> Result<LinuxBundle<'_>, LinuxError
                 }
             }
             PartKind::Kernel => {
-                let (text_offset, _) =
-                    image_header(data).ok_or_else(|| fail(name, "contents", 16, PartError::NotImage))?;
+                let (text_offset, _) = image_header(data)
+                    .ok_or_else(|| fail(name, "contents", 16, PartError::NotImage))?;
                 if load.wrapping_sub(text_offset) % (2 << 20) != 0 || load < text_offset {
                     return Err(load_error(PartError::KernelLoad { load, text_offset }));
                 }
             }
             PartKind::DeviceTree => {
-                let be = |at: usize| u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
-                if length > MAX_DTB_LEN
-                    || length < 40
+                let be = |at: usize| {
+                    u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]])
+                };
+                if !(40..=MAX_DTB_LEN).contains(&length)
                     || be(0) != FDT_MAGIC
                     || u64::from(be(4)) != length
                 {
@@ -571,6 +653,17 @@ pub fn parse(bytes: &[u8], flags: VmFlags) -> Result<LinuxBundle<'_>, LinuxError
     if next < file {
         return Err(LinuxError::Trailing(file - next));
     }
+    // The command line is not placed: it reaches the kernel (and the
+    // measurement) only through the device tree, so the part must say
+    // exactly what the tree does, or `inspect` would show an unmeasured
+    // command line.
+    let dtb = out.part(PartKind::DeviceTree).map_or(&[][..], |p| p.data);
+    let cmdline = out.part(PartKind::Cmdline).map_or(&[][..], |p| p.data);
+    match fdt_bootargs(dtb) {
+        Ok(Some(args)) if args == cmdline => {}
+        Ok(None) if cmdline.is_empty() => {}
+        _ => return Err(LinuxError::Bootargs),
+    }
     Ok(out)
 }
 
@@ -591,7 +684,7 @@ pub struct PartSpec<'a> {
 #[must_use]
 pub fn encode_parts(parts: &[PartSpec<'_>]) -> alloc::vec::Vec<u8> {
     let mut out = alloc::vec::Vec::new();
-    out.extend_from_slice(&(parts.len() as u32).to_le_bytes());
+    out.extend_from_slice(&u32::try_from(parts.len()).unwrap_or(u32::MAX).to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     let mut offset = (PART_TABLE_OFFSET + PART_ENTRY_LEN * parts.len()) as u64;
     for p in parts {
@@ -604,10 +697,389 @@ pub fn encode_parts(parts: &[PartSpec<'_>]) -> alloc::vec::Vec<u8> {
         offset += p.data.len() as u64;
     }
     for p in parts {
-        while (out.len() + PART_COUNT_OFFSET) % 8 != 0 {
+        while !(out.len() + PART_COUNT_OFFSET).is_multiple_of(8) {
             out.push(0);
         }
         out.extend_from_slice(p.data);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::{Bundle, BundleError, HEADER_LEN};
+    use alloc::string::ToString;
+    use alloc::vec::Vec;
+    use ed25519_dalek::SigningKey;
+
+    const MIB: u64 = 1 << 20;
+
+    fn kernel() -> Vec<u8> {
+        let mut k: Vec<u8> = (0..9000u32).map(|i| (i % 251) as u8).collect();
+        k[8..16].copy_from_slice(&0u64.to_le_bytes());
+        k[16..24].copy_from_slice(&0x1_0000u64.to_le_bytes());
+        k[24..32].copy_from_slice(&0xau64.to_le_bytes());
+        k[0x38..0x3c].copy_from_slice(&IMAGE_MAGIC.to_le_bytes());
+        k
+    }
+
+    fn dtb() -> Vec<u8> {
+        fdt("console=ttyAMA0")
+    }
+
+    /// A minimal flattened device tree: `/chosen/bootargs` = `bootargs`.
+    fn fdt(bootargs: &str) -> Vec<u8> {
+        let mut st: Vec<u8> = Vec::new();
+        let word = |v: &mut Vec<u8>, w: u32| v.extend_from_slice(&w.to_be_bytes());
+        word(&mut st, 1);
+        word(&mut st, 0);
+        word(&mut st, 1);
+        st.extend_from_slice(b"chosen\0\0");
+        word(&mut st, 3);
+        word(&mut st, u32::try_from(bootargs.len() + 1).unwrap());
+        word(&mut st, 0);
+        st.extend_from_slice(bootargs.as_bytes());
+        st.push(0);
+        while !st.len().is_multiple_of(4) {
+            st.push(0);
+        }
+        word(&mut st, 2);
+        word(&mut st, 2);
+        word(&mut st, 9);
+        let strings = b"bootargs\0";
+        let total = 56 + st.len() + strings.len();
+        let mut d = Vec::new();
+        for w in [
+            0xd00d_feed,
+            total,
+            56,
+            56 + st.len(),
+            40,
+            17,
+            16,
+            0,
+            strings.len(),
+            st.len(),
+        ] {
+            word(&mut d, u32::try_from(w).unwrap());
+        }
+        d.extend_from_slice(&[0; 16]);
+        d.extend_from_slice(&st);
+        d.extend_from_slice(strings);
+        d
+    }
+
+    fn flags() -> VmFlags {
+        VmFlags {
+            protected: true,
+            debug: false,
+            realm: false,
+        }
+    }
+
+    fn build(parts: &[PartSpec<'_>]) -> Result<Vec<u8>, BundleError> {
+        Bundle::build_linux(2 * MIB, 2, flags(), parts, None)
+    }
+
+    fn good() -> Vec<u8> {
+        let (k, d) = (kernel(), dtb());
+        build(&[
+            PartSpec {
+                kind: PartKind::Kernel,
+                load: GUEST_RAM_BASE,
+                data: &k,
+            },
+            PartSpec {
+                kind: PartKind::Initrd,
+                load: GUEST_RAM_BASE + MIB,
+                data: &[7; 333],
+            },
+            PartSpec {
+                kind: PartKind::Cmdline,
+                load: 0,
+                data: b"console=ttyAMA0",
+            },
+            PartSpec {
+                kind: PartKind::DeviceTree,
+                load: GUEST_RAM_BASE + 3 * MIB / 2,
+                data: &d,
+            },
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn round_trip_and_layout() {
+        let bytes = good();
+        let b = Bundle::parse(&bytes).unwrap();
+        assert_eq!(b.version, 2);
+        assert_eq!(&bytes[8..12], &2u32.to_le_bytes());
+        assert_eq!(&bytes[176..180], &4u32.to_le_bytes());
+        let l = b.linux.unwrap();
+        assert_eq!(l.cmdline(), "console=ttyAMA0");
+        assert_eq!(l.part(PartKind::Kernel).unwrap().data, &kernel()[..]);
+        assert_eq!(l.part(PartKind::Initrd).unwrap().data, &[7; 333][..]);
+        let first = l.part(PartKind::Kernel).unwrap().offset;
+        assert_eq!(first, (PART_TABLE_OFFSET + 4 * PART_ENTRY_LEN) as u64);
+        for p in l.iter() {
+            assert_eq!(p.offset % 8, 0);
+        }
+        let s = b.initial_state();
+        assert_eq!(
+            (s.entry_pc, s.x0),
+            (GUEST_RAM_BASE, GUEST_RAM_BASE + 3 * MIB / 2)
+        );
+        assert_eq!(b.computed_measurement(), b.measurement);
+    }
+
+    /// The measurement is exactly the definition's: every page of RAM with
+    /// the placed parts (not the command line) copied in.
+    #[test]
+    fn measures_every_page_with_the_parts_placed() {
+        let bytes = good();
+        let b = Bundle::parse(&bytes).unwrap();
+        let mut ram = alloc::vec![0u8; 2 << 20];
+        for p in b.linux.unwrap().iter().filter(|p| p.kind.placed()) {
+            let at = usize::try_from(p.load - GUEST_RAM_BASE).unwrap();
+            ram[at..at + p.data.len()].copy_from_slice(p.data);
+        }
+        let mut m = Measurer::new(&b.initial_state());
+        for (i, page) in ram.chunks(PAGE_SIZE).enumerate() {
+            m.page(
+                GUEST_RAM_BASE + (i * PAGE_SIZE) as u64,
+                page.try_into().unwrap(),
+            )
+            .unwrap();
+        }
+        assert_eq!(m.finish(), b.measurement);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = good();
+        for len in 0..bytes.len() {
+            assert!(Bundle::parse(&bytes[..len]).is_err(), "length {len}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Bundle::parse(&longer).is_err());
+    }
+
+    /// Flipping any byte of the header or table gives an error naming the
+    /// field, or a bundle whose measurement or signature no longer holds.
+    #[test]
+    fn every_flipped_byte_is_caught() {
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let signed = Bundle::sign(&good(), &key).unwrap();
+        let trusted = [key.verifying_key()];
+        let table_end = PART_TABLE_OFFSET + 4 * PART_ENTRY_LEN;
+        // Header, table, and a sample of every part's contents.
+        let sample = (0..table_end).chain((table_end..signed.len()).step_by(97));
+        for at in sample {
+            let mut bad = signed.clone();
+            bad[at] ^= 0x01;
+            if let Ok(b) = Bundle::parse(&bad) {
+                assert!(
+                    b.verify(&trusted).is_err(),
+                    "byte {at} flipped and still verifies"
+                );
+            }
+        }
+        assert!(Bundle::parse(&signed).unwrap().verify(&trusted).is_ok());
+    }
+
+    #[test]
+    fn errors_name_the_part_field_and_offset() {
+        let (k, d) = (kernel(), dtb());
+        let kp = PartSpec {
+            kind: PartKind::Kernel,
+            load: GUEST_RAM_BASE,
+            data: &k,
+        };
+        let dp = PartSpec {
+            kind: PartKind::DeviceTree,
+            load: GUEST_RAM_BASE + 3 * MIB / 2,
+            data: &d,
+        };
+        let e = |parts: &[PartSpec<'_>]| build(parts).unwrap_err().to_string();
+        assert_eq!(e(&[kp]), "no device tree part");
+        assert_eq!(e(&[dp]), "no kernel part");
+        assert!(
+            e(&[kp, kp, dp])
+                .starts_with("part 1 (kernel), kind at offset 216: a second kernel part")
+        );
+        let outside = PartSpec {
+            load: GUEST_RAM_BASE + 2 * MIB - 8,
+            ..dp
+        };
+        let msg = e(&[kp, outside]);
+        assert!(
+            msg.starts_with("part 1 (device tree), load address at offset 224:"),
+            "{msg}"
+        );
+        assert!(msg.contains("not inside guest RAM"), "{msg}");
+        let overlap = PartSpec {
+            kind: PartKind::Initrd,
+            load: GUEST_RAM_BASE + 0x8000,
+            data: &[1; 8],
+        };
+        assert!(e(&[kp, overlap, dp]).contains("overlaps the kernel part"));
+        let moved = PartSpec {
+            load: GUEST_RAM_BASE + 0x1000,
+            ..kp
+        };
+        assert!(e(&[moved, dp]).contains("text_offset"));
+        let placed_cmdline = PartSpec {
+            kind: PartKind::Cmdline,
+            load: GUEST_RAM_BASE,
+            data: b"x",
+        };
+        assert!(e(&[kp, placed_cmdline, dp]).contains("the command line is not placed"));
+        let nul = PartSpec {
+            kind: PartKind::Cmdline,
+            load: 0,
+            data: b"a\0b",
+        };
+        assert!(e(&[kp, nul, dp]).contains("UTF-8 without NUL"));
+        let not_fdt = PartSpec {
+            data: &[0; 64],
+            ..dp
+        };
+        assert!(e(&[kp, not_fdt]).contains("not a flattened device tree"));
+        let unaligned = PartSpec {
+            load: GUEST_RAM_BASE + 3 * MIB / 2 + 4,
+            ..dp
+        };
+        assert!(e(&[kp, unaligned]).contains("not 8-byte aligned"));
+
+        // Raw table fields.
+        let bytes = good();
+        let mut bad = bytes.clone();
+        bad[PART_COUNT_OFFSET] = 9;
+        assert_eq!(
+            Bundle::parse(&bad),
+            Err(BundleError::Linux(LinuxError::PartCount(9)))
+        );
+        let mut bad = bytes.clone();
+        bad[PART_RESERVED_OFFSET] = 1;
+        assert_eq!(
+            Bundle::parse(&bad),
+            Err(BundleError::Linux(LinuxError::Reserved(1)))
+        );
+        let mut bad = bytes.clone();
+        bad[PART_TABLE_OFFSET + PART_ENTRY_LEN] = 5;
+        assert_eq!(
+            Bundle::parse(&bad).unwrap_err().to_string(),
+            "part 1 (?), kind at offset 216: unknown kind 5 (1 kernel, 2 initrd, 3 cmdline, 4 device tree)"
+        );
+        let mut bad = bytes.clone();
+        bad[PART_TABLE_OFFSET + 4] = 1;
+        assert!(
+            Bundle::parse(&bad)
+                .unwrap_err()
+                .to_string()
+                .starts_with("part 0 (kernel), flags at offset 188")
+        );
+        let mut bad = bytes.clone();
+        bad[PART_TABLE_OFFSET + 16] += 8;
+        assert!(
+            Bundle::parse(&bad)
+                .unwrap_err()
+                .to_string()
+                .starts_with("part 0 (kernel), offset at offset 200")
+        );
+        let mut bad = bytes.clone();
+        bad[32] = 4;
+        assert_eq!(
+            Bundle::parse(&bad),
+            Err(BundleError::Linux(LinuxError::EntryOffset(4)))
+        );
+        let mut bad = bytes.clone();
+        bad[24..32].copy_from_slice(&(3 * MIB).to_le_bytes());
+        assert_eq!(
+            Bundle::parse(&bad),
+            Err(BundleError::Linux(LinuxError::MemorySize(3 * MIB)))
+        );
+        // Non-zero padding between parts.
+        let mut bad = bytes.clone();
+        let l = Bundle::parse(&bytes).unwrap().linux.unwrap();
+        let initrd_end = l.part(PartKind::Initrd).unwrap().offset + 333;
+        bad[usize::try_from(initrd_end).unwrap()] = 1;
+        assert!(
+            Bundle::parse(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("padding byte")
+        );
+        const { assert!(HEADER_LEN < PART_TABLE_OFFSET) };
+
+        // The command line must be the device tree's bootargs: it is not
+        // placed, so it is measured only through the tree.
+        let other = PartSpec {
+            kind: PartKind::Cmdline,
+            load: 0,
+            data: b"console=ttyAMA1",
+        };
+        assert_eq!(
+            build(&[kp, other, dp]),
+            Err(BundleError::Linux(LinuxError::Bootargs))
+        );
+        assert_eq!(
+            build(&[kp, dp]),
+            Err(BundleError::Linux(LinuxError::Bootargs))
+        );
+        let d2 = fdt("");
+        let empty = PartSpec { data: &d2, ..dp };
+        assert!(build(&[kp, empty]).is_ok());
+        let mut broken = dtb();
+        let n = broken.len();
+        broken[n - 5] ^= 0xff; // the strings block: no "bootargs"
+        let broken = PartSpec {
+            data: &broken,
+            ..dp
+        };
+        let c = PartSpec {
+            kind: PartKind::Cmdline,
+            load: 0,
+            data: b"console=ttyAMA0",
+        };
+        assert_eq!(
+            build(&[kp, c, broken]),
+            Err(BundleError::Linux(LinuxError::Bootargs))
+        );
+    }
+
+    #[test]
+    fn the_realm_flag_is_measured() {
+        let (k, d) = (kernel(), fdt(""));
+        let parts = [
+            PartSpec {
+                kind: PartKind::Kernel,
+                load: GUEST_RAM_BASE,
+                data: &k,
+            },
+            PartSpec {
+                kind: PartKind::DeviceTree,
+                load: GUEST_RAM_BASE + 3 * MIB / 2,
+                data: &d,
+            },
+        ];
+        let plain = Bundle::build_linux(2 * MIB, 1, flags(), &parts, None).unwrap();
+        let realm_flags = VmFlags {
+            realm: true,
+            ..flags()
+        };
+        let realm = Bundle::build_linux(2 * MIB, 1, realm_flags, &parts, None).unwrap();
+        assert_ne!(
+            Bundle::parse(&plain).unwrap().measurement,
+            Bundle::parse(&realm).unwrap().measurement
+        );
+        // Realm without protected is refused.
+        let bad = VmFlags {
+            protected: false,
+            ..realm_flags
+        };
+        assert!(Bundle::build_linux(2 * MIB, 1, bad, &parts, None).is_err());
+    }
 }

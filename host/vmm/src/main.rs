@@ -604,7 +604,16 @@ fn cmd_run(
     if bundle.linux.is_some() {
         // issue 12: a version-2 bundle is a protected Linux VM.
         let name = name.unwrap_or_else(|| default_name(path));
-        return linux::bundle::cmd_run(env, path, &bundle, name, over.memory_size, over.vcpus, options.trace, virtio_args);
+        return linux::bundle::cmd_run(
+            env,
+            path,
+            &bundle,
+            name,
+            over.memory_size,
+            over.vcpus,
+            options.trace,
+            virtio_args,
+        );
     }
     if virtio_args.any_device() {
         anyhow::bail!("--disk, --vsock and --virtio-console need a Linux guest (--kernel, or a realm's version-2 bundle)");

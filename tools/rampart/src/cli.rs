@@ -203,11 +203,20 @@ pub struct SignArgs {
     #[arg(long, value_name = "KEY")]
     pub key: PathBuf,
     /// The guest image, loaded at guest-physical 0x8000_0000.
-    #[arg(long, value_name = "IMG")]
-    pub image: PathBuf,
+    #[arg(long, value_name = "IMG", required_unless_present = "bundle")]
+    pub image: Option<PathBuf>,
+    /// Sign an existing bundle instead (a Linux bundle from `rampart-vmm
+    /// pack`, or any bundle to re-sign): its measurement is recomputed from
+    /// its contents, its manifest and parts are kept.
+    #[arg(
+        long,
+        value_name = "BUNDLE",
+        conflicts_with_all = ["image", "memory", "vcpus", "entry", "protected", "no_protected", "debug", "realm"]
+    )]
+    pub bundle: Option<PathBuf>,
     /// Guest RAM in bytes: a multiple of 4 KiB, at least the image, at most 64G.
-    #[arg(long, value_name = "SIZE", value_parser = size)]
-    pub memory: u64,
+    #[arg(long, value_name = "SIZE", value_parser = size, required_unless_present = "bundle")]
+    pub memory: Option<u64>,
     /// Number of vCPUs, 1 to 8.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub vcpus: u32,
@@ -223,6 +232,10 @@ pub struct SignArgs {
     /// Mark the VM as a debug build (reported to verifiers).
     #[arg(long)]
     pub debug: bool,
+    /// A realm VM (guest ABI RSI over SMC; VM_CREATE bit 2): measured, so
+    /// the image runs only as a realm. Protected only.
+    #[arg(long, conflicts_with = "no_protected")]
+    pub realm: bool,
     /// Where to write the bundle.
     #[arg(long, value_name = "BUNDLE")]
     pub out: PathBuf,

@@ -154,15 +154,26 @@ fn keygen(out: &Path, force: bool) -> Outcome {
 
 fn sign(args: &cli::SignArgs) -> Outcome {
     let key = keyfile::read_private(&args.key)?;
-    let image = read(&args.image)?;
+    if let Some(path) = &args.bundle {
+        let bytes = read(path)?;
+        let bundle = Bundle::sign(&bytes, &key).map_err(|e| bundle_failure(path, e))?;
+        return wrote(args, &bundle);
+    }
+    let (Some(image_path), Some(memory)) = (&args.image, args.memory) else {
+        return Err(Failure::new(
+            Exit::Usage,
+            anyhow!("give --image and --memory, or --bundle"),
+        ));
+    };
+    let image = read(image_path)?;
     let manifest = Manifest {
-        memory_size: args.memory,
+        memory_size: memory,
         vcpus: args.vcpus,
         entry_offset: args.entry,
         flags: VmFlags {
             protected: !args.no_protected,
             debug: args.debug,
-            realm: false,
+            realm: args.realm,
         },
     };
     let bundle = Bundle::build(&manifest, &image, &key).map_err(|error| {
@@ -176,11 +187,15 @@ fn sign(args: &cli::SignArgs) -> Outcome {
         };
         Failure::new(
             exit,
-            anyhow!("{option}: {error} (image {})", args.image.display()),
+            anyhow!("{option}: {error} (image {})", image_path.display()),
         )
     })?;
-    keyfile::write_file(&args.out, &bundle, args.force, None)?;
-    let parsed = Bundle::parse(&bundle)
+    wrote(args, &bundle)
+}
+
+fn wrote(args: &cli::SignArgs, bundle: &[u8]) -> Outcome {
+    keyfile::write_file(&args.out, bundle, args.force, None)?;
+    let parsed = Bundle::parse(bundle)
         .map_err(|e| Failure::new(Exit::Malformed, anyhow!("internal error: {e}")))?;
     println!(
         "wrote {} ({} bytes): measurement {}, signed by {}",
@@ -254,6 +269,9 @@ fn flags_text(flags: VmFlags) -> String {
     if flags.debug {
         words.push("debug");
     }
+    if flags.realm {
+        words.push("realm");
+    }
     if words.is_empty() {
         words.push("none");
     }
@@ -280,9 +298,17 @@ fn inspect(path: &Path, measure: bool) -> Outcome {
     let bytes = read(path)?;
     let bundle = Bundle::parse(&bytes).map_err(|e| bundle_failure(path, e))?;
     let manifest = &bundle.manifest;
-    let state = manifest.initial_state();
+    let state = bundle.initial_state();
     println!("bundle        {} ({} bytes)", path.display(), bytes.len());
-    println!("format        version {}", rampart_attest::BUNDLE_VERSION);
+    println!(
+        "format        version {}{}",
+        bundle.version,
+        if bundle.linux.is_some() {
+            " (Linux VM: typed parts)"
+        } else {
+            ""
+        }
+    );
     println!("flags         {}", flags_text(manifest.flags));
     println!("vcpus         {}", manifest.vcpus);
     println!(
@@ -290,11 +316,36 @@ fn inspect(path: &Path, measure: bool) -> Outcome {
         manifest.memory_size,
         manifest.pages()
     );
-    println!(
-        "entry offset  {:#x} (vCPU 0 starts at {:#x}, x0 = {:#x})",
-        manifest.entry_offset, state.entry_pc, state.x0
-    );
-    println!("image         {} bytes", bundle.image.len());
+    if let Some(linux) = &bundle.linux {
+        println!(
+            "entry         vCPU 0 starts at the kernel, {:#x}, x0 = the device tree, {:#x}",
+            state.entry_pc, state.x0
+        );
+        for (i, part) in linux.iter().enumerate() {
+            let at = if part.kind.placed() {
+                format!(
+                    "at {:#x}..{:#x}",
+                    part.load,
+                    part.load + part.data.len() as u64
+                )
+            } else {
+                "not placed (in the device tree's bootargs)".to_string()
+            };
+            println!(
+                "part {i}        {:<11} {} bytes at file offset {:#x}, {at}",
+                part.kind.name(),
+                part.data.len(),
+                part.offset
+            );
+        }
+        println!("cmdline       {}", linux.cmdline());
+    } else {
+        println!(
+            "entry offset  {:#x} (vCPU 0 starts at {:#x}, x0 = {:#x})",
+            manifest.entry_offset, state.entry_pc, state.x0
+        );
+        println!("image         {} bytes", bundle.image.len());
+    }
     // The signer and signature fields say what they hold, independently:
     // a set signer with a zero signature is not "unsigned by nobody".
     let signer_set = bundle.signer != [0; 32];

@@ -100,8 +100,9 @@ fn fixtures() -> Vec<(&'static str, Vec<u8>)> {
         .public_key();
     let mut vcpus9 = good.clone();
     vcpus9[16] = 9;
-    let mut version2 = good.clone();
-    version2[8] = 2;
+    // Version 2 is a Linux bundle (issue 12): 3 is the first unknown one.
+    let mut version3 = good.clone();
+    version3[8] = 3;
     let mut trailing = good.clone();
     trailing.extend_from_slice(b"junk");
     vec![
@@ -127,7 +128,7 @@ fn fixtures() -> Vec<(&'static str, Vec<u8>)> {
         ("truncated-header.bundle", good[..100].to_vec()),
         ("trailing.bundle", trailing),
         ("bad-magic.bundle", flip(good.clone(), 0)),
-        ("version2.bundle", version2),
+        ("version3.bundle", version3),
         ("flipped-image.bundle", flip(good.clone(), 176 + 100)),
         // vCPUs 2 -> 3: still in range, so only the measurement catches it.
         ("flipped-manifest.bundle", flip(good.clone(), 16)),
@@ -322,9 +323,9 @@ fn verify_names_each_failure() {
         "image.bin: not a Rampart bundle: bad magic at offset 0",
     );
     verify(
-        "version2.bundle",
+        "version3.bundle",
         3,
-        "version2.bundle: unsupported bundle format version 2 at offset 8",
+        "version3.bundle: unsupported bundle format version 3 at offset 8",
     );
     verify("no-such.bundle", 1, "no-such.bundle: cannot read");
 }
@@ -1148,5 +1149,224 @@ fn attest_verify_cca_token() {
         ],
         4,
         "realm token: bad signature",
+    );
+}
+
+/// A minimal flattened device tree: `/chosen/bootargs` = `bootargs`.
+fn fdt(bootargs: &str) -> Vec<u8> {
+    let mut st: Vec<u8> = Vec::new();
+    let word = |v: &mut Vec<u8>, w: u32| v.extend_from_slice(&w.to_be_bytes());
+    word(&mut st, 1);
+    word(&mut st, 0);
+    word(&mut st, 1);
+    st.extend_from_slice(b"chosen\0\0");
+    word(&mut st, 3);
+    word(&mut st, u32::try_from(bootargs.len() + 1).unwrap());
+    word(&mut st, 0);
+    st.extend_from_slice(bootargs.as_bytes());
+    st.push(0);
+    while !st.len().is_multiple_of(4) {
+        st.push(0);
+    }
+    word(&mut st, 2);
+    word(&mut st, 2);
+    word(&mut st, 9);
+    let strings = b"bootargs\0";
+    let total = 56 + st.len() + strings.len();
+    let mut d = Vec::new();
+    for w in [
+        0xd00d_feed,
+        total,
+        56,
+        56 + st.len(),
+        40,
+        17,
+        16,
+        0,
+        strings.len(),
+        st.len(),
+    ] {
+        word(&mut d, u32::try_from(w).unwrap());
+    }
+    d.extend_from_slice(&[0; 16]);
+    d.extend_from_slice(&st);
+    d.extend_from_slice(strings);
+    d
+}
+
+/// A small version-2 (Linux) bundle, unsigned: a fake arm64 `Image`, an
+/// initrd, a command line and a device tree in 2 MiB of RAM.
+fn linux_bundle(realm: bool) -> Vec<u8> {
+    use rampart_attest::{GUEST_RAM_BASE, PartKind, PartSpec};
+    let mut kernel: Vec<u8> = (0..5000u32).map(|i| (i % 249) as u8).collect();
+    kernel[8..16].copy_from_slice(&0u64.to_le_bytes());
+    kernel[16..24].copy_from_slice(&0x1_0000u64.to_le_bytes());
+    kernel[24..32].copy_from_slice(&0xau64.to_le_bytes());
+    kernel[0x38..0x3c].copy_from_slice(b"ARM\x64");
+    let dtb = fdt("console=ttyAMA0 quiet");
+    let parts = [
+        PartSpec {
+            kind: PartKind::Kernel,
+            load: GUEST_RAM_BASE,
+            data: &kernel,
+        },
+        PartSpec {
+            kind: PartKind::Initrd,
+            load: GUEST_RAM_BASE + 0x10_0000,
+            data: &[3; 77],
+        },
+        PartSpec {
+            kind: PartKind::Cmdline,
+            load: 0,
+            data: b"console=ttyAMA0 quiet",
+        },
+        PartSpec {
+            kind: PartKind::DeviceTree,
+            load: GUEST_RAM_BASE + 0x18_0000,
+            data: &dtb,
+        },
+    ];
+    let flags = VmFlags {
+        protected: true,
+        debug: false,
+        realm,
+    };
+    Bundle::build_linux(2 << 20, 1, flags, &parts, None).unwrap()
+}
+
+/// issue 12: `rampart sign --bundle` signs a Linux bundle from
+/// `rampart-vmm pack`; `inspect` shows its parts; `verify` accepts it and
+/// refuses it after one flipped byte in any part.
+#[test]
+fn sign_inspect_verify_a_linux_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    std::fs::write(path("k.pem"), private_pem(&signer())).unwrap();
+    std::fs::write(path("k.pem.pub"), public_pem(&signer())).unwrap();
+    std::fs::write(path("unsigned.bundle"), linux_bundle(false)).unwrap();
+    let (key, unsigned, signed) = (
+        path("k.pem"),
+        path("unsigned.bundle"),
+        path("signed.bundle"),
+    );
+    expect(
+        &["verify", &unsigned, "--key", &path("k.pem.pub")],
+        4,
+        "not signed",
+    );
+    expect(
+        &[
+            "sign", "--key", &key, "--bundle", &unsigned, "--out", &signed,
+        ],
+        0,
+        "signed by ",
+    );
+    expect(&["verify", &signed, "--key", &path("k.pem.pub")], 0, "OK");
+    let run = expect(
+        &["inspect", &signed],
+        0,
+        "format        version 2 (Linux VM: typed parts)",
+    );
+    for line in [
+        "flags         0x1 (protected)",
+        "entry         vCPU 0 starts at the kernel, 0x80000000, x0 = the device tree, 0x80180000",
+        "kernel      5000 bytes",
+        "initrd      77 bytes",
+        "cmdline     21 bytes",
+        "not placed (in the device tree's bootargs)",
+        "device tree ",
+        "cmdline       console=ttyAMA0 quiet",
+        "(matches the image and manifest)",
+    ] {
+        assert!(run.stdout.contains(line), "{line:?} in\n{}", run.stdout);
+    }
+    // One flipped byte in each part's contents: refused.
+    let bytes = std::fs::read(&signed).unwrap();
+    let parsed = Bundle::parse(&bytes).unwrap();
+    let offsets: Vec<usize> = parsed
+        .linux
+        .unwrap()
+        .iter()
+        .map(|p| usize::try_from(p.offset).unwrap() + 10)
+        .collect();
+    for at in offsets {
+        std::fs::write(path("bad.bundle"), flip(bytes.clone(), at)).unwrap();
+        let run = rampart(&["verify", &path("bad.bundle"), "--key", &path("k.pem.pub")]);
+        assert!(
+            matches!(run.code, 3 | 4),
+            "byte {at}: {} {}",
+            run.code,
+            run.stderr
+        );
+    }
+    // --bundle takes the manifest from the bundle.
+    expect(
+        &[
+            "sign",
+            "--key",
+            &key,
+            "--bundle",
+            &unsigned,
+            "--realm",
+            "--out",
+            &path("x"),
+        ],
+        2,
+        "cannot be used with",
+    );
+}
+
+/// issue 12: `sign --realm` measures the realm flag (a bare-metal image
+/// signed for the RSI guest ABI); it needs a protected VM.
+#[test]
+fn sign_realm() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    std::fs::write(path("k.pem"), private_pem(&signer())).unwrap();
+    let image = fixture("image.bin");
+    let base = [
+        "sign",
+        "--key",
+        &path("k.pem"),
+        "--image",
+        &image,
+        "--memory",
+        "16K",
+    ];
+    let with = |extra: &[&str], out: &str| {
+        let mut a: Vec<String> = base.iter().map(ToString::to_string).collect();
+        a.extend(extra.iter().map(ToString::to_string));
+        a.extend(["--out".to_string(), path(out)]);
+        a
+    };
+    let realm = with(&["--realm"], "realm.bundle");
+    expect(
+        &realm.iter().map(String::as_str).collect::<Vec<_>>(),
+        0,
+        "wrote",
+    );
+    let plain = with(&[], "plain.bundle");
+    expect(
+        &plain.iter().map(String::as_str).collect::<Vec<_>>(),
+        0,
+        "wrote",
+    );
+    let realm_bytes = std::fs::read(path("realm.bundle")).unwrap();
+    let r = Bundle::parse(&realm_bytes).unwrap();
+    let plain_bytes = std::fs::read(path("plain.bundle")).unwrap();
+    let p = Bundle::parse(&plain_bytes).unwrap();
+    assert!(r.manifest.flags.realm && !p.manifest.flags.realm);
+    assert_ne!(r.measurement, p.measurement, "the realm flag is measured");
+    assert_eq!(&realm_bytes[12..16], &5u32.to_le_bytes());
+    expect(
+        &["inspect", &path("realm.bundle")],
+        0,
+        "0x5 (protected, realm)",
+    );
+    let bad = with(&["--realm", "--no-protected"], "bad.bundle");
+    expect(
+        &bad.iter().map(String::as_str).collect::<Vec<_>>(),
+        2,
+        "cannot be used with",
     );
 }

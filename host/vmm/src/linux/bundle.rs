@@ -269,7 +269,11 @@ pub fn cmd_run(
     let part = |k: PartKind| l.part(k).map(|p| (p.load, p.data.len()));
     println!(
         "[{name}] rampart-vmm: VM {handle:#x} ({}{}, {vcpus} vCPU{}, {} MiB of RAM at {:#x} donated), signed bundle {shown}: kernel at {:#x}, device tree at {:#x}{}",
-        if l.flags.realm { "protected realm" } else { "protected" },
+        if l.flags.realm {
+            "protected realm"
+        } else {
+            "protected"
+        },
         if l.flags.debug { ", debug" } else { "" },
         if vcpus == 1 { "" } else { "s" },
         l.memory_size >> 20,
@@ -303,6 +307,7 @@ pub fn cmd_run(
             return Err(e);
         }
     };
+    let started = std::time::Instant::now();
     let outcome = super::run::run(
         &super::run::Vm {
             name: &name,
@@ -336,6 +341,12 @@ pub fn cmd_run(
     }
     println!("[{name}] rampart-vmm: {}", outcome.describe());
     if let crate::run::Outcome::Refused(code) = outcome {
+        // The first VCPU_RUN measured all of guest RAM before refusing.
+        println!(
+            "[{name}] rampart-vmm: refused after {} ms: the first VCPU_RUN, in which the hypervisor measured {} MiB of guest RAM",
+            started.elapsed().as_millis(),
+            l.memory_size >> 20
+        );
         eprintln!(
             "rampart-vmm: the hypervisor refused {shown}: {}: {}",
             hyp::error_name(code),
@@ -354,11 +365,7 @@ pub fn cmd_run(
         }
     }
     let status: u8 = match outcome {
-        crate::run::Outcome::SystemOff | crate::run::Outcome::SystemReset
-            if destroyed.is_ok() =>
-        {
-            0
-        }
+        crate::run::Outcome::SystemOff | crate::run::Outcome::SystemReset if destroyed.is_ok() => 0,
         crate::run::Outcome::Refused(_) => 4,
         #[allow(
             clippy::cast_possible_truncation,
@@ -394,7 +401,7 @@ mod tests {
     fn kernel() -> Vec<u8> {
         let mut k = image::tests::image(0, 0x2_0000, 0xa, 0x9000);
         for (i, b) in k.iter_mut().enumerate().skip(64) {
-            *b = (i % 253) as u8;
+            *b = u8::try_from(i % 253).unwrap();
         }
         k
     }
@@ -461,7 +468,12 @@ mod tests {
         // A realm bundle: PSCI over SMC, the realm flag.
         let realm = Bundle::parse(&others[3]).unwrap();
         assert!(realm.manifest.flags.realm);
-        let dtb = realm.linux.unwrap().part(PartKind::DeviceTree).unwrap().data;
+        let dtb = realm
+            .linux
+            .unwrap()
+            .part(PartKind::DeviceTree)
+            .unwrap()
+            .data;
         assert_eq!(fdt::tests::prop(dtb, "/psci", "method").unwrap(), b"smc\0");
         // Signing keeps the measurement and verifies.
         let key = SigningKey::from_bytes(&[9; 32]);
