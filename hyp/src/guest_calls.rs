@@ -197,9 +197,12 @@ fn handle_call(slot: usize, index: usize, protected: bool, call: G, regs: &mut [
         G::PsciFeatures => {
             #[allow(clippy::cast_possible_truncation, reason = "the function ID asked about is w1")]
             let asked = x1 as u32;
+            // SMCCC_VERSION too (PSCI 1.0, 5.15.2): Linux learns SMCCC 1.1
+            // only through it, and a realm's RSI needs SMCCC 1.1.
             let ok = matches!(
                 G::try_from(asked),
-                Ok(G::PsciVersion
+                Ok(G::SmcccVersion
+                    | G::PsciVersion
                     | G::PsciFeatures
                     | G::CpuOn32
                     | G::CpuOn64

@@ -284,6 +284,8 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     // PCI windows the host's stage 2 cannot reach leave its tree, so the
     // host puts no BAR there.
     let (host_dt, dropped_windows) = hostdt::drop_unreachable_pci_windows(&host_dt, 1 << ipa_bits)?;
+    // The VMM learns a realm's shared bit from the control node (issue 12).
+    let host_dt = hostdt::describe_ipa_bits(&host_dt, ipa_bits)?;
     let host_dt_range = MemRange::from_base_size(dtb, host_dt.len() as u64).ok_or(BootError::NoDeviceTree)?;
     if !plan.host_ram.iter().any(|r| r.contains_range(&host_dt_range)) {
         return Err(BootError::Overlap {

@@ -244,7 +244,7 @@ pub fn parse_log(console: &str) -> AttestLog {
 static CLI: OnceLock<PathBuf> = OnceLock::new();
 
 /// Builds the `rampart` tool (once per xtask run).
-fn cli() -> Result<PathBuf> {
+pub fn cli() -> Result<PathBuf> {
     if let Some(path) = CLI.get() {
         return Ok(path.clone());
     }

@@ -241,6 +241,17 @@ fn depends_of(ko: &[u8]) -> Vec<String> {
 ///
 /// Missing busybox or modules, or compressed modules it cannot read.
 pub fn initramfs(k: &GuestKernel, extra: &str) -> Result<PathBuf> {
+    initramfs_with(k, extra, &[], "")
+}
+
+/// [`initramfs`] with `more` modules (and their dependencies) besides
+/// [`MODULES`], written as `initrd-<tag>-<version>.cpio.gz` (issue 12's
+/// realm adds `arm-cca-guest`).
+///
+/// # Errors
+///
+/// As [`initramfs`].
+pub fn initramfs_with(k: &GuestKernel, extra: &str, more: &[&str], tag: &str) -> Result<PathBuf> {
     let busybox = artifacts::build_dir().join("debian/busybox/bin/busybox");
     if !busybox.is_file() {
         bail!(
@@ -303,7 +314,7 @@ pub fn initramfs(k: &GuestKernel, extra: &str) -> Result<PathBuf> {
         order.push((name.to_string(), data));
         Ok(())
     }
-    for m in MODULES {
+    for m in MODULES.iter().chain(more) {
         add(&m.replace('-', "_"), &index, &mut order, 0)?;
     }
     let mut a = linux::cpio::Newc::new();
@@ -340,7 +351,11 @@ pub fn initramfs(k: &GuestKernel, extra: &str) -> Result<PathBuf> {
         )?;
     }
     let archive = a.finish();
-    let out = dir().join(format!("initrd-{}.cpio.gz", k.version));
+    let out = if tag.is_empty() {
+        dir().join(format!("initrd-{}.cpio.gz", k.version))
+    } else {
+        dir().join(format!("initrd-{tag}-{}.cpio.gz", k.version))
+    };
     let tmp = dir().join(format!(".initrd.tmp-{}", std::process::id()));
     linux::gzip(&archive, &tmp)?;
     fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;

@@ -16,6 +16,7 @@ mod linux;
 mod linux_bundle;
 mod linux_guest;
 mod linux_migrate;
+mod linux_realm;
 mod linux_swap;
 mod linux_vmm;
 mod migrate;

@@ -295,6 +295,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
     // boots as a protected VM; tampered kernel, initrd and command line are
     // refused at the first run.
     crate::linux_bundle::cases(args, &mut case);
+    // Issue 12 (rl): Debian's kernel as a realm guest, virtio through bounce
+    // buffers, its configfs-tsm token verified, a host scan of its RAM.
+    crate::linux_realm::cases(args, &mut case);
 
     // Issue 12, attestation: Rampart's CCA tokens accepted by Veraison's
     // ccatoken (std + OpenSSL, built outside the workspace), and refused

@@ -44,6 +44,10 @@ pub const CONTROL_NODE_NAME: &str = "rampart-control";
 pub const CONTROL_COMPATIBLE: &str = "rampart,control";
 /// Property of the control node: the number of channels (one page each).
 pub const CONTROL_CHANNELS_PROPERTY: &str = "rampart,channels";
+/// Property of the control node: the IPA width of every VM's stage 2 in
+/// bits (a realm's `REALM_CONFIG.ipa_bits`), so the VMM knows a realm's
+/// shared (unprotected alias) bit, `1 << (bits - 1)` (issue 12).
+pub const CONTROL_IPA_BITS_PROPERTY: &str = "rampart,ipa-bits";
 /// Name of the `/reserved-memory` child that describes the guest pool.
 pub const GUEST_POOL_NODE_NAME: &str = "rampart-guest-pool";
 /// `compatible` of the guest-pool node.

@@ -10,7 +10,8 @@ use dtoolkit::fdt::Fdt;
 use dtoolkit::model::{DeviceTree, DeviceTreeNode, DeviceTreeProperty};
 use dtoolkit::{Node, Property};
 use rampart_abi::boot::{
-    CARVEOUT_COMPATIBLE, CARVEOUT_NODE_NAME, CONTROL_CHANNELS_PROPERTY, CONTROL_COMPATIBLE, CONTROL_NODE_NAME,
+    CARVEOUT_COMPATIBLE, CARVEOUT_NODE_NAME, CONTROL_CHANNELS_PROPERTY, CONTROL_COMPATIBLE, CONTROL_IPA_BITS_PROPERTY,
+    CONTROL_NODE_NAME,
     GUEST_POOL_COMPATIBLE, GUEST_POOL_NODE_NAME,
 };
 
@@ -177,6 +178,30 @@ pub fn drop_unreachable_pci_windows(dtb: &[u8], ipa_limit: u64) -> Result<(Vec<u
     Ok((tree.to_dtb(), dropped))
 }
 
+/// Tells the VMM the IPA width every VM's stage 2 has (issue 12: a realm's
+/// shared bit is its top bit): adds `rampart,ipa-bits = <ipa_bits>` to the
+/// control node of `dtb`. The tree is unchanged if it has no control node.
+///
+/// # Errors
+///
+/// [`BootError::HostDeviceTree`] if the tree is malformed.
+pub fn describe_ipa_bits(dtb: &[u8], ipa_bits: u32) -> Result<Vec<u8>, BootError> {
+    let fdt = Fdt::new(dtb).map_err(|e| BootError::MalformedDeviceTree(e.to_string()))?;
+    let mut tree = DeviceTree::from_fdt(&fdt);
+    let prefix = format!("{CONTROL_NODE_NAME}@");
+    let mut found = false;
+    for node in tree.root.children_mut() {
+        if node.name().starts_with(&prefix) {
+            node.add_property(DeviceTreeProperty::new(CONTROL_IPA_BITS_PROPERTY, ipa_bits).map_err(err)?);
+            found = true;
+        }
+    }
+    if !found {
+        return Ok(dtb.to_vec());
+    }
+    Ok(tree.to_dtb())
+}
+
 /// Removes from the host's tree `dtb` the DMA masters `plan` withholds
 /// (made from the boot tree with [`crate::devices::plan`]) and every
 /// reference to them (`devices.rs`). The tree is unchanged if nothing is
@@ -334,6 +359,21 @@ mod tests {
         // Nothing withheld: the same bytes.
         let none = crate::devices::DevicePlan::default();
         assert_eq!(withhold_dma_masters(&host, &none).unwrap(), host);
+    }
+
+    #[test]
+    fn the_control_node_tells_the_ipa_width() {
+        let carveout = MemRange::new(0x4020_0000, 0x4120_0000).unwrap();
+        let control = MemRange::new(0x4110_0000, 0x4111_0000).unwrap();
+        let host = build(QEMU_VIRT, &[carveout], "", VmmNodes { control: Some((control, 16)), guest_pool: None }).unwrap();
+        let out = describe_ipa_bits(&host, 44).unwrap();
+        let fdt = Fdt::new(&out).unwrap();
+        let node = fdt.find_node("/rampart-control@41100000").unwrap();
+        assert_eq!(node.property("rampart,ipa-bits").unwrap().value_as::<u32>().unwrap(), 44);
+        assert_eq!(node.property("rampart,channels").unwrap().value_as::<u32>().unwrap(), 16);
+        // No control node: nothing to describe.
+        let bare = build(QEMU_VIRT, &[carveout], "", VmmNodes::default()).unwrap();
+        assert_eq!(describe_ipa_bits(&bare, 44).unwrap(), bare);
     }
 
     #[test]

@@ -447,6 +447,22 @@ fn conduit() {
         psci == 0x1_0001,
         format_args!("PSCI_VERSION over SMC = {psci:#x}"),
     );
+    // Linux finds RSI only on a conduit with SMCCC >= 1.1, which it learns
+    // only if PSCI_FEATURES says SMCCC_VERSION is there (psci_init_smccc).
+    let smccc_feature = smccc::smc64(0x8400_000A, {
+        let mut a = [0; 17];
+        a[0] = 0x8000_0000;
+        a
+    });
+    let smccc_version = smccc::smc64(0x8000_0000, [0; 17]);
+    report::check(
+        "realm-smccc-discoverable",
+        smccc_feature[0] == 0 && smccc_version[0] >= 0x1_0001,
+        format_args!(
+            "PSCI_FEATURES(SMCCC_VERSION) = {:#x}, SMCCC_VERSION = {:#x}",
+            smccc_feature[0], smccc_version[0]
+        ),
+    );
     let kvm = smccc::smc64(rampart_guest::abi::GuestCall::KvmFeatures.id(), [0; 17]);
     report::check(
         "realm-no-kvm-calls",

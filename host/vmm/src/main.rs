@@ -15,6 +15,7 @@ mod plan;
 mod pool;
 mod rsi_host_call;
 mod run;
+mod scan;
 mod session;
 mod signals;
 mod stats;
@@ -132,6 +133,19 @@ enum Command {
         #[command(flatten)]
         swap: Box<swap::SwapArgs>,
     },
+    /// Search physical RAM (a guest's, through /dev/mem) for byte patterns,
+    /// counting the pages the hypervisor refuses to the host (issue 12).
+    ScanRam {
+        /// First byte (page-aligned).
+        #[arg(long, value_name = "ADDR", value_parser = plan::parse_size)]
+        phys: u64,
+        /// Bytes (whole pages).
+        #[arg(long, value_name = "SIZE", value_parser = plan::parse_size)]
+        size: u64,
+        /// A pattern to count, in hex (8 bytes or more); repeatable.
+        #[arg(long = "find", value_name = "HEX", value_parser = scan::parse_pattern)]
+        find: Vec<scan::Pattern>,
+    },
     /// Pack a Linux kernel, initrd and command line with the device tree
     /// this VMM generates for them into an unsigned version-2 bundle, to
     /// sign with `rampart sign` and run as a protected VM (issue 12).
@@ -154,6 +168,10 @@ enum Command {
         /// A realm VM (guest ABI RSI, PSCI over SMC).
         #[arg(long)]
         realm: bool,
+        /// virtio-mmio transports the measured device tree declares (a
+        /// realm's `run` attaches as many: disks, entropy, console, vsock).
+        #[arg(long, value_name = "N", default_value_t = 0, requires = "realm")]
+        virtio_devices: u32,
         /// A debug VM.
         #[arg(long)]
         debug: bool,
@@ -366,13 +384,6 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run {
-            kernel: None,
-            ref virtio,
-            ..
-        } if virtio.any_device() => Err(anyhow!(
-            "--disk, --vsock and --virtio-console need a Linux guest (--kernel); a bundle has no virtio devices"
-        )),
-        Command::Run {
             kernel: Some(_),
             ref swap,
             ..
@@ -421,6 +432,7 @@ fn main() -> ExitCode {
             hold_at,
             attack_metadata,
             swap,
+            virtio,
             ..
         } => cmd_run(
             &env,
@@ -443,8 +455,12 @@ fn main() -> ExitCode {
                 attack_metadata,
             },
             &swap,
+            &virtio,
         ),
         Command::Run { bundle: None, .. } => Err(anyhow!("run needs a bundle or --kernel IMAGE")),
+        Command::ScanRam { phys, size, find } => {
+            scan::cmd_scan(&env.dev_mem, phys, size, &find).map(|_| ExitCode::SUCCESS)
+        }
         Command::Pack {
             kernel,
             initrd,
@@ -452,6 +468,7 @@ fn main() -> ExitCode {
             mem,
             cpus,
             realm,
+            virtio_devices,
             debug,
             out,
         } => linux::bundle::cmd_pack(&linux::bundle::PackArgs {
@@ -461,6 +478,7 @@ fn main() -> ExitCode {
             memory_size: mem,
             vcpus: cpus,
             realm,
+            virtio_devices,
             debug,
             out,
         })
@@ -586,6 +604,7 @@ fn cmd_run(
     options: Options,
     holding: &Hold,
     swap_args: &swap::SwapArgs,
+    virtio_args: &virtio::VirtioArgs,
 ) -> Result<ExitCode> {
     stats::launch_trace("run command");
     // From here on the first SIGINT/SIGTERM is a request to stop cleanly.
@@ -604,7 +623,11 @@ fn cmd_run(
             over.memory_size,
             over.vcpus,
             options.trace,
+            virtio_args,
         );
+    }
+    if virtio_args.any_device() {
+        anyhow::bail!("--disk, --vsock and --virtio-console need a Linux guest (--kernel, or a realm's version-2 bundle)");
     }
     let plan = plan::plan(&bundle, over).with_context(|| shown.clone())?;
     let name = name.unwrap_or_else(|| default_name(path));

@@ -20,7 +20,7 @@ n=0
 while kill -0 "$pid" 2>/dev/null; do
 	sleep 1
 	n=$((n + 1))
-	if [ $n -ge "${GUEST_LIMIT:-240}" ]; then
+	if [ $n -ge "${GUEST_LIMIT:-60}" ]; then
 		say "bundle signed: no power-off within $n s: SIGTERM"
 		kill -TERM "$pid"
 		break

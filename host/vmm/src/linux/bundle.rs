@@ -41,6 +41,8 @@ pub struct PackArgs {
     pub vcpus: u32,
     /// A realm VM (guest ABI RSI; PSCI over SMC).
     pub realm: bool,
+    /// virtio-mmio transports in the device tree (a realm's devices).
+    pub virtio_devices: u32,
     /// A debug VM.
     pub debug: bool,
     /// The bundle to write.
@@ -59,6 +61,7 @@ pub fn measured_dtb(
     cmdline: &str,
     initrd: Option<(u64, u64)>,
     realm: bool,
+    virtio_devices: u32,
 ) -> Result<Vec<u8>> {
     fdt::build(&fdt::Inputs {
         memory_size,
@@ -70,7 +73,7 @@ pub fn measured_dtb(
         } else {
             fdt::Conduit::Hvc
         },
-        virtio_devices: 0,
+        virtio_devices,
         kaslr_seed: 0,
         rng_seed: [0; 64],
     })
@@ -91,7 +94,21 @@ pub fn pack_bytes(a: &PackArgs, kernel: &[u8], initrd: Option<&[u8]>) -> Result<
         );
     }
     let at = place(a.memory_size, &header, initrd.map(|i| i.len() as u64))?;
-    let dtb = measured_dtb(a.memory_size, a.vcpus, &a.cmdline, at.initrd, a.realm)?;
+    if a.virtio_devices > layout::VIRTIO_MAX || (a.virtio_devices > 0 && !a.realm) {
+        bail!(
+            "--virtio-devices {}: at most {} and only for a realm (a protected VM that is not one shares no memory with the VMM)",
+            a.virtio_devices,
+            layout::VIRTIO_MAX
+        );
+    }
+    let dtb = measured_dtb(
+        a.memory_size,
+        a.vcpus,
+        &a.cmdline,
+        at.initrd,
+        a.realm,
+        a.virtio_devices,
+    )?;
     if dtb.len() as u64 > DTB_SLOT {
         bail!("the device tree is {} bytes, more than 2 MiB", dtb.len());
     }
@@ -212,7 +229,7 @@ pub fn load(region: &crate::mem::Mapping, l: &LinuxBundle<'_>) {
 /// # Errors
 ///
 /// `--mem`/`--cpus` differing from the bundle, no room, refused host calls.
-#[allow(clippy::too_many_lines, reason = "the run, step by step")]
+#[allow(clippy::too_many_lines, clippy::too_many_arguments, reason = "the run, step by step")]
 pub fn cmd_run(
     env: &Env,
     path: &Path,
@@ -221,6 +238,7 @@ pub fn cmd_run(
     mem: Option<u64>,
     cpus: Option<u32>,
     trace: bool,
+    virtio: &crate::virtio::VirtioArgs,
 ) -> Result<ExitCode> {
     let shown = path.display().to_string();
     let l = bundle
@@ -272,9 +290,23 @@ pub fn cmd_run(
         "[{name}] rampart-vmm: console: pl011 at {:#x} (ttyAMA0)",
         layout::UART_BASE
     );
-    // No device touches guest RAM (no virtio): the mapping only satisfies
-    // the run loop's signature.
-    let memory = super::guest_memory(&region, l.memory_size)?;
+    // issue 12: a realm's virtio devices (none for another protected VM).
+    let dtb = l.part(PartKind::DeviceTree).map_or(&[][..], |p| p.data);
+    let (devices, memory) = match super::realm::bundle_devices(
+        env,
+        l.flags.realm,
+        dtb,
+        virtio,
+        &name,
+        &region,
+        l.memory_size,
+    ) {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = vm::destroy(main, handle);
+            return Err(e);
+        }
+    };
     let started = std::time::Instant::now();
     let outcome = super::run::run(
         &super::run::Vm {
@@ -288,7 +320,7 @@ pub fn cmd_run(
             state_dir: &env.state_dir,
             kernel: path,
         },
-        Vec::new(),
+        devices,
         &memory,
     );
     let destroyed = vm::destroy(main, handle);
@@ -360,6 +392,7 @@ mod tests {
             memory_size: 8 << 20,
             vcpus: 2,
             realm,
+            virtio_devices: 0,
             debug: false,
             out: "x".into(),
         }

@@ -195,7 +195,7 @@ fn build_inner(i: &Inputs) -> Result<Vec<u8>, vm_fdt::Error> {
 pub(crate) mod tests {
     use super::*;
 
-    fn inputs() -> Inputs {
+    pub(crate) fn inputs() -> Inputs {
         Inputs {
             memory_size: 256 << 20,
             vcpus: 2,

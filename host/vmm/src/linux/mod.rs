@@ -23,6 +23,7 @@ pub mod fdt;
 pub mod gic;
 pub mod image;
 pub mod pl011;
+pub mod realm;
 pub mod run;
 
 use std::path::{Path, PathBuf};

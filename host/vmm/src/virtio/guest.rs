@@ -178,7 +178,8 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// The host address ranges of `[addr, addr + len)` in guest RAM.
+/// The host address ranges of `[addr, addr + len)` in guest RAM, every
+/// page of which the VMM may touch ([`reachable`]).
 fn host_ranges(
     mem: &GuestMemoryMmap<()>,
     addr: GuestAddress,
@@ -190,20 +191,164 @@ fn host_ranges(
     let mut out = Vec::new();
     for s in mem.get_slices(addr, len, access).map_err(oops)? {
         let s = s.map_err(oops)?;
-        out.push((s.ptr_guard_mut().as_ptr(), s.len()));
+        let (p, n) = (s.ptr_guard_mut().as_ptr(), s.len());
+        if !reachable(p, n) {
+            return Err(DeviceError::Chain(format!(
+                "{:#x}+{len:#x}: a page the guest keeps private (not shared with the host)",
+                addr.0
+            )));
+        }
+        out.push((p, n));
     }
     Ok(out)
 }
 
-/// Cache maintenance over guest memory `[addr, addr + len)` (no-op where
-/// it is not guest RAM: the ring checks refuse those).
-pub fn sync(mem: &GuestMemoryMmap<()>, addr: GuestAddress, len: usize) {
-    if let Ok(ranges) = host_ranges(mem, addr, len, Permissions::Read) {
-        for (p, n) in ranges {
-            // SAFETY: `p..p + n` lies in the mapping behind `mem`.
-            unsafe { crate::mem::clean_inval_poc(p, n) };
+/// Cache maintenance over guest memory `[addr, addr + len)`, which must be
+/// guest RAM the VMM can reach: the rings call it before `virtio-queue`
+/// touches them, so a ring in a page a realm keeps private (or outside
+/// RAM) is an error, never a `SIGBUS`.
+///
+/// # Errors
+///
+/// [`DeviceError::Ring`] for such a range.
+pub fn sync(mem: &GuestMemoryMmap<()>, addr: GuestAddress, len: usize) -> Result<(), DeviceError> {
+    let ranges = host_ranges(mem, addr, len, Permissions::Read).map_err(|e| match e {
+        DeviceError::Chain(s) => DeviceError::Ring(s),
+        other => other,
+    })?;
+    for (p, n) in ranges {
+        // SAFETY: `p..p + n` lies in the mapping behind `mem`.
+        unsafe { crate::mem::clean_inval_poc(p, n) };
+    }
+    Ok(())
+}
+
+/// Whether every page of `p..p + n` (in the VMM's mapping of guest RAM) can
+/// be read without an abort. A realm's guest RAM is donated: a page is the
+/// host's to touch only while the guest has it RIPAS EMPTY (EL2 shared it
+/// in place); an access to any other page is a synchronous external abort,
+/// `SIGBUS`. One probing load per page answers it: its abort is caught by
+/// [`probe`]'s handler and turned into `false`. For a guest that is not a
+/// realm every page is reachable.
+///
+/// A page the guest takes back between the probe and the access still
+/// aborts: the guest kills its own VMM and nothing else.
+#[must_use]
+pub fn reachable(p: *const u8, n: usize) -> bool {
+    const PAGE: usize = 4096;
+    let end = p as usize + n;
+    let mut at = p as usize;
+    while at < end {
+        if !probe::read(at as *const u8) {
+            return false;
+        }
+        at = (at & !(PAGE - 1)) + PAGE;
+    }
+    true
+}
+
+/// A load that may abort, answered with `false` instead of `SIGBUS`.
+mod probe {
+    #[cfg(target_arch = "aarch64")]
+    mod imp {
+        use std::sync::Once;
+
+        // x0 = address; returns 1 in x0, or 0 if the load aborted (the
+        // SIGBUS handler resumes at the fix-up).
+        std::arch::global_asm!(
+            ".text",
+            ".balign 4",
+            ".global rampart_vmm_probe",
+            ".type rampart_vmm_probe, %function",
+            "rampart_vmm_probe:",
+            ".global rampart_vmm_probe_load",
+            "rampart_vmm_probe_load:",
+            "ldrb w1, [x0]",
+            "mov x0, #1",
+            "ret",
+            ".global rampart_vmm_probe_fixup",
+            "rampart_vmm_probe_fixup:",
+            "mov x0, #0",
+            "ret",
+        );
+
+        unsafe extern "C" {
+            fn rampart_vmm_probe(p: *const u8) -> u64;
+            static rampart_vmm_probe_load: u8;
+            static rampart_vmm_probe_fixup: u8;
+        }
+
+        extern "C" fn on_bus(
+            signal: libc::c_int,
+            _info: *mut libc::siginfo_t,
+            context: *mut libc::c_void,
+        ) {
+            let uc = context.cast::<libc::ucontext_t>();
+            // SAFETY: the kernel passes the interrupted context.
+            let pc = unsafe { (*uc).uc_mcontext.pc };
+            if pc == (&raw const rampart_vmm_probe_load) as u64 {
+                // SAFETY: the probing load aborted: resume at its fix-up,
+                // which only returns 0 (no other state to mend).
+                unsafe { (*uc).uc_mcontext.pc = (&raw const rampart_vmm_probe_fixup) as u64 };
+            } else {
+                // Not a probe: the handler there was before (the VMM's
+                // explanation, or the default action) takes the retried
+                // access.
+                let old = OLD.get().map_or(std::ptr::null(), |o| &raw const o.0);
+                // SAFETY: sigaction(2) is async-signal-safe; `old` is a
+                // complete action saved at installation (or null: then
+                // the default action).
+                unsafe {
+                    if old.is_null() {
+                        libc::signal(signal, libc::SIG_DFL);
+                    } else {
+                        libc::sigaction(signal, old, std::ptr::null_mut());
+                    }
+                }
+            }
+        }
+
+        struct Saved(libc::sigaction);
+        // SAFETY: plain data (a handler address, flags and a mask), only
+        // read after it is set.
+        unsafe impl Sync for Saved {}
+        // SAFETY: as above.
+        unsafe impl Send for Saved {}
+        static OLD: std::sync::OnceLock<Saved> = std::sync::OnceLock::new();
+        static INSTALL: Once = Once::new();
+
+        pub fn read(p: *const u8) -> bool {
+            INSTALL.call_once(|| {
+                // SAFETY: a zeroed sigaction with an SA_SIGINFO handler
+                // that touches only the context it is given.
+                unsafe {
+                    let mut action: libc::sigaction = std::mem::zeroed();
+                    action.sa_sigaction = on_bus
+                        as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+                        as libc::sighandler_t;
+                    libc::sigemptyset(&raw mut action.sa_mask);
+                    action.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
+                    let mut old: libc::sigaction = std::mem::zeroed();
+                    libc::sigaction(libc::SIGBUS, &raw const action, &raw mut old);
+                    let _ = OLD.set(Saved(old));
+                }
+            });
+            // SAFETY: `p` lies in a live mapping of this process (the
+            // caller's guest memory); a load has no side effect, and an
+            // abort resumes at the fix-up.
+            unsafe { rampart_vmm_probe(p) != 0 }
         }
     }
+
+    #[cfg(not(target_arch = "aarch64"))]
+    mod imp {
+        /// Only a VMM under Rampart (AArch64) can meet a private page.
+        pub fn read(_p: *const u8) -> bool {
+            true
+        }
+    }
+
+    pub use imp::read;
 }
 
 /// Reads guest memory at `addr` into `out`.

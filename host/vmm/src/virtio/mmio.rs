@@ -157,11 +157,11 @@ impl<'a> Ctx<'a> {
             GuestAddress(queue.used_ring()),
             6 + 8 * usize::from(queue.size()),
         );
-        guest::sync(self.mem, used.0, used.1);
+        guest::sync(self.mem, used.0, used.1)?;
         queue
             .add_used(self.mem, head, len)
             .map_err(|e| DeviceError::Ring(format!("queue {q}: {e}")))?;
-        guest::sync(self.mem, used.0, used.1);
+        guest::sync(self.mem, used.0, used.1)?;
         self.used |= 1 << q;
         self.stats.completed.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -178,8 +178,8 @@ impl<'a> Ctx<'a> {
         }
         let n = usize::from(queue.size());
         // The driver's side of the ring, as the guest last wrote it.
-        guest::sync(mem, GuestAddress(queue.desc_table()), 16 * n);
-        guest::sync(mem, GuestAddress(queue.avail_ring()), 6 + 2 * n);
+        guest::sync(mem, GuestAddress(queue.desc_table()), 16 * n)?;
+        guest::sync(mem, GuestAddress(queue.avail_ring()), 6 + 2 * n)?;
         let ring = |e: virtio_queue::Error| DeviceError::Ring(format!("queue {q}: {e}"));
         let mut chain = queue.iter(mem).map_err(ring)?.next();
         if chain.is_none() {
@@ -187,16 +187,22 @@ impl<'a> Ctx<'a> {
             // (with EVENT_IDX, avail_event = next_avail; without it, clear
             // NO_NOTIFY). A driver that added a chain meanwhile did not
             // notify: take it now.
+            let used = (GuestAddress(queue.used_ring()), 6 + 8 * n);
+            guest::sync(mem, used.0, used.1)?;
             let more = queue.enable_notification(mem).map_err(ring)?;
-            guest::sync(
-                mem,
-                GuestAddress(queue.used_ring()),
-                6 + 8 * usize::from(queue.size()),
-            );
+            guest::sync(mem, used.0, used.1)?;
             if more {
-                guest::sync(mem, GuestAddress(queue.avail_ring()), 6 + 2 * n);
+                guest::sync(mem, GuestAddress(queue.avail_ring()), 6 + 2 * n)?;
                 chain = queue.iter(mem).map_err(ring)?.next();
             }
+        }
+        if let Some(c) = &chain {
+            no_indirect(
+                mem,
+                GuestAddress(queue.desc_table()),
+                queue.size(),
+                c.head_index(),
+            )?;
         }
         chain.map(|c| Chain::parse(c, mem)).transpose()
     }
@@ -208,6 +214,41 @@ impl<'a> Ctx<'a> {
             queue.go_to_previous_position();
         }
     }
+}
+
+/// Refuses a chain from `head` that uses an indirect table: the transport
+/// does not offer `VIRTIO_F_INDIRECT_DESC`, and `virtio-queue` would follow
+/// the flag into memory the VMM has not probed (`guest::reachable`: for a
+/// realm, a private page would abort). Reads the descriptors through
+/// [`guest::read`], whose probes cover the table.
+fn no_indirect(
+    mem: &GuestMemoryMmap<()>,
+    table: GuestAddress,
+    size: u16,
+    head: u16,
+) -> Result<(), DeviceError> {
+    const F_NEXT: u16 = 1;
+    const F_INDIRECT: u16 = 4;
+    let mut idx = head;
+    for _ in 0..size {
+        if idx >= size {
+            // virtio-queue refuses it when it walks the chain.
+            return Ok(());
+        }
+        let mut d = [0u8; 16];
+        guest::read(mem, GuestAddress(table.0 + 16 * u64::from(idx)), &mut d)?;
+        let flags = u16::from_le_bytes([d[12], d[13]]);
+        if flags & F_INDIRECT != 0 {
+            return Err(DeviceError::Chain(
+                "an indirect descriptor, which the device did not offer".into(),
+            ));
+        }
+        if flags & F_NEXT == 0 {
+            return Ok(());
+        }
+        idx = u16::from_le_bytes([d[14], d[15]]);
+    }
+    Ok(())
 }
 
 /// The state shared between the transport (vCPU threads) and a device's own
@@ -274,12 +315,14 @@ impl State {
             if used & (1 << i) != 0 {
                 // Reads the driver's used_event (EVENT_IDX) or NO_INTERRUPT
                 // flag in the available ring.
-                guest::sync(
+                // A ring the VMM cannot reach (a realm took its page
+                // back): notify, as when the flag cannot be read.
+                notify |= guest::sync(
                     &self.mem,
                     GuestAddress(q.avail_ring()),
                     6 + 2 * usize::from(q.size()),
-                );
-                notify |= q.needs_notification(&self.mem).unwrap_or(true);
+                )
+                .map_or(true, |()| q.needs_notification(&self.mem).unwrap_or(true));
             }
         }
         if notify {

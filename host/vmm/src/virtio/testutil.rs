@@ -58,11 +58,19 @@ pub struct Driver {
     pub rings: Vec<Ring>,
     /// Next free data address.
     heap: u64,
+    /// ORed into every address the device is given (a realm's shared bit:
+    /// Linux 7.2 hands its devices alias addresses).
+    pub alias: u64,
 }
 
 impl Driver {
     pub fn new(dev: Box<dyn VirtioDevice>) -> Self {
-        let mem = memory();
+        Self::with_memory(dev, memory(), 0)
+    }
+
+    /// Over `mem` (guest RAM at [`RAM`] and wherever else `mem` maps it),
+    /// giving the device addresses ORed with `alias`.
+    pub fn with_memory(dev: Box<dyn VirtioDevice>, mem: GuestMemoryMmap<()>, alias: u64) -> Self {
         let irq = Arc::new(Irq::default());
         let t = Transport::new(dev, mem.clone(), irq.clone()).unwrap();
         Self {
@@ -71,6 +79,7 @@ impl Driver {
             irq,
             rings: Vec::new(),
             heap: RAM + 0x10_0000,
+            alias,
         }
     }
 
@@ -140,6 +149,7 @@ impl Driver {
             (reg::QUEUE_DRIVER_LOW, avail),
             (reg::QUEUE_DEVICE_LOW, used),
         ] {
+            let v = v | self.alias;
             self.w32(lo, v as u32);
             self.w32(lo + 4, (v >> 32) as u32);
         }
@@ -183,7 +193,7 @@ impl Driver {
                 flags |= 2;
             }
             let d = GuestAddress(r.desc + 16 * u64::from(idx));
-            mem.write_obj(addr, d).unwrap();
+            mem.write_obj(addr | self.alias, d).unwrap();
             mem.write_obj(len, GuestAddress(d.0 + 8)).unwrap();
             mem.write_obj(flags, GuestAddress(d.0 + 12)).unwrap();
             mem.write_obj(next, GuestAddress(d.0 + 14)).unwrap();

@@ -1,0 +1,51 @@
+# Sourced by the Linux host's /init (xtask/src/linux/init.sh), packed by
+# xtask/src/linux_realm.rs (issue 12): Debian's kernel as a *realm* under
+# rampart-vmm, from a signed version-2 bundle, with the virtio devices of
+# the issue-11 run (/virtio-host.sh, sourced first: disks, vsock, console).
+# The challenge for the guest's attestation token is the first 64 bytes of
+# the exchange disk (random, written by /virtio-host.sh). While the guest
+# pauses, this host scans the realm's RAM through /dev/mem (scan-ram) for
+# the guest's secret and its disk marker, and reads its first page with
+# devmem (which must die of SIGBUS).
+. /virtio-host.sh
+say "realm: challenge $(dd if=/run/xfer.img bs=64 count=1 2>/dev/null | od -An -v -tx1 | tr -d ' \n')"
+rampart-vmm run --name realm /guest/realm.bundle $VIRTIO_ARGS \
+	<"${VMM_STDIN:-/dev/null}" 2>&1 | tee /run/guest.log &
+sleep 1
+pid=$(pidof rampart-vmm)
+n=0
+scanned=
+while kill -0 "$pid" 2>/dev/null; do
+	sleep 1
+	n=$((n + 1))
+	if [ -z "$scanned" ] && grep -q "RAMPART-GUEST: realm: scan now" /run/guest.log; then
+		scanned=1
+		line=$(grep "RAMPART-GUEST: realm: scan now" /run/guest.log | head -n 1)
+		secret=$(echo "$line" | sed -n 's/.*secret \([0-9a-f]*\).*/\1/p')
+		marker=$(echo "$line" | sed -n 's/.*marker \([0-9a-f]*\).*/\1/p')
+		ram=$(sed -n 's/.* MiB of RAM at \(0x[0-9a-f]*\) donated.*/\1/p' /run/guest.log | head -n 1)
+		mib=$(sed -n 's/.*vCPUs*, \([0-9]*\) MiB of RAM at.*/\1/p' /run/guest.log | head -n 1)
+		say "realm: scanning the realm's RAM $ram ($mib MiB) for secret $secret and marker $marker"
+		vsock-tool scan-ram --phys "$ram" --size "${mib}M" --find "$secret" --find "$marker" 2>&1 |
+			sed 's/^/RAMPART-INIT: realm: /'
+		devmem "$ram" 64 >/run/devmem.out 2>&1
+		say "realm: devmem of the realm's first page: exit status $? ($(cat /run/devmem.out))"
+		printf RAMPART-GO | dd of=/run/xfer.img bs=512 seek=3072 conv=notrunc 2>/dev/null
+	fi
+	if [ $n -ge "${GUEST_LIMIT:-300}" ]; then
+		say "the guest did not finish within $n s: SIGTERM"
+		kill -TERM "$pid"
+		break
+	fi
+done
+wait
+virtio_host_after
+ram=$(sed -n 's/.* MiB of RAM at \(0x[0-9a-f]*\) donated.*/\1/p' /run/guest.log | head -n 1)
+mib=$(sed -n 's/.*vCPUs*, \([0-9]*\) MiB of RAM at.*/\1/p' /run/guest.log | head -n 1)
+st=$(sed -n 's/.*rampart-vmm: exit status \([0-9]*\)$/\1/p' /run/guest.log | tail -n 1)
+say "rampart-vmm exit status ${st:-unknown}"
+if [ -n "$ram" ] && [ -n "$mib" ]; then
+	last=$(printf '0x%x' $((ram + mib * 1048576 - 8)))
+	say "guest RAM after the run: $ram $(devmem "$ram" 64) $last $(devmem "$last" 64)"
+fi
+rampart-vmm list | sed 's/^/RAMPART-INIT: list: /'
