@@ -66,8 +66,10 @@ static CALLING: [AtomicBool; CHANNELS as usize] = [const { AtomicBool::new(false
 /// How long an access waits for another CPU's access to the same channel
 /// (register accesses and `BIND` hold the lock for a bounded handful of
 /// instructions at EL2 with interrupts masked, so on hardware this is never
-/// reached; under an emulator a holder's thread may be descheduled).
-const CONTENDED_WAIT_MS: u64 = 100;
+/// reached; under an emulator a holder's thread may be descheduled: at
+/// 100 ms a loaded 2-core build machine made an owner's store abort once in
+/// an oracle run, so the bound leaves room for that).
+const CONTENDED_WAIT_MS: u64 = 1000;
 
 /// Takes `channel`'s lock for one access. Another CPU's register access or
 /// `BIND` is waited for; a call in flight on another CPU (which may run a
