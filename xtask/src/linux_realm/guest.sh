@@ -7,7 +7,7 @@
 #     first 64 bytes of /dev/vdb, printed in hex for xtask to verify;
 #   - a secret kept in private memory and a marker written to the disk,
 #     then a pause while the host scans the realm's RAM through /dev/mem
-#     (it writes "RAMPART-GO" at 1.5 MiB of vdb when done).
+#     (it writes "RAMPART-GO" at 3.5 MiB of vdb when done).
 rsay() { echo "RAMPART-GUEST: realm: $*"; }
 hexof() { od -An -v -tx1 "$1" | tr -d ' \n'; }
 # This part runs first (the virtio part follows): load the modules and wait
@@ -43,7 +43,7 @@ else
 fi
 
 # A secret in private memory (64 KiB of one random 16-byte value in tmpfs)
-# and a marker (256 KiB of another) written through the disk at 1 MiB of vdb.
+# and a marker (256 KiB of another) written through the disk at 2 MiB of vdb (the virtio part rewrites [2, 4) MiB later).
 double() { # $1: 16-byte file, $2: doublings, $3: out
 	cp "$1" "$3.0"
 	i=0
@@ -54,13 +54,13 @@ head -c 16 /dev/urandom >/tmp/secret.1
 head -c 16 /dev/urandom >/tmp/marker.1
 double /tmp/secret.1 12 /tmp/secret.bin
 double /tmp/marker.1 14 /tmp/marker.bin
-dd if=/tmp/marker.bin of=/dev/vdb bs=65536 seek=16 conv=fsync 2>/dev/null
+dd if=/tmp/marker.bin of=/dev/vdb bs=65536 seek=32 conv=fsync 2>/dev/null
 rsay "scan now: secret $(hexof /tmp/secret.1) marker $(hexof /tmp/marker.1)"
 rm /tmp/marker.1
 n=0
 while [ $n -lt 300 ]; do
 	echo 3 >/proc/sys/vm/drop_caches
-	go=$(dd if=/dev/vdb bs=512 skip=3072 count=1 2>/dev/null | head -c 10)
+	go=$(dd if=/dev/vdb bs=512 skip=7168 count=1 2>/dev/null | head -c 10)
 	[ "$go" = RAMPART-GO ] && break
 	sleep 1
 	n=$((n + 1))

@@ -30,7 +30,7 @@ while kill -0 "$pid" 2>/dev/null; do
 			sed 's/^/RAMPART-INIT: realm: /'
 		devmem "$ram" 64 >/run/devmem.out 2>&1
 		say "realm: devmem of the realm's first page: exit status $? ($(cat /run/devmem.out))"
-		printf RAMPART-GO | dd of=/run/xfer.img bs=512 seek=3072 conv=notrunc 2>/dev/null
+		printf RAMPART-GO | dd of=/run/xfer.img bs=512 seek=7168 conv=notrunc 2>/dev/null
 	fi
 	if [ $n -ge "${GUEST_LIMIT:-300}" ]; then
 		say "the guest did not finish within $n s: SIGTERM"
