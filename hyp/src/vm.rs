@@ -290,6 +290,13 @@ pub fn give_memory(vm_handle: VmHandle, pages: PageRange, guest_address: u64, sh
     if share && vm.protected {
         return Err(Error::Denied);
     }
+    // A running realm's protected IPAs become RAM only when the guest asks
+    // (`RSI_IPA_STATE_SET`): after its first run the host may not make an
+    // EMPTY granule RAM behind the guest's back, which the CCA architecture
+    // gives a host no way to do either. The alias half is not affected.
+    if vm.realm.is_some() && vm.measurement.is_some() && guest_address < crate::rsi::shared_bit() {
+        return Err(Error::Denied);
+    }
     let bytes = pages.pages() * PAGE_SIZE;
     let ipa_end = guest_address.checked_add(bytes).ok_or(Error::InvalidParameter)?;
     if ipa_end > ipa_limit() {

@@ -268,6 +268,8 @@ pub enum Effect {
         metadata: PageRange,
         /// Its configuration.
         config: VmConfig,
+        /// A realm VM (`VM_CREATE` config bit 2, issue 12).
+        realm: bool,
     },
     /// `VM_DESTROY` of the VM in `slot`.
     DestroyVm {
@@ -514,6 +516,10 @@ pub struct VmSpec {
     pub guard_count: usize,
     /// Where it is in a migration (issue 14).
     pub migration: Migration,
+    /// A realm VM (issue 12): once measured, its protected IPAs (below the
+    /// shared bit) take no `VM_DONATE`/`VM_SHARE` (`DENIED`): only the
+    /// guest's `RSI_IPA_STATE_SET` makes a granule RAM.
+    pub realm: bool,
 }
 
 impl VmSpec {
@@ -538,6 +544,7 @@ impl VmSpec {
             guard_count: 0,
             swapped: false,
             migration: Migration::None,
+            realm: false,
         }
     }
 
@@ -978,7 +985,9 @@ impl<'a> Spec<'a> {
             HostRequest::ReclaimHyp(r) => {
                 self.memory_call(r, |p| p == Page::HypDonated, Page::Host, false, true)
             }
-            HostRequest::VmCreate { metadata, config } => self.vm_create(metadata, config),
+            HostRequest::VmCreate { metadata, config } => {
+                self.vm_create(metadata, config, regs[3] & VmConfig::REALM != 0)
+            }
             HostRequest::VmDestroy(VmHandle(h)) => {
                 // BUSY (any vCPU of the slot locked by a run in flight) and
                 // INVALID_PARAMETER come in no fixed order.
@@ -1137,7 +1146,7 @@ impl<'a> Spec<'a> {
         }
     }
 
-    fn vm_create(&self, metadata: PageRange, config: VmConfig) -> Prediction {
+    fn vm_create(&self, metadata: PageRange, config: VmConfig, realm: bool) -> Prediction {
         // The ABI fixes no order between these: any that applies; and
         // NO_MEMORY (no free slot, or the pool) may come before any of them.
         let mut errors = Outcomes::NONE;
@@ -1161,7 +1170,7 @@ impl<'a> Spec<'a> {
         }
         Prediction {
             allowed,
-            effect: Effect::CreateVm { metadata, config },
+            effect: Effect::CreateVm { metadata, config, realm },
         }
     }
 
@@ -1197,6 +1206,10 @@ impl<'a> Spec<'a> {
             errors = errors.or_error(Error::Denied);
         }
         if ipa_fits && spec.any_mapped(ipa, range.pages()) {
+            errors = errors.or_error(Error::Denied);
+        }
+        let shared_bit = self.ipa_bits.checked_sub(1).and_then(|b| 1u64.checked_shl(b)).unwrap_or(u64::MAX);
+        if spec.realm && spec.measured && ipa < shared_bit {
             errors = errors.or_error(Error::Denied);
         }
         let mut allowed = if errors.is_empty() {
@@ -1454,12 +1467,14 @@ impl<'a> Spec<'a> {
                 }
             }
             Effect::SetPages { range, to, .. } => self.set_range(range, to),
-            Effect::CreateVm { metadata, config } => {
+            Effect::CreateVm { metadata, config, realm } => {
                 let Some(slot) = self.fresh_slot(x1) else {
                     return verdict.and(Err(Violation::Handle { got: x1 }));
                 };
                 self.set_range(metadata, Page::VmMeta(slot as u8));
-                self.vms[slot] = Some(VmSpec::new(x1, config, metadata));
+                let mut vm = VmSpec::new(x1, config, metadata);
+                vm.realm = realm;
+                self.vms[slot] = Some(vm);
             }
             // Destroyed above.
             Effect::DestroyVm { .. } => {}

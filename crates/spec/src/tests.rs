@@ -1382,3 +1382,29 @@ proptest! {
         }
     }
 }
+
+/// issue 12: once a realm has run, the host cannot give it memory at a
+/// protected IPA (only the guest's `RSI_IPA_STATE_SET` makes a granule
+/// RAM); the alias half, and a protected non-realm VM, are not affected.
+#[test]
+fn a_measured_realm_takes_no_memory_below_the_shared_bit() {
+    let mut s = spec();
+    let p = s.predict_host(&regs(HostCall::VmCreate, &[page(100), 11, (2 << 8) | VmConfig::REALM | 1]));
+    let handle = (u64::from(s.generations[0]) << 32) | HANDLE_BASE;
+    s.commit(&p, 0, handle).unwrap();
+    let plain = create(&mut s, 120, true);
+    run(&mut s, HostCall::VmDonate, &[handle, page(200), 1, 0x8000_0000], 0, 0).unwrap();
+    let denied = Error::Denied.code();
+    // Before the first run: allowed, as for any VM.
+    assert!(s.predict_host(&regs(HostCall::VmDonate, &[handle, page(201), 1, 0x8000_1000])).allowed.allows(0));
+    for vm in s.vms.iter_mut().flatten() {
+        vm.measured = true;
+    }
+    // Measured: DENIED below the shared bit (1 << 39), and only DENIED.
+    let p = s.predict_host(&regs(HostCall::VmDonate, &[handle, page(201), 1, 0x8000_1000]));
+    assert!(!p.allowed.allows(0));
+    run(&mut s, HostCall::VmDonate, &[handle, page(201), 1, 0x8000_1000], denied, 0).unwrap();
+    // At the alias, and for a protected VM that is not a realm: allowed.
+    run(&mut s, HostCall::VmDonate, &[handle, page(201), 1, (1 << 39) | 0x8000_1000], 0, 0).unwrap();
+    run(&mut s, HostCall::VmDonate, &[plain, page(202), 1, 0x8000_1000], 0, 0).unwrap();
+}

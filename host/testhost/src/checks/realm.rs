@@ -9,7 +9,9 @@
 //!   secret the guest kept there while it was RAM (zeroed on the change);
 //!   the next page, set EMPTY in the same call, is all zero; the page the
 //!   guest keeps protected just below stays out of the host's reach; the
-//!   host writes a mark the guest must then see through the alias;
+//!   host writes a mark the guest must then see through the alias; a
+//!   `VM_DONATE` at the granule's protected IPA is `DENIED` (the host may
+//!   not make it RAM behind the guest's back);
 //! - once the guest set the granule back to RAM (`GUEST-PASS
 //!   rsi-ipa-state-set-ram`) the host has lost the page again;
 //! - the guest's one access to the alias of a RAM granule is a memory
@@ -150,6 +152,22 @@ impl RealmPolicy {
         ensure!(
             store.fault.is_none(),
             "the host cannot write the page the realm shared"
+        );
+        // The granule is EMPTY now: the host may not make it RAM behind the
+        // guest's back by giving the realm a page at its protected IPA
+        // (only the guest's RSI_IPA_STATE_SET may). Refused, nothing changed:
+        // the page stays the host's.
+        let spare = self.pool + PAGE;
+        let donate = code(HostCall::VmDonate, &[vms[vm].handle, spare, 1, ipa]);
+        ensure!(
+            donate == Error::Denied.code(),
+            "VM_DONATE of a host page at the protected IPA {ipa:#x} of a granule the running realm set EMPTY = {donate}, want DENIED ({})",
+            Error::Denied.code()
+        );
+        let probe = arch::probe(Access::Load, spare, 0);
+        ensure!(
+            probe.fault.is_none(),
+            "the page a refused VM_DONATE named ({spare:#x}) is no longer the host's"
         );
         self.shared = Some((ipa, pa));
         Ok(())
