@@ -34,7 +34,9 @@ if mkdir "$r" 2>/dev/null || [ -d "$r" ]; then
 	cat /tmp/challenge.bin >"$r/inblob"
 	if cat "$r/outblob" >/tmp/token.bin 2>/tmp/token.err; then
 		rsay "token: $(wc -c </tmp/token.bin) bytes, generation $(cat $r/generation)"
-		hexof /tmp/token.bin | fold -w 512 | sed 's/^/RAMPART-GUEST: realm: GUEST-CCA-TOKEN /'
+		# hexof ends without a newline: add one, or the next line's text
+		# is glued to the token's last line.
+		{ hexof /tmp/token.bin; echo; } | fold -w 512 | sed 's/^/RAMPART-GUEST: realm: GUEST-CCA-TOKEN /'
 	else
 		rsay "reading outblob failed: $(cat /tmp/token.err)"
 	fi
