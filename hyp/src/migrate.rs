@@ -331,6 +331,14 @@ fn export_start(
 ) -> Result<Export, Error> {
     let secret = secret()?;
     let source = crate::security::attestation_public_key()?;
+    // A realm (issue 12) is never exported: the stream carries neither its
+    // guest ABI nor its RIPAS layout, so it could only arrive as another
+    // kind of VM. Refused before any vCPU's lock is taken, so that the
+    // refusal cannot make a VCPU_RUN of it on another CPU meanwhile answer
+    // BUSY (which the ABI allows only while that vCPU runs elsewhere).
+    if vm::lock(handle)?.1.as_ref().is_some_and(|vm| vm.realm.is_some()) {
+        return Err(Error::Denied);
+    }
     // Every vCPU's lock: none runs while the VM is stopped.
     let mut vcpus: [Option<spin::mutex::SpinMutexGuard<'static, Option<crate::vcpu::Vcpu>>>;
         VCPUS] = [const { None }; VCPUS];
@@ -346,11 +354,6 @@ fn export_start(
     // Only a measured VM (a protected one that ran): any other the host
     // can build again itself.
     let measurement = vm.measurement.ok_or(Error::Denied)?;
-    // Nor a realm (issue 12): the stream carries neither its guest ABI nor
-    // its RIPAS layout, so it could only arrive as another kind of VM.
-    if vm.realm.is_some() {
-        return Err(Error::Denied);
-    }
     let vcpu_count = u32::try_from(vm.max_vcpus).map_err(|_| Error::InvalidParameter)?;
     let mut header = Header::new(vm.protected, vm.debug, vcpu_count, measurement.0);
     header.signature = vm::signature(vm);
