@@ -547,6 +547,9 @@ pub fn check_sigterm(console: &str) -> Result<String, String> {
 pub enum Guest {
     /// Debian's sid cloud kernel, booted by `rampart-vmm run --kernel`.
     Linux,
+    /// The same kernel as a confidential realm VM from a signed bundle
+    /// (issue 12; the machine of `linux-realm/smp2/vcpus2`: 2 CPUs, 2 vCPUs).
+    Realm,
 }
 
 /// The machine of `cargo xtask run --host linux --guest linux

@@ -114,8 +114,16 @@ impl RunArgs {
 fn run(args: &RunArgs) -> Result<()> {
     prereq::ensure(&[&prereq::QEMU])?;
     qemu::check_cpu_model(&args.cpu)?;
+    // The realm demo's signed bundle: its measurement is what the guest's
+    // attestation token must carry.
+    let mut realm_bundle = None;
     let mut machine = match args.host {
         Host::Testhost => suite::testhost_machine(args.smp, &args.mem, &args.cpu)?,
+        Host::Linux if args.guest == Some(linux_guest::Guest::Realm) => {
+            let (m, signed) = linux_realm::machine()?;
+            realm_bundle = Some(signed);
+            m
+        }
         Host::Linux if args.guest.is_some() => linux_guest::demo_machine(args.smp, args.guest_cpus)?,
         Host::Linux => linux_vmm::demo_machine(args.smp, &args.mem, &args.cpu)?,
     };
@@ -145,6 +153,10 @@ fn run(args: &RunArgs) -> Result<()> {
     }
     match args.host {
         Host::Testhost => suite::after_demo(&run)?,
+        Host::Linux if realm_bundle.is_some() => {
+            let signed = realm_bundle.unwrap_or_default();
+            println!("xtask: the realm demo's checks passed:\n  {}", linux_realm::check_all(&run.console, &signed)?);
+        }
         Host::Linux if args.guest.is_some() => linux_guest::after_demo(&run)?,
         Host::Linux => linux_vmm::after_demo(&run)?,
     }
