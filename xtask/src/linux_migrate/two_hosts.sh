@@ -86,7 +86,10 @@ else
 	run=$!
 	wait_for /tmp/run1.log 'GUEST-COUNT' 10 300 || mg "run1 never counted"
 	/bin/rampart-vmm migrate-out count --to "$PEER:$PORT" --wait 300 --save-stream /tmp/stream.bin >/tmp/out1.log 2>&1
-	mg "out1 exit $?"
+	st=$?
+	mg "out1 exit $st"
+	# Neither exported nor refused: the guest still runs here; stop it.
+	[ "$st" -eq 0 ] || [ "$st" -eq 4 ] || kill -TERM "$run" 2>/dev/null
 	wait "$run"
 	mg "run1 exit $?"
 	show RUN1 /tmp/run1.log
@@ -97,7 +100,9 @@ else
 	run=$!
 	wait_for /tmp/run2.log 'GUEST-COUNT' 3 300 || mg "run2 never counted"
 	/bin/rampart-vmm migrate-out count2 --to "$PEER:$PORT" --wait 300 --hostile-flip-byte "$FLIP" >/tmp/out2.log 2>&1
-	mg "out2 exit $?"
+	st=$?
+	mg "out2 exit $st"
+	[ "$st" -eq 0 ] || [ "$st" -eq 4 ] || kill -TERM "$run" 2>/dev/null
 	wait "$run"
 	mg "run2 exit $?"
 	show OUT2 /tmp/out2.log
