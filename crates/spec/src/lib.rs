@@ -1969,6 +1969,9 @@ impl Spec<'_> {
             GuestCall::PsciFeatures => features(is(
                 x1,
                 &[
+                    // PSCI 1.0 lets PSCI_FEATURES report SMCCC_VERSION:
+                    // Linux learns SMCCC 1.1 only through it (issue 12).
+                    GuestCall::SmcccVersion,
                     GuestCall::PsciVersion,
                     GuestCall::PsciFeatures,
                     GuestCall::CpuOn32,

@@ -706,6 +706,17 @@ fn guest_calls_answer_what_the_contract_fixes() {
         )
         .is_err()
     );
+    assert!(
+        guest(
+            &mut s,
+            p,
+            0,
+            GuestCall::PsciFeatures,
+            [u64::from(GuestCall::SmcccVersion.id()), 0, 0],
+            0
+        )
+        .is_ok()
+    );
     assert!(guest(&mut s, p, 0, GuestCall::MigrateInfoType, [0; 3], 2).is_ok());
     let unknown = s
         .predict_guest_call(n, 0, 0xC600_7777, [0; 3], None, true)
