@@ -820,23 +820,7 @@ fn cmd_run(
         other => other,
     };
     let reclaimed = destroyed.is_ok().then_some(plan.total_pages());
-    match &destroyed {
-        Ok(()) => println!(
-            "[{name}] rampart-vmm: VM {handle:#x} destroyed; {} pages ({} KiB) reclaimed, zeroed by the hypervisor",
-            plan.total_pages(),
-            plan.total_pages() * PAGE_SIZE / 1024
-        ),
-        Err(e) => eprintln!(
-            "rampart-vmm: destroying VM {handle:#x}: {e}; its pool pages stay reserved (run `rampart-vmm reclaim`)"
-        ),
-    }
-    if destroyed.is_ok() {
-        session.close();
-    } else {
-        // Keep the allocation (with the VM recorded): the next VMM or
-        // `reclaim` destroys the VM once this process has exited.
-        std::mem::forget(session);
-    }
+    session.finish_teardown(&name, handle, plan.total_pages(), &destroyed);
 
     let tally = run.tally.lock().map(|t| t.clone()).unwrap_or_default();
     let text = report(&outcome.describe(), &tally.summary(), reclaimed);

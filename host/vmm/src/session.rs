@@ -249,6 +249,28 @@ impl Session {
         self.release();
     }
 
+    /// The end of a run: reports how `VM_DESTROY` of `handle` (`pages`
+    /// pages) went, then gives the allocation back, or, if the VM could not
+    /// be destroyed, keeps it (with the VM recorded) so the next VMM or
+    /// `reclaim` destroys the VM once this process has exited.
+    pub fn finish_teardown<E: std::fmt::Display>(self, name: &str, handle: u64, pages: u64, destroyed: &Result<(), E>) {
+        match destroyed {
+            Ok(()) => {
+                println!(
+                    "[{name}] rampart-vmm: VM {handle:#x} destroyed; {pages} pages ({} KiB) reclaimed, zeroed by the hypervisor",
+                    pages * rampart_abi::host::PAGE_SIZE / 1024
+                );
+                self.close();
+            }
+            Err(e) => {
+                eprintln!(
+                    "rampart-vmm: destroying VM {handle:#x}: {e}; its pool pages stay reserved (run `rampart-vmm reclaim`)"
+                );
+                std::mem::forget(self);
+            }
+        }
+    }
+
     fn release(&mut self) {
         if self.released {
             return;

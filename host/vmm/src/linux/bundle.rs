@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow, bail};
-use rampart_abi::host::{PAGE_SIZE, VmConfig};
+use rampart_abi::host::VmConfig;
 use rampart_attest::{Bundle, BundleRef, LinuxBundle, PartKind, PartSpec, VmFlags};
 
 use super::{DTB_SLOT, fdt, image, layout, place};
@@ -324,21 +324,7 @@ pub fn cmd_run(
         &memory,
     );
     let destroyed = vm::destroy(main, handle);
-    match &destroyed {
-        Ok(()) => println!(
-            "[{name}] rampart-vmm: VM {handle:#x} destroyed; {} pages ({} KiB) reclaimed, zeroed by the hypervisor",
-            plan.total_pages(),
-            plan.total_pages() * PAGE_SIZE / 1024
-        ),
-        Err(e) => eprintln!(
-            "rampart-vmm: destroying VM {handle:#x}: {e}; its pool pages stay reserved (run `rampart-vmm reclaim`)"
-        ),
-    }
-    if destroyed.is_ok() {
-        session.close();
-    } else {
-        std::mem::forget(session);
-    }
+    session.finish_teardown(&name, handle, plan.total_pages(), &destroyed);
     println!("[{name}] rampart-vmm: {}", outcome.describe());
     if let crate::run::Outcome::Refused(code) = outcome {
         // The first VCPU_RUN measured all of guest RAM before refusing.

@@ -338,11 +338,10 @@ mod tests {
             "only the one alias"
         );
         drop(mem);
-        // SAFETY: as above.
-        assert_eq!(
-            unsafe { backing.ptr.add(0x1000).cast::<u32>().read() },
-            0x1122_3344
-        );
+        // SAFETY: as above: `backing` is this test's own allocation of
+        // `len` bytes, and 0x1000 + 4 lies inside it.
+        let word = unsafe { backing.ptr.add(0x1000).cast::<u32>().read() };
+        assert_eq!(word, 0x1122_3344);
         // SAFETY: as above.
         let bad = unsafe { alias_memory(backing.ptr, len, len as u64, layout::RAM_BASE, 3 << 38) };
         assert!(bad.is_err());
