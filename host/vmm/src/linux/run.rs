@@ -417,7 +417,9 @@ impl Shared<'_> {
             bundle: &self.vm.kernel.display().to_string(),
             vm: self.vm.handle,
             vcpus: self.vm.vcpus,
-            protected: false,
+            // A signed version-2 bundle runs protected (a realm or not);
+            // a guest started from a kernel and initrd does not.
+            protected: self.vm.plan.config.protected,
             ram_pages: self.vm.plan.memory_pages(),
             metadata_pages: self.vm.plan.metadata_pages,
             region: self.vm.region_phys,
