@@ -954,7 +954,10 @@ fn smmu_case() -> Result<String> {
     let mut m = testhost_machine(2, "512M", "max")?;
     m.smmu = true;
     m.kernel = artifacts::hypervisor_with_feature("smmu-mirror-check")?;
-    let run = m.run(TESTHOST_TIMEOUT, None, false)?;
+    // The mirror-check build compares the SMMU's tables with the host
+    // stage 2 after every change: about twice the plain run's work, so
+    // twice its cap (it hit 120 s at a load average of 20).
+    let run = m.run(TESTHOST_TIMEOUT * 2, None, false)?;
     let checks = check_testhost(&run, 2)?;
     let owned = run
         .console
