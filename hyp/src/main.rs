@@ -246,7 +246,10 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     let ipa_bits = geometry.ipa_bits;
     // DMA masters no SMMU Rampart owns guards, and the SMMUs themselves,
     // leave the host's tree and stage 2 (platform's devices.rs).
-    let dma = devices::plan(blob, command.unguarded_dma)?;
+    // The boot tree read once into a model: the DMA plan reads it here and
+    // the host's tree is made from it below.
+    let boot_model = hostdt::model(blob)?;
+    let dma = devices::plan_of(&boot_model, command.unguarded_dma)?;
     let mut plan = layout::plan(
         &info,
         &hyp_ranges,
@@ -279,13 +282,12 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
             .map(|r| (r, rampart_abi::boot::control::CHANNELS as u32)),
         guest_pool: plan.guest_pool,
     };
-    let host_dt = hostdt::build(blob, &hyp_ranges, &command.host_bootargs, vmm_nodes)?;
-    let host_dt = hostdt::withhold_dma_masters(&host_dt, &dma)?;
-    // PCI windows the host's stage 2 cannot reach leave its tree, so the
-    // host puts no BAR there.
-    let (host_dt, dropped_windows) = hostdt::drop_unreachable_pci_windows(&host_dt, 1 << ipa_bits)?;
-    // The VMM learns a realm's shared bit from the control node (issue 12).
-    let host_dt = hostdt::describe_ipa_bits(&host_dt, ipa_bits)?;
+    // One pass over one model of the tree: Rampart's nodes and the host's
+    // command line; the withheld DMA masters leave it; PCI windows the
+    // host's stage 2 cannot reach leave it, so the host puts no BAR there;
+    // the VMM learns a realm's shared bit from the control node (issue 12).
+    let (host_dt, dropped_windows) =
+        hostdt::host_tree_of(boot_model, &hyp_ranges, &command.host_bootargs, vmm_nodes, &dma, ipa_bits)?;
     let host_dt_range = MemRange::from_base_size(dtb, host_dt.len() as u64).ok_or(BootError::NoDeviceTree)?;
     if !plan.host_ram.iter().any(|r| r.contains_range(&host_dt_range)) {
         return Err(BootError::Overlap {

@@ -385,7 +385,17 @@ fn specifier_phandles(
 /// property this needs is malformed.
 pub fn plan(blob: &[u8], unguarded_dma: bool) -> Result<DevicePlan, BootError> {
     let fdt = Fdt::new(blob).map_err(|e| BootError::MalformedDeviceTree(e.to_string()))?;
-    let tree = DeviceTree::from_fdt(&fdt);
+    plan_of(&DeviceTree::from_fdt(&fdt), unguarded_dma)
+}
+
+/// [`plan`] on a model of the boot tree that was read already (the
+/// hypervisor's boot reads the blob into one model for this and for the
+/// host's tree, [`crate::hostdt::host_tree_of`]).
+///
+/// # Errors
+///
+/// As [`plan`].
+pub fn plan_of(tree: &DeviceTree, unguarded_dma: bool) -> Result<DevicePlan, BootError> {
     let mut found = Vec::new();
     walk(&tree.root, "", true, &mut found)?;
 
