@@ -12,7 +12,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, ExitCode, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -20,6 +20,15 @@ use crate::report;
 
 /// Runs `argv`, passes its output on and prints when `marker` appeared.
 pub fn run(marker: &str, argv: &[String]) -> Result<ExitCode> {
+    let (seen, code) = watch(marker, argv, &mut std::io::stdout())?;
+    println!("{}", report::time_to_line(marker, seen));
+    Ok(ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1)))
+}
+
+/// Runs `argv`, copies its standard output to `out` a line at a time and
+/// returns when the first line containing `marker` was read (after the
+/// spawn) and the exit status (128 + the signal if killed by one).
+fn watch(marker: &str, argv: &[String], out: &mut dyn Write) -> Result<(Option<Duration>, i32)> {
     let (program, args) = argv.split_first().context("no COMMAND")?;
     let started = Instant::now();
     let mut child = Command::new(program)
@@ -27,11 +36,10 @@ pub fn run(marker: &str, argv: &[String]) -> Result<ExitCode> {
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {program}"))?;
-    let out = child.stdout.take().context("no pipe from the command")?;
+    let pipe = child.stdout.take().context("no pipe from the command")?;
     let mut seen = None;
-    let mut reader = BufReader::new(out);
+    let mut reader = BufReader::new(pipe);
     let mut line = Vec::new();
-    let stdout = std::io::stdout();
     loop {
         line.clear();
         if reader.read_until(b'\n', &mut line)? == 0 {
@@ -40,17 +48,15 @@ pub fn run(marker: &str, argv: &[String]) -> Result<ExitCode> {
         if seen.is_none() && contains(&line, marker.as_bytes()) {
             seen = Some(started.elapsed());
         }
-        let mut o = stdout.lock();
-        o.write_all(&line)?;
-        o.flush()?;
+        out.write_all(&line)?;
+        out.flush()?;
     }
     let status = child.wait().context("waiting for the command")?;
-    println!("{}", report::time_to_line(marker, seen));
     let code = status.code().unwrap_or_else(|| {
         use std::os::unix::process::ExitStatusExt;
         128 + status.signal().unwrap_or(0)
     });
-    Ok(ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1)))
+    Ok((seen, code))
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -65,5 +71,29 @@ mod tests {
     fn finds_the_marker_in_a_line() {
         assert!(contains(b"[pl1] RAMPART-GUEST: init reached: 7.2\n", b"init reached"));
         assert!(!contains(b"init reache", b"init reached"));
+    }
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["sh".into(), "-c".into(), script.into()]
+    }
+
+    #[test]
+    fn times_the_marker_and_passes_output_and_status_on() {
+        let mut out = Vec::new();
+        let (seen, code) = watch(
+            "MARK",
+            &sh("echo a; sleep 0.3; echo xMARKy; echo MARK again; exit 3"),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out, b"a\nxMARKy\nMARK again\n");
+        assert_eq!(code, 3);
+        let at = seen.unwrap();
+        assert!(at >= Duration::from_millis(300) && at < Duration::from_secs(20), "{at:?}");
+        let (seen, code) = watch("MARK", &sh("echo nothing"), &mut Vec::new()).unwrap();
+        assert_eq!((seen, code), (None, 0));
+        let (_, code) = watch("MARK", &sh("kill -9 $$"), &mut Vec::new()).unwrap();
+        assert_eq!(code, 128 + 9);
+        assert!(watch("MARK", &["/nonexistent/vmm".into()], &mut Vec::new()).is_err());
     }
 }
