@@ -71,7 +71,14 @@ pub fn musl_binary(package: &str) -> Result<PathBuf> {
     let root = artifacts::root();
     let status = Command::new(env!("CARGO"))
         .current_dir(&root)
-        .args(["build", "--release", "--package", package, "--target", VMM_TARGET])
+        .args([
+            "build",
+            "--release",
+            "--package",
+            package,
+            "--target",
+            VMM_TARGET,
+        ])
         .status()
         .with_context(|| format!("building {package}"))?;
     if !status.success() {

@@ -324,11 +324,10 @@ impl Pl011 {
     pub fn read(&self, offset: u64) -> u32 {
         match offset {
             FR => FR_IDLE,
-            0xfe0..=0xffc if offset.is_multiple_of(4) => {
-                IDS.get(usize::try_from((offset - 0xfe0) / 4).unwrap_or(usize::MAX))
-                    .copied()
-                    .map_or(0, u32::from)
-            }
+            0xfe0..=0xffc if offset.is_multiple_of(4) => IDS
+                .get(usize::try_from((offset - 0xfe0) / 4).unwrap_or(usize::MAX))
+                .copied()
+                .map_or(0, u32::from),
             // UARTDR (nothing received), UARTRIS/UARTMIS (nothing pending),
             // everything else.
             _ => Self::slot(offset).map_or(0, |s| self.regs[s]),
@@ -402,7 +401,11 @@ mod tests {
         assert_eq!((e - s, s % 4096), (0x100_0001, 0));
         assert!(e <= p.dtb && s >= RAM_BASE + 0x25c_0000);
         assert_eq!(place(192 << 20, &h, None).unwrap().initrd, None);
-        assert!(place(32 << 20, &h, None).unwrap_err().contains("at least 40 MiB"));
+        assert!(
+            place(32 << 20, &h, None)
+                .unwrap_err()
+                .contains("at least 40 MiB")
+        );
         let e = place(64 << 20, &h, Some(60 << 20)).unwrap_err();
         assert!(e.contains("at least 100 MiB"), "{e}");
         assert!(place(64 << 20, &h, Some(u64::MAX)).is_err());
@@ -434,7 +437,8 @@ mod tests {
                     let (len, off) = (be(at + 4), be(at + 8));
                     let s = &dtb[strings + off..];
                     let pname = &s[..s.iter().position(|&b| b == 0).unwrap()];
-                    if stack[1..].join("/") == path.trim_start_matches('/') && pname == name.as_bytes()
+                    if stack[1..].join("/") == path.trim_start_matches('/')
+                        && pname == name.as_bytes()
                     {
                         return Some(&dtb[at + 12..at + 12 + len]);
                     }
@@ -465,7 +469,10 @@ mod tests {
             prop(&dtb, "/chosen", "bootargs").unwrap(),
             b"console=ttyAMA0 earlycon panic=-1 quiet\0"
         );
-        assert_eq!(prop(&dtb, "/chosen", "stdout-path").unwrap(), b"/pl011@9000000\0");
+        assert_eq!(
+            prop(&dtb, "/chosen", "stdout-path").unwrap(),
+            b"/pl011@9000000\0"
+        );
         assert_eq!(
             cells(prop(&dtb, "/chosen", "linux,initrd-end").unwrap()),
             [0, 0x8b12_3456]
@@ -481,8 +488,14 @@ mod tests {
             cells(prop(&dtb, "/intc@8000000", "reg").unwrap()),
             [0, 0x0800_0000, 0, 0x1_0000, 0, 0x080a_0000, 0, 0x4_0000]
         );
-        assert_eq!(cells(prop(&dtb, "/timer", "interrupts").unwrap())[6..9], [1, 11, 4]);
-        assert_eq!(cells(prop(&dtb, "/pl011@9000000", "interrupts").unwrap()), [0, 1, 4]);
+        assert_eq!(
+            cells(prop(&dtb, "/timer", "interrupts").unwrap())[6..9],
+            [1, 11, 4]
+        );
+        assert_eq!(
+            cells(prop(&dtb, "/pl011@9000000", "interrupts").unwrap()),
+            [0, 1, 4]
+        );
         let none = device_tree(64 << 20, 1, "x", None).unwrap();
         assert!(prop(&none, "/chosen", "linux,initrd-start").is_none());
         assert!(device_tree(64 << 20, 1, "a\0b", None).is_err());

@@ -219,8 +219,9 @@ pub fn run(a: &LinuxArgs, started: Instant) -> Result<Outcome> {
         a.kernel,
         at.kernel,
         at.dtb,
-        at.initrd
-            .map_or(String::new(), |(s, e)| format!(", initrd at {s:#x}..{e:#x}"))
+        at.initrd.map_or(String::new(), |(s, e)| format!(
+            ", initrd at {s:#x}..{e:#x}"
+        ))
     );
 
     Counters::reached(&mut c.vm_ready, started);
@@ -249,7 +250,10 @@ pub fn run(a: &LinuxArgs, started: Instant) -> Result<Outcome> {
     let s = shared.lock().unwrap_or_else(PoisonError::into_inner);
     let (result, outcome) = match ended {
         Ok(how @ "SYSTEM_OFF") => (format!("guest powered off ({how})"), Outcome::Passed),
-        Ok(how) => (format!("guest reset ({how}): a panic?"), Outcome::GuestFailed),
+        Ok(how) => (
+            format!("guest reset ({how}): a panic?"),
+            Outcome::GuestFailed,
+        ),
         Err(e) => {
             print!("{}", report::stats(&a.name, &s.c, wall, &e));
             bail!("{e}");

@@ -110,7 +110,9 @@ impl LinuxArgs {
                     a.mem_mib = parse_mib(v)
                         .filter(|m| (2..=MAX_LINUX_MEM_MIB).contains(m) && m % 2 == 0)
                         .ok_or_else(|| {
-                            format!("--mem {v}: want an even number of MiB, 2..={MAX_LINUX_MEM_MIB}")
+                            format!(
+                                "--mem {v}: want an even number of MiB, 2..={MAX_LINUX_MEM_MIB}"
+                            )
                         })?;
                 }
                 "--cpus" => {
@@ -386,8 +388,19 @@ mod tests {
     #[test]
     fn parses_the_linux_and_time_to_commands() {
         let c = command(&[
-            "run", "--kernel", "/guest/Image", "--initrd", "/guest/initrd.cpio.gz", "--mem", "192M",
-            "--cpus", "2", "--cmdline", "console=ttyAMA0 quiet", "--name", "pl1",
+            "run",
+            "--kernel",
+            "/guest/Image",
+            "--initrd",
+            "/guest/initrd.cpio.gz",
+            "--mem",
+            "192M",
+            "--cpus",
+            "2",
+            "--cmdline",
+            "console=ttyAMA0 quiet",
+            "--name",
+            "pl1",
         ])
         .unwrap();
         assert_eq!(
@@ -444,7 +457,10 @@ mod tests {
             time_to_line("init", Some(Duration::from_micros(1_234_567))),
             "rampart-peer: time-to \"init\": 1234.567 ms after the VMM started"
         );
-        assert_eq!(time_to_line("init", None), "rampart-peer: time-to \"init\": not seen");
+        assert_eq!(
+            time_to_line("init", None),
+            "rampart-peer: time-to \"init\": not seen"
+        );
     }
 
     #[test]

@@ -69,7 +69,10 @@ mod tests {
 
     #[test]
     fn finds_the_marker_in_a_line() {
-        assert!(contains(b"[pl1] RAMPART-GUEST: init reached: 7.2\n", b"init reached"));
+        assert!(contains(
+            b"[pl1] RAMPART-GUEST: init reached: 7.2\n",
+            b"init reached"
+        ));
         assert!(!contains(b"init reache", b"init reached"));
     }
 
@@ -89,7 +92,10 @@ mod tests {
         assert_eq!(out, b"a\nxMARKy\nMARK again\n");
         assert_eq!(code, 3);
         let at = seen.unwrap();
-        assert!(at >= Duration::from_millis(300) && at < Duration::from_secs(20), "{at:?}");
+        assert!(
+            at >= Duration::from_millis(300) && at < Duration::from_secs(20),
+            "{at:?}"
+        );
         let (seen, code) = watch("MARK", &sh("echo nothing"), &mut Vec::new()).unwrap();
         assert_eq!((seen, code), (None, 0));
         let (_, code) = watch("MARK", &sh("kill -9 $$"), &mut Vec::new()).unwrap();

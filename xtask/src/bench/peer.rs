@@ -29,9 +29,12 @@
 //! over all runs of a mode, with min and max, the load average, and the
 //! ratios Rampart/pKVM and Rampart/nVHE.
 //!
-//! Linux guests (issue 11) join through [`Metric::LinuxBoot`]: `peer.sh`
-//! has the hook where a boot to the guest's `/init` is timed; the row is
-//! printed once every mode reports it.
+//! After the guest runs, each boot also boots a Linux guest once
+//! ([`LinuxGuest`]: Debian sid's kernel and the initramfs of `rampart-vmm`'s
+//! Linux guest) with this mode's VMM, `rampart-vmm run --kernel` or
+//! `rampart-peer run --kernel`, and `rampart-peer time-to` times both from
+//! the VMM's start to the guest `/init`'s first line
+//! ([`Metric::LinuxBoot`]).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -109,7 +112,7 @@ pub enum Metric {
     /// The same for a non-protected VM (Rampart's `pu<r>` runs; the peer's
     /// VM is never protected, so its own launch).
     LaunchOpen,
-    /// VMM start to a Linux guest's `/init`, ms (issue 11; the hook).
+    /// VMM start to a Linux guest's `/init`, ms.
     LinuxBoot,
 }
 
@@ -169,8 +172,8 @@ pub struct Sample {
     pub open_vm_ready_ms: f64,
     /// See [`Sample::open_vm_ready_ms`].
     pub open_first_exit_ms: f64,
-    /// VMM start to a Linux guest's `/init`, ms, once issue 11's hook
-    /// reports it.
+    /// VMM start to a Linux guest's `/init`, ms (run *k*'s sample carries
+    /// Linux boot *k*'s figure).
     pub linux_boot_ms: Option<f64>,
 }
 
@@ -230,8 +233,7 @@ pub fn parse_boot(
             let own = tagged(&format!("[pb{r}] "));
             let find = |f: &dyn Fn(&str) -> Option<f64>| own.iter().find_map(|l| f(l));
             let open_lines = tagged(&format!("[pu{r}] "));
-            let find_open =
-                |f: &dyn Fn(&str) -> Option<f64>| open_lines.iter().find_map(|l| f(l));
+            let find_open = |f: &dyn Fn(&str) -> Option<f64>| open_lines.iter().find_map(|l| f(l));
             let status = script(&format!("run {r} status "))
                 .and_then(|l| l.rsplit(' ').next())
                 .ok_or_else(|| {
@@ -270,14 +272,11 @@ pub fn parse_boot(
                     .iter()
                     .any(|l| l.starts_with("GUEST-DONE ") && l.ends_with(" 0 failed"))
                 {
-                    return Err(format!(
-                        "run {r}: the non-protected run pu{r} did not pass"
-                    ));
+                    return Err(format!("run {r}: the non-protected run pu{r} did not pass"));
                 }
                 Some(
-                    find_open(&|l| launch_field(l, "first console output ")).ok_or_else(|| {
-                        format!("run {r}: no `first console output` for pu{r}")
-                    })?,
+                    find_open(&|l| launch_field(l, "first console output "))
+                        .ok_or_else(|| format!("run {r}: no `first console output` for pu{r}"))?,
                 )
             } else {
                 Some(launch)
@@ -286,7 +285,9 @@ pub fn parse_boot(
                 let line = script(&format!("linux {r} ")).ok_or_else(|| {
                     format!("Linux guest boot {r}: no `{PREFIX}linux {r}` line (it did not finish)")
                 })?;
-                let rest = line.strip_prefix(&format!("linux {r} ")).unwrap_or_default();
+                let rest = line
+                    .strip_prefix(&format!("linux {r} "))
+                    .unwrap_or_default();
                 let ms = rest
                     .split_once(" status ")
                     .filter(|(_, status)| status.trim() == "0")
@@ -295,7 +296,11 @@ pub fn parse_boot(
                     .ok_or_else(|| {
                         let vmm: Vec<&str> = tagged(&format!("[pl{r}] "))
                             .into_iter()
-                            .filter(|l| l.contains("FAIL") || l.contains("panic") || l.contains("exit status"))
+                            .filter(|l| {
+                                l.contains("FAIL")
+                                    || l.contains("panic")
+                                    || l.contains("exit status")
+                            })
                             .collect();
                         format!("Linux guest boot {r} failed: `{line}`; {}", vmm.join("; "))
                     })?;
@@ -643,9 +648,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .map(|&mode| {
             let (machine, failure) =
                 match machine(mode, args.smp, &mem, &host, args.icount, guest.is_some()) {
-                Ok(m) => (Some(m), None),
-                Err(e) => (None, Some(format!("could not set up: {e:#}"))),
-            };
+                    Ok(m) => (Some(m), None),
+                    Err(e) => (None, Some(format!("could not set up: {e:#}"))),
+                };
             Series {
                 mode,
                 machine,
@@ -827,7 +832,10 @@ mod tests {
         let e = parse_boot(&boot_log(2, 31_250_000), 2, 0, true).unwrap_err();
         assert!(e.contains("pu1 did not pass"), "{e}");
         let e = parse_boot(
-            &log.replace("[pu2] GUEST-DONE 3 passed, 0 failed", "[pu2] GUEST-DONE 2 passed, 1 failed"),
+            &log.replace(
+                "[pu2] GUEST-DONE 3 passed, 0 failed",
+                "[pu2] GUEST-DONE 2 passed, 1 failed",
+            ),
             2,
             0,
             true,
@@ -839,7 +847,11 @@ mod tests {
     #[test]
     fn a_failed_missing_or_broken_run_is_an_error_naming_it() {
         let good = boot_log(2, 31_250_000);
-        assert!(parse_boot(&good, 3, 0, false).unwrap_err().contains("run 3: no"));
+        assert!(
+            parse_boot(&good, 3, 0, false)
+                .unwrap_err()
+                .contains("run 3: no")
+        );
         let cases = [
             (
                 good.replace(
@@ -886,9 +898,15 @@ mod tests {
         let log = boot_log(2, 31_250_000) + "RAMPART-PEER: linux 1 812.5 status 0\n";
         let samples = parse_boot(&log, 2, 1, false).unwrap();
         assert_eq!(samples[0].linux_boot_ms, Some(812.5));
-        assert_eq!(samples[1].linux_boot_ms, None, "one Linux boot per host boot");
+        assert_eq!(
+            samples[1].linux_boot_ms, None,
+            "one Linux boot per host boot"
+        );
         // Not asked for: not read.
-        assert_eq!(parse_boot(&log, 2, 0, false).unwrap()[0].linux_boot_ms, None);
+        assert_eq!(
+            parse_boot(&log, 2, 0, false).unwrap()[0].linux_boot_ms,
+            None
+        );
         // Asked for, and missing, failed or without a figure: an error
         // naming the boot (and the VMM's failure lines).
         let e = parse_boot(&boot_log(2, 31_250_000), 2, 1, false).unwrap_err();
@@ -896,8 +914,15 @@ mod tests {
         let failed = boot_log(1, 31_250_000)
             + "[pl1] rampart-peer: FAIL KVM_CREATE_DEVICE GICv3\nRAMPART-PEER: linux 1 none status 1\n";
         let e = parse_boot(&failed, 1, 1, false).unwrap_err();
-        assert!(e.contains("boot 1 failed") && e.contains("KVM_CREATE_DEVICE"), "{e}");
-        for bad in ["linux 1 812.5 status 3", "linux 1 none status 0", "linux 1 0 status 0"] {
+        assert!(
+            e.contains("boot 1 failed") && e.contains("KVM_CREATE_DEVICE"),
+            "{e}"
+        );
+        for bad in [
+            "linux 1 812.5 status 3",
+            "linux 1 none status 0",
+            "linux 1 0 status 0",
+        ] {
             let log = boot_log(1, 31_250_000) + &format!("RAMPART-PEER: {bad}\n");
             assert!(parse_boot(&log, 1, 1, false).is_err(), "{bad} accepted");
         }
@@ -924,12 +949,12 @@ mod tests {
         assert!(SCRIPT.contains("peer_say \"finished\""));
         assert!(SCRIPT.contains("peer_run \"pb$r\""));
         assert!(SCRIPT.contains("/guests/bench.bundle") && SCRIPT.contains("/guests/bench.bin"));
-        assert!(SCRIPT.contains("peer_run_open \"pu$r\"") && SCRIPT.contains("/guests/bench.open.bundle"));
+        assert!(
+            SCRIPT.contains("peer_run_open \"pu$r\"")
+                && SCRIPT.contains("/guests/bench.open.bundle")
+        );
         assert!(SCRIPT.contains("peer_say \"linux $k ${ms:-none} status $st\""));
-        assert!(SCRIPT.contains(&format!(
-            "time-to \"{}\"",
-            crate::linux_guest::INIT_MARKER
-        )));
+        assert!(SCRIPT.contains(&format!("time-to \"{}\"", crate::linux_guest::INIT_MARKER)));
         assert!(SCRIPT.contains("--name \"pl$k\""));
         // The output line `time-to` prints, which the script's sed reads.
         assert!(SCRIPT.contains("s/^rampart-peer: time-to \".*\": \\([0-9.]*\\) ms after"));
@@ -940,7 +965,10 @@ mod tests {
     #[test]
     fn the_linux_guest_command_line_is_the_linux_cases() {
         let host = include_str!("../linux_guest/host.sh");
-        assert!(host.contains(&format!("cmdline=\"{LINUX_CMDLINE}\"")), "host.sh changed its command line");
+        assert!(
+            host.contains(&format!("cmdline=\"{LINUX_CMDLINE}\"")),
+            "host.sh changed its command line"
+        );
     }
 
     #[test]
