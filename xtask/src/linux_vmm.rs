@@ -59,6 +59,15 @@ pub fn vmm_binary() -> Result<PathBuf> {
     if let Some(path) = VMM.get() {
         return Ok(path.clone());
     }
+    let out = musl_binary("rampart-vmm")?;
+    Ok(VMM.get_or_init(|| out).clone())
+}
+
+/// Builds `package` (whose binary has the package's name) for
+/// [`VMM_TARGET`] in release mode, a static musl binary for the Linux
+/// host, and strips it into `build/linux/<package>` (`rampart-vmm`, and
+/// `rampart-peer` for `bench peer`).
+pub fn musl_binary(package: &str) -> Result<PathBuf> {
     let root = artifacts::root();
     let status = Command::new(env!("CARGO"))
         .current_dir(&root)
@@ -66,24 +75,25 @@ pub fn vmm_binary() -> Result<PathBuf> {
             "build",
             "--release",
             "--package",
-            "rampart-vmm",
+            package,
             "--target",
             VMM_TARGET,
         ])
         .status()
-        .context("building rampart-vmm")?;
+        .with_context(|| format!("building {package}"))?;
     if !status.success() {
-        bail!("building rampart-vmm for {VMM_TARGET} failed");
+        bail!("building {package} for {VMM_TARGET} failed");
     }
     let elf = root
         .join("target")
         .join(VMM_TARGET)
-        .join("release/rampart-vmm");
+        .join("release")
+        .join(package);
     let dir = artifacts::build_dir().join("linux");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let out = dir.join("rampart-vmm");
+    let out = dir.join(package);
     artifacts::strip_to(&elf, &out)?;
-    Ok(VMM.get_or_init(|| out).clone())
+    Ok(out)
 }
 
 /// The signed bundles to pack: `(file, name)`. Builds and signs the test

@@ -18,10 +18,17 @@
 //! Firecracker and Cloud Hypervisor use, so the peer's cost per exit is
 //! the cost of a typical Rust KVM VMM, not of hand-rolled ioctls.
 //!
-//! Usage: `rampart-peer run IMAGE [--mem MIB] [--name NAME]`.
-//! Exit status: 0 when the guest reported `GUEST-DONE` with 0 failed, 3
-//! when it reported failures or powered off without `GUEST-DONE`, 1 when
-//! the VM could not run, 2 for bad arguments.
+//! `rampart-peer run --kernel IMAGE ...` boots a Linux guest the way
+//! `rampart-vmm run --kernel` does (the same virtual platform and options:
+//! `boot.rs`, `linux.rs`), with KVM's in-kernel GICv3, timer and PSCI.
+//! `rampart-peer time-to MARKER -- COMMAND...` times either VMM from its
+//! start to a console line (`timeto.rs`).
+//!
+//! Usage: see [`report::USAGE`].
+//! Exit status: 0 when the guest reported `GUEST-DONE` with 0 failed (a
+//! Linux guest: powered off), 3 when it reported failures or powered off
+//! without `GUEST-DONE` (a Linux guest: reset), 1 when the VM could not
+//! run, 2 for bad arguments; `time-to`: COMMAND's.
 
 #![cfg_attr(
     not(target_arch = "aarch64"),
@@ -31,27 +38,41 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
+mod boot;
+#[cfg(target_arch = "aarch64")]
+mod linux;
 mod report;
+mod timeto;
 #[cfg(target_arch = "aarch64")]
 mod vm;
 
-use report::{Args, Outcome};
+use report::{Args, Command, LinuxArgs, Outcome};
 
 fn main() -> ExitCode {
     let started = Instant::now();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let args = match Args::parse(&args) {
-        Ok(a) => a,
+    let command = match Command::parse(&args) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("rampart-peer: {e}\n{}", report::USAGE);
             return ExitCode::from(2);
         }
     };
-    match run(&args, started) {
+    let (name, result) = match &command {
+        Command::Bare(a) => (a.name.as_str(), run(a, started)),
+        Command::Linux(a) => (a.name.as_str(), run_linux(a, started)),
+        Command::TimeTo { marker, argv } => {
+            return timeto::run(marker, argv).unwrap_or_else(|e| {
+                eprintln!("rampart-peer: time-to: FAIL {e:#}");
+                ExitCode::from(1)
+            });
+        }
+    };
+    match result {
         Ok(Outcome::Passed) => ExitCode::SUCCESS,
         Ok(Outcome::GuestFailed) => ExitCode::from(3),
         Err(e) => {
-            eprintln!("[{}] rampart-peer: FAIL {e:#}", args.name);
+            eprintln!("[{name}] rampart-peer: FAIL {e:#}");
             ExitCode::from(1)
         }
     }
@@ -62,7 +83,17 @@ fn run(args: &Args, started: Instant) -> anyhow::Result<Outcome> {
     vm::run(args, started)
 }
 
+#[cfg(target_arch = "aarch64")]
+fn run_linux(args: &LinuxArgs, started: Instant) -> anyhow::Result<Outcome> {
+    linux::run(args, started)
+}
+
 #[cfg(not(target_arch = "aarch64"))]
 fn run(_args: &Args, _started: Instant) -> anyhow::Result<Outcome> {
+    anyhow::bail!("runs only on an arm64 Linux host with /dev/kvm")
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+fn run_linux(_args: &LinuxArgs, _started: Instant) -> anyhow::Result<Outcome> {
     anyhow::bail!("runs only on an arm64 Linux host with /dev/kvm")
 }

@@ -9,7 +9,146 @@ use std::time::{Duration, Instant};
 pub const UART_PAGE: u64 = 0x1000;
 
 /// The help text.
-pub const USAGE: &str = "usage: rampart-peer run IMAGE [--mem MIB] [--name NAME]";
+pub const USAGE: &str = "usage: rampart-peer run IMAGE [--mem MIB] [--name NAME]
+       rampart-peer run --kernel IMAGE [--initrd FILE] [--mem SIZE] [--cpus N] [--cmdline TEXT] [--name NAME]
+       rampart-peer time-to MARKER -- COMMAND [ARG...]";
+
+/// What `rampart-peer` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `run IMAGE`: a bare-metal test guest.
+    Bare(Args),
+    /// `run --kernel IMAGE`: a Linux guest.
+    Linux(LinuxArgs),
+    /// `time-to MARKER -- COMMAND...`: run COMMAND, pass its output on,
+    /// and say when a line with MARKER first appeared.
+    TimeTo {
+        /// What to wait for.
+        marker: String,
+        /// The command and its arguments.
+        argv: Vec<String>,
+    },
+}
+
+impl Command {
+    /// Parses the command line (without the program name).
+    pub fn parse(args: &[String]) -> Result<Command, String> {
+        match args.first().map(String::as_str) {
+            Some("time-to") => {
+                let marker = args.get(1).ok_or("time-to needs a MARKER")?.clone();
+                if marker.is_empty() {
+                    return Err("time-to: an empty MARKER".into());
+                }
+                if args.get(2).map(String::as_str) != Some("--") {
+                    return Err("time-to MARKER -- COMMAND: no `--`".into());
+                }
+                let argv = args[3..].to_vec();
+                if argv.is_empty() {
+                    return Err("time-to: no COMMAND".into());
+                }
+                Ok(Command::TimeTo { marker, argv })
+            }
+            Some("run") if args.iter().any(|a| a == "--kernel") => {
+                LinuxArgs::parse(&args[1..]).map(Command::Linux)
+            }
+            _ => Args::parse(args).map(Command::Bare),
+        }
+    }
+}
+
+/// Most guest RAM for a Linux guest, MiB.
+pub const MAX_LINUX_MEM_MIB: u64 = 2048;
+
+/// `run --kernel`'s options (`rampart-vmm run --kernel`'s, with its
+/// defaults: 256 MiB, 1 vCPU, `console=ttyAMA0 earlycon panic=-1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinuxArgs {
+    /// The arm64 `Image`.
+    pub kernel: String,
+    /// The initrd.
+    pub initrd: Option<String>,
+    /// Guest RAM, MiB (even: RAM is 2 MiB-aligned).
+    pub mem_mib: u64,
+    /// vCPUs.
+    pub cpus: u32,
+    /// The kernel command line.
+    pub cmdline: String,
+    /// The prefix of every output line.
+    pub name: String,
+}
+
+/// `192M`, `1G` or `192` (MiB) as MiB.
+fn parse_mib(v: &str) -> Option<u64> {
+    let (n, unit) = match v.strip_suffix(['G', 'g']) {
+        Some(n) => (n, 1024),
+        None => (v.strip_suffix(['M', 'm']).unwrap_or(v), 1),
+    };
+    n.parse::<u64>().ok()?.checked_mul(unit)
+}
+
+impl LinuxArgs {
+    /// Parses the options after `run`.
+    pub fn parse(args: &[String]) -> Result<LinuxArgs, String> {
+        let mut it = args.iter();
+        let mut a = LinuxArgs {
+            kernel: String::new(),
+            initrd: None,
+            mem_mib: 256,
+            cpus: 1,
+            cmdline: "console=ttyAMA0 earlycon panic=-1".into(),
+            name: "linux".into(),
+        };
+        while let Some(opt) = it.next() {
+            let mut value = || it.next().ok_or_else(|| format!("{opt} needs a value"));
+            match opt.as_str() {
+                "--kernel" => a.kernel = value()?.clone(),
+                "--initrd" => a.initrd = Some(value()?.clone()),
+                "--cmdline" => a.cmdline = value()?.clone(),
+                "--name" => a.name = value()?.clone(),
+                "--mem" => {
+                    let v = value()?;
+                    a.mem_mib = parse_mib(v)
+                        .filter(|m| (2..=MAX_LINUX_MEM_MIB).contains(m) && m % 2 == 0)
+                        .ok_or_else(|| {
+                            format!(
+                                "--mem {v}: want an even number of MiB, 2..={MAX_LINUX_MEM_MIB}"
+                            )
+                        })?;
+                }
+                "--cpus" => {
+                    let v = value()?;
+                    a.cpus = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=crate::boot::MAX_VCPUS).contains(n))
+                        .ok_or_else(|| {
+                            format!("--cpus {v}: want 1..={}", crate::boot::MAX_VCPUS)
+                        })?;
+                }
+                s => return Err(format!("unknown option `{s}`")),
+            }
+        }
+        if a.kernel.is_empty() {
+            return Err("--kernel needs a value".into());
+        }
+        Ok(a)
+    }
+}
+
+/// A `time-to` result line: `MARKER` seen `at` after COMMAND was spawned.
+pub fn time_to_line(marker: &str, at: Option<Duration>) -> String {
+    match at {
+        Some(d) => {
+            let us = d.as_micros();
+            format!(
+                "rampart-peer: time-to \"{marker}\": {}.{:03} ms after the VMM started",
+                us / 1000,
+                us % 1000
+            )
+        }
+        None => format!("rampart-peer: time-to \"{marker}\": not seen"),
+    }
+}
 
 /// Most guest RAM the peer gives (MiB): the guests need 1 to 16.
 pub const MAX_MEM_MIB: u64 = 1024;
@@ -139,6 +278,8 @@ pub struct Counters {
     pub first_output: Option<Duration>,
     /// The set-up steps before `vm_ready`, each when it was done.
     pub steps: Vec<(&'static str, Duration)>,
+    /// vCPUs (0 is printed as 1).
+    pub vcpus: u32,
 }
 
 impl Counters {
@@ -168,7 +309,7 @@ pub fn stats(name: &str, c: &Counters, wall: Duration, result: &str) -> String {
         format!("{}.{:03} s", wall_ms / 1000, wall_ms % 1000),
     );
     put("protected", "false".into());
-    put("vcpus", "1".into());
+    put("vcpus", c.vcpus.max(1).to_string());
     put("exits EXIT_MMIO", c.mmio.to_string());
     put("exits other", c.other.to_string());
     put("exits total", (c.mmio + c.other).to_string());
@@ -240,6 +381,88 @@ mod tests {
         }
     }
 
+    fn command(s: &[&str]) -> Result<Command, String> {
+        Command::parse(&s.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn parses_the_linux_and_time_to_commands() {
+        let c = command(&[
+            "run",
+            "--kernel",
+            "/guest/Image",
+            "--initrd",
+            "/guest/initrd.cpio.gz",
+            "--mem",
+            "192M",
+            "--cpus",
+            "2",
+            "--cmdline",
+            "console=ttyAMA0 quiet",
+            "--name",
+            "pl1",
+        ])
+        .unwrap();
+        assert_eq!(
+            c,
+            Command::Linux(LinuxArgs {
+                kernel: "/guest/Image".into(),
+                initrd: Some("/guest/initrd.cpio.gz".into()),
+                mem_mib: 192,
+                cpus: 2,
+                cmdline: "console=ttyAMA0 quiet".into(),
+                name: "pl1".into(),
+            })
+        );
+        let Command::Linux(d) = command(&["run", "--kernel", "k", "--mem", "1G"]).unwrap() else {
+            panic!("not a Linux run")
+        };
+        assert_eq!((d.mem_mib, d.cpus, d.initrd), (1024, 1, None));
+        assert_eq!(d.cmdline, "console=ttyAMA0 earlycon panic=-1");
+        for bad in [
+            &["run", "--kernel"][..],
+            &["run", "--kernel", "k", "--mem", "3M"],
+            &["run", "--kernel", "k", "--mem", "0"],
+            &["run", "--kernel", "k", "--mem", "4G"],
+            &["run", "--kernel", "k", "--mem", "99999999999999999999G"],
+            &["run", "--kernel", "k", "--cpus", "0"],
+            &["run", "--kernel", "k", "--cpus", "9"],
+            &["run", "--kernel", "k", "--what"],
+            &["run", "--kernel", "k", "extra"],
+        ] {
+            assert!(command(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(matches!(command(&["run", "x.bin"]), Ok(Command::Bare(_))));
+        assert_eq!(
+            command(&["time-to", "init reached", "--", "rampart-vmm", "run"]).unwrap(),
+            Command::TimeTo {
+                marker: "init reached".into(),
+                argv: vec!["rampart-vmm".into(), "run".into()]
+            }
+        );
+        for bad in [
+            &["time-to"][..],
+            &["time-to", "m"],
+            &["time-to", "m", "--"],
+            &["time-to", "m", "x"],
+            &["time-to", "", "--", "x"],
+        ] {
+            assert!(command(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn time_to_lines() {
+        assert_eq!(
+            time_to_line("init", Some(Duration::from_micros(1_234_567))),
+            "rampart-peer: time-to \"init\": 1234.567 ms after the VMM started"
+        );
+        assert_eq!(
+            time_to_line("init", None),
+            "rampart-peer: time-to \"init\": not seen"
+        );
+    }
+
     #[test]
     fn assembles_lines_and_reads_guest_done() {
         let mut c = Console::default();
@@ -275,6 +498,7 @@ mod tests {
                 ("image read", Duration::from_micros(200)),
                 ("VM created", Duration::from_micros(1000)),
             ],
+            vcpus: 1,
         };
         let s = stats(
             "b1",

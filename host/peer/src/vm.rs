@@ -15,29 +15,29 @@ use crate::report::{self, Args, Console, Counters, Outcome, UART_PAGE};
 
 /// `PSTATE` at entry: EL1h, D, A, I, F masked (what `KVM_ARM_VCPU_INIT`
 /// resets to; set explicitly so the entry state does not depend on it).
-const PSTATE_EL1H_DAIF: u64 = 0x3c5;
+pub(crate) const PSTATE_EL1H_DAIF: u64 = 0x3c5;
 
 /// The `KVM_{GET,SET}_ONE_REG` id of a 64-bit core register at byte
 /// `offset` in `struct kvm_regs` (`Documentation/virt/kvm/api.rst`: the
 /// index is the offset in 32-bit words).
-fn core_reg(offset: usize) -> u64 {
+pub(crate) fn core_reg(offset: usize) -> u64 {
     KVM_REG_ARM64 | KVM_REG_SIZE_U64 | u64::from(KVM_REG_ARM_CORE) | (offset / 4) as u64
 }
 
 /// `regs.regs[0]`, `regs.pc`, `regs.pstate` in `struct kvm_regs`
 /// (`user_pt_regs` first: 31 registers, `sp`, `pc`, `pstate`).
-const X0: usize = 0;
-const PC: usize = 32 * 8;
-const PSTATE: usize = 33 * 8;
+pub(crate) const X0: usize = 0;
+pub(crate) const PC: usize = 32 * 8;
+pub(crate) const PSTATE: usize = 33 * 8;
 
 /// Anonymous memory for guest RAM, unmapped on drop.
-struct Ram {
-    addr: *mut u8,
-    len: usize,
+pub(crate) struct Ram {
+    pub(crate) addr: *mut u8,
+    pub(crate) len: usize,
 }
 
 impl Ram {
-    fn new(len: usize) -> Result<Ram> {
+    pub(crate) fn new(len: usize) -> Result<Ram> {
         // SAFETY: a fresh private anonymous mapping; no existing memory is
         // touched, and the result is checked before use.
         let addr = unsafe {
@@ -63,17 +63,25 @@ impl Ram {
     }
 
     fn load(&mut self, image: &[u8]) -> Result<()> {
-        if image.len() > self.len {
+        self.write_at(0, image)
+    }
+
+    /// Copies `data` to byte `offset` of guest RAM.
+    pub(crate) fn write_at(&mut self, offset: usize, data: &[u8]) -> Result<()> {
+        if offset > self.len || data.len() > self.len - offset {
             bail!(
-                "the image ({} bytes) does not fit in {} bytes of guest RAM",
-                image.len(),
+                "{} bytes at offset {offset:#x} do not fit in {} bytes of guest RAM",
+                data.len(),
                 self.len
             );
         }
         // SAFETY: `addr..addr + len` is our mapping (readable and
-        // writable) and `image.len() <= len`; the image is a separate
-        // allocation, so the ranges do not overlap.
-        unsafe { std::ptr::copy_nonoverlapping(image.as_ptr(), self.addr, image.len()) };
+        // writable) and `offset + data.len() <= len` (checked above without
+        // overflow); `data` is a separate allocation, so the ranges do not
+        // overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.addr.add(offset), data.len());
+        }
         Ok(())
     }
 }

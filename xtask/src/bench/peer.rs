@@ -29,13 +29,15 @@
 //! over all runs of a mode, with min and max, the load average, and the
 //! ratios Rampart/pKVM and Rampart/nVHE.
 //!
-//! Linux guests (issue 11) join through [`Metric::LinuxBoot`]: `peer.sh`
-//! has the hook where a boot to the guest's `/init` is timed; the row is
-//! printed once every mode reports it.
+//! After the guest runs, each boot also boots a Linux guest once
+//! ([`LinuxGuest`]: Debian sid's kernel and the initramfs of `rampart-vmm`'s
+//! Linux guest) with this mode's VMM, `rampart-vmm run --kernel` or
+//! `rampart-peer run --kernel`, and `rampart-peer time-to` times both from
+//! the VMM's start to the guest `/init`'s first line
+//! ([`Metric::LinuxBoot`]).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -110,7 +112,7 @@ pub enum Metric {
     /// The same for a non-protected VM (Rampart's `pu<r>` runs; the peer's
     /// VM is never protected, so its own launch).
     LaunchOpen,
-    /// VMM start to a Linux guest's `/init`, ms (issue 11; the hook).
+    /// VMM start to a Linux guest's `/init`, ms.
     LinuxBoot,
 }
 
@@ -170,8 +172,8 @@ pub struct Sample {
     pub open_vm_ready_ms: f64,
     /// See [`Sample::open_vm_ready_ms`].
     pub open_first_exit_ms: f64,
-    /// VMM start to a Linux guest's `/init`, ms, once issue 11's hook
-    /// reports it.
+    /// VMM start to a Linux guest's `/init`, ms (run *k*'s sample carries
+    /// Linux boot *k*'s figure).
     pub linux_boot_ms: Option<f64>,
 }
 
@@ -203,8 +205,15 @@ fn launch_field(line: &str, name: &str) -> Option<f64> {
 
 /// Reads one boot's console: the `runs` guest runs `pb1..pbN` each passed
 /// and reported both phases and launch; with `open` (Rampart) also the
-/// non-protected runs `pu1..puN`. The error names the first thing missing.
-pub fn parse_boot(console: &str, runs: u32, open: bool) -> Result<Vec<Sample>, String> {
+/// non-protected runs `pu1..puN`; and `linux_runs` (at most `runs`) Linux
+/// guest boots, each reported as `linux <k> <ms> status 0` (their figure
+/// goes with run *k*'s). The error names the first thing missing.
+pub fn parse_boot(
+    console: &str,
+    runs: u32,
+    linux_runs: u32,
+    open: bool,
+) -> Result<Vec<Sample>, String> {
     let lines: Vec<&str> = console.lines().map(|l| l.trim_end_matches('\r')).collect();
     let script = |what: &str| {
         lines.iter().find_map(|l| {
@@ -224,8 +233,7 @@ pub fn parse_boot(console: &str, runs: u32, open: bool) -> Result<Vec<Sample>, S
             let own = tagged(&format!("[pb{r}] "));
             let find = |f: &dyn Fn(&str) -> Option<f64>| own.iter().find_map(|l| f(l));
             let open_lines = tagged(&format!("[pu{r}] "));
-            let find_open =
-                |f: &dyn Fn(&str) -> Option<f64>| open_lines.iter().find_map(|l| f(l));
+            let find_open = |f: &dyn Fn(&str) -> Option<f64>| open_lines.iter().find_map(|l| f(l));
             let status = script(&format!("run {r} status "))
                 .and_then(|l| l.rsplit(' ').next())
                 .ok_or_else(|| {
@@ -264,25 +272,42 @@ pub fn parse_boot(console: &str, runs: u32, open: bool) -> Result<Vec<Sample>, S
                     .iter()
                     .any(|l| l.starts_with("GUEST-DONE ") && l.ends_with(" 0 failed"))
                 {
-                    return Err(format!(
-                        "run {r}: the non-protected run pu{r} did not pass"
-                    ));
+                    return Err(format!("run {r}: the non-protected run pu{r} did not pass"));
                 }
                 Some(
-                    find_open(&|l| launch_field(l, "first console output ")).ok_or_else(|| {
-                        format!("run {r}: no `first console output` for pu{r}")
-                    })?,
+                    find_open(&|l| launch_field(l, "first console output "))
+                        .ok_or_else(|| format!("run {r}: no `first console output` for pu{r}"))?,
                 )
             } else {
                 Some(launch)
             };
-            let linux_boot = lines.iter().find_map(|l| {
-                let rest = l.split_once(&format!("{PREFIX}linux {r} "))?.1;
-                let (ms, status) = rest.split_once(" status ")?;
-                (status.trim() == "0")
-                    .then(|| ms.trim().parse().ok())
-                    .flatten()
-            });
+            let linux_boot = if r <= linux_runs {
+                let line = script(&format!("linux {r} ")).ok_or_else(|| {
+                    format!("Linux guest boot {r}: no `{PREFIX}linux {r}` line (it did not finish)")
+                })?;
+                let rest = line
+                    .strip_prefix(&format!("linux {r} "))
+                    .unwrap_or_default();
+                let ms = rest
+                    .split_once(" status ")
+                    .filter(|(_, status)| status.trim() == "0")
+                    .and_then(|(ms, _)| ms.trim().parse::<f64>().ok())
+                    .filter(|ms| *ms > 0.0)
+                    .ok_or_else(|| {
+                        let vmm: Vec<&str> = tagged(&format!("[pl{r}] "))
+                            .into_iter()
+                            .filter(|l| {
+                                l.contains("FAIL")
+                                    || l.contains("panic")
+                                    || l.contains("exit status")
+                            })
+                            .collect();
+                        format!("Linux guest boot {r} failed: `{line}`; {}", vmm.join("; "))
+                    })?;
+                Some(ms)
+            } else {
+                None
+            };
             Ok(Sample {
                 mmio_per_s: mmio,
                 hvc_per_s: hvc,
@@ -351,7 +376,7 @@ pub fn table(series: &[(Mode, &[Sample])]) -> String {
     for metric in Metric::ALL {
         if series.iter().all(|(m, _)| of(*m, metric).is_none()) {
             let why = if metric == Metric::LinuxBoot {
-                " (no Linux guests yet: issue 11)"
+                " (the Linux guest's kernel could not be fetched: see above)"
             } else {
                 ""
             };
@@ -386,48 +411,70 @@ pub fn table(series: &[(Mode, &[Sample])]) -> String {
 /// Builds `rampart-peer` for the Linux host's target in release mode and
 /// strips it into `build/linux/rampart-peer`.
 pub fn peer_binary() -> Result<PathBuf> {
-    let root = artifacts::root();
-    let status = Command::new(env!("CARGO"))
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "--package",
-            "rampart-peer",
-            "--target",
-            linux_vmm::VMM_TARGET,
-        ])
-        .status()
-        .context("building rampart-peer")?;
-    if !status.success() {
-        bail!("building rampart-peer for {} failed", linux_vmm::VMM_TARGET);
-    }
-    let elf = root
-        .join("target")
-        .join(linux_vmm::VMM_TARGET)
-        .join("release/rampart-peer");
-    let dir = artifacts::build_dir().join("linux");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let out = dir.join("rampart-peer");
-    artifacts::strip_to(&elf, &out)?;
-    Ok(out)
+    linux_vmm::musl_binary("rampart-peer")
+}
+
+/// The Linux guest of the "VMM start to /init" row: Debian sid's kernel
+/// and initramfs of `rampart-vmm`'s Linux guest (`linux_guest.rs`), with
+/// its memory, and [`LINUX_VCPUS`] vCPUs under both VMMs.
+pub struct LinuxGuest {
+    /// The `Image`.
+    pub kernel: PathBuf,
+    /// The guest's initramfs.
+    pub initrd: PathBuf,
+    /// Its version.
+    pub version: String,
+}
+
+/// The Linux guest's vCPUs (the host has `--smp`, default 2).
+pub const LINUX_VCPUS: u32 = 2;
+/// Linux guest boots per host boot.
+pub const LINUX_RUNS_PER_BOOT: u32 = 1;
+/// The Linux guest's command line: `linux_guest/host.sh`'s.
+pub const LINUX_CMDLINE: &str = "console=ttyAMA0 earlycon panic=-1 quiet";
+/// Added to each boot's time limit when it also boots the Linux guest
+/// (a guest boot under TCG takes minutes on a loaded machine, and longer
+/// with `--icount`).
+const LINUX_EXTRA_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Fetches the guest kernel (cached in `build/linux-guest/`) and builds
+/// its initramfs.
+pub fn linux_guest() -> Result<LinuxGuest> {
+    let k = crate::linux_guest::fetch()?;
+    let _ = linux::prepare()?;
+    let initrd = crate::linux_guest::initramfs(&k, "")?;
+    Ok(LinuxGuest {
+        kernel: k.image,
+        initrd,
+        version: k.version,
+    })
 }
 
 /// The kernel and the initramfs with both VMMs, the bench guest's image and
-/// bundle, and `peer.sh` running `runs` guest runs.
-pub fn host(runs: u32) -> Result<linux::LinuxHost> {
+/// bundle, and `peer.sh` running `runs` guest runs; with `guest`, also the
+/// Linux guest's files and [`LINUX_RUNS_PER_BOOT`] boots of it.
+pub fn host(runs: u32, guest: Option<&LinuxGuest>) -> Result<linux::LinuxHost> {
     prereq::ensure(&[&prereq::QEMU, &prereq::CPIO])?;
     crate::guests::guests()?;
     let guests = artifacts::build_dir().join("guests");
     let open = open_bundle(&guests)?;
-    let files = vec![
+    let mut files = vec![
         (linux_vmm::vmm_binary()?, "bin/rampart-vmm"),
         (peer_binary()?, "bin/rampart-peer"),
         (guests.join("bench.bin"), "guests/bench.bin"),
         (guests.join("bench.bundle"), "guests/bench.bundle"),
         (open, "guests/bench.open.bundle"),
     ];
-    linux::prepare_with(&files, &format!("RUNS={runs}\n{SCRIPT}"))
+    let mut vars = format!("RUNS={runs}\n");
+    if let Some(g) = guest {
+        files.push((g.kernel.clone(), "guest/Image"));
+        files.push((g.initrd.clone(), "guest/initrd.cpio.gz"));
+        vars += &format!(
+            "LINUX_RUNS={LINUX_RUNS_PER_BOOT}\nLINUX_CPUS={LINUX_VCPUS}\nLINUX_MEM={}\nLINUX_CMDLINE='{LINUX_CMDLINE}'\n",
+            crate::linux_guest::GUEST_MEM
+        );
+    }
+    linux::prepare_with(&files, &format!("{vars}{SCRIPT}"))
 }
 
 /// The bench guest's image in an unsigned bundle whose manifest is the
@@ -449,13 +496,15 @@ fn open_bundle(guests: &std::path::Path) -> Result<PathBuf> {
 pub const ICOUNT: [&str; 2] = ["-icount", "shift=0,sleep=off"];
 
 /// The machine of `mode` (the same kernel and initramfs in every mode);
-/// with `icount`, QEMU counts instructions as time ([`ICOUNT`]).
+/// with `icount`, QEMU counts instructions as time ([`ICOUNT`]); with
+/// `linux_guest`, Rampart's guest pool has room for the Linux guest's RAM.
 pub fn machine(
     mode: Mode,
     smp: u32,
     mem: &str,
     host: &linux::LinuxHost,
     icount: bool,
+    linux_guest: bool,
 ) -> Result<Machine> {
     let tail = format!(
         "{HOST_ARGS} {} rpeer.mode={}",
@@ -466,10 +515,12 @@ pub fn machine(
         Mode::Rampart => {
             let mut m = Machine::new(artifacts::hypervisor()?);
             m.loaders.push((host.kernel.clone(), HOST_LOAD_ADDRESS));
-            m.append = format!(
-                "rampart.host={HOST_LOAD_ADDRESS:#x} rampart.pool={} -- {tail}",
+            let pool = if linux_guest {
+                crate::linux_guest::POOL_MIB
+            } else {
                 linux_vmm::POOL_MIB
-            );
+            };
+            m.append = format!("rampart.host={HOST_LOAD_ADDRESS:#x} rampart.pool={pool} -- {tail}");
             m
         }
         Mode::Pkvm | Mode::Nvhe => {
@@ -494,12 +545,13 @@ pub fn machine(
     Ok(m)
 }
 
-/// Boots `machine` once and reads its runs; keeps the console in
-/// `build/linux/peer-<mode>.log`.
+/// Boots `machine` once and reads its runs (and `linux_runs` Linux guest
+/// boots); keeps the console in `build/linux/peer-<mode>.log`.
 pub fn measure(
     mode: Mode,
     machine: &Machine,
     runs: u32,
+    linux_runs: u32,
     timeout: Duration,
 ) -> Result<Vec<Sample>, String> {
     let run = machine
@@ -515,7 +567,7 @@ pub fn measure(
     {
         return Err(run.failure(&format!("the kernel did not print `{ready}`")));
     }
-    parse_boot(&run.console, runs, mode == Mode::Rampart).map_err(|e| {
+    parse_boot(&run.console, runs, linux_runs, mode == Mode::Rampart).map_err(|e| {
         let what = if run.timed_out {
             format!("{e} (timed out after {} s)", timeout.as_secs())
         } else {
@@ -529,9 +581,9 @@ pub fn measure(
 /// guest once under Debian's kernel with `kvm-arm.mode=protected` (builds
 /// `rampart-peer`, boots once). Returns the run's figures.
 pub fn smoke() -> Result<String> {
-    let host = host(1)?;
-    let m = machine(Mode::Pkvm, 2, "1G", &host, false)?;
-    let samples = measure(Mode::Pkvm, &m, 1, SMOKE_TIMEOUT).map_err(|e| anyhow::anyhow!(e))?;
+    let host = host(1, None)?;
+    let m = machine(Mode::Pkvm, 2, "1G", &host, false, false)?;
+    let samples = measure(Mode::Pkvm, &m, 1, 0, SMOKE_TIMEOUT).map_err(|e| anyhow::anyhow!(e))?;
     let s = samples.first().context("no sample")?;
     Ok(format!(
         "rampart-peer ran guest/bench under pKVM: {:.0} MMIO writes/s, {:.0} HVC/s, first output {:.1} ms after start (not a measurement: one run)",
@@ -550,13 +602,33 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bail!("--rounds must be at least 1");
     }
     let mem = args.mem.clone().unwrap_or_else(|| "1G".into());
-    let timeout = Duration::from_secs(args.timeout.max(60));
-    let host = host(RUNS_PER_BOOT)?;
+    let mut timeout = Duration::from_secs(args.timeout.max(60));
+    // The Linux guest's row: skipped (and said why) when its kernel cannot
+    // be fetched.
+    let guest = match linux_guest() {
+        Ok(g) => Some(g),
+        Err(e) => {
+            println!("bench peer: no Linux guest, its row is not measured: {e:#}");
+            None
+        }
+    };
+    let linux_runs = if guest.is_some() {
+        timeout += LINUX_EXTRA_TIMEOUT;
+        LINUX_RUNS_PER_BOOT
+    } else {
+        0
+    };
+    let host = host(RUNS_PER_BOOT, guest.as_ref())?;
     println!(
-        "bench peer: {} {} (arm64 cloud), {} CPUs, {mem} RAM, {rounds} rounds x {RUNS_PER_BOOT} runs of guest/bench per mode, QEMU timeout {} s{}",
+        "bench peer: {} {} (arm64 cloud), {} CPUs, {mem} RAM, {rounds} rounds x {RUNS_PER_BOOT} runs of guest/bench per mode{}, QEMU timeout {} s{}",
         host.package,
         host.version,
         args.smp,
+        guest.as_ref().map_or(String::new(), |g| format!(
+            " and {LINUX_RUNS_PER_BOOT} boot of Debian {} as a Linux guest ({LINUX_VCPUS} vCPUs, {} RAM, `{LINUX_CMDLINE}`) to its /init",
+            g.version,
+            crate::linux_guest::GUEST_MEM
+        )),
         timeout.as_secs(),
         if args.icount {
             ", -icount shift=0,sleep=off: times are instructions (1 ms = 10^6)"
@@ -564,13 +636,21 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             ""
         }
     );
+    // `RAMPART_BENCH_PEER_MODES=pkvm,nvhe` (names as in `rpeer.mode=`)
+    // runs only those modes, e.g. to try a change to one VMM.
+    let only = std::env::var("RAMPART_BENCH_PEER_MODES").ok();
     let mut series: Vec<Series> = Mode::ALL
         .iter()
+        .filter(|m| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|w| w.trim() == m.arg()))
+        })
         .map(|&mode| {
-            let (machine, failure) = match machine(mode, args.smp, &mem, &host, args.icount) {
-                Ok(m) => (Some(m), None),
-                Err(e) => (None, Some(format!("could not set up: {e:#}"))),
-            };
+            let (machine, failure) =
+                match machine(mode, args.smp, &mem, &host, args.icount, guest.is_some()) {
+                    Ok(m) => (Some(m), None),
+                    Err(e) => (None, Some(format!("could not set up: {e:#}"))),
+                };
             Series {
                 mode,
                 machine,
@@ -600,7 +680,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 let _ = write!(line, "  {} skipped", s.mode.name());
                 continue;
             };
-            match measure(s.mode, m, RUNS_PER_BOOT, timeout) {
+            match measure(s.mode, m, RUNS_PER_BOOT, linux_runs, timeout) {
                 Ok(samples) => {
                     let med =
                         |f: fn(&Sample) -> f64| median(&samples.iter().map(f).collect::<Vec<_>>());
@@ -618,6 +698,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                             " (not protected {:.1} ms)",
                             med(|x| x.launch_open_ms.unwrap_or(f64::NAN))
                         );
+                    }
+                    let linux: Vec<f64> = samples.iter().filter_map(|x| x.linux_boot_ms).collect();
+                    if !linux.is_empty() {
+                        let _ = write!(line, " linux /init {:.0} ms", median(&linux));
                     }
                     s.samples.extend(samples);
                 }
@@ -713,7 +797,7 @@ mod tests {
 
     #[test]
     fn reads_the_phases_and_launch_of_every_run() {
-        let samples = parse_boot(&boot_log(3, 31_250_000), 3, false).unwrap();
+        let samples = parse_boot(&boot_log(3, 31_250_000), 3, 0, false).unwrap();
         assert_eq!(samples.len(), 3);
         // 2000 writes in 0.5 s; 5000 calls in 10 ms.
         assert!((samples[0].mmio_per_s - 4000.0).abs() < 1e-6, "{samples:?}");
@@ -741,15 +825,19 @@ mod tests {
                 ),
             );
         }
-        let samples = parse_boot(&log, 2, true).unwrap();
+        let samples = parse_boot(&log, 2, 0, true).unwrap();
         assert_eq!(samples[1].launch_open_ms, Some(3.2));
         assert!((samples[1].open_first_exit_ms - 2.2).abs() < 1e-9);
         assert!((samples[1].launch_ms - 6.5).abs() < 1e-9);
-        let e = parse_boot(&boot_log(2, 31_250_000), 2, true).unwrap_err();
+        let e = parse_boot(&boot_log(2, 31_250_000), 2, 0, true).unwrap_err();
         assert!(e.contains("pu1 did not pass"), "{e}");
         let e = parse_boot(
-            &log.replace("[pu2] GUEST-DONE 3 passed, 0 failed", "[pu2] GUEST-DONE 2 passed, 1 failed"),
+            &log.replace(
+                "[pu2] GUEST-DONE 3 passed, 0 failed",
+                "[pu2] GUEST-DONE 2 passed, 1 failed",
+            ),
             2,
+            0,
             true,
         )
         .unwrap_err();
@@ -759,7 +847,11 @@ mod tests {
     #[test]
     fn a_failed_missing_or_broken_run_is_an_error_naming_it() {
         let good = boot_log(2, 31_250_000);
-        assert!(parse_boot(&good, 3, false).unwrap_err().contains("run 3: no"));
+        assert!(
+            parse_boot(&good, 3, 0, false)
+                .unwrap_err()
+                .contains("run 3: no")
+        );
         let cases = [
             (
                 good.replace(
@@ -796,17 +888,44 @@ mod tests {
             ),
         ];
         for (console, want) in cases {
-            let e = parse_boot(&console, 2, false).unwrap_err();
+            let e = parse_boot(&console, 2, 0, false).unwrap_err();
             assert!(e.contains(want), "want {want:?} in {e:?}");
         }
     }
 
     #[test]
-    fn the_linux_guest_hook_is_read_when_reported() {
-        let log = boot_log(1, 31_250_000) + "RAMPART-PEER: linux 1 812.5 status 0\n";
-        assert_eq!(parse_boot(&log, 1, false).unwrap()[0].linux_boot_ms, Some(812.5));
-        let log = boot_log(1, 31_250_000) + "RAMPART-PEER: linux 1 812.5 status 3\n";
-        assert_eq!(parse_boot(&log, 1, false).unwrap()[0].linux_boot_ms, None);
+    fn linux_guest_boots_are_read_and_required() {
+        let log = boot_log(2, 31_250_000) + "RAMPART-PEER: linux 1 812.5 status 0\n";
+        let samples = parse_boot(&log, 2, 1, false).unwrap();
+        assert_eq!(samples[0].linux_boot_ms, Some(812.5));
+        assert_eq!(
+            samples[1].linux_boot_ms, None,
+            "one Linux boot per host boot"
+        );
+        // Not asked for: not read.
+        assert_eq!(
+            parse_boot(&log, 2, 0, false).unwrap()[0].linux_boot_ms,
+            None
+        );
+        // Asked for, and missing, failed or without a figure: an error
+        // naming the boot (and the VMM's failure lines).
+        let e = parse_boot(&boot_log(2, 31_250_000), 2, 1, false).unwrap_err();
+        assert!(e.contains("Linux guest boot 1: no"), "{e}");
+        let failed = boot_log(1, 31_250_000)
+            + "[pl1] rampart-peer: FAIL KVM_CREATE_DEVICE GICv3\nRAMPART-PEER: linux 1 none status 1\n";
+        let e = parse_boot(&failed, 1, 1, false).unwrap_err();
+        assert!(
+            e.contains("boot 1 failed") && e.contains("KVM_CREATE_DEVICE"),
+            "{e}"
+        );
+        for bad in [
+            "linux 1 812.5 status 3",
+            "linux 1 none status 0",
+            "linux 1 0 status 0",
+        ] {
+            let log = boot_log(1, 31_250_000) + &format!("RAMPART-PEER: {bad}\n");
+            assert!(parse_boot(&log, 1, 1, false).is_err(), "{bad} accepted");
+        }
     }
 
     /// `peer.sh` prints what `parse_boot` and `measure` read, for every
@@ -830,7 +949,26 @@ mod tests {
         assert!(SCRIPT.contains("peer_say \"finished\""));
         assert!(SCRIPT.contains("peer_run \"pb$r\""));
         assert!(SCRIPT.contains("/guests/bench.bundle") && SCRIPT.contains("/guests/bench.bin"));
-        assert!(SCRIPT.contains("peer_run_open \"pu$r\"") && SCRIPT.contains("/guests/bench.open.bundle"));
+        assert!(
+            SCRIPT.contains("peer_run_open \"pu$r\"")
+                && SCRIPT.contains("/guests/bench.open.bundle")
+        );
+        assert!(SCRIPT.contains("peer_say \"linux $k ${ms:-none} status $st\""));
+        assert!(SCRIPT.contains(&format!("time-to \"{}\"", crate::linux_guest::INIT_MARKER)));
+        assert!(SCRIPT.contains("--name \"pl$k\""));
+        // The output line `time-to` prints, which the script's sed reads.
+        assert!(SCRIPT.contains("s/^rampart-peer: time-to \".*\": \\([0-9.]*\\) ms after"));
+    }
+
+    /// The Linux guest gets `rampart-vmm`'s Linux guest's command line
+    /// (`linux_guest/host.sh`).
+    #[test]
+    fn the_linux_guest_command_line_is_the_linux_cases() {
+        let host = include_str!("../linux_guest/host.sh");
+        assert!(
+            host.contains(&format!("cmdline=\"{LINUX_CMDLINE}\"")),
+            "host.sh changed its command line"
+        );
     }
 
     #[test]

@@ -48,9 +48,31 @@ while [ "$r" -lt "${RUNS:-3}" ]; do
 	peer_say "run $r status $st"
 done
 
-# Hook for issue 11: once Linux guests run under rampart-vmm (and the peer
-# can boot them), time `VMM start -> the guest's /init` here as run
-# `pl<r>`, printing `RAMPART-PEER: linux <r> <ms> status <s>`; peer.rs's
-# `Metric::LinuxBoot` reads those lines.
+# The Linux guest (when xtask packed it: LINUX_RUNS, LINUX_CPUS, LINUX_MEM
+# and LINUX_CMDLINE are prepended): Debian sid's kernel and initramfs of
+# rampart-vmm's Linux guest, booted by this mode's VMM with the same options
+# (rampart-vmm: a non-protected Rampart VM; rampart-peer: a KVM VM with the
+# in-kernel GICv3). `rampart-peer time-to` times both alike, from the VMM's
+# start to the guest /init's first line; the guest then powers off. Each
+# boot is named pl<k>, then `RAMPART-PEER: linux <k> <ms> status <s>`.
+peer_linux() {
+	case "$PEER_MODE" in
+	rampart) set -- /bin/rampart-vmm run "$@" ;;
+	pkvm | nvhe) set -- /bin/rampart-peer run "$@" ;;
+	esac
+	timeout 900 /bin/rampart-peer time-to "RAMPART-GUEST: init reached" -- "$@"
+}
+
+k=0
+while [ -f /guest/Image ] && [ "$k" -lt "${LINUX_RUNS:-0}" ]; do
+	k=$((k + 1))
+	peer_linux --kernel /guest/Image --initrd /guest/initrd.cpio.gz \
+		--mem "$LINUX_MEM" --cpus "$LINUX_CPUS" --cmdline "$LINUX_CMDLINE" \
+		--name "pl$k" >/tmp/pl.log 2>&1
+	st=$?
+	cat /tmp/pl.log
+	ms=$(sed -n 's/^rampart-peer: time-to ".*": \([0-9.]*\) ms after.*/\1/p' /tmp/pl.log)
+	peer_say "linux $k ${ms:-none} status $st"
+done
 
 peer_say "finished"
