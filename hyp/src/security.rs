@@ -93,15 +93,72 @@ pub fn measurer_as(flags: VmFlags, vcpus: u32, entry_pc: u64, x0: u64) -> Measur
 }
 
 /// Checks that a trusted key signed `measurement`.
+///
+/// issue 16: a triple (measurement, signer, signature) that verified once
+/// is remembered ([`VERIFIED`]), so relaunching the same signed image skips
+/// the Ed25519 verification. The verdict is a function of the triple and
+/// the trusted keys, which never change after boot, so the cache is exact;
+/// it holds only successes, keyed by all 96 + 32 bytes, so any other
+/// signature or signer for a cached measurement is verified (and refused)
+/// as before.
 pub fn check_signature(measurement: &Measurement, signature: Option<&([u8; 32], [u8; 64])>) -> Result<(), Error> {
     let Some((signer, signature)) = signature else { return Err(Error::NotSigned) };
-    match rampart_attest::verify_measurement(measurement, signer, signature, &security()?.trusted) {
-        Ok(_) => Ok(()),
+    let security = security()?;
+    let triple = Verified { measurement: measurement.0, signer: *signer, signature: *signature };
+    if VERIFIED.lock().contains(&triple) {
+        return Ok(());
+    }
+    match rampart_attest::verify_measurement(measurement, signer, signature, &security.trusted) {
+        Ok(_) => {
+            VERIFIED.lock().insert(triple);
+            Ok(())
+        }
         Err(SignatureError::Unsigned) => Err(Error::NotSigned),
         Err(SignatureError::UntrustedSigner(_)) => Err(Error::UntrustedKey),
         Err(_) => Err(Error::BadSignature),
     }
 }
+
+/// A (measurement, signer, signature) triple that verified against the
+/// trusted keys.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Verified {
+    measurement: [u8; 32],
+    signer: [u8; 32],
+    signature: [u8; 64],
+}
+
+/// The last [`VerifiedCache::SLOTS`] distinct triples that verified, in EL2
+/// memory (a static: no allocation on the call path), oldest replaced
+/// first. All three are public values, so comparing them in variable time
+/// leaks nothing.
+struct VerifiedCache {
+    slots: [Option<Verified>; VerifiedCache::SLOTS],
+    next: usize,
+}
+
+impl VerifiedCache {
+    const SLOTS: usize = 8;
+
+    fn contains(&self, triple: &Verified) -> bool {
+        self.slots.iter().flatten().any(|v| v == triple)
+    }
+
+    fn insert(&mut self, triple: Verified) {
+        if self.contains(&triple) {
+            return;
+        }
+        if let Some(slot) = self.slots.get_mut(self.next % Self::SLOTS) {
+            *slot = Some(triple);
+        }
+        self.next = (self.next + 1) % Self::SLOTS;
+    }
+}
+
+/// Triples that verified (see [`check_signature`]). A leaf lock: nothing
+/// else is taken while it is held.
+static VERIFIED: spin::Mutex<VerifiedCache> =
+    spin::Mutex::new(VerifiedCache { slots: [None; VerifiedCache::SLOTS], next: 0 });
 
 /// The public attestation key.
 pub fn attestation_public_key() -> Result<[u8; 32], Error> {

@@ -34,14 +34,16 @@
 //!
 //! # The measurement
 //! ```text
-//! M = SHA-256( "rampart.measurement.v1\0"
-//!            || flags    u32 LE   (bit 0 protected, bit 1 debug)
+//! M = SHA-256( "rampart.measurement.v2\0"
+//!            || flags    u32 LE   (bit 0 protected, bit 1 debug, bit 2 realm)
 //!            || vcpus    u32 LE
 //!            || entry_pc u64 LE   (vCPU 0's first PC)
 //!            || x0       u64 LE   (vCPU 0's first x0)
 //!            || for every guest page mapped at first run, in strictly
-//!               ascending guest-physical order:
-//!                  ipa u64 LE || the page's 4096 bytes )
+//!               ascending guest-physical order, one record per page with
+//!               a non-zero byte and one per maximal run of zero pages:
+//!                  1 u64 LE || ipa u64 LE || the page's 4096 bytes
+//!                  2 u64 LE || ipa u64 LE || count u64 LE )
 //! ```
 //! The hypervisor feeds [`Measurer`] from its own view of the VM (its
 //! configuration, the registers `VCPU_SET_REGS` set and the pages in the
@@ -124,7 +126,8 @@ pub use keys::{
 pub use linux::{BUNDLE_VERSION_LINUX, LinuxBundle, LinuxError, Part, PartError, PartKind, PartSpec};
 pub use manifest::{MAX_MEMORY_SIZE, MAX_VCPUS, Manifest, ManifestError, measure_image};
 pub use measure::{
-    InitialState, MEASUREMENT_DOMAIN, MeasureError, Measurement, Measurer, PAGE_SIZE, VmFlags,
+    InitialState, MEASUREMENT_DOMAIN, MeasureError, Measurement, Measurer, PAGE_SIZE,
+    RECORD_CONTENT, RECORD_ZERO, VmFlags, is_zero_page,
 };
 pub use rampart_abi::guest::GUEST_RAM_BASE;
 pub use report::{

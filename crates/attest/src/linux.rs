@@ -374,7 +374,6 @@ impl<'a> LinuxBundle<'a> {
     /// page of guest RAM with the placed parts copied in, zero elsewhere.
     #[must_use]
     pub fn measure(&self) -> Measurement {
-        const ZERO: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
         let mut m = Measurer::new(&self.initial_state());
         let placed: heapless_parts::Placed<'_> = heapless_parts::placed(self);
         let page = PAGE_SIZE as u64;
@@ -398,7 +397,13 @@ impl<'a> LinuxBundle<'a> {
                 buf[(from - ipa) as usize..(to - ipa) as usize]
                     .copy_from_slice(&data[(from - s) as usize..(to - s) as usize]);
             }
-            m.feed(ipa, if touched { &buf } else { &ZERO });
+            if touched {
+                m.feed(ipa, &buf);
+            } else {
+                // No part here: zero by construction, one more page of the
+                // zero run (not read).
+                m.feed_zeros(ipa, 1);
+            }
             ipa += page;
         }
         m.finish()

@@ -2,6 +2,8 @@
 
 use core::fmt;
 
+use zerocopy::FromBytes;
+
 use crate::sha256::{Compress, Sha256};
 
 use crate::hex::Hex;
@@ -9,8 +11,53 @@ use crate::hex::Hex;
 /// The granule the measurement is taken in (4 KiB, the stage-2 page size).
 pub const PAGE_SIZE: usize = 4096;
 
-/// The first bytes hashed into every measurement (version 1).
-pub const MEASUREMENT_DOMAIN: &[u8] = b"rampart.measurement.v1\0";
+/// The first bytes hashed into every measurement: the definition's
+/// version (2) is part of them, so a measurement of one version never
+/// equals one of another (version 1 hashed `"rampart.measurement.v1\0"`
+/// and every page's 4096 bytes, zero or not).
+pub const MEASUREMENT_DOMAIN: &[u8] = b"rampart.measurement.v2\0";
+
+/// The tag of a content record: `tag || ipa || the page's 4096 bytes`, for a
+/// page with at least one non-zero byte.
+pub const RECORD_CONTENT: u64 = 1;
+
+/// The tag of a zero record: `tag || ipa || count`, for a maximal run of
+/// `count` pages at consecutive guest-physical addresses from `ipa` whose
+/// bytes are all zero.
+pub const RECORD_ZERO: u64 = 2;
+
+/// Whether every byte of `page` is zero. Reads the page in 64-byte steps
+/// of eight 8-byte words OR-ed together and stops at the first step with a
+/// non-zero byte, so a content page costs one step and a zero page one read
+/// of each byte. A page that is 8-byte aligned (the hypervisor's always is)
+/// is read as aligned words, which the compiler turns into paired loads even
+/// for targets that forbid unaligned accesses (the EL2 build); any other
+/// buffer is read byte by byte into the same words.
+#[must_use]
+#[inline]
+pub fn is_zero_page(page: &[u8; PAGE_SIZE]) -> bool {
+    if let Ok(words) = <[u64; PAGE_SIZE / 8]>::ref_from_bytes(page) {
+        let (steps, _) = words.as_chunks::<8>();
+        for &[a, b, c, d, e, f, g, h] in steps {
+            if a | b | c | d | e | f | g | h != 0 {
+                return false;
+            }
+        }
+        return true;
+    }
+    let (steps, _) = page.as_chunks::<64>();
+    for step in steps {
+        let (words, _) = step.as_chunks::<8>();
+        let mut any = 0u64;
+        for word in words {
+            any |= u64::from_ne_bytes(*word);
+        }
+        if any != 0 {
+            return false;
+        }
+    }
+    true
+}
 
 /// A SHA-256 measurement: of a VM's initial state ([`Measurer`]), or of the
 /// hypervisor itself (a report's claim 4).
@@ -135,17 +182,39 @@ pub enum MeasureError {
         /// The previous page's address.
         previous: u64,
     },
+    /// A run of zero pages that is empty or runs past the top of the
+    /// 64-bit address space.
+    #[error(
+        "{pages} zero pages at guest-physical {ipa:#x}: empty, or past the end of the address space"
+    )]
+    BadRun {
+        /// The run's first address.
+        ipa: u64,
+        /// Its length in pages.
+        pages: u64,
+    },
 }
 
 /// Computes a measurement incrementally, the way the hypervisor walks a
 /// VM's memory: [`new`](Self::new) with the configuration, one
 /// [`page`](Self::page) per mapped page in ascending order, then
 /// [`finish`](Self::finish).
+///
+/// Version 2 of the definition (`docs/formats.md`): a page with a non-zero
+/// byte is hashed as a content record (its address and its 4096 bytes); a
+/// maximal run of all-zero pages at consecutive addresses as one zero
+/// record (its first address and its length). The measurer decides which
+/// by reading the page ([`is_zero_page`]), and it keeps a zero run open
+/// until a page that does not extend it (or [`finish`](Self::finish)), so
+/// the records depend only on the pages, never on how they were fed.
 #[derive(Clone)]
 pub struct Measurer {
     hash: Sha256,
+    /// The last page measured (the last page of an open zero run included).
     previous: Option<u64>,
     pages: u64,
+    /// The zero run not yet hashed: first address and length in pages.
+    zero_run: Option<(u64, u64)>,
 }
 
 impl Measurer {
@@ -170,16 +239,47 @@ impl Measurer {
             hash,
             previous: None,
             pages: 0,
+            zero_run: None,
         }
     }
 
-    /// Adds the page mapped at guest-physical `ipa`.
+    /// Adds the page mapped at guest-physical `ipa`: reads every byte of
+    /// it, and hashes it as a content record if any is non-zero, else adds
+    /// it to the zero run.
     ///
     /// # Errors
     ///
     /// [`MeasureError`] if `ipa` is unaligned or not above the previous
     /// page's; the measurement is then unchanged.
     pub fn page(&mut self, ipa: u64, contents: &[u8; PAGE_SIZE]) -> Result<(), MeasureError> {
+        self.check(ipa)?;
+        self.feed(ipa, contents);
+        Ok(())
+    }
+
+    /// Adds `pages` pages from guest-physical `ipa` on that the caller
+    /// knows to be all zero without reading them: for a signer predicting
+    /// the measurement of memory it zero-fills (the same records as
+    /// [`page`](Self::page) with zero pages, in constant time). The
+    /// hypervisor never uses it: it reads every page it measures.
+    ///
+    /// # Errors
+    ///
+    /// [`MeasureError`] if `ipa` is unaligned or not above the previous
+    /// page's, or the run is empty or runs past 2^64; the measurement is
+    /// then unchanged.
+    pub fn zero_pages(&mut self, ipa: u64, pages: u64) -> Result<(), MeasureError> {
+        self.check(ipa)?;
+        let last = pages
+            .checked_sub(1)
+            .and_then(|more| more.checked_mul(PAGE_SIZE as u64))
+            .and_then(|offset| ipa.checked_add(offset))
+            .ok_or(MeasureError::BadRun { ipa, pages })?;
+        self.zeros(ipa, pages, last);
+        Ok(())
+    }
+
+    fn check(&self, ipa: u64) -> Result<(), MeasureError> {
         if !ipa.is_multiple_of(PAGE_SIZE as u64) {
             return Err(MeasureError::Unaligned { ipa });
         }
@@ -188,16 +288,62 @@ impl Measurer {
         {
             return Err(MeasureError::OutOfOrder { ipa, previous });
         }
-        self.feed(ipa, contents);
         Ok(())
     }
 
     /// Adds a page whose order the caller guarantees.
     pub(crate) fn feed(&mut self, ipa: u64, contents: &[u8; PAGE_SIZE]) {
-        self.hash.update(&ipa.to_le_bytes());
+        if is_zero_page(contents) {
+            self.zeros(ipa, 1, ipa);
+            return;
+        }
+        self.close_zero_run();
+        let mut head = [0u8; 16];
+        head[..8].copy_from_slice(&RECORD_CONTENT.to_le_bytes());
+        head[8..].copy_from_slice(&ipa.to_le_bytes());
+        self.hash.update(&head);
         self.hash.update(contents);
         self.previous = Some(ipa);
         self.pages += 1;
+    }
+
+    /// Adds `pages` (at least 1) zero pages from `ipa` whose order and
+    /// range the caller guarantees (a signer's memory that is zero by
+    /// construction).
+    pub(crate) fn feed_zeros(&mut self, ipa: u64, pages: u64) {
+        let last = ipa.saturating_add(pages.saturating_sub(1).saturating_mul(PAGE_SIZE as u64));
+        self.zeros(ipa, pages, last);
+    }
+
+    /// Adds `pages` zero pages from `ipa` to `last`, in order.
+    fn zeros(&mut self, ipa: u64, pages: u64, last: u64) {
+        match &mut self.zero_run {
+            Some((start, count))
+                if count
+                    .checked_mul(PAGE_SIZE as u64)
+                    .and_then(|len| start.checked_add(len))
+                    == Some(ipa) =>
+            {
+                *count += pages;
+            }
+            _ => {
+                self.close_zero_run();
+                self.zero_run = Some((ipa, pages));
+            }
+        }
+        self.previous = Some(last);
+        self.pages += pages;
+    }
+
+    /// Hashes the open zero run's record, if there is one.
+    fn close_zero_run(&mut self) {
+        if let Some((start, count)) = self.zero_run.take() {
+            let mut record = [0u8; 24];
+            record[..8].copy_from_slice(&RECORD_ZERO.to_le_bytes());
+            record[8..16].copy_from_slice(&start.to_le_bytes());
+            record[16..].copy_from_slice(&count.to_le_bytes());
+            self.hash.update(&record);
+        }
     }
 
     /// How many pages have been measured.
@@ -208,7 +354,8 @@ impl Measurer {
 
     /// The measurement.
     #[must_use]
-    pub fn finish(self) -> Measurement {
+    pub fn finish(mut self) -> Measurement {
+        self.close_zero_run();
         Measurement(self.hash.finish())
     }
 }
@@ -231,39 +378,286 @@ mod tests {
         }
     }
 
-    #[test]
-    fn matches_the_written_definition() {
-        let page_a = [0xa5; PAGE_SIZE];
-        let page_b = [0x3c; PAGE_SIZE];
-        let mut m = Measurer::new(&state());
-        m.page(0x8000_0000, &page_a).unwrap();
-        m.page(0x8000_2000, &page_b).unwrap();
-        assert_eq!(m.pages(), 2);
+    use alloc::vec::Vec;
+    use proptest::prelude::*;
+    use sha2::Digest;
 
-        use sha2::Digest;
-        let mut raw = sha2::Sha256::new();
-        raw.update(b"rampart.measurement.v1\0");
+    /// The header every v2 measurement of [`state`] starts with.
+    fn header(raw: &mut sha2::Sha256, version: &[u8]) {
+        raw.update(version);
         raw.update([1, 0, 0, 0]);
         raw.update([2, 0, 0, 0]);
         raw.update([0, 0, 0, 0x80, 0, 0, 0, 0]);
         raw.update([0, 0, 0x10, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn matches_the_written_definition() {
+        let page_a = [0xa5; PAGE_SIZE];
+        let page_b = [0x3c; PAGE_SIZE];
+        let zero = [0; PAGE_SIZE];
+        let mut m = Measurer::new(&state());
+        m.page(0x8000_0000, &page_a).unwrap();
+        m.page(0x8000_2000, &zero).unwrap();
+        m.page(0x8000_3000, &zero).unwrap();
+        m.page(0x8000_4000, &page_b).unwrap();
+        m.page(0x8000_6000, &zero).unwrap();
+        assert_eq!(m.pages(), 5);
+
+        let mut raw = sha2::Sha256::new();
+        header(&mut raw, b"rampart.measurement.v2\0");
+        // Content record: tag 1, ipa, the bytes.
+        raw.update([1, 0, 0, 0, 0, 0, 0, 0]);
         raw.update([0, 0, 0, 0x80, 0, 0, 0, 0]);
         raw.update(page_a);
+        // Zero record: tag 2, ipa, 2 pages (0x8000_2000 and 0x8000_3000).
+        raw.update([2, 0, 0, 0, 0, 0, 0, 0]);
         raw.update([0, 0x20, 0, 0x80, 0, 0, 0, 0]);
+        raw.update([2, 0, 0, 0, 0, 0, 0, 0]);
+        raw.update([1, 0, 0, 0, 0, 0, 0, 0]);
+        raw.update([0, 0x40, 0, 0x80, 0, 0, 0, 0]);
         raw.update(page_b);
+        // A gap ends a run: 0x8000_6000 is a run of its own.
+        raw.update([2, 0, 0, 0, 0, 0, 0, 0]);
+        raw.update([0, 0x60, 0, 0x80, 0, 0, 0, 0]);
+        raw.update([1, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(m.finish().0, <[u8; 32]>::from(raw.finalize()));
     }
 
     #[test]
     fn known_answer() {
-        // Computed independently (Python hashlib) from the written definition;
-        // changing it must be a deliberate v2.
+        // Computed independently (Python hashlib) from the written definition
+        // (docs/formats.md): zero run 0x8000_0000 x 2, content 0x8000_2000
+        // (0xa5 bytes), zero run 0x8000_4000 x 1. Changing it must be a
+        // deliberate v3.
+        let mut m = Measurer::new(&state());
+        m.page(0x8000_0000, &[0; PAGE_SIZE]).unwrap();
+        m.page(0x8000_1000, &[0; PAGE_SIZE]).unwrap();
+        m.page(0x8000_2000, &[0xa5; PAGE_SIZE]).unwrap();
+        m.page(0x8000_4000, &[0; PAGE_SIZE]).unwrap();
+        assert_eq!(
+            m.finish().to_string(),
+            "56cbf6132c108c5581d0039bdfef3a6b8e6d0543cea8655dda96240729ba2ae7"
+        );
+        // One zero page (version 1 gave 93b2da39... for the same layout).
         let mut m = Measurer::new(&state());
         m.page(0x8000_0000, &[0; PAGE_SIZE]).unwrap();
         assert_eq!(
             m.finish().to_string(),
-            "93b2da394a28c9e61e069cac05193daf73bca9da37f3d0b8ec9d71ec25e64b5b"
+            "6b05e0d0f49306ae0501e6f9ce9b4c4ef39d5115e67caab18355d0f2d92f665c"
         );
+    }
+
+    /// Version 1 hashed every page's bytes after a v1 domain string: the
+    /// same layout never measures the same under v2, zero pages or not.
+    #[test]
+    fn version_1_never_equals_version_2() {
+        for byte in [0u8, 0x5a] {
+            let page = [byte; PAGE_SIZE];
+            let mut v1 = sha2::Sha256::new();
+            header(&mut v1, b"rampart.measurement.v1\0");
+            v1.update([0, 0, 0, 0x80, 0, 0, 0, 0]);
+            v1.update(page);
+            let mut m = Measurer::new(&state());
+            m.page(0x8000_0000, &page).unwrap();
+            assert_ne!(
+                m.finish().0,
+                <[u8; 32]>::from(v1.finalize()),
+                "byte {byte:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn zero_pages_is_the_same_as_reading_zero_pages() {
+        let zero = [0; PAGE_SIZE];
+        let mut read = Measurer::new(&state());
+        let mut known = Measurer::new(&state());
+        for i in 0..5u64 {
+            read.page(0x8000_0000 + i * 0x1000, &zero).unwrap();
+        }
+        read.page(0x8000_5000, &[1; PAGE_SIZE]).unwrap();
+        read.page(0x8000_6000, &zero).unwrap();
+        // Split differently: the records are the same.
+        known.zero_pages(0x8000_0000, 2).unwrap();
+        known.zero_pages(0x8000_2000, 3).unwrap();
+        known.page(0x8000_5000, &[1; PAGE_SIZE]).unwrap();
+        known.zero_pages(0x8000_6000, 1).unwrap();
+        assert_eq!(read.pages(), known.pages());
+        assert_eq!(read.finish(), known.finish());
+    }
+
+    #[test]
+    fn zero_runs_are_checked() {
+        let mut m = Measurer::new(&state());
+        m.zero_pages(0x8000_0000, 4).unwrap();
+        let before = m.clone().finish();
+        assert_eq!(
+            m.zero_pages(0x8000_3000, 1),
+            Err(MeasureError::OutOfOrder {
+                ipa: 0x8000_3000,
+                previous: 0x8000_3000
+            })
+        );
+        assert_eq!(
+            m.zero_pages(0x8000_4000, 0),
+            Err(MeasureError::BadRun {
+                ipa: 0x8000_4000,
+                pages: 0
+            })
+        );
+        assert_eq!(
+            m.zero_pages(0x8000_4000, u64::MAX / 4096),
+            Err(MeasureError::BadRun {
+                ipa: 0x8000_4000,
+                pages: u64::MAX / 4096
+            })
+        );
+        assert_eq!(
+            m.zero_pages(0x8000_4001, 1),
+            Err(MeasureError::Unaligned { ipa: 0x8000_4001 })
+        );
+        assert_eq!(m.pages(), 4);
+        assert_eq!(m.finish(), before, "a rejected run changes nothing");
+        // The very last page of the address space is measurable.
+        let top = u64::MAX - 0xfff;
+        let mut m = Measurer::new(&state());
+        m.zero_pages(top - 0x1000, 2).unwrap();
+        assert_eq!(
+            m.page(top, &[0; PAGE_SIZE]),
+            Err(MeasureError::OutOfOrder {
+                ipa: top,
+                previous: top
+            })
+        );
+        let mut m = Measurer::new(&state());
+        m.zero_pages(top, 1).unwrap();
+        assert_eq!(m.pages(), 1);
+    }
+
+    #[test]
+    fn the_zero_check() {
+        // Both paths: an 8-byte aligned page (words) and one that is not
+        // (bytes).
+        #[repr(align(8))]
+        struct Aligned([u8; PAGE_SIZE + 1]);
+        let mut buffer = Aligned([0; PAGE_SIZE + 1]);
+        for offset in [0, 1] {
+            let page: &mut [u8; PAGE_SIZE] = (&mut buffer.0[offset..offset + PAGE_SIZE])
+                .try_into()
+                .unwrap();
+            assert!(is_zero_page(page), "offset {offset}");
+            for at in [0, 1, 7, 8, 63, 64, 2047, 4032, 4095] {
+                page[at] = 0x80;
+                assert!(!is_zero_page(page), "offset {offset}, byte {at}");
+                page[at] = 0;
+            }
+        }
+    }
+
+    /// The definition, written out independently of [`Measurer`]: the
+    /// byte stream for `pages` (ascending, each address and contents).
+    fn reference(pages: &[(u64, [u8; PAGE_SIZE])]) -> [u8; 32] {
+        let mut raw = sha2::Sha256::new();
+        header(&mut raw, b"rampart.measurement.v2\0");
+        let mut run: Option<(u64, u64)> = None;
+        let close = |raw: &mut sha2::Sha256, run: &mut Option<(u64, u64)>| {
+            if let Some((ipa, n)) = run.take() {
+                raw.update(2u64.to_le_bytes());
+                raw.update(ipa.to_le_bytes());
+                raw.update(n.to_le_bytes());
+            }
+        };
+        for (ipa, bytes) in pages {
+            if bytes.iter().all(|&b| b == 0) {
+                match &mut run {
+                    Some((start, n)) if *start + *n * 4096 == *ipa => *n += 1,
+                    _ => {
+                        close(&mut raw, &mut run);
+                        run = Some((*ipa, 1));
+                    }
+                }
+            } else {
+                close(&mut raw, &mut run);
+                raw.update(1u64.to_le_bytes());
+                raw.update(ipa.to_le_bytes());
+                raw.update(bytes);
+            }
+        }
+        close(&mut raw, &mut run);
+        raw.finalize().into()
+    }
+
+    /// A layout: page slots 0..16 from 0x8000_0000, each absent (None),
+    /// zero (Some(None)) or with one byte set (Some(Some((at, value)))).
+    type Layout = Vec<Option<Option<(usize, u8)>>>;
+
+    fn layout() -> impl Strategy<Value = Layout> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just(None),
+                Just(Some(None)),
+                Just(Some(None)),
+                (0..PAGE_SIZE, any::<u8>()).prop_map(|c| Some(Some(c))),
+            ],
+            0..16,
+        )
+    }
+
+    fn pages_of(layout: &Layout) -> Vec<(u64, [u8; PAGE_SIZE])> {
+        let mut out = Vec::new();
+        for (i, slot) in layout.iter().enumerate() {
+            if let Some(contents) = slot {
+                let mut page = [0u8; PAGE_SIZE];
+                if let Some((at, value)) = contents {
+                    page[*at] = *value;
+                }
+                out.push((0x8000_0000 + i as u64 * 0x1000, page));
+            }
+        }
+        out
+    }
+
+    fn measure_pages(pages: &[(u64, [u8; PAGE_SIZE])]) -> Measurement {
+        let mut m = Measurer::new(&state());
+        for (ipa, page) in pages {
+            m.page(*ipa, page).unwrap();
+        }
+        m.finish()
+    }
+
+    proptest! {
+        /// A page with any single non-zero byte is measured as content:
+        /// its bytes, not a zero record.
+        #[test]
+        fn one_nonzero_byte_makes_a_content_page(at in 0..PAGE_SIZE, value in 1..=255u8, before in 0..3u64, after in 0..3u64) {
+            let mut pages = Vec::new();
+            for i in 0..before {
+                pages.push((0x8000_0000 + i * 0x1000, [0u8; PAGE_SIZE]));
+            }
+            let mut page = [0u8; PAGE_SIZE];
+            page[at] = value;
+            let ipa = 0x8000_0000 + before * 0x1000;
+            pages.push((ipa, page));
+            for i in 1..=after {
+                pages.push((ipa + i * 0x1000, [0u8; PAGE_SIZE]));
+            }
+            let m = measure_pages(&pages);
+            prop_assert_eq!(m.0, reference(&pages));
+            // Not what the same layout measures with that page zero.
+            pages[usize::try_from(before).unwrap()].1[at] = 0;
+            prop_assert_ne!(m, measure_pages(&pages));
+        }
+
+        /// The measurement follows the written definition for any layout,
+        /// and differs whenever any page's presence or contents differ.
+        #[test]
+        fn layouts_measure_differently(a in layout(), b in layout()) {
+            let (pa, pb) = (pages_of(&a), pages_of(&b));
+            let (ma, mb) = (measure_pages(&pa), measure_pages(&pb));
+            prop_assert_eq!(ma.0, reference(&pa));
+            prop_assert_eq!(ma == mb, pa == pb);
+        }
     }
 
     #[test]
@@ -379,12 +773,25 @@ mod tests {
         // issue 12: the same image and entry state as a realm VM and as a
         // pKVM VM measure differently.
         let pkvm = InitialState {
-            flags: VmFlags { protected: true, debug: false, realm: false },
+            flags: VmFlags {
+                protected: true,
+                debug: false,
+                realm: false,
+            },
             vcpus: 1,
             entry_pc: 0x8000_0000,
             x0: 0x10_0000,
         };
-        let realm = InitialState { flags: VmFlags { realm: true, ..pkvm.flags }, ..pkvm };
-        assert_ne!(Measurer::new(&pkvm).finish(), Measurer::new(&realm).finish());
+        let realm = InitialState {
+            flags: VmFlags {
+                realm: true,
+                ..pkvm.flags
+            },
+            ..pkvm
+        };
+        assert_ne!(
+            Measurer::new(&pkvm).finish(),
+            Measurer::new(&realm).finish()
+        );
     }
 }

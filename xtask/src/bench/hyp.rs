@@ -320,6 +320,17 @@ fn vb_summary(figures: &[Figure]) -> Vec<String> {
             ));
         }
     }
+    // issue 16 (measurement v2): the same line for RAM with no zero page,
+    // and what a zero MiB and a content MiB each cost.
+    let at = |mib: u64| get(&format!("vb/pvm-{mib}m-content/unsigned-run"));
+    if let (Some(b), Some(c)) = (at(mid), at(hi)) {
+        let slope = (c - b) / (hi - mid) as f64;
+        let fixed = b - slope * mid as f64;
+        out.push(format!(
+            "measurement alone, every page content: {fixed:.0} + {slope:.0} per MiB ({:.0} per 4 KiB page), through {mid} and {hi} MiB",
+            slope / 256.0
+        ));
+    }
     for mib in VB_SIZES {
         let name = |op: &str| format!("vb/pvm-{mib}m/{op}");
         if let (Some(e), Some(u)) = (get(&name("first-entry")), get(&name("unsigned-run"))) {

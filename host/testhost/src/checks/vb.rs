@@ -198,7 +198,32 @@ pub fn vb_refuse_flipped_signature(p: &Platform) -> Result<(), Msg> {
         return Err(e);
     }
     then_runs(p, vm, "flipped signature")?;
-    note!("BAD_SIGNATURE for a flipped bit in byte 0 and in byte 63; then the right signature ran");
+    // issue 16: hello's (measurement, signer, signature) has now verified,
+    // so EL2 has it in its cache of verified triples; a flipped signature
+    // over that same measurement must still be BAD_SIGNATURE (the cache is
+    // keyed by all three, not by the measurement).
+    let what = "a flipped signature for a measurement that verified before (cached)";
+    let vm = Vm::create(
+        &mut arena,
+        Spec {
+            sign: false,
+            ..protected("hello")?
+        },
+    )?;
+    let mut signature = good.signature;
+    signature[31] ^= 0x04;
+    let c = set_signature(vm.handle, &good.signer, &signature);
+    let refused = if c == 0 {
+        expect_refused(&vm, 0, BAD_SIGNATURE, what)
+    } else {
+        Err(msg!("{what}: VM_SET_SIGNATURE = {c}"))
+    };
+    let torn = destroyed(vm, what);
+    refused?;
+    torn?;
+    note!(
+        "BAD_SIGNATURE for a flipped bit in byte 0 and in byte 63; then the right signature ran; then BAD_SIGNATURE for a flipped bit in byte 31 after the right one verified (cached)"
+    );
     Ok(())
 }
 
