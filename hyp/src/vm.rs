@@ -285,6 +285,22 @@ pub fn translate(vm: &Vm, ipa: u64) -> Option<u64> {
 /// `VM_DONATE` and `VM_SHARE`: gives (or lends) host pages to the VM at
 /// `guest_address`.
 pub fn give_memory(vm_handle: VmHandle, pages: PageRange, guest_address: u64, share: bool) -> Result<(), Error> {
+    give(vm_handle, pages, guest_address, share, false)
+}
+
+/// `VM_DONATE_ZEROED` (issue 16): `VM_DONATE`, and the pages are zeroed
+/// (`DC ZVA` where the CPU allows it) and cleaned to the point of coherency
+/// after they left the host's stage 2 and before the guest's stage 2 maps
+/// them, so a guest that starts with its MMU off reads zeros from DRAM
+/// whatever the host left in them. The decoder bounds the range
+/// (`DONATE_ZEROED_MAX_PAGES`), so the work per call is bounded.
+pub fn donate_zeroed(vm_handle: VmHandle, pages: PageRange, guest_address: u64) -> Result<(), Error> {
+    give(vm_handle, pages, guest_address, false, true)
+}
+
+/// [`give_memory`] and [`donate_zeroed`]: `zero` asks for the pages to be
+/// zeroed even before the VM's first run.
+fn give(vm_handle: VmHandle, pages: PageRange, guest_address: u64, share: bool, zero: bool) -> Result<(), Error> {
     let (slot, mut guard) = lock(vm_handle)?;
     let vm = guard.as_mut().ok_or(Error::InvalidParameter)?;
     if share && vm.protected {
@@ -311,7 +327,7 @@ pub fn give_memory(vm_handle: VmHandle, pages: PageRange, guest_address: u64, sh
     }
     let id = vm_id(slot);
     let transition = if share { Transition::HostShareGuest(id) } else { Transition::HostDonateGuest(id) };
-    let zero_first = vm.measurement.is_some();
+    let zero_first = zero || vm.measurement.is_some();
     let range = MemRange::new(pages.start(), pages.end()).ok_or(Error::InvalidParameter)?;
     crate::memory::with(|mem| {
         // Also holds back what handing these pages back to the host at
@@ -321,7 +337,10 @@ pub fn give_memory(vm_handle: VmHandle, pages: PageRange, guest_address: u64, sh
         if zero_first {
             // After the first run nothing the host wrote may reach the
             // guest: the pages are the guest's now, and cleared before it
-            // can map them.
+            // can map them. `VM_DONATE_ZEROED` asks for the same before
+            // the first run. `zero_unowned` cleans the zeros to the point
+            // of coherency (`mm::zero`), which a guest whose MMU is off
+            // reads.
             mem.zero_unowned(range);
         }
         Ok(())
@@ -345,6 +364,9 @@ pub fn give_memory(vm_handle: VmHandle, pages: PageRange, guest_address: u64, sh
     let split = rampart_platform::tables::split_cost(guest_address, pages.start(), bytes);
     vm.stage2.translation().hold(split.min(tables.saturating_sub(used)));
     arch::dsb_ishst();
+    // Zeroed pages may be executed at once by a VM that runs already (a
+    // non-protected VM's run is not recorded here): drop stale
+    // instructions for them everywhere.
     if zero_first {
         crate::arch::cache::made_executable();
     }

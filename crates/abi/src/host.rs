@@ -55,6 +55,14 @@ pub enum HostCall {
     /// `RAMPART_HOST_VM_SHARE`: as `VM_DONATE`, but the host keeps the pages
     /// and lends them (non-protected VMs only).
     VmShare = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x14),
+    /// `RAMPART_HOST_VM_DONATE_ZEROED` (issue 16, new in 0.9): as
+    /// `VM_DONATE` (`x1` = VM handle, `x2` = host physical address, `x3` =
+    /// pages, at most [`DONATE_ZEROED_MAX_PAGES`], `x4` = guest-physical
+    /// address), plus `x5` = flags, all reserved (must be 0). The hypervisor
+    /// zeroes the pages (and cleans them to the point of coherency) after
+    /// the host lost them and before the guest can map them, so the host
+    /// need not write them and nothing it wrote there reaches the guest.
+    VmDonateZeroed = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x22),
     /// `RAMPART_HOST_VCPU_SET_REGS`: `x1` = VM handle, `x2` = vCPU index,
     /// `x3` = entry PC, `x4` = initial `x0`. Before the vCPU's first run.
     VcpuSetRegs = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x15),
@@ -146,7 +154,7 @@ pub enum HostCall {
 
 impl HostCall {
     /// Every host call, in ID order.
-    pub const ALL: [HostCall; 26] = [
+    pub const ALL: [HostCall; 27] = [
         HostCall::Version,
         HostCall::Features,
         HostCall::ShareHyp,
@@ -170,6 +178,7 @@ impl HostCall {
         HostCall::VmImportData,
         HostCall::VmEvict,
         HostCall::VmRestore,
+        HostCall::VmDonateZeroed,
         HostCall::VcpuHostCallGet,
         HostCall::VcpuHostCallSet,
         HostCall::OracleCheck,
@@ -208,6 +217,7 @@ impl HostCall {
             HostCall::VmImportData => "RAMPART_HOST_VM_IMPORT_DATA",
             HostCall::VmEvict => "RAMPART_HOST_VM_EVICT",
             HostCall::VmRestore => "RAMPART_HOST_VM_RESTORE",
+            HostCall::VmDonateZeroed => "RAMPART_HOST_VM_DONATE_ZEROED",
             HostCall::VcpuHostCallGet => "RAMPART_HOST_VCPU_HOST_CALL_GET",
             HostCall::VcpuHostCallSet => "RAMPART_HOST_VCPU_HOST_CALL_SET",
             HostCall::OracleCheck => "RAMPART_HOST_ORACLE_CHECK",
@@ -342,6 +352,16 @@ pub enum HostRequest {
         /// Where the guest sees them (page-aligned).
         guest_address: u64,
     },
+    /// See [`HostCall::VmDonateZeroed`] (issue 16): a `VM_DONATE` whose
+    /// pages the hypervisor zeroes.
+    VmDonateZeroed {
+        /// The VM.
+        vm: VmHandle,
+        /// Host pages to give (at most [`DONATE_ZEROED_MAX_PAGES`]).
+        pages: PageRange,
+        /// Where the guest sees them (page-aligned).
+        guest_address: u64,
+    },
     /// See [`HostCall::VmShare`].
     VmShare {
         /// The VM.
@@ -463,6 +483,12 @@ pub enum HostRequest {
         values: [u64; 8],
     },}
 
+/// The most pages one `VM_DONATE_ZEROED` may give (2 MiB): the zeroing
+/// and cleaning is done with interrupts masked, so each call's work is
+/// bounded (about 0.3 million instructions at EL2); a larger range takes
+/// several calls.
+pub const DONATE_ZEROED_MAX_PAGES: u64 = 512;
+
 /// The most pages a migration call's buffer may have.
 pub const MIGRATE_BUFFER_MAX_PAGES: u64 = 16;
 
@@ -542,6 +568,14 @@ impl HostRequest {
             HostCall::VmDonate => HostRequest::VmDonate {
                 vm: VmHandle(regs[1]),
                 pages: PageRange::new(regs[2], regs[3])?,
+                guest_address: guest_address()?,
+            },
+            HostCall::VmDonateZeroed => HostRequest::VmDonateZeroed {
+                vm: VmHandle(regs[1]),
+                pages: PageRange::new(regs[2], regs[3])
+                    .ok()
+                    .filter(|p| p.pages() <= DONATE_ZEROED_MAX_PAGES && regs[5] == 0)
+                    .ok_or(crate::Error::InvalidParameter)?,
                 guest_address: guest_address()?,
             },
             HostCall::VmShare => HostRequest::VmShare {
@@ -1030,5 +1064,38 @@ mod decode_tests {
         );
         // A range must end at a representable address.
         assert!(PageRange::new(!0xfff - 0x1000, 1).is_ok());
+    }
+
+    /// issue 16: `VM_DONATE_ZEROED` decodes as `VM_DONATE` does, with its
+    /// flags register (`x5`) reserved and its page count bounded.
+    #[test]
+    fn decodes_donate_zeroed() {
+        let vm = VmHandle(0x1000);
+        let id = u64::from(HostCall::VmDonateZeroed.id());
+        assert_eq!(id, 0xC600_8022);
+        let decode = |pages: u64, ipa: u64, x5: u64| {
+            let mut r = regs18([id, vm.0, 0x4800_0000, pages, ipa]);
+            r[5] = x5;
+            HostRequest::decode(&r)
+        };
+        assert_eq!(
+            decode(DONATE_ZEROED_MAX_PAGES, 0x8000_0000, 0),
+            Ok(HostRequest::VmDonateZeroed {
+                vm,
+                pages: PageRange::new(0x4800_0000, DONATE_ZEROED_MAX_PAGES).unwrap(),
+                guest_address: 0x8000_0000,
+            })
+        );
+        for (pages, ipa, x5) in [
+            (DONATE_ZEROED_MAX_PAGES + 1, 0x8000_0000, 0),
+            (0, 0x8000_0000, 0),
+            (1, 0x8000_0008, 0),
+            (1, 0x8000_0000, 1),
+            (1, 0x8000_0000, 1 << 63),
+            (u64::MAX, 0x8000_0000, 0),
+        ] {
+            assert_eq!(decode(pages, ipa, x5), Err(Error::InvalidParameter), "{pages} {ipa:#x} {x5:#x}");
+        }
+        assert_eq!(HostCall::VmDonateZeroed.name(), "RAMPART_HOST_VM_DONATE_ZEROED");
     }
 }

@@ -213,7 +213,24 @@ fn probe_write(name: &str, ipa: u64) {
 }
 
 fn main(ram_size: u64) {
-    let (start, _) = arch::free_ram();
+    let (start, free_end) = arch::free_ram();
+    // issue 16: a protected VM starts with its RAM past the image zero
+    // (measured so), however the host gave it: the test host's
+    // `vm-donate-zeroed` check fills the last pages with garbage and gives
+    // them with `VM_DONATE_ZEROED`. Read before anything here writes.
+    if protected() {
+        let first = (start.next_multiple_of(8)..free_end & !7)
+            .step_by(8)
+            .map(|at| (at, arch::ram_read_u64(at)))
+            .find(|&(_, word)| word != 0);
+        report::check(
+            "free-ram-zero",
+            first.is_none(),
+            format_args!("free RAM at {:#x} reads {:#x}, want 0", first.map_or(0, |f| f.0), first.map_or(0, |f| f.1)),
+        );
+    } else {
+        report::skip("free-ram-zero", format_args!("not a protected VM (or no hypervisor)"));
+    }
     let page = start.next_multiple_of(GRANULE);
     let ram_end = (GUEST_RAM_BASE + ram_size).next_multiple_of(GRANULE);
     let features = hvc::kvm_features();

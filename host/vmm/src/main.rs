@@ -662,10 +662,12 @@ fn cmd_run(
     let place = vm::Placement {
         region_phys: session.region_phys(),
     };
-    vm::load_image(&region, &plan, bundle.image);
+    let loaded = vm::load_image(&region, &plan, bundle.image);
     stats::launch_trace("image loaded");
-    let handle = vm::create(main, &plan, &place, &bundle, &mut |h| session.set_vm(h))
-        .with_context(|| format!("setting up the VM for {shown}"))?;
+    let handle = vm::create_loaded(main, &region, &plan, &place, &bundle, loaded, &mut |h| {
+        session.set_vm(h);
+    })
+    .with_context(|| format!("setting up the VM for {shown}"))?;
     println!(
         "[{name}] rampart-vmm: VM {handle:#x} ({}, {vcpus} vCPU{}, {} KiB of RAM at {:#x}, {} metadata pages; ABI {major}.{minor}; channels {:?})",
         if plan.config.protected {

@@ -400,8 +400,14 @@ fn check_version(platform: &Platform, hyp: &dyn Hyp) -> Result<(u64, u64)> {
             platform.control
         );
     }
-    let (major, minor) =
-        crate::hyp::version(hyp).context("RAMPART_HOST_VERSION through the control page")?;
+    // The answer of the call above (one VERSION, not two: each is a trap
+    // to the hypervisor and back, issue 16).
+    // On an error, ask again through `version`, which explains it.
+    let (major, minor) = if r[0] == 0 {
+        (r[1], r[2])
+    } else {
+        crate::hyp::version(hyp).context("RAMPART_HOST_VERSION through the control page")?
+    };
     if major != rampart_abi::host::ABI_VERSION_MAJOR {
         anyhow::bail!(
             "the hypervisor speaks host ABI {major}.{minor}; this rampart-vmm was built for {}.{}",

@@ -2,9 +2,10 @@
 //!
 //! The order and every value follow `rampart_attest`'s measurement
 //! definition: the image copied to the start of guest RAM and the rest
-//! zeroed *before* donation; `VM_CREATE` with the manifest's flags and vCPU
-//! count; `VCPU_CREATE` for every vCPU; one `VM_DONATE` of all of guest RAM
-//! at `GUEST_RAM_BASE`; `VCPU_SET_REGS` for vCPU 0 (PC = `GUEST_RAM_BASE +
+//! zero (the VMM writes the image pages; the hypervisor zeroes the rest:
+//! `VM_DONATE_ZEROED`, issue 16); `VM_CREATE` with the manifest's flags and
+//! vCPU count; `VCPU_CREATE` for every vCPU; `VM_DONATE` of the image pages
+//! and `VM_DONATE_ZEROED` of the rest of guest RAM at `GUEST_RAM_BASE`; `VCPU_SET_REGS` for vCPU 0 (PC = `GUEST_RAM_BASE +
 //! entry_offset`, `x0` = memory size); then `VM_SET_SIGNATURE` with the
 //! bundle's signer and signature.
 
@@ -13,21 +14,37 @@ use std::time::Duration;
 use anyhow::{Result, anyhow};
 use rampart_abi::Error;
 use rampart_abi::guest::GUEST_RAM_BASE;
-use rampart_abi::host::{HostCall, PAGE_SIZE, bytes_to_words};
+use rampart_abi::host::{DONATE_ZEROED_MAX_PAGES, HostCall, PAGE_SIZE, bytes_to_words};
 use rampart_attest::BundleRef;
 
 use crate::hyp::{CallError, Hyp, checked};
 use crate::mem::Mapping;
 use crate::plan::Plan;
 
+/// What [`load_image`] wrote: guest RAM pages `0..image_pages` hold the
+/// image (its last page zero-padded); the pages after it were not touched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Loaded {
+    /// Pages of guest RAM the image covers.
+    pub image_pages: u64,
+}
+
 /// Copies the image to the start of guest RAM in `region` and zeroes the
-/// rest of guest RAM (the region must be the host's).
-pub fn load_image(region: &Mapping, plan: &Plan, image: &[u8]) {
+/// rest of its last page (the region must be the host's). The rest of
+/// guest RAM is left as it is: [`create_loaded`] has the hypervisor zero
+/// it (`VM_DONATE_ZEROED`, issue 16), or zeroes it itself on a hypervisor
+/// without that call.
+pub fn load_image(region: &Mapping, plan: &Plan, image: &[u8]) -> Loaded {
     let start = usize::try_from(plan.memory_offset()).expect("offset fits usize");
     let size = usize::try_from(plan.memory_size).expect("memory size fits usize");
+    let page = usize::try_from(PAGE_SIZE).expect("page size fits usize");
     region.write_bytes(start, image);
     let written = image.len().next_multiple_of(8);
-    region.zero(start + written, size - written);
+    let image_end = image.len().next_multiple_of(page).min(size);
+    region.zero(start + written, image_end.saturating_sub(written));
+    Loaded {
+        image_pages: (image_end / page) as u64,
+    }
 }
 
 /// Where the VM's pages are, physically.
@@ -56,15 +73,15 @@ fn explain(e: CallError, plan: &Plan, place: &Placement) -> anyhow::Error {
         (Ok(HostCall::VmCreate), Some(Error::NoMemory)) => {
             "every VM slot is in use: `rampart-vmm list` shows them, `rampart-vmm reclaim` destroys those of VMMs that were killed".to_string()
         }
-        (Ok(HostCall::VmCreate | HostCall::VmDonate), Some(Error::Denied)) => format!(
+        (Ok(HostCall::VmCreate | HostCall::VmDonate | HostCall::VmDonateZeroed), Some(Error::Denied)) => format!(
             "some pool pages at {:#x}..{:#x} are not the host's: a VM left by a killed VMM may still hold them (`rampart-vmm reclaim`)",
             place.region_phys,
             place.region_phys + plan.total_pages() * PAGE_SIZE
         ),
-        (Ok(HostCall::VmCreate | HostCall::VmDonate), Some(Error::Range)) => {
+        (Ok(HostCall::VmCreate | HostCall::VmDonate | HostCall::VmDonateZeroed), Some(Error::Range)) => {
             "the pool is not RAM the hypervisor lets the host give away".to_string()
         }
-        (Ok(HostCall::VmDonate), Some(Error::NoMemory)) => format!(
+        (Ok(HostCall::VmDonate | HostCall::VmDonateZeroed), Some(Error::NoMemory)) => format!(
             "the VM ran out of stage-2 table pages ({} metadata pages): pass a larger --stage2-pages",
             plan.metadata_pages
         ),
@@ -77,9 +94,10 @@ fn explain(e: CallError, plan: &Plan, place: &Placement) -> anyhow::Error {
     }
 }
 
-/// Creates the VM (guest RAM must already hold the image): returns its
-/// handle. `created` is called with the handle right after `VM_CREATE`
-/// (to record it). If a later step fails the VM is destroyed again.
+/// Creates the VM (all of guest RAM must already hold what the guest
+/// starts with, the image and zeros): returns its handle. `created` is
+/// called with the handle right after `VM_CREATE` (to record it). If a
+/// later step fails the VM is destroyed again.
 ///
 /// # Errors
 ///
@@ -89,6 +107,91 @@ pub fn create(
     plan: &Plan,
     place: &Placement,
     bundle: &BundleRef<'_>,
+    created: &mut dyn FnMut(u64),
+) -> Result<u64> {
+    create_as(hyp, plan, place, bundle, None, created)
+}
+
+/// [`create`] after [`load_image`]: the image pages are donated with
+/// `VM_DONATE`, the rest of guest RAM, which the VMM never wrote, with
+/// `VM_DONATE_ZEROED` (at most `DONATE_ZEROED_MAX_PAGES` a call), so the
+/// hypervisor zeroes it (issue 16: the VMM's stores and cache maintenance
+/// over all of guest RAM were most of a launch's instructions). A
+/// hypervisor without that call (`NOT_SUPPORTED`) gets the VMM's zeros
+/// and one `VM_DONATE`, as before. The guest's memory, and so a protected
+/// VM's measurement, is the same either way.
+///
+/// # Errors
+///
+/// The failing call, explained.
+pub fn create_loaded(
+    hyp: &dyn Hyp,
+    region: &Mapping,
+    plan: &Plan,
+    place: &Placement,
+    bundle: &BundleRef<'_>,
+    loaded: Loaded,
+    created: &mut dyn FnMut(u64),
+) -> Result<u64> {
+    create_as(hyp, plan, place, bundle, Some((region, loaded)), created)
+}
+
+/// Donates guest RAM: `loaded` says which pages the VMM wrote (the rest
+/// is donated zeroed); `None`: all of it was written.
+fn donate_ram(
+    hyp: &dyn Hyp,
+    handle: u64,
+    plan: &Plan,
+    place: &Placement,
+    loaded: Option<(&Mapping, Loaded)>,
+) -> Result<(), CallError> {
+    let pages = plan.memory_pages();
+    let written = loaded.map_or(pages, |(_, l)| l.image_pages.min(pages));
+    if written > 0 {
+        checked(
+            hyp,
+            HostCall::VmDonate.id(),
+            &[handle, place.ram(plan), written, GUEST_RAM_BASE],
+        )?;
+    }
+    let mut next = written;
+    while next < pages {
+        let count = (pages - next).min(DONATE_ZEROED_MAX_PAGES);
+        let at = next * PAGE_SIZE;
+        match checked(
+            hyp,
+            HostCall::VmDonateZeroed.id(),
+            &[handle, place.ram(plan) + at, count, GUEST_RAM_BASE + at, 0],
+        ) {
+            Ok(_) => next += count,
+            Err(e) if e.error() == Some(Error::NotSupported) && next == written => {
+                // A hypervisor before host ABI 0.9: zero the rest here.
+                if let Some((region, _)) = loaded {
+                    let offset = plan.memory_offset() + at;
+                    region.zero(
+                        usize::try_from(offset).unwrap_or(usize::MAX),
+                        usize::try_from((pages - next) * PAGE_SIZE).unwrap_or(usize::MAX),
+                    );
+                }
+                checked(
+                    hyp,
+                    HostCall::VmDonate.id(),
+                    &[handle, place.ram(plan) + at, pages - next, GUEST_RAM_BASE + at],
+                )?;
+                next = pages;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn create_as(
+    hyp: &dyn Hyp,
+    plan: &Plan,
+    place: &Placement,
+    bundle: &BundleRef<'_>,
+    loaded: Option<(&Mapping, Loaded)>,
     created: &mut dyn FnMut(u64),
 ) -> Result<u64> {
     let r = checked(
@@ -114,12 +217,7 @@ pub fn create(
             checked(hyp, HostCall::VcpuCreate.id(), &[handle, i])
                 .map_err(|e| explain(e, plan, place).context(format!("vCPU {i}")))?;
         }
-        checked(
-            hyp,
-            HostCall::VmDonate.id(),
-            &[handle, place.ram(plan), plan.memory_pages(), GUEST_RAM_BASE],
-        )
-        .map_err(|e| explain(e, plan, place))?;
+        donate_ram(hyp, handle, plan, place, loaded).map_err(|e| explain(e, plan, place))?;
         checked(
             hyp,
             HostCall::VcpuSetRegs.id(),
@@ -180,18 +278,27 @@ mod tests {
         let p = plan(&b, &Overrides::default()).unwrap();
         let region =
             Mapping::anonymous(usize::try_from(p.total_pages() * PAGE_SIZE).unwrap()).unwrap();
-        // Garbage first: loading must zero it.
+        // Garbage first: loading must zero the image's last page; the
+        // pages after it are the hypervisor's to zero (`VM_DONATE_ZEROED`)
+        // and must not be written by the VMM.
         region.write_bytes(0, &[0xee; 64 << 10]);
-        load_image(&region, &p, b.image);
+        let loaded = load_image(&region, &p, b.image);
+        assert_eq!(loaded, Loaded { image_pages: 2 });
+        assert_eq!(region.read_u64(2 * 4096), 0xeeee_eeee_eeee_eeee, "past the image: untouched");
 
-        // What the hypervisor would measure from those pages.
+        // What the hypervisor would measure from those pages, once it has
+        // zeroed the ones donated with VM_DONATE_ZEROED.
         let mut m = rampart_attest::Measurer::new(&b.manifest.initial_state());
         for page in 0..p.memory_pages() {
             let words: Vec<u8> = (0..512)
                 .flat_map(|w| {
-                    region
-                        .read_u64(usize::try_from(page * 4096).unwrap() + w * 8)
-                        .to_le_bytes()
+                    if page < loaded.image_pages {
+                        region
+                            .read_u64(usize::try_from(page * 4096).unwrap() + w * 8)
+                            .to_le_bytes()
+                    } else {
+                        [0; 8]
+                    }
                 })
                 .collect();
             m.page(GUEST_RAM_BASE + page * 4096, &words.try_into().unwrap())
@@ -205,7 +312,7 @@ mod tests {
             region_phys: 0x7c01_0000,
         };
         let mut recorded = 0;
-        let h = create(&fake, &p, &place, &b, &mut |h| recorded = h).unwrap();
+        let h = create_loaded(&fake, &region, &p, &place, &b, loaded, &mut |h| recorded = h).unwrap();
         assert_eq!(h, recorded);
         let calls = fake.state.lock().unwrap().calls.clone();
         let ids: Vec<u64> = calls.iter().map(|r| r[0]).collect();
@@ -216,6 +323,7 @@ mod tests {
                 HostCall::VcpuCreate,
                 HostCall::VcpuCreate,
                 HostCall::VmDonate,
+                HostCall::VmDonateZeroed,
                 HostCall::VcpuSetRegs,
                 HostCall::VmSetSignature
             ]
@@ -226,16 +334,69 @@ mod tests {
             [0x7c01_0000 + (64 << 10), p.metadata_pages, 0x201]
         );
         assert_eq!(calls[2][1..3], [h, 1]);
-        assert_eq!(calls[3][1..5], [h, 0x7c01_0000, 16, GUEST_RAM_BASE]);
-        assert_eq!(calls[4][1..5], [h, 0, GUEST_RAM_BASE + 4, 64 << 10]);
+        assert_eq!(calls[3][1..5], [h, 0x7c01_0000, 2, GUEST_RAM_BASE]);
         assert_eq!(
-            rampart_abi::host::words_to_bytes::<32>(&calls[5][2..6]),
+            calls[4][1..6],
+            [h, 0x7c01_2000, 14, GUEST_RAM_BASE + 0x2000, 0]
+        );
+        assert_eq!(calls[5][1..5], [h, 0, GUEST_RAM_BASE + 4, 64 << 10]);
+        assert_eq!(
+            rampart_abi::host::words_to_bytes::<32>(&calls[6][2..6]),
             b.signer
         );
         assert_eq!(
-            rampart_abi::host::words_to_bytes::<64>(&calls[5][6..14]),
+            rampart_abi::host::words_to_bytes::<64>(&calls[6][6..14]),
             b.signature
         );
+        assert_eq!(region.read_u64(2 * 4096), 0xeeee_eeee_eeee_eeee, "the VMM wrote no zeros");
+    }
+
+    /// Zeroed donations come in calls of at most `DONATE_ZEROED_MAX_PAGES`
+    /// that cover guest RAM after the image exactly once.
+    #[test]
+    fn large_zero_ranges_take_bounded_calls() {
+        let bytes = bundle_bytes(5 << 20, 1, true, &[7; 100]);
+        let b = Bundle::parse(&bytes).unwrap();
+        let p = plan(&b, &Overrides::default()).unwrap();
+        let region = Mapping::anonymous(usize::try_from(p.total_pages() * PAGE_SIZE).unwrap()).unwrap();
+        let loaded = load_image(&region, &p, b.image);
+        assert_eq!(loaded.image_pages, 1);
+        let fake = Fake::with_scripts(vec![]);
+        let place = Placement { region_phys: 0x4000_0000 };
+        create_loaded(&fake, &region, &p, &place, &b, loaded, &mut |_| {}).unwrap();
+        let zeroed = fake.calls_of(HostCall::VmDonateZeroed);
+        let mut next = 1;
+        for c in &zeroed {
+            assert!(c[3] >= 1 && c[3] <= DONATE_ZEROED_MAX_PAGES, "{c:x?}");
+            assert_eq!((c[2], c[4], c[5]), (0x4000_0000 + next * PAGE_SIZE, GUEST_RAM_BASE + next * PAGE_SIZE, 0));
+            next += c[3];
+        }
+        assert_eq!(next, p.memory_pages());
+        assert_eq!(zeroed.len(), 3, "1279 pages in calls of 512");
+    }
+
+    /// A hypervisor without `VM_DONATE_ZEROED` (`NOT_SUPPORTED`): the VMM
+    /// zeroes the rest of guest RAM itself and donates it with `VM_DONATE`.
+    #[test]
+    fn an_older_hypervisor_gets_the_vmms_zeros() {
+        let image: Vec<u8> = (0..5003u32).map(|i| (i % 251) as u8).collect();
+        let bytes = bundle_bytes(64 << 10, 1, true, &image);
+        let b = Bundle::parse(&bytes).unwrap();
+        let p = plan(&b, &Overrides::default()).unwrap();
+        let region = Mapping::anonymous(usize::try_from(p.total_pages() * PAGE_SIZE).unwrap()).unwrap();
+        region.write_bytes(0, &[0xee; 64 << 10]);
+        let loaded = load_image(&region, &p, b.image);
+        let fake = Fake::with_scripts(vec![]);
+        fake.state.lock().unwrap().fail = Some((HostCall::VmDonateZeroed.id(), -1));
+        let place = Placement { region_phys: 0x7c00_0000 };
+        create_loaded(&fake, &region, &p, &place, &b, loaded, &mut |_| {}).unwrap();
+        let donated = fake.calls_of(HostCall::VmDonate);
+        assert_eq!(donated.len(), 2);
+        assert_eq!(donated[0][1..5], [donated[0][1], 0x7c00_0000, 2, GUEST_RAM_BASE]);
+        assert_eq!(donated[1][2..5], [0x7c00_2000, 14, GUEST_RAM_BASE + 0x2000]);
+        for at in (2 * 4096..64 << 10).step_by(8) {
+            assert_eq!(region.read_u64(at), 0, "word {at:#x}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod channel;
 mod concurrent;
 mod cpu;
 mod dma;
+mod donate_zeroed;
 mod lazy_state;
 pub mod migrate;
 mod ownership;
@@ -249,6 +250,11 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "vb-late-donation-zeroed",
         run: vm::vb_late_donation_zeroed,
+    },
+    // issue 16: VM_DONATE_ZEROED before the first run.
+    Check {
+        name: "vm-donate-zeroed",
+        run: donate_zeroed::vm_donate_zeroed,
     },
     Check {
         name: "vb-attest",

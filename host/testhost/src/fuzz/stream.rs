@@ -825,8 +825,19 @@ impl Stream {
     /// `VM_DONATE` / `VM_SHARE` of window pages to a VM at a drawn IPA.
     fn vm_give(&mut self) -> Step {
         let share = self.rng.chance(3);
+        // issue 16: a quarter of the donations ask the hypervisor to zero
+        // the pages (`VM_DONATE_ZEROED`), one in eight of those with a
+        // reserved flag set.
+        let zeroed = !share && self.rng.chance(4);
+        let flags = if zeroed && self.rng.chance(8) {
+            1 << self.rng.below(64)
+        } else {
+            0
+        };
         let call = if share {
             HostCall::VmShare
+        } else if zeroed {
+            HostCall::VmDonateZeroed
         } else {
             HostCall::VmDonate
         };
@@ -856,7 +867,12 @@ impl Stream {
         };
         let protected = own.and_then(|s| self.vms[s]).is_some_and(|vm| vm.protected);
         let host_pages = self.all(first, count, Page::Host);
-        let must_fail = own.is_none() || !host_pages || ipa_bad || (share && protected);
+        let must_fail = own.is_none()
+            || !host_pages
+            || ipa_bad
+            || (share && protected)
+            || flags != 0
+            || (zeroed && count as u64 > rampart_abi::host::DONATE_ZEROED_MAX_PAGES);
         // A protected fuzz guest may relinquish or share any page it owns:
         // none from the pool goes to it (the pool's model stays exact).
         if !must_fail && protected && own.and_then(|s| self.vms[s]).is_some_and(|vm| vm.guest) {
@@ -867,12 +883,12 @@ impl Stream {
         }
         let r = self.call(
             call.id(),
-            &[handle, self.page_address(first), count as u64, ipa],
+            &[handle, self.page_address(first), count as u64, ipa, flags],
         );
         if r[0] == 0 {
             if must_fail {
                 return self.fail(format_args!(
-                    "{}({handle:#x}, {:#x}, {count}, {ipa:#x}) succeeded: own VM {}, pages all the host's {host_pages}, IPA bad {ipa_bad}, protected {protected}",
+                    "{}({handle:#x}, {:#x}, {count}, {ipa:#x}, {flags:#x}) succeeded: own VM {}, pages all the host's {host_pages}, IPA bad {ipa_bad}, protected {protected}",
                     name(call.id()),
                     self.page_address(first),
                     own.is_some()

@@ -49,6 +49,14 @@ pub static REALM_OVERRIDE: core::sync::atomic::AtomicU8 = core::sync::atomic::At
 pub const PAGE: u64 = rampart_abi::host::PAGE_SIZE;
 /// Stage-2 table pages a VM gets beyond the minimum.
 const EXTRA_STAGE2_PAGES: u64 = 24;
+
+/// issue 16: when not 0, [`Vm::create`] fills this many pages at the end
+/// of a VM's RAM with [`ZEROED_TAIL_GARBAGE`] and gives them with
+/// `VM_DONATE_ZEROED` (at most all pages after the image's).
+pub static ZEROED_TAIL_PAGES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// What the host writes into those pages (`arch::ram_fill`'s seed).
+pub const ZEROED_TAIL_GARBAGE: u64 = 0x6a7b_a6e0_0d0e_a7c0;
 /// Pages the VMM may add to a VM after it starts (memory faults).
 pub const MAX_EXTRA_PAGES: usize = 8;
 
@@ -341,11 +349,25 @@ impl Vm {
             destroyed: false,
         };
         let setup = || -> Result<(), Msg> {
+            // issue 16 (`vm-donate-zeroed`): the last pages filled with
+            // garbage and given with VM_DONATE_ZEROED.
+            let tail = ZEROED_TAIL_PAGES
+                .load(core::sync::atomic::Ordering::Relaxed)
+                .min(spec.ram / PAGE - image.len() as u64 / PAGE - 1);
             let c = code(
                 HostCall::VmDonate,
-                &[vm.handle, ram.start, spec.ram / PAGE, GUEST_RAM_BASE],
+                &[vm.handle, ram.start, spec.ram / PAGE - tail, GUEST_RAM_BASE],
             );
             ensure!(c == 0, "VM_DONATE of its RAM = {c}");
+            if tail > 0 {
+                let at = spec.ram - tail * PAGE;
+                arch::ram_fill(ram.start + at, ram.end, ZEROED_TAIL_GARBAGE);
+                let c = code(
+                    HostCall::VmDonateZeroed,
+                    &[vm.handle, ram.start + at, tail, GUEST_RAM_BASE + at, 0],
+                );
+                ensure!(c == 0, "VM_DONATE_ZEROED of its last {tail} pages = {c}");
+            }
             for i in 0..spec.vcpus {
                 let c = code(HostCall::VcpuCreate, &[vm.handle, i]);
                 ensure!(c == 0, "VCPU_CREATE({i}) = {c}");
