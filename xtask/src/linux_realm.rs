@@ -733,27 +733,14 @@ pub fn check_token(console: &str, signed: &[u8]) -> Result<String> {
             after(console, "RAMPART-GUEST: realm: reading outblob").unwrap_or("no error printed")
         );
     }
-    let rim = crate::attest::hex(
-        &Bundle::parse(signed)
-            .map_err(|e| anyhow!("{e}"))?
-            .measurement
-            .0,
-    );
-    let platform = DeviceSecret::from_bytes(&crate::attest::device_secret()?)
-        .cca_platform_key()?
-        .public_key();
+    let rim = crate::attest::hex(&Bundle::parse(signed).map_err(|e| anyhow!("{e}"))?.measurement.0);
+    let platform = DeviceSecret::from_bytes(&crate::attest::device_secret()?).cca_platform_key()?.public_key();
     let platform = crate::attest::hex(&rampart_attest::cca::public_key_bytes(&platform));
     let hypervisor = crate::attest::parse_log(console).boot_measurement;
     let verify = |token: &str| -> Result<std::process::Output> {
         let mut c = Command::new(crate::attest::cli()?);
-        c.args([
-            "attest-verify",
-            "--report-hex",
-            token,
-            "--platform-key",
-            &platform,
-        ])
-        .args(["--measurement", &rim, "--nonce", host]);
+        c.args(["attest-verify", "--report-hex", token, "--platform-key", &platform])
+            .args(["--measurement", &rim, "--nonce", host]);
         if let Some(h) = &hypervisor {
             c.args(["--hypervisor-measurement", h]);
         }
@@ -779,11 +766,7 @@ pub fn check_token(console: &str, signed: &[u8]) -> Result<String> {
     Ok(format!(
         "configfs-tsm token ({} bytes) verified by rampart attest-verify (platform key, the host's challenge, RIM = the signed bundle's measurement{}), refused with one byte flipped",
         token.len() / 2,
-        if hypervisor.is_some() {
-            ", hypervisor measurement"
-        } else {
-            ""
-        }
+        if hypervisor.is_some() { ", hypervisor measurement" } else { "" }
     ))
 }
 
