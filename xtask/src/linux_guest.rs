@@ -548,7 +548,8 @@ pub enum Guest {
     /// Debian's sid cloud kernel, booted by `rampart-vmm run --kernel`.
     Linux,
     /// The same kernel as a confidential realm VM from a signed bundle
-    /// (issue 12; the machine of `linux-realm/smp2/vcpus2`: 2 CPUs, 2 vCPUs).
+    /// (issue 12; the same as `--guest linux --protected`; the realm of
+    /// `linux-realm/smp2/vcpus2`: 2 CPUs, 2 vCPUs).
     Realm,
 }
 

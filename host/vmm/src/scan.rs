@@ -4,7 +4,8 @@
 //! (`virtio::guest::reachable`): a page the hypervisor refuses to the host
 //! (a protected guest's private page) counts as *aborted*; every other page
 //! is read and searched for each pattern (matches straddling two readable
-//! pages included).
+//! pages included), and readable pages holding any non-zero byte are
+//! counted (after a VM's teardown there must be none).
 //!
 //! The realm test (`xtask/src/linux_realm.rs`) runs it on a live realm's
 //! RAM: the secret the guest keeps in private memory must not appear,
@@ -24,6 +25,9 @@ pub struct Found {
     pub readable: u64,
     /// Pages whose probe aborted.
     pub aborted: u64,
+    /// Readable pages holding a non-zero byte (after a VM's teardown: none
+    /// may).
+    pub nonzero: u64,
     /// Matches of each pattern, in order.
     pub hits: Vec<u64>,
 }
@@ -60,6 +64,9 @@ fn scan_with(
             continue;
         };
         f.readable += 1;
+        if page.iter().any(|&b| b != 0) {
+            f.nonzero += 1;
+        }
         let mut joined = std::mem::take(&mut tail);
         let carried = joined.len();
         joined.extend_from_slice(&page);
@@ -147,6 +154,10 @@ pub fn cmd_scan(dev_mem: &str, phys: u64, size: u64, patterns: &[Pattern]) -> Re
         f.readable,
         f.aborted
     );
+    println!(
+        "rampart-vmm: scan: {} readable pages hold a non-zero byte",
+        f.nonzero
+    );
     for (pat, h) in patterns.iter().zip(&f.hits) {
         let hex: String = pat.iter().map(|b| format!("{b:02x}")).collect();
         println!("rampart-vmm: scan: pattern {hex}: {h} hits in readable pages");
@@ -160,7 +171,8 @@ mod tests {
 
     #[test]
     fn finds_patterns_across_readable_pages_and_skips_aborted_ones() {
-        let mut mem = vec![0u8; 4 * PAGE];
+        // Page 4 stays all zero.
+        let mut mem = vec![0u8; 5 * PAGE];
         let a = b"SECRET-0123456789".to_vec();
         let b = b"MARKER-abcdefgh".to_vec();
         // `a` straddles pages 0 and 1; `b` twice in page 1; `a` in page 3,
@@ -178,8 +190,9 @@ mod tests {
         assert_eq!(
             f,
             Found {
-                readable: 3,
+                readable: 4,
                 aborted: 1,
+                nonzero: 3,
                 hits: vec![1, 2]
             }
         );

@@ -7,7 +7,38 @@
 # pauses, this host scans the realm's RAM through /dev/mem (scan-ram) for
 # the guest's secret and its disk marker, and reads its first page with
 # devmem (which must die of SIGBUS).
+# REALM_TEST=1 (the test case, not the demo): first the signed and
+# tampered bundles' runs (tamper.sh, packed above this part), then the
+# realm; its bundle's command line has rguest.sleep=1, so the guest sleeps
+# once its checks are done, and this host kills rampart-vmm with kill -9. The hypervisor still holds the
+# orphaned VM, so its first page still dies of SIGBUS; `rampart-vmm
+# reclaim` destroys it, and then every page of its RAM must read zero
+# (scan-ram counts the non-zero ones). Without it (the demo) the guest
+# powers off and rampart-vmm tears the VM down itself.
+probe() { # $1: a physical address; prints SIGBUS, the word read, or ERROR
+	out=$(devmem "$1" 64 2>&1)
+	st=$?
+	if [ "$st" -eq 135 ]; then echo SIGBUS; elif [ "$st" -eq 0 ]; then echo "$out"; else echo "ERROR $st"; fi
+}
+# Before the virtio part: its helpers start waiting for the realm's log.
+[ -n "$REALM_TEST" ] && realm_bundle_checks
 . /virtio-host.sh
+realm_kill9() { # $1: the VMM's pid
+	ram=$(sed -n 's/.* MiB of RAM at \(0x[0-9a-f]*\) donated.*/\1/p' /run/guest.log | head -n 1)
+	mib=$(sed -n 's/.*vCPUs*, \([0-9]*\) MiB of RAM at.*/\1/p' /run/guest.log | head -n 1)
+	before=$(probe "$ram")
+	say "realm: kill -9 of rampart-vmm ($1) while the realm runs"
+	kill -9 "$1"
+	k=0
+	while kill -0 "$1" 2>/dev/null && [ $k -lt 100 ]; do usleep 100000; k=$((k + 1)); done
+	orphan=$(probe "$ram")
+	rampart-vmm list 2>&1 | sed 's/^/RAMPART-INIT: realm: after kill -9: list: /'
+	rampart-vmm reclaim 2>&1 | sed 's/^/RAMPART-INIT: realm: reclaim: /'
+	after=$(probe "$ram")
+	say "realm: kill -9: guest RAM $ram while running: $before, after the kill: $orphan, after reclaim: $after"
+	vsock-tool scan-ram --phys "$ram" --size "${mib}M" --find "$secret" --find "$marker" 2>&1 |
+		sed 's/^/RAMPART-INIT: reclaimed: /'
+}
 say "realm: challenge $(dd if=/run/xfer.img bs=64 count=1 2>/dev/null | od -An -v -tx1 | tr -d ' \n')"
 rampart-vmm run --name realm /guest/realm.bundle $VIRTIO_ARGS \
 	<"${VMM_STDIN:-/dev/null}" 2>&1 | tee /run/guest.log &
@@ -31,6 +62,11 @@ while kill -0 "$pid" 2>/dev/null; do
 		devmem "$ram" 64 >/run/devmem.out 2>&1
 		say "realm: devmem of the realm's first page: exit status $? ($(cat /run/devmem.out))"
 		printf RAMPART-GO | dd of=/run/xfer.img bs=512 seek=7168 conv=notrunc 2>/dev/null
+	fi
+	if [ -n "$REALM_TEST" ] && [ -n "$scanned" ] &&
+		grep -q "RAMPART-GUEST: sleeping until the host stops the VM" /run/guest.log; then
+		realm_kill9 "$pid"
+		break
 	fi
 	if [ $n -ge "${GUEST_LIMIT:-300}" ]; then
 		say "the guest did not finish within $n s: SIGTERM"
