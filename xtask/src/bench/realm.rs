@@ -42,10 +42,10 @@ use crate::{
     artifacts, linux, linux_bundle, linux_guest, linux_realm, linux_vmm, prereq, virtio_e2e,
 };
 
-/// Both modes' RAM: as small as the guest's busybox `/init`, the 16 MiB
-/// bounce pool and the benchmark's 12 MiB of files allow, since the
-/// realm's first run measures every page of it.
-pub const GUEST_MEM: &str = "128M";
+/// Both modes' RAM: the realm case's (the realm's first run measures
+/// every page of it, so no more). With 128 MiB, the 16 MiB bounce pool
+/// and the 38 MiB kernel, both modes ran out of memory before `/init`.
+pub const GUEST_MEM: &str = "160M";
 /// Both modes' vCPUs (the realm case's).
 pub const VCPUS: u32 = 2;
 /// What `realm/host.sh` attaches: two disks, entropy, vsock (the
@@ -288,6 +288,16 @@ pub fn parse_run(mode: Mode, text: &str, status: &str) -> Result<Figures, String
     };
     if !vm.contains(&want) {
         return Err(format!("not the VM this mode wants (`{want}`): {vm}"));
+    }
+    if !text.contains("RAMPART-GUEST: init reached") {
+        let why = text
+            .lines()
+            .find(|l| l.contains("Kernel panic") || l.contains("refused"))
+            .unwrap_or("no panic printed");
+        return Err(format!(
+            "the guest never reached its /init ({})",
+            why.trim()
+        ));
     }
     let rme = text.lines().any(|l| {
         l.contains("RAMPART-GUEST: bench: dmesg: ") && l.contains("RME: Using RSI version")
@@ -697,7 +707,7 @@ mod tests {
             Mode::Plain => ("not protected", ""),
         };
         format!(
-            "[{n}] rampart-vmm: VM 0x1000 ({what}, 2 vCPUs, 128 MiB of RAM at 0x7c000000 donated), kernel at 0x40200000\n\
+            "[{n}] rampart-vmm: VM 0x1000 ({what}, 2 vCPUs, 160 MiB of RAM at 0x7c000000 donated), kernel at 0x40200000\n\
              [{n}] RAMPART-GUEST: init reached: 7.2.13, cpus 0-1\n\
              [{n}] RAMPART-GUEST: bench: uptime at init 41.50\n\
              {rme}\
@@ -800,6 +810,15 @@ mod tests {
                 .contains("vsock")
         );
         assert!(parse_run(Mode::Plain, &plain.replace("bench: done", "x"), "0").is_err());
+        let panic = plain.replace(
+            "RAMPART-GUEST: init reached",
+            "[ 3.0] Kernel panic - not syncing: System is deadlocked on memory",
+        );
+        assert!(
+            parse_run(Mode::Plain, &panic, "0")
+                .unwrap_err()
+                .contains("never reached its /init ([plain] [ 3.0] Kernel panic")
+        );
         assert!(parse_run(Mode::Plain, &plain.replace("first exit", "x"), "0").is_err());
     }
 
