@@ -202,9 +202,6 @@ pub struct Figures {
     pub wall_s: f64,
     /// Exits by reason (`EXIT_MMIO`, ..., and `total`).
     pub exits: BTreeMap<String, u64>,
-    /// Pages the guest shared with the host (a realm's bounce pool and
-    /// the rest of its unprotected alias).
-    pub shared_pages: u64,
     /// The VMM's `mmio exits by device` line.
     pub mmio_by_device: String,
 }
@@ -379,9 +376,6 @@ pub fn parse_run(mode: Mode, text: &str, status: &str) -> Result<Figures, String
         ping_min_us: num_after(text, " us, min ").ok_or("no vsock ping minimum")?,
         wall_s: num_after(text, "stats: wall time: ").ok_or("no `stats: wall time` line")?,
         exits,
-        shared_pages: after(text, "stats: pages shared by the guest: ")
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0),
         mmio_by_device: after(text, "stats: mmio exits by device: ")
             .unwrap_or("")
             .to_string(),
@@ -425,6 +419,20 @@ struct Metric {
     name: &'static str,
     unit: &'static str,
     get: fn(&Figures) -> f64,
+}
+
+/// The `virtioN` counts of the VMM's `mmio exits by device` line, summed.
+fn virtio_mmio(f: &Figures) -> f64 {
+    f.mmio_by_device
+        .split(", ")
+        .filter_map(|d| {
+            d.strip_prefix("virtio")?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<f64>()
+                .ok()
+        })
+        .sum()
 }
 
 fn exits_of(f: &Figures, reason: &str) -> f64 {
@@ -513,9 +521,9 @@ const METRICS: [Metric; 17] = [
         get: |f| exits_of(f, "EXIT_MEMORY_FAULT"),
     },
     Metric {
-        name: "pages shared by the guest",
+        name: "MMIO exits of the virtio devices",
         unit: "",
-        get: |f| f.shared_pages as f64,
+        get: virtio_mmio,
     },
 ];
 
@@ -718,12 +726,11 @@ mod tests {
              [{n}] RAMPART-GUEST: bench: vsock ping: 100 round trips of 64 bytes, median 850 us, min 700 us\n\
              [{n}] RAMPART-GUEST: bench: done\n\
              [{n}] stats: wall time: 120.500 s\n\
-             [{n}] stats: pages shared by the guest: 4100\n\
              [{n}] stats: exits EXIT_MMIO: 10 (vCPU 0: 6, vCPU 1: 4)\n\
              [{n}] stats: exits EXIT_MEMORY_FAULT: 3 (vCPU 0: 3, vCPU 1: 0)\n\
              [{n}] stats: exits total: 13\n\
              [{n}] stats: launch: VM ready 5000.250 ms, first exit 35000.750 ms, first console output 80000.000 ms (after the VMM started)\n\
-             [{n}] stats: mmio exits by device: gicd 1, gicr 2, pl011 3, virtio0 4, other 0\n"
+             [{n}] stats: mmio exits by device: gicd 1, gicr 2, pl011 3, virtio0 4, virtio1 5, other 0\n"
         )
     }
 
@@ -759,7 +766,7 @@ mod tests {
         assert_eq!(f.vsock_echo_ms, 2000.0);
         assert_eq!((f.ping_median_us, f.ping_min_us), (850.0, 700.0));
         assert_eq!(f.wall_s, 120.5);
-        assert_eq!(f.shared_pages, 4100);
+        assert_eq!(virtio_mmio(&f), 9.0);
         assert_eq!(f.exits.get("EXIT_MMIO"), Some(&10));
         assert_eq!(f.exits.get("EXIT_MEMORY_FAULT"), Some(&3));
         assert_eq!(f.exits.get("total"), Some(&13));

@@ -18,7 +18,7 @@ while { [ ! -b /dev/vda ] || [ ! -b /dev/vdb ]; } && [ $n -lt 300 ]; do sleep 0.
 bsay "block devices after $((n / 10)) s: $(cd /sys/block && echo vd*)"
 # The kernel's own word on whether it runs as a realm, and its bounce pool.
 dmesg | grep -E "RME: " | head -n 2 | sed 's/^/RAMPART-GUEST: bench: dmesg: /'
-dmesg | grep -i "swiotlb" | head -n 1 | sed 's/^/RAMPART-GUEST: bench: dmesg: /'
+dmesg | grep "software IO TLB" | head -n 1 | sed 's/^/RAMPART-GUEST: bench: dmesg: /'
 mkdir -p /mnt/disk
 if mount -t ext4 -o ro /dev/vda /mnt/disk; then
 	cp /mnt/disk/rampart-vmm /bin/rampart-vmm && chmod 755 /bin/rampart-vmm
