@@ -23,6 +23,7 @@ use crate::{linux, prereq, suite};
 
 mod hyp;
 pub mod peer;
+mod realm;
 
 use hyp::Groups;
 
@@ -105,6 +106,12 @@ pub enum Which {
     /// Sealed swap (issue 14): the protected swap guest's time without
     /// swap and with a share of its memory swapped (`linux_swap::bench`).
     Swap,
+    /// Debian's kernel as a signed realm against the same kernel and
+    /// initrd non-protected (issue 12): boot split into the first-run
+    /// measurement and the rest, virtio-blk and vsock throughput (the
+    /// bounce-buffer cost), exits; `--rounds` (default 2) interleaved
+    /// pairs in one boot of the Linux host (`bench::realm`).
+    Realm,
 }
 
 /// Runs a benchmark.
@@ -119,6 +126,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Which::Peer => peer::run(args),
         Which::Fuzz => fuzz(args),
         Which::Swap => crate::linux_swap::bench(),
+        Which::Realm => realm::run(args),
         Which::LinuxGuest => crate::virtio_e2e::bench(args.smp, 2, args.rounds.unwrap_or(1), Duration::from_secs(args.timeout.max(900))),
         Which::Vmm => crate::linux_vmm::bench(
             args.smp,
