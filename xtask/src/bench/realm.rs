@@ -38,9 +38,7 @@ use rampart_attest::Bundle;
 
 use super::{BenchArgs, loadavg, max, median, min};
 use crate::qemu::{HOST_LOAD_ADDRESS, Machine};
-use crate::{
-    artifacts, linux, linux_bundle, linux_guest, linux_realm, linux_vmm, prereq, virtio_e2e,
-};
+use crate::{artifacts, linux, linux_guest, linux_realm, linux_vmm, prereq, virtio_e2e};
 
 /// Both modes' RAM: the realm case's (the realm's first run measures
 /// every page of it, so no more). With 128 MiB, the 16 MiB bounce pool
@@ -118,7 +116,7 @@ fn bundle(kernel: &Path, initrd: &Path) -> Result<PathBuf> {
     let dir = dir();
     fs::create_dir_all(&dir)?;
     let unsigned = dir.join("realm.unsigned.bundle");
-    let output = Command::new(linux_bundle::native_vmm()?)
+    let output = Command::new(linux_realm::native_vmm()?)
         .arg("pack")
         .arg("--kernel")
         .arg(kernel)
