@@ -150,6 +150,11 @@ pub unsafe fn boot_array<T>(range: MemRange, count: usize, init: impl Fn() -> T)
 /// The range must be mapped writable at EL2 at the same address and must
 /// not be reachable by the host or referenced by Rust code.
 pub unsafe fn zero(range: MemRange) {
+    // SAFETY: as below; zeroes and cleans the range in one pass, or
+    // touches nothing and says so.
+    if range.is_aligned(PAGE_SIZE) && unsafe { crate::arch::zero_clean_pages(range.start(), range.size()) } {
+        return;
+    }
     if range.is_aligned(PAGE_SIZE) {
         // SAFETY: the caller guarantees the range is mapped as normal
         // memory at EL2 and unaliased; it is page-aligned.
