@@ -399,8 +399,10 @@ pub fn set_signature(handle: VmHandle, signer: [u8; 32], signature: [u8; 64]) ->
 }
 
 /// Measures the VM at its first run: its configuration, vCPU 0's entry
-/// state and every page of its stage 2 in guest-physical order. A protected
-/// VM runs only if a trusted key signed that measurement. On success the
+/// state and every page of its stage 2 in guest-physical order. Every page
+/// is read (measurement v2, docs/formats.md: one it reads as all zero
+/// joins a zero-run record, any other is hashed whole). A protected VM runs
+/// only if a trusted key signed that measurement. On success the
 /// measurement is fixed for the VM's life.
 pub fn measure_first_run(vm: &mut Vm, entry_pc: u64, x0: u64) -> Result<(), Error> {
     let vcpus = u32::try_from(vm.max_vcpus).map_err(|_| Error::InvalidParameter)?;
@@ -461,7 +463,8 @@ fn measure_run(measurer: &mut rampart_attest::Measurer, (ipa, pa, size): (u64, u
     crate::memory::with(|mem| {
         mem.with_pages(range, &mut |page, bytes| {
             // Measure what DRAM holds: the guest starts with its MMU off.
-            // (`bytes` is the page's EL2 mapping, the fixmap.)
+            // (`bytes` is the page's EL2 mapping, the fixmap.) `page` reads
+            // every byte: the zero check, then the hash unless all zero.
             if let Some(window) = MemRange::from_base_size(bytes.as_ptr() as u64, PAGE_SIZE) {
                 crate::arch::cache::before_reading(window);
             }
