@@ -7,7 +7,13 @@
 //!   and fixed inputs: `ccatoken` accepts the good one (both signatures, the
 //!   binding, the claims as built) and refuses a token signed by another
 //!   platform key, one whose platform token vouches for another realm key,
-//!   and the good one with one byte flipped at each of nine places.
+//!   and the good one with one byte flipped at each of nine places;
+//! - a token the Debian Linux realm guest read from configfs-tsm
+//!   (`testdata/linux-realm-token.*`, kept with the platform key, challenge,
+//!   RIM and hypervisor measurement of its run): accepted with every
+//!   expectation checked (appraisal included), refused with one byte
+//!   flipped at each place, and refused for a wrong challenge, RIM,
+//!   hypervisor measurement or platform key.
 //!
 //! `ccacheck verify --token FILE --platform-key HEX [--challenge HEX]
 //! [--rim HEX] [--hypervisor-measurement HEX] [--flips]` checks one token
@@ -271,6 +277,105 @@ fn main() {
     println!("ccacheck: {} passed, 0 failed", checks.passed);
 }
 
+/// The Linux realm guest's configfs-tsm token saved from a
+/// `linux-realm/smp2/vcpus2` run, and what that run expected of it.
+const LINUX_TOKEN: &[u8] = include_bytes!("../testdata/linux-realm-token.cbor");
+const LINUX_EXPECTED: &str = include_str!("../testdata/linux-realm-token.json");
+
+/// The saved Linux token: accepted with every expectation, refused with a
+/// flipped byte anywhere we flip one, and refused for each wrong expectation.
+fn linux_fixture(checks: &mut Checks) {
+    let json: serde_json::Value = serde_json::from_str(LINUX_EXPECTED).expect("fixture JSON");
+    let field = |name: &str| {
+        let text = json[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("fixture JSON: no {name}"));
+        unhex(text).unwrap_or_else(|e| panic!("fixture JSON: {name}: {e}"))
+    };
+    let digest = |name: &str| -> [u8; 32] {
+        field(name)
+            .try_into()
+            .unwrap_or_else(|_| panic!("fixture JSON: {name} is not 32 bytes"))
+    };
+    let expected = appraise::Expected {
+        platform_key: cca::public_key_from_bytes(&field("platform_key"))
+            .expect("fixture platform key"),
+        challenge: Some(field("challenge")),
+        rim: Some(digest("rim")),
+        hypervisor: Some(digest("hypervisor_measurement")),
+    };
+    check_token(
+        checks,
+        "the Linux realm guest's saved token",
+        LINUX_TOKEN,
+        &expected,
+        true,
+    );
+
+    // Each expectation is enforced: change one and ccatoken's check refuses.
+    let flip = |mut v: [u8; 32]| {
+        v[0] ^= 1;
+        v
+    };
+    let mut challenge = field("challenge");
+    challenge[0] ^= 1;
+    let other_key = DeviceSecret::from_bytes(&[0x01; 32])
+        .cca_platform_key()
+        .expect("platform key")
+        .public_key();
+    let wrong: [(&str, appraise::Expected); 4] = [
+        (
+            "another challenge",
+            appraise::Expected {
+                challenge: Some(challenge),
+                ..clone_expected(&expected)
+            },
+        ),
+        (
+            "another RIM",
+            appraise::Expected {
+                rim: expected.rim.map(flip),
+                ..clone_expected(&expected)
+            },
+        ),
+        (
+            "another hypervisor measurement",
+            appraise::Expected {
+                hypervisor: expected.hypervisor.map(flip),
+                ..clone_expected(&expected)
+            },
+        ),
+        (
+            "another platform key",
+            appraise::Expected {
+                platform_key: other_key,
+                ..clone_expected(&expected)
+            },
+        ),
+    ];
+    for (what, expected) in wrong {
+        let verdict = appraise::appraise(LINUX_TOKEN, &expected);
+        let detail = match &verdict {
+            Ok(a) => format!("ACCEPTED ({})", a.checked),
+            Err(e) => e.clone(),
+        };
+        checks.check(
+            &format!("ccatoken's checks refuse the saved Linux token for {what}: {detail}"),
+            verdict.is_err(),
+            &detail,
+        );
+    }
+}
+
+fn clone_expected(e: &appraise::Expected) -> appraise::Expected {
+    appraise::Expected {
+        platform_key: e.platform_key,
+        challenge: e.challenge.clone(),
+        rim: e.rim,
+        hypervisor: e.hypervisor,
+    }
+}
+
 /// Tokens built here from the development secret (see the module comment).
 fn self_test(checks: &mut Checks) {
     let secret = DeviceSecret::from_bytes(&DEVICE_SECRET);
@@ -440,4 +545,5 @@ fn self_test(checks: &mut Checks) {
             hex(&cca::public_key_bytes(&key))
         );
     }
+    linux_fixture(checks);
 }
