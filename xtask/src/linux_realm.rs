@@ -763,8 +763,11 @@ pub fn check_token(console: &str, signed: &[u8]) -> Result<String> {
     if verify(&crate::attest::hex(&flipped))?.status.success() {
         bail!("rampart attest-verify accepted the realm's token with one byte flipped");
     }
+    // Issue 12: Veraison's ccatoken verifies the same token (tools/ccacheck).
+    let bytes = crate::attest::parse_hex(&token)?;
+    let ccatoken = crate::ccacheck::verify_linux_token(&bytes, &platform, host, &rim, hypervisor.as_deref())?;
     Ok(format!(
-        "configfs-tsm token ({} bytes) verified by rampart attest-verify (platform key, the host's challenge, RIM = the signed bundle's measurement{}), refused with one byte flipped",
+        "configfs-tsm token ({} bytes) verified by rampart attest-verify (platform key, the host's challenge, RIM = the signed bundle's measurement{}), refused with one byte flipped\n  {ccatoken}",
         token.len() / 2,
         if hypervisor.is_some() { ", hypervisor measurement" } else { "" }
     ))

@@ -109,6 +109,9 @@ mod manifest;
 mod measure;
 mod report;
 pub mod sha256;
+#[cfg(any(test, feature = "test-fixtures"))]
+#[doc(hidden)]
+pub mod test_fixtures;
 
 pub use bundle::{
     BUNDLE_MAGIC, BUNDLE_SIGNATURE_DOMAIN, BUNDLE_VERSION, Bundle, BundleError, BundleRef,

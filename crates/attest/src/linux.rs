@@ -714,6 +714,7 @@ pub fn encode_parts(parts: &[PartSpec<'_>]) -> alloc::vec::Vec<u8> {
 mod tests {
     use super::*;
     use crate::bundle::{Bundle, BundleError, HEADER_LEN};
+    use crate::test_fixtures::minimal_fdt as fdt;
     use alloc::string::ToString;
     use alloc::vec::Vec;
     use ed25519_dalek::SigningKey;
@@ -731,48 +732,6 @@ mod tests {
 
     fn dtb() -> Vec<u8> {
         fdt("console=ttyAMA0")
-    }
-
-    /// A minimal flattened device tree: `/chosen/bootargs` = `bootargs`.
-    fn fdt(bootargs: &str) -> Vec<u8> {
-        let mut st: Vec<u8> = Vec::new();
-        let word = |v: &mut Vec<u8>, w: u32| v.extend_from_slice(&w.to_be_bytes());
-        word(&mut st, 1);
-        word(&mut st, 0);
-        word(&mut st, 1);
-        st.extend_from_slice(b"chosen\0\0");
-        word(&mut st, 3);
-        word(&mut st, u32::try_from(bootargs.len() + 1).unwrap());
-        word(&mut st, 0);
-        st.extend_from_slice(bootargs.as_bytes());
-        st.push(0);
-        while !st.len().is_multiple_of(4) {
-            st.push(0);
-        }
-        word(&mut st, 2);
-        word(&mut st, 2);
-        word(&mut st, 9);
-        let strings = b"bootargs\0";
-        let total = 56 + st.len() + strings.len();
-        let mut d = Vec::new();
-        for w in [
-            0xd00d_feed,
-            total,
-            56,
-            56 + st.len(),
-            40,
-            17,
-            16,
-            0,
-            strings.len(),
-            st.len(),
-        ] {
-            word(&mut d, u32::try_from(w).unwrap());
-        }
-        d.extend_from_slice(&[0; 16]);
-        d.extend_from_slice(&st);
-        d.extend_from_slice(strings);
-        d
     }
 
     fn flags() -> VmFlags {

@@ -2,16 +2,28 @@
 //! verifier, Veraison's `ccatoken` crate (its own CBOR decoder, `cose-rust`
 //! and OpenSSL for the signatures), given only Rampart's platform public key.
 //!
-//! Without arguments it builds tokens with `rampart-attest` from the
-//! development device secret and fixed inputs, and checks that `ccatoken`
-//! accepts the good one (both signatures, the binding, the claims as built)
-//! and rejects a token whose realm signature was changed, a token signed
-//! by another platform key, and one whose platform token vouches for
-//! another realm key. `ccacheck TOKEN PLATFORM_KEY_HEX` checks a token from
-//! a file instead (e.g. one a guest read from configfs-tsm).
+//! Without arguments (the `ccacheck` case of `cargo xtask test`):
+//! - tokens built with `rampart-attest` from the development device secret
+//!   and fixed inputs: `ccatoken` accepts the good one (both signatures, the
+//!   binding, the claims as built) and refuses a token signed by another
+//!   platform key, one whose platform token vouches for another realm key,
+//!   and the good one with one byte flipped at each of nine places;
+//! - a token the Debian Linux realm guest read from configfs-tsm
+//!   (`testdata/linux-realm-token.*`, kept with the platform key, challenge,
+//!   RIM and hypervisor measurement of its run): accepted with every
+//!   expectation checked (appraisal included), refused with one byte
+//!   flipped at each place, and refused for a wrong challenge, RIM,
+//!   hypervisor measurement or platform key.
+//!
+//! `ccacheck verify --token FILE --platform-key HEX [--challenge HEX]
+//! [--rim HEX] [--hypervisor-measurement HEX] [--flips]` checks one token
+//! (the `linux-realm` case gives it the live guest's): accepted by ccatoken
+//! and rampart-attest, and with `--flips` refused by both at each place.
 //!
 //! Prints `ccacheck: N passed, 0 failed` and exits 0, or names the first
-//! failed check and exits 1.
+//! failed check and exits 1 (2 for bad arguments).
+
+mod appraise;
 
 use base64::Engine;
 use ccatoken::store::{Cpak, MemoTrustAnchorStore};
@@ -27,33 +39,22 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
 fn unhex(text: &str) -> Result<Vec<u8>, String> {
     let text = text.trim();
-    if text.len() % 2 != 0 {
+    if !text.is_ascii() {
+        return Err("not hex".into());
+    }
+    if !text.len().is_multiple_of(2) {
         return Err("odd number of hex digits".into());
     }
     (0..text.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|e| e.to_string()))
         .collect()
-}
-
-/// The trust anchor store entry Veraison wants: the platform key as a JWK,
-/// indexed by the token's instance id.
-fn trust_anchors(key: &CcaPublicKey, implementation_id: &[u8; 32]) -> String {
-    let point = cca::public_key_bytes(key);
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    serde_json::json!([{
-        "pkey": {
-            "kty": "EC",
-            "crv": "P-384",
-            "x": b64.encode(&point[1..49]),
-            "y": b64.encode(&point[49..97]),
-        },
-        "implementation-id": hex(implementation_id),
-        "instance-id": hex(&cca::instance_id(key)),
-    }])
-    .to_string()
 }
 
 /// What ccatoken concluded.
@@ -71,7 +72,10 @@ fn ccatoken_verify(token: &[u8], key: &CcaPublicKey) -> Result<Verdict, String> 
         Evidence::decode(&token.to_vec()).map_err(|e| format!("ccatoken decode: {e:?}"))?;
     let mut store = MemoTrustAnchorStore::new();
     store
-        .load_json(&trust_anchors(key, &evidence.platform_claims.impl_id))
+        .load_json(&appraise::trust_anchors(
+            key,
+            &evidence.platform_claims.impl_id,
+        ))
         .map_err(|e| format!("ccatoken trust anchors: {e:?}"))?;
     evidence
         .verify(&store)
@@ -131,35 +135,249 @@ fn describe(v: &Result<Verdict, String>) -> String {
     }
 }
 
+/// Checks `token` against `expected` with ccatoken and rampart-attest: both
+/// accept it; with `flips`, both refuse it with one byte flipped at each
+/// place of [`appraise::flip_positions`], each refusal printed with
+/// ccatoken's reason.
+fn check_token(
+    checks: &mut Checks,
+    label: &str,
+    token: &[u8],
+    expected: &appraise::Expected,
+    flips: bool,
+) {
+    let verdict = appraise::appraise(token, expected);
+    let detail = match &verdict {
+        Ok(a) => format!("checked {}; trust vectors: {}", a.checked, a.vectors),
+        Err(e) => e.clone(),
+    };
+    checks.check(
+        &format!("ccatoken accepts {label} ({} bytes): {detail}", token.len()),
+        verdict.is_ok(),
+        &detail,
+    );
+    let ours = appraise::rampart_verify(token, expected);
+    checks.check(
+        &format!("rampart-attest accepts {label} with the same expectations"),
+        ours.is_ok(),
+        &format!("{ours:?}"),
+    );
+    if !flips {
+        return;
+    }
+    let positions = match appraise::flip_positions(token) {
+        Ok(p) => p,
+        Err(e) => {
+            checks.check(&format!("the places to flip in {label}"), false, &e);
+            return;
+        }
+    };
+    for (place, offset) in positions {
+        let mut flipped = token.to_vec();
+        let Some(byte) = flipped.get_mut(offset) else {
+            checks.check(
+                &format!("{place} is inside {label}"),
+                false,
+                &format!("offset {offset}"),
+            );
+            return;
+        };
+        *byte ^= 1;
+        let theirs = appraise::appraise(&flipped, expected);
+        let ours = appraise::rampart_verify(&flipped, expected);
+        let reason = match (&theirs, &ours) {
+            (Err(t), Err(o)) => format!("ccatoken: {t}; rampart-attest: {o}"),
+            (Ok(a), _) => format!("ccatoken ACCEPTED it ({})", a.checked),
+            (_, Ok(())) => "rampart-attest ACCEPTED it".to_string(),
+        };
+        checks.check(
+            &format!("{label}, one byte flipped in {place} (offset {offset}), refused: {reason}"),
+            theirs.is_err() && ours.is_err(),
+            &reason,
+        );
+    }
+}
+
+/// `--name VALUE` options; `--flips` takes no value.
+fn parse_verify(args: &[String]) -> Result<(String, appraise::Expected, bool), String> {
+    let mut token = None;
+    let mut key = None;
+    let mut challenge = None;
+    let mut rim = None;
+    let mut hypervisor = None;
+    let mut flips = false;
+    let digest = |name: &str, v: &str| -> Result<[u8; 32], String> {
+        unhex(v)?
+            .try_into()
+            .map_err(|v: Vec<u8>| format!("{name}: {} bytes, want 32", v.len()))
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        if arg == "--flips" {
+            flips = true;
+            continue;
+        }
+        let value = it.next().ok_or_else(|| format!("{arg} needs a value"))?;
+        match arg.as_str() {
+            "--token" => token = Some(value.clone()),
+            "--platform-key" => {
+                let bytes = unhex(value).map_err(|e| format!("--platform-key: {e}"))?;
+                key = Some(cca::public_key_from_bytes(&bytes).ok_or(
+                    "--platform-key: not a SEC1 uncompressed P-384 point (194 hex digits)",
+                )?);
+            }
+            "--challenge" => {
+                let c = unhex(value).map_err(|e| format!("--challenge: {e}"))?;
+                cca::pad_challenge(&c).map_err(|_| "--challenge: 32 to 64 bytes")?;
+                challenge = Some(c);
+            }
+            "--rim" => rim = Some(digest("--rim", value)?),
+            "--hypervisor-measurement" => {
+                hypervisor = Some(digest("--hypervisor-measurement", value)?);
+            }
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    Ok((
+        token.ok_or("--token is required")?,
+        appraise::Expected {
+            platform_key: key.ok_or("--platform-key is required")?,
+            challenge,
+            rim,
+            hypervisor,
+        },
+        flips,
+    ))
+}
+
+const USAGE: &str = "usage: ccacheck [verify --token FILE --platform-key HEX [--challenge HEX] \
+                     [--rim HEX] [--hypervisor-measurement HEX] [--flips]]";
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut checks = Checks { passed: 0 };
-    if let [token, key] = args.as_slice() {
-        let token = std::fs::read(token).unwrap_or_else(|e| {
-            eprintln!("ccacheck: {token}: {e}");
-            std::process::exit(2)
-        });
-        let key = unhex(key)
-            .ok()
-            .and_then(|b| cca::public_key_from_bytes(&b))
-            .unwrap_or_else(|| {
-                eprintln!("ccacheck: the platform key is 194 hex digits (SEC1 P-384)");
+    match args.split_first() {
+        None => self_test(&mut checks),
+        Some((verb, rest)) if verb == "verify" => {
+            let (path, expected, flips) = parse_verify(rest).unwrap_or_else(|e| {
+                eprintln!("ccacheck: {e}\n{USAGE}");
                 std::process::exit(2)
             });
-        let verdict = ccatoken_verify(&token, &key);
-        checks.check(
-            "ccatoken accepts the token",
-            accepted(&verdict),
-            &describe(&verdict),
-        );
-        println!("ccacheck: {} passed, 0 failed", checks.passed);
-        return;
+            let token = std::fs::read(&path).unwrap_or_else(|e| {
+                eprintln!("ccacheck: {path}: {e}");
+                std::process::exit(2)
+            });
+            check_token(&mut checks, "the token", &token, &expected, flips);
+        }
+        Some(_) => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
     }
-    if !args.is_empty() {
-        eprintln!("usage: ccacheck [TOKEN PLATFORM_KEY_HEX]");
-        std::process::exit(2);
-    }
+    println!("ccacheck: {} passed, 0 failed", checks.passed);
+}
 
+/// The Linux realm guest's configfs-tsm token saved from a
+/// `linux-realm/smp2/vcpus2` run, and what that run expected of it.
+const LINUX_TOKEN: &[u8] = include_bytes!("../testdata/linux-realm-token.cbor");
+const LINUX_EXPECTED: &str = include_str!("../testdata/linux-realm-token.json");
+
+/// The saved Linux token: accepted with every expectation, refused with a
+/// flipped byte anywhere we flip one, and refused for each wrong expectation.
+fn linux_fixture(checks: &mut Checks) {
+    let json: serde_json::Value = serde_json::from_str(LINUX_EXPECTED).expect("fixture JSON");
+    let field = |name: &str| {
+        let text = json[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("fixture JSON: no {name}"));
+        unhex(text).unwrap_or_else(|e| panic!("fixture JSON: {name}: {e}"))
+    };
+    let digest = |name: &str| -> [u8; 32] {
+        field(name)
+            .try_into()
+            .unwrap_or_else(|_| panic!("fixture JSON: {name} is not 32 bytes"))
+    };
+    let expected = appraise::Expected {
+        platform_key: cca::public_key_from_bytes(&field("platform_key"))
+            .expect("fixture platform key"),
+        challenge: Some(field("challenge")),
+        rim: Some(digest("rim")),
+        hypervisor: Some(digest("hypervisor_measurement")),
+    };
+    check_token(
+        checks,
+        "the Linux realm guest's saved token",
+        LINUX_TOKEN,
+        &expected,
+        true,
+    );
+
+    // Each expectation is enforced: change one and ccatoken's check refuses.
+    let flip = |mut v: [u8; 32]| {
+        v[0] ^= 1;
+        v
+    };
+    let mut challenge = field("challenge");
+    challenge[0] ^= 1;
+    let other_key = DeviceSecret::from_bytes(&[0x01; 32])
+        .cca_platform_key()
+        .expect("platform key")
+        .public_key();
+    let wrong: [(&str, appraise::Expected); 4] = [
+        (
+            "another challenge",
+            appraise::Expected {
+                challenge: Some(challenge),
+                ..clone_expected(&expected)
+            },
+        ),
+        (
+            "another RIM",
+            appraise::Expected {
+                rim: expected.rim.map(flip),
+                ..clone_expected(&expected)
+            },
+        ),
+        (
+            "another hypervisor measurement",
+            appraise::Expected {
+                hypervisor: expected.hypervisor.map(flip),
+                ..clone_expected(&expected)
+            },
+        ),
+        (
+            "another platform key",
+            appraise::Expected {
+                platform_key: other_key,
+                ..clone_expected(&expected)
+            },
+        ),
+    ];
+    for (what, expected) in wrong {
+        let verdict = appraise::appraise(LINUX_TOKEN, &expected);
+        let detail = match &verdict {
+            Ok(a) => format!("ACCEPTED ({})", a.checked),
+            Err(e) => e.clone(),
+        };
+        checks.check(
+            &format!("ccatoken's checks refuse the saved Linux token for {what}: {detail}"),
+            verdict.is_err(),
+            &detail,
+        );
+    }
+}
+
+fn clone_expected(e: &appraise::Expected) -> appraise::Expected {
+    appraise::Expected {
+        platform_key: e.platform_key,
+        challenge: e.challenge.clone(),
+        rim: e.rim,
+        hypervisor: e.hypervisor,
+    }
+}
+
+/// Tokens built here from the development secret (see the module comment).
+fn self_test(checks: &mut Checks) {
     let secret = DeviceSecret::from_bytes(&DEVICE_SECRET);
     let iak = secret.cca_platform_key().expect("platform key");
     let rak = secret.cca_realm_key(&[0x0b; 32]).expect("realm key");
@@ -241,6 +459,20 @@ fn main() {
         "rampart-attest refused it",
     );
 
+    // One byte flipped at each place: both verifiers refuse.
+    check_token(
+        checks,
+        "the built token",
+        &token,
+        &appraise::Expected {
+            platform_key: key,
+            challenge: Some(challenge.clone()),
+            rim: None,
+            hypervisor: None,
+        },
+        true,
+    );
+
     // The realm signature changed (its last byte): ccatoken must refuse.
     let mut flipped = token.clone();
     *flipped.last_mut().expect("non-empty") ^= 1;
@@ -259,9 +491,11 @@ fn main() {
     // Index the trust anchor by the foreign token's instance id but give our key.
     let verdict = (|| {
         let mut evidence = Evidence::decode(&foreign).map_err(|e| format!("{e:?}"))?;
-        let mut json: serde_json::Value =
-            serde_json::from_str(&trust_anchors(&key, &cca::RAMPART_IMPLEMENTATION_ID))
-                .map_err(|e| e.to_string())?;
+        let mut json: serde_json::Value = serde_json::from_str(&appraise::trust_anchors(
+            &key,
+            &cca::RAMPART_IMPLEMENTATION_ID,
+        ))
+        .map_err(|e| e.to_string())?;
         json[0]["instance-id"] = hex(&cca::instance_id(&other.public_key())).into();
         let cpak: Vec<Cpak> = serde_json::from_value(json).map_err(|e| e.to_string())?;
         let mut cpak = cpak.into_iter().next().ok_or("no cpak")?;
@@ -311,5 +545,5 @@ fn main() {
             hex(&cca::public_key_bytes(&key))
         );
     }
-    println!("ccacheck: {} passed, 0 failed", checks.passed);
+    linux_fixture(checks);
 }

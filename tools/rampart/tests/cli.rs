@@ -11,6 +11,7 @@ use std::process::Command;
 use ed25519_dalek::Signer;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey, KeypairBytes};
+use rampart_attest::test_fixtures::minimal_fdt as fdt;
 use rampart_attest::{
     Bundle, Claims, DeviceSecret, Manifest, Measurement, SigningKey, VmFlags, build_report,
     measure_image,
@@ -1150,48 +1151,6 @@ fn attest_verify_cca_token() {
         4,
         "realm token: bad signature",
     );
-}
-
-/// A minimal flattened device tree: `/chosen/bootargs` = `bootargs`.
-fn fdt(bootargs: &str) -> Vec<u8> {
-    let mut st: Vec<u8> = Vec::new();
-    let word = |v: &mut Vec<u8>, w: u32| v.extend_from_slice(&w.to_be_bytes());
-    word(&mut st, 1);
-    word(&mut st, 0);
-    word(&mut st, 1);
-    st.extend_from_slice(b"chosen\0\0");
-    word(&mut st, 3);
-    word(&mut st, u32::try_from(bootargs.len() + 1).unwrap());
-    word(&mut st, 0);
-    st.extend_from_slice(bootargs.as_bytes());
-    st.push(0);
-    while !st.len().is_multiple_of(4) {
-        st.push(0);
-    }
-    word(&mut st, 2);
-    word(&mut st, 2);
-    word(&mut st, 9);
-    let strings = b"bootargs\0";
-    let total = 56 + st.len() + strings.len();
-    let mut d = Vec::new();
-    for w in [
-        0xd00d_feed,
-        total,
-        56,
-        56 + st.len(),
-        40,
-        17,
-        16,
-        0,
-        strings.len(),
-        st.len(),
-    ] {
-        word(&mut d, u32::try_from(w).unwrap());
-    }
-    d.extend_from_slice(&[0; 16]);
-    d.extend_from_slice(&st);
-    d.extend_from_slice(strings);
-    d
 }
 
 /// A small version-2 (Linux) bundle, unsigned: a fake arm64 `Image`, an
