@@ -905,6 +905,8 @@ fn load_vcpu(slot: usize, handle: VmHandle, r: &VcpuRecord) -> Result<(), Error>
     for (word, bits) in VCPU_PENDING[slot][i].iter().zip(&r.pending) {
         word.store(*bits, Ordering::Release);
     }
+    // After the words: its first entry looks at them (`vcpu::run`).
+    crate::vcpu::mark_pending(slot, i);
     Ok(())
 }
 

@@ -117,6 +117,7 @@ pub mod power {
 }
 
 /// The slot a handle names, if the handle is current.
+#[inline]
 pub fn slot_of(handle: VmHandle) -> Result<usize, Error> {
     let low = handle.0 & 0xffff_ffff;
     let slot = low.checked_sub(HANDLE_BASE).filter(|&s| s < MAX_VMS as u64).ok_or(Error::InvalidParameter)? as usize;
@@ -125,6 +126,15 @@ pub fn slot_of(handle: VmHandle) -> Result<usize, Error> {
         return Err(Error::InvalidParameter);
     }
     Ok(slot)
+}
+
+/// Whether `handle`'s generation is still its slot's. Only `VM_DESTROY`
+/// changes a generation, holding every vCPU lock of the slot: a caller that
+/// holds one of them (`VCPU_RUN`) and finds the vCPU there knows it is the
+/// live VM's, without the VM's lock.
+#[inline]
+pub fn is_current(slot: usize, handle: VmHandle) -> bool {
+    GENERATIONS.get(slot).is_some_and(|g| u64::from(g.load(Ordering::Acquire)) == handle.0 >> 32)
 }
 
 /// Locks the VM a handle names.
