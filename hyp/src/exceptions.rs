@@ -42,6 +42,16 @@ pub extern "C" fn handle_exception(kind: u64, frame: &mut Frame) {
     }
 }
 
+/// The host's `HVC #0` with `VCPU_RUN`'s function ID in `w0`: `entry.S`'s
+/// lower-EL AArch64 synchronous vector sends exactly that here (`ESR_EL2`
+/// = EC 0x16, IL 1, immediate 0, checked there), with `x0`..`x17` in
+/// `regs` (the rest of the frame is not saved on this path: `x19`..`x29`
+/// are callee-saved, and no code here reads the host's registers beyond
+/// `x17`). The results replace `x0`..`x4`, as for every host call.
+pub extern "C" fn host_vcpu_run(regs: &mut [u64; 18]) {
+    host::vcpu_run_call(regs);
+}
+
 /// Whether the host's exception is an `SMC` asking firmware to power off or
 /// reset the machine (PSCI SYSTEM_OFF or SYSTEM_RESET, either convention).
 fn is_host_power_off(frame: &Frame) -> bool {

@@ -24,7 +24,13 @@ const INVALID: u64 = rampart_abi::smccc::INVALID_PARAMETER as u64;
 const NOT_SUPPORTED: u64 = rampart_abi::smccc::NOT_SUPPORTED as u64;
 
 fn set(regs: &mut [u64; 31], values: [u64; 4]) -> Outcome {
-    regs[..4].copy_from_slice(&values);
+    // Four stores: `copy_from_slice` became a `memcpy` call at opt-level
+    // "s" (45 instructions on a 186-instruction guest HVC).
+    let [x0, x1, x2, x3] = values;
+    regs[0] = x0;
+    regs[1] = x1;
+    regs[2] = x2;
+    regs[3] = x3;
     Outcome::Resume
 }
 

@@ -29,7 +29,7 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use rampart_abi::Error;
-use rampart_abi::host::{MAX_VCPUS, PageRange, VcpuRef, VmConfig, VmHandle};
+use rampart_abi::host::{PageRange, VcpuRef, VmConfig, VmHandle};
 use rampart_attest::Measurement;
 use rampart_migrate::{
     self as stream, EL1_WORDS, Header, MAX_RECORD, MigrationSecret, Opener, PAGE_SIZE,
@@ -42,7 +42,6 @@ use spin::mutex::SpinMutex;
 use crate::vcpu::{MigrationFlags, VcpuState};
 use crate::vm::{self, MAX_VMS, VCPU_BOOT, VCPU_EXISTS, VCPU_PENDING, VCPU_POWER, VCPU_SLOTS};
 
-const VCPUS: usize = MAX_VCPUS as usize;
 const PAGE: u64 = PAGE_SIZE as u64;
 /// Outstanding challenges a destination keeps.
 const CHALLENGES: usize = 4;
@@ -331,22 +330,47 @@ fn export_start(
 ) -> Result<Export, Error> {
     let secret = secret()?;
     let source = crate::security::attestation_public_key()?;
+    // Every check that can refuse, first under the VM's lock alone: a
+    // refused call takes no vCPU's lock, so it cannot make a VCPU_RUN of
+    // the VM on another CPU answer BUSY meanwhile (the ABI allows BUSY
+    // there only while that vCPU runs elsewhere).
+    describe(handle)?;
+    // Every vCPU's lock: none runs while the VM is stopped.
+    let vcpus = vm::lock_vcpus(slot)?;
+    // Again, with no vCPU running: a run since the first look may have
+    // shared a page with the host, and only this answer counts.
+    let header = describe(handle)?;
+    let preamble = Preamble {
+        stream_id: fresh_id(&secret),
+        challenge,
+        destination,
+        source,
+    };
+    let sealer = Sealer::new(&secret, &preamble);
+    // Stopped for good: VCPU_RUN checks this under the vCPU's lock, which
+    // is held here.
+    MIGRATING[slot].store(handle.0, Ordering::Release);
+    drop(vcpus);
+    Ok(Export {
+        handle,
+        preamble,
+        header,
+        sealer,
+        stage: Stage::Preamble,
+    })
+}
+
+/// A first `VM_EXPORT`'s checks of the VM, under its lock, and the stream
+/// header that describes it.
+fn describe(handle: VmHandle) -> Result<Header, Error> {
+    let (slot, vm_guard) = vm::lock(handle)?;
+    let vm = vm_guard.as_ref().ok_or(Error::InvalidParameter)?;
     // A realm (issue 12) is never exported: the stream carries neither its
     // guest ABI nor its RIPAS layout, so it could only arrive as another
-    // kind of VM. Refused before any vCPU's lock is taken, so that the
-    // refusal cannot make a VCPU_RUN of it on another CPU meanwhile answer
-    // BUSY (which the ABI allows only while that vCPU runs elsewhere).
-    if vm::lock(handle)?.1.as_ref().is_some_and(|vm| vm.realm.is_some()) {
+    // kind of VM.
+    if vm.realm.is_some() {
         return Err(Error::Denied);
     }
-    // Every vCPU's lock: none runs while the VM is stopped.
-    let mut vcpus: [Option<spin::mutex::SpinMutexGuard<'static, Option<crate::vcpu::Vcpu>>>;
-        VCPUS] = [const { None }; VCPUS];
-    for (i, v) in VCPU_SLOTS[slot].iter().enumerate() {
-        vcpus[i] = Some(v.try_lock().ok_or(Error::Busy)?);
-    }
-    let (_, vm_guard) = vm::lock(handle)?;
-    let vm = vm_guard.as_ref().ok_or(Error::InvalidParameter)?;
     if MIGRATING[slot].load(Ordering::Acquire) == handle.0 {
         // Being imported.
         return Err(Error::Migrating);
@@ -377,24 +401,7 @@ fn export_start(
         }
         Ok(())
     })?;
-    let preamble = Preamble {
-        stream_id: fresh_id(&secret),
-        challenge,
-        destination,
-        source,
-    };
-    let sealer = Sealer::new(&secret, &preamble);
-    // Stopped for good: VCPU_RUN checks this under the vCPU's lock, which
-    // is held here.
-    MIGRATING[slot].store(handle.0, Ordering::Release);
-    drop(vcpus);
-    Ok(Export {
-        handle,
-        preamble,
-        header,
-        sealer,
-        stage: Stage::Preamble,
-    })
+    Ok(header)
 }
 
 /// Writes as many whole records as the buffer holds.
@@ -497,6 +504,21 @@ fn export_fill(
     })
 }
 
+/// vCPU `index`'s lock in VM slot `slot` (export's and import's vCPU
+/// records): `BUSY` if another CPU holds it, `INVALID_PARAMETER` for an
+/// index beyond the VM's.
+fn lock_vcpu(
+    slot: usize,
+    index: usize,
+) -> Result<spin::mutex::SpinMutexGuard<'static, Option<crate::vcpu::Vcpu>>, Error> {
+    VCPU_SLOTS
+        .get(slot)
+        .and_then(|vcpus| vcpus.get(index))
+        .ok_or(Error::InvalidParameter)?
+        .try_lock()
+        .ok_or(Error::Busy)
+}
+
 /// vCPU `index`'s record (zero but its index if it was never created).
 fn save_vcpu(slot: usize, index: u32) -> Result<VcpuRecord, Error> {
     let i = index as usize;
@@ -508,11 +530,7 @@ fn save_vcpu(slot: usize, index: u32) -> Result<VcpuRecord, Error> {
     {
         return Ok(record);
     }
-    let mut guard = VCPU_SLOTS[slot]
-        .get(i)
-        .ok_or(Error::InvalidParameter)?
-        .try_lock()
-        .ok_or(Error::Busy)?;
+    let mut guard = lock_vcpu(slot, i)?;
     let v = guard.as_mut().ok_or(Error::InvalidParameter)?;
     let (state, flags, queued) = v.migration_view();
     record.flags = flag::EXISTS
@@ -869,11 +887,7 @@ fn load_vcpu(slot: usize, handle: VmHandle, r: &VcpuRecord) -> Result<(), Error>
     let i = r.index as usize;
     // Fails if the host created this vCPU itself meanwhile (DENIED).
     vm::create_vcpu(VcpuRef::new(handle, u64::from(r.index))?)?;
-    let mut guard = VCPU_SLOTS[slot]
-        .get(i)
-        .ok_or(Error::InvalidParameter)?
-        .try_lock()
-        .ok_or(Error::Busy)?;
+    let mut guard = lock_vcpu(slot, i)?;
     let v = guard.as_mut().ok_or(Error::InvalidParameter)?;
     let (state, _, _) = v.migration_view();
     record_to_state(r, state);
@@ -891,6 +905,8 @@ fn load_vcpu(slot: usize, handle: VmHandle, r: &VcpuRecord) -> Result<(), Error>
     for (word, bits) in VCPU_PENDING[slot][i].iter().zip(&r.pending) {
         word.store(*bits, Ordering::Release);
     }
+    // After the words: its first entry looks at them (`vcpu::run`).
+    crate::vcpu::mark_pending(slot, i);
     Ok(())
 }
 
@@ -932,7 +948,7 @@ pub fn oracle_imported(handle: u64) -> Option<rampart_spec::Imported> {
     };
     let mut vcpus = 0u8;
     let mut power = [rampart_spec::Power::Off; 8];
-    for (i, p) in power.iter_mut().enumerate().take(VCPUS.min(8)) {
+    for (i, p) in power.iter_mut().enumerate().take(VCPU_EXISTS[slot].len().min(8)) {
         if VCPU_EXISTS[slot][i].load(Ordering::Acquire) {
             vcpus |= 1 << i;
         }

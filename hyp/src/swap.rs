@@ -9,7 +9,7 @@
 //! memory lock, then [`BOUNCE`]. Every path that takes a [`SLOTS`] entry
 //! holds the VM's lock already (the fault path in `vcpu.rs` included).
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rampart_abi::Error;
 use rampart_abi::host::{PageRange, VmHandle};
@@ -151,9 +151,22 @@ pub fn translation_fault(iss: u64) -> bool {
     iss & 0b11_1100 == 0b00_0100
 }
 
+/// Whether the VM slot's version map may hold an entry: set (under the
+/// VM's lock) before a `VM_EVICT` records one, cleared when the map is
+/// emptied (under the same lock). Lets [`is_evicted`], on every stage-2
+/// fault of a guest (each MMIO exit), skip the swap state's lock for the
+/// VMs that never evicted a page.
+static MAY_HOLD: [AtomicBool; MAX_VMS] = [const { AtomicBool::new(false) }; MAX_VMS];
+
 /// Whether `ipa`'s page is evicted in the VM in `slot` with `handle`.
 /// The caller holds the VM's lock.
+#[inline]
 pub fn is_evicted(slot: usize, handle: VmHandle, ipa: u64) -> bool {
+    // The VM's lock orders this load after the store of any VM_EVICT
+    // (which holds it too): relaxed is enough.
+    if !MAY_HOLD.get(slot).is_some_and(|m| m.load(Ordering::Relaxed)) {
+        return false;
+    }
     SLOTS.get(slot).is_some_and(|s| {
         let state = s.lock();
         state.owned_by(handle) && state.map.is_evicted(ipa & !(PAGE_SIZE - 1))
@@ -173,6 +186,9 @@ pub fn any_evicted(slot: usize, handle: VmHandle, start: u64, end: u64) -> bool 
 pub fn forget(slot: usize) {
     if let Some(s) = SLOTS.get(slot) {
         s.lock().forget();
+    }
+    if let Some(may_hold) = MAY_HOLD.get(slot) {
+        may_hold.store(false, Ordering::Relaxed);
     }
 }
 
@@ -240,6 +256,9 @@ pub fn evict(handle: VmHandle, guest_address: u64, sealed: u64) -> Result<(u64, 
                 *region = HeldRegion { region: 0, pages: 0, held: 0 };
                 mem.swap_release_hold(id, held);
             }
+        }
+        if let Some(may_hold) = MAY_HOLD.get(slot) {
+            may_hold.store(true, Ordering::Relaxed);
         }
         state.map.commit_evict(planned);
         Ok((planned.version, tag))

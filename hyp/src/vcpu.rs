@@ -59,6 +59,11 @@ pub struct Vcpu {
     /// `ICH_HCR_EL2.NPIE` is set: queued interrupts wait for a list
     /// register.
     waiting: bool,
+    /// The VM's `VTTBR_EL2` value and whether it is protected, read under
+    /// the VM's lock at the vCPU's first `VCPU_RUN`: both are fixed from
+    /// `VM_CREATE` to `VM_DESTROY` (the VMID and the stage-2 root), and
+    /// the vCPU does not outlive its VM.
+    vm_view: Option<(u64, bool)>,
 }
 
 /// A stage-2 fault above guest RAM's base that exited to the host.
@@ -95,6 +100,7 @@ impl Vcpu {
             ended_count: 0,
             level_in_lrs: false,
             waiting: false,
+            vm_view: None,
         };
         vcpu.reset(GUEST_RAM_BASE, 0);
         vcpu
@@ -188,16 +194,21 @@ pub fn inject_irq(vcpu: VcpuRef, intid: u32) -> Result<(), Error> {
 /// bit; a running vCPU re-entering its guest after an exit EL2 handled
 /// tests this one flag instead of OR-ing the 16 words, and takes it with an
 /// acquire swap before reading the words, so it sees every bit set before
-/// the flag. The first entry of each `VCPU_RUN` still ORs all 16 words, so
-/// a writer elsewhere that sets a word without the flag (migration's
-/// import, another branch's) is seen at the latest on the vCPU's next
-/// `VCPU_RUN`. A stale flag costs one full look, nothing else.
+/// the flag. Every writer of the words sets it (this file's, and
+/// migration's import, `migrate::load_vcpu`), so the first entry of each
+/// `VCPU_RUN` tests the flag too instead of OR-ing all 16 words (about 35
+/// instructions of every MMIO exit): a new writer of `vm::VCPU_PENDING`
+/// must call [`mark_pending`] after its bit. A host that injects on one CPU
+/// and then runs the vCPU on another has ordered the two calls itself, so
+/// the flag's store happens before the run's acquire load of it. A stale
+/// flag costs one full look, nothing else.
 static PENDING_HINT: [[core::sync::atomic::AtomicBool; rampart_abi::host::MAX_VCPUS as usize]; vm::MAX_VMS] =
     [const { [const { core::sync::atomic::AtomicBool::new(false) }; rampart_abi::host::MAX_VCPUS as usize] }; vm::MAX_VMS];
 
-/// Sets the vCPU's [`PENDING_HINT`], after its pending bit.
+/// Sets the vCPU's [`PENDING_HINT`], after its pending bit (every writer
+/// of `vm::VCPU_PENDING` but `VCPU_CREATE`'s zeroing calls this).
 #[inline]
-fn mark_pending(slot: usize, index: usize) {
+pub fn mark_pending(slot: usize, index: usize) {
     if let Some(flag) = PENDING_HINT.get(slot).and_then(|s| s.get(index)) {
         flag.store(true, Ordering::Release);
     }
@@ -264,19 +275,31 @@ fn exit(reason: ExitReason, a: u64, b: u64, c: u64) -> Outcome {
 pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
     let slot = vm::slot_of(vcpu.vm)?;
     let mut guard = VCPU_SLOTS[slot][vcpu.index].try_lock().ok_or(Error::Busy)?;
+    // The handle's generation again, now that the vCPU's lock is held: a
+    // VM destroyed (and one re-created in the slot) since `slot_of` does
+    // not match, and none can be destroyed while the lock is held, so the
+    // vCPU found below is this handle's (`vm::is_current`).
+    if !vm::is_current(slot, vcpu.vm) {
+        return Err(Error::InvalidParameter);
+    }
     let v = guard.as_mut().ok_or(Error::InvalidParameter)?;
     let hint = PENDING_HINT.get(slot).and_then(|s| s.get(v.index)).ok_or(Error::InvalidParameter)?;
     // Migration (issue 14): a VM being exported never runs again; one
     // being imported runs once its stream is complete.
     crate::migrate::may_run(slot, vcpu.vm)?;
-    let (vttbr, protected) = {
-        // `slot` came from `slot_of` above; the handle check under the lock
-        // is `vm::lock`'s own (a handle carries its slot's generation, so a
-        // VM destroyed and re-created in the slot meanwhile does not match).
-        let vm_guard = vm::VMS[slot].lock();
-        let vm = vm_guard.as_ref().filter(|vm| vm.handle == vcpu.vm).ok_or(Error::InvalidParameter)?;
-        (vm::vttbr(vm), vm.protected)
+    let (vttbr, protected) = match v.vm_view {
+        Some(view) => view,
+        None => {
+            let vm_guard = vm::VMS[slot].lock();
+            let vm = vm_guard.as_ref().filter(|vm| vm.handle == vcpu.vm).ok_or(Error::InvalidParameter)?;
+            let view = (vm::vttbr(vm), vm.protected);
+            v.vm_view = Some(view);
+            view
+        }
     };
+    // Fixed while the vCPU's lock is held (a VM is a realm from its
+    // creation to its destruction).
+    let realm = crate::rsi::is_realm(slot);
     let power_state = &VCPU_POWER[slot][v.index];
     match power_state.load(Ordering::Acquire) {
         power::OFF => return Ok([ExitReason::PoweredOff as u64, 0, 0, 0]),
@@ -308,7 +331,7 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
         v.mmio = None;
     }
     // issue 12: a realm's RSI_HOST_CALL completes with the host's answer.
-    if crate::rsi::is_realm(slot) {
+    if realm {
         crate::rsi::complete_host_call(slot, vcpu.vm.0, v.index, &mut v.state.regs);
     }
     let boot = crate::BOOT.get().ok_or(Error::NotSupported)?;
@@ -337,24 +360,15 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
             inject_guest(v, kind, fault.far);
         }
     }
-    // The first entry of the run looks at all 16 words (see `PENDING_HINT`).
-    let mut first = true;
-    // Fixed while the vCPU's lock is held (a VM is a realm from its
-    // creation to its destruction).
-    let realm = crate::rsi::is_realm(slot);
     let record = loop {
         check_timer(v);
         let pending = &vm::VCPU_PENDING[slot][v.index];
         // Swapped before the words are read, so a bit set before a hint
         // this swap takes is seen below; one set after it sets the hint
-        // again, for the next entry.
-        let look = if first {
-            first = false;
-            hint.swap(false, Ordering::AcqRel);
-            true
-        } else {
-            hint.load(Ordering::Relaxed) && hint.swap(false, Ordering::AcqRel)
-        };
+        // again, for the next entry. Every writer of a pending word sets
+        // the hint after it (`mark_pending`, also migration's import), so
+        // the first entry of a run needs no look of its own either.
+        let look = hint.load(Ordering::Acquire) && hint.swap(false, Ordering::AcqRel);
         let pending: &[core::sync::atomic::AtomicU64] = if look && any_bit_set(pending) { pending } else { &[] };
         for (n, word) in pending.iter().enumerate() {
             // A plain load first: an atomic swap of every word on every
@@ -666,6 +680,9 @@ struct HostContext {
     /// The guest's `MDCR_EL2` on this CPU and the host `MDCR_EL2` it was
     /// computed for ([`guest_mdcr`]).
     guest_mdcr: Option<(u64, u64)>,
+    /// The guest's `HCR_EL2` on this CPU ([`guest_hcr`]), 0 until the
+    /// first entry computes it.
+    guest_hcr: u64,
     cptr: u64,
     vmpidr: u64,
     /// Where the host resumes after its `VCPU_RUN` call.
@@ -696,23 +713,30 @@ fn load_guest(v: &mut Vcpu, host: &mut HostContext, vttbr: u64, protected: bool)
     host.guest_fp = false;
     host.guest_pauth = false;
     let guest_cptr = GUEST_CPTR | CPTR_TFP;
-    let debug = DebugFeatures::probe();
     // The guest's MDCR_EL2 depends only on this CPU's features and the
     // host's MDCR_EL2 (which only EL2 writes): computed once per CPU and
     // again only if the host's value is ever different.
     let guest_mdcr = match host.guest_mdcr {
         Some((for_host, value)) if for_host == host.mdcr => value,
         _ => {
-            let value = guest_mdcr(host.mdcr, debug);
+            let value = guest_mdcr(host.mdcr);
             host.guest_mdcr = Some((host.mdcr, value));
             value
         }
     };
+    // This CPU's guest HCR_EL2 (its features and the boot-time FWB choice,
+    // both fixed): computed once per CPU. Never 0 (`VM` is set).
+    if host.guest_hcr == 0 {
+        host.guest_hcr = guest_hcr();
+    }
+    let guest_hcr = host.guest_hcr;
     // A protected guest is neither traced nor counted by the host: the
     // trace filter prohibits EL0/EL1 trace and the host's PMU counters
     // pause until the host's context comes back.
     host.trfcr = None;
     host.pmcnten = None;
+    // Only a protected guest needs the debug features.
+    let debug = if protected { DebugFeatures::probe() } else { DebugFeatures { trf: false, pmu: false } };
     if protected && debug.trf {
         let trfcr = guest::trfcr();
         host.trfcr = Some(trfcr);
@@ -744,7 +768,7 @@ fn load_guest(v: &mut Vcpu, host: &mut HostContext, vttbr: u64, protected: bool)
         arch::set_vmpidr_el2((1 << 31) | v.index as u64);
         arch::set_vttbr_el2(vttbr);
         // API/APK clear: the keys are loaded at the first trap.
-        let mut hcr = guest_hcr();
+        let mut hcr = guest_hcr;
         if v.vserror {
             if let Some(syndrome) = virtual_serror_syndrome(has_ras()) {
                 guest::set_vsesr(syndrome);
@@ -784,7 +808,7 @@ impl DebugFeatures {
 /// unless FEAT_HPMN0 allows 0. `TDE` stays clear, so a guest's `BRK`
 /// (Linux's `BUG()` and `WARN()`) and its other debug exceptions go to the
 /// guest's own EL1, not to EL2.
-fn guest_mdcr(host_mdcr: u64, _debug: DebugFeatures) -> u64 {
+fn guest_mdcr(host_mdcr: u64) -> u64 {
     crate::cpu::with_features(|f| {
         rampart_platform::cpu::guest_mdcr(&f.cpu, host_mdcr & rampart_platform::cpu::mdcr::HPMN_MASK)
     })
@@ -820,6 +844,7 @@ impl HostContext {
         pauth: PauthKeys::ZERO,
         mdcr: 0,
         guest_mdcr: None,
+        guest_hcr: 0,
         guest_fp: false,
         guest_pauth: false,
         cptr: 0,

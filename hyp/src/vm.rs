@@ -117,6 +117,7 @@ pub mod power {
 }
 
 /// The slot a handle names, if the handle is current.
+#[inline]
 pub fn slot_of(handle: VmHandle) -> Result<usize, Error> {
     let low = handle.0 & 0xffff_ffff;
     let slot = low.checked_sub(HANDLE_BASE).filter(|&s| s < MAX_VMS as u64).ok_or(Error::InvalidParameter)? as usize;
@@ -125,6 +126,15 @@ pub fn slot_of(handle: VmHandle) -> Result<usize, Error> {
         return Err(Error::InvalidParameter);
     }
     Ok(slot)
+}
+
+/// Whether `handle`'s generation is still its slot's. Only `VM_DESTROY`
+/// changes a generation, holding every vCPU lock of the slot: a caller that
+/// holds one of them (`VCPU_RUN`) and finds the vCPU there knows it is the
+/// live VM's, without the VM's lock.
+#[inline]
+pub fn is_current(slot: usize, handle: VmHandle) -> bool {
+    GENERATIONS.get(slot).is_some_and(|g| u64::from(g.load(Ordering::Acquire)) == handle.0 >> 32)
 }
 
 /// Locks the VM a handle names.
@@ -596,6 +606,33 @@ pub fn guest_page_transition(vm: &mut Vm, ipa: u64, make: fn(VmId) -> Transition
     })
 }
 
+/// Every vCPU's lock of VM slot `slot` (`VM_DESTROY`, `VM_EXPORT`'s first
+/// call), or `BUSY` with none held if one is taken (a vCPU running on
+/// another CPU, or another call holding it for a moment). Take it only for
+/// a call whose checks have passed: see [`destroy`].
+pub fn lock_vcpus(slot: usize) -> Result<[Option<spin::mutex::SpinMutexGuard<'static, Option<Vcpu>>>; VCPUS], Error> {
+    let mut vcpus: [Option<spin::mutex::SpinMutexGuard<'static, Option<Vcpu>>>; VCPUS] = [const { None }; VCPUS];
+    for (held, vcpu) in vcpus.iter_mut().zip(VCPU_SLOTS.get(slot).ok_or(Error::InvalidParameter)?) {
+        *held = Some(vcpu.try_lock().ok_or(Error::Busy)?);
+    }
+    Ok(vcpus)
+}
+
+/// `VM_DESTROY`'s refusals, under the VM's lock (`guard` is slot `slot`'s):
+/// the handle must still name the VM, and the metadata's release (the last
+/// step) must be possible: its pages' state, and the page-table memory the
+/// host's mapping needs, asked while the answer can still be "no, nothing
+/// changed". Returns the metadata's pages.
+fn teardown_check(slot: usize, guard: &Option<Vm>, handle: VmHandle) -> Result<PageRange, Error> {
+    let metadata = match guard.as_ref() {
+        Some(vm) if vm.handle == handle => vm.metadata,
+        _ => return Err(Error::InvalidParameter),
+    };
+    let metadata_pages = PageRange::new(metadata.start(), metadata.size() / PAGE_SIZE)?;
+    crate::memory::with(|mem| mem.check_teardown(Transition::HypReleaseVmMeta(vm_id(slot)), metadata_pages).map(drop))?;
+    Ok(metadata_pages)
+}
+
 /// `VM_DESTROY`: refused while a vCPU runs; then every guest page is
 /// zeroed and returned, and the metadata and VMID are released.
 ///
@@ -603,22 +640,18 @@ pub fn guest_page_transition(vm: &mut Vm, ipa: u64, make: fn(VmId) -> Transition
 /// away the call succeeds.
 pub fn destroy(handle: VmHandle) -> Result<(), Error> {
     let slot = slot_of(handle)?;
+    // Every check that can refuse, first under the VM's lock alone: a
+    // refused call takes no vCPU's lock, so it cannot make a VCPU_RUN of
+    // this VM on another CPU answer BUSY meanwhile (the ABI allows BUSY
+    // there only while that vCPU runs elsewhere).
+    teardown_check(slot, &VMS[slot].lock(), handle)?;
     // Hold every vCPU's lock: none can run while the VM goes away.
-    let mut vcpus: [Option<spin::mutex::SpinMutexGuard<'static, Option<Vcpu>>>; VCPUS] = [const { None }; VCPUS];
-    for (i, vcpu) in VCPU_SLOTS[slot].iter().enumerate() {
-        vcpus[i] = Some(vcpu.try_lock().ok_or(Error::Busy)?);
-    }
+    let mut vcpus = lock_vcpus(slot)?;
     let mut guard = VMS[slot].lock();
-    let metadata = match guard.as_ref() {
-        Some(vm) if vm.handle == handle => vm.metadata,
-        _ => return Err(Error::InvalidParameter),
-    };
+    // Again, now that no vCPU runs: only a concurrent VM_DESTROY can have
+    // changed the answer.
+    let metadata_pages = teardown_check(slot, &guard, handle)?;
     let id = vm_id(slot);
-    let metadata_pages = PageRange::new(metadata.start(), metadata.size() / PAGE_SIZE)?;
-    // The metadata's release is the last step; ask now whether it can be
-    // done (its pages' state, and the page-table memory the host's mapping
-    // needs), while the answer can still be "no, nothing changed".
-    crate::memory::with(|mem| mem.check_teardown(Transition::HypReleaseVmMeta(id), metadata_pages).map(drop))?;
 
     // From here on nothing is refused.
     // The handle dies now: no new call can find the VM. A slot whose
@@ -701,7 +734,7 @@ pub fn destroy(handle: VmHandle) -> Result<(), Error> {
         // A broken invariant only (a corrupt ownership entry): the VM is
         // gone; its metadata stays the hypervisor's, out of everyone's
         // reach, rather than failing a call that has already done its work.
-        crate::println!("VM {} destroyed; its metadata {metadata} stays held: {e}", id.0);
+        crate::println!("VM {} destroyed; its metadata at {:#x} ({} pages) stays held: {e}", id.0, metadata_pages.start(), metadata_pages.pages());
     }
     Ok(())
 }

@@ -124,6 +124,8 @@ pub fn secondary_main(entry: SecondaryEntry) -> ! {
         crate::fuzz::secondary(index);
     } else if task == crate::checks::TASK_SWAP_RACE {
         crate::checks::swap_race_runner(index);
+    } else if task == crate::checks::TASK_BUSY_RUNNER {
+        crate::checks::busy_runner(index);
     } else {
         wait_until(PARK_TIMEOUT_MS, || {
             RELEASED.load(Ordering::Acquire) >= round

@@ -259,6 +259,27 @@ enter_host:
     b       exception_common
 .endm
 
+// The host's synchronous exceptions from AArch64: as `ventry 8`, except
+// that an `HVC #0` (ESR_EL2 = EC 0x16, IL 1, ISS 0: exactly 0x5a000000)
+// with VCPU_RUN's function ID in w0 takes host_vcpu_run_entry. ESR_EL2's
+// upper half is RES0 for this EC, so the whole register is compared.
+.macro vhost_sync
+    .balign 0x80
+    sub     sp, sp, #256
+    stp     x0, x1, [sp, #0]
+    mrs     x1, esr_el2
+    movz    x0, #0x5a00, lsl #16
+    cmp     x1, x0
+    b.ne    1f
+    ldr     w1, [sp, #0]
+    movz    w0, #({vcpu_run_id} & 0xffff)
+    movk    w0, #({vcpu_run_id} >> 16), lsl #16
+    cmp     w1, w0
+    b.eq    host_vcpu_run_entry
+1:  mov     x0, #8
+    b       exception_common
+.endm
+
 .section .text.vectors, "ax"
 .balign 2048
 .global vectors
@@ -271,7 +292,7 @@ vectors:
     vfatal 5    //   irq
     vfatal 6    //   fiq
     vfatal 7    //   serror
-    ventry 8    // lower EL, AArch64: sync
+    vhost_sync  // lower EL, AArch64: sync (ventry 8, or VCPU_RUN)
     ventry 9    //   irq
     ventry 10   //   fiq
     ventry 11   //   serror
@@ -302,6 +323,38 @@ el2_fatal:
 1:  ldr     x0, ={system_off}
     smc     #0
     b       park
+
+// VCPU_RUN from the host (vhost_sync): x0/x1 are in the frame. Saves
+// what a Rust call may change (x2..x18, x30: x19..x29 are callee-saved
+// under AAPCS64 and the Rust code here keeps them), calls
+// host_vcpu_run(&mut frame.x[..18]) and returns with x0..x4 its results
+// and every other register as the host left it.
+host_vcpu_run_entry:
+    stp     x2, x3, [sp, #16]
+    stp     x4, x5, [sp, #32]
+    stp     x6, x7, [sp, #48]
+    stp     x8, x9, [sp, #64]
+    stp     x10, x11, [sp, #80]
+    stp     x12, x13, [sp, #96]
+    stp     x14, x15, [sp, #112]
+    stp     x16, x17, [sp, #128]
+    str     x18, [sp, #144]
+    str     x30, [sp, #240]
+    mov     x0, sp
+    bl      {host_vcpu_run}
+    ldp     x2, x3, [sp, #16]
+    ldp     x4, x5, [sp, #32]
+    ldp     x6, x7, [sp, #48]
+    ldp     x8, x9, [sp, #64]
+    ldp     x10, x11, [sp, #80]
+    ldp     x12, x13, [sp, #96]
+    ldp     x14, x15, [sp, #112]
+    ldp     x16, x17, [sp, #128]
+    ldr     x18, [sp, #144]
+    ldr     x30, [sp, #240]
+    ldp     x0, x1, [sp, #0]
+    add     sp, sp, #256
+    eret
 
 exception_common:
     stp     x2, x3, [sp, #16]

@@ -189,6 +189,8 @@ global_asm!(
     primary_main = sym crate::primary_main,
     secondary_main = sym crate::secondary_main,
     handle_exception = sym crate::exceptions::handle_exception,
+    host_vcpu_run = sym crate::exceptions::host_vcpu_run,
+    vcpu_run_id = const rampart_abi::host::HostCall::VcpuRun as u32,
 );
 
 unsafe extern "C" {

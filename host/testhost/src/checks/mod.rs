@@ -6,6 +6,7 @@
 //! for failures; say what was expected and what happened.
 
 mod boot;
+mod busy;
 mod carveout;
 mod channel;
 mod concurrent;
@@ -28,6 +29,7 @@ pub mod withheld;
 #[path = "../vmm/mod.rs"]
 pub mod vmm;
 
+pub use busy::{TASK_BUSY_RUNNER, runner as busy_runner};
 pub use channel::{TASK_CHANNEL_PEEK, peeker as channel_peeker};
 pub use concurrent::worker as ownership_worker;
 pub use swap::{TASK_SWAP_RACE, race_secondary as swap_race_runner};
@@ -194,6 +196,12 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "vm-two-at-once",
         run: vm::vm_two_at_once,
+    },
+    // Issue 16: a refused VM_EXPORT takes no vCPU lock (no BUSY for a
+    // VCPU_RUN of the VM on another CPU).
+    Check {
+        name: "vm-refusal-no-busy",
+        run: busy::vm_refusal_no_busy,
     },
     Check {
         name: "vm-attack-access",
