@@ -13,7 +13,7 @@ use crate::smccc::{fast_call_id, owner};
 /// The major version of the host ABI. Bumped on incompatible change.
 pub const ABI_VERSION_MAJOR: u64 = 0;
 /// The minor version of the host ABI. Bumped when calls are added.
-pub const ABI_VERSION_MINOR: u64 = 8;
+pub const ABI_VERSION_MINOR: u64 = 9;
 
 /// First function number of Rampart's host calls.
 pub const HOST_FUNCTION_BASE: u16 = 0x8000;
