@@ -934,7 +934,9 @@ fn swap_mutant_case(mutant: &str, expect: &str) -> Result<String> {
 fn mutant_case(mutant: &str) -> Result<String> {
     let mut m = testhost_machine(2, "512M", "max")?;
     m.kernel = artifacts::hypervisor_with_features(&[mutant])?;
-    let run = m.run(ORACLE_TIMEOUT, None, false)?;
+    // The first violation is the answer: the run stops there instead of
+    // running the rest of the test host under the planted bug.
+    let run = m.run(ORACLE_TIMEOUT, Some("oracle: VIOLATION "), false)?;
     std::fs::write(artifacts::build_dir().join(format!("oracle-{mutant}.log")), &run.console)?;
     let lines: Vec<&str> = run.console.lines().filter(|l| l.contains("oracle: VIOLATION ")).collect();
     let Some(first) = lines.first() else {
