@@ -168,6 +168,7 @@ impl Machine {
         let mut marks = Vec::new();
         let mut timed_out = false;
         let mut stopped_early = false;
+        let mut cpu_at_stop = None;
         loop {
             let left = timeout.saturating_sub(start.elapsed());
             match rx.recv_timeout(left.min(Duration::from_millis(200))) {
@@ -181,6 +182,7 @@ impl Machine {
                     if let Some(stop) = stop_at
                         && text.contains(stop)
                     {
+                        cpu_at_stop = cpu_time(child.id());
                         stopped_early = true;
                         break;
                     }
@@ -219,9 +221,29 @@ impl Machine {
             exit_code: status.code(),
             timed_out,
             elapsed: start.elapsed(),
+            cpu_at_stop,
             command: self.command_line(),
         })
     }
+}
+
+/// CPU time (user + system, all threads) a process has used so far, from
+/// `/proc/<pid>/stat`. None if unreadable.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    parse_cpu_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// [`cpu_time`] of a `/proc/<pid>/stat` line: fields 14 and 15, in clock
+/// ticks of 1/100 s (Linux's `USER_HZ` on every architecture xtask runs on).
+fn parse_cpu_time(stat: &str) -> Option<Duration> {
+    // The command name (field 2) is in parentheses and may hold spaces:
+    // count fields after its closing one.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): utime is field 14, stime 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
 }
 
 /// RAM from which [`Machine::command`] asks QEMU not to reserve the
@@ -391,6 +413,9 @@ pub struct Run {
     pub timed_out: bool,
     /// Wall time of the run.
     pub elapsed: Duration,
+    /// QEMU's CPU time (all threads, user and system) when the line
+    /// `stop_at` named arrived; None without one or if unreadable.
+    pub cpu_at_stop: Option<Duration>,
     /// The command line, for reports.
     pub command: String,
 }
@@ -586,6 +611,16 @@ mod validation {
     }
 
     #[test]
+    fn reads_cpu_time_from_proc_stat() {
+        // A command name with a space and a parenthesis, utime 1234 and
+        // stime 56 ticks.
+        let stat = "4242 (qemu-system (x) a) S 1 4242 4242 0 -1 4194560 9 0 0 0 1234 56 0 0 20 0 5 0 100 0 0";
+        assert_eq!(parse_cpu_time(stat), Some(Duration::from_millis(12_900)));
+        assert_eq!(parse_cpu_time("4242 (qemu) S 1 2"), None);
+        assert_eq!(parse_cpu_time(""), None);
+    }
+
+    #[test]
     fn lists_qemus_cpu_models() {
         let help = "Available CPUs:\n  a64fx\n  arm1026\n  cortex-a53\n  max\n  neoverse-n1\n";
         assert_eq!(parse_cpu_help(help), ["a64fx", "arm1026", "cortex-a53", "max", "neoverse-n1"]);
@@ -600,6 +635,7 @@ mod validation {
             exit_code,
             timed_out,
             elapsed: Duration::from_secs(1),
+            cpu_at_stop: None,
             command: "qemu-system-aarch64 ...".into(),
         }
     }
