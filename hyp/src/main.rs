@@ -38,6 +38,7 @@ mod host_timer;
 mod memory;
 mod migrate;
 mod mm;
+mod mutant;
 #[cfg(feature = "oracle")]
 mod oracle;
 mod rsi;
@@ -203,6 +204,9 @@ fn boot(dtb: u64, el: u64) -> Result<(u64, u64), Fatal> {
     let command = cmdline::parse(&info.bootargs)?;
     #[cfg(feature = "oracle")]
     oracle::set_check_every(command.oracle_every);
+    if let Some(name) = &command.mutant {
+        mutant::select(name).map_err(BootError::BadCommandLine)?;
+    }
     let header_range = MemRange::from_base_size(command.host_image, image::HEADER_SIZE as u64);
     if !header_range.is_some_and(|h| info.memory.iter().any(|m| m.contains_range(&h)) && !h.overlaps(&carveout)) {
         return Err(BootError::BadHostImage {

@@ -147,15 +147,19 @@ pub fn host_call_from_regs(function: u32, x1: u64, x2: u64) -> Option<Result<(),
 fn run_transition(transition: Transition, range: PageRange) -> Result<(), AbiError> {
     let mut guard = HOST_MEMORY.lock();
     let memory = guard.as_mut().ok_or(AbiError::NotSupported)?;
-    #[cfg(feature = "mutant-reclaim-vm-meta")]
+    #[cfg(feature = "mutants")]
     let transition = mutant_reclaim_vm_meta(memory, transition, range);
     memory.transition(transition, range)
 }
 
-/// Planted bug (test only, feature `mutant-reclaim-vm-meta`): `RECLAIM_HYP`
-/// takes pages held for a live VM back, as before issue 9's fix.
-#[cfg(feature = "mutant-reclaim-vm-meta")]
+/// Planted bug (test only, `crate::mutant`, `rampart.mutant=reclaim-vm-meta`):
+/// `RECLAIM_HYP` takes pages held for a live VM back, as before issue 9's
+/// fix.
+#[cfg(feature = "mutants")]
 fn mutant_reclaim_vm_meta(memory: &HostMemory, transition: Transition, range: PageRange) -> Transition {
+    if !crate::mutant::active(crate::mutant::Mutant::ReclaimVmMeta) {
+        return transition;
+    }
     match (transition, memory.table.page_state(PhysAddr(range.start()))) {
         (Transition::HypDonateHost, Ok(own::PageState::HypOwnedForVm(vm))) => Transition::HypReleaseVmMeta(vm),
         _ => transition,
@@ -307,12 +311,14 @@ impl HostMemory {
     /// [`HostMemory::commit`] of a change the caller keeps.
     fn commit_ref(&mut self, checked: &Checked) {
         let &Checked { transition, range, effect, hold, need } = checked;
-        // Planted bug (test only): a VM's pages go back unzeroed.
-        #[cfg(feature = "mutant-teardown-no-zero")]
+        // Planted bug (test only, `crate::mutant`): a VM's pages go back
+        // unzeroed.
+        #[cfg(feature = "mutants")]
         let effect = Effect {
             updates: own::Updates {
                 zero: effect.updates.zero
-                    && !matches!(transition, Transition::HostReclaimGuest(_) | Transition::HypReleaseVmMeta(_)),
+                    && !(crate::mutant::active(crate::mutant::Mutant::TeardownNoZero)
+                        && matches!(transition, Transition::HostReclaimGuest(_) | Transition::HypReleaseVmMeta(_))),
                 ..effect.updates
             },
             ..effect
@@ -569,8 +575,10 @@ impl HostMemory {
     /// Rewrites the mappings for `range` after the states changed:
     /// unmap, zero, then map (the order `Effect` documents).
     fn reflect(&mut self, effect: &Effect, range: MemRange) {
-        // Planted bug (test only): DONATE_HYP leaves the host's mapping.
-        let keep = cfg!(feature = "mutant-donate-keeps-host-mapping") && effect.transition == Transition::HostDonateHyp;
+        // Planted bug (test only, `crate::mutant`): DONATE_HYP leaves the
+        // host's mapping.
+        let keep = crate::mutant::active(crate::mutant::Mutant::DonateKeepsHostMapping)
+            && effect.transition == Transition::HostDonateHyp;
         if effect.updates.host == Update::Set(State::Absent) && !keep {
             self.rewrite_host_stage2(range);
             // The SMMU's TLBs are invalidated here, before the zeroing

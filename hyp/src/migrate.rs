@@ -794,8 +794,9 @@ fn abort(slot: usize, handle: VmHandle) {
     // Its vCPUs cannot run (MIGRATING), so nothing holds their locks but
     // a concurrent call that fails at once; try a few times.
     for _ in 0..64 {
-        // Planted bug (test only): the refused import's VM stays.
-        if cfg!(feature = "mutant-import-keeps-vm") {
+        // Planted bug (test only, `crate::mutant`): the refused import's
+        // VM stays.
+        if crate::mutant::active(crate::mutant::Mutant::ImportKeepsVm) {
             break;
         }
         if vm::destroy(handle) != Err(Error::Busy) {

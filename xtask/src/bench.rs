@@ -187,6 +187,7 @@ fn fuzz(args: &BenchArgs) -> Result<()> {
             smp: args.smp,
             check_every: 1_000,
             oracle_every: None,
+            mutant: None,
             stop: None,
             mem: args.mem.clone().unwrap_or_else(|| "512M".into()),
             timeout: crate::fuzz::default_timeout(CALLS, args.smp).max(Duration::from_secs(args.timeout)),

@@ -45,10 +45,15 @@ pub struct FuzzArgs {
     #[arg(long)]
     pub oracle_every: Option<u64>,
     /// Extra hypervisor cargo features, comma-separated (e.g.
-    /// `mutant-reclaim-vm-meta`); `oracle` is always added when the
-    /// hypervisor has it.
+    /// `portable-sha256`); `oracle` is always added when the hypervisor has
+    /// it.
     #[arg(long)]
     pub hyp_features: Option<String>,
+    /// A planted bug for the oracle to find (hyp/src/mutant.rs, e.g.
+    /// `reclaim-vm-meta`): adds the `mutants` feature and
+    /// `rampart.mutant=<name>` to the hypervisor's command line.
+    #[arg(long)]
+    pub mutant: Option<String>,
     /// Rerun the failure recorded in this file (`build/fuzz/failure-*.txt`)
     /// up to its failing index.
     #[arg(long)]
@@ -273,6 +278,9 @@ pub struct Plan {
     pub check_every: u64,
     /// `rampart.oracle-every=K` on the hypervisor's command line.
     pub oracle_every: Option<u64>,
+    /// `rampart.mutant=<name>` on the hypervisor's command line (a build
+    /// with the `mutants` feature).
+    pub mutant: Option<String>,
     pub stop: Option<u64>,
     pub mem: String,
     pub timeout: Duration,
@@ -312,8 +320,9 @@ pub fn run_once(hyp: &std::path::Path, features: &[String], plan: &Plan) -> Resu
         .oracle_every
         .map(|k| format!(" rampart.oracle-every={k}"))
         .unwrap_or_default();
+    let mutant = plan.mutant.as_ref().map(|n| format!(" {}={n}", rampart_abi::boot::MUTANT_KEY)).unwrap_or_default();
     m.append = format!(
-        "rampart.host={HOST_LOAD_ADDRESS:#x}{oracle_every} -- {}",
+        "rampart.host={HOST_LOAD_ADDRESS:#x}{oracle_every}{mutant} -- {}",
         plan.bootarg()
     );
     let run = m.run(plan.timeout, None, plan.echo)?;
@@ -418,7 +427,7 @@ pub fn judge(run: &Run, features: &[String], plan: &Plan) -> Result<Summary> {
     std::fs::create_dir_all(&dir)?;
     let file = dir.join(format!("failure-seed{}.txt", plan.seed));
     let mut record = format!(
-        "seed={}\ncalls={}\nsmp={}\ncheck={}\noracle-every={}\nfeatures={}\nmem={}\ncpu={cpu}\nindex={index}\n",
+        "seed={}\ncalls={}\nsmp={}\ncheck={}\noracle-every={}\nfeatures={}\nmutant={}\nmem={}\ncpu={cpu}\nindex={index}\n",
         plan.seed,
         plan.calls,
         plan.smp,
@@ -426,6 +435,7 @@ pub fn judge(run: &Run, features: &[String], plan: &Plan) -> Result<Summary> {
         plan.oracle_every
             .map_or_else(|| "default".into(), |k| k.to_string()),
         features.join(","),
+        plan.mutant.as_deref().unwrap_or(""),
         plan.mem
     );
     for p in &problems {
@@ -486,6 +496,7 @@ fn read_replay(path: &std::path::Path) -> Result<(Plan, Vec<String>)> {
         smp,
         check_every: num("check")?,
         oracle_every: get("oracle-every").and_then(|v| v.parse().ok()),
+        mutant: get("mutant").filter(|m| !m.is_empty()),
         stop: index,
         mem: get("mem").unwrap_or_else(|| "512M".into()),
         timeout: default_timeout(calls, smp),
@@ -512,6 +523,7 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
                 smp: args.smp,
                 check_every: args.check_every,
                 oracle_every: args.oracle_every,
+                mutant: None,
                 stop: args.replay_index,
                 mem: args.mem.clone(),
                 timeout: default_timeout(args.calls, args.smp),
@@ -522,6 +534,12 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
     };
     if let Some(f) = &args.hyp_features {
         extra.extend(f.split(',').filter(|f| !f.is_empty()).map(str::to_string));
+    }
+    if let Some(name) = &args.mutant {
+        plan.mutant = Some(name.clone());
+    }
+    if plan.mutant.is_some() && !extra.iter().any(|f| f == "mutants") {
+        extra.push("mutants".into());
     }
     extra.retain(|f| f != "oracle");
     if let Some(t) = args.timeout {
@@ -554,6 +572,7 @@ fn suite_plan(smp: u32, seed: u64, calls: u64) -> Plan {
         smp,
         check_every: 1_000,
         oracle_every: None,
+        mutant: None,
         stop: None,
         mem: "512M".into(),
         timeout: default_timeout(calls, smp),

@@ -223,8 +223,10 @@ pub fn two_machines_case() -> Result<String> {
 /// passes and the oracle reports nothing. With `mutant` (a planted bug),
 /// the oracle must report it instead.
 pub fn oracle_local_case(mutant: Option<&str>) -> Result<String> {
-    let features: Vec<&str> = std::iter::once("oracle").chain(mutant).collect();
-    let m = machine(artifacts::hypervisor_with_features(&features)?, "testhost.migrate=local")?;
+    let mut m = machine(artifacts::hypervisor_with_features(&["oracle"])?, "testhost.migrate=local")?;
+    if let Some(mutant) = mutant {
+        crate::suite::set_mutant(&mut m, mutant)?;
+    }
     let run = m.run(TIMEOUT, None, false)?;
     if run.timed_out {
         bail!(run.failure("timed out"));

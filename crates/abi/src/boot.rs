@@ -30,6 +30,10 @@ pub const UNGUARDED_DMA_KEY: &str = "rampart.unguarded-dma";
 /// correspondence checks: `rampart.oracle-every=<K>` (0 = only on
 /// `ORACLE_CHECK`). Other builds accept and ignore it.
 pub const ORACLE_EVERY_KEY: &str = "rampart.oracle-every";
+/// Command-line key naming the planted bug a test build with the
+/// `mutants` feature turns on: `rampart.mutant=<name>` (`cargo xtask test`,
+/// cases `oracle/mutant-*`; docs/testing.md). Any other build refuses it.
+pub const MUTANT_KEY: &str = "rampart.mutant";
 /// Prefix of every command-line option Rampart consumes.
 pub const OPTION_PREFIX: &str = "rampart.";
 /// Name of the `/reserved-memory` child node that describes the carve-out in

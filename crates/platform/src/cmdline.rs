@@ -5,7 +5,7 @@
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use rampart_abi::boot::{GUEST_POOL_KEY, HOST_IMAGE_KEY, OPTION_PREFIX, ORACLE_EVERY_KEY, UNGUARDED_DMA_KEY};
+use rampart_abi::boot::{GUEST_POOL_KEY, HOST_IMAGE_KEY, MUTANT_KEY, OPTION_PREFIX, ORACLE_EVERY_KEY, UNGUARDED_DMA_KEY};
 
 use crate::BootError;
 
@@ -24,6 +24,9 @@ pub struct CommandLine {
     /// `rampart.oracle-every=K`: the oracle's correspondence-check interval
     /// (test builds with the oracle only; `None`: the build's default).
     pub oracle_every: Option<u64>,
+    /// `rampart.mutant=<name>`: the planted bug to turn on (test builds
+    /// with the `mutants` feature only; the hypervisor checks the name).
+    pub mutant: Option<String>,
 }
 
 /// Splits `bootargs` into Rampart's options and the host's command line.
@@ -38,6 +41,7 @@ pub fn parse(bootargs: &str) -> Result<CommandLine, BootError> {
     let mut guest_pool_mib = None;
     let mut unguarded_dma = None;
     let mut oracle_every = None;
+    let mut mutant = None;
     let mut host = Vec::new();
     let mut separator_seen = false;
     for word in bootargs.split_ascii_whitespace() {
@@ -90,6 +94,14 @@ pub fn parse(bootargs: &str) -> Result<CommandLine, BootError> {
             oracle_every = Some(value.parse::<u64>().map_err(|_| {
                 BootError::BadCommandLine(alloc::format!("{ORACLE_EVERY_KEY}=`{value}` is not a number"))
             })?);
+        } else if full_key == MUTANT_KEY {
+            if mutant.is_some() {
+                return Err(BootError::BadCommandLine(alloc::format!("{MUTANT_KEY} given twice")));
+            }
+            if value.is_empty() {
+                return Err(BootError::BadCommandLine(alloc::format!("{MUTANT_KEY}= names no planted bug")));
+            }
+            mutant = Some(value.to_string());
         } else {
             return Err(BootError::BadCommandLine(alloc::format!(
                 "unknown option `{word}`"
@@ -102,6 +114,7 @@ pub fn parse(bootargs: &str) -> Result<CommandLine, BootError> {
         guest_pool_mib: guest_pool_mib.unwrap_or(0),
         unguarded_dma: unguarded_dma.unwrap_or(false),
         oracle_every,
+        mutant,
     })
 }
 
@@ -133,6 +146,17 @@ mod tests {
         assert_eq!(parse("rampart.host=0x1 rampart.pool=64").unwrap().guest_pool_mib, 64);
         assert_eq!(parse("rampart.host=0x1").unwrap().guest_pool_mib, 0);
         for bad in ["rampart.host=0x1 rampart.pool=", "rampart.host=0x1 rampart.pool=64M", "rampart.host=0x1 rampart.pool=1 rampart.pool=2"] {
+            assert!(matches!(parse(bad), Err(BootError::BadCommandLine(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reads_the_mutant_option() {
+        assert_eq!(parse("rampart.host=0x1").unwrap().mutant, None);
+        let c = parse("rampart.host=0x1 rampart.mutant=teardown-no-zero -- quiet").unwrap();
+        assert_eq!(c.mutant.as_deref(), Some("teardown-no-zero"));
+        assert_eq!(c.host_bootargs, "quiet");
+        for bad in ["rampart.host=0x1 rampart.mutant=", "rampart.host=0x1 rampart.mutant", "rampart.host=0x1 rampart.mutant=a rampart.mutant=b"] {
             assert!(matches!(parse(bad), Err(BootError::BadCommandLine(_))), "{bad}");
         }
     }
