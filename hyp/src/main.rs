@@ -717,8 +717,10 @@ fn probe_firmware() -> Firmware {
 pub extern "C" fn secondary_main(index: u64) -> ! {
     let Some(boot) = BOOT.get() else { power_off() };
     cpu::init_this_cpu(&boot.config);
-    #[cfg(feature = "stack-overflow-test")]
-    overflow_for_test(index);
+    #[cfg(feature = "mutants")]
+    if mutant::active(mutant::Mutant::StackOverflow) {
+        overflow_for_test(index);
+    }
     let me = cpu::this();
     me.set_power(Power::On);
     let entry = me.host_entry.load(Ordering::Acquire);
@@ -727,9 +729,10 @@ pub extern "C" fn secondary_main(index: u64) -> ! {
     arch::jump_to_host(entry, context)
 }
 
-/// Test only (feature `stack-overflow-test`): recurses with 512-byte frames
-/// until the stack runs into its guard page.
-#[cfg(feature = "stack-overflow-test")]
+/// Test only (`rampart.mutant=stack-overflow` in a build with the `mutants`
+/// feature): recurses with 512-byte frames until the stack runs into its
+/// guard page.
+#[cfg(feature = "mutants")]
 fn overflow_for_test(index: u64) {
     #[inline(never)]
     fn deeper(depth: u64) -> u64 {
@@ -741,7 +744,7 @@ fn overflow_for_test(index: u64) {
         }
         deeper(depth + 1) + u64::from(frame[1])
     }
-    println!("stack-overflow-test build: CPU {index} overflows its EL2 stack now");
+    println!("test build (mutants): CPU {index} overflows its EL2 stack now");
     core::hint::black_box(deeper(0));
 }
 

@@ -26,14 +26,19 @@ pub enum Mutant {
     DonateKeepsHostMapping = 3,
     /// A refused `VM_IMPORT_DATA` leaves the VM (and its pages) in place.
     ImportKeepsVm = 4,
+    /// Not a bug the oracle finds: every secondary CPU overflows its EL2
+    /// stack on purpose as it starts, to show the overflow is caught,
+    /// reported once and ends in a power-off (`bad-hyp/stack-overflow`).
+    StackOverflow = 5,
 }
 
 /// Each bug's name on the command line.
-const NAMES: [(&str, Mutant); 4] = [
+const NAMES: [(&str, Mutant); 5] = [
     ("reclaim-vm-meta", Mutant::ReclaimVmMeta),
     ("teardown-no-zero", Mutant::TeardownNoZero),
     ("donate-keeps-host-mapping", Mutant::DonateKeepsHostMapping),
     ("import-keeps-vm", Mutant::ImportKeepsVm),
+    ("stack-overflow", Mutant::StackOverflow),
 ];
 
 /// The bug turned on (0: none). Written once at boot, before any other CPU

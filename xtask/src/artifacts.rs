@@ -51,7 +51,7 @@ pub fn hypervisor() -> Result<PathBuf> {
 }
 
 /// Builds a test-only variant of the hypervisor with one cargo feature
-/// (e.g. `stack-overflow-test`) into `build/rampart-<feature>.bin`. Never
+/// (e.g. `bench-el2-pmu`) into `build/rampart-<feature>.bin`. Never
 /// the image `cargo xtask run` or a release uses.
 pub fn hypervisor_with_feature(feature: &str) -> Result<PathBuf> {
     let env = crate::attest::hypervisor_env()?;
@@ -61,7 +61,7 @@ pub fn hypervisor_with_feature(feature: &str) -> Result<PathBuf> {
 }
 
 /// Builds a test-only variant of the hypervisor with cargo `features`
-/// (e.g. `oracle`, `mutant-teardown-no-zero`) into
+/// (e.g. `oracle`, `mutants`) into
 /// `build/rampart-<features joined by +>.bin`. Never the image `cargo xtask
 /// run` or a release uses.
 pub fn hypervisor_with_features(features: &[&str]) -> Result<PathBuf> {

@@ -848,11 +848,11 @@ fn bad_boot(smp: u32, mem: &str, expect: &str) -> Result<String> {
     expect_clean_refusal(&m, expect)
 }
 
-/// The `stack-overflow-test` hypervisor with the test host on 2 CPUs: the
+/// The hypervisor with the planted `stack-overflow` (`mutants` build) with the test host on 2 CPUs: the
 /// host starts CPU 1, which overflows its stack in Rampart's CPU bring-up.
 fn stack_overflow_case() -> Result<String> {
     let mut m = testhost_machine(2, "512M", "max")?;
-    m.kernel = artifacts::hypervisor_with_feature("stack-overflow-test")?;
+    set_mutant(&mut m, "stack-overflow")?;
     let run = m.run(Duration::from_secs(60), None, false)?;
     if run.timed_out {
         bail!(run.failure("hung instead of powering off"));
