@@ -30,8 +30,9 @@
 //!   (`linux_realm/tamper.sh`; this was the `linux-bundle/smp2/protected`
 //!   case, which needed a boot of its own);
 //! - kill -9 of the realm's `rampart-vmm` once the guest's checks are done:
-//!   the orphaned realm's RAM still dies of `SIGBUS`, and after `rampart-vmm
-//!   reclaim` every page of it reads zero (a scan of all 160 MiB).
+//!   the orphaned realm's RAM still dies of `SIGBUS`; once the next
+//!   `rampart-vmm` session's clean-up (or `rampart-vmm reclaim`) has
+//!   destroyed it, every page of it reads zero (a scan of all 160 MiB).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -632,10 +633,12 @@ fn is_zero(word: &str) -> bool {
 
 /// kill -9 of the realm's `rampart-vmm` once the guest's checks are done
 /// (`realm_kill9` in `linux_realm/host.sh`): its first page gives SIGBUS
-/// while it runs and after the kill (the hypervisor holds the orphaned VM,
-/// which `rampart-vmm list` shows with no VMM), `rampart-vmm reclaim`
-/// destroys it, and then every page of its RAM is readable and zero, with
-/// neither the guest's secret nor its marker anywhere.
+/// while it runs and after the kill (the hypervisor holds the orphaned VM);
+/// the pid killed was rampart-vmm's and it is gone; exactly one of the
+/// clean-up of the next session (`list`) and `rampart-vmm reclaim`
+/// destroys the orphan; then every page of its RAM is readable and zero,
+/// with neither the guest's secret nor its marker anywhere, and no VM is
+/// left.
 ///
 /// # Errors
 ///

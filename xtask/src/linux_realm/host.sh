@@ -12,9 +12,11 @@
 # realm; its bundle's command line has rguest.sleep=1, so the guest sleeps
 # once its checks are done, and this host kills rampart-vmm with kill -9.
 # The hypervisor still holds the orphaned VM, so its first page still dies
-# of SIGBUS; `rampart-vmm reclaim` destroys it, and then every page of its
-# RAM must read zero (scan-ram counts the non-zero ones). Without it (the
-# demo) the guest powers off and rampart-vmm tears the VM down itself.
+# of SIGBUS; the next rampart-vmm session (`list`) destroys it in its
+# clean-up (the pool table names the dead pid), or else `rampart-vmm
+# reclaim` does, and then every page of its RAM must read zero (scan-ram
+# counts the non-zero ones). Without it (the demo) the guest powers off and
+# rampart-vmm tears the VM down itself.
 # The VMM's pid is the one its own shell wrote before exec (never `pidof
 # rampart-vmm`: the vsock tools are links to rampart-vmm, so pidof names
 # them too, and the loop below would end with the first of them).
