@@ -62,9 +62,9 @@ pub struct BenchArgs {
     /// the two in `vb`).
     #[arg(long)]
     pub portable_sha256: bool,
-    /// `peer` only: QEMU's `-icount shift=0,sleep=off`, so the guest's
-    /// clock counts instructions (1 ns each) and launch figures do not
-    /// depend on the build machine's load.
+    /// `peer` and `realm` only: QEMU's `-icount shift=0,sleep=off`, so the
+    /// guest's clock counts instructions (1 ns each) and the figures do
+    /// not depend on the build machine's load.
     #[arg(long)]
     pub icount: bool,
 }

@@ -30,8 +30,9 @@
 //!   (`linux_realm/tamper.sh`; this was the `linux-bundle/smp2/protected`
 //!   case, which needed a boot of its own);
 //! - kill -9 of the realm's `rampart-vmm` once the guest's checks are done:
-//!   the orphaned realm's RAM still dies of `SIGBUS`, and after `rampart-vmm
-//!   reclaim` every page of it reads zero (a scan of all 160 MiB).
+//!   the orphaned realm's RAM still dies of `SIGBUS`; once the next
+//!   `rampart-vmm` session's clean-up (or `rampart-vmm reclaim`) has
+//!   destroyed it, every page of it reads zero (a scan of all 160 MiB).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -70,7 +71,6 @@ const HOST_SCRIPT: &str = include_str!("linux_realm/host.sh");
 const TAMPER_SCRIPT: &str = include_str!("linux_realm/tamper.sh");
 /// What the test case's realm adds to [`cmdline`]: the guest's `/init`
 /// sleeps once its checks are done instead of powering off, for the kill -9.
-#[allow(dead_code, reason = "the kill -9 step is off until its hang is found (machine_for)")]
 const SLEEP_FLAG: &str = "rguest.sleep=1";
 /// The whole run, on two busy cores under TCG.
 const TIMEOUT: Duration = Duration::from_secs(2400);
@@ -370,12 +370,7 @@ pub fn machine_for(scope: Scope) -> Result<(Machine, Vec<u8>)> {
         Scope::Test => bundle_with(
             &kernel.image,
             &initrd,
-            // Without SLEEP_FLAG: the kill -9 step (`realm_kill9` in
-            // host.sh, `check_kill`) is switched off. In two runs the host's
-            // /init stopped making progress once the guest slept, before
-            // the step's first line (docs/testing.md); until that is found
-            // the realm powers off and rampart-vmm tears it down.
-            &cmdline(),
+            &format!("{} {SLEEP_FLAG}", cmdline()),
             "realm-test",
         )?,
     };
@@ -391,13 +386,13 @@ pub fn machine_for(scope: Scope) -> Result<(Machine, Vec<u8>)> {
         ),
     ];
     let script = match scope {
-        Scope::Demo => format!("GUEST_LIMIT=2200\n{HOST_SCRIPT}"),
+        Scope::Demo => format!("REALM_LIMIT=2200\n{HOST_SCRIPT}"),
         Scope::Test => {
             // The tampered bundles carry the demo's command line: the one
             // the realm's measurement is documented with.
             let bundles = tamper_bundles(&kernel.image, &initrd, &cmdline())?;
             files.extend(bundles);
-            format!("GUEST_LIMIT=2200\nREALM_TEST=1\n{TAMPER_SCRIPT}\n{HOST_SCRIPT}")
+            format!("REALM_LIMIT=2200\nREALM_TEST=1\n{TAMPER_SCRIPT}\n{HOST_SCRIPT}")
         }
     };
     let host = linux::prepare_with(&files, &script)?;
@@ -638,36 +633,72 @@ fn is_zero(word: &str) -> bool {
 
 /// kill -9 of the realm's `rampart-vmm` once the guest's checks are done
 /// (`realm_kill9` in `linux_realm/host.sh`): its first page gives SIGBUS
-/// while it runs and after the kill (the hypervisor holds the orphaned VM,
-/// which `rampart-vmm list` shows with no VMM), `rampart-vmm reclaim`
-/// destroys it, and then every page of its RAM is readable and zero, with
-/// neither the guest's secret nor its marker anywhere.
+/// while it runs and after the kill (the hypervisor holds the orphaned VM);
+/// the pid killed was rampart-vmm's and it is gone; exactly one of the
+/// clean-up of the next session (`list`) and `rampart-vmm reclaim`
+/// destroys the orphan; then every page of its RAM is readable and zero,
+/// with neither the guest's secret nor its marker anywhere, and no VM is
+/// left.
 ///
 /// # Errors
 ///
 /// The first thing that is not so.
-#[allow(dead_code, reason = "the kill -9 step is off until its hang is found (machine_for)")]
 pub fn check_kill(console: &str) -> Result<String, String> {
     let find = |s: &str| console.lines().find(|l| l.contains(s));
     find("RAMPART-GUEST: sleeping until the host stops the VM")
         .ok_or("the realm never finished its checks (no `sleeping` line)")?;
-    find("RAMPART-INIT: realm: kill -9 of rampart-vmm")
+    let killed = line_after(console, "RAMPART-INIT: realm: kill -9 of rampart-vmm (")
         .ok_or("the host never killed the realm's rampart-vmm")?;
+    // "PID: COMM) while the realm runs": the pid the VMM's shell recorded
+    // must still name rampart-vmm (not a vsock tool linked to it).
+    if !killed.contains(": rampart-vmm) ") {
+        return Err(format!(
+            "kill -9 went to a process that is not rampart-vmm: {killed}"
+        ));
+    }
     if find("RAMPART-GUEST: powering off").is_some() {
         return Err("the realm powered off by itself".into());
     }
-    console
+    let gone = console
         .lines()
         .find(|l| {
-            l.contains("RAMPART-INIT: realm: after kill -9: list: 0x")
-                && l.contains("no running rampart-vmm owns it")
+            l.contains("RAMPART-INIT: realm: rampart-vmm (") && l.contains(") gone after kill -9")
         })
-        .ok_or("`rampart-vmm list` after the kill -9 does not show the orphaned realm")?;
+        .ok_or("rampart-vmm did not die of kill -9 (no `gone after kill -9` line)")?;
+    // Killed, the VMM neither tore the realm down nor reported an exit.
+    if let Some(l) = console.lines().find(|l| {
+        l.contains("[realm] rampart-vmm: exit status")
+            || (l.contains("[realm] rampart-vmm: VM ") && l.contains(" destroyed"))
+    }) {
+        return Err(format!(
+            "the killed rampart-vmm tore the realm down itself: {l}"
+        ));
+    }
+    // Who destroyed the orphan: the clean-up of the first rampart-vmm
+    // session after the kill (`list` here: the pool table names the dead
+    // pid, session.rs), or `rampart-vmm reclaim` if the table had lost it
+    // (then `list` shows it with no VMM). Exactly one of the two.
+    let pid = killed.split(':').next().unwrap_or("");
+    let swept = console.lines().any(|l| {
+        l.contains("RAMPART-INIT: realm: after kill -9: list: ")
+            && l.contains("destroyed VM 0x")
+            && l.contains(&format!(" left by pid {pid} (realm, no longer running)"))
+    });
+    let orphan_listed = console.lines().any(|l| {
+        l.contains("RAMPART-INIT: realm: after kill -9: list: 0x")
+            && l.contains("no running rampart-vmm owns it")
+    });
     let reclaimed = line_after(console, "RAMPART-INIT: realm: reclaim: reclaimed ")
         .ok_or("no `rampart-vmm reclaim` report")?;
-    if !reclaimed.starts_with("1 ") {
-        return Err(format!("rampart-vmm reclaim: {reclaimed}"));
-    }
+    let by = match (swept, orphan_listed, reclaimed.split_whitespace().next()) {
+        (true, false, Some("0")) => "the next rampart-vmm session's clean-up (`list`) destroyed it",
+        (false, true, Some("1")) => "`rampart-vmm list` showed it with no VMM, `rampart-vmm reclaim` destroyed it",
+        _ => {
+            return Err(format!(
+                "the orphaned realm was not destroyed once (by the clean-up after pid {pid}: {swept}; listed as orphaned: {orphan_listed}; reclaim: {reclaimed})"
+            ));
+        }
+    };
     let kill =
         line_after(console, "RAMPART-INIT: realm: kill -9: guest RAM ").ok_or("no kill -9 line")?;
     let want = ": SIGBUS, after the kill: SIGBUS, after reclaim: 0x0000000000000000";
@@ -706,8 +737,12 @@ pub fn check_kill(console: &str) -> Result<String, String> {
     if live != 0 {
         return Err(format!("{live} VM(s) still listed at the end"));
     }
+    let zeroed = linux_guest::check_zeroed(console)?;
+    let gone = gone
+        .split_once(" gone after kill -9 ")
+        .map_or("", |(_, r)| r.trim());
     Ok(format!(
-        "kill -9 of the realm's rampart-vmm: the orphaned realm's first page SIGBUS; after `rampart-vmm reclaim` all {pages} pages readable and zero"
+        "kill -9 of the realm's rampart-vmm (gone {gone}): the orphaned realm's first page SIGBUS; {by}; then all {pages} pages readable and zero; {zeroed}"
     ))
 }
 
@@ -740,14 +775,27 @@ pub fn check_token(console: &str, signed: &[u8]) -> Result<String> {
             after(console, "RAMPART-GUEST: realm: reading outblob").unwrap_or("no error printed")
         );
     }
-    let rim = crate::attest::hex(&Bundle::parse(signed).map_err(|e| anyhow!("{e}"))?.measurement.0);
-    let platform = DeviceSecret::from_bytes(&crate::attest::device_secret()?).cca_platform_key()?.public_key();
+    let rim = crate::attest::hex(
+        &Bundle::parse(signed)
+            .map_err(|e| anyhow!("{e}"))?
+            .measurement
+            .0,
+    );
+    let platform = DeviceSecret::from_bytes(&crate::attest::device_secret()?)
+        .cca_platform_key()?
+        .public_key();
     let platform = crate::attest::hex(&rampart_attest::cca::public_key_bytes(&platform));
     let hypervisor = crate::attest::parse_log(console).boot_measurement;
     let verify = |token: &str| -> Result<std::process::Output> {
         let mut c = Command::new(crate::attest::cli()?);
-        c.args(["attest-verify", "--report-hex", token, "--platform-key", &platform])
-            .args(["--measurement", &rim, "--nonce", host]);
+        c.args([
+            "attest-verify",
+            "--report-hex",
+            token,
+            "--platform-key",
+            &platform,
+        ])
+        .args(["--measurement", &rim, "--nonce", host]);
         if let Some(h) = &hypervisor {
             c.args(["--hypervisor-measurement", h]);
         }
@@ -772,11 +820,16 @@ pub fn check_token(console: &str, signed: &[u8]) -> Result<String> {
     }
     // Issue 12: Veraison's ccatoken verifies the same token (tools/ccacheck).
     let bytes = crate::attest::parse_hex(&token)?;
-    let ccatoken = crate::ccacheck::verify_linux_token(&bytes, &platform, host, &rim, hypervisor.as_deref())?;
+    let ccatoken =
+        crate::ccacheck::verify_linux_token(&bytes, &platform, host, &rim, hypervisor.as_deref())?;
     Ok(format!(
         "configfs-tsm token ({} bytes) verified by rampart attest-verify (platform key, the host's challenge, RIM = the signed bundle's measurement{}), refused with one byte flipped\n  {ccatoken}",
         token.len() / 2,
-        if hypervisor.is_some() { ", hypervisor measurement" } else { "" }
+        if hypervisor.is_some() {
+            ", hypervisor measurement"
+        } else {
+            ""
+        }
     ))
 }
 
@@ -850,13 +903,9 @@ pub fn check_case(console: &str, signed: &[u8], from_host_sha256: &str) -> Resul
         virtio_e2e::check_rng(console).map_err(fail)?,
         virtio_e2e::check_console_input(console).map_err(fail)?
     ));
-    // The clean teardown, as in the demo (the kill -9 step is off: see
-    // `machine_for`).
-    lines.push(format!(
-        "{}; {}",
-        linux_guest::check_boot(console).map_err(fail)?,
-        linux_guest::check_zeroed(console).map_err(fail)?
-    ));
+    // The end: kill -9 instead of the demo's clean power-off
+    // (`linux_guest::check_boot`); `check_kill` includes `check_zeroed`.
+    lines.push(check_kill(console).map_err(fail)?);
     lines.insert(0, tamper);
     Ok(lines.join("\n  "))
 }
@@ -986,15 +1035,17 @@ RAMPART-INIT: reclaimed: rampart-vmm: scan: pattern ffeeddccbbaa9988776655443322
         format!(
             "RAMPART-GUEST: realm: scan now: secret 00112233445566778899aabbccddeeff marker ffeeddccbbaa99887766554433221100
 RAMPART-GUEST: sleeping until the host stops the VM
-RAMPART-INIT: realm: kill -9 of rampart-vmm (91) while the realm runs
-RAMPART-INIT: realm: after kill -9: list: 0x1000  no running rampart-vmm owns it (`rampart-vmm reclaim` destroys it)
-RAMPART-INIT: realm: reclaim: 0x1000: destroyed, its pages are the host's again (zeroed)
-RAMPART-INIT: realm: reclaim: reclaimed 1 VM(s)
+RAMPART-INIT: realm: kill -9 of rampart-vmm (91: rampart-vmm) while the realm runs
+RAMPART-INIT: realm: rampart-vmm (91) gone after kill -9 within 0.1 s
+RAMPART-INIT: realm: after kill -9: list: rampart-vmm: destroyed VM 0x400001000 left by pid 91 (realm, no longer running): its 41068 pages are the host's again
+RAMPART-INIT: realm: after kill -9: list: no live VMs
+RAMPART-INIT: realm: reclaim: reclaimed 0 VM(s)
 RAMPART-INIT: realm: kill -9: guest RAM 0x50000000 while running: SIGBUS, after the kill: SIGBUS, after reclaim: 0x0000000000000000
 RAMPART-INIT: reclaimed: rampart-vmm: scan of 0x50000000..0x5a000000: {pages} pages readable, 0 aborted (not the host's)
 RAMPART-INIT: reclaimed: rampart-vmm: scan: 0 readable pages hold a non-zero byte
 RAMPART-INIT: reclaimed: rampart-vmm: scan: pattern 00112233445566778899aabbccddeeff: 0 hits in readable pages
 RAMPART-INIT: reclaimed: rampart-vmm: scan: pattern ffeeddccbbaa99887766554433221100: 0 hits in readable pages
+RAMPART-INIT: guest RAM after the run: 0x50000000 0x0000000000000000 0x59fffff8 0x0000000000000000
 RAMPART-INIT: list: no live VMs
 "
         )
@@ -1027,19 +1078,58 @@ RAMPART-INIT: list: no live VMs
         let c =
             kill_console().replace("after reclaim: 0x0000000000000000", "after reclaim: SIGBUS");
         assert!(check_kill(&c).is_err());
-        let c = kill_console().replace("list: 0x1000  no running", "list: no live VMs");
-        assert!(check_kill(&c).unwrap_err().contains("orphaned"));
-        let c = kill_console().replace("reclaimed 1 VM(s)", "reclaimed 0 VM(s)");
+        // Nobody destroyed the orphan (the clean-up names another pid).
+        let c = kill_console().replace("left by pid 91 ", "left by pid 92 ");
+        assert!(check_kill(&c).unwrap_err().contains("not destroyed once"));
+        // reclaim found one more VM after the clean-up.
+        let c = kill_console().replace("reclaimed 0 VM(s)", "reclaimed 1 VM(s)");
+        assert!(check_kill(&c).unwrap_err().contains("not destroyed once"));
+        // The other way: the pool table had lost the VM, `list` showed it
+        // with no VMM and `reclaim` destroyed it.
+        let c = kill_console()
+            .replace(
+                "list: rampart-vmm: destroyed VM 0x400001000 left by pid 91 (realm, no longer running): its 41068 pages are the host's again",
+                "list: 0x400001000  no running rampart-vmm owns it (`rampart-vmm reclaim` destroys it)",
+            )
+            .replace("reclaimed 0 VM(s)", "reclaimed 1 VM(s)");
+        assert!(check_kill(&c).unwrap().contains("`rampart-vmm reclaim` destroyed it"));
+        // Neither `list` nor `reclaim` ran after the kill: the orphan keeps
+        // its RAM (SIGBUS, every page aborted).
+        let c = kill_console()
+            .lines()
+            .filter(|l| !l.contains("after kill -9: list") && !l.contains("realm: reclaim"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .replace("after reclaim: 0x0000000000000000", "after reclaim: SIGBUS")
+            .replace(
+                &format!("{} pages readable, 0 aborted", realm_pages()),
+                &format!("0 pages readable, {} aborted", realm_pages()),
+            );
         assert!(check_kill(&c).is_err());
         let c = kill_console().replace(
-            "0 hits in readable pages\nRAMPART-INIT: list",
-            "2 hits in readable pages\nRAMPART-INIT: list",
+            "0 hits in readable pages\nRAMPART-INIT: guest RAM",
+            "2 hits in readable pages\nRAMPART-INIT: guest RAM",
         );
         assert!(check_kill(&c).is_err());
         let c = format!("{}RAMPART-GUEST: powering off\n", kill_console());
         assert!(check_kill(&c).is_err());
         let c = format!("{}RAMPART-INIT: list: 0x2000  pid 7 (x)\n", kill_console());
         assert!(check_kill(&c).is_err());
+        // The pid named a vsock tool (a link to rampart-vmm), not the VMM.
+        let c = kill_console().replace("(91: rampart-vmm)", "(91: vsock-tool)");
+        assert!(check_kill(&c).unwrap_err().contains("not rampart-vmm"));
+        let c = kill_console().replace(
+            "RAMPART-INIT: realm: rampart-vmm (91) gone after kill -9 within 0.1 s\n",
+            "RAMPART-INIT: realm: rampart-vmm (91) still runs 10 s after kill -9\n",
+        );
+        assert!(check_kill(&c).unwrap_err().contains("did not die"));
+        let c = format!("{}[realm] rampart-vmm: exit status 0\n", kill_console());
+        assert!(check_kill(&c).unwrap_err().contains("tore the realm down"));
+        let c = kill_console().replace(
+            "0x59fffff8 0x0000000000000000",
+            "0x59fffff8 0x0000000000000001",
+        );
+        assert!(check_kill(&c).unwrap_err().contains("not zero"));
     }
 
     #[test]

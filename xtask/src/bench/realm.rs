@@ -142,8 +142,9 @@ fn bundle(kernel: &Path, initrd: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// The Linux host (`smp` CPUs) with both guests, the disk and the scripts.
-fn machine(smp: u32, rounds: u32) -> Result<Machine> {
+/// The Linux host (`smp` CPUs) with both guests, the disk and the scripts;
+/// with `icount`, QEMU counts instructions as time (`peer::ICOUNT`).
+fn machine(smp: u32, rounds: u32, icount: bool) -> Result<Machine> {
     prereq::ensure(&[&prereq::CPIO])?;
     let kernel = linux_guest::fetch()?;
     let _ = linux::prepare()?;
@@ -174,6 +175,9 @@ fn machine(smp: u32, rounds: u32) -> Result<Machine> {
         linux_guest::POOL_MIB,
         linux::BRIEF_FLAG
     );
+    if icount {
+        m.extra.extend(super::peer::ICOUNT.map(String::from));
+    }
     Ok(m)
 }
 
@@ -588,7 +592,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if rounds == 0 {
         bail!("--rounds must be at least 1");
     }
-    let m = machine(args.smp, rounds)?;
+    let m = machine(args.smp, rounds, args.icount)?;
     // The host boot, then per round two guest runs of a few minutes each
     // under load.
     let timeout = Duration::from_secs(args.timeout.max(900 + u64::from(rounds) * 2 * RUN_LIMIT));
@@ -596,6 +600,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "bench realm: {rounds} round(s) of (realm, plain): Debian sid's kernel, {VCPUS} vCPUs, {GUEST_MEM} RAM, under the Debian host on {} CPUs (QEMU TCG; wall times compare only within this run)",
         args.smp
     );
+    if args.icount {
+        println!(
+            "  -icount shift=0,sleep=off: every time below is the guest's clock, 1 ns per instruction QEMU executed (1 ms = 10^6 instructions, idle time skipped), the same on a loaded or an idle build machine; only the build machine's run times are wall time"
+        );
+    }
     println!("  realm command line: {}", realm_cmdline());
     println!("  plain command line: {}", plain_cmdline(&realm_cmdline()));
     println!("  {}", m.command_line());

@@ -14,13 +14,24 @@ cmdline="console=ttyAMA0 earlycon panic=-1 quiet"
 [ "$GUEST_MODE" = sigterm ] && cmdline="$cmdline rguest.sleep=1"
 # The virtio end-to-end part (xtask/src/virtio_e2e.rs) sets VIRTIO_ARGS.
 [ -f /virtio-host.sh ] && . /virtio-host.sh
-rampart-vmm run --kernel /guest/Image --initrd /guest/initrd.cpio.gz \
+# The VMM's pid is the one its shell writes before exec: `pidof rampart-vmm`
+# would also name the vsock tools (links to rampart-vmm), and the loop
+# below would end as soon as the first of them did.
+alive() { # $1: a pid; true while that process runs (not once it is a zombie)
+	case $(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$1/status" 2>/dev/null) in
+	'' | Z | X) return 1 ;;
+	esac
+}
+rm -f /run/vmm.pid
+sh -c 'echo $$ >/run/vmm.pid; exec rampart-vmm "$@"' rampart-vmm \
+	run --kernel /guest/Image --initrd /guest/initrd.cpio.gz \
 	--mem "$GUEST_MEM" --cpus "$GUEST_CPUS" --cmdline "$cmdline" $VIRTIO_ARGS \
 	<"${VMM_STDIN:-/dev/null}" 2>&1 | tee /run/guest.log &
-sleep 1
-pid=$(pidof rampart-vmm)
+k=0
+while [ ! -s /run/vmm.pid ] && [ $k -lt 100 ]; do usleep 100000; k=$((k + 1)); done
+pid=$(cat /run/vmm.pid 2>/dev/null)
 n=0
-while kill -0 "$pid" 2>/dev/null; do
+while [ -n "$pid" ] && alive "$pid"; do
 	sleep 1
 	n=$((n + 1))
 	if [ "$GUEST_MODE" = sigterm ] && grep -q "RAMPART-GUEST: sleeping" /run/guest.log; then

@@ -10,6 +10,17 @@
 # (host ports 6000 and 6001). Its console lines sit between
 # `bench-realm: begin R MODE` and `bench-realm: end R MODE`.
 ln -sf /bin/rampart-vmm /bin/vsock-tool
+# The VMM's pid is the one its shell writes before exec: `pidof rampart-vmm`
+# also names the echoes (vsock-tool is a link to rampart-vmm), and the loop
+# would end (RUN_LIMIT unchecked) as soon as the first echo did.
+alive() { # $1: a pid; true while that process runs (not once it is a zombie)
+	case $(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$1/status" 2>/dev/null) in
+	'' | Z | X) return 1 ;;
+	esac
+}
+vmm() { # the arguments of rampart-vmm; its pid goes to /run/vmm.pid
+	sh -c 'echo $$ >/run/vmm.pid; exec rampart-vmm "$@"' rampart-vmm "$@"
+}
 bench_run() { # $1: round, $2: realm | plain
 	say "bench-realm: begin $1 $2"
 	sock=/run/bench-$1-$2.vsock
@@ -19,17 +30,19 @@ bench_run() { # $1: round, $2: realm | plain
 		(vsock-tool vsock listen "unix:${sock}_$p" --echo 2>/run/echo$p.log & echo $! >/run/echo$p.pid)
 	done
 	args="--disk /guest/disk.img,ro --disk /run/bench.img --vsock 3 --vsock-socket $sock"
+	rm -f /run/vmm.pid
 	if [ "$2" = realm ]; then
-		rampart-vmm run --name realm /guest/realm.bundle $args </dev/null 2>&1 | tee /run/guest.log &
+		vmm run --name realm /guest/realm.bundle $args </dev/null 2>&1 | tee /run/guest.log &
 	else
-		rampart-vmm run --name plain --kernel /guest/Image --initrd /guest/initrd.cpio.gz \
+		vmm run --name plain --kernel /guest/Image --initrd /guest/initrd.cpio.gz \
 			--mem "$GUEST_MEM" --cpus "$GUEST_CPUS" --cmdline "$PLAIN_CMDLINE" $args \
 			</dev/null 2>&1 | tee /run/guest.log &
 	fi
-	sleep 1
-	pid=$(pidof rampart-vmm)
+	k=0
+	while [ ! -s /run/vmm.pid ] && [ $k -lt 100 ]; do usleep 100000; k=$((k + 1)); done
+	pid=$(cat /run/vmm.pid 2>/dev/null)
 	n=0
-	while [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; do
+	while [ -n "$pid" ] && alive "$pid"; do
 		sleep 1
 		n=$((n + 1))
 		if [ $n -ge "$RUN_LIMIT" ]; then
