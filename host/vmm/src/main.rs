@@ -664,7 +664,7 @@ fn cmd_run(
     };
     let loaded = vm::load_image(&region, &plan, bundle.image);
     stats::launch_trace("image loaded");
-    let handle = vm::create_loaded(main, &region, &plan, &place, &bundle, loaded, &mut |h| {
+    let handle = vm::create_loaded(main, &region, &plan, &place, &bundle, &loaded, &mut |h| {
         session.set_vm(h);
     })
     .with_context(|| format!("setting up the VM for {shown}"))?;
