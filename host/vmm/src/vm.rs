@@ -18,7 +18,7 @@ use rampart_abi::host::{DONATE_ZEROED_MAX_PAGES, HostCall, PAGE_SIZE, bytes_to_w
 use rampart_attest::BundleRef;
 
 use crate::hyp::{CallError, Hyp, checked};
-use crate::mem::Mapping;
+use crate::mem::{GuestRam, Mapping};
 use crate::plan::Plan;
 
 /// What the VMM wrote into guest RAM before creating the VM: ranges of
@@ -147,16 +147,16 @@ pub fn create(
 /// # Errors
 ///
 /// The failing call, explained.
-pub fn create_loaded(
+pub fn create_loaded<'r>(
     hyp: &dyn Hyp,
-    region: &Mapping,
+    region: impl Into<GuestRam<'r>>,
     plan: &Plan,
     place: &Placement,
     bundle: &BundleRef<'_>,
     loaded: &Loaded,
     created: &mut dyn FnMut(u64),
 ) -> Result<u64> {
-    create_as(hyp, plan, place, bundle, Some((region, loaded)), created)
+    create_as(hyp, plan, place, bundle, Some((region.into(), loaded)), created)
 }
 
 /// One donation of guest RAM pages `first..first + pages`: written by the
@@ -207,7 +207,7 @@ fn donate_ram(
     handle: u64,
     plan: &Plan,
     place: &Placement,
-    loaded: Option<(&Mapping, &Loaded)>,
+    loaded: Option<(GuestRam<'_>, &Loaded)>,
 ) -> Result<(), CallError> {
     let pages = plan.memory_pages();
     let Some((region, loaded)) = loaded else {
@@ -220,6 +220,7 @@ fn donate_ram(
     };
     let list = donations(pages, loaded);
     let mut zeroed_supported = true;
+    let mut not_supported = None;
     let mut i = 0;
     while let Some(d) = list.get(i).copied() {
         let at = d.first * PAGE_SIZE;
@@ -242,7 +243,10 @@ fn donate_ram(
                     i += 1;
                     continue;
                 }
-                Err(e) if e.error() == Some(Error::NotSupported) => zeroed_supported = false,
+                Err(e) if e.error() == Some(Error::NotSupported) => {
+                    zeroed_supported = false;
+                    not_supported = Some(e);
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -253,6 +257,14 @@ fn donate_ram(
             count += z.pages;
             i += 1;
         }
+        // The region's mapping, made now if it is lazy; if it cannot be,
+        // the pages stay the host's and the call's refusal is the answer.
+        let Ok(region) = region.get() else {
+            return Err(not_supported.unwrap_or(CallError {
+                id: HostCall::VmDonateZeroed.id(),
+                code: Error::NotSupported.code(),
+            }));
+        };
         region.zero(
             usize::try_from(plan.memory_offset() + at).unwrap_or(usize::MAX),
             usize::try_from(count * PAGE_SIZE).unwrap_or(usize::MAX),
@@ -271,7 +283,7 @@ fn create_as(
     plan: &Plan,
     place: &Placement,
     bundle: &BundleRef<'_>,
-    loaded: Option<(&Mapping, &Loaded)>,
+    loaded: Option<(GuestRam<'_>, &Loaded)>,
     created: &mut dyn FnMut(u64),
 ) -> Result<u64> {
     let r = checked(
@@ -291,13 +303,17 @@ fn create_as(
     )
     .map_err(|e| explain(e, plan, place))?;
     let handle = r[1];
+    crate::stats::launch_trace("VM_CREATE");
     created(handle);
+    crate::stats::launch_trace("VM recorded");
     let setup = || -> Result<()> {
         for i in 0..plan.config.max_vcpus {
             checked(hyp, HostCall::VcpuCreate.id(), &[handle, i])
                 .map_err(|e| explain(e, plan, place).context(format!("vCPU {i}")))?;
         }
+        crate::stats::launch_trace("vCPUs created");
         donate_ram(hyp, handle, plan, place, loaded).map_err(|e| explain(e, plan, place))?;
+        crate::stats::launch_trace("guest RAM donated");
         checked(
             hyp,
             HostCall::VcpuSetRegs.id(),

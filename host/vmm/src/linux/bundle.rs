@@ -285,7 +285,8 @@ pub fn cmd_run(
     let plan = plan(l);
     let vcpus = l.vcpus;
     // One channel per vCPU thread and one for the interrupt injector.
-    let session = Session::open(env, plan.total_pages(), vcpus + 1, None, &name)?;
+    // The table is written once, with the VM, right after VM_CREATE.
+    let session = Session::open_for_vm(env, plan.total_pages(), vcpus + 1, None, &name)?;
     let channels = session.channels();
     let main = &channels[0];
     let region = session.map_region()?;
