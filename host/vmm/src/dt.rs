@@ -255,10 +255,10 @@ fn parse_cache(text: &str, boot_id: &str) -> Option<Platform> {
 ///
 /// As [`discover`].
 pub fn discover_cached(root: &Path, state_dir: &Path, boot_id_path: &Path) -> Result<Platform> {
-    let boot_id = fs::read_to_string(boot_id_path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty() && !s.contains(' '));
+    let boot_id = read_small(boot_id_path).map(|s| s.trim().to_string()).filter(|s| !s.is_empty() && !s.contains(' '));
     let file = cache_path(state_dir);
     if let Some(id) = &boot_id
-        && let Ok(text) = fs::read_to_string(&file)
+        && let Some(text) = read_small(&file)
         && let Some(p) = parse_cache(&text, id)
     {
         return Ok(p);
@@ -274,6 +274,22 @@ pub fn discover_cached(root: &Path, state_dir: &Path, boot_id_path: &Path) -> Re
         let _ = fs::remove_file(&tmp);
     }
     Ok(platform)
+}
+
+/// A small file's text in one `read` (issue 16: `fs::read_to_string`
+/// spends a `statx` and a second `read` to see the end, on every launch),
+/// or the whole file if it fills the buffer; `None` if it cannot be read.
+/// A short read is the whole file for the files this reads (procfs' boot
+/// id, the cache on tmpfs); if it were not, the text would not match and
+/// the device tree would be read instead.
+fn read_small(path: &Path) -> Option<String> {
+    use std::io::Read as _;
+    let mut buf = [0u8; 512];
+    let n = fs::File::open(path).ok()?.read(&mut buf).ok()?;
+    if n == buf.len() {
+        return fs::read_to_string(path).ok();
+    }
+    String::from_utf8(buf[..n].to_vec()).ok()
 }
 
 /// Reads the control pages and the guest pool from the device tree at

@@ -522,6 +522,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }),
     };
+    stats::launch_trace_flush();
     result.unwrap_or_else(|e| {
         eprintln!("rampart-vmm: {e:#}");
         ExitCode::FAILURE
@@ -611,6 +612,7 @@ fn cmd_run(
     signals::install();
     let shown = path.display().to_string();
     let bytes = std::fs::read(path).with_context(|| format!("reading {shown}"))?;
+    stats::launch_trace("bundle read");
     let bundle = Bundle::parse(&bytes).map_err(|e| anyhow!("{shown}: malformed bundle: {e}"))?;
     if bundle.linux.is_some() {
         // issue 12: a version-2 bundle is a protected Linux VM.
@@ -644,7 +646,8 @@ fn cmd_run(
     } else {
         0
     };
-    let session = Session::open(
+    // The table is written once, with the VM, right after VM_CREATE.
+    let session = Session::open_for_vm(
         env,
         plan.total_pages() + extra_pages,
         // One channel per vCPU thread; the main thread's calls come before
@@ -658,13 +661,18 @@ fn cmd_run(
     let main = &channels[0];
     let (major, minor) = session.abi;
     stats::launch_trace("channels bound");
-    let region = session.map_region()?;
+    // Only the image's pages are mapped to load it; the whole region is
+    // mapped when first needed, after the guest runs (issue 16: mapping
+    // through /dev/mem costs the kernel a check of every page).
+    let region = session.lazy_region()?;
+    let loading = session.map_region_prefix(bundle.image.len())?;
+    stats::launch_trace("image pages mapped");
     let place = vm::Placement {
         region_phys: session.region_phys(),
     };
-    let loaded = vm::load_image(&region, &plan, bundle.image);
+    let loaded = vm::load_image(&loading, &plan, bundle.image);
     stats::launch_trace("image loaded");
-    let handle = vm::create_loaded(main, &region, &plan, &place, &bundle, loaded, &mut |h| {
+    let handle = vm::create_loaded(main, &region, &plan, &place, &bundle, &loaded, &mut |h| {
         session.set_vm(h);
     })
     .with_context(|| format!("setting up the VM for {shown}"))?;
@@ -703,6 +711,7 @@ fn cmd_run(
     }
 
     let counters = stats::Counters::default();
+    stats::launch_trace("VM ready");
     stats::Counters::reached(&counters.vm_ready_us);
     let ram = place.ram(&plan);
     let held_before = if holding.before_run {
@@ -717,16 +726,18 @@ fn cmd_run(
     let hold_at_line = || hold_at(at_line);
     let swapper = match (&swap_args.swap, swap_limit) {
         (Some(path), Some(limit)) => {
-            match swap::Swap::new(
+            match region.get().map_err(|e| anyhow!(e)).and_then(|mapped| {
+                swap::Swap::new(
                 swap_args,
                 path,
                 handle,
-                &region,
+                mapped,
                 place.region_phys,
                 plan.memory_pages(),
                 plan.total_pages() * PAGE_SIZE,
                 limit,
-            ) {
+            )
+            }) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     let _ = vm::destroy(main, handle);

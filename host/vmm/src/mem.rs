@@ -172,6 +172,99 @@ unsafe fn zero_words(p: *mut u64, words: usize) {
     }
 }
 
+/// Guest memory mapped through `/dev/mem` on its first use (issue 16).
+/// Mapping a range costs the kernel a check of every page (`/dev/mem`'s
+/// `range_is_allowed` walks the resource tree twice a page, then the page
+/// tables are filled): about 470 instructions a page under TCG, 0.13
+/// million of a launch for the bench guest's 284 pages, all before the
+/// guest runs. A bare-metal run writes only its image pages before the
+/// first run (through a mapping of just those) and touches the rest of
+/// its region only for the test protocol's checks, `--swap` and
+/// migration, so the whole region is mapped the first time one of them
+/// needs it.
+pub struct LazyMapping {
+    /// `/dev/mem`, the range and its name; `None`: made mapped.
+    source: Option<(String, u64, usize, &'static str)>,
+    map: std::sync::OnceLock<Result<Mapping, String>>,
+}
+
+impl LazyMapping {
+    /// `len` bytes of guest memory at `phys` through `dev`, mapped (as
+    /// [`Mapping::guest_memory`]) when [`LazyMapping::get`] first needs
+    /// them; `what` names the range in errors.
+    #[must_use]
+    pub fn new(dev: &str, phys: u64, len: usize, what: &'static str) -> Self {
+        LazyMapping {
+            source: Some((dev.to_string(), phys, len, what)),
+            map: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// A mapping made already.
+    #[cfg(test)]
+    #[must_use]
+    pub fn ready(mapping: Mapping) -> Self {
+        let map = std::sync::OnceLock::new();
+        let _ = map.set(Ok(mapping));
+        LazyMapping { source: None, map }
+    }
+
+    /// The mapping, made now if it was not yet (and noted for the SIGBUS
+    /// handler as the pool).
+    ///
+    /// # Errors
+    ///
+    /// The mapping's error (kept: later calls give it again).
+    pub fn get(&self) -> Result<&Mapping, String> {
+        self.map
+            .get_or_init(|| {
+                let Some((dev, phys, len, what)) = &self.source else {
+                    return Err("no mapping".to_string());
+                };
+                let m = Mapping::guest_memory(dev, *phys, *len, what).map_err(|e| format!("{e:#}"))?;
+                crate::signals::note_mapping(m.span(), crate::signals::Region::Pool);
+                Ok(m)
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+/// Guest memory for a run: mapped, or mapped on first use.
+#[derive(Clone, Copy)]
+pub enum GuestRam<'a> {
+    /// Mapped.
+    Mapped(&'a Mapping),
+    /// Mapped on first use.
+    Lazy(&'a LazyMapping),
+}
+
+impl GuestRam<'_> {
+    /// The mapping (made now if it is lazy and was not yet).
+    ///
+    /// # Errors
+    ///
+    /// The mapping's error.
+    pub fn get(&self) -> Result<&Mapping, String> {
+        match self {
+            GuestRam::Mapped(m) => Ok(m),
+            GuestRam::Lazy(l) => l.get(),
+        }
+    }
+}
+
+impl<'a> From<&'a Mapping> for GuestRam<'a> {
+    fn from(m: &'a Mapping) -> Self {
+        GuestRam::Mapped(m)
+    }
+}
+
+impl<'a> From<&'a LazyMapping> for GuestRam<'a> {
+    fn from(l: &'a LazyMapping) -> Self {
+        GuestRam::Lazy(l)
+    }
+}
+
 impl Mapping {
     /// Maps `len` bytes of physical memory at `phys` through `dev` (normally
     /// `/dev/mem`), read-write, shared, with `O_SYNC`. `what` names the
@@ -652,6 +745,28 @@ mod tests {
         assert_eq!(take(), [(8, 8), (8, 8)]);
         guest.zero(0, 0);
         assert_eq!(take(), []);
+    }
+
+    /// A lazy mapping maps nothing until it is first used: a device that
+    /// does not exist is an error only then, and every later use gives the
+    /// same answer; once mapped it is the range of the device.
+    #[test]
+    fn a_lazy_mapping_maps_on_first_use() {
+        let s = crate::dt::tests::Scratch::new("lazy");
+        let path = s.0.join("mem");
+        let missing = LazyMapping::new(path.to_str().unwrap(), 4096, 4096, "the guest pool");
+        std::fs::write(&path, vec![7u8; 8192]).unwrap();
+        // Created before the file existed, mapped after: it maps now.
+        assert_eq!(missing.get().unwrap().read_u64(0), 0x0707_0707_0707_0707);
+        let gone = s.0.join("none");
+        let lazy = LazyMapping::new(gone.to_str().unwrap(), 0, 4096, "the guest pool");
+        let e = lazy.get().err().unwrap();
+        assert!(e.contains("the guest pool"), "{e}");
+        let e = Some(e);
+        std::fs::write(&gone, vec![0u8; 4096]).unwrap();
+        assert_eq!(lazy.get().err(), e, "the first answer is kept");
+        let ready = LazyMapping::ready(Mapping::anonymous(4096).unwrap());
+        assert!(GuestRam::from(&ready).get().is_ok());
     }
 
     /// Zeroing guest memory (the paired path) clears exactly the range,

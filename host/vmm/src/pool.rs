@@ -31,7 +31,8 @@
 //!   moved elsewhere.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -386,9 +387,19 @@ impl Alive {
     /// I/O errors.
     pub fn hold(state_dir: &Path) -> Result<Self> {
         let dir = state_dir.join("pids");
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join(format!("{}.lock", std::process::id()));
-        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        // The directory is made only when the file cannot be created
+        // without it (the first process of a boot): one system call less
+        // per launch (issue 16).
+        let file = match File::create(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                File::create(&path)
+            }
+            other => other,
+        }
+        .with_context(|| format!("creating {}", path.display()))?;
         file.lock()
             .with_context(|| format!("locking {}", path.display()))?;
         Ok(Alive { _file: file, path })
@@ -447,17 +458,28 @@ impl TableFile {
     ///
     /// I/O errors, named.
     pub fn lock(&self, pool_base: u64, pool_size: u64, channels: u32) -> Result<Locked> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating the state directory {}", dir.display()))?;
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&self.path)
+        };
+        // The state directory is made only when the table cannot be
+        // opened without it (one system call less per launch, issue 16).
+        let mut file = match open() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(dir) = self.path.parent() {
+                    std::fs::create_dir_all(dir).with_context(|| {
+                        format!("creating the state directory {}", dir.display())
+                    })?;
+                }
+                open()
+            }
+            other => other,
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&self.path)
-            .with_context(|| {
+        .with_context(|| {
                 format!("opening the pool allocation table {}", self.path.display())
             })?;
         file.lock()
@@ -474,17 +496,18 @@ impl TableFile {
 }
 
 impl Locked {
-    /// Writes the table back if it changed, and unlocks it.
+    /// Writes the table back if it changed, and unlocks it: the new text
+    /// over the old from the start, then the file cut to its length (no
+    /// moment at which the file is empty, and no `lseek`).
     ///
     /// # Errors
     ///
     /// I/O errors.
-    pub fn commit(mut self) -> Result<()> {
+    pub fn commit(self) -> Result<()> {
         let text = self.table.render();
         if text != self.original {
-            self.file.seek(SeekFrom::Start(0))?;
-            self.file.set_len(0)?;
-            self.file.write_all(text.as_bytes())?;
+            self.file.write_all_at(text.as_bytes(), 0)?;
+            self.file.set_len(text.len() as u64)?;
             self.file.sync_data()?;
         }
         Ok(())

@@ -12,7 +12,7 @@ use rampart_abi::host::{ExitReason, HostCall, PAGE_SIZE, mmio};
 
 use crate::console::{Event, LineBuffer, Tally, classify};
 use crate::hyp::{CallError, Hyp, call};
-use crate::mem::{Fault, Mapping};
+use crate::mem::{Fault, GuestRam};
 use crate::plan::{Plan, ram_offset};
 use crate::stats::Counters;
 
@@ -76,8 +76,9 @@ pub struct Run<'a> {
     pub handle: u64,
     /// The plan.
     pub plan: &'a Plan,
-    /// The VM's pool region (guest RAM at `plan.memory_offset()`).
-    pub region: &'a Mapping,
+    /// The VM's pool region (guest RAM at `plan.memory_offset()`),
+    /// possibly mapped only when first needed.
+    pub region: GuestRam<'a>,
     /// Counters.
     pub counters: &'a Counters,
     /// Options.
@@ -109,7 +110,7 @@ impl<'a> Run<'a> {
         name: &'a str,
         handle: u64,
         plan: &'a Plan,
-        region: &'a Mapping,
+        region: impl Into<GuestRam<'a>>,
         counters: &'a Counters,
         options: Options,
         signal: &'a (dyn Fn() -> Option<i32> + Sync),
@@ -118,7 +119,7 @@ impl<'a> Run<'a> {
             name,
             handle,
             plan,
-            region,
+            region: region.into(),
             counters,
             options,
             tally: Mutex::new(Tally::default()),
@@ -265,8 +266,8 @@ impl<'a> Run<'a> {
         let at = self
             .page_offset(ipa)
             .ok_or_else(|| format!("GUEST-SHARED {ipa:#x} is not a page of guest RAM"))?;
-        let page = self
-            .region
+        let region = self.region.get()?;
+        let page = region
             .guarded_read(at, PAGE)
             .map_err(|e| format!("reading the shared page {ipa:#x}: {e}"))?;
         let first = u32::from_le_bytes([page[0], page[1], page[2], page[3]]);
@@ -288,7 +289,7 @@ impl<'a> Run<'a> {
         let mut words: Vec<(usize, u64)> = (8..PAGE).step_by(8).map(|o| (o, word(o))).collect();
         let head = u64::from(SHARE_PONG) | (word(0) & !0xffff_ffff);
         words.push((0, head));
-        self.region
+        region
             .guarded_write(at, &words)
             .map_err(|e| format!("writing the pong to the shared page {ipa:#x}: {e}"))?;
         Ok(format!("shared page {ipa:#x} held the ping; answered pong"))
@@ -304,7 +305,8 @@ impl<'a> Run<'a> {
                 "page {ipa:#x} unshared (not protected: not probed)"
             ));
         }
-        match self.region.guarded_read(at, 8) {
+        let region = self.region.get()?;
+        match region.guarded_read(at, 8) {
             Err(Fault::Signal(libc::SIGBUS)) => {}
             Err(e) => {
                 return Err(format!(
@@ -317,7 +319,7 @@ impl<'a> Run<'a> {
                 ));
             }
         }
-        match self.region.guarded_write(at + 8, &[(0, 0x5a5a)]) {
+        match region.guarded_write(at + 8, &[(0, 0x5a5a)]) {
             Err(Fault::Signal(libc::SIGBUS)) => Ok(format!(
                 "page {ipa:#x} is the guest's again: host read and write abort (SIGBUS)"
             )),
@@ -335,8 +337,8 @@ impl<'a> Run<'a> {
         let at = self
             .page_offset(ipa)
             .ok_or_else(|| format!("GUEST-RELINQUISHED {ipa:#x} is not a page of guest RAM"))?;
-        let page = self
-            .region
+        let region = self.region.get()?;
+        let page = region
             .guarded_read(at, PAGE)
             .map_err(|e| format!("reading the relinquished page {ipa:#x}: {e}"))?;
         if let Some(i) = page.iter().position(|&b| b != 0) {
@@ -345,7 +347,7 @@ impl<'a> Run<'a> {
                 page[i]
             ));
         }
-        self.region
+        region
             .guarded_write(at, &[(0, 0x1234), (0, 0)])
             .map_err(|e| format!("writing the relinquished page {ipa:#x}: {e}"))?;
         Ok(format!(
@@ -574,6 +576,7 @@ impl<'a> Run<'a> {
 mod tests {
     use super::*;
     use crate::hyp::fake::{Fake, Step, print};
+    use crate::mem::Mapping;
     use crate::plan::{Overrides, plan, tests::bundle_bytes};
     use rampart_attest::Bundle;
 

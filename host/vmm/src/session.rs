@@ -8,8 +8,8 @@ use rampart_abi::Error;
 
 use crate::dt::{self, CHANNEL_SIZE, Platform};
 use crate::hyp::{Channel, Hyp};
-use crate::mem::{Fault, Mapping};
-use crate::pool::{Alive, Entry, TableFile, alive};
+use crate::mem::{Fault, LazyMapping, Mapping};
+use crate::pool::{Alive, Entry, Locked, TableFile, alive};
 use crate::signals;
 use crate::stats;
 use crate::vm;
@@ -38,6 +38,10 @@ pub struct Session {
     /// The hypervisor's host ABI version.
     pub abi: (u64, u64),
     table: TableFile,
+    /// The table, still locked, with this process's entry not yet
+    /// written ([`Session::open_for_vm`]): written once, with the VM's
+    /// handle, by [`Session::set_vm`] (or at release).
+    pending: std::sync::Mutex<Option<Locked>>,
     env: Env,
     pid: u32,
     released: bool,
@@ -59,6 +63,46 @@ impl Session {
         fixed: Option<u64>,
         name: &str,
     ) -> Result<Session> {
+        Self::open_as(env, pages, channels, fixed, name, false)
+    }
+
+    /// [`Session::open`] for a process that creates a VM right away and
+    /// records it with [`Session::set_vm`]: the allocation table stays
+    /// locked from the allocation until then and is written once, with
+    /// the entry and its VM together, instead of twice (issue 16: each
+    /// write is a lock, read, parse and `fsync`ed rewrite of the table,
+    /// tens of thousands of instructions of a launch under TCG).
+    ///
+    /// Safe for the table's crash consistency: a process killed before
+    /// `set_vm` leaves the table as it found it, which is what the next
+    /// process makes of an entry without a VM anyway (it drops it); other
+    /// processes wait on the lock meanwhile, so none can take the same
+    /// pages or channels. If stale entries were cleaned up (VMs
+    /// destroyed) the table is written at once, as by [`Session::open`],
+    /// so no destroyed VM stays recorded. Every path that ends the session
+    /// without `set_vm` (an error, a drop) writes or releases the table.
+    ///
+    /// # Errors
+    ///
+    /// As [`Session::open`].
+    pub fn open_for_vm(
+        env: &Env,
+        pages: u64,
+        channels: u32,
+        fixed: Option<u64>,
+        name: &str,
+    ) -> Result<Session> {
+        Self::open_as(env, pages, channels, fixed, name, true)
+    }
+
+    fn open_as(
+        env: &Env,
+        pages: u64,
+        channels: u32,
+        fixed: Option<u64>,
+        name: &str,
+        defer: bool,
+    ) -> Result<Session> {
         let root = dt::root(&env.dt_roots)?;
         // The kernel's own tree is read once per boot (`dt::discover_cached`).
         let kernel_tree = dt::DEFAULT_ROOTS
@@ -79,11 +123,14 @@ impl Session {
             "the control pages",
         )?;
         signals::note_mapping(control.span(), signals::Region::Control);
+        stats::launch_trace("control pages mapped");
         let table = TableFile::new(&env.state_dir);
         let pid = std::process::id();
         let alive_lock = Alive::hold(&env.state_dir)?;
+        stats::launch_trace("alive lock held");
         let mut locked = table.lock(platform.pool.base, platform.pool.size, platform.channels)?;
         let stale = locked.table.take_stale(|p| alive(&env.state_dir, p));
+        let cleaned = !stale.is_empty();
         // A channel of our own (no other process uses it) for the version
         // check and the clean-up; the table is written only if all is well.
         let scratch = locked.table.allocate(pid, 0, 1, None, name)?;
@@ -148,12 +195,17 @@ impl Session {
             }
         };
         stats::launch_trace("stale entries cleaned, region allocated");
-        locked.commit().with_context(|| {
-            format!(
-                "writing the pool allocation table in {}",
-                env.state_dir.display()
-            )
-        })?;
+        let pending = if defer && !cleaned {
+            Some(locked)
+        } else {
+            locked.commit().with_context(|| {
+                format!(
+                    "writing the pool allocation table in {}",
+                    env.state_dir.display()
+                )
+            })?;
+            None
+        };
         Ok(Session {
             platform,
             control,
@@ -161,6 +213,7 @@ impl Session {
             entry,
             abi,
             table,
+            pending: std::sync::Mutex::new(pending),
             env: env.clone(),
             pid,
             released: false,
@@ -204,15 +257,46 @@ impl Session {
         Ok(m)
     }
 
+    /// Maps the first `len` bytes of this process's pool region (guest
+    /// RAM starts there: a bare-metal image's pages), rounded up to whole
+    /// pages and at most the region.
+    ///
+    /// # Errors
+    ///
+    /// Explains `/dev/mem` refusals.
+    pub fn map_region_prefix(&self, len: usize) -> Result<Mapping> {
+        let whole = usize::try_from(self.entry.pages * CHANNEL_SIZE)?;
+        let len = len.next_multiple_of(4096).clamp(4096, whole.max(4096));
+        let m = Mapping::guest_memory(&self.env.dev_mem, self.region_phys(), len, "the guest pool")?;
+        signals::note_mapping(m.span(), signals::Region::Pool);
+        Ok(m)
+    }
+
+    /// This process's pool region, mapped when first used
+    /// ([`LazyMapping`]).
+    ///
+    /// # Errors
+    ///
+    /// If its size does not fit.
+    pub fn lazy_region(&self) -> Result<LazyMapping> {
+        let len = usize::try_from(self.entry.pages * CHANNEL_SIZE)?;
+        Ok(LazyMapping::new(&self.env.dev_mem, self.region_phys(), len, "the guest pool"))
+    }
+
     /// Records the VM handle in the table (so a later VMM can destroy it if
     /// this one is killed).
     pub fn set_vm(&self, vm: u64) {
         let r = self
-            .table
-            .lock(
-                self.platform.pool.base,
-                self.platform.pool.size,
-                self.platform.channels,
+            .take_pending()
+            .map_or_else(
+                || {
+                    self.table.lock(
+                        self.platform.pool.base,
+                        self.platform.pool.size,
+                        self.platform.channels,
+                    )
+                },
+                Ok,
             )
             .and_then(|mut l| {
                 l.table.set_vm(self.pid, vm);
@@ -231,6 +315,7 @@ impl Session {
     ///
     /// I/O errors.
     pub fn others(&self) -> Result<Vec<Entry>> {
+        self.publish()?;
         let l = self.table.lock(
             self.platform.pool.base,
             self.platform.pool.size,
@@ -242,6 +327,29 @@ impl Session {
             .filter(|e| e.pid != self.pid && e.pid != 0 && alive(&self.env.state_dir, e.pid))
             .cloned()
             .collect())
+    }
+
+    /// The table [`Session::open_for_vm`] left locked, if it still is.
+    fn take_pending(&self) -> Option<Locked> {
+        self.pending.lock().ok().and_then(|mut p| p.take())
+    }
+
+    /// Writes this process's entry (without a VM) if
+    /// [`Session::open_for_vm`] left it unwritten, and unlocks the table.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors writing the table.
+    pub fn publish(&self) -> Result<()> {
+        match self.take_pending() {
+            Some(l) => l.commit().with_context(|| {
+                format!(
+                    "writing the pool allocation table in {}",
+                    self.env.state_dir.display()
+                )
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Gives the allocation back.
@@ -277,11 +385,16 @@ impl Session {
         }
         self.released = true;
         let r = self
-            .table
-            .lock(
-                self.platform.pool.base,
-                self.platform.pool.size,
-                self.platform.channels,
+            .take_pending()
+            .map_or_else(
+                || {
+                    self.table.lock(
+                        self.platform.pool.base,
+                        self.platform.pool.size,
+                        self.platform.channels,
+                    )
+                },
+                Ok,
             )
             .and_then(|mut l| {
                 l.table.release(self.pid);

@@ -103,8 +103,9 @@ pub enum Region {
     Pool = 2,
 }
 
-/// Up to this many mappings are remembered (a VMM has two).
-const MAPPINGS: usize = 4;
+/// Up to this many mappings are remembered (a VMM has the control pages,
+/// and the pool's image pages and later all of its region).
+const MAPPINGS: usize = 6;
 /// Start, end (exclusive) and [`Region`] of each remembered mapping.
 static MAPPED: [[AtomicUsize; 3]; MAPPINGS] = [const {
     [

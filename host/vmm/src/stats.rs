@@ -9,6 +9,7 @@
 //! `rampart-vmm stats` prints the live files of running VMMs, then the
 //! last run's.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -327,17 +328,67 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
-/// With `RAMPART_VMM_LAUNCH_TRACE` set in the environment: prints
-/// `launch: <ms since start> ms <what>` on stderr, so `cargo xtask bench
-/// vmm` can show where a launch's time goes. Costs one environment lookup
-/// (cached) otherwise.
-pub fn launch_trace(what: &str) {
-    static ON: OnceLock<bool> = OnceLock::new();
-    if *ON.get_or_init(|| std::env::var_os("RAMPART_VMM_LAUNCH_TRACE").is_some()) {
-        #[allow(clippy::cast_precision_loss, reason = "microseconds for display")]
-        let ms = since_start_us() as f64 / 1000.0;
-        eprintln!("launch: {ms:.2} ms {what}");
+/// The launch milestones recorded so far: (microseconds since start,
+/// page faults so far or -1, what).
+static TRACE: std::sync::Mutex<Vec<(u64, i64, &'static str)>> = std::sync::Mutex::new(Vec::new());
+
+/// With `RAMPART_VMM_LAUNCH_TRACE` set in the environment: records a
+/// launch milestone, printed by [`launch_trace_flush`] as `launch: <ms
+/// since start> ms <what>` on stderr, so `cargo xtask bench peer` can
+/// show where a launch's time goes. Recording is a clock read (vDSO, no
+/// system call) and a push, so the trace barely changes what it measures
+/// (issue 16: printing each line at once was a `write` per milestone,
+/// inside the launch figure). With `RAMPART_VMM_LAUNCH_TRACE=faults` each
+/// line also gives the process's page faults so far (`getrusage`, one
+/// system call a milestone). Costs one environment lookup (cached)
+/// otherwise.
+pub fn launch_trace(what: &'static str) {
+    static ON: OnceLock<Option<bool>> = OnceLock::new();
+    let on = ON.get_or_init(|| {
+        std::env::var_os("RAMPART_VMM_LAUNCH_TRACE").map(|v| v == "faults")
+    });
+    if let Some(faults) = *on {
+        let us = since_start_us();
+        let n = if faults { page_faults() } else { -1 };
+        if let Ok(mut t) = TRACE.lock() {
+            // Room for every milestone at once: no reallocation (and
+            // allocator system calls) inside the launch it measures.
+            if t.capacity() == 0 {
+                t.reserve(64);
+            }
+            t.push((us, n, what));
+        }
     }
+}
+
+/// Prints the milestones [`launch_trace`] recorded (and forgets them).
+pub fn launch_trace_flush() {
+    let lines = TRACE.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
+    let mut text = String::new();
+    for (us, faults, what) in lines {
+        #[allow(clippy::cast_precision_loss, reason = "microseconds for display")]
+        let ms = us as f64 / 1000.0;
+        if faults >= 0 {
+            let _ = writeln!(text, "launch: {ms:.3} ms {what} ({faults} faults)");
+        } else {
+            let _ = writeln!(text, "launch: {ms:.3} ms {what}");
+        }
+    }
+    if !text.is_empty() {
+        eprint!("{text}");
+    }
+}
+
+/// The process's page faults so far (minor and major), or 0 if
+/// `getrusage` fails.
+fn page_faults() -> i64 {
+    // SAFETY: an all-zero `rusage` is a valid value of it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct it is given, which we own.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &raw mut usage) } != 0 {
+        return 0;
+    }
+    usage.ru_minflt + usage.ru_majflt
 }
 
 #[cfg(test)]

@@ -18,15 +18,36 @@ use rampart_abi::host::{DONATE_ZEROED_MAX_PAGES, HostCall, PAGE_SIZE, bytes_to_w
 use rampart_attest::BundleRef;
 
 use crate::hyp::{CallError, Hyp, checked};
-use crate::mem::Mapping;
+use crate::mem::{GuestRam, Mapping};
 use crate::plan::Plan;
 
-/// What [`load_image`] wrote: guest RAM pages `0..image_pages` hold the
-/// image (its last page zero-padded); the pages after it were not touched.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the VMM wrote into guest RAM before creating the VM: ranges of
+/// guest RAM pages `(first, pages)`, in order and disjoint, each page of
+/// them written in full (a part's first and last page zero-padded). The
+/// pages outside them were not touched: [`create_loaded`] has the
+/// hypervisor zero them (`VM_DONATE_ZEROED`, issue 16).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Loaded {
-    /// Pages of guest RAM the image covers.
-    pub image_pages: u64,
+    /// The written ranges, `(first page, pages)`.
+    pub written: Vec<(u64, u64)>,
+}
+
+impl Loaded {
+    /// Adds pages `first..first + pages` (at or after every range so
+    /// far), merging it with the last range where they touch.
+    pub fn push(&mut self, first: u64, pages: u64) {
+        if pages == 0 {
+            return;
+        }
+        if let Some(last) = self.written.last_mut()
+            && first <= last.0 + last.1
+        {
+            let end = (first + pages).max(last.0 + last.1);
+            last.1 = end - last.0;
+            return;
+        }
+        self.written.push((first, pages));
+    }
 }
 
 /// Copies the image to the start of guest RAM in `region` and zeroes the
@@ -42,9 +63,9 @@ pub fn load_image(region: &Mapping, plan: &Plan, image: &[u8]) -> Loaded {
     let written = image.len().next_multiple_of(8);
     let image_end = image.len().next_multiple_of(page).min(size);
     region.zero(start + written, image_end.saturating_sub(written));
-    Loaded {
-        image_pages: (image_end / page) as u64,
-    }
+    let mut loaded = Loaded::default();
+    loaded.push(0, (image_end / page) as u64);
+    loaded
 }
 
 /// Where the VM's pages are, physically.
@@ -102,6 +123,7 @@ fn explain(e: CallError, plan: &Plan, place: &Placement) -> anyhow::Error {
 /// # Errors
 ///
 /// The failing call, explained.
+#[cfg(test)]
 pub fn create(
     hyp: &dyn Hyp,
     plan: &Plan,
@@ -112,9 +134,10 @@ pub fn create(
     create_as(hyp, plan, place, bundle, None, created)
 }
 
-/// [`create`] after [`load_image`]: the image pages are donated with
-/// `VM_DONATE`, the rest of guest RAM, which the VMM never wrote, with
-/// `VM_DONATE_ZEROED` (at most `DONATE_ZEROED_MAX_PAGES` a call), so the
+/// [`create`] after [`load_image`] (or a Linux bundle's `load`): the
+/// pages the VMM wrote are donated with `VM_DONATE`, the rest of guest
+/// RAM, which the VMM never wrote, with `VM_DONATE_ZEROED` (at most
+/// `DONATE_ZEROED_MAX_PAGES` a call), in guest-address order, so the
 /// hypervisor zeroes it (issue 16: the VMM's stores and cache maintenance
 /// over all of guest RAM were most of a launch's instructions). A
 /// hypervisor without that call (`NOT_SUPPORTED`) gets the VMM's zeros
@@ -124,64 +147,133 @@ pub fn create(
 /// # Errors
 ///
 /// The failing call, explained.
-pub fn create_loaded(
+pub fn create_loaded<'r>(
     hyp: &dyn Hyp,
-    region: &Mapping,
+    region: impl Into<GuestRam<'r>>,
     plan: &Plan,
     place: &Placement,
     bundle: &BundleRef<'_>,
-    loaded: Loaded,
+    loaded: &Loaded,
     created: &mut dyn FnMut(u64),
 ) -> Result<u64> {
-    create_as(hyp, plan, place, bundle, Some((region, loaded)), created)
+    create_as(hyp, plan, place, bundle, Some((region.into(), loaded)), created)
+}
+
+/// One donation of guest RAM pages `first..first + pages`: written by the
+/// VMM (`VM_DONATE`) or to be zeroed by the hypervisor
+/// (`VM_DONATE_ZEROED`, at most `DONATE_ZEROED_MAX_PAGES`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Donation {
+    first: u64,
+    pages: u64,
+    zeroed: bool,
+}
+
+/// The donations that cover guest RAM's `pages` pages exactly once, in
+/// order: each written range whole, each gap between them in zeroed calls
+/// of at most `DONATE_ZEROED_MAX_PAGES`. Written ranges past the end are
+/// cut (a plan never makes them).
+fn donations(pages: u64, loaded: &Loaded) -> Vec<Donation> {
+    let mut out = Vec::new();
+    let mut next = 0;
+    let gap = |out: &mut Vec<Donation>, mut from: u64, to: u64| {
+        while from < to {
+            let count = (to - from).min(DONATE_ZEROED_MAX_PAGES);
+            out.push(Donation { first: from, pages: count, zeroed: true });
+            from += count;
+        }
+    };
+    for &(first, count) in &loaded.written {
+        let first = first.clamp(next, pages);
+        let end = first.saturating_add(count).min(pages);
+        if end <= first {
+            continue;
+        }
+        gap(&mut out, next, first);
+        out.push(Donation { first, pages: end - first, zeroed: false });
+        next = end;
+    }
+    gap(&mut out, next, pages);
+    out
 }
 
 /// Donates guest RAM: `loaded` says which pages the VMM wrote (the rest
-/// is donated zeroed); `None`: all of it was written.
+/// is donated zeroed); `None`: all of it was written. On a hypervisor
+/// without `VM_DONATE_ZEROED` (`NOT_SUPPORTED`, which changes nothing)
+/// the VMM zeroes each unwritten range itself and donates it with
+/// `VM_DONATE`.
 fn donate_ram(
     hyp: &dyn Hyp,
     handle: u64,
     plan: &Plan,
     place: &Placement,
-    loaded: Option<(&Mapping, Loaded)>,
+    loaded: Option<(GuestRam<'_>, &Loaded)>,
 ) -> Result<(), CallError> {
     let pages = plan.memory_pages();
-    let written = loaded.map_or(pages, |(_, l)| l.image_pages.min(pages));
-    if written > 0 {
+    let Some((region, loaded)) = loaded else {
+        return checked(
+            hyp,
+            HostCall::VmDonate.id(),
+            &[handle, place.ram(plan), pages, GUEST_RAM_BASE],
+        )
+        .map(|_| ());
+    };
+    let list = donations(pages, loaded);
+    let mut zeroed_supported = true;
+    let mut not_supported = None;
+    let mut i = 0;
+    while let Some(d) = list.get(i).copied() {
+        let at = d.first * PAGE_SIZE;
+        if !d.zeroed {
+            checked(
+                hyp,
+                HostCall::VmDonate.id(),
+                &[handle, place.ram(plan) + at, d.pages, GUEST_RAM_BASE + at],
+            )?;
+            i += 1;
+            continue;
+        }
+        if zeroed_supported {
+            match checked(
+                hyp,
+                HostCall::VmDonateZeroed.id(),
+                &[handle, place.ram(plan) + at, d.pages, GUEST_RAM_BASE + at, 0],
+            ) {
+                Ok(_) => {
+                    i += 1;
+                    continue;
+                }
+                Err(e) if e.error() == Some(Error::NotSupported) => {
+                    zeroed_supported = false;
+                    not_supported = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // A hypervisor before host ABI 0.9: zero this whole gap (its
+        // zeroed calls that follow) here and give it with one VM_DONATE.
+        let mut count = 0;
+        while let Some(z) = list.get(i).filter(|z| z.zeroed) {
+            count += z.pages;
+            i += 1;
+        }
+        // The region's mapping, made now if it is lazy; if it cannot be,
+        // the pages stay the host's and the call's refusal is the answer.
+        let Ok(region) = region.get() else {
+            return Err(not_supported.unwrap_or(CallError {
+                id: HostCall::VmDonateZeroed.id(),
+                code: Error::NotSupported.code(),
+            }));
+        };
+        region.zero(
+            usize::try_from(plan.memory_offset() + at).unwrap_or(usize::MAX),
+            usize::try_from(count * PAGE_SIZE).unwrap_or(usize::MAX),
+        );
         checked(
             hyp,
             HostCall::VmDonate.id(),
-            &[handle, place.ram(plan), written, GUEST_RAM_BASE],
+            &[handle, place.ram(plan) + at, count, GUEST_RAM_BASE + at],
         )?;
-    }
-    let mut next = written;
-    while next < pages {
-        let count = (pages - next).min(DONATE_ZEROED_MAX_PAGES);
-        let at = next * PAGE_SIZE;
-        match checked(
-            hyp,
-            HostCall::VmDonateZeroed.id(),
-            &[handle, place.ram(plan) + at, count, GUEST_RAM_BASE + at, 0],
-        ) {
-            Ok(_) => next += count,
-            Err(e) if e.error() == Some(Error::NotSupported) && next == written => {
-                // A hypervisor before host ABI 0.9: zero the rest here.
-                if let Some((region, _)) = loaded {
-                    let offset = plan.memory_offset() + at;
-                    region.zero(
-                        usize::try_from(offset).unwrap_or(usize::MAX),
-                        usize::try_from((pages - next) * PAGE_SIZE).unwrap_or(usize::MAX),
-                    );
-                }
-                checked(
-                    hyp,
-                    HostCall::VmDonate.id(),
-                    &[handle, place.ram(plan) + at, pages - next, GUEST_RAM_BASE + at],
-                )?;
-                next = pages;
-            }
-            Err(e) => return Err(e),
-        }
     }
     Ok(())
 }
@@ -191,7 +283,7 @@ fn create_as(
     plan: &Plan,
     place: &Placement,
     bundle: &BundleRef<'_>,
-    loaded: Option<(&Mapping, Loaded)>,
+    loaded: Option<(GuestRam<'_>, &Loaded)>,
     created: &mut dyn FnMut(u64),
 ) -> Result<u64> {
     let r = checked(
@@ -211,13 +303,17 @@ fn create_as(
     )
     .map_err(|e| explain(e, plan, place))?;
     let handle = r[1];
+    crate::stats::launch_trace("VM_CREATE");
     created(handle);
+    crate::stats::launch_trace("VM recorded");
     let setup = || -> Result<()> {
         for i in 0..plan.config.max_vcpus {
             checked(hyp, HostCall::VcpuCreate.id(), &[handle, i])
                 .map_err(|e| explain(e, plan, place).context(format!("vCPU {i}")))?;
         }
+        crate::stats::launch_trace("vCPUs created");
         donate_ram(hyp, handle, plan, place, loaded).map_err(|e| explain(e, plan, place))?;
+        crate::stats::launch_trace("guest RAM donated");
         checked(
             hyp,
             HostCall::VcpuSetRegs.id(),
@@ -283,7 +379,7 @@ mod tests {
         // and must not be written by the VMM.
         region.write_bytes(0, &[0xee; 64 << 10]);
         let loaded = load_image(&region, &p, b.image);
-        assert_eq!(loaded, Loaded { image_pages: 2 });
+        assert_eq!(loaded.written, [(0, 2)]);
         assert_eq!(region.read_u64(2 * 4096), 0xeeee_eeee_eeee_eeee, "past the image: untouched");
 
         // What the hypervisor would measure from those pages, once it has
@@ -292,7 +388,7 @@ mod tests {
         for page in 0..p.memory_pages() {
             let words: Vec<u8> = (0..512)
                 .flat_map(|w| {
-                    if page < loaded.image_pages {
+                    if page < 2 {
                         region
                             .read_u64(usize::try_from(page * 4096).unwrap() + w * 8)
                             .to_le_bytes()
@@ -312,7 +408,7 @@ mod tests {
             region_phys: 0x7c01_0000,
         };
         let mut recorded = 0;
-        let h = create_loaded(&fake, &region, &p, &place, &b, loaded, &mut |h| recorded = h).unwrap();
+        let h = create_loaded(&fake, &region, &p, &place, &b, &loaded, &mut |h| recorded = h).unwrap();
         assert_eq!(h, recorded);
         let calls = fake.state.lock().unwrap().calls.clone();
         let ids: Vec<u64> = calls.iter().map(|r| r[0]).collect();
@@ -360,10 +456,10 @@ mod tests {
         let p = plan(&b, &Overrides::default()).unwrap();
         let region = Mapping::anonymous(usize::try_from(p.total_pages() * PAGE_SIZE).unwrap()).unwrap();
         let loaded = load_image(&region, &p, b.image);
-        assert_eq!(loaded.image_pages, 1);
+        assert_eq!(loaded.written, [(0, 1)]);
         let fake = Fake::with_scripts(vec![]);
         let place = Placement { region_phys: 0x4000_0000 };
-        create_loaded(&fake, &region, &p, &place, &b, loaded, &mut |_| {}).unwrap();
+        create_loaded(&fake, &region, &p, &place, &b, &loaded, &mut |_| {}).unwrap();
         let zeroed = fake.calls_of(HostCall::VmDonateZeroed);
         let mut next = 1;
         for c in &zeroed {
@@ -389,13 +485,75 @@ mod tests {
         let fake = Fake::with_scripts(vec![]);
         fake.state.lock().unwrap().fail = Some((HostCall::VmDonateZeroed.id(), -1));
         let place = Placement { region_phys: 0x7c00_0000 };
-        create_loaded(&fake, &region, &p, &place, &b, loaded, &mut |_| {}).unwrap();
+        create_loaded(&fake, &region, &p, &place, &b, &loaded, &mut |_| {}).unwrap();
         let donated = fake.calls_of(HostCall::VmDonate);
         assert_eq!(donated.len(), 2);
         assert_eq!(donated[0][1..5], [donated[0][1], 0x7c00_0000, 2, GUEST_RAM_BASE]);
         assert_eq!(donated[1][2..5], [0x7c00_2000, 14, GUEST_RAM_BASE + 0x2000]);
         for at in (2 * 4096..64 << 10).step_by(8) {
             assert_eq!(region.read_u64(at), 0, "word {at:#x}");
+        }
+    }
+
+    /// Written ranges anywhere in guest RAM (a Linux bundle's kernel,
+    /// initrd and device tree): every page donated exactly once, in
+    /// order, the gaps zeroed in bounded calls.
+    #[test]
+    fn donations_cover_guest_ram_once_in_order() {
+        let mut l = Loaded::default();
+        l.push(0, 3);
+        l.push(2, 2); // overlaps: merged
+        l.push(5, 1); // after a one-page gap
+        l.push(6, 1); // touches: merged
+        l.push(1200, 10);
+        assert_eq!(l.written, [(0, 4), (5, 2), (1200, 10)]);
+        let d = donations(1300, &l);
+        let mut next = 0;
+        for x in &d {
+            assert_eq!(x.first, next, "{d:?}");
+            assert!(x.pages > 0 && (!x.zeroed || x.pages <= DONATE_ZEROED_MAX_PAGES));
+            next += x.pages;
+        }
+        assert_eq!(next, 1300);
+        let shape: Vec<(u64, bool)> = d.iter().map(|x| (x.pages, x.zeroed)).collect();
+        assert_eq!(
+            shape,
+            [(4, false), (1, true), (2, false), (512, true), (512, true), (169, true), (10, false), (90, true)]
+        );
+        // Nothing written: all zeroed; all written: one donation; a range
+        // past the end is cut.
+        assert!(donations(3, &Loaded::default()).iter().all(|x| x.zeroed));
+        let mut all = Loaded::default();
+        all.push(0, 9);
+        assert_eq!(donations(4, &all), [Donation { first: 0, pages: 4, zeroed: false }]);
+    }
+
+    /// An older hypervisor with several gaps: each gap zeroed by the VMM
+    /// and donated in one `VM_DONATE`, the written pages untouched.
+    #[test]
+    fn an_older_hypervisor_gets_every_gap_zeroed() {
+        let bytes = bundle_bytes(64 << 10, 1, true, &[7; 100]);
+        let b = Bundle::parse(&bytes).unwrap();
+        let p = plan(&b, &Overrides::default()).unwrap();
+        let region = Mapping::anonymous(usize::try_from(p.total_pages() * PAGE_SIZE).unwrap()).unwrap();
+        region.write_bytes(0, &[0xee; 64 << 10]);
+        let mut l = Loaded::default();
+        l.push(1, 2);
+        l.push(10, 1);
+        let fake = Fake::with_scripts(vec![]);
+        fake.state.lock().unwrap().fail = Some((HostCall::VmDonateZeroed.id(), -1));
+        let place = Placement { region_phys: 0x7c00_0000 };
+        create_loaded(&fake, &region, &p, &place, &b, &l, &mut |_| {}).unwrap();
+        let got: Vec<(u64, u64)> = fake
+            .calls_of(HostCall::VmDonate)
+            .iter()
+            .map(|c| ((c[2] - 0x7c00_0000) / PAGE_SIZE, c[3]))
+            .collect();
+        assert_eq!(got, [(0, 1), (1, 2), (3, 7), (10, 1), (11, 5)]);
+        for page in 0..16u64 {
+            let word = region.read_u64(usize::try_from(page * PAGE_SIZE).unwrap() + 8);
+            let written = (1..3).contains(&page) || page == 10;
+            assert_eq!(word == 0, !written, "page {page}");
         }
     }
 

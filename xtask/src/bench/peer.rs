@@ -604,8 +604,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mem = args.mem.clone().unwrap_or_else(|| "1G".into());
     let mut timeout = Duration::from_secs(args.timeout.max(60));
     // The Linux guest's row: skipped (and said why) when its kernel cannot
-    // be fetched.
-    let guest = match linux_guest() {
+    // be fetched, or when `RAMPART_BENCH_PEER_LINUX=0` (a launch-only
+    // run: the Linux guest's boot is most of a boot's time with --icount).
+    let skip_linux = std::env::var("RAMPART_BENCH_PEER_LINUX").is_ok_and(|v| v == "0");
+    let guest = match if skip_linux {
+        Err(anyhow::anyhow!("RAMPART_BENCH_PEER_LINUX=0"))
+    } else {
+        linux_guest()
+    } {
         Ok(g) => Some(g),
         Err(e) => {
             println!("bench peer: no Linux guest, its row is not measured: {e:#}");

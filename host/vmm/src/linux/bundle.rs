@@ -7,9 +7,11 @@
 //!   seeds: a measured device tree is public) and writes an unsigned
 //!   version-2 bundle carrying all of them (`rampart sign` signs it).
 //! - `rampart-vmm run BUNDLE` with a version-2 bundle: a protected Linux
-//!   VM. Guest RAM is *donated* (`VM_DONATE`), not lent: the parts are
-//!   copied to their load addresses and every other byte of RAM is zeroed
-//!   first, vCPU 0 enters at the kernel with `x0` = the device tree, the
+//!   VM. Guest RAM is *donated*, not lent: the parts are copied to their
+//!   load addresses (the rest of their pages zeroed) and donated with
+//!   `VM_DONATE`; every other page goes with `VM_DONATE_ZEROED`, so the
+//!   hypervisor zeroes it (issue 16; a hypervisor without that call gets
+//!   the VMM's zeros). vCPU 0 enters at the kernel with `x0` = the device tree, the
 //!   bundle's signature is set, and the hypervisor measures all of RAM at
 //!   the first `VCPU_RUN` and refuses the VM unless a trusted key signed
 //!   that measurement. The console works through PL011 MMIO exits; virtio
@@ -193,35 +195,62 @@ pub fn plan(l: &LinuxBundle<'_>) -> Plan {
 }
 
 /// Copies the placed parts to their load addresses in `region` (guest RAM
-/// from offset 0) and zeroes every other byte of the `memory_size` bytes:
-/// the pages the hypervisor will measure.
-pub fn load(region: &crate::mem::Mapping, l: &LinuxBundle<'_>) {
-    let mut placed: Vec<(u64, &[u8])> = l
+/// from offset 0) and zeroes the rest of every page they touch; returns
+/// those pages. Every other page of the `memory_size` bytes is left as it
+/// is: [`vm::create_loaded`] has the hypervisor zero it
+/// (`VM_DONATE_ZEROED`, issue 16), so the pages the hypervisor measures
+/// are the parts and zeros, as before.
+pub fn load(region: &crate::mem::Mapping, l: &LinuxBundle<'_>) -> vm::Loaded {
+    const PAGE: usize = 4096;
+    let mut placed: Vec<(usize, &[u8])> = l
         .iter()
         .filter(|p| p.kind.placed())
-        .map(|p| (p.load - layout::RAM_BASE, p.data))
+        .map(|p| {
+            let off = usize::try_from(p.load - layout::RAM_BASE).unwrap_or(usize::MAX);
+            (off, p.data)
+        })
         .collect();
     placed.sort_by_key(|p| p.0);
-    let mut cursor = 0usize;
     let end = usize::try_from(l.memory_size).unwrap_or(usize::MAX);
+    let mut loaded = vm::Loaded::default();
+    // `cursor`: the end of what is written (parts and zeros) so far.
+    let mut cursor = 0usize;
     for (off, data) in placed {
-        let off = usize::try_from(off).unwrap_or(usize::MAX);
+        if data.is_empty() {
+            continue;
+        }
+        let page_start = off - off % PAGE;
+        // Zero the rest of the previous part's last page, unless this part
+        // starts in it; then from the start of this part's first page.
+        let previous_end = cursor.next_multiple_of(PAGE);
+        let from = if page_start >= previous_end {
+            region.zero(cursor, previous_end - cursor);
+            page_start
+        } else {
+            cursor
+        };
         // `zero` and `write_bytes` work in whole words: align the gap.
         let gap_end = off & !7;
-        if gap_end > cursor {
-            region.zero(cursor, gap_end - cursor);
+        if gap_end > from {
+            region.zero(from, gap_end - from);
         }
-        if off > gap_end {
-            region.write_bytes(gap_end, &vec![0u8; off - gap_end]);
+        if off > gap_end.max(from) {
+            let at = gap_end.max(from);
+            region.write_bytes(at, &vec![0u8; off - at]);
         }
         let mut padded = data.to_vec();
         padded.resize(data.len().next_multiple_of(8), 0);
         region.write_bytes(off, &padded);
         cursor = off + padded.len();
+        let page_end = cursor.next_multiple_of(PAGE).min(end);
+        loaded.push((page_start / PAGE) as u64, ((page_end - page_start) / PAGE) as u64);
     }
-    if end > cursor {
-        region.zero(cursor, end - cursor);
+    // The rest of the last part's page.
+    let page_end = cursor.next_multiple_of(PAGE).min(end);
+    if page_end > cursor {
+        region.zero(cursor, page_end - cursor);
     }
+    loaded
 }
 
 /// `rampart-vmm run BUNDLE` for a version-2 bundle.
@@ -256,15 +285,18 @@ pub fn cmd_run(
     let plan = plan(l);
     let vcpus = l.vcpus;
     // One channel per vCPU thread and one for the interrupt injector.
-    let session = Session::open(env, plan.total_pages(), vcpus + 1, None, &name)?;
+    // The table is written once, with the VM, right after VM_CREATE.
+    let session = Session::open_for_vm(env, plan.total_pages(), vcpus + 1, None, &name)?;
     let channels = session.channels();
     let main = &channels[0];
     let region = session.map_region()?;
     let place = vm::Placement {
         region_phys: session.region_phys(),
     };
-    load(&region, l);
-    let handle = vm::create(main, &plan, &place, bundle, &mut |h| session.set_vm(h))
+    let loaded = load(&region, l);
+    let handle = vm::create_loaded(main, &region, &plan, &place, bundle, &loaded, &mut |h| {
+        session.set_vm(h);
+    })
         .with_context(|| format!("setting up the Linux VM for {shown}"))?;
     let part = |k: PartKind| l.part(k).map(|p| (p.load, p.data.len()));
     println!(
@@ -407,18 +439,65 @@ mod tests {
         assert_eq!(p.config.encode(), 0x201);
         assert_eq!(b.computed_measurement(), b.measurement);
 
-        // Load into garbage: what the hypervisor would measure is the
-        // bundle's measurement.
-        let region = crate::mem::Mapping::anonymous(8 << 20).unwrap();
+        // Load into garbage: the VMM writes only the parts' pages; what
+        // the hypervisor would measure once it has zeroed the others
+        // (`VM_DONATE_ZEROED`) is the bundle's measurement.
+        let region = crate::mem::Mapping::anonymous(
+            usize::try_from(p.total_pages() * 4096).unwrap(),
+        )
+        .unwrap();
         region.write_bytes(0, &vec![0xee; 8 << 20]);
-        load(&region, &l);
+        let loaded = load(&region, &l);
+        let written = |page: u64| {
+            loaded
+                .written
+                .iter()
+                .any(|&(first, n)| (first..first + n).contains(&page))
+        };
+        // The kernel (0x9000 bytes at 0), the initrd and the device tree:
+        // a few pages, each part's last one zero-padded.
+        let pages_written: u64 = loaded.written.iter().map(|r| r.1).sum();
+        assert!(loaded.written.len() >= 2 && pages_written < 16, "{loaded:?}");
+        assert!(written(0) && written(8) && !written(9), "{loaded:?}");
         let mut m = Measurer::new(&b.initial_state());
         for page in 0..p.memory_pages() {
-            let bytes = region.read_bytes(usize::try_from(page * 4096).unwrap(), 4096);
+            let at = usize::try_from(page * 4096).unwrap();
+            let bytes = if written(page) {
+                region.read_bytes(at, 4096)
+            } else {
+                assert_eq!(region.read_u64(at + 4088), 0xeeee_eeee_eeee_eeee, "page {page}: untouched");
+                vec![0; 4096]
+            };
             m.page(0x8000_0000 + page * 4096, &bytes.try_into().unwrap())
                 .unwrap();
         }
         assert_eq!(m.finish(), b.measurement);
+
+        // Created from those pages: the written ranges with VM_DONATE,
+        // every other page with VM_DONATE_ZEROED, each page once, in
+        // guest-address order.
+        let fake = crate::hyp::fake::Fake::with_scripts(vec![]);
+        let place = vm::Placement { region_phys: 0x4000_0000 };
+        vm::create_loaded(&fake, &region, &p, &place, &b, &loaded, &mut |_| {}).unwrap();
+        let calls = fake.state.lock().unwrap().calls.clone();
+        let (donate, zeroed) = (
+            u64::from(rampart_abi::host::HostCall::VmDonate.id()),
+            u64::from(rampart_abi::host::HostCall::VmDonateZeroed.id()),
+        );
+        let mut next = 0;
+        for c in calls.iter().filter(|c| c[0] == donate || c[0] == zeroed) {
+            let first = (c[2] - place.ram(&p)) / 4096;
+            assert_eq!((first, c[4]), (next, 0x8000_0000 + next * 4096), "{c:x?}");
+            for page in first..first + c[3] {
+                assert_eq!(written(page), c[0] == donate, "page {page}: {c:x?}");
+            }
+            if c[0] == zeroed {
+                assert!(c[3] <= rampart_abi::host::DONATE_ZEROED_MAX_PAGES && c[5] == 0);
+            }
+            next += c[3];
+        }
+        assert_eq!(next, p.memory_pages());
+        assert_eq!(region.read_u64(9 * 4096), 0xeeee_eeee_eeee_eeee, "the VMM wrote no zeros");
 
         // The generated device tree is in the bundle and has no seeds.
         let dtb = l.part(PartKind::DeviceTree).unwrap().data;
