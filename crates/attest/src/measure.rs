@@ -649,7 +649,7 @@ mod tests {
         /// every page.
         #[test]
         fn known_zero_matches_a_model(
-            ops in proptest::collection::vec((0u8..8, 0u64..24, 1u64..6), 1..40),
+            ops in proptest::collection::vec((0u8..8, 0u64..30, 1u64..6), 1..40),
             content in proptest::collection::vec(any::<bool>(), 32),
         ) {
             let base = 0x8000_0000u64;
