@@ -102,15 +102,26 @@ pub fn install(mut memory: HostMemory) {
         crate::println!("RAM reaches the EL2 fixmap window at {FIXMAP_BASE:#x}; stopping");
         crate::power_off();
     }
-    // An invalid entry written through level 3 creates the fixmap's
-    // level-2 and level-3 tables, which later maps only fill in.
+    // A page mapped through level 3 and unmapped again creates the
+    // fixmap's level-2 and level-3 tables, which later maps only fill in
+    // (an invalid entry alone creates none: aarch64-paging leaves an
+    // invalid level-1 entry as it is). The page is the carve-out's first,
+    // the hypervisor's own, never accessed through the window.
     let first = MemoryRegion::new(FIXMAP_BASE as usize, (FIXMAP_BASE + PAGE_SIZE) as usize);
-    if let Err(e) =
-        memory.el2.0.map_range(&first, PhysicalAddress(0), El23Attributes::empty(), Constraints::NO_BLOCK_MAPPINGS)
+    let own = memory.carveout[0].start();
+    if let Err(e) = memory
+        .el2
+        .0
+        .map_range(&first, PhysicalAddress(own as usize), mm::el2::DATA, Constraints::NO_BLOCK_MAPPINGS)
+        .and_then(|()| {
+            memory.el2.0.map_range(&first, PhysicalAddress(0), El23Attributes::empty(), Constraints::NO_BLOCK_MAPPINGS)
+        })
     {
         crate::println!("cannot build the EL2 fixmap: {e}; stopping");
         crate::power_off();
     }
+    arch::dsb_ishst();
+    arch::tlbi_el2_va(FIXMAP_BASE);
     *HOST_MEMORY.lock() = Some(memory);
 }
 
@@ -1006,13 +1017,26 @@ impl HostMemory {
 }
 
 /// Maps `pages` pages (at most [`FIXMAP_PAGES`]) from `pa` at
-/// [`FIXMAP_BASE`]. The fixmap's tables exist, so this only writes level-3
-/// entries and allocates nothing.
+/// [`FIXMAP_BASE`]. The fixmap's level-3 table exists from boot
+/// ([`install`]) and is never freed (fewer than 512 pages are ever
+/// unmapped at once), so this writes its entries directly
+/// (`mm::level3_entry`: the bits aarch64-paging's `map_range` writes, for
+/// a walk of a few dozen instructions a page instead of `map_range`'s few
+/// hundred; issue 16) and allocates nothing.
 fn fixmap_in(el2: &mut Shared<El2>, carveout: MemRange, pa: u64, pages: u64) {
-    let region = MemoryRegion::new(FIXMAP_BASE as usize, (FIXMAP_BASE + pages * PAGE_SIZE) as usize);
-    if let Err(e) = el2.0.map_range(&region, PhysicalAddress(pa as usize), mm::el2::DATA, Constraints::NO_BLOCK_MAPPINGS) {
-        // Fixed VAs inside the table's range: cannot fail.
-        fail_closed("fixmap", MemRange::from_base_size(pa, pages * PAGE_SIZE).unwrap_or(carveout), e);
+    for i in 0..pages.min(FIXMAP_PAGES) {
+        let va = FIXMAP_BASE + i * PAGE_SIZE;
+        let Some(entry) = mm::level3_entry(&mut el2.0, EL2_ROOT_LEVEL, va) else {
+            // The table is gone: a broken invariant.
+            fail_closed_msg("fixmap: no level-3 table for", MemRange::from_base_size(pa, pages * PAGE_SIZE).unwrap_or(carveout));
+        };
+        if entry.is_valid() {
+            // Left mapped (only a scrub after a panic can find this):
+            // break before make.
+            entry.clear();
+            arch::tlbi_el2_va(va);
+        }
+        entry.set_page(pa + i * PAGE_SIZE, mm::el2::DATA);
     }
     // Invalid-to-valid entries only (the window was unmapped and
     // invalidated): complete the writes before this CPU walks them.
@@ -1020,13 +1044,18 @@ fn fixmap_in(el2: &mut Shared<El2>, carveout: MemRange, pa: u64, pages: u64) {
     arch::isb();
 }
 
-/// Unmaps the first `pages` fixmap pages and invalidates them.
+/// Unmaps the first `pages` fixmap pages and invalidates them: each entry
+/// cleared directly (a zero, what aarch64-paging writes), then its TLB
+/// entries dropped on every CPU (`TLBI VAE2IS` between `DSB ISHST` and
+/// `DSB ISH`).
 fn fixunmap_in(el2: &mut Shared<El2>, carveout: MemRange, pages: u64) {
-    let region = MemoryRegion::new(FIXMAP_BASE as usize, (FIXMAP_BASE + pages * PAGE_SIZE) as usize);
-    if let Err(e) = el2.0.map_range(&region, PhysicalAddress(0), El23Attributes::empty(), Constraints::NO_BLOCK_MAPPINGS) {
-        fail_closed("fixmap unmap", carveout, e);
+    for i in 0..pages.min(FIXMAP_PAGES) {
+        match mm::level3_entry(&mut el2.0, EL2_ROOT_LEVEL, FIXMAP_BASE + i * PAGE_SIZE) {
+            Some(entry) => entry.clear(),
+            None => fail_closed_msg("fixmap unmap: its table is missing", carveout),
+        }
     }
-    for i in 0..pages {
+    for i in 0..pages.min(FIXMAP_PAGES) {
         arch::tlbi_el2_va(FIXMAP_BASE + i * PAGE_SIZE);
     }
 }
