@@ -1017,26 +1017,13 @@ impl HostMemory {
 }
 
 /// Maps `pages` pages (at most [`FIXMAP_PAGES`]) from `pa` at
-/// [`FIXMAP_BASE`]. The fixmap's level-3 table exists from boot
-/// ([`install`]) and is never freed (fewer than 512 pages are ever
-/// unmapped at once), so this writes its entries directly
-/// (`mm::level3_entry`: the bits aarch64-paging's `map_range` writes, for
-/// a walk of a few dozen instructions a page instead of `map_range`'s few
-/// hundred; issue 16) and allocates nothing.
+/// [`FIXMAP_BASE`]. The fixmap's tables exist, so this only writes level-3
+/// entries and allocates nothing.
 fn fixmap_in(el2: &mut Shared<El2>, carveout: MemRange, pa: u64, pages: u64) {
-    for i in 0..pages.min(FIXMAP_PAGES) {
-        let va = FIXMAP_BASE + i * PAGE_SIZE;
-        let Some(entry) = mm::level3_entry(&mut el2.0, EL2_ROOT_LEVEL, va) else {
-            // The table is gone: a broken invariant.
-            fail_closed_msg("fixmap: no level-3 table for", MemRange::from_base_size(pa, pages * PAGE_SIZE).unwrap_or(carveout));
-        };
-        if entry.is_valid() {
-            // Left mapped (only a scrub after a panic can find this):
-            // break before make.
-            entry.clear();
-            arch::tlbi_el2_va(va);
-        }
-        entry.set_page(pa + i * PAGE_SIZE, mm::el2::DATA);
+    let region = MemoryRegion::new(FIXMAP_BASE as usize, (FIXMAP_BASE + pages * PAGE_SIZE) as usize);
+    if let Err(e) = el2.0.map_range(&region, PhysicalAddress(pa as usize), mm::el2::DATA, Constraints::NO_BLOCK_MAPPINGS) {
+        // Fixed VAs inside the table's range: cannot fail.
+        fail_closed("fixmap", MemRange::from_base_size(pa, pages * PAGE_SIZE).unwrap_or(carveout), e);
     }
     // Invalid-to-valid entries only (the window was unmapped and
     // invalidated): complete the writes before this CPU walks them.
@@ -1044,18 +1031,13 @@ fn fixmap_in(el2: &mut Shared<El2>, carveout: MemRange, pa: u64, pages: u64) {
     arch::isb();
 }
 
-/// Unmaps the first `pages` fixmap pages and invalidates them: each entry
-/// cleared directly (a zero, what aarch64-paging writes), then its TLB
-/// entries dropped on every CPU (`TLBI VAE2IS` between `DSB ISHST` and
-/// `DSB ISH`).
+/// Unmaps the first `pages` fixmap pages and invalidates them.
 fn fixunmap_in(el2: &mut Shared<El2>, carveout: MemRange, pages: u64) {
-    for i in 0..pages.min(FIXMAP_PAGES) {
-        match mm::level3_entry(&mut el2.0, EL2_ROOT_LEVEL, FIXMAP_BASE + i * PAGE_SIZE) {
-            Some(entry) => entry.clear(),
-            None => fail_closed_msg("fixmap unmap: its table is missing", carveout),
-        }
+    let region = MemoryRegion::new(FIXMAP_BASE as usize, (FIXMAP_BASE + pages * PAGE_SIZE) as usize);
+    if let Err(e) = el2.0.map_range(&region, PhysicalAddress(0), El23Attributes::empty(), Constraints::NO_BLOCK_MAPPINGS) {
+        fail_closed("fixmap unmap", carveout, e);
     }
-    for i in 0..pages.min(FIXMAP_PAGES) {
+    for i in 0..pages {
         arch::tlbi_el2_va(FIXMAP_BASE + i * PAGE_SIZE);
     }
 }

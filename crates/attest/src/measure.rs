@@ -632,13 +632,13 @@ mod tests {
         let mut k = KnownZero::<4>::new();
         assert!(!k.record(0x8000_0800, 1));
         assert!(!k.record(0x8000_0000, 0));
-        assert!(!k.record(u64::MAX & !0xfff, 1));
+        assert!(!k.record(!0xfffu64, 1));
         assert!(!k.record(0x8000_0000, u64::MAX / 4096));
         assert!(k.runs().is_empty());
         assert_eq!(k.prefix(0x8000_0800, 1), (false, 0));
         assert_eq!(k.prefix(0x8000_0000, 0), (false, 0));
         // The top page of the address space: a prefix never runs past it.
-        assert_eq!(k.prefix(u64::MAX & !0xfff, 4), (false, 1));
+        assert_eq!(k.prefix(!0xfffu64, 4), (false, 1));
     }
 
     proptest! {
@@ -650,7 +650,7 @@ mod tests {
         #[test]
         fn known_zero_matches_a_model(
             ops in proptest::collection::vec((0u8..8, 0u64..30, 1u64..6), 1..40),
-            content in proptest::collection::vec(any::<bool>(), 32),
+            content in proptest::array::uniform32(any::<bool>()),
         ) {
             let base = 0x8000_0000u64;
             let mut k = KnownZero::<3>::new();
@@ -701,7 +701,7 @@ mod tests {
             let mut read = Measurer::new(&state());
             let mut fast = Measurer::new(&state());
             for p in 0..32u64 {
-                let bytes = if model.contains(&p) || !content[p as usize] { &zero } else { &full };
+                let bytes = if model.contains(&p) || !content[usize::try_from(p).unwrap()] { &zero } else { &full };
                 read.page(base + p * 4096, bytes).unwrap();
             }
             let mut page = 0u64;
@@ -711,7 +711,7 @@ mod tests {
                     fast.zero_pages(base + page * 4096, n).unwrap();
                 } else {
                     for p in page..page + n {
-                        let bytes = if content[p as usize] { &full } else { &zero };
+                        let bytes = if content[usize::try_from(p).unwrap()] { &full } else { &zero };
                         fast.page(base + p * 4096, bytes).unwrap();
                     }
                 }
