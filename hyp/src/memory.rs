@@ -102,15 +102,26 @@ pub fn install(mut memory: HostMemory) {
         crate::println!("RAM reaches the EL2 fixmap window at {FIXMAP_BASE:#x}; stopping");
         crate::power_off();
     }
-    // An invalid entry written through level 3 creates the fixmap's
-    // level-2 and level-3 tables, which later maps only fill in.
+    // A page mapped through level 3 and unmapped again creates the
+    // fixmap's level-2 and level-3 tables, which later maps only fill in
+    // (an invalid entry alone creates none: aarch64-paging leaves an
+    // invalid level-1 entry as it is). The page is the carve-out's first,
+    // the hypervisor's own, never accessed through the window.
     let first = MemoryRegion::new(FIXMAP_BASE as usize, (FIXMAP_BASE + PAGE_SIZE) as usize);
-    if let Err(e) =
-        memory.el2.0.map_range(&first, PhysicalAddress(0), El23Attributes::empty(), Constraints::NO_BLOCK_MAPPINGS)
+    let own = memory.carveout[0].start();
+    if let Err(e) = memory
+        .el2
+        .0
+        .map_range(&first, PhysicalAddress(own as usize), mm::el2::DATA, Constraints::NO_BLOCK_MAPPINGS)
+        .and_then(|()| {
+            memory.el2.0.map_range(&first, PhysicalAddress(0), El23Attributes::empty(), Constraints::NO_BLOCK_MAPPINGS)
+        })
     {
         crate::println!("cannot build the EL2 fixmap: {e}; stopping");
         crate::power_off();
     }
+    arch::dsb_ishst();
+    arch::tlbi_el2_va(FIXMAP_BASE);
     *HOST_MEMORY.lock() = Some(memory);
 }
 

@@ -49,7 +49,42 @@ pub struct Vm {
     pub measurement: Option<rampart_attest::Measurement>,
     /// A realm VM (guest ABI RSI, `crate::rsi`), and its realm state.
     pub realm: Option<crate::rsi::Realm>,
+    /// Guest ranges EL2 zeroed itself before the first run and nobody can
+    /// have written since: measured without being read ([`KnownZero`]).
+    known_zero: KnownZero,
 }
+
+/// Runs of known-zero guest pages a VM keeps before its first run.
+/// Contiguous `VM_DONATE_ZEROED` calls merge into one run, so a VMM that
+/// zero-fills its RAM in chunks needs one; when the list is full a call
+/// records nothing and its pages are read at the first run instead.
+const KNOWN_ZERO_RUNS: usize = 8;
+
+/// The known-zero list (issue 16). Its soundness argument: a guest
+/// address is recorded only by [`give`] for `VM_DONATE_ZEROED` of a
+/// protected VM not yet measured, after the pages' ownership commit (host
+/// stage 2 and SMMU mirror unmapped, their TLBs invalidated and synced:
+/// `HostMemory::reflect`), after `zero_unowned` zeroed and cleaned them to
+/// the point of coherency, and with the VM's lock held throughout, the
+/// lock [`measure_first_run`] takes too. From then until the measurement:
+/// - the host cannot write the pages: it no longer maps them, nor can its
+///   DMA (SMMU), and ownership refuses to give them to anyone else (the
+///   hypervisor itself, another VM, the host) while this VM owns them;
+/// - no guest runs: the VM is not measured, so none of its vCPUs has run
+///   (`VCPU_RUN` measures first), and guest calls, RSI and MMIO emulation,
+///   which are the hypervisor's only writers into guest pages besides
+///   migration, all come from a running vCPU;
+/// - the mapping at the address cannot change without an unmap: [`give`]
+///   refuses mapped addresses, and every unmap ([`unmap_guest_page`]:
+///   `VM_EVICT`, relinquish, RSI) and every remap ([`map_guest_page`]:
+///   `VM_RESTORE`; [`map_realm_page`]) clears the whole list;
+/// - migration import fixes the measurement at creation
+///   ([`set_imported`], which clears the list) before `write_page` can
+///   write a page, so nothing is ever recorded for an imported VM;
+/// - `VM_DESTROY` drops the VM with its list, so a reused slot or handle
+///   starts with an empty one; a second VM has its own;
+/// - the first run clears it: after it the guest writes its pages.
+type KnownZero = rampart_attest::KnownZero<KNOWN_ZERO_RUNS>;
 
 /// The guest-physical MMIO pages a protected guest allows to exit to the
 /// host.
@@ -225,6 +260,7 @@ pub fn create_as(metadata: PageRange, config: VmConfig, realm: bool) -> Result<V
         signature: None,
         measurement: None,
         realm: realm.then(crate::rsi::Realm::default),
+        known_zero: KnownZero::new(),
     });
     Ok(handle)
 }
@@ -338,6 +374,10 @@ fn give(vm_handle: VmHandle, pages: PageRange, guest_address: u64, share: bool, 
     let id = vm_id(slot);
     let transition = if share { Transition::HostShareGuest(id) } else { Transition::HostDonateGuest(id) };
     let zero_first = zero || vm.measurement.is_some();
+    // Known zero from here to the first run (see [`KnownZero`]): zeroed
+    // below, after the host lost the pages, for a protected VM that has
+    // not run. Not for `VM_SHARE` (the host keeps the pages).
+    let known_zero = zero && !share && vm.protected && vm.measurement.is_none();
     let range = MemRange::new(pages.start(), pages.end()).ok_or(Error::InvalidParameter)?;
     crate::memory::with(|mem| {
         // Also holds back what handing these pages back to the host at
@@ -355,6 +395,10 @@ fn give(vm_handle: VmHandle, pages: PageRange, guest_address: u64, share: bool, 
         }
         Ok(())
     })?;
+    if known_zero {
+        // Cannot fail: a full list records nothing, and the pages are read.
+        let _ = vm.known_zero.record(guest_address, pages.pages());
+    }
     let region = MemoryRegion::new(guest_address as usize, ipa_end as usize);
     // 4 KiB pages only: a page the guest later relinquishes is then unmapped
     // without splitting a live block (see `unmap_guest_page`).
@@ -411,7 +455,9 @@ pub fn set_signature(handle: VmHandle, signer: [u8; 32], signature: [u8; 64]) ->
 /// Measures the VM at its first run: its configuration, vCPU 0's entry
 /// state and every page of its stage 2 in guest-physical order. Every page
 /// is read (measurement v2, docs/formats.md: one it reads as all zero
-/// joins a zero-run record, any other is hashed whole). A protected VM runs
+/// joins a zero-run record, any other is hashed whole), except those EL2
+/// zeroed itself and nobody could write since ([`KnownZero`]), which join
+/// the zero runs unread: the same records. A protected VM runs
 /// only if a trusted key signed that measurement. On success the
 /// measurement is fixed for the VM's life.
 pub fn measure_first_run(vm: &mut Vm, entry_pc: u64, x0: u64) -> Result<(), Error> {
@@ -425,6 +471,7 @@ pub fn measure_first_run(vm: &mut Vm, entry_pc: u64, x0: u64) -> Result<(), Erro
     // spaces at once, so each needs one temporary EL2 mapping, not one per
     // page.
     let mut pending: Option<(u64, u64, u64)> = None;
+    let known = vm.known_zero;
     let region = MemoryRegion::new(0, ipa_limit() as usize);
     let _ = vm.stage2.walk_range(&region, &mut |mr, desc, level| {
         if !desc.is_valid() || (level < 3 && desc.is_table_or_page()) {
@@ -441,7 +488,7 @@ pub fn measure_first_run(vm: &mut Vm, entry_pc: u64, x0: u64) -> Result<(), Erro
             return Ok(());
         }
         if let Some(run) = pending.replace((ipa, pa, size))
-            && let Err(e) = measure_run(&mut measurer, run)
+            && let Err(e) = measure_run(&mut measurer, &known, run)
         {
             failed = Some(e);
             return Err(());
@@ -450,7 +497,7 @@ pub fn measure_first_run(vm: &mut Vm, entry_pc: u64, x0: u64) -> Result<(), Erro
     });
     if failed.is_none()
         && let Some(run) = pending
-        && let Err(e) = measure_run(&mut measurer, run)
+        && let Err(e) = measure_run(&mut measurer, &known, run)
     {
         failed = Some(e);
     }
@@ -462,12 +509,41 @@ pub fn measure_first_run(vm: &mut Vm, entry_pc: u64, x0: u64) -> Result<(), Erro
         crate::security::check_signature(&measurement, vm.signature.as_ref())?;
     }
     vm.measurement = Some(measurement);
+    // The guest runs next and writes its pages.
+    vm.known_zero.clear();
     Ok(())
 }
 
 /// Measures `size` bytes of guest memory at guest address `ipa`, physical
-/// address `pa`, page by page.
-fn measure_run(measurer: &mut rampart_attest::Measurer, (ipa, pa, size): (u64, u64, u64)) -> Result<(), Error> {
+/// address `pa`: pages `known` holds as zero as zero runs, unread (the
+/// same records reading them gives, docs/formats.md), the others read
+/// page by page.
+fn measure_run(
+    measurer: &mut rampart_attest::Measurer,
+    known: &KnownZero,
+    (ipa, pa, size): (u64, u64, u64),
+) -> Result<(), Error> {
+    let pages = size / PAGE_SIZE;
+    let mut done = 0;
+    while done < pages {
+        let at = ipa + done * PAGE_SIZE;
+        let (zero, count) = known.prefix(at, pages - done);
+        if count == 0 {
+            return Err(Error::InvalidParameter);
+        }
+        if zero {
+            measurer.zero_pages(at, count).map_err(|_| Error::InvalidParameter)?;
+        } else {
+            read_run(measurer, at, pa + done * PAGE_SIZE, count * PAGE_SIZE)?;
+        }
+        done += count;
+    }
+    Ok(())
+}
+
+/// Measures `size` bytes of guest memory at guest address `ipa`, physical
+/// address `pa`, reading every page.
+fn read_run(measurer: &mut rampart_attest::Measurer, ipa: u64, pa: u64, size: u64) -> Result<(), Error> {
     let range = MemRange::from_base_size(pa, size).ok_or(Error::InvalidParameter)?;
     let mut failed = None;
     crate::memory::with(|mem| {
@@ -501,6 +577,8 @@ pub fn ipa_limit() -> u64 {
 /// to the walkers), TLBI by IPA for the VM's VMID, DSB, and the VMID's
 /// combined stage-1+2 entries (`tlbi_stage1_of_vmid`).
 pub fn unmap_guest_page(vm: &mut Vm, ipa: u64) {
+    // Whatever comes to be mapped here later is not what EL2 zeroed.
+    vm.known_zero.clear();
     let page = ipa & !(PAGE_SIZE - 1);
     let region = MemoryRegion::new(page as usize, (page + PAGE_SIZE) as usize);
     // Guest stage 2 maps 4 KiB pages only (`give_memory`), so this clears one
@@ -549,6 +627,8 @@ pub fn page_tables_needed(ipa: u64) -> u64 {
 /// IPA limit and the tables it needs ([`page_needs_table`]) are available.
 /// Invalid-to-valid: no TLB entry can exist for it, so a DSB publishes it.
 pub fn map_guest_page(vm: &mut Vm, ipa: u64, pa: u64) {
+    // The unmap before it cleared the list already; a remap never keeps it.
+    vm.known_zero.clear();
     let page = ipa & !(PAGE_SIZE - 1);
     let region = MemoryRegion::new(page as usize, (page + PAGE_SIZE) as usize);
     if let Err(e) = vm.stage2.map_range(&region, PhysicalAddress(pa as usize), guest_ram(), Constraints::NO_BLOCK_MAPPINGS) {
@@ -574,6 +654,7 @@ pub fn map_realm_page(vm: &mut Vm, ipa: u64, pa: u64, check: bool) -> Result<(),
     if check {
         return Ok(());
     }
+    vm.known_zero.clear();
     let region = MemoryRegion::new(page as usize, end as usize);
     if let Err(e) =
         vm.stage2.map_range(&region, PhysicalAddress(pa as usize), guest_ram(), Constraints::NO_BLOCK_MAPPINGS)
@@ -782,6 +863,9 @@ pub fn signature(vm: &Vm) -> Option<([u8; 32], [u8; 64])> {
 /// and MMIO guard the stream carries; it is then "measured" (no
 /// `VM_SET_SIGNATURE`, `VCPU_SET_REGS`; donations are zeroed first).
 pub fn set_imported(vm: &mut Vm, measurement: rampart_attest::Measurement, signature: Option<([u8; 32], [u8; 64])>) {
+    // Measured already: nothing is ever known zero (`write_page` writes
+    // the VM's pages), see [`KnownZero`].
+    vm.known_zero.clear();
     vm.measurement = Some(measurement);
     vm.signature = signature;
 }

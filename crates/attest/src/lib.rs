@@ -129,7 +129,7 @@ pub use keys::{
 pub use linux::{BUNDLE_VERSION_LINUX, LinuxBundle, LinuxError, Part, PartError, PartKind, PartSpec};
 pub use manifest::{MAX_MEMORY_SIZE, MAX_VCPUS, Manifest, ManifestError, measure_image};
 pub use measure::{
-    InitialState, MEASUREMENT_DOMAIN, MeasureError, Measurement, Measurer, PAGE_SIZE,
+    InitialState, KnownZero, MEASUREMENT_DOMAIN, MeasureError, Measurement, Measurer, PAGE_SIZE,
     RECORD_CONTENT, RECORD_ZERO, VmFlags, is_zero_page,
 };
 pub use rampart_abi::guest::GUEST_RAM_BASE;

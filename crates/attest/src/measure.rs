@@ -258,10 +258,11 @@ impl Measurer {
     }
 
     /// Adds `pages` pages from guest-physical `ipa` on that the caller
-    /// knows to be all zero without reading them: for a signer predicting
-    /// the measurement of memory it zero-fills (the same records as
-    /// [`page`](Self::page) with zero pages, in constant time). The
-    /// hypervisor never uses it: it reads every page it measures.
+    /// knows to be all zero without reading them (the same records as
+    /// [`page`](Self::page) with zero pages, in constant time): for a
+    /// signer predicting the measurement of memory it zero-fills, and for
+    /// the hypervisor's pages that it zeroed itself and nobody could write
+    /// since ([`KnownZero`]).
     ///
     /// # Errors
     ///
@@ -358,6 +359,135 @@ impl Measurer {
         self.close_zero_run();
         Measurement(self.hash.finish())
     }
+}
+
+/// Guest-physical ranges of a VM that the hypervisor zeroed itself and
+/// that nobody can have written since: measured with
+/// [`Measurer::zero_pages`] without being read (issue 16).
+///
+/// A small fixed list of disjoint page runs, in no particular order.
+/// It never allocates and never fails: a run that does not fit (the list is
+/// full) or that is malformed is simply not recorded, and then the pages
+/// are read, which gives the same measurement. The owner must
+/// [`clear`](Self::clear) it whenever anything at any recorded address may
+/// change (an unmap, a remap, a write by the hypervisor) and once the
+/// measurement is taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KnownZero<const N: usize> {
+    /// `(first address, pages)`; the first `count` are in use.
+    runs: [(u64, u64); N],
+    count: usize,
+}
+
+impl<const N: usize> KnownZero<N> {
+    /// An empty list: nothing known.
+    #[must_use]
+    pub const fn new() -> Self {
+        KnownZero {
+            runs: [(0, 0); N],
+            count: 0,
+        }
+    }
+
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.count = 0;
+    }
+
+    /// The recorded runs, as `(first address, pages)`, in no order.
+    #[must_use]
+    pub fn runs(&self) -> &[(u64, u64)] {
+        self.runs.get(..self.count).unwrap_or(&[])
+    }
+
+    /// Records that `pages` pages from guest-physical `ipa` hold zeros,
+    /// merged with the runs it touches at either end. Returns whether it
+    /// was recorded: not if `ipa` is unaligned, the run is empty or ends
+    /// past 2^64, or the list is full. A run that overlaps a recorded one
+    /// contradicts the owner's invariant (an address is recorded only while
+    /// the page zeroed for it stays mapped there): then the whole list is
+    /// dropped and nothing is recorded.
+    pub fn record(&mut self, ipa: u64, pages: u64) -> bool {
+        let Some(mut end) = end_of(ipa, pages) else {
+            return false;
+        };
+        let mut start = ipa;
+        if self.runs().iter().any(|&(s, n)| {
+            end_of(s, n).is_some_and(|e| s < end && start < e)
+        }) {
+            self.clear();
+            return false;
+        }
+        // Absorb every run adjacent to the new one (at most one on each
+        // side, since runs are disjoint).
+        let mut i = 0;
+        while i < self.count {
+            let (s, n) = self.runs[i];
+            match end_of(s, n) {
+                Some(e) if e == start || s == end => {
+                    start = start.min(s);
+                    end = end.max(e);
+                    self.count -= 1;
+                    self.runs[i] = self.runs[self.count];
+                }
+                _ => i += 1,
+            }
+        }
+        let Some(slot) = self.runs.get_mut(self.count) else {
+            // Full, and nothing merged (a merge frees a slot): the list
+            // stays as it was and these pages will be read.
+            return false;
+        };
+        *slot = (start, (end - start) / PAGE_SIZE as u64);
+        self.count += 1;
+        true
+    }
+
+    /// Splits the start of `pages` pages from guest-physical `ipa`:
+    /// `(true, n)` if its first `n` pages are all recorded as zero, or
+    /// `(false, n)` if its first `n` pages are all not recorded; `n` is
+    /// the longest such prefix, at least 1 when `pages` is (0 for an
+    /// empty or malformed range, which is never known).
+    #[must_use]
+    pub fn prefix(&self, ipa: u64, pages: u64) -> (bool, u64) {
+        if pages == 0 || !ipa.is_multiple_of(PAGE_SIZE as u64) {
+            return (false, 0);
+        }
+        let page = PAGE_SIZE as u64;
+        // Pages left in the address space from `ipa` (at least 1).
+        let room = (u64::MAX - ipa) / page + 1;
+        let pages = pages.min(room);
+        for &(s, n) in self.runs() {
+            if s <= ipa && (ipa - s) / page < n {
+                return (true, (n - (ipa - s) / page).min(pages));
+            }
+        }
+        let mut unknown = pages;
+        for &(s, _) in self.runs() {
+            if s > ipa {
+                unknown = unknown.min((s - ipa) / page);
+            }
+        }
+        (false, unknown)
+    }
+}
+
+impl<const N: usize> Default for KnownZero<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One past the last byte of `pages` pages from `ipa`, if `ipa` is aligned,
+/// `pages` is not zero and the run ends at or below 2^64 (the end is then
+/// `None` for a run reaching exactly 2^64, which is refused too).
+fn end_of(ipa: u64, pages: u64) -> Option<u64> {
+    if pages == 0 || !ipa.is_multiple_of(PAGE_SIZE as u64) {
+        return None;
+    }
+    pages
+        .checked_mul(PAGE_SIZE as u64)
+        .and_then(|len| ipa.checked_add(len))
 }
 
 #[cfg(test)]
@@ -465,6 +595,129 @@ mod tests {
                 <[u8; 32]>::from(v1.finalize()),
                 "byte {byte:#x}"
             );
+        }
+    }
+
+    #[test]
+    fn known_zero_merges_contiguous_calls_and_splits_runs() {
+        let mut k = KnownZero::<2>::new();
+        assert_eq!(k.prefix(0x8000_0000, 4), (false, 4));
+        // Contiguous calls (a VMM's 512-page chunks) make one run, on
+        // either side, and a call bridging two runs joins them.
+        assert!(k.record(0x8000_1000, 1));
+        assert!(k.record(0x8000_2000, 2));
+        assert!(k.record(0x8000_6000, 1));
+        assert!(k.record(0x8000_5000, 1));
+        assert_eq!(k.runs().len(), 2);
+        assert!(k.record(0x8000_4000, 1));
+        assert_eq!(k.runs(), &[(0x8000_1000, 6)]);
+        assert_eq!(k.prefix(0x8000_0000, 16), (false, 1));
+        assert_eq!(k.prefix(0x8000_1000, 16), (true, 6));
+        assert_eq!(k.prefix(0x8000_3000, 2), (true, 2));
+        assert_eq!(k.prefix(0x8000_7000, 16), (false, 16));
+        // Full: a run that merges with nothing is not recorded.
+        assert!(k.record(0x9000_0000, 1));
+        assert!(!k.record(0xa000_0000, 1));
+        assert_eq!(k.prefix(0xa000_0000, 1), (false, 1));
+        // Overlap breaks the owner's invariant: everything is dropped.
+        assert!(!k.record(0x8000_3000, 8));
+        assert!(k.runs().is_empty());
+        k.record(0x8000_0000, 1);
+        k.clear();
+        assert_eq!(k.prefix(0x8000_0000, 1), (false, 1));
+    }
+
+    #[test]
+    fn known_zero_refuses_malformed_runs() {
+        let mut k = KnownZero::<4>::new();
+        assert!(!k.record(0x8000_0800, 1));
+        assert!(!k.record(0x8000_0000, 0));
+        assert!(!k.record(!0xfffu64, 1));
+        assert!(!k.record(0x8000_0000, u64::MAX / 4096));
+        assert!(k.runs().is_empty());
+        assert_eq!(k.prefix(0x8000_0800, 1), (false, 0));
+        assert_eq!(k.prefix(0x8000_0000, 0), (false, 0));
+        // The top page of the address space: a prefix never runs past it.
+        assert_eq!(k.prefix(!0xfffu64, 4), (false, 1));
+    }
+
+    proptest! {
+        /// Against a model (a set of pages): every page [`KnownZero::prefix`]
+        /// calls known was recorded and is still recorded (never cleared
+        /// since), the prefixes tile the range, and measuring a mix of read
+        /// zero pages and known runs gives the same measurement as reading
+        /// every page.
+        #[test]
+        fn known_zero_matches_a_model(
+            ops in proptest::collection::vec((0u8..8, 0u64..30, 1u64..6), 1..40),
+            content in proptest::array::uniform32(any::<bool>()),
+        ) {
+            let base = 0x8000_0000u64;
+            let mut k = KnownZero::<3>::new();
+            let mut model = alloc::collections::BTreeSet::new();
+            for (op, at, n) in ops {
+                if op == 0 {
+                    k.clear();
+                    model.clear();
+                    continue;
+                }
+                // Only ranges disjoint from what is known, as the
+                // hypervisor records (it never maps over a mapping).
+                let pages: Vec<u64> = (at..at + n).collect();
+                if pages.iter().any(|p| model.contains(p)) {
+                    continue;
+                }
+                let recorded = k.record(base + at * 4096, n);
+                if recorded {
+                    model.extend(pages);
+                }
+                // Not recorded: the list keeps (a subset of) what it had.
+                let listed: alloc::collections::BTreeSet<u64> = k
+                    .runs()
+                    .iter()
+                    .flat_map(|&(s, n)| (0..n).map(move |i| (s - base) / 4096 + i))
+                    .collect();
+                prop_assert!(listed.is_subset(&model));
+                if recorded {
+                    prop_assert_eq!(&listed, &model);
+                }
+                model = listed;
+            }
+            // Tiling: prefixes cover [0, 32) exactly; known pages are the
+            // model's.
+            let mut page = 0u64;
+            while page < 32 {
+                let (known, n) = k.prefix(base + page * 4096, 32 - page);
+                prop_assert!(n >= 1 && page + n <= 32);
+                for p in page..page + n {
+                    prop_assert_eq!(known, model.contains(&p), "page {}", p);
+                }
+                page += n;
+            }
+            // Same measurement: known pages fed as runs, the rest read
+            // (zero or not per `content`, known pages zero by definition).
+            let zero = [0u8; PAGE_SIZE];
+            let full = [0x77u8; PAGE_SIZE];
+            let mut read = Measurer::new(&state());
+            let mut fast = Measurer::new(&state());
+            for p in 0..32u64 {
+                let bytes = if model.contains(&p) || !content[usize::try_from(p).unwrap()] { &zero } else { &full };
+                read.page(base + p * 4096, bytes).unwrap();
+            }
+            let mut page = 0u64;
+            while page < 32 {
+                let (known, n) = k.prefix(base + page * 4096, 32 - page);
+                if known {
+                    fast.zero_pages(base + page * 4096, n).unwrap();
+                } else {
+                    for p in page..page + n {
+                        let bytes = if content[usize::try_from(p).unwrap()] { &full } else { &zero };
+                        fast.page(base + p * 4096, bytes).unwrap();
+                    }
+                }
+                page += n;
+            }
+            prop_assert_eq!(read.finish(), fast.finish());
         }
     }
 

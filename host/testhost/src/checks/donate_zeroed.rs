@@ -10,7 +10,9 @@ use rampart_abi::host::{DONATE_ZEROED_MAX_PAGES, HostCall};
 
 use super::vm::{arena, expect_inaccessible, protected};
 use super::vmm::run::{self, FaultAction, Policy};
-use super::vmm::{PAGE, Vm, ZEROED_TAIL_GARBAGE, ZEROED_TAIL_PAGES, code};
+use super::vmm::{
+    PAGE, Vm, ZEROED_TAIL_GARBAGE, ZEROED_TAIL_PAGES, ZEROED_TAIL_SKIP, call, code,
+};
 use crate::arch;
 use crate::msg::Msg;
 use crate::platform::Platform;
@@ -19,6 +21,7 @@ use crate::{ensure, fail, msg, note};
 const INVALID: i64 = Error::InvalidParameter.code();
 const DENIED: i64 = Error::Denied.code();
 const RANGE: i64 = Error::Range.code();
+const BAD_SIGNATURE: i64 = Error::BadSignature.code();
 
 /// Pages at the end of the attacker's RAM given with `VM_DONATE_ZEROED`.
 const TAIL: u64 = 4;
@@ -151,6 +154,137 @@ pub fn vm_donate_zeroed(p: &Platform) -> Result<(), Msg> {
     result?;
     note!(
         "8 hostile VM_DONATE_ZEROED refused with nothing changed; the protected guest ran (its measurement has them zero) and read 0 from {TAIL} pages the host filled with {ZEROED_TAIL_GARBAGE:#x}.."
+    );
+    Ok(())
+}
+
+/// The first `VCPU_RUN` of vCPU 0 must be refused with `BAD_SIGNATURE`:
+/// the hypervisor measured something other than the signed zero pages.
+fn expect_bad_signature(vm: &Vm, what: &str) -> Result<(), Msg> {
+    let c = call(HostCall::VcpuRun, &[vm.handle, 0, 0])[0] as i64;
+    ensure!(
+        c == BAD_SIGNATURE,
+        "{what}: the first VCPU_RUN = {c}, expected BAD_SIGNATURE ({BAD_SIGNATURE}){}",
+        if c == 0 {
+            ": the VM ran, measured as if the page were zero"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+/// Creates the protected `attacker` VM with its last [`TAIL`] pages
+/// garbage-filled and the first `TAIL - skip` of them given with
+/// `VM_DONATE_ZEROED`; the last `skip` stay the host's.
+fn attacker_with_zeroed_tail(arena: &mut super::vmm::Arena, skip: u64) -> Result<Vm, Msg> {
+    let spec = protected("attacker")?;
+    ZEROED_TAIL_PAGES.store(TAIL, Ordering::Relaxed);
+    ZEROED_TAIL_SKIP.store(skip, Ordering::Relaxed);
+    let created = Vm::create(arena, spec);
+    ZEROED_TAIL_PAGES.store(0, Ordering::Relaxed);
+    ZEROED_TAIL_SKIP.store(0, Ordering::Relaxed);
+    created
+}
+
+/// `vm-known-zero-refused` (issue 16): the hypervisor measures pages it
+/// zeroed itself without reading them; only a `VM_DONATE_ZEROED` that
+/// succeeded may make it skip them. The attacker's last RAM page is left
+/// out of the zeroed tail; `VM_DONATE_ZEROED` calls naming its guest
+/// address are refused (a page the VM owns, a flag, a stale handle), then
+/// plain `VM_DONATE` puts a host page full of garbage there. The signed
+/// measurement has that page zero, so the first run must be refused with
+/// `BAD_SIGNATURE`: a refused call recorded nothing, and the page right
+/// after the zeroed run is not taken for a zeroed one.
+pub fn vm_known_zero_refused(p: &Platform) -> Result<(), Msg> {
+    let (mut arena, _) = arena(p)?;
+    let spec = protected("attacker")?;
+    let mut vm = attacker_with_zeroed_tail(&mut arena, 1)?;
+    let h = vm.handle;
+    let last_ipa = GUEST_RAM_BASE + spec.ram - PAGE;
+    let last_host = vm.ram.end - PAGE;
+    let owned = last_host - PAGE;
+    let steps = |vm: &mut Vm, arena: &mut super::vmm::Arena| -> Result<(), Msg> {
+        let hostile: [(&[u64], i64, &str); 3] = [
+            (&[h, owned, 1, last_ipa, 0], DENIED, "a page the VM owns"),
+            (&[h, last_host, 1, last_ipa, 1], INVALID, "flags bit 0 set"),
+            (&[h ^ (1 << 32), last_host, 1, last_ipa, 0], INVALID, "a stale handle"),
+        ];
+        for (args, want, what) in hostile {
+            let c = code(HostCall::VmDonateZeroed, args);
+            ensure!(c == want, "VM_DONATE_ZEROED at the last page with {what} = {c}, want {want}");
+        }
+        let c = vm.donate_patterned_page(arena, last_ipa, GARBAGE)?;
+        ensure!(c == 0, "VM_DONATE of a garbage page at the last page = {c}");
+        expect_bad_signature(vm, "garbage given with VM_DONATE after refused VM_DONATE_ZEROED")
+    };
+    let result = steps(&mut vm, &mut arena);
+    // The skipped page is still the host's, with garbage in it: zero it so
+    // `destroy` can check the VM's RAM range reads zero.
+    arch::ram_zero(last_host, last_host + PAGE);
+    result.and(vm.destroy())?;
+    note!(
+        "3 VM_DONATE_ZEROED refused at the last page, then garbage given there with VM_DONATE: first run BAD_SIGNATURE (measured, not assumed zero)"
+    );
+    Ok(())
+}
+
+/// `vm-known-zero-evicted` (issue 16): a page of the zeroed tail evicted
+/// before the first run (`VM_EVICT`) is no longer in the VM: the first run
+/// must be refused (`BAD_SIGNATURE`: the page is missing from the
+/// measurement, not assumed zero). Restored (`VM_RESTORE`, into a fresh
+/// host page full of garbage) the page is the zero page it was, read at
+/// the first run, and the VM runs and finds its memory zero.
+pub fn vm_known_zero_evicted(p: &Platform) -> Result<(), Msg> {
+    let (mut arena, _) = arena(p)?;
+    let spec = protected("attacker")?;
+    let vm = attacker_with_zeroed_tail(&mut arena, 0)?;
+    let h = vm.handle;
+    let ipa = GUEST_RAM_BASE + spec.ram - 2 * PAGE;
+    let sealed = arena.take(1)?;
+    let fresh = arena.take(1)?;
+    for offset in (0..PAGE).step_by(8) {
+        arch::ram_write(fresh + offset, GARBAGE ^ offset);
+    }
+    let mut vms = [vm];
+    let mut result = (|| -> Result<(u64, [u64; 2]), Msg> {
+        let r = call(HostCall::VmEvict, &[h, ipa, sealed]);
+        ensure!(r[0] == 0, "VM_EVICT of a zeroed page before the first run = {}", r[0] as i64);
+        expect_bad_signature(&vms[0], "a zeroed page evicted")?;
+        Ok((r[1], [r[2], r[3]]))
+    })()
+    .and_then(|(version, tag)| {
+        let c = code(HostCall::VmRestore, &[h, ipa, sealed, fresh, version, tag[0], tag[1]]);
+        ensure!(c == 0, "VM_RESTORE of the evicted zero page = {c}");
+        Ok(())
+    });
+    if result.is_ok() {
+        let mut policy = DeclineAll;
+        result = run::run(p, &mut vms, &[&[0]], &mut policy, 8_000).and_then(|r| {
+            if let Some(problem) = &r.problems[0] {
+                fail!("{problem} after the restore");
+            }
+            let t = &r.tallies[0];
+            if let Some(first) = &t.first_fail {
+                fail!("the guest reported {first}");
+            }
+            ensure!(
+                r.states[0] == run::state::SYSTEM_OFF && t.done.is_some() && t.passed > 0,
+                "the guest did not run to GUEST-DONE and SYSTEM_OFF (state {})",
+                r.states[0]
+            );
+            Ok(())
+        });
+    }
+    result = result.and(vms[0].destroy());
+    // The fresh page was the VM's: zeroed at VM_DESTROY.
+    if result.is_ok() && arch::ram_find_nonzero(fresh, fresh + PAGE).is_some() {
+        result = Err(msg!("the restored page {fresh:#x} is not zero after VM_DESTROY"));
+    }
+    arch::ram_zero(sealed, sealed + PAGE);
+    result?;
+    note!(
+        "zeroed page evicted before the first run: BAD_SIGNATURE; restored into a garbage-filled page: ran and read zero"
     );
     Ok(())
 }

@@ -264,6 +264,15 @@ pub const CHECKS: &[Check] = &[
         name: "vm-donate-zeroed",
         run: donate_zeroed::vm_donate_zeroed,
     },
+    // issue 16: pages EL2 zeroed are measured unread; only while true.
+    Check {
+        name: "vm-known-zero-refused",
+        run: donate_zeroed::vm_known_zero_refused,
+    },
+    Check {
+        name: "vm-known-zero-evicted",
+        run: donate_zeroed::vm_known_zero_evicted,
+    },
     Check {
         name: "vb-attest",
         run: vb::vb_attest,
