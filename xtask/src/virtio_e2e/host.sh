@@ -3,7 +3,8 @@
 # starts rampart-vmm: sets VIRTIO_ARGS, prepares the exchange disk and
 # starts the host ends of the vsock round trips; virtio_host_after runs
 # once the guest is gone. The vsock tool runs as `vsock-tool` (a link to
-# rampart-vmm) so that `pidof rampart-vmm` still finds only the VMM, and
+# rampart-vmm; the scripts name the VMM by the pid its shell recorded, since
+# busybox `pidof` also matches this link through /proc/PID/exe), and
 # detached, so that the caller's `wait` does not wait for it.
 vsock_sock=/run/guest.vsock
 # The boot alone takes minutes on two busy cores under TCG; then the I/O.
