@@ -283,21 +283,20 @@ impl Session {
         Ok(LazyMapping::new(&self.env.dev_mem, self.region_phys(), len, "the guest pool"))
     }
 
+    /// The table lock this session still holds from `open_for_vm`, or a
+    /// fresh one.
+    fn pending_or_lock(&self) -> anyhow::Result<Locked> {
+        self.take_pending().map_or_else(
+            || self.table.lock(self.platform.pool.base, self.platform.pool.size, self.platform.channels),
+            Ok,
+        )
+    }
+
     /// Records the VM handle in the table (so a later VMM can destroy it if
     /// this one is killed).
     pub fn set_vm(&self, vm: u64) {
         let r = self
-            .take_pending()
-            .map_or_else(
-                || {
-                    self.table.lock(
-                        self.platform.pool.base,
-                        self.platform.pool.size,
-                        self.platform.channels,
-                    )
-                },
-                Ok,
-            )
+            .pending_or_lock()
             .and_then(|mut l| {
                 l.table.set_vm(self.pid, vm);
                 l.commit()
@@ -385,17 +384,7 @@ impl Session {
         }
         self.released = true;
         let r = self
-            .take_pending()
-            .map_or_else(
-                || {
-                    self.table.lock(
-                        self.platform.pool.base,
-                        self.platform.pool.size,
-                        self.platform.channels,
-                    )
-                },
-                Ok,
-            )
+            .pending_or_lock()
             .and_then(|mut l| {
                 l.table.release(self.pid);
                 l.commit()
