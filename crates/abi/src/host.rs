@@ -13,7 +13,7 @@ use crate::smccc::{fast_call_id, owner};
 /// The major version of the host ABI. Bumped on incompatible change.
 pub const ABI_VERSION_MAJOR: u64 = 0;
 /// The minor version of the host ABI. Bumped when calls are added.
-pub const ABI_VERSION_MINOR: u64 = 9;
+pub const ABI_VERSION_MINOR: u64 = 10;
 
 /// First function number of Rampart's host calls.
 pub const HOST_FUNCTION_BASE: u16 = 0x8000;
@@ -63,6 +63,16 @@ pub enum HostCall {
     /// the host lost them and before the guest can map them, so the host
     /// need not write them and nothing it wrote there reaches the guest.
     VmDonateZeroed = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x22),
+    /// `RAMPART_HOST_VM_DECLARE_ZERO` (issue 16, new in 0.10): `x1` = VM
+    /// handle, `x2` = guest-physical address (page-aligned), `x3` = pages
+    /// (at least 1), `x4` = flags, all reserved (must be 0). Before a
+    /// protected VM's first run: the range is guest RAM the host gives
+    /// later (on the guest's first touch, `EXIT_MEMORY_FAULT`), and the
+    /// first run measures each of its pages that nothing maps then as a
+    /// page of zeros, as if the host had donated it zeroed. Every page a
+    /// protected VM gets after its first run is zeroed by the hypervisor,
+    /// so the guest reads zeros wherever it first touches such a page.
+    VmDeclareZero = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x23),
     /// `RAMPART_HOST_VCPU_SET_REGS`: `x1` = VM handle, `x2` = vCPU index,
     /// `x3` = entry PC, `x4` = initial `x0`. Before the vCPU's first run.
     VcpuSetRegs = fast_call_id(true, owner::VENDOR_HYPERVISOR, HOST_FUNCTION_BASE + 0x15),
@@ -154,7 +164,7 @@ pub enum HostCall {
 
 impl HostCall {
     /// Every host call, in ID order.
-    pub const ALL: [HostCall; 27] = [
+    pub const ALL: [HostCall; 28] = [
         HostCall::Version,
         HostCall::Features,
         HostCall::ShareHyp,
@@ -179,6 +189,7 @@ impl HostCall {
         HostCall::VmEvict,
         HostCall::VmRestore,
         HostCall::VmDonateZeroed,
+        HostCall::VmDeclareZero,
         HostCall::VcpuHostCallGet,
         HostCall::VcpuHostCallSet,
         HostCall::OracleCheck,
@@ -218,6 +229,7 @@ impl HostCall {
             HostCall::VmEvict => "RAMPART_HOST_VM_EVICT",
             HostCall::VmRestore => "RAMPART_HOST_VM_RESTORE",
             HostCall::VmDonateZeroed => "RAMPART_HOST_VM_DONATE_ZEROED",
+            HostCall::VmDeclareZero => "RAMPART_HOST_VM_DECLARE_ZERO",
             HostCall::VcpuHostCallGet => "RAMPART_HOST_VCPU_HOST_CALL_GET",
             HostCall::VcpuHostCallSet => "RAMPART_HOST_VCPU_HOST_CALL_SET",
             HostCall::OracleCheck => "RAMPART_HOST_ORACLE_CHECK",
@@ -361,6 +373,16 @@ pub enum HostRequest {
         pages: PageRange,
         /// Where the guest sees them (page-aligned).
         guest_address: u64,
+    },
+    /// See [`HostCall::VmDeclareZero`] (issue 16): guest RAM the first
+    /// run measures as zeros where nothing maps it.
+    VmDeclareZero {
+        /// The VM.
+        vm: VmHandle,
+        /// First guest-physical address (page-aligned).
+        guest_address: u64,
+        /// How many pages (at least 1; the range does not wrap).
+        pages: u64,
     },
     /// See [`HostCall::VmShare`].
     VmShare {
@@ -578,6 +600,17 @@ impl HostRequest {
                     .ok_or(crate::Error::InvalidParameter)?,
                 guest_address: guest_address()?,
             },
+            HostCall::VmDeclareZero => {
+                let (guest_address, pages) = (regs[2], regs[3]);
+                let fits = pages
+                    .checked_mul(PAGE_SIZE)
+                    .and_then(|bytes| guest_address.checked_add(bytes))
+                    .is_some();
+                if !guest_address.is_multiple_of(PAGE_SIZE) || pages == 0 || !fits || regs[4] != 0 {
+                    return Err(crate::Error::InvalidParameter);
+                }
+                HostRequest::VmDeclareZero { vm: VmHandle(regs[1]), guest_address, pages }
+            }
             HostCall::VmShare => HostRequest::VmShare {
                 vm: VmHandle(regs[1]),
                 pages: PageRange::new(regs[2], regs[3])?,

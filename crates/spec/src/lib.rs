@@ -1043,6 +1043,8 @@ impl<'a> Spec<'a> {
                 pages,
                 guest_address,
             } => self.give(vm, pages, guest_address, false),
+            // Not implemented by the hypervisor yet.
+            HostRequest::VmDeclareZero { .. } => Prediction::refuse(Outcomes::error(Error::NotSupported)),
             HostRequest::Version => Prediction::refuse(Outcomes::success()),
             HostRequest::Features(function) => {
                 // Every host call the ABI lists; ORACLE_CHECK too, since the
