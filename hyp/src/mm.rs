@@ -13,7 +13,7 @@ use aarch64_paging::paging::{
 };
 use aarch64_paging::{MapError, Mapping};
 use buddy_system_allocator::LockedHeap;
-use rampart_platform::{MemRange, PAGE_SIZE};
+use rampart_platform::{BLOCK_2M, MemRange, PAGE_SIZE};
 use spin::mutex::SpinMutex;
 
 #[global_allocator]
@@ -780,4 +780,92 @@ pub fn level3_entry<T: Translation<R::Attributes> + IdentityTables, R: Translati
 ) -> Option<Level3Entry<'_>> {
     let (entry, level) = slot(table, root_level, va, 3)?;
     (level == 3).then_some(Level3Entry { entry })
+}
+
+/// A whole level-3 table of a mapping: the 512 entries that map one 2 MiB
+/// block of VA, reached through table descriptors once (see
+/// [`level3_table`]). For a window whose table aarch64-paging never
+/// changes again (the EL2 fixmap): a batch of pages is mapped or unmapped
+/// with one store an entry instead of a walk, or a `map_range`, a page.
+/// Writing entries changes live translations: the caller issues the
+/// barriers and TLB invalidation each change needs.
+pub struct Level3Table<'a> {
+    entries: &'a [core::sync::atomic::AtomicU64; 512],
+}
+
+impl Level3Table<'_> {
+    /// Writes page entries for `count` pages from `pa` at entries
+    /// `first..first + count`, exactly the bits [`Level3Entry::set_page`]
+    /// writes (`pa | attributes | TABLE_OR_PAGE`). `false`, writing
+    /// nothing, if the entries run past the table.
+    pub fn set_pages<A: aarch64_paging::descriptor::PagingAttributes>(
+        &self,
+        first: usize,
+        pa: u64,
+        count: usize,
+        attributes: A,
+    ) -> bool {
+        let Some(entries) = first.checked_add(count).and_then(|end| self.entries.get(first..end)) else {
+            return false;
+        };
+        let bits = (attributes | A::TABLE_OR_PAGE).bits() as u64;
+        let mut address = pa & OUTPUT_ADDRESS;
+        for entry in entries {
+            // Relaxed: the caller's `DSB ISHST` (and `ISB`) orders these
+            // stores before any walk that uses them, as aarch64-paging's
+            // own stores rely on.
+            entry.store(address | bits, core::sync::atomic::Ordering::Relaxed);
+            address = address.wrapping_add(PAGE_SIZE) & OUTPUT_ADDRESS;
+        }
+        true
+    }
+
+    /// Writes invalid entries (all zero, as aarch64-paging unmaps) at
+    /// `first..first + count`. `false`, writing nothing, if they run past
+    /// the table.
+    pub fn clear(&self, first: usize, count: usize) -> bool {
+        let Some(entries) = first.checked_add(count).and_then(|end| self.entries.get(first..end)) else {
+            return false;
+        };
+        for entry in entries {
+            entry.store(0, core::sync::atomic::Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Whether every entry in `first..first + count` is invalid (`false`
+    /// also if they run past the table). The oracle build checks the
+    /// fixmap's invariant with it.
+    #[cfg(feature = "oracle")]
+    pub fn all_invalid(&self, first: usize, count: usize) -> bool {
+        first.checked_add(count).and_then(|end| self.entries.get(first..end)).is_some_and(|entries| {
+            entries.iter().all(|entry| entry.load(core::sync::atomic::Ordering::Relaxed) & 1 == 0)
+        })
+    }
+}
+
+/// The level-3 table that translates the 2 MiB block holding `va` in
+/// `table` (root at `root_level`), if `table` reaches one through valid
+/// table descriptors; `None` if the walk ends earlier (an invalid entry or
+/// a block). Borrowing the mapping mutably for the table's life means
+/// nothing else can change or free its tables meanwhile.
+pub fn level3_table<T: Translation<R::Attributes> + IdentityTables, R: TranslationRegime>(
+    table: &mut Mapping<T, R>,
+    root_level: usize,
+    va: u64,
+) -> Option<Level3Table<'_>> {
+    let block = va & !(BLOCK_2M - 1);
+    let (entry, level) = slot(table, root_level, block, 3)?;
+    if level != 3 {
+        return None;
+    }
+    // SAFETY: `entry` is entry 0 of a level-3 table (`block` is 2 MiB
+    // aligned, so its level-3 index is 0): a pool page of 512 descriptors,
+    // page-aligned and identity-mapped at EL2, which stays a table of this
+    // mapping while `table` is mutably borrowed (see `slot`). An array of
+    // 512 `AtomicU64` has the page's size and alignment requirements
+    // (8 bytes, met by a page), and aarch64-paging keeps descriptors as
+    // atomic words.
+    let entries = unsafe { &*(core::ptr::from_ref(entry).cast::<[core::sync::atomic::AtomicU64; 512]>()) };
+    Some(Level3Table { entries })
 }

@@ -560,6 +560,29 @@ pub fn tlbi_el2_va(va: u64) {
     unsafe { asm!("dsb ishst", "tlbi vae2is, {}", "dsb ish", "isb", in(reg) va >> 12, options(nostack, preserves_flags)) };
 }
 
+/// Invalidates the EL2 stage-1 last-level entries of `pages` pages from
+/// `va`, everywhere, after their level-3 descriptors were written invalid
+/// (the fixmap's unmap): `DSB ISHST` once so every walker sees the invalid
+/// descriptors before any invalidation, `TLBI VALE2IS` per page, then one
+/// `DSB ISH` (all invalidations complete on every CPU) and `ISB`. The
+/// sequence Linux's `flush_tlb_kernel_range` issues; the per-page barriers
+/// of [`tlbi_el2_va`] add nothing between invalidations of the same kind.
+/// Last level only (`VALE2IS`): only level-3 descriptors changed, no
+/// table was freed, so walk-cache entries for the tables stay correct.
+pub fn tlbi_el2_leaf_range(va: u64, pages: u64) {
+    // SAFETY: a barrier has no effect on memory contents.
+    unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
+    let mut page = va >> 12;
+    let end = page + pages;
+    while page < end {
+        // SAFETY: TLB maintenance only drops cached translations.
+        unsafe { asm!("tlbi vale2is, {}", in(reg) page, options(nostack, preserves_flags)) };
+        page += 1;
+    }
+    // SAFETY: barriers have no effect on memory contents.
+    unsafe { asm!("dsb ish", "isb", options(nostack, preserves_flags)) };
+}
+
 /// Runs `f` with `vttbr` in VTTBR_EL2 (so TLB maintenance by IPA or VMID
 /// targets that VMID), then restores the previous value.
 pub fn with_vttbr(vttbr: u64, f: impl FnOnce()) {
@@ -579,11 +602,18 @@ pub fn with_vttbr(vttbr: u64, f: impl FnOnce()) {
 
 /// Zeroes `len` bytes at `start` (both multiples of 4 KiB) and cleans and
 /// invalidates them to the point of coherency in one pass, `DC ZVA` then
-/// `DC CIVAC` of each line, then `DSB SY` (issue 16: one loop of 4
-/// instructions per line instead of a zeroing pass and a cleaning pass).
+/// `DC CIVAC` of each line, then `DSB SY` (issue 16: one loop instead of a
+/// zeroing pass and a cleaning pass). Eight lines an iteration: `DC` takes
+/// no offset, so each line still costs its two `DC` and one `ADD`, but
+/// the compare and branch are paid once per eight lines (26 instructions
+/// for 8 lines, 208 a 4 KiB page with 64-byte lines, against 5 a line,
+/// 320 a page, looping per line).
+///
 /// Only when `DC ZVA` is allowed and its block is the data-cache line
-/// (`DCZID_EL0`, `CTR_EL0.DminLine`); returns `false` without touching
-/// memory otherwise, and the caller zeroes and cleans in two passes.
+/// (`DCZID_EL0`, `CTR_EL0.DminLine`), so `DC CIVAC` at the block's address
+/// cleans exactly the bytes `DC ZVA` wrote; returns `false` without
+/// touching memory otherwise, and the caller zeroes and cleans in two
+/// passes.
 ///
 /// # Safety
 ///
@@ -595,6 +625,51 @@ pub unsafe fn zero_clean_pages(start: u64, len: u64) -> bool {
     let block = 4u64 << (dczid & 0xf);
     if dczid & (1 << 4) != 0 || block != cache::dcache_line() || block > 4096 || len == 0 {
         return false;
+    }
+    // Eight blocks an iteration when they tile a page (blocks up to 512
+    // bytes: every real line size), else one.
+    if (8 * block).is_power_of_two() && 8 * block <= 4096 {
+        // SAFETY: as below; `len` is a multiple of 4 KiB and so of the
+        // 8 * `block` bytes each iteration covers, so the last iteration
+        // ends exactly at `start + len`, and every `DC` lies inside the
+        // range.
+        unsafe {
+            asm!(
+                "1:",
+                "dc zva, {a}",
+                "dc civac, {a}",
+                "add {a}, {a}, {step}",
+                "dc zva, {a}",
+                "dc civac, {a}",
+                "add {a}, {a}, {step}",
+                "dc zva, {a}",
+                "dc civac, {a}",
+                "add {a}, {a}, {step}",
+                "dc zva, {a}",
+                "dc civac, {a}",
+                "add {a}, {a}, {step}",
+                "dc zva, {a}",
+                "dc civac, {a}",
+                "add {a}, {a}, {step}",
+                "dc zva, {a}",
+                "dc civac, {a}",
+                "add {a}, {a}, {step}",
+                "dc zva, {a}",
+                "dc civac, {a}",
+                "add {a}, {a}, {step}",
+                "dc zva, {a}",
+                "dc civac, {a}",
+                "add {a}, {a}, {step}",
+                "cmp {a}, {end}",
+                "b.lo 1b",
+                "dsb sy",
+                a = inout(reg) start => _,
+                step = in(reg) block,
+                end = in(reg) start + len,
+                options(nostack),
+            );
+        }
+        return true;
     }
     // SAFETY: the caller's range is mapped as normal memory at EL2 and
     // unaliased; each step zeroes one aligned block inside it and writes
