@@ -731,9 +731,13 @@ fn walked_output<T: Translation<R::Attributes>, R: TranslationRegime>(table: &Ma
     let page = va & !(PAGE_SIZE - 1);
     let region = MemoryRegion::new(page as usize, page.checked_add(PAGE_SIZE)? as usize);
     let mut out = None;
-    let _ = table.walk_range(&region, &mut |mr, desc, level| {
+    let _ = table.walk_range(&region, &mut |_, desc, level| {
         if desc.is_valid() && !(level < 3 && desc.is_table_or_page()) {
-            out = Some(desc.output_address().0 as u64 + (page - mr.start().0 as u64));
+            // The walk's region is the leaf clipped to the page walked:
+            // its start is the page, not the leaf's. The page's offset in
+            // a block is its offset in the leaf's aligned span.
+            let span = PAGE_SIZE << (9 * (3 - level.min(3)));
+            out = Some(desc.output_address().0 as u64 + (page & (span - 1)));
         }
         Ok(())
     });
