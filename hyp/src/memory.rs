@@ -808,7 +808,7 @@ impl HostMemory {
         });
 
         // Make.
-        let mut make = HostMake { stage2: &mut self.stage2.0, pending: None };
+        let mut make = HostMake { stage2: &mut self.stage2.0, level: stage2_level(), pending: None };
         match uniform {
             None => make.runs(&self.table, envelope),
             Some(state) => {
@@ -908,6 +908,17 @@ fn clear_level3(stage2: &mut mm::Table<Stage2>, level: usize, start: u64, end: u
     mm::level3_table(stage2, level, start).is_some_and(|table| table.clear(first, count))
 }
 
+/// Maps `[start, end)`, which lies inside one 2 MiB block, at the same
+/// address with `attributes` if `stage2` (root at `level`) translates that
+/// block through a level-3 table whose entries there are all invalid;
+/// `false`, writing nothing, otherwise.
+fn fill_level3(stage2: &mut mm::Table<Stage2>, level: usize, start: u64, end: u64, attributes: Stage2Attributes) -> bool {
+    let first = ((start % BLOCK_2M) / PAGE_SIZE) as usize;
+    let count = (end.saturating_sub(start) / PAGE_SIZE) as usize;
+    mm::level3_table(stage2, level, start)
+        .is_some_and(|table| table.all_invalid(first, count) && table.set_pages(first, start, count, attributes))
+}
+
 /// The make of [`HostMemory::rewrite_host_stage2`]: maps runs of host
 /// state given in ascending order, joining a run to the one before it
 /// when it continues it with the same state, so each maximal run is mapped
@@ -915,6 +926,8 @@ fn clear_level3(stage2: &mut mm::Table<Stage2>, level: usize, start: u64, end: u
 /// the whole envelope at once would).
 struct HostMake<'a> {
     stage2: &'a mut mm::Table<Stage2>,
+    /// The host stage 2's root level.
+    level: usize,
     /// A run (start, pages, state) seen but not mapped yet.
     pending: Option<(u64, u64, State)>,
 }
@@ -947,13 +960,35 @@ impl HostMake<'_> {
     }
 
     /// Maps the pending run with its state's attributes (nothing for a
-    /// state the host may not reach).
+    /// state the host may not reach). Where an end of the run is part of a
+    /// 2 MiB block translated through a level-3 table whose entries there
+    /// are all invalid (the break just cleared them), those entries are
+    /// written directly, one store a page: exactly the page descriptors
+    /// aarch64-paging writes for part of a block (it can map no block
+    /// there), invalid to valid, so no break-before-make is due; the
+    /// caller's `DSB ISHST` publishes them. The rest goes through
+    /// aarch64-paging in one call, which picks the largest blocks.
     fn finish(&mut self) {
         let Some((start, pages, state)) = self.pending.take() else { return };
         let Some(attributes) = host_attributes(state) else { return };
         let Some(run_range) = MemRange::from_base_size(start, pages * PAGE_SIZE) else { return };
-        if let Err(e) = mm::identity_map(self.stage2, run_range, attributes) {
-            fail_closed("stage-2 make", run_range, e);
+        let (mut start, mut end) = (run_range.start(), run_range.end());
+        if !start.is_multiple_of(BLOCK_2M) {
+            let stop = ((start & !(BLOCK_2M - 1)) + BLOCK_2M).min(end);
+            if fill_level3(self.stage2, self.level, start, stop, attributes) {
+                start = stop;
+            }
+        }
+        if start < end && !end.is_multiple_of(BLOCK_2M) {
+            let tail = (end & !(BLOCK_2M - 1)).max(start);
+            if fill_level3(self.stage2, self.level, tail, end, attributes) {
+                end = tail;
+            }
+        }
+        if let Some(rest) = MemRange::new(start, end).filter(|r| r.size() != 0)
+            && let Err(e) = mm::identity_map(self.stage2, rest, attributes)
+        {
+            fail_closed("stage-2 make", rest, e);
         }
     }
 }

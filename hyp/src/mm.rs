@@ -838,9 +838,8 @@ impl Level3Table<'_> {
     }
 
     /// Whether every entry in `first..first + count` is invalid (`false`
-    /// also if they run past the table). The oracle build checks the
-    /// fixmap's invariant with it.
-    #[cfg(feature = "oracle")]
+    /// also if they run past the table): before writing page entries
+    /// directly, which must not replace a valid entry without a break.
     pub fn all_invalid(&self, first: usize, count: usize) -> bool {
         first.checked_add(count).and_then(|end| self.entries.get(first..end)).is_some_and(|entries| {
             entries.iter().all(|entry| entry.load(core::sync::atomic::Ordering::Relaxed) & 1 == 0)
