@@ -856,7 +856,8 @@ impl HostMemory {
     }
 
     /// The span of the host stage-2 leaves that overlap `range`, joined with
-    /// `range`. Only the leaves holding its first and last page can reach
+    /// `range`: the break covers whole leaves, so it invalidates entries and
+    /// never turns a live block into a table. Only the leaves holding its first and last page can reach
     /// outside it (leaves are aligned, contiguous spans: one that overlaps
     /// `range` and holds neither end page lies inside it), so two lookups
     /// find it, not a walk of every entry in the range.
