@@ -206,7 +206,7 @@ pub fn vm_declare_zero_refused(p: &Platform) -> Result<(), Msg> {
     let ram_end = GUEST_RAM_BASE + spec.ram;
     let plain = Spec {
         protected: false,
-        seed: 0x5eed_d2c1,
+        seed: 0x5eed_d2c1_0000_0000,
         ..spec
     };
     let mut vm = Vm::create(&mut arena, plain)?;
