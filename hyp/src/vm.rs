@@ -975,6 +975,8 @@ pub fn set_imported(vm: &mut Vm, measurement: rampart_attest::Measurement, signa
     // Measured already: nothing is ever known zero (`write_page` writes
     // the VM's pages), see [`KnownZero`].
     vm.known_zero.clear();
+    // Nothing declared either: `declare_zero` refuses a measured VM.
+    vm.declared_zero.clear();
     vm.measurement = Some(measurement);
     vm.signature = signature;
 }
