@@ -206,8 +206,7 @@ fn run_call(regs: &mut [u64; 18]) {
         Ok(HostRequest::VmDonate { vm, pages, guest_address }) => crate::vm::give_memory(vm, pages, guest_address, false),
         Ok(HostRequest::VmShare { vm, pages, guest_address }) => crate::vm::give_memory(vm, pages, guest_address, true),
         Ok(HostRequest::VmDonateZeroed { vm, pages, guest_address }) => crate::vm::donate_zeroed(vm, pages, guest_address),
-        // Not implemented yet: refused, nothing changed.
-        Ok(HostRequest::VmDeclareZero { .. }) => Err(Error::NotSupported),
+        Ok(HostRequest::VmDeclareZero { vm, guest_address, pages }) => crate::vm::declare_zero(vm, guest_address, pages),
         Ok(HostRequest::VcpuSetRegs { vcpu, pc, x0 }) => crate::vcpu::set_regs(vcpu, pc, x0),
         Ok(HostRequest::VcpuRun { vcpu, mmio_read_value }) => match crate::vcpu::run(vcpu, mmio_read_value) {
             Ok(record) => {

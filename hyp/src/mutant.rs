@@ -30,15 +30,22 @@ pub enum Mutant {
     /// stack on purpose as it starts, to show the overflow is caught,
     /// reported once and ends in a power-off (`bad-hyp/stack-overflow`).
     StackOverflow = 5,
+    /// The first run measures a mapped page the host declared zero
+    /// (`VM_DECLARE_ZERO`) as zero without reading it, so content the host
+    /// donated there is laundered. Not one for the oracle: the test host's
+    /// `vm-declare-zero-laundered` check finds it (`BAD_SIGNATURE` expected,
+    /// the VM runs).
+    DeclaredHidesMapped = 6,
 }
 
 /// Each bug's name on the command line.
-const NAMES: [(&str, Mutant); 5] = [
+const NAMES: [(&str, Mutant); 6] = [
     ("reclaim-vm-meta", Mutant::ReclaimVmMeta),
     ("teardown-no-zero", Mutant::TeardownNoZero),
     ("donate-keeps-host-mapping", Mutant::DonateKeepsHostMapping),
     ("import-keeps-vm", Mutant::ImportKeepsVm),
     ("stack-overflow", Mutant::StackOverflow),
+    ("declared-hides-mapped", Mutant::DeclaredHidesMapped),
 ];
 
 /// The bug turned on (0: none). Written once at boot, before any other CPU

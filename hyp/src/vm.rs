@@ -52,6 +52,10 @@ pub struct Vm {
     /// Guest ranges EL2 zeroed itself before the first run and nobody can
     /// have written since: measured without being read ([`KnownZero`]).
     known_zero: KnownZero,
+    /// Guest ranges the host declared zero before the first run
+    /// (`VM_DECLARE_ZERO`): measured as zero pages where nothing maps
+    /// them then ([`DeclaredZero`]).
+    declared_zero: DeclaredZero,
 }
 
 /// Runs of known-zero guest pages a VM keeps before its first run.
@@ -85,6 +89,34 @@ const KNOWN_ZERO_RUNS: usize = 8;
 ///   starts with an empty one; a second VM has its own;
 /// - the first run clears it: after it the guest writes its pages.
 type KnownZero = rampart_attest::KnownZero<KNOWN_ZERO_RUNS>;
+
+/// Runs a protected VM may declare zero before its first run
+/// (`VM_DECLARE_ZERO`); overlapping and adjacent declarations merge.
+const DECLARED_ZERO_RUNS: usize = 8;
+
+/// The declared-zero list (issue 16, `VM_DECLARE_ZERO`). Its soundness
+/// argument: an unmapped declared page is measured as a page of zeros, so
+/// it must be one that can only ever reach the guest as zeros.
+/// - Only a protected VM that is not a realm and is not measured yet
+///   declares ([`declare_zero`]); an imported VM is measured at creation
+///   ([`set_imported`]); the first run's measurement drops the list.
+/// - A declared page that IS mapped at the first run is measured as always
+///   (read, or [`KnownZero`]): whatever the host put there is hashed.
+/// - A declared page that nothing maps at the first run can reach the
+///   guest later only through [`give`] (`VM_DONATE`, `VM_DONATE_ZEROED`),
+///   which zeroes every page of a measured VM first (`zero_first`), or
+///   through `VM_RESTORE`, which maps only content evicted from this VM at
+///   that address. `VM_SHARE` to a protected VM is refused. So an evicted
+///   page is the one unmapped page that holds content: [`declare_zero`]
+///   refuses a range holding one, and [`measure_first_run`] leaves out of
+///   the measurement every piece of a declared gap that holds a page
+///   evicted after the declaration (as if it had not been declared).
+/// - A realm's protected IPAs become RAM at the guest's request (RSI), with
+///   content the realm's own; realms are refused rather than reasoned
+///   about, and the CCA measurement has no such notion.
+/// - MMIO: a protected guest's accesses to unmapped IPAs reach the host
+///   as MMIO only at pages the guest itself guarded (after it ran).
+type DeclaredZero = rampart_attest::DeclaredZero<DECLARED_ZERO_RUNS>;
 
 /// The guest-physical MMIO pages a protected guest allows to exit to the
 /// host.
@@ -261,6 +293,7 @@ pub fn create_as(metadata: PageRange, config: VmConfig, realm: bool) -> Result<V
         measurement: None,
         realm: realm.then(crate::rsi::Realm::default),
         known_zero: KnownZero::new(),
+        declared_zero: DeclaredZero::new(),
     });
     Ok(handle)
 }
@@ -427,6 +460,35 @@ fn give(vm_handle: VmHandle, pages: PageRange, guest_address: u64, share: bool, 
     Ok(())
 }
 
+/// `VM_DECLARE_ZERO` (issue 16): `pages` pages from `guest_address` (the
+/// decoder checked alignment, a non-zero count and no wrap) are measured as
+/// zeros at the first run wherever nothing maps them then (see
+/// [`DeclaredZero`]). Maps nothing, allocates nothing; on an error nothing
+/// changed.
+pub fn declare_zero(vm_handle: VmHandle, guest_address: u64, pages: u64) -> Result<(), Error> {
+    let (slot, mut guard) = lock(vm_handle)?;
+    let vm = guard.as_mut().ok_or(Error::InvalidParameter)?;
+    if !vm.protected || vm.realm.is_some() || vm.measurement.is_some() {
+        return Err(Error::Denied);
+    }
+    let ipa_end = pages
+        .checked_mul(PAGE_SIZE)
+        .and_then(|bytes| guest_address.checked_add(bytes))
+        .ok_or(Error::InvalidParameter)?;
+    if ipa_end > ipa_limit() {
+        return Err(Error::Range);
+    }
+    // An evicted page holds content the host can restore after the first
+    // run: never measured as zero.
+    if crate::swap::any_evicted(slot, vm_handle, guest_address, ipa_end) {
+        return Err(Error::Denied);
+    }
+    vm.declared_zero.declare(guest_address, pages).map_err(|e| match e {
+        rampart_attest::DeclareError::Full => Error::NoMemory,
+        rampart_attest::DeclareError::Malformed => Error::InvalidParameter,
+    })
+}
+
 /// `VM_LIST`: the handle of the first live VM in a slot after `after`'s
 /// (or from the first slot for 0), or 0.
 pub fn list_after(after: u64) -> u64 {
@@ -471,7 +533,15 @@ pub fn measure_first_run(vm: &mut Vm, entry_pc: u64, x0: u64) -> Result<(), Erro
     // spaces at once, so each needs one temporary EL2 mapping, not one per
     // page.
     let mut pending: Option<(u64, u64, u64)> = None;
-    let known = vm.known_zero;
+    let known = measured_known_zero(vm);
+    let declared = vm.declared_zero;
+    let (slot, handle) = (usize::from(vm.vmid).saturating_sub(1), vm.handle);
+    // Declared pages between mapped runs are measured as zero pages, in
+    // IPA order, except a piece holding a page evicted since it was
+    // declared (see [`DeclaredZero`]): that piece is left out.
+    let mut keep = |start: u64, end: u64| !crate::swap::any_evicted(slot, handle, start, end);
+    // One past the last mapped page measured.
+    let mut measured_to = 0;
     let region = MemoryRegion::new(0, ipa_limit() as usize);
     let _ = vm.stage2.walk_range(&region, &mut |mr, desc, level| {
         if !desc.is_valid() || (level < 3 && desc.is_table_or_page()) {
@@ -488,7 +558,7 @@ pub fn measure_first_run(vm: &mut Vm, entry_pc: u64, x0: u64) -> Result<(), Erro
             return Ok(());
         }
         if let Some(run) = pending.replace((ipa, pa, size))
-            && let Err(e) = measure_run(&mut measurer, &known, run)
+            && let Err(e) = measure_mapped(&mut measurer, &known, &declared, &mut measured_to, run, &mut keep)
         {
             failed = Some(e);
             return Err(());
@@ -497,9 +567,14 @@ pub fn measure_first_run(vm: &mut Vm, entry_pc: u64, x0: u64) -> Result<(), Erro
     });
     if failed.is_none()
         && let Some(run) = pending
-        && let Err(e) = measure_run(&mut measurer, &known, run)
+        && let Err(e) = measure_mapped(&mut measurer, &known, &declared, &mut measured_to, run, &mut keep)
     {
         failed = Some(e);
+    }
+    if failed.is_none()
+        && declared.measure_between(&mut measurer, measured_to, ipa_limit(), &mut keep).is_err()
+    {
+        failed = Some(Error::InvalidParameter);
     }
     if let Some(e) = failed {
         return Err(e);
@@ -509,8 +584,42 @@ pub fn measure_first_run(vm: &mut Vm, entry_pc: u64, x0: u64) -> Result<(), Erro
         crate::security::check_signature(&measurement, vm.signature.as_ref())?;
     }
     vm.measurement = Some(measurement);
-    // The guest runs next and writes its pages.
+    // The guest runs next and writes its pages; every page it gets from
+    // now on is zeroed first (`give`'s `zero_first`).
     vm.known_zero.clear();
+    vm.declared_zero.clear();
+    Ok(())
+}
+
+/// The known-zero list the first run measures with: the VM's, or, with
+/// the planted bug `declared-hides-mapped` (test builds only), the
+/// declared ranges too, so that a mapped declared page is measured as zero
+/// without being read (the laundering `vm-declare-zero-laundered` catches).
+fn measured_known_zero(vm: &Vm) -> KnownZero {
+    let mut known = vm.known_zero;
+    if crate::mutant::active(crate::mutant::Mutant::DeclaredHidesMapped) {
+        for &(start, end) in vm.declared_zero.runs() {
+            let _ = known.record(start, (end - start) / PAGE_SIZE);
+        }
+    }
+    known
+}
+
+/// Measures the declared pages between the last mapped run and this one
+/// (`measured_to` up to `run`'s start), then the mapped run `run` itself
+/// ([`measure_run`]), and moves `measured_to` past it.
+fn measure_mapped(
+    measurer: &mut rampart_attest::Measurer,
+    known: &KnownZero,
+    declared: &DeclaredZero,
+    measured_to: &mut u64,
+    run: (u64, u64, u64),
+    keep: &mut dyn FnMut(u64, u64) -> bool,
+) -> Result<(), Error> {
+    let (ipa, _, size) = run;
+    declared.measure_between(measurer, *measured_to, ipa, keep).map_err(|_| Error::InvalidParameter)?;
+    measure_run(measurer, known, run)?;
+    *measured_to = ipa + size;
     Ok(())
 }
 
@@ -866,6 +975,8 @@ pub fn set_imported(vm: &mut Vm, measurement: rampart_attest::Measurement, signa
     // Measured already: nothing is ever known zero (`write_page` writes
     // the VM's pages), see [`KnownZero`].
     vm.known_zero.clear();
+    // Nothing declared either: `declare_zero` refuses a measured VM.
+    vm.declared_zero.clear();
     vm.measurement = Some(measurement);
     vm.signature = signature;
 }

@@ -181,6 +181,10 @@ pub fn run(args: &TestArgs) -> Result<()> {
         case(format!("swap/{mutant}"), &|| swap_mutant_case(mutant, expect));
     }
 
+    // Issue 16: VM_DECLARE_ZERO with a planted laundering bug; the test
+    // host's vm-declare-zero checks must fail (and no other check).
+    case("declare/mutant-declared-hides-mapped".into(), &declare_mutant_case);
+
     // A host reset with a protected VM alive leaves none of its secrets
     // for the next boot.
     case("testhost/reset-wipes".into(), &reset_case);
@@ -935,6 +939,32 @@ fn swap_mutant_case(mutant: &str, expect: &str) -> Result<String> {
     match failed.as_slice() {
         [only] if only.starts_with("FAIL swap-memtest: ") && only.contains(expect) => Ok(format!("caught: {only}")),
         _ => bail!(run.failure(&format!("expected only `FAIL swap-memtest: ...{expect}...`, got:\n  {}", failed.join("\n  ")))),
+    }
+}
+
+/// `declare/mutant-declared-hides-mapped` (issue 16): the test host under
+/// the planted bug that measures a mapped page declared zero as zero
+/// without reading it. `vm-declare-zero-laundered` must catch it (the VM
+/// ran with the signature made for zeros where the host donated garbage),
+/// and only `vm-declare-zero*` checks may fail (`vm-declare-zero` does
+/// too: its declared image pages are no longer read).
+fn declare_mutant_case() -> Result<String> {
+    let mut m = testhost_machine(2, "512M", "max")?;
+    set_mutant(&mut m, "mutant-declared-hides-mapped")?;
+    let run = m.run(TESTHOST_TIMEOUT, None, false)?;
+    if run.timed_out {
+        bail!(run.failure("timed out"));
+    }
+    let failed: Vec<&str> = run.console.lines().filter(|l| l.starts_with("FAIL")).collect();
+    let caught = failed
+        .iter()
+        .find(|l| l.starts_with("FAIL vm-declare-zero-laundered: garbage given at a declared address: the first VCPU_RUN = 0"));
+    match caught {
+        Some(line) if failed.iter().all(|l| l.starts_with("FAIL vm-declare-zero")) => Ok(format!("caught: {line}")),
+        _ => bail!(run.failure(&format!(
+            "expected `FAIL vm-declare-zero-laundered: garbage given at a declared address: the first VCPU_RUN = 0...` and no failure outside vm-declare-zero*, got:\n  {}",
+            failed.join("\n  ")
+        ))),
     }
 }
 

@@ -102,6 +102,7 @@ extern crate alloc;
 
 mod bundle;
 pub mod cca;
+mod declared;
 mod hex;
 mod keys;
 pub mod linux;
@@ -128,6 +129,7 @@ pub use keys::{
 };
 pub use linux::{BUNDLE_VERSION_LINUX, LinuxBundle, LinuxError, Part, PartError, PartKind, PartSpec};
 pub use manifest::{MAX_MEMORY_SIZE, MAX_VCPUS, Manifest, ManifestError, measure_image};
+pub use declared::{DeclareError, DeclaredZero};
 pub use measure::{
     InitialState, KnownZero, MEASUREMENT_DOMAIN, MeasureError, Measurement, Measurer, PAGE_SIZE,
     RECORD_CONTENT, RECORD_ZERO, VmFlags, is_zero_page,

@@ -1419,3 +1419,50 @@ fn a_measured_realm_takes_no_memory_below_the_shared_bit() {
     run(&mut s, HostCall::VmDonate, &[handle, page(201), 1, (1 << 39) | 0x8000_1000], 0, 0).unwrap();
     run(&mut s, HostCall::VmDonate, &[plain, page(202), 1, 0x8000_1000], 0, 0).unwrap();
 }
+
+/// issue 16: `VM_DECLARE_ZERO` is for a protected VM that is not a realm,
+/// before its first run; a range past the IPA space (40 bits here) is
+/// RANGE; a well-formed call may find the list full (NO_MEMORY) and
+/// changes nothing the specification follows.
+#[test]
+fn declare_zero_only_before_a_protected_vms_first_run() {
+    let mut s = spec();
+    let protected = create(&mut s, 100, true);
+    let plain = create(&mut s, 120, false);
+    let p = s.predict_host(&regs(HostCall::VmCreate, &[page(140), 11, (2 << 8) | VmConfig::REALM | 1]));
+    let realm = (u64::from(s.generations[2]) << 32) | (HANDLE_BASE + 2);
+    s.commit(&p, 0, realm).unwrap();
+    let allowed = |s: &Spec<'_>, args: &[u64]| s.predict_host(&regs(HostCall::VmDeclareZero, args)).allowed;
+    let denied = Outcomes::error(Error::Denied);
+    let ok = Outcomes::success().or_error(Error::NoMemory);
+    assert_eq!(allowed(&s, &[protected, 0x8000_0000, 16, 0]), ok);
+    // Malformed (decoding): flags, unaligned, 0 pages, wrapping.
+    for args in [
+        [protected, 0x8000_0000, 1, 1],
+        [protected, 0x8000_0800, 1, 0],
+        [protected, 0x8000_0000, 0, 0],
+        [protected, !0xfff, 2, 0],
+        [protected ^ (1 << 32), 0x8000_0000, 1, 0],
+    ] {
+        assert_eq!(allowed(&s, &args), Outcomes::error(Error::InvalidParameter), "{args:x?}");
+    }
+    // Past the IPA space: RANGE; ending exactly at it: allowed.
+    assert_eq!(allowed(&s, &[protected, (1 << 40) - PAGE, 2, 0]), Outcomes::error(Error::Range));
+    assert_eq!(allowed(&s, &[protected, (1 << 40) - PAGE, 1, 0]), ok);
+    assert_eq!(allowed(&s, &[plain, 0x8000_0000, 1, 0]), denied);
+    assert_eq!(allowed(&s, &[realm, 0x8000_0000, 1, 0]), denied);
+    // Both apply: either.
+    assert_eq!(allowed(&s, &[plain, 1 << 40, 1, 0]), denied.or_error(Error::Range));
+    // Success changes nothing; a success the specification refuses is a
+    // violation.
+    let before: Vec<Option<Page>> = snapshot(&s);
+    run(&mut s, HostCall::VmDeclareZero, &[protected, 0x8000_0000, 16, 0], 0, 0).unwrap();
+    assert_eq!(snapshot(&s), before);
+    assert!(run(&mut s, HostCall::VmDeclareZero, &[plain, 0x8000_0000, 1, 0], 0, 0).is_err());
+    // An evicted page may be in the range: DENIED allowed too.
+    s.vms[slot_of(protected)].as_mut().unwrap().swapped = true;
+    assert_eq!(allowed(&s, &[protected, 0x8000_0000, 1, 0]), ok.or_error(Error::Denied));
+    // Measured (first run, or imported): DENIED.
+    let h = measured_vm(&mut s, 160, 200, 4);
+    assert_eq!(allowed(&s, &[h, 0x9000_0000, 1, 0]), denied);
+}

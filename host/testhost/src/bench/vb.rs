@@ -169,6 +169,18 @@ pub fn run(scratch: &Scratch) -> Result<(), Msg> {
                 zeroed.donate.report(name("donate-zeroed-first-call").as_str());
                 zeroed.unsigned_run.report(name("unsigned-run").as_str());
                 zeroed.first_entry.report(name("first-entry").as_str());
+                // issue 16: the same VM with only the image's page given
+                // and the rest declared zero (VM_DECLARE_ZERO, nothing
+                // mapped there): the same measurement again.
+                let mut declared = SizeFigures::default();
+                for round in 0..SIZE_ROUNDS {
+                    declared_vm(&mut declared, metadata, memory, mib << 20, signature.as_ref())
+                        .map_err(|m| msg!("{tag} {mib} MiB declared zero, round {round}: {m}"))?;
+                }
+                let name = |what: &str| msg!("vb/{tag}-{mib}m-declared/{what}");
+                declared.donate.report(name("declare").as_str());
+                declared.unsigned_run.report(name("unsigned-run").as_str());
+                declared.first_entry.report(name("first-entry").as_str());
             }
         }
     }
@@ -298,6 +310,50 @@ fn zeroed_vm(
             }
             at += pages * PAGE;
         }
+        call(HostCall::VcpuSetRegs, &[handle, 0, GUEST_BASE, size])?;
+        let (d, r) = timed(HostCall::VcpuRun, &[handle, 0, 0]);
+        let not_signed = rampart_abi::Error::NotSigned.code();
+        ensure!(
+            r[0] as i64 == not_signed,
+            "the unsigned run returned {}, not NOT_SIGNED ({not_signed})",
+            r[0] as i64
+        );
+        f.unsigned_run.push(d);
+        set_signature(handle, signature)?;
+        let (d, r) = timed(HostCall::VcpuRun, &[handle, 0, 0]);
+        expect(&r, ExitReason::Wait as u64, 0, 0, "the first run (the read measurement's signature)")?;
+        f.first_entry.push(d);
+        Ok(())
+    })();
+    let (_, r) = timed(HostCall::VmDestroy, &[handle]);
+    result?;
+    ensure!(r[0] == 0, "VM_DESTROY returned {}", r[0] as i64);
+    Ok(())
+}
+
+/// issue 16: [`zeroed_vm`]'s VM, but the RAM past the image's page is not
+/// given at all: one `VM_DECLARE_ZERO` names it (`donate` is that call),
+/// and the first run measures it as zero pages without a stage-2 mapping.
+/// The unsigned run must be refused with `NOT_SIGNED`, then the size's
+/// signature must verify and the guest exit at its `wfi` (it touches only
+/// its image's page).
+fn declared_vm(
+    f: &mut SizeFigures,
+    metadata: u64,
+    memory: u64,
+    size: u64,
+    signature: Option<&([u8; 32], [u8; 64])>,
+) -> Result<(), Msg> {
+    let signature = signature.ok_or_else(|| msg!("no signature for a declared VM"))?;
+    arch::ram_zero(memory, memory + PAGE);
+    write_image(memory, &GUEST);
+    let handle = create(metadata, true)?;
+    let result = (|| -> Result<(), Msg> {
+        call(HostCall::VcpuCreate, &[handle, 0])?;
+        call(HostCall::VmDonate, &[handle, memory, 1, GUEST_BASE])?;
+        let (d, r) = timed(HostCall::VmDeclareZero, &[handle, GUEST_BASE + PAGE, size / PAGE - 1, 0]);
+        ensure!(r[0] == 0, "VM_DECLARE_ZERO of {} pages returned {}", size / PAGE - 1, r[0] as i64);
+        f.donate.push(d);
         call(HostCall::VcpuSetRegs, &[handle, 0, GUEST_BASE, size])?;
         let (d, r) = timed(HostCall::VcpuRun, &[handle, 0, 0]);
         let not_signed = rampart_abi::Error::NotSigned.code();

@@ -11,6 +11,7 @@ mod carveout;
 mod channel;
 mod concurrent;
 mod cpu;
+mod declare_zero;
 mod dma;
 mod donate_zeroed;
 mod lazy_state;
@@ -272,6 +273,19 @@ pub const CHECKS: &[Check] = &[
     Check {
         name: "vm-known-zero-evicted",
         run: donate_zeroed::vm_known_zero_evicted,
+    },
+    // issue 16: VM_DECLARE_ZERO, RAM measured as zeros before it is given.
+    Check {
+        name: "vm-declare-zero",
+        run: declare_zero::vm_declare_zero,
+    },
+    Check {
+        name: "vm-declare-zero-refused",
+        run: declare_zero::vm_declare_zero_refused,
+    },
+    Check {
+        name: "vm-declare-zero-laundered",
+        run: declare_zero::vm_declare_zero_laundered,
     },
     Check {
         name: "vb-attest",

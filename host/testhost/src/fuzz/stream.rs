@@ -822,8 +822,57 @@ impl Stream {
         Ok(())
     }
 
+    /// issue 16: `VM_DECLARE_ZERO` of a drawn range. It maps nothing and
+    /// changes no page the fuzzer follows; only a protected VM that has not
+    /// run may succeed (a measured one, a realm, a full list or an evicted
+    /// page refuse too). The signed fuzz guest is only given ranges of its
+    /// own RAM, all mapped, so its measurement and its run stay as signed.
+    fn vm_declare_zero(&mut self) -> Step {
+        let own = if self.rng.chance(5) {
+            None
+        } else {
+            self.pick_vm()
+        };
+        let vm = own.and_then(|slot| self.vms[slot]);
+        let handle = vm.map_or_else(|| self.bad_handle_value(), |vm| vm.handle);
+        let guest = vm.is_some_and(|vm| vm.guest);
+        let pages = 1 + self.rng.below(if guest { GUEST_RAM_PAGES as u64 / 4 } else { 64 });
+        let bad = self.rng.chance(6);
+        let (ipa, pages, flags) = if bad {
+            match self.rng.below(4) {
+                0 => (GUEST_RAM_BASE + 8, pages, 0),
+                1 => (GUEST_RAM_BASE, 0, 0),
+                2 => (!(PAGE - 1), pages.max(2), 0),
+                _ => (GUEST_RAM_BASE, pages, 1 << self.rng.below(64)),
+            }
+        } else if guest {
+            let first = self.rng.below(GUEST_RAM_PAGES as u64 - pages + 1);
+            (GUEST_RAM_BASE + first * PAGE, pages, 0)
+        } else {
+            match self.rng.below(3) {
+                0 => (GUEST_RAM_BASE + self.rng.below(GUEST_RAM_PAGES as u64 + 64) * PAGE, pages, 0),
+                1 => (self.rng.below(GUEST_RAM_BASE / PAGE) * PAGE, pages, 0),
+                _ => ((1 << 60) + self.rng.below(64) * PAGE, pages, 0),
+            }
+        };
+        let beyond = ipa >= 1 << 60;
+        let must_fail = vm.is_none_or(|vm| !vm.protected) || bad || beyond;
+        let r = self.call(HostCall::VmDeclareZero.id(), &[handle, ipa, pages, flags]);
+        if r[0] == 0 && must_fail {
+            return self.fail(format_args!(
+                "VM_DECLARE_ZERO({handle:#x}, {ipa:#x}, {pages}, {flags:#x}) succeeded: own VM {}, protected {}, arguments bad {bad}, beyond the IPA space {beyond}",
+                vm.is_some(),
+                vm.is_some_and(|vm| vm.protected)
+            ));
+        }
+        Ok(())
+    }
+
     /// `VM_DONATE` / `VM_SHARE` of window pages to a VM at a drawn IPA.
     fn vm_give(&mut self) -> Step {
+        if self.rng.chance(8) {
+            return self.vm_declare_zero();
+        }
         let share = self.rng.chance(3);
         // issue 16: a quarter of the donations ask the hypervisor to zero
         // the pages (`VM_DONATE_ZEROED`), one in eight of those with a
