@@ -672,9 +672,17 @@ fn cmd_run(
     };
     let loaded = vm::load_image(&loading, &plan, bundle.image);
     stats::launch_trace("image loaded");
-    let handle = vm::create_loaded(main, &region, &plan, &place, &bundle, &loaded, &mut |h| {
-        session.set_vm(h);
-    })
+    // Issue 16: guest RAM given on first touch, unless something needs
+    // all of it before the first run: `--swap` (its limit and evictions
+    // count every page), `--hold` (the hold shows guest memory donated).
+    let lazy = swap_limit.is_none() && !holding.before_run;
+    let record = |h| session.set_vm(h);
+    let (handle, on_demand) = if lazy {
+        vm::create_on_demand(main, &region, &plan, &place, &bundle, &loaded, &mut { record })
+    } else {
+        vm::create_loaded(main, &region, &plan, &place, &bundle, &loaded, &mut { record })
+            .map(|h| (h, None))
+    }
     .with_context(|| format!("setting up the VM for {shown}"))?;
     println!(
         "[{name}] rampart-vmm: VM {handle:#x} ({}, {vcpus} vCPU{}, {} KiB of RAM at {:#x}, {} metadata pages; ABI {major}.{minor}; channels {:?})",
@@ -689,6 +697,13 @@ fn cmd_run(
         plan.metadata_pages,
         session.entry.channel_list(),
     );
+    if let Some(d) = &on_demand {
+        println!(
+            "[{name}] rampart-vmm: guest RAM given on first touch: {} of {} pages before the first run",
+            d.given_pages(),
+            plan.memory_pages()
+        );
+    }
 
     let mut attacks_accepted = 0;
     if holding.attack_metadata {
@@ -761,6 +776,9 @@ fn cmd_run(
     }
     if let Some(s) = &swapper {
         run = run.with_swap(s, Some(&after_trim));
+    }
+    if let Some(d) = &on_demand {
+        run = run.with_on_demand(d);
     }
     if let Some(sig) = held_before {
         run.finish(Outcome::Interrupted(sig));
