@@ -493,10 +493,12 @@ impl OnDemand {
 }
 
 /// Before the first run of a VM whose RAM is given on demand: donates the
-/// pages the VMM wrote (`loaded`) and, for a protected VM, declares the
-/// rest zero (`VM_DECLARE_ZERO`, one call per missing range: the
-/// hypervisor's list of declared ranges is short) so that its measurement
-/// stays that of the image and zeros. Returns the record, or `None` if
+/// pages the VMM wrote (`loaded`) and, for a protected VM, declares all of
+/// guest RAM zero first (`VM_DECLARE_ZERO`, one call: the hypervisor
+/// measures declared pages that are mapped at the first run as they are,
+/// so the written pages need no gap, and its list of declared ranges is
+/// short), so that its measurement stays that of the image and zeros.
+/// Returns the record, or `None` if
 /// the hypervisor cannot take the declaration (`NOT_SUPPORTED`: before
 /// that call was built; `NO_MEMORY`: its list is full): then the caller
 /// donates all of guest RAM now, as before (ranges declared already do no
@@ -514,18 +516,16 @@ fn donate_written(
         given.mark(first, count);
     }
     if plan.config.protected {
-        for (first, count) in given.missing(0, pages) {
-            match checked(
-                hyp,
-                HostCall::VmDeclareZero.id(),
-                &[handle, GUEST_RAM_BASE + first * PAGE_SIZE, count, 0],
-            ) {
-                Ok(_) => {}
-                Err(e) if matches!(e.error(), Some(Error::NotSupported | Error::NoMemory)) => {
-                    return Ok(None);
-                }
-                Err(e) => return Err(e),
+        match checked(
+            hyp,
+            HostCall::VmDeclareZero.id(),
+            &[handle, GUEST_RAM_BASE, pages, 0],
+        ) {
+            Ok(_) => {}
+            Err(e) if matches!(e.error(), Some(Error::NotSupported | Error::NoMemory)) => {
+                return Ok(None);
             }
+            Err(e) => return Err(e),
         }
     }
     for d in donations(pages, loaded).iter().filter(|d| !d.zeroed) {
@@ -870,8 +870,9 @@ mod tests {
         assert_eq!(fake.calls_of(HostCall::VcpuSetRegs).len(), 1);
     }
 
-    /// Protected: the pages not donated are declared zero, in one call
-    /// (one missing range), before the first run.
+    /// Protected: all of guest RAM is declared zero, in one call, before
+    /// the first run (the image's pages are measured as they are: they
+    /// are mapped then).
     #[test]
     fn a_protected_vm_declares_the_rest_zero() {
         let (bytes, p, region) = loaded_bundle(1 << 20, true);
@@ -883,7 +884,7 @@ mod tests {
         assert_eq!(d.unwrap().given_pages(), 2);
         let declared = fake.calls_of(HostCall::VmDeclareZero);
         assert_eq!(declared.len(), 1);
-        assert_eq!(declared[0][1..5], [h, GUEST_RAM_BASE + 2 * PAGE_SIZE, 254, 0]);
+        assert_eq!(declared[0][1..5], [h, GUEST_RAM_BASE, 256, 0]);
         assert_eq!(donated_pages(&fake, place.ram(&p)), [(0, 2)]);
         assert_eq!(fake.calls_of(HostCall::VmSetSignature).len(), 1);
     }
