@@ -8,6 +8,11 @@
 //! and `VM_DONATE_ZEROED` of the rest of guest RAM at `GUEST_RAM_BASE`; `VCPU_SET_REGS` for vCPU 0 (PC = `GUEST_RAM_BASE +
 //! entry_offset`, `x0` = memory size); then `VM_SET_SIGNATURE` with the
 //! bundle's signer and signature.
+//!
+//! Or, given on first touch ([`create_on_demand`], issue 16): only the
+//! image pages before the first run, a protected VM's RAM declared zero
+//! (`VM_DECLARE_ZERO`) so it measures the same, and the rest in
+//! [`CHUNK_PAGES`] chunks at each `EXIT_MEMORY_FAULT` ([`OnDemand`]).
 
 use std::time::Duration;
 
