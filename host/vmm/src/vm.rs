@@ -989,8 +989,22 @@ mod tests {
         assert_eq!(region.read_u64(40 * 4096), 0xeeee_eeee_eeee_eeee, "the hypervisor zeroes");
     }
 
-    /// Two vCPU threads faulting in one chunk at once: one gives it, the
-    /// other gives nothing; neither fails.
+    /// The fake, with each `VM_DONATE_ZEROED` taking 2 ms: long enough
+    /// for a second thread to fault meanwhile.
+    struct SlowDonations<'a>(&'a Fake);
+
+    impl Hyp for SlowDonations<'_> {
+        fn call_raw(&self, regs: [u64; 18]) -> [u64; 18] {
+            if regs[0] == u64::from(HostCall::VmDonateZeroed.id()) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            self.0.call_raw(regs)
+        }
+    }
+
+    /// Two vCPU threads faulting in one chunk at once (released together
+    /// while the first one's donation is slow): one gives it, the other
+    /// gives nothing; neither fails.
     #[test]
     fn concurrent_faults_in_a_chunk_are_harmless() {
         let (bytes, p, region) = loaded_bundle(1 << 20, false);
@@ -1000,15 +1014,23 @@ mod tests {
         let place = Placement { region_phys: 0x7c00_0000 };
         let (h, d) = create_on_demand(&fake, &region, &p, &place, &b, &loaded, &mut |_| {}).unwrap();
         let d = d.unwrap();
-        for round in 0..50u64 {
+        let slow = SlowDonations(&fake);
+        for round in 0..14u64 {
             let chunk = 1 + round % 7;
             let ipa = GUEST_RAM_BASE + chunk * CHUNK_PAGES * PAGE_SIZE;
+            let start = std::sync::Barrier::new(2);
             let got: Vec<u64> = std::thread::scope(|s| {
                 let t: Vec<_> = (0..2u64)
                     .map(|k| {
                         let ram = GuestRam::from(&region);
-                        let (d, fake, p) = (&d, &fake, &p);
-                        s.spawn(move || d.serve(fake, h, p, &ram, ipa + k * PAGE_SIZE).unwrap().unwrap())
+                        let (d, slow, p, start) = (&d, &slow, &p, &start);
+                        s.spawn(move || {
+                            start.wait();
+                            if k == 1 {
+                                std::thread::sleep(Duration::from_micros(500));
+                            }
+                            d.serve(slow, h, p, &ram, ipa + k * PAGE_SIZE).unwrap().unwrap()
+                        })
                     })
                     .collect();
                 t.into_iter().map(|t| t.join().unwrap()).collect()
