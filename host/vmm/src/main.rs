@@ -126,6 +126,11 @@ enum Command {
         /// if any is not refused).
         #[arg(long)]
         attack_metadata: bool,
+        /// Donate all guest RAM before the first run instead of on the
+        /// guest's first touch (issue 16); a VM that `migrate-out` is to
+        /// move needs it (the stream carries only the pages the VM holds).
+        #[arg(long)]
+        all_ram_first: bool,
         /// virtio devices for a Linux guest (issue 11).
         #[command(flatten)]
         virtio: Box<virtio::VirtioArgs>,
@@ -328,6 +333,7 @@ fn quick_run(args: &[std::ffi::OsString]) -> Option<Cli> {
             hold: false,
             hold_at: None,
             attack_metadata: false,
+            all_ram_first: false,
             // clap's defaults: no devices but entropy (`--rng` defaults to
             // true); a bundle run refuses any other device option.
             virtio: Box::new(virtio::VirtioArgs {
@@ -431,6 +437,7 @@ fn main() -> ExitCode {
             hold,
             hold_at,
             attack_metadata,
+            all_ram_first,
             swap,
             virtio,
             ..
@@ -453,6 +460,7 @@ fn main() -> ExitCode {
                 before_run: hold,
                 at_line: hold_at,
                 attack_metadata,
+                all_ram_first,
             },
             &swap,
             &virtio,
@@ -572,6 +580,8 @@ struct Hold {
     at_line: Option<String>,
     /// `--attack-metadata` (see `hostile`).
     attack_metadata: bool,
+    /// `--all-ram-first`: no guest RAM on first touch (issue 16).
+    all_ram_first: bool,
 }
 
 /// Prints the holding line and waits for SIGUSR1; returns a termination
@@ -672,9 +682,19 @@ fn cmd_run(
     };
     let loaded = vm::load_image(&loading, &plan, bundle.image);
     stats::launch_trace("image loaded");
-    let handle = vm::create_loaded(main, &region, &plan, &place, &bundle, &loaded, &mut |h| {
-        session.set_vm(h);
-    })
+    // Issue 16: guest RAM given on first touch, unless something needs
+    // all of it before the first run: `--swap` (its limit and evictions
+    // count every page), `--hold` (the hold shows guest memory donated),
+    // `--all-ram-first` (a VM to migrate: the stream carries only the
+    // pages it holds).
+    let lazy = swap_limit.is_none() && !holding.before_run && !holding.all_ram_first;
+    let record = |h| session.set_vm(h);
+    let (handle, on_demand) = if lazy {
+        vm::create_on_demand(main, &region, &plan, &place, &bundle, &loaded, &mut { record })
+    } else {
+        vm::create_loaded(main, &region, &plan, &place, &bundle, &loaded, &mut { record })
+            .map(|h| (h, None))
+    }
     .with_context(|| format!("setting up the VM for {shown}"))?;
     println!(
         "[{name}] rampart-vmm: VM {handle:#x} ({}, {vcpus} vCPU{}, {} KiB of RAM at {:#x}, {} metadata pages; ABI {major}.{minor}; channels {:?})",
@@ -689,6 +709,13 @@ fn cmd_run(
         plan.metadata_pages,
         session.entry.channel_list(),
     );
+    if let Some(d) = &on_demand {
+        println!(
+            "[{name}] rampart-vmm: guest RAM given on first touch: {} of {} pages before the first run",
+            d.given_pages(),
+            plan.memory_pages()
+        );
+    }
 
     let mut attacks_accepted = 0;
     if holding.attack_metadata {
@@ -761,6 +788,9 @@ fn cmd_run(
     }
     if let Some(s) = &swapper {
         run = run.with_swap(s, Some(&after_trim));
+    }
+    if let Some(d) = &on_demand {
+        run = run.with_on_demand(d);
     }
     if let Some(sig) = held_before {
         run.finish(Outcome::Interrupted(sig));

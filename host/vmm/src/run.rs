@@ -101,6 +101,9 @@ pub struct Run<'a> {
     swap: Option<&'a crate::swap::Swap<'a>>,
     /// Called once after the first eviction (the hostile swap test).
     after_trim: Option<AfterTrim<'a>>,
+    /// Guest RAM given on first touch (issue 16): a memory fault in guest
+    /// RAM gives its chunk and runs the vCPU again.
+    on_demand: Option<&'a crate::vm::OnDemand>,
 }
 
 impl<'a> Run<'a> {
@@ -132,7 +135,17 @@ impl<'a> Run<'a> {
             held: AtomicBool::new(false),
             swap: None,
             after_trim: None,
+            on_demand: None,
         }
+    }
+
+    /// Gives guest RAM on first touch (issue 16): at a memory fault in
+    /// guest RAM, `on_demand` gives the pages around it and the vCPU runs
+    /// again; faults outside guest RAM are handled as before.
+    #[must_use]
+    pub fn with_on_demand(mut self, on_demand: &'a crate::vm::OnDemand) -> Self {
+        self.on_demand = Some(on_demand);
+        self
     }
 
     /// Sealed swap (`--swap`); `after_trim` runs once on vCPU 0's thread
@@ -505,6 +518,23 @@ impl<'a> Run<'a> {
                 }
                 Ok(ExitReason::MemoryFault) => {
                     let (ipa, write) = (r[2], r[3] & 1 != 0);
+                    if let Some(on_demand) = self.on_demand {
+                        match on_demand.serve(hyp, self.handle, self.plan, &self.region, ipa) {
+                            Ok(Some(pages)) => {
+                                self.counters.faults_served.fetch_add(1, Ordering::Relaxed);
+                                self.counters.pages_on_demand.fetch_add(pages, Ordering::Relaxed);
+                                continue;
+                            }
+                            // Outside guest RAM: as before.
+                            Ok(None) => {}
+                            Err(e) => {
+                                self.finish(Outcome::Error(format!(
+                                    "vCPU {vcpu}: giving guest RAM at {ipa:#x}: {e}"
+                                )));
+                                break;
+                            }
+                        }
+                    }
                     self.counters.memory_faults.fetch_add(1, Ordering::Relaxed);
                     let what = if write { "write" } else { "read" };
                     if self.options.stop_on_fault {
@@ -795,6 +825,82 @@ mod tests {
         let run = Run::new("t", 1, &p, &region, &counters, options, &no_signal);
         run_all(&run, &fake, 1);
         assert_eq!(run.outcome(), Some(Outcome::MemoryFault(0x1000)));
+    }
+
+    /// Issue 16: a memory fault in guest RAM gives its chunk and runs the
+    /// vCPU again (no abort, nothing declined); a second fault in that
+    /// chunk gives nothing; a fault outside guest RAM is declined as
+    /// before, or stops the VM with `--stop-on-fault`.
+    #[test]
+    fn faults_in_guest_ram_are_served_on_demand() {
+        let (p, region) = setup(1);
+        let on_demand = crate::vm::OnDemand::new(crate::vm::Given::new(p.memory_pages()), 0x7c00_0000);
+        let fault = |ipa: u64, write: u64| Step::Exit(ExitReason::MemoryFault, [ipa, write, 0]);
+        let script = vec![
+            fault(GUEST_RAM_BASE + 0x4000, 1),
+            fault(GUEST_RAM_BASE + 0xf000, 0),
+            fault(0x1_0000_0000, 0),
+            Step::Exit(ExitReason::SystemOff, [0; 3]),
+        ];
+        let fake = Fake::with_scripts(vec![script]);
+        let counters = Counters::default();
+        let run = Run::new("t", 7, &p, &region, &counters, Options::default(), &no_signal)
+            .with_on_demand(&on_demand);
+        run_all(&run, &fake, 1);
+        assert_eq!(run.outcome(), Some(Outcome::SystemOff));
+        let zeroed = fake.calls_of(HostCall::VmDonateZeroed);
+        assert_eq!(zeroed.len(), 1, "one chunk");
+        assert_eq!(zeroed[0][1..6], [7, 0x7c00_0000, 16, GUEST_RAM_BASE, 0]);
+        // The 64 KiB guest's RAM is 16 pages: the chunk is clipped.
+        assert_eq!(p.memory_pages(), 16);
+        assert_eq!(on_demand.given_pages(), 16);
+        assert_eq!(counters.faults_served.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.pages_on_demand.load(Ordering::Relaxed), 16);
+        assert_eq!(counters.memory_faults.load(Ordering::Relaxed), 1, "the one outside RAM");
+        assert_eq!(fake.calls_of(HostCall::VcpuRun).len(), 4, "run again after each fault, to the end");
+
+        // Outside guest RAM with --stop-on-fault: stopped, nothing given.
+        let fake = Fake::with_scripts(vec![vec![fault(GUEST_RAM_BASE + p.memory_size, 1)]]);
+        let options = Options { stop_on_fault: true, trace: false };
+        let run = Run::new("t", 7, &p, &region, &counters, options, &no_signal).with_on_demand(&on_demand);
+        run_all(&run, &fake, 1);
+        assert_eq!(run.outcome(), Some(Outcome::MemoryFault(GUEST_RAM_BASE + p.memory_size)));
+        assert!(fake.calls_of(HostCall::VmDonateZeroed).is_empty());
+    }
+
+    /// Two vCPUs faulting in one chunk: the VM runs on, the chunk is given
+    /// once; a refused donation stops the VM with the error.
+    #[test]
+    fn concurrent_faults_and_refusals() {
+        let (p, region) = setup(2);
+        let on_demand = crate::vm::OnDemand::new(crate::vm::Given::new(p.memory_pages()), 0x7c00_0000);
+        let fault = |ipa: u64| Step::Exit(ExitReason::MemoryFault, [ipa, 1, 0]);
+        let mut v0 = vec![fault(GUEST_RAM_BASE + 0x1000); 3];
+        v0.push(Step::AwaitVcpu(1));
+        v0.push(Step::Exit(ExitReason::SystemOff, [0; 3]));
+        let v1 = vec![fault(GUEST_RAM_BASE + 0x2000); 3];
+        let fake = Fake::with_scripts(vec![v0, v1]);
+        let counters = Counters::default();
+        let run = Run::new("t", 7, &p, &region, &counters, Options::default(), &no_signal)
+            .with_on_demand(&on_demand);
+        run_all(&run, &fake, 2);
+        assert_eq!(run.outcome(), Some(Outcome::SystemOff));
+        assert_eq!(fake.calls_of(HostCall::VmDonateZeroed).len(), 1);
+        assert_eq!(counters.faults_served.load(Ordering::Relaxed), 6);
+        assert_eq!(counters.pages_on_demand.load(Ordering::Relaxed), 16);
+
+        let on_demand = crate::vm::OnDemand::new(crate::vm::Given::new(p.memory_pages()), 0x7c00_0000);
+        let fake = Fake::with_scripts(vec![vec![fault(GUEST_RAM_BASE)]]);
+        fake.state.lock().unwrap().fail = Some((HostCall::VmDonateZeroed.id(), -18));
+        let run = Run::new("t", 7, &p, &region, &counters, Options::default(), &no_signal)
+            .with_on_demand(&on_demand);
+        run_all(&run, &fake, 1);
+        assert!(
+            matches!(run.outcome(), Some(Outcome::Error(e)) if e.contains("giving guest RAM at 0x") && e.contains("NO_MEMORY")),
+            "{:?}",
+            run.outcome()
+        );
+        assert_eq!(on_demand.given_pages(), 0);
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub struct Counters {
     pub unhandled_mmio: AtomicU64,
     /// Memory faults declined.
     pub memory_faults: AtomicU64,
+    /// Memory faults in guest RAM served by giving its chunk (issue 16).
+    pub faults_served: AtomicU64,
+    /// Pages those faults gave.
+    pub pages_on_demand: AtomicU64,
     /// `EXIT_INTERRUPT`s for the host's own timer deadline (`x2` = 1).
     pub host_timer_exits: AtomicU64,
     /// When the last vCPU thread stopped (`signals::monotonic_ns`).
@@ -73,6 +77,8 @@ impl Default for Counters {
             exits: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             unhandled_mmio: AtomicU64::new(0),
             memory_faults: AtomicU64::new(0),
+            faults_served: AtomicU64::new(0),
+            pages_on_demand: AtomicU64::new(0),
             host_timer_exits: AtomicU64::new(0),
             vcpus_stopped_ns: AtomicU64::new(0),
             shared_pages: AtomicU64::new(0),
@@ -234,6 +240,14 @@ pub fn render(h: &Header<'_>, c: &Counters, reclaimed: Option<u64>) -> String {
     put(
         "memory faults declined",
         c.memory_faults.load(Ordering::Relaxed).to_string(),
+    );
+    put(
+        "memory faults served",
+        format!(
+            "{} ({} pages of guest RAM given on first touch)",
+            c.faults_served.load(Ordering::Relaxed),
+            c.pages_on_demand.load(Ordering::Relaxed)
+        ),
     );
     for (k, v) in crate::virtio::stats_lines() {
         put(&k, v);
