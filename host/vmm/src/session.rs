@@ -8,7 +8,7 @@ use rampart_abi::Error;
 
 use crate::dt::{self, CHANNEL_SIZE, Platform};
 use crate::hyp::{Channel, Hyp};
-use crate::mem::{Fault, LazyMapping, Mapping};
+use crate::mem::{DevMem, Fault, LazyMapping, Mapping};
 use crate::pool::{Alive, Entry, Locked, TableFile, alive};
 use crate::signals;
 use crate::stats;
@@ -29,6 +29,8 @@ pub struct Env {
 pub struct Session {
     /// What the device tree says.
     pub platform: Platform,
+    /// The physical-memory device, open.
+    dev: DevMem,
     /// The control pages (every channel).
     pub control: Mapping,
     /// The channels' call pages (host ABI 0.6).
@@ -116,12 +118,10 @@ impl Session {
         stats::launch_trace("device tree read");
         let real_dev_mem = check_dev_mem(&env.dev_mem)?;
         let control_len = usize::try_from(u64::from(platform.channels) * CHANNEL_SIZE)?;
-        let control = Mapping::phys(
-            &env.dev_mem,
-            platform.control.base,
-            control_len,
-            "the control pages",
-        )?;
+        // Opened once for the control pages, the call pages and the image
+        // pages (issue 16).
+        let dev = DevMem::open(&env.dev_mem, "the control pages")?;
+        let control = dev.map(platform.control.base, control_len, "the control pages")?;
         signals::note_mapping(control.span(), signals::Region::Control);
         stats::launch_trace("control pages mapped");
         let table = TableFile::new(&env.state_dir);
@@ -151,8 +151,7 @@ impl Session {
         stats::launch_trace("control pages probed");
         let abi = check_version(&platform, &Channel::new(&control, scratch_index))?;
         let call_pages = if abi.1 >= rampart_abi::boot::control::CALL_PAGE_ABI_MINOR {
-            Some(Mapping::phys(
-                &env.dev_mem,
+            Some(dev.map(
                 platform.call_pages.base,
                 usize::try_from(platform.call_pages.size)?,
                 "the channels' call pages",
@@ -208,6 +207,7 @@ impl Session {
         };
         Ok(Session {
             platform,
+            dev,
             control,
             calls,
             entry,
@@ -251,8 +251,9 @@ impl Session {
     /// Explains `/dev/mem` refusals.
     pub fn map_region(&self) -> Result<Mapping> {
         let len = usize::try_from(self.entry.pages * CHANNEL_SIZE)?;
-        let m =
-            Mapping::guest_memory(&self.env.dev_mem, self.region_phys(), len, "the guest pool")?;
+        let m = self
+            .dev
+            .map_guest_memory(self.region_phys(), len, "the guest pool")?;
         signals::note_mapping(m.span(), signals::Region::Pool);
         Ok(m)
     }
@@ -267,7 +268,9 @@ impl Session {
     pub fn map_region_prefix(&self, len: usize) -> Result<Mapping> {
         let whole = usize::try_from(self.entry.pages * CHANNEL_SIZE)?;
         let len = len.next_multiple_of(4096).clamp(4096, whole.max(4096));
-        let m = Mapping::guest_memory(&self.env.dev_mem, self.region_phys(), len, "the guest pool")?;
+        let m = self
+            .dev
+            .map_guest_memory(self.region_phys(), len, "the guest pool")?;
         signals::note_mapping(m.span(), signals::Region::Pool);
         Ok(m)
     }
