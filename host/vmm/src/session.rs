@@ -105,15 +105,21 @@ impl Session {
         name: &str,
         defer: bool,
     ) -> Result<Session> {
-        let root = dt::root(&env.dt_roots)?;
         // The kernel's own tree is read once per boot (`dt::discover_cached`).
-        let kernel_tree = dt::DEFAULT_ROOTS
-            .iter()
-            .any(|r| root == std::path::Path::new(r));
+        let kernel_tree = !env.dt_roots.is_empty()
+            && env.dt_roots.iter().all(|r| {
+                dt::DEFAULT_ROOTS
+                    .iter()
+                    .any(|d| r == std::path::Path::new(d))
+            });
         let platform = if kernel_tree {
-            dt::discover_cached(&root, &env.state_dir, std::path::Path::new(dt::BOOT_ID))?
+            dt::discover_cached(
+                &env.dt_roots,
+                &env.state_dir,
+                std::path::Path::new(dt::BOOT_ID),
+            )?
         } else {
-            dt::discover(&root)?
+            dt::discover(&dt::root(&env.dt_roots)?)?
         };
         stats::launch_trace("device tree read");
         let real_dev_mem = check_dev_mem(&env.dev_mem)?;
