@@ -14,7 +14,7 @@
 //! - [`bench`]: `cargo xtask bench vmm` — exit rate and launch latency from
 //!   the VMM's statistics.
 //!
-//! The initramfs holds `/bin/rampart-vmm` (release, stripped) and
+//! The initramfs holds `/bin/rampart-vmm` (profile `vmm`, stripped) and
 //! `/guests/<name>.bundle`, the bundles `guests::guests()` signs with the
 //! development key (`keys/`).
 
@@ -53,7 +53,7 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(150);
 
 static VMM: OnceLock<PathBuf> = OnceLock::new();
 
-/// Builds `rampart-vmm` for [`VMM_TARGET`] in release mode and strips it
+/// Builds `rampart-vmm` for [`VMM_TARGET`] (profile `vmm`) and strips it
 /// into `build/linux/rampart-vmm` (once per xtask run).
 pub fn vmm_binary() -> Result<PathBuf> {
     if let Some(path) = VMM.get() {
@@ -64,16 +64,18 @@ pub fn vmm_binary() -> Result<PathBuf> {
 }
 
 /// Builds `package` (whose binary has the package's name) for
-/// [`VMM_TARGET`] in release mode, a static musl binary for the Linux
-/// host, and strips it into `build/linux/<package>` (`rampart-vmm`, and
-/// `rampart-peer` for `bench peer`).
+/// [`VMM_TARGET`] with the `vmm` profile (release with LTO: Cargo.toml),
+/// a static musl binary for the Linux host, and strips it into
+/// `build/linux/<package>` (`rampart-vmm`, and `rampart-peer` for `bench
+/// peer`).
 pub fn musl_binary(package: &str) -> Result<PathBuf> {
     let root = artifacts::root();
     let status = Command::new(env!("CARGO"))
         .current_dir(&root)
         .args([
             "build",
-            "--release",
+            "--profile",
+            "vmm",
             "--package",
             package,
             "--target",
@@ -87,7 +89,7 @@ pub fn musl_binary(package: &str) -> Result<PathBuf> {
     let elf = root
         .join("target")
         .join(VMM_TARGET)
-        .join("release")
+        .join("vmm")
         .join(package);
     let dir = artifacts::build_dir().join("linux");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

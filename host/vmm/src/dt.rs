@@ -242,19 +242,23 @@ fn parse_cache(text: &str, boot_id: &str) -> Option<Platform> {
     ok.then_some(Platform { control, channels, pool, call_pages })
 }
 
-/// [`discover`], through `<state dir>/platform` ([`cache_path`]) when the
-/// tree is the running kernel's own: the file is used if it was written in
-/// this boot (Rampart's device-tree nodes cannot change while the kernel it
-/// booted runs), and rewritten otherwise. The state directory is root's,
-/// like the pool allocation table there, which already decides which
-/// physical pages this VMM writes; the file is trusted no further than the
-/// table. A file that does not parse is ignored. Any other tree (a test
-/// copy, `--dt-root`) is read every time.
+/// [`discover`] of the first of `roots` that exists ([`root`]), through
+/// `<state dir>/platform` ([`cache_path`]) when the tree is the running
+/// kernel's own: the file is used if it was written in this boot
+/// (Rampart's device-tree nodes cannot change while the kernel it booted
+/// runs), and rewritten otherwise. The state directory is root's, like
+/// the pool allocation table there, which already decides which physical
+/// pages this VMM writes; the file is trusted no further than the table.
+/// A file that does not parse is ignored. Any other tree (a test copy,
+/// `--dt-root`) is read every time. The roots are looked for only when
+/// the file is not used (issue 16: the `statx` of `/proc/device-tree`, a
+/// symbolic link into sysfs, was a path walk through two pseudo-file
+/// systems on every launch).
 ///
 /// # Errors
 ///
-/// As [`discover`].
-pub fn discover_cached(root: &Path, state_dir: &Path, boot_id_path: &Path) -> Result<Platform> {
+/// As [`root`] and [`discover`].
+pub fn discover_cached(roots: &[PathBuf], state_dir: &Path, boot_id_path: &Path) -> Result<Platform> {
     let boot_id = read_small(boot_id_path).map(|s| s.trim().to_string()).filter(|s| !s.is_empty() && !s.contains(' '));
     let file = cache_path(state_dir);
     if let Some(id) = &boot_id
@@ -263,7 +267,7 @@ pub fn discover_cached(root: &Path, state_dir: &Path, boot_id_path: &Path) -> Re
     {
         return Ok(p);
     }
-    let platform = discover(root)?;
+    let platform = discover(&root(roots)?)?;
     if let Some(id) = &boot_id {
         // Written whole, then renamed: a concurrent launch reads the old
         // file, the new one or none, never half of one.
@@ -376,18 +380,21 @@ pub(crate) mod tests {
         let tree = s.0.join("tree");
         let state = s.0.join("state");
         let boot = s.0.join("boot_id");
+        let roots = [s.0.join("no-such-tree"), tree.clone()];
         write_tree(&tree, 2);
         let real = discover(&tree).unwrap();
         fs::write(&boot, "1111-aaaa\n").unwrap();
-        assert_eq!(discover_cached(&tree, &state, &boot).unwrap(), real);
+        assert_eq!(discover_cached(&roots, &state, &boot).unwrap(), real);
         let line = fs::read_to_string(cache_path(&state)).unwrap();
         assert!(line.starts_with("1111-aaaa 0x"), "{line}");
         // The tree is no longer read while the cache is valid.
         fs::remove_dir_all(&tree).unwrap();
-        assert_eq!(discover_cached(&tree, &state, &boot).unwrap(), real);
-        // Another boot: the tree is read again (here: gone, an error).
+        assert_eq!(discover_cached(&roots, &state, &boot).unwrap(), real);
+        // Another boot: the tree is read again (here: gone, an error
+        // that names the roots looked for).
         fs::write(&boot, "2222-bbbb\n").unwrap();
-        assert!(discover_cached(&tree, &state, &boot).is_err());
+        let e = discover_cached(&roots, &state, &boot).unwrap_err().to_string();
+        assert!(e.contains("no device tree at") && e.contains("no-such-tree"), "{e}");
         write_tree(&tree, 2);
         for bad in [
             line.replace("1111-aaaa", "2222-bbbb").replace(" 0x", " 0x1"),
@@ -396,13 +403,13 @@ pub(crate) mod tests {
             String::new(),
         ] {
             fs::write(cache_path(&state), &bad).unwrap();
-            assert_eq!(discover_cached(&tree, &state, &boot).unwrap(), real, "{bad:?}");
+            assert_eq!(discover_cached(&roots, &state, &boot).unwrap(), real, "{bad:?}");
             assert!(fs::read_to_string(cache_path(&state)).unwrap().starts_with("2222-bbbb 0x"));
         }
         assert_eq!(parse_cache(&cache_line("x", &real), "x"), Some(real));
         assert_eq!(parse_cache(&cache_line("x", &real), "y"), None);
         // No boot id: no cache, the tree every time.
-        assert_eq!(discover_cached(&tree, &state, &s.0.join("none")).unwrap(), real);
+        assert_eq!(discover_cached(&roots, &state, &s.0.join("none")).unwrap(), real);
     }
 
     impl Scratch {

@@ -660,8 +660,8 @@ fn cmd_run(
     let session = Session::open_for_vm(
         env,
         plan.total_pages() + extra_pages,
-        // One channel per vCPU thread; the main thread's calls come before
-        // the threads start and after they end, on the first channel.
+        // One channel per vCPU thread; vCPU 0 runs on the main thread,
+        // whose other calls come before and after, on the first channel.
         u32::try_from(vcpus)?,
         pool_offset,
         &name,
@@ -812,21 +812,9 @@ fn cmd_run(
         };
         stats::render(&header, &counters, reclaimed)
     };
-    std::thread::scope(|s| {
-        for v in 0..vcpus {
-            let channel = &channels[v % channels.len()];
-            let run = &run;
-            s.spawn(move || run.vcpu_loop(v, channel));
-        }
-        let mut last_write = Instant::now();
-        while run.finished_threads() < vcpus {
-            std::thread::sleep(Duration::from_millis(50));
-            if last_write.elapsed() >= Duration::from_secs(1) {
-                last_write = Instant::now();
-                let summary = run.tally.lock().map(|t| t.summary()).unwrap_or_default();
-                let _ = files.write_live(&report("running", &summary, None));
-            }
-        }
+    run.run_vcpus(vcpus, &channels, &|| {
+        let summary = run.tally.lock().map(|t| t.summary()).unwrap_or_default();
+        let _ = files.write_live(&report("running", &summary, None));
     });
     let outcome = run
         .outcome()

@@ -34,6 +34,119 @@ use std::io;
 
 use anyhow::{Result, bail};
 
+/// The physical-memory device (normally `/dev/mem`), open read-write with
+/// `O_SYNC`, for any number of [`Mapping`]s (issue 16: an `open` and a
+/// `close` a mapping were four system calls of a launch).
+pub struct DevMem {
+    fd: std::os::fd::OwnedFd,
+    path: String,
+}
+
+/// `phys` and `len` make a non-empty page-aligned range.
+fn check_range(phys: u64, len: usize, what: &str) -> Result<()> {
+    if !phys.is_multiple_of(page_size() as u64) || len == 0 {
+        bail!("{what}: {phys:#x} (+{len:#x}) is not a page-aligned range");
+    }
+    Ok(())
+}
+
+impl DevMem {
+    /// Opens `dev`; `what` names the first range it is opened for, in
+    /// errors.
+    ///
+    /// # Errors
+    ///
+    /// Explains permission refusals and a kernel without `/dev/mem`.
+    pub fn open(dev: &str, what: &str) -> Result<Self> {
+        use std::os::fd::FromRawFd;
+        let path = CString::new(dev)?;
+        // SAFETY: a plain open(2) of a NUL-terminated path.
+        let fd =
+            unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_SYNC | libc::O_CLOEXEC) };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            let hint = match e.raw_os_error() {
+                Some(libc::EACCES | libc::EPERM) => {
+                    "rampart-vmm must run as root (it needs CAP_SYS_RAWIO to open /dev/mem)"
+                }
+                Some(libc::ENOENT | libc::ENXIO | libc::ENODEV) => {
+                    "the host kernel has no /dev/mem (CONFIG_DEVMEM)"
+                }
+                _ => "",
+            };
+            bail!(
+                "opening {dev} for {what}: {e}{}{hint}",
+                if hint.is_empty() { "" } else { ": " }
+            );
+        }
+        Ok(DevMem {
+            // SAFETY: open(2) just returned this descriptor; nothing else
+            // owns it.
+            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
+            path: dev.to_string(),
+        })
+    }
+
+    /// Maps `len` bytes of physical memory at `phys`, read-write, shared.
+    /// `what` names the range in errors.
+    ///
+    /// # Errors
+    ///
+    /// Explains `STRICT_DEVMEM` refusals and ranges that do not fit.
+    pub fn map(&self, phys: u64, len: usize, what: &str) -> Result<Mapping> {
+        use std::os::fd::AsRawFd;
+        check_range(phys, len, what)?;
+        let dev = &self.path;
+        let Ok(offset) = libc::off_t::try_from(phys) else {
+            bail!("{what}: physical address {phys:#x} does not fit off_t");
+        };
+        // SAFETY: mapping a file we hold open; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                self.fd.as_raw_fd(),
+                offset,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            let e = io::Error::last_os_error();
+            let hint = match e.raw_os_error() {
+                Some(libc::EPERM | libc::EACCES) => {
+                    " (with STRICT_DEVMEM / IO_STRICT_DEVMEM the kernel lets /dev/mem reach only ranges that are neither System RAM nor claimed by a driver: the guest pool must be a `no-map` /reserved-memory node, and no driver may claim the control pages; running as root is also required)"
+                }
+                Some(libc::EINVAL) => {
+                    " (the range is not page-aligned, or beyond what /dev/mem can map)"
+                }
+                _ => "",
+            };
+            bail!(
+                "mmap of {dev} for {what} at {phys:#x}..{:#x} failed: {e}{hint}",
+                phys + len as u64
+            );
+        }
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len,
+            maintain: false,
+        })
+    }
+
+    /// Like [`DevMem::map`], for memory guests use
+    /// ([`Mapping::guest_memory`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`DevMem::map`].
+    pub fn map_guest_memory(&self, phys: u64, len: usize, what: &str) -> Result<Mapping> {
+        let mut m = self.map(phys, len, what)?;
+        m.maintain = true;
+        Ok(m)
+    }
+}
+
 /// A memory mapping, unmapped on drop.
 pub struct Mapping {
     ptr: *mut u64,
@@ -268,74 +381,15 @@ impl<'a> From<&'a LazyMapping> for GuestRam<'a> {
 impl Mapping {
     /// Maps `len` bytes of physical memory at `phys` through `dev` (normally
     /// `/dev/mem`), read-write, shared, with `O_SYNC`. `what` names the
-    /// range in errors.
+    /// range in errors. (A VMM making several mappings opens the device
+    /// once: [`DevMem`].)
     ///
     /// # Errors
     ///
     /// Explains permission and `STRICT_DEVMEM` refusals.
     pub fn phys(dev: &str, phys: u64, len: usize, what: &str) -> Result<Self> {
-        if !phys.is_multiple_of(page_size() as u64) || len == 0 {
-            bail!("{what}: {phys:#x} (+{len:#x}) is not a page-aligned range");
-        }
-        let path = CString::new(dev)?;
-        // SAFETY: a plain open(2) of a NUL-terminated path.
-        let fd =
-            unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_SYNC | libc::O_CLOEXEC) };
-        if fd < 0 {
-            let e = io::Error::last_os_error();
-            let hint = match e.raw_os_error() {
-                Some(libc::EACCES | libc::EPERM) => {
-                    "rampart-vmm must run as root (it needs CAP_SYS_RAWIO to open /dev/mem)"
-                }
-                Some(libc::ENOENT | libc::ENXIO | libc::ENODEV) => {
-                    "the host kernel has no /dev/mem (CONFIG_DEVMEM)"
-                }
-                _ => "",
-            };
-            bail!(
-                "opening {dev} for {what}: {e}{}{hint}",
-                if hint.is_empty() { "" } else { ": " }
-            );
-        }
-        let Ok(offset) = libc::off_t::try_from(phys) else {
-            // SAFETY: fd is ours.
-            unsafe { libc::close(fd) };
-            bail!("{what}: physical address {phys:#x} does not fit off_t");
-        };
-        // SAFETY: mapping a file we opened; the result is checked.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                offset,
-            )
-        };
-        let e = io::Error::last_os_error();
-        // SAFETY: fd is ours; the mapping (if any) keeps its own reference.
-        unsafe { libc::close(fd) };
-        if ptr == libc::MAP_FAILED {
-            let hint = match e.raw_os_error() {
-                Some(libc::EPERM | libc::EACCES) => {
-                    " (with STRICT_DEVMEM / IO_STRICT_DEVMEM the kernel lets /dev/mem reach only ranges that are neither System RAM nor claimed by a driver: the guest pool must be a `no-map` /reserved-memory node, and no driver may claim the control pages; running as root is also required)"
-                }
-                Some(libc::EINVAL) => {
-                    " (the range is not page-aligned, or beyond what /dev/mem can map)"
-                }
-                _ => "",
-            };
-            bail!(
-                "mmap of {dev} for {what} at {phys:#x}..{:#x} failed: {e}{hint}",
-                phys + len as u64
-            );
-        }
-        Ok(Mapping {
-            ptr: ptr.cast(),
-            len,
-            maintain: false,
-        })
+        check_range(phys, len, what)?;
+        DevMem::open(dev, what)?.map(phys, len, what)
     }
 
     /// Like [`Mapping::phys`], for memory guests use (the guest pool): every
@@ -884,5 +938,41 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("page-aligned"), "{e}");
+    }
+
+    #[test]
+    fn one_descriptor_serves_every_mapping() {
+        let s = crate::dt::tests::Scratch::new("devmem");
+        let path = s.0.join("mem");
+        std::fs::write(&path, vec![0u8; 3 * 4096]).unwrap();
+        let dev = DevMem::open(path.to_str().unwrap(), "the control pages").unwrap();
+        let control = dev.map(0, 4096, "the control pages").unwrap();
+        let pool = dev
+            .map_guest_memory(4096, 2 * 4096, "the guest pool")
+            .unwrap();
+        let again = dev.map(4096, 4096, "the guest pool").unwrap();
+        pool.write_u64(8, 0x1122_3344_5566_7788);
+        control.write_u64(0, 7);
+        assert_eq!(
+            again.read_u64(8),
+            0x1122_3344_5566_7788,
+            "the same file, shared"
+        );
+        assert_eq!(pool.read_u64(0), 0);
+        assert!(pool.maintain && !control.maintain);
+        // Range errors name the range; the descriptor stays usable.
+        let e = dev.map(0x123, 4096, "odd").err().unwrap().to_string();
+        assert!(e.contains("odd") && e.contains("page-aligned"), "{e}");
+        let e = dev.map(0, 0, "empty").err().unwrap().to_string();
+        assert!(e.contains("page-aligned"), "{e}");
+        assert_eq!(dev.map(8192, 4096, "last").unwrap().read_u64(0), 0);
+        let e = DevMem::open("/nonexistent/mem", "the control pages")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("the control pages") && e.contains("CONFIG_DEVMEM"),
+            "{e}"
+        );
     }
 }

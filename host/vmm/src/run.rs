@@ -1,5 +1,6 @@
-//! Running a VM: one thread per vCPU, each in a `VCPU_RUN` loop on its own
-//! channel, with the console and the test guests' share protocol emulated.
+//! Running a VM: one thread per vCPU (vCPU 0 on the main thread), each in
+//! a `VCPU_RUN` loop on its own channel, with the console and the test
+//! guests' share protocol emulated.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -368,9 +369,93 @@ impl<'a> Run<'a> {
         ))
     }
 
+    /// Runs `vcpus` vCPUs until the run ends: vCPU 0 on the calling
+    /// thread, each other one on a thread of its own, vCPU `v` on
+    /// `channels[v % channels.len()]`. `every_second` runs about once a
+    /// second on one more thread, started by vCPU 0 when the launch is
+    /// over ([`Run::launched`]), until every loop has ended.
+    ///
+    /// Issue 16: vCPU 0 used to run on a thread of its own while this
+    /// thread waited; creating that thread (its stack's `mmap` and guard
+    /// page, `clone`, the thread's signal stack, its first page faults)
+    /// was about 0.07 million instructions between "VM ready" and the
+    /// guest's first instruction.
+    pub fn run_vcpus<H: Hyp>(
+        &self,
+        vcpus: usize,
+        channels: &[H],
+        every_second: &(dyn Fn() + Sync),
+    ) {
+        if channels.is_empty() {
+            self.finish(Outcome::Error("no channel to run the vCPUs on".into()));
+            return;
+        }
+        let watcher = std::sync::OnceLock::new();
+        std::thread::scope(|s| {
+            let others: Vec<_> = (1..vcpus)
+                .map(|v| {
+                    let channel = &channels[v % channels.len()];
+                    s.spawn(move || self.vcpu_loop(v, channel))
+                })
+                .collect();
+            let start_watcher = || {
+                let spawned = std::thread::Builder::new()
+                    .name("stats".into())
+                    .spawn_scoped(s, || self.watch(vcpus, every_second));
+                match spawned {
+                    Ok(handle) => {
+                        let _ = watcher.set(handle.thread().clone());
+                    }
+                    Err(e) => {
+                        eprintln!("rampart-vmm: warning: no thread for the live statistics: {e}")
+                    }
+                }
+            };
+            self.vcpu_loop_then(0, &channels[0], Some(&start_watcher));
+            for other in others {
+                if other.join().is_err() {
+                    self.finish(Outcome::Error("a vCPU thread panicked".into()));
+                }
+            }
+            // Every loop has ended: the watcher need not sleep out its
+            // 50 ms.
+            if let Some(thread) = watcher.get() {
+                thread.unpark();
+            }
+        });
+    }
+
+    /// Whether the launch is over: the first run was accepted and the
+    /// guest's first console byte handled, or a second has passed since
+    /// its first exit (a guest that prints nothing).
+    fn launched(&self) -> bool {
+        let first_exit = self.counters.first_exit_us.load(Ordering::Acquire);
+        self.first_run_done.load(Ordering::Acquire)
+            && (self.counters.first_output_us.load(Ordering::Acquire) != 0
+                || crate::stats::since_start_us() >= first_exit.saturating_add(1_000_000))
+    }
+
+    /// The watcher thread of [`Run::run_vcpus`].
+    fn watch(&self, vcpus: usize, every_second: &(dyn Fn() + Sync)) {
+        let mut last = std::time::Instant::now();
+        while self.finished_threads() < vcpus {
+            std::thread::park_timeout(Duration::from_millis(50));
+            if last.elapsed() >= Duration::from_secs(1) {
+                last = std::time::Instant::now();
+                every_second();
+            }
+        }
+    }
+
     /// The `VCPU_RUN` loop of `vcpu` on `hyp` (its channel).
     pub fn vcpu_loop(&self, vcpu: usize, hyp: &dyn Hyp) {
-        self.vcpu_loop_inner(vcpu, hyp);
+        self.vcpu_loop_then(vcpu, hyp, None);
+    }
+
+    /// [`Run::vcpu_loop`], calling `after_launch` once, on this thread,
+    /// between two runs, when [`Run::launched`].
+    fn vcpu_loop_then(&self, vcpu: usize, hyp: &dyn Hyp, after_launch: Option<&dyn Fn()>) {
+        self.vcpu_loop_inner(vcpu, hyp, after_launch);
         self.counters
             .vcpus_stopped_ns
             .fetch_max(crate::signals::monotonic_ns(), Ordering::AcqRel);
@@ -382,14 +467,21 @@ impl<'a> Run<'a> {
         clippy::cast_possible_truncation,
         reason = "register values"
     )]
-    fn vcpu_loop_inner(&self, vcpu: usize, hyp: &dyn Hyp) {
+    fn vcpu_loop_inner(&self, vcpu: usize, hyp: &dyn Hyp, after_launch: Option<&dyn Fn()>) {
         let mut console = LineBuffer::default();
         let mut read_value = 0u64;
         let mut waits = 0u32;
         let mut off_sleep = Duration::from_micros(100);
         let mut busy = 0u32;
         let mut unhandled = 0u32;
+        let mut after_launch = after_launch;
         loop {
+            if after_launch.is_some()
+                && self.launched()
+                && let Some(after) = after_launch.take()
+            {
+                after();
+            }
             if self.stopping() {
                 break;
             }
@@ -621,12 +713,125 @@ mod tests {
         (p, region)
     }
 
+    /// As `run` does: vCPU 0 on this thread, the others on their own.
     fn run_all(run: &Run<'_>, fake: &Fake, vcpus: usize) {
-        std::thread::scope(|s| {
-            for v in 0..vcpus {
-                s.spawn(move || run.vcpu_loop(v, fake));
+        run.run_vcpus(vcpus, std::slice::from_ref(fake), &|| {});
+    }
+
+    /// A [`Fake`] that notes which threads made vCPU 0's `VCPU_RUN`s and
+    /// what was counted when the launch hook ran.
+    struct Threads<'a> {
+        fake: &'a Fake,
+        vcpu0: Mutex<Vec<std::thread::ThreadId>>,
+        others: Mutex<Vec<std::thread::ThreadId>>,
+    }
+
+    impl Hyp for Threads<'_> {
+        fn call_raw(&self, regs: [u64; 18]) -> [u64; 18] {
+            if regs[0] == u64::from(HostCall::VcpuRun.id()) {
+                let list = if regs[2] == 0 {
+                    &self.vcpu0
+                } else {
+                    &self.others
+                };
+                list.lock().unwrap().push(std::thread::current().id());
             }
-        });
+            self.fake.call_raw(regs)
+        }
+    }
+
+    #[test]
+    fn vcpu_0_runs_on_the_calling_thread_and_the_others_on_their_own() {
+        let (p, region) = setup(3);
+        let mut v0 = print("hello\n");
+        v0.push(Step::AwaitVcpu(1));
+        v0.push(Step::AwaitVcpu(2));
+        v0.push(Step::Exit(ExitReason::SystemOff, [0; 3]));
+        let fake = Fake::with_scripts(vec![v0, print("one\n"), print("two\n")]);
+        let hyp = Threads {
+            fake: &fake,
+            vcpu0: Mutex::new(Vec::new()),
+            others: Mutex::new(Vec::new()),
+        };
+        let counters = Counters::default();
+        let run = Run::new(
+            "t",
+            1,
+            &p,
+            &region,
+            &counters,
+            Options::default(),
+            &no_signal,
+        );
+        run.run_vcpus(3, std::slice::from_ref(&hyp), &|| {});
+        assert_eq!(run.outcome(), Some(Outcome::SystemOff));
+        assert_eq!(run.finished_threads(), 3);
+        assert_eq!(run.tally.lock().unwrap().lines, 3);
+        let me = std::thread::current().id();
+        let vcpu0 = hyp.vcpu0.lock().unwrap();
+        assert!(!vcpu0.is_empty() && vcpu0.iter().all(|&t| t == me));
+        let others = hyp.others.lock().unwrap();
+        assert!(others.len() >= 8, "every byte of the secondaries' lines");
+        assert!(others.iter().all(|&t| t != me));
+    }
+
+    #[test]
+    fn the_launch_hook_runs_once_after_the_first_console_byte() {
+        let (p, region) = setup(1);
+        let mut script = vec![Step::Exit(ExitReason::Interrupt, [0; 3])];
+        script.extend(print("xy\n"));
+        script.push(Step::Exit(ExitReason::SystemOff, [0; 3]));
+        let fake = Fake::with_scripts(vec![script]);
+        let counters = Counters::default();
+        let run = Run::new(
+            "t",
+            1,
+            &p,
+            &region,
+            &counters,
+            Options::default(),
+            &no_signal,
+        );
+        let seen = Mutex::new(Vec::new());
+        let hook = || {
+            let exits = [ExitReason::Interrupt, ExitReason::Mmio]
+                .map(|r| counters.exits(0, r as usize))
+                .iter()
+                .sum::<u64>();
+            let output = counters.first_output_us.load(Ordering::Acquire);
+            seen.lock().unwrap().push((exits, output));
+        };
+        run.vcpu_loop_then(0, &fake, Some(&hook));
+        assert_eq!(run.outcome(), Some(Outcome::SystemOff));
+        let seen = seen.lock().unwrap();
+        // Called once, right after the first byte's exit (the interrupt
+        // before it did not end the launch), never before the first run.
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0].0, 2, "{seen:?}");
+        assert!(seen[0].1 > 0, "{seen:?}");
+
+        // A first run refused: the launch never ends, no hook.
+        let fake = Fake::with_scripts(vec![vec![Step::Error(-22)]]);
+        let counters = Counters::default();
+        let run = Run::new(
+            "t",
+            1,
+            &p,
+            &region,
+            &counters,
+            Options::default(),
+            &no_signal,
+        );
+        let calls = AtomicUsize::new(0);
+        run.vcpu_loop_then(
+            0,
+            &fake,
+            Some(&|| {
+                calls.fetch_add(1, Ordering::Relaxed);
+            }),
+        );
+        assert_eq!(run.outcome(), Some(Outcome::Refused(-22)));
+        assert_eq!(calls.load(Ordering::Relaxed), 0);
     }
 
     #[test]

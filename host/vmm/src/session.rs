@@ -8,7 +8,7 @@ use rampart_abi::Error;
 
 use crate::dt::{self, CHANNEL_SIZE, Platform};
 use crate::hyp::{Channel, Hyp};
-use crate::mem::{Fault, LazyMapping, Mapping};
+use crate::mem::{DevMem, Fault, LazyMapping, Mapping};
 use crate::pool::{Alive, Entry, Locked, TableFile, alive};
 use crate::signals;
 use crate::stats;
@@ -29,6 +29,8 @@ pub struct Env {
 pub struct Session {
     /// What the device tree says.
     pub platform: Platform,
+    /// The physical-memory device, open.
+    dev: DevMem,
     /// The control pages (every channel).
     pub control: Mapping,
     /// The channels' call pages (host ABI 0.6).
@@ -103,25 +105,29 @@ impl Session {
         name: &str,
         defer: bool,
     ) -> Result<Session> {
-        let root = dt::root(&env.dt_roots)?;
         // The kernel's own tree is read once per boot (`dt::discover_cached`).
-        let kernel_tree = dt::DEFAULT_ROOTS
-            .iter()
-            .any(|r| root == std::path::Path::new(r));
+        let kernel_tree = !env.dt_roots.is_empty()
+            && env.dt_roots.iter().all(|r| {
+                dt::DEFAULT_ROOTS
+                    .iter()
+                    .any(|d| r == std::path::Path::new(d))
+            });
         let platform = if kernel_tree {
-            dt::discover_cached(&root, &env.state_dir, std::path::Path::new(dt::BOOT_ID))?
+            dt::discover_cached(
+                &env.dt_roots,
+                &env.state_dir,
+                std::path::Path::new(dt::BOOT_ID),
+            )?
         } else {
-            dt::discover(&root)?
+            dt::discover(&dt::root(&env.dt_roots)?)?
         };
         stats::launch_trace("device tree read");
         let real_dev_mem = check_dev_mem(&env.dev_mem)?;
         let control_len = usize::try_from(u64::from(platform.channels) * CHANNEL_SIZE)?;
-        let control = Mapping::phys(
-            &env.dev_mem,
-            platform.control.base,
-            control_len,
-            "the control pages",
-        )?;
+        // Opened once for the control pages, the call pages and the image
+        // pages (issue 16).
+        let dev = DevMem::open(&env.dev_mem, "the control pages")?;
+        let control = dev.map(platform.control.base, control_len, "the control pages")?;
         signals::note_mapping(control.span(), signals::Region::Control);
         stats::launch_trace("control pages mapped");
         let table = TableFile::new(&env.state_dir);
@@ -151,8 +157,7 @@ impl Session {
         stats::launch_trace("control pages probed");
         let abi = check_version(&platform, &Channel::new(&control, scratch_index))?;
         let call_pages = if abi.1 >= rampart_abi::boot::control::CALL_PAGE_ABI_MINOR {
-            Some(Mapping::phys(
-                &env.dev_mem,
+            Some(dev.map(
                 platform.call_pages.base,
                 usize::try_from(platform.call_pages.size)?,
                 "the channels' call pages",
@@ -208,6 +213,7 @@ impl Session {
         };
         Ok(Session {
             platform,
+            dev,
             control,
             calls,
             entry,
@@ -251,8 +257,9 @@ impl Session {
     /// Explains `/dev/mem` refusals.
     pub fn map_region(&self) -> Result<Mapping> {
         let len = usize::try_from(self.entry.pages * CHANNEL_SIZE)?;
-        let m =
-            Mapping::guest_memory(&self.env.dev_mem, self.region_phys(), len, "the guest pool")?;
+        let m = self
+            .dev
+            .map_guest_memory(self.region_phys(), len, "the guest pool")?;
         signals::note_mapping(m.span(), signals::Region::Pool);
         Ok(m)
     }
@@ -267,7 +274,9 @@ impl Session {
     pub fn map_region_prefix(&self, len: usize) -> Result<Mapping> {
         let whole = usize::try_from(self.entry.pages * CHANNEL_SIZE)?;
         let len = len.next_multiple_of(4096).clamp(4096, whole.max(4096));
-        let m = Mapping::guest_memory(&self.env.dev_mem, self.region_phys(), len, "the guest pool")?;
+        let m = self
+            .dev
+            .map_guest_memory(self.region_phys(), len, "the guest pool")?;
         signals::note_mapping(m.span(), signals::Region::Pool);
         Ok(m)
     }
