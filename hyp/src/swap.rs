@@ -192,6 +192,57 @@ pub fn forget(slot: usize) {
     }
 }
 
+/// A protected VM's first run (its lock is held): a page evicted before
+/// the measurement held what the host put there, and the measurement
+/// cannot see it (an address outside the signed layout measures the same
+/// with or without it). Restoring it after the first run would hand the
+/// guest content nobody measured, so once the measurement succeeds the
+/// VM's evictions are forgotten ([`forget_evictions`]): a fresh serial (a
+/// new key and associated data, so no page sealed before authenticates
+/// again) and an empty version map. Those addresses are then plain
+/// unmapped guest addresses, and a page given there later is zeroed (every
+/// donation to a measured VM is). Pages restored before the first run stay
+/// the VM's, measured as they are; what is held back for returning them
+/// stays held.
+///
+/// This half runs before the measurement and reserves the fresh serial, so
+/// nothing can fail after the measurement succeeded: `Some(serial)` if the
+/// VM evicted anything.
+///
+/// # Errors
+///
+/// `NOT_SUPPORTED` if no fresh serial is left (never, in practice): the
+/// first run is refused and nothing changes.
+pub fn serial_for_first_run(slot: usize, handle: VmHandle) -> Result<Option<u64>, Error> {
+    let Some(s) = SLOTS.get(slot) else {
+        return Ok(None);
+    };
+    let state = s.lock();
+    if !state.owned_by(handle) || state.map.used() == 0 {
+        return Ok(None);
+    }
+    NEXT_SERIAL.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| s.checked_add(1)).map(Some).map_err(|_| Error::NotSupported)
+}
+
+/// The second half of [`serial_for_first_run`], after the measurement
+/// succeeded (the VM's lock still held since): forgets the VM's evictions
+/// under the serial reserved then.
+pub fn forget_evictions(slot: usize, handle: VmHandle, serial: Option<u64>) {
+    let (Some(serial), Some(s)) = (serial, SLOTS.get(slot)) else {
+        return;
+    };
+    let mut state = s.lock();
+    if !state.owned_by(handle) {
+        return;
+    }
+    state.serial = serial;
+    state.key = None;
+    state.map.clear();
+    if let Some(may_hold) = MAY_HOLD.get(slot) {
+        may_hold.store(false, Ordering::Relaxed);
+    }
+}
+
 /// `VM_EVICT`: returns the page's new version and its tag.
 pub fn evict(handle: VmHandle, guest_address: u64, sealed: u64) -> Result<(u64, [u8; 16]), Error> {
     let (slot, mut guard) = vm::lock(handle)?;

@@ -316,7 +316,10 @@ pub fn run(vcpu: VcpuRef, mmio_read_value: u64) -> Result<[u64; 4], Error> {
         // Only a protected VM is measured: a host that can rewrite a VM's
         // memory at will makes any measurement of it meaningless.
         if vm.protected && vm.measurement.is_none() {
+            // Pages evicted before the measurement never come back.
+            let serial = crate::swap::serial_for_first_run(slot, vcpu.vm)?;
             vm::measure_first_run(vm, v.state.pc, v.state.regs[0])?;
+            crate::swap::forget_evictions(slot, vcpu.vm, serial);
         }
         crate::arch::cache::before_first_run();
     }

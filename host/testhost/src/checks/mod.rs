@@ -175,6 +175,10 @@ pub const CHECKS: &[Check] = &[
         run: swap::swap_memtest,
     },
     Check {
+        name: "swap-evicted-before-run",
+        run: swap::swap_evicted_before_run,
+    },
+    Check {
         name: "vm-share",
         run: vm::vm_share,
     },

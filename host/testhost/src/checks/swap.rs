@@ -502,6 +502,58 @@ pub fn swap_memtest(p: &Platform) -> Result<(), Msg> {
     Ok(())
 }
 
+/// `swap-evicted-before-run` (issue 16, hostile): the host gives a
+/// protected VM a page of its own content at an address outside the signed
+/// layout, evicts it before the first run (so the measurement, which sees
+/// only what is mapped, matches the signature), lets the VM run, then tries
+/// to restore the sealed page: content no measurement covered would reach
+/// the guest. The hypervisor forgets a VM's evictions when its first run is
+/// measured, so the restore must be refused (and the fresh page stay the
+/// host's).
+pub fn swap_evicted_before_run(p: &Platform) -> Result<(), Msg> {
+    let (mut arena, _) = arena(p)?;
+    let spec = protected("memtest")?;
+    let mut vm = Vm::create(&mut arena, spec)?;
+    let h = vm.handle;
+    // Past the signed RAM, inside the VM's IPA space.
+    let ipa = GUEST_RAM_BASE + spec.ram + 64 * PAGE;
+    let sealed = arena.take(1)?;
+    let fresh = arena.take(1)?;
+    // Whether the fresh page went to the VM (a restore that should not
+    // have succeeded): it is then the guest's until VM_DESTROY zeroes it.
+    let mut restored = false;
+    let result = (|| -> Result<Msg, Msg> {
+        let c = vm.donate_patterned_page(&mut arena, ipa, 0x0bad_c0de_5ea1_ed00)?;
+        ensure!(c == 0, "VM_DONATE of a host page at {ipa:#x}, outside the signed layout = {c}");
+        let r = evict_call(h, ipa, sealed);
+        ensure!(r[0] == 0, "VM_EVICT of that page before the first run = {}", r[0] as i64);
+        let (version, tag) = (r[1], [r[2], r[3]]);
+        let run = call(HostCall::VcpuRun, &[h, 0, 0]);
+        ensure!(
+            run[0] == 0,
+            "the first VCPU_RUN = {} (the evicted page is outside the layout: the measurement matches)",
+            run[0] as i64
+        );
+        let c = restore_code(h, ipa, sealed, fresh, version, tag);
+        restored = c == 0;
+        ensure!(
+            c != 0,
+            "VM_RESTORE after the first run of a page evicted before it succeeded: the guest now holds content no measurement covered"
+        );
+        host_still_owns(fresh, "the refused restore")?;
+        Ok(msg!("a page evicted before the first run is not restored after it (VM_RESTORE = {c})"))
+    })();
+    arch::ram_zero(sealed, sealed + PAGE);
+    if !restored {
+        arch::ram_zero(fresh, fresh + PAGE);
+    }
+    let destroyed = vm.destroy();
+    let summary = result?;
+    destroyed?;
+    note!("{summary}");
+    Ok(())
+}
+
 fn run_swapped(arena: &mut Arena, vm: &mut Vm) -> Result<Msg, Msg> {
     // Another VM with the same guest address evicted at version 1.
     let mut other = Vm::create(arena, protected("hello")?)?;
