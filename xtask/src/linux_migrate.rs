@@ -292,8 +292,10 @@ pub fn check(source: &str, dest: &str) -> Result<String, String> {
         find(dest, "IN1: [migrated] rampart-vmm: migrate-in: VM ").ok_or("no import line")?;
     // The source run gives guest RAM on first touch: migrate-out gave the
     // rest before the export, and the destination got all of it.
-    let filled = find(source, "OUT1: migrate-out: VM ")
-        .filter(|l| l.contains(" pages of guest RAM given now ("))
+    let filled = source
+        .lines()
+        .find(|l| l.contains("OUT1: migrate-out: VM ") && l.contains(" pages of guest RAM given now ("))
+        .map(str::trim_end)
         .ok_or("migrate-out did not give the VM the rest of its RAM")?;
     let number_before = |l: &str, text: &str| -> Option<u64> {
         last_number(l.split_once(text)?.0)
@@ -339,7 +341,8 @@ pub fn check(source: &str, dest: &str) -> Result<String, String> {
         .and_then(last_number)
         .unwrap_or(0);
     Ok(format!(
-        "stopped at {last} on the source, went on with {how} ({first}); {bytes}-byte stream; {}; {}; flipped byte: NOT_AUTHENTIC, {}; replay: STALE_STREAM",
+        "stopped at {last} on the source, went on with {how} ({first}); given before the export: {}; {bytes}-byte stream; {}; {}; flipped byte: NOT_AUTHENTIC, {}; replay: STALE_STREAM",
+        filled.split_once(": ").map_or("", |(_, r)| r.split_once(": ").map_or(r, |(_, r)| r)),
         sent.split("migrate-out: ").nth(1).unwrap_or_default(),
         imported.split("migrate-in: ").nth(1).unwrap_or_default(),
         nothing
@@ -359,6 +362,7 @@ RAMPART-MIGRATE: run1 exit 0
 RUN1: [count] rampart-vmm: exported (rampart-vmm migrate-out): the VM left this machine; 0 passed
 RUN1: (last) [count] GUEST-COUNT 41
 RUN1: (last) [count] GUEST-COUNT 42
+OUT1: migrate-out: VM 0x1 (run by pid 127) to 10.0.0.2:7014 (destination identity d9f4bc10c43f3077...)
 OUT1: migrate-out: VM 0x1: 40 pages of guest RAM given now (24 held already) in 25 calls: all 64 pages move
 OUT1: migrate-out: sent 267680 bytes (261 KiB), 67 records, in 1.000 s, 0.26 MiB/s
 OUT1: migrate-out: the destination accepted the stream

@@ -554,7 +554,7 @@ impl Hyp for Holder {
             return out;
         }
         let (phys, pages, ipa) = (regs[2], regs[3], regs[4]);
-        assert!(pages >= 1 && pages <= 512, "{pages}");
+        assert!((1..=512).contains(&pages), "{pages}");
         let first = (ipa - GUEST_RAM_BASE) / PAGE_SIZE;
         assert_eq!(phys, PHYS + first * PAGE_SIZE, "page i of the region backs page i of RAM");
         self.calls.lock().unwrap().push((first, pages));
