@@ -531,7 +531,25 @@ fn guest_ram(env: &Env, session: &Session, owner: &Entry, handle: u64) -> Result
     };
     let live = crate::stats::parse_live_ram(&text)
         .with_context(|| format!("pid {}'s live report does not parse", owner.pid))?;
-    let region = session.platform.pool.base + owner.offset;
+    checked_ram(&live, owner, session.platform.pool.base, handle)
+}
+
+/// What `live` (a run process's report) says of VM `handle`'s guest RAM,
+/// if it agrees with the pool table entry `owner` of a pool at
+/// `pool_base`: the same process and VM, the region's base, and at least
+/// one and at most the region's pages. `None` for a VM that is not
+/// protected (`VM_EXPORT` refuses it: nothing to give).
+///
+/// # Errors
+///
+/// Where they disagree.
+pub fn checked_ram(
+    live: &crate::stats::LiveRam,
+    owner: &Entry,
+    pool_base: u64,
+    handle: u64,
+) -> Result<Option<GuestRam>> {
+    let region = pool_base + owner.offset;
     if live.pid != owner.pid || live.vm != handle || live.region != region {
         bail!(
             "pid {}'s live report (pid {}, VM {:#x}, region {:#x}) disagrees with the pool table (VM {handle:#x}, region {region:#x}); nothing changed",

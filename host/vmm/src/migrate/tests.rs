@@ -613,3 +613,41 @@ fn a_refused_fill_stops_at_the_refusal() {
     let e = give_missing_ram(&hyp, 0x77, GuestRam { phys: PHYS, pages: 700 }).unwrap_err();
     assert_eq!(e.error(), Some(Error::Range));
 }
+
+/// The run process's report is believed only where the pool table
+/// agrees: a report naming more RAM than the region (which would give the
+/// VM pages of the next region), another VM or region is refused.
+#[test]
+fn the_live_report_must_agree_with_the_pool_table() {
+    use crate::stats::LiveRam;
+    let owner = Entry {
+        pid: 127,
+        offset: 0x20_0000,
+        pages: 92,
+        channels: 1,
+        vm: 0x1000,
+        name: "count".into(),
+    };
+    let base = 0x7bc0_0000;
+    let live = LiveRam {
+        pid: 127,
+        vm: 0x1000,
+        protected: true,
+        region: base + 0x20_0000,
+        ram_pages: 64,
+    };
+    let ram = checked_ram(&live, &owner, base, 0x1000).unwrap();
+    assert_eq!(ram, Some(GuestRam { phys: base + 0x20_0000, pages: 64 }));
+    let not_protected = LiveRam { protected: false, ..live };
+    assert_eq!(checked_ram(&not_protected, &owner, base, 0x1000).unwrap(), None);
+    for bad in [
+        LiveRam { ram_pages: 93, ..live },
+        LiveRam { ram_pages: 0, ..live },
+        LiveRam { region: base, ..live },
+        LiveRam { vm: 0x2000, ..live },
+        LiveRam { pid: 128, ..live },
+    ] {
+        assert!(checked_ram(&bad, &owner, base, 0x1000).is_err(), "{bad:?}");
+    }
+    assert!(checked_ram(&live, &owner, base, 0x2000).is_err());
+}
