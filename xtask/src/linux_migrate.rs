@@ -294,7 +294,9 @@ pub fn check(source: &str, dest: &str) -> Result<String, String> {
     // rest before the export, and the destination got all of it.
     let filled = source
         .lines()
-        .find(|l| l.contains("OUT1: migrate-out: VM ") && l.contains(" pages of guest RAM given now ("))
+        .find(|l| {
+            l.contains("OUT1: migrate-out: VM ") && l.contains(" pages of guest RAM given now (")
+        })
         .map(str::trim_end)
         .ok_or("migrate-out did not give the VM the rest of its RAM")?;
     let number_before = |l: &str, text: &str| -> Option<u64> {
