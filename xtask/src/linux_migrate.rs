@@ -290,6 +290,31 @@ pub fn check(source: &str, dest: &str) -> Result<String, String> {
     let sent = find(source, "OUT1: migrate-out: sent ").ok_or("no transfer summary")?;
     let imported =
         find(dest, "IN1: [migrated] rampart-vmm: migrate-in: VM ").ok_or("no import line")?;
+    // The source run gives guest RAM on first touch: migrate-out gave the
+    // rest before the export, and the destination got all of it.
+    let filled = source
+        .lines()
+        .find(|l| {
+            l.contains("OUT1: migrate-out: VM ") && l.contains(" pages of guest RAM given now (")
+        })
+        .map(str::trim_end)
+        .ok_or("migrate-out did not give the VM the rest of its RAM")?;
+    let number_before = |l: &str, text: &str| -> Option<u64> {
+        last_number(l.split_once(text)?.0)
+    };
+    let given = number_before(filled, " pages of guest RAM given now").unwrap_or(0);
+    let pages = number_before(filled, " pages move").ok_or("no RAM size on the source")?;
+    if given == 0 {
+        return Err(format!(
+            "the source's VM held all its RAM already (not launched lazily?): {filled}"
+        ));
+    }
+    let kib = number_before(imported, " KiB of RAM").ok_or("no RAM size on the destination")?;
+    if kib != pages * 4 {
+        return Err(format!(
+            "the destination's VM has {kib} KiB of RAM, the source's {pages} pages: {imported}"
+        ));
+    }
     // 2. A byte flipped on the wire.
     status(source, "out2", "4")?;
     find(
@@ -318,7 +343,8 @@ pub fn check(source: &str, dest: &str) -> Result<String, String> {
         .and_then(last_number)
         .unwrap_or(0);
     Ok(format!(
-        "stopped at {last} on the source, went on with {how} ({first}); {bytes}-byte stream; {}; {}; flipped byte: NOT_AUTHENTIC, {}; replay: STALE_STREAM",
+        "stopped at {last} on the source, went on with {how} ({first}); given before the export: {}; {bytes}-byte stream; {}; {}; flipped byte: NOT_AUTHENTIC, {}; replay: STALE_STREAM",
+        filled.split_once(": ").map_or("", |(_, r)| r.split_once(": ").map_or(r, |(_, r)| r)),
         sent.split("migrate-out: ").nth(1).unwrap_or_default(),
         imported.split("migrate-in: ").nth(1).unwrap_or_default(),
         nothing
@@ -338,6 +364,8 @@ RAMPART-MIGRATE: run1 exit 0
 RUN1: [count] rampart-vmm: exported (rampart-vmm migrate-out): the VM left this machine; 0 passed
 RUN1: (last) [count] GUEST-COUNT 41
 RUN1: (last) [count] GUEST-COUNT 42
+OUT1: migrate-out: VM 0x1 (run by pid 127) to 10.0.0.2:7014 (destination identity d9f4bc10c43f3077...)
+OUT1: migrate-out: VM 0x1: 40 pages of guest RAM given now (24 held already) in 25 calls: all 64 pages move
 OUT1: migrate-out: sent 267680 bytes (261 KiB), 67 records, in 1.000 s, 0.26 MiB/s
 OUT1: migrate-out: the destination accepted the stream
 RAMPART-MIGRATE: stream bytes 267680
@@ -395,6 +423,10 @@ LIST: no live VMs
         assert!(bad(SOURCE, &DEST.replace("holds nothing", "holds")).contains("nothing"));
         assert!(bad(SOURCE, &DEST.replace("no live VMs", "0x1")).contains("left"));
         assert!(bad(&SOURCE.replace("out1 exit 0", "out1 exit 1"), DEST).contains("out1"));
+        // A VM that arrives with less RAM, or a source that gave nothing.
+        assert!(bad(SOURCE, &DEST.replace("(256 KiB", "(96 KiB")).contains("96 KiB"));
+        assert!(bad(&SOURCE.replace(": 40 pages", ": 0 pages"), DEST).contains("lazily"));
+        assert!(bad(&SOURCE.replace("pages of guest RAM given", "given"), DEST).contains("rest"));
         assert_eq!(last_number("x GUEST-COUNT 17"), Some(17));
         assert_eq!(last_number("abc"), None);
     }

@@ -44,6 +44,7 @@ use rampart_migrate::{HEADER_LEN, Header, Opener, PREAMBLE_LEN, RECORD_HEADER_LE
 use crate::hyp::{self, CallError, Hyp, call, checked};
 use crate::mem::Mapping;
 use crate::plan::{Plan, stage2_extra_pages};
+use crate::pool::Entry;
 use crate::session::{Env, Session};
 
 /// Pages of the transfer buffer: `VM_EXPORT` takes at most 16, and
@@ -294,12 +295,13 @@ impl Progress {
 // ---------------------------------------------------------------------------
 // The source.
 
-/// The VM's handle and the pid of the `rampart-vmm run` that runs it.
-fn resolve(session: &Session, hyp: &dyn Hyp, vm: &str) -> Result<(u64, Option<u32>)> {
+/// The VM's handle and the pool table entry of the `rampart-vmm run`
+/// that runs it.
+fn resolve(session: &Session, hyp: &dyn Hyp, vm: &str) -> Result<(u64, Option<Entry>)> {
     let others = session.others()?;
     let live = hyp::list_vms(hyp).context("listing VMs")?;
     if let Some(e) = others.iter().find(|e| e.name == vm && e.vm != 0) {
-        return Ok((e.vm, Some(e.pid)));
+        return Ok((e.vm, Some(e.clone())));
     }
     let number = vm.strip_prefix("0x").map_or_else(
         || vm.parse::<u64>().ok(),
@@ -307,10 +309,10 @@ fn resolve(session: &Session, hyp: &dyn Hyp, vm: &str) -> Result<(u64, Option<u3
     );
     if let Some(n) = number {
         if let Some(e) = others.iter().find(|e| u64::from(e.pid) == n && e.vm != 0) {
-            return Ok((e.vm, Some(e.pid)));
+            return Ok((e.vm, Some(e.clone())));
         }
         if live.contains(&n) {
-            return Ok((n, others.iter().find(|e| e.vm == n).map(|e| e.pid)));
+            return Ok((n, others.iter().find(|e| e.vm == n).cloned()));
         }
     }
     bail!(
@@ -411,6 +413,193 @@ fn signal(pid: u32, sig: libc::c_int) -> Result<()> {
             .with_context(|| format!("signalling pid {pid}"));
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Guest RAM given on first touch (issue 16): the source gives the rest.
+
+/// Pages a call of [`give_missing_ram`] names at most
+/// (`DONATE_ZEROED_MAX_PAGES`).
+const GIVE_CHUNK: u64 = rampart_abi::host::DONATE_ZEROED_MAX_PAGES;
+
+/// Guest RAM of the VM to export: `pages` pages at `phys` (page `i` backs
+/// `GUEST_RAM_BASE + i * PAGE_SIZE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestRam {
+    /// Physical address of its first page (its pool region's base).
+    pub phys: u64,
+    /// Its pages, held by the VM yet or not.
+    pub pages: u64,
+}
+
+/// How [`give_missing_ram`] went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Given {
+    /// Pages given now.
+    pub pages: u64,
+    /// Pages the VM held already (`DENIED` one by one).
+    pub held: u64,
+    /// Calls made.
+    pub calls: u64,
+}
+
+/// Gives VM `handle` every page of `ram` it does not hold yet, zeroed: a
+/// VM launched with its RAM given on first touch (`rampart-vmm run`,
+/// issue 16) holds only what its guest touched, and `VM_EXPORT` carries
+/// only what the VM holds, so without this the destination would get a
+/// VM with less RAM than it was signed for (or a layout of several runs
+/// that `migrate-in` refuses). `VM_DONATE_ZEROED` in chunks of at most
+/// [`GIVE_CHUNK`] pages; a chunk refused `DENIED` holds a page the VM
+/// has already, so it is given again page by page, and a single page
+/// refused `DENIED` is taken as held (the VM's own, or evicted: EL2
+/// refuses both, so an evicted page is never replaced by zeros). On a
+/// hypervisor without `VM_DONATE_ZEROED` (`NOT_SUPPORTED`) plain
+/// `VM_DONATE`: only a measured protected VM can be exported, and EL2
+/// zeroes every page donated to one.
+///
+/// The caller must have stopped the run process first (`SIGSTOP`): it
+/// gives pages at the guest's memory faults, and two givers of the same
+/// pages would each see the other's as `DENIED`.
+///
+/// # Errors
+///
+/// Any other refusal: the pages given before it stay the VM's (it holds
+/// more of its own RAM; nothing else changed).
+pub fn give_missing_ram(hyp: &dyn Hyp, handle: u64, ram: GuestRam) -> Result<Given, CallError> {
+    let mut out = Given::default();
+    let mut zeroed = true;
+    let mut give = |first: u64, pages: u64, out: &mut Given| -> Result<bool, CallError> {
+        let at = first * PAGE_SIZE;
+        let (phys, ipa) = (ram.phys + at, GUEST_RAM_BASE + at);
+        loop {
+            out.calls += 1;
+            let r = if zeroed {
+                checked(hyp, HostCall::VmDonateZeroed.id(), &[handle, phys, pages, ipa, 0])
+            } else {
+                checked(hyp, HostCall::VmDonate.id(), &[handle, phys, pages, ipa])
+            };
+            match r {
+                Ok(_) => return Ok(true),
+                Err(e) if e.error() == Some(Error::Denied) => return Ok(false),
+                Err(e) if zeroed && e.error() == Some(Error::NotSupported) => zeroed = false,
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let mut first = 0;
+    while first < ram.pages {
+        let pages = (ram.pages - first).min(GIVE_CHUNK);
+        if give(first, pages, &mut out)? {
+            out.pages += pages;
+        } else {
+            for page in first..first + pages {
+                if give(page, 1, &mut out)? {
+                    out.pages += 1;
+                } else {
+                    out.held += 1;
+                }
+            }
+        }
+        first += pages;
+    }
+    Ok(out)
+}
+
+/// Guest RAM of VM `handle`, run by the process of pool table entry
+/// `owner`, as that process's live report says (`stats.rs`; it is
+/// rewritten every second from the first run on, so this waits up to
+/// 3 s for it), checked against the pool table: the VM, the region's
+/// base and a page count within the region must agree. `None`: nothing
+/// to give (not a protected VM, which `VM_EXPORT` refuses anyway), or no
+/// report (the process runs a VM it imported, which holds all its RAM).
+fn guest_ram(env: &Env, session: &Session, owner: &Entry, handle: u64) -> Result<Option<GuestRam>> {
+    let start = Instant::now();
+    let text = loop {
+        match crate::stats::read_live(&env.state_dir, owner.pid) {
+            Some(t) => break t,
+            None if start.elapsed() < Duration::from_secs(3) => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            None => {
+                println!(
+                    "migrate-out: pid {} has no live report: its VM's RAM is exported as it holds it",
+                    owner.pid
+                );
+                return Ok(None);
+            }
+        }
+    };
+    let live = crate::stats::parse_live_ram(&text)
+        .with_context(|| format!("pid {}'s live report does not parse", owner.pid))?;
+    checked_ram(&live, owner, session.platform.pool.base, handle)
+}
+
+/// What `live` (a run process's report) says of VM `handle`'s guest RAM,
+/// if it agrees with the pool table entry `owner` of a pool at
+/// `pool_base`: the same process and VM, the region's base, and at least
+/// one and at most the region's pages. `None` for a VM that is not
+/// protected (`VM_EXPORT` refuses it: nothing to give).
+///
+/// # Errors
+///
+/// Where they disagree.
+pub fn checked_ram(
+    live: &crate::stats::LiveRam,
+    owner: &Entry,
+    pool_base: u64,
+    handle: u64,
+) -> Result<Option<GuestRam>> {
+    let region = pool_base + owner.offset;
+    if live.pid != owner.pid || live.vm != handle || live.region != region {
+        bail!(
+            "pid {}'s live report (pid {}, VM {:#x}, region {:#x}) disagrees with the pool table (VM {handle:#x}, region {region:#x}); nothing changed",
+            owner.pid,
+            live.pid,
+            live.vm,
+            live.region
+        );
+    }
+    if live.ram_pages == 0 || live.ram_pages > owner.pages {
+        bail!(
+            "pid {}'s live report says {} pages of guest RAM, its pool region has {}; nothing changed",
+            owner.pid,
+            live.ram_pages,
+            owner.pages
+        );
+    }
+    Ok(live.protected.then_some(GuestRam {
+        phys: region,
+        pages: live.ram_pages,
+    }))
+}
+
+/// Waits (up to 2 s) until every thread of `pid` is stopped (`T` in
+/// `/proc/PID/task/*/stat`): `kill` only queues `SIGSTOP`, and a thread
+/// busy in user space stops at its next entry to the kernel.
+fn wait_stopped(pid: u32) -> Result<()> {
+    let start = Instant::now();
+    let dir = format!("/proc/{pid}/task");
+    loop {
+        let mut all = true;
+        for task in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+            let path = task?.path().join("stat");
+            let Ok(stat) = std::fs::read_to_string(&path) else {
+                continue; // the thread has exited
+            };
+            // `pid (comm) S ...`: comm may hold spaces and parentheses.
+            let state = stat.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next());
+            if !matches!(state, Some('T' | 't')) {
+                all = false;
+            }
+        }
+        if all {
+            return Ok(());
+        }
+        if start.elapsed() >= Duration::from_secs(2) {
+            bail!("pid {pid} did not stop within 2 s of SIGSTOP");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// How [`export`] went.
@@ -563,7 +752,7 @@ pub fn cmd_out(env: &Env, args: &OutArgs) -> Result<ExitCode> {
     let hello = read_hello(&mut sock)?;
     println!(
         "migrate-out: VM {handle:#x}{} to {} (destination identity {:016x}{:016x}...)",
-        owner.map_or_else(String::new, |p| format!(" (run by pid {p})")),
+        owner.as_ref().map_or_else(String::new, |e| format!(" (run by pid {})", e.pid)),
         args.to,
         hello.identity[0].swap_bytes(),
         hello.identity[1].swap_bytes()
@@ -575,9 +764,37 @@ pub fn cmd_out(env: &Env, args: &OutArgs) -> Result<ExitCode> {
         progress: Progress::default(),
         broken: None,
     };
+    let ram = match &owner {
+        Some(e) => guest_ram(env, &session, e, handle)?,
+        None => None,
+    };
+    let owner = owner.map(|e| e.pid);
     let stopped = Instant::now();
     if let Some(pid) = owner {
         signal(pid, libc::SIGSTOP)?;
+    }
+    // Guest RAM given on first touch: the rest now, while the run process
+    // (which gives pages at the guest's faults) is stopped.
+    if let Some(ram) = ram {
+        let given = owner
+            .map_or(Ok(()), wait_stopped)
+            .and_then(|()| give_missing_ram(&channel, handle, ram).map_err(anyhow::Error::from));
+        match given {
+            Ok(g) => println!(
+                "migrate-out: VM {handle:#x}: {} pages of guest RAM given now ({} held already) in {} calls: all {} pages move",
+                g.pages, g.held, g.calls, ram.pages
+            ),
+            Err(e) => {
+                if let Some(pid) = owner {
+                    let _ = signal(pid, libc::SIGCONT);
+                }
+                eprintln!(
+                    "rampart-vmm: migrate-out: giving the VM the rest of its RAM: {e:#}; not exported: the VM runs on"
+                );
+                session.close();
+                return Ok(ExitCode::FAILURE);
+            }
+        }
     }
     let mut resumed = false;
     let result = export(

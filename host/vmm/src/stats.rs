@@ -259,6 +259,56 @@ pub fn render(h: &Header<'_>, c: &Counters, reclaimed: Option<u64>) -> String {
     out
 }
 
+/// What a run process's live report says about its VM's guest RAM
+/// (`migrate-out` reads it: [`crate::migrate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveRam {
+    /// The process that wrote the report.
+    pub pid: u32,
+    /// Its VM's handle.
+    pub vm: u64,
+    /// Whether the VM is protected.
+    pub protected: bool,
+    /// Physical base of its pool region (guest RAM starts there).
+    pub region: u64,
+    /// Pages of guest RAM (all of it, given yet or not).
+    pub ram_pages: u64,
+}
+
+/// Reads back the `pid`, `vm`, `protected`, `pool region` and `pages
+/// donated` lines [`render`] writes; `None` if one is missing or does not
+/// parse. (The report is the host's own file: the caller still checks
+/// what it says against the pool table.)
+#[must_use]
+pub fn parse_live_ram(text: &str) -> Option<LiveRam> {
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(": ")))
+    };
+    let hex = |v: &str| u64::from_str_radix(v.strip_prefix("0x")?, 16).ok();
+    // `pages donated: N (R guest RAM + M metadata)`.
+    let ram_pages = field("pages donated")?
+        .split_once('(')?
+        .1
+        .split_once(" guest RAM")?
+        .0
+        .parse()
+        .ok()?;
+    Some(LiveRam {
+        pid: field("pid")?.parse().ok()?,
+        vm: hex(field("vm")?)?,
+        protected: field("protected")?.parse().ok()?,
+        region: hex(field("pool region")?)?,
+        ram_pages,
+    })
+}
+
+/// The live report of process `pid`, if it has written one.
+#[must_use]
+pub fn read_live(state_dir: &Path, pid: u32) -> Option<String> {
+    std::fs::read_to_string(Files::new(state_dir).live(pid)).ok()
+}
+
 /// Where reports go.
 #[derive(Clone, Debug)]
 pub struct Files {
@@ -475,6 +525,27 @@ mod tests {
         assert_eq!(c.first_output_us.load(Ordering::Relaxed), 12_345);
         let text = render(&header("system off"), &c, None);
         assert!(text.contains("first console output 12.345 ms"), "{text}");
+    }
+
+    /// What `migrate-out` reads back is what a run wrote (so a reworded
+    /// line fails here, not in a migration).
+    #[test]
+    fn the_live_report_gives_back_guest_ram() {
+        let text = render(&header("running"), &Counters::default(), None);
+        assert_eq!(
+            parse_live_ram(&text),
+            Some(LiveRam {
+                pid: std::process::id(),
+                vm: 0x1_0000_1000,
+                protected: true,
+                region: 0x7c00_0000,
+                ram_pages: 256,
+            })
+        );
+        let cut = text.replace("pool region", "pool");
+        assert_eq!(parse_live_ram(&cut), None);
+        let odd = text.replace("(256 guest RAM", "(x guest RAM");
+        assert_eq!(parse_live_ram(&odd), None);
     }
 
     #[test]

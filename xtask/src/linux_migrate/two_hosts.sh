@@ -82,7 +82,7 @@ if [ "$ROLE" = dest ]; then
 	mg "dest done"
 else
 	# 1. The count guest runs, then moves live; the stream is also saved.
-	/bin/rampart-vmm run /guests/count.bundle --name count --all-ram-first >/tmp/run1.log 2>&1 &
+	/bin/rampart-vmm run /guests/count.bundle --name count >/tmp/run1.log 2>&1 &
 	run=$!
 	wait_for /tmp/run1.log 'GUEST-COUNT' 10 300 || mg "run1 never counted"
 	/bin/rampart-vmm migrate-out count --to "$PEER:$PORT" --wait 300 --save-stream /tmp/stream.bin >/tmp/out1.log 2>&1
@@ -96,7 +96,7 @@ else
 	show OUT1 /tmp/out1.log
 	mg "stream bytes $(wc -c </tmp/stream.bin)"
 	# 2. Another count guest; a byte of its stream flipped on the wire.
-	/bin/rampart-vmm run /guests/count.bundle --name count2 --all-ram-first >/tmp/run2.log 2>&1 &
+	/bin/rampart-vmm run /guests/count.bundle --name count2 >/tmp/run2.log 2>&1 &
 	run=$!
 	wait_for /tmp/run2.log 'GUEST-COUNT' 3 300 || mg "run2 never counted"
 	/bin/rampart-vmm migrate-out count2 --to "$PEER:$PORT" --wait 300 --hostile-flip-byte "$FLIP" >/tmp/out2.log 2>&1

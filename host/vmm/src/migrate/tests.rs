@@ -520,3 +520,134 @@ fn only_the_layout_run_makes_is_run() {
         (4096, 2, true, true)
     );
 }
+
+/// A hypervisor that only knows which guest RAM pages the VM holds:
+/// `VM_DONATE_ZEROED` of a range with a held page is `DENIED`.
+struct Holder {
+    held: Mutex<Vec<u32>>,
+    calls: Mutex<Vec<(u64, u64)>>,
+    zeroed: bool,
+}
+
+impl Holder {
+    fn new(pages: usize, held: &[u64], zeroed: bool) -> Self {
+        let mut v = vec![0u32; pages];
+        for &p in held {
+            v[p as usize] = 1;
+        }
+        Holder { held: Mutex::new(v), calls: Mutex::new(Vec::new()), zeroed }
+    }
+}
+
+impl Hyp for Holder {
+    fn call_raw(&self, regs: [u64; 18]) -> [u64; 18] {
+        let mut out = regs;
+        out[0] = 0;
+        let donate = regs[0] == u64::from(HostCall::VmDonate.id());
+        let zeroed = regs[0] == u64::from(HostCall::VmDonateZeroed.id());
+        if zeroed && !self.zeroed {
+            out[0] = err(Error::NotSupported.code());
+            return out;
+        }
+        if !(donate || zeroed) || regs[1] != 0x77 {
+            out[0] = err(Error::InvalidParameter.code());
+            return out;
+        }
+        let (phys, pages, ipa) = (regs[2], regs[3], regs[4]);
+        assert!((1..=512).contains(&pages), "{pages}");
+        let first = (ipa - GUEST_RAM_BASE) / PAGE_SIZE;
+        assert_eq!(phys, PHYS + first * PAGE_SIZE, "page i of the region backs page i of RAM");
+        self.calls.lock().unwrap().push((first, pages));
+        let mut held = self.held.lock().unwrap();
+        let range = first as usize..(first + pages) as usize;
+        if range.end > held.len() {
+            out[0] = err(Error::Range.code());
+        } else if held[range.clone()].iter().any(|&h| h > 0) {
+            out[0] = err(Error::Denied.code());
+        } else {
+            held[range].iter_mut().for_each(|h| *h += 1);
+        }
+        out
+    }
+}
+
+/// The source gives a lazily launched VM exactly the pages it lacks,
+/// each once, in calls of at most 512 pages; a second pass gives none.
+#[test]
+fn the_source_gives_the_missing_ram_once() {
+    let held = [0, 1, 2, 3, 100, 511, 512, 700, 1299];
+    for zeroed in [true, false] {
+        let hyp = Holder::new(1300, &held, zeroed);
+        let ram = GuestRam { phys: PHYS, pages: 1300 };
+        let g = give_missing_ram(&hyp, 0x77, ram).unwrap();
+        assert_eq!(g.pages, 1300 - held.len() as u64);
+        assert_eq!(g.held, held.len() as u64);
+        // Every page held exactly once: the missing ones given once, the
+        // held ones never given again.
+        assert!(hyp.held.lock().unwrap().iter().all(|&h| h == 1));
+        // Chunks 0..512 and 512..1024 and 1024..1300 each hold a page:
+        // refused whole, then page by page.
+        let calls = hyp.calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 3 + 1300);
+        assert_eq!(g.calls, calls.len() as u64 + if zeroed { 0 } else { 1 });
+        let again = give_missing_ram(&hyp, 0x77, ram).unwrap();
+        assert_eq!((again.pages, again.held), (0, 1300));
+        assert!(hyp.held.lock().unwrap().iter().all(|&h| h == 1));
+    }
+    // Nothing held: whole chunks only.
+    let hyp = Holder::new(1100, &[], true);
+    let g = give_missing_ram(&hyp, 0x77, GuestRam { phys: PHYS, pages: 1100 }).unwrap();
+    assert_eq!((g.pages, g.held, g.calls), (1100, 0, 3));
+    assert_eq!(*hyp.calls.lock().unwrap(), vec![(0, 512), (512, 512), (1024, 76)]);
+}
+
+/// Another refusal stops the fill and is the answer.
+#[test]
+fn a_refused_fill_stops_at_the_refusal() {
+    let hyp = Holder::new(600, &[], true);
+    let e = give_missing_ram(&hyp, 0x78, GuestRam { phys: PHYS, pages: 600 }).unwrap_err();
+    assert_eq!(e.error(), Some(Error::InvalidParameter));
+    assert_eq!(hyp.calls.lock().unwrap().len(), 0);
+    // RAM past what the hypervisor allows: RANGE, not taken for held.
+    let hyp = Holder::new(600, &[5], true);
+    let e = give_missing_ram(&hyp, 0x77, GuestRam { phys: PHYS, pages: 700 }).unwrap_err();
+    assert_eq!(e.error(), Some(Error::Range));
+}
+
+/// The run process's report is believed only where the pool table
+/// agrees: a report naming more RAM than the region (which would give the
+/// VM pages of the next region), another VM or region is refused.
+#[test]
+fn the_live_report_must_agree_with_the_pool_table() {
+    use crate::stats::LiveRam;
+    let owner = Entry {
+        pid: 127,
+        offset: 0x20_0000,
+        pages: 92,
+        channels: 1,
+        vm: 0x1000,
+        name: "count".into(),
+    };
+    let base = 0x7bc0_0000;
+    let live = LiveRam {
+        pid: 127,
+        vm: 0x1000,
+        protected: true,
+        region: base + 0x20_0000,
+        ram_pages: 64,
+    };
+    let ram = checked_ram(&live, &owner, base, 0x1000).unwrap();
+    assert_eq!(ram, Some(GuestRam { phys: base + 0x20_0000, pages: 64 }));
+    let not_protected = LiveRam { protected: false, ..live };
+    assert_eq!(checked_ram(&not_protected, &owner, base, 0x1000).unwrap(), None);
+    for bad in [
+        LiveRam { ram_pages: 93, ..live },
+        LiveRam { ram_pages: 0, ..live },
+        LiveRam { region: base, ..live },
+        LiveRam { vm: 0x2000, ..live },
+        LiveRam { pid: 128, ..live },
+    ] {
+        assert!(checked_ram(&bad, &owner, base, 0x1000).is_err(), "{bad:?}");
+    }
+    assert!(checked_ram(&live, &owner, base, 0x2000).is_err());
+}
