@@ -475,6 +475,12 @@ impl<'a> Run<'a> {
         let mut busy = 0u32;
         let mut unhandled = 0u32;
         let mut after_launch = after_launch;
+        // The page of this vCPU's last memory fault if serving it gave
+        // nothing (another vCPU had just given it: the access is retried
+        // once). A second such fault in a row at the same page is a page the
+        // VM held and lost (the guest relinquished it): declined, not run
+        // again forever.
+        let mut retried_fault: Option<u64> = None;
         loop {
             if after_launch.is_some()
                 && self.launched()
@@ -610,9 +616,15 @@ impl<'a> Run<'a> {
                 }
                 Ok(ExitReason::MemoryFault) => {
                     let (ipa, write) = (r[2], r[3] & 1 != 0);
+                    let page = ipa & !(PAGE_SIZE - 1);
+                    let retried = retried_fault.take() == Some(page);
                     if let Some(on_demand) = self.on_demand {
                         match on_demand.serve(hyp, self.handle, self.plan, &self.region, ipa) {
+                            Ok(Some(0)) if retried => {}
                             Ok(Some(pages)) => {
+                                if pages == 0 {
+                                    retried_fault = Some(page);
+                                }
                                 self.counters.faults_served.fetch_add(1, Ordering::Relaxed);
                                 self.counters.pages_on_demand.fetch_add(pages, Ordering::Relaxed);
                                 continue;
@@ -1091,7 +1103,12 @@ mod tests {
         run_all(&run, &fake, 2);
         assert_eq!(run.outcome(), Some(Outcome::SystemOff));
         assert_eq!(fake.calls_of(HostCall::VmDonateZeroed).len(), 1);
-        assert_eq!(counters.faults_served.load(Ordering::Relaxed), 6);
+        // Per vCPU: the first fault gives (or finds given) the chunk and
+        // runs again, the second finds nothing to give and runs again once,
+        // the third in a row at the same page is a page the VM lost:
+        // declined (the guest gets an abort), not run again forever.
+        assert_eq!(counters.faults_served.load(Ordering::Relaxed), 4);
+        assert_eq!(counters.memory_faults.load(Ordering::Relaxed), 2);
         assert_eq!(counters.pages_on_demand.load(Ordering::Relaxed), 16);
 
         let on_demand = crate::vm::OnDemand::new(crate::vm::Given::new(p.memory_pages()), 0x7c00_0000);

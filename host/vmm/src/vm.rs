@@ -446,9 +446,25 @@ impl OnDemand {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut total = 0;
         for (page, pages) in given.missing(first, first + CHUNK_PAGES) {
-            self.give(hyp, handle, plan, region, page, pages)?;
+            match self.give(hyp, handle, plan, region, page, pages) {
+                Ok(()) => total += pages,
+                // Part of the run is held already: `migrate-out` gives a
+                // stopped VM the rest of its RAM before exporting it, and
+                // if that export then failed the VM runs on with pages
+                // this record does not know. Page by page: a page refused
+                // with DENIED is the VM's already.
+                Err(e) if e.error() == Some(Error::Denied) => {
+                    for one in page..page + pages {
+                        match self.give(hyp, handle, plan, region, one, 1) {
+                            Ok(()) => total += 1,
+                            Err(e) if e.error() == Some(Error::Denied) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
             given.mark(page, pages);
-            total += pages;
         }
         Ok(Some(total))
     }
@@ -1066,10 +1082,18 @@ mod tests {
         }
         assert_eq!(region.read_u64(0x8_0000), 0xeeee_eeee_eeee_eeee, "only the chunks");
         // A refused donation: an error, and the pages stay unrecorded.
-        fake.state.lock().unwrap().fail = Some((HostCall::VmDonate.id(), -16));
+        fake.state.lock().unwrap().fail = Some((HostCall::VmDonate.id(), -18));
         let e = d.serve(&fake, h, &p, &ram, GUEST_RAM_BASE + 0x8_0000).unwrap_err();
-        assert_eq!(e.error(), Some(Error::Denied));
+        assert_eq!(e.error(), Some(Error::NoMemory));
         assert_eq!(d.given_pages(), 66);
+        // DENIED: held already (`migrate-out` filled the VM's RAM before a
+        // failed export). Retried page by page; each page DENIED is the
+        // VM's, recorded, nothing given, no error.
+        let before = fake.calls_of(HostCall::VmDonate).len();
+        fake.state.lock().unwrap().fail = Some((HostCall::VmDonate.id(), -16));
+        assert_eq!(d.serve(&fake, h, &p, &ram, GUEST_RAM_BASE + 0x8_0000).unwrap(), Some(0));
+        assert_eq!(fake.calls_of(HostCall::VmDonate).len(), before + 1 + 32, "the chunk, then each page");
+        assert_eq!(d.given_pages(), 98);
     }
 
     #[test]
