@@ -127,7 +127,6 @@ pub fn run(scratch: &Scratch) -> Result<(), Msg> {
     for protected in [false, true] {
         let tag = if protected { "pvm" } else { "vm" };
         for (mib, signature_name) in SIZES {
-            let mut f = SizeFigures::default();
             let signature = if protected {
                 Some(crate::platform::bench_signature(signature_name).ok_or_else(|| {
                     msg!("no `{signature_name}` in testhost.bench-signature=: xtask signs every size")
@@ -135,10 +134,15 @@ pub fn run(scratch: &Scratch) -> Result<(), Msg> {
             } else {
                 None
             };
-            for round in 0..SIZE_ROUNDS {
-                sized_vm(&mut f, metadata, memory, mib << 20, signature.as_ref())
-                    .map_err(|m| msg!("{tag} {mib} MiB, round {round}: {m}"))?;
-            }
+            let vm = |ram: Ram, kind: Kind<'_>| {
+                let mut f = SizeFigures::default();
+                for round in 0..SIZE_ROUNDS {
+                    sized_vm(&mut f, metadata, memory, mib << 20, ram, kind)
+                        .map_err(|m| msg!("{tag} {mib} MiB{}, round {round}: {m}", ram.label()))?;
+                }
+                Ok::<_, Msg>(f)
+            };
+            let f = vm(Ram::Zero, signature.as_ref().map_or(Kind::Plain, Kind::Signed))?;
             let name = |what: &str| msg!("vb/{tag}-{mib}m/{what}");
             f.donate.report(name("donate").as_str());
             if protected {
@@ -146,25 +150,17 @@ pub fn run(scratch: &Scratch) -> Result<(), Msg> {
             }
             f.first_entry.report(name("first-entry").as_str());
             f.destroy.report(name("destroy").as_str());
-            if protected {
+            if let Some(signature) = &signature {
                 // issue 16: the same size with no zero page, measured only
                 // (a zero page is hashed as a short record since
                 // measurement v2, a content page whole).
-                let mut content = Timed::new();
-                for round in 0..SIZE_ROUNDS {
-                    content_vm(&mut content, metadata, memory, mib << 20)
-                        .map_err(|m| msg!("{tag} {mib} MiB of content, round {round}: {m}"))?;
-                }
-                content.report(msg!("vb/{tag}-{mib}m-content/unsigned-run").as_str());
+                let content = vm(Ram::Content, Kind::Unsigned)?;
+                content.unsigned_run.report(msg!("vb/{tag}-{mib}m-content/unsigned-run").as_str());
                 // issue 16: the same VM with its RAM past the image's page
                 // given with VM_DONATE_ZEROED over host garbage: measured
                 // without reading those pages, to the same measurement
                 // (the size's signature verifies).
-                let mut zeroed = SizeFigures::default();
-                for round in 0..SIZE_ROUNDS {
-                    zeroed_vm(&mut zeroed, metadata, memory, mib << 20, signature.as_ref())
-                        .map_err(|m| msg!("{tag} {mib} MiB zeroed at EL2, round {round}: {m}"))?;
-                }
+                let zeroed = vm(Ram::Zeroed, Kind::Signed(signature))?;
                 let name = |what: &str| msg!("vb/{tag}-{mib}m-zeroed/{what}");
                 zeroed.donate.report(name("donate-zeroed-first-call").as_str());
                 zeroed.unsigned_run.report(name("unsigned-run").as_str());
@@ -194,26 +190,96 @@ impl Default for SizeFigures {
     }
 }
 
-/// Creates a VM of `size` bytes of RAM (the bench guest, then zeroes),
-/// enters it once and destroys it.
-fn sized_vm(
-    f: &mut SizeFigures,
-    metadata: u64,
-    memory: u64,
-    size: u64,
-    signature: Option<&([u8; 32], [u8; 64])>,
-) -> Result<(), Msg> {
-    arch::ram_zero(memory, memory + size);
-    write_image(memory, &GUEST);
-    let handle = create(metadata, signature.is_some())?;
+/// What the host fills a sized VM's RAM with before the bench guest's
+/// image goes at its start: no 8-byte word of it is zero.
+const PATTERN: u64 = 0x5a5a_5a5a_0000_0000;
+
+/// How a sized VM's RAM is filled and given to it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ram {
+    /// The image, then zeroes; the whole range with one `VM_DONATE`.
+    Zero,
+    /// issue 16: the image over [`PATTERN`], no zero page; the whole range
+    /// with one `VM_DONATE` (EL2 measures every page as content).
+    Content,
+    /// issue 16: only the image's page written and given with
+    /// `VM_DONATE`; the rest, [`PATTERN`] garbage, with
+    /// `VM_DONATE_ZEROED` (512 pages a call at most; the first call, 255
+    /// or 511 pages, is the `donate` figure). EL2 knows those pages are
+    /// zero and measures them without reading them, to [`Ram::Zero`]'s
+    /// measurement: the size's signature verifies.
+    Zeroed,
+}
+
+impl Ram {
+    /// Said in an error after the size.
+    fn label(self) -> &'static str {
+        match self {
+            Ram::Zero => "",
+            Ram::Content => " of content",
+            Ram::Zeroed => " zeroed at EL2",
+        }
+    }
+
+    /// Writes the host's side of `size` bytes at `memory`: the contents,
+    /// then the bench guest's image at the start.
+    fn fill(self, memory: u64, size: u64) {
+        match self {
+            Ram::Zero => arch::ram_zero(memory, memory + size),
+            Ram::Content => arch::ram_fill(memory, memory + size, PATTERN),
+            Ram::Zeroed => {
+                arch::ram_fill(memory, memory + size, PATTERN);
+                arch::ram_zero(memory, memory + PAGE);
+            }
+        }
+        write_image(memory, &GUEST);
+    }
+
+    /// Gives VM `handle` the `size` bytes at `memory` at `GUEST_BASE`; the
+    /// figure of the first donation call.
+    fn donate(self, handle: u64, memory: u64, size: u64) -> Result<(Delta, u64), Msg> {
+        if self != Ram::Zeroed {
+            let (d, r) = timed(HostCall::VmDonate, &[handle, memory, size / PAGE, GUEST_BASE]);
+            ensure!(r[0] == 0, "VM_DONATE of {} pages returned {}", size / PAGE, r[0] as i64);
+            return Ok(d);
+        }
+        call(HostCall::VmDonate, &[handle, memory, 1, GUEST_BASE])?;
+        let mut first = None;
+        let mut at = PAGE;
+        while at < size {
+            let pages = ((size - at) / PAGE).min(DONATE_ZEROED_MAX_PAGES);
+            let (d, r) = timed(HostCall::VmDonateZeroed, &[handle, memory + at, pages, GUEST_BASE + at, 0]);
+            ensure!(r[0] == 0, "VM_DONATE_ZEROED of {pages} pages returned {}", r[0] as i64);
+            first.get_or_insert(d);
+            at += pages * PAGE;
+        }
+        first.ok_or_else(|| msg!("no page past the image to give with VM_DONATE_ZEROED"))
+    }
+}
+
+/// What a sized VM is and how far it runs.
+#[derive(Clone, Copy)]
+enum Kind<'a> {
+    /// Not protected: entered once (not measured).
+    Plain,
+    /// Protected, run before `VM_SET_SIGNATURE` (measured, refused with
+    /// `NOT_SIGNED`), then signed with this and entered.
+    Signed(&'a ([u8; 32], [u8; 64])),
+    /// Protected, run once unsigned: measured and refused only.
+    Unsigned,
+}
+
+/// Creates a VM of `size` bytes of RAM (the bench guest at its start),
+/// its RAM filled and given as `ram` says, runs it as `kind` says
+/// (`x0` = the RAM size, as a signed manifest says) and destroys it.
+fn sized_vm(f: &mut SizeFigures, metadata: u64, memory: u64, size: u64, ram: Ram, kind: Kind<'_>) -> Result<(), Msg> {
+    ram.fill(memory, size);
+    let handle = create(metadata, !matches!(kind, Kind::Plain))?;
     let result = (|| -> Result<(), Msg> {
         call(HostCall::VcpuCreate, &[handle, 0])?;
-        let (d, r) = timed(HostCall::VmDonate, &[handle, memory, size / PAGE, GUEST_BASE]);
-        ensure!(r[0] == 0, "VM_DONATE of {} pages returned {}", size / PAGE, r[0] as i64);
-        f.donate.push(d);
-        // x0 = the RAM size, as a signed manifest says.
+        f.donate.push(ram.donate(handle, memory, size)?);
         call(HostCall::VcpuSetRegs, &[handle, 0, GUEST_BASE, size])?;
-        if let Some(signature) = signature {
+        if !matches!(kind, Kind::Plain) {
             let (d, r) = timed(HostCall::VcpuRun, &[handle, 0, 0]);
             let not_signed = rampart_abi::Error::NotSigned.code();
             ensure!(
@@ -222,7 +288,11 @@ fn sized_vm(
                 r[0] as i64
             );
             f.unsigned_run.push(d);
-            set_signature(handle, signature)?;
+        }
+        match kind {
+            Kind::Unsigned => return Ok(()),
+            Kind::Signed(signature) => set_signature(handle, signature)?,
+            Kind::Plain => {}
         }
         let (d, r) = timed(HostCall::VcpuRun, &[handle, 0, 0]);
         expect(&r, ExitReason::Wait as u64, 0, 0, "the first run")?;
@@ -233,89 +303,6 @@ fn sized_vm(
     result?;
     ensure!(r[0] == 0, "VM_DESTROY returned {}", r[0] as i64);
     f.destroy.push(d);
-    Ok(())
-}
-
-/// issue 16: a protected VM of `size` bytes of RAM with no zero page (the
-/// bench guest over a pattern that has no zero 8-byte word), run once
-/// unsigned: EL2 measures every page as content and refuses with
-/// `NOT_SIGNED`. The measurement's cost for content, against the zero
-/// pages of [`sized_vm`].
-fn content_vm(f: &mut Timed, metadata: u64, memory: u64, size: u64) -> Result<(), Msg> {
-    arch::ram_fill(memory, memory + size, 0x5a5a_5a5a_0000_0000);
-    write_image(memory, &GUEST);
-    let handle = create(metadata, true)?;
-    let result = (|| -> Result<(), Msg> {
-        call(HostCall::VcpuCreate, &[handle, 0])?;
-        let (_, r) = timed(HostCall::VmDonate, &[handle, memory, size / PAGE, GUEST_BASE]);
-        ensure!(r[0] == 0, "VM_DONATE of {} pages returned {}", size / PAGE, r[0] as i64);
-        call(HostCall::VcpuSetRegs, &[handle, 0, GUEST_BASE, size])?;
-        let (d, r) = timed(HostCall::VcpuRun, &[handle, 0, 0]);
-        let not_signed = rampart_abi::Error::NotSigned.code();
-        ensure!(
-            r[0] as i64 == not_signed,
-            "the unsigned run returned {}, not NOT_SIGNED ({not_signed})",
-            r[0] as i64
-        );
-        f.push(d);
-        Ok(())
-    })();
-    let (_, r) = timed(HostCall::VmDestroy, &[handle]);
-    result?;
-    ensure!(r[0] == 0, "VM_DESTROY returned {}", r[0] as i64);
-    Ok(())
-}
-
-/// issue 16: [`sized_vm`]'s protected VM, but only the image's page is
-/// written and given with `VM_DONATE`; the rest of its RAM, filled by the
-/// host with garbage, goes with `VM_DONATE_ZEROED` (512 pages a call at
-/// most; the first call, 255 or 511 pages, is `donate`). EL2 knows those
-/// pages are zero and measures them without reading them: the unsigned
-/// run must be refused with `NOT_SIGNED`, and then the size's signature
-/// (over [`sized_vm`]'s read measurement) must verify.
-fn zeroed_vm(
-    f: &mut SizeFigures,
-    metadata: u64,
-    memory: u64,
-    size: u64,
-    signature: Option<&([u8; 32], [u8; 64])>,
-) -> Result<(), Msg> {
-    let signature = signature.ok_or_else(|| msg!("no signature for a zeroed VM"))?;
-    arch::ram_fill(memory, memory + size, 0x5a5a_5a5a_0000_0000);
-    arch::ram_zero(memory, memory + PAGE);
-    write_image(memory, &GUEST);
-    let handle = create(metadata, true)?;
-    let result = (|| -> Result<(), Msg> {
-        call(HostCall::VcpuCreate, &[handle, 0])?;
-        call(HostCall::VmDonate, &[handle, memory, 1, GUEST_BASE])?;
-        let mut at = PAGE;
-        while at < size {
-            let pages = ((size - at) / PAGE).min(DONATE_ZEROED_MAX_PAGES);
-            let (d, r) = timed(HostCall::VmDonateZeroed, &[handle, memory + at, pages, GUEST_BASE + at, 0]);
-            ensure!(r[0] == 0, "VM_DONATE_ZEROED of {pages} pages returned {}", r[0] as i64);
-            if at == PAGE {
-                f.donate.push(d);
-            }
-            at += pages * PAGE;
-        }
-        call(HostCall::VcpuSetRegs, &[handle, 0, GUEST_BASE, size])?;
-        let (d, r) = timed(HostCall::VcpuRun, &[handle, 0, 0]);
-        let not_signed = rampart_abi::Error::NotSigned.code();
-        ensure!(
-            r[0] as i64 == not_signed,
-            "the unsigned run returned {}, not NOT_SIGNED ({not_signed})",
-            r[0] as i64
-        );
-        f.unsigned_run.push(d);
-        set_signature(handle, signature)?;
-        let (d, r) = timed(HostCall::VcpuRun, &[handle, 0, 0]);
-        expect(&r, ExitReason::Wait as u64, 0, 0, "the first run (the read measurement's signature)")?;
-        f.first_entry.push(d);
-        Ok(())
-    })();
-    let (_, r) = timed(HostCall::VmDestroy, &[handle]);
-    result?;
-    ensure!(r[0] == 0, "VM_DESTROY returned {}", r[0] as i64);
     Ok(())
 }
 
