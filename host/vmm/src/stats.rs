@@ -64,8 +64,9 @@ pub struct Counters {
     /// Launch milestones, µs after the process started (0 = not reached):
     /// the VM built and signed (before the first `VCPU_RUN`).
     pub vm_ready_us: AtomicU64,
-    /// The first `VCPU_RUN` the hypervisor accepted returned (it measured
-    /// the VM and checked the signature).
+    /// vCPU 0's first `VCPU_RUN` the hypervisor accepted returned (it
+    /// measured the VM and checked the signature); the other vCPUs'
+    /// returns do not count.
     pub first_exit_us: AtomicU64,
     /// The guest's first console byte.
     pub first_output_us: AtomicU64,

@@ -8,13 +8,15 @@
 //! `PMCCFILTR_EL0` at every exception entry and return, so with P = 1, U = 1
 //! and NSH = 1 they see only the instructions the hypervisor runs at EL2.
 //!
-//! The one place they differ: an event counter below `MDCR_EL2.HPMN` is
-//! enabled by `PMCR_EL0.E`, one at or above it by `MDCR_EL2.HPME`. Rampart
-//! gives the host `HPMN = PMCR_EL0.N`, but while a guest runs it sets
-//! `MDCR_EL2` to trap the PMU with `HPMN = 0` and `HPME = 0`, which turns
-//! every event counter off, at EL2 too, from that write until the host's
-//! value is back. The cycle counter is always governed by `PMCR_EL0.E`, so
-//! it keeps counting. `bench::run` measures both and says which it reports.
+//! Neither counts while a guest's state is loaded: from the world switch's
+//! write of the guest's `MDCR_EL2` (`HPMD` and `HCCD` set: no counting at
+//! EL2; `HPMN` partitions the event counters away) until the host's value
+//! is back, and for a protected guest the host's enabled counters are
+//! paused over the same window. So EL2's own work for a guest there (a
+//! guest HVC answered at EL2: `vm/hvc`, `RAMPART_ATTEST`,
+//! `RAMPART_SEALING_KEY`) is invisible to them; `vb` counts its guest
+//! calls with the virtual counter instead, and xtask allows a 0 only in
+//! the `hvc` rows.
 
 use core::arch::asm;
 

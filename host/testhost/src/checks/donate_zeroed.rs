@@ -11,7 +11,7 @@ use rampart_abi::host::{DONATE_ZEROED_MAX_PAGES, HostCall};
 use super::vm::{arena, expect_inaccessible, protected};
 use super::vmm::run::{self, FaultAction, Policy};
 use super::vmm::{
-    PAGE, Vm, ZEROED_TAIL_GARBAGE, ZEROED_TAIL_PAGES, ZEROED_TAIL_SKIP, call, code,
+    Arena, PAGE, Vm, ZEROED_TAIL_GARBAGE, ZEROED_TAIL_PAGES, ZEROED_TAIL_SKIP, call, code,
 };
 use crate::arch;
 use crate::msg::Msg;
@@ -59,6 +59,51 @@ fn still_the_hosts(page: u64, what: &str) -> Result<(), Msg> {
     Ok(())
 }
 
+/// Fills the host page `page` with `GARBAGE ^ offset` in every word.
+fn fill_with_garbage(page: u64) {
+    for offset in (0..PAGE).step_by(8) {
+        arch::ram_write(page + offset, GARBAGE ^ offset);
+    }
+}
+
+/// Runs the VM in `vms` (the `attacker`, its zeroed tail in place) to
+/// `GUEST-DONE` and `SYSTEM_OFF`: its `free-ram-zero` read every word past
+/// its image zero. A refused run is reported with `refused` after it.
+fn run_to_system_off(p: &Platform, vms: &mut [Vm; 1], refused: &str) -> Result<(), Msg> {
+    let mut policy = DeclineAll;
+    let r = run::run(p, vms, &[&[0]], &mut policy, 8_000)?;
+    if let Some(problem) = &r.problems[0] {
+        fail!("{problem} {refused}");
+    }
+    let t = &r.tallies[0];
+    if let Some(first) = &t.first_fail {
+        fail!("the guest reported {first}");
+    }
+    ensure!(
+        r.states[0] == run::state::SYSTEM_OFF && t.done.is_some() && t.passed > 0,
+        "the guest did not run to GUEST-DONE and SYSTEM_OFF (state {}, {} passed)",
+        r.states[0],
+        t.passed
+    );
+    Ok(())
+}
+
+/// The protected `attacker` VM with its last [`TAIL`] RAM pages filled
+/// by the host with garbage and the first `TAIL - skip` of them given with
+/// `VM_DONATE_ZEROED` (the rest of its RAM with `VM_DONATE`, as always;
+/// the last `skip` stay the host's); the arena it came from and the guest
+/// address its RAM ends at.
+fn attacker_with_zeroed_tail(p: &Platform, skip: u64) -> Result<(Arena, Vm, u64), Msg> {
+    let (mut arena, _) = arena(p)?;
+    let spec = protected("attacker")?;
+    ZEROED_TAIL_PAGES.store(TAIL, Ordering::Relaxed);
+    ZEROED_TAIL_SKIP.store(skip, Ordering::Relaxed);
+    let created = Vm::create(&mut arena, spec);
+    ZEROED_TAIL_PAGES.store(0, Ordering::Relaxed);
+    ZEROED_TAIL_SKIP.store(0, Ordering::Relaxed);
+    Ok((arena, created?, GUEST_RAM_BASE + spec.ram))
+}
+
 /// `vm-donate-zeroed`: the protected `attacker` VM, its last [`TAIL`] RAM
 /// pages filled by the host with garbage and given with
 /// `VM_DONATE_ZEROED` (the rest with `VM_DONATE`, as always). The signed
@@ -69,21 +114,13 @@ fn still_the_hosts(page: u64, what: &str) -> Result<(), Msg> {
 /// hostile argument sets are refused and leave a garbage-filled host page
 /// the host's, unchanged.
 pub fn vm_donate_zeroed(p: &Platform) -> Result<(), Msg> {
-    let (mut arena, _) = arena(p)?;
-    let spec = protected("attacker")?;
-    ZEROED_TAIL_PAGES.store(TAIL, Ordering::Relaxed);
-    let created = Vm::create(&mut arena, spec);
-    ZEROED_TAIL_PAGES.store(0, Ordering::Relaxed);
-    let mut vms = [created?];
-    let vm = &mut vms[0];
+    let (mut arena, vm, ram_end) = attacker_with_zeroed_tail(p, 0)?;
     let h = vm.handle;
     let tail_host = vm.ram.end - TAIL * PAGE;
-    let ram_end = GUEST_RAM_BASE + spec.ram;
+    let mut vms = [vm];
     let mut result = expect_inaccessible(tail_host);
     let page = arena.take(1)?;
-    for offset in (0..PAGE).step_by(8) {
-        arch::ram_write(page + offset, GARBAGE ^ offset);
-    }
+    fill_with_garbage(page);
     let too_many = DONATE_ZEROED_MAX_PAGES + 1;
     let hostile: [(&[u64], i64, &str); 8] = [
         (&[h, page, 1, ram_end, 1], INVALID, "flags bit 0 set"),
@@ -131,23 +168,11 @@ pub fn vm_donate_zeroed(p: &Platform) -> Result<(), Msg> {
         };
     }
     if result.is_ok() {
-        let mut policy = DeclineAll;
-        result = run::run(p, &mut vms, &[&[0]], &mut policy, 8_000).and_then(|r| {
-            if let Some(problem) = &r.problems[0] {
-                fail!("{problem} (BAD_SIGNATURE here: the hypervisor did not zero the pages)");
-            }
-            let t = &r.tallies[0];
-            if let Some(first) = &t.first_fail {
-                fail!("the guest reported {first}");
-            }
-            ensure!(
-                r.states[0] == run::state::SYSTEM_OFF && t.done.is_some() && t.passed > 0,
-                "the guest did not run to GUEST-DONE and SYSTEM_OFF (state {}, {} passed)",
-                r.states[0],
-                t.passed
-            );
-            Ok(())
-        });
+        result = run_to_system_off(
+            p,
+            &mut vms,
+            "(BAD_SIGNATURE here: the hypervisor did not zero the pages)",
+        );
     }
     // Every page the VM had, the zeroed ones too, reads zero after this.
     result = result.and(vms[0].destroy());
@@ -174,19 +199,6 @@ fn expect_bad_signature(vm: &Vm, what: &str) -> Result<(), Msg> {
     Ok(())
 }
 
-/// Creates the protected `attacker` VM with its last [`TAIL`] pages
-/// garbage-filled and the first `TAIL - skip` of them given with
-/// `VM_DONATE_ZEROED`; the last `skip` stay the host's.
-fn attacker_with_zeroed_tail(arena: &mut super::vmm::Arena, skip: u64) -> Result<Vm, Msg> {
-    let spec = protected("attacker")?;
-    ZEROED_TAIL_PAGES.store(TAIL, Ordering::Relaxed);
-    ZEROED_TAIL_SKIP.store(skip, Ordering::Relaxed);
-    let created = Vm::create(arena, spec);
-    ZEROED_TAIL_PAGES.store(0, Ordering::Relaxed);
-    ZEROED_TAIL_SKIP.store(0, Ordering::Relaxed);
-    created
-}
-
 /// `vm-known-zero-refused` (issue 16): the hypervisor measures pages it
 /// zeroed itself without reading them; only a `VM_DONATE_ZEROED` that
 /// succeeded may make it skip them. The attacker's last RAM page is left
@@ -197,14 +209,12 @@ fn attacker_with_zeroed_tail(arena: &mut super::vmm::Arena, skip: u64) -> Result
 /// `BAD_SIGNATURE`: a refused call recorded nothing, and the page right
 /// after the zeroed run is not taken for a zeroed one.
 pub fn vm_known_zero_refused(p: &Platform) -> Result<(), Msg> {
-    let (mut arena, _) = arena(p)?;
-    let spec = protected("attacker")?;
-    let mut vm = attacker_with_zeroed_tail(&mut arena, 1)?;
+    let (mut arena, mut vm, ram_end) = attacker_with_zeroed_tail(p, 1)?;
     let h = vm.handle;
-    let last_ipa = GUEST_RAM_BASE + spec.ram - PAGE;
+    let last_ipa = ram_end - PAGE;
     let last_host = vm.ram.end - PAGE;
     let owned = last_host - PAGE;
-    let steps = |vm: &mut Vm, arena: &mut super::vmm::Arena| -> Result<(), Msg> {
+    let steps = |vm: &mut Vm, arena: &mut Arena| -> Result<(), Msg> {
         let hostile: [(&[u64], i64, &str); 3] = [
             (&[h, owned, 1, last_ipa, 0], DENIED, "a page the VM owns"),
             (&[h, last_host, 1, last_ipa, 1], INVALID, "flags bit 0 set"),
@@ -236,16 +246,12 @@ pub fn vm_known_zero_refused(p: &Platform) -> Result<(), Msg> {
 /// host page full of garbage) the page is the zero page it was, read at
 /// the first run, and the VM runs and finds its memory zero.
 pub fn vm_known_zero_evicted(p: &Platform) -> Result<(), Msg> {
-    let (mut arena, _) = arena(p)?;
-    let spec = protected("attacker")?;
-    let vm = attacker_with_zeroed_tail(&mut arena, 0)?;
+    let (mut arena, vm, ram_end) = attacker_with_zeroed_tail(p, 0)?;
     let h = vm.handle;
-    let ipa = GUEST_RAM_BASE + spec.ram - 2 * PAGE;
+    let ipa = ram_end - 2 * PAGE;
     let sealed = arena.take(1)?;
     let fresh = arena.take(1)?;
-    for offset in (0..PAGE).step_by(8) {
-        arch::ram_write(fresh + offset, GARBAGE ^ offset);
-    }
+    fill_with_garbage(fresh);
     let mut vms = [vm];
     let mut result = (|| -> Result<(u64, [u64; 2]), Msg> {
         let r = call(HostCall::VmEvict, &[h, ipa, sealed]);
@@ -259,22 +265,7 @@ pub fn vm_known_zero_evicted(p: &Platform) -> Result<(), Msg> {
         Ok(())
     });
     if result.is_ok() {
-        let mut policy = DeclineAll;
-        result = run::run(p, &mut vms, &[&[0]], &mut policy, 8_000).and_then(|r| {
-            if let Some(problem) = &r.problems[0] {
-                fail!("{problem} after the restore");
-            }
-            let t = &r.tallies[0];
-            if let Some(first) = &t.first_fail {
-                fail!("the guest reported {first}");
-            }
-            ensure!(
-                r.states[0] == run::state::SYSTEM_OFF && t.done.is_some() && t.passed > 0,
-                "the guest did not run to GUEST-DONE and SYSTEM_OFF (state {})",
-                r.states[0]
-            );
-            Ok(())
-        });
+        result = run_to_system_off(p, &mut vms, "after the restore");
     }
     result = result.and(vms[0].destroy());
     // The fresh page was the VM's: zeroed at VM_DESTROY.

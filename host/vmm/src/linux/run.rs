@@ -314,7 +314,13 @@ impl Shared<'_> {
                 )));
                 break;
             }
-            Counters::reached(&self.counters.first_exit_us);
+            // The launch milestone is vCPU 0's first return: the run at
+            // which the hypervisor measured the VM and checked its
+            // signature. The other vCPUs are off until PSCI CPU_ON and
+            // their EXIT_POWERED_OFF can come back before it.
+            if vcpu == 0 {
+                Counters::reached(&self.counters.first_exit_us);
+            }
             self.counters.exit(vcpu, r[1]);
             let reason = ExitReason::try_from(r[1]);
             if self.vm.trace {
@@ -631,4 +637,103 @@ pub fn run(vm: &Vm<'_>, devices: Vec<super::Device>, memory: &super::GuestMemory
             .collect::<String>()
     );
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use rampart_abi::host::VmConfig;
+
+    use super::*;
+    use crate::hyp::fake::{Fake, Step};
+
+    struct NoLine;
+
+    impl IrqLine for NoLine {
+        fn set(&self, _: bool) {}
+    }
+
+    fn plan() -> Plan {
+        Plan {
+            config: VmConfig {
+                protected: true,
+                debug: false,
+                max_vcpus: 2,
+            },
+            memory_size: 64 << 10,
+            entry_pc: 0,
+            x0: 0,
+            metadata_pages: 0,
+            differs_from_manifest: false,
+        }
+    }
+
+    fn shared<'a>(vm: &'a Vm<'a>) -> Shared<'a> {
+        let counters = Arc::new(Counters::default());
+        let console = Arc::new(Mutex::new(Vec::new()));
+        let init_us = Arc::new(AtomicU64::new(0));
+        let sink = console_sink(
+            vm.name.to_string(),
+            console.clone(),
+            counters.clone(),
+            init_us.clone(),
+        );
+        Shared {
+            vm,
+            gic: Arc::new(Gic::new(vm.vcpus)),
+            bus: Bus {
+                uart: Mutex::new(Pl011::new(sink, Arc::new(NoLine))),
+                virtio: Vec::new(),
+            },
+            devices: DeviceCounters::default(),
+            counters,
+            init_us,
+            kicks: (0..vm.vcpus).map(|_| Kick::default()).collect(),
+            running: (0..vm.vcpus).map(|_| AtomicU64::new(0)).collect(),
+            sgi_kicks: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            outcome: Mutex::new(None),
+            console,
+            unhandled: AtomicU64::new(0),
+        }
+    }
+
+    /// The launch milestone "first exit" is vCPU 0's first `VCPU_RUN`
+    /// return (the run the hypervisor measures), not whichever vCPU came
+    /// back first: vCPU 1 is off until PSCI `CPU_ON` and returns first.
+    #[test]
+    fn the_first_exit_is_vcpu_0s_not_a_powered_off_secondarys() {
+        let plan = plan();
+        let path = Path::new("/nonexistent");
+        let vm = Vm {
+            name: "t",
+            handle: 0x1_0000_1000,
+            vcpus: 2,
+            channels: &[],
+            trace: false,
+            plan: &plan,
+            region_phys: 0,
+            state_dir: path,
+            kernel: path,
+        };
+        let fake = Fake::with_scripts(vec![
+            vec![Step::Exit(ExitReason::SystemOff, [0; 3])],
+            vec![
+                Step::Exit(ExitReason::PoweredOff, [0; 3]),
+                Step::Exit(ExitReason::SystemOff, [0; 3]),
+            ],
+        ]);
+        let s = shared(&vm);
+        s.vcpu_loop(1, &fake);
+        assert_eq!(s.counters.exits(1, ExitReason::PoweredOff as usize), 1);
+        assert_eq!(
+            s.counters.first_exit_us.load(Ordering::Acquire),
+            0,
+            "vCPU 1's returns set the milestone"
+        );
+        // vCPU 1's EXIT_SYSTEM_OFF stopped the run: start again for vCPU 0.
+        s.stop.store(false, Ordering::Release);
+        s.vcpu_loop(0, &fake);
+        assert_eq!(s.counters.exits(0, ExitReason::SystemOff as usize), 1);
+        assert_ne!(s.counters.first_exit_us.load(Ordering::Acquire), 0);
+    }
 }
