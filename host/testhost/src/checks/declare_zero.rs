@@ -12,14 +12,14 @@ use rampart_abi::guest::GUEST_RAM_BASE;
 use rampart_abi::host::HostCall;
 
 use super::vm::{arena, protected};
-use super::vmm::run::{self, FaultAction, Policy};
+use super::vmm::run::{FaultAction, Policy};
 use super::vmm::{
     Arena, PAGE, REALM_OVERRIDE, Spec, Vm, ZEROED_TAIL_PAGES, ZEROED_TAIL_SKIP, call, code,
 };
 use crate::arch;
 use crate::msg::Msg;
 use crate::platform::Platform;
-use crate::{ensure, fail, msg, note};
+use crate::{ensure, msg, note};
 
 const INVALID: i64 = Error::InvalidParameter.code();
 const DENIED: i64 = Error::Denied.code();
@@ -153,25 +153,13 @@ pub fn vm_declare_zero(p: &Platform) -> Result<(), Msg> {
             to: ram_end,
             given: 0,
         };
-        result = run::run(p, &mut vms, &[&[0]], &mut policy, 8_000).and_then(|r| {
-            if let Some(problem) = &r.problems[0] {
-                fail!("{problem} (BAD_SIGNATURE here: the declared pages were not measured as the zeros the signer measured)");
-            }
-            if let Some(e) = &r.tallies[0].policy_error {
-                fail!("{e}");
-            }
-            let t = &r.tallies[0];
-            if let Some(first) = &t.first_fail {
-                fail!("the guest reported {first} (free-ram-zero: a page given after the first run was not zeroed)");
-            }
-            ensure!(
-                r.states[0] == run::state::SYSTEM_OFF && t.done.is_some() && t.passed > 0,
-                "the guest did not run to GUEST-DONE and SYSTEM_OFF (state {}, {} passed)",
-                r.states[0],
-                t.passed
-            );
-            Ok(())
-        });
+        result = super::donate_zeroed::run_with_policy(
+            p,
+            &mut vms,
+            &mut policy,
+            "(BAD_SIGNATURE here: the declared pages were not measured as the zeros the signer measured)",
+            " (free-ram-zero: a page given after the first run was not zeroed)",
+        );
         given = policy.given;
         if result.is_ok() && given != unmapped {
             result = Err(msg!("the guest touched {given} of the {unmapped} unmapped declared pages, expected all"));

@@ -67,17 +67,32 @@ fn fill_with_garbage(page: u64) {
 }
 
 /// Runs the VM in `vms` (the `attacker`, its zeroed tail in place) to
-/// `GUEST-DONE` and `SYSTEM_OFF`: its `free-ram-zero` read every word past
-/// its image zero. A refused run is reported with `refused` after it.
+/// `GUEST-DONE` and `SYSTEM_OFF`, declining every fault: its
+/// `free-ram-zero` read every word past its image zero. A refused run is
+/// reported with `refused` after it.
 fn run_to_system_off(p: &Platform, vms: &mut [Vm; 1], refused: &str) -> Result<(), Msg> {
-    let mut policy = DeclineAll;
-    let r = run::run(p, vms, &[&[0]], &mut policy, 8_000)?;
+    run_with_policy(p, vms, &mut DeclineAll, refused, "")
+}
+
+/// [`run_to_system_off`] with `policy` answering the guest's faults (also
+/// `vm-declare-zero`'s); `failed` follows a failure the guest reported.
+pub(super) fn run_with_policy(
+    p: &Platform,
+    vms: &mut [Vm; 1],
+    policy: &mut dyn Policy,
+    refused: &str,
+    failed: &str,
+) -> Result<(), Msg> {
+    let r = run::run(p, vms, &[&[0]], policy, 8_000)?;
     if let Some(problem) = &r.problems[0] {
         fail!("{problem} {refused}");
     }
     let t = &r.tallies[0];
+    if let Some(e) = &t.policy_error {
+        fail!("{e}");
+    }
     if let Some(first) = &t.first_fail {
-        fail!("the guest reported {first}");
+        fail!("the guest reported {first}{failed}");
     }
     ensure!(
         r.states[0] == run::state::SYSTEM_OFF && t.done.is_some() && t.passed > 0,
